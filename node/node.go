@@ -1,0 +1,396 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/lni/dragonboat/v4"
+	dbconfig "github.com/lni/dragonboat/v4/config"
+	dblogger "github.com/lni/dragonboat/v4/logger"
+	"github.com/soheilhy/cmux"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/router"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// Config is one process's configuration. Zero values take etcd's defaults
+// (see withDefaults); flags in cmd/cairn mirror etcd's names.
+type Config struct {
+	// Name is the member name (etcd --name); default "default".
+	Name string
+	// DataDir holds raft logs and the state machine (etcd --data-dir);
+	// default "<name>.cairn".
+	DataDir string
+	// ListenClientURLs are the client (gRPC + HTTP) listeners; default
+	// http://127.0.0.1:2379. Port 0 picks a free port; Node.ClientURLs
+	// reports what was bound.
+	ListenClientURLs []string
+	// AdvertiseClientURLs are the URLs members report; default the bound
+	// listen URLs.
+	AdvertiseClientURLs []string
+	// ListenPeerURLs: the first one is the raft address; default
+	// http://127.0.0.1:2380. Port 0 picks a free port.
+	ListenPeerURLs []string
+	// HeartbeatInterval and ElectionTimeout are etcd's raft timings;
+	// defaults 100ms and 1s.
+	HeartbeatInterval, ElectionTimeout time.Duration
+	// SnapshotCount is the number of applied entries between raft log
+	// compactions (etcd --snapshot-count); default 10000.
+	SnapshotCount uint64
+	// MaxRequestBytes and MaxTxnOps are etcd's request limits; defaults
+	// 1.5 MiB and 128.
+	MaxRequestBytes int
+	MaxTxnOps       int
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// rttMillisecond is dragonboat's tick: raft timings are whole multiples.
+const rttMillisecond = 10
+
+// singleShardID and singleReplicaID name the one raft group of
+// single-group mode and this node's replica of it.
+const (
+	singleShardID   = 1
+	singleReplicaID = 1
+)
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Name == "" {
+		c.Name = "default"
+	}
+	if c.DataDir == "" {
+		c.DataDir = c.Name + ".cairn"
+	}
+	if len(c.ListenClientURLs) == 0 {
+		c.ListenClientURLs = []string{"http://127.0.0.1:2379"}
+	}
+	if len(c.ListenPeerURLs) == 0 {
+		c.ListenPeerURLs = []string{"http://127.0.0.1:2380"}
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 100 * time.Millisecond
+	}
+	if c.ElectionTimeout == 0 {
+		c.ElectionTimeout = time.Second
+	}
+	if c.SnapshotCount == 0 {
+		c.SnapshotCount = 10000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.HeartbeatInterval < rttMillisecond*time.Millisecond {
+		return c, fmt.Errorf("node: --heartbeat-interval %v is below the %dms raft tick", c.HeartbeatInterval, rttMillisecond)
+	}
+	if c.ElectionTimeout < 5*c.HeartbeatInterval {
+		return c, fmt.Errorf("node: --election-timeout %v must be at least 5 times --heartbeat-interval %v", c.ElectionTimeout, c.HeartbeatInterval)
+	}
+	for _, u := range append(append([]string{}, c.ListenClientURLs...), c.ListenPeerURLs...) {
+		if _, err := hostPort(u); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// hostPort returns host:port of an etcd-style URL ("http://127.0.0.1:2379").
+func hostPort(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("node: invalid URL %q: want scheme://host:port", raw)
+	}
+	if u.Scheme != "http" && u.Scheme != "unix" {
+		return "", fmt.Errorf("node: URL %q: only http:// is supported yet (TLS comes with auth)", raw)
+	}
+	if _, _, err := net.SplitHostPort(u.Host); err != nil {
+		return "", fmt.Errorf("node: URL %q: %v", raw, err)
+	}
+	return u.Host, nil
+}
+
+// Node is one running Cairn process: a NodeHost with its replica of the
+// single group, the node's pebble, the router and the client listeners.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	db        *pebble.DB
+	nh        *dragonboat.NodeHost
+	replica   *shard.Replica
+	grpc      *grpc.Server
+	http      *http.Server
+	muxes     []cmux.CMux
+	clientURL []string
+	memberID  uint64
+	clusterID uint64
+	peerURL   string
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start starts a node and returns once it serves clients and its raft group
+// has a leader.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger}
+	if err := n.start(ctx); err != nil {
+		_ = n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+// Run starts a node and serves until ctx is done, then closes it.
+func Run(ctx context.Context, cfg Config) error {
+	n, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	n.log.Info("shutting down", "reason", context.Cause(ctx))
+	return n.Close()
+}
+
+func (n *Node) start(ctx context.Context) error {
+	cfg := n.cfg
+	quietDragonboat()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("node: create data dir: %w", err)
+	}
+
+	// The raft address: bind the peer URL's port now if it asks for port 0.
+	peer, err := hostPort(cfg.ListenPeerURLs[0])
+	if err != nil {
+		return err
+	}
+	if peer, err = resolvePort(peer); err != nil {
+		return err
+	}
+	n.peerURL = "http://" + peer
+	n.memberID = hash64(cfg.Name, n.peerURL)
+	n.clusterID = hash64("cairn-cluster", fmt.Sprint(n.memberID))
+
+	db, err := pebble.Open(filepath.Join(cfg.DataDir, "state"), &pebble.Options{
+		Logger: quietPebble{},
+	})
+	if err != nil {
+		return fmt.Errorf("node: open state store: %w", err)
+	}
+	n.db = db
+
+	nh, err := dragonboat.NewNodeHost(dbconfig.NodeHostConfig{
+		NodeHostDir:    filepath.Join(cfg.DataDir, "raft"),
+		RTTMillisecond: rttMillisecond,
+		RaftAddress:    peer,
+		Expert:         dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig()},
+	})
+	if err != nil {
+		return fmt.Errorf("node: start raft: %w", err)
+	}
+	n.nh = nh
+
+	heartbeat := uint64(cfg.HeartbeatInterval / (rttMillisecond * time.Millisecond))
+	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
+	members := map[uint64]dragonboat.Target{singleReplicaID: peer}
+	err = nh.StartOnDiskReplica(members, false, shard.Factory(shard.Config{DB: db, Span: mvcc.Span{}}), dbconfig.Config{
+		ReplicaID:          singleReplicaID,
+		ShardID:            singleShardID,
+		HeartbeatRTT:       heartbeat,
+		ElectionRTT:        election,
+		CheckQuorum:        true,
+		SnapshotEntries:    cfg.SnapshotCount,
+		CompactionOverhead: cfg.SnapshotCount / 2,
+	})
+	if err != nil {
+		return fmt.Errorf("node: start shard: %w", err)
+	}
+	n.replica = shard.NewReplica(nh, singleShardID)
+
+	rs := router.New(router.Config{
+		ClusterID:       n.clusterID,
+		MemberID:        n.memberID,
+		Shard:           n.replica,
+		MaxRequestBytes: cfg.MaxRequestBytes,
+		MaxTxnOps:       cfg.MaxTxnOps,
+		Node:            n,
+	})
+	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
+	rs.Register(n.grpc)
+	n.http = &http.Server{Handler: rs.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	for _, raw := range cfg.ListenClientURLs {
+		addr, _ := hostPort(raw)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("node: listen on client URL %s: %w", raw, err)
+		}
+		n.clientURL = append(n.clientURL, "http://"+l.Addr().String())
+		m := cmux.New(l)
+		grpcL := m.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
+		httpL := m.Match(cmux.Any())
+		n.muxes = append(n.muxes, m)
+		n.wg.Add(3)
+		go func() { defer n.wg.Done(); _ = n.grpc.Serve(grpcL) }()
+		go func() { defer n.wg.Done(); _ = n.http.Serve(httpL) }()
+		go func() { defer n.wg.Done(); _ = m.Serve() }()
+	}
+	if len(n.cfg.AdvertiseClientURLs) == 0 {
+		n.cfg.AdvertiseClientURLs = n.clientURL
+	}
+
+	if err := n.waitLeader(ctx); err != nil {
+		return err
+	}
+	n.log.Info("ready to serve client requests", "name", cfg.Name, "client-urls", n.clientURL,
+		"peer-url", n.peerURL, "data-dir", cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID))
+	return nil
+}
+
+// waitLeader waits until the group has elected a leader.
+func (n *Node) waitLeader(ctx context.Context) error {
+	t := time.NewTicker(rttMillisecond * time.Millisecond)
+	defer t.Stop()
+	for {
+		if _, _, ok := n.replica.Leader(); ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node: waiting for a raft leader: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// ClientURLs returns the bound client URLs (http://host:port).
+func (n *Node) ClientURLs() []string { return append([]string(nil), n.clientURL...) }
+
+// Close stops serving and closes the node; it waits for every goroutine.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		if n.grpc != nil {
+			stopped := make(chan struct{})
+			go func() { n.grpc.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(2 * time.Second):
+				n.grpc.Stop()
+			}
+		}
+		if n.http != nil {
+			_ = n.http.Close()
+		}
+		for _, m := range n.muxes {
+			m.Close()
+		}
+		n.wg.Wait()
+		if n.replica != nil {
+			n.replica.Close()
+		}
+		if n.nh != nil {
+			n.nh.Close()
+		}
+		if n.db != nil {
+			n.closeErr = n.db.Close()
+		}
+	})
+	return n.closeErr
+}
+
+// Members implements router.NodeInfo.
+func (n *Node) Members() []*pb.Member {
+	return []*pb.Member{{
+		ID:         n.memberID,
+		Name:       n.cfg.Name,
+		PeerURLs:   []string{n.peerURL},
+		ClientURLs: n.cfg.AdvertiseClientURLs,
+	}}
+}
+
+// Status implements router.NodeInfo.
+func (n *Node) Status() router.NodeStatus {
+	m := n.db.Metrics()
+	size := int64(m.DiskSpaceUsage())
+	st := router.NodeStatus{DBSize: size, DBSizeInUse: size}
+	if leader, _, ok := n.replica.Leader(); ok && leader == singleReplicaID {
+		st.Leader = n.memberID
+	}
+	if info := n.nh.GetNodeHostInfo(dragonboat.DefaultNodeHostInfoOption); info != nil {
+		for _, s := range info.ShardInfoList {
+			if s.ShardID == singleShardID {
+				st.IsLearner = s.IsNonVoting
+			}
+		}
+	}
+	return st
+}
+
+// hash64 derives a stable 64-bit id from its parts.
+func hash64(parts ...string) uint64 {
+	h := fnv.New64a()
+	for _, p := range parts {
+		_, _ = h.Write([]byte(p))
+		_, _ = h.Write([]byte{0})
+	}
+	return h.Sum64()
+}
+
+// resolvePort replaces port 0 with a free port. Dragonboat binds the raft
+// address itself, so the port is found by binding and releasing it.
+func resolvePort(hostport string) (string, error) {
+	host, port, _ := net.SplitHostPort(hostport)
+	if port != "0" {
+		return hostport, nil
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", fmt.Errorf("node: find a free peer port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+var quietOnce sync.Once
+
+// quietDragonboat turns dragonboat's package loggers down to errors. They
+// are process-wide; setting the level is idempotent.
+func quietDragonboat() {
+	quietOnce.Do(func() {
+		for _, name := range []string{"config", "dragonboat", "gossip", "grpc", "logdb", "LogDB", "pebblekv",
+			"raft", "raftpb", "registry", "rsm", "server", "settings", "tan", "tools", "transport"} {
+			dblogger.GetLogger(name).SetLevel(dblogger.ERROR)
+		}
+	})
+}
+
+// quietPebble drops pebble's informational chatter and keeps its errors
+// visible on stderr.
+type quietPebble struct{}
+
+func (quietPebble) Infof(string, ...interface{}) {}
+func (quietPebble) Errorf(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "pebble: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+}
+func (quietPebble) Fatalf(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "pebble: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+	os.Exit(1)
+}

@@ -1,0 +1,90 @@
+package router
+
+import (
+	"context"
+	"errors"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// byCode maps the state machine's refusals to etcd's statuses, code and
+// message exactly as etcd sends them.
+var byCode = map[shardpb.ErrorCode]error{
+	shardpb.ErrorCode_ERROR_CODE_COMPACTED:           rpctypes.ErrGRPCCompacted,
+	shardpb.ErrorCode_ERROR_CODE_FUTURE_REV:          rpctypes.ErrGRPCFutureRev,
+	shardpb.ErrorCode_ERROR_CODE_KEY_NOT_FOUND:       rpctypes.ErrGRPCKeyNotFound,
+	shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND:     rpctypes.ErrGRPCLeaseNotFound,
+	shardpb.ErrorCode_ERROR_CODE_EMPTY_KEY:           rpctypes.ErrGRPCEmptyKey,
+	shardpb.ErrorCode_ERROR_CODE_VALUE_PROVIDED:      rpctypes.ErrGRPCValueProvided,
+	shardpb.ErrorCode_ERROR_CODE_LEASE_PROVIDED:      rpctypes.ErrGRPCLeaseProvided,
+	shardpb.ErrorCode_ERROR_CODE_TOO_MANY_OPS:        rpctypes.ErrGRPCTooManyOps,
+	shardpb.ErrorCode_ERROR_CODE_DUPLICATE_KEY:       rpctypes.ErrGRPCDuplicateKey,
+	shardpb.ErrorCode_ERROR_CODE_INVALID_SORT_OPTION: rpctypes.ErrGRPCInvalidSortOption,
+}
+
+// byStoreError maps mvcc's validation sentinels (checked here before a
+// request is proposed) to etcd's statuses.
+var byStoreError = []struct {
+	err    error
+	status error
+}{
+	{mvcc.ErrEmptyKey, rpctypes.ErrGRPCEmptyKey},
+	{mvcc.ErrValueProvided, rpctypes.ErrGRPCValueProvided},
+	{mvcc.ErrLeaseProvided, rpctypes.ErrGRPCLeaseProvided},
+	{mvcc.ErrTooManyOps, rpctypes.ErrGRPCTooManyOps},
+	{mvcc.ErrDuplicateKey, rpctypes.ErrGRPCDuplicateKey},
+	{mvcc.ErrInvalidSortOption, rpctypes.ErrGRPCInvalidSortOption},
+	{mvcc.ErrCompacted, rpctypes.ErrGRPCCompacted},
+	{mvcc.ErrFutureRev, rpctypes.ErrGRPCFutureRev},
+	{mvcc.ErrKeyNotFound, rpctypes.ErrGRPCKeyNotFound},
+	{mvcc.ErrLeaseNotFound, rpctypes.ErrGRPCLeaseNotFound},
+}
+
+// toGRPC turns any error from below into the status an etcd client expects.
+// This is the only place Cairn's errors become gRPC statuses.
+func toGRPC(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var e *shard.Error
+	if errors.As(err, &e) {
+		if s, ok := byCode[e.Code]; ok {
+			return s
+		}
+		switch e.Code {
+		case shardpb.ErrorCode_ERROR_CODE_BAD_REQUEST:
+			return status.Error(codes.InvalidArgument, "etcdserver: "+e.Message)
+		default:
+			// Stale stamps and out-of-range keys are the router's to retry;
+			// one that gets here is a transient condition for the client.
+			return status.Error(codes.Unavailable, "etcdserver: "+e.Message)
+		}
+	}
+	for _, m := range byStoreError {
+		if errors.Is(err, m.err) {
+			return m.status
+		}
+	}
+	switch {
+	case errors.Is(err, shard.ErrTimeout):
+		return rpctypes.ErrGRPCTimeout
+	case errors.Is(err, shard.ErrNoLeader):
+		return rpctypes.ErrGRPCNoLeader
+	case errors.Is(err, shard.ErrStopped), errors.Is(err, shard.ErrClosed):
+		return rpctypes.ErrGRPCStopped
+	case errors.Is(err, shard.ErrBusy):
+		return rpctypes.ErrGRPCRequestTooManyRequests
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	return status.Error(codes.Unknown, err.Error())
+}

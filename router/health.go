@@ -1,0 +1,61 @@
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/version"
+
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// healthTimeout bounds the read /health makes, as etcd bounds its own.
+const healthTimeout = time.Second
+
+// HTTPHandler serves etcd's HTTP endpoints on the client port: /health
+// (and /livez, /readyz) and /version, with etcd's JSON bodies.
+func (s *Server) HTTPHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", s.health)
+	mux.HandleFunc("/readyz", s.health)
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"etcdserver": version.Version, "etcdcluster": version.Cluster(version.Version)})
+	})
+	return mux
+}
+
+// health answers {"health":"true"} when the shard has a leader and answers a
+// linearizable read in time, like etcd's /health; 503 with a reason otherwise.
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	reason := ""
+	if _, _, ok := s.cfg.Shard.Leader(); !ok {
+		reason = "RAFT NO LEADER"
+	} else {
+		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+		defer cancel()
+		if _, err := s.cfg.Shard.Read(ctx, shard.StatusQuery{}, r.URL.Query().Get("serializable") != "true"); err != nil {
+			reason = "QGET ERROR:" + err.Error()
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if reason != "" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(map[string]string{"health": boolString(reason == ""), "reason": reason})
+}
+
+func boolString(b bool) string {
+	if b {
+		return "true"
+	}
+	return "false"
+}

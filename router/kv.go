@@ -1,0 +1,172 @@
+package router
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// Defaults as etcd's.
+const (
+	DefaultMaxRequestBytes = 1536 * 1024 // etcd --max-request-bytes
+	DefaultMaxTxnOps       = 128         // etcd --max-txn-ops
+	// grpcOverheadBytes is what the gRPC server accepts beyond the request
+	// limit, so that an oversized request gets etcd's own error rather than
+	// a transport one.
+	grpcOverheadBytes = 512 * 1024
+)
+
+// Shard is what the router needs of one raft group: the shard package's
+// Replica implements it.
+type Shard interface {
+	Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error)
+	Read(ctx context.Context, query any, linearizable bool) (any, error)
+	Leader() (leader, term uint64, ok bool)
+}
+
+// kvServer is etcd's KV service over one shard (single-group mode).
+type kvServer struct {
+	pb.UnimplementedKVServer
+	s *Server
+}
+
+func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if err := mvcc.ValidateRange(r); err != nil {
+		return nil, toGRPC(err)
+	}
+	v, err := k.s.cfg.Shard.Read(ctx, shard.RangeQuery{Req: r}, !r.Serializable)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := v.(*pb.RangeResponse)
+	k.s.fill(resp.Header)
+	return resp, nil
+}
+
+// RangeStream answers with the whole range in one chunk, which etcd's
+// contract allows: merging the chunks must give Range's answer.
+func (k *kvServer) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
+	resp, err := k.Range(stream.Context(), r)
+	if err != nil {
+		return err
+	}
+	return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
+}
+
+func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := mvcc.ValidatePut(r); err != nil {
+		return nil, toGRPC(err)
+	}
+	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
+		return &shardpb.Request{Op: &shardpb.Request_Put{Put: b}}
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.PutResponse{}
+	return resp, k.s.decode(out.GetPut(), resp, resp.GetHeader)
+}
+
+func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if err := mvcc.ValidateDeleteRange(r); err != nil {
+		return nil, toGRPC(err)
+	}
+	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
+		return &shardpb.Request{Op: &shardpb.Request_DeleteRange{DeleteRange: b}}
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.DeleteRangeResponse{}
+	return resp, k.s.decode(out.GetDeleteRange(), resp, resp.GetHeader)
+}
+
+func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := mvcc.ValidateTxn(r, k.s.cfg.MaxTxnOps); err != nil {
+		return nil, toGRPC(err)
+	}
+	if mvcc.IsTxnReadOnly(r) {
+		v, err := k.s.cfg.Shard.Read(ctx, shard.TxnQuery{Req: r}, !txnSerializable(r))
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		resp := v.(*pb.TxnResponse)
+		k.s.fill(resp.Header)
+		return resp, nil
+	}
+	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
+		return &shardpb.Request{Op: &shardpb.Request_Txn{Txn: b}}
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.TxnResponse{}
+	return resp, k.s.decode(out.GetTxn(), resp, resp.GetHeader)
+}
+
+func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
+		return &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: b}}
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.CompactionResponse{}
+	return resp, k.s.decode(out.GetCompaction(), resp, resp.GetHeader)
+}
+
+// txnSerializable tells whether a read-only txn may be served from the local
+// replica: as in etcd, only when every range in it asks to be serializable.
+func txnSerializable(r *pb.TxnRequest) bool {
+	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range branch {
+			switch o := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				if o.RequestRange == nil || !o.RequestRange.Serializable {
+					return false
+				}
+			case *pb.RequestOp_RequestTxn:
+				if o.RequestTxn == nil || !txnSerializable(o.RequestTxn) {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// write encodes an etcd request, refuses it if it is over the request limit
+// (as etcd does, with its message), and proposes it to the shard.
+func (s *Server) write(ctx context.Context, req proto.Message, wrap func([]byte) *shardpb.Request) (*shardpb.Response, error) {
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if len(data) > s.cfg.MaxRequestBytes {
+		return nil, rpctypes.ErrGRPCRequestTooLarge
+	}
+	out, err := s.cfg.Shard.Write(ctx, wrap(data))
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	return out, nil
+}
+
+// decode unmarshals a response the state machine encoded and fills its header.
+func (s *Server) decode(data []byte, into proto.Message, header func() *pb.ResponseHeader) error {
+	if err := proto.Unmarshal(data, into); err != nil {
+		return toGRPC(err)
+	}
+	h := header()
+	if h == nil {
+		return toGRPC(errNoHeader)
+	}
+	s.fill(h)
+	return nil
+}

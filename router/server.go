@@ -1,0 +1,84 @@
+package router
+
+import (
+	"errors"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+)
+
+var errNoHeader = errors.New("router: response without a header")
+
+// Config wires a Server.
+type Config struct {
+	// ClusterID and MemberID fill every response header.
+	ClusterID, MemberID uint64
+	// Shard serves every key (single-group mode).
+	Shard Shard
+	// MaxRequestBytes refuses larger writes (etcd --max-request-bytes);
+	// 0 means DefaultMaxRequestBytes.
+	MaxRequestBytes int
+	// MaxTxnOps refuses larger txns (etcd --max-txn-ops); 0 means DefaultMaxTxnOps.
+	MaxTxnOps int
+	// Node answers what only the process knows (members, disk usage).
+	Node NodeInfo
+}
+
+// NodeInfo is what the router asks of the process hosting it.
+type NodeInfo interface {
+	// Members lists the cluster's members as etcd reports them.
+	Members() []*pb.Member
+	// Status reports the process's view of its store and raft group.
+	Status() NodeStatus
+}
+
+// NodeStatus is the part of etcd's StatusResponse only the process knows.
+type NodeStatus struct {
+	DBSize, DBSizeInUse, DBSizeQuota int64
+	// Leader is the member id of the raft leader, 0 if none is known.
+	Leader             uint64
+	RaftIndex, Applied uint64
+	IsLearner          bool
+}
+
+// Server serves etcd's gRPC services for one node.
+type Server struct {
+	cfg Config
+}
+
+// New returns a Server; Register attaches it to a gRPC server.
+func New(cfg Config) *Server {
+	if cfg.MaxRequestBytes <= 0 {
+		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if cfg.MaxTxnOps <= 0 {
+		cfg.MaxTxnOps = DefaultMaxTxnOps
+	}
+	return &Server{cfg: cfg}
+}
+
+// GRPCOptions are the server options etcd uses for its client port: the
+// receive limit leaves room for etcd's own "request is too large" answer.
+func (s *Server) GRPCOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
+		grpc.MaxSendMsgSize(1<<31 - 1),
+		grpc.MaxConcurrentStreams(1<<32 - 1),
+	}
+}
+
+// Register attaches etcd's services to g.
+func (s *Server) Register(g *grpc.Server) {
+	pb.RegisterKVServer(g, &kvServer{s: s})
+	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
+	pb.RegisterClusterServer(g, &clusterServer{s: s})
+}
+
+// fill completes a response header as etcd does: cluster and member ids and
+// the raft term; the revision comes from the store.
+func (s *Server) fill(h *pb.ResponseHeader) {
+	h.ClusterId = s.cfg.ClusterID
+	h.MemberId = s.cfg.MemberID
+	_, term, _ := s.cfg.Shard.Leader()
+	h.RaftTerm = term
+}

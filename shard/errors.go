@@ -1,0 +1,63 @@
+package shard
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+)
+
+// Error is a refusal decided by the state machine (or by a read against it),
+// named by a code the router maps to etcd's gRPC status.
+type Error struct {
+	Code    shardpb.ErrorCode
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// codes maps mvcc's sentinels to wire codes. Order does not matter: each
+// mvcc error matches at most one sentinel.
+var codes = []struct {
+	err  error
+	code shardpb.ErrorCode
+}{
+	{mvcc.ErrCompacted, shardpb.ErrorCode_ERROR_CODE_COMPACTED},
+	{mvcc.ErrFutureRev, shardpb.ErrorCode_ERROR_CODE_FUTURE_REV},
+	{mvcc.ErrKeyNotFound, shardpb.ErrorCode_ERROR_CODE_KEY_NOT_FOUND},
+	{mvcc.ErrLeaseNotFound, shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND},
+	{mvcc.ErrEmptyKey, shardpb.ErrorCode_ERROR_CODE_EMPTY_KEY},
+	{mvcc.ErrValueProvided, shardpb.ErrorCode_ERROR_CODE_VALUE_PROVIDED},
+	{mvcc.ErrLeaseProvided, shardpb.ErrorCode_ERROR_CODE_LEASE_PROVIDED},
+	{mvcc.ErrTooManyOps, shardpb.ErrorCode_ERROR_CODE_TOO_MANY_OPS},
+	{mvcc.ErrDuplicateKey, shardpb.ErrorCode_ERROR_CODE_DUPLICATE_KEY},
+	{mvcc.ErrInvalidSortOption, shardpb.ErrorCode_ERROR_CODE_INVALID_SORT_OPTION},
+	{mvcc.ErrStaleStamp, shardpb.ErrorCode_ERROR_CODE_STALE_STAMP},
+	{mvcc.ErrOutsideSpan, shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE},
+	{mvcc.ErrNotReadOnly, shardpb.ErrorCode_ERROR_CODE_BAD_REQUEST},
+}
+
+// toError classifies a store error. ok is false for errors that are not a
+// refusal of the request (I/O failures and the like), which must not be
+// turned into a deterministic result.
+func toError(err error) (e *Error, ok bool) {
+	if errors.As(err, &e) {
+		return e, true
+	}
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return &Error{Code: c.code, Message: err.Error()}, true
+		}
+	}
+	return nil, false
+}
+
+// badRequest is the refusal of a command the state machine cannot decode.
+func badRequest(format string, args ...any) *Error {
+	return &Error{Code: shardpb.ErrorCode_ERROR_CODE_BAD_REQUEST, Message: fmt.Sprintf(format, args...)}
+}
+
+func (e *Error) toProto() *shardpb.Error { return &shardpb.Error{Code: e.Code, Message: e.Message} }
+
+func fromProto(p *shardpb.Error) *Error { return &Error{Code: p.Code, Message: p.Message} }

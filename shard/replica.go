@@ -1,0 +1,302 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"github.com/lni/dragonboat/v4/client"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/proto/shardpb"
+)
+
+// Errors of the replica client. Each is a condition of the raft group, not
+// of the request; the router turns them into etcd's statuses.
+var (
+	// ErrTimeout: the outcome is unknown (the proposal may still commit).
+	ErrTimeout = errors.New("shard: request timed out")
+	// ErrNoLeader: the group has no leader the request could reach in time.
+	ErrNoLeader = errors.New("shard: no leader")
+	// ErrStopped: the replica client was closed.
+	ErrStopped = errors.New("shard: replica stopped")
+	// ErrBusy: dragonboat refused the proposal for back-pressure.
+	ErrBusy = errors.New("shard: too many requests")
+)
+
+// Batching limits of the proposer. A proposal carries at most maxBatch
+// requests or maxBatchBytes of them; at most maxInFlight proposals are
+// outstanding, and while they are, new requests queue and form the next
+// (larger) batch — that is what packs a busy shard's writes into few entries.
+const (
+	maxBatch        = 512
+	maxBatchBytes   = 4 << 20
+	maxInFlight     = 16
+	proposalTimeout = 10 * time.Second
+	retryBackoff    = 5 * time.Millisecond
+)
+
+// Replica is the client side of one shard on a NodeHost: it batches writes
+// into proposals and serves reads through ReadIndex or the local replica.
+type Replica struct {
+	nh      *dragonboat.NodeHost
+	shardID uint64
+	session *client.Session
+
+	queue chan *pending // unbuffered: the batcher owns every queued request
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	once  sync.Once
+}
+
+type pending struct {
+	req  *shardpb.Request
+	size int
+	done chan outcome // size 1: the proposer never blocks on a gone caller
+}
+
+type outcome struct {
+	resp *shardpb.Response
+	err  error
+}
+
+// NewReplica starts the proposal batcher of shardID on nh. Close stops it.
+func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
+	r := &Replica{
+		nh:      nh,
+		shardID: shardID,
+		session: nh.GetNoOPSession(shardID),
+		queue:   make(chan *pending),
+		stop:    make(chan struct{}),
+	}
+	r.wg.Add(1)
+	go r.batch()
+	return r
+}
+
+// ShardID names the raft group.
+func (r *Replica) ShardID() uint64 { return r.shardID }
+
+// Close stops the batcher and waits for in-flight proposals to finish.
+func (r *Replica) Close() {
+	r.once.Do(func() { close(r.stop) })
+	r.wg.Wait()
+}
+
+// Write proposes one request and returns its response. A refusal by the
+// state machine is returned as *Error.
+func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error) {
+	p := &pending{req: req, size: proto.Size(req), done: make(chan outcome, 1)}
+	select {
+	case r.queue <- p:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-r.stop:
+		return nil, ErrStopped
+	}
+	select {
+	case o := <-p.done:
+		if o.err != nil {
+			return nil, o.err
+		}
+		if e := o.resp.GetError(); e != nil {
+			return nil, fromProto(e)
+		}
+		return o.resp, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// batch is the proposer loop: it gathers whatever is queued into one
+// proposal and hands it to a sender, keeping at most maxInFlight in flight.
+func (r *Replica) batch() {
+	defer r.wg.Done()
+	slots := make(chan struct{}, maxInFlight) // counting semaphore of proposals in flight
+	var senders sync.WaitGroup
+	defer senders.Wait()
+	for {
+		var first *pending
+		select {
+		case first = <-r.queue:
+		case <-r.stop:
+			return
+		}
+		batch := []*pending{first}
+		bytes := first.size
+		// Wait for a slot, gathering arrivals meanwhile.
+	wait:
+		for {
+			select {
+			case slots <- struct{}{}:
+				break wait
+			case p := <-r.queue:
+				batch = append(batch, p)
+				bytes += p.size
+			case <-r.stop:
+				failAll(batch, ErrStopped)
+				return
+			}
+		}
+	gather:
+		for len(batch) < maxBatch && bytes < maxBatchBytes {
+			select {
+			case p := <-r.queue:
+				batch = append(batch, p)
+				bytes += p.size
+			default:
+				break gather
+			}
+		}
+		senders.Add(1)
+		go func() {
+			defer senders.Done()
+			defer func() { <-slots }()
+			r.send(batch)
+		}()
+	}
+}
+
+func failAll(batch []*pending, err error) {
+	for _, p := range batch {
+		p.done <- outcome{err: err}
+	}
+}
+
+// send proposes one batch, retrying while the group has no leader, and
+// delivers each request's response.
+func (r *Replica) send(batch []*pending) {
+	cmd := &shardpb.Command{Requests: make([]*shardpb.Request, len(batch))}
+	for i, p := range batch {
+		cmd.Requests[i] = p.req
+	}
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		failAll(batch, fmt.Errorf("shard: encode command: %w", err))
+		return
+	}
+	deadline := time.Now().Add(proposalTimeout)
+	for {
+		res, err := r.proposeOnce(data, time.Until(deadline))
+		if err == nil {
+			var out shardpb.Result
+			if err := proto.Unmarshal(res, &out); err != nil || len(out.Responses) != len(batch) {
+				failAll(batch, fmt.Errorf("shard: malformed result (%d responses for %d requests): %v", len(out.Responses), len(batch), err))
+				return
+			}
+			for i, p := range batch {
+				p.done <- outcome{resp: out.Responses[i]}
+			}
+			return
+		}
+		if !retryable(err) || time.Until(deadline) < retryBackoff {
+			failAll(batch, classify(err))
+			return
+		}
+		select {
+		case <-time.After(retryBackoff):
+		case <-r.stop:
+			failAll(batch, ErrStopped)
+			return
+		}
+	}
+}
+
+// errDropped marks a proposal dropped before it reached a leader: safe to retry.
+var errDropped = errors.New("shard: proposal dropped")
+
+func (r *Replica) proposeOnce(data []byte, timeout time.Duration) ([]byte, error) {
+	rs, err := r.nh.Propose(r.session, data, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Release()
+	res := <-rs.ResultC()
+	switch {
+	case res.Completed():
+		return res.GetResult().Data, nil
+	case res.Dropped():
+		return nil, errDropped
+	case res.Timeout():
+		return nil, dragonboat.ErrTimeout
+	case res.Terminated():
+		return nil, ErrStopped
+	case res.Rejected():
+		return nil, dragonboat.ErrRejected
+	default:
+		return nil, dragonboat.ErrAborted
+	}
+}
+
+// retryable tells whether a proposal certainly did not commit and may be
+// sent again.
+func retryable(err error) bool {
+	return errors.Is(err, errDropped) || errors.Is(err, dragonboat.ErrShardNotReady) ||
+		errors.Is(err, dragonboat.ErrSystemBusy) || errors.Is(err, dragonboat.ErrShardNotInitialized)
+}
+
+// classify maps dragonboat's errors to this package's.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, dragonboat.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return ErrTimeout
+	case errors.Is(err, errDropped), errors.Is(err, dragonboat.ErrShardNotReady),
+		errors.Is(err, dragonboat.ErrShardNotInitialized):
+		return ErrNoLeader
+	case errors.Is(err, dragonboat.ErrSystemBusy):
+		return ErrBusy
+	case errors.Is(err, dragonboat.ErrClosed), errors.Is(err, dragonboat.ErrShardClosed),
+		errors.Is(err, ErrStopped):
+		return ErrStopped
+	}
+	return err
+}
+
+// Read runs a Lookup query: linearizable reads go through ReadIndex (a
+// heartbeat round with the leader), others read the local replica as is.
+func (r *Replica) Read(ctx context.Context, query any, linearizable bool) (any, error) {
+	if !linearizable {
+		v, err := r.nh.StaleRead(r.shardID, query)
+		return v, lookupError(err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, proposalTimeout)
+		defer cancel()
+	}
+	for {
+		v, err := r.nh.SyncRead(ctx, r.shardID, query)
+		if err == nil || !retryable(err) {
+			return v, lookupError(err)
+		}
+		select {
+		case <-time.After(retryBackoff):
+		case <-ctx.Done():
+			return nil, classify(err)
+		}
+	}
+}
+
+// lookupError keeps refusals (*Error) and classifies the rest.
+func lookupError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return classify(err)
+}
+
+// Leader reports the group's leader replica and term, as this node knows them.
+func (r *Replica) Leader() (leader, term uint64, ok bool) {
+	leader, term, ok, err := r.nh.GetLeaderID(r.shardID)
+	if err != nil {
+		return 0, 0, false
+	}
+	return leader, term, ok
+}

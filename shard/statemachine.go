@@ -1,0 +1,301 @@
+package shard
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+)
+
+// appliedKey names the internal record holding the raft index of the last
+// applied entry; it is written in the same pebble batch as the entry's data.
+const appliedKey = "applied-index"
+
+// Config describes the range one StateMachine serves.
+type Config struct {
+	// DB is the node's pebble, shared by every shard on the node.
+	DB *pebble.DB
+	// Span is the range of user keys; {nil, nil} is the whole key space.
+	Span mvcc.Span
+	// Leases answers whether a lease exists; nil means none does.
+	Leases mvcc.LeaseChecker
+	// OnApply, if set, receives the change events of every applied batch, in
+	// revision order, after the batch is committed. It runs on dragonboat's
+	// apply goroutine: it must not block.
+	OnApply func(events []*mvccpb.Event)
+}
+
+// StateMachine is dragonboat's IOnDiskStateMachine for one range: it composes
+// the range's mvcc store with the raft log. Business refusals travel in each
+// entry's Result; only storage failures are returned as errors (and stop the
+// replica, as they must).
+type StateMachine struct {
+	shardID, replicaID uint64
+	cfg                Config
+
+	// mu guards store and closed. Update, Open, Recover and Close take it
+	// exclusively only to swap or drop the store; Lookup holds it shared, so
+	// a read during recovery waits for the restored store instead of seeing a
+	// half-written one, and a read after Close gets ErrClosed.
+	mu     sync.RWMutex
+	store  *mvcc.Store
+	closed bool
+}
+
+var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
+
+// ErrClosed is returned by reads against a closed state machine.
+var ErrClosed = fmt.Errorf("shard: state machine closed")
+
+// Factory returns dragonboat's constructor for state machines of cfg's range.
+func Factory(cfg Config) sm.CreateOnDiskStateMachineFunc {
+	return func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
+		return &StateMachine{shardID: shardID, replicaID: replicaID, cfg: cfg}
+	}
+}
+
+func (s *StateMachine) storeOptions() mvcc.Options {
+	return mvcc.Options{ID: s.shardID, Span: s.cfg.Span, Leases: s.cfg.Leases}
+}
+
+// Open loads the store and returns the applied index stored with its data.
+func (s *StateMachine) Open(stop <-chan struct{}) (uint64, error) {
+	store, err := mvcc.Open(s.cfg.DB, s.storeOptions())
+	if err != nil {
+		return 0, fmt.Errorf("shard %d: open store: %w", s.shardID, err)
+	}
+	applied, err := appliedIndex(store)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	s.store = store
+	s.mu.Unlock()
+	return applied, nil
+}
+
+func appliedIndex(store *mvcc.Store) (uint64, error) {
+	v, err := store.GetMeta(appliedKey)
+	if err != nil {
+		return 0, fmt.Errorf("shard: read applied index: %w", err)
+	}
+	if v == nil {
+		return 0, nil
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("shard: applied index record has %d bytes, want 8", len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// Update applies a batch of entries as one pebble batch together with the
+// new applied index. Each entry's Result.Data is an encoded shardpb.Result.
+func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
+	if len(entries) == 0 {
+		return entries, nil
+	}
+	s.mu.RLock()
+	store := s.store
+	s.mu.RUnlock()
+	b := store.NewBatch()
+	defer b.Close()
+	var events []*mvccpb.Event
+	for i := range entries {
+		res, err := applyCommand(b, entries[i].Cmd)
+		if err != nil {
+			return nil, fmt.Errorf("shard %d: apply index %d: %w", s.shardID, entries[i].Index, err)
+		}
+		data, err := proto.Marshal(res)
+		if err != nil {
+			return nil, fmt.Errorf("shard %d: encode result: %w", s.shardID, err)
+		}
+		entries[i].Result = sm.Result{Value: uint64(len(res.Responses)), Data: data}
+		if s.cfg.OnApply != nil {
+			events = append(events, b.TakeEvents()...)
+		}
+	}
+	var idx [8]byte
+	binary.BigEndian.PutUint64(idx[:], entries[len(entries)-1].Index)
+	b.SetMeta(appliedKey, idx[:])
+	if err := b.Commit(); err != nil {
+		return nil, fmt.Errorf("shard %d: commit: %w", s.shardID, err)
+	}
+	if s.cfg.OnApply != nil && len(events) > 0 {
+		s.cfg.OnApply(events)
+	}
+	return entries, nil
+}
+
+// applyCommand applies every request of one entry. A request the store
+// refuses gets an error response and changes nothing; a command that does
+// not decode is refused as a whole. Only storage failures return an error.
+func applyCommand(b *mvcc.Batch, cmd []byte) (*shardpb.Result, error) {
+	var c shardpb.Command
+	if err := proto.Unmarshal(cmd, &c); err != nil {
+		return &shardpb.Result{Responses: []*shardpb.Response{errResponse(badRequest("shard: undecodable command: %v", err))}}, nil
+	}
+	res := &shardpb.Result{Responses: make([]*shardpb.Response, len(c.Requests))}
+	for i, r := range c.Requests {
+		resp, err := applyRequest(b, r)
+		if err != nil {
+			e, ok := toError(err)
+			if !ok {
+				return nil, err
+			}
+			resp = errResponse(e)
+		}
+		res.Responses[i] = resp
+	}
+	return res, nil
+}
+
+func errResponse(e *Error) *shardpb.Response {
+	return &shardpb.Response{Result: &shardpb.Response_Error{Error: e.toProto()}}
+}
+
+func applyRequest(b *mvcc.Batch, r *shardpb.Request) (*shardpb.Response, error) {
+	stamp := mvcc.Revision(r.Stamp)
+	switch op := r.Op.(type) {
+	case *shardpb.Request_Put:
+		var req pb.PutRequest
+		if err := proto.Unmarshal(op.Put, &req); err != nil {
+			return nil, badRequest("shard: undecodable put: %v", err)
+		}
+		resp, err := b.Put(&req, stamp)
+		if err != nil {
+			return nil, err
+		}
+		data, err := proto.Marshal(resp)
+		return &shardpb.Response{Result: &shardpb.Response_Put{Put: data}}, err
+	case *shardpb.Request_DeleteRange:
+		var req pb.DeleteRangeRequest
+		if err := proto.Unmarshal(op.DeleteRange, &req); err != nil {
+			return nil, badRequest("shard: undecodable delete range: %v", err)
+		}
+		resp, err := b.DeleteRange(&req, stamp)
+		if err != nil {
+			return nil, err
+		}
+		data, err := proto.Marshal(resp)
+		return &shardpb.Response{Result: &shardpb.Response_DeleteRange{DeleteRange: data}}, err
+	case *shardpb.Request_Txn:
+		var req pb.TxnRequest
+		if err := proto.Unmarshal(op.Txn, &req); err != nil {
+			return nil, badRequest("shard: undecodable txn: %v", err)
+		}
+		resp, err := b.Txn(&req, stamp)
+		if err != nil {
+			return nil, err
+		}
+		data, err := proto.Marshal(resp)
+		return &shardpb.Response{Result: &shardpb.Response_Txn{Txn: data}}, err
+	case *shardpb.Request_Compaction:
+		var req pb.CompactionRequest
+		if err := proto.Unmarshal(op.Compaction, &req); err != nil {
+			return nil, badRequest("shard: undecodable compaction: %v", err)
+		}
+		resp, err := b.Compact(mvcc.Revision(req.Revision))
+		if err != nil {
+			return nil, err
+		}
+		data, err := proto.Marshal(resp)
+		return &shardpb.Response{Result: &shardpb.Response_Compaction{Compaction: data}}, err
+	default:
+		return nil, badRequest("shard: request without an operation")
+	}
+}
+
+// Lookup serves a read query (RangeQuery, TxnQuery, StatusQuery). It runs
+// concurrently with Update and waits out a snapshot recovery.
+func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed || s.store == nil {
+		return nil, ErrClosed
+	}
+	var (
+		resp any
+		err  error
+	)
+	switch q := query.(type) {
+	case RangeQuery:
+		resp, err = s.store.Range(q.Req)
+	case TxnQuery:
+		resp, err = s.store.ReadTxn(q.Req)
+	case StatusQuery:
+		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev()}
+	default:
+		return nil, fmt.Errorf("shard: unknown query type %T", query)
+	}
+	if err != nil {
+		if e, ok := toError(err); ok {
+			return nil, e
+		}
+		return nil, err
+	}
+	return resp, nil
+}
+
+// Sync makes every applied entry durable: pebble's WAL is fsynced (Update
+// commits without sync because the raft log is the durable record until then).
+func (s *StateMachine) Sync() error {
+	return s.cfg.DB.LogData(nil, pebble.Sync)
+}
+
+// PrepareSnapshot pins a point-in-time view of this range.
+func (s *StateMachine) PrepareSnapshot() (interface{}, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.store.NewSnapshot(), nil
+}
+
+// SaveSnapshot streams this range's key span and internal records.
+func (s *StateMachine) SaveSnapshot(ctx interface{}, w io.Writer, stop <-chan struct{}) error {
+	snap := ctx.(*mvcc.Snapshot)
+	defer snap.Close()
+	_, err := snap.WriteTo(w)
+	return err
+}
+
+// RecoverFromSnapshot replaces exactly this range's span with the stream.
+func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.store.Restore(r); err != nil {
+		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
+	}
+	return nil
+}
+
+// Close drops the store; later reads get ErrClosed. The pebble DB is the
+// node's and stays open.
+func (s *StateMachine) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return nil
+}
+
+// RangeQuery asks Lookup for a Range.
+type RangeQuery struct{ Req *pb.RangeRequest }
+
+// TxnQuery asks Lookup for a read-only Txn.
+type TxnQuery struct{ Req *pb.TxnRequest }
+
+// StatusQuery asks Lookup for the store's revisions.
+type StatusQuery struct{}
+
+// Status is the answer to a StatusQuery.
+type Status struct {
+	Revision        mvcc.Revision
+	CompactRevision mvcc.Revision
+}

@@ -32,8 +32,8 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 		DbSizeInUse:      ns.DBSizeInUse,
 		DbSizeQuota:      ns.DBSizeQuota,
 		Leader:           ns.Leader,
-		RaftIndex:        ns.RaftIndex,
-		RaftAppliedIndex: ns.Applied,
+		RaftIndex:        max(ns.RaftIndex, st.AppliedIndex),
+		RaftAppliedIndex: st.AppliedIndex,
 		IsLearner:        ns.IsLearner,
 	}
 	m.s.fill(resp.Header)

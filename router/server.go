@@ -36,9 +36,11 @@ type NodeInfo interface {
 type NodeStatus struct {
 	DBSize, DBSizeInUse, DBSizeQuota int64
 	// Leader is the member id of the raft leader, 0 if none is known.
-	Leader             uint64
-	RaftIndex, Applied uint64
-	IsLearner          bool
+	Leader uint64
+	// RaftIndex is the last raft index known here, 0 if not known (Status
+	// then reports the applied index).
+	RaftIndex uint64
+	IsLearner bool
 }
 
 // Server serves etcd's gRPC services for one node.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	sm "github.com/lni/dragonboat/v4/statemachine"
@@ -49,6 +50,9 @@ type StateMachine struct {
 	mu     sync.RWMutex
 	store  *mvcc.Store
 	closed bool
+
+	// applied is the raft index of the last applied entry, for Status.
+	applied atomic.Uint64
 }
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
@@ -80,6 +84,7 @@ func (s *StateMachine) Open(stop <-chan struct{}) (uint64, error) {
 	s.mu.Lock()
 	s.store = store
 	s.mu.Unlock()
+	s.applied.Store(applied)
 	return applied, nil
 }
 
@@ -129,6 +134,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if err := b.Commit(); err != nil {
 		return nil, fmt.Errorf("shard %d: commit: %w", s.shardID, err)
 	}
+	s.applied.Store(entries[len(entries)-1].Index)
 	if s.cfg.OnApply != nil && len(events) > 0 {
 		s.cfg.OnApply(events)
 	}
@@ -232,7 +238,7 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 	case TxnQuery:
 		resp, err = s.store.ReadTxn(q.Req)
 	case StatusQuery:
-		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev()}
+		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load()}
 	default:
 		return nil, fmt.Errorf("shard: unknown query type %T", query)
 	}
@@ -298,4 +304,6 @@ type StatusQuery struct{}
 type Status struct {
 	Revision        mvcc.Revision
 	CompactRevision mvcc.Revision
+	// AppliedIndex is the raft index of the last applied entry.
+	AppliedIndex uint64
 }

@@ -1,0 +1,197 @@
+package shard
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+)
+
+func openDB(t *testing.T, fs vfs.FS) *pebble.DB {
+	t.Helper()
+	db, err := pebble.Open("db", &pebble.Options{FS: fs, Logger: nopLogger{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+type nopLogger struct{}
+
+func (nopLogger) Infof(string, ...interface{})  {}
+func (nopLogger) Errorf(string, ...interface{}) {}
+func (nopLogger) Fatalf(format string, args ...interface{}) {
+	panic(fmt.Sprintf(format, args...))
+}
+
+func openSM(t *testing.T, db *pebble.DB, shardID uint64, span mvcc.Span) (*StateMachine, uint64) {
+	t.Helper()
+	s := Factory(Config{DB: db, Span: span})(shardID, 1).(*StateMachine)
+	applied, err := s.Open(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, applied
+}
+
+func putReq(t *testing.T, k, v string, stamp int64) *shardpb.Request {
+	t.Helper()
+	b, err := proto.Marshal(&pb.PutRequest{Key: []byte(k), Value: []byte(v)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &shardpb.Request{Stamp: stamp, Op: &shardpb.Request_Put{Put: b}}
+}
+
+// apply proposes one entry of requests at index idx and returns its responses.
+func apply(t *testing.T, s *StateMachine, idx uint64, reqs ...*shardpb.Request) []*shardpb.Response {
+	t.Helper()
+	cmd, err := proto.Marshal(&shardpb.Command{Requests: reqs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.Update([]sm.Entry{{Index: idx, Cmd: cmd}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res shardpb.Result
+	if err := proto.Unmarshal(out[0].Result.Data, &res); err != nil {
+		t.Fatal(err)
+	}
+	return res.Responses
+}
+
+// keys lists key=value@mod of everything the state machine serves.
+func keys(t *testing.T, s *StateMachine) string {
+	t.Helper()
+	v, err := s.Lookup(RangeQuery{Req: &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	for _, kv := range v.(*pb.RangeResponse).Kvs {
+		fmt.Fprintf(&buf, "%s=%s@%d ", kv.Key, kv.Value, kv.ModRevision)
+	}
+	return buf.String()
+}
+
+func TestApplyAndReopen(t *testing.T) {
+	fs := vfs.NewMem()
+	db := openDB(t, fs)
+	s, applied := openSM(t, db, 1, mvcc.Span{})
+	if applied != 0 {
+		t.Fatalf("fresh applied index %d", applied)
+	}
+	resps := apply(t, s, 5, putReq(t, "a", "1", 0), putReq(t, "b", "2", 0))
+	for _, r := range resps {
+		if r.GetPut() == nil {
+			t.Fatalf("put refused: %v", r)
+		}
+	}
+	want := keys(t, s)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lookup(StatusQuery{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("lookup after close: %v, want ErrClosed", err)
+	}
+	s2, applied := openSM(t, db, 1, mvcc.Span{})
+	if applied != 5 {
+		t.Fatalf("applied index after reopen = %d, want 5", applied)
+	}
+	if got := keys(t, s2); got != want {
+		t.Fatalf("after reopen %q, want %q", got, want)
+	}
+}
+
+func TestStaleStampAndBadCommand(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	s, _ := openSM(t, db, 1, mvcc.Span{})
+	if r := apply(t, s, 1, putReq(t, "a", "1", 100)); r[0].GetPut() == nil {
+		t.Fatalf("stamped put refused: %v", r[0])
+	}
+	before := keys(t, s)
+	r := apply(t, s, 2, putReq(t, "a", "2", 100), putReq(t, "b", "2", 50))
+	for i, resp := range r {
+		if resp.GetError().GetCode() != shardpb.ErrorCode_ERROR_CODE_STALE_STAMP {
+			t.Fatalf("response %d = %v, want STALE_STAMP", i, resp)
+		}
+	}
+	if got := keys(t, s); got != before || got != "a=1@100 " {
+		t.Fatalf("stale stamps changed the store: %q (before %q)", got, before)
+	}
+	out, err := s.Update([]sm.Entry{{Index: 3, Cmd: []byte{0xff, 0xff, 0xff}}})
+	if err != nil {
+		t.Fatalf("undecodable command stopped the state machine: %v", err)
+	}
+	var res shardpb.Result
+	if err := proto.Unmarshal(out[0].Result.Data, &res); err != nil || res.Responses[0].GetError().GetCode() != shardpb.ErrorCode_ERROR_CODE_BAD_REQUEST {
+		t.Fatalf("undecodable command: %v %v", &res, err)
+	}
+	if got := keys(t, s); got != before {
+		t.Fatalf("bad command changed the store: %q", got)
+	}
+}
+
+// TestSnapshotReplacesOnlyItsSpan: two shards share one pebble; recovering
+// one from a snapshot replaces its span and internal records and leaves the
+// other shard alone.
+func TestSnapshotReplacesOnlyItsSpan(t *testing.T) {
+	src := openDB(t, vfs.NewMem())
+	left, _ := openSM(t, src, 1, mvcc.Span{End: []byte("m")})
+	apply(t, left, 7, putReq(t, "a", "src", 0), putReq(t, "c", "src", 0))
+	apply(t, left, 8, putReq(t, "a", "src2", 0))
+	wantLeft := keys(t, left)
+
+	ctx, err := left.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := left.SaveSnapshot(ctx, &buf, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	dst := openDB(t, vfs.NewMem())
+	dl, _ := openSM(t, dst, 1, mvcc.Span{End: []byte("m")})
+	dr, _ := openSM(t, dst, 2, mvcc.Span{Start: []byte("m")})
+	apply(t, dl, 1, putReq(t, "b", "stale", 0), putReq(t, "zz-not-mine", "x", 0))
+	apply(t, dr, 1, putReq(t, "n", "right", 0), putReq(t, "x", "right", 0))
+	wantRight := keys(t, dr)
+
+	if err := dl.RecoverFromSnapshot(bytes.NewReader(buf.Bytes()), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(t, dl); got != wantLeft {
+		t.Fatalf("recovered left = %q, want %q", got, wantLeft)
+	}
+	if got := keys(t, dr); got != wantRight {
+		t.Fatalf("right shard changed by the left's recovery: %q, want %q", got, wantRight)
+	}
+	st, err := dl.Lookup(StatusQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.(Status).Revision != left.store.Rev() {
+		t.Fatalf("recovered revision %d, want %d", st.(Status).Revision, left.store.Rev())
+	}
+	// The applied index travels with the snapshot: a reopen reports it.
+	if err := dl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, applied := openSM(t, dst, 1, mvcc.Span{End: []byte("m")}); applied != 8 {
+		t.Fatalf("applied index after recovery and reopen = %d, want 8", applied)
+	}
+}

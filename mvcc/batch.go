@@ -1,0 +1,475 @@
+package mvcc
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// Batch applies writes to the store as one pebble batch. Reads inside the
+// batch see its earlier writes; nothing is visible to Store reads until
+// Commit. One Batch at a time per Store (the caller serialises).
+//
+// Every write op takes a stamp: 0 assigns the next revision (current + 1,
+// as etcd does); a non-zero stamp must exceed the current revision (else
+// ErrStaleStamp) and becomes the op's revision. An op that changes nothing
+// (a delete of nothing, a txn whose branch only reads) takes no revision.
+// An op that returns an error other than a storage failure changed nothing.
+type Batch struct {
+	s *Store
+	b *pebble.Batch
+
+	rev     Revision // the current revision including this batch's writes
+	compact Revision
+	dirty   bool // rev or compact changed
+	events  []*mvccpb.Event
+}
+
+// NewBatch starts a batch on the current revision.
+func (s *Store) NewBatch() *Batch {
+	return &Batch{s: s, b: s.db.NewIndexedBatch(), rev: s.Rev(), compact: s.CompactRev()}
+}
+
+// SetMeta writes the internal record name of this store.
+func (b *Batch) SetMeta(name string, value []byte) {
+	_ = b.b.Set(metaKey(b.s.opts.ID, name), value, nil)
+}
+
+// TakeEvents returns the change events of the writes since the last call, in
+// revision order and, within a revision, in write order. A PUT carries the
+// whole key-value, a DELETE the key and the deleting revision; PrevKv is
+// set whenever the key had a live version before.
+func (b *Batch) TakeEvents() []*mvccpb.Event {
+	ev := b.events
+	b.events = nil
+	return ev
+}
+
+// Commit makes the batch durable in pebble's WAL (without fsync: the raft
+// log is the durable record until the caller syncs) and visible to reads.
+func (b *Batch) Commit() error {
+	if b.dirty {
+		b.setMetaInt(metaRev, int64(b.rev))
+		b.setMetaInt(metaCompact, int64(b.compact))
+	}
+	if b.compact != b.s.CompactRev() {
+		b.s.compact.Store(int64(b.compact))
+	}
+	if err := b.b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("mvcc: commit: %w", err)
+	}
+	b.s.rev.Store(int64(b.rev))
+	return nil
+}
+
+// Close releases the batch, discarding it if it was not committed.
+func (b *Batch) Close() { _ = b.b.Close() }
+
+func (b *Batch) setMetaInt(name string, v int64) {
+	var buf [8]byte
+	binary.BigEndian.PutUint64(buf[:], uint64(v))
+	b.SetMeta(name, buf[:])
+}
+
+// op is one write transaction in the batch: all its writes share rev.
+type op struct {
+	b       *Batch
+	begin   Revision // the revision before the op
+	rev     Revision // the revision its writes get
+	changes []eventEntry
+}
+
+func (b *Batch) begin(stamp Revision) (*op, error) {
+	o := &op{b: b, begin: b.rev, rev: b.rev + 1}
+	if stamp != 0 {
+		if stamp <= b.rev {
+			return nil, fmt.Errorf("%w: stamp %d, current revision %d", ErrStaleStamp, stamp, b.rev)
+		}
+		o.rev = stamp
+	}
+	return o, nil
+}
+
+// cur is the revision reads inside the op see (and report): its own writes
+// once it has made any.
+func (o *op) cur() Revision {
+	if len(o.changes) > 0 {
+		return o.rev
+	}
+	return o.begin
+}
+
+func (o *op) view() (*view, error) {
+	return newView(o.b.b, o.cur(), o.b.compact, o.b.s.opts.Span)
+}
+
+// end writes the op's event log record and advances the batch's revision
+// if the op changed anything.
+func (o *op) end() error {
+	if len(o.changes) == 0 {
+		return nil
+	}
+	if err := o.b.b.Set(eventKey(o.rev), encodeEvents(o.changes), nil); err != nil {
+		return err
+	}
+	o.b.rev = o.rev
+	o.b.dirty = true
+	return nil
+}
+
+// put writes key at the op's revision, continuing the key's generation.
+func (o *op) put(v *view, key, value []byte, lease int64) (prev *version, err error) {
+	prev, err = v.get(key, v.cur)
+	if err != nil {
+		return nil, err
+	}
+	nv := &version{key: key, mod: o.rev, create: o.rev, ver: 1, lease: lease, value: value}
+	if prev != nil {
+		nv.create, nv.ver = prev.create, prev.ver+1
+	}
+	if err := o.b.b.Set(versionKey(key, o.rev), encodeVersion(nv), nil); err != nil {
+		return nil, err
+	}
+	ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: nv.kv()}
+	if prev != nil {
+		ev.PrevKv = prev.kv()
+	}
+	o.record(key, ev)
+	return prev, nil
+}
+
+func (o *op) record(key []byte, ev *mvccpb.Event) {
+	o.changes = append(o.changes, eventEntry{sub: int64(len(o.changes)), key: key})
+	o.b.events = append(o.b.events, ev)
+}
+
+// deleteRange writes a tombstone for every live key of [key, end).
+func (o *op) deleteRange(v *view, key, end []byte) (int64, error) {
+	rr, err := v.rangeKeys(key, end, 0, 0, false)
+	if err != nil {
+		return 0, err
+	}
+	for _, kv := range rr.kvs {
+		if err := o.b.b.Set(versionKey(kv.Key, o.rev), []byte{tagTombstone}, nil); err != nil {
+			return 0, err
+		}
+		o.record(kv.Key, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: kv.Key, ModRevision: int64(o.rev)}, PrevKv: kv})
+	}
+	return int64(len(rr.kvs)), nil
+}
+
+// Put is etcd's Put: ignore_value and ignore_lease keep the previous
+// value or lease (the key must exist), prev_kv returns the previous version.
+func (b *Batch) Put(r *pb.PutRequest, stamp Revision) (*pb.PutResponse, error) {
+	if err := ValidatePut(r); err != nil {
+		return nil, err
+	}
+	o, err := b.begin(stamp)
+	if err != nil {
+		return nil, err
+	}
+	v, err := o.view()
+	if err != nil {
+		return nil, err
+	}
+	defer v.close()
+	if err := v.checkSpan(r.Key, nil); err != nil {
+		return nil, err
+	}
+	if err := checkPut(v, r, b.s.opts.Leases); err != nil {
+		return nil, err
+	}
+	resp, err := o.execPut(v, r)
+	if err != nil {
+		return nil, err
+	}
+	return resp, o.end()
+}
+
+func (o *op) execPut(v *view, r *pb.PutRequest) (*pb.PutResponse, error) {
+	prev, err := v.get(r.Key, v.cur)
+	if err != nil {
+		return nil, err
+	}
+	value, lease := r.Value, r.Lease
+	if r.IgnoreValue && prev != nil {
+		value = prev.value
+	}
+	if r.IgnoreLease && prev != nil {
+		lease = prev.lease
+	}
+	if _, err := o.put(v, r.Key, value, lease); err != nil {
+		return nil, err
+	}
+	resp := &pb.PutResponse{Header: &pb.ResponseHeader{Revision: int64(o.rev)}}
+	if r.PrevKv && prev != nil {
+		resp.PrevKv = prev.kv()
+	}
+	return resp, nil
+}
+
+// DeleteRange is etcd's DeleteRange.
+func (b *Batch) DeleteRange(r *pb.DeleteRangeRequest, stamp Revision) (*pb.DeleteRangeResponse, error) {
+	if err := ValidateDeleteRange(r); err != nil {
+		return nil, err
+	}
+	o, err := b.begin(stamp)
+	if err != nil {
+		return nil, err
+	}
+	v, err := o.view()
+	if err != nil {
+		return nil, err
+	}
+	defer v.close()
+	if err := v.checkSpan(r.Key, mkGteRange(r.RangeEnd)); err != nil {
+		return nil, err
+	}
+	resp, err := o.execDelete(v, r)
+	if err != nil {
+		return nil, err
+	}
+	return resp, o.end()
+}
+
+func (o *op) execDelete(v *view, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	end := mkGteRange(r.RangeEnd)
+	resp := &pb.DeleteRangeResponse{Header: &pb.ResponseHeader{}}
+	if r.PrevKv {
+		rr, err := v.rangeKeys(r.Key, end, 0, 0, false)
+		if err != nil {
+			return nil, err
+		}
+		resp.PrevKvs = rr.kvs
+	}
+	n, err := o.deleteRange(v, r.Key, end)
+	if err != nil {
+		return nil, err
+	}
+	resp.Deleted = n
+	resp.Header.Revision = int64(o.cur())
+	return resp, nil
+}
+
+// Txn is etcd's Txn: compares (nested ones included) and the pre-write
+// checks run against the state before the txn; then the taken branches run
+// in order, each op seeing the earlier ones' writes, all at one revision.
+func (b *Batch) Txn(r *pb.TxnRequest, stamp Revision) (*pb.TxnResponse, error) {
+	if err := ValidateTxn(r, 0); err != nil {
+		return nil, err
+	}
+	o, err := b.begin(stamp)
+	if err != nil {
+		return nil, err
+	}
+	v, err := o.view()
+	if err != nil {
+		return nil, err
+	}
+	path, err := compareToPath(v, r)
+	if err == nil {
+		err = checkTxn(v, r, path, b.s.opts.Leases)
+	}
+	if err == nil {
+		err = checkTxnSpan(v, r, path)
+	}
+	v.close()
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.TxnResponse{Header: &pb.ResponseHeader{}}
+	if _, err := o.execTxn(r, path, resp); err != nil {
+		return nil, err
+	}
+	resp.Header.Revision = int64(o.cur())
+	return resp, o.end()
+}
+
+// checkTxnSpan refuses a txn whose taken branches touch keys outside the
+// span, before anything is written.
+func checkTxnSpan(v *view, r *pb.TxnRequest, path []bool) error {
+	_, err := walkTxn(r, path, func(op *pb.RequestOp) error {
+		switch o := op.Request.(type) {
+		case *pb.RequestOp_RequestRange:
+			return v.checkSpan(o.RequestRange.Key, mkGteRange(o.RequestRange.RangeEnd))
+		case *pb.RequestOp_RequestPut:
+			return v.checkSpan(o.RequestPut.Key, nil)
+		case *pb.RequestOp_RequestDeleteRange:
+			return v.checkSpan(o.RequestDeleteRange.Key, mkGteRange(o.RequestDeleteRange.RangeEnd))
+		}
+		return nil
+	})
+	return err
+}
+
+// walkTxn calls fn for each non-txn op on the branches path takes, and
+// returns the number of nested txns visited.
+func walkTxn(r *pb.TxnRequest, path []bool, fn func(*pb.RequestOp) error) (int, error) {
+	n := 0
+	ops := r.Success
+	if !path[0] {
+		ops = r.Failure
+	}
+	for _, op := range ops {
+		if t := op.GetRequestTxn(); t != nil {
+			sub, err := walkTxn(t, path[1:], fn)
+			if err != nil {
+				return 0, err
+			}
+			n += sub + 1
+			path = path[sub+1:]
+			continue
+		}
+		if err := fn(op); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+func (o *op) execTxn(r *pb.TxnRequest, path []bool, resp *pb.TxnResponse) (int, error) {
+	n := 0
+	ops := r.Success
+	if !path[0] {
+		ops = r.Failure
+	}
+	resp.Succeeded = path[0]
+	resp.Responses = make([]*pb.ResponseOp, len(ops))
+	for i, req := range ops {
+		v, err := o.view()
+		if err != nil {
+			return 0, err
+		}
+		var out *pb.ResponseOp
+		switch q := req.Request.(type) {
+		case *pb.RequestOp_RequestRange:
+			var rr *pb.RangeResponse
+			rr, err = v.executeRange(q.RequestRange)
+			out = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseRange{ResponseRange: rr}}
+		case *pb.RequestOp_RequestPut:
+			var pr *pb.PutResponse
+			pr, err = o.execPut(v, q.RequestPut)
+			out = &pb.ResponseOp{Response: &pb.ResponseOp_ResponsePut{ResponsePut: pr}}
+		case *pb.RequestOp_RequestDeleteRange:
+			var dr *pb.DeleteRangeResponse
+			dr, err = o.execDelete(v, q.RequestDeleteRange)
+			out = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: dr}}
+		case *pb.RequestOp_RequestTxn:
+			sub := &pb.TxnResponse{Header: &pb.ResponseHeader{}}
+			var k int
+			k, err = o.execTxn(q.RequestTxn, path[1:], sub)
+			// etcd leaves a nested txn's header empty.
+			n += k + 1
+			path = path[k+1:]
+			out = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseTxn{ResponseTxn: sub}}
+		}
+		v.close()
+		if err != nil {
+			return 0, err
+		}
+		resp.Responses[i] = out
+	}
+	return n, nil
+}
+
+// Compact drops every version no read at or above rev can see: per key,
+// all but the newest version at or below rev, and that one too if it is a
+// tombstone. It takes no revision. The keys to visit come from the event
+// log of (previous compact revision, rev], which is dropped up to rev.
+func (b *Batch) Compact(rev Revision) (*pb.CompactionResponse, error) {
+	if rev <= b.compact {
+		return nil, ErrCompacted
+	}
+	if rev > b.rev {
+		return nil, ErrFutureRev
+	}
+	// The record at exactly rev stays, so a watch may still start at rev.
+	from := max(b.compact, 0)
+	seen := make(map[string]struct{})
+	it, err := b.b.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: eventKey(rev + 1)})
+	if err != nil {
+		return nil, err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		r, err := decodeEventKey(it.Key())
+		if err != nil {
+			it.Close()
+			return nil, err
+		}
+		val, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return nil, err
+		}
+		es, err := decodeEvents(val)
+		if err != nil {
+			it.Close()
+			return nil, err
+		}
+		var rest []eventEntry
+		for _, e := range es {
+			in := b.s.opts.Span.Contains(e.key)
+			if in {
+				seen[string(e.key)] = struct{}{}
+			}
+			if r == rev || !in { // another store's keys are its compaction's job
+				rest = append(rest, e)
+			}
+		}
+		if len(rest) == len(es) {
+			continue
+		}
+		if err := b.rewriteEvents(r, rest); err != nil {
+			it.Close()
+			return nil, err
+		}
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	for k := range seen {
+		if err := b.compactKey([]byte(k), rev); err != nil {
+			return nil, err
+		}
+	}
+	b.compact = rev
+	b.dirty = true
+	return &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: int64(b.rev)}}, nil
+}
+
+func (b *Batch) rewriteEvents(r Revision, rest []eventEntry) error {
+	if len(rest) == 0 {
+		return b.b.Delete(eventKey(r), nil)
+	}
+	return b.b.Set(eventKey(r), encodeEvents(rest), nil)
+}
+
+// compactKey deletes key's versions that no read at or above rev can see.
+func (b *Batch) compactKey(key []byte, rev Revision) error {
+	p := keyPrefix(key)
+	it, err := b.b.NewIter(&pebble.IterOptions{LowerBound: versionKey(key, rev), UpperBound: nextKeyBound(p)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	first := true
+	for it.First(); it.Valid(); it.Next() {
+		if first {
+			first = false
+			val, err := it.ValueAndErr()
+			if err != nil {
+				return err
+			}
+			if len(val) > 0 && val[0] != tagTombstone {
+				continue // the newest version at or below rev stays
+			}
+		}
+		if err := b.b.Delete(append([]byte(nil), it.Key()...), nil); err != nil {
+			return err
+		}
+	}
+	return it.Error()
+}

@@ -1,0 +1,325 @@
+package mvcc
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"sort"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// A snapshot stream holds exactly one store's state: the version records of
+// its span, its part of the event log and its internal records. Layout:
+//
+//	magic | frame* | end frame (kind 0) | crc32 (IEEE, big-endian) of all before
+//	frame = kind uvarint(len(key)) key uvarint(len(value)) value
+//
+// Version frames carry the record key as stored; event frames the 8-byte
+// revision and only this span's entries; meta frames the record name.
+const snapshotMagic = "cairn-mvcc-snapshot-v1\n"
+
+// Snapshot is a point-in-time image of one store, taken between batches.
+type Snapshot struct {
+	snap *pebble.Snapshot
+	id   uint64
+	span Span
+}
+
+// NewSnapshot pins the store's committed state. Close releases it.
+func (s *Store) NewSnapshot() *Snapshot {
+	return &Snapshot{snap: s.db.NewSnapshot(), id: s.opts.ID, span: s.opts.Span}
+}
+
+// Close releases the pinned state.
+func (sn *Snapshot) Close() error { return sn.snap.Close() }
+
+type snapWriter struct {
+	w   *bufio.Writer
+	crc hash.Hash32
+	n   int64
+	err error
+}
+
+func (sw *snapWriter) write(p []byte) {
+	if sw.err != nil {
+		return
+	}
+	sw.crc.Write(p)
+	m, err := sw.w.Write(p)
+	sw.n += int64(m)
+	sw.err = err
+}
+
+func (sw *snapWriter) frame(kind byte, key, value []byte) {
+	var buf [1 + 2*binary.MaxVarintLen64]byte
+	b := append(buf[:0], kind)
+	b = binary.AppendUvarint(b, uint64(len(key)))
+	sw.write(b)
+	sw.write(key)
+	sw.write(binary.AppendUvarint(buf[:0], uint64(len(value))))
+	sw.write(value)
+}
+
+// spanBounds returns the version record bounds of span.
+func spanBounds(span Span) (lo, hi []byte) {
+	lo, hi = keyBound(span.Start), versionsEnd
+	if span.End != nil {
+		hi = keyBound(span.End)
+	}
+	return lo, hi
+}
+
+// WriteTo streams the snapshot.
+func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
+	sw := &snapWriter{w: bufio.NewWriterSize(w, 1<<16), crc: crc32.NewIEEE()}
+	sw.write([]byte(snapshotMagic))
+	lo, hi := spanBounds(sn.span)
+	if err := sn.each(lo, hi, func(k, v []byte) error {
+		sw.frame(kindVersion, k, v)
+		return sw.err
+	}); err != nil {
+		return sw.n, err
+	}
+	if err := sn.each(eventsStart, eventsEnd, func(k, v []byte) error {
+		es, err := decodeEvents(v)
+		if err != nil {
+			return err
+		}
+		mine := es[:0]
+		for _, e := range es {
+			if sn.span.Contains(e.key) {
+				mine = append(mine, e)
+			}
+		}
+		if len(mine) > 0 {
+			sw.frame(kindEvent, k[1:], encodeEvents(mine))
+		}
+		return sw.err
+	}); err != nil {
+		return sw.n, err
+	}
+	mp := metaPrefix(sn.id)
+	if err := sn.each(mp, prefixEnd(mp), func(k, v []byte) error {
+		sw.frame(kindMeta, k[len(mp):], v)
+		return sw.err
+	}); err != nil {
+		return sw.n, err
+	}
+	sw.write([]byte{0})
+	var sum [4]byte
+	binary.BigEndian.PutUint32(sum[:], sw.crc.Sum32())
+	if sw.err == nil {
+		_, sw.err = sw.w.Write(sum[:])
+		sw.n += 4
+	}
+	if sw.err == nil {
+		sw.err = sw.w.Flush()
+	}
+	return sw.n, sw.err
+}
+
+func (sn *Snapshot) each(lo, hi []byte, fn func(k, v []byte) error) error {
+	it, err := sn.snap.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return err
+		}
+		if err := fn(it.Key(), v); err != nil {
+			it.Close()
+			return err
+		}
+	}
+	if err := it.Error(); err != nil {
+		it.Close()
+		return err
+	}
+	return it.Close()
+}
+
+func prefixEnd(p []byte) []byte {
+	out := append([]byte(nil), p...)
+	for i := len(out) - 1; i >= 0; i-- {
+		if out[i] < 0xff {
+			out[i]++
+			return out[:i+1]
+		}
+	}
+	return nil
+}
+
+type snapReader struct {
+	r   *bufio.Reader
+	crc hash.Hash32
+}
+
+func (sr *snapReader) ReadByte() (byte, error) {
+	c, err := sr.r.ReadByte()
+	if err == nil {
+		sr.crc.Write([]byte{c})
+	}
+	return c, err
+}
+
+func (sr *snapReader) bytes() ([]byte, error) {
+	n, err := binary.ReadUvarint(sr)
+	if err != nil {
+		return nil, err
+	}
+	if n > 1<<31 {
+		return nil, fmt.Errorf("mvcc: snapshot frame of %d bytes", n)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(sr.r, b); err != nil {
+		return nil, err
+	}
+	sr.crc.Write(b)
+	return b, nil
+}
+
+// ErrBadSnapshot reports a snapshot stream that is corrupt or truncated.
+var ErrBadSnapshot = errors.New("mvcc: bad snapshot stream")
+
+// Restore replaces this store's state (its span's versions, its part of the
+// event log, its internal records) with a snapshot stream, atomically and
+// durably: on any error nothing changed.
+func (s *Store) Restore(r io.Reader) error {
+	sr := &snapReader{r: bufio.NewReaderSize(r, 1<<16), crc: crc32.NewIEEE()}
+	magic := make([]byte, len(snapshotMagic))
+	if _, err := io.ReadFull(sr.r, magic); err != nil || string(magic) != snapshotMagic {
+		return fmt.Errorf("%w: no header", ErrBadSnapshot)
+	}
+	sr.crc.Write(magic)
+
+	b := s.db.NewBatch()
+	defer b.Close()
+	lo, hi := spanBounds(s.opts.Span)
+	mp := metaPrefix(s.opts.ID)
+	if err := b.DeleteRange(lo, hi, nil); err != nil {
+		return err
+	}
+	if err := b.DeleteRange(mp, prefixEnd(mp), nil); err != nil {
+		return err
+	}
+	incoming := make(map[Revision][]eventEntry)
+	for {
+		kind, err := sr.ReadByte()
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+		}
+		if kind == 0 {
+			break
+		}
+		k, err := sr.bytes()
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+		}
+		v, err := sr.bytes()
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+		}
+		switch kind {
+		case kindVersion:
+			if bytes.Compare(k, lo) < 0 || bytes.Compare(k, hi) >= 0 {
+				return fmt.Errorf("%w: version record outside the span", ErrBadSnapshot)
+			}
+			if err := b.Set(k, v, nil); err != nil {
+				return err
+			}
+		case kindEvent:
+			if len(k) != 8 {
+				return fmt.Errorf("%w: event key of %d bytes", ErrBadSnapshot, len(k))
+			}
+			es, err := decodeEvents(v)
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+			}
+			incoming[Revision(binary.BigEndian.Uint64(k))] = es
+		case kindMeta:
+			if err := b.Set(append(append([]byte(nil), mp...), k...), v, nil); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("%w: frame kind %d", ErrBadSnapshot, kind)
+		}
+	}
+	want := sr.crc.Sum32()
+	var sum [4]byte
+	if _, err := io.ReadFull(sr.r, sum[:]); err != nil || binary.BigEndian.Uint32(sum[:]) != want {
+		return fmt.Errorf("%w: checksum mismatch", ErrBadSnapshot)
+	}
+	if err := s.mergeEvents(b, incoming); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("mvcc: restore: %w", err)
+	}
+	return s.load()
+}
+
+// mergeEvents replaces this span's entries in the event log with incoming,
+// keeping other stores' entries at the same revisions.
+func (s *Store) mergeEvents(b *pebble.Batch, incoming map[Revision][]eventEntry) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventsStart, UpperBound: eventsEnd})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		rev, err := decodeEventKey(it.Key())
+		if err != nil {
+			it.Close()
+			return err
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return err
+		}
+		es, err := decodeEvents(v)
+		if err != nil {
+			it.Close()
+			return err
+		}
+		var rest []eventEntry
+		for _, e := range es {
+			if !s.opts.Span.Contains(e.key) {
+				rest = append(rest, e)
+			}
+		}
+		add, ok := incoming[rev]
+		if len(rest) == len(es) && !ok {
+			continue
+		}
+		delete(incoming, rev)
+		rest = append(rest, add...)
+		sort.SliceStable(rest, func(i, j int) bool { return rest[i].sub < rest[j].sub })
+		if len(rest) == 0 {
+			err = b.Delete(eventKey(rev), nil)
+		} else {
+			err = b.Set(eventKey(rev), encodeEvents(rest), nil)
+		}
+		if err != nil {
+			it.Close()
+			return err
+		}
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for rev, es := range incoming {
+		if err := b.Set(eventKey(rev), encodeEvents(es), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}

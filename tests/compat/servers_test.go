@@ -1,0 +1,157 @@
+package compat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/cairn-kv/cairn/node"
+)
+
+// startTimeout bounds how long a server may take to become ready.
+const startTimeout = 60 * time.Second
+
+// server is one running store under test and a client of it.
+type server struct {
+	name     string
+	endpoint string // http://127.0.0.1:port
+	cli      *clientv3.Client
+}
+
+// freePort returns a port that was free a moment ago. etcd's peer listener
+// needs a real port in its initial cluster, so it cannot be 0; startEtcd
+// retries if another process takes the port in between.
+func freePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func mustURL(t testing.TB, s string) url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatalf("parse URL %q: %v", s, err)
+	}
+	return *u
+}
+
+// startEtcd starts an embedded single-member etcd in a temporary directory
+// and returns once it serves clients. It is closed at the end of the test.
+func startEtcd(t testing.TB, name string) *server {
+	t.Helper()
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		s, err := tryStartEtcd(t, name)
+		if err == nil {
+			return s
+		}
+		lastErr = err
+		if !errors.Is(err, syscall.EADDRINUSE) && !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	t.Fatalf("start etcd %s: %v", name, lastErr)
+	return nil
+}
+
+func tryStartEtcd(t testing.TB, name string) (*server, error) {
+	cfg := embed.NewConfig()
+	cfg.Name = name
+	cfg.Dir = t.TempDir()
+	cfg.LogLevel = "error"
+	cfg.UnsafeNoFsync = true // the data dir is thrown away; fsync only slows the run
+	client := mustURL(t, "http://"+freePort(t))
+	peer := mustURL(t, "http://"+freePort(t))
+	cfg.ListenClientUrls = []url.URL{client}
+	cfg.AdvertiseClientUrls = []url.URL{client}
+	cfg.ListenPeerUrls = []url.URL{peer}
+	cfg.AdvertisePeerUrls = []url.URL{peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(name)
+	cfg.ListenMetricsUrls = nil
+
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		return nil, fmt.Errorf("etcd failed while starting: %w", err)
+	case <-time.After(startTimeout):
+		return nil, fmt.Errorf("etcd not ready after %v", startTimeout)
+	}
+	ep := "http://" + e.Clients[0].Addr().String()
+	return &server{name: name, endpoint: ep, cli: newClient(t, ep)}, nil
+}
+
+// startCairn starts an in-process Cairn node on free ports in a temporary
+// directory. node.Start returns once the node serves clients and has a raft
+// leader; it is closed at the end of the test.
+func startCairn(t testing.TB, name string) *server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	n, err := node.Start(ctx, node.Config{
+		Name:             name,
+		DataDir:          t.TempDir(),
+		ListenClientURLs: []string{"http://127.0.0.1:0"},
+		ListenPeerURLs:   []string{"http://127.0.0.1:0"},
+	})
+	if err != nil {
+		t.Fatalf("start cairn %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("close cairn %s: %v", name, err)
+		}
+	})
+	ep := n.ClientURLs()[0]
+	return &server{name: name, endpoint: ep, cli: newClient(t, ep)}
+}
+
+// newClient connects a client and waits until a linearizable read succeeds,
+// so that the first operation of a test is not the one that finds out the
+// server is not answering yet.
+func newClient(t testing.TB, endpoint string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{endpoint},
+		DialTimeout: 10 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatalf("client for %s: %v", endpoint, err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	deadline := time.Now().Add(startTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := cli.Get(ctx, "health-probe")
+		cancel()
+		if err == nil {
+			return cli
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not answer reads after %v: %v", endpoint, startTimeout, err)
+		}
+		// No fixed sleep: the 5s per-attempt timeout paces the retries, and a
+		// fast failure (connection refused) is retried on the next tick.
+		<-time.After(50 * time.Millisecond)
+	}
+}

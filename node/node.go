@@ -182,8 +182,19 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A restart that asks for any port keeps the raft address the data
+	// directory was created with: dragonboat refuses a changed address.
+	addrFile := filepath.Join(cfg.DataDir, "raft-address")
+	if strings.HasSuffix(peer, ":0") {
+		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
+			peer = strings.TrimSpace(string(b))
+		}
+	}
 	if peer, err = resolvePort(peer); err != nil {
 		return err
+	}
+	if err := os.WriteFile(addrFile, []byte(peer+"\n"), 0o600); err != nil {
+		return fmt.Errorf("node: record raft address: %w", err)
 	}
 	n.peerURL = "http://" + peer
 	n.memberID = hash64(cfg.Name, n.peerURL)

@@ -15,6 +15,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/status"
 
+	"go.uber.org/zap"
+
 	"github.com/cairn-kv/cairn/node"
 )
 
@@ -40,7 +42,7 @@ func startNode(tb testing.TB, dir string) *node.Node {
 
 func newClient(tb testing.TB, n *node.Node) *clientv3.Client {
 	tb.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: n.ClientURLs(), DialTimeout: 5 * time.Second})
+	c, err := clientv3.New(clientv3.Config{Endpoints: n.ClientURLs(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,3 +1,5 @@
+//go:build !nocairn
+
 package compat
 
 import (
@@ -7,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/cairn-kv/cairn/node"
 )
@@ -26,6 +30,34 @@ type server struct {
 	name     string
 	endpoint string // http://127.0.0.1:port
 	cli      *clientv3.Client
+	wire     *wireRecorder
+}
+
+// wireRecorder keeps the error of the last unary call as the server sent it.
+// clientv3 rewrites a known error message into its canonical error, code
+// included, which would hide a server that sends etcd's message with the
+// wrong code; the recorder sits under clientv3's interceptors and sees the
+// raw status.
+type wireRecorder struct {
+	mu   sync.Mutex
+	last error
+}
+
+func (w *wireRecorder) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	w.mu.Lock()
+	w.last = err
+	w.mu.Unlock()
+	return err
+}
+
+// take returns the last call's raw error and forgets it.
+func (w *wireRecorder) take() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	err := w.last
+	w.last = nil
+	return err
 }
 
 // freePort returns a port that was free a moment ago. etcd's peer listener
@@ -97,7 +129,8 @@ func tryStartEtcd(t testing.TB, name string) (*server, error) {
 		return nil, fmt.Errorf("etcd not ready after %v", startTimeout)
 	}
 	ep := "http://" + e.Clients[0].Addr().String()
-	return &server{name: name, endpoint: ep, cli: newClient(t, ep)}, nil
+	cli, wire := newClient(t, ep)
+	return &server{name: name, endpoint: ep, cli: cli, wire: wire}, nil
 }
 
 // startCairn starts an in-process Cairn node on free ports in a temporary
@@ -122,18 +155,21 @@ func startCairn(t testing.TB, name string) *server {
 		}
 	})
 	ep := n.ClientURLs()[0]
-	return &server{name: name, endpoint: ep, cli: newClient(t, ep)}
+	cli, wire := newClient(t, ep)
+	return &server{name: name, endpoint: ep, cli: cli, wire: wire}
 }
 
 // newClient connects a client and waits until a linearizable read succeeds,
 // so that the first operation of a test is not the one that finds out the
 // server is not answering yet.
-func newClient(t testing.TB, endpoint string) *clientv3.Client {
+func newClient(t testing.TB, endpoint string) (*clientv3.Client, *wireRecorder) {
 	t.Helper()
+	wire := &wireRecorder{}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{endpoint},
 		DialTimeout: 10 * time.Second,
 		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(wire.intercept)},
 	})
 	if err != nil {
 		t.Fatalf("client for %s: %v", endpoint, err)
@@ -145,7 +181,7 @@ func newClient(t testing.TB, endpoint string) *clientv3.Client {
 		_, err := cli.Get(ctx, "health-probe")
 		cancel()
 		if err == nil {
-			return cli
+			return cli, wire
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s does not answer reads after %v: %v", endpoint, startTimeout, err)

@@ -32,7 +32,7 @@ func (a answer) String() string {
 	if a.err != "" {
 		return "error " + a.err
 	}
-	return strings.TrimSpace(prototext.MarshalOptions{Multiline: true, Indent: "  "}.Format(a.resp))
+	return strings.TrimSpace(prototext.MarshalOptions{Multiline: true, Indent: "  "}.Format(shorten(a.resp)))
 }
 
 func (a answer) equal(b answer) bool {
@@ -47,7 +47,10 @@ func (a answer) diff(b answer) string {
 	if a.err != "" || b.err != "" {
 		return fmt.Sprintf("-%s\n+%s", a, b)
 	}
-	return cmp.Diff(a.resp, b.resp, protocmp.Transform())
+	if d := cmp.Diff(shorten(a.resp), shorten(b.resp), protocmp.Transform()); d != "" {
+		return d
+	}
+	return "(the difference is past the printed prefix of a long value)"
 }
 
 // run sends o to s through clientv3 and returns s's answer.
@@ -84,7 +87,7 @@ func send(ctx context.Context, cli *clientv3.Client, o op) (proto.Message, error
 	case kindPut:
 		r := o.req.(*pb.PutRequest)
 		resp, err := cli.Do(ctx, putOp(r))
-		return resp.Put(), err
+		return (*pb.PutResponse)(resp.Put()), err
 	case kindDelete:
 		r := o.req.(*pb.DeleteRangeRequest)
 		resp, err := cli.Do(ctx, deleteOp(r))

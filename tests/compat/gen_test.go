@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // missingLease is a lease id that exists on neither server: the differential
@@ -49,7 +50,34 @@ type op struct {
 }
 
 func (o op) String() string {
-	return kindNames[o.kind] + " {" + strings.TrimSpace(prototext.MarshalOptions{}.Format(o.req)) + "}"
+	return kindNames[o.kind] + " {" + strings.TrimSpace(prototext.MarshalOptions{}.Format(shorten(o.req))) + "}"
+}
+
+// shorten returns a copy of m with long byte strings cut, for printing.
+func shorten(m proto.Message) proto.Message {
+	m = proto.Clone(m)
+	shortenReflect(m.ProtoReflect())
+	return m
+}
+
+func shortenReflect(m protoreflect.Message) {
+	const keep = 64
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsMap():
+		case fd.IsList() && fd.Message() != nil:
+			for l, i := v.List(), 0; i < l.Len(); i++ {
+				shortenReflect(l.Get(i).Message())
+			}
+		case fd.Message() != nil:
+			shortenReflect(v.Message())
+		case fd.Kind() == protoreflect.BytesKind && !fd.IsList() && len(v.Bytes()) > keep:
+			b := v.Bytes()
+			cut := fmt.Appendf(append([]byte{}, b[:keep]...), "...(%d bytes)", len(b))
+			m.Set(fd, protoreflect.ValueOfBytes(cut))
+		}
+		return true
+	})
 }
 
 // gen generates one sequence's operations. It knows the revisions only from
@@ -75,7 +103,7 @@ func newGen(seed int64, rev, compactRev int64) *gen {
 		compactRev: compactRev,
 		values:     []string{"", "v", "v1", "v2", "w", "zzzz", "\x00bin\xff"},
 	}
-	for _, s := range []string{"", "a", "ab", "abc", "b", "ba", "c", "\xff"} {
+	for _, s := range []string{"", "a", "a\x00", "ab", "abc", "b", "ba", "c", "\xff"} {
 		g.keys = append(g.keys, p+s)
 	}
 	g.keys = append(g.keys, "shared/x", "shared/y", "shared/z")
@@ -223,6 +251,15 @@ func (g *gen) putReq() *pb.PutRequest {
 	if g.pct(5) {
 		r.Lease = missingLease // requested lease not found, or lease is provided
 	}
+	if g.pct(1) {
+		// Over etcd's default 1.5 MiB request limit (request is too large),
+		// or a large value that fits.
+		size := 1600 * 1024
+		if g.pct(50) {
+			size = 100 * 1024
+		}
+		r.Value = []byte(strings.Repeat("x", size))
+	}
 	return r
 }
 
@@ -311,9 +348,9 @@ func (g *gen) txnReq(depth int) *pb.TxnRequest {
 		t.Failure = append(t.Failure, g.requestOp(depth))
 	}
 	if depth == 0 && g.pct(2) {
-		// etcdserver: too many operations in txn request
+		// At the limit, or one over: too many operations in txn request.
 		t.Success = nil
-		for i := 0; i <= maxTxnOps; i++ {
+		for i, n := 0, maxTxnOps+g.r.IntN(2); i < n; i++ {
 			t.Success = append(t.Success, &pb.RequestOp{Request: &pb.RequestOp_RequestRange{
 				RequestRange: &pb.RangeRequest{Key: []byte(g.pick(g.keys))}}})
 		}
@@ -336,15 +373,30 @@ func (g *gen) compactReq() *pb.CompactionRequest {
 	return r
 }
 
-// next returns the sequence's next op.
-func (g *gen) next() op {
+// next returns the sequence's next op, of a kind not in skip.
+func (g *gen) next(skip map[opKind]bool) op {
+	for {
+		if o := g.draw(); !skip[o.kind] {
+			return o
+		}
+	}
+}
+
+func (g *gen) draw() op {
 	switch n := g.r.IntN(100); {
 	case n < 25:
 		return op{kindPut, g.putReq()}
 	case n < 52:
 		return op{kindGet, g.rangeReq(false)}
 	case n < 56:
-		return op{kindGetStream, g.rangeReq(false)}
+		r := g.rangeReq(false)
+		if g.pct(70) {
+			// RangeStream refuses custom orders and revision filters
+			// (Unimplemented); keep most streams to what it serves.
+			r.SortTarget, r.SortOrder = 0, 0
+			r.MinModRevision, r.MaxModRevision, r.MinCreateRevision, r.MaxCreateRevision = 0, 0, 0, 0
+		}
+		return op{kindGetStream, r}
 	case n < 68:
 		return op{kindDelete, g.deleteReq()}
 	case n < 92:

@@ -1,5 +1,3 @@
-//go:build !nocairn
-
 package compat
 
 import (
@@ -18,8 +16,6 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-
-	"github.com/cairn-kv/cairn/node"
 )
 
 // startTimeout bounds how long a server may take to become ready.
@@ -105,7 +101,9 @@ func tryStartEtcd(t testing.TB, name string) (*server, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = name
 	cfg.Dir = t.TempDir()
-	cfg.LogLevel = "error"
+	// etcd logs at error level when it is closed ("server closed"); its
+	// start-up failures come back from StartEtcd and Err anyway.
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.UnsafeNoFsync = true // the data dir is thrown away; fsync only slows the run
 	client := mustURL(t, "http://"+freePort(t))
 	peer := mustURL(t, "http://"+freePort(t))
@@ -131,32 +129,6 @@ func tryStartEtcd(t testing.TB, name string) (*server, error) {
 	ep := "http://" + e.Clients[0].Addr().String()
 	cli, wire := newClient(t, ep)
 	return &server{name: name, endpoint: ep, cli: cli, wire: wire}, nil
-}
-
-// startCairn starts an in-process Cairn node on free ports in a temporary
-// directory. node.Start returns once the node serves clients and has a raft
-// leader; it is closed at the end of the test.
-func startCairn(t testing.TB, name string) *server {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	n, err := node.Start(ctx, node.Config{
-		Name:             name,
-		DataDir:          t.TempDir(),
-		ListenClientURLs: []string{"http://127.0.0.1:0"},
-		ListenPeerURLs:   []string{"http://127.0.0.1:0"},
-	})
-	if err != nil {
-		t.Fatalf("start cairn %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("close cairn %s: %v", name, err)
-		}
-	})
-	ep := n.ClientURLs()[0]
-	cli, wire := newClient(t, ep)
-	return &server{name: name, endpoint: ep, cli: cli, wire: wire}
 }
 
 // newClient connects a client and waits until a linearizable read succeeds,

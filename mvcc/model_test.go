@@ -23,14 +23,14 @@ var (
 // in full for every question.
 type model struct {
 	rev, compact int64
-	hist         map[string][]mvccpb.KeyValue // versions in revision order; Version 0 = tombstone
+	hist         map[string][]*mvccpb.KeyValue // versions in revision order; Version 0 = tombstone
 }
 
 func (m *model) at(key string, rev int64) *mvccpb.KeyValue {
 	var found *mvccpb.KeyValue
-	for i := range m.hist[key] {
-		if m.hist[key][i].ModRevision <= rev {
-			found = &m.hist[key][i]
+	for _, v := range m.hist[key] {
+		if v.ModRevision <= rev {
+			found = v
 		}
 	}
 	if found == nil || found.Version == 0 {
@@ -58,7 +58,7 @@ func (m *model) live(key, end []byte, rev int64) []*mvccpb.KeyValue {
 }
 
 func (m *model) write(key string, rev int64, value []byte, lease int64, tomb bool) {
-	kv := mvccpb.KeyValue{Key: []byte(key), ModRevision: rev}
+	kv := &mvccpb.KeyValue{Key: []byte(key), ModRevision: rev}
 	if !tomb {
 		prev := m.at(key, rev)
 		kv.CreateRevision, kv.Version, kv.Value, kv.Lease = rev, 1, value, lease
@@ -72,7 +72,7 @@ func (m *model) write(key string, rev int64, value []byte, lease int64, tomb boo
 func (m *model) doCompact(rev int64) {
 	m.compact = rev
 	for k, vs := range m.hist {
-		var keep []mvccpb.KeyValue
+		var keep []*mvccpb.KeyValue
 		for i, v := range vs {
 			newestAtOrBelow := v.ModRevision <= rev && (i+1 == len(vs) || vs[i+1].ModRevision > rev)
 			if v.ModRevision > rev || (newestAtOrBelow && v.Version != 0) {
@@ -104,7 +104,7 @@ func runModel(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0))
 	db := openTestDB(t)
 	s := openTestStore(t, db, Span{})
-	m := &model{rev: 1, compact: -1, hist: map[string][]mvccpb.KeyValue{}}
+	m := &model{rev: 1, compact: -1, hist: map[string][]*mvccpb.KeyValue{}}
 	keys := []string{"a", "ab", "b", "b\x00", "c", "d", "e\xff"}
 	key := func() []byte { return []byte(keys[rng.IntN(len(keys))]) }
 	end := func(k []byte) []byte {

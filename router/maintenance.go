@@ -16,6 +16,9 @@ type maintenanceServer struct {
 	s *Server
 }
 
+// defaultQuotaBytes is etcd's default backend quota, reported when none is set.
+const defaultQuotaBytes = 2 << 30
+
 // Status reports the etcd API version Cairn speaks (clients such as
 // Kubernetes check it), the store's size and the raft state.
 func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
@@ -35,6 +38,13 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 		RaftIndex:        max(ns.RaftIndex, st.AppliedIndex),
 		RaftAppliedIndex: st.AppliedIndex,
 		IsLearner:        ns.IsLearner,
+		DowngradeInfo:    &pb.DowngradeInfo{},
+	}
+	if resp.DbSizeQuota == 0 {
+		resp.DbSizeQuota = defaultQuotaBytes
+	}
+	if resp.Leader == 0 {
+		resp.Errors = append(resp.Errors, "etcdserver: no leader")
 	}
 	m.s.fill(resp.Header)
 	resp.RaftTerm = resp.Header.RaftTerm

@@ -16,11 +16,12 @@ import (
 )
 
 var (
-	flagSeed = flag.Int64("seed", 0, "TestDifferential: replay sequences 1..seed and log every op of sequence seed (with -v)")
-	flagSeqs = flag.Int64("seqs", 200, "TestDifferential: number of sequences (seeds 1..seqs)")
-	flagSelf = flag.Bool("self", false, "TestDifferential: compare etcd with a second etcd instead of Cairn, to check the harness")
-	flagFail = flag.Int("maxfail", 10, "TestDifferential: stop after this many failed sequences")
-	flagSkip = flag.String("skipops", "", "TestDifferential: comma-separated op kinds not to send (e.g. GetStream,Compact), to look past a known mismatch; replay with the same -skipops")
+	flagSeed  = flag.Int64("seed", 0, "TestDifferential: replay sequences 1..seed and log every op of sequence seed (with -v)")
+	flagSeqs  = flag.Int64("seqs", 200, "TestDifferential: number of sequences (seeds 1..seqs)")
+	flagSelf  = flag.Bool("self", false, "TestDifferential: compare etcd with a second etcd instead of Cairn, to check the harness")
+	flagFail  = flag.Int("maxfail", 10, "TestDifferential: stop after this many failed sequences")
+	flagTrace = flag.Bool("trace", false, "TestDifferential: print each op to stderr before sending it, for when a server crashes the test process")
+	flagSkip  = flag.String("skipops", "", "TestDifferential: comma-separated op kinds not to send (e.g. GetStream,Compact), to look past a known mismatch; replay with the same -skipops")
 )
 
 // skipKinds parses -skipops.
@@ -59,7 +60,7 @@ func TestDifferential(t *testing.T) {
 
 	// The prologue probes the fresh stores: the revision before any write
 	// and compactions of a store that was never compacted.
-	if !runOps(t, 0, prologue(), etcd, other, *flagSeed == 0 && testing.Verbose(), nil) {
+	if !runOps(t, 0, prologue(), etcd, other, false, nil) {
 		resync(t, etcd, other)
 	}
 
@@ -146,7 +147,7 @@ func runOps(t *testing.T, seed int64, seq iter.Seq[op], a, b *server, verbose bo
 	t.Helper()
 	i := 0
 	for o := range seq {
-		if os.Getenv("COMPAT_TRACE") != "" {
+		if *flagTrace {
 			fmt.Fprintf(os.Stderr, "TRACE seed %d op %d: %v\n", seed, i, o)
 		}
 		aa, ba := run(a, o), run(b, o)

@@ -1,13 +1,17 @@
 # The README's two commands: `make run` and `make test`.
 GO ?= go
 
-.PHONY: run build test test-unit test-compat
+.PHONY: run build etcdctl test test-unit test-compat
 
 run:
 	$(GO) run ./cmd/cairn
 
 build:
 	$(GO) build -o bin/cairn ./cmd/cairn
+
+# etcd's client, at the version tests/compat pins, into bin/.
+etcdctl:
+	cd tests/compat && $(GO) build -o ../../bin/etcdctl go.etcd.io/etcd/etcdctl/v3
 
 # Everything CI runs: the server module's tests, then the differential tests
 # against embedded etcd (their own module, so the server stays lean).

@@ -1,7 +1,11 @@
 package router
 
 import (
+	"bytes"
 	"context"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"math"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -49,14 +53,98 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	return resp, nil
 }
 
-// RangeStream answers with the whole range in one chunk, which etcd's
-// contract allows: merging the chunks must give Range's answer.
+// RangeStream serves a range in chunks exactly as etcd 3.7 does, so clients
+// see the same chunks: the first chunk holds at most 10 keys, later chunk
+// sizes double or halve towards the request size limit, every chunk reads
+// at the revision the first one pinned, and only the last chunk carries the
+// header, More and Count. Custom sort orders and revision filters are
+// refused, after the checks every Range gets.
 func (k *kvServer) RangeStream(r *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
-	resp, err := k.Range(stream.Context(), r)
-	if err != nil {
-		return err
+	if err := mvcc.ValidateRange(r); err != nil {
+		return toGRPC(err)
 	}
-	return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
+	if r.SortOrder != pb.RangeRequest_NONE && !(r.SortTarget == pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_ASCEND) {
+		return status.Error(codes.Unimplemented, "RangeStream does not support custom sort orders")
+	}
+	if r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0 {
+		return status.Error(codes.Unimplemented, "RangeStream does not support revision filters")
+	}
+	ctx := stream.Context()
+	req := proto.Clone(r).(*pb.RangeRequest)
+	if req.CountOnly {
+		resp, err := k.Range(ctx, req)
+		if err != nil {
+			return err
+		}
+		out := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: resp.Header.Revision}, Count: resp.Count}
+		k.s.fill(out.Header)
+		return stream.Send(&pb.RangeStreamResponse{RangeResponse: out})
+	}
+	totalLimit := req.Limit
+	if totalLimit == 0 {
+		totalLimit = math.MaxInt64
+	}
+	req.Limit = min(int64(rangeStreamFirstChunk), totalLimit)
+	var count, headerRev int64
+	for {
+		resp, err := k.Range(ctx, req)
+		if err != nil {
+			return err
+		}
+		// Later chunks read at the pinned revision: the first read was
+		// linearizable if asked, the rest can be served locally.
+		req.Serializable = true
+		if headerRev == 0 {
+			headerRev = resp.Header.Revision
+			if req.Revision == 0 {
+				req.Revision = headerRev
+			}
+		}
+		count += int64(len(resp.Kvs))
+		var nextKey []byte
+		if resp.More {
+			nextKey = append(bytes.Clone(resp.Kvs[len(resp.Kvs)-1].Key), 0)
+		}
+		out := &pb.RangeResponse{Kvs: resp.Kvs}
+		done := !resp.More || count == totalLimit
+		if done {
+			out.Header = &pb.ResponseHeader{Revision: headerRev}
+			k.s.fill(out.Header)
+			out.More = resp.More
+			out.Count = count
+			if resp.More {
+				rest, err := k.Range(ctx, &pb.RangeRequest{Key: nextKey, RangeEnd: req.RangeEnd, Revision: req.Revision, CountOnly: true, Serializable: true})
+				if err != nil {
+					return err
+				}
+				out.Count += rest.Count
+			}
+		}
+		if err := stream.Send(&pb.RangeStreamResponse{RangeResponse: out}); err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+		req.Key = nextKey
+		req.Limit = nextChunkLimit(req.Limit, proto.Size(resp), k.s.cfg.MaxRequestBytes)
+		req.Limit = min(req.Limit, totalLimit-count)
+	}
+}
+
+// rangeStreamFirstChunk is etcd's first chunk size.
+const rangeStreamFirstChunk = 10
+
+// nextChunkLimit doubles or halves the chunk size when the last chunk was
+// far from the target size, as etcd does; never below 1.
+func nextChunkLimit(last int64, lastSize, target int) int64 {
+	switch {
+	case lastSize < target/2:
+		last *= 2
+	case lastSize > target*2:
+		last /= 2
+	}
+	return max(last, 1)
 }
 
 func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {

@@ -1,5 +1,3 @@
-//go:build !nocairn
-
 package compat
 
 import (

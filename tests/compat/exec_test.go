@@ -106,6 +106,8 @@ func send(ctx context.Context, cli *clientv3.Client, o op) (proto.Message, error
 		return (*pb.CompactionResponse)(resp), err
 	case kindRawRange:
 		return pb.NewKVClient(cli.ActiveConnection()).Range(ctx, o.req.(*pb.RangeRequest))
+	case kindRawTxn:
+		return pb.NewKVClient(cli.ActiveConnection()).Txn(ctx, o.req.(*pb.TxnRequest))
 	}
 	panic(fmt.Sprintf("compat: unknown op kind %d", o.kind))
 }

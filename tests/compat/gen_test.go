@@ -3,6 +3,7 @@ package compat
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -20,8 +21,9 @@ const missingLease = 7777
 const maxTxnOps = 128
 
 // opKind names what an op sends. Most kinds go through clientv3's KV API;
-// kindRawRange sends a RangeRequest clientv3 refuses to build (an invalid
-// sort option) on the client's own connection.
+// kindRawRange and kindRawTxn send requests clientv3 refuses to build or
+// cannot build (an invalid sort option, a txn op with no request) on the
+// client's own connection.
 type opKind int
 
 const (
@@ -32,18 +34,20 @@ const (
 	kindTxn
 	kindCompact
 	kindRawRange
+	kindRawTxn
 )
 
 var kindNames = map[opKind]string{
 	kindGet: "Get", kindGetStream: "GetStream", kindPut: "Put", kindDelete: "Delete",
-	kindTxn: "Txn", kindCompact: "Compact", kindRawRange: "RawRange",
+	kindTxn: "Txn", kindCompact: "Compact", kindRawRange: "RawRange", kindRawTxn: "RawTxn",
 }
 
 // op is one request of a sequence, kept as the etcd protobuf request that
 // goes on the wire so that a failure report shows exactly what was sent.
 //
 // Invariant: req's type matches kind (RangeRequest for the get kinds,
-// PutRequest, DeleteRangeRequest, TxnRequest, CompactionRequest).
+// PutRequest, DeleteRangeRequest, TxnRequest for both txn kinds,
+// CompactionRequest).
 type op struct {
 	kind opKind
 	req  proto.Message
@@ -226,6 +230,10 @@ func (g *gen) rangeReq(inTxn bool) *pb.RangeRequest {
 	if g.pct(inTxnPct(inTxn, 25, 10)) {
 		r.Revision = g.pastRev()
 	}
+	if inTxn && g.pct(1) {
+		// clientv3 checks the sort option of a Get, not of a Get in a txn.
+		r.SortTarget, r.SortOrder = pb.RangeRequest_SortTarget(5+g.r.IntN(3)), pb.RangeRequest_ASCEND
+	}
 	return r
 }
 
@@ -322,6 +330,23 @@ func (g *gen) compare() *pb.Compare {
 		}
 		c.TargetUnion = &pb.Compare_Lease{Lease: l}
 	}
+	if g.pct(4) {
+		// Odd compares etcd accepts: the value of another target (read as
+		// zero), no value, an unknown target or an unknown result.
+		switch g.r.IntN(4) {
+		case 0:
+			c.TargetUnion = &pb.Compare_Version{Version: g.r.Int64N(3)}
+			if c.Target == pb.Compare_VERSION {
+				c.TargetUnion = &pb.Compare_Value{Value: []byte(g.value())}
+			}
+		case 1:
+			c.TargetUnion = nil
+		case 2:
+			c.Target = pb.Compare_CompareTarget(5 + g.r.IntN(2))
+		case 3:
+			c.Result = pb.Compare_CompareResult(4 + g.r.IntN(2))
+		}
+	}
 	if len(c.Key) > 0 && g.pct(20) {
 		if g.pct(50) {
 			c.RangeEnd = []byte(clientv3.GetPrefixRangeEnd(string(c.Key)))
@@ -412,6 +437,16 @@ func (g *gen) draw() op {
 		return op{kindTxn, g.txnReq(0)}
 	case n < 96:
 		return op{kindCompact, g.compactReq()}
+	case n < 97:
+		// A txn op with no request in it: etcd refuses the txn (key not found).
+		t := g.txnReq(0)
+		empty := &pb.RequestOp{}
+		if g.pct(50) {
+			t.Success = slices.Insert(t.Success, g.r.IntN(len(t.Success)+1), empty)
+		} else {
+			t.Failure = slices.Insert(t.Failure, g.r.IntN(len(t.Failure)+1), empty)
+		}
+		return op{kindRawTxn, t}
 	default:
 		// An invalid sort target or order: clientv3 refuses to send it, so
 		// this goes on the client's connection as it is.

@@ -194,77 +194,116 @@ var ErrBadSnapshot = errors.New("mvcc: bad snapshot stream")
 // event log, its internal records) with a snapshot stream, atomically and
 // durably: on any error nothing changed.
 func (s *Store) Restore(r io.Reader) error {
+	p, err := s.ReadSnapshot(r)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.Apply()
+}
+
+// PendingRestore is a snapshot stream read and checked, not yet applied.
+// No Batch may commit between ReadSnapshot and Apply.
+type PendingRestore struct {
+	s *Store
+	b *pebble.Batch
+}
+
+// Apply commits the restore, atomically and durably, and reloads the
+// store's revisions. Reads racing it see the old state or the new one.
+func (p *PendingRestore) Apply() error {
+	if err := p.b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("mvcc: restore: %w", err)
+	}
+	return p.s.load()
+}
+
+// Close releases the pending restore (discarding it if not applied).
+func (p *PendingRestore) Close() { _ = p.b.Close() }
+
+// ReadSnapshot reads and verifies a snapshot stream into a pending restore
+// without changing the store, so reads keep being served while it streams.
+func (s *Store) ReadSnapshot(r io.Reader) (*PendingRestore, error) {
+	b, err := s.readSnapshot(r)
+	if err != nil {
+		return nil, err
+	}
+	return &PendingRestore{s: s, b: b}, nil
+}
+
+func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 	sr := &snapReader{r: bufio.NewReaderSize(r, 1<<16), crc: crc32.NewIEEE()}
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(sr.r, magic); err != nil || string(magic) != snapshotMagic {
-		return fmt.Errorf("%w: no header", ErrBadSnapshot)
+		return nil, fmt.Errorf("%w: no header", ErrBadSnapshot)
 	}
 	sr.crc.Write(magic)
 
 	b := s.db.NewBatch()
-	defer b.Close()
+	defer func() {
+		if err != nil {
+			b.Close()
+		}
+	}()
 	lo, hi := spanBounds(s.opts.Span)
 	mp := metaPrefix(s.opts.ID)
 	if err := b.DeleteRange(lo, hi, nil); err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.DeleteRange(mp, prefixEnd(mp), nil); err != nil {
-		return err
+		return nil, err
 	}
 	incoming := make(map[Revision][]eventEntry)
 	for {
 		kind, err := sr.ReadByte()
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+			return nil, fmt.Errorf("%w: %v", ErrBadSnapshot, err)
 		}
 		if kind == 0 {
 			break
 		}
 		k, err := sr.bytes()
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+			return nil, fmt.Errorf("%w: %v", ErrBadSnapshot, err)
 		}
 		v, err := sr.bytes()
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+			return nil, fmt.Errorf("%w: %v", ErrBadSnapshot, err)
 		}
 		switch kind {
 		case kindVersion:
 			if bytes.Compare(k, lo) < 0 || bytes.Compare(k, hi) >= 0 {
-				return fmt.Errorf("%w: version record outside the span", ErrBadSnapshot)
+				return nil, fmt.Errorf("%w: version record outside the span", ErrBadSnapshot)
 			}
 			if err := b.Set(k, v, nil); err != nil {
-				return err
+				return nil, err
 			}
 		case kindEvent:
 			if len(k) != 8 {
-				return fmt.Errorf("%w: event key of %d bytes", ErrBadSnapshot, len(k))
+				return nil, fmt.Errorf("%w: event key of %d bytes", ErrBadSnapshot, len(k))
 			}
 			es, err := decodeEvents(v)
 			if err != nil {
-				return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+				return nil, fmt.Errorf("%w: %v", ErrBadSnapshot, err)
 			}
 			incoming[Revision(binary.BigEndian.Uint64(k))] = es
 		case kindMeta:
 			if err := b.Set(append(append([]byte(nil), mp...), k...), v, nil); err != nil {
-				return err
+				return nil, err
 			}
 		default:
-			return fmt.Errorf("%w: frame kind %d", ErrBadSnapshot, kind)
+			return nil, fmt.Errorf("%w: frame kind %d", ErrBadSnapshot, kind)
 		}
 	}
 	want := sr.crc.Sum32()
 	var sum [4]byte
 	if _, err := io.ReadFull(sr.r, sum[:]); err != nil || binary.BigEndian.Uint32(sum[:]) != want {
-		return fmt.Errorf("%w: checksum mismatch", ErrBadSnapshot)
+		return nil, fmt.Errorf("%w: checksum mismatch", ErrBadSnapshot)
 	}
 	if err := s.mergeEvents(b, incoming); err != nil {
-		return err
+		return nil, err
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("mvcc: restore: %w", err)
-	}
-	return s.load()
+	return b, nil
 }
 
 // mergeEvents replaces this span's entries in the event log with incoming,

@@ -273,10 +273,20 @@ func (s *StateMachine) SaveSnapshot(ctx interface{}, w io.Writer, stop <-chan st
 }
 
 // RecoverFromSnapshot replaces exactly this range's span with the stream.
+// The stream is read and checked without blocking reads; only the final
+// atomic commit holds the lock, so a read sees the old state or the new.
 func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) error {
+	s.mu.RLock()
+	store := s.store
+	s.mu.RUnlock()
+	p, err := store.ReadSnapshot(r)
+	if err != nil {
+		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
+	}
+	defer p.Close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.store.Restore(r); err != nil {
+	if err := p.Apply(); err != nil {
 		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
 	}
 	return nil

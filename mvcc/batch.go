@@ -163,30 +163,39 @@ func (o *op) deleteRange(v *view, key, end []byte) (int64, error) {
 
 // Put is etcd's Put: ignore_value and ignore_lease keep the previous
 // value or lease (the key must exist), prev_kv returns the previous version.
-func (b *Batch) Put(r *pb.PutRequest, stamp Revision) (*pb.PutResponse, error) {
+func (b *Batch) Put(r *pb.PutRequest, stamp Revision) (resp *pb.PutResponse, err error) {
 	if err := ValidatePut(r); err != nil {
 		return nil, err
 	}
+	err = b.run(stamp, func(o *op, v *view) error {
+		if err := v.checkSpan(r.Key, nil); err != nil {
+			return err
+		}
+		if err := checkPut(v, r, b.s.opts.Leases); err != nil {
+			return err
+		}
+		resp, err = o.execPut(v, r)
+		return err
+	})
+	return resp, err
+}
+
+// run runs one write op: the stamp check, a view of the batch, fn, then
+// the op's event record and revision.
+func (b *Batch) run(stamp Revision, fn func(o *op, v *view) error) error {
 	o, err := b.begin(stamp)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	v, err := o.view()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer v.close()
-	if err := v.checkSpan(r.Key, nil); err != nil {
-		return nil, err
+	if err := fn(o, v); err != nil {
+		return err
 	}
-	if err := checkPut(v, r, b.s.opts.Leases); err != nil {
-		return nil, err
-	}
-	resp, err := o.execPut(v, r)
-	if err != nil {
-		return nil, err
-	}
-	return resp, o.end()
+	return o.end()
 }
 
 func (o *op) execPut(v *view, r *pb.PutRequest) (*pb.PutResponse, error) {
@@ -212,27 +221,18 @@ func (o *op) execPut(v *view, r *pb.PutRequest) (*pb.PutResponse, error) {
 }
 
 // DeleteRange is etcd's DeleteRange.
-func (b *Batch) DeleteRange(r *pb.DeleteRangeRequest, stamp Revision) (*pb.DeleteRangeResponse, error) {
+func (b *Batch) DeleteRange(r *pb.DeleteRangeRequest, stamp Revision) (resp *pb.DeleteRangeResponse, err error) {
 	if err := ValidateDeleteRange(r); err != nil {
 		return nil, err
 	}
-	o, err := b.begin(stamp)
-	if err != nil {
-		return nil, err
-	}
-	v, err := o.view()
-	if err != nil {
-		return nil, err
-	}
-	defer v.close()
-	if err := v.checkSpan(r.Key, mkGteRange(r.RangeEnd)); err != nil {
-		return nil, err
-	}
-	resp, err := o.execDelete(v, r)
-	if err != nil {
-		return nil, err
-	}
-	return resp, o.end()
+	err = b.run(stamp, func(o *op, v *view) error {
+		if err := v.checkSpan(r.Key, mkGteRange(r.RangeEnd)); err != nil {
+			return err
+		}
+		resp, err = o.execDelete(v, r)
+		return err
+	})
+	return resp, err
 }
 
 func (o *op) execDelete(v *view, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {

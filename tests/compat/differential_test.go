@@ -50,13 +50,7 @@ func skipKinds(t *testing.T) map[opKind]bool {
 // TestDifferential runs seeded random sequences of KV operations against
 // etcd and Cairn in lockstep and compares every answer. See doc.go.
 func TestDifferential(t *testing.T) {
-	etcd := startEtcd(t, "etcd")
-	var other *server
-	if *flagSelf {
-		other = startEtcd(t, "etcd2")
-	} else {
-		other = startCairn(t, "cairn")
-	}
+	etcd, other := startPair(t)
 
 	// The prologue probes the fresh stores: the revision before any write
 	// and compactions of a store that was never compacted.

@@ -138,13 +138,7 @@ var ctlScript = []ctlStep{
 // fresh etcd and a fresh Cairn, and compares exit codes, stdout and stderr.
 func TestEtcdctl(t *testing.T) {
 	bin := buildEtcdctl(t)
-	etcd := startEtcd(t, "etcd")
-	var other *server
-	if *flagSelf {
-		other = startEtcd(t, "etcd2")
-	} else {
-		other = startCairn(t, "cairn")
-	}
+	etcd, other := startPair(t)
 	for i, step := range ctlScript {
 		want := runEtcdctl(t, bin, etcd, step)
 		got := runEtcdctl(t, bin, other, step)

@@ -163,3 +163,13 @@ func newClient(t testing.TB, endpoint string) (*clientv3.Client, *wireRecorder) 
 		<-time.After(50 * time.Millisecond)
 	}
 }
+
+// startPair starts a fresh etcd and the system under comparison: Cairn, or
+// a second etcd with -self (to check the harness itself).
+func startPair(t testing.TB) (etcd, other *server) {
+	etcd = startEtcd(t, "etcd")
+	if *flagSelf {
+		return etcd, startEtcd(t, "etcd2")
+	}
+	return etcd, startCairn(t, "cairn")
+}

@@ -142,7 +142,7 @@ func (o *op) put(v *view, key, value []byte, lease int64) (prev *version, err er
 }
 
 func (o *op) record(key []byte, ev *mvccpb.Event) {
-	o.changes = append(o.changes, eventEntry{sub: int64(len(o.changes)), key: key})
+	o.changes = append(o.changes, eventEntry{sub: int64(len(o.changes)), key: key, del: ev.Type == mvccpb.DELETE})
 	o.b.events = append(o.b.events, ev)
 }
 

@@ -188,18 +188,25 @@ func decodeVersion(key []byte, mod Revision, data []byte) (*version, error) {
 	return v, nil
 }
 
-// eventEntry is one key written at a revision, in the event log.
+// eventEntry is one key written at a revision, in the event log: its
+// position in the write (sub) and whether it was a delete, so the event
+// survives compaction of its tombstone.
 type eventEntry struct {
 	sub int64
 	key []byte
+	del bool
 }
 
-// encodeEvents encodes an event log value: for each entry uvarint(sub)
-// uvarint(len(key)) key.
+// encodeEvents encodes an event log value: for each entry
+// uvarint(sub<<1 | del) uvarint(len(key)) key.
 func encodeEvents(es []eventEntry) []byte {
 	var out []byte
 	for _, e := range es {
-		out = binary.AppendUvarint(out, uint64(e.sub))
+		tag := uint64(e.sub) << 1
+		if e.del {
+			tag |= 1
+		}
+		out = binary.AppendUvarint(out, tag)
 		out = binary.AppendUvarint(out, uint64(len(e.key)))
 		out = append(out, e.key...)
 	}
@@ -219,7 +226,7 @@ func decodeEvents(data []byte) ([]eventEntry, error) {
 			return nil, fmt.Errorf("mvcc: corrupt event record")
 		}
 		data = data[n:]
-		es = append(es, eventEntry{sub: int64(sub), key: append([]byte(nil), data[:l]...)})
+		es = append(es, eventEntry{sub: int64(sub >> 1), del: sub&1 == 1, key: append([]byte(nil), data[:l]...)})
 		data = data[l:]
 	}
 	return es, nil

@@ -125,6 +125,7 @@ func runModel(t *testing.T, seed uint64) {
 		t.Helper()
 		t.Fatalf("seed %d step %d: %s", seed, step, fmt.Sprintf(format, args...))
 	}
+	var taken []*mvccpb.Event // every event, as the batches reported them
 	for step := 0; step < 300; step++ {
 		switch p := rng.IntN(100); {
 		case p < 55: // a batch of 1–4 writes
@@ -166,6 +167,7 @@ func runModel(t *testing.T, seed uint64) {
 					}
 				}
 			}
+			taken = append(taken, b.TakeEvents()...)
 			if err := b.Commit(); err != nil {
 				t.Fatal(err)
 			}
@@ -214,6 +216,7 @@ func runModel(t *testing.T, seed uint64) {
 			fail(step, "store at rev %d compact %d, model at %d compact %d", s.Rev(), s.CompactRev(), m.rev, m.compact)
 		}
 	}
+	checkHistory(t, seed, s, m, taken)
 	// Every revision still readable must read the same after a snapshot is
 	// restored into another pebble.
 	snap := s.NewSnapshot()
@@ -315,6 +318,41 @@ func checkRange(t *testing.T, seed uint64, step int, s *Store, m *model, r *pb.R
 		}
 		if !slices.ContainsFunc(want, func(w *mvccpb.KeyValue) bool { return proto.Equal(w, kv) }) {
 			fail("kv %v is not in the model's answer %v", kv, want)
+		}
+	}
+}
+
+// checkHistory: the event log read back gives the events the batches
+// reported, from the compacted revision on (a PrevKv may be missing where
+// compaction removed it).
+func checkHistory(t *testing.T, seed uint64, s *Store, m *model, taken []*mvccpb.Event) {
+	t.Helper()
+	var want []*mvccpb.Event
+	for _, ev := range taken {
+		if ev.Kv.ModRevision >= max(m.compact, 0) {
+			want = append(want, ev)
+		}
+	}
+	var got []*mvccpb.Event
+	if err := s.Events(Revision(max(m.compact, 0)), Revision(m.rev), func(rev Revision, evs []*mvccpb.Event) bool {
+		got = append(got, evs...)
+		return true
+	}); err != nil {
+		t.Fatalf("seed %d: events: %v", seed, err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("seed %d: %d events from the log, want %d", seed, len(got), len(want))
+	}
+	for i := range got {
+		g, w := got[i], want[i]
+		prevOK := proto.Equal(g.PrevKv, w.PrevKv) || (g.PrevKv == nil && w.PrevKv != nil && w.PrevKv.ModRevision < m.compact)
+		if g.Type != w.Type || !proto.Equal(g.Kv, w.Kv) || !prevOK {
+			t.Fatalf("seed %d: event %d = %v, want %v", seed, i, g, w)
+		}
+	}
+	if m.compact > 0 {
+		if err := s.Events(Revision(m.compact-1), Revision(m.rev), func(Revision, []*mvccpb.Event) bool { return true }); err != ErrCompacted {
+			t.Fatalf("seed %d: events below the compacted revision: %v", seed, err)
 		}
 	}
 }

@@ -12,19 +12,23 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	dblogger "github.com/lni/dragonboat/v4/logger"
+	sm "github.com/lni/dragonboat/v4/statemachine"
 	"github.com/soheilhy/cmux"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc"
 
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
+	"github.com/cairn-kv/cairn/watch"
 )
 
 // Config is one process's configuration. Zero values take etcd's defaults
@@ -48,6 +52,10 @@ type Config struct {
 	// HeartbeatInterval and ElectionTimeout are etcd's raft timings;
 	// defaults 100ms and 1s.
 	HeartbeatInterval, ElectionTimeout time.Duration
+	// WatchProgressNotifyInterval is how often watchers that asked for
+	// progress notifications get one (etcd --watch-progress-notify-interval);
+	// default 10 minutes, as etcd.
+	WatchProgressNotifyInterval time.Duration
 	// SnapshotCount is the number of applied entries between raft log
 	// compactions (etcd --snapshot-count); default 10000.
 	SnapshotCount uint64
@@ -84,6 +92,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = 100 * time.Millisecond
+	}
+	if c.WatchProgressNotifyInterval <= 0 {
+		c.WatchProgressNotifyInterval = 10 * time.Minute
 	}
 	if c.ElectionTimeout == 0 {
 		c.ElectionTimeout = time.Second
@@ -131,6 +142,9 @@ type Node struct {
 	db        *pebble.DB
 	nh        *dragonboat.NodeHost
 	replica   *shard.Replica
+	sm        atomic.Pointer[shard.StateMachine] // set when dragonboat creates it
+	hub       *watch.Hub
+	stop      chan struct{} // closed by Close: stops the watch pump
 	grpc      *grpc.Server
 	http      *http.Server
 	muxes     []cmux.CMux
@@ -222,7 +236,15 @@ func (n *Node) start(ctx context.Context) error {
 	heartbeat := uint64(cfg.HeartbeatInterval / (rttMillisecond * time.Millisecond))
 	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
 	members := map[uint64]dragonboat.Target{singleReplicaID: peer}
-	err = nh.StartOnDiskReplica(members, false, shard.Factory(shard.Config{DB: db, Span: mvcc.Span{}}), dbconfig.Config{
+	n.hub = watch.NewHub(0)
+	factory := shard.Factory(shard.Config{DB: db, Span: mvcc.Span{}, OnApply: func(evs []*mvccpb.Event) {
+		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
+	}})
+	err = nh.StartOnDiskReplica(members, false, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
+		m := factory(shardID, replicaID).(*shard.StateMachine)
+		n.sm.Store(m)
+		return m
+	}, dbconfig.Config{
 		ReplicaID:          singleReplicaID,
 		ShardID:            singleShardID,
 		HeartbeatRTT:       heartbeat,
@@ -235,6 +257,18 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("node: start shard: %w", err)
 	}
 	n.replica = shard.NewReplica(nh, singleShardID)
+	if err := n.waitLeader(ctx); err != nil {
+		return err
+	}
+	// Watchers start from the store's revision.
+	st, err := n.replica.Read(ctx, shard.StatusQuery{}, false)
+	if err != nil {
+		return fmt.Errorf("node: read the shard's revision: %w", err)
+	}
+	n.hub.Notify(st.(shard.Status).Revision, nil)
+	n.stop = make(chan struct{})
+	n.wg.Add(1)
+	go n.watchPump()
 
 	rs := router.New(router.Config{
 		ClusterID:       n.clusterID,
@@ -243,6 +277,7 @@ func (n *Node) start(ctx context.Context) error {
 		MaxRequestBytes: cfg.MaxRequestBytes,
 		MaxTxnOps:       cfg.MaxTxnOps,
 		Node:            n,
+		Watches:         n.hub,
 	})
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)
@@ -268,13 +303,41 @@ func (n *Node) start(ctx context.Context) error {
 		n.cfg.AdvertiseClientURLs = n.clientURL
 	}
 
-	if err := n.waitLeader(ctx); err != nil {
-		return err
-	}
 	n.log.Info("ready to serve client requests", "name", cfg.Name, "client-urls", n.clientURL,
 		"peer-url", n.peerURL, "data-dir", cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID))
 	return nil
 }
+
+// watchPump catches lagging watchers up from the store whenever the hub
+// has work, and sends progress notifications on etcd's interval.
+func (n *Node) watchPump() {
+	defer n.wg.Done()
+	tick := time.NewTicker(n.cfg.WatchProgressNotifyInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-tick.C:
+			n.hub.ProgressTick()
+			continue
+		case <-n.hub.Pending():
+		}
+		for m := n.sm.Load(); m != nil; {
+			more, err := n.hub.Catchup(m, watchCatchupRevs)
+			if err != nil {
+				n.log.Warn("watch catch-up failed", "error", err)
+				break
+			}
+			if !more {
+				break
+			}
+		}
+	}
+}
+
+// watchCatchupRevs bounds the revisions one catch-up round reads.
+const watchCatchupRevs = 1000
 
 // waitLeader waits until the group has elected a leader.
 func (n *Node) waitLeader(ctx context.Context) error {
@@ -298,6 +361,9 @@ func (n *Node) ClientURLs() []string { return append([]string(nil), n.clientURL.
 // Close stops serving and closes the node; it waits for every goroutine.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		if n.hub != nil {
+			n.hub.Close() // ends watch streams, so the graceful stop need not wait
+		}
 		if n.grpc != nil {
 			stopped := make(chan struct{})
 			go func() { n.grpc.GracefulStop(); close(stopped) }()
@@ -312,6 +378,9 @@ func (n *Node) Close() error {
 		}
 		for _, m := range n.muxes {
 			m.Close()
+		}
+		if n.stop != nil {
+			close(n.stop)
 		}
 		n.wg.Wait()
 		if n.replica != nil {

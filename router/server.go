@@ -5,6 +5,8 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+
+	"github.com/cairn-kv/cairn/watch"
 )
 
 var errNoHeader = errors.New("router: response without a header")
@@ -22,6 +24,8 @@ type Config struct {
 	MaxTxnOps int
 	// Node answers what only the process knows (members, disk usage).
 	Node NodeInfo
+	// Watches serves the Watch service; nil leaves it unregistered.
+	Watches *watch.Hub
 }
 
 // NodeInfo is what the router asks of the process hosting it.
@@ -74,6 +78,9 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterKVServer(g, &kvServer{s: s})
 	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
 	pb.RegisterClusterServer(g, &clusterServer{s: s})
+	if s.cfg.Watches != nil {
+		pb.RegisterWatchServer(g, &watchServer{s: s})
+	}
 }
 
 // fill completes a response header as etcd does: cluster and member ids and

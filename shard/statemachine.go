@@ -317,3 +317,24 @@ type Status struct {
 	// AppliedIndex is the raft index of the last applied entry.
 	AppliedIndex uint64
 }
+
+// Events reads the store's change history (see mvcc.Store.Events) for
+// watchers catching up; it is safe to call concurrently with Update.
+func (s *StateMachine) Events(from, to mvcc.Revision, fn func(rev mvcc.Revision, evs []*mvccpb.Event) bool) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed || s.store == nil {
+		return ErrClosed
+	}
+	return s.store.Events(from, to, fn)
+}
+
+// CompactRev returns the store's compacted revision (-1 if none or closed).
+func (s *StateMachine) CompactRev() mvcc.Revision {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed || s.store == nil {
+		return -1
+	}
+	return s.store.CompactRev()
+}

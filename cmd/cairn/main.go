@@ -42,6 +42,7 @@ func run(args []string) error {
 	fs.Uint64Var(&cfg.SnapshotCount, "snapshot-count", 10000, "number of committed transactions between raft log compactions")
 	fs.IntVar(&cfg.MaxRequestBytes, "max-request-bytes", 1536*1024, "maximum client request size in bytes")
 	fs.IntVar(&cfg.MaxTxnOps, "max-txn-ops", 128, "maximum number of operations permitted in a transaction")
+	fs.DurationVar(&cfg.WatchProgressNotifyInterval, "watch-progress-notify-interval", 10*time.Minute, "duration of periodic watch progress notifications")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -1,0 +1,151 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/watch"
+)
+
+// watchQueueLimit bounds the responses queued for one stream; beyond it
+// the stream's watchers fall behind and catch up from the store.
+const watchQueueLimit = 128
+
+// watchServer is etcd's Watch service over the shard's watch hub.
+type watchServer struct {
+	pb.UnimplementedWatchServer
+	s *Server
+}
+
+// Watch serves one bidirectional stream: a receive loop applies create,
+// cancel and progress requests to the stream; this goroutine sends what
+// the stream queues, in order, fragmenting large responses of watchers
+// that asked for it.
+func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
+	ctx, cancel := context.WithCancel(gs.Context())
+	defer cancel()
+	if requireLeader(ctx) {
+		if _, _, ok := ws.s.cfg.Shard.Leader(); !ok {
+			return rpctypes.ErrGRPCNoLeader
+		}
+	}
+	st := ws.s.cfg.Watches.NewStream(watchQueueLimit)
+	defer st.Close()
+
+	var mu sync.Mutex
+	fragment := map[int64]bool{} // guarded by mu
+	recvErr := make(chan error, 1)
+	go func() {
+		recvErr <- ws.recvLoop(gs, st, func(id int64, on bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			if on {
+				fragment[id] = true
+			} else {
+				delete(fragment, id)
+			}
+		})
+		cancel()
+	}()
+	for {
+		rs, err := st.Next(ctx)
+		if err != nil {
+			select {
+			case rerr := <-recvErr:
+				return rerr
+			default:
+				return nil
+			}
+		}
+		for _, r := range rs {
+			ws.s.fill(r.Header)
+			mu.Lock()
+			frag := fragment[r.WatchId] && len(r.Events) > 0
+			mu.Unlock()
+			if frag {
+				err = sendFragments(r, ws.s.cfg.MaxRequestBytes, gs.Send)
+			} else {
+				err = gs.Send(r)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st *watch.Stream, setFragment func(int64, bool)) error {
+	for {
+		req, err := gs.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch u := req.RequestUnion.(type) {
+		case *pb.WatchRequest_CreateRequest:
+			if u.CreateRequest == nil {
+				continue
+			}
+			r := st.Create(u.CreateRequest)
+			if !r.Canceled && u.CreateRequest.Fragment {
+				setFragment(r.WatchId, true)
+			}
+		case *pb.WatchRequest_CancelRequest:
+			if u.CancelRequest != nil && st.Cancel(watch.ID(u.CancelRequest.WatchId)) {
+				setFragment(u.CancelRequest.WatchId, false)
+			}
+		case *pb.WatchRequest_ProgressRequest:
+			if u.ProgressRequest != nil {
+				st.RequestProgress()
+			}
+		}
+	}
+}
+
+// requireLeader reports whether the client asked (clientv3
+// WithRequireLeader) to fail without a leader.
+func requireLeader(ctx context.Context) bool {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return false
+	}
+	vs := md.Get(rpctypes.MetadataRequireLeaderKey)
+	return len(vs) > 0 && vs[0] == rpctypes.MetadataHasLeader
+}
+
+// sendFragments splits a response over limit bytes into responses of
+// whole events, all but the last marked fragment, as etcd does.
+func sendFragments(r *pb.WatchResponse, limit int, send func(*pb.WatchResponse) error) error {
+	if proto.Size(r) < limit || len(r.Events) < 2 {
+		return send(r)
+	}
+	evs := r.Events
+	for len(evs) > 0 {
+		part := proto.Clone(r).(*pb.WatchResponse)
+		part.Events = nil
+		n := 0
+		for n < len(evs) {
+			part.Events = evs[:n+1]
+			if n > 0 && proto.Size(part) >= limit {
+				part.Events = evs[:n]
+				break
+			}
+			n++
+		}
+		evs = evs[len(part.Events):]
+		part.Fragment = len(evs) > 0
+		if err := send(part); err != nil {
+			return err
+		}
+	}
+	return nil
+}

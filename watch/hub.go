@@ -1,0 +1,289 @@
+package watch
+
+import (
+	"bytes"
+	"errors"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/cairn-kv/cairn/mvcc"
+)
+
+// ID names a watcher within its stream, as etcd's watch_id.
+type ID int64
+
+// InvalidID is etcd's watch id for responses not about one watcher.
+const InvalidID ID = -1
+
+// Refusals of a create request, with etcd's texts (they travel as
+// cancel_reason).
+var (
+	ErrEmptyRange  = errors.New("mvcc: watcher range is empty")
+	ErrDuplicateID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
+	errCompacted   = "etcdserver: mvcc: required revision has been compacted"
+)
+
+// History is the store the hub catches watchers up from (mvcc.Store).
+type History interface {
+	Events(from, to mvcc.Revision, fn func(rev mvcc.Revision, evs []*mvccpb.Event) bool) error
+	CompactRev() mvcc.Revision
+}
+
+// Hub holds every watcher of one shard. Writes reach it through Notify;
+// a caller-owned pump calls Catchup when Pending says there is work.
+//
+// mu guards everything in the hub and in its streams and watchers.
+type Hub struct {
+	mu sync.Mutex
+	// rev is the last revision notified: every event up to it has been
+	// offered to synced watchers.
+	rev      mvcc.Revision
+	synced   index
+	unsynced map[*watcher]struct{}
+	streams  map[*Stream]struct{}
+	// pending is signalled (size 1, never blocks) when catch-up work or
+	// a deferred progress request appears.
+	pending chan struct{}
+}
+
+// NewHub returns a hub whose store is at rev.
+func NewHub(rev mvcc.Revision) *Hub {
+	return &Hub{rev: rev, unsynced: map[*watcher]struct{}{}, streams: map[*Stream]struct{}{},
+		pending: make(chan struct{}, 1), synced: newIndex()}
+}
+
+// Pending is signalled when Catchup has work.
+func (h *Hub) Pending() <-chan struct{} { return h.pending }
+
+func (h *Hub) signal() {
+	select {
+	case h.pending <- struct{}{}:
+	default:
+	}
+}
+
+// Rev returns the last revision notified.
+func (h *Hub) Rev() mvcc.Revision {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.rev
+}
+
+// watcher is one watch. next is the first revision it has not been sent.
+//
+// Invariant: a watcher is in exactly one of hub.synced and hub.unsynced
+// while registered. A synced watcher has been sent every matching event
+// below max(next, hub.rev+1).
+type watcher struct {
+	id        ID
+	key, end  []byte // end nil: one key; empty: from key on
+	next      mvcc.Revision
+	prevKV    bool
+	noPut     bool
+	noDelete  bool
+	progress  bool
+	sentEvent bool // events sent since the last progress tick
+	stream    *Stream
+}
+
+func (w *watcher) contains(key []byte) bool {
+	if w.end == nil {
+		return bytes.Equal(key, w.key)
+	}
+	return bytes.Compare(key, w.key) >= 0 && (len(w.end) == 0 || bytes.Compare(key, w.end) < 0)
+}
+
+// filter returns the events of evs this watcher wants, PrevKv stripped
+// unless asked for. The events are shared: they are copied, not changed.
+func (w *watcher) filter(evs []*mvccpb.Event) []*mvccpb.Event {
+	var out []*mvccpb.Event
+	for _, ev := range evs {
+		if ev.Kv.ModRevision < int64(w.next) || !w.contains(ev.Kv.Key) {
+			continue
+		}
+		if (ev.Type == mvccpb.PUT && w.noPut) || (ev.Type == mvccpb.DELETE && w.noDelete) {
+			continue
+		}
+		if !w.prevKV && ev.PrevKv != nil {
+			ev = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// Notify offers the events of newly committed revisions, in revision
+// order, to the synced watchers; rev is the store's revision after them.
+// It never blocks: a watcher whose stream is full becomes unsynced and is
+// caught up from the store later.
+func (h *Hub) Notify(rev mvcc.Revision, events []*mvccpb.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for start := 0; start < len(events); {
+		r := events[start].Kv.ModRevision
+		end := start
+		for end < len(events) && events[end].Kv.ModRevision == r {
+			end++
+		}
+		h.notifyRev(mvcc.Revision(r), events[start:end])
+		start = end
+	}
+	if rev > h.rev {
+		h.rev = rev
+	}
+}
+
+// REQUIRES: h.mu
+func (h *Hub) notifyRev(rev mvcc.Revision, evs []*mvccpb.Event) {
+	matched := map[*watcher][]*mvccpb.Event{}
+	for _, ev := range evs {
+		h.synced.match(ev.Kv.Key, func(w *watcher) {
+			if w.next <= rev {
+				matched[w] = append(matched[w], ev)
+			}
+		})
+	}
+	for w, wevs := range matched {
+		out := w.filter(wevs)
+		if len(out) > 0 && !w.stream.offer(&pb.WatchResponse{WatchId: int64(w.id), Header: &pb.ResponseHeader{Revision: int64(rev)}, Events: out}) {
+			// The stream is full: the watcher falls behind and will be
+			// caught up from the store, starting at this revision.
+			h.synced.remove(w)
+			h.unsynced[w] = struct{}{}
+			h.signal()
+			continue
+		}
+		if len(out) > 0 {
+			w.sentEvent = true
+		}
+		w.next = rev + 1
+	}
+	h.rev = rev
+}
+
+// Catchup moves unsynced watchers forward from the store, at most maxRevs
+// revisions per call, sharing one read of the store among all of them. It
+// reports whether more work remains (the caller calls again).
+func (h *Hub) Catchup(hist History, maxRevs int) (more bool, err error) {
+	h.mu.Lock()
+	var ws []*watcher
+	from := mvcc.Revision(-1)
+	compact := hist.CompactRev()
+	for w := range h.unsynced {
+		if w.stream.full() {
+			continue
+		}
+		if w.next < compact {
+			// History from w.next is gone: cancel the watcher, as etcd does.
+			w.stream.offer(&pb.WatchResponse{WatchId: int64(w.id), Header: &pb.ResponseHeader{Revision: int64(h.rev)},
+				Canceled: true, CompactRevision: int64(compact)})
+			h.removeLocked(w)
+			continue
+		}
+		ws = append(ws, w)
+		if from < 0 || w.next < from {
+			from = w.next
+		}
+	}
+	to := h.rev
+	h.mu.Unlock()
+	if len(ws) == 0 {
+		h.settleProgress()
+		return false, nil
+	}
+	if maxRevs > 0 && to > from+mvcc.Revision(maxRevs)-1 {
+		to = from + mvcc.Revision(maxRevs) - 1
+	}
+	type revEvents struct {
+		rev mvcc.Revision
+		evs []*mvccpb.Event
+	}
+	var read []revEvents
+	if from <= to {
+		err = hist.Events(from, to, func(rev mvcc.Revision, evs []*mvccpb.Event) bool {
+			read = append(read, revEvents{rev, evs})
+			return true
+		})
+	}
+	if errors.Is(err, mvcc.ErrCompacted) {
+		h.signal() // compacted meanwhile: the next round cancels who needs it
+		return true, nil
+	}
+	if err != nil {
+		return true, err
+	}
+
+	h.mu.Lock()
+	for _, w := range ws {
+		if _, ok := h.unsynced[w]; !ok || w.next > to {
+			continue // cancelled meanwhile, or nothing new for it
+		}
+		var out []*mvccpb.Event
+		for _, re := range read {
+			if re.rev >= w.next {
+				out = append(out, w.filter(re.evs)...)
+			}
+		}
+		if len(out) > 0 {
+			if !w.stream.offer(&pb.WatchResponse{WatchId: int64(w.id), Header: &pb.ResponseHeader{Revision: int64(h.rev)}, Events: out}) {
+				continue
+			}
+			w.sentEvent = true
+		}
+		w.next = to + 1
+		if w.next > h.rev {
+			delete(h.unsynced, w)
+			h.synced.add(w)
+		}
+	}
+	for w := range h.unsynced {
+		if !w.stream.full() {
+			more = true
+			break
+		}
+	}
+	h.mu.Unlock()
+	h.settleProgress()
+	return more, nil
+}
+
+// removeLocked drops a watcher from the hub and its stream.
+// REQUIRES: h.mu
+func (h *Hub) removeLocked(w *watcher) {
+	h.synced.remove(w)
+	delete(h.unsynced, w)
+	delete(w.stream.watchers, w.id)
+}
+
+// settleProgress answers deferred progress requests of streams whose
+// watchers are all synced now.
+func (h *Hub) settleProgress() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.streams {
+		if s.progressPending {
+			s.progressLocked()
+		}
+	}
+}
+
+// ProgressTick sends, to every synced watcher that asked for progress
+// notifications and was sent no event since the last tick, a notification
+// at the hub's revision (etcd's --watch-progress-notify-interval).
+func (h *Hub) ProgressTick() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.streams {
+		for _, w := range s.watchers {
+			if !w.progress {
+				continue
+			}
+			if !w.sentEvent && h.synced.has(w) && w.next <= h.rev+1 {
+				s.offer(&pb.WatchResponse{WatchId: int64(w.id), Header: &pb.ResponseHeader{Revision: int64(h.rev)}})
+			}
+			w.sentEvent = false
+		}
+	}
+}

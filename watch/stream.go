@@ -1,0 +1,243 @@
+package watch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/cairn-kv/cairn/mvcc"
+)
+
+// Stream is one client's watch stream: its watchers and the queue of
+// responses waiting to be sent, in the order they must be sent.
+//
+// Invariant: every response about a watcher is queued after its created
+// response, and a progress response is queued only after every event up
+// to its revision (for this stream's watchers) — the queue is the order.
+// All fields are guarded by the hub's mu.
+type Stream struct {
+	h        *Hub
+	limit    int
+	queue    []*pb.WatchResponse
+	ready    chan struct{} // size 1: signalled when queue becomes non-empty
+	watchers map[ID]*watcher
+	nextID   ID
+	closed   bool
+	// progressPending: a progress request waits for watchers to sync.
+	progressPending bool
+}
+
+// NewStream opens a stream whose queue holds at most limit responses
+// (beyond which its watchers fall behind and are caught up later).
+func (h *Hub) NewStream(limit int) *Stream {
+	s := &Stream{h: h, limit: limit, ready: make(chan struct{}, 1), watchers: map[ID]*watcher{}}
+	h.mu.Lock()
+	h.streams[s] = struct{}{}
+	h.mu.Unlock()
+	return s
+}
+
+// REQUIRES: h.mu
+func (s *Stream) full() bool { return len(s.queue) >= s.limit }
+
+// offer queues r unless the queue is full (control responses use push).
+// REQUIRES: h.mu
+func (s *Stream) offer(r *pb.WatchResponse) bool {
+	if s.closed {
+		return true
+	}
+	if s.full() {
+		return false
+	}
+	s.push(r)
+	return true
+}
+
+// push queues r even past the limit: created, cancelled and progress
+// responses are few and must not be lost.
+// REQUIRES: h.mu
+func (s *Stream) push(r *pb.WatchResponse) {
+	if s.closed {
+		return
+	}
+	s.queue = append(s.queue, r)
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+// ErrClosed is returned by Next after Close.
+var ErrClosed = errors.New("watch: stream closed")
+
+// Next waits for queued responses and returns them all, in order.
+func (s *Stream) Next(ctx context.Context) ([]*pb.WatchResponse, error) {
+	for {
+		s.h.mu.Lock()
+		if s.closed {
+			s.h.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if len(s.queue) > 0 {
+			out := s.queue
+			s.queue = nil
+			behind := false
+			for _, w := range s.watchers {
+				if _, ok := s.h.unsynced[w]; ok {
+					behind = true
+				}
+			}
+			s.h.mu.Unlock()
+			if behind {
+				s.h.signal() // room again: catch this stream's watchers up
+			}
+			return out, nil
+		}
+		s.h.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.ready:
+		}
+	}
+}
+
+// Create registers a watcher as etcd's WatchCreateRequest asks and queues
+// its created response (or a refusal: created and canceled, with etcd's
+// reason). The response is returned too, for the caller's bookkeeping.
+func (s *Stream) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
+	h := s.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	refuse := func(reason string) *pb.WatchResponse {
+		r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(h.rev)}, WatchId: int64(InvalidID),
+			Created: true, Canceled: true, CancelReason: reason}
+		s.push(r)
+		return r
+	}
+	key := req.Key
+	if len(key) == 0 {
+		key = []byte{0}
+	}
+	if req.StartRevision < 0 {
+		return refuse(errCompacted)
+	}
+	end := req.RangeEnd
+	switch {
+	case len(end) == 0:
+		end = nil
+	case len(end) == 1 && end[0] == 0:
+		end = []byte{}
+	}
+	if len(end) != 0 && bytes.Compare(key, end) >= 0 {
+		return refuse(ErrEmptyRange.Error())
+	}
+	id := ID(req.WatchId)
+	if id == 0 { // etcd's AutoWatchID
+		for s.watchers[s.nextID] != nil {
+			s.nextID++
+		}
+		id = s.nextID
+		s.nextID++
+	} else if s.watchers[id] != nil {
+		return refuse(ErrDuplicateID.Error())
+	}
+	w := &watcher{id: id, key: key, end: end, next: mvcc.Revision(req.StartRevision), prevKV: req.PrevKv,
+		progress: req.ProgressNotify, stream: s}
+	for _, f := range req.Filters {
+		switch f {
+		case pb.WatchCreateRequest_NOPUT:
+			w.noPut = true
+		case pb.WatchCreateRequest_NODELETE:
+			w.noDelete = true
+		}
+	}
+	if w.next == 0 {
+		w.next = h.rev + 1
+	}
+	r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(h.rev)}, WatchId: int64(id), Created: true}
+	s.push(r)
+	s.watchers[id] = w
+	if w.next > h.rev {
+		h.synced.add(w)
+	} else {
+		h.unsynced[w] = struct{}{}
+		h.signal()
+	}
+	return r
+}
+
+// Cancel removes a watcher and queues etcd's canceled response; unknown
+// ids are ignored, as etcd ignores them.
+func (s *Stream) Cancel(id ID) bool {
+	h := s.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w := s.watchers[id]
+	if w == nil {
+		return false
+	}
+	h.removeLocked(w)
+	s.push(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(h.rev)}, WatchId: int64(id), Canceled: true})
+	return true
+}
+
+// RequestProgress queues a progress notification (watch id -1) at the
+// hub's revision once every watcher of the stream is synced: at once if
+// they are, else as soon as catch-up gets them there. A stream without
+// watchers gets none, as in etcd.
+func (s *Stream) RequestProgress() {
+	s.h.mu.Lock()
+	defer s.h.mu.Unlock()
+	s.progressPending = true
+	s.progressLocked()
+}
+
+// REQUIRES: h.mu
+func (s *Stream) progressLocked() {
+	h := s.h
+	if len(s.watchers) == 0 {
+		s.progressPending = false
+		return
+	}
+	for _, w := range s.watchers {
+		if !h.synced.has(w) || w.next > h.rev+1 {
+			return
+		}
+	}
+	s.progressPending = false
+	s.push(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(h.rev)}, WatchId: int64(InvalidID)})
+}
+
+// Close drops the stream and its watchers.
+func (s *Stream) Close() {
+	h := s.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range s.watchers {
+		h.removeLocked(w)
+	}
+	s.closed = true
+	s.queue = nil
+	delete(h.streams, s)
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+// Close closes every stream of the hub (their Next returns ErrClosed), for
+// a node shutting down.
+func (h *Hub) Close() {
+	h.mu.Lock()
+	streams := make([]*Stream, 0, len(h.streams))
+	for s := range h.streams {
+		streams = append(streams, s)
+	}
+	h.mu.Unlock()
+	for _, s := range streams {
+		s.Close()
+	}
+}

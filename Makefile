@@ -1,7 +1,7 @@
 # The README's two commands: `make run` and `make test`.
 GO ?= go
 
-.PHONY: run build etcdctl test test-unit test-compat
+.PHONY: run build etcdctl test test-unit test-compat test-bench-smoke
 
 run:
 	$(GO) run ./cmd/cairn
@@ -15,7 +15,7 @@ etcdctl:
 
 # Everything CI runs: the server module's tests, then the differential tests
 # against embedded etcd (their own module, so the server stays lean).
-test: test-unit test-compat
+test: test-unit test-compat test-bench-smoke
 
 test-unit:
 	$(GO) vet ./...
@@ -23,3 +23,10 @@ test-unit:
 
 test-compat:
 	cd tests/compat && $(GO) test -count=1 -timeout 15m ./...
+
+# The benchmark harness (its own module): its unit tests, then one round with
+# tiny totals against etcd, Cairn and the ceiling, so that it cannot rot.
+# The report goes to a temporary directory.
+test-bench-smoke:
+	cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
+	d=$$(mktemp -d) && (cd bench && $(GO) run . -smoke -out $$d/results); rc=$$?; rm -rf $$d; exit $$rc

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"path/filepath"
+	"strconv"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// writeCharts draws throughput.png (grouped bars: scenario × system) and one
+// latency-<scenario>.png per scenario (percentile curves, one per system) into
+// dir, and returns their file names.
+func writeCharts(dir string, r *results) ([]string, error) {
+	var names []string
+
+	// Throughput.
+	var scs []scenario
+	for _, sc := range r.scenarios {
+		if !sc.latencyBound && len(r.runs[sc.name]) > 0 {
+			scs = append(scs, sc)
+		}
+	}
+	if len(scs) > 0 {
+		p := plot.New()
+		p.Title.Text = "Throughput (median over rounds)"
+		p.Y.Label.Text = "requests/s"
+		w := vg.Points(60 / float64(len(r.systems)))
+		for i, s := range r.systems {
+			vals := make(plotter.Values, len(scs))
+			for j, sc := range scs {
+				v := 0.0
+				if has(r, sc.name, s.name) {
+					v = median(r.rps(sc.name, s.name))
+				}
+				if math.IsNaN(v) {
+					v = 0
+				}
+				vals[j] = v
+			}
+			bars, err := plotter.NewBarChart(vals, w)
+			if err != nil {
+				return nil, err
+			}
+			bars.LineStyle.Width = vg.Length(0)
+			bars.Color = plotutil.Color(i)
+			bars.Offset = w * vg.Length(float64(i)-float64(len(r.systems)-1)/2)
+			p.Add(bars)
+			p.Legend.Add(s.name, bars)
+		}
+		p.Legend.Top = true
+		p.Y.Max *= 1.2 // room for the legend
+		var labels []string
+		for _, sc := range scs {
+			labels = append(labels, sc.name)
+		}
+		p.NominalX(labels...)
+		if err := p.Save(vg.Length(140+110*len(scs)), 9*vg.Centimeter, filepath.Join(dir, "throughput.png")); err != nil {
+			return nil, err
+		}
+		names = append(names, "throughput.png")
+	}
+
+	// Latency percentiles.
+	for _, sc := range r.scenarios {
+		if len(r.runs[sc.name]) == 0 {
+			continue
+		}
+		p := plot.New()
+		p.Title.Text = fmt.Sprintf("%s: latency percentiles (median over rounds)", sc.name)
+		p.Y.Label.Text = "ms (log scale)"
+		p.X.Label.Text = "percentile"
+		p.Y.Scale = plot.LogScale{}
+		p.Y.Tick.Marker = ticks125{}
+		qs := []float64{10, 25, 50, 75, 90, 95, 99, 99.9}
+		var labels []string
+		for _, q := range qs {
+			labels = append(labels, fmt.Sprintf("p%g", q))
+		}
+		lines := 0
+		for i, s := range r.systems {
+			if !has(r, sc.name, s.name) {
+				continue
+			}
+			var xys plotter.XYs
+			for j, q := range qs {
+				v := median(r.pct(sc.name, s.name, q)) * 1000
+				if math.IsNaN(v) || v <= 0 {
+					continue
+				}
+				xys = append(xys, plotter.XY{X: float64(j), Y: v})
+			}
+			if len(xys) == 0 {
+				continue
+			}
+			l, pts, err := plotter.NewLinePoints(xys)
+			if err != nil {
+				return nil, err
+			}
+			l.Color, pts.Color = plotutil.Color(i), plotutil.Color(i)
+			pts.Shape = plotutil.Shape(i)
+			p.Add(l, pts)
+			p.Legend.Add(s.name, l, pts)
+			lines++
+		}
+		if lines == 0 {
+			continue
+		}
+		p.Legend.Top = true
+		p.Legend.Left = true
+		p.NominalX(labels...)
+		name := fmt.Sprintf("latency-%s.png", sc.name)
+		if err := p.Save(16*vg.Centimeter, 9*vg.Centimeter, filepath.Join(dir, name)); err != nil {
+			return nil, err
+		}
+		names = append(names, name)
+	}
+	return names, nil
+}
+
+// ticks125 marks 1, 2 and 5 times each power of ten: plot.LogTicks labels
+// only the powers, which leaves a one-decade latency chart with one label.
+type ticks125 struct{}
+
+func (ticks125) Ticks(min, max float64) []plot.Tick {
+	var ts []plot.Tick
+	if min <= 0 || max <= min {
+		return ts
+	}
+	for e := math.Floor(math.Log10(min)); math.Pow(10, e) <= max; e++ {
+		for _, m := range []float64{1, 2, 5} {
+			v := m * math.Pow(10, e)
+			if v >= min && v <= max {
+				ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+			}
+		}
+	}
+	return ts
+}

@@ -1,0 +1,51 @@
+// Command bench measures Cairn against etcd, and both against a no-op ceiling,
+// side by side in one run (issue 7).
+//
+//	cd bench && go run .            # default sizes, 3 rounds, report in results/
+//	cd bench && go run . -smoke     # tiny totals, one round (CI: make test-bench-smoke)
+//	cd bench && go run . -tmpfs     # data directories on /dev/shm instead of $TMPDIR
+//
+// # Model
+//
+// A run is rounds × scenarios × systems. Within a round every scenario is run
+// against every system in turn (A B C, A B C, …), each time on a freshly
+// started server with an empty data directory, so that drift of the machine
+// (page cache, thermal, noisy neighbours) hits all systems alike. A result is
+// the median over rounds; a ratio is the median of the per-round ratios, each
+// taken between runs that sat next to each other in time.
+//
+// Systems (systems.go) run in their own processes, so none shares a Go runtime
+// with another or with the client:
+//
+//   - etcd: go.etcd.io/etcd/server/v3/embed at the version bench/go.mod pins,
+//     started by this binary re-executing itself as `bench serve-etcd`;
+//   - cairn: the cairn binary, built with `go build` from ../cmd/cairn
+//     (single-group, its only mode today);
+//   - ceiling: `bench serve-ceiling`, a gRPC server whose KV service answers
+//     every request at once with an empty response: what the machine, gRPC
+//     and the client allow.
+//
+// The client is etcd's own benchmark tool (go.etcd.io/etcd/v3/tools/benchmark),
+// built with `go build` from etcdbenchmark/, a module of its own (see the
+// comment in etcdbenchmark/tools.go for why it cannot share bench/go.mod).
+// Every system faces the identical client binary and flags.
+//
+// A scenario that needs a service a system does not offer (Lease, Watch) is
+// skipped for that system; support is probed at run time, not declared, so a
+// scenario starts counting the day the service lands.
+//
+// # Extension points
+//
+//   - more nodes: system.start receives the node count (topology); only 1 is
+//     implemented, 3-node etcd and Cairn add a branch there;
+//   - Cairn sharded: a second system entry with its own flags once the mode
+//     exists (targets for it go in targets, keyed by system and baseline);
+//   - memory (RSS vs 1M/10M keys): each run already records the server's
+//     peak RSS (VmHWM); a preload-only scenario that writes N keys is what is
+//     missing.
+//
+// # Non-goals
+//
+// The harness never asserts a duration in `go test`; its tests cover the
+// parsing, statistics and report code only.
+package main

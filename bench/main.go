@@ -1,0 +1,408 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		var err error
+		switch os.Args[1] {
+		case "serve-etcd":
+			err = serveEtcd(os.Args[2:])
+		case "serve-ceiling":
+			err = serveCeiling(os.Args[2:])
+		default:
+			err = harness(os.Args[1:])
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := harness(nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// config is the parsed command line of the harness.
+type config struct {
+	rounds    int
+	smoke     bool
+	tmpfs     bool
+	out       string
+	root      string
+	systems   []string
+	scenarios []string
+	keep      bool
+}
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.IntVar(&c.rounds, "rounds", 3, "rounds; each runs every scenario against every system in turn")
+	fs.BoolVar(&c.smoke, "smoke", false, "tiny totals and one round: checks that the harness works (CI)")
+	fs.BoolVar(&c.tmpfs, "tmpfs", false, "put the servers' data directories on /dev/shm instead of $TMPDIR")
+	fs.StringVar(&c.out, "out", "results", "directory for report.md, the charts and the raw benchmark output")
+	fs.StringVar(&c.root, "root", "", "the Cairn repository (default: found from the working directory)")
+	sys := fs.String("systems", "etcd,cairn,ceiling", "systems to run, in this order")
+	scs := fs.String("scenarios", "", "scenarios to run (default: all)")
+	fs.BoolVar(&c.keep, "keep", false, "keep the servers' data directories and logs")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("bench: unexpected argument %q", fs.Arg(0))
+	}
+	if c.smoke {
+		c.rounds = 1
+	}
+	if c.rounds < 1 {
+		return c, errors.New("bench: -rounds must be at least 1")
+	}
+	c.systems = splitList(*sys)
+	c.scenarios = splitList(*scs)
+	return c, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func harness(args []string) error {
+	cfg, err := parseFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	start := time.Now()
+	progress := func(format string, a ...any) {
+		fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
+	}
+
+	root, err := findRoot(cfg.root)
+	if err != nil {
+		return err
+	}
+	sz := defaultSizes
+	if cfg.smoke {
+		sz = smokeSizes
+	}
+	syss, scs, err := selectRun(cfg, sz)
+	if err != nil {
+		return err
+	}
+
+	base := ""
+	if cfg.tmpfs {
+		base = "/dev/shm"
+	}
+	work, err := os.MkdirTemp(base, "cairn-bench-")
+	if err != nil {
+		return err
+	}
+	if !cfg.keep {
+		defer os.RemoveAll(work)
+	}
+	out, err := filepath.Abs(cfg.out)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(out, "raw"), 0o755); err != nil {
+		return err
+	}
+
+	// Build the client and Cairn with `go build`, pinned by their go.mod files.
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	env := &environment{self: self, cairn: filepath.Join(work, "bin", "cairn")}
+	benchBin := filepath.Join(work, "bin", "benchmark")
+	progress("building etcd's benchmark tool (bench/etcdbenchmark) and cairn (cmd/cairn)")
+	if err := goBuild(ctx, filepath.Join(root, "bench", "etcdbenchmark"), benchBin, "go.etcd.io/etcd/v3/tools/benchmark"); err != nil {
+		return err
+	}
+	if err := goBuild(ctx, root, env.cairn, "./cmd/cairn"); err != nil {
+		return err
+	}
+
+	res := newResults()
+	res.command = "cd bench && go run ."
+	if len(args) > 0 {
+		res.command += " " + strings.Join(args, " ")
+	}
+	res.started = start
+	res.rounds = cfg.rounds
+	res.smoke = cfg.smoke
+	res.machine = describeMachine(work)
+	res.client = "etcd's `benchmark` tool, go.etcd.io/etcd/v3 " + moduleVersion(filepath.Join(root, "bench", "etcdbenchmark", "go.mod"), "go.etcd.io/etcd/v3") + " (newest tag of that module on the Go proxy), built by the harness from bench/etcdbenchmark"
+	res.systems, res.scenarios = syss, scs
+	progress("data directories under %s on %s", work, res.machine.device)
+
+	// Find out which services each system offers.
+	var needs []capability
+	for _, sc := range scs {
+		if sc.needs != capKV && !slices.Contains(needs, sc.needs) {
+			needs = append(needs, sc.needs)
+		}
+	}
+	unsupported := map[string]map[capability]bool{}
+	for _, s := range syss {
+		unsupported[s.name] = map[capability]bool{}
+		if len(needs) == 0 {
+			continue
+		}
+		in, err := startSystem(ctx, env, s, filepath.Join(work, "probe-"+s.name))
+		if err != nil {
+			return err
+		}
+		for _, c := range needs {
+			ok := probe(ctx, in.endpoints[0], c)
+			unsupported[s.name][c] = !ok
+			progress("probe %s: %s %s", s.name, c, map[bool]string{true: "supported", false: "not supported: its scenarios are skipped"}[ok])
+		}
+		in.stop()
+	}
+	for _, sc := range scs {
+		for _, s := range syss {
+			if unsupported[s.name][sc.needs] {
+				res.skip(sc.name, s.name, fmt.Sprintf("%s does not offer the %s service (probed at start)", s.name, sc.needs))
+			}
+		}
+	}
+
+	// Rounds: every scenario against every system in turn.
+	total, done := 0, 0
+	for _, sc := range scs {
+		for _, s := range syss {
+			if !unsupported[s.name][sc.needs] {
+				total += cfg.rounds
+			}
+		}
+	}
+	for round := 1; round <= cfg.rounds; round++ {
+		for _, sc := range scs {
+			for _, s := range syss {
+				if unsupported[s.name][sc.needs] {
+					continue
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				done++
+				dir := filepath.Join(work, fmt.Sprintf("r%d-%s-%s", round, sc.name, s.name))
+				raw := filepath.Join(out, "raw", fmt.Sprintf("r%d-%s-%s.txt", round, sc.name, s.name))
+				t0 := time.Now()
+				x := runOne(ctx, env, s, sc, dir, benchBin, raw)
+				res.add(sc.name, s.name, x)
+				if !cfg.keep {
+					os.RemoveAll(dir)
+				}
+				if x.err != "" {
+					progress("[%d/%d] round %d %-20s %-8s FAILED (%s): %s", done, total, round, sc.name, s.name, time.Since(t0).Round(100*time.Millisecond), x.err)
+					continue
+				}
+				progress("[%d/%d] round %d %-20s %-8s %10s req/s  p50 %7s ms  p99 %7s ms  (%s)", done, total, round, sc.name, s.name,
+					fmtRate(x.m.rps), fmtMs(x.m.p(50)), fmtMs(x.m.p(99)), time.Since(t0).Round(100*time.Millisecond))
+			}
+		}
+	}
+	res.elapsed = time.Since(start)
+
+	charts, err := writeCharts(out, res)
+	if err != nil {
+		return fmt.Errorf("bench: charts: %w", err)
+	}
+	var buf bytes.Buffer
+	if err := writeReport(&buf, res, charts); err != nil {
+		return err
+	}
+	reportPath := filepath.Join(out, "report.md")
+	if err := os.WriteFile(reportPath, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	fmt.Println(buf.String())
+	progress("report: %s (charts and raw output beside it)", reportPath)
+	for _, sc := range scs {
+		for _, s := range syss {
+			for _, x := range res.runs[sc.name][s.name] {
+				if x.err != "" {
+					return errors.New("bench: some runs failed; see the report")
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// selectRun picks the systems and scenarios the flags name, in flag order.
+func selectRun(cfg config, sz sizes) ([]system, []scenario, error) {
+	var syss []system
+	for _, name := range cfg.systems {
+		i := slices.IndexFunc(systems(), func(s system) bool { return s.name == name })
+		if i < 0 {
+			return nil, nil, fmt.Errorf("bench: unknown system %q", name)
+		}
+		syss = append(syss, systems()[i])
+	}
+	all := scenarios(sz)
+	if len(cfg.scenarios) == 0 {
+		return syss, all, nil
+	}
+	var scs []scenario
+	for _, name := range cfg.scenarios {
+		i := slices.IndexFunc(all, func(s scenario) bool { return s.name == name })
+		if i < 0 {
+			return nil, nil, fmt.Errorf("bench: unknown scenario %q", name)
+		}
+		scs = append(scs, all[i])
+	}
+	return syss, scs, nil
+}
+
+// runOne starts a fresh sys, preloads sc, runs the benchmark tool against it,
+// and stops it. The tool's output goes to raw.
+func runOne(ctx context.Context, env *environment, sys system, sc scenario, dir, benchBin, raw string) run {
+	fail := func(err error) run { return run{m: measurement{rps: nan}, err: oneLine(err.Error())} }
+	in, err := startSystem(ctx, env, sys, dir)
+	if err != nil {
+		return fail(err)
+	}
+	defer in.stop()
+	if sc.preload != nil {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: in.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return fail(err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		err = sc.preload(pctx, cli)
+		cancel()
+		cli.Close()
+		if err != nil {
+			return fail(fmt.Errorf("preload: %w", err))
+		}
+	}
+	argv := append(slices.Clone(sc.args),
+		"--endpoints", strings.Join(in.endpoints, ","),
+		"--clients", strconv.Itoa(sc.clients), "--conns", strconv.Itoa(sc.conns), "--precise")
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(bctx, benchBin, argv...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	runErr := cmd.Run()
+	rss := in.peakRSS()
+	_ = os.WriteFile(raw, []byte("$ benchmark "+strings.Join(argv, " ")+"\n"+stdout.String()+"\n--- stderr (last lines)\n"+lastLines(stderr.String(), 20)), 0o644)
+	if runErr != nil {
+		return fail(fmt.Errorf("benchmark %s: %v: %s", sc.args[0], runErr, lastLines(stderr.String(), 3)))
+	}
+	m, err := parseBenchmark(stdout.String(), sc.section)
+	if err != nil {
+		return fail(err)
+	}
+	if m.rps != m.rps { // every request failed
+		return run{m: m, err: fmt.Sprintf("every request failed, e.g. %q", m.firstErr), rss: rss}
+	}
+	return run{m: m, rss: rss}
+}
+
+func goBuild(ctx context.Context, dir, out, pkg string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = os.Stderr, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("bench: go build %s in %s: %v\n%s", pkg, dir, err, stderr.String())
+	}
+	return nil
+}
+
+// findRoot returns the Cairn repository: dir if given, else the nearest
+// directory at or above the working directory that has cmd/cairn and
+// bench/etcdbenchmark.
+func findRoot(dir string) (string, error) {
+	if dir != "" {
+		return filepath.Abs(dir)
+	}
+	d, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if isDir(filepath.Join(d, "cmd", "cairn")) && isDir(filepath.Join(d, "bench", "etcdbenchmark")) {
+			return d, nil
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", errors.New("bench: cannot find the Cairn repository above the working directory; use -root")
+		}
+		d = parent
+	}
+}
+
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}
+
+// moduleVersion returns the version go.mod requires of module, "?" if none.
+func moduleVersion(gomod, module string) string {
+	b, err := os.ReadFile(gomod)
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
+		if len(f) >= 2 && f[0] == module {
+			return f[1]
+		}
+	}
+	return "?"
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 400 {
+		s = s[:400] + "…"
+	}
+	return s
+}

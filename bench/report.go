@@ -1,0 +1,308 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"time"
+)
+
+var nan = math.NaN()
+
+// run is one measurement of one scenario against one system in one round.
+type run struct {
+	m   measurement
+	err string // why the run failed; the measurement is then NaN
+	rss int64  // the server's peak RSS (VmHWM) in bytes, 0 if unknown
+}
+
+// results holds every run of a harness invocation, and what the report needs
+// to say where and how it happened.
+type results struct {
+	command   string
+	started   time.Time
+	elapsed   time.Duration
+	rounds    int
+	smoke     bool
+	machine   machine
+	client    string   // how the client was built
+	systems   []system // in the order they ran
+	scenarios []scenario
+	// runs[scenario][system] has one entry per round; missing if skipped.
+	runs map[string]map[string][]run
+	// skipped[scenario][system] is why the pair was not run.
+	skipped map[string]map[string]string
+}
+
+func newResults() *results {
+	return &results{runs: map[string]map[string][]run{}, skipped: map[string]map[string]string{}}
+}
+
+func (r *results) add(sc, sys string, x run) {
+	if r.runs[sc] == nil {
+		r.runs[sc] = map[string][]run{}
+	}
+	r.runs[sc][sys] = append(r.runs[sc][sys], x)
+}
+
+func (r *results) skip(sc, sys, why string) {
+	if r.skipped[sc] == nil {
+		r.skipped[sc] = map[string]string{}
+	}
+	r.skipped[sc][sys] = why
+}
+
+// rps returns the per-round throughputs of a pair (NaN for failed rounds).
+func (r *results) rps(sc, sys string) []float64 {
+	var v []float64
+	for _, x := range r.runs[sc][sys] {
+		v = append(v, x.m.rps)
+	}
+	return v
+}
+
+// pct returns the per-round latencies at percentile q, in seconds.
+func (r *results) pct(sc, sys string, q float64) []float64 {
+	var v []float64
+	for _, x := range r.runs[sc][sys] {
+		if x.err != "" {
+			v = append(v, nan)
+			continue
+		}
+		v = append(v, x.m.p(q))
+	}
+	return v
+}
+
+// figure returns the per-round figure of merit of a pair: throughput, or
+// the p99 latency for a latency-bound scenario.
+func (r *results) figure(sc scenario, sys string) []float64 {
+	if sc.latencyBound {
+		return r.pct(sc.name, sys, 99)
+	}
+	return r.rps(sc.name, sys)
+}
+
+// ratio is the median per-round ratio of sys over the baseline.
+func (r *results) ratio(sc scenario, sys, baseline string) float64 {
+	return medianRatio(r.figure(sc, sys), r.figure(sc, baseline))
+}
+
+// writeReport writes the Markdown report: the setup, one table row per
+// scenario, the targets, then failures and skips.
+func writeReport(w io.Writer, r *results, charts []string) error {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+
+	p("# Cairn benchmark\n\n")
+	p("Command: `%s` (%s, %d round(s), systems alternated within each round, a fresh server and data directory per run).\n\n", r.command, r.started.UTC().Format("2006-01-02 15:04 UTC"), r.rounds)
+	if r.smoke {
+		p("**Smoke run**: tiny totals, one round; the numbers only show that the harness works.\n\n")
+	}
+	p("- Machine: %d CPU (%s), %s, %s; everything on 127.0.0.1.\n", r.machine.cpus, r.machine.cpu, r.machine.kernel, r.machine.goVer)
+	p("- Data directories (all systems): `%s` on %s.\n", r.machine.dataDir, r.machine.device)
+	p("- Client: %s.\n", r.client)
+	for _, s := range r.systems {
+		p("- `%s`: %s, %d node.\n", s.name, s.label, s.nodes)
+	}
+	p("- Figures are medians over rounds; a ratio is the median of the per-round ratios. Throughput in requests/s, latency in ms. Took %s.\n\n", r.elapsed.Round(time.Second))
+
+	// The main table.
+	p("| scenario |")
+	for _, s := range r.systems {
+		p(" %s req/s | %s p99 ms |", s.name, s.name)
+	}
+	p(" cairn/etcd | target |\n|---|")
+	for range r.systems {
+		p("---:|---:|")
+	}
+	p("---:|---|\n")
+	for _, sc := range r.scenarios {
+		p("| %s |", sc.name)
+		for _, s := range r.systems {
+			if why, ok := r.skipped[sc.name][s.name]; ok {
+				_ = why
+				p(" skipped | – |")
+				continue
+			}
+			p(" %s | %s |", fmtRate(median(r.rps(sc.name, s.name))), fmtMs(median(r.pct(sc.name, s.name, 99))))
+		}
+		ratio := nan
+		if has(r, sc.name, "cairn") && has(r, sc.name, "etcd") {
+			ratio = r.ratio(sc, "cairn", "etcd")
+		}
+		rs := fmtRatio(ratio)
+		if sc.latencyBound && !math.IsNaN(ratio) {
+			rs += " (p99)"
+		}
+		p(" %s | %s |\n", rs, targetCell(sc.name, ratio))
+	}
+	p("\n")
+
+	p("Targets (issue 7, single-group 1 node): ")
+	var ts []string
+	for _, t := range targets {
+		ts = append(ts, fmt.Sprintf("%s %s", t.scenario, t))
+	}
+	p("%s. Fraction of the ceiling:", strings.Join(ts, "; "))
+	for _, sc := range r.scenarios {
+		if !has(r, sc.name, "ceiling") || sc.latencyBound {
+			continue
+		}
+		var fs []string
+		for _, s := range r.systems {
+			if s.name == "ceiling" || !has(r, sc.name, s.name) {
+				continue
+			}
+			fs = append(fs, fmt.Sprintf("%s %s", s.name, fmtPct(r.ratio(sc, s.name, "ceiling"))))
+		}
+		if len(fs) > 0 {
+			p(" %s: %s;", sc.name, strings.Join(fs, ", "))
+		}
+	}
+	p("\n\n")
+
+	// Latency percentiles and memory.
+	p("## Latency percentiles (ms, median over rounds)\n\n| scenario | system |")
+	qs := []float64{50, 90, 99, 99.9}
+	for _, q := range qs {
+		p(" p%g |", q)
+	}
+	p(" server peak RSS MiB |\n|---|---|")
+	for range qs {
+		p("---:|")
+	}
+	p("---:|\n")
+	for _, sc := range r.scenarios {
+		for _, s := range r.systems {
+			if !has(r, sc.name, s.name) {
+				continue
+			}
+			p("| %s | %s |", sc.name, s.name)
+			for _, q := range qs {
+				p(" %s |", fmtMs(median(r.pct(sc.name, s.name, q))))
+			}
+			var rss []float64
+			for _, x := range r.runs[sc.name][s.name] {
+				if x.rss > 0 {
+					rss = append(rss, float64(x.rss)/(1<<20))
+				}
+			}
+			p(" %s |\n", fmtNum(median(rss), 0))
+		}
+	}
+	p("\n")
+
+	if len(charts) > 0 {
+		p("## Charts\n\n")
+		for _, c := range charts {
+			p("![%s](%s)\n\n", strings.TrimSuffix(c, ".png"), c)
+		}
+	}
+
+	// Failures and skips, so that no number hides a problem.
+	var notes []string
+	for _, sc := range r.scenarios {
+		for _, s := range r.systems {
+			if why, ok := r.skipped[sc.name][s.name]; ok {
+				notes = append(notes, fmt.Sprintf("- %s on %s: skipped, %s.", sc.name, s.name, why))
+			}
+			for i, x := range r.runs[sc.name][s.name] {
+				if x.err != "" {
+					notes = append(notes, fmt.Sprintf("- %s on %s, round %d: failed: %s", sc.name, s.name, i+1, x.err))
+				} else if x.m.errors > 0 {
+					notes = append(notes, fmt.Sprintf("- %s on %s, round %d: %d request(s) failed, e.g. %q", sc.name, s.name, i+1, x.m.errors, x.m.firstErr))
+				}
+			}
+		}
+	}
+	if len(notes) > 0 {
+		p("## Skipped and failed\n\n%s\n", strings.Join(notes, "\n"))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func has(r *results, sc, sys string) bool {
+	_, skipped := r.skipped[sc][sys]
+	return !skipped && len(r.runs[sc][sys]) > 0
+}
+
+func targetCell(sc string, ratio float64) string {
+	for _, t := range targets {
+		if t.scenario != sc || t.sys != "cairn" || t.baseline != "etcd" {
+			continue
+		}
+		if math.IsNaN(ratio) {
+			return fmt.Sprintf("%s: n/a", t)
+		}
+		if t.met(ratio) {
+			return fmt.Sprintf("%s: **pass**", t)
+		}
+		return fmt.Sprintf("%s: **FAIL**", t)
+	}
+	return "–"
+}
+
+func fmtRate(v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmtNum(v, 0)
+}
+
+func fmtMs(sec float64) string {
+	if math.IsNaN(sec) {
+		return "n/a"
+	}
+	ms := sec * 1000
+	switch {
+	case ms >= 100:
+		return fmt.Sprintf("%.0f", ms)
+	case ms >= 10:
+		return fmt.Sprintf("%.1f", ms)
+	default:
+		return fmt.Sprintf("%.2f", ms)
+	}
+}
+
+func fmtRatio(v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f×", v)
+}
+
+func fmtPct(v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f%%", v*100)
+}
+
+// fmtNum formats v with the given decimals and thousands separators.
+func fmtNum(v float64, decimals int) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	s := fmt.Sprintf("%.*f", decimals, v)
+	intPart, frac, _ := strings.Cut(s, ".")
+	neg := strings.HasPrefix(intPart, "-")
+	intPart = strings.TrimPrefix(intPart, "-")
+	var out []byte
+	for i := range len(intPart) {
+		if i > 0 && (len(intPart)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, intPart[i])
+	}
+	s = string(out)
+	if neg {
+		s = "-" + s
+	}
+	if frac != "" {
+		s += "." + frac
+	}
+	return s
+}

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// startTimeout bounds how long a server may take to answer its first read.
+const startTimeout = 60 * time.Second
+
+// system is one store under test, as the report names it.
+type system struct {
+	name  string // column name in the report: "etcd", "cairn", "ceiling"
+	label string // longer description for the report
+	nodes int    // cluster size; only 1 is implemented (see doc.go)
+	// command returns the argv that runs one member with its data in dir,
+	// serving clients on clientURL and peers on peerURL.
+	command func(env *environment, dir, clientURL, peerURL string) []string
+}
+
+// environment is what systems need from the harness: where the binaries are.
+type environment struct {
+	self  string // this binary, for the serve-* subcommands
+	cairn string // the cairn binary built for this run
+}
+
+func systems() []system {
+	return []system{
+		{
+			name: "etcd", label: "etcd 3.7.3 (embed, own process)", nodes: 1,
+			command: func(env *environment, dir, c, p string) []string {
+				return []string{env.self, "serve-etcd", "-data-dir", dir, "-listen-client-urls", c, "-listen-peer-urls", p}
+			},
+		},
+		{
+			// Single-group is Cairn's only mode today; when `--single-group`
+			// exists it goes here, and sharded mode is a second entry.
+			name: "cairn", label: "Cairn single-group (cmd/cairn binary)", nodes: 1,
+			command: func(env *environment, dir, c, p string) []string {
+				return []string{env.cairn, "--name", "cairn", "--data-dir", dir,
+					"--listen-client-urls", c, "--listen-peer-urls", p, "--log-level", "warn"}
+			},
+		},
+		{
+			name: "ceiling", label: "no-op KV server (ceiling)", nodes: 1,
+			command: func(env *environment, dir, c, p string) []string {
+				return []string{env.self, "serve-ceiling", "-listen-client-urls", c}
+			},
+		},
+	}
+}
+
+// instance is a started system: its processes and the endpoints clients use.
+type instance struct {
+	sys       system
+	endpoints []string // host:port, as etcd's benchmark tool wants them
+	procs     []*exec.Cmd
+	exited    []chan struct{}
+	logs      []string // paths of the members' stderr
+}
+
+// startSystem starts every member of sys with data under dir and waits until the
+// cluster answers a read.
+func startSystem(ctx context.Context, env *environment, sys system, dir string) (*instance, error) {
+	if sys.nodes != 1 {
+		return nil, fmt.Errorf("bench: %s: %d nodes is not implemented yet", sys.name, sys.nodes)
+	}
+	in := &instance{sys: sys}
+	for i := 0; i < sys.nodes; i++ {
+		client, peer := freePort(), freePort()
+		if client == "" || peer == "" {
+			return nil, errors.New("bench: no free port")
+		}
+		mdir := filepath.Join(dir, fmt.Sprintf("%s-%d", sys.name, i))
+		if err := os.MkdirAll(mdir, 0o755); err != nil {
+			return nil, err
+		}
+		argv := sys.command(env, filepath.Join(mdir, "data"), "http://"+client, "http://"+peer)
+		logPath := filepath.Join(mdir, "server.log")
+		logf, err := os.Create(logPath)
+		if err != nil {
+			return nil, err
+		}
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Dir = mdir
+		cmd.Stdout, cmd.Stderr = logf, logf
+		// The server dies with the harness, even on kill -9 of the harness.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			logf.Close()
+			return nil, fmt.Errorf("bench: start %s: %w", sys.name, err)
+		}
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+		in.procs = append(in.procs, cmd)
+		in.exited = append(in.exited, done)
+		in.logs = append(in.logs, logPath)
+		in.endpoints = append(in.endpoints, client)
+	}
+	if err := in.waitReady(ctx); err != nil {
+		in.stop()
+		return nil, err
+	}
+	return in, nil
+}
+
+// waitReady waits until a linearizable read succeeds against every member.
+func (in *instance) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(startTimeout)
+	for i, ep := range in.endpoints {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return err
+		}
+		for {
+			select {
+			case <-in.exited[i]:
+				cli.Close()
+				return fmt.Errorf("bench: %s exited while starting; log %s:\n%s", in.sys.name, in.logs[i], tail(in.logs[i], 20))
+			default:
+			}
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := cli.Get(rctx, "bench-ready-probe")
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				cli.Close()
+				return fmt.Errorf("bench: %s does not answer reads after %v: %v", in.sys.name, startTimeout, err)
+			}
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-ctx.Done():
+			}
+		}
+		cli.Close()
+	}
+	return nil
+}
+
+// peakRSS returns the largest peak resident set (VmHWM) over the members, in
+// bytes, 0 if unknown.
+func (in *instance) peakRSS() int64 {
+	var max int64
+	for _, c := range in.procs {
+		if c.Process == nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Process.Pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if kb*1024 > max {
+					max = kb * 1024
+				}
+			}
+		}
+	}
+	return max
+}
+
+// stop terminates every member (SIGTERM, then SIGKILL after 10s) and waits.
+func (in *instance) stop() {
+	for _, c := range in.procs {
+		_ = c.Process.Signal(syscall.SIGTERM)
+	}
+	for i, c := range in.procs {
+		select {
+		case <-in.exited[i]:
+		case <-time.After(10 * time.Second):
+			_ = c.Process.Kill()
+			<-in.exited[i]
+		}
+	}
+}
+
+// freePort returns a 127.0.0.1 port that was free a moment ago.
+func freePort() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return ""
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// tail returns the last n lines of the file at path.
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}

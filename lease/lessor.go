@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -426,18 +427,8 @@ func (l *Lessor) Leases() []Lease {
 		out = append(out, le.public())
 	}
 	l.mu.Unlock()
-	slices.SortFunc(out, func(a, b Lease) int { return cmpID(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b Lease) int { return cmp.Compare(a.ID, b.ID) })
 	return out
-}
-
-func cmpID(a, b ID) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Len returns the number of leases.

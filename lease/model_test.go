@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -208,7 +209,7 @@ func (m *model) list() []Lease {
 	for id, le := range m.leases {
 		out = append(out, Lease{ID: id, TTL: le.ttl, RemainingTTL: le.remaining})
 	}
-	slices.SortFunc(out, func(a, b Lease) int { return cmpID(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b Lease) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 

@@ -120,25 +120,22 @@ func (o *op) end() error {
 	return nil
 }
 
-// put writes key at the op's revision, continuing the key's generation.
-func (o *op) put(v *view, key, value []byte, lease int64) (prev *version, err error) {
-	prev, err = v.get(key, v.cur)
-	if err != nil {
-		return nil, err
-	}
+// put writes key at the op's revision, continuing prev's generation (prev
+// is the key's live version, nil if none).
+func (o *op) put(prev *version, key, value []byte, lease int64) error {
 	nv := &version{key: key, mod: o.rev, create: o.rev, ver: 1, lease: lease, value: value}
 	if prev != nil {
 		nv.create, nv.ver = prev.create, prev.ver+1
 	}
 	if err := o.b.b.Set(versionKey(key, o.rev), encodeVersion(nv), nil); err != nil {
-		return nil, err
+		return err
 	}
 	ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: nv.kv()}
 	if prev != nil {
 		ev.PrevKv = prev.kv()
 	}
 	o.record(key, ev)
-	return prev, nil
+	return nil
 }
 
 func (o *op) record(key []byte, ev *mvccpb.Event) {
@@ -210,7 +207,7 @@ func (o *op) execPut(v *view, r *pb.PutRequest) (*pb.PutResponse, error) {
 	if r.IgnoreLease && prev != nil {
 		lease = prev.lease
 	}
-	if _, err := o.put(v, r.Key, value, lease); err != nil {
+	if err := o.put(prev, r.Key, value, lease); err != nil {
 		return nil, err
 	}
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{Revision: int64(o.rev)}}

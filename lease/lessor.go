@@ -419,15 +419,28 @@ func (l *Lessor) TimeToLive(id ID, now time.Time, withKeys bool) (Status, error)
 	return st, nil
 }
 
-// Leases lists every lease, by id.
+// Leases lists every lease: on the primary by expiry, soonest first (the
+// order etcd lists them in), ties and elsewhere by id.
 func (l *Lessor) Leases() []Lease {
 	l.mu.Lock()
-	out := make([]Lease, 0, len(l.mu.leases))
+	ls := make([]*lease, 0, len(l.mu.leases))
 	for _, le := range l.mu.leases {
-		out = append(out, le.public())
+		ls = append(ls, le)
+	}
+	primary := l.mu.primary
+	slices.SortFunc(ls, func(a, b *lease) int {
+		if primary {
+			if c := a.expiry.Compare(b.expiry); c != 0 {
+				return c
+			}
+		}
+		return cmp.Compare(a.id, b.id)
+	})
+	out := make([]Lease, len(ls))
+	for i, le := range ls {
+		out[i] = le.public()
 	}
 	l.mu.Unlock()
-	slices.SortFunc(out, func(a, b Lease) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 

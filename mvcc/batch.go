@@ -65,6 +65,14 @@ func (b *Batch) Commit() error {
 	return nil
 }
 
+// Rev returns the current revision, including this batch's writes.
+func (b *Batch) Rev() Revision { return b.rev }
+
+// Pebble returns the underlying indexed pebble batch, for the shard's
+// other records (the lessor's) to commit atomically with the store's
+// writes. Writes into it must stay out of the store's key space.
+func (b *Batch) Pebble() *pebble.Batch { return b.b }
+
 // Close releases the batch, discarding it if it was not committed.
 func (b *Batch) Close() { _ = b.b.Close() }
 
@@ -249,6 +257,34 @@ func (o *op) execDelete(v *view, r *pb.DeleteRangeRequest) (*pb.DeleteRangeRespo
 	resp.Deleted = n
 	resp.Header.Revision = int64(o.cur())
 	return resp, nil
+}
+
+// DeleteKeys deletes every live key of keys in one write transaction (one
+// revision, with a DELETE event each), as a lease revoke does, and returns
+// how many it deleted and the revision after the op. Keys that are not live
+// are skipped; if none is, nothing changes and no revision is taken.
+func (b *Batch) DeleteKeys(keys [][]byte, stamp Revision) (deleted int64, rev Revision, err error) {
+	err = b.run(stamp, func(o *op, v *view) error {
+		for _, k := range keys {
+			if !v.span.Contains(k) {
+				continue
+			}
+			prev, err := v.get(k, v.cur)
+			if err != nil {
+				return err
+			}
+			if prev == nil {
+				continue
+			}
+			if err := o.b.b.Set(versionKey(k, o.rev), []byte{tagTombstone}, nil); err != nil {
+				return err
+			}
+			o.record(k, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: k, ModRevision: int64(o.rev)}, PrevKv: prev.kv()})
+			deleted++
+		}
+		return nil
+	})
+	return deleted, b.rev, err
 }
 
 // Txn is etcd's Txn: compares (nested ones included) and the pre-write

@@ -21,19 +21,25 @@ import (
 //	frame = kind uvarint(len(key)) key uvarint(len(value)) value
 //
 // Version frames carry the record key as stored; event frames the 8-byte
-// revision and only this span's entries; meta frames the record name.
+// revision and only this span's entries; meta frames the record name;
+// carried frames a raw key of one of Options.Carried, as stored.
 const snapshotMagic = "cairn-mvcc-snapshot-v1\n"
+
+// kindCarried is the frame kind of a carried record (the other kinds are
+// the record kinds of keys.go).
+const kindCarried = 'c'
 
 // Snapshot is a point-in-time image of one store, taken between batches.
 type Snapshot struct {
-	snap *pebble.Snapshot
-	id   uint64
-	span Span
+	snap    *pebble.Snapshot
+	id      uint64
+	span    Span
+	carried []RawSpan
 }
 
 // NewSnapshot pins the store's committed state. Close releases it.
 func (s *Store) NewSnapshot() *Snapshot {
-	return &Snapshot{snap: s.db.NewSnapshot(), id: s.opts.ID, span: s.opts.Span}
+	return &Snapshot{snap: s.db.NewSnapshot(), id: s.opts.ID, span: s.opts.Span, carried: s.opts.Carried}
 }
 
 // Close releases the pinned state.
@@ -110,6 +116,14 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 		return sw.err
 	}); err != nil {
 		return sw.n, err
+	}
+	for _, c := range sn.carried {
+		if err := sn.each(c.Lo, c.Hi, func(k, v []byte) error {
+			sw.frame(kindCarried, k, v)
+			return sw.err
+		}); err != nil {
+			return sw.n, err
+		}
 	}
 	sw.write([]byte{0})
 	var sum [4]byte
@@ -253,6 +267,11 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 	if err := b.DeleteRange(mp, prefixEnd(mp), nil); err != nil {
 		return nil, err
 	}
+	for _, c := range s.opts.Carried {
+		if err := b.DeleteRange(c.Lo, c.Hi, nil); err != nil {
+			return nil, err
+		}
+	}
 	incoming := make(map[Revision][]eventEntry)
 	for {
 		kind, err := sr.ReadByte()
@@ -289,6 +308,13 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 			incoming[Revision(binary.BigEndian.Uint64(k))] = es
 		case kindMeta:
 			if err := b.Set(append(append([]byte(nil), mp...), k...), v, nil); err != nil {
+				return nil, err
+			}
+		case kindCarried:
+			if !s.carries(k) {
+				return nil, fmt.Errorf("%w: carried record outside the carried spans", ErrBadSnapshot)
+			}
+			if err := b.Set(k, v, nil); err != nil {
 				return nil, err
 			}
 		default:
@@ -361,4 +387,14 @@ func (s *Store) mergeEvents(b *pebble.Batch, incoming map[Revision][]eventEntry)
 		}
 	}
 	return nil
+}
+
+// carries reports whether raw key k lies in one of Options.Carried.
+func (s *Store) carries(k []byte) bool {
+	for _, c := range s.opts.Carried {
+		if bytes.Compare(k, c.Lo) >= 0 && bytes.Compare(k, c.Hi) < 0 {
+			return true
+		}
+	}
+	return false
 }

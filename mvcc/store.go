@@ -37,7 +37,14 @@ type Options struct {
 	Span Span
 	// Leases answers lease lookups for puts; nil means no lease exists.
 	Leases LeaseChecker
+	// Carried are raw pebble key ranges that other parts of the shard own
+	// (the lessor's records): snapshots carry them verbatim and a restore
+	// replaces them, so they move with the store's data.
+	Carried []RawSpan
 }
+
+// RawSpan is a range [Lo, Hi) of raw pebble keys.
+type RawSpan struct{ Lo, Hi []byte }
 
 // Internal record names.
 const (

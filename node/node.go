@@ -25,6 +25,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
@@ -142,6 +143,7 @@ type Node struct {
 	db        *pebble.DB
 	nh        *dragonboat.NodeHost
 	replica   *shard.Replica
+	primary   *shard.Primary
 	sm        atomic.Pointer[shard.StateMachine] // set when dragonboat creates it
 	hub       *watch.Hub
 	stop      chan struct{} // closed by Close: stops the watch pump
@@ -237,7 +239,8 @@ func (n *Node) start(ctx context.Context) error {
 	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
 	members := map[uint64]dragonboat.Target{singleReplicaID: peer}
 	n.hub = watch.NewHub(0)
-	factory := shard.Factory(shard.Config{DB: db, Span: mvcc.Span{}, OnApply: func(evs []*mvccpb.Event) {
+	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
+	factory := shard.Factory(shard.Config{DB: db, Span: mvcc.Span{}, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
 		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
 	}})
 	err = nh.StartOnDiskReplica(members, false, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
@@ -266,6 +269,14 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("node: read the shard's revision: %w", err)
 	}
 	n.hub.Notify(st.(shard.Status).Revision, nil)
+	lessor := n.sm.Load().Lessor()
+	n.primary = shard.StartPrimary(shard.PrimaryConfig{
+		Replica:         n.replica,
+		Lessor:          func() *lease.Lessor { return n.sm.Load().Lessor() },
+		ReplicaID:       singleReplicaID,
+		ElectionTimeout: cfg.ElectionTimeout,
+		Log:             n.log,
+	})
 	n.stop = make(chan struct{})
 	n.wg.Add(1)
 	go n.watchPump()
@@ -278,6 +289,7 @@ func (n *Node) start(ctx context.Context) error {
 		MaxTxnOps:       cfg.MaxTxnOps,
 		Node:            n,
 		Watches:         n.hub,
+		Lessor:          lessor,
 	})
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)
@@ -383,6 +395,9 @@ func (n *Node) Close() error {
 			close(n.stop)
 		}
 		n.wg.Wait()
+		if n.primary != nil {
+			n.primary.Close()
+		}
 		if n.replica != nil {
 			n.replica.Close()
 		}

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
@@ -26,6 +27,8 @@ var byCode = map[shardpb.ErrorCode]error{
 	shardpb.ErrorCode_ERROR_CODE_TOO_MANY_OPS:        rpctypes.ErrGRPCTooManyOps,
 	shardpb.ErrorCode_ERROR_CODE_DUPLICATE_KEY:       rpctypes.ErrGRPCDuplicateKey,
 	shardpb.ErrorCode_ERROR_CODE_INVALID_SORT_OPTION: rpctypes.ErrGRPCInvalidSortOption,
+	shardpb.ErrorCode_ERROR_CODE_LEASE_EXISTS:        rpctypes.ErrGRPCLeaseExist,
+	shardpb.ErrorCode_ERROR_CODE_LEASE_TTL_TOO_LARGE: rpctypes.ErrGRPCLeaseTTLTooLarge,
 }
 
 // byStoreError maps mvcc's validation sentinels (checked here before a
@@ -44,6 +47,10 @@ var byStoreError = []struct {
 	{mvcc.ErrFutureRev, rpctypes.ErrGRPCFutureRev},
 	{mvcc.ErrKeyNotFound, rpctypes.ErrGRPCKeyNotFound},
 	{mvcc.ErrLeaseNotFound, rpctypes.ErrGRPCLeaseNotFound},
+	{lease.ErrLeaseNotFound, rpctypes.ErrGRPCLeaseNotFound},
+	{lease.ErrLeaseExists, rpctypes.ErrGRPCLeaseExist},
+	{lease.ErrLeaseTTLTooLarge, rpctypes.ErrGRPCLeaseTTLTooLarge},
+	{lease.ErrNotPrimary, rpctypes.ErrGRPCNotLeader},
 }
 
 // toGRPC turns any error from below into the status an etcd client expects.

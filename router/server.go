@@ -26,6 +26,9 @@ type Config struct {
 	Node NodeInfo
 	// Watches serves the Watch service; nil leaves it unregistered.
 	Watches *watch.Hub
+	// Lessor serves the Lease service (with the Shard for grants and
+	// revokes); nil leaves it unregistered.
+	Lessor Lessor
 }
 
 // NodeInfo is what the router asks of the process hosting it.
@@ -80,6 +83,9 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterClusterServer(g, &clusterServer{s: s})
 	if s.cfg.Watches != nil {
 		pb.RegisterWatchServer(g, &watchServer{s: s})
+	}
+	if s.cfg.Lessor != nil {
+		pb.RegisterLeaseServer(g, &leaseServer{s: s})
 	}
 }
 

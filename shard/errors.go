@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 )
@@ -17,7 +18,7 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Message }
 
-// codes maps mvcc's sentinels to wire codes. Order does not matter: each
+// codes maps mvcc's and lease's sentinels to wire codes. Order does not matter: each
 // mvcc error matches at most one sentinel.
 var codes = []struct {
 	err  error
@@ -36,6 +37,9 @@ var codes = []struct {
 	{mvcc.ErrStaleStamp, shardpb.ErrorCode_ERROR_CODE_STALE_STAMP},
 	{mvcc.ErrOutsideSpan, shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE},
 	{mvcc.ErrNotReadOnly, shardpb.ErrorCode_ERROR_CODE_BAD_REQUEST},
+	{lease.ErrLeaseNotFound, shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND},
+	{lease.ErrLeaseExists, shardpb.ErrorCode_ERROR_CODE_LEASE_EXISTS},
+	{lease.ErrLeaseTTLTooLarge, shardpb.ErrorCode_ERROR_CODE_LEASE_TTL_TOO_LARGE},
 }
 
 // toError classifies a store error. ok is false for errors that are not a

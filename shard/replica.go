@@ -111,6 +111,49 @@ func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Res
 	}
 }
 
+// WriteAll proposes reqs together — the batcher packs them into as few
+// proposals as its limits allow — and returns each one's response or error
+// (as Write would), in order.
+func (r *Replica) WriteAll(ctx context.Context, reqs []*shardpb.Request) ([]*shardpb.Response, []error) {
+	resps, errs := make([]*shardpb.Response, len(reqs)), make([]error, len(reqs))
+	ps := make([]*pending, 0, len(reqs))
+enqueue:
+	for _, req := range reqs {
+		p := &pending{req: req, size: proto.Size(req), done: make(chan outcome, 1)}
+		select {
+		case r.queue <- p:
+			ps = append(ps, p)
+		case <-ctx.Done():
+			break enqueue
+		case <-r.stop:
+			break enqueue
+		}
+	}
+	for i := range reqs {
+		if i >= len(ps) {
+			errs[i] = ErrStopped
+			if ctx.Err() != nil {
+				errs[i] = ctx.Err()
+			}
+			continue
+		}
+		select {
+		case o := <-ps[i].done:
+			switch {
+			case o.err != nil:
+				errs[i] = o.err
+			case o.resp.GetError() != nil:
+				errs[i] = fromProto(o.resp.GetError())
+			default:
+				resps[i] = o.resp
+			}
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
+	}
+	return resps, errs
+}
+
 // batch is the proposer loop: it gathers whatever is queued into one
 // proposal and hands it to a sender, keeping at most maxInFlight in flight.
 func (r *Replica) batch() {

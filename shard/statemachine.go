@@ -2,10 +2,12 @@ package shard
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	sm "github.com/lni/dragonboat/v4/statemachine"
@@ -13,6 +15,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 )
@@ -27,8 +30,11 @@ type Config struct {
 	DB *pebble.DB
 	// Span is the range of user keys; {nil, nil} is the whole key space.
 	Span mvcc.Span
-	// Leases answers whether a lease exists; nil means none does.
-	Leases mvcc.LeaseChecker
+	// Lease configures the shard's lessor (its ID is the shard id).
+	Lease lease.Options
+	// Now is the clock the lessor is given when a grant applies on the
+	// primary; nil means time.Now.
+	Now func() time.Time
 	// OnApply, if set, receives the change events of every applied batch, in
 	// revision order, after the batch is committed. It runs on dragonboat's
 	// apply goroutine: it must not block.
@@ -42,6 +48,10 @@ type Config struct {
 type StateMachine struct {
 	shardID, replicaID uint64
 	cfg                Config
+
+	// lessor is set by Open and never replaced: Recover rebuilds it in
+	// place after a snapshot restore.
+	lessor atomic.Pointer[lease.Lessor]
 
 	// mu guards store and closed. Update, Open, Recover and Close take it
 	// exclusively only to swap or drop the store; Lookup holds it shared, so
@@ -67,13 +77,33 @@ func Factory(cfg Config) sm.CreateOnDiskStateMachineFunc {
 	}
 }
 
-func (s *StateMachine) storeOptions() mvcc.Options {
-	return mvcc.Options{ID: s.shardID, Span: s.cfg.Span, Leases: s.cfg.Leases}
+func (s *StateMachine) storeOptions(leases mvcc.LeaseChecker) mvcc.Options {
+	lo, hi := lease.RecordBounds(s.shardID)
+	return mvcc.Options{ID: s.shardID, Span: s.cfg.Span, Leases: leases, Carried: []mvcc.RawSpan{{Lo: lo, Hi: hi}}}
 }
 
-// Open loads the store and returns the applied index stored with its data.
+func (s *StateMachine) now() time.Time {
+	if s.cfg.Now != nil {
+		return s.cfg.Now()
+	}
+	return time.Now()
+}
+
+// Lessor returns the shard's lessor, for the primary's duties (expiry,
+// checkpoints, renewals) and lease reads. Valid after Open.
+func (s *StateMachine) Lessor() *lease.Lessor { return s.lessor.Load() }
+
+// Open loads the store and the lessor and returns the applied index stored
+// with their data.
 func (s *StateMachine) Open(stop <-chan struct{}) (uint64, error) {
-	store, err := mvcc.Open(s.cfg.DB, s.storeOptions())
+	opts := s.cfg.Lease
+	opts.ID = s.shardID
+	lessor, err := lease.Open(s.cfg.DB, opts)
+	if err != nil {
+		return 0, fmt.Errorf("shard %d: open lessor: %w", s.shardID, err)
+	}
+	s.lessor.Store(lessor)
+	store, err := mvcc.Open(s.cfg.DB, s.storeOptions(lessor))
 	if err != nil {
 		return 0, fmt.Errorf("shard %d: open store: %w", s.shardID, err)
 	}
@@ -114,8 +144,9 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	b := store.NewBatch()
 	defer b.Close()
 	var events []*mvccpb.Event
+	a := &applier{b: b, lessor: s.Lessor(), now: s.now}
 	for i := range entries {
-		res, err := applyCommand(b, entries[i].Cmd)
+		res, err := a.command(entries[i].Cmd)
 		if err != nil {
 			return nil, fmt.Errorf("shard %d: apply index %d: %w", s.shardID, entries[i].Index, err)
 		}
@@ -125,8 +156,9 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		}
 		entries[i].Result = sm.Result{Value: uint64(len(res.Responses)), Data: data}
 		if s.cfg.OnApply != nil {
-			events = append(events, b.TakeEvents()...)
+			events = append(events, a.events...)
 		}
+		a.events = a.events[:0:0]
 	}
 	var idx [8]byte
 	binary.BigEndian.PutUint64(idx[:], entries[len(entries)-1].Index)
@@ -141,17 +173,29 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	return entries, nil
 }
 
-// applyCommand applies every request of one entry. A request the store
+// applier applies the entries of one Update into one batch.
+type applier struct {
+	b      *mvcc.Batch
+	lessor *lease.Lessor
+	now    func() time.Time
+	// events are the change events of the entry being applied.
+	events []*mvccpb.Event
+}
+
+// command applies every request of one entry. A request the store
 // refuses gets an error response and changes nothing; a command that does
 // not decode is refused as a whole. Only storage failures return an error.
-func applyCommand(b *mvcc.Batch, cmd []byte) (*shardpb.Result, error) {
+func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 	var c shardpb.Command
 	if err := proto.Unmarshal(cmd, &c); err != nil {
 		return &shardpb.Result{Responses: []*shardpb.Response{errResponse(badRequest("shard: undecodable command: %v", err))}}, nil
 	}
 	res := &shardpb.Result{Responses: make([]*shardpb.Response, len(c.Requests))}
 	for i, r := range c.Requests {
-		resp, err := applyRequest(b, r)
+		resp, err := a.request(r)
+		if err == nil {
+			err = a.track()
+		}
 		if err != nil {
 			e, ok := toError(err)
 			if !ok {
@@ -168,7 +212,44 @@ func errResponse(e *Error) *shardpb.Response {
 	return &shardpb.Response{Result: &shardpb.Response_Error{Error: e.toProto()}}
 }
 
-func applyRequest(b *mvcc.Batch, r *shardpb.Request) (*shardpb.Response, error) {
+// track takes the events of the request just applied and keeps the
+// lessor's attachments in step with them: a put with lease L attaches the
+// key to L; a put whose previous version had another lease P, or a delete
+// of a key with lease P, detaches it from P.
+func (a *applier) track() error {
+	evs := a.b.TakeEvents()
+	for _, ev := range evs {
+		var prev, cur int64
+		if ev.PrevKv != nil {
+			prev = ev.PrevKv.Lease
+		}
+		if ev.Type == mvccpb.PUT {
+			cur = ev.Kv.Lease
+		}
+		if prev == cur {
+			continue
+		}
+		key := [][]byte{ev.Kv.Key}
+		if prev != 0 {
+			// A revoked lease has no attachments left: not found is fine.
+			if err := a.lessor.Detach(a.b.Pebble(), lease.ID(prev), key); err != nil && !errors.Is(err, lease.ErrLeaseNotFound) {
+				return err
+			}
+		}
+		if cur != 0 {
+			if err := a.lessor.Attach(a.b.Pebble(), lease.ID(cur), key); err != nil {
+				// The store checked the lease before the put: a missing
+				// lease here is a broken invariant, not a refusal.
+				return fmt.Errorf("shard: attach %q to lease %d: %v", ev.Kv.Key, cur, err)
+			}
+		}
+	}
+	a.events = append(a.events, evs...)
+	return nil
+}
+
+func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
+	b := a.b
 	stamp := mvcc.Revision(r.Stamp)
 	switch op := r.Op.(type) {
 	case *shardpb.Request_Put:
@@ -215,6 +296,44 @@ func applyRequest(b *mvcc.Batch, r *shardpb.Request) (*shardpb.Response, error) 
 		}
 		data, err := proto.Marshal(resp)
 		return &shardpb.Response{Result: &shardpb.Response_Compaction{Compaction: data}}, err
+	case *shardpb.Request_LeaseGrant:
+		var req pb.LeaseGrantRequest
+		if err := proto.Unmarshal(op.LeaseGrant, &req); err != nil {
+			return nil, badRequest("shard: undecodable lease grant: %v", err)
+		}
+		l, err := a.lessor.Grant(b.Pebble(), lease.ID(req.ID), req.TTL, a.now())
+		if err != nil {
+			return nil, err
+		}
+		data, err := proto.Marshal(&pb.LeaseGrantResponse{Header: &pb.ResponseHeader{Revision: int64(b.Rev())}, ID: int64(l.ID), TTL: l.TTL})
+		return &shardpb.Response{Result: &shardpb.Response_LeaseGrant{LeaseGrant: data}}, err
+	case *shardpb.Request_LeaseRevoke:
+		var req pb.LeaseRevokeRequest
+		if err := proto.Unmarshal(op.LeaseRevoke, &req); err != nil {
+			return nil, badRequest("shard: undecodable lease revoke: %v", err)
+		}
+		keys, err := a.lessor.Revoke(b.Pebble(), lease.ID(req.ID))
+		if err != nil {
+			return nil, err
+		}
+		_, rev, err := b.DeleteKeys(keys, stamp)
+		if err != nil {
+			return nil, err
+		}
+		data, err := proto.Marshal(&pb.LeaseRevokeResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}})
+		return &shardpb.Response{Result: &shardpb.Response_LeaseRevoke{LeaseRevoke: data}}, err
+	case *shardpb.Request_LeaseCheckpoint:
+		var req pb.LeaseCheckpointRequest
+		if err := proto.Unmarshal(op.LeaseCheckpoint, &req); err != nil {
+			return nil, badRequest("shard: undecodable lease checkpoint: %v", err)
+		}
+		for _, c := range req.Checkpoints {
+			if err := a.lessor.Checkpoint(b.Pebble(), lease.ID(c.ID), c.Remaining_TTL); err != nil {
+				return nil, err
+			}
+		}
+		data, err := proto.Marshal(&pb.LeaseCheckpointResponse{Header: &pb.ResponseHeader{Revision: int64(b.Rev())}})
+		return &shardpb.Response{Result: &shardpb.Response_LeaseCheckpoint{LeaseCheckpoint: data}}, err
 	default:
 		return nil, badRequest("shard: request without an operation")
 	}
@@ -288,6 +407,9 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	defer s.mu.Unlock()
 	if err := p.Apply(); err != nil {
 		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
+	}
+	if err := s.Lessor().Recover(s.cfg.DB); err != nil {
+		return fmt.Errorf("shard %d: recover lessor from snapshot: %w", s.shardID, err)
 	}
 	return nil
 }

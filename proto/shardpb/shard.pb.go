@@ -43,6 +43,8 @@ const (
 	ErrorCode_ERROR_CODE_STALE_STAMP         ErrorCode = 11
 	ErrorCode_ERROR_CODE_OUTSIDE_RANGE       ErrorCode = 12
 	ErrorCode_ERROR_CODE_BAD_REQUEST         ErrorCode = 13
+	ErrorCode_ERROR_CODE_LEASE_EXISTS        ErrorCode = 14
+	ErrorCode_ERROR_CODE_LEASE_TTL_TOO_LARGE ErrorCode = 15
 )
 
 // Enum value maps for ErrorCode.
@@ -62,6 +64,8 @@ var (
 		11: "ERROR_CODE_STALE_STAMP",
 		12: "ERROR_CODE_OUTSIDE_RANGE",
 		13: "ERROR_CODE_BAD_REQUEST",
+		14: "ERROR_CODE_LEASE_EXISTS",
+		15: "ERROR_CODE_LEASE_TTL_TOO_LARGE",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":         0,
@@ -78,6 +82,8 @@ var (
 		"ERROR_CODE_STALE_STAMP":         11,
 		"ERROR_CODE_OUTSIDE_RANGE":       12,
 		"ERROR_CODE_BAD_REQUEST":         13,
+		"ERROR_CODE_LEASE_EXISTS":        14,
+		"ERROR_CODE_LEASE_TTL_TOO_LARGE": 15,
 	}
 )
 
@@ -167,6 +173,9 @@ type Request struct {
 	//	*Request_DeleteRange
 	//	*Request_Txn
 	//	*Request_Compaction
+	//	*Request_LeaseGrant
+	//	*Request_LeaseRevoke
+	//	*Request_LeaseCheckpoint
 	Op            isRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -252,6 +261,33 @@ func (x *Request) GetCompaction() []byte {
 	return nil
 }
 
+func (x *Request) GetLeaseGrant() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*Request_LeaseGrant); ok {
+			return x.LeaseGrant
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetLeaseRevoke() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*Request_LeaseRevoke); ok {
+			return x.LeaseRevoke
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetLeaseCheckpoint() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*Request_LeaseCheckpoint); ok {
+			return x.LeaseCheckpoint
+		}
+	}
+	return nil
+}
+
 type isRequest_Op interface {
 	isRequest_Op()
 }
@@ -272,6 +308,23 @@ type Request_Compaction struct {
 	Compaction []byte `protobuf:"bytes,5,opt,name=compaction,proto3,oneof"` // etcdserverpb.CompactionRequest
 }
 
+type Request_LeaseGrant struct {
+	// etcdserverpb.LeaseGrantRequest, its ID chosen (never 0).
+	LeaseGrant []byte `protobuf:"bytes,6,opt,name=lease_grant,json=leaseGrant,proto3,oneof"`
+}
+
+type Request_LeaseRevoke struct {
+	// etcdserverpb.LeaseRevokeRequest: the lease and, at one revision,
+	// every key attached to it.
+	LeaseRevoke []byte `protobuf:"bytes,7,opt,name=lease_revoke,json=leaseRevoke,proto3,oneof"`
+}
+
+type Request_LeaseCheckpoint struct {
+	// etcdserverpb.LeaseCheckpointRequest: remaining TTLs the primary
+	// recorded, for a future primary to start from.
+	LeaseCheckpoint []byte `protobuf:"bytes,8,opt,name=lease_checkpoint,json=leaseCheckpoint,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -279,6 +332,12 @@ func (*Request_DeleteRange) isRequest_Op() {}
 func (*Request_Txn) isRequest_Op() {}
 
 func (*Request_Compaction) isRequest_Op() {}
+
+func (*Request_LeaseGrant) isRequest_Op() {}
+
+func (*Request_LeaseRevoke) isRequest_Op() {}
+
+func (*Request_LeaseCheckpoint) isRequest_Op() {}
 
 // Result answers a Command: one Response per Request, in order.
 type Result struct {
@@ -336,6 +395,9 @@ type Response struct {
 	//	*Response_Txn
 	//	*Response_Compaction
 	//	*Response_Error
+	//	*Response_LeaseGrant
+	//	*Response_LeaseRevoke
+	//	*Response_LeaseCheckpoint
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -423,6 +485,33 @@ func (x *Response) GetError() *Error {
 	return nil
 }
 
+func (x *Response) GetLeaseGrant() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*Response_LeaseGrant); ok {
+			return x.LeaseGrant
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetLeaseRevoke() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*Response_LeaseRevoke); ok {
+			return x.LeaseRevoke
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetLeaseCheckpoint() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*Response_LeaseCheckpoint); ok {
+			return x.LeaseCheckpoint
+		}
+	}
+	return nil
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -447,6 +536,18 @@ type Response_Error struct {
 	Error *Error `protobuf:"bytes,5,opt,name=error,proto3,oneof"`
 }
 
+type Response_LeaseGrant struct {
+	LeaseGrant []byte `protobuf:"bytes,6,opt,name=lease_grant,json=leaseGrant,proto3,oneof"` // etcdserverpb.LeaseGrantResponse
+}
+
+type Response_LeaseRevoke struct {
+	LeaseRevoke []byte `protobuf:"bytes,7,opt,name=lease_revoke,json=leaseRevoke,proto3,oneof"` // etcdserverpb.LeaseRevokeResponse
+}
+
+type Response_LeaseCheckpoint struct {
+	LeaseCheckpoint []byte `protobuf:"bytes,8,opt,name=lease_checkpoint,json=leaseCheckpoint,proto3,oneof"` // etcdserverpb.LeaseCheckpointResponse
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -456,6 +557,12 @@ func (*Response_Txn) isResponse_Result() {}
 func (*Response_Compaction) isResponse_Result() {}
 
 func (*Response_Error) isResponse_Result() {}
+
+func (*Response_LeaseGrant) isResponse_Result() {}
+
+func (*Response_LeaseRevoke) isResponse_Result() {}
+
+func (*Response_LeaseCheckpoint) isResponse_Result() {}
 
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
@@ -516,7 +623,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\n" +
 	"\x13shardpb/shard.proto\x12\x0ecairn.shard.v1\">\n" +
 	"\aCommand\x123\n" +
-	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\x94\x01\n" +
+	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\x89\x02\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -524,10 +631,14 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x03txn\x18\x04 \x01(\fH\x00R\x03txn\x12 \n" +
 	"\n" +
 	"compaction\x18\x05 \x01(\fH\x00R\n" +
-	"compactionB\x04\n" +
+	"compaction\x12!\n" +
+	"\vlease_grant\x18\x06 \x01(\fH\x00R\n" +
+	"leaseGrant\x12#\n" +
+	"\flease_revoke\x18\a \x01(\fH\x00R\vleaseRevoke\x12+\n" +
+	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpointB\x04\n" +
 	"\x02op\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xb2\x01\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xa7\x02\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -535,11 +646,15 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\n" +
 	"compaction\x18\x04 \x01(\fH\x00R\n" +
 	"compaction\x12-\n" +
-	"\x05error\x18\x05 \x01(\v2\x15.cairn.shard.v1.ErrorH\x00R\x05errorB\b\n" +
+	"\x05error\x18\x05 \x01(\v2\x15.cairn.shard.v1.ErrorH\x00R\x05error\x12!\n" +
+	"\vlease_grant\x18\x06 \x01(\fH\x00R\n" +
+	"leaseGrant\x12#\n" +
+	"\flease_revoke\x18\a \x01(\fH\x00R\vleaseRevoke\x12+\n" +
+	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpointB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\xa7\x03\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*\xe8\x03\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_COMPACTED\x10\x01\x12\x19\n" +
@@ -555,7 +670,9 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x12\x1a\n" +
 	"\x16ERROR_CODE_STALE_STAMP\x10\v\x12\x1c\n" +
 	"\x18ERROR_CODE_OUTSIDE_RANGE\x10\f\x12\x1a\n" +
-	"\x16ERROR_CODE_BAD_REQUEST\x10\rB)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
+	"\x16ERROR_CODE_BAD_REQUEST\x10\r\x12\x1b\n" +
+	"\x17ERROR_CODE_LEASE_EXISTS\x10\x0e\x12\"\n" +
+	"\x1eERROR_CODE_LEASE_TTL_TOO_LARGE\x10\x0fB)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
 
 var (
 	file_shardpb_shard_proto_rawDescOnce sync.Once
@@ -601,6 +718,9 @@ func file_shardpb_shard_proto_init() {
 		(*Request_DeleteRange)(nil),
 		(*Request_Txn)(nil),
 		(*Request_Compaction)(nil),
+		(*Request_LeaseGrant)(nil),
+		(*Request_LeaseRevoke)(nil),
+		(*Request_LeaseCheckpoint)(nil),
 	}
 	file_shardpb_shard_proto_msgTypes[3].OneofWrappers = []any{
 		(*Response_Put)(nil),
@@ -608,6 +728,9 @@ func file_shardpb_shard_proto_init() {
 		(*Response_Txn)(nil),
 		(*Response_Compaction)(nil),
 		(*Response_Error)(nil),
+		(*Response_LeaseGrant)(nil),
+		(*Response_LeaseRevoke)(nil),
+		(*Response_LeaseCheckpoint)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -1,0 +1,213 @@
+package router
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/binary"
+	"errors"
+	"io"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/cairn-kv/cairn/lease"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// Lessor is the shard's lessor as the Lease service uses it: what only the
+// primary (the lessor on the shard's raft leader) answers. *lease.Lessor
+// implements it. Grants, revokes and checkpoints go through the shard's
+// raft log instead.
+type Lessor interface {
+	Renew(id lease.ID, now time.Time) (ttl int64, clear bool, err error)
+	TimeToLive(id lease.ID, now time.Time, withKeys bool) (lease.Status, error)
+	Leases() []lease.Lease
+	IsPrimary() bool
+}
+
+// primaryWait bounds how long a lease request waits for this node's lessor
+// to become primary (right after an election it is promoted within a
+// leader check interval) before it is refused as etcd refuses a request to
+// a member that is not the leader.
+const primaryWait = 3 * time.Second
+
+// grantAttempts bounds the retries of a grant whose server-picked id
+// collides with an existing lease.
+const grantAttempts = 8
+
+// leaseServer is etcd's Lease service over the shard's lessor.
+type leaseServer struct {
+	pb.UnimplementedLeaseServer
+	s *Server
+}
+
+func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
+	if r.TTL > lease.MaxTTL {
+		return nil, rpctypes.ErrGRPCLeaseTTLTooLarge
+	}
+	req := &pb.LeaseGrantRequest{ID: r.ID, TTL: r.TTL}
+	for attempt := 1; ; attempt++ {
+		picked := req.ID == int64(lease.NoLease)
+		if picked {
+			req.ID = newLeaseID()
+		}
+		out, err := ls.s.write(ctx, req, func(b []byte) *shardpb.Request {
+			return &shardpb.Request{Op: &shardpb.Request_LeaseGrant{LeaseGrant: b}}
+		})
+		if picked && attempt < grantAttempts && errors.Is(err, rpctypes.ErrGRPCLeaseExist) {
+			req.ID = int64(lease.NoLease)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		resp := &pb.LeaseGrantResponse{}
+		return resp, ls.s.decode(out.GetLeaseGrant(), resp, resp.GetHeader)
+	}
+}
+
+// newLeaseID picks a random positive id, as etcd uses only positive ids
+// for the ones it picks.
+func newLeaseID() int64 {
+	var b [8]byte
+	for {
+		_, _ = crand.Read(b[:])
+		if id := int64(binary.BigEndian.Uint64(b[:]) >> 1); id != 0 {
+			return id
+		}
+	}
+}
+
+func (ls *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	out, err := ls.s.write(ctx, r, func(b []byte) *shardpb.Request {
+		return &shardpb.Request{Op: &shardpb.Request_LeaseRevoke{LeaseRevoke: b}}
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.LeaseRevokeResponse{}
+	return resp, ls.s.decode(out.GetLeaseRevoke(), resp, resp.GetHeader)
+}
+
+// LeaseKeepAlive renews each lease the client names and answers with its
+// TTL; an unknown or expired lease answers TTL 0, as etcd does. The stream
+// ends on the first error that is not about the lease itself.
+func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
+	ctx := stream.Context()
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ttl, err := ls.renew(ctx, lease.ID(req.ID))
+		if err != nil {
+			return toGRPC(err)
+		}
+		h, err := ls.s.header(ctx)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&pb.LeaseKeepAliveResponse{Header: h, ID: req.ID, TTL: ttl}); err != nil {
+			return err
+		}
+	}
+}
+
+// renew renews lease id on the primary. A lease carrying a checkpoint has
+// it cleared through raft before the answer, so that a leader change
+// cannot restart the lease from the stale checkpoint (as etcd).
+func (ls *leaseServer) renew(ctx context.Context, id lease.ID) (int64, error) {
+	if err := ls.waitPrimary(ctx); err != nil {
+		return 0, err
+	}
+	ttl, clear, err := ls.s.cfg.Lessor.Renew(id, time.Now())
+	switch {
+	case errors.Is(err, lease.ErrLeaseNotFound), errors.Is(err, lease.ErrLeaseExpired):
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	if clear {
+		cp := &pb.LeaseCheckpointRequest{Checkpoints: []*pb.LeaseCheckpoint{{ID: int64(id)}}}
+		if _, err := ls.s.write(ctx, cp, func(b []byte) *shardpb.Request {
+			return &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: b}}
+		}); err != nil {
+			return 0, err
+		}
+	}
+	return ttl, nil
+}
+
+func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	if err := ls.waitPrimary(ctx); err != nil {
+		return nil, toGRPC(err)
+	}
+	h, err := ls.s.header(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := ls.s.cfg.Lessor.TimeToLive(lease.ID(r.ID), time.Now(), r.Keys)
+	if errors.Is(err, lease.ErrLeaseNotFound) {
+		return &pb.LeaseTimeToLiveResponse{Header: h, ID: r.ID, TTL: -1}, nil
+	}
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	return &pb.LeaseTimeToLiveResponse{Header: h, ID: r.ID, TTL: st.TTL, GrantedTTL: st.GrantedTTL, Keys: st.Keys}, nil
+}
+
+func (ls *leaseServer) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	h, err := ls.s.header(ctx)
+	if err != nil {
+		return nil, err
+	}
+	all := ls.s.cfg.Lessor.Leases()
+	out := make([]*pb.LeaseStatus, len(all))
+	for i, l := range all {
+		out[i] = &pb.LeaseStatus{ID: int64(l.ID)}
+	}
+	return &pb.LeaseLeasesResponse{Header: h, Leases: out}, nil
+}
+
+// waitPrimary waits until this node's lessor is the primary, for at most
+// primaryWait; a node whose shard replica is not the leader answers
+// ErrNotPrimary (etcd's "not leader" for lease requests it cannot forward).
+func (ls *leaseServer) waitPrimary(ctx context.Context) error {
+	if ls.s.cfg.Lessor.IsPrimary() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, primaryWait)
+	defer cancel()
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if _, _, ok := ls.s.cfg.Shard.Leader(); !ok {
+				return shard.ErrNoLeader
+			}
+			return lease.ErrNotPrimary
+		case <-t.C:
+			if ls.s.cfg.Lessor.IsPrimary() {
+				return nil
+			}
+		}
+	}
+}
+
+// header returns a filled response header at the store's current revision
+// on this node (as etcd fills lease responses from its local store).
+func (s *Server) header(ctx context.Context) (*pb.ResponseHeader, error) {
+	v, err := s.cfg.Shard.Read(ctx, shard.StatusQuery{}, false)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	h := &pb.ResponseHeader{Revision: int64(v.(shard.Status).Revision)}
+	s.fill(h)
+	return h, nil
+}

@@ -27,6 +27,13 @@ import (
 // waits for it to elect itself.
 func startReplica(t *testing.T) (*Replica, *StateMachine) {
 	t.Helper()
+	return startReplicaWith(t, Config{Span: mvcc.Span{}})
+}
+
+// startReplicaWith is startReplica with the state machine's config (its DB
+// is set here).
+func startReplicaWith(t *testing.T, cfg Config) (*Replica, *StateMachine) {
+	t.Helper()
 	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "logdb", "grpc", "config"} {
 		logger.GetLogger(name).SetLevel(logger.ERROR)
 	}
@@ -45,9 +52,9 @@ func startReplica(t *testing.T) (*Replica, *StateMachine) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := openDB(t, vfs.NewMem())
+	cfg.DB = openDB(t, vfs.NewMem())
 	var machine *StateMachine
-	factory := Factory(Config{DB: db, Span: mvcc.Span{}})
+	factory := Factory(cfg)
 	err = nh.StartOnDiskReplica(map[uint64]dragonboat.Target{1: addr}, false,
 		func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
 			machine = factory(shardID, replicaID).(*StateMachine)

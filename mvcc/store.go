@@ -126,6 +126,26 @@ func (s *Store) GetMeta(name string) ([]byte, error) {
 	return append([]byte(nil), v...), nil
 }
 
+// ScanMeta calls fn with every committed internal record of this store
+// whose name starts with prefix, in name order.
+func (s *Store) ScanMeta(prefix string, fn func(name string, value []byte)) error {
+	lo := metaKey(s.opts.ID, prefix)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})
+	if err != nil {
+		return fmt.Errorf("mvcc: new iterator: %w", err)
+	}
+	defer it.Close()
+	mp := len(metaPrefix(s.opts.ID))
+	for it.First(); it.Valid(); it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return fmt.Errorf("mvcc: read internal records %q: %w", prefix, err)
+		}
+		fn(string(it.Key()[mp:]), v)
+	}
+	return it.Error()
+}
+
 // reader is what views read from: the DB, a snapshot or an indexed batch.
 type reader interface {
 	NewIter(*pebble.IterOptions) (*pebble.Iterator, error)

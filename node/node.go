@@ -3,13 +3,13 @@ package node
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,7 +21,6 @@ import (
 	dblogger "github.com/lni/dragonboat/v4/logger"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"github.com/soheilhy/cmux"
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc"
 
@@ -50,6 +49,28 @@ type Config struct {
 	// ListenPeerURLs: the first one is the raft address; default
 	// http://127.0.0.1:2380. Port 0 picks a free port.
 	ListenPeerURLs []string
+	// InitialAdvertisePeerURLs are this member's peer URLs as the others
+	// reach it (etcd --initial-advertise-peer-urls); default the listen
+	// peer URLs.
+	InitialAdvertisePeerURLs []string
+	// InitialCluster is etcd's --initial-cluster: name=peerURL pairs,
+	// comma-separated, naming every founding member; default this member
+	// alone.
+	InitialCluster string
+	// InitialClusterState is "new" (found a cluster) or "existing" (join
+	// one through MemberAdd first); default "new".
+	InitialClusterState string
+	// InitialClusterToken tells clusters apart (etcd
+	// --initial-cluster-token); it seeds the cluster and member ids.
+	InitialClusterToken string
+	// QuotaBackendBytes raises the NOSPACE alarm when the store exceeds it
+	// (etcd --quota-backend-bytes); 0 means etcd's default of 2 GiB.
+	QuotaBackendBytes int64
+	// AutoCompactionMode ("periodic" or "revision") and
+	// AutoCompactionRetention (a duration or hours for periodic, a
+	// revision count for revision) are etcd's --auto-compaction-*; an
+	// empty or zero retention disables automatic compaction.
+	AutoCompactionMode, AutoCompactionRetention string
 	// HeartbeatInterval and ElectionTimeout are etcd's raft timings;
 	// defaults 100ms and 1s.
 	HeartbeatInterval, ElectionTimeout time.Duration
@@ -71,12 +92,9 @@ type Config struct {
 // rttMillisecond is dragonboat's tick: raft timings are whole multiples.
 const rttMillisecond = 10
 
-// singleShardID and singleReplicaID name the one raft group of
-// single-group mode and this node's replica of it.
-const (
-	singleShardID   = 1
-	singleReplicaID = 1
-)
+// singleShardID names the one raft group of single-group mode; this
+// node's replica of it has the member id as its replica id.
+const singleShardID = 1
 
 func (c Config) withDefaults() (Config, error) {
 	if c.Name == "" {
@@ -153,7 +171,11 @@ type Node struct {
 	clientURL []string
 	memberID  uint64
 	clusterID uint64
-	peerURL   string
+	peerURLs  []string // advertised
+
+	// connMu guards conns: client connections to other members, by address.
+	connMu sync.Mutex
+	conns  map[string]*grpc.ClientConn
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -212,9 +234,63 @@ func (n *Node) start(ctx context.Context) error {
 	if err := os.WriteFile(addrFile, []byte(peer+"\n"), 0o600); err != nil {
 		return fmt.Errorf("node: record raft address: %w", err)
 	}
-	n.peerURL = "http://" + peer
-	n.memberID = hash64(cfg.Name, n.peerURL)
-	n.clusterID = hash64("cairn-cluster", fmt.Sprint(n.memberID))
+	n.peerURLs = cfg.InitialAdvertisePeerURLs
+	if len(n.peerURLs) == 0 {
+		n.peerURLs = []string{"http://" + peer}
+	}
+	raftAddr, err := hostPort(n.peerURLs[0])
+	if err != nil {
+		return err
+	}
+	token := cfg.InitialClusterToken
+	if token == "" {
+		token = defaultClusterToken
+	}
+	n.clusterID = clusterIDFor(token)
+	// The founding members (a first start of state "new"), or none: a
+	// restart or a join finds the membership in raft.
+	var founders map[uint64]dragonboat.Target
+	join := false
+	id, restart, err := readMemberID(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if restart {
+		n.memberID = id
+	} else {
+		initial := cfg.InitialCluster
+		if initial == "" {
+			initial = cfg.Name + "=" + strings.Join(n.peerURLs, ","+cfg.Name+"=")
+		}
+		members, err := parseInitialCluster(initial, token)
+		if err != nil {
+			return err
+		}
+		i := slices.IndexFunc(members, func(m initialMember) bool { return m.name == cfg.Name })
+		if i < 0 {
+			return fmt.Errorf("node: --initial-cluster has no member named %q (--name)", cfg.Name)
+		}
+		self := members[i]
+		if !sameURLs(self.peerURLs, n.peerURLs) {
+			return fmt.Errorf("node: --initial-cluster has %s=%v but this member advertises peer URLs %v",
+				cfg.Name, self.peerURLs, n.peerURLs)
+		}
+		n.memberID = self.id
+		switch cfg.InitialClusterState {
+		case "", "new":
+			founders = map[uint64]dragonboat.Target{}
+			for _, m := range members {
+				founders[m.id], _ = hostPort(m.peerURLs[0])
+			}
+		case "existing":
+			join = true
+		default:
+			return fmt.Errorf("node: --initial-cluster-state %q: want new or existing", cfg.InitialClusterState)
+		}
+		if err := writeMemberID(cfg.DataDir, n.memberID); err != nil {
+			return err
+		}
+	}
 
 	db, err := pebble.Open(filepath.Join(cfg.DataDir, "state"), &pebble.Options{
 		Logger: quietPebble{},
@@ -227,7 +303,8 @@ func (n *Node) start(ctx context.Context) error {
 	nh, err := dragonboat.NewNodeHost(dbconfig.NodeHostConfig{
 		NodeHostDir:    filepath.Join(cfg.DataDir, "raft"),
 		RTTMillisecond: rttMillisecond,
-		RaftAddress:    peer,
+		RaftAddress:    raftAddr,
+		ListenAddress:  peer,
 		Expert:         dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig()},
 	})
 	if err != nil {
@@ -237,18 +314,17 @@ func (n *Node) start(ctx context.Context) error {
 
 	heartbeat := uint64(cfg.HeartbeatInterval / (rttMillisecond * time.Millisecond))
 	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
-	members := map[uint64]dragonboat.Target{singleReplicaID: peer}
 	n.hub = watch.NewHub(0)
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
 	factory := shard.Factory(shard.Config{DB: db, Span: mvcc.Span{}, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
 		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
 	}})
-	err = nh.StartOnDiskReplica(members, false, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
+	err = nh.StartOnDiskReplica(founders, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
 		m := factory(shardID, replicaID).(*shard.StateMachine)
 		n.sm.Store(m)
 		return m
 	}, dbconfig.Config{
-		ReplicaID:          singleReplicaID,
+		ReplicaID:          n.memberID,
 		ShardID:            singleShardID,
 		HeartbeatRTT:       heartbeat,
 		ElectionRTT:        election,
@@ -273,7 +349,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.primary = shard.StartPrimary(shard.PrimaryConfig{
 		Replica:         n.replica,
 		Lessor:          func() *lease.Lessor { return n.sm.Load().Lessor() },
-		ReplicaID:       singleReplicaID,
+		ReplicaID:       n.memberID,
 		ElectionTimeout: cfg.ElectionTimeout,
 		Log:             n.log,
 	})
@@ -290,6 +366,7 @@ func (n *Node) start(ctx context.Context) error {
 		Node:            n,
 		Watches:         n.hub,
 		Lessor:          lessor,
+		Leader:          n.leaderConn,
 	})
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)
@@ -315,8 +392,12 @@ func (n *Node) start(ctx context.Context) error {
 		n.cfg.AdvertiseClientURLs = n.clientURL
 	}
 
+	n.publish(ctx)
+	if ctx.Err() != nil {
+		return fmt.Errorf("node: publishing member attributes: %w", ctx.Err())
+	}
 	n.log.Info("ready to serve client requests", "name", cfg.Name, "client-urls", n.clientURL,
-		"peer-url", n.peerURL, "data-dir", cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID))
+		"peer-urls", n.peerURLs, "data-dir", cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID))
 	return nil
 }
 
@@ -404,6 +485,12 @@ func (n *Node) Close() error {
 		if n.nh != nil {
 			n.nh.Close()
 		}
+		n.connMu.Lock()
+		for _, c := range n.conns {
+			_ = c.Close()
+		}
+		n.conns = nil
+		n.connMu.Unlock()
 		if n.db != nil {
 			n.closeErr = n.db.Close()
 		}
@@ -411,23 +498,13 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
-// Members implements router.NodeInfo.
-func (n *Node) Members() []*pb.Member {
-	return []*pb.Member{{
-		ID:         n.memberID,
-		Name:       n.cfg.Name,
-		PeerURLs:   []string{n.peerURL},
-		ClientURLs: n.cfg.AdvertiseClientURLs,
-	}}
-}
-
 // Status implements router.NodeInfo.
 func (n *Node) Status() router.NodeStatus {
 	m := n.db.Metrics()
 	size := int64(m.DiskSpaceUsage())
 	st := router.NodeStatus{DBSize: size, DBSizeInUse: size}
-	if leader, _, ok := n.replica.Leader(); ok && leader == singleReplicaID {
-		st.Leader = n.memberID
+	if leader, _, ok := n.replica.Leader(); ok {
+		st.Leader = leader
 	}
 	if info := n.nh.GetNodeHostInfo(dragonboat.DefaultNodeHostInfoOption); info != nil {
 		for _, s := range info.ShardInfoList {
@@ -439,14 +516,12 @@ func (n *Node) Status() router.NodeStatus {
 	return st
 }
 
-// hash64 derives a stable 64-bit id from its parts.
-func hash64(parts ...string) uint64 {
-	h := fnv.New64a()
-	for _, p := range parts {
-		_, _ = h.Write([]byte(p))
-		_, _ = h.Write([]byte{0})
-	}
-	return h.Sum64()
+// sameURLs reports whether a and b hold the same URLs in any order.
+func sameURLs(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }
 
 // resolvePort replaces port 0 with a free port. Dragonboat binds the raft

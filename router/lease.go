@@ -10,6 +10,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
 
 	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/proto/shardpb"
@@ -95,7 +96,9 @@ func (ls *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest
 // TTL; an unknown or expired lease answers TTL 0, as etcd does. The stream
 // ends on the first error that is not about the lease itself.
 func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
-	ctx := stream.Context()
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	var upstream pb.Lease_LeaseKeepAliveClient // to the leader, opened when first needed
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -104,6 +107,27 @@ func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 		if err != nil {
 			return err
 		}
+		if conn, err := ls.remote(ctx); err != nil {
+			return toGRPC(err)
+		} else if conn != nil {
+			if upstream == nil {
+				if upstream, err = pb.NewLeaseClient(conn).LeaseKeepAlive(ctx); err != nil {
+					return toGRPC(err)
+				}
+			}
+			if err := upstream.Send(req); err != nil {
+				return toGRPC(err)
+			}
+			resp, err := upstream.Recv()
+			if err != nil {
+				return toGRPC(err)
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			continue
+		}
+		upstream = nil
 		ttl, err := ls.renew(ctx, lease.ID(req.ID))
 		if err != nil {
 			return toGRPC(err)
@@ -144,6 +168,11 @@ func (ls *leaseServer) renew(ctx context.Context, id lease.ID) (int64, error) {
 }
 
 func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	if conn, err := ls.remote(ctx); err != nil {
+		return nil, toGRPC(err)
+	} else if conn != nil {
+		return pb.NewLeaseClient(conn).LeaseTimeToLive(ctx, r)
+	}
 	if err := ls.waitPrimary(ctx); err != nil {
 		return nil, toGRPC(err)
 	}
@@ -161,7 +190,15 @@ func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiv
 	return &pb.LeaseTimeToLiveResponse{Header: h, ID: r.ID, TTL: st.TTL, GrantedTTL: st.GrantedTTL, Keys: st.Keys}, nil
 }
 
-func (ls *leaseServer) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+func (ls *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	if conn, err := ls.remote(ctx); err != nil {
+		return nil, toGRPC(err)
+	} else if conn != nil {
+		return pb.NewLeaseClient(conn).LeaseLeases(ctx, r)
+	}
+	if err := ls.waitPrimary(ctx); err != nil {
+		return nil, toGRPC(err)
+	}
 	h, err := ls.s.header(ctx)
 	if err != nil {
 		return nil, err
@@ -172,6 +209,32 @@ func (ls *leaseServer) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest
 		out[i] = &pb.LeaseStatus{ID: int64(l.ID)}
 	}
 	return &pb.LeaseLeasesResponse{Header: h, Leases: out}, nil
+}
+
+// remote returns a connection to the shard's leader when that is another
+// member (its lessor answers), nil to answer here. With no leader known it
+// waits for one, as long as waitPrimary would.
+func (ls *leaseServer) remote(ctx context.Context) (*grpc.ClientConn, error) {
+	if ls.s.cfg.Leader == nil || ls.s.cfg.Lessor.IsPrimary() {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, primaryWait)
+	defer cancel()
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if leader, _, ok := ls.s.cfg.Shard.Leader(); ok {
+			if leader == ls.s.cfg.MemberID {
+				return nil, nil
+			}
+			return ls.s.cfg.Leader(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, shard.ErrNoLeader
+		case <-t.C:
+		}
+	}
 }
 
 // waitPrimary waits until this node's lessor is the primary, for at most

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"errors"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -29,6 +30,10 @@ type Config struct {
 	// Lessor serves the Lease service (with the Shard for grants and
 	// revokes); nil leaves it unregistered.
 	Lessor Lessor
+	// Leader dials the client service of the member leading the shard, for
+	// the lease requests only its lessor answers (keepalive, time-to-live,
+	// list); nil serves them locally only.
+	Leader func(ctx context.Context) (*grpc.ClientConn, error)
 }
 
 // NodeInfo is what the router asks of the process hosting it.

@@ -334,6 +334,13 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		}
 		data, err := proto.Marshal(&pb.LeaseCheckpointResponse{Header: &pb.ResponseHeader{Revision: int64(b.Rev())}})
 		return &shardpb.Response{Result: &shardpb.Response_LeaseCheckpoint{LeaseCheckpoint: data}}, err
+	case *shardpb.Request_MemberAttrs:
+		var m pb.Member
+		if err := proto.Unmarshal(op.MemberAttrs, &m); err != nil || m.ID == 0 {
+			return nil, badRequest("shard: undecodable member attributes: %v", err)
+		}
+		b.SetMeta(memberKey(m.ID), op.MemberAttrs)
+		return &shardpb.Response{Result: &shardpb.Response_MemberAttrs{MemberAttrs: true}}, nil
 	default:
 		return nil, badRequest("shard: request without an operation")
 	}
@@ -358,6 +365,15 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		resp, err = s.store.ReadTxn(q.Req)
 	case StatusQuery:
 		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load()}
+	case MembersQuery:
+		attrs := map[uint64]*pb.Member{}
+		err = s.store.ScanMeta(membersPrefix, func(_ string, v []byte) {
+			var m pb.Member
+			if proto.Unmarshal(v, &m) == nil {
+				attrs[m.ID] = &m
+			}
+		})
+		resp = attrs
 	default:
 		return nil, fmt.Errorf("shard: unknown query type %T", query)
 	}
@@ -428,6 +444,15 @@ type RangeQuery struct{ Req *pb.RangeRequest }
 
 // TxnQuery asks Lookup for a read-only Txn.
 type TxnQuery struct{ Req *pb.TxnRequest }
+
+// MembersQuery asks Lookup for the published member attributes, a
+// map[uint64]*pb.Member by member id (name and client URLs).
+type MembersQuery struct{}
+
+// membersPrefix names the internal records of member attributes.
+const membersPrefix = "member/"
+
+func memberKey(id uint64) string { return fmt.Sprintf("%s%016x", membersPrefix, id) }
 
 // StatusQuery asks Lookup for the store's revisions.
 type StatusQuery struct{}

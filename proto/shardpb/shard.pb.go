@@ -176,6 +176,7 @@ type Request struct {
 	//	*Request_LeaseGrant
 	//	*Request_LeaseRevoke
 	//	*Request_LeaseCheckpoint
+	//	*Request_MemberAttrs
 	Op            isRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -288,6 +289,15 @@ func (x *Request) GetLeaseCheckpoint() []byte {
 	return nil
 }
 
+func (x *Request) GetMemberAttrs() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*Request_MemberAttrs); ok {
+			return x.MemberAttrs
+		}
+	}
+	return nil
+}
+
 type isRequest_Op interface {
 	isRequest_Op()
 }
@@ -325,6 +335,12 @@ type Request_LeaseCheckpoint struct {
 	LeaseCheckpoint []byte `protobuf:"bytes,8,opt,name=lease_checkpoint,json=leaseCheckpoint,proto3,oneof"`
 }
 
+type Request_MemberAttrs struct {
+	// etcdserverpb.Member: a member's name and client URLs, published by
+	// the member itself once it serves (its peer URLs are raft's).
+	MemberAttrs []byte `protobuf:"bytes,9,opt,name=member_attrs,json=memberAttrs,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -338,6 +354,8 @@ func (*Request_LeaseGrant) isRequest_Op() {}
 func (*Request_LeaseRevoke) isRequest_Op() {}
 
 func (*Request_LeaseCheckpoint) isRequest_Op() {}
+
+func (*Request_MemberAttrs) isRequest_Op() {}
 
 // Result answers a Command: one Response per Request, in order.
 type Result struct {
@@ -398,6 +416,7 @@ type Response struct {
 	//	*Response_LeaseGrant
 	//	*Response_LeaseRevoke
 	//	*Response_LeaseCheckpoint
+	//	*Response_MemberAttrs
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -512,6 +531,15 @@ func (x *Response) GetLeaseCheckpoint() []byte {
 	return nil
 }
 
+func (x *Response) GetMemberAttrs() bool {
+	if x != nil {
+		if x, ok := x.Result.(*Response_MemberAttrs); ok {
+			return x.MemberAttrs
+		}
+	}
+	return false
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -548,6 +576,10 @@ type Response_LeaseCheckpoint struct {
 	LeaseCheckpoint []byte `protobuf:"bytes,8,opt,name=lease_checkpoint,json=leaseCheckpoint,proto3,oneof"` // etcdserverpb.LeaseCheckpointResponse
 }
 
+type Response_MemberAttrs struct {
+	MemberAttrs bool `protobuf:"varint,9,opt,name=member_attrs,json=memberAttrs,proto3,oneof"` // recorded
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -563,6 +595,8 @@ func (*Response_LeaseGrant) isResponse_Result() {}
 func (*Response_LeaseRevoke) isResponse_Result() {}
 
 func (*Response_LeaseCheckpoint) isResponse_Result() {}
+
+func (*Response_MemberAttrs) isResponse_Result() {}
 
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
@@ -623,7 +657,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\n" +
 	"\x13shardpb/shard.proto\x12\x0ecairn.shard.v1\">\n" +
 	"\aCommand\x123\n" +
-	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\x89\x02\n" +
+	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\xae\x02\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -635,10 +669,11 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\vlease_grant\x18\x06 \x01(\fH\x00R\n" +
 	"leaseGrant\x12#\n" +
 	"\flease_revoke\x18\a \x01(\fH\x00R\vleaseRevoke\x12+\n" +
-	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpointB\x04\n" +
+	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpoint\x12#\n" +
+	"\fmember_attrs\x18\t \x01(\fH\x00R\vmemberAttrsB\x04\n" +
 	"\x02op\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xa7\x02\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xcc\x02\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -650,7 +685,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\vlease_grant\x18\x06 \x01(\fH\x00R\n" +
 	"leaseGrant\x12#\n" +
 	"\flease_revoke\x18\a \x01(\fH\x00R\vleaseRevoke\x12+\n" +
-	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpointB\b\n" +
+	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpoint\x12#\n" +
+	"\fmember_attrs\x18\t \x01(\bH\x00R\vmemberAttrsB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
@@ -721,6 +757,7 @@ func file_shardpb_shard_proto_init() {
 		(*Request_LeaseGrant)(nil),
 		(*Request_LeaseRevoke)(nil),
 		(*Request_LeaseCheckpoint)(nil),
+		(*Request_MemberAttrs)(nil),
 	}
 	file_shardpb_shard_proto_msgTypes[3].OneofWrappers = []any{
 		(*Response_Put)(nil),
@@ -731,6 +768,7 @@ func file_shardpb_shard_proto_init() {
 		(*Response_LeaseGrant)(nil),
 		(*Response_LeaseRevoke)(nil),
 		(*Response_LeaseCheckpoint)(nil),
+		(*Response_MemberAttrs)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

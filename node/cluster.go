@@ -1,0 +1,222 @@
+package node
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// defaultClusterToken is etcd's default --initial-cluster-token.
+const defaultClusterToken = "etcd-cluster"
+
+// initialMember is one entry of --initial-cluster.
+type initialMember struct {
+	name     string
+	peerURLs []string
+	id       uint64
+}
+
+// parseInitialCluster reads etcd's name=url[,name=url...] list; a name may
+// appear several times, once per peer URL.
+func parseInitialCluster(s, token string) ([]initialMember, error) {
+	byName := map[string]*initialMember{}
+	var order []string
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, u, ok := strings.Cut(part, "=")
+		if !ok || name == "" || u == "" {
+			return nil, fmt.Errorf("node: --initial-cluster entry %q: want name=peer-url", part)
+		}
+		if _, err := hostPort(u); err != nil {
+			return nil, fmt.Errorf("node: --initial-cluster: %w", err)
+		}
+		m := byName[name]
+		if m == nil {
+			m = &initialMember{name: name}
+			byName[name] = m
+			order = append(order, name)
+		}
+		m.peerURLs = append(m.peerURLs, u)
+	}
+	if len(order) == 0 {
+		return nil, fmt.Errorf("node: --initial-cluster is empty")
+	}
+	out := make([]initialMember, 0, len(order))
+	seen := map[uint64]string{}
+	for _, name := range order {
+		m := *byName[name]
+		m.id = memberID(m.peerURLs, token)
+		if other, dup := seen[m.id]; dup {
+			return nil, fmt.Errorf("node: --initial-cluster members %q and %q have the same peer URLs", other, name)
+		}
+		seen[m.id] = name
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// memberID derives a member's id, as etcd does in spirit, from its sorted
+// peer URLs and the cluster token: the same flags give the same id on every
+// member. The id doubles as the member's raft replica id, so it is never 0.
+func memberID(peerURLs []string, token string) uint64 {
+	urls := slices.Clone(peerURLs)
+	slices.Sort(urls)
+	sum := sha1.Sum([]byte(strings.Join(urls, "") + token))
+	if id := binary.BigEndian.Uint64(sum[:8]); id != 0 {
+		return id
+	}
+	return 1
+}
+
+// clusterIDFor names the cluster by its token, so that every member —
+// founders and those that join later — reports the same id.
+func clusterIDFor(token string) uint64 {
+	sum := sha1.Sum([]byte("cairn-cluster/" + token))
+	return binary.BigEndian.Uint64(sum[:8])
+}
+
+// memberFile records this member's id in the data directory: a restart
+// keeps its identity whatever the flags say (etcd ignores --initial-* on a
+// restart too).
+const memberFile = "member-id"
+
+func readMemberID(dataDir string) (uint64, bool, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, memberFile))
+	if os.IsNotExist(err) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("node: read member id: %w", err)
+	}
+	id, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64)
+	if err != nil || id == 0 {
+		return 0, false, fmt.Errorf("node: member id file %s is corrupt", filepath.Join(dataDir, memberFile))
+	}
+	return id, true, nil
+}
+
+func writeMemberID(dataDir string, id uint64) error {
+	if err := os.WriteFile(filepath.Join(dataDir, memberFile), []byte(fmt.Sprintf("%x\n", id)), 0o600); err != nil {
+		return fmt.Errorf("node: record member id: %w", err)
+	}
+	return nil
+}
+
+// publish records this member's name and client URLs in the group, as
+// etcd's members publish theirs, retrying until it commits or ctx ends.
+func (n *Node) publish(ctx context.Context) {
+	attrs, _ := proto.Marshal(&pb.Member{ID: n.memberID, Name: n.cfg.Name, ClientURLs: n.cfg.AdvertiseClientURLs})
+	req := &shardpb.Request{Op: &shardpb.Request_MemberAttrs{MemberAttrs: attrs}}
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := n.replica.Write(wctx, req)
+		cancel()
+		if err == nil {
+			return
+		}
+		n.log.Warn("publishing member attributes failed; retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Members implements router.NodeInfo: the raft membership (voters and
+// learners) with the attributes each member published. A member added but
+// not yet started has no name and no client URLs, as in etcd.
+func (n *Node) Members() []*pb.Member {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
+	if err != nil {
+		// Not reachable now: report what this node knows of itself.
+		return []*pb.Member{{ID: n.memberID, Name: n.cfg.Name, PeerURLs: n.peerURLs, ClientURLs: n.cfg.AdvertiseClientURLs}}
+	}
+	attrs := map[uint64]*pb.Member{}
+	if v, err := n.nh.StaleRead(singleShardID, shard.MembersQuery{}); err == nil {
+		attrs = v.(map[uint64]*pb.Member)
+	}
+	var out []*pb.Member
+	add := func(id uint64, addr string, learner bool) {
+		m := &pb.Member{ID: id, PeerURLs: []string{"http://" + addr}, IsLearner: learner}
+		if a := attrs[id]; a != nil {
+			m.Name, m.ClientURLs = a.Name, a.ClientURLs
+		}
+		if id == n.memberID {
+			m.Name, m.ClientURLs, m.PeerURLs = n.cfg.Name, n.cfg.AdvertiseClientURLs, n.peerURLs
+		}
+		out = append(out, m)
+	}
+	for id, addr := range ms.Nodes {
+		add(id, addr, false)
+	}
+	for id, addr := range ms.NonVotings {
+		add(id, addr, true)
+	}
+	slices.SortFunc(out, func(a, b *pb.Member) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// leaderConn returns a client connection to the member leading the shard,
+// for the router's forwarded lease requests. Connections are kept per URL
+// until the node closes.
+func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
+	leader, _, ok := n.replica.Leader()
+	if !ok {
+		return nil, shard.ErrNoLeader
+	}
+	v, err := n.nh.StaleRead(singleShardID, shard.MembersQuery{})
+	if err != nil {
+		return nil, err
+	}
+	m := v.(map[uint64]*pb.Member)[leader]
+	if m == nil || len(m.ClientURLs) == 0 {
+		return nil, fmt.Errorf("node: leader %x has not published its client URLs: %w", leader, shard.ErrNoLeader)
+	}
+	target, err := hostPort(m.ClientURLs[0])
+	if err != nil {
+		return nil, err
+	}
+	n.connMu.Lock()
+	defer n.connMu.Unlock()
+	if c := n.conns[target]; c != nil {
+		return c, nil
+	}
+	c, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("node: dial leader %x at %s: %w", leader, target, err)
+	}
+	if n.conns == nil {
+		n.conns = map[string]*grpc.ClientConn{}
+	}
+	n.conns[target] = c
+	return c, nil
+}

@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lni/dragonboat/v4"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -219,4 +221,131 @@ func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	}
 	n.conns[target] = c
 	return c, nil
+}
+
+// findMember returns member id's peer address and whether it is a learner.
+func (n *Node) findMember(ctx context.Context, id uint64) (addr string, learner, ok bool, err error) {
+	ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
+	if err != nil {
+		return "", false, false, err
+	}
+	if a, found := ms.Nodes[id]; found {
+		return a, false, true, nil
+	}
+	if a, found := ms.NonVotings[id]; found {
+		return a, true, true, nil
+	}
+	return "", false, false, nil
+}
+
+// AddMember implements router.Membership. The new member's id derives from
+// its peer URLs and this cluster's token, so the member started with
+// --initial-cluster-state existing and the same token finds itself.
+func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (*pb.Member, error) {
+	if _, err := hostPort(peerURLs[0]); err != nil {
+		return nil, rpctypes.ErrGRPCMemberBadURLs
+	}
+	ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
+	if err != nil {
+		return nil, err
+	}
+	addr, _ := hostPort(peerURLs[0])
+	for _, existing := range []map[uint64]string{ms.Nodes, ms.NonVotings} {
+		for _, a := range existing {
+			if a == addr {
+				return nil, rpctypes.ErrGRPCPeerURLExist
+			}
+		}
+	}
+	id := memberID(peerURLs, n.token)
+	if learner {
+		err = n.nh.SyncRequestAddNonVoting(ctx, singleShardID, id, addr, 0)
+	} else {
+		err = n.nh.SyncRequestAddReplica(ctx, singleShardID, id, addr, 0)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("node: add member: %w", err)
+	}
+	return &pb.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil
+}
+
+// RemoveMember implements router.Membership.
+func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
+	_, _, ok, err := n.findMember(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return rpctypes.ErrGRPCMemberNotFound
+	}
+	if err := n.nh.SyncRequestDeleteReplica(ctx, singleShardID, id, 0); err != nil {
+		return fmt.Errorf("node: remove member: %w", err)
+	}
+	return nil
+}
+
+// PromoteMember implements router.Membership.
+func (n *Node) PromoteMember(ctx context.Context, id uint64) error {
+	addr, learner, ok, err := n.findMember(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return rpctypes.ErrGRPCMemberNotFound
+	}
+	if !learner {
+		return rpctypes.ErrGRPCMemberNotLearner
+	}
+	if err := n.nh.SyncRequestAddReplica(ctx, singleShardID, id, addr, 0); err != nil {
+		return fmt.Errorf("node: promote member: %w", err)
+	}
+	return nil
+}
+
+// learnerFile marks a member that joined as a learner and has not been
+// seen promoted yet: raft must restart it as non-voting until it is.
+const learnerFile = "learner"
+
+func isLearner(dataDir string) bool {
+	_, err := os.Stat(filepath.Join(dataDir, learnerFile))
+	return err == nil
+}
+
+func setLearner(dataDir string, learner bool) error {
+	p := filepath.Join(dataDir, learnerFile)
+	if learner {
+		return os.WriteFile(p, nil, 0o600)
+	}
+	if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
+}
+
+// trackLearner clears the learner mark once raft shows this member
+// promoted, so that a restart starts it as a voter.
+func (n *Node) trackLearner() {
+	defer n.wg.Done()
+	if !isLearner(n.cfg.DataDir) {
+		return
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+		for _, s := range info.ShardInfoList {
+			if s.ShardID == singleShardID && !s.Pending && !s.IsNonVoting {
+				if err := setLearner(n.cfg.DataDir, false); err != nil {
+					n.log.Warn("clearing the learner mark failed", "error", err)
+					continue
+				}
+				return
+			}
+		}
+	}
 }

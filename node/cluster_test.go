@@ -160,3 +160,118 @@ func TestCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestMembership: under a write load, a fourth member is added as a
+// learner, joins with --initial-cluster-state existing, is promoted, and
+// another member is removed; every acknowledged write is then readable
+// through the new member.
+func TestMembership(t *testing.T) {
+	nodes := startCluster(t, 3)
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, n.ClientURLs()...)
+	}
+	c := clientFor(t, urls[1:]...) // m0 is removed below
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	stop := make(chan struct{})
+	var acked []string
+	var loadErr error
+	var load sync.WaitGroup
+	load.Add(1)
+	go func() {
+		defer load.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k := fmt.Sprintf("load/%05d", i)
+			if _, err := c.Put(ctx, k, "v"); err != nil {
+				loadErr = err
+				return
+			}
+			acked = append(acked, k)
+		}
+	}()
+
+	peer := "http://" + freeAddr(t)
+	addResp, err := c.MemberAddAsLearner(ctx, []string{peer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !addResp.Member.IsLearner || len(addResp.Members) != 4 {
+		t.Fatalf("member add: %v", addResp)
+	}
+	ml, err := c.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var initial []string
+	for _, m := range ml.Members {
+		name := m.Name
+		if m.ID == addResp.Member.ID {
+			name = "m3"
+		}
+		initial = append(initial, name+"="+m.PeerURLs[0])
+	}
+	sctx, scancel := context.WithTimeout(ctx, 60*time.Second)
+	defer scancel()
+	n4, err := node.Start(sctx, node.Config{
+		Name:                "m3",
+		DataDir:             t.TempDir(),
+		ListenClientURLs:    []string{"http://127.0.0.1:0"},
+		ListenPeerURLs:      []string{peer},
+		InitialCluster:      strings.Join(initial, ","),
+		InitialClusterState: "existing",
+		InitialClusterToken: "test-cluster",
+		HeartbeatInterval:   20 * time.Millisecond,
+		ElectionTimeout:     200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n4.Close() })
+
+	if _, err := c.MemberPromote(ctx, addResp.Member.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.MemberRemove(ctx, 12345); err == nil {
+		t.Fatal("removing an unknown member succeeded")
+	}
+	ml, err = c.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m0 uint64
+	for _, m := range ml.Members {
+		if m.Name == "m0" {
+			m0 = m.ID
+		}
+		if m.ID == addResp.Member.ID && (m.IsLearner || m.Name != "m3" || len(m.ClientURLs) == 0) {
+			t.Fatalf("promoted member: %v", m)
+		}
+	}
+	if _, err := c.MemberRemove(ctx, m0); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	load.Wait()
+	if loadErr != nil {
+		t.Fatalf("write load failed: %v", loadErr)
+	}
+	c4 := clientFor(t, n4.ClientURLs()...)
+	r, err := c4.Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Kvs) < len(acked) || len(acked) == 0 {
+		t.Fatalf("new member reads %d keys, %d were acknowledged", len(r.Kvs), len(acked))
+	}
+	ml, err = c4.MemberList(ctx)
+	if err != nil || len(ml.Members) != 3 {
+		t.Fatalf("members after the change: %v %v", ml, err)
+	}
+}

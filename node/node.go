@@ -172,6 +172,7 @@ type Node struct {
 	memberID  uint64
 	clusterID uint64
 	peerURLs  []string // advertised
+	token     string   // --initial-cluster-token
 
 	// connMu guards conns: client connections to other members, by address.
 	connMu sync.Mutex
@@ -246,6 +247,7 @@ func (n *Node) start(ctx context.Context) error {
 	if token == "" {
 		token = defaultClusterToken
 	}
+	n.token = token
 	n.clusterID = clusterIDFor(token)
 	// The founding members (a first start of state "new"), or none: a
 	// restart or a join finds the membership in raft.
@@ -283,7 +285,12 @@ func (n *Node) start(ctx context.Context) error {
 				founders[m.id], _ = hostPort(m.peerURLs[0])
 			}
 		case "existing":
+			// A joining member starts as a learner: raft accepts being
+			// promoted (or added as a voter) from there, not the reverse.
 			join = true
+			if err := setLearner(cfg.DataDir, true); err != nil {
+				return err
+			}
 		default:
 			return fmt.Errorf("node: --initial-cluster-state %q: want new or existing", cfg.InitialClusterState)
 		}
@@ -329,6 +336,7 @@ func (n *Node) start(ctx context.Context) error {
 		HeartbeatRTT:       heartbeat,
 		ElectionRTT:        election,
 		CheckQuorum:        true,
+		IsNonVoting:        isLearner(cfg.DataDir),
 		SnapshotEntries:    cfg.SnapshotCount,
 		CompactionOverhead: cfg.SnapshotCount / 2,
 	})
@@ -354,8 +362,9 @@ func (n *Node) start(ctx context.Context) error {
 		Log:             n.log,
 	})
 	n.stop = make(chan struct{})
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.watchPump()
+	go n.trackLearner()
 
 	rs := router.New(router.Config{
 		ClusterID:       n.clusterID,

@@ -1,0 +1,80 @@
+package router
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Membership changes the raft membership of the cluster; the node
+// implements it. Errors are etcd's statuses (rpctypes) or Go errors that
+// toGRPC classifies.
+type Membership interface {
+	// AddMember adds a member with peerURLs, as a learner (non-voting)
+	// if asked, and returns it.
+	AddMember(ctx context.Context, peerURLs []string, learner bool) (*pb.Member, error)
+	// RemoveMember removes member id.
+	RemoveMember(ctx context.Context, id uint64) error
+	// PromoteMember makes learner id a voting member.
+	PromoteMember(ctx context.Context, id uint64) error
+}
+
+func (c *clusterServer) membership() (Membership, error) {
+	m, ok := c.s.cfg.Node.(Membership)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, "etcdserver: membership changes are not supported by this node")
+	}
+	return m, nil
+}
+
+func (c *clusterServer) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	ms, err := c.membership()
+	if err != nil {
+		return nil, err
+	}
+	if len(r.PeerURLs) == 0 {
+		return nil, rpctypes.ErrGRPCMemberBadURLs
+	}
+	m, err := ms.AddMember(ctx, r.PeerURLs, r.IsLearner)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.MemberAddResponse{Header: &pb.ResponseHeader{}, Member: m, Members: c.s.cfg.Node.Members()}
+	c.s.fill(resp.Header)
+	return resp, nil
+}
+
+func (c *clusterServer) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	ms, err := c.membership()
+	if err != nil {
+		return nil, err
+	}
+	if err := ms.RemoveMember(ctx, r.ID); err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.MemberRemoveResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members()}
+	c.s.fill(resp.Header)
+	return resp, nil
+}
+
+func (c *clusterServer) MemberPromote(ctx context.Context, r *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	ms, err := c.membership()
+	if err != nil {
+		return nil, err
+	}
+	if err := ms.PromoteMember(ctx, r.ID); err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.MemberPromoteResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members()}
+	c.s.fill(resp.Header)
+	return resp, nil
+}
+
+// MemberUpdate is refused: a raft replica's address is fixed in
+// dragonboat, so a member moves by being removed and added again.
+func (c *clusterServer) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "etcdserver: changing a member's peer URLs is not supported; remove the member and add it again")
+}

@@ -349,3 +349,39 @@ func (n *Node) trackLearner() {
 		}
 	}
 }
+
+// Defragment implements router.Operator: pebble compacts every level, which
+// drops deleted and overwritten data from the files.
+func (n *Node) Defragment(ctx context.Context) error {
+	if err := n.db.Compact(ctx, []byte{0}, []byte{0xff, 0xff, 0xff, 0xff}, true); err != nil {
+		return fmt.Errorf("node: defragment: %w", err)
+	}
+	return nil
+}
+
+// TransferLeader implements router.Operator and waits until the target
+// leads (or ctx ends).
+func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
+	if _, learner, ok, err := n.findMember(ctx, target); err != nil {
+		return err
+	} else if !ok {
+		return rpctypes.ErrGRPCBadLeaderTransferee
+	} else if learner {
+		return rpctypes.ErrGRPCBadLeaderTransferee
+	}
+	if err := n.nh.RequestLeaderTransfer(singleShardID, target); err != nil {
+		return fmt.Errorf("node: transfer leadership: %w", err)
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if leader, _, ok := n.replica.Leader(); ok && leader == target {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return rpctypes.ErrGRPCTimeoutDueToLeaderFail
+		case <-t.C:
+		}
+	}
+}

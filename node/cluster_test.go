@@ -275,3 +275,98 @@ func TestMembership(t *testing.T) {
 		t.Fatalf("members after the change: %v %v", ml, err)
 	}
 }
+
+// TestMaintenance: HashKV agrees on every member at one revision (and
+// differs from a different history), MoveLeader hands leadership to the
+// member asked, Status reports it everywhere, and Defragment runs.
+func TestMaintenance(t *testing.T) {
+	nodes := startCluster(t, 3)
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, n.ClientURLs()...)
+	}
+	c := clientFor(t, urls...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := range 20 {
+		if _, err := c.Put(ctx, fmt.Sprintf("k%d", i%7), fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Delete(ctx, "k3"); err != nil {
+		t.Fatal(err)
+	}
+	last, err := c.Put(ctx, "last", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := last.Header.Revision
+	hashes := map[uint32]int{}
+	for _, u := range urls {
+		// A member answers once it has applied rev: wait for that.
+		waitUntil(t, "member "+u+" applies rev", func() bool {
+			st, err := c.Status(ctx, u)
+			return err == nil && st.Header.Revision >= rev
+		})
+		h, err := c.HashKV(ctx, u, rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.HashRevision != rev {
+			t.Fatalf("hash revision %d, want %d", h.HashRevision, rev)
+		}
+		hashes[h.Hash]++
+	}
+	if len(hashes) != 1 {
+		t.Fatalf("members disagree on HashKV at %d: %v", rev, hashes)
+	}
+	if h, err := c.HashKV(ctx, urls[0], rev-1); err != nil || hashes[h.Hash] != 0 {
+		t.Fatalf("HashKV of an earlier revision equals the later one (or failed: %v)", err)
+	}
+
+	st, err := c.Status(ctx, urls[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaderURL := ""
+	var target uint64
+	ml, err := c.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ml.Members {
+		if m.ID == st.Leader {
+			leaderURL = m.ClientURLs[0]
+		} else {
+			target = m.ID
+		}
+	}
+	lc := clientFor(t, leaderURL)
+	if _, err := lc.MoveLeader(ctx, target); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range urls {
+		waitUntil(t, "member "+u+" sees the new leader", func() bool {
+			st, err := c.Status(ctx, u)
+			return err == nil && st.Leader == target
+		})
+	}
+	if _, err := c.Defragment(ctx, urls[1]); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Get(ctx, "last"); err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("after defragment: %v %v", r, err)
+	}
+}
+
+// waitUntil polls cond until it holds, failing after a deadline.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
+	}
+}

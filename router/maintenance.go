@@ -4,8 +4,12 @@ import (
 	"context"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/api/v3/version"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/shard"
 )
 
@@ -68,5 +72,80 @@ func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest)
 		Members: c.s.cfg.Node.Members(),
 	}
 	c.s.fill(resp.Header)
+	return resp, nil
+}
+
+// Operator is what the Maintenance service asks of the node beyond
+// NodeInfo; the node implements it.
+type Operator interface {
+	// Defragment compacts the node's storage files.
+	Defragment(ctx context.Context) error
+	// TransferLeader moves the shard's leadership to member target.
+	TransferLeader(ctx context.Context, target uint64) error
+}
+
+func (m *maintenanceServer) operator() (Operator, error) {
+	op, ok := m.s.cfg.Node.(Operator)
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, "etcdserver: not supported by this node")
+	}
+	return op, nil
+}
+
+// HashKV hashes this member's history up to the revision asked (0: now);
+// members that applied the same log answer the same hash at a revision.
+func (m *maintenanceServer) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	st, err := m.s.cfg.Shard.Read(ctx, shard.StatusQuery{}, false)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	v, err := m.s.cfg.Shard.Read(ctx, shard.HashQuery{Rev: mvcc.Revision(r.Revision)}, false)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	hr := v.(shard.HashResult)
+	resp := &pb.HashKVResponse{Header: &pb.ResponseHeader{Revision: int64(st.(shard.Status).Revision)},
+		Hash: hr.Hash, CompactRevision: int64(hr.CompactRevision), HashRevision: int64(hr.Revision)}
+	m.s.fill(resp.Header)
+	return resp, nil
+}
+
+// Hash is HashKV at the current revision (etcd's hashes its whole backend).
+func (m *maintenanceServer) Hash(ctx context.Context, r *pb.HashRequest) (*pb.HashResponse, error) {
+	kv, err := m.HashKV(ctx, &pb.HashKVRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.HashResponse{Header: kv.Header, Hash: kv.Hash}, nil
+}
+
+func (m *maintenanceServer) Defragment(ctx context.Context, r *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	op, err := m.operator()
+	if err != nil {
+		return nil, err
+	}
+	if err := op.Defragment(ctx); err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.DefragmentResponse{Header: &pb.ResponseHeader{}}
+	m.s.fill(resp.Header)
+	return resp, nil
+}
+
+// MoveLeader transfers leadership to another voting member; as etcd, only
+// the leader may be asked.
+func (m *maintenanceServer) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	op, err := m.operator()
+	if err != nil {
+		return nil, err
+	}
+	if leader, _, ok := m.s.cfg.Shard.Leader(); !ok || leader != m.s.cfg.MemberID {
+		return nil, rpctypes.ErrGRPCNotLeader
+	}
+	if err := op.TransferLeader(ctx, r.TargetID); err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.MoveLeaderResponse{Header: &pb.ResponseHeader{}}
+	m.s.fill(resp.Header)
 	return resp, nil
 }

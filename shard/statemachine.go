@@ -365,6 +365,10 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		resp, err = s.store.ReadTxn(q.Req)
 	case StatusQuery:
 		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load()}
+	case HashQuery:
+		var hr HashResult
+		hr.Hash, hr.Revision, hr.CompactRevision, err = s.store.HashKV(q.Rev)
+		resp = hr
 	case MembersQuery:
 		attrs := map[uint64]*pb.Member{}
 		err = s.store.ScanMeta(membersPrefix, func(_ string, v []byte) {
@@ -444,6 +448,16 @@ type RangeQuery struct{ Req *pb.RangeRequest }
 
 // TxnQuery asks Lookup for a read-only Txn.
 type TxnQuery struct{ Req *pb.TxnRequest }
+
+// HashQuery asks Lookup for the hash of the store's history up to Rev (0:
+// the current revision), answered with a HashResult (mvcc.Store.HashKV).
+type HashQuery struct{ Rev mvcc.Revision }
+
+// HashResult answers a HashQuery.
+type HashResult struct {
+	Hash                      uint32
+	Revision, CompactRevision mvcc.Revision
+}
 
 // MembersQuery asks Lookup for the published member attributes, a
 // map[uint64]*pb.Member by member id (name and client URLs).

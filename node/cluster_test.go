@@ -32,6 +32,12 @@ func freeAddr(tb testing.TB) string {
 // at once (each waits for a quorum), and returns them in name order.
 func startCluster(tb testing.TB, size int) []*node.Node {
 	tb.Helper()
+	return startClusterWith(tb, size, nil)
+}
+
+// startClusterWith is startCluster with a change to each member's config.
+func startClusterWith(tb testing.TB, size int, change func(*node.Config)) []*node.Node {
+	tb.Helper()
 	names := make([]string, size)
 	peers := make([]string, size)
 	var initial []string
@@ -49,7 +55,7 @@ func startCluster(tb testing.TB, size int) []*node.Node {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			nodes[i], errs[i] = node.Start(ctx, node.Config{
+			cfg := node.Config{
 				Name:                names[i],
 				DataDir:             tb.TempDir(),
 				ListenClientURLs:    []string{"http://127.0.0.1:0"},
@@ -58,7 +64,11 @@ func startCluster(tb testing.TB, size int) []*node.Node {
 				InitialClusterToken: "test-cluster",
 				HeartbeatInterval:   20 * time.Millisecond,
 				ElectionTimeout:     200 * time.Millisecond,
-			})
+			}
+			if change != nil {
+				change(&cfg)
+			}
+			nodes[i], errs[i] = node.Start(ctx, cfg)
 		}()
 	}
 	wg.Wait()

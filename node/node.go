@@ -85,6 +85,10 @@ type Config struct {
 	// 1.5 MiB and 128.
 	MaxRequestBytes int
 	MaxTxnOps       int
+	// RaftTransport replaces dragonboat's TCP transport between members;
+	// nil keeps it. In-process cluster tests inject a transport that can
+	// partition members.
+	RaftTransport dbconfig.TransportFactory
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -312,7 +316,7 @@ func (n *Node) start(ctx context.Context) error {
 		RTTMillisecond: rttMillisecond,
 		RaftAddress:    raftAddr,
 		ListenAddress:  peer,
-		Expert:         dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig()},
+		Expert:         dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport},
 	})
 	if err != nil {
 		return fmt.Errorf("node: start raft: %w", err)

@@ -284,7 +284,8 @@ func retryable(err error) bool {
 // classify maps dragonboat's errors to this package's.
 func classify(err error) error {
 	switch {
-	case errors.Is(err, dragonboat.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, dragonboat.ErrTimeout), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, dragonboat.ErrTimeoutTooSmall):
 		return ErrTimeout
 	case errors.Is(err, errDropped), errors.Is(err, dragonboat.ErrShardNotReady),
 		errors.Is(err, dragonboat.ErrShardNotInitialized):
@@ -305,11 +306,10 @@ func (r *Replica) Read(ctx context.Context, query any, linearizable bool) (any, 
 		v, err := r.nh.StaleRead(r.shardID, query)
 		return v, lookupError(err)
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, proposalTimeout)
-		defer cancel()
-	}
+	// As a write, a read that cannot reach a quorum gives up after the
+	// proposal timeout, whatever the caller's deadline.
+	ctx, cancel := context.WithTimeout(ctx, proposalTimeout)
+	defer cancel()
 	for {
 		v, err := r.nh.SyncRead(ctx, r.shardID, query)
 		if err == nil || !retryable(err) {

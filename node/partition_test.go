@@ -1,0 +1,216 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	dbconfig "github.com/lni/dragonboat/v4/config"
+	chantransport "github.com/lni/dragonboat/v4/plugin/chan"
+	"github.com/lni/dragonboat/v4/raftio"
+	raftpb "github.com/lni/dragonboat/v4/raftpb"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-kv/cairn/node"
+)
+
+// network is dragonboat's in-memory transport with partitions: a message
+// from a member cut off from its target is dropped, as a network would.
+type network struct {
+	mu  sync.Mutex
+	cut map[[2]string]bool // (from, to) raft addresses
+}
+
+// isolate cuts addr off from every other member, both ways.
+func (n *network) isolate(addr string, others []string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, o := range others {
+		n.cut[[2]string{addr, o}] = true
+		n.cut[[2]string{o, addr}] = true
+	}
+}
+
+func (n *network) heal() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.cut = map[[2]string]bool{}
+}
+
+func (n *network) dropped(from, to string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cut[[2]string{from, to}]
+}
+
+// transportFactory makes one member's transport on the network.
+type transportFactory struct {
+	net   *network
+	inner chantransport.ChanTransportFactory
+}
+
+func (f *transportFactory) Create(cfg dbconfig.NodeHostConfig, h raftio.MessageHandler, ch raftio.ChunkHandler) raftio.ITransport {
+	return &transport{ITransport: f.inner.Create(cfg, h, ch), self: cfg.RaftAddress, net: f.net}
+}
+
+func (f *transportFactory) Validate(string) bool { return true }
+
+type transport struct {
+	raftio.ITransport
+	self string
+	net  *network
+}
+
+func (t *transport) GetConnection(ctx context.Context, target string) (raftio.IConnection, error) {
+	c, err := t.ITransport.GetConnection(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	return &connection{IConnection: c, from: t.self, to: target, net: t.net}, nil
+}
+
+func (t *transport) GetSnapshotConnection(ctx context.Context, target string) (raftio.ISnapshotConnection, error) {
+	if t.net.dropped(t.self, target) {
+		return nil, errors.New("partitioned")
+	}
+	return t.ITransport.GetSnapshotConnection(ctx, target)
+}
+
+type connection struct {
+	raftio.IConnection
+	from, to string
+	net      *network
+}
+
+func (c *connection) SendMessageBatch(b raftpb.MessageBatch) error {
+	if c.net.dropped(c.from, c.to) {
+		return nil
+	}
+	return c.IConnection.SendMessageBatch(b)
+}
+
+// TestPartition: the leader is cut off from the two others. The majority
+// elects a leader and keeps serving writes and linearizable reads; the
+// cut-off member refuses them with etcd's errors (it cannot reach a
+// quorum); once the partition heals, every member converges to the same
+// history.
+func TestPartition(t *testing.T) {
+	net := &network{cut: map[[2]string]bool{}}
+	nodes := startClusterWith(t, 3, func(c *node.Config) { c.RaftTransport = &transportFactory{net: net} })
+	var urls, raft []string
+	for _, n := range nodes {
+		urls = append(urls, n.ClientURLs()...)
+	}
+	c := clientFor(t, urls...)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if _, err := c.Put(ctx, "before", "v"); err != nil {
+		t.Fatal(err)
+	}
+	ml, err := c.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Status(ctx, urls[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaderAddr, leaderURL string
+	leaderID := st.Leader
+	var majority []string
+	for _, m := range ml.Members {
+		u, _ := url.Parse(m.PeerURLs[0])
+		raft = append(raft, u.Host)
+		if m.ID == st.Leader {
+			leaderAddr, leaderURL = u.Host, m.ClientURLs[0]
+		} else {
+			majority = append(majority, m.ClientURLs[0])
+		}
+	}
+	net.isolate(leaderAddr, raft)
+
+	mc := clientFor(t, majority...)
+	// Writes proposed while the majority still follows the old leader
+	// time out, in etcd as here; wait for the majority's own leader.
+	for _, u := range majority {
+		waitUntil(t, "member "+u+" follows a new leader", func() bool {
+			st, err := mc.Status(ctx, u)
+			return err == nil && st.Leader != 0 && st.Leader != leaderID
+		})
+	}
+	for i := range 10 {
+		if _, err := mc.Put(ctx, fmt.Sprintf("during/%d", i), "v"); err != nil {
+			t.Fatalf("majority write %d: %v", i, err)
+		}
+	}
+	if r, err := mc.Get(ctx, "during/", clientv3.WithPrefix()); err != nil || len(r.Kvs) != 10 {
+		t.Fatalf("majority linearizable read: %v %v", r, err)
+	}
+
+	lc := clientFor(t, leaderURL)
+	var wg sync.WaitGroup
+	var putErr, getErr error
+	wg.Add(2)
+	go func() { defer wg.Done(); _, putErr = lc.Put(ctx, "minority", "v") }()
+	// clientv3 retries a read refused as unavailable until its deadline
+	// (against etcd too); the raw call shows the member's own answer.
+	go func() {
+		defer wg.Done()
+		_, getErr = pb.NewKVClient(lc.ActiveConnection()).Range(ctx, &pb.RangeRequest{Key: []byte("before")})
+	}()
+	wg.Wait()
+	for what, err := range map[string]error{"write": putErr, "linearizable read": getErr} {
+		if !etcdUnavailable(err) {
+			t.Fatalf("minority %s: %v, want etcd's timeout or no-leader error", what, err)
+		}
+	}
+	// A serializable read is served from the member's own replica.
+	if r, err := lc.Get(ctx, "before", clientv3.WithSerializable()); err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("minority serializable read: %v %v", r, err)
+	}
+
+	net.heal()
+	last, err := c.Put(ctx, "after", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hashes := map[uint32]bool{}
+	for _, u := range urls {
+		waitUntil(t, "member "+u+" catches up", func() bool {
+			st, err := c.Status(ctx, u)
+			return err == nil && st.Header.Revision >= last.Header.Revision
+		})
+		h, err := c.HashKV(ctx, u, last.Header.Revision)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hashes[h.Hash] = true
+	}
+	if len(hashes) != 1 {
+		t.Fatalf("members diverge after the partition healed: %d hashes", len(hashes))
+	}
+	if r, err := lc.Get(ctx, "minority"); err != nil || len(r.Kvs) != 0 {
+		t.Fatalf("the refused minority write is visible: %v %v", r, err)
+	}
+}
+
+// etcdUnavailable reports whether err (from clientv3 or a raw call) is one
+// of etcd's answers when a member cannot reach a quorum.
+func etcdUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	got := rpctypes.Error(err)
+	for _, want := range []error{rpctypes.ErrTimeout, rpctypes.ErrNoLeader, rpctypes.ErrTimeoutDueToLeaderFail} {
+		if got.Error() == want.Error() {
+			return true
+		}
+	}
+	return false
+}

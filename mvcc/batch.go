@@ -38,6 +38,11 @@ func (b *Batch) SetMeta(name string, value []byte) {
 	_ = b.b.Set(metaKey(b.s.opts.ID, name), value, nil)
 }
 
+// DeleteMeta deletes the internal record name of this store.
+func (b *Batch) DeleteMeta(name string) {
+	_ = b.b.Delete(metaKey(b.s.opts.ID, name), nil)
+}
+
 // TakeEvents returns the change events of the writes since the last call, in
 // revision order and, within a revision, in write order. A PUT carries the
 // whole key-value, a DELETE the key and the deleting revision; PrevKv is

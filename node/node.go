@@ -371,15 +371,16 @@ func (n *Node) start(ctx context.Context) error {
 	go n.trackLearner()
 
 	rs := router.New(router.Config{
-		ClusterID:       n.clusterID,
-		MemberID:        n.memberID,
-		Shard:           n.replica,
-		MaxRequestBytes: cfg.MaxRequestBytes,
-		MaxTxnOps:       cfg.MaxTxnOps,
-		Node:            n,
-		Watches:         n.hub,
-		Lessor:          lessor,
-		Leader:          n.leaderConn,
+		ClusterID:         n.clusterID,
+		MemberID:          n.memberID,
+		Shard:             n.replica,
+		MaxRequestBytes:   cfg.MaxRequestBytes,
+		MaxTxnOps:         cfg.MaxTxnOps,
+		QuotaBackendBytes: cfg.QuotaBackendBytes,
+		Node:              n,
+		Watches:           n.hub,
+		Lessor:            lessor,
+		Leader:            n.leaderConn,
 	})
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)

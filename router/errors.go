@@ -29,6 +29,7 @@ var byCode = map[shardpb.ErrorCode]error{
 	shardpb.ErrorCode_ERROR_CODE_INVALID_SORT_OPTION: rpctypes.ErrGRPCInvalidSortOption,
 	shardpb.ErrorCode_ERROR_CODE_LEASE_EXISTS:        rpctypes.ErrGRPCLeaseExist,
 	shardpb.ErrorCode_ERROR_CODE_LEASE_TTL_TOO_LARGE: rpctypes.ErrGRPCLeaseTTLTooLarge,
+	shardpb.ErrorCode_ERROR_CODE_NO_SPACE:            rpctypes.ErrGRPCNoSpace,
 }
 
 // byStoreError maps mvcc's validation sentinels (checked here before a

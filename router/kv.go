@@ -151,6 +151,9 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := mvcc.ValidatePut(r); err != nil {
 		return nil, toGRPC(err)
 	}
+	if err := k.s.checkQuota(ctx, r); err != nil {
+		return nil, err
+	}
 	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
 		return &shardpb.Request{Op: &shardpb.Request_Put{Put: b}}
 	})
@@ -187,6 +190,9 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 		resp := v.(*pb.TxnResponse)
 		k.s.fill(resp.Header)
 		return resp, nil
+	}
+	if err := k.s.checkQuota(ctx, r); err != nil {
+		return nil, err
 	}
 	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
 		return &shardpb.Request{Op: &shardpb.Request_Txn{Txn: b}}

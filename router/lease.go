@@ -48,6 +48,9 @@ func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 	if r.TTL > lease.MaxTTL {
 		return nil, rpctypes.ErrGRPCLeaseTTLTooLarge
 	}
+	if err := ls.s.checkQuota(ctx, r); err != nil {
+		return nil, err
+	}
 	req := &pb.LeaseGrantRequest{ID: r.ID, TTL: r.TTL}
 	for attempt := 1; ; attempt++ {
 		picked := req.ID == int64(lease.NoLease)

@@ -45,10 +45,18 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 		DowngradeInfo:    &pb.DowngradeInfo{},
 	}
 	if resp.DbSizeQuota == 0 {
+		resp.DbSizeQuota = m.s.cfg.QuotaBackendBytes
+	}
+	if resp.DbSizeQuota == 0 {
 		resp.DbSizeQuota = defaultQuotaBytes
 	}
 	if resp.Leader == 0 {
 		resp.Errors = append(resp.Errors, "etcdserver: no leader")
+	}
+	if alarms, err := m.s.cfg.Shard.Read(ctx, shard.AlarmsQuery{}, false); err == nil {
+		for _, a := range alarms.([]*pb.AlarmMember) {
+			resp.Errors = append(resp.Errors, a.String())
+		}
 	}
 	m.s.fill(resp.Header)
 	resp.RaftTerm = resp.Header.RaftTerm

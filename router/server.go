@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
@@ -21,6 +22,10 @@ type Config struct {
 	// MaxRequestBytes refuses larger writes (etcd --max-request-bytes);
 	// 0 means DefaultMaxRequestBytes.
 	MaxRequestBytes int
+	// QuotaBackendBytes is the store size beyond which writes that add data
+	// raise NOSPACE and are refused (etcd --quota-backend-bytes); 0 means
+	// etcd's default of 2 GiB.
+	QuotaBackendBytes int64
 	// MaxTxnOps refuses larger txns (etcd --max-txn-ops); 0 means DefaultMaxTxnOps.
 	MaxTxnOps int
 	// Node answers what only the process knows (members, disk usage).
@@ -58,6 +63,9 @@ type NodeStatus struct {
 // Server serves etcd's gRPC services for one node.
 type Server struct {
 	cfg Config
+	// size and sizeAt cache the node's storage size for the quota check
+	// (unix nanoseconds of the last refresh; 0: never).
+	size, sizeAt atomic.Int64
 }
 
 // New returns a Server; Register attaches it to a gRPC server.

@@ -57,6 +57,9 @@ func toError(err error) (e *Error, ok bool) {
 	return nil, false
 }
 
+// errNoSpace refuses a write that adds data while NOSPACE is raised.
+var errNoSpace = &Error{Code: shardpb.ErrorCode_ERROR_CODE_NO_SPACE, Message: "shard: database space exceeded"}
+
 // badRequest is the refusal of a command the state machine cannot decode.
 func badRequest(format string, args ...any) *Error {
 	return &Error{Code: shardpb.ErrorCode_ERROR_CODE_BAD_REQUEST, Message: fmt.Sprintf(format, args...)}

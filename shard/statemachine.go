@@ -53,6 +53,9 @@ type StateMachine struct {
 	// place after a snapshot restore.
 	lessor atomic.Pointer[lease.Lessor]
 
+	// alarms are the raised alarms, loaded with the store.
+	alarms alarms
+
 	// mu guards store and closed. Update, Open, Recover and Close take it
 	// exclusively only to swap or drop the store; Lookup holds it shared, so
 	// a read during recovery waits for the restored store instead of seeing a
@@ -111,6 +114,9 @@ func (s *StateMachine) Open(stop <-chan struct{}) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := s.alarms.load(store); err != nil {
+		return 0, err
+	}
 	s.mu.Lock()
 	s.store = store
 	s.mu.Unlock()
@@ -144,7 +150,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	b := store.NewBatch()
 	defer b.Close()
 	var events []*mvccpb.Event
-	a := &applier{b: b, lessor: s.Lessor(), now: s.now}
+	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms}
 	for i := range entries {
 		res, err := a.command(entries[i].Cmd)
 		if err != nil {
@@ -176,6 +182,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 // applier applies the entries of one Update into one batch.
 type applier struct {
 	b      *mvcc.Batch
+	alarms *alarms
 	lessor *lease.Lessor
 	now    func() time.Time
 	// events are the change events of the entry being applied.
@@ -257,6 +264,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		if err := proto.Unmarshal(op.Put, &req); err != nil {
 			return nil, badRequest("shard: undecodable put: %v", err)
 		}
+		if a.alarms.has(pb.AlarmType_NOSPACE) {
+			return nil, errNoSpace
+		}
 		resp, err := b.Put(&req, stamp)
 		if err != nil {
 			return nil, err
@@ -279,6 +289,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		if err := proto.Unmarshal(op.Txn, &req); err != nil {
 			return nil, badRequest("shard: undecodable txn: %v", err)
 		}
+		if Capped(&req) && a.alarms.has(pb.AlarmType_NOSPACE) {
+			return nil, errNoSpace
+		}
 		resp, err := b.Txn(&req, stamp)
 		if err != nil {
 			return nil, err
@@ -300,6 +313,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		var req pb.LeaseGrantRequest
 		if err := proto.Unmarshal(op.LeaseGrant, &req); err != nil {
 			return nil, badRequest("shard: undecodable lease grant: %v", err)
+		}
+		if a.alarms.has(pb.AlarmType_NOSPACE) {
+			return nil, errNoSpace
 		}
 		l, err := a.lessor.Grant(b.Pebble(), lease.ID(req.ID), req.TTL, a.now())
 		if err != nil {
@@ -334,6 +350,13 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		}
 		data, err := proto.Marshal(&pb.LeaseCheckpointResponse{Header: &pb.ResponseHeader{Revision: int64(b.Rev())}})
 		return &shardpb.Response{Result: &shardpb.Response_LeaseCheckpoint{LeaseCheckpoint: data}}, err
+	case *shardpb.Request_Alarm:
+		var req pb.AlarmRequest
+		if err := proto.Unmarshal(op.Alarm, &req); err != nil {
+			return nil, badRequest("shard: undecodable alarm: %v", err)
+		}
+		data, err := proto.Marshal(a.alarms.apply(b, &req))
+		return &shardpb.Response{Result: &shardpb.Response_Alarm{Alarm: data}}, err
 	case *shardpb.Request_MemberAttrs:
 		var m pb.Member
 		if err := proto.Unmarshal(op.MemberAttrs, &m); err != nil || m.ID == 0 {
@@ -369,6 +392,8 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		var hr HashResult
 		hr.Hash, hr.Revision, hr.CompactRevision, err = s.store.HashKV(q.Rev)
 		resp = hr
+	case AlarmsQuery:
+		resp = s.alarms.list(pb.AlarmType_NONE)
 	case MembersQuery:
 		attrs := map[uint64]*pb.Member{}
 		err = s.store.ScanMeta(membersPrefix, func(_ string, v []byte) {
@@ -428,6 +453,9 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	if err := p.Apply(); err != nil {
 		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
 	}
+	if err := s.alarms.load(s.store); err != nil {
+		return fmt.Errorf("shard %d: recover alarms from snapshot: %w", s.shardID, err)
+	}
 	if err := s.Lessor().Recover(s.cfg.DB); err != nil {
 		return fmt.Errorf("shard %d: recover lessor from snapshot: %w", s.shardID, err)
 	}
@@ -458,6 +486,9 @@ type HashResult struct {
 	Hash                      uint32
 	Revision, CompactRevision mvcc.Revision
 }
+
+// AlarmsQuery asks Lookup for the raised alarms, a []*pb.AlarmMember.
+type AlarmsQuery struct{}
 
 // MembersQuery asks Lookup for the published member attributes, a
 // map[uint64]*pb.Member by member id (name and client URLs).

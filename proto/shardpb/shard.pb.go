@@ -45,6 +45,8 @@ const (
 	ErrorCode_ERROR_CODE_BAD_REQUEST         ErrorCode = 13
 	ErrorCode_ERROR_CODE_LEASE_EXISTS        ErrorCode = 14
 	ErrorCode_ERROR_CODE_LEASE_TTL_TOO_LARGE ErrorCode = 15
+	// A write refused while the NOSPACE alarm is raised.
+	ErrorCode_ERROR_CODE_NO_SPACE ErrorCode = 16
 )
 
 // Enum value maps for ErrorCode.
@@ -66,6 +68,7 @@ var (
 		13: "ERROR_CODE_BAD_REQUEST",
 		14: "ERROR_CODE_LEASE_EXISTS",
 		15: "ERROR_CODE_LEASE_TTL_TOO_LARGE",
+		16: "ERROR_CODE_NO_SPACE",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":         0,
@@ -84,6 +87,7 @@ var (
 		"ERROR_CODE_BAD_REQUEST":         13,
 		"ERROR_CODE_LEASE_EXISTS":        14,
 		"ERROR_CODE_LEASE_TTL_TOO_LARGE": 15,
+		"ERROR_CODE_NO_SPACE":            16,
 	}
 )
 
@@ -177,6 +181,7 @@ type Request struct {
 	//	*Request_LeaseRevoke
 	//	*Request_LeaseCheckpoint
 	//	*Request_MemberAttrs
+	//	*Request_Alarm
 	Op            isRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -298,6 +303,15 @@ func (x *Request) GetMemberAttrs() []byte {
 	return nil
 }
 
+func (x *Request) GetAlarm() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*Request_Alarm); ok {
+			return x.Alarm
+		}
+	}
+	return nil
+}
+
 type isRequest_Op interface {
 	isRequest_Op()
 }
@@ -341,6 +355,11 @@ type Request_MemberAttrs struct {
 	MemberAttrs []byte `protobuf:"bytes,9,opt,name=member_attrs,json=memberAttrs,proto3,oneof"`
 }
 
+type Request_Alarm struct {
+	// etcdserverpb.AlarmRequest: raise or clear an alarm of a member.
+	Alarm []byte `protobuf:"bytes,10,opt,name=alarm,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -356,6 +375,8 @@ func (*Request_LeaseRevoke) isRequest_Op() {}
 func (*Request_LeaseCheckpoint) isRequest_Op() {}
 
 func (*Request_MemberAttrs) isRequest_Op() {}
+
+func (*Request_Alarm) isRequest_Op() {}
 
 // Result answers a Command: one Response per Request, in order.
 type Result struct {
@@ -417,6 +438,7 @@ type Response struct {
 	//	*Response_LeaseRevoke
 	//	*Response_LeaseCheckpoint
 	//	*Response_MemberAttrs
+	//	*Response_Alarm
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -540,6 +562,15 @@ func (x *Response) GetMemberAttrs() bool {
 	return false
 }
 
+func (x *Response) GetAlarm() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*Response_Alarm); ok {
+			return x.Alarm
+		}
+	}
+	return nil
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -580,6 +611,10 @@ type Response_MemberAttrs struct {
 	MemberAttrs bool `protobuf:"varint,9,opt,name=member_attrs,json=memberAttrs,proto3,oneof"` // recorded
 }
 
+type Response_Alarm struct {
+	Alarm []byte `protobuf:"bytes,10,opt,name=alarm,proto3,oneof"` // etcdserverpb.AlarmResponse: the alarms after
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -597,6 +632,8 @@ func (*Response_LeaseRevoke) isResponse_Result() {}
 func (*Response_LeaseCheckpoint) isResponse_Result() {}
 
 func (*Response_MemberAttrs) isResponse_Result() {}
+
+func (*Response_Alarm) isResponse_Result() {}
 
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
@@ -657,7 +694,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\n" +
 	"\x13shardpb/shard.proto\x12\x0ecairn.shard.v1\">\n" +
 	"\aCommand\x123\n" +
-	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\xae\x02\n" +
+	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\xc6\x02\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -670,10 +707,12 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"leaseGrant\x12#\n" +
 	"\flease_revoke\x18\a \x01(\fH\x00R\vleaseRevoke\x12+\n" +
 	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpoint\x12#\n" +
-	"\fmember_attrs\x18\t \x01(\fH\x00R\vmemberAttrsB\x04\n" +
+	"\fmember_attrs\x18\t \x01(\fH\x00R\vmemberAttrs\x12\x16\n" +
+	"\x05alarm\x18\n" +
+	" \x01(\fH\x00R\x05alarmB\x04\n" +
 	"\x02op\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xcc\x02\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xe4\x02\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -686,11 +725,13 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"leaseGrant\x12#\n" +
 	"\flease_revoke\x18\a \x01(\fH\x00R\vleaseRevoke\x12+\n" +
 	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpoint\x12#\n" +
-	"\fmember_attrs\x18\t \x01(\bH\x00R\vmemberAttrsB\b\n" +
+	"\fmember_attrs\x18\t \x01(\bH\x00R\vmemberAttrs\x12\x16\n" +
+	"\x05alarm\x18\n" +
+	" \x01(\fH\x00R\x05alarmB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\xe8\x03\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*\x81\x04\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_COMPACTED\x10\x01\x12\x19\n" +
@@ -708,7 +749,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x18ERROR_CODE_OUTSIDE_RANGE\x10\f\x12\x1a\n" +
 	"\x16ERROR_CODE_BAD_REQUEST\x10\r\x12\x1b\n" +
 	"\x17ERROR_CODE_LEASE_EXISTS\x10\x0e\x12\"\n" +
-	"\x1eERROR_CODE_LEASE_TTL_TOO_LARGE\x10\x0fB)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
+	"\x1eERROR_CODE_LEASE_TTL_TOO_LARGE\x10\x0f\x12\x17\n" +
+	"\x13ERROR_CODE_NO_SPACE\x10\x10B)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
 
 var (
 	file_shardpb_shard_proto_rawDescOnce sync.Once
@@ -758,6 +800,7 @@ func file_shardpb_shard_proto_init() {
 		(*Request_LeaseRevoke)(nil),
 		(*Request_LeaseCheckpoint)(nil),
 		(*Request_MemberAttrs)(nil),
+		(*Request_Alarm)(nil),
 	}
 	file_shardpb_shard_proto_msgTypes[3].OneofWrappers = []any{
 		(*Response_Put)(nil),
@@ -769,6 +812,7 @@ func file_shardpb_shard_proto_init() {
 		(*Response_LeaseRevoke)(nil),
 		(*Response_LeaseCheckpoint)(nil),
 		(*Response_MemberAttrs)(nil),
+		(*Response_Alarm)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -1,0 +1,114 @@
+package router
+
+import (
+	"context"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// etcd's quota costs: a put costs its key and value plus an overhead, a
+// lease grant a fixed overhead.
+const (
+	quotaPutOverhead   = 256
+	quotaLeaseOverhead = 64
+)
+
+// quotaCost is what a request may add to the store, as etcd counts it.
+func quotaCost(r any) int64 {
+	switch r := r.(type) {
+	case *pb.PutRequest:
+		return int64(quotaPutOverhead + len(r.Key) + len(r.Value))
+	case *pb.LeaseGrantRequest:
+		return quotaLeaseOverhead
+	case *pb.TxnRequest:
+		branch := func(ops []*pb.RequestOp) (n int64) {
+			for _, op := range ops {
+				if p := op.GetRequestPut(); p != nil {
+					n += quotaCost(p)
+				} else if t := op.GetRequestTxn(); t != nil {
+					n += quotaCost(t)
+				}
+			}
+			return n
+		}
+		return max(branch(r.Success), branch(r.Failure))
+	}
+	return 0
+}
+
+// checkQuota refuses a request that would take the store past its quota,
+// raising this member's NOSPACE alarm first, as etcd does.
+func (s *Server) checkQuota(ctx context.Context, r any) error {
+	cost := quotaCost(r)
+	if cost == 0 {
+		return nil
+	}
+	quota := s.cfg.QuotaBackendBytes
+	if quota <= 0 {
+		quota = defaultQuotaBytes
+	}
+	if s.dbSize()+cost < quota {
+		return nil
+	}
+	_, _ = s.alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: s.cfg.MemberID, Alarm: pb.AlarmType_NOSPACE})
+	return rpctypes.ErrGRPCNoSpace
+}
+
+// alarm proposes an alarm change.
+func (s *Server) alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	out, err := s.write(ctx, r, func(b []byte) *shardpb.Request {
+		return &shardpb.Request{Op: &shardpb.Request_Alarm{Alarm: b}}
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.AlarmResponse{}
+	return resp, s.decode(out.GetAlarm(), resp, resp.GetHeader)
+}
+
+// Alarm lists, raises or clears alarms; the list is read linearizably.
+func (m *maintenanceServer) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	if r.Action != pb.AlarmRequest_GET {
+		return m.s.alarm(ctx, r)
+	}
+	v, err := m.s.cfg.Shard.Read(ctx, shard.AlarmsQuery{}, true)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	h, err := m.s.header(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*pb.AlarmMember
+	for _, a := range v.([]*pb.AlarmMember) {
+		if r.Alarm == pb.AlarmType_NONE || a.Alarm == r.Alarm {
+			if r.MemberID == 0 || a.MemberID == r.MemberID {
+				out = append(out, a)
+			}
+		}
+	}
+	return &pb.AlarmResponse{Header: h, Alarms: out}, nil
+}
+
+// dbSizeRefresh bounds how stale the size the quota check uses may be:
+// asking the storage engine for its size on every write would cost more
+// than the write.
+const dbSizeRefresh = 100 * time.Millisecond
+
+// dbSize returns the node's storage size, refreshed at most every
+// dbSizeRefresh.
+func (s *Server) dbSize() int64 {
+	now := time.Now().UnixNano()
+	if at := s.sizeAt.Load(); now-at < int64(dbSizeRefresh) && at != 0 {
+		return s.size.Load()
+	}
+	size := s.cfg.Node.Status().DBSize
+	s.size.Store(size)
+	s.sizeAt.Store(now)
+	return size
+}

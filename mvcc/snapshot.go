@@ -398,3 +398,19 @@ func (s *Store) carries(k []byte) bool {
 	}
 	return false
 }
+
+// Rev returns the store's revision in the pinned state.
+func (sn *Snapshot) Rev() (Revision, error) {
+	v, closer, err := sn.snap.Get(metaKey(sn.id, metaRev))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("mvcc: read revision: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("mvcc: revision record has %d bytes", len(v))
+	}
+	return Revision(binary.BigEndian.Uint64(v)), nil
+}

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"io"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -156,4 +157,42 @@ func (m *maintenanceServer) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequ
 	resp := &pb.MoveLeaderResponse{Header: &pb.ResponseHeader{}}
 	m.s.fill(resp.Header)
 	return resp, nil
+}
+
+// snapshotChunk is the size of each Snapshot response's blob.
+const snapshotChunk = 32 << 10
+
+// Snapshot streams a backup of this member's store at one revision, shaped
+// as etcd's clients expect (see node.Snapshot); `cairn snapshot restore`
+// reads it back.
+func (m *maintenanceServer) Snapshot(_ *pb.SnapshotRequest, stream pb.Maintenance_SnapshotServer) error {
+	sn, ok := m.s.cfg.Node.(Snapshotter)
+	if !ok {
+		return status.Error(codes.Unimplemented, "etcdserver: not supported by this node")
+	}
+	rc, size, err := sn.Snapshot(stream.Context())
+	if err != nil {
+		return toGRPC(err)
+	}
+	defer rc.Close()
+	buf := make([]byte, snapshotChunk)
+	for sent := int64(0); sent < size; {
+		n, err := io.ReadFull(rc, buf[:min(int64(len(buf)), size-sent)])
+		if err != nil {
+			return toGRPC(err)
+		}
+		sent += int64(n)
+		resp := &pb.SnapshotResponse{Header: &pb.ResponseHeader{}, RemainingBytes: uint64(size - sent), Blob: buf[:n], Version: version.Version}
+		m.s.fill(resp.Header)
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Snapshotter writes backups; the node implements it.
+type Snapshotter interface {
+	// Snapshot returns a backup, open at its start, and its size.
+	Snapshot(ctx context.Context) (io.ReadCloser, int64, error)
 }

@@ -1,0 +1,115 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// A backup file, as `etcdctl snapshot save` writes it: the shard's image,
+// zero-padded to a multiple of 512 bytes, then the SHA-256 of everything
+// before it (etcd's clients check that shape: size % 512 == 32).
+const backupAlign = 512
+
+// Snapshot implements router.Operator: it writes a backup of the store at
+// one revision to a temporary file in the data directory and returns it
+// open at the start with its size; closing it removes the file.
+func (n *Node) Snapshot(ctx context.Context) (io.ReadCloser, int64, error) {
+	m := n.sm.Load()
+	if m == nil {
+		return nil, 0, shard.ErrClosed
+	}
+	f, err := os.CreateTemp(n.cfg.DataDir, "backup-*.part")
+	if err != nil {
+		return nil, 0, fmt.Errorf("node: snapshot: %w", err)
+	}
+	fail := func(err error) (io.ReadCloser, int64, error) {
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+		return nil, 0, fmt.Errorf("node: snapshot: %w", err)
+	}
+	h := sha256.New()
+	cw := &countingWriter{w: io.MultiWriter(f, h)}
+	if _, err := m.WriteBackup(cw); err != nil {
+		return fail(err)
+	}
+	if pad := (backupAlign - cw.n%backupAlign) % backupAlign; pad > 0 {
+		if _, err := cw.Write(make([]byte, pad)); err != nil {
+			return fail(err)
+		}
+	}
+	if _, err := f.Write(h.Sum(nil)); err != nil {
+		return fail(err)
+	}
+	size := cw.n + sha256.Size
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fail(err)
+	}
+	return &removeOnClose{File: f}, size, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+type removeOnClose struct{ *os.File }
+
+func (r *removeOnClose) Close() error {
+	err := r.File.Close()
+	_ = os.Remove(r.Name())
+	return err
+}
+
+// RestoreSnapshot makes a new data directory from a backup file (`cairn
+// snapshot restore`): the checksum is verified, the store and leases are
+// restored, and the directory is ready for `cairn` to start as the first
+// member of a new cluster (or every member, each restored from the same
+// file). dataDir must not exist yet.
+func RestoreSnapshot(path, dataDir string) (revision int64, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("node: restore: %w", err)
+	}
+	if len(data) < sha256.Size || (len(data)-sha256.Size)%backupAlign != 0 {
+		return 0, fmt.Errorf("node: restore: %s is not a Cairn backup (size %d)", path, len(data))
+	}
+	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
+	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
+		return 0, fmt.Errorf("node: restore: %s: checksum mismatch", path)
+	}
+	if _, err := os.Stat(dataDir); err == nil {
+		return 0, fmt.Errorf("node: restore: data directory %s already exists", dataDir)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return 0, fmt.Errorf("node: restore: %w", err)
+	}
+	db, err := pebble.Open(filepath.Join(dataDir, "state"), &pebble.Options{Logger: quietPebble{}})
+	if err != nil {
+		return 0, fmt.Errorf("node: restore: open state store: %w", err)
+	}
+	defer func() {
+		if cerr := db.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	rev, err := shard.RestoreBackup(db, singleShardID, bytes.NewReader(body))
+	if err != nil {
+		return 0, fmt.Errorf("node: restore: %w", err)
+	}
+	return int64(rev), nil
+}

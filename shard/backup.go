@@ -1,0 +1,67 @@
+package shard
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/cairn-kv/cairn/lease"
+	"github.com/cairn-kv/cairn/mvcc"
+)
+
+// WriteBackup writes a consistent image of the shard — keys with their
+// history, leases, internal records — at one revision to w, in the format
+// of its raft snapshots, and returns that revision.
+func (s *StateMachine) WriteBackup(w io.Writer) (mvcc.Revision, error) {
+	s.mu.RLock()
+	if s.closed || s.store == nil {
+		s.mu.RUnlock()
+		return 0, ErrClosed
+	}
+	snap := s.store.NewSnapshot()
+	s.mu.RUnlock()
+	defer snap.Close()
+	rev, err := snap.Rev()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := snap.WriteTo(w); err != nil {
+		return 0, fmt.Errorf("shard %d: write backup: %w", s.shardID, err)
+	}
+	return rev, nil
+}
+
+// RestoreBackup makes a backup the first state of shard shardID in db, for
+// a new cluster: its data and leases are kept; what belonged to the old
+// cluster — the applied raft index, the members' attributes, the alarms —
+// is dropped, so the new raft group starts its log from the beginning on
+// top of the restored data. It returns the restored revision.
+func RestoreBackup(db *pebble.DB, shardID uint64, r io.Reader) (mvcc.Revision, error) {
+	lo, hi := lease.RecordBounds(shardID)
+	store, err := mvcc.Open(db, mvcc.Options{ID: shardID, Carried: []mvcc.RawSpan{{Lo: lo, Hi: hi}}})
+	if err != nil {
+		return 0, err
+	}
+	if err := store.Restore(r); err != nil {
+		return 0, err
+	}
+	var stale []string
+	for _, prefix := range []string{appliedKey, membersPrefix, alarmsPrefix} {
+		if err := store.ScanMeta(prefix, func(name string, _ []byte) { stale = append(stale, name) }); err != nil {
+			return 0, err
+		}
+	}
+	b := store.NewBatch()
+	defer b.Close()
+	for _, name := range stale {
+		b.DeleteMeta(name)
+	}
+	if err := b.Commit(); err != nil {
+		return 0, err
+	}
+	if err := db.Flush(); err != nil {
+		return 0, fmt.Errorf("shard: flush restored backup: %w", err)
+	}
+	return store.Rev(), nil
+}

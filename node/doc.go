@@ -12,9 +12,22 @@
 //	<data-dir>/raft   dragonboat's NodeHost directory (raft logs, snapshots)
 //	<data-dir>/state  pebble: every shard's user keys and internal records
 //
-// Today a node runs single-group mode with one member: shard 1 covers the
-// whole key space and assigns revisions at apply time. Cluster membership
-// and sharded mode come with their issues.
+//	<data-dir>/member-id    this member's id (hex), fixed at the first start
+//	<data-dir>/raft-address the raft address the NodeHost was created with
+//	<data-dir>/learner      present while a member that joined as a learner
+//	                        has not been seen promoted (raft restarts it
+//	                        non-voting until then)
+//
+// Today a node runs single-group mode: shard 1 covers the whole key space
+// and assigns revisions at apply time; every member holds a replica. The
+// founding members come from etcd's --initial-cluster (name=peer-url
+// pairs); a member's id derives from its peer URLs and the cluster token, is
+// its raft replica id, and is kept in the data directory, so a restart
+// ignores the --initial-* flags as etcd does. A member that joins an
+// existing cluster (--initial-cluster-state existing, after MemberAdd)
+// starts as a learner. Each member publishes its name and client URLs
+// through raft once it serves; MemberList joins them with raft's
+// membership. Sharded mode comes with its issue.
 //
 // Defaults follow etcd: name "default", data dir "<name>.cairn", clients on
 // http://127.0.0.1:2379, raft on 127.0.0.1:2380, heartbeat 100ms, election

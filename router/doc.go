@@ -4,8 +4,16 @@
 // Today (single-group mode) one shard owns every key: Range and read-only
 // Txn are reads (linearizable through ReadIndex unless the request asks to
 // be serializable), Put, DeleteRange, write Txn and Compact are proposals.
-// The range-map cache, scatter/gather and the watch merge arrive with the
-// sharded-mode issue.
+// Watch streams are served from the node's watch.Hub. The Lease service
+// proposes grants (picking a random positive id when asked for id 0, as
+// etcd) and revokes; keepalive, time-to-live and the lease list are
+// answered by the primary lessor on the shard's leader, so a member that
+// does not lead forwards them to the leader's client port. The Cluster
+// service changes raft membership through the node (Membership); the
+// Maintenance service adds HashKV, MoveLeader, Defragment, Alarm (with
+// etcd's quota check before every write that adds data) and Snapshot
+// through the node (Operator, Snapshotter). The range-map cache,
+// scatter/gather and the watch merge arrive with the sharded-mode issue.
 //
 // Contract with clients: every answer is the one etcd would give. Requests
 // are validated before anything is proposed (mvcc's Validate functions, with

@@ -35,9 +35,31 @@
 // Under load this turns many client writes into one raft entry and one fsync;
 // with a single client it adds no delay.
 //
+// Leases: the state machine owns the shard's lease.Lessor (opened with the
+// store, rebuilt after a snapshot restore). Grant, revoke and checkpoint
+// requests apply to it in the same pebble batch as the store's writes; after
+// each request the applier derives attachments from the request's change
+// events (a put with lease L attaches the key to L; a put replacing another
+// lease, or a delete, detaches it), and a revoke deletes the lease's keys in
+// one write transaction, at one revision, with a DELETE event each. Primary
+// runs the leader's side: it follows leadership (Promote on winning, Demote
+// on losing, so expiries are only ever judged by the leader's clock),
+// proposes the revokes of expired leases in rounds of at most RevokeRound
+// that each apply before the next is proposed (no cap on the rate, and
+// client writes queue behind one round at most), and proposes checkpoints.
+//
+// Alarms and members: raised alarms (NOSPACE) and the members' published
+// attributes are internal records replicated through the log; while
+// NOSPACE is raised, writes that add data (Capped) are refused
+// deterministically.
+//
+// Backups: WriteBackup writes the same image as a raft snapshot;
+// RestoreBackup makes it the first state of a new cluster's shard.
+//
 // Snapshots: dragonboat's automatic snapshots of on-disk state machines carry
 // metadata only; SaveSnapshot is called to stream this range to a lagging
-// replica, and RecoverFromSnapshot replaces exactly this range's key span.
+// replica, and RecoverFromSnapshot replaces exactly this range's key span,
+// its internal records and its lessor's records.
 //
 // Non-goals here: exactly-once client sessions (on-disk state machines use
 // dragonboat's no-op session; a timed-out write is ambiguous, as in etcd),

@@ -257,7 +257,19 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 			}
 		}
 	}
-	id := memberID(peerURLs, n.token)
+	var id uint64
+	for gen := 0; ; gen++ {
+		if gen == maxJoinGenerations {
+			return nil, fmt.Errorf("node: add member: peer URLs %v were removed %d times; use new ones", peerURLs, gen)
+		}
+		id = memberIDGen(peerURLs, n.token, gen)
+		_, member := ms.Nodes[id]
+		_, learnerMember := ms.NonVotings[id]
+		_, removed := ms.Removed[id]
+		if !member && !learnerMember && !removed {
+			break
+		}
+	}
 	if learner {
 		err = n.nh.SyncRequestAddNonVoting(ctx, singleShardID, id, addr, 0)
 	} else {
@@ -385,3 +397,72 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 		}
 	}
 }
+
+// maxJoinGenerations bounds how many ids a joining member tries: one more
+// than the times its peer URLs were removed from the cluster.
+const maxJoinGenerations = 16
+
+// memberIDGen is the id MemberAdd gives peer URLs whose earlier ids
+// (generations 0..gen-1) are taken or were removed: raft never takes a
+// removed id back, so a member removed and added again gets a new one.
+// Generation 0 is the founders' id.
+func memberIDGen(peerURLs []string, token string, gen int) uint64 {
+	if gen == 0 {
+		return memberID(peerURLs, token)
+	}
+	return memberID(peerURLs, token+"/"+strconv.Itoa(gen))
+}
+
+// join starts this member's replica as one added to an existing cluster.
+// Its id is the first generation of its peer URLs' ids that the cluster's
+// leader contacts: an id the cluster does not have (taken earlier, removed)
+// never hears from a leader, and is stopped and the next one tried.
+func (n *Node) join(ctx context.Context, start func(id uint64) error) error {
+	probe := max(5*n.cfg.ElectionTimeout, time.Second)
+	for gen := range maxJoinGenerations {
+		id := memberIDGen(n.peerURLs, n.token, gen)
+		if err := start(id); err != nil {
+			return err
+		}
+		if n.heardLeader(ctx, probe) {
+			n.memberID = id
+			return writeMemberID(n.cfg.DataDir, id)
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("node: joining the cluster: %w", ctx.Err())
+		}
+		// Start over with a fresh NodeHost: dragonboat cannot restart a
+		// shard under another replica id in the same NodeHost, and this
+		// member has no raft state worth keeping yet.
+		n.nh.Close()
+		if err := os.RemoveAll(n.nhConfig.NodeHostDir); err != nil {
+			return fmt.Errorf("node: joining the cluster: %w", err)
+		}
+		nh, err := dragonboat.NewNodeHost(n.nhConfig)
+		if err != nil {
+			return fmt.Errorf("node: joining the cluster: %w", err)
+		}
+		n.nh = nh
+	}
+	return fmt.Errorf("node: no leader contacted this member: add it first (etcdctl member add %s --peer-urls=%s) with the same --initial-cluster-token",
+		n.cfg.Name, strings.Join(n.peerURLs, ","))
+}
+
+// heardLeader waits up to d for the shard's replica here to know a leader.
+func (n *Node) heardLeader(ctx context.Context, d time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	t := time.NewTicker(rttMillisecond * time.Millisecond)
+	defer t.Stop()
+	for {
+		if _, _, ok, err := n.nh.GetLeaderID(singleShardID); err == nil && ok {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+}
+

@@ -22,7 +22,10 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"github.com/soheilhy/cmux"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
@@ -91,6 +94,10 @@ type Config struct {
 	RaftTransport dbconfig.TransportFactory
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
+
+	// compactionClock drives automatic compaction (compaction.go); nil is
+	// the wall clock. Tests inject a fake one.
+	compactionClock compactionClock
 }
 
 // rttMillisecond is dragonboat's tick: raft timings are whole multiples.
@@ -134,7 +141,18 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ElectionTimeout < 5*c.HeartbeatInterval {
 		return c, fmt.Errorf("node: --election-timeout %v must be at least 5 times --heartbeat-interval %v", c.ElectionTimeout, c.HeartbeatInterval)
 	}
-	for _, u := range append(append([]string{}, c.ListenClientURLs...), c.ListenPeerURLs...) {
+	if c.AutoCompactionMode == "" {
+		c.AutoCompactionMode = compactionPeriodic
+	}
+	if _, err := compactionRetention(c.AutoCompactionMode, c.AutoCompactionRetention); err != nil {
+		return c, err
+	}
+	switch c.InitialClusterState {
+	case "", "new", "existing":
+	default:
+		return c, fmt.Errorf("node: --initial-cluster-state %q: want new or existing", c.InitialClusterState)
+	}
+	for _, u := range slices.Concat(c.ListenClientURLs, c.ListenPeerURLs, c.InitialAdvertisePeerURLs) {
 		if _, err := hostPort(u); err != nil {
 			return c, err
 		}
@@ -171,12 +189,19 @@ type Node struct {
 	stop      chan struct{} // closed by Close: stops the watch pump
 	grpc      *grpc.Server
 	http      *http.Server
+	nhConfig  dbconfig.NodeHostConfig
 	muxes     []cmux.CMux
+	listeners []*trackingListener
 	clientURL []string
 	memberID  uint64
 	clusterID uint64
 	peerURLs  []string // advertised
 	token     string   // --initial-cluster-token
+
+	// self is the node's client of its own gRPC services (the lock and
+	// election services run on it), connected in memory through selfL.
+	self  *clientv3.Client
+	selfL *bufconn.Listener
 
 	// connMu guards conns: client connections to other members, by address.
 	connMu sync.Mutex
@@ -281,9 +306,9 @@ func (n *Node) start(ctx context.Context) error {
 			return fmt.Errorf("node: --initial-cluster has %s=%v but this member advertises peer URLs %v",
 				cfg.Name, self.peerURLs, n.peerURLs)
 		}
-		n.memberID = self.id
 		switch cfg.InitialClusterState {
 		case "", "new":
+			n.memberID = self.id
 			founders = map[uint64]dragonboat.Target{}
 			for _, m := range members {
 				founders[m.id], _ = hostPort(m.peerURLs[0])
@@ -298,8 +323,10 @@ func (n *Node) start(ctx context.Context) error {
 		default:
 			return fmt.Errorf("node: --initial-cluster-state %q: want new or existing", cfg.InitialClusterState)
 		}
-		if err := writeMemberID(cfg.DataDir, n.memberID); err != nil {
-			return err
+		if !join {
+			if err := writeMemberID(cfg.DataDir, n.memberID); err != nil {
+				return err
+			}
 		}
 	}
 
@@ -311,17 +338,16 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.db = db
 
-	nh, err := dragonboat.NewNodeHost(dbconfig.NodeHostConfig{
+	n.nhConfig = dbconfig.NodeHostConfig{
 		NodeHostDir:    filepath.Join(cfg.DataDir, "raft"),
 		RTTMillisecond: rttMillisecond,
 		RaftAddress:    raftAddr,
 		ListenAddress:  peer,
 		Expert:         dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport},
-	})
-	if err != nil {
+	}
+	if n.nh, err = dragonboat.NewNodeHost(n.nhConfig); err != nil {
 		return fmt.Errorf("node: start raft: %w", err)
 	}
-	n.nh = nh
 
 	heartbeat := uint64(cfg.HeartbeatInterval / (rttMillisecond * time.Millisecond))
 	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
@@ -330,24 +356,34 @@ func (n *Node) start(ctx context.Context) error {
 	factory := shard.Factory(shard.Config{DB: db, Span: mvcc.Span{}, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
 		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
 	}})
-	err = nh.StartOnDiskReplica(founders, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
-		m := factory(shardID, replicaID).(*shard.StateMachine)
-		n.sm.Store(m)
-		return m
-	}, dbconfig.Config{
-		ReplicaID:          n.memberID,
-		ShardID:            singleShardID,
-		HeartbeatRTT:       heartbeat,
-		ElectionRTT:        election,
-		CheckQuorum:        true,
-		IsNonVoting:        isLearner(cfg.DataDir),
-		SnapshotEntries:    cfg.SnapshotCount,
-		CompactionOverhead: cfg.SnapshotCount / 2,
-	})
-	if err != nil {
-		return fmt.Errorf("node: start shard: %w", err)
+	startReplica := func(id uint64) error {
+		err := n.nh.StartOnDiskReplica(founders, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
+			m := factory(shardID, replicaID).(*shard.StateMachine)
+			n.sm.Store(m)
+			return m
+		}, dbconfig.Config{
+			ReplicaID:          id,
+			ShardID:            singleShardID,
+			HeartbeatRTT:       heartbeat,
+			ElectionRTT:        election,
+			CheckQuorum:        true,
+			IsNonVoting:        isLearner(cfg.DataDir),
+			SnapshotEntries:    cfg.SnapshotCount,
+			CompactionOverhead: cfg.SnapshotCount / 2,
+		})
+		if err != nil {
+			return fmt.Errorf("node: start shard: %w", err)
+		}
+		return nil
 	}
-	n.replica = shard.NewReplica(nh, singleShardID)
+	if join {
+		if err := n.join(ctx, startReplica); err != nil {
+			return err
+		}
+	} else if err := startReplica(n.memberID); err != nil {
+		return err
+	}
+	n.replica = shard.NewReplica(n.nh, singleShardID)
 	if err := n.waitLeader(ctx); err != nil {
 		return err
 	}
@@ -369,8 +405,15 @@ func (n *Node) start(ctx context.Context) error {
 	n.wg.Add(2)
 	go n.watchPump()
 	go n.trackLearner()
+	if err := n.startCompactor(); err != nil {
+		return err
+	}
 
+	if err := n.dialSelf(); err != nil {
+		return err
+	}
 	rs := router.New(router.Config{
+		Self:              n.self,
 		ClusterID:         n.clusterID,
 		MemberID:          n.memberID,
 		Shard:             n.replica,
@@ -384,6 +427,8 @@ func (n *Node) start(ctx context.Context) error {
 	})
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
 	n.http = &http.Server{Handler: rs.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
 
 	for _, raw := range cfg.ListenClientURLs {
@@ -393,7 +438,9 @@ func (n *Node) start(ctx context.Context) error {
 			return fmt.Errorf("node: listen on client URL %s: %w", raw, err)
 		}
 		n.clientURL = append(n.clientURL, "http://"+l.Addr().String())
-		m := cmux.New(l)
+		tl := &trackingListener{Listener: l, conns: map[net.Conn]struct{}{}}
+		n.listeners = append(n.listeners, tl)
+		m := cmux.New(tl)
 		grpcL := m.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
 		httpL := m.Match(cmux.Any())
 		n.muxes = append(n.muxes, m)
@@ -462,12 +509,41 @@ func (n *Node) waitLeader(ctx context.Context) error {
 	}
 }
 
+// selfBufferBytes sizes each direction of the in-memory connections of
+// the node's own client.
+const selfBufferBytes = 1 << 20
+
+// dialSelf creates the node's client of its own gRPC services: its
+// connections are in-memory pipes to selfL, which the gRPC server serves
+// alongside the client listeners, so it needs no address, port or TLS.
+// Nothing is dialled until the first call.
+func (n *Node) dialSelf() error {
+	n.selfL = bufconn.Listen(selfBufferBytes)
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{"http://in-process"},
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return n.selfL.DialContext(ctx)
+		})},
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return fmt.Errorf("node: create the node's own client: %w", err)
+	}
+	n.self = c
+	return nil
+}
+
 // ClientURLs returns the bound client URLs (http://host:port).
 func (n *Node) ClientURLs() []string { return append([]string(nil), n.clientURL...) }
 
 // Close stops serving and closes the node; it waits for every goroutine.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		if n.self != nil {
+			// Fails the lock and election calls still waiting, so that
+			// the graceful stop need not wait for them.
+			_ = n.self.Close()
+		}
 		if n.hub != nil {
 			n.hub.Close() // ends watch streams, so the graceful stop need not wait
 		}
@@ -480,11 +556,19 @@ func (n *Node) Close() error {
 				n.grpc.Stop()
 			}
 		}
+		if n.selfL != nil {
+			_ = n.selfL.Close() // the gRPC server closed it if it served it
+		}
 		if n.http != nil {
 			_ = n.http.Close()
 		}
 		for _, m := range n.muxes {
 			m.Close()
+		}
+		// cmux waits for connections still being matched (a client that
+		// connected but has not sent a request yet): close them all.
+		for _, l := range n.listeners {
+			l.closeConns()
 		}
 		if n.stop != nil {
 			close(n.stop)
@@ -577,4 +661,53 @@ func (quietPebble) Errorf(format string, args ...interface{}) {
 func (quietPebble) Fatalf(format string, args ...interface{}) {
 	fmt.Fprintf(os.Stderr, "pebble: "+strings.TrimSuffix(format, "\n")+"\n", args...)
 	os.Exit(1)
+}
+
+// trackingListener remembers the connections it accepted so that Close can
+// end them, whatever state the protocol matcher left them in.
+type trackingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns map[net.Conn]struct{} // guarded by mu; nil once closed
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conns == nil {
+		_ = c.Close()
+		return nil, net.ErrClosed
+	}
+	tc := &trackedConn{Conn: c, l: l}
+	l.conns[tc] = struct{}{}
+	return tc, nil
+}
+
+func (l *trackingListener) closeConns() {
+	l.mu.Lock()
+	conns := l.conns
+	l.conns = nil
+	l.mu.Unlock()
+	for c := range conns {
+		_ = c.Close()
+	}
+}
+
+type trackedConn struct {
+	net.Conn
+	l    *trackingListener
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
 }

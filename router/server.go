@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
 	"github.com/cairn-kv/cairn/watch"
@@ -39,6 +40,11 @@ type Config struct {
 	// the lease requests only its lessor answers (keepalive, time-to-live,
 	// list); nil serves them locally only.
 	Leader func(ctx context.Context) (*grpc.ClientConn, error)
+	// Self is a client of this node's own services: the Lock and Election
+	// services run etcd's concurrency recipes on it, as etcd runs them on
+	// an in-process client (lock.go); nil leaves them unregistered. The
+	// process owns and closes it.
+	Self *clientv3.Client
 }
 
 // NodeInfo is what the router asks of the process hosting it.
@@ -99,6 +105,10 @@ func (s *Server) Register(g *grpc.Server) {
 	}
 	if s.cfg.Lessor != nil {
 		pb.RegisterLeaseServer(g, &leaseServer{s: s})
+	}
+	if s.cfg.Self != nil {
+		g.RegisterService(&lockServiceDesc, &lockServer{s: s})
+		g.RegisterService(&electionServiceDesc, &electionServer{s: s})
 	}
 }
 

@@ -1,0 +1,624 @@
+package node_test
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/protoadapt"
+
+	"github.com/cairn-kv/cairn/node"
+)
+
+// The client side of etcd's v3lock and v3election services, as a client
+// built from etcd's v3lock.proto and v3election.proto sees them. etcd
+// generates these types in its server module, which this module does not
+// depend on, so they are declared here from the .proto files (the router
+// declares its own, separately); TestLockWireFormat pins their encoding to
+// the bytes etcd's generated code produces.
+
+type lockRequest struct {
+	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
+	Lease int64  `protobuf:"varint,2,opt,name=lease,proto3"`
+}
+type lockResponse struct {
+	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
+	Key    []byte             `protobuf:"bytes,2,opt,name=key,proto3"`
+}
+type unlockRequest struct {
+	Key []byte `protobuf:"bytes,1,opt,name=key,proto3"`
+}
+type headerOnly struct { // UnlockResponse, ProclaimResponse, ResignResponse
+	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
+}
+type campaignRequest struct {
+	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
+	Lease int64  `protobuf:"varint,2,opt,name=lease,proto3"`
+	Value []byte `protobuf:"bytes,3,opt,name=value,proto3"`
+}
+type campaignResponse struct {
+	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
+	Leader *leaderKey         `protobuf:"bytes,2,opt,name=leader,proto3"`
+}
+type leaderKey struct {
+	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
+	Key   []byte `protobuf:"bytes,2,opt,name=key,proto3"`
+	Rev   int64  `protobuf:"varint,3,opt,name=rev,proto3"`
+	Lease int64  `protobuf:"varint,4,opt,name=lease,proto3"`
+}
+type leaderRequest struct {
+	Name []byte `protobuf:"bytes,1,opt,name=name,proto3"`
+}
+type leaderResponse struct {
+	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
+	Kv     *mvccpb.KeyValue   `protobuf:"bytes,2,opt,name=kv,proto3"`
+}
+type proclaimRequest struct {
+	Leader *leaderKey `protobuf:"bytes,1,opt,name=leader,proto3"`
+	Value  []byte     `protobuf:"bytes,2,opt,name=value,proto3"`
+}
+type resignRequest struct {
+	Leader *leaderKey `protobuf:"bytes,1,opt,name=leader,proto3"`
+}
+
+func (m *lockRequest) Reset()              { *m = lockRequest{} }
+func (m *lockRequest) String() string      { return fmt.Sprintf("%+v", *m) }
+func (m *lockResponse) Reset()             { *m = lockResponse{} }
+func (m *lockResponse) String() string     { return fmt.Sprintf("%+v", *m) }
+func (m *unlockRequest) Reset()            { *m = unlockRequest{} }
+func (m *unlockRequest) String() string    { return fmt.Sprintf("%+v", *m) }
+func (m *headerOnly) Reset()               { *m = headerOnly{} }
+func (m *headerOnly) String() string       { return fmt.Sprintf("%+v", *m) }
+func (m *campaignRequest) Reset()          { *m = campaignRequest{} }
+func (m *campaignRequest) String() string  { return fmt.Sprintf("%+v", *m) }
+func (m *campaignResponse) Reset()         { *m = campaignResponse{} }
+func (m *campaignResponse) String() string { return fmt.Sprintf("%+v", *m) }
+func (m *leaderKey) Reset()                { *m = leaderKey{} }
+func (m *leaderKey) String() string        { return fmt.Sprintf("%+v", *m) }
+func (m *leaderRequest) Reset()            { *m = leaderRequest{} }
+func (m *leaderRequest) String() string    { return fmt.Sprintf("%+v", *m) }
+func (m *leaderResponse) Reset()           { *m = leaderResponse{} }
+func (m *leaderResponse) String() string   { return fmt.Sprintf("%+v", *m) }
+func (m *proclaimRequest) Reset()          { *m = proclaimRequest{} }
+func (m *proclaimRequest) String() string  { return fmt.Sprintf("%+v", *m) }
+func (m *resignRequest) Reset()            { *m = resignRequest{} }
+func (m *resignRequest) String() string    { return fmt.Sprintf("%+v", *m) }
+func (*lockRequest) ProtoMessage()         {}
+func (*lockResponse) ProtoMessage()        {}
+func (*unlockRequest) ProtoMessage()       {}
+func (*headerOnly) ProtoMessage()          {}
+func (*campaignRequest) ProtoMessage()     {}
+func (*campaignResponse) ProtoMessage()    {}
+func (*leaderKey) ProtoMessage()           {}
+func (*leaderRequest) ProtoMessage()       {}
+func (*leaderResponse) ProtoMessage()      {}
+func (*proclaimRequest) ProtoMessage()     {}
+func (*resignRequest) ProtoMessage()       {}
+
+// TestLockWireFormat: the test's wire types encode and decode exactly as
+// etcd's generated v3lockpb and v3electionpb types. The bytes were
+// produced by etcd v3.7.3's generated code (proto.Marshal) for the same
+// field values.
+func TestLockWireFormat(t *testing.T) {
+	hdr := &pb.ResponseHeader{ClusterId: 1, MemberId: 2, Revision: 3, RaftTerm: 4}
+	lk := &leaderKey{Name: []byte("n"), Key: []byte("n/7"), Rev: 5, Lease: 7}
+	kv := &mvccpb.KeyValue{Key: []byte("n/7"), CreateRevision: 5, ModRevision: 6, Version: 2, Value: []byte("v"), Lease: 7}
+	for _, tc := range []struct {
+		name string
+		msg  protoadapt.MessageV1
+		etcd string
+	}{
+		{"LockRequest", &lockRequest{Name: []byte("n"), Lease: 7}, "0a016e1007"},
+		{"LockResponse", &lockResponse{Header: hdr, Key: []byte("n/7")}, "0a08080110021803200412036e2f37"},
+		{"UnlockRequest", &unlockRequest{Key: []byte("n/7")}, "0a036e2f37"},
+		{"UnlockResponse", &headerOnly{Header: hdr}, "0a080801100218032004"},
+		{"CampaignRequest", &campaignRequest{Name: []byte("n"), Lease: 7, Value: []byte("v")}, "0a016e10071a0176"},
+		{"CampaignResponse", &campaignResponse{Header: hdr, Leader: lk}, "0a080801100218032004120c0a016e12036e2f3718052007"},
+		{"LeaderRequest", &leaderRequest{Name: []byte("n")}, "0a016e"},
+		{"LeaderResponse", &leaderResponse{Header: hdr, Kv: kv}, "0a08080110021803200412100a036e2f371005180620022a01763007"},
+		{"ProclaimRequest", &proclaimRequest{Leader: lk, Value: []byte("v")}, "0a0c0a016e12036e2f3718052007120176"},
+		{"ResignRequest", &resignRequest{Leader: lk}, "0a0c0a016e12036e2f3718052007"},
+	} {
+		m := protoadapt.MessageV2Of(tc.msg)
+		got, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if hex.EncodeToString(got) != tc.etcd {
+			t.Errorf("%s encodes as %x, etcd as %s", tc.name, got, tc.etcd)
+		}
+		want, _ := hex.DecodeString(tc.etcd)
+		back := m.ProtoReflect().New().Interface()
+		if err := proto.Unmarshal(want, back); err != nil || !proto.Equal(back, m) {
+			t.Errorf("%s: etcd's bytes decode as %v (%v), want %v", tc.name, back, err, m)
+		}
+	}
+}
+
+// wireConn dials the node's client port with plain gRPC, as a client
+// generated from etcd's .proto files does.
+func wireConn(t *testing.T, n *node.Node) *grpc.ClientConn {
+	t.Helper()
+	u := n.ClientURLs()[0]
+	conn, err := grpc.NewClient(u[len("http://"):], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+func lock(ctx context.Context, conn *grpc.ClientConn, name string, lease clientv3.LeaseID) (*lockResponse, error) {
+	resp := &lockResponse{}
+	return resp, conn.Invoke(ctx, "/v3lockpb.Lock/Lock", &lockRequest{Name: []byte(name), Lease: int64(lease)}, resp)
+}
+
+func unlock(ctx context.Context, conn *grpc.ClientConn, key []byte) (*headerOnly, error) {
+	resp := &headerOnly{}
+	return resp, conn.Invoke(ctx, "/v3lockpb.Lock/Unlock", &unlockRequest{Key: key}, resp)
+}
+
+func campaign(ctx context.Context, conn *grpc.ClientConn, name string, lease clientv3.LeaseID, value string) (*campaignResponse, error) {
+	resp := &campaignResponse{}
+	req := &campaignRequest{Name: []byte(name), Lease: int64(lease), Value: []byte(value)}
+	return resp, conn.Invoke(ctx, "/v3electionpb.Election/Campaign", req, resp)
+}
+
+func proclaim(ctx context.Context, conn *grpc.ClientConn, l *leaderKey, value string) error {
+	return conn.Invoke(ctx, "/v3electionpb.Election/Proclaim", &proclaimRequest{Leader: l, Value: []byte(value)}, &headerOnly{})
+}
+
+func resign(ctx context.Context, conn *grpc.ClientConn, l *leaderKey) (*headerOnly, error) {
+	resp := &headerOnly{}
+	return resp, conn.Invoke(ctx, "/v3electionpb.Election/Resign", &resignRequest{Leader: l}, resp)
+}
+
+func leader(ctx context.Context, conn *grpc.ClientConn, name string) (*leaderResponse, error) {
+	resp := &leaderResponse{}
+	return resp, conn.Invoke(ctx, "/v3electionpb.Election/Leader", &leaderRequest{Name: []byte(name)}, resp)
+}
+
+// observe opens an Observe stream; next receives its next response.
+func observe(ctx context.Context, conn *grpc.ClientConn, name string) (next func() (*leaderResponse, error), err error) {
+	st, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/v3electionpb.Election/Observe")
+	if err != nil {
+		return nil, err
+	}
+	if err := st.SendMsg(&leaderRequest{Name: []byte(name)}); err != nil {
+		return nil, err
+	}
+	if err := st.CloseSend(); err != nil {
+		return nil, err
+	}
+	return func() (*leaderResponse, error) {
+		resp := &leaderResponse{}
+		return resp, st.RecvMsg(resp)
+	}, nil
+}
+
+// keysUnder counts the keys under prefix.
+func keysUnder(t *testing.T, c *clientv3.Client, prefix string) []*mvccpb.KeyValue {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := c.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Kvs
+}
+
+func grant(t *testing.T, c *clientv3.Client, ttl int64) clientv3.LeaseID {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g, err := c.Grant(ctx, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g.ID
+}
+
+type lockResult struct {
+	resp *lockResponse
+	err  error
+}
+
+// TestLockService: etcd's Lock service through its wire protocol: a
+// second lease waits until the first unlocks, a lease that holds the lock
+// gets its key again, a cancelled waiter deletes its key, and a lease that
+// is gone (before, or while waiting) is refused with etcd's error and
+// leaves no key.
+func TestLockService(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	c := newClient(t, n)
+	conn := wireConn(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	lease1, lease2 := grant(t, c, 60), grant(t, c, 60)
+	l1, err := lock(ctx, conn, "foo", lease1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("foo/%x", lease1); string(l1.Key) != want || l1.Header == nil || l1.Header.Revision == 0 || l1.Header.MemberId == 0 {
+		t.Fatalf("lock: key %q header %v, want key %q and a filled header", l1.Key, l1.Header, want)
+	}
+	if kvs := keysUnder(t, c, "foo/"); len(kvs) != 1 || kvs[0].Lease != int64(lease1) || kvs[0].CreateRevision != l1.Header.Revision {
+		t.Fatalf("after lock: %v, want one key on lease %x created at %d", kvs, lease1, l1.Header.Revision)
+	}
+	// The same lease again: one acquisition, the same key, at once.
+	again, err := lock(ctx, conn, "foo", lease1)
+	if err != nil || string(again.Key) != string(l1.Key) {
+		t.Fatalf("relock with the holding lease: %v %v", again, err)
+	}
+
+	done := make(chan lockResult, 1)
+	go func() {
+		r, err := lock(ctx, conn, "foo", lease2)
+		done <- lockResult{r, err}
+	}()
+	waitUntil(t, "the second lease waits", func() bool { return len(keysUnder(t, c, "foo/")) == 2 })
+	select {
+	case r := <-done:
+		t.Fatalf("second lease locked while the first holds the lock: %v %v", r.resp, r.err)
+	default:
+	}
+	if _, err := unlock(ctx, conn, l1.Key); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if want := fmt.Sprintf("foo/%x", lease2); string(r.resp.Key) != want || r.resp.Header.Revision <= l1.Header.Revision {
+		t.Fatalf("second lock: key %q at %d, want %q after %d", r.resp.Key, r.resp.Header.Revision, want, l1.Header.Revision)
+	}
+
+	// A waiter whose request is cancelled deletes its key, and only its own.
+	lease3 := grant(t, c, 60)
+	wctx, wcancel := context.WithCancel(ctx)
+	go func() {
+		r, err := lock(wctx, conn, "foo", lease3)
+		done <- lockResult{r, err}
+	}()
+	waitUntil(t, "the third lease waits", func() bool { return len(keysUnder(t, c, "foo/")) == 2 })
+	wcancel()
+	if r := <-done; status.Code(r.err) != codes.Canceled {
+		t.Fatalf("cancelled waiter: %v %v", r.resp, r.err)
+	}
+	waitUntil(t, "the cancelled waiter's key is deleted", func() bool { return len(keysUnder(t, c, "foo/")) == 1 })
+	if kvs := keysUnder(t, c, "foo/"); string(kvs[0].Key) != string(r.resp.Key) {
+		t.Fatalf("after the cancel: %v, want only the holder %q", kvs, r.resp.Key)
+	}
+
+	// A lease revoked while its request waits: refused once the lock is
+	// free, with no key left behind (etcd#11456).
+	lease4 := grant(t, c, 60)
+	go func() {
+		r, err := lock(ctx, conn, "foo", lease4)
+		done <- lockResult{r, err}
+	}()
+	waitUntil(t, "the fourth lease waits", func() bool { return len(keysUnder(t, c, "foo/")) == 2 })
+	if _, err := c.Revoke(ctx, lease4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unlock(ctx, conn, r.resp.Key); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; !sameStatus(r.err, rpctypes.ErrGRPCLeaseNotFound) {
+		t.Fatalf("lock whose lease was revoked while waiting: %v %v, want %v", r.resp, r.err, rpctypes.ErrGRPCLeaseNotFound)
+	}
+	if kvs := keysUnder(t, c, "foo/"); len(kvs) != 0 {
+		t.Fatalf("keys left: %v", kvs)
+	}
+
+	// A lease already gone, or never granted.
+	if _, err := lock(ctx, conn, "foo", lease4); !sameStatus(err, rpctypes.ErrGRPCLeaseNotFound) {
+		t.Fatalf("lock with a revoked lease: %v", err)
+	}
+	if _, err := lock(ctx, conn, "foo", 12345); !sameStatus(err, rpctypes.ErrGRPCLeaseNotFound) {
+		t.Fatalf("lock with an unknown lease: %v", err)
+	}
+	if kvs := keysUnder(t, c, "foo/"); len(kvs) != 0 {
+		t.Fatalf("keys left by refused locks: %v", kvs)
+	}
+}
+
+// TestLockLeaseExpiresWhileWaiting (etcd#11456): a waiter whose lease runs
+// out (no keepalives) is refused with etcd's "requested lease not found"
+// once the holder unlocks, instead of being told it holds the lock.
+func TestLockLeaseExpiresWhileWaiting(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	c := newClient(t, n)
+	conn := wireConn(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	holder, err := lock(ctx, conn, "exp", grant(t, c, 60))
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := grant(t, c, 1)
+	done := make(chan lockResult, 1)
+	go func() {
+		r, err := lock(ctx, conn, "exp", short)
+		done <- lockResult{r, err}
+	}()
+	waitUntil(t, "the short lease expires", func() bool {
+		ttl, err := c.TimeToLive(ctx, short)
+		return err == nil && ttl.TTL == -1
+	})
+	if _, err := unlock(ctx, conn, holder.Key); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; !sameStatus(r.err, rpctypes.ErrGRPCLeaseNotFound) {
+		t.Fatalf("lock whose lease expired while waiting: %v %v, want %v", r.resp, r.err, rpctypes.ErrGRPCLeaseNotFound)
+	}
+	if kvs := keysUnder(t, c, "exp/"); len(kvs) != 0 {
+		t.Fatalf("keys left: %v", kvs)
+	}
+}
+
+// TestLockServiceContention: workers on their own leases take the lock in
+// turns through the Lock service; no two are ever inside at once, and a
+// read-modify-write of a key inside loses no update.
+func TestLockServiceContention(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	c := newClient(t, n)
+	conn := wireConn(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+
+	const workers, rounds = 6, 5
+	var inside, overlaps atomic.Int32
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		lease := grant(t, c, 60)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < rounds; i++ {
+				l, err := lock(ctx, conn, "contended", lease)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if inside.Add(1) != 1 {
+					overlaps.Add(1)
+				}
+				err = incrementKey(ctx, c, "contended-counter")
+				inside.Add(-1)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := unlock(ctx, conn, l.Key); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if o := overlaps.Load(); o != 0 {
+		t.Fatalf("%d times a worker entered while another was inside", o)
+	}
+	if got := counterValue(t, c, "contended-counter"); got != workers*rounds {
+		t.Fatalf("counter = %d, want %d", got, workers*rounds)
+	}
+}
+
+// incrementKey reads key as a number and writes it back plus one, in two
+// separate requests: only mutual exclusion keeps it from losing updates.
+func incrementKey(ctx context.Context, c *clientv3.Client, key string) error {
+	r, err := c.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	v := 0
+	if len(r.Kvs) == 1 {
+		if _, err := fmt.Sscan(string(r.Kvs[0].Value), &v); err != nil {
+			return err
+		}
+	}
+	_, err = c.Put(ctx, key, fmt.Sprint(v+1))
+	return err
+}
+
+func counterValue(t *testing.T, c *clientv3.Client, key string) int {
+	t.Helper()
+	kvs := keysUnder(t, c, key)
+	if len(kvs) != 1 {
+		t.Fatalf("counter %q: %v", key, kvs)
+	}
+	v := 0
+	if _, err := fmt.Sscan(string(kvs[0].Value), &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestLockWaiterOnClose: closing the node ends a waiting Lock with etcd's
+// "server stopped" instead of holding the shutdown.
+func TestLockWaiterOnClose(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	c := newClient(t, n)
+	conn := wireConn(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	if _, err := lock(ctx, conn, "close", grant(t, c, 60)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan lockResult, 1)
+	lease := grant(t, c, 60)
+	go func() {
+		r, err := lock(ctx, conn, "close", lease)
+		done <- lockResult{r, err}
+	}()
+	waitUntil(t, "the second lease waits", func() bool { return len(keysUnder(t, c, "close/")) == 2 })
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; !sameStatus(r.err, rpctypes.ErrGRPCStopped) {
+		t.Fatalf("waiter on close: %v %v, want %v", r.resp, r.err, rpctypes.ErrGRPCStopped)
+	}
+}
+
+// TestElectionService: etcd's Election service through its wire
+// protocol: campaign, leader, observe, proclaim, resign, the next
+// candidate taking over, and the refusals with etcd's errors.
+func TestElectionService(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	c := newClient(t, n)
+	conn := wireConn(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	noLeader := status.Error(codes.Unknown, "election: no leader")
+	notLeader := status.Error(codes.Unknown, "election: not leader")
+	missing := status.Error(codes.Unknown, `"leader" field must be provided`)
+
+	if _, err := leader(ctx, conn, "el"); !sameStatus(err, noLeader) {
+		t.Fatalf("leader of an empty election: %v", err)
+	}
+	next, err := observe(ctx, conn, "el")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease1, lease2 := grant(t, c, 60), grant(t, c, 60)
+	c1, err := campaign(ctx, conn, "el", lease1, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1 := c1.Leader
+	if l1 == nil || string(l1.Name) != "el" || string(l1.Key) != fmt.Sprintf("el/%x", lease1) ||
+		l1.Rev != c1.Header.Revision || l1.Lease != int64(lease1) {
+		t.Fatalf("campaign: %v", c1)
+	}
+	expectLeader := func(what string, resp *leaderResponse, err error, key []byte, rev int64, value string) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if resp.Kv == nil || string(resp.Kv.Key) != string(key) || resp.Kv.CreateRevision != rev ||
+			string(resp.Kv.Value) != value || resp.Header == nil || resp.Header.Revision < resp.Kv.ModRevision {
+			t.Fatalf("%s: %v, want key %q created at %d with value %q", what, resp, key, rev, value)
+		}
+	}
+	o, err := next()
+	expectLeader("observe", o, err, l1.Key, l1.Rev, "a")
+	ld, err := leader(ctx, conn, "el")
+	expectLeader("leader", ld, err, l1.Key, l1.Rev, "a")
+
+	// A second candidate waits while the first leads.
+	done := make(chan error, 1)
+	var c2 *campaignResponse
+	go func() {
+		var err error
+		c2, err = campaign(ctx, conn, "el", lease2, "b")
+		done <- err
+	}()
+	waitUntil(t, "the second candidate waits", func() bool { return len(keysUnder(t, c, "el/")) == 2 })
+	select {
+	case err := <-done:
+		t.Fatalf("second candidate elected while the first leads: %v", err)
+	default:
+	}
+
+	if err := proclaim(ctx, conn, l1, "a2"); err != nil {
+		t.Fatal(err)
+	}
+	o, err = next()
+	expectLeader("observe after proclaim", o, err, l1.Key, l1.Rev, "a2")
+	ld, err = leader(ctx, conn, "el")
+	expectLeader("leader after proclaim", ld, err, l1.Key, l1.Rev, "a2")
+	stale := &leaderKey{Name: l1.Name, Key: l1.Key, Rev: l1.Rev + 1000, Lease: l1.Lease}
+	if err := proclaim(ctx, conn, stale, "x"); !sameStatus(err, notLeader) {
+		t.Fatalf("proclaim by a key that does not lead: %v", err)
+	}
+	if err := proclaim(ctx, conn, nil, "x"); !sameStatus(err, missing) {
+		t.Fatalf("proclaim without a leader key: %v", err)
+	}
+	if _, err := resign(ctx, conn, nil); !sameStatus(err, missing) {
+		t.Fatalf("resign without a leader key: %v", err)
+	}
+
+	// The leader resigns: the second candidate leads and observers see it.
+	if _, err := resign(ctx, conn, l1); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	l2 := c2.Leader
+	if string(l2.Key) != fmt.Sprintf("el/%x", lease2) || l2.Lease != int64(lease2) || l2.Rev <= l1.Rev {
+		t.Fatalf("second campaign: %v", c2)
+	}
+	o, err = next()
+	expectLeader("observe after resign", o, err, l2.Key, l2.Rev, "b")
+	if err := proclaim(ctx, conn, l1, "x"); !sameStatus(err, notLeader) {
+		t.Fatalf("proclaim after resigning: %v", err)
+	}
+	// Resigning a key that no longer leads changes nothing.
+	if _, err := resign(ctx, conn, l1); err != nil {
+		t.Fatal(err)
+	}
+	ld, err = leader(ctx, conn, "el")
+	expectLeader("leader after the first resigned", ld, err, l2.Key, l2.Rev, "b")
+
+	if _, err := resign(ctx, conn, l2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader(ctx, conn, "el"); !sameStatus(err, noLeader) {
+		t.Fatalf("leader after every candidate resigned: %v", err)
+	}
+
+	// Refusals for a lease that is gone, before or while waiting.
+	if _, err := c.Revoke(ctx, lease1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := campaign(ctx, conn, "el", lease1, "z"); !sameStatus(err, rpctypes.ErrGRPCLeaseNotFound) {
+		t.Fatalf("campaign with a revoked lease: %v", err)
+	}
+	c3, err := campaign(ctx, conn, "el", lease2, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease4 := grant(t, c, 60)
+	go func() {
+		_, err := campaign(ctx, conn, "el", lease4, "d")
+		done <- err
+	}()
+	waitUntil(t, "the fourth candidate waits", func() bool { return len(keysUnder(t, c, "el/")) == 2 })
+	if _, err := c.Revoke(ctx, lease4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resign(ctx, conn, c3.Leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !sameStatus(err, rpctypes.ErrGRPCLeaseNotFound) {
+		t.Fatalf("campaign whose lease was revoked while waiting: %v", err)
+	}
+	if kvs := keysUnder(t, c, "el/"); len(kvs) != 0 {
+		t.Fatalf("keys left: %v", kvs)
+	}
+}

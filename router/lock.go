@@ -1,0 +1,218 @@
+package router
+
+import (
+	"context"
+	"errors"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/protoadapt"
+)
+
+// The Lock and Election services are etcd's v3lock and v3election: thin
+// servers over the recipes of go.etcd.io/etcd/client/v3/concurrency
+// (Session, Mutex, Election), run on Config.Self, a client of this node's
+// own KV, Lease and Watch services, the way etcd runs them on an
+// in-process client. They keep no state: every lock and candidacy is a
+// key under the request's lease, so they survive a restart of the member
+// that served them and work the same on any member.
+//
+// Wire types. etcd generates these services' messages in its server module
+// (go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb and
+// v3election/v3electionpb), which this module does not depend on (the
+// server's dependencies stay lean, DESIGN.md). The structs below carry the
+// field numbers and types of etcd's v3lock.proto and v3election.proto;
+// protobuf's runtime derives their wire format from the struct tags, as it
+// does for messages of older generators (gogo, protoc-gen-go 1.3). They are
+// not registered with the protobuf registry, so they cannot collide with
+// etcd's own when both are linked into one binary (tests/compat). The
+// services are registered under etcd's names (v3lockpb.Lock,
+// v3electionpb.Election), so etcd's generated clients call them unchanged.
+
+// lockServiceName is the service etcd registers as v3lockpb.Lock.
+const lockServiceName = "v3lockpb.Lock"
+
+type lockRequest struct {
+	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
+	Lease int64  `protobuf:"varint,2,opt,name=lease,proto3"`
+}
+
+type lockResponse struct {
+	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
+	Key    []byte             `protobuf:"bytes,2,opt,name=key,proto3"`
+}
+
+type unlockRequest struct {
+	Key []byte `protobuf:"bytes,1,opt,name=key,proto3"`
+}
+
+type unlockResponse struct {
+	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
+}
+
+// Reset, String and ProtoMessage make the structs protobuf messages
+// (protoadapt.MessageV1), which gRPC's codec accepts.
+
+func (m *lockRequest) Reset()         { *m = lockRequest{} }
+func (m *lockRequest) String() string { return messageString(m) }
+func (*lockRequest) ProtoMessage()    {}
+
+func (m *lockResponse) Reset()         { *m = lockResponse{} }
+func (m *lockResponse) String() string { return messageString(m) }
+func (*lockResponse) ProtoMessage()    {}
+
+func (m *unlockRequest) Reset()         { *m = unlockRequest{} }
+func (m *unlockRequest) String() string { return messageString(m) }
+func (*unlockRequest) ProtoMessage()    {}
+
+func (m *unlockResponse) Reset()         { *m = unlockResponse{} }
+func (m *unlockResponse) String() string { return messageString(m) }
+func (*unlockResponse) ProtoMessage()    {}
+
+func messageString(m protoadapt.MessageV1) string {
+	return prototext.Format(protoadapt.MessageV2Of(m))
+}
+
+// lockServer is etcd's Lock service.
+type lockServer struct {
+	s *Server
+}
+
+// lockService is the method set gRPC checks lockServer against.
+type lockService interface {
+	Lock(context.Context, *lockRequest) (*lockResponse, error)
+	Unlock(context.Context, *unlockRequest) (*unlockResponse, error)
+}
+
+var lockServiceDesc = grpc.ServiceDesc{
+	ServiceName: lockServiceName,
+	HandlerType: (*lockService)(nil),
+	Methods: []grpc.MethodDesc{
+		unaryMethod(lockServiceName, "Lock", lockService.Lock),
+		unaryMethod(lockServiceName, "Unlock", lockService.Unlock),
+	},
+	Metadata: "v3lock.proto",
+}
+
+// Lock acquires the named lock for the request's lease and answers once it
+// is held, with the key that holds it (name/<lease in hex>): the oldest key
+// under name/ holds the lock, each waiter watches the key just older than
+// its own. A lease that already holds the lock gets the same key again. A
+// waiter whose request is cancelled deletes its key. Before answering, Lock
+// checks that the lease is still alive (etcd#11456): one that ran out
+// while the request waited has its key released and is answered with
+// etcd's "requested lease not found".
+func (ls *lockServer) Lock(ctx context.Context, r *lockRequest) (*lockResponse, error) {
+	c := ls.s.cfg.Self
+	sess, err := orphanSession(ctx, c, r.Lease)
+	if err != nil {
+		return nil, clientError(c, err)
+	}
+	m := concurrency.NewMutex(sess, string(r.Name))
+	lockErr := m.Lock(ctx)
+	if lockErr != nil && !errors.Is(lockErr, concurrency.ErrSessionExpired) {
+		return nil, clientError(c, lockErr)
+	}
+	// Held, or the key is gone (ErrSessionExpired): either way the lease
+	// decides the answer.
+	alive, err := leaseAlive(ctx, c, sess.Lease())
+	if err != nil || !alive {
+		if lockErr == nil {
+			// Not answered, so never to be unlocked by the caller.
+			_ = m.Unlock(c.Ctx())
+		}
+		if err != nil {
+			return nil, clientError(c, err)
+		}
+		return nil, rpctypes.ErrGRPCLeaseNotFound
+	}
+	if lockErr != nil {
+		// The lease lives but its key was deleted while it waited (an
+		// Unlock of the waiter's key): etcd's answer.
+		return nil, clientError(c, lockErr)
+	}
+	return &lockResponse{Header: m.Header(), Key: []byte(m.Key())}, nil
+}
+
+// Unlock deletes the key a Lock answered, releasing the lock (or giving
+// up waiting for it).
+func (ls *lockServer) Unlock(ctx context.Context, r *unlockRequest) (*unlockResponse, error) {
+	c := ls.s.cfg.Self
+	resp, err := c.Delete(ctx, string(r.Key))
+	if err != nil {
+		return nil, clientError(c, err)
+	}
+	return &unlockResponse{Header: resp.Header}, nil
+}
+
+// orphanSession returns a session on lease (a new lease of the session's
+// default TTL when 0) whose keepalive has already stopped: keeping the
+// lease alive is the caller's job, as in etcd; the session only names the
+// lease and the client for the recipes.
+func orphanSession(ctx context.Context, c *clientv3.Client, lease int64) (*concurrency.Session, error) {
+	s, err := concurrency.NewSession(c, concurrency.WithLease(clientv3.LeaseID(lease)), concurrency.WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	s.Orphan()
+	return s, nil
+}
+
+// leaseAlive reports whether lease has time left. Time-to-live rounds down
+// to whole seconds, so a lease in its last second counts as gone: it
+// cannot be told apart from one that has run out and awaits its revoke.
+func leaseAlive(ctx context.Context, c *clientv3.Client, lease clientv3.LeaseID) (bool, error) {
+	resp, err := c.TimeToLive(ctx, lease)
+	if err != nil {
+		return false, err
+	}
+	return resp.TTL > 0, nil
+}
+
+// clientError turns an error of the Self client into the status etcd's
+// clients expect: an etcd error keeps its code and message (the client
+// turned the status it got into an rpctypes.EtcdError), one of the
+// concurrency recipes gets etcd's codes.Unknown with its message, and a
+// closed client means this node is stopping.
+func clientError(c *clientv3.Client, err error) error {
+	if c.Ctx().Err() != nil {
+		return rpctypes.ErrGRPCStopped
+	}
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		return status.Error(ee.Code(), ee.Error())
+	}
+	return toGRPC(err)
+}
+
+// unaryMethod describes a unary method of a hand-registered service: the
+// request decodes into a new Req, and call runs behind the server's
+// interceptors like a generated handler.
+func unaryMethod[S any, Req, Resp any](service, name string, call func(S, context.Context, *Req) (*Resp, error)) grpc.MethodDesc {
+	full := "/" + service + "/" + name
+	return grpc.MethodDesc{
+		MethodName: name,
+		Handler: func(srv any, ctx context.Context, dec func(any) error, intercept grpc.UnaryServerInterceptor) (any, error) {
+			r := new(Req)
+			if err := dec(r); err != nil {
+				return nil, err
+			}
+			handle := func(ctx context.Context, req any) (any, error) {
+				resp, err := call(srv.(S), ctx, req.(*Req))
+				if err != nil {
+					return nil, err
+				}
+				return resp, nil
+			}
+			if intercept == nil {
+				return handle(ctx, r)
+			}
+			return intercept(ctx, r, &grpc.UnaryServerInfo{Server: srv, FullMethod: full}, handle)
+		},
+	}
+}

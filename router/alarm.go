@@ -49,7 +49,10 @@ func (s *Server) checkQuota(ctx context.Context, r any) error {
 		return nil
 	}
 	quota := s.cfg.QuotaBackendBytes
-	if quota <= 0 {
+	switch {
+	case quota < 0: // as etcd: a negative quota means none
+		return nil
+	case quota == 0:
 		quota = defaultQuotaBytes
 	}
 	if s.dbSize()+cost < quota {

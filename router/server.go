@@ -25,7 +25,7 @@ type Config struct {
 	MaxRequestBytes int
 	// QuotaBackendBytes is the store size beyond which writes that add data
 	// raise NOSPACE and are refused (etcd --quota-backend-bytes); 0 means
-	// etcd's default of 2 GiB.
+	// etcd's default of 2 GiB, a negative value no quota.
 	QuotaBackendBytes int64
 	// MaxTxnOps refuses larger txns (etcd --max-txn-ops); 0 means DefaultMaxTxnOps.
 	MaxTxnOps int

@@ -1,0 +1,417 @@
+package main
+
+// Flags: cairn takes etcd v3.7's server flags, so that it can replace the
+// etcd binary in a deployment unchanged.
+//
+//   - Flags that mean the same thing in Cairn take effect (the effective
+//     table below) and land in node.Config; node applies the defaults and
+//     validates.
+//   - Every other etcd server flag is accepted in etcd's form (boolean
+//     flags without a value, the others with one) and logged once at
+//     startup as ignored (the ignored table). Flags etcd does not have
+//     either are errors.
+//   - ETCD_<FLAG> environment variables (upper case, dashes to
+//     underscores) set the flags the command line did not, as etcd's
+//     pkg/flags does: a variable for a flag that is also on the command
+//     line is refused (etcd exits with "conflicting environment variable
+//     is shadowed by corresponding command-line flag"), an ETCD_ variable
+//     that names no flag is logged as unrecognised, and ETCD_VERSION is
+//     never applied.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cairn-kv/cairn/node"
+)
+
+// envPrefix prefixes the environment variables of flags, as etcd's.
+const envPrefix = "ETCD"
+
+// options is what the command line and the environment ask of cairn.
+type options struct {
+	cfg      node.Config // without Logger: the caller builds it from logLevel
+	logLevel slog.Level
+	version  bool // print the version and exit
+	// ignored lists the etcd flags given (on the command line or in the
+	// environment) that Cairn does not act on, once each, by name.
+	ignored []ignoredFlag
+	// notes is what reading the environment has to report, in order.
+	notes []note
+}
+
+// ignoredFlag is one etcd flag that was given and has no effect.
+type ignoredFlag struct {
+	name, value string
+	source      string // "command line" or the environment variable
+	reason      string
+}
+
+// note is a log record for the time the logger exists.
+type note struct {
+	level slog.Level
+	msg   string
+	attrs []any
+}
+
+// report logs the notes and each ignored flag, once.
+func (o *options) report(log *slog.Logger) {
+	for _, n := range o.notes {
+		log.Log(context.Background(), n.level, n.msg, n.attrs...)
+	}
+	for _, f := range o.ignored {
+		log.Warn("etcd flag has no effect in cairn; ignoring it", "flag", "--"+f.name, "value", f.value,
+			"source", f.source, "reason", f.reason)
+	}
+}
+
+// rawFlags holds the effective flags as parsed, before they are turned into
+// node.Config.
+type rawFlags struct {
+	cfg                                                      node.Config
+	listenClient, advertiseClient, listenPeer, advertisePeer string
+	heartbeatMS, electionMS, maxRequestBytes, maxTxnOps      uint
+	logLevel, logger                                         string
+	version                                                  bool
+}
+
+// newFlagSet defines every etcd server flag on a new flag set: the
+// effective ones into r, the others as ignoredValues.
+func newFlagSet(r *rawFlags) *flag.FlagSet {
+	fs := flag.NewFlagSet("cairn", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned; --help prints usage
+	fs.Usage = func() {}
+
+	// Member.
+	fs.StringVar(&r.cfg.Name, "name", "", "member name, unique in the cluster (default \"default\")")
+	fs.StringVar(&r.cfg.DataDir, "data-dir", "", "directory for the member's raft log and store (default \"<name>.cairn\")")
+	fs.StringVar(&r.listenClient, "listen-client-urls", "", "comma-separated http:// URLs serving clients, gRPC and HTTP on one port (default http://127.0.0.1:2379)")
+	fs.StringVar(&r.listenPeer, "listen-peer-urls", "", "comma-separated http:// URLs for raft traffic between members; the first one is bound (default http://127.0.0.1:2380)")
+	fs.Uint64Var(&r.cfg.SnapshotCount, "snapshot-count", 0, "applied raft entries between snapshots that let the raft log be truncated (default 10000)")
+	fs.UintVar(&r.heartbeatMS, "heartbeat-interval", 0, "raft heartbeat interval in milliseconds, a multiple of 10 (default 100)")
+	fs.UintVar(&r.electionMS, "election-timeout", 0, "raft election timeout in milliseconds, at least 5 heartbeats (default 1000)")
+	fs.Int64Var(&r.cfg.QuotaBackendBytes, "quota-backend-bytes", 0, "store size in bytes past which writes that add data are refused with NOSPACE (default 2 GiB)")
+	fs.UintVar(&r.maxRequestBytes, "max-request-bytes", 0, "largest client request accepted, in bytes (default 1.5 MiB)")
+	fs.UintVar(&r.maxTxnOps, "max-txn-ops", 0, "most operations one transaction may hold (default 128)")
+	fs.DurationVar(&r.cfg.WatchProgressNotifyInterval, "watch-progress-notify-interval", 0, "how often watchers that asked for progress notifications get one (default 10m)")
+	fs.StringVar(&r.cfg.AutoCompactionMode, "auto-compaction-mode", "", "how --auto-compaction-retention is read: periodic (a duration, or hours if a bare number) or revision (a number of revisions) (default periodic)")
+	fs.StringVar(&r.cfg.AutoCompactionRetention, "auto-compaction-retention", "", "history kept by automatic compaction; 0 turns it off (default 0)")
+
+	// Clustering.
+	fs.StringVar(&r.advertisePeer, "initial-advertise-peer-urls", "", "comma-separated peer URLs the other members reach this one at (default the listen peer URL)")
+	fs.StringVar(&r.advertiseClient, "advertise-client-urls", "", "comma-separated client URLs this member reports to clients (default the bound listen client URLs)")
+	fs.StringVar(&r.cfg.InitialCluster, "initial-cluster", "", "founding members as name=peer-URL pairs, comma-separated (default this member alone)")
+	fs.StringVar(&r.cfg.InitialClusterState, "initial-cluster-state", "", "new to found a cluster, existing to join one after a MemberAdd; read at the first start only (default new)")
+	fs.StringVar(&r.cfg.InitialClusterToken, "initial-cluster-token", "", "name that sets this cluster apart from others started with the same members; it seeds the cluster and member ids")
+
+	// Logging and the rest.
+	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, which in cairn means structured JSON on stderr (default zap)")
+	fs.StringVar(&r.logLevel, "log-level", "", "least severe level logged: debug, info, warn, error (panic, fatal and dpanic log as error) (default info)")
+	fs.BoolVar(&r.version, "version", false, "print the version and exit")
+
+	for _, g := range ignoredFlags {
+		for _, name := range g.names {
+			fs.Var(&ignoredValue{boolean: g.boolean, reason: g.reason}, name, "no effect: "+g.reason)
+		}
+	}
+	return fs
+}
+
+// parseFlags reads the command line and the environment (as os.Environ
+// gives it) into options.
+func parseFlags(args, environ []string) (options, error) {
+	var r rawFlags
+	fs := newFlagSet(&r)
+	if err := fs.Parse(args); err != nil {
+		return options{}, err
+	}
+	if fs.NArg() > 0 {
+		return options{}, fmt.Errorf("%q is not a valid flag", fs.Arg(0))
+	}
+	onCommandLine := map[string]bool{} // by flag name
+	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	notes, err := applyEnv(fs, environ, onCommandLine)
+	if err != nil {
+		return options{}, err
+	}
+	o := options{cfg: r.cfg, version: r.version, notes: notes}
+	fs.Visit(func(f *flag.Flag) {
+		v, ok := f.Value.(*ignoredValue)
+		if !ok {
+			return
+		}
+		source := "command line"
+		if !onCommandLine[f.Name] {
+			source = envName(f.Name)
+		}
+		o.ignored = append(o.ignored, ignoredFlag{name: f.Name, value: redact(f.Name, v.value), source: source, reason: v.reason})
+	})
+
+	o.cfg.ListenClientURLs = splitURLs(r.listenClient)
+	o.cfg.AdvertiseClientURLs = splitURLs(r.advertiseClient)
+	o.cfg.ListenPeerURLs = splitURLs(r.listenPeer)
+	o.cfg.InitialAdvertisePeerURLs = splitURLs(r.advertisePeer)
+	if o.cfg.HeartbeatInterval, err = millis("heartbeat-interval", r.heartbeatMS); err != nil {
+		return options{}, err
+	}
+	if o.cfg.ElectionTimeout, err = millis("election-timeout", r.electionMS); err != nil {
+		return options{}, err
+	}
+	if o.cfg.MaxRequestBytes, err = toInt("max-request-bytes", r.maxRequestBytes); err != nil {
+		return options{}, err
+	}
+	if o.cfg.MaxTxnOps, err = toInt("max-txn-ops", r.maxTxnOps); err != nil {
+		return options{}, err
+	}
+	switch r.logger {
+	case "", "zap":
+	case "capnslog":
+		return options{}, errors.New("--logger=capnslog was removed in etcd v3.5; use zap")
+	default:
+		return options{}, fmt.Errorf("--logger %q: only zap is supported", r.logger)
+	}
+	if o.logLevel, err = logLevel(r.logLevel); err != nil {
+		return options{}, err
+	}
+	return o, nil
+}
+
+// applyEnv sets from ETCD_* variables the flags the command line did not
+// set, as etcd's flags.SetFlagsFromEnv does, and returns what to log about
+// it.
+func applyEnv(fs *flag.FlagSet, environ []string, onCommandLine map[string]bool) ([]note, error) {
+	const special = envPrefix + "_VERSION" // would turn the server into a version printer
+	env := map[string]string{}
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, dup := env[k]; !dup { // the first one wins, as in os.Getenv
+			env[k] = v
+		}
+	}
+	var notes []note
+	if v, ok := env[special]; ok && v != "" {
+		notes = append(notes, note{slog.LevelWarn, "cannot set special environment variable", []any{"key", special, "value", v}})
+	}
+	shadowed := map[string]string{} // env name -> flag name, for flags on the command line
+	used := map[string]bool{}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		key := envName(f.Name)
+		if onCommandLine[f.Name] {
+			shadowed[key] = f.Name
+			return
+		}
+		v := env[key]
+		if v == "" || key == special {
+			return
+		}
+		used[key] = true
+		if serr := fs.Set(f.Name, v); serr != nil {
+			err = fmt.Errorf("invalid value %q for %s: %v", v, key, serr)
+			return
+		}
+		notes = append(notes, note{slog.LevelInfo, "recognized and used environment variable", []any{"variable-name", key, "variable-value", redact(f.Name, v)}})
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range environ {
+		key, _, ok := strings.Cut(kv, "=")
+		switch {
+		case !ok:
+			notes = append(notes, note{slog.LevelWarn, "found invalid environment variable", []any{"environment-variable", kv}})
+		case used[key] || key == special:
+		case shadowed[key] != "":
+			return nil, fmt.Errorf("conflicting environment variable %s is shadowed by the command-line flag --%s: unset the variable or drop the flag (etcd refuses this too)", key, shadowed[key])
+		case strings.HasPrefix(key, envPrefix+"_"):
+			notes = append(notes, note{slog.LevelWarn, "unrecognized environment variable", []any{"environment-variable", key}})
+		}
+	}
+	return notes, nil
+}
+
+// envName is a flag's environment variable: ETCD_ and the name in upper
+// case with dashes as underscores.
+func envName(flagName string) string {
+	return envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// redact hides the values of secrets in logs.
+func redact(flagName, v string) string {
+	if strings.Contains(flagName, "password") && v != "" {
+		return "***"
+	}
+	return v
+}
+
+// splitURLs splits a comma-separated URL list, dropping blanks and
+// repeats (etcd keeps each URL once).
+func splitURLs(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func millis(name string, ms uint) (time.Duration, error) {
+	if uint64(ms) > uint64(math.MaxInt64/int64(time.Millisecond)) {
+		return 0, fmt.Errorf("--%s %d: too large", name, ms)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+func toInt(name string, v uint) (int, error) {
+	if uint64(v) > math.MaxInt {
+		return 0, fmt.Errorf("--%s %d: too large", name, v)
+	}
+	return int(v), nil
+}
+
+// logLevel reads etcd's --log-level (zap's level names).
+func logLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "", "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error", "dpanic", "panic", "fatal":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("--log-level %q: want debug, info, warn, error, panic or fatal", s)
+}
+
+// ignoredValue is an etcd flag Cairn accepts and does not act on; it keeps
+// the value given so that the startup log can show it.
+type ignoredValue struct {
+	boolean bool
+	reason  string
+	value   string
+}
+
+func (v *ignoredValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return v.value
+}
+
+func (v *ignoredValue) Set(s string) error { v.value = s; return nil }
+
+// IsBoolFlag makes the flag package take etcd's boolean flags without a
+// value.
+func (v *ignoredValue) IsBoolFlag() bool { return v.boolean }
+
+// ignoredFlags are etcd v3.7's server flags that have no effect in Cairn,
+// grouped by why.
+var ignoredFlags = []struct {
+	reason  string
+	boolean bool
+	names   []string
+}{
+	{"cairn reads no configuration file; give flags or ETCD_* variables", false, []string{"config-file"}},
+	{"TLS is not implemented yet", false, []string{
+		"cert-file", "key-file", "client-cert-file", "client-key-file", "client-crl-file", "client-cert-allowed-hostname",
+		"trusted-ca-file", "peer-cert-file", "peer-key-file", "peer-client-cert-file", "peer-client-key-file",
+		"peer-trusted-ca-file", "self-signed-cert-validity", "peer-crl-file", "peer-cert-allowed-cn",
+		"peer-cert-allowed-hostname", "cipher-suites", "tls-min-version", "tls-max-version"}},
+	{"TLS is not implemented yet", true, []string{
+		"client-cert-auth", "auto-tls", "peer-client-cert-auth", "peer-auto-tls", "peer-skip-client-san-verification"}},
+	{"authentication is not implemented yet", false, []string{"auth-token", "bcrypt-cost", "auth-token-ttl"}},
+	{"discovery is not supported; name the founding members with --initial-cluster", false, []string{
+		"discovery-endpoints", "discovery-token", "discovery-dial-timeout", "discovery-request-timeout",
+		"discovery-keepalive-time", "discovery-keepalive-timeout", "discovery-cert", "discovery-key",
+		"discovery-cacert", "discovery-user", "discovery-password", "discovery-srv", "discovery-srv-name",
+		"discovery-fallback"}},
+	{"discovery is not supported; name the founding members with --initial-cluster", true, []string{
+		"discovery-insecure-transport", "discovery-insecure-skip-tls-verify"}},
+	{"clients, health and metrics are served on --listen-client-urls only", false, []string{
+		"listen-client-http-urls", "listen-metrics-urls", "cors", "host-whitelist"}},
+	{"clients, health and metrics are served on --listen-client-urls only", true, []string{
+		"socket-reuse-port", "socket-reuse-address", "enable-grpc-gateway", "enable-pprof"}},
+	{"cairn's gRPC server keeps its own settings", false, []string{
+		"grpc-keepalive-min-time", "grpc-keepalive-interval", "grpc-keepalive-timeout", "max-concurrent-streams"}},
+	{"cairn stores data in pebble and raft logs in dragonboat, which do not take etcd's bbolt and WAL settings", false, []string{
+		"wal-dir", "max-snapshots", "max-wals", "backend-bbolt-freelist-type", "backend-batch-interval",
+		"backend-batch-limit", "bootstrap-defrag-threshold-megabytes", "snapshot-catchup-entries",
+		"compaction-batch-limit", "compaction-sleep-interval"}},
+	{"cairn stores data in pebble and raft logs in dragonboat, which do not take etcd's bbolt and WAL settings", true, []string{
+		"memory-mlock", "unsafe-no-fsync"}},
+	{"dragonboat's raft transport and election settings are fixed", false, []string{
+		"raft-read-timeout", "raft-write-timeout", "max-learners"}},
+	{"dragonboat's raft transport and election settings are fixed", true, []string{
+		"initial-election-tick-advance", "pre-vote", "strict-reconfig-check"}},
+	{"recovering a cluster by force is not supported", true, []string{"force-new-cluster"}},
+	{"cairn logs JSON to stderr", false, []string{"log-outputs", "log-format", "log-rotation-config-json"}},
+	{"cairn logs JSON to stderr", true, []string{"enable-log-rotation"}},
+	{"tracing and extensive metrics are not implemented", false, []string{
+		"metrics", "distributed-tracing-address", "distributed-tracing-service-name",
+		"distributed-tracing-instance-id", "distributed-tracing-sampling-rate"}},
+	{"tracing and extensive metrics are not implemented", true, []string{"enable-distributed-tracing"}},
+	{"cairn runs no such periodic check", false, []string{
+		"corrupt-check-time", "compact-hash-check-time", "downgrade-check-time", "warning-apply-duration",
+		"warning-unary-request-duration"}},
+	{"etcd's feature gates and v2 store do not apply to cairn", false, []string{"feature-gates", "v2-deprecation"}},
+	// etcd accepts these (as value-less flags) and ignores them itself.
+	{"etcd ignores it as well", true, []string{
+		"cluster-active-size", "cluster-remove-delay", "cluster-sync-interval", "config", "force",
+		"max-result-buffer", "max-retry-attempts", "peer-heartbeat-interval", "peer-election-timeout",
+		"retry-interval", "snapshot", "v", "vv", "test.coverprofile", "test.outputdir"}},
+}
+
+// usage prints the flags: the effective ones with their meaning, then the
+// ignored ones by reason.
+func usage(w io.Writer) {
+	var r rawFlags
+	fs := newFlagSet(&r)
+	fmt.Fprint(w, `Usage:
+
+  cairn [flags]
+    Start a Cairn member. It takes etcd's server flags; each flag can also
+    be given as an ETCD_<FLAG> environment variable (ETCD_DATA_DIR for
+    --data-dir), which a flag on the command line may not contradict.
+
+Flags:
+`)
+	var byReason []string
+	ignored := map[string][]string{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := f.Value.(*ignoredValue); ok {
+			if _, seen := ignored[v.reason]; !seen {
+				byReason = append(byReason, v.reason)
+			}
+			ignored[v.reason] = append(ignored[v.reason], "--"+f.Name)
+			return
+		}
+		kind, help := flag.UnquoteUsage(f)
+		if kind != "" {
+			kind = " " + kind
+		}
+		fmt.Fprintf(w, "  --%s%s\n    \t%s\n", f.Name, kind, help)
+	})
+	fmt.Fprint(w, "\nAccepted for compatibility with etcd, and without effect:\n")
+	slices.Sort(byReason)
+	for _, reason := range byReason {
+		line := " "
+		for _, name := range ignored[reason] {
+			if len(line)+1+len(name) > 100 {
+				fmt.Fprintln(w, line)
+				line = " "
+			}
+			line += " " + name
+		}
+		fmt.Fprintf(w, "%s\n    \t(%s)\n", line, reason)
+	}
+}

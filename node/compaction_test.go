@@ -1,0 +1,391 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// fakeClock is a compactionClock the test advances by hand. The compactor
+// waits on one After at a time; awaitTimer tells the test when it does,
+// which also means it has finished the round before.
+type fakeClock struct {
+	mu     sync.Mutex // guards now, timers, asked
+	now    time.Time
+	timers []fakeTimer
+	asked  []time.Duration // every duration passed to After, in order
+	added  chan struct{}   // size 1: a nudge that After was called
+}
+
+type fakeTimer struct {
+	at time.Time
+	ch chan time.Time // size 1, so Advance never blocks
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), added: make(chan struct{}, 1)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	c.asked = append(c.asked, d)
+	if d <= 0 {
+		ch <- c.now
+		return ch
+	}
+	c.timers = append(c.timers, fakeTimer{at: c.now.Add(d), ch: ch})
+	select {
+	case c.added <- struct{}{}:
+	default:
+	}
+	return ch
+}
+
+// Advance moves the time on by d and fires the timers that are due.
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	c.timers = slices.DeleteFunc(c.timers, func(t fakeTimer) bool {
+		if t.at.After(c.now) {
+			return false
+		}
+		t.ch <- c.now
+		return true
+	})
+}
+
+// awaitTimer waits (with a deadline) until a timer is pending and returns
+// the duration it was asked for.
+func (c *fakeClock) awaitTimer(t *testing.T) time.Duration {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		c.mu.Lock()
+		if len(c.timers) > 0 {
+			d := c.asked[len(c.asked)-1]
+			c.mu.Unlock()
+			return d
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.added:
+		case <-deadline:
+			t.Fatal("the compactor did not wait on its clock within 30s")
+		}
+	}
+}
+
+// startCompactionNode starts a one-member node in dir with the given
+// automatic compaction and clock.
+func startCompactionNode(t *testing.T, dir, mode, retention string, clk compactionClock) *Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := Start(ctx, Config{
+		Name:                    "test",
+		DataDir:                 dir,
+		ListenClientURLs:        []string{"http://127.0.0.1:0"},
+		ListenPeerURLs:          []string{"http://127.0.0.1:0"},
+		HeartbeatInterval:       20 * time.Millisecond,
+		ElectionTimeout:         200 * time.Millisecond,
+		AutoCompactionMode:      mode,
+		AutoCompactionRetention: retention,
+		compactionClock:         clk,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
+func compactionClient(t *testing.T, n *Node) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: n.ClientURLs(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func put(t *testing.T, c *clientv3.Client, k string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Put(ctx, k, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
+
+// revisions reads the replica's current and compacted revisions.
+func revisions(t *testing.T, n *Node) (rev, compacted int64) {
+	t.Helper()
+	v, err := n.replica.Read(context.Background(), shard.StatusQuery{}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := v.(shard.Status)
+	return int64(st.Revision), int64(st.CompactRevision)
+}
+
+// checkCompactedAt checks through the etcd client that reads below rev
+// are refused as compacted and a read at rev is served.
+func checkCompactedAt(t *testing.T, c *clientv3.Client, rev int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Get(ctx, "k", clientv3.WithRev(rev-1)); !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Fatalf("get at revision %d: %v, want %v", rev-1, err, rpctypes.ErrCompacted)
+	}
+	if _, err := c.Get(ctx, "k", clientv3.WithRev(rev)); err != nil {
+		t.Fatalf("get at the compacted revision %d: %v", rev, err)
+	}
+}
+
+// TestAutoCompactionPeriodic: with a retention of one hour the compactor
+// samples the revision every 6 minutes, compacts nothing for the first
+// hour, compacts at the revision it saw at the start after one hour, then
+// hourly at the revision it saw 66 minutes before — etcd's schedule.
+func TestAutoCompactionPeriodic(t *testing.T) {
+	dir := t.TempDir()
+	// Some history first, so that the first sample is a revision that can
+	// be compacted.
+	n := startCompactionNode(t, dir, "", "", nil)
+	c := compactionClient(t, n)
+	for i := range 5 {
+		put(t, c, fmt.Sprintf("pre%d", i))
+	}
+	c.Close()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	clk := newFakeClock()
+	n = startCompactionNode(t, dir, "periodic", "1h", clk)
+	c = compactionClient(t, n)
+	if d := clk.awaitTimer(t); d != 6*time.Minute {
+		t.Fatalf("periodic compactor waits %v between samples, want 6m", d)
+	}
+	rev0, initial := revisions(t, n)
+	samples := []int64{rev0} // samples[i]: the revision at minute 6*i
+	for i := 1; i <= 21; i++ {
+		r := put(t, c, "k")
+		clk.Advance(6 * time.Minute)
+		if d := clk.awaitTimer(t); d != 6*time.Minute {
+			t.Fatalf("minute %d: periodic compactor waits %v, want 6m", 6*i, d)
+		}
+		samples = append(samples, r)
+		want := initial
+		switch {
+		case i >= 20:
+			want = samples[9]
+		case i >= 10:
+			want = samples[0]
+		}
+		if _, got := revisions(t, n); got != want {
+			t.Fatalf("minute %d: compacted at %d, want %d (initially %d; samples %v)", 6*i, got, want, initial, samples)
+		}
+	}
+	if samples[0] <= initial || samples[9] <= samples[0] {
+		t.Fatalf("the test compacted nothing new: initially %d, samples %v", initial, samples)
+	}
+	checkCompactedAt(t, c, samples[9])
+}
+
+// TestAutoCompactionRevision: with a retention of 3 revisions the compactor
+// looks every 5 minutes and compacts at the current revision minus 3, if
+// that is above 0 and new.
+func TestAutoCompactionRevision(t *testing.T) {
+	clk := newFakeClock()
+	n := startCompactionNode(t, t.TempDir(), "revision", "3", clk)
+	c := compactionClient(t, n)
+	if d := clk.awaitTimer(t); d != 5*time.Minute {
+		t.Fatalf("revision compactor waits %v, want 5m", d)
+	}
+	rev, initial := revisions(t, n)
+
+	// Too little history: nothing to compact.
+	clk.Advance(5 * time.Minute)
+	clk.awaitTimer(t)
+	if rev > 3 {
+		t.Fatalf("a fresh node is at revision %d; the test needs one at most 3", rev)
+	}
+	if _, got := revisions(t, n); got != initial {
+		t.Fatalf("compacted at %d with revision %d and retention 3, want nothing", got, rev)
+	}
+
+	var last int64
+	for i := range 10 {
+		last = put(t, c, fmt.Sprintf("k%d", i))
+	}
+	// Not yet five minutes since the last look.
+	clk.Advance(5*time.Minute - time.Second)
+	if _, got := revisions(t, n); got != initial {
+		t.Fatalf("compacted at %d before five minutes passed", got)
+	}
+	clk.Advance(time.Second)
+	clk.awaitTimer(t)
+	if _, got := revisions(t, n); got != last-3 {
+		t.Fatalf("compacted at %d, want %d (revision %d minus 3)", got, last-3, last)
+	}
+
+	// No writes: the same target, nothing new.
+	clk.Advance(5 * time.Minute)
+	clk.awaitTimer(t)
+	if _, got := revisions(t, n); got != last-3 {
+		t.Fatalf("compacted at %d after an idle round, want still %d", got, last-3)
+	}
+
+	put(t, c, "k")
+	last = put(t, c, "k")
+	clk.Advance(5 * time.Minute)
+	clk.awaitTimer(t)
+	if _, got := revisions(t, n); got != last-3 {
+		t.Fatalf("compacted at %d, want %d", got, last-3)
+	}
+	checkCompactedAt(t, c, last-3)
+}
+
+// TestAutoCompactionOnlyLeaderCompacts: a compactor on a member that does
+// not lead the shard keeps sampling but proposes nothing; once it leads, it
+// compacts at once at the revision of one period before, as etcd's paused
+// and resumed compactor does.
+func TestAutoCompactionOnlyLeaderCompacts(t *testing.T) {
+	clk := newFakeClock()
+	tg := &fakeTarget{}
+	c := &compactor{log: slog.New(slog.DiscardHandler), clock: clk, target: tg, mode: compactionPeriodic, retention: time.Hour}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// Two hours as a follower: 20 samples (revisions 1..20), no compaction.
+	for range 20 {
+		clk.awaitTimer(t)
+		clk.Advance(6 * time.Minute)
+	}
+	clk.awaitTimer(t)
+	if got := tg.compacted(); len(got) != 0 {
+		t.Fatalf("a follower compacted at %v", got)
+	}
+	// Leading now: the next round compacts at the oldest sample kept, the
+	// revision of 66 minutes before (samples at minutes 0, 6, ... are
+	// revisions 1, 2, ...; at minute 126 the window starts at minute 60).
+	tg.setLeading(true)
+	clk.Advance(6 * time.Minute)
+	clk.awaitTimer(t)
+	if got, want := tg.compacted(), []mvcc.Revision{11}; !slices.Equal(got, want) {
+		t.Fatalf("new leader compacted at %v, want %v", got, want)
+	}
+}
+
+// fakeTarget counts revisions up by one per read and records compactions.
+type fakeTarget struct {
+	mu   sync.Mutex // guards the fields below
+	rev  mvcc.Revision
+	lead bool
+	done []mvcc.Revision // compactions, in order
+}
+
+func (f *fakeTarget) revision(context.Context) (mvcc.Revision, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rev++
+	return f.rev, nil
+}
+
+func (f *fakeTarget) leading() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lead
+}
+
+func (f *fakeTarget) setLeading(v bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lead = v
+}
+
+func (f *fakeTarget) compacted() []mvcc.Revision {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.done)
+}
+
+func (f *fakeTarget) compact(_ context.Context, rev mvcc.Revision) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.done = append(f.done, rev)
+	return nil
+}
+
+// TestAutoCompactionConfig: --auto-compaction-retention reads as etcd reads
+// it, and Start refuses what etcd refuses (plus negative durations).
+func TestAutoCompactionConfig(t *testing.T) {
+	for _, tc := range []struct {
+		mode, retention string
+		want            time.Duration
+		bad             bool
+	}{
+		{mode: "revision", retention: "1", want: 1},
+		{mode: "revision", retention: "1000", want: 1000},
+		{mode: "revision", retention: "1h", want: time.Hour}, // etcd's reading: 3.6e12 revisions
+		{mode: "revision", retention: "a", bad: true},
+		{mode: "revision", retention: "-1", bad: true},
+		{mode: "periodic", retention: "1", want: time.Hour},
+		{mode: "periodic", retention: "0", want: 0},
+		{mode: "periodic", retention: "", want: 0},
+		{mode: "periodic", retention: "30m", want: 30 * time.Minute},
+		{mode: "periodic", retention: "a", bad: true},
+		{mode: "periodic", retention: "-5m", bad: true},
+		{mode: "weekly", retention: "1", bad: true},
+		{mode: "weekly", retention: "0", bad: true},
+	} {
+		got, err := compactionRetention(tc.mode, tc.retention)
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("mode %q retention %q: %v, %v; want %v (error %v)", tc.mode, tc.retention, got, err, tc.want, tc.bad)
+		}
+	}
+
+	base := Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, ListenPeerURLs: []string{"http://127.0.0.1:0"}}
+	c, err := base.withDefaults()
+	if err != nil || c.AutoCompactionMode != compactionPeriodic {
+		t.Fatalf("default mode %q, %v; want periodic", c.AutoCompactionMode, err)
+	}
+	for name, mod := range map[string]func(*Config){
+		"mode":                        func(c *Config) { c.AutoCompactionMode = "weekly" },
+		"retention":                   func(c *Config) { c.AutoCompactionRetention = "soon" },
+		"initial-cluster-state":       func(c *Config) { c.InitialClusterState = "old" },
+		"initial-advertise-peer-urls": func(c *Config) { c.InitialAdvertisePeerURLs = []string{"m1:2380"} },
+	} {
+		c := base
+		mod(&c)
+		if _, err := c.withDefaults(); err == nil {
+			t.Errorf("a bad --%s is accepted", name)
+		}
+	}
+}

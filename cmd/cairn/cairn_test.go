@@ -54,6 +54,15 @@ type proc struct {
 // for etcd's "ready to serve client requests" line.
 func startCairn(t *testing.T, dir string, args ...string) *proc {
 	t.Helper()
+	p := launch(t, dir, args...)
+	p.waitReady(t)
+	return p
+}
+
+// launch starts the binary in dir with args without waiting for it to be
+// ready (members of a new cluster are ready only once a quorum runs).
+func launch(t *testing.T, dir string, args ...string) *proc {
+	t.Helper()
 	p := &proc{cmd: exec.Command(binary, args...), ready: make(chan struct{}), exited: make(chan struct{})}
 	p.cmd.Dir = dir
 	stderr, err := p.cmd.StderrPipe()
@@ -78,6 +87,13 @@ func startCairn(t *testing.T, dir string, args ...string) *proc {
 		_, _ = io.Copy(io.Discard, stderr)
 		_ = p.cmd.Wait()
 	}()
+	t.Cleanup(p.kill)
+	return p
+}
+
+// waitReady waits, with a deadline, for etcd's readiness line.
+func (p *proc) waitReady(t *testing.T) {
+	t.Helper()
 	select {
 	case <-p.ready:
 	case <-p.exited:
@@ -86,8 +102,6 @@ func startCairn(t *testing.T, dir string, args ...string) *proc {
 		p.kill()
 		t.Fatalf("cairn not ready within 30s:\n%s", p.output())
 	}
-	t.Cleanup(p.kill)
-	return p
 }
 
 func (p *proc) output() string {

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/cairn-kv/cairn/node"
@@ -32,6 +33,9 @@ func main() {
 // run parses the command line and the environment into node.Config and
 // serves until ctx is done. Logs go to stderr.
 func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "snapshot" {
+		return snapshotCommand(args[1:], stdout)
+	}
 	o, err := parseFlags(args, environ)
 	if errors.Is(err, flag.ErrHelp) {
 		usage(stdout)
@@ -56,4 +60,40 @@ func printVersion(w io.Writer) {
 		version = bi.Main.Version
 	}
 	fmt.Fprintf(w, "cairn Version: %s\nGo Version: %s\nGo OS/Arch: %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// snapshotCommand runs `cairn snapshot restore <file> --data-dir <dir>`:
+// it makes a data directory from a backup taken with `etcdctl snapshot
+// save` against Cairn; `cairn` then starts on it as the first member of a
+// new cluster (or each member, each restored from the same file).
+func snapshotCommand(args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "restore" {
+		return fmt.Errorf("usage: cairn snapshot restore <file> --data-dir <dir>")
+	}
+	fs := flag.NewFlagSet("cairn snapshot restore", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	dataDir := fs.String("data-dir", "", "the data directory to create (default \"${name}.cairn\")")
+	name := fs.String("name", "default", "the member name, for the default data directory")
+	var file string
+	rest := args[1:]
+	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		file, rest = rest[0], rest[1:]
+	}
+	if err := fs.Parse(rest); err != nil {
+		return fmt.Errorf("snapshot restore: %w", err)
+	}
+	if file == "" && fs.NArg() == 1 {
+		file = fs.Arg(0)
+	} else if fs.NArg() > 0 || file == "" {
+		return fmt.Errorf("usage: cairn snapshot restore <file> --data-dir <dir>")
+	}
+	if *dataDir == "" {
+		*dataDir = *name + ".cairn"
+	}
+	rev, err := node.RestoreSnapshot(file, *dataDir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "restored %s into %s at revision %d\n", file, *dataDir, rev)
+	return nil
 }

@@ -34,8 +34,10 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 	st := v.(shard.Status)
 	ns := m.s.cfg.Node.Status()
 	resp := &pb.StatusResponse{
-		Header:           &pb.ResponseHeader{Revision: int64(st.Revision)},
-		Version:          version.Version,
+		Header:  &pb.ResponseHeader{Revision: int64(st.Revision)},
+		Version: version.Version,
+		// etcd's storage schema version is its minor release: 3.7.0.
+		StorageVersion:   version.Cluster(version.Version) + ".0",
 		DbSize:           ns.DBSize,
 		DbSizeInUse:      ns.DBSizeInUse,
 		DbSizeQuota:      ns.DBSizeQuota,

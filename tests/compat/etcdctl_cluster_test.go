@@ -1,0 +1,234 @@
+package compat
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/cairn-kv/cairn/node"
+)
+
+// TestEtcdctlCluster runs etcdctl's cluster and maintenance commands
+// against a three-member etcd and a three-member Cairn and compares what
+// they print. Ids, URLs, sizes, durations, hashes and raft counters differ
+// between any two clusters, so they are masked; tables are compared cell
+// by cell, rows in any order (members are listed by id).
+func TestEtcdctlCluster(t *testing.T) {
+	bin := buildEtcdctl(t)
+	clusters := map[string][]string{"etcd": startEtcdCluster(t, 3), "cairn": startCairnCluster(t, 3)}
+	type step struct {
+		args []string
+		all  bool // against every endpoint, not the first one only
+	}
+	steps := []step{
+		{[]string{"put", "k", "v"}, true},
+		{[]string{"member", "list", "-w", "table"}, true},
+		{[]string{"member", "list"}, true},
+		{[]string{"endpoint", "status", "--cluster", "-w", "table"}, true},
+		{[]string{"endpoint", "status"}, true},
+		{[]string{"endpoint", "health", "--cluster"}, true},
+		{[]string{"endpoint", "hashkv", "--cluster"}, true},
+		{[]string{"alarm", "list"}, true},
+		{[]string{"defrag"}, true},
+		{[]string{"move-leader", "NOT-LEADER"}, true},
+		{[]string{"snapshot", "save", "SNAPSHOT"}, false},
+		{[]string{"member", "remove", "ffffffffffff"}, true},
+	}
+	for _, st := range steps {
+		var want string
+		for _, name := range []string{"etcd", "cairn"} {
+			eps := clusters[name]
+			args := slices.Clone(st.args)
+			for i, a := range args {
+				switch a {
+				case "NOT-LEADER":
+					args[i] = notLeader(t, bin, eps)
+				case "SNAPSHOT":
+					args[i] = filepath.Join(t.TempDir(), "snap.db")
+				}
+			}
+			targets := eps[:1]
+			if st.all {
+				targets = eps
+			}
+			code, stdout := runCtl(t, bin, targets, args)
+			got := fmt.Sprintf("exit %d\n%s", code, strings.Join(maskCluster(stdout), "\n"))
+			if name == "etcd" {
+				want = got
+			} else if got != want {
+				t.Errorf("etcdctl %s:\netcd:\n%s\ncairn:\n%s", strings.Join(st.args, " "), indent(want), indent(got))
+			}
+		}
+	}
+}
+
+// runCtl runs etcdctl against endpoints and returns its exit code and stdout.
+func runCtl(t *testing.T, bin string, endpoints, args []string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--endpoints=" + strings.Join(endpoints, ","), "--dial-timeout=10s", "--command-timeout=30s"}, args...)...)
+	cmd.Env = ctlEnv()
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, stdout.String()
+	case errors.As(err, &exit):
+		return exit.ExitCode(), stdout.String()
+	}
+	t.Fatalf("etcdctl %v: %v", args, err)
+	return 0, ""
+}
+
+// notLeader returns the hex id of a member that does not lead.
+func notLeader(t *testing.T, bin string, endpoints []string) string {
+	t.Helper()
+	_, out := runCtl(t, bin, endpoints, []string{"endpoint", "status", "-w", "simple"})
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Split(line, ", ")
+		// endpoint, id, version, storage version, size, in use, %, quota, is leader, ...
+		if len(f) > 8 && f[8] == "false" {
+			return f[1]
+		}
+	}
+	t.Fatalf("no follower in:\n%s", out)
+	return ""
+}
+
+var clusterMasks = []struct {
+	re   *regexp.Regexp
+	with string
+}{
+	{regexp.MustCompile(`(http://)?127\.0\.0\.1:\d+`), "URL"},
+	{regexp.MustCompile(`\b[0-9a-f]{12,16}\b`), "ID"},
+	{regexp.MustCompile(`\d+(\.\d+)? (B|kB|MB|GB)\b`), "SIZE"},
+	{regexp.MustCompile(`\d+%`), "P%"},
+	{regexp.MustCompile(`took( =)? [0-9.]+[a-zµ]+`), "took T"},
+	{regexp.MustCompile(`[^ ]*snap\.db`), "FILE"},
+	{regexp.MustCompile(`\b\d+\b`), "N"},
+}
+
+// maskCluster normalises etcdctl output: table rows become their trimmed
+// cells joined with |, borders go, masks apply, and the lines are sorted.
+func maskCluster(out string) []string {
+	var lines []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if strings.ContainsAny(line, "┌├└") {
+			continue
+		}
+		if strings.Contains(line, "│") {
+			cells := strings.Split(strings.Trim(line, "│"), "│")
+			for i := range cells {
+				cells[i] = strings.TrimSpace(cells[i])
+			}
+			line = strings.Join(cells, "|")
+		}
+		for _, m := range clusterMasks {
+			line = m.re.ReplaceAllString(line, m.with)
+		}
+		lines = append(lines, line)
+	}
+	slices.Sort(lines)
+	return lines
+}
+
+// startEtcdCluster starts size embedded etcd members founding one cluster
+// and returns their client endpoints once all serve.
+func startEtcdCluster(t *testing.T, size int) []string {
+	t.Helper()
+	cfgs := make([]*embed.Config, size)
+	var initial []string
+	for i := range size {
+		cfg := embed.NewConfig()
+		cfg.Name = fmt.Sprintf("m%d", i)
+		cfg.Dir = t.TempDir()
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cfg.UnsafeNoFsync = true
+		client, peer := mustURL(t, "http://"+freePort(t)), mustURL(t, "http://"+freePort(t))
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+		cfg.ListenMetricsUrls = nil
+		cfg.InitialClusterToken = "etcdctl-cluster"
+		cfgs[i] = cfg
+		initial = append(initial, cfg.Name+"="+peer.String())
+	}
+	var endpoints []string
+	var es []*embed.Etcd
+	for _, cfg := range cfgs {
+		cfg.InitialCluster = strings.Join(initial, ",")
+		e, err := embed.StartEtcd(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		es = append(es, e)
+		endpoints = append(endpoints, cfg.AdvertiseClientUrls[0].String())
+	}
+	for _, e := range es {
+		select {
+		case <-e.Server.ReadyNotify():
+		case err := <-e.Err():
+			t.Fatal(err)
+		case <-time.After(startTimeout):
+			t.Fatal("etcd cluster not ready")
+		}
+	}
+	return endpoints
+}
+
+// startCairnCluster starts size in-process Cairn members founding one
+// cluster with etcd's flags and returns their client endpoints.
+func startCairnCluster(t *testing.T, size int) []string {
+	t.Helper()
+	var initial, peers []string
+	for i := range size {
+		peers = append(peers, "http://"+freePort(t))
+		initial = append(initial, fmt.Sprintf("m%d=%s", i, peers[i]))
+	}
+	endpoints := make([]string, size)
+	errs := make([]error, size)
+	var wg sync.WaitGroup
+	for i := range size {
+		client := "http://" + freePort(t)
+		endpoints[i] = client
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+			defer cancel()
+			n, err := node.Start(ctx, node.Config{
+				Name: fmt.Sprintf("m%d", i), DataDir: t.TempDir(),
+				ListenClientURLs: []string{client}, ListenPeerURLs: []string{peers[i]},
+				InitialCluster: strings.Join(initial, ","), InitialClusterToken: "etcdctl-cluster",
+			})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			t.Cleanup(func() { _ = n.Close() })
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return endpoints
+}

@@ -352,6 +352,7 @@ func (n *Node) trackLearner() {
 		info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
 		for _, s := range info.ShardInfoList {
 			if s.ShardID == singleShardID && !s.Pending && !s.IsNonVoting {
+				n.learner.Store(false)
 				if err := setLearner(n.cfg.DataDir, false); err != nil {
 					n.log.Warn("clearing the learner mark failed", "error", err)
 					continue
@@ -418,7 +419,7 @@ func memberIDGen(peerURLs []string, token string, gen int) uint64 {
 // leader contacts: an id the cluster does not have (taken earlier, removed)
 // never hears from a leader, and is stopped and the next one tried.
 func (n *Node) join(ctx context.Context, start func(id uint64) error) error {
-	probe := max(5*n.cfg.ElectionTimeout, time.Second)
+	probe := max(10*n.cfg.ElectionTimeout, 3*time.Second)
 	for gen := range maxJoinGenerations {
 		id := memberIDGen(n.peerURLs, n.token, gen)
 		if err := start(id); err != nil {
@@ -466,3 +467,5 @@ func (n *Node) heardLeader(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// IsLearner implements router.Learner.
+func (n *Node) IsLearner() bool { return n.learner.Load() }

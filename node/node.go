@@ -197,6 +197,8 @@ type Node struct {
 	clusterID uint64
 	peerURLs  []string // advertised
 	token     string   // --initial-cluster-token
+	// learner is set while this member is a learner (see trackLearner).
+	learner atomic.Bool
 
 	// self is the node's client of its own gRPC services (the lock and
 	// election services run on it), connected in memory through selfL.
@@ -356,6 +358,7 @@ func (n *Node) start(ctx context.Context) error {
 	factory := shard.Factory(shard.Config{DB: db, Span: mvcc.Span{}, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
 		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
 	}})
+	n.learner.Store(isLearner(cfg.DataDir))
 	startReplica := func(id uint64) error {
 		err := n.nh.StartOnDiskReplica(founders, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
 			m := factory(shardID, replicaID).(*shard.StateMachine)
@@ -367,7 +370,7 @@ func (n *Node) start(ctx context.Context) error {
 			HeartbeatRTT:       heartbeat,
 			ElectionRTT:        election,
 			CheckQuorum:        true,
-			IsNonVoting:        isLearner(cfg.DataDir),
+			IsNonVoting:        n.learner.Load(),
 			SnapshotEntries:    cfg.SnapshotCount,
 			CompactionOverhead: cfg.SnapshotCount / 2,
 		})
@@ -600,16 +603,9 @@ func (n *Node) Close() error {
 func (n *Node) Status() router.NodeStatus {
 	m := n.db.Metrics()
 	size := int64(m.DiskSpaceUsage())
-	st := router.NodeStatus{DBSize: size, DBSizeInUse: size}
+	st := router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
 	if leader, _, ok := n.replica.Leader(); ok {
 		st.Leader = leader
-	}
-	if info := n.nh.GetNodeHostInfo(dragonboat.DefaultNodeHostInfoOption); info != nil {
-		for _, s := range info.ShardInfoList {
-			if s.ShardID == singleShardID {
-				st.IsLearner = s.IsNonVoting
-			}
-		}
 	}
 	return st
 }

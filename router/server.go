@@ -92,6 +92,8 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
 		grpc.MaxConcurrentStreams(1<<32 - 1),
+		grpc.ChainUnaryInterceptor(s.learnerUnary),
+		grpc.ChainStreamInterceptor(s.learnerStream),
 	}
 }
 

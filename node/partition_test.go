@@ -16,6 +16,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/node"
 )
@@ -213,4 +215,59 @@ func etcdUnavailable(err error) bool {
 		}
 	}
 	return false
+}
+
+// TestWatchRequireLeader: on a member cut off from the others, a watch
+// stream opened with clientv3.WithRequireLeader ("hasleader" metadata)
+// fails with etcd's "no leader" once the member has no leader, while a
+// stream that did not ask keeps running.
+func TestWatchRequireLeader(t *testing.T) {
+	net := &network{cut: map[[2]string]bool{}}
+	nodes := startClusterWith(t, 3, func(c *node.Config) { c.RaftTransport = &transportFactory{net: net} })
+	c := clientFor(t, nodes[0].ClientURLs()...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ml, err := c.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var self string
+	var raft []string
+	for _, m := range ml.Members {
+		u, _ := url.Parse(m.PeerURLs[0])
+		raft = append(raft, u.Host)
+		if m.ClientURLs[0] == nodes[0].ClientURLs()[0] {
+			self = u.Host
+		}
+	}
+	wc := pb.NewWatchClient(c.ActiveConnection())
+	open := func(ctx context.Context) pb.Watch_WatchClient {
+		s, err := wc.Watch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("k")}}}); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := s.Recv(); err != nil || !r.Created {
+			t.Fatalf("create: %v %v", r, err)
+		}
+		return s
+	}
+	required := open(metadata.AppendToOutgoingContext(ctx, rpctypes.MetadataRequireLeaderKey, rpctypes.MetadataHasLeader))
+	plain := open(ctx)
+
+	net.isolate(self, raft)
+	_, err = required.Recv()
+	if got := status.Convert(err); got.Message() != status.Convert(rpctypes.ErrGRPCNoLeader).Message() {
+		t.Fatalf("stream requiring a leader ended with %v, want %v", err, rpctypes.ErrGRPCNoLeader)
+	}
+	// The other stream still answers (a progress request is answered by
+	// the member itself).
+	if err := plain.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := plain.Recv(); err != nil || r.WatchId != -1 {
+		t.Fatalf("stream without the requirement: %v %v", r, err)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync/atomic"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -13,6 +14,9 @@ import (
 )
 
 var errNoHeader = errors.New("router: response without a header")
+
+// DefaultLeaderCheckInterval is etcd's default election timeout.
+const DefaultLeaderCheckInterval = time.Second
 
 // Config wires a Server.
 type Config struct {
@@ -33,6 +37,10 @@ type Config struct {
 	Node NodeInfo
 	// Watches serves the Watch service; nil leaves it unregistered.
 	Watches *watch.Hub
+	// LeaderCheckInterval is how often a watch stream that requires a
+	// leader checks for one (etcd checks about every election timeout);
+	// 0 means DefaultLeaderCheckInterval.
+	LeaderCheckInterval time.Duration
 	// Lessor serves the Lease service (with the Shard for grants and
 	// revokes); nil leaves it unregistered.
 	Lessor Lessor

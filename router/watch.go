@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -29,12 +30,14 @@ type watchServer struct {
 // the stream queues, in order, fragmenting large responses of watchers
 // that asked for it.
 func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
-	ctx, cancel := context.WithCancel(gs.Context())
+	ctx, cancelCause := context.WithCancelCause(gs.Context())
+	cancel := func() { cancelCause(nil) }
 	defer cancel()
 	if requireLeader(ctx) {
 		if _, _, ok := ws.s.cfg.Shard.Leader(); !ok {
 			return rpctypes.ErrGRPCNoLeader
 		}
+		go ws.monitorLeader(ctx, cancelCause)
 	}
 	st := ws.s.cfg.Watches.NewStream(watchQueueLimit)
 	defer st.Close()
@@ -57,6 +60,9 @@ func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
 	for {
 		rs, err := st.Next(ctx)
 		if err != nil {
+			if errors.Is(context.Cause(ctx), rpctypes.ErrGRPCNoLeader) {
+				return rpctypes.ErrGRPCNoLeader
+			}
 			select {
 			case rerr := <-recvErr:
 				return rerr
@@ -77,6 +83,39 @@ func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
 			if err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// noLeaderChecks is how many consecutive leader checks must find no leader
+// before a stream that asked for one is failed: one election's worth of
+// leaderless time is normal, as in etcd (which also waits for three).
+const noLeaderChecks = 3
+
+// monitorLeader fails the stream with etcd's "no leader" once the shard has
+// had no leader for noLeaderChecks checks in a row (clientv3's
+// WithRequireLeader streams expect that, to move to another member).
+func (ws *watchServer) monitorLeader(ctx context.Context, cancel context.CancelCauseFunc) {
+	every := ws.s.cfg.LeaderCheckInterval
+	if every <= 0 {
+		every = DefaultLeaderCheckInterval
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	misses := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, _, ok := ws.s.cfg.Shard.Leader(); ok {
+			misses = 0
+			continue
+		}
+		if misses++; misses >= noLeaderChecks {
+			cancel(rpctypes.ErrGRPCNoLeader)
+			return
 		}
 	}
 }

@@ -36,5 +36,6 @@
 // # Non-goals (yet)
 //
 // Watches over several shards (the router merges shard streams in sharded
-// mode) and leader-loss monitoring of open streams.
+// mode). Leader-loss monitoring of streams that require a leader is the
+// router's (it knows the raft group; this package does not).
 package watch

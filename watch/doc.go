@@ -17,9 +17,13 @@
 //
 // Notify never blocks, so a stalled client never stalls writes or other
 // streams; memory stays bounded by the queue limit, and nothing is lost
-// because the store keeps the history. Identical ranges share one entry of
-// the range index (a btree of distinct ranges by start key), and one
-// catch-up round reads the store once for all lagging watchers.
+// because the store keeps the history. Synced watchers are found through
+// an index (index.go): single keys by hash, ranges through a segment map
+// on a btree, so an event costs O(log n + matches); identical ranges share
+// one entry, and one catch-up round reads the store once for all lagging
+// watchers.
+//
+// The scripts in testdata/ show the groups at work (TestDataDriven).
 //
 // Invariants: responses about a watcher follow its created response in the
 // queue; a progress response (watch id -1) is queued only when every

@@ -69,6 +69,9 @@ type Config struct {
 	// QuotaBackendBytes raises the NOSPACE alarm when the store exceeds it
 	// (etcd --quota-backend-bytes); 0 means etcd's default of 2 GiB.
 	QuotaBackendBytes int64
+	// EnablePprof serves Go's runtime profiles under /debug/pprof/ on the
+	// client URLs (etcd's --enable-pprof).
+	EnablePprof bool
 	// AutoCompactionMode ("periodic" or "revision") and
 	// AutoCompactionRetention (a duration or hours for periodic, a
 	// revision count for revision) are etcd's --auto-compaction-*; an
@@ -432,7 +435,7 @@ func (n *Node) start(ctx context.Context) error {
 	rs.Register(n.grpc)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
-	n.http = &http.Server{Handler: rs.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+	n.http = &http.Server{Handler: rs.HTTPHandler(cfg.EnablePprof), ReadHeaderTimeout: 10 * time.Second}
 
 	for _, raw := range cfg.ListenClientURLs {
 		addr, _ := hostPort(raw)

@@ -267,3 +267,40 @@ func BenchmarkRange(b *testing.B) {
 		})
 	}
 }
+
+// TestDebugEndpoints: /debug/vars (expvar, with memory statistics) is always
+// served on the client URL, as etcd serves it; /debug/pprof/ only with
+// EnablePprof (etcd's --enable-pprof).
+func TestDebugEndpoints(t *testing.T) {
+	get := func(url string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	plain := startNode(t, t.TempDir())
+	if code, body := get(plain.ClientURLs()[0] + "/debug/vars"); code != 200 || !strings.Contains(body, `"memstats"`) {
+		t.Fatalf("/debug/vars = %d %.200s", code, body)
+	}
+	if code, _ := get(plain.ClientURLs()[0] + "/debug/pprof/"); code != 404 {
+		t.Fatalf("/debug/pprof/ without EnablePprof = %d, want 404", code)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := node.Start(ctx, node.Config{
+		Name: "pprof", DataDir: t.TempDir(), EnablePprof: true,
+		ListenClientURLs: []string{"http://127.0.0.1:0"}, ListenPeerURLs: []string{"http://127.0.0.1:0"},
+		HeartbeatInterval: 20 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if code, body := get(n.ClientURLs()[0] + "/debug/pprof/heap?debug=1"); code != 200 || !strings.Contains(body, "heap profile") {
+		t.Fatalf("/debug/pprof/heap = %d %.200s", code, body)
+	}
+}

@@ -3,7 +3,9 @@ package router
 import (
 	"context"
 	"encoding/json"
+	"expvar"
 	"net/http"
+	httppprof "net/http/pprof"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/version"
@@ -15,9 +17,19 @@ import (
 const healthTimeout = time.Second
 
 // HTTPHandler serves etcd's HTTP endpoints on the client port: /health
-// (and /livez, /readyz) and /version, with etcd's JSON bodies.
-func (s *Server) HTTPHandler() http.Handler {
+// (and /livez, /readyz) and /version, with etcd's JSON bodies, and
+// /debug/vars (Go's expvar: memory statistics, command line); with pprof,
+// Go's runtime profiles under /debug/pprof/ as etcd's --enable-pprof.
+func (s *Server) HTTPHandler(pprof bool) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/debug/vars", expvar.Handler())
+	if pprof {
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
+	}
 	mux.HandleFunc("/health", s.health)
 	mux.HandleFunc("/readyz", s.health)
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })

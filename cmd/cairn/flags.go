@@ -115,6 +115,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	// Logging and the rest.
 	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, which in cairn means structured JSON on stderr (default zap)")
 	fs.StringVar(&r.logLevel, "log-level", "", "least severe level logged: debug, info, warn, error (panic, fatal and dpanic log as error) (default info)")
+	fs.BoolVar(&r.cfg.EnablePprof, "enable-pprof", false, "serve Go's runtime profiles at the client URLs + /debug/pprof/")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
 
 	for _, g := range ignoredFlags {
@@ -340,7 +341,7 @@ var ignoredFlags = []struct {
 	{"clients, health and metrics are served on --listen-client-urls only", false, []string{
 		"listen-client-http-urls", "listen-metrics-urls", "cors", "host-whitelist"}},
 	{"clients, health and metrics are served on --listen-client-urls only", true, []string{
-		"socket-reuse-port", "socket-reuse-address", "enable-grpc-gateway", "enable-pprof"}},
+		"socket-reuse-port", "socket-reuse-address", "enable-grpc-gateway"}},
 	{"cairn's gRPC server keeps its own settings", false, []string{
 		"grpc-keepalive-min-time", "grpc-keepalive-interval", "grpc-keepalive-timeout", "max-concurrent-streams"}},
 	{"cairn stores data in pebble and raft logs in dragonboat, which do not take etcd's bbolt and WAL settings", false, []string{

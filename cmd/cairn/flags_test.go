@@ -208,7 +208,7 @@ func TestVersionAndLogFlags(t *testing.T) {
 func TestIgnoredFlags(t *testing.T) {
 	args := []string{
 		"--cors", "http://a", "--cors=http://b", // twice
-		"--enable-pprof", // boolean: takes no value, so --name below is a flag
+		"--enable-grpc-gateway", // boolean: takes no value, so --name below is a flag
 		"--name", "m1",
 		"-auto-tls=false",
 		"--discovery-password", "hunter2",
@@ -226,7 +226,7 @@ func TestIgnoredFlags(t *testing.T) {
 		{name: "auto-tls", value: "false", source: "command line"},
 		{name: "cors", value: "http://b", source: "command line"},
 		{name: "discovery-password", value: "***", source: "command line"},
-		{name: "enable-pprof", value: "true", source: "command line"},
+		{name: "enable-grpc-gateway", value: "true", source: "command line"},
 		{name: "snapshot", value: "true", source: "command line"},
 		{name: "wal-dir", value: "/wal", source: "ETCD_WAL_DIR"},
 	}
@@ -266,7 +266,7 @@ func TestUnknownFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"--no-such-flag"}, {"--no-such-flag=1"}, {"--name", "m1", "--listen-client-url", "http://x:1"},
 		{"stray"}, {"--name", "m1", "stray"},
-		{"--enable-pprof", "true"}, // a boolean takes its value as --flag=value only
+		{"--enable-grpc-gateway", "true"}, // a boolean takes its value as --flag=value only
 	} {
 		if _, err := parseFlags(args, nil); err == nil || errors.Is(err, flag.ErrHelp) {
 			t.Errorf("%q: %v, want an error", args, err)
@@ -397,7 +397,7 @@ func TestRunFromEnvironment(t *testing.T) {
 	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"--enable-pprof", "--log-level=info"}, env, io.Discard, pw) }()
+	go func() { done <- run(ctx, []string{"--enable-grpc-gateway", "--log-level=info"}, env, io.Discard, pw) }()
 	select {
 	case <-ready:
 	case err := <-done:
@@ -418,8 +418,8 @@ func TestRunFromEnvironment(t *testing.T) {
 	pw.Close()
 	<-scanned
 	log := strings.Join(lines, "\n")
-	if n := strings.Count(log, `"flag":"--enable-pprof"`); n != 1 {
-		t.Errorf("--enable-pprof reported %d times, want once:\n%s", n, log)
+	if n := strings.Count(log, `"flag":"--enable-grpc-gateway"`); n != 1 {
+		t.Errorf("--enable-grpc-gateway reported %d times, want once:\n%s", n, log)
 	}
 	if !strings.Contains(log, `"name":"envnode"`) {
 		t.Errorf("ETCD_NAME did not take effect:\n%s", log)

@@ -4,6 +4,8 @@
 //	cd bench && go run .            # default sizes, 3 rounds, report in results/
 //	cd bench && go run . -smoke     # tiny totals, one round (CI: make test-bench-smoke)
 //	cd bench && go run . -tmpfs     # data directories on /dev/shm instead of $TMPDIR
+//	cd bench && go run . watch-scale  # 1,000 streams × 100 watchers: events/s, heap per
+//	                                  # stream and watcher, latency at 1,000 puts/s (watchscale.go)
 //
 // # Model
 //

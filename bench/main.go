@@ -28,6 +28,8 @@ func main() {
 			err = serveEtcd(os.Args[2:])
 		case "serve-ceiling":
 			err = serveCeiling(os.Args[2:])
+		case "watch-scale":
+			err = watchScale(os.Args[2:])
 		default:
 			err = harness(os.Args[1:])
 		}

@@ -31,7 +31,7 @@ var defaultSizes = sizes{
 	putTotal: 40000, rangeTotal: 60000,
 	bigRangeKeys: 10000, bigRangeTotal: 300,
 	leaseTotal: 40000,
-	watchPuts:  1000, watchRate: 200,
+	watchPuts:  5000, watchRate: 1000, // the watch issue: latency under 1,000 puts/s
 	valSize: 256,
 }
 

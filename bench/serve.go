@@ -47,6 +47,7 @@ func serveEtcd(args []string) error {
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(*name)
 	cfg.ListenMetricsUrls = nil
+	cfg.EnablePprof = true // heap figures (watch-scale) come from /debug/pprof and /debug/vars
 	// Everything else is etcd's default, fsync included: Cairn fsyncs its raft
 	// log before it acknowledges a write, and so must the baseline.
 

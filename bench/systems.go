@@ -51,7 +51,7 @@ func systems() []system {
 			name: "cairn", label: "Cairn single-group (cmd/cairn binary)", nodes: 1,
 			command: func(env *environment, dir, c, p string) []string {
 				return []string{env.cairn, "--name", "cairn", "--data-dir", dir,
-					"--listen-client-urls", c, "--listen-peer-urls", p, "--log-level", "warn"}
+					"--listen-client-urls", c, "--listen-peer-urls", p, "--log-level", "warn", "--enable-pprof"}
 			},
 		},
 		{

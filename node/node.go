@@ -72,6 +72,10 @@ type Config struct {
 	// EnablePprof serves Go's runtime profiles under /debug/pprof/ on the
 	// client URLs (etcd's --enable-pprof).
 	EnablePprof bool
+	// DebugJournal, if set, is a file every applied raft entry is
+	// appended to (shard/journal.go): a testing aid that lets the
+	// robustness suite check the persisted history as etcd's reads its WAL.
+	DebugJournal string
 	// AutoCompactionMode ("periodic" or "revision") and
 	// AutoCompactionRetention (a duration or hours for periodic, a
 	// revision count for revision) are etcd's --auto-compaction-*; an
@@ -184,6 +188,7 @@ type Node struct {
 	cfg       Config
 	log       *slog.Logger
 	db        *pebble.DB
+	journal   *os.File // nil unless Config.DebugJournal
 	nh        *dragonboat.NodeHost
 	replica   *shard.Replica
 	primary   *shard.Primary
@@ -358,9 +363,18 @@ func (n *Node) start(ctx context.Context) error {
 	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
 	n.hub = watch.NewHub(0)
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
-	factory := shard.Factory(shard.Config{DB: db, Span: mvcc.Span{}, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
+	shardCfg := shard.Config{DB: db, Span: mvcc.Span{}, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
 		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
-	}})
+	}}
+	if cfg.DebugJournal != "" {
+		f, err := os.OpenFile(cfg.DebugJournal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return fmt.Errorf("node: debug journal: %w", err)
+		}
+		n.journal = f
+		shardCfg.Journal = f
+	}
+	factory := shard.Factory(shardCfg)
 	n.learner.Store(isLearner(cfg.DataDir))
 	startReplica := func(id uint64) error {
 		err := n.nh.StartOnDiskReplica(founders, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
@@ -597,6 +611,9 @@ func (n *Node) Close() error {
 		n.connMu.Unlock()
 		if n.db != nil {
 			n.closeErr = n.db.Close()
+		}
+		if n.journal != nil {
+			_ = n.journal.Close()
 		}
 	})
 	return n.closeErr

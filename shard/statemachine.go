@@ -39,6 +39,9 @@ type Config struct {
 	// revision order, after the batch is committed. It runs on dragonboat's
 	// apply goroutine: it must not block.
 	OnApply func(events []*mvccpb.Event)
+	// Journal, if set, receives a record of every applied entry (see
+	// journal.go): a testing aid for history checkers.
+	Journal io.Writer
 }
 
 // StateMachine is dragonboat's IOnDiskStateMachine for one range: it composes
@@ -173,6 +176,15 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		return nil, fmt.Errorf("shard %d: commit: %w", s.shardID, err)
 	}
 	s.applied.Store(entries[len(entries)-1].Index)
+	if s.cfg.Journal != nil {
+		indexes, cmds := make([]uint64, len(entries)), make([][]byte, len(entries))
+		for i := range entries {
+			indexes[i], cmds[i] = entries[i].Index, entries[i].Cmd
+		}
+		if err := appendJournal(s.cfg.Journal, indexes, cmds); err != nil {
+			return nil, fmt.Errorf("shard %d: journal: %w", s.shardID, err)
+		}
+	}
 	if s.cfg.OnApply != nil && len(events) > 0 {
 		s.cfg.OnApply(events)
 	}

@@ -382,11 +382,14 @@ func (n *Node) start(ctx context.Context) error {
 			n.sm.Store(m)
 			return m
 		}, dbconfig.Config{
-			ReplicaID:          id,
-			ShardID:            singleShardID,
-			HeartbeatRTT:       heartbeat,
-			ElectionRTT:        election,
-			CheckQuorum:        true,
+			ReplicaID:    id,
+			ShardID:      singleShardID,
+			HeartbeatRTT: heartbeat,
+			ElectionRTT:  election,
+			CheckQuorum:  true,
+			// As etcd's default --pre-vote: a member cut off from the
+			// others does not disrupt them with higher terms on return.
+			PreVote:            true,
 			IsNonVoting:        n.learner.Load(),
 			SnapshotEntries:    cfg.SnapshotCount,
 			CompactionOverhead: cfg.SnapshotCount / 2,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -382,14 +383,21 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	} else if learner {
 		return rpctypes.ErrGRPCBadLeaderTransferee
 	}
-	if err := n.nh.RequestLeaderTransfer(singleShardID, target); err != nil {
-		return fmt.Errorf("node: transfer leadership: %w", err)
-	}
+	// dragonboat's target skips the campaign while it has committed
+	// entries it has not applied (its conservative check for a pending
+	// config change), which under a write load is most of the time; the
+	// leader then aborts the transfer after an election timeout. So the
+	// request is repeated until it takes: dragonboat ignores it while a
+	// transfer is under way, and starts a new one once that has aborted.
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		if leader, _, ok := n.replica.Leader(); ok && leader == target {
 			return nil
+		} else if ok && leader == n.memberID {
+			if err := n.nh.RequestLeaderTransfer(singleShardID, target); err != nil && !errors.Is(err, dragonboat.ErrSystemBusy) {
+				return fmt.Errorf("node: transfer leadership: %w", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

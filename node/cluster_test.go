@@ -374,3 +374,54 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
 	}
 }
+
+// TestMoveLeaderUnderLoad: leadership moves to each follower in turn while
+// clients keep writing; every MoveLeader answers once the target leads.
+func TestMoveLeaderUnderLoad(t *testing.T) {
+	nodes := startCluster(t, 3)
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, n.ClientURLs()[0])
+	}
+	c := clientFor(t, urls...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; loadCtx.Err() == nil; i++ {
+				_, _ = c.Put(loadCtx, fmt.Sprintf("load/%d/%d", g, i%50), "v")
+			}
+		}()
+	}
+	defer func() { stopLoad(); wg.Wait() }()
+	for i := 0; i < 6; i++ {
+		st, err := c.Status(ctx, urls[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		ml, err := c.MemberList(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var leaderURL string
+		var targets []uint64
+		for _, m := range ml.Members {
+			if m.ID == st.Leader {
+				leaderURL = m.ClientURLs[0]
+			} else {
+				targets = append(targets, m.ID)
+			}
+		}
+		target := targets[i%len(targets)]
+		mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = clientFor(t, leaderURL).MoveLeader(mctx, target)
+		mcancel()
+		if err != nil {
+			t.Fatalf("move %d: leader %x → %x: %v", i, st.Leader, target, err)
+		}
+	}
+}

@@ -1,0 +1,456 @@
+//go:debug randseednop=0
+
+package robustness
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/tests/v3/robustness/client"
+	"go.etcd.io/etcd/tests/v3/robustness/identity"
+	"go.etcd.io/etcd/tests/v3/robustness/traffic"
+	"go.etcd.io/etcd/tests/v3/robustness/validate"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+)
+
+var (
+	flagOut  = flag.String("robustness.out", "", "directory for failure reports (default: a temporary directory, named in the log)")
+	flagSoak = flag.Duration("robustness.soak", 0, "TestSoak: run random scenarios for this long (0: skip)")
+)
+
+// fault is one failure injected while traffic runs.
+type fault struct {
+	name  string
+	sizes []int // cluster sizes it applies to
+	// inject runs the fault; it returns once the cluster is whole again.
+	inject func(ctx context.Context, c *cluster, cs *client.ClientSet, r *rand.Rand) error
+}
+
+// hold keeps a fault in place for d (a fault parameter, not a wait for a
+// condition), or until ctx ends.
+func hold(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func pick(r *rand.Rand, ms []*member, not *member) *member {
+	var cands []*member
+	for _, m := range ms {
+		if m != not {
+			cands = append(cands, m)
+		}
+	}
+	return cands[r.Intn(len(cands))]
+}
+
+var faults = []fault{
+	{name: "kill-leader", sizes: []int{1, 3}, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, _ *rand.Rand) error {
+		m, err := c.leader(ctx)
+		if err != nil {
+			return err
+		}
+		return killRestart(ctx, m)
+	}},
+	{name: "kill-follower", sizes: []int{3}, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, r *rand.Rand) error {
+		l, err := c.leader(ctx)
+		if err != nil {
+			return err
+		}
+		return killRestart(ctx, pick(r, c.members, l))
+	}},
+	{name: "partition-leader", sizes: []int{3}, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, _ *rand.Rand) error {
+		m, err := c.leader(ctx)
+		if err != nil {
+			return err
+		}
+		c.isolate(m)
+		hold(ctx, 2*time.Second)
+		c.heal()
+		return nil
+	}},
+	{name: "partition-follower", sizes: []int{3}, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, r *rand.Rand) error {
+		l, err := c.leader(ctx)
+		if err != nil {
+			return err
+		}
+		c.isolate(pick(r, c.members, l))
+		hold(ctx, 2*time.Second)
+		c.heal()
+		return nil
+	}},
+	{name: "leader-transfer", sizes: []int{3}, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, r *rand.Rand) error {
+		for i := 0; i < 3; i++ {
+			l, err := c.leader(ctx)
+			if err != nil {
+				return err
+			}
+			to := pick(r, c.members, l)
+			id, err := to.memberID(ctx)
+			if err != nil {
+				return err
+			}
+			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{l.endpoint()}, DialTimeout: time.Second, Logger: zap.NewNop()})
+			if err != nil {
+				return err
+			}
+			mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err = cli.MoveLeader(mctx, id)
+			cancel()
+			cli.Close()
+			if err != nil {
+				return fmt.Errorf("move leader %s → %s: %w", l.name, to.name, err)
+			}
+		}
+		return nil
+	}},
+	{name: "pause-leader", sizes: []int{1, 3}, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, _ *rand.Rand) error {
+		m, err := c.leader(ctx)
+		if err != nil {
+			return err
+		}
+		if err := m.signal(syscall.SIGSTOP); err != nil {
+			return err
+		}
+		hold(ctx, 2*time.Second)
+		return m.signal(syscall.SIGCONT)
+	}},
+	{name: "compaction-burst", sizes: []int{1, 3}, inject: func(ctx context.Context, c *cluster, cs *client.ClientSet, _ *rand.Rand) error {
+		// Compact to the newest revision, again and again, while the
+		// watch traffic runs: watchers behind it are cancelled.
+		cli, err := cs.NewClient(c.endpoints())
+		if err != nil {
+			return err
+		}
+		for i := 0; i < 10; i++ {
+			gctx, cancel := context.WithTimeout(ctx, time.Second)
+			resp, err := cli.Get(gctx, "key")
+			cancel()
+			if err == nil {
+				cctx, cancel := context.WithTimeout(ctx, time.Second)
+				_, _ = cli.Compact(cctx, resp.Header.Revision)
+				cancel()
+			}
+			hold(ctx, 100*time.Millisecond)
+		}
+		return nil
+	}},
+}
+
+// killRestart kills m with SIGKILL, keeps it down a moment, restarts it
+// and waits until it serves again.
+func killRestart(ctx context.Context, m *member) error {
+	if err := m.kill(); err != nil {
+		return err
+	}
+	hold(ctx, time.Second)
+	if err := m.start(); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return m.waitReady(rctx)
+}
+
+// profile is a traffic mix.
+type profile struct {
+	name    string
+	traffic traffic.Traffic
+	profile traffic.Profile
+}
+
+var (
+	etcdMix = profile{name: "etcd", traffic: traffic.EtcdPutDeleteLease, profile: traffic.Profile{
+		KeyValue: &traffic.KeyValueMedium, Watch: &traffic.WatchDefault, Compaction: &traffic.CompactionDefault}}
+	kubernetesMix = profile{name: "kubernetes", traffic: traffic.Kubernetes, profile: traffic.Profile{
+		KeyValue: &traffic.KeyValueMedium, Watch: &traffic.WatchDefault, Compaction: &traffic.CompactionDefault}}
+)
+
+type scenario struct {
+	size    int
+	profile profile
+	fault   fault
+	seed    int64
+}
+
+func (s scenario) String() string {
+	return fmt.Sprintf("%dnode-%s-%s", s.size, s.profile.name, s.fault.name)
+}
+
+// shortProfile is what CI runs: every fault kind at least once, on every
+// cluster size it applies to, both traffic mixes, fixed seeds.
+func shortProfile() []scenario {
+	var out []scenario
+	seed := int64(1)
+	for _, size := range []int{1, 3} {
+		for _, f := range faults {
+			if !containsInt(f.sizes, size) {
+				continue
+			}
+			p := etcdMix
+			if seed%3 == 0 {
+				p = kubernetesMix
+			}
+			out = append(out, scenario{size: size, profile: p, fault: f, seed: seed})
+			seed++
+		}
+	}
+	return out
+}
+
+func containsInt(xs []int, x int) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binDir  string
+)
+
+// cairnBinary builds cmd/cairn once per test binary.
+func cairnBinary(t *testing.T) string {
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "cairn-robustness-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		binDir = dir
+		binPath = buildCairn(t, dir)
+	})
+	if binPath == "" {
+		t.Fatal("cairn did not build")
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// TestRobustness runs the short profile.
+func TestRobustness(t *testing.T) {
+	bin := cairnBinary(t)
+	for _, s := range shortProfile() {
+		t.Run(s.String(), func(t *testing.T) {
+			if err := runScenario(t, bin, s); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestSoak runs random scenarios for -robustness.soak.
+func TestSoak(t *testing.T) {
+	if *flagSoak == 0 {
+		t.Skip("the long soak runs with -robustness.soak=<duration>")
+	}
+	bin := cairnBinary(t)
+	deadline := time.Now().Add(*flagSoak)
+	r := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for i := 0; time.Now().Before(deadline); i++ {
+		size := []int{1, 3}[r.Intn(2)]
+		var fs []fault
+		for _, f := range faults {
+			if containsInt(f.sizes, size) {
+				fs = append(fs, f)
+			}
+		}
+		s := scenario{size: size, profile: []profile{etcdMix, kubernetesMix}[r.Intn(2)], fault: fs[r.Intn(len(fs))], seed: r.Int63()}
+		t.Run(fmt.Sprintf("%d-%s-seed%d", i, s, s.seed), func(t *testing.T) {
+			if err := runScenario(t, bin, s); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// runScenario starts a cluster, runs the traffic with the fault injected,
+// and checks the history; it returns the checker's verdict.
+func runScenario(t *testing.T, bin string, s scenario) error {
+	rand.Seed(s.seed) // etcd's traffic generators draw from math/rand's global source
+	r := rand.New(rand.NewSource(s.seed))
+	lg := zap.NewNop()
+	dir := t.TempDir()
+	c := startCluster(t, bin, dir, s.size)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cs := client.NewSet(identity.NewIDProvider(), time.Now())
+	defer cs.Close()
+	if err := traffic.CheckEmptyDatabaseAtStart(ctx, lg, c.endpoints(), cs); err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	finish := make(chan struct{})
+	kv := s.profile.profile.KeyValue
+	limiter := rate.NewLimiter(rate.Limit(kv.MaximalQPS), kv.BurstableQPS)
+	keyStore := traffic.NewKeyStore(10, "key")
+	storage := traffic.NewKubernetesStorage()
+	if err := traffic.SimulateKeyValueTraffic(ctx, &wg, kv, c.endpoints(), cs, s.profile.traffic, traffic.RunTrafficLoopParam{
+		QPSLimiter: limiter, IDs: cs.IdentityProvider(), LeaseIDStorage: identity.NewLeaseIDStorage(),
+		NonUniqueRequestConcurrencyLimiter: traffic.NewConcurrencyLimiter(kv.MaxNonUniqueRequestConcurrency),
+		KeyStore:                           keyStore, Storage: storage, Finish: finish,
+	}); err != nil {
+		return err
+	}
+	if err := traffic.SimulateWatchTraffic(ctx, &wg, s.profile.profile.Watch, c.endpoints(), cs, s.profile.traffic, traffic.RunWatchLoopParam{
+		Config: *s.profile.profile.Watch, QPSLimiter: limiter, KeyStore: keyStore, Storage: storage, Finish: finish, Logger: lg,
+	}); err != nil {
+		return err
+	}
+	if err := traffic.SimulateCompactionTraffic(ctx, &wg, s.profile.profile.Compaction, c.endpoints(), cs, s.profile.traffic, traffic.RunCompactLoopParam{
+		Period: s.profile.profile.Compaction.Period, Finish: finish,
+	}); err != nil {
+		return err
+	}
+
+	// Traffic before, during and after the fault: the fault waits until
+	// the cluster has made progress, and so does the end.
+	progress := func(n int64) error { return waitRevisionAdvance(ctx, c, n) }
+	faultErr := progress(200)
+	if faultErr == nil {
+		faultErr = s.fault.inject(ctx, c, cs, r)
+	}
+	if faultErr == nil {
+		faultErr = progress(200)
+	}
+	close(finish)
+	wg.Wait()
+	if faultErr != nil {
+		c.stop()
+		return keep(t, s, c, nil, fmt.Errorf("fault or progress: %w", faultErr))
+	}
+
+	// The checker needs the last operation to succeed.
+	last, err := cs.NewClient(c.endpoints())
+	if err != nil {
+		return err
+	}
+	if err := retry(ctx, func(ctx context.Context) error { _, err := last.Put(ctx, "tombstone", "true"); return err }); err != nil {
+		return fmt.Errorf("%s: last put: %w", s, err)
+	}
+	reports := cs.Reports()
+	c.stop()
+
+	var journals []string
+	for _, m := range c.members {
+		journals = append(journals, m.journal())
+	}
+	persisted, err := persistedHistory(journals)
+	if err != nil {
+		return keep(t, s, c, nil, fmt.Errorf("persisted history: %w", err))
+	}
+	res := validate.ValidateAndReturnVisualize(lg, validate.Config{ExpectRevisionUnique: s.profile.traffic.ExpectUniqueRevision()}, reports, persisted, 5*time.Minute)
+	t.Logf("%s (seed %d): %d client reports, %d persisted requests; linearization %s, watch %s, serializable %s",
+		s, s.seed, len(reports), len(persisted), res.Linearization.Status, res.Watch.Status, res.Serializable.Status)
+	if err := res.Error(); err != nil {
+		return keep(t, s, c, &res, err)
+	}
+	return nil
+}
+
+// keep saves what a failure needs to be understood: the seed, the
+// porcupine visualisation and the members' logs and journals.
+func keep(t *testing.T, s scenario, c *cluster, res *validate.RobustnessResult, err error) error {
+	out := *flagOut
+	if out == "" {
+		d, derr := os.MkdirTemp("", "cairn-robustness-failure-")
+		if derr != nil {
+			return err
+		}
+		out = d
+	}
+	dir := filepath.Join(out, strings.ReplaceAll(t.Name(), "/", "_"))
+	_ = os.MkdirAll(dir, 0o755)
+	_ = os.WriteFile(filepath.Join(dir, "scenario.txt"), []byte(fmt.Sprintf("%s\nseed %d\n%v\n", s, s.seed, err)), 0o644)
+	if res != nil {
+		_ = res.Linearization.Visualize(zap.NewNop(), filepath.Join(dir, "history.html"))
+	}
+	for _, m := range c.members {
+		for _, f := range []string{m.logPath(), m.journal()} {
+			if b, rerr := os.ReadFile(f); rerr == nil {
+				_ = os.WriteFile(filepath.Join(dir, m.name+"-"+filepath.Base(f)), b, 0o644)
+			}
+		}
+	}
+	return fmt.Errorf("%s (seed %d): %w; report in %s", s, s.seed, err, dir)
+}
+
+// waitRevisionAdvance waits until the cluster's revision has grown by n.
+func waitRevisionAdvance(ctx context.Context, c *cluster, n int64) error {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.endpoints(), DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	rev := func() (int64, error) {
+		var r int64
+		err := retry(ctx, func(ctx context.Context) error {
+			resp, err := cli.Get(ctx, "robustness-progress-probe", clientv3.WithSerializable())
+			if err == nil {
+				r = resp.Header.Revision
+			}
+			return err
+		})
+		return r, err
+	}
+	start, err := rev()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		now, err := rev()
+		if err != nil {
+			return err
+		}
+		if now >= start+n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("revision grew from %d to %d in 30s, want +%d", start, now, n)
+		}
+		hold(ctx, 20*time.Millisecond)
+	}
+}
+
+// retry calls fn until it succeeds or ctx ends, each try bounded by 2s.
+func retry(ctx context.Context, fn func(context.Context) error) error {
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := fn(tctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return errors.Join(err, ctx.Err())
+		}
+		hold(ctx, 50*time.Millisecond)
+	}
+}

@@ -1,7 +1,7 @@
 # The README's two commands: `make run` and `make test`.
 GO ?= go
 
-.PHONY: run build etcdctl test test-unit test-compat test-bench-smoke
+.PHONY: run build etcdctl test test-unit test-compat test-bench-smoke test-robustness soak
 
 run:
 	$(GO) run ./cmd/cairn
@@ -15,7 +15,7 @@ etcdctl:
 
 # Everything CI runs: the server module's tests, then the differential tests
 # against embedded etcd (their own module, so the server stays lean).
-test: test-unit test-compat test-bench-smoke
+test: test-unit test-compat test-robustness test-bench-smoke
 
 test-unit:
 	$(GO) vet ./...
@@ -23,6 +23,18 @@ test-unit:
 
 test-compat:
 	cd tests/compat && $(GO) test -count=1 -timeout 15m ./...
+
+# The robustness suite (its own module): the short profile of faults under
+# etcd's traffic, checked with etcd's model; then the checker's self test,
+# which must catch a cairn built with a planted stale-read bug.
+test-robustness:
+	cd tests/robustness && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m ./...
+	cd tests/robustness && $(GO) test -count=1 -tags cairn_planted_stale_reads -run TestPlantedBug ./...
+
+# The long soak: random scenarios for SOAK (default 30m).
+SOAK ?= 30m
+soak:
+	cd tests/robustness && $(GO) test -count=1 -timeout 0 -run TestSoak -robustness.soak=$(SOAK) -v ./...
 
 # The benchmark harness (its own module): its unit tests, then one round with
 # tiny totals against etcd, Cairn and the ceiling, so that it cannot rot.

@@ -44,7 +44,7 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	if err := mvcc.ValidateRange(r); err != nil {
 		return nil, toGRPC(err)
 	}
-	v, err := k.s.cfg.Shard.Read(ctx, shard.RangeQuery{Req: r}, !r.Serializable)
+	v, err := k.s.cfg.Shard.Read(ctx, shard.RangeQuery{Req: r}, !r.Serializable && !plantedStaleReads)
 	if err != nil {
 		return nil, toGRPC(err)
 	}

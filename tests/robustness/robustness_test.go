@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anishathalye/porcupine"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/tests/v3/robustness/client"
 	"go.etcd.io/etcd/tests/v3/robustness/identity"
@@ -389,7 +390,11 @@ func keep(t *testing.T, s scenario, c *cluster, res *validate.RobustnessResult, 
 	_ = os.MkdirAll(dir, 0o755)
 	_ = os.WriteFile(filepath.Join(dir, "scenario.txt"), []byte(fmt.Sprintf("%s\nseed %d\n%v\n", s, s.seed, err)), 0o644)
 	if res != nil {
-		_ = res.Linearization.Visualize(zap.NewNop(), filepath.Join(dir, "history.html"))
+		if res.Linearization.Model.Step != nil {
+			if verr := porcupine.VisualizePath(res.Linearization.Model, res.Linearization.Info, filepath.Join(dir, "history.html")); verr != nil {
+				t.Logf("visualisation: %v", verr)
+			}
+		}
 	}
 	for _, m := range c.members {
 		for _, f := range []string{m.logPath(), m.journal()} {

@@ -38,8 +38,9 @@
 //
 // # Extension points
 //
-//   - more nodes: system.start receives the node count (topology); only 1 is
-//     implemented, 3-node etcd and Cairn add a branch there;
+//   - more nodes: etcd-3 and cairn-3 are 3-member clusters on 127.0.0.1, a
+//     process per member; the report sets each Cairn system against the etcd
+//     of the same size;
 //   - Cairn sharded: a second system entry with its own flags once the mode
 //     exists (targets for it go in targets, keyed by system and baseline);
 //   - memory (RSS vs 1M/10M keys): each run already records the server's

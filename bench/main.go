@@ -65,7 +65,7 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&c.tmpfs, "tmpfs", false, "put the servers' data directories on /dev/shm instead of $TMPDIR")
 	fs.StringVar(&c.out, "out", "results", "directory for report.md, the charts and the raw benchmark output")
 	fs.StringVar(&c.root, "root", "", "the Cairn repository (default: found from the working directory)")
-	sys := fs.String("systems", "etcd,cairn,ceiling", "systems to run, in this order")
+	sys := fs.String("systems", "etcd,cairn,ceiling,etcd-3,cairn-3", "systems to run, in this order")
 	scs := fs.String("scenarios", "", "scenarios to run (default: all)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the servers' data directories and logs")
 	if err := fs.Parse(args); err != nil {

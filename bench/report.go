@@ -113,11 +113,18 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 	for _, s := range r.systems {
 		p(" %s req/s | %s p99 ms |", s.name, s.name)
 	}
-	p(" cairn/etcd | target |\n|---|")
+	pairs := r.pairs()
+	for _, pr := range pairs {
+		p(" %s/%s | target |", pr[0], pr[1])
+	}
+	p("\n|---|")
 	for range r.systems {
 		p("---:|---:|")
 	}
-	p("---:|---|\n")
+	for range pairs {
+		p("---:|---|")
+	}
+	p("\n")
 	for _, sc := range r.scenarios {
 		p("| %s |", sc.name)
 		for _, s := range r.systems {
@@ -128,22 +135,25 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 			}
 			p(" %s | %s |", fmtRate(median(r.rps(sc.name, s.name))), fmtMs(median(r.pct(sc.name, s.name, 99))))
 		}
-		ratio := nan
-		if has(r, sc.name, "cairn") && has(r, sc.name, "etcd") {
-			ratio = r.ratio(sc, "cairn", "etcd")
+		for _, pr := range pairs {
+			ratio := nan
+			if has(r, sc.name, pr[0]) && has(r, sc.name, pr[1]) {
+				ratio = r.ratio(sc, pr[0], pr[1])
+			}
+			rs := fmtRatio(ratio)
+			if sc.latencyBound && !math.IsNaN(ratio) {
+				rs += " (p99)"
+			}
+			p(" %s | %s |", rs, targetCell(sc.name, pr[0], pr[1], ratio))
 		}
-		rs := fmtRatio(ratio)
-		if sc.latencyBound && !math.IsNaN(ratio) {
-			rs += " (p99)"
-		}
-		p(" %s | %s |\n", rs, targetCell(sc.name, ratio))
+		p("\n")
 	}
 	p("\n")
 
-	p("Targets (issue 7, single-group 1 node): ")
+	p("Targets (issue 7): ")
 	var ts []string
 	for _, t := range targets {
-		ts = append(ts, fmt.Sprintf("%s %s", t.scenario, t))
+		ts = append(ts, fmt.Sprintf("%s %s %s", t.sys, t.scenario, t))
 	}
 	p("%s. Fraction of the ceiling:", strings.Join(ts, "; "))
 	for _, sc := range r.scenarios {
@@ -229,9 +239,25 @@ func has(r *results, sc, sys string) bool {
 	return !skipped && len(r.runs[sc][sys]) > 0
 }
 
-func targetCell(sc string, ratio float64) string {
+// pairs are the (system, baseline) ratios the main table shows: each Cairn
+// system against the etcd of the same size, where both ran.
+func (r *results) pairs() [][2]string {
+	var out [][2]string
+	ran := map[string]bool{}
+	for _, s := range r.systems {
+		ran[s.name] = true
+	}
+	for _, pr := range [][2]string{{"cairn", "etcd"}, {"cairn-3", "etcd-3"}} {
+		if ran[pr[0]] && ran[pr[1]] {
+			out = append(out, pr)
+		}
+	}
+	return out
+}
+
+func targetCell(sc, sys, baseline string, ratio float64) string {
 	for _, t := range targets {
-		if t.scenario != sc || t.sys != "cairn" || t.baseline != "etcd" {
+		if t.scenario != sc || t.sys != sys || t.baseline != baseline {
 			continue
 		}
 		if math.IsNaN(ratio) {

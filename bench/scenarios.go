@@ -134,6 +134,7 @@ var targets = []target{
 	{scenario: "txn-put", sys: "cairn", baseline: "etcd", min: 1.5},
 	{scenario: "lease-keepalive", sys: "cairn", baseline: "etcd", min: 1.0},
 	{scenario: "watch-latency", sys: "cairn", baseline: "etcd", max: 1.0},
+	{scenario: "put", sys: "cairn-3", baseline: "etcd-3", min: 1.5},
 }
 
 func (t target) String() string {

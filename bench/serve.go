@@ -26,6 +26,7 @@ func serveEtcd(args []string) error {
 	dir := fs.String("data-dir", "", "data directory")
 	client := fs.String("listen-client-urls", "", "client URL")
 	peer := fs.String("listen-peer-urls", "", "peer URL")
+	initial := fs.String("initial-cluster", "", "name=peer URL of every member (default: this one alone)")
 	_ = fs.Parse(args)
 
 	cu, err := url.Parse(*client)
@@ -46,6 +47,9 @@ func serveEtcd(args []string) error {
 	cfg.ListenPeerUrls = []url.URL{*pu}
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(*name)
+	if *initial != "" {
+		cfg.InitialCluster = *initial
+	}
 	cfg.ListenMetricsUrls = nil
 	cfg.EnablePprof = true // heap figures (watch-scale) come from /debug/pprof and /debug/vars
 	// Everything else is etcd's default, fsync included: Cairn fsyncs its raft

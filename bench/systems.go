@@ -25,10 +25,17 @@ const startTimeout = 60 * time.Second
 type system struct {
 	name  string // column name in the report: "etcd", "cairn", "ceiling"
 	label string // longer description for the report
-	nodes int    // cluster size; only 1 is implemented (see doc.go)
-	// command returns the argv that runs one member with its data in dir,
-	// serving clients on clientURL and peers on peerURL.
-	command func(env *environment, dir, clientURL, peerURL string) []string
+	nodes int    // cluster size: 1 or 3 members on 127.0.0.1
+	// command returns the argv that runs one member.
+	command func(env *environment, m memberSpec) []string
+}
+
+// memberSpec is one member of a system's cluster.
+type memberSpec struct {
+	name               string
+	dir                string // data directory
+	clientURL, peerURL string
+	initialCluster     string // name=peerURL,… of every member
 }
 
 // environment is what systems need from the harness: where the binaries are.
@@ -38,28 +45,28 @@ type environment struct {
 }
 
 func systems() []system {
+	etcd := func(env *environment, m memberSpec) []string {
+		return []string{env.self, "serve-etcd", "-name", m.name, "-data-dir", m.dir, "-listen-client-urls", m.clientURL,
+			"-listen-peer-urls", m.peerURL, "-initial-cluster", m.initialCluster}
+	}
+	cairn := func(env *environment, m memberSpec) []string {
+		return []string{env.cairn, "--name", m.name, "--data-dir", m.dir,
+			"--listen-client-urls", m.clientURL, "--listen-peer-urls", m.peerURL,
+			"--initial-cluster", m.initialCluster, "--log-level", "warn", "--enable-pprof"}
+	}
 	return []system{
-		{
-			name: "etcd", label: "etcd 3.7.3 (embed, own process)", nodes: 1,
-			command: func(env *environment, dir, c, p string) []string {
-				return []string{env.self, "serve-etcd", "-data-dir", dir, "-listen-client-urls", c, "-listen-peer-urls", p}
-			},
-		},
-		{
-			// Single-group is Cairn's only mode today; when `--single-group`
-			// exists it goes here, and sharded mode is a second entry.
-			name: "cairn", label: "Cairn single-group (cmd/cairn binary)", nodes: 1,
-			command: func(env *environment, dir, c, p string) []string {
-				return []string{env.cairn, "--name", "cairn", "--data-dir", dir,
-					"--listen-client-urls", c, "--listen-peer-urls", p, "--log-level", "warn", "--enable-pprof"}
-			},
-		},
+		{name: "etcd", label: "etcd 3.7.3 (embed, own process)", nodes: 1, command: etcd},
+		// Single-group is Cairn's only mode today; when `--single-group`
+		// exists it goes here, and sharded mode is a further entry.
+		{name: "cairn", label: "Cairn single-group (cmd/cairn binary)", nodes: 1, command: cairn},
 		{
 			name: "ceiling", label: "no-op KV server (ceiling)", nodes: 1,
-			command: func(env *environment, dir, c, p string) []string {
-				return []string{env.self, "serve-ceiling", "-listen-client-urls", c}
+			command: func(env *environment, m memberSpec) []string {
+				return []string{env.self, "serve-ceiling", "-listen-client-urls", m.clientURL}
 			},
 		},
+		{name: "etcd-3", label: "etcd 3.7.3, 3 members (embed, a process each)", nodes: 3, command: etcd},
+		{name: "cairn-3", label: "Cairn single-group, 3 members (a process each)", nodes: 3, command: cairn},
 	}
 }
 
@@ -75,20 +82,26 @@ type instance struct {
 // startSystem starts every member of sys with data under dir and waits until the
 // cluster answers a read.
 func startSystem(ctx context.Context, env *environment, sys system, dir string) (*instance, error) {
-	if sys.nodes != 1 {
-		return nil, fmt.Errorf("bench: %s: %d nodes is not implemented yet", sys.name, sys.nodes)
-	}
 	in := &instance{sys: sys}
-	for i := 0; i < sys.nodes; i++ {
+	specs := make([]memberSpec, sys.nodes)
+	var initial []string
+	for i := range specs {
 		client, peer := freePort(), freePort()
 		if client == "" || peer == "" {
 			return nil, errors.New("bench: no free port")
 		}
+		specs[i] = memberSpec{name: fmt.Sprintf("m%d", i+1), clientURL: "http://" + client, peerURL: "http://" + peer}
+		initial = append(initial, specs[i].name+"="+specs[i].peerURL)
+	}
+	for i, spec := range specs {
+		client := strings.TrimPrefix(spec.clientURL, "http://")
 		mdir := filepath.Join(dir, fmt.Sprintf("%s-%d", sys.name, i))
 		if err := os.MkdirAll(mdir, 0o755); err != nil {
 			return nil, err
 		}
-		argv := sys.command(env, filepath.Join(mdir, "data"), "http://"+client, "http://"+peer)
+		spec.dir = filepath.Join(mdir, "data")
+		spec.initialCluster = strings.Join(initial, ",")
+		argv := sys.command(env, spec)
 		logPath := filepath.Join(mdir, "server.log")
 		logf, err := os.Create(logPath)
 		if err != nil {

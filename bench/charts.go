@@ -21,7 +21,7 @@ func writeCharts(dir string, r *results) ([]string, error) {
 	// Throughput.
 	var scs []scenario
 	for _, sc := range r.scenarios {
-		if !sc.latencyBound && len(r.runs[sc.name]) > 0 {
+		if !sc.latencyBound && sc.memoryKeys == 0 && len(r.runs[sc.name]) > 0 {
 			scs = append(scs, sc)
 		}
 	}
@@ -118,6 +118,49 @@ func writeCharts(dir string, r *results) ([]string, error) {
 			return nil, err
 		}
 		names = append(names, name)
+	}
+
+	// Memory: peak RSS against the number of keys, a line per system.
+	var mem []scenario
+	for _, sc := range r.scenarios {
+		if sc.memoryKeys > 0 && len(r.runs[sc.name]) > 0 {
+			mem = append(mem, sc)
+		}
+	}
+	if len(mem) > 0 {
+		p := plot.New()
+		p.Title.Text = "Server peak RSS after loading N keys"
+		p.X.Label.Text = "keys"
+		p.Y.Label.Text = "MiB"
+		lines := 0
+		for i, s := range r.systems {
+			var xys plotter.XYs
+			for _, sc := range mem {
+				if v := medianRSS(r, sc.name, s.name); v > 0 {
+					xys = append(xys, plotter.XY{X: float64(sc.memoryKeys), Y: v})
+				}
+			}
+			if len(xys) == 0 {
+				continue
+			}
+			l, pts, err := plotter.NewLinePoints(xys)
+			if err != nil {
+				return nil, err
+			}
+			l.Color, pts.Color = plotutil.Color(i), plotutil.Color(i)
+			pts.Shape = plotutil.Shape(i)
+			p.Add(l, pts)
+			p.Legend.Add(s.name, l, pts)
+			lines++
+		}
+		if lines > 0 {
+			p.Legend.Top = true
+			p.Legend.Left = true
+			if err := p.Save(16*vg.Centimeter, 9*vg.Centimeter, filepath.Join(dir, "memory.png")); err != nil {
+				return nil, err
+			}
+			names = append(names, "memory.png")
+		}
 	}
 	return names, nil
 }

@@ -199,23 +199,33 @@ func harness(args []string) error {
 		for _, s := range syss {
 			if unsupported[s.name][sc.needs] {
 				res.skip(sc.name, s.name, fmt.Sprintf("%s does not offer the %s service (probed at start)", s.name, sc.needs))
+			} else if sc.only != nil && !slices.Contains(sc.only, s.name) {
+				res.skip(sc.name, s.name, fmt.Sprintf("this scenario runs on %s only", strings.Join(sc.only, " and ")))
 			}
 		}
+	}
+	skipped := func(sc scenario, s system, round int) bool {
+		if unsupported[s.name][sc.needs] || (sc.only != nil && !slices.Contains(sc.only, s.name)) {
+			return true
+		}
+		return sc.memoryKeys > 0 && round > 1 // memory: one round
 	}
 
 	// Rounds: every scenario against every system in turn.
 	total, done := 0, 0
-	for _, sc := range scs {
-		for _, s := range syss {
-			if !unsupported[s.name][sc.needs] {
-				total += cfg.rounds
+	for round := 1; round <= cfg.rounds; round++ {
+		for _, sc := range scs {
+			for _, s := range syss {
+				if !skipped(sc, s, round) {
+					total++
+				}
 			}
 		}
 	}
 	for round := 1; round <= cfg.rounds; round++ {
 		for _, sc := range scs {
 			for _, s := range syss {
-				if unsupported[s.name][sc.needs] {
+				if skipped(sc, s, round) {
 					continue
 				}
 				if ctx.Err() != nil {
@@ -225,7 +235,14 @@ func harness(args []string) error {
 				dir := filepath.Join(work, fmt.Sprintf("r%d-%s-%s", round, sc.name, s.name))
 				raw := filepath.Join(out, "raw", fmt.Sprintf("r%d-%s-%s.txt", round, sc.name, s.name))
 				t0 := time.Now()
-				x := runOne(ctx, env, s, sc, dir, benchBin, raw)
+				var x run
+				if sc.memoryKeys > 0 {
+					x = runMemory(ctx, env, s, sc, dir, func(done int) {
+						progress("    %s: %s of %s keys loaded", s.name, fmtRate(float64(done)), fmtRate(float64(sc.memoryKeys)))
+					})
+				} else {
+					x = runOne(ctx, env, s, sc, dir, benchBin, raw)
+				}
 				res.add(sc.name, s.name, x)
 				if !cfg.keep {
 					os.RemoveAll(dir)
@@ -290,6 +307,30 @@ func selectRun(cfg config, sz sizes) ([]system, []scenario, error) {
 		scs = append(scs, all[i])
 	}
 	return syss, scs, nil
+}
+
+// runMemory starts a fresh sys, loads sc.memoryKeys keys into it and
+// reports its peak RSS; the throughput is the load rate in keys/s.
+func runMemory(ctx context.Context, env *environment, sys system, sc scenario, dir string, progress func(int)) run {
+	fail := func(err error) run { return run{m: measurement{rps: nan}, err: oneLine(err.Error())} }
+	in, err := startSystem(ctx, env, sys, dir)
+	if err != nil {
+		return fail(err)
+	}
+	defer in.stop()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: in.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		MaxCallSendMsgSize: 4 << 20})
+	if err != nil {
+		return fail(err)
+	}
+	defer cli.Close()
+	lctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
+	defer cancel()
+	rate, err := loadKeys(lctx, cli, sc.memoryKeys, progress)
+	if err != nil {
+		return fail(fmt.Errorf("load: %w", err))
+	}
+	return run{m: measurement{rps: rate, pct: map[float64]float64{}}, rss: in.peakRSS()}
 }
 
 // runOne starts a fresh sys, preloads sc, runs the benchmark tool against it,

@@ -126,6 +126,9 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 	}
 	p("\n")
 	for _, sc := range r.scenarios {
+		if sc.memoryKeys > 0 {
+			continue // their own table below
+		}
 		p("| %s |", sc.name)
 		for _, s := range r.systems {
 			if why, ok := r.skipped[sc.name][s.name]; ok {
@@ -155,6 +158,7 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 	for _, t := range targets {
 		ts = append(ts, fmt.Sprintf("%s %s %s", t.sys, t.scenario, t))
 	}
+	ts = append(ts, "cairn peak RSS at 10M keys ≤ 0.25× etcd")
 	p("%s. Fraction of the ceiling:", strings.Join(ts, "; "))
 	for _, sc := range r.scenarios {
 		if !has(r, sc.name, "ceiling") || sc.latencyBound {
@@ -173,6 +177,38 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 	}
 	p("\n\n")
 
+	// Memory.
+	var mem []scenario
+	for _, sc := range r.scenarios {
+		if sc.memoryKeys > 0 {
+			mem = append(mem, sc)
+		}
+	}
+	if len(mem) > 0 {
+		p("## Memory\n\nEach system loads N distinct keys (%d-byte values, %d puts per txn, 32 clients), once; the figure is the server's peak RSS (VmHWM), the load rate is in keys/s.\n\n", memoryValSize, memoryTxnOps)
+		p("| keys | system | peak RSS MiB | load keys/s |\n|---:|---|---:|---:|\n")
+		for _, sc := range mem {
+			for _, s := range r.systems {
+				if !has(r, sc.name, s.name) {
+					continue
+				}
+				p("| %s | %s | %s | %s |\n", fmtRate(float64(sc.memoryKeys)), s.name, fmtNum(medianRSS(r, sc.name, s.name), 0), fmtRate(median(r.rps(sc.name, s.name))))
+			}
+			e, c := medianRSS(r, sc.name, "etcd"), medianRSS(r, sc.name, "cairn")
+			if e > 0 && c > 0 {
+				cell := "–"
+				if sc.memoryKeys == 10_000_000 {
+					cell = "≤ 0.25× etcd: **FAIL**"
+					if c/e <= 0.25 {
+						cell = "≤ 0.25× etcd: **pass**"
+					}
+				}
+				p("| %s | **cairn/etcd** | **%.2f×** | target %s |\n", fmtRate(float64(sc.memoryKeys)), c/e, cell)
+			}
+		}
+		p("\n")
+	}
+
 	// Latency percentiles and memory.
 	p("## Latency percentiles (ms, median over rounds)\n\n| scenario | system |")
 	qs := []float64{50, 90, 99, 99.9}
@@ -185,6 +221,9 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 	}
 	p("---:|\n")
 	for _, sc := range r.scenarios {
+		if sc.memoryKeys > 0 {
+			continue
+		}
 		for _, s := range r.systems {
 			if !has(r, sc.name, s.name) {
 				continue
@@ -232,6 +271,20 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// medianRSS is the median peak RSS of sys's runs of sc in MiB, 0 if none.
+func medianRSS(r *results, sc, sys string) float64 {
+	var rss []float64
+	for _, x := range r.runs[sc][sys] {
+		if x.rss > 0 && x.err == "" {
+			rss = append(rss, float64(x.rss)/(1<<20))
+		}
+	}
+	if len(rss) == 0 {
+		return 0
+	}
+	return median(rss)
 }
 
 func has(r *results, sc, sys string) bool {

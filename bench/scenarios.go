@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -15,15 +16,16 @@ import (
 // sizes are the totals of one run; defaultSizes is the documented run, and
 // smokeSizes is what CI runs to keep the harness from rotting.
 type sizes struct {
-	clients, conns int // concurrency of the point scenarios
-	putTotal       int // put and txn-put requests
-	rangeTotal     int // single-key range requests
-	bigRangeKeys   int // keys under the prefix of the big range
-	bigRangeTotal  int // big range requests
-	leaseTotal     int // lease keepalive requests
-	watchPuts      int // puts observed by the watch-latency watchers
-	watchRate      int // puts per second in watch-latency
-	valSize        int // value size of writes
+	clients, conns int   // concurrency of the point scenarios
+	putTotal       int   // put and txn-put requests
+	rangeTotal     int   // single-key range requests
+	bigRangeKeys   int   // keys under the prefix of the big range
+	bigRangeTotal  int   // big range requests
+	leaseTotal     int   // lease keepalive requests
+	watchPuts      int   // puts observed by the watch-latency watchers
+	watchRate      int   // puts per second in watch-latency
+	valSize        int   // value size of writes
+	memoryKeys     []int // key counts of the memory scenarios
 }
 
 var defaultSizes = sizes{
@@ -32,7 +34,8 @@ var defaultSizes = sizes{
 	bigRangeKeys: 10000, bigRangeTotal: 300,
 	leaseTotal: 40000,
 	watchPuts:  5000, watchRate: 1000, // the watch issue: latency under 1,000 puts/s
-	valSize: 256,
+	valSize:    256,
+	memoryKeys: []int{1_000_000, 10_000_000},
 }
 
 var smokeSizes = sizes{
@@ -41,7 +44,8 @@ var smokeSizes = sizes{
 	bigRangeKeys: 10000, bigRangeTotal: 10,
 	leaseTotal: 300,
 	watchPuts:  50, watchRate: 100,
-	valSize: 256,
+	valSize:    256,
+	memoryKeys: []int{20_000},
 }
 
 // capability is a service a scenario needs beyond KV.
@@ -70,14 +74,31 @@ type scenario struct {
 	latencyBound bool
 	// preload writes what the scenario reads, before the clock starts.
 	preload func(ctx context.Context, cli *clientv3.Client) error
+	// memoryKeys, if set, makes this a memory scenario: the harness's own
+	// loader writes that many distinct keys (memoryValSize-byte values, in
+	// txns of memoryTxnOps puts), the figure is the server's peak RSS, and
+	// the throughput reported is the load rate in keys/s. It runs once (in
+	// round 1) and on the systems in only.
+	memoryKeys int
+	only       []string
 }
+
+const (
+	memoryValSize = 100
+	memoryTxnOps  = 128
+)
 
 const bigRangePrefix = "bench/range/"
 
 func scenarios(sz sizes) []scenario {
 	val := strconv.Itoa(sz.valSize)
 	n := strconv.Itoa
-	return []scenario{
+	var memory []scenario
+	for _, k := range sz.memoryKeys {
+		memory = append(memory, scenario{name: fmt.Sprintf("memory-%s-keys", countName(k)), needs: capKV,
+			memoryKeys: k, only: []string{"etcd", "cairn"}})
+	}
+	return append([]scenario{
 		{
 			name: "put", needs: capKV, clients: sz.clients, conns: sz.conns,
 			args: []string{"put", "--total", n(sz.putTotal), "--key-size", "8", "--val-size", val, "--key-space-size", "100000"},
@@ -113,7 +134,49 @@ func scenarios(sz sizes) []scenario {
 			args:    []string{"watch-latency", "--put-total", n(sz.watchPuts), "--put-rate", n(sz.watchRate), "--streams", "10", "--watchers-per-stream", "10"},
 			section: "Watch events summary:",
 		},
+	}, memory...)
+}
+
+// countName spells 10000000 as 10M and 20000 as 20k.
+func countName(n int) string {
+	switch {
+	case n >= 1_000_000 && n%1_000_000 == 0:
+		return fmt.Sprintf("%dM", n/1_000_000)
+	case n >= 1000 && n%1000 == 0:
+		return fmt.Sprintf("%dk", n/1000)
 	}
+	return strconv.Itoa(n)
+}
+
+// loadKeys writes n distinct keys (mem/<i>) with memoryValSize-byte
+// values, memoryTxnOps puts per txn from 32 concurrent clients, calling
+// progress now and then; it returns the keys per second it achieved.
+func loadKeys(ctx context.Context, cli *clientv3.Client, n int, progress func(done int)) (float64, error) {
+	v := strings.Repeat("v", memoryValSize)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(32)
+	start := time.Now()
+	var done atomic.Int64
+	for first := 0; first < n; first += memoryTxnOps {
+		last := min(first+memoryTxnOps, n)
+		g.Go(func() error {
+			ops := make([]clientv3.Op, 0, last-first)
+			for i := first; i < last; i++ {
+				ops = append(ops, clientv3.OpPut(fmt.Sprintf("mem/%09d", i), v))
+			}
+			if _, err := cli.Txn(gctx).Then(ops...).Commit(); err != nil {
+				return err
+			}
+			if d := done.Add(int64(last - first)); progress != nil && d%(memoryTxnOps*2000) < memoryTxnOps {
+				progress(int(d))
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
 }
 
 // target is a goal of issue 7 that the report checks: sys's figure over

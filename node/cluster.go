@@ -147,11 +147,29 @@ func (n *Node) publish(ctx context.Context) {
 // Members implements router.NodeInfo: the raft membership (voters and
 // learners) with the attributes each member published. A member added but
 // not yet started has no name and no client URLs, as in etcd.
-func (n *Node) Members() []*pb.Member {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+//
+// Linearizable asks the raft group (a read index); otherwise the member
+// answers from its own view, as etcd does without --linearizable: the
+// membership it last read, reused while its local config-change index is
+// unchanged, so a member cut off from the others still lists them.
+func (n *Node) Members(linearizable bool) []*pb.Member {
+	cc := n.configChangeIndex()
+	if !linearizable {
+		if v := n.membersView.Load(); v != nil && v.cc == cc {
+			return v.members
+		}
+	}
+	timeout := 5 * time.Second
+	if !linearizable {
+		timeout = time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
 	if err != nil {
+		if v := n.membersView.Load(); v != nil && !linearizable {
+			return v.members
+		}
 		// Not reachable now: report what this node knows of itself.
 		return []*pb.Member{{ID: n.memberID, Name: n.cfg.Name, PeerURLs: n.peerURLs, ClientURLs: n.cfg.AdvertiseClientURLs}}
 	}
@@ -185,7 +203,51 @@ func (n *Node) Members() []*pb.Member {
 		}
 		return 0
 	})
+	if ms.ConfigChangeID >= cc {
+		n.membersView.Store(&membersView{cc: ms.ConfigChangeID, members: out})
+	}
 	return out
+}
+
+// refreshMembers keeps the member's own view of the membership (what a
+// non-linearizable MemberList answers) current: it reads the membership
+// again whenever the local config-change index moves, and every two
+// seconds for the names and client URLs members publish once they serve.
+func (n *Node) refreshMembers() {
+	defer n.wg.Done()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	var last time.Time
+	for {
+		if v := n.membersView.Load(); v == nil || v.cc != n.configChangeIndex() || time.Since(last) > 2*time.Second {
+			n.Members(true)
+			last = time.Now()
+		}
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// membersView is the membership a member last read, with the config-change
+// index it was read at.
+type membersView struct {
+	cc      uint64
+	members []*pb.Member
+}
+
+// configChangeIndex is the raft index of the last membership change this
+// replica applied (its local view; 0 if unknown).
+func (n *Node) configChangeIndex() uint64 {
+	info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+	for _, s := range info.ShardInfoList {
+		if s.ShardID == singleShardID {
+			return s.ConfigChangeIndex
+		}
+	}
+	return 0
 }
 
 // leaderConn returns a client connection to the member leading the shard,

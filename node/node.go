@@ -185,26 +185,28 @@ func hostPort(raw string) (string, error) {
 // Node is one running Cairn process: a NodeHost with its replica of the
 // single group, the node's pebble, the router and the client listeners.
 type Node struct {
-	cfg       Config
-	log       *slog.Logger
-	db        *pebble.DB
-	journal   *os.File // nil unless Config.DebugJournal
-	nh        *dragonboat.NodeHost
-	replica   *shard.Replica
-	primary   *shard.Primary
-	sm        atomic.Pointer[shard.StateMachine] // set when dragonboat creates it
-	hub       *watch.Hub
-	stop      chan struct{} // closed by Close: stops the watch pump
-	grpc      *grpc.Server
-	http      *http.Server
-	nhConfig  dbconfig.NodeHostConfig
-	muxes     []cmux.CMux
-	listeners []*trackingListener
-	clientURL []string
-	memberID  uint64
-	clusterID uint64
-	peerURLs  []string // advertised
-	token     string   // --initial-cluster-token
+	cfg      Config
+	log      *slog.Logger
+	db       *pebble.DB
+	journal  *os.File // nil unless Config.DebugJournal
+	nh       *dragonboat.NodeHost
+	replica  *shard.Replica
+	primary  *shard.Primary
+	sm       atomic.Pointer[shard.StateMachine] // set when dragonboat creates it
+	hub      *watch.Hub
+	stop     chan struct{} // closed by Close: stops the watch pump
+	grpc     *grpc.Server
+	http     *http.Server
+	nhConfig dbconfig.NodeHostConfig
+	// membersView caches the membership last read (see Members).
+	membersView atomic.Pointer[membersView]
+	muxes       []cmux.CMux
+	listeners   []*trackingListener
+	clientURL   []string
+	memberID    uint64
+	clusterID   uint64
+	peerURLs    []string // advertised
+	token       string   // --initial-cluster-token
 	// learner is set while this member is a learner (see trackLearner).
 	learner atomic.Bool
 
@@ -425,9 +427,10 @@ func (n *Node) start(ctx context.Context) error {
 		Log:             n.log,
 	})
 	n.stop = make(chan struct{})
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.watchPump()
 	go n.trackLearner()
+	go n.refreshMembers()
 	if err := n.startCompactor(); err != nil {
 		return err
 	}

@@ -176,6 +176,16 @@ func TestPartition(t *testing.T) {
 	if r, err := lc.Get(ctx, "before", clientv3.WithSerializable()); err != nil || len(r.Kvs) != 1 {
 		t.Fatalf("minority serializable read: %v %v", r, err)
 	}
+	// So is a non-linearizable member list, from the member's own view.
+	if r, err := pb.NewClusterClient(lc.ActiveConnection()).MemberList(ctx, &pb.MemberListRequest{}); err != nil || len(r.Members) != 3 {
+		t.Fatalf("minority member list (not linearizable): %v %v", r, err)
+	}
+	mctx, mcancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = pb.NewClusterClient(lc.ActiveConnection()).MemberList(mctx, &pb.MemberListRequest{Linearizable: true})
+	mcancel()
+	if !etcdUnavailable(err) {
+		t.Fatalf("minority member list (linearizable): %v, want etcd's timeout or no-leader error", err)
+	}
 
 	net.heal()
 	last, err := c.Put(ctx, "after", "v")

@@ -42,7 +42,7 @@ func (c *clusterServer) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberAddResponse{Header: &pb.ResponseHeader{}, Member: m, Members: c.s.cfg.Node.Members()}
+	resp := &pb.MemberAddResponse{Header: &pb.ResponseHeader{}, Member: m, Members: c.s.cfg.Node.Members(true)}
 	c.s.fill(resp.Header)
 	return resp, nil
 }
@@ -55,7 +55,7 @@ func (c *clusterServer) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequ
 	if err := ms.RemoveMember(ctx, r.ID); err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberRemoveResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members()}
+	resp := &pb.MemberRemoveResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members(true)}
 	c.s.fill(resp.Header)
 	return resp, nil
 }
@@ -68,7 +68,7 @@ func (c *clusterServer) MemberPromote(ctx context.Context, r *pb.MemberPromoteRe
 	if err := ms.PromoteMember(ctx, r.ID); err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberPromoteResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members()}
+	resp := &pb.MemberPromoteResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members(true)}
 	c.s.fill(resp.Header)
 	return resp, nil
 }

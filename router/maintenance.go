@@ -80,7 +80,7 @@ func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest)
 	}
 	resp := &pb.MemberListResponse{
 		Header:  &pb.ResponseHeader{Revision: int64(v.(shard.Status).Revision)},
-		Members: c.s.cfg.Node.Members(),
+		Members: c.s.cfg.Node.Members(r.Linearizable),
 	}
 	c.s.fill(resp.Header)
 	return resp, nil

@@ -58,7 +58,7 @@ type Config struct {
 // NodeInfo is what the router asks of the process hosting it.
 type NodeInfo interface {
 	// Members lists the cluster's members as etcd reports them.
-	Members() []*pb.Member
+	Members(linearizable bool) []*pb.Member
 	// Status reports the process's view of its store and raft group.
 	Status() NodeStatus
 }

@@ -24,7 +24,7 @@ var testLeases = leaseSet{5: true, 7: true}
 
 func openTestDB(t testing.TB) *pebble.DB {
 	t.Helper()
-	db, err := pebble.Open("", &pebble.Options{FS: vfs.NewMem(), Logger: quietLogger{}})
+	db, err := pebble.Open("", PebbleOptions(&pebble.Options{FS: vfs.NewMem(), Logger: quietLogger{}}))
 	if err != nil {
 		t.Fatal(err)
 	}

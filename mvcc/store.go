@@ -72,6 +72,9 @@ type Store struct {
 // Open loads the store of opts.ID from db. A new store is at revision 1,
 // like a new etcd, so the first write gets revision 2.
 func Open(db *pebble.DB, opts Options) (*Store, error) {
+	if err := checkComparer(db); err != nil {
+		return nil, err
+	}
 	s := &Store{db: db, opts: opts}
 	if err := s.load(); err != nil {
 		return nil, err
@@ -186,7 +189,8 @@ func (s *Store) readView() (*view, error) {
 // or it is a tombstone.
 func (v *view) get(key []byte, at Revision) (*version, error) {
 	p := keyPrefix(key)
-	if !v.it.SeekGE(binary.BigEndian.AppendUint64(append([]byte(nil), p...), ^uint64(at))) {
+	// A prefix seek: the bloom filters skip every table without the key.
+	if !v.it.SeekPrefixGE(binary.BigEndian.AppendUint64(append([]byte(nil), p...), ^uint64(at))) {
 		return nil, v.it.Error()
 	}
 	k := v.it.Key()

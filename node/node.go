@@ -342,9 +342,9 @@ func (n *Node) start(ctx context.Context) error {
 		}
 	}
 
-	db, err := pebble.Open(filepath.Join(cfg.DataDir, "state"), &pebble.Options{
+	db, err := pebble.Open(filepath.Join(cfg.DataDir, "state"), mvcc.PebbleOptions(&pebble.Options{
 		Logger: quietPebble{},
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("node: open state store: %w", err)
 	}
@@ -427,10 +427,9 @@ func (n *Node) start(ctx context.Context) error {
 		Log:             n.log,
 	})
 	n.stop = make(chan struct{})
-	n.wg.Add(3)
+	n.wg.Add(2)
 	go n.watchPump()
 	go n.trackLearner()
-	go n.refreshMembers()
 	if err := n.startCompactor(); err != nil {
 		return err
 	}
@@ -478,6 +477,8 @@ func (n *Node) start(ctx context.Context) error {
 	if len(n.cfg.AdvertiseClientURLs) == 0 {
 		n.cfg.AdvertiseClientURLs = n.clientURL
 	}
+	n.wg.Add(1)
+	go n.refreshMembers() // reads the config: started once it is final
 
 	n.publish(ctx)
 	if ctx.Err() != nil {

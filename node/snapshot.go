@@ -11,6 +11,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/shard"
 )
 
@@ -98,7 +99,7 @@ func RestoreSnapshot(path, dataDir string) (revision int64, err error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return 0, fmt.Errorf("node: restore: %w", err)
 	}
-	db, err := pebble.Open(filepath.Join(dataDir, "state"), &pebble.Options{Logger: quietPebble{}})
+	db, err := pebble.Open(filepath.Join(dataDir, "state"), mvcc.PebbleOptions(&pebble.Options{Logger: quietPebble{}}))
 	if err != nil {
 		return 0, fmt.Errorf("node: restore: open state store: %w", err)
 	}

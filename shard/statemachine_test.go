@@ -18,7 +18,7 @@ import (
 
 func openDB(t *testing.T, fs vfs.FS) *pebble.DB {
 	t.Helper()
-	db, err := pebble.Open("db", &pebble.Options{FS: fs, Logger: nopLogger{}})
+	db, err := pebble.Open("db", mvcc.PebbleOptions(&pebble.Options{FS: fs, Logger: nopLogger{}}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T) *fixture {
-	db, err := pebble.Open("", &pebble.Options{FS: vfs.NewMem(), Logger: quiet{}})
+	db, err := pebble.Open("", mvcc.PebbleOptions(&pebble.Options{FS: vfs.NewMem(), Logger: quiet{}}))
 	if err != nil {
 		t.Fatal(err)
 	}

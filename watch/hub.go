@@ -176,8 +176,9 @@ func (h *Hub) Catchup(hist History, maxRevs int) (more bool, err error) {
 			continue
 		}
 		if w.next < compact {
-			// History from w.next is gone: cancel the watcher, as etcd does.
-			w.stream.offer(&pb.WatchResponse{WatchId: int64(w.id), Header: &pb.ResponseHeader{Revision: int64(h.rev)},
+			// History from w.next is gone: cancel the watcher, as etcd
+			// does — whose response carries no header revision.
+			w.stream.offer(&pb.WatchResponse{WatchId: int64(w.id), Header: &pb.ResponseHeader{},
 				Canceled: true, CompactRevision: int64(compact)})
 			h.removeLocked(w)
 			continue

@@ -342,8 +342,16 @@ func (n *Node) start(ctx context.Context) error {
 		}
 	}
 
+	// The block cache holds the index and filter blocks of a store of
+	// tens of millions of keys (pebble's default 8 MiB re-reads them from
+	// disk on every lookup); the larger memtable makes fewer, larger flushes
+	// under a write load.
+	cache := pebble.NewCache(stateCacheBytes)
+	defer cache.Unref() // the DB holds its own reference
 	db, err := pebble.Open(filepath.Join(cfg.DataDir, "state"), mvcc.PebbleOptions(&pebble.Options{
-		Logger: quietPebble{},
+		Logger:       quietPebble{},
+		Cache:        cache,
+		MemTableSize: stateMemTableBytes,
 	}))
 	if err != nil {
 		return fmt.Errorf("node: open state store: %w", err)
@@ -659,6 +667,12 @@ func resolvePort(hostport string) (string, error) {
 	defer l.Close()
 	return l.Addr().String(), nil
 }
+
+// The state store's pebble sizes (see Start).
+const (
+	stateCacheBytes    = 128 << 20
+	stateMemTableBytes = 64 << 20
+)
 
 var quietOnce sync.Once
 

@@ -261,9 +261,11 @@ func (d *driver) groups() string {
 		slices.Sort(ids)
 		for _, id := range ids {
 			w := s.watchers[id]
-			group := "unsynced"
+			group := "compacted away"
 			if h.synced.has(w) {
 				group = "synced"
+			} else if _, ok := h.unsynced[w]; ok {
+				group = "unsynced"
 			}
 			lines = append(lines, fmt.Sprintf("%s id=%d %s next=%d", n, id, group, w.next))
 		}

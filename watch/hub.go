@@ -74,7 +74,9 @@ func (h *Hub) Rev() mvcc.Revision {
 // watcher is one watch. next is the first revision it has not been sent.
 //
 // Invariant: a watcher is in exactly one of hub.synced and hub.unsynced
-// while registered. A synced watcher has been sent every matching event
+// while registered, except one cancelled for compaction, which is in
+// neither and stays in its stream until the client cancels it. A synced
+// watcher has been sent every matching event
 // below max(next, hub.rev+1).
 type watcher struct {
 	id        ID
@@ -177,10 +179,14 @@ func (h *Hub) Catchup(hist History, maxRevs int) (more bool, err error) {
 		}
 		if w.next < compact {
 			// History from w.next is gone: cancel the watcher, as etcd
-			// does — whose response carries no header revision.
+			// does — whose response carries no header revision. As in
+			// etcd, the stream keeps its id (not reused, refused as a
+			// duplicate, answered when the client cancels it) until the
+			// client cancels it; it gets nothing more.
 			w.stream.offer(&pb.WatchResponse{WatchId: int64(w.id), Header: &pb.ResponseHeader{},
 				Canceled: true, CompactRevision: int64(compact)})
-			h.removeLocked(w)
+			h.synced.remove(w)
+			delete(h.unsynced, w)
 			continue
 		}
 		ws = append(ws, w)

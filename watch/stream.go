@@ -181,6 +181,9 @@ func (s *Stream) Cancel(id ID) bool {
 	}
 	h.removeLocked(w)
 	s.push(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(h.rev)}, WatchId: int64(id), Canceled: true})
+	if s.progressPending {
+		s.progressLocked() // the cancelled watcher may have held it back
+	}
 	return true
 }
 

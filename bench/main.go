@@ -49,6 +49,7 @@ func main() {
 type config struct {
 	rounds    int
 	smoke     bool
+	memory    []int // key counts of the memory scenarios, nil: the sizes'
 	tmpfs     bool
 	out       string
 	root      string
@@ -62,6 +63,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.IntVar(&c.rounds, "rounds", 3, "rounds; each runs every scenario against every system in turn")
 	fs.BoolVar(&c.smoke, "smoke", false, "tiny totals and one round: checks that the harness works (CI)")
+	memory := fs.String("memory", "", "key counts of the memory scenarios, e.g. 1M,10M (default 1M; smoke 20k)")
 	fs.BoolVar(&c.tmpfs, "tmpfs", false, "put the servers' data directories on /dev/shm instead of $TMPDIR")
 	fs.StringVar(&c.out, "out", "results", "directory for report.md, the charts and the raw benchmark output")
 	fs.StringVar(&c.root, "root", "", "the Cairn repository (default: found from the working directory)")
@@ -80,9 +82,32 @@ func parseFlags(args []string) (config, error) {
 	if c.rounds < 1 {
 		return c, errors.New("bench: -rounds must be at least 1")
 	}
+	for _, f := range splitList(*memory) {
+		n, err := parseCount(f)
+		if err != nil {
+			return c, err
+		}
+		c.memory = append(c.memory, n)
+	}
 	c.systems = splitList(*sys)
 	c.scenarios = splitList(*scs)
 	return c, nil
+}
+
+// parseCount reads 20000, 20k, 1M.
+func parseCount(s string) (int, error) {
+	mult := 1
+	switch {
+	case strings.HasSuffix(s, "k"):
+		mult, s = 1000, strings.TrimSuffix(s, "k")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1_000_000, strings.TrimSuffix(s, "M")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("bench: -memory: %q is not a key count", s)
+	}
+	return n * mult, nil
 }
 
 func splitList(s string) []string {
@@ -118,6 +143,9 @@ func harness(args []string) error {
 	sz := defaultSizes
 	if cfg.smoke {
 		sz = smokeSizes
+	}
+	if cfg.memory != nil {
+		sz.memoryKeys = cfg.memory
 	}
 	syss, scs, err := selectRun(cfg, sz)
 	if err != nil {

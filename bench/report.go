@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -205,6 +206,9 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 				}
 				p("| %s | **cairn/etcd** | **%.2f×** | target %s |\n", fmtRate(float64(sc.memoryKeys)), c/e, cell)
 			}
+		}
+		if !slices.ContainsFunc(mem, func(sc scenario) bool { return sc.memoryKeys == 10_000_000 }) {
+			p("\nThe 10M-key target (cairn ≤ 0.25× etcd) needs `go run . -memory 1M,10M` (about 10 more minutes).\n")
 		}
 		p("\n")
 	}

@@ -60,3 +60,16 @@ func TestFmtNum(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCount(t *testing.T) {
+	for in, want := range map[string]int{"20000": 20000, "20k": 20000, "1M": 1_000_000, "10M": 10_000_000} {
+		if got, err := parseCount(in); err != nil || got != want {
+			t.Errorf("parseCount(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "-1", "1G"} {
+		if _, err := parseCount(in); err == nil {
+			t.Errorf("parseCount(%q): no error", in)
+		}
+	}
+}

@@ -178,6 +178,29 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 	}
 	p("\n\n")
 
+	// What bounds every target missed.
+	var why []string
+	for _, sc := range r.scenarios {
+		for _, pr := range pairs {
+			if !has(r, sc.name, pr[0]) || !has(r, sc.name, pr[1]) {
+				continue
+			}
+			if !strings.HasSuffix(targetCell(sc.name, pr[0], pr[1], r.ratio(sc, pr[0], pr[1])), "**FAIL**") {
+				continue
+			}
+			key := sc.name
+			if pr[0] == "cairn-3" {
+				key += "@3"
+			}
+			if b, ok := bounds[key]; ok {
+				why = append(why, fmt.Sprintf("- **%s, %s vs %s**: %s", sc.name, pr[0], pr[1], b))
+			}
+		}
+	}
+	if len(why) > 0 {
+		p("## What bounds the missed targets\n\nFrom CPU profiles of Cairn during the scenarios (`--enable-pprof`):\n\n%s\n\n", strings.Join(why, "\n"))
+	}
+
 	// Memory.
 	var mem []scenario
 	for _, sc := range r.scenarios {

@@ -56,6 +56,7 @@ func TestWriteReport(t *testing.T) {
 		"- txn-put on cairn, round 1: failed: cairn exited while starting",
 		"| put | cairn | 0.75 | n/a | 3.00 | n/a | 64 |",
 		"![throughput](throughput.png)",
+		"- **range-linearizable, cairn vs etcd**: Each read waits for a read index",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q; report:\n%s", want, out)

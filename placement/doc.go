@@ -1,4 +1,33 @@
-// Package placement will hold the placement group: the range map, the node
-// registry and the revision oracle (see DESIGN.md). It is empty until the
-// sharded-mode issue; single-group mode needs none of it.
+// Package placement holds the placement group's state: the range map, the
+// node registry and the revision oracle (DESIGN.md, "Ranges, placement,
+// membership" and "Keys, values, revisions").
+//
+// # Model
+//
+// Table is the placement group's deterministic state machine state: range
+// descriptors (id, [start, end), generation, replicas, leader hint) that
+// tile the key space, registered nodes, and the oracle's persisted bound.
+// Commands (proto/placementpb) change it — bootstrap, split, leader hint,
+// node registration, raising the bound — and a refused command changes
+// nothing. A descriptor's generation grows with every change of its bounds,
+// so a command or a router holding a stale descriptor is told apart.
+//
+// Oracle is the leader's revision allocator: it hands out revisions from
+// memory under the persisted bound, asks for a new bound (one raft write)
+// only when its window runs low, and a new leader starts above the
+// persisted bound, so revisions are unique and increasing across leader
+// changes, if not dense. The scripts in testdata/ walk through both.
+//
+// # Concurrency
+//
+// Neither type is safe for concurrent use, neither starts goroutines nor
+// reads the clock: the owner (the placement group's state machine and its
+// leader) serializes them.
+//
+// # Non-goals (yet)
+//
+// The raft group around Table, the oracle's service (folding concurrent
+// requests, serving only under confirmed leadership), the scheduler (split
+// by size and load, merge, moves) and merges are the sharded-mode issue's
+// next steps. The package imports mvcc for its Revision type only.
 package placement

@@ -13,4 +13,4 @@
 //	go generate ./proto/
 package proto
 
-//go:generate protoc --proto_path=. --go_out=. --go_opt=paths=source_relative shardpb/shard.proto
+//go:generate protoc --proto_path=. --go_out=. --go_opt=paths=source_relative shardpb/shard.proto placementpb/placement.proto

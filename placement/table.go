@@ -1,0 +1,236 @@
+package placement
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/google/btree"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+)
+
+// RangeID names a range; NodeID a node. Range ids are never reused.
+type (
+	RangeID uint64
+	NodeID  uint64
+)
+
+// Refusals of a command (they travel in Result.error).
+var (
+	ErrBootstrapped   = errors.New("placement: the range map is already bootstrapped")
+	ErrUnknownRange   = errors.New("placement: no such range")
+	ErrStaleRange     = errors.New("placement: the range changed since (stale generation)")
+	ErrSplitKey       = errors.New("placement: split key must lie strictly inside the range")
+	ErrSplitKeysOrder = errors.New("placement: split keys must ascend, without the empty key")
+	ErrNoNode         = errors.New("placement: a node needs an id")
+)
+
+// Table is the placement state machine's state: the range map (ranges by
+// start key, covering the key space without gap or overlap once
+// bootstrapped), the node registry and the oracle's persisted bound. Apply
+// changes it deterministically; everything else reads.
+//
+//	bootstrap split=m        → r1 [,m) g1  r2 [m,) g1
+//	split r2 g1 at t         → r2 [m,t) g2  r3 [t,) g2
+//	lookup "p"               → r2
+//
+// Invariant: the ranges' [start, end) tile the key space: the first starts
+// at "", each ends where the next starts, the last ends at "" (∞).
+// Invariant: nextRangeID is above every range id ever made.
+//
+// A Table is not safe for concurrent use; its owner (the placement group's
+// state machine) serializes Apply and reads.
+type Table struct {
+	ranges      *btree.BTreeG[*placementpb.RangeDescriptor] // by start
+	byID        map[RangeID]*placementpb.RangeDescriptor    // the same descriptors
+	nodes       map[NodeID]*placementpb.Node
+	bound       mvcc.Revision
+	nextRangeID RangeID
+}
+
+func lessStart(a, b *placementpb.RangeDescriptor) bool { return bytes.Compare(a.Start, b.Start) < 0 }
+
+// NewTable returns an empty, unbootstrapped table.
+func NewTable() *Table {
+	return &Table{ranges: btree.NewG(16, lessStart), byID: map[RangeID]*placementpb.RangeDescriptor{},
+		nodes: map[NodeID]*placementpb.Node{}, nextRangeID: 1}
+}
+
+// Apply applies one command and answers it; a refused command changes
+// nothing and says why in Result.Error.
+func (t *Table) Apply(c *placementpb.Command) *placementpb.Result {
+	res, err := t.apply(c)
+	if err != nil {
+		return &placementpb.Result{Error: err.Error(), Bound: int64(t.bound)}
+	}
+	res.Bound = int64(t.bound)
+	return res
+}
+
+func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
+	switch op := c.Op.(type) {
+	case *placementpb.Command_Bootstrap:
+		return t.bootstrap(op.Bootstrap)
+	case *placementpb.Command_Split:
+		return t.split(op.Split)
+	case *placementpb.Command_AddNode:
+		n := op.AddNode.Node
+		if n == nil || n.Id == 0 {
+			return nil, ErrNoNode
+		}
+		t.nodes[NodeID(n.Id)] = proto.Clone(n).(*placementpb.Node)
+		return &placementpb.Result{}, nil
+	case *placementpb.Command_RaiseBound:
+		if b := mvcc.Revision(op.RaiseBound.Bound); b > t.bound {
+			t.bound = b
+		}
+		return &placementpb.Result{}, nil
+	case *placementpb.Command_SetLeader:
+		d, err := t.current(RangeID(op.SetLeader.Range), op.SetLeader.Generation)
+		if err != nil {
+			return nil, err
+		}
+		d.Leader = op.SetLeader.Leader
+		return &placementpb.Result{Ranges: []*placementpb.RangeDescriptor{clone(d)}}, nil
+	}
+	return nil, fmt.Errorf("placement: unknown command %v", c)
+}
+
+func (t *Table) bootstrap(b *placementpb.Bootstrap) (*placementpb.Result, error) {
+	if t.ranges.Len() > 0 {
+		return nil, ErrBootstrapped
+	}
+	for i, k := range b.SplitKeys {
+		if len(k) == 0 || (i > 0 && bytes.Compare(b.SplitKeys[i-1], k) >= 0) {
+			return nil, ErrSplitKeysOrder
+		}
+	}
+	starts := append([][]byte{{}}, b.SplitKeys...)
+	res := &placementpb.Result{}
+	for i, s := range starts {
+		var end []byte
+		if i+1 < len(starts) {
+			end = starts[i+1]
+		}
+		d := &placementpb.RangeDescriptor{Id: uint64(t.nextRangeID), Start: slices.Clone(s), End: slices.Clone(end),
+			Generation: 1, Replicas: slices.Clone(b.Replicas)}
+		t.nextRangeID++
+		t.put(d)
+		res.Ranges = append(res.Ranges, clone(d))
+	}
+	return res, nil
+}
+
+func (t *Table) split(s *placementpb.Split) (*placementpb.Result, error) {
+	d, err := t.current(RangeID(s.Range), s.Generation)
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Compare(s.Key, d.Start) <= 0 || (len(d.End) > 0 && bytes.Compare(s.Key, d.End) >= 0) {
+		return nil, ErrSplitKey
+	}
+	right := &placementpb.RangeDescriptor{Id: uint64(t.nextRangeID), Start: slices.Clone(s.Key), End: d.End,
+		Generation: d.Generation + 1, Replicas: slices.Clone(d.Replicas), Leader: d.Leader}
+	t.nextRangeID++
+	d.End = slices.Clone(s.Key)
+	d.Generation++
+	t.put(right)
+	return &placementpb.Result{Ranges: []*placementpb.RangeDescriptor{clone(d), clone(right)}}, nil
+}
+
+// current returns range id if it is at generation gen.
+func (t *Table) current(id RangeID, gen uint64) (*placementpb.RangeDescriptor, error) {
+	found := t.byID[id]
+	if found == nil {
+		return nil, fmt.Errorf("%w: %d", ErrUnknownRange, id)
+	}
+	if found.Generation != gen {
+		return nil, fmt.Errorf("%w: range %d is at generation %d, not %d", ErrStaleRange, id, found.Generation, gen)
+	}
+	return found, nil
+}
+
+// Lookup returns the range holding key, or nil before bootstrap.
+func (t *Table) Lookup(key []byte) *placementpb.RangeDescriptor {
+	var found *placementpb.RangeDescriptor
+	t.ranges.DescendLessOrEqual(&placementpb.RangeDescriptor{Start: key}, func(d *placementpb.RangeDescriptor) bool {
+		found = d
+		return false
+	})
+	if found == nil {
+		return nil
+	}
+	return clone(found)
+}
+
+// Overlapping returns, in key order, the ranges that hold a key of
+// [start, end) (end empty: to the end of the key space).
+func (t *Table) Overlapping(start, end []byte) []*placementpb.RangeDescriptor {
+	first := t.Lookup(start)
+	if first == nil {
+		return nil
+	}
+	var out []*placementpb.RangeDescriptor
+	t.ranges.AscendGreaterOrEqual(&placementpb.RangeDescriptor{Start: first.Start}, func(d *placementpb.RangeDescriptor) bool {
+		if len(end) > 0 && bytes.Compare(d.Start, end) >= 0 {
+			return false
+		}
+		out = append(out, clone(d))
+		return true
+	})
+	return out
+}
+
+// Ranges returns every range in key order.
+func (t *Table) Ranges() []*placementpb.RangeDescriptor { return t.Overlapping(nil, nil) }
+
+// Node returns a registered node, or nil.
+func (t *Table) Node(id NodeID) *placementpb.Node {
+	if n := t.nodes[id]; n != nil {
+		return proto.Clone(n).(*placementpb.Node)
+	}
+	return nil
+}
+
+// Bound is the oracle's persisted bound: no revision above it was handed out.
+func (t *Table) Bound() mvcc.Revision { return t.bound }
+
+// State returns the whole state, for a snapshot.
+func (t *Table) State() *placementpb.State {
+	st := &placementpb.State{Ranges: t.Ranges(), Bound: int64(t.bound), NextRangeId: uint64(t.nextRangeID)}
+	ids := make([]NodeID, 0, len(t.nodes))
+	for id := range t.nodes {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		st.Nodes = append(st.Nodes, t.Node(id))
+	}
+	return st
+}
+
+// Load replaces the table with a snapshot's state.
+func (t *Table) Load(st *placementpb.State) {
+	*t = *NewTable()
+	for _, d := range st.Ranges {
+		t.put(clone(d))
+	}
+	for _, n := range st.Nodes {
+		t.nodes[NodeID(n.Id)] = proto.Clone(n).(*placementpb.Node)
+	}
+	t.bound = mvcc.Revision(st.Bound)
+	t.nextRangeID = RangeID(st.NextRangeId)
+}
+
+func (t *Table) put(d *placementpb.RangeDescriptor) {
+	t.ranges.ReplaceOrInsert(d)
+	t.byID[RangeID(d.Id)] = d
+}
+
+func clone(d *placementpb.RangeDescriptor) *placementpb.RangeDescriptor {
+	return proto.Clone(d).(*placementpb.RangeDescriptor)
+}

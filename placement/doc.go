@@ -21,12 +21,14 @@
 // # Concurrency
 //
 // Neither type is safe for concurrent use, neither starts goroutines nor
-// reads the clock: the owner (the placement group's state machine and its
-// leader) serializes them.
+// reads the clock: the owner serializes them. StateMachine is the placement
+// group's dragonboat state machine around a Table (commands from the log,
+// the whole state in each snapshot; its own lock lets Lookup run beside
+// Update).
 //
 // # Non-goals (yet)
 //
-// The raft group around Table, the oracle's service (folding concurrent
+// Starting the placement group on the nodes, the oracle's service (folding concurrent
 // requests, serving only under confirmed leadership), the scheduler (split
 // by size and load, merge, moves) and merges are the sharded-mode issue's
 // next steps. The package imports mvcc for its Revision type only.

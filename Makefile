@@ -41,4 +41,4 @@ soak:
 # The report goes to a temporary directory.
 test-bench-smoke:
 	cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
-	d=$$(mktemp -d) && (cd bench && $(GO) run . -smoke -out $$d/results && $(GO) run . watch-scale -smoke -out $$d/results); rc=$$?; rm -rf $$d; exit $$rc
+	d=$$(mktemp -d) && (cd bench && $(GO) run . -smoke -out $$d/results && $(GO) run . watch-scale -smoke -out $$d/results && $(GO) run . leases -smoke -out $$d/results); rc=$$?; rm -rf $$d; exit $$rc

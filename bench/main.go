@@ -30,6 +30,8 @@ func main() {
 			err = serveCeiling(os.Args[2:])
 		case "watch-scale":
 			err = watchScale(os.Args[2:])
+		case "leases":
+			err = leaseBench(os.Args[2:])
 		default:
 			err = harness(os.Args[1:])
 		}

@@ -1,7 +1,7 @@
 # The README's two commands: `make run` and `make test`.
 GO ?= go
 
-.PHONY: run build etcdctl test test-unit test-compat test-bench-smoke test-robustness soak
+.PHONY: run build etcdctl test test-unit test-compat test-bench-smoke test-robustness soak fuzz
 
 run:
 	$(GO) run ./cmd/cairn
@@ -35,6 +35,14 @@ test-robustness:
 SOAK ?= 30m
 soak:
 	cd tests/robustness && $(GO) test -count=1 -timeout 0 -run TestSoak -robustness.soak=$(SOAK) -v ./...
+
+# Each fuzz target for FUZZTIME (go test runs one -fuzz target at a time).
+FUZZTIME ?= 3m
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzCommand$$' -fuzztime $(FUZZTIME) ./shard/
+	for f in FuzzRange FuzzPut FuzzTxn FuzzWatchCreate; do \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./node/ || exit 1; \
+	done
 
 # The benchmark harness (its own module): its unit tests, then one round with
 # tiny totals against etcd, Cairn and the ceiling, so that it cannot rot.

@@ -165,7 +165,7 @@ func (n *Node) Members(linearizable bool) []*pb.Member {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
+	ms, err := n.membership(ctx)
 	if err != nil {
 		if v := n.membersView.Load(); v != nil && !linearizable {
 			return v.members
@@ -286,9 +286,26 @@ func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	return c, nil
 }
 
+// membership reads the shard's membership through the leader (a ReadIndex),
+// trying again while the replica is between states (no leader yet, a
+// leadership change under way) until ctx ends.
+func (n *Node) membership(ctx context.Context) (*dragonboat.Membership, error) {
+	for {
+		ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
+		if err == nil || !(errors.Is(err, dragonboat.ErrShardNotReady) || errors.Is(err, dragonboat.ErrSystemBusy)) {
+			return ms, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, rpctypes.ErrGRPCTimeoutDueToLeaderFail
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 // findMember returns member id's peer address and whether it is a learner.
 func (n *Node) findMember(ctx context.Context, id uint64) (addr string, learner, ok bool, err error) {
-	ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
+	ms, err := n.membership(ctx)
 	if err != nil {
 		return "", false, false, err
 	}
@@ -308,7 +325,7 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 	if _, err := hostPort(peerURLs[0]); err != nil {
 		return nil, rpctypes.ErrGRPCMemberBadURLs
 	}
-	ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
+	ms, err := n.membership(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -447,23 +464,77 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	}
 	// dragonboat's target skips the campaign while it has committed
 	// entries it has not applied (its conservative check for a pending
-	// config change), which under a write load is most of the time; the
-	// leader then aborts the transfer after an election timeout. So the
-	// request is repeated until it takes: dragonboat ignores it while a
-	// transfer is under way, and starts a new one once that has aborted.
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
+	// config change), and the leader then refuses proposals until the
+	// transfer aborts an election timeout later. Under a write load that is
+	// the likely outcome if the transfer starts while entries are in
+	// flight, so each attempt waits for a quiet moment first — no entry
+	// applied here for a few milliseconds, by which time the target has
+	// applied what it was sent — and only a load that never pauses makes
+	// an attempt start regardless. An attempt that has not taken after an
+	// election timeout has aborted, and the next one begins.
 	for {
-		if leader, _, ok := n.replica.Leader(); ok && leader == target {
+		leader, _, ok := n.replica.Leader()
+		switch {
+		case ok && leader == target:
 			return nil
-		} else if ok && leader == n.memberID {
-			if err := n.nh.RequestLeaderTransfer(singleShardID, target); err != nil && !errors.Is(err, dragonboat.ErrSystemBusy) {
+		case ok && leader == n.memberID:
+			n.waitQuiet(ctx, 5*time.Millisecond, n.cfg.ElectionTimeout)
+			// Busy or not ready (the replica is between states): the next
+			// round tries again.
+			err := n.nh.RequestLeaderTransfer(singleShardID, target)
+			if err != nil && !errors.Is(err, dragonboat.ErrSystemBusy) && !errors.Is(err, dragonboat.ErrShardNotReady) {
 				return fmt.Errorf("node: transfer leadership: %w", err)
 			}
+			if n.waitTransferee(ctx, target, n.cfg.ElectionTimeout+2*n.cfg.HeartbeatInterval) {
+				return nil
+			}
+		default:
+			// No leader, or another one (a transfer elsewhere): look again.
+			n.waitTransferee(ctx, target, 10*time.Millisecond)
+		}
+		if ctx.Err() != nil {
+			return rpctypes.ErrGRPCTimeoutDueToLeaderFail
+		}
+	}
+}
+
+// waitQuiet returns once this replica has applied no entry for quiet, or
+// after at most limit (or when ctx ends).
+func (n *Node) waitQuiet(ctx context.Context, quiet, limit time.Duration) {
+	applied := func() uint64 {
+		v, err := n.replica.Read(ctx, shard.StatusQuery{}, false)
+		if err != nil {
+			return 0
+		}
+		return v.(shard.Status).AppliedIndex
+	}
+	deadline := time.Now().Add(limit)
+	last, since := applied(), time.Now()
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if time.Since(since) >= quiet {
+			return
+		}
+		time.Sleep(time.Millisecond) // polling the local applied index
+		if a := applied(); a != last {
+			last, since = a, time.Now()
+		}
+	}
+}
+
+// waitTransferee reports whether target leads within d.
+func (n *Node) waitTransferee(ctx context.Context, target uint64, d time.Duration) bool {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.After(d)
+	for {
+		if leader, _, ok := n.replica.Leader(); ok && leader == target {
+			return true
 		}
 		select {
 		case <-ctx.Done():
-			return rpctypes.ErrGRPCTimeoutDueToLeaderFail
+			return false
+		case <-deadline:
+			return false
 		case <-t.C:
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +21,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/tests/v3/robustness/client"
 	"go.etcd.io/etcd/tests/v3/robustness/identity"
+	"go.etcd.io/etcd/tests/v3/robustness/model"
+	"go.etcd.io/etcd/tests/v3/robustness/report"
 	"go.etcd.io/etcd/tests/v3/robustness/traffic"
 	"go.etcd.io/etcd/tests/v3/robustness/validate"
 	"go.uber.org/zap"
@@ -94,27 +97,26 @@ var faults = []fault{
 		return nil
 	}},
 	{name: "leader-transfer", sizes: []int{3}, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, r *rand.Rand) error {
-		for i := 0; i < 3; i++ {
-			l, err := c.leader(ctx)
-			if err != nil {
-				return err
-			}
-			to := pick(r, c.members, l)
-			id, err := to.memberID(ctx)
-			if err != nil {
-				return err
-			}
-			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{l.endpoint()}, DialTimeout: time.Second, Logger: zap.NewNop()})
-			if err != nil {
-				return err
-			}
-			mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err = cli.MoveLeader(mctx, id)
-			cancel()
-			cli.Close()
-			if err != nil {
-				return fmt.Errorf("move leader %s → %s: %w", l.name, to.name, err)
-			}
+		// One transfer, to a random follower, as each fault kind injects
+		// one failure.
+		l, err := c.leader(ctx)
+		if err != nil {
+			return err
+		}
+		to := pick(r, c.members, l)
+		id, err := to.memberID(ctx)
+		if err != nil {
+			return err
+		}
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{l.endpoint()}, DialTimeout: time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if _, err := cli.MoveLeader(mctx, id); err != nil {
+			return fmt.Errorf("move leader %s → %s: %w", l.name, to.name, err)
 		}
 		return nil
 	}},
@@ -300,7 +302,8 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cs := client.NewSet(identity.NewIDProvider(), time.Now())
+	base := time.Now()
+	cs := client.NewSet(identity.NewIDProvider(), base)
 	defer cs.Close()
 	if err := traffic.CheckEmptyDatabaseAtStart(ctx, lg, c.endpoints(), cs); err != nil {
 		return err
@@ -334,8 +337,11 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	// the cluster has made progress, and so does the end.
 	progress := func(n int64) error { return waitRevisionAdvance(ctx, c, n) }
 	faultErr := progress(200)
+	var faultFrom, faultTo time.Duration
 	if faultErr == nil {
+		faultFrom = time.Since(base)
 		faultErr = s.fault.inject(ctx, c, cs, r)
+		faultTo = time.Since(base)
 	}
 	if faultErr == nil {
 		faultErr = progress(200)
@@ -367,12 +373,58 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 		return keep(t, s, c, nil, fmt.Errorf("persisted history: %w", err))
 	}
 	res := validate.ValidateAndReturnVisualize(lg, validate.Config{ExpectRevisionUnique: s.profile.traffic.ExpectUniqueRevision()}, reports, persisted, 5*time.Minute)
-	t.Logf("%s (seed %d): %d client reports, %d persisted requests; linearization %s, watch %s, serializable %s",
-		s, s.seed, len(reports), len(persisted), res.Linearization.Status, res.Watch.Status, res.Serializable.Status)
+	t.Logf("%s (seed %d): %d client reports, %d persisted requests, failed writes %s; linearization %s, watch %s, serializable %s",
+		s, s.seed, len(reports), len(persisted), failedWrites(reports, faultFrom, faultTo), res.Linearization.Status, res.Watch.Status, res.Serializable.Status)
 	if err := res.Error(); err != nil {
 		return keep(t, s, c, &res, err)
 	}
 	return nil
+}
+
+// failedWrites counts the writes that returned an error, by kind: each is
+// an operation of unknown outcome the checker must place anywhere after
+// its call, so their number is what makes a history hard to linearize.
+//
+// It also says how many were called before, during and after the fault
+// (from and to, since the client set's base time).
+func failedWrites(reports []report.ClientReport, from, to time.Duration) string {
+	n, msgs := map[string]int{}, map[string]int{}
+	var before, during, after int
+	for _, r := range reports {
+		for _, op := range r.KeyValue {
+			req := op.Input.(model.EtcdRequest)
+			if req.IsRead() || op.Output.(model.MaybeEtcdResponse).Error == "" {
+				continue
+			}
+			n[string(req.Type)]++
+			msgs[op.Output.(model.MaybeEtcdResponse).Error]++
+			switch call := time.Duration(op.Call); {
+			case call < from:
+				before++
+			case call <= to:
+				during++
+			default:
+				after++
+			}
+		}
+	}
+	if len(n) == 0 {
+		return "none"
+	}
+	kinds := make([]string, 0, len(n))
+	for k := range n {
+		kinds = append(kinds, k)
+	}
+	slices.Sort(kinds)
+	var b strings.Builder
+	for i, k := range kinds {
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%s=%d", k, n[k])
+	}
+	fmt.Fprintf(&b, " (called before/during/after the fault's %v: %d/%d/%d; errors %v)", (to - from).Round(time.Millisecond), before, during, after, msgs)
+	return b.String()
 }
 
 // keep saves what a failure needs to be understood: the seed, the

@@ -564,8 +564,8 @@ func stormChart(dir string, syss []system, results map[string][]leasesResult) (s
 func leasesReport(cfg leasesConfig, syss []system, results map[string][]leasesResult, chart string, m machine, elapsed time.Duration) string {
 	var b strings.Builder
 	b.WriteString("# Leases\n\n")
-	fmt.Fprintf(&b, "`cd bench && go run . leases` — grant and keepalive throughput as the number of leases grows (%v; grants %d in flight on %d connections, keepalives on %d streams with %d in flight each for %v), then a fresh server for the expiry storm: %d leases of TTL %v, one key each, renewed in one burst so they run out together, timed until the last key is gone, with %d puts/s running throughout. Median of %d rounds, systems alternating. Ran %s on %s (%s).\n\n",
-		cfg.sizes, cfg.conc, cfg.conns, cfg.streams, cfg.window, cfg.keepAliveFor, cfg.storm, cfg.stormTTL, cfg.putRate, cfg.rounds, elapsed.Round(time.Second), m.cpu, m.device)
+	fmt.Fprintf(&b, "`cd bench && go run . leases` — grant and keepalive throughput as the number of leases grows (to %s; grants %d in flight on %d connections, keepalives on %d streams with %d in flight each for %v), then a fresh server for the expiry storm: %d leases of TTL %v, one key each, renewed in one burst so they run out together, timed until the last key is gone, with %d puts/s running throughout. Median of %d round(s), systems alternating. Ran %s on %s (%s).\n\n",
+		sizesText(cfg.sizes), cfg.conc, cfg.conns, cfg.streams, cfg.window, cfg.keepAliveFor, cfg.storm, cfg.stormTTL, cfg.putRate, cfg.rounds, elapsed.Round(time.Second), m.cpu, m.device)
 
 	type med struct {
 		grant, ka              []float64
@@ -653,6 +653,15 @@ func leasesReport(cfg leasesConfig, syss []system, results map[string][]leasesRe
 		fmt.Fprintf(&b, "\n![keys left during the storm](%s)\n", chart)
 	}
 	return b.String()
+}
+
+// sizesText spells lease counts as "100k, 1M".
+func sizesText(sizes []int) string {
+	var out []string
+	for _, n := range sizes {
+		out = append(out, count(n))
+	}
+	return strings.Join(out, ", ")
 }
 
 // count spells a lease count briefly: 100k, 1M.

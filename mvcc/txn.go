@@ -67,7 +67,21 @@ func (s kvSorter) Len() int           { return len(s.kvs) }
 func (s kvSorter) Swap(i, j int)      { s.kvs[i], s.kvs[j] = s.kvs[j], s.kvs[i] }
 func (s kvSorter) Less(i, j int) bool { return s.less(s.kvs[i], s.kvs[j]) }
 
-func sortRange(rr *rangeResult, r *pb.RangeRequest) {
+func sortRange(rr *rangeResult, r *pb.RangeRequest) { SortKVs(rr.kvs, r) }
+
+// FetchLimit is how many key-values, in key order, etcd takes from the
+// store for r before it filters, sorts and cuts to r.Limit: r.Limit+1 when
+// the request keeps the store's order (judged, as etcd does, before a
+// sort_order of NONE is read as ascending) and has no revision filters,
+// otherwise all of them (0). A router merging shards' answers must cut the
+// key-ordered union to it before sorting, or its ties and limits differ
+// from etcd's.
+func FetchLimit(r *pb.RangeRequest) int64 { return rangeLimit(r) }
+
+// SortKVs orders kvs as etcd orders a Range's result for r, in place. kvs
+// must be in key order (as the store yields them): etcd's sort is not
+// stable, so ties come out as etcd's come out only from the same input.
+func SortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) {
 	order := r.SortOrder
 	if r.SortTarget != pb.RangeRequest_KEY && order == pb.RangeRequest_NONE {
 		order = pb.RangeRequest_ASCEND
@@ -90,7 +104,7 @@ func sortRange(rr *rangeResult, r *pb.RangeRequest) {
 	default:
 		return // refused by ValidateRange
 	}
-	var s sort.Interface = kvSorter{rr.kvs, less}
+	var s sort.Interface = kvSorter{kvs, less}
 	switch order {
 	case pb.RangeRequest_ASCEND:
 		sort.Sort(s)

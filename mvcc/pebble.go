@@ -38,13 +38,13 @@ var comparer = &pebble.Comparer{
 	Equal:                bytes.Equal,
 	ComparePointSuffixes: bytes.Compare,
 	CompareRangeSuffixes: bytes.Compare,
-	AbbreviatedKey:     pebble.DefaultComparer.AbbreviatedKey,
-	FormatKey:          pebble.DefaultComparer.FormatKey,
-	Separator:          func(dst, a, _ []byte) []byte { return append(dst, a...) },
-	Successor:          func(dst, a []byte) []byte { return append(dst, a...) },
-	ImmediateSuccessor: func(dst, a []byte) []byte { return append(append(dst, a...), 0) },
-	Split:              splitKey,
-	Name:               "cairn.mvcc.v1",
+	AbbreviatedKey:       pebble.DefaultComparer.AbbreviatedKey,
+	FormatKey:            pebble.DefaultComparer.FormatKey,
+	Separator:            func(dst, a, _ []byte) []byte { return append(dst, a...) },
+	Successor:            func(dst, a []byte) []byte { return append(dst, a...) },
+	ImmediateSuccessor:   func(dst, a []byte) []byte { return append(append(dst, a...), 0) },
+	Split:                splitKey,
+	Name:                 "cairn.mvcc.v1",
 }
 
 // splitKey returns the length of k's prefix: for a version record, up to

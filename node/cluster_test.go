@@ -399,10 +399,19 @@ func TestMoveLeaderUnderLoad(t *testing.T) {
 	}
 	defer func() { stopLoad(); wg.Wait() }()
 	for i := 0; i < 6; i++ {
-		st, err := c.Status(ctx, urls[0])
-		if err != nil {
-			t.Fatal(err)
-		}
+		// The leader as the leader itself reports it: another member may
+		// still name the previous one just after a transfer, as in etcd.
+		var st *clientv3.StatusResponse
+		waitUntil(t, "a member that reports itself leader", func() bool {
+			for _, u := range urls {
+				s, err := c.Status(ctx, u)
+				if err == nil && s.Leader == s.Header.MemberId {
+					st = s
+					return true
+				}
+			}
+			return false
+		})
 		ml, err := c.MemberList(ctx)
 		if err != nil {
 			t.Fatal(err)

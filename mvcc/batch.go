@@ -95,6 +95,14 @@ type op struct {
 	changes []eventEntry
 }
 
+// CheckStamp returns ErrStaleStamp if a write stamped stamp would be
+// refused now, and changes nothing: for callers that must refuse before
+// touching state the batch does not hold (a lease revoke).
+func (b *Batch) CheckStamp(stamp Revision) error {
+	_, err := b.begin(stamp)
+	return err
+}
+
 func (b *Batch) begin(stamp Revision) (*op, error) {
 	o := &op{b: b, begin: b.rev, rev: b.rev + 1}
 	if stamp != 0 {

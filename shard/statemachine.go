@@ -340,6 +340,11 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		if err := proto.Unmarshal(op.LeaseRevoke, &req); err != nil {
 			return nil, badRequest("shard: undecodable lease revoke: %v", err)
 		}
+		// A stale stamp is refused before the lessor forgets the lease:
+		// a refused request changes nothing.
+		if err := b.CheckStamp(stamp); err != nil {
+			return nil, err
+		}
 		keys, err := a.lessor.Revoke(b.Pebble(), lease.ID(req.ID))
 		if err != nil {
 			return nil, err

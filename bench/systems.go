@@ -81,7 +81,27 @@ type instance struct {
 
 // startSystem starts every member of sys with data under dir and waits until the
 // cluster answers a read.
+//
+// Ports are picked free and then released for the server to bind, so
+// another process can take one in between; a start that fails that way is
+// tried again on fresh ports (in a fresh directory).
 func startSystem(ctx context.Context, env *environment, sys system, dir string) (*instance, error) {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		d := dir
+		if attempt > 0 {
+			d = fmt.Sprintf("%s-retry%d", dir, attempt)
+		}
+		var in *instance
+		in, err = startSystemOnce(ctx, env, sys, d)
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			return in, err
+		}
+	}
+	return nil, err
+}
+
+func startSystemOnce(ctx context.Context, env *environment, sys system, dir string) (*instance, error) {
 	in := &instance{sys: sys}
 	specs := make([]memberSpec, sys.nodes)
 	var initial []string

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,37 +95,12 @@ func leaseBench(args []string) error {
 	cfg.systems = splitList(*systemsFlag)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	start := time.Now()
-	progress := func(format string, a ...any) {
-		fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
-	}
-
-	root, err := findRoot(cfg.root)
+	run, closeRun, err := startSubRun(ctx, "leases", cfg.root, cfg.systems)
 	if err != nil {
 		return err
 	}
-	work, err := os.MkdirTemp("", "cairn-leases-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	env := &environment{self: self, cairn: filepath.Join(work, "bin", "cairn")}
-	progress("building cairn (cmd/cairn)")
-	if err := goBuild(ctx, root, env.cairn, "./cmd/cairn"); err != nil {
-		return err
-	}
-	var syss []system
-	for _, name := range cfg.systems {
-		i := slices.IndexFunc(systems(), func(s system) bool { return s.name == name })
-		if i < 0 || name == "ceiling" {
-			return fmt.Errorf("bench: leases: unknown system %q (etcd, cairn, etcd-3, cairn-3)", name)
-		}
-		syss = append(syss, systems()[i])
-	}
+	defer closeRun()
+	start, progress, work, env, syss := run.start, run.progress, run.work, run.env, run.systems
 	progress("grant and keepalive at %v leases; a storm of %d leases with TTL %v beside %d puts/s; %d rounds",
 		cfg.sizes, cfg.storm, cfg.stormTTL, cfg.putRate, cfg.rounds)
 
@@ -609,7 +583,7 @@ func leasesReport(cfg leasesConfig, syss []system, results map[string][]leasesRe
 
 	b.WriteString("## Grant and keepalive throughput\n\n| system |")
 	for _, n := range cfg.sizes {
-		fmt.Fprintf(&b, " grants/s to %s | keepalives/s at %s |", count(n), count(n))
+		fmt.Fprintf(&b, " grants/s to %s | keepalives/s at %s |", countName(n), countName(n))
 	}
 	b.WriteString("\n|---|")
 	for range cfg.sizes {
@@ -636,7 +610,7 @@ func leasesReport(cfg leasesConfig, syss []system, results map[string][]leasesRe
 		b.WriteString("\n")
 	}
 
-	fmt.Fprintf(&b, "\n## Expiry storm: %s leases running out together\n\n", count(cfg.storm))
+	fmt.Fprintf(&b, "\n## Expiry storm: %s leases running out together\n\n", countName(cfg.storm))
 	b.WriteString("| system | all keys gone, after the last expiry | after the first | put p50 / p99 before | put p50 / p99 during the storm |\n|---|---:|---:|---:|---:|\n")
 	for _, s := range syss {
 		x, ok := meds[s.name]
@@ -659,18 +633,7 @@ func leasesReport(cfg leasesConfig, syss []system, results map[string][]leasesRe
 func sizesText(sizes []int) string {
 	var out []string
 	for _, n := range sizes {
-		out = append(out, count(n))
+		out = append(out, countName(n))
 	}
 	return strings.Join(out, ", ")
-}
-
-// count spells a lease count briefly: 100k, 1M.
-func count(n int) string {
-	switch {
-	case n >= 1_000_000 && n%1_000_000 == 0:
-		return fmt.Sprintf("%dM", n/1_000_000)
-	case n >= 1000 && n%1000 == 0:
-		return fmt.Sprintf("%dk", n/1000)
-	}
-	return strconv.Itoa(n)
 }

@@ -78,37 +78,12 @@ func watchScale(args []string) error {
 	cfg.systems = splitList(*systemsFlag)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	start := time.Now()
-	progress := func(format string, a ...any) {
-		fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, a...))
-	}
-
-	root, err := findRoot(cfg.root)
+	run, closeRun, err := startSubRun(ctx, "watch-scale", cfg.root, cfg.systems)
 	if err != nil {
 		return err
 	}
-	work, err := os.MkdirTemp("", "cairn-watch-scale-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	env := &environment{self: self, cairn: filepath.Join(work, "bin", "cairn")}
-	progress("building cairn (cmd/cairn)")
-	if err := goBuild(ctx, root, env.cairn, "./cmd/cairn"); err != nil {
-		return err
-	}
-	var syss []system
-	for _, name := range cfg.systems {
-		i := slices.IndexFunc(systems(), func(s system) bool { return s.name == name })
-		if i < 0 || name == "ceiling" {
-			return fmt.Errorf("bench: watch-scale: unknown system %q (etcd, cairn)", name)
-		}
-		syss = append(syss, systems()[i])
-	}
+	defer closeRun()
+	start, progress, work, env, syss := run.start, run.progress, run.work, run.env, run.systems
 	progress("%d streams × %d watchers on %d connections, %d puts, latency at %d puts/s for %.0fs; %d rounds",
 		cfg.streams, cfg.watchers, cfg.conns, cfg.puts, cfg.rate, cfg.latencyFor, cfg.rounds)
 

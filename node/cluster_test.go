@@ -3,7 +3,6 @@ package node_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -15,18 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/testport"
 )
-
-// freeAddr returns a 127.0.0.1 address whose port was free a moment ago.
-func freeAddr(tb testing.TB) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // startCluster starts n members founded with etcd's --initial-cluster, all
 // at once (each waits for a quorum), and returns them in name order.
@@ -43,7 +32,7 @@ func startClusterWith(tb testing.TB, size int, change func(*node.Config)) []*nod
 	var initial []string
 	for i := range size {
 		names[i] = fmt.Sprintf("m%d", i)
-		peers[i] = "http://" + freeAddr(tb)
+		peers[i] = "http://" + testport.Addr(tb)
 		initial = append(initial, names[i]+"="+peers[i])
 	}
 	nodes := make([]*node.Node, size)
@@ -190,7 +179,7 @@ func TestMembership(t *testing.T) {
 	// write survives.
 	w := startWriter(c)
 
-	peer := "http://" + freeAddr(t)
+	peer := "http://" + testport.Addr(t)
 	addResp, err := c.MemberAddAsLearner(ctx, []string{peer})
 	if err != nil {
 		t.Fatal(err)

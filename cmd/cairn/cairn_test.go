@@ -17,6 +17,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/cairn-kv/cairn/node/testport"
 )
 
 // Black-box tests: the real cairn binary, driven by the real etcd client.
@@ -116,16 +118,6 @@ func (p *proc) kill() {
 	<-p.exited
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func client(t *testing.T, endpoint string) *clientv3.Client {
 	t.Helper()
 	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
@@ -181,7 +173,7 @@ type ack struct {
 // its revision, and that the revision never went back.
 func TestKill9(t *testing.T) {
 	dir := t.TempDir()
-	cport, pport := freePort(t), freePort(t)
+	cport, pport := testport.Port(t), testport.Port(t)
 	args := []string{"--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", cport),
 		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", pport),

@@ -14,6 +14,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/cairn-kv/cairn/node/testport"
 )
 
 // TestClusterKill9: three cairn processes started with etcd's cluster
@@ -27,8 +29,8 @@ func TestClusterKill9(t *testing.T) {
 	var initial, endpoints []string
 	args := make([][]string, size)
 	for i := range size {
-		client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-		peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		client := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
+		peer := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
 		name := fmt.Sprintf("m%d", i)
 		initial = append(initial, name+"="+peer)
 		endpoints = append(endpoints, client)
@@ -167,9 +169,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // cairn serves the same keys from.
 func TestSnapshotRestoreCommand(t *testing.T) {
 	dir := t.TempDir()
-	endpoint := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	endpoint := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
 	startCairn(t, dir, "--data-dir", filepath.Join(dir, "a"), "--listen-client-urls", endpoint,
-		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
+		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t)))
 	c := client(t, endpoint)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -192,9 +194,9 @@ func TestSnapshotRestoreCommand(t *testing.T) {
 	if err != nil {
 		t.Fatalf("cairn snapshot restore: %v\n%s", err, out)
 	}
-	endpoint2 := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	endpoint2 := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
 	startCairn(t, dir, "--data-dir", filepath.Join(dir, "b"), "--listen-client-urls", endpoint2,
-		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
+		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t)))
 	r, err := client(t, endpoint2).Get(ctx, "k")
 	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "v" {
 		t.Fatalf("restored cairn: %v %v", r, err)

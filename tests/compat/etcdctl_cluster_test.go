@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/testport"
 )
 
 // TestEtcdctlCluster runs etcdctl's cluster and maintenance commands
@@ -160,7 +161,7 @@ func startEtcdCluster(t *testing.T, size int) []string {
 		cfg.Dir = t.TempDir()
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 		cfg.UnsafeNoFsync = true
-		client, peer := mustURL(t, "http://"+freePort(t)), mustURL(t, "http://"+freePort(t))
+		client, peer := mustURL(t, "http://"+testport.Addr(t)), mustURL(t, "http://"+testport.Addr(t))
 		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 		cfg.ListenMetricsUrls = nil
@@ -198,14 +199,14 @@ func startCairnCluster(t *testing.T, size int) []string {
 	t.Helper()
 	var initial, peers []string
 	for i := range size {
-		peers = append(peers, "http://"+freePort(t))
+		peers = append(peers, "http://"+testport.Addr(t))
 		initial = append(initial, fmt.Sprintf("m%d=%s", i, peers[i]))
 	}
 	endpoints := make([]string, size)
 	errs := make([]error, size)
 	var wg sync.WaitGroup
 	for i := range size {
-		client := "http://" + freePort(t)
+		client := "http://" + testport.Addr(t)
 		endpoints[i] = client
 		wg.Add(1)
 		go func() {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -16,6 +15,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+
+	"github.com/cairn-kv/cairn/node/testport"
 )
 
 // startTimeout bounds how long a server may take to become ready.
@@ -56,19 +57,6 @@ func (w *wireRecorder) take() error {
 	return err
 }
 
-// freePort returns a port that was free a moment ago. etcd's peer listener
-// needs a real port in its initial cluster, so it cannot be 0; startEtcd
-// retries if another process takes the port in between.
-func freePort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func mustURL(t testing.TB, s string) url.URL {
 	t.Helper()
 	u, err := url.Parse(s)
@@ -105,8 +93,8 @@ func tryStartEtcd(t testing.TB, name string) (*server, error) {
 	// start-up failures come back from StartEtcd and Err anyway.
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.UnsafeNoFsync = true // the data dir is thrown away; fsync only slows the run
-	client := mustURL(t, "http://"+freePort(t))
-	peer := mustURL(t, "http://"+freePort(t))
+	client := mustURL(t, "http://"+testport.Addr(t))
+	peer := mustURL(t, "http://"+testport.Addr(t))
 	cfg.ListenClientUrls = []url.URL{client}
 	cfg.AdvertiseClientUrls = []url.URL{client}
 	cfg.ListenPeerUrls = []url.URL{peer}

@@ -17,6 +17,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/cairn-kv/cairn/node/testport"
 )
 
 // buildCairn builds cmd/cairn (with build tags, if any) into dir.
@@ -41,16 +43,6 @@ func goTool() string {
 		return p
 	}
 	return "go"
-}
-
-// freePort returns a 127.0.0.1 port that was free a moment ago.
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // member is one cairn process. Its peers reach it through proxy (the
@@ -86,7 +78,7 @@ func startCluster(t testing.TB, bin, dir string, size int) *cluster {
 	var initial []string
 	for i := 0; i < size; i++ {
 		m := &member{name: fmt.Sprintf("m%d", i+1), dir: filepath.Join(dir, fmt.Sprintf("m%d", i+1)), bin: bin,
-			clientPort: freePort(t), peerPort: freePort(t), proxy: freePort(t)}
+			clientPort: testport.Port(t), peerPort: testport.Port(t), proxy: testport.Port(t)}
 		if err := os.MkdirAll(m.dir, 0o755); err != nil {
 			t.Fatal(err)
 		}

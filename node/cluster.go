@@ -251,20 +251,25 @@ func (n *Node) configChangeIndex() uint64 {
 }
 
 // leaderConn returns a client connection to the member leading the shard,
-// for the router's forwarded lease requests. Connections are kept per URL
-// until the node closes.
+// for the router's forwarded lease requests.
 func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	leader, _, ok := n.replica.Leader()
 	if !ok {
 		return nil, shard.ErrNoLeader
 	}
+	return n.memberConn(leader)
+}
+
+// memberConn returns a client connection to member id's first published
+// client URL. Connections are kept per URL until the node closes.
+func (n *Node) memberConn(id uint64) (*grpc.ClientConn, error) {
 	v, err := n.nh.StaleRead(singleShardID, shard.MembersQuery{})
 	if err != nil {
 		return nil, err
 	}
-	m := v.(map[uint64]*pb.Member)[leader]
+	m := v.(map[uint64]*pb.Member)[id]
 	if m == nil || len(m.ClientURLs) == 0 {
-		return nil, fmt.Errorf("node: leader %x has not published its client URLs: %w", leader, shard.ErrNoLeader)
+		return nil, fmt.Errorf("node: member %x has not published its client URLs: %w", id, shard.ErrNoLeader)
 	}
 	target, err := hostPort(m.ClientURLs[0])
 	if err != nil {
@@ -277,7 +282,7 @@ func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	}
 	c, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, fmt.Errorf("node: dial leader %x at %s: %w", leader, target, err)
+		return nil, fmt.Errorf("node: dial member %x at %s: %w", id, target, err)
 	}
 	if n.conns == nil {
 		n.conns = map[string]*grpc.ClientConn{}
@@ -467,18 +472,31 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	// config change), and the leader then refuses proposals until the
 	// transfer aborts an election timeout later. Under a write load that is
 	// the likely outcome if the transfer starts while entries are in
-	// flight, so each attempt waits for a quiet moment first — no entry
-	// applied here for a few milliseconds, by which time the target has
-	// applied what it was sent — and only a load that never pauses makes
-	// an attempt start regardless. An attempt that has not taken after an
-	// election timeout has aborted, and the next one begins.
+	// flight. So each attempt first stops the flow: a TransferHold entry
+	// makes every replica that applies it hold back new proposals until
+	// the target leads (or a bound passes). Once no entry has been applied
+	// here for a few milliseconds, the target has applied what it was sent
+	// and the transfer can take at once. An attempt that has not taken
+	// after an election timeout has aborted, and the next one begins.
+	start, attempts := time.Now(), 0
 	for {
 		leader, _, ok := n.replica.Leader()
 		switch {
 		case ok && leader == target:
+			n.logTransfer(target, attempts, start)
 			return nil
 		case ok && leader == n.memberID:
-			n.waitQuiet(ctx, 5*time.Millisecond, n.cfg.ElectionTimeout)
+			attempts++
+			hold := n.transferHold()
+			req := &shardpb.Request{Op: &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{
+				Target: target, UntilUnixNano: time.Now().Add(hold).UnixNano(), MaxNanos: int64(hold)}}}
+			held := time.Now()
+			if _, err := n.replica.Write(ctx, req); err != nil {
+				// Leadership moved or the group is between states: look again.
+				n.waitTransferee(ctx, target, 10*time.Millisecond)
+				break
+			}
+			n.waitTransferReady(ctx, target, n.appliedIndex(ctx), held.Add(hold*3/4))
 			// Busy or not ready (the replica is between states): the next
 			// round tries again.
 			err := n.nh.RequestLeaderTransfer(singleShardID, target)
@@ -486,6 +504,7 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 				return fmt.Errorf("node: transfer leadership: %w", err)
 			}
 			if n.waitTransferee(ctx, target, n.cfg.ElectionTimeout+2*n.cfg.HeartbeatInterval) {
+				n.logTransfer(target, attempts, start)
 				return nil
 			}
 		default:
@@ -498,24 +517,99 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	}
 }
 
+// logTransfer reports a finished transfer; one that took more than one
+// attempt cost an election timeout of refused proposals, and warns.
+func (n *Node) logTransfer(target uint64, attempts int, start time.Time) {
+	log := n.log.Info
+	if attempts > 1 {
+		log = n.log.Warn
+	}
+	log("leadership transferred", "to", fmt.Sprintf("%x", target), "attempts", attempts, "took", time.Since(start))
+}
+
+// transferHold bounds how long a leader transfer holds back proposals if
+// leadership does not move (it normally moves within a few round trips):
+// long enough for the flow to stop and the target to catch up on a busy
+// machine, short against clients' deadlines.
+func (n *Node) transferHold() time.Duration {
+	return min(max(n.cfg.ElectionTimeout/2, 100*time.Millisecond), 500*time.Millisecond)
+}
+
+// waitTransferReady waits until a leader transfer can take at once: every
+// other member has applied the hold at index hold (so none sends new
+// proposals), nothing has been applied here for a moment (what was in flight
+// has landed), and the target has applied all that this replica has. It
+// gives up at deadline, leaving the attempt to its chances.
+func (n *Node) waitTransferReady(ctx context.Context, target, hold uint64, deadline time.Time) {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	ms, err := n.membership(ctx)
+	if err != nil {
+		return
+	}
+	var others []uint64
+	for id := range ms.Nodes {
+		others = append(others, id)
+	}
+	for id := range ms.NonVotings {
+		others = append(others, id)
+	}
+	for _, id := range others {
+		if id == n.memberID {
+			continue
+		}
+		for {
+			a, err := n.appliedOf(ctx, id)
+			if (err != nil && id != target) || a >= hold || ctx.Err() != nil {
+				break // a member that does not answer sends nothing either
+			}
+			time.Sleep(time.Millisecond) // polling the member's applied index
+		}
+	}
+	for ctx.Err() == nil {
+		n.waitQuiet(ctx, 2*time.Millisecond, time.Until(deadline))
+		a := n.appliedIndex(ctx)
+		if t, err := n.appliedOf(ctx, target); err == nil && t >= a && n.appliedIndex(ctx) == a {
+			return
+		}
+	}
+}
+
+// appliedOf asks member id for the raft index it has applied.
+func (n *Node) appliedOf(ctx context.Context, id uint64) (uint64, error) {
+	c, err := n.memberConn(id)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	st, err := pb.NewMaintenanceClient(c).Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		return 0, err
+	}
+	return st.RaftAppliedIndex, nil
+}
+
+// appliedIndex is the raft index this replica has applied (0 if unknown).
+func (n *Node) appliedIndex(ctx context.Context) uint64 {
+	v, err := n.replica.Read(ctx, shard.StatusQuery{}, false)
+	if err != nil {
+		return 0
+	}
+	return v.(shard.Status).AppliedIndex
+}
+
 // waitQuiet returns once this replica has applied no entry for quiet, or
 // after at most limit (or when ctx ends).
 func (n *Node) waitQuiet(ctx context.Context, quiet, limit time.Duration) {
-	applied := func() uint64 {
-		v, err := n.replica.Read(ctx, shard.StatusQuery{}, false)
-		if err != nil {
-			return 0
-		}
-		return v.(shard.Status).AppliedIndex
-	}
 	deadline := time.Now().Add(limit)
-	last, since := applied(), time.Now()
+	last, since := n.appliedIndex(ctx), time.Now()
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		if time.Since(since) >= quiet {
 			return
 		}
 		time.Sleep(time.Millisecond) // polling the local applied index
-		if a := applied(); a != last {
+		if a := n.appliedIndex(ctx); a != last {
 			last, since = a, time.Now()
 		}
 	}

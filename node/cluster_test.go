@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -364,10 +365,38 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// transferLog records the "leadership transferred" lines a node logs.
+type transferLog struct {
+	mu       sync.Mutex
+	attempts []int64
+}
+
+func (l *transferLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *transferLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *transferLog) WithGroup(string) slog.Handler            { return l }
+func (l *transferLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "leadership transferred" {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "attempts" {
+			l.mu.Lock()
+			l.attempts = append(l.attempts, a.Value.Int64())
+			l.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
 // TestMoveLeaderUnderLoad: leadership moves to each follower in turn while
-// clients keep writing; every MoveLeader answers once the target leads.
+// clients keep writing; every MoveLeader answers once the target leads, and
+// takes on its first attempt (writes are held back cluster-wide while it
+// happens, so dragonboat's target never finds entries it has not applied and
+// skips the campaign, which would refuse writes for an election timeout).
 func TestMoveLeaderUnderLoad(t *testing.T) {
-	nodes := startCluster(t, 3)
+	transfers := &transferLog{}
+	nodes := startClusterWith(t, 3, func(c *node.Config) { c.Logger = slog.New(transfers) })
 	var urls []string
 	for _, n := range nodes {
 		urls = append(urls, n.ClientURLs()[0])
@@ -420,6 +449,16 @@ func TestMoveLeaderUnderLoad(t *testing.T) {
 		mcancel()
 		if err != nil {
 			t.Fatalf("move %d: leader %x → %x: %v", i, st.Leader, target, err)
+		}
+	}
+	transfers.mu.Lock()
+	defer transfers.mu.Unlock()
+	if len(transfers.attempts) != 6 {
+		t.Fatalf("%d transfers logged, want 6", len(transfers.attempts))
+	}
+	for i, a := range transfers.attempts {
+		if a != 1 {
+			t.Errorf("transfer %d took %d attempts: %v", i, a, transfers.attempts)
 		}
 	}
 }

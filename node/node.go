@@ -19,6 +19,7 @@ import (
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	dblogger "github.com/lni/dragonboat/v4/logger"
+	"github.com/lni/dragonboat/v4/raftio"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"github.com/soheilhy/cmux"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -209,6 +210,9 @@ type Node struct {
 	token       string   // --initial-cluster-token
 	// learner is set while this member is a learner (see trackLearner).
 	learner atomic.Bool
+	// holds is the replica client that TransferHold entries and leader
+	// changes reach (see TransferLeader); nil until it exists.
+	holds atomic.Pointer[shard.Replica]
 
 	// self is the node's client of its own gRPC services (the lock and
 	// election services run on it), connected in memory through selfL.
@@ -222,6 +226,16 @@ type Node struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
+}
+
+// leaderListener passes dragonboat's leader changes to the replica client,
+// ending a transfer hold once its target leads.
+type leaderListener struct{ n *Node }
+
+func (l leaderListener) LeaderUpdated(info raftio.LeaderInfo) {
+	if r := l.n.holds.Load(); r != nil && info.ShardID == singleShardID {
+		r.LeaderChanged(info.LeaderID)
+	}
 }
 
 // Start starts a node and returns once it serves clients and its raft group
@@ -359,11 +373,12 @@ func (n *Node) start(ctx context.Context) error {
 	n.db = db
 
 	n.nhConfig = dbconfig.NodeHostConfig{
-		NodeHostDir:    filepath.Join(cfg.DataDir, "raft"),
-		RTTMillisecond: rttMillisecond,
-		RaftAddress:    raftAddr,
-		ListenAddress:  peer,
-		Expert:         dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport},
+		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
+		RTTMillisecond:    rttMillisecond,
+		RaftAddress:       raftAddr,
+		ListenAddress:     peer,
+		Expert:            dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport},
+		RaftEventListener: leaderListener{n},
 	}
 	if n.nh, err = dragonboat.NewNodeHost(n.nhConfig); err != nil {
 		return fmt.Errorf("node: start raft: %w", err)
@@ -375,6 +390,10 @@ func (n *Node) start(ctx context.Context) error {
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
 	shardCfg := shard.Config{DB: db, Span: mvcc.Span{}, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
 		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
+	}, OnHold: func(target uint64, until time.Time, max time.Duration) {
+		if r := n.holds.Load(); r != nil {
+			r.Hold(target, until, max)
+		}
 	}}
 	if cfg.DebugJournal != "" {
 		f, err := os.OpenFile(cfg.DebugJournal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
@@ -417,6 +436,7 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 	n.replica = shard.NewReplica(n.nh, singleShardID)
+	n.holds.Store(n.replica)
 	if err := n.waitLeader(ctx); err != nil {
 		return err
 	}

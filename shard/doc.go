@@ -35,6 +35,14 @@
 // Under load this turns many client writes into one raft entry and one fsync;
 // with a single client it adds no delay.
 //
+// Leader transfer: a TransferHold entry asks every replica that applies it
+// to hold back new proposals (Replica.Hold) until the target leads or a
+// bound passes. The log goes quiet, the target applies everything, and
+// dragonboat's target then campaigns at once — it skips the campaign while
+// it has committed entries not yet applied, and the leader would refuse
+// proposals for an election timeout. The hold is the node's to request and
+// end (node.TransferLeader, Replica.LeaderChanged); it changes no state.
+//
 // Leases: the state machine owns the shard's lease.Lessor (opened with the
 // store, rebuilt after a snapshot restore). Grant, revoke and checkpoint
 // requests apply to it in the same pebble batch as the store's writes; after

@@ -50,6 +50,14 @@ type Replica struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 	once  sync.Once
+
+	// holdMu guards the hold: while time is before holdUntil the batcher
+	// gathers requests but proposes none. holdWake is closed (and replaced)
+	// whenever the hold changes, to wake a waiting batcher.
+	holdMu     sync.Mutex
+	holdUntil  time.Time
+	holdTarget uint64
+	holdWake   chan struct{}
 }
 
 type pending struct {
@@ -71,6 +79,8 @@ func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
 		session: nh.GetNoOPSession(shardID),
 		queue:   make(chan *pending),
 		stop:    make(chan struct{}),
+
+		holdWake: make(chan struct{}),
 	}
 	r.wg.Add(1)
 	go r.batch()
@@ -84,6 +94,45 @@ func (r *Replica) ShardID() uint64 { return r.shardID }
 func (r *Replica) Close() {
 	r.once.Do(func() { close(r.stop) })
 	r.wg.Wait()
+}
+
+// Hold makes this replica client propose nothing new until until (but for
+// at most max from now), or until LeaderChanged reports that target leads. Requests keep queueing
+// and go out together when the hold ends; proposals already sent are not
+// affected. A hold that ended long ago (an entry replayed at start) is a
+// no-op.
+func (r *Replica) Hold(target uint64, until time.Time, max time.Duration) {
+	if limit := time.Now().Add(max); until.After(limit) {
+		until = limit
+	}
+	if time.Until(until) <= 0 {
+		return
+	}
+	r.holdMu.Lock()
+	defer r.holdMu.Unlock()
+	r.holdUntil, r.holdTarget = until, target
+	close(r.holdWake)
+	r.holdWake = make(chan struct{})
+}
+
+// LeaderChanged ends a hold waiting for leader to lead.
+func (r *Replica) LeaderChanged(leader uint64) {
+	r.holdMu.Lock()
+	defer r.holdMu.Unlock()
+	if leader == 0 || leader != r.holdTarget || r.holdUntil.IsZero() {
+		return
+	}
+	r.holdUntil, r.holdTarget = time.Time{}, 0
+	close(r.holdWake)
+	r.holdWake = make(chan struct{})
+}
+
+// held returns how long the current hold lasts (≤ 0: none) and the channel
+// closed when it changes.
+func (r *Replica) held() (time.Duration, <-chan struct{}) {
+	r.holdMu.Lock()
+	defer r.holdMu.Unlock()
+	return time.Until(r.holdUntil), r.holdWake
 }
 
 // Write proposes one request and returns its response. A refusal by the
@@ -170,13 +219,33 @@ func (r *Replica) batch() {
 		}
 		batch := []*pending{first}
 		bytes := first.size
+		// Wait out a hold, gathering arrivals meanwhile.
+		for {
+			d, wake := r.held()
+			if d <= 0 {
+				break
+			}
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-wake:
+			case p := <-r.room(len(batch), bytes):
+				batch = append(batch, p)
+				bytes += p.size
+			case <-r.stop:
+				t.Stop()
+				failAll(batch, ErrStopped)
+				return
+			}
+			t.Stop()
+		}
 		// Wait for a slot, gathering arrivals meanwhile.
 	wait:
 		for {
 			select {
 			case slots <- struct{}{}:
 				break wait
-			case p := <-r.queue:
+			case p := <-r.room(len(batch), bytes):
 				batch = append(batch, p)
 				bytes += p.size
 			case <-r.stop:
@@ -201,6 +270,16 @@ func (r *Replica) batch() {
 			r.send(batch)
 		}()
 	}
+}
+
+// room returns the queue while a batch of n requests and size bytes may
+// grow, and nil (a channel that never delivers) once it is full: the rest
+// wait in the queue for the next batch.
+func (r *Replica) room(n, size int) chan *pending {
+	if n >= maxBatch || size >= maxBatchBytes {
+		return nil
+	}
+	return r.queue
 }
 
 func failAll(batch []*pending, err error) {

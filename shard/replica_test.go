@@ -189,3 +189,76 @@ func TestLookupAfterCloseAndDuringRecovery(t *testing.T) {
 		t.Fatalf("lookup after close: %v, want ErrClosed", err)
 	}
 }
+
+// TestReplicaHold: an applied TransferHold holds back writes through the
+// replica client until its bound, or until its target is reported leading;
+// a hold already past holds nothing.
+func TestReplicaHold(t *testing.T) {
+	var r *Replica
+	holds := make(chan struct{}, 4)
+	r, _ = startReplicaWith(t, Config{OnHold: func(target uint64, until time.Time, max time.Duration) {
+		r.Hold(target, until, max)
+		holds <- struct{}{}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	put := func(key string) error {
+		data, _ := proto.Marshal(&pb.PutRequest{Key: []byte(key), Value: []byte("v")})
+		_, err := r.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Put{Put: data}})
+		return err
+	}
+	hold := func(target uint64, until, max time.Duration) time.Time {
+		t.Helper()
+		_, err := r.Write(ctx, &shardpb.Request{Op: &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{
+			Target: target, UntilUnixNano: time.Now().Add(until).UnixNano(), MaxNanos: int64(max)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-holds
+		d, _ := r.held()
+		return time.Now().Add(d)
+	}
+
+	// A write waits out the hold: it completes no earlier than the bound,
+	// the nearer of until and max.
+	end := hold(2, time.Minute, 300*time.Millisecond)
+	if time.Until(end) > 300*time.Millisecond {
+		t.Fatalf("hold lasts until %v, beyond its 300ms bound", end)
+	}
+	if err := put("bounded"); err != nil {
+		t.Fatal(err)
+	}
+	if time.Now().Before(end) {
+		t.Fatalf("a write went through a hold %v before its end", time.Until(end))
+	}
+	end = hold(2, 200*time.Millisecond, time.Minute)
+	if err := put("until"); err != nil {
+		t.Fatal(err)
+	}
+	if time.Now().Before(end) {
+		t.Fatalf("a write went through a hold %v before its end", time.Until(end))
+	}
+
+	// Held until the target leads: another leader does not end it.
+	hold(2, time.Minute, time.Minute)
+	r.LeaderChanged(3)
+	r.LeaderChanged(0)
+	if d, _ := r.held(); d <= 0 {
+		t.Fatal("a hold for member 2 ended when another member led")
+	}
+	done := make(chan error, 1)
+	go func() { done <- put("released") }()
+	r.LeaderChanged(2)
+	if d, _ := r.held(); d > 0 {
+		t.Fatalf("the hold is still in force for %v after its target leads", d)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// A hold in the past (a replayed entry) holds nothing.
+	hold(2, -time.Second, time.Minute)
+	if d, _ := r.held(); d > 0 {
+		t.Fatalf("a past hold is in force for %v", d)
+	}
+}

@@ -39,6 +39,10 @@ type Config struct {
 	// revision order, after the batch is committed. It runs on dragonboat's
 	// apply goroutine: it must not block.
 	OnApply func(events []*mvccpb.Event)
+	// OnHold, if set, is called after a batch that applied a TransferHold
+	// (the last one of the batch), on dragonboat's apply goroutine: it must
+	// not block. The hold is the replica client's to honour (Replica.Hold).
+	OnHold func(target uint64, until time.Time, max time.Duration)
 	// Journal, if set, receives a record of every applied entry (see
 	// journal.go): a testing aid for history checkers.
 	Journal io.Writer
@@ -188,6 +192,9 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if s.cfg.OnApply != nil && len(events) > 0 {
 		s.cfg.OnApply(events)
 	}
+	if h := a.hold; h != nil && s.cfg.OnHold != nil {
+		s.cfg.OnHold(h.Target, time.Unix(0, h.UntilUnixNano), time.Duration(h.MaxNanos))
+	}
 	return entries, nil
 }
 
@@ -199,6 +206,8 @@ type applier struct {
 	now    func() time.Time
 	// events are the change events of the entry being applied.
 	events []*mvccpb.Event
+	// hold is the last TransferHold applied in this batch.
+	hold *shardpb.TransferHold
 }
 
 // command applies every request of one entry. A request the store
@@ -381,6 +390,12 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		}
 		b.SetMeta(memberKey(m.ID), op.MemberAttrs)
 		return &shardpb.Response{Result: &shardpb.Response_MemberAttrs{MemberAttrs: true}}, nil
+	case *shardpb.Request_TransferHold:
+		if op.TransferHold == nil {
+			return nil, badRequest("shard: transfer hold without its fields")
+		}
+		a.hold = op.TransferHold
+		return &shardpb.Response{Result: &shardpb.Response_TransferHold{TransferHold: true}}, nil
 	default:
 		return nil, badRequest("shard: request without an operation")
 	}

@@ -182,6 +182,7 @@ type Request struct {
 	//	*Request_LeaseCheckpoint
 	//	*Request_MemberAttrs
 	//	*Request_Alarm
+	//	*Request_TransferHold
 	Op            isRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -312,6 +313,15 @@ func (x *Request) GetAlarm() []byte {
 	return nil
 }
 
+func (x *Request) GetTransferHold() *TransferHold {
+	if x != nil {
+		if x, ok := x.Op.(*Request_TransferHold); ok {
+			return x.TransferHold
+		}
+	}
+	return nil
+}
+
 type isRequest_Op interface {
 	isRequest_Op()
 }
@@ -360,6 +370,11 @@ type Request_Alarm struct {
 	Alarm []byte `protobuf:"bytes,10,opt,name=alarm,proto3,oneof"`
 }
 
+type Request_TransferHold struct {
+	// A pause of new proposals on every replica while leadership moves.
+	TransferHold *TransferHold `protobuf:"bytes,11,opt,name=transfer_hold,json=transferHold,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -378,6 +393,76 @@ func (*Request_MemberAttrs) isRequest_Op() {}
 
 func (*Request_Alarm) isRequest_Op() {}
 
+func (*Request_TransferHold) isRequest_Op() {}
+
+// TransferHold asks every replica that applies it to hold back new proposals
+// until target leads, until_unix_nano passes on its clock, or max_nanos have
+// passed since it applied the hold, whichever comes first (the last bounds
+// the hold on a member whose clock is behind the proposer's). With
+// no entries in flight the transfer target has applied everything it was
+// sent when leadership reaches it, and dragonboat lets it campaign at once
+// (it skips the campaign while it has committed entries not yet applied).
+// It changes no state and takes no revision; a replayed hold is long past.
+type TransferHold struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Target        uint64                 `protobuf:"varint,1,opt,name=target,proto3" json:"target,omitempty"`
+	UntilUnixNano int64                  `protobuf:"varint,2,opt,name=until_unix_nano,json=untilUnixNano,proto3" json:"until_unix_nano,omitempty"`
+	MaxNanos      int64                  `protobuf:"varint,3,opt,name=max_nanos,json=maxNanos,proto3" json:"max_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferHold) Reset() {
+	*x = TransferHold{}
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferHold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferHold) ProtoMessage() {}
+
+func (x *TransferHold) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferHold.ProtoReflect.Descriptor instead.
+func (*TransferHold) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TransferHold) GetTarget() uint64 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+func (x *TransferHold) GetUntilUnixNano() int64 {
+	if x != nil {
+		return x.UntilUnixNano
+	}
+	return 0
+}
+
+func (x *TransferHold) GetMaxNanos() int64 {
+	if x != nil {
+		return x.MaxNanos
+	}
+	return 0
+}
+
 // Result answers a Command: one Response per Request, in order.
 type Result struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -388,7 +473,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +485,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +498,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -439,6 +524,7 @@ type Response struct {
 	//	*Response_LeaseCheckpoint
 	//	*Response_MemberAttrs
 	//	*Response_Alarm
+	//	*Response_TransferHold
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -446,7 +532,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +544,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +557,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -571,6 +657,15 @@ func (x *Response) GetAlarm() []byte {
 	return nil
 }
 
+func (x *Response) GetTransferHold() bool {
+	if x != nil {
+		if x, ok := x.Result.(*Response_TransferHold); ok {
+			return x.TransferHold
+		}
+	}
+	return false
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -615,6 +710,10 @@ type Response_Alarm struct {
 	Alarm []byte `protobuf:"bytes,10,opt,name=alarm,proto3,oneof"` // etcdserverpb.AlarmResponse: the alarms after
 }
 
+type Response_TransferHold struct {
+	TransferHold bool `protobuf:"varint,11,opt,name=transfer_hold,json=transferHold,proto3,oneof"` // applied
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -635,6 +734,8 @@ func (*Response_MemberAttrs) isResponse_Result() {}
 
 func (*Response_Alarm) isResponse_Result() {}
 
+func (*Response_TransferHold) isResponse_Result() {}
+
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -646,7 +747,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +759,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +772,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -694,7 +795,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\n" +
 	"\x13shardpb/shard.proto\x12\x0ecairn.shard.v1\">\n" +
 	"\aCommand\x123\n" +
-	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\xc6\x02\n" +
+	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\x8b\x03\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -709,10 +810,15 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpoint\x12#\n" +
 	"\fmember_attrs\x18\t \x01(\fH\x00R\vmemberAttrs\x12\x16\n" +
 	"\x05alarm\x18\n" +
-	" \x01(\fH\x00R\x05alarmB\x04\n" +
-	"\x02op\"@\n" +
+	" \x01(\fH\x00R\x05alarm\x12C\n" +
+	"\rtransfer_hold\x18\v \x01(\v2\x1c.cairn.shard.v1.TransferHoldH\x00R\ftransferHoldB\x04\n" +
+	"\x02op\"k\n" +
+	"\fTransferHold\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\x04R\x06target\x12&\n" +
+	"\x0funtil_unix_nano\x18\x02 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
+	"\tmax_nanos\x18\x03 \x01(\x03R\bmaxNanos\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xe4\x02\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\x8b\x03\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -727,7 +833,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x10lease_checkpoint\x18\b \x01(\fH\x00R\x0fleaseCheckpoint\x12#\n" +
 	"\fmember_attrs\x18\t \x01(\bH\x00R\vmemberAttrs\x12\x16\n" +
 	"\x05alarm\x18\n" +
-	" \x01(\fH\x00R\x05alarmB\b\n" +
+	" \x01(\fH\x00R\x05alarm\x12%\n" +
+	"\rtransfer_hold\x18\v \x01(\bH\x00R\ftransferHoldB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
@@ -765,25 +872,27 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 }
 
 var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_shardpb_shard_proto_goTypes = []any{
-	(ErrorCode)(0),   // 0: cairn.shard.v1.ErrorCode
-	(*Command)(nil),  // 1: cairn.shard.v1.Command
-	(*Request)(nil),  // 2: cairn.shard.v1.Request
-	(*Result)(nil),   // 3: cairn.shard.v1.Result
-	(*Response)(nil), // 4: cairn.shard.v1.Response
-	(*Error)(nil),    // 5: cairn.shard.v1.Error
+	(ErrorCode)(0),       // 0: cairn.shard.v1.ErrorCode
+	(*Command)(nil),      // 1: cairn.shard.v1.Command
+	(*Request)(nil),      // 2: cairn.shard.v1.Request
+	(*TransferHold)(nil), // 3: cairn.shard.v1.TransferHold
+	(*Result)(nil),       // 4: cairn.shard.v1.Result
+	(*Response)(nil),     // 5: cairn.shard.v1.Response
+	(*Error)(nil),        // 6: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
 	2, // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	4, // 1: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	5, // 2: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0, // 3: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	3, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	5, // 2: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	6, // 3: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	0, // 4: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -801,8 +910,9 @@ func file_shardpb_shard_proto_init() {
 		(*Request_LeaseCheckpoint)(nil),
 		(*Request_MemberAttrs)(nil),
 		(*Request_Alarm)(nil),
+		(*Request_TransferHold)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[3].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[4].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -813,6 +923,7 @@ func file_shardpb_shard_proto_init() {
 		(*Response_LeaseCheckpoint)(nil),
 		(*Response_MemberAttrs)(nil),
 		(*Response_Alarm)(nil),
+		(*Response_TransferHold)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -820,7 +931,7 @@ func file_shardpb_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -36,6 +37,20 @@ func (s *Store) NewBatch() *Batch {
 // SetMeta writes the internal record name of this store.
 func (b *Batch) SetMeta(name string, value []byte) {
 	_ = b.b.Set(metaKey(b.s.opts.ID, name), value, nil)
+}
+
+// GetMeta returns the internal record name as this batch sees it (its own
+// writes included), and whether it exists.
+func (b *Batch) GetMeta(name string) ([]byte, bool, error) {
+	v, closer, err := b.b.Get(metaKey(b.s.opts.ID, name))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("mvcc: read internal record %q: %w", name, err)
+	}
+	defer closer.Close()
+	return append([]byte(nil), v...), true, nil
 }
 
 // DeleteMeta deletes the internal record name of this store.

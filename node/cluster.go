@@ -127,11 +127,17 @@ func writeMemberID(dataDir string, id uint64) error {
 // etcd's members publish theirs, retrying until it commits or ctx ends.
 func (n *Node) publish(ctx context.Context) {
 	attrs, _ := proto.Marshal(&pb.Member{ID: n.memberID, Name: n.cfg.Name, ClientURLs: n.cfg.AdvertiseClientURLs})
-	req := &shardpb.Request{Op: &shardpb.Request_MemberAttrs{MemberAttrs: attrs}}
+	reqs := []*shardpb.Request{
+		{Op: &shardpb.Request_MemberAttrs{MemberAttrs: attrs}},
+		// The peer URLs this member started with, unless the group has
+		// some for it already (from MemberAdd or MemberUpdate).
+		{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: n.memberID, PeerUrls: n.peerURLs, IfAbsent: true}}},
+	}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := n.replica.Write(wctx, req)
+		_, errs := n.replica.WriteAll(wctx, reqs)
 		cancel()
+		err := errors.Join(errs...)
 		if err == nil {
 			return
 		}
@@ -178,21 +184,26 @@ func (n *Node) Members(linearizable bool) []*pb.Member {
 		attrs = v.(map[uint64]*pb.Member)
 	}
 	var out []*pb.Member
-	add := func(id uint64, addr string, learner bool) {
-		m := &pb.Member{ID: id, PeerURLs: []string{"http://" + addr}, IsLearner: learner}
+	add := func(id uint64, learner bool) {
+		m := &pb.Member{ID: id, IsLearner: learner}
 		if a := attrs[id]; a != nil {
-			m.Name, m.ClientURLs = a.Name, a.ClientURLs
+			m.Name, m.ClientURLs, m.PeerURLs = a.Name, a.ClientURLs, a.PeerURLs
+		}
+		if len(m.PeerURLs) == 0 {
+			if addr, _, err := n.peers.Resolve(singleShardID, id); err == nil {
+				m.PeerURLs = []string{"http://" + addr}
+			}
 		}
 		if id == n.memberID {
-			m.Name, m.ClientURLs, m.PeerURLs = n.cfg.Name, n.cfg.AdvertiseClientURLs, n.peerURLs
+			m.Name, m.ClientURLs = n.cfg.Name, n.cfg.AdvertiseClientURLs
 		}
 		out = append(out, m)
 	}
-	for id, addr := range ms.Nodes {
-		add(id, addr, false)
+	for id := range ms.Nodes {
+		add(id, false)
 	}
-	for id, addr := range ms.NonVotings {
-		add(id, addr, true)
+	for id := range ms.NonVotings {
+		add(id, true)
 	}
 	slices.SortFunc(out, func(a, b *pb.Member) int {
 		switch {
@@ -334,13 +345,8 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 	if err != nil {
 		return nil, err
 	}
-	addr, _ := hostPort(peerURLs[0])
-	for _, existing := range []map[uint64]string{ms.Nodes, ms.NonVotings} {
-		for _, a := range existing {
-			if a == addr {
-				return nil, rpctypes.ErrGRPCPeerURLExist
-			}
-		}
+	if n.peerURLTaken(ms, peerURLs, 0) {
+		return nil, rpctypes.ErrGRPCPeerURLExist
 	}
 	var id uint64
 	for gen := 0; ; gen++ {
@@ -355,15 +361,90 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 			break
 		}
 	}
+	// The peer URLs first, so that raft finds the member once it is in.
+	if err := n.recordPeers(ctx, id, peerURLs); err != nil {
+		return nil, fmt.Errorf("node: add member: %w", err)
+	}
 	if learner {
-		err = n.nh.SyncRequestAddNonVoting(ctx, singleShardID, id, addr, 0)
+		err = n.nh.SyncRequestAddNonVoting(ctx, singleShardID, id, memberTarget(id), 0)
 	} else {
-		err = n.nh.SyncRequestAddReplica(ctx, singleShardID, id, addr, 0)
+		err = n.nh.SyncRequestAddReplica(ctx, singleShardID, id, memberTarget(id), 0)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("node: add member: %w", err)
 	}
 	return &pb.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil
+}
+
+// UpdateMember implements router.Membership: member id's peer URLs become
+// peerURLs. Every member dials the new ones from the moment the change
+// applies; the member itself is then restarted listening there (as with
+// etcd's member update).
+func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) error {
+	for _, u := range peerURLs {
+		if _, err := hostPort(u); err != nil {
+			return rpctypes.ErrGRPCMemberBadURLs
+		}
+	}
+	ms, err := n.membership(ctx)
+	if err != nil {
+		return err
+	}
+	_, voter := ms.Nodes[id]
+	_, learner := ms.NonVotings[id]
+	if !voter && !learner {
+		return rpctypes.ErrGRPCMemberNotFound
+	}
+	if n.peerURLTaken(ms, peerURLs, id) {
+		return rpctypes.ErrGRPCPeerURLExist
+	}
+	if err := n.recordPeers(ctx, id, peerURLs); err != nil {
+		return fmt.Errorf("node: update member: %w", err)
+	}
+	return nil
+}
+
+// recordPeers records member id's peer URLs in the group.
+func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) error {
+	_, err := n.replica.Write(ctx, &shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: peerURLs}}})
+	return err
+}
+
+// peerURLTaken reports whether a member other than except already has one
+// of peerURLs.
+func (n *Node) peerURLTaken(ms *dragonboat.Membership, peerURLs []string, except uint64) bool {
+	attrs := map[uint64]*pb.Member{}
+	if v, err := n.nh.StaleRead(singleShardID, shard.MembersQuery{}); err == nil {
+		attrs = v.(map[uint64]*pb.Member)
+	}
+	want := map[string]bool{}
+	for _, u := range peerURLs {
+		if a, err := hostPort(u); err == nil {
+			want[a] = true
+		}
+	}
+	for _, group := range []map[uint64]string{ms.Nodes, ms.NonVotings} {
+		for id := range group {
+			if id == except {
+				continue
+			}
+			var theirs []string
+			if a := attrs[id]; a != nil {
+				theirs = a.PeerURLs
+			}
+			if len(theirs) == 0 {
+				if addr, _, err := n.peers.Resolve(singleShardID, id); err == nil {
+					theirs = []string{"http://" + addr}
+				}
+			}
+			for _, u := range theirs {
+				if a, err := hostPort(u); err == nil && want[a] {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // RemoveMember implements router.Membership.

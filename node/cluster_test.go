@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -10,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	etcdserverpb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -461,4 +464,112 @@ func TestMoveLeaderUnderLoad(t *testing.T) {
 			t.Errorf("transfer %d took %d attempts: %v", i, a, transfers.attempts)
 		}
 	}
+}
+
+// TestMemberUpdate: a follower's peer URLs are updated, it is restarted
+// listening on the new ones, and the group reaches it there: with the third
+// member stopped, writes commit only through it. Updating an unknown member
+// or onto another member's URLs is refused as etcd refuses it.
+func TestMemberUpdate(t *testing.T) {
+	var mu sync.Mutex
+	cfgs := map[string]node.Config{}
+	nodes := startClusterWith(t, 3, func(c *node.Config) {
+		mu.Lock()
+		defer mu.Unlock()
+		cfgs[c.Name] = *c
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Roles: who leads, the follower that moves, the other follower.
+	var leader, moved, other int
+	waitUntil(t, "a member that reports itself leader", func() bool {
+		for i, n := range nodes {
+			st, err := clientFor(t, n.ClientURLs()...).Status(ctx, n.ClientURLs()[0])
+			if err == nil && st.Leader == st.Header.MemberId {
+				leader = i
+				return true
+			}
+		}
+		return false
+	})
+	moved, other = (leader+1)%3, (leader+2)%3
+	lc := clientFor(t, nodes[leader].ClientURLs()...)
+	st, err := clientFor(t, nodes[moved].ClientURLs()...).Status(ctx, nodes[moved].ClientURLs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	movedID := st.Header.MemberId
+	ml, err := lc.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var otherPeer string
+	for _, m := range ml.Members {
+		if m.ID != movedID && m.ID != st.Leader {
+			otherPeer = m.PeerURLs[0]
+		}
+	}
+
+	// Refusals change nothing.
+	if _, err := lc.MemberUpdate(ctx, 12345, []string{"http://" + testport.Addr(t)}); !errors.Is(err, rpctypes.ErrMemberNotFound) {
+		t.Fatalf("update of an unknown member: %v, want %v", err, rpctypes.ErrMemberNotFound)
+	}
+	if _, err := lc.MemberUpdate(ctx, movedID, []string{otherPeer}); !errors.Is(err, rpctypes.ErrPeerURLExist) {
+		t.Fatalf("update onto another member's peer URL: %v, want %v", err, rpctypes.ErrPeerURLExist)
+	}
+
+	newPeer := "http://" + testport.Addr(t)
+	up, err := lc.MemberUpdate(ctx, movedID, []string{newPeer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := func(ms []*etcdserverpb.Member) []string {
+		for _, m := range ms {
+			if m.ID == movedID {
+				return m.PeerURLs
+			}
+		}
+		return nil
+	}
+	if got := listed(up.Members); !slices.Equal(got, []string{newPeer}) {
+		t.Fatalf("members after the update list %v for the moved member, want %v", got, newPeer)
+	}
+	ml, err = clientFor(t, nodes[other].ClientURLs()...).MemberList(ctx)
+	if err != nil || !slices.Equal(listed(ml.Members), []string{newPeer}) {
+		t.Fatalf("another member lists %v (%v), want %v", listed(ml.Members), err, newPeer)
+	}
+
+	// Restart the member on its new peer URL, then stop the other
+	// follower: only a group that reaches the new address has a quorum.
+	if err := nodes[moved].Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lc.Put(ctx, "while-down", "v"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := cfgs[fmt.Sprintf("m%d", moved)]
+	cfg.ListenPeerURLs = []string{newPeer}
+	cfg.InitialAdvertisePeerURLs = nil
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	restarted, err := node.Start(sctx, cfg)
+	scancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = restarted.Close() })
+	if err := nodes[other].Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lc.Put(ctx, "after-move", "v"); err != nil {
+		t.Fatalf("write with the moved member needed for a quorum: %v", err)
+	}
+	mc := clientFor(t, restarted.ClientURLs()...)
+	waitUntil(t, "the moved member serves what was written", func() bool {
+		r, err := mc.Get(ctx, "after-move", clientv3.WithSerializable())
+		if err != nil || len(r.Kvs) != 1 {
+			return false
+		}
+		r, err = mc.Get(ctx, "while-down", clientv3.WithSerializable())
+		return err == nil && len(r.Kvs) == 1
+	})
 }

@@ -29,6 +29,17 @@
 // through raft once it serves; MemberList joins them with raft's
 // membership. Sharded mode comes with its issue.
 //
+// Peer URLs are recorded through raft too (by MemberAdd and MemberUpdate,
+// and by each member for itself if none are), and raft reaches a replica at
+// its member's recorded peer URL (peerRegistry, dragonboat's custom node
+// registry; --initial-cluster fills in what is not recorded yet). So a
+// member moves as in etcd: MemberUpdate records its new peer URLs, and the
+// member is restarted listening there with its data directory.
+//
+// MoveLeader holds new proposals on every member (a TransferHold entry)
+// until the target leads, so the target has applied everything when
+// leadership reaches it and takes it at once (see the shard package).
+//
 // Defaults follow etcd: name "default", data dir "<name>.cairn", clients on
 // http://127.0.0.1:2379, raft on 127.0.0.1:2380, heartbeat 100ms, election
 // timeout 1s, limits 1.5 MiB per request and 128 ops per txn.

@@ -210,6 +210,8 @@ type Node struct {
 	token       string   // --initial-cluster-token
 	// learner is set while this member is a learner (see trackLearner).
 	learner atomic.Bool
+	// peers resolves raft replicas to their members' peer addresses.
+	peers *peerRegistry
 	// holds is the replica client that TransferHold entries and leader
 	// changes reach (see TransferLeader); nil until it exists.
 	holds atomic.Pointer[shard.Replica]
@@ -312,8 +314,14 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	n.peers = newPeerRegistry()
 	if restart {
 		n.memberID = id
+		// Members the group has not recorded peer URLs for (none moved)
+		// are found where --initial-cluster says, if it is given again.
+		if members, err := parseInitialCluster(cfg.InitialCluster, token); err == nil {
+			n.seedPeers(members)
+		}
 	} else {
 		initial := cfg.InitialCluster
 		if initial == "" {
@@ -327,6 +335,7 @@ func (n *Node) start(ctx context.Context) error {
 		if i < 0 {
 			return fmt.Errorf("node: --initial-cluster has no member named %q (--name)", cfg.Name)
 		}
+		n.seedPeers(members)
 		self := members[i]
 		if !sameURLs(self.peerURLs, n.peerURLs) {
 			return fmt.Errorf("node: --initial-cluster has %s=%v but this member advertises peer URLs %v",
@@ -337,7 +346,7 @@ func (n *Node) start(ctx context.Context) error {
 			n.memberID = self.id
 			founders = map[uint64]dragonboat.Target{}
 			for _, m := range members {
-				founders[m.id], _ = hostPort(m.peerURLs[0])
+				founders[m.id] = memberTarget(m.id)
 			}
 		case "existing":
 			// A joining member starts as a learner: raft accepts being
@@ -377,7 +386,7 @@ func (n *Node) start(ctx context.Context) error {
 		RTTMillisecond:    rttMillisecond,
 		RaftAddress:       raftAddr,
 		ListenAddress:     peer,
-		Expert:            dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport},
+		Expert:            dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport, NodeRegistryFactory: n.peers},
 		RaftEventListener: leaderListener{n},
 	}
 	if n.nh, err = dragonboat.NewNodeHost(n.nhConfig); err != nil {
@@ -390,7 +399,7 @@ func (n *Node) start(ctx context.Context) error {
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
 	shardCfg := shard.Config{DB: db, Span: mvcc.Span{}, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
 		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
-	}, OnHold: func(target uint64, until time.Time, max time.Duration) {
+	}, OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
 			r.Hold(target, until, max)
 		}

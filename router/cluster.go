@@ -20,6 +20,8 @@ type Membership interface {
 	RemoveMember(ctx context.Context, id uint64) error
 	// PromoteMember makes learner id a voting member.
 	PromoteMember(ctx context.Context, id uint64) error
+	// UpdateMember gives member id new peer URLs.
+	UpdateMember(ctx context.Context, id uint64, peerURLs []string) error
 }
 
 func (c *clusterServer) membership() (Membership, error) {
@@ -73,8 +75,20 @@ func (c *clusterServer) MemberPromote(ctx context.Context, r *pb.MemberPromoteRe
 	return resp, nil
 }
 
-// MemberUpdate is refused: a raft replica's address is fixed in
-// dragonboat, so a member moves by being removed and added again.
+// MemberUpdate gives a member new peer URLs: raft reaches it there from
+// then on, and the member is restarted listening there.
 func (c *clusterServer) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "etcdserver: changing a member's peer URLs is not supported; remove the member and add it again")
+	ms, err := c.membership()
+	if err != nil {
+		return nil, err
+	}
+	if len(r.PeerURLs) == 0 {
+		return nil, rpctypes.ErrGRPCMemberBadURLs
+	}
+	if err := ms.UpdateMember(ctx, r.ID, r.PeerURLs); err != nil {
+		return nil, toGRPC(err)
+	}
+	resp := &pb.MemberUpdateResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members(true)}
+	c.s.fill(resp.Header)
+	return resp, nil
 }

@@ -47,7 +47,7 @@ func RestoreBackup(db *pebble.DB, shardID uint64, r io.Reader) (mvcc.Revision, e
 		return 0, err
 	}
 	var stale []string
-	for _, prefix := range []string{appliedKey, membersPrefix, alarmsPrefix} {
+	for _, prefix := range []string{appliedKey, membersPrefix, peersPrefix, alarmsPrefix} {
 		if err := store.ScanMeta(prefix, func(name string, _ []byte) { stale = append(stale, name) }); err != nil {
 			return 0, err
 		}

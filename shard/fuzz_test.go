@@ -137,7 +137,8 @@ func FuzzCommand(f *testing.F) {
 	seed(&shardpb.Request{Op: &shardpb.Request_Alarm{Alarm: marshal(f, &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: 1, Alarm: pb.AlarmType_NOSPACE})}},
 		&shardpb.Request{Stamp: 6, Op: &shardpb.Request_Put{Put: marshal(f, &pb.PutRequest{Key: []byte("e")})}},
 		&shardpb.Request{Op: &shardpb.Request_MemberAttrs{MemberAttrs: marshal(f, &pb.Member{ID: 3, Name: "n"})}},
-		&shardpb.Request{Op: &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{Target: 2, UntilUnixNano: 1}}})
+		&shardpb.Request{Op: &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{Target: 2, UntilUnixNano: 1}}},
+		&shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: 3, PeerUrls: []string{"http://p:1"}, IfAbsent: true}}})
 	seed(&shardpb.Request{Stamp: 6})
 	f.Add([]byte{0x0a, 0x03, 0x12, 0x01})
 

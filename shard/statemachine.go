@@ -43,6 +43,11 @@ type Config struct {
 	// (the last one of the batch), on dragonboat's apply goroutine: it must
 	// not block. The hold is the replica client's to honour (Replica.Hold).
 	OnHold func(target uint64, until time.Time, max time.Duration)
+	// OnPeers, if set, receives every member's recorded peer URLs: each
+	// record as it applies (after its batch commits), and all of them when
+	// the store opens or is restored from a snapshot. It runs on
+	// dragonboat's goroutines: it must not block.
+	OnPeers func(id uint64, peerURLs []string)
 	// Journal, if set, receives a record of every applied entry (see
 	// journal.go): a testing aid for history checkers.
 	Journal io.Writer
@@ -124,6 +129,9 @@ func (s *StateMachine) Open(stop <-chan struct{}) (uint64, error) {
 	if err := s.alarms.load(store); err != nil {
 		return 0, err
 	}
+	if err := s.reportPeers(store); err != nil {
+		return 0, err
+	}
 	s.mu.Lock()
 	s.store = store
 	s.mu.Unlock()
@@ -192,6 +200,11 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if s.cfg.OnApply != nil && len(events) > 0 {
 		s.cfg.OnApply(events)
 	}
+	if s.cfg.OnPeers != nil {
+		for _, m := range a.peers {
+			s.cfg.OnPeers(m.Id, m.PeerUrls)
+		}
+	}
 	if h := a.hold; h != nil && s.cfg.OnHold != nil {
 		s.cfg.OnHold(h.Target, time.Unix(0, h.UntilUnixNano), time.Duration(h.MaxNanos))
 	}
@@ -208,6 +221,8 @@ type applier struct {
 	events []*mvccpb.Event
 	// hold is the last TransferHold applied in this batch.
 	hold *shardpb.TransferHold
+	// peers are the MemberPeers records written in this batch.
+	peers []*shardpb.MemberPeers
 }
 
 // command applies every request of one entry. A request the store
@@ -396,6 +411,26 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		}
 		a.hold = op.TransferHold
 		return &shardpb.Response{Result: &shardpb.Response_TransferHold{TransferHold: true}}, nil
+	case *shardpb.Request_MemberPeers:
+		m := op.MemberPeers
+		if m == nil || m.Id == 0 || len(m.PeerUrls) == 0 {
+			return nil, badRequest("shard: member peer URLs without a member or URLs")
+		}
+		if m.IfAbsent {
+			if _, ok, err := b.GetMeta(peersKey(m.Id)); err != nil {
+				return nil, err
+			} else if ok {
+				return &shardpb.Response{Result: &shardpb.Response_MemberPeers{MemberPeers: false}}, nil
+			}
+		}
+		rec := &shardpb.MemberPeers{Id: m.Id, PeerUrls: m.PeerUrls}
+		data, err := proto.Marshal(rec)
+		if err != nil {
+			return nil, err
+		}
+		b.SetMeta(peersKey(m.Id), data)
+		a.peers = append(a.peers, rec)
+		return &shardpb.Response{Result: &shardpb.Response_MemberPeers{MemberPeers: true}}, nil
 	default:
 		return nil, badRequest("shard: request without an operation")
 	}
@@ -434,6 +469,20 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 				attrs[m.ID] = &m
 			}
 		})
+		if err == nil {
+			err = s.store.ScanMeta(peersPrefix, func(_ string, v []byte) {
+				var p shardpb.MemberPeers
+				if proto.Unmarshal(v, &p) != nil {
+					return
+				}
+				m := attrs[p.Id]
+				if m == nil {
+					m = &pb.Member{ID: p.Id}
+					attrs[p.Id] = m
+				}
+				m.PeerURLs = p.PeerUrls
+			})
+		}
 		resp = attrs
 	default:
 		return nil, fmt.Errorf("shard: unknown query type %T", query)
@@ -491,6 +540,23 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	if err := s.Lessor().Recover(s.cfg.DB); err != nil {
 		return fmt.Errorf("shard %d: recover lessor from snapshot: %w", s.shardID, err)
 	}
+	return s.reportPeers(s.store)
+}
+
+// reportPeers passes every recorded member's peer URLs to OnPeers.
+func (s *StateMachine) reportPeers(store *mvcc.Store) error {
+	if s.cfg.OnPeers == nil {
+		return nil
+	}
+	err := store.ScanMeta(peersPrefix, func(_ string, v []byte) {
+		var m shardpb.MemberPeers
+		if proto.Unmarshal(v, &m) == nil {
+			s.cfg.OnPeers(m.Id, m.PeerUrls)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("shard %d: read member peer URLs: %w", s.shardID, err)
+	}
 	return nil
 }
 
@@ -523,13 +589,19 @@ type HashResult struct {
 type AlarmsQuery struct{}
 
 // MembersQuery asks Lookup for the published member attributes, a
-// map[uint64]*pb.Member by member id (name and client URLs).
+// map[uint64]*pb.Member by member id (name and client URLs, and the peer
+// URLs recorded for it).
 type MembersQuery struct{}
 
 // membersPrefix names the internal records of member attributes.
 const membersPrefix = "member/"
 
 func memberKey(id uint64) string { return fmt.Sprintf("%s%016x", membersPrefix, id) }
+
+// peersPrefix names the internal records of members' peer URLs.
+const peersPrefix = "peers/"
+
+func peersKey(id uint64) string { return fmt.Sprintf("%s%016x", peersPrefix, id) }
 
 // StatusQuery asks Lookup for the store's revisions.
 type StatusQuery struct{}

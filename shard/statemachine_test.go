@@ -203,3 +203,59 @@ func TestSnapshotReplacesOnlyItsSpan(t *testing.T) {
 		t.Fatalf("applied index after recovery and reopen = %d, want 8", applied)
 	}
 }
+
+// TestMemberPeers: peer URLs are recorded (if_absent only when none are),
+// listed with the members' attributes, reported as they apply and again
+// when the store reopens; a record without URLs is refused. No revision is
+// taken.
+func TestMemberPeers(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	reported := map[uint64][]string{}
+	cfg := Config{DB: db, OnPeers: func(id uint64, urls []string) { reported[id] = urls }}
+	s := Factory(cfg)(1, 1).(*StateMachine)
+	if _, err := s.Open(nil); err != nil {
+		t.Fatal(err)
+	}
+	peers := func(id uint64, ifAbsent bool, urls ...string) *shardpb.Request {
+		return &shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: urls, IfAbsent: ifAbsent}}}
+	}
+	resps := apply(t, s, 1,
+		peers(7, true, "http://a:1"),
+		peers(7, true, "http://b:1"), // some recorded: ignored
+		peers(8, false, "http://c:1"),
+		peers(8, false, "http://d:1"), // replaces
+		peers(9, false),               // no URLs: refused
+	)
+	for i, want := range []bool{true, false, true, true} {
+		if resps[i].GetMemberPeers() != want {
+			t.Fatalf("response %d = %v, want recorded=%v", i, resps[i], want)
+		}
+	}
+	if resps[4].GetError().GetCode() != shardpb.ErrorCode_ERROR_CODE_BAD_REQUEST {
+		t.Fatalf("a record without URLs: %v, want BAD_REQUEST", resps[4])
+	}
+	want := map[uint64][]string{7: {"http://a:1"}, 8: {"http://d:1"}}
+	if fmt.Sprint(reported) != fmt.Sprint(want) {
+		t.Fatalf("reported on apply %v, want %v", reported, want)
+	}
+	v, err := s.Lookup(MembersQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, urls := range want {
+		if m := v.(map[uint64]*pb.Member)[id]; m == nil || fmt.Sprint(m.PeerURLs) != fmt.Sprint(urls) {
+			t.Fatalf("member %d listed as %v, want peer URLs %v", id, m, urls)
+		}
+	}
+	if st, _ := s.Lookup(StatusQuery{}); st.(Status).Revision != 1 {
+		t.Fatalf("revision %d after recording peers, want 1 (none taken)", st.(Status).Revision)
+	}
+	reported = map[uint64][]string{}
+	s2 := Factory(cfg)(1, 1).(*StateMachine)
+	if _, err := s2.Open(nil); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(reported) != fmt.Sprint(want) {
+		t.Fatalf("reported on open %v, want %v", reported, want)
+	}
+}

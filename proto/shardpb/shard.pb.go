@@ -183,6 +183,7 @@ type Request struct {
 	//	*Request_MemberAttrs
 	//	*Request_Alarm
 	//	*Request_TransferHold
+	//	*Request_MemberPeers
 	Op            isRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -322,6 +323,15 @@ func (x *Request) GetTransferHold() *TransferHold {
 	return nil
 }
 
+func (x *Request) GetMemberPeers() *MemberPeers {
+	if x != nil {
+		if x, ok := x.Op.(*Request_MemberPeers); ok {
+			return x.MemberPeers
+		}
+	}
+	return nil
+}
+
 type isRequest_Op interface {
 	isRequest_Op()
 }
@@ -375,6 +385,12 @@ type Request_TransferHold struct {
 	TransferHold *TransferHold `protobuf:"bytes,11,opt,name=transfer_hold,json=transferHold,proto3,oneof"`
 }
 
+type Request_MemberPeers struct {
+	// A member's peer URLs: where raft reaches it (MemberAdd, MemberUpdate,
+	// and each member's own on start if none is recorded yet).
+	MemberPeers *MemberPeers `protobuf:"bytes,12,opt,name=member_peers,json=memberPeers,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -395,6 +411,70 @@ func (*Request_Alarm) isRequest_Op() {}
 
 func (*Request_TransferHold) isRequest_Op() {}
 
+func (*Request_MemberPeers) isRequest_Op() {}
+
+// MemberPeers records the peer URLs of member id; with if_absent, only if
+// none are recorded for it yet.
+type MemberPeers struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	PeerUrls      []string               `protobuf:"bytes,2,rep,name=peer_urls,json=peerUrls,proto3" json:"peer_urls,omitempty"`
+	IfAbsent      bool                   `protobuf:"varint,3,opt,name=if_absent,json=ifAbsent,proto3" json:"if_absent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberPeers) Reset() {
+	*x = MemberPeers{}
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberPeers) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberPeers) ProtoMessage() {}
+
+func (x *MemberPeers) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberPeers.ProtoReflect.Descriptor instead.
+func (*MemberPeers) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MemberPeers) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *MemberPeers) GetPeerUrls() []string {
+	if x != nil {
+		return x.PeerUrls
+	}
+	return nil
+}
+
+func (x *MemberPeers) GetIfAbsent() bool {
+	if x != nil {
+		return x.IfAbsent
+	}
+	return false
+}
+
 // TransferHold asks every replica that applies it to hold back new proposals
 // until target leads, until_unix_nano passes on its clock, or max_nanos have
 // passed since it applied the hold, whichever comes first (the last bounds
@@ -414,7 +494,7 @@ type TransferHold struct {
 
 func (x *TransferHold) Reset() {
 	*x = TransferHold{}
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +506,7 @@ func (x *TransferHold) String() string {
 func (*TransferHold) ProtoMessage() {}
 
 func (x *TransferHold) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +519,7 @@ func (x *TransferHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferHold.ProtoReflect.Descriptor instead.
 func (*TransferHold) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TransferHold) GetTarget() uint64 {
@@ -473,7 +553,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +565,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +578,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -525,6 +605,7 @@ type Response struct {
 	//	*Response_MemberAttrs
 	//	*Response_Alarm
 	//	*Response_TransferHold
+	//	*Response_MemberPeers
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -532,7 +613,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +625,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +638,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -666,6 +747,15 @@ func (x *Response) GetTransferHold() bool {
 	return false
 }
 
+func (x *Response) GetMemberPeers() bool {
+	if x != nil {
+		if x, ok := x.Result.(*Response_MemberPeers); ok {
+			return x.MemberPeers
+		}
+	}
+	return false
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -714,6 +804,10 @@ type Response_TransferHold struct {
 	TransferHold bool `protobuf:"varint,11,opt,name=transfer_hold,json=transferHold,proto3,oneof"` // applied
 }
 
+type Response_MemberPeers struct {
+	MemberPeers bool `protobuf:"varint,12,opt,name=member_peers,json=memberPeers,proto3,oneof"` // recorded (false: if_absent and some were)
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -736,6 +830,8 @@ func (*Response_Alarm) isResponse_Result() {}
 
 func (*Response_TransferHold) isResponse_Result() {}
 
+func (*Response_MemberPeers) isResponse_Result() {}
+
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -747,7 +843,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +855,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +868,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -795,7 +891,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\n" +
 	"\x13shardpb/shard.proto\x12\x0ecairn.shard.v1\">\n" +
 	"\aCommand\x123\n" +
-	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\x8b\x03\n" +
+	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\xcd\x03\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -811,14 +907,19 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\fmember_attrs\x18\t \x01(\fH\x00R\vmemberAttrs\x12\x16\n" +
 	"\x05alarm\x18\n" +
 	" \x01(\fH\x00R\x05alarm\x12C\n" +
-	"\rtransfer_hold\x18\v \x01(\v2\x1c.cairn.shard.v1.TransferHoldH\x00R\ftransferHoldB\x04\n" +
-	"\x02op\"k\n" +
+	"\rtransfer_hold\x18\v \x01(\v2\x1c.cairn.shard.v1.TransferHoldH\x00R\ftransferHold\x12@\n" +
+	"\fmember_peers\x18\f \x01(\v2\x1b.cairn.shard.v1.MemberPeersH\x00R\vmemberPeersB\x04\n" +
+	"\x02op\"W\n" +
+	"\vMemberPeers\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
+	"\tpeer_urls\x18\x02 \x03(\tR\bpeerUrls\x12\x1b\n" +
+	"\tif_absent\x18\x03 \x01(\bR\bifAbsent\"k\n" +
 	"\fTransferHold\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\x04R\x06target\x12&\n" +
 	"\x0funtil_unix_nano\x18\x02 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
 	"\tmax_nanos\x18\x03 \x01(\x03R\bmaxNanos\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\x8b\x03\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xb0\x03\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -834,7 +935,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\fmember_attrs\x18\t \x01(\bH\x00R\vmemberAttrs\x12\x16\n" +
 	"\x05alarm\x18\n" +
 	" \x01(\fH\x00R\x05alarm\x12%\n" +
-	"\rtransfer_hold\x18\v \x01(\bH\x00R\ftransferHoldB\b\n" +
+	"\rtransfer_hold\x18\v \x01(\bH\x00R\ftransferHold\x12#\n" +
+	"\fmember_peers\x18\f \x01(\bH\x00R\vmemberPeersB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
@@ -872,27 +974,29 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 }
 
 var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_shardpb_shard_proto_goTypes = []any{
 	(ErrorCode)(0),       // 0: cairn.shard.v1.ErrorCode
 	(*Command)(nil),      // 1: cairn.shard.v1.Command
 	(*Request)(nil),      // 2: cairn.shard.v1.Request
-	(*TransferHold)(nil), // 3: cairn.shard.v1.TransferHold
-	(*Result)(nil),       // 4: cairn.shard.v1.Result
-	(*Response)(nil),     // 5: cairn.shard.v1.Response
-	(*Error)(nil),        // 6: cairn.shard.v1.Error
+	(*MemberPeers)(nil),  // 3: cairn.shard.v1.MemberPeers
+	(*TransferHold)(nil), // 4: cairn.shard.v1.TransferHold
+	(*Result)(nil),       // 5: cairn.shard.v1.Result
+	(*Response)(nil),     // 6: cairn.shard.v1.Response
+	(*Error)(nil),        // 7: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
 	2, // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	3, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	5, // 2: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	6, // 3: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0, // 4: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	4, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	3, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	6, // 3: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	7, // 4: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	0, // 5: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -911,8 +1015,9 @@ func file_shardpb_shard_proto_init() {
 		(*Request_MemberAttrs)(nil),
 		(*Request_Alarm)(nil),
 		(*Request_TransferHold)(nil),
+		(*Request_MemberPeers)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[4].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[5].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -924,6 +1029,7 @@ func file_shardpb_shard_proto_init() {
 		(*Response_MemberAttrs)(nil),
 		(*Response_Alarm)(nil),
 		(*Response_TransferHold)(nil),
+		(*Response_MemberPeers)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -931,7 +1037,7 @@ func file_shardpb_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -47,6 +47,11 @@ func TestEtcdctlCluster(t *testing.T) {
 		{[]string{"move-leader", "NOT-LEADER"}, true},
 		{[]string{"snapshot", "save", "SNAPSHOT"}, false},
 		{[]string{"member", "remove", "ffffffffffff"}, true},
+		{[]string{"member", "update", "ffffffffffff", "--peer-urls=NEW-PEER"}, true},
+		// Last: the follower moved keeps listening where it was, so the
+		// group no longer reaches it (the quorum of two remains).
+		{[]string{"member", "update", "NOT-LEADER", "--peer-urls=NEW-PEER"}, true},
+		{[]string{"member", "list", "-w", "table"}, true},
 	}
 	for _, st := range steps {
 		var want string
@@ -59,6 +64,8 @@ func TestEtcdctlCluster(t *testing.T) {
 					args[i] = notLeader(t, bin, eps)
 				case "SNAPSHOT":
 					args[i] = filepath.Join(t.TempDir(), "snap.db")
+				case "--peer-urls=NEW-PEER":
+					args[i] = "--peer-urls=http://" + testport.Addr(t)
 				}
 			}
 			targets := eps[:1]

@@ -139,7 +139,8 @@ func toModel(r *shardpb.Request) (*model.EtcdRequest, error) {
 			return nil, err
 		}
 		return &model.EtcdRequest{Type: model.LeaseRevoke, LeaseRevoke: &model.LeaseRevokeRequest{LeaseID: rv.ID}}, nil
-	case *shardpb.Request_LeaseCheckpoint, *shardpb.Request_MemberAttrs, *shardpb.Request_Alarm, *shardpb.Request_TransferHold:
+	case *shardpb.Request_LeaseCheckpoint, *shardpb.Request_MemberAttrs, *shardpb.Request_Alarm, *shardpb.Request_TransferHold,
+		*shardpb.Request_MemberPeers:
 		return nil, nil
 	}
 	return nil, fmt.Errorf("unknown request %v", r)

@@ -20,16 +20,23 @@
 //
 // # Concurrency
 //
-// Neither type is safe for concurrent use, neither starts goroutines nor
-// reads the clock: the owner serializes them. StateMachine is the placement
+// Neither Table nor Oracle is safe for concurrent use, neither starts
+// goroutines nor reads the clock: the owner serializes them. StateMachine is the placement
 // group's dragonboat state machine around a Table (commands from the log,
 // the whole state in each snapshot; its own lock lets Lookup run beside
 // Update).
 //
 // # Non-goals (yet)
 //
-// Starting the placement group on the nodes, the oracle's service (folding concurrent
-// requests, serving only under confirmed leadership), the scheduler (split
-// by size and load, merge, moves) and merges are the sharded-mode issue's
-// next steps. The package imports mvcc for its Revision type only.
+// Allocator is the oracle's service on one replica of the running group:
+// it serves revisions only while that replica leads, folds the requests
+// that arrive during a round into the next one (one leadership check, and
+// at most one bound raised through raft, per round), starts a new term's
+// oracle above the bound it reads linearizably, and confirms leadership
+// after each take so that revisions also increase in real time across
+// leader changes. It owns one goroutine; Close stops it.
+//
+// Starting the placement group on the nodes, the scheduler (split by size
+// and load, merge, moves) and merges are the sharded-mode issue's next
+// steps. The package imports mvcc for its Revision type only.
 package placement

@@ -57,6 +57,8 @@ type (
 	OverlappingQuery struct{ Start, End []byte }
 	// StateQuery asks for the whole state (*placementpb.State).
 	StateQuery struct{}
+	// BoundQuery asks for the oracle's persisted bound (mvcc.Revision).
+	BoundQuery struct{}
 )
 
 // Lookup answers a query on the current state.
@@ -70,6 +72,8 @@ func (s *StateMachine) Lookup(q interface{}) (interface{}, error) {
 		return s.table.Overlapping(q.Start, q.End), nil
 	case StateQuery:
 		return s.table.State(), nil
+	case BoundQuery:
+		return s.table.Bound(), nil
 	}
 	return nil, fmt.Errorf("placement: unknown query %T", q)
 }

@@ -1,0 +1,203 @@
+package placement
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+)
+
+// ErrNotLeader: this replica does not lead the placement group, so it
+// hands out no revisions; ask the leader.
+var ErrNotLeader = errors.New("placement: not the placement group's leader")
+
+// Allocator serves the revision oracle from one replica of the placement
+// group, while that replica leads. Requests that arrive while a round is
+// under way fold into the next round, so many concurrent callers cost one
+// leadership check (and, when the window runs low, one bound raised through
+// raft) between them:
+//
+//	round: gather waiting requests (n revisions in all)
+//	       new term? read the persisted bound linearizably, start an Oracle above it
+//	       Want(n) > 0? persist a higher bound (RaiseBound through raft)
+//	       Take(n), then confirm leadership (ReadIndex), then answer
+//
+// The check after Take is what orders revisions in real time: a deposed
+// leader that has not noticed can still take from its old window, but its
+// check fails, so a revision it took is never handed out once a successor
+// (which starts above every old window) may have served someone.
+type Allocator struct {
+	nh        *dragonboat.NodeHost
+	shardID   uint64
+	replicaID uint64
+	window    int64
+
+	reqs chan *allocation
+	stop chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+type allocation struct {
+	n    int64
+	done chan allocated // size 1
+}
+
+type allocated struct {
+	first mvcc.Revision
+	err   error
+}
+
+// NewAllocator starts the allocator of replica replicaID of the placement
+// group shardID on nh. window is how many revisions a persisted bound
+// covers ahead of those handed out. Close stops it.
+func NewAllocator(nh *dragonboat.NodeHost, shardID, replicaID uint64, window int64) *Allocator {
+	a := &Allocator{nh: nh, shardID: shardID, replicaID: replicaID, window: window,
+		reqs: make(chan *allocation), stop: make(chan struct{})}
+	a.wg.Add(1)
+	go a.run()
+	return a
+}
+
+// Close stops the allocator; waiting and later calls get an error.
+func (a *Allocator) Close() {
+	a.once.Do(func() { close(a.stop) })
+	a.wg.Wait()
+}
+
+// Revisions hands out n consecutive revisions, first..first+n-1, each
+// unique in the cluster and above every revision handed out before this
+// call began. ErrNotLeader means another replica leads.
+func (a *Allocator) Revisions(ctx context.Context, n int64) (mvcc.Revision, error) {
+	if n < 1 {
+		return 0, fmt.Errorf("placement: asked for %d revisions", n)
+	}
+	req := &allocation{n: n, done: make(chan allocated, 1)}
+	select {
+	case a.reqs <- req:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-a.stop:
+		return 0, errAllocatorClosed
+	}
+	select {
+	case r := <-req.done:
+		return r.first, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+var errAllocatorClosed = errors.New("placement: allocator closed")
+
+// roundTimeout bounds one round's raft work.
+const roundTimeout = 5 * time.Second
+
+func (a *Allocator) run() {
+	defer a.wg.Done()
+	var (
+		oracle *Oracle
+		term   uint64
+	)
+	for {
+		var batch []*allocation
+		select {
+		case r := <-a.reqs:
+			batch = append(batch, r)
+		case <-a.stop:
+			return
+		}
+	gather:
+		for {
+			select {
+			case r := <-a.reqs:
+				batch = append(batch, r)
+			default:
+				break gather
+			}
+		}
+		var n int64
+		for _, r := range batch {
+			n += r.n
+		}
+		first, err := a.round(&oracle, &term, n)
+		for _, r := range batch {
+			r.done <- allocated{first: first, err: err}
+			first += mvcc.Revision(r.n)
+		}
+	}
+}
+
+// round hands out n revisions for one batch, (re)starting the oracle when
+// this replica's leadership is new.
+func (a *Allocator) round(oracle **Oracle, term *uint64, n int64) (mvcc.Revision, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), roundTimeout)
+	defer cancel()
+	leader, t, ok, err := a.nh.GetLeaderID(a.shardID)
+	if err != nil {
+		return 0, fmt.Errorf("placement: %w", err)
+	}
+	if !ok || leader != a.replicaID {
+		*oracle = nil
+		return 0, ErrNotLeader
+	}
+	if *oracle == nil || *term != t {
+		v, err := a.nh.SyncRead(ctx, a.shardID, BoundQuery{})
+		if err != nil {
+			return 0, fmt.Errorf("placement: read the oracle's bound: %w", err)
+		}
+		*oracle, *term = NewOracle(v.(mvcc.Revision), a.window), t
+	}
+	o := *oracle
+	if want := o.Want(n); want > 0 {
+		bound, err := a.raiseBound(ctx, want)
+		if err != nil {
+			*oracle = nil // the next round reads the bound again
+			return 0, err
+		}
+		o.Persisted(bound)
+	}
+	first, ok := o.Take(n)
+	if !ok {
+		*oracle = nil
+		return 0, fmt.Errorf("placement: the persisted bound does not cover %d revisions", n)
+	}
+	// Still the leader after the take (see the type's comment).
+	if _, err := a.nh.SyncRead(ctx, a.shardID, BoundQuery{}); err != nil {
+		*oracle = nil
+		return 0, fmt.Errorf("placement: confirm leadership: %w", err)
+	}
+	if leader, t2, ok, _ := a.nh.GetLeaderID(a.shardID); !ok || leader != a.replicaID || t2 != t {
+		*oracle = nil
+		return 0, ErrNotLeader
+	}
+	return first, nil
+}
+
+// raiseBound persists bound b through raft and returns the group's bound
+// after it applied.
+func (a *Allocator) raiseBound(ctx context.Context, b mvcc.Revision) (mvcc.Revision, error) {
+	cmd, err := proto.Marshal(&placementpb.Command{Op: &placementpb.Command_RaiseBound{RaiseBound: &placementpb.RaiseBound{Bound: int64(b)}}})
+	if err != nil {
+		return 0, err
+	}
+	res, err := a.nh.SyncPropose(ctx, a.nh.GetNoOPSession(a.shardID), cmd)
+	if err != nil {
+		return 0, fmt.Errorf("placement: persist the oracle's bound: %w", err)
+	}
+	var out placementpb.Result
+	if err := proto.Unmarshal(res.Data, &out); err != nil {
+		return 0, fmt.Errorf("placement: decode result: %w", err)
+	}
+	if out.Error != "" {
+		return 0, fmt.Errorf("placement: persist the oracle's bound: %s", out.Error)
+	}
+	return mvcc.Revision(out.Bound), nil
+}

@@ -124,7 +124,9 @@ var clusterMasks = []struct {
 	with string
 }{
 	{regexp.MustCompile(`(http://)?127\.0\.0\.1:\d+`), "URL"},
-	{regexp.MustCompile(`\b[0-9a-f]{12,16}\b`), "ID"},
+	// etcdctl prints some ids with %16x: an id with leading zero digits
+	// comes padded with spaces.
+	{regexp.MustCompile(` *\b[0-9a-f]{12,16}\b`), " ID"},
 	{regexp.MustCompile(`\d+(\.\d+)? (B|kB|MB|GB)\b`), "SIZE"},
 	{regexp.MustCompile(`\d+%`), "P%"},
 	{regexp.MustCompile(`took( =)? [0-9.]+[a-zµ]+`), "took T"},

@@ -35,6 +35,17 @@
 // Under load this turns many client writes into one raft entry and one fsync;
 // with a single client it adds no delay.
 //
+// Stamping (sharded mode): a replica client made with NewStampingReplica
+// takes one block of revisions from the oracle (a Stamper) per batch, stamps
+// the batch's writes in order and proposes the batch itself, batch after
+// batch, so its writes reach the log in stamp order. The state machine
+// refuses a stamp not above the last applied revision (another proposer's
+// newer stamp got there first); the client stamps such a write again and
+// retries it, and its caller never sees the refusal. Single-group mode
+// stamps nothing and the state machine assigns last + 1. Wiring the
+// stamping clients to the placement group's oracle in the node comes with
+// the sharded-mode issue.
+//
 // Leader transfer: a TransferHold entry asks every replica that applies it
 // to hold back new proposals (Replica.Hold) until the target leads or a
 // bound passes. The log goes quiet, the target applies everything, and

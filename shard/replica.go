@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/client"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 )
 
@@ -58,6 +60,18 @@ type Replica struct {
 	holdUntil  time.Time
 	holdTarget uint64
 	holdWake   chan struct{}
+
+	// stamper, if set, stamps writes with cluster-wide revisions (sharded
+	// mode); restamped counts writes refused as stale and stamped again.
+	stamper   Stamper
+	restamped atomic.Uint64
+}
+
+// Stamper hands out cluster-wide revisions: n consecutive ones from first,
+// above every revision handed out before the call began (the placement
+// group's oracle).
+type Stamper interface {
+	Revisions(ctx context.Context, n int64) (first mvcc.Revision, err error)
 }
 
 type pending struct {
@@ -72,8 +86,20 @@ type outcome struct {
 }
 
 // NewReplica starts the proposal batcher of shardID on nh. Close stops it.
+// Writes get their revisions when they apply (single-group mode).
 func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
+	return NewStampingReplica(nh, shardID, nil)
+}
+
+// NewStampingReplica is NewReplica with writes stamped by stamper before
+// they are proposed (sharded mode, DESIGN.md "Keys, values, revisions"):
+// one oracle round trip per batch, the batch proposed at once in stamp
+// order, and a write the state machine refuses as stale (it reached the
+// log behind a newer stamp, say from another proposer) stamped again and
+// retried, unseen by its caller. A nil stamper is NewReplica.
+func NewStampingReplica(nh *dragonboat.NodeHost, shardID uint64, stamper Stamper) *Replica {
 	r := &Replica{
+		stamper: stamper,
 		nh:      nh,
 		shardID: shardID,
 		session: nh.GetNoOPSession(shardID),
@@ -263,13 +289,108 @@ func (r *Replica) batch() {
 				break gather
 			}
 		}
+		var proposed *proposal
+		if r.stamper != nil {
+			// Stamp and propose here, one batch after another, so the log
+			// gets this replica's writes in stamp order.
+			if err := r.stamp(batch); err != nil {
+				failAll(batch, err)
+				<-slots
+				continue
+			}
+			proposed = r.propose(batch)
+		}
 		senders.Add(1)
 		go func() {
 			defer senders.Done()
 			defer func() { <-slots }()
-			r.send(batch)
+			r.send(batch, proposed)
 		}()
 	}
+}
+
+// stamps reports whether req writes at a revision of its own, so that a
+// stamp is what it applies at.
+func stamps(req *shardpb.Request) bool {
+	switch req.Op.(type) {
+	case *shardpb.Request_Put, *shardpb.Request_DeleteRange, *shardpb.Request_Txn, *shardpb.Request_LeaseRevoke:
+		return true
+	}
+	return false
+}
+
+// stamp gives every write of batch a fresh revision from the stamper, in
+// batch order.
+func (r *Replica) stamp(batch []*pending) error {
+	var n int64
+	for _, p := range batch {
+		if stamps(p.req) {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), proposalTimeout)
+	defer cancel()
+	first, err := r.stamper.Revisions(ctx, n)
+	if err != nil {
+		return fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
+	}
+	for _, p := range batch {
+		if stamps(p.req) {
+			p.req.Stamp = int64(first)
+			first++
+		}
+	}
+	return nil
+}
+
+// proposal is a batch proposed by the batcher, its outcome awaited by a
+// sender.
+type proposal struct {
+	data []byte
+	rs   *dragonboat.RequestState
+	err  error
+}
+
+// propose encodes batch and proposes it without waiting.
+func (r *Replica) propose(batch []*pending) *proposal {
+	data, err := encode(batch)
+	if err != nil {
+		return &proposal{err: err}
+	}
+	rs, err := r.nh.Propose(r.session, data, proposalTimeout)
+	return &proposal{data: data, rs: rs, err: err}
+}
+
+func encode(batch []*pending) ([]byte, error) {
+	cmd := &shardpb.Command{Requests: make([]*shardpb.Request, len(batch))}
+	for i, p := range batch {
+		cmd.Requests[i] = p.req
+	}
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("shard: encode command: %w", err)
+	}
+	return data, nil
+}
+
+// Restamped counts writes refused as stale and stamped again.
+func (r *Replica) Restamped() uint64 { return r.restamped.Load() }
+
+// restamp queues p again for a new stamp (its old one reached the log
+// behind a newer one).
+func (r *Replica) restamp(p *pending) {
+	r.restamped.Add(1)
+	p.req.Stamp = 0
+	go func() {
+		select {
+		case r.queue <- p:
+		case <-r.stop:
+			p.done <- outcome{err: ErrStopped}
+		}
+	}()
 }
 
 // room returns the queue while a batch of n requests and size bytes may
@@ -288,21 +409,38 @@ func failAll(batch []*pending, err error) {
 	}
 }
 
-// send proposes one batch, retrying while the group has no leader, and
-// delivers each request's response.
-func (r *Replica) send(batch []*pending) {
-	cmd := &shardpb.Command{Requests: make([]*shardpb.Request, len(batch))}
-	for i, p := range batch {
-		cmd.Requests[i] = p.req
+// send proposes one batch (or awaits first, the batcher's proposal of it),
+// retrying while the group has no leader, and delivers each request's
+// response; a stamped write refused as stale is stamped again.
+func (r *Replica) send(batch []*pending, first *proposal) {
+	var data []byte
+	if first != nil {
+		data = first.data
+	} else {
+		var err error
+		if data, err = encode(batch); err != nil {
+			failAll(batch, err)
+			return
+		}
 	}
-	data, err := proto.Marshal(cmd)
-	if err != nil {
-		failAll(batch, fmt.Errorf("shard: encode command: %w", err))
+	if data == nil {
+		failAll(batch, first.err)
 		return
 	}
 	deadline := time.Now().Add(proposalTimeout)
 	for {
-		res, err := r.proposeOnce(data, time.Until(deadline))
+		var (
+			res []byte
+			err error
+		)
+		if first != nil {
+			if err = first.err; err == nil {
+				res, err = r.await(first.rs)
+			}
+			first = nil
+		} else {
+			res, err = r.proposeOnce(data, time.Until(deadline))
+		}
 		if err == nil {
 			var out shardpb.Result
 			if err := proto.Unmarshal(res, &out); err != nil || len(out.Responses) != len(batch) {
@@ -310,6 +448,10 @@ func (r *Replica) send(batch []*pending) {
 				return
 			}
 			for i, p := range batch {
+				if r.stamper != nil && out.Responses[i].GetError().GetCode() == shardpb.ErrorCode_ERROR_CODE_STALE_STAMP {
+					r.restamp(p)
+					continue
+				}
 				p.done <- outcome{resp: out.Responses[i]}
 			}
 			return
@@ -335,6 +477,11 @@ func (r *Replica) proposeOnce(data []byte, timeout time.Duration) ([]byte, error
 	if err != nil {
 		return nil, err
 	}
+	return r.await(rs)
+}
+
+// await waits for a proposal's outcome.
+func (r *Replica) await(rs *dragonboat.RequestState) ([]byte, error) {
 	defer rs.Release()
 	res := <-rs.ResultC()
 	switch {

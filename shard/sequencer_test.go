@@ -1,0 +1,208 @@
+package shard_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/lni/dragonboat/v4"
+	dbconfig "github.com/lni/dragonboat/v4/config"
+	"github.com/lni/dragonboat/v4/logger"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/node/testport"
+	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+const (
+	placementShard = 100
+	dataShard      = 7
+)
+
+// stampedShard runs, on one real NodeHost, a placement group with its
+// revision oracle and a data shard, and returns both.
+func stampedShard(t *testing.T) (*dragonboat.NodeHost, *placement.Allocator) {
+	t.Helper()
+	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "logdb", "grpc", "config"} {
+		logger.GetLogger(name).SetLevel(logger.ERROR)
+	}
+	addr := testport.Addr(t)
+	nh, err := dragonboat.NewNodeHost(dbconfig.NodeHostConfig{
+		NodeHostDir:    filepath.Join(t.TempDir(), "raft"),
+		RTTMillisecond: 5,
+		RaftAddress:    addr,
+		Expert:         dbconfig.ExpertConfig{LogDB: dbconfig.GetTinyMemLogDBConfig()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := map[uint64]dragonboat.Target{1: addr}
+	cfg := dbconfig.Config{ReplicaID: 1, HeartbeatRTT: 2, ElectionRTT: 20, CheckQuorum: true}
+	cfg.ShardID = placementShard
+	if err := nh.StartReplica(members, false, placement.NewStateMachine, cfg); err != nil {
+		t.Fatal(err)
+	}
+	db, err := pebble.Open("db", mvcc.PebbleOptions(&pebble.Options{FS: vfs.NewMem()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ShardID = dataShard
+	if err := nh.StartOnDiskReplica(members, false, shard.Factory(shard.Config{DB: db}), cfg); err != nil {
+		t.Fatal(err)
+	}
+	alloc := placement.NewAllocator(nh, placementShard, 1, 64)
+	t.Cleanup(func() { alloc.Close(); nh.Close(); db.Close() })
+	deadline := time.Now().Add(20 * time.Second)
+	for _, id := range []uint64{placementShard, dataShard} {
+		for {
+			if _, _, ok, err := nh.GetLeaderID(id); err == nil && ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no leaders within 20s")
+			}
+			time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+		}
+	}
+	return nh, alloc
+}
+
+func put(ctx context.Context, r *shard.Replica, key string) (int64, error) {
+	data, _ := proto.Marshal(&pb.PutRequest{Key: []byte(key), Value: []byte("v")})
+	resp, err := r.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Put{Put: data}})
+	if err != nil {
+		return 0, err
+	}
+	var pr pb.PutResponse
+	if err := proto.Unmarshal(resp.GetPut(), &pr); err != nil {
+		return 0, err
+	}
+	return pr.Header.Revision, nil
+}
+
+// TestStampedWrites: writes through two stamping replica clients of one
+// shard (two proposers, as across a leader change) all commit, at oracle
+// revisions — unique, increasing for each writer, above what the oracle had
+// handed out before — and the store ends at the newest of them.
+func TestStampedWrites(t *testing.T) {
+	nh, alloc := stampedShard(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	before, err := alloc.Revisions(ctx, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients := []*shard.Replica{shard.NewStampingReplica(nh, dataShard, alloc), shard.NewStampingReplica(nh, dataShard, alloc)}
+	for _, c := range clients {
+		t.Cleanup(c.Close)
+	}
+	var (
+		mu   sync.Mutex
+		revs []int64
+		wg   sync.WaitGroup
+	)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var prev int64
+			for i := range 40 {
+				rev, err := put(ctx, clients[w%2], fmt.Sprintf("w%02d/%02d", w, i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if rev <= prev {
+					t.Errorf("writer %d: revision %d after %d", w, rev, prev)
+				}
+				prev = rev
+				mu.Lock()
+				revs = append(revs, rev)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Slice(revs, func(i, j int) bool { return revs[i] < revs[j] })
+	for i, rev := range revs {
+		if rev <= int64(before)+999 {
+			t.Fatalf("revision %d is not from the oracle (it had handed out up to %d)", rev, int64(before)+999)
+		}
+		if i > 0 && rev == revs[i-1] {
+			t.Fatalf("revision %d acknowledged twice", rev)
+		}
+	}
+	st, err := clients[0].Read(ctx, shard.StatusQuery{}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := int64(st.(shard.Status).Revision); got != revs[len(revs)-1] {
+		t.Fatalf("store at revision %d, want the newest acknowledged %d", got, revs[len(revs)-1])
+	}
+	t.Logf("%d writes, %d restamped", len(revs), clients[0].Restamped()+clients[1].Restamped())
+}
+
+// racingStamper hands out real oracle revisions, but the first time it is
+// asked, another proposer slips a write stamped with a newer revision into
+// the log first, so the batch it stamped arrives stale.
+type racingStamper struct {
+	alloc *placement.Allocator
+	other *shard.Replica // a plain client: its put is proposed with the stamp given
+	once  sync.Once
+}
+
+func (s *racingStamper) Revisions(ctx context.Context, n int64) (mvcc.Revision, error) {
+	first, err := s.alloc.Revisions(ctx, n)
+	if err != nil {
+		return 0, err
+	}
+	var raceErr error
+	s.once.Do(func() {
+		newer, err := s.alloc.Revisions(ctx, 1)
+		if err != nil {
+			raceErr = err
+			return
+		}
+		data, _ := proto.Marshal(&pb.PutRequest{Key: []byte("racer"), Value: []byte("v")})
+		_, raceErr = s.other.Write(ctx, &shardpb.Request{Stamp: int64(newer), Op: &shardpb.Request_Put{Put: data}})
+	})
+	return first, raceErr
+}
+
+// TestStaleStampRestamped: a write whose stamp reached the log behind a
+// newer one is refused by the state machine, stamped again and committed;
+// its caller sees only the success, at a revision above the newer stamp.
+func TestStaleStampRestamped(t *testing.T) {
+	nh, alloc := stampedShard(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	plain := shard.NewReplica(nh, dataShard)
+	t.Cleanup(plain.Close)
+	c := shard.NewStampingReplica(nh, dataShard, &racingStamper{alloc: alloc, other: plain})
+	t.Cleanup(c.Close)
+	rev, err := put(ctx, c, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Restamped() != 1 {
+		t.Fatalf("%d writes restamped, want 1", c.Restamped())
+	}
+	got, err := c.Read(ctx, shard.RangeQuery{Req: &pb.RangeRequest{Key: []byte("racer")}}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kvs := got.(*pb.RangeResponse).Kvs
+	if len(kvs) != 1 || kvs[0].ModRevision >= rev {
+		t.Fatalf("the racing write %v should precede the restamped one at %d", kvs, rev)
+	}
+}

@@ -41,7 +41,13 @@
 // batch, so its writes reach the log in stamp order. The state machine
 // refuses a stamp not above the last applied revision (another proposer's
 // newer stamp got there first); the client stamps such a write again and
-// retries it, and its caller never sees the refusal. Single-group mode
+// retries it, and its caller never sees the refusal. Each command also
+// carries the client's closed revision — one below the lowest stamp it has
+// in flight — and the state machine refuses every later write stamped at
+// or below the highest closed revision applied (Status.Closed), so a read
+// at R ≤ closed misses no write. Publishing it for idle shards without log
+// writes (the side channel) needs proposals from a deposed leader fenced
+// off first; it comes with the sharded-mode wiring. Single-group mode
 // stamps nothing and the state machine assigns last + 1. Wiring the
 // stamping clients to the placement group's oracle in the node comes with
 // the sharded-mode issue.

@@ -65,6 +65,14 @@ type Replica struct {
 	// mode); restamped counts writes refused as stale and stamped again.
 	stamper   Stamper
 	restamped atomic.Uint64
+
+	// seqMu guards the sequencer's state: the first stamp of each batch
+	// in flight (proposed, outcome not yet known), by batch number, and
+	// the closed revision last proposed.
+	seqMu    sync.Mutex
+	inflight map[uint64]mvcc.Revision
+	batches  uint64
+	closed   mvcc.Revision
 }
 
 // Stamper hands out cluster-wide revisions: n consecutive ones from first,
@@ -99,7 +107,8 @@ func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
 // retried, unseen by its caller. A nil stamper is NewReplica.
 func NewStampingReplica(nh *dragonboat.NodeHost, shardID uint64, stamper Stamper) *Replica {
 	r := &Replica{
-		stamper: stamper,
+		stamper:  stamper,
+		inflight: map[uint64]mvcc.Revision{},
 		nh:      nh,
 		shardID: shardID,
 		session: nh.GetNoOPSession(shardID),
@@ -293,12 +302,13 @@ func (r *Replica) batch() {
 		if r.stamper != nil {
 			// Stamp and propose here, one batch after another, so the log
 			// gets this replica's writes in stamp order.
-			if err := r.stamp(batch); err != nil {
+			first, err := r.stamp(batch)
+			if err != nil {
 				failAll(batch, err)
 				<-slots
 				continue
 			}
-			proposed = r.propose(batch)
+			proposed = r.propose(batch, first)
 		}
 		senders.Add(1)
 		go func() {
@@ -320,8 +330,8 @@ func stamps(req *shardpb.Request) bool {
 }
 
 // stamp gives every write of batch a fresh revision from the stamper, in
-// batch order.
-func (r *Replica) stamp(batch []*pending) error {
+// batch order, and returns the first (0 if the batch has no writes).
+func (r *Replica) stamp(batch []*pending) (mvcc.Revision, error) {
 	var n int64
 	for _, p := range batch {
 		if stamps(p.req) {
@@ -329,43 +339,86 @@ func (r *Replica) stamp(batch []*pending) error {
 		}
 	}
 	if n == 0 {
-		return nil
+		return 0, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), proposalTimeout)
 	defer cancel()
 	first, err := r.stamper.Revisions(ctx, n)
 	if err != nil {
-		return fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
+		return 0, fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
 	}
+	next := first
 	for _, p := range batch {
 		if stamps(p.req) {
-			p.req.Stamp = int64(first)
-			first++
+			p.req.Stamp = int64(next)
+			next++
 		}
 	}
-	return nil
+	return first, nil
+}
+
+// track registers a batch whose first stamp is first (0: none) as in
+// flight and returns its number and the closed revision its command
+// carries: one below the lowest stamp in flight, or, with none, the last
+// one proposed. No write of this client at or below it is still to come.
+func (r *Replica) track(first mvcc.Revision) (uint64, mvcc.Revision) {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	r.batches++
+	id := r.batches
+	if first != 0 {
+		r.inflight[id] = first
+	}
+	if len(r.inflight) > 0 {
+		low := mvcc.Revision(-1)
+		for _, f := range r.inflight {
+			if low < 0 || f < low {
+				low = f
+			}
+		}
+		r.closed = max(r.closed, low-1)
+	}
+	return id, r.closed
+}
+
+// untrack drops batch id from the batches in flight.
+func (r *Replica) untrack(id uint64) {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	delete(r.inflight, id)
+}
+
+// Closed is the closed revision this client last proposed.
+func (r *Replica) Closed() mvcc.Revision {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	return r.closed
 }
 
 // proposal is a batch proposed by the batcher, its outcome awaited by a
-// sender.
+// sender, which then calls done.
 type proposal struct {
 	data []byte
 	rs   *dragonboat.RequestState
 	err  error
+	done func()
 }
 
-// propose encodes batch and proposes it without waiting.
-func (r *Replica) propose(batch []*pending) *proposal {
-	data, err := encode(batch)
+// propose encodes batch, whose first stamp is first, with the closed
+// revision and proposes it without waiting.
+func (r *Replica) propose(batch []*pending, first mvcc.Revision) *proposal {
+	id, closed := r.track(first)
+	done := func() { r.untrack(id) }
+	data, err := encode(batch, closed)
 	if err != nil {
-		return &proposal{err: err}
+		return &proposal{err: err, done: done}
 	}
 	rs, err := r.nh.Propose(r.session, data, proposalTimeout)
-	return &proposal{data: data, rs: rs, err: err}
+	return &proposal{data: data, rs: rs, err: err, done: done}
 }
 
-func encode(batch []*pending) ([]byte, error) {
-	cmd := &shardpb.Command{Requests: make([]*shardpb.Request, len(batch))}
+func encode(batch []*pending, closed mvcc.Revision) ([]byte, error) {
+	cmd := &shardpb.Command{Requests: make([]*shardpb.Request, len(batch)), Closed: int64(closed)}
 	for i, p := range batch {
 		cmd.Requests[i] = p.req
 	}
@@ -415,10 +468,11 @@ func failAll(batch []*pending, err error) {
 func (r *Replica) send(batch []*pending, first *proposal) {
 	var data []byte
 	if first != nil {
+		defer first.done()
 		data = first.data
 	} else {
 		var err error
-		if data, err = encode(batch); err != nil {
+		if data, err = encode(batch, 0); err != nil {
 			failAll(batch, err)
 			return
 		}

@@ -206,3 +206,36 @@ func TestStaleStampRestamped(t *testing.T) {
 		t.Fatalf("the racing write %v should precede the restamped one at %d", kvs, rev)
 	}
 }
+
+// TestClosedRevisionAdvances: the closed revision a stamping client
+// proposes rides in the log with its writes: the shard's closed revision
+// stays below every write still to come and reaches past each one that
+// completed once the next batch carries it.
+func TestClosedRevisionAdvances(t *testing.T) {
+	nh, alloc := stampedShard(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := shard.NewStampingReplica(nh, dataShard, alloc)
+	t.Cleanup(c.Close)
+	var last int64
+	for i := range 20 {
+		rev, err := put(ctx, c, fmt.Sprintf("k%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := c.Read(ctx, shard.StatusQuery{}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := v.(shard.Status)
+		// The entry that carried rev closed just below it; the one before
+		// closed past the previous write.
+		if int64(st.Closed) >= rev || int64(st.Closed) < last {
+			t.Fatalf("write %d at %d: shard closed at %d (previous write at %d)", i, rev, st.Closed, last)
+		}
+		if c.Closed() != st.Closed {
+			t.Fatalf("client proposed closed %d, shard applied %d", c.Closed(), st.Closed)
+		}
+		last = rev
+	}
+}

@@ -78,6 +78,9 @@ type StateMachine struct {
 
 	// applied is the raft index of the last applied entry, for Status.
 	applied atomic.Uint64
+	// closedRev is the closed revision: no write stamped at or below it
+	// will apply (Command.closed, kept with the store).
+	closedRev atomic.Int64
 }
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
@@ -132,6 +135,9 @@ func (s *StateMachine) Open(stop <-chan struct{}) (uint64, error) {
 	if err := s.reportPeers(store); err != nil {
 		return 0, err
 	}
+	if err := s.loadClosed(store); err != nil {
+		return 0, err
+	}
 	s.mu.Lock()
 	s.store = store
 	s.mu.Unlock()
@@ -165,7 +171,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	b := store.NewBatch()
 	defer b.Close()
 	var events []*mvccpb.Event
-	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms}
+	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: mvcc.Revision(s.closedRev.Load())}
 	for i := range entries {
 		res, err := a.command(entries[i].Cmd)
 		if err != nil {
@@ -188,6 +194,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		return nil, fmt.Errorf("shard %d: commit: %w", s.shardID, err)
 	}
 	s.applied.Store(entries[len(entries)-1].Index)
+	s.closedRev.Store(int64(a.closed))
 	if s.cfg.Journal != nil {
 		indexes, cmds := make([]uint64, len(entries)), make([][]byte, len(entries))
 		for i := range entries {
@@ -223,6 +230,8 @@ type applier struct {
 	hold *shardpb.TransferHold
 	// peers are the MemberPeers records written in this batch.
 	peers []*shardpb.MemberPeers
+	// closed is the closed revision as of the entry being applied.
+	closed mvcc.Revision
 }
 
 // command applies every request of one entry. A request the store
@@ -247,6 +256,12 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 			resp = errResponse(e)
 		}
 		res.Responses[i] = resp
+	}
+	if c := mvcc.Revision(c.Closed); c > a.closed {
+		a.closed = c
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], uint64(c))
+		a.b.SetMeta(closedKey, v[:])
 	}
 	return res, nil
 }
@@ -294,6 +309,9 @@ func (a *applier) track() error {
 func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	b := a.b
 	stamp := mvcc.Revision(r.Stamp)
+	if stamp != 0 && stamp <= a.closed {
+		return nil, fmt.Errorf("%w: stamp %d, closed revision %d", mvcc.ErrStaleStamp, stamp, a.closed)
+	}
 	switch op := r.Op.(type) {
 	case *shardpb.Request_Put:
 		var req pb.PutRequest
@@ -454,7 +472,8 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 	case TxnQuery:
 		resp, err = s.store.ReadTxn(q.Req)
 	case StatusQuery:
-		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load()}
+		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),
+			Closed: mvcc.Revision(s.closedRev.Load())}
 	case HashQuery:
 		var hr HashResult
 		hr.Hash, hr.Revision, hr.CompactRevision, err = s.store.HashKV(q.Rev)
@@ -540,7 +559,26 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	if err := s.Lessor().Recover(s.cfg.DB); err != nil {
 		return fmt.Errorf("shard %d: recover lessor from snapshot: %w", s.shardID, err)
 	}
+	if err := s.loadClosed(s.store); err != nil {
+		return err
+	}
 	return s.reportPeers(s.store)
+}
+
+// closedKey names the internal record of the closed revision.
+const closedKey = "closed"
+
+func (s *StateMachine) loadClosed(store *mvcc.Store) error {
+	v, err := store.GetMeta(closedKey)
+	if err != nil {
+		return fmt.Errorf("shard %d: read the closed revision: %w", s.shardID, err)
+	}
+	var c int64
+	if len(v) == 8 {
+		c = int64(binary.BigEndian.Uint64(v))
+	}
+	s.closedRev.Store(c)
+	return nil
 }
 
 // reportPeers passes every recorded member's peer URLs to OnPeers.
@@ -612,6 +650,9 @@ type Status struct {
 	CompactRevision mvcc.Revision
 	// AppliedIndex is the raft index of the last applied entry.
 	AppliedIndex uint64
+	// Closed is the closed revision (0 in single-group mode): no write at
+	// or below it will apply here any more.
+	Closed mvcc.Revision
 }
 
 // Events reads the store's change history (see mvcc.Store.Events) for

@@ -259,3 +259,51 @@ func TestMemberPeers(t *testing.T) {
 		t.Fatalf("reported on open %v, want %v", reported, want)
 	}
 }
+
+// TestClosedRevision: a command's closed revision makes the state machine
+// refuse any later write stamped at or below it, even above the store's
+// revision; it never goes back, and it survives a reopen.
+func TestClosedRevision(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	s, _ := openSM(t, db, 1, mvcc.Span{})
+	closeAt := func(idx uint64, closed int64, reqs ...*shardpb.Request) []*shardpb.Response {
+		t.Helper()
+		cmd, _ := proto.Marshal(&shardpb.Command{Requests: reqs, Closed: closed})
+		out, err := s.Update([]sm.Entry{{Index: idx, Cmd: cmd}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res shardpb.Result
+		if err := proto.Unmarshal(out[0].Result.Data, &res); err != nil {
+			t.Fatal(err)
+		}
+		return res.Responses
+	}
+	// The command's own writes are checked before its closed revision.
+	if r := closeAt(1, 10, putReq(t, "a", "1", 5)); r[0].GetError() != nil {
+		t.Fatalf("a write stamped below its own command's closed revision: %v", r[0])
+	}
+	status := func() Status {
+		v, err := s.Lookup(StatusQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.(Status)
+	}
+	if st := status(); st.Closed != 10 || st.Revision != 5 {
+		t.Fatalf("status %+v, want closed 10 at revision 5", st)
+	}
+	r := apply(t, s, 2, putReq(t, "b", "1", 10), putReq(t, "c", "1", 11))
+	if r[0].GetError().GetCode() != shardpb.ErrorCode_ERROR_CODE_STALE_STAMP || r[1].GetError() != nil {
+		t.Fatalf("stamps 10 and 11 with closed 10: %v", r)
+	}
+	closeAt(3, 7) // a lower closed revision changes nothing
+	if st := status(); st.Closed != 10 {
+		t.Fatalf("closed went back to %d", st.Closed)
+	}
+	s2, _ := openSM(t, db, 1, mvcc.Span{})
+	v, _ := s2.Lookup(StatusQuery{})
+	if st := v.(Status); st.Closed != 10 || st.Revision != 11 {
+		t.Fatalf("after reopen %+v, want closed 10 at revision 11", st)
+	}
+}

@@ -121,8 +121,11 @@ func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 // Command is one raft entry: client requests batched into one proposal. The
 // state machine applies them in order, each as its own write transaction.
 type Command struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Requests      []*Request             `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Requests []*Request             `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	// closed is the proposer's closed revision (sharded mode): once this
+	// entry applies, no write stamped at or below it applies to the shard.
+	Closed        int64 `protobuf:"varint,2,opt,name=closed,proto3" json:"closed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -162,6 +165,13 @@ func (x *Command) GetRequests() []*Request {
 		return x.Requests
 	}
 	return nil
+}
+
+func (x *Command) GetClosed() int64 {
+	if x != nil {
+		return x.Closed
+	}
+	return 0
 }
 
 // Request is one client write.
@@ -889,9 +899,10 @@ var File_shardpb_shard_proto protoreflect.FileDescriptor
 
 const file_shardpb_shard_proto_rawDesc = "" +
 	"\n" +
-	"\x13shardpb/shard.proto\x12\x0ecairn.shard.v1\">\n" +
+	"\x13shardpb/shard.proto\x12\x0ecairn.shard.v1\"V\n" +
 	"\aCommand\x123\n" +
-	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\"\xcd\x03\n" +
+	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
+	"\x06closed\x18\x02 \x01(\x03R\x06closed\"\xcd\x03\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +

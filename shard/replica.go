@@ -109,11 +109,11 @@ func NewStampingReplica(nh *dragonboat.NodeHost, shardID uint64, stamper Stamper
 	r := &Replica{
 		stamper:  stamper,
 		inflight: map[uint64]mvcc.Revision{},
-		nh:      nh,
-		shardID: shardID,
-		session: nh.GetNoOPSession(shardID),
-		queue:   make(chan *pending),
-		stop:    make(chan struct{}),
+		nh:       nh,
+		shardID:  shardID,
+		session:  nh.GetNoOPSession(shardID),
+		queue:    make(chan *pending),
+		stop:     make(chan struct{}),
 
 		holdWake: make(chan struct{}),
 	}

@@ -45,9 +45,14 @@
 // carries the client's closed revision — one below the lowest stamp it has
 // in flight — and the state machine refuses every later write stamped at
 // or below the highest closed revision applied (Status.Closed), so a read
-// at R ≤ closed misses no write. Publishing it for idle shards without log
-// writes (the side channel) needs proposals from a deposed leader fenced
-// off first; it comes with the sharded-mode wiring. Single-group mode
+// at R ≤ closed misses no write. Only the leader's client stamps, and each
+// command carries the term it leads in: the state machine refuses stamped
+// writes from a term older than the newest it applied (Status.Fence), so a
+// deposed leader's writes cannot land late. That is what lets an idle
+// shard's leader raise the closed revision without a log write
+// (AdvanceIdle: a fresh oracle revision, then a read index confirming it
+// still leads in the fenced term), for the node to publish on its side
+// channel. One stamping client per replica. Single-group mode
 // stamps nothing and the state machine assigns last + 1. Wiring the
 // stamping clients to the placement group's oracle in the node comes with
 // the sharded-mode issue.

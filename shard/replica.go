@@ -64,6 +64,7 @@ type Replica struct {
 	// stamper, if set, stamps writes with cluster-wide revisions (sharded
 	// mode); restamped counts writes refused as stale and stamped again.
 	stamper   Stamper
+	replicaID uint64
 	restamped atomic.Uint64
 
 	// seqMu guards the sequencer's state: the first stamp of each batch
@@ -96,7 +97,7 @@ type outcome struct {
 // NewReplica starts the proposal batcher of shardID on nh. Close stops it.
 // Writes get their revisions when they apply (single-group mode).
 func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
-	return NewStampingReplica(nh, shardID, nil)
+	return NewStampingReplica(nh, shardID, 0, nil)
 }
 
 // NewStampingReplica is NewReplica with writes stamped by stamper before
@@ -105,9 +106,16 @@ func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
 // order, and a write the state machine refuses as stale (it reached the
 // log behind a newer stamp, say from another proposer) stamped again and
 // retried, unseen by its caller. A nil stamper is NewReplica.
-func NewStampingReplica(nh *dragonboat.NodeHost, shardID uint64, stamper Stamper) *Replica {
+//
+// replicaID is this NodeHost's replica of the shard: only while it leads
+// does the client stamp (a batch otherwise fails with ErrNoLeader, for the
+// caller to find the leader), and each command carries the term it leads
+// in, so that a deposed leader's writes are refused once its successor has
+// written.
+func NewStampingReplica(nh *dragonboat.NodeHost, shardID, replicaID uint64, stamper Stamper) *Replica {
 	r := &Replica{
-		stamper:  stamper,
+		replicaID: replicaID,
+		stamper:   stamper,
 		inflight: map[uint64]mvcc.Revision{},
 		nh:       nh,
 		shardID:  shardID,
@@ -302,13 +310,17 @@ func (r *Replica) batch() {
 		if r.stamper != nil {
 			// Stamp and propose here, one batch after another, so the log
 			// gets this replica's writes in stamp order.
-			first, err := r.stamp(batch)
+			term, err := r.leading()
+			var first mvcc.Revision
+			if err == nil {
+				first, err = r.stamp(batch)
+			}
 			if err != nil {
 				failAll(batch, err)
 				<-slots
 				continue
 			}
-			proposed = r.propose(batch, first)
+			proposed = r.propose(batch, first, term)
 		}
 		senders.Add(1)
 		go func() {
@@ -388,7 +400,82 @@ func (r *Replica) untrack(id uint64) {
 	delete(r.inflight, id)
 }
 
-// Closed is the closed revision this client last proposed.
+// leading returns the term this NodeHost's replica leads in, or
+// ErrNoLeader if it does not lead.
+func (r *Replica) leading() (uint64, error) {
+	leader, term, ok, err := r.nh.GetLeaderID(r.shardID)
+	if err != nil || !ok || leader != r.replicaID {
+		return 0, fmt.Errorf("%w: replica %d does not lead shard %d", ErrNoLeader, r.replicaID, r.shardID)
+	}
+	return term, nil
+}
+
+// AdvanceIdle raises the closed revision of a shard with no writes in
+// flight, without a log write in the steady state: it takes a revision T
+// from the oracle, then confirms that this replica still leads (a read
+// index) in the term its last command was fenced with; every write still to
+// come is then stamped after T (by this leader, or by a successor, which
+// only stamps after it was elected, after that check), so T is closed. The
+// first call in a term writes one empty command carrying the term, so that
+// the state machine fences off the previous leader's proposals. It returns
+// the closed revision, raised or not (writes in flight keep it where the
+// log has it).
+func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
+	if r.stamper == nil {
+		return 0, fmt.Errorf("shard: AdvanceIdle needs a stamping client")
+	}
+	term, err := r.leading()
+	if err != nil {
+		return r.Closed(), err
+	}
+	st, err := r.status(ctx)
+	if err != nil {
+		return r.Closed(), err
+	}
+	if st.Fence != term {
+		// Fence this term in: an empty command carrying it.
+		data, err := encode(nil, r.Closed(), term)
+		if err != nil {
+			return r.Closed(), err
+		}
+		if _, err := r.proposeOnce(data, proposalTimeout); err != nil {
+			return r.Closed(), classify(err)
+		}
+	}
+	r.seqMu.Lock()
+	gen, busy := r.batches, len(r.inflight) > 0
+	r.seqMu.Unlock()
+	if busy {
+		return r.Closed(), nil
+	}
+	t, err := r.stamper.Revisions(ctx, 1)
+	if err != nil {
+		return r.Closed(), fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
+	}
+	if st, err = r.status(ctx); err != nil {
+		return r.Closed(), err
+	}
+	if now, err := r.leading(); err != nil || now != term || st.Fence != term {
+		return r.Closed(), err
+	}
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	if r.batches == gen && len(r.inflight) == 0 {
+		r.closed = max(r.closed, t)
+	}
+	return r.closed, nil
+}
+
+// status reads the shard's Status through a read index.
+func (r *Replica) status(ctx context.Context) (Status, error) {
+	v, err := r.Read(ctx, StatusQuery{}, true)
+	if err != nil {
+		return Status{}, err
+	}
+	return v.(Status), nil
+}
+
+// Closed is the closed revision this client last proposed or published.
 func (r *Replica) Closed() mvcc.Revision {
 	r.seqMu.Lock()
 	defer r.seqMu.Unlock()
@@ -406,10 +493,10 @@ type proposal struct {
 
 // propose encodes batch, whose first stamp is first, with the closed
 // revision and proposes it without waiting.
-func (r *Replica) propose(batch []*pending, first mvcc.Revision) *proposal {
+func (r *Replica) propose(batch []*pending, first mvcc.Revision, term uint64) *proposal {
 	id, closed := r.track(first)
 	done := func() { r.untrack(id) }
-	data, err := encode(batch, closed)
+	data, err := encode(batch, closed, term)
 	if err != nil {
 		return &proposal{err: err, done: done}
 	}
@@ -417,8 +504,8 @@ func (r *Replica) propose(batch []*pending, first mvcc.Revision) *proposal {
 	return &proposal{data: data, rs: rs, err: err, done: done}
 }
 
-func encode(batch []*pending, closed mvcc.Revision) ([]byte, error) {
-	cmd := &shardpb.Command{Requests: make([]*shardpb.Request, len(batch)), Closed: int64(closed)}
+func encode(batch []*pending, closed mvcc.Revision, term uint64) ([]byte, error) {
+	cmd := &shardpb.Command{Requests: make([]*shardpb.Request, len(batch)), Closed: int64(closed), Term: term}
 	for i, p := range batch {
 		cmd.Requests[i] = p.req
 	}
@@ -472,7 +559,7 @@ func (r *Replica) send(batch []*pending, first *proposal) {
 		data = first.data
 	} else {
 		var err error
-		if data, err = encode(batch, 0); err != nil {
+		if data, err = encode(batch, 0, 0); err != nil {
 			failAll(batch, err)
 			return
 		}

@@ -2,6 +2,7 @@ package shard_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -102,7 +103,7 @@ func TestStampedWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clients := []*shard.Replica{shard.NewStampingReplica(nh, dataShard, alloc), shard.NewStampingReplica(nh, dataShard, alloc)}
+	clients := []*shard.Replica{shard.NewStampingReplica(nh, dataShard, 1, alloc), shard.NewStampingReplica(nh, dataShard, 1, alloc)}
 	for _, c := range clients {
 		t.Cleanup(c.Close)
 	}
@@ -188,7 +189,7 @@ func TestStaleStampRestamped(t *testing.T) {
 	defer cancel()
 	plain := shard.NewReplica(nh, dataShard)
 	t.Cleanup(plain.Close)
-	c := shard.NewStampingReplica(nh, dataShard, &racingStamper{alloc: alloc, other: plain})
+	c := shard.NewStampingReplica(nh, dataShard, 1, &racingStamper{alloc: alloc, other: plain})
 	t.Cleanup(c.Close)
 	rev, err := put(ctx, c, "k")
 	if err != nil {
@@ -215,7 +216,7 @@ func TestClosedRevisionAdvances(t *testing.T) {
 	nh, alloc := stampedShard(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := shard.NewStampingReplica(nh, dataShard, alloc)
+	c := shard.NewStampingReplica(nh, dataShard, 1, alloc)
 	t.Cleanup(c.Close)
 	var last int64
 	for i := range 20 {
@@ -237,5 +238,53 @@ func TestClosedRevisionAdvances(t *testing.T) {
 			t.Fatalf("client proposed closed %d, shard applied %d", c.Closed(), st.Closed)
 		}
 		last = rev
+	}
+}
+
+// TestAdvanceIdle: with no writes in flight, the leader's client closes the
+// shard up to a fresh oracle revision without writing to the log (after
+// one command fencing its term in); the next write lands above it. A
+// client on a replica that does not lead refuses to stamp.
+func TestAdvanceIdle(t *testing.T) {
+	nh, alloc := stampedShard(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := shard.NewStampingReplica(nh, dataShard, 1, alloc)
+	t.Cleanup(c.Close)
+	rev, err := put(ctx, c, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed, err := c.AdvanceIdle(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(closed) <= rev {
+		t.Fatalf("idle shard closed at %d, not past the last write at %d", closed, rev)
+	}
+	v, err := c.Read(ctx, shard.StatusQuery{}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := v.(shard.Status).AppliedIndex
+	again, err := c.AdvanceIdle(ctx)
+	if err != nil || again <= closed {
+		t.Fatalf("second advance: %d, %v (first %d)", again, err, closed)
+	}
+	if v, _ := c.Read(ctx, shard.StatusQuery{}, true); v.(shard.Status).AppliedIndex != applied {
+		t.Fatalf("an idle advance wrote to the log (applied index %d → %d)", applied, v.(shard.Status).AppliedIndex)
+	}
+	next, err := put(ctx, c, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next <= int64(again) {
+		t.Fatalf("write at %d under the published closed revision %d", next, again)
+	}
+
+	notLeader := shard.NewStampingReplica(nh, dataShard, 2, alloc) // replica 2 does not exist, let alone lead
+	t.Cleanup(notLeader.Close)
+	if _, err := put(ctx, notLeader, "c"); !errors.Is(err, shard.ErrNoLeader) {
+		t.Fatalf("a write stamped off the leader: %v, want ErrNoLeader", err)
 	}
 }

@@ -81,6 +81,9 @@ type StateMachine struct {
 	// closedRev is the closed revision: no write stamped at or below it
 	// will apply (Command.closed, kept with the store).
 	closedRev atomic.Int64
+	// fence is the newest proposer term of a command with stamped writes
+	// (Command.term, kept with the store).
+	fence atomic.Uint64
 }
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
@@ -171,7 +174,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	b := store.NewBatch()
 	defer b.Close()
 	var events []*mvccpb.Event
-	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: mvcc.Revision(s.closedRev.Load())}
+	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: mvcc.Revision(s.closedRev.Load()), fence: s.fence.Load()}
 	for i := range entries {
 		res, err := a.command(entries[i].Cmd)
 		if err != nil {
@@ -195,6 +198,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	}
 	s.applied.Store(entries[len(entries)-1].Index)
 	s.closedRev.Store(int64(a.closed))
+	s.fence.Store(a.fence)
 	if s.cfg.Journal != nil {
 		indexes, cmds := make([]uint64, len(entries)), make([][]byte, len(entries))
 		for i := range entries {
@@ -232,6 +236,9 @@ type applier struct {
 	peers []*shardpb.MemberPeers
 	// closed is the closed revision as of the entry being applied.
 	closed mvcc.Revision
+	// fence is the newest proposer term of stamped writes; term is the
+	// term of the entry being applied.
+	fence, term uint64
 }
 
 // command applies every request of one entry. A request the store
@@ -243,6 +250,13 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 		return &shardpb.Result{Responses: []*shardpb.Response{errResponse(badRequest("shard: undecodable command: %v", err))}}, nil
 	}
 	res := &shardpb.Result{Responses: make([]*shardpb.Response, len(c.Requests))}
+	a.term = c.Term
+	if c.Term > a.fence {
+		a.fence = c.Term
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], c.Term)
+		a.b.SetMeta(fenceKey, v[:])
+	}
 	for i, r := range c.Requests {
 		resp, err := a.request(r)
 		if err == nil {
@@ -311,6 +325,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	stamp := mvcc.Revision(r.Stamp)
 	if stamp != 0 && stamp <= a.closed {
 		return nil, fmt.Errorf("%w: stamp %d, closed revision %d", mvcc.ErrStaleStamp, stamp, a.closed)
+	}
+	if stamp != 0 && a.term < a.fence {
+		return nil, fmt.Errorf("%w: stamped in term %d, a leader of term %d has written since", mvcc.ErrStaleStamp, a.term, a.fence)
 	}
 	switch op := r.Op.(type) {
 	case *shardpb.Request_Put:
@@ -473,7 +490,7 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		resp, err = s.store.ReadTxn(q.Req)
 	case StatusQuery:
 		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),
-			Closed: mvcc.Revision(s.closedRev.Load())}
+			Closed: mvcc.Revision(s.closedRev.Load()), Fence: s.fence.Load()}
 	case HashQuery:
 		var hr HashResult
 		hr.Hash, hr.Revision, hr.CompactRevision, err = s.store.HashKV(q.Rev)
@@ -568,16 +585,27 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 // closedKey names the internal record of the closed revision.
 const closedKey = "closed"
 
+// fenceKey names the internal record of the proposer-term fence.
+const fenceKey = "fence"
+
 func (s *StateMachine) loadClosed(store *mvcc.Store) error {
-	v, err := store.GetMeta(closedKey)
-	if err != nil {
-		return fmt.Errorf("shard %d: read the closed revision: %w", s.shardID, err)
+	for _, m := range []struct {
+		key string
+		set func(uint64)
+	}{
+		{closedKey, func(v uint64) { s.closedRev.Store(int64(v)) }},
+		{fenceKey, s.fence.Store},
+	} {
+		v, err := store.GetMeta(m.key)
+		if err != nil {
+			return fmt.Errorf("shard %d: read %s: %w", s.shardID, m.key, err)
+		}
+		var x uint64
+		if len(v) == 8 {
+			x = binary.BigEndian.Uint64(v)
+		}
+		m.set(x)
 	}
-	var c int64
-	if len(v) == 8 {
-		c = int64(binary.BigEndian.Uint64(v))
-	}
-	s.closedRev.Store(c)
 	return nil
 }
 
@@ -653,6 +681,8 @@ type Status struct {
 	// Closed is the closed revision (0 in single-group mode): no write at
 	// or below it will apply here any more.
 	Closed mvcc.Revision
+	// Fence is the newest raft term a stamped command was proposed in.
+	Fence uint64
 }
 
 // Events reads the store's change history (see mvcc.Store.Events) for

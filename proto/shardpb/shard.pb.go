@@ -125,7 +125,12 @@ type Command struct {
 	Requests []*Request             `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
 	// closed is the proposer's closed revision (sharded mode): once this
 	// entry applies, no write stamped at or below it applies to the shard.
-	Closed        int64 `protobuf:"varint,2,opt,name=closed,proto3" json:"closed,omitempty"`
+	Closed int64 `protobuf:"varint,2,opt,name=closed,proto3" json:"closed,omitempty"`
+	// term is the raft term the proposer led in when it stamped the writes
+	// (sharded mode). The state machine refuses stamped writes from a term
+	// older than the newest it has applied: a deposed leader's writes cannot
+	// land under a closed revision its successor published.
+	Term          uint64 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -170,6 +175,13 @@ func (x *Command) GetRequests() []*Request {
 func (x *Command) GetClosed() int64 {
 	if x != nil {
 		return x.Closed
+	}
+	return 0
+}
+
+func (x *Command) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
 	}
 	return 0
 }
@@ -899,10 +911,11 @@ var File_shardpb_shard_proto protoreflect.FileDescriptor
 
 const file_shardpb_shard_proto_rawDesc = "" +
 	"\n" +
-	"\x13shardpb/shard.proto\x12\x0ecairn.shard.v1\"V\n" +
+	"\x13shardpb/shard.proto\x12\x0ecairn.shard.v1\"j\n" +
 	"\aCommand\x123\n" +
 	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
-	"\x06closed\x18\x02 \x01(\x03R\x06closed\"\xcd\x03\n" +
+	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x12\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\xcd\x03\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +

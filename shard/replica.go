@@ -116,12 +116,12 @@ func NewStampingReplica(nh *dragonboat.NodeHost, shardID, replicaID uint64, stam
 	r := &Replica{
 		replicaID: replicaID,
 		stamper:   stamper,
-		inflight: map[uint64]mvcc.Revision{},
-		nh:       nh,
-		shardID:  shardID,
-		session:  nh.GetNoOPSession(shardID),
-		queue:    make(chan *pending),
-		stop:     make(chan struct{}),
+		inflight:  map[uint64]mvcc.Revision{},
+		nh:        nh,
+		shardID:   shardID,
+		session:   nh.GetNoOPSession(shardID),
+		queue:     make(chan *pending),
+		stop:      make(chan struct{}),
 
 		holdWake: make(chan struct{}),
 	}

@@ -88,7 +88,7 @@ func fuzzState(t *testing.T, s *StateMachine) string {
 		t.Fatal(err)
 	}
 	status := st.(Status)
-	fmt.Fprintf(&b, "rev=%d compact=%d hash=%+v\n", status.Revision, status.CompactRevision, h)
+	fmt.Fprintf(&b, "rev=%d compact=%d closed=%d fence=%d hash=%+v\n", status.Revision, status.CompactRevision, status.Closed, status.Fence, h)
 	for _, l := range s.Lessor().Leases() {
 		ttl, err := s.Lessor().TimeToLive(l.ID, fuzzNow, true)
 		if err != nil {
@@ -179,7 +179,7 @@ func FuzzCommand(f *testing.F) {
 				keptResp = append(keptResp, r)
 			}
 		}
-		twin := applyRaw(t, b, 2, marshal(t, &shardpb.Command{Requests: kept}))
+		twin := applyRaw(t, b, 2, marshal(t, &shardpb.Command{Requests: kept, Closed: cmd.Closed, Term: cmd.Term}))
 		for i := range twin {
 			if !proto.Equal(twin[i], keptResp[i]) {
 				t.Fatalf("accepted request %d answered %v alone, %v beside the refused ones", i, twin[i], keptResp[i])
@@ -189,14 +189,19 @@ func FuzzCommand(f *testing.F) {
 			t.Fatalf("refused requests changed the state:\nwith them:\n%s\nwithout:\n%s", sa, sb)
 		}
 
-		// The state machine still applies: a put at a fresh stamp lands
-		// (unless the command raised the NOSPACE alarm, which refuses it).
-		st, err := a.Lookup(StatusQuery{})
+		// The state machine still applies: a put at a fresh stamp, above
+		// the closed revision and in the newest term, lands (unless the
+		// command raised the NOSPACE alarm, which refuses it).
+		v, err := a.Lookup(StatusQuery{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		next := int64(st.(Status).Revision) + 1
-		put := marshal(t, &shardpb.Command{Requests: []*shardpb.Request{{Stamp: next, Op: &shardpb.Request_Put{Put: marshal(t, &pb.PutRequest{Key: []byte("after"), Value: []byte("x")})}}}})
+		st := v.(Status)
+		next := int64(max(st.Revision, st.Closed)) + 1
+		if next <= 0 {
+			return // everything is closed: no stamp is above it
+		}
+		put := marshal(t, &shardpb.Command{Term: st.Fence, Requests: []*shardpb.Request{{Stamp: next, Op: &shardpb.Request_Put{Put: marshal(t, &pb.PutRequest{Key: []byte("after"), Value: []byte("x")})}}}})
 		r := applyRaw(t, a, 3, put)
 		if e := r[0].GetError(); e != nil && !(e.Code == shardpb.ErrorCode_ERROR_CODE_NO_SPACE && len(a.alarms.list(pb.AlarmType_NOSPACE)) > 0) {
 			t.Fatalf("a put after the fuzzed command was refused: %v", e)

@@ -158,11 +158,11 @@ func (n *Node) publish(ctx context.Context) {
 // answers from its own view, as etcd does without --linearizable: the
 // membership it last read, reused while its local config-change index is
 // unchanged, so a member cut off from the others still lists them.
-func (n *Node) Members(linearizable bool) []*pb.Member {
+func (n *Node) Members(linearizable bool) ([]*pb.Member, error) {
 	cc := n.configChangeIndex()
 	if !linearizable {
 		if v := n.membersView.Load(); v != nil && v.cc == cc {
-			return v.members
+			return v.members, nil
 		}
 	}
 	timeout := 5 * time.Second
@@ -173,11 +173,16 @@ func (n *Node) Members(linearizable bool) []*pb.Member {
 	defer cancel()
 	ms, err := n.membership(ctx)
 	if err != nil {
-		if v := n.membersView.Load(); v != nil && !linearizable {
-			return v.members
+		if linearizable {
+			// A linearizable list is the group's or none, as in etcd.
+			n.log.Warn("reading the membership failed", "error", err)
+			return nil, rpctypes.ErrGRPCTimeout
+		}
+		if v := n.membersView.Load(); v != nil {
+			return v.members, nil
 		}
 		// Not reachable now: report what this node knows of itself.
-		return []*pb.Member{{ID: n.memberID, Name: n.cfg.Name, PeerURLs: n.peerURLs, ClientURLs: n.cfg.AdvertiseClientURLs}}
+		return []*pb.Member{{ID: n.memberID, Name: n.cfg.Name, PeerURLs: n.peerURLs, ClientURLs: n.cfg.AdvertiseClientURLs}}, nil
 	}
 	attrs := map[uint64]*pb.Member{}
 	if v, err := n.nh.StaleRead(singleShardID, shard.MembersQuery{}); err == nil {
@@ -217,7 +222,7 @@ func (n *Node) Members(linearizable bool) []*pb.Member {
 	if ms.ConfigChangeID >= cc {
 		n.membersView.Store(&membersView{cc: ms.ConfigChangeID, members: out})
 	}
-	return out
+	return out, nil
 }
 
 // refreshMembers keeps the member's own view of the membership (what a
@@ -231,7 +236,7 @@ func (n *Node) refreshMembers() {
 	var last time.Time
 	for {
 		if v := n.membersView.Load(); v == nil || v.cc != n.configChangeIndex() || time.Since(last) > 2*time.Second {
-			n.Members(true)
+			_, _ = n.Members(true) // refreshes the view; a failure is tried again
 			last = time.Now()
 		}
 		select {
@@ -308,9 +313,12 @@ func (n *Node) memberConn(id uint64) (*grpc.ClientConn, error) {
 func (n *Node) membership(ctx context.Context) (*dragonboat.Membership, error) {
 	for {
 		ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
-		if err == nil || !(errors.Is(err, dragonboat.ErrShardNotReady) || errors.Is(err, dragonboat.ErrSystemBusy)) {
+		if err == nil || errors.Is(err, dragonboat.ErrClosed) || errors.Is(err, dragonboat.ErrShardClosed) ||
+			errors.Is(err, dragonboat.ErrShardNotFound) {
 			return ms, err
 		}
+		// Not ready, busy, a read index dropped or timed out while
+		// leadership settles: reading the membership again is harmless.
 		select {
 		case <-ctx.Done():
 			return nil, rpctypes.ErrGRPCTimeoutDueToLeaderFail
@@ -559,7 +567,7 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	// here for a few milliseconds, the target has applied what it was sent
 	// and the transfer can take at once. An attempt that has not taken
 	// after an election timeout has aborted, and the next one begins.
-	start, attempts := time.Now(), 0
+	start, attempts, holds := time.Now(), 0, 0
 	for {
 		leader, _, ok := n.replica.Leader()
 		switch {
@@ -567,7 +575,6 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 			n.logTransfer(target, attempts, start)
 			return nil
 		case ok && leader == n.memberID:
-			attempts++
 			hold := n.transferHold()
 			req := &shardpb.Request{Op: &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{
 				Target: target, UntilUnixNano: time.Now().Add(hold).UnixNano(), MaxNanos: int64(hold)}}}
@@ -577,7 +584,16 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 				n.waitTransferee(ctx, target, 10*time.Millisecond)
 				break
 			}
-			n.waitTransferReady(ctx, target, n.appliedIndex(ctx), held.Add(hold*3/4))
+			ready := n.waitTransferReady(ctx, target, n.appliedIndex(ctx), held.Add(hold*3/4))
+			holds++
+			if !ready && holds < maxUnreadyHolds {
+				// Not caught up within the hold (a busy machine): a
+				// transfer now would likely fail and cost an election
+				// timeout; hold again instead.
+				n.log.Info("leader transfer: target not caught up within the hold; holding again", "to", fmt.Sprintf("%x", target))
+				break
+			}
+			attempts++
 			// Busy or not ready (the replica is between states): the next
 			// round tries again.
 			err := n.nh.RequestLeaderTransfer(singleShardID, target)
@@ -588,6 +604,7 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 				n.logTransfer(target, attempts, start)
 				return nil
 			}
+			n.log.Warn("leader transfer did not take; trying again", "to", fmt.Sprintf("%x", target), "target-caught-up", ready)
 		default:
 			// No leader, or another one (a transfer elsewhere): look again.
 			n.waitTransferee(ctx, target, 10*time.Millisecond)
@@ -597,6 +614,11 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 		}
 	}
 }
+
+// maxUnreadyHolds bounds the holds a transfer tries before it requests the
+// transfer even though the target has not caught up (a load that never
+// lets it).
+const maxUnreadyHolds = 4
 
 // logTransfer reports a finished transfer; one that took more than one
 // attempt cost an election timeout of refused proposals, and warns.
@@ -613,20 +635,20 @@ func (n *Node) logTransfer(target uint64, attempts int, start time.Time) {
 // long enough for the flow to stop and the target to catch up on a busy
 // machine, short against clients' deadlines.
 func (n *Node) transferHold() time.Duration {
-	return min(max(n.cfg.ElectionTimeout/2, 100*time.Millisecond), 500*time.Millisecond)
+	return min(max(n.cfg.ElectionTimeout/2, 200*time.Millisecond), 500*time.Millisecond)
 }
 
 // waitTransferReady waits until a leader transfer can take at once: every
 // other member has applied the hold at index hold (so none sends new
 // proposals), nothing has been applied here for a moment (what was in flight
 // has landed), and the target has applied all that this replica has. It
-// gives up at deadline, leaving the attempt to its chances.
-func (n *Node) waitTransferReady(ctx context.Context, target, hold uint64, deadline time.Time) {
+// gives up at deadline (false).
+func (n *Node) waitTransferReady(ctx context.Context, target, hold uint64, deadline time.Time) bool {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	ms, err := n.membership(ctx)
 	if err != nil {
-		return
+		return false
 	}
 	var others []uint64
 	for id := range ms.Nodes {
@@ -651,9 +673,10 @@ func (n *Node) waitTransferReady(ctx context.Context, target, hold uint64, deadl
 		n.waitQuiet(ctx, 2*time.Millisecond, time.Until(deadline))
 		a := n.appliedIndex(ctx)
 		if t, err := n.appliedOf(ctx, target); err == nil && t >= a && n.appliedIndex(ctx) == a {
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // appliedOf asks member id for the raft index it has applied.

@@ -44,7 +44,7 @@ func (c *clusterServer) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberAddResponse{Header: &pb.ResponseHeader{}, Member: m, Members: c.s.cfg.Node.Members(true)}
+	resp := &pb.MemberAddResponse{Header: &pb.ResponseHeader{}, Member: m, Members: c.s.members()}
 	c.s.fill(resp.Header)
 	return resp, nil
 }
@@ -57,7 +57,7 @@ func (c *clusterServer) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequ
 	if err := ms.RemoveMember(ctx, r.ID); err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberRemoveResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members(true)}
+	resp := &pb.MemberRemoveResponse{Header: &pb.ResponseHeader{}, Members: c.s.members()}
 	c.s.fill(resp.Header)
 	return resp, nil
 }
@@ -70,7 +70,7 @@ func (c *clusterServer) MemberPromote(ctx context.Context, r *pb.MemberPromoteRe
 	if err := ms.PromoteMember(ctx, r.ID); err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberPromoteResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members(true)}
+	resp := &pb.MemberPromoteResponse{Header: &pb.ResponseHeader{}, Members: c.s.members()}
 	c.s.fill(resp.Header)
 	return resp, nil
 }
@@ -88,7 +88,17 @@ func (c *clusterServer) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequ
 	if err := ms.UpdateMember(ctx, r.ID, r.PeerURLs); err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberUpdateResponse{Header: &pb.ResponseHeader{}, Members: c.s.cfg.Node.Members(true)}
+	resp := &pb.MemberUpdateResponse{Header: &pb.ResponseHeader{}, Members: c.s.members()}
 	c.s.fill(resp.Header)
 	return resp, nil
+}
+
+// members lists the members after a change, linearizably if it can: the
+// change succeeded, so a list that cannot be read is the local view.
+func (s *Server) members() []*pb.Member {
+	if ms, err := s.cfg.Node.Members(true); err == nil {
+		return ms
+	}
+	ms, _ := s.cfg.Node.Members(false)
+	return ms
 }

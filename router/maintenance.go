@@ -78,9 +78,13 @@ func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
+	members, err := c.s.cfg.Node.Members(r.Linearizable)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
 	resp := &pb.MemberListResponse{
 		Header:  &pb.ResponseHeader{Revision: int64(v.(shard.Status).Revision)},
-		Members: c.s.cfg.Node.Members(r.Linearizable),
+		Members: members,
 	}
 	c.s.fill(resp.Header)
 	return resp, nil

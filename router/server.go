@@ -57,8 +57,9 @@ type Config struct {
 
 // NodeInfo is what the router asks of the process hosting it.
 type NodeInfo interface {
-	// Members lists the cluster's members as etcd reports them.
-	Members(linearizable bool) []*pb.Member
+	// Members lists the cluster's members as etcd reports them; a
+	// linearizable list that cannot be read is an error.
+	Members(linearizable bool) ([]*pb.Member, error)
 	// Status reports the process's view of its store and raft group.
 	Status() NodeStatus
 }

@@ -24,6 +24,7 @@ type Batch struct {
 	b *pebble.Batch
 
 	rev     Revision // the current revision including this batch's writes
+	closed  Revision // see SetClosed
 	compact Revision
 	dirty   bool // rev or compact changed
 	events  []*mvccpb.Event
@@ -33,6 +34,11 @@ type Batch struct {
 func (s *Store) NewBatch() *Batch {
 	return &Batch{s: s, b: s.db.NewIndexedBatch(), rev: s.Rev(), compact: s.CompactRev()}
 }
+
+// SetClosed tells the batch that no write at or below closed is still to
+// come (the shard's closed revision in sharded mode), so that a compaction
+// may reach it though no write of this store is that recent.
+func (b *Batch) SetClosed(closed Revision) { b.closed = max(b.closed, closed) }
 
 // SetMeta writes the internal record name of this store.
 func (b *Batch) SetMeta(name string, value []byte) {
@@ -444,7 +450,7 @@ func (b *Batch) Compact(rev Revision) (*pb.CompactionResponse, error) {
 	if rev <= b.compact {
 		return nil, ErrCompacted
 	}
-	if rev > b.rev {
+	if rev > max(b.rev, b.closed) {
 		return nil, ErrFutureRev
 	}
 	// The record at exactly rev stays, so a watch may still start at rev.
@@ -498,7 +504,7 @@ func (b *Batch) Compact(rev Revision) (*pb.CompactionResponse, error) {
 	}
 	b.compact = rev
 	b.dirty = true
-	return &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: int64(b.rev)}}, nil
+	return &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: int64(max(b.rev, b.closed))}}, nil
 }
 
 func (b *Batch) rewriteEvents(r Revision, rest []eventEntry) error {

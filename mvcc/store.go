@@ -173,9 +173,10 @@ func newView(r reader, cur, compact Revision, span Span) (*view, error) {
 
 func (v *view) close() { _ = v.it.Close() }
 
-// readView returns a view of the committed store.
-func (s *Store) readView() (*view, error) {
-	cur := s.Rev()
+// readView returns a view of the committed store whose current revision
+// is the store's, or floor if that is higher (see RangeAt).
+func (s *Store) readView(floor Revision) (*view, error) {
+	cur := max(s.Rev(), floor)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: versionsStart, UpperBound: versionsEnd})
 	if err != nil {
 		return nil, fmt.Errorf("mvcc: new iterator: %w", err)
@@ -332,8 +333,14 @@ func (ver *version) kv() *mvccpb.KeyValue {
 
 // Range serves a RangeRequest from the committed store. The header's
 // revision is the current revision, whatever revision was read, as in etcd.
-func (s *Store) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	v, err := s.readView()
+func (s *Store) Range(r *pb.RangeRequest) (*pb.RangeResponse, error) { return s.RangeAt(r, 0) }
+
+// RangeAt is Range with the current revision raised to floor: in sharded
+// mode a shard's current revision is the higher of its last write and its
+// closed revision (no write at or below it is still to come), so a read at
+// any revision up to floor is a read of a settled past.
+func (s *Store) RangeAt(r *pb.RangeRequest, floor Revision) (*pb.RangeResponse, error) {
+	v, err := s.readView(floor)
 	if err != nil {
 		return nil, err
 	}
@@ -366,11 +373,14 @@ func (v *view) executeRange(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 }
 
 // ReadTxn serves a Txn whose branches only read, from the committed store.
-func (s *Store) ReadTxn(r *pb.TxnRequest) (*pb.TxnResponse, error) {
+func (s *Store) ReadTxn(r *pb.TxnRequest) (*pb.TxnResponse, error) { return s.ReadTxnAt(r, 0) }
+
+// ReadTxnAt is ReadTxn with the current revision raised to floor (see RangeAt).
+func (s *Store) ReadTxnAt(r *pb.TxnRequest, floor Revision) (*pb.TxnResponse, error) {
 	if !IsTxnReadOnly(r) {
 		return nil, ErrNotReadOnly
 	}
-	v, err := s.readView()
+	v, err := s.readView(floor)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/client"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
@@ -480,6 +481,51 @@ func (r *Replica) Closed() mvcc.Revision {
 	r.seqMu.Lock()
 	defer r.seqMu.Unlock()
 	return r.closed
+}
+
+// WaitClosed returns once this shard's closed revision, as this client
+// (its leader's) knows it, has reached rev: no write at or below rev is
+// still to come, and every such write has applied on this replica. It
+// raises the closed revision itself (AdvanceIdle) when the shard is idle,
+// and fails with ErrNoLeader if this replica does not lead.
+func (r *Replica) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
+	backoff := time.Millisecond
+	for {
+		if r.Closed() >= rev {
+			return nil
+		}
+		closed, err := r.AdvanceIdle(ctx)
+		if err != nil {
+			return err
+		}
+		if closed >= rev {
+			return nil
+		}
+		// Writes in flight hold it back until they settle.
+		select {
+		case <-ctx.Done():
+			return classify(ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, retryBackoff)
+	}
+}
+
+// ReadAt answers a range request at revision rev once the shard's closed
+// revision has reached it (WaitClosed), through a read index on this
+// replica, which leads: one shard's part of a snapshot read over several
+// shards at one revision (DESIGN.md "Reads").
+func (r *Replica) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Revision) (*pb.RangeResponse, error) {
+	if err := r.WaitClosed(ctx, rev); err != nil {
+		return nil, err
+	}
+	q := proto.Clone(req).(*pb.RangeRequest)
+	q.Revision = int64(rev)
+	v, err := r.Read(ctx, RangeQuery{Req: q, Floor: rev}, true)
+	if err != nil {
+		return nil, err
+	}
+	return v.(*pb.RangeResponse), nil
 }
 
 // proposal is a batch proposed by the batcher, its outcome awaited by a

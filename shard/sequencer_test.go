@@ -288,3 +288,69 @@ func TestAdvanceIdle(t *testing.T) {
 		t.Fatalf("a write stamped off the leader: %v, want ErrNoLeader", err)
 	}
 }
+
+// TestReadAt: a read at an oracle revision R newer than every write of the
+// shard waits for the closed revision to reach R and then sees every write
+// below R and none above it; a compaction at R is accepted though the
+// shard wrote nothing that recent, and a read below it is then refused.
+func TestReadAt(t *testing.T) {
+	nh, alloc := stampedShard(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := shard.NewStampingReplica(nh, dataShard, 1, alloc)
+	t.Cleanup(c.Close)
+	first, err := put(ctx, c, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := put(ctx, c, "b"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := alloc.Revisions(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	later, err := put(ctx, c, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if later <= int64(r) {
+		t.Fatalf("a write after R=%d got revision %d", r, later)
+	}
+	all := &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("z")}
+	resp, err := c.ReadAt(ctx, all, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 2 || resp.Count != 2 || string(resp.Kvs[1].Key) != "b" {
+		t.Fatalf("read at %d: %v", r, resp.Kvs)
+	}
+	// A fresh R above every write: the shard is idle, AdvanceIdle closes it.
+	r2, err := alloc.Revisions(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err = c.ReadAt(ctx, all, r2); err != nil || resp.Count != 3 {
+		t.Fatalf("read at %d: %v %v", r2, resp, err)
+	}
+	if c.Closed() < r2 {
+		t.Fatalf("closed %d after a read at %d", c.Closed(), r2)
+	}
+	data, _ := proto.Marshal(&pb.CompactionRequest{Revision: int64(r2)})
+	if _, err := c.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: data}}); err != nil {
+		t.Fatalf("compaction at the closed revision %d (last write %d): %v", r2, later, err)
+	}
+	var se *shard.Error
+	if _, err := c.ReadAt(ctx, all, mvcc.Revision(first)); !errors.As(err, &se) || se.Code != shardpb.ErrorCode_ERROR_CODE_COMPACTED {
+		t.Fatalf("read at %d after compaction at %d: %v", first, r2, err)
+	}
+	// A plain read's header carries the shard's current revision: the
+	// closed one, past its last write.
+	v, err := c.Read(ctx, shard.RangeQuery{Req: all}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := v.(*pb.RangeResponse).Header.Revision; h < int64(r2) {
+		t.Fatalf("header revision %d below the closed revision %d", h, r2)
+	}
+}

@@ -251,6 +251,9 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 	}
 	res := &shardpb.Result{Responses: make([]*shardpb.Response, len(c.Requests))}
 	a.term = c.Term
+	// Every write at or below the command's closed revision is before it
+	// in the log: a compaction in it may reach that far.
+	a.b.SetClosed(max(a.closed, mvcc.Revision(c.Closed)))
 	if c.Term > a.fence {
 		a.fence = c.Term
 		var v [8]byte
@@ -485,9 +488,9 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 	)
 	switch q := query.(type) {
 	case RangeQuery:
-		resp, err = s.store.Range(q.Req)
+		resp, err = s.store.RangeAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
 	case TxnQuery:
-		resp, err = s.store.ReadTxn(q.Req)
+		resp, err = s.store.ReadTxnAt(q.Req, mvcc.Revision(s.closedRev.Load()))
 	case StatusQuery:
 		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),
 			Closed: mvcc.Revision(s.closedRev.Load()), Fence: s.fence.Load()}
@@ -636,7 +639,14 @@ func (s *StateMachine) Close() error {
 }
 
 // RangeQuery asks Lookup for a Range.
-type RangeQuery struct{ Req *pb.RangeRequest }
+//
+// Floor, if set, is a revision the caller knows this shard's closed
+// revision has reached (its leader's client published it, see
+// Replica.ReadAt): the read may be at any revision up to it.
+type RangeQuery struct {
+	Req   *pb.RangeRequest
+	Floor mvcc.Revision
+}
 
 // TxnQuery asks Lookup for a read-only Txn.
 type TxnQuery struct{ Req *pb.TxnRequest }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -30,6 +31,8 @@ import (
 
 	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
@@ -96,6 +99,14 @@ type Config struct {
 	// 1.5 MiB and 128.
 	MaxRequestBytes int
 	MaxTxnOps       int
+	// Sharded runs the key space as ranges, each its own raft group, with
+	// a placement group holding the range map and the revision oracle
+	// (DESIGN.md); false is single-group mode, one raft group for every
+	// key, as etcd.
+	Sharded bool
+	// InitialSplitKeys split a new sharded cluster's key space into
+	// ranges: n keys, n+1 ranges. Later starts ignore them.
+	InitialSplitKeys [][]byte
 	// RaftTransport replaces dragonboat's TCP transport between members;
 	// nil keeps it. In-process cluster tests inject a transport that can
 	// partition members.
@@ -186,15 +197,20 @@ func hostPort(raw string) (string, error) {
 // Node is one running Cairn process: a NodeHost with its replica of the
 // single group, the node's pebble, the router and the client listeners.
 type Node struct {
-	cfg      Config
-	log      *slog.Logger
-	db       *pebble.DB
-	journal  *os.File // nil unless Config.DebugJournal
-	nh       *dragonboat.NodeHost
-	replica  *shard.Replica
-	primary  *shard.Primary
-	sm       atomic.Pointer[shard.StateMachine] // set when dragonboat creates it
-	hub      *watch.Hub
+	cfg     Config
+	log     *slog.Logger
+	db      *pebble.DB
+	journal *os.File // nil unless Config.DebugJournal
+	nh      *dragonboat.NodeHost
+	replica *shard.Replica
+	primary *shard.Primary
+	sm      atomic.Pointer[shard.StateMachine] // set when dragonboat creates it
+	hub     *watch.Hub
+	// Sharded mode: the revision oracle's allocator on this node's
+	// placement replica, the node's oracle client, and the ranges.
+	alloc    *placement.Allocator
+	oracle   oracle
+	rangeSet rangeSet
 	stop     chan struct{} // closed by Close: stops the watch pump
 	grpc     *grpc.Server
 	http     *http.Server
@@ -268,6 +284,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 func (n *Node) start(ctx context.Context) error {
 	cfg := n.cfg
+	n.stop = make(chan struct{})
 	quietDragonboat()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("node: create data dir: %w", err)
@@ -397,7 +414,22 @@ func (n *Node) start(ctx context.Context) error {
 	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
 	n.hub = watch.NewHub(0)
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
-	shardCfg := shard.Config{DB: db, Span: mvcc.Span{}, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
+	n.oracle = oracle{n}
+	var ranges []*placementpb.RangeDescriptor
+	span := mvcc.Span{}
+	if cfg.Sharded {
+		if join {
+			return errors.New("node: joining a sharded cluster is not supported yet")
+		}
+		if ranges, err = n.startPlacement(ctx, founders, election, heartbeat); err != nil {
+			return err
+		}
+		if ranges[0].Id != singleShardID || len(ranges[0].Start) != 0 {
+			return fmt.Errorf("node: the range map's first range is %d, want %d", ranges[0].Id, singleShardID)
+		}
+		span = spanOf(ranges[0])
+	}
+	shardCfg := shard.Config{DB: db, Span: span, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
 		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
 	}, OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
@@ -414,12 +446,8 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	factory := shard.Factory(shardCfg)
 	n.learner.Store(isLearner(cfg.DataDir))
-	startReplica := func(id uint64) error {
-		err := n.nh.StartOnDiskReplica(founders, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
-			m := factory(shardID, replicaID).(*shard.StateMachine)
-			n.sm.Store(m)
-			return m
-		}, dbconfig.Config{
+	raftCfg := func(id uint64) dbconfig.Config {
+		return dbconfig.Config{
 			ReplicaID:    id,
 			ShardID:      singleShardID,
 			HeartbeatRTT: heartbeat,
@@ -431,7 +459,14 @@ func (n *Node) start(ctx context.Context) error {
 			IsNonVoting:        n.learner.Load(),
 			SnapshotEntries:    cfg.SnapshotCount,
 			CompactionOverhead: cfg.SnapshotCount / 2,
-		})
+		}
+	}
+	startReplica := func(id uint64) error {
+		err := n.nh.StartOnDiskReplica(founders, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
+			m := factory(shardID, replicaID).(*shard.StateMachine)
+			n.sm.Store(m)
+			return m
+		}, raftCfg(id))
 		if err != nil {
 			return fmt.Errorf("node: start shard: %w", err)
 		}
@@ -444,7 +479,20 @@ func (n *Node) start(ctx context.Context) error {
 	} else if err := startReplica(n.memberID); err != nil {
 		return err
 	}
-	n.replica = shard.NewReplica(n.nh, singleShardID)
+	if cfg.Sharded {
+		n.replica = shard.NewStampingReplica(n.nh, singleShardID, n.memberID, n.oracle)
+		first := &rangeReplica{desc: ranges[0], replica: n.replica, hub: n.hub}
+		n.rangeSet.ranges = []*rangeReplica{first}
+		for _, d := range ranges[1:] {
+			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), founders != nil)
+			if err != nil {
+				return err
+			}
+			n.rangeSet.ranges = append(n.rangeSet.ranges, rr)
+		}
+	} else {
+		n.replica = shard.NewReplica(n.nh, singleShardID)
+	}
 	n.holds.Store(n.replica)
 	if err := n.waitLeader(ctx); err != nil {
 		return err
@@ -455,6 +503,13 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("node: read the shard's revision: %w", err)
 	}
 	n.hub.Notify(st.(shard.Status).Revision, nil)
+	for _, rr := range n.rangeSet.all()[min(1, len(n.rangeSet.ranges)):] {
+		st, err := rr.replica.Read(ctx, shard.StatusQuery{}, true)
+		if err != nil {
+			return fmt.Errorf("node: read range %d's revision: %w", rr.desc.Id, err)
+		}
+		rr.hub.Notify(st.(shard.Status).Revision, nil)
+	}
 	lessor := n.sm.Load().Lessor()
 	n.primary = shard.StartPrimary(shard.PrimaryConfig{
 		Replica:         n.replica,
@@ -463,9 +518,8 @@ func (n *Node) start(ctx context.Context) error {
 		ElectionTimeout: cfg.ElectionTimeout,
 		Log:             n.log,
 	})
-	n.stop = make(chan struct{})
 	n.wg.Add(2)
-	go n.watchPump()
+	go n.pump(n.hub, &n.sm)
 	go n.trackLearner()
 	if err := n.startCompactor(); err != nil {
 		return err
@@ -474,7 +528,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.dialSelf(); err != nil {
 		return err
 	}
-	rs := router.New(router.Config{
+	rcfg := router.Config{
 		Self:              n.self,
 		ClusterID:         n.clusterID,
 		MemberID:          n.memberID,
@@ -486,7 +540,11 @@ func (n *Node) start(ctx context.Context) error {
 		Watches:           n.hub,
 		Lessor:            lessor,
 		Leader:            n.leaderConn,
-	})
+	}
+	if cfg.Sharded {
+		rcfg.Ranges = n
+	}
+	rs := router.New(rcfg)
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)
 	n.wg.Add(1)
@@ -526,9 +584,9 @@ func (n *Node) start(ctx context.Context) error {
 	return nil
 }
 
-// watchPump catches lagging watchers up from the store whenever the hub
-// has work, and sends progress notifications on etcd's interval.
-func (n *Node) watchPump() {
+// pump catches a range's lagging watchers up from its store whenever the
+// hub has work, and sends progress notifications on etcd's interval.
+func (n *Node) pump(hub *watch.Hub, sm *atomic.Pointer[shard.StateMachine]) {
 	defer n.wg.Done()
 	tick := time.NewTicker(n.cfg.WatchProgressNotifyInterval)
 	defer tick.Stop()
@@ -537,12 +595,12 @@ func (n *Node) watchPump() {
 		case <-n.stop:
 			return
 		case <-tick.C:
-			n.hub.ProgressTick()
+			hub.ProgressTick()
 			continue
-		case <-n.hub.Pending():
+		case <-hub.Pending():
 		}
-		for m := n.sm.Load(); m != nil; {
-			more, err := n.hub.Catchup(m, watchCatchupRevs)
+		for m := sm.Load(); m != nil; {
+			more, err := hub.Catchup(m, watchCatchupRevs)
 			if err != nil {
 				n.log.Warn("watch catch-up failed", "error", err)
 				break
@@ -611,6 +669,11 @@ func (n *Node) Close() error {
 		if n.hub != nil {
 			n.hub.Close() // ends watch streams, so the graceful stop need not wait
 		}
+		for _, rr := range n.rangeSet.all() {
+			if rr.hub != n.hub {
+				rr.hub.Close()
+			}
+		}
 		if n.grpc != nil {
 			stopped := make(chan struct{})
 			go func() { n.grpc.GracefulStop(); close(stopped) }()
@@ -641,8 +704,16 @@ func (n *Node) Close() error {
 		if n.primary != nil {
 			n.primary.Close()
 		}
+		for _, rr := range n.rangeSet.all() {
+			if rr.replica != n.replica {
+				rr.replica.Close()
+			}
+		}
 		if n.replica != nil {
 			n.replica.Close()
+		}
+		if n.alloc != nil {
+			n.alloc.Close()
 		}
 		if n.nh != nil {
 			n.nh.Close()

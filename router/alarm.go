@@ -64,7 +64,7 @@ func (s *Server) checkQuota(ctx context.Context, r any) error {
 
 // alarm proposes an alarm change.
 func (s *Server) alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
-	out, err := s.write(ctx, r, func(b []byte) *shardpb.Request {
+	out, err := s.write(ctx, s.cfg.Shard, r, func(b []byte) *shardpb.Request {
 		return &shardpb.Request{Op: &shardpb.Request_Alarm{Alarm: b}}
 	})
 	if err != nil {

@@ -44,7 +44,15 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	if err := mvcc.ValidateRange(r); err != nil {
 		return nil, toGRPC(err)
 	}
-	v, err := k.s.cfg.Shard.Read(ctx, shard.RangeQuery{Req: r}, !r.Serializable && !plantedStaleReads)
+	sh := k.s.cfg.Shard
+	if k.s.cfg.Ranges != nil {
+		parts := k.s.cfg.Ranges.Spanning(r.Key, r.RangeEnd)
+		if len(parts) != 1 {
+			return k.s.rangeAcross(ctx, r, parts)
+		}
+		sh = parts[0].Shard
+	}
+	v, err := sh.Read(ctx, shard.RangeQuery{Req: r}, !r.Serializable && !plantedStaleReads)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -154,7 +162,11 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := k.s.checkQuota(ctx, r); err != nil {
 		return nil, err
 	}
-	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
+	sh, err := k.s.shardFor(keySpan{r.Key, nil})
+	if err != nil {
+		return nil, err
+	}
+	out, err := k.s.write(ctx, sh, r, func(b []byte) *shardpb.Request {
 		return &shardpb.Request{Op: &shardpb.Request_Put{Put: b}}
 	})
 	if err != nil {
@@ -168,7 +180,11 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	if err := mvcc.ValidateDeleteRange(r); err != nil {
 		return nil, toGRPC(err)
 	}
-	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
+	sh, err := k.s.shardFor(keySpan{r.Key, r.RangeEnd})
+	if err != nil {
+		return nil, err
+	}
+	out, err := k.s.write(ctx, sh, r, func(b []byte) *shardpb.Request {
 		return &shardpb.Request{Op: &shardpb.Request_DeleteRange{DeleteRange: b}}
 	})
 	if err != nil {
@@ -182,8 +198,12 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err := mvcc.ValidateTxn(r, k.s.cfg.MaxTxnOps); err != nil {
 		return nil, toGRPC(err)
 	}
+	sh, err := k.s.shardFor(txnSpans(r, nil)...)
+	if err != nil {
+		return nil, err
+	}
 	if mvcc.IsTxnReadOnly(r) {
-		v, err := k.s.cfg.Shard.Read(ctx, shard.TxnQuery{Req: r}, !txnSerializable(r))
+		v, err := sh.Read(ctx, shard.TxnQuery{Req: r}, !txnSerializable(r))
 		if err != nil {
 			return nil, toGRPC(err)
 		}
@@ -194,7 +214,7 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err := k.s.checkQuota(ctx, r); err != nil {
 		return nil, err
 	}
-	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
+	out, err := k.s.write(ctx, sh, r, func(b []byte) *shardpb.Request {
 		return &shardpb.Request{Op: &shardpb.Request_Txn{Txn: b}}
 	})
 	if err != nil {
@@ -205,14 +225,19 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 }
 
 func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	out, err := k.s.write(ctx, r, func(b []byte) *shardpb.Request {
-		return &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: b}}
-	})
+	if k.s.cfg.Ranges != nil {
+		return k.s.compactAll(ctx, r)
+	}
+	out, err := k.s.write(ctx, k.s.cfg.Shard, r, compactionRequest)
 	if err != nil {
 		return nil, err
 	}
 	resp := &pb.CompactionResponse{}
 	return resp, k.s.decode(out.GetCompaction(), resp, resp.GetHeader)
+}
+
+func compactionRequest(b []byte) *shardpb.Request {
+	return &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: b}}
 }
 
 // txnSerializable tells whether a read-only txn may be served from the local
@@ -237,7 +262,7 @@ func txnSerializable(r *pb.TxnRequest) bool {
 
 // write encodes an etcd request, refuses it if it is over the request limit
 // (as etcd does, with its message), and proposes it to the shard.
-func (s *Server) write(ctx context.Context, req proto.Message, wrap func([]byte) *shardpb.Request) (*shardpb.Response, error) {
+func (s *Server) write(ctx context.Context, sh Shard, req proto.Message, wrap func([]byte) *shardpb.Request) (*shardpb.Response, error) {
 	data, err := proto.Marshal(req)
 	if err != nil {
 		return nil, toGRPC(err)
@@ -245,7 +270,7 @@ func (s *Server) write(ctx context.Context, req proto.Message, wrap func([]byte)
 	if len(data) > s.cfg.MaxRequestBytes {
 		return nil, rpctypes.ErrGRPCRequestTooLarge
 	}
-	out, err := s.cfg.Shard.Write(ctx, wrap(data))
+	out, err := sh.Write(ctx, wrap(data))
 	if err != nil {
 		return nil, toGRPC(err)
 	}

@@ -57,7 +57,7 @@ func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 		if picked {
 			req.ID = newLeaseID()
 		}
-		out, err := ls.s.write(ctx, req, func(b []byte) *shardpb.Request {
+		out, err := ls.s.write(ctx, ls.s.cfg.Shard, req, func(b []byte) *shardpb.Request {
 			return &shardpb.Request{Op: &shardpb.Request_LeaseGrant{LeaseGrant: b}}
 		})
 		if picked && attempt < grantAttempts && errors.Is(err, rpctypes.ErrGRPCLeaseExist) {
@@ -85,7 +85,7 @@ func newLeaseID() int64 {
 }
 
 func (ls *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	out, err := ls.s.write(ctx, r, func(b []byte) *shardpb.Request {
+	out, err := ls.s.write(ctx, ls.s.cfg.Shard, r, func(b []byte) *shardpb.Request {
 		return &shardpb.Request{Op: &shardpb.Request_LeaseRevoke{LeaseRevoke: b}}
 	})
 	if err != nil {
@@ -161,7 +161,7 @@ func (ls *leaseServer) renew(ctx context.Context, id lease.ID) (int64, error) {
 	}
 	if clear {
 		cp := &pb.LeaseCheckpointRequest{Checkpoints: []*pb.LeaseCheckpoint{{ID: int64(id)}}}
-		if _, err := ls.s.write(ctx, cp, func(b []byte) *shardpb.Request {
+		if _, err := ls.s.write(ctx, ls.s.cfg.Shard, cp, func(b []byte) *shardpb.Request {
 			return &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: b}}
 		}); err != nil {
 			return 0, err

@@ -22,8 +22,12 @@ const DefaultLeaderCheckInterval = time.Second
 type Config struct {
 	// ClusterID and MemberID fill every response header.
 	ClusterID, MemberID uint64
-	// Shard serves every key (single-group mode).
+	// Shard serves every key (single-group mode); in sharded mode it is
+	// range 1, which also answers for the cluster (status, alarms).
 	Shard Shard
+	// Ranges routes requests by key in sharded mode; nil is single-group
+	// mode.
+	Ranges Ranges
 	// MaxRequestBytes refuses larger writes (etcd --max-request-bytes);
 	// 0 means DefaultMaxRequestBytes.
 	MaxRequestBytes int

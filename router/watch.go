@@ -134,6 +134,10 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st *watch.Stream, setFr
 			if u.CreateRequest == nil {
 				continue
 			}
+			if reason := ws.unserved(u.CreateRequest); reason != "" {
+				st.Refuse(reason)
+				continue
+			}
 			r := st.Create(u.CreateRequest)
 			if !r.Canceled && u.CreateRequest.Fragment {
 				setFragment(r.WatchId, true)
@@ -148,6 +152,21 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st *watch.Stream, setFr
 			}
 		}
 	}
+}
+
+// unserved returns why a watch cannot be served yet, or "": in sharded
+// mode a stream is served by the first range's hub alone until the ordered
+// merge of range streams exists, so a watch reaching other ranges is
+// refused rather than left without their events.
+func (ws *watchServer) unserved(req *pb.WatchCreateRequest) string {
+	if ws.s.cfg.Ranges == nil {
+		return ""
+	}
+	parts := ws.s.cfg.Ranges.Spanning(req.Key, req.RangeEnd)
+	if len(parts) == 1 && parts[0].Watches == ws.s.cfg.Watches {
+		return ""
+	}
+	return "cairn: in sharded mode, watching keys outside the first range is not supported yet"
 }
 
 // requireLeader reports whether the client asked (clientv3

@@ -169,6 +169,17 @@ func (s *Stream) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
 	return r
 }
 
+// Refuse queues a refusal of a create request the router will not serve
+// (created and canceled, with reason) and returns it.
+func (s *Stream) Refuse(reason string) *pb.WatchResponse {
+	s.h.mu.Lock()
+	defer s.h.mu.Unlock()
+	r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(s.h.rev)}, WatchId: int64(InvalidID),
+		Created: true, Canceled: true, CancelReason: reason}
+	s.push(r)
+	return r
+}
+
 // Cancel removes a watcher and queues etcd's canceled response; unknown
 // ids are ignored, as etcd ignores them.
 func (s *Stream) Cancel(id ID) bool {

@@ -81,6 +81,8 @@ type rawFlags struct {
 	heartbeatMS, electionMS, maxRequestBytes, maxTxnOps      uint
 	logLevel, logger                                         string
 	version                                                  bool
+	singleGroup                                              bool
+	splitKeys                                                string
 }
 
 // newFlagSet defines every etcd server flag on a new flag set: the
@@ -118,6 +120,8 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.BoolVar(&r.cfg.EnablePprof, "enable-pprof", false, "serve Go's runtime profiles at the client URLs + /debug/pprof/")
 	fs.StringVar(&r.cfg.DebugJournal, "debug-journal", "", "cairn only, a testing aid: append every applied raft entry to this file (the robustness suite checks it as etcd's checks its WAL)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
+	fs.BoolVar(&r.singleGroup, "single-group", true, "cairn only: one raft group holds every key, as etcd; --single-group=false runs the key space as ranges (sharded mode, a preview: one node, watches in the first range only)")
+	fs.StringVar(&r.splitKeys, "initial-split-keys", "", "cairn only, sharded mode: comma-separated keys splitting a new cluster's key space into ranges; read at the first start only")
 
 	for _, g := range ignoredFlags {
 		for _, name := range g.names {
@@ -157,6 +161,12 @@ func parseFlags(args, environ []string) (options, error) {
 		o.ignored = append(o.ignored, ignoredFlag{name: f.Name, value: redact(f.Name, v.value), source: source, reason: v.reason})
 	})
 
+	o.cfg.Sharded = !r.singleGroup
+	if r.splitKeys != "" {
+		for _, k := range strings.Split(r.splitKeys, ",") {
+			o.cfg.InitialSplitKeys = append(o.cfg.InitialSplitKeys, []byte(k))
+		}
+	}
 	o.cfg.ListenClientURLs = splitURLs(r.listenClient)
 	o.cfg.AdvertiseClientURLs = splitURLs(r.advertiseClient)
 	o.cfg.ListenPeerURLs = splitURLs(r.listenPeer)

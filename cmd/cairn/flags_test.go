@@ -88,7 +88,7 @@ func TestFlagSetIsEtcds(t *testing.T) {
 		}
 	}
 	// Cairn's own flags, on top of etcd's.
-	cairnOnly := map[string]bool{"debug-journal": true}
+	cairnOnly := map[string]bool{"debug-journal": true, "single-group": true, "initial-split-keys": true}
 	for n := range got {
 		if _, ok := want[n]; !ok && !cairnOnly[n] {
 			t.Errorf("--%s is not an etcd server flag", n)
@@ -125,6 +125,29 @@ var effective = []struct {
 	{"log-level", "debug", func(*node.Config) {}},
 	{"debug-journal", "/j", func(c *node.Config) { c.DebugJournal = "/j" }},
 	{"logger", "zap", func(*node.Config) {}},
+	{"initial-split-keys", "b,m", func(c *node.Config) { c.InitialSplitKeys = [][]byte{[]byte("b"), []byte("m")} }},
+}
+
+// TestSingleGroupFlag: single-group mode unless --single-group=false (or
+// ETCD_SINGLE_GROUP=false) asks for sharded mode.
+func TestSingleGroupFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args, env []string
+		sharded   bool
+	}{
+		{nil, nil, false},
+		{[]string{"--single-group"}, nil, false},
+		{[]string{"--single-group=false"}, nil, true},
+		{nil, []string{"ETCD_SINGLE_GROUP=false"}, true},
+	} {
+		o, err := parseFlags(tc.args, tc.env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.cfg.Sharded != tc.sharded {
+			t.Errorf("%v %v: sharded %v, want %v", tc.args, tc.env, o.cfg.Sharded, tc.sharded)
+		}
+	}
 }
 
 // TestEffectiveFlags: each flag that takes effect lands in node.Config,

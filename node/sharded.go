@@ -1,0 +1,244 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	dbconfig "github.com/lni/dragonboat/v4/config"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/router"
+	"github.com/cairn-kv/cairn/shard"
+	"github.com/cairn-kv/cairn/watch"
+)
+
+// Sharded mode (DESIGN.md): besides the ranges, the NodeHost runs a replica
+// of the placement group, which holds the range map and the revision
+// oracle. Range r is raft shard r: range 1 always starts at the empty key,
+// so it is the shard single-group mode runs as shard 1, and it keeps the
+// cluster's own records (members, peer URLs, alarms) in either mode.
+
+// placementShardID names the placement group's raft shard, far above any
+// range id.
+const placementShardID = 1 << 48
+
+// oracleWindow is how many revisions one persisted oracle bound covers.
+const oracleWindow = 10000
+
+// rangeReplica is this node's replica of one range.
+type rangeReplica struct {
+	desc    *placementpb.RangeDescriptor
+	replica *shard.Replica
+	sm      atomic.Pointer[shard.StateMachine]
+	hub     *watch.Hub
+}
+
+// rangeSet is the node's view of the range map and its replicas of the
+// ranges, in key order.
+type rangeSet struct {
+	mu     sync.RWMutex
+	ranges []*rangeReplica // by start key
+}
+
+// spanning returns the ranges over etcd's [key, end) in key order.
+func (s *rangeSet) spanning(key, end []byte) []*rangeReplica {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*rangeReplica
+	for _, r := range s.ranges {
+		if clipsRange(key, end, r.desc.Start, r.desc.End) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// all returns every range in key order.
+func (s *rangeSet) all() []*rangeReplica {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Clone(s.ranges)
+}
+
+// clipsRange reports whether etcd's [key, end) (end empty: key alone;
+// "\x00": to the end of the key space) meets [start, stop) (stop empty: ∞).
+func clipsRange(key, end, start, stop []byte) bool {
+	inSpan := func(k []byte) bool {
+		return bytes.Compare(k, start) >= 0 && (len(stop) == 0 || bytes.Compare(k, stop) < 0)
+	}
+	if len(end) == 0 {
+		return inSpan(key)
+	}
+	toEnd := len(end) == 1 && end[0] == 0
+	if len(stop) > 0 && bytes.Compare(key, stop) >= 0 {
+		return false
+	}
+	return toEnd || bytes.Compare(end, start) > 0 && bytes.Compare(key, end) < 0
+}
+
+// spanOf is a descriptor's span in mvcc's form (nil end: ∞).
+func spanOf(d *placementpb.RangeDescriptor) mvcc.Span {
+	sp := mvcc.Span{Start: d.Start, End: d.End}
+	if sp.Start == nil {
+		sp.Start = []byte{}
+	}
+	if len(sp.End) == 0 {
+		sp.End = nil
+	}
+	return sp
+}
+
+// startPlacement starts this node's replica of the placement group (a
+// founder's, or a restart's), bootstraps the range map with the initial
+// split keys if no member has yet, and returns the range map.
+func (n *Node) startPlacement(ctx context.Context, founders map[uint64]dragonboat.Target, election, heartbeat uint64) ([]*placementpb.RangeDescriptor, error) {
+	err := n.nh.StartReplica(founders, false, placement.NewStateMachine, dbconfig.Config{
+		ReplicaID: n.memberID, ShardID: placementShardID,
+		HeartbeatRTT: heartbeat, ElectionRTT: election, CheckQuorum: true, PreVote: true,
+		SnapshotEntries: n.cfg.SnapshotCount, CompactionOverhead: n.cfg.SnapshotCount / 2,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node: start the placement group: %w", err)
+	}
+	n.alloc = placement.NewAllocator(n.nh, placementShardID, n.memberID, oracleWindow)
+	for {
+		st, err := n.placementState(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if len(st.Ranges) > 0 {
+			return st.Ranges, nil
+		}
+		var replicas []uint64
+		for id := range founders {
+			replicas = append(replicas, id)
+		}
+		sort.Slice(replicas, func(i, j int) bool { return replicas[i] < replicas[j] })
+		if len(replicas) == 0 {
+			return nil, errors.New("node: the range map is not bootstrapped and this member is not a founder")
+		}
+		cmd, _ := proto.Marshal(&placementpb.Command{Op: &placementpb.Command_Bootstrap{Bootstrap: &placementpb.Bootstrap{
+			SplitKeys: n.cfg.InitialSplitKeys, Replicas: replicas}}})
+		if _, err := n.proposePlacement(ctx, cmd); err != nil {
+			return nil, fmt.Errorf("node: bootstrap the range map: %w", err)
+		}
+	}
+}
+
+// placementState reads the placement group's state linearizably, waiting
+// for a leader.
+func (n *Node) placementState(ctx context.Context) (*placementpb.State, error) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		v, err := n.nh.SyncRead(rctx, placementShardID, placement.StateQuery{})
+		cancel()
+		if err == nil {
+			return v.(*placementpb.State), nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("node: read the range map: %w", ctx.Err())
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(rttMillisecond * time.Millisecond):
+		}
+	}
+}
+
+// proposePlacement proposes a placement command until raft takes it and
+// returns its result (a refusal in it is not an error here, except that a
+// bootstrap already done is fine).
+func (n *Node) proposePlacement(ctx context.Context, cmd []byte) (*placementpb.Result, error) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		res, err := n.nh.SyncPropose(rctx, n.nh.GetNoOPSession(placementShardID), cmd)
+		cancel()
+		if err == nil {
+			var out placementpb.Result
+			if err := proto.Unmarshal(res.Data, &out); err != nil {
+				return nil, err
+			}
+			if out.Error != "" && out.Error != placement.ErrBootstrapped.Error() {
+				return &out, errors.New(out.Error)
+			}
+			return &out, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(rttMillisecond * time.Millisecond):
+		}
+	}
+}
+
+// startRange starts this node's replica of a range other than range 1 and
+// its client, watch hub and catch-up pump.
+func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) (*rangeReplica, error) {
+	rr := &rangeReplica{desc: d, hub: watch.NewHub(0)}
+	shardCfg.Span = spanOf(d)
+	shardCfg.OnApply = func(evs []*mvccpb.Event) {
+		rr.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
+	}
+	shardCfg.OnPeers, shardCfg.OnHold = nil, nil
+	factory := shard.Factory(shardCfg)
+	var members map[uint64]dragonboat.Target
+	if founders {
+		members = map[uint64]dragonboat.Target{}
+		for _, id := range d.Replicas {
+			members[id] = memberTarget(id)
+		}
+	}
+	raftCfg.ShardID = d.Id
+	err := n.nh.StartOnDiskReplica(members, false, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
+		m := factory(shardID, replicaID).(*shard.StateMachine)
+		rr.sm.Store(m)
+		return m
+	}, raftCfg)
+	if err != nil {
+		return nil, fmt.Errorf("node: start range %d: %w", d.Id, err)
+	}
+	rr.replica = shard.NewStampingReplica(n.nh, d.Id, n.memberID, n.oracle)
+	n.wg.Add(1)
+	go n.pump(rr.hub, &rr.sm)
+	return rr, nil
+}
+
+// oracle is the node's client of the revision oracle: the placement
+// replica here answers while it leads the group.
+type oracle struct{ n *Node }
+
+// Revisions implements shard.Stamper.
+func (o oracle) Revisions(ctx context.Context, count int64) (mvcc.Revision, error) {
+	return o.n.alloc.Revisions(ctx, count)
+}
+
+// Spanning implements router.Ranges.
+func (n *Node) Spanning(key, end []byte) []router.RangePart {
+	rs := n.rangeSet.spanning(key, end)
+	out := make([]router.RangePart, len(rs))
+	for i, r := range rs {
+		out[i] = router.RangePart{ID: r.desc.Id, Start: r.desc.Start, End: r.desc.End, Shard: r.replica, Watches: r.hub}
+	}
+	return out
+}
+
+// Now implements router.Ranges: a revision above every write completed
+// before the call.
+func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
+	return n.oracle.Revisions(ctx, 1)
+}

@@ -1,0 +1,186 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/watch"
+)
+
+// Ranges is the range map as the router sees it in sharded mode: it routes
+// every request by key (DESIGN.md "Ranges, placement, membership").
+type Ranges interface {
+	// Spanning returns the ranges that etcd's [key, end) meets, in key
+	// order (end empty: the key alone; "\x00": to the end).
+	Spanning(key, end []byte) []RangePart
+	// Now returns a revision above every write completed before the call
+	// (from the revision oracle).
+	Now(ctx context.Context) (mvcc.Revision, error)
+}
+
+// RangePart is one range: its id, its span [Start, End) (End empty: to the
+// end of the key space), its shard and its watch hub.
+type RangePart struct {
+	ID         uint64
+	Start, End []byte
+	Shard      RangeShard
+	Watches    *watch.Hub
+}
+
+// RangeShard is a shard of sharded mode: besides what every shard does, it
+// answers a read at a revision once its closed revision has reached it.
+type RangeShard interface {
+	Shard
+	ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Revision) (*pb.RangeResponse, error)
+	WaitClosed(ctx context.Context, rev mvcc.Revision) error
+}
+
+// keySpan is etcd's [key, end) of one part of a request.
+type keySpan struct{ key, end []byte }
+
+// shardFor returns the shard serving every key of spans: the one shard of
+// single-group mode, or the range they all lie in. Spans in several ranges
+// are refused with FailedPrecondition naming the ranges (DESIGN.md
+// "Writes and transactions": never half-applied).
+func (s *Server) shardFor(spans ...keySpan) (Shard, error) {
+	if s.cfg.Ranges == nil {
+		return s.cfg.Shard, nil
+	}
+	var (
+		parts []RangePart
+		seen  = map[uint64]bool{}
+	)
+	for _, sp := range spans {
+		for _, p := range s.cfg.Ranges.Spanning(sp.key, sp.end) {
+			if !seen[p.ID] {
+				seen[p.ID] = true
+				parts = append(parts, p)
+			}
+		}
+	}
+	switch len(parts) {
+	case 0:
+		return nil, status.Error(codes.Internal, "cairn: no range holds the key")
+	case 1:
+		return parts[0].Shard, nil
+	}
+	return nil, crossRange(parts)
+}
+
+// crossRange is the refusal of a write over several ranges.
+func crossRange(parts []RangePart) error {
+	names := make([]string, len(parts))
+	for i, p := range parts {
+		end := "∞"
+		if len(p.End) > 0 {
+			end = fmt.Sprintf("%q", p.End)
+		}
+		names[i] = fmt.Sprintf("%d [%q, %s)", p.ID, p.Start, end)
+	}
+	return status.Errorf(codes.FailedPrecondition,
+		"cairn: the request spans ranges %s; a write across ranges is not supported yet", strings.Join(names, ", "))
+}
+
+// txnSpans lists every key span a txn compares, reads or writes, nested
+// txns included.
+func txnSpans(r *pb.TxnRequest, out []keySpan) []keySpan {
+	for _, c := range r.Compare {
+		out = append(out, keySpan{c.Key, c.RangeEnd})
+	}
+	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range branch {
+			switch o := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				out = append(out, keySpan{o.RequestRange.Key, o.RequestRange.RangeEnd})
+			case *pb.RequestOp_RequestPut:
+				out = append(out, keySpan{o.RequestPut.Key, nil})
+			case *pb.RequestOp_RequestDeleteRange:
+				out = append(out, keySpan{o.RequestDeleteRange.Key, o.RequestDeleteRange.RangeEnd})
+			case *pb.RequestOp_RequestTxn:
+				out = txnSpans(o.RequestTxn, out)
+			}
+		}
+	}
+	return out
+}
+
+// rangeAcross answers a Range over several ranges as one snapshot at one
+// revision R (DESIGN.md "Reads"): R is the asked revision or a fresh one
+// from the oracle, each range answers its part at R once its closed
+// revision has reached R, and the parts merge into etcd's answer.
+func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []RangePart) (*pb.RangeResponse, error) {
+	now, err := s.cfg.Ranges.Now(ctx)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	rev := now
+	if r.Revision > 0 {
+		if mvcc.Revision(r.Revision) > now {
+			return nil, rpctypes.ErrGRPCFutureRev
+		}
+		rev = mvcc.Revision(r.Revision)
+	}
+	resps := make([]*pb.RangeResponse, len(parts))
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i, p := range parts {
+		var end []byte
+		if len(p.End) > 0 {
+			end = p.End
+		}
+		req := partRange(r, p.Start, end, int64(rev))
+		if req == nil {
+			resps[i] = &pb.RangeResponse{}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resps[i], errs[i] = p.Shard.ReadAt(ctx, req, rev)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+	}
+	resp := mergeRange(r, resps, int64(rev))
+	s.fill(resp.Header)
+	return resp, nil
+}
+
+// compactAll compacts every range at r.Revision (DESIGN.md: compaction
+// applies cluster-wide): each range once its closed revision has reached
+// it, so no write at or below it is still to come there.
+func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	now, err := s.cfg.Ranges.Now(ctx)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if mvcc.Revision(r.Revision) > now {
+		return nil, rpctypes.ErrGRPCFutureRev
+	}
+	for i, p := range s.cfg.Ranges.Spanning([]byte{}, []byte{0}) {
+		if err := p.Shard.WaitClosed(ctx, mvcc.Revision(r.Revision)); err != nil {
+			return nil, toGRPC(err)
+		}
+		_, err := s.write(ctx, p.Shard, r, compactionRequest)
+		// A range compacted already (by an earlier call that failed half
+		// way) is fine once the first range took it.
+		if err != nil && (i == 0 || status.Code(err) != codes.OutOfRange) {
+			return nil, err
+		}
+	}
+	resp := &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: int64(now)}}
+	s.fill(resp.Header)
+	return resp, nil
+}

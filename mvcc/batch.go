@@ -145,7 +145,9 @@ func (o *op) cur() Revision {
 }
 
 func (o *op) view() (*view, error) {
-	return newView(o.b.b, o.cur(), o.b.compact, o.b.s.opts.Span)
+	// Reads may reach the closed revision (see SetClosed), below the op's
+	// own stamp.
+	return newView(o.b.b, max(o.cur(), o.b.closed), o.b.compact, o.b.s.opts.Span)
 }
 
 // end writes the op's event log record and advances the batch's revision

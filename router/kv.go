@@ -47,7 +47,9 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	sh := k.s.cfg.Shard
 	if k.s.cfg.Ranges != nil {
 		parts := k.s.cfg.Ranges.Spanning(r.Key, r.RangeEnd)
-		if len(parts) != 1 {
+		// A read at a past revision may name one newer than the range's
+		// last write: it is read once the range has closed it.
+		if len(parts) != 1 || r.Revision > 0 {
 			return k.s.rangeAcross(ctx, r, parts)
 		}
 		sh = parts[0].Shard
@@ -202,8 +204,12 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err != nil {
 		return nil, err
 	}
+	floor, err := k.s.settle(ctx, sh, r)
+	if err != nil {
+		return nil, err
+	}
 	if mvcc.IsTxnReadOnly(r) {
-		v, err := sh.Read(ctx, shard.TxnQuery{Req: r}, !txnSerializable(r))
+		v, err := sh.Read(ctx, shard.TxnQuery{Req: r, Floor: floor}, !txnSerializable(r))
 		if err != nil {
 			return nil, toGRPC(err)
 		}

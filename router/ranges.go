@@ -59,7 +59,13 @@ func (s *Server) shardFor(spans ...keySpan) (Shard, error) {
 		seen  = map[uint64]bool{}
 	)
 	for _, sp := range spans {
-		for _, p := range s.cfg.Ranges.Spanning(sp.key, sp.end) {
+		ps := s.cfg.Ranges.Spanning(sp.key, sp.end)
+		if len(ps) == 0 {
+			// An empty interval (end at or before key) touches nothing:
+			// the range of its key serves it, as etcd does, with nothing.
+			ps = s.cfg.Ranges.Spanning(sp.key, nil)
+		}
+		for _, p := range ps {
 			if !seen[p.ID] {
 				seen[p.ID] = true
 				parts = append(parts, p)
@@ -67,8 +73,8 @@ func (s *Server) shardFor(spans ...keySpan) (Shard, error) {
 		}
 	}
 	switch len(parts) {
-	case 0:
-		return nil, status.Error(codes.Internal, "cairn: no range holds the key")
+	case 0: // a txn with nothing in it: any range answers it
+		return s.cfg.Shard, nil
 	case 1:
 		return parts[0].Shard, nil
 	}
@@ -128,6 +134,19 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 		}
 		rev = mvcc.Revision(r.Revision)
 	}
+	if len(parts) == 0 {
+		// An empty interval (its end at or before its key) is answered,
+		// empty, by its key's range, which still checks the revision.
+		if parts = s.cfg.Ranges.Spanning(r.Key, nil); len(parts) == 1 {
+			resp, err := parts[0].Shard.ReadAt(ctx, r, rev)
+			if err != nil {
+				return nil, toGRPC(err)
+			}
+			resp.Header.Revision = int64(rev)
+			s.fill(resp.Header)
+			return resp, nil
+		}
+	}
 	resps := make([]*pb.RangeResponse, len(parts))
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup
@@ -183,4 +202,47 @@ func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest) (*pb.C
 	resp := &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: int64(now)}}
 	s.fill(resp.Header)
 	return resp, nil
+}
+
+// settle prepares a txn in sharded mode whose reads name past revisions:
+// the newest one it names, if no newer than the oracle's, is closed on its
+// range first, so that reads at it see a settled past even when the range
+// wrote nothing that recent; it returns that revision (0: none). A newer
+// one is left for the range to refuse as a future revision.
+func (s *Server) settle(ctx context.Context, sh Shard, r *pb.TxnRequest) (mvcc.Revision, error) {
+	rs, ok := sh.(RangeShard)
+	if s.cfg.Ranges == nil || !ok {
+		return 0, nil
+	}
+	rev := mvcc.Revision(txnMaxRev(r))
+	if rev <= 0 {
+		return 0, nil
+	}
+	now, err := s.cfg.Ranges.Now(ctx)
+	if err != nil {
+		return 0, toGRPC(err)
+	}
+	if rev > now {
+		return 0, nil
+	}
+	if err := rs.WaitClosed(ctx, rev); err != nil {
+		return 0, toGRPC(err)
+	}
+	return rev, nil
+}
+
+// txnMaxRev is the newest revision a txn's reads name, nested txns included.
+func txnMaxRev(r *pb.TxnRequest) int64 {
+	var rev int64
+	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range branch {
+			switch o := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				rev = max(rev, o.RequestRange.Revision)
+			case *pb.RequestOp_RequestTxn:
+				rev = max(rev, txnMaxRev(o.RequestTxn))
+			}
+		}
+	}
+	return rev
 }

@@ -490,7 +490,7 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 	case RangeQuery:
 		resp, err = s.store.RangeAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
 	case TxnQuery:
-		resp, err = s.store.ReadTxnAt(q.Req, mvcc.Revision(s.closedRev.Load()))
+		resp, err = s.store.ReadTxnAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
 	case StatusQuery:
 		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),
 			Closed: mvcc.Revision(s.closedRev.Load()), Fence: s.fence.Load()}
@@ -648,8 +648,11 @@ type RangeQuery struct {
 	Floor mvcc.Revision
 }
 
-// TxnQuery asks Lookup for a read-only Txn.
-type TxnQuery struct{ Req *pb.TxnRequest }
+// TxnQuery asks Lookup for a read-only Txn; Floor as RangeQuery's.
+type TxnQuery struct {
+	Req   *pb.TxnRequest
+	Floor mvcc.Revision
+}
 
 // HashQuery asks Lookup for the hash of the store's history up to Rev (0:
 // the current revision), answered with a HashResult (mvcc.Store.HashKV).

@@ -98,8 +98,12 @@ type gen struct {
 }
 
 func newGen(seed int64, rev, compactRev int64) *gen {
+	return newGenIn(seed, rev, compactRev, fmt.Sprintf("s%03d/", seed))
+}
+
+// newGenIn is newGen with the sequence's keys under prefix p.
+func newGenIn(seed int64, rev, compactRev int64, p string) *gen {
 	r := rand.New(rand.NewPCG(uint64(seed), 0x9e3779b97f4a7c15))
-	p := fmt.Sprintf("s%03d/", seed)
 	g := &gen{
 		r:          r,
 		base:       rev,

@@ -27,7 +27,17 @@
 // existing cluster (--initial-cluster-state existing, after MemberAdd)
 // starts as a learner. Each member publishes its name and client URLs
 // through raft once it serves; MemberList joins them with raft's
-// membership. Sharded mode comes with its issue.
+// membership.
+//
+// Sharded mode (Config.Sharded, sharded.go, a preview on one node): the
+// NodeHost also runs a replica of the placement group (raft shard 1<<48,
+// the range map and the revision oracle's bound; its Allocator serves
+// revisions while it leads), bootstrapped with Config.InitialSplitKeys by
+// the first founder that finds it empty. Range r is raft shard r with the
+// store of its span, a stamping replica client and its own watch hub;
+// range 1 starts at the empty key and is the shard single-group mode runs,
+// so it keeps the cluster's own records in both modes. The node is the
+// router's Ranges.
 //
 // Peer URLs are recorded through raft too (by MemberAdd and MemberUpdate,
 // and by each member for itself if none are), and raft reaches a replica at

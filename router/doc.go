@@ -12,8 +12,17 @@
 // service changes raft membership through the node (Membership); the
 // Maintenance service adds HashKV, MoveLeader, Defragment, Alarm (with
 // etcd's quota check before every write that adds data) and Snapshot
-// through the node (Operator, Snapshotter). The range-map cache,
-// scatter/gather and the watch merge arrive with the sharded-mode issue.
+// through the node (Operator, Snapshotter).
+//
+// In sharded mode (Config.Ranges, ranges.go) every request is routed by
+// key: Put, DeleteRange and Txn go to the one range holding all their keys
+// and are refused with FailedPrecondition naming the ranges otherwise; a
+// Range over several ranges (or at a past revision) takes a revision R from
+// the oracle (or the one asked), has each range answer its clipped part at
+// R once its closed revision reached R, and merges the parts as etcd would
+// answer (rangemerge.go); Compact compacts every range. Watches outside the
+// first range and the merge of range streams, leases across ranges and
+// forwarding to other nodes are still to come.
 //
 // Contract with clients: every answer is the one etcd would give. Requests
 // are validated before anything is proposed (mvcc's Validate functions, with

@@ -518,6 +518,10 @@ func (n *Node) start(ctx context.Context) error {
 		ElectionTimeout: cfg.ElectionTimeout,
 		Log:             n.log,
 	})
+	if cfg.Sharded {
+		n.wg.Add(1)
+		go n.publishClosed()
+	}
 	n.wg.Add(2)
 	go n.pump(n.hub, &n.sm)
 	go n.trackLearner()

@@ -239,3 +239,51 @@ func TestShardedKV(t *testing.T) {
 		t.Fatalf("put after restart at %d, not above %d", resp.Header.Revision, last)
 	}
 }
+
+// TestShardedIdleRangesClose: the closed revision of ranges nobody writes
+// to keeps rising past the writes elsewhere (the side channel), and an idle
+// range's raft log does not grow while it does.
+func TestShardedIdleRangesClose(t *testing.T) {
+	n := startSharded(t, t.TempDir(), "m")
+	cli := newClient(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var last int64
+	for i := range 3 {
+		resp, err := cli.Put(ctx, fmt.Sprint("a", i), "v") // range 1 only
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp.Header.Revision
+	}
+	// Range 2 is idle: it closes past range 1's writes...
+	waitClosed := func(above int64) {
+		t.Helper()
+		for int64(n.Closed(2)) <= above {
+			if ctx.Err() != nil {
+				t.Fatalf("range 2 closed at %d, not past %d", n.Closed(2), above)
+			}
+			time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
+		}
+	}
+	waitClosed(last)
+	before, err := n.AppliedIndex(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ...and keeps closing, as the oracle moves on, without log writes.
+	for range 5 {
+		c := int64(n.Closed(2))
+		if _, err := cli.Put(ctx, "a", "v"); err != nil {
+			t.Fatal(err)
+		}
+		waitClosed(c)
+	}
+	after, err := n.AppliedIndex(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after != before {
+		t.Fatalf("idle range 2 applied entries %d..%d while it closed", before, after)
+	}
+}

@@ -553,7 +553,10 @@ func (n *Node) start(ctx context.Context) error {
 	rs.Register(n.grpc)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
-	n.http = &http.Server{Handler: rs.HTTPHandler(cfg.EnablePprof), ReadHeaderTimeout: 10 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("/", rs.HTTPHandler(cfg.EnablePprof))
+	mux.HandleFunc("GET /cairn/ranges", n.serveRanges)
+	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	for _, raw := range cfg.ListenClientURLs {
 		addr, _ := hostPort(raw)

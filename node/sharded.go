@@ -3,8 +3,10 @@ package node
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"sort"
 	"sync"
@@ -282,4 +284,43 @@ func (n *Node) Closed(id uint64) mvcc.Revision {
 		}
 	}
 	return 0
+}
+
+// RangeInfo is one range as /cairn/ranges (and `cairn ranges`) shows it.
+type RangeInfo struct {
+	ID         uint64   `json:"id"`
+	Start      string   `json:"start"`
+	End        string   `json:"end"` // "" is the end of the key space
+	Generation uint64   `json:"generation"`
+	Replicas   []uint64 `json:"replicas"`
+	Leader     uint64   `json:"leader"` // 0: none known
+	Revision   int64    `json:"revision"`
+	Closed     int64    `json:"closed"`
+	Writes     uint64   `json:"writes"` // writes proposed through this node since it started
+}
+
+// Ranges returns this node's view of the range map (nil in single-group
+// mode): leaders as this node knows them, revisions from its replicas.
+func (n *Node) Ranges() []RangeInfo {
+	var out []RangeInfo
+	for _, rr := range n.rangeSet.all() {
+		ri := RangeInfo{ID: rr.desc.Id, Start: string(rr.desc.Start), End: string(rr.desc.End),
+			Generation: rr.desc.Generation, Replicas: rr.desc.Replicas, Closed: int64(rr.replica.Closed()),
+			Writes: rr.replica.Proposed()}
+		if leader, _, ok := rr.replica.Leader(); ok {
+			ri.Leader = leader
+		}
+		if v, err := rr.replica.Read(context.Background(), shard.StatusQuery{}, false); err == nil {
+			st := v.(shard.Status)
+			ri.Revision = int64(max(st.Revision, st.Closed, rr.replica.Closed()))
+		}
+		out = append(out, ri)
+	}
+	return out
+}
+
+// serveRanges answers GET /cairn/ranges with the range map as JSON.
+func (n *Node) serveRanges(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(n.Ranges())
 }

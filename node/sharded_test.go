@@ -2,8 +2,10 @@ package node_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -285,5 +287,41 @@ func TestShardedIdleRangesClose(t *testing.T) {
 	}
 	if after != before {
 		t.Fatalf("idle range 2 applied entries %d..%d while it closed", before, after)
+	}
+}
+
+// TestShardedRangesEndpoint: /cairn/ranges lists the ranges in key order
+// with their spans, leader and the writes routed to each.
+func TestShardedRangesEndpoint(t *testing.T) {
+	n := startSharded(t, t.TempDir(), "b", "m")
+	cli := newClient(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, k := range []string{"c", "d", "x"} {
+		if _, err := cli.Put(ctx, k, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := http.Get(n.ClientURLs()[0] + "/cairn/ranges")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got []node.RangeInfo
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		start, end string
+		writes     uint64
+	}{{"", "b", 0}, {"b", "m", 2}, {"m", "", 1}}
+	if len(got) != len(want) {
+		t.Fatalf("ranges %+v", got)
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.ID != uint64(i+1) || g.Start != w.start || g.End != w.end || g.Writes != w.writes || g.Leader == 0 || len(g.Replicas) != 1 {
+			t.Errorf("range %d: %+v, want [%q, %q) with %d writes and a leader", i+1, g, w.start, w.end, w.writes)
+		}
 	}
 }

@@ -67,6 +67,8 @@ type Replica struct {
 	stamper   Stamper
 	replicaID uint64
 	restamped atomic.Uint64
+	// proposed counts the requests written through this client.
+	proposed atomic.Uint64
 
 	// seqMu guards the sequencer's state: the first stamp of each batch
 	// in flight (proposed, outcome not yet known), by batch number, and
@@ -182,6 +184,7 @@ func (r *Replica) held() (time.Duration, <-chan struct{}) {
 // Write proposes one request and returns its response. A refusal by the
 // state machine is returned as *Error.
 func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error) {
+	r.proposed.Add(1)
 	p := &pending{req: req, size: proto.Size(req), done: make(chan outcome, 1)}
 	select {
 	case r.queue <- p:
@@ -561,6 +564,10 @@ func encode(batch []*pending, closed mvcc.Revision, term uint64) ([]byte, error)
 	}
 	return data, nil
 }
+
+// Proposed reports how many requests were written through Write (the
+// range's write load as this node sees it).
+func (r *Replica) Proposed() uint64 { return r.proposed.Load() }
 
 // Restamped counts writes refused as stale and stamped again.
 func (r *Replica) Restamped() uint64 { return r.restamped.Load() }

@@ -28,16 +28,26 @@ import (
 // startNode starts an in-process node on free ports with fast raft timings.
 func startNode(tb testing.TB, dir string) *node.Node {
 	tb.Helper()
+	return startNodeWith(tb, dir, nil)
+}
+
+// startNodeWith is startNode with the config changed by edit (nil: none).
+func startNodeWith(tb testing.TB, dir string, edit func(*node.Config)) *node.Node {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n, err := node.Start(ctx, node.Config{
+	cfg := node.Config{
 		Name:              "test",
 		DataDir:           dir,
 		ListenClientURLs:  []string{"http://127.0.0.1:0"},
 		ListenPeerURLs:    []string{"http://127.0.0.1:0"},
 		HeartbeatInterval: 20 * time.Millisecond,
 		ElectionTimeout:   200 * time.Millisecond,
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	n, err := node.Start(ctx, cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}

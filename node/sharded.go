@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -55,40 +54,11 @@ type rangeSet struct {
 	ranges []*rangeReplica // by start key
 }
 
-// spanning returns the ranges over etcd's [key, end) in key order.
-func (s *rangeSet) spanning(key, end []byte) []*rangeReplica {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []*rangeReplica
-	for _, r := range s.ranges {
-		if clipsRange(key, end, r.desc.Start, r.desc.End) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 // all returns every range in key order.
 func (s *rangeSet) all() []*rangeReplica {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return slices.Clone(s.ranges)
-}
-
-// clipsRange reports whether etcd's [key, end) (end empty: key alone;
-// "\x00": to the end of the key space) meets [start, stop) (stop empty: ∞).
-func clipsRange(key, end, start, stop []byte) bool {
-	inSpan := func(k []byte) bool {
-		return bytes.Compare(k, start) >= 0 && (len(stop) == 0 || bytes.Compare(k, stop) < 0)
-	}
-	if len(end) == 0 {
-		return inSpan(key)
-	}
-	toEnd := len(end) == 1 && end[0] == 0
-	if len(stop) > 0 && bytes.Compare(key, stop) >= 0 {
-		return false
-	}
-	return toEnd || bytes.Compare(end, start) > 0 && bytes.Compare(key, end) < 0
 }
 
 // spanOf is a descriptor's span in mvcc's form (nil end: ∞).
@@ -229,9 +199,9 @@ func (o oracle) Revisions(ctx context.Context, count int64) (mvcc.Revision, erro
 	return o.n.alloc.Revisions(ctx, count)
 }
 
-// Spanning implements router.Ranges.
-func (n *Node) Spanning(key, end []byte) []router.RangePart {
-	rs := n.rangeSet.spanning(key, end)
+// All implements router.Ranges.
+func (n *Node) All() []router.RangePart {
+	rs := n.rangeSet.all()
 	out := make([]router.RangePart, len(rs))
 	for i, r := range rs {
 		out[i] = router.RangePart{ID: r.desc.Id, Start: r.desc.Start, End: r.desc.End, Shard: r.replica, Watches: r.hub}

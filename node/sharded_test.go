@@ -24,27 +24,12 @@ import (
 // at splits.
 func startSharded(tb testing.TB, dir string, splits ...string) *node.Node {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var keys [][]byte
-	for _, k := range splits {
-		keys = append(keys, []byte(k))
-	}
-	n, err := node.Start(ctx, node.Config{
-		Name:              "test",
-		DataDir:           dir,
-		ListenClientURLs:  []string{"http://127.0.0.1:0"},
-		ListenPeerURLs:    []string{"http://127.0.0.1:0"},
-		HeartbeatInterval: 20 * time.Millisecond,
-		ElectionTimeout:   200 * time.Millisecond,
-		Sharded:           true,
-		InitialSplitKeys:  keys,
+	return startNodeWith(tb, dir, func(c *node.Config) {
+		c.Sharded = true
+		for _, k := range splits {
+			c.InitialSplitKeys = append(c.InitialSplitKeys, []byte(k))
+		}
 	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = n.Close() })
-	return n
 }
 
 // shardedModel is what a single group would hold after the same puts and

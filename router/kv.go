@@ -46,7 +46,7 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	}
 	sh := k.s.cfg.Shard
 	if k.s.cfg.Ranges != nil {
-		parts := k.s.cfg.Ranges.Spanning(r.Key, r.RangeEnd)
+		parts := k.s.spanning(r.Key, r.RangeEnd)
 		// A read at a past revision may name one newer than the range's
 		// last write: it is read once the range has closed it.
 		if len(parts) != 1 || r.Revision > 0 {

@@ -18,9 +18,8 @@ import (
 // Ranges is the range map as the router sees it in sharded mode: it routes
 // every request by key (DESIGN.md "Ranges, placement, membership").
 type Ranges interface {
-	// Spanning returns the ranges that etcd's [key, end) meets, in key
-	// order (end empty: the key alone; "\x00": to the end).
-	Spanning(key, end []byte) []RangePart
+	// All returns every range, in key order.
+	All() []RangePart
 	// Now returns a revision above every write completed before the call
 	// (from the revision oracle).
 	Now(ctx context.Context) (mvcc.Revision, error)
@@ -43,6 +42,23 @@ type RangeShard interface {
 	WaitClosed(ctx context.Context, rev mvcc.Revision) error
 }
 
+// spanning returns the ranges that etcd's [key, end) meets, in key order
+// (end empty: the key alone; "\x00": to the end), by the same clipping
+// that cuts a request into the ranges' parts (clipRange).
+func (s *Server) spanning(key, end []byte) []RangePart {
+	var out []RangePart
+	for _, p := range s.cfg.Ranges.All() {
+		var stop []byte
+		if len(p.End) > 0 {
+			stop = p.End
+		}
+		if _, _, ok := clipRange(key, end, p.Start, stop); ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // keySpan is etcd's [key, end) of one part of a request.
 type keySpan struct{ key, end []byte }
 
@@ -59,11 +75,11 @@ func (s *Server) shardFor(spans ...keySpan) (Shard, error) {
 		seen  = map[uint64]bool{}
 	)
 	for _, sp := range spans {
-		ps := s.cfg.Ranges.Spanning(sp.key, sp.end)
+		ps := s.spanning(sp.key, sp.end)
 		if len(ps) == 0 {
 			// An empty interval (end at or before key) touches nothing:
 			// the range of its key serves it, as etcd does, with nothing.
-			ps = s.cfg.Ranges.Spanning(sp.key, nil)
+			ps = s.spanning(sp.key, nil)
 		}
 		for _, p := range ps {
 			if !seen[p.ID] {
@@ -137,7 +153,7 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 	if len(parts) == 0 {
 		// An empty interval (its end at or before its key) is answered,
 		// empty, by its key's range, which still checks the revision.
-		if parts = s.cfg.Ranges.Spanning(r.Key, nil); len(parts) == 1 {
+		if parts = s.spanning(r.Key, nil); len(parts) == 1 {
 			resp, err := parts[0].Shard.ReadAt(ctx, r, rev)
 			if err != nil {
 				return nil, toGRPC(err)
@@ -188,7 +204,7 @@ func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest) (*pb.C
 	if mvcc.Revision(r.Revision) > now {
 		return nil, rpctypes.ErrGRPCFutureRev
 	}
-	for i, p := range s.cfg.Ranges.Spanning([]byte{}, []byte{0}) {
+	for i, p := range s.cfg.Ranges.All() {
 		if err := p.Shard.WaitClosed(ctx, mvcc.Revision(r.Revision)); err != nil {
 			return nil, toGRPC(err)
 		}

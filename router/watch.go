@@ -162,7 +162,7 @@ func (ws *watchServer) unserved(req *pb.WatchCreateRequest) string {
 	if ws.s.cfg.Ranges == nil {
 		return ""
 	}
-	parts := ws.s.cfg.Ranges.Spanning(req.Key, req.RangeEnd)
+	parts := ws.s.spanning(req.Key, req.RangeEnd)
 	if len(parts) == 1 && parts[0].Watches == ws.s.cfg.Watches {
 		return ""
 	}

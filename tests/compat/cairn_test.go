@@ -12,14 +12,24 @@ import (
 // leader; it is closed at the end of the test.
 func startCairn(t testing.TB, name string) *server {
 	t.Helper()
+	return startCairnWith(t, name, nil)
+}
+
+// startCairnWith is startCairn with the config changed by edit (nil: none).
+func startCairnWith(t testing.TB, name string, edit func(*node.Config)) *server {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	n, err := node.Start(ctx, node.Config{
+	cfg := node.Config{
 		Name:             name,
 		DataDir:          t.TempDir(),
 		ListenClientURLs: []string{"http://127.0.0.1:0"},
 		ListenPeerURLs:   []string{"http://127.0.0.1:0"},
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	n, err := node.Start(ctx, cfg)
 	if err != nil {
 		t.Fatalf("start cairn %s: %v", name, err)
 	}

@@ -1,7 +1,6 @@
 package compat
 
 import (
-	"context"
 	"flag"
 	"sort"
 	"testing"
@@ -94,31 +93,12 @@ func TestShardedDifferential(t *testing.T) {
 // startShardedCairn starts an in-process sharded Cairn node split at splits.
 func startShardedCairn(t *testing.T, name string, splits []string) *server {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	var keys [][]byte
-	for _, k := range splits {
-		keys = append(keys, []byte(k))
-	}
-	n, err := node.Start(ctx, node.Config{
-		Name:             name,
-		DataDir:          t.TempDir(),
-		ListenClientURLs: []string{"http://127.0.0.1:0"},
-		ListenPeerURLs:   []string{"http://127.0.0.1:0"},
-		Sharded:          true,
-		InitialSplitKeys: keys,
-	})
-	if err != nil {
-		t.Fatalf("start cairn %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("close cairn %s: %v", name, err)
+	return startCairnWith(t, name, func(c *node.Config) {
+		c.Sharded = true
+		for _, k := range splits {
+			c.InitialSplitKeys = append(c.InitialSplitKeys, []byte(k))
 		}
 	})
-	ep := n.ClientURLs()[0]
-	cli, wire := newClient(t, ep)
-	return &server{name: name, endpoint: ep, cli: cli, wire: wire}
 }
 
 // rangeOf is the index of the range holding key among shardedSplits.

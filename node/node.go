@@ -206,6 +206,8 @@ type Node struct {
 	primary *shard.Primary
 	sm      atomic.Pointer[shard.StateMachine] // set when dragonboat creates it
 	hub     *watch.Hub
+	// merger serves watches over the ranges' hubs in sharded mode.
+	merger *watch.Merger
 	// Sharded mode: the revision oracle's allocator on this node's
 	// placement replica, the node's oracle client, and the ranges.
 	alloc    *placement.Allocator
@@ -429,9 +431,7 @@ func (n *Node) start(ctx context.Context) error {
 		}
 		span = spanOf(ranges[0])
 	}
-	shardCfg := shard.Config{DB: db, Span: span, Lease: leaseOpts, OnApply: func(evs []*mvccpb.Event) {
-		n.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
-	}, OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
+	shardCfg := shard.Config{DB: db, Span: span, Lease: leaseOpts, OnApply: notifier(n.hub), OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
 			r.Hold(target, until, max)
 		}
@@ -481,7 +481,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	if cfg.Sharded {
 		n.replica = shard.NewStampingReplica(n.nh, singleShardID, n.memberID, n.oracle)
-		first := &rangeReplica{desc: ranges[0], replica: n.replica, hub: n.hub}
+		first := &rangeReplica{desc: ranges[0], replica: n.replica, hub: n.hub, kick: make(chan struct{}, 1)}
 		n.rangeSet.ranges = []*rangeReplica{first}
 		for _, d := range ranges[1:] {
 			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), founders != nil)
@@ -519,8 +519,13 @@ func (n *Node) start(ctx context.Context) error {
 		Log:             n.log,
 	})
 	if cfg.Sharded {
+		n.merger = watch.NewMerger()
+		for _, rr := range n.rangeSet.all() {
+			n.wg.Add(1)
+			go n.closer(rr)
+		}
 		n.wg.Add(1)
-		go n.publishClosed()
+		go n.mergedProgress()
 	}
 	n.wg.Add(2)
 	go n.pump(n.hub, &n.sm)
@@ -547,6 +552,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	if cfg.Sharded {
 		rcfg.Ranges = n
+		rcfg.Merger = n.merger
 	}
 	rs := router.New(rcfg)
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
@@ -589,6 +595,17 @@ func (n *Node) start(ctx context.Context) error {
 	n.log.Info("ready to serve client requests", "name", cfg.Name, "client-urls", n.clientURL,
 		"peer-urls", n.peerURLs, "data-dir", cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID))
 	return nil
+}
+
+// notifier feeds a shard's applied events and closed revision to a hub.
+func notifier(hub *watch.Hub) func(mvcc.Revision, []*mvccpb.Event) {
+	return func(closed mvcc.Revision, evs []*mvccpb.Event) {
+		rev := closed
+		if len(evs) > 0 {
+			rev = max(rev, mvcc.Revision(evs[len(evs)-1].Kv.ModRevision))
+		}
+		hub.Notify(rev, evs)
+	}
 }
 
 // pump catches a range's lagging watchers up from its store whenever the

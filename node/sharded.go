@@ -15,7 +15,6 @@ import (
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	sm "github.com/lni/dragonboat/v4/statemachine"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
@@ -45,6 +44,25 @@ type rangeReplica struct {
 	replica *shard.Replica
 	sm      atomic.Pointer[shard.StateMachine]
 	hub     *watch.Hub
+	// want is the closed revision watches wait for; kick (size 1) wakes
+	// the range's closer for it.
+	want atomic.Int64
+	kick chan struct{}
+}
+
+// wantClosed asks the range's closer to raise the closed revision to rev
+// soon (router.RangePart.Kick).
+func (rr *rangeReplica) wantClosed(rev mvcc.Revision) {
+	for {
+		old := rr.want.Load()
+		if int64(rev) <= old || rr.want.CompareAndSwap(old, int64(rev)) {
+			break
+		}
+	}
+	select {
+	case rr.kick <- struct{}{}:
+	default:
+	}
 }
 
 // rangeSet is the node's view of the range map and its replicas of the
@@ -161,11 +179,9 @@ func (n *Node) proposePlacement(ctx context.Context, cmd []byte) (*placementpb.R
 // startRange starts this node's replica of a range other than range 1 and
 // its client, watch hub and catch-up pump.
 func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) (*rangeReplica, error) {
-	rr := &rangeReplica{desc: d, hub: watch.NewHub(0)}
+	rr := &rangeReplica{desc: d, hub: watch.NewHub(0), kick: make(chan struct{}, 1)}
 	shardCfg.Span = spanOf(d)
-	shardCfg.OnApply = func(evs []*mvccpb.Event) {
-		rr.hub.Notify(mvcc.Revision(evs[len(evs)-1].Kv.ModRevision), evs)
-	}
+	shardCfg.OnApply = notifier(rr.hub)
 	shardCfg.OnPeers, shardCfg.OnHold = nil, nil
 	factory := shard.Factory(shardCfg)
 	var members map[uint64]dragonboat.Target
@@ -204,7 +220,8 @@ func (n *Node) All() []router.RangePart {
 	rs := n.rangeSet.all()
 	out := make([]router.RangePart, len(rs))
 	for i, r := range rs {
-		out[i] = router.RangePart{ID: r.desc.Id, Start: r.desc.Start, End: r.desc.End, Shard: r.replica, Watches: r.hub}
+		out[i] = router.RangePart{ID: r.desc.Id, Start: r.desc.Start, End: r.desc.End, Shard: r.replica, Watches: r.hub,
+			Kick: r.wantClosed}
 	}
 	return out
 }
@@ -219,12 +236,13 @@ func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 // ranges it leads (DESIGN.md "Closed revision": at least every 100 ms).
 const closedEvery = 50 * time.Millisecond
 
-// publishClosed raises, on every tick, the closed revision of each range
-// this node leads that has no write in flight (Replica.AdvanceIdle: an
-// oracle revision confirmed by a read index, no log write after the first
-// in a term), so that readers and watchers of idle ranges need not ask.
-// A range busy with writes closes through them.
-func (n *Node) publishClosed() {
+// closer raises, on every tick, the closed revision of a range this node
+// leads that has no write in flight (Replica.AdvanceIdle: an oracle
+// revision confirmed by a read index, no log write after the first in a
+// term), so that readers and watchers of idle ranges need not ask, and
+// passes it to the range's watch hub; a watch waiting on the range kicks
+// it sooner (wantClosed). A range busy with writes closes through them.
+func (n *Node) closer(rr *rangeReplica) {
 	defer n.wg.Done()
 	t := time.NewTicker(closedEvery)
 	defer t.Stop()
@@ -233,14 +251,42 @@ func (n *Node) publishClosed() {
 		case <-n.stop:
 			return
 		case <-t.C:
+		case <-rr.kick:
 		}
-		for _, rr := range n.rangeSet.all() {
+		// A kick is retried briefly while writes in flight hold the closed
+		// revision back, as they settle within milliseconds.
+		for wait := time.Millisecond; ; wait *= 2 {
 			if leader, _, ok := rr.replica.Leader(); !ok || leader != n.memberID {
-				continue
+				break
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
-			_, _ = rr.replica.AdvanceIdle(ctx) // a failure leaves it for the next tick
+			closed, err := rr.replica.AdvanceIdle(ctx) // a failure leaves it for the next tick
 			cancel()
+			rr.hub.Advance(closed)
+			if err != nil || closed >= mvcc.Revision(rr.want.Load()) || wait > closedEvery/4 {
+				break
+			}
+			select {
+			case <-n.stop:
+				return
+			case <-time.After(wait):
+			}
+		}
+	}
+}
+
+// mergedProgress sends the progress notifications of watches over the
+// ranges (sharded mode) on etcd's interval.
+func (n *Node) mergedProgress() {
+	defer n.wg.Done()
+	t := time.NewTicker(n.cfg.WatchProgressNotifyInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			n.merger.ProgressTick()
 		}
 	}
 }

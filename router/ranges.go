@@ -32,6 +32,9 @@ type RangePart struct {
 	Start, End []byte
 	Shard      RangeShard
 	Watches    *watch.Hub
+	// Kick asks the range to raise its closed revision to rev soon, for
+	// watches waiting on it; nil: it rises on its own schedule only.
+	Kick func(rev mvcc.Revision)
 }
 
 // RangeShard is a shard of sharded mode: besides what every shard does, it

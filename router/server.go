@@ -41,6 +41,9 @@ type Config struct {
 	Node NodeInfo
 	// Watches serves the Watch service; nil leaves it unregistered.
 	Watches *watch.Hub
+	// Merger serves the Watch service in sharded mode, over the ranges'
+	// hubs (RangePart.Watches).
+	Merger *watch.Merger
 	// LeaderCheckInterval is how often a watch stream that requires a
 	// leader checks for one (etcd checks about every election timeout);
 	// 0 means DefaultLeaderCheckInterval.

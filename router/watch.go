@@ -39,7 +39,7 @@ func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
 		}
 		go ws.monitorLeader(ctx, cancelCause)
 	}
-	st := ws.s.cfg.Watches.NewStream(watchQueueLimit)
+	st := ws.s.newWatchStream()
 	defer st.Close()
 
 	var mu sync.Mutex
@@ -120,7 +120,7 @@ func (ws *watchServer) monitorLeader(ctx context.Context, cancel context.CancelC
 	}
 }
 
-func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st *watch.Stream, setFragment func(int64, bool)) error {
+func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, setFragment func(int64, bool)) error {
 	for {
 		req, err := gs.Recv()
 		if errors.Is(err, io.EOF) {
@@ -132,10 +132,6 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st *watch.Stream, setFr
 		switch u := req.RequestUnion.(type) {
 		case *pb.WatchRequest_CreateRequest:
 			if u.CreateRequest == nil {
-				continue
-			}
-			if reason := ws.unserved(u.CreateRequest); reason != "" {
-				st.Refuse(reason)
 				continue
 			}
 			r := st.Create(u.CreateRequest)
@@ -154,19 +150,36 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st *watch.Stream, setFr
 	}
 }
 
-// unserved returns why a watch cannot be served yet, or "": in sharded
-// mode a stream is served by the first range's hub alone until the ordered
-// merge of range streams exists, so a watch reaching other ranges is
-// refused rather than left without their events.
-func (ws *watchServer) unserved(req *pb.WatchCreateRequest) string {
-	if ws.s.cfg.Ranges == nil {
-		return ""
+// watchStream is one client stream's watchers: a hub's stream in
+// single-group mode, a merged stream over the ranges' hubs in sharded mode.
+type watchStream interface {
+	Create(req *pb.WatchCreateRequest) *pb.WatchResponse
+	Cancel(id watch.ID) bool
+	RequestProgress()
+	Next(ctx context.Context) ([]*pb.WatchResponse, error)
+	Close()
+}
+
+func (s *Server) newWatchStream() watchStream {
+	if s.cfg.Merger == nil {
+		return s.cfg.Watches.NewStream(watchQueueLimit)
 	}
-	parts := ws.s.spanning(req.Key, req.RangeEnd)
-	if len(parts) == 1 && parts[0].Watches == ws.s.cfg.Watches {
-		return ""
+	return s.cfg.Merger.NewStream(watchQueueLimit, s.watchParts)
+}
+
+// watchParts cuts watched keys into the ranges' parts (watch.Splitter).
+func (s *Server) watchParts(key, rangeEnd []byte) []watch.Part {
+	var out []watch.Part
+	for _, p := range s.cfg.Ranges.All() {
+		var stop []byte
+		if len(p.End) > 0 {
+			stop = p.End
+		}
+		if lo, hi, ok := clipRange(key, rangeEnd, p.Start, stop); ok {
+			out = append(out, watch.Part{Hub: p.Watches, Key: lo, RangeEnd: hi, Kick: p.Kick})
+		}
 	}
-	return "cairn: in sharded mode, watching keys outside the first range is not supported yet"
+	return out
 }
 
 // requireLeader reports whether the client asked (clientv3

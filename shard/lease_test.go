@@ -67,7 +67,7 @@ func TestLeaseApply(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	var mu sync.Mutex
 	var events []*mvccpb.Event
-	s := Factory(Config{DB: db, OnApply: func(evs []*mvccpb.Event) {
+	s := Factory(Config{DB: db, OnApply: func(_ mvcc.Revision, evs []*mvccpb.Event) {
 		mu.Lock()
 		defer mu.Unlock()
 		events = append(events, evs...)

@@ -36,9 +36,10 @@ type Config struct {
 	// primary; nil means time.Now.
 	Now func() time.Time
 	// OnApply, if set, receives the change events of every applied batch, in
-	// revision order, after the batch is committed. It runs on dragonboat's
-	// apply goroutine: it must not block.
-	OnApply func(events []*mvccpb.Event)
+	// revision order, and the closed revision after it, after the batch is
+	// committed: for every batch with events or a raised closed revision.
+	// It runs on dragonboat's apply goroutine: it must not block.
+	OnApply func(closed mvcc.Revision, events []*mvccpb.Event)
 	// OnHold, if set, is called after a batch that applied a TransferHold
 	// (the last one of the batch), on dragonboat's apply goroutine: it must
 	// not block. The hold is the replica client's to honour (Replica.Hold).
@@ -174,7 +175,8 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	b := store.NewBatch()
 	defer b.Close()
 	var events []*mvccpb.Event
-	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: mvcc.Revision(s.closedRev.Load()), fence: s.fence.Load()}
+	closedBefore := mvcc.Revision(s.closedRev.Load())
+	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: closedBefore, fence: s.fence.Load()}
 	for i := range entries {
 		res, err := a.command(entries[i].Cmd)
 		if err != nil {
@@ -208,8 +210,8 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 			return nil, fmt.Errorf("shard %d: journal: %w", s.shardID, err)
 		}
 	}
-	if s.cfg.OnApply != nil && len(events) > 0 {
-		s.cfg.OnApply(events)
+	if s.cfg.OnApply != nil && (len(events) > 0 || a.closed > closedBefore) {
+		s.cfg.OnApply(a.closed, events)
 	}
 	if s.cfg.OnPeers != nil {
 		for _, m := range a.peers {

@@ -2,6 +2,7 @@ package watch
 
 import (
 	"bytes"
+	"container/heap"
 	"errors"
 	"sync"
 
@@ -46,6 +47,8 @@ type Hub struct {
 	// pending is signalled (size 1, never blocks) when catch-up work or
 	// a deferred progress request appears.
 	pending chan struct{}
+	// waiters are signalled once rev reaches theirs (WaitRev).
+	waiters revWaiters
 }
 
 // NewHub returns a hub whose store is at rev.
@@ -57,12 +60,7 @@ func NewHub(rev mvcc.Revision) *Hub {
 // Pending is signalled when Catchup has work.
 func (h *Hub) Pending() <-chan struct{} { return h.pending }
 
-func (h *Hub) signal() {
-	select {
-	case h.pending <- struct{}{}:
-	default:
-	}
-}
+func (h *Hub) signal() { wake(h.pending) }
 
 // Rev returns the last revision notified.
 func (h *Hub) Rev() mvcc.Revision {
@@ -134,6 +132,66 @@ func (h *Hub) Notify(rev mvcc.Revision, events []*mvccpb.Event) {
 	}
 	if rev > h.rev {
 		h.rev = rev
+	}
+	h.waiters.release(h.rev)
+}
+
+// Advance raises the hub's revision to rev without events: the shard's
+// closed revision, below which no write is still to come (DESIGN.md
+// "Closed revision"), so synced watchers have been sent everything up to it.
+func (h *Hub) Advance(rev mvcc.Revision) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if rev > h.rev {
+		h.rev = rev
+		h.waiters.release(rev)
+	}
+}
+
+// WaitRev signals ch (without blocking) once the hub's revision reaches
+// rev: at once if it has.
+func (h *Hub) WaitRev(rev mvcc.Revision, ch chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.rev >= rev {
+		wake(ch)
+		return
+	}
+	heap.Push(&h.waiters, revWaiter{rev, ch})
+}
+
+// revWaiter is a WaitRev caller.
+type revWaiter struct {
+	rev mvcc.Revision
+	ch  chan struct{}
+}
+
+// revWaiters is a min-heap of waiters by revision.
+type revWaiters []revWaiter
+
+func (w revWaiters) Len() int           { return len(w) }
+func (w revWaiters) Less(i, j int) bool { return w[i].rev < w[j].rev }
+func (w revWaiters) Swap(i, j int)      { w[i], w[j] = w[j], w[i] }
+func (w *revWaiters) Push(x any)        { *w = append(*w, x.(revWaiter)) }
+func (w *revWaiters) Pop() any {
+	old := *w
+	x := old[len(old)-1]
+	*w = old[:len(old)-1]
+	return x
+}
+
+// release signals and drops the waiters at or below rev.
+func (w *revWaiters) release(rev mvcc.Revision) {
+	for w.Len() > 0 && (*w)[0].rev <= rev {
+		wake(heap.Pop(w).(revWaiter).ch)
+	}
+}
+
+// wake signals a channel of size 1 without blocking.
+func wake(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
 	}
 }
 
@@ -240,6 +298,7 @@ func (h *Hub) Catchup(hist History, maxRevs int) (more bool, err error) {
 			w.sentEvent = true
 		}
 		w.next = to + 1
+		w.stream.wakeup() // a merged stream reads the watcher's new mark
 		if w.next > h.rev {
 			delete(h.unsynced, w)
 			h.synced.add(w)

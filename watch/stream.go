@@ -32,7 +32,13 @@ type Stream struct {
 // NewStream opens a stream whose queue holds at most limit responses
 // (beyond which its watchers fall behind and are caught up later).
 func (h *Hub) NewStream(limit int) *Stream {
-	s := &Stream{h: h, limit: limit, ready: make(chan struct{}, 1), watchers: map[ID]*watcher{}}
+	return h.newStream(limit, make(chan struct{}, 1))
+}
+
+// newStream opens a stream that signals ready (of size 1) when it has
+// something for its consumer; several streams may share one channel.
+func (h *Hub) newStream(limit int, ready chan struct{}) *Stream {
+	s := &Stream{h: h, limit: limit, ready: ready, watchers: map[ID]*watcher{}}
 	h.mu.Lock()
 	h.streams[s] = struct{}{}
 	h.mu.Unlock()
@@ -63,11 +69,12 @@ func (s *Stream) push(r *pb.WatchResponse) {
 		return
 	}
 	s.queue = append(s.queue, r)
-	select {
-	case s.ready <- struct{}{}:
-	default:
-	}
+	s.wakeup()
 }
+
+// wakeup signals the stream's consumer.
+// REQUIRES: h.mu
+func (s *Stream) wakeup() { wake(s.ready) }
 
 // ErrClosed is returned by Next after Close.
 var ErrClosed = errors.New("watch: stream closed")
@@ -81,18 +88,8 @@ func (s *Stream) Next(ctx context.Context) ([]*pb.WatchResponse, error) {
 			return nil, ErrClosed
 		}
 		if len(s.queue) > 0 {
-			out := s.queue
-			s.queue = nil
-			behind := false
-			for _, w := range s.watchers {
-				if _, ok := s.h.unsynced[w]; ok {
-					behind = true
-				}
-			}
+			out := s.takeLocked()
 			s.h.mu.Unlock()
-			if behind {
-				s.h.signal() // room again: catch this stream's watchers up
-			}
 			return out, nil
 		}
 		s.h.mu.Unlock()
@@ -102,6 +99,46 @@ func (s *Stream) Next(ctx context.Context) ([]*pb.WatchResponse, error) {
 		case <-s.ready:
 		}
 	}
+}
+
+// takeLocked empties the queue and returns what it held; if the stream's
+// watchers lag, catch-up is signalled, as there is room again.
+// REQUIRES: h.mu
+func (s *Stream) takeLocked() []*pb.WatchResponse {
+	out := s.queue
+	s.queue = nil
+	for _, w := range s.watchers {
+		if _, ok := s.h.unsynced[w]; ok {
+			s.h.signal()
+			break
+		}
+	}
+	return out
+}
+
+// drain returns, without waiting, the queued responses, the hub's
+// revision, and whether the stream is closed; mark receives each watcher's
+// mark: every event it matches at or below the mark is in the responses
+// returned now or before.
+func (s *Stream) drain(mark func(id ID, rev mvcc.Revision)) (rs []*pb.WatchResponse, rev mvcc.Revision, closed bool) {
+	h := s.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.closed {
+		return nil, h.rev, true
+	}
+	rs = s.takeLocked()
+	for id, w := range s.watchers {
+		switch {
+		case h.synced.has(w):
+			mark(id, max(w.next-1, h.rev))
+		default:
+			if _, ok := h.unsynced[w]; ok {
+				mark(id, w.next-1)
+			}
+		}
+	}
+	return rs, h.rev, false
 }
 
 // Create registers a watcher as etcd's WatchCreateRequest asks and queues
@@ -117,22 +154,9 @@ func (s *Stream) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
 		s.push(r)
 		return r
 	}
-	key := req.Key
-	if len(key) == 0 {
-		key = []byte{0}
-	}
-	if req.StartRevision < 0 {
-		return refuse(errCompacted)
-	}
-	end := req.RangeEnd
-	switch {
-	case len(end) == 0:
-		end = nil
-	case len(end) == 1 && end[0] == 0:
-		end = []byte{}
-	}
-	if len(end) != 0 && bytes.Compare(key, end) >= 0 {
-		return refuse(ErrEmptyRange.Error())
+	key, end, reason := checkCreate(req)
+	if reason != "" {
+		return refuse(reason)
 	}
 	id := ID(req.WatchId)
 	if id == 0 { // etcd's AutoWatchID
@@ -167,6 +191,29 @@ func (s *Stream) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
 		h.signal()
 	}
 	return r
+}
+
+// checkCreate returns the watched span of a create request (end nil: one
+// key; empty: from key on), or etcd's reason to refuse it.
+func checkCreate(req *pb.WatchCreateRequest) (key, end []byte, reason string) {
+	key = req.Key
+	if len(key) == 0 {
+		key = []byte{0} // etcd: the smallest key
+	}
+	if req.StartRevision < 0 {
+		return nil, nil, errCompacted
+	}
+	end = req.RangeEnd
+	switch {
+	case len(end) == 0:
+		end = nil
+	case len(end) == 1 && end[0] == 0:
+		end = []byte{}
+	}
+	if len(end) != 0 && bytes.Compare(key, end) >= 0 {
+		return nil, nil, ErrEmptyRange.Error()
+	}
+	return key, end, ""
 }
 
 // Refuse queues a refusal of a create request the router will not serve
@@ -236,10 +283,7 @@ func (s *Stream) Close() {
 	s.closed = true
 	s.queue = nil
 	delete(h.streams, s)
-	select {
-	case s.ready <- struct{}{}:
-	default:
-	}
+	s.wakeup()
 }
 
 // Close closes every stream of the hub (their Next returns ErrClosed), for

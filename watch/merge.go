@@ -1,0 +1,457 @@
+package watch
+
+import (
+	"context"
+	"sort"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/cairn-kv/cairn/mvcc"
+)
+
+// Part is one range's share of a watch in sharded mode: the range's hub
+// and the watched keys inside the range, in etcd's form (RangeEnd empty:
+// Key alone; "\x00": to the end of the key space).
+type Part struct {
+	Hub           *Hub
+	Key, RangeEnd []byte
+	// Kick, if set, asks the range to raise its closed revision to rev
+	// soon (a merged watch waits on it); it must not block.
+	Kick func(rev mvcc.Revision)
+}
+
+// Splitter cuts the keys of a watch, in etcd's form, into the parts of the
+// ranges they lie in, in key order.
+type Splitter func(key, rangeEnd []byte) []Part
+
+// Merger holds the merged streams of a node in sharded mode, for the
+// progress notifications it sends on etcd's interval.
+type Merger struct {
+	mu      sync.Mutex
+	streams map[*Merged]struct{}
+}
+
+// NewMerger returns a Merger without streams.
+func NewMerger() *Merger { return &Merger{streams: map[*Merged]struct{}{}} }
+
+// NewStream opens a client stream whose watches split by split; each
+// range's share of it is a stream of that range's hub whose queue holds at
+// most limit responses.
+func (mg *Merger) NewStream(limit int, split Splitter) *Merged {
+	m := &Merged{mg: mg, limit: limit, split: split, wake: make(chan struct{}, 1),
+		subs: map[*Hub]*subStream{}, watchers: map[ID]*merged{}}
+	mg.mu.Lock()
+	mg.streams[m] = struct{}{}
+	mg.mu.Unlock()
+	return m
+}
+
+// ProgressTick sends, to every merged watcher that asked for progress
+// notifications and was sent no event since the last tick, a notification
+// at the revision up to which it has been sent everything.
+func (mg *Merger) ProgressTick() {
+	mg.mu.Lock()
+	streams := make([]*Merged, 0, len(mg.streams))
+	for m := range mg.streams {
+		streams = append(streams, m)
+	}
+	mg.mu.Unlock()
+	for _, m := range streams {
+		m.progressTick()
+	}
+}
+
+// Merged is one client's watch stream in sharded mode. Each watch has a
+// watcher in every range it reaches (through one hub stream per range);
+// their events are merged in revision order and released up to the lowest
+// of the parts' marks — the revision below which a part has delivered
+// everything, which rises with its range's writes and closed revision —
+// so a watch over several ranges sees exactly etcd's sequence of events.
+//
+// The client's goroutines call Create, Cancel and RequestProgress; its
+// sender calls Next, which does the merging. mu guards every field; the
+// lock order is Merged.mu, then a hub's mu.
+type Merged struct {
+	mg    *Merger
+	limit int
+	split Splitter
+	// wake (size 1) is signalled by every hub stream of this stream and by
+	// the hubs' revision waiters: Next has work.
+	wake chan struct{}
+
+	mu       sync.Mutex
+	subs     map[*Hub]*subStream
+	watchers map[ID]*merged
+	nextID   ID
+	out      []*pb.WatchResponse
+	// progress holds the revisions of progress requests not yet answered,
+	// in the order they came.
+	progress []mvcc.Revision
+	closed   bool
+}
+
+// subStream is the Merged stream's stream on one range's hub.
+type subStream struct {
+	s    *Stream
+	kick func(mvcc.Revision)
+	// rev is the hub's revision at the last drain.
+	rev mvcc.Revision
+	// waitFor is the revision a WaitRev is registered for (0: none).
+	waitFor mvcc.Revision
+	parts   map[ID]*part // by the hub stream's watcher id
+}
+
+// merged is one client watch.
+type merged struct {
+	id        ID
+	parts     []*part
+	released  mvcc.Revision // every event at or below it has been queued
+	progress  bool
+	sentEvent bool // events sent since the last progress tick
+}
+
+// part is a merged watch's watcher on one range.
+type part struct {
+	w    *merged
+	sub  *subStream
+	id   ID
+	mark mvcc.Revision     // everything at or below it has been drained
+	evs  []*mvccpb.Event   // drained, not yet released, in revision order
+}
+
+// rev returns the highest revision of the hubs of parts.
+func hubsRev(parts []Part) mvcc.Revision {
+	var rev mvcc.Revision
+	for _, p := range parts {
+		rev = max(rev, p.Hub.Rev())
+	}
+	return rev
+}
+
+// REQUIRES: m.mu
+func (m *Merged) push(r *pb.WatchResponse) {
+	m.out = append(m.out, r)
+	wake(m.wake)
+}
+
+// REQUIRES: m.mu
+func (m *Merged) sub(p Part) *subStream {
+	s := m.subs[p.Hub]
+	if s == nil {
+		s = &subStream{s: p.Hub.newStream(m.limit, m.wake), kick: p.Kick, parts: map[ID]*part{}}
+		m.subs[p.Hub] = s
+	}
+	return s
+}
+
+// Create starts a watch as etcd's WatchCreateRequest asks, with a watcher
+// in every range its keys reach, and queues its created response (or
+// etcd's refusal), which it also returns. A watch from the current
+// revision starts, in every range, above the highest revision any of them
+// has reached, so that it misses no write that starts after it.
+func (m *Merged) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key, _, reason := checkCreate(req)
+	var parts []Part
+	if reason == "" {
+		if parts = m.split(key, req.RangeEnd); len(parts) == 0 {
+			reason = ErrEmptyRange.Error()
+		}
+	}
+	id := ID(req.WatchId)
+	if reason == "" && id != 0 && m.watchers[id] != nil {
+		reason = ErrDuplicateID.Error()
+	}
+	if reason != "" {
+		return m.refuseLocked(reason)
+	}
+	if id == 0 { // etcd's AutoWatchID
+		for m.watchers[m.nextID] != nil {
+			m.nextID++
+		}
+		id = m.nextID
+		m.nextID++
+	}
+	now := hubsRev(parts)
+	start := mvcc.Revision(req.StartRevision)
+	if start == 0 {
+		start = now + 1
+	}
+	w := &merged{id: id, released: start - 1, progress: req.ProgressNotify}
+	for _, p := range parts {
+		sub := m.sub(p)
+		r := sub.s.Create(&pb.WatchCreateRequest{Key: p.Key, RangeEnd: p.RangeEnd, StartRevision: int64(start),
+			Filters: req.Filters, PrevKv: req.PrevKv})
+		if r.Canceled { // not for a span inside the watch's
+			continue
+		}
+		pt := &part{w: w, sub: sub, id: ID(r.WatchId), mark: start - 1}
+		sub.parts[pt.id] = pt
+		w.parts = append(w.parts, pt)
+	}
+	m.watchers[id] = w
+	r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(now)}, WatchId: int64(id), Created: true}
+	m.push(r)
+	return r
+}
+
+// Refuse queues a refusal of a create request the router will not serve.
+func (m *Merged) Refuse(reason string) *pb.WatchResponse {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.refuseLocked(reason)
+}
+
+// REQUIRES: m.mu
+func (m *Merged) refuseLocked(reason string) *pb.WatchResponse {
+	var rev mvcc.Revision
+	for h, s := range m.subs {
+		rev = max(rev, s.rev, h.Rev())
+	}
+	r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}, WatchId: int64(InvalidID),
+		Created: true, Canceled: true, CancelReason: reason}
+	m.push(r)
+	return r
+}
+
+// Cancel ends a watch and queues etcd's canceled response; unknown ids are
+// ignored, as etcd ignores them.
+func (m *Merged) Cancel(id ID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	w := m.watchers[id]
+	if w == nil {
+		return false
+	}
+	m.dropLocked(w)
+	m.push(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(w.released)}, WatchId: int64(id), Canceled: true})
+	return true
+}
+
+// dropLocked removes a watch and its watchers in the ranges.
+// REQUIRES: m.mu
+func (m *Merged) dropLocked(w *merged) {
+	for _, p := range w.parts {
+		delete(p.sub.parts, p.id)
+		p.sub.s.Cancel(p.id) // its canceled response is dropped unread
+	}
+	delete(m.watchers, w.id)
+}
+
+// RequestProgress queues a progress notification (watch id -1) at the
+// highest revision the stream's ranges have reached, once every watch has
+// been sent everything up to it. A stream without watches gets none, as in
+// etcd.
+func (m *Merged) RequestProgress() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.watchers) == 0 {
+		return
+	}
+	var rev mvcc.Revision
+	for h := range m.subs {
+		rev = max(rev, h.Rev())
+	}
+	m.progress = append(m.progress, rev)
+	wake(m.wake)
+}
+
+// progressTick is Merger.ProgressTick for one stream.
+func (m *Merged) progressTick() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, w := range m.watchers {
+		if !w.progress {
+			continue
+		}
+		if !w.sentEvent {
+			m.push(&pb.WatchResponse{WatchId: int64(w.id), Header: &pb.ResponseHeader{Revision: int64(w.released)}})
+		}
+		w.sentEvent = false
+	}
+}
+
+// Next waits for responses and returns them all, in order: it drains the
+// ranges' streams, releases what every part of a watch has passed, and
+// otherwise asks the lagging ranges to wake it when they move on.
+func (m *Merged) Next(ctx context.Context) ([]*pb.WatchResponse, error) {
+	for {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if !m.collectLocked() {
+			m.mu.Unlock()
+			return nil, ErrClosed
+		}
+		m.releaseLocked()
+		m.armLocked()
+		if len(m.out) > 0 {
+			out := m.out
+			m.out = nil
+			m.mu.Unlock()
+			return out, nil
+		}
+		m.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-m.wake:
+		}
+	}
+}
+
+// collectLocked drains every range's stream into the parts; false if a hub
+// was closed (the node is shutting down).
+// REQUIRES: m.mu
+func (m *Merged) collectLocked() bool {
+	for _, sub := range m.subs {
+		rs, rev, closed := sub.s.drain(func(id ID, mark mvcc.Revision) {
+			if p := sub.parts[id]; p != nil && mark > p.mark {
+				p.mark = mark
+			}
+		})
+		if closed {
+			return false
+		}
+		sub.rev = rev
+		if sub.waitFor != 0 && rev >= sub.waitFor {
+			sub.waitFor = 0
+		}
+		for _, r := range rs {
+			p := sub.parts[ID(r.WatchId)]
+			switch {
+			case p == nil:
+				// The create, cancel and progress answers of the ranges'
+				// watchers, and what was queued for a watch since dropped.
+			case r.Canceled && r.CompactRevision != 0:
+				// History the watch needs is compacted away in this range:
+				// it ends, as etcd ends it, with nothing more.
+				m.dropLocked(p.w)
+				m.push(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: int64(p.w.id), Canceled: true,
+					CompactRevision: r.CompactRevision})
+			default:
+				p.evs = append(p.evs, r.Events...)
+			}
+		}
+	}
+	return true
+}
+
+// releaseLocked queues, for every watch, the events at or below the lowest
+// mark of its parts, in revision order, then the progress notifications
+// every watch has passed.
+// REQUIRES: m.mu
+func (m *Merged) releaseLocked() {
+	ids := make([]ID, 0, len(m.watchers))
+	for id := range m.watchers {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		w := m.watchers[id]
+		low := w.low()
+		if low <= w.released {
+			continue
+		}
+		var evs []*mvccpb.Event
+		for _, p := range w.parts {
+			n := sort.Search(len(p.evs), func(i int) bool { return mvcc.Revision(p.evs[i].Kv.ModRevision) > low })
+			evs = append(evs, p.evs[:n]...)
+			p.evs = p.evs[n:]
+		}
+		// A revision's events are all in one range: a stable sort by
+		// revision keeps each revision's in their order.
+		sort.SliceStable(evs, func(i, j int) bool { return evs[i].Kv.ModRevision < evs[j].Kv.ModRevision })
+		if len(evs) > 0 {
+			m.push(&pb.WatchResponse{WatchId: int64(id), Header: &pb.ResponseHeader{Revision: int64(low)}, Events: evs})
+			w.sentEvent = true
+		}
+		w.released = low
+	}
+	for len(m.progress) > 0 {
+		rev := m.progress[0]
+		for _, w := range m.watchers {
+			if w.released < rev {
+				return
+			}
+		}
+		m.progress = m.progress[1:]
+		if len(m.watchers) > 0 {
+			m.push(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}, WatchId: int64(InvalidID)})
+		}
+	}
+}
+
+// low is the lowest mark of the watch's parts.
+func (w *merged) low() mvcc.Revision {
+	low := mvcc.Revision(-1)
+	for _, p := range w.parts {
+		if low < 0 || p.mark < low {
+			low = p.mark
+		}
+	}
+	if low < 0 {
+		return w.released
+	}
+	return low
+}
+
+// armLocked asks to be woken when what holds a watch back moves: for each
+// part behind a revision the watch waits for (its oldest unreleased event,
+// or a progress request), the range's hub is asked to signal when it gets
+// there, and the range to close it soon. A part behind its own hub is
+// being caught up, which wakes the stream as it goes.
+// REQUIRES: m.mu
+func (m *Merged) armLocked() {
+	var want mvcc.Revision // the progress request's, if one waits
+	if len(m.progress) > 0 {
+		want = m.progress[0]
+	}
+	for _, w := range m.watchers {
+		need := mvcc.Revision(-1)
+		for _, p := range w.parts {
+			if len(p.evs) > 0 && (need < 0 || mvcc.Revision(p.evs[0].Kv.ModRevision) < need) {
+				need = mvcc.Revision(p.evs[0].Kv.ModRevision)
+			}
+		}
+		if want > w.released && (need < 0 || want < need) {
+			need = want
+		}
+		if need < 0 {
+			continue
+		}
+		for _, p := range w.parts {
+			sub := p.sub
+			if p.mark >= need || sub.rev >= need {
+				continue
+			}
+			if sub.waitFor == 0 || need < sub.waitFor {
+				sub.waitFor = need
+				sub.s.h.WaitRev(need, m.wake)
+				if sub.kick != nil {
+					sub.kick(need)
+				}
+			}
+		}
+	}
+}
+
+// Close ends the stream and its watchers in every range.
+func (m *Merged) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, sub := range m.subs {
+		sub.s.Close()
+	}
+	m.closed = true
+	m.out = nil
+	wake(m.wake)
+	m.mg.mu.Lock()
+	delete(m.mg.streams, m)
+	m.mg.mu.Unlock()
+}

@@ -110,6 +110,9 @@ type merged struct {
 	released  mvcc.Revision // every event at or below it has been queued
 	progress  bool
 	sentEvent bool // events sent since the last progress tick
+	// compacted: canceled for compaction; as in etcd, the id stays taken,
+	// with nothing more sent, until the client cancels it.
+	compacted bool
 }
 
 // part is a merged watch's watcher on one range.
@@ -149,7 +152,7 @@ func (m *Merged) sub(p Part) *subStream {
 // Create starts a watch as etcd's WatchCreateRequest asks, with a watcher
 // in every range its keys reach, and queues its created response (or
 // etcd's refusal), which it also returns. A watch from the current
-// revision starts, in every range, above the highest revision any of them
+// revision starts, in every range, above the highest revision any range
 // has reached, so that it misses no write that starts after it.
 func (m *Merged) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
 	m.mu.Lock()
@@ -175,7 +178,7 @@ func (m *Merged) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
 		id = m.nextID
 		m.nextID++
 	}
-	now := hubsRev(parts)
+	now := m.current()
 	start := mvcc.Revision(req.StartRevision)
 	if start == 0 {
 		start = now + 1
@@ -205,13 +208,13 @@ func (m *Merged) Refuse(reason string) *pb.WatchResponse {
 	return m.refuseLocked(reason)
 }
 
+// current is the highest revision of all ranges: the revision etcd's
+// answers that are about no event carry.
+func (m *Merged) current() mvcc.Revision { return hubsRev(m.split([]byte{0}, []byte{0})) }
+
 // REQUIRES: m.mu
 func (m *Merged) refuseLocked(reason string) *pb.WatchResponse {
-	var rev mvcc.Revision
-	for h, s := range m.subs {
-		rev = max(rev, s.rev, h.Rev())
-	}
-	r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}, WatchId: int64(InvalidID),
+	r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(m.current())}, WatchId: int64(InvalidID),
 		Created: true, Canceled: true, CancelReason: reason}
 	m.push(r)
 	return r
@@ -227,22 +230,29 @@ func (m *Merged) Cancel(id ID) bool {
 		return false
 	}
 	m.dropLocked(w)
-	m.push(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(w.released)}, WatchId: int64(id), Canceled: true})
+	m.push(&pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(m.current())}, WatchId: int64(id), Canceled: true})
 	return true
 }
 
 // dropLocked removes a watch and its watchers in the ranges.
 // REQUIRES: m.mu
 func (m *Merged) dropLocked(w *merged) {
+	m.dropParts(w)
+	delete(m.watchers, w.id)
+}
+
+// dropParts removes a watch's watchers in the ranges.
+// REQUIRES: m.mu
+func (m *Merged) dropParts(w *merged) {
 	for _, p := range w.parts {
 		delete(p.sub.parts, p.id)
 		p.sub.s.Cancel(p.id) // its canceled response is dropped unread
 	}
-	delete(m.watchers, w.id)
+	w.parts = nil
 }
 
 // RequestProgress queues a progress notification (watch id -1) at the
-// highest revision the stream's ranges have reached, once every watch has
+// highest revision the ranges have reached, once every watch has
 // been sent everything up to it. A stream without watches gets none, as in
 // etcd.
 func (m *Merged) RequestProgress() {
@@ -251,11 +261,7 @@ func (m *Merged) RequestProgress() {
 	if len(m.watchers) == 0 {
 		return
 	}
-	var rev mvcc.Revision
-	for h := range m.subs {
-		rev = max(rev, h.Rev())
-	}
-	m.progress = append(m.progress, rev)
+	m.progress = append(m.progress, m.current())
 	wake(m.wake)
 }
 
@@ -264,7 +270,7 @@ func (m *Merged) progressTick() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, w := range m.watchers {
-		if !w.progress {
+		if !w.progress || w.compacted {
 			continue
 		}
 		if !w.sentEvent {
@@ -331,7 +337,8 @@ func (m *Merged) collectLocked() bool {
 			case r.Canceled && r.CompactRevision != 0:
 				// History the watch needs is compacted away in this range:
 				// it ends, as etcd ends it, with nothing more.
-				m.dropLocked(p.w)
+				p.w.compacted = true
+				m.dropParts(p.w)
 				m.push(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: int64(p.w.id), Canceled: true,
 					CompactRevision: r.CompactRevision})
 			default:
@@ -354,6 +361,9 @@ func (m *Merged) releaseLocked() {
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	for _, id := range ids {
 		w := m.watchers[id]
+		if w.compacted {
+			continue
+		}
 		low := w.low()
 		if low <= w.released {
 			continue
@@ -376,7 +386,7 @@ func (m *Merged) releaseLocked() {
 	for len(m.progress) > 0 {
 		rev := m.progress[0]
 		for _, w := range m.watchers {
-			if w.released < rev {
+			if w.released < rev && !w.compacted {
 				return
 			}
 		}

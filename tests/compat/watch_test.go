@@ -96,7 +96,7 @@ func TestWatchDifferential(t *testing.T) {
 				etcd, cairn := startPair(t)
 				failed := 0
 				for i := p; i < len(seeds); i += pairs {
-					if !runWatchScenario(t, seeds[i], []*server{etcd, cairn}, seeds[i] == *flagWatchSeed, &st) {
+					if !runWatchScenario(t, seeds[i], []*server{etcd, cairn}, seeds[i] == *flagWatchSeed, &st, nil) {
 						if failed++; failed >= 5 {
 							t.Fatalf("stopping after %d failed scenarios", failed)
 						}
@@ -163,6 +163,15 @@ type watchSide struct {
 	creates int
 	ids     []int64
 
+	// revs maps revisions relative to the scenario's start (etcd's, which
+	// are dense) to this server's and back, for a sharded Cairn whose
+	// revisions are not dense; nil: relative revisions are offsets.
+	revs *relRevs
+	// loose leaves out of answers and the rendering what a sharded Cairn
+	// answers differently by design: header revisions of events and of
+	// writes that changed nothing, and how events are cut into responses.
+	loose bool
+
 	mu      sync.Mutex // guards resps and recvErr
 	resps   []*pb.WatchResponse
 	recvErr error
@@ -173,7 +182,12 @@ type watchSide struct {
 func (sd *watchSide) barrierKey() string { return strings.TrimSuffix(sd.prefix, "/") + ".barrier" }
 
 // abs turns a revision relative to the scenario's start into this server's.
-func (sd *watchSide) abs(rel int64) int64 { return sd.base + rel }
+func (sd *watchSide) abs(rel int64) int64 {
+	if sd.revs != nil {
+		return sd.revs.abs(rel)
+	}
+	return sd.base + rel
+}
 
 // open starts the stream and its receive loop.
 func (sd *watchSide) open(ctx context.Context) error {
@@ -335,7 +349,7 @@ func (sd *watchSide) settle(ctx context.Context, probe bool) (string, error) {
 	if err := sd.wait(fmt.Sprintf("barrier event at revision %d", rev), hasEvent(barrierWatchID, rev)); err != nil {
 		return "", err
 	}
-	return "rev=" + sd.relRev(rev), nil
+	return "rev=" + sd.writtenRev(rev), nil
 }
 
 // relRev prints a revision relative to the scenario's start; 0 (unset)
@@ -344,7 +358,66 @@ func (sd *watchSide) relRev(rev int64) string {
 	if rev == 0 {
 		return "0"
 	}
+	if sd.revs != nil {
+		rel, ok := sd.revs.rel(rev)
+		if !ok {
+			return fmt.Sprintf("before the scenario (%d)", rev)
+		}
+		return fmt.Sprintf("r%+d", rel)
+	}
 	return fmt.Sprintf("r%+d", rev-sd.base)
+}
+
+// writtenRev prints the revision of a write just done; with revs, it has
+// no relative revision yet (the mapping records it after the step), and
+// prints as the next one.
+func (sd *watchSide) writtenRev(rev int64) string {
+	if sd.revs != nil && len(sd.revs.revs) > 0 && rev > sd.revs.revs[len(sd.revs.revs)-1] {
+		return fmt.Sprintf("r%+d", sd.revs.rels[len(sd.revs.rels)-1]+1)
+	}
+	return sd.relRev(rev)
+}
+
+// relRevs maps the revisions of a server whose revisions are not dense to
+// etcd's relative ones by order: each write's revision to the relative
+// revision etcd gave the same write; any revision between two writes to
+// the earlier one (a sharded Cairn's revision after a write is at or above
+// it, below the next).
+type relRevs struct {
+	rels, revs []int64 // ascending; rels[i] is revs[i]'s relative revision
+}
+
+func (m *relRevs) record(rel, rev int64) {
+	if n := len(m.revs); n > 0 && (rev <= m.revs[n-1] || rel <= m.rels[n-1]) {
+		return
+	}
+	m.rels = append(m.rels, rel)
+	m.revs = append(m.revs, rev)
+}
+
+// abs returns the revision of the write etcd numbers rel (relative); a
+// relative revision not written (yet) maps above everything so far.
+func (m *relRevs) abs(rel int64) int64 {
+	i, ok := slices.BinarySearch(m.rels, rel)
+	if ok {
+		return m.revs[i]
+	}
+	if i == 0 {
+		return m.revs[0]
+	}
+	return m.revs[i-1] + 1
+}
+
+// rel returns the relative revision of the last write at or below rev.
+func (m *relRevs) rel(rev int64) (int64, bool) {
+	i, ok := slices.BinarySearch(m.revs, rev)
+	if ok {
+		return m.rels[i], true
+	}
+	if i == 0 {
+		return 0, false
+	}
+	return m.rels[i-1], true
 }
 
 func (sd *watchSide) leaseName(id int64) string {
@@ -369,6 +442,45 @@ type watchGen struct {
 	watchers []genWatch // by create index
 	dirty    bool       // writes since the last settle
 	pending  []watchStep
+
+	// splits, for a sharded Cairn, are its range boundaries in the
+	// scenario's keys: no write may reach two ranges (Cairn refuses it),
+	// no put carries a lease and no lease is revoked (leases across ranges
+	// are not there yet), and no watch starts in the future (a revision
+	// not yet written has no counterpart).
+	splits []string
+}
+
+// keySpan is etcd's [key, end) (end empty: the key alone).
+type keySpan struct{ key, end []byte }
+
+// crosses reports whether a write over spans reaches two ranges.
+func (g *watchGen) crosses(spans []keySpan) bool {
+	count := func(below func(s string) bool) int {
+		n := 0
+		for _, s := range g.splits {
+			if below(s) {
+				n++
+			}
+		}
+		return n
+	}
+	seen := map[int]bool{}
+	for _, sp := range spans {
+		k, e := string(sp.key), string(sp.end)
+		lo := count(func(s string) bool { return s <= k })
+		hi := lo
+		switch {
+		case e == "\x00":
+			hi = len(g.splits)
+		case e > k:
+			hi = count(func(s string) bool { return s < e })
+		}
+		for i := lo; i <= hi; i++ {
+			seen[i] = true
+		}
+	}
+	return len(seen) > 1
 }
 
 // genWatch is what the generator knows of a create request from etcd's
@@ -391,6 +503,8 @@ type watchStep struct {
 	run  func(ctx context.Context, sd *watchSide) (string, error)
 	// After run on etcd, observe updates the generator.
 	observe func(g *watchGen, etcd *watchSide)
+	// spans are the keys a write step writes (for watchGen.crosses).
+	spans []keySpan
 }
 
 func newWatchGen(seed int64, prefix string) *watchGen {
@@ -466,7 +580,7 @@ func (g *watchGen) next(step int) watchStep {
 		return g.writeStep(step)
 	case n < 55 && g.cur > g.compact:
 		return g.compactStep()
-	case n < 57:
+	case n < 57 && g.splits == nil:
 		return g.revokeStep()
 	case n < 78 && len(g.live()) < 8:
 		return g.createStep()
@@ -476,6 +590,16 @@ func (g *watchGen) next(step int) watchStep {
 		return g.progressStep()
 	default:
 		return g.writeStep(step)
+	}
+}
+
+// writeStep draws a write, one within a range with splits.
+func (g *watchGen) writeStep(step int) watchStep {
+	for {
+		s := g.drawWrite(step)
+		if g.splits == nil || !g.crosses(s.spans) {
+			return s
+		}
 	}
 }
 
@@ -491,11 +615,11 @@ func (g *watchGen) wrote(step watchStep) watchStep {
 	return step
 }
 
-// writeStep draws a put, a delete of a key, a range or a prefix, or a txn.
-func (g *watchGen) writeStep(step int) watchStep {
+// drawWrite draws a put, a delete of a key, a range or a prefix, or a txn.
+func (g *watchGen) drawWrite(step int) watchStep {
 	short := g.short
 	val := fmt.Sprintf("v%d", step)
-	lease := g.pct(25)
+	lease := g.pct(25) && g.splits == nil
 	putOpts := func(sd *watchSide) []clientv3.OpOption {
 		if lease {
 			return []clientv3.OpOption{clientv3.WithLease(clientv3.LeaseID(sd.leases[len(sd.leases)-1]))}
@@ -509,17 +633,17 @@ func (g *watchGen) writeStep(step int) watchStep {
 	switch n := g.r.IntN(100); {
 	case n < 40:
 		k := g.key()
-		return g.wrote(watchStep{desc: fmt.Sprintf("put %s=%s%s", short(k), val, leaseDesc), kind: "write",
+		return g.wrote(watchStep{desc: fmt.Sprintf("put %s=%s%s", short(k), val, leaseDesc), kind: "write", spans: []keySpan{{key: []byte(k)}},
 			run: func(ctx context.Context, sd *watchSide) (string, error) {
 				rev, err := sd.put(ctx, k, val, putOpts(sd)...)
 				if err != nil {
 					return "error " + errText(err), nil
 				}
-				return "rev=" + sd.relRev(rev), nil
+				return "rev=" + sd.writtenRev(rev), nil
 			}})
 	case n < 55:
 		k := g.key()
-		return g.wrote(watchStep{desc: "delete " + short(k), kind: "write", run: deleteRun(k, "")})
+		return g.wrote(watchStep{desc: "delete " + short(k), kind: "write", run: deleteRun(k, ""), spans: []keySpan{{key: []byte(k)}}})
 	case n < 70:
 		var k, end string
 		switch g.r.IntN(4) {
@@ -531,7 +655,8 @@ func (g *watchGen) writeStep(step int) watchStep {
 		default: // [k, end), sometimes empty
 			k, end = g.key(), g.key()
 		}
-		return g.wrote(watchStep{desc: fmt.Sprintf("delete [%s, %s)", short(k), short(end)), kind: "write", run: deleteRun(k, end)})
+		return g.wrote(watchStep{desc: fmt.Sprintf("delete [%s, %s)", short(k), short(end)), kind: "write", run: deleteRun(k, end),
+			spans: []keySpan{{key: []byte(k), end: []byte(end)}}})
 	default:
 		return g.txnStep(step, short, lease, leaseDesc)
 	}
@@ -548,7 +673,10 @@ func deleteRun(k, end string) func(ctx context.Context, sd *watchSide) (string, 
 			return "error " + errText(err), nil
 		}
 		sd.rev = resp.Header.Revision
-		return fmt.Sprintf("deleted=%d rev=%s", resp.Deleted, sd.relRev(resp.Header.Revision)), nil
+		if sd.loose && resp.Deleted == 0 {
+			return "deleted=0", nil
+		}
+		return fmt.Sprintf("deleted=%d rev=%s", resp.Deleted, sd.writtenRev(resp.Header.Revision)), nil
 	}
 }
 
@@ -615,13 +743,20 @@ func (g *watchGen) txnStep(step int, short func(string) string, lease bool, leas
 		return out
 	}
 	desc := fmt.Sprintf("txn if version(%s)=%d then {%s} else {%s}", short(cmpKey), cmpVer, descOps(then), descOps(els))
-	return g.wrote(watchStep{desc: desc, kind: "write", run: func(ctx context.Context, sd *watchSide) (string, error) {
+	spans := []keySpan{{key: []byte(cmpKey)}}
+	for _, o := range append(slices.Clone(then), els...) {
+		spans = append(spans, keySpan{key: []byte(o.key), end: []byte(o.end)})
+	}
+	return g.wrote(watchStep{desc: desc, kind: "write", spans: spans, run: func(ctx context.Context, sd *watchSide) (string, error) {
 		resp, err := sd.s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(cmpKey), "=", cmpVer)).
 			Then(clientOps(sd, then)...).Else(clientOps(sd, els)...).Commit()
 		if err != nil {
 			return "error " + errText(err), nil
 		}
 		sd.rev = resp.Header.Revision
+		if sd.loose { // the txn may have changed nothing
+			return fmt.Sprintf("succeeded=%v", resp.Succeeded), nil
+		}
 		return fmt.Sprintf("succeeded=%v rev=%s", resp.Succeeded, sd.relRev(resp.Header.Revision)), nil
 	}})
 }
@@ -745,7 +880,7 @@ func (g *watchGen) createStep() watchStep {
 			gw.now, gw.start = false, g.compact // still readable
 		case n < 85 && g.compact >= 2:
 			gw.now, gw.start = false, g.between(max(1, g.compact-3), g.compact-1) // compacted
-		case n < 90:
+		case n < 90 && g.splits == nil:
 			gw.now, gw.start = false, g.cur+1+g.r.Int64N(4) // future
 		case n < 92:
 			gw.negative = true // refused: compacted
@@ -959,7 +1094,11 @@ func (g *watchGen) progressStep() watchStep {
 }
 
 // runWatchScenario runs scenario seed on both servers and compares.
-func runWatchScenario(t *testing.T, seed int64, servers []*server, verbose bool, total *watchStats) bool {
+//
+// With splits, servers[1] is a sharded Cairn whose ranges split the
+// scenario's keys there (see watchGen.splits); its revisions are mapped to
+// etcd's by order (relRevs).
+func runWatchScenario(t *testing.T, seed int64, servers []*server, verbose bool, total *watchStats, splits []string) bool {
 	t.Helper()
 	st := &watchStats{}
 	defer total.add(st)
@@ -968,8 +1107,13 @@ func runWatchScenario(t *testing.T, seed int64, servers []*server, verbose bool,
 	defer cancel()
 	sides := make([]*watchSide, len(servers))
 	for i, s := range servers {
-		sd := &watchSide{s: s, prefix: prefix}
+		sd := &watchSide{s: s, prefix: prefix, loose: splits != nil}
 		sd.base = currentRev(t, s)
+		if i == 1 && splits != nil {
+			sd.base = oracleRev(t, s)
+			sd.revs = &relRevs{}
+			sd.revs.record(0, sd.base)
+		}
 		sd.rev = sd.base
 		gr, err := s.cli.Grant(ctx, 600)
 		if err != nil {
@@ -995,6 +1139,7 @@ func runWatchScenario(t *testing.T, seed int64, servers []*server, verbose bool,
 	}()
 
 	g := newWatchGen(seed, prefix)
+	g.splits = splits
 	// The barrier watcher's create is #0.
 	g.watchers = append(g.watchers, genWatch{id: barrierWatchID})
 	var trace []string
@@ -1006,6 +1151,7 @@ func runWatchScenario(t *testing.T, seed int64, servers []*server, verbose bool,
 	do := func(step int, s watchStep) bool {
 		answers := make([]string, len(sides))
 		errs := make([]error, len(sides))
+		etcdRev := sides[0].rev
 		var wg sync.WaitGroup
 		for i, sd := range sides {
 			wg.Go(func() { answers[i], errs[i] = s.run(ctx, sd) })
@@ -1031,6 +1177,13 @@ func runWatchScenario(t *testing.T, seed int64, servers []*server, verbose bool,
 		}
 		if answers[0] != answers[1] {
 			return fail("step %d: %s: answers differ\n%s: %s\n%s: %s", step, s.desc, servers[0].name, answers[0], servers[1].name, answers[1])
+		}
+		if m := sides[1].revs; m != nil {
+			rel := sides[0].rev - sides[0].base
+			if sides[0].rev > etcdRev {
+				m.record(rel, sides[1].rev)
+			}
+			sides[1].rev = m.abs(rel)
 		}
 		if s.observe != nil {
 			s.observe(g, sides[0])
@@ -1130,8 +1283,19 @@ func renderStream(sd *watchSide) []string {
 	var out []string
 	for _, id := range ids {
 		out = append(out, fmt.Sprintf("watch %d:", id))
+		var prev *pb.WatchResponse
 		for _, r := range byID[id] {
-			out = append(out, renderResponse(sd, r)...)
+			lines := renderResponse(sd, r)
+			if sd.loose && len(r.Events) > 0 && prev != nil && len(prev.Events) > 0 {
+				// Consecutive events as one block, but never one
+				// revision's events in two responses.
+				if prev.Events[len(prev.Events)-1].Kv.ModRevision == r.Events[0].Kv.ModRevision {
+					out = append(out, "  (a revision's events split over two responses)")
+				}
+				lines = lines[1:]
+			}
+			out = append(out, lines...)
+			prev = r
 		}
 	}
 	return out
@@ -1161,7 +1325,9 @@ func renderResponse(sd *watchSide, r *pb.WatchResponse) []string {
 	if r.Fragment {
 		b.WriteString(" fragment")
 	}
-	fmt.Fprintf(&b, " rev=%s", sd.relRev(r.Header.GetRevision()))
+	if !sd.loose || len(r.Events) == 0 {
+		fmt.Fprintf(&b, " rev=%s", sd.relRev(r.Header.GetRevision()))
+	}
 	out := []string{b.String()}
 	for _, ev := range r.Events {
 		s := fmt.Sprintf("    %s %s", ev.Type, renderKV(sd, ev.Kv))

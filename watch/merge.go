@@ -120,8 +120,8 @@ type part struct {
 	w    *merged
 	sub  *subStream
 	id   ID
-	mark mvcc.Revision     // everything at or below it has been drained
-	evs  []*mvccpb.Event   // drained, not yet released, in revision order
+	mark mvcc.Revision   // everything at or below it has been drained
+	evs  []*mvccpb.Event // drained, not yet released, in revision order
 }
 
 // rev returns the highest revision of the hubs of parts.

@@ -37,7 +37,10 @@
 // store of its span, a stamping replica client and its own watch hub;
 // range 1 starts at the empty key and is the shard single-group mode runs,
 // so it keeps the cluster's own records in both modes. The node is the
-// router's Ranges.
+// router's Ranges. Each range's closer raises the closed revision of the
+// ranges this node leads every 50 ms, or sooner when a watch waits on it
+// (RangePart.Kick), and hands it to the range's hub; the node's
+// watch.Merger sends the progress notifications of watches over ranges.
 //
 // Peer URLs are recorded through raft too (by MemberAdd and MemberUpdate,
 // and by each member for itself if none are), and raft reaches a replica at

@@ -20,9 +20,10 @@
 // Range over several ranges (or at a past revision) takes a revision R from
 // the oracle (or the one asked), has each range answer its clipped part at
 // R once its closed revision reached R, and merges the parts as etcd would
-// answer (rangemerge.go); Compact compacts every range. Watches outside the
-// first range and the merge of range streams, leases across ranges and
-// forwarding to other nodes are still to come.
+// answer (rangemerge.go); Compact compacts every range. A watch stream is a
+// watch.Merged over the ranges' hubs (Config.Merger), cut by watchParts
+// with the same clipping. Leases across ranges and forwarding to other
+// nodes are still to come.
 //
 // Contract with clients: every answer is the one etcd would give. Requests
 // are validated before anything is proposed (mvcc's Validate functions, with

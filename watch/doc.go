@@ -37,9 +37,38 @@
 // ProgressTick on etcd's --watch-progress-notify-interval, and each
 // stream's consumer calls Next.
 //
+// # Sharded mode: merged streams (merge.go)
+//
+// In sharded mode a client stream is a Merged stream: each watch has a
+// watcher in every range its keys reach, on one hub stream per range (all
+// of them signalling one channel). A part's mark is the revision below
+// which its range has delivered everything it matches — a synced
+// watcher's max(next-1, hub revision), which rises with the range's
+// writes and with its closed revision (Hub.Advance: nothing at or below it
+// is still to come there). Next drains the ranges' streams and releases,
+// per watch, the events at or below the lowest mark of its parts, in
+// revision order; header revisions say how far a watch has been sent, so
+// a client resuming from header+1 misses nothing:
+//
+//	watch [a, z) over ranges A [a, m) and B [m, z)
+//	A: put b@7, put c@9   B: put x@8          marks A=9, B=8 → send 7, 8
+//	B closes 10 (idle)                         marks A=9, B=10 → send 9
+//
+// A watch held back by a range asks that range's hub to wake the stream
+// when it gets there (Hub.WaitRev) and the range to close that revision
+// soon (Part.Kick), so an idle range costs latency of one closing round,
+// not of the periodic one. Progress requests are answered at the highest
+// revision of all ranges once every watch has passed it. A watch canceled
+// for compaction in any range ends as etcd ends it.
+//
+// Memory: events a watch has drained from a range that is ahead wait for
+// the ranges behind; that is bounded by how far closed revisions lag
+// (milliseconds with kicks), not by the stream's queue limit.
+//
 // # Non-goals (yet)
 //
-// Watches over several shards (the router merges shard streams in sharded
-// mode). Leader-loss monitoring of streams that require a leader is the
-// router's (it knows the raft group; this package does not).
+// One multiplexed stream per node pair and coalescing of identical watches
+// across clients (for several nodes); splits under a live watch.
+// Leader-loss monitoring of streams that require a leader is the router's
+// (it knows the raft group; this package does not).
 package watch

@@ -140,6 +140,9 @@ type Lessor struct {
 		// exceeds the checkpoint interval.
 		expiries    timeHeap
 		checkpoints timeHeap
+		// shadows and tombs: leases homed in other shards whose keys may
+		// attach here, and those revoked (remote.go).
+		shadows, tombs map[ID]struct{}
 	}
 }
 
@@ -187,10 +190,19 @@ func (l *Lessor) Recover(db *pebble.DB) error {
 	if err := it.Error(); err != nil {
 		return fmt.Errorf("lease: scan lease records: %w", err)
 	}
+	shadows, err := scanIDs(db, l.opts.ID, subShadow)
+	if err != nil {
+		return err
+	}
+	tombs, err := scanIDs(db, l.opts.ID, subTomb)
+	if err != nil {
+		return err
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.db = db
 	l.mu.leases = leases
+	l.mu.shadows, l.mu.tombs = shadows, tombs
 	l.demoteLocked()
 	return nil
 }
@@ -206,6 +218,17 @@ func (l *Lessor) Grant(b *pebble.Batch, id ID, ttl int64, now time.Time) (Lease,
 	}
 	if ttl > MaxTTL {
 		return Lease{}, fmt.Errorf("%w: %d seconds (max %d)", ErrLeaseTTLTooLarge, ttl, int64(MaxTTL))
+	}
+	l.mu.Lock()
+	db := l.db
+	l.mu.Unlock()
+	if db != nil {
+		// An id with registrations elsewhere (sharded mode) stays taken.
+		if _, taken, err := l.Registrations(db, id); err != nil {
+			return Lease{}, err
+		} else if taken {
+			return Lease{}, fmt.Errorf("%w: %d", ErrLeaseExists, id)
+		}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -238,7 +261,7 @@ func (l *Lessor) startLocked(le *lease, expiry, now time.Time) {
 // revision, in the same batch. b must be indexed so that attachments
 // written earlier in it are seen. Unknown id: ErrLeaseNotFound.
 func (l *Lessor) Revoke(b *pebble.Batch, id ID) ([][]byte, error) {
-	if !l.LeaseExists(int64(id)) {
+	if _, ok := l.Lookup(id); !ok {
 		return nil, fmt.Errorf("%w: %d", ErrLeaseNotFound, id)
 	}
 	if !b.Indexed() {
@@ -381,12 +404,15 @@ func (l *Lessor) Lookup(id ID) (Lease, bool) {
 }
 
 // LeaseExists reports whether lease id is granted and not revoked (an
-// expired lease exists until its revoke applies). It makes the Lessor an
-// mvcc.LeaseChecker.
+// expired lease exists until its revoke applies), or shadowed here. It
+// makes the Lessor an mvcc.LeaseChecker.
 func (l *Lessor) LeaseExists(id int64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	_, ok := l.mu.leases[ID(id)]
+	if !ok {
+		_, ok = l.mu.shadows[ID(id)]
+	}
 	return ok
 }
 

@@ -1,0 +1,243 @@
+package lease
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Leases across shards (DESIGN.md "Leases", sharded mode). A lease lives
+// in its home shard's lessor; keys in another shard S attach to it through
+// S's lessor, which holds a shadow of the lease: no TTL and no expiry of
+// its own, only the attachments, so that S can delete the keys when the
+// home revokes the lease. The home records which shards hold keys of each
+// lease (registrations); after a revoke they stay, pending, until each
+// shard has dropped the shadow and left a tombstone that refuses late puts
+// with the lease:
+//
+//	home: grant 7; register 7 in S          l home 'g' 7 S = ""
+//	S:    put k lease=7 (shadow 7)          l S 's' 7, l S 'a' 7 k
+//	home: revoke 7                          record gone; 'g' 7 S pending
+//	S:    RevokeShadow 7 → [k] deleted      l S 't' 7 (tombstone)
+//	home: Unregister 7 S                    'g' 7 S = "d": the id stays taken
+//
+// A registration marked done keeps the id from being granted again: a
+// shard may still hold its tombstone, which would refuse the new lease.
+const (
+	subShadow   = 's' // 'l' store 's' id: a shadow of a lease homed elsewhere
+	subTomb     = 't' // 'l' store 't' id: a revoked shadow
+	subRegister = 'g' // 'l' store 'g' id shard(8): shard holds keys of home lease id
+)
+
+// doneMark is the value of a registration whose shard has dropped the
+// shadow.
+var doneMark = []byte("d")
+
+func shadowKey(store uint64, id ID) []byte {
+	return appendID(append(storePrefix(store), subShadow), id)
+}
+
+func tombKey(store uint64, id ID) []byte {
+	return appendID(append(storePrefix(store), subTomb), id)
+}
+
+func registerPrefix(store uint64, id ID) []byte {
+	return appendID(append(storePrefix(store), subRegister), id)
+}
+
+func registerKey(store uint64, id ID, shard uint64) []byte {
+	return binary.BigEndian.AppendUint64(registerPrefix(store, id), shard)
+}
+
+// subBounds bounds every record of one sub-kind of store.
+func subBounds(store uint64, sub byte) (lo, hi []byte) {
+	return append(storePrefix(store), sub), append(storePrefix(store), sub+1)
+}
+
+// scanIDs returns the ids of the records of one sub-kind.
+func scanIDs(r reader, store uint64, sub byte) (map[ID]struct{}, error) {
+	lo, hi := subBounds(store, sub)
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, fmt.Errorf("lease: new iterator: %w", err)
+	}
+	defer it.Close()
+	out := map[ID]struct{}{}
+	for it.First(); it.Valid(); it.Next() {
+		if len(it.Key()) != len(lo)+8 {
+			return nil, fmt.Errorf("lease: malformed record key %x", it.Key())
+		}
+		out[decodeID(it.Key()[len(lo):])] = struct{}{}
+	}
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("lease: scan records: %w", err)
+	}
+	return out, nil
+}
+
+// Shadow lets keys of this shard attach to lease id, homed in another
+// shard that registered this one (Register there): it makes a shadow of
+// the lease unless there is one. A lease whose shadow this shard has
+// revoked is refused with ErrLeaseNotFound (a late put with it), and
+// nothing is written. A lease homed here needs no shadow.
+func (l *Lessor) Shadow(b *pebble.Batch, id ID) error {
+	if id == NoLease {
+		return fmt.Errorf("%w: %d", ErrLeaseNotFound, id)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.mu.tombs[id]; ok {
+		return fmt.Errorf("%w: %d (revoked)", ErrLeaseNotFound, id)
+	}
+	if _, ok := l.mu.leases[id]; ok {
+		return nil
+	}
+	if _, ok := l.mu.shadows[id]; ok {
+		return nil
+	}
+	if err := b.Set(shadowKey(l.opts.ID, id), nil, nil); err != nil {
+		return fmt.Errorf("lease: write shadow %d: %w", id, err)
+	}
+	l.mu.shadows[id] = struct{}{}
+	return nil
+}
+
+// RevokeShadow drops the shadow of lease id and its attachments, leaves a
+// tombstone that refuses later puts with it, and returns the attached keys
+// in key order for the caller to delete at one revision in the same batch
+// (indexed). Without a shadow it only leaves the tombstone; revoking again
+// is harmless.
+func (l *Lessor) RevokeShadow(b *pebble.Batch, id ID) ([][]byte, error) {
+	if !b.Indexed() {
+		return nil, ErrBatchNotIndexed
+	}
+	l.mu.Lock()
+	_, shadowed := l.mu.shadows[id]
+	l.mu.Unlock()
+	var keys [][]byte
+	if shadowed {
+		lo, hi := attachBounds(l.opts.ID, id)
+		var err error
+		if keys, err = scanKeys(b, lo, hi); err != nil {
+			return nil, err
+		}
+		for _, k := range keys {
+			if err := b.Delete(append(lo[:len(lo):len(lo)], k...), nil); err != nil {
+				return nil, fmt.Errorf("lease: detach %q from %d: %w", k, id, err)
+			}
+		}
+		if err := b.Delete(shadowKey(l.opts.ID, id), nil); err != nil {
+			return nil, fmt.Errorf("lease: delete shadow %d: %w", id, err)
+		}
+	}
+	if err := b.Set(tombKey(l.opts.ID, id), nil, nil); err != nil {
+		return nil, fmt.Errorf("lease: write tombstone %d: %w", id, err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.mu.shadows, id)
+	l.mu.tombs[id] = struct{}{}
+	return keys, nil
+}
+
+// ShadowKeys returns the keys attached to the shadow of lease id, as
+// committed (for the home's TimeToLive with keys).
+func (l *Lessor) ShadowKeys(id ID) ([][]byte, error) {
+	l.mu.Lock()
+	_, ok := l.mu.shadows[id]
+	db := l.db
+	l.mu.Unlock()
+	if !ok {
+		return nil, nil
+	}
+	lo, hi := attachBounds(l.opts.ID, id)
+	return scanKeys(db, lo, hi)
+}
+
+// Register records, at lease id's home, that shard holds (or is about to
+// hold) keys attached to it. Unknown or revoked id: ErrLeaseNotFound, and
+// nothing is written. Registering again is harmless.
+func (l *Lessor) Register(b *pebble.Batch, id ID, shard uint64) error {
+	l.mu.Lock()
+	_, ok := l.mu.leases[id]
+	l.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %d", ErrLeaseNotFound, id)
+	}
+	if err := b.Set(registerKey(l.opts.ID, id, shard), nil, nil); err != nil {
+		return fmt.Errorf("lease: register %d in %d: %w", id, shard, err)
+	}
+	return nil
+}
+
+// Unregister marks shard's registration of lease id done once the shard
+// has revoked its shadow (after the lease was revoked here).
+func (l *Lessor) Unregister(b *pebble.Batch, id ID, shard uint64) error {
+	if err := b.Set(registerKey(l.opts.ID, id, shard), doneMark, nil); err != nil {
+		return fmt.Errorf("lease: unregister %d in %d: %w", id, shard, err)
+	}
+	return nil
+}
+
+// Registrations returns, from r (the DB or an indexed batch), the shards
+// registered as holding keys of lease id whose registration is not done.
+// With any, it also reports taken: some registration of id exists, done
+// or not (the id may not be granted again).
+func (l *Lessor) Registrations(r reader, id ID) (shards []uint64, taken bool, err error) {
+	lo := registerPrefix(l.opts.ID, id)
+	hi := registerPrefix(l.opts.ID, id+1)
+	if id == ID(1<<63-1) {
+		_, hi = subBounds(l.opts.ID, subRegister)
+	}
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, false, fmt.Errorf("lease: new iterator: %w", err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		taken = true
+		if len(it.Key()) != len(lo)+8 {
+			return nil, false, fmt.Errorf("lease: malformed registration %x", it.Key())
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, false, err
+		}
+		if len(v) == 0 {
+			shards = append(shards, binary.BigEndian.Uint64(it.Key()[len(lo):]))
+		}
+	}
+	return shards, taken, it.Error()
+}
+
+// PendingRevokes returns the leases revoked here whose registered shards
+// have not all revoked their shadows yet, with those shards, as committed.
+func (l *Lessor) PendingRevokes() (map[ID][]uint64, error) {
+	l.mu.Lock()
+	db := l.db
+	l.mu.Unlock()
+	lo, hi := subBounds(l.opts.ID, subRegister)
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, fmt.Errorf("lease: new iterator: %w", err)
+	}
+	defer it.Close()
+	out := map[ID][]uint64{}
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) != len(lo)+16 {
+			return nil, fmt.Errorf("lease: malformed registration %x", k)
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, err
+		}
+		id := decodeID(k[len(lo) : len(lo)+8])
+		if len(v) != 0 || l.LeaseExists(int64(id)) {
+			continue
+		}
+		out[id] = append(out[id], binary.BigEndian.Uint64(k[len(lo)+8:]))
+	}
+	return out, it.Error()
+}

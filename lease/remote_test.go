@@ -1,0 +1,88 @@
+package lease
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// TestLeaseAcrossStores walks a lease homed in store 1 with keys in store
+// 2 through its life: registration at the home, a shadow in store 2 with
+// its attachment, revoke at the home leaving the registration pending, the
+// shadow's revoke returning its keys and refusing a late put, the
+// registration done and the id taken for good — each step surviving a
+// reopen of both lessors.
+func TestLeaseAcrossStores(t *testing.T) {
+	db := openTestDB(t)
+	home, other := openStore(t, db, 1), openStore(t, db, 2)
+	commit := func(fn func(b *pebble.Batch) error) {
+		t.Helper()
+		b := db.NewIndexedBatch()
+		if err := fn(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reopen := func() {
+		home, other = openStore(t, db, 1), openStore(t, db, 2)
+	}
+	commit(func(b *pebble.Batch) error { _, err := home.Grant(b, 7, 60, epoch); return err })
+	if err := home.Register(db.NewIndexedBatch(), 8, 2); !errors.Is(err, ErrLeaseNotFound) {
+		t.Fatalf("register an unknown lease: %v", err)
+	}
+	commit(func(b *pebble.Batch) error { return home.Register(b, 7, 2) })
+	commit(func(b *pebble.Batch) error {
+		if err := other.Shadow(b, 7); err != nil {
+			return err
+		}
+		return other.Attach(b, 7, [][]byte{[]byte("k1"), []byte("k2")})
+	})
+	reopen()
+	if !other.LeaseExists(7) || len(other.Leases()) != 0 {
+		t.Fatalf("a shadow exists for puts but is no lease of its store: exists=%v leases=%v", other.LeaseExists(7), other.Leases())
+	}
+	if keys, err := other.ShadowKeys(7); err != nil || fmt.Sprintf("%s", keys) != "[k1 k2]" {
+		t.Fatalf("shadow keys %s, %v", keys, err)
+	}
+	if p, err := home.PendingRevokes(); err != nil || len(p) != 0 {
+		t.Fatalf("pending revokes of a live lease: %v, %v", p, err)
+	}
+	commit(func(b *pebble.Batch) error { _, err := home.Revoke(b, 7); return err })
+	reopen()
+	if p, err := home.PendingRevokes(); err != nil || fmt.Sprint(p) != "map[7:[2]]" {
+		t.Fatalf("pending revokes after the revoke: %v, %v", p, err)
+	}
+	var keys [][]byte
+	commit(func(b *pebble.Batch) (err error) { keys, err = other.RevokeShadow(b, 7); return err })
+	if fmt.Sprintf("%s", keys) != "[k1 k2]" {
+		t.Fatalf("revoked shadow keys %s", keys)
+	}
+	reopen()
+	if err := other.Shadow(db.NewIndexedBatch(), 7); !errors.Is(err, ErrLeaseNotFound) {
+		t.Fatalf("a late put with the revoked lease: %v", err)
+	}
+	if other.LeaseExists(7) {
+		t.Fatal("the revoked shadow still exists")
+	}
+	commit(func(b *pebble.Batch) error { return home.Unregister(b, 7, 2) })
+	reopen()
+	if p, err := home.PendingRevokes(); err != nil || len(p) != 0 {
+		t.Fatalf("pending revokes when done: %v, %v", p, err)
+	}
+	if _, err := home.Grant(db.NewIndexedBatch(), 7, 60, epoch); !errors.Is(err, ErrLeaseExists) {
+		t.Fatalf("grant the id of a lease some shard holds a tombstone of: %v", err)
+	}
+}
+
+func openStore(t *testing.T, db *pebble.DB, id uint64) *Lessor {
+	t.Helper()
+	l, err := Open(db, Options{ID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}

@@ -211,6 +211,16 @@ func (l *Lessor) Registrations(r reader, id ID) (shards []uint64, taken bool, er
 	return shards, taken, it.Error()
 }
 
+// Registered returns the shards registered as holding keys of lease id
+// whose registration is not done, as committed.
+func (l *Lessor) Registered(id ID) ([]uint64, error) {
+	l.mu.Lock()
+	db := l.db
+	l.mu.Unlock()
+	shards, _, err := l.Registrations(db, id)
+	return shards, err
+}
+
 // PendingRevokes returns the leases revoked here whose registered shards
 // have not all revoked their shadows yet, with those shards, as committed.
 func (l *Lessor) PendingRevokes() (map[ID][]uint64, error) {

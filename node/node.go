@@ -524,8 +524,9 @@ func (n *Node) start(ctx context.Context) error {
 			n.wg.Add(1)
 			go n.closer(rr)
 		}
-		n.wg.Add(1)
+		n.wg.Add(2)
 		go n.mergedProgress()
+		go n.revokeRemotes()
 	}
 	n.wg.Add(2)
 	go n.pump(n.hub, &n.sm)
@@ -553,6 +554,7 @@ func (n *Node) start(ctx context.Context) error {
 	if cfg.Sharded {
 		rcfg.Ranges = n
 		rcfg.Merger = n.merger
+		rcfg.RemoteLeases = n
 	}
 	rs := router.New(rcfg)
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)

@@ -17,9 +17,11 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
@@ -339,4 +341,94 @@ func (n *Node) Ranges() []RangeInfo {
 func (n *Node) serveRanges(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(n.Ranges())
+}
+
+// RevokeRemote implements router.RemoteLeases: for lease id, revoked in
+// range 1 (every lease's home), each range registered as holding its keys
+// deletes them and refuses the lease from then on (a shadow revoke), then
+// the home marks that range done. A failure leaves the rest to
+// revokeRemotes, which retries pending ones.
+func (n *Node) RevokeRemote(ctx context.Context, id int64) error {
+	shards, err := n.sm.Load().Lessor().Registered(lease.ID(id))
+	if err != nil {
+		return err
+	}
+	return n.revokeIn(ctx, id, shards)
+}
+
+// revokeIn revokes the shadows of lease id in shards and marks each done
+// at the home.
+func (n *Node) revokeIn(ctx context.Context, id int64, shards []uint64) error {
+	for _, sid := range shards {
+		for _, rr := range n.rangeSet.all() {
+			if rr.desc.Id != sid {
+				continue
+			}
+			if _, err := rr.replica.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: id}}); err != nil {
+				return fmt.Errorf("node: revoke lease %d in range %d: %w", id, sid, err)
+			}
+		}
+		_, err := n.replica.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseUnregister{
+			LeaseUnregister: &shardpb.LeaseShard{Lease: id, Shard: sid}}})
+		if err != nil {
+			return fmt.Errorf("node: mark lease %d revoked in range %d: %w", id, sid, err)
+		}
+	}
+	return nil
+}
+
+// RemoteKeys implements router.RemoteLeases: the keys attached to lease id
+// in the ranges registered at its home.
+func (n *Node) RemoteKeys(ctx context.Context, id int64) ([][]byte, error) {
+	shards, err := n.sm.Load().Lessor().Registered(lease.ID(id))
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, sid := range shards {
+		for _, rr := range n.rangeSet.all() {
+			if rr.desc.Id != sid {
+				continue
+			}
+			v, err := rr.replica.Read(ctx, shard.ShadowKeysQuery{ID: id}, true)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v.([][]byte)...)
+		}
+	}
+	return out, nil
+}
+
+// revokeRemotes finishes, while this node leads range 1, the revokes of
+// leases whose keys in other ranges are not deleted yet: those that
+// expired (the primary revokes them at the home only) and those whose
+// revoke was cut short.
+func (n *Node) revokeRemotes() {
+	defer n.wg.Done()
+	t := time.NewTicker(closedEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		if leader, _, ok := n.replica.Leader(); !ok || leader != n.memberID {
+			continue
+		}
+		pending, err := n.sm.Load().Lessor().PendingRevokes()
+		if err != nil {
+			n.log.Warn("read pending lease revokes", "error", err)
+			continue
+		}
+		for id, shards := range pending {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := n.revokeIn(ctx, int64(id), shards)
+			cancel()
+			if err != nil {
+				n.log.Warn("revoke a lease's keys in other ranges", "lease", int64(id), "error", err)
+			}
+		}
+	}
 }

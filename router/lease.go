@@ -1,11 +1,13 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"io"
+	"slices"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -92,7 +94,17 @@ func (ls *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest
 		return nil, err
 	}
 	resp := &pb.LeaseRevokeResponse{}
-	return resp, ls.s.decode(out.GetLeaseRevoke(), resp, resp.GetHeader)
+	if err := ls.s.decode(out.GetLeaseRevoke(), resp, resp.GetHeader); err != nil {
+		return nil, err
+	}
+	// As in etcd, the lease's keys are gone when the revoke returns: those
+	// in other ranges too (the node finishes it if this fails half way).
+	if rl := ls.s.cfg.RemoteLeases; rl != nil {
+		if err := rl.RevokeRemote(ctx, r.ID); err != nil {
+			return nil, toGRPC(err)
+		}
+	}
+	return resp, nil
 }
 
 // LeaseKeepAlive renews each lease the client names and answers with its
@@ -189,6 +201,14 @@ func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiv
 	}
 	if err != nil {
 		return nil, toGRPC(err)
+	}
+	if rl := ls.s.cfg.RemoteLeases; rl != nil && r.Keys {
+		more, err := rl.RemoteKeys(ctx, r.ID)
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		st.Keys = append(st.Keys, more...)
+		slices.SortFunc(st.Keys, bytes.Compare)
 	}
 	return &pb.LeaseTimeToLiveResponse{Header: h, ID: r.ID, TTL: st.TTL, GrantedTTL: st.GrantedTTL, Keys: st.Keys}, nil
 }

@@ -44,6 +44,9 @@ type Config struct {
 	// Merger serves the Watch service in sharded mode, over the ranges'
 	// hubs (RangePart.Watches).
 	Merger *watch.Merger
+	// RemoteLeases handles, in sharded mode, leases with keys outside
+	// their home range (remotelease.go).
+	RemoteLeases RemoteLeases
 	// LeaderCheckInterval is how often a watch stream that requires a
 	// leader checks for one (etcd checks about every election timeout);
 	// 0 means DefaultLeaderCheckInterval.
@@ -88,6 +91,8 @@ type Server struct {
 	// size and sizeAt cache the node's storage size for the quota check
 	// (unix nanoseconds of the last refresh; 0: never).
 	size, sizeAt atomic.Int64
+	// registered: leases registered at their home for a range (sharded).
+	registered registered
 }
 
 // New returns a Server; Register attaches it to a gRPC server.

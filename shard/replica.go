@@ -339,7 +339,8 @@ func (r *Replica) batch() {
 // stamp is what it applies at.
 func stamps(req *shardpb.Request) bool {
 	switch req.Op.(type) {
-	case *shardpb.Request_Put, *shardpb.Request_DeleteRange, *shardpb.Request_Txn, *shardpb.Request_LeaseRevoke:
+	case *shardpb.Request_Put, *shardpb.Request_DeleteRange, *shardpb.Request_Txn, *shardpb.Request_LeaseRevoke,
+		*shardpb.Request_ShadowRevoke:
 		return true
 	}
 	return false

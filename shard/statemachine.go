@@ -334,6 +334,13 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	if stamp != 0 && a.term < a.fence {
 		return nil, fmt.Errorf("%w: stamped in term %d, a leader of term %d has written since", mvcc.ErrStaleStamp, a.term, a.fence)
 	}
+	for _, id := range r.ShadowLeases {
+		// A lease this shard revoked gets no shadow: the store then
+		// refuses a put with it as etcd refuses an unknown lease.
+		if err := a.lessor.Shadow(b.Pebble(), lease.ID(id)); err != nil && !errors.Is(err, lease.ErrLeaseNotFound) {
+			return nil, err
+		}
+	}
 	switch op := r.Op.(type) {
 	case *shardpb.Request_Put:
 		var req pb.PutRequest
@@ -419,6 +426,36 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		}
 		data, err := proto.Marshal(&pb.LeaseRevokeResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}})
 		return &shardpb.Response{Result: &shardpb.Response_LeaseRevoke{LeaseRevoke: data}}, err
+	case *shardpb.Request_LeaseRegister:
+		if op.LeaseRegister == nil {
+			return nil, badRequest("shard: lease registration without its fields")
+		}
+		if err := a.lessor.Register(b.Pebble(), lease.ID(op.LeaseRegister.Lease), op.LeaseRegister.Shard); err != nil {
+			return nil, err
+		}
+		return &shardpb.Response{Result: &shardpb.Response_LeaseShard{LeaseShard: true}}, nil
+	case *shardpb.Request_LeaseUnregister:
+		if op.LeaseUnregister == nil {
+			return nil, badRequest("shard: lease registration without its fields")
+		}
+		if err := a.lessor.Unregister(b.Pebble(), lease.ID(op.LeaseUnregister.Lease), op.LeaseUnregister.Shard); err != nil {
+			return nil, err
+		}
+		return &shardpb.Response{Result: &shardpb.Response_LeaseShard{LeaseShard: true}}, nil
+	case *shardpb.Request_ShadowRevoke:
+		if err := b.CheckStamp(stamp); err != nil {
+			return nil, err
+		}
+		keys, err := a.lessor.RevokeShadow(b.Pebble(), lease.ID(op.ShadowRevoke))
+		if err != nil {
+			return nil, err
+		}
+		_, rev, err := b.DeleteKeys(keys, stamp)
+		if err != nil {
+			return nil, err
+		}
+		data, err := proto.Marshal(&pb.LeaseRevokeResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}})
+		return &shardpb.Response{Result: &shardpb.Response_ShadowRevoke{ShadowRevoke: data}}, err
 	case *shardpb.Request_LeaseCheckpoint:
 		var req pb.LeaseCheckpointRequest
 		if err := proto.Unmarshal(op.LeaseCheckpoint, &req); err != nil {
@@ -502,6 +539,8 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		resp = hr
 	case AlarmsQuery:
 		resp = s.alarms.list(pb.AlarmType_NONE)
+	case ShadowKeysQuery:
+		resp, err = s.Lessor().ShadowKeys(lease.ID(q.ID))
 	case MembersQuery:
 		attrs := map[uint64]*pb.Member{}
 		err = s.store.ScanMeta(membersPrefix, func(_ string, v []byte) {
@@ -668,6 +707,10 @@ type HashResult struct {
 
 // AlarmsQuery asks Lookup for the raised alarms, a []*pb.AlarmMember.
 type AlarmsQuery struct{}
+
+// ShadowKeysQuery asks Lookup for the keys attached here to lease ID,
+// homed in another shard, a [][]byte (sharded mode).
+type ShadowKeysQuery struct{ ID int64 }
 
 // MembersQuery asks Lookup for the published member attributes, a
 // map[uint64]*pb.Member by member id (name and client URLs, and the peer

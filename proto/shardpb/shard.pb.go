@@ -206,7 +206,14 @@ type Request struct {
 	//	*Request_Alarm
 	//	*Request_TransferHold
 	//	*Request_MemberPeers
-	Op            isRequest_Op `protobuf_oneof:"op"`
+	//	*Request_LeaseRegister
+	//	*Request_ShadowRevoke
+	//	*Request_LeaseUnregister
+	Op isRequest_Op `protobuf_oneof:"op"`
+	// Sharded mode: leases this request attaches keys to that are homed in
+	// another shard, which registered this one; each gets a shadow here
+	// first, or the request is refused if this shard revoked it.
+	ShadowLeases  []int64 `protobuf:"varint,13,rep,packed,name=shadow_leases,json=shadowLeases,proto3" json:"shadow_leases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -354,6 +361,40 @@ func (x *Request) GetMemberPeers() *MemberPeers {
 	return nil
 }
 
+func (x *Request) GetLeaseRegister() *LeaseShard {
+	if x != nil {
+		if x, ok := x.Op.(*Request_LeaseRegister); ok {
+			return x.LeaseRegister
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetShadowRevoke() int64 {
+	if x != nil {
+		if x, ok := x.Op.(*Request_ShadowRevoke); ok {
+			return x.ShadowRevoke
+		}
+	}
+	return 0
+}
+
+func (x *Request) GetLeaseUnregister() *LeaseShard {
+	if x != nil {
+		if x, ok := x.Op.(*Request_LeaseUnregister); ok {
+			return x.LeaseUnregister
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetShadowLeases() []int64 {
+	if x != nil {
+		return x.ShadowLeases
+	}
+	return nil
+}
+
 type isRequest_Op interface {
 	isRequest_Op()
 }
@@ -413,6 +454,24 @@ type Request_MemberPeers struct {
 	MemberPeers *MemberPeers `protobuf:"bytes,12,opt,name=member_peers,json=memberPeers,proto3,oneof"`
 }
 
+type Request_LeaseRegister struct {
+	// Sharded mode, at a lease's home: shard holds keys attached to the
+	// lease (refused if the lease does not exist).
+	LeaseRegister *LeaseShard `protobuf:"bytes,14,opt,name=lease_register,json=leaseRegister,proto3,oneof"`
+}
+
+type Request_ShadowRevoke struct {
+	// Sharded mode, in a shard holding keys of a lease homed elsewhere,
+	// after the home revoked it: delete those keys at one revision and
+	// refuse the lease from now on.
+	ShadowRevoke int64 `protobuf:"varint,15,opt,name=shadow_revoke,json=shadowRevoke,proto3,oneof"`
+}
+
+type Request_LeaseUnregister struct {
+	// Sharded mode, at a lease's home: shard has revoked its shadow.
+	LeaseUnregister *LeaseShard `protobuf:"bytes,16,opt,name=lease_unregister,json=leaseUnregister,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -435,6 +494,65 @@ func (*Request_TransferHold) isRequest_Op() {}
 
 func (*Request_MemberPeers) isRequest_Op() {}
 
+func (*Request_LeaseRegister) isRequest_Op() {}
+
+func (*Request_ShadowRevoke) isRequest_Op() {}
+
+func (*Request_LeaseUnregister) isRequest_Op() {}
+
+// LeaseShard names a lease and a shard holding keys attached to it.
+type LeaseShard struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lease         int64                  `protobuf:"varint,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	Shard         uint64                 `protobuf:"varint,2,opt,name=shard,proto3" json:"shard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseShard) Reset() {
+	*x = LeaseShard{}
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseShard) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseShard) ProtoMessage() {}
+
+func (x *LeaseShard) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseShard.ProtoReflect.Descriptor instead.
+func (*LeaseShard) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LeaseShard) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *LeaseShard) GetShard() uint64 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
 // MemberPeers records the peer URLs of member id; with if_absent, only if
 // none are recorded for it yet.
 type MemberPeers struct {
@@ -448,7 +566,7 @@ type MemberPeers struct {
 
 func (x *MemberPeers) Reset() {
 	*x = MemberPeers{}
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +578,7 @@ func (x *MemberPeers) String() string {
 func (*MemberPeers) ProtoMessage() {}
 
 func (x *MemberPeers) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +591,7 @@ func (x *MemberPeers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberPeers.ProtoReflect.Descriptor instead.
 func (*MemberPeers) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *MemberPeers) GetId() uint64 {
@@ -516,7 +634,7 @@ type TransferHold struct {
 
 func (x *TransferHold) Reset() {
 	*x = TransferHold{}
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +646,7 @@ func (x *TransferHold) String() string {
 func (*TransferHold) ProtoMessage() {}
 
 func (x *TransferHold) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +659,7 @@ func (x *TransferHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferHold.ProtoReflect.Descriptor instead.
 func (*TransferHold) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TransferHold) GetTarget() uint64 {
@@ -575,7 +693,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +705,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +718,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -628,6 +746,8 @@ type Response struct {
 	//	*Response_Alarm
 	//	*Response_TransferHold
 	//	*Response_MemberPeers
+	//	*Response_LeaseShard
+	//	*Response_ShadowRevoke
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -635,7 +755,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +767,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +780,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -778,6 +898,24 @@ func (x *Response) GetMemberPeers() bool {
 	return false
 }
 
+func (x *Response) GetLeaseShard() bool {
+	if x != nil {
+		if x, ok := x.Result.(*Response_LeaseShard); ok {
+			return x.LeaseShard
+		}
+	}
+	return false
+}
+
+func (x *Response) GetShadowRevoke() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*Response_ShadowRevoke); ok {
+			return x.ShadowRevoke
+		}
+	}
+	return nil
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -830,6 +968,14 @@ type Response_MemberPeers struct {
 	MemberPeers bool `protobuf:"varint,12,opt,name=member_peers,json=memberPeers,proto3,oneof"` // recorded (false: if_absent and some were)
 }
 
+type Response_LeaseShard struct {
+	LeaseShard bool `protobuf:"varint,13,opt,name=lease_shard,json=leaseShard,proto3,oneof"` // registered or unregistered
+}
+
+type Response_ShadowRevoke struct {
+	ShadowRevoke []byte `protobuf:"bytes,14,opt,name=shadow_revoke,json=shadowRevoke,proto3,oneof"` // etcdserverpb.LeaseRevokeResponse
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -854,6 +1000,10 @@ func (*Response_TransferHold) isResponse_Result() {}
 
 func (*Response_MemberPeers) isResponse_Result() {}
 
+func (*Response_LeaseShard) isResponse_Result() {}
+
+func (*Response_ShadowRevoke) isResponse_Result() {}
+
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -865,7 +1015,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1027,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1040,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -915,7 +1065,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\aCommand\x123\n" +
 	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
 	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"\xcd\x03\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\xa7\x05\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -932,8 +1082,16 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x05alarm\x18\n" +
 	" \x01(\fH\x00R\x05alarm\x12C\n" +
 	"\rtransfer_hold\x18\v \x01(\v2\x1c.cairn.shard.v1.TransferHoldH\x00R\ftransferHold\x12@\n" +
-	"\fmember_peers\x18\f \x01(\v2\x1b.cairn.shard.v1.MemberPeersH\x00R\vmemberPeersB\x04\n" +
-	"\x02op\"W\n" +
+	"\fmember_peers\x18\f \x01(\v2\x1b.cairn.shard.v1.MemberPeersH\x00R\vmemberPeers\x12C\n" +
+	"\x0elease_register\x18\x0e \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\rleaseRegister\x12%\n" +
+	"\rshadow_revoke\x18\x0f \x01(\x03H\x00R\fshadowRevoke\x12G\n" +
+	"\x10lease_unregister\x18\x10 \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\x0fleaseUnregister\x12#\n" +
+	"\rshadow_leases\x18\r \x03(\x03R\fshadowLeasesB\x04\n" +
+	"\x02op\"8\n" +
+	"\n" +
+	"LeaseShard\x12\x14\n" +
+	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x14\n" +
+	"\x05shard\x18\x02 \x01(\x04R\x05shard\"W\n" +
 	"\vMemberPeers\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tpeer_urls\x18\x02 \x03(\tR\bpeerUrls\x12\x1b\n" +
@@ -943,7 +1101,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x0funtil_unix_nano\x18\x02 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
 	"\tmax_nanos\x18\x03 \x01(\x03R\bmaxNanos\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xb0\x03\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xfa\x03\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -960,7 +1118,10 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x05alarm\x18\n" +
 	" \x01(\fH\x00R\x05alarm\x12%\n" +
 	"\rtransfer_hold\x18\v \x01(\bH\x00R\ftransferHold\x12#\n" +
-	"\fmember_peers\x18\f \x01(\bH\x00R\vmemberPeersB\b\n" +
+	"\fmember_peers\x18\f \x01(\bH\x00R\vmemberPeers\x12!\n" +
+	"\vlease_shard\x18\r \x01(\bH\x00R\n" +
+	"leaseShard\x12%\n" +
+	"\rshadow_revoke\x18\x0e \x01(\fH\x00R\fshadowRevokeB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
@@ -998,29 +1159,32 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 }
 
 var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_shardpb_shard_proto_goTypes = []any{
 	(ErrorCode)(0),       // 0: cairn.shard.v1.ErrorCode
 	(*Command)(nil),      // 1: cairn.shard.v1.Command
 	(*Request)(nil),      // 2: cairn.shard.v1.Request
-	(*MemberPeers)(nil),  // 3: cairn.shard.v1.MemberPeers
-	(*TransferHold)(nil), // 4: cairn.shard.v1.TransferHold
-	(*Result)(nil),       // 5: cairn.shard.v1.Result
-	(*Response)(nil),     // 6: cairn.shard.v1.Response
-	(*Error)(nil),        // 7: cairn.shard.v1.Error
+	(*LeaseShard)(nil),   // 3: cairn.shard.v1.LeaseShard
+	(*MemberPeers)(nil),  // 4: cairn.shard.v1.MemberPeers
+	(*TransferHold)(nil), // 5: cairn.shard.v1.TransferHold
+	(*Result)(nil),       // 6: cairn.shard.v1.Result
+	(*Response)(nil),     // 7: cairn.shard.v1.Response
+	(*Error)(nil),        // 8: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
 	2, // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	4, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	3, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
-	6, // 3: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	7, // 4: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0, // 5: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	5, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	4, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	3, // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
+	3, // 4: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
+	7, // 5: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	8, // 6: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	0, // 7: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -1040,8 +1204,11 @@ func file_shardpb_shard_proto_init() {
 		(*Request_Alarm)(nil),
 		(*Request_TransferHold)(nil),
 		(*Request_MemberPeers)(nil),
+		(*Request_LeaseRegister)(nil),
+		(*Request_ShadowRevoke)(nil),
+		(*Request_LeaseUnregister)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[5].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[6].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -1054,6 +1221,8 @@ func file_shardpb_shard_proto_init() {
 		(*Response_Alarm)(nil),
 		(*Response_TransferHold)(nil),
 		(*Response_MemberPeers)(nil),
+		(*Response_LeaseShard)(nil),
+		(*Response_ShadowRevoke)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1061,7 +1230,7 @@ func file_shardpb_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

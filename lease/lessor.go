@@ -142,7 +142,7 @@ type Lessor struct {
 		checkpoints timeHeap
 		// shadows and tombs: leases homed in other shards whose keys may
 		// attach here, and those revoked (remote.go).
-		shadows, tombs map[ID]struct{}
+		shadows, tombs map[ID]uint64 // by the generation they hold
 	}
 }
 
@@ -223,10 +223,11 @@ func (l *Lessor) Grant(b *pebble.Batch, id ID, ttl int64, now time.Time) (Lease,
 	db := l.db
 	l.mu.Unlock()
 	if db != nil {
-		// An id with registrations elsewhere (sharded mode) stays taken.
-		if _, taken, err := l.Registrations(db, id); err != nil {
+		// An id whose revoke is still under way elsewhere (sharded mode)
+		// stays taken until it is done.
+		if _, pending, err := l.Registrations(db, id); err != nil {
 			return Lease{}, err
-		} else if taken {
+		} else if pending {
 			return Lease{}, fmt.Errorf("%w: %d", ErrLeaseExists, id)
 		}
 	}

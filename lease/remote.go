@@ -14,16 +14,20 @@ import (
 // home revokes the lease. The home records which shards hold keys of each
 // lease (registrations); after a revoke they stay, pending, until each
 // shard has dropped the shadow and left a tombstone that refuses late puts
-// with the lease:
+// with the lease. Each registration has a generation (the home's raft
+// index of it, increasing): a tombstone refuses the generations up to the
+// one it revoked, so a lease granted again under the same id, registered
+// anew, is not refused:
 //
-//	home: grant 7; register 7 in S          l home 'g' 7 S = ""
-//	S:    put k lease=7 (shadow 7)          l S 's' 7, l S 'a' 7 k
-//	home: revoke 7                          record gone; 'g' 7 S pending
-//	S:    RevokeShadow 7 → [k] deleted      l S 't' 7 (tombstone)
-//	home: Unregister 7 S                    'g' 7 S = "d": the id stays taken
+//	home: grant 7; register 7 in S (gen 40)  l home 'g' 7 S = ""
+//	S:    put k lease=7@40 (shadow 7)        l S 's' 7 = 40, l S 'a' 7 k
+//	home: revoke 7                           record gone; 'g' 7 S pending
+//	S:    RevokeShadow 7 → [k] deleted       l S 't' 7 = 40 (tombstone)
+//	S:    put j lease=7@40 (late)            refused: 7 is not a lease here
+//	home: Unregister 7 S                     'g' 7 S = "d"
+//	home: grant 7 again; register (gen 55)   S: put lease=7@55 makes a shadow
 //
-// A registration marked done keeps the id from being granted again: a
-// shard may still hold its tombstone, which would refuse the new lease.
+// The home refuses to grant an id again while a revoke of it is pending.
 const (
 	subShadow   = 's' // 'l' store 's' id: a shadow of a lease homed elsewhere
 	subTomb     = 't' // 'l' store 't' id: a revoked shadow
@@ -55,20 +59,25 @@ func subBounds(store uint64, sub byte) (lo, hi []byte) {
 	return append(storePrefix(store), sub), append(storePrefix(store), sub+1)
 }
 
-// scanIDs returns the ids of the records of one sub-kind.
-func scanIDs(r reader, store uint64, sub byte) (map[ID]struct{}, error) {
+// scanIDs returns the ids of the records of one sub-kind, with the
+// generations they hold.
+func scanIDs(r reader, store uint64, sub byte) (map[ID]uint64, error) {
 	lo, hi := subBounds(store, sub)
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return nil, fmt.Errorf("lease: new iterator: %w", err)
 	}
 	defer it.Close()
-	out := map[ID]struct{}{}
+	out := map[ID]uint64{}
 	for it.First(); it.Valid(); it.Next() {
-		if len(it.Key()) != len(lo)+8 {
-			return nil, fmt.Errorf("lease: malformed record key %x", it.Key())
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, err
 		}
-		out[decodeID(it.Key()[len(lo):])] = struct{}{}
+		if len(it.Key()) != len(lo)+8 || len(v) != 8 {
+			return nil, fmt.Errorf("lease: malformed record %x = %x", it.Key(), v)
+		}
+		out[decodeID(it.Key()[len(lo):])] = binary.BigEndian.Uint64(v)
 	}
 	if err := it.Error(); err != nil {
 		return nil, fmt.Errorf("lease: scan records: %w", err)
@@ -77,29 +86,30 @@ func scanIDs(r reader, store uint64, sub byte) (map[ID]struct{}, error) {
 }
 
 // Shadow lets keys of this shard attach to lease id, homed in another
-// shard that registered this one (Register there): it makes a shadow of
-// the lease unless there is one. A lease whose shadow this shard has
-// revoked is refused with ErrLeaseNotFound (a late put with it), and
-// nothing is written. A lease homed here needs no shadow.
-func (l *Lessor) Shadow(b *pebble.Batch, id ID) error {
+// shard that registered this one with generation gen (Register there): it
+// makes a shadow of the lease unless there is one. A lease whose shadow
+// this shard revoked at gen or later is refused with ErrLeaseNotFound (a
+// late put with it), and nothing is written. A lease homed here needs no
+// shadow.
+func (l *Lessor) Shadow(b *pebble.Batch, id ID, gen uint64) error {
 	if id == NoLease {
 		return fmt.Errorf("%w: %d", ErrLeaseNotFound, id)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.mu.tombs[id]; ok {
+	if t, ok := l.mu.tombs[id]; ok && t >= gen {
 		return fmt.Errorf("%w: %d (revoked)", ErrLeaseNotFound, id)
 	}
 	if _, ok := l.mu.leases[id]; ok {
 		return nil
 	}
-	if _, ok := l.mu.shadows[id]; ok {
+	if g, ok := l.mu.shadows[id]; ok && g >= gen {
 		return nil
 	}
-	if err := b.Set(shadowKey(l.opts.ID, id), nil, nil); err != nil {
+	if err := b.Set(shadowKey(l.opts.ID, id), binary.BigEndian.AppendUint64(nil, gen), nil); err != nil {
 		return fmt.Errorf("lease: write shadow %d: %w", id, err)
 	}
-	l.mu.shadows[id] = struct{}{}
+	l.mu.shadows[id] = gen
 	return nil
 }
 
@@ -113,7 +123,8 @@ func (l *Lessor) RevokeShadow(b *pebble.Batch, id ID) ([][]byte, error) {
 		return nil, ErrBatchNotIndexed
 	}
 	l.mu.Lock()
-	_, shadowed := l.mu.shadows[id]
+	gen, shadowed := l.mu.shadows[id]
+	gen = max(gen, l.mu.tombs[id])
 	l.mu.Unlock()
 	var keys [][]byte
 	if shadowed {
@@ -131,13 +142,13 @@ func (l *Lessor) RevokeShadow(b *pebble.Batch, id ID) ([][]byte, error) {
 			return nil, fmt.Errorf("lease: delete shadow %d: %w", id, err)
 		}
 	}
-	if err := b.Set(tombKey(l.opts.ID, id), nil, nil); err != nil {
+	if err := b.Set(tombKey(l.opts.ID, id), binary.BigEndian.AppendUint64(nil, gen), nil); err != nil {
 		return nil, fmt.Errorf("lease: write tombstone %d: %w", id, err)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.mu.shadows, id)
-	l.mu.tombs[id] = struct{}{}
+	l.mu.tombs[id] = gen
 	return keys, nil
 }
 
@@ -181,10 +192,10 @@ func (l *Lessor) Unregister(b *pebble.Batch, id ID, shard uint64) error {
 }
 
 // Registrations returns, from r (the DB or an indexed batch), the shards
-// registered as holding keys of lease id whose registration is not done.
-// With any, it also reports taken: some registration of id exists, done
-// or not (the id may not be granted again).
-func (l *Lessor) Registrations(r reader, id ID) (shards []uint64, taken bool, err error) {
+// registered as holding keys of lease id whose registration is not done;
+// pending reports that some of them are of a lease no longer granted (the
+// id may not be granted again until its revoke is done everywhere).
+func (l *Lessor) Registrations(r reader, id ID) (shards []uint64, pending bool, err error) {
 	lo := registerPrefix(l.opts.ID, id)
 	hi := registerPrefix(l.opts.ID, id+1)
 	if id == ID(1<<63-1) {
@@ -196,7 +207,6 @@ func (l *Lessor) Registrations(r reader, id ID) (shards []uint64, taken bool, er
 	}
 	defer it.Close()
 	for it.First(); it.Valid(); it.Next() {
-		taken = true
 		if len(it.Key()) != len(lo)+8 {
 			return nil, false, fmt.Errorf("lease: malformed registration %x", it.Key())
 		}
@@ -208,7 +218,7 @@ func (l *Lessor) Registrations(r reader, id ID) (shards []uint64, taken bool, er
 			shards = append(shards, binary.BigEndian.Uint64(it.Key()[len(lo):]))
 		}
 	}
-	return shards, taken, it.Error()
+	return shards, len(shards) > 0 && !l.LeaseExists(int64(id)), it.Error()
 }
 
 // Registered returns the shards registered as holding keys of lease id

@@ -12,8 +12,9 @@ import (
 // 2 through its life: registration at the home, a shadow in store 2 with
 // its attachment, revoke at the home leaving the registration pending, the
 // shadow's revoke returning its keys and refusing a late put, the
-// registration done and the id taken for good — each step surviving a
-// reopen of both lessors.
+// registration done, and the id granted again with a newer registration
+// generation making a new shadow — each step surviving a reopen of both
+// lessors.
 func TestLeaseAcrossStores(t *testing.T) {
 	db := openTestDB(t)
 	home, other := openStore(t, db, 1), openStore(t, db, 2)
@@ -36,7 +37,7 @@ func TestLeaseAcrossStores(t *testing.T) {
 	}
 	commit(func(b *pebble.Batch) error { return home.Register(b, 7, 2) })
 	commit(func(b *pebble.Batch) error {
-		if err := other.Shadow(b, 7); err != nil {
+		if err := other.Shadow(b, 7, 40); err != nil {
 			return err
 		}
 		return other.Attach(b, 7, [][]byte{[]byte("k1"), []byte("k2")})
@@ -56,13 +57,16 @@ func TestLeaseAcrossStores(t *testing.T) {
 	if p, err := home.PendingRevokes(); err != nil || fmt.Sprint(p) != "map[7:[2]]" {
 		t.Fatalf("pending revokes after the revoke: %v, %v", p, err)
 	}
+	if _, err := home.Grant(db.NewIndexedBatch(), 7, 60, epoch); !errors.Is(err, ErrLeaseExists) {
+		t.Fatalf("grant the id of a lease whose revoke is under way: %v", err)
+	}
 	var keys [][]byte
 	commit(func(b *pebble.Batch) (err error) { keys, err = other.RevokeShadow(b, 7); return err })
 	if fmt.Sprintf("%s", keys) != "[k1 k2]" {
 		t.Fatalf("revoked shadow keys %s", keys)
 	}
 	reopen()
-	if err := other.Shadow(db.NewIndexedBatch(), 7); !errors.Is(err, ErrLeaseNotFound) {
+	if err := other.Shadow(db.NewIndexedBatch(), 7, 40); !errors.Is(err, ErrLeaseNotFound) {
 		t.Fatalf("a late put with the revoked lease: %v", err)
 	}
 	if other.LeaseExists(7) {
@@ -73,8 +77,17 @@ func TestLeaseAcrossStores(t *testing.T) {
 	if p, err := home.PendingRevokes(); err != nil || len(p) != 0 {
 		t.Fatalf("pending revokes when done: %v, %v", p, err)
 	}
-	if _, err := home.Grant(db.NewIndexedBatch(), 7, 60, epoch); !errors.Is(err, ErrLeaseExists) {
-		t.Fatalf("grant the id of a lease some shard holds a tombstone of: %v", err)
+	commit(func(b *pebble.Batch) error { _, err := home.Grant(b, 7, 60, epoch); return err })
+	commit(func(b *pebble.Batch) error { return home.Register(b, 7, 2) })
+	commit(func(b *pebble.Batch) error { return other.Shadow(b, 7, 55) })
+	reopen()
+	if !other.LeaseExists(7) {
+		t.Fatal("the lease granted again has no shadow")
+	}
+	// A router that still knows the old registration is refused, and
+	// registers again.
+	if err := other.Shadow(db.NewIndexedBatch(), 7, 40); !errors.Is(err, ErrLeaseNotFound) {
+		t.Fatalf("the revoked generation once the lease is back: %v", err)
 	}
 }
 

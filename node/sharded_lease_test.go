@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -16,7 +17,8 @@ import (
 // later put with the lease is refused in every range, as etcd refuses an
 // unknown lease (but not in a txn branch that does not run); an expired
 // lease's keys go in every range too; a put with an unknown lease is
-// refused outside the home as inside it.
+// refused outside the home as inside it; an id granted again after its
+// revoke is a live lease in every range again.
 func TestShardedLeases(t *testing.T) {
 	n := startSharded(t, t.TempDir(), "c", "h", "p")
 	cli := newClient(t, n)
@@ -91,6 +93,24 @@ func TestShardedLeases(t *testing.T) {
 		t.Fatalf("put with an unknown lease: %v", err)
 	}
 
+	// The same id granted again is a new lease in every range.
+	const chosen = 777
+	for round := range 2 {
+		g, err := pbLease(cli).LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: chosen, TTL: 60})
+		if err != nil {
+			t.Fatalf("grant id %d, round %d: %v", chosen, round, err)
+		}
+		if _, err := cli.Put(ctx, "e7", fmt.Sprint(round), clientv3.WithLease(clientv3.LeaseID(g.ID))); err != nil {
+			t.Fatalf("put with lease %d, round %d: %v", chosen, round, err)
+		}
+		if _, err := cli.Revoke(ctx, clientv3.LeaseID(chosen)); err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := cli.Get(ctx, "e7"); err != nil || len(resp.Kvs) != 0 {
+			t.Fatalf("round %d: e7 after the revoke: %v, %v", round, resp, err)
+		}
+	}
+
 	// Expiry: the primary revokes at the home, the node in every range.
 	short, err := cli.Grant(ctx, 1)
 	if err != nil {
@@ -120,3 +140,5 @@ func TestShardedLeases(t *testing.T) {
 		}
 	}
 }
+
+func pbLease(cli *clientv3.Client) pb.LeaseClient { return pb.NewLeaseClient(cli.ActiveConnection()) }

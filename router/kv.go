@@ -168,12 +168,10 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err != nil {
 		return nil, err
 	}
-	shadows, err := k.s.shadowLeases(ctx, sh, []int64{r.Lease})
-	if err != nil {
-		return nil, err
-	}
-	out, err := k.s.write(ctx, sh, r, func(b []byte) *shardpb.Request {
-		return &shardpb.Request{Op: &shardpb.Request_Put{Put: b}, ShadowLeases: shadows}
+	out, err := k.s.withShadows(ctx, sh, []int64{r.Lease}, func(shadows []*shardpb.ShadowLease) (*shardpb.Response, error) {
+		return k.s.write(ctx, sh, r, func(b []byte) *shardpb.Request {
+			return &shardpb.Request{Op: &shardpb.Request_Put{Put: b}, ShadowLeases: shadows}
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -224,12 +222,10 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err := k.s.checkQuota(ctx, r); err != nil {
 		return nil, err
 	}
-	shadows, err := k.s.shadowLeases(ctx, sh, txnLeases(r, nil))
-	if err != nil {
-		return nil, err
-	}
-	out, err := k.s.write(ctx, sh, r, func(b []byte) *shardpb.Request {
-		return &shardpb.Request{Op: &shardpb.Request_Txn{Txn: b}, ShadowLeases: shadows}
+	out, err := k.s.withShadows(ctx, sh, txnLeases(r, nil), func(shadows []*shardpb.ShadowLease) (*shardpb.Response, error) {
+		return k.s.write(ctx, sh, r, func(b []byte) *shardpb.Request {
+			return &shardpb.Request{Op: &shardpb.Request_Txn{Txn: b}, ShadowLeases: shadows}
+		})
 	})
 	if err != nil {
 		return nil, err

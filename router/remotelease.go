@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
@@ -32,26 +33,29 @@ type RemoteLeases interface {
 	RemoteKeys(ctx context.Context, id int64) ([][]byte, error)
 }
 
-// registered remembers which (lease, range) pairs the home has recorded,
-// so that only a range's first write with a lease pays for it. A revoked
-// lease that stays in it is refused by the range itself (its tombstone).
+// registered remembers the registrations the home has recorded, by
+// (lease, range), with their generations, so that only a range's first
+// write with a lease pays for one. A lease revoked since stays here: the
+// range refuses the old generation (its tombstone), and the write
+// registers again (withShadows).
 type registered struct {
 	mu   sync.Mutex
-	seen map[[2]int64]struct{}
+	seen map[[2]int64]uint64
 }
 
 // registeredCap bounds the memory of registered: beyond it, it starts
 // over (at the price of registering again).
 const registeredCap = 1 << 16
 
-// shadowLeases returns the leases of ids that a write in range sh must
-// carry as shadow leases, registering the range at their home first. A
-// lease the home does not know is left out: the range then refuses a put
-// with it, as etcd does, only if the put runs (a txn branch not taken
-// does not need it).
-func (s *Server) shadowLeases(ctx context.Context, sh Shard, ids []int64) ([]int64, error) {
-	if s.cfg.Ranges == nil || sh == s.cfg.Shard || len(ids) == 0 {
-		return nil, nil
+// withShadows runs a write in range sh that may attach keys to leases ids
+// (sharded mode): for a range other than the home, the range is registered
+// at each lease's home first and the write carries the leases as shadow
+// leases. A write refused for a lease it took from a registration known
+// from before is tried once more with fresh ones (the lease may have been
+// revoked and granted again since).
+func (s *Server) withShadows(ctx context.Context, sh Shard, ids []int64, write func([]*shardpb.ShadowLease) (*shardpb.Response, error)) (*shardpb.Response, error) {
+	if s.cfg.Ranges == nil || sh == s.cfg.Shard || len(ids) == 0 || !slices.ContainsFunc(ids, func(id int64) bool { return id != 0 }) {
+		return write(nil)
 	}
 	var rangeID uint64
 	for _, p := range s.cfg.Ranges.All() {
@@ -59,35 +63,58 @@ func (s *Server) shadowLeases(ctx context.Context, sh Shard, ids []int64) ([]int
 			rangeID = p.ID
 		}
 	}
-	var out []int64
+	shadows, cached, err := s.shadowLeases(ctx, rangeID, ids, false)
+	if err != nil {
+		return nil, err
+	}
+	out, err := write(shadows)
+	if cached && errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
+		if shadows, _, err = s.shadowLeases(ctx, rangeID, ids, true); err != nil {
+			return nil, err
+		}
+		out, err = write(shadows)
+	}
+	return out, err
+}
+
+// shadowLeases registers range rangeID at the home of each lease of ids
+// (unless known, or fresh) and returns them as shadow leases, and whether
+// any registration was known from before. A lease the home does not know
+// is left out: the range then refuses a put with it, as etcd does, only if
+// the put runs (a txn branch not taken does not need it).
+func (s *Server) shadowLeases(ctx context.Context, rangeID uint64, ids []int64, fresh bool) (out []*shardpb.ShadowLease, cached bool, err error) {
 	for _, id := range ids {
-		if id == 0 || slices.Contains(out, id) {
+		if id == 0 || slices.ContainsFunc(out, func(sl *shardpb.ShadowLease) bool { return sl.Lease == id }) {
 			continue
 		}
 		key := [2]int64{id, int64(rangeID)}
 		s.registered.mu.Lock()
-		_, ok := s.registered.seen[key]
+		gen, ok := s.registered.seen[key]
 		s.registered.mu.Unlock()
-		if !ok {
-			_, err := s.cfg.Shard.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseRegister{
-				LeaseRegister: &shardpb.LeaseShard{Lease: id, Shard: rangeID}}})
-			var se *shard.Error
-			if errors.As(err, &se) && se.Code == shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND {
-				continue
-			}
-			if err != nil {
-				return nil, toGRPC(err)
-			}
-			s.registered.mu.Lock()
-			if s.registered.seen == nil || len(s.registered.seen) >= registeredCap {
-				s.registered.seen = map[[2]int64]struct{}{}
-			}
-			s.registered.seen[key] = struct{}{}
-			s.registered.mu.Unlock()
+		if ok && !fresh {
+			cached = true
+			out = append(out, &shardpb.ShadowLease{Lease: id, Generation: gen})
+			continue
 		}
-		out = append(out, id)
+		res, err := s.cfg.Shard.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseRegister{
+			LeaseRegister: &shardpb.LeaseShard{Lease: id, Shard: rangeID}}})
+		var se *shard.Error
+		if errors.As(err, &se) && se.Code == shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND {
+			continue
+		}
+		if err != nil {
+			return nil, false, toGRPC(err)
+		}
+		gen = res.GetLeaseRegistered()
+		s.registered.mu.Lock()
+		if s.registered.seen == nil || len(s.registered.seen) >= registeredCap {
+			s.registered.seen = map[[2]int64]uint64{}
+		}
+		s.registered.seen[key] = gen
+		s.registered.mu.Unlock()
+		out = append(out, &shardpb.ShadowLease{Lease: id, Generation: gen})
 	}
-	return out, nil
+	return out, cached, nil
 }
 
 // txnLeases lists the leases a txn's puts name, nested txns included.

@@ -178,6 +178,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	closedBefore := mvcc.Revision(s.closedRev.Load())
 	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: closedBefore, fence: s.fence.Load()}
 	for i := range entries {
+		a.index = entries[i].Index
 		res, err := a.command(entries[i].Cmd)
 		if err != nil {
 			return nil, fmt.Errorf("shard %d: apply index %d: %w", s.shardID, entries[i].Index, err)
@@ -241,6 +242,8 @@ type applier struct {
 	// fence is the newest proposer term of stamped writes; term is the
 	// term of the entry being applied.
 	fence, term uint64
+	// index is the raft index of the entry being applied.
+	index uint64
 }
 
 // command applies every request of one entry. A request the store
@@ -334,10 +337,10 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	if stamp != 0 && a.term < a.fence {
 		return nil, fmt.Errorf("%w: stamped in term %d, a leader of term %d has written since", mvcc.ErrStaleStamp, a.term, a.fence)
 	}
-	for _, id := range r.ShadowLeases {
+	for _, sl := range r.ShadowLeases {
 		// A lease this shard revoked gets no shadow: the store then
 		// refuses a put with it as etcd refuses an unknown lease.
-		if err := a.lessor.Shadow(b.Pebble(), lease.ID(id)); err != nil && !errors.Is(err, lease.ErrLeaseNotFound) {
+		if err := a.lessor.Shadow(b.Pebble(), lease.ID(sl.Lease), sl.Generation); err != nil && !errors.Is(err, lease.ErrLeaseNotFound) {
 			return nil, err
 		}
 	}
@@ -433,7 +436,8 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		if err := a.lessor.Register(b.Pebble(), lease.ID(op.LeaseRegister.Lease), op.LeaseRegister.Shard); err != nil {
 			return nil, err
 		}
-		return &shardpb.Response{Result: &shardpb.Response_LeaseShard{LeaseShard: true}}, nil
+		// The entry's raft index: each registration's is newer.
+		return &shardpb.Response{Result: &shardpb.Response_LeaseRegistered{LeaseRegistered: a.index}}, nil
 	case *shardpb.Request_LeaseUnregister:
 		if op.LeaseUnregister == nil {
 			return nil, badRequest("shard: lease registration without its fields")

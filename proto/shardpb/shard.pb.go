@@ -210,10 +210,10 @@ type Request struct {
 	//	*Request_ShadowRevoke
 	//	*Request_LeaseUnregister
 	Op isRequest_Op `protobuf_oneof:"op"`
-	// Sharded mode: leases this request attaches keys to that are homed in
+	// Sharded mode: leases this request may attach keys to that are homed in
 	// another shard, which registered this one; each gets a shadow here
-	// first, or the request is refused if this shard revoked it.
-	ShadowLeases  []int64 `protobuf:"varint,13,rep,packed,name=shadow_leases,json=shadowLeases,proto3" json:"shadow_leases,omitempty"`
+	// first unless this shard revoked that incarnation of it.
+	ShadowLeases  []*ShadowLease `protobuf:"bytes,13,rep,name=shadow_leases,json=shadowLeases,proto3" json:"shadow_leases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -388,7 +388,7 @@ func (x *Request) GetLeaseUnregister() *LeaseShard {
 	return nil
 }
 
-func (x *Request) GetShadowLeases() []int64 {
+func (x *Request) GetShadowLeases() []*ShadowLease {
 	if x != nil {
 		return x.ShadowLeases
 	}
@@ -500,6 +500,62 @@ func (*Request_ShadowRevoke) isRequest_Op() {}
 
 func (*Request_LeaseUnregister) isRequest_Op() {}
 
+// ShadowLease is a lease homed in another shard and the generation of its
+// registration there (the home's raft index of it): a shard that revoked
+// the lease refuses registrations up to the generation it revoked, and a
+// lease granted again under the same id registers with a newer one.
+type ShadowLease struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lease         int64                  `protobuf:"varint,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShadowLease) Reset() {
+	*x = ShadowLease{}
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShadowLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShadowLease) ProtoMessage() {}
+
+func (x *ShadowLease) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShadowLease.ProtoReflect.Descriptor instead.
+func (*ShadowLease) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ShadowLease) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *ShadowLease) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 // LeaseShard names a lease and a shard holding keys attached to it.
 type LeaseShard struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -511,7 +567,7 @@ type LeaseShard struct {
 
 func (x *LeaseShard) Reset() {
 	*x = LeaseShard{}
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +579,7 @@ func (x *LeaseShard) String() string {
 func (*LeaseShard) ProtoMessage() {}
 
 func (x *LeaseShard) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +592,7 @@ func (x *LeaseShard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseShard.ProtoReflect.Descriptor instead.
 func (*LeaseShard) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LeaseShard) GetLease() int64 {
@@ -566,7 +622,7 @@ type MemberPeers struct {
 
 func (x *MemberPeers) Reset() {
 	*x = MemberPeers{}
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +634,7 @@ func (x *MemberPeers) String() string {
 func (*MemberPeers) ProtoMessage() {}
 
 func (x *MemberPeers) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +647,7 @@ func (x *MemberPeers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberPeers.ProtoReflect.Descriptor instead.
 func (*MemberPeers) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MemberPeers) GetId() uint64 {
@@ -634,7 +690,7 @@ type TransferHold struct {
 
 func (x *TransferHold) Reset() {
 	*x = TransferHold{}
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +702,7 @@ func (x *TransferHold) String() string {
 func (*TransferHold) ProtoMessage() {}
 
 func (x *TransferHold) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +715,7 @@ func (x *TransferHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferHold.ProtoReflect.Descriptor instead.
 func (*TransferHold) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TransferHold) GetTarget() uint64 {
@@ -693,7 +749,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +761,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +774,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -747,6 +803,7 @@ type Response struct {
 	//	*Response_TransferHold
 	//	*Response_MemberPeers
 	//	*Response_LeaseShard
+	//	*Response_LeaseRegistered
 	//	*Response_ShadowRevoke
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
@@ -755,7 +812,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +824,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +837,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -907,6 +964,15 @@ func (x *Response) GetLeaseShard() bool {
 	return false
 }
 
+func (x *Response) GetLeaseRegistered() uint64 {
+	if x != nil {
+		if x, ok := x.Result.(*Response_LeaseRegistered); ok {
+			return x.LeaseRegistered
+		}
+	}
+	return 0
+}
+
 func (x *Response) GetShadowRevoke() []byte {
 	if x != nil {
 		if x, ok := x.Result.(*Response_ShadowRevoke); ok {
@@ -969,7 +1035,11 @@ type Response_MemberPeers struct {
 }
 
 type Response_LeaseShard struct {
-	LeaseShard bool `protobuf:"varint,13,opt,name=lease_shard,json=leaseShard,proto3,oneof"` // registered or unregistered
+	LeaseShard bool `protobuf:"varint,13,opt,name=lease_shard,json=leaseShard,proto3,oneof"` // unregistered
+}
+
+type Response_LeaseRegistered struct {
+	LeaseRegistered uint64 `protobuf:"varint,15,opt,name=lease_registered,json=leaseRegistered,proto3,oneof"` // registered: the registration's generation
 }
 
 type Response_ShadowRevoke struct {
@@ -1002,6 +1072,8 @@ func (*Response_MemberPeers) isResponse_Result() {}
 
 func (*Response_LeaseShard) isResponse_Result() {}
 
+func (*Response_LeaseRegistered) isResponse_Result() {}
+
 func (*Response_ShadowRevoke) isResponse_Result() {}
 
 // Error is a refusal decided deterministically by the state machine.
@@ -1015,7 +1087,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1099,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1112,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1065,7 +1137,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\aCommand\x123\n" +
 	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
 	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"\xa7\x05\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\xc4\x05\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -1085,9 +1157,14 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\fmember_peers\x18\f \x01(\v2\x1b.cairn.shard.v1.MemberPeersH\x00R\vmemberPeers\x12C\n" +
 	"\x0elease_register\x18\x0e \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\rleaseRegister\x12%\n" +
 	"\rshadow_revoke\x18\x0f \x01(\x03H\x00R\fshadowRevoke\x12G\n" +
-	"\x10lease_unregister\x18\x10 \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\x0fleaseUnregister\x12#\n" +
-	"\rshadow_leases\x18\r \x03(\x03R\fshadowLeasesB\x04\n" +
-	"\x02op\"8\n" +
+	"\x10lease_unregister\x18\x10 \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\x0fleaseUnregister\x12@\n" +
+	"\rshadow_leases\x18\r \x03(\v2\x1b.cairn.shard.v1.ShadowLeaseR\fshadowLeasesB\x04\n" +
+	"\x02op\"C\n" +
+	"\vShadowLease\x12\x14\n" +
+	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\"8\n" +
 	"\n" +
 	"LeaseShard\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x14\n" +
@@ -1101,7 +1178,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x0funtil_unix_nano\x18\x02 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
 	"\tmax_nanos\x18\x03 \x01(\x03R\bmaxNanos\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xfa\x03\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xa7\x04\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -1120,7 +1197,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\rtransfer_hold\x18\v \x01(\bH\x00R\ftransferHold\x12#\n" +
 	"\fmember_peers\x18\f \x01(\bH\x00R\vmemberPeers\x12!\n" +
 	"\vlease_shard\x18\r \x01(\bH\x00R\n" +
-	"leaseShard\x12%\n" +
+	"leaseShard\x12+\n" +
+	"\x10lease_registered\x18\x0f \x01(\x04H\x00R\x0fleaseRegistered\x12%\n" +
 	"\rshadow_revoke\x18\x0e \x01(\fH\x00R\fshadowRevokeB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
@@ -1159,32 +1237,34 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 }
 
 var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_shardpb_shard_proto_goTypes = []any{
 	(ErrorCode)(0),       // 0: cairn.shard.v1.ErrorCode
 	(*Command)(nil),      // 1: cairn.shard.v1.Command
 	(*Request)(nil),      // 2: cairn.shard.v1.Request
-	(*LeaseShard)(nil),   // 3: cairn.shard.v1.LeaseShard
-	(*MemberPeers)(nil),  // 4: cairn.shard.v1.MemberPeers
-	(*TransferHold)(nil), // 5: cairn.shard.v1.TransferHold
-	(*Result)(nil),       // 6: cairn.shard.v1.Result
-	(*Response)(nil),     // 7: cairn.shard.v1.Response
-	(*Error)(nil),        // 8: cairn.shard.v1.Error
+	(*ShadowLease)(nil),  // 3: cairn.shard.v1.ShadowLease
+	(*LeaseShard)(nil),   // 4: cairn.shard.v1.LeaseShard
+	(*MemberPeers)(nil),  // 5: cairn.shard.v1.MemberPeers
+	(*TransferHold)(nil), // 6: cairn.shard.v1.TransferHold
+	(*Result)(nil),       // 7: cairn.shard.v1.Result
+	(*Response)(nil),     // 8: cairn.shard.v1.Response
+	(*Error)(nil),        // 9: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
 	2, // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	5, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	4, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
-	3, // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
-	3, // 4: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
-	7, // 5: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	8, // 6: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0, // 7: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	6, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	5, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	4, // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
+	4, // 4: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
+	3, // 5: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
+	8, // 6: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	9, // 7: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	0, // 8: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -1208,7 +1288,7 @@ func file_shardpb_shard_proto_init() {
 		(*Request_ShadowRevoke)(nil),
 		(*Request_LeaseUnregister)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[6].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[7].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -1222,6 +1302,7 @@ func file_shardpb_shard_proto_init() {
 		(*Response_TransferHold)(nil),
 		(*Response_MemberPeers)(nil),
 		(*Response_LeaseShard)(nil),
+		(*Response_LeaseRegistered)(nil),
 		(*Response_ShadowRevoke)(nil),
 	}
 	type x struct{}
@@ -1230,7 +1311,7 @@ func file_shardpb_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -59,6 +59,15 @@
 // up in checkpoints and truncated in TimeToLive (as etcd); a lease is
 // expired at its expiry exactly (now >= expiry).
 //
+// # Leases across shards (sharded mode)
+//
+// remote.go: a lease homed in another shard gets a shadow here (Shadow)
+// when a write attaches keys to it, so the keys can be found and deleted
+// when the home revokes it (RevokeShadow, which leaves a tombstone that
+// refuses late puts). The home records which shards hold keys of each
+// lease (Register, Unregister, PendingRevokes). Shadows have no TTL and
+// never expire here; they are not listed among the shard's leases.
+//
 // # Storage and memory
 //
 // keys.go has the layout: a record per lease and one pebble key per

@@ -41,6 +41,10 @@
 // ranges this node leads every 50 ms, or sooner when a watch waits on it
 // (RangePart.Kick), and hands it to the range's hub; the node's
 // watch.Merger sends the progress notifications of watches over ranges.
+// The node is the router's RemoteLeases: it revokes a lease's shadows in
+// the ranges registered at range 1 (the home of every lease), and, while
+// it leads range 1, finishes the revokes left pending (expired leases,
+// revokes cut short) every 50 ms.
 //
 // Peer URLs are recorded through raft too (by MemberAdd and MemberUpdate,
 // and by each member for itself if none are), and raft reaches a replica at

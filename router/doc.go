@@ -22,8 +22,12 @@
 // R once its closed revision reached R, and merges the parts as etcd would
 // answer (rangemerge.go); Compact compacts every range. A watch stream is a
 // watch.Merged over the ranges' hubs (Config.Merger), cut by watchParts
-// with the same clipping. Leases across ranges and forwarding to other
-// nodes are still to come.
+// with the same clipping. Leases live in the first range (their home); a
+// write in another range with a lease registers that range at the home
+// first and carries the lease as a shadow lease; a revoke returns once the
+// node has deleted the lease's keys in every registered range
+// (remotelease.go, RemoteLeases). Forwarding to other nodes is still to
+// come.
 //
 // Contract with clients: every answer is the one etcd would give. Requests
 // are validated before anything is proposed (mvcc's Validate functions, with

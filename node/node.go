@@ -32,6 +32,7 @@ import (
 	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
@@ -431,7 +432,13 @@ func (n *Node) start(ctx context.Context) error {
 		}
 		span = spanOf(ranges[0])
 	}
-	shardCfg := shard.Config{DB: db, Span: span, Lease: leaseOpts, OnApply: notifier(n.hub), OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
+	notifyFirst := notifier(n.hub)
+	shardCfg := shard.Config{DB: db, Span: span, Lease: leaseOpts, OnApply: func(closed mvcc.Revision, evs []*mvccpb.Event) {
+		notifyFirst(closed, evs)
+		if rs := n.rangeSet.first.Load(); rs != nil {
+			rs.settlePublished()
+		}
+	}, OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
 			r.Hold(target, until, max)
 		}
@@ -481,7 +488,9 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	if cfg.Sharded {
 		n.replica = shard.NewStampingReplica(n.nh, singleShardID, n.memberID, n.oracle)
-		first := &rangeReplica{desc: ranges[0], replica: n.replica, hub: n.hub, kick: make(chan struct{}, 1)}
+		first := &rangeReplica{desc: ranges[0], replica: n.replica, hub: n.hub, kick: make(chan struct{}, 1), smRef: &n.sm}
+		first.client = &rangeClient{n: n, rr: first}
+		n.rangeSet.first.Store(first)
 		n.rangeSet.ranges = []*rangeReplica{first}
 		for _, d := range ranges[1:] {
 			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), founders != nil)
@@ -552,6 +561,7 @@ func (n *Node) start(ctx context.Context) error {
 		Leader:            n.leaderConn,
 	}
 	if cfg.Sharded {
+		rcfg.Shard = n.rangeSet.first.Load().client
 		rcfg.Ranges = n
 		rcfg.Merger = n.merger
 		rcfg.RemoteLeases = n
@@ -559,6 +569,9 @@ func (n *Node) start(ctx context.Context) error {
 	rs := router.New(rcfg)
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)
+	if cfg.Sharded {
+		internalpb.RegisterNodeServer(n.grpc, &internalServer{n: n})
+	}
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
 	mux := http.NewServeMux()

@@ -15,11 +15,14 @@ import (
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	sm "github.com/lni/dragonboat/v4/statemachine"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/router"
@@ -44,12 +47,61 @@ const oracleWindow = 10000
 type rangeReplica struct {
 	desc    *placementpb.RangeDescriptor
 	replica *shard.Replica
-	sm      atomic.Pointer[shard.StateMachine]
-	hub     *watch.Hub
+	// client is the range as the router uses it (through its leader).
+	client *rangeClient
+	sm     atomic.Pointer[shard.StateMachine]
+	// smRef is the state machine the replica has: &sm, or the node's for
+	// range 1.
+	smRef *atomic.Pointer[shard.StateMachine]
+	hub   *watch.Hub
+	// pub is the closed revision the range's leader last published, to
+	// pass to the hub once this replica has applied as far as the leader
+	// had (guarded by pubMu; zero: none waiting).
+	pubMu sync.Mutex
+	pub   struct {
+		closed mvcc.Revision
+		index  uint64
+	}
 	// want is the closed revision watches wait for; kick (size 1) wakes
 	// the range's closer for it.
 	want atomic.Int64
 	kick chan struct{}
+}
+
+// published takes a closed revision the range's leader published with
+// the index it had applied: the hub gets it once this replica has applied
+// that far (every write at or below it is then applied here).
+func (rr *rangeReplica) published(closed mvcc.Revision, index uint64) {
+	rr.pubMu.Lock()
+	if closed > rr.pub.closed {
+		rr.pub.closed, rr.pub.index = closed, index
+	}
+	rr.pubMu.Unlock()
+	rr.settlePublished()
+}
+
+// settlePublished passes a published closed revision to the hub if this
+// replica has applied far enough.
+func (rr *rangeReplica) settlePublished() {
+	rr.pubMu.Lock()
+	defer rr.pubMu.Unlock()
+	if rr.pub.closed == 0 {
+		return
+	}
+	sm := rr.smRef.Load()
+	if sm == nil || sm.AppliedIndex() < rr.pub.index {
+		return
+	}
+	rr.hub.Advance(rr.pub.closed)
+	rr.pub.closed, rr.pub.index = 0, 0
+}
+
+// appliedIndex is the raft index this replica has applied (0: not open).
+func (rr *rangeReplica) appliedIndex() uint64 {
+	if sm := rr.smRef.Load(); sm != nil {
+		return sm.AppliedIndex()
+	}
+	return 0
 }
 
 // wantClosed asks the range's closer to raise the closed revision to rev
@@ -72,6 +124,8 @@ func (rr *rangeReplica) wantClosed(rev mvcc.Revision) {
 type rangeSet struct {
 	mu     sync.RWMutex
 	ranges []*rangeReplica // by start key
+	// first is range 1, set before its replica applies anything.
+	first atomic.Pointer[rangeReplica]
 }
 
 // all returns every range in key order.
@@ -182,8 +236,14 @@ func (n *Node) proposePlacement(ctx context.Context, cmd []byte) (*placementpb.R
 // its client, watch hub and catch-up pump.
 func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) (*rangeReplica, error) {
 	rr := &rangeReplica{desc: d, hub: watch.NewHub(0), kick: make(chan struct{}, 1)}
+	rr.smRef = &rr.sm
+	rr.client = &rangeClient{n: n, rr: rr}
 	shardCfg.Span = spanOf(d)
-	shardCfg.OnApply = notifier(rr.hub)
+	notify := notifier(rr.hub)
+	shardCfg.OnApply = func(closed mvcc.Revision, evs []*mvccpb.Event) {
+		notify(closed, evs)
+		rr.settlePublished()
+	}
 	shardCfg.OnPeers, shardCfg.OnHold = nil, nil
 	factory := shard.Factory(shardCfg)
 	var members map[uint64]dragonboat.Target
@@ -212,9 +272,33 @@ func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config,
 // replica here answers while it leads the group.
 type oracle struct{ n *Node }
 
-// Revisions implements shard.Stamper.
+// Revisions implements shard.Stamper: from this node's allocator while
+// its placement replica leads, else from the leader's node.
 func (o oracle) Revisions(ctx context.Context, count int64) (mvcc.Revision, error) {
-	return o.n.alloc.Revisions(ctx, count)
+	for {
+		first, err := o.n.alloc.Revisions(ctx, count)
+		if !errors.Is(err, placement.ErrNotLeader) {
+			return first, err
+		}
+		if leader, _, ok, _ := o.n.nh.GetLeaderID(placementShardID); ok && leader != o.n.memberID {
+			nc, err := o.n.nodeClient(leader)
+			if err == nil {
+				var resp *internalpb.RevisionsResponse
+				resp, err = nc.Revisions(ctx, &internalpb.RevisionsRequest{Count: count})
+				if err == nil {
+					return mvcc.Revision(resp.First), nil
+				}
+			}
+			if status.Code(err) != codes.FailedPrecondition && ctx.Err() != nil {
+				return 0, fromRemote(err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %v", placement.ErrNotLeader, ctx.Err())
+		case <-time.After(forwardRetry):
+		}
+	}
 }
 
 // All implements router.Ranges.
@@ -222,7 +306,7 @@ func (n *Node) All() []router.RangePart {
 	rs := n.rangeSet.all()
 	out := make([]router.RangePart, len(rs))
 	for i, r := range rs {
-		out[i] = router.RangePart{ID: r.desc.Id, Start: r.desc.Start, End: r.desc.End, Shard: r.replica, Watches: r.hub,
+		out[i] = router.RangePart{ID: r.desc.Id, Start: r.desc.Start, End: r.desc.End, Shard: r.client, Watches: r.hub,
 			Kick: r.wantClosed}
 	}
 	return out
@@ -254,6 +338,11 @@ func (n *Node) closer(rr *rangeReplica) {
 			return
 		case <-t.C:
 		case <-rr.kick:
+			// A watch here waits for the range: its leader elsewhere is
+			// asked to close sooner.
+			if leader, _, ok := rr.replica.Leader(); ok && leader != n.memberID {
+				n.forwardKick(rr, leader)
+			}
 		}
 		// A kick is retried briefly while writes in flight hold the closed
 		// revision back, as they settle within milliseconds.
@@ -265,6 +354,7 @@ func (n *Node) closer(rr *rangeReplica) {
 			closed, err := rr.replica.AdvanceIdle(ctx) // a failure leaves it for the next tick
 			cancel()
 			rr.hub.Advance(closed)
+			n.publishClosed(rr, closed)
 			if err != nil || closed >= mvcc.Revision(rr.want.Load()) || wait > closedEvery/4 {
 				break
 			}
@@ -275,6 +365,45 @@ func (n *Node) closer(rr *rangeReplica) {
 			}
 		}
 	}
+}
+
+// publishClosed sends the other replicas of a range this node leads its
+// closed revision, with the index applied here (the side channel of
+// DESIGN.md "Closed revision"); a lost message is made good by the next.
+func (n *Node) publishClosed(rr *rangeReplica, closed mvcc.Revision) {
+	if closed == 0 {
+		return
+	}
+	req := &internalpb.ClosedRequest{Ranges: []*internalpb.RangeClosed{{Range: rr.desc.Id, Closed: int64(closed), Index: rr.appliedIndex()}}}
+	for _, id := range rr.desc.Replicas {
+		if id == n.memberID {
+			continue
+		}
+		nc, err := n.nodeClient(id)
+		if err != nil {
+			continue
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
+			defer cancel()
+			_, _ = nc.Closed(ctx, req)
+		}()
+	}
+}
+
+// forwardKick asks the leader of a range to close what watches here wait
+// for.
+func (n *Node) forwardKick(rr *rangeReplica, leader uint64) {
+	nc, err := n.nodeClient(leader)
+	if err != nil {
+		return
+	}
+	req := &internalpb.KickRequest{Range: rr.desc.Id, Revision: rr.want.Load()}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
+		defer cancel()
+		_, _ = nc.Kick(ctx, req)
+	}()
 }
 
 // mergedProgress sends the progress notifications of watches over the
@@ -349,11 +478,21 @@ func (n *Node) serveRanges(w http.ResponseWriter, _ *http.Request) {
 // the home marks that range done. A failure leaves the rest to
 // revokeRemotes, which retries pending ones.
 func (n *Node) RevokeRemote(ctx context.Context, id int64) error {
-	shards, err := n.sm.Load().Lessor().Registered(lease.ID(id))
+	shards, err := n.registered(ctx, id)
 	if err != nil {
 		return err
 	}
 	return n.revokeIn(ctx, id, shards)
+}
+
+// registered reads, linearizably, the ranges registered at range 1 as
+// holding keys of lease id.
+func (n *Node) registered(ctx context.Context, id int64) ([]uint64, error) {
+	v, err := n.replica.Read(ctx, shard.RegisteredQuery{ID: id}, true)
+	if err != nil {
+		return nil, err
+	}
+	return v.([]uint64), nil
 }
 
 // revokeIn revokes the shadows of lease id in shards and marks each done
@@ -364,7 +503,7 @@ func (n *Node) revokeIn(ctx context.Context, id int64, shards []uint64) error {
 			if rr.desc.Id != sid {
 				continue
 			}
-			if _, err := rr.replica.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: id}}); err != nil {
+			if _, err := rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: id}}); err != nil {
 				return fmt.Errorf("node: revoke lease %d in range %d: %w", id, sid, err)
 			}
 		}
@@ -380,7 +519,7 @@ func (n *Node) revokeIn(ctx context.Context, id int64, shards []uint64) error {
 // RemoteKeys implements router.RemoteLeases: the keys attached to lease id
 // in the ranges registered at its home.
 func (n *Node) RemoteKeys(ctx context.Context, id int64) ([][]byte, error) {
-	shards, err := n.sm.Load().Lessor().Registered(lease.ID(id))
+	shards, err := n.registered(ctx, id)
 	if err != nil {
 		return nil, err
 	}

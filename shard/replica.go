@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -311,9 +312,11 @@ func (r *Replica) batch() {
 			}
 		}
 		var proposed *proposal
-		if r.stamper != nil {
+		if r.stamper != nil && (slices.ContainsFunc(batch, func(p *pending) bool { return stamps(p.req) }) || r.leads()) {
 			// Stamp and propose here, one batch after another, so the log
-			// gets this replica's writes in stamp order.
+			// gets this replica's writes in stamp order. Only the leader
+			// stamps; a batch without writes to stamp may go from any
+			// replica, as in single-group mode.
 			term, err := r.leading()
 			var first mvcc.Revision
 			if err == nil {
@@ -334,6 +337,10 @@ func (r *Replica) batch() {
 		}()
 	}
 }
+
+// Stamps reports whether req writes at a revision of its own, so that in
+// sharded mode the range's leader must stamp it.
+func Stamps(req *shardpb.Request) bool { return stamps(req) }
 
 // stamps reports whether req writes at a revision of its own, so that a
 // stamp is what it applies at.
@@ -403,6 +410,12 @@ func (r *Replica) untrack(id uint64) {
 	r.seqMu.Lock()
 	defer r.seqMu.Unlock()
 	delete(r.inflight, id)
+}
+
+// leads reports whether this NodeHost's replica leads the shard.
+func (r *Replica) leads() bool {
+	_, err := r.leading()
+	return err == nil
 }
 
 // leading returns the term this NodeHost's replica leads in, or

@@ -517,6 +517,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	}
 }
 
+// AppliedIndex is the raft index of the last entry applied here.
+func (s *StateMachine) AppliedIndex() uint64 { return s.applied.Load() }
+
 // Lookup serves a read query (RangeQuery, TxnQuery, StatusQuery). It runs
 // concurrently with Update and waits out a snapshot recovery.
 func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
@@ -545,6 +548,8 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		resp = s.alarms.list(pb.AlarmType_NONE)
 	case ShadowKeysQuery:
 		resp, err = s.Lessor().ShadowKeys(lease.ID(q.ID))
+	case RegisteredQuery:
+		resp, err = s.Lessor().Registered(lease.ID(q.ID))
 	case MembersQuery:
 		attrs := map[uint64]*pb.Member{}
 		err = s.store.ScanMeta(membersPrefix, func(_ string, v []byte) {
@@ -711,6 +716,11 @@ type HashResult struct {
 
 // AlarmsQuery asks Lookup for the raised alarms, a []*pb.AlarmMember.
 type AlarmsQuery struct{}
+
+// RegisteredQuery asks Lookup, at a lease's home, for the shards
+// registered as holding keys of lease ID whose revoke there is not done, a
+// []uint64 (sharded mode).
+type RegisteredQuery struct{ ID int64 }
 
 // ShadowKeysQuery asks Lookup for the keys attached here to lease ID,
 // homed in another shard, a [][]byte (sharded mode).

@@ -20,3 +20,16 @@ func (n *Node) AppliedIndex(ctx context.Context, id uint64) (uint64, error) {
 	}
 	return 0, nil
 }
+
+// PlacementLeader is the member this node knows to lead the placement
+// group (0: none known), for tests that stop it.
+func (n *Node) PlacementLeader() uint64 {
+	leader, _, ok, err := n.nh.GetLeaderID(placementShardID)
+	if err != nil || !ok {
+		return 0
+	}
+	return leader
+}
+
+// MemberID is this node's member id.
+func (n *Node) MemberID() uint64 { return n.memberID }

@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,5 +112,117 @@ func TestShardedCluster(t *testing.T) {
 		if err != nil || resp.Count != 24 {
 			t.Fatalf("member %d after the revoke: %v, %v", i, resp, err)
 		}
+	}
+}
+
+// TestShardedOracleFailover: the member leading the placement group (the
+// revision oracle) stops while clients write through the other two;
+// every acknowledged write has a revision of its own, each client's
+// revisions increase, and writes after the failover are above every one
+// before it: the new oracle leader starts above the persisted bound.
+func TestShardedOracleFailover(t *testing.T) {
+	nodes := startShardedCluster(t, 3, "c", "h", "p")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var leader *node.Node
+	for leader == nil {
+		for _, n := range nodes {
+			if n.PlacementLeader() == n.MemberID() {
+				leader = n
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("no placement leader")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	var clis []*clientv3.Client
+	for _, n := range nodes {
+		if n != leader {
+			clis = append(clis, newClient(t, n))
+		}
+	}
+	type ack struct {
+		rev    int64
+		before bool // acknowledged before the leader stopped
+	}
+	var mu sync.Mutex
+	stopped := false
+	acks := make([][]ack, 4)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			cli := clis[w%2]
+			for i := 0; ; i++ {
+				mu.Lock()
+				done := stopped && len(acks[w]) > 0 && !acks[w][len(acks[w])-1].before && i > 60
+				mu.Unlock()
+				if done || ctx.Err() != nil {
+					return
+				}
+				key := fmt.Sprintf("%c%d-%d", "adqz"[(w+i)%4], w, i)
+				wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+				resp, err := cli.Put(wctx, key, "v")
+				wcancel()
+				if err != nil {
+					continue // during the failover; not acknowledged
+				}
+				mu.Lock()
+				acks[w] = append(acks[w], ack{resp.Header.Revision, !stopped})
+				mu.Unlock()
+			}
+		})
+	}
+	for {
+		mu.Lock()
+		n := len(acks[0]) + len(acks[1]) + len(acks[2]) + len(acks[3])
+		mu.Unlock()
+		if n >= 40 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("too few writes before the failover")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := leader.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	stopped = true
+	mu.Unlock()
+	wg.Wait()
+	seen := map[int64]bool{}
+	var maxBefore int64
+	for _, as := range acks {
+		for _, a := range as {
+			if a.before {
+				maxBefore = max(maxBefore, a.rev)
+			}
+		}
+	}
+	after := 0
+	for w, as := range acks {
+		for i, a := range as {
+			if seen[a.rev] {
+				t.Fatalf("revision %d acknowledged twice", a.rev)
+			}
+			seen[a.rev] = true
+			if i > 0 && a.rev <= as[i-1].rev {
+				t.Fatalf("writer %d: revision %d after %d", w, a.rev, as[i-1].rev)
+			}
+			if !a.before {
+				after++
+				// Begun after the stop: above everything acknowledged before.
+				if i > 0 && !as[i-1].before && a.rev <= maxBefore {
+					t.Fatalf("writer %d: revision %d after the failover, not above %d", w, a.rev, maxBefore)
+				}
+			}
+		}
+	}
+	if after == 0 {
+		t.Fatal("no write acknowledged after the failover")
 	}
 }

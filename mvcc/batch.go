@@ -1,6 +1,7 @@
 package mvcc
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -27,6 +28,8 @@ type Batch struct {
 	closed  Revision // see SetClosed
 	compact Revision
 	dirty   bool // rev or compact changed
+	// newSpan is the span after a split in this batch (nil: none).
+	newSpan *Span
 	events  []*mvccpb.Event
 }
 
@@ -74,6 +77,48 @@ func (b *Batch) TakeEvents() []*mvccpb.Event {
 	return ev
 }
 
+// span is the store's span as of this batch (a split in it shrinks it).
+func (b *Batch) span() Span {
+	if b.newSpan != nil {
+		return *b.newSpan
+	}
+	return b.s.Span()
+}
+
+// SplitOff gives the keys of the store's span from key on to a new store,
+// child, at this batch's revision: the child's records (revision,
+// compaction, span) are written here, and this store's span ends at key
+// from Commit on. The data stays where it is — versions and the event log
+// are keyed by user key and revision, not by store — so the child sees its
+// keys' history as this store had it. key must lie strictly inside the
+// span; the returned span is the child's.
+func (b *Batch) SplitOff(key []byte, child uint64) (Span, error) {
+	sp := b.span()
+	if bytes.Compare(key, sp.Start) <= 0 || (sp.End != nil && bytes.Compare(key, sp.End) >= 0) {
+		return Span{}, fmt.Errorf("%w: split key %q is not inside [%q, %q)", ErrOutsideSpan, key, sp.Start, sp.End)
+	}
+	if child == b.s.opts.ID {
+		return Span{}, fmt.Errorf("mvcc: a store cannot split off into itself (%d)", child)
+	}
+	right := Span{Start: append([]byte{}, key...), End: sp.End}
+	left := Span{Start: sp.Start, End: append([]byte{}, key...)}
+	var v [8]byte
+	binary.BigEndian.PutUint64(v[:], uint64(b.rev))
+	b.SetMetaFor(child, metaRev, v[:])
+	binary.BigEndian.PutUint64(v[:], uint64(b.compact))
+	b.SetMetaFor(child, metaCompact, v[:])
+	b.SetMetaFor(child, metaSpan, encodeSpan(right))
+	b.SetMeta(metaSpan, encodeSpan(left))
+	b.newSpan = &left
+	return right, nil
+}
+
+// SetMetaFor writes internal record name of another store (a split's
+// child) in this batch.
+func (b *Batch) SetMetaFor(store uint64, name string, value []byte) {
+	_ = b.b.Set(metaKey(store, name), value, nil)
+}
+
 // Commit makes the batch durable in pebble's WAL (without fsync: the raft
 // log is the durable record until the caller syncs) and visible to reads.
 func (b *Batch) Commit() error {
@@ -86,6 +131,9 @@ func (b *Batch) Commit() error {
 	}
 	if err := b.b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("mvcc: commit: %w", err)
+	}
+	if b.newSpan != nil {
+		b.s.span.Store(b.newSpan)
 	}
 	b.s.rev.Store(int64(b.rev))
 	return nil
@@ -147,7 +195,7 @@ func (o *op) cur() Revision {
 func (o *op) view() (*view, error) {
 	// Reads may reach the closed revision (see SetClosed), below the op's
 	// own stamp.
-	return newView(o.b.b, max(o.cur(), o.b.closed), o.b.compact, o.b.s.opts.Span)
+	return newView(o.b.b, max(o.cur(), o.b.closed), o.b.compact, o.b.span())
 }
 
 // end writes the op's event log record and advances the batch's revision
@@ -480,7 +528,7 @@ func (b *Batch) Compact(rev Revision) (*pb.CompactionResponse, error) {
 		}
 		var rest []eventEntry
 		for _, e := range es {
-			in := b.s.opts.Span.Contains(e.key)
+			in := b.span().Contains(e.key)
 			if in {
 				seen[string(e.key)] = struct{}{}
 			}

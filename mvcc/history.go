@@ -50,7 +50,7 @@ func (s *Store) Events(from, to Revision, fn func(rev Revision, evs []*mvccpb.Ev
 		}
 		var evs []*mvccpb.Event
 		for _, e := range es {
-			if !s.opts.Span.Contains(e.key) {
+			if !s.Span().Contains(e.key) {
 				continue
 			}
 			ev, err := eventAt(vers, e, rev)

@@ -39,7 +39,7 @@ type Snapshot struct {
 
 // NewSnapshot pins the store's committed state. Close releases it.
 func (s *Store) NewSnapshot() *Snapshot {
-	return &Snapshot{snap: s.db.NewSnapshot(), id: s.opts.ID, span: s.opts.Span, carried: s.opts.Carried}
+	return &Snapshot{snap: s.db.NewSnapshot(), id: s.opts.ID, span: s.Span(), carried: s.opts.Carried}
 }
 
 // Close releases the pinned state.
@@ -259,7 +259,7 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 			b.Close()
 		}
 	}()
-	lo, hi := spanBounds(s.opts.Span)
+	lo, hi := spanBounds(s.Span())
 	mp := metaPrefix(s.opts.ID)
 	if err := b.DeleteRange(lo, hi, nil); err != nil {
 		return nil, err
@@ -357,7 +357,7 @@ func (s *Store) mergeEvents(b *pebble.Batch, incoming map[Revision][]eventEntry)
 		}
 		var rest []eventEntry
 		for _, e := range es {
-			if !s.opts.Span.Contains(e.key) {
+			if !s.Span().Contains(e.key) {
 				rest = append(rest, e)
 			}
 		}

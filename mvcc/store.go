@@ -50,6 +50,7 @@ type RawSpan struct{ Lo, Hi []byte }
 const (
 	metaRev     = "rev"     // the current revision
 	metaCompact = "compact" // the compacted revision
+	metaSpan    = "span"    // the span, once a split changed it (encodeSpan)
 )
 
 // Store is the multi-version store of one key range. See doc.go.
@@ -67,6 +68,9 @@ type Store struct {
 	// Invariant: compact <= rev. compact is -1 until the first compaction.
 	rev     atomic.Int64
 	compact atomic.Int64
+	// span is the key range the store owns: Options.Span, or the one a
+	// split recorded (metaSpan), replaced by Batch.Commit after a split.
+	span atomic.Pointer[Span]
 }
 
 // Open loads the store of opts.ID from db. A new store is at revision 1,
@@ -93,7 +97,47 @@ func (s *Store) load() error {
 	}
 	s.rev.Store(rev)
 	s.compact.Store(compact)
+	sp := s.opts.Span
+	if v, err := s.GetMeta(metaSpan); err != nil {
+		return err
+	} else if v != nil {
+		if sp, err = decodeSpan(v); err != nil {
+			return err
+		}
+	}
+	s.span.Store(&sp)
 	return nil
+}
+
+// encodeSpan encodes a span: uvarint(len(start)) start, then 1 end or 0
+// for no end.
+func encodeSpan(sp Span) []byte {
+	out := binary.AppendUvarint(nil, uint64(len(sp.Start)))
+	out = append(out, sp.Start...)
+	if sp.End == nil {
+		return append(out, 0)
+	}
+	return append(append(out, 1), sp.End...)
+}
+
+func decodeSpan(v []byte) (Span, error) {
+	n, k := binary.Uvarint(v)
+	if k <= 0 || uint64(len(v)-k) < n+1 {
+		return Span{}, fmt.Errorf("mvcc: corrupt span record %x", v)
+	}
+	sp := Span{Start: append([]byte{}, v[k:k+int(n)]...)}
+	rest := v[k+int(n):]
+	switch rest[0] {
+	case 0:
+		if len(rest) != 1 {
+			return Span{}, fmt.Errorf("mvcc: corrupt span record %x", v)
+		}
+	case 1:
+		sp.End = append([]byte{}, rest[1:]...)
+	default:
+		return Span{}, fmt.Errorf("mvcc: corrupt span record %x", v)
+	}
+	return sp, nil
 }
 
 func (s *Store) metaInt(name string, def int64) (int64, error) {
@@ -114,7 +158,7 @@ func (s *Store) Rev() Revision { return Revision(s.rev.Load()) }
 func (s *Store) CompactRev() Revision { return Revision(s.compact.Load()) }
 
 // Span returns the store's key range.
-func (s *Store) Span() Span { return s.opts.Span }
+func (s *Store) Span() Span { return *s.span.Load() }
 
 // GetMeta returns the internal record name of this store, nil if absent.
 func (s *Store) GetMeta(name string) ([]byte, error) {
@@ -183,7 +227,7 @@ func (s *Store) readView(floor Revision) (*view, error) {
 	}
 	// Loaded after the iterator exists: if the iterator misses versions a
 	// compaction removed, this load sees that compaction's revision.
-	return &view{it: it, cur: cur, compact: s.CompactRev(), span: s.opts.Span}, nil
+	return &view{it: it, cur: cur, compact: s.CompactRev(), span: s.Span()}, nil
 }
 
 // get returns key's newest version at or below at, or nil if there is none

@@ -114,17 +114,18 @@ func (l *Lessor) Shadow(b *pebble.Batch, id ID, gen uint64) error {
 }
 
 // RevokeShadow drops the shadow of lease id and its attachments, leaves a
-// tombstone that refuses later puts with it, and returns the attached keys
+// tombstone that refuses registrations of it up to generation gen (the
+// home's, as of the revoke), and returns the attached keys
 // in key order for the caller to delete at one revision in the same batch
 // (indexed). Without a shadow it only leaves the tombstone; revoking again
 // is harmless.
-func (l *Lessor) RevokeShadow(b *pebble.Batch, id ID) ([][]byte, error) {
+func (l *Lessor) RevokeShadow(b *pebble.Batch, id ID, gen uint64) ([][]byte, error) {
 	if !b.Indexed() {
 		return nil, ErrBatchNotIndexed
 	}
 	l.mu.Lock()
-	gen, shadowed := l.mu.shadows[id]
-	gen = max(gen, l.mu.tombs[id])
+	sgen, shadowed := l.mu.shadows[id]
+	gen = max(gen, sgen, l.mu.tombs[id])
 	l.mu.Unlock()
 	var keys [][]byte
 	if shadowed {
@@ -260,4 +261,77 @@ func (l *Lessor) PendingRevokes() (map[ID][]uint64, error) {
 		out[id] = append(out[id], binary.BigEndian.Uint64(k[len(lo)+8:]))
 	}
 	return out, it.Error()
+}
+
+// SplitOff moves the attachments of keys in [key, end) (end nil: no end)
+// to the lessor of child, a shard splitting off this one's keys from key
+// on, in b (indexed): each lease with keys there — homed here or a shadow —
+// becomes a shadow in child (generation 0 for a lease homed here, which the
+// child registers at this home later; a shadow keeps its generation), and
+// this shard's tombstones are copied, so late puts stay refused. It returns
+// the leases child now holds keys of.
+func (l *Lessor) SplitOff(b *pebble.Batch, key, end []byte, child uint64) ([]ID, error) {
+	if !b.Indexed() {
+		return nil, ErrBatchNotIndexed
+	}
+	lo, hi := subBounds(l.opts.ID, subAttach)
+	it, err := b.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, fmt.Errorf("lease: new iterator: %w", err)
+	}
+	type move struct {
+		id  ID
+		key []byte
+	}
+	var moves []move
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) < len(lo)+8 {
+			it.Close()
+			return nil, fmt.Errorf("lease: malformed attachment %x", k)
+		}
+		uk := k[len(lo)+8:]
+		if string(uk) < string(key) || (end != nil && string(uk) >= string(end)) {
+			continue
+		}
+		moves = append(moves, move{decodeID(k[len(lo) : len(lo)+8]), append([]byte(nil), uk...)})
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ids []ID
+	for _, m := range moves {
+		if err := b.Delete(attachKey(l.opts.ID, m.id, m.key), nil); err != nil {
+			return nil, err
+		}
+		if err := b.Set(attachKey(child, m.id, m.key), nil, nil); err != nil {
+			return nil, err
+		}
+		if len(ids) == 0 || ids[len(ids)-1] != m.id {
+			ids = append(ids, m.id)
+			gen := l.mu.shadows[m.id] // 0 for a lease homed here
+			if err := b.Set(shadowKey(child, m.id), binary.BigEndian.AppendUint64(nil, gen), nil); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for id, gen := range l.mu.tombs {
+		if err := b.Set(tombKey(child, id), binary.BigEndian.AppendUint64(nil, gen), nil); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
+}
+
+// Shadows lists the leases this shard holds shadows of.
+func (l *Lessor) Shadows() []ID {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]ID, 0, len(l.mu.shadows))
+	for id := range l.mu.shadows {
+		out = append(out, id)
+	}
+	return out
 }

@@ -61,7 +61,7 @@ func TestLeaseAcrossStores(t *testing.T) {
 		t.Fatalf("grant the id of a lease whose revoke is under way: %v", err)
 	}
 	var keys [][]byte
-	commit(func(b *pebble.Batch) (err error) { keys, err = other.RevokeShadow(b, 7); return err })
+	commit(func(b *pebble.Batch) (err error) { keys, err = other.RevokeShadow(b, 7, 45); return err })
 	if fmt.Sprintf("%s", keys) != "[k1 k2]" {
 		t.Fatalf("revoked shadow keys %s", keys)
 	}
@@ -98,4 +98,57 @@ func openStore(t *testing.T, db *pebble.DB, id uint64) *Lessor {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// TestSplitOffMovesAttachments: a split moves the attachments of the keys
+// it gives away to the child's lessor, as shadows of their leases (homed
+// in the parent, or shadows there already, keeping their generation), and
+// copies the tombstones; the parent keeps the rest.
+func TestSplitOffMovesAttachments(t *testing.T) {
+	db := openTestDB(t)
+	parent := openStore(t, db, 1)
+	b := db.NewIndexedBatch()
+	if _, err := parent.Grant(b, 7, 60, epoch); err != nil {
+		t.Fatal(err)
+	}
+	if err := parent.Attach(b, 7, [][]byte{[]byte("k1"), []byte("m2"), []byte("z3")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := parent.Shadow(b, 9, 40); err != nil {
+		t.Fatal(err)
+	}
+	if err := parent.Attach(b, 9, [][]byte{[]byte("q4")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parent.RevokeShadow(b, 11, 50); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	b = db.NewIndexedBatch()
+	ids, err := parent.SplitOff(b, []byte("m"), nil, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ids) != "[7 9]" {
+		t.Fatalf("child holds keys of %v", ids)
+	}
+	child := openStore(t, db, 3)
+	for id, want := range map[ID]string{7: "[m2 z3]", 9: "[q4]"} {
+		keys, err := child.ShadowKeys(id)
+		if err != nil || fmt.Sprintf("%s", keys) != want {
+			t.Fatalf("child's keys of %d: %s, %v", id, keys, err)
+		}
+	}
+	if err := child.Shadow(db.NewIndexedBatch(), 11, 1); !errors.Is(err, ErrLeaseNotFound) {
+		t.Fatalf("the revoked lease in the child: %v", err)
+	}
+	st, err := func() (Status, error) { parent.Promote(epoch, 0); return parent.TimeToLive(7, epoch, true) }()
+	if err != nil || fmt.Sprintf("%s", st.Keys) != "[k1]" {
+		t.Fatalf("parent's keys of 7: %s, %v", st.Keys, err)
+	}
 }

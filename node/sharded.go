@@ -496,14 +496,17 @@ func (n *Node) registered(ctx context.Context, id int64) ([]uint64, error) {
 }
 
 // revokeIn revokes the shadows of lease id in shards and marks each done
-// at the home.
+// at the home. The shards refuse registrations of the lease made up to
+// now: up to range 1's index here, which is past the revoke (read
+// linearizably before).
 func (n *Node) revokeIn(ctx context.Context, id int64, shards []uint64) error {
+	gen := n.rangeSet.first.Load().appliedIndex()
 	for _, sid := range shards {
 		for _, rr := range n.rangeSet.all() {
 			if rr.desc.Id != sid {
 				continue
 			}
-			if _, err := rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: id}}); err != nil {
+			if _, err := rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: &shardpb.ShadowLease{Lease: id, Generation: gen}}}); err != nil {
 				return fmt.Errorf("node: revoke lease %d in range %d: %w", id, sid, err)
 			}
 		}

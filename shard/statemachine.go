@@ -450,7 +450,10 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		if err := b.CheckStamp(stamp); err != nil {
 			return nil, err
 		}
-		keys, err := a.lessor.RevokeShadow(b.Pebble(), lease.ID(op.ShadowRevoke))
+		if op.ShadowRevoke == nil {
+			return nil, badRequest("shard: shadow revoke without its fields")
+		}
+		keys, err := a.lessor.RevokeShadow(b.Pebble(), lease.ID(op.ShadowRevoke.Lease), op.ShadowRevoke.Generation)
 		if err != nil {
 			return nil, err
 		}

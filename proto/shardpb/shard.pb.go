@@ -370,13 +370,13 @@ func (x *Request) GetLeaseRegister() *LeaseShard {
 	return nil
 }
 
-func (x *Request) GetShadowRevoke() int64 {
+func (x *Request) GetShadowRevoke() *ShadowLease {
 	if x != nil {
 		if x, ok := x.Op.(*Request_ShadowRevoke); ok {
 			return x.ShadowRevoke
 		}
 	}
-	return 0
+	return nil
 }
 
 func (x *Request) GetLeaseUnregister() *LeaseShard {
@@ -463,8 +463,9 @@ type Request_LeaseRegister struct {
 type Request_ShadowRevoke struct {
 	// Sharded mode, in a shard holding keys of a lease homed elsewhere,
 	// after the home revoked it: delete those keys at one revision and
-	// refuse the lease from now on.
-	ShadowRevoke int64 `protobuf:"varint,15,opt,name=shadow_revoke,json=shadowRevoke,proto3,oneof"`
+	// refuse the lease's registrations up to the generation (the home's
+	// raft index once the revoke applied there) from now on.
+	ShadowRevoke *ShadowLease `protobuf:"bytes,15,opt,name=shadow_revoke,json=shadowRevoke,proto3,oneof"`
 }
 
 type Request_LeaseUnregister struct {
@@ -1137,7 +1138,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\aCommand\x123\n" +
 	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
 	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"\xc4\x05\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\xe1\x05\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -1155,8 +1156,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	" \x01(\fH\x00R\x05alarm\x12C\n" +
 	"\rtransfer_hold\x18\v \x01(\v2\x1c.cairn.shard.v1.TransferHoldH\x00R\ftransferHold\x12@\n" +
 	"\fmember_peers\x18\f \x01(\v2\x1b.cairn.shard.v1.MemberPeersH\x00R\vmemberPeers\x12C\n" +
-	"\x0elease_register\x18\x0e \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\rleaseRegister\x12%\n" +
-	"\rshadow_revoke\x18\x0f \x01(\x03H\x00R\fshadowRevoke\x12G\n" +
+	"\x0elease_register\x18\x0e \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\rleaseRegister\x12B\n" +
+	"\rshadow_revoke\x18\x0f \x01(\v2\x1b.cairn.shard.v1.ShadowLeaseH\x00R\fshadowRevoke\x12G\n" +
 	"\x10lease_unregister\x18\x10 \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\x0fleaseUnregister\x12@\n" +
 	"\rshadow_leases\x18\r \x03(\v2\x1b.cairn.shard.v1.ShadowLeaseR\fshadowLeasesB\x04\n" +
 	"\x02op\"C\n" +
@@ -1251,20 +1252,21 @@ var file_shardpb_shard_proto_goTypes = []any{
 	(*Error)(nil),        // 9: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
-	2, // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	6, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	5, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
-	4, // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
-	4, // 4: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
-	3, // 5: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
-	8, // 6: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	9, // 7: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0, // 8: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	2,  // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
+	6,  // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	5,  // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	4,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
+	3,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
+	4,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
+	3,  // 6: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
+	8,  // 7: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	9,  // 8: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	0,  // 9: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }

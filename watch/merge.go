@@ -351,12 +351,22 @@ func (m *Merged) collectLocked() bool {
 
 // releaseLocked queues, for every watch, the events at or below the lowest
 // mark of its parts, in revision order, then the progress notifications
-// every watch has passed.
+// every watch has passed. As etcd sends a stream's live events revision by
+// revision for all its watchers, no watch is sent an event above the
+// lowest mark of the stream's watches that are not catching up: when the
+// client sees an event at R on one watch, the others have been sent theirs
+// up to R.
 // REQUIRES: m.mu
 func (m *Merged) releaseLocked() {
 	ids := make([]ID, 0, len(m.watchers))
-	for id := range m.watchers {
+	bound := mvcc.Revision(-1)
+	for id, w := range m.watchers {
 		ids = append(ids, id)
+		if !w.compacted && w.caughtUp() {
+			if low := w.low(); bound < 0 || low < bound {
+				bound = low
+			}
+		}
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	for _, id := range ids {
@@ -365,6 +375,9 @@ func (m *Merged) releaseLocked() {
 			continue
 		}
 		low := w.low()
+		if bound >= 0 && bound < low {
+			low = bound
+		}
 		if low <= w.released {
 			continue
 		}
@@ -397,6 +410,17 @@ func (m *Merged) releaseLocked() {
 	}
 }
 
+// caughtUp reports whether every part of the watch has been sent all its
+// range's hub has (none is catching up from the store).
+func (w *merged) caughtUp() bool {
+	for _, p := range w.parts {
+		if p.mark < p.sub.rev {
+			return false
+		}
+	}
+	return true
+}
+
 // low is the lowest mark of the watch's parts.
 func (w *merged) low() mvcc.Revision {
 	low := mvcc.Revision(-1)
@@ -418,23 +442,24 @@ func (w *merged) low() mvcc.Revision {
 // being caught up, which wakes the stream as it goes.
 // REQUIRES: m.mu
 func (m *Merged) armLocked() {
-	var want mvcc.Revision // the progress request's, if one waits
+	// need: the oldest event drained and not sent, or a progress
+	// request's revision; every watch's parts short of it hold it back
+	// (releaseLocked's bound), so all of them are asked to move.
+	need := mvcc.Revision(-1)
 	if len(m.progress) > 0 {
-		want = m.progress[0]
+		need = m.progress[0]
 	}
 	for _, w := range m.watchers {
-		need := mvcc.Revision(-1)
 		for _, p := range w.parts {
 			if len(p.evs) > 0 && (need < 0 || mvcc.Revision(p.evs[0].Kv.ModRevision) < need) {
 				need = mvcc.Revision(p.evs[0].Kv.ModRevision)
 			}
 		}
-		if want > w.released && (need < 0 || want < need) {
-			need = want
-		}
-		if need < 0 {
-			continue
-		}
+	}
+	if need < 0 {
+		return
+	}
+	for _, w := range m.watchers {
 		for _, p := range w.parts {
 			sub := p.sub
 			if p.mark >= need || sub.rev >= need {

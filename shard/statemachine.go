@@ -49,6 +49,12 @@ type Config struct {
 	// the store opens or is restored from a snapshot. It runs on
 	// dragonboat's goroutines: it must not block.
 	OnPeers func(id uint64, peerURLs []string)
+	// OnSplit, if set, is called for each split applied (a SplitRange
+	// request), after its batch commits and before OnApply, on dragonboat's
+	// apply goroutine: it must not block. rev is the store's revision at
+	// the split: the child holds the keys of span, their history included,
+	// up to it.
+	OnSplit func(child uint64, span mvcc.Span, rev mvcc.Revision)
 	// Journal, if set, receives a record of every applied entry (see
 	// journal.go): a testing aid for history checkers.
 	Journal io.Writer
@@ -211,6 +217,11 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 			return nil, fmt.Errorf("shard %d: journal: %w", s.shardID, err)
 		}
 	}
+	if s.cfg.OnSplit != nil {
+		for _, sp := range a.splits {
+			s.cfg.OnSplit(sp.child, sp.span, sp.rev)
+		}
+	}
 	if s.cfg.OnApply != nil && (len(events) > 0 || a.closed > closedBefore) {
 		s.cfg.OnApply(a.closed, events)
 	}
@@ -244,6 +255,15 @@ type applier struct {
 	fence, term uint64
 	// index is the raft index of the entry being applied.
 	index uint64
+	// splits are the splits applied in this batch.
+	splits []appliedSplit
+}
+
+// appliedSplit is a split applied in a batch, for Config.OnSplit.
+type appliedSplit struct {
+	child uint64
+	span  mvcc.Span
+	rev   mvcc.Revision
 }
 
 // command applies every request of one entry. A request the store
@@ -463,6 +483,24 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		}
 		data, err := proto.Marshal(&pb.LeaseRevokeResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}})
 		return &shardpb.Response{Result: &shardpb.Response_ShadowRevoke{ShadowRevoke: data}}, err
+	case *shardpb.Request_Split:
+		if op.Split == nil || op.Split.Child == 0 {
+			return nil, badRequest("shard: split without its fields")
+		}
+		right, err := b.SplitOff(op.Split.Key, op.Split.Child)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := a.lessor.SplitOff(b.Pebble(), right.Start, right.End, op.Split.Child); err != nil {
+			return nil, err
+		}
+		// The child starts closed where the parent is: writes stamped at or
+		// below it were the parent's.
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], uint64(a.closed))
+		b.SetMetaFor(op.Split.Child, closedKey, v[:])
+		a.splits = append(a.splits, appliedSplit{child: op.Split.Child, span: right, rev: b.Rev()})
+		return &shardpb.Response{Result: &shardpb.Response_Split{Split: true}}, nil
 	case *shardpb.Request_LeaseCheckpoint:
 		var req pb.LeaseCheckpointRequest
 		if err := proto.Unmarshal(op.LeaseCheckpoint, &req); err != nil {

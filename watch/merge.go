@@ -1,7 +1,9 @@
 package watch
 
 import (
+	"bytes"
 	"context"
+	"slices"
 	"sort"
 	"sync"
 
@@ -113,15 +115,21 @@ type merged struct {
 	// compacted: canceled for compaction; as in etcd, the id stays taken,
 	// with nothing more sent, until the client cancels it.
 	compacted bool
+	// filters and prevKV are the create request's, for the watchers a
+	// split adds.
+	filters []pb.WatchCreateRequest_FilterType
+	prevKV  bool
 }
 
 // part is a merged watch's watcher on one range.
 type part struct {
-	w    *merged
-	sub  *subStream
-	id   ID
-	mark mvcc.Revision   // everything at or below it has been drained
-	evs  []*mvccpb.Event // drained, not yet released, in revision order
+	w   *merged
+	sub *subStream
+	id  ID
+	// key and end are the part's keys, in etcd's form.
+	key, end []byte
+	mark     mvcc.Revision   // everything at or below it has been drained
+	evs      []*mvccpb.Event // drained, not yet released, in revision order
 }
 
 // rev returns the highest revision of the hubs of parts.
@@ -183,22 +191,105 @@ func (m *Merged) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
 	if start == 0 {
 		start = now + 1
 	}
-	w := &merged{id: id, released: start - 1, progress: req.ProgressNotify}
+	w := &merged{id: id, released: start - 1, progress: req.ProgressNotify, filters: req.Filters, prevKV: req.PrevKv}
 	for _, p := range parts {
-		sub := m.sub(p)
-		r := sub.s.Create(&pb.WatchCreateRequest{Key: p.Key, RangeEnd: p.RangeEnd, StartRevision: int64(start),
-			Filters: req.Filters, PrevKv: req.PrevKv})
-		if r.Canceled { // not for a span inside the watch's
-			continue
-		}
-		pt := &part{w: w, sub: sub, id: ID(r.WatchId), mark: start - 1}
-		sub.parts[pt.id] = pt
-		w.parts = append(w.parts, pt)
+		m.addPart(w, p, start, nil)
 	}
 	m.watchers[id] = w
 	r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(now)}, WatchId: int64(id), Created: true}
 	m.push(r)
 	return r
+}
+
+// addPart gives watch w a watcher on part p's range from start on, holding
+// evs (drained already, not sent) as its own.
+// REQUIRES: m.mu
+func (m *Merged) addPart(w *merged, p Part, start mvcc.Revision, evs []*mvccpb.Event) {
+	sub := m.sub(p)
+	r := sub.s.Create(&pb.WatchCreateRequest{Key: p.Key, RangeEnd: p.RangeEnd, StartRevision: int64(start),
+		Filters: w.filters, PrevKv: w.prevKV})
+	if r.Canceled { // not for a span inside the watch's
+		return
+	}
+	pt := &part{w: w, sub: sub, id: ID(r.WatchId), key: p.Key, end: p.RangeEnd, mark: start - 1, evs: evs}
+	sub.parts[pt.id] = pt
+	w.parts = append(w.parts, pt)
+}
+
+// Split moves every stream's watchers on hub's keys from key on (a range
+// splitting at key) to child, the new range's part (its Key and RangeEnd
+// unused): each such watcher is replaced, from the revision after
+// everything it has been sent, by one on hub for the keys below key, if
+// any, and one on child for the rest, which reads what it lacks from the
+// store — the split range's history is the child's too. Called as the
+// split applies, before hub hears of anything after it, so nothing falls
+// between the two.
+func (mg *Merger) Split(hub *Hub, key []byte, child Part) {
+	mg.mu.Lock()
+	streams := make([]*Merged, 0, len(mg.streams))
+	for m := range mg.streams {
+		streams = append(streams, m)
+	}
+	mg.mu.Unlock()
+	for _, m := range streams {
+		m.splitAt(hub, key, child)
+	}
+}
+
+func (m *Merged) splitAt(hub *Hub, key []byte, child Part) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sub := m.subs[hub]
+	if sub == nil || m.closed {
+		return
+	}
+	// Take what the range's stream holds, so each watcher's mark is all it
+	// has been given.
+	m.collectLocked()
+	var moved []*part
+	for _, p := range sub.parts {
+		if _, _, right := splitSpan(p.key, p.end, key); right {
+			moved = append(moved, p)
+		}
+	}
+	for _, p := range moved {
+		w := p.w
+		delete(sub.parts, p.id)
+		sub.s.Cancel(p.id)
+		w.parts = slices.DeleteFunc(w.parts, func(q *part) bool { return q == p })
+		left, right, _ := splitSpan(p.key, p.end, key)
+		var levs, revs []*mvccpb.Event
+		for _, e := range p.evs {
+			if bytes.Compare(e.Kv.Key, key) < 0 {
+				levs = append(levs, e)
+			} else {
+				revs = append(revs, e)
+			}
+		}
+		if left != nil {
+			m.addPart(w, Part{Hub: hub, Key: left[0], RangeEnd: left[1], Kick: sub.kick}, p.mark+1, levs)
+		}
+		m.addPart(w, Part{Hub: child.Hub, Key: right[0], RangeEnd: right[1], Kick: child.Kick}, p.mark+1, revs)
+	}
+}
+
+// splitSpan cuts etcd's [k, e) at key: the part below key (nil if none),
+// the part from key on, and whether there is one.
+func splitSpan(k, e, key []byte) (left *[2][]byte, right [2][]byte, ok bool) {
+	toEnd := len(e) == 1 && e[0] == 0
+	if len(e) == 0 { // one key
+		if bytes.Compare(k, key) < 0 {
+			return &[2][]byte{k, nil}, right, false
+		}
+		return nil, [2][]byte{k, nil}, true
+	}
+	if !toEnd && bytes.Compare(e, key) <= 0 {
+		return &[2][]byte{k, e}, right, false
+	}
+	if bytes.Compare(k, key) >= 0 {
+		return nil, [2][]byte{k, e}, true
+	}
+	return &[2][]byte{k, key}, [2][]byte{key, e}, true
 }
 
 // Refuse queues a refusal of a create request the router will not serve.

@@ -23,6 +23,7 @@ type ranges struct {
 	t      *testing.T
 	splits []string // range i is [splits[i-1], splits[i])
 	stores []*mvcc.Store
+	dbs    []*pebble.DB // by range, as stores
 	hubs   []*Hub
 	rev    mvcc.Revision
 	kicks  []mvcc.Revision // the last kick each range got
@@ -50,6 +51,7 @@ func newRanges(t *testing.T, splits ...string) *ranges {
 			t.Fatal(err)
 		}
 		rs.stores = append(rs.stores, s)
+		rs.dbs = append(rs.dbs, db)
 		rs.hubs = append(rs.hubs, NewHub(1))
 		rs.kicks = append(rs.kicks, 0)
 	}
@@ -523,4 +525,113 @@ func eventStrings(evs []*mvccpb.Event, prev bool) []string {
 		}
 	}
 	return out
+}
+
+// splitRange splits range i at key into a new range (the store splits
+// off its keys, the new hub starts at the split's revision) and tells mg,
+// as the node does while the split applies.
+func (rs *ranges) splitRange(mg *Merger, i int, key string) {
+	child := uint64(100 + len(rs.stores))
+	b := rs.stores[i].NewBatch()
+	if _, err := b.SplitOff([]byte(key), child); err != nil {
+		rs.t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		rs.t.Fatal(err)
+	}
+	b.Close()
+	s, err := mvcc.Open(rs.dbs[i], mvcc.Options{ID: child})
+	if err != nil {
+		rs.t.Fatal(err)
+	}
+	hub := NewHub(s.Rev())
+	rs.splits = append(rs.splits[:i], append([]string{key}, rs.splits[i:]...)...)
+	rs.stores = append(rs.stores[:i+1], append([]*mvcc.Store{s}, rs.stores[i+1:]...)...)
+	rs.hubs = append(rs.hubs[:i+1], append([]*Hub{hub}, rs.hubs[i+1:]...)...)
+	rs.dbs = append(rs.dbs[:i+1], append([]*pebble.DB{rs.dbs[i]}, rs.dbs[i+1:]...)...)
+	rs.kicks = append(rs.kicks, 0)
+	mg.Split(rs.hubs[i], []byte(key), Part{Hub: hub})
+}
+
+// TestMergedSplit: ranges split while watches run — live ones, lagging
+// ones (a small queue) and ones reading history — and every watch still
+// gets exactly the model's events, in order, across the splits.
+func TestMergedSplit(t *testing.T) {
+	for seed := uint64(1); seed <= 10; seed++ {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rnd := rand.New(rand.NewPCG(seed, 11))
+			rs := newRanges(t, "m")
+			mg := NewMerger()
+			m := mg.NewStream(3, rs.split)
+			defer m.Close()
+			key := func() string { return string(rune('a' + rnd.IntN(26))) }
+			type spec struct {
+				req  *pb.WatchCreateRequest
+				from mvcc.Revision
+			}
+			specs := map[int64]*spec{}
+			got := map[int64][]*mvccpb.Event{}
+			var progress []int64
+			take := func(resps []*pb.WatchResponse) {
+				for _, r := range resps {
+					switch {
+					case r.Created:
+					case r.WatchId == -1:
+						progress = append(progress, r.Header.Revision)
+					default:
+						got[r.WatchId] = append(got[r.WatchId], r.Events...)
+					}
+				}
+			}
+			splits := []string{"d", "h", "p", "t", "w", "b"}
+			for step := 0; step < 200; step++ {
+				switch x := rnd.IntN(100); {
+				case x < 50:
+					rs.put(key(), fmt.Sprint(step))
+				case x < 60:
+					rs.close(rnd.IntN(len(rs.hubs)))
+				case x < 66 && len(specs) < 5:
+					k := key()
+					req := &pb.WatchCreateRequest{Key: []byte(k), RangeEnd: []byte{0}}
+					if rnd.IntN(2) == 0 {
+						req.RangeEnd = []byte(string(rune(k[0] + byte(1+rnd.IntN(15)))))
+					}
+					from := mvcc.Revision(0)
+					if rnd.IntN(2) == 0 {
+						from = 1 + mvcc.Revision(rnd.IntN(int(rs.rev)))
+						req.StartRevision = int64(from)
+					}
+					r := m.Create(req)
+					if from == 0 {
+						from = mvcc.Revision(r.Header.Revision) + 1
+					}
+					specs[r.WatchId] = &spec{req, from}
+				case x < 72 && len(splits) > 0:
+					k := splits[0]
+					splits = splits[1:]
+					rs.splitRange(mg, rs.of(k), k)
+				case x < 85:
+					rs.pump()
+				default:
+					take(poll(t, m))
+				}
+			}
+			rs.closeAll()
+			m.RequestProgress()
+			for deadline := time.Now().Add(10 * time.Second); len(progress) == 0 || progress[len(progress)-1] < int64(rs.rev); {
+				rs.pump()
+				take(poll(t, m))
+				if time.Now().After(deadline) {
+					t.Fatalf("no progress at %d: %v", rs.rev, progress)
+				}
+			}
+			for id, sp := range specs {
+				want := wanted(rs.log, sp.req, sp.from, 0, int64(rs.rev))
+				if fmt.Sprint(eventStrings(got[id], false)) != fmt.Sprint(eventStrings(want, false)) {
+					t.Fatalf("watch %d %v from %d:\n got  %v\n want %v", id, sp.req, sp.from,
+						eventStrings(got[id], false), eventStrings(want, false))
+				}
+			}
+		})
+	}
 }

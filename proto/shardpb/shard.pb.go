@@ -209,6 +209,7 @@ type Request struct {
 	//	*Request_LeaseRegister
 	//	*Request_ShadowRevoke
 	//	*Request_LeaseUnregister
+	//	*Request_Split
 	Op isRequest_Op `protobuf_oneof:"op"`
 	// Sharded mode: leases this request may attach keys to that are homed in
 	// another shard, which registered this one; each gets a shadow here
@@ -388,6 +389,15 @@ func (x *Request) GetLeaseUnregister() *LeaseShard {
 	return nil
 }
 
+func (x *Request) GetSplit() *SplitRange {
+	if x != nil {
+		if x, ok := x.Op.(*Request_Split); ok {
+			return x.Split
+		}
+	}
+	return nil
+}
+
 func (x *Request) GetShadowLeases() []*ShadowLease {
 	if x != nil {
 		return x.ShadowLeases
@@ -473,6 +483,12 @@ type Request_LeaseUnregister struct {
 	LeaseUnregister *LeaseShard `protobuf:"bytes,16,opt,name=lease_unregister,json=leaseUnregister,proto3,oneof"`
 }
 
+type Request_Split struct {
+	// Sharded mode: give the keys from key on to a new range, child, at
+	// this entry (an in-place split: the data stays where it is).
+	Split *SplitRange `protobuf:"bytes,17,opt,name=split,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -500,6 +516,8 @@ func (*Request_LeaseRegister) isRequest_Op() {}
 func (*Request_ShadowRevoke) isRequest_Op() {}
 
 func (*Request_LeaseUnregister) isRequest_Op() {}
+
+func (*Request_Split) isRequest_Op() {}
 
 // ShadowLease is a lease homed in another shard and the generation of its
 // registration there (the home's raft index of it): a shard that revoked
@@ -557,6 +575,59 @@ func (x *ShadowLease) GetGeneration() uint64 {
 	return 0
 }
 
+// SplitRange splits a range at key into a new range child.
+type SplitRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Child         uint64                 `protobuf:"varint,2,opt,name=child,proto3" json:"child,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRange) Reset() {
+	*x = SplitRange{}
+	mi := &file_shardpb_shard_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRange) ProtoMessage() {}
+
+func (x *SplitRange) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRange.ProtoReflect.Descriptor instead.
+func (*SplitRange) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SplitRange) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *SplitRange) GetChild() uint64 {
+	if x != nil {
+		return x.Child
+	}
+	return 0
+}
+
 // LeaseShard names a lease and a shard holding keys attached to it.
 type LeaseShard struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -568,7 +639,7 @@ type LeaseShard struct {
 
 func (x *LeaseShard) Reset() {
 	*x = LeaseShard{}
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +651,7 @@ func (x *LeaseShard) String() string {
 func (*LeaseShard) ProtoMessage() {}
 
 func (x *LeaseShard) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +664,7 @@ func (x *LeaseShard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseShard.ProtoReflect.Descriptor instead.
 func (*LeaseShard) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LeaseShard) GetLease() int64 {
@@ -623,7 +694,7 @@ type MemberPeers struct {
 
 func (x *MemberPeers) Reset() {
 	*x = MemberPeers{}
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +706,7 @@ func (x *MemberPeers) String() string {
 func (*MemberPeers) ProtoMessage() {}
 
 func (x *MemberPeers) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +719,7 @@ func (x *MemberPeers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberPeers.ProtoReflect.Descriptor instead.
 func (*MemberPeers) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MemberPeers) GetId() uint64 {
@@ -691,7 +762,7 @@ type TransferHold struct {
 
 func (x *TransferHold) Reset() {
 	*x = TransferHold{}
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +774,7 @@ func (x *TransferHold) String() string {
 func (*TransferHold) ProtoMessage() {}
 
 func (x *TransferHold) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +787,7 @@ func (x *TransferHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferHold.ProtoReflect.Descriptor instead.
 func (*TransferHold) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TransferHold) GetTarget() uint64 {
@@ -750,7 +821,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +833,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +846,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -806,6 +877,7 @@ type Response struct {
 	//	*Response_LeaseShard
 	//	*Response_LeaseRegistered
 	//	*Response_ShadowRevoke
+	//	*Response_Split
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -813,7 +885,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +897,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +910,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -983,6 +1055,15 @@ func (x *Response) GetShadowRevoke() []byte {
 	return nil
 }
 
+func (x *Response) GetSplit() bool {
+	if x != nil {
+		if x, ok := x.Result.(*Response_Split); ok {
+			return x.Split
+		}
+	}
+	return false
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -1047,6 +1128,10 @@ type Response_ShadowRevoke struct {
 	ShadowRevoke []byte `protobuf:"bytes,14,opt,name=shadow_revoke,json=shadowRevoke,proto3,oneof"` // etcdserverpb.LeaseRevokeResponse
 }
 
+type Response_Split struct {
+	Split bool `protobuf:"varint,16,opt,name=split,proto3,oneof"` // applied
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -1077,6 +1162,8 @@ func (*Response_LeaseRegistered) isResponse_Result() {}
 
 func (*Response_ShadowRevoke) isResponse_Result() {}
 
+func (*Response_Split) isResponse_Result() {}
+
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1088,7 +1175,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1187,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1200,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1138,7 +1225,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\aCommand\x123\n" +
 	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
 	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"\xe1\x05\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\x95\x06\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -1158,14 +1245,19 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\fmember_peers\x18\f \x01(\v2\x1b.cairn.shard.v1.MemberPeersH\x00R\vmemberPeers\x12C\n" +
 	"\x0elease_register\x18\x0e \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\rleaseRegister\x12B\n" +
 	"\rshadow_revoke\x18\x0f \x01(\v2\x1b.cairn.shard.v1.ShadowLeaseH\x00R\fshadowRevoke\x12G\n" +
-	"\x10lease_unregister\x18\x10 \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\x0fleaseUnregister\x12@\n" +
+	"\x10lease_unregister\x18\x10 \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\x0fleaseUnregister\x122\n" +
+	"\x05split\x18\x11 \x01(\v2\x1a.cairn.shard.v1.SplitRangeH\x00R\x05split\x12@\n" +
 	"\rshadow_leases\x18\r \x03(\v2\x1b.cairn.shard.v1.ShadowLeaseR\fshadowLeasesB\x04\n" +
 	"\x02op\"C\n" +
 	"\vShadowLease\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
-	"generation\"8\n" +
+	"generation\"4\n" +
+	"\n" +
+	"SplitRange\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05child\x18\x02 \x01(\x04R\x05child\"8\n" +
 	"\n" +
 	"LeaseShard\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x14\n" +
@@ -1179,7 +1271,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x0funtil_unix_nano\x18\x02 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
 	"\tmax_nanos\x18\x03 \x01(\x03R\bmaxNanos\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xa7\x04\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xbf\x04\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -1200,7 +1292,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\vlease_shard\x18\r \x01(\bH\x00R\n" +
 	"leaseShard\x12+\n" +
 	"\x10lease_registered\x18\x0f \x01(\x04H\x00R\x0fleaseRegistered\x12%\n" +
-	"\rshadow_revoke\x18\x0e \x01(\fH\x00R\fshadowRevokeB\b\n" +
+	"\rshadow_revoke\x18\x0e \x01(\fH\x00R\fshadowRevoke\x12\x16\n" +
+	"\x05split\x18\x10 \x01(\bH\x00R\x05splitB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
@@ -1238,35 +1331,37 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 }
 
 var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_shardpb_shard_proto_goTypes = []any{
 	(ErrorCode)(0),       // 0: cairn.shard.v1.ErrorCode
 	(*Command)(nil),      // 1: cairn.shard.v1.Command
 	(*Request)(nil),      // 2: cairn.shard.v1.Request
 	(*ShadowLease)(nil),  // 3: cairn.shard.v1.ShadowLease
-	(*LeaseShard)(nil),   // 4: cairn.shard.v1.LeaseShard
-	(*MemberPeers)(nil),  // 5: cairn.shard.v1.MemberPeers
-	(*TransferHold)(nil), // 6: cairn.shard.v1.TransferHold
-	(*Result)(nil),       // 7: cairn.shard.v1.Result
-	(*Response)(nil),     // 8: cairn.shard.v1.Response
-	(*Error)(nil),        // 9: cairn.shard.v1.Error
+	(*SplitRange)(nil),   // 4: cairn.shard.v1.SplitRange
+	(*LeaseShard)(nil),   // 5: cairn.shard.v1.LeaseShard
+	(*MemberPeers)(nil),  // 6: cairn.shard.v1.MemberPeers
+	(*TransferHold)(nil), // 7: cairn.shard.v1.TransferHold
+	(*Result)(nil),       // 8: cairn.shard.v1.Result
+	(*Response)(nil),     // 9: cairn.shard.v1.Response
+	(*Error)(nil),        // 10: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
 	2,  // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	6,  // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	5,  // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
-	4,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
+	7,  // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	6,  // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	5,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
 	3,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
-	4,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
-	3,  // 6: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
-	8,  // 7: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	9,  // 8: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0,  // 9: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	5,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
+	4,  // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
+	3,  // 7: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
+	9,  // 8: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	10, // 9: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	0,  // 10: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -1289,8 +1384,9 @@ func file_shardpb_shard_proto_init() {
 		(*Request_LeaseRegister)(nil),
 		(*Request_ShadowRevoke)(nil),
 		(*Request_LeaseUnregister)(nil),
+		(*Request_Split)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[7].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[8].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -1306,6 +1402,7 @@ func file_shardpb_shard_proto_init() {
 		(*Response_LeaseShard)(nil),
 		(*Response_LeaseRegistered)(nil),
 		(*Response_ShadowRevoke)(nil),
+		(*Response_Split)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1313,7 +1410,7 @@ func file_shardpb_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -10,7 +10,7 @@ import (
 // tests that check what a range writes to its log.
 func (n *Node) AppliedIndex(ctx context.Context, id uint64) (uint64, error) {
 	for _, rr := range n.rangeSet.all() {
-		if rr.desc.Id == id {
+		if rr.desc().Id == id {
 			v, err := rr.replica.Read(ctx, shard.StatusQuery{}, false)
 			if err != nil {
 				return 0, err

@@ -209,6 +209,9 @@ type Node struct {
 	hub     *watch.Hub
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
+	// shardCfg and raftCfg start ranges a split makes (sharded mode).
+	shardCfg shard.Config
+	raftCfg  dbconfig.Config
 	// Sharded mode: the revision oracle's allocator on this node's
 	// placement replica, the node's oracle client, and the ranges.
 	alloc    *placement.Allocator
@@ -438,6 +441,8 @@ func (n *Node) start(ctx context.Context) error {
 		if rs := n.rangeSet.first.Load(); rs != nil {
 			rs.settlePublished()
 		}
+	}, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision) {
+		n.onSplit(n.rangeSet.first.Load(), child, span, rev)
 	}, OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
 			r.Hold(target, until, max)
@@ -468,6 +473,7 @@ func (n *Node) start(ctx context.Context) error {
 			CompactionOverhead: cfg.SnapshotCount / 2,
 		}
 	}
+	n.shardCfg, n.raftCfg = shardCfg, raftCfg(n.memberID)
 	startReplica := func(id uint64) error {
 		err := n.nh.StartOnDiskReplica(founders, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
 			m := factory(shardID, replicaID).(*shard.StateMachine)
@@ -488,7 +494,9 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	if cfg.Sharded {
 		n.replica = shard.NewStampingReplica(n.nh, singleShardID, n.memberID, n.oracle)
-		first := &rangeReplica{desc: ranges[0], replica: n.replica, hub: n.hub, kick: make(chan struct{}, 1), smRef: &n.sm}
+		first := &rangeReplica{replica: n.replica, hub: n.hub, kick: make(chan struct{}, 1), smRef: &n.sm, ready: make(chan struct{})}
+		close(first.ready)
+		first.d.Store(ranges[0])
 		first.client = &rangeClient{n: n, rr: first}
 		n.rangeSet.first.Store(first)
 		n.rangeSet.ranges = []*rangeReplica{first}
@@ -515,7 +523,7 @@ func (n *Node) start(ctx context.Context) error {
 	for _, rr := range n.rangeSet.all()[min(1, len(n.rangeSet.ranges)):] {
 		st, err := rr.replica.Read(ctx, shard.StatusQuery{}, true)
 		if err != nil {
-			return fmt.Errorf("node: read range %d's revision: %w", rr.desc.Id, err)
+			return fmt.Errorf("node: read range %d's revision: %w", rr.desc().Id, err)
 		}
 		rr.hub.Notify(st.(shard.Status).Revision, nil)
 	}

@@ -42,14 +42,36 @@ type rangeClient struct {
 }
 
 func (c *rangeClient) Read(ctx context.Context, query any, linearizable bool) (any, error) {
+	if err := c.wait(ctx); err != nil {
+		return nil, err
+	}
 	return c.rr.replica.Read(ctx, query, linearizable)
 }
 
-func (c *rangeClient) Leader() (uint64, uint64, bool) { return c.rr.replica.Leader() }
+func (c *rangeClient) Leader() (uint64, uint64, bool) {
+	if !c.rr.started() {
+		return 0, 0, false
+	}
+	return c.rr.replica.Leader()
+}
+
+// wait waits until the range's replica here is started (a split's new
+// range starts as the split applies).
+func (c *rangeClient) wait(ctx context.Context) error {
+	select {
+	case <-c.rr.ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: range %d is starting: %v", shard.ErrNoLeader, c.rr.desc().Id, ctx.Err())
+	}
+}
 
 // viaLeader runs local while this node leads the range and remote on the
 // leader's node otherwise, trying again while leadership moves.
 func (c *rangeClient) viaLeader(ctx context.Context, local func() error, remote func(internalpb.NodeClient) error) error {
+	if err := c.wait(ctx); err != nil {
+		return err
+	}
 	for {
 		leader, _, ok := c.rr.replica.Leader()
 		var err error
@@ -71,7 +93,7 @@ func (c *rangeClient) viaLeader(ctx context.Context, local func() error, remote 
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: range %d: %v", shard.ErrNoLeader, c.rr.desc.Id, err)
+			return fmt.Errorf("%w: range %d: %v", shard.ErrNoLeader, c.rr.desc().Id, err)
 		case <-time.After(forwardRetry):
 		}
 	}
@@ -81,6 +103,9 @@ func (c *rangeClient) viaLeader(ctx context.Context, local func() error, remote 
 // leader, which stamps them; others (registrations, member records) from
 // here, as raft carries them to the leader.
 func (c *rangeClient) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error) {
+	if err := c.wait(ctx); err != nil {
+		return nil, err
+	}
 	if !shard.Stamps(req) {
 		return c.rr.replica.Write(ctx, req)
 	}
@@ -89,7 +114,7 @@ func (c *rangeClient) Write(ctx context.Context, req *shardpb.Request) (*shardpb
 		out, err = c.rr.replica.Write(ctx, req)
 		return err
 	}, func(nc internalpb.NodeClient) error {
-		resp, err := nc.Write(ctx, &internalpb.WriteRequest{Range: c.rr.desc.Id, Request: req})
+		resp, err := nc.Write(ctx, &internalpb.WriteRequest{Range: c.rr.desc().Id, Request: req})
 		if err != nil {
 			return err
 		}
@@ -112,7 +137,7 @@ func (c *rangeClient) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc
 		if err != nil {
 			return err
 		}
-		resp, err := nc.ReadAt(ctx, &internalpb.ReadAtRequest{Range: c.rr.desc.Id, Request: data, Revision: int64(rev)})
+		resp, err := nc.ReadAt(ctx, &internalpb.ReadAtRequest{Range: c.rr.desc().Id, Request: data, Revision: int64(rev)})
 		if err != nil {
 			return err
 		}
@@ -125,7 +150,7 @@ func (c *rangeClient) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc
 func (c *rangeClient) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
 	return c.viaLeader(ctx, func() error { return c.rr.replica.WaitClosed(ctx, rev) },
 		func(nc internalpb.NodeClient) error {
-			_, err := nc.WaitClosed(ctx, &internalpb.WaitClosedRequest{Range: c.rr.desc.Id, Revision: int64(rev)})
+			_, err := nc.WaitClosed(ctx, &internalpb.WaitClosedRequest{Range: c.rr.desc().Id, Revision: int64(rev)})
 			return err
 		})
 }
@@ -188,7 +213,7 @@ type internalServer struct {
 // leading returns this node's replica of range id if this node leads it.
 func (s *internalServer) leading(id uint64) (*rangeReplica, error) {
 	for _, rr := range s.n.rangeSet.all() {
-		if rr.desc.Id == id {
+		if rr.desc().Id == id {
 			if leader, _, ok := rr.replica.Leader(); ok && leader == s.n.memberID {
 				return rr, nil
 			}
@@ -251,7 +276,7 @@ func (s *internalServer) Revisions(ctx context.Context, r *internalpb.RevisionsR
 func (s *internalServer) Closed(_ context.Context, r *internalpb.ClosedRequest) (*internalpb.ClosedResponse, error) {
 	for _, rc := range r.Ranges {
 		for _, rr := range s.n.rangeSet.all() {
-			if rr.desc.Id == rc.Range {
+			if rr.desc().Id == rc.Range {
 				rr.published(mvcc.Revision(rc.Closed), rc.Index)
 			}
 		}
@@ -261,9 +286,17 @@ func (s *internalServer) Closed(_ context.Context, r *internalpb.ClosedRequest) 
 
 func (s *internalServer) Kick(_ context.Context, r *internalpb.KickRequest) (*internalpb.KickResponse, error) {
 	for _, rr := range s.n.rangeSet.all() {
-		if rr.desc.Id == r.Range {
+		if rr.desc().Id == r.Range {
 			rr.wantClosed(mvcc.Revision(r.Revision))
 		}
 	}
 	return &internalpb.KickResponse{}, nil
+}
+
+func (s *internalServer) SplitRange(ctx context.Context, r *internalpb.SplitRangeRequest) (*internalpb.SplitRangeResponse, error) {
+	ranges, err := s.n.SplitRange(ctx, r.Key)
+	if err != nil {
+		return nil, toRemote(err)
+	}
+	return &internalpb.SplitRangeResponse{Ranges: ranges}, nil
 }

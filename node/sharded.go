@@ -45,7 +45,8 @@ const oracleWindow = 10000
 
 // rangeReplica is this node's replica of one range.
 type rangeReplica struct {
-	desc    *placementpb.RangeDescriptor
+	// d is the range's descriptor; a split replaces it.
+	d       atomic.Pointer[placementpb.RangeDescriptor]
 	replica *shard.Replica
 	// client is the range as the router uses it (through its leader).
 	client *rangeClient
@@ -62,11 +63,16 @@ type rangeReplica struct {
 		closed mvcc.Revision
 		index  uint64
 	}
+	// ready is closed once the replica is started (replica set).
+	ready chan struct{}
 	// want is the closed revision watches wait for; kick (size 1) wakes
 	// the range's closer for it.
 	want atomic.Int64
 	kick chan struct{}
 }
+
+// desc returns the range's descriptor.
+func (rr *rangeReplica) desc() *placementpb.RangeDescriptor { return rr.d.Load() }
 
 // published takes a closed revision the range's leader published with
 // the index it had applied: the hub gets it once this replica has applied
@@ -128,11 +134,35 @@ type rangeSet struct {
 	first atomic.Pointer[rangeReplica]
 }
 
-// all returns every range in key order.
+// all returns every range whose replica is started, in key order.
 func (s *rangeSet) all() []*rangeReplica {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	out := make([]*rangeReplica, 0, len(s.ranges))
+	for _, rr := range s.ranges {
+		if rr.started() {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+// routing returns every range in key order, those still starting (a
+// split's new range) included: requests for them wait until it is.
+func (s *rangeSet) routing() []*rangeReplica {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	return slices.Clone(s.ranges)
+}
+
+// started reports whether the range's replica is started.
+func (rr *rangeReplica) started() bool {
+	select {
+	case <-rr.ready:
+		return true
+	default:
+		return false
+	}
 }
 
 // spanOf is a descriptor's span in mvcc's form (nil end: ∞).
@@ -235,15 +265,32 @@ func (n *Node) proposePlacement(ctx context.Context, cmd []byte) (*placementpb.R
 // startRange starts this node's replica of a range other than range 1 and
 // its client, watch hub and catch-up pump.
 func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) (*rangeReplica, error) {
-	rr := &rangeReplica{desc: d, hub: watch.NewHub(0), kick: make(chan struct{}, 1)}
+	rr := newRangeReplica(n, d, 0)
+	return rr, n.startRangeInto(rr, shardCfg, raftCfg, founders)
+}
+
+// newRangeReplica returns the node's replica of range d, not started, its
+// watch hub at rev.
+func newRangeReplica(n *Node, d *placementpb.RangeDescriptor, rev mvcc.Revision) *rangeReplica {
+	rr := &rangeReplica{hub: watch.NewHub(rev), kick: make(chan struct{}, 1), ready: make(chan struct{})}
+	rr.d.Store(d)
 	rr.smRef = &rr.sm
 	rr.client = &rangeClient{n: n, rr: rr}
+	return rr
+}
+
+// startRangeInto starts the raft replica of rr (with its founding members
+// if founders), its replica client and its catch-up pump, and marks it
+// ready.
+func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) error {
+	d := rr.desc()
 	shardCfg.Span = spanOf(d)
 	notify := notifier(rr.hub)
 	shardCfg.OnApply = func(closed mvcc.Revision, evs []*mvccpb.Event) {
 		notify(closed, evs)
 		rr.settlePublished()
 	}
+	shardCfg.OnSplit = func(child uint64, span mvcc.Span, rev mvcc.Revision) { n.onSplit(rr, child, span, rev) }
 	shardCfg.OnPeers, shardCfg.OnHold = nil, nil
 	factory := shard.Factory(shardCfg)
 	var members map[uint64]dragonboat.Target
@@ -260,12 +307,13 @@ func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config,
 		return m
 	}, raftCfg)
 	if err != nil {
-		return nil, fmt.Errorf("node: start range %d: %w", d.Id, err)
+		return fmt.Errorf("node: start range %d: %w", d.Id, err)
 	}
 	rr.replica = shard.NewStampingReplica(n.nh, d.Id, n.memberID, n.oracle)
+	close(rr.ready)
 	n.wg.Add(1)
 	go n.pump(rr.hub, &rr.sm)
-	return rr, nil
+	return nil
 }
 
 // oracle is the node's client of the revision oracle: the placement
@@ -303,10 +351,10 @@ func (o oracle) Revisions(ctx context.Context, count int64) (mvcc.Revision, erro
 
 // All implements router.Ranges.
 func (n *Node) All() []router.RangePart {
-	rs := n.rangeSet.all()
+	rs := n.rangeSet.routing()
 	out := make([]router.RangePart, len(rs))
 	for i, r := range rs {
-		out[i] = router.RangePart{ID: r.desc.Id, Start: r.desc.Start, End: r.desc.End, Shard: r.client, Watches: r.hub,
+		out[i] = router.RangePart{ID: r.desc().Id, Start: r.desc().Start, End: r.desc().End, Shard: r.client, Watches: r.hub,
 			Kick: r.wantClosed}
 	}
 	return out
@@ -374,8 +422,8 @@ func (n *Node) publishClosed(rr *rangeReplica, closed mvcc.Revision) {
 	if closed == 0 {
 		return
 	}
-	req := &internalpb.ClosedRequest{Ranges: []*internalpb.RangeClosed{{Range: rr.desc.Id, Closed: int64(closed), Index: rr.appliedIndex()}}}
-	for _, id := range rr.desc.Replicas {
+	req := &internalpb.ClosedRequest{Ranges: []*internalpb.RangeClosed{{Range: rr.desc().Id, Closed: int64(closed), Index: rr.appliedIndex()}}}
+	for _, id := range rr.desc().Replicas {
 		if id == n.memberID {
 			continue
 		}
@@ -398,7 +446,7 @@ func (n *Node) forwardKick(rr *rangeReplica, leader uint64) {
 	if err != nil {
 		return
 	}
-	req := &internalpb.KickRequest{Range: rr.desc.Id, Revision: rr.want.Load()}
+	req := &internalpb.KickRequest{Range: rr.desc().Id, Revision: rr.want.Load()}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
 		defer cancel()
@@ -426,7 +474,7 @@ func (n *Node) mergedProgress() {
 // (0 for an unknown range): what the side channel publishes.
 func (n *Node) Closed(id uint64) mvcc.Revision {
 	for _, rr := range n.rangeSet.all() {
-		if rr.desc.Id == id {
+		if rr.desc().Id == id {
 			return rr.replica.Closed()
 		}
 	}
@@ -451,8 +499,8 @@ type RangeInfo struct {
 func (n *Node) Ranges() []RangeInfo {
 	var out []RangeInfo
 	for _, rr := range n.rangeSet.all() {
-		ri := RangeInfo{ID: rr.desc.Id, Start: string(rr.desc.Start), End: string(rr.desc.End),
-			Generation: rr.desc.Generation, Replicas: rr.desc.Replicas, Closed: int64(rr.replica.Closed()),
+		ri := RangeInfo{ID: rr.desc().Id, Start: string(rr.desc().Start), End: string(rr.desc().End),
+			Generation: rr.desc().Generation, Replicas: rr.desc().Replicas, Closed: int64(rr.replica.Closed()),
 			Writes: rr.replica.Proposed()}
 		if leader, _, ok := rr.replica.Leader(); ok {
 			ri.Leader = leader
@@ -503,7 +551,7 @@ func (n *Node) revokeIn(ctx context.Context, id int64, shards []uint64) error {
 	gen := n.rangeSet.first.Load().appliedIndex()
 	for _, sid := range shards {
 		for _, rr := range n.rangeSet.all() {
-			if rr.desc.Id != sid {
+			if rr.desc().Id != sid {
 				continue
 			}
 			if _, err := rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: &shardpb.ShadowLease{Lease: id, Generation: gen}}}); err != nil {
@@ -529,7 +577,7 @@ func (n *Node) RemoteKeys(ctx context.Context, id int64) ([][]byte, error) {
 	var out [][]byte
 	for _, sid := range shards {
 		for _, rr := range n.rangeSet.all() {
-			if rr.desc.Id != sid {
+			if rr.desc().Id != sid {
 				continue
 			}
 			v, err := rr.replica.Read(ctx, shard.ShadowKeysQuery{ID: id}, true)

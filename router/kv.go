@@ -41,6 +41,10 @@ type kvServer struct {
 }
 
 func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return rerouted(ctx, k.s, func() (*pb.RangeResponse, error) { return k.rangeKV(ctx, r) })
+}
+
+func (k *kvServer) rangeKV(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err := mvcc.ValidateRange(r); err != nil {
 		return nil, toGRPC(err)
 	}
@@ -158,6 +162,10 @@ func nextChunkLimit(last int64, lastSize, target int) int64 {
 }
 
 func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	return rerouted(ctx, k.s, func() (*pb.PutResponse, error) { return k.put(ctx, r) })
+}
+
+func (k *kvServer) put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := mvcc.ValidatePut(r); err != nil {
 		return nil, toGRPC(err)
 	}
@@ -181,6 +189,10 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 }
 
 func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	return rerouted(ctx, k.s, func() (*pb.DeleteRangeResponse, error) { return k.deleteRange(ctx, r) })
+}
+
+func (k *kvServer) deleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	if err := mvcc.ValidateDeleteRange(r); err != nil {
 		return nil, toGRPC(err)
 	}
@@ -199,6 +211,10 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 }
 
 func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	return rerouted(ctx, k.s, func() (*pb.TxnResponse, error) { return k.txn(ctx, r) })
+}
+
+func (k *kvServer) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if err := mvcc.ValidateTxn(r, k.s.cfg.MaxTxnOps); err != nil {
 		return nil, toGRPC(err)
 	}

@@ -2,9 +2,11 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -12,6 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
 )
 
@@ -264,4 +268,37 @@ func txnMaxRev(r *pb.TxnRequest) int64 {
 		}
 	}
 	return rev
+}
+
+// reroutes bounds how often one request is routed again after a split.
+const reroutes = 100
+
+// rerouted runs fn, in sharded mode again while it fails because a range
+// it was routed to no longer holds its keys (a split gave them to a new
+// range since the request was routed): clients never see a split.
+func rerouted[T any](ctx context.Context, s *Server, fn func() (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		out, err := fn()
+		if s.cfg.Ranges == nil || !moved(err) || i >= reroutes {
+			return out, err
+		}
+		select {
+		case <-ctx.Done():
+			return out, err
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// moved reports whether err is a range's refusal of keys outside it.
+func moved(err error) bool {
+	if err == nil {
+		return false
+	}
+	var e *shard.Error
+	if errors.As(err, &e) {
+		return e.Code == shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE
+	}
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Unavailable && strings.Contains(st.Message(), mvcc.ErrOutsideSpan.Error())
 }

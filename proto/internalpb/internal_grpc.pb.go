@@ -31,6 +31,7 @@ const (
 	Node_Revisions_FullMethodName  = "/cairn.internal.v1.Node/Revisions"
 	Node_Closed_FullMethodName     = "/cairn.internal.v1.Node/Closed"
 	Node_Kick_FullMethodName       = "/cairn.internal.v1.Node/Kick"
+	Node_SplitRange_FullMethodName = "/cairn.internal.v1.Node/SplitRange"
 )
 
 // NodeClient is the client API for Node service.
@@ -52,6 +53,9 @@ type NodeClient interface {
 	Closed(ctx context.Context, in *ClosedRequest, opts ...grpc.CallOption) (*ClosedResponse, error)
 	// Kick asks the leader of a range to close a revision soon.
 	Kick(ctx context.Context, in *KickRequest, opts ...grpc.CallOption) (*KickResponse, error)
+	// SplitRange splits the range holding key at key, in place, while it
+	// serves (the admin call behind `cairn range split`).
+	SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error)
 }
 
 type nodeClient struct {
@@ -122,6 +126,16 @@ func (c *nodeClient) Kick(ctx context.Context, in *KickRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *nodeClient) SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SplitRangeResponse)
+	err := c.cc.Invoke(ctx, Node_SplitRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -141,6 +155,9 @@ type NodeServer interface {
 	Closed(context.Context, *ClosedRequest) (*ClosedResponse, error)
 	// Kick asks the leader of a range to close a revision soon.
 	Kick(context.Context, *KickRequest) (*KickResponse, error)
+	// SplitRange splits the range holding key at key, in place, while it
+	// serves (the admin call behind `cairn range split`).
+	SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -168,6 +185,9 @@ func (UnimplementedNodeServer) Closed(context.Context, *ClosedRequest) (*ClosedR
 }
 func (UnimplementedNodeServer) Kick(context.Context, *KickRequest) (*KickResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Kick not implemented")
+}
+func (UnimplementedNodeServer) SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SplitRange not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -298,6 +318,24 @@ func _Node_Kick_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_SplitRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SplitRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).SplitRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_SplitRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).SplitRange(ctx, req.(*SplitRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -328,6 +366,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Kick",
 			Handler:    _Node_Kick_Handler,
+		},
+		{
+			MethodName: "SplitRange",
+			Handler:    _Node_SplitRange_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,144 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+	"github.com/cairn-kv/cairn/watch"
+)
+
+// Online split (sharded mode), in place (NOTES-dragonboat.md "Splitting a
+// range"): SplitRange records the split in the placement group's range
+// map, which names the new range, then proposes it to the range itself.
+// Every replica of the range applies it at the same index: its store and
+// lessor hand the keys from the split key on to the new range at one
+// revision — the data stays where it is — and the node then starts its
+// replica of the new range with the same members (onSplit). Requests
+// routed by the old map are refused by the range and routed again;
+// watches move their watchers to the new range from the revision after
+// everything they were sent.
+
+// SplitRange splits the range holding key at key, while it serves, and
+// returns the two ranges the split made.
+func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
+	if n.merger == nil {
+		return nil, status.Error(codes.FailedPrecondition, "cairn: splitting needs sharded mode (--single-group=false)")
+	}
+	if len(key) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "cairn: the split key is empty")
+	}
+	var parent *rangeReplica
+	for _, rr := range n.rangeSet.routing() {
+		d := rr.desc()
+		if bytes.Compare(key, d.Start) >= 0 && (len(d.End) == 0 || bytes.Compare(key, d.End) < 0) {
+			parent = rr
+		}
+	}
+	if parent == nil {
+		return nil, status.Errorf(codes.NotFound, "cairn: no range holds %q", key)
+	}
+	d := parent.desc()
+	if bytes.Equal(d.Start, key) {
+		return nil, status.Errorf(codes.FailedPrecondition, "cairn: range %d already starts at %q", d.Id, key)
+	}
+	cmd, _ := proto.Marshal(&placementpb.Command{Op: &placementpb.Command_Split{Split: &placementpb.Split{
+		Range: d.Id, Generation: d.Generation, Key: key}}})
+	res, err := n.proposePlacement(ctx, cmd)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "cairn: split range %d at %q: %v", d.Id, key, err)
+	}
+	if len(res.Ranges) != 2 {
+		return nil, fmt.Errorf("node: the placement group answered a split with %d ranges", len(res.Ranges))
+	}
+	child := res.Ranges[1].Id
+	if _, err := parent.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: key, Child: child}}}); err != nil {
+		return nil, err
+	}
+	for _, rr := range n.rangeSet.routing() {
+		if rr.desc().Id == child {
+			if err := rr.client.wait(ctx); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return res.Ranges, nil
+}
+
+// onSplit runs on the apply goroutine of parent's replica as a split
+// applies there: the new range child holds span, its history up to rev
+// included. It takes the new range into the range set and the watches,
+// and starts its replica.
+func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev mvcc.Revision) {
+	pd := proto.Clone(parent.desc()).(*placementpb.RangeDescriptor)
+	cd := &placementpb.RangeDescriptor{Id: child, Start: slices.Clone(span.Start), End: slices.Clone(span.End),
+		Generation: pd.Generation + 1, Replicas: slices.Clone(pd.Replicas)}
+	pd.End = slices.Clone(span.Start)
+	pd.Generation++
+	rr := newRangeReplica(n, cd, rev)
+	n.rangeSet.mu.Lock()
+	parent.d.Store(pd)
+	i := slices.Index(n.rangeSet.ranges, parent)
+	n.rangeSet.ranges = slices.Insert(n.rangeSet.ranges, i+1, rr)
+	n.rangeSet.mu.Unlock()
+	if n.merger != nil {
+		n.merger.Split(parent.hub, span.Start, watch.Part{Hub: rr.hub, Kick: rr.wantClosed})
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.startRangeInto(rr, n.shardCfg, n.raftCfg, true); err != nil {
+			n.log.Error("start a split's new range", "range", child, "error", err)
+			return
+		}
+		n.wg.Add(2)
+		go n.closer(rr)
+		go n.registerShadows(rr)
+	}()
+}
+
+// registerShadows registers a split's new range at the home of every lease
+// it holds keys of (the split made their shadows here), and revokes here
+// those the home no longer has: the home then revokes the keys here too,
+// or they are gone already.
+func (n *Node) registerShadows(rr *rangeReplica) {
+	defer n.wg.Done()
+	sm := rr.sm.Load()
+	for deadline := time.Now().Add(10 * time.Second); sm == nil || sm.Lessor() == nil; sm = rr.sm.Load() {
+		if time.Now().After(deadline) {
+			return
+		}
+		select {
+		case <-n.stop:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	id := rr.desc().Id
+	for _, l := range sm.Lessor().Shadows() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := n.rangeSet.first.Load().client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseRegister{
+			LeaseRegister: &shardpb.LeaseShard{Lease: int64(l), Shard: id}}})
+		var se *shard.Error
+		if errors.As(err, &se) && se.Code == shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND {
+			gen := n.rangeSet.first.Load().appliedIndex()
+			_, err = rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{
+				ShadowRevoke: &shardpb.ShadowLease{Lease: int64(l), Generation: gen}}})
+		}
+		cancel()
+		if err != nil {
+			n.log.Warn("register a lease's keys in a split's new range", "range", id, "lease", int64(l), "error", err)
+		}
+	}
+}

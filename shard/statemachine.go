@@ -248,8 +248,9 @@ type applier struct {
 	hold *shardpb.TransferHold
 	// peers are the MemberPeers records written in this batch.
 	peers []*shardpb.MemberPeers
-	// closed is the closed revision as of the entry being applied.
-	closed mvcc.Revision
+	// closed is the closed revision as of the entry being applied;
+	// cmdClosed includes the entry's own.
+	closed, cmdClosed mvcc.Revision
 	// fence is the newest proposer term of stamped writes; term is the
 	// term of the entry being applied.
 	fence, term uint64
@@ -279,6 +280,11 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 	// Every write at or below the command's closed revision is before it
 	// in the log: a compaction in it may reach that far.
 	a.b.SetClosed(max(a.closed, mvcc.Revision(c.Closed)))
+	// A stamp at or below the command's own closed revision is stale too:
+	// the leader closed that revision (AdvanceIdle, published to watchers
+	// without a log write) while this batch, stamped before, was on its
+	// way to being proposed; it is stamped again, above.
+	a.cmdClosed = max(a.closed, mvcc.Revision(c.Closed))
 	if c.Term > a.fence {
 		a.fence = c.Term
 		var v [8]byte
@@ -351,8 +357,8 @@ func (a *applier) track() error {
 func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	b := a.b
 	stamp := mvcc.Revision(r.Stamp)
-	if stamp != 0 && stamp <= a.closed {
-		return nil, fmt.Errorf("%w: stamp %d, closed revision %d", mvcc.ErrStaleStamp, stamp, a.closed)
+	if stamp != 0 && stamp <= a.cmdClosed {
+		return nil, fmt.Errorf("%w: stamp %d, closed revision %d", mvcc.ErrStaleStamp, stamp, a.cmdClosed)
 	}
 	if stamp != 0 && a.term < a.fence {
 		return nil, fmt.Errorf("%w: stamped in term %d, a leader of term %d has written since", mvcc.ErrStaleStamp, a.term, a.fence)

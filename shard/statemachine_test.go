@@ -261,8 +261,10 @@ func TestMemberPeers(t *testing.T) {
 }
 
 // TestClosedRevision: a command's closed revision makes the state machine
-// refuse any later write stamped at or below it, even above the store's
-// revision; it never goes back, and it survives a reopen.
+// refuse any write stamped at or below it — its own command's too (a batch
+// stamped before the leader closed a revision without a log write, then
+// proposed with it), and later ones even above the store's revision; it
+// never goes back, and it survives a reopen.
 func TestClosedRevision(t *testing.T) {
 	db := openDB(t, vfs.NewMem())
 	s, _ := openSM(t, db, 1, mvcc.Span{})
@@ -279,9 +281,11 @@ func TestClosedRevision(t *testing.T) {
 		}
 		return res.Responses
 	}
-	// The command's own writes are checked before its closed revision.
-	if r := closeAt(1, 10, putReq(t, "a", "1", 5)); r[0].GetError() != nil {
-		t.Fatalf("a write stamped below its own command's closed revision: %v", r[0])
+	r := closeAt(1, 10, putReq(t, "a", "1", 5), putReq(t, "a", "2", 5), putReq(t, "z", "1", 9))
+	for i := range r {
+		if r[i].GetError().GetCode() != shardpb.ErrorCode_ERROR_CODE_STALE_STAMP {
+			t.Fatalf("a write stamped below its own command's closed revision: %v", r[i])
+		}
 	}
 	status := func() Status {
 		v, err := s.Lookup(StatusQuery{})
@@ -290,10 +294,10 @@ func TestClosedRevision(t *testing.T) {
 		}
 		return v.(Status)
 	}
-	if st := status(); st.Closed != 10 || st.Revision != 5 {
-		t.Fatalf("status %+v, want closed 10 at revision 5", st)
+	if st := status(); st.Closed != 10 || st.Revision != 1 {
+		t.Fatalf("status %+v, want closed 10 at revision 1", st)
 	}
-	r := apply(t, s, 2, putReq(t, "b", "1", 10), putReq(t, "c", "1", 11))
+	r = apply(t, s, 2, putReq(t, "b", "1", 10), putReq(t, "c", "1", 11))
 	if r[0].GetError().GetCode() != shardpb.ErrorCode_ERROR_CODE_STALE_STAMP || r[1].GetError() != nil {
 		t.Fatalf("stamps 10 and 11 with closed 10: %v", r)
 	}

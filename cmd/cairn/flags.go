@@ -395,6 +395,13 @@ func usage(w io.Writer) {
     be given as an ETCD_<FLAG> environment variable (ETCD_DATA_DIR for
     --data-dir), which a flag on the command line may not contradict.
 
+  cairn ranges [--endpoint URL]
+    Print the range map of a sharded cluster (leaders, keys, revisions).
+  cairn range split [--endpoint URL] <key>
+    Split the range holding key at key, in place, while it serves.
+  cairn snapshot restore <file> --data-dir <dir>
+    Make a data directory from a snapshot (etcdctl snapshot save).
+
 Flags:
 `)
 	var byReason []string

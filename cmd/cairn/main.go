@@ -39,6 +39,9 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	if len(args) > 0 && args[0] == "ranges" {
 		return rangesCommand(args[1:], stdout)
 	}
+	if len(args) > 0 && args[0] == "range" {
+		return rangeCommand(args[1:], stdout)
+	}
 	o, err := parseFlags(args, environ)
 	if errors.Is(err, flag.ErrHelp) {
 		usage(stdout)

@@ -92,10 +92,16 @@ func TestSplitOff(t *testing.T) {
 	if fmt.Sprint(history) != "[m@3 z@4 m@5]" {
 		t.Fatalf("child history %v", history)
 	}
-	if err := write(parent, func(b *Batch) error { _, err := b.Put(&pb.PutRequest{Key: []byte("n"), Value: []byte("x")}, 0); return err }); !errors.Is(err, ErrOutsideSpan) {
+	if err := write(parent, func(b *Batch) error {
+		_, err := b.Put(&pb.PutRequest{Key: []byte("n"), Value: []byte("x")}, 0)
+		return err
+	}); !errors.Is(err, ErrOutsideSpan) {
 		t.Fatalf("the parent took a key it gave away: %v", err)
 	}
-	if err := write(child, func(b *Batch) error { _, err := b.Put(&pb.PutRequest{Key: []byte("n"), Value: []byte("x")}, 7); return err }); err != nil {
+	if err := write(child, func(b *Batch) error {
+		_, err := b.Put(&pb.PutRequest{Key: []byte("n"), Value: []byte("x")}, 7)
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	parent, err = Open(db, Options{ID: 1})

@@ -577,14 +577,15 @@ func (n *Node) start(ctx context.Context) error {
 	rs := router.New(rcfg)
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)
-	if cfg.Sharded {
-		internalpb.RegisterNodeServer(n.grpc, &internalServer{n: n})
-	}
+	// The node-to-node service (sharded mode; in single-group mode it
+	// answers that it needs sharded mode).
+	internalpb.RegisterNodeServer(n.grpc, &internalServer{n: n})
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
 	mux := http.NewServeMux()
 	mux.Handle("/", rs.HTTPHandler(cfg.EnablePprof))
 	mux.HandleFunc("GET /cairn/ranges", n.serveRanges)
+	mux.HandleFunc("GET /cairn/ranges.html", n.serveRangeMap)
 	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	for _, raw := range cfg.ListenClientURLs {

@@ -169,6 +169,9 @@ func (n *Node) nodeClient(id uint64) (internalpb.NodeClient, error) {
 // refusal keeps its code in the message's place (the caller rebuilds it).
 func toRemote(err error) error {
 	var se *shard.Error
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
 	switch {
 	case err == nil:
 		return nil
@@ -266,6 +269,9 @@ func (s *internalServer) WaitClosed(ctx context.Context, r *internalpb.WaitClose
 }
 
 func (s *internalServer) Revisions(ctx context.Context, r *internalpb.RevisionsRequest) (*internalpb.RevisionsResponse, error) {
+	if s.n.alloc == nil {
+		return nil, status.Error(codes.FailedPrecondition, "cairn: not in sharded mode")
+	}
 	first, err := s.n.alloc.Revisions(ctx, r.Count)
 	if err != nil {
 		return nil, toRemote(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	sm "github.com/lni/dragonboat/v4/statemachine"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -492,6 +493,7 @@ type RangeInfo struct {
 	Revision   int64    `json:"revision"`
 	Closed     int64    `json:"closed"`
 	Writes     uint64   `json:"writes"` // writes proposed through this node since it started
+	Keys       int64    `json:"keys"`   // live keys, as this node's replica has them
 }
 
 // Ranges returns this node's view of the range map (nil in single-group
@@ -508,6 +510,19 @@ func (n *Node) Ranges() []RangeInfo {
 		if v, err := rr.replica.Read(context.Background(), shard.StatusQuery{}, false); err == nil {
 			st := v.(shard.Status)
 			ri.Revision = int64(max(st.Revision, st.Closed, rr.replica.Closed()))
+		}
+		d := rr.desc()
+		end := d.End
+		if len(end) == 0 {
+			end = []byte{0}
+		}
+		start := d.Start
+		if len(start) == 0 {
+			start = []byte{0}
+		}
+		q := shard.RangeQuery{Req: &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}}
+		if v, err := rr.replica.Read(context.Background(), q, false); err == nil {
+			ri.Keys = v.(*pb.RangeResponse).Count
 		}
 		out = append(out, ri)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -305,8 +306,19 @@ func TestShardedRangesEndpoint(t *testing.T) {
 	}
 	for i, w := range want {
 		g := got[i]
-		if g.ID != uint64(i+1) || g.Start != w.start || g.End != w.end || g.Writes != w.writes || g.Leader == 0 || len(g.Replicas) != 1 {
-			t.Errorf("range %d: %+v, want [%q, %q) with %d writes and a leader", i+1, g, w.start, w.end, w.writes)
+		if g.ID != uint64(i+1) || g.Start != w.start || g.End != w.end || g.Writes != w.writes || g.Keys != int64(w.writes) ||
+			g.Leader == 0 || len(g.Replicas) != 1 {
+			t.Errorf("range %d: %+v, want [%q, %q) with %d writes and keys and a leader", i+1, g, w.start, w.end, w.writes)
 		}
+	}
+	// The picture of the same map.
+	page, err := http.Get(n.ClientURLs()[0] + "/cairn/ranges.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer page.Body.Close()
+	body, _ := io.ReadAll(page.Body)
+	if page.StatusCode != http.StatusOK || !strings.Contains(string(body), "3 ranges") || !strings.Contains(string(body), `title="range 2 [&#34;b&#34;, &#34;m&#34;)"`) {
+		t.Fatalf("range map page: %s\n%s", page.Status, body)
 	}
 }

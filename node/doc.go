@@ -29,7 +29,7 @@
 // through raft once it serves; MemberList joins them with raft's
 // membership.
 //
-// Sharded mode (Config.Sharded, sharded.go, a preview on one node): the
+// Sharded mode (Config.Sharded, sharded.go, a preview): the
 // NodeHost also runs a replica of the placement group (raft shard 1<<48,
 // the range map and the revision oracle's bound; its Allocator serves
 // revisions while it leads), bootstrapped with Config.InitialSplitKeys by
@@ -45,6 +45,23 @@
 // the ranges registered at range 1 (the home of every lease), and, while
 // it leads range 1, finishes the revokes left pending (expired leases,
 // revokes cut short) every 50 ms.
+//
+// On several nodes (remote.go) every member holds a replica of every
+// range; the router uses a range through its rangeClient, which sends what
+// only the leader may do — stamped writes, reads at a closed revision,
+// waits for one — to the leader's node over the node-to-node gRPC service
+// (proto/internalpb, on the client port), as the oracle client sends
+// revision requests to the placement leader's node. Range leaders publish
+// closed revisions to the other replicas, which pass them to their
+// watchers once they have applied as far as the leader had; a watch
+// waiting on a range kicks its leader.
+//
+// Splits (split.go): SplitRange records the split in the placement map,
+// which names the new range, then proposes it to the range; as it applies,
+// every replica hands the keys from the split key on to the new range at
+// one revision (the data stays in place), moves its watchers there
+// (watch.Merger.Split) and starts the new range with the same members,
+// which registers its leases' keys at their home.
 //
 // Peer URLs are recorded through raft too (by MemberAdd and MemberUpdate,
 // and by each member for itself if none are), and raft reaches a replica at

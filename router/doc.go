@@ -26,8 +26,10 @@
 // write in another range with a lease registers that range at the home
 // first and carries the lease as a shadow lease; a revoke returns once the
 // node has deleted the lease's keys in every registered range
-// (remotelease.go, RemoteLeases). Forwarding to other nodes is still to
-// come.
+// (remotelease.go, RemoteLeases). A request that a split moved (the range
+// it was routed to refuses keys outside it) is routed again (rerouted),
+// so clients never see a split. Which member leads a range is the
+// RangeShard's concern (the node forwards to it).
 //
 // Contract with clients: every answer is the one etcd would give. Requests
 // are validated before anything is proposed (mvcc's Validate functions, with

@@ -21,8 +21,11 @@
 //
 //   - etcd: go.etcd.io/etcd/server/v3/embed at the version bench/go.mod pins,
 //     started by this binary re-executing itself as `bench serve-etcd`;
-//   - cairn: the cairn binary, built with `go build` from ../cmd/cairn
-//     (single-group, its only mode today);
+//   - cairn: the cairn binary, built with `go build` from ../cmd/cairn,
+//     single-group (--single-group);
+//   - cairn-sharded: the same binary in sharded mode with 8 ranges (split
+//     where the benchmark tool's keys fall, systems.go), on the throughput
+//     scenarios only;
 //   - ceiling: `bench serve-ceiling`, a gRPC server whose KV service answers
 //     every request at once with an empty response: what the machine, gRPC
 //     and the client allow.
@@ -41,8 +44,8 @@
 //   - more nodes: etcd-3 and cairn-3 are 3-member clusters on 127.0.0.1, a
 //     process per member; the report sets each Cairn system against the etcd
 //     of the same size;
-//   - Cairn sharded: a second system entry with its own flags once the mode
-//     exists (targets for it go in targets, keyed by system and baseline);
+//   - Cairn sharded: cairn-sharded and cairn-sharded-3 are set against the
+//     single-group Cairn of the same size (targets, report pairs);
 //   - memory (RSS vs 1M/10M keys): each run already records the server's
 //     peak RSS (VmHWM); a preload-only scenario that writes N keys is what is
 //     missing.

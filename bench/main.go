@@ -69,7 +69,7 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&c.tmpfs, "tmpfs", false, "put the servers' data directories on /dev/shm instead of $TMPDIR")
 	fs.StringVar(&c.out, "out", "results", "directory for report.md, the charts and the raw benchmark output")
 	fs.StringVar(&c.root, "root", "", "the Cairn repository (default: found from the working directory)")
-	sys := fs.String("systems", "etcd,cairn,ceiling,etcd-3,cairn-3", "systems to run, in this order")
+	sys := fs.String("systems", "etcd,cairn,ceiling,etcd-3,cairn-3,cairn-sharded,cairn-sharded-3", "systems to run, in this order")
 	scs := fs.String("scenarios", "", "scenarios to run (default: all)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the servers' data directories and logs")
 	if err := fs.Parse(args); err != nil {
@@ -231,11 +231,14 @@ func harness(args []string) error {
 				res.skip(sc.name, s.name, fmt.Sprintf("%s does not offer the %s service (probed at start)", s.name, sc.needs))
 			} else if sc.only != nil && !slices.Contains(sc.only, s.name) {
 				res.skip(sc.name, s.name, fmt.Sprintf("this scenario runs on %s only", strings.Join(sc.only, " and ")))
+			} else if s.scenarios != nil && !slices.Contains(s.scenarios, sc.name) {
+				res.skip(sc.name, s.name, fmt.Sprintf("%s runs %s only (to keep the run short)", s.name, strings.Join(s.scenarios, ", ")))
 			}
 		}
 	}
 	skipped := func(sc scenario, s system, round int) bool {
-		if unsupported[s.name][sc.needs] || (sc.only != nil && !slices.Contains(sc.only, s.name)) {
+		if unsupported[s.name][sc.needs] || (sc.only != nil && !slices.Contains(sc.only, s.name)) ||
+			(s.scenarios != nil && !slices.Contains(s.scenarios, sc.name)) {
 			return true
 		}
 		return sc.memoryKeys > 0 && round > 1 // memory: one round

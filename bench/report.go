@@ -319,15 +319,16 @@ func has(r *results, sc, sys string) bool {
 	return !skipped && len(r.runs[sc][sys]) > 0
 }
 
-// pairs are the (system, baseline) ratios the main table shows: each Cairn
-// system against the etcd of the same size, where both ran.
+// pairs are the (system, baseline) ratios the main table shows: each
+// single-group Cairn against the etcd of the same size, each sharded Cairn
+// against the single-group Cairn of the same size, where both ran.
 func (r *results) pairs() [][2]string {
 	var out [][2]string
 	ran := map[string]bool{}
 	for _, s := range r.systems {
 		ran[s.name] = true
 	}
-	for _, pr := range [][2]string{{"cairn", "etcd"}, {"cairn-3", "etcd-3"}} {
+	for _, pr := range [][2]string{{"cairn", "etcd"}, {"cairn-3", "etcd-3"}, {"cairn-sharded", "cairn"}, {"cairn-sharded-3", "cairn-3"}} {
 		if ran[pr[0]] && ran[pr[1]] {
 			out = append(out, pr)
 		}

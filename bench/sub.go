@@ -31,7 +31,7 @@ func startSubRun(ctx context.Context, cmd, rootDir string, names []string) (r *s
 	for _, name := range names {
 		i := slices.IndexFunc(systems(), func(s system) bool { return s.name == name })
 		if i < 0 || name == "ceiling" {
-			return nil, nil, fmt.Errorf("bench: %s: unknown system %q (etcd, cairn, etcd-3, cairn-3)", cmd, name)
+			return nil, nil, fmt.Errorf("bench: %s: unknown system %q (etcd, cairn, etcd-3, cairn-3, cairn-sharded, cairn-sharded-3)", cmd, name)
 		}
 		r.systems = append(r.systems, systems()[i])
 	}

@@ -28,7 +28,17 @@ type system struct {
 	nodes int    // cluster size: 1 or 3 members on 127.0.0.1
 	// command returns the argv that runs one member.
 	command func(env *environment, m memberSpec) []string
+	// scenarios limits the system to these scenarios (nil: every one), to
+	// keep the default run short.
+	scenarios []string
 }
+
+// shardedSplits cut the key space into 8 ranges for the sharded systems.
+// etcd's benchmark tool writes 8-byte keys holding the varint of a random
+// number below --key-space-size (100,000): their first byte is an even
+// value from 0x80 to 0xfe for all but the first 64 numbers, so these seven
+// keys share the writes about evenly among the ranges.
+const shardedSplits = "\x90,\xa0,\xb0,\xc0,\xd0,\xe0,\xf0"
 
 // memberSpec is one member of a system's cluster.
 type memberSpec struct {
@@ -54,11 +64,16 @@ func systems() []system {
 			"--listen-client-urls", m.clientURL, "--listen-peer-urls", m.peerURL,
 			"--initial-cluster", m.initialCluster, "--log-level", "warn", "--enable-pprof"}
 	}
+	singleGroup := func(env *environment, m memberSpec) []string {
+		return append(cairn(env, m), "--single-group")
+	}
+	sharded := func(env *environment, m memberSpec) []string {
+		splits, _ := strconv.Unquote(`"` + shardedSplits + `"`)
+		return append(cairn(env, m), "--single-group=false", "--initial-split-keys", splits)
+	}
 	return []system{
 		{name: "etcd", label: "etcd 3.7.3 (embed, own process)", nodes: 1, command: etcd},
-		// Single-group is Cairn's only mode today; when `--single-group`
-		// exists it goes here, and sharded mode is a further entry.
-		{name: "cairn", label: "Cairn single-group (cmd/cairn binary)", nodes: 1, command: cairn},
+		{name: "cairn", label: "Cairn single-group (cmd/cairn binary)", nodes: 1, command: singleGroup},
 		{
 			name: "ceiling", label: "no-op KV server (ceiling)", nodes: 1,
 			command: func(env *environment, m memberSpec) []string {
@@ -66,7 +81,11 @@ func systems() []system {
 			},
 		},
 		{name: "etcd-3", label: "etcd 3.7.3, 3 members (embed, a process each)", nodes: 3, command: etcd},
-		{name: "cairn-3", label: "Cairn single-group, 3 members (a process each)", nodes: 3, command: cairn},
+		{name: "cairn-3", label: "Cairn single-group, 3 members (a process each)", nodes: 3, command: singleGroup},
+		{name: "cairn-sharded", label: "Cairn sharded, 8 ranges (cmd/cairn binary)", nodes: 1, command: sharded,
+			scenarios: []string{"put", "txn-put"}},
+		{name: "cairn-sharded-3", label: "Cairn sharded, 8 ranges, 3 members (a process each)", nodes: 3, command: sharded,
+			scenarios: []string{"put", "range-linearizable", "txn-put"}},
 	}
 }
 

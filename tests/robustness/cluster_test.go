@@ -72,7 +72,7 @@ type cluster struct {
 
 // startCluster starts size members from bin with data under dir and waits
 // until every member answers a linearizable read.
-func startCluster(t testing.TB, bin, dir string, size int) *cluster {
+func startCluster(t testing.TB, bin, dir string, size int, extra ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t}
 	var initial []string
@@ -102,6 +102,7 @@ func startCluster(t testing.TB, bin, dir string, size int) *cluster {
 			"--heartbeat-interval", "50", "--election-timeout", "500",
 			"--debug-journal", m.journal(), "--log-level", "warn",
 		}
+		m.args = append(m.args, extra...)
 		if err := m.start(); err != nil {
 			t.Fatal(err)
 		}

@@ -189,8 +189,12 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 				continue
 			}
 			key := sc.name
-			if pr[0] == "cairn-3" {
+			switch pr[0] {
+			case "cairn":
+			case "cairn-3":
 				key += "@3"
+			default:
+				key += "@" + pr[0]
 			}
 			if b, ok := bounds[key]; ok {
 				why = append(why, fmt.Sprintf("- **%s, %s vs %s**: %s", sc.name, pr[0], pr[1], b))
@@ -198,7 +202,7 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 		}
 	}
 	if len(why) > 0 {
-		p("## What bounds the missed targets\n\nFrom CPU profiles of Cairn during the scenarios (`--enable-pprof`):\n\n%s\n\n", strings.Join(why, "\n"))
+		p("## What bounds the missed targets\n\nFrom CPU profiles of Cairn during the scenarios (`--enable-pprof`), where one was taken (see each entry):\n\n%s\n\n", strings.Join(why, "\n"))
 	}
 
 	// Memory.

@@ -68,8 +68,7 @@ func systems() []system {
 		return append(cairn(env, m), "--single-group")
 	}
 	sharded := func(env *environment, m memberSpec) []string {
-		splits, _ := strconv.Unquote(`"` + shardedSplits + `"`)
-		return append(cairn(env, m), "--single-group=false", "--initial-split-keys", splits)
+		return append(cairn(env, m), "--single-group=false", "--initial-split-keys", shardedSplits)
 	}
 	return []system{
 		{name: "etcd", label: "etcd 3.7.3 (embed, own process)", nodes: 1, command: etcd},

@@ -420,7 +420,7 @@ func (n *Node) start(ctx context.Context) error {
 	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
 	n.hub = watch.NewHub(0)
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
-	n.oracle = oracle{n}
+	n.oracle = oracle{n: n, fold: &oracleFold{}}
 	var ranges []*placementpb.RangeDescriptor
 	span := mvcc.Span{}
 	if cfg.Sharded {

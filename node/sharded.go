@@ -318,8 +318,31 @@ func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg d
 }
 
 // oracle is the node's client of the revision oracle: the placement
-// replica here answers while it leads the group.
-type oracle struct{ n *Node }
+// replica here answers while it leads the group; otherwise the requests of
+// the node's ranges that arrive together go to the leader's node as one
+// (fold).
+type oracle struct {
+	n    *Node
+	fold *oracleFold
+}
+
+// oracleFold gathers concurrent revision requests for one round trip to
+// the placement leader's node.
+type oracleFold struct {
+	mu      sync.Mutex
+	waiting []*oracleWait
+	busy    bool // a round trip is under way; it takes the waiting next
+}
+
+type oracleWait struct {
+	count int64
+	done  chan oracleAnswer // size 1
+}
+
+type oracleAnswer struct {
+	first mvcc.Revision
+	err   error
+}
 
 // Revisions implements shard.Stamper: from this node's allocator while
 // its placement replica leads, else from the leader's node.
@@ -330,13 +353,9 @@ func (o oracle) Revisions(ctx context.Context, count int64) (mvcc.Revision, erro
 			return first, err
 		}
 		if leader, _, ok, _ := o.n.nh.GetLeaderID(placementShardID); ok && leader != o.n.memberID {
-			nc, err := o.n.nodeClient(leader)
+			first, err := o.folded(ctx, leader, count)
 			if err == nil {
-				var resp *internalpb.RevisionsResponse
-				resp, err = nc.Revisions(ctx, &internalpb.RevisionsRequest{Count: count})
-				if err == nil {
-					return mvcc.Revision(resp.First), nil
-				}
+				return first, nil
 			}
 			if status.Code(err) != codes.FailedPrecondition && ctx.Err() != nil {
 				return 0, fromRemote(err)
@@ -346,6 +365,62 @@ func (o oracle) Revisions(ctx context.Context, count int64) (mvcc.Revision, erro
 		case <-ctx.Done():
 			return 0, fmt.Errorf("%w: %v", placement.ErrNotLeader, ctx.Err())
 		case <-time.After(forwardRetry):
+		}
+	}
+}
+
+// folded asks leader's node for count revisions together with the other
+// requests waiting meanwhile: one round trip for all, each given its own
+// consecutive part of the answer.
+func (o oracle) folded(ctx context.Context, leader uint64, count int64) (mvcc.Revision, error) {
+	w := &oracleWait{count: count, done: make(chan oracleAnswer, 1)}
+	f := o.fold
+	f.mu.Lock()
+	f.waiting = append(f.waiting, w)
+	if !f.busy {
+		f.busy = true
+		go o.roundTrips(leader)
+	}
+	f.mu.Unlock()
+	select {
+	case a := <-w.done:
+		return a.first, a.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// roundTrips serves the waiting requests, a round trip per gathering,
+// until none waits.
+func (o oracle) roundTrips(leader uint64) {
+	f := o.fold
+	for {
+		f.mu.Lock()
+		batch := f.waiting
+		f.waiting = nil
+		if len(batch) == 0 {
+			f.busy = false
+			f.mu.Unlock()
+			return
+		}
+		f.mu.Unlock()
+		var total int64
+		for _, w := range batch {
+			total += w.count
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var first mvcc.Revision
+		nc, err := o.n.nodeClient(leader)
+		if err == nil {
+			var resp *internalpb.RevisionsResponse
+			if resp, err = nc.Revisions(ctx, &internalpb.RevisionsRequest{Count: total}); err == nil {
+				first = mvcc.Revision(resp.First)
+			}
+		}
+		cancel()
+		for _, w := range batch {
+			w.done <- oracleAnswer{first: first, err: err}
+			first += mvcc.Revision(w.count)
 		}
 	}
 }

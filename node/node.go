@@ -521,11 +521,20 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.hub.Notify(st.(shard.Status).Revision, nil)
 	for _, rr := range n.rangeSet.all()[min(1, len(n.rangeSet.ranges)):] {
-		st, err := rr.replica.Read(ctx, shard.StatusQuery{}, true)
-		if err != nil {
-			return fmt.Errorf("node: read range %d's revision: %w", rr.desc().Id, err)
+		// What this replica has applied (later applies notify the hub as
+		// they come), read as soon as the replica has opened its state.
+		for {
+			st, err := rr.replica.Read(ctx, shard.StatusQuery{}, false)
+			if err == nil {
+				rr.hub.Notify(st.(shard.Status).Revision, nil)
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("node: read range %d's revision: %w", rr.desc().Id, err)
+			case <-time.After(rttMillisecond * time.Millisecond):
+			}
 		}
-		rr.hub.Notify(st.(shard.Status).Revision, nil)
 	}
 	lessor := n.sm.Load().Lessor()
 	n.primary = shard.StartPrimary(shard.PrimaryConfig{

@@ -68,7 +68,8 @@
 // # Non-goals (yet)
 //
 // One multiplexed stream per node pair and coalescing of identical watches
-// across clients (for several nodes); splits under a live watch.
-// Leader-loss monitoring of streams that require a leader is the router's
+// across clients (every node holds every range today, so each serves its
+// watches from its own replicas). A split moves a stream's watchers to the
+// new range (Merger.Split). Leader-loss monitoring of streams that require a leader is the router's
 // (it knows the raft group; this package does not).
 package watch

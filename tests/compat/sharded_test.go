@@ -294,40 +294,17 @@ var flagShardedWatchSeqs = flag.Int("sharded.watchseqs", 24, "TestShardedWatchDi
 // compared and neither is how events are cut into responses — except that
 // one revision's events must never be split.
 func TestShardedWatchDifferential(t *testing.T) {
-	var seeds []int64
-	for seed := int64(1); seed <= int64(*flagShardedWatchSeqs); seed++ {
-		seeds = append(seeds, seed)
-	}
-	if *flagWatchSeed != 0 {
-		seeds = []int64{*flagWatchSeed}
-	}
-	pairs := max(1, min(*flagWatchPairs, len(seeds)))
-	var st watchStats
-	t.Run("pairs", func(t *testing.T) {
-		for p := range pairs {
-			t.Run(fmt.Sprint(p), func(t *testing.T) {
-				t.Parallel()
-				splits := map[int64][]string{}
-				var all []string
-				for i := p; i < len(seeds); i += pairs {
-					prefix := fmt.Sprintf("watch%03d/", seeds[i])
-					splits[seeds[i]] = []string{prefix + "a/2", prefix + "b/"}
-					all = append(all, splits[seeds[i]]...)
-				}
-				etcd := startEtcd(t, "etcd")
-				cairn := startShardedCairn(t, "cairn-sharded", all)
-				failed := 0
-				for i := p; i < len(seeds); i += pairs {
-					if !runWatchScenario(t, seeds[i], []*server{etcd, cairn}, seeds[i] == *flagWatchSeed, &st, splits[seeds[i]]) {
-						if failed++; failed >= 5 {
-							t.Fatalf("stopping after %d failed scenarios", failed)
-						}
-					}
-				}
-			})
+	runWatchPairs(t, *flagShardedWatchSeqs, func(t *testing.T, seeds []int64) (*server, *server, func(int64) []string) {
+		splits := map[int64][]string{}
+		var all []string
+		for _, seed := range seeds {
+			prefix := fmt.Sprintf("watch%03d/", seed)
+			splits[seed] = []string{prefix + "a/2", prefix + "b/"}
+			all = append(all, splits[seed]...)
 		}
+		etcd := startEtcd(t, "etcd")
+		return etcd, startShardedCairn(t, "cairn-sharded", all), func(seed int64) []string { return splits[seed] }
 	})
-	t.Logf("%d scenarios on %d pairs of servers; %v", len(seeds), pairs, &st)
 }
 
 // oracleRev reads a sharded Cairn's revision over the whole key space: a

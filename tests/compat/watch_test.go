@@ -77,26 +77,40 @@ var (
 //     at once when a future start is the next revision. The test sends
 //     progress requests only when etcd answers them.
 func TestWatchDifferential(t *testing.T) {
+	runWatchPairs(t, *flagWatchSeqs, func(t *testing.T, _ []int64) (*server, *server, func(int64) []string) {
+		etcd, cairn := startPair(t)
+		return etcd, cairn, func(int64) []string { return nil }
+	})
+}
+
+// runWatchPairs runs the watch scenarios of seeds 1 to n (or -watch.seed
+// alone) and logs what they exercised. Most of a scenario's time is spent
+// waiting for etcd to catch watchers up (it does every 100 ms), so the
+// seeds are spread over a few pairs of servers running side by side; start
+// gives a pair its servers for its seeds, and each seed's range splits
+// (runWatchScenario).
+func runWatchPairs(t *testing.T, n int, start func(t *testing.T, seeds []int64) (etcd, cairn *server, splits func(int64) []string)) {
 	var seeds []int64
-	for seed := int64(1); seed <= int64(*flagWatchSeqs); seed++ {
+	for seed := int64(1); seed <= int64(n); seed++ {
 		seeds = append(seeds, seed)
 	}
 	if *flagWatchSeed != 0 {
 		seeds = []int64{*flagWatchSeed}
 	}
-	// Most of a scenario's time is spent waiting for etcd to catch
-	// watchers up (it does every 100 ms), so the seeds are spread over a
-	// few pairs of servers running side by side.
 	pairs := max(1, min(*flagWatchPairs, len(seeds)))
 	var st watchStats
 	t.Run("pairs", func(t *testing.T) {
 		for p := range pairs {
 			t.Run(fmt.Sprint(p), func(t *testing.T) {
 				t.Parallel()
-				etcd, cairn := startPair(t)
-				failed := 0
+				var mine []int64
 				for i := p; i < len(seeds); i += pairs {
-					if !runWatchScenario(t, seeds[i], []*server{etcd, cairn}, seeds[i] == *flagWatchSeed, &st, nil) {
+					mine = append(mine, seeds[i])
+				}
+				etcd, cairn, splits := start(t, mine)
+				failed := 0
+				for _, seed := range mine {
+					if !runWatchScenario(t, seed, []*server{etcd, cairn}, seed == *flagWatchSeed, &st, splits(seed)) {
 						if failed++; failed >= 5 {
 							t.Fatalf("stopping after %d failed scenarios", failed)
 						}

@@ -398,11 +398,7 @@ func TestMergedModel(t *testing.T) {
 			key := func() string { return string(rune('a' + rnd.IntN(20))) }
 			m := NewMerger().NewStream(2, rs.split)
 			defer m.Close()
-			type spec struct {
-				req  *pb.WatchCreateRequest
-				from mvcc.Revision
-			}
-			specs := map[int64]*spec{}
+			specs := map[int64]*watchSpec{}
 			got := map[int64][]*mvccpb.Event{}
 			released := map[int64]int64{}
 			var progress []int64
@@ -463,7 +459,7 @@ func TestMergedModel(t *testing.T) {
 					if from == 0 {
 						from = mvcc.Revision(r.Header.Revision) + 1
 					}
-					specs[r.WatchId] = &spec{req, from}
+					specs[r.WatchId] = &watchSpec{req, from}
 				case x < 80:
 					m.RequestProgress()
 				case x < 90:
@@ -472,23 +468,39 @@ func TestMergedModel(t *testing.T) {
 					check(poll(t, m))
 				}
 			}
-			rs.closeAll()
-			m.RequestProgress()
-			for deadline := time.Now().Add(10 * time.Second); len(progress) == 0 || progress[len(progress)-1] < int64(rs.rev); {
-				rs.pump()
-				check(poll(t, m))
-				if time.Now().After(deadline) {
-					t.Fatalf("no progress at %d: %v", rs.rev, progress)
-				}
-			}
-			for id, sp := range specs {
-				want := wanted(rs.log, sp.req, sp.from, 0, int64(rs.rev))
-				if fmt.Sprint(eventStrings(got[id], sp.req.PrevKv)) != fmt.Sprint(eventStrings(want, sp.req.PrevKv)) {
-					t.Fatalf("watch %d %v from %d:\n got  %v\n want %v", id, sp.req, sp.from,
-						eventStrings(got[id], sp.req.PrevKv), eventStrings(want, sp.req.PrevKv))
-				}
-			}
+			settleModel(t, rs, m, check, &progress, specs, got)
 		})
+	}
+}
+
+// watchSpec is a watch a model test created: its request and the first
+// revision it must see.
+type watchSpec struct {
+	req  *pb.WatchCreateRequest
+	from mvcc.Revision
+}
+
+// settleModel closes every range, has the stream answer a progress request
+// at the last revision (taking responses with take, which records progress
+// revisions), and checks that every watch got exactly the model's events.
+func settleModel(t *testing.T, rs *ranges, m *Merged, take func([]*pb.WatchResponse), progress *[]int64,
+	specs map[int64]*watchSpec, got map[int64][]*mvccpb.Event) {
+	t.Helper()
+	rs.closeAll()
+	m.RequestProgress()
+	for deadline := time.Now().Add(10 * time.Second); len(*progress) == 0 || (*progress)[len(*progress)-1] < int64(rs.rev); {
+		rs.pump()
+		take(poll(t, m))
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress at %d: %v", rs.rev, *progress)
+		}
+	}
+	for id, sp := range specs {
+		want := wanted(rs.log, sp.req, sp.from, 0, int64(rs.rev))
+		if fmt.Sprint(eventStrings(got[id], sp.req.PrevKv)) != fmt.Sprint(eventStrings(want, sp.req.PrevKv)) {
+			t.Fatalf("watch %d %v from %d:\n got  %v\n want %v", id, sp.req, sp.from,
+				eventStrings(got[id], sp.req.PrevKv), eventStrings(want, sp.req.PrevKv))
+		}
 	}
 }
 
@@ -565,11 +577,7 @@ func TestMergedSplit(t *testing.T) {
 			m := mg.NewStream(3, rs.split)
 			defer m.Close()
 			key := func() string { return string(rune('a' + rnd.IntN(26))) }
-			type spec struct {
-				req  *pb.WatchCreateRequest
-				from mvcc.Revision
-			}
-			specs := map[int64]*spec{}
+			specs := map[int64]*watchSpec{}
 			got := map[int64][]*mvccpb.Event{}
 			var progress []int64
 			take := func(resps []*pb.WatchResponse) {
@@ -605,7 +613,7 @@ func TestMergedSplit(t *testing.T) {
 					if from == 0 {
 						from = mvcc.Revision(r.Header.Revision) + 1
 					}
-					specs[r.WatchId] = &spec{req, from}
+					specs[r.WatchId] = &watchSpec{req, from}
 				case x < 72 && len(splits) > 0:
 					k := splits[0]
 					splits = splits[1:]
@@ -616,22 +624,7 @@ func TestMergedSplit(t *testing.T) {
 					take(poll(t, m))
 				}
 			}
-			rs.closeAll()
-			m.RequestProgress()
-			for deadline := time.Now().Add(10 * time.Second); len(progress) == 0 || progress[len(progress)-1] < int64(rs.rev); {
-				rs.pump()
-				take(poll(t, m))
-				if time.Now().After(deadline) {
-					t.Fatalf("no progress at %d: %v", rs.rev, progress)
-				}
-			}
-			for id, sp := range specs {
-				want := wanted(rs.log, sp.req, sp.from, 0, int64(rs.rev))
-				if fmt.Sprint(eventStrings(got[id], false)) != fmt.Sprint(eventStrings(want, false)) {
-					t.Fatalf("watch %d %v from %d:\n got  %v\n want %v", id, sp.req, sp.from,
-						eventStrings(got[id], false), eventStrings(want, false))
-				}
-			}
+			settleModel(t, rs, m, take, &progress, specs, got)
 		})
 	}
 }

@@ -100,13 +100,15 @@ func (c *rangeClient) viaLeader(ctx context.Context, local func() error, remote 
 }
 
 // Write proposes req: requests that take a revision through the range's
-// leader, which stamps them; others (registrations, member records) from
-// here, as raft carries them to the leader.
+// leader, which stamps them, and compactions, which the leader's closed
+// revision (carried by its proposals) lets reach past the range's last
+// write; others (registrations, member records) from here, as raft
+// carries them to the leader.
 func (c *rangeClient) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error) {
 	if err := c.wait(ctx); err != nil {
 		return nil, err
 	}
-	if !shard.Stamps(req) {
+	if !shard.Stamps(req) && req.GetCompaction() == nil {
 		return c.rr.replica.Write(ctx, req)
 	}
 	var out *shardpb.Response

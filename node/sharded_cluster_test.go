@@ -2,11 +2,13 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
@@ -89,6 +91,25 @@ func TestShardedCluster(t *testing.T) {
 		}
 	}
 
+	// Compaction through every member, at the revision of a write to one
+	// range while the others are idle: each range takes it (the range's
+	// leader closes it), and every range refuses reads below it.
+	for i := range clis {
+		put, err := clis[i].Put(ctx, "a-compact", fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev := put.Header.Revision
+		if _, err := clis[(i+1)%3].Compact(ctx, rev); err != nil {
+			t.Fatalf("compact at %d through member %d: %v", rev, (i+1)%3, err)
+		}
+		for _, k := range []string{"a0", "d1", "q2", "z3"} {
+			if _, err := clis[i].Get(ctx, k, clientv3.WithRev(rev-1)); !errors.Is(err, rpctypes.ErrCompacted) {
+				t.Fatalf("read %s at %d after compacting at %d through member %d: %v, want %v", k, rev-1, rev, i, err, rpctypes.ErrCompacted)
+			}
+		}
+	}
+
 	// A lease granted through one member, its keys put in three ranges
 	// through another, revoked through the third: gone everywhere.
 	gr, err := clis[1].Grant(ctx, 60)
@@ -109,7 +130,7 @@ func TestShardedCluster(t *testing.T) {
 	}
 	for i, cli := range clis {
 		resp, err := cli.Get(ctx, "", clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil || resp.Count != 24 {
+		if err != nil || resp.Count != 25 {
 			t.Fatalf("member %d after the revoke: %v, %v", i, resp, err)
 		}
 	}

@@ -212,13 +212,19 @@ func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest) (*pb.C
 		return nil, rpctypes.ErrGRPCFutureRev
 	}
 	for i, p := range s.cfg.Ranges.All() {
-		if err := p.Shard.WaitClosed(ctx, mvcc.Revision(r.Revision)); err != nil {
-			return nil, toGRPC(err)
+		var err error
+		// A range whose leader changed after the wait may propose with a
+		// lower closed revision and answer that r.Revision is in its
+		// future: wait again and retry.
+		for attempt := 0; attempt == 0 || (attempt < 3 && errors.Is(err, rpctypes.ErrGRPCFutureRev)); attempt++ {
+			if err := p.Shard.WaitClosed(ctx, mvcc.Revision(r.Revision)); err != nil {
+				return nil, toGRPC(err)
+			}
+			_, err = s.write(ctx, p.Shard, r, compactionRequest)
 		}
-		_, err := s.write(ctx, p.Shard, r, compactionRequest)
 		// A range compacted already (by an earlier call that failed half
 		// way) is fine once the first range took it.
-		if err != nil && (i == 0 || status.Code(err) != codes.OutOfRange) {
+		if err != nil && (i == 0 || !errors.Is(err, rpctypes.ErrGRPCCompacted)) {
 			return nil, err
 		}
 	}

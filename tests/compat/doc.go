@@ -48,6 +48,15 @@
 //     lease, lock, elect, member, endpoint, alarm, defrag, move-leader,
 //     snapshot) against both and compare what they print.
 //
+//   - Sharded mode: TestShardedDifferential, TestShardedWatchDifferential and
+//     TestShardedLeaseDifferential re-run those against a sharded Cairn
+//     whose range boundaries fall among the tested keys, revisions compared
+//     by order; TestShardedEtcdctl runs the etcdctl suites of TestEtcdctl,
+//     TestEtcdctlWatch and TestEtcdctlLease against a three-member sharded
+//     Cairn with eight ranges (shardRevs numbers its revisions as etcd's,
+//     header revisions masked); TestShardedEtcdctlPrefix compares
+//     get/watch --prefix over four ranges.
+//
 // Invariant: the two servers see the same requests in the same order, but
 // for resync's padding after a mismatch; the generator reads only etcd's
 // answers, so a run is a deterministic function of the seeds, of etcd's

@@ -206,6 +206,13 @@ func startEtcdCluster(t *testing.T, size int) []string {
 // cluster with etcd's flags and returns their client endpoints.
 func startCairnCluster(t *testing.T, size int) []string {
 	t.Helper()
+	return startCairnClusterWith(t, size, nil)
+}
+
+// startCairnClusterWith is startCairnCluster with every member's config
+// changed by edit (nil: none).
+func startCairnClusterWith(t *testing.T, size int, edit func(*node.Config)) []string {
+	t.Helper()
 	var initial, peers []string
 	for i := range size {
 		peers = append(peers, "http://"+testport.Addr(t))
@@ -222,11 +229,15 @@ func startCairnCluster(t *testing.T, size int) []string {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 			defer cancel()
-			n, err := node.Start(ctx, node.Config{
+			cfg := node.Config{
 				Name: fmt.Sprintf("m%d", i), DataDir: t.TempDir(),
 				ListenClientURLs: []string{client}, ListenPeerURLs: []string{peers[i]},
 				InitialCluster: strings.Join(initial, ","), InitialClusterToken: "etcdctl-cluster",
-			})
+			}
+			if edit != nil {
+				edit(&cfg)
+			}
+			n, err := node.Start(ctx, cfg)
 			if err != nil {
 				errs[i] = err
 				return

@@ -28,6 +28,9 @@ type server struct {
 	endpoint string // http://127.0.0.1:port
 	cli      *clientv3.Client
 	wire     *wireRecorder
+	// revs numbers a sharded Cairn's revisions as etcd would (see
+	// shardRevs); nil where revisions are compared as they are.
+	revs *shardRevs
 }
 
 // wireRecorder keeps the error of the last unary call as the server sent it.

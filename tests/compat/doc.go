@@ -51,7 +51,10 @@
 //   - Sharded mode: TestShardedDifferential, TestShardedWatchDifferential and
 //     TestShardedLeaseDifferential re-run those against a sharded Cairn
 //     whose range boundaries fall among the tested keys, revisions compared
-//     by order; TestShardedEtcdctl runs the etcdctl suites of TestEtcdctl,
+//     by order, on one member and on three (-sharded.sizes; with three,
+//     reads go linearizable and the watch side waits for its member to
+//     apply every write before each step, as a single etcd has no
+//     follower lag to compare with); TestShardedEtcdctl runs the etcdctl suites of TestEtcdctl,
 //     TestEtcdctlWatch and TestEtcdctlLease against a three-member sharded
 //     Cairn with eight ranges (shardRevs numbers its revisions as etcd's,
 //     header revisions masked); TestShardedEtcdctlPrefix compares

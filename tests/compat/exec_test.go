@@ -58,6 +58,9 @@ func run(s *server, o op) answer {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	s.wire.take()
+	if s.linearize {
+		o = linearized(o)
+	}
 	resp, err := send(ctx, s.cli, o)
 	wireErr := s.wire.take()
 	if err != nil {
@@ -68,6 +71,34 @@ func run(s *server, o op) answer {
 	}
 	normalize(resp.ProtoReflect())
 	return answer{resp: resp}
+}
+
+// linearized is o with every read in it linearizable.
+func linearized(o op) op {
+	switch r := o.req.(type) {
+	case *pb.RangeRequest:
+		r = proto.Clone(r).(*pb.RangeRequest)
+		r.Serializable = false
+		o.req = r
+	case *pb.TxnRequest:
+		r = proto.Clone(r).(*pb.TxnRequest)
+		linearizeTxn(r)
+		o.req = r
+	}
+	return o
+}
+
+func linearizeTxn(r *pb.TxnRequest) {
+	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range branch {
+			switch x := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				x.RequestRange.Serializable = false
+			case *pb.RequestOp_RequestTxn:
+				linearizeTxn(x.RequestTxn)
+			}
+		}
+	}
 }
 
 func send(ctx context.Context, cli *clientv3.Client, o op) (proto.Message, error) {

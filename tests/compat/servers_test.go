@@ -24,10 +24,14 @@ const startTimeout = 60 * time.Second
 
 // server is one running store under test and a client of it.
 type server struct {
-	name     string
-	endpoint string // http://127.0.0.1:port
-	cli      *clientv3.Client
-	wire     *wireRecorder
+	name      string
+	endpoint  string   // http://127.0.0.1:port
+	endpoints []string // all members' (a cluster), else none
+	// linearize sends reads linearizable even where the request says
+	// serializable (see startShardedCairnN).
+	linearize bool
+	cli       *clientv3.Client
+	wire      *wireRecorder
 	// revs numbers a sharded Cairn's revisions as etcd would (see
 	// shardRevs); nil where revisions are compared as they are.
 	revs *shardRevs

@@ -12,7 +12,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3rpc"
-	"go.uber.org/zap"
 
 	"github.com/cairn-kv/cairn/node"
 )
@@ -106,20 +105,11 @@ func maskHeaderRevs(s string) string {
 // etcdctl talks to the second member; the test's client to all three.
 func startShardedCtlCluster(t *testing.T, name string, splits []string) *server {
 	t.Helper()
-	eps := startCairnClusterWith(t, 3, func(c *node.Config) {
-		c.Sharded = true
-		c.WatchProgressNotifyInterval = ctlWatchProgressInterval
-		for _, k := range splits {
-			c.InitialSplitKeys = append(c.InitialSplitKeys, []byte(k))
-		}
-	})
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("client for %v: %v", eps, err)
-	}
-	t.Cleanup(func() { _ = cli.Close() })
-	member, _ := newClient(t, eps[1])
-	return &server{name: name, endpoint: eps[1], cli: cli, wire: &wireRecorder{}, revs: newShardRevs(t, member)}
+	s := startShardedCluster(t, name, 3, splits, func(c *node.Config) { c.WatchProgressNotifyInterval = ctlWatchProgressInterval })
+	s.endpoint = s.endpoints[1]
+	member, _ := newClient(t, s.endpoint)
+	s.revs = newShardRevs(t, member)
+	return s
 }
 
 // serverRev is s's current revision, as etcd would number it.

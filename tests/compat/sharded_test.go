@@ -5,12 +5,16 @@ import (
 	"flag"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -34,8 +38,13 @@ var shardedSplits = []string{"s/a\x00", "s/b", "s/c", "shared/y"}
 // revision). Writes whose keys lie in several ranges are not sent to
 // either server: Cairn refuses them (router tests cover that).
 func TestShardedDifferential(t *testing.T) {
-	etcd := startEtcd(t, "etcd")
-	cairn := startShardedCairn(t, "cairn-sharded", shardedSplits)
+	forShardedSizes(t, func(t *testing.T, members int) {
+		etcd := startEtcd(t, "etcd")
+		runShardedDifferential(t, etcd, startShardedCairnN(t, "cairn-sharded", shardedSplits, members))
+	})
+}
+
+func runShardedDifferential(t *testing.T, etcd, cairn *server) {
 	m := &revMap{fw: map[int64]int64{}, bw: map[int64]int64{}}
 	// Both stores are fresh: etcd at revision 1; Cairn's equivalent is any
 	// revision below its first write.
@@ -92,6 +101,64 @@ func TestShardedDifferential(t *testing.T) {
 	}
 	t.Logf("%d sequences: %d ops sent (%d reads within one range), %d writes across ranges not sent; etcd at revision %d",
 		*flagShardedSeqs, sent, local, skipped, m.etcd)
+}
+
+var flagShardedSizes = flag.String("sharded.sizes", "1,3", "the sharded differential tests: cluster sizes to run against, each a subtest")
+
+// forShardedSizes runs f as a subtest for each cluster size of
+// -sharded.sizes.
+func forShardedSizes(t *testing.T, f func(t *testing.T, members int)) {
+	for _, f := range strings.Split(*flagShardedSizes, ",") {
+		if _, err := strconv.Atoi(f); err != nil {
+			t.Fatalf("-sharded.sizes: %q is not a number", f)
+		}
+	}
+	for _, n := range strings.Split(*flagShardedSizes, ",") {
+		members, _ := strconv.Atoi(n)
+		t.Run(fmt.Sprintf("members=%d", members), func(t *testing.T) { f(t, members) })
+	}
+}
+
+// startShardedCairnN starts a sharded Cairn of members in-process members
+// split at splits. With more than one, the client talks to all of them (so
+// requests reach ranges through members that do not lead them) and reads
+// are sent linearizable: a serializable read on a member that has not
+// applied the last write yet may be stale, as in etcd, where the
+// differential tests compare with a single etcd.
+func startShardedCairnN(t *testing.T, name string, splits []string, members int) *server {
+	t.Helper()
+	if members == 1 {
+		return startShardedCairn(t, name, splits)
+	}
+	s := startShardedCluster(t, name, members, splits, nil)
+	s.linearize = true
+	return s
+}
+
+// startShardedCluster starts a sharded Cairn of size in-process members
+// split at splits, with every member's config changed by edit (nil:
+// none), and returns it with a client of all members.
+func startShardedCluster(t *testing.T, name string, size int, splits []string, edit func(*node.Config)) *server {
+	t.Helper()
+	eps := startCairnClusterWith(t, size, func(c *node.Config) {
+		c.Sharded = true
+		for _, k := range splits {
+			c.InitialSplitKeys = append(c.InitialSplitKeys, []byte(k))
+		}
+		if edit != nil {
+			edit(c)
+		}
+	})
+	wire := &wireRecorder{}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: eps, DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(wire.intercept)},
+	})
+	if err != nil {
+		t.Fatalf("client for %v: %v", eps, err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return &server{name: name, endpoint: eps[0], endpoints: eps, cli: cli, wire: wire}
 }
 
 // startShardedCairn starts an in-process sharded Cairn node split at splits.
@@ -294,16 +361,27 @@ var flagShardedWatchSeqs = flag.Int("sharded.watchseqs", 24, "TestShardedWatchDi
 // compared and neither is how events are cut into responses — except that
 // one revision's events must never be split.
 func TestShardedWatchDifferential(t *testing.T) {
-	runWatchPairs(t, *flagShardedWatchSeqs, func(t *testing.T, seeds []int64) (*server, *server, func(int64) []string) {
-		splits := map[int64][]string{}
-		var all []string
-		for _, seed := range seeds {
-			prefix := fmt.Sprintf("watch%03d/", seed)
-			splits[seed] = []string{prefix + "a/2", prefix + "b/"}
-			all = append(all, splits[seed]...)
-		}
-		etcd := startEtcd(t, "etcd")
-		return etcd, startShardedCairn(t, "cairn-sharded", all), func(seed int64) []string { return splits[seed] }
+	forShardedSizes(t, func(t *testing.T, members int) {
+		runWatchPairs(t, *flagShardedWatchSeqs, func(t *testing.T, seeds []int64) (*server, *server, func(int64) []string) {
+			splits := map[int64][]string{}
+			var all []string
+			for _, seed := range seeds {
+				prefix := fmt.Sprintf("watch%03d/", seed)
+				splits[seed] = []string{prefix + "a/2", prefix + "b/"}
+				all = append(all, splits[seed]...)
+			}
+			etcd := startEtcd(t, "etcd")
+			cairn := startShardedCairnN(t, "cairn-sharded", all, members)
+			if members > 1 {
+				// One member's: a watch created with start=now on a member
+				// that has not applied a write yet would see it (as in an
+				// etcd cluster); every step first waits until the member
+				// applied every write (shardRevs.sync).
+				cairn.cli, _ = newClient(t, cairn.endpoint)
+				cairn.revs = newShardRevs(t, cairn.cli)
+			}
+			return etcd, cairn, func(seed int64) []string { return splits[seed] }
+		})
 	})
 }
 
@@ -411,7 +489,8 @@ func TestShardedLeaseDifferential(t *testing.T) {
 		prefix := fmt.Sprintf("lease%03d/", seed)
 		splits = append(splits, prefix+"b", prefix+"d")
 	}
-	etcd := startEtcd(t, "etcd")
-	cairn := startShardedCairn(t, "cairn-sharded", splits)
-	runLeaseSequences(t, etcd, cairn, first, last, true)
+	forShardedSizes(t, func(t *testing.T, members int) {
+		etcd := startEtcd(t, "etcd")
+		runLeaseSequences(t, etcd, startShardedCairnN(t, "cairn-sharded", splits, members), first, last, true)
+	})
 }

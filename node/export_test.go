@@ -33,3 +33,13 @@ func (n *Node) PlacementLeader() uint64 {
 
 // MemberID is this node's member id.
 func (n *Node) MemberID() uint64 { return n.memberID }
+
+// OracleRevisions asks this node's oracle client for count revisions, as
+// a range's sequencer does; OracleRoundTrips counts the requests it sent
+// to the placement leader's node.
+func (n *Node) OracleRevisions(ctx context.Context, count int64) (int64, error) {
+	first, err := n.oracle.Revisions(ctx, count)
+	return int64(first), err
+}
+
+func (n *Node) OracleRoundTrips() int64 { return n.oracle.fold.trips.Load() }

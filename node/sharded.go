@@ -331,7 +331,8 @@ type oracle struct {
 type oracleFold struct {
 	mu      sync.Mutex
 	waiting []*oracleWait
-	busy    bool // a round trip is under way; it takes the waiting next
+	busy    bool         // a round trip is under way; it takes the waiting next
+	trips   atomic.Int64 // round trips made, for tests
 }
 
 type oracleWait struct {
@@ -410,6 +411,7 @@ func (o oracle) roundTrips(leader uint64) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		var first mvcc.Revision
+		f.trips.Add(1)
 		nc, err := o.n.nodeClient(leader)
 		if err == nil {
 			var resp *internalpb.RevisionsResponse

@@ -1,9 +1,11 @@
 package node_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -246,4 +248,60 @@ func TestShardedOracleFailover(t *testing.T) {
 	if after == 0 {
 		t.Fatal("no write acknowledged after the failover")
 	}
+}
+
+// TestShardedOracleFolds: revision requests that arrive together at a
+// member not leading the placement group go to the leader's node folded
+// into few round trips (not one each), and each gets revisions of its own:
+// no two answers overlap.
+func TestShardedOracleFolds(t *testing.T) {
+	nodes := startShardedCluster(t, 3, "m")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var follower *node.Node
+	for follower == nil {
+		for _, n := range nodes {
+			if l := n.PlacementLeader(); l != 0 && l != n.MemberID() {
+				follower = n
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("no placement leader")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	const requests = 64
+	type answer struct{ first, count int64 }
+	answers := make([]answer, requests)
+	errs := make([]error, requests)
+	before := follower.OracleRoundTrips()
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range requests {
+		count := int64(1 + i%3)
+		wg.Go(func() {
+			<-start
+			first, err := follower.OracleRevisions(ctx, count)
+			answers[i], errs[i] = answer{first, count}, err
+		})
+	}
+	close(start)
+	wg.Wait()
+	trips := follower.OracleRoundTrips() - before
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	slices.SortFunc(answers, func(a, b answer) int { return cmp.Compare(a.first, b.first) })
+	for i := 1; i < len(answers); i++ {
+		if prev := answers[i-1]; prev.first+prev.count > answers[i].first {
+			t.Fatalf("answers overlap: [%d, +%d) and [%d, +%d)", prev.first, prev.count, answers[i].first, answers[i].count)
+		}
+	}
+	if trips == 0 || trips > requests/4 {
+		t.Fatalf("%d concurrent requests took %d round trips to the placement leader, want between 1 and %d", requests, trips, requests/4)
+	}
+	t.Logf("%d concurrent requests, %d round trips", requests, trips)
 }

@@ -109,6 +109,19 @@ func (s *Store) load() error {
 	return nil
 }
 
+// SplitHere reports whether a split applied in db made store id: whether
+// its span record, which Batch.SplitOff writes, is there.
+func SplitHere(db *pebble.DB, id uint64) (bool, error) {
+	_, closer, err := db.Get(metaKey(id, metaSpan))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("mvcc: read the span record of store %d: %w", id, err)
+	}
+	return true, closer.Close()
+}
+
 // encodeSpan encodes a span: uvarint(len(start)) start, then 1 end or 0
 // for no end.
 func encodeSpan(sp Span) []byte {

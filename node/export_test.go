@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 
+	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/shard"
 )
 
@@ -43,3 +44,24 @@ func (n *Node) OracleRevisions(ctx context.Context, count int64) (int64, error) 
 }
 
 func (n *Node) OracleRoundTrips() int64 { return n.oracle.fold.trips.Load() }
+
+// CutSplitsShort makes SplitRange stop where a crash may stop it: "map"
+// after the range map names the new range and before the range splits,
+// "start" after the range split but before the new range starts here. The
+// returned function puts things back.
+func CutSplitsShort(stage string) (restore func()) {
+	yes := func() bool { return true }
+	switch stage {
+	case "map":
+		splitCutShort = yes
+	case "start":
+		splitNoStart = yes
+	default:
+		panic("node: no such split stage: " + stage)
+	}
+	return func() { splitCutShort, splitNoStart = nil, nil }
+}
+
+// SplitHere reports whether the split that made range id applied to this
+// node's store (mvcc.SplitHere).
+func (n *Node) SplitHere(id uint64) (bool, error) { return mvcc.SplitHere(n.db, id) }

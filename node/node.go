@@ -421,13 +421,16 @@ func (n *Node) start(ctx context.Context) error {
 	n.hub = watch.NewHub(0)
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
 	n.oracle = oracle{n: n, fold: &oracleFold{}}
-	var ranges []*placementpb.RangeDescriptor
+	var ranges, unsplit []*placementpb.RangeDescriptor
 	span := mvcc.Span{}
 	if cfg.Sharded {
 		if join {
 			return errors.New("node: joining a sharded cluster is not supported yet")
 		}
 		if ranges, err = n.startPlacement(ctx, founders, election, heartbeat); err != nil {
+			return err
+		}
+		if ranges, unsplit, err = n.localRanges(ranges, founders != nil); err != nil {
 			return err
 		}
 		if ranges[0].Id != singleShardID || len(ranges[0].Start) != 0 {
@@ -501,7 +504,12 @@ func (n *Node) start(ctx context.Context) error {
 		n.rangeSet.first.Store(first)
 		n.rangeSet.ranges = []*rangeReplica{first}
 		for _, d := range ranges[1:] {
-			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), founders != nil)
+			// A range a split made starts with its founding members, as
+			// the split starts it: raft takes them again on a restart, and
+			// they start it if the node stopped after the split applied
+			// here but before it started the new range (raft would not
+			// know it otherwise).
+			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), founders != nil || d.Parent != 0)
 			if err != nil {
 				return err
 			}
@@ -553,6 +561,10 @@ func (n *Node) start(ctx context.Context) error {
 		n.wg.Add(2)
 		go n.mergedProgress()
 		go n.revokeRemotes()
+		if len(unsplit) > 0 {
+			n.wg.Add(1)
+			go n.finishSplits(unsplit)
+		}
 	}
 	n.wg.Add(2)
 	go n.pump(n.hub, &n.sm)

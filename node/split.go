@@ -63,8 +63,14 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		return nil, fmt.Errorf("node: the placement group answered a split with %d ranges", len(res.Ranges))
 	}
 	child := res.Ranges[1].Id
+	if splitCutShort != nil && splitCutShort() {
+		return res.Ranges, nil
+	}
 	if _, err := parent.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: key, Child: child}}}); err != nil {
 		return nil, err
+	}
+	if splitNoStart != nil && splitNoStart() {
+		return res.Ranges, nil
 	}
 	for _, rr := range n.rangeSet.routing() {
 		if rr.desc().Id == child {
@@ -83,7 +89,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev mvcc.Revision) {
 	pd := proto.Clone(parent.desc()).(*placementpb.RangeDescriptor)
 	cd := &placementpb.RangeDescriptor{Id: child, Start: slices.Clone(span.Start), End: slices.Clone(span.End),
-		Generation: pd.Generation + 1, Replicas: slices.Clone(pd.Replicas)}
+		Generation: pd.Generation + 1, Replicas: slices.Clone(pd.Replicas), Parent: pd.Id}
 	pd.End = slices.Clone(span.Start)
 	pd.Generation++
 	rr := newRangeReplica(n, cd, rev)
@@ -94,6 +100,9 @@ func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev m
 	n.rangeSet.mu.Unlock()
 	if n.merger != nil {
 		n.merger.Split(parent.hub, span.Start, watch.Part{Hub: rr.hub, Kick: rr.wantClosed})
+	}
+	if splitNoStart != nil && splitNoStart() {
+		return
 	}
 	n.wg.Add(1)
 	go func() {
@@ -139,6 +148,97 @@ func (n *Node) registerShadows(rr *rangeReplica) {
 		cancel()
 		if err != nil {
 			n.log.Warn("register a lease's keys in a split's new range", "range", id, "lease", int64(l), "error", err)
+		}
+	}
+}
+
+// Test hooks (export_test.go): splitCutShort stops SplitRange after the
+// range map names the new range, before the range splits; splitNoStart
+// leaves a split's new range unstarted here. Either is where a crash may
+// stop a split.
+var splitCutShort, splitNoStart func() bool
+
+// localRanges returns the ranges this node starts, in key order: the range
+// map's, except that a range the map names whose split has not applied
+// here is left in the range it was to split from (pending). SplitRange
+// records a split in the map before the range applies it, so a stop in
+// between leaves the map ahead of the range; finishSplits proposes the
+// rest. On a first start (founding) the map is the ranges.
+func (n *Node) localRanges(ranges []*placementpb.RangeDescriptor, founding bool) (local, pending []*placementpb.RangeDescriptor, err error) {
+	if founding {
+		return ranges, nil, nil
+	}
+	for i, d := range ranges {
+		if i == 0 || d.Parent == 0 {
+			local = append(local, d)
+			continue
+		}
+		here, err := mvcc.SplitHere(n.db, d.Id)
+		if err != nil {
+			return nil, nil, err
+		}
+		if here {
+			local = append(local, d)
+			continue
+		}
+		// The range before it in key order is what it splits from, as
+		// it was before the map's split.
+		prev := proto.Clone(local[len(local)-1]).(*placementpb.RangeDescriptor)
+		prev.End = d.End
+		prev.Generation--
+		local[len(local)-1] = prev
+		pending = append(pending, d)
+		n.log.Warn("a split recorded in the range map has not applied here; proposing it again", "range", d.Id,
+			"parent", d.Parent, "key", string(d.Start))
+	}
+	return local, pending, nil
+}
+
+// finishSplits proposes the splits localRanges found the range map ahead
+// of, in key order, each to the range holding its key here, and waits until
+// the new range runs here. A split that meanwhile applied (proposed before
+// the stop, applied after) makes the range refuse the second proposal,
+// which is fine.
+func (n *Node) finishSplits(pending []*placementpb.RangeDescriptor) {
+	defer n.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-n.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for _, d := range pending {
+		for {
+			var holder *rangeReplica
+			done := false
+			for _, rr := range n.rangeSet.routing() {
+				rd := rr.desc()
+				switch {
+				case rd.Id == d.Id:
+					done = true
+				case bytes.Compare(d.Start, rd.Start) > 0 && (len(rd.End) == 0 || bytes.Compare(d.Start, rd.End) < 0):
+					holder = rr
+				}
+			}
+			if done {
+				break
+			}
+			if holder != nil {
+				wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+				_, err := holder.client.Write(wctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: d.Start, Child: d.Id}}})
+				wcancel()
+				if err != nil && !errors.Is(err, mvcc.ErrOutsideSpan) {
+					n.log.Warn("propose a split again", "range", d.Id, "error", err)
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 	}
 }

@@ -134,7 +134,7 @@ func (t *Table) split(s *placementpb.Split) (*placementpb.Result, error) {
 		return nil, ErrSplitKey
 	}
 	right := &placementpb.RangeDescriptor{Id: uint64(t.nextRangeID), Start: slices.Clone(s.Key), End: d.End,
-		Generation: d.Generation + 1, Replicas: slices.Clone(d.Replicas), Leader: d.Leader}
+		Generation: d.Generation + 1, Replicas: slices.Clone(d.Replicas), Leader: d.Leader, Parent: d.Id}
 	t.nextRangeID++
 	d.End = slices.Clone(s.Key)
 	d.Generation++

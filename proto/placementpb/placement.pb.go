@@ -36,7 +36,10 @@ type RangeDescriptor struct {
 	// replicas are the nodes holding the range, by node id.
 	Replicas []uint64 `protobuf:"varint,5,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
 	// leader is a hint: the node last known to lead the range's raft group.
-	Leader        uint64 `protobuf:"varint,6,opt,name=leader,proto3" json:"leader,omitempty"`
+	Leader uint64 `protobuf:"varint,6,opt,name=leader,proto3" json:"leader,omitempty"`
+	// parent is the range a split made this one from; 0 for the ranges the
+	// map was bootstrapped with.
+	Parent        uint64 `protobuf:"varint,7,opt,name=parent,proto3" json:"parent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -109,6 +112,13 @@ func (x *RangeDescriptor) GetReplicas() []uint64 {
 func (x *RangeDescriptor) GetLeader() uint64 {
 	if x != nil {
 		return x.Leader
+	}
+	return 0
+}
+
+func (x *RangeDescriptor) GetParent() uint64 {
+	if x != nil {
+		return x.Parent
 	}
 	return 0
 }
@@ -709,7 +719,7 @@ var File_placementpb_placement_proto protoreflect.FileDescriptor
 
 const file_placementpb_placement_proto_rawDesc = "" +
 	"\n" +
-	"\x1bplacementpb/placement.proto\x12\x0fcairn.placement\"\x9d\x01\n" +
+	"\x1bplacementpb/placement.proto\x12\x0fcairn.placement\"\xb5\x01\n" +
 	"\x0fRangeDescriptor\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05start\x18\x02 \x01(\fR\x05start\x12\x10\n" +
@@ -718,7 +728,8 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"generation\x18\x04 \x01(\x04R\n" +
 	"generation\x12\x1a\n" +
 	"\breplicas\x18\x05 \x03(\x04R\breplicas\x12\x16\n" +
-	"\x06leader\x18\x06 \x01(\x04R\x06leader\"Z\n" +
+	"\x06leader\x18\x06 \x01(\x04R\x06leader\x12\x16\n" +
+	"\x06parent\x18\a \x01(\x04R\x06parent\"Z\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +

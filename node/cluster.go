@@ -373,6 +373,12 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 	if err := n.recordPeers(ctx, id, peerURLs); err != nil {
 		return nil, fmt.Errorf("node: add member: %w", err)
 	}
+	if n.merger != nil {
+		if err := n.addSharded(ctx, id, learner); err != nil {
+			return nil, fmt.Errorf("node: add member: %w", err)
+		}
+		return &pb.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil
+	}
 	if learner {
 		err = n.nh.SyncRequestAddNonVoting(ctx, singleShardID, id, memberTarget(id), 0)
 	} else {
@@ -464,6 +470,9 @@ func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 	if !ok {
 		return rpctypes.ErrGRPCMemberNotFound
 	}
+	if n.merger != nil {
+		return n.removeSharded(ctx, id)
+	}
 	if err := n.nh.SyncRequestDeleteReplica(ctx, singleShardID, id, 0); err != nil {
 		return fmt.Errorf("node: remove member: %w", err)
 	}
@@ -481,6 +490,9 @@ func (n *Node) PromoteMember(ctx context.Context, id uint64) error {
 	}
 	if !learner {
 		return rpctypes.ErrGRPCMemberNotLearner
+	}
+	if n.merger != nil {
+		return n.promoteSharded(ctx, id)
 	}
 	if err := n.nh.SyncRequestAddReplica(ctx, singleShardID, id, addr, 0); err != nil {
 		return fmt.Errorf("node: promote member: %w", err)
@@ -524,17 +536,48 @@ func (n *Node) trackLearner() {
 		case <-t.C:
 		}
 		info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+		// Promoted in range 1 (sharded mode: in every group, range 1
+		// last). Each group then takes a snapshot before the mark goes:
+		// a restart as a voter must not replay the entry that added this
+		// member as a learner, which raft refuses to apply to a voter.
+		promoted, found := true, false
+		var shards []uint64
 		for _, s := range info.ShardInfoList {
-			if s.ShardID == singleShardID && !s.Pending && !s.IsNonVoting {
-				n.learner.Store(false)
-				if err := setLearner(n.cfg.DataDir, false); err != nil {
-					n.log.Warn("clearing the learner mark failed", "error", err)
-					continue
-				}
-				return
+			if s.ShardID == singleShardID {
+				found = true
+			}
+			if s.ShardID == singleShardID || n.merger != nil {
+				promoted = promoted && !s.Pending && !s.IsNonVoting
+				shards = append(shards, s.ShardID)
 			}
 		}
+		if !found || !promoted || !n.snapshotAll(shards) {
+			continue
+		}
+		n.learner.Store(false)
+		if err := setLearner(n.cfg.DataDir, false); err != nil {
+			n.log.Warn("clearing the learner mark failed", "error", err)
+			continue
+		}
+		return
 	}
+}
+
+// snapshotAll has this node's replica of each of shards take a snapshot,
+// and reports whether all did.
+func (n *Node) snapshotAll(shards []uint64) bool {
+	for _, id := range shards {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := n.nh.SyncRequestSnapshot(ctx, id, dragonboat.SnapshotOption{})
+		cancel()
+		// Rejected: nothing applied since the replica's last snapshot,
+		// which so holds the promotion already.
+		if err != nil && !errors.Is(err, dragonboat.ErrRejected) {
+			n.log.Warn("a snapshot after the promotion failed; trying again", "shard", id, "error", err)
+			return false
+		}
+	}
+	return true
 }
 
 // Defragment implements router.Operator: pebble compacts every level, which
@@ -757,14 +800,14 @@ func memberIDGen(peerURLs []string, token string, gen int) uint64 {
 // Its id is the first generation of its peer URLs' ids that the cluster's
 // leader contacts: an id the cluster does not have (taken earlier, removed)
 // never hears from a leader, and is stopped and the next one tried.
-func (n *Node) join(ctx context.Context, start func(id uint64) error) error {
+func (n *Node) join(ctx context.Context, shardID uint64, start func(id uint64) error) error {
 	probe := max(10*n.cfg.ElectionTimeout, 3*time.Second)
 	for gen := range maxJoinGenerations {
 		id := memberIDGen(n.peerURLs, n.token, gen)
 		if err := start(id); err != nil {
 			return err
 		}
-		if n.heardLeader(ctx, probe) {
+		if n.heardLeader(ctx, shardID, probe) {
 			n.memberID = id
 			return writeMemberID(n.cfg.DataDir, id)
 		}
@@ -788,14 +831,15 @@ func (n *Node) join(ctx context.Context, start func(id uint64) error) error {
 		n.cfg.Name, strings.Join(n.peerURLs, ","))
 }
 
-// heardLeader waits up to d for the shard's replica here to know a leader.
-func (n *Node) heardLeader(ctx context.Context, d time.Duration) bool {
+// heardLeader waits up to d for the replica here of shardID to know a
+// leader.
+func (n *Node) heardLeader(ctx context.Context, shardID uint64, d time.Duration) bool {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	t := time.NewTicker(rttMillisecond * time.Millisecond)
 	defer t.Stop()
 	for {
-		if _, _, ok, err := n.nh.GetLeaderID(singleShardID); err == nil && ok {
+		if _, _, ok, err := n.nh.GetLeaderID(shardID); err == nil && ok {
 			return true
 		}
 		select {

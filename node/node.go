@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -425,9 +424,20 @@ func (n *Node) start(ctx context.Context) error {
 	span := mvcc.Span{}
 	if cfg.Sharded {
 		if join {
-			return errors.New("node: joining a sharded cluster is not supported yet")
-		}
-		if ranges, err = n.startPlacement(ctx, founders, election, heartbeat); err != nil {
+			// A member added joins the placement group first, which also
+			// finds its id (join), then reads the range map there.
+			err := n.join(ctx, placementShardID, func(id uint64) error {
+				return n.startPlacementReplica(nil, true, id, election, heartbeat)
+			})
+			if err != nil {
+				return err
+			}
+			st, err := n.placementState(ctx)
+			if err != nil {
+				return err
+			}
+			ranges = st.Ranges
+		} else if ranges, err = n.startPlacement(ctx, founders, election, heartbeat); err != nil {
 			return err
 		}
 		if ranges, unsplit, err = n.localRanges(ranges, founders != nil); err != nil {
@@ -444,8 +454,8 @@ func (n *Node) start(ctx context.Context) error {
 		if rs := n.rangeSet.first.Load(); rs != nil {
 			rs.settlePublished()
 		}
-	}, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision) {
-		n.onSplit(n.rangeSet.first.Load(), child, span, rev)
+	}, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
+		n.onSplit(n.rangeSet.first.Load(), child, span, rev, founders)
 	}, OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
 			r.Hold(target, until, max)
@@ -488,8 +498,8 @@ func (n *Node) start(ctx context.Context) error {
 		}
 		return nil
 	}
-	if join {
-		if err := n.join(ctx, startReplica); err != nil {
+	if join && !cfg.Sharded {
+		if err := n.join(ctx, singleShardID, startReplica); err != nil {
 			return err
 		}
 	} else if err := startReplica(n.memberID); err != nil {
@@ -509,7 +519,7 @@ func (n *Node) start(ctx context.Context) error {
 			// they start it if the node stopped after the split applied
 			// here but before it started the new range (raft would not
 			// know it otherwise).
-			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), founders != nil || d.Parent != 0)
+			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), founders != nil || d.Parent != 0 || !slices.Contains(foundersOf(d), n.memberID))
 			if err != nil {
 				return err
 			}

@@ -182,15 +182,9 @@ func spanOf(d *placementpb.RangeDescriptor) mvcc.Span {
 // founder's, or a restart's), bootstraps the range map with the initial
 // split keys if no member has yet, and returns the range map.
 func (n *Node) startPlacement(ctx context.Context, founders map[uint64]dragonboat.Target, election, heartbeat uint64) ([]*placementpb.RangeDescriptor, error) {
-	err := n.nh.StartReplica(founders, false, placement.NewStateMachine, dbconfig.Config{
-		ReplicaID: n.memberID, ShardID: placementShardID,
-		HeartbeatRTT: heartbeat, ElectionRTT: election, CheckQuorum: true, PreVote: true,
-		SnapshotEntries: n.cfg.SnapshotCount, CompactionOverhead: n.cfg.SnapshotCount / 2,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("node: start the placement group: %w", err)
+	if err := n.startPlacementReplica(founders, false, n.memberID, election, heartbeat); err != nil {
+		return nil, err
 	}
-	n.alloc = placement.NewAllocator(n.nh, placementShardID, n.memberID, oracleWindow)
 	for {
 		st, err := n.placementState(ctx)
 		if err != nil {
@@ -213,6 +207,22 @@ func (n *Node) startPlacement(ctx context.Context, founders map[uint64]dragonboa
 			return nil, fmt.Errorf("node: bootstrap the range map: %w", err)
 		}
 	}
+}
+
+// startPlacementReplica starts this node's replica id of the placement
+// group: founding it, joining it (a member added), or restarting it.
+func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join bool, id, election, heartbeat uint64) error {
+	err := n.nh.StartReplica(founders, join, placement.NewStateMachine, dbconfig.Config{
+		ReplicaID: id, ShardID: placementShardID,
+		HeartbeatRTT: heartbeat, ElectionRTT: election, CheckQuorum: true, PreVote: true,
+		IsNonVoting:     isLearner(n.cfg.DataDir),
+		SnapshotEntries: n.cfg.SnapshotCount, CompactionOverhead: n.cfg.SnapshotCount / 2,
+	})
+	if err != nil {
+		return fmt.Errorf("node: start the placement group: %w", err)
+	}
+	n.alloc = placement.NewAllocator(n.nh, placementShardID, id, oracleWindow)
+	return nil
 }
 
 // placementState reads the placement group's state linearizably, waiting
@@ -264,10 +274,20 @@ func (n *Node) proposePlacement(ctx context.Context, cmd []byte) (*placementpb.R
 }
 
 // startRange starts this node's replica of a range other than range 1 and
-// its client, watch hub and catch-up pump.
+// its client, watch hub and catch-up pump (see startRangeInto for founders).
 func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) (*rangeReplica, error) {
 	rr := newRangeReplica(n, d, 0)
 	return rr, n.startRangeInto(rr, shardCfg, raftCfg, founders)
+}
+
+// foundersOf are the nodes that started range d's raft group (maps written
+// before descriptors named them: its replicas, which no membership change
+// had changed then).
+func foundersOf(d *placementpb.RangeDescriptor) []uint64 {
+	if len(d.Founders) > 0 {
+		return d.Founders
+	}
+	return d.Replicas
 }
 
 // newRangeReplica returns the node's replica of range d, not started, its
@@ -280,9 +300,11 @@ func newRangeReplica(n *Node, d *placementpb.RangeDescriptor, rev mvcc.Revision)
 	return rr
 }
 
-// startRangeInto starts the raft replica of rr (with its founding members
-// if founders), its replica client and its catch-up pump, and marks it
-// ready.
+// startRangeInto starts the raft replica of rr, its replica client and
+// its catch-up pump, and marks it ready. With founders, a node among the
+// range's founders starts it with them (raft takes them again on a
+// restart); any other node joins it (or restarts what it joined), to be
+// added by a membership change and sent a snapshot.
 func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) error {
 	d := rr.desc()
 	shardCfg.Span = spanOf(d)
@@ -291,18 +313,28 @@ func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg d
 		notify(closed, evs)
 		rr.settlePublished()
 	}
-	shardCfg.OnSplit = func(child uint64, span mvcc.Span, rev mvcc.Revision) { n.onSplit(rr, child, span, rev) }
+	shardCfg.OnSplit = func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
+		n.onSplit(rr, child, span, rev, founders)
+	}
 	shardCfg.OnPeers, shardCfg.OnHold = nil, nil
 	factory := shard.Factory(shardCfg)
 	var members map[uint64]dragonboat.Target
+	join := false
 	if founders {
-		members = map[uint64]dragonboat.Target{}
-		for _, id := range d.Replicas {
-			members[id] = memberTarget(id)
+		if slices.Contains(foundersOf(d), n.memberID) {
+			members = map[uint64]dragonboat.Target{}
+			for _, id := range foundersOf(d) {
+				members[id] = memberTarget(id)
+			}
+		} else {
+			join = true
 		}
 	}
 	raftCfg.ShardID = d.Id
-	err := n.nh.StartOnDiskReplica(members, false, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
+	// A founder votes; a member joining is a learner until promoted, as
+	// it is in range 1 (a member added as a voter is promoted at once).
+	raftCfg.IsNonVoting = members == nil && n.learner.Load()
+	err := n.nh.StartOnDiskReplica(members, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
 		m := factory(shardID, replicaID).(*shard.StateMachine)
 		rr.sm.Store(m)
 		return m

@@ -66,7 +66,8 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	if splitCutShort != nil && splitCutShort() {
 		return res.Ranges, nil
 	}
-	if _, err := parent.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: key, Child: child}}}); err != nil {
+	if _, err := parent.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{
+		Key: key, Child: child, Founders: res.Ranges[1].Founders}}}); err != nil {
 		return nil, err
 	}
 	if splitNoStart != nil && splitNoStart() {
@@ -86,15 +87,25 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 // applies there: the new range child holds span, its history up to rev
 // included. It takes the new range into the range set and the watches,
 // and starts its replica.
-func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev mvcc.Revision) {
+func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
 	pd := proto.Clone(parent.desc()).(*placementpb.RangeDescriptor)
+	if len(founders) == 0 {
+		founders = pd.Replicas
+	}
 	cd := &placementpb.RangeDescriptor{Id: child, Start: slices.Clone(span.Start), End: slices.Clone(span.End),
-		Generation: pd.Generation + 1, Replicas: slices.Clone(pd.Replicas), Parent: pd.Id}
+		Generation: pd.Generation + 1, Replicas: slices.Clone(founders), Parent: pd.Id, Founders: slices.Clone(founders)}
 	pd.End = slices.Clone(span.Start)
 	pd.Generation++
 	rr := newRangeReplica(n, cd, rev)
 	n.rangeSet.mu.Lock()
 	parent.d.Store(pd)
+	if slices.ContainsFunc(n.rangeSet.ranges, func(r *rangeReplica) bool { return r.desc().Id == child }) {
+		// Started already from the range map (a member added while the
+		// split was under way joins the new range, and gets it as a
+		// snapshot).
+		n.rangeSet.mu.Unlock()
+		return
+	}
 	i := slices.Index(n.rangeSet.ranges, parent)
 	n.rangeSet.ranges = slices.Insert(n.rangeSet.ranges, i+1, rr)
 	n.rangeSet.mu.Unlock()
@@ -169,7 +180,9 @@ func (n *Node) localRanges(ranges []*placementpb.RangeDescriptor, founding bool)
 		return ranges, nil, nil
 	}
 	for i, d := range ranges {
-		if i == 0 || d.Parent == 0 {
+		// A range this node did not found it joins (a membership change
+		// added it): raft sends it whole, split or not here.
+		if i == 0 || d.Parent == 0 || !slices.Contains(foundersOf(d), n.memberID) {
 			local = append(local, d)
 			continue
 		}
@@ -228,7 +241,8 @@ func (n *Node) finishSplits(pending []*placementpb.RangeDescriptor) {
 			}
 			if holder != nil {
 				wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-				_, err := holder.client.Write(wctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: d.Start, Child: d.Id}}})
+				_, err := holder.client.Write(wctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{
+					Key: d.Start, Child: d.Id, Founders: d.Founders}}})
 				wcancel()
 				if err != nil && !errors.Is(err, mvcc.ErrOutsideSpan) {
 					n.log.Warn("propose a split again", "range", d.Id, "error", err)

@@ -27,6 +27,7 @@ var (
 	ErrSplitKey       = errors.New("placement: split key must lie strictly inside the range")
 	ErrSplitKeysOrder = errors.New("placement: split keys must ascend, without the empty key")
 	ErrNoNode         = errors.New("placement: a node needs an id")
+	ErrReconfiguring  = errors.New("placement: a membership change is under way; splits wait until it is over (or the member it adds is removed)")
 )
 
 // Table is the placement state machine's state: the range map (ranges by
@@ -50,6 +51,9 @@ type Table struct {
 	nodes       map[NodeID]*placementpb.Node
 	bound       mvcc.Revision
 	nextRangeID RangeID
+	// reconfiguring is the member whose membership change is under way
+	// (0: none); splits wait for it.
+	reconfiguring uint64
 }
 
 func lessStart(a, b *placementpb.RangeDescriptor) bool { return bytes.Compare(a.Start, b.Start) < 0 }
@@ -89,6 +93,29 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 			t.bound = b
 		}
 		return &placementpb.Result{}, nil
+	case *placementpb.Command_Reconfigure:
+		r := op.Reconfigure
+		switch {
+		case !r.Done:
+			t.reconfiguring = r.Member
+		case t.reconfiguring == r.Member:
+			t.reconfiguring = 0
+		}
+		return &placementpb.Result{}, nil
+	case *placementpb.Command_ChangeReplicas:
+		c := op.ChangeReplicas
+		d := t.byID[RangeID(c.Range)]
+		if d == nil {
+			return nil, fmt.Errorf("%w: %d", ErrUnknownRange, c.Range)
+		}
+		if c.Remove != 0 {
+			d.Replicas = slices.DeleteFunc(d.Replicas, func(id uint64) bool { return id == c.Remove })
+		}
+		if c.Add != 0 && !slices.Contains(d.Replicas, c.Add) {
+			d.Replicas = append(d.Replicas, c.Add)
+			slices.Sort(d.Replicas)
+		}
+		return &placementpb.Result{Ranges: []*placementpb.RangeDescriptor{clone(d)}}, nil
 	case *placementpb.Command_SetLeader:
 		d, err := t.current(RangeID(op.SetLeader.Range), op.SetLeader.Generation)
 		if err != nil {
@@ -117,7 +144,7 @@ func (t *Table) bootstrap(b *placementpb.Bootstrap) (*placementpb.Result, error)
 			end = starts[i+1]
 		}
 		d := &placementpb.RangeDescriptor{Id: uint64(t.nextRangeID), Start: slices.Clone(s), End: slices.Clone(end),
-			Generation: 1, Replicas: slices.Clone(b.Replicas)}
+			Generation: 1, Replicas: slices.Clone(b.Replicas), Founders: slices.Clone(b.Replicas)}
 		t.nextRangeID++
 		t.put(d)
 		res.Ranges = append(res.Ranges, clone(d))
@@ -126,6 +153,9 @@ func (t *Table) bootstrap(b *placementpb.Bootstrap) (*placementpb.Result, error)
 }
 
 func (t *Table) split(s *placementpb.Split) (*placementpb.Result, error) {
+	if t.reconfiguring != 0 {
+		return nil, fmt.Errorf("%w (member %x)", ErrReconfiguring, t.reconfiguring)
+	}
 	d, err := t.current(RangeID(s.Range), s.Generation)
 	if err != nil {
 		return nil, err
@@ -134,7 +164,8 @@ func (t *Table) split(s *placementpb.Split) (*placementpb.Result, error) {
 		return nil, ErrSplitKey
 	}
 	right := &placementpb.RangeDescriptor{Id: uint64(t.nextRangeID), Start: slices.Clone(s.Key), End: d.End,
-		Generation: d.Generation + 1, Replicas: slices.Clone(d.Replicas), Leader: d.Leader, Parent: d.Id}
+		Generation: d.Generation + 1, Replicas: slices.Clone(d.Replicas), Leader: d.Leader, Parent: d.Id,
+		Founders: slices.Clone(d.Replicas)}
 	t.nextRangeID++
 	d.End = slices.Clone(s.Key)
 	d.Generation++
@@ -201,7 +232,8 @@ func (t *Table) Bound() mvcc.Revision { return t.bound }
 
 // State returns the whole state, for a snapshot.
 func (t *Table) State() *placementpb.State {
-	st := &placementpb.State{Ranges: t.Ranges(), Bound: int64(t.bound), NextRangeId: uint64(t.nextRangeID)}
+	st := &placementpb.State{Ranges: t.Ranges(), Bound: int64(t.bound), NextRangeId: uint64(t.nextRangeID),
+		Reconfiguring: t.reconfiguring}
 	ids := make([]NodeID, 0, len(t.nodes))
 	for id := range t.nodes {
 		ids = append(ids, id)
@@ -224,6 +256,7 @@ func (t *Table) Load(st *placementpb.State) {
 	}
 	t.bound = mvcc.Revision(st.Bound)
 	t.nextRangeID = RangeID(st.NextRangeId)
+	t.reconfiguring = st.Reconfiguring
 }
 
 func (t *Table) put(d *placementpb.RangeDescriptor) {

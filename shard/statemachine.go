@@ -54,7 +54,7 @@ type Config struct {
 	// apply goroutine: it must not block. rev is the store's revision at
 	// the split: the child holds the keys of span, their history included,
 	// up to it.
-	OnSplit func(child uint64, span mvcc.Span, rev mvcc.Revision)
+	OnSplit func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64)
 	// Journal, if set, receives a record of every applied entry (see
 	// journal.go): a testing aid for history checkers.
 	Journal io.Writer
@@ -219,7 +219,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	}
 	if s.cfg.OnSplit != nil {
 		for _, sp := range a.splits {
-			s.cfg.OnSplit(sp.child, sp.span, sp.rev)
+			s.cfg.OnSplit(sp.child, sp.span, sp.rev, sp.founders)
 		}
 	}
 	if s.cfg.OnApply != nil && (len(events) > 0 || a.closed > closedBefore) {
@@ -262,9 +262,10 @@ type applier struct {
 
 // appliedSplit is a split applied in a batch, for Config.OnSplit.
 type appliedSplit struct {
-	child uint64
-	span  mvcc.Span
-	rev   mvcc.Revision
+	child    uint64
+	span     mvcc.Span
+	rev      mvcc.Revision
+	founders []uint64 // the command's (nil: not named)
 }
 
 // command applies every request of one entry. A request the store
@@ -505,7 +506,7 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		var v [8]byte
 		binary.BigEndian.PutUint64(v[:], uint64(a.closed))
 		b.SetMetaFor(op.Split.Child, closedKey, v[:])
-		a.splits = append(a.splits, appliedSplit{child: op.Split.Child, span: right, rev: b.Rev()})
+		a.splits = append(a.splits, appliedSplit{child: op.Split.Child, span: right, rev: b.Rev(), founders: op.Split.Founders})
 		return &shardpb.Response{Result: &shardpb.Response_Split{Split: true}}, nil
 	case *shardpb.Request_LeaseCheckpoint:
 		var req pb.LeaseCheckpointRequest

@@ -32,6 +32,7 @@ const (
 	Node_Closed_FullMethodName     = "/cairn.internal.v1.Node/Closed"
 	Node_Kick_FullMethodName       = "/cairn.internal.v1.Node/Kick"
 	Node_SplitRange_FullMethodName = "/cairn.internal.v1.Node/SplitRange"
+	Node_CompactLog_FullMethodName = "/cairn.internal.v1.Node/CompactLog"
 )
 
 // NodeClient is the client API for Node service.
@@ -56,6 +57,10 @@ type NodeClient interface {
 	// SplitRange splits the range holding key at key, in place, while it
 	// serves (the admin call behind `cairn range split`).
 	SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error)
+	// CompactLog snapshots this node's replica of a range and drops its raft
+	// log up to the snapshot, so that a member added next gets the range as
+	// a snapshot, never by replaying its log from the start.
+	CompactLog(ctx context.Context, in *CompactLogRequest, opts ...grpc.CallOption) (*CompactLogResponse, error)
 }
 
 type nodeClient struct {
@@ -136,6 +141,16 @@ func (c *nodeClient) SplitRange(ctx context.Context, in *SplitRangeRequest, opts
 	return out, nil
 }
 
+func (c *nodeClient) CompactLog(ctx context.Context, in *CompactLogRequest, opts ...grpc.CallOption) (*CompactLogResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CompactLogResponse)
+	err := c.cc.Invoke(ctx, Node_CompactLog_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -158,6 +173,10 @@ type NodeServer interface {
 	// SplitRange splits the range holding key at key, in place, while it
 	// serves (the admin call behind `cairn range split`).
 	SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error)
+	// CompactLog snapshots this node's replica of a range and drops its raft
+	// log up to the snapshot, so that a member added next gets the range as
+	// a snapshot, never by replaying its log from the start.
+	CompactLog(context.Context, *CompactLogRequest) (*CompactLogResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -188,6 +207,9 @@ func (UnimplementedNodeServer) Kick(context.Context, *KickRequest) (*KickRespons
 }
 func (UnimplementedNodeServer) SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SplitRange not implemented")
+}
+func (UnimplementedNodeServer) CompactLog(context.Context, *CompactLogRequest) (*CompactLogResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CompactLog not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -336,6 +358,24 @@ func _Node_SplitRange_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_CompactLog_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompactLogRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).CompactLog(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_CompactLog_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).CompactLog(ctx, req.(*CompactLogRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -370,6 +410,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SplitRange",
 			Handler:    _Node_SplitRange_Handler,
+		},
+		{
+			MethodName: "CompactLog",
+			Handler:    _Node_CompactLog_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -39,7 +39,11 @@ type RangeDescriptor struct {
 	Leader uint64 `protobuf:"varint,6,opt,name=leader,proto3" json:"leader,omitempty"`
 	// parent is the range a split made this one from; 0 for the ranges the
 	// map was bootstrapped with.
-	Parent        uint64 `protobuf:"varint,7,opt,name=parent,proto3" json:"parent,omitempty"`
+	Parent uint64 `protobuf:"varint,7,opt,name=parent,proto3" json:"parent,omitempty"`
+	// founders are the nodes that started the range's raft group (the
+	// bootstrap's replicas, or the parent's replicas at the split); a node
+	// added later joins it. Empty in maps written before: replicas then.
+	Founders      []uint64 `protobuf:"varint,8,rep,packed,name=founders,proto3" json:"founders,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -123,6 +127,13 @@ func (x *RangeDescriptor) GetParent() uint64 {
 	return 0
 }
 
+func (x *RangeDescriptor) GetFounders() []uint64 {
+	if x != nil {
+		return x.Founders
+	}
+	return nil
+}
+
 // Node is one registered node.
 type Node struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -194,6 +205,8 @@ type Command struct {
 	//	*Command_AddNode
 	//	*Command_RaiseBound
 	//	*Command_SetLeader
+	//	*Command_ChangeReplicas
+	//	*Command_Reconfigure
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -281,6 +294,24 @@ func (x *Command) GetSetLeader() *SetLeader {
 	return nil
 }
 
+func (x *Command) GetChangeReplicas() *ChangeReplicas {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ChangeReplicas); ok {
+			return x.ChangeReplicas
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetReconfigure() *Reconfigure {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Reconfigure); ok {
+			return x.Reconfigure
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -305,6 +336,14 @@ type Command_SetLeader struct {
 	SetLeader *SetLeader `protobuf:"bytes,5,opt,name=set_leader,json=setLeader,proto3,oneof"`
 }
 
+type Command_ChangeReplicas struct {
+	ChangeReplicas *ChangeReplicas `protobuf:"bytes,6,opt,name=change_replicas,json=changeReplicas,proto3,oneof"`
+}
+
+type Command_Reconfigure struct {
+	Reconfigure *Reconfigure `protobuf:"bytes,7,opt,name=reconfigure,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Op() {}
 
 func (*Command_Split) isCommand_Op() {}
@@ -314,6 +353,128 @@ func (*Command_AddNode) isCommand_Op() {}
 func (*Command_RaiseBound) isCommand_Op() {}
 
 func (*Command_SetLeader) isCommand_Op() {}
+
+func (*Command_ChangeReplicas) isCommand_Op() {}
+
+func (*Command_Reconfigure) isCommand_Op() {}
+
+// Reconfigure marks a membership change of member under way (splits are
+// refused meanwhile), or, with done, over. Done for another member than
+// the one marked changes nothing.
+type Reconfigure struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        uint64                 `protobuf:"varint,1,opt,name=member,proto3" json:"member,omitempty"`
+	Done          bool                   `protobuf:"varint,2,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reconfigure) Reset() {
+	*x = Reconfigure{}
+	mi := &file_placementpb_placement_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reconfigure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reconfigure) ProtoMessage() {}
+
+func (x *Reconfigure) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reconfigure.ProtoReflect.Descriptor instead.
+func (*Reconfigure) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Reconfigure) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+func (x *Reconfigure) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+// ChangeReplicas adds node add to range's replicas and removes node remove
+// from them (0: neither), whatever the range's generation: a membership
+// change applied to the range's raft group.
+type ChangeReplicas struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Add           uint64                 `protobuf:"varint,2,opt,name=add,proto3" json:"add,omitempty"`
+	Remove        uint64                 `protobuf:"varint,3,opt,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeReplicas) Reset() {
+	*x = ChangeReplicas{}
+	mi := &file_placementpb_placement_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeReplicas) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeReplicas) ProtoMessage() {}
+
+func (x *ChangeReplicas) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeReplicas.ProtoReflect.Descriptor instead.
+func (*ChangeReplicas) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ChangeReplicas) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *ChangeReplicas) GetAdd() uint64 {
+	if x != nil {
+		return x.Add
+	}
+	return 0
+}
+
+func (x *ChangeReplicas) GetRemove() uint64 {
+	if x != nil {
+		return x.Remove
+	}
+	return 0
+}
 
 // Bootstrap creates the first ranges, covering the key space, cut at
 // split_keys (ascending), each held by replicas. Refused once ranges exist.
@@ -327,7 +488,7 @@ type Bootstrap struct {
 
 func (x *Bootstrap) Reset() {
 	*x = Bootstrap{}
-	mi := &file_placementpb_placement_proto_msgTypes[3]
+	mi := &file_placementpb_placement_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -339,7 +500,7 @@ func (x *Bootstrap) String() string {
 func (*Bootstrap) ProtoMessage() {}
 
 func (x *Bootstrap) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[3]
+	mi := &file_placementpb_placement_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -352,7 +513,7 @@ func (x *Bootstrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bootstrap.ProtoReflect.Descriptor instead.
 func (*Bootstrap) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{3}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Bootstrap) GetSplitKeys() [][]byte {
@@ -383,7 +544,7 @@ type Split struct {
 
 func (x *Split) Reset() {
 	*x = Split{}
-	mi := &file_placementpb_placement_proto_msgTypes[4]
+	mi := &file_placementpb_placement_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -395,7 +556,7 @@ func (x *Split) String() string {
 func (*Split) ProtoMessage() {}
 
 func (x *Split) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[4]
+	mi := &file_placementpb_placement_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -408,7 +569,7 @@ func (x *Split) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Split.ProtoReflect.Descriptor instead.
 func (*Split) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{4}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Split) GetRange() uint64 {
@@ -442,7 +603,7 @@ type AddNode struct {
 
 func (x *AddNode) Reset() {
 	*x = AddNode{}
-	mi := &file_placementpb_placement_proto_msgTypes[5]
+	mi := &file_placementpb_placement_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +615,7 @@ func (x *AddNode) String() string {
 func (*AddNode) ProtoMessage() {}
 
 func (x *AddNode) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[5]
+	mi := &file_placementpb_placement_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +628,7 @@ func (x *AddNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNode.ProtoReflect.Descriptor instead.
 func (*AddNode) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{5}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AddNode) GetNode() *Node {
@@ -488,7 +649,7 @@ type RaiseBound struct {
 
 func (x *RaiseBound) Reset() {
 	*x = RaiseBound{}
-	mi := &file_placementpb_placement_proto_msgTypes[6]
+	mi := &file_placementpb_placement_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +661,7 @@ func (x *RaiseBound) String() string {
 func (*RaiseBound) ProtoMessage() {}
 
 func (x *RaiseBound) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[6]
+	mi := &file_placementpb_placement_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +674,7 @@ func (x *RaiseBound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaiseBound.ProtoReflect.Descriptor instead.
 func (*RaiseBound) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{6}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RaiseBound) GetBound() int64 {
@@ -535,7 +696,7 @@ type SetLeader struct {
 
 func (x *SetLeader) Reset() {
 	*x = SetLeader{}
-	mi := &file_placementpb_placement_proto_msgTypes[7]
+	mi := &file_placementpb_placement_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +708,7 @@ func (x *SetLeader) String() string {
 func (*SetLeader) ProtoMessage() {}
 
 func (x *SetLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[7]
+	mi := &file_placementpb_placement_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +721,7 @@ func (x *SetLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLeader.ProtoReflect.Descriptor instead.
 func (*SetLeader) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{7}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetLeader) GetRange() uint64 {
@@ -597,7 +758,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_placementpb_placement_proto_msgTypes[8]
+	mi := &file_placementpb_placement_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +770,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[8]
+	mi := &file_placementpb_placement_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +783,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{8}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Result) GetError() string {
@@ -648,18 +809,21 @@ func (x *Result) GetBound() int64 {
 
 // State is the whole placement state, for snapshots.
 type State struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ranges        []*RangeDescriptor     `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
-	Nodes         []*Node                `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Bound         int64                  `protobuf:"varint,3,opt,name=bound,proto3" json:"bound,omitempty"`
-	NextRangeId   uint64                 `protobuf:"varint,4,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Ranges      []*RangeDescriptor     `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	Nodes       []*Node                `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Bound       int64                  `protobuf:"varint,3,opt,name=bound,proto3" json:"bound,omitempty"`
+	NextRangeId uint64                 `protobuf:"varint,4,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
+	// reconfiguring is the member whose membership change is under way (0:
+	// none).
+	Reconfiguring uint64 `protobuf:"varint,5,opt,name=reconfiguring,proto3" json:"reconfiguring,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
 	*x = State{}
-	mi := &file_placementpb_placement_proto_msgTypes[9]
+	mi := &file_placementpb_placement_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +835,7 @@ func (x *State) String() string {
 func (*State) ProtoMessage() {}
 
 func (x *State) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[9]
+	mi := &file_placementpb_placement_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +848,7 @@ func (x *State) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use State.ProtoReflect.Descriptor instead.
 func (*State) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{9}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *State) GetRanges() []*RangeDescriptor {
@@ -715,11 +879,18 @@ func (x *State) GetNextRangeId() uint64 {
 	return 0
 }
 
+func (x *State) GetReconfiguring() uint64 {
+	if x != nil {
+		return x.Reconfiguring
+	}
+	return 0
+}
+
 var File_placementpb_placement_proto protoreflect.FileDescriptor
 
 const file_placementpb_placement_proto_rawDesc = "" +
 	"\n" +
-	"\x1bplacementpb/placement.proto\x12\x0fcairn.placement\"\xb5\x01\n" +
+	"\x1bplacementpb/placement.proto\x12\x0fcairn.placement\"\xd1\x01\n" +
 	"\x0fRangeDescriptor\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05start\x18\x02 \x01(\fR\x05start\x12\x10\n" +
@@ -729,12 +900,13 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"generation\x12\x1a\n" +
 	"\breplicas\x18\x05 \x03(\x04R\breplicas\x12\x16\n" +
 	"\x06leader\x18\x06 \x01(\x04R\x06leader\x12\x16\n" +
-	"\x06parent\x18\a \x01(\x04R\x06parent\"Z\n" +
+	"\x06parent\x18\a \x01(\x04R\x06parent\x12\x1a\n" +
+	"\bfounders\x18\b \x03(\x04R\bfounders\"Z\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vclient_urls\x18\x03 \x03(\tR\n" +
-	"clientUrls\"\xaf\x02\n" +
+	"clientUrls\"\xbd\x03\n" +
 	"\aCommand\x12:\n" +
 	"\tbootstrap\x18\x01 \x01(\v2\x1a.cairn.placement.BootstrapH\x00R\tbootstrap\x12.\n" +
 	"\x05split\x18\x02 \x01(\v2\x16.cairn.placement.SplitH\x00R\x05split\x125\n" +
@@ -742,8 +914,17 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\vraise_bound\x18\x04 \x01(\v2\x1b.cairn.placement.RaiseBoundH\x00R\n" +
 	"raiseBound\x12;\n" +
 	"\n" +
-	"set_leader\x18\x05 \x01(\v2\x1a.cairn.placement.SetLeaderH\x00R\tsetLeaderB\x04\n" +
-	"\x02op\"F\n" +
+	"set_leader\x18\x05 \x01(\v2\x1a.cairn.placement.SetLeaderH\x00R\tsetLeader\x12J\n" +
+	"\x0fchange_replicas\x18\x06 \x01(\v2\x1f.cairn.placement.ChangeReplicasH\x00R\x0echangeReplicas\x12@\n" +
+	"\vreconfigure\x18\a \x01(\v2\x1c.cairn.placement.ReconfigureH\x00R\vreconfigureB\x04\n" +
+	"\x02op\"9\n" +
+	"\vReconfigure\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\x04R\x06member\x12\x12\n" +
+	"\x04done\x18\x02 \x01(\bR\x04done\"P\n" +
+	"\x0eChangeReplicas\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x10\n" +
+	"\x03add\x18\x02 \x01(\x04R\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x01(\x04R\x06remove\"F\n" +
 	"\tBootstrap\x12\x1d\n" +
 	"\n" +
 	"split_keys\x18\x01 \x03(\fR\tsplitKeys\x12\x1a\n" +
@@ -768,12 +949,13 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\x06Result\x12\x14\n" +
 	"\x05error\x18\x01 \x01(\tR\x05error\x128\n" +
 	"\x06ranges\x18\x02 \x03(\v2 .cairn.placement.RangeDescriptorR\x06ranges\x12\x14\n" +
-	"\x05bound\x18\x03 \x01(\x03R\x05bound\"\xa8\x01\n" +
+	"\x05bound\x18\x03 \x01(\x03R\x05bound\"\xce\x01\n" +
 	"\x05State\x128\n" +
 	"\x06ranges\x18\x01 \x03(\v2 .cairn.placement.RangeDescriptorR\x06ranges\x12+\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x15.cairn.placement.NodeR\x05nodes\x12\x14\n" +
 	"\x05bound\x18\x03 \x01(\x03R\x05bound\x12\"\n" +
-	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeIdB-Z+github.com/cairn-kv/cairn/proto/placementpbb\x06proto3"
+	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\x12$\n" +
+	"\rreconfiguring\x18\x05 \x01(\x04R\rreconfiguringB-Z+github.com/cairn-kv/cairn/proto/placementpbb\x06proto3"
 
 var (
 	file_placementpb_placement_proto_rawDescOnce sync.Once
@@ -787,34 +969,38 @@ func file_placementpb_placement_proto_rawDescGZIP() []byte {
 	return file_placementpb_placement_proto_rawDescData
 }
 
-var file_placementpb_placement_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_placementpb_placement_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_placementpb_placement_proto_goTypes = []any{
 	(*RangeDescriptor)(nil), // 0: cairn.placement.RangeDescriptor
 	(*Node)(nil),            // 1: cairn.placement.Node
 	(*Command)(nil),         // 2: cairn.placement.Command
-	(*Bootstrap)(nil),       // 3: cairn.placement.Bootstrap
-	(*Split)(nil),           // 4: cairn.placement.Split
-	(*AddNode)(nil),         // 5: cairn.placement.AddNode
-	(*RaiseBound)(nil),      // 6: cairn.placement.RaiseBound
-	(*SetLeader)(nil),       // 7: cairn.placement.SetLeader
-	(*Result)(nil),          // 8: cairn.placement.Result
-	(*State)(nil),           // 9: cairn.placement.State
+	(*Reconfigure)(nil),     // 3: cairn.placement.Reconfigure
+	(*ChangeReplicas)(nil),  // 4: cairn.placement.ChangeReplicas
+	(*Bootstrap)(nil),       // 5: cairn.placement.Bootstrap
+	(*Split)(nil),           // 6: cairn.placement.Split
+	(*AddNode)(nil),         // 7: cairn.placement.AddNode
+	(*RaiseBound)(nil),      // 8: cairn.placement.RaiseBound
+	(*SetLeader)(nil),       // 9: cairn.placement.SetLeader
+	(*Result)(nil),          // 10: cairn.placement.Result
+	(*State)(nil),           // 11: cairn.placement.State
 }
 var file_placementpb_placement_proto_depIdxs = []int32{
-	3, // 0: cairn.placement.Command.bootstrap:type_name -> cairn.placement.Bootstrap
-	4, // 1: cairn.placement.Command.split:type_name -> cairn.placement.Split
-	5, // 2: cairn.placement.Command.add_node:type_name -> cairn.placement.AddNode
-	6, // 3: cairn.placement.Command.raise_bound:type_name -> cairn.placement.RaiseBound
-	7, // 4: cairn.placement.Command.set_leader:type_name -> cairn.placement.SetLeader
-	1, // 5: cairn.placement.AddNode.node:type_name -> cairn.placement.Node
-	0, // 6: cairn.placement.Result.ranges:type_name -> cairn.placement.RangeDescriptor
-	0, // 7: cairn.placement.State.ranges:type_name -> cairn.placement.RangeDescriptor
-	1, // 8: cairn.placement.State.nodes:type_name -> cairn.placement.Node
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	5,  // 0: cairn.placement.Command.bootstrap:type_name -> cairn.placement.Bootstrap
+	6,  // 1: cairn.placement.Command.split:type_name -> cairn.placement.Split
+	7,  // 2: cairn.placement.Command.add_node:type_name -> cairn.placement.AddNode
+	8,  // 3: cairn.placement.Command.raise_bound:type_name -> cairn.placement.RaiseBound
+	9,  // 4: cairn.placement.Command.set_leader:type_name -> cairn.placement.SetLeader
+	4,  // 5: cairn.placement.Command.change_replicas:type_name -> cairn.placement.ChangeReplicas
+	3,  // 6: cairn.placement.Command.reconfigure:type_name -> cairn.placement.Reconfigure
+	1,  // 7: cairn.placement.AddNode.node:type_name -> cairn.placement.Node
+	0,  // 8: cairn.placement.Result.ranges:type_name -> cairn.placement.RangeDescriptor
+	0,  // 9: cairn.placement.State.ranges:type_name -> cairn.placement.RangeDescriptor
+	1,  // 10: cairn.placement.State.nodes:type_name -> cairn.placement.Node
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_placementpb_placement_proto_init() }
@@ -828,6 +1014,8 @@ func file_placementpb_placement_proto_init() {
 		(*Command_AddNode)(nil),
 		(*Command_RaiseBound)(nil),
 		(*Command_SetLeader)(nil),
+		(*Command_ChangeReplicas)(nil),
+		(*Command_Reconfigure)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -835,7 +1023,7 @@ func file_placementpb_placement_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_placementpb_placement_proto_rawDesc), len(file_placementpb_placement_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -577,9 +577,12 @@ func (x *ShadowLease) GetGeneration() uint64 {
 
 // SplitRange splits a range at key into a new range child.
 type SplitRange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Child         uint64                 `protobuf:"varint,2,opt,name=child,proto3" json:"child,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Child uint64                 `protobuf:"varint,2,opt,name=child,proto3" json:"child,omitempty"`
+	// founders start the child's raft group (the range map's replicas of the
+	// range at the split); empty: the replicas the parent's descriptor names.
+	Founders      []uint64 `protobuf:"varint,3,rep,packed,name=founders,proto3" json:"founders,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -626,6 +629,13 @@ func (x *SplitRange) GetChild() uint64 {
 		return x.Child
 	}
 	return 0
+}
+
+func (x *SplitRange) GetFounders() []uint64 {
+	if x != nil {
+		return x.Founders
+	}
+	return nil
 }
 
 // LeaseShard names a lease and a shard holding keys attached to it.
@@ -1253,11 +1263,12 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
-	"generation\"4\n" +
+	"generation\"P\n" +
 	"\n" +
 	"SplitRange\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
-	"\x05child\x18\x02 \x01(\x04R\x05child\"8\n" +
+	"\x05child\x18\x02 \x01(\x04R\x05child\x12\x1a\n" +
+	"\bfounders\x18\x03 \x03(\x04R\bfounders\"8\n" +
 	"\n" +
 	"LeaseShard\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x14\n" +

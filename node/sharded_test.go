@@ -322,3 +322,24 @@ func TestShardedRangesEndpoint(t *testing.T) {
 		t.Fatalf("range map page: %s\n%s", page.Status, body)
 	}
 }
+
+// TestShardedSnapshotRefused: a backup holds one store, so a sharded
+// member refuses etcd's Snapshot with a clear error rather than sending
+// part of its data.
+func TestShardedSnapshotRefused(t *testing.T) {
+	n := startSharded(t, t.TempDir(), "m")
+	cli := newClient(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := cli.Snapshot(ctx)
+	if err == nil {
+		_, err = io.ReadAll(rc)
+		rc.Close()
+	}
+	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "sharded") {
+		t.Fatalf("snapshot of a sharded member: %v, want Unimplemented naming sharded mode", err)
+	}
+}

@@ -66,6 +66,12 @@ func TestDataDriven(t *testing.T) {
 			case "add-node":
 				cmd = &placementpb.Command{Op: &placementpb.Command_AddNode{AddNode: &placementpb.AddNode{
 					Node: &placementpb.Node{Id: num("id"), RaftAddress: arg("addr")}}}}
+			case "change-replicas":
+				cmd = &placementpb.Command{Op: &placementpb.Command_ChangeReplicas{ChangeReplicas: &placementpb.ChangeReplicas{
+					Range: num("range"), Add: num("add"), Remove: num("remove")}}}
+			case "reconfigure":
+				cmd = &placementpb.Command{Op: &placementpb.Command_Reconfigure{Reconfigure: &placementpb.Reconfigure{
+					Member: num("member"), Done: arg("done") == "true"}}}
 			case "raise":
 				cmd = &placementpb.Command{Op: &placementpb.Command_RaiseBound{RaiseBound: &placementpb.RaiseBound{Bound: int64(num("bound"))}}}
 			case "lookup":
@@ -88,7 +94,7 @@ func TestDataDriven(t *testing.T) {
 					t.Fatalf("%s: snapshot round trip differs:\n%s\n%s", d.Pos, a, b)
 				}
 				tb = other
-				return fmtRanges(tb.Ranges()) + fmt.Sprintf("\nbound %d next range %d", tb.Bound(), tb.nextRangeID)
+				return fmtRanges(tb.Ranges()) + fmt.Sprintf("\nbound %d next range %d reconfiguring %d", tb.Bound(), tb.nextRangeID, tb.reconfiguring)
 			case "oracle":
 				o = NewOracle(mvcc.Revision(num("persisted")), int64(num("window")))
 				return fmt.Sprintf("next %d", o.Next())
@@ -130,6 +136,12 @@ func fmtRange(r *placementpb.RangeDescriptor) string {
 		end = "∞"
 	}
 	s := fmt.Sprintf("r%d [%s,%s) g%d replicas=%v", r.Id, r.Start, end, r.Generation, r.Replicas)
+	if r.Parent != 0 {
+		s += fmt.Sprintf(" parent=r%d", r.Parent)
+	}
+	if fmt.Sprint(r.Founders) != fmt.Sprint(r.Replicas) {
+		s += fmt.Sprintf(" founders=%v", r.Founders)
+	}
 	if r.Leader != 0 {
 		s += fmt.Sprintf(" leader=%d", r.Leader)
 	}

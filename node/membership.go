@@ -155,7 +155,9 @@ func (n *Node) promoteSharded(ctx context.Context, id uint64) error {
 				return err
 			}
 		}
-		return retryRaft(ctx, func(ctx context.Context) error { return n.nh.SyncRequestAddReplica(ctx, shard, id, memberTarget(id), 0) })
+		return retryRaft(ctx, func(ctx context.Context) error {
+			return n.nh.SyncRequestAddReplica(ctx, shard, id, memberTarget(id), 0)
+		})
 	}
 	if err := promote(placementShardID); err != nil {
 		return fmt.Errorf("node: promote member %x in the placement group: %w", id, err)

@@ -305,3 +305,74 @@ func TestShardedOracleFolds(t *testing.T) {
 	}
 	t.Logf("%d concurrent requests, %d round trips", requests, trips)
 }
+
+// TestShardedHashKV: HashKV in sharded mode hashes a member's replicas of
+// every range at one revision: members holding the same data answer the
+// same hash at the same revision, whichever member leads which range, a
+// past revision keeps its hash after later writes, a new write changes
+// the current one, and compacted or future revisions are refused as etcd
+// refuses them.
+func TestShardedHashKV(t *testing.T) {
+	nodes := startShardedCluster(t, 3, "c", "h", "p")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	clis := make([]*clientv3.Client, len(nodes))
+	for i, n := range nodes {
+		clis[i] = newClient(t, n)
+	}
+	var revs []int64
+	for i, k := range []string{"a", "d", "i", "q", "a", "z"} {
+		resp, err := clis[i%3].Put(ctx, k, fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, resp.Header.Revision)
+	}
+	if _, err := clis[0].Compact(ctx, revs[1]); err != nil {
+		t.Fatal(err)
+	}
+	hashes := func(rev int64) (uint32, int64) {
+		t.Helper()
+		var first uint32
+		var at int64
+		for i, n := range nodes {
+			resp, err := clis[i].HashKV(ctx, n.ClientURLs()[0], rev)
+			if err != nil {
+				t.Fatalf("hashkv at %d through member %d: %v", rev, i, err)
+			}
+			if resp.CompactRevision != revs[1] {
+				t.Fatalf("member %d: compact revision %d, want %d", i, resp.CompactRevision, revs[1])
+			}
+			if i == 0 {
+				first, at = resp.Hash, resp.HashRevision
+			} else if resp.Hash != first || (rev != 0 && resp.HashRevision != at) {
+				t.Fatalf("hashkv at %d: member %d answers %d at %d, member 0 %d at %d", rev, i, resp.Hash, resp.HashRevision, first, at)
+			}
+		}
+		return first, at
+	}
+	last := revs[len(revs)-1]
+	atLast, hashRev := hashes(last)
+	if hashRev != last {
+		t.Fatalf("hashed at %d, asked %d", hashRev, last)
+	}
+	atMid, _ := hashes(revs[3])
+	if atMid == atLast {
+		t.Fatalf("the hashes at %d and %d are equal (%d), though writes lie between", revs[3], last, atMid)
+	}
+	if _, err := clis[1].Put(ctx, "k", "new"); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := hashes(last); again != atLast {
+		t.Fatalf("the hash at %d changed after a later write: %d, was %d", last, again, atLast)
+	}
+	if now, _ := hashes(0); now == atLast {
+		t.Fatalf("the current hash did not change after a write: %d", now)
+	}
+	if _, err := clis[2].HashKV(ctx, nodes[2].ClientURLs()[0], revs[0]); !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Fatalf("hashkv at a compacted revision: %v, want %v", err, rpctypes.ErrCompacted)
+	}
+	if _, err := clis[2].HashKV(ctx, nodes[2].ClientURLs()[0], last+1<<40); !errors.Is(err, rpctypes.ErrFutureRev) {
+		t.Fatalf("hashkv at a future revision: %v, want %v", err, rpctypes.ErrFutureRev)
+	}
+}

@@ -110,6 +110,9 @@ func (m *maintenanceServer) operator() (Operator, error) {
 // HashKV hashes this member's history up to the revision asked (0: now);
 // members that applied the same log answer the same hash at a revision.
 func (m *maintenanceServer) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	if m.s.cfg.Ranges != nil {
+		return m.s.hashAll(ctx, mvcc.Revision(r.Revision))
+	}
 	st, err := m.s.cfg.Shard.Read(ctx, shard.StatusQuery{}, false)
 	if err != nil {
 		return nil, toGRPC(err)

@@ -120,7 +120,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.BoolVar(&r.cfg.EnablePprof, "enable-pprof", false, "serve Go's runtime profiles at the client URLs + /debug/pprof/")
 	fs.StringVar(&r.cfg.DebugJournal, "debug-journal", "", "cairn only, a testing aid: append every applied raft entry to this file (the robustness suite checks it as etcd's checks its WAL)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
-	fs.BoolVar(&r.singleGroup, "single-group", true, "cairn only: one raft group holds every key, as etcd; --single-group=false runs the key space as ranges, each its own raft group (sharded mode, a preview: members cannot be added or removed yet)")
+	fs.BoolVar(&r.singleGroup, "single-group", true, "cairn only: one raft group holds every key, as etcd; --single-group=false runs the key space as ranges, each its own raft group (sharded mode, a preview: no snapshot backups yet)")
 	fs.StringVar(&r.splitKeys, "initial-split-keys", "", "cairn only, sharded mode: comma-separated keys splitting a new cluster's key space into ranges; read at the first start only")
 
 	for _, g := range ignoredFlags {

@@ -609,9 +609,22 @@ type RangeInfo struct {
 // mode): leaders as this node knows them, revisions from its replicas.
 func (n *Node) Ranges() []RangeInfo {
 	var out []RangeInfo
+	// Replicas as raft has them here: membership changes since the range
+	// started show.
+	members := map[uint64][]uint64{}
+	for _, si := range n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}).ShardInfoList {
+		for id := range si.Replicas {
+			members[si.ShardID] = append(members[si.ShardID], id)
+		}
+		slices.Sort(members[si.ShardID])
+	}
 	for _, rr := range n.rangeSet.all() {
+		replicas := members[rr.desc().Id]
+		if len(replicas) == 0 {
+			replicas = rr.desc().Replicas
+		}
 		ri := RangeInfo{ID: rr.desc().Id, Start: string(rr.desc().Start), End: string(rr.desc().End),
-			Generation: rr.desc().Generation, Replicas: rr.desc().Replicas, Closed: int64(rr.replica.Closed()),
+			Generation: rr.desc().Generation, Replicas: replicas, Closed: int64(rr.replica.Closed()),
 			Writes: rr.replica.Proposed()}
 		if leader, _, ok := rr.replica.Leader(); ok {
 			ri.Leader = leader

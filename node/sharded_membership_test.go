@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -170,6 +171,16 @@ func TestShardedMembership(t *testing.T) {
 	if _, err := c.MemberRemove(ctx, m0); err != nil {
 		t.Fatalf("remove m0: %v", err)
 	}
+	// The range map as a member shows it (cairn ranges): every range on
+	// m1, m2 and m3, not on m0.
+	waitUntil(t, "every range's replicas are m1, m2 and m3", func() bool {
+		for _, r := range n4.Ranges() {
+			if len(r.Replicas) != 3 || slices.Contains(r.Replicas, m0) || !slices.Contains(r.Replicas, addResp.Member.ID) {
+				return false
+			}
+		}
+		return true
+	})
 	ml, err = nc.MemberList(ctx)
 	if err != nil || len(ml.Members) != 3 {
 		t.Fatalf("member list after the removal: %v, %v", ml, err)

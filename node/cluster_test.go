@@ -28,6 +28,32 @@ func startCluster(tb testing.TB, size int) []*node.Node {
 	return startClusterWith(tb, size, nil)
 }
 
+// joinerConfig is the config of a member named name that members (the
+// cluster's, as MemberAdd or MemberList lists them) have just added as id
+// at peer: started with it, it joins (--initial-cluster-state existing).
+func joinerConfig(tb testing.TB, members []*etcdserverpb.Member, id uint64, name, peer string) node.Config {
+	tb.Helper()
+	var initial []string
+	for _, m := range members {
+		mname := m.Name
+		if m.ID == id {
+			mname = name
+		}
+		initial = append(initial, mname+"="+m.PeerURLs[0])
+	}
+	return node.Config{
+		Name:                name,
+		DataDir:             tb.TempDir(),
+		ListenClientURLs:    []string{"http://127.0.0.1:0"},
+		ListenPeerURLs:      []string{peer},
+		InitialCluster:      strings.Join(initial, ","),
+		InitialClusterState: "existing",
+		InitialClusterToken: "test-cluster",
+		HeartbeatInterval:   20 * time.Millisecond,
+		ElectionTimeout:     200 * time.Millisecond,
+	}
+}
+
 // startClusterWith is startCluster with a change to each member's config.
 func startClusterWith(tb testing.TB, size int, change func(*node.Config)) []*node.Node {
 	tb.Helper()
@@ -195,27 +221,9 @@ func TestMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var initial []string
-	for _, m := range ml.Members {
-		name := m.Name
-		if m.ID == addResp.Member.ID {
-			name = "m3"
-		}
-		initial = append(initial, name+"="+m.PeerURLs[0])
-	}
 	sctx, scancel := context.WithTimeout(ctx, 60*time.Second)
 	defer scancel()
-	cfg4 := node.Config{
-		Name:                "m3",
-		DataDir:             t.TempDir(),
-		ListenClientURLs:    []string{"http://127.0.0.1:0"},
-		ListenPeerURLs:      []string{peer},
-		InitialCluster:      strings.Join(initial, ","),
-		InitialClusterState: "existing",
-		InitialClusterToken: "test-cluster",
-		HeartbeatInterval:   20 * time.Millisecond,
-		ElectionTimeout:     200 * time.Millisecond,
-	}
+	cfg4 := joinerConfig(t, ml.Members, addResp.Member.ID, "m3", peer)
 	n4, err := node.Start(sctx, cfg4)
 	if err != nil {
 		t.Fatal(err)

@@ -48,26 +48,8 @@ func TestShardedMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var initial []string
-	for _, m := range addResp.Members {
-		name := m.Name
-		if m.ID == addResp.Member.ID {
-			name = "m3"
-		}
-		initial = append(initial, name+"="+m.PeerURLs[0])
-	}
-	cfg := node.Config{
-		Name:                "m3",
-		DataDir:             t.TempDir(),
-		ListenClientURLs:    []string{"http://127.0.0.1:0"},
-		ListenPeerURLs:      []string{peer},
-		InitialCluster:      strings.Join(initial, ","),
-		InitialClusterState: "existing",
-		InitialClusterToken: "test-cluster",
-		HeartbeatInterval:   20 * time.Millisecond,
-		ElectionTimeout:     200 * time.Millisecond,
-		Sharded:             true,
-	}
+	cfg := joinerConfig(t, addResp.Members, addResp.Member.ID, "m3", peer)
+	cfg.Sharded = true
 	n4, err := node.Start(ctx, cfg)
 	if err != nil {
 		t.Fatalf("start the added member: %v", err)

@@ -60,8 +60,16 @@
 // which names the new range, then proposes it to the range; as it applies,
 // every replica hands the keys from the split key on to the new range at
 // one revision (the data stays in place), moves its watchers there
-// (watch.Merger.Split) and starts the new range with the same members,
-// which registers its leases' keys at their home.
+// (watch.Merger.Split) and starts the new range with the founders the
+// split names (the map's replicas), which registers its leases' keys at
+// their home. A split cut short by a crash is finished at the next start
+// (localRanges, finishSplits).
+//
+// Membership in sharded mode (membership.go): a member added joins the
+// placement group and every range, each sent to it as a snapshot (every
+// replica compacts its log first: replaying a range's log from the start
+// would replay its splits over what other ranges own in the shared
+// pebble); splits wait while a membership change is under way.
 //
 // Peer URLs are recorded through raft too (by MemberAdd and MemberUpdate,
 // and by each member for itself if none are), and raft reaches a replica at

@@ -116,6 +116,49 @@ func readMemberID(dataDir string) (uint64, bool, error) {
 	return id, true, nil
 }
 
+// modeFile records the mode a data directory was created in: a store of
+// one mode cannot be read in the other (sharded mode keeps a placement
+// group and ranges beside range 1).
+const modeFile = "mode"
+
+// checkMode refuses to start a data directory in the other mode than the
+// one it was created in (one created before modes were recorded is not
+// checked).
+func checkMode(dataDir string, sharded bool) error {
+	mode := "single-group"
+	if sharded {
+		mode = "sharded"
+	}
+	data, err := os.ReadFile(filepath.Join(dataDir, modeFile))
+	switch {
+	case err == nil:
+		if got := strings.TrimSpace(string(data)); got != mode {
+			flag := "--single-group"
+			if got == "sharded" {
+				flag = "--single-group=false"
+			}
+			return fmt.Errorf("node: the data directory %s was created in %s mode; start it so (%s): a store does not change modes", dataDir, got, flag)
+		}
+		return nil
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("node: read the data directory's mode: %w", err)
+	}
+	return nil
+}
+
+// recordMode records the mode of a data directory started for the first
+// time (see checkMode).
+func recordMode(dataDir string, sharded bool) error {
+	mode := "single-group"
+	if sharded {
+		mode = "sharded"
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, modeFile), []byte(mode+"\n"), 0o600); err != nil {
+		return fmt.Errorf("node: record the data directory's mode: %w", err)
+	}
+	return nil
+}
+
 func writeMemberID(dataDir string, id uint64) error {
 	if err := os.WriteFile(filepath.Join(dataDir, memberFile), []byte(fmt.Sprintf("%x\n", id)), 0o600); err != nil {
 		return fmt.Errorf("node: record member id: %w", err)

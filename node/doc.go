@@ -13,6 +13,7 @@
 //	<data-dir>/state  pebble: every shard's user keys and internal records
 //
 //	<data-dir>/member-id    this member's id (hex), fixed at the first start
+//	<data-dir>/mode         single-group or sharded, fixed at the first start
 //	<data-dir>/raft-address the raft address the NodeHost was created with
 //	<data-dir>/learner      present while a member that joined as a learner
 //	                        has not been seen promoted (raft restarts it

@@ -45,6 +45,9 @@ func (s *Store) NewSnapshot() *Snapshot {
 // Close releases the pinned state.
 func (sn *Snapshot) Close() error { return sn.snap.Close() }
 
+// Span returns the key span the image holds.
+func (sn *Snapshot) Span() Span { return sn.span }
+
 type snapWriter struct {
 	w   *bufio.Writer
 	crc hash.Hash32

@@ -14,9 +14,10 @@ import (
 )
 
 // TestModeSwitchRefused: a data directory keeps the mode it was created in
-// — a single-group one started sharded, or the reverse, and a restored
-// backup started sharded, are refused with an error naming the way to
-// start it (it used to crash the process), and start in their own mode.
+// — a single-group one started sharded, or the reverse, is refused with an
+// error naming the way to start it (it used to crash the process), and
+// starts in its own mode. A restored backup starts in either mode, its
+// data kept and new writes above its revision, and then keeps that mode.
 func TestModeSwitchRefused(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -53,11 +54,50 @@ func TestModeSwitchRefused(t *testing.T) {
 		}
 	}
 
-	// A restored backup holds one store: sharded mode refuses it, and
-	// refusing leaves it to start in single-group mode.
+	// A restored backup has no mode yet: it starts in either, and then
+	// keeps the one it started in.
+	for _, sharded := range []bool{false, true} {
+		restored := restoredBackup(t, ctx)
+		n, err := node.Start(ctx, node.Config{
+			Name: "test", DataDir: restored, Sharded: sharded,
+			ListenClientURLs:  []string{"http://127.0.0.1:0"},
+			ListenPeerURLs:    []string{"http://127.0.0.1:0"},
+			HeartbeatInterval: 20 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
+		})
+		if err != nil {
+			t.Fatalf("the restored backup started with sharded=%v: %v", sharded, err)
+		}
+		cli := newClient(t, n)
+		got, err := cli.Get(ctx, "k")
+		if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "v" {
+			t.Fatalf("sharded=%v: the restored key: %v, %v", sharded, got, err)
+		}
+		restoredRev := got.Kvs[0].ModRevision
+		put, err := cli.Put(ctx, "k2", "v2")
+		if err != nil || put.Header.Revision <= restoredRev {
+			t.Fatalf("sharded=%v: a put after the restore (of revision %d): %v, %v", sharded, restoredRev, put, err)
+		}
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := try(restored, !sharded); err == nil {
+			t.Fatalf("the restored backup started with sharded=%v, then with sharded=%v: not refused", sharded, !sharded)
+		}
+	}
+}
+
+// restoredBackup returns a data directory restored from a backup of a
+// single-group node that holds k=v.
+func restoredBackup(t *testing.T, ctx context.Context) string {
+	t.Helper()
 	n := startNodeWith(t, t.TempDir(), nil)
 	if _, err := newClient(t, n).Put(ctx, "k", "v"); err != nil {
 		t.Fatal(err)
+	}
+	for range 5 { // some history, so the restored revision is not 2
+		if _, err := newClient(t, n).Put(ctx, "other", "x"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	rd, err := newClient(t, n).Snapshot(ctx)
 	if err != nil {
@@ -75,10 +115,5 @@ func TestModeSwitchRefused(t *testing.T) {
 	if _, err := node.RestoreSnapshot(file, restored); err != nil {
 		t.Fatal(err)
 	}
-	if err := try(restored, true); err == nil || !strings.Contains(err.Error(), "--single-group") {
-		t.Fatalf("a restored backup started sharded: %v, want an error naming --single-group", err)
-	}
-	if err := try(restored, false); err != nil {
-		t.Fatalf("the restored backup in single-group mode after the refusal: %v", err)
-	}
+	return restored
 }

@@ -405,18 +405,6 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("node: open state store: %w", err)
 	}
 	n.db = db
-	if cfg.Sharded && founders != nil {
-		// A founder's store is empty, but for a restored backup: its
-		// revisions are not the oracle's, which starts from nothing.
-		if st, err := mvcc.Open(db, mvcc.Options{ID: singleShardID}); err != nil {
-			return err
-		} else if st.Rev() > 1 {
-			// Refused as it was found: the next start is a first one.
-			_ = os.Remove(filepath.Join(cfg.DataDir, memberFile))
-			return fmt.Errorf("node: the data directory %s holds data (a restored backup?) but no sharded cluster: "+
-				"start it in single-group mode (--single-group)", cfg.DataDir)
-		}
-	}
 	if !restart {
 		if err := recordMode(cfg.DataDir, cfg.Sharded); err != nil {
 			return err

@@ -201,8 +201,17 @@ func (n *Node) startPlacement(ctx context.Context, founders map[uint64]dragonboa
 		if len(replicas) == 0 {
 			return nil, errors.New("node: the range map is not bootstrapped and this member is not a founder")
 		}
+		// A founder's store is empty but for a restored backup (range
+		// 1's store): the oracle starts above its revision.
+		first, err := mvcc.Open(n.db, mvcc.Options{ID: singleShardID})
+		if err != nil {
+			return nil, err
+		}
+		if first.Rev() > 1 && len(n.cfg.InitialSplitKeys) > 0 {
+			return nil, errors.New("node: a restored backup starts as one range: leave out --initial-split-keys and split it online (cairn range split)")
+		}
 		cmd, _ := proto.Marshal(&placementpb.Command{Op: &placementpb.Command_Bootstrap{Bootstrap: &placementpb.Bootstrap{
-			SplitKeys: n.cfg.InitialSplitKeys, Replicas: replicas}}})
+			SplitKeys: n.cfg.InitialSplitKeys, Replicas: replicas, Bound: int64(first.Rev())}}})
 		if _, err := n.proposePlacement(ctx, cmd); err != nil {
 			return nil, fmt.Errorf("node: bootstrap the range map: %w", err)
 		}

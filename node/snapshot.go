@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -22,13 +23,17 @@ import (
 // before it (etcd's clients check that shape: size % 512 == 32).
 const backupAlign = 512
 
+// errSeveralRanges refuses a backup of a sharded cluster that has split: a
+// backup holds one store, and a sharded member of one range (as a sharded
+// cluster starts) has it all; of several, not.
+var errSeveralRanges = status.Error(codes.Unimplemented, "cairn: a snapshot of a sharded cluster of more than one range is not supported yet")
+
 // Snapshot implements router.Operator: it writes a backup of the store at
 // one revision to a temporary file in the data directory and returns it
 // open at the start with its size; closing it removes the file.
 func (n *Node) Snapshot(ctx context.Context) (io.ReadCloser, int64, error) {
-	if n.merger != nil {
-		// A backup holds one store; a sharded member's ranges are many.
-		return nil, 0, status.Error(codes.Unimplemented, "cairn: a snapshot of a sharded cluster (every range) is not supported yet")
+	if n.merger != nil && len(n.rangeSet.routing()) > 1 {
+		return nil, 0, errSeveralRanges
 	}
 	m := n.sm.Load()
 	if m == nil {
@@ -45,7 +50,11 @@ func (n *Node) Snapshot(ctx context.Context) (io.ReadCloser, int64, error) {
 	}
 	h := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(f, h)}
-	if _, err := m.WriteBackup(cw); err != nil {
+	if _, err := m.WriteBackup(cw); errors.Is(err, shard.ErrPartialBackup) {
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+		return nil, 0, errSeveralRanges
+	} else if err != nil {
 		return fail(err)
 	}
 	if pad := (backupAlign - cw.n%backupAlign) % backupAlign; pad > 0 {

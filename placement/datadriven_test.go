@@ -12,10 +12,11 @@ import (
 	"github.com/cairn-kv/cairn/proto/placementpb"
 )
 
-// TestDataDriven runs testdata/table (the range map and node registry) and
-// testdata/oracle (the revision oracle across leaders). Commands:
+// TestDataDriven runs every file in testdata: the range map and node
+// registry (table, bootstrap, membership), the revision oracle across
+// leaders (oracle), a bootstrap on a restored backup (restored). Commands:
 //
-//	bootstrap [split=a,b] [replicas=1,2,3]
+//	bootstrap [split=a,b] [replicas=1,2,3] [bound=B]
 //	split range=N gen=G key=K
 //	leader range=N gen=G node=M
 //	add-node id=N addr=A
@@ -56,6 +57,7 @@ func TestDataDriven(t *testing.T) {
 						b.Replicas = append(b.Replicas, n)
 					}
 				}
+				b.Bound = int64(num("bound"))
 				cmd = &placementpb.Command{Op: &placementpb.Command_Bootstrap{Bootstrap: b}}
 			case "split":
 				cmd = &placementpb.Command{Op: &placementpb.Command_Split{Split: &placementpb.Split{

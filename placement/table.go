@@ -136,6 +136,9 @@ func (t *Table) bootstrap(b *placementpb.Bootstrap) (*placementpb.Result, error)
 			return nil, ErrSplitKeysOrder
 		}
 	}
+	if bound := mvcc.Revision(b.Bound); bound > t.bound {
+		t.bound = bound
+	}
 	starts := append([][]byte{{}}, b.SplitKeys...)
 	res := &placementpb.Result{}
 	for i, s := range starts {

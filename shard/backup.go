@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
@@ -10,9 +11,14 @@ import (
 	"github.com/cairn-kv/cairn/mvcc"
 )
 
+// ErrPartialBackup refuses a backup of a shard that holds only part of the
+// key space (a range after a split): restored alone, it would lose the rest.
+var ErrPartialBackup = errors.New("shard: the shard holds part of the key space; a backup holds all of it")
+
 // WriteBackup writes a consistent image of the shard — keys with their
 // history, leases, internal records — at one revision to w, in the format
-// of its raft snapshots, and returns that revision.
+// of its raft snapshots, and returns that revision. The shard must hold the
+// whole key space (single-group mode, or a sharded cluster of one range).
 func (s *StateMachine) WriteBackup(w io.Writer) (mvcc.Revision, error) {
 	s.mu.RLock()
 	if s.closed || s.store == nil {
@@ -22,6 +28,9 @@ func (s *StateMachine) WriteBackup(w io.Writer) (mvcc.Revision, error) {
 	snap := s.store.NewSnapshot()
 	s.mu.RUnlock()
 	defer snap.Close()
+	if sp := snap.Span(); len(sp.Start) > 0 || sp.End != nil {
+		return 0, ErrPartialBackup
+	}
 	rev, err := snap.Rev()
 	if err != nil {
 		return 0, err
@@ -34,9 +43,10 @@ func (s *StateMachine) WriteBackup(w io.Writer) (mvcc.Revision, error) {
 
 // RestoreBackup makes a backup the first state of shard shardID in db, for
 // a new cluster: its data and leases are kept; what belonged to the old
-// cluster — the applied raft index, the members' attributes, the alarms —
-// is dropped, so the new raft group starts its log from the beginning on
-// top of the restored data. It returns the restored revision.
+// cluster — the applied raft index, the members' attributes, the alarms,
+// sharded mode's closed revision and proposer fence — is dropped, so the
+// new raft group starts its log from the beginning on top of the restored
+// data. It returns the restored revision.
 func RestoreBackup(db *pebble.DB, shardID uint64, r io.Reader) (mvcc.Revision, error) {
 	lo, hi := lease.RecordBounds(shardID)
 	store, err := mvcc.Open(db, mvcc.Options{ID: shardID, Carried: []mvcc.RawSpan{{Lo: lo, Hi: hi}}})
@@ -47,7 +57,7 @@ func RestoreBackup(db *pebble.DB, shardID uint64, r io.Reader) (mvcc.Revision, e
 		return 0, err
 	}
 	var stale []string
-	for _, prefix := range []string{appliedKey, membersPrefix, peersPrefix, alarmsPrefix} {
+	for _, prefix := range []string{appliedKey, membersPrefix, peersPrefix, alarmsPrefix, closedKey, fenceKey} {
 		if err := store.ScanMeta(prefix, func(name string, _ []byte) { stale = append(stale, name) }); err != nil {
 			return 0, err
 		}

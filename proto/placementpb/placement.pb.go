@@ -479,9 +479,12 @@ func (x *ChangeReplicas) GetRemove() uint64 {
 // Bootstrap creates the first ranges, covering the key space, cut at
 // split_keys (ascending), each held by replicas. Refused once ranges exist.
 type Bootstrap struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SplitKeys     [][]byte               `protobuf:"bytes,1,rep,name=split_keys,json=splitKeys,proto3" json:"split_keys,omitempty"`
-	Replicas      []uint64               `protobuf:"varint,2,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SplitKeys [][]byte               `protobuf:"bytes,1,rep,name=split_keys,json=splitKeys,proto3" json:"split_keys,omitempty"`
+	Replicas  []uint64               `protobuf:"varint,2,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
+	// bound raises the oracle's persisted bound: a cluster started on a
+	// restored backup hands out revisions above the backup's.
+	Bound         int64 `protobuf:"varint,3,opt,name=bound,proto3" json:"bound,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -528,6 +531,13 @@ func (x *Bootstrap) GetReplicas() []uint64 {
 		return x.Replicas
 	}
 	return nil
+}
+
+func (x *Bootstrap) GetBound() int64 {
+	if x != nil {
+		return x.Bound
+	}
+	return 0
 }
 
 // Split cuts range at key: the range keeps [start, key), a new range takes
@@ -924,11 +934,12 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\x0eChangeReplicas\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x10\n" +
 	"\x03add\x18\x02 \x01(\x04R\x03add\x12\x16\n" +
-	"\x06remove\x18\x03 \x01(\x04R\x06remove\"F\n" +
+	"\x06remove\x18\x03 \x01(\x04R\x06remove\"\\\n" +
 	"\tBootstrap\x12\x1d\n" +
 	"\n" +
 	"split_keys\x18\x01 \x03(\fR\tsplitKeys\x12\x1a\n" +
-	"\breplicas\x18\x02 \x03(\x04R\breplicas\"O\n" +
+	"\breplicas\x18\x02 \x03(\x04R\breplicas\x12\x14\n" +
+	"\x05bound\x18\x03 \x01(\x03R\x05bound\"O\n" +
 	"\x05Split\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1e\n" +
 	"\n" +

@@ -142,26 +142,7 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 }
 
 func (sn *Snapshot) each(lo, hi []byte, fn func(k, v []byte) error) error {
-	it, err := sn.snap.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return err
-	}
-	for it.First(); it.Valid(); it.Next() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			it.Close()
-			return err
-		}
-		if err := fn(it.Key(), v); err != nil {
-			it.Close()
-			return err
-		}
-	}
-	if err := it.Error(); err != nil {
-		it.Close()
-		return err
-	}
-	return it.Close()
+	return eachRecord(sn.snap, lo, hi, fn)
 }
 
 func prefixEnd(p []byte) []byte {

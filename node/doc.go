@@ -72,10 +72,12 @@
 // would replay its splits over what other ranges own in the shared
 // pebble); splits wait while a membership change is under way.
 //
-// Backups (snapshot.go) hold one store: a sharded cluster of one range has
-// everything in range 1 and backs it up as single-group mode does; of
-// several, Snapshot is refused. A restored backup is range 1's store, so a
-// sharded first start on it bootstraps the oracle's bound at its revision.
+// Backups (snapshot.go) hold one store of the whole key space. In sharded
+// mode Snapshot takes a fresh oracle revision R, waits until this node's
+// replica of every range has applied every write up to R, and writes one
+// pebble snapshot of the shared DB as one store at R (mvcc.WriteImage,
+// lease.NewImage). A restored backup is range 1's store, so a sharded
+// first start on it bootstraps the oracle's bound at its revision.
 //
 // Peer URLs are recorded through raft too (by MemberAdd and MemberUpdate,
 // and by each member for itself if none are), and raft reaches a replica at

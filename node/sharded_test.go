@@ -7,8 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -322,69 +320,5 @@ func TestShardedRangesEndpoint(t *testing.T) {
 	body, _ := io.ReadAll(page.Body)
 	if page.StatusCode != http.StatusOK || !strings.Contains(string(body), "3 ranges") || !strings.Contains(string(body), `title="range 2 [&#34;b&#34;, &#34;m&#34;)"`) {
 		t.Fatalf("range map page: %s\n%s", page.Status, body)
-	}
-}
-
-// TestShardedSnapshot: a sharded cluster of one range (as one starts) has
-// all of it in that range, so `etcdctl snapshot save` works and the backup
-// restores into a sharded cluster; after a split the ranges are several
-// and a snapshot is refused with Unimplemented, not written half.
-func TestShardedSnapshot(t *testing.T) {
-	n := startSharded(t, t.TempDir())
-	cli := newClient(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	for _, k := range []string{"a", "z", "a"} {
-		if _, err := cli.Put(ctx, k, "v-"+k); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rc, err := cli.Snapshot(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		t.Fatalf("snapshot of a one-range sharded member: %v", err)
-	}
-	file := filepath.Join(t.TempDir(), "backup.db")
-	if err := os.WriteFile(file, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	restored := filepath.Join(t.TempDir(), "restored")
-	rev, err := node.RestoreSnapshot(file, restored)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := startSharded(t, restored)
-	// The oracle starts above the backup: a write is not stamped below
-	// it, refused as stale and stamped again until the oracle gets there.
-	if first, err := r.OracleRevisions(ctx, 1); err != nil || first <= rev {
-		t.Fatalf("the restored cluster's oracle hands out %d (%v), at or below the backup's revision %d", first, err, rev)
-	}
-	rcli := newClient(t, r)
-	got, err := rcli.Get(ctx, "", clientv3.WithFromKey())
-	if err != nil || len(got.Kvs) != 2 || got.Kvs[0].Version != 2 || string(got.Kvs[1].Value) != "v-z" {
-		t.Fatalf("the restored sharded cluster: %v, %v", got, err)
-	}
-	if got.Header.Revision < rev {
-		t.Fatalf("the restored sharded cluster answers at revision %d, below the backup's %d", got.Header.Revision, rev)
-	}
-	put, err := rcli.Put(ctx, "m", "new")
-	if err != nil || put.Header.Revision <= rev {
-		t.Fatalf("a put on the restored cluster (backup at %d): %v, %v", rev, put, err)
-	}
-
-	if _, err := n.SplitRange(ctx, []byte("m")); err != nil {
-		t.Fatal(err)
-	}
-	rc, err = cli.Snapshot(ctx)
-	if err == nil {
-		_, err = io.ReadAll(rc)
-		rc.Close()
-	}
-	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "more than one range") {
-		t.Fatalf("snapshot of a sharded member of two ranges: %v, want Unimplemented naming the ranges", err)
 	}
 }

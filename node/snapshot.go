@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/grpc/codes"
@@ -23,22 +25,27 @@ import (
 // before it (etcd's clients check that shape: size % 512 == 32).
 const backupAlign = 512
 
-// errSeveralRanges refuses a backup of a sharded cluster that has split: a
-// backup holds one store, and a sharded member of one range (as a sharded
-// cluster starts) has it all; of several, not.
-var errSeveralRanges = status.Error(codes.Unimplemented, "cairn: a snapshot of a sharded cluster of more than one range is not supported yet")
-
 // Snapshot implements router.Operator: it writes a backup of the store at
 // one revision to a temporary file in the data directory and returns it
-// open at the start with its size; closing it removes the file.
+// open at the start with its size; closing it removes the file. In sharded
+// mode the backup is of every range, as one store (shardedBackup).
 func (n *Node) Snapshot(ctx context.Context) (io.ReadCloser, int64, error) {
-	if n.merger != nil && len(n.rangeSet.routing()) > 1 {
-		return nil, 0, errSeveralRanges
+	if n.merger != nil {
+		return n.backupFile(func(w io.Writer) error { return n.shardedBackup(ctx, w) })
 	}
 	m := n.sm.Load()
 	if m == nil {
 		return nil, 0, shard.ErrClosed
 	}
+	return n.backupFile(func(w io.Writer) error {
+		_, err := m.WriteBackup(w)
+		return err
+	})
+}
+
+// backupFile writes a backup file with write: the image, its padding and
+// its checksum.
+func (n *Node) backupFile(write func(io.Writer) error) (io.ReadCloser, int64, error) {
 	f, err := os.CreateTemp(n.cfg.DataDir, "backup-*.part")
 	if err != nil {
 		return nil, 0, fmt.Errorf("node: snapshot: %w", err)
@@ -46,15 +53,14 @@ func (n *Node) Snapshot(ctx context.Context) (io.ReadCloser, int64, error) {
 	fail := func(err error) (io.ReadCloser, int64, error) {
 		_ = f.Close()
 		_ = os.Remove(f.Name())
+		if _, ok := status.FromError(err); ok {
+			return nil, 0, err
+		}
 		return nil, 0, fmt.Errorf("node: snapshot: %w", err)
 	}
 	h := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(f, h)}
-	if _, err := m.WriteBackup(cw); errors.Is(err, shard.ErrPartialBackup) {
-		_ = f.Close()
-		_ = os.Remove(f.Name())
-		return nil, 0, errSeveralRanges
-	} else if err != nil {
+	if err := write(cw); err != nil {
 		return fail(err)
 	}
 	if pad := (backupAlign - cw.n%backupAlign) % backupAlign; pad > 0 {
@@ -70,6 +76,79 @@ func (n *Node) Snapshot(ctx context.Context) (io.ReadCloser, int64, error) {
 		return fail(err)
 	}
 	return &removeOnClose{File: f}, size, nil
+}
+
+// shardedBackup writes a backup of every range at one revision R, as one
+// store of the whole key space (shard.WriteImageBackup): R is a fresh
+// oracle revision, and the image is taken from one pebble snapshot of the
+// node's DB once each of its ranges has applied every write up to R here
+// (the ranges share the DB, keyed by user key). A split or a compaction
+// past R meanwhile takes another R. Leases are not revisioned: they are
+// as the snapshot has them, and keys at R of a lease revoked since are
+// deleted in the backup at R+1, finishing the revoke (as the cluster
+// does: a revoke deletes each range's keys at that range's own revision).
+func (n *Node) shardedBackup(ctx context.Context, w io.Writer) error {
+	for attempt := 0; ; attempt++ {
+		before := rangeIDs(n.rangeSet.routing())
+		rev, err := n.Now(ctx)
+		if err != nil {
+			return err
+		}
+		if err := n.waitAllApplied(ctx, rev); err != nil {
+			return err
+		}
+		snap := n.db.NewSnapshot()
+		if !slices.Equal(before, rangeIDs(n.rangeSet.routing())) {
+			err = errRangesChanged
+		} else {
+			_, err = shard.WriteImageBackup(snap, singleShardID, rev, w)
+		}
+		_ = snap.Close()
+		// Both are refused before anything is written: take another R.
+		if errors.Is(err, errRangesChanged) || errors.Is(err, mvcc.ErrImageCompacted) {
+			if attempt < 5 {
+				continue
+			}
+			return status.Errorf(codes.Unavailable, "cairn: snapshot: %v; try again", err)
+		}
+		return err
+	}
+}
+
+var errRangesChanged = errors.New("ranges split while the snapshot was taken")
+
+// waitAllApplied waits until this node's replica of every range has
+// applied every write up to rev (its watch hub has reached rev), asking
+// each range to close rev soon.
+func (n *Node) waitAllApplied(ctx context.Context, rev mvcc.Revision) error {
+	for _, rr := range n.rangeSet.routing() {
+		select {
+		case <-rr.ready:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		ch := make(chan struct{}, 1)
+		rr.hub.WaitRev(rev, ch)
+		for done := false; !done; {
+			rr.wantClosed(rev)
+			select {
+			case <-ch:
+				done = true
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(closedEvery):
+			}
+		}
+	}
+	return nil
+}
+
+func rangeIDs(rs []*rangeReplica) []uint64 {
+	ids := make([]uint64, len(rs))
+	for i, rr := range rs {
+		ids[i] = rr.desc().Id
+	}
+	return ids
 }
 
 type countingWriter struct {

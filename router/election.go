@@ -150,6 +150,8 @@ var electionServiceDesc = grpc.ServiceDesc{
 // ran out while waiting is answered with "requested lease not found".
 func (es *electionServer) Campaign(ctx context.Context, r *campaignRequest) (*campaignResponse, error) {
 	c := es.s.cfg.Self
+	ctx, done := boundToSelf(ctx, c)
+	defer done()
 	sess, err := orphanSession(ctx, c, r.Lease)
 	if err != nil {
 		return nil, clientError(c, err)
@@ -208,8 +210,9 @@ func (es *electionServer) Leader(ctx context.Context, r *leaderRequest) (*leader
 // Observe streams the leader's key and value: the current one (or the
 // first candidate to come), each proclamation, then each next leader.
 func (es *electionServer) Observe(r *leaderRequest, stream grpc.ServerStream) error {
-	ctx := stream.Context()
 	c := es.s.cfg.Self
+	ctx, done := boundToSelf(stream.Context(), c)
+	defer done()
 	sess, err := orphanSession(ctx, c, observerLease)
 	if err != nil {
 		return clientError(c, err)
@@ -222,10 +225,10 @@ func (es *electionServer) Observe(r *leaderRequest, stream grpc.ServerStream) er
 	// The recipe ends the stream on any error without saying which; etcd
 	// then ends the call without one.
 	switch {
-	case ctx.Err() != nil:
-		return status.FromContextError(ctx.Err()).Err()
 	case c.Ctx().Err() != nil:
 		return rpctypes.ErrGRPCStopped
+	case ctx.Err() != nil:
+		return status.FromContextError(ctx.Err()).Err()
 	}
 	return nil
 }

@@ -109,6 +109,8 @@ var lockServiceDesc = grpc.ServiceDesc{
 // etcd's "requested lease not found".
 func (ls *lockServer) Lock(ctx context.Context, r *lockRequest) (*lockResponse, error) {
 	c := ls.s.cfg.Self
+	ctx, done := boundToSelf(ctx, c)
+	defer done()
 	sess, err := orphanSession(ctx, c, r.Lease)
 	if err != nil {
 		return nil, clientError(c, err)
@@ -179,6 +181,16 @@ func leaseAlive(ctx context.Context, c *clientv3.Client, lease clientv3.LeaseID)
 // turned the status it got into an rpctypes.EtcdError), one of the
 // concurrency recipes gets etcd's codes.Unknown with its message, and a
 // closed client means this node is stopping.
+// boundToSelf returns ctx, cancelled too once the node's own client c
+// closes (the node stops): a call that waits (Lock, Campaign, Observe)
+// then ends at once, whatever the recipe was doing, and the graceful stop
+// of the gRPC server need not wait for it.
+func boundToSelf(ctx context.Context, c *clientv3.Client) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(c.Ctx(), cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
 func clientError(c *clientv3.Client, err error) error {
 	if c.Ctx().Err() != nil {
 		return rpctypes.ErrGRPCStopped

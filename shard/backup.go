@@ -18,7 +18,7 @@ var ErrPartialBackup = errors.New("shard: the shard holds part of the key space;
 // WriteBackup writes a consistent image of the shard — keys with their
 // history, leases, internal records — at one revision to w, in the format
 // of its raft snapshots, and returns that revision. The shard must hold the
-// whole key space (single-group mode, or a sharded cluster of one range).
+// whole key space (single-group mode); WriteImageBackup is for several.
 func (s *StateMachine) WriteBackup(w io.Writer) (mvcc.Revision, error) {
 	s.mu.RLock()
 	if s.closed || s.store == nil {
@@ -74,4 +74,23 @@ func RestoreBackup(db *pebble.DB, shardID uint64, r io.Reader) (mvcc.Revision, e
 		return 0, fmt.Errorf("shard: flush restored backup: %w", err)
 	}
 	return store.Rev(), nil
+}
+
+// WriteImageBackup writes a backup of every range of a sharded node at
+// revision rev from snap, a pebble snapshot of the node's DB taken once
+// every range had applied every write up to rev there: one store of the
+// whole key space (mvcc.WriteImage) named for shard into, with the leases
+// of every range (lease.NewImage), in the format of WriteBackup, so
+// RestoreBackup takes it alike. It returns the backup's revision: rev, or
+// rev+1 if keys of leases revoked after rev were deleted in it.
+func WriteImageBackup(snap *pebble.Snapshot, into uint64, rev mvcc.Revision, w io.Writer) (mvcc.Revision, error) {
+	stores, err := mvcc.StoreIDs(snap)
+	if err != nil {
+		return 0, err
+	}
+	leases, err := lease.NewImage(snap, stores, into)
+	if err != nil {
+		return 0, err
+	}
+	return mvcc.WriteImage(snap, w, mvcc.Image{Stores: stores, Rev: rev, Attach: leases.Attach, Carried: leases.Carried})
 }

@@ -59,8 +59,7 @@
 //     Cairn with eight ranges (shardRevs numbers its revisions as etcd's,
 //     header revisions masked); TestShardedEtcdctlPrefix compares
 //     get/watch --prefix over four ranges; TestShardedEtcdctlCluster runs
-//     TestEtcdctlCluster's commands against a three-member sharded Cairn
-//     (snapshot save aside: sharded mode refuses it).
+//     TestEtcdctlCluster's commands against a three-member sharded Cairn.
 //
 // Invariant: the two servers see the same requests in the same order, but
 // for resync's padding after a mismatch; the generator reads only etcd's

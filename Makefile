@@ -3,6 +3,8 @@ GO ?= go
 
 .PHONY: run build etcdctl test test-unit test-compat test-bench-smoke test-robustness soak fuzz
 
+# One node on 127.0.0.1:2379, data in ./default.cairn, in sharded mode (the
+# default) with one range; the README says what --single-group changes.
 run:
 	$(GO) run ./cmd/cairn
 

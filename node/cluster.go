@@ -125,35 +125,78 @@ const modeFile = "mode"
 // one it was created in (one created before modes were recorded is not
 // checked).
 func checkMode(dataDir string, sharded bool) error {
-	mode := "single-group"
+	got, ok, err := recordedMode(dataDir)
+	if err != nil || !ok || got == sharded {
+		return err
+	}
+	flag := "--single-group"
+	if got {
+		flag = "--single-group=false"
+	}
+	return fmt.Errorf("node: the data directory %s was created in %s mode; start it so (%s): a store does not change modes", dataDir, modeName(got), flag)
+}
+
+// modeName is a mode as the mode file and the logs name it.
+func modeName(sharded bool) string {
 	if sharded {
-		mode = "sharded"
+		return "sharded"
 	}
+	return "single-group"
+}
+
+// recordedMode reads the mode a data directory was created in (see
+// modeFile); ok is false if it records none: a new directory, a restored
+// backup not started yet, or one created before modes were recorded.
+func recordedMode(dataDir string) (sharded, ok bool, err error) {
 	data, err := os.ReadFile(filepath.Join(dataDir, modeFile))
-	switch {
-	case err == nil:
-		if got := strings.TrimSpace(string(data)); got != mode {
-			flag := "--single-group"
-			if got == "sharded" {
-				flag = "--single-group=false"
-			}
-			return fmt.Errorf("node: the data directory %s was created in %s mode; start it so (%s): a store does not change modes", dataDir, got, flag)
-		}
-		return nil
-	case !errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("node: read the data directory's mode: %w", err)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, false, nil
 	}
-	return nil
+	if err != nil {
+		return false, false, fmt.Errorf("node: read the data directory's mode: %w", err)
+	}
+	switch mode := strings.TrimSpace(string(data)); mode {
+	case modeName(true):
+		return true, true, nil
+	case modeName(false):
+		return false, true, nil
+	default:
+		return false, false, fmt.Errorf("node: the data directory's mode file %s holds %q: want single-group or sharded",
+			filepath.Join(dataDir, modeFile), mode)
+	}
+}
+
+// adoptMode applies Config.AdoptRecordedMode to cfg.Sharded and reports
+// whether it changed it: a data directory that records its mode starts in
+// that mode. One that has started before (it has a member id) but records
+// no mode was created before modes were recorded, when single-group mode
+// was the default: it starts in single-group mode, as it did then.
+// (checkMode does not check such a directory: a mode given explicitly,
+// without AdoptRecordedMode, is taken as it is.)
+func adoptMode(cfg *Config) (changed bool, err error) {
+	if !cfg.AdoptRecordedMode {
+		return false, nil
+	}
+	sharded, ok, err := recordedMode(cfg.DataDir)
+	if err != nil {
+		return false, err
+	}
+	if !ok {
+		_, started, err := readMemberID(cfg.DataDir)
+		if err != nil || !started {
+			return false, err
+		}
+		sharded = false
+	}
+	changed = sharded != cfg.Sharded
+	cfg.Sharded = sharded
+	return changed, nil
 }
 
 // recordMode records the mode of a data directory started for the first
 // time (see checkMode).
 func recordMode(dataDir string, sharded bool) error {
-	mode := "single-group"
-	if sharded {
-		mode = "sharded"
-	}
-	if err := os.WriteFile(filepath.Join(dataDir, modeFile), []byte(mode+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dataDir, modeFile), []byte(modeName(sharded)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("node: record the data directory's mode: %w", err)
 	}
 	return nil

@@ -19,18 +19,22 @@
 //	                        has not been seen promoted (raft restarts it
 //	                        non-voting until then)
 //
-// Today a node runs single-group mode: shard 1 covers the whole key space
-// and assigns revisions at apply time; every member holds a replica. The
-// founding members come from etcd's --initial-cluster (name=peer-url
-// pairs); a member's id derives from its peer URLs and the cluster token, is
-// its raft replica id, and is kept in the data directory, so a restart
-// ignores the --initial-* flags as etcd does. A member that joins an
-// existing cluster (--initial-cluster-state existing, after MemberAdd)
-// starts as a learner. Each member publishes its name and client URLs
-// through raft once it serves; MemberList joins them with raft's
-// membership.
+// A node runs one of two modes, fixed for a data directory at its first
+// start (<data-dir>/mode): started in the other one it is refused, or,
+// with Config.AdoptRecordedMode (cmd/cairn without --single-group), starts
+// in its own. Single-group mode (Config.Sharded false, the zero value;
+// cmd/cairn's --single-group): shard 1 covers the whole key space and
+// assigns revisions at apply time, dense as etcd's; every member holds a
+// replica. The founding members come from etcd's --initial-cluster
+// (name=peer-url pairs); a member's id derives from its peer URLs and the
+// cluster token, is its raft replica id, and is kept in the data
+// directory, so a restart ignores the --initial-* flags as etcd does. A
+// member that joins an existing cluster (--initial-cluster-state existing,
+// after MemberAdd) starts as a learner. Each member publishes its name and
+// client URLs through raft once it serves; MemberList joins them with
+// raft's membership.
 //
-// Sharded mode (Config.Sharded, sharded.go, a preview): the
+// Sharded mode (Config.Sharded, sharded.go; cmd/cairn's default): the
 // NodeHost also runs a replica of the placement group (raft shard 1<<48,
 // the range map and the revision oracle's bound; its Allocator serves
 // revisions while it leads), bootstrapped with Config.InitialSplitKeys by

@@ -117,3 +117,73 @@ func restoredBackup(t *testing.T, ctx context.Context) string {
 	}
 	return restored
 }
+
+// TestAdoptRecordedMode: with AdoptRecordedMode, Sharded chooses the mode
+// of a new data directory only. One created in either mode starts in its
+// own whatever Sharded says, its data kept; one that has started but
+// records no mode (created before modes were recorded) starts in
+// single-group mode, the default then; a restored backup not started yet
+// takes Sharded.
+func TestAdoptRecordedMode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	adopting := func(sharded bool) func(*node.Config) {
+		return func(c *node.Config) { c.Sharded, c.AdoptRecordedMode = sharded, true }
+	}
+	// isSharded tells the mode a node runs: only sharded mode has ranges.
+	isSharded := func(n *node.Node) bool { return len(n.Ranges()) > 0 }
+
+	for _, created := range []bool{false, true} {
+		dir := t.TempDir()
+		n := startNodeWith(t, dir, adopting(created))
+		if isSharded(n) != created {
+			t.Fatalf("a new data directory with Sharded=%v started sharded=%v", created, isSharded(n))
+		}
+		if _, err := newClient(t, n).Put(ctx, "k", "v"); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		n = startNodeWith(t, dir, adopting(!created))
+		if isSharded(n) != created {
+			t.Fatalf("a data directory created with sharded=%v, started again adopting with Sharded=%v: sharded=%v", created, !created, isSharded(n))
+		}
+		got, err := newClient(t, n).Get(ctx, "k")
+		if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "v" {
+			t.Fatalf("sharded=%v: k after the restart: %v, %v", created, got, err)
+		}
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A single-group data directory from before the mode file.
+	dir := t.TempDir()
+	n := startNodeWith(t, dir, nil)
+	if _, err := newClient(t, n).Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "mode")); err != nil {
+		t.Fatal(err)
+	}
+	n = startNodeWith(t, dir, adopting(true))
+	if isSharded(n) {
+		t.Fatal("a data directory from before modes were recorded, adopting with Sharded=true: started sharded")
+	}
+	if got, err := newClient(t, n).Get(ctx, "k"); err != nil || len(got.Kvs) != 1 {
+		t.Fatalf("k in the data directory from before modes were recorded: %v, %v", got, err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restored backup has never started: Sharded chooses.
+	n = startNodeWith(t, restoredBackup(t, ctx), adopting(true))
+	if !isSharded(n) {
+		t.Fatal("a restored backup adopting with Sharded=true: started single-group")
+	}
+}

@@ -102,8 +102,16 @@ type Config struct {
 	// Sharded runs the key space as ranges, each its own raft group, with
 	// a placement group holding the range map and the revision oracle
 	// (DESIGN.md); false is single-group mode, one raft group for every
-	// key, as etcd.
+	// key, as etcd. It is the zero value, so Config{} is single-group.
 	Sharded bool
+	// AdoptRecordedMode makes Sharded the mode of a new data directory
+	// only: one that records its mode (<data-dir>/mode, written at the
+	// first start) starts in that mode, and one from before modes were
+	// recorded in single-group mode, the default then. cmd/cairn sets it
+	// when --single-group is not given, so a data directory keeps starting
+	// without the flag whichever mode it was created in. Without it, a
+	// data directory started in the other mode than its own is refused.
+	AdoptRecordedMode bool
 	// InitialSplitKeys split a new sharded cluster's key space into
 	// ranges: n keys, n+1 ranges. Later starts ignore them.
 	InitialSplitKeys [][]byte
@@ -288,6 +296,11 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 func (n *Node) start(ctx context.Context) error {
+	if changed, err := adoptMode(&n.cfg); err != nil {
+		return err
+	} else if changed {
+		n.log.Info("starting in the mode the data directory was created in", "data-dir", n.cfg.DataDir, "mode", modeName(n.cfg.Sharded))
+	}
 	cfg := n.cfg
 	n.stop = make(chan struct{})
 	quietDragonboat()
@@ -656,7 +669,7 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("node: publishing member attributes: %w", ctx.Err())
 	}
 	n.log.Info("ready to serve client requests", "name", cfg.Name, "client-urls", n.clientURL,
-		"peer-urls", n.peerURLs, "data-dir", cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID))
+		"peer-urls", n.peerURLs, "data-dir", cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID), "mode", modeName(cfg.Sharded))
 	return nil
 }
 

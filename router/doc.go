@@ -1,7 +1,7 @@
 // Package router serves etcd's gRPC services to clients and sends each
 // request to the shard that owns its keys.
 //
-// Today (single-group mode) one shard owns every key: Range and read-only
+// In single-group mode one shard owns every key: Range and read-only
 // Txn are reads (linearizable through ReadIndex unless the request asks to
 // be serializable), Put, DeleteRange, write Txn and Compact are proposals.
 // Watch streams are served from the node's watch.Hub. The Lease service

@@ -168,16 +168,32 @@ type ack struct {
 	rev   int64
 }
 
+// modes are the two modes black-box tests run cairn in: the default
+// (sharded) and single-group, by the flags that ask for them.
+var modes = []struct {
+	name  string
+	flags []string
+}{
+	{"sharded", nil},
+	{"single-group", []string{"--single-group"}},
+}
+
 // TestKill9 kills cairn with SIGKILL under a concurrent write load, twice,
 // and checks after each restart that every acknowledged write is there with
-// its revision, and that the revision never went back.
+// its revision, and that the revision never went back; in both modes.
 func TestKill9(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) { kill9(t, m.flags...) })
+	}
+}
+
+func kill9(t *testing.T, flags ...string) {
 	dir := t.TempDir()
 	cport, pport := testport.Port(t), testport.Port(t)
-	args := []string{"--data-dir", filepath.Join(dir, "data"),
+	args := append([]string{"--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", cport),
 		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", pport),
-		"--heartbeat-interval", "20", "--election-timeout", "200"}
+		"--heartbeat-interval", "20", "--election-timeout", "200"}, flags...)
 	endpoint := fmt.Sprintf("http://127.0.0.1:%d", cport)
 
 	acked := map[string]ack{}

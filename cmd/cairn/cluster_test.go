@@ -22,8 +22,15 @@ import (
 // flags; the etcd client with all three endpoints writes under load; the
 // leader's process is killed with SIGKILL; writes resume on the others;
 // the killed member restarts with the same flags and catches up. Every
-// acknowledged write is then readable, and HashKV is equal on all three.
+// acknowledged write is then readable, and HashKV is equal on all three;
+// in both modes.
 func TestClusterKill9(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) { clusterKill9(t, m.flags...) })
+	}
+}
+
+func clusterKill9(t *testing.T, flags ...string) {
 	dir := t.TempDir()
 	const size = 3
 	var initial, endpoints []string
@@ -39,6 +46,7 @@ func TestClusterKill9(t *testing.T) {
 			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 			"--initial-cluster-state", "new", "--initial-cluster-token", "kill9-test",
 			"--heartbeat-interval", "20", "--election-timeout", "200"}
+		args[i] = append(args[i], flags...)
 	}
 	procs := make([]*proc, size)
 	for i := range size {

@@ -120,7 +120,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.BoolVar(&r.cfg.EnablePprof, "enable-pprof", false, "serve Go's runtime profiles at the client URLs + /debug/pprof/")
 	fs.StringVar(&r.cfg.DebugJournal, "debug-journal", "", "cairn only, a testing aid: append every applied raft entry to this file (the robustness suite checks it as etcd's checks its WAL)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
-	fs.BoolVar(&r.singleGroup, "single-group", true, "cairn only: one raft group holds every key, as etcd; --single-group=false runs the key space as ranges, each its own raft group (sharded mode, a preview: no snapshot backups yet)")
+	fs.BoolVar(&r.singleGroup, "single-group", false, "cairn only: one raft group holds every key, with dense revisions exactly as etcd's; the default is sharded mode: the key space runs as ranges, each its own raft group, with revisions unique and increasing but not dense. A data directory keeps the mode it was created in, which a start without this flag takes")
 	fs.StringVar(&r.splitKeys, "initial-split-keys", "", "cairn only, sharded mode: comma-separated keys splitting a new cluster's key space into ranges; read at the first start only")
 
 	for _, g := range ignoredFlags {
@@ -149,7 +149,9 @@ func parseFlags(args, environ []string) (options, error) {
 		return options{}, err
 	}
 	o := options{cfg: r.cfg, version: r.version, notes: notes}
+	given := map[string]bool{} // by flag name: on the command line or in the environment
 	fs.Visit(func(f *flag.Flag) {
+		given[f.Name] = true
 		v, ok := f.Value.(*ignoredValue)
 		if !ok {
 			return
@@ -161,7 +163,11 @@ func parseFlags(args, environ []string) (options, error) {
 		o.ignored = append(o.ignored, ignoredFlag{name: f.Name, value: redact(f.Name, v.value), source: source, reason: v.reason})
 	})
 
+	// Sharded is the default for a new data directory; one that records
+	// its mode starts in it unless the flag asks for a mode (node then
+	// refuses the other one).
 	o.cfg.Sharded = !r.singleGroup
+	o.cfg.AdoptRecordedMode = !given["single-group"]
 	if r.splitKeys != "" {
 		for _, k := range strings.Split(r.splitKeys, ",") {
 			o.cfg.InitialSplitKeys = append(o.cfg.InitialSplitKeys, []byte(k))

@@ -128,24 +128,35 @@ var effective = []struct {
 	{"initial-split-keys", "b,m", func(c *node.Config) { c.InitialSplitKeys = [][]byte{[]byte("b"), []byte("m")} }},
 }
 
-// TestSingleGroupFlag: single-group mode unless --single-group=false (or
-// ETCD_SINGLE_GROUP=false) asks for sharded mode.
+// noFlags is the config parseFlags gives without flags: node's zero value,
+// so that node applies etcd's defaults, but for the mode: sharded for a new
+// data directory, the recorded one for an existing one.
+var noFlags = node.Config{Sharded: true, AdoptRecordedMode: true}
+
+// TestSingleGroupFlag: sharded mode unless --single-group (or
+// ETCD_SINGLE_GROUP=true) asks for single-group mode; without the flag a
+// data directory's recorded mode is adopted, with it the mode is asked for
+// (node refuses a data directory of the other mode).
 func TestSingleGroupFlag(t *testing.T) {
 	for _, tc := range []struct {
-		args, env []string
-		sharded   bool
+		args, env      []string
+		sharded, adopt bool
 	}{
-		{nil, nil, false},
-		{[]string{"--single-group"}, nil, false},
-		{[]string{"--single-group=false"}, nil, true},
-		{nil, []string{"ETCD_SINGLE_GROUP=false"}, true},
+		{nil, nil, true, true},
+		{nil, []string{"ETCD_SINGLE_GROUP="}, true, true}, // empty: not applied, as etcd
+		{[]string{"--single-group"}, nil, false, false},
+		{[]string{"--single-group=true"}, nil, false, false},
+		{[]string{"--single-group=false"}, nil, true, false},
+		{nil, []string{"ETCD_SINGLE_GROUP=true"}, false, false},
+		{nil, []string{"ETCD_SINGLE_GROUP=false"}, true, false},
 	} {
 		o, err := parseFlags(tc.args, tc.env)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if o.cfg.Sharded != tc.sharded {
-			t.Errorf("%v %v: sharded %v, want %v", tc.args, tc.env, o.cfg.Sharded, tc.sharded)
+		if o.cfg.Sharded != tc.sharded || o.cfg.AdoptRecordedMode != tc.adopt {
+			t.Errorf("%v %v: sharded %v, adopt the recorded mode %v; want %v, %v",
+				tc.args, tc.env, o.cfg.Sharded, o.cfg.AdoptRecordedMode, tc.sharded, tc.adopt)
 		}
 	}
 }
@@ -153,7 +164,7 @@ func TestSingleGroupFlag(t *testing.T) {
 // TestEffectiveFlags: each flag that takes effect lands in node.Config,
 // from the command line and from its ETCD_ variable alike.
 func TestEffectiveFlags(t *testing.T) {
-	var want node.Config
+	want := noFlags
 	var args, env []string
 	for _, f := range effective {
 		f.apply(&want)
@@ -185,7 +196,7 @@ func TestEffectiveFlags(t *testing.T) {
 	}
 	// Each flag on its own changes exactly its own field.
 	for _, f := range effective {
-		var w node.Config
+		w := noFlags
 		f.apply(&w)
 		o, err := parseFlags([]string{"--" + f.name + "=" + f.value}, nil)
 		if err != nil {
@@ -197,14 +208,14 @@ func TestEffectiveFlags(t *testing.T) {
 	}
 }
 
-// TestNoFlagsLeaveNodeDefaults: without flags the config is zero, so that
-// node applies etcd's defaults.
+// TestNoFlagsLeaveNodeDefaults: without flags the config is zero but for
+// the mode (noFlags), so that node applies etcd's defaults.
 func TestNoFlagsLeaveNodeDefaults(t *testing.T) {
 	o, err := parseFlags(nil, []string{"PATH=/bin", "HOME=/root"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(o.cfg, node.Config{}) || o.logLevel != slog.LevelInfo || o.version || len(o.ignored)+len(o.notes) != 0 {
+	if !reflect.DeepEqual(o.cfg, noFlags) || o.logLevel != slog.LevelInfo || o.version || len(o.ignored)+len(o.notes) != 0 {
 		t.Fatalf("no flags gave %+v", o)
 	}
 }

@@ -3,9 +3,9 @@
 //
 // # Model
 //
-// A scenario starts a Cairn cluster of real `cairn` processes (1 or 3
-// members, each behind a TCP proxy on its peer port so that it can be cut
-// off), drives it with etcd's traffic generators (the etcd-style mix of
+// A scenario starts a Cairn cluster of real `cairn` processes in
+// single-group mode (1 or 3 members, each behind a TCP proxy on its peer
+// port so that it can be cut off), drives it with etcd's traffic generators (the etcd-style mix of
 // gets, lists, stale reads, puts, deletes, multi-op txns, compare-and-set,
 // leases and compactions, or the Kubernetes-style mix of optimistic
 // updates, creates, deletes and list-then-watch) through etcd's recording

@@ -34,7 +34,7 @@ import (
 // returns the two ranges the split made.
 func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
 	if n.merger == nil {
-		return nil, status.Error(codes.FailedPrecondition, "cairn: splitting needs sharded mode (--single-group=false)")
+		return nil, status.Error(codes.FailedPrecondition, "cairn: splitting needs sharded mode (this cluster runs with --single-group)")
 	}
 	if len(key) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "cairn: the split key is empty")

@@ -207,3 +207,18 @@ func StoreIDs(r pebble.Reader) ([]uint64, error) {
 	}
 	return ids, it.Close()
 }
+
+// StoredSpan returns the span store id records in db (a split changed it),
+// and false if it records none (its span is the one it was opened with).
+func StoredSpan(db pebble.Reader, id uint64) (Span, bool, error) {
+	v, closer, err := db.Get(metaKey(id, metaSpan))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return Span{}, false, nil
+	}
+	if err != nil {
+		return Span{}, false, fmt.Errorf("mvcc: read the span record of store %d: %w", id, err)
+	}
+	defer closer.Close()
+	sp, err := decodeSpan(v)
+	return sp, err == nil, err
+}

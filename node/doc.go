@@ -68,7 +68,10 @@
 // (watch.Merger.Split) and starts the new range with the founders the
 // split names (the map's replicas), which registers its leases' keys at
 // their home. A split cut short by a crash is finished at the next start
-// (localRanges, finishSplits).
+// (localRanges, finishSplits); a member that was away while a range split,
+// and catches up on it from a snapshot taken after the split, joins the
+// new range as a replica to be sent a snapshot (joinLateSplit: its other
+// replicas compact their logs first, as for a member added).
 //
 // Membership in sharded mode (membership.go): a member added joins the
 // placement group and every range, each sent to it as a snapshot (every

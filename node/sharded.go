@@ -286,7 +286,7 @@ func (n *Node) proposePlacement(ctx context.Context, cmd []byte) (*placementpb.R
 // its client, watch hub and catch-up pump (see startRangeInto for founders).
 func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) (*rangeReplica, error) {
 	rr := newRangeReplica(n, d, 0)
-	return rr, n.startRangeInto(rr, shardCfg, raftCfg, founders)
+	return rr, n.startRangeInto(rr, shardCfg, raftCfg, founders, false)
 }
 
 // foundersOf are the nodes that started range d's raft group (maps written
@@ -313,8 +313,9 @@ func newRangeReplica(n *Node, d *placementpb.RangeDescriptor, rev mvcc.Revision)
 // its catch-up pump, and marks it ready. With founders, a node among the
 // range's founders starts it with them (raft takes them again on a
 // restart); any other node joins it (or restarts what it joined), to be
-// added by a membership change and sent a snapshot.
-func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) error {
+// added by a membership change and sent a snapshot. With join, this node
+// joins it whatever it is (joinLateSplit).
+func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg dbconfig.Config, founders, join bool) error {
 	d := rr.desc()
 	shardCfg.Span = spanOf(d)
 	notify := notifier(rr.hub)
@@ -328,8 +329,7 @@ func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg d
 	shardCfg.OnPeers, shardCfg.OnHold = nil, nil
 	factory := shard.Factory(shardCfg)
 	var members map[uint64]dragonboat.Target
-	join := false
-	if founders {
+	if founders && !join {
 		if slices.Contains(foundersOf(d), n.memberID) {
 			members = map[uint64]dragonboat.Target{}
 			for _, id := range foundersOf(d) {

@@ -8,11 +8,13 @@ import (
 	"slices"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
@@ -118,7 +120,7 @@ func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev m
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if err := n.startRangeInto(rr, n.shardCfg, n.raftCfg, true); err != nil {
+		if err := n.startRangeInto(rr, n.shardCfg, n.raftCfg, true, false); err != nil {
 			n.log.Error("start a split's new range", "range", child, "error", err)
 			return
 		}
@@ -211,7 +213,9 @@ func (n *Node) localRanges(ranges []*placementpb.RangeDescriptor, founding bool)
 // of, in key order, each to the range holding its key here, and waits until
 // the new range runs here. A split that meanwhile applied (proposed before
 // the stop, applied after) makes the range refuse the second proposal,
-// which is fine.
+// which is fine. A split that applied on the other members while this one
+// was away, and reached it only as a snapshot of the range taken after it
+// (the range here no longer holds the key), is joined (joinLateSplit).
 func (n *Node) finishSplits(pending []*placementpb.RangeDescriptor) {
 	defer n.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -239,7 +243,13 @@ func (n *Node) finishSplits(pending []*placementpb.RangeDescriptor) {
 			if done {
 				break
 			}
-			if holder != nil {
+			if holder != nil && n.splitElsewhere(holder, d) {
+				if err := n.joinLateSplit(ctx, holder, d); err != nil {
+					n.log.Warn("join a range split off while this member was away", "range", d.Id, "error", err)
+				} else {
+					continue
+				}
+			} else if holder != nil {
 				wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 				_, err := holder.client.Write(wctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{
 					Key: d.Start, Child: d.Id, Founders: d.Founders}}})
@@ -255,4 +265,70 @@ func (n *Node) finishSplits(pending []*placementpb.RangeDescriptor) {
 			}
 		}
 	}
+}
+
+// splitElsewhere reports whether holder's replica here no longer holds
+// d's start key in its store: a snapshot taken after d split off it
+// replaced what it had, so the split will never apply here.
+func (n *Node) splitElsewhere(holder *rangeReplica, d *placementpb.RangeDescriptor) bool {
+	sp, ok, err := mvcc.StoredSpan(n.db, holder.desc().Id)
+	return err == nil && ok && !sp.Contains(d.Start)
+}
+
+// joinLateSplit starts this member's replica of range d, split off holder
+// while this member was away (splitElsewhere). The member is among d's
+// founders, but d's data came to the others from the split, not from d's
+// raft log, so replaying that log here would miss it: every other replica
+// of d compacts its log (after one empty entry, so each has something to
+// snapshot) and this member joins d, to be sent a snapshot.
+func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *placementpb.RangeDescriptor) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	empty, _ := proto.Marshal(&pb.LeaseCheckpointRequest{})
+	req := &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}}
+	var others []internalpb.NodeClient
+	for _, m := range d.Replicas {
+		if m == n.memberID {
+			continue
+		}
+		nc, err := n.nodeClient(m)
+		if err != nil {
+			return err
+		}
+		others = append(others, nc)
+	}
+	written := false
+	for _, nc := range others { // the one leading d takes it
+		if _, err := nc.Write(ctx, &internalpb.WriteRequest{Range: d.Id, Request: req}); err == nil {
+			written = true
+			break
+		}
+	}
+	if !written {
+		return fmt.Errorf("no replica of range %d took a write", d.Id)
+	}
+	for _, nc := range others {
+		if _, err := nc.CompactLog(ctx, &internalpb.CompactLogRequest{Range: d.Id}); err != nil {
+			return fromRemote(err)
+		}
+	}
+	pd := proto.Clone(holder.desc()).(*placementpb.RangeDescriptor)
+	pd.End = slices.Clone(d.Start)
+	pd.Generation++
+	rr := newRangeReplica(n, proto.Clone(d).(*placementpb.RangeDescriptor), holder.hub.Rev())
+	n.rangeSet.mu.Lock()
+	holder.d.Store(pd)
+	i := slices.Index(n.rangeSet.ranges, holder)
+	n.rangeSet.ranges = slices.Insert(n.rangeSet.ranges, i+1, rr)
+	n.rangeSet.mu.Unlock()
+	if n.merger != nil {
+		n.merger.Split(holder.hub, d.Start, watch.Part{Hub: rr.hub, Kick: rr.wantClosed})
+	}
+	if err := n.startRangeInto(rr, n.shardCfg, n.raftCfg, false, true); err != nil {
+		return fmt.Errorf("start range %d: %w", d.Id, err)
+	}
+	n.log.Info("joined a range split off while this member was away", "range", d.Id, "parent", holder.desc().Id, "key", string(d.Start))
+	n.wg.Add(1)
+	go n.closer(rr)
+	return nil
 }

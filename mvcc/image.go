@@ -130,16 +130,7 @@ func WriteImage(r pebble.Reader, w io.Writer, img Image) (Revision, error) {
 			return 0, err
 		}
 	}
-	sw.write([]byte{0})
-	var sum [4]byte
-	binary.BigEndian.PutUint32(sum[:], sw.crc.Sum32())
-	if sw.err == nil {
-		_, sw.err = sw.w.Write(sum[:])
-	}
-	if sw.err == nil {
-		sw.err = sw.w.Flush()
-	}
-	return rev, sw.err
+	return rev, sw.finish()
 }
 
 func readMetaInt(r pebble.Reader, key []byte, def int64) (int64, error) {

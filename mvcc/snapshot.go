@@ -128,6 +128,11 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 			return sw.n, err
 		}
 	}
+	return sw.n, sw.finish()
+}
+
+// finish ends the stream: the end frame, the checksum, and a flush.
+func (sw *snapWriter) finish() error {
 	sw.write([]byte{0})
 	var sum [4]byte
 	binary.BigEndian.PutUint32(sum[:], sw.crc.Sum32())
@@ -138,7 +143,7 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	if sw.err == nil {
 		sw.err = sw.w.Flush()
 	}
-	return sw.n, sw.err
+	return sw.err
 }
 
 func (sn *Snapshot) each(lo, hi []byte, fn func(k, v []byte) error) error {

@@ -180,9 +180,9 @@ func TestPartition(t *testing.T) {
 	if r, err := pb.NewClusterClient(lc.ActiveConnection()).MemberList(ctx, &pb.MemberListRequest{}); err != nil || len(r.Members) != 3 {
 		t.Fatalf("minority member list (not linearizable): %v %v", r, err)
 	}
-	mctx, mcancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = pb.NewClusterClient(lc.ActiveConnection()).MemberList(mctx, &pb.MemberListRequest{Linearizable: true})
-	mcancel()
+	// As the read above, it gives up by itself (a CI run on 2 busy cores
+	// took over 10 s to, so the test's deadline is not the call's).
+	_, err = pb.NewClusterClient(lc.ActiveConnection()).MemberList(ctx, &pb.MemberListRequest{Linearizable: true})
 	if !etcdUnavailable(err) {
 		t.Fatalf("minority member list (linearizable): %v, want etcd's timeout or no-leader error", err)
 	}

@@ -65,6 +65,16 @@ func newClient(tb testing.TB, n *node.Node) *clientv3.Client {
 	return c
 }
 
+// newClients returns a client of each node, in order.
+func newClients(tb testing.TB, nodes []*node.Node) []*clientv3.Client {
+	tb.Helper()
+	clis := make([]*clientv3.Client, len(nodes))
+	for i, n := range nodes {
+		clis[i] = newClient(tb, n)
+	}
+	return clis
+}
+
 // sameStatus reports whether err carries exactly want's gRPC code and message.
 func sameStatus(err, want error) bool {
 	g, w := status.Convert(err), status.Convert(want)

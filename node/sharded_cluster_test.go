@@ -36,10 +36,7 @@ func TestShardedCluster(t *testing.T) {
 	nodes := startShardedCluster(t, 3, "c", "h", "p")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	clis := make([]*clientv3.Client, len(nodes))
-	for i, n := range nodes {
-		clis[i] = newClient(t, n)
-	}
+	clis := newClients(t, nodes)
 	watches := make([]clientv3.WatchChan, len(clis))
 	for i, cli := range clis {
 		watches[i] = cli.Watch(ctx, "", clientv3.WithPrefix())
@@ -316,10 +313,7 @@ func TestShardedHashKV(t *testing.T) {
 	nodes := startShardedCluster(t, 3, "c", "h", "p")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	clis := make([]*clientv3.Client, len(nodes))
-	for i, n := range nodes {
-		clis[i] = newClient(t, n)
-	}
+	clis := newClients(t, nodes)
 	var revs []int64
 	for i, k := range []string{"a", "d", "i", "q", "a", "z"} {
 		resp, err := clis[i%3].Put(ctx, k, fmt.Sprint(i))

@@ -38,10 +38,7 @@ func TestShardedSplitUnderLoad(t *testing.T) {
 func splitUnderLoad(t *testing.T, nodes []*node.Node) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	clis := make([]*clientv3.Client, len(nodes))
-	for i, n := range nodes {
-		clis[i] = newClient(t, n)
-	}
+	clis := newClients(t, nodes)
 	gr, err := clis[0].Grant(ctx, 5)
 	if err != nil {
 		t.Fatal(err)

@@ -10,13 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 )
 
@@ -94,8 +94,10 @@ func (n *Node) shardedBackup(ctx context.Context, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := n.waitAllApplied(ctx, rev); err != nil {
-			return err
+		for _, p := range n.All() {
+			if err := router.WaitApplied(ctx, p, rev); err != nil {
+				return err
+			}
 		}
 		snap := n.db.NewSnapshot()
 		if !slices.Equal(before, rangeIDs(n.rangeSet.routing())) {
@@ -116,32 +118,6 @@ func (n *Node) shardedBackup(ctx context.Context, w io.Writer) error {
 }
 
 var errRangesChanged = errors.New("ranges split while the snapshot was taken")
-
-// waitAllApplied waits until this node's replica of every range has
-// applied every write up to rev (its watch hub has reached rev), asking
-// each range to close rev soon.
-func (n *Node) waitAllApplied(ctx context.Context, rev mvcc.Revision) error {
-	for _, rr := range n.rangeSet.routing() {
-		select {
-		case <-rr.ready:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		ch := make(chan struct{}, 1)
-		rr.hub.WaitRev(rev, ch)
-		for done := false; !done; {
-			rr.wantClosed(rev)
-			select {
-			case <-ch:
-				done = true
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(closedEvery):
-			}
-		}
-	}
-	return nil
-}
 
 func rangeIDs(rs []*rangeReplica) []uint64 {
 	ids := make([]uint64, len(rs))

@@ -90,29 +90,18 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 // included. It takes the new range into the range set and the watches,
 // and starts its replica.
 func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
-	pd := proto.Clone(parent.desc()).(*placementpb.RangeDescriptor)
+	pd := parent.desc()
 	if len(founders) == 0 {
 		founders = pd.Replicas
 	}
 	cd := &placementpb.RangeDescriptor{Id: child, Start: slices.Clone(span.Start), End: slices.Clone(span.End),
 		Generation: pd.Generation + 1, Replicas: slices.Clone(founders), Parent: pd.Id, Founders: slices.Clone(founders)}
-	pd.End = slices.Clone(span.Start)
-	pd.Generation++
-	rr := newRangeReplica(n, cd, rev)
-	n.rangeSet.mu.Lock()
-	parent.d.Store(pd)
-	if slices.ContainsFunc(n.rangeSet.ranges, func(r *rangeReplica) bool { return r.desc().Id == child }) {
+	rr := n.addSplitRange(parent, cd, rev)
+	if rr == nil {
 		// Started already from the range map (a member added while the
 		// split was under way joins the new range, and gets it as a
 		// snapshot).
-		n.rangeSet.mu.Unlock()
 		return
-	}
-	i := slices.Index(n.rangeSet.ranges, parent)
-	n.rangeSet.ranges = slices.Insert(n.rangeSet.ranges, i+1, rr)
-	n.rangeSet.mu.Unlock()
-	if n.merger != nil {
-		n.merger.Split(parent.hub, span.Start, watch.Part{Hub: rr.hub, Kick: rr.wantClosed})
 	}
 	if splitNoStart != nil && splitNoStart() {
 		return
@@ -128,6 +117,30 @@ func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev m
 		go n.closer(rr)
 		go n.registerShadows(rr)
 	}()
+}
+
+// addSplitRange records here that range cd split off parent: parent's
+// descriptor ends where cd starts, and cd's replica (not started, its hub
+// at rev) follows it in the range set, parent's watchers of its keys moved
+// to it. It returns nil if cd is in the range set already.
+func (n *Node) addSplitRange(parent *rangeReplica, cd *placementpb.RangeDescriptor, rev mvcc.Revision) *rangeReplica {
+	pd := proto.Clone(parent.desc()).(*placementpb.RangeDescriptor)
+	pd.End = slices.Clone(cd.Start)
+	pd.Generation++
+	rr := newRangeReplica(n, cd, rev)
+	n.rangeSet.mu.Lock()
+	parent.d.Store(pd)
+	if slices.ContainsFunc(n.rangeSet.ranges, func(r *rangeReplica) bool { return r.desc().Id == cd.Id }) {
+		n.rangeSet.mu.Unlock()
+		return nil
+	}
+	i := slices.Index(n.rangeSet.ranges, parent)
+	n.rangeSet.ranges = slices.Insert(n.rangeSet.ranges, i+1, rr)
+	n.rangeSet.mu.Unlock()
+	if n.merger != nil {
+		n.merger.Split(parent.hub, cd.Start, watch.Part{Hub: rr.hub, Kick: rr.wantClosed})
+	}
+	return rr
 }
 
 // registerShadows registers a split's new range at the home of every lease
@@ -312,17 +325,9 @@ func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *place
 			return fromRemote(err)
 		}
 	}
-	pd := proto.Clone(holder.desc()).(*placementpb.RangeDescriptor)
-	pd.End = slices.Clone(d.Start)
-	pd.Generation++
-	rr := newRangeReplica(n, proto.Clone(d).(*placementpb.RangeDescriptor), holder.hub.Rev())
-	n.rangeSet.mu.Lock()
-	holder.d.Store(pd)
-	i := slices.Index(n.rangeSet.ranges, holder)
-	n.rangeSet.ranges = slices.Insert(n.rangeSet.ranges, i+1, rr)
-	n.rangeSet.mu.Unlock()
-	if n.merger != nil {
-		n.merger.Split(holder.hub, d.Start, watch.Part{Hub: rr.hub, Kick: rr.wantClosed})
+	rr := n.addSplitRange(holder, proto.Clone(d).(*placementpb.RangeDescriptor), holder.hub.Rev())
+	if rr == nil {
+		return nil // in the range set already
 	}
 	if err := n.startRangeInto(rr, n.shardCfg, n.raftCfg, false, true); err != nil {
 		return fmt.Errorf("start range %d: %w", d.Id, err)

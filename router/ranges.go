@@ -254,7 +254,7 @@ func (s *Server) hashAll(ctx context.Context, rev mvcc.Revision) (*pb.HashKVResp
 	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
 	compact := mvcc.Revision(-1)
 	for _, p := range s.cfg.Ranges.All() {
-		if err := waitApplied(ctx, p, rev); err != nil {
+		if err := WaitApplied(ctx, p, rev); err != nil {
 			return nil, toGRPC(err)
 		}
 		// A read index: what the range acknowledged before (a compaction
@@ -284,10 +284,10 @@ func (s *Server) hashAll(ctx context.Context, rev mvcc.Revision) (*pb.HashKVResp
 	return resp, nil
 }
 
-// waitApplied waits until this member's replica of p has applied every
+// WaitApplied waits until this member's replica of p has applied every
 // write up to rev (its watch hub has reached rev), asking the range to
 // close rev soon.
-func waitApplied(ctx context.Context, p RangePart, rev mvcc.Revision) error {
+func WaitApplied(ctx context.Context, p RangePart, rev mvcc.Revision) error {
 	ch := make(chan struct{}, 1)
 	p.Watches.WaitRev(rev, ch)
 	for {

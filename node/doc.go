@@ -67,11 +67,15 @@
 // one revision (the data stays in place), moves its watchers there
 // (watch.Merger.Split) and starts the new range with the founders the
 // split names (the map's replicas), which registers its leases' keys at
-// their home. A split cut short by a crash is finished at the next start
-// (localRanges, finishSplits); a member that was away while a range split,
-// and catches up on it from a snapshot taken after the split, joins the
-// new range as a replica to be sent a snapshot (joinLateSplit: its other
-// replicas compact their logs first, as for a member added).
+// their home. SplitRange proposes again while the range elects a leader,
+// and finishes a split an earlier call recorded in the map but was cut
+// short of. A split cut short by a crash is finished at the next start
+// (localRanges, finishSplits); a member that was away while a range split
+// (down, or cut off) and catches up on it from a snapshot taken after the
+// split — at its next start, or as a range here is restored from a
+// snapshot (followSplits) — joins the new range as a replica to be sent a
+// snapshot (joinLateSplit: its other replicas compact their logs first, as
+// for a member added).
 //
 // Membership in sharded mode (membership.go): a member added joins the
 // placement group and every range, each sent to it as a snapshot (every

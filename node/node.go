@@ -225,6 +225,9 @@ type Node struct {
 	oracle   oracle
 	rangeSet rangeSet
 	stop     chan struct{} // closed by Close: stops the watch pump
+	// missed is signalled when a range here was restored from a snapshot:
+	// it may have missed splits (see followSplits).
+	missed chan struct{}
 	grpc     *grpc.Server
 	http     *http.Server
 	nhConfig dbconfig.NodeHostConfig
@@ -303,6 +306,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	cfg := n.cfg
 	n.stop = make(chan struct{})
+	n.missed = make(chan struct{}, 1)
 	quietDragonboat()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("node: create data dir: %w", err)
@@ -477,6 +481,11 @@ func (n *Node) start(ctx context.Context) error {
 		}
 	}, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
 		n.onSplit(n.rangeSet.first.Load(), child, span, rev, founders)
+	}, OnRecover: func() {
+		select {
+		case n.missed <- struct{}{}:
+		default:
+		}
 	}, OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
 			r.Hold(target, until, max)
@@ -589,13 +598,10 @@ func (n *Node) start(ctx context.Context) error {
 			n.wg.Add(1)
 			go n.closer(rr)
 		}
-		n.wg.Add(2)
+		n.wg.Add(3)
 		go n.mergedProgress()
 		go n.revokeRemotes()
-		if len(unsplit) > 0 {
-			n.wg.Add(1)
-			go n.finishSplits(unsplit)
-		}
+		go n.followSplits(unsplit)
 	}
 	n.wg.Add(2)
 	go n.pump(n.hub, &n.sm)

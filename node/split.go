@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -59,6 +60,14 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		Range: d.Id, Generation: d.Generation, Key: key}}})
 	res, err := n.proposePlacement(ctx, cmd)
 	if err != nil {
+		// The map may hold this very split already: an earlier call cut
+		// short before the range applied it, or a first try of this
+		// proposal that committed but answered too late. Finish it.
+		if made := n.recordedSplit(ctx, d, key); made != nil {
+			res, err = &placementpb.Result{Ranges: made}, nil
+		}
+	}
+	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "cairn: split range %d at %q: %v", d.Id, key, err)
 	}
 	if len(res.Ranges) != 2 {
@@ -68,9 +77,24 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	if splitCutShort != nil && splitCutShort() {
 		return res.Ranges, nil
 	}
-	if _, err := parent.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{
-		Key: key, Child: child, Founders: res.Ranges[1].Founders}}}); err != nil {
-		return nil, err
+	req := &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{
+		Key: key, Child: child, Founders: res.Ranges[1].Founders}}}
+	for {
+		// While the range elects a leader (one of its members is down,
+		// say) the proposal times out; proposed again after one that did
+		// apply, the range refuses it as outside its span.
+		_, err := parent.client.Write(ctx, req)
+		if err == nil || errors.Is(err, mvcc.ErrOutsideSpan) {
+			break
+		}
+		if !errors.Is(err, shard.ErrTimeout) && !errors.Is(err, shard.ErrNoLeader) && !errors.Is(err, shard.ErrBusy) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(forwardRetry):
+		}
 	}
 	if splitNoStart != nil && splitNoStart() {
 		return res.Ranges, nil
@@ -83,6 +107,28 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		}
 	}
 	return res.Ranges, nil
+}
+
+// recordedSplit returns the two ranges of a split of d at key if the range
+// map holds it, d's generation being the one before it, or nil.
+func (n *Node) recordedSplit(ctx context.Context, d *placementpb.RangeDescriptor, key []byte) []*placementpb.RangeDescriptor {
+	st, err := n.placementState(ctx)
+	if err != nil {
+		return nil
+	}
+	var left, right *placementpb.RangeDescriptor
+	for _, r := range st.Ranges {
+		switch {
+		case r.Id == d.Id && r.Generation == d.Generation+1 && bytes.Equal(r.End, key):
+			left = r
+		case r.Parent == d.Id && r.Generation == d.Generation+1 && bytes.Equal(r.Start, key):
+			right = r
+		}
+	}
+	if left == nil || right == nil {
+		return nil
+	}
+	return []*placementpb.RangeDescriptor{left, right}
 }
 
 // onSplit runs on the apply goroutine of parent's replica as a split
@@ -222,14 +268,12 @@ func (n *Node) localRanges(ranges []*placementpb.RangeDescriptor, founding bool)
 	return local, pending, nil
 }
 
-// finishSplits proposes the splits localRanges found the range map ahead
-// of, in key order, each to the range holding its key here, and waits until
-// the new range runs here. A split that meanwhile applied (proposed before
-// the stop, applied after) makes the range refuse the second proposal,
-// which is fine. A split that applied on the other members while this one
-// was away, and reached it only as a snapshot of the range taken after it
-// (the range here no longer holds the key), is joined (joinLateSplit).
-func (n *Node) finishSplits(pending []*placementpb.RangeDescriptor) {
+// followSplits finishes the splits localRanges found the range map ahead
+// of (unsplit), then, each time a range here is restored from a snapshot,
+// those the range map holds and this node does not run: a member cut off
+// while a range split, and sent a snapshot of the range taken after the
+// split, never applies the split itself.
+func (n *Node) followSplits(unsplit []*placementpb.RangeDescriptor) {
 	defer n.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -240,8 +284,45 @@ func (n *Node) finishSplits(pending []*placementpb.RangeDescriptor) {
 		case <-ctx.Done():
 		}
 	}()
+	n.finishSplits(ctx, unsplit)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.missed:
+		}
+		st, err := n.placementState(ctx)
+		if err != nil {
+			continue
+		}
+		var missed []*placementpb.RangeDescriptor
+		local := n.rangeSet.routing()
+		for _, d := range st.Ranges {
+			if d.Parent != 0 && slices.Contains(foundersOf(d), n.memberID) && slices.Contains(d.Replicas, n.memberID) &&
+				!slices.ContainsFunc(local, func(rr *rangeReplica) bool { return rr.desc().Id == d.Id }) {
+				missed = append(missed, d)
+			}
+		}
+		n.finishSplits(ctx, missed)
+	}
+}
+
+// finishSplits makes pending, ranges of the range map split off a range
+// here, run here, in the order they were made (range ids ascend with it),
+// each waited for before the next. A split that has not applied here is
+// proposed to the range holding its key here again; one that meanwhile
+// applied (proposed before a stop, applied after) makes the range refuse
+// the second proposal, which is fine. A split that applied on the other
+// members while this one was away, and reached it only as a snapshot of
+// the range taken after it (the range here no longer holds the key), is
+// joined (joinLateSplit).
+func (n *Node) finishSplits(ctx context.Context, pending []*placementpb.RangeDescriptor) {
+	slices.SortFunc(pending, func(a, b *placementpb.RangeDescriptor) int { return cmp.Compare(a.Id, b.Id) })
 	for _, d := range pending {
 		for {
+			// The holder is the range before d's start: a range joined
+			// late may end short of where its parent did (it split again
+			// meanwhile), and what follows it joins next.
 			var holder *rangeReplica
 			done := false
 			for _, rr := range n.rangeSet.routing() {
@@ -249,7 +330,7 @@ func (n *Node) finishSplits(pending []*placementpb.RangeDescriptor) {
 				switch {
 				case rd.Id == d.Id:
 					done = true
-				case bytes.Compare(d.Start, rd.Start) > 0 && (len(rd.End) == 0 || bytes.Compare(d.Start, rd.End) < 0):
+				case bytes.Compare(rd.Start, d.Start) < 0:
 					holder = rr
 				}
 			}

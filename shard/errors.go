@@ -18,6 +18,18 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Message }
 
+// Is matches the mvcc and lease sentinels of e's code, so a refusal that
+// came back from the state machine (or from another node) still answers
+// errors.Is(err, mvcc.ErrOutsideSpan) and the like.
+func (e *Error) Is(target error) bool {
+	for _, c := range codes {
+		if c.code == e.Code && c.err == target {
+			return true
+		}
+	}
+	return false
+}
+
 // codes maps mvcc's and lease's sentinels to wire codes. Order does not matter: each
 // mvcc error matches at most one sentinel.
 var codes = []struct {

@@ -55,6 +55,11 @@ type Config struct {
 	// the split: the child holds the keys of span, their history included,
 	// up to it.
 	OnSplit func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64)
+	// OnRecover, if set, is called after the store was replaced by a
+	// snapshot, on dragonboat's goroutine: it must not block. A split the
+	// replica missed (it was cut off) shows only so: the snapshot's store
+	// no longer holds the keys the split handed on.
+	OnRecover func()
 	// Journal, if set, receives a record of every applied entry (see
 	// journal.go): a testing aid for history checkers.
 	Journal io.Writer
@@ -680,7 +685,13 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	if err := s.loadClosed(s.store); err != nil {
 		return err
 	}
-	return s.reportPeers(s.store)
+	if err := s.reportPeers(s.store); err != nil {
+		return err
+	}
+	if s.cfg.OnRecover != nil {
+		s.cfg.OnRecover()
+	}
+	return nil
 }
 
 // closedKey names the internal record of the closed revision.

@@ -350,3 +350,24 @@ func TestTermFence(t *testing.T) {
 		t.Fatalf("fence after reopen %+v, want 6", v)
 	}
 }
+
+// TestSplitProposedTwice: a split proposed again after it applied (its
+// first answer lost to a timeout) is refused as outside the span, and the
+// refusal, as it comes back from the state machine, matches the mvcc
+// sentinel.
+func TestSplitProposedTwice(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	s, _ := openSM(t, db, 1, mvcc.Span{})
+	split := &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: []byte("m"), Child: 2}}}
+	if r := apply(t, s, 1, split); !r[0].GetSplit() {
+		t.Fatalf("split refused: %v", r[0])
+	}
+	r := apply(t, s, 2, split)
+	e := r[0].GetError()
+	if e == nil {
+		t.Fatalf("second split applied: %v", r[0])
+	}
+	if err := error(fromProto(e)); !errors.Is(err, mvcc.ErrOutsideSpan) || errors.Is(err, mvcc.ErrCompacted) {
+		t.Fatalf("second split refused with %v (code %v), want a match of ErrOutsideSpan only", err, e.Code)
+	}
+}

@@ -227,7 +227,7 @@ type Node struct {
 	stop     chan struct{} // closed by Close: stops the watch pump
 	// missed is signalled when a range here was restored from a snapshot:
 	// it may have missed splits (see followSplits).
-	missed chan struct{}
+	missed   chan struct{}
 	grpc     *grpc.Server
 	http     *http.Server
 	nhConfig dbconfig.NodeHostConfig

@@ -20,8 +20,8 @@ table{border-collapse:collapse;margin-top:1.5em}td,th{border:1px solid #ccc;padd
 <h1>Range map</h1>
 <p>{{len .}} ranges, as this member sees them; width: share of the keys, colour: leader.</p>
 <div class="bar">{{range .}}<div class="r" style="flex:{{.Weight}};background:{{.Colour}}" title="range {{.ID}} [{{.Start}}, {{.End}})">{{.ID}}</div>{{end}}</div>
-<table><tr><th>range</th><th>start</th><th>end</th><th>gen</th><th>leader</th><th>keys</th><th>revision</th><th>closed</th><th>writes</th></tr>
-{{range .}}<tr><td>{{.ID}}</td><td>{{.Start}}</td><td>{{.End}}</td><td>{{.Generation}}</td><td style="color:{{.Colour}}">{{.Leader}}</td><td>{{.Keys}}</td><td>{{.Revision}}</td><td>{{.Closed}}</td><td>{{.Writes}}</td></tr>
+<table><tr><th>range</th><th>start</th><th>end</th><th>gen</th><th>leader</th><th>keys</th><th>revision</th><th>closed</th><th>writes</th><th>watchers</th></tr>
+{{range .}}<tr><td>{{.ID}}</td><td>{{.Start}}</td><td>{{.End}}</td><td>{{.Generation}}</td><td style="color:{{.Colour}}">{{.Leader}}</td><td>{{.Keys}}</td><td>{{.Revision}}</td><td>{{.Closed}}</td><td>{{.Writes}}</td><td>{{.Watchers}}</td></tr>
 {{end}}</table></body></html>
 `))
 

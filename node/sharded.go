@@ -612,6 +612,9 @@ type RangeInfo struct {
 	Closed     int64    `json:"closed"`
 	Writes     uint64   `json:"writes"` // writes proposed through this node since it started
 	Keys       int64    `json:"keys"`   // live keys, as this node's replica has them
+	// Watchers are the watchers this node's clients have on the range
+	// (identical watches share one: watch.Merger coalesces them).
+	Watchers int `json:"watchers"`
 }
 
 // Ranges returns this node's view of the range map (nil in single-group
@@ -634,7 +637,7 @@ func (n *Node) Ranges() []RangeInfo {
 		}
 		ri := RangeInfo{ID: rr.desc().Id, Start: string(rr.desc().Start), End: string(rr.desc().End),
 			Generation: rr.desc().Generation, Replicas: replicas, Closed: int64(rr.replica.Closed()),
-			Writes: rr.replica.Proposed()}
+			Writes: rr.replica.Proposed(), Watchers: rr.hub.Watchers()}
 		if leader, _, ok := rr.replica.Leader(); ok {
 			ri.Leader = leader
 		}

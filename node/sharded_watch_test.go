@@ -160,3 +160,68 @@ func TestShardedWatch(t *testing.T) {
 		}
 	}
 }
+
+// TestShardedWatchCoalesced: the same watch from many clients of a sharded
+// node holds one watcher in each range it spans, and every client gets
+// every event; a different watch (prev_kv) has its own; when the clients
+// go, so do the watchers.
+func TestShardedWatchCoalesced(t *testing.T) {
+	n := startSharded(t, t.TempDir(), "k2", "k5", "k8")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	watchers := func() string {
+		var out []int
+		for _, r := range n.Ranges() {
+			out = append(out, r.Watchers)
+		}
+		return fmt.Sprint(out)
+	}
+	wait := func(what, want string) {
+		t.Helper()
+		for got := watchers(); got != want; got = watchers() {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("watchers per range %s, want %s: %s", got, want, what)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	wctx, stop := context.WithCancel(ctx)
+	var chans []clientv3.WatchChan
+	for range 6 {
+		c := newClient(t, n)
+		chans = append(chans, c.Watch(clientv3.WithRequireLeader(wctx), "k", clientv3.WithPrefix()))
+	}
+	prev := newClient(t, n).Watch(wctx, "k", clientv3.WithPrefix(), clientv3.WithPrevKV())
+	wait("six identical watches share one watcher per range, the prev_kv one has its own", "[2 2 2 2]")
+	cli := newClient(t, n)
+	var want []string
+	for i := range 10 {
+		resp, err := cli.Put(ctx, fmt.Sprintf("k%d", i), "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, fmt.Sprintf("k%d@%d", i, resp.Header.Revision))
+	}
+	for i, ch := range append(chans, prev) {
+		var got []string
+		for len(got) < len(want) {
+			select {
+			case wr := <-ch:
+				if err := wr.Err(); err != nil {
+					t.Fatalf("watch %d: %v", i, err)
+				}
+				for _, e := range wr.Events {
+					got = append(got, fmt.Sprintf("%s@%d", e.Kv.Key, e.Kv.ModRevision))
+				}
+			case <-ctx.Done():
+				t.Fatalf("watch %d got %v, want %v", i, got, want)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("watch %d got %v, want %v", i, got, want)
+		}
+	}
+	stop()
+	wait("the watches ended", "[0 0 0 0]")
+}

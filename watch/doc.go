@@ -32,10 +32,10 @@
 // # Concurrency
 //
 // One mutex in the Hub guards the hub, its streams and watchers. The
-// package starts no goroutines and reads no clock: the owner (the node)
-// calls Notify from the apply path, Catchup when Pending is signalled,
-// ProgressTick on etcd's --watch-progress-notify-interval, and each
-// stream's consumer calls Next.
+// package reads no clock and starts no goroutines but a fan's wake-up
+// relay (fan.go): the owner (the node) calls Notify from the apply path,
+// Catchup when Pending is signalled, ProgressTick on etcd's
+// --watch-progress-notify-interval, and each stream's consumer calls Next.
 //
 // # Sharded mode: merged streams (merge.go)
 //
@@ -65,11 +65,22 @@
 // the ranges behind; that is bounded by how far closed revisions lag
 // (milliseconds with kicks), not by the stream's queue limit.
 //
-// # Non-goals (yet)
+// # Coalescing (fan.go)
 //
-// One multiplexed stream per node pair and coalescing of identical watches
-// across clients (every node holds every range today, so each serves its
-// watches from its own replicas). A split moves a stream's watchers to the
-// new range (Merger.Split). Leader-loss monitoring of streams that require a leader is the router's
-// (it knows the raft group; this package does not).
+// Identical watches of the node's client streams — the same keys, filters
+// and prev_kv — that start at the current revision or later share one fan:
+// one watcher in each range, merged once; each subscribing watch takes the
+// fan's released events (from its own start) and mark as its one part, so
+// the release rules above hold per stream unchanged. A watch that needs
+// history has watchers of its own; so does one whose client reads too
+// slowly (more than fanBehind events per queue slot waiting): it leaves the
+// fan and catches up from the stores. The fan's stream is pumped by its
+// subscribers' Next; one goroutine per fan only relays its wake-ups.
+//
+// Not built: one multiplexed stream per node pair. Every member holds
+// every range and serves its watches from its own replicas, so no watch
+// crosses nodes today. A split moves a stream's watchers (a fan's too) to
+// the new range (Merger.Split). Leader-loss monitoring of streams that
+// require a leader is the router's (it knows the raft group; this package
+// does not).
 package watch

@@ -57,6 +57,17 @@ func NewHub(rev mvcc.Revision) *Hub {
 		pending: make(chan struct{}, 1), synced: newIndex()}
 }
 
+// Watchers returns how many watchers the hub holds.
+func (h *Hub) Watchers() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for s := range h.streams {
+		n += len(s.watchers)
+	}
+	return n
+}
+
 // Pending is signalled when Catchup has work.
 func (h *Hub) Pending() <-chan struct{} { return h.pending }
 

@@ -33,10 +33,13 @@ type Splitter func(key, rangeEnd []byte) []Part
 type Merger struct {
 	mu      sync.Mutex
 	streams map[*Merged]struct{}
+	fans    map[fanKey]*fan // see fan.go
 }
 
 // NewMerger returns a Merger without streams.
-func NewMerger() *Merger { return &Merger{streams: map[*Merged]struct{}{}} }
+func NewMerger() *Merger {
+	return &Merger{streams: map[*Merged]struct{}{}, fans: map[fanKey]*fan{}}
+}
 
 // NewStream opens a client stream whose watches split by split; each
 // range's share of it is a stream of that range's hub whose queue holds at
@@ -116,9 +119,17 @@ type merged struct {
 	// with nothing more sent, until the client cancels it.
 	compacted bool
 	// filters and prevKV are the create request's, for the watchers a
-	// split adds.
-	filters []pb.WatchCreateRequest_FilterType
-	prevKV  bool
+	// split adds; key and end its keys.
+	filters  []pb.WatchCreateRequest_FilterType
+	prevKV   bool
+	key, end []byte
+	// A watch coalesced with identical ones has no parts of its own but
+	// its share of a fan (fan.go): fanEvs taken from it, not released;
+	// fanMark, below which the fan has handed it everything; fanWant, the
+	// revision it last asked the fan to get to.
+	fan              *fanSub
+	fanEvs           []*mvccpb.Event
+	fanMark, fanWant mvcc.Revision
 }
 
 // part is a merged watch's watcher on one range.
@@ -191,9 +202,14 @@ func (m *Merged) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
 	if start == 0 {
 		start = now + 1
 	}
-	w := &merged{id: id, released: start - 1, progress: req.ProgressNotify, filters: req.Filters, prevKV: req.PrevKv}
-	for _, p := range parts {
-		m.addPart(w, p, start, nil)
+	w := &merged{id: id, released: start - 1, progress: req.ProgressNotify, filters: req.Filters, prevKV: req.PrevKv,
+		key: key, end: req.RangeEnd}
+	if w.fan = m.join(key, req, start, now); w.fan != nil {
+		w.fanMark = start - 1
+	} else {
+		for _, p := range parts {
+			m.addPart(w, p, start, nil)
+		}
 	}
 	m.watchers[id] = w
 	r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: int64(now)}, WatchId: int64(id), Created: true}
@@ -332,9 +348,14 @@ func (m *Merged) dropLocked(w *merged) {
 	delete(m.watchers, w.id)
 }
 
-// dropParts removes a watch's watchers in the ranges.
+// dropParts removes a watch's watchers in the ranges, or its share of a
+// fan.
 // REQUIRES: m.mu
 func (m *Merged) dropParts(w *merged) {
+	if w.fan != nil {
+		w.fan.leave()
+		w.fan, w.fanEvs = nil, nil
+	}
 	for _, p := range w.parts {
 		delete(p.sub.parts, p.id)
 		p.sub.s.Cancel(p.id) // its canceled response is dropped unread
@@ -426,18 +447,41 @@ func (m *Merged) collectLocked() bool {
 				// The create, cancel and progress answers of the ranges'
 				// watchers, and what was queued for a watch since dropped.
 			case r.Canceled && r.CompactRevision != 0:
-				// History the watch needs is compacted away in this range:
-				// it ends, as etcd ends it, with nothing more.
-				p.w.compacted = true
-				m.dropParts(p.w)
-				m.push(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: int64(p.w.id), Canceled: true,
-					CompactRevision: r.CompactRevision})
+				// History the watch needs is compacted away in this range.
+				m.compactedLocked(p.w, r.CompactRevision)
 			default:
 				p.evs = append(p.evs, r.Events...)
 			}
 		}
 	}
+	for _, w := range m.watchers {
+		if w.fan == nil {
+			continue
+		}
+		switch compact, behind := w.fan.take(w); {
+		case compact != 0:
+			m.compactedLocked(w, compact)
+		case behind:
+			// Its client reads too slowly to keep up with the fan: it
+			// goes on with watchers of its own from after what it was
+			// sent, which catch up from the stores.
+			w.fan.leave()
+			w.fan, w.fanEvs = nil, nil
+			for _, p := range m.split(w.key, w.end) {
+				m.addPart(w, p, w.released+1, nil)
+			}
+		}
+	}
 	return true
+}
+
+// compactedLocked ends watch w, whose history is compacted away at rev,
+// as etcd ends it: canceled, with nothing more.
+// REQUIRES: m.mu
+func (m *Merged) compactedLocked(w *merged, rev int64) {
+	w.compacted = true
+	m.dropParts(w)
+	m.push(&pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: int64(w.id), Canceled: true, CompactRevision: rev})
 }
 
 // releaseLocked queues, for every watch, the events at or below the lowest
@@ -472,7 +516,9 @@ func (m *Merged) releaseLocked() {
 		if low <= w.released {
 			continue
 		}
-		var evs []*mvccpb.Event
+		n := sort.Search(len(w.fanEvs), func(i int) bool { return mvcc.Revision(w.fanEvs[i].Kv.ModRevision) > low })
+		evs := w.fanEvs[:n:n]
+		w.fanEvs = w.fanEvs[n:]
 		for _, p := range w.parts {
 			n := sort.Search(len(p.evs), func(i int) bool { return mvcc.Revision(p.evs[i].Kv.ModRevision) > low })
 			evs = append(evs, p.evs[:n]...)
@@ -512,9 +558,12 @@ func (w *merged) caughtUp() bool {
 	return true
 }
 
-// low is the lowest mark of the watch's parts.
+// low is the lowest mark of the watch's parts (or its fan's).
 func (w *merged) low() mvcc.Revision {
 	low := mvcc.Revision(-1)
+	if w.fan != nil {
+		low = w.fanMark
+	}
 	for _, p := range w.parts {
 		if low < 0 || p.mark < low {
 			low = p.mark
@@ -541,6 +590,9 @@ func (m *Merged) armLocked() {
 		need = m.progress[0]
 	}
 	for _, w := range m.watchers {
+		if len(w.fanEvs) > 0 && (need < 0 || mvcc.Revision(w.fanEvs[0].Kv.ModRevision) < need) {
+			need = mvcc.Revision(w.fanEvs[0].Kv.ModRevision)
+		}
 		for _, p := range w.parts {
 			if len(p.evs) > 0 && (need < 0 || mvcc.Revision(p.evs[0].Kv.ModRevision) < need) {
 				need = mvcc.Revision(p.evs[0].Kv.ModRevision)
@@ -551,6 +603,10 @@ func (m *Merged) armLocked() {
 		return
 	}
 	for _, w := range m.watchers {
+		if w.fan != nil && w.fanMark < need && (w.fanWant <= w.fanMark || need < w.fanWant) {
+			w.fanWant = need
+			w.fan.want(need)
+		}
 		for _, p := range w.parts {
 			sub := p.sub
 			if p.mark >= need || sub.rev >= need {
@@ -573,6 +629,12 @@ func (m *Merged) Close() {
 	defer m.mu.Unlock()
 	for _, sub := range m.subs {
 		sub.s.Close()
+	}
+	for _, w := range m.watchers {
+		if w.fan != nil {
+			w.fan.leave()
+			w.fan = nil
+		}
 	}
 	m.closed = true
 	m.out = nil

@@ -41,7 +41,7 @@ func rangesCommand(args []string, stdout io.Writer) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "RANGE\tSTART\tEND\tGEN\tLEADER\tREPLICAS\tKEYS\tREVISION\tCLOSED\tWRITES")
+	fmt.Fprintln(w, "RANGE\tSTART\tEND\tGEN\tLEADER\tREPLICAS\tKEYS\tREVISION\tCLOSED\tWRITES\tWATCHERS")
 	for _, r := range ranges {
 		end := "∞"
 		if r.End != "" {
@@ -55,8 +55,8 @@ func rangesCommand(args []string, stdout io.Writer) error {
 		for i, id := range r.Replicas {
 			reps[i] = fmt.Sprintf("%x", id)
 		}
-		fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\n", r.ID, r.Start, end, r.Generation, leader,
-			strings.Join(reps, ","), r.Keys, r.Revision, r.Closed, r.Writes)
+		fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", r.ID, r.Start, end, r.Generation, leader,
+			strings.Join(reps, ","), r.Keys, r.Revision, r.Closed, r.Writes, r.Watchers)
 	}
 	return w.Flush()
 }

@@ -31,7 +31,7 @@ func TestRangesCommand(t *testing.T) {
 		t.Fatalf("no ranges: %q", out.String())
 	}
 	ranges = []node.RangeInfo{
-		{ID: 1, End: "m", Generation: 1, Replicas: []uint64{0xab}, Leader: 0xab, Revision: 7, Closed: 9, Writes: 3, Keys: 4},
+		{ID: 1, End: "m", Generation: 1, Replicas: []uint64{0xab}, Leader: 0xab, Revision: 7, Closed: 9, Writes: 3, Keys: 4, Watchers: 2},
 		{ID: 2, Start: "m", Generation: 2, Replicas: []uint64{0xab, 0xcd}},
 	}
 	out.Reset()
@@ -40,9 +40,9 @@ func TestRangesCommand(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	want := [][]string{
-		{"RANGE", "START", "END", "GEN", "LEADER", "REPLICAS", "KEYS", "REVISION", "CLOSED", "WRITES"},
-		{"1", `""`, `"m"`, "1", "ab", "ab", "4", "7", "9", "3"},
-		{"2", `"m"`, "∞", "2", "none", "ab,cd", "0", "0", "0", "0"},
+		{"RANGE", "START", "END", "GEN", "LEADER", "REPLICAS", "KEYS", "REVISION", "CLOSED", "WRITES", "WATCHERS"},
+		{"1", `""`, `"m"`, "1", "ab", "ab", "4", "7", "9", "3", "2"},
+		{"2", `"m"`, "∞", "2", "none", "ab,cd", "0", "0", "0", "0", "0"},
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("output:\n%s", out.String())

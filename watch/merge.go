@@ -465,8 +465,7 @@ func (m *Merged) collectLocked() bool {
 			// Its client reads too slowly to keep up with the fan: it
 			// goes on with watchers of its own from after what it was
 			// sent, which catch up from the stores.
-			w.fan.leave()
-			w.fan, w.fanEvs = nil, nil
+			m.dropParts(w)
 			for _, p := range m.split(w.key, w.end) {
 				m.addPart(w, p, w.released+1, nil)
 			}

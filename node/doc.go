@@ -59,7 +59,10 @@
 // revision requests to the placement leader's node. Range leaders publish
 // closed revisions to the other replicas, which pass them to their
 // watchers once they have applied as far as the leader had; a watch
-// waiting on a range kicks its leader.
+// waiting on a range kicks its leader. That side channel is one per node
+// pair (sidechannel.go): the closers tick together, and a member sends
+// each peer one message at a time with the closed revisions of every
+// range it published since the last.
 //
 // Splits (split.go): SplitRange records the split in the placement map,
 // which names the new range, then proposes it to the range; as it applies,

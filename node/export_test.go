@@ -65,3 +65,11 @@ func CutSplitsShort(stage string) (restore func()) {
 // SplitHere reports whether the split that made range id applied to this
 // node's store (mvcc.SplitHere).
 func (n *Node) SplitHere(id uint64) (bool, error) { return mvcc.SplitHere(n.db, id) }
+
+// SideChannelReceived is what the side channel of closed revisions
+// brought this node: messages, the most ranges one carried and the most
+// handled at once.
+func (n *Node) SideChannelReceived() (messages, maxRanges, maxInFlight int64) {
+	r := &n.side.received
+	return r.messages.Load(), r.maxRanges.Load(), r.maxInFlight.Load()
+}

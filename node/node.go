@@ -224,7 +224,11 @@ type Node struct {
 	alloc    *placement.Allocator
 	oracle   oracle
 	rangeSet rangeSet
-	stop     chan struct{} // closed by Close: stops the watch pump
+	// closedClock and side are the closers' common round and the side
+	// channel of their closed revisions (sidechannel.go).
+	closedClock *closedClock
+	side        sideChannel
+	stop        chan struct{} // closed by Close: stops the watch pump
 	// missed is signalled when a range here was restored from a snapshot:
 	// it may have missed splits (see followSplits).
 	missed   chan struct{}
@@ -307,6 +311,8 @@ func (n *Node) start(ctx context.Context) error {
 	cfg := n.cfg
 	n.stop = make(chan struct{})
 	n.missed = make(chan struct{}, 1)
+	n.closedClock = newClosedClock()
+	n.side.n = n
 	quietDragonboat()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("node: create data dir: %w", err)
@@ -598,7 +604,11 @@ func (n *Node) start(ctx context.Context) error {
 			n.wg.Add(1)
 			go n.closer(rr)
 		}
-		n.wg.Add(3)
+		n.wg.Add(4)
+		go func() {
+			defer n.wg.Done()
+			n.closedClock.run(n.stop, closedEvery)
+		}()
 		go n.mergedProgress()
 		go n.revokeRemotes()
 		go n.followSplits(unsplit)

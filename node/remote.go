@@ -282,6 +282,7 @@ func (s *internalServer) Revisions(ctx context.Context, r *internalpb.RevisionsR
 }
 
 func (s *internalServer) Closed(_ context.Context, r *internalpb.ClosedRequest) (*internalpb.ClosedResponse, error) {
+	defer s.n.side.got(r)()
 	for _, rc := range r.Ranges {
 		for _, rr := range s.n.rangeSet.all() {
 			if rr.desc().Id == rc.Range {

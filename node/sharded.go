@@ -497,13 +497,11 @@ const closedEvery = 50 * time.Millisecond
 // it sooner (wantClosed). A range busy with writes closes through them.
 func (n *Node) closer(rr *rangeReplica) {
 	defer n.wg.Done()
-	t := time.NewTicker(closedEvery)
-	defer t.Stop()
 	for {
 		select {
 		case <-n.stop:
 			return
-		case <-t.C:
+		case <-n.closedClock.next():
 		case <-rr.kick:
 			// A watch here waits for the range: its leader elsewhere is
 			// asked to close sooner.
@@ -536,25 +534,16 @@ func (n *Node) closer(rr *rangeReplica) {
 
 // publishClosed sends the other replicas of a range this node leads its
 // closed revision, with the index applied here (the side channel of
-// DESIGN.md "Closed revision"); a lost message is made good by the next.
+// DESIGN.md "Closed revision", one per node pair: sidechannel.go).
 func (n *Node) publishClosed(rr *rangeReplica, closed mvcc.Revision) {
 	if closed == 0 {
 		return
 	}
-	req := &internalpb.ClosedRequest{Ranges: []*internalpb.RangeClosed{{Range: rr.desc().Id, Closed: int64(closed), Index: rr.appliedIndex()}}}
+	rc := &internalpb.RangeClosed{Range: rr.desc().Id, Closed: int64(closed), Index: rr.appliedIndex()}
 	for _, id := range rr.desc().Replicas {
-		if id == n.memberID {
-			continue
+		if id != n.memberID {
+			n.side.publish(id, rc)
 		}
-		nc, err := n.nodeClient(id)
-		if err != nil {
-			continue
-		}
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
-			defer cancel()
-			_, _ = nc.Closed(ctx, req)
-		}()
 	}
 }
 

@@ -77,9 +77,10 @@
 // fan and catches up from the stores. The fan's stream is pumped by its
 // subscribers' Next; one goroutine per fan only relays its wake-ups.
 //
-// Not built: one multiplexed stream per node pair. Every member holds
-// every range and serves its watches from its own replicas, so no watch
-// crosses nodes today. A split moves a stream's watchers (a fan's too) to
+// Watch events never cross nodes: every member holds every range and
+// serves its watches from its own replicas; what does — closed revisions
+// from the ranges' leaders — travels one message at a time per node pair
+// (node's side channel). A split moves a stream's watchers (a fan's too) to
 // the new range (Merger.Split). Leader-loss monitoring of streams that
 // require a leader is the router's (it knows the raft group; this package
 // does not).

@@ -1,0 +1,48 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestSideChannelPerNodePair: the closed revisions of the eight idle
+// ranges of a three-member cluster reach each member over one side
+// channel per peer: never more than one message from each peer at a time,
+// and messages that carry several ranges at once.
+func TestSideChannelPerNodePair(t *testing.T) {
+	nodes := startShardedCluster(t, 3, "b", "d", "f", "h", "j", "l", "n")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	report := func() string {
+		s := ""
+		for i, n := range nodes {
+			m, r, f := n.SideChannelReceived()
+			s += fmt.Sprintf(" m%d: %d messages, at most %d ranges in one, %d at once;", i, m, r, f)
+		}
+		return s
+	}
+	for {
+		enough, batched := true, false
+		for _, n := range nodes {
+			m, r, _ := n.SideChannelReceived()
+			enough = enough && m >= 40
+			batched = batched || r >= 2
+		}
+		if enough && batched {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no side-channel message carried several ranges:%s", report())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	for i, n := range nodes {
+		if _, _, f := n.SideChannelReceived(); f > 2 {
+			t.Fatalf("m%d handled %d side-channel messages at once, want at most one per peer:%s", i, f, report())
+		}
+	}
+	t.Log(report())
+}

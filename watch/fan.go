@@ -62,7 +62,7 @@ type fanSub struct {
 	mark    mvcc.Revision
 	compact int64 // the fan's watch was canceled for compaction at it
 	behind  bool  // evs outgrew the bound: the watch must leave
-	max     int
+	bound   int   // events it may have waiting before it is behind
 }
 
 // join subscribes a watch created with req, from start on, to the fan for
@@ -75,7 +75,7 @@ func (m *Merged) join(key []byte, req *pb.WatchCreateRequest, start, now mvcc.Re
 		return nil
 	}
 	mg, k := m.mg, keyOf(key, req.RangeEnd, req)
-	sub := &fanSub{from: start, wake: m.wake, mark: start - 1, max: fanBehind * max(m.limit, 1)}
+	sub := &fanSub{from: start, wake: m.wake, mark: start - 1, bound: fanBehind * max(m.limit, 1)}
 	mg.mu.Lock()
 	defer mg.mu.Unlock()
 	if f := mg.fans[k]; f != nil {
@@ -169,7 +169,7 @@ func (f *fan) pump() {
 		if compact != 0 {
 			s.compact = compact
 		}
-		if len(s.evs) > s.max {
+		if len(s.evs) > s.bound {
 			s.behind, s.evs = true, nil
 		}
 		wake(s.wake)

@@ -116,18 +116,13 @@ func (sc *sideChannel) send(peer uint64, p *sidePeer) {
 func (sc *sideChannel) got(r *internalpb.ClosedRequest) (done func()) {
 	rc := &sc.received
 	rc.messages.Add(1)
-	for n := int64(len(r.Ranges)); ; {
-		m := rc.maxRanges.Load()
-		if n <= m || rc.maxRanges.CompareAndSwap(m, n) {
-			break
-		}
-	}
-	in := rc.inFlight.Add(1)
-	for {
-		m := rc.maxInFlight.Load()
-		if in <= m || rc.maxInFlight.CompareAndSwap(m, in) {
-			break
-		}
-	}
+	raise(&rc.maxRanges, int64(len(r.Ranges)))
+	raise(&rc.maxInFlight, rc.inFlight.Add(1))
 	return func() { rc.inFlight.Add(-1) }
+}
+
+// raise sets a to v if v is higher.
+func raise(a *atomic.Int64, v int64) {
+	for m := a.Load(); v > m && !a.CompareAndSwap(m, v); m = a.Load() {
+	}
 }

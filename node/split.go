@@ -77,8 +77,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	if splitCutShort != nil && splitCutShort() {
 		return res.Ranges, nil
 	}
-	req := &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{
-		Key: key, Child: child, Founders: res.Ranges[1].Founders}}}
+	req := splitRequest(res.Ranges[1])
 	for {
 		// While the range elects a leader (one of its members is down,
 		// say) the proposal times out; proposed again after one that did
@@ -107,6 +106,13 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		}
 	}
 	return res.Ranges, nil
+}
+
+// splitRequest is the proposal to the range it splits off that makes
+// range d, as the range map names it.
+func splitRequest(d *placementpb.RangeDescriptor) *shardpb.Request {
+	return &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{
+		Key: d.Start, Child: d.Id, Founders: d.Founders}}}
 }
 
 // recordedSplit returns the two ranges of a split of d at key if the range
@@ -345,8 +351,7 @@ func (n *Node) finishSplits(ctx context.Context, pending []*placementpb.RangeDes
 				}
 			} else if holder != nil {
 				wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-				_, err := holder.client.Write(wctx, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{
-					Key: d.Start, Child: d.Id, Founders: d.Founders}}})
+				_, err := holder.client.Write(wctx, splitRequest(d))
 				wcancel()
 				if err != nil && !errors.Is(err, mvcc.ErrOutsideSpan) {
 					n.log.Warn("propose a split again", "range", d.Id, "error", err)

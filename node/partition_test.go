@@ -39,6 +39,13 @@ func (n *network) isolate(addr string, others []string) {
 	}
 }
 
+// cutOneWay drops what from sends to, and nothing else.
+func (n *network) cutOneWay(from, to string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.cut[[2]string{from, to}] = true
+}
+
 func (n *network) heal() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -209,6 +216,67 @@ func TestPartition(t *testing.T) {
 	}
 	if r, err := lc.Get(ctx, "minority"); err != nil || len(r.Kvs) != 0 {
 		t.Fatalf("the refused minority write is visible: %v %v", r, err)
+	}
+}
+
+// TestAbandonedWritesDoNotStall: writes whose clients gave up do not hold
+// back the writes after them. A follower whose messages to the leader are
+// lost (it still hears the leader, so it forwards its proposals, which
+// vanish) takes many writes from clients that time out; once its messages
+// flow again, a new write through it succeeds at once, as in etcd, not
+// after the abandoned proposals time out (10 s): they held every in-flight
+// slot of the proposer.
+func TestAbandonedWritesDoNotStall(t *testing.T) {
+	net := &network{cut: map[[2]string]bool{}}
+	nodes := startClusterWith(t, 3, func(c *node.Config) { c.RaftTransport = &transportFactory{net: net} })
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, n.ClientURLs()...)
+	}
+	c := clientFor(t, urls...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := c.Put(ctx, "before", "v"); err != nil {
+		t.Fatal(err)
+	}
+	ml, err := c.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Status(ctx, urls[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaderAddr, followerAddr, followerURL string
+	for _, m := range ml.Members {
+		u, _ := url.Parse(m.PeerURLs[0])
+		if m.ID == st.Leader {
+			leaderAddr = u.Host
+		} else if followerAddr == "" {
+			followerAddr, followerURL = u.Host, m.ClientURLs[0]
+		}
+	}
+	fc := clientFor(t, followerURL)
+	if _, err := fc.Put(ctx, "through-follower", "v"); err != nil {
+		t.Fatal(err)
+	}
+	net.cutOneWay(followerAddr, leaderAddr)
+	// More writes than the proposer keeps in flight, one after another
+	// (each its own proposal), each abandoned by its client.
+	const abandoned = 24
+	for i := range abandoned {
+		wctx, wcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		_, err := fc.Put(wctx, fmt.Sprintf("abandoned/%d", i), "v")
+		wcancel()
+		if err == nil {
+			t.Fatalf("write %d through a follower whose messages are lost succeeded", i)
+		}
+	}
+	net.heal()
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if _, err := fc.Put(wctx, "after", "v"); err != nil {
+		t.Fatalf("a write after the abandoned ones: %v (they stall it)", err)
 	}
 }
 

@@ -29,11 +29,19 @@
 // it shared, RecoverFromSnapshot and Close exclusively, so reads wait out a
 // recovery and fail cleanly after Close. Replica owns one batcher goroutine
 // and at most maxInFlight sender goroutines; Close waits for all of them.
+// A proposal whose callers have all given up is left to a goroutine of its
+// own that only waits for dragonboat's answer (bounded by the proposal
+// timeout, or the NodeHost's close) and then settles the sequencer.
 //
 // Batching: requests queue while proposals are in flight, and the next
 // proposal takes everything queued (up to maxBatch requests or maxBatchBytes).
 // Under load this turns many client writes into one raft entry and one fsync;
-// with a single client it adds no delay.
+// with a single client it adds no delay. Requests whose callers gave up
+// while queued are not proposed, a dropped proposal nobody waits for is not
+// proposed again, and one nobody waits for no longer holds an in-flight slot
+// (as etcd forgets a proposal whose request ended): a follower cut off from
+// its leader piles such proposals up, and they must not stall the writes
+// that come once it is back.
 //
 // Stamping (sharded mode): a replica client made with NewStampingReplica
 // takes one block of revisions from the oracle (a Stamper) per batch, stamps

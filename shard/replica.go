@@ -90,7 +90,8 @@ type Stamper interface {
 type pending struct {
 	req  *shardpb.Request
 	size int
-	done chan outcome // size 1: the proposer never blocks on a gone caller
+	ctx  context.Context // the caller's: once it ends, nobody waits for the outcome
+	done chan outcome    // size 1: the proposer never blocks on a gone caller
 }
 
 type outcome struct {
@@ -186,7 +187,7 @@ func (r *Replica) held() (time.Duration, <-chan struct{}) {
 // state machine is returned as *Error.
 func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error) {
 	r.proposed.Add(1)
-	p := &pending{req: req, size: proto.Size(req), done: make(chan outcome, 1)}
+	p := &pending{req: req, size: proto.Size(req), ctx: ctx, done: make(chan outcome, 1)}
 	select {
 	case r.queue <- p:
 	case <-ctx.Done():
@@ -216,7 +217,7 @@ func (r *Replica) WriteAll(ctx context.Context, reqs []*shardpb.Request) ([]*sha
 	ps := make([]*pending, 0, len(reqs))
 enqueue:
 	for _, req := range reqs {
-		p := &pending{req: req, size: proto.Size(req), done: make(chan outcome, 1)}
+		p := &pending{req: req, size: proto.Size(req), ctx: ctx, done: make(chan outcome, 1)}
 		select {
 		case r.queue <- p:
 			ps = append(ps, p)
@@ -310,6 +311,11 @@ func (r *Replica) batch() {
 			default:
 				break gather
 			}
+		}
+		// Requests whose callers gave up while queued are not proposed.
+		if batch = slices.DeleteFunc(batch, gaveUp); len(batch) == 0 {
+			<-slots
+			continue
 		}
 		var proposed *proposal
 		if r.stamper != nil && (slices.ContainsFunc(batch, func(p *pending) bool { return stamps(p.req) }) || r.leads()) {
@@ -619,11 +625,20 @@ func failAll(batch []*pending, err error) {
 // send proposes one batch (or awaits first, the batcher's proposal of it),
 // retrying while the group has no leader, and delivers each request's
 // response; a stamped write refused as stale is stamped again.
+//
+// Once every caller of the batch has given up (as etcd, which forgets a
+// proposal whose request ended), send neither proposes it again nor holds
+// its in-flight slot: a goroutine waits out a proposal already made, so
+// that abandoned proposals — a follower cut off from its leader piles them
+// up — do not stall the writes that come after.
 func (r *Replica) send(batch []*pending, first *proposal) {
+	// settle ends the sequencer's tracking of the batch's stamps, once its
+	// outcome is known.
+	settle := func() {}
+	defer func() { settle() }()
 	var data []byte
 	if first != nil {
-		defer first.done()
-		data = first.data
+		settle, data = first.done, first.data
 	} else {
 		var err error
 		if data, err = encode(batch, 0, 0); err != nil {
@@ -635,21 +650,39 @@ func (r *Replica) send(batch []*pending, first *proposal) {
 		failAll(batch, first.err)
 		return
 	}
+	gone, unwatch := leaving(batch)
+	defer unwatch()
 	deadline := time.Now().Add(proposalTimeout)
 	for {
 		var (
+			rs  *dragonboat.RequestState
 			res []byte
 			err error
 		)
 		if first != nil {
-			if err = first.err; err == nil {
-				res, err = r.await(first.rs)
-			}
+			rs, err = first.rs, first.err
 			first = nil
 		} else {
-			res, err = r.proposeOnce(data, time.Until(deadline))
+			rs, err = r.nh.Propose(r.session, data, time.Until(deadline))
 		}
 		if err == nil {
+			if res, err = r.await(rs, gone); errors.Is(err, errLeft) {
+				after := settle
+				settle = func() {}
+				go func() {
+					<-rs.ResultC()
+					rs.Release()
+					after()
+				}()
+				failAll(batch, ErrTimeout)
+				return
+			}
+		}
+		if err == nil {
+			// The outcome is known: settled before the callers hear it, so
+			// that what they do next sees no batch in flight.
+			settle()
+			settle = func() {}
 			var out shardpb.Result
 			if err := proto.Unmarshal(res, &out); err != nil || len(out.Responses) != len(batch) {
 				failAll(batch, fmt.Errorf("shard: malformed result (%d responses for %d requests): %v", len(out.Responses), len(batch), err))
@@ -670,6 +703,10 @@ func (r *Replica) send(batch []*pending, first *proposal) {
 		}
 		select {
 		case <-time.After(retryBackoff):
+		case <-gone:
+			// Not committed (retryable), and nobody waits: not again.
+			failAll(batch, ErrNoLeader)
+			return
 		case <-r.stop:
 			failAll(batch, ErrStopped)
 			return
@@ -680,18 +717,58 @@ func (r *Replica) send(batch []*pending, first *proposal) {
 // errDropped marks a proposal dropped before it reached a leader: safe to retry.
 var errDropped = errors.New("shard: proposal dropped")
 
+// errLeft: every caller of a batch gave up before its outcome was known.
+var errLeft = errors.New("shard: every caller left")
+
+// gaveUp reports whether p's caller has stopped waiting, and if so answers
+// it (nobody reads the answer; the channel has room for it).
+func gaveUp(p *pending) bool {
+	if p.ctx.Err() == nil {
+		return false
+	}
+	p.done <- outcome{err: classify(p.ctx.Err())}
+	return true
+}
+
+// leaving returns a channel closed once every caller of batch has stopped
+// waiting (never, if one cannot), and the func that stops watching.
+func leaving(batch []*pending) (<-chan struct{}, func()) {
+	gone := make(chan struct{})
+	left := atomic.Int64{}
+	left.Store(int64(len(batch)))
+	stops := make([]func() bool, len(batch))
+	for i, p := range batch {
+		stops[i] = context.AfterFunc(p.ctx, func() {
+			if left.Add(-1) == 0 {
+				close(gone)
+			}
+		})
+	}
+	return gone, func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}
+}
+
 func (r *Replica) proposeOnce(data []byte, timeout time.Duration) ([]byte, error) {
 	rs, err := r.nh.Propose(r.session, data, timeout)
 	if err != nil {
 		return nil, err
 	}
-	return r.await(rs)
+	return r.await(rs, nil)
 }
 
-// await waits for a proposal's outcome.
-func (r *Replica) await(rs *dragonboat.RequestState) ([]byte, error) {
-	defer rs.Release()
-	res := <-rs.ResultC()
+// await waits for a proposal's outcome and releases rs; or, once gone is
+// closed first, returns errLeft and leaves rs to the caller.
+func (r *Replica) await(rs *dragonboat.RequestState, gone <-chan struct{}) ([]byte, error) {
+	var res dragonboat.RequestResult
+	select {
+	case res = <-rs.ResultC():
+	case <-gone:
+		return nil, errLeft
+	}
+	rs.Release()
 	switch {
 	case res.Completed():
 		return res.GetResult().Data, nil

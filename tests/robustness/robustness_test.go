@@ -376,9 +376,10 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	if err != nil {
 		return keep(t, s, c, nil, fmt.Errorf("persisted history: %w", err))
 	}
+	checkStart := time.Now()
 	res := validate.ValidateAndReturnVisualize(lg, validate.Config{ExpectRevisionUnique: s.profile.traffic.ExpectUniqueRevision()}, reports, persisted, 5*time.Minute)
-	t.Logf("%s (seed %d): %d client reports, %d persisted requests, failed writes %s; linearization %s, watch %s, serializable %s",
-		s, s.seed, len(reports), len(persisted), failedWrites(reports, faultFrom, faultTo), res.Linearization.Status, res.Watch.Status, res.Serializable.Status)
+	t.Logf("%s (seed %d): %d client reports, %d persisted requests, failed writes %s; linearization %s (checked in %v), watch %s, serializable %s",
+		s, s.seed, len(reports), len(persisted), failedWrites(reports, faultFrom, faultTo), res.Linearization.Status, time.Since(checkStart).Round(time.Millisecond), res.Watch.Status, res.Serializable.Status)
 	if err := res.Error(); err != nil {
 		return keep(t, s, c, &res, err)
 	}

@@ -104,42 +104,68 @@ func (c *connection) SendMessageBatch(b raftpb.MessageBatch) error {
 	return c.IConnection.SendMessageBatch(b)
 }
 
+// netCluster is three members on a network that can cut them apart.
+type netCluster struct {
+	net     *network
+	c       *clientv3.Client // through every member
+	urls    []string         // the members' client URLs
+	members []netMember
+	leader  uint64 // the member that led after the first write
+}
+
+type netMember struct {
+	id           uint64
+	raft, client string // raft address, client URL
+}
+
+// startNetCluster starts a netCluster and writes "before" through it.
+func startNetCluster(t *testing.T, ctx context.Context) *netCluster {
+	nc := &netCluster{net: &network{cut: map[[2]string]bool{}}}
+	nodes := startClusterWith(t, 3, func(c *node.Config) { c.RaftTransport = &transportFactory{net: nc.net} })
+	for _, n := range nodes {
+		nc.urls = append(nc.urls, n.ClientURLs()...)
+	}
+	nc.c = clientFor(t, nc.urls...)
+	if _, err := nc.c.Put(ctx, "before", "v"); err != nil {
+		t.Fatal(err)
+	}
+	ml, err := nc.c.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := nc.c.Status(ctx, nc.urls[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.leader = st.Leader
+	for _, m := range ml.Members {
+		u, err := url.Parse(m.PeerURLs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.members = append(nc.members, netMember{id: m.ID, raft: u.Host, client: m.ClientURLs[0]})
+	}
+	return nc
+}
+
 // TestPartition: the leader is cut off from the two others. The majority
 // elects a leader and keeps serving writes and linearizable reads; the
 // cut-off member refuses them with etcd's errors (it cannot reach a
 // quorum); once the partition heals, every member converges to the same
 // history.
 func TestPartition(t *testing.T) {
-	net := &network{cut: map[[2]string]bool{}}
-	nodes := startClusterWith(t, 3, func(c *node.Config) { c.RaftTransport = &transportFactory{net: net} })
-	var urls, raft []string
-	for _, n := range nodes {
-		urls = append(urls, n.ClientURLs()...)
-	}
-	c := clientFor(t, urls...)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	if _, err := c.Put(ctx, "before", "v"); err != nil {
-		t.Fatal(err)
-	}
-	ml, err := c.MemberList(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := c.Status(ctx, urls[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := startNetCluster(t, ctx)
+	net, c, urls, leaderID := nc.net, nc.c, nc.urls, nc.leader
 	var leaderAddr, leaderURL string
-	leaderID := st.Leader
-	var majority []string
-	for _, m := range ml.Members {
-		u, _ := url.Parse(m.PeerURLs[0])
-		raft = append(raft, u.Host)
-		if m.ID == st.Leader {
-			leaderAddr, leaderURL = u.Host, m.ClientURLs[0]
+	var raft, majority []string
+	for _, m := range nc.members {
+		raft = append(raft, m.raft)
+		if m.id == leaderID {
+			leaderAddr, leaderURL = m.raft, m.client
 		} else {
-			majority = append(majority, m.ClientURLs[0])
+			majority = append(majority, m.client)
 		}
 	}
 	net.isolate(leaderAddr, raft)
@@ -189,7 +215,7 @@ func TestPartition(t *testing.T) {
 	}
 	// As the read above, it gives up by itself (a CI run on 2 busy cores
 	// took over 10 s to, so the test's deadline is not the call's).
-	_, err = pb.NewClusterClient(lc.ActiveConnection()).MemberList(ctx, &pb.MemberListRequest{Linearizable: true})
+	_, err := pb.NewClusterClient(lc.ActiveConnection()).MemberList(ctx, &pb.MemberListRequest{Linearizable: true})
 	if !etcdUnavailable(err) {
 		t.Fatalf("minority member list (linearizable): %v, want etcd's timeout or no-leader error", err)
 	}
@@ -227,40 +253,22 @@ func TestPartition(t *testing.T) {
 // after the abandoned proposals time out (10 s): they held every in-flight
 // slot of the proposer.
 func TestAbandonedWritesDoNotStall(t *testing.T) {
-	net := &network{cut: map[[2]string]bool{}}
-	nodes := startClusterWith(t, 3, func(c *node.Config) { c.RaftTransport = &transportFactory{net: net} })
-	var urls []string
-	for _, n := range nodes {
-		urls = append(urls, n.ClientURLs()...)
-	}
-	c := clientFor(t, urls...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := c.Put(ctx, "before", "v"); err != nil {
-		t.Fatal(err)
-	}
-	ml, err := c.MemberList(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := c.Status(ctx, urls[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := startNetCluster(t, ctx)
 	var leaderAddr, followerAddr, followerURL string
-	for _, m := range ml.Members {
-		u, _ := url.Parse(m.PeerURLs[0])
-		if m.ID == st.Leader {
-			leaderAddr = u.Host
+	for _, m := range nc.members {
+		if m.id == nc.leader {
+			leaderAddr = m.raft
 		} else if followerAddr == "" {
-			followerAddr, followerURL = u.Host, m.ClientURLs[0]
+			followerAddr, followerURL = m.raft, m.client
 		}
 	}
 	fc := clientFor(t, followerURL)
 	if _, err := fc.Put(ctx, "through-follower", "v"); err != nil {
 		t.Fatal(err)
 	}
-	net.cutOneWay(followerAddr, leaderAddr)
+	nc.net.cutOneWay(followerAddr, leaderAddr)
 	// More writes than the proposer keeps in flight, one after another
 	// (each its own proposal), each abandoned by its client.
 	const abandoned = 24
@@ -272,7 +280,7 @@ func TestAbandonedWritesDoNotStall(t *testing.T) {
 			t.Fatalf("write %d through a follower whose messages are lost succeeded", i)
 		}
 	}
-	net.heal()
+	nc.net.heal()
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer wcancel()
 	if _, err := fc.Put(wctx, "after", "v"); err != nil {

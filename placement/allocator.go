@@ -46,8 +46,9 @@ type Allocator struct {
 }
 
 type allocation struct {
-	n    int64
-	done chan allocated // size 1
+	n     int64
+	above mvcc.Revision // every revision handed out exceeds it
+	done  chan allocated // size 1
 }
 
 type allocated struct {
@@ -76,10 +77,16 @@ func (a *Allocator) Close() {
 // unique in the cluster and above every revision handed out before this
 // call began. ErrNotLeader means another replica leads.
 func (a *Allocator) Revisions(ctx context.Context, n int64) (mvcc.Revision, error) {
+	return a.RevisionsAbove(ctx, n, 0)
+}
+
+// RevisionsAbove is Revisions with every revision handed out above above
+// (Oracle.Raise): the oracle jumps past it if it is not there yet.
+func (a *Allocator) RevisionsAbove(ctx context.Context, n int64, above mvcc.Revision) (mvcc.Revision, error) {
 	if n < 1 {
 		return 0, fmt.Errorf("placement: asked for %d revisions", n)
 	}
-	req := &allocation{n: n, done: make(chan allocated, 1)}
+	req := &allocation{n: n, above: above, done: make(chan allocated, 1)}
 	select {
 	case a.reqs <- req:
 	case <-ctx.Done():
@@ -123,11 +130,15 @@ func (a *Allocator) run() {
 				break gather
 			}
 		}
-		var n int64
+		var (
+			n     int64
+			above mvcc.Revision
+		)
 		for _, r := range batch {
 			n += r.n
+			above = max(above, r.above)
 		}
-		first, err := a.round(&oracle, &term, n)
+		first, err := a.round(&oracle, &term, n, above)
 		for _, r := range batch {
 			r.done <- allocated{first: first, err: err}
 			first += mvcc.Revision(r.n)
@@ -135,9 +146,9 @@ func (a *Allocator) run() {
 	}
 }
 
-// round hands out n revisions for one batch, (re)starting the oracle when
-// this replica's leadership is new.
-func (a *Allocator) round(oracle **Oracle, term *uint64, n int64) (mvcc.Revision, error) {
+// round hands out n revisions above above for one batch, (re)starting the
+// oracle when this replica's leadership is new.
+func (a *Allocator) round(oracle **Oracle, term *uint64, n int64, above mvcc.Revision) (mvcc.Revision, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), roundTimeout)
 	defer cancel()
 	leader, t, ok, err := a.nh.GetLeaderID(a.shardID)
@@ -156,6 +167,7 @@ func (a *Allocator) round(oracle **Oracle, term *uint64, n int64) (mvcc.Revision
 		*oracle, *term = NewOracle(v.(mvcc.Revision), a.window), t
 	}
 	o := *oracle
+	o.Raise(above)
 	if want := o.Want(n); want > 0 {
 		bound, err := a.raiseBound(ctx, want)
 		if err != nil {

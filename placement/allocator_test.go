@@ -214,3 +214,35 @@ func TestAllocatorLeaderChange(t *testing.T) {
 	g.stop(g.leader(t))
 	check(g.take(t, 3), 3, "after the leader stopped")
 }
+
+// TestAllocatorAbove: a request with a floor far above the oracle gets
+// revisions above it, persisted, so that everything handed out later —
+// to plain requests, and by a new leader after a transfer — exceeds it.
+func TestAllocatorAbove(t *testing.T) {
+	g := startGroup(t, 3, 100)
+	before := g.take(t, 1)
+	const above = 50_000
+	var first mvcc.Revision
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var err error
+		if first, err = g.allocs[g.leader(t)].RevisionsAbove(context.Background(), 3, above); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("RevisionsAbove: %v", err)
+		}
+	}
+	if first <= above || first <= before {
+		t.Fatalf("RevisionsAbove(3, %d) after %d handed out %d", above, before, first)
+	}
+	if next := g.take(t, 1); next <= first+2 {
+		t.Fatalf("a plain request after the raise got %d, want above %d", next, first+2)
+	}
+	// A new leader starts above the persisted bound, itself above the floor.
+	old := g.leader(t)
+	g.stop(old)
+	if next := g.take(t, 1); next <= first+2 {
+		t.Fatalf("the next leader handed out %d, want above %d", next, first+2)
+	}
+}

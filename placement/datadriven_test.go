@@ -114,6 +114,9 @@ func TestDataDriven(t *testing.T) {
 			case "persisted":
 				o.Persisted(mvcc.Revision(num("bound")))
 				return ""
+			case "raise-above":
+				o.Raise(mvcc.Revision(num("above")))
+				return fmt.Sprintf("next %d", o.Next())
 			default:
 				t.Fatalf("%s: unknown command %s", d.Pos, d.Cmd)
 			}

@@ -62,5 +62,19 @@ func (o *Oracle) Persisted(b mvcc.Revision) {
 	}
 }
 
+// Raise makes every revision handed out from now on exceed above: the
+// next one becomes above+1 if it was not higher. It is how a range that
+// numbered its own revisions (one range, counting at apply time) hands the
+// numbering to the oracle at its first split:
+//
+//	next 101, range at revision 5000 → Raise(5000+margin) → next 5000+margin+1
+//
+// Raising never lowers next, so uniqueness and order hold; revisions skip.
+func (o *Oracle) Raise(above mvcc.Revision) {
+	if o.next <= above {
+		o.next = above + 1
+	}
+}
+
 // Next is the next revision Take would hand out.
 func (o *Oracle) Next() mvcc.Revision { return o.next }

@@ -47,7 +47,7 @@ type Allocator struct {
 
 type allocation struct {
 	n     int64
-	above mvcc.Revision // every revision handed out exceeds it
+	above mvcc.Revision  // every revision handed out exceeds it
 	done  chan allocated // size 1
 }
 

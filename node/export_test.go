@@ -43,7 +43,7 @@ func (n *Node) OracleRevisions(ctx context.Context, count int64) (int64, error) 
 	return int64(first), err
 }
 
-func (n *Node) OracleRoundTrips() int64 { return n.oracle.fold.trips.Load() }
+func (n *Node) OracleRoundTrips() int64 { return n.oracle.RoundTrips() }
 
 // CutSplitsShort makes SplitRange stop where a crash may stop it: "map"
 // after the range map names the new range and before the range splits,

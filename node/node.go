@@ -222,7 +222,7 @@ type Node struct {
 	// Sharded mode: the revision oracle's allocator on this node's
 	// placement replica, the node's oracle client, and the ranges.
 	alloc    *placement.Allocator
-	oracle   oracle
+	oracle   *placement.OracleClient
 	rangeSet rangeSet
 	// closedClock and side are the closers' common round and the side
 	// channel of their closed revisions (sidechannel.go).
@@ -450,7 +450,6 @@ func (n *Node) start(ctx context.Context) error {
 	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
 	n.hub = watch.NewHub(0)
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
-	n.oracle = oracle{n: n, fold: &oracleFold{}}
 	var ranges, unsplit []*placementpb.RangeDescriptor
 	span := mvcc.Span{}
 	if cfg.Sharded {
@@ -480,7 +479,7 @@ func (n *Node) start(ctx context.Context) error {
 		span = spanOf(ranges[0])
 	}
 	notifyFirst := notifier(n.hub)
-	shardCfg := shard.Config{DB: db, Span: span, Lease: leaseOpts, OnApply: func(closed mvcc.Revision, evs []*mvccpb.Event) {
+	shardCfg := shard.Config{DB: db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnApply: func(closed mvcc.Revision, evs []*mvccpb.Event) {
 		notifyFirst(closed, evs)
 		if rs := n.rangeSet.first.Load(); rs != nil {
 			rs.settlePublished()
@@ -542,7 +541,7 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 	if cfg.Sharded {
-		n.replica = shard.NewStampingReplica(n.nh, singleShardID, n.memberID, n.oracle)
+		n.replica = shard.NewStampingReplica(n.nh, singleShardID, n.memberID, n.oracle, n.sm.Load)
 		first := &rangeReplica{replica: n.replica, hub: n.hub, kick: make(chan struct{}, 1), smRef: &n.sm, ready: make(chan struct{})}
 		close(first.ready)
 		first.d.Store(ranges[0])

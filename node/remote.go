@@ -274,7 +274,7 @@ func (s *internalServer) Revisions(ctx context.Context, r *internalpb.RevisionsR
 	if s.n.alloc == nil {
 		return nil, status.Error(codes.FailedPrecondition, "cairn: not in sharded mode")
 	}
-	first, err := s.n.alloc.Revisions(ctx, r.Count)
+	first, err := s.n.alloc.RevisionsAbove(ctx, r.Count, mvcc.Revision(r.Above))
 	if err != nil {
 		return nil, toRemote(err)
 	}

@@ -231,6 +231,16 @@ func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join
 		return fmt.Errorf("node: start the placement group: %w", err)
 	}
 	n.alloc = placement.NewAllocator(n.nh, placementShardID, id, oracleWindow)
+	n.oracle = placement.NewOracleClient(placement.OracleClientConfig{
+		Self:  id,
+		Local: n.alloc,
+		Leader: func() (uint64, bool) {
+			leader, _, ok, _ := n.nh.GetLeaderID(placementShardID)
+			return leader, ok
+		},
+		Remote: n.remoteRevisions,
+		Retry:  forwardRetry,
+	})
 	return nil
 }
 
@@ -351,121 +361,28 @@ func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg d
 	if err != nil {
 		return fmt.Errorf("node: start range %d: %w", d.Id, err)
 	}
-	rr.replica = shard.NewStampingReplica(n.nh, d.Id, n.memberID, n.oracle)
+	rr.replica = shard.NewStampingReplica(n.nh, d.Id, n.memberID, n.oracle, rr.sm.Load)
 	close(rr.ready)
 	n.wg.Add(1)
 	go n.pump(rr.hub, &rr.sm)
 	return nil
 }
 
-// oracle is the node's client of the revision oracle: the placement
-// replica here answers while it leads the group; otherwise the requests of
-// the node's ranges that arrive together go to the leader's node as one
-// (fold).
-type oracle struct {
-	n    *Node
-	fold *oracleFold
-}
-
-// oracleFold gathers concurrent revision requests for one round trip to
-// the placement leader's node.
-type oracleFold struct {
-	mu      sync.Mutex
-	waiting []*oracleWait
-	busy    bool         // a round trip is under way; it takes the waiting next
-	trips   atomic.Int64 // round trips made, for tests
-}
-
-type oracleWait struct {
-	count int64
-	done  chan oracleAnswer // size 1
-}
-
-type oracleAnswer struct {
-	first mvcc.Revision
-	err   error
-}
-
-// Revisions implements shard.Stamper: from this node's allocator while
-// its placement replica leads, else from the leader's node.
-func (o oracle) Revisions(ctx context.Context, count int64) (mvcc.Revision, error) {
-	for {
-		first, err := o.n.alloc.Revisions(ctx, count)
-		if !errors.Is(err, placement.ErrNotLeader) {
-			return first, err
-		}
-		if leader, _, ok, _ := o.n.nh.GetLeaderID(placementShardID); ok && leader != o.n.memberID {
-			first, err := o.folded(ctx, leader, count)
-			if err == nil {
-				return first, nil
-			}
-			if status.Code(err) != codes.FailedPrecondition && ctx.Err() != nil {
-				return 0, fromRemote(err)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("%w: %v", placement.ErrNotLeader, ctx.Err())
-		case <-time.After(forwardRetry):
-		}
+// remoteRevisions asks the placement leader's member (leader is its
+// replica id, the member id) for n revisions above above.
+func (n *Node) remoteRevisions(ctx context.Context, leader uint64, count int64, above mvcc.Revision) (mvcc.Revision, error) {
+	nc, err := n.nodeClient(leader)
+	if err != nil {
+		return 0, err
 	}
-}
-
-// folded asks leader's node for count revisions together with the other
-// requests waiting meanwhile: one round trip for all, each given its own
-// consecutive part of the answer.
-func (o oracle) folded(ctx context.Context, leader uint64, count int64) (mvcc.Revision, error) {
-	w := &oracleWait{count: count, done: make(chan oracleAnswer, 1)}
-	f := o.fold
-	f.mu.Lock()
-	f.waiting = append(f.waiting, w)
-	if !f.busy {
-		f.busy = true
-		go o.roundTrips(leader)
+	resp, err := nc.Revisions(ctx, &internalpb.RevisionsRequest{Count: count, Above: int64(above)})
+	if status.Code(err) == codes.FailedPrecondition {
+		return 0, fmt.Errorf("%w: %v", placement.ErrNotLeader, err)
 	}
-	f.mu.Unlock()
-	select {
-	case a := <-w.done:
-		return a.first, a.err
-	case <-ctx.Done():
-		return 0, ctx.Err()
+	if err != nil {
+		return 0, fromRemote(err)
 	}
-}
-
-// roundTrips serves the waiting requests, a round trip per gathering,
-// until none waits.
-func (o oracle) roundTrips(leader uint64) {
-	f := o.fold
-	for {
-		f.mu.Lock()
-		batch := f.waiting
-		f.waiting = nil
-		if len(batch) == 0 {
-			f.busy = false
-			f.mu.Unlock()
-			return
-		}
-		f.mu.Unlock()
-		var total int64
-		for _, w := range batch {
-			total += w.count
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		var first mvcc.Revision
-		f.trips.Add(1)
-		nc, err := o.n.nodeClient(leader)
-		if err == nil {
-			var resp *internalpb.RevisionsResponse
-			if resp, err = nc.Revisions(ctx, &internalpb.RevisionsRequest{Count: total}); err == nil {
-				first = mvcc.Revision(resp.First)
-			}
-		}
-		cancel()
-		for _, w := range batch {
-			w.done <- oracleAnswer{first: first, err: err}
-			first += mvcc.Revision(w.count)
-		}
-	}
+	return mvcc.Revision(resp.First), nil
 }
 
 // All implements router.Ranges.
@@ -479,9 +396,25 @@ func (n *Node) All() []router.RangePart {
 	return out
 }
 
-// Now implements router.Ranges: a revision above every write completed
-// before the call.
+// Now implements router.Ranges: a revision at or above every write
+// completed before the call. While the cluster is one range that counts its
+// revisions, it is that range's revision, read linearizably — no oracle
+// revision, so that headers show etcd's dense revisions; once it has split,
+// a fresh oracle revision.
 func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
+	if rs := n.rangeSet.routing(); len(rs) == 1 {
+		if sm := rs[0].smRef.Load(); sm != nil && sm.Counting() {
+			v, err := rs[0].client.Read(ctx, shard.StatusQuery{}, true)
+			if err != nil {
+				return 0, err
+			}
+			// Counting still, as of the read index: no split has
+			// committed before it, so no write has an oracle revision.
+			if st := v.(shard.Status); st.Counting {
+				return st.Revision, nil
+			}
+		}
+	}
 	return n.oracle.Revisions(ctx, 1)
 }
 

@@ -77,16 +77,21 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	if splitCutShort != nil && splitCutShort() {
 		return res.Ranges, nil
 	}
-	req := splitRequest(res.Ranges[1])
 	for {
 		// While the range elects a leader (one of its members is down,
 		// say) the proposal times out; proposed again after one that did
-		// apply, the range refuses it as outside its span.
-		_, err := parent.client.Write(ctx, req)
+		// apply, the range refuses it as outside its span. A range that
+		// counts its revisions refuses a split whose oracle revision it
+		// has passed meanwhile: it is asked for again.
+		req, err := n.splitRequest(ctx, parent, res.Ranges[1])
+		if err == nil {
+			_, err = parent.client.Write(ctx, req)
+		}
 		if err == nil || errors.Is(err, mvcc.ErrOutsideSpan) {
 			break
 		}
-		if !errors.Is(err, shard.ErrTimeout) && !errors.Is(err, shard.ErrNoLeader) && !errors.Is(err, shard.ErrBusy) {
+		if !errors.Is(err, shard.ErrTimeout) && !errors.Is(err, shard.ErrNoLeader) && !errors.Is(err, shard.ErrBusy) &&
+			!errors.Is(err, mvcc.ErrStaleStamp) {
 			return nil, err
 		}
 		select {
@@ -108,11 +113,35 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	return res.Ranges, nil
 }
 
-// splitRequest is the proposal to the range it splits off that makes
-// range d, as the range map names it.
-func splitRequest(d *placementpb.RangeDescriptor) *shardpb.Request {
-	return &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{
-		Key: d.Start, Child: d.Id, Founders: d.Founders}}}
+// splitMargin is how far above a counting range's revision the oracle
+// revision of its split is taken: room for the writes the range counts
+// until the split applies (more, and the split is asked for again).
+const splitMargin = oracleWindow
+
+// splitRequest is the proposal to holder, the range it splits off, that
+// makes range d, as the range map names it. A range that still counts its
+// revisions (a cluster of one range, DESIGN.md "Keys, values, revisions")
+// is given an oracle revision above its own, so that the oracle, which
+// numbers every write after the split, is past every revision counted
+// before it.
+func (n *Node) splitRequest(ctx context.Context, holder *rangeReplica, d *placementpb.RangeDescriptor) (*shardpb.Request, error) {
+	split := &shardpb.SplitRange{Key: d.Start, Child: d.Id, Founders: d.Founders}
+	req := &shardpb.Request{Op: &shardpb.Request_Split{Split: split}}
+	if sm := holder.smRef.Load(); sm == nil || !sm.Counting() {
+		return req, nil
+	}
+	v, err := holder.client.Read(ctx, shard.StatusQuery{}, true)
+	if err != nil {
+		return nil, err
+	}
+	if st := v.(shard.Status); st.Counting {
+		above, err := n.oracle.RevisionsAbove(ctx, 1, st.Revision+splitMargin)
+		if err != nil {
+			return nil, err
+		}
+		split.Above = int64(above)
+	}
+	return req, nil
 }
 
 // recordedSplit returns the two ranges of a split of d at key if the range
@@ -351,7 +380,10 @@ func (n *Node) finishSplits(ctx context.Context, pending []*placementpb.RangeDes
 				}
 			} else if holder != nil {
 				wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-				_, err := holder.client.Write(wctx, splitRequest(d))
+				req, err := n.splitRequest(wctx, holder, d)
+				if err == nil {
+					_, err = holder.client.Write(wctx, req)
+				}
 				wcancel()
 				if err != nil && !errors.Is(err, mvcc.ErrOutsideSpan) {
 					n.log.Warn("propose a split again", "range", d.Id, "error", err)

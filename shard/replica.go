@@ -66,6 +66,9 @@ type Replica struct {
 	// stamper, if set, stamps writes with cluster-wide revisions (sharded
 	// mode); restamped counts writes refused as stale and stamped again.
 	stamper   Stamper
+	// local is this NodeHost's state machine of the shard (see
+	// NewStampingReplica); nil: none given.
+	local func() *StateMachine
 	replicaID uint64
 	restamped atomic.Uint64
 	// proposed counts the requests written through this client.
@@ -102,7 +105,7 @@ type outcome struct {
 // NewReplica starts the proposal batcher of shardID on nh. Close stops it.
 // Writes get their revisions when they apply (single-group mode).
 func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
-	return NewStampingReplica(nh, shardID, 0, nil)
+	return NewStampingReplica(nh, shardID, 0, nil, nil)
 }
 
 // NewStampingReplica is NewReplica with writes stamped by stamper before
@@ -117,10 +120,16 @@ func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
 // caller to find the leader), and each command carries the term it leads
 // in, so that a deposed leader's writes are refused once its successor has
 // written.
-func NewStampingReplica(nh *dragonboat.NodeHost, shardID, replicaID uint64, stamper Stamper) *Replica {
+//
+// local, if set, is this NodeHost's state machine of the shard (nil while it
+// is not open): while it counts its revisions (StateMachine.Counting, a
+// sharded cluster of one range) writes go unstamped and the closed revision
+// is its revision, with no oracle involved.
+func NewStampingReplica(nh *dragonboat.NodeHost, shardID, replicaID uint64, stamper Stamper, local func() *StateMachine) *Replica {
 	r := &Replica{
 		replicaID: replicaID,
 		stamper:   stamper,
+		local:     local,
 		inflight:  map[uint64]mvcc.Revision{},
 		nh:        nh,
 		shardID:   shardID,
@@ -318,7 +327,7 @@ func (r *Replica) batch() {
 			continue
 		}
 		var proposed *proposal
-		if r.stamper != nil && (slices.ContainsFunc(batch, func(p *pending) bool { return stamps(p.req) }) || r.leads()) {
+		if r.stamping() && (slices.ContainsFunc(batch, func(p *pending) bool { return stamps(p.req) }) || r.leads()) {
 			// Stamp and propose here, one batch after another, so the log
 			// gets this replica's writes in stamp order. Only the leader
 			// stamps; a batch without writes to stamp may go from any
@@ -342,6 +351,22 @@ func (r *Replica) batch() {
 			r.send(batch, proposed)
 		}()
 	}
+}
+
+// stamping reports whether writes are to be stamped: in sharded mode, once
+// the range no longer counts its revisions itself.
+func (r *Replica) stamping() bool {
+	return r.stamper != nil && !r.counting()
+}
+
+// counting reports whether this NodeHost's state machine of the range
+// counts its revisions (StateMachine.Counting).
+func (r *Replica) counting() bool {
+	if r.local == nil {
+		return false
+	}
+	sm := r.local()
+	return sm != nil && sm.Counting()
 }
 
 // Stamps reports whether req writes at a revision of its own, so that in
@@ -447,6 +472,13 @@ func (r *Replica) leading() (uint64, error) {
 func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
 	if r.stamper == nil {
 		return 0, fmt.Errorf("shard: AdvanceIdle needs a stamping client")
+	}
+	if r.counting() {
+		// A range that counts is closed at its revision, on every replica
+		// (Config.Sharded): nothing to ask the oracle.
+		if sm := r.local(); sm != nil {
+			return max(r.Closed(), sm.Rev()), nil
+		}
 	}
 	term, err := r.leading()
 	if err != nil {
@@ -689,7 +721,7 @@ func (r *Replica) send(batch []*pending, first *proposal) {
 				return
 			}
 			for i, p := range batch {
-				if r.stamper != nil && out.Responses[i].GetError().GetCode() == shardpb.ErrorCode_ERROR_CODE_STALE_STAMP {
+				if r.stamper != nil && stamps(p.req) && out.Responses[i].GetError().GetCode() == shardpb.ErrorCode_ERROR_CODE_STALE_STAMP {
 					r.restamp(p)
 					continue
 				}

@@ -103,7 +103,7 @@ func TestStampedWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clients := []*shard.Replica{shard.NewStampingReplica(nh, dataShard, 1, alloc), shard.NewStampingReplica(nh, dataShard, 1, alloc)}
+	clients := []*shard.Replica{shard.NewStampingReplica(nh, dataShard, 1, alloc, nil), shard.NewStampingReplica(nh, dataShard, 1, alloc, nil)}
 	for _, c := range clients {
 		t.Cleanup(c.Close)
 	}
@@ -189,7 +189,7 @@ func TestStaleStampRestamped(t *testing.T) {
 	defer cancel()
 	plain := shard.NewReplica(nh, dataShard)
 	t.Cleanup(plain.Close)
-	c := shard.NewStampingReplica(nh, dataShard, 1, &racingStamper{alloc: alloc, other: plain})
+	c := shard.NewStampingReplica(nh, dataShard, 1, &racingStamper{alloc: alloc, other: plain}, nil)
 	t.Cleanup(c.Close)
 	rev, err := put(ctx, c, "k")
 	if err != nil {
@@ -216,7 +216,7 @@ func TestClosedRevisionAdvances(t *testing.T) {
 	nh, alloc := stampedShard(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := shard.NewStampingReplica(nh, dataShard, 1, alloc)
+	c := shard.NewStampingReplica(nh, dataShard, 1, alloc, nil)
 	t.Cleanup(c.Close)
 	var last int64
 	for i := range 20 {
@@ -249,7 +249,7 @@ func TestAdvanceIdle(t *testing.T) {
 	nh, alloc := stampedShard(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := shard.NewStampingReplica(nh, dataShard, 1, alloc)
+	c := shard.NewStampingReplica(nh, dataShard, 1, alloc, nil)
 	t.Cleanup(c.Close)
 	rev, err := put(ctx, c, "a")
 	if err != nil {
@@ -282,7 +282,7 @@ func TestAdvanceIdle(t *testing.T) {
 		t.Fatalf("write at %d under the published closed revision %d", next, again)
 	}
 
-	notLeader := shard.NewStampingReplica(nh, dataShard, 2, alloc) // replica 2 does not exist, let alone lead
+	notLeader := shard.NewStampingReplica(nh, dataShard, 2, alloc, nil) // replica 2 does not exist, let alone lead
 	t.Cleanup(notLeader.Close)
 	if _, err := put(ctx, notLeader, "c"); !errors.Is(err, shard.ErrNoLeader) {
 		t.Fatalf("a write stamped off the leader: %v, want ErrNoLeader", err)
@@ -297,7 +297,7 @@ func TestReadAt(t *testing.T) {
 	nh, alloc := stampedShard(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c := shard.NewStampingReplica(nh, dataShard, 1, alloc)
+	c := shard.NewStampingReplica(nh, dataShard, 1, alloc, nil)
 	t.Cleanup(c.Close)
 	first, err := put(ctx, c, "a")
 	if err != nil {

@@ -30,6 +30,15 @@ type Config struct {
 	DB *pebble.DB
 	// Span is the range of user keys; {nil, nil} is the whole key space.
 	Span mvcc.Span
+	// Sharded makes the shard a range of sharded mode (DESIGN.md "Keys,
+	// values, revisions"). While its span is the whole key space it counts
+	// revisions at apply time as etcd does (dense; an unstamped write
+	// applies at current + 1) and its closed revision is its revision; a
+	// split needs an oracle revision above the range's (SplitRange.Above),
+	// and from the split on every write must carry a stamp: one without is
+	// refused as stale, for the proposer to stamp it. Single-group mode
+	// (false) counts always and keeps no closed revision.
+	Sharded bool
 	// Lease configures the shard's lessor (its ID is the shard id).
 	Lease lease.Options
 	// Now is the clock the lessor is given when a grant applies on the
@@ -187,7 +196,8 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	defer b.Close()
 	var events []*mvccpb.Event
 	closedBefore := mvcc.Revision(s.closedRev.Load())
-	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: closedBefore, fence: s.fence.Load()}
+	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: closedBefore, fence: s.fence.Load(),
+		sharded: s.cfg.Sharded, counting: s.cfg.Sharded && wholeSpan(store.Span())}
 	for i := range entries {
 		a.index = entries[i].Index
 		res, err := a.command(entries[i].Cmd)
@@ -263,7 +273,14 @@ type applier struct {
 	index uint64
 	// splits are the splits applied in this batch.
 	splits []appliedSplit
+	// sharded is Config.Sharded; counting is true while the range of
+	// sharded mode spans the whole key space (it then numbers revisions
+	// itself and its closed revision follows them); a split ends it.
+	sharded, counting bool
 }
+
+// wholeSpan reports whether sp is the whole key space.
+func wholeSpan(sp mvcc.Span) bool { return len(sp.Start) == 0 && sp.End == nil }
 
 // appliedSplit is a split applied in a batch, for Config.OnSplit.
 type appliedSplit struct {
@@ -283,14 +300,22 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 	}
 	res := &shardpb.Result{Responses: make([]*shardpb.Response, len(c.Requests))}
 	a.term = c.Term
+	// The closed revision of a range that counts is its revision (a write
+	// still to come applies above it), raised with each request below; the
+	// proposer's closed revision means nothing there.
+	counting := a.counting
+	cmdClosed := mvcc.Revision(c.Closed)
+	if counting {
+		cmdClosed = 0
+	}
 	// Every write at or below the command's closed revision is before it
 	// in the log: a compaction in it may reach that far.
-	a.b.SetClosed(max(a.closed, mvcc.Revision(c.Closed)))
+	a.b.SetClosed(max(a.closed, cmdClosed))
 	// A stamp at or below the command's own closed revision is stale too:
 	// the leader closed that revision (AdvanceIdle, published to watchers
 	// without a log write) while this batch, stamped before, was on its
 	// way to being proposed; it is stamped again, above.
-	a.cmdClosed = max(a.closed, mvcc.Revision(c.Closed))
+	a.cmdClosed = max(a.closed, cmdClosed)
 	if c.Term > a.fence {
 		a.fence = c.Term
 		var v [8]byte
@@ -310,8 +335,13 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 			resp = errResponse(e)
 		}
 		res.Responses[i] = resp
+		if a.counting {
+			a.closed = max(a.closed, a.b.Rev())
+			a.b.SetClosed(a.closed)
+			a.cmdClosed = a.closed
+		}
 	}
-	if c := mvcc.Revision(c.Closed); c > a.closed {
+	if c := cmdClosed; c > a.closed {
 		a.closed = c
 		var v [8]byte
 		binary.BigEndian.PutUint64(v[:], uint64(c))
@@ -368,6 +398,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	}
 	if stamp != 0 && a.term < a.fence {
 		return nil, fmt.Errorf("%w: stamped in term %d, a leader of term %d has written since", mvcc.ErrStaleStamp, a.term, a.fence)
+	}
+	if stamp == 0 && a.sharded && !a.counting && stamps(r) {
+		return nil, fmt.Errorf("%w: a write without a stamp in a range that no longer counts its revisions", mvcc.ErrStaleStamp)
 	}
 	for _, sl := range r.ShadowLeases {
 		// A lease this shard revoked gets no shadow: the store then
@@ -499,6 +532,11 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		if op.Split == nil || op.Split.Child == 0 {
 			return nil, badRequest("shard: split without its fields")
 		}
+		if a.counting && mvcc.Revision(op.Split.Above) <= b.Rev() {
+			// Every revision the oracle hands out after the split must
+			// exceed those this range counted: the split carries one.
+			return nil, fmt.Errorf("%w: a split at revision %d needs an oracle revision above it, has %d", mvcc.ErrStaleStamp, b.Rev(), op.Split.Above)
+		}
 		right, err := b.SplitOff(op.Split.Key, op.Split.Child)
 		if err != nil {
 			return nil, err
@@ -512,6 +550,13 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		binary.BigEndian.PutUint64(v[:], uint64(a.closed))
 		b.SetMetaFor(op.Split.Child, closedKey, v[:])
 		a.splits = append(a.splits, appliedSplit{child: op.Split.Child, span: right, rev: b.Rev(), founders: op.Split.Founders})
+		if a.counting {
+			// The range stops counting: its closed revision, its
+			// revision so far, is kept, and every write from now on is
+			// stamped by the oracle above op.Split.Above.
+			a.counting = false
+			b.SetMeta(closedKey, v[:])
+		}
 		return &shardpb.Response{Result: &shardpb.Response_Split{Split: true}}, nil
 	case *shardpb.Request_LeaseCheckpoint:
 		var req pb.LeaseCheckpointRequest
@@ -592,7 +637,7 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		resp, err = s.store.ReadTxnAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
 	case StatusQuery:
 		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),
-			Closed: mvcc.Revision(s.closedRev.Load()), Fence: s.fence.Load()}
+			Closed: mvcc.Revision(s.closedRev.Load()), Fence: s.fence.Load(), Counting: s.cfg.Sharded && wholeSpan(s.store.Span())}
 	case HashQuery:
 		var hr HashResult
 		hr.Hash, hr.Revision, hr.CompactRevision, err = s.store.HashKV(q.Rev)
@@ -718,6 +763,11 @@ func (s *StateMachine) loadClosed(store *mvcc.Store) error {
 		}
 		m.set(x)
 	}
+	if s.cfg.Sharded && wholeSpan(store.Span()) {
+		// A range that counts is closed at its revision (a data directory
+		// from before ranges counted may hold an oracle's revision here).
+		s.closedRev.Store(int64(store.Rev()))
+	}
 	return nil
 }
 
@@ -814,6 +864,9 @@ type Status struct {
 	Closed mvcc.Revision
 	// Fence is the newest raft term a stamped command was proposed in.
 	Fence uint64
+	// Counting: the range numbers its revisions itself (Config.Sharded,
+	// before its first split); false in single-group mode.
+	Counting bool
 }
 
 // Events reads the store's change history (see mvcc.Store.Events) for
@@ -825,6 +878,25 @@ func (s *StateMachine) Events(from, to mvcc.Revision, fn func(rev mvcc.Revision,
 		return ErrClosed
 	}
 	return s.store.Events(from, to, fn)
+}
+
+// Counting reports whether the range numbers its revisions itself (see
+// Config.Sharded): a proposer then leaves its writes unstamped. False once
+// a split has applied, and in single-group mode.
+func (s *StateMachine) Counting() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cfg.Sharded && s.store != nil && wholeSpan(s.store.Span())
+}
+
+// Rev returns the store's revision (0 if not open).
+func (s *StateMachine) Rev() mvcc.Revision {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.store == nil {
+		return 0
+	}
+	return s.store.Rev()
 }
 
 // CompactRev returns the store's compacted revision (-1 if none or closed).

@@ -488,8 +488,10 @@ func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
 }
 
 type RevisionsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Count         int64                  `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Count int64                  `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	// above: every revision handed out exceeds it (placement.Oracle.Raise).
+	Above         int64 `protobuf:"varint,2,opt,name=above,proto3" json:"above,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -527,6 +529,13 @@ func (*RevisionsRequest) Descriptor() ([]byte, []int) {
 func (x *RevisionsRequest) GetCount() int64 {
 	if x != nil {
 		return x.Count
+	}
+	return 0
+}
+
+func (x *RevisionsRequest) GetAbove() int64 {
+	if x != nil {
+		return x.Above
 	}
 	return 0
 }
@@ -832,9 +841,10 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x11WaitClosedRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x14\n" +
-	"\x12WaitClosedResponse\"(\n" +
+	"\x12WaitClosedResponse\">\n" +
 	"\x10RevisionsRequest\x12\x14\n" +
-	"\x05count\x18\x01 \x01(\x03R\x05count\")\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x14\n" +
+	"\x05above\x18\x02 \x01(\x03R\x05above\")\n" +
 	"\x11RevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\"Q\n" +
 	"\vRangeClosed\x12\x14\n" +

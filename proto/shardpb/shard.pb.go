@@ -582,7 +582,12 @@ type SplitRange struct {
 	Child uint64                 `protobuf:"varint,2,opt,name=child,proto3" json:"child,omitempty"`
 	// founders start the child's raft group (the range map's replicas of the
 	// range at the split); empty: the replicas the parent's descriptor names.
-	Founders      []uint64 `protobuf:"varint,3,rep,packed,name=founders,proto3" json:"founders,omitempty"`
+	Founders []uint64 `protobuf:"varint,3,rep,packed,name=founders,proto3" json:"founders,omitempty"`
+	// above, for a range that still counts its own revisions (the whole key
+	// space, sharded mode), is a revision the oracle handed out above the
+	// range's: the split is refused if the range has passed it since, so that
+	// every stamp after the split exceeds every revision counted before.
+	Above         int64 `protobuf:"varint,4,opt,name=above,proto3" json:"above,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -636,6 +641,13 @@ func (x *SplitRange) GetFounders() []uint64 {
 		return x.Founders
 	}
 	return nil
+}
+
+func (x *SplitRange) GetAbove() int64 {
+	if x != nil {
+		return x.Above
+	}
+	return 0
 }
 
 // LeaseShard names a lease and a shard holding keys attached to it.
@@ -1263,12 +1275,13 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
-	"generation\"P\n" +
+	"generation\"f\n" +
 	"\n" +
 	"SplitRange\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05child\x18\x02 \x01(\x04R\x05child\x12\x1a\n" +
-	"\bfounders\x18\x03 \x03(\x04R\bfounders\"8\n" +
+	"\bfounders\x18\x03 \x03(\x04R\bfounders\x12\x14\n" +
+	"\x05above\x18\x04 \x01(\x03R\x05above\"8\n" +
 	"\n" +
 	"LeaseShard\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x14\n" +

@@ -1,0 +1,160 @@
+package placement
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cairn-kv/cairn/mvcc"
+)
+
+// OracleClient is one member's client of the revision oracle (the
+// shard.Stamper of its ranges). While this member's placement replica
+// leads, its own Allocator answers; otherwise the requests that arrive
+// while a round trip to the leader's member is under way wait and go
+// together in the next one, each given its own consecutive part of the
+// answer:
+//
+//	A asks 3, B asks 2 (together) → one trip for 5, answered 101 → A 101..103, B 104..105
+//
+// It owns no goroutine while idle: a request that finds no trip under way
+// starts one, which runs until nobody waits. Safe for concurrent use.
+type OracleClient struct {
+	cfg OracleClientConfig
+
+	mu      sync.Mutex
+	waiting []*oracleWait // REQUIRES: mu
+	busy    bool          // a round trip is under way; it takes the waiting next (REQUIRES: mu)
+	trips   atomic.Int64  // round trips made
+}
+
+// OracleClientConfig wires an OracleClient to its member.
+type OracleClientConfig struct {
+	// Self is this member's replica id in the placement group.
+	Self uint64
+	// Local is this member's allocator; it answers ErrNotLeader unless
+	// the member's placement replica leads.
+	Local interface {
+		RevisionsAbove(ctx context.Context, n int64, above mvcc.Revision) (mvcc.Revision, error)
+	}
+	// Leader names the placement group's leader, if one is known.
+	Leader func() (uint64, bool)
+	// Remote asks the leader's member for n revisions above above: one
+	// round trip. It answers ErrNotLeader if that member no longer leads.
+	Remote func(ctx context.Context, leader uint64, n int64, above mvcc.Revision) (mvcc.Revision, error)
+	// Retry is the wait between tries while leadership moves; 0 means
+	// 10ms.
+	Retry time.Duration
+	// TripTimeout bounds one round trip; 0 means 5s.
+	TripTimeout time.Duration
+}
+
+type oracleWait struct {
+	n     int64
+	above mvcc.Revision
+	done  chan oracleAnswer // size 1
+}
+
+type oracleAnswer struct {
+	first mvcc.Revision
+	err   error
+}
+
+// NewOracleClient returns a client over cfg.
+func NewOracleClient(cfg OracleClientConfig) *OracleClient {
+	if cfg.Retry <= 0 {
+		cfg.Retry = 10 * time.Millisecond
+	}
+	if cfg.TripTimeout <= 0 {
+		cfg.TripTimeout = 5 * time.Second
+	}
+	return &OracleClient{cfg: cfg}
+}
+
+// Revisions hands out n consecutive revisions, first..first+n-1, each
+// unique in the cluster and above every revision handed out before the
+// call began (shard.Stamper). It waits for a leader until ctx ends.
+func (c *OracleClient) Revisions(ctx context.Context, n int64) (mvcc.Revision, error) {
+	return c.RevisionsAbove(ctx, n, 0)
+}
+
+// RevisionsAbove is Revisions with every revision above above.
+func (c *OracleClient) RevisionsAbove(ctx context.Context, n int64, above mvcc.Revision) (mvcc.Revision, error) {
+	for {
+		first, err := c.cfg.Local.RevisionsAbove(ctx, n, above)
+		if !errors.Is(err, ErrNotLeader) {
+			return first, err
+		}
+		if leader, ok := c.cfg.Leader(); ok && leader != c.cfg.Self {
+			first, err := c.folded(ctx, leader, n, above)
+			if err == nil {
+				return first, nil
+			}
+			if !errors.Is(err, ErrNotLeader) && ctx.Err() != nil {
+				return 0, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %v", ErrNotLeader, ctx.Err())
+		case <-time.After(c.cfg.Retry):
+		}
+	}
+}
+
+// RoundTrips counts the round trips made to other members.
+func (c *OracleClient) RoundTrips() int64 { return c.trips.Load() }
+
+// folded asks leader's member for n revisions together with the other
+// requests waiting meanwhile.
+func (c *OracleClient) folded(ctx context.Context, leader uint64, n int64, above mvcc.Revision) (mvcc.Revision, error) {
+	w := &oracleWait{n: n, above: above, done: make(chan oracleAnswer, 1)}
+	c.mu.Lock()
+	c.waiting = append(c.waiting, w)
+	if !c.busy {
+		c.busy = true
+		go c.roundTrips(leader)
+	}
+	c.mu.Unlock()
+	select {
+	case a := <-w.done:
+		return a.first, a.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// roundTrips serves the waiting requests, a round trip per gathering,
+// until none waits.
+func (c *OracleClient) roundTrips(leader uint64) {
+	for {
+		c.mu.Lock()
+		batch := c.waiting
+		c.waiting = nil
+		if len(batch) == 0 {
+			c.busy = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		var (
+			total int64
+			above mvcc.Revision
+		)
+		for _, w := range batch {
+			total += w.n
+			above = max(above, w.above)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.TripTimeout)
+		c.trips.Add(1)
+		first, err := c.cfg.Remote(ctx, leader, total, above)
+		cancel()
+		for _, w := range batch {
+			w.done <- oracleAnswer{first: first, err: err}
+			first += mvcc.Revision(w.n)
+		}
+	}
+}

@@ -65,10 +65,10 @@ type Replica struct {
 
 	// stamper, if set, stamps writes with cluster-wide revisions (sharded
 	// mode); restamped counts writes refused as stale and stamped again.
-	stamper   Stamper
+	stamper Stamper
 	// local is this NodeHost's state machine of the shard (see
 	// NewStampingReplica); nil: none given.
-	local func() *StateMachine
+	local     func() *StateMachine
 	replicaID uint64
 	restamped atomic.Uint64
 	// proposed counts the requests written through this client.

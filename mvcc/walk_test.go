@@ -57,10 +57,13 @@ func nestedTxn() *pb.TxnRequest {
 	)
 }
 
+// TestEachOp runs EachOp (no path) and eachTakenOp (a path) and lists the
+// ops they visit.
 func TestEachOp(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		txn    *pb.TxnRequest
+		path   []bool // nil: EachOp, both branches
 		stopAt string // fn returns false on the op of this name
 		want   []string
 		done   bool
@@ -109,38 +112,15 @@ func TestEachOp(t *testing.T) {
 			stopAt: "get a",
 			want:   []string{"get a"},
 		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var got []string
-			done := EachOp(tc.txn, func(op *pb.RequestOp) bool {
-				got = append(got, opName(op))
-				return opName(op) != tc.stopAt
-			})
-			if !slices.Equal(got, tc.want) || done != tc.done {
-				t.Fatalf("EachOp visited %q, done=%v; want %q, done=%v", got, done, tc.want, tc.done)
-			}
-		})
-	}
-}
-
-func TestEachTakenOp(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		txn    *pb.TxnRequest
-		path   []bool
-		stopAt string
-		want   []string
-		done   bool
-	}{
 		{
-			name: "flat success",
+			name: "taken: flat success",
 			txn:  txnOf(ops(getOp("a")), ops(putOp("b"))),
 			path: []bool{true},
 			want: []string{"get a"},
 			done: true,
 		},
 		{
-			name: "flat failure",
+			name: "taken: flat failure",
 			txn:  txnOf(ops(getOp("a")), ops(putOp("b"))),
 			path: []bool{false},
 			want: []string{"put b"},
@@ -148,28 +128,28 @@ func TestEachTakenOp(t *testing.T) {
 		},
 		{
 			// path: r success; nested txn 1 success; its nested txn 2 failure.
-			name: "nested txns take path entries in the order they are reached",
+			name: "taken: nested txns take path entries in the order they are reached",
 			txn:  nestedTxn(),
 			path: []bool{true, true, false},
 			want: []string{"put a", "txn", "put b", "txn", "del d", "get f"},
 			done: true,
 		},
 		{
-			name: "nested txn on the failure branch",
+			name: "taken: nested txn on the failure branch",
 			txn:  nestedTxn(),
 			path: []bool{false, false},
 			want: []string{"txn", "put h", "del i"},
 			done: true,
 		},
 		{
-			name: "a failing nested txn reaches no deeper txn",
+			name: "taken: a failing nested txn reaches no deeper txn",
 			txn:  nestedTxn(),
 			path: []bool{true, false},
 			want: []string{"put a", "txn", "del e", "get f"},
 			done: true,
 		},
 		{
-			name: "sibling txns take consecutive entries after the first's subtree",
+			name: "taken: sibling txns take consecutive entries after the first's subtree",
 			txn: txnOf(ops(
 				txnOp(txnOf(ops(txnOp(txnOf(ops(putOp("a")), ops(putOp("b"))))), nil)),
 				txnOp(txnOf(ops(putOp("c")), ops(putOp("d")))),
@@ -179,7 +159,7 @@ func TestEachTakenOp(t *testing.T) {
 			done: true,
 		},
 		{
-			name:   "stops at the op fn refuses",
+			name:   "taken: stops at the op fn refuses",
 			txn:    nestedTxn(),
 			path:   []bool{true, true, true},
 			stopAt: "put b",
@@ -188,12 +168,18 @@ func TestEachTakenOp(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var got []string
-			done := eachTakenOp(tc.txn, tc.path, func(op *pb.RequestOp) bool {
+			fn := func(op *pb.RequestOp) bool {
 				got = append(got, opName(op))
 				return opName(op) != tc.stopAt
-			})
+			}
+			var done bool
+			if tc.path == nil {
+				done = EachOp(tc.txn, fn)
+			} else {
+				done = eachTakenOp(tc.txn, tc.path, fn)
+			}
 			if !slices.Equal(got, tc.want) || done != tc.done {
-				t.Fatalf("eachTakenOp visited %q, done=%v; want %q, done=%v", got, done, tc.want, tc.done)
+				t.Fatalf("visited %q, done=%v; want %q, done=%v", got, done, tc.want, tc.done)
 			}
 		})
 	}

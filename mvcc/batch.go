@@ -408,43 +408,19 @@ func (b *Batch) Txn(r *pb.TxnRequest, stamp Revision) (*pb.TxnResponse, error) {
 // checkTxnSpan refuses a txn whose taken branches touch keys outside the
 // span, before anything is written.
 func checkTxnSpan(v *view, r *pb.TxnRequest, path []bool) error {
-	_, err := walkTxn(r, path, func(op *pb.RequestOp) error {
+	var err error
+	eachTakenOp(r, path, func(op *pb.RequestOp) bool {
 		switch o := op.Request.(type) {
 		case *pb.RequestOp_RequestRange:
-			return v.checkSpan(o.RequestRange.Key, mkGteRange(o.RequestRange.RangeEnd))
+			err = v.checkSpan(o.RequestRange.Key, mkGteRange(o.RequestRange.RangeEnd))
 		case *pb.RequestOp_RequestPut:
-			return v.checkSpan(o.RequestPut.Key, nil)
+			err = v.checkSpan(o.RequestPut.Key, nil)
 		case *pb.RequestOp_RequestDeleteRange:
-			return v.checkSpan(o.RequestDeleteRange.Key, mkGteRange(o.RequestDeleteRange.RangeEnd))
+			err = v.checkSpan(o.RequestDeleteRange.Key, mkGteRange(o.RequestDeleteRange.RangeEnd))
 		}
-		return nil
+		return err == nil
 	})
 	return err
-}
-
-// walkTxn calls fn for each non-txn op on the branches path takes, and
-// returns the number of nested txns visited.
-func walkTxn(r *pb.TxnRequest, path []bool, fn func(*pb.RequestOp) error) (int, error) {
-	n := 0
-	ops := r.Success
-	if !path[0] {
-		ops = r.Failure
-	}
-	for _, op := range ops {
-		if t := op.GetRequestTxn(); t != nil {
-			sub, err := walkTxn(t, path[1:], fn)
-			if err != nil {
-				return 0, err
-			}
-			n += sub + 1
-			path = path[sub+1:]
-			continue
-		}
-		if err := fn(op); err != nil {
-			return 0, err
-		}
-	}
-	return n, nil
 }
 
 func (o *op) execTxn(r *pb.TxnRequest, path []bool, resp *pb.TxnResponse) (int, error) {

@@ -205,37 +205,19 @@ func compareKV(c *pb.Compare, kv *mvccpb.KeyValue) bool {
 
 // checkTxn runs etcd's pre-write checks over the branches path takes:
 // range revisions, and for puts the lease and the previous key that
-// ignore_value / ignore_lease need. leases nil: no lease exists. It
-// returns the number of nested txns visited.
+// ignore_value / ignore_lease need. leases nil: no lease exists.
 func checkTxn(v *view, r *pb.TxnRequest, path []bool, leases LeaseChecker) error {
-	_, err := checkTxnPath(v, r, path, leases)
-	return err
-}
-
-func checkTxnPath(v *view, r *pb.TxnRequest, path []bool, leases LeaseChecker) (int, error) {
-	n := 0
-	ops := r.Success
-	if !path[0] {
-		ops = r.Failure
-	}
-	for _, op := range ops {
-		var err error
+	var err error
+	eachTakenOp(r, path, func(op *pb.RequestOp) bool {
 		switch o := op.Request.(type) {
 		case *pb.RequestOp_RequestRange:
 			err = checkRangeRev(v, o.RequestRange)
 		case *pb.RequestOp_RequestPut:
 			err = checkPut(v, o.RequestPut, leases)
-		case *pb.RequestOp_RequestTxn:
-			var sub int
-			sub, err = checkTxnPath(v, o.RequestTxn, path[1:], leases)
-			n += sub + 1
-			path = path[sub+1:]
 		}
-		if err != nil {
-			return 0, err
-		}
-	}
-	return n, nil
+		return err == nil
+	})
+	return err
 }
 
 func checkRangeRev(v *view, r *pb.RangeRequest) error {

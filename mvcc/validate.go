@@ -190,12 +190,6 @@ func checkIntervals(reqs []*pb.RequestOp) (map[string]struct{}, []interval, erro
 // IsTxnReadOnly reports whether every op of both branches is a Range (a
 // nested txn counts as a write, as in etcd).
 func IsTxnReadOnly(r *pb.TxnRequest) bool {
-	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
-		for _, u := range ops {
-			if u.GetRequestRange() == nil {
-				return false
-			}
-		}
-	}
-	return true
+	// A nested txn's op is not a Range, so the walk stops before entering it.
+	return EachOp(r, func(op *pb.RequestOp) bool { return op.GetRequestRange() != nil })
 }

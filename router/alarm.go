@@ -2,11 +2,13 @@ package router
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -18,27 +20,47 @@ const (
 	quotaLeaseOverhead = 64
 )
 
-// quotaCost is what a request may add to the store, as etcd counts it.
+// quotaCost is what a request may add to the store, as etcd counts it. A
+// txn costs its costlier branch, a nested txn counting as its own cost in
+// the branch that holds it.
 func quotaCost(r any) int64 {
 	switch r := r.(type) {
 	case *pb.PutRequest:
-		return int64(quotaPutOverhead + len(r.Key) + len(r.Value))
+		return putCost(r)
 	case *pb.LeaseGrantRequest:
 		return quotaLeaseOverhead
 	case *pb.TxnRequest:
+		// Every txn, r first, in the order the walk reaches them: a nested
+		// txn comes after the txn holding it, so costing them backwards
+		// costs each before it is needed.
+		txns := []*pb.TxnRequest{r}
+		mvcc.EachOp(r, func(op *pb.RequestOp) bool {
+			if t := op.GetRequestTxn(); t != nil {
+				txns = append(txns, t)
+			}
+			return true
+		})
+		cost := make(map[*pb.TxnRequest]int64, len(txns))
 		branch := func(ops []*pb.RequestOp) (n int64) {
 			for _, op := range ops {
 				if p := op.GetRequestPut(); p != nil {
-					n += quotaCost(p)
+					n += putCost(p)
 				} else if t := op.GetRequestTxn(); t != nil {
-					n += quotaCost(t)
+					n += cost[t]
 				}
 			}
 			return n
 		}
-		return max(branch(r.Success), branch(r.Failure))
+		for _, t := range slices.Backward(txns) {
+			cost[t] = max(branch(t.Success), branch(t.Failure))
+		}
+		return cost[r]
 	}
 	return 0
+}
+
+func putCost(p *pb.PutRequest) int64 {
+	return int64(quotaPutOverhead + len(p.Key) + len(p.Value))
 }
 
 // checkQuota refuses a request that would take the store past its quota,

@@ -269,21 +269,15 @@ func compactionRequest(b []byte) *shardpb.Request {
 // txnSerializable tells whether a read-only txn may be served from the local
 // replica: as in etcd, only when every range in it asks to be serializable.
 func txnSerializable(r *pb.TxnRequest) bool {
-	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
-		for _, op := range branch {
-			switch o := op.Request.(type) {
-			case *pb.RequestOp_RequestRange:
-				if o.RequestRange == nil || !o.RequestRange.Serializable {
-					return false
-				}
-			case *pb.RequestOp_RequestTxn:
-				if o.RequestTxn == nil || !txnSerializable(o.RequestTxn) {
-					return false
-				}
-			}
+	return mvcc.EachOp(r, func(op *pb.RequestOp) bool {
+		switch o := op.Request.(type) {
+		case *pb.RequestOp_RequestRange:
+			return o.RequestRange != nil && o.RequestRange.Serializable
+		case *pb.RequestOp_RequestTxn:
+			return o.RequestTxn != nil
 		}
-	}
-	return true
+		return true
+	})
 }
 
 // write encodes an etcd request, refuses it if it is over the request limit

@@ -122,23 +122,25 @@ func crossRange(parts []RangePart) error {
 // txnSpans lists every key span a txn compares, reads or writes, nested
 // txns included.
 func txnSpans(r *pb.TxnRequest, out []keySpan) []keySpan {
-	for _, c := range r.Compare {
-		out = append(out, keySpan{c.Key, c.RangeEnd})
-	}
-	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
-		for _, op := range branch {
-			switch o := op.Request.(type) {
-			case *pb.RequestOp_RequestRange:
-				out = append(out, keySpan{o.RequestRange.Key, o.RequestRange.RangeEnd})
-			case *pb.RequestOp_RequestPut:
-				out = append(out, keySpan{o.RequestPut.Key, nil})
-			case *pb.RequestOp_RequestDeleteRange:
-				out = append(out, keySpan{o.RequestDeleteRange.Key, o.RequestDeleteRange.RangeEnd})
-			case *pb.RequestOp_RequestTxn:
-				out = txnSpans(o.RequestTxn, out)
-			}
+	compares := func(cs []*pb.Compare) {
+		for _, c := range cs {
+			out = append(out, keySpan{c.Key, c.RangeEnd})
 		}
 	}
+	compares(r.Compare)
+	mvcc.EachOp(r, func(op *pb.RequestOp) bool {
+		switch o := op.Request.(type) {
+		case *pb.RequestOp_RequestRange:
+			out = append(out, keySpan{o.RequestRange.Key, o.RequestRange.RangeEnd})
+		case *pb.RequestOp_RequestPut:
+			out = append(out, keySpan{o.RequestPut.Key, nil})
+		case *pb.RequestOp_RequestDeleteRange:
+			out = append(out, keySpan{o.RequestDeleteRange.Key, o.RequestDeleteRange.RangeEnd})
+		case *pb.RequestOp_RequestTxn:
+			compares(o.RequestTxn.GetCompare()) // before the nested txn's ops, which come next
+		}
+		return true
+	})
 	return out
 }
 
@@ -334,16 +336,12 @@ func (s *Server) settle(ctx context.Context, sh Shard, r *pb.TxnRequest) (mvcc.R
 // txnMaxRev is the newest revision a txn's reads name, nested txns included.
 func txnMaxRev(r *pb.TxnRequest) int64 {
 	var rev int64
-	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
-		for _, op := range branch {
-			switch o := op.Request.(type) {
-			case *pb.RequestOp_RequestRange:
-				rev = max(rev, o.RequestRange.Revision)
-			case *pb.RequestOp_RequestTxn:
-				rev = max(rev, txnMaxRev(o.RequestTxn))
-			}
+	mvcc.EachOp(r, func(op *pb.RequestOp) bool {
+		if o, ok := op.Request.(*pb.RequestOp_RequestRange); ok {
+			rev = max(rev, o.RequestRange.Revision)
 		}
-	}
+		return true
+	})
 	return rev
 }
 

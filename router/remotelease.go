@@ -9,6 +9,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -119,17 +120,11 @@ func (s *Server) shadowLeases(ctx context.Context, rangeID uint64, ids []int64, 
 
 // txnLeases lists the leases a txn's puts name, nested txns included.
 func txnLeases(r *pb.TxnRequest, out []int64) []int64 {
-	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
-		for _, op := range branch {
-			switch o := op.Request.(type) {
-			case *pb.RequestOp_RequestPut:
-				if o.RequestPut.Lease != 0 {
-					out = append(out, o.RequestPut.Lease)
-				}
-			case *pb.RequestOp_RequestTxn:
-				out = txnLeases(o.RequestTxn, out)
-			}
+	mvcc.EachOp(r, func(op *pb.RequestOp) bool {
+		if o, ok := op.Request.(*pb.RequestOp_RequestPut); ok && o.RequestPut.Lease != 0 {
+			out = append(out, o.RequestPut.Lease)
 		}
-	}
+		return true
+	})
 	return out
 }

@@ -114,13 +114,7 @@ func Capped(r any) bool {
 	case *pb.PutRequest, *pb.LeaseGrantRequest:
 		return true
 	case *pb.TxnRequest:
-		for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
-			for _, op := range ops {
-				if op.GetRequestPut() != nil || (op.GetRequestTxn() != nil && Capped(op.GetRequestTxn())) {
-					return true
-				}
-			}
-		}
+		return !mvcc.EachOp(r, func(op *pb.RequestOp) bool { return op.GetRequestPut() == nil })
 	}
 	return false
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,122 +17,42 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/protoadapt"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/proto/electionpb"
+	"github.com/cairn-kv/cairn/proto/etcdwirepb"
+	"github.com/cairn-kv/cairn/proto/lockpb"
 )
 
-// The client side of etcd's v3lock and v3election services, as a client
-// built from etcd's v3lock.proto and v3election.proto sees them. etcd
-// generates these types in its server module, which this module does not
-// depend on, so they are declared here from the .proto files (the router
-// declares its own, separately); TestLockWireFormat pins their encoding to
-// the bytes etcd's generated code produces.
-
-type lockRequest struct {
-	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
-	Lease int64  `protobuf:"varint,2,opt,name=lease,proto3"`
-}
-type lockResponse struct {
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-	Key    []byte             `protobuf:"bytes,2,opt,name=key,proto3"`
-}
-type unlockRequest struct {
-	Key []byte `protobuf:"bytes,1,opt,name=key,proto3"`
-}
-type headerOnly struct { // UnlockResponse, ProclaimResponse, ResignResponse
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-}
-type campaignRequest struct {
-	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
-	Lease int64  `protobuf:"varint,2,opt,name=lease,proto3"`
-	Value []byte `protobuf:"bytes,3,opt,name=value,proto3"`
-}
-type campaignResponse struct {
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-	Leader *leaderKey         `protobuf:"bytes,2,opt,name=leader,proto3"`
-}
-type leaderKey struct {
-	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
-	Key   []byte `protobuf:"bytes,2,opt,name=key,proto3"`
-	Rev   int64  `protobuf:"varint,3,opt,name=rev,proto3"`
-	Lease int64  `protobuf:"varint,4,opt,name=lease,proto3"`
-}
-type leaderRequest struct {
-	Name []byte `protobuf:"bytes,1,opt,name=name,proto3"`
-}
-type leaderResponse struct {
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-	Kv     *mvccpb.KeyValue   `protobuf:"bytes,2,opt,name=kv,proto3"`
-}
-type proclaimRequest struct {
-	Leader *leaderKey `protobuf:"bytes,1,opt,name=leader,proto3"`
-	Value  []byte     `protobuf:"bytes,2,opt,name=value,proto3"`
-}
-type resignRequest struct {
-	Leader *leaderKey `protobuf:"bytes,1,opt,name=leader,proto3"`
-}
-
-func (m *lockRequest) Reset()              { *m = lockRequest{} }
-func (m *lockRequest) String() string      { return fmt.Sprintf("%+v", *m) }
-func (m *lockResponse) Reset()             { *m = lockResponse{} }
-func (m *lockResponse) String() string     { return fmt.Sprintf("%+v", *m) }
-func (m *unlockRequest) Reset()            { *m = unlockRequest{} }
-func (m *unlockRequest) String() string    { return fmt.Sprintf("%+v", *m) }
-func (m *headerOnly) Reset()               { *m = headerOnly{} }
-func (m *headerOnly) String() string       { return fmt.Sprintf("%+v", *m) }
-func (m *campaignRequest) Reset()          { *m = campaignRequest{} }
-func (m *campaignRequest) String() string  { return fmt.Sprintf("%+v", *m) }
-func (m *campaignResponse) Reset()         { *m = campaignResponse{} }
-func (m *campaignResponse) String() string { return fmt.Sprintf("%+v", *m) }
-func (m *leaderKey) Reset()                { *m = leaderKey{} }
-func (m *leaderKey) String() string        { return fmt.Sprintf("%+v", *m) }
-func (m *leaderRequest) Reset()            { *m = leaderRequest{} }
-func (m *leaderRequest) String() string    { return fmt.Sprintf("%+v", *m) }
-func (m *leaderResponse) Reset()           { *m = leaderResponse{} }
-func (m *leaderResponse) String() string   { return fmt.Sprintf("%+v", *m) }
-func (m *proclaimRequest) Reset()          { *m = proclaimRequest{} }
-func (m *proclaimRequest) String() string  { return fmt.Sprintf("%+v", *m) }
-func (m *resignRequest) Reset()            { *m = resignRequest{} }
-func (m *resignRequest) String() string    { return fmt.Sprintf("%+v", *m) }
-func (*lockRequest) ProtoMessage()         {}
-func (*lockResponse) ProtoMessage()        {}
-func (*unlockRequest) ProtoMessage()       {}
-func (*headerOnly) ProtoMessage()          {}
-func (*campaignRequest) ProtoMessage()     {}
-func (*campaignResponse) ProtoMessage()    {}
-func (*leaderKey) ProtoMessage()           {}
-func (*leaderRequest) ProtoMessage()       {}
-func (*leaderResponse) ProtoMessage()      {}
-func (*proclaimRequest) ProtoMessage()     {}
-func (*resignRequest) ProtoMessage()       {}
-
-// TestLockWireFormat: the test's wire types encode and decode exactly as
-// etcd's generated v3lockpb and v3electionpb types. The bytes were
-// produced by etcd v3.7.3's generated code (proto.Marshal) for the same
-// field values.
+// TestLockWireFormat: Cairn's lock and election messages (proto/lockpb,
+// proto/electionpb), which the router serves and the tests below call it
+// with, encode and decode exactly as etcd's generated v3lockpb and
+// v3electionpb types, so these tests see what a client built from etcd's
+// v3lock.proto and v3election.proto sees. The bytes were produced by etcd
+// v3.7.3's generated code (proto.Marshal) for the same field values.
 func TestLockWireFormat(t *testing.T) {
-	hdr := &pb.ResponseHeader{ClusterId: 1, MemberId: 2, Revision: 3, RaftTerm: 4}
-	lk := &leaderKey{Name: []byte("n"), Key: []byte("n/7"), Rev: 5, Lease: 7}
-	kv := &mvccpb.KeyValue{Key: []byte("n/7"), CreateRevision: 5, ModRevision: 6, Version: 2, Value: []byte("v"), Lease: 7}
+	hdr := &etcdwirepb.ResponseHeader{ClusterId: 1, MemberId: 2, Revision: 3, RaftTerm: 4}
+	lk := &electionpb.LeaderKey{Name: []byte("n"), Key: []byte("n/7"), Rev: 5, Lease: 7}
+	kv := &etcdwirepb.KeyValue{Key: []byte("n/7"), CreateRevision: 5, ModRevision: 6, Version: 2, Value: []byte("v"), Lease: 7}
 	for _, tc := range []struct {
 		name string
-		msg  protoadapt.MessageV1
+		msg  proto.Message
 		etcd string
 	}{
-		{"LockRequest", &lockRequest{Name: []byte("n"), Lease: 7}, "0a016e1007"},
-		{"LockResponse", &lockResponse{Header: hdr, Key: []byte("n/7")}, "0a08080110021803200412036e2f37"},
-		{"UnlockRequest", &unlockRequest{Key: []byte("n/7")}, "0a036e2f37"},
-		{"UnlockResponse", &headerOnly{Header: hdr}, "0a080801100218032004"},
-		{"CampaignRequest", &campaignRequest{Name: []byte("n"), Lease: 7, Value: []byte("v")}, "0a016e10071a0176"},
-		{"CampaignResponse", &campaignResponse{Header: hdr, Leader: lk}, "0a080801100218032004120c0a016e12036e2f3718052007"},
-		{"LeaderRequest", &leaderRequest{Name: []byte("n")}, "0a016e"},
-		{"LeaderResponse", &leaderResponse{Header: hdr, Kv: kv}, "0a08080110021803200412100a036e2f371005180620022a01763007"},
-		{"ProclaimRequest", &proclaimRequest{Leader: lk, Value: []byte("v")}, "0a0c0a016e12036e2f3718052007120176"},
-		{"ResignRequest", &resignRequest{Leader: lk}, "0a0c0a016e12036e2f3718052007"},
+		{"LockRequest", &lockpb.LockRequest{Name: []byte("n"), Lease: 7}, "0a016e1007"},
+		{"LockResponse", &lockpb.LockResponse{Header: hdr, Key: []byte("n/7")}, "0a08080110021803200412036e2f37"},
+		{"UnlockRequest", &lockpb.UnlockRequest{Key: []byte("n/7")}, "0a036e2f37"},
+		{"UnlockResponse", &lockpb.UnlockResponse{Header: hdr}, "0a080801100218032004"},
+		{"CampaignRequest", &electionpb.CampaignRequest{Name: []byte("n"), Lease: 7, Value: []byte("v")}, "0a016e10071a0176"},
+		{"CampaignResponse", &electionpb.CampaignResponse{Header: hdr, Leader: lk}, "0a080801100218032004120c0a016e12036e2f3718052007"},
+		{"LeaderRequest", &electionpb.LeaderRequest{Name: []byte("n")}, "0a016e"},
+		{"LeaderResponse", &electionpb.LeaderResponse{Header: hdr, Kv: kv}, "0a08080110021803200412100a036e2f371005180620022a01763007"},
+		{"ProclaimRequest", &electionpb.ProclaimRequest{Leader: lk, Value: []byte("v")}, "0a0c0a016e12036e2f3718052007120176"},
+		{"ProclaimResponse", &electionpb.ProclaimResponse{Header: hdr}, "0a080801100218032004"},
+		{"ResignRequest", &electionpb.ResignRequest{Leader: lk}, "0a0c0a016e12036e2f3718052007"},
+		{"ResignResponse", &electionpb.ResignResponse{Header: hdr}, "0a080801100218032004"},
 	} {
-		m := protoadapt.MessageV2Of(tc.msg)
-		got, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		got, err := proto.MarshalOptions{Deterministic: true}.Marshal(tc.msg)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -141,9 +60,9 @@ func TestLockWireFormat(t *testing.T) {
 			t.Errorf("%s encodes as %x, etcd as %s", tc.name, got, tc.etcd)
 		}
 		want, _ := hex.DecodeString(tc.etcd)
-		back := m.ProtoReflect().New().Interface()
-		if err := proto.Unmarshal(want, back); err != nil || !proto.Equal(back, m) {
-			t.Errorf("%s: etcd's bytes decode as %v (%v), want %v", tc.name, back, err, m)
+		back := tc.msg.ProtoReflect().New().Interface()
+		if err := proto.Unmarshal(want, back); err != nil || !proto.Equal(back, tc.msg) {
+			t.Errorf("%s: etcd's bytes decode as %v (%v), want %v", tc.name, back, err, tc.msg)
 		}
 	}
 }
@@ -161,50 +80,50 @@ func wireConn(t *testing.T, n *node.Node) *grpc.ClientConn {
 	return conn
 }
 
-func lock(ctx context.Context, conn *grpc.ClientConn, name string, lease clientv3.LeaseID) (*lockResponse, error) {
-	resp := &lockResponse{}
-	return resp, conn.Invoke(ctx, "/v3lockpb.Lock/Lock", &lockRequest{Name: []byte(name), Lease: int64(lease)}, resp)
+func lock(ctx context.Context, conn *grpc.ClientConn, name string, lease clientv3.LeaseID) (*lockpb.LockResponse, error) {
+	resp := &lockpb.LockResponse{}
+	return resp, conn.Invoke(ctx, "/v3lockpb.Lock/Lock", &lockpb.LockRequest{Name: []byte(name), Lease: int64(lease)}, resp)
 }
 
-func unlock(ctx context.Context, conn *grpc.ClientConn, key []byte) (*headerOnly, error) {
-	resp := &headerOnly{}
-	return resp, conn.Invoke(ctx, "/v3lockpb.Lock/Unlock", &unlockRequest{Key: key}, resp)
+func unlock(ctx context.Context, conn *grpc.ClientConn, key []byte) (*lockpb.UnlockResponse, error) {
+	resp := &lockpb.UnlockResponse{}
+	return resp, conn.Invoke(ctx, "/v3lockpb.Lock/Unlock", &lockpb.UnlockRequest{Key: key}, resp)
 }
 
-func campaign(ctx context.Context, conn *grpc.ClientConn, name string, lease clientv3.LeaseID, value string) (*campaignResponse, error) {
-	resp := &campaignResponse{}
-	req := &campaignRequest{Name: []byte(name), Lease: int64(lease), Value: []byte(value)}
+func campaign(ctx context.Context, conn *grpc.ClientConn, name string, lease clientv3.LeaseID, value string) (*electionpb.CampaignResponse, error) {
+	resp := &electionpb.CampaignResponse{}
+	req := &electionpb.CampaignRequest{Name: []byte(name), Lease: int64(lease), Value: []byte(value)}
 	return resp, conn.Invoke(ctx, "/v3electionpb.Election/Campaign", req, resp)
 }
 
-func proclaim(ctx context.Context, conn *grpc.ClientConn, l *leaderKey, value string) error {
-	return conn.Invoke(ctx, "/v3electionpb.Election/Proclaim", &proclaimRequest{Leader: l, Value: []byte(value)}, &headerOnly{})
+func proclaim(ctx context.Context, conn *grpc.ClientConn, l *electionpb.LeaderKey, value string) error {
+	return conn.Invoke(ctx, "/v3electionpb.Election/Proclaim", &electionpb.ProclaimRequest{Leader: l, Value: []byte(value)}, &electionpb.ProclaimResponse{})
 }
 
-func resign(ctx context.Context, conn *grpc.ClientConn, l *leaderKey) (*headerOnly, error) {
-	resp := &headerOnly{}
-	return resp, conn.Invoke(ctx, "/v3electionpb.Election/Resign", &resignRequest{Leader: l}, resp)
+func resign(ctx context.Context, conn *grpc.ClientConn, l *electionpb.LeaderKey) (*electionpb.ResignResponse, error) {
+	resp := &electionpb.ResignResponse{}
+	return resp, conn.Invoke(ctx, "/v3electionpb.Election/Resign", &electionpb.ResignRequest{Leader: l}, resp)
 }
 
-func leader(ctx context.Context, conn *grpc.ClientConn, name string) (*leaderResponse, error) {
-	resp := &leaderResponse{}
-	return resp, conn.Invoke(ctx, "/v3electionpb.Election/Leader", &leaderRequest{Name: []byte(name)}, resp)
+func leader(ctx context.Context, conn *grpc.ClientConn, name string) (*electionpb.LeaderResponse, error) {
+	resp := &electionpb.LeaderResponse{}
+	return resp, conn.Invoke(ctx, "/v3electionpb.Election/Leader", &electionpb.LeaderRequest{Name: []byte(name)}, resp)
 }
 
 // observe opens an Observe stream; next receives its next response.
-func observe(ctx context.Context, conn *grpc.ClientConn, name string) (next func() (*leaderResponse, error), err error) {
+func observe(ctx context.Context, conn *grpc.ClientConn, name string) (next func() (*electionpb.LeaderResponse, error), err error) {
 	st, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/v3electionpb.Election/Observe")
 	if err != nil {
 		return nil, err
 	}
-	if err := st.SendMsg(&leaderRequest{Name: []byte(name)}); err != nil {
+	if err := st.SendMsg(&electionpb.LeaderRequest{Name: []byte(name)}); err != nil {
 		return nil, err
 	}
 	if err := st.CloseSend(); err != nil {
 		return nil, err
 	}
-	return func() (*leaderResponse, error) {
-		resp := &leaderResponse{}
+	return func() (*electionpb.LeaderResponse, error) {
+		resp := &electionpb.LeaderResponse{}
 		return resp, st.RecvMsg(resp)
 	}, nil
 }
@@ -233,7 +152,7 @@ func grant(t *testing.T, c *clientv3.Client, ttl int64) clientv3.LeaseID {
 }
 
 type lockResult struct {
-	resp *lockResponse
+	resp *lockpb.LockResponse
 	err  error
 }
 
@@ -514,7 +433,7 @@ func TestElectionService(t *testing.T) {
 		l1.Rev != c1.Header.Revision || l1.Lease != int64(lease1) {
 		t.Fatalf("campaign: %v", c1)
 	}
-	expectLeader := func(what string, resp *leaderResponse, err error, key []byte, rev int64, value string) {
+	expectLeader := func(what string, resp *electionpb.LeaderResponse, err error, key []byte, rev int64, value string) {
 		t.Helper()
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
@@ -531,7 +450,7 @@ func TestElectionService(t *testing.T) {
 
 	// A second candidate waits while the first leads.
 	done := make(chan error, 1)
-	var c2 *campaignResponse
+	var c2 *electionpb.CampaignResponse
 	go func() {
 		var err error
 		c2, err = campaign(ctx, conn, "el", lease2, "b")
@@ -551,7 +470,7 @@ func TestElectionService(t *testing.T) {
 	expectLeader("observe after proclaim", o, err, l1.Key, l1.Rev, "a2")
 	ld, err = leader(ctx, conn, "el")
 	expectLeader("leader after proclaim", ld, err, l1.Key, l1.Rev, "a2")
-	stale := &leaderKey{Name: l1.Name, Key: l1.Key, Rev: l1.Rev + 1000, Lease: l1.Lease}
+	stale := &electionpb.LeaderKey{Name: l1.Name, Key: l1.Key, Rev: l1.Rev + 1000, Lease: l1.Lease}
 	if err := proclaim(ctx, conn, stale, "x"); !sameStatus(err, notLeader) {
 		t.Fatalf("proclaim by a key that does not lead: %v", err)
 	}

@@ -3,105 +3,25 @@ package router
 import (
 	"context"
 
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/cairn-kv/cairn/proto/electionpb"
+	"github.com/cairn-kv/cairn/proto/etcdwirepb"
 )
 
 // electionServiceName is the service etcd registers as
-// v3electionpb.Election. Its wire types follow etcd's v3election.proto
-// (see lock.go for why they are declared here).
+// v3electionpb.Election. Its messages are generated from Cairn's copy of
+// etcd's v3election.proto (see lock.go for why).
 const electionServiceName = "v3electionpb.Election"
 
 // errMissingLeaderKey is etcd's answer to a Proclaim or Resign without a
 // leader key.
 var errMissingLeaderKey = status.Error(codes.Unknown, `"leader" field must be provided`)
-
-type campaignRequest struct {
-	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
-	Lease int64  `protobuf:"varint,2,opt,name=lease,proto3"`
-	Value []byte `protobuf:"bytes,3,opt,name=value,proto3"`
-}
-
-type campaignResponse struct {
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-	Leader *leaderKey         `protobuf:"bytes,2,opt,name=leader,proto3"`
-}
-
-// leaderKey names a leadership: the election, the candidate's key and its
-// create revision, and the lease it lives on.
-type leaderKey struct {
-	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
-	Key   []byte `protobuf:"bytes,2,opt,name=key,proto3"`
-	Rev   int64  `protobuf:"varint,3,opt,name=rev,proto3"`
-	Lease int64  `protobuf:"varint,4,opt,name=lease,proto3"`
-}
-
-type leaderRequest struct {
-	Name []byte `protobuf:"bytes,1,opt,name=name,proto3"`
-}
-
-type leaderResponse struct {
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-	Kv     *mvccpb.KeyValue   `protobuf:"bytes,2,opt,name=kv,proto3"`
-}
-
-type resignRequest struct {
-	Leader *leaderKey `protobuf:"bytes,1,opt,name=leader,proto3"`
-}
-
-type resignResponse struct {
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-}
-
-type proclaimRequest struct {
-	Leader *leaderKey `protobuf:"bytes,1,opt,name=leader,proto3"`
-	Value  []byte     `protobuf:"bytes,2,opt,name=value,proto3"`
-}
-
-type proclaimResponse struct {
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-}
-
-func (m *campaignRequest) Reset()         { *m = campaignRequest{} }
-func (m *campaignRequest) String() string { return messageString(m) }
-func (*campaignRequest) ProtoMessage()    {}
-
-func (m *campaignResponse) Reset()         { *m = campaignResponse{} }
-func (m *campaignResponse) String() string { return messageString(m) }
-func (*campaignResponse) ProtoMessage()    {}
-
-func (m *leaderKey) Reset()         { *m = leaderKey{} }
-func (m *leaderKey) String() string { return messageString(m) }
-func (*leaderKey) ProtoMessage()    {}
-
-func (m *leaderRequest) Reset()         { *m = leaderRequest{} }
-func (m *leaderRequest) String() string { return messageString(m) }
-func (*leaderRequest) ProtoMessage()    {}
-
-func (m *leaderResponse) Reset()         { *m = leaderResponse{} }
-func (m *leaderResponse) String() string { return messageString(m) }
-func (*leaderResponse) ProtoMessage()    {}
-
-func (m *resignRequest) Reset()         { *m = resignRequest{} }
-func (m *resignRequest) String() string { return messageString(m) }
-func (*resignRequest) ProtoMessage()    {}
-
-func (m *resignResponse) Reset()         { *m = resignResponse{} }
-func (m *resignResponse) String() string { return messageString(m) }
-func (*resignResponse) ProtoMessage()    {}
-
-func (m *proclaimRequest) Reset()         { *m = proclaimRequest{} }
-func (m *proclaimRequest) String() string { return messageString(m) }
-func (*proclaimRequest) ProtoMessage()    {}
-
-func (m *proclaimResponse) Reset()         { *m = proclaimResponse{} }
-func (m *proclaimResponse) String() string { return messageString(m) }
-func (*proclaimResponse) ProtoMessage()    {}
 
 // electionServer is etcd's Election service: a candidate's key is
 // name/<lease in hex>, the oldest key under name/ is the leader, and its
@@ -112,11 +32,11 @@ type electionServer struct {
 
 // electionService is the method set gRPC checks electionServer against.
 type electionService interface {
-	Campaign(context.Context, *campaignRequest) (*campaignResponse, error)
-	Proclaim(context.Context, *proclaimRequest) (*proclaimResponse, error)
-	Leader(context.Context, *leaderRequest) (*leaderResponse, error)
-	Observe(*leaderRequest, grpc.ServerStream) error
-	Resign(context.Context, *resignRequest) (*resignResponse, error)
+	Campaign(context.Context, *electionpb.CampaignRequest) (*electionpb.CampaignResponse, error)
+	Proclaim(context.Context, *electionpb.ProclaimRequest) (*electionpb.ProclaimResponse, error)
+	Leader(context.Context, *electionpb.LeaderRequest) (*electionpb.LeaderResponse, error)
+	Observe(*electionpb.LeaderRequest, grpc.ServerStream) error
+	Resign(context.Context, *electionpb.ResignRequest) (*electionpb.ResignResponse, error)
 }
 
 var electionServiceDesc = grpc.ServiceDesc{
@@ -132,7 +52,7 @@ var electionServiceDesc = grpc.ServiceDesc{
 		StreamName:    "Observe",
 		ServerStreams: true,
 		Handler: func(srv any, stream grpc.ServerStream) error {
-			r := new(leaderRequest)
+			r := new(electionpb.LeaderRequest)
 			if err := stream.RecvMsg(r); err != nil {
 				return err
 			}
@@ -148,7 +68,7 @@ var electionServiceDesc = grpc.ServiceDesc{
 // As Lock, it checks the lease is still alive before answering (etcd does
 // not, and would name a leader whose key has gone with its lease): one that
 // ran out while waiting is answered with "requested lease not found".
-func (es *electionServer) Campaign(ctx context.Context, r *campaignRequest) (*campaignResponse, error) {
+func (es *electionServer) Campaign(ctx context.Context, r *electionpb.CampaignRequest) (*electionpb.CampaignResponse, error) {
 	c := es.s.cfg.Self
 	ctx, done := boundToSelf(ctx, c)
 	defer done()
@@ -169,15 +89,15 @@ func (es *electionServer) Campaign(ctx context.Context, r *campaignRequest) (*ca
 		}
 		return nil, rpctypes.ErrGRPCLeaseNotFound
 	}
-	return &campaignResponse{
-		Header: e.Header(),
-		Leader: &leaderKey{Name: r.Name, Key: []byte(e.Key()), Rev: e.Rev(), Lease: int64(sess.Lease())},
+	return &electionpb.CampaignResponse{
+		Header: header(e.Header()),
+		Leader: &electionpb.LeaderKey{Name: r.Name, Key: []byte(e.Key()), Rev: e.Rev(), Lease: int64(sess.Lease())},
 	}, nil
 }
 
 // Proclaim sets the leader's value; a key that no longer leads (or never
 // did) is answered with etcd's "election: not leader".
-func (es *electionServer) Proclaim(ctx context.Context, r *proclaimRequest) (*proclaimResponse, error) {
+func (es *electionServer) Proclaim(ctx context.Context, r *electionpb.ProclaimRequest) (*electionpb.ProclaimResponse, error) {
 	if r.Leader == nil {
 		return nil, errMissingLeaderKey
 	}
@@ -189,12 +109,12 @@ func (es *electionServer) Proclaim(ctx context.Context, r *proclaimRequest) (*pr
 	if err := e.Proclaim(ctx, string(r.Value)); err != nil {
 		return nil, clientError(c, err)
 	}
-	return &proclaimResponse{Header: e.Header()}, nil
+	return &electionpb.ProclaimResponse{Header: header(e.Header())}, nil
 }
 
 // Leader answers the leader's key and value; an election without
 // candidates is answered with etcd's "election: no leader".
-func (es *electionServer) Leader(ctx context.Context, r *leaderRequest) (*leaderResponse, error) {
+func (es *electionServer) Leader(ctx context.Context, r *electionpb.LeaderRequest) (*electionpb.LeaderResponse, error) {
 	c := es.s.cfg.Self
 	sess, err := orphanSession(ctx, c, observerLease)
 	if err != nil {
@@ -204,12 +124,12 @@ func (es *electionServer) Leader(ctx context.Context, r *leaderRequest) (*leader
 	if err != nil {
 		return nil, clientError(c, err)
 	}
-	return &leaderResponse{Header: resp.Header, Kv: resp.Kvs[0]}, nil
+	return &electionpb.LeaderResponse{Header: header(resp.Header), Kv: keyValue(resp.Kvs[0])}, nil
 }
 
 // Observe streams the leader's key and value: the current one (or the
 // first candidate to come), each proclamation, then each next leader.
-func (es *electionServer) Observe(r *leaderRequest, stream grpc.ServerStream) error {
+func (es *electionServer) Observe(r *electionpb.LeaderRequest, stream grpc.ServerStream) error {
 	c := es.s.cfg.Self
 	ctx, done := boundToSelf(stream.Context(), c)
 	defer done()
@@ -218,7 +138,7 @@ func (es *electionServer) Observe(r *leaderRequest, stream grpc.ServerStream) er
 		return clientError(c, err)
 	}
 	for resp := range concurrency.NewElection(sess, string(r.Name)).Observe(ctx) {
-		if err := stream.SendMsg(&leaderResponse{Header: resp.Header, Kv: resp.Kvs[0]}); err != nil {
+		if err := stream.SendMsg(&electionpb.LeaderResponse{Header: header(resp.Header), Kv: keyValue(resp.Kvs[0])}); err != nil {
 			return err
 		}
 	}
@@ -235,7 +155,7 @@ func (es *electionServer) Observe(r *leaderRequest, stream grpc.ServerStream) er
 
 // Resign deletes the leader's key if it still leads (a key that does not
 // is left alone), passing leadership to the next candidate.
-func (es *electionServer) Resign(ctx context.Context, r *resignRequest) (*resignResponse, error) {
+func (es *electionServer) Resign(ctx context.Context, r *electionpb.ResignRequest) (*electionpb.ResignResponse, error) {
 	if r.Leader == nil {
 		return nil, errMissingLeaderKey
 	}
@@ -247,16 +167,24 @@ func (es *electionServer) Resign(ctx context.Context, r *resignRequest) (*resign
 	if err := e.Resign(ctx); err != nil {
 		return nil, clientError(c, err)
 	}
-	return &resignResponse{Header: e.Header()}, nil
+	return &electionpb.ResignResponse{Header: header(e.Header())}, nil
 }
 
 // resume returns the election a leader key names.
-func (es *electionServer) resume(ctx context.Context, l *leaderKey) (*concurrency.Election, error) {
+func (es *electionServer) resume(ctx context.Context, l *electionpb.LeaderKey) (*concurrency.Election, error) {
 	sess, err := orphanSession(ctx, es.s.cfg.Self, l.Lease)
 	if err != nil {
 		return nil, err
 	}
 	return concurrency.ResumeElection(sess, string(l.Name), string(l.Key), l.Rev), nil
+}
+
+// keyValue is etcd's key-value as the election messages carry it.
+func keyValue(kv *mvccpb.KeyValue) *etcdwirepb.KeyValue {
+	return &etcdwirepb.KeyValue{
+		Key: kv.Key, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision,
+		Version: kv.Version, Value: kv.Value, Lease: kv.Lease,
+	}
 }
 
 // observerLease names the session of Leader and Observe, which write

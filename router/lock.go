@@ -10,8 +10,9 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/prototext"
-	"google.golang.org/protobuf/protoadapt"
+
+	"github.com/cairn-kv/cairn/proto/etcdwirepb"
+	"github.com/cairn-kv/cairn/proto/lockpb"
 )
 
 // The Lock and Election services are etcd's v3lock and v3election: thin
@@ -23,59 +24,27 @@ import (
 // that served them and work the same on any member.
 //
 // Wire types. etcd generates these services' messages in its server module
-// (go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb and
-// v3election/v3electionpb), which this module does not depend on (the
-// server's dependencies stay lean, DESIGN.md). The structs below carry the
-// field numbers and types of etcd's v3lock.proto and v3election.proto;
-// protobuf's runtime derives their wire format from the struct tags, as it
-// does for messages of older generators (gogo, protoc-gen-go 1.3). They are
-// not registered with the protobuf registry, so they cannot collide with
-// etcd's own when both are linked into one binary (tests/compat). The
-// services are registered under etcd's names (v3lockpb.Lock,
-// v3electionpb.Election), so etcd's generated clients call them unchanged.
+// (go.etcd.io/etcd/server/v3), which this module does not depend on (the
+// server's dependencies stay lean, DESIGN.md). Cairn generates its own from
+// .proto files with etcd's field numbers and types (proto/lockpb,
+// proto/electionpb), under proto packages of its own so that they do not
+// clash in the protobuf registry with etcd's when both are linked into one
+// binary (tests/compat). The header and key-value they embed are Cairn's
+// copies of etcd's (proto/etcdwirepb), filled from etcd's by header and
+// keyValue. The services are not generated: they are registered here by
+// hand under etcd's names (v3lockpb.Lock, v3electionpb.Election), so etcd's
+// generated clients and etcdctl call them unchanged.
 
 // lockServiceName is the service etcd registers as v3lockpb.Lock.
 const lockServiceName = "v3lockpb.Lock"
 
-type lockRequest struct {
-	Name  []byte `protobuf:"bytes,1,opt,name=name,proto3"`
-	Lease int64  `protobuf:"varint,2,opt,name=lease,proto3"`
-}
-
-type lockResponse struct {
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-	Key    []byte             `protobuf:"bytes,2,opt,name=key,proto3"`
-}
-
-type unlockRequest struct {
-	Key []byte `protobuf:"bytes,1,opt,name=key,proto3"`
-}
-
-type unlockResponse struct {
-	Header *pb.ResponseHeader `protobuf:"bytes,1,opt,name=header,proto3"`
-}
-
-// Reset, String and ProtoMessage make the structs protobuf messages
-// (protoadapt.MessageV1), which gRPC's codec accepts.
-
-func (m *lockRequest) Reset()         { *m = lockRequest{} }
-func (m *lockRequest) String() string { return messageString(m) }
-func (*lockRequest) ProtoMessage()    {}
-
-func (m *lockResponse) Reset()         { *m = lockResponse{} }
-func (m *lockResponse) String() string { return messageString(m) }
-func (*lockResponse) ProtoMessage()    {}
-
-func (m *unlockRequest) Reset()         { *m = unlockRequest{} }
-func (m *unlockRequest) String() string { return messageString(m) }
-func (*unlockRequest) ProtoMessage()    {}
-
-func (m *unlockResponse) Reset()         { *m = unlockResponse{} }
-func (m *unlockResponse) String() string { return messageString(m) }
-func (*unlockResponse) ProtoMessage()    {}
-
-func messageString(m protoadapt.MessageV1) string {
-	return prototext.Format(protoadapt.MessageV2Of(m))
+// header is etcd's response header as the lock and election messages carry
+// it.
+func header(h *pb.ResponseHeader) *etcdwirepb.ResponseHeader {
+	if h == nil {
+		return nil
+	}
+	return &etcdwirepb.ResponseHeader{ClusterId: h.ClusterId, MemberId: h.MemberId, Revision: h.Revision, RaftTerm: h.RaftTerm}
 }
 
 // lockServer is etcd's Lock service.
@@ -85,8 +54,8 @@ type lockServer struct {
 
 // lockService is the method set gRPC checks lockServer against.
 type lockService interface {
-	Lock(context.Context, *lockRequest) (*lockResponse, error)
-	Unlock(context.Context, *unlockRequest) (*unlockResponse, error)
+	Lock(context.Context, *lockpb.LockRequest) (*lockpb.LockResponse, error)
+	Unlock(context.Context, *lockpb.UnlockRequest) (*lockpb.UnlockResponse, error)
 }
 
 var lockServiceDesc = grpc.ServiceDesc{
@@ -107,7 +76,7 @@ var lockServiceDesc = grpc.ServiceDesc{
 // checks that the lease is still alive (etcd#11456): one that ran out
 // while the request waited has its key released and is answered with
 // etcd's "requested lease not found".
-func (ls *lockServer) Lock(ctx context.Context, r *lockRequest) (*lockResponse, error) {
+func (ls *lockServer) Lock(ctx context.Context, r *lockpb.LockRequest) (*lockpb.LockResponse, error) {
 	c := ls.s.cfg.Self
 	ctx, done := boundToSelf(ctx, c)
 	defer done()
@@ -138,18 +107,18 @@ func (ls *lockServer) Lock(ctx context.Context, r *lockRequest) (*lockResponse, 
 		// Unlock of the waiter's key): etcd's answer.
 		return nil, clientError(c, lockErr)
 	}
-	return &lockResponse{Header: m.Header(), Key: []byte(m.Key())}, nil
+	return &lockpb.LockResponse{Header: header(m.Header()), Key: []byte(m.Key())}, nil
 }
 
 // Unlock deletes the key a Lock answered, releasing the lock (or giving
 // up waiting for it).
-func (ls *lockServer) Unlock(ctx context.Context, r *unlockRequest) (*unlockResponse, error) {
+func (ls *lockServer) Unlock(ctx context.Context, r *lockpb.UnlockRequest) (*lockpb.UnlockResponse, error) {
 	c := ls.s.cfg.Self
 	resp, err := c.Delete(ctx, string(r.Key))
 	if err != nil {
 		return nil, clientError(c, err)
 	}
-	return &unlockResponse{Header: resp.Header}, nil
+	return &lockpb.UnlockResponse{Header: header(resp.Header)}, nil
 }
 
 // orphanSession returns a session on lease (a new lease of the session's

@@ -17,8 +17,6 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
@@ -50,7 +48,7 @@ type rangeReplica struct {
 	d       atomic.Pointer[placementpb.RangeDescriptor]
 	replica *shard.Replica
 	// client is the range as the router uses it (through its leader).
-	client *rangeClient
+	client *router.RangeClient
 	sm     atomic.Pointer[shard.StateMachine]
 	// smRef is the state machine the replica has: &sm, or the node's for
 	// range 1.
@@ -305,7 +303,7 @@ func newRangeReplica(n *Node, d *placementpb.RangeDescriptor, rev mvcc.Revision)
 	rr := &rangeReplica{hub: watch.NewHub(rev), kick: make(chan struct{}, 1), ready: make(chan struct{})}
 	rr.d.Store(d)
 	rr.smRef = &rr.sm
-	rr.client = &rangeClient{n: n, rr: rr}
+	rr.client = n.fwd.Range(rr)
 	return rr
 }
 
@@ -399,8 +397,8 @@ func (o oracle) Revisions(ctx context.Context, count int64) (mvcc.Revision, erro
 			if err == nil {
 				return first, nil
 			}
-			if status.Code(err) != codes.FailedPrecondition && ctx.Err() != nil {
-				return 0, fromRemote(err)
+			if !errors.Is(err, placement.ErrNotLeader) && ctx.Err() != nil {
+				return 0, err
 			}
 		}
 		select {
@@ -451,15 +449,8 @@ func (o oracle) roundTrips(leader uint64) {
 			total += w.count
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		var first mvcc.Revision
 		f.trips.Add(1)
-		nc, err := o.n.nodeClient(leader)
-		if err == nil {
-			var resp *internalpb.RevisionsResponse
-			if resp, err = nc.Revisions(ctx, &internalpb.RevisionsRequest{Count: total}); err == nil {
-				first = mvcc.Revision(resp.First)
-			}
-		}
+		first, err := o.n.fwd.Revisions(ctx, leader, total)
 		cancel()
 		for _, w := range batch {
 			w.done <- oracleAnswer{first: first, err: err}

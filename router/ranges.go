@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/mvcc"
-	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
 )
@@ -367,15 +366,9 @@ func rerouted[T any](ctx context.Context, s *Server, fn func() (T, error)) (T, e
 	}
 }
 
-// moved reports whether err is a range's refusal of keys outside it.
+// moved reports whether err is a range's refusal of keys outside it
+// (shard.OutsideRangeError, which survives forwarding and toGRPC).
 func moved(err error) bool {
-	if err == nil {
-		return false
-	}
-	var e *shard.Error
-	if errors.As(err, &e) {
-		return e.Code == shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE
-	}
-	st, ok := status.FromError(err)
-	return ok && st.Code() == codes.Unavailable && strings.Contains(st.Message(), mvcc.ErrOutsideSpan.Error())
+	var o *shard.OutsideRangeError
+	return errors.As(err, &o)
 }

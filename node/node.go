@@ -224,7 +224,10 @@ type Node struct {
 	oracle oracle
 	// fwd forwards to the members leading what this one does not (both
 	// modes: in single-group mode nothing asks it).
-	fwd      *router.Forwarder
+	fwd *router.Forwarder
+	// routes is the router's range cache (sharded mode): the node puts
+	// each range in as it starts one or a split changes or makes one.
+	routes   *router.RangeCache
 	rangeSet rangeSet
 	// closedClock and side are the closers' common round and the side
 	// channel of their closed revisions (sidechannel.go).
@@ -564,6 +567,10 @@ func (n *Node) start(ctx context.Context) error {
 			}
 			n.rangeSet.ranges = append(n.rangeSet.ranges, rr)
 		}
+		n.routes = router.NewRangeCache()
+		for _, rr := range n.rangeSet.ranges {
+			n.routes.Put(rr.entry())
+		}
 	} else {
 		n.replica = shard.NewReplica(n.nh, singleShardID)
 	}
@@ -641,7 +648,8 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	if cfg.Sharded {
 		rcfg.Shard = n.rangeSet.first.Load().client
-		rcfg.Ranges = n
+		rcfg.Ranges = n.routes
+		rcfg.Oracle = n
 		rcfg.Merger = n.merger
 		rcfg.RemoteLeases = n
 	}

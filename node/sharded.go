@@ -124,8 +124,9 @@ func (rr *rangeReplica) wantClosed(rev mvcc.Revision) {
 	}
 }
 
-// rangeSet is the node's view of the range map and its replicas of the
-// ranges, in key order.
+// rangeSet is the node's replicas of the ranges, in key order; the router
+// routes by its range cache (Node.routes), which the node keeps up to date
+// with them (router.RangeCache.Put).
 type rangeSet struct {
 	mu     sync.RWMutex
 	ranges []*rangeReplica // by start key
@@ -459,18 +460,12 @@ func (o oracle) roundTrips(leader uint64) {
 	}
 }
 
-// All implements router.Ranges.
-func (n *Node) All() []router.RangePart {
-	rs := n.rangeSet.routing()
-	out := make([]router.RangePart, len(rs))
-	for i, r := range rs {
-		out[i] = router.RangePart{ID: r.desc().Id, Start: r.desc().Start, End: r.desc().End, Shard: r.client, Watches: r.hub,
-			Kick: r.wantClosed}
-	}
-	return out
+// entry is rr as the router's range cache holds it.
+func (rr *rangeReplica) entry() router.RangeEntry {
+	return router.RangeEntry{Local: rr, Shard: rr.client, Watches: rr.hub, Kick: rr.wantClosed}
 }
 
-// Now implements router.Ranges: a revision above every write completed
+// Now implements router.Oracle: a revision above every write completed
 // before the call.
 func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 	return n.oracle.Revisions(ctx, 1)

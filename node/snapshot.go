@@ -89,7 +89,7 @@ func (n *Node) shardedBackup(ctx context.Context, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		for _, p := range n.All() {
+		for _, p := range n.routes.All() {
 			if err := router.WaitApplied(ctx, p, rev); err != nil {
 				return err
 			}

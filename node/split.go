@@ -182,11 +182,13 @@ func (n *Node) addSplitRange(parent *rangeReplica, cd *placementpb.RangeDescript
 	parent.d.Store(pd)
 	if slices.ContainsFunc(n.rangeSet.ranges, func(r *rangeReplica) bool { return r.desc().Id == cd.Id }) {
 		n.rangeSet.mu.Unlock()
+		n.routes.Put(parent.entry())
 		return nil
 	}
 	i := slices.Index(n.rangeSet.ranges, parent)
 	n.rangeSet.ranges = slices.Insert(n.rangeSet.ranges, i+1, rr)
 	n.rangeSet.mu.Unlock()
+	n.routes.Put(parent.entry(), rr.entry())
 	if n.merger != nil {
 		n.merger.Split(parent.hub, cd.Start, watch.Part{Hub: rr.hub, Kick: rr.wantClosed})
 	}

@@ -12,9 +12,9 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
-	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/router"
 )
 
 // Membership changes in sharded mode (DESIGN.md "Ranges, placement,
@@ -252,7 +252,7 @@ func (n *Node) changeReplicas(ctx context.Context, id, add, remove uint64) error
 // snapshot and drop its log up to it, after one entry applied everywhere
 // (an empty lease checkpoint), so that each has progress to snapshot.
 func (n *Node) compactEverywhere(ctx context.Context, id, newcomer uint64) error {
-	var rc *rangeClient
+	var rc *router.RangeClient
 	for _, rr := range n.rangeSet.all() {
 		if rr.desc().Id == id {
 			rc = rr.client
@@ -278,12 +278,8 @@ func (n *Node) compactEverywhere(ctx context.Context, id, newcomer uint64) error
 					return err
 				}
 			default:
-				nc, err := n.nodeClient(m)
-				if err != nil {
+				if err := n.fwd.CompactLog(ctx, m, id); err != nil {
 					return err
-				}
-				if _, err := nc.CompactLog(ctx, &internalpb.CompactLogRequest{Range: id}); err != nil {
-					return fromRemote(err)
 				}
 			}
 		}
@@ -330,12 +326,4 @@ func (n *Node) compactLog(ctx context.Context, id uint64) error {
 		_, err := n.nh.SyncRequestSnapshot(ctx, id, dragonboat.SnapshotOption{OverrideCompactionOverhead: true})
 		return err
 	})
-}
-
-// CompactLog implements internalpb.NodeServer.
-func (s *internalServer) CompactLog(ctx context.Context, r *internalpb.CompactLogRequest) (*internalpb.CompactLogResponse, error) {
-	if err := s.n.compactLog(ctx, r.Range); err != nil {
-		return nil, toRemote(err)
-	}
-	return &internalpb.CompactLogResponse{}, nil
 }

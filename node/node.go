@@ -31,7 +31,6 @@ import (
 	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
-	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
@@ -221,8 +220,14 @@ type Node struct {
 	raftCfg  dbconfig.Config
 	// Sharded mode: the revision oracle's allocator on this node's
 	// placement replica, the node's oracle client, and the ranges.
-	alloc    *placement.Allocator
-	oracle   *placement.OracleClient
+	alloc  *placement.Allocator
+	oracle *placement.OracleClient
+	// fwd forwards to the members leading what this one does not (both
+	// modes: in single-group mode nothing asks it).
+	fwd *router.Forwarder
+	// routes is the router's range cache (sharded mode): the node puts
+	// each range in as it starts one or a split changes or makes one.
+	routes   *router.RangeCache
 	rangeSet rangeSet
 	// closedClock and side are the closers' common round and the side
 	// channel of their closed revisions (sidechannel.go).
@@ -478,6 +483,7 @@ func (n *Node) start(ctx context.Context) error {
 		}
 		span = spanOf(ranges[0])
 	}
+	n.fwd = router.NewForwarder(n.memberID, n.dialMember)
 	notifyFirst := notifier(n.hub)
 	shardCfg := shard.Config{DB: db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnApply: func(closed mvcc.Revision, evs []*mvccpb.Event) {
 		notifyFirst(closed, evs)
@@ -545,7 +551,7 @@ func (n *Node) start(ctx context.Context) error {
 		first := &rangeReplica{replica: n.replica, hub: n.hub, kick: make(chan struct{}, 1), smRef: &n.sm, ready: make(chan struct{})}
 		close(first.ready)
 		first.d.Store(ranges[0])
-		first.client = &rangeClient{n: n, rr: first}
+		first.client = n.fwd.Range(first)
 		n.rangeSet.first.Store(first)
 		n.rangeSet.ranges = []*rangeReplica{first}
 		for _, d := range ranges[1:] {
@@ -559,6 +565,10 @@ func (n *Node) start(ctx context.Context) error {
 				return err
 			}
 			n.rangeSet.ranges = append(n.rangeSet.ranges, rr)
+		}
+		n.routes = router.NewRangeCache()
+		for _, rr := range n.rangeSet.ranges {
+			n.routes.Put(rr.entry())
 		}
 	} else {
 		n.replica = shard.NewReplica(n.nh, singleShardID)
@@ -637,7 +647,8 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	if cfg.Sharded {
 		rcfg.Shard = n.rangeSet.first.Load().client
-		rcfg.Ranges = n
+		rcfg.Ranges = n.routes
+		rcfg.Oracle = n
 		rcfg.Merger = n.merger
 		rcfg.RemoteLeases = n
 	}
@@ -646,7 +657,7 @@ func (n *Node) start(ctx context.Context) error {
 	rs.Register(n.grpc)
 	// The node-to-node service (sharded mode; in single-group mode it
 	// answers that it needs sharded mode).
-	internalpb.RegisterNodeServer(n.grpc, &internalServer{n: n})
+	rs.RegisterInternal(n.grpc, memberService{n})
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
 	mux := http.NewServeMux()

@@ -17,8 +17,6 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
@@ -50,7 +48,7 @@ type rangeReplica struct {
 	d       atomic.Pointer[placementpb.RangeDescriptor]
 	replica *shard.Replica
 	// client is the range as the router uses it (through its leader).
-	client *rangeClient
+	client *router.RangeClient
 	sm     atomic.Pointer[shard.StateMachine]
 	// smRef is the state machine the replica has: &sm, or the node's for
 	// range 1.
@@ -126,8 +124,9 @@ func (rr *rangeReplica) wantClosed(rev mvcc.Revision) {
 	}
 }
 
-// rangeSet is the node's view of the range map and its replicas of the
-// ranges, in key order.
+// rangeSet is the node's replicas of the ranges, in key order; the router
+// routes by its range cache (Node.routes), which the node keeps up to date
+// with them (router.RangeCache.Put).
 type rangeSet struct {
 	mu     sync.RWMutex
 	ranges []*rangeReplica // by start key
@@ -238,7 +237,9 @@ func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join
 			leader, _, ok, _ := n.nh.GetLeaderID(placementShardID)
 			return leader, ok
 		},
-		Remote: n.remoteRevisions,
+		Remote: func(ctx context.Context, leader uint64, count int64, above mvcc.Revision) (mvcc.Revision, error) {
+			return n.fwd.Revisions(ctx, leader, count, above)
+		},
 		Retry:  forwardRetry,
 	})
 	return nil
@@ -315,7 +316,7 @@ func newRangeReplica(n *Node, d *placementpb.RangeDescriptor, rev mvcc.Revision)
 	rr := &rangeReplica{hub: watch.NewHub(rev), kick: make(chan struct{}, 1), ready: make(chan struct{})}
 	rr.d.Store(d)
 	rr.smRef = &rr.sm
-	rr.client = &rangeClient{n: n, rr: rr}
+	rr.client = n.fwd.Range(rr)
 	return rr
 }
 
@@ -368,35 +369,12 @@ func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg d
 	return nil
 }
 
-// remoteRevisions asks the placement leader's member (leader is its
-// replica id, the member id) for n revisions above above.
-func (n *Node) remoteRevisions(ctx context.Context, leader uint64, count int64, above mvcc.Revision) (mvcc.Revision, error) {
-	nc, err := n.nodeClient(leader)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := nc.Revisions(ctx, &internalpb.RevisionsRequest{Count: count, Above: int64(above)})
-	if status.Code(err) == codes.FailedPrecondition {
-		return 0, fmt.Errorf("%w: %v", placement.ErrNotLeader, err)
-	}
-	if err != nil {
-		return 0, fromRemote(err)
-	}
-	return mvcc.Revision(resp.First), nil
+// entry is rr as the router's range cache holds it.
+func (rr *rangeReplica) entry() router.RangeEntry {
+	return router.RangeEntry{Local: rr, Shard: rr.client, Watches: rr.hub, Kick: rr.wantClosed}
 }
 
-// All implements router.Ranges.
-func (n *Node) All() []router.RangePart {
-	rs := n.rangeSet.routing()
-	out := make([]router.RangePart, len(rs))
-	for i, r := range rs {
-		out[i] = router.RangePart{ID: r.desc().Id, Start: r.desc().Start, End: r.desc().End, Shard: r.client, Watches: r.hub,
-			Kick: r.wantClosed}
-	}
-	return out
-}
-
-// Now implements router.Ranges: a revision at or above every write
+// Now implements router.Oracle: a revision at or above every write
 // completed before the call. While the cluster is one range that counts its
 // revisions, it is that range's revision, read linearizably — no oracle
 // revision, so that headers show etcd's dense revisions; once it has split,

@@ -12,8 +12,6 @@ import (
 	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/router"
@@ -53,9 +51,6 @@ func (n *Node) backupFile(write func(io.Writer) error) (io.ReadCloser, int64, er
 	fail := func(err error) (io.ReadCloser, int64, error) {
 		_ = f.Close()
 		_ = os.Remove(f.Name())
-		if _, ok := status.FromError(err); ok {
-			return nil, 0, err
-		}
 		return nil, 0, fmt.Errorf("node: snapshot: %w", err)
 	}
 	h := sha256.New()
@@ -94,7 +89,7 @@ func (n *Node) shardedBackup(ctx context.Context, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		for _, p := range n.All() {
+		for _, p := range n.routes.All() {
 			if err := router.WaitApplied(ctx, p, rev); err != nil {
 				return err
 			}
@@ -111,7 +106,7 @@ func (n *Node) shardedBackup(ctx context.Context, w io.Writer) error {
 			if attempt < 5 {
 				continue
 			}
-			return status.Errorf(codes.Unavailable, "cairn: snapshot: %v; try again", err)
+			return router.Refuse(router.ErrTryAgain, "cairn: snapshot: %v; try again", err)
 		}
 		return err
 	}

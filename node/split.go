@@ -10,14 +10,12 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
-	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
 )
@@ -37,10 +35,10 @@ import (
 // returns the two ranges the split made.
 func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
 	if n.merger == nil {
-		return nil, status.Error(codes.FailedPrecondition, "cairn: splitting needs sharded mode (this cluster runs with --single-group)")
+		return nil, router.Refuse(router.ErrPrecondition, "cairn: splitting needs sharded mode (this cluster runs with --single-group)")
 	}
 	if len(key) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "cairn: the split key is empty")
+		return nil, router.Refuse(router.ErrInvalid, "cairn: the split key is empty")
 	}
 	var parent *rangeReplica
 	for _, rr := range n.rangeSet.routing() {
@@ -50,11 +48,11 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		}
 	}
 	if parent == nil {
-		return nil, status.Errorf(codes.NotFound, "cairn: no range holds %q", key)
+		return nil, router.Refuse(router.ErrNotFound, "cairn: no range holds %q", key)
 	}
 	d := parent.desc()
 	if bytes.Equal(d.Start, key) {
-		return nil, status.Errorf(codes.FailedPrecondition, "cairn: range %d already starts at %q", d.Id, key)
+		return nil, router.Refuse(router.ErrPrecondition, "cairn: range %d already starts at %q", d.Id, key)
 	}
 	cmd, _ := proto.Marshal(&placementpb.Command{Op: &placementpb.Command_Split{Split: &placementpb.Split{
 		Range: d.Id, Generation: d.Generation, Key: key}}})
@@ -68,7 +66,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		}
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "cairn: split range %d at %q: %v", d.Id, key, err)
+		return nil, router.Refuse(router.ErrPrecondition, "cairn: split range %d at %q: %w", d.Id, key, err)
 	}
 	if len(res.Ranges) != 2 {
 		return nil, fmt.Errorf("node: the placement group answered a split with %d ranges", len(res.Ranges))
@@ -105,7 +103,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	}
 	for _, rr := range n.rangeSet.routing() {
 		if rr.desc().Id == child {
-			if err := rr.client.wait(ctx); err != nil {
+			if err := rr.client.Wait(ctx); err != nil {
 				return nil, err
 			}
 		}
@@ -213,11 +211,13 @@ func (n *Node) addSplitRange(parent *rangeReplica, cd *placementpb.RangeDescript
 	parent.d.Store(pd)
 	if slices.ContainsFunc(n.rangeSet.ranges, func(r *rangeReplica) bool { return r.desc().Id == cd.Id }) {
 		n.rangeSet.mu.Unlock()
+		n.routes.Put(parent.entry())
 		return nil
 	}
 	i := slices.Index(n.rangeSet.ranges, parent)
 	n.rangeSet.ranges = slices.Insert(n.rangeSet.ranges, i+1, rr)
 	n.rangeSet.mu.Unlock()
+	n.routes.Put(parent.entry(), rr.entry())
 	if n.merger != nil {
 		n.merger.Split(parent.hub, cd.Start, watch.Part{Hub: rr.hub, Kick: rr.wantClosed})
 	}
@@ -417,20 +417,17 @@ func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *place
 	defer cancel()
 	empty, _ := proto.Marshal(&pb.LeaseCheckpointRequest{})
 	req := &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}}
-	var others []internalpb.NodeClient
+	var others []uint64
 	for _, m := range d.Replicas {
-		if m == n.memberID {
-			continue
+		if m != n.memberID {
+			others = append(others, m)
 		}
-		nc, err := n.nodeClient(m)
-		if err != nil {
-			return err
-		}
-		others = append(others, nc)
 	}
 	written := false
-	for _, nc := range others { // the one leading d takes it
-		if _, err := nc.Write(ctx, &internalpb.WriteRequest{Range: d.Id, Request: req}); err == nil {
+	for _, m := range others { // the one leading d takes it
+		// A refusal by the range is an answer of its leader too.
+		var se *shard.Error
+		if _, err := n.fwd.WriteTo(ctx, m, d.Id, req); err == nil || errors.As(err, &se) {
 			written = true
 			break
 		}
@@ -438,9 +435,9 @@ func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *place
 	if !written {
 		return fmt.Errorf("no replica of range %d took a write", d.Id)
 	}
-	for _, nc := range others {
-		if _, err := nc.CompactLog(ctx, &internalpb.CompactLogRequest{Range: d.Id}); err != nil {
-			return fromRemote(err)
+	for _, m := range others {
+		if err := n.fwd.CompactLog(ctx, m, d.Id); err != nil {
+			return err
 		}
 	}
 	rr := n.addSplitRange(holder, proto.Clone(d).(*placementpb.RangeDescriptor), holder.hub.Rev())

@@ -15,7 +15,8 @@
 // through the node (Operator, Snapshotter).
 //
 // In sharded mode (Config.Ranges, ranges.go) every request is routed by
-// key: Put, DeleteRange and Txn go to the one range holding all their keys
+// key, through the range cache (rangecache.go: the ranges' descriptors in a
+// placement.Table, this member's replica of each by id): Put, DeleteRange and Txn go to the one range holding all their keys
 // and are refused with FailedPrecondition naming the ranges otherwise; a
 // Range over several ranges (or at a past revision) takes a revision R from
 // the oracle (or the one asked), has each range answer its clipped part at
@@ -28,8 +29,12 @@
 // node has deleted the lease's keys in every registered range
 // (remotelease.go, RemoteLeases). A request that a split moved (the range
 // it was routed to refuses keys outside it) is routed again (rerouted),
-// so clients never see a split. Which member leads a range is the
-// RangeShard's concern (the node forwards to it).
+// so clients never see a split: the refusal (shard.OutsideRangeError)
+// carries the range's descriptor, and one newer than the cache's makes it
+// read the replicas' descriptors again. Which member leads a range is the
+// RangeClient's concern (forward.go): it forwards to the leader over the
+// node-to-node service, which this package also serves (internal.go),
+// refusals carried typed in its responses.
 //
 // Contract with clients: every answer is the one etcd would give. Requests
 // are validated before anything is proposed (mvcc's Validate functions, with
@@ -45,6 +50,9 @@
 // when the group has no leader or cannot serve a linearizable read), and
 // /version with the etcd API version Cairn speaks.
 //
-// Concurrency: Server holds no mutable state; every method may run in
-// parallel. The Shard implementation batches and orders.
+// Concurrency: every method may run in parallel. Server's mutable state
+// is the storage size cached for the quota check, the lease registrations
+// it has seen (remotelease.go) and the range cache, which lookups read
+// without locking (an immutable view swapped on change). The Shard
+// implementation batches and orders.
 package router

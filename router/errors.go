@@ -60,6 +60,10 @@ func toGRPC(err error) error {
 	if err == nil {
 		return nil
 	}
+	var rf *refusal
+	if errors.As(err, &rf) {
+		return rf.status().Err()
+	}
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
@@ -74,7 +78,8 @@ func toGRPC(err error) error {
 		default:
 			// Stale stamps and out-of-range keys are the router's to retry;
 			// one that gets here is a transient condition for the client.
-			return status.Error(codes.Unavailable, "etcdserver: "+e.Message)
+			// The status keeps err, for the router's retry (rerouted).
+			return &causedStatus{st: status.New(codes.Unavailable, "etcdserver: "+e.Message), cause: err}
 		}
 	}
 	for _, m := range byStoreError {
@@ -96,3 +101,15 @@ func toGRPC(err error) error {
 	}
 	return status.Error(codes.Unknown, err.Error())
 }
+
+// causedStatus is a status that keeps the error it was made from, so that
+// the router's own retries still see the cause (errors.As) once toGRPC has
+// made the client's answer of it.
+type causedStatus struct {
+	st    *status.Status
+	cause error
+}
+
+func (e *causedStatus) Error() string              { return e.st.Err().Error() }
+func (e *causedStatus) GRPCStatus() *status.Status { return e.st }
+func (e *causedStatus) Unwrap() error              { return e.cause }

@@ -15,16 +15,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/mvcc"
-	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
 )
 
-// Ranges is the range map as the router sees it in sharded mode: it routes
-// every request by key (DESIGN.md "Ranges, placement, membership").
-type Ranges interface {
-	// All returns every range, in key order.
-	All() []RangePart
+// Oracle hands out revisions in sharded mode.
+type Oracle interface {
 	// Now returns a revision above every write completed before the call
 	// (from the revision oracle).
 	Now(ctx context.Context) (mvcc.Revision, error)
@@ -51,21 +47,8 @@ type RangeShard interface {
 }
 
 // spanning returns the ranges that etcd's [key, end) meets, in key order
-// (end empty: the key alone; "\x00": to the end), by the same clipping
-// that cuts a request into the ranges' parts (clipRange).
-func (s *Server) spanning(key, end []byte) []RangePart {
-	var out []RangePart
-	for _, p := range s.cfg.Ranges.All() {
-		var stop []byte
-		if len(p.End) > 0 {
-			stop = p.End
-		}
-		if _, _, ok := clipRange(key, end, p.Start, stop); ok {
-			out = append(out, p)
-		}
-	}
-	return out
-}
+// (RangeCache.Spanning).
+func (s *Server) spanning(key, end []byte) []RangePart { return s.cfg.Ranges.Spanning(key, end) }
 
 // keySpan is etcd's [key, end) of one part of a request.
 type keySpan struct{ key, end []byte }
@@ -149,7 +132,7 @@ func txnSpans(r *pb.TxnRequest, out []keySpan) []keySpan {
 // from the oracle, each range answers its part at R once its closed
 // revision has reached R, and the parts merge into etcd's answer.
 func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []RangePart) (*pb.RangeResponse, error) {
-	now, err := s.cfg.Ranges.Now(ctx)
+	now, err := s.cfg.Oracle.Now(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -207,7 +190,7 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 // applies cluster-wide): each range once its closed revision has reached
 // it, so no write at or below it is still to come there.
 func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	now, err := s.cfg.Ranges.Now(ctx)
+	now, err := s.cfg.Oracle.Now(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -243,7 +226,7 @@ func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest) (*pb.C
 // hashes combined in key order. Members holding the same data answer the
 // same hash at the same revision.
 func (s *Server) hashAll(ctx context.Context, rev mvcc.Revision) (*pb.HashKVResponse, error) {
-	now, err := s.cfg.Ranges.Now(ctx)
+	now, err := s.cfg.Oracle.Now(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -320,7 +303,7 @@ func (s *Server) settle(ctx context.Context, sh Shard, r *pb.TxnRequest) (mvcc.R
 	if rev <= 0 {
 		return 0, nil
 	}
-	now, err := s.cfg.Ranges.Now(ctx)
+	now, err := s.cfg.Oracle.Now(ctx)
 	if err != nil {
 		return 0, toGRPC(err)
 	}
@@ -357,6 +340,10 @@ func rerouted[T any](ctx context.Context, s *Server, fn func() (T, error)) (T, e
 		if s.cfg.Ranges == nil || !moved(err) || i >= reroutes {
 			return out, err
 		}
+		var o *shard.OutsideRangeError
+		if errors.As(err, &o) {
+			s.cfg.Ranges.Refresh(o.Range)
+		}
 		select {
 		case <-ctx.Done():
 			return out, err
@@ -365,15 +352,9 @@ func rerouted[T any](ctx context.Context, s *Server, fn func() (T, error)) (T, e
 	}
 }
 
-// moved reports whether err is a range's refusal of keys outside it.
+// moved reports whether err is a range's refusal of keys outside it
+// (shard.OutsideRangeError, which survives forwarding and toGRPC).
 func moved(err error) bool {
-	if err == nil {
-		return false
-	}
-	var e *shard.Error
-	if errors.As(err, &e) {
-		return e.Code == shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE
-	}
-	st, ok := status.FromError(err)
-	return ok && st.Code() == codes.Unavailable && strings.Contains(st.Message(), mvcc.ErrOutsideSpan.Error())
+	var o *shard.OutsideRangeError
+	return errors.As(err, &o)
 }

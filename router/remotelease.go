@@ -58,12 +58,7 @@ func (s *Server) withShadows(ctx context.Context, sh Shard, ids []int64, write f
 	if s.cfg.Ranges == nil || sh == s.cfg.Shard || len(ids) == 0 || !slices.ContainsFunc(ids, func(id int64) bool { return id != 0 }) {
 		return write(nil)
 	}
-	var rangeID uint64
-	for _, p := range s.cfg.Ranges.All() {
-		if Shard(p.Shard) == sh {
-			rangeID = p.ID
-		}
-	}
+	rangeID, _ := s.cfg.Ranges.id(sh)
 	shadows, cached, err := s.shadowLeases(ctx, rangeID, ids, false)
 	if err != nil {
 		return nil, err

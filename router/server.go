@@ -27,7 +27,9 @@ type Config struct {
 	Shard Shard
 	// Ranges routes requests by key in sharded mode; nil is single-group
 	// mode.
-	Ranges Ranges
+	Ranges *RangeCache
+	// Oracle hands out revisions in sharded mode.
+	Oracle Oracle
 	// MaxRequestBytes refuses larger writes (etcd --max-request-bytes);
 	// 0 means DefaultMaxRequestBytes.
 	MaxRequestBytes int

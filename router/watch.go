@@ -170,7 +170,7 @@ func (s *Server) newWatchStream() watchStream {
 // watchParts cuts watched keys into the ranges' parts (watch.Splitter).
 func (s *Server) watchParts(key, rangeEnd []byte) []watch.Part {
 	var out []watch.Part
-	for _, p := range s.cfg.Ranges.All() {
+	for _, p := range s.cfg.Ranges.Spanning(key, rangeEnd) {
 		var stop []byte
 		if len(p.End) > 0 {
 			stop = p.End

@@ -6,6 +6,7 @@ import (
 
 	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 )
 
@@ -80,3 +81,36 @@ func badRequest(format string, args ...any) *Error {
 func (e *Error) toProto() *shardpb.Error { return &shardpb.Error{Code: e.Code, Message: e.Message} }
 
 func fromProto(p *shardpb.Error) *Error { return &Error{Code: p.Code, Message: p.Message} }
+
+// OutsideRangeError is a range's refusal of keys it does not hold (a split
+// gave them to another range since the request was routed), with the range
+// as it is now on the replica that refused: the router refreshes its range
+// cache by it and routes the request again. It unwraps to the refusal
+// (*Error, code OUTSIDE_RANGE), so errors.Is(err, mvcc.ErrOutsideSpan)
+// holds.
+type OutsideRangeError struct {
+	// Range is the refusing range's descriptor: its id, span and
+	// generation now.
+	Range *placementpb.RangeDescriptor
+	Err   *Error
+}
+
+func (e *OutsideRangeError) Error() string { return e.Err.Message }
+
+func (e *OutsideRangeError) Unwrap() error { return e.Err }
+
+// WithRange returns err with range d's descriptor attached if err is a
+// refusal of keys outside the range (OutsideRangeError), and err as it is
+// otherwise. The replica knows its span, not the range map's generation,
+// so whoever holds the descriptor attaches it.
+func WithRange(err error, d *placementpb.RangeDescriptor) error {
+	var e *Error
+	if err == nil || d == nil || !errors.As(err, &e) || e.Code != shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE {
+		return err
+	}
+	var o *OutsideRangeError
+	if errors.As(err, &o) {
+		return err
+	}
+	return &OutsideRangeError{Range: d, Err: e}
+}

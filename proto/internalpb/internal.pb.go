@@ -29,6 +29,64 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ErrorCode says what kind of failure an Error is.
+type ErrorCode int32
+
+const (
+	// Anything else: the member could not serve the request.
+	ErrorCode_ERROR_CODE_UNSPECIFIED ErrorCode = 0
+	// The member does not lead the range (or the placement group): the
+	// caller looks for the leader again.
+	ErrorCode_ERROR_CODE_NOT_LEADER ErrorCode = 1
+	// The range's state machine refused the request (Error.shard).
+	ErrorCode_ERROR_CODE_SHARD ErrorCode = 2
+	// The member has no started replica of the range.
+	ErrorCode_ERROR_CODE_NO_RANGE ErrorCode = 3
+)
+
+// Enum value maps for ErrorCode.
+var (
+	ErrorCode_name = map[int32]string{
+		0: "ERROR_CODE_UNSPECIFIED",
+		1: "ERROR_CODE_NOT_LEADER",
+		2: "ERROR_CODE_SHARD",
+		3: "ERROR_CODE_NO_RANGE",
+	}
+	ErrorCode_value = map[string]int32{
+		"ERROR_CODE_UNSPECIFIED": 0,
+		"ERROR_CODE_NOT_LEADER":  1,
+		"ERROR_CODE_SHARD":       2,
+		"ERROR_CODE_NO_RANGE":    3,
+	}
+)
+
+func (x ErrorCode) Enum() *ErrorCode {
+	p := new(ErrorCode)
+	*p = x
+	return p
+}
+
+func (x ErrorCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_internalpb_internal_proto_enumTypes[0].Descriptor()
+}
+
+func (ErrorCode) Type() protoreflect.EnumType {
+	return &file_internalpb_internal_proto_enumTypes[0]
+}
+
+func (x ErrorCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorCode.Descriptor instead.
+func (ErrorCode) EnumDescriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+}
+
 type CompactLogRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
@@ -75,6 +133,7 @@ func (x *CompactLogRequest) GetRange() uint64 {
 
 type CompactLogResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -109,6 +168,88 @@ func (*CompactLogResponse) Descriptor() ([]byte, []int) {
 	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
 }
 
+func (x *CompactLogResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+// Error is a refusal or failure carried in a response rather than as a
+// gRPC status, so that the caller gets it back as the Go error it was
+// (router/forward.go); only the router turns errors into statuses.
+type Error struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=cairn.internal.v1.ErrorCode" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// shard is the state machine's refusal (code SHARD).
+	Shard shardpb.ErrorCode `protobuf:"varint,3,opt,name=shard,proto3,enum=cairn.shard.v1.ErrorCode" json:"shard,omitempty"`
+	// range is the range as it is now on the member that answered, with a
+	// refusal of keys outside it (shard OUTSIDE_RANGE): the caller routes
+	// again by it.
+	Range         *placementpb.RangeDescriptor `protobuf:"bytes,4,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Error) Reset() {
+	*x = Error{}
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Error) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Error) ProtoMessage() {}
+
+func (x *Error) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Error.ProtoReflect.Descriptor instead.
+func (*Error) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Error) GetCode() ErrorCode {
+	if x != nil {
+		return x.Code
+	}
+	return ErrorCode_ERROR_CODE_UNSPECIFIED
+}
+
+func (x *Error) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Error) GetShard() shardpb.ErrorCode {
+	if x != nil {
+		return x.Shard
+	}
+	return shardpb.ErrorCode(0)
+}
+
+func (x *Error) GetRange() *placementpb.RangeDescriptor {
+	if x != nil {
+		return x.Range
+	}
+	return nil
+}
+
 type SplitRangeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -118,7 +259,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -130,7 +271,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -143,7 +284,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -164,7 +305,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -176,7 +317,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -189,7 +330,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -209,7 +350,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +362,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +375,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -254,13 +395,14 @@ func (x *WriteRequest) GetRequest() *shardpb.Request {
 type WriteResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Response      *shardpb.Response      `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	Error         *Error                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +414,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,12 +427,19 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
 	if x != nil {
 		return x.Response
+	}
+	return nil
+}
+
+func (x *WriteResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
 	}
 	return nil
 }
@@ -306,7 +455,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -318,7 +467,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -331,7 +480,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -358,13 +507,14 @@ func (x *ReadAtRequest) GetRevision() int64 {
 type ReadAtResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Response      []byte                 `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"` // etcdserverpb.RangeResponse
+	Error         *Error                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -376,7 +526,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -389,12 +539,19 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
 	if x != nil {
 		return x.Response
+	}
+	return nil
+}
+
+func (x *ReadAtResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
 	}
 	return nil
 }
@@ -409,7 +566,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +578,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +591,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -453,13 +610,14 @@ func (x *WaitClosedRequest) GetRevision() int64 {
 
 type WaitClosedResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +629,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +642,14 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WaitClosedResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
 }
 
 type RevisionsRequest struct {
@@ -498,7 +663,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +675,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +688,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -543,13 +708,14 @@ func (x *RevisionsRequest) GetAbove() int64 {
 type RevisionsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	First         int64                  `protobuf:"varint,1,opt,name=first,proto3" json:"first,omitempty"`
+	Error         *Error                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +727,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +740,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -582,6 +748,13 @@ func (x *RevisionsResponse) GetFirst() int64 {
 		return x.First
 	}
 	return 0
+}
+
+func (x *RevisionsResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
 }
 
 // RangeClosed: range closed revision closed once its leader had applied
@@ -598,7 +771,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +783,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +796,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -656,7 +829,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +841,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +854,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -699,7 +872,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +884,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +897,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
 }
 
 type KickRequest struct {
@@ -737,7 +910,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +922,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +935,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -787,7 +960,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +972,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +985,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
@@ -821,32 +994,42 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
 	"\x19internalpb/internal.proto\x12\x11cairn.internal.v1\x1a\x13shardpb/shard.proto\x1a\x1bplacementpb/placement.proto\")\n" +
 	"\x11CompactLogRequest\x12\x14\n" +
-	"\x05range\x18\x01 \x01(\x04R\x05range\"\x14\n" +
-	"\x12CompactLogResponse\"%\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\"D\n" +
+	"\x12CompactLogResponse\x12.\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"\xbc\x01\n" +
+	"\x05Error\x120\n" +
+	"\x04code\x18\x01 \x01(\x0e2\x1c.cairn.internal.v1.ErrorCodeR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12/\n" +
+	"\x05shard\x18\x03 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x05shard\x126\n" +
+	"\x05range\x18\x04 \x01(\v2 .cairn.placement.RangeDescriptorR\x05range\"%\n" +
 	"\x11SplitRangeRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\"N\n" +
 	"\x12SplitRangeResponse\x128\n" +
 	"\x06ranges\x18\x01 \x03(\v2 .cairn.placement.RangeDescriptorR\x06ranges\"W\n" +
 	"\fWriteRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x121\n" +
-	"\arequest\x18\x02 \x01(\v2\x17.cairn.shard.v1.RequestR\arequest\"E\n" +
+	"\arequest\x18\x02 \x01(\v2\x17.cairn.shard.v1.RequestR\arequest\"u\n" +
 	"\rWriteResponse\x124\n" +
-	"\bresponse\x18\x01 \x01(\v2\x18.cairn.shard.v1.ResponseR\bresponse\"[\n" +
+	"\bresponse\x18\x01 \x01(\v2\x18.cairn.shard.v1.ResponseR\bresponse\x12.\n" +
+	"\x05error\x18\x02 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"[\n" +
 	"\rReadAtRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x18\n" +
 	"\arequest\x18\x02 \x01(\fR\arequest\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\",\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\\\n" +
 	"\x0eReadAtResponse\x12\x1a\n" +
-	"\bresponse\x18\x01 \x01(\fR\bresponse\"E\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\x12.\n" +
+	"\x05error\x18\x02 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"E\n" +
 	"\x11WaitClosedRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\x14\n" +
-	"\x12WaitClosedResponse\">\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"D\n" +
+	"\x12WaitClosedResponse\x12.\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\">\n" +
 	"\x10RevisionsRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x14\n" +
-	"\x05above\x18\x02 \x01(\x03R\x05above\")\n" +
+	"\x05above\x18\x02 \x01(\x03R\x05above\"Y\n" +
 	"\x11RevisionsResponse\x12\x14\n" +
-	"\x05first\x18\x01 \x01(\x03R\x05first\"Q\n" +
+	"\x05first\x18\x01 \x01(\x03R\x05first\x12.\n" +
+	"\x05error\x18\x02 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"Q\n" +
 	"\vRangeClosed\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x16\n" +
 	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x14\n" +
@@ -857,7 +1040,12 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\vKickRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x0e\n" +
-	"\fKickResponse2\xa2\x05\n" +
+	"\fKickResponse*q\n" +
+	"\tErrorCode\x12\x1a\n" +
+	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +
+	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
+	"\x13ERROR_CODE_NO_RANGE\x10\x032\xa2\x05\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
@@ -883,55 +1071,67 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 	return file_internalpb_internal_proto_rawDescData
 }
 
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_internalpb_internal_proto_goTypes = []any{
-	(*CompactLogRequest)(nil),           // 0: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 1: cairn.internal.v1.CompactLogResponse
-	(*SplitRangeRequest)(nil),           // 2: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 3: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 4: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 5: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 6: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 7: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 8: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 9: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 10: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 11: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 12: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 13: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 14: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 15: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 16: cairn.internal.v1.KickResponse
-	(*placementpb.RangeDescriptor)(nil), // 17: cairn.placement.RangeDescriptor
-	(*shardpb.Request)(nil),             // 18: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 19: cairn.shard.v1.Response
+	(ErrorCode)(0),                      // 0: cairn.internal.v1.ErrorCode
+	(*CompactLogRequest)(nil),           // 1: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 2: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 3: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 4: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 5: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 6: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 7: cairn.internal.v1.WriteResponse
+	(*ReadAtRequest)(nil),               // 8: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 9: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 10: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 11: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 12: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 13: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 14: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 15: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 16: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 17: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 18: cairn.internal.v1.KickResponse
+	(shardpb.ErrorCode)(0),              // 19: cairn.shard.v1.ErrorCode
+	(*placementpb.RangeDescriptor)(nil), // 20: cairn.placement.RangeDescriptor
+	(*shardpb.Request)(nil),             // 21: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 22: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	17, // 0: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	18, // 1: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	19, // 2: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	12, // 3: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	4,  // 4: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	6,  // 5: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	8,  // 6: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	10, // 7: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	13, // 8: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	15, // 9: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	2,  // 10: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	0,  // 11: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	5,  // 12: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	7,  // 13: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	9,  // 14: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	11, // 15: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	14, // 16: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	16, // 17: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	3,  // 18: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	1,  // 19: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	12, // [12:20] is the sub-list for method output_type
-	4,  // [4:12] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	3,  // 0: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	0,  // 1: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	19, // 2: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	20, // 3: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	20, // 4: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	21, // 5: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	22, // 6: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	3,  // 7: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	3,  // 8: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	3,  // 9: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	3,  // 10: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	14, // 11: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	6,  // 12: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	8,  // 13: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	10, // 14: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	12, // 15: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	15, // 16: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	17, // 17: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	4,  // 18: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	1,  // 19: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	7,  // 20: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	9,  // 21: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	11, // 22: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	13, // 23: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	16, // 24: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	18, // 25: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	5,  // 26: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	2,  // 27: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	20, // [20:28] is the sub-list for method output_type
+	12, // [12:20] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -944,13 +1144,14 @@ func file_internalpb_internal_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   17,
+			NumEnums:      1,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_internalpb_internal_proto_goTypes,
 		DependencyIndexes: file_internalpb_internal_proto_depIdxs,
+		EnumInfos:         file_internalpb_internal_proto_enumTypes,
 		MessageInfos:      file_internalpb_internal_proto_msgTypes,
 	}.Build()
 	File_internalpb_internal_proto = out.File

@@ -1,0 +1,336 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/internalpb"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// Forwarding in sharded mode: what only a range's leader may do (stamp a
+// write, answer at a closed revision) or only the placement group's leader
+// may do (hand out revisions) is sent to the member that leads, over the
+// node-to-node service (internalpb.Node, served by internal.go on every
+// member's client port). A refusal or failure there comes back in the
+// response's Error field and is turned back into the Go error it was
+// (decodeError): a state machine's refusal as *shard.Error, a refusal of
+// keys outside the range as *shard.OutsideRangeError with the range's
+// descriptor, "not the leader" as a reason to look again. gRPC statuses
+// are only what the transport itself fails with.
+
+// forwardRetry is the wait between tries while leadership is moving.
+const forwardRetry = 10 * time.Millisecond
+
+// errNotLeader is a range's member answering that it does not lead the
+// range: the caller looks for the leader again.
+var errNotLeader = errors.New("router: not the leader")
+
+// Replica is this member's replica of a range as forwarding uses it; the
+// shard package's Replica implements it.
+type Replica interface {
+	Shard
+	// ReadAt answers req at rev once the range's closed revision has
+	// reached it (this replica leads).
+	ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Revision) (*pb.RangeResponse, error)
+	// WaitClosed returns once the range's closed revision has reached rev
+	// (this replica leads).
+	WaitClosed(ctx context.Context, rev mvcc.Revision) error
+}
+
+// Local is this member's replica of one range, as the router reaches it;
+// the node implements it.
+type Local interface {
+	// Descriptor is the range as this member has it now (a split applied
+	// here replaces it).
+	Descriptor() *placementpb.RangeDescriptor
+	// Ready is closed once the replica is started (a split's new range
+	// starts as the split applies).
+	Ready() <-chan struct{}
+	// Replica is the started replica; it is called only once Ready is
+	// closed.
+	Replica() Replica
+}
+
+// Dial returns a connection to member's node-to-node service.
+type Dial func(member uint64) (grpc.ClientConnInterface, error)
+
+// Forwarder sends requests to the members that lead what they need, and
+// serves the ranges of this member as the router uses them (RangeClient).
+// It holds no mutable state of its own (the dialer caches connections).
+type Forwarder struct {
+	self uint64
+	dial Dial
+}
+
+// NewForwarder returns the forwarder of member self, reaching the others
+// through dial.
+func NewForwarder(self uint64, dial Dial) *Forwarder {
+	return &Forwarder{self: self, dial: dial}
+}
+
+// Client returns a client of member's node-to-node service.
+func (f *Forwarder) Client(member uint64) (internalpb.NodeClient, error) {
+	conn, err := f.dial(member)
+	if err != nil {
+		return nil, err
+	}
+	return internalpb.NewNodeClient(conn), nil
+}
+
+// Revisions asks member's node, whose placement replica leads, for count
+// revisions of the oracle: the first of them. Not leading is
+// placement.ErrNotLeader.
+func (f *Forwarder) Revisions(ctx context.Context, member uint64, count int64, above mvcc.Revision) (mvcc.Revision, error) {
+	nc, err := f.Client(member)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := nc.Revisions(ctx, &internalpb.RevisionsRequest{Count: count, Above: int64(above)})
+	if err != nil {
+		return 0, rpcError(err)
+	}
+	if err := decodeError(resp.Error, placement.ErrNotLeader); err != nil {
+		return 0, err
+	}
+	return mvcc.Revision(resp.First), nil
+}
+
+// WriteTo proposes req to range id through member, which must lead it.
+func (f *Forwarder) WriteTo(ctx context.Context, member, id uint64, req *shardpb.Request) (*shardpb.Response, error) {
+	nc, err := f.Client(member)
+	if err != nil {
+		return nil, err
+	}
+	return writeVia(ctx, nc, id, req)
+}
+
+// CompactLog has member snapshot its replica of range id and drop its
+// raft log up to the snapshot.
+func (f *Forwarder) CompactLog(ctx context.Context, member, id uint64) error {
+	nc, err := f.Client(member)
+	if err != nil {
+		return err
+	}
+	resp, err := nc.CompactLog(ctx, &internalpb.CompactLogRequest{Range: id})
+	if err != nil {
+		return rpcError(err)
+	}
+	return decodeError(resp.Error, errNotLeader)
+}
+
+func writeVia(ctx context.Context, nc internalpb.NodeClient, id uint64, req *shardpb.Request) (*shardpb.Response, error) {
+	resp, err := nc.Write(ctx, &internalpb.WriteRequest{Range: id, Request: req})
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	if err := decodeError(resp.Error, errNotLeader); err != nil {
+		return nil, err
+	}
+	return resp.Response, nil
+}
+
+// RangeClient is a range as the router uses it on this member: reads from
+// the local replica, writes that take a revision and reads at a closed
+// revision through the range's leader, here or on another member
+// (RangeShard).
+type RangeClient struct {
+	f  *Forwarder
+	l  Local
+	id uint64
+}
+
+// Range returns the client of this member's replica l of a range.
+func (f *Forwarder) Range(l Local) *RangeClient {
+	return &RangeClient{f: f, l: l, id: l.Descriptor().Id}
+}
+
+// Read runs a query on the local replica once it is started.
+func (c *RangeClient) Read(ctx context.Context, query any, linearizable bool) (any, error) {
+	if err := c.Wait(ctx); err != nil {
+		return nil, err
+	}
+	v, err := c.l.Replica().Read(ctx, query, linearizable)
+	return v, c.outside(err)
+}
+
+// Leader is the range's leader as this member knows it (none while the
+// replica is starting).
+func (c *RangeClient) Leader() (uint64, uint64, bool) {
+	select {
+	case <-c.l.Ready():
+		return c.l.Replica().Leader()
+	default:
+		return 0, 0, false
+	}
+}
+
+// Wait waits until the range's replica here is started.
+func (c *RangeClient) Wait(ctx context.Context) error {
+	select {
+	case <-c.l.Ready():
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: range %d is starting: %v", shard.ErrNoLeader, c.id, ctx.Err())
+	}
+}
+
+// outside attaches the range's descriptor to a refusal of keys outside it.
+func (c *RangeClient) outside(err error) error { return shard.WithRange(err, c.l.Descriptor()) }
+
+// viaLeader runs local while this member leads the range and remote on
+// the leader's member otherwise, trying again while leadership moves.
+func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, remote func(internalpb.NodeClient) error) error {
+	if err := c.Wait(ctx); err != nil {
+		return err
+	}
+	r := c.l.Replica()
+	for {
+		leader, _, ok := r.Leader()
+		var err error
+		switch {
+		case !ok:
+			err = shard.ErrNoLeader
+		case leader == c.f.self:
+			if err = c.outside(local(r)); !errors.Is(err, shard.ErrNoLeader) {
+				return err
+			}
+		default:
+			var nc internalpb.NodeClient
+			if nc, err = c.f.Client(leader); err == nil {
+				if err = remote(nc); !errors.Is(err, errNotLeader) {
+					return err
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: range %d: %v", shard.ErrNoLeader, c.id, err)
+		case <-time.After(forwardRetry):
+		}
+	}
+}
+
+// Write proposes req: requests that take a revision through the range's
+// leader, which stamps them, and compactions, which the leader's closed
+// revision (carried by its proposals) lets reach past the range's last
+// write; others (registrations, member records) from here, as raft
+// carries them to the leader.
+func (c *RangeClient) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error) {
+	if err := c.Wait(ctx); err != nil {
+		return nil, err
+	}
+	if !shard.Stamps(req) && req.GetCompaction() == nil {
+		out, err := c.l.Replica().Write(ctx, req)
+		return out, c.outside(err)
+	}
+	var out *shardpb.Response
+	err := c.viaLeader(ctx, func(r Replica) (err error) {
+		out, err = r.Write(ctx, req)
+		return err
+	}, func(nc internalpb.NodeClient) (err error) {
+		out, err = writeVia(ctx, nc, c.id, req)
+		return err
+	})
+	return out, err
+}
+
+// ReadAt answers req at rev, through the range's leader.
+func (c *RangeClient) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Revision) (*pb.RangeResponse, error) {
+	var out *pb.RangeResponse
+	err := c.viaLeader(ctx, func(r Replica) (err error) {
+		out, err = r.ReadAt(ctx, req, rev)
+		return err
+	}, func(nc internalpb.NodeClient) error {
+		data, err := proto.Marshal(req)
+		if err != nil {
+			return err
+		}
+		resp, err := nc.ReadAt(ctx, &internalpb.ReadAtRequest{Range: c.id, Request: data, Revision: int64(rev)})
+		if err != nil {
+			return rpcError(err)
+		}
+		if err := decodeError(resp.Error, errNotLeader); err != nil {
+			return err
+		}
+		out = &pb.RangeResponse{}
+		return proto.Unmarshal(resp.Response, out)
+	})
+	return out, err
+}
+
+// WaitClosed returns once the range's leader has closed rev.
+func (c *RangeClient) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
+	return c.viaLeader(ctx, func(r Replica) error { return r.WaitClosed(ctx, rev) },
+		func(nc internalpb.NodeClient) error {
+			resp, err := nc.WaitClosed(ctx, &internalpb.WaitClosedRequest{Range: c.id, Revision: int64(rev)})
+			if err != nil {
+				return rpcError(err)
+			}
+			return decodeError(resp.Error, errNotLeader)
+		})
+}
+
+// encodeError is err as the node-to-node service's responses carry it.
+func encodeError(err error) *internalpb.Error {
+	if err == nil {
+		return nil
+	}
+	var (
+		se *shard.Error
+		or *shard.OutsideRangeError
+	)
+	switch {
+	case errors.Is(err, errNotLeader), errors.Is(err, shard.ErrNoLeader), errors.Is(err, placement.ErrNotLeader):
+		return &internalpb.Error{Code: internalpb.ErrorCode_ERROR_CODE_NOT_LEADER, Message: err.Error()}
+	case errors.As(err, &or):
+		return &internalpb.Error{Code: internalpb.ErrorCode_ERROR_CODE_SHARD, Shard: or.Err.Code, Message: or.Err.Message,
+			Range: or.Range}
+	case errors.As(err, &se):
+		return &internalpb.Error{Code: internalpb.ErrorCode_ERROR_CODE_SHARD, Shard: se.Code, Message: se.Message}
+	}
+	return &internalpb.Error{Message: err.Error()}
+}
+
+// decodeError turns a response's Error back into the error it was:
+// notLeader for a member that does not lead, the state machine's refusal,
+// and for anything else a member that could not serve (shard.ErrNoLeader:
+// the client may try again later).
+func decodeError(e *internalpb.Error, notLeader error) error {
+	if e == nil {
+		return nil
+	}
+	switch e.Code {
+	case internalpb.ErrorCode_ERROR_CODE_NOT_LEADER:
+		return notLeader
+	case internalpb.ErrorCode_ERROR_CODE_SHARD:
+		se := &shard.Error{Code: e.Shard, Message: e.Message}
+		if e.Range != nil {
+			return &shard.OutsideRangeError{Range: e.Range, Err: se}
+		}
+		return se
+	}
+	return fmt.Errorf("%w: %s", shard.ErrNoLeader, e.Message)
+}
+
+// rpcError turns a failure of the transport (the member is down, the call
+// timed out) into the caller's error: a deadline is the context's, the
+// rest a member that could not serve.
+func rpcError(err error) error {
+	if status.Code(err) == codes.DeadlineExceeded {
+		return context.DeadlineExceeded
+	}
+	return fmt.Errorf("%w: %v", shard.ErrNoLeader, err)
+}

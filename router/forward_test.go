@@ -1,0 +1,289 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/internalpb"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// fakeReplica is a range's replica that answers every request with err
+// (or an empty answer), led by leader.
+type fakeReplica struct {
+	leader uint64
+	err    error
+}
+
+func (r *fakeReplica) Write(context.Context, *shardpb.Request) (*shardpb.Response, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	return &shardpb.Response{}, nil
+}
+
+func (r *fakeReplica) Read(context.Context, any, bool) (any, error) { return nil, r.err }
+
+func (r *fakeReplica) Leader() (uint64, uint64, bool) { return r.leader, 1, r.leader != 0 }
+
+func (r *fakeReplica) ReadAt(context.Context, *pb.RangeRequest, mvcc.Revision) (*pb.RangeResponse, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	return &pb.RangeResponse{Count: 7}, nil
+}
+
+func (r *fakeReplica) WaitClosed(context.Context, mvcc.Revision) error { return r.err }
+
+// fakeLocal is a started replica of range d.
+type fakeLocal struct {
+	d     *placementpb.RangeDescriptor
+	r     *fakeReplica
+	ready chan struct{}
+}
+
+func newFakeLocal(d *placementpb.RangeDescriptor, r *fakeReplica) *fakeLocal {
+	l := &fakeLocal{d: d, r: r, ready: make(chan struct{})}
+	close(l.ready)
+	return l
+}
+
+func (l *fakeLocal) Descriptor() *placementpb.RangeDescriptor { return l.d }
+func (l *fakeLocal) Ready() <-chan struct{}                   { return l.ready }
+func (l *fakeLocal) Replica() Replica                         { return l.r }
+
+// fakeMember is a member's side of the node-to-node service.
+type fakeMember struct {
+	ranges   map[uint64]Local
+	revErr   error
+	splitErr error
+}
+
+func (m *fakeMember) Range(id uint64) Local {
+	if l, ok := m.ranges[id]; ok {
+		return l
+	}
+	return nil
+}
+
+func (m *fakeMember) Revisions(context.Context, int64, mvcc.Revision) (mvcc.Revision, error) {
+	return 100, m.revErr
+}
+func (m *fakeMember) Published(*internalpb.ClosedRequest) {}
+func (m *fakeMember) Kick(uint64, mvcc.Revision)          {}
+func (m *fakeMember) SplitRange(context.Context, []byte) ([]*placementpb.RangeDescriptor, error) {
+	return nil, m.splitErr
+}
+func (m *fakeMember) CompactLog(context.Context, uint64) error { return nil }
+
+// serveMember serves m as member id's node-to-node service in process and
+// returns a dialer reaching it (and nothing else).
+func serveMember(t *testing.T, id uint64, m Member) Dial {
+	t.Helper()
+	l := bufconn.Listen(1 << 20)
+	g := grpc.NewServer()
+	New(Config{MemberID: id}).RegisterInternal(g, m)
+	go func() { _ = g.Serve(l) }()
+	t.Cleanup(g.Stop)
+	conn, err := grpc.NewClient("passthrough:///member", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return l.DialContext(ctx) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return func(member uint64) (grpc.ClientConnInterface, error) {
+		if member != id {
+			return nil, errors.New("no such member")
+		}
+		return conn, nil
+	}
+}
+
+// TestForwardErrors: a request forwarded from member 1 to range 5's leader,
+// member 2, comes back with the error the leader's replica gave, typed,
+// and toGRPC makes of it the status a client gets had the leader been
+// local.
+func TestForwardErrors(t *testing.T) {
+	now := &placementpb.RangeDescriptor{Id: 5, Start: []byte("m"), End: []byte("t"), Generation: 3}
+	noLeader := status.Convert(rpctypes.ErrGRPCNoLeader).Message()
+	outside := &shard.Error{Code: shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE, Message: "mvcc: key outside the store's span"}
+	for _, tc := range []struct {
+		name     string
+		leader   error // the leader's replica's answer
+		missing  bool  // member 2 has no replica of range 5
+		want     error // errors.Is on what member 1 gets
+		moved    bool
+		grpcCode codes.Code
+		grpcMsg  string
+	}{
+		{name: "ok"},
+		{name: "compacted", leader: &shard.Error{Code: shardpb.ErrorCode_ERROR_CODE_COMPACTED, Message: "mvcc: compacted"},
+			want: mvcc.ErrCompacted, grpcCode: codes.OutOfRange, grpcMsg: status.Convert(rpctypes.ErrGRPCCompacted).Message()},
+		{name: "outside range", leader: outside, want: mvcc.ErrOutsideSpan, moved: true,
+			grpcCode: codes.Unavailable, grpcMsg: "etcdserver: mvcc: key outside the store's span"},
+		{name: "bad request", leader: &shard.Error{Code: shardpb.ErrorCode_ERROR_CODE_BAD_REQUEST, Message: "shard: bad"},
+			grpcCode: codes.InvalidArgument, grpcMsg: "etcdserver: shard: bad"},
+		{name: "other failure", leader: errors.New("disk on fire"), want: shard.ErrNoLeader,
+			grpcCode: codes.Unavailable, grpcMsg: noLeader},
+		{name: "timeout there", leader: shard.ErrTimeout, want: shard.ErrNoLeader,
+			grpcCode: codes.Unavailable, grpcMsg: noLeader},
+		{name: "no replica there", missing: true, want: shard.ErrNoLeader,
+			grpcCode: codes.Unavailable, grpcMsg: noLeader},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m2 := &fakeMember{ranges: map[uint64]Local{}}
+			if !tc.missing {
+				m2.ranges[5] = newFakeLocal(now, &fakeReplica{leader: 2, err: tc.leader})
+			}
+			f := NewForwarder(1, serveMember(t, 2, m2))
+			// Member 1's replica has the range as it was before a split.
+			was := &placementpb.RangeDescriptor{Id: 5, Start: []byte("m"), Generation: 2}
+			c := f.Range(newFakeLocal(was, &fakeReplica{leader: 2}))
+			calls := map[string]func(ctx context.Context) error{
+				"write": func(ctx context.Context) error {
+					_, err := c.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: []byte{0}}})
+					return err
+				},
+				"read at": func(ctx context.Context) error {
+					resp, err := c.ReadAt(ctx, &pb.RangeRequest{Key: []byte("n")}, 9)
+					if err == nil && resp.Count != 7 {
+						t.Errorf("read at answered %v", resp)
+					}
+					return err
+				},
+			}
+			for name, call := range calls {
+				ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+				err := call(ctx)
+				cancel()
+				if tc.want == nil && tc.grpcCode == codes.OK && tc.leader == nil {
+					if err != nil {
+						t.Fatalf("%s: %v", name, err)
+					}
+					continue
+				}
+				if tc.want != nil && !errors.Is(err, tc.want) {
+					t.Errorf("%s: got %v, want %v", name, err, tc.want)
+				}
+				if got := moved(err); got != tc.moved {
+					t.Errorf("%s: moved(%v) = %v, want %v", name, err, got, tc.moved)
+				}
+				st := toGRPC(err)
+				if got := moved(st); got != tc.moved {
+					t.Errorf("%s: moved(toGRPC(%v)) = %v, want %v", name, err, got, tc.moved)
+				}
+				if s := status.Convert(st); s.Code() != tc.grpcCode || s.Message() != tc.grpcMsg {
+					t.Errorf("%s: status %v %q, want %v %q", name, s.Code(), s.Message(), tc.grpcCode, tc.grpcMsg)
+				}
+				var o *shard.OutsideRangeError
+				if errors.As(err, &o) && (o.Range.Generation != now.Generation || string(o.Range.End) != "t") {
+					t.Errorf("%s: refused by range %v, want the leader's %v", name, o.Range, now)
+				}
+			}
+		})
+	}
+}
+
+// TestForwardLocalOutside: a range led here refusing keys outside it
+// answers with this member's descriptor of it.
+func TestForwardLocalOutside(t *testing.T) {
+	d := &placementpb.RangeDescriptor{Id: 3, Start: []byte("a"), End: []byte("c"), Generation: 4}
+	f := NewForwarder(1, func(uint64) (grpc.ClientConnInterface, error) { return nil, errors.New("no peers") })
+	c := f.Range(newFakeLocal(d, &fakeReplica{leader: 1,
+		err: &shard.Error{Code: shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE, Message: "outside"}}))
+	for _, err := range []error{
+		func() error { _, err := c.Read(context.Background(), nil, true); return err }(),
+		func() error { _, err := c.ReadAt(context.Background(), &pb.RangeRequest{}, 1); return err }(),
+		func() error {
+			_, err := c.Write(context.Background(), &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: []byte{0}}})
+			return err
+		}(),
+	} {
+		var o *shard.OutsideRangeError
+		if !errors.As(err, &o) || o.Range != d || !moved(toGRPC(err)) {
+			t.Errorf("got %v, want range %v's refusal of keys outside it", err, d)
+		}
+	}
+}
+
+// TestForwardOracle: the oracle's leader answering that it no longer leads
+// is placement.ErrNotLeader to the caller.
+func TestForwardOracle(t *testing.T) {
+	m := &fakeMember{}
+	f := NewForwarder(1, serveMember(t, 2, m))
+	ctx := context.Background()
+	if first, err := f.Revisions(ctx, 2, 3, 0); err != nil || first != 100 {
+		t.Fatalf("Revisions = %d, %v", first, err)
+	}
+	m.revErr = placement.ErrNotLeader
+	if _, err := f.Revisions(ctx, 2, 3, 0); !errors.Is(err, placement.ErrNotLeader) {
+		t.Fatalf("Revisions: %v, want placement.ErrNotLeader", err)
+	}
+	if _, err := f.Revisions(ctx, 3, 3, 0); err == nil {
+		t.Fatalf("Revisions of an unknown member: %v", err)
+	}
+}
+
+// TestSplitRangeStatus: `cairn range split` gets the status of the node's
+// refusal, code and message as before statuses left the node.
+func TestSplitRangeStatus(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		code codes.Code
+		msg  string
+	}{
+		{Refuse(ErrInvalid, "cairn: the split key is empty"), codes.InvalidArgument, "cairn: the split key is empty"},
+		{Refuse(ErrNotFound, "cairn: no range holds %q", "k"), codes.NotFound, `cairn: no range holds "k"`},
+		{Refuse(ErrPrecondition, "cairn: split range %d at %q: %w", 2, "k", placement.ErrReconfiguring),
+			codes.FailedPrecondition, `cairn: split range 2 at "k": ` + placement.ErrReconfiguring.Error()},
+		{shard.ErrNoLeader, codes.FailedPrecondition, "cairn: not the leader"},
+		{&shard.Error{Code: shardpb.ErrorCode_ERROR_CODE_NO_SPACE, Message: "full"}, codes.Aborted, "16:full"},
+		{errors.New("node: odd"), codes.Unavailable, "node: odd"},
+	} {
+		f := NewForwarder(1, serveMember(t, 2, &fakeMember{splitErr: tc.err}))
+		nc, err := f.Client(2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = nc.SplitRange(context.Background(), &internalpb.SplitRangeRequest{Key: []byte("k")})
+		if s := status.Convert(err); s.Code() != tc.code || s.Message() != tc.msg {
+			t.Errorf("%v: status %v %q, want %v %q", tc.err, s.Code(), s.Message(), tc.code, tc.msg)
+		}
+	}
+}
+
+// TestForwardNotLeader: a member that does not lead the range is asked
+// again until the caller gives up, which then has no leader (or ran out
+// of time on the wire).
+func TestForwardNotLeader(t *testing.T) {
+	d := &placementpb.RangeDescriptor{Id: 5, Generation: 1}
+	m2 := &fakeMember{ranges: map[uint64]Local{5: newFakeLocal(d, &fakeReplica{leader: 2, err: shard.ErrNoLeader})}}
+	calls := 0
+	dial := serveMember(t, 2, m2)
+	f := NewForwarder(1, func(id uint64) (grpc.ClientConnInterface, error) { calls++; return dial(id) })
+	c := f.Range(newFakeLocal(d, &fakeReplica{leader: 2}))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err := c.WaitClosed(ctx, 3)
+	if !errors.Is(err, shard.ErrNoLeader) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitClosed: %v, want no leader", err)
+	}
+	if calls < 2 {
+		t.Fatalf("asked the member %d times, want it asked again", calls)
+	}
+}

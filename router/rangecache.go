@@ -1,0 +1,183 @@
+package router
+
+import (
+	"bytes"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/watch"
+)
+
+// RangeCache is the range map as this member routes by it (sharded mode):
+// the ranges' descriptors in a placement.Table, looked up by key in
+// O(log n), and by id this member's replica of each as the router uses it
+// (RangeEntry). The descriptors are the replicas' own (Local.Descriptor):
+// the node puts a range in when it starts one or a split changes or makes
+// one (Put), and a range refusing keys outside it
+// (shard.OutsideRangeError) with a newer generation than the cache holds
+// makes the router read them again (Refresh).
+//
+//	put r1 [,m) g1, r2 [m,) g1     → lookup "p" → r2
+//	split applies: r2 [m,t) g2, r3 [t,) g2; put r2, r3
+//	lookup "u" → r3; spanning [a, z) → r1 [a,m) r2 [m,t) r3 [t,z)
+//
+// Between a split applying here and its new range being put, or while a
+// range split off elsewhere is joined (a member back from being away),
+// the descriptors may leave a gap: a key in it belongs to no range here
+// (lookups check that the range holds the key), as with the replicas'
+// own descriptors.
+//
+// Concurrency: lookups read an immutable view without locking; Put and
+// Refresh build a new view under mu and swap it in (ranges change
+// rarely: a start, a split).
+type RangeCache struct {
+	mu   sync.Mutex // serializes Put and Refresh
+	view atomic.Pointer[rangeView]
+}
+
+// RangeEntry is one of this member's ranges as the node puts it in the
+// cache.
+type RangeEntry struct {
+	// Local is this member's replica; its descriptor is the range's.
+	Local Local
+	// Shard is the range as requests use it (through its leader): a
+	// RangeClient. Its dynamic type must be comparable.
+	Shard RangeShard
+	// Watches is the range's watch hub here.
+	Watches *watch.Hub
+	// Kick asks the range to raise its closed revision to rev soon; nil:
+	// it rises on its own schedule only.
+	Kick func(rev mvcc.Revision)
+}
+
+// rangeView is one immutable state of the cache.
+//
+// Invariant: table holds entries[id].Local.Descriptor() as read when the
+// view was built, for every id of entries.
+type rangeView struct {
+	table   *placement.Table
+	entries map[uint64]RangeEntry
+	gens    map[uint64]uint64 // the generation table holds, by range id
+	ids     map[Shard]uint64  // range ids by their entry's Shard
+}
+
+// NewRangeCache returns an empty cache.
+func NewRangeCache() *RangeCache {
+	c := &RangeCache{}
+	c.view.Store(&rangeView{table: placement.NewTable()})
+	return c
+}
+
+// Put adds ranges, or replaces those of the same id, with their
+// descriptors as their replicas have them now.
+func (c *RangeCache) Put(entries ...RangeEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.view.Load()
+	all := make(map[uint64]RangeEntry, len(old.entries)+len(entries))
+	for id, e := range old.entries {
+		all[id] = e
+	}
+	for _, e := range entries {
+		all[e.Local.Descriptor().Id] = e
+	}
+	c.view.Store(buildView(all))
+}
+
+// Refresh reads the replicas' descriptors again if d, a range's answer, is
+// newer than what the cache holds of it.
+func (c *RangeCache) Refresh(d *placementpb.RangeDescriptor) {
+	if d == nil {
+		return
+	}
+	if gen, ok := c.view.Load().gens[d.Id]; ok && gen >= d.Generation {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.view.Store(buildView(c.view.Load().entries))
+}
+
+func buildView(entries map[uint64]RangeEntry) *rangeView {
+	v := &rangeView{table: placement.NewTable(), entries: entries, gens: make(map[uint64]uint64, len(entries)),
+		ids: make(map[Shard]uint64, len(entries))}
+	st := &placementpb.State{}
+	for id, e := range entries {
+		d := e.Local.Descriptor()
+		st.Ranges = append(st.Ranges, d)
+		v.gens[id] = d.Generation
+		v.ids[e.Shard] = id
+	}
+	v.table.Load(st)
+	return v
+}
+
+// part is range d of v as the router uses it.
+func (v *rangeView) part(d *placementpb.RangeDescriptor) RangePart {
+	e := v.entries[d.Id]
+	return RangePart{ID: d.Id, Start: d.Start, End: d.End, Shard: e.Shard, Watches: e.Watches, Kick: e.Kick}
+}
+
+// Lookup returns the range holding key; ok is false if none here does.
+func (c *RangeCache) Lookup(key []byte) (p RangePart, ok bool) {
+	v := c.view.Load()
+	d := v.table.Lookup(key)
+	if d == nil || (len(d.End) > 0 && bytes.Compare(key, d.End) >= 0) {
+		return RangePart{}, false
+	}
+	return v.part(d), true
+}
+
+// Spanning returns the ranges that etcd's [key, end) meets, in key order
+// (end empty: the key alone; "\x00": to the end), by the same clipping
+// that cuts a request into the ranges' parts (clipRange).
+func (c *RangeCache) Spanning(key, end []byte) []RangePart {
+	v := c.view.Load()
+	var hi []byte // the table's end: nil is ∞
+	switch {
+	case len(end) == 0:
+		hi = append(append(make([]byte, 0, len(key)+1), key...), 0)
+	case len(end) == 1 && end[0] == 0:
+	default:
+		hi = end
+	}
+	var out []RangePart
+	for _, d := range v.table.Overlapping(key, hi) {
+		var stop []byte
+		if len(d.End) > 0 {
+			stop = d.End
+		}
+		if _, _, ok := clipRange(key, end, d.Start, stop); ok {
+			out = append(out, v.part(d))
+		}
+	}
+	return out
+}
+
+// All returns every range, in key order.
+func (c *RangeCache) All() []RangePart {
+	v := c.view.Load()
+	ds := v.table.Ranges()
+	out := make([]RangePart, len(ds))
+	for i, d := range ds {
+		out[i] = v.part(d)
+	}
+	return out
+}
+
+// id returns the id of the range whose entry's Shard is sh.
+func (c *RangeCache) id(sh Shard) (uint64, bool) {
+	id, ok := c.view.Load().ids[sh]
+	return id, ok
+}
+
+// Local returns this member's replica of range id, nil if it has none.
+func (c *RangeCache) Local(id uint64) Local {
+	if e, ok := c.view.Load().entries[id]; ok {
+		return e.Local
+	}
+	return nil
+}

@@ -1,0 +1,153 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// mutableLocal is a replica whose descriptor a split replaces.
+type mutableLocal struct {
+	d     atomic.Pointer[placementpb.RangeDescriptor]
+	ready chan struct{}
+}
+
+func newMutableLocal(id uint64, start, end string, gen uint64) *mutableLocal {
+	l := &mutableLocal{ready: make(chan struct{})}
+	close(l.ready)
+	l.set(start, end, gen)
+	l.d.Load().Id = id
+	return l
+}
+
+func (l *mutableLocal) set(start, end string, gen uint64) {
+	d := &placementpb.RangeDescriptor{Start: []byte(start), End: []byte(end), Generation: gen}
+	if old := l.d.Load(); old != nil {
+		d.Id = old.Id
+	}
+	l.d.Store(d)
+}
+
+func (l *mutableLocal) Descriptor() *placementpb.RangeDescriptor { return l.d.Load() }
+func (l *mutableLocal) Ready() <-chan struct{}                   { return l.ready }
+func (l *mutableLocal) Replica() Replica                         { return &fakeReplica{leader: 1} }
+
+// entryOf is l's cache entry, its shard a RangeClient of it.
+func entryOf(l Local) RangeEntry {
+	return RangeEntry{Local: l, Shard: NewForwarder(1, nil).Range(l)}
+}
+
+// ids lists parts' range ids.
+func ids(parts []RangePart) string {
+	var out []string
+	for _, p := range parts {
+		out = append(out, fmt.Sprint(p.ID))
+	}
+	return strings.Join(out, ",")
+}
+
+// TestRangeCache: lookups by key and by etcd interval, as the replicas'
+// descriptors say, through a split (put by the node, or found by a
+// refusal first).
+func TestRangeCache(t *testing.T) {
+	c := NewRangeCache()
+	r1 := newMutableLocal(1, "", "m", 1)
+	r2 := newMutableLocal(2, "m", "", 1)
+	c.Put(entryOf(r1), entryOf(r2))
+
+	type spanCase struct{ key, end, want string }
+	check := func(stage string, lookups map[string]string, spans []spanCase) {
+		t.Helper()
+		for key, want := range lookups {
+			got := ""
+			if p, ok := c.Lookup([]byte(key)); ok {
+				got = fmt.Sprint(p.ID)
+			}
+			if got != want {
+				t.Errorf("%s: lookup %q = %q, want %q", stage, key, got, want)
+			}
+		}
+		for _, sc := range spans {
+			var end []byte
+			if sc.end != "" {
+				end = []byte(sc.end)
+			}
+			if got := ids(c.Spanning([]byte(sc.key), end)); got != sc.want {
+				t.Errorf("%s: spanning [%q, %q) = %s, want %s", stage, sc.key, sc.end, got, sc.want)
+			}
+		}
+	}
+	check("bootstrap", map[string]string{"\x00": "1", "a": "1", "lzz": "1", "m": "2", "z": "2"}, []spanCase{
+		{"a", "", "1"},
+		{"m", "", "2"},
+		{"\x00", "\x00", "1,2"},
+		{"a", "m", "1"},
+		{"a", "m\x00", "1,2"},
+		{"l", "n", "1,2"},
+		{"m", "\x00", "2"},
+		{"n", "a", ""}, // end before key: nothing
+	})
+
+	// A split applies on the replica: the cache holds the old map until
+	// told.
+	r2.set("m", "t", 2)
+	check("split unseen", map[string]string{"u": "2"}, []spanCase{{"n", "z", "2"}})
+
+	// A refusal from a generation the cache has does not reread.
+	c.Refresh(&placementpb.RangeDescriptor{Id: 2, Generation: 1})
+	check("stale refusal", map[string]string{"u": "2"}, nil)
+
+	// A refusal carrying the new generation rereads the replicas: the new
+	// range is not here yet, so its keys belong to none.
+	c.Refresh(&placementpb.RangeDescriptor{Id: 2, Start: []byte("m"), End: []byte("t"), Generation: 2})
+	check("refreshed", map[string]string{"s": "2", "t": "", "u": ""}, []spanCase{{"n", "z", "2"}, {"u", "", ""}})
+
+	// The node puts the new range.
+	r3 := newMutableLocal(3, "t", "", 2)
+	c.Put(entryOf(r2), entryOf(r3))
+	check("put", map[string]string{"a": "1", "s": "2", "t": "3", "zz": "3"}, []spanCase{
+		{"\x00", "\x00", "1,2,3"},
+		{"n", "z", "2,3"},
+		{"t", "", "3"},
+		{"a", "t", "1,2"},
+	})
+	if got := ids(c.All()); got != "1,2,3" {
+		t.Errorf("All = %s, want 1,2,3", got)
+	}
+	for _, p := range c.All() {
+		if id, ok := c.id(p.Shard); !ok || id != p.ID {
+			t.Errorf("id of range %d's shard = %d, %v", p.ID, id, ok)
+		}
+		if c.Local(p.ID) == nil {
+			t.Errorf("no local replica of range %d", p.ID)
+		}
+	}
+}
+
+// TestReroutedRefreshes: a request refused by a range that split since is
+// routed again with the cache read again from the replicas.
+func TestReroutedRefreshes(t *testing.T) {
+	c := NewRangeCache()
+	r1 := newMutableLocal(1, "", "", 1)
+	c.Put(entryOf(r1))
+	s := New(Config{Ranges: c})
+	r1.set("", "m", 2) // split here, not put yet
+	tries := 0
+	_, err := rerouted(context.Background(), s, func() (struct{}, error) {
+		tries++
+		if _, ok := c.Lookup([]byte("x")); ok {
+			return struct{}{}, toGRPC(shard.WithRange(&shard.Error{Code: shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE,
+				Message: "outside"}, r1.Descriptor()))
+		}
+		return struct{}{}, nil
+	})
+	if err != nil || tries != 2 {
+		t.Fatalf("rerouted: %v after %d tries, want success on the second", err, tries)
+	}
+}

@@ -240,7 +240,7 @@ func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join
 		Remote: func(ctx context.Context, leader uint64, count int64, above mvcc.Revision) (mvcc.Revision, error) {
 			return n.fwd.Revisions(ctx, leader, count, above)
 		},
-		Retry:  forwardRetry,
+		Retry: forwardRetry,
 	})
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/shardpb"
@@ -442,40 +443,20 @@ func buildRequest(t *testing.T, d *datadriven.TestData, cmd string, args []datad
 		r.Op = &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{Target: uint64(a.int("target")),
 			UntilUnixNano: applyClock.Add(time.Second).UnixNano(), MaxNanos: int64(2 * time.Second)}}
 	case "broken":
-		setBroken(a, r)
+		// The request of op=, its etcd message replaced by bytes that do
+		// not decode.
+		r = buildRequest(t, d, a.str("op"), nil)
+		m := r.ProtoReflect()
+		fd := m.WhichOneof(m.Descriptor().Oneofs().ByName("op"))
+		if fd == nil || fd.Kind() != protoreflect.BytesKind {
+			d.Fatalf(t, "op %q carries no encoded etcd message", a.str("op"))
+		}
+		m.Set(fd, protoreflect.ValueOfBytes([]byte{0xff, 0xff, 0xff}))
 	case "empty":
 	default:
 		d.Fatalf(t, "unknown request %q", cmd)
 	}
 	return r
-}
-
-// setBroken gives r the op named op= (one carrying an encoded etcd
-// message), with a payload that does not decode.
-func setBroken(a reqArgs, r *shardpb.Request) {
-	bad := []byte{0xff, 0xff, 0xff}
-	switch op := a.str("op"); op {
-	case "put":
-		r.Op = &shardpb.Request_Put{Put: bad}
-	case "del":
-		r.Op = &shardpb.Request_DeleteRange{DeleteRange: bad}
-	case "txn":
-		r.Op = &shardpb.Request_Txn{Txn: bad}
-	case "compact":
-		r.Op = &shardpb.Request_Compaction{Compaction: bad}
-	case "grant":
-		r.Op = &shardpb.Request_LeaseGrant{LeaseGrant: bad}
-	case "revoke":
-		r.Op = &shardpb.Request_LeaseRevoke{LeaseRevoke: bad}
-	case "checkpoint":
-		r.Op = &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: bad}
-	case "alarm":
-		r.Op = &shardpb.Request_Alarm{Alarm: bad}
-	case "member":
-		r.Op = &shardpb.Request_MemberAttrs{MemberAttrs: bad}
-	default:
-		a.d.Fatalf(a.t, "no broken request of op %q", op)
-	}
 }
 
 // buildTxn builds the TxnRequest of a txn line.
@@ -535,77 +516,51 @@ func txnOps(a reqArgs, ops []string) []*pb.RequestOp {
 
 // fmtResponse prints one request's outcome.
 func fmtResponse(t *testing.T, r *shardpb.Response) string {
-	decode := func(data []byte, m proto.Message) {
+	// rev decodes an etcd response and returns its header's revision.
+	rev := func(data []byte, m interface {
+		proto.Message
+		GetHeader() *pb.ResponseHeader
+	}) int64 {
 		if err := proto.Unmarshal(data, m); err != nil {
 			t.Fatal(err)
 		}
+		return m.GetHeader().GetRevision()
 	}
 	switch res := r.Result.(type) {
 	case *shardpb.Response_Error:
 		return "error " + strings.TrimPrefix(res.Error.Code.String(), "ERROR_CODE_")
 	case *shardpb.Response_Put:
 		var p pb.PutResponse
-		decode(res.Put, &p)
-		s := fmt.Sprintf("put rev=%d", p.Header.Revision)
+		s := fmt.Sprintf("put rev=%d", rev(res.Put, &p))
 		if p.PrevKv != nil {
 			s += " prev=(" + fmtKv(p.PrevKv) + ")"
 		}
 		return s
 	case *shardpb.Response_DeleteRange:
 		var p pb.DeleteRangeResponse
-		decode(res.DeleteRange, &p)
-		return fmt.Sprintf("del rev=%d deleted=%d", p.Header.Revision, p.Deleted) + fmtPrevs(p.PrevKvs)
+		return fmt.Sprintf("del rev=%d deleted=%d", rev(res.DeleteRange, &p), p.Deleted) + fmtPrevs(p.PrevKvs)
 	case *shardpb.Response_Txn:
 		var p pb.TxnResponse
-		decode(res.Txn, &p)
-		branch := "else"
-		if p.Succeeded {
-			branch = "then"
-		}
-		var ops []string
-		for _, op := range p.Responses {
-			switch o := op.Response.(type) {
-			case *pb.ResponseOp_ResponsePut:
-				ops = append(ops, "put")
-			case *pb.ResponseOp_ResponseDeleteRange:
-				ops = append(ops, fmt.Sprintf("del deleted=%d", o.ResponseDeleteRange.Deleted))
-			case *pb.ResponseOp_ResponseRange:
-				var kvs []string
-				for _, kv := range o.ResponseRange.Kvs {
-					kvs = append(kvs, fmtKv(kv))
-				}
-				ops = append(ops, "get "+strings.Join(kvs, " "))
-			}
-		}
-		return fmt.Sprintf("txn rev=%d %s (%s)", p.Header.Revision, branch, strings.Join(ops, ", "))
+		return fmt.Sprintf("txn rev=%d %s", rev(res.Txn, &p), fmtTxn(&p))
 	case *shardpb.Response_Compaction:
-		var p pb.CompactionResponse
-		decode(res.Compaction, &p)
-		return fmt.Sprintf("compact rev=%d", p.Header.Revision)
+		return fmt.Sprintf("compact rev=%d", rev(res.Compaction, &pb.CompactionResponse{}))
 	case *shardpb.Response_LeaseGrant:
 		var p pb.LeaseGrantResponse
-		decode(res.LeaseGrant, &p)
-		return fmt.Sprintf("grant rev=%d id=%d ttl=%d", p.Header.Revision, p.ID, p.TTL)
+		return fmt.Sprintf("grant rev=%d id=%d ttl=%d", rev(res.LeaseGrant, &p), p.ID, p.TTL)
 	case *shardpb.Response_LeaseRevoke:
-		var p pb.LeaseRevokeResponse
-		decode(res.LeaseRevoke, &p)
-		return fmt.Sprintf("revoke rev=%d", p.Header.Revision)
+		return fmt.Sprintf("revoke rev=%d", rev(res.LeaseRevoke, &pb.LeaseRevokeResponse{}))
 	case *shardpb.Response_ShadowRevoke:
-		var p pb.LeaseRevokeResponse
-		decode(res.ShadowRevoke, &p)
-		return fmt.Sprintf("shadow-revoke rev=%d", p.Header.Revision)
+		return fmt.Sprintf("shadow-revoke rev=%d", rev(res.ShadowRevoke, &pb.LeaseRevokeResponse{}))
 	case *shardpb.Response_LeaseCheckpoint:
-		var p pb.LeaseCheckpointResponse
-		decode(res.LeaseCheckpoint, &p)
-		return fmt.Sprintf("checkpoint rev=%d", p.Header.Revision)
+		return fmt.Sprintf("checkpoint rev=%d", rev(res.LeaseCheckpoint, &pb.LeaseCheckpointResponse{}))
 	case *shardpb.Response_Alarm:
 		var p pb.AlarmResponse
-		decode(res.Alarm, &p)
+		r := rev(res.Alarm, &p)
 		var as []string
 		for _, m := range p.Alarms {
 			as = append(as, fmt.Sprintf("%d:%s", m.MemberID, m.Alarm))
 		}
-		return fmt.Sprintf("alarm rev=%d changed=(%s)", p.Header.Revision, strings.Join(as, " "))
+		return fmt.Sprintf("alarm rev=%d changed=(%s)", r, strings.Join(as, " "))
 	case *shardpb.Response_LeaseRegistered:
 		return fmt.Sprintf("registered index=%d", res.LeaseRegistered)
 	case *shardpb.Response_LeaseShard:
@@ -622,6 +577,30 @@ func fmtResponse(t *testing.T, r *shardpb.Response) string {
 		t.Fatalf("unknown response %v", r)
 		return ""
 	}
+}
+
+// fmtTxn prints the branch a txn took and its ops' responses.
+func fmtTxn(p *pb.TxnResponse) string {
+	branch := "else"
+	if p.Succeeded {
+		branch = "then"
+	}
+	var ops []string
+	for _, op := range p.Responses {
+		switch o := op.Response.(type) {
+		case *pb.ResponseOp_ResponsePut:
+			ops = append(ops, "put")
+		case *pb.ResponseOp_ResponseDeleteRange:
+			ops = append(ops, fmt.Sprintf("del deleted=%d", o.ResponseDeleteRange.Deleted))
+		case *pb.ResponseOp_ResponseRange:
+			var kvs []string
+			for _, kv := range o.ResponseRange.Kvs {
+				kvs = append(kvs, fmtKv(kv))
+			}
+			ops = append(ops, "get "+strings.Join(kvs, " "))
+		}
+	}
+	return fmt.Sprintf("%s (%s)", branch, strings.Join(ops, ", "))
 }
 
 func fmtPrevs(kvs []*mvccpb.KeyValue) string {

@@ -271,6 +271,8 @@ type applier struct {
 	fence, term uint64
 	// index is the raft index of the entry being applied.
 	index uint64
+	// stamp is the revision stamp of the request being applied (0: none).
+	stamp mvcc.Revision
 	// splits are the splits applied in this batch.
 	splits []appliedSplit
 	// sharded is Config.Sharded; counting is true while the range of
@@ -393,6 +395,7 @@ func (a *applier) track() error {
 func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	b := a.b
 	stamp := mvcc.Revision(r.Stamp)
+	a.stamp = stamp
 	if stamp != 0 && stamp <= a.cmdClosed {
 		return nil, fmt.Errorf("%w: stamp %d, closed revision %d", mvcc.ErrStaleStamp, stamp, a.cmdClosed)
 	}
@@ -411,89 +414,17 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	}
 	switch op := r.Op.(type) {
 	case *shardpb.Request_Put:
-		var req pb.PutRequest
-		if err := proto.Unmarshal(op.Put, &req); err != nil {
-			return nil, badRequest("shard: undecodable put: %v", err)
-		}
-		if a.alarms.has(pb.AlarmType_NOSPACE) {
-			return nil, errNoSpace
-		}
-		resp, err := b.Put(&req, stamp)
-		if err != nil {
-			return nil, err
-		}
-		data, err := proto.Marshal(resp)
-		return &shardpb.Response{Result: &shardpb.Response_Put{Put: data}}, err
+		return etcdOp("put", op.Put, a.put, putResult)
 	case *shardpb.Request_DeleteRange:
-		var req pb.DeleteRangeRequest
-		if err := proto.Unmarshal(op.DeleteRange, &req); err != nil {
-			return nil, badRequest("shard: undecodable delete range: %v", err)
-		}
-		resp, err := b.DeleteRange(&req, stamp)
-		if err != nil {
-			return nil, err
-		}
-		data, err := proto.Marshal(resp)
-		return &shardpb.Response{Result: &shardpb.Response_DeleteRange{DeleteRange: data}}, err
+		return etcdOp("delete range", op.DeleteRange, a.deleteRange, deleteRangeResult)
 	case *shardpb.Request_Txn:
-		var req pb.TxnRequest
-		if err := proto.Unmarshal(op.Txn, &req); err != nil {
-			return nil, badRequest("shard: undecodable txn: %v", err)
-		}
-		if Capped(&req) && a.alarms.has(pb.AlarmType_NOSPACE) {
-			return nil, errNoSpace
-		}
-		resp, err := b.Txn(&req, stamp)
-		if err != nil {
-			return nil, err
-		}
-		data, err := proto.Marshal(resp)
-		return &shardpb.Response{Result: &shardpb.Response_Txn{Txn: data}}, err
+		return etcdOp("txn", op.Txn, a.txn, txnResult)
 	case *shardpb.Request_Compaction:
-		var req pb.CompactionRequest
-		if err := proto.Unmarshal(op.Compaction, &req); err != nil {
-			return nil, badRequest("shard: undecodable compaction: %v", err)
-		}
-		resp, err := b.Compact(mvcc.Revision(req.Revision))
-		if err != nil {
-			return nil, err
-		}
-		data, err := proto.Marshal(resp)
-		return &shardpb.Response{Result: &shardpb.Response_Compaction{Compaction: data}}, err
+		return etcdOp("compaction", op.Compaction, a.compact, compactionResult)
 	case *shardpb.Request_LeaseGrant:
-		var req pb.LeaseGrantRequest
-		if err := proto.Unmarshal(op.LeaseGrant, &req); err != nil {
-			return nil, badRequest("shard: undecodable lease grant: %v", err)
-		}
-		if a.alarms.has(pb.AlarmType_NOSPACE) {
-			return nil, errNoSpace
-		}
-		l, err := a.lessor.Grant(b.Pebble(), lease.ID(req.ID), req.TTL, a.now())
-		if err != nil {
-			return nil, err
-		}
-		data, err := proto.Marshal(&pb.LeaseGrantResponse{Header: &pb.ResponseHeader{Revision: int64(b.Rev())}, ID: int64(l.ID), TTL: l.TTL})
-		return &shardpb.Response{Result: &shardpb.Response_LeaseGrant{LeaseGrant: data}}, err
+		return etcdOp("lease grant", op.LeaseGrant, a.leaseGrant, leaseGrantResult)
 	case *shardpb.Request_LeaseRevoke:
-		var req pb.LeaseRevokeRequest
-		if err := proto.Unmarshal(op.LeaseRevoke, &req); err != nil {
-			return nil, badRequest("shard: undecodable lease revoke: %v", err)
-		}
-		// A stale stamp is refused before the lessor forgets the lease:
-		// a refused request changes nothing.
-		if err := b.CheckStamp(stamp); err != nil {
-			return nil, err
-		}
-		keys, err := a.lessor.Revoke(b.Pebble(), lease.ID(req.ID))
-		if err != nil {
-			return nil, err
-		}
-		_, rev, err := b.DeleteKeys(keys, stamp)
-		if err != nil {
-			return nil, err
-		}
-		data, err := proto.Marshal(&pb.LeaseRevokeResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}})
-		return &shardpb.Response{Result: &shardpb.Response_LeaseRevoke{LeaseRevoke: data}}, err
+		return etcdOp("lease revoke", op.LeaseRevoke, a.leaseRevoke, leaseRevokeResult)
 	case *shardpb.Request_LeaseRegister:
 		if op.LeaseRegister == nil {
 			return nil, badRequest("shard: lease registration without its fields")
@@ -512,22 +443,13 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		}
 		return &shardpb.Response{Result: &shardpb.Response_LeaseShard{LeaseShard: true}}, nil
 	case *shardpb.Request_ShadowRevoke:
-		if err := b.CheckStamp(stamp); err != nil {
-			return nil, err
-		}
-		if op.ShadowRevoke == nil {
-			return nil, badRequest("shard: shadow revoke without its fields")
-		}
-		keys, err := a.lessor.RevokeShadow(b.Pebble(), lease.ID(op.ShadowRevoke.Lease), op.ShadowRevoke.Generation)
-		if err != nil {
-			return nil, err
-		}
-		_, rev, err := b.DeleteKeys(keys, stamp)
-		if err != nil {
-			return nil, err
-		}
-		data, err := proto.Marshal(&pb.LeaseRevokeResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}})
-		return &shardpb.Response{Result: &shardpb.Response_ShadowRevoke{ShadowRevoke: data}}, err
+		resp, err := a.revoke(func() ([][]byte, error) {
+			if op.ShadowRevoke == nil {
+				return nil, badRequest("shard: shadow revoke without its fields")
+			}
+			return a.lessor.RevokeShadow(b.Pebble(), lease.ID(op.ShadowRevoke.Lease), op.ShadowRevoke.Generation)
+		})
+		return encoded(shadowRevokeResult, resp, err)
 	case *shardpb.Request_Split:
 		if op.Split == nil || op.Split.Child == 0 {
 			return nil, badRequest("shard: split without its fields")
@@ -559,24 +481,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		}
 		return &shardpb.Response{Result: &shardpb.Response_Split{Split: true}}, nil
 	case *shardpb.Request_LeaseCheckpoint:
-		var req pb.LeaseCheckpointRequest
-		if err := proto.Unmarshal(op.LeaseCheckpoint, &req); err != nil {
-			return nil, badRequest("shard: undecodable lease checkpoint: %v", err)
-		}
-		for _, c := range req.Checkpoints {
-			if err := a.lessor.Checkpoint(b.Pebble(), lease.ID(c.ID), c.Remaining_TTL); err != nil {
-				return nil, err
-			}
-		}
-		data, err := proto.Marshal(&pb.LeaseCheckpointResponse{Header: &pb.ResponseHeader{Revision: int64(b.Rev())}})
-		return &shardpb.Response{Result: &shardpb.Response_LeaseCheckpoint{LeaseCheckpoint: data}}, err
+		return etcdOp("lease checkpoint", op.LeaseCheckpoint, a.leaseCheckpoint, leaseCheckpointResult)
 	case *shardpb.Request_Alarm:
-		var req pb.AlarmRequest
-		if err := proto.Unmarshal(op.Alarm, &req); err != nil {
-			return nil, badRequest("shard: undecodable alarm: %v", err)
-		}
-		data, err := proto.Marshal(a.alarms.apply(b, &req))
-		return &shardpb.Response{Result: &shardpb.Response_Alarm{Alarm: data}}, err
+		return etcdOp("alarm", op.Alarm, a.alarm, alarmResult)
 	case *shardpb.Request_MemberAttrs:
 		var m pb.Member
 		if err := proto.Unmarshal(op.MemberAttrs, &m); err != nil || m.ID == 0 {

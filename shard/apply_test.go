@@ -26,8 +26,9 @@ import (
 // StateMachine.Update does with each request of a command. Directives:
 //
 //	open [start=] [end=]     a fresh state machine of shard 1 serving
-//	                         [start, end) on an empty pebble (each script
-//	                         starts with one serving every key)
+//	     [sharded]           [start, end) on an empty pebble (each script
+//	                         starts with one serving every key), a range of
+//	                         sharded mode with sharded (Config.Sharded)
 //	apply [term=] [closed=]  one entry of the requests in the input, one a
 //	                         line (below), applied by one Update at the next
 //	                         raft index; prints each request's outcome, then
@@ -56,7 +57,7 @@ import (
 //	register id= shard=
 //	unregister id= shard=
 //	shadow-revoke id= gen=
-//	split [key=] [child=] [founders=(...)]
+//	split [key=] [child=] [founders=(...)] [above=]
 //	member id= [name=]
 //	peers id= [urls=(...)] [if-absent]
 //	hold target=
@@ -74,7 +75,7 @@ func TestApply(t *testing.T) {
 	for _, path := range paths {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			h := &applyHarness{t: t}
-			h.open(mvcc.Span{})
+			h.open(mvcc.Span{}, false)
 			datadriven.RunTest(t, path, h.run)
 		})
 	}
@@ -93,15 +94,17 @@ type applyHarness struct {
 	db   *pebble.DB
 	// children are the spans of the ranges split off.
 	children map[uint64]mvcc.Span
+	// sharded is Config.Sharded of the range and its children.
+	sharded bool
 	// reported is what Update's callbacks said during the last apply.
 	reported []string
 }
 
-func (h *applyHarness) open(span mvcc.Span) {
+func (h *applyHarness) open(span mvcc.Span, sharded bool) {
 	db := openDB(h.t, vfs.NewMem())
 	h.t.Cleanup(func() { db.Close() })
 	now := func() time.Time { return applyClock }
-	cfg := Config{DB: db, Span: span, Now: now,
+	cfg := Config{DB: db, Span: span, Now: now, Sharded: sharded,
 		OnApply: func(closed mvcc.Revision, events []*mvccpb.Event) {
 			var evs []string
 			for _, ev := range events {
@@ -130,6 +133,7 @@ func (h *applyHarness) open(span mvcc.Span) {
 	h.index = 0
 	h.reported = nil
 	h.span = span
+	h.sharded = sharded
 	h.db = db
 	h.children = map[uint64]mvcc.Span{}
 }
@@ -151,7 +155,7 @@ func (h *applyHarness) run(t *testing.T, d *datadriven.TestData) string {
 		if end != "" {
 			span.End = []byte(end)
 		}
-		h.open(span)
+		h.open(span, d.HasArg("sharded"))
 		return ""
 	case "apply":
 		c := &shardpb.Command{}
@@ -189,7 +193,7 @@ func (h *applyHarness) run(t *testing.T, d *datadriven.TestData) string {
 		if !ok {
 			d.Fatalf(t, "no child %d split off", id)
 		}
-		c := Factory(Config{DB: h.db, Span: span})(id, 1).(*StateMachine)
+		c := Factory(Config{DB: h.db, Span: span, Sharded: h.sharded})(id, 1).(*StateMachine)
 		if _, err := c.Open(nil); err != nil {
 			t.Fatal(err)
 		}
@@ -238,7 +242,11 @@ func (h *applyHarness) status(s *StateMachine) string {
 		h.t.Fatal(err)
 	}
 	st := v.(Status)
-	return fmt.Sprintf("rev=%d compact=%d closed=%d fence=%d applied=%d\n", st.Revision, st.CompactRevision, st.Closed, st.Fence, st.AppliedIndex)
+	counting := ""
+	if st.Counting {
+		counting = " counting"
+	}
+	return fmt.Sprintf("rev=%d compact=%d closed=%d fence=%d applied=%d%s\n", st.Revision, st.CompactRevision, st.Closed, st.Fence, st.AppliedIndex, counting)
 }
 
 // keys lists every key s serves over span.
@@ -434,7 +442,7 @@ func buildRequest(t *testing.T, d *datadriven.TestData, cmd string, args []datad
 	case "shadow-revoke":
 		r.Op = &shardpb.Request_ShadowRevoke{ShadowRevoke: &shardpb.ShadowLease{Lease: a.int("id"), Generation: uint64(a.int("gen"))}}
 	case "split":
-		r.Op = &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: a.bytes("key"), Child: uint64(a.int("child")), Founders: a.uints("founders")}}
+		r.Op = &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: a.bytes("key"), Child: uint64(a.int("child")), Founders: a.uints("founders"), Above: int64(a.int("above"))}}
 	case "member":
 		r.Op = &shardpb.Request_MemberAttrs{MemberAttrs: a.marshal(&pb.Member{ID: uint64(a.int("id")), Name: a.str("name")})}
 	case "peers":

@@ -151,7 +151,7 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 			if err != nil {
 				return nil, toGRPC(err)
 			}
-			resp.Header.Revision = int64(rev)
+			resp.Header.Revision = int64(now)
 			s.fill(resp.Header)
 			return resp, nil
 		}
@@ -181,7 +181,9 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 			return nil, toGRPC(err)
 		}
 	}
-	resp := mergeRange(r, resps, int64(rev))
+	// The header carries the revision now, as etcd's reports its current
+	// revision whatever revision the read was at.
+	resp := mergeRange(r, resps, int64(now))
 	s.fill(resp.Header)
 	return resp, nil
 }
@@ -263,7 +265,7 @@ func (s *Server) hashAll(ctx context.Context, rev mvcc.Revision) (*pb.HashKVResp
 		fmt.Fprintf(h, "%x:%x:%d;", p.Start, hr.Hash, hr.CompactRevision)
 		compact = max(compact, hr.CompactRevision)
 	}
-	resp := &pb.HashKVResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}, Hash: h.Sum32(),
+	resp := &pb.HashKVResponse{Header: &pb.ResponseHeader{Revision: int64(now)}, Hash: h.Sum32(),
 		CompactRevision: int64(compact), HashRevision: int64(rev)}
 	s.fill(resp.Header)
 	return resp, nil

@@ -61,9 +61,22 @@
 // (AdvanceIdle: a fresh oracle revision, then a read index confirming it
 // still leads in the fenced term), for the node to publish on its side
 // channel. One stamping client per replica. Single-group mode
-// stamps nothing and the state machine assigns last + 1. Wiring the
-// stamping clients to the placement group's oracle in the node comes with
-// the sharded-mode issue.
+// stamps nothing and the state machine assigns last + 1.
+//
+// Counting (sharded mode, Config.Sharded): a range whose span is the whole
+// key space — a cluster of one range, before its first split — numbers its
+// revisions itself, exactly as single-group mode and etcd do: its client
+// proposes writes unstamped (StateMachine.Counting), the state machine
+// assigns last + 1, and its closed revision is its revision, on every
+// replica, with no oracle involved. The split that ends it carries a
+// revision the oracle handed out above the range's own (SplitRange.Above;
+// refused, for the caller to ask again, if the range has counted past it),
+// so the oracle, which numbers every write from then on, is above every
+// revision counted before; an unstamped write that reaches the log behind
+// the split is refused as stale and stamped. testdata/apply_counting.txt
+// walks through it:
+//
+//	count 2, 3, 4 … 12 → split (above 10011) → stamped 10012 … (unstamped: stale)
 //
 // Leader transfer: a TransferHold entry asks every replica that applies it
 // to hold back new proposals (Replica.Hold) until the target leads or a
@@ -99,7 +112,17 @@
 // replica, and RecoverFromSnapshot replaces exactly this range's key span,
 // its internal records and its lessor's records.
 //
+// Splits: a SplitRange request hands the keys from its key on (their
+// history, their leases' attachments as shadows, the closed revision) to a
+// new range in the same pebble at the revision it applies at; the data
+// stays in place (Config.OnSplit tells the node, which starts the new
+// range's replica). A split of a range that still counts its revisions is
+// described above.
+//
+// The apply of every request is specified by the scripts
+// testdata/apply*.txt (apply_test.go), one topic a file.
+//
 // Non-goals here: exactly-once client sessions (on-disk state machines use
 // dragonboat's no-op session; a timed-out write is ambiguous, as in etcd),
-// split and merge (the sharded-mode issue).
+// merges (the scheduler issue).
 package shard

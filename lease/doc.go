@@ -96,10 +96,11 @@
 //
 // # Non-goals
 //
-// Picking ids for a grant without one, and routing a lease to its home
-// shard, are the router's. Cross-shard attachments (keys of lease L living
-// in another shard) are not tracked here yet: DESIGN.md has the home record
-// the shards holding L's keys. Promote does not spread expiries the way
+// Picking ids for a grant without one, routing a lease to its home shard,
+// registering a shard at the home before its first key of the lease, and
+// fanning a revoke out to the registered shards are the router's and the
+// node's (see "Leases across shards" above for what is kept here). Promote
+// does not spread expiries the way
 // etcd does to stay under its 1,000 revokes/s: pacing revokes is the
 // primary's loop's choice of max. Short leases (TTL at most the checkpoint
 // interval) restart their full TTL at a leader change, as in etcd.

@@ -221,7 +221,7 @@ func (n *Node) publish(ctx context.Context) {
 	}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, errs := n.replica.WriteAll(wctx, reqs)
+		_, errs := n.first.proposer().WriteAll(wctx, reqs)
 		cancel()
 		err := errors.Join(errs...)
 		if err == nil {
@@ -355,7 +355,7 @@ func (n *Node) configChangeIndex() uint64 {
 // leaderConn returns a client connection to the member leading the shard,
 // for the router's forwarded lease requests.
 func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
-	leader, _, ok := n.replica.Leader()
+	leader, _, ok := n.first.proposer().Leader()
 	if !ok {
 		return nil, shard.ErrNoLeader
 	}
@@ -506,7 +506,7 @@ func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) e
 
 // recordPeers records member id's peer URLs in the group.
 func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) error {
-	_, err := n.replica.Write(ctx, &shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: peerURLs}}})
+	_, err := n.first.proposer().Write(ctx, &shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: peerURLs}}})
 	return err
 }
 
@@ -698,7 +698,7 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	// after an election timeout has aborted, and the next one begins.
 	start, attempts, holds := time.Now(), 0, 0
 	for {
-		leader, _, ok := n.replica.Leader()
+		leader, _, ok := n.first.proposer().Leader()
 		switch {
 		case ok && leader == target:
 			n.logTransfer(target, attempts, start)
@@ -708,7 +708,7 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 			req := &shardpb.Request{Op: &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{
 				Target: target, UntilUnixNano: time.Now().Add(hold).UnixNano(), MaxNanos: int64(hold)}}}
 			held := time.Now()
-			if _, err := n.replica.Write(ctx, req); err != nil {
+			if _, err := n.first.proposer().Write(ctx, req); err != nil {
 				// Leadership moved or the group is between states: look again.
 				n.waitTransferee(ctx, target, 10*time.Millisecond)
 				break
@@ -825,7 +825,7 @@ func (n *Node) appliedOf(ctx context.Context, id uint64) (uint64, error) {
 
 // appliedIndex is the raft index this replica has applied (0 if unknown).
 func (n *Node) appliedIndex(ctx context.Context) uint64 {
-	v, err := n.replica.Read(ctx, shard.StatusQuery{}, false)
+	v, err := n.first.proposer().Read(ctx, shard.StatusQuery{}, false)
 	if err != nil {
 		return 0
 	}
@@ -854,7 +854,7 @@ func (n *Node) waitTransferee(ctx context.Context, target uint64, d time.Duratio
 	defer t.Stop()
 	deadline := time.After(d)
 	for {
-		if leader, _, ok := n.replica.Leader(); ok && leader == target {
+		if leader, _, ok := n.first.proposer().Leader(); ok && leader == target {
 			return true
 		}
 		select {

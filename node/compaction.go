@@ -282,7 +282,7 @@ func (c *compactor) compact(ctx context.Context, rev mvcc.Revision, retry time.D
 type replicaTarget struct{ n *Node }
 
 func (t replicaTarget) revision(ctx context.Context) (mvcc.Revision, error) {
-	v, err := t.n.replica.Read(ctx, shard.StatusQuery{}, false)
+	v, err := t.n.first.proposer().Read(ctx, shard.StatusQuery{}, false)
 	if err != nil {
 		return 0, err
 	}
@@ -290,7 +290,7 @@ func (t replicaTarget) revision(ctx context.Context) (mvcc.Revision, error) {
 }
 
 func (t replicaTarget) leading() bool {
-	leader, _, ok := t.n.replica.Leader()
+	leader, _, ok := t.n.first.proposer().Leader()
 	return ok && leader == t.n.memberID
 }
 
@@ -299,7 +299,7 @@ func (t replicaTarget) compact(ctx context.Context, rev mvcc.Revision) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.n.replica.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: data}})
+	_, err = t.n.first.proposer().Write(ctx, &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: data}})
 	var se *shard.Error
 	if errors.As(err, &se) && se.Code == shardpb.ErrorCode_ERROR_CODE_COMPACTED {
 		return nil

@@ -144,7 +144,7 @@ func put(t *testing.T, c *clientv3.Client, k string) int64 {
 // revisions reads the replica's current and compacted revisions.
 func revisions(t *testing.T, n *Node) (rev, compacted int64) {
 	t.Helper()
-	v, err := n.replica.Read(context.Background(), shard.StatusQuery{}, false)
+	v, err := n.first.proposer().Read(context.Background(), shard.StatusQuery{}, false)
 	if err != nil {
 		t.Fatal(err)
 	}

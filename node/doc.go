@@ -34,35 +34,39 @@
 // client URLs through raft once it serves; MemberList joins them with
 // raft's membership.
 //
+// Every range here, range 1 included and in both modes, is a shard.Range
+// (its raft replica, state machine, proposer, watch hub with its catch-up,
+// and in sharded mode its closer); the node wraps each with the router's
+// client of it (rangeReplica) and keeps them by key (rangeSet). Range 1
+// starts at the empty key and is the range single-group mode runs, so it
+// keeps the cluster's own records and is every lease's home in both modes.
+//
 // Sharded mode (Config.Sharded, sharded.go; cmd/cairn's default): the
 // NodeHost also runs a replica of the placement group (raft shard 1<<48,
 // the range map and the revision oracle's bound; its Allocator serves
-// revisions while it leads), bootstrapped with Config.InitialSplitKeys by
-// the first founder that finds it empty. Range r is raft shard r with the
-// store of its span, a stamping replica client and its own watch hub;
-// range 1 starts at the empty key and is the shard single-group mode runs,
-// so it keeps the cluster's own records in both modes. The node is the
-// router's Ranges. Each range's closer raises the closed revision of the
-// ranges this node leads every 50 ms, or sooner when a watch waits on it
-// (RangePart.Kick), and hands it to the range's hub; the node's
-// watch.Merger sends the progress notifications of watches over ranges.
-// The node is the router's RemoteLeases: it revokes a lease's shadows in
-// the ranges registered at range 1 (the home of every lease), and, while
-// it leads range 1, finishes the revokes left pending (expired leases,
-// revokes cut short) every 50 ms.
+// revisions while it leads, placement.OracleClient folds this member's
+// requests to the leader), bootstrapped with Config.InitialSplitKeys by
+// the first founder that finds it empty. While the key space is one range
+// it numbers revisions itself, dense as etcd's (shard's "Counting"); from
+// its first split the oracle does. The router's range cache
+// (router.RangeCache) holds every range; the node puts each in as it
+// starts one or a split changes one. The closers of the ranges tick
+// together every 50 ms (closedClock), or sooner when a watch waits on a
+// range; the node's watch.Merger sends the progress notifications of
+// watches over ranges. The node is the router's RemoteLeases: it revokes a
+// lease's shadows in the ranges registered at range 1, and, while it leads
+// range 1, finishes the revokes left pending (expired leases, revokes cut
+// short) every 50 ms.
 //
-// On several nodes (remote.go) every member holds a replica of every
-// range; the router uses a range through its rangeClient, which sends what
-// only the leader may do — stamped writes, reads at a closed revision,
-// waits for one — to the leader's node over the node-to-node gRPC service
-// (proto/internalpb, on the client port), as the oracle client sends
-// revision requests to the placement leader's node. Range leaders publish
-// closed revisions to the other replicas, which pass them to their
-// watchers once they have applied as far as the leader had; a watch
-// waiting on a range kicks its leader. That side channel is one per node
-// pair (sidechannel.go): the closers tick together, and a member sends
-// each peer one message at a time with the closed revisions of every
-// range it published since the last.
+// On several nodes every member holds a replica of every range; what only
+// a range's leader may do — stamped writes, reads at a closed revision,
+// waits for one — goes to the leader's member over the node-to-node gRPC
+// service (proto/internalpb, on the client port), which the router serves
+// and forwards (router/forward.go, router/internal.go) over what the node
+// gives it (memberService, remote.go). Range leaders publish closed
+// revisions to the other replicas (shard.Range.Published), one message at
+// a time per node pair (sidechannel.go) with every range published since
+// the last.
 //
 // Splits (split.go): SplitRange records the split in the placement map,
 // which names the new range, then proposes it to the range; as it applies,

@@ -12,7 +12,7 @@ import (
 func (n *Node) AppliedIndex(ctx context.Context, id uint64) (uint64, error) {
 	for _, rr := range n.rangeSet.all() {
 		if rr.desc().Id == id {
-			v, err := rr.replica.Read(ctx, shard.StatusQuery{}, false)
+			v, err := rr.proposer().Read(ctx, shard.StatusQuery{}, false)
 			if err != nil {
 				return 0, err
 			}

@@ -20,9 +20,7 @@ import (
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	dblogger "github.com/lni/dragonboat/v4/logger"
 	"github.com/lni/dragonboat/v4/raftio"
-	sm "github.com/lni/dragonboat/v4/statemachine"
 	"github.com/soheilhy/cmux"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -209,10 +207,10 @@ type Node struct {
 	db      *pebble.DB
 	journal *os.File // nil unless Config.DebugJournal
 	nh      *dragonboat.NodeHost
-	replica *shard.Replica
 	primary *shard.Primary
-	sm      atomic.Pointer[shard.StateMachine] // set when dragonboat creates it
-	hub     *watch.Hub
+	// first is range 1, in both modes: single-group mode's only range,
+	// and in sharded mode the home of leases and of the cluster's records.
+	first *rangeReplica
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
 	// shardCfg and raftCfg start ranges a split makes (sharded mode).
@@ -453,7 +451,6 @@ func (n *Node) start(ctx context.Context) error {
 
 	heartbeat := uint64(cfg.HeartbeatInterval / (rttMillisecond * time.Millisecond))
 	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
-	n.hub = watch.NewHub(0)
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
 	var ranges, unsplit []*placementpb.RangeDescriptor
 	span := mvcc.Span{}
@@ -484,14 +481,8 @@ func (n *Node) start(ctx context.Context) error {
 		span = spanOf(ranges[0])
 	}
 	n.fwd = router.NewForwarder(n.memberID, n.dialMember)
-	notifyFirst := notifier(n.hub)
-	shardCfg := shard.Config{DB: db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnApply: func(closed mvcc.Revision, evs []*mvccpb.Event) {
-		notifyFirst(closed, evs)
-		if rs := n.rangeSet.first.Load(); rs != nil {
-			rs.settlePublished()
-		}
-	}, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
-		n.onSplit(n.rangeSet.first.Load(), child, span, rev, founders)
+	shardCfg := shard.Config{DB: db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
+		n.onSplit(n.first, child, span, rev, founders)
 	}, OnRecover: func() {
 		select {
 		case n.missed <- struct{}{}:
@@ -510,7 +501,6 @@ func (n *Node) start(ctx context.Context) error {
 		n.journal = f
 		shardCfg.Journal = f
 	}
-	factory := shard.Factory(shardCfg)
 	n.learner.Store(isLearner(cfg.DataDir))
 	raftCfg := func(id uint64) dbconfig.Config {
 		return dbconfig.Config{
@@ -528,32 +518,30 @@ func (n *Node) start(ctx context.Context) error {
 		}
 	}
 	n.shardCfg, n.raftCfg = shardCfg, raftCfg(n.memberID)
-	startReplica := func(id uint64) error {
-		err := n.nh.StartOnDiskReplica(founders, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
-			m := factory(shardID, replicaID).(*shard.StateMachine)
-			n.sm.Store(m)
-			return m
-		}, raftCfg(id))
-		if err != nil {
+	first := &placementpb.RangeDescriptor{Id: singleShardID}
+	if cfg.Sharded {
+		first = ranges[0]
+	}
+	startFirst := func(id uint64) error {
+		if n.first != nil {
+			n.first.Close() // a join starting over under another id
+		}
+		n.first = &rangeReplica{Range: shard.NewRange(n.rangeCfg(id), first, 0)}
+		n.first.client = n.fwd.Range(n.first)
+		n.rangeSet.ranges = []*rangeReplica{n.first}
+		if err := n.first.Start(shardCfg, founders, join, raftCfg(id)); err != nil {
 			return fmt.Errorf("node: start shard: %w", err)
 		}
 		return nil
 	}
 	if join && !cfg.Sharded {
-		if err := n.join(ctx, singleShardID, startReplica); err != nil {
+		if err := n.join(ctx, singleShardID, startFirst); err != nil {
 			return err
 		}
-	} else if err := startReplica(n.memberID); err != nil {
+	} else if err := startFirst(n.memberID); err != nil {
 		return err
 	}
 	if cfg.Sharded {
-		n.replica = shard.NewStampingReplica(n.nh, singleShardID, n.memberID, n.oracle, n.sm.Load)
-		first := &rangeReplica{replica: n.replica, hub: n.hub, kick: make(chan struct{}, 1), smRef: &n.sm, ready: make(chan struct{})}
-		close(first.ready)
-		first.d.Store(ranges[0])
-		first.client = n.fwd.Range(first)
-		n.rangeSet.first.Store(first)
-		n.rangeSet.ranges = []*rangeReplica{first}
 		for _, d := range ranges[1:] {
 			// A range a split made starts with its founding members, as
 			// the split starts it: raft takes them again on a restart, and
@@ -570,49 +558,28 @@ func (n *Node) start(ctx context.Context) error {
 		for _, rr := range n.rangeSet.ranges {
 			n.routes.Put(rr.entry())
 		}
-	} else {
-		n.replica = shard.NewReplica(n.nh, singleShardID)
 	}
-	n.holds.Store(n.replica)
+	n.holds.Store(n.first.proposer())
 	if err := n.waitLeader(ctx); err != nil {
 		return err
 	}
-	// Watchers start from the store's revision.
-	st, err := n.replica.Read(ctx, shard.StatusQuery{}, false)
-	if err != nil {
-		return fmt.Errorf("node: read the shard's revision: %w", err)
-	}
-	n.hub.Notify(st.(shard.Status).Revision, nil)
-	for _, rr := range n.rangeSet.all()[min(1, len(n.rangeSet.ranges)):] {
-		// What this replica has applied (later applies notify the hub as
-		// they come), read as soon as the replica has opened its state.
-		for {
-			st, err := rr.replica.Read(ctx, shard.StatusQuery{}, false)
-			if err == nil {
-				rr.hub.Notify(st.(shard.Status).Revision, nil)
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("node: read range %d's revision: %w", rr.desc().Id, err)
-			case <-time.After(rttMillisecond * time.Millisecond):
-			}
+	// Watchers start from the store's revision (later applies notify the
+	// hubs as they come).
+	for _, rr := range n.rangeSet.all() {
+		if err := rr.SyncHub(ctx); err != nil {
+			return fmt.Errorf("node: %w", err)
 		}
 	}
-	lessor := n.sm.Load().Lessor()
+	lessor := n.first.StateMachine().Lessor()
 	n.primary = shard.StartPrimary(shard.PrimaryConfig{
-		Replica:         n.replica,
-		Lessor:          func() *lease.Lessor { return n.sm.Load().Lessor() },
+		Replica:         n.first.proposer(),
+		Lessor:          func() *lease.Lessor { return n.first.StateMachine().Lessor() },
 		ReplicaID:       n.memberID,
 		ElectionTimeout: cfg.ElectionTimeout,
 		Log:             n.log,
 	})
 	if cfg.Sharded {
 		n.merger = watch.NewMerger()
-		for _, rr := range n.rangeSet.all() {
-			n.wg.Add(1)
-			go n.closer(rr)
-		}
 		n.wg.Add(4)
 		go func() {
 			defer n.wg.Done()
@@ -622,8 +589,7 @@ func (n *Node) start(ctx context.Context) error {
 		go n.revokeRemotes()
 		go n.followSplits(unsplit)
 	}
-	n.wg.Add(2)
-	go n.pump(n.hub, &n.sm)
+	n.wg.Add(1)
 	go n.trackLearner()
 	if err := n.startCompactor(); err != nil {
 		return err
@@ -636,17 +602,17 @@ func (n *Node) start(ctx context.Context) error {
 		Self:              n.self,
 		ClusterID:         n.clusterID,
 		MemberID:          n.memberID,
-		Shard:             n.replica,
+		Shard:             n.first.proposer(),
 		MaxRequestBytes:   cfg.MaxRequestBytes,
 		MaxTxnOps:         cfg.MaxTxnOps,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		Node:              n,
-		Watches:           n.hub,
+		Watches:           n.first.Hub(),
 		Lessor:            lessor,
 		Leader:            n.leaderConn,
 	}
 	if cfg.Sharded {
-		rcfg.Shard = n.rangeSet.first.Load().client
+		rcfg.Shard = n.first.client
 		rcfg.Ranges = n.routes
 		rcfg.Oracle = n
 		rcfg.Merger = n.merger
@@ -699,54 +665,12 @@ func (n *Node) start(ctx context.Context) error {
 	return nil
 }
 
-// notifier feeds a shard's applied events and closed revision to a hub.
-func notifier(hub *watch.Hub) func(mvcc.Revision, []*mvccpb.Event) {
-	return func(closed mvcc.Revision, evs []*mvccpb.Event) {
-		rev := closed
-		if len(evs) > 0 {
-			rev = max(rev, mvcc.Revision(evs[len(evs)-1].Kv.ModRevision))
-		}
-		hub.Notify(rev, evs)
-	}
-}
-
-// pump catches a range's lagging watchers up from its store whenever the
-// hub has work, and sends progress notifications on etcd's interval.
-func (n *Node) pump(hub *watch.Hub, sm *atomic.Pointer[shard.StateMachine]) {
-	defer n.wg.Done()
-	tick := time.NewTicker(n.cfg.WatchProgressNotifyInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-tick.C:
-			hub.ProgressTick()
-			continue
-		case <-hub.Pending():
-		}
-		for m := sm.Load(); m != nil; {
-			more, err := hub.Catchup(m, watchCatchupRevs)
-			if err != nil {
-				n.log.Warn("watch catch-up failed", "error", err)
-				break
-			}
-			if !more {
-				break
-			}
-		}
-	}
-}
-
-// watchCatchupRevs bounds the revisions one catch-up round reads.
-const watchCatchupRevs = 1000
-
 // waitLeader waits until the group has elected a leader.
 func (n *Node) waitLeader(ctx context.Context) error {
 	t := time.NewTicker(rttMillisecond * time.Millisecond)
 	defer t.Stop()
 	for {
-		if _, _, ok := n.replica.Leader(); ok {
+		if _, _, ok := n.first.proposer().Leader(); ok {
 			return nil
 		}
 		select {
@@ -792,13 +716,8 @@ func (n *Node) Close() error {
 			// the graceful stop need not wait for them.
 			_ = n.self.Close()
 		}
-		if n.hub != nil {
-			n.hub.Close() // ends watch streams, so the graceful stop need not wait
-		}
-		for _, rr := range n.rangeSet.all() {
-			if rr.hub != n.hub {
-				rr.hub.Close()
-			}
+		for _, rr := range n.rangeSet.routing() {
+			rr.Hub().Close() // ends watch streams, so the graceful stop need not wait
 		}
 		if n.grpc != nil {
 			stopped := make(chan struct{})
@@ -826,17 +745,15 @@ func (n *Node) Close() error {
 		if n.stop != nil {
 			close(n.stop)
 		}
+		for _, rr := range n.rangeSet.routing() {
+			rr.Stop() // its catch-up and closer
+		}
 		n.wg.Wait()
 		if n.primary != nil {
 			n.primary.Close()
 		}
-		for _, rr := range n.rangeSet.all() {
-			if rr.replica != n.replica {
-				rr.replica.Close()
-			}
-		}
-		if n.replica != nil {
-			n.replica.Close()
+		for _, rr := range n.rangeSet.routing() {
+			rr.Close() // its goroutines and proposer
 		}
 		if n.alloc != nil {
 			n.alloc.Close()
@@ -865,7 +782,7 @@ func (n *Node) Status() router.NodeStatus {
 	m := n.db.Metrics()
 	size := int64(m.DiskSpaceUsage())
 	st := router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
-	if leader, _, ok := n.replica.Leader(); ok {
+	if leader, _, ok := n.first.proposer().Leader(); ok {
 		st.Leader = leader
 	}
 	return st

@@ -25,14 +25,9 @@ import (
 // forwardRetry is the wait between tries while leadership is moving.
 const forwardRetry = 10 * time.Millisecond
 
-// Descriptor implements router.Local.
-func (rr *rangeReplica) Descriptor() *placementpb.RangeDescriptor { return rr.desc() }
-
-// Ready implements router.Local.
-func (rr *rangeReplica) Ready() <-chan struct{} { return rr.ready }
-
-// Replica implements router.Local.
-func (rr *rangeReplica) Replica() router.Replica { return rr.replica }
+// Replica implements router.Local (with shard.Range's Descriptor and
+// Ready).
+func (rr *rangeReplica) Replica() router.Replica { return rr.proposer() }
 
 // dialMember dials member id's client port (router.Dial).
 func (n *Node) dialMember(id uint64) (grpc.ClientConnInterface, error) {
@@ -67,7 +62,7 @@ func (s memberService) Published(r *internalpb.ClosedRequest) {
 	for _, rc := range r.Ranges {
 		for _, rr := range s.n.rangeSet.all() {
 			if rr.desc().Id == rc.Range {
-				rr.published(mvcc.Revision(rc.Closed), rc.Index)
+				rr.Published(mvcc.Revision(rc.Closed), rc.Index)
 			}
 		}
 	}
@@ -76,7 +71,7 @@ func (s memberService) Published(r *internalpb.ClosedRequest) {
 func (s memberService) Kick(id uint64, rev mvcc.Revision) {
 	for _, rr := range s.n.rangeSet.all() {
 		if rr.desc().Id == id {
-			rr.wantClosed(rev)
+			rr.WantClosed(rev)
 		}
 	}
 }

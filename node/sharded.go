@@ -9,14 +9,11 @@ import (
 	"slices"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
-	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
@@ -26,7 +23,6 @@ import (
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
-	"github.com/cairn-kv/cairn/watch"
 )
 
 // Sharded mode (DESIGN.md): besides the ranges, the NodeHost runs a replica
@@ -42,87 +38,19 @@ const placementShardID = 1 << 48
 // oracleWindow is how many revisions one persisted oracle bound covers.
 const oracleWindow = 10000
 
-// rangeReplica is this node's replica of one range.
+// rangeReplica is this member's replica of one range (shard.Range: its
+// raft replica, proposer, watch hub and closer) and the range as the router
+// uses it here (client: through its leader).
 type rangeReplica struct {
-	// d is the range's descriptor; a split replaces it.
-	d       atomic.Pointer[placementpb.RangeDescriptor]
-	replica *shard.Replica
-	// client is the range as the router uses it (through its leader).
+	*shard.Range
 	client *router.RangeClient
-	sm     atomic.Pointer[shard.StateMachine]
-	// smRef is the state machine the replica has: &sm, or the node's for
-	// range 1.
-	smRef *atomic.Pointer[shard.StateMachine]
-	hub   *watch.Hub
-	// pub is the closed revision the range's leader last published, to
-	// pass to the hub once this replica has applied as far as the leader
-	// had (guarded by pubMu; zero: none waiting).
-	pubMu sync.Mutex
-	pub   struct {
-		closed mvcc.Revision
-		index  uint64
-	}
-	// ready is closed once the replica is started (replica set).
-	ready chan struct{}
-	// want is the closed revision watches wait for; kick (size 1) wakes
-	// the range's closer for it.
-	want atomic.Int64
-	kick chan struct{}
 }
 
 // desc returns the range's descriptor.
-func (rr *rangeReplica) desc() *placementpb.RangeDescriptor { return rr.d.Load() }
+func (rr *rangeReplica) desc() *placementpb.RangeDescriptor { return rr.Descriptor() }
 
-// published takes a closed revision the range's leader published with
-// the index it had applied: the hub gets it once this replica has applied
-// that far (every write at or below it is then applied here).
-func (rr *rangeReplica) published(closed mvcc.Revision, index uint64) {
-	rr.pubMu.Lock()
-	if closed > rr.pub.closed {
-		rr.pub.closed, rr.pub.index = closed, index
-	}
-	rr.pubMu.Unlock()
-	rr.settlePublished()
-}
-
-// settlePublished passes a published closed revision to the hub if this
-// replica has applied far enough.
-func (rr *rangeReplica) settlePublished() {
-	rr.pubMu.Lock()
-	defer rr.pubMu.Unlock()
-	if rr.pub.closed == 0 {
-		return
-	}
-	sm := rr.smRef.Load()
-	if sm == nil || sm.AppliedIndex() < rr.pub.index {
-		return
-	}
-	rr.hub.Advance(rr.pub.closed)
-	rr.pub.closed, rr.pub.index = 0, 0
-}
-
-// appliedIndex is the raft index this replica has applied (0: not open).
-func (rr *rangeReplica) appliedIndex() uint64 {
-	if sm := rr.smRef.Load(); sm != nil {
-		return sm.AppliedIndex()
-	}
-	return 0
-}
-
-// wantClosed asks the range's closer to raise the closed revision to rev
-// soon (router.RangePart.Kick).
-func (rr *rangeReplica) wantClosed(rev mvcc.Revision) {
-	for {
-		old := rr.want.Load()
-		if int64(rev) <= old || rr.want.CompareAndSwap(old, int64(rev)) {
-			break
-		}
-	}
-	select {
-	case rr.kick <- struct{}{}:
-	default:
-	}
-}
+// proposer is the range's proposer and reader (nil before it starts).
+func (rr *rangeReplica) proposer() *shard.Replica { return rr.Range.Replica() }
 
 // rangeSet is the node's replicas of the ranges, in key order; the router
 // routes by its range cache (Node.routes), which the node keeps up to date
@@ -130,8 +58,6 @@ func (rr *rangeReplica) wantClosed(rev mvcc.Revision) {
 type rangeSet struct {
 	mu     sync.RWMutex
 	ranges []*rangeReplica // by start key
-	// first is range 1, set before its replica applies anything.
-	first atomic.Pointer[rangeReplica]
 }
 
 // all returns every range whose replica is started, in key order.
@@ -140,7 +66,7 @@ func (s *rangeSet) all() []*rangeReplica {
 	defer s.mu.RUnlock()
 	out := make([]*rangeReplica, 0, len(s.ranges))
 	for _, rr := range s.ranges {
-		if rr.started() {
+		if rr.Started() {
 			out = append(out, rr)
 		}
 	}
@@ -153,16 +79,6 @@ func (s *rangeSet) routing() []*rangeReplica {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return slices.Clone(s.ranges)
-}
-
-// started reports whether the range's replica is started.
-func (rr *rangeReplica) started() bool {
-	select {
-	case <-rr.ready:
-		return true
-	default:
-		return false
-	}
 }
 
 // spanOf is a descriptor's span in mvcc's form (nil end: ∞).
@@ -293,10 +209,10 @@ func (n *Node) proposePlacement(ctx context.Context, cmd []byte) (*placementpb.R
 	}
 }
 
-// startRange starts this node's replica of a range other than range 1 and
-// its client, watch hub and catch-up pump (see startRangeInto for founders).
+// startRange starts this node's replica of a range other than range 1
+// (see startRangeInto for founders).
 func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) (*rangeReplica, error) {
-	rr := newRangeReplica(n, d, 0)
+	rr := n.newRangeReplica(d, 0)
 	return rr, n.startRangeInto(rr, shardCfg, raftCfg, founders, false)
 }
 
@@ -312,33 +228,36 @@ func foundersOf(d *placementpb.RangeDescriptor) []uint64 {
 
 // newRangeReplica returns the node's replica of range d, not started, its
 // watch hub at rev.
-func newRangeReplica(n *Node, d *placementpb.RangeDescriptor, rev mvcc.Revision) *rangeReplica {
-	rr := &rangeReplica{hub: watch.NewHub(rev), kick: make(chan struct{}, 1), ready: make(chan struct{})}
-	rr.d.Store(d)
-	rr.smRef = &rr.sm
+func (n *Node) newRangeReplica(d *placementpb.RangeDescriptor, rev mvcc.Revision) *rangeReplica {
+	rr := &rangeReplica{Range: shard.NewRange(n.rangeCfg(n.memberID), d, rev)}
 	rr.client = n.fwd.Range(rr)
 	return rr
 }
 
-// startRangeInto starts the raft replica of rr, its replica client and
-// its catch-up pump, and marks it ready. With founders, a node among the
-// range's founders starts it with them (raft takes them again on a
-// restart); any other node joins it (or restarts what it joined), to be
-// added by a membership change and sent a snapshot. With join, this node
-// joins it whatever it is (joinLateSplit).
+// rangeCfg is what every range of this member shares, replicaID its
+// replica of them.
+func (n *Node) rangeCfg(replicaID uint64) shard.RangeConfig {
+	c := shard.RangeConfig{NodeHost: n.nh, ReplicaID: replicaID, ProgressEvery: n.cfg.WatchProgressNotifyInterval, Log: n.log}
+	if n.cfg.Sharded {
+		c.Stamper, c.CloseEvery, c.Tick = n.oracle, closedEvery, n.closedClock.next
+		c.Publish, c.ForwardKick = n.publishClosed, n.forwardKick
+	}
+	return c
+}
+
+// startRangeInto starts the raft replica of rr (shard.Range.Start). With
+// founders, a node among the range's founders starts it with them (raft
+// takes them again on a restart); any other node joins it (or restarts what
+// it joined), to be added by a membership change and sent a snapshot. With
+// join, this node joins it whatever it is (joinLateSplit).
 func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg dbconfig.Config, founders, join bool) error {
 	d := rr.desc()
 	shardCfg.Span = spanOf(d)
-	notify := notifier(rr.hub)
-	shardCfg.OnApply = func(closed mvcc.Revision, evs []*mvccpb.Event) {
-		notify(closed, evs)
-		rr.settlePublished()
-	}
+	shardCfg.OnApply = nil
 	shardCfg.OnSplit = func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
 		n.onSplit(rr, child, span, rev, founders)
 	}
 	shardCfg.OnPeers, shardCfg.OnHold = nil, nil
-	factory := shard.Factory(shardCfg)
 	var members map[uint64]dragonboat.Target
 	if founders && !join {
 		if slices.Contains(foundersOf(d), n.memberID) {
@@ -350,28 +269,15 @@ func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg d
 			join = true
 		}
 	}
-	raftCfg.ShardID = d.Id
 	// A founder votes; a member joining is a learner until promoted, as
 	// it is in range 1 (a member added as a voter is promoted at once).
 	raftCfg.IsNonVoting = members == nil && n.learner.Load()
-	err := n.nh.StartOnDiskReplica(members, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
-		m := factory(shardID, replicaID).(*shard.StateMachine)
-		rr.sm.Store(m)
-		return m
-	}, raftCfg)
-	if err != nil {
-		return fmt.Errorf("node: start range %d: %w", d.Id, err)
-	}
-	rr.replica = shard.NewStampingReplica(n.nh, d.Id, n.memberID, n.oracle, rr.sm.Load)
-	close(rr.ready)
-	n.wg.Add(1)
-	go n.pump(rr.hub, &rr.sm)
-	return nil
+	return rr.Start(shardCfg, members, join, raftCfg)
 }
 
 // entry is rr as the router's range cache holds it.
 func (rr *rangeReplica) entry() router.RangeEntry {
-	return router.RangeEntry{Local: rr, Shard: rr.client, Watches: rr.hub, Kick: rr.wantClosed}
+	return router.RangeEntry{Local: rr, Shard: rr.client, Watches: rr.Hub(), Kick: rr.WantClosed}
 }
 
 // Now implements router.Oracle: a revision at or above every write
@@ -381,7 +287,7 @@ func (rr *rangeReplica) entry() router.RangeEntry {
 // a fresh oracle revision.
 func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 	if rs := n.rangeSet.routing(); len(rs) == 1 {
-		if sm := rs[0].smRef.Load(); sm != nil && sm.Counting() {
+		if sm := rs[0].StateMachine(); sm != nil && sm.Counting() {
 			v, err := rs[0].client.Read(ctx, shard.StatusQuery{}, true)
 			if err != nil {
 				return 0, err
@@ -400,58 +306,12 @@ func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 // ranges it leads (DESIGN.md "Closed revision": at least every 100 ms).
 const closedEvery = 50 * time.Millisecond
 
-// closer raises, on every tick, the closed revision of a range this node
-// leads that has no write in flight (Replica.AdvanceIdle: an oracle
-// revision confirmed by a read index, no log write after the first in a
-// term), so that readers and watchers of idle ranges need not ask, and
-// passes it to the range's watch hub; a watch waiting on the range kicks
-// it sooner (wantClosed). A range busy with writes closes through them.
-func (n *Node) closer(rr *rangeReplica) {
-	defer n.wg.Done()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-n.closedClock.next():
-		case <-rr.kick:
-			// A watch here waits for the range: its leader elsewhere is
-			// asked to close sooner.
-			if leader, _, ok := rr.replica.Leader(); ok && leader != n.memberID {
-				n.forwardKick(rr, leader)
-			}
-		}
-		// A kick is retried briefly while writes in flight hold the closed
-		// revision back, as they settle within milliseconds.
-		for wait := time.Millisecond; ; wait *= 2 {
-			if leader, _, ok := rr.replica.Leader(); !ok || leader != n.memberID {
-				break
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
-			closed, err := rr.replica.AdvanceIdle(ctx) // a failure leaves it for the next tick
-			cancel()
-			rr.hub.Advance(closed)
-			n.publishClosed(rr, closed)
-			if err != nil || closed >= mvcc.Revision(rr.want.Load()) || wait > closedEvery/4 {
-				break
-			}
-			select {
-			case <-n.stop:
-				return
-			case <-time.After(wait):
-			}
-		}
-	}
-}
-
 // publishClosed sends the other replicas of a range this node leads its
 // closed revision, with the index applied here (the side channel of
 // DESIGN.md "Closed revision", one per node pair: sidechannel.go).
-func (n *Node) publishClosed(rr *rangeReplica, closed mvcc.Revision) {
-	if closed == 0 {
-		return
-	}
-	rc := &internalpb.RangeClosed{Range: rr.desc().Id, Closed: int64(closed), Index: rr.appliedIndex()}
-	for _, id := range rr.desc().Replicas {
+func (n *Node) publishClosed(r *shard.Range, closed mvcc.Revision) {
+	rc := &internalpb.RangeClosed{Range: r.ID(), Closed: int64(closed), Index: r.AppliedIndex()}
+	for _, id := range r.Descriptor().Replicas {
 		if id != n.memberID {
 			n.side.publish(id, rc)
 		}
@@ -460,12 +320,12 @@ func (n *Node) publishClosed(rr *rangeReplica, closed mvcc.Revision) {
 
 // forwardKick asks the leader of a range to close what watches here wait
 // for.
-func (n *Node) forwardKick(rr *rangeReplica, leader uint64) {
+func (n *Node) forwardKick(r *shard.Range, leader uint64, rev mvcc.Revision) {
 	nc, err := n.nodeClient(leader)
 	if err != nil {
 		return
 	}
-	req := &internalpb.KickRequest{Range: rr.desc().Id, Revision: rr.want.Load()}
+	req := &internalpb.KickRequest{Range: r.ID(), Revision: int64(rev)}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
 		defer cancel()
@@ -494,7 +354,7 @@ func (n *Node) mergedProgress() {
 func (n *Node) Closed(id uint64) mvcc.Revision {
 	for _, rr := range n.rangeSet.all() {
 		if rr.desc().Id == id {
-			return rr.replica.Closed()
+			return rr.proposer().Closed()
 		}
 	}
 	return 0
@@ -536,14 +396,14 @@ func (n *Node) Ranges() []RangeInfo {
 			replicas = rr.desc().Replicas
 		}
 		ri := RangeInfo{ID: rr.desc().Id, Start: string(rr.desc().Start), End: string(rr.desc().End),
-			Generation: rr.desc().Generation, Replicas: replicas, Closed: int64(rr.replica.Closed()),
-			Writes: rr.replica.Proposed(), Watchers: rr.hub.Watchers()}
-		if leader, _, ok := rr.replica.Leader(); ok {
+			Generation: rr.desc().Generation, Replicas: replicas, Closed: int64(rr.proposer().Closed()),
+			Writes: rr.proposer().Proposed(), Watchers: rr.Hub().Watchers()}
+		if leader, _, ok := rr.proposer().Leader(); ok {
 			ri.Leader = leader
 		}
-		if v, err := rr.replica.Read(context.Background(), shard.StatusQuery{}, false); err == nil {
+		if v, err := rr.proposer().Read(context.Background(), shard.StatusQuery{}, false); err == nil {
 			st := v.(shard.Status)
-			ri.Revision = int64(max(st.Revision, st.Closed, rr.replica.Closed()))
+			ri.Revision = int64(max(st.Revision, st.Closed, rr.proposer().Closed()))
 		}
 		d := rr.desc()
 		end := d.End
@@ -555,7 +415,7 @@ func (n *Node) Ranges() []RangeInfo {
 			start = []byte{0}
 		}
 		q := shard.RangeQuery{Req: &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}}
-		if v, err := rr.replica.Read(context.Background(), q, false); err == nil {
+		if v, err := rr.proposer().Read(context.Background(), q, false); err == nil {
 			ri.Keys = v.(*pb.RangeResponse).Count
 		}
 		out = append(out, ri)
@@ -585,7 +445,7 @@ func (n *Node) RevokeRemote(ctx context.Context, id int64) error {
 // registered reads, linearizably, the ranges registered at range 1 as
 // holding keys of lease id.
 func (n *Node) registered(ctx context.Context, id int64) ([]uint64, error) {
-	v, err := n.replica.Read(ctx, shard.RegisteredQuery{ID: id}, true)
+	v, err := n.first.proposer().Read(ctx, shard.RegisteredQuery{ID: id}, true)
 	if err != nil {
 		return nil, err
 	}
@@ -597,7 +457,7 @@ func (n *Node) registered(ctx context.Context, id int64) ([]uint64, error) {
 // now: up to range 1's index here, which is past the revoke (read
 // linearizably before).
 func (n *Node) revokeIn(ctx context.Context, id int64, shards []uint64) error {
-	gen := n.rangeSet.first.Load().appliedIndex()
+	gen := n.first.AppliedIndex()
 	for _, sid := range shards {
 		for _, rr := range n.rangeSet.all() {
 			if rr.desc().Id != sid {
@@ -607,7 +467,7 @@ func (n *Node) revokeIn(ctx context.Context, id int64, shards []uint64) error {
 				return fmt.Errorf("node: revoke lease %d in range %d: %w", id, sid, err)
 			}
 		}
-		_, err := n.replica.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseUnregister{
+		_, err := n.first.proposer().Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseUnregister{
 			LeaseUnregister: &shardpb.LeaseShard{Lease: id, Shard: sid}}})
 		if err != nil {
 			return fmt.Errorf("node: mark lease %d revoked in range %d: %w", id, sid, err)
@@ -629,7 +489,7 @@ func (n *Node) RemoteKeys(ctx context.Context, id int64) ([][]byte, error) {
 			if rr.desc().Id != sid {
 				continue
 			}
-			v, err := rr.replica.Read(ctx, shard.ShadowKeysQuery{ID: id}, true)
+			v, err := rr.proposer().Read(ctx, shard.ShadowKeysQuery{ID: id}, true)
 			if err != nil {
 				return nil, err
 			}
@@ -653,10 +513,10 @@ func (n *Node) revokeRemotes() {
 			return
 		case <-t.C:
 		}
-		if leader, _, ok := n.replica.Leader(); !ok || leader != n.memberID {
+		if leader, _, ok := n.first.proposer().Leader(); !ok || leader != n.memberID {
 			continue
 		}
-		pending, err := n.sm.Load().Lessor().PendingRevokes()
+		pending, err := n.first.StateMachine().Lessor().PendingRevokes()
 		if err != nil {
 			n.log.Warn("read pending lease revokes", "error", err)
 			continue

@@ -31,7 +31,7 @@ func (n *Node) Snapshot(ctx context.Context) (io.ReadCloser, int64, error) {
 	if n.merger != nil {
 		return n.backupFile(func(w io.Writer) error { return n.shardedBackup(ctx, w) })
 	}
-	m := n.sm.Load()
+	m := n.first.StateMachine()
 	if m == nil {
 		return nil, 0, shard.ErrClosed
 	}

@@ -125,7 +125,7 @@ const splitMargin = oracleWindow
 func (n *Node) splitRequest(ctx context.Context, holder *rangeReplica, d *placementpb.RangeDescriptor) (*shardpb.Request, error) {
 	split := &shardpb.SplitRange{Key: d.Start, Child: d.Id, Founders: d.Founders}
 	req := &shardpb.Request{Op: &shardpb.Request_Split{Split: split}}
-	if sm := holder.smRef.Load(); sm == nil || !sm.Counting() {
+	if sm := holder.StateMachine(); sm == nil || !sm.Counting() {
 		return req, nil
 	}
 	v, err := holder.client.Read(ctx, shard.StatusQuery{}, true)
@@ -192,8 +192,7 @@ func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev m
 			n.log.Error("start a split's new range", "range", child, "error", err)
 			return
 		}
-		n.wg.Add(2)
-		go n.closer(rr)
+		n.wg.Add(1)
 		go n.registerShadows(rr)
 	}()
 }
@@ -206,9 +205,9 @@ func (n *Node) addSplitRange(parent *rangeReplica, cd *placementpb.RangeDescript
 	pd := proto.Clone(parent.desc()).(*placementpb.RangeDescriptor)
 	pd.End = slices.Clone(cd.Start)
 	pd.Generation++
-	rr := newRangeReplica(n, cd, rev)
+	rr := n.newRangeReplica(cd, rev)
 	n.rangeSet.mu.Lock()
-	parent.d.Store(pd)
+	parent.SetDescriptor(pd)
 	if slices.ContainsFunc(n.rangeSet.ranges, func(r *rangeReplica) bool { return r.desc().Id == cd.Id }) {
 		n.rangeSet.mu.Unlock()
 		n.routes.Put(parent.entry())
@@ -219,7 +218,7 @@ func (n *Node) addSplitRange(parent *rangeReplica, cd *placementpb.RangeDescript
 	n.rangeSet.mu.Unlock()
 	n.routes.Put(parent.entry(), rr.entry())
 	if n.merger != nil {
-		n.merger.Split(parent.hub, cd.Start, watch.Part{Hub: rr.hub, Kick: rr.wantClosed})
+		n.merger.Split(parent.Hub(), cd.Start, watch.Part{Hub: rr.Hub(), Kick: rr.WantClosed})
 	}
 	return rr
 }
@@ -230,8 +229,8 @@ func (n *Node) addSplitRange(parent *rangeReplica, cd *placementpb.RangeDescript
 // or they are gone already.
 func (n *Node) registerShadows(rr *rangeReplica) {
 	defer n.wg.Done()
-	sm := rr.sm.Load()
-	for deadline := time.Now().Add(10 * time.Second); sm == nil || sm.Lessor() == nil; sm = rr.sm.Load() {
+	sm := rr.StateMachine()
+	for deadline := time.Now().Add(10 * time.Second); sm == nil || sm.Lessor() == nil; sm = rr.StateMachine() {
 		if time.Now().After(deadline) {
 			return
 		}
@@ -244,11 +243,11 @@ func (n *Node) registerShadows(rr *rangeReplica) {
 	id := rr.desc().Id
 	for _, l := range sm.Lessor().Shadows() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := n.rangeSet.first.Load().client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseRegister{
+		_, err := n.first.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseRegister{
 			LeaseRegister: &shardpb.LeaseShard{Lease: int64(l), Shard: id}}})
 		var se *shard.Error
 		if errors.As(err, &se) && se.Code == shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND {
-			gen := n.rangeSet.first.Load().appliedIndex()
+			gen := n.first.AppliedIndex()
 			_, err = rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{
 				ShadowRevoke: &shardpb.ShadowLease{Lease: int64(l), Generation: gen}}})
 		}
@@ -440,7 +439,7 @@ func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *place
 			return err
 		}
 	}
-	rr := n.addSplitRange(holder, proto.Clone(d).(*placementpb.RangeDescriptor), holder.hub.Rev())
+	rr := n.addSplitRange(holder, proto.Clone(d).(*placementpb.RangeDescriptor), holder.Hub().Rev())
 	if rr == nil {
 		return nil // in the range set already
 	}
@@ -448,7 +447,5 @@ func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *place
 		return fmt.Errorf("start range %d: %w", d.Id, err)
 	}
 	n.log.Info("joined a range split off while this member was away", "range", d.Id, "parent", holder.desc().Id, "key", string(d.Start))
-	n.wg.Add(1)
-	go n.closer(rr)
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/router"
@@ -37,7 +38,7 @@ import (
 // addSharded adds member id (a learner if learner) to the placement group
 // and to every range, range 1 first, after its peer URLs are recorded.
 func (n *Node) addSharded(ctx context.Context, id uint64, learner bool) error {
-	if err := n.reconfigure(ctx, id, false); err != nil {
+	if err := n.placement.Reconfigure(ctx, placement.NodeID(id), false); err != nil {
 		return err
 	}
 	defer n.endReconfigure(id)
@@ -85,14 +86,14 @@ func (n *Node) addSharded(ctx context.Context, id uint64, learner bool) error {
 			// learner is not one until promoted.
 			return nil
 		}
-		return n.changeReplicas(ctx, d.Id, id, 0)
+		return n.placement.ChangeReplicas(ctx, placement.RangeID(d.Id), placement.NodeID(id), 0)
 	})
 }
 
 // removeSharded removes member id from every range, range 1 last (it
 // leaves the member list last), and from the placement group.
 func (n *Node) removeSharded(ctx context.Context, id uint64) error {
-	if err := n.reconfigure(ctx, id, false); err != nil {
+	if err := n.placement.Reconfigure(ctx, placement.NodeID(id), false); err != nil {
 		return err
 	}
 	defer n.endReconfigure(id)
@@ -117,7 +118,7 @@ func (n *Node) removeSharded(ctx context.Context, id uint64) error {
 		if err := remove(d.Id); err != nil {
 			return fmt.Errorf("node: remove member %x from range %d: %w", id, d.Id, err)
 		}
-		return n.changeReplicas(ctx, d.Id, 0, id)
+		return n.placement.ChangeReplicas(ctx, placement.RangeID(d.Id), 0, placement.NodeID(id))
 	})
 	if err != nil {
 		return err
@@ -129,7 +130,7 @@ func (n *Node) removeSharded(ctx context.Context, id uint64) error {
 		return fmt.Errorf("node: remove member %x: %w", id, err)
 	}
 	if first != nil {
-		return n.changeReplicas(ctx, first.Id, 0, id)
+		return n.placement.ChangeReplicas(ctx, placement.RangeID(first.Id), 0, placement.NodeID(id))
 	}
 	return nil
 }
@@ -138,7 +139,7 @@ func (n *Node) removeSharded(ctx context.Context, id uint64) error {
 // every range, range 1 last; a range split while it was a learner, which
 // it does not hold yet, it is added to as addSharded adds.
 func (n *Node) promoteSharded(ctx context.Context, id uint64) error {
-	if err := n.reconfigure(ctx, id, false); err != nil {
+	if err := n.placement.Reconfigure(ctx, placement.NodeID(id), false); err != nil {
 		return err
 	}
 	defer n.endReconfigure(id)
@@ -169,7 +170,7 @@ func (n *Node) promoteSharded(ctx context.Context, id uint64) error {
 		if err := promote(d.Id); err != nil {
 			return fmt.Errorf("node: promote member %x in range %d: %w", id, d.Id, err)
 		}
-		return n.changeReplicas(ctx, d.Id, id, 0)
+		return n.placement.ChangeReplicas(ctx, placement.RangeID(d.Id), placement.NodeID(id), 0)
 	})
 	if err != nil {
 		return err
@@ -177,7 +178,7 @@ func (n *Node) promoteSharded(ctx context.Context, id uint64) error {
 	if err := promote(singleShardID); err != nil {
 		return fmt.Errorf("node: promote member %x: %w", id, err)
 	}
-	return n.changeReplicas(ctx, singleShardID, id, 0)
+	return n.placement.ChangeReplicas(ctx, placement.RangeID(singleShardID), placement.NodeID(id), 0)
 }
 
 // eachRange calls f with every range of the map, in key order, once the
@@ -185,7 +186,7 @@ func (n *Node) promoteSharded(ctx context.Context, id uint64) error {
 // reading the map again until a pass finds all of them so.
 func (n *Node) eachRange(ctx context.Context, f func(d *placementpb.RangeDescriptor) error) error {
 	for {
-		st, err := n.placementState(ctx)
+		st, err := n.placement.State(ctx)
 		if err != nil {
 			return err
 		}
@@ -220,32 +221,14 @@ func (n *Node) runsRange(id uint64) bool {
 	return false
 }
 
-// reconfigure marks a membership change of member under way in the
-// placement group (splits are refused until it is over), or over.
-func (n *Node) reconfigure(ctx context.Context, member uint64, done bool) error {
-	cmd, _ := proto.Marshal(&placementpb.Command{Op: &placementpb.Command_Reconfigure{Reconfigure: &placementpb.Reconfigure{
-		Member: member, Done: done}}})
-	_, err := n.proposePlacement(ctx, cmd)
-	return err
-}
-
 // endReconfigure marks member's change over, on its own deadline: the
 // change's may have run out.
 func (n *Node) endReconfigure(member uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := n.reconfigure(ctx, member, true); err != nil {
+	if err := n.placement.Reconfigure(ctx, placement.NodeID(member), true); err != nil {
 		n.log.Warn("mark a membership change over", "member", fmt.Sprintf("%x", member), "error", err)
 	}
-}
-
-// changeReplicas records in the range map that range id's raft group
-// gained add and lost remove (0: none).
-func (n *Node) changeReplicas(ctx context.Context, id, add, remove uint64) error {
-	cmd, _ := proto.Marshal(&placementpb.Command{Op: &placementpb.Command_ChangeReplicas{ChangeReplicas: &placementpb.ChangeReplicas{
-		Range: id, Add: add, Remove: remove}}})
-	_, err := n.proposePlacement(ctx, cmd)
-	return err
 }
 
 // compactEverywhere makes every replica of range id but newcomer's take a

@@ -217,9 +217,11 @@ type Node struct {
 	shardCfg shard.Config
 	raftCfg  dbconfig.Config
 	// Sharded mode: the revision oracle's allocator on this node's
-	// placement replica, the node's oracle client, and the ranges.
-	alloc  *placement.Allocator
-	oracle *placement.OracleClient
+	// placement replica, the node's oracle client, its client of the
+	// range map, and the ranges.
+	alloc     *placement.Allocator
+	oracle    *placement.OracleClient
+	placement *placement.Client
 	// fwd forwards to the members leading what this one does not (both
 	// modes: in single-group mode nothing asks it).
 	fwd *router.Forwarder
@@ -464,7 +466,7 @@ func (n *Node) start(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			st, err := n.placementState(ctx)
+			st, err := n.placement.State(ctx)
 			if err != nil {
 				return err
 			}

@@ -7,14 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
@@ -100,41 +98,28 @@ func (n *Node) startPlacement(ctx context.Context, founders map[uint64]dragonboa
 	if err := n.startPlacementReplica(founders, false, n.memberID, election, heartbeat); err != nil {
 		return nil, err
 	}
-	for {
-		st, err := n.placementState(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if len(st.Ranges) > 0 {
-			return st.Ranges, nil
-		}
-		var replicas []uint64
-		for id := range founders {
-			replicas = append(replicas, id)
-		}
-		sort.Slice(replicas, func(i, j int) bool { return replicas[i] < replicas[j] })
-		if len(replicas) == 0 {
-			return nil, errors.New("node: the range map is not bootstrapped and this member is not a founder")
-		}
+	ids := make([]placement.NodeID, 0, len(founders))
+	for id := range founders {
+		ids = append(ids, placement.NodeID(id))
+	}
+	ranges, err := n.placement.Bootstrap(ctx, ids, n.cfg.InitialSplitKeys, func() (mvcc.Revision, error) {
 		// A founder's store is empty but for a restored backup (range
 		// 1's store): the oracle starts above its revision.
 		first, err := mvcc.Open(n.db, mvcc.Options{ID: singleShardID})
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
-		if first.Rev() > 1 && len(n.cfg.InitialSplitKeys) > 0 {
-			return nil, errors.New("node: a restored backup starts as one range: leave out --initial-split-keys and split it online (cairn range split)")
-		}
-		cmd, _ := proto.Marshal(&placementpb.Command{Op: &placementpb.Command_Bootstrap{Bootstrap: &placementpb.Bootstrap{
-			SplitKeys: n.cfg.InitialSplitKeys, Replicas: replicas, Bound: int64(first.Rev())}}})
-		if _, err := n.proposePlacement(ctx, cmd); err != nil {
-			return nil, fmt.Errorf("node: bootstrap the range map: %w", err)
-		}
+		return first.Rev(), nil
+	})
+	if errors.Is(err, placement.ErrRestoredSplit) {
+		return nil, fmt.Errorf("node: %w: leave out --initial-split-keys and split it online (cairn range split)", err)
 	}
+	return ranges, err
 }
 
 // startPlacementReplica starts this node's replica id of the placement
-// group: founding it, joining it (a member added), or restarting it.
+// group (founding it, joining it — a member added —, or restarting it),
+// its oracle client and its range map client.
 func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join bool, id, election, heartbeat uint64) error {
 	err := n.nh.StartReplica(founders, join, placement.NewStateMachine, dbconfig.Config{
 		ReplicaID: id, ShardID: placementShardID,
@@ -158,55 +143,9 @@ func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join
 		},
 		Retry: forwardRetry,
 	})
+	n.placement = placement.NewClient(placement.ClientConfig{Raft: n.nh, ShardID: placementShardID,
+		Retry: rttMillisecond * time.Millisecond, TryTimeout: 2 * time.Second})
 	return nil
-}
-
-// placementState reads the placement group's state linearizably, waiting
-// for a leader.
-func (n *Node) placementState(ctx context.Context) (*placementpb.State, error) {
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		v, err := n.nh.SyncRead(rctx, placementShardID, placement.StateQuery{})
-		cancel()
-		if err == nil {
-			return v.(*placementpb.State), nil
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("node: read the range map: %w", ctx.Err())
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(rttMillisecond * time.Millisecond):
-		}
-	}
-}
-
-// proposePlacement proposes a placement command until raft takes it and
-// returns its result (a refusal in it is not an error here, except that a
-// bootstrap already done is fine).
-func (n *Node) proposePlacement(ctx context.Context, cmd []byte) (*placementpb.Result, error) {
-	for {
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		res, err := n.nh.SyncPropose(rctx, n.nh.GetNoOPSession(placementShardID), cmd)
-		cancel()
-		if err == nil {
-			var out placementpb.Result
-			if err := proto.Unmarshal(res.Data, &out); err != nil {
-				return nil, err
-			}
-			if out.Error != "" && out.Error != placement.ErrBootstrapped.Error() {
-				return &out, errors.New(out.Error)
-			}
-			return &out, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(rttMillisecond * time.Millisecond):
-		}
-	}
 }
 
 // startRange starts this node's replica of a range other than range 1

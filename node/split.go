@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/router"
@@ -54,26 +55,18 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	if bytes.Equal(d.Start, key) {
 		return nil, router.Refuse(router.ErrPrecondition, "cairn: range %d already starts at %q", d.Id, key)
 	}
-	cmd, _ := proto.Marshal(&placementpb.Command{Op: &placementpb.Command_Split{Split: &placementpb.Split{
-		Range: d.Id, Generation: d.Generation, Key: key}}})
-	res, err := n.proposePlacement(ctx, cmd)
-	if err != nil {
-		// The map may hold this very split already: an earlier call cut
-		// short before the range applied it, or a first try of this
-		// proposal that committed but answered too late. Finish it.
-		if made := n.recordedSplit(ctx, d, key); made != nil {
-			res, err = &placementpb.Result{Ranges: made}, nil
-		}
-	}
+	// The map may hold this very split already (an earlier call cut short
+	// before the range applied it, or a first try of this proposal that
+	// committed but answered too late): RecordSplit answers it, and it is
+	// finished here.
+	left, right, err := n.placement.RecordSplit(ctx, placement.RangeID(d.Id), d.Generation, key)
 	if err != nil {
 		return nil, router.Refuse(router.ErrPrecondition, "cairn: split range %d at %q: %w", d.Id, key, err)
 	}
-	if len(res.Ranges) != 2 {
-		return nil, fmt.Errorf("node: the placement group answered a split with %d ranges", len(res.Ranges))
-	}
-	child := res.Ranges[1].Id
+	made := []*placementpb.RangeDescriptor{left, right}
+	child := right.Id
 	if splitCutShort != nil && splitCutShort() {
-		return res.Ranges, nil
+		return made, nil
 	}
 	for {
 		// While the range elects a leader (one of its members is down,
@@ -81,7 +74,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		// apply, the range refuses it as outside its span. A range that
 		// counts its revisions refuses a split whose oracle revision it
 		// has passed meanwhile: it is asked for again.
-		req, err := n.splitRequest(ctx, parent, res.Ranges[1])
+		req, err := n.splitRequest(ctx, parent, right)
 		if err == nil {
 			_, err = parent.client.Write(ctx, req)
 		}
@@ -99,7 +92,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		}
 	}
 	if splitNoStart != nil && splitNoStart() {
-		return res.Ranges, nil
+		return made, nil
 	}
 	for _, rr := range n.rangeSet.routing() {
 		if rr.desc().Id == child {
@@ -108,7 +101,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 			}
 		}
 	}
-	return res.Ranges, nil
+	return made, nil
 }
 
 // splitMargin is how far above a counting range's revision the oracle
@@ -140,28 +133,6 @@ func (n *Node) splitRequest(ctx context.Context, holder *rangeReplica, d *placem
 		split.Above = int64(above)
 	}
 	return req, nil
-}
-
-// recordedSplit returns the two ranges of a split of d at key if the range
-// map holds it, d's generation being the one before it, or nil.
-func (n *Node) recordedSplit(ctx context.Context, d *placementpb.RangeDescriptor, key []byte) []*placementpb.RangeDescriptor {
-	st, err := n.placementState(ctx)
-	if err != nil {
-		return nil
-	}
-	var left, right *placementpb.RangeDescriptor
-	for _, r := range st.Ranges {
-		switch {
-		case r.Id == d.Id && r.Generation == d.Generation+1 && bytes.Equal(r.End, key):
-			left = r
-		case r.Parent == d.Id && r.Generation == d.Generation+1 && bytes.Equal(r.Start, key):
-			right = r
-		}
-	}
-	if left == nil || right == nil {
-		return nil
-	}
-	return []*placementpb.RangeDescriptor{left, right}
 }
 
 // onSplit runs on the apply goroutine of parent's replica as a split
@@ -325,7 +296,7 @@ func (n *Node) followSplits(unsplit []*placementpb.RangeDescriptor) {
 			return
 		case <-n.missed:
 		}
-		st, err := n.placementState(ctx)
+		st, err := n.placement.State(ctx)
 		if err != nil {
 			continue
 		}

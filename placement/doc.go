@@ -1,6 +1,7 @@
 // Package placement holds the placement group's state: the range map, the
 // node registry and the revision oracle (DESIGN.md, "Ranges, placement,
-// membership" and "Keys, values, revisions").
+// membership" and "Keys, values, revisions"), and a member's clients of
+// it.
 //
 // # Model
 //
@@ -8,9 +9,11 @@
 // descriptors (id, [start, end), generation, replicas, leader hint) that
 // tile the key space, registered nodes, and the oracle's persisted bound.
 // Commands (proto/placementpb) change it — bootstrap, split, leader hint,
-// node registration, raising the bound — and a refused command changes
-// nothing. A descriptor's generation grows with every change of its bounds,
-// so a command or a router holding a stale descriptor is told apart.
+// node registration, raising the bound, a membership change under way,
+// a range's replicas — and a refused command changes nothing and names
+// its refusal (the Err sentinels of table.go). A descriptor's generation
+// grows with every change of its bounds, so a command or a router holding
+// a stale descriptor is told apart.
 //
 // Oracle is the leader's revision allocator: it hands out revisions from
 // memory under the persisted bound, asks for a new bound (one raft write)
@@ -18,15 +21,10 @@
 // persisted bound, so revisions are unique and increasing across leader
 // changes, if not dense. The scripts in testdata/ walk through both.
 //
-// # Concurrency
+// # The running group
 //
-// Neither Table nor Oracle is safe for concurrent use, neither starts
-// goroutines nor reads the clock: the owner serializes them. StateMachine is the placement
-// group's dragonboat state machine around a Table (commands from the log,
-// the whole state in each snapshot; its own lock lets Lookup run beside
-// Update).
-//
-// # Non-goals (yet)
+// StateMachine is the placement group's dragonboat state machine around a
+// Table (commands from the log, the whole state in each snapshot).
 //
 // Allocator is the oracle's service on one replica of the running group:
 // it serves revisions only while that replica leads, folds the requests
@@ -34,9 +32,37 @@
 // at most one bound raised through raft, per round), starts a new term's
 // oracle above the bound it reads linearizably, and confirms leadership
 // after each take so that revisions also increase in real time across
-// leader changes. It owns one goroutine; Close stops it.
+// leader changes.
 //
-// Starting the placement group on the nodes, the scheduler (split by size
-// and load, merge, moves) and merges are the sharded-mode issue's next
-// steps. The package imports mvcc for its Revision type only.
+// A member reaches the group through two clients:
+//
+//   - OracleClient (client.go) hands out revisions: from the member's own
+//     Allocator while its replica leads, otherwise from the leader's
+//     member, folding the requests that wait meanwhile into one round
+//     trip.
+//   - Client (mapclient.go) reads the state linearizably and proposes the
+//     range map's commands over Raft, a small interface the member's
+//     NodeHost satisfies: Bootstrap (once, by the founders; a restored
+//     backup's revision is the bound, and it starts as one range),
+//     RecordSplit (finding a split an earlier try or call recorded),
+//     Reconfigure and ChangeReplicas. It tries again while the group has
+//     no leader, until the caller's context ends, and returns refusals as
+//     the sentinels. Its scripts in testdata/client run it over a fake
+//     group around a real StateMachine.
+//
+// # Concurrency
+//
+// Neither Table nor Oracle is safe for concurrent use, neither starts
+// goroutines nor reads the clock: the owner serializes them.
+// StateMachine's own lock lets Lookup run beside Update. Allocator owns
+// one goroutine, which Close stops; OracleClient starts one only while
+// round trips are under way; Client starts none and keeps no state. The
+// three are safe for concurrent use.
+//
+// # Non-goals (yet)
+//
+// The scheduler (split by size and load, merge, moves) and merges are the
+// sharded-mode issue's next steps. Ranges on a subset of members are not
+// placed yet: every member holds every range. The package imports mvcc
+// for its Revision type only.
 package placement

@@ -42,6 +42,9 @@ func (n *Node) nodeClient(id uint64) (internalpb.NodeClient, error) { return n.f
 type memberService struct{ n *Node }
 
 func (s memberService) Range(id uint64) router.Local {
+	if !s.n.cfg.Sharded {
+		return nil // single-group mode serves no range to other members
+	}
 	for _, rr := range s.n.rangeSet.routing() {
 		if rr.desc().Id == id {
 			return rr

@@ -319,6 +319,9 @@ type RangeInfo struct {
 // Ranges returns this node's view of the range map (nil in single-group
 // mode): leaders as this node knows them, revisions from its replicas.
 func (n *Node) Ranges() []RangeInfo {
+	if !n.cfg.Sharded {
+		return nil
+	}
 	var out []RangeInfo
 	// Replicas as raft has them here: membership changes since the range
 	// started show.

@@ -15,7 +15,6 @@ import (
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
-	"github.com/cairn-kv/cairn/router"
 )
 
 // Membership changes in sharded mode (DESIGN.md "Ranges, placement,
@@ -213,12 +212,7 @@ func (n *Node) eachRange(ctx context.Context, f func(d *placementpb.RangeDescrip
 
 // runsRange reports whether this node's replica of range id is started.
 func (n *Node) runsRange(id uint64) bool {
-	for _, rr := range n.rangeSet.all() {
-		if rr.desc().Id == id {
-			return true
-		}
-	}
-	return false
+	return n.rangeSet.get(id, true) != nil
 }
 
 // endReconfigure marks member's change over, on its own deadline: the
@@ -235,17 +229,12 @@ func (n *Node) endReconfigure(member uint64) {
 // snapshot and drop its log up to it, after one entry applied everywhere
 // (an empty lease checkpoint), so that each has progress to snapshot.
 func (n *Node) compactEverywhere(ctx context.Context, id, newcomer uint64) error {
-	var rc *router.RangeClient
-	for _, rr := range n.rangeSet.all() {
-		if rr.desc().Id == id {
-			rc = rr.client
-		}
-	}
-	if rc == nil {
+	rr := n.rangeSet.get(id, true)
+	if rr == nil {
 		return fmt.Errorf("node: range %d does not run here", id)
 	}
 	empty, _ := proto.Marshal(&pb.LeaseCheckpointRequest{})
-	if _, err := rc.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}}); err != nil {
+	if _, err := rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}}); err != nil {
 		return err
 	}
 	ms, err := n.groupMembership(ctx, id)

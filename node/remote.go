@@ -63,19 +63,15 @@ func (s memberService) Revisions(ctx context.Context, count int64, above mvcc.Re
 func (s memberService) Published(r *internalpb.ClosedRequest) {
 	defer s.n.side.got(r)()
 	for _, rc := range r.Ranges {
-		for _, rr := range s.n.rangeSet.all() {
-			if rr.desc().Id == rc.Range {
-				rr.Published(mvcc.Revision(rc.Closed), rc.Index)
-			}
+		if rr := s.n.rangeSet.get(rc.Range, true); rr != nil {
+			rr.Published(mvcc.Revision(rc.Closed), rc.Index)
 		}
 	}
 }
 
 func (s memberService) Kick(id uint64, rev mvcc.Revision) {
-	for _, rr := range s.n.rangeSet.all() {
-		if rr.desc().Id == id {
-			rr.WantClosed(rev)
-		}
+	if rr := s.n.rangeSet.get(id, true); rr != nil {
+		rr.WantClosed(rev)
 	}
 }
 

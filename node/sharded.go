@@ -79,6 +79,19 @@ func (s *rangeSet) routing() []*rangeReplica {
 	return slices.Clone(s.ranges)
 }
 
+// get returns range id's replica here, nil if there is none (or, with
+// started, none started yet).
+func (s *rangeSet) get(id uint64, started bool) *rangeReplica {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, rr := range s.ranges {
+		if rr.ID() == id && (!started || rr.Started()) {
+			return rr
+		}
+	}
+	return nil
+}
+
 // spanOf is a descriptor's span in mvcc's form (nil end: ∞).
 func spanOf(d *placementpb.RangeDescriptor) mvcc.Span {
 	sp := mvcc.Span{Start: d.Start, End: d.End}
@@ -291,10 +304,8 @@ func (n *Node) mergedProgress() {
 // Closed reports the closed revision this node's client of range id knows
 // (0 for an unknown range): what the side channel publishes.
 func (n *Node) Closed(id uint64) mvcc.Revision {
-	for _, rr := range n.rangeSet.all() {
-		if rr.desc().Id == id {
-			return rr.proposer().Closed()
-		}
+	if rr := n.rangeSet.get(id, true); rr != nil {
+		return rr.proposer().Closed()
 	}
 	return 0
 }

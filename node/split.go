@@ -94,11 +94,9 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	if splitNoStart != nil && splitNoStart() {
 		return made, nil
 	}
-	for _, rr := range n.rangeSet.routing() {
-		if rr.desc().Id == child {
-			if err := rr.client.Wait(ctx); err != nil {
-				return nil, err
-			}
+	if rr := n.rangeSet.get(child, false); rr != nil {
+		if err := rr.client.Wait(ctx); err != nil {
+			return nil, err
 		}
 	}
 	return made, nil

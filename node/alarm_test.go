@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestNoSpaceAlarm: with the NOSPACE alarm raised, writes that add data
@@ -18,8 +19,8 @@ import (
 // Status reports the alarm; once disarmed, writes work again. A store past
 // --quota-backend-bytes raises the alarm itself.
 func TestNoSpaceAlarm(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := c.Put(ctx, "a", "1"); err != nil {
@@ -66,17 +67,7 @@ func TestNoSpaceAlarm(t *testing.T) {
 	}
 
 	// A quota the store already exceeds: the first put raises the alarm.
-	dir := t.TempDir()
-	sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
-	defer scancel()
-	small, err := node.Start(sctx, node.Config{Name: "small", DataDir: dir, QuotaBackendBytes: 1,
-		ListenClientURLs: []string{"http://127.0.0.1:0"}, ListenPeerURLs: []string{"http://127.0.0.1:0"},
-		HeartbeatInterval: 20 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer small.Close()
-	sc := newClient(t, small)
+	sc := nodetest.Start(t, 1, nodetest.Edit(func(c *node.Config) { c.Name, c.QuotaBackendBytes = "small", 1 })).Client(0)
 	if _, err := sc.Put(ctx, "x", "y"); !errors.Is(err, rpctypes.ErrNoSpace) {
 		t.Fatalf("put over quota: %v", err)
 	}

@@ -15,102 +15,11 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/node/testport"
 )
-
-// startCluster starts n members founded with etcd's --initial-cluster, all
-// at once (each waits for a quorum), and returns them in name order.
-func startCluster(tb testing.TB, size int) []*node.Node {
-	tb.Helper()
-	return startClusterWith(tb, size, nil)
-}
-
-// joinerConfig is the config of a member named name that members (the
-// cluster's, as MemberAdd or MemberList lists them) have just added as id
-// at peer: started with it, it joins (--initial-cluster-state existing).
-func joinerConfig(tb testing.TB, members []*etcdserverpb.Member, id uint64, name, peer string) node.Config {
-	tb.Helper()
-	var initial []string
-	for _, m := range members {
-		mname := m.Name
-		if m.ID == id {
-			mname = name
-		}
-		initial = append(initial, mname+"="+m.PeerURLs[0])
-	}
-	return node.Config{
-		Name:                name,
-		DataDir:             tb.TempDir(),
-		ListenClientURLs:    []string{"http://127.0.0.1:0"},
-		ListenPeerURLs:      []string{peer},
-		InitialCluster:      strings.Join(initial, ","),
-		InitialClusterState: "existing",
-		InitialClusterToken: "test-cluster",
-		HeartbeatInterval:   20 * time.Millisecond,
-		ElectionTimeout:     200 * time.Millisecond,
-	}
-}
-
-// startClusterWith is startCluster with a change to each member's config.
-func startClusterWith(tb testing.TB, size int, change func(*node.Config)) []*node.Node {
-	tb.Helper()
-	names := make([]string, size)
-	peers := make([]string, size)
-	var initial []string
-	for i := range size {
-		names[i] = fmt.Sprintf("m%d", i)
-		peers[i] = "http://" + testport.Addr(tb)
-		initial = append(initial, names[i]+"="+peers[i])
-	}
-	nodes := make([]*node.Node, size)
-	errs := make([]error, size)
-	var wg sync.WaitGroup
-	for i := range size {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			cfg := node.Config{
-				Name:                names[i],
-				DataDir:             tb.TempDir(),
-				ListenClientURLs:    []string{"http://127.0.0.1:0"},
-				ListenPeerURLs:      []string{peers[i]},
-				InitialCluster:      strings.Join(initial, ","),
-				InitialClusterToken: "test-cluster",
-				HeartbeatInterval:   20 * time.Millisecond,
-				ElectionTimeout:     200 * time.Millisecond,
-			}
-			if change != nil {
-				change(&cfg)
-			}
-			nodes[i], errs[i] = node.Start(ctx, cfg)
-		}()
-	}
-	wg.Wait()
-	for i, n := range nodes {
-		if n != nil {
-			tb.Cleanup(func() { _ = n.Close() })
-		}
-		if errs[i] != nil {
-			tb.Fatalf("start %s: %v", names[i], errs[i])
-		}
-	}
-	return nodes
-}
-
-func clientFor(tb testing.TB, urls ...string) *clientv3.Client {
-	tb.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: urls, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	return c
-}
 
 // TestCluster: three members founded with --initial-cluster list each
 // other with names and client URLs; a write through any member is read
@@ -118,11 +27,8 @@ func clientFor(tb testing.TB, urls ...string) *clientv3.Client {
 // granted, kept alive and inspected through followers are served by the
 // leader's lessor.
 func TestCluster(t *testing.T) {
-	nodes := startCluster(t, 3)
-	clients := make([]*clientv3.Client, len(nodes))
-	for i, n := range nodes {
-		clients[i] = clientFor(t, n.ClientURLs()...)
-	}
+	cl := nodetest.Start(t, 3)
+	nodes, clients := cl.Nodes(), cl.Clients()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -195,12 +101,8 @@ func TestCluster(t *testing.T) {
 // another member is removed; every acknowledged write is then readable
 // through the new member.
 func TestMembership(t *testing.T) {
-	nodes := startCluster(t, 3)
-	var urls []string
-	for _, n := range nodes {
-		urls = append(urls, n.ClientURLs()...)
-	}
-	c := clientFor(t, urls[1:]...) // m0 is removed below
+	cl := nodetest.Start(t, 3)
+	c := nodetest.NewClient(t, cl.URLs()[1:]...) // m0 is removed below
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
@@ -221,17 +123,11 @@ func TestMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sctx, scancel := context.WithTimeout(ctx, 60*time.Second)
-	defer scancel()
-	cfg4 := joinerConfig(t, ml.Members, addResp.Member.ID, "m3", peer)
-	n4, err := node.Start(sctx, cfg4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n4.Close() })
+	m3 := cl.Join(ml.Members, addResp.Member.ID, peer)
+	n4 := cl.Node(m3)
 
 	// A learner serves only serializable reads and Status, as in etcd.
-	lc := clientFor(t, n4.ClientURLs()...)
+	lc := cl.Client(m3)
 	if _, err := lc.Put(ctx, "x", "y"); err == nil || !strings.Contains(err.Error(), "rpc not supported for learner") {
 		t.Fatalf("put on a learner: %v", err)
 	}
@@ -242,21 +138,18 @@ func TestMembership(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The new member applies its promotion a moment after the leader.
-	waitUntil(t, "the promoted member knows it votes", func() bool {
+	nodetest.Eventually(t, "the promoted member knows it votes", func() bool {
 		st, err := lc.Status(ctx, n4.ClientURLs()[0])
 		return err == nil && !st.IsLearner
 	})
 	// It restarts as a voter: raft does not replay its addition as a
 	// learner (a snapshot holds it), which it would refuse on a voter.
-	if err := n4.Close(); err != nil {
+	if err := cl.Stop(m3); err != nil {
 		t.Fatal(err)
 	}
-	if n4, err = node.Start(sctx, cfg4); err != nil {
-		t.Fatalf("restart the promoted member: %v", err)
-	}
-	t.Cleanup(func() { _ = n4.Close() })
-	lc = clientFor(t, n4.ClientURLs()...)
-	waitUntil(t, "the restarted member serves linearizable reads", func() bool {
+	n4 = cl.Restart(m3)
+	lc = cl.Client(m3)
+	nodetest.Eventually(t, "the restarted member serves linearizable reads", func() bool {
 		_, err := lc.Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 		return err == nil
 	})
@@ -280,9 +173,9 @@ func TestMembership(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := w.count()
-	waitUntil(t, "writes go on after the membership changes", func() bool { return w.count() >= before+50 })
+	nodetest.Eventually(t, "writes go on after the membership changes", func() bool { return w.count() >= before+50 })
 	acked := w.finish()
-	c4 := clientFor(t, n4.ClientURLs()...)
+	c4 := cl.Client(m3)
 	r, err := c4.Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		t.Fatal(err)
@@ -300,12 +193,8 @@ func TestMembership(t *testing.T) {
 // differs from a different history), MoveLeader hands leadership to the
 // member asked, Status reports it everywhere, and Defragment runs.
 func TestMaintenance(t *testing.T) {
-	nodes := startCluster(t, 3)
-	var urls []string
-	for _, n := range nodes {
-		urls = append(urls, n.ClientURLs()...)
-	}
-	c := clientFor(t, urls...)
+	urls := nodetest.Start(t, 3).URLs()
+	c := nodetest.NewClient(t, urls...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for i := range 20 {
@@ -324,7 +213,7 @@ func TestMaintenance(t *testing.T) {
 	hashes := map[uint32]int{}
 	for _, u := range urls {
 		// A member answers once it has applied rev: wait for that.
-		waitUntil(t, "member "+u+" applies rev", func() bool {
+		nodetest.Eventually(t, "member "+u+" applies rev", func() bool {
 			st, err := c.Status(ctx, u)
 			return err == nil && st.Header.Revision >= rev
 		})
@@ -361,12 +250,12 @@ func TestMaintenance(t *testing.T) {
 			target = m.ID
 		}
 	}
-	lc := clientFor(t, leaderURL)
+	lc := nodetest.NewClient(t, leaderURL)
 	if _, err := lc.MoveLeader(ctx, target); err != nil {
 		t.Fatal(err)
 	}
 	for _, u := range urls {
-		waitUntil(t, "member "+u+" sees the new leader", func() bool {
+		nodetest.Eventually(t, "member "+u+" sees the new leader", func() bool {
 			st, err := c.Status(ctx, u)
 			return err == nil && st.Leader == target
 		})
@@ -376,18 +265,6 @@ func TestMaintenance(t *testing.T) {
 	}
 	if r, err := c.Get(ctx, "last"); err != nil || len(r.Kvs) != 1 {
 		t.Fatalf("after defragment: %v %v", r, err)
-	}
-}
-
-// waitUntil polls cond until it holds, failing after a deadline.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling a condition, with a deadline
 	}
 }
 
@@ -422,12 +299,8 @@ func (l *transferLog) Handle(_ context.Context, r slog.Record) error {
 // skips the campaign, which would refuse writes for an election timeout).
 func TestMoveLeaderUnderLoad(t *testing.T) {
 	transfers := &transferLog{}
-	nodes := startClusterWith(t, 3, func(c *node.Config) { c.Logger = slog.New(transfers) })
-	var urls []string
-	for _, n := range nodes {
-		urls = append(urls, n.ClientURLs()[0])
-	}
-	c := clientFor(t, urls...)
+	urls := nodetest.Start(t, 3, nodetest.Edit(func(c *node.Config) { c.Logger = slog.New(transfers) })).URLs()
+	c := nodetest.NewClient(t, urls...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -446,7 +319,7 @@ func TestMoveLeaderUnderLoad(t *testing.T) {
 		// The leader as the leader itself reports it: another member may
 		// still name the previous one just after a transfer, as in etcd.
 		var st *clientv3.StatusResponse
-		waitUntil(t, "a member that reports itself leader", func() bool {
+		nodetest.Eventually(t, "a member that reports itself leader", func() bool {
 			for _, u := range urls {
 				s, err := c.Status(ctx, u)
 				if err == nil && s.Leader == s.Header.MemberId {
@@ -471,7 +344,7 @@ func TestMoveLeaderUnderLoad(t *testing.T) {
 		}
 		target := targets[i%len(targets)]
 		mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err = clientFor(t, leaderURL).MoveLeader(mctx, target)
+		_, err = nodetest.NewClient(t, leaderURL).MoveLeader(mctx, target)
 		mcancel()
 		if err != nil {
 			t.Fatalf("move %d: leader %x → %x: %v", i, st.Leader, target, err)
@@ -501,20 +374,15 @@ func TestMoveLeaderUnderLoad(t *testing.T) {
 // member stopped, writes commit only through it. Updating an unknown member
 // or onto another member's URLs is refused as etcd refuses it.
 func TestMemberUpdate(t *testing.T) {
-	var mu sync.Mutex
-	cfgs := map[string]node.Config{}
-	nodes := startClusterWith(t, 3, func(c *node.Config) {
-		mu.Lock()
-		defer mu.Unlock()
-		cfgs[c.Name] = *c
-	})
+	cl := nodetest.Start(t, 3)
+	nodes := cl.Nodes()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// Roles: who leads, the follower that moves, the other follower.
 	var leader, moved, other int
-	waitUntil(t, "a member that reports itself leader", func() bool {
+	nodetest.Eventually(t, "a member that reports itself leader", func() bool {
 		for i, n := range nodes {
-			st, err := clientFor(t, n.ClientURLs()...).Status(ctx, n.ClientURLs()[0])
+			st, err := cl.Client(i).Status(ctx, n.ClientURLs()[0])
 			if err == nil && st.Leader == st.Header.MemberId {
 				leader = i
 				return true
@@ -523,8 +391,8 @@ func TestMemberUpdate(t *testing.T) {
 		return false
 	})
 	moved, other = (leader+1)%3, (leader+2)%3
-	lc := clientFor(t, nodes[leader].ClientURLs()...)
-	st, err := clientFor(t, nodes[moved].ClientURLs()...).Status(ctx, nodes[moved].ClientURLs()[0])
+	lc := cl.Client(leader)
+	st, err := cl.Client(moved).Status(ctx, nodes[moved].ClientURLs()[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -564,37 +432,31 @@ func TestMemberUpdate(t *testing.T) {
 	if got := listed(up.Members); !slices.Equal(got, []string{newPeer}) {
 		t.Fatalf("members after the update list %v for the moved member, want %v", got, newPeer)
 	}
-	ml, err = clientFor(t, nodes[other].ClientURLs()...).MemberList(ctx)
+	ml, err = cl.Client(other).MemberList(ctx)
 	if err != nil || !slices.Equal(listed(ml.Members), []string{newPeer}) {
 		t.Fatalf("another member lists %v (%v), want %v", listed(ml.Members), err, newPeer)
 	}
 
 	// Restart the member on its new peer URL, then stop the other
 	// follower: only a group that reaches the new address has a quorum.
-	if err := nodes[moved].Close(); err != nil {
+	if err := cl.Stop(moved); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := lc.Put(ctx, "while-down", "v"); err != nil {
 		t.Fatal(err)
 	}
-	cfg := cfgs[fmt.Sprintf("m%d", moved)]
-	cfg.ListenPeerURLs = []string{newPeer}
-	cfg.InitialAdvertisePeerURLs = nil
-	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-	restarted, err := node.Start(sctx, cfg)
-	scancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = restarted.Close() })
-	if err := nodes[other].Close(); err != nil {
+	cl.RestartWith(moved, func(c *node.Config) {
+		c.ListenPeerURLs = []string{newPeer}
+		c.InitialAdvertisePeerURLs = nil
+	})
+	if err := cl.Stop(other); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := lc.Put(ctx, "after-move", "v"); err != nil {
 		t.Fatalf("write with the moved member needed for a quorum: %v", err)
 	}
-	mc := clientFor(t, restarted.ClientURLs()...)
-	waitUntil(t, "the moved member serves what was written", func() bool {
+	mc := cl.Client(moved)
+	nodetest.Eventually(t, "the moved member serves what was written", func() bool {
 		r, err := mc.Get(ctx, "after-move", clientv3.WithSerializable())
 		if err != nil || len(r.Kvs) != 1 {
 			return false

@@ -13,6 +13,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // The recipes of etcd's client concurrency package (Mutex, Election, STM)
@@ -27,8 +29,8 @@ import (
 // write (one in memory, one a key): any overlap shows as a detected
 // overlap or a lost update.
 func TestConcurrencyMutex(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	clients := []*clientv3.Client{newClient(t, n), newClient(t, n), newClient(t, n), newClient(t, n)}
+	cl := nodetest.Start(t, 1)
+	clients := []*clientv3.Client{cl.Client(0), cl.Client(0), cl.Client(0), cl.Client(0)}
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 
@@ -102,11 +104,11 @@ func mutexWorker(ctx context.Context, c *clientv3.Client, rounds int, critical f
 // then leads and proclaims; the third waits until the second's lease is
 // revoked. An observer sees each leader and the proclamation, in order.
 func TestConcurrencyElectionFailover(t *testing.T) {
-	n := startNode(t, t.TempDir())
+	cl := nodetest.Start(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	session := func() *concurrency.Session {
-		s, err := concurrency.NewSession(newClient(t, n), concurrency.WithTTL(30))
+		s, err := concurrency.NewSession(cl.Client(0), concurrency.WithTTL(30))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,9 +143,9 @@ func TestConcurrencyElectionFailover(t *testing.T) {
 	e2, e3 := concurrency.NewElection(s2, name), concurrency.NewElection(s3, name)
 	won2, won3 := make(chan error, 1), make(chan error, 1)
 	go func() { won2 <- e2.Campaign(ctx, "two") }()
-	waitUntil(t, "the second candidate waits", func() bool { return len(keysUnder(t, s1.Client(), name+"/")) == 2 })
+	nodetest.Eventually(t, "the second candidate waits", func() bool { return len(keysUnder(t, s1.Client(), name+"/")) == 2 })
 	go func() { won3 <- e3.Campaign(ctx, "three") }()
-	waitUntil(t, "the third candidate waits", func() bool { return len(keysUnder(t, s1.Client(), name+"/")) == 3 })
+	nodetest.Eventually(t, "the third candidate waits", func() bool { return len(keysUnder(t, s1.Client(), name+"/")) == 3 })
 	select {
 	case err := <-won2:
 		t.Fatalf("second candidate elected while the first leads: %v", err)
@@ -199,8 +201,7 @@ func TestConcurrencyElectionFailover(t *testing.T) {
 // it sees and the final one equal the initial total, and no account goes
 // negative.
 func TestConcurrencySTM(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	c := nodetest.Start(t, 1).Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // writer puts keys through a client until stopped, remembering the ones
@@ -66,24 +67,14 @@ func (w *writer) finish() []string {
 // Every acknowledged write is readable on every member and every member
 // ends with the same HashKV.
 func TestFailover(t *testing.T) {
-	var mu sync.Mutex
-	cfgs := map[string]node.Config{}
-	nodes := startClusterWith(t, 3, func(c *node.Config) {
-		c.SnapshotCount = 50
-		mu.Lock()
-		cfgs[c.Name] = *c
-		mu.Unlock()
-	})
-	var urls []string
-	for _, n := range nodes {
-		urls = append(urls, n.ClientURLs()...)
-	}
-	c := clientFor(t, urls...)
+	cl := nodetest.Start(t, 3, nodetest.Edit(func(c *node.Config) { c.SnapshotCount = 50 }))
+	urls := cl.URLs()
+	c := nodetest.NewClient(t, urls...)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 
 	w := startWriter(c)
-	waitUntil(t, "100 writes are acknowledged", func() bool { return w.count() >= 100 })
+	nodetest.Eventually(t, "100 writes are acknowledged", func() bool { return w.count() >= 100 })
 	st, err := c.Status(ctx, urls[0])
 	if err != nil {
 		t.Fatal(err)
@@ -98,16 +89,15 @@ func TestFailover(t *testing.T) {
 	}
 	leader := names[st.Leader]
 	idx := map[string]int{"m0": 0, "m1": 1, "m2": 2}
-	if err := nodes[idx[leader]].Close(); err != nil {
+	if err := cl.Stop(idx[leader]); err != nil {
 		t.Fatal(err)
 	}
 	before := w.count()
 	// Enough writes that the others compact their logs (--snapshot-count 50)
 	// past everything the stopped member has.
-	waitUntil(t, "writes resume without the leader", func() bool { return w.count() >= before+300 })
+	nodetest.Eventually(t, "writes resume without the leader", func() bool { return w.count() >= before+300 })
 
-	restarted := restart(t, cfgs[leader])
-	nodes[idx[leader]] = restarted
+	cl.Restart(idx[leader])
 
 	acked := w.finish()
 	last, err := c.Put(ctx, "last", "v")
@@ -115,9 +105,9 @@ func TestFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	hashes := map[uint32]bool{}
-	for _, n := range nodes {
+	for _, n := range cl.Nodes() {
 		u := n.ClientURLs()[0]
-		waitUntil(t, "member "+u+" catches up", func() bool {
+		nodetest.Eventually(t, "member "+u+" catches up", func() bool {
 			st, err := c.Status(ctx, u)
 			return err == nil && st.Header.Revision >= last.Header.Revision
 		})
@@ -130,8 +120,8 @@ func TestFailover(t *testing.T) {
 	if len(hashes) != 1 {
 		t.Fatalf("members diverge: %d different hashes", len(hashes))
 	}
-	for _, n := range nodes {
-		r, err := clientFor(t, n.ClientURLs()...).Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	for i, n := range cl.Nodes() {
+		r, err := cl.Client(i).Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,39 +137,16 @@ func TestFailover(t *testing.T) {
 	}
 }
 
-// restart starts a member again with cfg.
-func restart(t *testing.T, cfg node.Config) *node.Node {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	n, err := node.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("restart %s: %v", cfg.Name, err)
-	}
-	t.Cleanup(func() { _ = n.Close() })
-	return n
-}
-
 // TestRejoinWiped: a member whose data is lost is removed and added again
 // (as etcd's runbook says); started empty with --initial-cluster-state
 // existing, it finds the new id the cluster gave its peer URLs, receives a
 // snapshot (the logs were compacted) and converges, under a write load.
 func TestRejoinWiped(t *testing.T) {
-	var mu sync.Mutex
-	cfgs := map[string]node.Config{}
-	nodes := startClusterWith(t, 3, func(c *node.Config) {
-		c.SnapshotCount = 50
-		mu.Lock()
-		cfgs[c.Name] = *c
-		mu.Unlock()
-	})
-	var urls []string
-	for _, n := range nodes {
-		urls = append(urls, n.ClientURLs()...)
-	}
+	cl := nodetest.Start(t, 3, nodetest.Edit(func(c *node.Config) { c.SnapshotCount = 50 }))
+	urls := cl.URLs()
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	c := clientFor(t, urls...)
+	c := nodetest.NewClient(t, urls...)
 	st, err := c.Status(ctx, urls[0])
 	if err != nil {
 		t.Fatal(err)
@@ -197,19 +164,18 @@ func TestRejoinWiped(t *testing.T) {
 	}
 	idx := map[string]int{"m0": 0, "m1": 1, "m2": 2}[victim.Name]
 	var others []string
-	for i, n := range nodes {
+	for i, n := range cl.Nodes() {
 		if i != idx {
 			others = append(others, n.ClientURLs()...)
 		}
 	}
-	c = clientFor(t, others...)
+	c = nodetest.NewClient(t, others...)
 	w := startWriter(c)
-	waitUntil(t, "100 writes are acknowledged", func() bool { return w.count() >= 100 })
-	if err := nodes[idx].Close(); err != nil {
+	nodetest.Eventually(t, "100 writes are acknowledged", func() bool { return w.count() >= 100 })
+	if err := cl.Stop(idx); err != nil {
 		t.Fatal(err)
 	}
-	cfg := cfgs[victim.Name]
-	if err := os.RemoveAll(cfg.DataDir); err != nil {
+	if err := os.RemoveAll(cl.Config(idx).DataDir); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.MemberRemove(ctx, victim.ID); err != nil {
@@ -223,9 +189,8 @@ func TestRejoinWiped(t *testing.T) {
 		t.Fatalf("the removed id %x was given again", victim.ID)
 	}
 	before := w.count()
-	waitUntil(t, "the logs move past the wiped member", func() bool { return w.count() >= before+200 })
-	cfg.InitialClusterState = "existing"
-	nodes[idx] = restart(t, cfg)
+	nodetest.Eventually(t, "the logs move past the wiped member", func() bool { return w.count() >= before+200 })
+	cl.RestartWith(idx, func(c *node.Config) { c.InitialClusterState = "existing" })
 
 	acked := w.finish()
 	last, err := c.Put(ctx, "last", "v")
@@ -233,9 +198,9 @@ func TestRejoinWiped(t *testing.T) {
 		t.Fatal(err)
 	}
 	hashes := map[uint32]bool{}
-	for _, n := range nodes {
+	for _, n := range cl.Nodes() {
 		u := n.ClientURLs()[0]
-		waitUntil(t, "member "+u+" catches up", func() bool {
+		nodetest.Eventually(t, "member "+u+" catches up", func() bool {
 			st, err := c.Status(ctx, u)
 			return err == nil && st.Header.Revision >= last.Header.Revision
 		})
@@ -248,7 +213,7 @@ func TestRejoinWiped(t *testing.T) {
 	if len(hashes) != 1 {
 		t.Fatalf("members diverge: %d different hashes", len(hashes))
 	}
-	r, err := clientFor(t, nodes[idx].ClientURLs()...).Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSerializable())
+	r, err := cl.Client(idx).Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSerializable())
 	if err != nil || len(r.Kvs) < len(acked) {
 		t.Fatalf("rejoined member has %d keys, %d acknowledged (%v)", len(r.Kvs), len(acked), err)
 	}

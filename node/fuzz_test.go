@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // The fuzz targets here send arbitrary etcd requests to one in-process
@@ -28,7 +30,7 @@ type fuzzTarget struct {
 }
 
 func startFuzzTarget(f *testing.F) *fuzzTarget {
-	n := startNode(f, f.TempDir())
+	n := nodetest.Start(f, 1).Node(0)
 	conn, err := grpc.NewClient(strings.TrimPrefix(n.ClientURLs()[0], "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		f.Fatal(err)

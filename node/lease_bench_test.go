@@ -11,6 +11,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 var benchLeases = flag.Int("bench.leases", 100_000, "BenchmarkLease*: how many leases")
@@ -51,8 +53,7 @@ func grantMany(b *testing.B, c *clientv3.Client, n int, ttl int64) []clientv3.Le
 // BenchmarkLeaseGrant measures lease grants (each with one attached key);
 // -bench.leases sets the population granted first.
 func BenchmarkLeaseGrant(b *testing.B) {
-	n := startNode(b, b.TempDir())
-	c := newClient(b, n)
+	c := nodetest.Start(b, 1).Client(0)
 	grantMany(b, c, *benchLeases, 3600)
 	b.ResetTimer()
 	b.SetParallelism(16)
@@ -69,8 +70,7 @@ func BenchmarkLeaseGrant(b *testing.B) {
 // BenchmarkLeaseKeepAlive measures keepalives (one renewal each) spread
 // over -bench.leases leases.
 func BenchmarkLeaseKeepAlive(b *testing.B) {
-	n := startNode(b, b.TempDir())
-	c := newClient(b, n)
+	c := nodetest.Start(b, 1).Client(0)
 	ids := grantMany(b, c, *benchLeases, 3600)
 	var next atomic.Int64
 	b.ResetTimer()
@@ -93,8 +93,8 @@ func BenchmarkLeaseKeepAlive(b *testing.B) {
 // 1,000/s; Cairn revokes in paced rounds without a cap).
 func BenchmarkLeaseExpiryStorm(b *testing.B) {
 	for range b.N {
-		n := startNode(b, b.TempDir())
-		c := newClient(b, n)
+		cl := nodetest.Start(b, 1)
+		n, c := cl.Node(0), cl.Client(0)
 		ctx := context.Background()
 		// Long enough that every lease is granted before the first expires.
 		ttl := 5 + int64(*benchLeases/2000)

@@ -10,13 +10,14 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestLease: grant, attach, time-to-live with keys, keepalive, revoke with
 // DELETE events at one revision, and the refusals, through the real client.
 func TestLease(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	c := nodetest.Start(t, 1).Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -118,8 +119,7 @@ func grantID(ctx context.Context, c *clientv3.Client, id clientv3.LeaseID, ttl i
 // second of its TTL running out, its key deleted with a DELETE event; one
 // kept alive outlives it.
 func TestLeaseExpiryTiming(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	c := nodetest.Start(t, 1).Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/proto/electionpb"
 	"github.com/cairn-kv/cairn/proto/etcdwirepb"
 	"github.com/cairn-kv/cairn/proto/lockpb"
@@ -162,8 +163,8 @@ type lockResult struct {
 // is gone (before, or while waiting) is refused with etcd's error and
 // leaves no key.
 func TestLockService(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	conn := wireConn(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -190,7 +191,7 @@ func TestLockService(t *testing.T) {
 		r, err := lock(ctx, conn, "foo", lease2)
 		done <- lockResult{r, err}
 	}()
-	waitUntil(t, "the second lease waits", func() bool { return len(keysUnder(t, c, "foo/")) == 2 })
+	nodetest.Eventually(t, "the second lease waits", func() bool { return len(keysUnder(t, c, "foo/")) == 2 })
 	select {
 	case r := <-done:
 		t.Fatalf("second lease locked while the first holds the lock: %v %v", r.resp, r.err)
@@ -214,12 +215,12 @@ func TestLockService(t *testing.T) {
 		r, err := lock(wctx, conn, "foo", lease3)
 		done <- lockResult{r, err}
 	}()
-	waitUntil(t, "the third lease waits", func() bool { return len(keysUnder(t, c, "foo/")) == 2 })
+	nodetest.Eventually(t, "the third lease waits", func() bool { return len(keysUnder(t, c, "foo/")) == 2 })
 	wcancel()
 	if r := <-done; status.Code(r.err) != codes.Canceled {
 		t.Fatalf("cancelled waiter: %v %v", r.resp, r.err)
 	}
-	waitUntil(t, "the cancelled waiter's key is deleted", func() bool { return len(keysUnder(t, c, "foo/")) == 1 })
+	nodetest.Eventually(t, "the cancelled waiter's key is deleted", func() bool { return len(keysUnder(t, c, "foo/")) == 1 })
 	if kvs := keysUnder(t, c, "foo/"); string(kvs[0].Key) != string(r.resp.Key) {
 		t.Fatalf("after the cancel: %v, want only the holder %q", kvs, r.resp.Key)
 	}
@@ -231,7 +232,7 @@ func TestLockService(t *testing.T) {
 		r, err := lock(ctx, conn, "foo", lease4)
 		done <- lockResult{r, err}
 	}()
-	waitUntil(t, "the fourth lease waits", func() bool { return len(keysUnder(t, c, "foo/")) == 2 })
+	nodetest.Eventually(t, "the fourth lease waits", func() bool { return len(keysUnder(t, c, "foo/")) == 2 })
 	if _, err := c.Revoke(ctx, lease4); err != nil {
 		t.Fatal(err)
 	}
@@ -261,8 +262,8 @@ func TestLockService(t *testing.T) {
 // out (no keepalives) is refused with etcd's "requested lease not found"
 // once the holder unlocks, instead of being told it holds the lock.
 func TestLockLeaseExpiresWhileWaiting(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	conn := wireConn(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -277,7 +278,7 @@ func TestLockLeaseExpiresWhileWaiting(t *testing.T) {
 		r, err := lock(ctx, conn, "exp", short)
 		done <- lockResult{r, err}
 	}()
-	waitUntil(t, "the short lease expires", func() bool {
+	nodetest.Eventually(t, "the short lease expires", func() bool {
 		ttl, err := c.TimeToLive(ctx, short)
 		return err == nil && ttl.TTL == -1
 	})
@@ -296,8 +297,8 @@ func TestLockLeaseExpiresWhileWaiting(t *testing.T) {
 // turns through the Lock service; no two are ever inside at once, and a
 // read-modify-write of a key inside loses no update.
 func TestLockServiceContention(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	conn := wireConn(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
@@ -379,8 +380,8 @@ func counterValue(t *testing.T, c *clientv3.Client, key string) int {
 // TestLockWaiterOnClose: closing the node ends a waiting Lock with etcd's
 // "server stopped" instead of holding the shutdown.
 func TestLockWaiterOnClose(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	conn := wireConn(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -394,7 +395,7 @@ func TestLockWaiterOnClose(t *testing.T) {
 		r, err := lock(ctx, conn, "close", lease)
 		done <- lockResult{r, err}
 	}()
-	waitUntil(t, "the second lease waits", func() bool { return len(keysUnder(t, c, "close/")) == 2 })
+	nodetest.Eventually(t, "the second lease waits", func() bool { return len(keysUnder(t, c, "close/")) == 2 })
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -407,8 +408,8 @@ func TestLockWaiterOnClose(t *testing.T) {
 // protocol: campaign, leader, observe, proclaim, resign, the next
 // candidate taking over, and the refusals with etcd's errors.
 func TestElectionService(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	conn := wireConn(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -456,7 +457,7 @@ func TestElectionService(t *testing.T) {
 		c2, err = campaign(ctx, conn, "el", lease2, "b")
 		done <- err
 	}()
-	waitUntil(t, "the second candidate waits", func() bool { return len(keysUnder(t, c, "el/")) == 2 })
+	nodetest.Eventually(t, "the second candidate waits", func() bool { return len(keysUnder(t, c, "el/")) == 2 })
 	select {
 	case err := <-done:
 		t.Fatalf("second candidate elected while the first leads: %v", err)
@@ -527,7 +528,7 @@ func TestElectionService(t *testing.T) {
 		_, err := campaign(ctx, conn, "el", lease4, "d")
 		done <- err
 	}()
-	waitUntil(t, "the fourth candidate waits", func() bool { return len(keysUnder(t, c, "el/")) == 2 })
+	nodetest.Eventually(t, "the fourth candidate waits", func() bool { return len(keysUnder(t, c, "el/")) == 2 })
 	if _, err := c.Revoke(ctx, lease4); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestModeSwitchRefused: a data directory keeps the mode it was created in
@@ -34,12 +35,12 @@ func TestModeSwitchRefused(t *testing.T) {
 		return err
 	}
 	for _, sharded := range []bool{false, true} {
-		dir := t.TempDir()
-		n := startNodeWith(t, dir, func(c *node.Config) { c.Sharded = sharded })
-		if _, err := newClient(t, n).Put(ctx, "k", "v"); err != nil {
+		cl := nodetest.Start(t, 1, nodetest.Edit(func(c *node.Config) { c.Sharded = sharded }))
+		dir := cl.Config(0).DataDir
+		if _, err := cl.Client(0).Put(ctx, "k", "v"); err != nil {
 			t.Fatal(err)
 		}
-		if err := n.Close(); err != nil {
+		if err := cl.Stop(0); err != nil {
 			t.Fatal(err)
 		}
 		want := "--single-group"
@@ -58,16 +59,8 @@ func TestModeSwitchRefused(t *testing.T) {
 	// keeps the one it started in.
 	for _, sharded := range []bool{false, true} {
 		restored := restoredBackup(t, ctx)
-		n, err := node.Start(ctx, node.Config{
-			Name: "test", DataDir: restored, Sharded: sharded,
-			ListenClientURLs:  []string{"http://127.0.0.1:0"},
-			ListenPeerURLs:    []string{"http://127.0.0.1:0"},
-			HeartbeatInterval: 20 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
-		})
-		if err != nil {
-			t.Fatalf("the restored backup started with sharded=%v: %v", sharded, err)
-		}
-		cli := newClient(t, n)
+		cl := nodetest.Start(t, 1, nodetest.DataDir(restored), nodetest.Edit(func(c *node.Config) { c.Sharded = sharded }))
+		cli := cl.Client(0)
 		got, err := cli.Get(ctx, "k")
 		if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "v" {
 			t.Fatalf("sharded=%v: the restored key: %v, %v", sharded, got, err)
@@ -77,7 +70,7 @@ func TestModeSwitchRefused(t *testing.T) {
 		if err != nil || put.Header.Revision <= restoredRev {
 			t.Fatalf("sharded=%v: a put after the restore (of revision %d): %v, %v", sharded, restoredRev, put, err)
 		}
-		if err := n.Close(); err != nil {
+		if err := cl.Stop(0); err != nil {
 			t.Fatal(err)
 		}
 		if err := try(restored, !sharded); err == nil {
@@ -90,16 +83,16 @@ func TestModeSwitchRefused(t *testing.T) {
 // single-group node that holds k=v.
 func restoredBackup(t *testing.T, ctx context.Context) string {
 	t.Helper()
-	n := startNodeWith(t, t.TempDir(), nil)
-	if _, err := newClient(t, n).Put(ctx, "k", "v"); err != nil {
+	cl := nodetest.Start(t, 1)
+	if _, err := cl.Client(0).Put(ctx, "k", "v"); err != nil {
 		t.Fatal(err)
 	}
 	for range 5 { // some history, so the restored revision is not 2
-		if _, err := newClient(t, n).Put(ctx, "other", "x"); err != nil {
+		if _, err := cl.Client(0).Put(ctx, "other", "x"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rd, err := newClient(t, n).Snapshot(ctx)
+	rd, err := cl.Client(0).Snapshot(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,55 +127,54 @@ func TestAdoptRecordedMode(t *testing.T) {
 	isSharded := func(n *node.Node) bool { return len(n.Ranges()) > 0 }
 
 	for _, created := range []bool{false, true} {
-		dir := t.TempDir()
-		n := startNodeWith(t, dir, adopting(created))
+		cl := nodetest.Start(t, 1, nodetest.Edit(adopting(created)))
+		n := cl.Node(0)
 		if isSharded(n) != created {
 			t.Fatalf("a new data directory with Sharded=%v started sharded=%v", created, isSharded(n))
 		}
-		if _, err := newClient(t, n).Put(ctx, "k", "v"); err != nil {
+		if _, err := cl.Client(0).Put(ctx, "k", "v"); err != nil {
 			t.Fatal(err)
 		}
-		if err := n.Close(); err != nil {
+		if err := cl.Stop(0); err != nil {
 			t.Fatal(err)
 		}
-		n = startNodeWith(t, dir, adopting(!created))
+		n = cl.RestartWith(0, adopting(!created))
 		if isSharded(n) != created {
 			t.Fatalf("a data directory created with sharded=%v, started again adopting with Sharded=%v: sharded=%v", created, !created, isSharded(n))
 		}
-		got, err := newClient(t, n).Get(ctx, "k")
+		got, err := cl.Client(0).Get(ctx, "k")
 		if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "v" {
 			t.Fatalf("sharded=%v: k after the restart: %v, %v", created, got, err)
 		}
-		if err := n.Close(); err != nil {
+		if err := cl.Stop(0); err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	// A single-group data directory from before the mode file.
-	dir := t.TempDir()
-	n := startNodeWith(t, dir, nil)
-	if _, err := newClient(t, n).Put(ctx, "k", "v"); err != nil {
+	cl := nodetest.Start(t, 1)
+	if _, err := cl.Client(0).Put(ctx, "k", "v"); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Close(); err != nil {
+	if err := cl.Stop(0); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(dir, "mode")); err != nil {
+	if err := os.Remove(filepath.Join(cl.Config(0).DataDir, "mode")); err != nil {
 		t.Fatal(err)
 	}
-	n = startNodeWith(t, dir, adopting(true))
+	n := cl.RestartWith(0, adopting(true))
 	if isSharded(n) {
 		t.Fatal("a data directory from before modes were recorded, adopting with Sharded=true: started sharded")
 	}
-	if got, err := newClient(t, n).Get(ctx, "k"); err != nil || len(got.Kvs) != 1 {
+	if got, err := cl.Client(0).Get(ctx, "k"); err != nil || len(got.Kvs) != 1 {
 		t.Fatalf("k in the data directory from before modes were recorded: %v, %v", got, err)
 	}
-	if err := n.Close(); err != nil {
+	if err := cl.Stop(0); err != nil {
 		t.Fatal(err)
 	}
 
 	// A restored backup has never started: Sharded chooses.
-	n = startNodeWith(t, restoredBackup(t, ctx), adopting(true))
+	n = nodetest.Start(t, 1, nodetest.DataDir(restoredBackup(t, ctx)), nodetest.Edit(adopting(true))).Node(0)
 	if !isSharded(n) {
 		t.Fatal("a restored backup adopting with Sharded=true: started single-group")
 	}

@@ -18,62 +18,11 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"go.uber.org/zap"
-
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 )
-
-// startNode starts an in-process node on free ports with fast raft timings.
-func startNode(tb testing.TB, dir string) *node.Node {
-	tb.Helper()
-	return startNodeWith(tb, dir, nil)
-}
-
-// startNodeWith is startNode with the config changed by edit (nil: none).
-func startNodeWith(tb testing.TB, dir string, edit func(*node.Config)) *node.Node {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cfg := node.Config{
-		Name:              "test",
-		DataDir:           dir,
-		ListenClientURLs:  []string{"http://127.0.0.1:0"},
-		ListenPeerURLs:    []string{"http://127.0.0.1:0"},
-		HeartbeatInterval: 20 * time.Millisecond,
-		ElectionTimeout:   200 * time.Millisecond,
-	}
-	if edit != nil {
-		edit(&cfg)
-	}
-	n, err := node.Start(ctx, cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = n.Close() })
-	return n
-}
-
-func newClient(tb testing.TB, n *node.Node) *clientv3.Client {
-	tb.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: n.ClientURLs(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	return c
-}
-
-// newClients returns a client of each node, in order.
-func newClients(tb testing.TB, nodes []*node.Node) []*clientv3.Client {
-	tb.Helper()
-	clis := make([]*clientv3.Client, len(nodes))
-	for i, n := range nodes {
-		clis[i] = newClient(tb, n)
-	}
-	return clis
-}
 
 // sameStatus reports whether err carries exactly want's gRPC code and message.
 func sameStatus(err, want error) bool {
@@ -84,8 +33,7 @@ func sameStatus(err, want error) bool {
 // TestBadInput: each bad request gets etcd's code and message and changes
 // nothing (same revision, same data).
 func TestBadInput(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	c := nodetest.Start(t, 1).Client(0)
 	kv := pb.NewKVClient(c.ActiveConnection())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -186,9 +134,8 @@ func TestBadInput(t *testing.T) {
 // TestRestartKeepsData: a cleanly closed node reopens with every key and
 // its revision.
 func TestRestartKeepsData(t *testing.T) {
-	dir := t.TempDir()
-	n := startNode(t, dir)
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	c := cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var last int64
@@ -200,11 +147,11 @@ func TestRestartKeepsData(t *testing.T) {
 		last = r.Header.Revision
 	}
 	c.Close()
-	if err := n.Close(); err != nil {
+	if err := cl.Stop(0); err != nil {
 		t.Fatal(err)
 	}
-	n = startNode(t, dir)
-	c = newClient(t, n)
+	cl.Restart(0)
+	c = cl.Client(0)
 	r, err := c.Get(ctx, "k", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
@@ -217,8 +164,8 @@ func TestRestartKeepsData(t *testing.T) {
 // TestStatusAndHealth: clients see an etcd version they accept, and /health
 // answers as etcd's does.
 func TestStatusAndHealth(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	st, err := c.Status(ctx, n.ClientURLs()[0])
@@ -246,8 +193,7 @@ func TestStatusAndHealth(t *testing.T) {
 // BenchmarkPut measures puts through the gRPC service with the real client,
 // from as many concurrent clients as -cpu × GOMAXPROCS × 16 goroutines.
 func BenchmarkPut(b *testing.B) {
-	n := startNode(b, b.TempDir())
-	c := newClient(b, n)
+	c := nodetest.Start(b, 1).Client(0)
 	value := strings.Repeat("v", 256)
 	b.SetParallelism(16)
 	b.ResetTimer()
@@ -265,8 +211,7 @@ func BenchmarkPut(b *testing.B) {
 
 // BenchmarkRange measures single-key linearizable and serializable gets.
 func BenchmarkRange(b *testing.B) {
-	n := startNode(b, b.TempDir())
-	c := newClient(b, n)
+	c := nodetest.Start(b, 1).Client(0)
 	ctx := context.Background()
 	for i := 0; i < 1000; i++ {
 		if _, err := c.Put(ctx, fmt.Sprintf("key-%04d", i), "value"); err != nil {
@@ -307,24 +252,14 @@ func TestDebugEndpoints(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(body)
 	}
-	plain := startNode(t, t.TempDir())
+	plain := nodetest.Start(t, 1).Node(0)
 	if code, body := get(plain.ClientURLs()[0] + "/debug/vars"); code != 200 || !strings.Contains(body, `"memstats"`) {
 		t.Fatalf("/debug/vars = %d %.200s", code, body)
 	}
 	if code, _ := get(plain.ClientURLs()[0] + "/debug/pprof/"); code != 404 {
 		t.Fatalf("/debug/pprof/ without EnablePprof = %d, want 404", code)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	n, err := node.Start(ctx, node.Config{
-		Name: "pprof", DataDir: t.TempDir(), EnablePprof: true,
-		ListenClientURLs: []string{"http://127.0.0.1:0"}, ListenPeerURLs: []string{"http://127.0.0.1:0"},
-		HeartbeatInterval: 20 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
+	n := nodetest.Start(t, 1, nodetest.Edit(func(c *node.Config) { c.Name, c.EnablePprof = "pprof", true })).Node(0)
 	if code, body := get(n.ClientURLs()[0] + "/debug/pprof/heap?debug=1"); code != 200 || !strings.Contains(body, "heap profile") {
 		t.Fatalf("/debug/pprof/heap = %d %.200s", code, body)
 	}
@@ -334,35 +269,23 @@ func TestDebugEndpoints(t *testing.T) {
 // the file; the acknowledged puts are there, in order, once restarts are
 // deduplicated by raft index.
 func TestDebugJournal(t *testing.T) {
-	dir := t.TempDir()
 	journal := filepath.Join(t.TempDir(), "journal")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	start := func() *node.Node {
-		n, err := node.Start(ctx, node.Config{
-			Name: "j", DataDir: dir, DebugJournal: journal,
-			ListenClientURLs: []string{"http://127.0.0.1:0"}, ListenPeerURLs: []string{"http://127.0.0.1:0"},
-			HeartbeatInterval: 20 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	n := start()
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1, nodetest.Edit(func(c *node.Config) { c.Name, c.DebugJournal = "j", journal }))
+	c := cl.Client(0)
 	for i := 0; i < 5; i++ {
 		if _, err := c.Put(ctx, fmt.Sprintf("k%d", i), "v"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	n.Close()
-	n = start()
-	c = newClient(t, n)
+	_ = cl.Stop(0)
+	cl.Restart(0)
+	c = cl.Client(0)
 	if _, err := c.Put(ctx, "k5", "v"); err != nil {
 		t.Fatal(err)
 	}
-	n.Close()
+	_ = cl.Stop(0)
 	f, err := os.Open(journal)
 	if err != nil {
 		t.Fatal(err)

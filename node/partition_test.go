@@ -2,150 +2,37 @@ package node_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/url"
 	"sync"
 	"testing"
 	"time"
 
-	dbconfig "github.com/lni/dragonboat/v4/config"
-	chantransport "github.com/lni/dragonboat/v4/plugin/chan"
-	"github.com/lni/dragonboat/v4/raftio"
-	raftpb "github.com/lni/dragonboat/v4/raftpb"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
-// network is dragonboat's in-memory transport with partitions: a message
-// from a member cut off from its target is dropped, as a network would.
-type network struct {
-	mu  sync.Mutex
-	cut map[[2]string]bool // (from, to) raft addresses
-}
-
-// isolate cuts addr off from every other member, both ways.
-func (n *network) isolate(addr string, others []string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, o := range others {
-		n.cut[[2]string{addr, o}] = true
-		n.cut[[2]string{o, addr}] = true
-	}
-}
-
-// cutOneWay drops what from sends to, and nothing else.
-func (n *network) cutOneWay(from, to string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.cut[[2]string{from, to}] = true
-}
-
-func (n *network) heal() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.cut = map[[2]string]bool{}
-}
-
-func (n *network) dropped(from, to string) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.cut[[2]string{from, to}]
-}
-
-// transportFactory makes one member's transport on the network.
-type transportFactory struct {
-	net   *network
-	inner chantransport.ChanTransportFactory
-}
-
-func (f *transportFactory) Create(cfg dbconfig.NodeHostConfig, h raftio.MessageHandler, ch raftio.ChunkHandler) raftio.ITransport {
-	return &transport{ITransport: f.inner.Create(cfg, h, ch), self: cfg.RaftAddress, net: f.net}
-}
-
-func (f *transportFactory) Validate(string) bool { return true }
-
-type transport struct {
-	raftio.ITransport
-	self string
-	net  *network
-}
-
-func (t *transport) GetConnection(ctx context.Context, target string) (raftio.IConnection, error) {
-	c, err := t.ITransport.GetConnection(ctx, target)
-	if err != nil {
-		return nil, err
-	}
-	return &connection{IConnection: c, from: t.self, to: target, net: t.net}, nil
-}
-
-func (t *transport) GetSnapshotConnection(ctx context.Context, target string) (raftio.ISnapshotConnection, error) {
-	if t.net.dropped(t.self, target) {
-		return nil, errors.New("partitioned")
-	}
-	return t.ITransport.GetSnapshotConnection(ctx, target)
-}
-
-type connection struct {
-	raftio.IConnection
-	from, to string
-	net      *network
-}
-
-func (c *connection) SendMessageBatch(b raftpb.MessageBatch) error {
-	if c.net.dropped(c.from, c.to) {
-		return nil
-	}
-	return c.IConnection.SendMessageBatch(b)
-}
-
-// netCluster is three members on a network that can cut them apart.
-type netCluster struct {
-	net     *network
-	c       *clientv3.Client // through every member
-	urls    []string         // the members' client URLs
-	members []netMember
-	leader  uint64 // the member that led after the first write
-}
-
-type netMember struct {
-	id           uint64
-	raft, client string // raft address, client URL
-}
-
-// startNetCluster starts a netCluster and writes "before" through it.
-func startNetCluster(t *testing.T, ctx context.Context) *netCluster {
-	nc := &netCluster{net: &network{cut: map[[2]string]bool{}}}
-	nodes := startClusterWith(t, 3, func(c *node.Config) { c.RaftTransport = &transportFactory{net: nc.net} })
-	for _, n := range nodes {
-		nc.urls = append(nc.urls, n.ClientURLs()...)
-	}
-	nc.c = clientFor(t, nc.urls...)
-	if _, err := nc.c.Put(ctx, "before", "v"); err != nil {
+// startPartitionable starts three members on a network that can cut them
+// apart, writes "before" through a client of every member and returns
+// that client and the number of the member that led after the write, as
+// member 0 saw it.
+func startPartitionable(t *testing.T, ctx context.Context) (cl *nodetest.Cluster, c *clientv3.Client, leader int) {
+	t.Helper()
+	cl = nodetest.Start(t, 3, nodetest.Partitionable())
+	urls := cl.URLs()
+	c = nodetest.NewClient(t, urls...)
+	if _, err := c.Put(ctx, "before", "v"); err != nil {
 		t.Fatal(err)
 	}
-	ml, err := nc.c.MemberList(ctx)
+	st, err := c.Status(ctx, urls[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := nc.c.Status(ctx, nc.urls[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc.leader = st.Leader
-	for _, m := range ml.Members {
-		u, err := url.Parse(m.PeerURLs[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		nc.members = append(nc.members, netMember{id: m.ID, raft: u.Host, client: m.ClientURLs[0]})
-	}
-	return nc
+	return cl, c, cl.MemberIndex(st.Leader)
 }
 
 // TestPartition: the leader is cut off from the two others. The majority
@@ -156,25 +43,22 @@ func startNetCluster(t *testing.T, ctx context.Context) *netCluster {
 func TestPartition(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	nc := startNetCluster(t, ctx)
-	net, c, urls, leaderID := nc.net, nc.c, nc.urls, nc.leader
-	var leaderAddr, leaderURL string
-	var raft, majority []string
-	for _, m := range nc.members {
-		raft = append(raft, m.raft)
-		if m.id == leaderID {
-			leaderAddr, leaderURL = m.raft, m.client
-		} else {
-			majority = append(majority, m.client)
+	cl, c, leader := startPartitionable(t, ctx)
+	urls := cl.URLs()
+	leaderID, leaderURL := cl.Node(leader).MemberID(), urls[leader]
+	var majority []string
+	for i, u := range urls {
+		if i != leader {
+			majority = append(majority, u)
 		}
 	}
-	net.isolate(leaderAddr, raft)
+	cl.Partition(leader)
 
-	mc := clientFor(t, majority...)
+	mc := nodetest.NewClient(t, majority...)
 	// Writes proposed while the majority still follows the old leader
 	// time out, in etcd as here; wait for the majority's own leader.
 	for _, u := range majority {
-		waitUntil(t, "member "+u+" follows a new leader", func() bool {
+		nodetest.Eventually(t, "member "+u+" follows a new leader", func() bool {
 			st, err := mc.Status(ctx, u)
 			return err == nil && st.Leader != 0 && st.Leader != leaderID
 		})
@@ -188,7 +72,7 @@ func TestPartition(t *testing.T) {
 		t.Fatalf("majority linearizable read: %v %v", r, err)
 	}
 
-	lc := clientFor(t, leaderURL)
+	lc := nodetest.NewClient(t, leaderURL)
 	var wg sync.WaitGroup
 	var putErr, getErr error
 	wg.Add(2)
@@ -220,14 +104,14 @@ func TestPartition(t *testing.T) {
 		t.Fatalf("minority member list (linearizable): %v, want etcd's timeout or no-leader error", err)
 	}
 
-	net.heal()
+	cl.Heal()
 	last, err := c.Put(ctx, "after", "v")
 	if err != nil {
 		t.Fatal(err)
 	}
 	hashes := map[uint32]bool{}
 	for _, u := range urls {
-		waitUntil(t, "member "+u+" catches up", func() bool {
+		nodetest.Eventually(t, "member "+u+" catches up", func() bool {
 			st, err := c.Status(ctx, u)
 			return err == nil && st.Header.Revision >= last.Header.Revision
 		})
@@ -255,20 +139,13 @@ func TestPartition(t *testing.T) {
 func TestAbandonedWritesDoNotStall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	nc := startNetCluster(t, ctx)
-	var leaderAddr, followerAddr, followerURL string
-	for _, m := range nc.members {
-		if m.id == nc.leader {
-			leaderAddr = m.raft
-		} else if followerAddr == "" {
-			followerAddr, followerURL = m.raft, m.client
-		}
-	}
-	fc := clientFor(t, followerURL)
+	cl, _, leader := startPartitionable(t, ctx)
+	follower := (leader + 1) % 3
+	fc := cl.Client(follower)
 	if _, err := fc.Put(ctx, "through-follower", "v"); err != nil {
 		t.Fatal(err)
 	}
-	nc.net.cutOneWay(followerAddr, leaderAddr)
+	cl.CutOneWay(follower, leader)
 	// More writes than the proposer keeps in flight, one after another
 	// (each its own proposal), each abandoned by its client.
 	const abandoned = 24
@@ -280,7 +157,7 @@ func TestAbandonedWritesDoNotStall(t *testing.T) {
 			t.Fatalf("write %d through a follower whose messages are lost succeeded", i)
 		}
 	}
-	nc.net.heal()
+	cl.Heal()
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer wcancel()
 	if _, err := fc.Put(wctx, "after", "v"); err != nil {
@@ -308,24 +185,10 @@ func etcdUnavailable(err error) bool {
 // fails with etcd's "no leader" once the member has no leader, while a
 // stream that did not ask keeps running.
 func TestWatchRequireLeader(t *testing.T) {
-	net := &network{cut: map[[2]string]bool{}}
-	nodes := startClusterWith(t, 3, func(c *node.Config) { c.RaftTransport = &transportFactory{net: net} })
-	c := clientFor(t, nodes[0].ClientURLs()...)
+	cl := nodetest.Start(t, 3, nodetest.Partitionable())
+	c := cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	ml, err := c.MemberList(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var self string
-	var raft []string
-	for _, m := range ml.Members {
-		u, _ := url.Parse(m.PeerURLs[0])
-		raft = append(raft, u.Host)
-		if m.ClientURLs[0] == nodes[0].ClientURLs()[0] {
-			self = u.Host
-		}
-	}
 	wc := pb.NewWatchClient(c.ActiveConnection())
 	open := func(ctx context.Context) pb.Watch_WatchClient {
 		s, err := wc.Watch(ctx)
@@ -343,8 +206,8 @@ func TestWatchRequireLeader(t *testing.T) {
 	required := open(metadata.AppendToOutgoingContext(ctx, rpctypes.MetadataRequireLeaderKey, rpctypes.MetadataHasLeader))
 	plain := open(ctx)
 
-	net.isolate(self, raft)
-	_, err = required.Recv()
+	cl.Partition(0)
+	_, err := required.Recv()
 	if got := status.Convert(err); got.Message() != status.Convert(rpctypes.ErrGRPCNoLeader).Message() {
 		t.Fatalf("stream requiring a leader ended with %v, want %v", err, rpctypes.ErrGRPCNoLeader)
 	}

@@ -14,29 +14,17 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
-
-// startShardedCluster starts a sharded cluster of size members whose key
-// space is split at splits; every member holds a replica of every range.
-func startShardedCluster(tb testing.TB, size int, splits ...string) []*node.Node {
-	tb.Helper()
-	return startClusterWith(tb, size, func(c *node.Config) {
-		c.Sharded = true
-		for _, k := range splits {
-			c.InitialSplitKeys = append(c.InitialSplitKeys, []byte(k))
-		}
-	})
-}
 
 // TestShardedCluster: a three-member sharded cluster serves every request
 // from every member, whichever member leads the range (or the placement
 // group): writes in every range, reads over several ranges, revisions
 // unique and increasing across ranges and members.
 func TestShardedCluster(t *testing.T) {
-	nodes := startShardedCluster(t, 3, "c", "h", "p")
+	clis := nodetest.Start(t, 3, nodetest.Sharded("c", "h", "p")).Clients()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	clis := newClients(t, nodes)
 	watches := make([]clientv3.WatchChan, len(clis))
 	for i, cli := range clis {
 		watches[i] = cli.Watch(ctx, "", clientv3.WithPrefix())
@@ -141,26 +129,26 @@ func TestShardedCluster(t *testing.T) {
 // revisions increase, and writes after the failover are above every one
 // before it: the new oracle leader starts above the persisted bound.
 func TestShardedOracleFailover(t *testing.T) {
-	nodes := startShardedCluster(t, 3, "c", "h", "p")
+	cl := nodetest.Start(t, 3, nodetest.Sharded("c", "h", "p"))
+	nodes := cl.Nodes()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var leader *node.Node
-	for leader == nil {
+	nodetest.WaitFor(ctx, t, func() error {
 		for _, n := range nodes {
 			if n.PlacementLeader() == n.MemberID() {
 				leader = n
 			}
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatal("no placement leader")
-		case <-time.After(10 * time.Millisecond):
+		if leader == nil {
+			return errors.New("no placement leader")
 		}
-	}
+		return nil
+	})
 	var clis []*clientv3.Client
-	for _, n := range nodes {
+	for i, n := range nodes {
 		if n != leader {
-			clis = append(clis, newClient(t, n))
+			clis = append(clis, cl.Client(i))
 		}
 	}
 	type ack struct {
@@ -194,19 +182,15 @@ func TestShardedOracleFailover(t *testing.T) {
 			}
 		})
 	}
-	for {
+	nodetest.WaitFor(ctx, t, func() error {
 		mu.Lock()
 		n := len(acks[0]) + len(acks[1]) + len(acks[2]) + len(acks[3])
 		mu.Unlock()
-		if n >= 40 {
-			break
+		if n < 40 {
+			return errors.New("too few writes before the failover")
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatal("too few writes before the failover")
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 	if err := leader.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -252,22 +236,21 @@ func TestShardedOracleFailover(t *testing.T) {
 // into few round trips (not one each), and each gets revisions of its own:
 // no two answers overlap.
 func TestShardedOracleFolds(t *testing.T) {
-	nodes := startShardedCluster(t, 3, "m")
+	nodes := nodetest.Start(t, 3, nodetest.Sharded("m")).Nodes()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var follower *node.Node
-	for follower == nil {
+	nodetest.WaitFor(ctx, t, func() error {
 		for _, n := range nodes {
 			if l := n.PlacementLeader(); l != 0 && l != n.MemberID() {
 				follower = n
 			}
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatal("no placement leader")
-		case <-time.After(10 * time.Millisecond):
+		if follower == nil {
+			return errors.New("no placement leader")
 		}
-	}
+		return nil
+	})
 	const requests = 64
 	type answer struct{ first, count int64 }
 	answers := make([]answer, requests)
@@ -310,10 +293,11 @@ func TestShardedOracleFolds(t *testing.T) {
 // the current one, and compacted or future revisions are refused as etcd
 // refuses them.
 func TestShardedHashKV(t *testing.T) {
-	nodes := startShardedCluster(t, 3, "c", "h", "p")
+	cl := nodetest.Start(t, 3, nodetest.Sharded("c", "h", "p"))
+	nodes := cl.Nodes()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	clis := newClients(t, nodes)
+	clis := cl.Clients()
 	var revs []int64
 	for i, k := range []string{"a", "d", "i", "q", "a", "z"} {
 		resp, err := clis[i%3].Put(ctx, k, fmt.Sprint(i))

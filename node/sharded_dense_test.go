@@ -6,6 +6,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestShardedOneRangeDense: a sharded cluster whose key space is one range
@@ -16,11 +18,11 @@ import (
 // either range, is above every revision counted before, and history from
 // before the split reads as it was.
 func TestShardedOneRangeDense(t *testing.T) {
-	dir := t.TempDir()
-	n := startSharded(t, dir)
+	cl := nodetest.Start(t, 1, nodetest.Sharded())
+	n := cl.Node(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cli := newClient(t, n)
+	cli := cl.Client(0)
 
 	put := func(key, val string) int64 {
 		t.Helper()
@@ -56,11 +58,11 @@ func TestShardedOneRangeDense(t *testing.T) {
 
 	// A restart keeps counting.
 	cli.Close()
-	if err := n.Close(); err != nil {
+	if err := cl.Stop(0); err != nil {
 		t.Fatal(err)
 	}
-	n = startSharded(t, dir)
-	cli = newClient(t, n)
+	n = cl.Restart(0)
+	cli = cl.Client(0)
 	if rev := put("b", "v2"); rev != 6 {
 		t.Fatalf("put after a restart at revision %d, want 6", rev)
 	}
@@ -85,11 +87,11 @@ func TestShardedOneRangeDense(t *testing.T) {
 
 	// Restarted, the ranges keep the oracle's numbering.
 	cli.Close()
-	if err := n.Close(); err != nil {
+	if err := cl.Stop(0); err != nil {
 		t.Fatal(err)
 	}
-	n = startSharded(t, dir)
-	cli = newClient(t, n)
+	n = cl.Restart(0)
+	cli = cl.Client(0)
 	if rev := put("d", "v1"); rev <= right {
 		t.Fatalf("put after a restart at revision %d, want above %d", rev, right)
 	}

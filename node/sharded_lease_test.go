@@ -10,6 +10,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestShardedLeases: a lease's keys may lie in any range. TimeToLive lists
@@ -20,8 +22,7 @@ import (
 // refused outside the home as inside it; an id granted again after its
 // revoke is a live lease in every range again.
 func TestShardedLeases(t *testing.T) {
-	n := startSharded(t, t.TempDir(), "c", "h", "p")
-	cli := newClient(t, n)
+	cli := nodetest.Start(t, 1, nodetest.Sharded("c", "h", "p")).Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -121,7 +122,7 @@ func TestShardedLeases(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for {
+	nodetest.WaitFor(ctx, t, func() error {
 		resp, err := cli.Get(ctx, "", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			t.Fatal(err)
@@ -130,15 +131,11 @@ func TestShardedLeases(t *testing.T) {
 		for _, kv := range resp.Kvs {
 			live = append(live, string(kv.Key))
 		}
-		if fmt.Sprint(live) == "[d3 m1 q2]" {
-			break
+		if fmt.Sprint(live) != "[d3 m1 q2]" {
+			return fmt.Errorf("keys of the expired lease still there: %v", live)
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("keys of the expired lease still there: %v", live)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 }
 
 func pbLease(cli *clientv3.Client) pb.LeaseClient { return pb.NewLeaseClient(cli.ActiveConnection()) }

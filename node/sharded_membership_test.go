@@ -10,7 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/node/testport"
 )
 
@@ -23,12 +23,9 @@ import (
 // range split after has it as a founder; it restarts with all of them;
 // then a founding member is removed and the rest go on.
 func TestShardedMembership(t *testing.T) {
-	nodes := startShardedCluster(t, 3, "h", "p")
-	var urls []string
-	for _, n := range nodes {
-		urls = append(urls, n.ClientURLs()...)
-	}
-	c := clientFor(t, urls[1:]...) // m0 is removed below
+	cl := nodetest.Start(t, 3, nodetest.Sharded("h", "p"))
+	nodes := cl.Nodes()
+	c := nodetest.NewClient(t, cl.URLs()[1:]...) // m0 is removed below
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	keys := []string{"a", "i", "q", "z"}
@@ -48,21 +45,15 @@ func TestShardedMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := joinerConfig(t, addResp.Members, addResp.Member.ID, "m3", peer)
-	cfg.Sharded = true
-	n4, err := node.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("start the added member: %v", err)
-	}
-	t.Cleanup(func() { _ = n4.Close() })
-	nc := clientFor(t, n4.ClientURLs()...)
+	m3 := cl.Join(addResp.Members, addResp.Member.ID, peer)
+	n4, nc := cl.Node(m3), cl.Client(m3)
 
 	// A learner serves serializable reads, of every range, as in etcd.
 	if _, err := nc.Put(ctx, "x", "y"); err == nil || !strings.Contains(err.Error(), "rpc not supported for learner") {
 		t.Fatalf("put on a learner: %v", err)
 	}
 	for _, k := range keys {
-		waitUntil(t, "the learner has "+k, func() bool {
+		nodetest.Eventually(t, "the learner has "+k, func() bool {
 			r, err := nc.Get(ctx, k, clientv3.WithSerializable())
 			return err == nil && len(r.Kvs) == 1 && string(r.Kvs[0].Value) == "before"
 		})
@@ -75,7 +66,7 @@ func TestShardedMembership(t *testing.T) {
 	if _, err := c.MemberPromote(ctx, addResp.Member.ID); err != nil {
 		t.Fatalf("promote the learner: %v", err)
 	}
-	waitUntil(t, "the promoted member knows it votes", func() bool {
+	nodetest.Eventually(t, "the promoted member knows it votes", func() bool {
 		st, err := nc.Status(ctx, n4.ClientURLs()[0])
 		return err == nil && !st.IsLearner
 	})
@@ -85,14 +76,14 @@ func TestShardedMembership(t *testing.T) {
 	check := func(stage string, keys []string) {
 		t.Helper()
 		for _, k := range keys {
-			waitUntil(t, stage+": the new member reads "+k, func() bool {
+			nodetest.Eventually(t, stage+": the new member reads "+k, func() bool {
 				r, err := nc.Get(ctx, k)
 				return err == nil && len(r.Kvs) == 1
 			})
 			if _, err := nc.Put(ctx, k, "through-m3"); err != nil {
 				t.Fatalf("%s: put %s through the new member: %v", stage, k, err)
 			}
-			waitUntil(t, stage+": the new member's replica has "+k, func() bool {
+			nodetest.Eventually(t, stage+": the new member's replica has "+k, func() bool {
 				r, err := nc.Get(ctx, k, clientv3.WithSerializable())
 				return err == nil && len(r.Kvs) == 1 && string(r.Kvs[0].Value) == "through-m3"
 			})
@@ -110,7 +101,7 @@ func TestShardedMembership(t *testing.T) {
 		t.Fatal(err)
 	}
 	child := made[1].Id
-	waitUntil(t, "the new member runs the range split off at c", func() bool {
+	nodetest.Eventually(t, "the new member runs the range split off at c", func() bool {
 		for _, r := range n4.Ranges() {
 			if r.ID == child && r.Leader != 0 {
 				return true
@@ -125,14 +116,11 @@ func TestShardedMembership(t *testing.T) {
 	check("split after", keys)
 
 	// It restarts with every range.
-	if err := n4.Close(); err != nil {
+	if err := cl.Stop(m3); err != nil {
 		t.Fatal(err)
 	}
-	if n4, err = node.Start(ctx, cfg); err != nil {
-		t.Fatalf("restart the added member: %v", err)
-	}
-	t.Cleanup(func() { _ = n4.Close() })
-	nc = clientFor(t, n4.ClientURLs()...)
+	n4 = cl.Restart(m3)
+	nc = cl.Client(m3)
 	check("restarted", keys)
 	all, err := nc.Get(ctx, "", clientv3.WithPrefix())
 	if err != nil || len(all.Kvs) != len(keys) {
@@ -155,7 +143,7 @@ func TestShardedMembership(t *testing.T) {
 	}
 	// The range map as a member shows it (cairn ranges): every range on
 	// m1, m2 and m3, not on m0.
-	waitUntil(t, "every range's replicas are m1, m2 and m3", func() bool {
+	nodetest.Eventually(t, "every range's replicas are m1, m2 and m3", func() bool {
 		for _, r := range n4.Ranges() {
 			if len(r.Replicas) != 3 || slices.Contains(r.Replicas, m0) || !slices.Contains(r.Replicas, addResp.Member.ID) {
 				return false

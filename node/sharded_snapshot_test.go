@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestShardedSnapshot: `etcdctl snapshot save` of a sharded cluster of
@@ -24,8 +25,7 @@ import (
 // as the source does, leases included (a lease with keys in two ranges
 // keeps both, a revoked one is gone), and new writes land above R.
 func TestShardedSnapshot(t *testing.T) {
-	n := startSharded(t, t.TempDir(), "c", "m")
-	cli := newClient(t, n)
+	cli := nodetest.Start(t, 1, nodetest.Sharded("c", "m")).Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
@@ -108,8 +108,8 @@ func TestShardedSnapshot(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := startNodeWith(t, restored, func(c *node.Config) { c.Sharded = sharded })
-		rcli := newClient(t, r)
+		rc := nodetest.Start(t, 1, nodetest.DataDir(restored), nodetest.Edit(func(c *node.Config) { c.Sharded = sharded }))
+		rcli := rc.Client(0)
 		for _, at := range []int64{rev, old} {
 			want, got := all(cli, at), all(rcli, at)
 			if fmt.Sprint(got) != fmt.Sprint(want) {
@@ -142,7 +142,7 @@ func TestShardedSnapshot(t *testing.T) {
 		if got, err := rcli.Get(ctx, "lease/", clientv3.WithPrefix()); err != nil || len(got.Kvs) != 0 {
 			t.Fatalf("sharded=%v: keys of the restored lease after its revoke: %v, %v", sharded, got, err)
 		}
-		if err := r.Close(); err != nil {
+		if err := rc.Stop(0); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -3,14 +3,13 @@ package node_test
 import (
 	"context"
 	"fmt"
-	"net/url"
-	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestShardedSplitWhileAway: a member away while a range splits — down,
@@ -26,31 +25,22 @@ func TestShardedSplitWhileAway(t *testing.T) {
 }
 
 func splitWhileAway(t *testing.T, cutOff bool) {
-	net := &network{cut: map[[2]string]bool{}}
-	var cfgs []node.Config
-	var mu sync.Mutex
-	nodes := startClusterWith(t, 3, func(c *node.Config) {
-		c.Sharded = true
-		c.SnapshotCount = 20
-		c.InitialSplitKeys = [][]byte{[]byte("t")}
-		if cutOff {
-			c.RaftTransport = &transportFactory{net: net}
-		}
-		mu.Lock()
-		cfgs = append(cfgs, *c)
-		mu.Unlock()
-	})
+	opts := []nodetest.Option{nodetest.Sharded("t"), nodetest.Edit(func(c *node.Config) { c.SnapshotCount = 20 })}
+	if cutOff {
+		opts = append(opts, nodetest.Partitionable())
+	}
+	cl := nodetest.Start(t, 3, opts...)
+	nodes := cl.Nodes()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	wait := func(what string, cond func() bool) {
 		t.Helper()
-		for !cond() {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("timed out waiting until %s", what)
-			case <-time.After(20 * time.Millisecond):
+		nodetest.WaitFor(ctx, t, func() error {
+			if !cond() {
+				return fmt.Errorf("timed out waiting until %s", what)
 			}
-		}
+			return nil
+		})
 	}
 	away := -1
 	wait("range 1 has a leader", func() bool {
@@ -64,28 +54,15 @@ func splitWhileAway(t *testing.T, cutOff bool) {
 		return away >= 0
 	})
 	up := nodes[(away+1)%3]
-	first := newClient(t, up)
+	first := cl.Client((away + 1) % 3)
 	for _, k := range []string{"a", "n", "u"} {
 		if _, err := first.Put(ctx, k, "before"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var cfg node.Config
-	var raft []string
-	for _, c := range cfgs {
-		u, err := url.Parse(c.ListenPeerURLs[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		raft = append(raft, u.Host)
-		if c.Name == fmt.Sprintf("m%d", away) {
-			cfg = c
-		}
-	}
 	if cutOff {
-		peer, _ := url.Parse(cfg.ListenPeerURLs[0])
-		net.isolate(peer.Host, raft)
-	} else if err := nodes[away].Close(); err != nil {
+		cl.Partition(away)
+	} else if err := cl.Stop(away); err != nil {
 		t.Fatal(err)
 	}
 	made, err := up.SplitRange(ctx, []byte("m"))
@@ -97,23 +74,18 @@ func splitWhileAway(t *testing.T, cutOff bool) {
 	// write may answer "no leader" (as etcd's does) or time out; what is
 	// under test is the member's return.
 	for i := range 120 {
-		for {
-			_, err := first.Put(ctx, fmt.Sprintf("%c%d", "cpv"[i%3], i), "while-away")
-			if err == nil {
-				break
+		nodetest.WaitFor(ctx, t, func() error {
+			if _, err := first.Put(ctx, fmt.Sprintf("%c%d", "cpv"[i%3], i), "while-away"); err != nil {
+				return fmt.Errorf("put while a member is away: %v", err)
 			}
-			select {
-			case <-ctx.Done():
-				t.Fatalf("put while a member is away: %v", err)
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
+			return nil
+		})
 	}
 	back := nodes[away]
 	if cutOff {
-		net.heal()
+		cl.Heal()
 	} else {
-		back = restart(t, cfg)
+		back = cl.Restart(away)
 	}
 	wait(fmt.Sprintf("the member back runs range %d split off at m while it was away", child), func() bool {
 		found := false
@@ -127,7 +99,7 @@ func splitWhileAway(t *testing.T, cutOff bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newClient(t, back)
+	c := cl.Client(away)
 	wait(fmt.Sprintf("the member back serves the %d keys the others do", len(want.Kvs)), func() bool {
 		got, err := c.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithSerializable())
 		return err == nil && fmt.Sprint(got.Kvs) == fmt.Sprint(want.Kvs)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestShardedSplitCutShort: a split stopped where a crash may stop it is
@@ -24,11 +24,11 @@ import (
 func TestShardedSplitCutShort(t *testing.T) {
 	for _, stage := range []string{"map", "start"} {
 		t.Run(stage, func(t *testing.T) {
-			dir := t.TempDir()
-			n := startSharded(t, dir, "t")
+			cl := nodetest.Start(t, 1, nodetest.Sharded("t"))
+			n := cl.Node(0)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			cli := newClient(t, n)
+			cli := cl.Client(0)
 			keys := []string{"a", "f", "m", "p", "s", "t", "z"}
 			for _, k := range keys {
 				if _, err := cli.Put(ctx, k, "before"); err != nil {
@@ -42,31 +42,25 @@ func TestShardedSplitCutShort(t *testing.T) {
 				t.Fatalf("split at m, cut short at %s: %v", stage, err)
 			}
 			child := made[1].Id
-			if err := n.Close(); err != nil {
+			if err := cl.Stop(0); err != nil {
 				t.Fatal(err)
 			}
 
-			n = startSharded(t, dir)
-			cli = newClient(t, n)
+			n = cl.RestartWith(0, func(c *node.Config) { c.InitialSplitKeys = nil })
+			cli = cl.Client(0)
 			want := fmt.Sprint([]string{"", "m", "t"})
-			var got string
-			for {
+			nodetest.WaitFor(ctx, t, func() error {
 				var starts []string
 				found := false
 				for _, r := range n.Ranges() {
 					starts = append(starts, r.Start)
 					found = found || (r.ID == child && r.Start == "m" && r.End == "t")
 				}
-				got = fmt.Sprint(starts)
-				if found && got == want {
-					break
+				if got := fmt.Sprint(starts); !found || got != want {
+					return fmt.Errorf("after the restart the member's ranges start at %s, want %s with range %d at m", got, want, child)
 				}
-				select {
-				case <-ctx.Done():
-					t.Fatalf("after the restart the member's ranges start at %s, want %s with range %d at m", got, want, child)
-				case <-time.After(20 * time.Millisecond):
-				}
-			}
+				return nil
+			})
 			// The range split in the store too, not only in the map.
 			if here, err := n.SplitHere(child); err != nil || !here {
 				t.Fatalf("range %d is in the map and runs, but its split applied to the store: %v (%v)", child, here, err)
@@ -105,18 +99,11 @@ func TestShardedSplitCutShort(t *testing.T) {
 // before the range split; the others go on serving (the range whole) and
 // the split is finished, on every member, when it starts again.
 func TestShardedSplitCutShortCluster(t *testing.T) {
-	var cfgs []node.Config
-	var mu sync.Mutex
-	nodes := startClusterWith(t, 3, func(c *node.Config) {
-		c.Sharded = true
-		c.InitialSplitKeys = [][]byte{[]byte("t")}
-		mu.Lock()
-		cfgs = append(cfgs, *c)
-		mu.Unlock()
-	})
+	cl := nodetest.Start(t, 3, nodetest.Sharded("t"))
+	nodes := cl.Nodes()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	first := newClient(t, nodes[0])
+	first := cl.Client(0)
 	if _, err := first.Put(ctx, "p", "before"); err != nil {
 		t.Fatal(err)
 	}
@@ -127,52 +114,32 @@ func TestShardedSplitCutShortCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	child := made[1].Id
-	var cfg node.Config
-	for _, c := range cfgs {
-		if c.Name == "m0" { // nodes[0]'s
-			cfg = c
-		}
-	}
-	if err := nodes[0].Close(); err != nil {
+	if err := cl.Stop(0); err != nil {
 		t.Fatal(err)
 	}
 	// The ranges it led elect new leaders first: until then a put may
 	// answer "no leader", as etcd's does.
-	other := newClient(t, nodes[1])
-	for {
+	other := cl.Client(1)
+	nodetest.WaitFor(ctx, t, func() error {
 		_, err := other.Put(ctx, "q", "while-down")
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, rpctypes.ErrNoLeader) || ctx.Err() != nil {
+		if err != nil && (!errors.Is(err, rpctypes.ErrNoLeader) || ctx.Err() != nil) {
 			t.Fatalf("put while the splitting member is down: %v", err)
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	restarted, err := node.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("restart the member that was splitting: %v", err)
-	}
-	t.Cleanup(func() { _ = restarted.Close() })
-	for i, n := range []*node.Node{restarted, nodes[1], nodes[2]} {
-		for {
+		return err
+	})
+	cl.Restart(0)
+	for i, n := range cl.Nodes() {
+		nodetest.WaitFor(ctx, t, func() error {
 			found := false
 			for _, r := range n.Ranges() {
 				found = found || (r.ID == child && r.Start == "m" && r.End == "t")
 			}
 			if here, err := n.SplitHere(child); found && here && err == nil {
-				break
+				return nil
 			}
-			select {
-			case <-ctx.Done():
-				t.Fatalf("member %d does not run range %d split off at m: %+v", i, child, n.Ranges())
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-		resp, err := newClient(t, n).Get(ctx, "", clientv3.WithPrefix())
+			return fmt.Errorf("member %d does not run range %d split off at m: %+v", i, child, n.Ranges())
+		})
+		resp, err := cl.Client(i).Get(ctx, "", clientv3.WithPrefix())
 		if err != nil || len(resp.Kvs) != 2 || string(resp.Kvs[0].Value) != "before" || string(resp.Kvs[1].Value) != "while-down" {
 			t.Fatalf("member %d after the split finished: %v, %v", i, resp, err)
 		}

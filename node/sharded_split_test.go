@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -12,7 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestShardedSplitUnderLoad: ranges split again and again while clients
@@ -31,23 +32,17 @@ func TestShardedSplitUnderLoad(t *testing.T) {
 		splits []string
 	}{{1, []string{"m"}}, {3, []string{"m"}}, {1, nil}, {3, nil}} {
 		t.Run(fmt.Sprintf("%d-members-%d-ranges", c.size, len(c.splits)+1), func(t *testing.T) {
-			var nodes []*node.Node
-			if c.size == 1 {
-				nodes = []*node.Node{startSharded(t, t.TempDir(), c.splits...)}
-			} else {
-				nodes = startShardedCluster(t, 3, c.splits...)
-			}
-			splitUnderLoad(t, nodes, len(c.splits)+1)
+			splitUnderLoad(t, nodetest.Start(t, c.size, nodetest.Sharded(c.splits...)), len(c.splits)+1)
 		})
 	}
 }
 
-// splitUnderLoad splits the ranges of nodes, initial of them, ten times
+// splitUnderLoad splits the ranges of cl, initial of them, ten times
 // under load.
-func splitUnderLoad(t *testing.T, nodes []*node.Node, initial int) {
+func splitUnderLoad(t *testing.T, cl *nodetest.Cluster, initial int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	clis := newClients(t, nodes)
+	nodes, clis := cl.Nodes(), cl.Clients()
 	gr, err := clis[0].Grant(ctx, 5)
 	if err != nil {
 		t.Fatal(err)
@@ -123,19 +118,15 @@ func splitUnderLoad(t *testing.T, nodes []*node.Node, initial int) {
 		if _, err := nodes[i%len(nodes)].SplitRange(ctx, []byte(k)); err != nil {
 			t.Fatalf("split at %q: %v", k, err)
 		}
-		for {
+		nodetest.WaitFor(ctx, t, func() error {
 			mu.Lock()
 			n := len(writes)
 			mu.Unlock()
 			if n >= (i+1)*15 || t.Failed() {
-				break
+				return nil
 			}
-			select {
-			case <-ctx.Done():
-				t.Fatal("writes stalled")
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
+			return errors.New("writes stalled")
+		})
 	}
 	close(stop)
 	wg.Wait()

@@ -19,19 +19,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
-
-// startSharded starts a one-node sharded cluster whose key space is split
-// at splits.
-func startSharded(tb testing.TB, dir string, splits ...string) *node.Node {
-	tb.Helper()
-	return startNodeWith(tb, dir, func(c *node.Config) {
-		c.Sharded = true
-		for _, k := range splits {
-			c.InitialSplitKeys = append(c.InitialSplitKeys, []byte(k))
-		}
-	})
-}
 
 // shardedModel is what a single group would hold after the same puts and
 // deletes: the live key-values by key.
@@ -76,9 +65,8 @@ func (m shardedModel) answer(key, end string, limit int64, byMod bool, descend b
 // an older revision); writes across ranges are refused and change nothing;
 // compaction reaches every range; and all of it survives a restart.
 func TestShardedKV(t *testing.T) {
-	dir := t.TempDir()
-	n := startSharded(t, dir, "c", "h", "p")
-	cli := newClient(t, n)
+	cl := nodetest.Start(t, 1, nodetest.Sharded("c", "h", "p"))
+	cli := cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -213,11 +201,11 @@ func TestShardedKV(t *testing.T) {
 	check(midModel, mid, "\x00", "\x00", 0, false, false)
 
 	// A restart keeps everything, and revisions go on above.
-	if err := n.Close(); err != nil {
+	if err := cl.Stop(0); err != nil {
 		t.Fatal(err)
 	}
-	n = startSharded(t, dir, "ignored")
-	cli = newClient(t, n)
+	cl.RestartWith(0, func(c *node.Config) { c.InitialSplitKeys = [][]byte{[]byte("ignored")} })
+	cli = cl.Client(0)
 	check(model, 0, "\x00", "\x00", 0, false, false)
 	resp, err := cli.Put(ctx, "q1", "after")
 	if err != nil {
@@ -232,8 +220,8 @@ func TestShardedKV(t *testing.T) {
 // to keeps rising past the writes elsewhere (the side channel), and an idle
 // range's raft log does not grow while it does.
 func TestShardedIdleRangesClose(t *testing.T) {
-	n := startSharded(t, t.TempDir(), "m")
-	cli := newClient(t, n)
+	cl := nodetest.Start(t, 1, nodetest.Sharded("m"))
+	n, cli := cl.Node(0), cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var last int64
@@ -247,12 +235,12 @@ func TestShardedIdleRangesClose(t *testing.T) {
 	// Range 2 is idle: it closes past range 1's writes...
 	waitClosed := func(above int64) {
 		t.Helper()
-		for int64(n.Closed(2)) <= above {
-			if ctx.Err() != nil {
-				t.Fatalf("range 2 closed at %d, not past %d", n.Closed(2), above)
+		nodetest.WaitFor(ctx, t, func() error {
+			if closed := int64(n.Closed(2)); closed <= above {
+				return fmt.Errorf("range 2 closed at %d, not past %d", closed, above)
 			}
-			time.Sleep(5 * time.Millisecond) // polling a condition, with a deadline
-		}
+			return nil
+		})
 	}
 	waitClosed(last)
 	before, err := n.AppliedIndex(ctx, 2)
@@ -279,8 +267,8 @@ func TestShardedIdleRangesClose(t *testing.T) {
 // TestShardedRangesEndpoint: /cairn/ranges lists the ranges in key order
 // with their spans, leader and the writes routed to each.
 func TestShardedRangesEndpoint(t *testing.T) {
-	n := startSharded(t, t.TempDir(), "b", "m")
-	cli := newClient(t, n)
+	cl := nodetest.Start(t, 1, nodetest.Sharded("b", "m"))
+	n, cli := cl.Node(0), cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, k := range []string{"c", "d", "x"} {

@@ -10,6 +10,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestShardedWatch: watches over several ranges of a sharded node, with
@@ -20,8 +22,7 @@ import (
 // ahead of an event, and a watch on an idle range still gets events from
 // a busy one promptly enough to finish.
 func TestShardedWatch(t *testing.T) {
-	n := startSharded(t, t.TempDir(), "c", "h", "p")
-	cli := newClient(t, n)
+	cli := nodetest.Start(t, 1, nodetest.Sharded("c", "h", "p")).Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -166,7 +167,8 @@ func TestShardedWatch(t *testing.T) {
 // every event; a different watch (prev_kv) has its own; when the clients
 // go, so do the watchers.
 func TestShardedWatchCoalesced(t *testing.T) {
-	n := startSharded(t, t.TempDir(), "k2", "k5", "k8")
+	cl := nodetest.Start(t, 1, nodetest.Sharded("k2", "k5", "k8"))
+	n := cl.Node(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	watchers := func() string {
@@ -178,23 +180,22 @@ func TestShardedWatchCoalesced(t *testing.T) {
 	}
 	wait := func(what, want string) {
 		t.Helper()
-		for got := watchers(); got != want; got = watchers() {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("watchers per range %s, want %s: %s", got, want, what)
-			case <-time.After(10 * time.Millisecond):
+		nodetest.WaitFor(ctx, t, func() error {
+			if got := watchers(); got != want {
+				return fmt.Errorf("watchers per range %s, want %s: %s", got, want, what)
 			}
-		}
+			return nil
+		})
 	}
 	wctx, stop := context.WithCancel(ctx)
 	var chans []clientv3.WatchChan
 	for range 6 {
-		c := newClient(t, n)
+		c := cl.Client(0)
 		chans = append(chans, c.Watch(clientv3.WithRequireLeader(wctx), "k", clientv3.WithPrefix()))
 	}
-	prev := newClient(t, n).Watch(wctx, "k", clientv3.WithPrefix(), clientv3.WithPrevKV())
+	prev := cl.Client(0).Watch(wctx, "k", clientv3.WithPrefix(), clientv3.WithPrevKV())
 	wait("six identical watches share one watcher per range, the prev_kv one has its own", "[2 2 2 2]")
-	cli := newClient(t, n)
+	cli := cl.Client(0)
 	var want []string
 	for i := range 10 {
 		resp, err := cli.Put(ctx, fmt.Sprintf("k%d", i), "v")

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestSideChannelPerNodePair: the closed revisions of the eight idle
@@ -12,7 +14,7 @@ import (
 // channel per peer: never more than one message from each peer at a time,
 // and messages that carry several ranges at once.
 func TestSideChannelPerNodePair(t *testing.T) {
-	nodes := startShardedCluster(t, 3, "b", "d", "f", "h", "j", "l", "n")
+	nodes := nodetest.Start(t, 3, nodetest.Sharded("b", "d", "f", "h", "j", "l", "n")).Nodes()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	report := func() string {
@@ -23,7 +25,7 @@ func TestSideChannelPerNodePair(t *testing.T) {
 		}
 		return s
 	}
-	for {
+	nodetest.WaitFor(ctx, t, func() error {
 		// A member leading every range is sent nothing: count them all.
 		var messages int64
 		batched := false
@@ -33,14 +35,10 @@ func TestSideChannelPerNodePair(t *testing.T) {
 			batched = batched || r >= 2
 		}
 		if messages >= 80 && batched {
-			break
+			return nil
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("want 80 side-channel messages, some carrying several ranges:%s", report())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+		return fmt.Errorf("want 80 side-channel messages, some carrying several ranges:%s", report())
+	})
 	for i, n := range nodes {
 		if _, _, f := n.SideChannelReceived(); f > 2 {
 			t.Fatalf("m%d handled %d side-channel messages at once, want at most one per peer:%s", i, f, report())

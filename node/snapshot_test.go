@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestSnapshotRestore: a backup taken with etcd's client (what `etcdctl
@@ -19,8 +20,7 @@ import (
 // new cluster with the same keys, history revision and leases; writes go
 // on from the restored revision.
 func TestSnapshotRestore(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	c := nodetest.Start(t, 1).Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	g, err := c.Grant(ctx, 600)
@@ -73,8 +73,7 @@ func TestSnapshotRestore(t *testing.T) {
 		t.Fatal("restoring over an existing data directory succeeded")
 	}
 
-	r := startNode(t, dir)
-	rc := newClient(t, r)
+	rc := nodetest.Start(t, 1, nodetest.DataDir(dir)).Client(0)
 	got, err := rc.Get(ctx, "", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // rawWatch opens etcd's Watch stream on n over plain gRPC. Its flow-control
@@ -77,8 +78,8 @@ func putLoad(t *testing.T, ctx context.Context, c *clientv3.Client, prefix strin
 // writes nor another stream's watchers; when it reads again it gets every
 // event, in order, once.
 func TestWatchSlowConsumer(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -148,8 +149,8 @@ func TestWatchSlowConsumer(t *testing.T) {
 // events it was sent, etcd's cancellation with the compact revision — and
 // nothing is skipped silently.
 func TestWatchCompactionWhileWatching(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -196,8 +197,8 @@ func TestWatchCompactionWhileWatching(t *testing.T) {
 // the same id refused while it is in use, a server-chosen id beside it,
 // cancel, and a cancel of an unknown id ignored — as etcd answers each.
 func TestWatchCancelAndDuplicateIDs(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	n, c := cl.Node(0), cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	s := rawWatch(t, ctx, n)
@@ -266,9 +267,8 @@ func TestWatchCancelAndDuplicateIDs(t *testing.T) {
 // watches again from L+1 after the node's process restarted, and gets the
 // rest of history and new events without a gap or a duplicate.
 func TestWatchResumeAfterRestart(t *testing.T) {
-	dir := t.TempDir()
-	n := startNode(t, dir)
-	c := newClient(t, n)
+	cl := nodetest.Start(t, 1)
+	c := cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
@@ -296,12 +296,12 @@ func TestWatchResumeAfterRestart(t *testing.T) {
 		t.Fatalf("fifth event at %d, want %d", lastSeen, revs[4])
 	}
 	c.Close()
-	if err := n.Close(); err != nil {
+	if err := cl.Stop(0); err != nil {
 		t.Fatal(err)
 	}
 
-	n = startNode(t, dir)
-	c = newClient(t, n)
+	cl.Restart(0)
+	c = cl.Client(0)
 	w = c.Watch(ctx, "r/", clientv3.WithPrefix(), clientv3.WithRev(lastSeen+1))
 	got := collect(t, w, 5)
 	for i, e := range got {

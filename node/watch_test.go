@@ -8,6 +8,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // next waits for the next watch response, with a deadline.
@@ -60,8 +62,7 @@ func collect(t *testing.T, ch clientv3.WatchChan, n int) []ev {
 // TestWatch: history replay from a past revision with prev_kv, live events
 // after it, filters, progress requests and a compacted start revision.
 func TestWatch(t *testing.T) {
-	n := startNode(t, t.TempDir())
-	c := newClient(t, n)
+	c := nodetest.Start(t, 1).Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	put := func(k, v string) int64 {

@@ -70,6 +70,5 @@ func (n *Node) SplitHere(id uint64) (bool, error) { return mvcc.SplitHere(n.db, 
 // brought this node: messages, the most ranges one carried and the most
 // handled at once.
 func (n *Node) SideChannelReceived() (messages, maxRanges, maxInFlight int64) {
-	r := &n.side.received
-	return r.messages.Load(), r.maxRanges.Load(), r.maxInFlight.Load()
+	return n.side.Received()
 }

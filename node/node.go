@@ -231,8 +231,8 @@ type Node struct {
 	rangeSet rangeSet
 	// closedClock and side are the closers' common round and the side
 	// channel of their closed revisions (sidechannel.go).
-	closedClock *closedClock
-	side        sideChannel
+	closedClock *shard.Clock
+	side        *router.SideChannel
 	stop        chan struct{} // closed by Close: stops the watch pump
 	// missed is signalled when a range here was restored from a snapshot:
 	// it may have missed splits (see followSplits).
@@ -316,8 +316,7 @@ func (n *Node) start(ctx context.Context) error {
 	cfg := n.cfg
 	n.stop = make(chan struct{})
 	n.missed = make(chan struct{}, 1)
-	n.closedClock = newClosedClock()
-	n.side.n = n
+	n.closedClock = shard.NewClock()
 	quietDragonboat()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("node: create data dir: %w", err)
@@ -483,6 +482,7 @@ func (n *Node) start(ctx context.Context) error {
 		span = spanOf(ranges[0])
 	}
 	n.fwd = router.NewForwarder(n.memberID, n.dialMember)
+	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
 	shardCfg := shard.Config{DB: db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
 		n.onSplit(n.first, child, span, rev, founders)
 	}, OnRecover: func() {
@@ -585,7 +585,7 @@ func (n *Node) start(ctx context.Context) error {
 		n.wg.Add(4)
 		go func() {
 			defer n.wg.Done()
-			n.closedClock.run(n.stop, closedEvery)
+			n.closedClock.Run(n.stop, closedEvery)
 		}()
 		go n.mergedProgress()
 		go n.revokeRemotes()

@@ -61,7 +61,7 @@ func (s memberService) Revisions(ctx context.Context, count int64, above mvcc.Re
 }
 
 func (s memberService) Published(r *internalpb.ClosedRequest) {
-	defer s.n.side.got(r)()
+	defer s.n.side.Got(r)()
 	for _, rc := range r.Ranges {
 		if rr := s.n.rangeSet.get(rc.Range, true); rr != nil {
 			rr.Published(mvcc.Revision(rc.Closed), rc.Index)

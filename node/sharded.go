@@ -191,7 +191,7 @@ func (n *Node) newRangeReplica(d *placementpb.RangeDescriptor, rev mvcc.Revision
 func (n *Node) rangeCfg(replicaID uint64) shard.RangeConfig {
 	c := shard.RangeConfig{NodeHost: n.nh, ReplicaID: replicaID, ProgressEvery: n.cfg.WatchProgressNotifyInterval, Log: n.log}
 	if n.cfg.Sharded {
-		c.Stamper, c.CloseEvery, c.Tick = n.oracle, closedEvery, n.closedClock.next
+		c.Stamper, c.CloseEvery, c.Tick = n.oracle, closedEvery, n.closedClock.Next
 		c.Publish, c.ForwardKick = n.publishClosed, n.forwardKick
 	}
 	return c
@@ -265,7 +265,7 @@ func (n *Node) publishClosed(r *shard.Range, closed mvcc.Revision) {
 	rc := &internalpb.RangeClosed{Range: r.ID(), Closed: int64(closed), Index: r.AppliedIndex()}
 	for _, id := range r.Descriptor().Replicas {
 		if id != n.memberID {
-			n.side.publish(id, rc)
+			n.side.Publish(id, rc)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package node
+package router
 
 import (
 	"cmp"
@@ -12,49 +12,22 @@ import (
 )
 
 // The side channel of closed revisions (DESIGN.md "Closed revision") is
-// one per node pair, not per range: the closers of every range this node
-// leads tick together (closedClock), and what they publish for a peer
-// goes to it as one message — at most one in flight per peer, carrying the
-// latest closed revision of each range published since the one before.
-// A node with many ranges so sends each peer about one message a round.
+// one per member pair, not per range: the closers of every range a member
+// leads tick together (shard.Clock), and what they publish for a peer goes
+// to it as one message — at most one in flight per peer, carrying the
+// latest closed revision of each range published since the one before. A
+// member with many ranges so sends each peer about one message a round.
 
-// closedClock is the node's closing round: next returns a channel closed
-// at the next tick, so every closer wakes on the same one.
-type closedClock struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func newClosedClock() *closedClock { return &closedClock{ch: make(chan struct{})} }
-
-func (c *closedClock) next() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ch
-}
-
-// run ticks every period until stop is closed.
-func (c *closedClock) run(stop <-chan struct{}, period time.Duration) {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-		c.mu.Lock()
-		close(c.ch)
-		c.ch = make(chan struct{})
-		c.mu.Unlock()
-	}
-}
-
-// sideChannel batches closed revisions per peer.
-type sideChannel struct {
-	n     *Node
-	mu    sync.Mutex
-	peers map[uint64]*sidePeer
+// SideChannel sends members the closed revisions of the ranges this one
+// leads, batched per peer (see the top of this file). Safe for concurrent
+// use; it owns a goroutine per peer only while a message to it is on its
+// way.
+type SideChannel struct {
+	fwd *Forwarder
+	// timeout bounds one message.
+	timeout time.Duration
+	mu      sync.Mutex
+	peers   map[uint64]*sidePeer // REQUIRES: mu
 	// received counts what this node was sent, for tests: messages, the
 	// most ranges one carried, the most handled at once.
 	received struct{ messages, maxRanges, inFlight, maxInFlight atomic.Int64 }
@@ -66,9 +39,15 @@ type sidePeer struct {
 	sending bool
 }
 
-// publish queues rc for peer, and sends unless a message to it is on its
+// NewSideChannel returns a side channel sending through fwd, each message
+// given timeout.
+func NewSideChannel(fwd *Forwarder, timeout time.Duration) *SideChannel {
+	return &SideChannel{fwd: fwd, timeout: timeout}
+}
+
+// Publish queues rc for peer, and sends unless a message to it is on its
 // way already (whose sender then takes rc too).
-func (sc *sideChannel) publish(peer uint64, rc *internalpb.RangeClosed) {
+func (sc *SideChannel) Publish(peer uint64, rc *internalpb.RangeClosed) {
 	sc.mu.Lock()
 	if sc.peers == nil {
 		sc.peers = map[uint64]*sidePeer{}
@@ -89,7 +68,7 @@ func (sc *sideChannel) publish(peer uint64, rc *internalpb.RangeClosed) {
 
 // send sends p's pending revisions to peer, one message at a time, until
 // none is left; a lost message is made good by the next round.
-func (sc *sideChannel) send(peer uint64, p *sidePeer) {
+func (sc *SideChannel) send(peer uint64, p *sidePeer) {
 	for {
 		sc.mu.Lock()
 		if len(p.pending) == 0 {
@@ -104,21 +83,28 @@ func (sc *sideChannel) send(peer uint64, p *sidePeer) {
 		p.pending = map[uint64]*internalpb.RangeClosed{}
 		sc.mu.Unlock()
 		slices.SortFunc(req.Ranges, func(a, b *internalpb.RangeClosed) int { return cmp.Compare(a.Range, b.Range) })
-		if nc, err := sc.n.nodeClient(peer); err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
+		if nc, err := sc.fwd.Client(peer); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), sc.timeout)
 			_, _ = nc.Closed(ctx, req)
 			cancel()
 		}
 	}
 }
 
-// got records a message received, until done is called.
-func (sc *sideChannel) got(r *internalpb.ClosedRequest) (done func()) {
+// Got records a message received, until done is called.
+func (sc *SideChannel) Got(r *internalpb.ClosedRequest) (done func()) {
 	rc := &sc.received
 	rc.messages.Add(1)
 	raise(&rc.maxRanges, int64(len(r.Ranges)))
 	raise(&rc.maxInFlight, rc.inFlight.Add(1))
 	return func() { rc.inFlight.Add(-1) }
+}
+
+// Received is what this member was sent: messages, the most ranges one
+// carried, the most handled at once.
+func (sc *SideChannel) Received() (messages, maxRanges, maxInFlight int64) {
+	r := &sc.received
+	return r.messages.Load(), r.maxRanges.Load(), r.maxInFlight.Load()
 }
 
 // raise sets a to v if v is higher.

@@ -578,18 +578,18 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 	// Watchers start from the store's revision.
-	st, err := n.replica.Read(ctx, shard.StatusQuery{}, false)
+	st, err := n.replica.Status(ctx, false)
 	if err != nil {
 		return fmt.Errorf("node: read the shard's revision: %w", err)
 	}
-	n.hub.Notify(st.(shard.Status).Revision, nil)
+	n.hub.Notify(st.Revision, nil)
 	for _, rr := range n.rangeSet.all()[min(1, len(n.rangeSet.ranges)):] {
 		// What this replica has applied (later applies notify the hub as
 		// they come), read as soon as the replica has opened its state.
 		for {
-			st, err := rr.replica.Read(ctx, shard.StatusQuery{}, false)
+			st, err := rr.replica.Status(ctx, false)
 			if err == nil {
-				rr.hub.Notify(st.(shard.Status).Revision, nil)
+				rr.hub.Notify(st.Revision, nil)
 				break
 			}
 			select {

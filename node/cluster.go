@@ -271,8 +271,8 @@ func (n *Node) Members(linearizable bool) ([]*pb.Member, error) {
 		return []*pb.Member{{ID: n.memberID, Name: n.cfg.Name, PeerURLs: n.peerURLs, ClientURLs: n.cfg.AdvertiseClientURLs}}, nil
 	}
 	attrs := map[uint64]*pb.Member{}
-	if v, err := n.nh.StaleRead(singleShardID, shard.MembersQuery{}); err == nil {
-		attrs = v.(map[uint64]*pb.Member)
+	if v, err := n.memberAttrs(ctx); err == nil {
+		attrs = v
 	}
 	var out []*pb.Member
 	add := func(id uint64, learner bool) {
@@ -362,14 +362,23 @@ func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	return n.memberConn(leader)
 }
 
+// memberAttrs reads, from this member's replica of range 1, the members'
+// published attributes (name, client URLs).
+func (n *Node) memberAttrs(ctx context.Context) (map[uint64]*pb.Member, error) {
+	if n.first == nil || !n.first.Started() {
+		return nil, errors.New("node: range 1 is not started yet")
+	}
+	return n.first.proposer().Members(ctx, false)
+}
+
 // memberConn returns a client connection to member id's first published
 // client URL. Connections are kept per URL until the node closes.
 func (n *Node) memberConn(id uint64) (*grpc.ClientConn, error) {
-	v, err := n.nh.StaleRead(singleShardID, shard.MembersQuery{})
+	attrs, err := n.memberAttrs(context.Background())
 	if err != nil {
 		return nil, err
 	}
-	m := v.(map[uint64]*pb.Member)[id]
+	m := attrs[id]
 	if m == nil || len(m.ClientURLs) == 0 {
 		return nil, fmt.Errorf("node: member %x has not published its client URLs: %w", id, shard.ErrNoLeader)
 	}
@@ -514,8 +523,8 @@ func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) er
 // of peerURLs.
 func (n *Node) peerURLTaken(ms *dragonboat.Membership, peerURLs []string, except uint64) bool {
 	attrs := map[uint64]*pb.Member{}
-	if v, err := n.nh.StaleRead(singleShardID, shard.MembersQuery{}); err == nil {
-		attrs = v.(map[uint64]*pb.Member)
+	if v, err := n.memberAttrs(context.Background()); err == nil {
+		attrs = v
 	}
 	want := map[string]bool{}
 	for _, u := range peerURLs {
@@ -825,11 +834,11 @@ func (n *Node) appliedOf(ctx context.Context, id uint64) (uint64, error) {
 
 // appliedIndex is the raft index this replica has applied (0 if unknown).
 func (n *Node) appliedIndex(ctx context.Context) uint64 {
-	v, err := n.first.proposer().Read(ctx, shard.StatusQuery{}, false)
+	st, err := n.first.proposer().Status(ctx, false)
 	if err != nil {
 		return 0
 	}
-	return v.(shard.Status).AppliedIndex
+	return st.AppliedIndex
 }
 
 // waitQuiet returns once this replica has applied no entry for quiet, or

@@ -282,11 +282,11 @@ func (c *compactor) compact(ctx context.Context, rev mvcc.Revision, retry time.D
 type replicaTarget struct{ n *Node }
 
 func (t replicaTarget) revision(ctx context.Context) (mvcc.Revision, error) {
-	v, err := t.n.first.proposer().Read(ctx, shard.StatusQuery{}, false)
+	st, err := t.n.first.proposer().Status(ctx, false)
 	if err != nil {
 		return 0, err
 	}
-	return v.(shard.Status).Revision, nil
+	return st.Revision, nil
 }
 
 func (t replicaTarget) leading() bool {

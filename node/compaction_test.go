@@ -15,7 +15,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cairn-kv/cairn/mvcc"
-	"github.com/cairn-kv/cairn/shard"
 )
 
 // fakeClock is a compactionClock the test advances by hand. The compactor
@@ -144,11 +143,10 @@ func put(t *testing.T, c *clientv3.Client, k string) int64 {
 // revisions reads the replica's current and compacted revisions.
 func revisions(t *testing.T, n *Node) (rev, compacted int64) {
 	t.Helper()
-	v, err := n.first.proposer().Read(context.Background(), shard.StatusQuery{}, false)
+	st, err := n.first.proposer().Status(context.Background(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := v.(shard.Status)
 	return int64(st.Revision), int64(st.CompactRevision)
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/cairn-kv/cairn/mvcc"
-	"github.com/cairn-kv/cairn/shard"
 )
 
 // AppliedIndex is the raft index range id's replica here has applied, for
@@ -12,11 +11,11 @@ import (
 func (n *Node) AppliedIndex(ctx context.Context, id uint64) (uint64, error) {
 	for _, rr := range n.rangeSet.all() {
 		if rr.desc().Id == id {
-			v, err := rr.proposer().Read(ctx, shard.StatusQuery{}, false)
+			st, err := rr.proposer().Status(ctx, false)
 			if err != nil {
 				return 0, err
 			}
-			return v.(shard.Status).AppliedIndex, nil
+			return st.AppliedIndex, nil
 		}
 	}
 	return 0, nil

@@ -240,13 +240,13 @@ func (rr *rangeReplica) entry() router.RangeEntry {
 func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 	if rs := n.rangeSet.routing(); len(rs) == 1 {
 		if sm := rs[0].StateMachine(); sm != nil && sm.Counting() {
-			v, err := rs[0].client.Read(ctx, shard.StatusQuery{}, true)
+			st, err := rs[0].client.Status(ctx, true)
 			if err != nil {
 				return 0, err
 			}
 			// Counting still, as of the read index: no split has
 			// committed before it, so no write has an oracle revision.
-			if st := v.(shard.Status); st.Counting {
+			if st.Counting {
 				return st.Revision, nil
 			}
 		}
@@ -354,8 +354,7 @@ func (n *Node) Ranges() []RangeInfo {
 		if leader, _, ok := rr.proposer().Leader(); ok {
 			ri.Leader = leader
 		}
-		if v, err := rr.proposer().Read(context.Background(), shard.StatusQuery{}, false); err == nil {
-			st := v.(shard.Status)
+		if st, err := rr.proposer().Status(context.Background(), false); err == nil {
 			ri.Revision = int64(max(st.Revision, st.Closed, rr.proposer().Closed()))
 		}
 		d := rr.desc()
@@ -367,9 +366,9 @@ func (n *Node) Ranges() []RangeInfo {
 		if len(start) == 0 {
 			start = []byte{0}
 		}
-		q := shard.RangeQuery{Req: &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}}
-		if v, err := rr.proposer().Read(context.Background(), q, false); err == nil {
-			ri.Keys = v.(*pb.RangeResponse).Count
+		q := &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}
+		if v, err := rr.proposer().Range(context.Background(), q, false); err == nil {
+			ri.Keys = v.Count
 		}
 		out = append(out, ri)
 	}
@@ -398,11 +397,7 @@ func (n *Node) RevokeRemote(ctx context.Context, id int64) error {
 // registered reads, linearizably, the ranges registered at range 1 as
 // holding keys of lease id.
 func (n *Node) registered(ctx context.Context, id int64) ([]uint64, error) {
-	v, err := n.first.proposer().Read(ctx, shard.RegisteredQuery{ID: id}, true)
-	if err != nil {
-		return nil, err
-	}
-	return v.([]uint64), nil
+	return n.first.proposer().Registered(ctx, id, true)
 }
 
 // revokeIn revokes the shadows of lease id in shards and marks each done
@@ -442,11 +437,11 @@ func (n *Node) RemoteKeys(ctx context.Context, id int64) ([][]byte, error) {
 			if rr.desc().Id != sid {
 				continue
 			}
-			v, err := rr.proposer().Read(ctx, shard.ShadowKeysQuery{ID: id}, true)
+			keys, err := rr.proposer().ShadowKeys(ctx, id, true)
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, v.([][]byte)...)
+			out = append(out, keys...)
 		}
 	}
 	return out, nil

@@ -119,11 +119,11 @@ func (n *Node) splitRequest(ctx context.Context, holder *rangeReplica, d *placem
 	if sm := holder.StateMachine(); sm == nil || !sm.Counting() {
 		return req, nil
 	}
-	v, err := holder.client.Read(ctx, shard.StatusQuery{}, true)
+	st, err := holder.client.Status(ctx, true)
 	if err != nil {
 		return nil, err
 	}
-	if st := v.(shard.Status); st.Counting {
+	if st.Counting {
 		above, err := n.oracle.RevisionsAbove(ctx, 1, st.Revision+splitMargin)
 		if err != nil {
 			return nil, err

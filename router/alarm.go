@@ -10,7 +10,6 @@ import (
 
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/shardpb"
-	"github.com/cairn-kv/cairn/shard"
 )
 
 // etcd's quota costs: a put costs its key and value plus an overhead, a
@@ -101,7 +100,7 @@ func (m *maintenanceServer) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.
 	if r.Action != pb.AlarmRequest_GET {
 		return m.s.alarm(ctx, r)
 	}
-	v, err := m.s.cfg.Shard.Read(ctx, shard.AlarmsQuery{}, true)
+	alarms, err := m.s.cfg.Shard.Alarms(ctx, true)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -110,7 +109,7 @@ func (m *maintenanceServer) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.
 		return nil, err
 	}
 	var out []*pb.AlarmMember
-	for _, a := range v.([]*pb.AlarmMember) {
+	for _, a := range alarms {
 		if r.Alarm == pb.AlarmType_NONE || a.Alarm == r.Alarm {
 			if r.MemberID == 0 || a.MemberID == r.MemberID {
 				out = append(out, a)

@@ -157,12 +157,39 @@ func (f *Forwarder) Range(l Local) *RangeClient {
 	return &RangeClient{f: f, l: l, id: l.Descriptor().Id}
 }
 
-// Read runs a query on the local replica once it is started.
-func (c *RangeClient) Read(ctx context.Context, query any, linearizable bool) (any, error) {
+// Range reads req from the local replica once it is started.
+func (c *RangeClient) Range(ctx context.Context, req *pb.RangeRequest, linearizable bool) (*pb.RangeResponse, error) {
+	return readLocal(ctx, c, func(r Replica) (*pb.RangeResponse, error) { return r.Range(ctx, req, linearizable) })
+}
+
+// ReadTxn reads a read-only txn from the local replica once it is started.
+func (c *RangeClient) ReadTxn(ctx context.Context, req *pb.TxnRequest, floor mvcc.Revision, linearizable bool) (*pb.TxnResponse, error) {
+	return readLocal(ctx, c, func(r Replica) (*pb.TxnResponse, error) { return r.ReadTxn(ctx, req, floor, linearizable) })
+}
+
+// Status reads the local replica's status once it is started.
+func (c *RangeClient) Status(ctx context.Context, linearizable bool) (shard.Status, error) {
+	return readLocal(ctx, c, func(r Replica) (shard.Status, error) { return r.Status(ctx, linearizable) })
+}
+
+// Hash reads the local replica's hash at rev once it is started.
+func (c *RangeClient) Hash(ctx context.Context, rev mvcc.Revision, linearizable bool) (shard.HashResult, error) {
+	return readLocal(ctx, c, func(r Replica) (shard.HashResult, error) { return r.Hash(ctx, rev, linearizable) })
+}
+
+// Alarms reads the local replica's alarms once it is started.
+func (c *RangeClient) Alarms(ctx context.Context, linearizable bool) ([]*pb.AlarmMember, error) {
+	return readLocal(ctx, c, func(r Replica) ([]*pb.AlarmMember, error) { return r.Alarms(ctx, linearizable) })
+}
+
+// readLocal runs read on c's local replica once it is started, attaching
+// the range's descriptor to a refusal of keys outside it.
+func readLocal[T any](ctx context.Context, c *RangeClient, read func(Replica) (T, error)) (T, error) {
 	if err := c.Wait(ctx); err != nil {
-		return nil, err
+		var zero T
+		return zero, err
 	}
-	v, err := c.l.Replica().Read(ctx, query, linearizable)
+	v, err := read(c.l.Replica())
 	return v, c.outside(err)
 }
 

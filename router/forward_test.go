@@ -37,7 +37,29 @@ func (r *fakeReplica) Write(context.Context, *shardpb.Request) (*shardpb.Respons
 	return &shardpb.Response{}, nil
 }
 
-func (r *fakeReplica) Read(context.Context, any, bool) (any, error) { return nil, r.err }
+func (r *fakeReplica) Range(context.Context, *pb.RangeRequest, bool) (*pb.RangeResponse, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	return &pb.RangeResponse{}, nil
+}
+
+func (r *fakeReplica) ReadTxn(context.Context, *pb.TxnRequest, mvcc.Revision, bool) (*pb.TxnResponse, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	return &pb.TxnResponse{}, nil
+}
+
+func (r *fakeReplica) Status(context.Context, bool) (shard.Status, error) {
+	return shard.Status{}, r.err
+}
+
+func (r *fakeReplica) Hash(context.Context, mvcc.Revision, bool) (shard.HashResult, error) {
+	return shard.HashResult{}, r.err
+}
+
+func (r *fakeReplica) Alarms(context.Context, bool) ([]*pb.AlarmMember, error) { return nil, r.err }
 
 func (r *fakeReplica) Leader() (uint64, uint64, bool) { return r.leader, 1, r.leader != 0 }
 
@@ -207,7 +229,11 @@ func TestForwardLocalOutside(t *testing.T) {
 	c := f.Range(newFakeLocal(d, &fakeReplica{leader: 1,
 		err: &shard.Error{Code: shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE, Message: "outside"}}))
 	for _, err := range []error{
-		func() error { _, err := c.Read(context.Background(), nil, true); return err }(),
+		func() error { _, err := c.Range(context.Background(), &pb.RangeRequest{}, true); return err }(),
+		func() error { _, err := c.ReadTxn(context.Background(), &pb.TxnRequest{}, 0, true); return err }(),
+		func() error { _, err := c.Status(context.Background(), true); return err }(),
+		func() error { _, err := c.Hash(context.Background(), 0, false); return err }(),
+		func() error { _, err := c.Alarms(context.Background(), false); return err }(),
 		func() error { _, err := c.ReadAt(context.Background(), &pb.RangeRequest{}, 1); return err }(),
 		func() error {
 			_, err := c.Write(context.Background(), &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: []byte{0}}})

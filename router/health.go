@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/version"
-
-	"github.com/cairn-kv/cairn/shard"
 )
 
 // healthTimeout bounds the read /health makes, as etcd bounds its own.
@@ -54,7 +52,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	} else {
 		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
 		defer cancel()
-		if _, err := s.cfg.Shard.Read(ctx, shard.StatusQuery{}, r.URL.Query().Get("serializable") != "true"); err != nil {
+		if _, err := s.cfg.Shard.Status(ctx, r.URL.Query().Get("serializable") != "true"); err != nil {
 			reason = "QGET ERROR:" + err.Error()
 		}
 	}

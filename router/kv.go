@@ -27,10 +27,22 @@ const (
 )
 
 // Shard is what the router needs of one raft group: the shard package's
-// Replica implements it.
+// Replica implements it. Each read is linearizable (through the group's
+// leader) when asked, else served by the local replica as it is; a
+// refusal is a *shard.Error, the group's conditions shard's sentinels.
 type Shard interface {
 	Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error)
-	Read(ctx context.Context, query any, linearizable bool) (any, error)
+	// Range answers a range request.
+	Range(ctx context.Context, req *pb.RangeRequest, linearizable bool) (*pb.RangeResponse, error)
+	// ReadTxn answers a read-only txn; floor, if set, is a revision the
+	// group's closed revision is known to have reached.
+	ReadTxn(ctx context.Context, req *pb.TxnRequest, floor mvcc.Revision, linearizable bool) (*pb.TxnResponse, error)
+	// Status reads the group's revisions and applied index.
+	Status(ctx context.Context, linearizable bool) (shard.Status, error)
+	// Hash hashes the group's history up to rev (0: now).
+	Hash(ctx context.Context, rev mvcc.Revision, linearizable bool) (shard.HashResult, error)
+	// Alarms reads the raised alarms.
+	Alarms(ctx context.Context, linearizable bool) ([]*pb.AlarmMember, error)
 	Leader() (leader, term uint64, ok bool)
 }
 
@@ -58,11 +70,10 @@ func (k *kvServer) rangeKV(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 		}
 		sh = parts[0].Shard
 	}
-	v, err := sh.Read(ctx, shard.RangeQuery{Req: r}, !r.Serializable && !plantedStaleReads)
+	resp, err := sh.Range(ctx, r, !r.Serializable && !plantedStaleReads)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := v.(*pb.RangeResponse)
 	k.s.fill(resp.Header)
 	return resp, nil
 }
@@ -227,11 +238,10 @@ func (k *kvServer) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 		return nil, err
 	}
 	if mvcc.IsTxnReadOnly(r) {
-		v, err := sh.Read(ctx, shard.TxnQuery{Req: r, Floor: floor}, !txnSerializable(r))
+		resp, err := sh.ReadTxn(ctx, r, floor, !txnSerializable(r))
 		if err != nil {
 			return nil, toGRPC(err)
 		}
-		resp := v.(*pb.TxnResponse)
 		k.s.fill(resp.Header)
 		return resp, nil
 	}

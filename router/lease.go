@@ -289,11 +289,11 @@ func (ls *leaseServer) waitPrimary(ctx context.Context) error {
 // header returns a filled response header at the store's current revision
 // on this node (as etcd fills lease responses from its local store).
 func (s *Server) header(ctx context.Context) (*pb.ResponseHeader, error) {
-	v, err := s.cfg.Shard.Read(ctx, shard.StatusQuery{}, false)
+	st, err := s.cfg.Shard.Status(ctx, false)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	h := &pb.ResponseHeader{Revision: int64(v.(shard.Status).Revision)}
+	h := &pb.ResponseHeader{Revision: int64(st.Revision)}
 	s.fill(h)
 	return h, nil
 }

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/mvcc"
-	"github.com/cairn-kv/cairn/shard"
 )
 
 // maintenanceServer is etcd's Maintenance service. Status is served; the
@@ -27,11 +26,10 @@ const defaultQuotaBytes = 2 << 30
 // Status reports the etcd API version Cairn speaks (clients such as
 // Kubernetes check it), the store's size and the raft state.
 func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
-	v, err := m.s.cfg.Shard.Read(ctx, shard.StatusQuery{}, false)
+	st, err := m.s.cfg.Shard.Status(ctx, false)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	st := v.(shard.Status)
 	ns := m.s.cfg.Node.Status()
 	resp := &pb.StatusResponse{
 		Header:  &pb.ResponseHeader{Revision: int64(st.Revision)},
@@ -56,8 +54,8 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 	if resp.Leader == 0 {
 		resp.Errors = append(resp.Errors, "etcdserver: no leader")
 	}
-	if alarms, err := m.s.cfg.Shard.Read(ctx, shard.AlarmsQuery{}, false); err == nil {
-		for _, a := range alarms.([]*pb.AlarmMember) {
+	if alarms, err := m.s.cfg.Shard.Alarms(ctx, false); err == nil {
+		for _, a := range alarms {
 			resp.Errors = append(resp.Errors, a.String())
 		}
 	}
@@ -74,7 +72,7 @@ type clusterServer struct {
 }
 
 func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.MemberListResponse, error) {
-	v, err := c.s.cfg.Shard.Read(ctx, shard.StatusQuery{}, r.Linearizable)
+	st, err := c.s.cfg.Shard.Status(ctx, r.Linearizable)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -83,7 +81,7 @@ func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest)
 		return nil, toGRPC(err)
 	}
 	resp := &pb.MemberListResponse{
-		Header:  &pb.ResponseHeader{Revision: int64(v.(shard.Status).Revision)},
+		Header:  &pb.ResponseHeader{Revision: int64(st.Revision)},
 		Members: members,
 	}
 	c.s.fill(resp.Header)
@@ -113,16 +111,15 @@ func (m *maintenanceServer) HashKV(ctx context.Context, r *pb.HashKVRequest) (*p
 	if m.s.cfg.Ranges != nil {
 		return m.s.hashAll(ctx, mvcc.Revision(r.Revision))
 	}
-	st, err := m.s.cfg.Shard.Read(ctx, shard.StatusQuery{}, false)
+	st, err := m.s.cfg.Shard.Status(ctx, false)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	v, err := m.s.cfg.Shard.Read(ctx, shard.HashQuery{Rev: mvcc.Revision(r.Revision)}, false)
+	hr, err := m.s.cfg.Shard.Hash(ctx, mvcc.Revision(r.Revision), false)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	hr := v.(shard.HashResult)
-	resp := &pb.HashKVResponse{Header: &pb.ResponseHeader{Revision: int64(st.(shard.Status).Revision)},
+	resp := &pb.HashKVResponse{Header: &pb.ResponseHeader{Revision: int64(st.Revision)},
 		Hash: hr.Hash, CompactRevision: int64(hr.CompactRevision), HashRevision: int64(hr.Revision)}
 	m.s.fill(resp.Header)
 	return resp, nil

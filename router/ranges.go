@@ -246,22 +246,20 @@ func (s *Server) hashAll(ctx context.Context, rev mvcc.Revision) (*pb.HashKVResp
 		}
 		// A read index: what the range acknowledged before (a compaction
 		// has no revision to wait for) has applied here too.
-		v, err := p.Shard.Read(ctx, shard.StatusQuery{}, true)
+		st, err := p.Shard.Status(ctx, true)
 		if err != nil {
 			return nil, toGRPC(err)
 		}
 		// Nothing was written here between the range's last write and
 		// rev; a compaction may have reached past that write.
-		st := v.(shard.Status)
 		if st.CompactRevision >= 0 && rev < st.CompactRevision {
 			return nil, rpctypes.ErrGRPCCompacted
 		}
 		at := max(min(rev, st.Revision), st.CompactRevision)
-		v, err = p.Shard.Read(ctx, shard.HashQuery{Rev: at}, false)
+		hr, err := p.Shard.Hash(ctx, at, false)
 		if err != nil {
 			return nil, toGRPC(err)
 		}
-		hr := v.(shard.HashResult)
 		fmt.Fprintf(h, "%x:%x:%d;", p.Start, hr.Hash, hr.CompactRevision)
 		compact = max(compact, hr.CompactRevision)
 	}

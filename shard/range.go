@@ -189,9 +189,9 @@ func (r *Range) Start(cfg Config, members map[uint64]dragonboat.Target, join boo
 // once its state machine is open (a restart's, before watchers come).
 func (r *Range) SyncHub(ctx context.Context) error {
 	for {
-		v, err := r.replica.Read(ctx, StatusQuery{}, false)
+		st, err := r.replica.Status(ctx, false)
 		if err == nil {
-			r.hub.Notify(v.(Status).Revision, nil)
+			r.hub.Notify(st.Revision, nil)
 			return nil
 		}
 		select {

@@ -484,7 +484,7 @@ func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
 	if err != nil {
 		return r.Closed(), err
 	}
-	st, err := r.status(ctx)
+	st, err := r.Status(ctx, true)
 	if err != nil {
 		return r.Closed(), err
 	}
@@ -508,7 +508,7 @@ func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
 	if err != nil {
 		return r.Closed(), fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
 	}
-	if st, err = r.status(ctx); err != nil {
+	if st, err = r.Status(ctx, true); err != nil {
 		return r.Closed(), err
 	}
 	if now, err := r.leading(); err != nil || now != term || st.Fence != term {
@@ -520,15 +520,6 @@ func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
 		r.closed = max(r.closed, t)
 	}
 	return r.closed, nil
-}
-
-// status reads the shard's Status through a read index.
-func (r *Replica) status(ctx context.Context) (Status, error) {
-	v, err := r.Read(ctx, StatusQuery{}, true)
-	if err != nil {
-		return Status{}, err
-	}
-	return v.(Status), nil
 }
 
 // Closed is the closed revision this client last proposed or published.
@@ -576,11 +567,7 @@ func (r *Replica) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Rev
 	}
 	q := proto.Clone(req).(*pb.RangeRequest)
 	q.Revision = int64(rev)
-	v, err := r.Read(ctx, RangeQuery{Req: q, Floor: rev}, true)
-	if err != nil {
-		return nil, err
-	}
-	return v.(*pb.RangeResponse), nil
+	return read[*pb.RangeResponse](ctx, r, RangeQuery{Req: q, Floor: rev}, true)
 }
 
 // proposal is a batch proposed by the batcher, its outcome awaited by a
@@ -840,30 +827,6 @@ func classify(err error) error {
 		return ErrStopped
 	}
 	return err
-}
-
-// Read runs a Lookup query: linearizable reads go through ReadIndex (a
-// heartbeat round with the leader), others read the local replica as is.
-func (r *Replica) Read(ctx context.Context, query any, linearizable bool) (any, error) {
-	if !linearizable {
-		v, err := r.nh.StaleRead(r.shardID, query)
-		return v, lookupError(err)
-	}
-	// As a write, a read that cannot reach a quorum gives up after the
-	// proposal timeout, whatever the caller's deadline.
-	ctx, cancel := context.WithTimeout(ctx, proposalTimeout)
-	defer cancel()
-	for {
-		v, err := r.nh.SyncRead(ctx, r.shardID, query)
-		if err == nil || !retryable(err) {
-			return v, lookupError(err)
-		}
-		select {
-		case <-time.After(retryBackoff):
-		case <-ctx.Done():
-			return nil, classify(err)
-		}
-	}
 }
 
 // lookupError keeps refusals (*Error) and classifies the rest.

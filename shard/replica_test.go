@@ -83,7 +83,7 @@ func TestReplicaBatchesConcurrentWrites(t *testing.T) {
 	r, _ := startReplica(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	before, err := r.Read(ctx, StatusQuery{}, true)
+	b, err := r.Status(ctx, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,11 +122,10 @@ func TestReplicaBatchesConcurrentWrites(t *testing.T) {
 	if len(seen) != writers*each {
 		t.Fatalf("%d writes acknowledged, want %d", len(seen), writers*each)
 	}
-	after, err := r.Read(ctx, StatusQuery{}, true)
+	a, err := r.Status(ctx, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, a := before.(Status), after.(Status)
 	if int(a.Revision-b.Revision) != writers*each {
 		t.Fatalf("revision moved by %d, want %d", a.Revision-b.Revision, writers*each)
 	}
@@ -135,8 +134,8 @@ func TestReplicaBatchesConcurrentWrites(t *testing.T) {
 		t.Fatalf("%d writes took %d raft entries: not batched", writers*each, entries)
 	}
 	t.Logf("%d writes in %d raft entries", writers*each, entries)
-	got, err := r.Read(ctx, RangeQuery{Req: &pb.RangeRequest{Key: []byte("w"), RangeEnd: []byte("x"), CountOnly: true}}, true)
-	if err != nil || got.(*pb.RangeResponse).Count != writers*each {
+	got, err := r.Range(ctx, &pb.RangeRequest{Key: []byte("w"), RangeEnd: []byte("x"), CountOnly: true}, true)
+	if err != nil || got.Count != writers*each {
 		t.Fatalf("linearizable count = %v, %v", got, err)
 	}
 }

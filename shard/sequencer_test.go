@@ -143,11 +143,11 @@ func TestStampedWrites(t *testing.T) {
 			t.Fatalf("revision %d acknowledged twice", rev)
 		}
 	}
-	st, err := clients[0].Read(ctx, shard.StatusQuery{}, true)
+	st, err := clients[0].Status(ctx, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := int64(st.(shard.Status).Revision); got != revs[len(revs)-1] {
+	if got := int64(st.Revision); got != revs[len(revs)-1] {
 		t.Fatalf("store at revision %d, want the newest acknowledged %d", got, revs[len(revs)-1])
 	}
 	t.Logf("%d writes, %d restamped", len(revs), clients[0].Restamped()+clients[1].Restamped())
@@ -198,11 +198,11 @@ func TestStaleStampRestamped(t *testing.T) {
 	if c.Restamped() != 1 {
 		t.Fatalf("%d writes restamped, want 1", c.Restamped())
 	}
-	got, err := c.Read(ctx, shard.RangeQuery{Req: &pb.RangeRequest{Key: []byte("racer")}}, true)
+	got, err := c.Range(ctx, &pb.RangeRequest{Key: []byte("racer")}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kvs := got.(*pb.RangeResponse).Kvs
+	kvs := got.Kvs
 	if len(kvs) != 1 || kvs[0].ModRevision >= rev {
 		t.Fatalf("the racing write %v should precede the restamped one at %d", kvs, rev)
 	}
@@ -224,11 +224,10 @@ func TestClosedRevisionAdvances(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := c.Read(ctx, shard.StatusQuery{}, true)
+		st, err := c.Status(ctx, true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := v.(shard.Status)
 		// The entry that carried rev closed just below it; the one before
 		// closed past the previous write.
 		if int64(st.Closed) >= rev || int64(st.Closed) < last {
@@ -262,17 +261,17 @@ func TestAdvanceIdle(t *testing.T) {
 	if int64(closed) <= rev {
 		t.Fatalf("idle shard closed at %d, not past the last write at %d", closed, rev)
 	}
-	v, err := c.Read(ctx, shard.StatusQuery{}, true)
+	st, err := c.Status(ctx, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	applied := v.(shard.Status).AppliedIndex
+	applied := st.AppliedIndex
 	again, err := c.AdvanceIdle(ctx)
 	if err != nil || again <= closed {
 		t.Fatalf("second advance: %d, %v (first %d)", again, err, closed)
 	}
-	if v, _ := c.Read(ctx, shard.StatusQuery{}, true); v.(shard.Status).AppliedIndex != applied {
-		t.Fatalf("an idle advance wrote to the log (applied index %d → %d)", applied, v.(shard.Status).AppliedIndex)
+	if st, _ := c.Status(ctx, true); st.AppliedIndex != applied {
+		t.Fatalf("an idle advance wrote to the log (applied index %d → %d)", applied, st.AppliedIndex)
 	}
 	next, err := put(ctx, c, "b")
 	if err != nil {
@@ -346,11 +345,11 @@ func TestReadAt(t *testing.T) {
 	}
 	// A plain read's header carries the shard's current revision: the
 	// closed one, past its last write.
-	v, err := c.Read(ctx, shard.RangeQuery{Req: all}, true)
+	v, err := c.Range(ctx, all, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := v.(*pb.RangeResponse).Header.Revision; h < int64(r2) {
+	if h := v.Header.Revision; h < int64(r2) {
 		t.Fatalf("header revision %d below the closed revision %d", h, r2)
 	}
 }

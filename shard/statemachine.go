@@ -525,8 +525,10 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 // AppliedIndex is the raft index of the last entry applied here.
 func (s *StateMachine) AppliedIndex() uint64 { return s.applied.Load() }
 
-// Lookup serves a read query (RangeQuery, TxnQuery, StatusQuery). It runs
-// concurrently with Update and waits out a snapshot recovery.
+// Lookup serves a read query (the *Query types below), as dragonboat's
+// reads hand it over; Replica's typed reads (reads.go) are how the rest of
+// Cairn asks. It runs concurrently with Update and waits out a snapshot
+// recovery.
 func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -44,21 +44,20 @@ func (n *Node) OracleRevisions(ctx context.Context, count int64) (int64, error) 
 
 func (n *Node) OracleRoundTrips() int64 { return n.oracle.RoundTrips() }
 
-// CutSplitsShort makes SplitRange stop where a crash may stop it: "map"
-// after the range map names the new range and before the range splits,
-// "start" after the range split but before the new range starts here. The
-// returned function puts things back.
-func CutSplitsShort(stage string) (restore func()) {
-	yes := func() bool { return true }
+// CutSplitsShort makes this node's SplitRange stop where a crash may stop
+// it: "map" after the range map names the new range and before the range
+// splits, "start" after the range split but before the new range starts
+// here. The returned function puts things back.
+func (n *Node) CutSplitsShort(stage string) (restore func()) {
 	switch stage {
 	case "map":
-		splitCutShort = yes
+		n.hooks.splitCutShort.Store(true)
 	case "start":
-		splitNoStart = yes
+		n.hooks.splitNoStart.Store(true)
 	default:
 		panic("node: no such split stage: " + stage)
 	}
-	return func() { splitCutShort, splitNoStart = nil, nil }
+	return func() { n.hooks.splitCutShort.Store(false); n.hooks.splitNoStart.Store(false) }
 }
 
 // SplitHere reports whether the split that made range id applied to this

@@ -208,6 +208,11 @@ type Node struct {
 	journal *os.File // nil unless Config.DebugJournal
 	nh      *dragonboat.NodeHost
 	primary *shard.Primary
+	// hooks let tests stop a split where a crash may stop it
+	// (export_test.go): splitCutShort after the range map names the new
+	// range, before the range splits; splitNoStart after the range split,
+	// before the new range starts here.
+	hooks struct{ splitCutShort, splitNoStart atomic.Bool }
 	// first is range 1, in both modes: single-group mode's only range,
 	// and in sharded mode the home of leases and of the cluster's records.
 	first *rangeReplica

@@ -35,7 +35,7 @@ func TestShardedSplitCutShort(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			restore := node.CutSplitsShort(stage)
+			restore := n.CutSplitsShort(stage)
 			made, err := n.SplitRange(ctx, []byte("m"))
 			restore()
 			if err != nil {
@@ -107,7 +107,7 @@ func TestShardedSplitCutShortCluster(t *testing.T) {
 	if _, err := first.Put(ctx, "p", "before"); err != nil {
 		t.Fatal(err)
 	}
-	restore := node.CutSplitsShort("map")
+	restore := nodes[0].CutSplitsShort("map")
 	made, err := nodes[0].SplitRange(ctx, []byte("m"))
 	restore()
 	if err != nil {

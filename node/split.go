@@ -65,7 +65,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	}
 	made := []*placementpb.RangeDescriptor{left, right}
 	child := right.Id
-	if splitCutShort != nil && splitCutShort() {
+	if n.hooks.splitCutShort.Load() {
 		return made, nil
 	}
 	for {
@@ -91,7 +91,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		case <-time.After(forwardRetry):
 		}
 	}
-	if splitNoStart != nil && splitNoStart() {
+	if n.hooks.splitNoStart.Load() {
 		return made, nil
 	}
 	if rr := n.rangeSet.get(child, false); rr != nil {
@@ -151,7 +151,7 @@ func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev m
 		// snapshot).
 		return
 	}
-	if splitNoStart != nil && splitNoStart() {
+	if n.hooks.splitNoStart.Load() {
 		return
 	}
 	n.wg.Add(1)
@@ -226,12 +226,6 @@ func (n *Node) registerShadows(rr *rangeReplica) {
 		}
 	}
 }
-
-// Test hooks (export_test.go): splitCutShort stops SplitRange after the
-// range map names the new range, before the range splits; splitNoStart
-// leaves a split's new range unstarted here. Either is where a crash may
-// stop a split.
-var splitCutShort, splitNoStart func() bool
 
 // localRanges returns the ranges this node starts, in key order: the range
 // map's, except that a range the map names whose split has not applied

@@ -1,0 +1,480 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
+)
+
+// The members as etcd's Cluster API shows and changes them: published
+// attributes, MemberList, MemberAdd/Update/Remove/Promote, learners.
+
+// publish records this member's name and client URLs in the group, as
+// etcd's members publish theirs, retrying until it commits or ctx ends.
+func (n *Node) publish(ctx context.Context) {
+	attrs, _ := proto.Marshal(&pb.Member{ID: n.memberID, Name: n.cfg.Name, ClientURLs: n.cfg.AdvertiseClientURLs})
+	reqs := []*shardpb.Request{
+		{Op: &shardpb.Request_MemberAttrs{MemberAttrs: attrs}},
+		// The peer URLs this member started with, unless the group has
+		// some for it already (from MemberAdd or MemberUpdate).
+		{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: n.memberID, PeerUrls: n.peerURLs, IfAbsent: true}}},
+	}
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, errs := n.first.proposer().WriteAll(wctx, reqs)
+		cancel()
+		err := errors.Join(errs...)
+		if err == nil {
+			return
+		}
+		n.log.Warn("publishing member attributes failed; retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Members implements router.NodeInfo: the raft membership (voters and
+// learners) with the attributes each member published. A member added but
+// not yet started has no name and no client URLs, as in etcd.
+//
+// Linearizable asks the raft group (a read index); otherwise the member
+// answers from its own view, as etcd does without --linearizable: the
+// membership it last read, reused while its local config-change index is
+// unchanged, so a member cut off from the others still lists them.
+func (n *Node) Members(linearizable bool) ([]*pb.Member, error) {
+	cc := n.configChangeIndex()
+	if !linearizable {
+		if v := n.membersView.Load(); v != nil && v.cc == cc {
+			return v.members, nil
+		}
+	}
+	timeout := 5 * time.Second
+	if !linearizable {
+		timeout = time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	ms, err := n.membership(ctx)
+	if err != nil {
+		if linearizable {
+			// A linearizable list is the group's or none, as in etcd.
+			n.log.Warn("reading the membership failed", "error", err)
+			return nil, rpctypes.ErrGRPCTimeout
+		}
+		if v := n.membersView.Load(); v != nil {
+			return v.members, nil
+		}
+		// Not reachable now: report what this node knows of itself.
+		return []*pb.Member{{ID: n.memberID, Name: n.cfg.Name, PeerURLs: n.peerURLs, ClientURLs: n.cfg.AdvertiseClientURLs}}, nil
+	}
+	attrs := map[uint64]*pb.Member{}
+	if v, err := n.memberAttrs(ctx); err == nil {
+		attrs = v
+	}
+	var out []*pb.Member
+	add := func(id uint64, learner bool) {
+		m := &pb.Member{ID: id, IsLearner: learner}
+		if a := attrs[id]; a != nil {
+			m.Name, m.ClientURLs, m.PeerURLs = a.Name, a.ClientURLs, a.PeerURLs
+		}
+		if len(m.PeerURLs) == 0 {
+			if addr, _, err := n.peers.Resolve(singleShardID, id); err == nil {
+				m.PeerURLs = []string{"http://" + addr}
+			}
+		}
+		if id == n.memberID {
+			m.Name, m.ClientURLs = n.cfg.Name, n.cfg.AdvertiseClientURLs
+		}
+		out = append(out, m)
+	}
+	for id := range ms.Nodes {
+		add(id, false)
+	}
+	for id := range ms.NonVotings {
+		add(id, true)
+	}
+	slices.SortFunc(out, func(a, b *pb.Member) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	if ms.ConfigChangeID >= cc {
+		n.membersView.Store(&membersView{cc: ms.ConfigChangeID, members: out})
+	}
+	return out, nil
+}
+
+// refreshMembers keeps the member's own view of the membership (what a
+// non-linearizable MemberList answers) current: it reads the membership
+// again whenever the local config-change index moves, and every two
+// seconds for the names and client URLs members publish once they serve.
+func (n *Node) refreshMembers() {
+	defer n.wg.Done()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	var last time.Time
+	for {
+		if v := n.membersView.Load(); v == nil || v.cc != n.configChangeIndex() || time.Since(last) > 2*time.Second {
+			_, _ = n.Members(true) // refreshes the view; a failure is tried again
+			last = time.Now()
+		}
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// membersView is the membership a member last read, with the config-change
+// index it was read at.
+type membersView struct {
+	cc      uint64
+	members []*pb.Member
+}
+
+// configChangeIndex is the raft index of the last membership change this
+// replica applied (its local view; 0 if unknown).
+func (n *Node) configChangeIndex() uint64 {
+	info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+	for _, s := range info.ShardInfoList {
+		if s.ShardID == singleShardID {
+			return s.ConfigChangeIndex
+		}
+	}
+	return 0
+}
+
+// leaderConn returns a client connection to the member leading the shard,
+// for the router's forwarded lease requests.
+func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
+	leader, _, ok := n.first.proposer().Leader()
+	if !ok {
+		return nil, shard.ErrNoLeader
+	}
+	return n.memberConn(leader)
+}
+
+// memberAttrs reads, from this member's replica of range 1, the members'
+// published attributes (name, client URLs).
+func (n *Node) memberAttrs(ctx context.Context) (map[uint64]*pb.Member, error) {
+	if n.first == nil || !n.first.Started() {
+		return nil, errors.New("node: range 1 is not started yet")
+	}
+	return n.first.proposer().Members(ctx, false)
+}
+
+// memberConn returns a client connection to member id's first published
+// client URL. Connections are kept per URL until the node closes.
+func (n *Node) memberConn(id uint64) (*grpc.ClientConn, error) {
+	attrs, err := n.memberAttrs(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	m := attrs[id]
+	if m == nil || len(m.ClientURLs) == 0 {
+		return nil, fmt.Errorf("node: member %x has not published its client URLs: %w", id, shard.ErrNoLeader)
+	}
+	target, err := hostPort(m.ClientURLs[0])
+	if err != nil {
+		return nil, err
+	}
+	n.connMu.Lock()
+	defer n.connMu.Unlock()
+	if c := n.conns[target]; c != nil {
+		return c, nil
+	}
+	c, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("node: dial member %x at %s: %w", id, target, err)
+	}
+	if n.conns == nil {
+		n.conns = map[string]*grpc.ClientConn{}
+	}
+	n.conns[target] = c
+	return c, nil
+}
+
+// membership reads the shard's membership through the leader (a ReadIndex),
+// trying again while the replica is between states (no leader yet, a
+// leadership change under way) until ctx ends.
+func (n *Node) membership(ctx context.Context) (*dragonboat.Membership, error) {
+	for {
+		ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
+		if err == nil || errors.Is(err, dragonboat.ErrClosed) || errors.Is(err, dragonboat.ErrShardClosed) ||
+			errors.Is(err, dragonboat.ErrShardNotFound) {
+			return ms, err
+		}
+		// Not ready, busy, a read index dropped or timed out while
+		// leadership settles: reading the membership again is harmless.
+		select {
+		case <-ctx.Done():
+			return nil, rpctypes.ErrGRPCTimeoutDueToLeaderFail
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// findMember returns member id's peer address and whether it is a learner.
+func (n *Node) findMember(ctx context.Context, id uint64) (addr string, learner, ok bool, err error) {
+	ms, err := n.membership(ctx)
+	if err != nil {
+		return "", false, false, err
+	}
+	if a, found := ms.Nodes[id]; found {
+		return a, false, true, nil
+	}
+	if a, found := ms.NonVotings[id]; found {
+		return a, true, true, nil
+	}
+	return "", false, false, nil
+}
+
+// AddMember implements router.Membership. The new member's id derives from
+// its peer URLs and this cluster's token, so the member started with
+// --initial-cluster-state existing and the same token finds itself.
+func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (*pb.Member, error) {
+	if _, err := hostPort(peerURLs[0]); err != nil {
+		return nil, rpctypes.ErrGRPCMemberBadURLs
+	}
+	ms, err := n.membership(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n.peerURLTaken(ms, peerURLs, 0) {
+		return nil, rpctypes.ErrGRPCPeerURLExist
+	}
+	var id uint64
+	for gen := 0; ; gen++ {
+		if gen == maxJoinGenerations {
+			return nil, fmt.Errorf("node: add member: peer URLs %v were removed %d times; use new ones", peerURLs, gen)
+		}
+		id = memberIDGen(peerURLs, n.token, gen)
+		_, member := ms.Nodes[id]
+		_, learnerMember := ms.NonVotings[id]
+		_, removed := ms.Removed[id]
+		if !member && !learnerMember && !removed {
+			break
+		}
+	}
+	// The peer URLs first, so that raft finds the member once it is in.
+	if err := n.recordPeers(ctx, id, peerURLs); err != nil {
+		return nil, fmt.Errorf("node: add member: %w", err)
+	}
+	if n.merger != nil {
+		if err := n.addSharded(ctx, id, learner); err != nil {
+			return nil, fmt.Errorf("node: add member: %w", err)
+		}
+		return &pb.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil
+	}
+	if learner {
+		err = n.nh.SyncRequestAddNonVoting(ctx, singleShardID, id, memberTarget(id), 0)
+	} else {
+		err = n.nh.SyncRequestAddReplica(ctx, singleShardID, id, memberTarget(id), 0)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("node: add member: %w", err)
+	}
+	return &pb.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil
+}
+
+// UpdateMember implements router.Membership: member id's peer URLs become
+// peerURLs. Every member dials the new ones from the moment the change
+// applies; the member itself is then restarted listening there (as with
+// etcd's member update).
+func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) error {
+	for _, u := range peerURLs {
+		if _, err := hostPort(u); err != nil {
+			return rpctypes.ErrGRPCMemberBadURLs
+		}
+	}
+	ms, err := n.membership(ctx)
+	if err != nil {
+		return err
+	}
+	_, voter := ms.Nodes[id]
+	_, learner := ms.NonVotings[id]
+	if !voter && !learner {
+		return rpctypes.ErrGRPCMemberNotFound
+	}
+	if n.peerURLTaken(ms, peerURLs, id) {
+		return rpctypes.ErrGRPCPeerURLExist
+	}
+	if err := n.recordPeers(ctx, id, peerURLs); err != nil {
+		return fmt.Errorf("node: update member: %w", err)
+	}
+	return nil
+}
+
+// recordPeers records member id's peer URLs in the group.
+func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) error {
+	_, err := n.first.proposer().Write(ctx, &shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: peerURLs}}})
+	return err
+}
+
+// peerURLTaken reports whether a member other than except already has one
+// of peerURLs.
+func (n *Node) peerURLTaken(ms *dragonboat.Membership, peerURLs []string, except uint64) bool {
+	attrs := map[uint64]*pb.Member{}
+	if v, err := n.memberAttrs(context.Background()); err == nil {
+		attrs = v
+	}
+	want := map[string]bool{}
+	for _, u := range peerURLs {
+		if a, err := hostPort(u); err == nil {
+			want[a] = true
+		}
+	}
+	for _, group := range []map[uint64]string{ms.Nodes, ms.NonVotings} {
+		for id := range group {
+			if id == except {
+				continue
+			}
+			var theirs []string
+			if a := attrs[id]; a != nil {
+				theirs = a.PeerURLs
+			}
+			if len(theirs) == 0 {
+				if addr, _, err := n.peers.Resolve(singleShardID, id); err == nil {
+					theirs = []string{"http://" + addr}
+				}
+			}
+			for _, u := range theirs {
+				if a, err := hostPort(u); err == nil && want[a] {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// RemoveMember implements router.Membership.
+func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
+	_, _, ok, err := n.findMember(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return rpctypes.ErrGRPCMemberNotFound
+	}
+	if n.merger != nil {
+		return n.removeSharded(ctx, id)
+	}
+	if err := n.nh.SyncRequestDeleteReplica(ctx, singleShardID, id, 0); err != nil {
+		return fmt.Errorf("node: remove member: %w", err)
+	}
+	return nil
+}
+
+// PromoteMember implements router.Membership.
+func (n *Node) PromoteMember(ctx context.Context, id uint64) error {
+	addr, learner, ok, err := n.findMember(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return rpctypes.ErrGRPCMemberNotFound
+	}
+	if !learner {
+		return rpctypes.ErrGRPCMemberNotLearner
+	}
+	if n.merger != nil {
+		return n.promoteSharded(ctx, id)
+	}
+	if err := n.nh.SyncRequestAddReplica(ctx, singleShardID, id, addr, 0); err != nil {
+		return fmt.Errorf("node: promote member: %w", err)
+	}
+	return nil
+}
+
+// trackLearner clears the learner mark once raft shows this member
+// promoted, so that a restart starts it as a voter.
+func (n *Node) trackLearner() {
+	defer n.wg.Done()
+	if !isLearner(n.cfg.DataDir) {
+		return
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+		// Promoted in range 1 (sharded mode: in every group, range 1
+		// last). Each group then takes a snapshot before the mark goes:
+		// a restart as a voter must not replay the entry that added this
+		// member as a learner, which raft refuses to apply to a voter.
+		promoted, found := true, false
+		var shards []uint64
+		for _, s := range info.ShardInfoList {
+			if s.ShardID == singleShardID {
+				found = true
+			}
+			if s.ShardID == singleShardID || n.merger != nil {
+				promoted = promoted && !s.Pending && !s.IsNonVoting
+				shards = append(shards, s.ShardID)
+			}
+		}
+		if !found || !promoted || !n.snapshotAll(shards) {
+			continue
+		}
+		n.learner.Store(false)
+		if err := setLearner(n.cfg.DataDir, false); err != nil {
+			n.log.Warn("clearing the learner mark failed", "error", err)
+			continue
+		}
+		return
+	}
+}
+
+// snapshotAll has this node's replica of each of shards take a snapshot,
+// and reports whether all did.
+func (n *Node) snapshotAll(shards []uint64) bool {
+	for _, id := range shards {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := n.nh.SyncRequestSnapshot(ctx, id, dragonboat.SnapshotOption{})
+		cancel()
+		// Rejected: nothing applied since the replica's last snapshot,
+		// which so holds the promotion already.
+		if err != nil && !errors.Is(err, dragonboat.ErrRejected) {
+			n.log.Warn("a snapshot after the promotion failed; trying again", "shard", id, "error", err)
+			return false
+		}
+	}
+	return true
+}
+
+// Defragment implements router.Operator: pebble compacts every level, which
+// drops deleted and overwritten data from the files.
+func (n *Node) Defragment(ctx context.Context) error {
+	if err := n.db.Compact(ctx, []byte{0}, []byte{0xff, 0xff, 0xff, 0xff}, true); err != nil {
+		return fmt.Errorf("node: defragment: %w", err)
+	}
+	return nil
+}
+
+// IsLearner implements router.Learner.
+func (n *Node) IsLearner() bool { return n.learner.Load() }

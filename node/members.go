@@ -74,7 +74,7 @@ func (n *Node) Members(linearizable bool) ([]*pb.Member, error) {
 		if linearizable {
 			// A linearizable list is the group's or none, as in etcd.
 			n.log.Warn("reading the membership failed", "error", err)
-			return nil, rpctypes.ErrGRPCTimeout
+			return nil, rpctypes.ErrTimeout
 		}
 		if v := n.membersView.Load(); v != nil {
 			return v.members, nil
@@ -228,7 +228,7 @@ func (n *Node) membership(ctx context.Context) (*dragonboat.Membership, error) {
 		// leadership settles: reading the membership again is harmless.
 		select {
 		case <-ctx.Done():
-			return nil, rpctypes.ErrGRPCTimeoutDueToLeaderFail
+			return nil, rpctypes.ErrTimeoutDueToLeaderFail
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -254,14 +254,14 @@ func (n *Node) findMember(ctx context.Context, id uint64) (addr string, learner,
 // --initial-cluster-state existing and the same token finds itself.
 func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (*pb.Member, error) {
 	if _, err := hostPort(peerURLs[0]); err != nil {
-		return nil, rpctypes.ErrGRPCMemberBadURLs
+		return nil, rpctypes.ErrMemberBadURLs
 	}
 	ms, err := n.membership(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if n.peerURLTaken(ms, peerURLs, 0) {
-		return nil, rpctypes.ErrGRPCPeerURLExist
+		return nil, rpctypes.ErrPeerURLExist
 	}
 	var id uint64
 	for gen := 0; ; gen++ {
@@ -304,7 +304,7 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) error {
 	for _, u := range peerURLs {
 		if _, err := hostPort(u); err != nil {
-			return rpctypes.ErrGRPCMemberBadURLs
+			return rpctypes.ErrMemberBadURLs
 		}
 	}
 	ms, err := n.membership(ctx)
@@ -314,10 +314,10 @@ func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) e
 	_, voter := ms.Nodes[id]
 	_, learner := ms.NonVotings[id]
 	if !voter && !learner {
-		return rpctypes.ErrGRPCMemberNotFound
+		return rpctypes.ErrMemberNotFound
 	}
 	if n.peerURLTaken(ms, peerURLs, id) {
-		return rpctypes.ErrGRPCPeerURLExist
+		return rpctypes.ErrPeerURLExist
 	}
 	if err := n.recordPeers(ctx, id, peerURLs); err != nil {
 		return fmt.Errorf("node: update member: %w", err)
@@ -375,7 +375,7 @@ func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 		return err
 	}
 	if !ok {
-		return rpctypes.ErrGRPCMemberNotFound
+		return rpctypes.ErrMemberNotFound
 	}
 	if n.merger != nil {
 		return n.removeSharded(ctx, id)
@@ -393,10 +393,10 @@ func (n *Node) PromoteMember(ctx context.Context, id uint64) error {
 		return err
 	}
 	if !ok {
-		return rpctypes.ErrGRPCMemberNotFound
+		return rpctypes.ErrMemberNotFound
 	}
 	if !learner {
-		return rpctypes.ErrGRPCMemberNotLearner
+		return rpctypes.ErrMemberNotLearner
 	}
 	if n.merger != nil {
 		return n.promoteSharded(ctx, id)

@@ -22,9 +22,9 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	if _, learner, ok, err := n.findMember(ctx, target); err != nil {
 		return err
 	} else if !ok {
-		return rpctypes.ErrGRPCBadLeaderTransferee
+		return rpctypes.ErrBadLeaderTransferee
 	} else if learner {
-		return rpctypes.ErrGRPCBadLeaderTransferee
+		return rpctypes.ErrBadLeaderTransferee
 	}
 	// dragonboat's target skips the campaign while it has committed
 	// entries it has not applied (its conservative check for a pending
@@ -80,7 +80,7 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 			n.waitTransferee(ctx, target, 10*time.Millisecond)
 		}
 		if ctx.Err() != nil {
-			return rpctypes.ErrGRPCTimeoutDueToLeaderFail
+			return rpctypes.ErrTimeoutDueToLeaderFail
 		}
 	}
 }

@@ -67,6 +67,12 @@ func toGRPC(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	// etcd's own errors, as the node returns them (rpctypes.ErrMemberNotFound
+	// …), become the status etcd answers with.
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		return status.Error(ee.Code(), ee.Error())
+	}
 	var e *shard.Error
 	if errors.As(err, &e) {
 		if s, ok := byCode[e.Code]; ok {

@@ -144,7 +144,7 @@ func TestOracleClientLocal(t *testing.T) {
 
 // TestOracleClientLeaderMoved: a member that no longer leads answers
 // ErrNotLeader; the client tries again until one answers, and gives up
-// with ErrNotLeader when its context ends.
+// when its context ends.
 func TestOracleClientLeaderMoved(t *testing.T) {
 	f := &fakeOracle{next: 10, refuses: 2}
 	c := f.client()
@@ -155,8 +155,10 @@ func TestOracleClientLeaderMoved(t *testing.T) {
 	f.refuses = 1 << 30
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	if _, err := c.Revisions(ctx, 1); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("with no leader answering: %v, want ErrNotLeader", err)
+	// It gives up when ctx ends: not-leader, or ctx's own error if it ended
+	// while a round trip was under way.
+	if _, err := c.Revisions(ctx, 1); !errors.Is(err, ErrNotLeader) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("with no leader answering: %v, want ErrNotLeader or the deadline", err)
 	}
 }
 

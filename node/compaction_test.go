@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"sync"
 	"testing"
@@ -14,12 +13,13 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/router"
 )
 
-// fakeClock is a compactionClock the test advances by hand. The compactor
-// waits on one After at a time; awaitTimer tells the test when it does,
-// which also means it has finished the round before.
+// fakeClock is a router.CompactorClock the test advances by hand. The
+// compactor waits on one After at a time; awaitTimer tells the test when it
+// does, which also means it has finished the round before. (router's tests
+// have the same clock for the compactor alone.)
 type fakeClock struct {
 	mu     sync.Mutex // guards now, timers, asked
 	now    time.Time
@@ -97,7 +97,7 @@ func (c *fakeClock) awaitTimer(t *testing.T) time.Duration {
 
 // startCompactionNode starts a one-member node in dir with the given
 // automatic compaction and clock.
-func startCompactionNode(t *testing.T, dir, mode, retention string, clk compactionClock) *Node {
+func startCompactionNode(t *testing.T, dir, mode, retention string, clk router.CompactorClock) *Node {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -268,110 +268,13 @@ func TestAutoCompactionRevision(t *testing.T) {
 	checkCompactedAt(t, c, last-3)
 }
 
-// TestAutoCompactionOnlyLeaderCompacts: a compactor on a member that does
-// not lead the shard keeps sampling but proposes nothing; once it leads, it
-// compacts at once at the revision of one period before, as etcd's paused
-// and resumed compactor does.
-func TestAutoCompactionOnlyLeaderCompacts(t *testing.T) {
-	clk := newFakeClock()
-	tg := &fakeTarget{}
-	c := &compactor{log: slog.New(slog.DiscardHandler), clock: clk, target: tg, mode: compactionPeriodic, retention: time.Hour}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); c.run(ctx) }()
-	defer func() { cancel(); <-done }()
-
-	// Two hours as a follower: 20 samples (revisions 1..20), no compaction.
-	for range 20 {
-		clk.awaitTimer(t)
-		clk.Advance(6 * time.Minute)
-	}
-	clk.awaitTimer(t)
-	if got := tg.compacted(); len(got) != 0 {
-		t.Fatalf("a follower compacted at %v", got)
-	}
-	// Leading now: the next round compacts at the oldest sample kept, the
-	// revision of 66 minutes before (samples at minutes 0, 6, ... are
-	// revisions 1, 2, ...; at minute 126 the window starts at minute 60).
-	tg.setLeading(true)
-	clk.Advance(6 * time.Minute)
-	clk.awaitTimer(t)
-	if got, want := tg.compacted(), []mvcc.Revision{11}; !slices.Equal(got, want) {
-		t.Fatalf("new leader compacted at %v, want %v", got, want)
-	}
-}
-
-// fakeTarget counts revisions up by one per read and records compactions.
-type fakeTarget struct {
-	mu   sync.Mutex // guards the fields below
-	rev  mvcc.Revision
-	lead bool
-	done []mvcc.Revision // compactions, in order
-}
-
-func (f *fakeTarget) revision(context.Context) (mvcc.Revision, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.rev++
-	return f.rev, nil
-}
-
-func (f *fakeTarget) leading() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.lead
-}
-
-func (f *fakeTarget) setLeading(v bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.lead = v
-}
-
-func (f *fakeTarget) compacted() []mvcc.Revision {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.done)
-}
-
-func (f *fakeTarget) compact(_ context.Context, rev mvcc.Revision) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.done = append(f.done, rev)
-	return nil
-}
-
-// TestAutoCompactionConfig: --auto-compaction-retention reads as etcd reads
-// it, and Start refuses what etcd refuses (plus negative durations).
+// TestAutoCompactionConfig: the mode defaults to periodic, and Start
+// refuses what etcd refuses (how the retention reads: router's
+// TestCompactionRetention).
 func TestAutoCompactionConfig(t *testing.T) {
-	for _, tc := range []struct {
-		mode, retention string
-		want            time.Duration
-		bad             bool
-	}{
-		{mode: "revision", retention: "1", want: 1},
-		{mode: "revision", retention: "1000", want: 1000},
-		{mode: "revision", retention: "1h", want: time.Hour}, // etcd's reading: 3.6e12 revisions
-		{mode: "revision", retention: "a", bad: true},
-		{mode: "revision", retention: "-1", bad: true},
-		{mode: "periodic", retention: "1", want: time.Hour},
-		{mode: "periodic", retention: "0", want: 0},
-		{mode: "periodic", retention: "", want: 0},
-		{mode: "periodic", retention: "30m", want: 30 * time.Minute},
-		{mode: "periodic", retention: "a", bad: true},
-		{mode: "periodic", retention: "-5m", bad: true},
-		{mode: "weekly", retention: "1", bad: true},
-		{mode: "weekly", retention: "0", bad: true},
-	} {
-		got, err := compactionRetention(tc.mode, tc.retention)
-		if (err != nil) != tc.bad || got != tc.want {
-			t.Errorf("mode %q retention %q: %v, %v; want %v (error %v)", tc.mode, tc.retention, got, err, tc.want, tc.bad)
-		}
-	}
-
 	base := Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, ListenPeerURLs: []string{"http://127.0.0.1:0"}}
 	c, err := base.withDefaults()
-	if err != nil || c.AutoCompactionMode != compactionPeriodic {
+	if err != nil || c.AutoCompactionMode != router.CompactionPeriodic {
 		t.Fatalf("default mode %q, %v; want periodic", c.AutoCompactionMode, err)
 	}
 	for name, mod := range map[string]func(*Config){

@@ -6,6 +6,8 @@
 // and clients are served; it logs etcd's "ready to serve client requests"
 // line then. Close (or the end of Run's context) stops the listeners, then
 // the replicas, the NodeHost and pebble, and waits for every goroutine.
+// Automatic compaction (etcd's --auto-compaction-*) is the router's
+// (router.Server.StartCompactor): the node starts it and Close stops it.
 //
 // Layout of the data directory:
 //

@@ -119,9 +119,9 @@ type Config struct {
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 
-	// compactionClock drives automatic compaction (compaction.go); nil is
-	// the wall clock. Tests inject a fake one.
-	compactionClock compactionClock
+	// compactionClock drives automatic compaction (router.StartCompactor);
+	// nil is the wall clock. Tests inject a fake one.
+	compactionClock router.CompactorClock
 }
 
 // rttMillisecond is dragonboat's tick: raft timings are whole multiples.
@@ -166,9 +166,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("node: --election-timeout %v must be at least 5 times --heartbeat-interval %v", c.ElectionTimeout, c.HeartbeatInterval)
 	}
 	if c.AutoCompactionMode == "" {
-		c.AutoCompactionMode = compactionPeriodic
+		c.AutoCompactionMode = router.CompactionPeriodic
 	}
-	if _, err := compactionRetention(c.AutoCompactionMode, c.AutoCompactionRetention); err != nil {
+	if _, err := router.CompactionRetention(c.AutoCompactionMode, c.AutoCompactionRetention); err != nil {
 		return c, err
 	}
 	switch c.InitialClusterState {
@@ -238,7 +238,9 @@ type Node struct {
 	// channel of their closed revisions (sidechannel.go).
 	closedClock *shard.Clock
 	side        *router.SideChannel
-	stop        chan struct{} // closed by Close: stops the watch pump
+	// compactor is automatic compaction (nil: off); Close stops it.
+	compactor *router.Compactor
+	stop      chan struct{} // closed by Close: stops the watch pump
 	// missed is signalled when a range here was restored from a snapshot:
 	// it may have missed splits (see followSplits).
 	missed   chan struct{}
@@ -598,9 +600,6 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.wg.Add(1)
 	go n.trackLearner()
-	if err := n.startCompactor(); err != nil {
-		return err
-	}
 
 	if err := n.dialSelf(); err != nil {
 		return err
@@ -626,6 +625,11 @@ func (n *Node) start(ctx context.Context) error {
 		rcfg.RemoteLeases = n
 	}
 	rs := router.New(rcfg)
+	// Automatic compaction compacts as a client's Compact does.
+	if n.compactor, err = rs.StartCompactor(router.CompactorConfig{Mode: cfg.AutoCompactionMode,
+		Retention: cfg.AutoCompactionRetention, Clock: cfg.compactionClock, Log: n.log}); err != nil {
+		return err
+	}
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)
 	// The node-to-node service (sharded mode; in single-group mode it
@@ -749,6 +753,7 @@ func (n *Node) Close() error {
 		for _, l := range n.listeners {
 			l.closeConns()
 		}
+		n.compactor.Close() // cancels a compaction in flight
 		if n.stop != nil {
 			close(n.stop)
 		}

@@ -21,7 +21,10 @@
 // Range over several ranges (or at a past revision) takes a revision R from
 // the oracle (or the one asked), has each range answer its clipped part at
 // R once its closed revision reached R, and merges the parts as etcd would
-// answer (rangemerge.go); Compact compacts every range. A watch stream is a
+// answer (rangemerge.go); Compact compacts every range. Automatic
+// compaction (compactor.go, StartCompactor: etcd's --auto-compaction-*
+// schedules) runs on the member leading range 1 and compacts as Compact
+// does, so in sharded mode every range at one revision. A watch stream is a
 // watch.Merged over the ranges' hubs (Config.Merger), cut by watchParts
 // with the same clipping. Leases live in the first range (their home); a
 // write in another range with a lease registers that range at the home

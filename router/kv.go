@@ -261,15 +261,24 @@ func (k *kvServer) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 }
 
 func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	if k.s.cfg.Ranges != nil {
-		return k.s.compactAll(ctx, r)
+	return k.s.compact(ctx, r, false)
+}
+
+// compact compacts at r.Revision, as a client's Compact: the one shard in
+// single-group mode, every range in sharded mode (compactAll). A revision
+// compacted already is refused with etcd's ErrCompacted, except that in
+// sharded mode again (the automatic compactor's) passes over every range
+// compacted at or past it and compacts the others.
+func (s *Server) compact(ctx context.Context, r *pb.CompactionRequest, again bool) (*pb.CompactionResponse, error) {
+	if s.cfg.Ranges != nil {
+		return s.compactAll(ctx, r, again)
 	}
-	out, err := k.s.write(ctx, k.s.cfg.Shard, r, compactionRequest)
+	out, err := s.write(ctx, s.cfg.Shard, r, compactionRequest)
 	if err != nil {
 		return nil, err
 	}
 	resp := &pb.CompactionResponse{}
-	return resp, k.s.decode(out.GetCompaction(), resp, resp.GetHeader)
+	return resp, s.decode(out.GetCompaction(), resp, resp.GetHeader)
 }
 
 func compactionRequest(b []byte) *shardpb.Request {

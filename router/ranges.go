@@ -190,8 +190,10 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 
 // compactAll compacts every range at r.Revision (DESIGN.md: compaction
 // applies cluster-wide): each range once its closed revision has reached
-// it, so no write at or below it is still to come there.
-func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+// it, so no write at or below it is still to come there. Unless again (the
+// automatic compactor's retry), the first range refuses a revision it
+// compacted already.
+func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest, again bool) (*pb.CompactionResponse, error) {
 	now, err := s.cfg.Oracle.Now(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
@@ -212,7 +214,7 @@ func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest) (*pb.C
 		}
 		// A range compacted already (by an earlier call that failed half
 		// way) is fine once the first range took it.
-		if err != nil && (i == 0 || !errors.Is(err, rpctypes.ErrGRPCCompacted)) {
+		if err != nil && ((i == 0 && !again) || !errors.Is(err, rpctypes.ErrGRPCCompacted)) {
 			return nil, err
 		}
 	}

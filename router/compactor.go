@@ -1,4 +1,4 @@
-package node
+package router
 
 // Automatic compaction: etcd's --auto-compaction-mode and
 // --auto-compaction-retention, on the same schedule as etcd's compactors
@@ -31,13 +31,14 @@ package node
 // compacted last.
 //
 // In both modes a compaction at a revision already compacted counts as done,
-// and only the member that leads the shard compacts: the others keep
-// sampling (as etcd's paused compactor does), so a new leader picks the
-// schedule up. Compactions are proposed through the node's replica of the
-// shard, as the router's Compact is.
-//
-// Sharded mode (many shards per node) needs one cluster-wide revision per
-// compaction, chosen above the shards; that comes with its issue.
+// and only the member that leads the shard (range 1 in sharded mode)
+// compacts: the others keep sampling (as etcd's paused compactor does), so
+// a new leader picks the schedule up. A compaction takes the path a
+// client's Compact takes, so it applies cluster-wide (DESIGN.md
+// "Compaction"): the one shard in single-group mode, every range at the
+// one revision in sharded mode (compactAll). The current revision is the
+// one the Server reports: the shard's in single-group mode, the oracle's
+// in sharded mode.
 
 import (
 	"context"
@@ -48,17 +49,15 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"google.golang.org/protobuf/proto"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/cairn-kv/cairn/mvcc"
-	"github.com/cairn-kv/cairn/proto/shardpb"
-	"github.com/cairn-kv/cairn/shard"
 )
 
 // Compaction modes, as etcd's --auto-compaction-mode values.
 const (
-	compactionPeriodic = "periodic"
-	compactionRevision = "revision"
+	CompactionPeriodic = "periodic"
+	CompactionRevision = "revision"
 )
 
 const (
@@ -76,44 +75,44 @@ const (
 	minCompactionSample = time.Millisecond
 )
 
-// compactionRetention reads --auto-compaction-mode and
+// CompactionRetention reads --auto-compaction-mode and
 // --auto-compaction-retention as etcd does: an integer is hours in periodic
 // mode and a revision count in revision mode; anything else is a Go
 // duration. (In revision mode etcd takes a duration's nanoseconds as the
 // revision count; so does this, and the compactor warns about it.) Zero
 // means no automatic compaction. The mode must be known even then, as etcd
 // requires.
-func compactionRetention(mode, retention string) (time.Duration, error) {
+func CompactionRetention(mode, retention string) (time.Duration, error) {
 	switch mode {
-	case compactionPeriodic, compactionRevision:
+	case CompactionPeriodic, CompactionRevision:
 	default:
-		return 0, fmt.Errorf("node: --auto-compaction-mode %q: want periodic or revision", mode)
+		return 0, fmt.Errorf("router: --auto-compaction-mode %q: want periodic or revision", mode)
 	}
 	if retention == "" {
 		return 0, nil
 	}
 	if n, err := strconv.Atoi(retention); err == nil && n >= 0 {
-		if mode == compactionRevision {
+		if mode == CompactionRevision {
 			return time.Duration(n), nil
 		}
 		if int64(n) > int64(1<<63-1)/int64(time.Hour) {
-			return 0, fmt.Errorf("node: --auto-compaction-retention %q: too many hours", retention)
+			return 0, fmt.Errorf("router: --auto-compaction-retention %q: too many hours", retention)
 		}
 		return time.Duration(n) * time.Hour, nil
 	}
 	d, err := time.ParseDuration(retention)
 	if err != nil {
-		return 0, fmt.Errorf("node: --auto-compaction-retention %q: want a number (hours in periodic mode, revisions in revision mode) or a duration such as 30m: %v", retention, err)
+		return 0, fmt.Errorf("router: --auto-compaction-retention %q: want a number (hours in periodic mode, revisions in revision mode) or a duration such as 30m: %v", retention, err)
 	}
 	if d < 0 {
-		return 0, fmt.Errorf("node: --auto-compaction-retention %q is negative", retention)
+		return 0, fmt.Errorf("router: --auto-compaction-retention %q is negative", retention)
 	}
 	return d, nil
 }
 
-// compactionClock is the compactor's time: the wall clock in production, a
-// fake one the test advances.
-type compactionClock interface {
+// CompactorClock is the compactor's time: the wall clock in production, a
+// fake one a test advances.
+type CompactorClock interface {
 	Now() time.Time
 	After(d time.Duration) <-chan time.Time
 }
@@ -123,14 +122,13 @@ type wallClock struct{}
 func (wallClock) Now() time.Time                         { return time.Now() }
 func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
-// compactionTarget is what the compactor needs of the node.
+// compactionTarget is what the compactor needs of the Server (serverTarget).
 type compactionTarget interface {
-	// revision is the current revision of this member's replica.
+	// revision is the current revision.
 	revision(ctx context.Context) (mvcc.Revision, error)
-	// leading reports whether this member leads the shard.
+	// leading reports whether this member leads the shard (range 1).
 	leading() bool
-	// compact proposes a compaction at rev; a revision already compacted
-	// is no error.
+	// compact compacts at rev; a revision already compacted is no error.
 	compact(ctx context.Context, rev mvcc.Revision) error
 }
 
@@ -139,7 +137,7 @@ type compactionTarget interface {
 // state than that goroutine's locals.
 type compactor struct {
 	log    *slog.Logger
-	clock  compactionClock
+	clock  CompactorClock
 	target compactionTarget
 	mode   string
 	// retention is the period in periodic mode and, as a plain count, the
@@ -148,46 +146,65 @@ type compactor struct {
 	retention time.Duration
 }
 
-// startCompactor starts the automatic compactor the config asks for, if
-// any. It runs until n.stop is closed, under n.wg.
-func (n *Node) startCompactor() error {
-	retention, err := compactionRetention(n.cfg.AutoCompactionMode, n.cfg.AutoCompactionRetention)
+// CompactorConfig is etcd's --auto-compaction-mode and
+// --auto-compaction-retention (CompactionRetention reads them), with the
+// compactor's clock (nil: the wall clock) and logger (nil: discard).
+type CompactorConfig struct {
+	Mode, Retention string
+	Clock           CompactorClock
+	Log             *slog.Logger
+}
+
+// Compactor is a running automatic compactor; Close stops it.
+type Compactor struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returns
+}
+
+// StartCompactor starts the automatic compaction cfg asks for, over s's
+// own compaction path; it returns nil (which Close accepts) when cfg's
+// retention is zero, and an error for a mode or retention etcd refuses.
+func (s *Server) StartCompactor(cfg CompactorConfig) (*Compactor, error) {
+	retention, err := CompactionRetention(cfg.Mode, cfg.Retention)
 	if err != nil || retention == 0 {
-		return err
+		return nil, err
 	}
-	clk := n.cfg.compactionClock
-	if clk == nil {
-		clk = wallClock{}
+	if cfg.Clock == nil {
+		cfg.Clock = wallClock{}
 	}
-	c := &compactor{log: n.log, clock: clk, target: replicaTarget{n}, mode: n.cfg.AutoCompactionMode, retention: retention}
-	if c.mode == compactionRevision {
-		if _, err := strconv.Atoi(n.cfg.AutoCompactionRetention); err != nil {
-			n.log.Warn("--auto-compaction-retention is a duration but the mode is revision: as etcd, its nanoseconds are taken as the number of revisions to keep",
-				"retention", n.cfg.AutoCompactionRetention, "revisions", int64(retention))
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	c := &compactor{log: cfg.Log, clock: cfg.Clock, target: serverTarget{s}, mode: cfg.Mode, retention: retention}
+	if c.mode == CompactionRevision {
+		if _, err := strconv.Atoi(cfg.Retention); err != nil {
+			c.log.Warn("--auto-compaction-retention is a duration but the mode is revision: as etcd, its nanoseconds are taken as the number of revisions to keep",
+				"retention", cfg.Retention, "revisions", int64(retention))
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n.wg.Add(2)
+	cc := &Compactor{cancel: cancel, done: make(chan struct{})}
 	go func() {
-		defer n.wg.Done()
-		defer cancel()
+		defer close(cc.done)
 		c.run(ctx)
 	}()
-	go func() {
-		defer n.wg.Done()
-		select {
-		case <-n.stop: // cancels a compaction in flight, so Close need not wait for it
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return nil
+	return cc, nil
+}
+
+// Close stops the compactor, cancelling a compaction in flight, and waits
+// until it has stopped. A nil Compactor is a no-op.
+func (c *Compactor) Close() {
+	if c == nil {
+		return
+	}
+	c.cancel()
+	<-c.done
 }
 
 // run compacts on the schedule until ctx is done.
 func (c *compactor) run(ctx context.Context) {
 	c.log.Info("automatic compaction enabled", "mode", c.mode, "retention", c.retentionAttr())
-	if c.mode == compactionRevision {
+	if c.mode == CompactionRevision {
 		c.runRevision(ctx)
 	} else {
 		c.runPeriodic(ctx)
@@ -195,7 +212,7 @@ func (c *compactor) run(ctx context.Context) {
 }
 
 func (c *compactor) retentionAttr() any {
-	if c.mode == compactionRevision {
+	if c.mode == CompactionRevision {
 		return int64(c.retention)
 	}
 	return c.retention
@@ -277,31 +294,28 @@ func (c *compactor) compact(ctx context.Context, rev mvcc.Revision, retry time.D
 	return true
 }
 
-// replicaTarget compacts the node's shard through its replica, as the
-// router's Compact does.
-type replicaTarget struct{ n *Node }
+// serverTarget compacts through the Server, as a client's Compact does.
+type serverTarget struct{ s *Server }
 
-func (t replicaTarget) revision(ctx context.Context) (mvcc.Revision, error) {
-	st, err := t.n.first.proposer().Status(ctx, false)
+func (t serverTarget) revision(ctx context.Context) (mvcc.Revision, error) {
+	if t.s.cfg.Ranges != nil {
+		return t.s.cfg.Oracle.Now(ctx)
+	}
+	st, err := t.s.cfg.Shard.Status(ctx, false)
 	if err != nil {
 		return 0, err
 	}
 	return st.Revision, nil
 }
 
-func (t replicaTarget) leading() bool {
-	leader, _, ok := t.n.first.proposer().Leader()
-	return ok && leader == t.n.memberID
+func (t serverTarget) leading() bool {
+	leader, _, ok := t.s.cfg.Shard.Leader()
+	return ok && leader == t.s.cfg.MemberID
 }
 
-func (t replicaTarget) compact(ctx context.Context, rev mvcc.Revision) error {
-	data, err := proto.Marshal(&pb.CompactionRequest{Revision: int64(rev)})
-	if err != nil {
-		return err
-	}
-	_, err = t.n.first.proposer().Write(ctx, &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: data}})
-	var se *shard.Error
-	if errors.As(err, &se) && se.Code == shardpb.ErrorCode_ERROR_CODE_COMPACTED {
+func (t serverTarget) compact(ctx context.Context, rev mvcc.Revision) error {
+	_, err := t.s.compact(ctx, &pb.CompactionRequest{Revision: int64(rev)}, true)
+	if errors.Is(err, rpctypes.ErrGRPCCompacted) {
 		return nil
 	}
 	return err

@@ -213,6 +213,11 @@ type Node struct {
 	first *rangeReplica
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
+	// fanout revokes leases' keys outside range 1 in sharded mode, and
+	// finishes the revokes left pending while this node leads range 1.
+	fanout *router.LeaseFanout
+	// rs is the router (nil until Start has made it).
+	rs *router.Server
 	// shardCfg and raftCfg start ranges a split makes (sharded mode).
 	shardCfg shard.Config
 	raftCfg  dbconfig.Config
@@ -582,14 +587,16 @@ func (n *Node) start(ctx context.Context) error {
 	})
 	if cfg.Sharded {
 		n.merger = watch.NewMerger()
-		n.wg.Add(4)
+		n.wg.Add(3)
 		go func() {
 			defer n.wg.Done()
 			n.closedClock.Run(n.stop, closedEvery)
 		}()
 		go n.mergedProgress()
-		go n.revokeRemotes()
 		go n.followSplits(unsplit)
+		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
+			Home: leaseHome{n}, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
+		n.fanout.Start()
 	}
 	n.wg.Add(1)
 	go n.trackLearner()
@@ -618,9 +625,11 @@ func (n *Node) start(ctx context.Context) error {
 		rcfg.Ranges = n.routes
 		rcfg.Oracle = n
 		rcfg.Merger = n.merger
-		rcfg.RemoteLeases = n
+		rcfg.RemoteLeases = n.fanout
+		rcfg.RangeMembers = n.rangeMembers
 	}
 	rs := router.New(rcfg)
+	n.rs = rs
 	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
 	rs.Register(n.grpc)
 	// The node-to-node service (sharded mode; in single-group mode it
@@ -630,8 +639,6 @@ func (n *Node) start(ctx context.Context) error {
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
 	mux := http.NewServeMux()
 	mux.Handle("/", rs.HTTPHandler(cfg.EnablePprof))
-	mux.HandleFunc("GET /cairn/ranges", n.serveRanges)
-	mux.HandleFunc("GET /cairn/ranges.html", n.serveRangeMap)
 	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	for _, raw := range cfg.ListenClientURLs {
@@ -746,6 +753,9 @@ func (n *Node) Close() error {
 		}
 		if n.stop != nil {
 			close(n.stop)
+		}
+		if n.fanout != nil {
+			n.fanout.Close()
 		}
 		for _, rr := range n.rangeSet.routing() {
 			rr.Stop() // its catch-up and closer

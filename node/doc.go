@@ -55,10 +55,13 @@
 // starts one or a split changes one. The closers of the ranges tick
 // together every 50 ms (closedClock), or sooner when a watch waits on a
 // range; the node's watch.Merger sends the progress notifications of
-// watches over ranges. The node is the router's RemoteLeases: it revokes a
-// lease's shadows in the ranges registered at range 1, and, while it leads
-// range 1, finishes the revokes left pending (expired leases, revokes cut
-// short) every 50 ms.
+// watches over ranges. The router's lease fan-out (router.LeaseFanout)
+// revokes a lease's shadows in the ranges registered at range 1 and, while
+// this member leads range 1, finishes the revokes left pending every 50 ms;
+// the node starts and stops it and tells it what only the node knows of
+// range 1 (leaseHome). The router also serves the range map
+// (/cairn/ranges, Node.Ranges), with raft's membership of each range from
+// the node (rangeMembers).
 //
 // On several nodes every member holds a replica of every range; what only
 // a range's leader may do — stamped writes, reads at a closed revision,

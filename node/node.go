@@ -218,6 +218,11 @@ type Node struct {
 	first *rangeReplica
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
+	// fanout revokes leases' keys outside range 1 in sharded mode, and
+	// finishes the revokes left pending while this node leads range 1.
+	fanout *router.LeaseFanout
+	// rs is the router (nil until Start has made it).
+	rs *router.Server
 	// shardCfg and raftCfg start ranges a split makes (sharded mode).
 	shardCfg shard.Config
 	raftCfg  dbconfig.Config
@@ -589,14 +594,16 @@ func (n *Node) start(ctx context.Context) error {
 	})
 	if cfg.Sharded {
 		n.merger = watch.NewMerger()
-		n.wg.Add(4)
+		n.wg.Add(3)
 		go func() {
 			defer n.wg.Done()
 			n.closedClock.Run(n.stop, closedEvery)
 		}()
 		go n.mergedProgress()
-		go n.revokeRemotes()
 		go n.followSplits(unsplit)
+		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
+			Home: leaseHome{n}, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
+		n.fanout.Start()
 	}
 	n.wg.Add(1)
 	go n.trackLearner()
@@ -622,9 +629,11 @@ func (n *Node) start(ctx context.Context) error {
 		rcfg.Ranges = n.routes
 		rcfg.Oracle = n
 		rcfg.Merger = n.merger
-		rcfg.RemoteLeases = n
+		rcfg.RemoteLeases = n.fanout
+		rcfg.RangeMembers = n.rangeMembers
 	}
 	rs := router.New(rcfg)
+	n.rs = rs
 	// Automatic compaction compacts as a client's Compact does.
 	if n.compactor, err = rs.StartCompactor(router.CompactorConfig{Mode: cfg.AutoCompactionMode,
 		Retention: cfg.AutoCompactionRetention, Clock: cfg.compactionClock, Log: n.log}); err != nil {
@@ -639,8 +648,6 @@ func (n *Node) start(ctx context.Context) error {
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
 	mux := http.NewServeMux()
 	mux.Handle("/", rs.HTTPHandler(cfg.EnablePprof))
-	mux.HandleFunc("GET /cairn/ranges", n.serveRanges)
-	mux.HandleFunc("GET /cairn/ranges.html", n.serveRangeMap)
 	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	for _, raw := range cfg.ListenClientURLs {
@@ -756,6 +763,9 @@ func (n *Node) Close() error {
 		n.compactor.Close() // cancels a compaction in flight
 		if n.stop != nil {
 			close(n.stop)
+		}
+		if n.fanout != nil {
+			n.fanout.Close()
 		}
 		for _, rr := range n.rangeSet.routing() {
 			rr.Stop() // its catch-up and closer

@@ -2,23 +2,20 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
-	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -311,31 +308,21 @@ func (n *Node) Closed(id uint64) mvcc.Revision {
 }
 
 // RangeInfo is one range as /cairn/ranges (and `cairn ranges`) shows it.
-type RangeInfo struct {
-	ID         uint64   `json:"id"`
-	Start      string   `json:"start"`
-	End        string   `json:"end"` // "" is the end of the key space
-	Generation uint64   `json:"generation"`
-	Replicas   []uint64 `json:"replicas"`
-	Leader     uint64   `json:"leader"` // 0: none known
-	Revision   int64    `json:"revision"`
-	Closed     int64    `json:"closed"`
-	Writes     uint64   `json:"writes"` // writes proposed through this node since it started
-	Keys       int64    `json:"keys"`   // live keys, as this node's replica has them
-	// Watchers are the watchers this node's clients have on the range
-	// (identical watches share one: watch.Merger coalesces them).
-	Watchers int `json:"watchers"`
-}
+type RangeInfo = router.RangeInfo
 
 // Ranges returns this node's view of the range map (nil in single-group
-// mode): leaders as this node knows them, revisions from its replicas.
+// mode): router.Server.Ranges.
 func (n *Node) Ranges() []RangeInfo {
-	if !n.cfg.Sharded {
-		return nil
+	if n.rs == nil {
+		return nil // not started
 	}
-	var out []RangeInfo
-	// Replicas as raft has them here: membership changes since the range
-	// started show.
+	return n.rs.Ranges()
+}
+
+// rangeMembers is router.Config.RangeMembers: the replicas of each range
+// here as raft has them, by range id (membership changes since the range
+// started show).
+func (n *Node) rangeMembers() map[uint64][]uint64 {
 	members := map[uint64][]uint64{}
 	for _, si := range n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}).ShardInfoList {
 		for id := range si.Replicas {
@@ -343,139 +330,28 @@ func (n *Node) Ranges() []RangeInfo {
 		}
 		slices.Sort(members[si.ShardID])
 	}
-	for _, rr := range n.rangeSet.all() {
-		replicas := members[rr.desc().Id]
-		if len(replicas) == 0 {
-			replicas = rr.desc().Replicas
-		}
-		ri := RangeInfo{ID: rr.desc().Id, Start: string(rr.desc().Start), End: string(rr.desc().End),
-			Generation: rr.desc().Generation, Replicas: replicas, Closed: int64(rr.proposer().Closed()),
-			Writes: rr.proposer().Proposed(), Watchers: rr.Hub().Watchers()}
-		if leader, _, ok := rr.proposer().Leader(); ok {
-			ri.Leader = leader
-		}
-		if st, err := rr.proposer().Status(context.Background(), false); err == nil {
-			ri.Revision = int64(max(st.Revision, st.Closed, rr.proposer().Closed()))
-		}
-		d := rr.desc()
-		end := d.End
-		if len(end) == 0 {
-			end = []byte{0}
-		}
-		start := d.Start
-		if len(start) == 0 {
-			start = []byte{0}
-		}
-		q := &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}
-		if v, err := rr.proposer().Range(context.Background(), q, false); err == nil {
-			ri.Keys = v.Count
-		}
-		out = append(out, ri)
-	}
-	return out
+	return members
 }
 
-// serveRanges answers GET /cairn/ranges with the range map as JSON.
-func (n *Node) serveRanges(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(n.Ranges())
+// leaseHome is range 1, every lease's home, as the router's lease fan-out
+// asks the node of it (router.LeaseHome).
+type leaseHome struct{ n *Node }
+
+var (
+	_ router.LeaseHome = leaseHome{}
+	// The fan-out and the range info read these of the ranges' replicas
+	// (router.Local.Replica).
+	_ router.ShadowReads     = (*shard.Replica)(nil)
+	_ router.ReplicaCounters = (*shard.Replica)(nil)
+)
+
+func (h leaseHome) Leads() bool {
+	leader, _, ok := h.n.first.proposer().Leader()
+	return ok && leader == h.n.memberID
 }
 
-// RevokeRemote implements router.RemoteLeases: for lease id, revoked in
-// range 1 (every lease's home), each range registered as holding its keys
-// deletes them and refuses the lease from then on (a shadow revoke), then
-// the home marks that range done. A failure leaves the rest to
-// revokeRemotes, which retries pending ones.
-func (n *Node) RevokeRemote(ctx context.Context, id int64) error {
-	shards, err := n.registered(ctx, id)
-	if err != nil {
-		return err
-	}
-	return n.revokeIn(ctx, id, shards)
-}
+func (h leaseHome) AppliedIndex() uint64 { return h.n.first.AppliedIndex() }
 
-// registered reads, linearizably, the ranges registered at range 1 as
-// holding keys of lease id.
-func (n *Node) registered(ctx context.Context, id int64) ([]uint64, error) {
-	return n.first.proposer().Registered(ctx, id, true)
-}
-
-// revokeIn revokes the shadows of lease id in shards and marks each done
-// at the home. The shards refuse registrations of the lease made up to
-// now: up to range 1's index here, which is past the revoke (read
-// linearizably before).
-func (n *Node) revokeIn(ctx context.Context, id int64, shards []uint64) error {
-	gen := n.first.AppliedIndex()
-	for _, sid := range shards {
-		for _, rr := range n.rangeSet.all() {
-			if rr.desc().Id != sid {
-				continue
-			}
-			if _, err := rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: &shardpb.ShadowLease{Lease: id, Generation: gen}}}); err != nil {
-				return fmt.Errorf("node: revoke lease %d in range %d: %w", id, sid, err)
-			}
-		}
-		_, err := n.first.proposer().Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseUnregister{
-			LeaseUnregister: &shardpb.LeaseShard{Lease: id, Shard: sid}}})
-		if err != nil {
-			return fmt.Errorf("node: mark lease %d revoked in range %d: %w", id, sid, err)
-		}
-	}
-	return nil
-}
-
-// RemoteKeys implements router.RemoteLeases: the keys attached to lease id
-// in the ranges registered at its home.
-func (n *Node) RemoteKeys(ctx context.Context, id int64) ([][]byte, error) {
-	shards, err := n.registered(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	var out [][]byte
-	for _, sid := range shards {
-		for _, rr := range n.rangeSet.all() {
-			if rr.desc().Id != sid {
-				continue
-			}
-			keys, err := rr.proposer().ShadowKeys(ctx, id, true)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, keys...)
-		}
-	}
-	return out, nil
-}
-
-// revokeRemotes finishes, while this node leads range 1, the revokes of
-// leases whose keys in other ranges are not deleted yet: those that
-// expired (the primary revokes them at the home only) and those whose
-// revoke was cut short.
-func (n *Node) revokeRemotes() {
-	defer n.wg.Done()
-	t := time.NewTicker(closedEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-t.C:
-		}
-		if leader, _, ok := n.first.proposer().Leader(); !ok || leader != n.memberID {
-			continue
-		}
-		pending, err := n.first.StateMachine().Lessor().PendingRevokes()
-		if err != nil {
-			n.log.Warn("read pending lease revokes", "error", err)
-			continue
-		}
-		for id, shards := range pending {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := n.revokeIn(ctx, int64(id), shards)
-			cancel()
-			if err != nil {
-				n.log.Warn("revoke a lease's keys in other ranges", "lease", int64(id), "error", err)
-			}
-		}
-	}
+func (h leaseHome) PendingRevokes() (map[lease.ID][]uint64, error) {
+	return h.n.first.StateMachine().Lessor().PendingRevokes()
 }

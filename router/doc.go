@@ -29,8 +29,9 @@
 // with the same clipping. Leases live in the first range (their home); a
 // write in another range with a lease registers that range at the home
 // first and carries the lease as a shadow lease; a revoke returns once the
-// node has deleted the lease's keys in every registered range
-// (remotelease.go, RemoteLeases). A request that a split moved (the range
+// lease's keys are deleted in every registered range (remotelease.go,
+// RemoteLeases; leasefanout.go, LeaseFanout, which also finishes the
+// revokes left pending while this member leads the home). A request that a split moved (the range
 // it was routed to refuses keys outside it) is routed again (rerouted),
 // so clients never see a split: the refusal (shard.OutsideRangeError)
 // carries the range's descriptor, and one newer than the cache's makes it
@@ -51,7 +52,9 @@
 //
 // HTTP: /health answers like etcd's ({"health":"true","reason":""}, 503
 // when the group has no leader or cannot serve a linearizable read), and
-// /version with the etcd API version Cairn speaks.
+// /version with the etcd API version Cairn speaks. In sharded mode
+// /cairn/ranges (JSON) and /cairn/ranges.html show the range map as this
+// member sees it (rangeinfo.go, Server.Ranges).
 //
 // Concurrency: every method may run in parallel. Server's mutable state
 // is the storage size cached for the quota check, the lease registrations

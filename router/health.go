@@ -17,7 +17,9 @@ const healthTimeout = time.Second
 // HTTPHandler serves etcd's HTTP endpoints on the client port: /health
 // (and /livez, /readyz) and /version, with etcd's JSON bodies, and
 // /debug/vars (Go's expvar: memory statistics, command line); with pprof,
-// Go's runtime profiles under /debug/pprof/ as etcd's --enable-pprof.
+// Go's runtime profiles under /debug/pprof/ as etcd's --enable-pprof; and
+// Cairn's range map, /cairn/ranges as JSON and /cairn/ranges.html drawn
+// (rangeinfo.go).
 func (s *Server) HTTPHandler(pprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/debug/vars", expvar.Handler())
@@ -31,6 +33,8 @@ func (s *Server) HTTPHandler(pprof bool) http.Handler {
 	mux.HandleFunc("/health", s.health)
 	mux.HandleFunc("/readyz", s.health)
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("GET /cairn/ranges", s.serveRanges)
+	mux.HandleFunc("GET /cairn/ranges.html", s.serveRangeMap)
 	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]string{"etcdserver": version.Version, "etcdcluster": version.Cluster(version.Version)})

@@ -47,8 +47,13 @@ type Config struct {
 	// hubs (RangePart.Watches).
 	Merger *watch.Merger
 	// RemoteLeases handles, in sharded mode, leases with keys outside
-	// their home range (remotelease.go).
+	// their home range (remotelease.go; LeaseFanout).
 	RemoteLeases RemoteLeases
+	// RangeMembers returns, in sharded mode, the replicas of each range
+	// here by range id, sorted, as raft has them (membership changes since
+	// a range started show); nil, or a range it leaves out, shows the
+	// replicas its descriptor names (Ranges).
+	RangeMembers func() map[uint64][]uint64
 	// LeaderCheckInterval is how often a watch stream that requires a
 	// leader checks for one (etcd checks about every election timeout);
 	// 0 means DefaultLeaderCheckInterval.

@@ -1,0 +1,160 @@
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"net/http"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/cairn-kv/cairn/mvcc"
+)
+
+// RangeInfo is one range as /cairn/ranges (and `cairn ranges`) shows it.
+type RangeInfo struct {
+	ID         uint64   `json:"id"`
+	Start      string   `json:"start"`
+	End        string   `json:"end"` // "" is the end of the key space
+	Generation uint64   `json:"generation"`
+	Replicas   []uint64 `json:"replicas"`
+	Leader     uint64   `json:"leader"` // 0: none known
+	Revision   int64    `json:"revision"`
+	Closed     int64    `json:"closed"`
+	Writes     uint64   `json:"writes"` // writes proposed through this node since it started
+	Keys       int64    `json:"keys"`   // live keys, as this node's replica has them
+	// Watchers are the watchers this node's clients have on the range
+	// (identical watches share one: watch.Merger coalesces them).
+	Watchers int `json:"watchers"`
+}
+
+// ReplicaCounters is what the range info reads of a range's replica here
+// besides what Replica serves; in sharded mode the values of
+// Local.Replica implement it (shard.Replica does).
+type ReplicaCounters interface {
+	// Closed is the range's closed revision as the replica knows it.
+	Closed() mvcc.Revision
+	// Proposed counts the writes proposed through the replica.
+	Proposed() uint64
+}
+
+// Ranges returns this member's view of the range map (nil in single-group
+// mode), its started ranges in key order: leaders as this member knows
+// them, revisions from its replicas, replicas as raft has them here
+// (Config.RangeMembers) or else as the descriptor names them.
+func (s *Server) Ranges() []RangeInfo {
+	if s.cfg.Ranges == nil {
+		return nil
+	}
+	var members map[uint64][]uint64
+	if s.cfg.RangeMembers != nil {
+		members = s.cfg.RangeMembers()
+	}
+	var out []RangeInfo
+	for _, p := range s.cfg.Ranges.All() {
+		e, ok := s.cfg.Ranges.started(p.ID)
+		if !ok {
+			continue
+		}
+		d, r := e.Local.Descriptor(), e.Local.Replica()
+		replicas := members[d.Id]
+		if len(replicas) == 0 {
+			replicas = d.Replicas
+		}
+		ri := RangeInfo{ID: d.Id, Start: string(d.Start), End: string(d.End), Generation: d.Generation, Replicas: replicas}
+		c, counts := r.(ReplicaCounters)
+		if counts {
+			ri.Closed, ri.Writes = int64(c.Closed()), c.Proposed()
+		}
+		if e.Watches != nil {
+			ri.Watchers = e.Watches.Watchers()
+		}
+		if leader, _, ok := r.Leader(); ok {
+			ri.Leader = leader
+		}
+		if st, err := r.Status(context.Background(), false); err == nil {
+			rev := max(st.Revision, st.Closed)
+			if counts {
+				rev = max(rev, c.Closed())
+			}
+			ri.Revision = int64(rev)
+		}
+		start, end := d.Start, d.End
+		if len(end) == 0 {
+			end = []byte{0}
+		}
+		if len(start) == 0 {
+			start = []byte{0}
+		}
+		q := &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}
+		if v, err := r.Range(context.Background(), q, false); err == nil {
+			ri.Keys = v.Count
+		}
+		out = append(out, ri)
+	}
+	return out
+}
+
+// serveRanges answers GET /cairn/ranges with the range map as JSON.
+func (s *Server) serveRanges(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(s.Ranges())
+}
+
+// rangeMapPage draws the range map (GET /cairn/ranges.html): the key space
+// as a bar cut into the ranges, each as wide as its share of the keys (at
+// least a sliver), coloured by its leader, with a table below.
+var rangeMapPage = template.Must(template.New("ranges").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>Cairn range map</title>
+<style>
+body{font-family:sans-serif;margin:2em}
+.bar{display:flex;height:4em;border:1px solid #333}
+.r{border-right:1px solid #fff;overflow:hidden;font-size:.8em;padding:.2em;color:#fff;min-width:2.5em}
+table{border-collapse:collapse;margin-top:1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
+</style></head><body>
+<h1>Range map</h1>
+<p>{{len .}} ranges, as this member sees them; width: share of the keys, colour: leader.</p>
+<div class="bar">{{range .}}<div class="r" style="flex:{{.Weight}};background:{{.Colour}}" title="range {{.ID}} [{{.Start}}, {{.End}})">{{.ID}}</div>{{end}}</div>
+<table><tr><th>range</th><th>start</th><th>end</th><th>gen</th><th>leader</th><th>keys</th><th>revision</th><th>closed</th><th>writes</th><th>watchers</th></tr>
+{{range .}}<tr><td>{{.ID}}</td><td>{{.Start}}</td><td>{{.End}}</td><td>{{.Generation}}</td><td style="color:{{.Colour}}">{{.Leader}}</td><td>{{.Keys}}</td><td>{{.Revision}}</td><td>{{.Closed}}</td><td>{{.Writes}}</td><td>{{.Watchers}}</td></tr>
+{{end}}</table></body></html>
+`))
+
+// rangeBox is one range as the page draws it.
+type rangeBox struct {
+	RangeInfo
+	Start, End, Leader, Colour string
+	Weight                     float64
+}
+
+// serveRangeMap answers GET /cairn/ranges.html with the range map drawn.
+func (s *Server) serveRangeMap(w http.ResponseWriter, _ *http.Request) {
+	infos := s.Ranges()
+	var total int64
+	for _, r := range infos {
+		total += r.Keys
+	}
+	palette := []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"}
+	colours := map[uint64]string{}
+	boxes := make([]rangeBox, len(infos))
+	for i, r := range infos {
+		b := rangeBox{RangeInfo: r, Start: fmt.Sprintf("%q", r.Start), End: "∞", Leader: "none", Colour: "#999", Weight: 1}
+		if r.End != "" {
+			b.End = fmt.Sprintf("%q", r.End)
+		}
+		if r.Leader != 0 {
+			b.Leader = fmt.Sprintf("%x", r.Leader)
+			if _, ok := colours[r.Leader]; !ok {
+				colours[r.Leader] = palette[len(colours)%len(palette)]
+			}
+			b.Colour = colours[r.Leader]
+		}
+		if total > 0 {
+			b.Weight = max(float64(r.Keys)/float64(total)*100, 1)
+		}
+		boxes[i] = b
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_ = rangeMapPage.Execute(w, boxes)
+}

@@ -339,10 +339,7 @@ type leaseHome struct{ n *Node }
 
 var (
 	_ router.LeaseHome = leaseHome{}
-	// The fan-out and the range info read these of the ranges' replicas
-	// (router.Local.Replica).
-	_ router.ShadowReads     = (*shard.Replica)(nil)
-	_ router.ReplicaCounters = (*shard.Replica)(nil)
+	_ router.Replica   = (*shard.Replica)(nil)
 )
 
 func (h leaseHome) Leads() bool {

@@ -48,6 +48,8 @@ type Replica interface {
 	// WaitClosed returns once the range's closed revision has reached rev
 	// (this replica leads).
 	WaitClosed(ctx context.Context, rev mvcc.Revision) error
+	ShadowReads
+	ReplicaCounters
 }
 
 // Local is this member's replica of one range, as the router reaches it;

@@ -30,6 +30,11 @@ type fakeReplica struct {
 	err    error
 }
 
+func (r *fakeReplica) Registered(context.Context, int64, bool) ([]uint64, error) { return nil, r.err }
+func (r *fakeReplica) ShadowKeys(context.Context, int64, bool) ([][]byte, error) { return nil, r.err }
+func (r *fakeReplica) Closed() mvcc.Revision                                     { return 0 }
+func (r *fakeReplica) Proposed() uint64                                          { return 0 }
+
 func (r *fakeReplica) Write(context.Context, *shardpb.Request) (*shardpb.Response, error) {
 	if r.err != nil {
 		return nil, r.err

@@ -40,9 +40,8 @@ type LeaseHome interface {
 	PendingRevokes() (map[lease.ID][]uint64, error)
 }
 
-// ShadowReads is what the fan-out reads of a range's replica here besides
-// what Replica serves; in sharded mode the values of Local.Replica
-// implement it (shard.Replica does).
+// ShadowReads is what the lease fan-out reads of a range's replica here
+// (part of Replica).
 type ShadowReads interface {
 	// Registered lists the ranges registered at the home as holding keys
 	// of lease id (on the home's replica).
@@ -134,7 +133,7 @@ func (f *LeaseFanout) RemoteKeys(ctx context.Context, id int64) ([][]byte, error
 		if !ok {
 			continue
 		}
-		keys, err := shadowReads(e.Local).ShadowKeys(ctx, id, true)
+		keys, err := e.Local.Replica().ShadowKeys(ctx, id, true)
 		if err != nil {
 			return nil, err
 		}
@@ -150,7 +149,7 @@ func (f *LeaseFanout) registered(ctx context.Context, id int64) ([]uint64, error
 	if err != nil {
 		return nil, err
 	}
-	return shadowReads(home.Local).Registered(ctx, id, true)
+	return home.Local.Replica().Registered(ctx, id, true)
 }
 
 // revokeIn revokes the shadows of lease id in ranges and marks each done
@@ -233,15 +232,4 @@ func (c *RangeCache) started(id uint64) (RangeEntry, bool) {
 	default:
 		return RangeEntry{}, false
 	}
-}
-
-// shadowReads is l's started replica as the fan-out reads it. A replica
-// that does not implement ShadowReads breaks the contract of Local in
-// sharded mode.
-func shadowReads(l Local) ShadowReads {
-	sr, ok := l.Replica().(ShadowReads)
-	if !ok {
-		panic(fmt.Sprintf("router: range %d's replica (%T) does not implement ShadowReads", l.Descriptor().Id, l.Replica()))
-	}
-	return sr
 }

@@ -30,8 +30,7 @@ type RangeInfo struct {
 }
 
 // ReplicaCounters is what the range info reads of a range's replica here
-// besides what Replica serves; in sharded mode the values of
-// Local.Replica implement it (shard.Replica does).
+// (part of Replica).
 type ReplicaCounters interface {
 	// Closed is the range's closed revision as the replica knows it.
 	Closed() mvcc.Revision
@@ -63,10 +62,7 @@ func (s *Server) Ranges() []RangeInfo {
 			replicas = d.Replicas
 		}
 		ri := RangeInfo{ID: d.Id, Start: string(d.Start), End: string(d.End), Generation: d.Generation, Replicas: replicas}
-		c, counts := r.(ReplicaCounters)
-		if counts {
-			ri.Closed, ri.Writes = int64(c.Closed()), c.Proposed()
-		}
+		ri.Closed, ri.Writes = int64(r.Closed()), r.Proposed()
 		if e.Watches != nil {
 			ri.Watchers = e.Watches.Watchers()
 		}
@@ -74,11 +70,7 @@ func (s *Server) Ranges() []RangeInfo {
 			ri.Leader = leader
 		}
 		if st, err := r.Status(context.Background(), false); err == nil {
-			rev := max(st.Revision, st.Closed)
-			if counts {
-				rev = max(rev, c.Closed())
-			}
-			ri.Revision = int64(rev)
+			ri.Revision = int64(max(st.Revision, st.Closed, r.Closed()))
 		}
 		start, end := d.Start, d.End
 		if len(end) == 0 {

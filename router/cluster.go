@@ -5,8 +5,6 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Membership changes the raft membership of the cluster; the node
@@ -24,13 +22,7 @@ type Membership interface {
 	UpdateMember(ctx context.Context, id uint64, peerURLs []string) error
 }
 
-func (c *clusterServer) membership() (Membership, error) {
-	m, ok := c.s.cfg.Node.(Membership)
-	if !ok {
-		return nil, status.Error(codes.Unimplemented, "etcdserver: membership changes are not supported by this node")
-	}
-	return m, nil
-}
+func (c *clusterServer) membership() (Membership, error) { return c.s.cfg.Node, nil }
 
 func (c *clusterServer) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
 	ms, err := c.membership()

@@ -13,8 +13,7 @@ import (
 type Learner interface{ IsLearner() bool }
 
 func (s *Server) learner() bool {
-	l, ok := s.cfg.Node.(Learner)
-	return ok && l.IsLearner()
+	return s.cfg.Node != nil && s.cfg.Node.IsLearner()
 }
 
 // learnerUnary refuses, on a learner, every unary call but Status and

@@ -7,8 +7,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/api/v3/version"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/mvcc"
 )
@@ -97,13 +95,7 @@ type Operator interface {
 	TransferLeader(ctx context.Context, target uint64) error
 }
 
-func (m *maintenanceServer) operator() (Operator, error) {
-	op, ok := m.s.cfg.Node.(Operator)
-	if !ok {
-		return nil, status.Error(codes.Unimplemented, "etcdserver: not supported by this node")
-	}
-	return op, nil
-}
+func (m *maintenanceServer) operator() (Operator, error) { return m.s.cfg.Node, nil }
 
 // HashKV hashes this member's history up to the revision asked (0: now);
 // members that applied the same log answer the same hash at a revision.
@@ -172,11 +164,7 @@ const snapshotChunk = 32 << 10
 // as etcd's clients expect (see node.Snapshot); `cairn snapshot restore`
 // reads it back.
 func (m *maintenanceServer) Snapshot(_ *pb.SnapshotRequest, stream pb.Maintenance_SnapshotServer) error {
-	sn, ok := m.s.cfg.Node.(Snapshotter)
-	if !ok {
-		return status.Error(codes.Unimplemented, "etcdserver: not supported by this node")
-	}
-	rc, size, err := sn.Snapshot(stream.Context())
+	rc, size, err := m.s.cfg.Node.Snapshot(stream.Context())
 	if err != nil {
 		return toGRPC(err)
 	}

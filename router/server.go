@@ -39,8 +39,10 @@ type Config struct {
 	QuotaBackendBytes int64
 	// MaxTxnOps refuses larger txns (etcd --max-txn-ops); 0 means DefaultMaxTxnOps.
 	MaxTxnOps int
-	// Node answers what only the process knows (members, disk usage).
-	Node NodeInfo
+	// Node answers what only the process knows (members, disk usage) and
+	// does what only it can (membership changes, defragmentation, leader
+	// transfer, backups).
+	Node Node
 	// Watches serves the Watch service; nil leaves it unregistered.
 	Watches *watch.Hub
 	// Merger serves the Watch service in sharded mode, over the ranges'
@@ -72,7 +74,17 @@ type Config struct {
 	Self *clientv3.Client
 }
 
-// NodeInfo is what the router asks of the process hosting it.
+// Node is what the router asks of the process hosting it; the node
+// implements it.
+type Node interface {
+	NodeInfo
+	Membership
+	Learner
+	Operator
+	Snapshotter
+}
+
+// NodeInfo is what the router asks of the process hosting it about itself.
 type NodeInfo interface {
 	// Members lists the cluster's members as etcd reports them; a
 	// linearizable list that cannot be read is an error.

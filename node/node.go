@@ -325,19 +325,68 @@ func (n *Node) start(ctx context.Context) error {
 	} else if changed {
 		n.log.Info("starting in the mode the data directory was created in", "data-dir", n.cfg.DataDir, "mode", modeName(n.cfg.Sharded))
 	}
-	cfg := n.cfg
 	n.stop = make(chan struct{})
 	n.missed = make(chan struct{}, 1)
 	n.closedClock = shard.NewClock()
 	quietDragonboat()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("node: create data dir: %w", err)
+	b, err := n.identify()
+	if err != nil {
+		return err
 	}
+	if err := n.openStore(b); err != nil {
+		return err
+	}
+	if err := n.startRaft(b); err != nil {
+		return err
+	}
+	ranges, unsplit, err := n.startPlacementGroup(ctx, b)
+	if err != nil {
+		return err
+	}
+	if err := n.startRanges(ctx, b, ranges); err != nil {
+		return err
+	}
+	n.startBackground(unsplit)
+	if err := n.serve(); err != nil {
+		return err
+	}
+	n.publish(ctx)
+	if ctx.Err() != nil {
+		return fmt.Errorf("node: publishing member attributes: %w", ctx.Err())
+	}
+	n.log.Info("ready to serve client requests", "name", n.cfg.Name, "client-urls", n.clientURL,
+		"peer-urls", n.peerURLs, "data-dir", n.cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID), "mode", modeName(n.cfg.Sharded))
+	return nil
+}
 
+// boot is what a start learns before it starts anything: how this member
+// comes to the cluster and its raft timings.
+type boot struct {
+	// founders are the founding members of a first start of state "new";
+	// nil for a restart or a join, which find the membership in raft.
+	founders map[uint64]dragonboat.Target
+	// join: a first start of state "existing" (after MemberAdd); restart:
+	// the data directory has a member id.
+	join, restart bool
+	// peer is the raft listen address, raftAddr the advertised one.
+	peer, raftAddr string
+	// heartbeat and election are the raft timings in ticks.
+	heartbeat, election uint64
+}
+
+// identify prepares the data directory and finds this member's identity:
+// its raft address, peer URLs, cluster and member ids, and how it comes to
+// the cluster (founding, restarting or joining).
+func (n *Node) identify() (boot, error) {
+	cfg := n.cfg
+	var b boot
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return b, fmt.Errorf("node: create data dir: %w", err)
+	}
 	// The raft address: bind the peer URL's port now if it asks for port 0.
 	peer, err := hostPort(cfg.ListenPeerURLs[0])
 	if err != nil {
-		return err
+		return b, err
 	}
 	// A restart that asks for any port keeps the raft address the data
 	// directory was created with: dragonboat refuses a changed address.
@@ -348,10 +397,10 @@ func (n *Node) start(ctx context.Context) error {
 		}
 	}
 	if peer, err = resolvePort(peer); err != nil {
-		return err
+		return b, err
 	}
 	if err := os.WriteFile(addrFile, []byte(peer+"\n"), 0o600); err != nil {
-		return fmt.Errorf("node: record raft address: %w", err)
+		return b, fmt.Errorf("node: record raft address: %w", err)
 	}
 	n.peerURLs = cfg.InitialAdvertisePeerURLs
 	if len(n.peerURLs) == 0 {
@@ -359,7 +408,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	raftAddr, err := hostPort(n.peerURLs[0])
 	if err != nil {
-		return err
+		return b, err
 	}
 	token := cfg.InitialClusterToken
 	if token == "" {
@@ -369,16 +418,15 @@ func (n *Node) start(ctx context.Context) error {
 	n.clusterID = clusterIDFor(token)
 	// The founding members (a first start of state "new"), or none: a
 	// restart or a join finds the membership in raft.
-	var founders map[uint64]dragonboat.Target
-	join := false
 	id, restart, err := readMemberID(cfg.DataDir)
 	if err != nil {
-		return err
+		return b, err
 	}
 	if err := checkMode(cfg.DataDir, cfg.Sharded); err != nil {
-		return err
+		return b, err
 	}
 	n.peers = newPeerRegistry()
+	b.restart = restart
 	if restart {
 		n.memberID = id
 		// Members the group has not recorded peer URLs for (none moved)
@@ -393,42 +441,50 @@ func (n *Node) start(ctx context.Context) error {
 		}
 		members, err := parseInitialCluster(initial, token)
 		if err != nil {
-			return err
+			return b, err
 		}
 		i := slices.IndexFunc(members, func(m initialMember) bool { return m.name == cfg.Name })
 		if i < 0 {
-			return fmt.Errorf("node: --initial-cluster has no member named %q (--name)", cfg.Name)
+			return b, fmt.Errorf("node: --initial-cluster has no member named %q (--name)", cfg.Name)
 		}
 		n.seedPeers(members)
 		self := members[i]
 		if !sameURLs(self.peerURLs, n.peerURLs) {
-			return fmt.Errorf("node: --initial-cluster has %s=%v but this member advertises peer URLs %v",
+			return b, fmt.Errorf("node: --initial-cluster has %s=%v but this member advertises peer URLs %v",
 				cfg.Name, self.peerURLs, n.peerURLs)
 		}
 		switch cfg.InitialClusterState {
 		case "", "new":
 			n.memberID = self.id
-			founders = map[uint64]dragonboat.Target{}
+			b.founders = map[uint64]dragonboat.Target{}
 			for _, m := range members {
-				founders[m.id] = memberTarget(m.id)
+				b.founders[m.id] = memberTarget(m.id)
 			}
 		case "existing":
 			// A joining member starts as a learner: raft accepts being
 			// promoted (or added as a voter) from there, not the reverse.
-			join = true
+			b.join = true
 			if err := setLearner(cfg.DataDir, true); err != nil {
-				return err
+				return b, err
 			}
 		default:
-			return fmt.Errorf("node: --initial-cluster-state %q: want new or existing", cfg.InitialClusterState)
+			return b, fmt.Errorf("node: --initial-cluster-state %q: want new or existing", cfg.InitialClusterState)
 		}
-		if !join {
+		if !b.join {
 			if err := writeMemberID(cfg.DataDir, n.memberID); err != nil {
-				return err
+				return b, err
 			}
 		}
 	}
+	b.peer, b.raftAddr = peer, raftAddr
+	b.heartbeat = uint64(cfg.HeartbeatInterval / (rttMillisecond * time.Millisecond))
+	b.election = uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
+	return b, nil
+}
 
+// openStore opens the member's pebble, shared by every range here.
+func (n *Node) openStore(b boot) error {
+	cfg := n.cfg
 	// The block cache holds the index and filter blocks of a store of
 	// tens of millions of keys (pebble's default 8 MiB re-reads them from
 	// disk on every lookup). The memtable stays at pebble's 4 MiB: every
@@ -444,58 +500,96 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("node: open state store: %w", err)
 	}
 	n.db = db
-	if !restart {
+	if !b.restart {
 		if err := recordMode(cfg.DataDir, cfg.Sharded); err != nil {
 			return err
 		}
 	}
+	return nil
+}
 
+// startRaft starts the member's dragonboat NodeHost.
+func (n *Node) startRaft(b boot) error {
+	cfg := n.cfg
+	var err error
 	n.nhConfig = dbconfig.NodeHostConfig{
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
 		RTTMillisecond:    rttMillisecond,
-		RaftAddress:       raftAddr,
-		ListenAddress:     peer,
+		RaftAddress:       b.raftAddr,
+		ListenAddress:     b.peer,
 		Expert:            dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport, NodeRegistryFactory: n.peers},
 		RaftEventListener: leaderListener{n},
 	}
 	if n.nh, err = dragonboat.NewNodeHost(n.nhConfig); err != nil {
 		return fmt.Errorf("node: start raft: %w", err)
 	}
+	return nil
+}
 
-	heartbeat := uint64(cfg.HeartbeatInterval / (rttMillisecond * time.Millisecond))
-	election := uint64(cfg.ElectionTimeout / (rttMillisecond * time.Millisecond))
+// startPlacementGroup starts, in sharded mode, this member's replica of
+// the placement group — founding it (and bootstrapping the range map),
+// restarting it or joining it — and returns the ranges this member runs
+// and the splits it may have missed (localRanges).
+func (n *Node) startPlacementGroup(ctx context.Context, b boot) (ranges, unsplit []*placementpb.RangeDescriptor, err error) {
+	if !n.cfg.Sharded {
+		return nil, nil, nil
+	}
+	if b.join {
+		// A member added joins the placement group first, which also
+		// finds its id (join), then reads the range map there.
+		err := n.join(ctx, placementShardID, func(id uint64) error {
+			return n.startPlacementReplica(nil, true, id, b.election, b.heartbeat)
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		st, err := n.placement.State(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		ranges = st.Ranges
+	} else if ranges, err = n.startPlacement(ctx, b.founders, b.election, b.heartbeat); err != nil {
+		return nil, nil, err
+	}
+	if ranges, unsplit, err = n.localRanges(ranges, b.founders != nil); err != nil {
+		return nil, nil, err
+	}
+	if ranges[0].Id != singleShardID || len(ranges[0].Start) != 0 {
+		return nil, nil, fmt.Errorf("node: the range map's first range is %d, want %d", ranges[0].Id, singleShardID)
+	}
+	return ranges, unsplit, nil
+}
+
+// raftConfig is the raft config of this member's replica id of a range.
+func (n *Node) raftConfig(b boot, id uint64) dbconfig.Config {
+	return dbconfig.Config{
+		ReplicaID:    id,
+		ShardID:      singleShardID,
+		HeartbeatRTT: b.heartbeat,
+		ElectionRTT:  b.election,
+		CheckQuorum:  true,
+		// As etcd's default --pre-vote: a member cut off from the
+		// others does not disrupt them with higher terms on return.
+		PreVote:            true,
+		IsNonVoting:        n.learner.Load(),
+		SnapshotEntries:    n.cfg.SnapshotCount,
+		CompactionOverhead: n.cfg.SnapshotCount / 2,
+	}
+}
+
+// startRanges starts this member's replicas of ranges (range 1 alone in
+// single-group mode), waits for range 1's leader and brings every watch
+// hub to its replica's revision.
+func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.RangeDescriptor) error {
+	cfg := n.cfg
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
-	var ranges, unsplit []*placementpb.RangeDescriptor
 	span := mvcc.Span{}
 	if cfg.Sharded {
-		if join {
-			// A member added joins the placement group first, which also
-			// finds its id (join), then reads the range map there.
-			err := n.join(ctx, placementShardID, func(id uint64) error {
-				return n.startPlacementReplica(nil, true, id, election, heartbeat)
-			})
-			if err != nil {
-				return err
-			}
-			st, err := n.placement.State(ctx)
-			if err != nil {
-				return err
-			}
-			ranges = st.Ranges
-		} else if ranges, err = n.startPlacement(ctx, founders, election, heartbeat); err != nil {
-			return err
-		}
-		if ranges, unsplit, err = n.localRanges(ranges, founders != nil); err != nil {
-			return err
-		}
-		if ranges[0].Id != singleShardID || len(ranges[0].Start) != 0 {
-			return fmt.Errorf("node: the range map's first range is %d, want %d", ranges[0].Id, singleShardID)
-		}
 		span = spanOf(ranges[0])
 	}
 	n.fwd = router.NewForwarder(n.memberID, n.dialMember)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
-	shardCfg := shard.Config{DB: db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
+	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
 		n.onSplit(n.first, child, span, rev, founders)
 	}, OnRecover: func() {
 		select {
@@ -516,21 +610,7 @@ func (n *Node) start(ctx context.Context) error {
 		shardCfg.Journal = f
 	}
 	n.learner.Store(isLearner(cfg.DataDir))
-	raftCfg := func(id uint64) dbconfig.Config {
-		return dbconfig.Config{
-			ReplicaID:    id,
-			ShardID:      singleShardID,
-			HeartbeatRTT: heartbeat,
-			ElectionRTT:  election,
-			CheckQuorum:  true,
-			// As etcd's default --pre-vote: a member cut off from the
-			// others does not disrupt them with higher terms on return.
-			PreVote:            true,
-			IsNonVoting:        n.learner.Load(),
-			SnapshotEntries:    cfg.SnapshotCount,
-			CompactionOverhead: cfg.SnapshotCount / 2,
-		}
-	}
+	raftCfg := func(id uint64) dbconfig.Config { return n.raftConfig(b, id) }
 	n.shardCfg, n.raftCfg = shardCfg, raftCfg(n.memberID)
 	first := &placementpb.RangeDescriptor{Id: singleShardID}
 	if cfg.Sharded {
@@ -543,12 +623,12 @@ func (n *Node) start(ctx context.Context) error {
 		n.first = &rangeReplica{Range: shard.NewRange(n.rangeCfg(id), first, 0)}
 		n.first.client = n.fwd.Range(n.first)
 		n.rangeSet.ranges = []*rangeReplica{n.first}
-		if err := n.first.Start(shardCfg, founders, join, raftCfg(id)); err != nil {
+		if err := n.first.Start(shardCfg, b.founders, b.join, raftCfg(id)); err != nil {
 			return fmt.Errorf("node: start shard: %w", err)
 		}
 		return nil
 	}
-	if join && !cfg.Sharded {
+	if b.join && !cfg.Sharded {
 		if err := n.join(ctx, singleShardID, startFirst); err != nil {
 			return err
 		}
@@ -562,7 +642,7 @@ func (n *Node) start(ctx context.Context) error {
 			// they start it if the node stopped after the split applied
 			// here but before it started the new range (raft would not
 			// know it otherwise).
-			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), founders != nil || d.Parent != 0 || !slices.Contains(foundersOf(d), n.memberID))
+			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), b.founders != nil || d.Parent != 0 || !slices.Contains(foundersOf(d), n.memberID))
 			if err != nil {
 				return err
 			}
@@ -584,7 +664,15 @@ func (n *Node) start(ctx context.Context) error {
 			return fmt.Errorf("node: %w", err)
 		}
 	}
-	lessor := n.first.StateMachine().Lessor()
+	return nil
+}
+
+// startBackground starts what runs beside the ranges: range 1's primary
+// (lease expiry and checkpoints), and in sharded mode the closers' clock,
+// the merged watches' progress, the lease fan-out and the catching up on
+// splits missed (unsplit); and learner tracking.
+func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
+	cfg := n.cfg
 	n.primary = shard.StartPrimary(shard.PrimaryConfig{
 		Replica:         n.first.proposer(),
 		Lessor:          func() *lease.Lessor { return n.first.StateMachine().Lessor() },
@@ -607,7 +695,13 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.wg.Add(1)
 	go n.trackLearner()
+}
 
+// serve starts the router and the client listeners (gRPC and HTTP on each
+// client URL), and the compactor.
+func (n *Node) serve() error {
+	cfg := n.cfg
+	var err error
 	if err := n.dialSelf(); err != nil {
 		return err
 	}
@@ -621,7 +715,7 @@ func (n *Node) start(ctx context.Context) error {
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		Node:              n,
 		Watches:           n.first.Hub(),
-		Lessor:            lessor,
+		Lessor:            n.first.StateMachine().Lessor(),
 		Leader:            n.leaderConn,
 	}
 	if cfg.Sharded {
@@ -673,13 +767,6 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.wg.Add(1)
 	go n.refreshMembers() // reads the config: started once it is final
-
-	n.publish(ctx)
-	if ctx.Err() != nil {
-		return fmt.Errorf("node: publishing member attributes: %w", ctx.Err())
-	}
-	n.log.Info("ready to serve client requests", "name", cfg.Name, "client-urls", n.clientURL,
-		"peer-urls", n.peerURLs, "data-dir", cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID), "mode", modeName(cfg.Sharded))
 	return nil
 }
 

@@ -1,10 +1,17 @@
-// Package node is one Cairn process: a dragonboat NodeHost with this node's
-// replicas, the node's pebble (shared by every shard on it), the router and
-// the client listeners, which serve gRPC and HTTP on one port as etcd does.
+// Package node is one Cairn process, and the wiring of the other packages:
+// a dragonboat NodeHost with this member's replicas (shard.Range), the
+// member's pebble (shared by every range on it), the placement group's
+// replica and clients (placement), the router and the client listeners,
+// which serve gRPC and HTTP on one port as etcd does. What node itself
+// owns: the config and its defaults, the data directory (datadir.go),
+// founding and joining (bootstrap.go), etcd's membership API (members.go,
+// membership.go for sharded mode), leader transfer (transfer.go), and
+// splits as they reach this member (split.go).
 //
-// Start brings everything up and returns once the raft group has a leader
-// and clients are served; it logs etcd's "ready to serve client requests"
-// line then. Close (or the end of Run's context) stops the listeners, then
+// Start brings everything up in phases (node.go: identify, openStore,
+// startRaft, startPlacementGroup, startRanges, startBackground, serve,
+// publish) and returns once range 1 has a leader and clients are served;
+// it logs etcd's "ready to serve client requests" line then. Close (or the end of Run's context) stops the listeners, then
 // the replicas, the NodeHost and pebble, and waits for every goroutine.
 // Automatic compaction (etcd's --auto-compaction-*) is the router's
 // (router.Server.StartCompactor): the node starts it and Close stops it.

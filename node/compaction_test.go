@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,83 +14,15 @@ import (
 	"github.com/cairn-kv/cairn/router"
 )
 
-// fakeClock is a router.CompactorClock the test advances by hand. The
-// compactor waits on one After at a time; awaitTimer tells the test when it
-// does, which also means it has finished the round before. (router's tests
-// have the same clock for the compactor alone.)
-type fakeClock struct {
-	mu     sync.Mutex // guards now, timers, asked
-	now    time.Time
-	timers []fakeTimer
-	asked  []time.Duration // every duration passed to After, in order
-	added  chan struct{}   // size 1: a nudge that After was called
-}
-
-type fakeTimer struct {
-	at time.Time
-	ch chan time.Time // size 1, so Advance never blocks
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), added: make(chan struct{}, 1)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	c.asked = append(c.asked, d)
-	if d <= 0 {
-		ch <- c.now
-		return ch
-	}
-	c.timers = append(c.timers, fakeTimer{at: c.now.Add(d), ch: ch})
-	select {
-	case c.added <- struct{}{}:
-	default:
-	}
-	return ch
-}
-
-// Advance moves the time on by d and fires the timers that are due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	c.timers = slices.DeleteFunc(c.timers, func(t fakeTimer) bool {
-		if t.at.After(c.now) {
-			return false
-		}
-		t.ch <- c.now
-		return true
-	})
-}
-
-// awaitTimer waits (with a deadline) until a timer is pending and returns
-// the duration it was asked for.
-func (c *fakeClock) awaitTimer(t *testing.T) time.Duration {
+// awaitTimer waits (with a deadline) until the compactor waits on clk and
+// returns the duration it asked for.
+func awaitTimer(t *testing.T, clk *router.ManualClock) time.Duration {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		c.mu.Lock()
-		if len(c.timers) > 0 {
-			d := c.asked[len(c.asked)-1]
-			c.mu.Unlock()
-			return d
-		}
-		c.mu.Unlock()
-		select {
-		case <-c.added:
-		case <-deadline:
-			t.Fatal("the compactor did not wait on its clock within 30s")
-		}
+	d, ok := clk.Await(30 * time.Second)
+	if !ok {
+		t.Fatal("the compactor did not wait on its clock within 30s")
 	}
+	return d
 }
 
 // startCompactionNode starts a one-member node in dir with the given
@@ -182,10 +112,10 @@ func TestAutoCompactionPeriodic(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	clk := newFakeClock()
+	clk := router.NewManualClock()
 	n = startCompactionNode(t, dir, "periodic", "1h", clk)
 	c = compactionClient(t, n)
-	if d := clk.awaitTimer(t); d != 6*time.Minute {
+	if d := awaitTimer(t, clk); d != 6*time.Minute {
 		t.Fatalf("periodic compactor waits %v between samples, want 6m", d)
 	}
 	rev0, initial := revisions(t, n)
@@ -193,7 +123,7 @@ func TestAutoCompactionPeriodic(t *testing.T) {
 	for i := 1; i <= 21; i++ {
 		r := put(t, c, "k")
 		clk.Advance(6 * time.Minute)
-		if d := clk.awaitTimer(t); d != 6*time.Minute {
+		if d := awaitTimer(t, clk); d != 6*time.Minute {
 			t.Fatalf("minute %d: periodic compactor waits %v, want 6m", 6*i, d)
 		}
 		samples = append(samples, r)
@@ -218,17 +148,17 @@ func TestAutoCompactionPeriodic(t *testing.T) {
 // looks every 5 minutes and compacts at the current revision minus 3, if
 // that is above 0 and new.
 func TestAutoCompactionRevision(t *testing.T) {
-	clk := newFakeClock()
+	clk := router.NewManualClock()
 	n := startCompactionNode(t, t.TempDir(), "revision", "3", clk)
 	c := compactionClient(t, n)
-	if d := clk.awaitTimer(t); d != 5*time.Minute {
+	if d := awaitTimer(t, clk); d != 5*time.Minute {
 		t.Fatalf("revision compactor waits %v, want 5m", d)
 	}
 	rev, initial := revisions(t, n)
 
 	// Too little history: nothing to compact.
 	clk.Advance(5 * time.Minute)
-	clk.awaitTimer(t)
+	awaitTimer(t, clk)
 	if rev > 3 {
 		t.Fatalf("a fresh node is at revision %d; the test needs one at most 3", rev)
 	}
@@ -246,14 +176,14 @@ func TestAutoCompactionRevision(t *testing.T) {
 		t.Fatalf("compacted at %d before five minutes passed", got)
 	}
 	clk.Advance(time.Second)
-	clk.awaitTimer(t)
+	awaitTimer(t, clk)
 	if _, got := revisions(t, n); got != last-3 {
 		t.Fatalf("compacted at %d, want %d (revision %d minus 3)", got, last-3, last)
 	}
 
 	// No writes: the same target, nothing new.
 	clk.Advance(5 * time.Minute)
-	clk.awaitTimer(t)
+	awaitTimer(t, clk)
 	if _, got := revisions(t, n); got != last-3 {
 		t.Fatalf("compacted at %d after an idle round, want still %d", got, last-3)
 	}
@@ -261,7 +191,7 @@ func TestAutoCompactionRevision(t *testing.T) {
 	put(t, c, "k")
 	last = put(t, c, "k")
 	clk.Advance(5 * time.Minute)
-	clk.awaitTimer(t)
+	awaitTimer(t, clk)
 	if _, got := revisions(t, n); got != last-3 {
 		t.Fatalf("compacted at %d, want %d", got, last-3)
 	}

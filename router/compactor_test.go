@@ -11,82 +11,15 @@ import (
 	"github.com/cairn-kv/cairn/mvcc"
 )
 
-// fakeClock is a CompactorClock the test advances by hand. The compactor
-// waits on one After at a time; awaitTimer tells the test when it does,
-// which also means it has finished the round before.
-type fakeClock struct {
-	mu     sync.Mutex // guards now, timers, asked
-	now    time.Time
-	timers []fakeTimer
-	asked  []time.Duration // every duration passed to After, in order
-	added  chan struct{}   // size 1: a nudge that After was called
-}
-
-type fakeTimer struct {
-	at time.Time
-	ch chan time.Time // size 1, so Advance never blocks
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), added: make(chan struct{}, 1)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	c.asked = append(c.asked, d)
-	if d <= 0 {
-		ch <- c.now
-		return ch
-	}
-	c.timers = append(c.timers, fakeTimer{at: c.now.Add(d), ch: ch})
-	select {
-	case c.added <- struct{}{}:
-	default:
-	}
-	return ch
-}
-
-// Advance moves the time on by d and fires the timers that are due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	c.timers = slices.DeleteFunc(c.timers, func(t fakeTimer) bool {
-		if t.at.After(c.now) {
-			return false
-		}
-		t.ch <- c.now
-		return true
-	})
-}
-
-// awaitTimer waits (with a deadline) until a timer is pending and returns
-// the duration it was asked for.
-func (c *fakeClock) awaitTimer(t *testing.T) time.Duration {
+// awaitTimer waits (with a deadline) until the compactor waits on clk and
+// returns the duration it asked for.
+func awaitTimer(t *testing.T, clk *ManualClock) time.Duration {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		c.mu.Lock()
-		if len(c.timers) > 0 {
-			d := c.asked[len(c.asked)-1]
-			c.mu.Unlock()
-			return d
-		}
-		c.mu.Unlock()
-		select {
-		case <-c.added:
-		case <-deadline:
-			t.Fatal("the compactor did not wait on its clock within 30s")
-		}
+	d, ok := clk.Await(30 * time.Second)
+	if !ok {
+		t.Fatal("the compactor did not wait on its clock within 30s")
 	}
+	return d
 }
 
 // TestAutoCompactionOnlyLeaderCompacts: a compactor on a member that does
@@ -94,7 +27,7 @@ func (c *fakeClock) awaitTimer(t *testing.T) time.Duration {
 // compacts at once at the revision of one period before, as etcd's paused
 // and resumed compactor does.
 func TestAutoCompactionOnlyLeaderCompacts(t *testing.T) {
-	clk := newFakeClock()
+	clk := NewManualClock()
 	tg := &fakeTarget{}
 	c := &compactor{log: slog.New(slog.DiscardHandler), clock: clk, target: tg, mode: CompactionPeriodic, retention: time.Hour}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -104,10 +37,10 @@ func TestAutoCompactionOnlyLeaderCompacts(t *testing.T) {
 
 	// Two hours as a follower: 20 samples (revisions 1..20), no compaction.
 	for range 20 {
-		clk.awaitTimer(t)
+		awaitTimer(t, clk)
 		clk.Advance(6 * time.Minute)
 	}
-	clk.awaitTimer(t)
+	awaitTimer(t, clk)
 	if got := tg.compacted(); len(got) != 0 {
 		t.Fatalf("a follower compacted at %v", got)
 	}
@@ -116,7 +49,7 @@ func TestAutoCompactionOnlyLeaderCompacts(t *testing.T) {
 	// revisions 1, 2, ...; at minute 126 the window starts at minute 60).
 	tg.setLeading(true)
 	clk.Advance(6 * time.Minute)
-	clk.awaitTimer(t)
+	awaitTimer(t, clk)
 	if got, want := tg.compacted(), []mvcc.Revision{11}; !slices.Equal(got, want) {
 		t.Fatalf("new leader compacted at %v, want %v", got, want)
 	}

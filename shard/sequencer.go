@@ -1,0 +1,218 @@
+package shard
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+)
+
+// The sequencer (see the package doc, "Stamping" and "Counting"): stamps
+// of the batches in flight, the closed revision they let the leader
+// publish, and reads at a closed revision.
+
+// stamping reports whether writes are to be stamped: in sharded mode, once
+// the range no longer counts its revisions itself.
+func (r *Replica) stamping() bool {
+	return r.stamper != nil && !r.counting()
+}
+
+// counting reports whether this NodeHost's state machine of the range
+// counts its revisions (StateMachine.Counting).
+func (r *Replica) counting() bool {
+	if r.local == nil {
+		return false
+	}
+	sm := r.local()
+	return sm != nil && sm.Counting()
+}
+
+// Stamps reports whether req writes at a revision of its own, so that in
+// sharded mode the range's leader must stamp it.
+func Stamps(req *shardpb.Request) bool { return stamps(req) }
+
+// stamps reports whether req writes at a revision of its own, so that a
+// stamp is what it applies at.
+func stamps(req *shardpb.Request) bool {
+	switch req.Op.(type) {
+	case *shardpb.Request_Put, *shardpb.Request_DeleteRange, *shardpb.Request_Txn, *shardpb.Request_LeaseRevoke,
+		*shardpb.Request_ShadowRevoke:
+		return true
+	}
+	return false
+}
+
+// stamp gives every write of batch a fresh revision from the stamper, in
+// batch order, and returns the first (0 if the batch has no writes).
+func (r *Replica) stamp(batch []*pending) (mvcc.Revision, error) {
+	var n int64
+	for _, p := range batch {
+		if stamps(p.req) {
+			n++
+		}
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), proposalTimeout)
+	defer cancel()
+	first, err := r.stamper.Revisions(ctx, n)
+	if err != nil {
+		return 0, fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
+	}
+	next := first
+	for _, p := range batch {
+		if stamps(p.req) {
+			p.req.Stamp = int64(next)
+			next++
+		}
+	}
+	return first, nil
+}
+
+// track registers a batch whose first stamp is first (0: none) as in
+// flight and returns its number and the closed revision its command
+// carries: one below the lowest stamp in flight, or, with none, the last
+// one proposed. No write of this client at or below it is still to come.
+func (r *Replica) track(first mvcc.Revision) (uint64, mvcc.Revision) {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	r.batches++
+	id := r.batches
+	if first != 0 {
+		r.inflight[id] = first
+	}
+	if len(r.inflight) > 0 {
+		low := mvcc.Revision(-1)
+		for _, f := range r.inflight {
+			if low < 0 || f < low {
+				low = f
+			}
+		}
+		r.closed = max(r.closed, low-1)
+	}
+	return id, r.closed
+}
+
+// untrack drops batch id from the batches in flight.
+func (r *Replica) untrack(id uint64) {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	delete(r.inflight, id)
+}
+
+// AdvanceIdle raises the closed revision of a shard with no writes in
+// flight, without a log write in the steady state: it takes a revision T
+// from the oracle, then confirms that this replica still leads (a read
+// index) in the term its last command was fenced with; every write still to
+// come is then stamped after T (by this leader, or by a successor, which
+// only stamps after it was elected, after that check), so T is closed. The
+// first call in a term writes one empty command carrying the term, so that
+// the state machine fences off the previous leader's proposals. It returns
+// the closed revision, raised or not (writes in flight keep it where the
+// log has it).
+func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
+	if r.stamper == nil {
+		return 0, fmt.Errorf("shard: AdvanceIdle needs a stamping client")
+	}
+	if r.counting() {
+		// A range that counts is closed at its revision, on every replica
+		// (Config.Sharded): nothing to ask the oracle.
+		if sm := r.local(); sm != nil {
+			return max(r.Closed(), sm.Rev()), nil
+		}
+	}
+	term, err := r.leading()
+	if err != nil {
+		return r.Closed(), err
+	}
+	st, err := r.Status(ctx, true)
+	if err != nil {
+		return r.Closed(), err
+	}
+	if st.Fence != term {
+		// Fence this term in: an empty command carrying it.
+		data, err := encode(nil, r.Closed(), term)
+		if err != nil {
+			return r.Closed(), err
+		}
+		if _, err := r.proposeOnce(data, proposalTimeout); err != nil {
+			return r.Closed(), classify(err)
+		}
+	}
+	r.seqMu.Lock()
+	gen, busy := r.batches, len(r.inflight) > 0
+	r.seqMu.Unlock()
+	if busy {
+		return r.Closed(), nil
+	}
+	t, err := r.stamper.Revisions(ctx, 1)
+	if err != nil {
+		return r.Closed(), fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
+	}
+	if st, err = r.Status(ctx, true); err != nil {
+		return r.Closed(), err
+	}
+	if now, err := r.leading(); err != nil || now != term || st.Fence != term {
+		return r.Closed(), err
+	}
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	if r.batches == gen && len(r.inflight) == 0 {
+		r.closed = max(r.closed, t)
+	}
+	return r.closed, nil
+}
+
+// Closed is the closed revision this client last proposed or published.
+func (r *Replica) Closed() mvcc.Revision {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	return r.closed
+}
+
+// WaitClosed returns once this shard's closed revision, as this client
+// (its leader's) knows it, has reached rev: no write at or below rev is
+// still to come, and every such write has applied on this replica. It
+// raises the closed revision itself (AdvanceIdle) when the shard is idle,
+// and fails with ErrNoLeader if this replica does not lead.
+func (r *Replica) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
+	backoff := time.Millisecond
+	for {
+		if r.Closed() >= rev {
+			return nil
+		}
+		closed, err := r.AdvanceIdle(ctx)
+		if err != nil {
+			return err
+		}
+		if closed >= rev {
+			return nil
+		}
+		// Writes in flight hold it back until they settle.
+		select {
+		case <-ctx.Done():
+			return classify(ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, retryBackoff)
+	}
+}
+
+// ReadAt answers a range request at revision rev once the shard's closed
+// revision has reached it (WaitClosed), through a read index on this
+// replica, which leads: one shard's part of a snapshot read over several
+// shards at one revision (DESIGN.md "Reads").
+func (r *Replica) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Revision) (*pb.RangeResponse, error) {
+	if err := r.WaitClosed(ctx, rev); err != nil {
+		return nil, err
+	}
+	q := proto.Clone(req).(*pb.RangeRequest)
+	q.Revision = int64(rev)
+	return read[*pb.RangeResponse](ctx, r, RangeQuery{Req: q, Floor: rev}, true)
+}

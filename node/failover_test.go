@@ -104,22 +104,7 @@ func TestFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hashes := map[uint32]bool{}
-	for _, n := range cl.Nodes() {
-		u := n.ClientURLs()[0]
-		nodetest.Eventually(t, "member "+u+" catches up", func() bool {
-			st, err := c.Status(ctx, u)
-			return err == nil && st.Header.Revision >= last.Header.Revision
-		})
-		h, err := c.HashKV(ctx, u, last.Header.Revision)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hashes[h.Hash] = true
-	}
-	if len(hashes) != 1 {
-		t.Fatalf("members diverge: %d different hashes", len(hashes))
-	}
+	nodetest.SameHashes(ctx, t, c, cl.URLs(), last.Header.Revision, "once the member is back")
 	for i, n := range cl.Nodes() {
 		r, err := cl.Client(i).Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
@@ -197,22 +182,7 @@ func TestRejoinWiped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hashes := map[uint32]bool{}
-	for _, n := range cl.Nodes() {
-		u := n.ClientURLs()[0]
-		nodetest.Eventually(t, "member "+u+" catches up", func() bool {
-			st, err := c.Status(ctx, u)
-			return err == nil && st.Header.Revision >= last.Header.Revision
-		})
-		h, err := c.HashKV(ctx, u, last.Header.Revision)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hashes[h.Hash] = true
-	}
-	if len(hashes) != 1 {
-		t.Fatalf("members diverge: %d different hashes", len(hashes))
-	}
+	nodetest.SameHashes(ctx, t, c, cl.URLs(), last.Header.Revision, "once the member is back")
 	r, err := cl.Client(idx).Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSerializable())
 	if err != nil || len(r.Kvs) < len(acked) {
 		t.Fatalf("rejoined member has %d keys, %d acknowledged (%v)", len(r.Kvs), len(acked), err)

@@ -109,21 +109,7 @@ func TestPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hashes := map[uint32]bool{}
-	for _, u := range urls {
-		nodetest.Eventually(t, "member "+u+" catches up", func() bool {
-			st, err := c.Status(ctx, u)
-			return err == nil && st.Header.Revision >= last.Header.Revision
-		})
-		h, err := c.HashKV(ctx, u, last.Header.Revision)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hashes[h.Hash] = true
-	}
-	if len(hashes) != 1 {
-		t.Fatalf("members diverge after the partition healed: %d hashes", len(hashes))
-	}
+	nodetest.SameHashes(ctx, t, c, urls, last.Header.Revision, "after the partition healed")
 	if r, err := lc.Get(ctx, "minority"); err != nil || len(r.Kvs) != 0 {
 		t.Fatalf("the refused minority write is visible: %v %v", r, err)
 	}

@@ -491,7 +491,7 @@ func (m *Merged) Next(ctx context.Context) ([]*pb.WatchResponse, error) {
 			return nil, ErrClosed
 		}
 		if d := m.direct; d != nil {
-			out, _, closed := d.s.drain(func(ID, mvcc.Revision) {})
+			out, closed := d.s.take()
 			m.mu.Unlock()
 			if closed {
 				return nil, ErrClosed

@@ -34,7 +34,12 @@
 // in its own. Single-group mode (Config.Sharded false, the zero value;
 // cmd/cairn's --single-group): shard 1 covers the whole key space and
 // assigns revisions at apply time, dense as etcd's; every member holds a
-// replica. The founding members come from etcd's --initial-cluster
+// replica. The router takes the same path as in sharded mode, over a
+// static range cache of range 1 alone (router.NewStaticRangeCache), a
+// watch.Merger of its own (its streams over one range are direct hub
+// streams) and Now as its oracle (range 1's revision, read linearizably);
+// it has no placement group, no oracle, no lease fan-out (every lease's
+// keys are in its home), and refuses splits. The founding members come from etcd's --initial-cluster
 // (name=peer-url pairs); a member's id derives from its peer URLs and the
 // cluster token, is its raft replica id, and is kept in the data
 // directory, so a restart ignores the --initial-* flags as etcd does. A

@@ -714,17 +714,25 @@ func (n *Node) serve() error {
 		MaxTxnOps:         cfg.MaxTxnOps,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		Node:              n,
-		Watches:           n.first.Hub(),
 		Lessor:            n.first.StateMachine().Lessor(),
 		Leader:            n.leaderConn,
+		Oracle:            n,
 	}
 	if cfg.Sharded {
 		rcfg.Shard = n.first.client
 		rcfg.Ranges = n.routes
-		rcfg.Oracle = n
 		rcfg.Merger = n.merger
 		rcfg.RemoteLeases = n.fanout
 		rcfg.RangeMembers = n.rangeMembers
+	} else {
+		// Single-group mode: range 1 alone, for good, through the same
+		// routing and watch path; its replica proposes through raft (no
+		// forwarding), its watches are direct hub streams (watch.Merged),
+		// whose progress notifications its hub sends. Every lease's keys
+		// are in its home: no fan-out (RemoteLeases nil).
+		rcfg.Ranges = router.NewStaticRangeCache(router.RangeEntry{Local: n.first, Shard: n.first.proposer(),
+			Watches: n.first.Hub()})
+		rcfg.Merger = watch.NewMerger()
 	}
 	rs := router.New(rcfg)
 	n.rs = rs

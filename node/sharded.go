@@ -233,8 +233,16 @@ func (rr *rangeReplica) entry() router.RangeEntry {
 // completed before the call. While the cluster is one range that counts its
 // revisions, it is that range's revision, read linearizably — no oracle
 // revision, so that headers show etcd's dense revisions; once it has split,
-// a fresh oracle revision.
+// a fresh oracle revision. In single-group mode (no oracle) it is always
+// the one range's revision, read linearizably.
 func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
+	if n.oracle == nil {
+		st, err := n.first.proposer().Status(ctx, true)
+		if err != nil {
+			return 0, err
+		}
+		return st.Revision, nil
+	}
 	if rs := n.rangeSet.routing(); len(rs) == 1 {
 		if sm := rs[0].StateMachine(); sm != nil && sm.Counting() {
 			st, err := rs[0].client.Status(ctx, true)

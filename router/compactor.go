@@ -298,14 +298,7 @@ func (c *compactor) compact(ctx context.Context, rev mvcc.Revision, retry time.D
 type serverTarget struct{ s *Server }
 
 func (t serverTarget) revision(ctx context.Context) (mvcc.Revision, error) {
-	if t.s.cfg.Ranges != nil {
-		return t.s.cfg.Oracle.Now(ctx)
-	}
-	st, err := t.s.cfg.Shard.Status(ctx, false)
-	if err != nil {
-		return 0, err
-	}
-	return st.Revision, nil
+	return t.s.cfg.Oracle.Now(ctx)
 }
 
 func (t serverTarget) leading() bool {

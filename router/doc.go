@@ -1,10 +1,21 @@
 // Package router serves etcd's gRPC services to clients and sends each
 // request to the shard that owns its keys.
 //
-// In single-group mode one shard owns every key: Range and read-only
-// Txn are reads (linearizable through ReadIndex unless the request asks to
-// be serializable), Put, DeleteRange, write Txn and Compact are proposals.
-// Watch streams are served from the node's watch.Hub. The Lease service
+// Both modes take one path: requests are routed by key through the range
+// cache (Config.Ranges), watches are merged streams over the ranges' hubs
+// (Config.Merger), the cluster's revision comes from Config.Oracle. In
+// single-group mode the cache is static — range 1 alone, the whole key
+// space, for good (NewStaticRangeCache) — and a merged stream over one
+// range is that range's hub stream as it is (watch.Merged, "Direct"), so
+// the answers are etcd's exactly; since that range's revision is the
+// cluster's, it also answers by itself, as etcd's one store does, what
+// sharded mode spreads over the ranges at an oracle revision: reads and
+// txns at a past revision, Compact, HashKV (and the static map is no
+// range map to show: Ranges is nil).
+//
+// Range and read-only Txn are reads (linearizable through ReadIndex unless
+// the request asks to be serializable), Put, DeleteRange, write Txn and
+// Compact are proposals. The Lease service
 // proposes grants (picking a random positive id when asked for id 0, as
 // etcd) and revokes; keepalive, time-to-live and the lease list are
 // answered by the primary lessor on the shard's leader, so a member that
@@ -14,9 +25,10 @@
 // etcd's quota check before every write that adds data) and Snapshot
 // through the node (Operator, Snapshotter).
 //
-// In sharded mode (Config.Ranges, ranges.go) every request is routed by
-// key, through the range cache (rangecache.go: the ranges' descriptors in a
-// placement.Table, this member's replica of each by id): Put, DeleteRange and Txn go to the one range holding all their keys
+// In sharded mode (ranges.go) every request is routed by key through the
+// range cache (rangecache.go: the ranges' descriptors in a
+// placement.Table, this member's replica of each by id): Put, DeleteRange
+// and Txn go to the one range holding all their keys
 // and are refused with FailedPrecondition naming the ranges otherwise; a
 // Range over several ranges (or at a past revision) takes a revision R from
 // the oracle (or the one asked), has each range answer its clipped part at

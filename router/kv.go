@@ -46,7 +46,7 @@ type Shard interface {
 	Leader() (leader, term uint64, ok bool)
 }
 
-// kvServer is etcd's KV service over one shard (single-group mode).
+// kvServer is etcd's KV service over the ranges.
 type kvServer struct {
 	pb.UnimplementedKVServer
 	s *Server
@@ -61,7 +61,10 @@ func (k *kvServer) rangeKV(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 		return nil, toGRPC(err)
 	}
 	sh := k.s.cfg.Shard
-	if k.s.cfg.Ranges != nil {
+	// Single-group mode's one range (a static map) holds every key and has
+	// written everything up to the cluster's revision: it answers every
+	// read itself, at any revision, empty intervals too, as etcd does.
+	if !k.s.cfg.Ranges.static {
 		parts := k.s.spanning(r.Key, r.RangeEnd)
 		// A read at a past revision may name one newer than the range's
 		// last write: it is read once the range has closed it.
@@ -264,13 +267,14 @@ func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Co
 	return k.s.compact(ctx, r, false)
 }
 
-// compact compacts at r.Revision, as a client's Compact: the one shard in
-// single-group mode, every range in sharded mode (compactAll). A revision
-// compacted already is refused with etcd's ErrCompacted, except that in
-// sharded mode again (the automatic compactor's) passes over every range
-// compacted at or past it and compacts the others.
+// compact compacts at r.Revision, as a client's Compact: every range in
+// sharded mode (compactAll), single-group mode's one range by itself (its
+// revision is the cluster's: no oracle to check against, nothing to wait
+// for). A revision compacted already is refused with etcd's ErrCompacted,
+// except that in sharded mode again (the automatic compactor's) passes
+// over every range compacted at or past it and compacts the others.
 func (s *Server) compact(ctx context.Context, r *pb.CompactionRequest, again bool) (*pb.CompactionResponse, error) {
-	if s.cfg.Ranges != nil {
+	if !s.cfg.Ranges.static {
 		return s.compactAll(ctx, r, again)
 	}
 	out, err := s.write(ctx, s.cfg.Shard, r, compactionRequest)

@@ -11,7 +11,7 @@ import (
 	"github.com/cairn-kv/cairn/watch"
 )
 
-// RangeCache is the range map as this member routes by it (sharded mode):
+// RangeCache is the range map as this member routes by it:
 // the ranges' descriptors in a placement.Table, looked up by key in
 // O(log n), and by id this member's replica of each as the router uses it
 // (RangeEntry). The descriptors are the replicas' own (Local.Descriptor):
@@ -30,12 +30,20 @@ import (
 // (lookups check that the range holds the key), as with the replicas'
 // own descriptors.
 //
+// Single-group mode's map is static (NewStaticRangeCache): range 1 alone,
+// the whole key space, for good. Its range's revision is the cluster's, so
+// the router sends it reads at a revision, compactions and hashes as they
+// come — no oracle revision, no waiting for a closed revision — and shows
+// no range map (Server.Ranges).
+//
 // Concurrency: lookups read an immutable view without locking; Put and
 // Refresh build a new view under mu and swap it in (ranges change
 // rarely: a start, a split).
 type RangeCache struct {
 	mu   sync.Mutex // serializes Put and Refresh
 	view atomic.Pointer[rangeView]
+	// static: single-group mode's map, which never changes.
+	static bool
 }
 
 // RangeEntry is one of this member's ranges as the node puts it in the
@@ -71,9 +79,21 @@ func NewRangeCache() *RangeCache {
 	return c
 }
 
+// NewStaticRangeCache returns single-group mode's map: e, whose range
+// spans the whole key space and never splits, alone, for good (Put and
+// Refresh leave it as it is).
+func NewStaticRangeCache(e RangeEntry) *RangeCache {
+	c := &RangeCache{static: true}
+	c.view.Store(buildView(map[uint64]RangeEntry{e.Local.Descriptor().Id: e}))
+	return c
+}
+
 // Put adds ranges, or replaces those of the same id, with their
 // descriptors as their replicas have them now.
 func (c *RangeCache) Put(entries ...RangeEntry) {
+	if c.static {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.view.Load()
@@ -90,7 +110,7 @@ func (c *RangeCache) Put(entries ...RangeEntry) {
 // Refresh reads the replicas' descriptors again if d, a range's answer, is
 // newer than what the cache holds of it.
 func (c *RangeCache) Refresh(d *placementpb.RangeDescriptor) {
-	if d == nil {
+	if d == nil || c.static {
 		return
 	}
 	if gen, ok := c.view.Load().gens[d.Id]; ok && gen >= d.Generation {

@@ -151,3 +151,28 @@ func TestReroutedRefreshes(t *testing.T) {
 		t.Fatalf("rerouted: %v after %d tries, want success on the second", err, tries)
 	}
 }
+
+// TestStaticRangeCache: single-group mode's map is range 1 alone for good:
+// every key and interval routes to it, neither Put nor Refresh changes it,
+// and the server shows no range map.
+func TestStaticRangeCache(t *testing.T) {
+	r1 := newMutableLocal(1, "", "", 1)
+	c := NewStaticRangeCache(entryOf(r1))
+	check := func() {
+		t.Helper()
+		if p, ok := c.Lookup([]byte("x")); !ok || p.ID != 1 {
+			t.Errorf("Lookup(x) = %d, %v; want range 1", p.ID, ok)
+		}
+		if got := ids(c.Spanning([]byte("a"), []byte{0})); got != "1" {
+			t.Errorf("Spanning(a, end) = %s, want 1", got)
+		}
+	}
+	check()
+	r1.set("", "m", 2)
+	c.Refresh(r1.Descriptor())
+	c.Put(entryOf(newMutableLocal(2, "m", "", 2)))
+	check()
+	if got := New(Config{Ranges: c}).Ranges(); got != nil {
+		t.Errorf("Ranges() = %+v, want none in single-group mode", got)
+	}
+}

@@ -39,11 +39,12 @@ type ReplicaCounters interface {
 }
 
 // Ranges returns this member's view of the range map (nil in single-group
-// mode), its started ranges in key order: leaders as this member knows
-// them, revisions from its replicas, replicas as raft has them here
-// (Config.RangeMembers) or else as the descriptor names them.
+// mode, whose static map is no range map placement keeps), its started
+// ranges in key order: leaders as this member knows them, revisions from
+// its replicas, replicas as raft has them here (Config.RangeMembers) or
+// else as the descriptor names them.
 func (s *Server) Ranges() []RangeInfo {
-	if s.cfg.Ranges == nil {
+	if s.cfg.Ranges == nil || s.cfg.Ranges.static {
 		return nil
 	}
 	var members map[uint64][]uint64

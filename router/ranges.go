@@ -19,10 +19,10 @@ import (
 	"github.com/cairn-kv/cairn/watch"
 )
 
-// Oracle hands out revisions in sharded mode.
+// Oracle is the cluster's current revision.
 type Oracle interface {
-	// Now returns a revision above every write completed before the call
-	// (from the revision oracle).
+	// Now returns a revision at or above every write completed before the
+	// call (from the revision oracle, or the counting range's own).
 	Now(ctx context.Context) (mvcc.Revision, error)
 }
 
@@ -38,8 +38,8 @@ type RangePart struct {
 	Kick func(rev mvcc.Revision)
 }
 
-// RangeShard is a shard of sharded mode: besides what every shard does, it
-// answers a read at a revision once its closed revision has reached it.
+// RangeShard is a range: besides what every shard does, it answers a read
+// at a revision once its closed revision has reached it.
 type RangeShard interface {
 	Shard
 	ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Revision) (*pb.RangeResponse, error)
@@ -53,14 +53,11 @@ func (s *Server) spanning(key, end []byte) []RangePart { return s.cfg.Ranges.Spa
 // keySpan is etcd's [key, end) of one part of a request.
 type keySpan struct{ key, end []byte }
 
-// shardFor returns the shard serving every key of spans: the one shard of
-// single-group mode, or the range they all lie in. Spans in several ranges
-// are refused with FailedPrecondition naming the ranges (DESIGN.md
-// "Writes and transactions": never half-applied).
+// shardFor returns the shard serving every key of spans: the range they
+// all lie in (single-group mode's one range holds every key). Spans in
+// several ranges are refused with FailedPrecondition naming the ranges
+// (DESIGN.md "Writes and transactions": never half-applied).
 func (s *Server) shardFor(spans ...keySpan) (Shard, error) {
-	if s.cfg.Ranges == nil {
-		return s.cfg.Shard, nil
-	}
 	var (
 		parts []RangePart
 		seen  = map[uint64]bool{}
@@ -295,10 +292,12 @@ func WaitApplied(ctx context.Context, p RangePart, rev mvcc.Revision) error {
 // the newest one it names, if no newer than the oracle's, is closed on its
 // range first, so that reads at it see a settled past even when the range
 // wrote nothing that recent; it returns that revision (0: none). A newer
-// one is left for the range to refuse as a future revision.
+// one is left for the range to refuse as a future revision. Single-group
+// mode's range has written everything up to the cluster's revision (a
+// static map): nothing to settle.
 func (s *Server) settle(ctx context.Context, sh Shard, r *pb.TxnRequest) (mvcc.Revision, error) {
 	rs, ok := sh.(RangeShard)
-	if s.cfg.Ranges == nil || !ok {
+	if s.cfg.Ranges.static || !ok {
 		return 0, nil
 	}
 	rev := mvcc.Revision(txnMaxRev(r))
@@ -333,13 +332,13 @@ func txnMaxRev(r *pb.TxnRequest) int64 {
 // reroutes bounds how often one request is routed again after a split.
 const reroutes = 100
 
-// rerouted runs fn, in sharded mode again while it fails because a range
-// it was routed to no longer holds its keys (a split gave them to a new
-// range since the request was routed): clients never see a split.
+// rerouted runs fn, again while it fails because a range it was routed to
+// no longer holds its keys (a split gave them to a new range since the
+// request was routed): clients never see a split.
 func rerouted[T any](ctx context.Context, s *Server, fn func() (T, error)) (T, error) {
 	for i := 0; ; i++ {
 		out, err := fn()
-		if s.cfg.Ranges == nil || !moved(err) || i >= reroutes {
+		if !moved(err) || i >= reroutes {
 			return out, err
 		}
 		var o *shard.OutsideRangeError

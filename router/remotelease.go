@@ -48,14 +48,14 @@ type registered struct {
 // over (at the price of registering again).
 const registeredCap = 1 << 16
 
-// withShadows runs a write in range sh that may attach keys to leases ids
-// (sharded mode): for a range other than the home, the range is registered
+// withShadows runs a write in range sh that may attach keys to leases ids:
+// for a range other than the home (sharded mode), the range is registered
 // at each lease's home first and the write carries the leases as shadow
 // leases. A write refused for a lease it took from a registration known
 // from before is tried once more with fresh ones (the lease may have been
 // revoked and granted again since).
 func (s *Server) withShadows(ctx context.Context, sh Shard, ids []int64, write func([]*shardpb.ShadowLease) (*shardpb.Response, error)) (*shardpb.Response, error) {
-	if s.cfg.Ranges == nil || sh == s.cfg.Shard || len(ids) == 0 || !slices.ContainsFunc(ids, func(id int64) bool { return id != 0 }) {
+	if sh == s.cfg.Shard || len(ids) == 0 || !slices.ContainsFunc(ids, func(id int64) bool { return id != 0 }) {
 		return write(nil)
 	}
 	rangeID, _ := s.cfg.Ranges.id(sh)

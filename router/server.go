@@ -22,13 +22,18 @@ const DefaultLeaderCheckInterval = time.Second
 type Config struct {
 	// ClusterID and MemberID fill every response header.
 	ClusterID, MemberID uint64
-	// Shard serves every key (single-group mode); in sharded mode it is
-	// range 1, which also answers for the cluster (status, alarms).
+	// Shard is range 1, which also answers for the cluster (status,
+	// alarms, leases: their home); in single-group mode it is the one
+	// range.
 	Shard Shard
-	// Ranges routes requests by key in sharded mode; nil is single-group
-	// mode.
+	// Ranges routes requests by key: in sharded mode the range map as
+	// this member has it, in single-group mode a static map of range 1
+	// alone (NewStaticRangeCache). Required to serve the KV and Watch
+	// services.
 	Ranges *RangeCache
-	// Oracle hands out revisions in sharded mode.
+	// Oracle is the cluster's current revision (Now): in sharded mode from
+	// the revision oracle once the key space has split, in single-group
+	// mode the one range's, read linearizably.
 	Oracle Oracle
 	// MaxRequestBytes refuses larger writes (etcd --max-request-bytes);
 	// 0 means DefaultMaxRequestBytes.
@@ -43,13 +48,15 @@ type Config struct {
 	// does what only it can (membership changes, defragmentation, leader
 	// transfer, backups).
 	Node Node
-	// Watches serves the Watch service; nil leaves it unregistered.
-	Watches *watch.Hub
-	// Merger serves the Watch service in sharded mode, over the ranges'
-	// hubs (RangePart.Watches).
+	// Merger serves the Watch service over the ranges' hubs
+	// (RangePart.Watches), in either mode: over one range its streams are
+	// that range's hub streams as they are (watch.Merged, "Direct"); nil
+	// leaves the service unregistered.
 	Merger *watch.Merger
 	// RemoteLeases handles, in sharded mode, leases with keys outside
-	// their home range (remotelease.go; LeaseFanout).
+	// their home range (remotelease.go; LeaseFanout). nil: every key of a
+	// lease is in its home, as in single-group mode, whose one range is
+	// every lease's home — nothing to fan out.
 	RemoteLeases RemoteLeases
 	// RangeMembers returns, in sharded mode, the replicas of each range
 	// here by range id, sorted, as raft has them (membership changes since
@@ -142,7 +149,7 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterKVServer(g, &kvServer{s: s})
 	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
 	pb.RegisterClusterServer(g, &clusterServer{s: s})
-	if s.cfg.Watches != nil {
+	if s.cfg.Merger != nil {
 		pb.RegisterWatchServer(g, &watchServer{s: s})
 	}
 	if s.cfg.Lessor != nil {

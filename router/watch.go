@@ -19,7 +19,7 @@ import (
 // the stream's watchers fall behind and catch up from the store.
 const watchQueueLimit = 128
 
-// watchServer is etcd's Watch service over the shard's watch hub.
+// watchServer is etcd's Watch service over the ranges' watch hubs.
 type watchServer struct {
 	pb.UnimplementedWatchServer
 	s *Server
@@ -150,8 +150,9 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, setFrag
 	}
 }
 
-// watchStream is one client stream's watchers: a hub's stream in
-// single-group mode, a merged stream over the ranges' hubs in sharded mode.
+// watchStream is one client stream's watchers: a merged stream over the
+// ranges' hubs (direct over one range: single-group mode, or a sharded
+// cluster before its first split).
 type watchStream interface {
 	Create(req *pb.WatchCreateRequest) *pb.WatchResponse
 	Cancel(id watch.ID) bool
@@ -161,9 +162,6 @@ type watchStream interface {
 }
 
 func (s *Server) newWatchStream() watchStream {
-	if s.cfg.Merger == nil {
-		return s.cfg.Watches.NewStream(watchQueueLimit)
-	}
 	return s.cfg.Merger.NewStream(watchQueueLimit, s.watchParts)
 }
 

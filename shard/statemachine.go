@@ -37,7 +37,14 @@ type Config struct {
 	// split needs an oracle revision above the range's (SplitRange.Above),
 	// and from the split on every write must carry a stamp: one without is
 	// refused as stale, for the proposer to stamp it. Single-group mode
-	// (false) counts always and keeps no closed revision.
+	// (false) assigns current + 1 to every unstamped write, and while its
+	// span is the whole key space (always, outside tests) each unstamped
+	// request raises its closed revision to its revision, so that it
+	// follows the revision as a counting range's does (the router's reads
+	// at a revision and watch merge rely on it). It is not Counting: the
+	// stamps and closed revisions its commands carry, which only tests
+	// send, still count as a stamping client's, and a split of it needs
+	// no oracle revision.
 	Sharded bool
 	// Lease configures the shard's lessor (its ID is the shard id).
 	Lease lease.Options
@@ -197,7 +204,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	var events []*mvccpb.Event
 	closedBefore := mvcc.Revision(s.closedRev.Load())
 	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: closedBefore, fence: s.fence.Load(),
-		sharded: s.cfg.Sharded, counting: s.cfg.Sharded && wholeSpan(store.Span())}
+		sharded: s.cfg.Sharded, counting: s.cfg.Sharded && wholeSpan(store.Span()), whole: wholeSpan(store.Span())}
 	for i := range entries {
 		a.index = entries[i].Index
 		res, err := a.command(entries[i].Cmd)
@@ -279,6 +286,10 @@ type applier struct {
 	// sharded mode spans the whole key space (it then numbers revisions
 	// itself and its closed revision follows them); a split ends it.
 	sharded, counting bool
+	// whole is true while the range spans the whole key space, in either
+	// mode: an unstamped request then raises its closed revision to its
+	// revision (see Config.Sharded); a split ends it.
+	whole bool
 }
 
 // wholeSpan reports whether sp is the whole key space.
@@ -318,6 +329,7 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 	// without a log write) while this batch, stamped before, was on its
 	// way to being proposed; it is stamped again, above.
 	a.cmdClosed = max(a.closed, cmdClosed)
+	persist := false // a.closed rose past what the store records
 	if c.Term > a.fence {
 		a.fence = c.Term
 		var v [8]byte
@@ -337,16 +349,24 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 			resp = errResponse(e)
 		}
 		res.Responses[i] = resp
-		if a.counting {
+		if a.counting || (a.whole && a.stamp == 0) {
+			// The range numbered this request itself (or numbers every
+			// one): whatever comes next applies above its revision.
+			// Single-group mode's range keeps it across a restart; a
+			// counting range's is its revision on open (loadClosed).
+			persist = persist || (!a.counting && a.b.Rev() > a.closed)
 			a.closed = max(a.closed, a.b.Rev())
 			a.b.SetClosed(a.closed)
-			a.cmdClosed = a.closed
+			a.cmdClosed = max(a.cmdClosed, a.closed)
 		}
 	}
 	if c := cmdClosed; c > a.closed {
 		a.closed = c
+		persist = true
+	}
+	if persist {
 		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], uint64(c))
+		binary.BigEndian.PutUint64(v[:], uint64(a.closed))
 		a.b.SetMeta(closedKey, v[:])
 	}
 	return res, nil
@@ -479,6 +499,7 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 			a.counting = false
 			b.SetMeta(closedKey, v[:])
 		}
+		a.whole = false
 		return &shardpb.Response{Result: &shardpb.Response_Split{Split: true}}, nil
 	case *shardpb.Request_LeaseCheckpoint:
 		return etcdOp("lease checkpoint", op.LeaseCheckpoint, a.leaseCheckpoint, leaseCheckpointResult)
@@ -768,8 +789,9 @@ type Status struct {
 	CompactRevision mvcc.Revision
 	// AppliedIndex is the raft index of the last applied entry.
 	AppliedIndex uint64
-	// Closed is the closed revision (0 in single-group mode): no write at
-	// or below it will apply here any more.
+	// Closed is the closed revision: no write at or below it will apply
+	// here any more (a range spanning the whole key space: at least its
+	// revision, in either mode).
 	Closed mvcc.Revision
 	// Fence is the newest raft term a stamped command was proposed in.
 	Fence uint64

@@ -37,9 +37,13 @@
 // Catchup when Pending is signalled, ProgressTick on etcd's
 // --watch-progress-notify-interval, and each stream's consumer calls Next.
 //
-// # Sharded mode: merged streams (merge.go)
+// # Merged streams (merge.go)
 //
-// In sharded mode a client stream is a Merged stream: each watch has a
+// A client stream is a Merged stream. Over one range — single-group mode,
+// or a sharded cluster before its first split — it is direct: that
+// range's hub stream as it is, so it answers exactly as a hub stream (and
+// etcd) does, until a split of the range turns its watches into merged
+// ones of one part each. Over several ranges each watch has a
 // watcher in every range its keys reach, on one hub stream per range (all
 // of them signalling one channel). A part's mark is the revision below
 // which its range has delivered everything it matches — a synced

@@ -43,13 +43,21 @@ func NewMerger() *Merger {
 
 // NewStream opens a client stream whose watches split by split; each
 // range's share of it is a stream of that range's hub whose queue holds at
-// most limit responses.
+// most limit responses. While split cuts the whole key space into one
+// part (one range), the stream is direct (see Merged).
 func (mg *Merger) NewStream(limit int, split Splitter) *Merged {
 	m := &Merged{mg: mg, limit: limit, split: split, wake: make(chan struct{}, 1),
 		subs: map[*Hub]*subStream{}, watchers: map[ID]*merged{}}
+	// Registered before split is asked, so that a split applying now
+	// either shows in split's answer or reaches this stream (Split).
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	mg.mu.Lock()
 	mg.streams[m] = struct{}{}
 	mg.mu.Unlock()
+	if ps := split([]byte{0}, []byte{0}); len(ps) == 1 {
+		m.direct = m.sub(ps[0])
+	}
 	return m
 }
 
@@ -75,6 +83,15 @@ func (mg *Merger) ProgressTick() {
 // everything, which rises with its range's writes and closed revision —
 // so a watch over several ranges sees exactly etcd's sequence of events.
 //
+// Direct: while the node has one range (the splitter cuts the whole key
+// space into one part when the stream opens), the stream is that range's
+// hub stream as it is — its watches are the hub's watchers, with the
+// client's ids, and Next hands out the hub's responses as queued, so a
+// client sees exactly what a hub stream (and etcd) sends: a response per
+// revision with its revision in the header, catch-ups in one, progress
+// at the hub's revision. A split of the range first turns the watches into
+// merged ones of one part each (undirectLocked), then moves them as any.
+//
 // The client's goroutines call Create, Cancel and RequestProgress; its
 // sender calls Next, which does the merging. mu guards every field; the
 // lock order is Merged.mu, then a hub's mu.
@@ -95,6 +112,9 @@ type Merged struct {
 	// in the order they came.
 	progress []mvcc.Revision
 	closed   bool
+	// direct is the one range's hub stream while the stream is direct
+	// (see Direct), nil otherwise; it is in subs too, without parts.
+	direct *subStream
 }
 
 // subStream is the Merged stream's stream on one range's hub.
@@ -176,6 +196,9 @@ func (m *Merged) sub(p Part) *subStream {
 func (m *Merged) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.direct != nil {
+		return m.direct.s.Create(req)
+	}
 	key, _, reason := checkCreate(req)
 	var parts []Part
 	if reason == "" {
@@ -255,6 +278,9 @@ func (mg *Merger) Split(hub *Hub, key []byte, child Part) {
 func (m *Merged) splitAt(hub *Hub, key []byte, child Part) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.direct != nil && m.direct.s.h == hub && !m.closed {
+		m.undirectLocked()
+	}
 	sub := m.subs[hub]
 	if sub == nil || m.closed {
 		return
@@ -308,10 +334,65 @@ func splitSpan(k, e, key []byte) (left *[2][]byte, right [2][]byte, ok bool) {
 	return &[2][]byte{k, key}, [2][]byte{key, e}, true
 }
 
+// undirectLocked turns a direct stream's watches into merged ones of one
+// part each, their watchers on the hub as they are: what the hub queued
+// goes out first, unchanged, and each watch has been released up to its
+// watcher's mark; a progress request the hub defers is the merged
+// stream's to answer.
+// REQUIRES: m.mu
+func (m *Merged) undirectLocked() {
+	d := m.direct
+	m.direct = nil
+	h := d.s.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m.out = append(m.out, d.s.takeLocked()...)
+	for id, hw := range d.s.watchers {
+		w := &merged{id: id, progress: hw.progress, prevKV: hw.prevKV, key: hw.key}
+		switch {
+		case hw.end == nil: // one key
+		case len(hw.end) == 0:
+			w.end = []byte{0}
+		default:
+			w.end = hw.end
+		}
+		if hw.noPut {
+			w.filters = append(w.filters, pb.WatchCreateRequest_NOPUT)
+		}
+		if hw.noDelete {
+			w.filters = append(w.filters, pb.WatchCreateRequest_NODELETE)
+		}
+		m.watchers[id] = w
+		mark := hw.next - 1
+		_, unsynced := h.unsynced[hw]
+		switch {
+		case h.synced.has(hw):
+			mark = max(mark, h.rev)
+		case !unsynced: // canceled for compaction: nothing more
+			w.compacted = true
+			continue
+		}
+		w.released = mark
+		p := &part{w: w, sub: d, id: id, key: w.key, end: w.end, mark: mark}
+		d.parts[id] = p
+		w.parts = []*part{p}
+	}
+	d.rev = h.rev
+	m.nextID = d.s.nextID
+	if d.s.progressPending {
+		d.s.progressPending = false
+		m.progress = append(m.progress, h.rev)
+	}
+	wake(m.wake)
+}
+
 // Refuse queues a refusal of a create request the router will not serve.
 func (m *Merged) Refuse(reason string) *pb.WatchResponse {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.direct != nil {
+		return m.direct.s.Refuse(reason)
+	}
 	return m.refuseLocked(reason)
 }
 
@@ -332,6 +413,9 @@ func (m *Merged) refuseLocked(reason string) *pb.WatchResponse {
 func (m *Merged) Cancel(id ID) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.direct != nil {
+		return m.direct.s.Cancel(id)
+	}
 	w := m.watchers[id]
 	if w == nil {
 		return false
@@ -370,6 +454,10 @@ func (m *Merged) dropParts(w *merged) {
 func (m *Merged) RequestProgress() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.direct != nil {
+		m.direct.s.RequestProgress()
+		return
+	}
 	if len(m.watchers) == 0 {
 		return
 	}
@@ -401,6 +489,22 @@ func (m *Merged) Next(ctx context.Context) ([]*pb.WatchResponse, error) {
 		if m.closed {
 			m.mu.Unlock()
 			return nil, ErrClosed
+		}
+		if d := m.direct; d != nil {
+			out, closed := d.s.take()
+			m.mu.Unlock()
+			if closed {
+				return nil, ErrClosed
+			}
+			if len(out) > 0 {
+				return out, nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-m.wake:
+			}
+			continue
 		}
 		if !m.collectLocked() {
 			m.mu.Unlock()

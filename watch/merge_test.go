@@ -12,6 +12,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
 )
@@ -567,12 +568,19 @@ func (rs *ranges) splitRange(mg *Merger, i int, key string) {
 
 // TestMergedSplit: ranges split while watches run — live ones, lagging
 // ones (a small queue) and ones reading history — and every watch still
-// gets exactly the model's events, in order, across the splits.
+// gets exactly the model's events, in order, across the splits; from one
+// range too, whose streams are direct until its first split.
 func TestMergedSplit(t *testing.T) {
+	for _, first := range [][]string{{"m"}, nil} {
+		t.Run(fmt.Sprintf("from %d ranges", len(first)+1), func(t *testing.T) { testMergedSplit(t, first) })
+	}
+}
+
+func testMergedSplit(t *testing.T, first []string) {
 	for seed := uint64(1); seed <= 10; seed++ {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			rnd := rand.New(rand.NewPCG(seed, 11))
-			rs := newRanges(t, "m")
+			rs := newRanges(t, first...)
 			mg := NewMerger()
 			m := mg.NewStream(3, rs.split)
 			defer m.Close()
@@ -625,6 +633,110 @@ func TestMergedSplit(t *testing.T) {
 				}
 			}
 			settleModel(t, rs, m, take, &progress, specs, got)
+		})
+	}
+}
+
+// TestMergedDirect: over one range, a merged stream is direct — it answers
+// exactly as a hub stream on that range's hub does, response by response
+// (etcd's cuts, header revisions and progress), under the same random
+// creates (live, from history, refused), cancels, progress requests,
+// writes and catch-ups; ProgressTick adds nothing. (Queues do not fill
+// here: which lagging watcher a full queue takes first is the hub's map
+// order, in either stream.)
+func TestMergedDirect(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rnd := rand.New(rand.NewPCG(seed, 19))
+			// Twin ranges with the same writes: a hub's catch-up rounds
+			// depend on all of its streams.
+			rs, twin := newRanges(t), newRanges(t)
+			mg := NewMerger()
+			m := mg.NewStream(1000, rs.split)
+			defer m.Close()
+			if m.direct == nil {
+				t.Fatal("a stream over one range is not direct")
+			}
+			h := twin.hubs[0].NewStream(1000)
+			defer h.Close()
+			key := func() string { return string(rune('a' + rnd.IntN(8))) }
+			var ids []ID
+			var gotM, gotH []*pb.WatchResponse
+			for step := 0; step < 300; step++ {
+				switch x := rnd.IntN(100); {
+				case x < 45:
+					k := key()
+					rs.put(k, fmt.Sprint(step))
+					twin.put(k, fmt.Sprint(step))
+				case x < 55:
+					k := key()
+					req := &pb.WatchCreateRequest{Key: []byte(k), ProgressNotify: rnd.IntN(2) == 0, PrevKv: rnd.IntN(2) == 0}
+					switch rnd.IntN(4) {
+					case 0:
+						req.RangeEnd = []byte{0}
+					case 1:
+						req.RangeEnd = []byte(string(rune(k[0] + byte(rnd.IntN(3)))))
+					}
+					if rnd.IntN(2) == 0 {
+						req.StartRevision = 1 + rnd.Int64N(int64(rs.rev)+2)
+					}
+					if rnd.IntN(3) == 0 {
+						req.WatchId = 1 + rnd.Int64N(5)
+					}
+					rm, rh := m.Create(req), h.Create(req)
+					if !proto.Equal(rm, rh) {
+						t.Fatalf("create %v: merged %v, hub %v", req, rm, rh)
+					}
+					if !rm.Canceled {
+						ids = append(ids, ID(rm.WatchId))
+					}
+				case x < 60 && len(ids) > 0:
+					id := ids[rnd.IntN(len(ids))]
+					if m.Cancel(id) != h.Cancel(id) {
+						t.Fatalf("cancel %d answered differently", id)
+					}
+				case x < 65:
+					m.RequestProgress()
+					h.RequestProgress()
+				case x < 70:
+					mg.ProgressTick()
+					rs.hubs[0].ProgressTick()
+					twin.hubs[0].ProgressTick()
+				case x < 85:
+					rs.pump()
+					twin.pump()
+				default:
+					gotM = append(gotM, poll(t, m)...)
+					ctx, cancel := context.WithCancel(context.Background())
+					cancel()
+					r, _ := h.Next(ctx)
+					gotH = append(gotH, r...)
+				}
+			}
+			// Catch-up serves a hub's lagging watchers in map order: the
+			// order is compared per watch id, as etcd's is.
+			byID := func(rs []*pb.WatchResponse) map[int64][]*pb.WatchResponse {
+				out := map[int64][]*pb.WatchResponse{}
+				for _, r := range rs {
+					out[r.WatchId] = append(out[r.WatchId], r)
+				}
+				return out
+			}
+			bm, bh := byID(gotM), byID(gotH)
+			if len(bm) != len(bh) || len(gotM) != len(gotH) {
+				t.Fatalf("merged sent %d responses to %d ids, hub %d to %d", len(gotM), len(bm), len(gotH), len(bh))
+			}
+			for id, rm := range bm {
+				rh := bh[id]
+				if len(rm) != len(rh) {
+					t.Fatalf("watch %d: merged sent %d responses, hub %d", id, len(rm), len(rh))
+				}
+				for i := range rm {
+					if !proto.Equal(rm[i], rh[i]) {
+						t.Fatalf("watch %d, response %d: merged %v, hub %v", id, i, rm[i], rh[i])
+					}
+				}
+			}
 		})
 	}
 }

@@ -116,6 +116,17 @@ func (s *Stream) takeLocked() []*pb.WatchResponse {
 	return out
 }
 
+// take returns, without waiting, the queued responses and whether the
+// stream is closed (a direct Merged stream's Next).
+func (s *Stream) take() (rs []*pb.WatchResponse, closed bool) {
+	s.h.mu.Lock()
+	defer s.h.mu.Unlock()
+	if s.closed {
+		return nil, true
+	}
+	return s.takeLocked(), false
+}
+
 // drain returns, without waiting, the queued responses, the hub's
 // revision, and whether the stream is closed; mark receives each watcher's
 // mark: every event it matches at or below the mark is in the responses

@@ -4,8 +4,10 @@
 // # Model
 //
 // A scenario starts a Cairn cluster of real `cairn` processes in
-// single-group mode (1 or 3 members, each behind a TCP proxy on its peer
-// port so that it can be cut off), drives it with etcd's traffic generators (the etcd-style mix of
+// single-group mode, or in the default mode while its key space is one
+// range (which numbers revisions as etcd does; a few scenarios of the
+// short profile and half the soak's) (1 or 3 members, each behind a TCP
+// proxy on its peer port so that it can be cut off), drives it with etcd's traffic generators (the etcd-style mix of
 // gets, lists, stale reads, puts, deletes, multi-op txns, compare-and-set,
 // leases and compactions, or the Kubernetes-style mix of optimistic
 // updates, creates, deletes and list-then-watch) through etcd's recording

@@ -187,10 +187,18 @@ type scenario struct {
 	profile profile
 	fault   fault
 	seed    int64
+	// oneRange runs Cairn's default mode — sharded, its key space one
+	// range, which numbers revisions as etcd does — instead of
+	// --single-group.
+	oneRange bool
 }
 
 func (s scenario) String() string {
-	return fmt.Sprintf("%dnode-%s-%s", s.size, s.profile.name, s.fault.name)
+	mode := ""
+	if s.oneRange {
+		mode = "-onerange"
+	}
+	return fmt.Sprintf("%dnode%s-%s-%s", s.size, mode, s.profile.name, s.fault.name)
 }
 
 // shortProfile is what CI runs: every fault kind at least once, on every
@@ -210,6 +218,14 @@ func shortProfile() []scenario {
 			out = append(out, scenario{size: size, profile: p, fault: f, seed: seed})
 			seed++
 		}
+	}
+	// The default mode while its key space is one range: the same model
+	// holds (dense revisions, one raft group's log), with the sharded
+	// machinery (placement group, oracle client, closers) running beside.
+	for _, name := range []string{"kill-leader", "leader-transfer"} {
+		i := slices.IndexFunc(faults, func(f fault) bool { return f.name == name })
+		out = append(out, scenario{size: 3, profile: []profile{etcdMix, kubernetesMix}[seed%2], fault: faults[i], seed: seed, oneRange: true})
+		seed++
 	}
 	return out
 }
@@ -282,7 +298,8 @@ func TestSoak(t *testing.T) {
 				fs = append(fs, f)
 			}
 		}
-		s := scenario{size: size, profile: []profile{etcdMix, kubernetesMix}[r.Intn(2)], fault: fs[r.Intn(len(fs))], seed: r.Int63()}
+		s := scenario{size: size, profile: []profile{etcdMix, kubernetesMix}[r.Intn(2)], fault: fs[r.Intn(len(fs))], seed: r.Int63(),
+			oneRange: r.Intn(2) == 0}
 		t.Run(fmt.Sprintf("%d-%s-seed%d", i, s, s.seed), func(t *testing.T) {
 			if err := runScenario(t, bin, s); err != nil {
 				t.Fatal(err)
@@ -300,9 +317,14 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	dir := t.TempDir()
 	// Single-group mode, the etcd-equivalent baseline: etcd's model gives
 	// each write the last revision + 1, and the journals are read as one
-	// raft group's log; sharded mode has neither dense revisions nor one
-	// log (TestShardedKill9 covers it).
-	c := startCluster(t, bin, dir, s.size, "--single-group")
+	// raft group's log; so does the default mode while it is one range.
+	// Sharded mode past a split has neither dense revisions nor one log
+	// (TestShardedKill9 covers it).
+	mode := "--single-group"
+	if s.oneRange {
+		mode = "--single-group=false"
+	}
+	c := startCluster(t, bin, dir, s.size, mode)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -171,7 +171,7 @@ func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	if !ok {
 		return nil, shard.ErrNoLeader
 	}
-	return n.memberConn(leader)
+	return n.memberConn(uint64(memberOf(leader)))
 }
 
 // memberAttrs reads, from this member's replica of range 1, the members'

@@ -15,6 +15,7 @@ import (
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // Membership changes in sharded mode (DESIGN.md "Ranges, placement,
@@ -250,7 +251,7 @@ func (n *Node) compactEverywhere(ctx context.Context, id, newcomer uint64) error
 					return err
 				}
 			default:
-				if err := n.fwd.CompactLog(ctx, m, id); err != nil {
+				if err := n.fwd.CompactLog(ctx, placement.NodeID(m), shard.RangeID(id)); err != nil {
 					return err
 				}
 			}

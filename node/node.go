@@ -289,7 +289,7 @@ type leaderListener struct{ n *Node }
 
 func (l leaderListener) LeaderUpdated(info raftio.LeaderInfo) {
 	if r := l.n.holds.Load(); r != nil && info.ShardID == singleShardID {
-		r.LeaderChanged(info.LeaderID)
+		r.LeaderChanged(shard.ReplicaID(info.LeaderID))
 	}
 }
 
@@ -587,16 +587,16 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	if cfg.Sharded {
 		span = spanOf(ranges[0])
 	}
-	n.fwd = router.NewForwarder(n.memberID, n.dialMember)
+	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.dialMember)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
-	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
-		n.onSplit(n.first, child, span, rev, founders)
+	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
+		n.onSplit(n.first, uint64(child), span, rev, replicaIDs(founders))
 	}, OnRecover: func() {
 		select {
 		case n.missed <- struct{}{}:
 		default:
 		}
-	}, OnPeers: n.peers.record, OnHold: func(target uint64, until time.Time, max time.Duration) {
+	}, OnPeers: n.peers.record, OnHold: func(target shard.ReplicaID, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
 			r.Hold(target, until, max)
 		}
@@ -620,7 +620,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		if n.first != nil {
 			n.first.Close() // a join starting over under another id
 		}
-		n.first = &rangeReplica{Range: shard.NewRange(n.rangeCfg(id), first, 0)}
+		n.first = &rangeReplica{Range: shard.NewRange(n.rangeCfg(shard.ReplicaID(id)), first, 0)}
 		n.first.client = n.fwd.Range(n.first)
 		n.rangeSet.ranges = []*rangeReplica{n.first}
 		if err := n.first.Start(shardCfg, b.founders, b.join, raftCfg(id)); err != nil {
@@ -676,7 +676,7 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 	n.primary = shard.StartPrimary(shard.PrimaryConfig{
 		Replica:         n.first.proposer(),
 		Lessor:          func() *lease.Lessor { return n.first.StateMachine().Lessor() },
-		ReplicaID:       n.memberID,
+		ReplicaID:       n.selfReplica(),
 		ElectionTimeout: cfg.ElectionTimeout,
 		Log:             n.log,
 	})
@@ -708,7 +708,7 @@ func (n *Node) serve() error {
 	rcfg := router.Config{
 		Self:              n.self,
 		ClusterID:         n.clusterID,
-		MemberID:          n.memberID,
+		MemberID:          placement.NodeID(n.memberID),
 		Shard:             n.first.proposer(),
 		MaxRequestBytes:   cfg.MaxRequestBytes,
 		MaxTxnOps:         cfg.MaxTxnOps,
@@ -900,7 +900,7 @@ func (n *Node) Status() router.NodeStatus {
 	size := int64(m.DiskSpaceUsage())
 	st := router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
 	if leader, _, ok := n.first.proposer().Leader(); ok {
-		st.Leader = leader
+		st.Leader = uint64(memberOf(leader))
 	}
 	return st
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/router"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // Sharded mode on several nodes: what only a range's leader may do (stamp
@@ -30,23 +31,25 @@ const forwardRetry = 10 * time.Millisecond
 func (rr *rangeReplica) Replica() router.Replica { return rr.proposer() }
 
 // dialMember dials member id's client port (router.Dial).
-func (n *Node) dialMember(id uint64) (grpc.ClientConnInterface, error) {
-	return n.memberConn(id)
+func (n *Node) dialMember(id placement.NodeID) (grpc.ClientConnInterface, error) {
+	return n.memberConn(uint64(id))
 }
 
 // nodeClient returns a client of member id's node-to-node service.
-func (n *Node) nodeClient(id uint64) (internalpb.NodeClient, error) { return n.fwd.Client(id) }
+func (n *Node) nodeClient(id placement.NodeID) (internalpb.NodeClient, error) {
+	return n.fwd.Client(id)
+}
 
 // memberService is what the node-to-node service asks of this node
 // (router.Member).
 type memberService struct{ n *Node }
 
-func (s memberService) Range(id uint64) router.Local {
+func (s memberService) Range(id shard.RangeID) router.Local {
 	if !s.n.cfg.Sharded {
 		return nil // single-group mode serves no range to other members
 	}
 	for _, rr := range s.n.rangeSet.routing() {
-		if rr.desc().Id == id {
+		if rr.ID() == id {
 			return rr
 		}
 	}
@@ -69,8 +72,8 @@ func (s memberService) Published(r *internalpb.ClosedRequest) {
 	}
 }
 
-func (s memberService) Kick(id uint64, rev mvcc.Revision) {
-	if rr := s.n.rangeSet.get(id, true); rr != nil {
+func (s memberService) Kick(id shard.RangeID, rev mvcc.Revision) {
+	if rr := s.n.rangeSet.get(uint64(id), true); rr != nil {
 		rr.WantClosed(rev)
 	}
 }
@@ -79,6 +82,6 @@ func (s memberService) SplitRange(ctx context.Context, key []byte) ([]*placement
 	return s.n.SplitRange(ctx, key)
 }
 
-func (s memberService) CompactLog(ctx context.Context, id uint64) error {
-	return s.n.compactLog(ctx, id)
+func (s memberService) CompactLog(ctx context.Context, id shard.RangeID) error {
+	return s.n.compactLog(ctx, uint64(id))
 }

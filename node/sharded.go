@@ -82,7 +82,7 @@ func (s *rangeSet) get(id uint64, started bool) *rangeReplica {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, rr := range s.ranges {
-		if rr.ID() == id && (!started || rr.Started()) {
+		if uint64(rr.ID()) == id && (!started || rr.Started()) {
 			return rr
 		}
 	}
@@ -149,7 +149,7 @@ func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join
 			return leader, ok
 		},
 		Remote: func(ctx context.Context, leader uint64, count int64, above mvcc.Revision) (mvcc.Revision, error) {
-			return n.fwd.Revisions(ctx, leader, count, above)
+			return n.fwd.Revisions(ctx, placement.NodeID(leader), count, above)
 		},
 		Retry: forwardRetry,
 	})
@@ -178,14 +178,14 @@ func foundersOf(d *placementpb.RangeDescriptor) []uint64 {
 // newRangeReplica returns the node's replica of range d, not started, its
 // watch hub at rev.
 func (n *Node) newRangeReplica(d *placementpb.RangeDescriptor, rev mvcc.Revision) *rangeReplica {
-	rr := &rangeReplica{Range: shard.NewRange(n.rangeCfg(n.memberID), d, rev)}
+	rr := &rangeReplica{Range: shard.NewRange(n.rangeCfg(n.selfReplica()), d, rev)}
 	rr.client = n.fwd.Range(rr)
 	return rr
 }
 
 // rangeCfg is what every range of this member shares, replicaID its
 // replica of them.
-func (n *Node) rangeCfg(replicaID uint64) shard.RangeConfig {
+func (n *Node) rangeCfg(replicaID shard.ReplicaID) shard.RangeConfig {
 	c := shard.RangeConfig{NodeHost: n.nh, ReplicaID: replicaID, ProgressEvery: n.cfg.WatchProgressNotifyInterval, Log: n.log}
 	if n.cfg.Sharded {
 		c.Stamper, c.CloseEvery, c.Tick = n.oracle, closedEvery, n.closedClock.Next
@@ -203,8 +203,8 @@ func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg d
 	d := rr.desc()
 	shardCfg.Span = spanOf(d)
 	shardCfg.OnApply = nil
-	shardCfg.OnSplit = func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
-		n.onSplit(rr, child, span, rev, founders)
+	shardCfg.OnSplit = func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
+		n.onSplit(rr, uint64(child), span, rev, replicaIDs(founders))
 	}
 	shardCfg.OnPeers, shardCfg.OnHold = nil, nil
 	var members map[uint64]dragonboat.Target
@@ -267,22 +267,22 @@ const closedEvery = 50 * time.Millisecond
 // closed revision, with the index applied here (the side channel of
 // DESIGN.md "Closed revision", one per node pair: sidechannel.go).
 func (n *Node) publishClosed(r *shard.Range, closed mvcc.Revision) {
-	rc := &internalpb.RangeClosed{Range: r.ID(), Closed: int64(closed), Index: r.AppliedIndex()}
+	rc := &internalpb.RangeClosed{Range: uint64(r.ID()), Closed: int64(closed), Index: r.AppliedIndex()}
 	for _, id := range r.Descriptor().Replicas {
 		if id != n.memberID {
-			n.side.Publish(id, rc)
+			n.side.Publish(placement.NodeID(id), rc)
 		}
 	}
 }
 
 // forwardKick asks the leader of a range to close what watches here wait
 // for.
-func (n *Node) forwardKick(r *shard.Range, leader uint64, rev mvcc.Revision) {
-	nc, err := n.nodeClient(leader)
+func (n *Node) forwardKick(r *shard.Range, leader shard.ReplicaID, rev mvcc.Revision) {
+	nc, err := n.nodeClient(memberOf(leader))
 	if err != nil {
 		return
 	}
-	req := &internalpb.KickRequest{Range: r.ID(), Revision: int64(rev)}
+	req := &internalpb.KickRequest{Range: uint64(r.ID()), Revision: int64(rev)}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
 		defer cancel()
@@ -352,7 +352,7 @@ var (
 
 func (h leaseHome) Leads() bool {
 	leader, _, ok := h.n.first.proposer().Leader()
-	return ok && leader == h.n.memberID
+	return ok && leader == h.n.selfReplica()
 }
 
 func (h leaseHome) AppliedIndex() uint64 { return h.n.first.AppliedIndex() }

@@ -389,7 +389,7 @@ func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *place
 	for _, m := range others { // the one leading d takes it
 		// A refusal by the range is an answer of its leader too.
 		var se *shard.Error
-		if _, err := n.fwd.WriteTo(ctx, m, d.Id, req); err == nil || errors.As(err, &se) {
+		if _, err := n.fwd.WriteTo(ctx, placement.NodeID(m), shard.RangeID(d.Id), req); err == nil || errors.As(err, &se) {
 			written = true
 			break
 		}
@@ -398,7 +398,7 @@ func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *place
 		return fmt.Errorf("no replica of range %d took a write", d.Id)
 	}
 	for _, m := range others {
-		if err := n.fwd.CompactLog(ctx, m, d.Id); err != nil {
+		if err := n.fwd.CompactLog(ctx, placement.NodeID(m), shard.RangeID(d.Id)); err != nil {
 			return err
 		}
 	}

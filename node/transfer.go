@@ -10,6 +10,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 )
 
@@ -41,10 +42,10 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	for {
 		leader, _, ok := n.first.proposer().Leader()
 		switch {
-		case ok && leader == target:
+		case ok && memberOf(leader) == placement.NodeID(target):
 			n.logTransfer(target, attempts, start)
 			return nil
-		case ok && leader == n.memberID:
+		case ok && leader == n.selfReplica():
 			hold := n.transferHold()
 			req := &shardpb.Request{Op: &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{
 				Target: target, UntilUnixNano: time.Now().Add(hold).UnixNano(), MaxNanos: int64(hold)}}}
@@ -195,7 +196,7 @@ func (n *Node) waitTransferee(ctx context.Context, target uint64, d time.Duratio
 	defer t.Stop()
 	deadline := time.After(d)
 	for {
-		if leader, _, ok := n.first.proposer().Leader(); ok && leader == target {
+		if leader, _, ok := n.first.proposer().Leader(); ok && memberOf(leader) == placement.NodeID(target) {
 			return true
 		}
 		select {

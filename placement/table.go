@@ -11,11 +11,14 @@ import (
 
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/shard"
 )
 
-// RangeID names a range; NodeID a node. Range ids are never reused.
+// RangeID names a range: it is shard.RangeID, the range's raft shard id,
+// so that placement and the packages below it share one range id type.
+// NodeID names a node (a member). Range ids are never reused.
 type (
-	RangeID uint64
+	RangeID = shard.RangeID
 	NodeID  uint64
 )
 

@@ -79,7 +79,7 @@ func (s *Server) checkQuota(ctx context.Context, r any) error {
 	if s.dbSize()+cost < quota {
 		return nil
 	}
-	_, _ = s.alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: s.cfg.MemberID, Alarm: pb.AlarmType_NOSPACE})
+	_, _ = s.alarm(ctx, &pb.AlarmRequest{Action: pb.AlarmRequest_ACTIVATE, MemberID: uint64(s.cfg.MemberID), Alarm: pb.AlarmType_NOSPACE})
 	return rpctypes.ErrGRPCNoSpace
 }
 

@@ -66,25 +66,31 @@ type Local interface {
 	Replica() Replica
 }
 
+// memberOf is the member that holds replica id of a range. Today a range's
+// replica ids are its members' ids (the member bootstraps or joins every
+// range with its own id), so it is the identity; it is the one place that
+// says so, for the range's replica table to replace.
+func memberOf(id shard.ReplicaID) placement.NodeID { return placement.NodeID(id) }
+
 // Dial returns a connection to member's node-to-node service.
-type Dial func(member uint64) (grpc.ClientConnInterface, error)
+type Dial func(member placement.NodeID) (grpc.ClientConnInterface, error)
 
 // Forwarder sends requests to the members that lead what they need, and
 // serves the ranges of this member as the router uses them (RangeClient).
 // It holds no mutable state of its own (the dialer caches connections).
 type Forwarder struct {
-	self uint64
+	self placement.NodeID
 	dial Dial
 }
 
 // NewForwarder returns the forwarder of member self, reaching the others
 // through dial.
-func NewForwarder(self uint64, dial Dial) *Forwarder {
+func NewForwarder(self placement.NodeID, dial Dial) *Forwarder {
 	return &Forwarder{self: self, dial: dial}
 }
 
 // Client returns a client of member's node-to-node service.
-func (f *Forwarder) Client(member uint64) (internalpb.NodeClient, error) {
+func (f *Forwarder) Client(member placement.NodeID) (internalpb.NodeClient, error) {
 	conn, err := f.dial(member)
 	if err != nil {
 		return nil, err
@@ -95,7 +101,7 @@ func (f *Forwarder) Client(member uint64) (internalpb.NodeClient, error) {
 // Revisions asks member's node, whose placement replica leads, for count
 // revisions of the oracle: the first of them. Not leading is
 // placement.ErrNotLeader.
-func (f *Forwarder) Revisions(ctx context.Context, member uint64, count int64, above mvcc.Revision) (mvcc.Revision, error) {
+func (f *Forwarder) Revisions(ctx context.Context, member placement.NodeID, count int64, above mvcc.Revision) (mvcc.Revision, error) {
 	nc, err := f.Client(member)
 	if err != nil {
 		return 0, err
@@ -111,7 +117,7 @@ func (f *Forwarder) Revisions(ctx context.Context, member uint64, count int64, a
 }
 
 // WriteTo proposes req to range id through member, which must lead it.
-func (f *Forwarder) WriteTo(ctx context.Context, member, id uint64, req *shardpb.Request) (*shardpb.Response, error) {
+func (f *Forwarder) WriteTo(ctx context.Context, member placement.NodeID, id shard.RangeID, req *shardpb.Request) (*shardpb.Response, error) {
 	nc, err := f.Client(member)
 	if err != nil {
 		return nil, err
@@ -121,20 +127,20 @@ func (f *Forwarder) WriteTo(ctx context.Context, member, id uint64, req *shardpb
 
 // CompactLog has member snapshot its replica of range id and drop its
 // raft log up to the snapshot.
-func (f *Forwarder) CompactLog(ctx context.Context, member, id uint64) error {
+func (f *Forwarder) CompactLog(ctx context.Context, member placement.NodeID, id shard.RangeID) error {
 	nc, err := f.Client(member)
 	if err != nil {
 		return err
 	}
-	resp, err := nc.CompactLog(ctx, &internalpb.CompactLogRequest{Range: id})
+	resp, err := nc.CompactLog(ctx, &internalpb.CompactLogRequest{Range: uint64(id)})
 	if err != nil {
 		return rpcError(err)
 	}
 	return decodeError(resp.Error, errNotLeader)
 }
 
-func writeVia(ctx context.Context, nc internalpb.NodeClient, id uint64, req *shardpb.Request) (*shardpb.Response, error) {
-	resp, err := nc.Write(ctx, &internalpb.WriteRequest{Range: id, Request: req})
+func writeVia(ctx context.Context, nc internalpb.NodeClient, id shard.RangeID, req *shardpb.Request) (*shardpb.Response, error) {
+	resp, err := nc.Write(ctx, &internalpb.WriteRequest{Range: uint64(id), Request: req})
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -151,12 +157,12 @@ func writeVia(ctx context.Context, nc internalpb.NodeClient, id uint64, req *sha
 type RangeClient struct {
 	f  *Forwarder
 	l  Local
-	id uint64
+	id shard.RangeID
 }
 
 // Range returns the client of this member's replica l of a range.
 func (f *Forwarder) Range(l Local) *RangeClient {
-	return &RangeClient{f: f, l: l, id: l.Descriptor().Id}
+	return &RangeClient{f: f, l: l, id: shard.RangeID(l.Descriptor().Id)}
 }
 
 // Range reads req from the local replica once it is started.
@@ -197,7 +203,7 @@ func readLocal[T any](ctx context.Context, c *RangeClient, read func(Replica) (T
 
 // Leader is the range's leader as this member knows it (none while the
 // replica is starting).
-func (c *RangeClient) Leader() (uint64, uint64, bool) {
+func (c *RangeClient) Leader() (shard.ReplicaID, uint64, bool) {
 	select {
 	case <-c.l.Ready():
 		return c.l.Replica().Leader()
@@ -232,13 +238,13 @@ func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, 
 		switch {
 		case !ok:
 			err = shard.ErrNoLeader
-		case leader == c.f.self:
+		case memberOf(leader) == c.f.self:
 			if err = c.outside(local(r)); !errors.Is(err, shard.ErrNoLeader) {
 				return err
 			}
 		default:
 			var nc internalpb.NodeClient
-			if nc, err = c.f.Client(leader); err == nil {
+			if nc, err = c.f.Client(memberOf(leader)); err == nil {
 				if err = remote(nc); !errors.Is(err, errNotLeader) {
 					return err
 				}
@@ -287,7 +293,7 @@ func (c *RangeClient) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc
 		if err != nil {
 			return err
 		}
-		resp, err := nc.ReadAt(ctx, &internalpb.ReadAtRequest{Range: c.id, Request: data, Revision: int64(rev)})
+		resp, err := nc.ReadAt(ctx, &internalpb.ReadAtRequest{Range: uint64(c.id), Request: data, Revision: int64(rev)})
 		if err != nil {
 			return rpcError(err)
 		}
@@ -304,7 +310,7 @@ func (c *RangeClient) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc
 func (c *RangeClient) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
 	return c.viaLeader(ctx, func(r Replica) error { return r.WaitClosed(ctx, rev) },
 		func(nc internalpb.NodeClient) error {
-			resp, err := nc.WaitClosed(ctx, &internalpb.WaitClosedRequest{Range: c.id, Revision: int64(rev)})
+			resp, err := nc.WaitClosed(ctx, &internalpb.WaitClosedRequest{Range: uint64(c.id), Revision: int64(rev)})
 			if err != nil {
 				return rpcError(err)
 			}

@@ -26,11 +26,13 @@ import (
 // fakeReplica is a range's replica that answers every request with err
 // (or an empty answer), led by leader.
 type fakeReplica struct {
-	leader uint64
+	leader shard.ReplicaID
 	err    error
 }
 
-func (r *fakeReplica) Registered(context.Context, int64, bool) ([]uint64, error) { return nil, r.err }
+func (r *fakeReplica) Registered(context.Context, int64, bool) ([]shard.RangeID, error) {
+	return nil, r.err
+}
 func (r *fakeReplica) ShadowKeys(context.Context, int64, bool) ([][]byte, error) { return nil, r.err }
 func (r *fakeReplica) Closed() mvcc.Revision                                     { return 0 }
 func (r *fakeReplica) Proposed() uint64                                          { return 0 }
@@ -66,7 +68,7 @@ func (r *fakeReplica) Hash(context.Context, mvcc.Revision, bool) (shard.HashResu
 
 func (r *fakeReplica) Alarms(context.Context, bool) ([]*pb.AlarmMember, error) { return nil, r.err }
 
-func (r *fakeReplica) Leader() (uint64, uint64, bool) { return r.leader, 1, r.leader != 0 }
+func (r *fakeReplica) Leader() (shard.ReplicaID, uint64, bool) { return r.leader, 1, r.leader != 0 }
 
 func (r *fakeReplica) ReadAt(context.Context, *pb.RangeRequest, mvcc.Revision) (*pb.RangeResponse, error) {
 	if r.err != nil {
@@ -96,12 +98,12 @@ func (l *fakeLocal) Replica() Replica                         { return l.r }
 
 // fakeMember is a member's side of the node-to-node service.
 type fakeMember struct {
-	ranges   map[uint64]Local
+	ranges   map[shard.RangeID]Local
 	revErr   error
 	splitErr error
 }
 
-func (m *fakeMember) Range(id uint64) Local {
+func (m *fakeMember) Range(id shard.RangeID) Local {
 	if l, ok := m.ranges[id]; ok {
 		return l
 	}
@@ -112,15 +114,15 @@ func (m *fakeMember) Revisions(context.Context, int64, mvcc.Revision) (mvcc.Revi
 	return 100, m.revErr
 }
 func (m *fakeMember) Published(*internalpb.ClosedRequest) {}
-func (m *fakeMember) Kick(uint64, mvcc.Revision)          {}
+func (m *fakeMember) Kick(shard.RangeID, mvcc.Revision)   {}
 func (m *fakeMember) SplitRange(context.Context, []byte) ([]*placementpb.RangeDescriptor, error) {
 	return nil, m.splitErr
 }
-func (m *fakeMember) CompactLog(context.Context, uint64) error { return nil }
+func (m *fakeMember) CompactLog(context.Context, shard.RangeID) error { return nil }
 
 // serveMember serves m as member id's node-to-node service in process and
 // returns a dialer reaching it (and nothing else).
-func serveMember(t *testing.T, id uint64, m Member) Dial {
+func serveMember(t *testing.T, id placement.NodeID, m Member) Dial {
 	t.Helper()
 	l := bufconn.Listen(1 << 20)
 	g := grpc.NewServer()
@@ -133,7 +135,7 @@ func serveMember(t *testing.T, id uint64, m Member) Dial {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	return func(member uint64) (grpc.ClientConnInterface, error) {
+	return func(member placement.NodeID) (grpc.ClientConnInterface, error) {
 		if member != id {
 			return nil, errors.New("no such member")
 		}
@@ -173,7 +175,7 @@ func TestForwardErrors(t *testing.T) {
 			grpcCode: codes.Unavailable, grpcMsg: noLeader},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m2 := &fakeMember{ranges: map[uint64]Local{}}
+			m2 := &fakeMember{ranges: map[shard.RangeID]Local{}}
 			if !tc.missing {
 				m2.ranges[5] = newFakeLocal(now, &fakeReplica{leader: 2, err: tc.leader})
 			}
@@ -230,7 +232,7 @@ func TestForwardErrors(t *testing.T) {
 // answers with this member's descriptor of it.
 func TestForwardLocalOutside(t *testing.T) {
 	d := &placementpb.RangeDescriptor{Id: 3, Start: []byte("a"), End: []byte("c"), Generation: 4}
-	f := NewForwarder(1, func(uint64) (grpc.ClientConnInterface, error) { return nil, errors.New("no peers") })
+	f := NewForwarder(1, func(placement.NodeID) (grpc.ClientConnInterface, error) { return nil, errors.New("no peers") })
 	c := f.Range(newFakeLocal(d, &fakeReplica{leader: 1,
 		err: &shard.Error{Code: shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE, Message: "outside"}}))
 	for _, err := range []error{
@@ -303,10 +305,10 @@ func TestSplitRangeStatus(t *testing.T) {
 // of time on the wire).
 func TestForwardNotLeader(t *testing.T) {
 	d := &placementpb.RangeDescriptor{Id: 5, Generation: 1}
-	m2 := &fakeMember{ranges: map[uint64]Local{5: newFakeLocal(d, &fakeReplica{leader: 2, err: shard.ErrNoLeader})}}
+	m2 := &fakeMember{ranges: map[shard.RangeID]Local{5: newFakeLocal(d, &fakeReplica{leader: 2, err: shard.ErrNoLeader})}}
 	calls := 0
 	dial := serveMember(t, 2, m2)
-	f := NewForwarder(1, func(id uint64) (grpc.ClientConnInterface, error) { calls++; return dial(id) })
+	f := NewForwarder(1, func(id placement.NodeID) (grpc.ClientConnInterface, error) { calls++; return dial(id) })
 	c := f.Range(newFakeLocal(d, &fakeReplica{leader: 2}))
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()

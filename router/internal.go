@@ -29,7 +29,7 @@ import (
 // implements it.
 type Member interface {
 	// Range returns this member's replica of range id, nil if it has none.
-	Range(id uint64) Local
+	Range(id shard.RangeID) Local
 	// Revisions hands out count revisions from the oracle (the first of
 	// them), each above above; placement.ErrNotLeader if this member's
 	// placement replica does not lead.
@@ -37,13 +37,13 @@ type Member interface {
 	// Published takes the closed revisions of ranges the caller leads.
 	Published(r *internalpb.ClosedRequest)
 	// Kick asks range id's closer here to close rev soon.
-	Kick(id uint64, rev mvcc.Revision)
+	Kick(id shard.RangeID, rev mvcc.Revision)
 	// SplitRange splits the range holding key at key (Refuse says why it
 	// cannot).
 	SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error)
 	// CompactLog snapshots this member's replica of range id and drops its
 	// raft log up to the snapshot.
-	CompactLog(ctx context.Context, id uint64) error
+	CompactLog(ctx context.Context, id shard.RangeID) error
 }
 
 // Kinds of refusal (Refuse) that the node gives for requests the router
@@ -93,13 +93,13 @@ func (s *Server) RegisterInternal(g *grpc.Server, m Member) {
 // internalServer serves the node-to-node service.
 type internalServer struct {
 	internalpb.UnimplementedNodeServer
-	self uint64
+	self placement.NodeID
 	m    Member
 }
 
 // leading returns this member's replica of range id if this member leads
 // it.
-func (s *internalServer) leading(id uint64) (Replica, Local, *internalpb.Error) {
+func (s *internalServer) leading(id shard.RangeID) (Replica, Local, *internalpb.Error) {
 	l := s.m.Range(id)
 	started := false
 	if l != nil {
@@ -114,14 +114,14 @@ func (s *internalServer) leading(id uint64) (Replica, Local, *internalpb.Error) 
 			Message: fmt.Sprintf("cairn: no range %d here", id)}
 	}
 	r := l.Replica()
-	if leader, _, ok := r.Leader(); !ok || leader != s.self {
+	if leader, _, ok := r.Leader(); !ok || memberOf(leader) != s.self {
 		return nil, nil, encodeError(errNotLeader)
 	}
 	return r, l, nil
 }
 
 func (s *internalServer) Write(ctx context.Context, req *internalpb.WriteRequest) (*internalpb.WriteResponse, error) {
-	r, l, e := s.leading(req.Range)
+	r, l, e := s.leading(shard.RangeID(req.Range))
 	if e != nil {
 		return &internalpb.WriteResponse{Error: e}, nil
 	}
@@ -133,7 +133,7 @@ func (s *internalServer) Write(ctx context.Context, req *internalpb.WriteRequest
 }
 
 func (s *internalServer) ReadAt(ctx context.Context, req *internalpb.ReadAtRequest) (*internalpb.ReadAtResponse, error) {
-	r, l, e := s.leading(req.Range)
+	r, l, e := s.leading(shard.RangeID(req.Range))
 	if e != nil {
 		return &internalpb.ReadAtResponse{Error: e}, nil
 	}
@@ -150,7 +150,7 @@ func (s *internalServer) ReadAt(ctx context.Context, req *internalpb.ReadAtReque
 }
 
 func (s *internalServer) WaitClosed(ctx context.Context, req *internalpb.WaitClosedRequest) (*internalpb.WaitClosedResponse, error) {
-	r, _, e := s.leading(req.Range)
+	r, _, e := s.leading(shard.RangeID(req.Range))
 	if e != nil {
 		return &internalpb.WaitClosedResponse{Error: e}, nil
 	}
@@ -171,12 +171,12 @@ func (s *internalServer) Closed(_ context.Context, req *internalpb.ClosedRequest
 }
 
 func (s *internalServer) Kick(_ context.Context, req *internalpb.KickRequest) (*internalpb.KickResponse, error) {
-	s.m.Kick(req.Range, mvcc.Revision(req.Revision))
+	s.m.Kick(shard.RangeID(req.Range), mvcc.Revision(req.Revision))
 	return &internalpb.KickResponse{}, nil
 }
 
 func (s *internalServer) CompactLog(ctx context.Context, req *internalpb.CompactLogRequest) (*internalpb.CompactLogResponse, error) {
-	return &internalpb.CompactLogResponse{Error: encodeError(s.m.CompactLog(ctx, req.Range))}, nil
+	return &internalpb.CompactLogResponse{Error: encodeError(s.m.CompactLog(ctx, shard.RangeID(req.Range)))}, nil
 }
 
 // SplitRange answers the cairn command with a status: a refusal's own, and

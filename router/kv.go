@@ -43,7 +43,7 @@ type Shard interface {
 	Hash(ctx context.Context, rev mvcc.Revision, linearizable bool) (shard.HashResult, error)
 	// Alarms reads the raised alarms.
 	Alarms(ctx context.Context, linearizable bool) ([]*pb.AlarmMember, error)
-	Leader() (leader, term uint64, ok bool)
+	Leader() (leader shard.ReplicaID, term uint64, ok bool)
 }
 
 // kvServer is etcd's KV service over the ranges.

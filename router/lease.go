@@ -247,7 +247,7 @@ func (ls *leaseServer) remote(ctx context.Context) (*grpc.ClientConn, error) {
 	defer t.Stop()
 	for {
 		if leader, _, ok := ls.s.cfg.Shard.Leader(); ok {
-			if leader == ls.s.cfg.MemberID {
+			if memberOf(leader) == ls.s.cfg.MemberID {
 				return nil, nil
 			}
 			return ls.s.cfg.Leader(ctx)

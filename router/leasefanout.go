@@ -45,7 +45,7 @@ type LeaseHome interface {
 type ShadowReads interface {
 	// Registered lists the ranges registered at the home as holding keys
 	// of lease id (on the home's replica).
-	Registered(ctx context.Context, id int64, linearizable bool) ([]uint64, error)
+	Registered(ctx context.Context, id int64, linearizable bool) ([]shard.RangeID, error)
 	// ShadowKeys lists the range's keys attached to lease id.
 	ShadowKeys(ctx context.Context, id int64, linearizable bool) ([][]byte, error)
 }
@@ -55,7 +55,7 @@ type LeaseFanoutConfig struct {
 	// Ranges holds this member's ranges, the home among them.
 	Ranges *RangeCache
 	// HomeID is the home's range id (range 1).
-	HomeID uint64
+	HomeID shard.RangeID
 	// Home is what only the process knows of the home.
 	Home LeaseHome
 	// Every is how often the member leading the home finishes pending
@@ -144,7 +144,7 @@ func (f *LeaseFanout) RemoteKeys(ctx context.Context, id int64) ([][]byte, error
 
 // registered reads, linearizably, the ranges registered at the home as
 // holding keys of lease id.
-func (f *LeaseFanout) registered(ctx context.Context, id int64) ([]uint64, error) {
+func (f *LeaseFanout) registered(ctx context.Context, id int64) ([]shard.RangeID, error) {
 	home, err := f.home()
 	if err != nil {
 		return nil, err
@@ -156,7 +156,7 @@ func (f *LeaseFanout) registered(ctx context.Context, id int64) ([]uint64, error
 // at the home. The ranges refuse registrations of the lease made up to
 // now: up to the home's index here, which is past the revoke (read
 // linearizably before). A range not started here is only marked done.
-func (f *LeaseFanout) revokeIn(ctx context.Context, id int64, ranges []uint64) error {
+func (f *LeaseFanout) revokeIn(ctx context.Context, id int64, ranges []shard.RangeID) error {
 	home, err := f.home()
 	if err != nil {
 		return err
@@ -170,7 +170,7 @@ func (f *LeaseFanout) revokeIn(ctx context.Context, id int64, ranges []uint64) e
 			}
 		}
 		_, err := home.Local.Replica().Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseUnregister{
-			LeaseUnregister: &shardpb.LeaseShard{Lease: id, Shard: rid}}})
+			LeaseUnregister: &shardpb.LeaseShard{Lease: id, Shard: uint64(rid)}}})
 		if err != nil {
 			return fmt.Errorf("router: mark lease %d revoked in range %d: %w", id, rid, err)
 		}
@@ -211,7 +211,11 @@ func (f *LeaseFanout) run() {
 		}
 		for id, ranges := range pending {
 			ctx, cancel := context.WithTimeout(f.ctx, f.cfg.Try)
-			err := f.revokeIn(ctx, int64(id), ranges)
+			ids := make([]shard.RangeID, len(ranges))
+			for i, r := range ranges {
+				ids[i] = shard.RangeID(r)
+			}
+			err := f.revokeIn(ctx, int64(id), ids)
 			cancel()
 			if err != nil {
 				f.cfg.Log.Warn("revoke a lease's keys in other ranges", "lease", int64(id), "error", err)
@@ -221,7 +225,7 @@ func (f *LeaseFanout) run() {
 }
 
 // started returns range id's entry if its replica here is started.
-func (c *RangeCache) started(id uint64) (RangeEntry, bool) {
+func (c *RangeCache) started(id shard.RangeID) (RangeEntry, bool) {
 	e, ok := c.view.Load().entries[id]
 	if !ok {
 		return RangeEntry{}, false

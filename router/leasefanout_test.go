@@ -50,7 +50,7 @@ type rangeReplica struct {
 	fakeReplica
 	id         uint64
 	log        *opLog
-	registered map[int64][]uint64 // the home's registrations
+	registered map[int64][]shard.RangeID // the home's registrations
 	shadowKeys map[int64][][]byte
 	failWrite  error
 	status     shard.Status
@@ -74,7 +74,7 @@ func (r *rangeReplica) Write(_ context.Context, req *shardpb.Request) (*shardpb.
 	return &shardpb.Response{}, nil
 }
 
-func (r *rangeReplica) Registered(_ context.Context, id int64, linearizable bool) ([]uint64, error) {
+func (r *rangeReplica) Registered(_ context.Context, id int64, linearizable bool) ([]shard.RangeID, error) {
 	if !linearizable {
 		return nil, errors.New("registrations read serializably")
 	}
@@ -178,7 +178,7 @@ func newFanout(fr *fakeRanges, home *fakeHome) *LeaseFanout {
 // here is only unregistered.
 func TestLeaseFanoutRevokeOrder(t *testing.T) {
 	fr := newFakeRanges([]string{"f", "m", "t"}, 3)
-	fr.local[1].r.registered = map[int64][]uint64{7: {4, 2, 3}}
+	fr.local[1].r.registered = map[int64][]shard.RangeID{7: {4, 2, 3}}
 	f := newFanout(fr, &fakeHome{index: 42})
 	defer f.Close()
 	if err := f.RevokeRemote(context.Background(), 7); err != nil {
@@ -198,7 +198,7 @@ range 1: unregister lease=7 range=3`
 // the revoke there, that range still registered at the home.
 func TestLeaseFanoutRevokeCutShort(t *testing.T) {
 	fr := newFakeRanges([]string{"f", "m"})
-	fr.local[1].r.registered = map[int64][]uint64{7: {2, 3}}
+	fr.local[1].r.registered = map[int64][]shard.RangeID{7: {2, 3}}
 	fr.local[3].r.failWrite = shard.ErrStopped
 	f := newFanout(fr, &fakeHome{index: 9})
 	defer f.Close()
@@ -216,7 +216,7 @@ range 1: unregister lease=7 range=2`
 // the ranges registered at the home, started here.
 func TestLeaseFanoutRemoteKeys(t *testing.T) {
 	fr := newFakeRanges([]string{"f", "m", "t"}, 4)
-	fr.local[1].r.registered = map[int64][]uint64{7: {3, 2, 4}}
+	fr.local[1].r.registered = map[int64][]shard.RangeID{7: {3, 2, 4}}
 	fr.local[2].r.shadowKeys = map[int64][][]byte{7: {[]byte("g"), []byte("h")}}
 	fr.local[3].r.shadowKeys = map[int64][][]byte{7: {[]byte("n")}, 8: {[]byte("o")}}
 	fr.local[4].r.shadowKeys = map[int64][][]byte{7: {[]byte("u")}}

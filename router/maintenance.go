@@ -149,7 +149,7 @@ func (m *maintenanceServer) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequ
 	if err != nil {
 		return nil, err
 	}
-	if leader, _, ok := m.s.cfg.Shard.Leader(); !ok || leader != m.s.cfg.MemberID {
+	if leader, _, ok := m.s.cfg.Shard.Leader(); !ok || memberOf(leader) != m.s.cfg.MemberID {
 		return nil, rpctypes.ErrGRPCNotLeader
 	}
 	if err := op.TransferLeader(ctx, r.TargetID); err != nil {

@@ -8,6 +8,7 @@ import (
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
 )
 
@@ -67,9 +68,9 @@ type RangeEntry struct {
 // view was built, for every id of entries.
 type rangeView struct {
 	table   *placement.Table
-	entries map[uint64]RangeEntry
-	gens    map[uint64]uint64 // the generation table holds, by range id
-	ids     map[Shard]uint64  // range ids by their entry's Shard
+	entries map[shard.RangeID]RangeEntry
+	gens    map[shard.RangeID]uint64 // the generation table holds, by range id
+	ids     map[Shard]shard.RangeID  // range ids by their entry's Shard
 }
 
 // NewRangeCache returns an empty cache.
@@ -84,7 +85,7 @@ func NewRangeCache() *RangeCache {
 // Refresh leave it as it is).
 func NewStaticRangeCache(e RangeEntry) *RangeCache {
 	c := &RangeCache{static: true}
-	c.view.Store(buildView(map[uint64]RangeEntry{e.Local.Descriptor().Id: e}))
+	c.view.Store(buildView(map[shard.RangeID]RangeEntry{shard.RangeID(e.Local.Descriptor().Id): e}))
 	return c
 }
 
@@ -97,12 +98,12 @@ func (c *RangeCache) Put(entries ...RangeEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.view.Load()
-	all := make(map[uint64]RangeEntry, len(old.entries)+len(entries))
+	all := make(map[shard.RangeID]RangeEntry, len(old.entries)+len(entries))
 	for id, e := range old.entries {
 		all[id] = e
 	}
 	for _, e := range entries {
-		all[e.Local.Descriptor().Id] = e
+		all[shard.RangeID(e.Local.Descriptor().Id)] = e
 	}
 	c.view.Store(buildView(all))
 }
@@ -113,7 +114,7 @@ func (c *RangeCache) Refresh(d *placementpb.RangeDescriptor) {
 	if d == nil || c.static {
 		return
 	}
-	if gen, ok := c.view.Load().gens[d.Id]; ok && gen >= d.Generation {
+	if gen, ok := c.view.Load().gens[shard.RangeID(d.Id)]; ok && gen >= d.Generation {
 		return
 	}
 	c.mu.Lock()
@@ -121,9 +122,9 @@ func (c *RangeCache) Refresh(d *placementpb.RangeDescriptor) {
 	c.view.Store(buildView(c.view.Load().entries))
 }
 
-func buildView(entries map[uint64]RangeEntry) *rangeView {
-	v := &rangeView{table: placement.NewTable(), entries: entries, gens: make(map[uint64]uint64, len(entries)),
-		ids: make(map[Shard]uint64, len(entries))}
+func buildView(entries map[shard.RangeID]RangeEntry) *rangeView {
+	v := &rangeView{table: placement.NewTable(), entries: entries, gens: make(map[shard.RangeID]uint64, len(entries)),
+		ids: make(map[Shard]shard.RangeID, len(entries))}
 	st := &placementpb.State{}
 	for id, e := range entries {
 		d := e.Local.Descriptor()
@@ -137,8 +138,9 @@ func buildView(entries map[uint64]RangeEntry) *rangeView {
 
 // part is range d of v as the router uses it.
 func (v *rangeView) part(d *placementpb.RangeDescriptor) RangePart {
-	e := v.entries[d.Id]
-	return RangePart{ID: d.Id, Start: d.Start, End: d.End, Shard: e.Shard, Watches: e.Watches, Kick: e.Kick}
+	id := shard.RangeID(d.Id)
+	e := v.entries[id]
+	return RangePart{ID: id, Start: d.Start, End: d.End, Shard: e.Shard, Watches: e.Watches, Kick: e.Kick}
 }
 
 // Lookup returns the range holding key; ok is false if none here does.
@@ -189,13 +191,13 @@ func (c *RangeCache) All() []RangePart {
 }
 
 // id returns the id of the range whose entry's Shard is sh.
-func (c *RangeCache) id(sh Shard) (uint64, bool) {
+func (c *RangeCache) id(sh Shard) (shard.RangeID, bool) {
 	id, ok := c.view.Load().ids[sh]
 	return id, ok
 }
 
 // Local returns this member's replica of range id, nil if it has none.
-func (c *RangeCache) Local(id uint64) Local {
+func (c *RangeCache) Local(id shard.RangeID) Local {
 	if e, ok := c.view.Load().entries[id]; ok {
 		return e.Local
 	}

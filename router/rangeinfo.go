@@ -68,7 +68,7 @@ func (s *Server) Ranges() []RangeInfo {
 			ri.Watchers = e.Watches.Watchers()
 		}
 		if leader, _, ok := r.Leader(); ok {
-			ri.Leader = leader
+			ri.Leader = uint64(leader)
 		}
 		if st, err := r.Status(context.Background(), false); err == nil {
 			ri.Revision = int64(max(st.Revision, st.Closed, r.Closed()))

@@ -29,7 +29,7 @@ type Oracle interface {
 // RangePart is one range: its id, its span [Start, End) (End empty: to the
 // end of the key space), its shard and its watch hub.
 type RangePart struct {
-	ID         uint64
+	ID         shard.RangeID
 	Start, End []byte
 	Shard      RangeShard
 	Watches    *watch.Hub
@@ -60,7 +60,7 @@ type keySpan struct{ key, end []byte }
 func (s *Server) shardFor(spans ...keySpan) (Shard, error) {
 	var (
 		parts []RangePart
-		seen  = map[uint64]bool{}
+		seen  = map[shard.RangeID]bool{}
 	)
 	for _, sp := range spans {
 		ps := s.spanning(sp.key, sp.end)

@@ -78,7 +78,7 @@ func (s *Server) withShadows(ctx context.Context, sh Shard, ids []int64, write f
 // any registration was known from before. A lease the home does not know
 // is left out: the range then refuses a put with it, as etcd does, only if
 // the put runs (a txn branch not taken does not need it).
-func (s *Server) shadowLeases(ctx context.Context, rangeID uint64, ids []int64, fresh bool) (out []*shardpb.ShadowLease, cached bool, err error) {
+func (s *Server) shadowLeases(ctx context.Context, rangeID shard.RangeID, ids []int64, fresh bool) (out []*shardpb.ShadowLease, cached bool, err error) {
 	for _, id := range ids {
 		if id == 0 || slices.ContainsFunc(out, func(sl *shardpb.ShadowLease) bool { return sl.Lease == id }) {
 			continue
@@ -93,7 +93,7 @@ func (s *Server) shadowLeases(ctx context.Context, rangeID uint64, ids []int64, 
 			continue
 		}
 		res, err := s.cfg.Shard.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseRegister{
-			LeaseRegister: &shardpb.LeaseShard{Lease: id, Shard: rangeID}}})
+			LeaseRegister: &shardpb.LeaseShard{Lease: id, Shard: uint64(rangeID)}}})
 		var se *shard.Error
 		if errors.As(err, &se) && se.Code == shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND {
 			continue

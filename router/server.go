@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/watch"
 )
 
@@ -21,7 +22,8 @@ const DefaultLeaderCheckInterval = time.Second
 // Config wires a Server.
 type Config struct {
 	// ClusterID and MemberID fill every response header.
-	ClusterID, MemberID uint64
+	ClusterID uint64
+	MemberID  placement.NodeID
 	// Shard is range 1, which also answers for the cluster (status,
 	// alarms, leases: their home); in single-group mode it is the one
 	// range.
@@ -165,7 +167,7 @@ func (s *Server) Register(g *grpc.Server) {
 // the raft term; the revision comes from the store.
 func (s *Server) fill(h *pb.ResponseHeader) {
 	h.ClusterId = s.cfg.ClusterID
-	h.MemberId = s.cfg.MemberID
+	h.MemberId = uint64(s.cfg.MemberID)
 	_, term, _ := s.cfg.Shard.Leader()
 	h.RaftTerm = term
 }

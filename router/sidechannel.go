@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
 )
 
@@ -27,7 +28,7 @@ type SideChannel struct {
 	// timeout bounds one message.
 	timeout time.Duration
 	mu      sync.Mutex
-	peers   map[uint64]*sidePeer // REQUIRES: mu
+	peers   map[placement.NodeID]*sidePeer // REQUIRES: mu
 	// received counts what this node was sent, for tests: messages, the
 	// most ranges one carried, the most handled at once.
 	received struct{ messages, maxRanges, inFlight, maxInFlight atomic.Int64 }
@@ -47,10 +48,10 @@ func NewSideChannel(fwd *Forwarder, timeout time.Duration) *SideChannel {
 
 // Publish queues rc for peer, and sends unless a message to it is on its
 // way already (whose sender then takes rc too).
-func (sc *SideChannel) Publish(peer uint64, rc *internalpb.RangeClosed) {
+func (sc *SideChannel) Publish(peer placement.NodeID, rc *internalpb.RangeClosed) {
 	sc.mu.Lock()
 	if sc.peers == nil {
-		sc.peers = map[uint64]*sidePeer{}
+		sc.peers = map[placement.NodeID]*sidePeer{}
 	}
 	p := sc.peers[peer]
 	if p == nil {
@@ -68,7 +69,7 @@ func (sc *SideChannel) Publish(peer uint64, rc *internalpb.RangeClosed) {
 
 // send sends p's pending revisions to peer, one message at a time, until
 // none is left; a lost message is made good by the next round.
-func (sc *SideChannel) send(peer uint64, p *sidePeer) {
+func (sc *SideChannel) send(peer placement.NodeID, p *sidePeer) {
 	for {
 		sc.mu.Lock()
 		if len(p.pending) == 0 {

@@ -116,12 +116,12 @@ func (h *applyHarness) open(span mvcc.Span, sharded bool) {
 			}
 			h.report("on apply: closed=%d events=(%s)", closed, strings.Join(evs, ", "))
 		},
-		OnSplit: func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
+		OnSplit: func(child RangeID, span mvcc.Span, rev mvcc.Revision, founders []ReplicaID) {
 			h.span.End = span.Start
-			h.children[child] = span
+			h.children[uint64(child)] = span
 			h.report("on split: child=%d span=[%s, %s) rev=%d founders=%v", child, span.Start, span.End, rev, founders)
 		},
-		OnHold: func(target uint64, until time.Time, max time.Duration) {
+		OnHold: func(target ReplicaID, until time.Time, max time.Duration) {
 			h.report("on hold: target=%d until=%s max=%s", target, until.Sub(applyClock), max)
 		},
 		OnPeers: func(id uint64, urls []string) { h.report("on peers: %d %v", id, urls) },

@@ -13,7 +13,7 @@ import (
 // and go out together when the hold ends; proposals already sent are not
 // affected. A hold that ended long ago (an entry replayed at start) is a
 // no-op.
-func (r *Replica) Hold(target uint64, until time.Time, max time.Duration) {
+func (r *Replica) Hold(target ReplicaID, until time.Time, max time.Duration) {
 	if limit := time.Now().Add(max); until.After(limit) {
 		until = limit
 	}
@@ -28,7 +28,7 @@ func (r *Replica) Hold(target uint64, until time.Time, max time.Duration) {
 }
 
 // LeaderChanged ends a hold waiting for leader to lead.
-func (r *Replica) LeaderChanged(leader uint64) {
+func (r *Replica) LeaderChanged(leader ReplicaID) {
 	r.holdMu.Lock()
 	defer r.holdMu.Unlock()
 	if leader == 0 || leader != r.holdTarget || r.holdUntil.IsZero() {

@@ -37,7 +37,7 @@ type PrimaryConfig struct {
 	// open (StateMachine.Lessor).
 	Lessor func() *lease.Lessor
 	// ReplicaID is this replica's id in the raft group.
-	ReplicaID uint64
+	ReplicaID ReplicaID
 	// ElectionTimeout is added to every lease's TTL at promotion, so that a
 	// lease does not expire because its keepalives went to the old leader.
 	ElectionTimeout time.Duration

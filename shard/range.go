@@ -65,7 +65,7 @@ type RangeConfig struct {
 	// NodeHost runs the range's raft replica.
 	NodeHost *dragonboat.NodeHost
 	// ReplicaID is this member's replica of the range.
-	ReplicaID uint64
+	ReplicaID ReplicaID
 	// Stamper stamps writes with the oracle's revisions (sharded mode);
 	// nil: single-group mode, which also has no closed revision.
 	Stamper Stamper
@@ -84,7 +84,7 @@ type RangeConfig struct {
 	Publish func(r *Range, closed mvcc.Revision)
 	// ForwardKick, in sharded mode, asks the leader's member to close rev
 	// soon, for watches here.
-	ForwardKick func(r *Range, leader uint64, rev mvcc.Revision)
+	ForwardKick func(r *Range, leader ReplicaID, rev mvcc.Revision)
 	// Log receives what goes wrong in the background.
 	Log *slog.Logger
 }
@@ -108,7 +108,7 @@ func (r *Range) Descriptor() *placementpb.RangeDescriptor { return r.d.Load() }
 func (r *Range) SetDescriptor(d *placementpb.RangeDescriptor) { r.d.Store(d) }
 
 // ID is the range's id, its raft shard id.
-func (r *Range) ID() uint64 { return r.d.Load().Id }
+func (r *Range) ID() RangeID { return RangeID(r.d.Load().Id) }
 
 // Hub is the range's watch hub.
 func (r *Range) Hub() *watch.Hub { return r.hub }
@@ -165,7 +165,7 @@ func (r *Range) Start(cfg Config, members map[uint64]dragonboat.Target, join boo
 		r.settlePublished()
 	}
 	factory := Factory(cfg)
-	raftCfg.ShardID = r.ID()
+	raftCfg.ShardID = uint64(r.ID())
 	err := r.cfg.NodeHost.StartOnDiskReplica(members, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
 		m := factory(shardID, replicaID).(*StateMachine)
 		r.sm.Store(m)

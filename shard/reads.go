@@ -53,8 +53,9 @@ func (r *Replica) Members(ctx context.Context, linearizable bool) (map[uint64]*p
 
 // Registered reads, at lease id's home, the shards registered as holding
 // its keys whose revoke there is not done (RegisteredQuery; sharded mode).
-func (r *Replica) Registered(ctx context.Context, id int64, linearizable bool) ([]uint64, error) {
-	return read[[]uint64](ctx, r, RegisteredQuery{ID: id}, linearizable)
+func (r *Replica) Registered(ctx context.Context, id int64, linearizable bool) ([]RangeID, error) {
+	ids, err := read[[]uint64](ctx, r, RegisteredQuery{ID: id}, linearizable)
+	return rangeIDs(ids), err
 }
 
 // ShadowKeys reads the keys attached here to lease id, homed in another
@@ -76,12 +77,12 @@ func read[T any](ctx context.Context, r *Replica, query any, linearizable bool) 
 		err  error
 	)
 	if !linearizable {
-		v, err = r.nh.StaleRead(r.shardID, query)
+		v, err = r.nh.StaleRead(uint64(r.shardID), query)
 	} else {
 		ctx, cancel := context.WithTimeout(ctx, proposalTimeout)
 		defer cancel()
 		for {
-			if v, err = r.nh.SyncRead(ctx, r.shardID, query); err == nil || !retryable(err) {
+			if v, err = r.nh.SyncRead(ctx, uint64(r.shardID), query); err == nil || !retryable(err) {
 				break
 			}
 			select {

@@ -45,7 +45,7 @@ const (
 // into proposals and serves reads through ReadIndex or the local replica.
 type Replica struct {
 	nh      *dragonboat.NodeHost
-	shardID uint64
+	shardID RangeID
 	session *client.Session
 
 	queue chan *pending // unbuffered: the batcher owns every queued request
@@ -58,7 +58,7 @@ type Replica struct {
 	// whenever the hold changes, to wake a waiting batcher.
 	holdMu     sync.Mutex
 	holdUntil  time.Time
-	holdTarget uint64
+	holdTarget ReplicaID
 	holdWake   chan struct{}
 
 	// stamper, if set, stamps writes with cluster-wide revisions (sharded
@@ -67,7 +67,7 @@ type Replica struct {
 	// local is this NodeHost's state machine of the shard (see
 	// NewStampingReplica); nil: none given.
 	local     func() *StateMachine
-	replicaID uint64
+	replicaID ReplicaID
 	restamped atomic.Uint64
 	// proposed counts the requests written through this client.
 	proposed atomic.Uint64
@@ -102,7 +102,7 @@ type outcome struct {
 
 // NewReplica starts the proposal batcher of shardID on nh. Close stops it.
 // Writes get their revisions when they apply (single-group mode).
-func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
+func NewReplica(nh *dragonboat.NodeHost, shardID RangeID) *Replica {
 	return NewStampingReplica(nh, shardID, 0, nil, nil)
 }
 
@@ -123,7 +123,7 @@ func NewReplica(nh *dragonboat.NodeHost, shardID uint64) *Replica {
 // is not open): while it counts its revisions (StateMachine.Counting, a
 // sharded cluster of one range) writes go unstamped and the closed revision
 // is its revision, with no oracle involved.
-func NewStampingReplica(nh *dragonboat.NodeHost, shardID, replicaID uint64, stamper Stamper, local func() *StateMachine) *Replica {
+func NewStampingReplica(nh *dragonboat.NodeHost, shardID RangeID, replicaID ReplicaID, stamper Stamper, local func() *StateMachine) *Replica {
 	r := &Replica{
 		replicaID: replicaID,
 		stamper:   stamper,
@@ -131,7 +131,7 @@ func NewStampingReplica(nh *dragonboat.NodeHost, shardID, replicaID uint64, stam
 		inflight:  map[uint64]mvcc.Revision{},
 		nh:        nh,
 		shardID:   shardID,
-		session:   nh.GetNoOPSession(shardID),
+		session:   nh.GetNoOPSession(uint64(shardID)),
 		queue:     make(chan *pending),
 		stop:      make(chan struct{}),
 
@@ -143,7 +143,7 @@ func NewStampingReplica(nh *dragonboat.NodeHost, shardID, replicaID uint64, stam
 }
 
 // ShardID names the raft group.
-func (r *Replica) ShardID() uint64 { return r.shardID }
+func (r *Replica) ShardID() RangeID { return r.shardID }
 
 // Close stops the batcher and waits for in-flight proposals to finish.
 func (r *Replica) Close() {
@@ -229,8 +229,8 @@ func (r *Replica) leads() bool {
 // leading returns the term this NodeHost's replica leads in, or
 // ErrNoLeader if it does not lead.
 func (r *Replica) leading() (uint64, error) {
-	leader, term, ok, err := r.nh.GetLeaderID(r.shardID)
-	if err != nil || !ok || leader != r.replicaID {
+	leader, term, ok, err := r.nh.GetLeaderID(uint64(r.shardID))
+	if err != nil || !ok || ReplicaID(leader) != r.replicaID {
 		return 0, fmt.Errorf("%w: replica %d does not lead shard %d", ErrNoLeader, r.replicaID, r.shardID)
 	}
 	return term, nil
@@ -278,10 +278,10 @@ func lookupError(err error) error {
 }
 
 // Leader reports the group's leader replica and term, as this node knows them.
-func (r *Replica) Leader() (leader, term uint64, ok bool) {
-	leader, term, ok, err := r.nh.GetLeaderID(r.shardID)
+func (r *Replica) Leader() (leader ReplicaID, term uint64, ok bool) {
+	id, term, ok, err := r.nh.GetLeaderID(uint64(r.shardID))
 	if err != nil {
 		return 0, 0, false
 	}
-	return leader, term, ok
+	return ReplicaID(id), term, ok
 }

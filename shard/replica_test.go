@@ -195,7 +195,7 @@ func TestLookupAfterCloseAndDuringRecovery(t *testing.T) {
 func TestReplicaHold(t *testing.T) {
 	var r *Replica
 	holds := make(chan struct{}, 4)
-	r, _ = startReplicaWith(t, Config{OnHold: func(target uint64, until time.Time, max time.Duration) {
+	r, _ = startReplicaWith(t, Config{OnHold: func(target ReplicaID, until time.Time, max time.Duration) {
 		r.Hold(target, until, max)
 		holds <- struct{}{}
 	}})

@@ -59,7 +59,7 @@ type Config struct {
 	// OnHold, if set, is called after a batch that applied a TransferHold
 	// (the last one of the batch), on dragonboat's apply goroutine: it must
 	// not block. The hold is the replica client's to honour (Replica.Hold).
-	OnHold func(target uint64, until time.Time, max time.Duration)
+	OnHold func(target ReplicaID, until time.Time, max time.Duration)
 	// OnPeers, if set, receives every member's recorded peer URLs: each
 	// record as it applies (after its batch commits), and all of them when
 	// the store opens or is restored from a snapshot. It runs on
@@ -70,7 +70,7 @@ type Config struct {
 	// apply goroutine: it must not block. rev is the store's revision at
 	// the split: the child holds the keys of span, their history included,
 	// up to it.
-	OnSplit func(child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64)
+	OnSplit func(child RangeID, span mvcc.Span, rev mvcc.Revision, founders []ReplicaID)
 	// OnRecover, if set, is called after the store was replaced by a
 	// snapshot, on dragonboat's goroutine: it must not block. A split the
 	// replica missed (it was cut off) shows only so: the snapshot's store
@@ -253,7 +253,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		}
 	}
 	if h := a.hold; h != nil && s.cfg.OnHold != nil {
-		s.cfg.OnHold(h.Target, time.Unix(0, h.UntilUnixNano), time.Duration(h.MaxNanos))
+		s.cfg.OnHold(ReplicaID(h.Target), time.Unix(0, h.UntilUnixNano), time.Duration(h.MaxNanos))
 	}
 	return entries, nil
 }
@@ -297,10 +297,10 @@ func wholeSpan(sp mvcc.Span) bool { return len(sp.Start) == 0 && sp.End == nil }
 
 // appliedSplit is a split applied in a batch, for Config.OnSplit.
 type appliedSplit struct {
-	child    uint64
+	child    RangeID
 	span     mvcc.Span
 	rev      mvcc.Revision
-	founders []uint64 // the command's (nil: not named)
+	founders []ReplicaID // the command's (nil: not named)
 }
 
 // command applies every request of one entry. A request the store
@@ -491,7 +491,7 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		var v [8]byte
 		binary.BigEndian.PutUint64(v[:], uint64(a.closed))
 		b.SetMetaFor(op.Split.Child, closedKey, v[:])
-		a.splits = append(a.splits, appliedSplit{child: op.Split.Child, span: right, rev: b.Rev(), founders: op.Split.Founders})
+		a.splits = append(a.splits, appliedSplit{child: RangeID(op.Split.Child), span: right, rev: b.Rev(), founders: replicaIDs(op.Split.Founders)})
 		if a.counting {
 			// The range stops counting: its closed revision, its
 			// revision so far, is kept, and every write from now on is

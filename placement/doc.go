@@ -64,5 +64,5 @@
 // The scheduler (split by size and load, merge, moves) and merges are the
 // sharded-mode issue's next steps. Ranges on a subset of members are not
 // placed yet: every member holds every range. The package imports mvcc
-// for its Revision type only.
+// for its Revision type and shard for its id types only.
 package placement

@@ -193,33 +193,50 @@ func (t *Table) current(id RangeID, gen uint64) (*placementpb.RangeDescriptor, e
 
 // Lookup returns the range holding key, or nil before bootstrap.
 func (t *Table) Lookup(key []byte) *placementpb.RangeDescriptor {
+	if found := t.lookup(key); found != nil {
+		return clone(found)
+	}
+	return nil
+}
+
+// lookup is Lookup without the copy.
+func (t *Table) lookup(key []byte) *placementpb.RangeDescriptor {
 	var found *placementpb.RangeDescriptor
 	t.ranges.DescendLessOrEqual(&placementpb.RangeDescriptor{Start: key}, func(d *placementpb.RangeDescriptor) bool {
 		found = d
 		return false
 	})
-	if found == nil {
-		return nil
-	}
-	return clone(found)
+	return found
 }
 
 // Overlapping returns, in key order, the ranges that hold a key of
 // [start, end) (end empty: to the end of the key space).
 func (t *Table) Overlapping(start, end []byte) []*placementpb.RangeDescriptor {
-	first := t.Lookup(start)
-	if first == nil {
-		return nil
-	}
 	var out []*placementpb.RangeDescriptor
-	t.ranges.AscendGreaterOrEqual(&placementpb.RangeDescriptor{Start: first.Start}, func(d *placementpb.RangeDescriptor) bool {
-		if len(end) > 0 && bytes.Compare(d.Start, end) >= 0 {
-			return false
-		}
+	t.EachOverlapping(start, end, func(d *placementpb.RangeDescriptor) bool {
 		out = append(out, clone(d))
 		return true
 	})
 	return out
+}
+
+// EachOverlapping calls fn, in key order, with each range that holds a key
+// of [start, end) (end empty: to the end of the key space) until fn
+// returns false. fn gets the table's own descriptors, not copies: it must
+// not change them, and may keep them only while the table is not changed
+// again — what a reader of a table nobody changes any more (a router's
+// snapshot of the map) can do on its hot path without copying.
+func (t *Table) EachOverlapping(start, end []byte, fn func(d *placementpb.RangeDescriptor) bool) {
+	first := t.lookup(start)
+	if first == nil {
+		return
+	}
+	t.ranges.AscendGreaterOrEqual(first, func(d *placementpb.RangeDescriptor) bool {
+		if len(end) > 0 && bytes.Compare(d.Start, end) >= 0 {
+			return false
+		}
+		return fn(d)
+	})
 }
 
 // Ranges returns every range in key order.

@@ -146,7 +146,11 @@ func (v *rangeView) part(d *placementpb.RangeDescriptor) RangePart {
 // Lookup returns the range holding key; ok is false if none here does.
 func (c *RangeCache) Lookup(key []byte) (p RangePart, ok bool) {
 	v := c.view.Load()
-	d := v.table.Lookup(key)
+	var d *placementpb.RangeDescriptor
+	v.table.EachOverlapping(key, nil, func(first *placementpb.RangeDescriptor) bool {
+		d = first
+		return false
+	})
 	if d == nil || (len(d.End) > 0 && bytes.Compare(key, d.End) >= 0) {
 		return RangePart{}, false
 	}
@@ -167,7 +171,9 @@ func (c *RangeCache) Spanning(key, end []byte) []RangePart {
 		hi = end
 	}
 	var out []RangePart
-	for _, d := range v.table.Overlapping(key, hi) {
+	// The view's table never changes once published: its descriptors are
+	// read in place, not copied per request.
+	v.table.EachOverlapping(key, hi, func(d *placementpb.RangeDescriptor) bool {
 		var stop []byte
 		if len(d.End) > 0 {
 			stop = d.End
@@ -175,18 +181,19 @@ func (c *RangeCache) Spanning(key, end []byte) []RangePart {
 		if _, _, ok := clipRange(key, end, d.Start, stop); ok {
 			out = append(out, v.part(d))
 		}
-	}
+		return true
+	})
 	return out
 }
 
 // All returns every range, in key order.
 func (c *RangeCache) All() []RangePart {
 	v := c.view.Load()
-	ds := v.table.Ranges()
-	out := make([]RangePart, len(ds))
-	for i, d := range ds {
-		out[i] = v.part(d)
-	}
+	var out []RangePart
+	v.table.EachOverlapping(nil, nil, func(d *placementpb.RangeDescriptor) bool {
+		out = append(out, v.part(d))
+		return true
+	})
 	return out
 }
 

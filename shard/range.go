@@ -323,7 +323,9 @@ func (r *Range) closer() {
 			closed, err := r.replica.AdvanceIdle(ctx) // a failure leaves it for the next tick
 			cancel()
 			r.hub.Advance(closed)
-			if closed > 0 && r.cfg.Publish != nil {
+			// A range that counts is closed at its revision on every
+			// replica as it applies: nothing to tell the others.
+			if closed > 0 && r.cfg.Publish != nil && !r.replica.counting() {
 				r.cfg.Publish(r, closed)
 			}
 			if err != nil || closed >= r.Wanted() || wait > r.cfg.CloseEvery/4 {

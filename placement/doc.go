@@ -50,14 +50,24 @@
 //     the sentinels. Its scripts in testdata/client run it over a fake
 //     group around a real StateMachine.
 //
+// Membership (membership.go) walks a membership change of the cluster
+// through the placement group and every range: adding a member (each
+// range's replicas compact their logs first, so that it gets the range as
+// a snapshot), removing one (range 1, the member list, last), promoting a
+// learner; the range map marks the change under way (no splits meanwhile)
+// and records each range's replicas. It drives raft through a small
+// interface the member's NodeHost satisfies, and reaches the member's own
+// replicas and the other members through interfaces the member wires in;
+// its scripts in testdata/members run it over fakes of them.
+//
 // # Concurrency
 //
 // Neither Table nor Oracle is safe for concurrent use, neither starts
 // goroutines nor reads the clock: the owner serializes them.
 // StateMachine's own lock lets Lookup run beside Update. Allocator owns
 // one goroutine, which Close stops; OracleClient starts one only while
-// round trips are under way; Client starts none and keeps no state. The
-// three are safe for concurrent use.
+// round trips are under way; Client and Membership start none and keep no
+// state. The four are safe for concurrent use.
 //
 // # Non-goals (yet)
 //

@@ -4,8 +4,9 @@
 // replica and clients (placement), the router and the client listeners,
 // which serve gRPC and HTTP on one port as etcd does. What node itself
 // owns: the config and its defaults, the data directory (datadir.go),
-// founding and joining (bootstrap.go), etcd's membership API (members.go,
-// membership.go for sharded mode), leader transfer (transfer.go), and
+// founding and joining (bootstrap.go), etcd's membership API (members.go;
+// sharded mode's walk is placement.Membership's), leader transfer
+// (transfer.go), and
 // splits as they reach this member (split.go).
 //
 // Start brings everything up in phases (node.go: identify, openStore,
@@ -101,11 +102,13 @@
 // snapshot (joinLateSplit: its other replicas compact their logs first, as
 // for a member added).
 //
-// Membership in sharded mode (membership.go): a member added joins the
-// placement group and every range, each sent to it as a snapshot (every
-// replica compacts its log first: replaying a range's log from the start
-// would replay its splits over what other ranges own in the shared
-// pebble); splits wait while a membership change is under way.
+// Membership in sharded mode is placement.Membership's, wired in
+// membership.go: a member added joins the placement group and every range,
+// each sent to it as a snapshot (every replica compacts its log first:
+// replaying a range's log from the start would replay its splits over what
+// other ranges own in the shared pebble); splits wait while a membership
+// change is under way. The node gives it the NodeHost, the range map's
+// client, the Forwarder (other members' log compaction) and its replicas.
 //
 // Backups (snapshot.go) hold one store of the whole key space. In sharded
 // mode Snapshot takes a fresh oracle revision R, waits until this node's

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -281,7 +282,7 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 		return nil, fmt.Errorf("node: add member: %w", err)
 	}
 	if n.merger != nil {
-		if err := n.addSharded(ctx, id, learner); err != nil {
+		if err := n.reconfig.Add(ctx, placement.NodeID(id), learner); err != nil {
 			return nil, fmt.Errorf("node: add member: %w", err)
 		}
 		return &pb.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil
@@ -378,7 +379,7 @@ func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 		return rpctypes.ErrMemberNotFound
 	}
 	if n.merger != nil {
-		return n.removeSharded(ctx, id)
+		return n.reconfig.Remove(ctx, placement.NodeID(id))
 	}
 	if err := n.nh.SyncRequestDeleteReplica(ctx, singleShardID, id, 0); err != nil {
 		return fmt.Errorf("node: remove member: %w", err)
@@ -399,7 +400,7 @@ func (n *Node) PromoteMember(ctx context.Context, id uint64) error {
 		return rpctypes.ErrMemberNotLearner
 	}
 	if n.merger != nil {
-		return n.promoteSharded(ctx, id)
+		return n.reconfig.Promote(ctx, placement.NodeID(id))
 	}
 	if err := n.nh.SyncRequestAddReplica(ctx, singleShardID, id, addr, 0); err != nil {
 		return fmt.Errorf("node: promote member: %w", err)

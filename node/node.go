@@ -235,6 +235,11 @@ type Node struct {
 	// fwd forwards to the members leading what this one does not (both
 	// modes: in single-group mode nothing asks it).
 	fwd *router.Forwarder
+	// reconfig walks sharded mode's membership changes through the
+	// placement group and the ranges, and compacts this node's replica
+	// of a range's log for them (both modes: single-group mode asks
+	// nothing of it).
+	reconfig *placement.Membership
 	// routes is the router's range cache (sharded mode): the node puts
 	// each range in as it starts one or a split changes or makes one.
 	routes   *router.RangeCache
@@ -589,6 +594,9 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	}
 	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.dialMember)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
+	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
+		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: localRanges{n}, Peers: n.fwd,
+		Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
 	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
 		n.onSplit(n.first, uint64(child), span, rev, replicaIDs(founders))
 	}, OnRecover: func() {

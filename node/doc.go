@@ -6,8 +6,7 @@
 // owns: the config and its defaults, the data directory (datadir.go),
 // founding and joining (bootstrap.go), etcd's membership API (members.go;
 // sharded mode's walk is placement.Membership's), leader transfer
-// (transfer.go), and
-// splits as they reach this member (split.go).
+// (transfer.go), and splits as they reach this member (split.go).
 //
 // Start brings everything up in phases (node.go: identify, openStore,
 // startRaft, startPlacementGroup, startRanges, startBackground, serve,

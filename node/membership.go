@@ -213,7 +213,7 @@ func (n *Node) eachRange(ctx context.Context, f func(d *placementpb.RangeDescrip
 
 // runsRange reports whether this node's replica of range id is started.
 func (n *Node) runsRange(id uint64) bool {
-	return n.rangeSet.get(id, true) != nil
+	return n.rangeSet.Get(shard.RangeID(id), true) != nil
 }
 
 // endReconfigure marks member's change over, on its own deadline: the
@@ -230,12 +230,12 @@ func (n *Node) endReconfigure(member uint64) {
 // snapshot and drop its log up to it, after one entry applied everywhere
 // (an empty lease checkpoint), so that each has progress to snapshot.
 func (n *Node) compactEverywhere(ctx context.Context, id, newcomer uint64) error {
-	rr := n.rangeSet.get(id, true)
+	rr := n.rangeSet.Get(shard.RangeID(id), true)
 	if rr == nil {
 		return fmt.Errorf("node: range %d does not run here", id)
 	}
 	empty, _ := proto.Marshal(&pb.LeaseCheckpointRequest{})
-	if _, err := rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}}); err != nil {
+	if _, err := n.routes.Client(rr.ID()).Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}}); err != nil {
 		return err
 	}
 	ms, err := n.groupMembership(ctx, id)

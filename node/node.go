@@ -215,7 +215,7 @@ type Node struct {
 	hooks struct{ splitCutShort, splitNoStart atomic.Bool }
 	// first is range 1, in both modes: single-group mode's only range,
 	// and in sharded mode the home of leases and of the cluster's records.
-	first *rangeReplica
+	first *shard.Range
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
 	// fanout revokes leases' keys outside range 1 in sharded mode, and
@@ -237,8 +237,10 @@ type Node struct {
 	fwd *router.Forwarder
 	// routes is the router's range cache (sharded mode): the node puts
 	// each range in as it starts one or a split changes or makes one.
-	routes   *router.RangeCache
-	rangeSet rangeSet
+	routes *router.RangeCache
+	// rangeSet is this member's replicas of the ranges (made by
+	// startRanges).
+	rangeSet *shard.Set
 	// closedClock and side are the closers' common round and the side
 	// channel of their closed revisions (sidechannel.go).
 	closedClock *shard.Clock
@@ -551,7 +553,7 @@ func (n *Node) startPlacementGroup(ctx context.Context, b boot) (ranges, unsplit
 	} else if ranges, err = n.startPlacement(ctx, b.founders, b.election, b.heartbeat); err != nil {
 		return nil, nil, err
 	}
-	if ranges, unsplit, err = n.localRanges(ranges, b.founders != nil); err != nil {
+	if ranges, unsplit, err = shard.LocalRanges(n.db, n.memberID, ranges, b.founders != nil, n.log); err != nil {
 		return nil, nil, err
 	}
 	if ranges[0].Id != singleShardID || len(ranges[0].Start) != 0 {
@@ -585,10 +587,12 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
 	span := mvcc.Span{}
 	if cfg.Sharded {
-		span = spanOf(ranges[0])
+		span = shard.SpanOf(ranges[0])
 	}
 	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.dialMember)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
+	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
+		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load})
 	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
 		n.onSplit(n.first, uint64(child), span, rev, replicaIDs(founders))
 	}, OnRecover: func() {
@@ -620,9 +624,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		if n.first != nil {
 			n.first.Close() // a join starting over under another id
 		}
-		n.first = &rangeReplica{Range: shard.NewRange(n.rangeCfg(shard.ReplicaID(id)), first, 0)}
-		n.first.client = n.fwd.Range(n.first)
-		n.rangeSet.ranges = []*rangeReplica{n.first}
+		n.first = shard.NewRange(n.rangeCfg(shard.ReplicaID(id)), first, 0)
+		n.rangeSet.Add(n.first)
 		if err := n.first.Start(shardCfg, b.founders, b.join, raftCfg(id)); err != nil {
 			return fmt.Errorf("node: start shard: %w", err)
 		}
@@ -636,30 +639,28 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		return err
 	}
 	if cfg.Sharded {
+		n.routes = router.NewRangeCacheVia(n.fwd)
 		for _, d := range ranges[1:] {
 			// A range a split made starts with its founding members, as
 			// the split starts it: raft takes them again on a restart, and
 			// they start it if the node stopped after the split applied
 			// here but before it started the new range (raft would not
 			// know it otherwise).
-			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), b.founders != nil || d.Parent != 0 || !slices.Contains(foundersOf(d), n.memberID))
-			if err != nil {
+			r := n.newRange(d, 0)
+			n.rangeSet.Add(r)
+			if err := n.startRange(r, b.founders != nil || d.Parent != 0 || !slices.Contains(shard.FoundersOf(d), n.memberID), false); err != nil {
 				return err
 			}
-			n.rangeSet.ranges = append(n.rangeSet.ranges, rr)
 		}
-		n.routes = router.NewRangeCache()
-		for _, rr := range n.rangeSet.ranges {
-			n.routes.Put(rr.entry())
-		}
+		n.routes.PutRanges(n.rangeSet.Routing()...)
 	}
-	n.holds.Store(n.first.proposer())
+	n.holds.Store(n.first.Replica())
 	if err := n.waitLeader(ctx); err != nil {
 		return err
 	}
 	// Watchers start from the store's revision (later applies notify the
 	// hubs as they come).
-	for _, rr := range n.rangeSet.all() {
+	for _, rr := range n.rangeSet.All() {
 		if err := rr.SyncHub(ctx); err != nil {
 			return fmt.Errorf("node: %w", err)
 		}
@@ -674,7 +675,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 	cfg := n.cfg
 	n.primary = shard.StartPrimary(shard.PrimaryConfig{
-		Replica:         n.first.proposer(),
+		Replica:         n.first.Replica(),
 		Lessor:          func() *lease.Lessor { return n.first.StateMachine().Lessor() },
 		ReplicaID:       n.selfReplica(),
 		ElectionTimeout: cfg.ElectionTimeout,
@@ -687,10 +688,13 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 			defer n.wg.Done()
 			n.closedClock.Run(n.stop, closedEvery)
 		}()
-		go n.mergedProgress()
+		go func() {
+			defer n.wg.Done()
+			router.RunProgress(n.merger, cfg.WatchProgressNotifyInterval, n.stop)
+		}()
 		go n.followSplits(unsplit)
 		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
-			Home: leaseHome{n}, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
+			Home: n.first, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
 		n.fanout.Start()
 	}
 	n.wg.Add(1)
@@ -709,7 +713,7 @@ func (n *Node) serve() error {
 		Self:              n.self,
 		ClusterID:         n.clusterID,
 		MemberID:          placement.NodeID(n.memberID),
-		Shard:             n.first.proposer(),
+		Shard:             n.first.Replica(),
 		MaxRequestBytes:   cfg.MaxRequestBytes,
 		MaxTxnOps:         cfg.MaxTxnOps,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
@@ -719,7 +723,7 @@ func (n *Node) serve() error {
 		Oracle:            n,
 	}
 	if cfg.Sharded {
-		rcfg.Shard = n.first.client
+		rcfg.Shard = n.routes.Client(singleShardID)
 		rcfg.Ranges = n.routes
 		rcfg.Merger = n.merger
 		rcfg.RemoteLeases = n.fanout
@@ -730,7 +734,7 @@ func (n *Node) serve() error {
 		// forwarding), its watches are direct hub streams (watch.Merged),
 		// whose progress notifications its hub sends. Every lease's keys
 		// are in its home: no fan-out (RemoteLeases nil).
-		rcfg.Ranges = router.NewStaticRangeCache(router.RangeEntry{Local: n.first, Shard: n.first.proposer(),
+		rcfg.Ranges = router.NewStaticRangeCache(router.RangeEntry{Local: router.LocalRange(n.first), Shard: n.first.Replica(),
 			Watches: n.first.Hub()})
 		rcfg.Merger = watch.NewMerger()
 	}
@@ -783,7 +787,7 @@ func (n *Node) waitLeader(ctx context.Context) error {
 	t := time.NewTicker(rttMillisecond * time.Millisecond)
 	defer t.Stop()
 	for {
-		if _, _, ok := n.first.proposer().Leader(); ok {
+		if _, _, ok := n.first.Replica().Leader(); ok {
 			return nil
 		}
 		select {
@@ -829,7 +833,7 @@ func (n *Node) Close() error {
 			// the graceful stop need not wait for them.
 			_ = n.self.Close()
 		}
-		for _, rr := range n.rangeSet.routing() {
+		for _, rr := range n.routing() {
 			rr.Hub().Close() // ends watch streams, so the graceful stop need not wait
 		}
 		if n.grpc != nil {
@@ -862,14 +866,14 @@ func (n *Node) Close() error {
 		if n.fanout != nil {
 			n.fanout.Close()
 		}
-		for _, rr := range n.rangeSet.routing() {
+		for _, rr := range n.routing() {
 			rr.Stop() // its catch-up and closer
 		}
 		n.wg.Wait()
 		if n.primary != nil {
 			n.primary.Close()
 		}
-		for _, rr := range n.rangeSet.routing() {
+		for _, rr := range n.routing() {
 			rr.Close() // its goroutines and proposer
 		}
 		if n.alloc != nil {
@@ -894,12 +898,20 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
+// routing is this member's ranges (none before startRanges made the set).
+func (n *Node) routing() []*shard.Range {
+	if n.rangeSet == nil {
+		return nil
+	}
+	return n.rangeSet.Routing()
+}
+
 // Status implements router.NodeInfo.
 func (n *Node) Status() router.NodeStatus {
 	m := n.db.Metrics()
 	size := int64(m.DiskSpaceUsage())
 	st := router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
-	if leader, _, ok := n.first.proposer().Leader(); ok {
+	if leader, _, ok := n.first.Replica().Leader(); ok {
 		st.Leader = uint64(memberOf(leader))
 	}
 	return st

@@ -41,9 +41,9 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	if len(key) == 0 {
 		return nil, router.Refuse(router.ErrInvalid, "cairn: the split key is empty")
 	}
-	var parent *rangeReplica
-	for _, rr := range n.rangeSet.routing() {
-		d := rr.desc()
+	var parent *shard.Range
+	for _, rr := range n.rangeSet.Routing() {
+		d := rr.Descriptor()
 		if bytes.Compare(key, d.Start) >= 0 && (len(d.End) == 0 || bytes.Compare(key, d.End) < 0) {
 			parent = rr
 		}
@@ -51,7 +51,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	if parent == nil {
 		return nil, router.Refuse(router.ErrNotFound, "cairn: no range holds %q", key)
 	}
-	d := parent.desc()
+	d := parent.Descriptor()
 	if bytes.Equal(d.Start, key) {
 		return nil, router.Refuse(router.ErrPrecondition, "cairn: range %d already starts at %q", d.Id, key)
 	}
@@ -76,7 +76,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 		// has passed meanwhile: it is asked for again.
 		req, err := n.splitRequest(ctx, parent, right)
 		if err == nil {
-			_, err = parent.client.Write(ctx, req)
+			_, err = n.routes.Client(parent.ID()).Write(ctx, req)
 		}
 		if err == nil || errors.Is(err, mvcc.ErrOutsideSpan) {
 			break
@@ -94,8 +94,8 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 	if n.hooks.splitNoStart.Load() {
 		return made, nil
 	}
-	if rr := n.rangeSet.get(child, false); rr != nil {
-		if err := rr.client.Wait(ctx); err != nil {
+	if rr := n.rangeSet.Get(shard.RangeID(child), false); rr != nil {
+		if err := n.routes.Client(rr.ID()).Wait(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -113,13 +113,13 @@ const splitMargin = oracleWindow
 // is given an oracle revision above its own, so that the oracle, which
 // numbers every write after the split, is past every revision counted
 // before it.
-func (n *Node) splitRequest(ctx context.Context, holder *rangeReplica, d *placementpb.RangeDescriptor) (*shardpb.Request, error) {
+func (n *Node) splitRequest(ctx context.Context, holder *shard.Range, d *placementpb.RangeDescriptor) (*shardpb.Request, error) {
 	split := &shardpb.SplitRange{Key: d.Start, Child: d.Id, Founders: d.Founders}
 	req := &shardpb.Request{Op: &shardpb.Request_Split{Split: split}}
 	if sm := holder.StateMachine(); sm == nil || !sm.Counting() {
 		return req, nil
 	}
-	st, err := holder.client.Status(ctx, true)
+	st, err := n.routes.Client(holder.ID()).Status(ctx, true)
 	if err != nil {
 		return nil, err
 	}
@@ -137,8 +137,8 @@ func (n *Node) splitRequest(ctx context.Context, holder *rangeReplica, d *placem
 // applies there: the new range child holds span, its history up to rev
 // included. It takes the new range into the range set and the watches,
 // and starts its replica.
-func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
-	pd := parent.desc()
+func (n *Node) onSplit(parent *shard.Range, child uint64, span mvcc.Span, rev mvcc.Revision, founders []uint64) {
+	pd := parent.Descriptor()
 	if len(founders) == 0 {
 		founders = pd.Replicas
 	}
@@ -157,7 +157,7 @@ func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev m
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if err := n.startRangeInto(rr, n.shardCfg, n.raftCfg, true, false); err != nil {
+		if err := n.startRange(rr, true, false); err != nil {
 			n.log.Error("start a split's new range", "range", child, "error", err)
 			return
 		}
@@ -170,22 +170,13 @@ func (n *Node) onSplit(parent *rangeReplica, child uint64, span mvcc.Span, rev m
 // descriptor ends where cd starts, and cd's replica (not started, its hub
 // at rev) follows it in the range set, parent's watchers of its keys moved
 // to it. It returns nil if cd is in the range set already.
-func (n *Node) addSplitRange(parent *rangeReplica, cd *placementpb.RangeDescriptor, rev mvcc.Revision) *rangeReplica {
-	pd := proto.Clone(parent.desc()).(*placementpb.RangeDescriptor)
-	pd.End = slices.Clone(cd.Start)
-	pd.Generation++
-	rr := n.newRangeReplica(cd, rev)
-	n.rangeSet.mu.Lock()
-	parent.SetDescriptor(pd)
-	if slices.ContainsFunc(n.rangeSet.ranges, func(r *rangeReplica) bool { return r.desc().Id == cd.Id }) {
-		n.rangeSet.mu.Unlock()
-		n.routes.Put(parent.entry())
+func (n *Node) addSplitRange(parent *shard.Range, cd *placementpb.RangeDescriptor, rev mvcc.Revision) *shard.Range {
+	rr := n.rangeSet.Split(parent, n.newRange(cd, rev))
+	if rr == nil {
+		n.routes.PutRanges(parent)
 		return nil
 	}
-	i := slices.Index(n.rangeSet.ranges, parent)
-	n.rangeSet.ranges = slices.Insert(n.rangeSet.ranges, i+1, rr)
-	n.rangeSet.mu.Unlock()
-	n.routes.Put(parent.entry(), rr.entry())
+	n.routes.PutRanges(parent, rr)
 	if n.merger != nil {
 		n.merger.Split(parent.Hub(), cd.Start, watch.Part{Hub: rr.Hub(), Kick: rr.WantClosed})
 	}
@@ -196,7 +187,7 @@ func (n *Node) addSplitRange(parent *rangeReplica, cd *placementpb.RangeDescript
 // it holds keys of (the split made their shadows here), and revokes here
 // those the home no longer has: the home then revokes the keys here too,
 // or they are gone already.
-func (n *Node) registerShadows(rr *rangeReplica) {
+func (n *Node) registerShadows(rr *shard.Range) {
 	defer n.wg.Done()
 	sm := rr.StateMachine()
 	for deadline := time.Now().Add(10 * time.Second); sm == nil || sm.Lessor() == nil; sm = rr.StateMachine() {
@@ -209,15 +200,15 @@ func (n *Node) registerShadows(rr *rangeReplica) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	id := rr.desc().Id
+	id := uint64(rr.ID())
 	for _, l := range sm.Lessor().Shadows() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := n.first.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseRegister{
+		_, err := n.routes.Client(singleShardID).Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseRegister{
 			LeaseRegister: &shardpb.LeaseShard{Lease: int64(l), Shard: id}}})
 		var se *shard.Error
 		if errors.As(err, &se) && se.Code == shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND {
 			gen := n.first.AppliedIndex()
-			_, err = rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{
+			_, err = n.routes.Client(rr.ID()).Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{
 				ShadowRevoke: &shardpb.ShadowLease{Lease: int64(l), Generation: gen}}})
 		}
 		cancel()
@@ -227,45 +218,7 @@ func (n *Node) registerShadows(rr *rangeReplica) {
 	}
 }
 
-// localRanges returns the ranges this node starts, in key order: the range
-// map's, except that a range the map names whose split has not applied
-// here is left in the range it was to split from (pending). SplitRange
-// records a split in the map before the range applies it, so a stop in
-// between leaves the map ahead of the range; finishSplits proposes the
-// rest. On a first start (founding) the map is the ranges.
-func (n *Node) localRanges(ranges []*placementpb.RangeDescriptor, founding bool) (local, pending []*placementpb.RangeDescriptor, err error) {
-	if founding {
-		return ranges, nil, nil
-	}
-	for i, d := range ranges {
-		// A range this node did not found it joins (a membership change
-		// added it): raft sends it whole, split or not here.
-		if i == 0 || d.Parent == 0 || !slices.Contains(foundersOf(d), n.memberID) {
-			local = append(local, d)
-			continue
-		}
-		here, err := mvcc.SplitHere(n.db, d.Id)
-		if err != nil {
-			return nil, nil, err
-		}
-		if here {
-			local = append(local, d)
-			continue
-		}
-		// The range before it in key order is what it splits from, as
-		// it was before the map's split.
-		prev := proto.Clone(local[len(local)-1]).(*placementpb.RangeDescriptor)
-		prev.End = d.End
-		prev.Generation--
-		local[len(local)-1] = prev
-		pending = append(pending, d)
-		n.log.Warn("a split recorded in the range map has not applied here; proposing it again", "range", d.Id,
-			"parent", d.Parent, "key", string(d.Start))
-	}
-	return local, pending, nil
-}
-
-// followSplits finishes the splits localRanges found the range map ahead
+// followSplits finishes the splits shard.LocalRanges found the range map ahead
 // of (unsplit), then, each time a range here is restored from a snapshot,
 // those the range map holds and this node does not run: a member cut off
 // while a range split, and sent a snapshot of the range taken after the
@@ -293,10 +246,10 @@ func (n *Node) followSplits(unsplit []*placementpb.RangeDescriptor) {
 			continue
 		}
 		var missed []*placementpb.RangeDescriptor
-		local := n.rangeSet.routing()
+		local := n.rangeSet.Routing()
 		for _, d := range st.Ranges {
-			if d.Parent != 0 && slices.Contains(foundersOf(d), n.memberID) && slices.Contains(d.Replicas, n.memberID) &&
-				!slices.ContainsFunc(local, func(rr *rangeReplica) bool { return rr.desc().Id == d.Id }) {
+			if d.Parent != 0 && slices.Contains(shard.FoundersOf(d), n.memberID) && slices.Contains(d.Replicas, n.memberID) &&
+				!slices.ContainsFunc(local, func(rr *shard.Range) bool { return uint64(rr.ID()) == d.Id }) {
 				missed = append(missed, d)
 			}
 		}
@@ -320,10 +273,10 @@ func (n *Node) finishSplits(ctx context.Context, pending []*placementpb.RangeDes
 			// The holder is the range before d's start: a range joined
 			// late may end short of where its parent did (it split again
 			// meanwhile), and what follows it joins next.
-			var holder *rangeReplica
+			var holder *shard.Range
 			done := false
-			for _, rr := range n.rangeSet.routing() {
-				rd := rr.desc()
+			for _, rr := range n.rangeSet.Routing() {
+				rd := rr.Descriptor()
 				switch {
 				case rd.Id == d.Id:
 					done = true
@@ -344,7 +297,7 @@ func (n *Node) finishSplits(ctx context.Context, pending []*placementpb.RangeDes
 				wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 				req, err := n.splitRequest(wctx, holder, d)
 				if err == nil {
-					_, err = holder.client.Write(wctx, req)
+					_, err = n.routes.Client(holder.ID()).Write(wctx, req)
 				}
 				wcancel()
 				if err != nil && !errors.Is(err, mvcc.ErrOutsideSpan) {
@@ -363,8 +316,8 @@ func (n *Node) finishSplits(ctx context.Context, pending []*placementpb.RangeDes
 // splitElsewhere reports whether holder's replica here no longer holds
 // d's start key in its store: a snapshot taken after d split off it
 // replaced what it had, so the split will never apply here.
-func (n *Node) splitElsewhere(holder *rangeReplica, d *placementpb.RangeDescriptor) bool {
-	sp, ok, err := mvcc.StoredSpan(n.db, holder.desc().Id)
+func (n *Node) splitElsewhere(holder *shard.Range, d *placementpb.RangeDescriptor) bool {
+	sp, ok, err := n.rangeSet.StoredSpan(holder.ID())
 	return err == nil && ok && !sp.Contains(d.Start)
 }
 
@@ -374,7 +327,7 @@ func (n *Node) splitElsewhere(holder *rangeReplica, d *placementpb.RangeDescript
 // raft log, so replaying that log here would miss it: every other replica
 // of d compacts its log (after one empty entry, so each has something to
 // snapshot) and this member joins d, to be sent a snapshot.
-func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *placementpb.RangeDescriptor) error {
+func (n *Node) joinLateSplit(ctx context.Context, holder *shard.Range, d *placementpb.RangeDescriptor) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	empty, _ := proto.Marshal(&pb.LeaseCheckpointRequest{})
@@ -406,9 +359,9 @@ func (n *Node) joinLateSplit(ctx context.Context, holder *rangeReplica, d *place
 	if rr == nil {
 		return nil // in the range set already
 	}
-	if err := n.startRangeInto(rr, n.shardCfg, n.raftCfg, false, true); err != nil {
+	if err := n.startRange(rr, false, true); err != nil {
 		return fmt.Errorf("start range %d: %w", d.Id, err)
 	}
-	n.log.Info("joined a range split off while this member was away", "range", d.Id, "parent", holder.desc().Id, "key", string(d.Start))
+	n.log.Info("joined a range split off while this member was away", "range", d.Id, "parent", holder.ID(), "key", string(d.Start))
 	return nil
 }

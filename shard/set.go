@@ -18,8 +18,8 @@ import (
 // Set is this member's replicas of ranges, by id and in key order (by
 // their descriptors' start keys), started or still starting (a split's new
 // range is in the set before its replica starts). It also knows how this
-// member starts a replica (Start) and which ranges of the range map it
-// runs after a restart (LocalRanges).
+// member starts a replica (Start); LocalRanges says which ranges of the
+// range map it runs after a restart.
 //
 //	add r1 [,m) r2 [m,)           → routing r1 r2
 //	split of r2 at t makes r3     → r2 [m,t) r3 [t,)  (r3 not started)
@@ -50,17 +50,10 @@ type SetConfig struct {
 	Target func(id uint64) dragonboat.Target
 	// Learner reports whether this member is a learner now; nil: never.
 	Learner func() bool
-	// Log receives what LocalRanges finds unfinished; nil discards it.
-	Log *slog.Logger
 }
 
 // NewSet returns an empty set.
-func NewSet(cfg SetConfig) *Set {
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
-	return &Set{cfg: cfg}
-}
+func NewSet(cfg SetConfig) *Set { return &Set{cfg: cfg} }
 
 // Add puts r in the set in key order, replacing the range of the same id
 // if there is one.
@@ -177,24 +170,25 @@ func (s *Set) Start(r *Range, cfg Config, raftCfg dbconfig.Config, founders, joi
 	return r.Start(cfg, members, join, raftCfg)
 }
 
-// LocalRanges returns the ranges this member starts, in key order: the
+// LocalRanges returns the ranges member self starts, in key order: the
 // range map's, except that a range the map names whose split has not
 // applied here is left in the range it was to split from (pending). A
 // split is recorded in the map before the range applies it, so a stop in
 // between leaves the map ahead of the range; the caller proposes the rest.
 // On a first start (founding) the map is the ranges.
-func (s *Set) LocalRanges(ranges []*placementpb.RangeDescriptor, founding bool) (local, pending []*placementpb.RangeDescriptor, err error) {
+// What it finds unfinished it logs to log.
+func LocalRanges(db *pebble.DB, self uint64, ranges []*placementpb.RangeDescriptor, founding bool, log *slog.Logger) (local, pending []*placementpb.RangeDescriptor, err error) {
 	if founding {
 		return ranges, nil, nil
 	}
 	for i, d := range ranges {
 		// A range this member did not found it joins (a membership
 		// change added it): raft sends it whole, split or not here.
-		if i == 0 || d.Parent == 0 || !slices.Contains(FoundersOf(d), s.cfg.Self) {
+		if i == 0 || d.Parent == 0 || !slices.Contains(FoundersOf(d), self) {
 			local = append(local, d)
 			continue
 		}
-		here, err := mvcc.SplitHere(s.cfg.DB, d.Id)
+		here, err := mvcc.SplitHere(db, d.Id)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -209,7 +203,7 @@ func (s *Set) LocalRanges(ranges []*placementpb.RangeDescriptor, founding bool) 
 		prev.Generation--
 		local[len(local)-1] = prev
 		pending = append(pending, d)
-		s.cfg.Log.Warn("a split recorded in the range map has not applied here; proposing it again", "range", d.Id,
+		log.Warn("a split recorded in the range map has not applied here; proposing it again", "range", d.Id,
 			"parent", d.Parent, "key", string(d.Start))
 	}
 	return local, pending, nil

@@ -2,6 +2,7 @@ package shard
 
 import (
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -132,11 +133,11 @@ func TestLocalRanges(t *testing.T) {
 		{Id: 3, Start: []byte("p"), End: []byte("t"), Generation: 2, Parent: 2, Replicas: []uint64{1, 2}},
 		{Id: 4, Start: []byte("t"), Generation: 3, Parent: 2, Replicas: []uint64{1, 2, 7}, Founders: []uint64{2, 7}},
 	}
-	s := NewSet(SetConfig{DB: db, Self: 1})
-	if local, pending, err := s.LocalRanges(ranges, true); err != nil || len(local) != 4 || pending != nil {
+	log := slog.New(slog.DiscardHandler)
+	if local, pending, err := LocalRanges(db, 1, ranges, true, log); err != nil || len(local) != 4 || pending != nil {
 		t.Fatalf("founding: local %v pending %v err %v; want the map as it is", local, pending, err)
 	}
-	local, pending, err := s.LocalRanges(ranges, false)
+	local, pending, err := LocalRanges(db, 1, ranges, false, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -209,21 +209,22 @@ type Node struct {
 	nh      *dragonboat.NodeHost
 	primary *shard.Primary
 	// hooks let tests stop a split where a crash may stop it
-	// (export_test.go): splitCutShort after the range map names the new
-	// range, before the range splits; splitNoStart after the range split,
-	// before the new range starts here.
+	// (export_test.go; router.SplitterConfig's CutShort and NoStart).
 	hooks struct{ splitCutShort, splitNoStart atomic.Bool }
 	// first is range 1, in both modes: single-group mode's only range,
 	// and in sharded mode the home of leases and of the cluster's records.
 	first *shard.Range
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
+	// splitter splits ranges and takes in the splits applied here
+	// (sharded mode; nil in single-group mode).
+	splitter *router.Splitter
 	// fanout revokes leases' keys outside range 1 in sharded mode, and
 	// finishes the revokes left pending while this node leads range 1.
 	fanout *router.LeaseFanout
 	// rs is the router (nil until Start has made it).
 	rs *router.Server
-	// shardCfg and raftCfg start ranges a split makes (sharded mode).
+	// shardCfg and raftCfg start the ranges after range 1 (sharded mode).
 	shardCfg shard.Config
 	raftCfg  dbconfig.Config
 	// Sharded mode: the revision oracle's allocator on this node's
@@ -248,12 +249,9 @@ type Node struct {
 	// compactor is automatic compaction (nil: off); Close stops it.
 	compactor *router.Compactor
 	stop      chan struct{} // closed by Close: stops the watch pump
-	// missed is signalled when a range here was restored from a snapshot:
-	// it may have missed splits (see followSplits).
-	missed   chan struct{}
-	grpc     *grpc.Server
-	http     *http.Server
-	nhConfig dbconfig.NodeHostConfig
+	grpc      *grpc.Server
+	http      *http.Server
+	nhConfig  dbconfig.NodeHostConfig
 	// membersView caches the membership last read (see Members).
 	membersView atomic.Pointer[membersView]
 	muxes       []cmux.CMux
@@ -328,7 +326,6 @@ func (n *Node) start(ctx context.Context) error {
 		n.log.Info("starting in the mode the data directory was created in", "data-dir", n.cfg.DataDir, "mode", modeName(n.cfg.Sharded))
 	}
 	n.stop = make(chan struct{})
-	n.missed = make(chan struct{}, 1)
 	n.closedClock = shard.NewClock()
 	quietDragonboat()
 	b, err := n.identify()
@@ -593,12 +590,21 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
 	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
 		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load})
+	if cfg.Sharded {
+		n.routes = router.NewRangeCacheVia(n.fwd)
+		n.merger = watch.NewMerger()
+		n.splitter = router.NewSplitter(router.SplitterConfig{Self: placement.NodeID(n.memberID), Map: n.placement,
+			RevisionsAbove: n.oracle.RevisionsAbove, Margin: oracleWindow, Ranges: n.routes, Local: n.rangeSet,
+			Forwarder: n.fwd, Merger: n.merger, Home: singleShardID, NewRange: n.newRange, StartRange: n.startRange,
+			Stop: n.stop, Log: n.log, CutShort: n.hooks.splitCutShort.Load, NoStart: n.hooks.splitNoStart.Load})
+	}
 	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
-		n.onSplit(n.first, uint64(child), span, rev, replicaIDs(founders))
+		if n.splitter != nil {
+			n.splitter.OnSplit(n.first, child, span, rev, founders)
+		}
 	}, OnRecover: func() {
-		select {
-		case n.missed <- struct{}{}:
-		default:
+		if n.splitter != nil {
+			n.splitter.Recovered()
 		}
 	}, OnPeers: n.peers.record, OnHold: func(target shard.ReplicaID, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
@@ -639,7 +645,6 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		return err
 	}
 	if cfg.Sharded {
-		n.routes = router.NewRangeCacheVia(n.fwd)
 		for _, d := range ranges[1:] {
 			// A range a split made starts with its founding members, as
 			// the split starts it: raft takes them again on a restart, and
@@ -682,8 +687,7 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 		Log:             n.log,
 	})
 	if cfg.Sharded {
-		n.merger = watch.NewMerger()
-		n.wg.Add(3)
+		n.wg.Add(2)
 		go func() {
 			defer n.wg.Done()
 			n.closedClock.Run(n.stop, closedEvery)
@@ -692,7 +696,7 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 			defer n.wg.Done()
 			router.RunProgress(n.merger, cfg.WatchProgressNotifyInterval, n.stop)
 		}()
-		go n.followSplits(unsplit)
+		n.splitter.Follow(unsplit)
 		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
 			Home: n.first, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
 		n.fanout.Start()
@@ -868,6 +872,9 @@ func (n *Node) Close() error {
 		}
 		for _, rr := range n.routing() {
 			rr.Stop() // its catch-up and closer
+		}
+		if n.splitter != nil {
+			n.splitter.Close()
 		}
 		n.wg.Wait()
 		if n.primary != nil {

@@ -68,7 +68,7 @@ func (s memberService) Kick(id shard.RangeID, rev mvcc.Revision) {
 }
 
 func (s memberService) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
-	return s.n.SplitRange(ctx, key)
+	return s.n.SplitRange(ctx, key) // router.Splitter's
 }
 
 func (s memberService) CompactLog(ctx context.Context, id shard.RangeID) error {

@@ -112,10 +112,19 @@ func (n *Node) startRange(r *shard.Range, founders, join bool) error {
 	cfg := n.shardCfg
 	cfg.OnApply = nil
 	cfg.OnSplit = func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
-		n.onSplit(r, uint64(child), span, rev, replicaIDs(founders))
+		n.splitter.OnSplit(r, child, span, rev, founders)
 	}
 	cfg.OnPeers, cfg.OnHold = nil, nil
 	return n.rangeSet.Start(r, cfg, n.raftCfg, founders, join)
+}
+
+// SplitRange splits the range holding key at key, while it serves, and
+// returns the two ranges the split made (router.Splitter.SplitRange).
+func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
+	if n.splitter == nil {
+		return nil, router.Refuse(router.ErrPrecondition, "cairn: splitting needs sharded mode (this cluster runs with --single-group)")
+	}
+	return n.splitter.SplitRange(ctx, key)
 }
 
 // Now implements router.Oracle: a revision at or above every write

@@ -6,7 +6,8 @@
 // owns: the config and its defaults, the data directory (datadir.go),
 // founding and joining (bootstrap.go), etcd's membership API (members.go;
 // sharded mode's walk is placement.Membership's), leader transfer
-// (transfer.go), and splits as they reach this member (split.go).
+// (transfer.go), and starting this member's replicas of ranges (sharded.go)
+// for itself and for the router's Splitter.
 //
 // Start brings everything up in phases (node.go: identify, openStore,
 // startRaft, startPlacementGroup, startRanges, startBackground, serve,
@@ -50,8 +51,8 @@
 //
 // Every range here, range 1 included and in both modes, is a shard.Range
 // (its raft replica, state machine, proposer, watch hub with its catch-up,
-// and in sharded mode its closer); the node wraps each with the router's
-// client of it (rangeReplica) and keeps them by key (rangeSet). Range 1
+// and in sharded mode its closer); the node keeps them in a shard.Set (by
+// key), and the router's range cache holds each with its client. Range 1
 // starts at the empty key and is the range single-group mode runs, so it
 // keeps the cluster's own records and is every lease's home in both modes.
 //
@@ -70,8 +71,8 @@
 // watches over ranges. The router's lease fan-out (router.LeaseFanout)
 // revokes a lease's shadows in the ranges registered at range 1 and, while
 // this member leads range 1, finishes the revokes left pending every 50 ms;
-// the node starts and stops it and tells it what only the node knows of
-// range 1 (leaseHome). The router also serves the range map
+// the node starts and stops it, with range 1 (a shard.Range) as the home.
+// The router also serves the range map
 // (/cairn/ranges, Node.Ranges), with raft's membership of each range from
 // the node (rangeMembers).
 //
@@ -85,21 +86,19 @@
 // a time per node pair (sidechannel.go) with every range published since
 // the last.
 //
-// Splits (split.go): SplitRange records the split in the placement map,
+// Splits are the router's (router.Splitter, router/split.go); the node
+// wires it, starts the replicas it asks for (startRange) and passes
+// Node.SplitRange on. SplitRange records the split in the placement map,
 // which names the new range, then proposes it to the range; as it applies,
 // every replica hands the keys from the split key on to the new range at
 // one revision (the data stays in place), moves its watchers there
 // (watch.Merger.Split) and starts the new range with the founders the
 // split names (the map's replicas), which registers its leases' keys at
-// their home. SplitRange proposes again while the range elects a leader,
-// and finishes a split an earlier call recorded in the map but was cut
-// short of. A split cut short by a crash is finished at the next start
-// (localRanges, finishSplits); a member that was away while a range split
-// (down, or cut off) and catches up on it from a snapshot taken after the
-// split — at its next start, or as a range here is restored from a
-// snapshot (followSplits) — joins the new range as a replica to be sent a
-// snapshot (joinLateSplit: its other replicas compact their logs first, as
-// for a member added).
+// their home. A split cut short by a crash is finished at the next start
+// (shard.LocalRanges, Splitter.Follow); a member that was away while a
+// range split and catches up on it from a snapshot taken after the split
+// joins the new range as a replica to be sent a snapshot (its other
+// replicas compact their logs first, as for a member added).
 //
 // Membership in sharded mode is placement.Membership's, wired in
 // membership.go: a member added joins the placement group and every range,

@@ -9,9 +9,9 @@ import (
 // AppliedIndex is the raft index range id's replica here has applied, for
 // tests that check what a range writes to its log.
 func (n *Node) AppliedIndex(ctx context.Context, id uint64) (uint64, error) {
-	for _, rr := range n.rangeSet.all() {
-		if rr.desc().Id == id {
-			st, err := rr.proposer().Status(ctx, false)
+	for _, rr := range n.rangeSet.All() {
+		if uint64(rr.ID()) == id {
+			st, err := rr.Replica().Status(ctx, false)
 			if err != nil {
 				return 0, err
 			}

@@ -16,15 +16,3 @@ func (n *Node) selfReplica() shard.ReplicaID { return shard.ReplicaID(n.memberID
 
 // memberOf is the member holding replica id of a range.
 func memberOf(id shard.ReplicaID) placement.NodeID { return placement.NodeID(id) }
-
-// replicaIDs is ids as the uint64s messages and descriptors carry.
-func replicaIDs(ids []shard.ReplicaID) []uint64 {
-	if ids == nil {
-		return nil
-	}
-	out := make([]uint64, len(ids))
-	for i, id := range ids {
-		out[i] = uint64(id)
-	}
-	return out
-}

@@ -34,7 +34,7 @@ func (n *Node) publish(ctx context.Context) {
 	}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, errs := n.first.proposer().WriteAll(wctx, reqs)
+		_, errs := n.first.Replica().WriteAll(wctx, reqs)
 		cancel()
 		err := errors.Join(errs...)
 		if err == nil {
@@ -168,7 +168,7 @@ func (n *Node) configChangeIndex() uint64 {
 // leaderConn returns a client connection to the member leading the shard,
 // for the router's forwarded lease requests.
 func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
-	leader, _, ok := n.first.proposer().Leader()
+	leader, _, ok := n.first.Replica().Leader()
 	if !ok {
 		return nil, shard.ErrNoLeader
 	}
@@ -181,7 +181,7 @@ func (n *Node) memberAttrs(ctx context.Context) (map[uint64]*pb.Member, error) {
 	if n.first == nil || !n.first.Started() {
 		return nil, errors.New("node: range 1 is not started yet")
 	}
-	return n.first.proposer().Members(ctx, false)
+	return n.first.Replica().Members(ctx, false)
 }
 
 // memberConn returns a client connection to member id's first published
@@ -328,7 +328,7 @@ func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) e
 
 // recordPeers records member id's peer URLs in the group.
 func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) error {
-	_, err := n.first.proposer().Write(ctx, &shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: peerURLs}}})
+	_, err := n.first.Replica().Write(ctx, &shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: peerURLs}}})
 	return err
 }
 

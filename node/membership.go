@@ -10,6 +10,7 @@ import (
 
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // Membership changes in sharded mode are placement.Membership's
@@ -25,17 +26,17 @@ type localRanges struct{ n *Node }
 
 // Runs reports whether this node's replica of range r is started.
 func (l localRanges) Runs(r placement.RangeID) bool {
-	return l.n.rangeSet.get(uint64(r), true) != nil
+	return l.n.rangeSet.Get(shard.RangeID(r), true) != nil
 }
 
 // Touch commits an empty lease checkpoint to range r.
 func (l localRanges) Touch(ctx context.Context, r placement.RangeID) error {
-	rr := l.n.rangeSet.get(uint64(r), true)
-	if rr == nil {
+	rc := l.n.routes.Client(shard.RangeID(r))
+	if l.n.rangeSet.Get(shard.RangeID(r), true) == nil || rc == nil {
 		return fmt.Errorf("node: range %d does not run here", r)
 	}
 	empty, _ := proto.Marshal(&pb.LeaseCheckpointRequest{})
-	_, err := rr.client.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}})
+	_, err := rc.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}})
 	return err
 }
 

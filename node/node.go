@@ -209,21 +209,22 @@ type Node struct {
 	nh      *dragonboat.NodeHost
 	primary *shard.Primary
 	// hooks let tests stop a split where a crash may stop it
-	// (export_test.go): splitCutShort after the range map names the new
-	// range, before the range splits; splitNoStart after the range split,
-	// before the new range starts here.
+	// (export_test.go; router.SplitterConfig's CutShort and NoStart).
 	hooks struct{ splitCutShort, splitNoStart atomic.Bool }
 	// first is range 1, in both modes: single-group mode's only range,
 	// and in sharded mode the home of leases and of the cluster's records.
-	first *rangeReplica
+	first *shard.Range
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
+	// splitter splits ranges and takes in the splits applied here
+	// (sharded mode; nil in single-group mode).
+	splitter *router.Splitter
 	// fanout revokes leases' keys outside range 1 in sharded mode, and
 	// finishes the revokes left pending while this node leads range 1.
 	fanout *router.LeaseFanout
 	// rs is the router (nil until Start has made it).
 	rs *router.Server
-	// shardCfg and raftCfg start ranges a split makes (sharded mode).
+	// shardCfg and raftCfg start the ranges after range 1 (sharded mode).
 	shardCfg shard.Config
 	raftCfg  dbconfig.Config
 	// Sharded mode: the revision oracle's allocator on this node's
@@ -242,8 +243,10 @@ type Node struct {
 	reconfig *placement.Membership
 	// routes is the router's range cache (sharded mode): the node puts
 	// each range in as it starts one or a split changes or makes one.
-	routes   *router.RangeCache
-	rangeSet rangeSet
+	routes *router.RangeCache
+	// rangeSet is this member's replicas of the ranges (made by
+	// startRanges).
+	rangeSet *shard.Set
 	// closedClock and side are the closers' common round and the side
 	// channel of their closed revisions (sidechannel.go).
 	closedClock *shard.Clock
@@ -251,12 +254,9 @@ type Node struct {
 	// compactor is automatic compaction (nil: off); Close stops it.
 	compactor *router.Compactor
 	stop      chan struct{} // closed by Close: stops the watch pump
-	// missed is signalled when a range here was restored from a snapshot:
-	// it may have missed splits (see followSplits).
-	missed   chan struct{}
-	grpc     *grpc.Server
-	http     *http.Server
-	nhConfig dbconfig.NodeHostConfig
+	grpc      *grpc.Server
+	http      *http.Server
+	nhConfig  dbconfig.NodeHostConfig
 	// membersView caches the membership last read (see Members).
 	membersView atomic.Pointer[membersView]
 	muxes       []cmux.CMux
@@ -331,7 +331,6 @@ func (n *Node) start(ctx context.Context) error {
 		n.log.Info("starting in the mode the data directory was created in", "data-dir", n.cfg.DataDir, "mode", modeName(n.cfg.Sharded))
 	}
 	n.stop = make(chan struct{})
-	n.missed = make(chan struct{}, 1)
 	n.closedClock = shard.NewClock()
 	quietDragonboat()
 	b, err := n.identify()
@@ -556,7 +555,7 @@ func (n *Node) startPlacementGroup(ctx context.Context, b boot) (ranges, unsplit
 	} else if ranges, err = n.startPlacement(ctx, b.founders, b.election, b.heartbeat); err != nil {
 		return nil, nil, err
 	}
-	if ranges, unsplit, err = n.localRanges(ranges, b.founders != nil); err != nil {
+	if ranges, unsplit, err = shard.LocalRanges(n.db, n.memberID, ranges, b.founders != nil, n.log); err != nil {
 		return nil, nil, err
 	}
 	if ranges[0].Id != singleShardID || len(ranges[0].Start) != 0 {
@@ -590,19 +589,30 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
 	span := mvcc.Span{}
 	if cfg.Sharded {
-		span = spanOf(ranges[0])
+		span = shard.SpanOf(ranges[0])
 	}
 	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.dialMember)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
 	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
 		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: localRanges{n}, Peers: n.fwd,
 		Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
+	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
+		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load})
+	if cfg.Sharded {
+		n.routes = router.NewRangeCacheVia(n.fwd)
+		n.merger = watch.NewMerger()
+		n.splitter = router.NewSplitter(router.SplitterConfig{Self: placement.NodeID(n.memberID), Map: n.placement,
+			RevisionsAbove: n.oracle.RevisionsAbove, Margin: oracleWindow, Ranges: n.routes, Local: n.rangeSet,
+			Forwarder: n.fwd, Merger: n.merger, Home: singleShardID, NewRange: n.newRange, StartRange: n.startRange,
+			Stop: n.stop, Log: n.log, CutShort: n.hooks.splitCutShort.Load, NoStart: n.hooks.splitNoStart.Load})
+	}
 	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
-		n.onSplit(n.first, uint64(child), span, rev, replicaIDs(founders))
+		if n.splitter != nil {
+			n.splitter.OnSplit(n.first, child, span, rev, founders)
+		}
 	}, OnRecover: func() {
-		select {
-		case n.missed <- struct{}{}:
-		default:
+		if n.splitter != nil {
+			n.splitter.Recovered()
 		}
 	}, OnPeers: n.peers.record, OnHold: func(target shard.ReplicaID, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
@@ -628,9 +638,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		if n.first != nil {
 			n.first.Close() // a join starting over under another id
 		}
-		n.first = &rangeReplica{Range: shard.NewRange(n.rangeCfg(shard.ReplicaID(id)), first, 0)}
-		n.first.client = n.fwd.Range(n.first)
-		n.rangeSet.ranges = []*rangeReplica{n.first}
+		n.first = shard.NewRange(n.rangeCfg(shard.ReplicaID(id)), first, 0)
+		n.rangeSet.Add(n.first)
 		if err := n.first.Start(shardCfg, b.founders, b.join, raftCfg(id)); err != nil {
 			return fmt.Errorf("node: start shard: %w", err)
 		}
@@ -650,24 +659,21 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			// they start it if the node stopped after the split applied
 			// here but before it started the new range (raft would not
 			// know it otherwise).
-			rr, err := n.startRange(d, shardCfg, raftCfg(n.memberID), b.founders != nil || d.Parent != 0 || !slices.Contains(foundersOf(d), n.memberID))
-			if err != nil {
+			r := n.newRange(d, 0)
+			n.rangeSet.Add(r)
+			if err := n.startRange(r, b.founders != nil || d.Parent != 0 || !slices.Contains(shard.FoundersOf(d), n.memberID), false); err != nil {
 				return err
 			}
-			n.rangeSet.ranges = append(n.rangeSet.ranges, rr)
 		}
-		n.routes = router.NewRangeCache()
-		for _, rr := range n.rangeSet.ranges {
-			n.routes.Put(rr.entry())
-		}
+		n.routes.PutRanges(n.rangeSet.Routing()...)
 	}
-	n.holds.Store(n.first.proposer())
+	n.holds.Store(n.first.Replica())
 	if err := n.waitLeader(ctx); err != nil {
 		return err
 	}
 	// Watchers start from the store's revision (later applies notify the
 	// hubs as they come).
-	for _, rr := range n.rangeSet.all() {
+	for _, rr := range n.rangeSet.All() {
 		if err := rr.SyncHub(ctx); err != nil {
 			return fmt.Errorf("node: %w", err)
 		}
@@ -682,23 +688,25 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 	cfg := n.cfg
 	n.primary = shard.StartPrimary(shard.PrimaryConfig{
-		Replica:         n.first.proposer(),
+		Replica:         n.first.Replica(),
 		Lessor:          func() *lease.Lessor { return n.first.StateMachine().Lessor() },
 		ReplicaID:       n.selfReplica(),
 		ElectionTimeout: cfg.ElectionTimeout,
 		Log:             n.log,
 	})
 	if cfg.Sharded {
-		n.merger = watch.NewMerger()
-		n.wg.Add(3)
+		n.wg.Add(2)
 		go func() {
 			defer n.wg.Done()
 			n.closedClock.Run(n.stop, closedEvery)
 		}()
-		go n.mergedProgress()
-		go n.followSplits(unsplit)
+		go func() {
+			defer n.wg.Done()
+			router.RunProgress(n.merger, cfg.WatchProgressNotifyInterval, n.stop)
+		}()
+		n.splitter.Follow(unsplit)
 		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
-			Home: leaseHome{n}, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
+			Home: n.first, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
 		n.fanout.Start()
 	}
 	n.wg.Add(1)
@@ -717,7 +725,7 @@ func (n *Node) serve() error {
 		Self:              n.self,
 		ClusterID:         n.clusterID,
 		MemberID:          placement.NodeID(n.memberID),
-		Shard:             n.first.proposer(),
+		Shard:             n.first.Replica(),
 		MaxRequestBytes:   cfg.MaxRequestBytes,
 		MaxTxnOps:         cfg.MaxTxnOps,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
@@ -727,7 +735,7 @@ func (n *Node) serve() error {
 		Oracle:            n,
 	}
 	if cfg.Sharded {
-		rcfg.Shard = n.first.client
+		rcfg.Shard = n.routes.Client(singleShardID)
 		rcfg.Ranges = n.routes
 		rcfg.Merger = n.merger
 		rcfg.RemoteLeases = n.fanout
@@ -738,7 +746,7 @@ func (n *Node) serve() error {
 		// forwarding), its watches are direct hub streams (watch.Merged),
 		// whose progress notifications its hub sends. Every lease's keys
 		// are in its home: no fan-out (RemoteLeases nil).
-		rcfg.Ranges = router.NewStaticRangeCache(router.RangeEntry{Local: n.first, Shard: n.first.proposer(),
+		rcfg.Ranges = router.NewStaticRangeCache(router.RangeEntry{Local: router.LocalRange(n.first), Shard: n.first.Replica(),
 			Watches: n.first.Hub()})
 		rcfg.Merger = watch.NewMerger()
 	}
@@ -791,7 +799,7 @@ func (n *Node) waitLeader(ctx context.Context) error {
 	t := time.NewTicker(rttMillisecond * time.Millisecond)
 	defer t.Stop()
 	for {
-		if _, _, ok := n.first.proposer().Leader(); ok {
+		if _, _, ok := n.first.Replica().Leader(); ok {
 			return nil
 		}
 		select {
@@ -837,7 +845,7 @@ func (n *Node) Close() error {
 			// the graceful stop need not wait for them.
 			_ = n.self.Close()
 		}
-		for _, rr := range n.rangeSet.routing() {
+		for _, rr := range n.routing() {
 			rr.Hub().Close() // ends watch streams, so the graceful stop need not wait
 		}
 		if n.grpc != nil {
@@ -870,14 +878,17 @@ func (n *Node) Close() error {
 		if n.fanout != nil {
 			n.fanout.Close()
 		}
-		for _, rr := range n.rangeSet.routing() {
+		for _, rr := range n.routing() {
 			rr.Stop() // its catch-up and closer
+		}
+		if n.splitter != nil {
+			n.splitter.Close()
 		}
 		n.wg.Wait()
 		if n.primary != nil {
 			n.primary.Close()
 		}
-		for _, rr := range n.rangeSet.routing() {
+		for _, rr := range n.routing() {
 			rr.Close() // its goroutines and proposer
 		}
 		if n.alloc != nil {
@@ -902,12 +913,20 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
+// routing is this member's ranges (none before startRanges made the set).
+func (n *Node) routing() []*shard.Range {
+	if n.rangeSet == nil {
+		return nil
+	}
+	return n.rangeSet.Routing()
+}
+
 // Status implements router.NodeInfo.
 func (n *Node) Status() router.NodeStatus {
 	m := n.db.Metrics()
 	size := int64(m.DiskSpaceUsage())
 	st := router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
-	if leader, _, ok := n.first.proposer().Leader(); ok {
+	if leader, _, ok := n.first.Replica().Leader(); ok {
 		st.Leader = uint64(memberOf(leader))
 	}
 	return st

@@ -26,18 +26,9 @@ import (
 // forwardRetry is the wait between tries while leadership is moving.
 const forwardRetry = 10 * time.Millisecond
 
-// Replica implements router.Local (with shard.Range's Descriptor and
-// Ready).
-func (rr *rangeReplica) Replica() router.Replica { return rr.proposer() }
-
 // dialMember dials member id's client port (router.Dial).
 func (n *Node) dialMember(id placement.NodeID) (grpc.ClientConnInterface, error) {
 	return n.memberConn(uint64(id))
-}
-
-// nodeClient returns a client of member id's node-to-node service.
-func (n *Node) nodeClient(id placement.NodeID) (internalpb.NodeClient, error) {
-	return n.fwd.Client(id)
 }
 
 // memberService is what the node-to-node service asks of this node
@@ -48,10 +39,8 @@ func (s memberService) Range(id shard.RangeID) router.Local {
 	if !s.n.cfg.Sharded {
 		return nil // single-group mode serves no range to other members
 	}
-	for _, rr := range s.n.rangeSet.routing() {
-		if rr.ID() == id {
-			return rr
-		}
+	if r := s.n.rangeSet.Get(id, false); r != nil {
+		return router.LocalRange(r)
 	}
 	return nil
 }
@@ -66,20 +55,20 @@ func (s memberService) Revisions(ctx context.Context, count int64, above mvcc.Re
 func (s memberService) Published(r *internalpb.ClosedRequest) {
 	defer s.n.side.Got(r)()
 	for _, rc := range r.Ranges {
-		if rr := s.n.rangeSet.get(rc.Range, true); rr != nil {
+		if rr := s.n.rangeSet.Get(shard.RangeID(rc.Range), true); rr != nil {
 			rr.Published(mvcc.Revision(rc.Closed), rc.Index)
 		}
 	}
 }
 
 func (s memberService) Kick(id shard.RangeID, rev mvcc.Revision) {
-	if rr := s.n.rangeSet.get(uint64(id), true); rr != nil {
+	if rr := s.n.rangeSet.Get(id, true); rr != nil {
 		rr.WantClosed(rev)
 	}
 }
 
 func (s memberService) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
-	return s.n.SplitRange(ctx, key)
+	return s.n.SplitRange(ctx, key) // router.Splitter's
 }
 
 func (s memberService) CompactLog(ctx context.Context, id shard.RangeID) error {

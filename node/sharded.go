@@ -5,16 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
 
-	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
-	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
@@ -32,74 +29,6 @@ const placementShardID = 1 << 48
 
 // oracleWindow is how many revisions one persisted oracle bound covers.
 const oracleWindow = 10000
-
-// rangeReplica is this member's replica of one range (shard.Range: its
-// raft replica, proposer, watch hub and closer) and the range as the router
-// uses it here (client: through its leader).
-type rangeReplica struct {
-	*shard.Range
-	client *router.RangeClient
-}
-
-// desc returns the range's descriptor.
-func (rr *rangeReplica) desc() *placementpb.RangeDescriptor { return rr.Descriptor() }
-
-// proposer is the range's proposer and reader (nil before it starts).
-func (rr *rangeReplica) proposer() *shard.Replica { return rr.Range.Replica() }
-
-// rangeSet is the node's replicas of the ranges, in key order; the router
-// routes by its range cache (Node.routes), which the node keeps up to date
-// with them (router.RangeCache.Put).
-type rangeSet struct {
-	mu     sync.RWMutex
-	ranges []*rangeReplica // by start key
-}
-
-// all returns every range whose replica is started, in key order.
-func (s *rangeSet) all() []*rangeReplica {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]*rangeReplica, 0, len(s.ranges))
-	for _, rr := range s.ranges {
-		if rr.Started() {
-			out = append(out, rr)
-		}
-	}
-	return out
-}
-
-// routing returns every range in key order, those still starting (a
-// split's new range) included: requests for them wait until it is.
-func (s *rangeSet) routing() []*rangeReplica {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return slices.Clone(s.ranges)
-}
-
-// get returns range id's replica here, nil if there is none (or, with
-// started, none started yet).
-func (s *rangeSet) get(id uint64, started bool) *rangeReplica {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	for _, rr := range s.ranges {
-		if uint64(rr.ID()) == id && (!started || rr.Started()) {
-			return rr
-		}
-	}
-	return nil
-}
-
-// spanOf is a descriptor's span in mvcc's form (nil end: ∞).
-func spanOf(d *placementpb.RangeDescriptor) mvcc.Span {
-	sp := mvcc.Span{Start: d.Start, End: d.End}
-	if sp.Start == nil {
-		sp.Start = []byte{}
-	}
-	if len(sp.End) == 0 {
-		sp.End = nil
-	}
-	return sp
-}
 
 // startPlacement starts this node's replica of the placement group (a
 // founder's, or a restart's), bootstraps the range map with the initial
@@ -158,29 +87,10 @@ func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join
 	return nil
 }
 
-// startRange starts this node's replica of a range other than range 1
-// (see startRangeInto for founders).
-func (n *Node) startRange(d *placementpb.RangeDescriptor, shardCfg shard.Config, raftCfg dbconfig.Config, founders bool) (*rangeReplica, error) {
-	rr := n.newRangeReplica(d, 0)
-	return rr, n.startRangeInto(rr, shardCfg, raftCfg, founders, false)
-}
-
-// foundersOf are the nodes that started range d's raft group (maps written
-// before descriptors named them: its replicas, which no membership change
-// had changed then).
-func foundersOf(d *placementpb.RangeDescriptor) []uint64 {
-	if len(d.Founders) > 0 {
-		return d.Founders
-	}
-	return d.Replicas
-}
-
-// newRangeReplica returns the node's replica of range d, not started, its
+// newRange returns this member's replica of range d, not started, its
 // watch hub at rev.
-func (n *Node) newRangeReplica(d *placementpb.RangeDescriptor, rev mvcc.Revision) *rangeReplica {
-	rr := &rangeReplica{Range: shard.NewRange(n.rangeCfg(n.selfReplica()), d, rev)}
-	rr.client = n.fwd.Range(rr)
-	return rr
+func (n *Node) newRange(d *placementpb.RangeDescriptor, rev mvcc.Revision) *shard.Range {
+	return shard.NewRange(n.rangeCfg(n.selfReplica()), d, rev)
 }
 
 // rangeCfg is what every range of this member shares, replicaID its
@@ -189,44 +99,32 @@ func (n *Node) rangeCfg(replicaID shard.ReplicaID) shard.RangeConfig {
 	c := shard.RangeConfig{NodeHost: n.nh, ReplicaID: replicaID, ProgressEvery: n.cfg.WatchProgressNotifyInterval, Log: n.log}
 	if n.cfg.Sharded {
 		c.Stamper, c.CloseEvery, c.Tick = n.oracle, closedEvery, n.closedClock.Next
-		c.Publish, c.ForwardKick = n.publishClosed, n.forwardKick
+		c.Publish, c.ForwardKick = n.side.PublishClosed, n.side.ForwardKick
 	}
 	return c
 }
 
-// startRangeInto starts the raft replica of rr (shard.Range.Start). With
-// founders, a node among the range's founders starts it with them (raft
-// takes them again on a restart); any other node joins it (or restarts what
-// it joined), to be added by a membership change and sent a snapshot. With
-// join, this node joins it whatever it is (joinLateSplit).
-func (n *Node) startRangeInto(rr *rangeReplica, shardCfg shard.Config, raftCfg dbconfig.Config, founders, join bool) error {
-	d := rr.desc()
-	shardCfg.Span = spanOf(d)
-	shardCfg.OnApply = nil
-	shardCfg.OnSplit = func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
-		n.onSplit(rr, uint64(child), span, rev, replicaIDs(founders))
+// startRange starts this member's replica r of a range other than range 1
+// (shard.Set.Start says how founders and join choose between starting it
+// with its founders and joining it), with what range 1 alone carries left
+// out of its config.
+func (n *Node) startRange(r *shard.Range, founders, join bool) error {
+	cfg := n.shardCfg
+	cfg.OnApply = nil
+	cfg.OnSplit = func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
+		n.splitter.OnSplit(r, child, span, rev, founders)
 	}
-	shardCfg.OnPeers, shardCfg.OnHold = nil, nil
-	var members map[uint64]dragonboat.Target
-	if founders && !join {
-		if slices.Contains(foundersOf(d), n.memberID) {
-			members = map[uint64]dragonboat.Target{}
-			for _, id := range foundersOf(d) {
-				members[id] = memberTarget(id)
-			}
-		} else {
-			join = true
-		}
-	}
-	// A founder votes; a member joining is a learner until promoted, as
-	// it is in range 1 (a member added as a voter is promoted at once).
-	raftCfg.IsNonVoting = members == nil && n.learner.Load()
-	return rr.Start(shardCfg, members, join, raftCfg)
+	cfg.OnPeers, cfg.OnHold = nil, nil
+	return n.rangeSet.Start(r, cfg, n.raftCfg, founders, join)
 }
 
-// entry is rr as the router's range cache holds it.
-func (rr *rangeReplica) entry() router.RangeEntry {
-	return router.RangeEntry{Local: rr, Shard: rr.client, Watches: rr.Hub(), Kick: rr.WantClosed}
+// SplitRange splits the range holding key at key, while it serves, and
+// returns the two ranges the split made (router.Splitter.SplitRange).
+func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
+	if n.splitter == nil {
+		return nil, router.Refuse(router.ErrPrecondition, "cairn: splitting needs sharded mode (this cluster runs with --single-group)")
+	}
+	return n.splitter.SplitRange(ctx, key)
 }
 
 // Now implements router.Oracle: a revision at or above every write
@@ -237,15 +135,15 @@ func (rr *rangeReplica) entry() router.RangeEntry {
 // the one range's revision, read linearizably.
 func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 	if n.oracle == nil {
-		st, err := n.first.proposer().Status(ctx, true)
+		st, err := n.first.Replica().Status(ctx, true)
 		if err != nil {
 			return 0, err
 		}
 		return st.Revision, nil
 	}
-	if rs := n.rangeSet.routing(); len(rs) == 1 {
+	if rs := n.rangeSet.Routing(); len(rs) == 1 {
 		if sm := rs[0].StateMachine(); sm != nil && sm.Counting() {
-			st, err := rs[0].client.Status(ctx, true)
+			st, err := n.routes.Client(rs[0].ID()).Status(ctx, true)
 			if err != nil {
 				return 0, err
 			}
@@ -263,54 +161,11 @@ func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 // ranges it leads (DESIGN.md "Closed revision": at least every 100 ms).
 const closedEvery = 50 * time.Millisecond
 
-// publishClosed sends the other replicas of a range this node leads its
-// closed revision, with the index applied here (the side channel of
-// DESIGN.md "Closed revision", one per node pair: sidechannel.go).
-func (n *Node) publishClosed(r *shard.Range, closed mvcc.Revision) {
-	rc := &internalpb.RangeClosed{Range: uint64(r.ID()), Closed: int64(closed), Index: r.AppliedIndex()}
-	for _, id := range r.Descriptor().Replicas {
-		if id != n.memberID {
-			n.side.Publish(placement.NodeID(id), rc)
-		}
-	}
-}
-
-// forwardKick asks the leader of a range to close what watches here wait
-// for.
-func (n *Node) forwardKick(r *shard.Range, leader shard.ReplicaID, rev mvcc.Revision) {
-	nc, err := n.nodeClient(memberOf(leader))
-	if err != nil {
-		return
-	}
-	req := &internalpb.KickRequest{Range: uint64(r.ID()), Revision: int64(rev)}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), closedEvery*4)
-		defer cancel()
-		_, _ = nc.Kick(ctx, req)
-	}()
-}
-
-// mergedProgress sends the progress notifications of watches over the
-// ranges (sharded mode) on etcd's interval.
-func (n *Node) mergedProgress() {
-	defer n.wg.Done()
-	t := time.NewTicker(n.cfg.WatchProgressNotifyInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-t.C:
-			n.merger.ProgressTick()
-		}
-	}
-}
-
 // Closed reports the closed revision this node's client of range id knows
 // (0 for an unknown range): what the side channel publishes.
 func (n *Node) Closed(id uint64) mvcc.Revision {
-	if rr := n.rangeSet.get(id, true); rr != nil {
-		return rr.proposer().Closed()
+	if r := n.rangeSet.Get(shard.RangeID(id), true); r != nil {
+		return r.Replica().Closed()
 	}
 	return 0
 }
@@ -341,22 +196,7 @@ func (n *Node) rangeMembers() map[uint64][]uint64 {
 	return members
 }
 
-// leaseHome is range 1, every lease's home, as the router's lease fan-out
-// asks the node of it (router.LeaseHome).
-type leaseHome struct{ n *Node }
-
 var (
-	_ router.LeaseHome = leaseHome{}
+	_ router.LeaseHome = (*shard.Range)(nil)
 	_ router.Replica   = (*shard.Replica)(nil)
 )
-
-func (h leaseHome) Leads() bool {
-	leader, _, ok := h.n.first.proposer().Leader()
-	return ok && leader == h.n.selfReplica()
-}
-
-func (h leaseHome) AppliedIndex() uint64 { return h.n.first.AppliedIndex() }
-
-func (h leaseHome) PendingRevokes() (map[lease.ID][]uint64, error) {
-	return h.n.first.StateMachine().Lessor().PendingRevokes()
-}

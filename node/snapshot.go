@@ -84,7 +84,7 @@ func (n *Node) backupFile(write func(io.Writer) error) (io.ReadCloser, int64, er
 // does: a revoke deletes each range's keys at that range's own revision).
 func (n *Node) shardedBackup(ctx context.Context, w io.Writer) error {
 	for attempt := 0; ; attempt++ {
-		before := rangeIDs(n.rangeSet.routing())
+		before := rangeIDs(n.rangeSet.Routing())
 		rev, err := n.Now(ctx)
 		if err != nil {
 			return err
@@ -95,7 +95,7 @@ func (n *Node) shardedBackup(ctx context.Context, w io.Writer) error {
 			}
 		}
 		snap := n.db.NewSnapshot()
-		if !slices.Equal(before, rangeIDs(n.rangeSet.routing())) {
+		if !slices.Equal(before, rangeIDs(n.rangeSet.Routing())) {
 			err = errRangesChanged
 		} else {
 			_, err = shard.WriteImageBackup(snap, singleShardID, rev, w)
@@ -114,10 +114,10 @@ func (n *Node) shardedBackup(ctx context.Context, w io.Writer) error {
 
 var errRangesChanged = errors.New("ranges split while the snapshot was taken")
 
-func rangeIDs(rs []*rangeReplica) []uint64 {
-	ids := make([]uint64, len(rs))
+func rangeIDs(rs []*shard.Range) []shard.RangeID {
+	ids := make([]shard.RangeID, len(rs))
 	for i, rr := range rs {
-		ids[i] = rr.desc().Id
+		ids[i] = rr.ID()
 	}
 	return ids
 }

@@ -40,7 +40,7 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	// after an election timeout has aborted, and the next one begins.
 	start, attempts, holds := time.Now(), 0, 0
 	for {
-		leader, _, ok := n.first.proposer().Leader()
+		leader, _, ok := n.first.Replica().Leader()
 		switch {
 		case ok && memberOf(leader) == placement.NodeID(target):
 			n.logTransfer(target, attempts, start)
@@ -50,7 +50,7 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 			req := &shardpb.Request{Op: &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{
 				Target: target, UntilUnixNano: time.Now().Add(hold).UnixNano(), MaxNanos: int64(hold)}}}
 			held := time.Now()
-			if _, err := n.first.proposer().Write(ctx, req); err != nil {
+			if _, err := n.first.Replica().Write(ctx, req); err != nil {
 				// Leadership moved or the group is between states: look again.
 				n.waitTransferee(ctx, target, 10*time.Millisecond)
 				break
@@ -167,7 +167,7 @@ func (n *Node) appliedOf(ctx context.Context, id uint64) (uint64, error) {
 
 // appliedIndex is the raft index this replica has applied (0 if unknown).
 func (n *Node) appliedIndex(ctx context.Context) uint64 {
-	st, err := n.first.proposer().Status(ctx, false)
+	st, err := n.first.Replica().Status(ctx, false)
 	if err != nil {
 		return 0
 	}
@@ -196,7 +196,7 @@ func (n *Node) waitTransferee(ctx context.Context, target uint64, d time.Duratio
 	defer t.Stop()
 	deadline := time.After(d)
 	for {
-		if leader, _, ok := n.first.proposer().Leader(); ok && memberOf(leader) == placement.NodeID(target) {
+		if leader, _, ok := n.first.Replica().Leader(); ok && memberOf(leader) == placement.NodeID(target) {
 			return true
 		}
 		select {

@@ -50,7 +50,20 @@
 // read the replicas' descriptors again. Which member leads a range is the
 // RangeClient's concern (forward.go): it forwards to the leader over the
 // node-to-node service, which this package also serves (internal.go),
-// refusals carried typed in its responses.
+// refusals carried typed in its responses. The range cache makes the
+// RangeClient of each of this member's ranges (shard.Range) as it is put
+// in (PutRanges); the side channel (sidechannel.go) publishes the closed
+// revisions of the ranges this member leads and forwards watches' kicks
+// to a range's leader; RunProgress sends the merged watches' progress
+// notifications.
+//
+// Splits (split.go, Splitter): SplitRange records a split in the range
+// map and proposes it to the range; OnSplit, called as a split applies
+// here, puts the new range in the member's shard.Set, the range cache and
+// the watches and has the node start its replica; Follow proposes again
+// the splits a stop cut short and joins the ranges that split off while
+// this member was away (it came back with a snapshot taken after the
+// split). The node wires it and starts replicas for it (StartRange).
 //
 // Contract with clients: every answer is the one etcd would give. Requests
 // are validated before anything is proposed (mvcc's Validate functions, with

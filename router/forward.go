@@ -52,8 +52,8 @@ type Replica interface {
 	ReplicaCounters
 }
 
-// Local is this member's replica of one range, as the router reaches it;
-// the node implements it.
+// Local is this member's replica of one range, as the router reaches it
+// (LocalRange makes it of a shard.Range).
 type Local interface {
 	// Descriptor is the range as this member has it now (a split applied
 	// here replaces it).

@@ -16,8 +16,9 @@ import (
 // the ranges' descriptors in a placement.Table, looked up by key in
 // O(log n), and by id this member's replica of each as the router uses it
 // (RangeEntry). The descriptors are the replicas' own (Local.Descriptor):
-// the node puts a range in when it starts one or a split changes or makes
-// one (Put), and a range refusing keys outside it
+// a range is put in when this member starts one or a split changes or
+// makes one (PutRanges, which makes its client; Put for entries made
+// elsewhere), and a range refusing keys outside it
 // (shard.OutsideRangeError) with a newer generation than the cache holds
 // makes the router read them again (Refresh).
 //
@@ -45,6 +46,8 @@ type RangeCache struct {
 	view atomic.Pointer[rangeView]
 	// static: single-group mode's map, which never changes.
 	static bool
+	// fwd makes the clients of the ranges put in with PutRanges.
+	fwd *Forwarder
 }
 
 // RangeEntry is one of this member's ranges as the node puts it in the
@@ -80,6 +83,23 @@ func NewRangeCache() *RangeCache {
 	return c
 }
 
+// NewRangeCacheVia returns an empty cache of this member's ranges, whose
+// clients (RangeClient, made as PutRanges first puts each in) reach the
+// ranges' leaders through fwd.
+func NewRangeCacheVia(fwd *Forwarder) *RangeCache {
+	c := NewRangeCache()
+	c.fwd = fwd
+	return c
+}
+
+// LocalRange is this member's replica r as the router reaches it.
+func LocalRange(r *shard.Range) Local { return localRange{r} }
+
+// localRange is a shard.Range as a Local (shard's Replica as the router's).
+type localRange struct{ *shard.Range }
+
+func (l localRange) Replica() Replica { return l.Range.Replica() }
+
 // NewStaticRangeCache returns single-group mode's map: e, whose range
 // spans the whole key space and never splits, alone, for good (Put and
 // Refresh leave it as it is).
@@ -106,6 +126,39 @@ func (c *RangeCache) Put(entries ...RangeEntry) {
 		all[shard.RangeID(e.Local.Descriptor().Id)] = e
 	}
 	c.view.Store(buildView(all))
+}
+
+// PutRanges adds this member's replicas rs, or replaces those of the same
+// id, with their descriptors as they have them now. A range put in before
+// keeps its entry (its client, which the router may hold on to), only its
+// descriptor read again; a new one gets a client through the cache's
+// Forwarder (NewRangeCacheVia), its hub and its closer's kick.
+func (c *RangeCache) PutRanges(rs ...*shard.Range) {
+	if c.static {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.view.Load()
+	all := make(map[shard.RangeID]RangeEntry, len(old.entries)+len(rs))
+	for id, e := range old.entries {
+		all[id] = e
+	}
+	for _, r := range rs {
+		l := LocalRange(r)
+		if e, ok := all[r.ID()]; ok && e.Local == l {
+			continue
+		}
+		all[r.ID()] = RangeEntry{Local: l, Shard: c.fwd.Range(l), Watches: r.Hub(), Kick: r.WantClosed}
+	}
+	c.view.Store(buildView(all))
+}
+
+// Client returns the client of range id that PutRanges made, nil if the
+// cache has none.
+func (c *RangeCache) Client(id shard.RangeID) *RangeClient {
+	rc, _ := c.view.Load().entries[id].Shard.(*RangeClient)
+	return rc
 }
 
 // Refresh reads the replicas' descriptors again if d, a range's answer, is

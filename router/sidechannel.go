@@ -8,8 +8,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // The side channel of closed revisions (DESIGN.md "Closed revision") is
@@ -65,6 +67,34 @@ func (sc *SideChannel) Publish(peer placement.NodeID, rc *internalpb.RangeClosed
 	if start {
 		go sc.send(peer, p)
 	}
+}
+
+// PublishClosed sends the other replicas of r, a range this member leads,
+// its closed revision with the index applied here (shard.RangeConfig's
+// Publish).
+func (sc *SideChannel) PublishClosed(r *shard.Range, closed mvcc.Revision) {
+	rc := &internalpb.RangeClosed{Range: uint64(r.ID()), Closed: int64(closed), Index: r.AppliedIndex()}
+	for _, id := range r.Descriptor().Replicas {
+		if peer := placement.NodeID(id); peer != sc.fwd.self {
+			sc.Publish(peer, rc)
+		}
+	}
+}
+
+// ForwardKick asks the member of leader, r's leader, to close rev soon
+// for watches here (shard.RangeConfig's ForwardKick), without waiting for
+// its answer (bounded by the channel's timeout).
+func (sc *SideChannel) ForwardKick(r *shard.Range, leader shard.ReplicaID, rev mvcc.Revision) {
+	nc, err := sc.fwd.Client(memberOf(leader))
+	if err != nil {
+		return
+	}
+	req := &internalpb.KickRequest{Range: uint64(r.ID()), Revision: int64(rev)}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), sc.timeout)
+		defer cancel()
+		_, _ = nc.Kick(ctx, req)
+	}()
 }
 
 // send sends p's pending revisions to peer, one message at a time, until

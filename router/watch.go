@@ -218,3 +218,19 @@ func sendFragments(r *pb.WatchResponse, limit int, send func(*pb.WatchResponse) 
 	}
 	return nil
 }
+
+// RunProgress sends the progress notifications of m's watches over ranges
+// every interval (etcd's --watch-progress-notify-interval) until stop is
+// closed; the caller runs it on a goroutine it owns.
+func RunProgress(m *watch.Merger, every time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			m.ProgressTick()
+		}
+	}
+}

@@ -115,9 +115,17 @@
 // Splits: a SplitRange request hands the keys from its key on (their
 // history, their leases' attachments as shadows, the closed revision) to a
 // new range in the same pebble at the revision it applies at; the data
-// stays in place (Config.OnSplit tells the node, which starts the new
-// range's replica). A split of a range that still counts its revisions is
-// described above.
+// stays in place (Config.OnSplit tells the router's Splitter, which puts
+// the new range in the member's Set and starts its replica). A split of a
+// range that still counts its revisions is described above.
+//
+// Set (set.go) is a member's replicas of ranges, in key order, started or
+// starting; Set.Start starts one with its founders or joins it (a learner
+// joins as non-voting), and LocalRanges says which ranges of the range map
+// a restart runs (a split recorded in the map but not applied here is left
+// pending, for the router to propose again). A Range is also the lease
+// home as the router's lease fan-out asks it (Leads, AppliedIndex,
+// PendingRevokes).
 //
 // The apply of every request is specified by the scripts
 // testdata/apply*.txt (apply_test.go), one topic a file.

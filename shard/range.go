@@ -13,6 +13,7 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/watch"
@@ -144,6 +145,26 @@ func (r *Range) AppliedIndex() uint64 {
 		return m.AppliedIndex()
 	}
 	return 0
+}
+
+// Leads reports whether this member's replica leads the range now.
+func (r *Range) Leads() bool {
+	if !r.Started() {
+		return false
+	}
+	leader, _, ok := r.replica.Leader()
+	return ok && leader == r.cfg.ReplicaID
+}
+
+// PendingRevokes lists the leases revoked at this range, their home, whose
+// shadows in other ranges are not all revoked yet, with the ranges still
+// registered, as committed here (lease.Lessor.PendingRevokes).
+func (r *Range) PendingRevokes() (map[lease.ID][]uint64, error) {
+	m := r.sm.Load()
+	if m == nil || m.Lessor() == nil {
+		return nil, ErrClosed
+	}
+	return m.Lessor().PendingRevokes()
 }
 
 // Start starts the range's raft replica with cfg as its state machine's

@@ -233,8 +233,9 @@ func (rr *rangeReplica) entry() router.RangeEntry {
 // completed before the call. While the cluster is one range that counts its
 // revisions, it is that range's revision, read linearizably — no oracle
 // revision, so that headers show etcd's dense revisions; once it has split,
-// a fresh oracle revision. In single-group mode (no oracle) it is always
-// the one range's revision, read linearizably.
+// the oracle's current value, which reading does not move (DESIGN.md
+// "Reads"). In single-group mode (no oracle) it is always the one range's
+// revision, read linearizably.
 func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 	if n.oracle == nil {
 		st, err := n.first.proposer().Status(ctx, true)
@@ -256,7 +257,7 @@ func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 			}
 		}
 	}
-	return n.oracle.Revisions(ctx, 1)
+	return n.oracle.Current(ctx)
 }
 
 // closedEvery is how often the node raises the closed revision of the idle

@@ -244,20 +244,31 @@ func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 		}
 		return st.Revision, nil
 	}
-	if rs := n.rangeSet.routing(); len(rs) == 1 {
-		if sm := rs[0].StateMachine(); sm != nil && sm.Counting() {
-			st, err := rs[0].client.Status(ctx, true)
-			if err != nil {
-				return 0, err
-			}
-			// Counting still, as of the read index: no split has
-			// committed before it, so no write has an oracle revision.
-			if st.Counting {
-				return st.Revision, nil
-			}
+	if n.Counting() {
+		st, err := n.first.client.Status(ctx, true)
+		if err != nil {
+			return 0, err
+		}
+		// Counting still, as of the read index: no split has committed
+		// before it, so no write has an oracle revision.
+		if st.Counting {
+			return st.Revision, nil
 		}
 	}
 	return n.oracle.Current(ctx)
+}
+
+// Counting implements router.Oracle: whether the cluster is one range that
+// numbers its revisions itself (single-group mode, or a sharded cluster
+// before its first split), so that the range's revision is the cluster's.
+// Range 1 counts while it spans the whole key space; once a split has
+// applied here it never does again.
+func (n *Node) Counting() bool {
+	if n.oracle == nil {
+		return true
+	}
+	sm := n.first.StateMachine()
+	return sm != nil && sm.Counting()
 }
 
 // closedEvery is how often the node raises the closed revision of the idle

@@ -178,9 +178,14 @@ type read struct {
 	opts []clientv3.OpOption
 }
 
+// The reads scenario n sends to range b, to the idle range c, across the
+// three ranges and over the whole key space.
+func readOtherRange(n int) read { return read{"a key in range b", fmt.Sprintf("rv/b/%d/k", n), nil} }
+func readIdleRange(n int) read {
+	return read{"a key in the idle range c", fmt.Sprintf("rv/c/%d/k", n), nil}
+}
+
 var (
-	readOtherRange = func(n int) read { return read{"a key in range b", fmt.Sprintf("rv/b/%d/k", n), nil} }
-	readIdleRange  = func(n int) read { return read{"a key in the idle range c", fmt.Sprintf("rv/c/%d/k", n), nil} }
 	readAcross     = read{"prefix rv/ (three ranges)", "rv/", []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCountOnly()}}
 	readEverything = read{"the whole key space", "\x00", []clientv3.OpOption{clientv3.WithFromKey(), clientv3.WithCountOnly()}}
 )

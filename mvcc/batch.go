@@ -161,6 +161,7 @@ type op struct {
 	b       *Batch
 	begin   Revision // the revision before the op
 	rev     Revision // the revision its writes get
+	stamped bool     // rev is a stamp the caller gave (Batch.Put and co. with stamp ≠ 0)
 	changes []eventEntry
 }
 
@@ -178,7 +179,7 @@ func (b *Batch) begin(stamp Revision) (*op, error) {
 		if stamp <= b.rev {
 			return nil, fmt.Errorf("%w: stamp %d, current revision %d", ErrStaleStamp, stamp, b.rev)
 		}
-		o.rev = stamp
+		o.rev, o.stamped = stamp, true
 	}
 	return o, nil
 }
@@ -190,6 +191,18 @@ func (o *op) cur() Revision {
 		return o.rev
 	}
 	return o.begin
+}
+
+// reported is the revision the op's response header carries: cur, except
+// that a stamped op that changed nothing reports its stamp — a revision
+// taken after the request began, so at or above every write that completed
+// before it in any range (DESIGN.md "Reads"), and one this range's history
+// is settled at (no stamp below it applies here after it).
+func (o *op) reported() Revision {
+	if len(o.changes) == 0 && o.stamped {
+		return max(o.begin, o.rev)
+	}
+	return o.cur()
 }
 
 func (o *op) view() (*view, error) {
@@ -339,7 +352,7 @@ func (o *op) execDelete(v *view, r *pb.DeleteRangeRequest) (*pb.DeleteRangeRespo
 		return nil, err
 	}
 	resp.Deleted = n
-	resp.Header.Revision = int64(o.cur())
+	resp.Header.Revision = int64(o.reported())
 	return resp, nil
 }
 
@@ -401,7 +414,7 @@ func (b *Batch) Txn(r *pb.TxnRequest, stamp Revision) (*pb.TxnResponse, error) {
 	if _, err := o.execTxn(r, path, resp); err != nil {
 		return nil, err
 	}
-	resp.Header.Revision = int64(o.cur())
+	resp.Header.Revision = int64(o.reported())
 	return resp, o.end()
 }
 

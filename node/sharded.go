@@ -131,8 +131,9 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 // completed before the call. While the cluster is one range that counts its
 // revisions, it is that range's revision, read linearizably — no oracle
 // revision, so that headers show etcd's dense revisions; once it has split,
-// a fresh oracle revision. In single-group mode (no oracle) it is always
-// the one range's revision, read linearizably.
+// the oracle's current value, which reading does not move (DESIGN.md
+// "Reads"). In single-group mode (no oracle) it is always the one range's
+// revision, read linearizably.
 func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 	if n.oracle == nil {
 		st, err := n.first.Replica().Status(ctx, true)
@@ -141,20 +142,31 @@ func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
 		}
 		return st.Revision, nil
 	}
-	if rs := n.rangeSet.Routing(); len(rs) == 1 {
-		if sm := rs[0].StateMachine(); sm != nil && sm.Counting() {
-			st, err := n.routes.Client(rs[0].ID()).Status(ctx, true)
-			if err != nil {
-				return 0, err
-			}
-			// Counting still, as of the read index: no split has
-			// committed before it, so no write has an oracle revision.
-			if st.Counting {
-				return st.Revision, nil
-			}
+	if n.Counting() {
+		st, err := n.routes.Client(n.first.ID()).Status(ctx, true)
+		if err != nil {
+			return 0, err
+		}
+		// Counting still, as of the read index: no split has committed
+		// before it, so no write has an oracle revision.
+		if st.Counting {
+			return st.Revision, nil
 		}
 	}
-	return n.oracle.Revisions(ctx, 1)
+	return n.oracle.Current(ctx)
+}
+
+// Counting implements router.Oracle: whether the cluster is one range that
+// numbers its revisions itself (single-group mode, or a sharded cluster
+// before its first split), so that the range's revision is the cluster's.
+// Range 1 counts while it spans the whole key space; once a split has
+// applied here it never does again.
+func (n *Node) Counting() bool {
+	if n.oracle == nil {
+		return true
+	}
+	sm := n.first.StateMachine()
+	return sm != nil && sm.Counting()
 }
 
 // closedEvery is how often the node raises the closed revision of the idle

@@ -217,7 +217,8 @@ func TestShardedKV(t *testing.T) {
 }
 
 // TestShardedIdleRangesClose: the closed revision of ranges nobody writes
-// to keeps rising past the writes elsewhere (the side channel), and an idle
+// to keeps rising to the writes elsewhere (the side channel) — to the
+// oracle's current value, which closing does not move — and an idle
 // range's raft log does not grow while it does.
 func TestShardedIdleRangesClose(t *testing.T) {
 	cl := nodetest.Start(t, 1, nodetest.Sharded("m"))
@@ -232,12 +233,12 @@ func TestShardedIdleRangesClose(t *testing.T) {
 		}
 		last = resp.Header.Revision
 	}
-	// Range 2 is idle: it closes past range 1's writes...
-	waitClosed := func(above int64) {
+	// Range 2 is idle: it closes at range 1's writes...
+	waitClosed := func(at int64) {
 		t.Helper()
 		nodetest.WaitFor(ctx, t, func() error {
-			if closed := int64(n.Closed(2)); closed <= above {
-				return fmt.Errorf("range 2 closed at %d, not past %d", closed, above)
+			if closed := int64(n.Closed(2)); closed < at {
+				return fmt.Errorf("range 2 closed at %d, short of %d", closed, at)
 			}
 			return nil
 		})
@@ -247,13 +248,22 @@ func TestShardedIdleRangesClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// ...and keeps closing, as the oracle moves on, without log writes.
+	// ...and keeps closing, as the oracle moves on with writes, without
+	// log writes.
 	for range 5 {
-		c := int64(n.Closed(2))
-		if _, err := cli.Put(ctx, "a", "v"); err != nil {
+		resp, err := cli.Put(ctx, "a", "v")
+		if err != nil {
 			t.Fatal(err)
 		}
-		waitClosed(c)
+		waitClosed(resp.Header.Revision)
+	}
+	// Closing moved no revision: the next write takes the one after.
+	resp, err := cli.Put(ctx, "a", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := resp.Header.Revision, int64(n.Closed(2))+1; got != want {
+		t.Fatalf("a write after idle closing at %d took revision %d, want %d", want-1, got, want)
 	}
 	after, err := n.AppliedIndex(ctx, 2)
 	if err != nil {

@@ -81,9 +81,13 @@ func (a *Allocator) Revisions(ctx context.Context, n int64) (mvcc.Revision, erro
 }
 
 // RevisionsAbove is Revisions with every revision handed out above above
-// (Oracle.Raise): the oracle jumps past it if it is not there yet.
+// (Oracle.Raise): the oracle jumps past it if it is not there yet. With n
+// 0 it hands out nothing and returns the revision the next one would be
+// (so first-1 is at or above every revision handed out before the call
+// began), leadership confirmed as for any round: the oracle's current
+// value, read without consuming a revision (Current).
 func (a *Allocator) RevisionsAbove(ctx context.Context, n int64, above mvcc.Revision) (mvcc.Revision, error) {
-	if n < 1 {
+	if n < 0 {
 		return 0, fmt.Errorf("placement: asked for %d revisions", n)
 	}
 	req := &allocation{n: n, above: above, done: make(chan allocated, 1)}
@@ -100,6 +104,17 @@ func (a *Allocator) RevisionsAbove(ctx context.Context, n int64, above mvcc.Revi
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
+}
+
+// Current is the oracle's current value while this replica leads: a
+// revision at or above every one handed out before the call began, read
+// without handing one out (OracleClient.Current).
+func (a *Allocator) Current(ctx context.Context) (mvcc.Revision, error) {
+	next, err := a.RevisionsAbove(ctx, 0, 0)
+	if err != nil {
+		return 0, err
+	}
+	return next - 1, nil
 }
 
 var errAllocatorClosed = errors.New("placement: allocator closed")
@@ -168,6 +183,20 @@ func (a *Allocator) round(oracle **Oracle, term *uint64, n int64, above mvcc.Rev
 	}
 	o := *oracle
 	o.Raise(above)
+	if n == 0 {
+		// Only reads of the current value in this round: nothing to take
+		// or persist, but leadership is confirmed all the same.
+		first := o.Next()
+		if _, err := a.nh.SyncRead(ctx, a.shardID, BoundQuery{}); err != nil {
+			*oracle = nil
+			return 0, fmt.Errorf("placement: confirm leadership: %w", err)
+		}
+		if leader, t2, ok, _ := a.nh.GetLeaderID(a.shardID); !ok || leader != a.replicaID || t2 != t {
+			*oracle = nil
+			return 0, ErrNotLeader
+		}
+		return first, nil
+	}
 	if want := o.Want(n); want > 0 {
 		bound, err := a.raiseBound(ctx, want)
 		if err != nil {

@@ -246,3 +246,31 @@ func TestAllocatorAbove(t *testing.T) {
 		t.Fatalf("the next leader handed out %d, want above %d", next, first+2)
 	}
 }
+
+// TestAllocatorCurrent: the leader's current value is the last revision
+// handed out, reading it consumes none, and followers refuse to answer it.
+func TestAllocatorCurrent(t *testing.T) {
+	g := startGroup(t, 3, 100)
+	last := g.take(t, 5) + 4
+	l := g.leader(t)
+	for i := 0; i < 3; i++ {
+		next, err := g.allocs[l].RevisionsAbove(context.Background(), 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if next-1 != last {
+			t.Fatalf("current value after %d handed out: %d", last, next-1)
+		}
+	}
+	if first := g.take(t, 1); first != last+1 {
+		t.Fatalf("after reading the current value the oracle handed out %d, want %d", first, last+1)
+	}
+	for i := range g.allocs {
+		if i == l {
+			continue
+		}
+		if _, err := g.allocs[i].RevisionsAbove(context.Background(), 0, 0); !errors.Is(err, ErrNotLeader) {
+			t.Fatalf("follower %d answered the current value: %v", i+1, err)
+		}
+	}
+}

@@ -81,7 +81,9 @@ func (c *OracleClient) Revisions(ctx context.Context, n int64) (mvcc.Revision, e
 	return c.RevisionsAbove(ctx, n, 0)
 }
 
-// RevisionsAbove is Revisions with every revision above above.
+// RevisionsAbove is Revisions with every revision above above. With n 0
+// it hands out nothing and returns the revision the next one would be
+// (Current).
 func (c *OracleClient) RevisionsAbove(ctx context.Context, n int64, above mvcc.Revision) (mvcc.Revision, error) {
 	for {
 		first, err := c.cfg.Local.RevisionsAbove(ctx, n, above)
@@ -103,6 +105,20 @@ func (c *OracleClient) RevisionsAbove(ctx context.Context, n int64, above mvcc.R
 		case <-time.After(c.cfg.Retry):
 		}
 	}
+}
+
+// Current returns the oracle's current value: a revision at or above
+// every revision handed out before the call began, and below every one
+// handed out after it returns — without handing one out, so that reading
+// it (closers of idle ranges, reads that need "now") never moves the
+// cluster's revision (DESIGN.md "Reads"). Reads of it fold into the same
+// round trips as requests for revisions.
+func (c *OracleClient) Current(ctx context.Context) (mvcc.Revision, error) {
+	next, err := c.RevisionsAbove(ctx, 0, 0)
+	if err != nil {
+		return 0, err
+	}
+	return next - 1, nil
 }
 
 // RoundTrips counts the round trips made to other members.

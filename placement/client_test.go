@@ -171,3 +171,56 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond) // polling a condition, with a deadline
 	}
 }
+
+// TestOracleClientCurrent: reading the oracle's current value hands out
+// nothing — reads with no request between them agree, and the next
+// revision handed out is the one after — and a read folded into a trip
+// with requests for revisions is at or above every revision handed out
+// before it.
+func TestOracleClientCurrent(t *testing.T) {
+	f := &fakeOracle{next: 100, gate: make(chan struct{})}
+	close(f.gate)
+	c := f.client()
+	first, err := c.Revisions(context.Background(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		cur, err := c.Current(context.Background())
+		if err != nil || cur != first+2 {
+			t.Fatalf("Current after %d..%d handed out = %d, %v; want %d", first, first+2, cur, err, first+2)
+		}
+	}
+	if next, err := c.Revisions(context.Background(), 1); err != nil || next != first+3 {
+		t.Fatalf("Revisions(1) after reading the current value = %d, %v; want %d (nothing consumed)", next, err, first+3)
+	}
+	// Folded: one held trip, then a request for revisions and two reads
+	// together in the next; each read is at or above what was handed out
+	// before its trip.
+	f.gate = make(chan struct{})
+	done := make(chan mvcc.Revision, 1)
+	go func() {
+		r, _ := c.Revisions(context.Background(), 1)
+		done <- r
+	}()
+	waitFor(t, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.busy && len(c.waiting) == 0 })
+	curs := make(chan mvcc.Revision, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			r, err := c.Current(context.Background())
+			if err != nil {
+				t.Error(err)
+			}
+			curs <- r
+		}()
+	}
+	go func() { _, _ = c.Revisions(context.Background(), 2) }()
+	waitFor(t, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return len(c.waiting) == 3 })
+	close(f.gate)
+	held := <-done
+	for i := 0; i < 2; i++ {
+		if cur := <-curs; cur < held {
+			t.Fatalf("a folded Current answered %d, below %d handed out before its trip", cur, held)
+		}
+	}
+}

@@ -60,23 +60,48 @@ func (k *kvServer) rangeKV(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	if err := mvcc.ValidateRange(r); err != nil {
 		return nil, toGRPC(err)
 	}
-	sh := k.s.cfg.Shard
-	// Single-group mode's one range (a static map) holds every key and has
-	// written everything up to the cluster's revision: it answers every
-	// read itself, at any revision, empty intervals too, as etcd does.
-	if !k.s.cfg.Ranges.static {
-		parts := k.s.spanning(r.Key, r.RangeEnd)
-		// A read at a past revision may name one newer than the range's
-		// last write: it is read once the range has closed it.
-		if len(parts) != 1 || r.Revision > 0 {
-			return k.s.rangeAcross(ctx, r, parts)
+	// A cluster that is one counting range (single-group mode, or sharded
+	// before its first split): the range has written everything up to the
+	// cluster's revision and answers every read itself, at any revision,
+	// empty intervals too, as etcd does — unless a split applied meanwhile.
+	if k.s.cfg.Oracle.Counting() {
+		resp, err := k.s.cfg.Shard.Range(ctx, r, !r.Serializable && !plantedStaleReads)
+		if err != nil {
+			return nil, toGRPC(err)
 		}
-		sh = parts[0].Shard
+		if k.s.cfg.Oracle.Counting() {
+			k.s.fill(resp.Header)
+			return resp, nil
+		}
 	}
-	resp, err := sh.Range(ctx, r, !r.Serializable && !plantedStaleReads)
+	parts := k.s.spanning(r.Key, r.RangeEnd)
+	// A read at a past revision may name one newer than the range's last
+	// write: it is read once the range has closed it.
+	if len(parts) != 1 || r.Revision > 0 {
+		return k.s.rangeAcross(ctx, r, parts)
+	}
+	sh := parts[0].Shard
+	if r.Serializable || plantedStaleReads {
+		resp, err := sh.Range(ctx, r, false)
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		k.s.fill(resp.Header)
+		return resp, nil
+	}
+	// Linearizable, in one range of several (DESIGN.md "Reads"): at the
+	// cluster's current revision, which a write in any range that
+	// completed before this read began is at or below, once the range has
+	// closed it; the header carries it.
+	now, err := k.s.cfg.Oracle.Now(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
+	resp, err := sh.ReadAt(ctx, r, now)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	resp.Header.Revision = int64(now)
 	k.s.fill(resp.Header)
 	return resp, nil
 }
@@ -236,17 +261,8 @@ func (k *kvServer) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err != nil {
 		return nil, err
 	}
-	floor, err := k.s.settle(ctx, sh, r)
-	if err != nil {
-		return nil, err
-	}
 	if mvcc.IsTxnReadOnly(r) {
-		resp, err := sh.ReadTxn(ctx, r, floor, !txnSerializable(r))
-		if err != nil {
-			return nil, toGRPC(err)
-		}
-		k.s.fill(resp.Header)
-		return resp, nil
+		return k.s.readTxn(ctx, sh, r)
 	}
 	if err := k.s.checkQuota(ctx, r); err != nil {
 		return nil, err
@@ -267,14 +283,14 @@ func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Co
 	return k.s.compact(ctx, r, false)
 }
 
-// compact compacts at r.Revision, as a client's Compact: every range in
-// sharded mode (compactAll), single-group mode's one range by itself (its
-// revision is the cluster's: no oracle to check against, nothing to wait
+// compact compacts at r.Revision, as a client's Compact: every range once
+// the key space has split (compactAll), a counting range by itself (its
+// revision is the cluster's: nothing to check against, nothing to wait
 // for). A revision compacted already is refused with etcd's ErrCompacted,
 // except that in sharded mode again (the automatic compactor's) passes
 // over every range compacted at or past it and compacts the others.
 func (s *Server) compact(ctx context.Context, r *pb.CompactionRequest, again bool) (*pb.CompactionResponse, error) {
-	if !s.cfg.Ranges.static {
+	if !s.cfg.Oracle.Counting() {
 		return s.compactAll(ctx, r, again)
 	}
 	out, err := s.write(ctx, s.cfg.Shard, r, compactionRequest)

@@ -100,10 +100,10 @@ func (m *maintenanceServer) operator() (Operator, error) { return m.s.cfg.Node, 
 // HashKV hashes this member's history up to the revision asked (0: now);
 // members that applied the same log answer the same hash at a revision.
 func (m *maintenanceServer) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
-	// Single-group mode's one range hashes its own history, as etcd's
-	// member does (serializable, one hash); sharded mode combines the
-	// ranges' at one revision.
-	if !m.s.cfg.Ranges.static {
+	// A counting range (single-group mode, or sharded before the first
+	// split) hashes its own history, as etcd's member does (serializable,
+	// one hash); once split, the ranges' hashes combine at one revision.
+	if !m.s.cfg.Oracle.Counting() {
 		return m.s.hashAll(ctx, mvcc.Revision(r.Revision))
 	}
 	st, err := m.s.cfg.Shard.Status(ctx, false)

@@ -22,8 +22,17 @@ import (
 // Oracle is the cluster's current revision.
 type Oracle interface {
 	// Now returns a revision at or above every write completed before the
-	// call (from the revision oracle, or the counting range's own).
+	// call (the revision oracle's current value, or the counting range's
+	// own), moved by writes alone.
 	Now(ctx context.Context) (mvcc.Revision, error)
+	// Counting reports whether the cluster is one range that numbers its
+	// revisions itself (single-group mode, or a sharded cluster before its
+	// first split): that range's revision is the cluster's, so it answers
+	// every read itself, at any revision, as etcd's one store does. Once
+	// false, it stays false; a read answered while it held stands if it
+	// still holds after the answer (the read index then preceded any
+	// split).
+	Counting() bool
 }
 
 // RangePart is one range: its id, its span [Start, End) (End empty: to the
@@ -288,33 +297,54 @@ func WaitApplied(ctx context.Context, p RangePart, rev mvcc.Revision) error {
 	}
 }
 
-// settle prepares a txn in sharded mode whose reads name past revisions:
-// the newest one it names, if no newer than the oracle's, is closed on its
-// range first, so that reads at it see a settled past even when the range
-// wrote nothing that recent; it returns that revision (0: none). A newer
-// one is left for the range to refuse as a future revision. Single-group
-// mode's range has written everything up to the cluster's revision (a
-// static map): nothing to settle.
-func (s *Server) settle(ctx context.Context, sh Shard, r *pb.TxnRequest) (mvcc.Revision, error) {
+// readTxn answers a read-only txn in the range sh. A counting range
+// answers it itself at any revision (see kvServer.rangeKV). Otherwise a
+// linearizable one reads once the range has closed the cluster's current
+// revision — a write in any range that completed before the txn began is
+// at or below it — and reports at least that revision (DESIGN.md "Reads");
+// a serializable one naming past revisions has the newest of them closed
+// first, if no newer than the cluster's, so that reads at it see a settled
+// past even when the range wrote nothing that recent (a newer one is left
+// for the range to refuse as a future revision).
+func (s *Server) readTxn(ctx context.Context, sh Shard, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	linearizable := !txnSerializable(r)
+	if s.cfg.Oracle.Counting() {
+		resp, err := sh.ReadTxn(ctx, r, 0, linearizable)
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		if s.cfg.Oracle.Counting() {
+			s.fill(resp.Header)
+			return resp, nil
+		}
+	}
 	rs, ok := sh.(RangeShard)
-	if s.cfg.Ranges.static || !ok {
-		return 0, nil
+	past := mvcc.Revision(txnMaxRev(r))
+	var floor, now mvcc.Revision
+	if ok && (linearizable || past > 0) {
+		var err error
+		if now, err = s.cfg.Oracle.Now(ctx); err != nil {
+			return nil, toGRPC(err)
+		}
+		if !linearizable {
+			now = past
+		}
+		if past <= now || linearizable {
+			if err := rs.WaitClosed(ctx, now); err != nil {
+				return nil, toGRPC(err)
+			}
+			floor = now
+		}
 	}
-	rev := mvcc.Revision(txnMaxRev(r))
-	if rev <= 0 {
-		return 0, nil
-	}
-	now, err := s.cfg.Oracle.Now(ctx)
+	resp, err := sh.ReadTxn(ctx, r, floor, linearizable)
 	if err != nil {
-		return 0, toGRPC(err)
+		return nil, toGRPC(err)
 	}
-	if rev > now {
-		return 0, nil
+	if linearizable {
+		resp.Header.Revision = max(resp.Header.Revision, int64(now))
 	}
-	if err := rs.WaitClosed(ctx, rev); err != nil {
-		return 0, toGRPC(err)
-	}
-	return rev, nil
+	s.fill(resp.Header)
+	return resp, nil
 }
 
 // txnMaxRev is the newest revision a txn's reads name, nested txns included.

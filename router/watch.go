@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/watch"
 )
 
@@ -134,7 +135,7 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, setFrag
 			if u.CreateRequest == nil {
 				continue
 			}
-			r := st.Create(u.CreateRequest)
+			r := ws.create(gs.Context(), st, u.CreateRequest)
 			if !r.Canceled && u.CreateRequest.Fragment {
 				setFragment(r.WatchId, true)
 			}
@@ -144,17 +145,82 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, setFrag
 			}
 		case *pb.WatchRequest_ProgressRequest:
 			if u.ProgressRequest != nil {
-				st.RequestProgress()
+				ws.requestProgress(gs.Context(), st)
 			}
 		}
 	}
 }
+
+// create starts a watch. Once the key space has split, a watch from now
+// starts above the cluster's current revision, closed first in every range
+// it reaches (DESIGN.md "Reads"): "now" is then at or above every write
+// that completed before the request, in any range, and no write at or below
+// it is still to come where the watch looks. A counting range's watch
+// starts at its own revision, as etcd's does; so does a watch whose ranges
+// cannot close now in time (no leader), as before.
+func (ws *watchServer) create(ctx context.Context, st watchStream, req *pb.WatchCreateRequest) *pb.WatchResponse {
+	if req.StartRevision != 0 || ws.s.cfg.Oracle.Counting() {
+		return st.Create(req)
+	}
+	now, err := ws.s.closedNow(ctx, req.Key, req.RangeEnd)
+	if err != nil {
+		return st.Create(req)
+	}
+	return st.CreateAt(req, now)
+}
+
+// requestProgress asks for a progress notification: once the key space has
+// split, at the cluster's current revision, so that it reports at least
+// every write completed before the request (a Kubernetes watch cache waits
+// for one to know it is fresh).
+func (ws *watchServer) requestProgress(ctx context.Context, st watchStream) {
+	if ws.s.cfg.Oracle.Counting() {
+		st.RequestProgress()
+		return
+	}
+	now, err := ws.s.cfg.Oracle.Now(ctx)
+	if err != nil {
+		now = 0
+	}
+	st.RequestProgressAt(now)
+}
+
+// closedNow returns the cluster's current revision once every range that
+// etcd's [key, end) reaches has closed it.
+func (s *Server) closedNow(ctx context.Context, key, end []byte) (mvcc.Revision, error) {
+	now, err := s.cfg.Oracle.Now(ctx)
+	if err != nil {
+		return 0, err
+	}
+	parts := s.spanning(key, end)
+	if len(parts) == 0 {
+		parts = s.spanning(key, nil)
+	}
+	ctx, cancel := context.WithTimeout(ctx, closeNowTimeout)
+	defer cancel()
+	errs := make(chan error, len(parts))
+	for _, p := range parts {
+		go func() { errs <- p.Shard.WaitClosed(ctx, now) }()
+	}
+	for range parts {
+		if e := <-errs; e != nil && err == nil {
+			err = e
+		}
+	}
+	return now, err
+}
+
+// closeNowTimeout bounds how long a watch's create waits for its ranges to
+// close the current revision (an election's worth).
+const closeNowTimeout = 5 * time.Second
 
 // watchStream is one client stream's watchers: a merged stream over the
 // ranges' hubs (direct over one range: single-group mode, or a sharded
 // cluster before its first split).
 type watchStream interface {
 	Create(req *pb.WatchCreateRequest) *pb.WatchResponse
+	CreateAt(req *pb.WatchCreateRequest, now mvcc.Revision) *pb.WatchResponse
+	RequestProgressAt(now mvcc.Revision)
 	Cancel(id watch.ID) bool
 	RequestProgress()
 	Next(ctx context.Context) ([]*pb.WatchResponse, error)

@@ -79,13 +79,20 @@ type Replica struct {
 	inflight map[uint64]mvcc.Revision
 	batches  uint64
 	closed   mvcc.Revision
+	// fenced is the term this replica, leading, last saw its fence (an
+	// empty command carrying the term) applied in: closing needs one
+	// read index fewer while it holds (closeAt).
+	fenced atomic.Uint64
 }
 
 // Stamper hands out cluster-wide revisions: n consecutive ones from first,
 // above every revision handed out before the call began (the placement
-// group's oracle).
+// group's oracle). Current reads the oracle's current value without handing
+// one out: at or above every revision handed out before the call began,
+// below every one handed out after it returns.
 type Stamper interface {
 	Revisions(ctx context.Context, n int64) (first mvcc.Revision, err error)
+	Current(ctx context.Context) (mvcc.Revision, error)
 }
 
 type pending struct {

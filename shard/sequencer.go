@@ -107,15 +107,10 @@ func (r *Replica) untrack(id uint64) {
 }
 
 // AdvanceIdle raises the closed revision of a shard with no writes in
-// flight, without a log write in the steady state: it takes a revision T
-// from the oracle, then confirms that this replica still leads (a read
-// index) in the term its last command was fenced with; every write still to
-// come is then stamped after T (by this leader, or by a successor, which
-// only stamps after it was elected, after that check), so T is closed. The
-// first call in a term writes one empty command carrying the term, so that
-// the state machine fences off the previous leader's proposals. It returns
-// the closed revision, raised or not (writes in flight keep it where the
-// log has it).
+// flight to the oracle's current value T, without a log write in the
+// steady state and without consuming a revision (closeAt). A range that
+// counts is closed at its revision. It returns the closed revision, raised
+// or not (writes in flight keep it where the log has it).
 func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
 	if r.stamper == nil {
 		return 0, fmt.Errorf("shard: AdvanceIdle needs a stamping client")
@@ -127,22 +122,42 @@ func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
 			return max(r.Closed(), sm.Rev()), nil
 		}
 	}
+	return r.closeAt(ctx, 0)
+}
+
+// closeAt raises the closed revision to t — or, with t 0, to the oracle's
+// current value read here — while this replica leads and has no write in
+// flight. t must be at or below a value the oracle reported as current (or
+// handed out) before the call: every revision the oracle hands out later
+// exceeds it. Then, once a read index confirms that this replica still
+// leads, in the term its fence holds, every write still to come is stamped
+// above t (by this leader, whose later stamps come from the oracle after t,
+// or by a successor, which only stamps after it was elected, after that
+// check), and a stamp at or below t taken earlier that is not yet in the
+// log reaches it behind the raised closed revision, which the state
+// machine then refuses as stale (the batch is stamped again). So t is
+// closed. The first call in a term writes one empty command carrying the
+// term, so that the state machine fences off the previous leader's
+// proposals; later ones in the term cost one read index.
+func (r *Replica) closeAt(ctx context.Context, t mvcc.Revision) (mvcc.Revision, error) {
 	term, err := r.leading()
 	if err != nil {
 		return r.Closed(), err
 	}
-	st, err := r.Status(ctx, true)
-	if err != nil {
-		return r.Closed(), err
-	}
-	if st.Fence != term {
-		// Fence this term in: an empty command carrying it.
-		data, err := encode(nil, r.Closed(), term)
+	if r.fenced.Load() != term {
+		st, err := r.Status(ctx, true)
 		if err != nil {
 			return r.Closed(), err
 		}
-		if _, err := r.proposeOnce(data, proposalTimeout); err != nil {
-			return r.Closed(), classify(err)
+		if st.Fence != term {
+			// Fence this term in: an empty command carrying it.
+			data, err := encode(nil, r.Closed(), term)
+			if err != nil {
+				return r.Closed(), err
+			}
+			if _, err := r.proposeOnce(data, proposalTimeout); err != nil {
+				return r.Closed(), classify(err)
+			}
 		}
 	}
 	r.seqMu.Lock()
@@ -151,16 +166,19 @@ func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
 	if busy {
 		return r.Closed(), nil
 	}
-	t, err := r.stamper.Revisions(ctx, 1)
-	if err != nil {
-		return r.Closed(), fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
+	if t == 0 {
+		if t, err = r.stamper.Current(ctx); err != nil {
+			return r.Closed(), fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
+		}
 	}
-	if st, err = r.Status(ctx, true); err != nil {
+	st, err := r.Status(ctx, true)
+	if err != nil {
 		return r.Closed(), err
 	}
 	if now, err := r.leading(); err != nil || now != term || st.Fence != term {
 		return r.Closed(), err
 	}
+	r.fenced.Store(term)
 	r.seqMu.Lock()
 	defer r.seqMu.Unlock()
 	if r.batches == gen && len(r.inflight) == 0 {
@@ -178,16 +196,27 @@ func (r *Replica) Closed() mvcc.Revision {
 
 // WaitClosed returns once this shard's closed revision, as this client
 // (its leader's) knows it, has reached rev: no write at or below rev is
-// still to come, and every such write has applied on this replica. It
-// raises the closed revision itself (AdvanceIdle) when the shard is idle,
-// and fails with ErrNoLeader if this replica does not lead.
+// still to come, and every such write has applied on this replica. rev
+// must be at or below a revision the oracle handed out or reported as
+// current before the call (one a response reported, say). It closes rev
+// itself (closeAt) once the shard has no write in flight, and fails with
+// ErrNoLeader if this replica does not lead. A range that counts is closed
+// at its own revision only.
 func (r *Replica) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
 	backoff := time.Millisecond
 	for {
 		if r.Closed() >= rev {
 			return nil
 		}
-		closed, err := r.AdvanceIdle(ctx)
+		var (
+			closed mvcc.Revision
+			err    error
+		)
+		if r.stamper == nil || r.counting() {
+			closed, err = r.AdvanceIdle(ctx)
+		} else {
+			closed, err = r.closeAt(ctx, rev)
+		}
 		if err != nil {
 			return err
 		}

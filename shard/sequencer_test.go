@@ -162,6 +162,10 @@ type racingStamper struct {
 	once  sync.Once
 }
 
+func (s *racingStamper) Current(ctx context.Context) (mvcc.Revision, error) {
+	return s.alloc.Current(ctx)
+}
+
 func (s *racingStamper) Revisions(ctx context.Context, n int64) (mvcc.Revision, error) {
 	first, err := s.alloc.Revisions(ctx, n)
 	if err != nil {
@@ -241,9 +245,11 @@ func TestClosedRevisionAdvances(t *testing.T) {
 }
 
 // TestAdvanceIdle: with no writes in flight, the leader's client closes the
-// shard up to a fresh oracle revision without writing to the log (after
-// one command fencing its term in); the next write lands above it. A
-// client on a replica that does not lead refuses to stamp.
+// shard up to the oracle's current value without writing to the log (after
+// one command fencing its term in) and without consuming a revision: an
+// idle shard closes at the last write, advancing again leaves it there, and
+// the next write takes the very next revision. A client on a replica that
+// does not lead refuses to stamp.
 func TestAdvanceIdle(t *testing.T) {
 	nh, alloc := stampedShard(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -258,8 +264,8 @@ func TestAdvanceIdle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if int64(closed) <= rev {
-		t.Fatalf("idle shard closed at %d, not past the last write at %d", closed, rev)
+	if int64(closed) != rev {
+		t.Fatalf("idle shard closed at %d, want the last write's revision %d (the oracle's current value)", closed, rev)
 	}
 	st, err := c.Status(ctx, true)
 	if err != nil {
@@ -267,8 +273,8 @@ func TestAdvanceIdle(t *testing.T) {
 	}
 	applied := st.AppliedIndex
 	again, err := c.AdvanceIdle(ctx)
-	if err != nil || again <= closed {
-		t.Fatalf("second advance: %d, %v (first %d)", again, err, closed)
+	if err != nil || again != closed {
+		t.Fatalf("second advance with no write between: %d, %v (first %d); want it unmoved", again, err, closed)
 	}
 	if st, _ := c.Status(ctx, true); st.AppliedIndex != applied {
 		t.Fatalf("an idle advance wrote to the log (applied index %d → %d)", applied, st.AppliedIndex)
@@ -277,8 +283,8 @@ func TestAdvanceIdle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if next <= int64(again) {
-		t.Fatalf("write at %d under the published closed revision %d", next, again)
+	if next != int64(again)+1 {
+		t.Fatalf("write at %d after closing at %d: want the next revision (closing consumed none, and stays below writes)", next, again)
 	}
 
 	notLeader := shard.NewStampingReplica(nh, dataShard, 2, alloc, nil) // replica 2 does not exist, let alone lead

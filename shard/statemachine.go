@@ -349,6 +349,15 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 			resp = errResponse(e)
 		}
 		res.Responses[i] = resp
+		if err == nil && a.stamp > a.b.Rev() {
+			// A stamped request that wrote nothing (a txn whose compare
+			// failed, a delete of nothing) reported its stamp: no stamp at
+			// or below it may apply here after it, so it is closed.
+			a.closed = max(a.closed, a.stamp)
+			a.b.SetClosed(a.closed)
+			a.cmdClosed = max(a.cmdClosed, a.closed)
+			persist = true
+		}
 		if a.counting || (a.whole && a.stamp == 0) {
 			// The range numbered this request itself (or numbers every
 			// one): whatever comes next applies above its revision.

@@ -193,7 +193,20 @@ func (m *Merged) sub(p Part) *subStream {
 // etcd's refusal), which it also returns. A watch from the current
 // revision starts, in every range, above the highest revision any range
 // has reached, so that it misses no write that starts after it.
-func (m *Merged) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
+func (m *Merged) Create(req *pb.WatchCreateRequest) *pb.WatchResponse { return m.create(req, 0) }
+
+// CreateAt is Create with now as the current revision: a watch from now
+// (StartRevision 0) starts at now+1 in every range, and the created
+// response carries now. The caller passes the cluster's current revision
+// once every range the watch reaches has closed it (every write at or below
+// it has applied there, none is still to come), so that the watch replays
+// no write that completed before it and misses none that completes after.
+// A stream still direct (one range) creates as Create does.
+func (m *Merged) CreateAt(req *pb.WatchCreateRequest, now mvcc.Revision) *pb.WatchResponse {
+	return m.create(req, now)
+}
+
+func (m *Merged) create(req *pb.WatchCreateRequest, at mvcc.Revision) *pb.WatchResponse {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.direct != nil {
@@ -221,6 +234,9 @@ func (m *Merged) Create(req *pb.WatchCreateRequest) *pb.WatchResponse {
 		m.nextID++
 	}
 	now := m.current()
+	if at > 0 {
+		now = at
+	}
 	start := mvcc.Revision(req.StartRevision)
 	if start == 0 {
 		start = now + 1
@@ -451,7 +467,13 @@ func (m *Merged) dropParts(w *merged) {
 // highest revision the ranges have reached, once every watch has
 // been sent everything up to it. A stream without watches gets none, as in
 // etcd.
-func (m *Merged) RequestProgress() {
+func (m *Merged) RequestProgress() { m.RequestProgressAt(0) }
+
+// RequestProgressAt is RequestProgress at revision now (0: the highest the
+// ranges here have reached): the caller's current revision of the cluster,
+// which may be above what the ranges here have applied yet; the
+// notification waits until every watch has been sent everything up to it.
+func (m *Merged) RequestProgressAt(now mvcc.Revision) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.direct != nil {
@@ -461,7 +483,10 @@ func (m *Merged) RequestProgress() {
 	if len(m.watchers) == 0 {
 		return
 	}
-	m.progress = append(m.progress, m.current())
+	if now <= 0 {
+		now = m.current()
+	}
+	m.progress = append(m.progress, now)
 	wake(m.wake)
 }
 

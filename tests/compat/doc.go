@@ -61,6 +61,17 @@
 //     get/watch --prefix over four ranges; TestShardedEtcdctlCluster runs
 //     TestEtcdctlCluster's commands against a three-member sharded Cairn.
 //
+//   - TestRevisionPromise: the header revisions DESIGN.md "Reads" promises,
+//     in the scenarios Kubernetes' storage tests exercise (issue 20): a read
+//     in one range after a write in another, repeated reads with no write
+//     between over a few hundred ms (in a range, across ranges, in an idle
+//     one), a compaction at the current revision, lists at the revision of a
+//     write in another range and one above every revision reported, and
+//     watches from "now" (and from a read's header+1) after writes elsewhere,
+//     with a progress request. Each server must hold the relations; with
+//     single-group and one range every revision must also be etcd's, with
+//     three ranges (-sharded.sizes) keys, values, events and errors.
+//
 // Invariant: the two servers see the same requests in the same order, but
 // for resync's padding after a mismatch; the generator reads only etcd's
 // answers, so a run is a deterministic function of the seeds, of etcd's

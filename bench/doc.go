@@ -24,8 +24,8 @@
 //   - cairn: the cairn binary, built with `go build` from ../cmd/cairn,
 //     single-group (--single-group);
 //   - cairn-sharded: the same binary in sharded mode with 8 ranges (split
-//     where the benchmark tool's keys fall, systems.go), on put only (the
-//     default run must stay under 15 minutes);
+//     where the benchmark tool's keys fall, systems.go), on put and
+//     range-linearizable only (the default run must stay under 15 minutes);
 //   - ceiling: `bench serve-ceiling`, a gRPC server whose KV service answers
 //     every request at once with an empty response: what the machine, gRPC
 //     and the client allow.

@@ -82,7 +82,7 @@ func systems() []system {
 		{name: "etcd-3", label: "etcd 3.7.3, 3 members (embed, a process each)", nodes: 3, command: etcd},
 		{name: "cairn-3", label: "Cairn single-group, 3 members (a process each)", nodes: 3, command: singleGroup},
 		{name: "cairn-sharded", label: "Cairn sharded, 8 ranges (cmd/cairn binary)", nodes: 1, command: sharded,
-			scenarios: []string{"put"}},
+			scenarios: []string{"put", "range-linearizable"}},
 		{name: "cairn-sharded-3", label: "Cairn sharded, 8 ranges, 3 members (a process each)", nodes: 3, command: sharded,
 			scenarios: []string{"put"}},
 	}

@@ -234,14 +234,43 @@ func (r *Replica) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
 }
 
 // ReadAt answers a range request at revision rev once the shard's closed
-// revision has reached it (WaitClosed), through a read index on this
-// replica, which leads: one shard's part of a snapshot read over several
-// shards at one revision (DESIGN.md "Reads").
+// revision has reached it, through a read index on this replica, which
+// leads: one shard's part of a snapshot read over several shards at one
+// revision, or a linearizable read at the cluster's current revision
+// (DESIGN.md "Reads"). rev must be one WaitClosed may close. In the steady
+// state — the term fenced, no write in flight — one read index both
+// serves the read and closes rev (as closeAt would: the same checks, made
+// around the read); otherwise it waits for rev to close, then reads.
 func (r *Replica) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Revision) (*pb.RangeResponse, error) {
+	q := proto.Clone(req).(*pb.RangeRequest)
+	q.Revision = int64(rev)
+	query := RangeQuery{Req: q, Floor: rev}
+	if r.Closed() < rev && r.stamper != nil && !r.counting() {
+		if term, err := r.leading(); err == nil && r.fenced.Load() == term {
+			r.seqMu.Lock()
+			gen, busy := r.batches, len(r.inflight) > 0
+			r.seqMu.Unlock()
+			if !busy {
+				resp, err := read[*pb.RangeResponse](ctx, r, query, true)
+				if err != nil {
+					return nil, err
+				}
+				if now, err := r.leading(); err == nil && now == term {
+					r.seqMu.Lock()
+					closed := r.batches == gen && len(r.inflight) == 0
+					if closed {
+						r.closed = max(r.closed, rev)
+					}
+					r.seqMu.Unlock()
+					if closed {
+						return resp, nil
+					}
+				}
+			}
+		}
+	}
 	if err := r.WaitClosed(ctx, rev); err != nil {
 		return nil, err
 	}
-	q := proto.Clone(req).(*pb.RangeRequest)
-	q.Revision = int64(rev)
-	return read[*pb.RangeResponse](ctx, r, RangeQuery{Req: q, Floor: rev}, true)
+	return read[*pb.RangeResponse](ctx, r, query, true)
 }

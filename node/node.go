@@ -732,9 +732,10 @@ func (n *Node) serve() error {
 		Node:              n,
 		Lessor:            n.first.StateMachine().Lessor(),
 		Leader:            n.leaderConn,
-		Oracle:            n,
+		Backups:           n.rangeSet,
 	}
 	if cfg.Sharded {
+		rcfg.Oracle = n.oracle
 		rcfg.Shard = n.routes.Client(singleShardID)
 		rcfg.Ranges = n.routes
 		rcfg.Merger = n.merger

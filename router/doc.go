@@ -3,7 +3,7 @@
 //
 // Both modes take one path: requests are routed by key through the range
 // cache (Config.Ranges), watches are merged streams over the ranges' hubs
-// (Config.Merger), the cluster's revision comes from Config.Oracle. In
+// (Config.Merger), the cluster's revision comes from the counting range or Config.Oracle (Server.now). In
 // single-group mode the cache is static — range 1 alone, the whole key
 // space, for good (NewStaticRangeCache) — and a merged stream over one
 // range is that range's hub stream as it is (watch.Merged, "Direct"), so

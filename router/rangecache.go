@@ -63,6 +63,9 @@ type RangeEntry struct {
 	// Kick asks the range to raise its closed revision to rev soon; nil:
 	// it rises on its own schedule only.
 	Kick func(rev mvcc.Revision)
+	// Counting reports whether this member's replica numbers the range's
+	// revisions itself (shard.Range.Counting); nil: it does not.
+	Counting func() bool
 }
 
 // rangeView is one immutable state of the cache.
@@ -149,7 +152,7 @@ func (c *RangeCache) PutRanges(rs ...*shard.Range) {
 		if e, ok := all[r.ID()]; ok && e.Local == l {
 			continue
 		}
-		all[r.ID()] = RangeEntry{Local: l, Shard: c.fwd.Range(l), Watches: r.Hub(), Kick: r.WantClosed}
+		all[r.ID()] = RangeEntry{Local: l, Shard: c.fwd.Range(l), Watches: r.Hub(), Kick: r.WantClosed, Counting: r.Counting}
 	}
 	c.view.Store(buildView(all))
 }
@@ -237,6 +240,30 @@ func (c *RangeCache) Spanning(key, end []byte) []RangePart {
 		return true
 	})
 	return out
+}
+
+// Counting reports whether the key space is one range that numbers its
+// revisions itself (DESIGN.md "Keys, values, revisions"), so that the
+// range's revision is the cluster's: for good over a static map
+// (single-group mode); otherwise while this member's replica of the range
+// at the start of the key space — range 1 — counts (RangeEntry.Counting),
+// which it does while it spans the whole key space and never again once a
+// split has applied here.
+func (c *RangeCache) Counting() bool {
+	if c.static {
+		return true
+	}
+	v := c.view.Load()
+	var first *placementpb.RangeDescriptor
+	v.table.EachOverlapping(nil, nil, func(d *placementpb.RangeDescriptor) bool {
+		first = d
+		return false
+	})
+	if first == nil || len(first.Start) > 0 {
+		return false
+	}
+	e := v.entries[shard.RangeID(first.Id)]
+	return e.Counting != nil && e.Counting()
 }
 
 // All returns every range, in key order.

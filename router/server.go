@@ -33,9 +33,10 @@ type Config struct {
 	// alone (NewStaticRangeCache). Required to serve the KV and Watch
 	// services.
 	Ranges *RangeCache
-	// Oracle is the cluster's current revision (Now): in sharded mode from
-	// the revision oracle once the key space has split, in single-group
-	// mode the one range's, read linearizably.
+	// Oracle is the revision oracle, the cluster's revision once the key
+	// space has split (Server.now); before, and over a static map
+	// (single-group mode) for good, the counting range's revision is.
+	// Required unless Ranges is static.
 	Oracle Oracle
 	// MaxRequestBytes refuses larger writes (etcd --max-request-bytes);
 	// 0 means DefaultMaxRequestBytes.
@@ -76,6 +77,9 @@ type Config struct {
 	// the lease requests only its lessor answers (keepalive, time-to-live,
 	// list); nil serves them locally only.
 	Leader func(ctx context.Context) (*grpc.ClientConn, error)
+	// Backups writes the images of this member's replicas that Snapshot
+	// sends (shard.Set).
+	Backups Backups
 	// Self is a client of this node's own services: the Lock and Election
 	// services run etcd's concurrency recipes on it, as etcd runs them on
 	// an in-process client (lock.go); nil leaves them unregistered. The

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -92,4 +93,11 @@ func (n *Node) Ranges() []RangeInfo {
 		return nil // not started
 	}
 	return n.rs.Ranges()
+}
+
+// SplitRange splits the range holding key at key, while it serves, and
+// returns the two ranges the split made, as `cairn range split` has the
+// node-to-node service do (router.Member.SplitRange).
+func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
+	return n.member.SplitRange(ctx, key)
 }

@@ -39,9 +39,3 @@ func (l localRanges) Touch(ctx context.Context, r placement.RangeID) error {
 	_, err := rc.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}})
 	return err
 }
-
-// compactLog snapshots this node's replica of range id and drops its raft
-// log up to the snapshot (router.Member's CompactLog).
-func (n *Node) compactLog(ctx context.Context, id uint64) error {
-	return n.reconfig.CompactLog(ctx, placement.RangeID(id))
-}

@@ -222,8 +222,10 @@ type Node struct {
 	// fanout revokes leases' keys outside range 1 in sharded mode, and
 	// finishes the revokes left pending while this node leads range 1.
 	fanout *router.LeaseFanout
-	// rs is the router (nil until Start has made it).
-	rs *router.Server
+	// rs is the router (nil until Start has made it), member what its
+	// node-to-node service serves from.
+	rs     *router.Server
+	member router.Member
 	// shardCfg and raftCfg start the ranges after range 1 (sharded mode).
 	shardCfg shard.Config
 	raftCfg  dbconfig.Config
@@ -279,9 +281,8 @@ type Node struct {
 	self  *clientv3.Client
 	selfL *bufconn.Listener
 
-	// connMu guards conns: client connections to other members, by address.
-	connMu sync.Mutex
-	conns  map[string]*grpc.ClientConn
+	// conns are the client connections to other members.
+	conns *router.MemberConns
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -591,7 +592,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	if cfg.Sharded {
 		span = shard.SpanOf(ranges[0])
 	}
-	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.dialMember)
+	n.conns = router.NewMemberConns(n.memberAddr)
+	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.conns.Dial)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
 	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
 		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: localRanges{n}, Peers: n.fwd,
@@ -762,7 +764,13 @@ func (n *Node) serve() error {
 	rs.Register(n.grpc)
 	// The node-to-node service (sharded mode; in single-group mode it
 	// answers that it needs sharded mode).
-	rs.RegisterInternal(n.grpc, memberService{n})
+	mcfg := router.MemberConfig{Sharded: cfg.Sharded, Ranges: n.rangeSet, Side: n.side, Splitter: n.splitter,
+		CompactLog: n.reconfig.CompactLog}
+	if n.alloc != nil {
+		mcfg.Oracle = n.alloc
+	}
+	n.member = router.NewMember(mcfg)
+	rs.RegisterInternal(n.grpc, n.member)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
 	mux := http.NewServeMux()
@@ -898,12 +906,9 @@ func (n *Node) Close() error {
 		if n.nh != nil {
 			n.nh.Close()
 		}
-		n.connMu.Lock()
-		for _, c := range n.conns {
-			_ = c.Close()
+		if n.conns != nil {
+			n.conns.Close()
 		}
-		n.conns = nil
-		n.connMu.Unlock()
 		if n.db != nil {
 			n.closeErr = n.db.Close()
 		}

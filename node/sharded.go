@@ -118,15 +118,6 @@ func (n *Node) startRange(r *shard.Range, founders, join bool) error {
 	return n.rangeSet.Start(r, cfg, n.raftCfg, founders, join)
 }
 
-// SplitRange splits the range holding key at key, while it serves, and
-// returns the two ranges the split made (router.Splitter.SplitRange).
-func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
-	if n.splitter == nil {
-		return nil, router.Refuse(router.ErrPrecondition, "cairn: splitting needs sharded mode (this cluster runs with --single-group)")
-	}
-	return n.splitter.SplitRange(ctx, key)
-}
-
 // closedEvery is how often the node raises the closed revision of the idle
 // ranges it leads (DESIGN.md "Closed revision": at least every 100 ms).
 const closedEvery = 50 * time.Millisecond

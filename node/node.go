@@ -742,7 +742,7 @@ func (n *Node) serve() error {
 		rcfg.Ranges = n.routes
 		rcfg.Merger = n.merger
 		rcfg.RemoteLeases = n.fanout
-		rcfg.RangeMembers = n.rangeMembers
+		rcfg.RangeMembers = n.rangeSet.RaftMembers
 	} else {
 		// Single-group mode: range 1 alone, for good, through the same
 		// routing and watch path; its replica proposes through raft (no

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
@@ -121,20 +120,6 @@ func (n *Node) startRange(r *shard.Range, founders, join bool) error {
 // closedEvery is how often the node raises the closed revision of the idle
 // ranges it leads (DESIGN.md "Closed revision": at least every 100 ms).
 const closedEvery = 50 * time.Millisecond
-
-// rangeMembers is router.Config.RangeMembers: the replicas of each range
-// here as raft has them, by range id (membership changes since the range
-// started show).
-func (n *Node) rangeMembers() map[uint64][]uint64 {
-	members := map[uint64][]uint64{}
-	for _, si := range n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}).ShardInfoList {
-		for id := range si.Replicas {
-			members[si.ShardID] = append(members[si.ShardID], id)
-		}
-		slices.Sort(members[si.ShardID])
-	}
-	return members
-}
 
 var (
 	_ router.LeaseHome = (*shard.Range)(nil)

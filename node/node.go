@@ -595,13 +595,17 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	n.conns = router.NewMemberConns(n.memberAddr)
 	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.conns.Dial)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
-	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
-		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: localRanges{n}, Peers: n.fwd,
-		Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
 	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
 		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load})
 	if cfg.Sharded {
 		n.routes = router.NewRangeCacheVia(n.fwd)
+	}
+	// Sharded mode's membership walk (placement/membership.go; the
+	// members.go calls ask nothing of it in single-group mode).
+	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
+		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
+		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
+	if cfg.Sharded {
 		n.merger = watch.NewMerger()
 		n.splitter = router.NewSplitter(router.SplitterConfig{Self: placement.NodeID(n.memberID), Map: n.placement,
 			RevisionsAbove: n.oracle.RevisionsAbove, Margin: oracleWindow, Ranges: n.routes, Local: n.rangeSet,

@@ -29,6 +29,10 @@ const placementShardID = 1 << 48
 // oracleWindow is how many revisions one persisted oracle bound covers.
 const oracleWindow = 10000
 
+// forwardRetry is the oracle client's wait between tries while the
+// placement group's leadership is moving.
+const forwardRetry = 10 * time.Millisecond
+
 // startPlacement starts this node's replica of the placement group (a
 // founder's, or a restart's), bootstraps the range map with the initial
 // split keys if no member has yet, and returns the range map.

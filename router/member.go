@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 )
 
@@ -84,4 +88,35 @@ func (m localMember) SplitRange(ctx context.Context, key []byte) ([]*placementpb
 
 func (m localMember) CompactLog(ctx context.Context, id shard.RangeID) error {
 	return m.cfg.CompactLog(ctx, placement.RangeID(id))
+}
+
+// MemberRanges is this member's replicas of the ranges (set) as a
+// placement.Membership walks them, reaching the ranges' leaders through
+// cache (nil in single-group mode, which walks none).
+func MemberRanges(set *shard.Set, cache *RangeCache) placement.LocalRanges {
+	return memberRanges{set: set, cache: cache}
+}
+
+type memberRanges struct {
+	set   *shard.Set
+	cache *RangeCache
+}
+
+// Runs reports whether this member's replica of range r is started.
+func (m memberRanges) Runs(r placement.RangeID) bool {
+	return m.set.Get(shard.RangeID(r), true) != nil
+}
+
+// Touch commits an empty lease checkpoint to range r.
+func (m memberRanges) Touch(ctx context.Context, r placement.RangeID) error {
+	var rc *RangeClient
+	if m.cache != nil {
+		rc = m.cache.Client(shard.RangeID(r))
+	}
+	if m.set.Get(shard.RangeID(r), true) == nil || rc == nil {
+		return fmt.Errorf("router: range %d does not run here", r)
+	}
+	empty, _ := proto.Marshal(&pb.LeaseCheckpointRequest{})
+	_, err := rc.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseCheckpoint{LeaseCheckpoint: empty}})
+	return err
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/lni/dragonboat/v4"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/placement"
@@ -162,16 +161,6 @@ func (n *Node) configChangeIndex() uint64 {
 		}
 	}
 	return 0
-}
-
-// leaderConn returns a client connection to the member leading the shard,
-// for the router's forwarded lease requests.
-func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
-	leader, _, ok := n.first.Replica().Leader()
-	if !ok {
-		return nil, shard.ErrNoLeader
-	}
-	return n.conns.Conn(memberOf(leader))
 }
 
 // memberAttrs reads, from this member's replica of range 1, the members'

@@ -737,7 +737,7 @@ func (n *Node) serve() error {
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		Node:              n,
 		Lessor:            n.first.StateMachine().Lessor(),
-		Leader:            n.leaderConn,
+		Members:           n.conns,
 		Backups:           n.rangeSet,
 	}
 	if cfg.Sharded {

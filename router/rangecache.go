@@ -77,6 +77,9 @@ type rangeView struct {
 	entries map[shard.RangeID]RangeEntry
 	gens    map[shard.RangeID]uint64 // the generation table holds, by range id
 	ids     map[Shard]shard.RangeID  // range ids by their entry's Shard
+	// first is the entry of the range starting at the empty key (range
+	// 1), nil if none.
+	first *RangeEntry
 }
 
 // NewRangeCache returns an empty cache.
@@ -187,6 +190,9 @@ func buildView(entries map[shard.RangeID]RangeEntry) *rangeView {
 		st.Ranges = append(st.Ranges, d)
 		v.gens[id] = d.Generation
 		v.ids[e.Shard] = id
+		if len(d.Start) == 0 {
+			v.first = &e
+		}
 	}
 	v.table.Load(st)
 	return v
@@ -253,17 +259,8 @@ func (c *RangeCache) Counting() bool {
 	if c.static {
 		return true
 	}
-	v := c.view.Load()
-	var first *placementpb.RangeDescriptor
-	v.table.EachOverlapping(nil, nil, func(d *placementpb.RangeDescriptor) bool {
-		first = d
-		return false
-	})
-	if first == nil || len(first.Start) > 0 {
-		return false
-	}
-	e := v.entries[shard.RangeID(first.Id)]
-	return e.Counting != nil && e.Counting()
+	e := c.view.Load().first
+	return e != nil && e.Counting != nil && e.Counting()
 }
 
 // All returns every range, in key order.

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -73,10 +72,10 @@ type Config struct {
 	// Lessor serves the Lease service (with the Shard for grants and
 	// revokes); nil leaves it unregistered.
 	Lessor Lessor
-	// Leader dials the client service of the member leading the shard, for
-	// the lease requests only its lessor answers (keepalive, time-to-live,
-	// list); nil serves them locally only.
-	Leader func(ctx context.Context) (*grpc.ClientConn, error)
+	// Members dials the other members' client ports: the lease requests
+	// only the shard's leader's lessor answers (keepalive, time-to-live,
+	// list) go to the member leading it; nil serves them locally only.
+	Members *MemberConns
 	// Backups writes the images of this member's replicas that Snapshot
 	// sends (shard.Set).
 	Backups Backups

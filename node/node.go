@@ -935,11 +935,7 @@ func (n *Node) routing() []*shard.Range {
 func (n *Node) Status() router.NodeStatus {
 	m := n.db.Metrics()
 	size := int64(m.DiskSpaceUsage())
-	st := router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
-	if leader, _, ok := n.first.Replica().Leader(); ok {
-		st.Leader = uint64(memberOf(leader))
-	}
-	return st
+	return router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
 }
 
 // sameURLs reports whether a and b hold the same URLs in any order.

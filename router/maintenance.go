@@ -37,11 +37,13 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 		DbSize:           ns.DBSize,
 		DbSizeInUse:      ns.DBSizeInUse,
 		DbSizeQuota:      ns.DBSizeQuota,
-		Leader:           ns.Leader,
 		RaftIndex:        max(ns.RaftIndex, st.AppliedIndex),
 		RaftAppliedIndex: st.AppliedIndex,
 		IsLearner:        ns.IsLearner,
 		DowngradeInfo:    &pb.DowngradeInfo{},
+	}
+	if leader, _, ok := m.s.cfg.Shard.Leader(); ok {
+		resp.Leader = uint64(memberOf(leader))
 	}
 	if resp.DbSizeQuota == 0 {
 		resp.DbSizeQuota = m.s.cfg.QuotaBackendBytes

@@ -108,8 +108,6 @@ type NodeInfo interface {
 // NodeStatus is the part of etcd's StatusResponse only the process knows.
 type NodeStatus struct {
 	DBSize, DBSizeInUse, DBSizeQuota int64
-	// Leader is the member id of the raft leader, 0 if none is known.
-	Leader uint64
 	// RaftIndex is the last raft index known here, 0 if not known (Status
 	// then reports the applied index).
 	RaftIndex uint64

@@ -599,19 +599,17 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load})
 	if cfg.Sharded {
 		n.routes = router.NewRangeCacheVia(n.fwd)
-	}
-	// Sharded mode's membership walk (placement/membership.go; the
-	// members.go calls ask nothing of it in single-group mode).
-	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
-		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
-		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
-	if cfg.Sharded {
 		n.merger = watch.NewMerger()
 		n.splitter = router.NewSplitter(router.SplitterConfig{Self: placement.NodeID(n.memberID), Map: n.placement,
 			RevisionsAbove: n.oracle.RevisionsAbove, Margin: oracleWindow, Ranges: n.routes, Local: n.rangeSet,
 			Forwarder: n.fwd, Merger: n.merger, Home: singleShardID, NewRange: n.newRange, StartRange: n.startRange,
 			Stop: n.stop, Log: n.log, CutShort: n.hooks.splitCutShort.Load, NoStart: n.hooks.splitNoStart.Load})
 	}
+	// Sharded mode's membership walk (placement/membership.go; the
+	// members.go calls ask nothing of it in single-group mode).
+	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
+		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
+		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
 	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
 		if n.splitter != nil {
 			n.splitter.OnSplit(n.first, child, span, rev, founders)

@@ -4,6 +4,9 @@ import (
 	"context"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/router"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // AppliedIndex is the raft index range id's replica here has applied, for
@@ -69,4 +72,32 @@ func (n *Node) SplitHere(id uint64) (bool, error) { return mvcc.SplitHere(n.db, 
 // handled at once.
 func (n *Node) SideChannelReceived() (messages, maxRanges, maxInFlight int64) {
 	return n.side.Received()
+}
+
+// Closed reports the closed revision this node's client of range id knows
+// (0 for an unknown range): what the side channel publishes.
+func (n *Node) Closed(id uint64) mvcc.Revision {
+	if r := n.rangeSet.Get(shard.RangeID(id), true); r != nil {
+		return r.Replica().Closed()
+	}
+	return 0
+}
+
+// RangeInfo is one range as /cairn/ranges (and `cairn ranges`) shows it.
+type RangeInfo = router.RangeInfo
+
+// Ranges returns this node's view of the range map (nil in single-group
+// mode): router.Server.Ranges.
+func (n *Node) Ranges() []RangeInfo {
+	if n.rs == nil {
+		return nil // not started
+	}
+	return n.rs.Ranges()
+}
+
+// SplitRange splits the range holding key at key, while it serves, and
+// returns the two ranges the split made, as `cairn range split` has the
+// node-to-node service do (router.Member.SplitRange).
+func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
+	return n.member.SplitRange(ctx, key)
 }

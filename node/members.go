@@ -10,8 +10,6 @@ import (
 	"github.com/lni/dragonboat/v4"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/placement"
@@ -165,16 +163,6 @@ func (n *Node) configChangeIndex() uint64 {
 	return 0
 }
 
-// leaderConn returns a client connection to the member leading the shard,
-// for the router's forwarded lease requests.
-func (n *Node) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
-	leader, _, ok := n.first.Replica().Leader()
-	if !ok {
-		return nil, shard.ErrNoLeader
-	}
-	return n.memberConn(uint64(memberOf(leader)))
-}
-
 // memberAttrs reads, from this member's replica of range 1, the members'
 // published attributes (name, client URLs).
 func (n *Node) memberAttrs(ctx context.Context) (map[uint64]*pb.Member, error) {
@@ -184,35 +172,18 @@ func (n *Node) memberAttrs(ctx context.Context) (map[uint64]*pb.Member, error) {
 	return n.first.Replica().Members(ctx, false)
 }
 
-// memberConn returns a client connection to member id's first published
-// client URL. Connections are kept per URL until the node closes.
-func (n *Node) memberConn(id uint64) (*grpc.ClientConn, error) {
+// memberAddr is member id's client address (router.MemberConns): its
+// first published client URL.
+func (n *Node) memberAddr(id placement.NodeID) (string, error) {
 	attrs, err := n.memberAttrs(context.Background())
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	m := attrs[id]
+	m := attrs[uint64(id)]
 	if m == nil || len(m.ClientURLs) == 0 {
-		return nil, fmt.Errorf("node: member %x has not published its client URLs: %w", id, shard.ErrNoLeader)
+		return "", fmt.Errorf("node: member %x has not published its client URLs: %w", uint64(id), shard.ErrNoLeader)
 	}
-	target, err := hostPort(m.ClientURLs[0])
-	if err != nil {
-		return nil, err
-	}
-	n.connMu.Lock()
-	defer n.connMu.Unlock()
-	if c := n.conns[target]; c != nil {
-		return c, nil
-	}
-	c, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("node: dial member %x at %s: %w", id, target, err)
-	}
-	if n.conns == nil {
-		n.conns = map[string]*grpc.ClientConn{}
-	}
-	n.conns[target] = c
-	return c, nil
+	return hostPort(m.ClientURLs[0])
 }
 
 // membership reads the shard's membership through the leader (a ReadIndex),

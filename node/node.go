@@ -222,8 +222,10 @@ type Node struct {
 	// fanout revokes leases' keys outside range 1 in sharded mode, and
 	// finishes the revokes left pending while this node leads range 1.
 	fanout *router.LeaseFanout
-	// rs is the router (nil until Start has made it).
-	rs *router.Server
+	// rs is the router (nil until Start has made it), member what its
+	// node-to-node service serves from.
+	rs     *router.Server
+	member router.Member
 	// shardCfg and raftCfg start the ranges after range 1 (sharded mode).
 	shardCfg shard.Config
 	raftCfg  dbconfig.Config
@@ -279,9 +281,8 @@ type Node struct {
 	self  *clientv3.Client
 	selfL *bufconn.Listener
 
-	// connMu guards conns: client connections to other members, by address.
-	connMu sync.Mutex
-	conns  map[string]*grpc.ClientConn
+	// conns are the client connections to other members.
+	conns *router.MemberConns
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -591,11 +592,9 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	if cfg.Sharded {
 		span = shard.SpanOf(ranges[0])
 	}
-	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.dialMember)
+	n.conns = router.NewMemberConns(n.memberAddr)
+	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.conns.Dial)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
-	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
-		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: localRanges{n}, Peers: n.fwd,
-		Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
 	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
 		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load})
 	if cfg.Sharded {
@@ -606,6 +605,11 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			Forwarder: n.fwd, Merger: n.merger, Home: singleShardID, NewRange: n.newRange, StartRange: n.startRange,
 			Stop: n.stop, Log: n.log, CutShort: n.hooks.splitCutShort.Load, NoStart: n.hooks.splitNoStart.Load})
 	}
+	// Sharded mode's membership walk (placement/membership.go; the
+	// members.go calls ask nothing of it in single-group mode).
+	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
+		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
+		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
 	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
 		if n.splitter != nil {
 			n.splitter.OnSplit(n.first, child, span, rev, founders)
@@ -731,15 +735,16 @@ func (n *Node) serve() error {
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		Node:              n,
 		Lessor:            n.first.StateMachine().Lessor(),
-		Leader:            n.leaderConn,
-		Oracle:            n,
+		Members:           n.conns,
+		Backups:           n.rangeSet,
 	}
 	if cfg.Sharded {
+		rcfg.Oracle = n.oracle
 		rcfg.Shard = n.routes.Client(singleShardID)
 		rcfg.Ranges = n.routes
 		rcfg.Merger = n.merger
 		rcfg.RemoteLeases = n.fanout
-		rcfg.RangeMembers = n.rangeMembers
+		rcfg.RangeMembers = n.rangeSet.RaftMembers
 	} else {
 		// Single-group mode: range 1 alone, for good, through the same
 		// routing and watch path; its replica proposes through raft (no
@@ -761,7 +766,13 @@ func (n *Node) serve() error {
 	rs.Register(n.grpc)
 	// The node-to-node service (sharded mode; in single-group mode it
 	// answers that it needs sharded mode).
-	rs.RegisterInternal(n.grpc, memberService{n})
+	mcfg := router.MemberConfig{Sharded: cfg.Sharded, Ranges: n.rangeSet, Side: n.side, Splitter: n.splitter,
+		CompactLog: n.reconfig.CompactLog}
+	if n.alloc != nil {
+		mcfg.Oracle = n.alloc
+	}
+	n.member = router.NewMember(mcfg)
+	rs.RegisterInternal(n.grpc, n.member)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
 	mux := http.NewServeMux()
@@ -897,12 +908,9 @@ func (n *Node) Close() error {
 		if n.nh != nil {
 			n.nh.Close()
 		}
-		n.connMu.Lock()
-		for _, c := range n.conns {
-			_ = c.Close()
+		if n.conns != nil {
+			n.conns.Close()
 		}
-		n.conns = nil
-		n.connMu.Unlock()
 		if n.db != nil {
 			n.closeErr = n.db.Close()
 		}
@@ -925,11 +933,7 @@ func (n *Node) routing() []*shard.Range {
 func (n *Node) Status() router.NodeStatus {
 	m := n.db.Metrics()
 	size := int64(m.DiskSpaceUsage())
-	st := router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
-	if leader, _, ok := n.first.Replica().Leader(); ok {
-		st.Leader = uint64(memberOf(leader))
-	}
-	return st
+	return router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
 }
 
 // sameURLs reports whether a and b hold the same URLs in any order.

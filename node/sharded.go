@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
@@ -29,6 +28,10 @@ const placementShardID = 1 << 48
 
 // oracleWindow is how many revisions one persisted oracle bound covers.
 const oracleWindow = 10000
+
+// forwardRetry is the oracle client's wait between tries while the
+// placement group's leadership is moving.
+const forwardRetry = 10 * time.Millisecond
 
 // startPlacement starts this node's replica of the placement group (a
 // founder's, or a restart's), bootstraps the range map with the initial
@@ -118,95 +121,9 @@ func (n *Node) startRange(r *shard.Range, founders, join bool) error {
 	return n.rangeSet.Start(r, cfg, n.raftCfg, founders, join)
 }
 
-// SplitRange splits the range holding key at key, while it serves, and
-// returns the two ranges the split made (router.Splitter.SplitRange).
-func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
-	if n.splitter == nil {
-		return nil, router.Refuse(router.ErrPrecondition, "cairn: splitting needs sharded mode (this cluster runs with --single-group)")
-	}
-	return n.splitter.SplitRange(ctx, key)
-}
-
-// Now implements router.Oracle: a revision at or above every write
-// completed before the call. While the cluster is one range that counts its
-// revisions, it is that range's revision, read linearizably — no oracle
-// revision, so that headers show etcd's dense revisions; once it has split,
-// the oracle's current value, which reading does not move (DESIGN.md
-// "Reads"). In single-group mode (no oracle) it is always the one range's
-// revision, read linearizably.
-func (n *Node) Now(ctx context.Context) (mvcc.Revision, error) {
-	if n.oracle == nil {
-		st, err := n.first.Replica().Status(ctx, true)
-		if err != nil {
-			return 0, err
-		}
-		return st.Revision, nil
-	}
-	if n.Counting() {
-		st, err := n.routes.Client(n.first.ID()).Status(ctx, true)
-		if err != nil {
-			return 0, err
-		}
-		// Counting still, as of the read index: no split has committed
-		// before it, so no write has an oracle revision.
-		if st.Counting {
-			return st.Revision, nil
-		}
-	}
-	return n.oracle.Current(ctx)
-}
-
-// Counting implements router.Oracle: whether the cluster is one range that
-// numbers its revisions itself (single-group mode, or a sharded cluster
-// before its first split), so that the range's revision is the cluster's.
-// Range 1 counts while it spans the whole key space; once a split has
-// applied here it never does again.
-func (n *Node) Counting() bool {
-	if n.oracle == nil {
-		return true
-	}
-	sm := n.first.StateMachine()
-	return sm != nil && sm.Counting()
-}
-
 // closedEvery is how often the node raises the closed revision of the idle
 // ranges it leads (DESIGN.md "Closed revision": at least every 100 ms).
 const closedEvery = 50 * time.Millisecond
-
-// Closed reports the closed revision this node's client of range id knows
-// (0 for an unknown range): what the side channel publishes.
-func (n *Node) Closed(id uint64) mvcc.Revision {
-	if r := n.rangeSet.Get(shard.RangeID(id), true); r != nil {
-		return r.Replica().Closed()
-	}
-	return 0
-}
-
-// RangeInfo is one range as /cairn/ranges (and `cairn ranges`) shows it.
-type RangeInfo = router.RangeInfo
-
-// Ranges returns this node's view of the range map (nil in single-group
-// mode): router.Server.Ranges.
-func (n *Node) Ranges() []RangeInfo {
-	if n.rs == nil {
-		return nil // not started
-	}
-	return n.rs.Ranges()
-}
-
-// rangeMembers is router.Config.RangeMembers: the replicas of each range
-// here as raft has them, by range id (membership changes since the range
-// started show).
-func (n *Node) rangeMembers() map[uint64][]uint64 {
-	members := map[uint64][]uint64{}
-	for _, si := range n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}).ShardInfoList {
-		for id := range si.Replicas {
-			members[si.ShardID] = append(members[si.ShardID], id)
-		}
-		slices.Sort(members[si.ShardID])
-	}
-	return members
-}
 
 var (
 	_ router.LeaseHome = (*shard.Range)(nil)

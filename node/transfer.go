@@ -152,7 +152,7 @@ func (n *Node) waitTransferReady(ctx context.Context, target, hold uint64, deadl
 
 // appliedOf asks member id for the raft index it has applied.
 func (n *Node) appliedOf(ctx context.Context, id uint64) (uint64, error) {
-	c, err := n.memberConn(id)
+	c, err := n.conns.Conn(placement.NodeID(id))
 	if err != nil {
 		return 0, err
 	}

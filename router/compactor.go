@@ -298,7 +298,7 @@ func (c *compactor) compact(ctx context.Context, rev mvcc.Revision, retry time.D
 type serverTarget struct{ s *Server }
 
 func (t serverTarget) revision(ctx context.Context) (mvcc.Revision, error) {
-	return t.s.cfg.Oracle.Now(ctx)
+	return t.s.now(ctx)
 }
 
 func (t serverTarget) leading() bool {

@@ -3,10 +3,14 @@
 //
 // Both modes take one path: requests are routed by key through the range
 // cache (Config.Ranges), watches are merged streams over the ranges' hubs
-// (Config.Merger), the cluster's revision comes from Config.Oracle. In
-// single-group mode the cache is static — range 1 alone, the whole key
-// space, for good (NewStaticRangeCache) — and a merged stream over one
-// range is that range's hub stream as it is (watch.Merged, "Direct"), so
+// (Config.Merger). The cluster's revision (Server.now) is, while the key
+// space is one range that numbers its revisions itself (the cache's
+// Counting: range 1 before the first split, or a static map's range for
+// good), that range's, read linearizably; from the first split, the
+// revision oracle's current value (Config.Oracle). In single-group mode
+// the cache is static — range 1 alone, the whole key space, for good
+// (NewStaticRangeCache) — and a merged stream over one range is that
+// range's hub stream as it is (watch.Merged, "Direct"), so
 // the answers are etcd's exactly; since that range's revision is the
 // cluster's, it also answers by itself, as etcd's one store does, what
 // sharded mode spreads over the ranges at an oracle revision: reads and
@@ -23,7 +27,13 @@
 // service changes raft membership through the node (Membership); the
 // Maintenance service adds HashKV, MoveLeader, Defragment, Alarm (with
 // etcd's quota check before every write that adds data) and Snapshot
-// through the node (Operator, Snapshotter).
+// (backup.go): a backup is one store of the whole key space — over a
+// static map the one range's own, otherwise every range's at the
+// cluster's current revision R, taken from one pebble snapshot of the
+// member's DB once each range has applied every write up to R here
+// (Config.Backups, a shard.Set; a split or a compaction past R meanwhile
+// takes another R) — kept in a file the node makes (Snapshotter) while it
+// is sent.
 //
 // In sharded mode (ranges.go) every request is routed by key through the
 // range cache (rangecache.go: the ranges' descriptors in a
@@ -49,7 +59,9 @@
 // carries the range's descriptor, and one newer than the cache's makes it
 // read the replicas' descriptors again. Which member leads a range is the
 // RangeClient's concern (forward.go): it forwards to the leader over the
-// node-to-node service, which this package also serves (internal.go),
+// node-to-node service, which this package also serves (internal.go,
+// from this member's replicas, side channel, splits and oracle as
+// NewMember wires them; MemberConns keeps the connections to the others),
 // refusals carried typed in its responses. The range cache makes the
 // RangeClient of each of this member's ranges (shard.Range) as it is put
 // in (PutRanges); the side channel (sidechannel.go) publishes the closed

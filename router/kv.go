@@ -64,12 +64,12 @@ func (k *kvServer) rangeKV(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	// before its first split): the range has written everything up to the
 	// cluster's revision and answers every read itself, at any revision,
 	// empty intervals too, as etcd does — unless a split applied meanwhile.
-	if k.s.cfg.Oracle.Counting() {
+	if k.s.counting() {
 		resp, err := k.s.cfg.Shard.Range(ctx, r, !r.Serializable && !plantedStaleReads)
 		if err != nil {
 			return nil, toGRPC(err)
 		}
-		if k.s.cfg.Oracle.Counting() {
+		if k.s.counting() {
 			k.s.fill(resp.Header)
 			return resp, nil
 		}
@@ -93,7 +93,7 @@ func (k *kvServer) rangeKV(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	// cluster's current revision, which a write in any range that
 	// completed before this read began is at or below, once the range has
 	// closed it; the header carries it.
-	now, err := k.s.cfg.Oracle.Now(ctx)
+	now, err := k.s.now(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -290,7 +290,7 @@ func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Co
 // except that in sharded mode again (the automatic compactor's) passes
 // over every range compacted at or past it and compacts the others.
 func (s *Server) compact(ctx context.Context, r *pb.CompactionRequest, again bool) (*pb.CompactionResponse, error) {
-	if !s.cfg.Oracle.Counting() {
+	if !s.counting() {
 		return s.compactAll(ctx, r, again)
 	}
 	out, err := s.write(ctx, s.cfg.Shard, r, compactionRequest)

@@ -238,7 +238,7 @@ func (ls *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest
 // member (its lessor answers), nil to answer here. With no leader known it
 // waits for one, as long as waitPrimary would.
 func (ls *leaseServer) remote(ctx context.Context) (*grpc.ClientConn, error) {
-	if ls.s.cfg.Leader == nil || ls.s.cfg.Lessor.IsPrimary() {
+	if ls.s.cfg.Members == nil || ls.s.cfg.Lessor.IsPrimary() {
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, primaryWait)
@@ -250,7 +250,7 @@ func (ls *leaseServer) remote(ctx context.Context) (*grpc.ClientConn, error) {
 			if memberOf(leader) == ls.s.cfg.MemberID {
 				return nil, nil
 			}
-			return ls.s.cfg.Leader(ctx)
+			return ls.s.cfg.Members.Conn(memberOf(leader))
 		}
 		select {
 		case <-ctx.Done():

@@ -37,11 +37,13 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 		DbSize:           ns.DBSize,
 		DbSizeInUse:      ns.DBSizeInUse,
 		DbSizeQuota:      ns.DBSizeQuota,
-		Leader:           ns.Leader,
 		RaftIndex:        max(ns.RaftIndex, st.AppliedIndex),
 		RaftAppliedIndex: st.AppliedIndex,
 		IsLearner:        ns.IsLearner,
 		DowngradeInfo:    &pb.DowngradeInfo{},
+	}
+	if leader, _, ok := m.s.cfg.Shard.Leader(); ok {
+		resp.Leader = uint64(memberOf(leader))
 	}
 	if resp.DbSizeQuota == 0 {
 		resp.DbSizeQuota = m.s.cfg.QuotaBackendBytes
@@ -103,7 +105,7 @@ func (m *maintenanceServer) HashKV(ctx context.Context, r *pb.HashKVRequest) (*p
 	// A counting range (single-group mode, or sharded before the first
 	// split) hashes its own history, as etcd's member does (serializable,
 	// one hash); once split, the ranges' hashes combine at one revision.
-	if !m.s.cfg.Oracle.Counting() {
+	if !m.s.counting() {
 		return m.s.hashAll(ctx, mvcc.Revision(r.Revision))
 	}
 	st, err := m.s.cfg.Shard.Status(ctx, false)
@@ -163,11 +165,11 @@ func (m *maintenanceServer) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequ
 // snapshotChunk is the size of each Snapshot response's blob.
 const snapshotChunk = 32 << 10
 
-// Snapshot streams a backup of this member's store at one revision, shaped
-// as etcd's clients expect (see node.Snapshot); `cairn snapshot restore`
-// reads it back.
+// Snapshot streams a backup of this member's store at one revision
+// (backup), in a file shaped as etcd's clients expect (Snapshotter);
+// `cairn snapshot restore` reads it back.
 func (m *maintenanceServer) Snapshot(_ *pb.SnapshotRequest, stream pb.Maintenance_SnapshotServer) error {
-	rc, size, err := m.s.cfg.Node.Snapshot(stream.Context())
+	rc, size, err := m.s.cfg.Node.BackupFile(func(w io.Writer) error { return m.s.backup(stream.Context(), w) })
 	if err != nil {
 		return toGRPC(err)
 	}
@@ -188,8 +190,10 @@ func (m *maintenanceServer) Snapshot(_ *pb.SnapshotRequest, stream pb.Maintenanc
 	return nil
 }
 
-// Snapshotter writes backups; the node implements it.
+// Snapshotter keeps a backup while it is sent; the node implements it.
 type Snapshotter interface {
-	// Snapshot returns a backup, open at its start, and its size.
-	Snapshot(ctx context.Context) (io.ReadCloser, int64, error)
+	// BackupFile writes a backup file with write (the store's image; the
+	// file adds etcd's padding and checksum) and returns it open at its
+	// start, with its size; closing it removes it.
+	BackupFile(write func(w io.Writer) error) (io.ReadCloser, int64, error)
 }

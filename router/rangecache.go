@@ -63,6 +63,9 @@ type RangeEntry struct {
 	// Kick asks the range to raise its closed revision to rev soon; nil:
 	// it rises on its own schedule only.
 	Kick func(rev mvcc.Revision)
+	// Counting reports whether this member's replica numbers the range's
+	// revisions itself (shard.Range.Counting); nil: it does not.
+	Counting func() bool
 }
 
 // rangeView is one immutable state of the cache.
@@ -74,6 +77,9 @@ type rangeView struct {
 	entries map[shard.RangeID]RangeEntry
 	gens    map[shard.RangeID]uint64 // the generation table holds, by range id
 	ids     map[Shard]shard.RangeID  // range ids by their entry's Shard
+	// first is the entry of the range starting at the empty key (range
+	// 1), nil if none.
+	first *RangeEntry
 }
 
 // NewRangeCache returns an empty cache.
@@ -149,7 +155,7 @@ func (c *RangeCache) PutRanges(rs ...*shard.Range) {
 		if e, ok := all[r.ID()]; ok && e.Local == l {
 			continue
 		}
-		all[r.ID()] = RangeEntry{Local: l, Shard: c.fwd.Range(l), Watches: r.Hub(), Kick: r.WantClosed}
+		all[r.ID()] = RangeEntry{Local: l, Shard: c.fwd.Range(l), Watches: r.Hub(), Kick: r.WantClosed, Counting: r.Counting}
 	}
 	c.view.Store(buildView(all))
 }
@@ -184,6 +190,9 @@ func buildView(entries map[shard.RangeID]RangeEntry) *rangeView {
 		st.Ranges = append(st.Ranges, d)
 		v.gens[id] = d.Generation
 		v.ids[e.Shard] = id
+		if len(d.Start) == 0 {
+			v.first = &e
+		}
 	}
 	v.table.Load(st)
 	return v
@@ -237,6 +246,21 @@ func (c *RangeCache) Spanning(key, end []byte) []RangePart {
 		return true
 	})
 	return out
+}
+
+// Counting reports whether the key space is one range that numbers its
+// revisions itself (DESIGN.md "Keys, values, revisions"), so that the
+// range's revision is the cluster's: for good over a static map
+// (single-group mode); otherwise while this member's replica of the range
+// at the start of the key space — range 1 — counts (RangeEntry.Counting),
+// which it does while it spans the whole key space and never again once a
+// split has applied here.
+func (c *RangeCache) Counting() bool {
+	if c.static {
+		return true
+	}
+	e := c.view.Load().first
+	return e != nil && e.Counting != nil && e.Counting()
 }
 
 // All returns every range, in key order.

@@ -19,21 +19,48 @@ import (
 	"github.com/cairn-kv/cairn/watch"
 )
 
-// Oracle is the cluster's current revision.
+// Oracle is the revision oracle as the router reads it
+// (placement.OracleClient).
 type Oracle interface {
-	// Now returns a revision at or above every write completed before the
-	// call (the revision oracle's current value, or the counting range's
-	// own), moved by writes alone.
-	Now(ctx context.Context) (mvcc.Revision, error)
-	// Counting reports whether the cluster is one range that numbers its
-	// revisions itself (single-group mode, or a sharded cluster before its
-	// first split): that range's revision is the cluster's, so it answers
-	// every read itself, at any revision, as etcd's one store does. Once
-	// false, it stays false; a read answered while it held stands if it
-	// still holds after the answer (the read index then preceded any
-	// split).
-	Counting() bool
+	// Current returns the oracle's current value: a revision at or above
+	// every revision handed out before the call, without handing one out.
+	Current(ctx context.Context) (mvcc.Revision, error)
 }
+
+// now returns the cluster's current revision: a revision at or above every
+// write completed before the call, moved by writes alone (DESIGN.md
+// "Reads"). While the cluster is one range that counts its revisions, it
+// is that range's revision, read linearizably — no oracle revision, so
+// that headers show etcd's dense revisions; once it has split, the
+// oracle's current value, which reading does not move. Over a static map
+// (single-group mode, no oracle) it is always the one range's revision,
+// read linearizably.
+func (s *Server) now(ctx context.Context) (mvcc.Revision, error) {
+	if !s.counting() {
+		return s.cfg.Oracle.Current(ctx)
+	}
+	st, err := s.cfg.Shard.Status(ctx, true)
+	if err != nil {
+		return 0, err
+	}
+	// Counting still, as of the read index: no split has committed before
+	// it, so no write has an oracle revision. (A static map's range counts
+	// for good, though its state machine, single-group mode's, does not
+	// call it counting.)
+	if st.Counting || s.cfg.Ranges.static {
+		return st.Revision, nil
+	}
+	return s.cfg.Oracle.Current(ctx)
+}
+
+// counting reports whether the cluster is one range that numbers its
+// revisions itself (RangeCache.Counting: single-group mode, or a sharded
+// cluster before its first split): that range's revision is the
+// cluster's, so it answers every read itself, at any revision, as etcd's
+// one store does. Once false, it stays false; a read answered while it
+// held stands if it still holds after the answer (the read index then
+// preceded any split).
+func (s *Server) counting() bool { return s.cfg.Ranges.Counting() }
 
 // RangePart is one range: its id, its span [Start, End) (End empty: to the
 // end of the key space), its shard and its watch hub.
@@ -138,7 +165,7 @@ func txnSpans(r *pb.TxnRequest, out []keySpan) []keySpan {
 // from the oracle, each range answers its part at R once its closed
 // revision has reached R, and the parts merge into etcd's answer.
 func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []RangePart) (*pb.RangeResponse, error) {
-	now, err := s.cfg.Oracle.Now(ctx)
+	now, err := s.now(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -200,7 +227,7 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 // automatic compactor's retry), the first range refuses a revision it
 // compacted already.
 func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest, again bool) (*pb.CompactionResponse, error) {
-	now, err := s.cfg.Oracle.Now(ctx)
+	now, err := s.now(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -236,7 +263,7 @@ func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest, again 
 // hashes combined in key order. Members holding the same data answer the
 // same hash at the same revision.
 func (s *Server) hashAll(ctx context.Context, rev mvcc.Revision) (*pb.HashKVResponse, error) {
-	now, err := s.cfg.Oracle.Now(ctx)
+	now, err := s.now(ctx)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -308,12 +335,12 @@ func WaitApplied(ctx context.Context, p RangePart, rev mvcc.Revision) error {
 // for the range to refuse as a future revision).
 func (s *Server) readTxn(ctx context.Context, sh Shard, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	linearizable := !txnSerializable(r)
-	if s.cfg.Oracle.Counting() {
+	if s.counting() {
 		resp, err := sh.ReadTxn(ctx, r, 0, linearizable)
 		if err != nil {
 			return nil, toGRPC(err)
 		}
-		if s.cfg.Oracle.Counting() {
+		if s.counting() {
 			s.fill(resp.Header)
 			return resp, nil
 		}
@@ -323,7 +350,7 @@ func (s *Server) readTxn(ctx context.Context, sh Shard, r *pb.TxnRequest) (*pb.T
 	var floor, now mvcc.Revision
 	if ok && (linearizable || past > 0) {
 		var err error
-		if now, err = s.cfg.Oracle.Now(ctx); err != nil {
+		if now, err = s.now(ctx); err != nil {
 			return nil, toGRPC(err)
 		}
 		if !linearizable {

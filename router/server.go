@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -33,9 +32,10 @@ type Config struct {
 	// alone (NewStaticRangeCache). Required to serve the KV and Watch
 	// services.
 	Ranges *RangeCache
-	// Oracle is the cluster's current revision (Now): in sharded mode from
-	// the revision oracle once the key space has split, in single-group
-	// mode the one range's, read linearizably.
+	// Oracle is the revision oracle, the cluster's revision once the key
+	// space has split (Server.now); before, and over a static map
+	// (single-group mode) for good, the counting range's revision is.
+	// Required unless Ranges is static.
 	Oracle Oracle
 	// MaxRequestBytes refuses larger writes (etcd --max-request-bytes);
 	// 0 means DefaultMaxRequestBytes.
@@ -72,10 +72,13 @@ type Config struct {
 	// Lessor serves the Lease service (with the Shard for grants and
 	// revokes); nil leaves it unregistered.
 	Lessor Lessor
-	// Leader dials the client service of the member leading the shard, for
-	// the lease requests only its lessor answers (keepalive, time-to-live,
-	// list); nil serves them locally only.
-	Leader func(ctx context.Context) (*grpc.ClientConn, error)
+	// Members dials the other members' client ports: the lease requests
+	// only the shard's leader's lessor answers (keepalive, time-to-live,
+	// list) go to the member leading it; nil serves them locally only.
+	Members *MemberConns
+	// Backups writes the images of this member's replicas that Snapshot
+	// sends (shard.Set).
+	Backups Backups
 	// Self is a client of this node's own services: the Lock and Election
 	// services run etcd's concurrency recipes on it, as etcd runs them on
 	// an in-process client (lock.go); nil leaves them unregistered. The
@@ -105,8 +108,6 @@ type NodeInfo interface {
 // NodeStatus is the part of etcd's StatusResponse only the process knows.
 type NodeStatus struct {
 	DBSize, DBSizeInUse, DBSizeQuota int64
-	// Leader is the member id of the raft leader, 0 if none is known.
-	Leader uint64
 	// RaftIndex is the last raft index known here, 0 if not known (Status
 	// then reports the applied index).
 	RaftIndex uint64

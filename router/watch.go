@@ -159,7 +159,7 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, setFrag
 // starts at its own revision, as etcd's does; so does a watch whose ranges
 // cannot close now in time (no leader), as before.
 func (ws *watchServer) create(ctx context.Context, st watchStream, req *pb.WatchCreateRequest) *pb.WatchResponse {
-	if req.StartRevision != 0 || ws.s.cfg.Oracle.Counting() {
+	if req.StartRevision != 0 || ws.s.counting() {
 		return st.Create(req)
 	}
 	now, err := ws.s.closedNow(ctx, req.Key, req.RangeEnd)
@@ -174,11 +174,11 @@ func (ws *watchServer) create(ctx context.Context, st watchStream, req *pb.Watch
 // every write completed before the request (a Kubernetes watch cache waits
 // for one to know it is fresh).
 func (ws *watchServer) requestProgress(ctx context.Context, st watchStream) {
-	if ws.s.cfg.Oracle.Counting() {
+	if ws.s.counting() {
 		st.RequestProgress()
 		return
 	}
-	now, err := ws.s.cfg.Oracle.Now(ctx)
+	now, err := ws.s.now(ctx)
 	if err != nil {
 		now = 0
 	}
@@ -188,7 +188,7 @@ func (ws *watchServer) requestProgress(ctx context.Context, st watchStream) {
 // closedNow returns the cluster's current revision once every range that
 // etcd's [key, end) reaches has closed it.
 func (s *Server) closedNow(ctx context.Context, key, end []byte) (mvcc.Revision, error) {
-	now, err := s.cfg.Oracle.Now(ctx)
+	now, err := s.now(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -93,4 +94,53 @@ func WriteImageBackup(snap *pebble.Snapshot, into uint64, rev mvcc.Revision, w i
 		return 0, err
 	}
 	return mvcc.WriteImage(snap, w, mvcc.Image{Stores: stores, Rev: rev, Attach: leases.Attach, Carried: leases.Carried})
+}
+
+// ErrRangesChanged refuses an image of a member's ranges whose set changed
+// (a split) since the caller listed them: take another revision.
+var ErrRangesChanged = errors.New("shard: ranges split while the snapshot was taken")
+
+// IDs returns the ids of the ranges in the set (Routing's), in key order.
+func (s *Set) IDs() []RangeID {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ids := make([]RangeID, len(s.ranges))
+	for i, r := range s.ranges {
+		ids[i] = r.ID()
+	}
+	return ids
+}
+
+// WriteBackup writes the backup of this member's replica of range id,
+// which holds the whole key space (StateMachine.WriteBackup; single-group
+// mode): ErrClosed before its state machine exists.
+func (s *Set) WriteBackup(id RangeID, w io.Writer) error {
+	var sm *StateMachine
+	if r := s.Get(id, false); r != nil {
+		sm = r.StateMachine()
+	}
+	if sm == nil {
+		return ErrClosed
+	}
+	_, err := sm.WriteBackup(w)
+	return err
+}
+
+// WriteImage writes a backup of every range of the set at rev, as one
+// store of the whole key space named for the first range, range 1
+// (WriteImageBackup), from one pebble snapshot of the member's DB taken
+// now: the caller has waited until each range here applied every write up
+// to rev (the ranges share the DB, keyed by user key). ids are the set's
+// ranges as the caller listed them before it chose rev; if a split has
+// changed them since, it refuses with ErrRangesChanged, and a range
+// compacted past rev since with mvcc.ErrImageCompacted, both before
+// anything is written.
+func (s *Set) WriteImage(ids []RangeID, rev mvcc.Revision, w io.Writer) error {
+	snap := s.cfg.DB.NewSnapshot()
+	defer snap.Close()
+	if len(ids) == 0 || !slices.Equal(ids, s.IDs()) {
+		return ErrRangesChanged
+	}
+	_, err := WriteImageBackup(snap, uint64(ids[0]), rev, w)
+	return err
 }

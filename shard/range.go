@@ -126,6 +126,14 @@ func (r *Range) Replica() *Replica {
 // dragonboat has created it.
 func (r *Range) StateMachine() *StateMachine { return r.sm.Load() }
 
+// Counting reports whether this member's replica numbers the range's
+// revisions itself (StateMachine.Counting): false before dragonboat has
+// created its state machine, and once a split has applied here.
+func (r *Range) Counting() bool {
+	sm := r.sm.Load()
+	return sm != nil && sm.Counting()
+}
+
 // Ready is closed once the range is started.
 func (r *Range) Ready() <-chan struct{} { return r.ready }
 

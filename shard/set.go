@@ -122,6 +122,30 @@ func (s *Set) Split(parent, child *Range) *Range {
 	return child
 }
 
+// RaftMembers returns the replicas of each raft shard that the NodeHost
+// running the set's ranges runs, by shard id (a range's is its id),
+// sorted, as raft has them: membership changes since a range started show
+// (router.Config.RangeMembers). Nil for an empty set.
+func (s *Set) RaftMembers() map[uint64][]uint64 {
+	s.mu.RLock()
+	var nh *dragonboat.NodeHost
+	if len(s.ranges) > 0 {
+		nh = s.ranges[0].cfg.NodeHost
+	}
+	s.mu.RUnlock()
+	if nh == nil {
+		return nil
+	}
+	members := map[uint64][]uint64{}
+	for _, si := range nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}).ShardInfoList {
+		for id := range si.Replicas {
+			members[si.ShardID] = append(members[si.ShardID], id)
+		}
+		slices.Sort(members[si.ShardID])
+	}
+	return members
+}
+
 // SpanOf is a descriptor's span in mvcc's form (nil end: ∞).
 func SpanOf(d *placementpb.RangeDescriptor) mvcc.Span {
 	sp := mvcc.Span{Start: d.Start, End: d.End}

@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/router"
 )
 
 // rangesCommand runs `cairn ranges [--endpoint URL]`: it prints the range
@@ -32,7 +32,7 @@ func rangesCommand(args []string, stdout io.Writer) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("ranges: %s answered %s", *endpoint, resp.Status)
 	}
-	var ranges []node.RangeInfo
+	var ranges []router.RangeInfo
 	if err := json.NewDecoder(resp.Body).Decode(&ranges); err != nil {
 		return fmt.Errorf("ranges: %w", err)
 	}

@@ -8,13 +8,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/router"
 )
 
 // TestRangesCommand: `cairn ranges` prints a line per range of the map a
 // member serves at /cairn/ranges, and says so for single-group mode.
 func TestRangesCommand(t *testing.T) {
-	var ranges []node.RangeInfo
+	var ranges []router.RangeInfo
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/cairn/ranges" {
 			http.NotFound(w, r)
@@ -30,7 +30,7 @@ func TestRangesCommand(t *testing.T) {
 	if !strings.Contains(out.String(), "single-group mode") {
 		t.Fatalf("no ranges: %q", out.String())
 	}
-	ranges = []node.RangeInfo{
+	ranges = []router.RangeInfo{
 		{ID: 1, End: "m", Generation: 1, Replicas: []uint64{0xab}, Leader: 0xab, Revision: 7, Closed: 9, Writes: 3, Keys: 4, Watchers: 2},
 		{ID: 2, Start: "m", Generation: 2, Replicas: []uint64{0xab, 0xcd}},
 	}

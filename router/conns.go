@@ -1,0 +1,65 @@
+package router
+
+import (
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cairn-kv/cairn/placement"
+)
+
+// MemberConns dials the other members' client ports (the node-to-node
+// service, and etcd's for the lease requests only a leader answers): one
+// connection per address, kept until Close.
+//
+// Concurrency: safe for concurrent use; mu guards conns.
+type MemberConns struct {
+	// addr finds a member's client address (host:port).
+	addr  func(member placement.NodeID) (string, error)
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn // REQUIRES: mu
+}
+
+// NewMemberConns returns the connections to the members that addr finds.
+func NewMemberConns(addr func(member placement.NodeID) (string, error)) *MemberConns {
+	return &MemberConns{addr: addr}
+}
+
+// Conn returns a connection to member's client address.
+func (c *MemberConns) Conn(member placement.NodeID) (*grpc.ClientConn, error) {
+	target, err := c.addr(member)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cc := c.conns[target]; cc != nil {
+		return cc, nil
+	}
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("router: dial member %x at %s: %w", uint64(member), target, err)
+	}
+	if c.conns == nil {
+		c.conns = map[string]*grpc.ClientConn{}
+	}
+	c.conns[target] = cc
+	return cc, nil
+}
+
+// Dial is Conn as a Dial.
+func (c *MemberConns) Dial(member placement.NodeID) (grpc.ClientConnInterface, error) {
+	return c.Conn(member)
+}
+
+// Close closes the connections made so far.
+func (c *MemberConns) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cc := range c.conns {
+		_ = cc.Close()
+	}
+	c.conns = nil
+}

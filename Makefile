@@ -1,7 +1,8 @@
 # The README's two commands: `make run` and `make test`.
 GO ?= go
 
-.PHONY: run build etcdctl test test-unit test-compat test-bench-smoke test-robustness soak fuzz
+.PHONY: run build etcdctl test test-unit test-compat test-bench-smoke test-robustness soak fuzz \
+	test-kubernetes kubernetes-etcd kubernetes-single-group kubernetes-default kubernetes-ranges kubernetes-all
 
 # One node on 127.0.0.1:2379, data in ./default.cairn, in sharded mode (the
 # default) with one range; the README says what --single-group changes.
@@ -32,6 +33,17 @@ test-compat:
 test-robustness:
 	cd tests/robustness && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m ./...
 	cd tests/robustness && $(GO) test -count=1 -tags cairn_planted_stale_reads -run TestPlantedBug ./...
+
+# Kubernetes' own storage tests (k8s.io/apiserver's pkg/storage/etcd3 and
+# pkg/storage/cacher, unchanged but for a hook where they start etcd) against
+# a server process (its own module; tests/kubernetes/README.md): one target
+# per server. test-kubernetes is the run meant for CI: Cairn with six ranges
+# cut through the tests' keys.
+test-kubernetes: kubernetes-ranges
+kubernetes-etcd kubernetes-single-group kubernetes-default kubernetes-ranges:
+	cd tests/kubernetes && $(GO) vet ./... && $(GO) test -count=1 -timeout 60m -v -run 'TestKubernetes/^$(patsubst kubernetes-%,%,$@)$$' ./...
+kubernetes-all:
+	cd tests/kubernetes && $(GO) vet ./... && $(GO) test -count=1 -timeout 120m -v -run 'TestKubernetes' ./...
 
 # The long soak: random scenarios for SOAK (default 30m).
 SOAK ?= 30m

@@ -142,6 +142,18 @@ func TestDataDriven(t *testing.T) {
 					}
 					return fmtTxn(resp, ""), nil
 				})
+			case "read-txn":
+				// A txn served as a read whatever its branches hold
+				// (Store.ReadTxn): the branch its compares take decides.
+				var r pb.TxnRequest
+				if err := prototext.Unmarshal([]byte(d.Input), &r); err != nil {
+					d.Fatalf(t, "bad txn: %v", err)
+				}
+				resp, err := s.ReadTxn(&r)
+				if err != nil {
+					return "error: " + err.Error() + "\n"
+				}
+				return fmtTxn(resp, "")
 			case "compact":
 				return write(func(b *Batch) (string, error) {
 					resp, err := b.Compact(Revision(a.int("rev")))

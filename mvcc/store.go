@@ -429,14 +429,14 @@ func (v *view) executeRange(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	return resp, nil
 }
 
-// ReadTxn serves a Txn whose branches only read, from the committed store.
+// ReadTxn serves, from the committed store, a Txn whose compares choose a
+// branch that only reads (every op a Range): as etcd, it takes no revision,
+// whatever the branch not taken would have written. A txn whose chosen
+// branch writes (or nests a txn) is ErrNotReadOnly.
 func (s *Store) ReadTxn(r *pb.TxnRequest) (*pb.TxnResponse, error) { return s.ReadTxnAt(r, 0) }
 
 // ReadTxnAt is ReadTxn with the current revision raised to floor (see RangeAt).
 func (s *Store) ReadTxnAt(r *pb.TxnRequest, floor Revision) (*pb.TxnResponse, error) {
-	if !IsTxnReadOnly(r) {
-		return nil, ErrNotReadOnly
-	}
 	v, err := s.readView(floor)
 	if err != nil {
 		return nil, err
@@ -446,12 +446,17 @@ func (s *Store) ReadTxnAt(r *pb.TxnRequest, floor Revision) (*pb.TxnResponse, er
 	if err != nil {
 		return nil, err
 	}
-	if err := checkTxn(v, r, path, nil); err != nil {
-		return nil, err
-	}
 	ops := r.Success
 	if !path[0] {
 		ops = r.Failure
+	}
+	for _, op := range ops {
+		if op.GetRequestRange() == nil {
+			return nil, ErrNotReadOnly
+		}
+	}
+	if err := checkTxn(v, r, path, nil); err != nil {
+		return nil, err
 	}
 	resp := &pb.TxnResponse{Header: &pb.ResponseHeader{Revision: int64(v.cur)}, Succeeded: path[0], Responses: make([]*pb.ResponseOp, len(ops))}
 	for i, op := range ops {

@@ -264,6 +264,9 @@ func (k *kvServer) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if mvcc.IsTxnReadOnly(r) {
 		return k.s.readTxn(ctx, sh, r)
 	}
+	if resp, ok, err := k.s.txnAsRead(ctx, sh, r); ok {
+		return resp, err
+	}
 	if err := k.s.checkQuota(ctx, r); err != nil {
 		return nil, err
 	}

@@ -334,11 +334,57 @@ func WaitApplied(ctx context.Context, p RangePart, rev mvcc.Revision) error {
 // past even when the range wrote nothing that recent (a newer one is left
 // for the range to refuse as a future revision).
 func (s *Server) readTxn(ctx context.Context, sh Shard, r *pb.TxnRequest) (*pb.TxnResponse, error) {
-	linearizable := !txnSerializable(r)
+	resp, err := s.readTxnAs(ctx, sh, r, !txnSerializable(r))
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	return resp, nil
+}
+
+// txnAsRead answers, once the key space has split, a txn that writes in
+// one branch only as a read if its compares take the other, which only
+// reads — as etcd answers it, with no revision of its own: a stamped write
+// that changed nothing would move the cluster's revision without a write
+// (DESIGN.md "Reads"; Kubernetes' compactor relies on a failed compare
+// leaving it). The compares are tried on the local replica first, which
+// costs no round trip, so that a txn that is likely to write goes straight
+// to its range's leader; one they fail there is read linearizably at the
+// cluster's revision (readTxnAs), and written after all if its compares
+// pass there. ok reports whether the txn was answered (or refused) here.
+func (s *Server) txnAsRead(ctx context.Context, sh Shard, r *pb.TxnRequest) (resp *pb.TxnResponse, ok bool, err error) {
+	if s.counting() || !(onlyReads(r.Success) || onlyReads(r.Failure)) {
+		return nil, false, nil
+	}
+	if _, err := sh.ReadTxn(ctx, r, 0, false); err != nil {
+		return nil, false, nil // the branch taken here writes (or the write will say what is wrong)
+	}
+	resp, err = s.readTxnAs(ctx, sh, r, true)
+	if errors.Is(err, mvcc.ErrNotReadOnly) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, true, toGRPC(err)
+	}
+	return resp, true, nil
+}
+
+// onlyReads reports whether every op of a txn branch is a Range.
+func onlyReads(ops []*pb.RequestOp) bool {
+	for _, op := range ops {
+		if op.GetRequestRange() == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// readTxnAs is readTxn, linearizable or not, its errors as the shard gave
+// them.
+func (s *Server) readTxnAs(ctx context.Context, sh Shard, r *pb.TxnRequest, linearizable bool) (*pb.TxnResponse, error) {
 	if s.counting() {
 		resp, err := sh.ReadTxn(ctx, r, 0, linearizable)
 		if err != nil {
-			return nil, toGRPC(err)
+			return nil, err
 		}
 		if s.counting() {
 			s.fill(resp.Header)
@@ -351,21 +397,21 @@ func (s *Server) readTxn(ctx context.Context, sh Shard, r *pb.TxnRequest) (*pb.T
 	if ok && (linearizable || past > 0) {
 		var err error
 		if now, err = s.now(ctx); err != nil {
-			return nil, toGRPC(err)
+			return nil, err
 		}
 		if !linearizable {
 			now = past
 		}
 		if past <= now || linearizable {
 			if err := rs.WaitClosed(ctx, now); err != nil {
-				return nil, toGRPC(err)
+				return nil, err
 			}
 			floor = now
 		}
 	}
 	resp, err := sh.ReadTxn(ctx, r, floor, linearizable)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, err
 	}
 	if linearizable {
 		resp.Header.Revision = max(resp.Header.Revision, int64(now))

@@ -77,6 +77,7 @@ var revScenarios = []struct {
 	{"write-then-read-elsewhere", scenarioWriteThenRead},
 	{"repeated-reads", scenarioRepeatedReads},
 	{"compact-current", scenarioCompactCurrent},
+	{"failed-compare", scenarioFailedCompare},
 	{"list-at-write-elsewhere", scenarioListAtWrite},
 	{"watch-from-now", scenarioWatchFromNow},
 }
@@ -329,6 +330,44 @@ func scenarioCompactCurrent(p *revProbe) {
 	}
 	if p.dense && next != w+1 {
 		p.errorf("the write after compacting at %d has revision %d, want %d (revisions are dense)", w, next, w+1)
+	}
+}
+
+// Scenario 3b: a txn whose compare fails, taking a branch that only reads,
+// writes nothing and moves no revision, though its other branch writes
+// (Kubernetes' compactor: TestCompactConflict, "Current revision should
+// stay the same"); so does a delete of nothing in a counting range and
+// etcd. Its own header reports the last write's revision.
+func scenarioFailedCompare(p *revProbe) {
+	w := p.put("rv/a/8/k")
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	for _, key := range []string{"rv/a/8/k", "rv/b/8/k"} {
+		resp, err := p.s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Version(key), "=", 42)).
+			Then(clientv3.OpPut(key, "never")).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil {
+			p.fatalf("txn on %s with a failing compare: %v", key, err)
+		}
+		p.saw(resp.Header.Revision)
+		p.note("txn on %s with a failing compare: succeeded=%v", key, resp.Succeeded)
+		p.noteRev("txn on %s with a failing compare: header %d", key, resp.Header.Revision)
+		if resp.Succeeded {
+			p.errorf("txn on %s: compare version = 42 held", key)
+		}
+		if resp.Header.Revision != w {
+			p.errorf("txn on %s with a failing compare: header revision %d, want %d (it wrote nothing)", key, resp.Header.Revision, w)
+		}
+	}
+	after := "after txns whose compares failed"
+	p.headerIs(read{"a key in range a", "rv/a/8/k", nil}, w, after)
+	p.headerIs(readOtherRange(8), w, after)
+	p.headerIs(readAcross, w, after)
+	next := p.put("rv/b/8/k")
+	if p.dense && next != w+1 {
+		p.errorf("the write after failed compares has revision %d, want %d (revisions are dense)", next, w+1)
 	}
 }
 

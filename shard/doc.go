@@ -83,8 +83,10 @@
 // bound passes. The log goes quiet, the target applies everything, and
 // dragonboat's target then campaigns at once — it skips the campaign while
 // it has committed entries not yet applied, and the leader would refuse
-// proposals for an election timeout. The hold is the node's to request and
-// end (node.TransferLeader, Replica.LeaderChanged); it changes no state.
+// proposals for an election timeout. Range.TransferLeader requests holds
+// and the transfer; the node passes the holds that apply to the replica
+// client (Config.OnHold, Replica.Hold) and ends them as leadership moves
+// (Replica.LeaderChanged). A hold changes no state.
 //
 // Leases: the state machine owns the shard's lease.Lessor (opened with the
 // store, rebuilt after a snapshot restore). Grant, revoke and checkpoint

@@ -17,8 +17,10 @@ etcdctl:
 	cd tests/compat && $(GO) build -o ../../bin/etcdctl go.etcd.io/etcd/etcdctl/v3
 
 # Everything CI runs: the server module's tests, then the differential tests
-# against embedded etcd (their own module, so the server stays lean).
-test: test-unit test-compat test-robustness test-bench-smoke
+# against embedded etcd (their own module, so the server stays lean), the
+# robustness short profile, Kubernetes' storage tests against Cairn with six
+# ranges, and a smoke run of the benchmark harness.
+test: test-unit test-compat test-robustness test-kubernetes test-bench-smoke
 
 test-unit:
 	$(GO) vet ./...

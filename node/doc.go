@@ -21,7 +21,8 @@
 //     member and cluster ids, a joining member's search for its id;
 //   - the client listeners (gRPC and HTTP on one port, and an in-memory
 //     one for the node's own client, which the lock and election services
-//     run on) and the raft addresses (registry.go);
+//     run on) and the raft addresses it seeds from --initial-cluster
+//     (registry.go; placement.PeerRegistry resolves them);
 //   - etcd's membership API (members.go; sharded mode's walk is
 //     placement.Membership's, over this member's replicas as
 //     router.MemberRanges reaches them) and leader transfer (transfer.go);
@@ -71,8 +72,9 @@
 //
 // Peer URLs are recorded through raft too (by MemberAdd and MemberUpdate,
 // and by each member for itself if none are), and raft reaches a replica at
-// its member's recorded peer URL (peerRegistry, dragonboat's custom node
-// registry; --initial-cluster fills in what is not recorded yet). So a
+// its member's recorded peer URL (placement.PeerRegistry, dragonboat's
+// custom node registry; --initial-cluster fills in what is not recorded
+// yet). So a
 // member moves as in etcd: MemberUpdate records its new peer URLs, and the
 // member is restarted listening there with its data directory.
 //

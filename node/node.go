@@ -271,7 +271,7 @@ type Node struct {
 	// learner is set while this member is a learner (see trackLearner).
 	learner atomic.Bool
 	// peers resolves raft replicas to their members' peer addresses.
-	peers *peerRegistry
+	peers *placement.PeerRegistry
 	// holds is the replica client that TransferHold entries and leader
 	// changes reach (see TransferLeader); nil until it exists.
 	holds atomic.Pointer[shard.Replica]
@@ -430,7 +430,7 @@ func (n *Node) identify() (boot, error) {
 	if err := checkMode(cfg.DataDir, cfg.Sharded); err != nil {
 		return b, err
 	}
-	n.peers = newPeerRegistry()
+	n.peers = placement.NewPeerRegistry()
 	b.restart = restart
 	if restart {
 		n.memberID = id
@@ -618,7 +618,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		if n.splitter != nil {
 			n.splitter.Recovered()
 		}
-	}, OnPeers: n.peers.record, OnHold: func(target shard.ReplicaID, until time.Time, max time.Duration) {
+	}, OnPeers: func(id uint64, urls []string) { n.peers.Record(placement.NodeID(id), urls) }, OnHold: func(target shard.ReplicaID, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
 			r.Hold(target, until, max)
 		}

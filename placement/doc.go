@@ -1,7 +1,9 @@
 // Package placement holds the placement group's state: the range map, the
 // node registry and the revision oracle (DESIGN.md, "Ranges, placement,
 // membership" and "Keys, values, revisions"), and a member's clients of
-// it.
+// it. PeerRegistry is the node registry as dragonboat's transport asks it:
+// a replica's member and that member's peer address (recorded through raft,
+// else seeded from --initial-cluster).
 //
 // # Model
 //

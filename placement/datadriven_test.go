@@ -35,18 +35,7 @@ func TestDataDriven(t *testing.T) {
 		tb := NewTable()
 		var o *Oracle
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
-			arg := func(name string) string {
-				for _, a := range d.CmdArgs {
-					if a.Key == name && len(a.Vals) > 0 {
-						return strings.Join(a.Vals, ",")
-					}
-				}
-				return ""
-			}
-			num := func(name string) uint64 {
-				n, _ := strconv.ParseUint(arg(name), 10, 64)
-				return n
-			}
+			arg, num := cmdArgs(d)
 			var cmd *placementpb.Command
 			switch d.Cmd {
 			case "bootstrap":
@@ -167,4 +156,22 @@ func fmtRanges(rs []*placementpb.RangeDescriptor) string {
 		lines = append(lines, fmtRange(r))
 	}
 	return strings.Join(lines, "\n")
+}
+
+// cmdArgs returns a script command's argument lookups: arg, its values
+// joined by commas ("" if absent), and num, arg as a number (0 if absent).
+func cmdArgs(d *datadriven.TestData) (arg func(string) string, num func(string) uint64) {
+	arg = func(name string) string {
+		for _, a := range d.CmdArgs {
+			if a.Key == name && len(a.Vals) > 0 {
+				return strings.Join(a.Vals, ",")
+			}
+		}
+		return ""
+	}
+	num = func(name string) uint64 {
+		n, _ := strconv.ParseUint(arg(name), 10, 64)
+		return n
+	}
+	return arg, num
 }

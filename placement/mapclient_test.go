@@ -151,18 +151,7 @@ func TestClient(t *testing.T) {
 		c := NewClient(ClientConfig{Raft: f, ShardID: 1, Retry: time.Millisecond})
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			has := func(name string) bool { return d.HasArg(name) }
-			arg := func(name string) string {
-				for _, a := range d.CmdArgs {
-					if a.Key == name && len(a.Vals) > 0 {
-						return strings.Join(a.Vals, ",")
-					}
-				}
-				return ""
-			}
-			num := func(name string) uint64 {
-				n, _ := strconv.ParseUint(arg(name), 10, 64)
-				return n
-			}
+			arg, num := cmdArgs(d)
 			list := func(name string) []uint64 {
 				var out []uint64
 				for _, s := range strings.Split(arg(name), ",") {

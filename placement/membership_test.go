@@ -279,18 +279,7 @@ func TestMembership(t *testing.T) {
 			Retry:  time.Millisecond, Poll: 10 * time.Millisecond,
 		})
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
-			arg := func(name string) string {
-				for _, a := range d.CmdArgs {
-					if a.Key == name && len(a.Vals) > 0 {
-						return strings.Join(a.Vals, ",")
-					}
-				}
-				return ""
-			}
-			num := func(name string) uint64 {
-				n, _ := strconv.ParseUint(arg(name), 10, 64)
-				return n
-			}
+			arg, num := cmdArgs(d)
 			var list []uint64
 			for _, s := range strings.Split(arg("members"), ",") {
 				if n, err := strconv.ParseUint(s, 10, 64); err == nil {

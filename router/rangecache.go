@@ -118,19 +118,27 @@ func NewStaticRangeCache(e RangeEntry) *RangeCache {
 // Put adds ranges, or replaces those of the same id, with their
 // descriptors as their replicas have them now.
 func (c *RangeCache) Put(entries ...RangeEntry) {
+	c.update(func(all map[shard.RangeID]RangeEntry) {
+		for _, e := range entries {
+			all[shard.RangeID(e.Local.Descriptor().Id)] = e
+		}
+	})
+}
+
+// update replaces the cache's view with one made from a copy of its
+// entries after change edits them (nothing for a static map).
+func (c *RangeCache) update(change func(all map[shard.RangeID]RangeEntry)) {
 	if c.static {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.view.Load()
-	all := make(map[shard.RangeID]RangeEntry, len(old.entries)+len(entries))
+	all := make(map[shard.RangeID]RangeEntry, len(old.entries)+1)
 	for id, e := range old.entries {
 		all[id] = e
 	}
-	for _, e := range entries {
-		all[shard.RangeID(e.Local.Descriptor().Id)] = e
-	}
+	change(all)
 	c.view.Store(buildView(all))
 }
 
@@ -140,24 +148,15 @@ func (c *RangeCache) Put(entries ...RangeEntry) {
 // descriptor read again; a new one gets a client through the cache's
 // Forwarder (NewRangeCacheVia), its hub and its closer's kick.
 func (c *RangeCache) PutRanges(rs ...*shard.Range) {
-	if c.static {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	old := c.view.Load()
-	all := make(map[shard.RangeID]RangeEntry, len(old.entries)+len(rs))
-	for id, e := range old.entries {
-		all[id] = e
-	}
-	for _, r := range rs {
-		l := LocalRange(r)
-		if e, ok := all[r.ID()]; ok && e.Local == l {
-			continue
+	c.update(func(all map[shard.RangeID]RangeEntry) {
+		for _, r := range rs {
+			l := LocalRange(r)
+			if e, ok := all[r.ID()]; ok && e.Local == l {
+				continue
+			}
+			all[r.ID()] = RangeEntry{Local: l, Shard: c.fwd.Range(l), Watches: r.Hub(), Kick: r.WantClosed, Counting: r.Counting}
 		}
-		all[r.ID()] = RangeEntry{Local: l, Shard: c.fwd.Range(l), Watches: r.Hub(), Kick: r.WantClosed, Counting: r.Counting}
-	}
-	c.view.Store(buildView(all))
+	})
 }
 
 // Client returns the client of range id that PutRanges made, nil if the

@@ -79,6 +79,11 @@ type Replica struct {
 	inflight map[uint64]mvcc.Revision
 	batches  uint64
 	closed   mvcc.Revision
+	// takingStamps is set while the batcher takes stamps for a batch not yet
+	// tracked (beginStamp to track): closing then waits, so that it never
+	// closes over a stamp just handed out, which would make the batch
+	// stale and cost it a second stamp (a revision skipped).
+	takingStamps bool
 	// fenced is the term this replica, leading, last saw its fence (an
 	// empty command carrying the term) applied in: closing needs one
 	// read index fewer while it holds (closeAt).

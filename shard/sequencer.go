@@ -61,8 +61,12 @@ func (r *Replica) stamp(batch []*pending) (mvcc.Revision, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), proposalTimeout)
 	defer cancel()
+	r.beginStamp()
 	first, err := r.stamper.Revisions(ctx, n)
 	if err != nil {
+		r.seqMu.Lock()
+		r.takingStamps = false
+		r.seqMu.Unlock()
 		return 0, fmt.Errorf("%w: revision oracle: %v", ErrNoLeader, err)
 	}
 	next := first
@@ -82,6 +86,7 @@ func (r *Replica) stamp(batch []*pending) (mvcc.Revision, error) {
 func (r *Replica) track(first mvcc.Revision) (uint64, mvcc.Revision) {
 	r.seqMu.Lock()
 	defer r.seqMu.Unlock()
+	r.takingStamps = false
 	r.batches++
 	id := r.batches
 	if first != 0 {
@@ -98,6 +103,20 @@ func (r *Replica) track(first mvcc.Revision) (uint64, mvcc.Revision) {
 	}
 	return id, r.closed
 }
+
+// beginStamp announces, before the batcher asks the oracle, that a batch
+// is being stamped: a close under way sees a new batch (its generation
+// moves) and one starting waits until the batch is tracked.
+func (r *Replica) beginStamp() {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	r.takingStamps = true
+	r.batches++
+}
+
+// busy reports whether a batch is in flight or being stamped.
+// REQUIRES: seqMu
+func (r *Replica) busyLocked() bool { return r.takingStamps || len(r.inflight) > 0 }
 
 // untrack drops batch id from the batches in flight.
 func (r *Replica) untrack(id uint64) {
@@ -161,7 +180,7 @@ func (r *Replica) closeAt(ctx context.Context, t mvcc.Revision) (mvcc.Revision, 
 		}
 	}
 	r.seqMu.Lock()
-	gen, busy := r.batches, len(r.inflight) > 0
+	gen, busy := r.batches, r.busyLocked()
 	r.seqMu.Unlock()
 	if busy {
 		return r.Closed(), nil
@@ -181,7 +200,7 @@ func (r *Replica) closeAt(ctx context.Context, t mvcc.Revision) (mvcc.Revision, 
 	r.fenced.Store(term)
 	r.seqMu.Lock()
 	defer r.seqMu.Unlock()
-	if r.batches == gen && len(r.inflight) == 0 {
+	if r.batches == gen && !r.busyLocked() {
 		r.closed = max(r.closed, t)
 	}
 	return r.closed, nil
@@ -248,7 +267,7 @@ func (r *Replica) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Rev
 	if r.Closed() < rev && r.stamper != nil && !r.counting() {
 		if term, err := r.leading(); err == nil && r.fenced.Load() == term {
 			r.seqMu.Lock()
-			gen, busy := r.batches, len(r.inflight) > 0
+			gen, busy := r.batches, r.busyLocked()
 			r.seqMu.Unlock()
 			if !busy {
 				resp, err := read[*pb.RangeResponse](ctx, r, query, true)
@@ -257,7 +276,7 @@ func (r *Replica) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Rev
 				}
 				if now, err := r.leading(); err == nil && now == term {
 					r.seqMu.Lock()
-					closed := r.batches == gen && len(r.inflight) == 0
+					closed := r.batches == gen && !r.busyLocked()
 					if closed {
 						r.closed = max(r.closed, rev)
 					}

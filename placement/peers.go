@@ -35,15 +35,20 @@ import (
 // as target, which names a member only when the NodeHost id is the
 // member's MemberTarget (a random NodeHost id is ignored).
 //
-// A replica nothing was added for resolves as replica id = member id: the
-// placement group's replicas, and every replica of a cluster whose ranges
-// were founded before replica ids were allocated apart from member ids.
+// A replica nothing was added for resolves through the MemberOf function
+// set by SetMemberOf (the range map's pairs, once ranges name them), else
+// as replica id = member id: the placement group's replicas, and every
+// replica of a cluster whose ranges were founded before replica ids were
+// allocated apart from member ids. A replica that joins a shard needs
+// MemberOf (or member-shaped NodeHost ids) to answer the shard's leader
+// before a snapshot or a replayed membership change has added it.
 // Safe for concurrent use.
 type PeerRegistry struct {
 	mu       sync.RWMutex
 	seeds    map[NodeID]string      // from --initial-cluster, for every join generation
 	records  map[NodeID]string      // recorded by the cluster
 	replicas map[peerReplica]NodeID // a replica's member, from dragonboat's targets
+	memberOf func(shardID, replicaID uint64) (NodeID, bool)
 	streams  uint64
 }
 
@@ -121,6 +126,9 @@ func (r *PeerRegistry) Resolve(shardID, replicaID uint64) (string, string, error
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	member, ok := r.replicas[peerReplica{shardID, replicaID}]
+	if !ok && r.memberOf != nil {
+		member, ok = r.memberOf(shardID, replicaID)
+	}
 	if !ok {
 		member = NodeID(replicaID)
 	}
@@ -129,6 +137,16 @@ func (r *PeerRegistry) Resolve(shardID, replicaID uint64) (string, string, error
 		return "", "", fmt.Errorf("%w %x (member %x)", ErrUnknownPeer, replicaID, uint64(member))
 	}
 	return addr, fmt.Sprintf("%s-%d", addr, shardID%r.streams), nil
+}
+
+// SetMemberOf sets where a replica nothing was added for is looked up
+// before falling back to replica id = member id (nil: nowhere). f is
+// called under the registry's read lock, from dragonboat's transport: it
+// must not block nor call the registry.
+func (r *PeerRegistry) SetMemberOf(f func(shardID, replicaID uint64) (NodeID, bool)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.memberOf = f
 }
 
 // MemberAddr is member id's peer address (host:port): the first URL the

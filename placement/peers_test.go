@@ -34,7 +34,7 @@ func TestPeerRegistry(t *testing.T) {
 // TestPeerRegistryReplicas: a replica resolves to the member its target
 // named, per shard, until dragonboat removes it (or the whole shard);
 // targets that name no member (a sender's random NodeHost id) change
-// nothing; with nothing added, replica id = member id.
+// nothing; with nothing added, MemberOf, else replica id = member id.
 func TestPeerRegistryReplicas(t *testing.T) {
 	const (
 		a, b, c = NodeID(0xa1), NodeID(0xb2), NodeID(0xc3)
@@ -74,6 +74,20 @@ func TestPeerRegistryReplicas(t *testing.T) {
 		// RemoveShard forgets every replica of that shard only.
 		{do: func() { r.Add(s1, 23, MemberTarget(c)); r.RemoveShard(s2) }, shard: s2, replica: 21},
 		{shard: s1, replica: 23, want: "10.0.0.3:2380"},
+		// MemberOf answers for replicas nothing was added for, before the
+		// legacy rule; an added replica does not ask it.
+		{do: func() {
+			r.SetMemberOf(func(shard, replica uint64) (NodeID, bool) {
+				if shard == s2 && replica != 21 {
+					return b, true
+				}
+				return 0, false
+			})
+		}, shard: s2, replica: 24, want: "10.0.0.2:2380"},
+		{shard: s2, replica: uint64(a), want: "10.0.0.2:2380"},
+		{shard: s1, replica: uint64(a), want: "10.0.0.1:2380"},
+		{do: func() { r.Add(s2, 24, MemberTarget(c)) }, shard: s2, replica: 24, want: "10.0.0.3:2380"},
+		{do: func() { r.SetMemberOf(nil) }, shard: s2, replica: 25},
 		// A recorded peer URL of the member wins over its seed.
 		{do: func() { r.Record(c, []string{"http://10.0.1.3:2380"}) }, shard: s1, replica: 23, want: "10.0.1.3:2380"},
 	}

@@ -92,7 +92,7 @@ func (n *Node) Members(linearizable bool) ([]*pb.Member, error) {
 			m.Name, m.ClientURLs, m.PeerURLs = a.Name, a.ClientURLs, a.PeerURLs
 		}
 		if len(m.PeerURLs) == 0 {
-			if addr, _, err := n.peers.Resolve(singleShardID, id); err == nil {
+			if addr, ok := n.peers.MemberAddr(placement.NodeID(id)); ok {
 				m.PeerURLs = []string{"http://" + addr}
 			}
 		}
@@ -326,7 +326,7 @@ func (n *Node) peerURLTaken(ms *dragonboat.Membership, peerURLs []string, except
 				theirs = a.PeerURLs
 			}
 			if len(theirs) == 0 {
-				if addr, _, err := n.peers.Resolve(singleShardID, id); err == nil {
+				if addr, ok := n.peers.MemberAddr(placement.NodeID(id)); ok {
 					theirs = []string{"http://" + addr}
 				}
 			}

@@ -30,3 +30,106 @@ func TestPeerRegistry(t *testing.T) {
 		t.Fatalf("MemberTarget = %q", got)
 	}
 }
+
+// TestPeerRegistryReplicas: a replica resolves to the member its target
+// named, per shard, until dragonboat removes it (or the whole shard);
+// targets that name no member (a sender's random NodeHost id) change
+// nothing; with nothing added, MemberOf, else replica id = member id.
+func TestPeerRegistryReplicas(t *testing.T) {
+	const (
+		a, b, c = NodeID(0xa1), NodeID(0xb2), NodeID(0xc3)
+		s1, s2  = 5, 6
+	)
+	r := NewPeerRegistry()
+	for id, addr := range map[NodeID]string{a: "10.0.0.1:2380", b: "10.0.0.2:2380", c: "10.0.0.3:2380"} {
+		r.Seed(id, addr)
+	}
+	type step struct {
+		do      func()
+		shard   uint64
+		replica uint64
+		want    string // "" = ErrUnknownPeer
+	}
+	steps := []step{
+		// Legacy: nothing added, replica id = member id.
+		{shard: s1, replica: uint64(b), want: "10.0.0.2:2380"},
+		{shard: s1, replica: 21},
+		// Added: per (shard, replica).
+		{do: func() { r.Add(s1, 21, MemberTarget(c)) }, shard: s1, replica: 21, want: "10.0.0.3:2380"},
+		{shard: s2, replica: 21},
+		{do: func() { r.Add(s2, 21, MemberTarget(a)) }, shard: s2, replica: 21, want: "10.0.0.1:2380"},
+		{shard: s1, replica: 21, want: "10.0.0.3:2380"},
+		// An added replica whose id is another member's id still resolves
+		// to the member its target named.
+		{do: func() { r.Add(s1, uint64(a), MemberTarget(b)) }, shard: s1, replica: uint64(a), want: "10.0.0.2:2380"},
+		// A random NodeHost id (version 4 UUID) names no member.
+		{do: func() { r.Add(s1, 21, "3f2b8c1e-9d4a-4e7b-8c2d-1a2b3c4d5e6f") }, shard: s1, replica: 21, want: "10.0.0.3:2380"},
+		{do: func() { r.Add(s1, 22, "not a target") }, shard: s1, replica: 22},
+		// A later target wins.
+		{do: func() { r.Add(s1, 21, MemberTarget(b)) }, shard: s1, replica: 21, want: "10.0.0.2:2380"},
+		// Remove forgets one replica of one shard: back to the legacy rule.
+		{do: func() { r.Remove(s1, uint64(a)) }, shard: s1, replica: uint64(a), want: "10.0.0.1:2380"},
+		{do: func() { r.Remove(s1, 21) }, shard: s1, replica: 21},
+		{shard: s2, replica: 21, want: "10.0.0.1:2380"},
+		// RemoveShard forgets every replica of that shard only.
+		{do: func() { r.Add(s1, 23, MemberTarget(c)); r.RemoveShard(s2) }, shard: s2, replica: 21},
+		{shard: s1, replica: 23, want: "10.0.0.3:2380"},
+		// MemberOf answers for replicas nothing was added for, before the
+		// legacy rule; an added replica does not ask it.
+		{do: func() {
+			r.SetMemberOf(func(shard, replica uint64) (NodeID, bool) {
+				if shard == s2 && replica != 21 {
+					return b, true
+				}
+				return 0, false
+			})
+		}, shard: s2, replica: 24, want: "10.0.0.2:2380"},
+		{shard: s2, replica: uint64(a), want: "10.0.0.2:2380"},
+		{shard: s1, replica: uint64(a), want: "10.0.0.1:2380"},
+		{do: func() { r.Add(s2, 24, MemberTarget(c)) }, shard: s2, replica: 24, want: "10.0.0.3:2380"},
+		{do: func() { r.SetMemberOf(nil) }, shard: s2, replica: 25},
+		// A recorded peer URL of the member wins over its seed.
+		{do: func() { r.Record(c, []string{"http://10.0.1.3:2380"}) }, shard: s1, replica: 23, want: "10.0.1.3:2380"},
+	}
+	for i, st := range steps {
+		if st.do != nil {
+			st.do()
+		}
+		addr, _, err := r.Resolve(st.shard, st.replica)
+		switch {
+		case st.want == "" && !errors.Is(err, ErrUnknownPeer):
+			t.Fatalf("step %d: replica %d of shard %d resolved to %q (%v), want unknown", i, st.replica, st.shard, addr, err)
+		case st.want != "" && (err != nil || addr != st.want):
+			t.Fatalf("step %d: replica %d of shard %d resolved to %q (%v), want %q", i, st.replica, st.shard, addr, err, st.want)
+		}
+	}
+	if addr, ok := r.MemberAddr(c); !ok || addr != "10.0.1.3:2380" {
+		t.Fatalf("MemberAddr(c) = %q %v", addr, ok)
+	}
+	if _, ok := r.MemberAddr(0xd4); ok {
+		t.Fatal("an unknown member has an address")
+	}
+}
+
+// TestParseMemberTarget: the inverse of MemberTarget for every member id
+// shape, and nothing else parses.
+func TestParseMemberTarget(t *testing.T) {
+	for _, id := range []NodeID{1, 0xa1, 0x0102030405060708, 0xffffffffffffffff, 0x8e3b9f1c2d4a5b6e} {
+		if got, ok := ParseMemberTarget(MemberTarget(id)); !ok || got != id {
+			t.Fatalf("ParseMemberTarget(MemberTarget(%x)) = %x %v", uint64(id), uint64(got), ok)
+		}
+	}
+	for _, s := range []string{
+		"", "00000000-0000-0000-0000-000000000000", // member 0
+		"3f2b8c1e-9d4a-4e7b-8c2d-1a2b3c4d5e6f", // a random NodeHost id
+		"01020304-0506-0708-0000-000000000001",
+		"0102030405060708-0000-000000000000",
+		"0102030g-0506-0708-0000-000000000000",
+		"01020304_0506-0708-0000-000000000000",
+		"127.0.0.1:2380",
+	} {
+		if id, ok := ParseMemberTarget(s); ok {
+			t.Fatalf("ParseMemberTarget(%q) = %x, want none", s, uint64(id))
+		}
+	}
+}

@@ -8,6 +8,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/cairn-kv/cairn/placement"
@@ -190,8 +192,14 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 	return opts
 }
 
-// Register attaches etcd's services to g.
+// Register attaches etcd's services to g, and gRPC's standard health
+// service (grpc.health.v1) as etcd registers it: SERVING for the server as
+// a whole (the empty service name) from the start, since g serves only
+// once the node is ready.
 func (s *Server) Register(g *grpc.Server) {
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
 	pb.RegisterKVServer(g, &kvServer{s: s})
 	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
 	pb.RegisterClusterServer(g, &clusterServer{s: s})

@@ -88,10 +88,10 @@
 // revision the store reported for the request.
 //
 // gRPC conventions as etcd's (server.go): gRPC's health service answers
-// SERVING; keepalive follows etcd's policy and flags; a Watch stream that
-// requires a leader (clientv3.WithRequireLeader) is failed with "no
-// leader" while range 1 has none (watch.go); a learner serves only what
-// etcd's does (learner.go).
+// SERVING; keepalive follows etcd's policy and flags; a unary call that
+// requires a leader (clientv3.WithRequireLeader) is refused with "no
+// leader" while range 1 has none (leader.go), as is a Watch stream
+// (watch.go); a learner serves only what etcd's does (learner.go).
 //
 // HTTP: /health answers like etcd's ({"health":"true","reason":""}, 503
 // when the group has no leader or cannot serve a linearizable read), and

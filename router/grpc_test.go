@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -45,5 +48,49 @@ func TestHealthService(t *testing.T) {
 	}
 	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "etcdserverpb.KV"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("health check of a service without a status: %v, want NotFound", err)
+	}
+}
+
+// TestRequireLeaderUnary: a unary call made with clientv3.WithRequireLeader
+// is refused with etcd's "no leader" while the member knows no leader of
+// range 1, before it reaches the service; without the requirement, or with
+// a leader, it is served.
+func TestRequireLeaderUnary(t *testing.T) {
+	noLeader := status.Convert(rpctypes.ErrGRPCNoLeader)
+	for _, tc := range []struct {
+		name    string
+		leader  bool
+		require bool
+		refused bool
+	}{
+		{name: "no leader, required", require: true, refused: true},
+		{name: "no leader, not required"},
+		{name: "leader, required", leader: true, require: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &fakeReplica{}
+			if tc.leader {
+				r.leader = 1
+			}
+			conn := serveClientPort(t, New(Config{Shard: r}))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if tc.require {
+				ctx = clientv3.WithRequireLeader(ctx)
+			}
+			_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+			if got := status.Convert(err); tc.refused != (err != nil) || tc.refused && (got.Code() != noLeader.Code() || got.Message() != noLeader.Message()) {
+				t.Fatalf("health check: %v; want refused with %q: %v", err, noLeader.Message(), tc.refused)
+			}
+			if !tc.refused {
+				return
+			}
+			// An etcd call is refused the same way, before its service is
+			// asked (this server could not serve a Range).
+			_, err = pb.NewKVClient(conn).Range(ctx, &pb.RangeRequest{Key: []byte("k")})
+			if got := status.Convert(err); got.Code() != noLeader.Code() || got.Message() != noLeader.Message() {
+				t.Fatalf("range: %v; want %q", err, noLeader.Message())
+			}
+		})
 	}
 }

@@ -173,13 +173,14 @@ func New(cfg Config) *Server {
 // receive limit leaves room for etcd's own "request is too large" answer;
 // keepalive is etcd's (Config.GRPCKeepAlive*): as etcd, a client that
 // pings with no stream open is held to grpc-go's two hours, not to the
-// minimum.
+// minimum; unary calls are refused on a learner (learner.go) and, when
+// the client requires a leader, without one (leader.go).
 func (s *Server) GRPCOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
 		grpc.MaxConcurrentStreams(1<<32 - 1),
-		grpc.ChainUnaryInterceptor(s.learnerUnary),
+		grpc.ChainUnaryInterceptor(s.learnerUnary, s.leaderUnary),
 		grpc.ChainStreamInterceptor(s.learnerStream),
 	}
 	if s.cfg.GRPCKeepAliveMinTime > 0 {

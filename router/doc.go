@@ -95,7 +95,8 @@
 //
 // HTTP: /health answers like etcd's ({"health":"true","reason":""}, 503
 // when the group has no leader or cannot serve a linearizable read), and
-// /version with the etcd API version Cairn speaks. In sharded mode
+// /version with etcd's fields (etcdserver: the etcd API version Cairn
+// speaks; etcdcluster and storage: its major.minor.0). In sharded mode
 // /cairn/ranges (JSON) and /cairn/ranges.html show the range map as this
 // member sees it (rangeinfo.go, Server.Ranges).
 //

@@ -57,8 +57,9 @@ type Config struct {
 	// MaxTxnOps refuses larger txns (etcd --max-txn-ops); 0 means DefaultMaxTxnOps.
 	MaxTxnOps int
 	// GRPCKeepAliveMinTime is the least time a client must leave between
-	// keepalive pings (etcd --grpc-keepalive-min-time): one that pings
-	// more often, or pings with no stream open, collects strikes and
+	// keepalive pings while it has a stream open (etcd
+	// --grpc-keepalive-min-time; with none open grpc-go wants two hours,
+	// as etcd leaves it): one that pings more often collects strikes and
 	// after three is sent GOAWAY "too_many_pings". 0 means
 	// DefaultGRPCKeepAliveMinTime; a negative value sets no policy, which
 	// leaves grpc-go's (5 minutes), as etcd does for 0.

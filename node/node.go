@@ -96,6 +96,16 @@ type Config struct {
 	// 1.5 MiB and 128.
 	MaxRequestBytes int
 	MaxTxnOps       int
+	// GRPCKeepAliveMinTime is the least time a client must leave between
+	// keepalive pings on the client port before it is sent GOAWAY
+	// "too_many_pings" (etcd --grpc-keepalive-min-time); default 5s.
+	// GRPCKeepAliveInterval is how long a client connection may be idle
+	// before the server pings it, GRPCKeepAliveTimeout how long the server
+	// then waits for the answer before it closes the connection (etcd
+	// --grpc-keepalive-interval, --grpc-keepalive-timeout); defaults 2h
+	// and 20s. A negative value turns the setting off, as etcd's 0 does
+	// (router.Config says what is left then).
+	GRPCKeepAliveMinTime, GRPCKeepAliveInterval, GRPCKeepAliveTimeout time.Duration
 	// Sharded runs the key space as ranges, each its own raft group, with
 	// a placement group holding the range map and the revision oracle
 	// (DESIGN.md); false is single-group mode, one raft group for every
@@ -737,6 +747,11 @@ func (n *Node) serve() error {
 		Lessor:            n.first.StateMachine().Lessor(),
 		Members:           n.conns,
 		Backups:           n.rangeSet,
+
+		// zero: etcd's defaults, which router applies.
+		GRPCKeepAliveMinTime:  cfg.GRPCKeepAliveMinTime,
+		GRPCKeepAliveInterval: cfg.GRPCKeepAliveInterval,
+		GRPCKeepAliveTimeout:  cfg.GRPCKeepAliveTimeout,
 	}
 	if cfg.Sharded {
 		rcfg.Oracle = n.oracle

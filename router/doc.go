@@ -87,9 +87,16 @@
 // Response headers carry the cluster and member ids, the raft term, and the
 // revision the store reported for the request.
 //
+// gRPC conventions as etcd's (server.go): gRPC's health service answers
+// SERVING; keepalive follows etcd's policy and flags; a unary call that
+// requires a leader (clientv3.WithRequireLeader) is refused with "no
+// leader" while range 1 has none (leader.go), as is a Watch stream
+// (watch.go); a learner serves only what etcd's does (learner.go).
+//
 // HTTP: /health answers like etcd's ({"health":"true","reason":""}, 503
 // when the group has no leader or cannot serve a linearizable read), and
-// /version with the etcd API version Cairn speaks. In sharded mode
+// /version with etcd's fields (etcdserver: the etcd API version Cairn
+// speaks; etcdcluster and storage: its major.minor.0). In sharded mode
 // /cairn/ranges (JSON) and /cairn/ranges.html show the range map as this
 // member sees it (rangeinfo.go, Server.Ranges).
 //

@@ -35,11 +35,28 @@ func (s *Server) HTTPHandler(pprof bool) http.Handler {
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
 	mux.HandleFunc("GET /cairn/ranges", s.serveRanges)
 	mux.HandleFunc("GET /cairn/ranges.html", s.serveRangeMap)
-	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]string{"etcdserver": version.Version, "etcdcluster": version.Cluster(version.Version)})
-	})
+	mux.HandleFunc("/version", serveVersion)
 	return mux
+}
+
+// serveVersion answers GET /version with etcd's body: the etcd version
+// Cairn serves the API of, and the cluster and storage versions etcd would
+// report for a cluster of members of that version (its major.minor, as
+// Status's storage version).
+func serveVersion(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	v := version.Cluster(version.Version) + ".0"
+	b, err := json.Marshal(version.Versions{Server: version.Version, Cluster: v, Storage: v})
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
 }
 
 // health answers {"health":"true"} when the shard has a leader and answers a

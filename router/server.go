@@ -8,6 +8,9 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/watch"
@@ -17,6 +20,13 @@ var errNoHeader = errors.New("router: response without a header")
 
 // DefaultLeaderCheckInterval is etcd's default election timeout.
 const DefaultLeaderCheckInterval = time.Second
+
+// etcd's defaults for the client port's keepalive (Config.GRPCKeepAlive*).
+const (
+	DefaultGRPCKeepAliveMinTime  = 5 * time.Second
+	DefaultGRPCKeepAliveInterval = 2 * time.Hour
+	DefaultGRPCKeepAliveTimeout  = 20 * time.Second
+)
 
 // Config wires a Server.
 type Config struct {
@@ -46,6 +56,22 @@ type Config struct {
 	QuotaBackendBytes int64
 	// MaxTxnOps refuses larger txns (etcd --max-txn-ops); 0 means DefaultMaxTxnOps.
 	MaxTxnOps int
+	// GRPCKeepAliveMinTime is the least time a client must leave between
+	// keepalive pings while it has a stream open (etcd
+	// --grpc-keepalive-min-time; with none open grpc-go wants two hours,
+	// as etcd leaves it): one that pings more often collects strikes and
+	// after three is sent GOAWAY "too_many_pings". 0 means
+	// DefaultGRPCKeepAliveMinTime; a negative value sets no policy, which
+	// leaves grpc-go's (5 minutes), as etcd does for 0.
+	GRPCKeepAliveMinTime time.Duration
+	// GRPCKeepAliveInterval is how long a connection may be idle before
+	// the server pings the client (etcd --grpc-keepalive-interval), and
+	// GRPCKeepAliveTimeout how long it waits for the answer before it
+	// closes the connection (--grpc-keepalive-timeout). 0 means
+	// DefaultGRPCKeepAliveInterval, DefaultGRPCKeepAliveTimeout; a
+	// negative value in either sets neither, which leaves grpc-go's (2
+	// hours, 20 seconds), as etcd does for 0.
+	GRPCKeepAliveInterval, GRPCKeepAliveTimeout time.Duration
 	// Node answers what only the process knows (members, disk usage) and
 	// does what only it can (membership changes, defragmentation, leader
 	// transfer, backups).
@@ -132,23 +158,50 @@ func New(cfg Config) *Server {
 	if cfg.MaxTxnOps <= 0 {
 		cfg.MaxTxnOps = DefaultMaxTxnOps
 	}
+	if cfg.GRPCKeepAliveMinTime == 0 {
+		cfg.GRPCKeepAliveMinTime = DefaultGRPCKeepAliveMinTime
+	}
+	if cfg.GRPCKeepAliveInterval == 0 {
+		cfg.GRPCKeepAliveInterval = DefaultGRPCKeepAliveInterval
+	}
+	if cfg.GRPCKeepAliveTimeout == 0 {
+		cfg.GRPCKeepAliveTimeout = DefaultGRPCKeepAliveTimeout
+	}
 	return &Server{cfg: cfg}
 }
 
 // GRPCOptions are the server options etcd uses for its client port: the
-// receive limit leaves room for etcd's own "request is too large" answer.
+// receive limit leaves room for etcd's own "request is too large" answer;
+// keepalive is etcd's (Config.GRPCKeepAlive*): as etcd, a client that
+// pings with no stream open is held to grpc-go's two hours, not to the
+// minimum; unary calls are refused on a learner (learner.go) and, when
+// the client requires a leader, without one (leader.go).
 func (s *Server) GRPCOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
 		grpc.MaxConcurrentStreams(1<<32 - 1),
-		grpc.ChainUnaryInterceptor(s.learnerUnary),
+		grpc.ChainUnaryInterceptor(s.learnerUnary, s.leaderUnary),
 		grpc.ChainStreamInterceptor(s.learnerStream),
 	}
+	if s.cfg.GRPCKeepAliveMinTime > 0 {
+		opts = append(opts, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.GRPCKeepAliveMinTime}))
+	}
+	if s.cfg.GRPCKeepAliveInterval > 0 && s.cfg.GRPCKeepAliveTimeout > 0 {
+		opts = append(opts, grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.GRPCKeepAliveInterval,
+			Timeout: s.cfg.GRPCKeepAliveTimeout}))
+	}
+	return opts
 }
 
-// Register attaches etcd's services to g.
+// Register attaches etcd's services to g, and gRPC's standard health
+// service (grpc.health.v1) as etcd registers it: SERVING for the server as
+// a whole (the empty service name) from the start, since g serves only
+// once the node is ready.
 func (s *Server) Register(g *grpc.Server) {
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
 	pb.RegisterKVServer(g, &kvServer{s: s})
 	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
 	pb.RegisterClusterServer(g, &clusterServer{s: s})

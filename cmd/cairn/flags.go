@@ -106,6 +106,9 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.DurationVar(&r.cfg.WatchProgressNotifyInterval, "watch-progress-notify-interval", 0, "how often watchers that asked for progress notifications get one (default 10m)")
 	fs.StringVar(&r.cfg.AutoCompactionMode, "auto-compaction-mode", "", "how --auto-compaction-retention is read: periodic (a duration, or hours if a bare number) or revision (a number of revisions) (default periodic)")
 	fs.StringVar(&r.cfg.AutoCompactionRetention, "auto-compaction-retention", "", "history kept by automatic compaction; 0 turns it off (default 0)")
+	fs.DurationVar(&r.cfg.GRPCKeepAliveMinTime, "grpc-keepalive-min-time", 0, "least time a client must wait between keepalive pings; one that pings more often is sent GOAWAY too_many_pings (0: gRPC's own 5m) (default 5s)")
+	fs.DurationVar(&r.cfg.GRPCKeepAliveInterval, "grpc-keepalive-interval", 0, "idle time after which the server pings a client connection (0: gRPC's own 2h) (default 2h0m0s)")
+	fs.DurationVar(&r.cfg.GRPCKeepAliveTimeout, "grpc-keepalive-timeout", 0, "time the server waits for a ping's answer before it closes the connection (0: gRPC's own 20s) (default 20s)")
 
 	// Clustering.
 	fs.StringVar(&r.advertisePeer, "initial-advertise-peer-urls", "", "comma-separated peer URLs the other members reach this one at (default the listen peer URL)")
@@ -171,6 +174,14 @@ func parseFlags(args, environ []string) (options, error) {
 	if r.splitKeys != "" {
 		for _, k := range strings.Split(r.splitKeys, ",") {
 			o.cfg.InitialSplitKeys = append(o.cfg.InitialSplitKeys, []byte(k))
+		}
+	}
+	// etcd turns a keepalive setting off with 0 (or less); node.Config's
+	// zero is the default, so a setting given as 0 becomes negative.
+	for name, d := range map[string]*time.Duration{"grpc-keepalive-min-time": &o.cfg.GRPCKeepAliveMinTime,
+		"grpc-keepalive-interval": &o.cfg.GRPCKeepAliveInterval, "grpc-keepalive-timeout": &o.cfg.GRPCKeepAliveTimeout} {
+		if given[name] && *d == 0 {
+			*d = -1
 		}
 	}
 	o.cfg.ListenClientURLs = splitURLs(r.listenClient)
@@ -359,8 +370,7 @@ var ignoredFlags = []struct {
 		"listen-client-http-urls", "listen-metrics-urls", "cors", "host-whitelist"}},
 	{"clients, health and metrics are served on --listen-client-urls only", true, []string{
 		"socket-reuse-port", "socket-reuse-address", "enable-grpc-gateway"}},
-	{"cairn's gRPC server keeps its own settings", false, []string{
-		"grpc-keepalive-min-time", "grpc-keepalive-interval", "grpc-keepalive-timeout", "max-concurrent-streams"}},
+	{"cairn's gRPC server keeps its own settings", false, []string{"max-concurrent-streams"}},
 	{"cairn stores data in pebble and raft logs in dragonboat, which do not take etcd's bbolt and WAL settings", false, []string{
 		"wal-dir", "max-snapshots", "max-wals", "backend-bbolt-freelist-type", "backend-batch-interval",
 		"backend-batch-limit", "bootstrap-defrag-threshold-megabytes", "snapshot-catchup-entries",

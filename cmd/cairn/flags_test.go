@@ -122,6 +122,9 @@ var effective = []struct {
 	{"election-timeout", "500", func(c *node.Config) { c.ElectionTimeout = 500 * time.Millisecond }},
 	{"snapshot-count", "5000", func(c *node.Config) { c.SnapshotCount = 5000 }},
 	{"watch-progress-notify-interval", "30s", func(c *node.Config) { c.WatchProgressNotifyInterval = 30 * time.Second }},
+	{"grpc-keepalive-min-time", "10s", func(c *node.Config) { c.GRPCKeepAliveMinTime = 10 * time.Second }},
+	{"grpc-keepalive-interval", "1h", func(c *node.Config) { c.GRPCKeepAliveInterval = time.Hour }},
+	{"grpc-keepalive-timeout", "30s", func(c *node.Config) { c.GRPCKeepAliveTimeout = 30 * time.Second }},
 	{"log-level", "debug", func(*node.Config) {}},
 	{"debug-journal", "/j", func(c *node.Config) { c.DebugJournal = "/j" }},
 	{"logger", "zap", func(*node.Config) {}},
@@ -217,6 +220,29 @@ func TestNoFlagsLeaveNodeDefaults(t *testing.T) {
 	}
 	if !reflect.DeepEqual(o.cfg, noFlags) || o.logLevel != slog.LevelInfo || o.version || len(o.ignored)+len(o.notes) != 0 {
 		t.Fatalf("no flags gave %+v", o)
+	}
+}
+
+// TestKeepaliveFlagsOff: etcd turns a gRPC keepalive setting off with 0
+// (or a negative duration); node.Config's zero is etcd's default, so off
+// is negative there. Not given, the setting stays zero.
+func TestKeepaliveFlagsOff(t *testing.T) {
+	for _, tc := range []struct {
+		args, env []string
+		want      [3]time.Duration // min time, interval, timeout
+	}{
+		{nil, nil, [3]time.Duration{}},
+		{[]string{"--grpc-keepalive-min-time=0"}, nil, [3]time.Duration{-1, 0, 0}},
+		{[]string{"--grpc-keepalive-interval", "0s", "--grpc-keepalive-timeout=-1s"}, nil, [3]time.Duration{0, -1, -time.Second}},
+		{nil, []string{"ETCD_GRPC_KEEPALIVE_TIMEOUT=0"}, [3]time.Duration{0, 0, -1}},
+	} {
+		o, err := parseFlags(tc.args, tc.env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := [3]time.Duration{o.cfg.GRPCKeepAliveMinTime, o.cfg.GRPCKeepAliveInterval, o.cfg.GRPCKeepAliveTimeout}; got != tc.want {
+			t.Errorf("%v %v: keepalive %v, want %v", tc.args, tc.env, got, tc.want)
+		}
 	}
 }
 

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 
+	"go.etcd.io/etcd/api/v3/version"
+
 	"github.com/cairn-kv/cairn/node"
 )
 
@@ -60,12 +62,24 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	return node.Run(ctx, cfg)
 }
 
+// printVersion prints etcd's version lines, as `etcd --version` does —
+// the etcd API version Cairn serves, the commit it was built from, Go's
+// version and platform; tools parse the first line — and then Cairn's
+// own version.
 func printVersion(w io.Writer) {
-	version := "(devel)"
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		version = bi.Main.Version
+	cairn, sha := "(devel)", "Not provided (built without version control information)"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			cairn = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && s.Value != "" {
+				sha = s.Value[:min(len(s.Value), 7)] // git's short form, as etcd's
+			}
+		}
 	}
-	fmt.Fprintf(w, "cairn Version: %s\nGo Version: %s\nGo OS/Arch: %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(w, "etcd Version: %s\nGit SHA: %s\nGo Version: %s\nGo OS/Arch: %s/%s\nCairn Version: %s\n",
+		version.Version, sha, runtime.Version(), runtime.GOOS, runtime.GOARCH, cairn)
 }
 
 // snapshotCommand runs `cairn snapshot restore <file> --data-dir <dir>`:

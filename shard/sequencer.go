@@ -114,6 +114,27 @@ func (r *Replica) beginStamp() {
 	r.batches++
 }
 
+// generation returns the sequencer's batch count and whether a batch is in
+// flight or being stamped: what a close checks again after its read index.
+func (r *Replica) generation() (gen uint64, busy bool) {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	return r.batches, r.busyLocked()
+}
+
+// closeIfQuiet raises the closed revision to t if no batch was stamped or
+// tracked since generation gen and none is in flight (see closeAt for why
+// that makes t closed), and reports whether it did.
+func (r *Replica) closeIfQuiet(gen uint64, t mvcc.Revision) bool {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	if r.batches != gen || r.busyLocked() {
+		return false
+	}
+	r.closed = max(r.closed, t)
+	return true
+}
+
 // busy reports whether a batch is in flight or being stamped.
 // REQUIRES: seqMu
 func (r *Replica) busyLocked() bool { return r.takingStamps || len(r.inflight) > 0 }
@@ -179,9 +200,7 @@ func (r *Replica) closeAt(ctx context.Context, t mvcc.Revision) (mvcc.Revision, 
 			}
 		}
 	}
-	r.seqMu.Lock()
-	gen, busy := r.batches, r.busyLocked()
-	r.seqMu.Unlock()
+	gen, busy := r.generation()
 	if busy {
 		return r.Closed(), nil
 	}
@@ -198,12 +217,8 @@ func (r *Replica) closeAt(ctx context.Context, t mvcc.Revision) (mvcc.Revision, 
 		return r.Closed(), err
 	}
 	r.fenced.Store(term)
-	r.seqMu.Lock()
-	defer r.seqMu.Unlock()
-	if r.batches == gen && !r.busyLocked() {
-		r.closed = max(r.closed, t)
-	}
-	return r.closed, nil
+	r.closeIfQuiet(gen, t)
+	return r.Closed(), nil
 }
 
 // Closed is the closed revision this client last proposed or published.
@@ -266,24 +281,13 @@ func (r *Replica) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Rev
 	query := RangeQuery{Req: q, Floor: rev}
 	if r.Closed() < rev && r.stamper != nil && !r.counting() {
 		if term, err := r.leading(); err == nil && r.fenced.Load() == term {
-			r.seqMu.Lock()
-			gen, busy := r.batches, r.busyLocked()
-			r.seqMu.Unlock()
-			if !busy {
+			if gen, busy := r.generation(); !busy {
 				resp, err := read[*pb.RangeResponse](ctx, r, query, true)
 				if err != nil {
 					return nil, err
 				}
-				if now, err := r.leading(); err == nil && now == term {
-					r.seqMu.Lock()
-					closed := r.batches == gen && !r.busyLocked()
-					if closed {
-						r.closed = max(r.closed, rev)
-					}
-					r.seqMu.Unlock()
-					if closed {
-						return resp, nil
-					}
+				if now, err := r.leading(); err == nil && now == term && r.closeIfQuiet(gen, rev) {
+					return resp, nil
 				}
 			}
 		}

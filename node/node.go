@@ -20,6 +20,7 @@ import (
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	dblogger "github.com/lni/dragonboat/v4/logger"
 	"github.com/lni/dragonboat/v4/raftio"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/soheilhy/cmux"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -128,6 +129,19 @@ type Config struct {
 	RaftTransport dbconfig.TransportFactory
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
+	// Metrics is the registry the node registers its metrics on, served
+	// at /metrics; nil makes a registry of the node's own. Nothing goes
+	// to the prometheus package's default registry, and a registry can
+	// serve one node only.
+	Metrics *prometheus.Registry
+	// MetricsLevel is etcd's --metrics: MetricsBasic (the default) or
+	// MetricsExtensive, which adds the gRPC handling-time histograms.
+	MetricsLevel string
+	// ListenMetricsURLs are extra http:// listeners serving /metrics and
+	// the probes (/health, /livez, /readyz) only (etcd
+	// --listen-metrics-urls); the client URLs serve them too. Port 0
+	// picks a free port; Node.MetricsURLs reports what was bound.
+	ListenMetricsURLs []string
 
 	// compactionClock drives automatic compaction (router.StartCompactor);
 	// nil is the wall clock. Tests inject a fake one.
@@ -186,7 +200,14 @@ func (c Config) withDefaults() (Config, error) {
 	default:
 		return c, fmt.Errorf("node: --initial-cluster-state %q: want new or existing", c.InitialClusterState)
 	}
-	for _, u := range slices.Concat(c.ListenClientURLs, c.ListenPeerURLs, c.InitialAdvertisePeerURLs) {
+	switch c.MetricsLevel {
+	case "":
+		c.MetricsLevel = MetricsBasic
+	case MetricsBasic, MetricsExtensive:
+	default:
+		return c, fmt.Errorf("node: --metrics %q: want %s or %s", c.MetricsLevel, MetricsBasic, MetricsExtensive)
+	}
+	for _, u := range slices.Concat(c.ListenClientURLs, c.ListenPeerURLs, c.InitialAdvertisePeerURLs, c.ListenMetricsURLs) {
 		if _, err := hostPort(u); err != nil {
 			return c, err
 		}
@@ -268,7 +289,12 @@ type Node struct {
 	stop      chan struct{} // closed by Close: stops the watch pump
 	grpc      *grpc.Server
 	http      *http.Server
-	nhConfig  dbconfig.NodeHostConfig
+	// metrics is the node's registry and collectors (metrics.go);
+	// metricsHTTP serve metricsURL, the bound --listen-metrics-urls.
+	metrics     *metrics
+	metricsHTTP []*http.Server
+	metricsURL  []string
+	nhConfig    dbconfig.NodeHostConfig
 	// membersView caches the membership last read (see Members).
 	membersView atomic.Pointer[membersView]
 	muxes       []cmux.CMux
@@ -343,6 +369,11 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.stop = make(chan struct{})
 	n.closedClock = shard.NewClock()
+	m, err := newMetrics(n.cfg.Metrics, n.cfg.MetricsLevel)
+	if err != nil {
+		return err
+	}
+	n.metrics = m
 	quietDragonboat()
 	b, err := n.identify()
 	if err != nil {
@@ -752,6 +783,9 @@ func (n *Node) serve() error {
 		GRPCKeepAliveMinTime:  cfg.GRPCKeepAliveMinTime,
 		GRPCKeepAliveInterval: cfg.GRPCKeepAliveInterval,
 		GRPCKeepAliveTimeout:  cfg.GRPCKeepAliveTimeout,
+
+		UnaryInterceptors:  n.metrics.unary(),
+		StreamInterceptors: n.metrics.stream(),
 	}
 	if cfg.Sharded {
 		rcfg.Oracle = n.oracle
@@ -788,11 +822,16 @@ func (n *Node) serve() error {
 	}
 	n.member = router.NewMember(mcfg)
 	rs.RegisterInternal(n.grpc, n.member)
+	n.metrics.grpc.InitializeMetrics(n.grpc) // every method's series from 0, as etcd
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
 	mux := http.NewServeMux()
 	mux.Handle("/", rs.HTTPHandler(cfg.EnablePprof))
+	mux.Handle("/metrics", n.metrics.handler)
 	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if err := n.serveMetrics(rs.ProbeHandler()); err != nil {
+		return err
+	}
 
 	for _, raw := range cfg.ListenClientURLs {
 		addr, _ := hostPort(raw)
@@ -888,6 +927,9 @@ func (n *Node) Close() error {
 		}
 		if n.http != nil {
 			_ = n.http.Close()
+		}
+		for _, srv := range n.metricsHTTP {
+			_ = srv.Close()
 		}
 		for _, m := range n.muxes {
 			m.Close()

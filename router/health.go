@@ -30,12 +30,26 @@ func (s *Server) HTTPHandler(pprof bool) http.Handler {
 		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
 	}
-	mux.HandleFunc("/health", s.health)
-	mux.HandleFunc("/readyz", s.health)
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
+	probes := s.ProbeHandler()
+	for _, p := range probePaths {
+		mux.Handle(p, probes)
+	}
 	mux.HandleFunc("GET /cairn/ranges", s.serveRanges)
 	mux.HandleFunc("GET /cairn/ranges.html", s.serveRangeMap)
 	mux.HandleFunc("/version", serveVersion)
+	return mux
+}
+
+// probePaths are the paths ProbeHandler serves, as ServeMux patterns.
+var probePaths = []string{"/health", "/livez", "/readyz"}
+
+// ProbeHandler serves the probes alone: /health, /livez and /readyz; any
+// other path is not found. The node serves it on the metrics URLs.
+func (s *Server) ProbeHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", s.health)
+	mux.HandleFunc("/readyz", s.health)
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
 	return mux
 }
 

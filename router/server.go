@@ -2,6 +2,7 @@ package router
 
 import (
 	"errors"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -110,6 +111,12 @@ type Config struct {
 	// an in-process client (lock.go); nil leaves them unregistered. The
 	// process owns and closes it.
 	Self *clientv3.Client
+	// UnaryInterceptors and StreamInterceptors run, in order, before the
+	// router's own (which refuse calls on a learner and without a
+	// leader), so that what they observe includes the refusals: the
+	// node's gRPC metrics, in etcd's order.
+	UnaryInterceptors  []grpc.UnaryServerInterceptor
+	StreamInterceptors []grpc.StreamServerInterceptor
 }
 
 // Node is what the router asks of the process hosting it; the node
@@ -174,15 +181,16 @@ func New(cfg Config) *Server {
 // receive limit leaves room for etcd's own "request is too large" answer;
 // keepalive is etcd's (Config.GRPCKeepAlive*): as etcd, a client that
 // pings with no stream open is held to grpc-go's two hours, not to the
-// minimum; unary calls are refused on a learner (learner.go) and, when
-// the client requires a leader, without one (leader.go).
+// minimum; after Config's interceptors, unary calls are refused on a
+// learner (learner.go) and, when the client requires a leader, without one
+// (leader.go).
 func (s *Server) GRPCOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
 		grpc.MaxConcurrentStreams(1<<32 - 1),
-		grpc.ChainUnaryInterceptor(s.learnerUnary, s.leaderUnary),
-		grpc.ChainStreamInterceptor(s.learnerStream),
+		grpc.ChainUnaryInterceptor(append(slices.Clone(s.cfg.UnaryInterceptors), s.learnerUnary, s.leaderUnary)...),
+		grpc.ChainStreamInterceptor(append(slices.Clone(s.cfg.StreamInterceptors), s.learnerStream)...),
 	}
 	if s.cfg.GRPCKeepAliveMinTime > 0 {
 		opts = append(opts, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.GRPCKeepAliveMinTime}))

@@ -83,6 +83,7 @@ type rawFlags struct {
 	version                                                  bool
 	singleGroup                                              bool
 	splitKeys                                                string
+	listenMetrics                                            string
 }
 
 // newFlagSet defines every etcd server flag on a new flag set: the
@@ -120,6 +121,8 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	// Logging and the rest.
 	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, which in cairn means structured JSON on stderr (default zap)")
 	fs.StringVar(&r.logLevel, "log-level", "", "least severe level logged: debug, info, warn, error (panic, fatal and dpanic log as error) (default info)")
+	fs.StringVar(&r.cfg.MetricsLevel, "metrics", "", "metrics exported at /metrics: basic, or extensive, which adds the gRPC handling-time histograms (default basic)")
+	fs.StringVar(&r.listenMetrics, "listen-metrics-urls", "", "comma-separated http:// URLs serving /metrics and the probes (/health, /livez, /readyz) only, besides the client URLs")
 	fs.BoolVar(&r.cfg.EnablePprof, "enable-pprof", false, "serve Go's runtime profiles at the client URLs + /debug/pprof/")
 	fs.StringVar(&r.cfg.DebugJournal, "debug-journal", "", "cairn only, a testing aid: append every applied raft entry to this file (the robustness suite checks it as etcd's checks its WAL)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
@@ -188,6 +191,7 @@ func parseFlags(args, environ []string) (options, error) {
 	o.cfg.AdvertiseClientURLs = splitURLs(r.advertiseClient)
 	o.cfg.ListenPeerURLs = splitURLs(r.listenPeer)
 	o.cfg.InitialAdvertisePeerURLs = splitURLs(r.advertisePeer)
+	o.cfg.ListenMetricsURLs = splitURLs(r.listenMetrics)
 	if o.cfg.HeartbeatInterval, err = millis("heartbeat-interval", r.heartbeatMS); err != nil {
 		return options{}, err
 	}
@@ -367,7 +371,7 @@ var ignoredFlags = []struct {
 	{"discovery is not supported; name the founding members with --initial-cluster", true, []string{
 		"discovery-insecure-transport", "discovery-insecure-skip-tls-verify"}},
 	{"clients, health and metrics are served on --listen-client-urls only", false, []string{
-		"listen-client-http-urls", "listen-metrics-urls", "cors", "host-whitelist"}},
+		"listen-client-http-urls", "cors", "host-whitelist"}},
 	{"clients, health and metrics are served on --listen-client-urls only", true, []string{
 		"socket-reuse-port", "socket-reuse-address", "enable-grpc-gateway"}},
 	{"cairn's gRPC server keeps its own settings", false, []string{"max-concurrent-streams"}},
@@ -384,10 +388,10 @@ var ignoredFlags = []struct {
 	{"recovering a cluster by force is not supported", true, []string{"force-new-cluster"}},
 	{"cairn logs JSON to stderr", false, []string{"log-outputs", "log-format", "log-rotation-config-json"}},
 	{"cairn logs JSON to stderr", true, []string{"enable-log-rotation"}},
-	{"tracing and extensive metrics are not implemented", false, []string{
-		"metrics", "distributed-tracing-address", "distributed-tracing-service-name",
+	{"tracing is not implemented", false, []string{
+		"distributed-tracing-address", "distributed-tracing-service-name",
 		"distributed-tracing-instance-id", "distributed-tracing-sampling-rate"}},
-	{"tracing and extensive metrics are not implemented", true, []string{"enable-distributed-tracing"}},
+	{"tracing is not implemented", true, []string{"enable-distributed-tracing"}},
 	{"cairn runs no such periodic check", false, []string{
 		"corrupt-check-time", "compact-hash-check-time", "downgrade-check-time", "warning-apply-duration",
 		"warning-unary-request-duration"}},

@@ -129,6 +129,10 @@ var effective = []struct {
 	{"debug-journal", "/j", func(c *node.Config) { c.DebugJournal = "/j" }},
 	{"logger", "zap", func(*node.Config) {}},
 	{"initial-split-keys", "b,m", func(c *node.Config) { c.InitialSplitKeys = [][]byte{[]byte("b"), []byte("m")} }},
+	{"metrics", "extensive", func(c *node.Config) { c.MetricsLevel = node.MetricsExtensive }},
+	{"listen-metrics-urls", "http://127.0.0.1:2381,http://10.0.0.1:2381", func(c *node.Config) {
+		c.ListenMetricsURLs = []string{"http://127.0.0.1:2381", "http://10.0.0.1:2381"}
+	}},
 }
 
 // noFlags is the config parseFlags gives without flags: node's zero value,
@@ -208,6 +212,17 @@ func TestEffectiveFlags(t *testing.T) {
 		if !reflect.DeepEqual(o.cfg, w) {
 			t.Errorf("--%s=%s: config %+v, want %+v", f.name, f.value, o.cfg, w)
 		}
+	}
+}
+
+// TestMetricsFlagRefused: --metrics takes etcd's two levels only; another
+// stops cairn before it starts anything, naming the flag.
+func TestMetricsFlagRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := run(ctx, []string{"--metrics=bogus", "--data-dir", t.TempDir()}, nil, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--metrics") {
+		t.Fatalf("--metrics=bogus: error %v, want one naming --metrics", err)
 	}
 }
 

@@ -1,0 +1,164 @@
+package node_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
+)
+
+// scrape reads url (a /metrics endpoint) in Prometheus' text format.
+func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return fams
+}
+
+// handled is grpc_server_handled_total of KV's method with code; -1 if
+// the series is missing.
+func handled(fams map[string]*dto.MetricFamily, method, code string) float64 {
+	f := fams["grpc_server_handled_total"]
+	if f == nil {
+		return -1
+	}
+	for _, m := range f.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["grpc_service"] == "etcdserverpb.KV" && labels["grpc_method"] == method && labels["grpc_code"] == code {
+			return m.GetCounter().GetValue()
+		}
+	}
+	return -1
+}
+
+// get answers GET url's status and body.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// TestMetricsEndpoints: /metrics on the client URL and on the metrics URL
+// shows the node's gRPC calls with the process and Go runtime series; the
+// metrics URL serves the probes and /metrics only; a second node in the
+// same process counts its own calls alone, and a registry cannot serve two
+// nodes.
+func TestMetricsEndpoints(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	metricsURL := func(c *node.Config) {
+		c.Metrics = reg
+		c.ListenMetricsURLs = []string{"http://127.0.0.1:0"}
+	}
+	c := nodetest.Start(t, 1, nodetest.Edit(metricsURL))
+	other := nodetest.Start(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Client(0).Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+
+	murls := c.Node(0).MetricsURLs()
+	if len(murls) != 1 {
+		t.Fatalf("metrics URLs %v, want one", murls)
+	}
+	for _, base := range []string{c.URLs()[0], murls[0]} {
+		fams := scrape(t, base+"/metrics")
+		if got := handled(fams, "Put", "OK"); got != 1 {
+			t.Errorf("%s/metrics: grpc_server_handled_total{Put, OK} = %v, want 1", base, got)
+		}
+		for _, name := range []string{"process_start_time_seconds", "process_cpu_seconds_total", "go_goroutines", "go_memstats_alloc_bytes"} {
+			if fams[name] == nil {
+				t.Errorf("%s/metrics: no %s", base, name)
+			}
+		}
+		if _, ok := fams["grpc_server_handling_seconds"]; ok {
+			t.Errorf("%s/metrics: grpc_server_handling_seconds at the basic level", base)
+		}
+	}
+	if got, err := reg.Gather(); err != nil || len(got) == 0 {
+		t.Errorf("the registry given gathers %d families, %v: the node does not register on it", len(got), err)
+	}
+
+	// The metrics URL: the probes and /metrics, nothing else.
+	if code, body := get(t, murls[0]+"/health"); code != http.StatusOK || !strings.Contains(body, `"health":"true"`) {
+		t.Errorf("metrics URL /health: %d %q", code, body)
+	}
+	for _, p := range []string{"/livez", "/readyz"} {
+		if code, _ := get(t, murls[0]+p); code != http.StatusOK {
+			t.Errorf("metrics URL %s: %d, want 200", p, code)
+		}
+	}
+	for _, p := range []string{"/v3/kv/range", "/version", "/debug/vars", "/cairn/ranges"} {
+		if code, _ := get(t, murls[0]+p); code != http.StatusNotFound {
+			t.Errorf("metrics URL %s: %d, want 404", p, code)
+		}
+	}
+
+	// Another node in the process: its own registry, where the Put above
+	// is not (its series start at 0).
+	if got := handled(scrape(t, other.URLs()[0]+"/metrics"), "Put", "OK"); got != 0 {
+		t.Errorf("the other node's grpc_server_handled_total{Put, OK} = %v, want 0", got)
+	}
+	// A registry serves one node only.
+	n, err := node.Start(ctx, node.Config{Name: "again", DataDir: t.TempDir(), Metrics: reg,
+		ListenClientURLs: []string{"http://127.0.0.1:0"}, ListenPeerURLs: []string{"http://127.0.0.1:0"}})
+	if err == nil {
+		_ = n.Close()
+		t.Fatal("a second node on the same registry started")
+	}
+	if !strings.Contains(err.Error(), "register metrics") {
+		t.Errorf("a second node on the same registry: %v, want a registration error", err)
+	}
+
+	if _, err := node.Start(ctx, node.Config{MetricsLevel: "bogus"}); err == nil || !strings.Contains(err.Error(), "--metrics") {
+		t.Errorf("MetricsLevel bogus: %v, want an error naming --metrics", err)
+	}
+}
+
+// TestExtensiveMetrics: the extensive level adds the handling-time
+// histograms.
+func TestExtensiveMetrics(t *testing.T) {
+	c := nodetest.Start(t, 1, nodetest.Edit(func(c *node.Config) { c.MetricsLevel = node.MetricsExtensive }))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Client(0).Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	fams := scrape(t, c.URLs()[0]+"/metrics")
+	f := fams["grpc_server_handling_seconds"]
+	if f == nil || f.GetType() != dto.MetricType_HISTOGRAM {
+		t.Fatalf("extensive: grpc_server_handling_seconds %v, want a histogram", f)
+	}
+}

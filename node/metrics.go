@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+
+	"github.com/cairn-kv/cairn/router"
 )
 
 // The levels of Config.MetricsLevel, etcd's --metrics.
@@ -82,6 +84,27 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 	}
 	m.handler = promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return m, nil
+}
+
+// Probe counts one probe's result (router.Observer): /health in
+// etcd_server_health_{success,failures}, each check of /livez and /readyz
+// in etcd_server_healthcheck (1 ok, 0 failed) and
+// etcd_server_healthchecks_total, as etcd counts them.
+func (m *metrics) Probe(kind, check string, ok bool) {
+	if kind == router.ProbeHealth {
+		if ok {
+			m.healthSuccess.Inc()
+		} else {
+			m.healthFailures.Inc()
+		}
+		return
+	}
+	v, st := 0.0, "error"
+	if ok {
+		v, st = 1, "success"
+	}
+	m.healthcheck.WithLabelValues(kind, check).Set(v)
+	m.healthchecks.WithLabelValues(kind, check, st).Inc()
 }
 
 // unary and stream are the gRPC server's metric interceptors, which

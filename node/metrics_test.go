@@ -162,3 +162,85 @@ func TestExtensiveMetrics(t *testing.T) {
 		t.Fatalf("extensive: grpc_server_handling_seconds %v, want a histogram", f)
 	}
 }
+
+// TestProbesWithoutQuorum: with two of three members stopped, the
+// survivor's probes answer as etcd's do (kubeadm's liveness probe
+// /livez passes, its readiness probe /readyz fails on
+// linearizable_read, and /health says RAFT NO LEADER unless
+// serializable), on the client URL and on --listen-metrics-urls.
+func TestProbesWithoutQuorum(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []nodetest.Option
+	}{
+		{"single-group", nil},
+		{"sharded", []nodetest.Option{nodetest.Sharded("m")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := nodetest.Start(t, 3, append(tc.opts, nodetest.Edit(func(c *node.Config) {
+				c.ListenMetricsURLs = []string{"http://127.0.0.1:0"}
+			}))...)
+			survivor := c.Node(2)
+			bases := []string{survivor.ClientURLs()[0], survivor.MetricsURLs()[0]}
+			for _, base := range bases {
+				if code, body := get(t, base+"/readyz"); code != http.StatusOK {
+					t.Fatalf("%s/readyz with every member up: %d %q", base, code, body)
+				}
+			}
+			for i := range 2 {
+				if err := c.Stop(i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			nodetest.Eventually(t, "the survivor's /health says RAFT NO LEADER", func() bool {
+				code, body := get(t, bases[0]+"/health")
+				return code == http.StatusServiceUnavailable && body == `{"health":"false","reason":"RAFT NO LEADER"}`+"\n"
+			})
+			for _, base := range bases {
+				if code, body := get(t, base+"/health"); code != http.StatusServiceUnavailable || !strings.Contains(body, "RAFT NO LEADER") {
+					t.Errorf("%s/health: %d %q, want 503 RAFT NO LEADER", base, code, body)
+				}
+				if code, body := get(t, base+"/health?serializable=true"); code != http.StatusOK {
+					t.Errorf("%s/health?serializable=true: %d %q, want 200", base, code, body)
+				}
+				if code, body := get(t, base+"/livez"); code != http.StatusOK || body != "ok\n" {
+					t.Errorf("%s/livez: %d %q, want 200 ok", base, code, body)
+				}
+				if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "[-]linearizable_read failed") ||
+					!strings.Contains(body, "[+]serializable_read ok") {
+					t.Errorf("%s/readyz: %d %q, want 503 with linearizable_read failed", base, code, body)
+				}
+			}
+			// The older kubeadm probe.
+			if code, body := get(t, bases[1]+"/health?exclude=NOSPACE&serializable=true"); code != http.StatusOK {
+				t.Errorf("/health?exclude=NOSPACE&serializable=true: %d %q, want 200", code, body)
+			}
+			fams := scrape(t, bases[1]+"/metrics")
+			if f := fams["etcd_server_health_failures"]; f == nil || f.GetMetric()[0].GetCounter().GetValue() < 1 {
+				t.Errorf("etcd_server_health_failures %v, want at least 1", f)
+			}
+			if !hasSeries(fams, "etcd_server_healthchecks_total", map[string]string{"type": "readyz", "name": "linearizable_read", "status": "error"}) {
+				t.Errorf("no etcd_server_healthchecks_total{readyz, linearizable_read, error}")
+			}
+		})
+	}
+}
+
+// hasSeries reports whether family name has a series with labels (and
+// maybe others).
+func hasSeries(fams map[string]*dto.MetricFamily, name string, labels map[string]string) bool {
+	for _, m := range fams[name].GetMetric() {
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for k, v := range labels {
+			match = match && got[k] == v
+		}
+		if match {
+			return true
+		}
+	}
+	return false
+}

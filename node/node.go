@@ -294,7 +294,10 @@ type Node struct {
 	metrics     *metrics
 	metricsHTTP []*http.Server
 	metricsURL  []string
-	nhConfig    dbconfig.NodeHostConfig
+	// leaders is the set of ranges here without a leader, for the probes
+	// (nil until serve starts it).
+	leaders  *router.LeaderWatch
+	nhConfig dbconfig.NodeHostConfig
 	// membersView caches the membership last read (see Members).
 	membersView atomic.Pointer[membersView]
 	muxes       []cmux.CMux
@@ -786,6 +789,9 @@ func (n *Node) serve() error {
 
 		UnaryInterceptors:  n.metrics.unary(),
 		StreamInterceptors: n.metrics.stream(),
+		Observer:           n.metrics,
+		RequestTimeout:     5*time.Second + 2*cfg.ElectionTimeout, // etcd's ReqTimeout
+		Log:                n.log,
 	}
 	if cfg.Sharded {
 		rcfg.Oracle = n.oracle
@@ -806,6 +812,7 @@ func (n *Node) serve() error {
 	}
 	rs := router.New(rcfg)
 	n.rs = rs
+	n.leaders = rs.StartLeaderWatch(cfg.HeartbeatInterval)
 	// Automatic compaction compacts as a client's Compact does.
 	if n.compactor, err = rs.StartCompactor(router.CompactorConfig{Mode: cfg.AutoCompactionMode,
 		Retention: cfg.AutoCompactionRetention, Clock: cfg.compactionClock, Log: n.log}); err != nil {
@@ -940,6 +947,7 @@ func (n *Node) Close() error {
 			l.closeConns()
 		}
 		n.compactor.Close() // cancels a compaction in flight
+		n.leaders.Close()
 		if n.stop != nil {
 			close(n.stop)
 		}

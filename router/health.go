@@ -1,21 +1,16 @@
 package router
 
 import (
-	"context"
 	"encoding/json"
 	"expvar"
 	"net/http"
 	httppprof "net/http/pprof"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/version"
 )
 
-// healthTimeout bounds the read /health makes, as etcd bounds its own.
-const healthTimeout = time.Second
-
-// HTTPHandler serves etcd's HTTP endpoints on the client port: /health
-// (and /livez, /readyz) and /version, with etcd's JSON bodies, and
+// HTTPHandler serves etcd's HTTP endpoints on the client port: the probes
+// /health, /livez and /readyz (ProbeHandler) and /version, with etcd's JSON bodies, and
 // /debug/vars (Go's expvar: memory statistics, command line); with pprof,
 // Go's runtime profiles under /debug/pprof/ as etcd's --enable-pprof; and
 // Cairn's range map, /cairn/ranges as JSON and /cairn/ranges.html drawn
@@ -41,17 +36,7 @@ func (s *Server) HTTPHandler(pprof bool) http.Handler {
 }
 
 // probePaths are the paths ProbeHandler serves, as ServeMux patterns.
-var probePaths = []string{"/health", "/livez", "/readyz"}
-
-// ProbeHandler serves the probes alone: /health, /livez and /readyz; any
-// other path is not found. The node serves it on the metrics URLs.
-func (s *Server) ProbeHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/health", s.health)
-	mux.HandleFunc("/readyz", s.health)
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
-	return mux
-}
+var probePaths = []string{"/health", "/livez", "/livez/", "/readyz", "/readyz/"}
 
 // serveVersion answers GET /version with etcd's body: the etcd version
 // Cairn serves the API of, and the cluster and storage versions etcd would
@@ -71,36 +56,4 @@ func serveVersion(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(b)
-}
-
-// health answers {"health":"true"} when the shard has a leader and answers a
-// linearizable read in time, like etcd's /health; 503 with a reason otherwise.
-func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	reason := ""
-	if _, _, ok := s.cfg.Shard.Leader(); !ok {
-		reason = "RAFT NO LEADER"
-	} else {
-		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
-		defer cancel()
-		if _, err := s.cfg.Shard.Status(ctx, r.URL.Query().Get("serializable") != "true"); err != nil {
-			reason = "QGET ERROR:" + err.Error()
-		}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	if reason != "" {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	_ = json.NewEncoder(w).Encode(map[string]string{"health": boolString(reason == ""), "reason": reason})
-}
-
-func boolString(b bool) string {
-	if b {
-		return "true"
-	}
-	return "false"
 }

@@ -2,6 +2,7 @@ package router
 
 import (
 	"errors"
+	"log/slog"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -117,6 +118,15 @@ type Config struct {
 	// node's gRPC metrics, in etcd's order.
 	UnaryInterceptors  []grpc.UnaryServerInterceptor
 	StreamInterceptors []grpc.StreamServerInterceptor
+	// Observer receives what the node's metrics count (probes.go); nil
+	// reports nothing.
+	Observer Observer
+	// RequestTimeout bounds the probes' reads, as etcd's request timeout
+	// (5s plus two election timeouts) bounds its own; 0 means
+	// DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	// Log receives the probes' failures and warnings; nil discards them.
+	Log *slog.Logger
 }
 
 // Node is what the router asks of the process hosting it; the node
@@ -155,6 +165,8 @@ type Server struct {
 	size, sizeAt atomic.Int64
 	// registered: leases registered at their home for a range (sharded).
 	registered registered
+	// leaders is the leader watch once StartLeaderWatch has started it.
+	leaders atomic.Pointer[LeaderWatch]
 }
 
 // New returns a Server; Register attaches it to a gRPC server.
@@ -173,6 +185,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.GRPCKeepAliveTimeout == 0 {
 		cfg.GRPCKeepAliveTimeout = DefaultGRPCKeepAliveTimeout
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{cfg: cfg}
 }

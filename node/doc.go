@@ -21,7 +21,8 @@
 //     member and cluster ids, a joining member's search for its id;
 //   - the client listeners (gRPC and HTTP on one port, and an in-memory
 //     one for the node's own client, which the lock and election services
-//     run on) and the raft addresses it seeds from --initial-cluster
+//     run on), the --listen-metrics-urls listeners and the node's own
+//     Prometheus registry, which implements router.Observer (metrics.go) and the raft addresses it seeds from --initial-cluster
 //     (registry.go; placement.PeerRegistry resolves them);
 //   - etcd's membership API (members.go; sharded mode's walk is
 //     placement.Membership's, over this member's replicas as

@@ -93,9 +93,11 @@
 // leader" while range 1 has none (leader.go), as is a Watch stream
 // (watch.go); a learner serves only what etcd's does (learner.go).
 //
-// HTTP: /health answers like etcd's ({"health":"true","reason":""}, 503
-// when the group has no leader or cannot serve a linearizable read), and
-// /version with etcd's fields (etcdserver: the etcd API version Cairn
+// HTTP: the probes /health, /livez and /readyz answer like etcd 3.5+'s
+// (probes.go), reading which ranges here lack a leader from a LeaderWatch
+// (leaders.go) rather than asking raft per request, and report their
+// results to the node's metrics through Observer, the interface this
+// package declares (it imports no metrics library); and /version with etcd's fields (etcdserver: the etcd API version Cairn
 // speaks; etcdcluster and storage: its major.minor.0). In sharded mode
 // /cairn/ranges (JSON) and /cairn/ranges.html show the range map as this
 // member sees it (rangeinfo.go, Server.Ranges).

@@ -10,8 +10,8 @@ import (
 )
 
 // HTTPHandler serves etcd's HTTP endpoints on the client port: the probes
-// /health, /livez and /readyz (ProbeHandler) and /version, with etcd's JSON bodies, and
-// /debug/vars (Go's expvar: memory statistics, command line); with pprof,
+// /health, /livez and /readyz (ProbeHandler) and /version, with etcd's
+// bodies, and /debug/vars (Go's expvar: memory statistics, command line); with pprof,
 // Go's runtime profiles under /debug/pprof/ as etcd's --enable-pprof; and
 // Cairn's range map, /cairn/ranges as JSON and /cairn/ranges.html drawn
 // (rangeinfo.go).

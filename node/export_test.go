@@ -101,3 +101,8 @@ func (n *Node) Ranges() []RangeInfo {
 func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.RangeDescriptor, error) {
 	return n.member.SplitRange(ctx, key)
 }
+
+// StopRangeReplica stops this member's replica of range id in raft
+// (dragonboat's StopReplica; the replica id is the member id), leaving the
+// rest of the node running: the range loses this member's vote.
+func (n *Node) StopRangeReplica(id uint64) error { return n.nh.StopReplica(id, n.memberID) }

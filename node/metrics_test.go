@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
@@ -243,4 +245,48 @@ func hasSeries(fams map[string]*dto.MetricFamily, name string, labels map[string
 		}
 	}
 	return false
+}
+
+// TestShardedLeaderlessRange: with range 2 stopped on two of three
+// members, the third refuses a require-leader read of range 2 with etcd's
+// "no leader" and serves one of range 1, and its probes fail.
+func TestShardedLeaderlessRange(t *testing.T) {
+	c := nodetest.Start(t, 3, nodetest.Sharded("m"))
+	var second uint64
+	for _, r := range c.Node(2).Ranges() {
+		if r.Start == "m" {
+			second = r.ID
+		}
+	}
+	if second == 0 {
+		t.Fatalf("no range starts at m: %+v", c.Node(2).Ranges())
+	}
+	for i := range 2 {
+		if err := c.Node(i).StopRangeReplica(second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	url := c.Node(2).ClientURLs()[0]
+	cli := nodetest.NewClient(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nodetest.WaitFor(ctx, t, func() error {
+		rctx, rcancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 5*time.Second)
+		defer rcancel()
+		_, err := cli.Get(rctx, "x", clientv3.WithSerializable())
+		if err == nil || !strings.Contains(err.Error(), "etcdserver: no leader") {
+			return fmt.Errorf("require-leader get of range %d: %v, want etcdserver: no leader", second, err)
+		}
+		return nil
+	})
+	if _, err := cli.Get(clientv3.WithRequireLeader(ctx), "a"); err != nil {
+		t.Errorf("require-leader get of range 1: %v", err)
+	}
+	if code, body := get(t, url+"/health"); code != http.StatusServiceUnavailable || !strings.Contains(body, "RAFT NO LEADER") {
+		t.Errorf("/health: %d %q, want 503 RAFT NO LEADER", code, body)
+	}
+	if code, body := get(t, url+"/readyz"); code != http.StatusServiceUnavailable ||
+		!strings.Contains(body, fmt.Sprintf("[-]linearizable_read failed: etcdserver: no leader of range %d", second)) {
+		t.Errorf("/readyz: %d %q, want 503 naming range %d", code, body, second)
+	}
 }

@@ -90,8 +90,8 @@
 // gRPC conventions as etcd's (server.go): gRPC's health service answers
 // SERVING; keepalive follows etcd's policy and flags; a unary call that
 // requires a leader (clientv3.WithRequireLeader) is refused with "no
-// leader" while range 1 has none (leader.go), as is a Watch stream
-// (watch.go); a learner serves only what etcd's does (learner.go).
+// leader" while a range it touches has none (leader.go), as is a Watch
+// stream while range 1 has none (watch.go); a learner serves only what etcd's does (learner.go).
 //
 // HTTP: the probes /health, /livez and /readyz answer like etcd 3.5+'s
 // (probes.go), reading which ranges here lack a leader from a LeaderWatch

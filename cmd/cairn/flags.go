@@ -38,9 +38,9 @@ const envPrefix = "ETCD"
 
 // options is what the command line and the environment ask of cairn.
 type options struct {
-	cfg      node.Config // without Logger: the caller builds it from logLevel
-	logLevel slog.Level
-	version  bool // print the version and exit
+	cfg     node.Config // without Logger: the caller builds it from log
+	log     node.LogConfig
+	version bool // print the version and exit
 	// ignored lists the etcd flags given (on the command line or in the
 	// environment) that Cairn does not act on, once each, by name.
 	ignored []ignoredFlag
@@ -79,7 +79,8 @@ type rawFlags struct {
 	cfg                                                      node.Config
 	listenClient, advertiseClient, listenPeer, advertisePeer string
 	heartbeatMS, electionMS, maxRequestBytes, maxTxnOps      uint
-	logLevel, logger                                         string
+	logLevel, logger, logFormat, logOutputs, logRotation     string
+	logRotate                                                bool
 	version                                                  bool
 	singleGroup                                              bool
 	splitKeys                                                string
@@ -118,8 +119,12 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.cfg.InitialClusterToken, "initial-cluster-token", "", "name that sets this cluster apart from others started with the same members; it seeds the cluster and member ids")
 
 	// Logging and the rest.
-	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, which in cairn means structured JSON on stderr (default zap)")
+	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, etcd's structured logs (default zap)")
 	fs.StringVar(&r.logLevel, "log-level", "", "least severe level logged: debug, info, warn, error (panic, fatal and dpanic log as error) (default info)")
+	fs.StringVar(&r.logFormat, "log-format", "", "json (one JSON object a line, etcd's keys) or console (zap's tab-separated text) (default json)")
+	fs.StringVar(&r.logOutputs, "log-outputs", "", "comma-separated log targets: default (stderr), stderr, stdout or file paths, appended to; default may not be combined with others (default default)")
+	fs.BoolVar(&r.logRotate, "enable-log-rotation", false, "rotate the one file among --log-outputs, as --log-rotation-config-json says")
+	fs.StringVar(&r.logRotation, "log-rotation-config-json", node.DefaultLogRotationJSON, "lumberjack's settings for log rotation: maxsize (MB), maxage (days, 0 keeps files forever), maxbackups (0: all), localtime (else UTC), compress (gzip)")
 	fs.BoolVar(&r.cfg.EnablePprof, "enable-pprof", false, "serve Go's runtime profiles at the client URLs + /debug/pprof/")
 	fs.StringVar(&r.cfg.DebugJournal, "debug-journal", "", "cairn only, a testing aid: append every applied raft entry to this file (the robustness suite checks it as etcd's checks its WAL)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
@@ -207,8 +212,14 @@ func parseFlags(args, environ []string) (options, error) {
 	default:
 		return options{}, fmt.Errorf("--logger %q: only zap is supported", r.logger)
 	}
-	if o.logLevel, err = logLevel(r.logLevel); err != nil {
+	if o.log.Level, err = logLevel(r.logLevel); err != nil {
 		return options{}, err
+	}
+	o.log.Format, o.log.Rotate, o.log.RotationJSON = r.logFormat, r.logRotate, r.logRotation
+	for _, out := range strings.Split(r.logOutputs, ",") {
+		if out = strings.TrimSpace(out); out != "" && !slices.Contains(o.log.Outputs, out) {
+			o.log.Outputs = append(o.log.Outputs, out)
+		}
 	}
 	return o, nil
 }
@@ -382,8 +393,6 @@ var ignoredFlags = []struct {
 	{"dragonboat's raft transport and election settings are fixed", true, []string{
 		"initial-election-tick-advance", "pre-vote", "strict-reconfig-check"}},
 	{"recovering a cluster by force is not supported", true, []string{"force-new-cluster"}},
-	{"cairn logs JSON to stderr", false, []string{"log-outputs", "log-format", "log-rotation-config-json"}},
-	{"cairn logs JSON to stderr", true, []string{"enable-log-rotation"}},
 	{"tracing and extensive metrics are not implemented", false, []string{
 		"metrics", "distributed-tracing-address", "distributed-tracing-service-name",
 		"distributed-tracing-instance-id", "distributed-tracing-sampling-rate"}},

@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -33,7 +32,8 @@ func main() {
 }
 
 // run parses the command line and the environment into node.Config and
-// serves until ctx is done. Logs go to stderr.
+// serves until ctx is done. Logs go where --log-outputs says (stderr by
+// default), as etcd's lines.
 func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "snapshot" {
 		return snapshotCommand(args[1:], stdout)
@@ -57,9 +57,24 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return nil
 	}
 	cfg := o.cfg
-	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	lc := o.log
+	lc.Stderr, lc.Stdout = stderr, stdout
+	log, closeLog, err := node.NewLogger(lc)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = closeLog() }()
+	// Before node.Run: dragonboat's loggers are made on first use, and
+	// they are the process's.
+	node.RouteDragonboatLogs(log)
+	cfg.Logger = log
 	o.report(cfg.Logger)
-	return node.Run(ctx, cfg)
+	err = node.Run(ctx, cfg)
+	if err != nil {
+		// Also in the log, which may be a file: main prints it on stderr.
+		log.Error("cairn stopped", "error", err)
+	}
+	return err
 }
 
 // printVersion prints etcd's version lines, as `etcd --version` does —

@@ -420,10 +420,11 @@ func usage(w io.Writer) {
     be given as an ETCD_<FLAG> environment variable (ETCD_DATA_DIR for
     --data-dir), which a flag on the command line may not contradict.
 
-  cairn ranges [--endpoint URL]
+  cairn ranges [--endpoints host:port,...] [-w simple|json|table]
     Print the range map of a sharded cluster (leaders, keys, revisions).
-  cairn range split [--endpoint URL] <key>
+  cairn range split [--endpoints host:port,...] [-w simple|json|table] <key>
     Split the range holding key at key, in place, while it serves.
+    Both take etcdctl's client flags and ETCDCTL_* variables (-h lists them).
   cairn snapshot restore <file> --data-dir <dir>
     Make a data directory from a snapshot (etcdctl snapshot save).
 

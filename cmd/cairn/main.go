@@ -39,10 +39,10 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return snapshotCommand(args[1:], stdout)
 	}
 	if len(args) > 0 && args[0] == "ranges" {
-		return rangesCommand(args[1:], stdout)
+		return rangesCommand(args[1:], environ, stdout)
 	}
 	if len(args) > 0 && args[0] == "range" {
-		return rangeCommand(args[1:], stdout)
+		return rangeCommand(args[1:], environ, stdout)
 	}
 	o, err := parseFlags(args, environ)
 	if errors.Is(err, flag.ErrHelp) {
@@ -102,6 +102,9 @@ func printVersion(w io.Writer) {
 // save` against Cairn; `cairn` then starts on it as the first member of a
 // new cluster (or each member, each restored from the same file).
 func snapshotCommand(args []string, stdout io.Writer) error {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+		args = []string{"restore", "-h"}
+	}
 	if len(args) == 0 || args[0] != "restore" {
 		return fmt.Errorf("usage: cairn snapshot restore <file> --data-dir <dir>")
 	}
@@ -114,7 +117,13 @@ func snapshotCommand(args []string, stdout io.Writer) error {
 	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		file, rest = rest[0], rest[1:]
 	}
-	if err := fs.Parse(rest); err != nil {
+	if err := fs.Parse(rest); errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(stdout, "usage: cairn snapshot restore <file> --data-dir <dir> [--name name]\n\n"+
+			"Make a data directory from a backup taken with etcdctl snapshot save.\n\nFlags:")
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return nil
+	} else if err != nil {
 		return fmt.Errorf("snapshot restore: %w", err)
 	}
 	if file == "" && fs.NArg() == 1 {

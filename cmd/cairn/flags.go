@@ -81,6 +81,7 @@ type rawFlags struct {
 	heartbeatMS, electionMS, maxRequestBytes, maxTxnOps      uint
 	logLevel, logger, logFormat, logOutputs, logRotation     string
 	logRotate                                                bool
+	configFile                                               string
 	version                                                  bool
 	singleGroup                                              bool
 	splitKeys                                                string
@@ -128,6 +129,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.BoolVar(&r.cfg.EnablePprof, "enable-pprof", false, "serve Go's runtime profiles at the client URLs + /debug/pprof/")
 	fs.StringVar(&r.cfg.DebugJournal, "debug-journal", "", "cairn only, a testing aid: append every applied raft entry to this file (the robustness suite checks it as etcd's checks its WAL)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
+	fs.StringVar(&r.configFile, "config-file", "", "etcd's YAML configuration file (keys are these flags' names); given, the other flags and ETCD_* variables are ignored")
 	fs.BoolVar(&r.singleGroup, "single-group", false, "cairn only: one raft group holds every key, with dense revisions exactly as etcd's; the default is sharded mode: the key space runs as ranges, each its own raft group, with revisions unique and increasing but not dense. A data directory keeps the mode it was created in, which a start without this flag takes")
 	fs.StringVar(&r.splitKeys, "initial-split-keys", "", "cairn only, sharded mode: comma-separated keys splitting a new cluster's key space into ranges; read at the first start only")
 
@@ -152,8 +154,23 @@ func parseFlags(args, environ []string) (options, error) {
 	}
 	onCommandLine := map[string]bool{} // by flag name
 	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
-	notes, err := applyEnv(fs, environ, onCommandLine)
-	if err != nil {
+	configFile := r.configFile
+	if !onCommandLine["config-file"] {
+		configFile = envValue(environ, envName("config-file"))
+	}
+	var (
+		notes  []note
+		inFile map[string]bool // by flag name: set by the config file
+		err    error
+	)
+	if configFile != "" {
+		// As etcd: the file alone configures the member.
+		r = rawFlags{}
+		fs = newFlagSet(&r)
+		if notes, inFile, err = applyConfigFile(fs, configFile); err != nil {
+			return options{}, err
+		}
+	} else if notes, err = applyEnv(fs, environ, onCommandLine); err != nil {
 		return options{}, err
 	}
 	o := options{cfg: r.cfg, version: r.version, notes: notes}
@@ -165,7 +182,10 @@ func parseFlags(args, environ []string) (options, error) {
 			return
 		}
 		source := "command line"
-		if !onCommandLine[f.Name] {
+		switch {
+		case inFile[f.Name]:
+			source = "config file " + configFile
+		case !onCommandLine[f.Name]:
 			source = envName(f.Name)
 		}
 		o.ignored = append(o.ignored, ignoredFlag{name: f.Name, value: redact(f.Name, v.value), source: source, reason: v.reason})
@@ -278,6 +298,16 @@ func applyEnv(fs *flag.FlagSet, environ []string, onCommandLine map[string]bool)
 	return notes, nil
 }
 
+// envValue is the first value of key in environ, "" if none.
+func envValue(environ []string, key string) string {
+	for _, kv := range environ {
+		if k, v, _ := strings.Cut(kv, "="); k == key {
+			return v
+		}
+	}
+	return ""
+}
+
 // envName is a flag's environment variable: ETCD_ and the name in upper
 // case with dashes as underscores.
 func envName(flagName string) string {
@@ -361,7 +391,6 @@ var ignoredFlags = []struct {
 	boolean bool
 	names   []string
 }{
-	{"cairn reads no configuration file; give flags or ETCD_* variables", false, []string{"config-file"}},
 	{"TLS is not implemented yet", false, []string{
 		"cert-file", "key-file", "client-cert-file", "client-key-file", "client-crl-file", "client-cert-allowed-hostname",
 		"trusted-ca-file", "peer-cert-file", "peer-key-file", "peer-client-cert-file", "peer-client-key-file",

@@ -314,6 +314,9 @@ type Node struct {
 	// holds is the replica client that TransferHold entries and leader
 	// changes reach (see TransferLeader); nil until it exists.
 	holds atomic.Pointer[shard.Replica]
+	// firstLeader is range 1's leader as last reported (0: none), so that
+	// logLeader reports a lost leader once.
+	firstLeader atomic.Uint64
 
 	// self is the node's client of its own gRPC services (the lock and
 	// election services run on it), connected in memory through selfL.
@@ -333,6 +336,7 @@ type Node struct {
 type leaderListener struct{ n *Node }
 
 func (l leaderListener) LeaderUpdated(info raftio.LeaderInfo) {
+	l.n.logLeader(info)
 	if r := l.n.holds.Load(); r != nil && info.ShardID == singleShardID {
 		r.LeaderChanged(shard.ReplicaID(info.LeaderID))
 	}
@@ -377,7 +381,7 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 	n.metrics = m
-	quietDragonboat()
+	quietDragonboat(dragonboatLevel(n.log))
 	b, err := n.identify()
 	if err != nil {
 		return err
@@ -542,8 +546,12 @@ func (n *Node) openStore(b boot) error {
 	cache := pebble.NewCache(stateCacheBytes)
 	defer cache.Unref() // the DB holds its own reference
 	db, err := pebble.Open(filepath.Join(cfg.DataDir, "state"), mvcc.PebbleOptions(&pebble.Options{
-		Logger: quietPebble{},
+		Logger: pebbleLogger{n.log.With(loggerNameKey, "pebble")},
 		Cache:  cache,
+		EventListener: &pebble.EventListener{DiskSlow: func(info pebble.DiskSlowInfo) {
+			n.log.Warn("slow disk", "logger", "pebble", "path", info.Path, "op", info.OpType.String(),
+				"bytes", info.WriteSize, "took", info.Duration)
+		}},
 	}))
 	if err != nil {
 		return fmt.Errorf("node: open state store: %w", err)
@@ -1029,13 +1037,14 @@ const stateCacheBytes = 128 << 20
 
 var quietOnce sync.Once
 
-// quietDragonboat turns dragonboat's package loggers down to errors. They
-// are process-wide; setting the level is idempotent.
-func quietDragonboat() {
+// quietDragonboat sets dragonboat's package loggers to level
+// (dragonboatLevel: errors only unless the node logs debug lines). They
+// are process-wide, so the first node of the process sets them.
+func quietDragonboat(level dblogger.LogLevel) {
 	quietOnce.Do(func() {
 		for _, name := range []string{"config", "dragonboat", "gossip", "grpc", "logdb", "LogDB", "pebblekv",
 			"raft", "raftpb", "registry", "rsm", "server", "settings", "tan", "tools", "transport"} {
-			dblogger.GetLogger(name).SetLevel(dblogger.ERROR)
+			dblogger.GetLogger(name).SetLevel(level)
 		}
 	})
 }

@@ -38,9 +38,9 @@ const envPrefix = "ETCD"
 
 // options is what the command line and the environment ask of cairn.
 type options struct {
-	cfg      node.Config // without Logger: the caller builds it from logLevel
-	logLevel slog.Level
-	version  bool // print the version and exit
+	cfg     node.Config // without Logger: the caller builds it from log
+	log     node.LogConfig
+	version bool // print the version and exit
 	// ignored lists the etcd flags given (on the command line or in the
 	// environment) that Cairn does not act on, once each, by name.
 	ignored []ignoredFlag
@@ -79,7 +79,9 @@ type rawFlags struct {
 	cfg                                                      node.Config
 	listenClient, advertiseClient, listenPeer, advertisePeer string
 	heartbeatMS, electionMS, maxRequestBytes, maxTxnOps      uint
-	logLevel, logger                                         string
+	logLevel, logger, logFormat, logOutputs, logRotation     string
+	logRotate                                                bool
+	configFile                                               string
 	version                                                  bool
 	singleGroup                                              bool
 	splitKeys                                                string
@@ -119,13 +121,18 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.cfg.InitialClusterToken, "initial-cluster-token", "", "name that sets this cluster apart from others started with the same members; it seeds the cluster and member ids")
 
 	// Logging and the rest.
-	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, which in cairn means structured JSON on stderr (default zap)")
+	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, etcd's structured logs (default zap)")
 	fs.StringVar(&r.logLevel, "log-level", "", "least severe level logged: debug, info, warn, error (panic, fatal and dpanic log as error) (default info)")
 	fs.StringVar(&r.cfg.MetricsLevel, "metrics", "", "metrics exported at /metrics: basic, or extensive, which adds the gRPC handling-time histograms (default basic)")
 	fs.StringVar(&r.listenMetrics, "listen-metrics-urls", "", "comma-separated http:// URLs serving /metrics and the probes (/health, /livez, /readyz) only, besides the client URLs")
+	fs.StringVar(&r.logFormat, "log-format", "", "json (one JSON object a line, etcd's keys) or console (zap's tab-separated text) (default json)")
+	fs.StringVar(&r.logOutputs, "log-outputs", "", "comma-separated log targets: default (stderr), stderr, stdout or file paths, appended to; default may not be combined with others (default default)")
+	fs.BoolVar(&r.logRotate, "enable-log-rotation", false, "rotate the one file among --log-outputs, as --log-rotation-config-json says")
+	fs.StringVar(&r.logRotation, "log-rotation-config-json", node.DefaultLogRotationJSON, "lumberjack's settings for log rotation: maxsize (MB), maxage (days, 0 keeps files forever), maxbackups (0: all), localtime (else UTC), compress (gzip)")
 	fs.BoolVar(&r.cfg.EnablePprof, "enable-pprof", false, "serve Go's runtime profiles at the client URLs + /debug/pprof/")
 	fs.StringVar(&r.cfg.DebugJournal, "debug-journal", "", "cairn only, a testing aid: append every applied raft entry to this file (the robustness suite checks it as etcd's checks its WAL)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
+	fs.StringVar(&r.configFile, "config-file", "", "etcd's YAML configuration file (keys are these flags' names); given, the other flags and ETCD_* variables are ignored")
 	fs.BoolVar(&r.singleGroup, "single-group", false, "cairn only: one raft group holds every key, with dense revisions exactly as etcd's; the default is sharded mode: the key space runs as ranges, each its own raft group, with revisions unique and increasing but not dense. A data directory keeps the mode it was created in, which a start without this flag takes")
 	fs.StringVar(&r.splitKeys, "initial-split-keys", "", "cairn only, sharded mode: comma-separated keys splitting a new cluster's key space into ranges; read at the first start only")
 
@@ -150,8 +157,23 @@ func parseFlags(args, environ []string) (options, error) {
 	}
 	onCommandLine := map[string]bool{} // by flag name
 	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
-	notes, err := applyEnv(fs, environ, onCommandLine)
-	if err != nil {
+	configFile := r.configFile
+	if !onCommandLine["config-file"] {
+		configFile = envValue(environ, envName("config-file"))
+	}
+	var (
+		notes  []note
+		inFile map[string]bool // by flag name: set by the config file
+		err    error
+	)
+	if configFile != "" {
+		// As etcd: the file alone configures the member.
+		r = rawFlags{}
+		fs = newFlagSet(&r)
+		if notes, inFile, err = applyConfigFile(fs, configFile); err != nil {
+			return options{}, err
+		}
+	} else if notes, err = applyEnv(fs, environ, onCommandLine); err != nil {
 		return options{}, err
 	}
 	o := options{cfg: r.cfg, version: r.version, notes: notes}
@@ -163,7 +185,10 @@ func parseFlags(args, environ []string) (options, error) {
 			return
 		}
 		source := "command line"
-		if !onCommandLine[f.Name] {
+		switch {
+		case inFile[f.Name]:
+			source = "config file " + configFile
+		case !onCommandLine[f.Name]:
 			source = envName(f.Name)
 		}
 		o.ignored = append(o.ignored, ignoredFlag{name: f.Name, value: redact(f.Name, v.value), source: source, reason: v.reason})
@@ -211,8 +236,14 @@ func parseFlags(args, environ []string) (options, error) {
 	default:
 		return options{}, fmt.Errorf("--logger %q: only zap is supported", r.logger)
 	}
-	if o.logLevel, err = logLevel(r.logLevel); err != nil {
+	if o.log.Level, err = logLevel(r.logLevel); err != nil {
 		return options{}, err
+	}
+	o.log.Format, o.log.Rotate, o.log.RotationJSON = r.logFormat, r.logRotate, r.logRotation
+	for _, out := range strings.Split(r.logOutputs, ",") {
+		if out = strings.TrimSpace(out); out != "" && !slices.Contains(o.log.Outputs, out) {
+			o.log.Outputs = append(o.log.Outputs, out)
+		}
 	}
 	return o, nil
 }
@@ -269,6 +300,16 @@ func applyEnv(fs *flag.FlagSet, environ []string, onCommandLine map[string]bool)
 		}
 	}
 	return notes, nil
+}
+
+// envValue is the first value of key in environ, "" if none.
+func envValue(environ []string, key string) string {
+	for _, kv := range environ {
+		if k, v, _ := strings.Cut(kv, "="); k == key {
+			return v
+		}
+	}
+	return ""
 }
 
 // envName is a flag's environment variable: ETCD_ and the name in upper
@@ -354,7 +395,6 @@ var ignoredFlags = []struct {
 	boolean bool
 	names   []string
 }{
-	{"cairn reads no configuration file; give flags or ETCD_* variables", false, []string{"config-file"}},
 	{"TLS is not implemented yet", false, []string{
 		"cert-file", "key-file", "client-cert-file", "client-key-file", "client-crl-file", "client-cert-allowed-hostname",
 		"trusted-ca-file", "peer-cert-file", "peer-key-file", "peer-client-cert-file", "peer-client-key-file",
@@ -386,8 +426,6 @@ var ignoredFlags = []struct {
 	{"dragonboat's raft transport and election settings are fixed", true, []string{
 		"initial-election-tick-advance", "pre-vote", "strict-reconfig-check"}},
 	{"recovering a cluster by force is not supported", true, []string{"force-new-cluster"}},
-	{"cairn logs JSON to stderr", false, []string{"log-outputs", "log-format", "log-rotation-config-json"}},
-	{"cairn logs JSON to stderr", true, []string{"enable-log-rotation"}},
 	{"tracing is not implemented", false, []string{
 		"distributed-tracing-address", "distributed-tracing-service-name",
 		"distributed-tracing-instance-id", "distributed-tracing-sampling-rate"}},
@@ -415,10 +453,11 @@ func usage(w io.Writer) {
     be given as an ETCD_<FLAG> environment variable (ETCD_DATA_DIR for
     --data-dir), which a flag on the command line may not contradict.
 
-  cairn ranges [--endpoint URL]
+  cairn ranges [--endpoints host:port,...] [-w simple|json|table]
     Print the range map of a sharded cluster (leaders, keys, revisions).
-  cairn range split [--endpoint URL] <key>
+  cairn range split [--endpoints host:port,...] [-w simple|json|table] <key>
     Split the range holding key at key, in place, while it serves.
+    Both take etcdctl's client flags and ETCDCTL_* variables (-h lists them).
   cairn snapshot restore <file> --data-dir <dir>
     Make a data directory from a snapshot (etcdctl snapshot save).
 

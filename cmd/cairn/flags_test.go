@@ -193,8 +193,8 @@ func TestEffectiveFlags(t *testing.T) {
 			if !reflect.DeepEqual(o.cfg, want) {
 				t.Errorf("config:\n got %+v\nwant %+v", o.cfg, want)
 			}
-			if o.logLevel != slog.LevelDebug {
-				t.Errorf("log level %v, want debug", o.logLevel)
+			if o.log.Level != slog.LevelDebug {
+				t.Errorf("log level %v, want debug", o.log.Level)
 			}
 			if len(o.ignored) != 0 {
 				t.Errorf("ignored %v, want none", o.ignored)
@@ -233,7 +233,7 @@ func TestNoFlagsLeaveNodeDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(o.cfg, noFlags) || o.logLevel != slog.LevelInfo || o.version || len(o.ignored)+len(o.notes) != 0 {
+	if !reflect.DeepEqual(o.cfg, noFlags) || o.log.Level != slog.LevelInfo || o.version || len(o.ignored)+len(o.notes) != 0 {
 		t.Fatalf("no flags gave %+v", o)
 	}
 }
@@ -270,8 +270,8 @@ func TestVersionAndLogFlags(t *testing.T) {
 	levels := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn,
 		"error": slog.LevelError, "panic": slog.LevelError, "fatal": slog.LevelError}
 	for v, want := range levels {
-		if o, err := parseFlags([]string{"--log-level", v}, nil); err != nil || o.logLevel != want {
-			t.Errorf("--log-level %s: %v, %v; want %v", v, o.logLevel, err, want)
+		if o, err := parseFlags([]string{"--log-level", v}, nil); err != nil || o.log.Level != want {
+			t.Errorf("--log-level %s: %v, %v; want %v", v, o.log.Level, err, want)
 		}
 	}
 	for _, args := range [][]string{{"--log-level", "loud"}, {"--logger", "capnslog"}, {"--logger", "logrus"}} {

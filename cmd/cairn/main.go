@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -33,16 +32,17 @@ func main() {
 }
 
 // run parses the command line and the environment into node.Config and
-// serves until ctx is done. Logs go to stderr.
+// serves until ctx is done. Logs go where --log-outputs says (stderr by
+// default), as etcd's lines.
 func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "snapshot" {
 		return snapshotCommand(args[1:], stdout)
 	}
 	if len(args) > 0 && args[0] == "ranges" {
-		return rangesCommand(args[1:], stdout)
+		return rangesCommand(args[1:], environ, stdout)
 	}
 	if len(args) > 0 && args[0] == "range" {
-		return rangeCommand(args[1:], stdout)
+		return rangeCommand(args[1:], environ, stdout)
 	}
 	o, err := parseFlags(args, environ)
 	if errors.Is(err, flag.ErrHelp) {
@@ -57,9 +57,24 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return nil
 	}
 	cfg := o.cfg
-	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	lc := o.log
+	lc.Stderr, lc.Stdout = stderr, stdout
+	log, closeLog, err := node.NewLogger(lc)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = closeLog() }()
+	// Before node.Run: dragonboat's loggers are made on first use, and
+	// they are the process's.
+	node.RouteDragonboatLogs(log)
+	cfg.Logger = log
 	o.report(cfg.Logger)
-	return node.Run(ctx, cfg)
+	err = node.Run(ctx, cfg)
+	if err != nil {
+		// Also in the log, which may be a file: main prints it on stderr.
+		log.Error("cairn stopped", "error", err)
+	}
+	return err
 }
 
 // printVersion prints etcd's version lines, as `etcd --version` does —
@@ -87,6 +102,9 @@ func printVersion(w io.Writer) {
 // save` against Cairn; `cairn` then starts on it as the first member of a
 // new cluster (or each member, each restored from the same file).
 func snapshotCommand(args []string, stdout io.Writer) error {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+		args = []string{"restore", "-h"}
+	}
 	if len(args) == 0 || args[0] != "restore" {
 		return fmt.Errorf("usage: cairn snapshot restore <file> --data-dir <dir>")
 	}
@@ -99,7 +117,13 @@ func snapshotCommand(args []string, stdout io.Writer) error {
 	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		file, rest = rest[0], rest[1:]
 	}
-	if err := fs.Parse(rest); err != nil {
+	if err := fs.Parse(rest); errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(stdout, "usage: cairn snapshot restore <file> --data-dir <dir> [--name name]\n\n"+
+			"Make a data directory from a backup taken with etcdctl snapshot save.\n\nFlags:")
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return nil
+	} else if err != nil {
 		return fmt.Errorf("snapshot restore: %w", err)
 	}
 	if file == "" && fs.NArg() == 1 {

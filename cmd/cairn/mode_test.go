@@ -33,7 +33,7 @@ func TestModeOfDataDir(t *testing.T) {
 	ranges := func(endpoint string) string {
 		t.Helper()
 		var out bytes.Buffer
-		if err := rangesCommand([]string{"--endpoint", endpoint}, &out); err != nil {
+		if err := rangesCommand([]string{"--endpoint", endpoint, "-w", "table"}, nil, &out); err != nil {
 			t.Fatal(err)
 		}
 		return out.String()

@@ -33,17 +33,17 @@ func TestRangeSplitCommand(t *testing.T) {
 	}
 	ep := start(true)
 	var out bytes.Buffer
-	if err := rangeCommand([]string{"split", "--endpoint", ep, "t"}, &out); err != nil {
+	if err := rangeCommand([]string{"split", "--endpoint", ep, "t"}, nil, &out); err != nil {
 		t.Fatal(err)
 	}
 	if got := out.String(); got != "range 2 [\"m\", \"t\") generation 2\nrange 3 [\"t\", ∞) generation 2\n" {
 		t.Fatalf("split printed %q", got)
 	}
 	out.Reset()
-	if err := rangesCommand([]string{"--endpoint", ep}, &out); err != nil {
+	if err := rangesCommand([]string{"--endpoint", ep}, nil, &out); err != nil {
 		t.Fatal(err)
 	}
-	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 4 || !strings.HasPrefix(lines[3], "3 ") {
+	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[2], "3, ") {
 		t.Fatalf("ranges after the split:\n%s", out.String())
 	}
 	for _, tc := range []struct {
@@ -55,7 +55,7 @@ func TestRangeSplitCommand(t *testing.T) {
 		{[]string{"merge", "x"}, "usage: cairn range split"},
 		{[]string{"split", "--endpoint", start(false), "x"}, "needs sharded mode"},
 	} {
-		err := rangeCommand(tc.args, &out)
+		err := rangeCommand(tc.args, nil, &out)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want an error with %q", tc.args, err, tc.want)
 		}

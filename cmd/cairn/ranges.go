@@ -1,62 +1,131 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
-	"flag"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/cairn-kv/cairn/router"
 )
 
-// rangesCommand runs `cairn ranges [--endpoint URL]`: it prints the range
-// map of a sharded cluster as the member at the endpoint sees it (its
-// /cairn/ranges), a range per line.
-func rangesCommand(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("cairn ranges", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	endpoint := fs.String("endpoint", "http://127.0.0.1:2379", "client URL of a member")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		return fmt.Errorf("usage: cairn ranges [--endpoint http://host:port]")
+const rangesUsage = `usage: cairn ranges [--endpoints host:port,...] [-w simple|json|table]
+
+Print the range map of a sharded cluster as a member sees it (its
+/cairn/ranges): for each range its id, start and end keys, generation,
+leader, replicas, keys, revision, closed timestamp, writes and watchers.`
+
+// rangesHeader names the columns of cairn ranges' table.
+var rangesHeader = []string{"RANGE", "START", "END", "GEN", "LEADER", "REPLICAS", "KEYS", "REVISION", "CLOSED", "WRITES", "WATCHERS"}
+
+// rangesCommand runs `cairn ranges`: it prints the range map of a sharded
+// cluster as the first endpoint that answers sees it (its /cairn/ranges),
+// in etcdctl's output formats (ctl.go). The endpoints after one that
+// cannot be reached are tried in turn; one that answers with an error
+// ends the command.
+func rangesCommand(args, environ []string, stdout io.Writer) error {
+	cc := newCtlCommand("cairn ranges", rangesUsage)
+	c, err := cc.parse(args, environ, stdout)
+	if errors.Is(err, errCtlHelp) {
+		return nil
 	}
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(strings.TrimSuffix(*endpoint, "/") + "/cairn/ranges")
 	if err != nil {
 		return fmt.Errorf("ranges: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("ranges: %s answered %s", *endpoint, resp.Status)
+	if cc.fs.NArg() > 0 {
+		return fmt.Errorf("ranges: unexpected argument %q; usage: cairn ranges [--endpoints host:port,...] [-w simple|json|table]", cc.fs.Arg(0))
 	}
-	var ranges []router.RangeInfo
-	if err := json.NewDecoder(resp.Body).Decode(&ranges); err != nil {
+	ranges, err := fetchRanges(c)
+	if err != nil {
 		return fmt.Errorf("ranges: %w", err)
+	}
+	if c.writeOut == "json" {
+		if ranges == nil {
+			ranges = []router.RangeInfo{}
+		}
+		b, err := json.Marshal(ranges)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
 	}
 	if len(ranges) == 0 {
 		fmt.Fprintln(stdout, "single-group mode: one raft group holds every key")
 		return nil
 	}
-	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "RANGE\tSTART\tEND\tGEN\tLEADER\tREPLICAS\tKEYS\tREVISION\tCLOSED\tWRITES\tWATCHERS")
-	for _, r := range ranges {
+	rows := make([][]string, len(ranges))
+	for i, r := range ranges {
 		end := "∞"
 		if r.End != "" {
-			end = fmt.Sprintf("%q", r.End)
+			end = strconv.Quote(r.End)
 		}
 		leader := "none"
 		if r.Leader != 0 {
 			leader = fmt.Sprintf("%x", r.Leader)
 		}
 		reps := make([]string, len(r.Replicas))
-		for i, id := range r.Replicas {
-			reps[i] = fmt.Sprintf("%x", id)
+		for j, id := range r.Replicas {
+			reps[j] = fmt.Sprintf("%x", id)
 		}
-		fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", r.ID, r.Start, end, r.Generation, leader,
-			strings.Join(reps, ","), r.Keys, r.Revision, r.Closed, r.Writes, r.Watchers)
+		rows[i] = []string{fmt.Sprint(r.ID), strconv.Quote(r.Start), end, fmt.Sprint(r.Generation), leader,
+			strings.Join(reps, ","), fmt.Sprint(r.Keys), fmt.Sprint(r.Revision), fmt.Sprint(r.Closed),
+			fmt.Sprint(r.Writes), fmt.Sprint(r.Watchers)}
 	}
-	return w.Flush()
+	if c.writeOut == "table" {
+		printTable(stdout, rangesHeader, rows)
+	} else {
+		printSimple(stdout, rows)
+	}
+	return nil
+}
+
+// fetchRanges gets the range map from the first endpoint that can be
+// reached within the dial timeout.
+func fetchRanges(c ctlFlags) ([]router.RangeInfo, error) {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext:       (&net.Dialer{Timeout: c.dialTimeout}).DialContext,
+		DisableKeepAlives: true,
+	}}
+	var errs []error
+	for _, ep := range c.endpoints {
+		ranges, reached, err := getRanges(client, ep, c)
+		if err == nil {
+			return ranges, nil
+		}
+		if reached {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// getRanges asks one endpoint; reached says whether it answered.
+func getRanges(client *http.Client, ep string, c ctlFlags) (_ []router.RangeInfo, reached bool, _ error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.dialTimeout+c.commandTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ep+"/cairn/ranges", nil)
+	if err != nil {
+		return nil, false, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		var op *net.OpError
+		return nil, !errors.As(err, &op) || op.Op != "dial", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, true, fmt.Errorf("%s answered %s", ep, resp.Status)
+	}
+	var ranges []router.RangeInfo
+	if err := json.NewDecoder(resp.Body).Decode(&ranges); err != nil {
+		return nil, true, fmt.Errorf("%s: %w", ep, err)
+	}
+	return ranges, true, nil
 }

@@ -14,17 +14,28 @@ import (
 )
 
 // TestDataDriven runs every file in testdata: the range map and node
-// registry (table, bootstrap, membership), the revision oracle across
-// leaders (oracle), a bootstrap on a restored backup (restored); the
-// scripts in testdata/client are TestClient's. Commands:
+// registry (table, bootstrap, membership), replica pairs and ids
+// (replicas), moves (moves), the revision oracle across leaders (oracle),
+// a bootstrap on a restored backup (restored); the scripts in
+// testdata/client are TestClient's. Commands:
 //
-//	bootstrap [split=a,b] [replicas=1,2,3] [bound=B]
+//	bootstrap [split=a,b] [replicas=1,2,3] [bound=B] [range-replicas=R] [members=1,2]
 //	split range=N gen=G key=K
 //	leader range=N gen=G node=M
-//	add-node id=N addr=A
+//	add-node id=N addr=A | remove-node id=N
+//	change-replicas range=N [add=M] [remove=M]
+//	add-replica range=N member=M [learner] | promote-replica range=N id=I | remove-replica range=N id=I
+//	begin-move range=N gen=G from=M to=M
+//	advance-move range=N to=I from-step=S step=S   (steps: begun added promoted left undoing)
+//	end-move range=N to=I [done]
 //	raise bound=B
-//	lookup key=K | overlapping [start=S] [end=E] | ranges | node id=N
+//	lookup key=K | overlapping [start=S] [end=E] | ranges | node id=N | moves
 //	snapshot-roundtrip                   State → Load → State must agree
+//
+// A range prints its pairs (member:id, "/l" a learner) when any replica's
+// id is not its member's or a learner, its founders' pairs when they
+// differ from its pairs.
+//
 //	oracle persisted=B window=W          a new leader's oracle
 //	take n=N | want n=N | persisted bound=B
 func TestDataDriven(t *testing.T) {
@@ -52,6 +63,13 @@ func TestDataDriven(t *testing.T) {
 					}
 				}
 				b.Bound = int64(num("bound"))
+				b.RangeReplicas = uint32(num("range-replicas"))
+				if s := arg("members"); s != "" {
+					for _, r := range strings.Split(s, ",") {
+						n, _ := strconv.ParseUint(r, 10, 64)
+						b.Members = append(b.Members, n)
+					}
+				}
 				cmd = &placementpb.Command{Op: &placementpb.Command_Bootstrap{Bootstrap: b}}
 			case "split":
 				cmd = &placementpb.Command{Op: &placementpb.Command_Split{Split: &placementpb.Split{
@@ -65,6 +83,28 @@ func TestDataDriven(t *testing.T) {
 			case "change-replicas":
 				cmd = &placementpb.Command{Op: &placementpb.Command_ChangeReplicas{ChangeReplicas: &placementpb.ChangeReplicas{
 					Range: num("range"), Add: num("add"), Remove: num("remove")}}}
+			case "remove-node":
+				cmd = &placementpb.Command{Op: &placementpb.Command_RemoveNode{RemoveNode: &placementpb.RemoveNode{Id: num("id")}}}
+			case "add-replica":
+				cmd = &placementpb.Command{Op: &placementpb.Command_AddReplica{AddReplica: &placementpb.AddReplica{
+					Range: num("range"), Member: num("member"), Learner: d.HasArg("learner")}}}
+			case "promote-replica":
+				cmd = &placementpb.Command{Op: &placementpb.Command_PromoteReplica{PromoteReplica: &placementpb.PromoteReplica{
+					Range: num("range"), Id: num("id")}}}
+			case "remove-replica":
+				cmd = &placementpb.Command{Op: &placementpb.Command_RemoveReplica{RemoveReplica: &placementpb.RemoveReplica{
+					Range: num("range"), Id: num("id")}}}
+			case "begin-move":
+				cmd = &placementpb.Command{Op: &placementpb.Command_BeginMove{BeginMove: &placementpb.BeginMove{
+					Range: num("range"), Generation: num("gen"), FromMember: num("from"), ToMember: num("to")}}}
+			case "advance-move":
+				cmd = &placementpb.Command{Op: &placementpb.Command_AdvanceMove{AdvanceMove: &placementpb.AdvanceMove{
+					Range: num("range"), ToId: num("to"), FromStep: moveStep(t, arg("from-step")), Step: moveStep(t, arg("step"))}}}
+			case "end-move":
+				cmd = &placementpb.Command{Op: &placementpb.Command_EndMove{EndMove: &placementpb.EndMove{
+					Range: num("range"), ToId: num("to"), Done: d.HasArg("done")}}}
+			case "moves":
+				return fmtMoves(tb.Moves())
 			case "reconfigure":
 				cmd = &placementpb.Command{Op: &placementpb.Command_Reconfigure{Reconfigure: &placementpb.Reconfigure{
 					Member: num("member"), Done: arg("done") == "true"}}}
@@ -90,7 +130,11 @@ func TestDataDriven(t *testing.T) {
 					t.Fatalf("%s: snapshot round trip differs:\n%s\n%s", d.Pos, a, b)
 				}
 				tb = other
-				return fmtRanges(tb.Ranges()) + fmt.Sprintf("\nbound %d next range %d reconfiguring %d", tb.Bound(), tb.nextRangeID, tb.reconfiguring)
+				out := fmtRanges(tb.Ranges()) + fmt.Sprintf("\nbound %d next range %d reconfiguring %d", tb.Bound(), tb.nextRangeID, tb.reconfiguring)
+				if tb.nextReplicaID != 1 || len(tb.moves) > 0 {
+					out += fmt.Sprintf(" next replica %d\n%s", tb.nextReplicaID, fmtMoves(tb.Moves()))
+				}
+				return out
 			case "oracle":
 				o = NewOracle(mvcc.Revision(num("persisted")), int64(num("window")))
 				return fmt.Sprintf("next %d", o.Next())
@@ -121,6 +165,9 @@ func TestDataDriven(t *testing.T) {
 			if len(res.Ranges) == 0 {
 				return fmt.Sprintf("ok, bound %d", res.Bound)
 			}
+			if res.Move != nil {
+				return fmtRanges(res.Ranges) + "\n" + fmtMoves([]*placementpb.Move{res.Move})
+			}
 			return fmtRanges(res.Ranges)
 		})
 	})
@@ -144,7 +191,57 @@ func fmtRange(r *placementpb.RangeDescriptor) string {
 	if r.Leader != 0 {
 		s += fmt.Sprintf(" leader=%d", r.Leader)
 	}
+	pairs, founders := fmtPairs(Pairs(r)), fmtPairs(r.FounderSet)
+	if pairs != fmtPairs(legacyPairs(r.Replicas)) {
+		s += " pairs=" + pairs
+	}
+	if len(r.FounderSet) > 0 && founders != pairs && founders != fmtPairs(legacyPairs(r.Founders)) {
+		s += " founder-pairs=" + founders
+	}
 	return s
+}
+
+// fmtPairs prints replicas as member:id, a learner's with "/l".
+func fmtPairs(pairs []*placementpb.Replica) string {
+	var parts []string
+	for _, p := range pairs {
+		s := fmt.Sprintf("%d:%d", p.Member, p.Id)
+		if p.Learner {
+			s += "/l"
+		}
+		parts = append(parts, s)
+	}
+	return "{" + strings.Join(parts, " ") + "}"
+}
+
+var moveSteps = map[string]placementpb.MoveStep{"begun": placementpb.MoveStep_MOVE_STEP_UNSPECIFIED,
+	"added": placementpb.MoveStep_ADDED, "promoted": placementpb.MoveStep_PROMOTED, "left": placementpb.MoveStep_LEFT,
+	"undoing": placementpb.MoveStep_UNDOING}
+
+func moveStep(t *testing.T, name string) placementpb.MoveStep {
+	s, ok := moveSteps[name]
+	if !ok && name != "" {
+		t.Fatalf("unknown move step %q", name)
+	}
+	return s
+}
+
+func fmtMoves(mvs []*placementpb.Move) string {
+	if len(mvs) == 0 {
+		return "no moves"
+	}
+	var lines []string
+	for _, mv := range mvs {
+		step := "begun"
+		for name, s := range moveSteps {
+			if s == mv.Step && name != "begun" {
+				step = name
+			}
+		}
+		lines = append(lines, fmt.Sprintf("move r%d g%d %s → %s %s", mv.Range, mv.Generation,
+			fmtPairs([]*placementpb.Replica{mv.From}), fmtPairs([]*placementpb.Replica{mv.To}), step))
+	}
+	return strings.Join(lines, "\n")
 }
 
 func fmtRanges(rs []*placementpb.RangeDescriptor) string {

@@ -9,13 +9,23 @@
 //
 // Table is the placement group's deterministic state machine state: range
 // descriptors (id, [start, end), generation, replicas, leader hint) that
-// tile the key space, registered nodes, and the oracle's persisted bound.
-// Commands (proto/placementpb) change it — bootstrap, split, leader hint,
-// node registration, raising the bound, a membership change under way,
-// a range's replicas — and a refused command changes nothing and names
-// its refusal (the Err sentinels of table.go). A descriptor's generation
-// grows with every change of its bounds, so a command or a router holding
-// a stale descriptor is told apart.
+// tile the key space, registered nodes, open moves, and the oracle's
+// persisted bound. Commands (proto/placementpb) change it — bootstrap,
+// split, leader hint, node registration, raising the bound, a membership
+// change under way, a range's replicas, a move's steps — and a refused
+// command changes nothing and names its refusal (the Err sentinels of
+// table.go). A descriptor's generation grows with every change of its
+// bounds, so a command or a router holding a stale descriptor is told
+// apart.
+//
+// A range's replicas are (member, replica id) pairs (replicas.go): ids
+// are allocated by the Table, never reissued and never a member's id; a
+// bootstrap with range_replicas places the founders round robin. Maps
+// written before pairs read as pairs (m, m) — each replica's id its
+// member's — and their commands replay as they did (testdata/legacy). A
+// move (moves.go) takes one replica from one member to another in
+// recorded steps, so that its driver resumes it after a crash. MemberOf,
+// ReplicaOf, Voters and Founders read a descriptor of any age.
 //
 // Oracle is the leader's revision allocator: it hands out revisions from
 // memory under the persisted bound, asks for a new bound (one raft write)
@@ -47,7 +57,8 @@
 //     NodeHost satisfies: Bootstrap (once, by the founders; a restored
 //     backup's revision is the bound, and it starts as one range),
 //     RecordSplit (finding a split an earlier try or call recorded),
-//     Reconfigure and ChangeReplicas. It tries again while the group has
+//     Reconfigure, ChangeReplicas, Add/Promote/RemoveReplica and
+//     Begin/Advance/EndMove. It tries again while the group has
 //     no leader, until the caller's context ends, and returns refusals as
 //     the sentinels. Its scripts in testdata/client run it over a fake
 //     group around a real StateMachine.
@@ -74,7 +85,8 @@
 // # Non-goals (yet)
 //
 // The scheduler (split by size and load, merge, moves) and merges are the
-// sharded-mode issue's next steps. Ranges on a subset of members are not
-// placed yet: every member holds every range. The package imports mvcc
+// sharded-mode issue's next steps. The map can place ranges on a subset of
+// members and record moves, but members do not act on it yet: every
+// member holds every range, under its member id. The package imports mvcc
 // for its Revision type and shard for its id types only.
 package placement

@@ -29,7 +29,7 @@ var (
 
 // refusals are the errors a command's Result names by their message.
 var refusals = []error{ErrBootstrapped, ErrUnknownRange, ErrStaleRange, ErrSplitKey, ErrSplitKeysOrder,
-	ErrNoNode, ErrReconfiguring}
+	ErrNoNode, ErrReconfiguring, ErrMoving, ErrNoReplica, ErrHasReplica, ErrLastVoter, ErrNoMove, ErrMoveStep}
 
 // Raft is the placement group's raft as a Client uses it: dragonboat's
 // *NodeHost is one; a test's fake applies to a StateMachine directly.
@@ -161,6 +161,13 @@ func (c *Client) wait(ctx context.Context) {
 // unbootstrapped map is ErrNotBootstrapped; a bound above 1 (a restored
 // backup's revision) with split keys is ErrRestoredSplit.
 func (c *Client) Bootstrap(ctx context.Context, founders []NodeID, splitKeys [][]byte, bound func() (mvcc.Revision, error)) ([]*placementpb.RangeDescriptor, error) {
+	return c.BootstrapReplicas(ctx, founders, 0, splitKeys, bound)
+}
+
+// BootstrapReplicas is Bootstrap with each range held by rangeReplicas of
+// the founders, round robin, under allocated replica ids (Table; 0: every
+// founder, under its member id, as Bootstrap).
+func (c *Client) BootstrapReplicas(ctx context.Context, founders []NodeID, rangeReplicas int, splitKeys [][]byte, bound func() (mvcc.Revision, error)) ([]*placementpb.RangeDescriptor, error) {
 	for {
 		st, err := c.State(ctx)
 		if err != nil {
@@ -185,7 +192,7 @@ func (c *Client) Bootstrap(ctx context.Context, founders []NodeID, splitKeys [][
 			return nil, ErrRestoredSplit
 		}
 		_, err = c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_Bootstrap{Bootstrap: &placementpb.Bootstrap{
-			SplitKeys: splitKeys, Replicas: replicas, Bound: int64(b)}}})
+			SplitKeys: splitKeys, Replicas: replicas, Bound: int64(b), RangeReplicas: uint32(max(rangeReplicas, 0))}}})
 		if err != nil && !errors.Is(err, ErrBootstrapped) {
 			return nil, fmt.Errorf("placement: bootstrap the range map: %w", err)
 		}
@@ -249,4 +256,88 @@ func (c *Client) ChangeReplicas(ctx context.Context, r RangeID, add, remove Node
 	_, err := c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_ChangeReplicas{ChangeReplicas: &placementpb.ChangeReplicas{
 		Range: uint64(r), Add: uint64(add), Remove: uint64(remove)}}})
 	return err
+}
+
+// AddReplica records in the range map that member holds a replica of range
+// r (a learner, or a voter), allocating its replica id, and returns the
+// range and that id. If member holds one already, that one is the answer,
+// so a retried call allocates nothing new.
+func (c *Client) AddReplica(ctx context.Context, r RangeID, member NodeID, learner bool) (*placementpb.RangeDescriptor, ReplicaID, error) {
+	res, err := c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_AddReplica{AddReplica: &placementpb.AddReplica{
+		Range: uint64(r), Member: uint64(member), Learner: learner}}})
+	if err != nil {
+		return nil, 0, err
+	}
+	d, err := oneRange(res)
+	if err != nil {
+		return nil, 0, err
+	}
+	id, ok := ReplicaOf(d, member)
+	if !ok {
+		return nil, 0, fmt.Errorf("placement: the placement group answered an added replica of range %d without member %x", r, member)
+	}
+	return d, id, nil
+}
+
+// PromoteReplica records in the range map that replica id of range r
+// votes, and returns the range.
+func (c *Client) PromoteReplica(ctx context.Context, r RangeID, id ReplicaID) (*placementpb.RangeDescriptor, error) {
+	res, err := c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_PromoteReplica{PromoteReplica: &placementpb.PromoteReplica{
+		Range: uint64(r), Id: uint64(id)}}})
+	if err != nil {
+		return nil, err
+	}
+	return oneRange(res)
+}
+
+// RemoveReplica records in the range map that replica id of range r is
+// gone (nothing changes if it is not there), and returns the range.
+func (c *Client) RemoveReplica(ctx context.Context, r RangeID, id ReplicaID) (*placementpb.RangeDescriptor, error) {
+	res, err := c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_RemoveReplica{RemoveReplica: &placementpb.RemoveReplica{
+		Range: uint64(r), Id: uint64(id)}}})
+	if err != nil {
+		return nil, err
+	}
+	return oneRange(res)
+}
+
+// BeginMove opens a move of range r's replica on member from to member to,
+// r being at generation gen, and returns the move (its destination's
+// replica id allocated). The same move, open already, is the answer.
+func (c *Client) BeginMove(ctx context.Context, r RangeID, gen uint64, from, to NodeID) (*placementpb.Move, error) {
+	return c.move(ctx, &placementpb.Command{Op: &placementpb.Command_BeginMove{BeginMove: &placementpb.BeginMove{
+		Range: uint64(r), Generation: gen, FromMember: uint64(from), ToMember: uint64(to)}}})
+}
+
+// AdvanceMove records that range r's move to replica to got from step
+// from to step (a move at step already is the answer), and returns it.
+func (c *Client) AdvanceMove(ctx context.Context, r RangeID, to ReplicaID, from, step placementpb.MoveStep) (*placementpb.Move, error) {
+	return c.move(ctx, &placementpb.Command{Op: &placementpb.Command_AdvanceMove{AdvanceMove: &placementpb.AdvanceMove{
+		Range: uint64(r), ToId: uint64(to), FromStep: from, Step: step}}})
+}
+
+// EndMove closes range r's move to replica to: done, or abandoned.
+func (c *Client) EndMove(ctx context.Context, r RangeID, to ReplicaID, done bool) error {
+	_, err := c.move(ctx, &placementpb.Command{Op: &placementpb.Command_EndMove{EndMove: &placementpb.EndMove{
+		Range: uint64(r), ToId: uint64(to), Done: done}}})
+	return err
+}
+
+func (c *Client) move(ctx context.Context, cmd *placementpb.Command) (*placementpb.Move, error) {
+	res, err := c.Propose(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	if res.Move == nil {
+		return nil, errors.New("placement: the placement group answered a move command without the move")
+	}
+	return res.Move, nil
+}
+
+// oneRange is the one range a command's result names.
+func oneRange(res *placementpb.Result) (*placementpb.RangeDescriptor, error) {
+	if len(res.Ranges) != 1 {
+		return nil, fmt.Errorf("placement: the placement group answered with %d ranges, not 1", len(res.Ranges))
+	}
+	return res.Ranges[0], nil
 }

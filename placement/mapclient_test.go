@@ -130,10 +130,17 @@ func (f *fakeRaft) commit(c *placementpb.Command) {
 // range map over a fake placement group (fakeRaft). Commands:
 //
 //	state                                          the state, linearizably read
-//	bootstrap [founders=1,2] [split=a,b] [bound=B]  Bootstrap (prints whether the bound was asked)
+//	bootstrap [founders=1,2] [split=a,b] [bound=B] [range-replicas=R]
+//	                                               Bootstrap, BootstrapReplicas with R (prints whether the bound was asked)
 //	record-split range=N gen=G key=K               RecordSplit
 //	reconfigure member=M [done]                    Reconfigure
 //	change-replicas range=N [add=A] [remove=R]     ChangeReplicas
+//	add-replica range=N member=M [learner]         AddReplica
+//	promote-replica range=N id=I                   PromoteReplica
+//	remove-replica range=N id=I                    RemoveReplica
+//	begin-move range=N gen=G from=M to=M           BeginMove
+//	advance-move range=N to=I from-step=S step=S   AdvanceMove
+//	end-move range=N to=I [done]                   EndMove
 //
 // and, for the group:
 //
@@ -222,10 +229,15 @@ func TestClient(t *testing.T) {
 				}
 				asked := false
 				var ranges []*placementpb.RangeDescriptor
-				ranges, err = c.Bootstrap(ctx, founders, keys("split"), func() (mvcc.Revision, error) {
+				bound := func() (mvcc.Revision, error) {
 					asked = true
 					return mvcc.Revision(num("bound")), nil
-				})
+				}
+				if has("range-replicas") {
+					ranges, err = c.BootstrapReplicas(ctx, founders, int(num("range-replicas")), keys("split"), bound)
+				} else {
+					ranges, err = c.Bootstrap(ctx, founders, keys("split"), bound)
+				}
 				if err == nil {
 					out = fmtRanges(ranges)
 				}
@@ -246,6 +258,36 @@ func TestClient(t *testing.T) {
 				if err = c.ChangeReplicas(ctx, RangeID(num("range")), NodeID(num("add")), NodeID(num("remove"))); err == nil {
 					out = "ok"
 				}
+			case "add-replica":
+				var rd *placementpb.RangeDescriptor
+				var id ReplicaID
+				if rd, id, err = c.AddReplica(ctx, RangeID(num("range")), NodeID(num("member")), has("learner")); err == nil {
+					out = fmt.Sprintf("id %d\n%s", id, fmtRange(rd))
+				}
+			case "promote-replica", "remove-replica":
+				var rd *placementpb.RangeDescriptor
+				if d.Cmd == "promote-replica" {
+					rd, err = c.PromoteReplica(ctx, RangeID(num("range")), ReplicaID(num("id")))
+				} else {
+					rd, err = c.RemoveReplica(ctx, RangeID(num("range")), ReplicaID(num("id")))
+				}
+				if err == nil {
+					out = fmtRange(rd)
+				}
+			case "begin-move", "advance-move":
+				var mv *placementpb.Move
+				if d.Cmd == "begin-move" {
+					mv, err = c.BeginMove(ctx, RangeID(num("range")), num("gen"), NodeID(num("from")), NodeID(num("to")))
+				} else {
+					mv, err = c.AdvanceMove(ctx, RangeID(num("range")), ReplicaID(num("to")), moveStep(t, arg("from-step")), moveStep(t, arg("step")))
+				}
+				if err == nil {
+					out = fmtMoves([]*placementpb.Move{mv})
+				}
+			case "end-move":
+				if err = c.EndMove(ctx, RangeID(num("range")), ReplicaID(num("to")), has("done")); err == nil {
+					out = "ok"
+				}
 			default:
 				t.Fatalf("%s: unknown command %s", d.Pos, d.Cmd)
 			}
@@ -264,7 +306,9 @@ func isWhich(err error) string {
 	for name, s := range map[string]error{"ErrBootstrapped": ErrBootstrapped, "ErrUnknownRange": ErrUnknownRange,
 		"ErrStaleRange": ErrStaleRange, "ErrSplitKey": ErrSplitKey, "ErrSplitKeysOrder": ErrSplitKeysOrder,
 		"ErrNoNode": ErrNoNode, "ErrReconfiguring": ErrReconfiguring, "ErrNotBootstrapped": ErrNotBootstrapped,
-		"ErrRestoredSplit": ErrRestoredSplit, "context.Canceled": context.Canceled} {
+		"ErrRestoredSplit": ErrRestoredSplit, "context.Canceled": context.Canceled, "ErrMoving": ErrMoving,
+		"ErrNoReplica": ErrNoReplica, "ErrHasReplica": ErrHasReplica, "ErrLastVoter": ErrLastVoter, "ErrNoMove": ErrNoMove,
+		"ErrMoveStep": ErrMoveStep} {
 		if errors.Is(err, s) {
 			return " (is " + name + ")"
 		}

@@ -16,10 +16,13 @@ import (
 
 // RangeID names a range: it is shard.RangeID, the range's raft shard id,
 // so that placement and the packages below it share one range id type.
-// NodeID names a node (a member). Range ids are never reused.
+// ReplicaID names a replica within a range's raft group: it is
+// shard.ReplicaID. NodeID names a node (a member). Range ids and replica
+// ids are never reused.
 type (
-	RangeID = shard.RangeID
-	NodeID  uint64
+	RangeID   = shard.RangeID
+	ReplicaID = shard.ReplicaID
+	NodeID    uint64
 )
 
 // Refusals of a command (they travel in Result.error).
@@ -31,20 +34,43 @@ var (
 	ErrSplitKeysOrder = errors.New("placement: split keys must ascend, without the empty key")
 	ErrNoNode         = errors.New("placement: a node needs an id")
 	ErrReconfiguring  = errors.New("placement: a membership change is under way; splits wait until it is over (or the member it adds is removed)")
+	ErrMoving         = errors.New("placement: a move of the range is open")
+	ErrNoReplica      = errors.New("placement: the range has no such replica")
+	ErrHasReplica     = errors.New("placement: the member holds a replica of the range already")
+	ErrLastVoter      = errors.New("placement: the range's last voter stays")
+	ErrNoMove         = errors.New("placement: the range has no such move open")
+	ErrMoveStep       = errors.New("placement: the move is not at the step that allows it")
 )
 
 // Table is the placement state machine's state: the range map (ranges by
 // start key, covering the key space without gap or overlap once
-// bootstrapped), the node registry and the oracle's persisted bound. Apply
-// changes it deterministically; everything else reads.
+// bootstrapped), the node registry, the open moves and the oracle's
+// persisted bound. Apply changes it deterministically; everything else
+// reads.
 //
 //	bootstrap split=m        → r1 [,m) g1  r2 [m,) g1
 //	split r2 g1 at t         → r2 [m,t) g2  r3 [t,) g2
 //	lookup "p"               → r2
 //
+// A range's replicas are (member, replica id) pairs (replicas.go):
+//
+//	bootstrap founders=1..5 range-replicas=3, 2 ranges
+//	                         → r1 {1:6 2:7 3:8}  r2 {2:9 3:10 4:11}   (ids skip member ids 1..5)
+//	bootstrap founders=1,2,3 (range-replicas 0, as before) → every range {1:1 2:2 3:3}
+//
 // Invariant: the ranges' [start, end) tile the key space: the first starts
 // at "", each ends where the next starts, the last ends at "" (∞).
 // Invariant: nextRangeID is above every range id ever made.
+// Invariant: nextReplicaID is above every replica id ever allocated; an
+// allocated id never equals a member id the table knew of then.
+// Invariant: a descriptor's replicas and founders are its replica_set's
+// and founder_set's voters' members (mirrors for older readers).
+// Invariant: at most one move per range is open, and its range does not
+// split meanwhile.
+//
+// Every command a log written before replica pairs holds applies as it
+// did then (plus the pairs (m, m)): the new behaviour is keyed on fields
+// and commands older logs do not have.
 //
 // A Table is not safe for concurrent use; its owner (the placement group's
 // state machine) serializes Apply and reads.
@@ -54,6 +80,10 @@ type Table struct {
 	nodes       map[NodeID]*placementpb.Node
 	bound       mvcc.Revision
 	nextRangeID RangeID
+	// nextReplicaID is the next replica id to allocate (skipping member ids).
+	nextReplicaID ReplicaID
+	// moves are the open moves, by range.
+	moves map[RangeID]*placementpb.Move
 	// reconfiguring is the member whose membership change is under way
 	// (0: none); splits wait for it.
 	reconfiguring uint64
@@ -64,7 +94,7 @@ func lessStart(a, b *placementpb.RangeDescriptor) bool { return bytes.Compare(a.
 // NewTable returns an empty, unbootstrapped table.
 func NewTable() *Table {
 	return &Table{ranges: btree.NewG(16, lessStart), byID: map[RangeID]*placementpb.RangeDescriptor{},
-		nodes: map[NodeID]*placementpb.Node{}, nextRangeID: 1}
+		nodes: map[NodeID]*placementpb.Node{}, nextRangeID: 1, nextReplicaID: 1, moves: map[RangeID]*placementpb.Move{}}
 }
 
 // Apply applies one command and answers it; a refused command changes
@@ -111,13 +141,7 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 		if d == nil {
 			return nil, fmt.Errorf("%w: %d", ErrUnknownRange, c.Range)
 		}
-		if c.Remove != 0 {
-			d.Replicas = slices.DeleteFunc(d.Replicas, func(id uint64) bool { return id == c.Remove })
-		}
-		if c.Add != 0 && !slices.Contains(d.Replicas, c.Add) {
-			d.Replicas = append(d.Replicas, c.Add)
-			slices.Sort(d.Replicas)
-		}
+		t.changeReplicas(d, c)
 		return &placementpb.Result{Ranges: []*placementpb.RangeDescriptor{clone(d)}}, nil
 	case *placementpb.Command_SetLeader:
 		d, err := t.current(RangeID(op.SetLeader.Range), op.SetLeader.Generation)
@@ -126,6 +150,24 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 		}
 		d.Leader = op.SetLeader.Leader
 		return &placementpb.Result{Ranges: []*placementpb.RangeDescriptor{clone(d)}}, nil
+	case *placementpb.Command_AddReplica:
+		return t.addReplica(op.AddReplica)
+	case *placementpb.Command_PromoteReplica:
+		return t.promoteReplica(op.PromoteReplica)
+	case *placementpb.Command_RemoveReplica:
+		return t.removeReplica(op.RemoveReplica)
+	case *placementpb.Command_BeginMove:
+		return t.beginMove(op.BeginMove)
+	case *placementpb.Command_AdvanceMove:
+		return t.advanceMove(op.AdvanceMove)
+	case *placementpb.Command_EndMove:
+		return t.endMove(op.EndMove)
+	case *placementpb.Command_RemoveNode:
+		if op.RemoveNode.Id == 0 {
+			return nil, ErrNoNode
+		}
+		delete(t.nodes, NodeID(op.RemoveNode.Id))
+		return &placementpb.Result{}, nil
 	}
 	return nil, fmt.Errorf("placement: unknown command %v", c)
 }
@@ -143,6 +185,16 @@ func (t *Table) bootstrap(b *placementpb.Bootstrap) (*placementpb.Result, error)
 		t.bound = bound
 	}
 	starts := append([][]byte{{}}, b.SplitKeys...)
+	// With range_replicas (absent from older logs) the founders are
+	// placed round robin with allocated ids; without, every founder holds
+	// every range under its member id, as before.
+	founders := slices.Clone(b.Replicas)
+	var skip map[uint64]bool
+	if b.RangeReplicas > 0 {
+		slices.Sort(founders)
+		founders = slices.Compact(founders)
+		skip = t.memberIDs(append(slices.Clone(founders), b.Members...)...)
+	}
 	res := &placementpb.Result{}
 	for i, s := range starts {
 		var end []byte
@@ -151,6 +203,15 @@ func (t *Table) bootstrap(b *placementpb.Bootstrap) (*placementpb.Result, error)
 		}
 		d := &placementpb.RangeDescriptor{Id: uint64(t.nextRangeID), Start: slices.Clone(s), End: slices.Clone(end),
 			Generation: 1, Replicas: slices.Clone(b.Replicas), Founders: slices.Clone(b.Replicas)}
+		if b.RangeReplicas > 0 && len(founders) > 0 {
+			var pairs []*placementpb.Replica
+			for j := range min(int(b.RangeReplicas), len(founders)) {
+				pairs = append(pairs, &placementpb.Replica{Member: founders[(i+j)%len(founders)], Id: uint64(t.allocReplica(skip))})
+			}
+			setPairs(d, pairs)
+			setFounders(d, clonePairs(pairs))
+			d.Leader = pairs[0].Member
+		}
 		t.nextRangeID++
 		t.put(d)
 		res.Ranges = append(res.Ranges, clone(d))
@@ -166,12 +227,18 @@ func (t *Table) split(s *placementpb.Split) (*placementpb.Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if mv := t.moves[RangeID(d.Id)]; mv != nil {
+		return nil, fmt.Errorf("%w: range %d, to replica %d", ErrMoving, d.Id, mv.To.GetId())
+	}
 	if bytes.Compare(s.Key, d.Start) <= 0 || (len(d.End) > 0 && bytes.Compare(s.Key, d.End) >= 0) {
 		return nil, ErrSplitKey
 	}
+	// The new range's raft group starts with the parent's replicas, under
+	// the same ids (a new group, so no id is reused within one).
 	right := &placementpb.RangeDescriptor{Id: uint64(t.nextRangeID), Start: slices.Clone(s.Key), End: d.End,
 		Generation: d.Generation + 1, Replicas: slices.Clone(d.Replicas), Leader: d.Leader, Parent: d.Id,
-		Founders: slices.Clone(d.Replicas)}
+		Founders: slices.Clone(d.Replicas), ReplicaSet: clonePairs(d.ReplicaSet)}
+	setFounders(right, clonePairs(d.ReplicaSet))
 	t.nextRangeID++
 	d.End = slices.Clone(s.Key)
 	d.Generation++
@@ -256,7 +323,7 @@ func (t *Table) Bound() mvcc.Revision { return t.bound }
 // State returns the whole state, for a snapshot.
 func (t *Table) State() *placementpb.State {
 	st := &placementpb.State{Ranges: t.Ranges(), Bound: int64(t.bound), NextRangeId: uint64(t.nextRangeID),
-		Reconfiguring: t.reconfiguring}
+		Reconfiguring: t.reconfiguring, NextReplicaId: uint64(t.nextReplicaID), Moves: t.Moves()}
 	ids := make([]NodeID, 0, len(t.nodes))
 	for id := range t.nodes {
 		ids = append(ids, id)
@@ -268,7 +335,9 @@ func (t *Table) State() *placementpb.State {
 	return st
 }
 
-// Load replaces the table with a snapshot's state.
+// Load replaces the table with a snapshot's state. A state written before
+// replica pairs loads as the same map with each replica's id its member's
+// id (normalize).
 func (t *Table) Load(st *placementpb.State) {
 	*t = *NewTable()
 	for _, d := range st.Ranges {
@@ -280,9 +349,15 @@ func (t *Table) Load(st *placementpb.State) {
 	t.bound = mvcc.Revision(st.Bound)
 	t.nextRangeID = RangeID(st.NextRangeId)
 	t.reconfiguring = st.Reconfiguring
+	t.nextReplicaID = max(ReplicaID(st.NextReplicaId), 1)
+	for _, mv := range st.Moves {
+		t.moves[RangeID(mv.Range)] = proto.Clone(mv).(*placementpb.Move)
+	}
 }
 
+// put adds or replaces d, normalized.
 func (t *Table) put(d *placementpb.RangeDescriptor) {
+	normalize(d)
 	t.ranges.ReplaceOrInsert(d)
 	t.byID[RangeID(d.Id)] = d
 }

@@ -24,6 +24,69 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// MoveStep is how far a move of a replica has got. Each step is recorded
+// once the range's raft group has taken it.
+type MoveStep int32
+
+const (
+	// MOVE_STEP_UNSPECIFIED: begun; the group has not changed yet.
+	MoveStep_MOVE_STEP_UNSPECIFIED MoveStep = 0
+	// ADDED: the destination runs as a learner of the group.
+	MoveStep_ADDED MoveStep = 1
+	// PROMOTED: the destination votes.
+	MoveStep_PROMOTED MoveStep = 2
+	// LEFT: the source replica has been removed from the group.
+	MoveStep_LEFT MoveStep = 3
+	// UNDOING: the move is being abandoned; the destination is being taken
+	// out of the group again.
+	MoveStep_UNDOING MoveStep = 4
+)
+
+// Enum value maps for MoveStep.
+var (
+	MoveStep_name = map[int32]string{
+		0: "MOVE_STEP_UNSPECIFIED",
+		1: "ADDED",
+		2: "PROMOTED",
+		3: "LEFT",
+		4: "UNDOING",
+	}
+	MoveStep_value = map[string]int32{
+		"MOVE_STEP_UNSPECIFIED": 0,
+		"ADDED":                 1,
+		"PROMOTED":              2,
+		"LEFT":                  3,
+		"UNDOING":               4,
+	}
+)
+
+func (x MoveStep) Enum() *MoveStep {
+	p := new(MoveStep)
+	*p = x
+	return p
+}
+
+func (x MoveStep) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MoveStep) Descriptor() protoreflect.EnumDescriptor {
+	return file_placementpb_placement_proto_enumTypes[0].Descriptor()
+}
+
+func (MoveStep) Type() protoreflect.EnumType {
+	return &file_placementpb_placement_proto_enumTypes[0]
+}
+
+func (x MoveStep) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MoveStep.Descriptor instead.
+func (MoveStep) EnumDescriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{0}
+}
+
 // RangeDescriptor is one range of the key space, [start, end); an empty end
 // reaches the end of the key space. generation grows with every change of
 // the range's bounds, so a stale descriptor is told from a current one.
@@ -43,7 +106,17 @@ type RangeDescriptor struct {
 	// founders are the nodes that started the range's raft group (the
 	// bootstrap's replicas, or the parent's replicas at the split); a node
 	// added later joins it. Empty in maps written before: replicas then.
-	Founders      []uint64 `protobuf:"varint,8,rep,packed,name=founders,proto3" json:"founders,omitempty"`
+	Founders []uint64 `protobuf:"varint,8,rep,packed,name=founders,proto3" json:"founders,omitempty"`
+	// replica_set are the range's replicas as (member, replica id) pairs,
+	// voters and learners. Empty in maps written before: each member of
+	// replicas then holds the replica whose id is its own member id. Once it
+	// is set, replicas mirrors its voters' members (for older readers).
+	ReplicaSet []*Replica `protobuf:"bytes,9,rep,name=replica_set,json=replicaSet,proto3" json:"replica_set,omitempty"`
+	// founder_set are the replicas that started the range's raft group (the
+	// bootstrap's, or the parent's replica_set at the split). Empty in maps
+	// written before: founders as (m, m) pairs then. founders mirrors its
+	// voters' members.
+	FounderSet    []*Replica `protobuf:"bytes,10,rep,name=founder_set,json=founderSet,proto3" json:"founder_set,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -134,19 +207,184 @@ func (x *RangeDescriptor) GetFounders() []uint64 {
 	return nil
 }
 
+func (x *RangeDescriptor) GetReplicaSet() []*Replica {
+	if x != nil {
+		return x.ReplicaSet
+	}
+	return nil
+}
+
+func (x *RangeDescriptor) GetFounderSet() []*Replica {
+	if x != nil {
+		return x.FounderSet
+	}
+	return nil
+}
+
+// Replica is one replica of a range: the member holding it and its raft
+// replica id in the range's group. Replica ids are allocated by the
+// placement group and never reused; in maps written before allocation the
+// id is the member's id.
+type Replica struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Member uint64                 `protobuf:"varint,1,opt,name=member,proto3" json:"member,omitempty"`
+	Id     uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// learner: a non-voting replica (being added, or a move's destination
+	// before it is promoted).
+	Learner       bool `protobuf:"varint,3,opt,name=learner,proto3" json:"learner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Replica) Reset() {
+	*x = Replica{}
+	mi := &file_placementpb_placement_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Replica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Replica) ProtoMessage() {}
+
+func (x *Replica) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Replica.ProtoReflect.Descriptor instead.
+func (*Replica) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Replica) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+func (x *Replica) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Replica) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+// Move is an open move of one replica of a range from one member to
+// another, recorded so that whoever drives it resumes it after a crash.
+// At most one move per range is open; the range does not split meanwhile.
+type Move struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Range uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	// generation is the range's generation when the move began.
+	Generation uint64   `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	From       *Replica `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	// to is the destination replica (its id allocated when the move began).
+	To            *Replica `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`
+	Step          MoveStep `protobuf:"varint,5,opt,name=step,proto3,enum=cairn.placement.MoveStep" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Move) Reset() {
+	*x = Move{}
+	mi := &file_placementpb_placement_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Move) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Move) ProtoMessage() {}
+
+func (x *Move) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Move.ProtoReflect.Descriptor instead.
+func (*Move) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Move) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *Move) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Move) GetFrom() *Replica {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *Move) GetTo() *Replica {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *Move) GetStep() MoveStep {
+	if x != nil {
+		return x.Step
+	}
+	return MoveStep_MOVE_STEP_UNSPECIFIED
+}
+
 // Node is one registered node.
 type Node struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	RaftAddress   string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
-	ClientUrls    []string               `protobuf:"bytes,3,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	RaftAddress string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	ClientUrls  []string               `protobuf:"bytes,3,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	Name        string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	PeerUrls    []string               `protobuf:"bytes,5,rep,name=peer_urls,json=peerUrls,proto3" json:"peer_urls,omitempty"`
+	// learner: an etcd learner member (not raft's role in any group).
+	Learner       bool `protobuf:"varint,6,opt,name=learner,proto3" json:"learner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_placementpb_placement_proto_msgTypes[1]
+	mi := &file_placementpb_placement_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -158,7 +396,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[1]
+	mi := &file_placementpb_placement_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -171,7 +409,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{1}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Node) GetId() uint64 {
@@ -195,6 +433,27 @@ func (x *Node) GetClientUrls() []string {
 	return nil
 }
 
+func (x *Node) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Node) GetPeerUrls() []string {
+	if x != nil {
+		return x.PeerUrls
+	}
+	return nil
+}
+
+func (x *Node) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
 // Command is one change to the placement state; it applies deterministically.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -207,6 +466,13 @@ type Command struct {
 	//	*Command_SetLeader
 	//	*Command_ChangeReplicas
 	//	*Command_Reconfigure
+	//	*Command_AddReplica
+	//	*Command_PromoteReplica
+	//	*Command_RemoveReplica
+	//	*Command_BeginMove
+	//	*Command_AdvanceMove
+	//	*Command_EndMove
+	//	*Command_RemoveNode
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -214,7 +480,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_placementpb_placement_proto_msgTypes[2]
+	mi := &file_placementpb_placement_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -226,7 +492,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[2]
+	mi := &file_placementpb_placement_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -239,7 +505,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{2}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -312,6 +578,69 @@ func (x *Command) GetReconfigure() *Reconfigure {
 	return nil
 }
 
+func (x *Command) GetAddReplica() *AddReplica {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AddReplica); ok {
+			return x.AddReplica
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPromoteReplica() *PromoteReplica {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PromoteReplica); ok {
+			return x.PromoteReplica
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRemoveReplica() *RemoveReplica {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RemoveReplica); ok {
+			return x.RemoveReplica
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetBeginMove() *BeginMove {
+	if x != nil {
+		if x, ok := x.Op.(*Command_BeginMove); ok {
+			return x.BeginMove
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAdvanceMove() *AdvanceMove {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AdvanceMove); ok {
+			return x.AdvanceMove
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetEndMove() *EndMove {
+	if x != nil {
+		if x, ok := x.Op.(*Command_EndMove); ok {
+			return x.EndMove
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRemoveNode() *RemoveNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RemoveNode); ok {
+			return x.RemoveNode
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -344,6 +673,34 @@ type Command_Reconfigure struct {
 	Reconfigure *Reconfigure `protobuf:"bytes,7,opt,name=reconfigure,proto3,oneof"`
 }
 
+type Command_AddReplica struct {
+	AddReplica *AddReplica `protobuf:"bytes,8,opt,name=add_replica,json=addReplica,proto3,oneof"`
+}
+
+type Command_PromoteReplica struct {
+	PromoteReplica *PromoteReplica `protobuf:"bytes,9,opt,name=promote_replica,json=promoteReplica,proto3,oneof"`
+}
+
+type Command_RemoveReplica struct {
+	RemoveReplica *RemoveReplica `protobuf:"bytes,10,opt,name=remove_replica,json=removeReplica,proto3,oneof"`
+}
+
+type Command_BeginMove struct {
+	BeginMove *BeginMove `protobuf:"bytes,11,opt,name=begin_move,json=beginMove,proto3,oneof"`
+}
+
+type Command_AdvanceMove struct {
+	AdvanceMove *AdvanceMove `protobuf:"bytes,12,opt,name=advance_move,json=advanceMove,proto3,oneof"`
+}
+
+type Command_EndMove struct {
+	EndMove *EndMove `protobuf:"bytes,13,opt,name=end_move,json=endMove,proto3,oneof"`
+}
+
+type Command_RemoveNode struct {
+	RemoveNode *RemoveNode `protobuf:"bytes,14,opt,name=remove_node,json=removeNode,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Op() {}
 
 func (*Command_Split) isCommand_Op() {}
@@ -358,6 +715,446 @@ func (*Command_ChangeReplicas) isCommand_Op() {}
 
 func (*Command_Reconfigure) isCommand_Op() {}
 
+func (*Command_AddReplica) isCommand_Op() {}
+
+func (*Command_PromoteReplica) isCommand_Op() {}
+
+func (*Command_RemoveReplica) isCommand_Op() {}
+
+func (*Command_BeginMove) isCommand_Op() {}
+
+func (*Command_AdvanceMove) isCommand_Op() {}
+
+func (*Command_EndMove) isCommand_Op() {}
+
+func (*Command_RemoveNode) isCommand_Op() {}
+
+// AddReplica gives member a replica of range, with a newly allocated
+// replica id, as a learner or a voter, whatever the range's generation: a
+// replica the range's raft group is gaining. If member holds a replica of
+// range already, that one is the answer and nothing changes.
+type AddReplica struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Member        uint64                 `protobuf:"varint,2,opt,name=member,proto3" json:"member,omitempty"`
+	Learner       bool                   `protobuf:"varint,3,opt,name=learner,proto3" json:"learner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddReplica) Reset() {
+	*x = AddReplica{}
+	mi := &file_placementpb_placement_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddReplica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddReplica) ProtoMessage() {}
+
+func (x *AddReplica) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddReplica.ProtoReflect.Descriptor instead.
+func (*AddReplica) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AddReplica) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *AddReplica) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+func (x *AddReplica) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+// PromoteReplica makes replica id of range a voter (nothing changes if it
+// is one).
+type PromoteReplica struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteReplica) Reset() {
+	*x = PromoteReplica{}
+	mi := &file_placementpb_placement_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteReplica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteReplica) ProtoMessage() {}
+
+func (x *PromoteReplica) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteReplica.ProtoReflect.Descriptor instead.
+func (*PromoteReplica) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PromoteReplica) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *PromoteReplica) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// RemoveReplica takes replica id out of range (nothing changes if it is
+// not there). The last voter is not removed.
+type RemoveReplica struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveReplica) Reset() {
+	*x = RemoveReplica{}
+	mi := &file_placementpb_placement_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveReplica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveReplica) ProtoMessage() {}
+
+func (x *RemoveReplica) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveReplica.ProtoReflect.Descriptor instead.
+func (*RemoveReplica) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RemoveReplica) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *RemoveReplica) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// BeginMove opens a move of range's replica on from_member to to_member,
+// allocating the destination's replica id. Refused unless the range is at
+// generation, from_member holds a voter of it, to_member holds none and no
+// other move of the range is open; the same move again answers the open
+// one.
+type BeginMove struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	FromMember    uint64                 `protobuf:"varint,3,opt,name=from_member,json=fromMember,proto3" json:"from_member,omitempty"`
+	ToMember      uint64                 `protobuf:"varint,4,opt,name=to_member,json=toMember,proto3" json:"to_member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BeginMove) Reset() {
+	*x = BeginMove{}
+	mi := &file_placementpb_placement_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BeginMove) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BeginMove) ProtoMessage() {}
+
+func (x *BeginMove) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BeginMove.ProtoReflect.Descriptor instead.
+func (*BeginMove) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BeginMove) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *BeginMove) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *BeginMove) GetFromMember() uint64 {
+	if x != nil {
+		return x.FromMember
+	}
+	return 0
+}
+
+func (x *BeginMove) GetToMember() uint64 {
+	if x != nil {
+		return x.ToMember
+	}
+	return 0
+}
+
+// AdvanceMove records that the move of range to replica to_id has got from
+// from_step to step (compare and set; a move at step already changes
+// nothing). ADDED adds the destination as a learner to the range's
+// replicas, PROMOTED makes it a voter, LEFT removes the source; UNDOING
+// may follow any step before LEFT.
+type AdvanceMove struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	ToId          uint64                 `protobuf:"varint,2,opt,name=to_id,json=toId,proto3" json:"to_id,omitempty"`
+	FromStep      MoveStep               `protobuf:"varint,3,opt,name=from_step,json=fromStep,proto3,enum=cairn.placement.MoveStep" json:"from_step,omitempty"`
+	Step          MoveStep               `protobuf:"varint,4,opt,name=step,proto3,enum=cairn.placement.MoveStep" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdvanceMove) Reset() {
+	*x = AdvanceMove{}
+	mi := &file_placementpb_placement_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdvanceMove) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdvanceMove) ProtoMessage() {}
+
+func (x *AdvanceMove) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdvanceMove.ProtoReflect.Descriptor instead.
+func (*AdvanceMove) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AdvanceMove) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *AdvanceMove) GetToId() uint64 {
+	if x != nil {
+		return x.ToId
+	}
+	return 0
+}
+
+func (x *AdvanceMove) GetFromStep() MoveStep {
+	if x != nil {
+		return x.FromStep
+	}
+	return MoveStep_MOVE_STEP_UNSPECIFIED
+}
+
+func (x *AdvanceMove) GetStep() MoveStep {
+	if x != nil {
+		return x.Step
+	}
+	return MoveStep_MOVE_STEP_UNSPECIFIED
+}
+
+// EndMove closes the move of range to replica to_id: done, once it is at
+// LEFT; not done (abandoned), before anything changed or once UNDOING,
+// which takes the destination out of the range's replicas.
+type EndMove struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	ToId          uint64                 `protobuf:"varint,2,opt,name=to_id,json=toId,proto3" json:"to_id,omitempty"`
+	Done          bool                   `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndMove) Reset() {
+	*x = EndMove{}
+	mi := &file_placementpb_placement_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndMove) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndMove) ProtoMessage() {}
+
+func (x *EndMove) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndMove.ProtoReflect.Descriptor instead.
+func (*EndMove) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *EndMove) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *EndMove) GetToId() uint64 {
+	if x != nil {
+		return x.ToId
+	}
+	return 0
+}
+
+func (x *EndMove) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+// RemoveNode unregisters a node (nothing changes if it is not registered).
+type RemoveNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNode) Reset() {
+	*x = RemoveNode{}
+	mi := &file_placementpb_placement_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNode) ProtoMessage() {}
+
+func (x *RemoveNode) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
+func (*RemoveNode) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RemoveNode) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
 // Reconfigure marks a membership change of member under way (splits are
 // refused meanwhile), or, with done, over. Done for another member than
 // the one marked changes nothing.
@@ -371,7 +1168,7 @@ type Reconfigure struct {
 
 func (x *Reconfigure) Reset() {
 	*x = Reconfigure{}
-	mi := &file_placementpb_placement_proto_msgTypes[3]
+	mi := &file_placementpb_placement_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +1180,7 @@ func (x *Reconfigure) String() string {
 func (*Reconfigure) ProtoMessage() {}
 
 func (x *Reconfigure) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[3]
+	mi := &file_placementpb_placement_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +1193,7 @@ func (x *Reconfigure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reconfigure.ProtoReflect.Descriptor instead.
 func (*Reconfigure) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{3}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Reconfigure) GetMember() uint64 {
@@ -427,7 +1224,7 @@ type ChangeReplicas struct {
 
 func (x *ChangeReplicas) Reset() {
 	*x = ChangeReplicas{}
-	mi := &file_placementpb_placement_proto_msgTypes[4]
+	mi := &file_placementpb_placement_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +1236,7 @@ func (x *ChangeReplicas) String() string {
 func (*ChangeReplicas) ProtoMessage() {}
 
 func (x *ChangeReplicas) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[4]
+	mi := &file_placementpb_placement_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +1249,7 @@ func (x *ChangeReplicas) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicas.ProtoReflect.Descriptor instead.
 func (*ChangeReplicas) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{4}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ChangeReplicas) GetRange() uint64 {
@@ -484,14 +1281,23 @@ type Bootstrap struct {
 	Replicas  []uint64               `protobuf:"varint,2,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
 	// bound raises the oracle's persisted bound: a cluster started on a
 	// restored backup hands out revisions above the backup's.
-	Bound         int64 `protobuf:"varint,3,opt,name=bound,proto3" json:"bound,omitempty"`
+	Bound int64 `protobuf:"varint,3,opt,name=bound,proto3" json:"bound,omitempty"`
+	// range_replicas, if above 0, is how many of the founders hold each
+	// range: range i (from 0, in key order) gets the sorted founders
+	// i, i+1, ... (mod their number), the first as its leader hint, each
+	// with an allocated replica id. 0 (maps written before): every founder
+	// holds every range, its replica id being its member id.
+	RangeReplicas uint32 `protobuf:"varint,4,opt,name=range_replicas,json=rangeReplicas,proto3" json:"range_replicas,omitempty"`
+	// members are all the founding members (the placement group's voters
+	// and non-voters); no allocated replica id equals one of them.
+	Members       []uint64 `protobuf:"varint,5,rep,packed,name=members,proto3" json:"members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Bootstrap) Reset() {
 	*x = Bootstrap{}
-	mi := &file_placementpb_placement_proto_msgTypes[5]
+	mi := &file_placementpb_placement_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -503,7 +1309,7 @@ func (x *Bootstrap) String() string {
 func (*Bootstrap) ProtoMessage() {}
 
 func (x *Bootstrap) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[5]
+	mi := &file_placementpb_placement_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -516,7 +1322,7 @@ func (x *Bootstrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bootstrap.ProtoReflect.Descriptor instead.
 func (*Bootstrap) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{5}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Bootstrap) GetSplitKeys() [][]byte {
@@ -540,6 +1346,20 @@ func (x *Bootstrap) GetBound() int64 {
 	return 0
 }
 
+func (x *Bootstrap) GetRangeReplicas() uint32 {
+	if x != nil {
+		return x.RangeReplicas
+	}
+	return 0
+}
+
+func (x *Bootstrap) GetMembers() []uint64 {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
 // Split cuts range at key: the range keeps [start, key), a new range takes
 // [key, end); both get generation + 1. Refused unless the range is at
 // generation and key lies strictly inside it.
@@ -554,7 +1374,7 @@ type Split struct {
 
 func (x *Split) Reset() {
 	*x = Split{}
-	mi := &file_placementpb_placement_proto_msgTypes[6]
+	mi := &file_placementpb_placement_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +1386,7 @@ func (x *Split) String() string {
 func (*Split) ProtoMessage() {}
 
 func (x *Split) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[6]
+	mi := &file_placementpb_placement_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +1399,7 @@ func (x *Split) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Split.ProtoReflect.Descriptor instead.
 func (*Split) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{6}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Split) GetRange() uint64 {
@@ -613,7 +1433,7 @@ type AddNode struct {
 
 func (x *AddNode) Reset() {
 	*x = AddNode{}
-	mi := &file_placementpb_placement_proto_msgTypes[7]
+	mi := &file_placementpb_placement_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +1445,7 @@ func (x *AddNode) String() string {
 func (*AddNode) ProtoMessage() {}
 
 func (x *AddNode) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[7]
+	mi := &file_placementpb_placement_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +1458,7 @@ func (x *AddNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNode.ProtoReflect.Descriptor instead.
 func (*AddNode) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{7}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AddNode) GetNode() *Node {
@@ -659,7 +1479,7 @@ type RaiseBound struct {
 
 func (x *RaiseBound) Reset() {
 	*x = RaiseBound{}
-	mi := &file_placementpb_placement_proto_msgTypes[8]
+	mi := &file_placementpb_placement_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +1491,7 @@ func (x *RaiseBound) String() string {
 func (*RaiseBound) ProtoMessage() {}
 
 func (x *RaiseBound) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[8]
+	mi := &file_placementpb_placement_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +1504,7 @@ func (x *RaiseBound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaiseBound.ProtoReflect.Descriptor instead.
 func (*RaiseBound) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{8}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RaiseBound) GetBound() int64 {
@@ -706,7 +1526,7 @@ type SetLeader struct {
 
 func (x *SetLeader) Reset() {
 	*x = SetLeader{}
-	mi := &file_placementpb_placement_proto_msgTypes[9]
+	mi := &file_placementpb_placement_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +1538,7 @@ func (x *SetLeader) String() string {
 func (*SetLeader) ProtoMessage() {}
 
 func (x *SetLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[9]
+	mi := &file_placementpb_placement_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +1551,7 @@ func (x *SetLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLeader.ProtoReflect.Descriptor instead.
 func (*SetLeader) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{9}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetLeader) GetRange() uint64 {
@@ -758,17 +1578,19 @@ func (x *SetLeader) GetLeader() uint64 {
 // Result answers a Command: a refusal, or the descriptors it made or
 // changed and the bound after it.
 type Result struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Error         string                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
-	Ranges        []*RangeDescriptor     `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
-	Bound         int64                  `protobuf:"varint,3,opt,name=bound,proto3" json:"bound,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Error  string                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	Ranges []*RangeDescriptor     `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	Bound  int64                  `protobuf:"varint,3,opt,name=bound,proto3" json:"bound,omitempty"`
+	// move is the move a move command opened, advanced or closed.
+	Move          *Move `protobuf:"bytes,4,opt,name=move,proto3" json:"move,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_placementpb_placement_proto_msgTypes[10]
+	mi := &file_placementpb_placement_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +1602,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[10]
+	mi := &file_placementpb_placement_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +1615,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{10}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Result) GetError() string {
@@ -817,6 +1639,13 @@ func (x *Result) GetBound() int64 {
 	return 0
 }
 
+func (x *Result) GetMove() *Move {
+	if x != nil {
+		return x.Move
+	}
+	return nil
+}
+
 // State is the whole placement state, for snapshots.
 type State struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -827,13 +1656,18 @@ type State struct {
 	// reconfiguring is the member whose membership change is under way (0:
 	// none).
 	Reconfiguring uint64 `protobuf:"varint,5,opt,name=reconfiguring,proto3" json:"reconfiguring,omitempty"`
+	// next_replica_id is where the next replica id is allocated from (0 in
+	// maps written before: 1).
+	NextReplicaId uint64 `protobuf:"varint,6,opt,name=next_replica_id,json=nextReplicaId,proto3" json:"next_replica_id,omitempty"`
+	// moves are the open moves, by range.
+	Moves         []*Move `protobuf:"bytes,7,rep,name=moves,proto3" json:"moves,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
 	*x = State{}
-	mi := &file_placementpb_placement_proto_msgTypes[11]
+	mi := &file_placementpb_placement_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +1679,7 @@ func (x *State) String() string {
 func (*State) ProtoMessage() {}
 
 func (x *State) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[11]
+	mi := &file_placementpb_placement_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +1692,7 @@ func (x *State) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use State.ProtoReflect.Descriptor instead.
 func (*State) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{11}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *State) GetRanges() []*RangeDescriptor {
@@ -896,11 +1730,25 @@ func (x *State) GetReconfiguring() uint64 {
 	return 0
 }
 
+func (x *State) GetNextReplicaId() uint64 {
+	if x != nil {
+		return x.NextReplicaId
+	}
+	return 0
+}
+
+func (x *State) GetMoves() []*Move {
+	if x != nil {
+		return x.Moves
+	}
+	return nil
+}
+
 var File_placementpb_placement_proto protoreflect.FileDescriptor
 
 const file_placementpb_placement_proto_rawDesc = "" +
 	"\n" +
-	"\x1bplacementpb/placement.proto\x12\x0fcairn.placement\"\xd1\x01\n" +
+	"\x1bplacementpb/placement.proto\x12\x0fcairn.placement\"\xc7\x02\n" +
 	"\x0fRangeDescriptor\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05start\x18\x02 \x01(\fR\x05start\x12\x10\n" +
@@ -911,12 +1759,32 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\breplicas\x18\x05 \x03(\x04R\breplicas\x12\x16\n" +
 	"\x06leader\x18\x06 \x01(\x04R\x06leader\x12\x16\n" +
 	"\x06parent\x18\a \x01(\x04R\x06parent\x12\x1a\n" +
-	"\bfounders\x18\b \x03(\x04R\bfounders\"Z\n" +
+	"\bfounders\x18\b \x03(\x04R\bfounders\x129\n" +
+	"\vreplica_set\x18\t \x03(\v2\x18.cairn.placement.ReplicaR\n" +
+	"replicaSet\x129\n" +
+	"\vfounder_set\x18\n" +
+	" \x03(\v2\x18.cairn.placement.ReplicaR\n" +
+	"founderSet\"K\n" +
+	"\aReplica\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\x04R\x06member\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x18\n" +
+	"\alearner\x18\x03 \x01(\bR\alearner\"\xc3\x01\n" +
+	"\x04Move\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12,\n" +
+	"\x04from\x18\x03 \x01(\v2\x18.cairn.placement.ReplicaR\x04from\x12(\n" +
+	"\x02to\x18\x04 \x01(\v2\x18.cairn.placement.ReplicaR\x02to\x12-\n" +
+	"\x04step\x18\x05 \x01(\x0e2\x19.cairn.placement.MoveStepR\x04step\"\xa5\x01\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vclient_urls\x18\x03 \x03(\tR\n" +
-	"clientUrls\"\xbd\x03\n" +
+	"clientUrls\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x12\x1b\n" +
+	"\tpeer_urls\x18\x05 \x03(\tR\bpeerUrls\x12\x18\n" +
+	"\alearner\x18\x06 \x01(\bR\alearner\"\x89\a\n" +
 	"\aCommand\x12:\n" +
 	"\tbootstrap\x18\x01 \x01(\v2\x1a.cairn.placement.BootstrapH\x00R\tbootstrap\x12.\n" +
 	"\x05split\x18\x02 \x01(\v2\x16.cairn.placement.SplitH\x00R\x05split\x125\n" +
@@ -926,20 +1794,64 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\n" +
 	"set_leader\x18\x05 \x01(\v2\x1a.cairn.placement.SetLeaderH\x00R\tsetLeader\x12J\n" +
 	"\x0fchange_replicas\x18\x06 \x01(\v2\x1f.cairn.placement.ChangeReplicasH\x00R\x0echangeReplicas\x12@\n" +
-	"\vreconfigure\x18\a \x01(\v2\x1c.cairn.placement.ReconfigureH\x00R\vreconfigureB\x04\n" +
-	"\x02op\"9\n" +
+	"\vreconfigure\x18\a \x01(\v2\x1c.cairn.placement.ReconfigureH\x00R\vreconfigure\x12>\n" +
+	"\vadd_replica\x18\b \x01(\v2\x1b.cairn.placement.AddReplicaH\x00R\n" +
+	"addReplica\x12J\n" +
+	"\x0fpromote_replica\x18\t \x01(\v2\x1f.cairn.placement.PromoteReplicaH\x00R\x0epromoteReplica\x12G\n" +
+	"\x0eremove_replica\x18\n" +
+	" \x01(\v2\x1e.cairn.placement.RemoveReplicaH\x00R\rremoveReplica\x12;\n" +
+	"\n" +
+	"begin_move\x18\v \x01(\v2\x1a.cairn.placement.BeginMoveH\x00R\tbeginMove\x12A\n" +
+	"\fadvance_move\x18\f \x01(\v2\x1c.cairn.placement.AdvanceMoveH\x00R\vadvanceMove\x125\n" +
+	"\bend_move\x18\r \x01(\v2\x18.cairn.placement.EndMoveH\x00R\aendMove\x12>\n" +
+	"\vremove_node\x18\x0e \x01(\v2\x1b.cairn.placement.RemoveNodeH\x00R\n" +
+	"removeNodeB\x04\n" +
+	"\x02op\"T\n" +
+	"\n" +
+	"AddReplica\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x16\n" +
+	"\x06member\x18\x02 \x01(\x04R\x06member\x12\x18\n" +
+	"\alearner\x18\x03 \x01(\bR\alearner\"6\n" +
+	"\x0ePromoteReplica\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\"5\n" +
+	"\rRemoveReplica\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\"\x7f\n" +
+	"\tBeginMove\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12\x1f\n" +
+	"\vfrom_member\x18\x03 \x01(\x04R\n" +
+	"fromMember\x12\x1b\n" +
+	"\tto_member\x18\x04 \x01(\x04R\btoMember\"\x9f\x01\n" +
+	"\vAdvanceMove\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x13\n" +
+	"\x05to_id\x18\x02 \x01(\x04R\x04toId\x126\n" +
+	"\tfrom_step\x18\x03 \x01(\x0e2\x19.cairn.placement.MoveStepR\bfromStep\x12-\n" +
+	"\x04step\x18\x04 \x01(\x0e2\x19.cairn.placement.MoveStepR\x04step\"H\n" +
+	"\aEndMove\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x13\n" +
+	"\x05to_id\x18\x02 \x01(\x04R\x04toId\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"\x1c\n" +
+	"\n" +
+	"RemoveNode\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"9\n" +
 	"\vReconfigure\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\x04R\x06member\x12\x12\n" +
 	"\x04done\x18\x02 \x01(\bR\x04done\"P\n" +
 	"\x0eChangeReplicas\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x10\n" +
 	"\x03add\x18\x02 \x01(\x04R\x03add\x12\x16\n" +
-	"\x06remove\x18\x03 \x01(\x04R\x06remove\"\\\n" +
+	"\x06remove\x18\x03 \x01(\x04R\x06remove\"\x9d\x01\n" +
 	"\tBootstrap\x12\x1d\n" +
 	"\n" +
 	"split_keys\x18\x01 \x03(\fR\tsplitKeys\x12\x1a\n" +
 	"\breplicas\x18\x02 \x03(\x04R\breplicas\x12\x14\n" +
-	"\x05bound\x18\x03 \x01(\x03R\x05bound\"O\n" +
+	"\x05bound\x18\x03 \x01(\x03R\x05bound\x12%\n" +
+	"\x0erange_replicas\x18\x04 \x01(\rR\rrangeReplicas\x12\x18\n" +
+	"\amembers\x18\x05 \x03(\x04R\amembers\"O\n" +
 	"\x05Split\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1e\n" +
 	"\n" +
@@ -956,17 +1868,26 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\x04R\x06leader\"n\n" +
+	"\x06leader\x18\x03 \x01(\x04R\x06leader\"\x99\x01\n" +
 	"\x06Result\x12\x14\n" +
 	"\x05error\x18\x01 \x01(\tR\x05error\x128\n" +
 	"\x06ranges\x18\x02 \x03(\v2 .cairn.placement.RangeDescriptorR\x06ranges\x12\x14\n" +
-	"\x05bound\x18\x03 \x01(\x03R\x05bound\"\xce\x01\n" +
+	"\x05bound\x18\x03 \x01(\x03R\x05bound\x12)\n" +
+	"\x04move\x18\x04 \x01(\v2\x15.cairn.placement.MoveR\x04move\"\xa3\x02\n" +
 	"\x05State\x128\n" +
 	"\x06ranges\x18\x01 \x03(\v2 .cairn.placement.RangeDescriptorR\x06ranges\x12+\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x15.cairn.placement.NodeR\x05nodes\x12\x14\n" +
 	"\x05bound\x18\x03 \x01(\x03R\x05bound\x12\"\n" +
 	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\x12$\n" +
-	"\rreconfiguring\x18\x05 \x01(\x04R\rreconfiguringB-Z+github.com/cairn-kv/cairn/proto/placementpbb\x06proto3"
+	"\rreconfiguring\x18\x05 \x01(\x04R\rreconfiguring\x12&\n" +
+	"\x0fnext_replica_id\x18\x06 \x01(\x04R\rnextReplicaId\x12+\n" +
+	"\x05moves\x18\a \x03(\v2\x15.cairn.placement.MoveR\x05moves*U\n" +
+	"\bMoveStep\x12\x19\n" +
+	"\x15MOVE_STEP_UNSPECIFIED\x10\x00\x12\t\n" +
+	"\x05ADDED\x10\x01\x12\f\n" +
+	"\bPROMOTED\x10\x02\x12\b\n" +
+	"\x04LEFT\x10\x03\x12\v\n" +
+	"\aUNDOING\x10\x04B-Z+github.com/cairn-kv/cairn/proto/placementpbb\x06proto3"
 
 var (
 	file_placementpb_placement_proto_rawDescOnce sync.Once
@@ -980,38 +1901,65 @@ func file_placementpb_placement_proto_rawDescGZIP() []byte {
 	return file_placementpb_placement_proto_rawDescData
 }
 
-var file_placementpb_placement_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_placementpb_placement_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_placementpb_placement_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_placementpb_placement_proto_goTypes = []any{
-	(*RangeDescriptor)(nil), // 0: cairn.placement.RangeDescriptor
-	(*Node)(nil),            // 1: cairn.placement.Node
-	(*Command)(nil),         // 2: cairn.placement.Command
-	(*Reconfigure)(nil),     // 3: cairn.placement.Reconfigure
-	(*ChangeReplicas)(nil),  // 4: cairn.placement.ChangeReplicas
-	(*Bootstrap)(nil),       // 5: cairn.placement.Bootstrap
-	(*Split)(nil),           // 6: cairn.placement.Split
-	(*AddNode)(nil),         // 7: cairn.placement.AddNode
-	(*RaiseBound)(nil),      // 8: cairn.placement.RaiseBound
-	(*SetLeader)(nil),       // 9: cairn.placement.SetLeader
-	(*Result)(nil),          // 10: cairn.placement.Result
-	(*State)(nil),           // 11: cairn.placement.State
+	(MoveStep)(0),           // 0: cairn.placement.MoveStep
+	(*RangeDescriptor)(nil), // 1: cairn.placement.RangeDescriptor
+	(*Replica)(nil),         // 2: cairn.placement.Replica
+	(*Move)(nil),            // 3: cairn.placement.Move
+	(*Node)(nil),            // 4: cairn.placement.Node
+	(*Command)(nil),         // 5: cairn.placement.Command
+	(*AddReplica)(nil),      // 6: cairn.placement.AddReplica
+	(*PromoteReplica)(nil),  // 7: cairn.placement.PromoteReplica
+	(*RemoveReplica)(nil),   // 8: cairn.placement.RemoveReplica
+	(*BeginMove)(nil),       // 9: cairn.placement.BeginMove
+	(*AdvanceMove)(nil),     // 10: cairn.placement.AdvanceMove
+	(*EndMove)(nil),         // 11: cairn.placement.EndMove
+	(*RemoveNode)(nil),      // 12: cairn.placement.RemoveNode
+	(*Reconfigure)(nil),     // 13: cairn.placement.Reconfigure
+	(*ChangeReplicas)(nil),  // 14: cairn.placement.ChangeReplicas
+	(*Bootstrap)(nil),       // 15: cairn.placement.Bootstrap
+	(*Split)(nil),           // 16: cairn.placement.Split
+	(*AddNode)(nil),         // 17: cairn.placement.AddNode
+	(*RaiseBound)(nil),      // 18: cairn.placement.RaiseBound
+	(*SetLeader)(nil),       // 19: cairn.placement.SetLeader
+	(*Result)(nil),          // 20: cairn.placement.Result
+	(*State)(nil),           // 21: cairn.placement.State
 }
 var file_placementpb_placement_proto_depIdxs = []int32{
-	5,  // 0: cairn.placement.Command.bootstrap:type_name -> cairn.placement.Bootstrap
-	6,  // 1: cairn.placement.Command.split:type_name -> cairn.placement.Split
-	7,  // 2: cairn.placement.Command.add_node:type_name -> cairn.placement.AddNode
-	8,  // 3: cairn.placement.Command.raise_bound:type_name -> cairn.placement.RaiseBound
-	9,  // 4: cairn.placement.Command.set_leader:type_name -> cairn.placement.SetLeader
-	4,  // 5: cairn.placement.Command.change_replicas:type_name -> cairn.placement.ChangeReplicas
-	3,  // 6: cairn.placement.Command.reconfigure:type_name -> cairn.placement.Reconfigure
-	1,  // 7: cairn.placement.AddNode.node:type_name -> cairn.placement.Node
-	0,  // 8: cairn.placement.Result.ranges:type_name -> cairn.placement.RangeDescriptor
-	0,  // 9: cairn.placement.State.ranges:type_name -> cairn.placement.RangeDescriptor
-	1,  // 10: cairn.placement.State.nodes:type_name -> cairn.placement.Node
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	2,  // 0: cairn.placement.RangeDescriptor.replica_set:type_name -> cairn.placement.Replica
+	2,  // 1: cairn.placement.RangeDescriptor.founder_set:type_name -> cairn.placement.Replica
+	2,  // 2: cairn.placement.Move.from:type_name -> cairn.placement.Replica
+	2,  // 3: cairn.placement.Move.to:type_name -> cairn.placement.Replica
+	0,  // 4: cairn.placement.Move.step:type_name -> cairn.placement.MoveStep
+	15, // 5: cairn.placement.Command.bootstrap:type_name -> cairn.placement.Bootstrap
+	16, // 6: cairn.placement.Command.split:type_name -> cairn.placement.Split
+	17, // 7: cairn.placement.Command.add_node:type_name -> cairn.placement.AddNode
+	18, // 8: cairn.placement.Command.raise_bound:type_name -> cairn.placement.RaiseBound
+	19, // 9: cairn.placement.Command.set_leader:type_name -> cairn.placement.SetLeader
+	14, // 10: cairn.placement.Command.change_replicas:type_name -> cairn.placement.ChangeReplicas
+	13, // 11: cairn.placement.Command.reconfigure:type_name -> cairn.placement.Reconfigure
+	6,  // 12: cairn.placement.Command.add_replica:type_name -> cairn.placement.AddReplica
+	7,  // 13: cairn.placement.Command.promote_replica:type_name -> cairn.placement.PromoteReplica
+	8,  // 14: cairn.placement.Command.remove_replica:type_name -> cairn.placement.RemoveReplica
+	9,  // 15: cairn.placement.Command.begin_move:type_name -> cairn.placement.BeginMove
+	10, // 16: cairn.placement.Command.advance_move:type_name -> cairn.placement.AdvanceMove
+	11, // 17: cairn.placement.Command.end_move:type_name -> cairn.placement.EndMove
+	12, // 18: cairn.placement.Command.remove_node:type_name -> cairn.placement.RemoveNode
+	0,  // 19: cairn.placement.AdvanceMove.from_step:type_name -> cairn.placement.MoveStep
+	0,  // 20: cairn.placement.AdvanceMove.step:type_name -> cairn.placement.MoveStep
+	4,  // 21: cairn.placement.AddNode.node:type_name -> cairn.placement.Node
+	1,  // 22: cairn.placement.Result.ranges:type_name -> cairn.placement.RangeDescriptor
+	3,  // 23: cairn.placement.Result.move:type_name -> cairn.placement.Move
+	1,  // 24: cairn.placement.State.ranges:type_name -> cairn.placement.RangeDescriptor
+	4,  // 25: cairn.placement.State.nodes:type_name -> cairn.placement.Node
+	3,  // 26: cairn.placement.State.moves:type_name -> cairn.placement.Move
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_placementpb_placement_proto_init() }
@@ -1019,7 +1967,7 @@ func file_placementpb_placement_proto_init() {
 	if File_placementpb_placement_proto != nil {
 		return
 	}
-	file_placementpb_placement_proto_msgTypes[2].OneofWrappers = []any{
+	file_placementpb_placement_proto_msgTypes[4].OneofWrappers = []any{
 		(*Command_Bootstrap)(nil),
 		(*Command_Split)(nil),
 		(*Command_AddNode)(nil),
@@ -1027,19 +1975,27 @@ func file_placementpb_placement_proto_init() {
 		(*Command_SetLeader)(nil),
 		(*Command_ChangeReplicas)(nil),
 		(*Command_Reconfigure)(nil),
+		(*Command_AddReplica)(nil),
+		(*Command_PromoteReplica)(nil),
+		(*Command_RemoveReplica)(nil),
+		(*Command_BeginMove)(nil),
+		(*Command_AdvanceMove)(nil),
+		(*Command_EndMove)(nil),
+		(*Command_RemoveNode)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_placementpb_placement_proto_rawDesc), len(file_placementpb_placement_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   12,
+			NumEnums:      1,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_placementpb_placement_proto_goTypes,
 		DependencyIndexes: file_placementpb_placement_proto_depIdxs,
+		EnumInfos:         file_placementpb_placement_proto_enumTypes,
 		MessageInfos:      file_placementpb_placement_proto_msgTypes,
 	}.Build()
 	File_placementpb_placement_proto = out.File

@@ -3,6 +3,8 @@ package lease
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // The lessor's records in pebble, in Cairn's internal key space (mvcc's
@@ -46,6 +48,18 @@ func RecordBounds(store uint64) (lo, hi []byte) {
 		hi = []byte{kindLease + 1}
 	}
 	return lo, hi
+}
+
+// DropStore writes into b the deletion of every lessor record of store —
+// lease records, attachments and shadows — for a member dropping its
+// replica of the store's range (in the batch that drops the range's other
+// data). The store's lessor must not be in use; other stores' records stay.
+func DropStore(b *pebble.Batch, store uint64) error {
+	lo, hi := RecordBounds(store)
+	if err := b.DeleteRange(lo, hi, nil); err != nil {
+		return fmt.Errorf("lease: drop the records of store %d: %w", store, err)
+	}
+	return nil
 }
 
 func appendID(dst []byte, id ID) []byte {

@@ -139,3 +139,74 @@ func FuzzDecodeRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestDropStore: DropStore deletes every record of one store — leases,
+// attachments, shadows — and no record of the stores next to it (the
+// largest id included), so a lessor reopened on the dropped store is empty
+// and the others are as they were.
+func TestDropStore(t *testing.T) {
+	db := openTestDB(t)
+	ids := []uint64{1, 2, 3, ^uint64(0)}
+	for _, id := range ids {
+		l, err := Open(db, Options{ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := db.NewIndexedBatch()
+		if _, err := l.Grant(b, 7, 10, epoch); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Attach(b, 7, [][]byte{[]byte("k"), []byte("\xff")}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Shadow(b, 9, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func() map[uint64]int {
+		n := map[uint64]int{}
+		for _, id := range ids {
+			lo, hi := RecordBounds(id)
+			it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for it.First(); it.Valid(); it.Next() {
+				n[id]++
+			}
+			it.Close()
+		}
+		return n
+	}
+	before := count()
+	for _, dropped := range []uint64{2, ^uint64(0)} {
+		b := db.NewBatch()
+		if err := DropStore(b, dropped); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+	}
+	after := count()
+	for _, id := range ids {
+		want := before[id]
+		if id == 2 || id == ^uint64(0) {
+			want = 0
+		}
+		if before[id] == 0 || after[id] != want {
+			t.Errorf("store %d: %d records before the drops, %d after, want %d", id, before[id], after[id], want)
+		}
+		l, err := Open(db, Options{ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(l.Leases()) + len(l.Shadows()); (got == 0) != (want == 0) {
+			t.Errorf("store %d reopened: %d leases and shadows, want none: %t", id, got, want == 0)
+		}
+	}
+}

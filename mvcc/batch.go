@@ -31,6 +31,9 @@ type Batch struct {
 	// newSpan is the span after a split in this batch (nil: none).
 	newSpan *Span
 	events  []*mvccpb.Event
+	// logHeld: the batch holds the store's EventLog, from its first read
+	// of event records to rewrite (Compact) to Commit or Close.
+	logHeld bool
 }
 
 // NewBatch starts a batch on the current revision.
@@ -129,7 +132,9 @@ func (b *Batch) Commit() error {
 	if b.compact != b.s.CompactRev() {
 		b.s.compact.Store(int64(b.compact))
 	}
-	if err := b.b.Commit(pebble.NoSync); err != nil {
+	err := b.b.Commit(pebble.NoSync)
+	b.releaseLog()
+	if err != nil {
 		return fmt.Errorf("mvcc: commit: %w", err)
 	}
 	if b.newSpan != nil {
@@ -148,7 +153,26 @@ func (b *Batch) Rev() Revision { return b.rev }
 func (b *Batch) Pebble() *pebble.Batch { return b.b }
 
 // Close releases the batch, discarding it if it was not committed.
-func (b *Batch) Close() { _ = b.b.Close() }
+func (b *Batch) Close() {
+	b.releaseLog()
+	_ = b.b.Close()
+}
+
+// holdLog takes the store's EventLog until Commit or Close, if the batch
+// does not hold it yet.
+func (b *Batch) holdLog() {
+	if !b.logHeld {
+		b.s.opts.EventLog.mu.Lock()
+		b.logHeld = true
+	}
+}
+
+func (b *Batch) releaseLog() {
+	if b.logHeld {
+		b.logHeld = false
+		b.s.opts.EventLog.mu.Unlock()
+	}
+}
 
 func (b *Batch) setMetaInt(name string, v int64) {
 	var buf [8]byte
@@ -485,6 +509,8 @@ func (o *op) execTxn(r *pb.TxnRequest, path []bool, resp *pb.TxnResponse) (int, 
 // all but the newest version at or below rev, and that one too if it is a
 // tombstone. It takes no revision. The keys to visit come from the event
 // log of (previous compact revision, rev], which is dropped up to rev.
+// From its read of the event log on, the batch holds the DB's EventLog
+// until it is committed or closed.
 func (b *Batch) Compact(rev Revision) (*pb.CompactionResponse, error) {
 	if rev <= b.compact {
 		return nil, ErrCompacted
@@ -495,6 +521,9 @@ func (b *Batch) Compact(rev Revision) (*pb.CompactionResponse, error) {
 	// The record at exactly rev stays, so a watch may still start at rev.
 	from := max(b.compact, 0)
 	seen := make(map[string]struct{})
+	// The records read here are written back with this store's entries
+	// removed: no other rewrite of them may commit before this batch does.
+	b.holdLog()
 	it, err := b.b.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: eventKey(rev + 1)})
 	if err != nil {
 		return nil, err

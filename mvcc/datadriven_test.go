@@ -51,12 +51,33 @@ func openTestStore(t testing.TB, db *pebble.DB, span Span) *Store {
 //	compact rev=
 //	events            (the change events of the writes since the last "events")
 //	reopen            (drop the Store and open it again from pebble)
+//	dump [meta]       (every version and event record; with meta, the ids of
+//	                   the stores with internal records)
+//
+// Stores sharing the pebble (store 1 is the one the commands act on until
+// use says otherwise; all share one EventLog):
+//
+//	split key= child=       (SplitOff at key into a new store child, committed)
+//	use id=                 (act on store id)
+//	drop id= [chunk=]       (DropSpan of store id's span, then SweepEvents of
+//	                         it in chunks of chunk records, the other stores
+//	                         owning their spans)
+//	history [from=] [to=]   (Store.Events of the store acted on)
 //
 // A key or end of "\0" means the byte 0. Every write is its own committed batch.
 func TestDataDriven(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		db := openTestDB(t)
-		s := openTestStore(t, db, Span{})
+		log := NewEventLog(db)
+		open := func(id uint64) *Store {
+			s, err := Open(db, Options{ID: id, Leases: testLeases, EventLog: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		s := open(1)
+		stores := map[uint64]*Store{1: s}
 		var events []*mvccpb.Event
 		write := func(fn func(b *Batch) (string, error)) string {
 			b := s.NewBatch()
@@ -174,16 +195,105 @@ func TestDataDriven(t *testing.T) {
 				events = nil
 				return sb.String()
 			case "reopen":
-				s = openTestStore(t, db, Span{})
+				s = open(s.opts.ID)
+				stores[s.opts.ID] = s
 				return fmt.Sprintf("rev=%d compact=%d\n", s.Rev(), s.CompactRev())
 			case "dump":
-				return dumpStore(t, db)
+				out := dumpStore(t, db)
+				if a.flag("meta") {
+					ids, err := StoreIDs(db)
+					if err != nil {
+						t.Fatal(err)
+					}
+					out += fmt.Sprintf("stores %v\n", ids)
+				}
+				return out
+			case "split":
+				child := uint64(a.int("child"))
+				out := write(func(b *Batch) (string, error) {
+					sp, err := b.SplitOff(a.bytes("key"), child)
+					if err != nil {
+						return "", err
+					}
+					return fmt.Sprintf("child %s\n", fmtSpan(sp)), nil
+				})
+				if !strings.HasPrefix(out, "error") {
+					stores[child] = open(child)
+					out += fmt.Sprintf("parent %s\n", fmtSpan(s.Span()))
+				}
+				return out
+			case "use":
+				id := uint64(a.int("id"))
+				if stores[id] == nil {
+					d.Fatalf(t, "no store %d", id)
+				}
+				s = stores[id]
+				return fmt.Sprintf("store %d %s rev=%d compact=%d\n", id, fmtSpan(s.Span()), s.Rev(), s.CompactRev())
+			case "drop":
+				id := uint64(a.int("id"))
+				dropped := stores[id]
+				if dropped == nil {
+					d.Fatalf(t, "no store %d", id)
+				}
+				delete(stores, id)
+				span := dropped.Span()
+				b := db.NewBatch()
+				if err := DropSpan(b, id, span); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.Commit(pebble.Sync); err != nil {
+					t.Fatal(err)
+				}
+				b.Close()
+				owned := func(key []byte) bool {
+					for _, o := range stores {
+						if o.Span().Contains(key) {
+							return true
+						}
+					}
+					return false
+				}
+				chunk := int(a.int("chunk"))
+				if chunk == 0 {
+					chunk = 10000
+				}
+				chunks := 0
+				for from, more := Revision(0), true; more; chunks++ {
+					var err error
+					if from, more, err = SweepEvents(db, log, span, owned, from, chunk); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return fmt.Sprintf("dropped store %d %s in %d chunks\n", id, fmtSpan(span), chunks)
+			case "history":
+				to := Revision(a.int("to"))
+				if !d.HasArg("to") {
+					to = s.Rev()
+				}
+				var sb strings.Builder
+				if err := s.Events(Revision(a.int("from")), to, func(rev Revision, evs []*mvccpb.Event) bool {
+					for _, ev := range evs {
+						fmt.Fprintf(&sb, "%d: %s %s\n", rev, ev.Type, fmtKV(ev.Kv))
+					}
+					return true
+				}); err != nil {
+					return "error: " + err.Error() + "\n"
+				}
+				return sb.String()
 			default:
 				d.Fatalf(t, "unknown command %s", d.Cmd)
 				return ""
 			}
 		})
 	})
+}
+
+func fmtSpan(sp Span) string {
+	end := "∞"
+	if sp.End != nil {
+		end = fmtKey(sp.End)
+	}
+	return fmt.Sprintf("[%s,%s)", fmtKey(sp.Start), end)
 }
 
 type args struct {

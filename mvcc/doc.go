@@ -44,7 +44,19 @@
 // published compact revision (Batch.Commit publishes the compact revision
 // before the pebble commit and the current revision after it). Writes go
 // through one Batch at a time; the caller (the shard state machine)
-// serialises them. The package starts no goroutines and reads no clock.
+// serialises them. The event log's records are shared by the stores of a
+// DB, so every rewrite of an existing record (a restore, a compaction, a
+// sweep) holds the DB's one EventLog from its read to its commit. The
+// package starts no goroutines and reads no clock.
+//
+// # Dropping a store
+//
+// A member that no longer holds a range deletes its store's data in two
+// steps: DropSpan (its versions, by span, and its internal records, in one
+// batch with whatever else the caller drops), then SweepEvents, in chunks,
+// for its keys' entries in the shared event log (those no live store of
+// the DB owns). Both can be repeated after a crash and change nothing the
+// second time.
 //
 // # Non-goals
 //

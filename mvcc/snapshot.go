@@ -206,23 +206,40 @@ func (s *Store) Restore(r io.Reader) error {
 }
 
 // PendingRestore is a snapshot stream read and checked, not yet applied.
-// No Batch may commit between ReadSnapshot and Apply.
+// No Batch may commit between ReadSnapshot and Apply. It holds the DB's
+// EventLog from its read of the event log (the end of ReadSnapshot) to
+// Apply or Close: its rewrite of the records its span shares with other
+// stores must not race another rewrite of them.
 type PendingRestore struct {
 	s *Store
 	b *pebble.Batch
+	// held: the EventLog is still held (until Apply or Close).
+	held bool
 }
 
 // Apply commits the restore, atomically and durably, and reloads the
 // store's revisions. Reads racing it see the old state or the new one.
 func (p *PendingRestore) Apply() error {
-	if err := p.b.Commit(pebble.Sync); err != nil {
+	err := p.b.Commit(pebble.Sync)
+	p.release()
+	if err != nil {
 		return fmt.Errorf("mvcc: restore: %w", err)
 	}
 	return p.s.load()
 }
 
 // Close releases the pending restore (discarding it if not applied).
-func (p *PendingRestore) Close() { _ = p.b.Close() }
+func (p *PendingRestore) Close() {
+	p.release()
+	_ = p.b.Close()
+}
+
+func (p *PendingRestore) release() {
+	if p.held {
+		p.held = false
+		p.s.opts.EventLog.mu.Unlock()
+	}
+}
 
 // ReadSnapshot reads and verifies a snapshot stream into a pending restore
 // without changing the store, so reads keep being served while it streams.
@@ -231,7 +248,7 @@ func (s *Store) ReadSnapshot(r io.Reader) (*PendingRestore, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &PendingRestore{s: s, b: b}, nil
+	return &PendingRestore{s: s, b: b, held: true}, nil
 }
 
 func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
@@ -315,7 +332,10 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 	if _, err := io.ReadFull(sr.r, sum[:]); err != nil || binary.BigEndian.Uint32(sum[:]) != want {
 		return nil, fmt.Errorf("%w: checksum mismatch", ErrBadSnapshot)
 	}
+	// Held until the pending restore is applied or closed (on success).
+	s.opts.EventLog.mu.Lock()
 	if err := s.mergeEvents(b, incoming); err != nil {
+		s.opts.EventLog.mu.Unlock()
 		return nil, err
 	}
 	return b, nil
@@ -323,6 +343,7 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 
 // mergeEvents replaces this span's entries in the event log with incoming,
 // keeping other stores' entries at the same revisions.
+// REQUIRES: s.opts.EventLog held, until b commits.
 func (s *Store) mergeEvents(b *pebble.Batch, incoming map[Revision][]eventEntry) error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventsStart, UpperBound: eventsEnd})
 	if err != nil {

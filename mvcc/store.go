@@ -41,6 +41,11 @@ type Options struct {
 	// (the lessor's records): snapshots carry them verbatim and a restore
 	// replaces them, so they move with the store's data.
 	Carried []RawSpan
+	// EventLog is the lock over the DB's event log (NewEventLog), the same
+	// for every store of the DB; nil: a lock of this store's own, enough
+	// only while no other store of the DB restores, compacts or is swept
+	// concurrently with it.
+	EventLog *EventLog
 }
 
 // RawSpan is a range [Lo, Hi) of raw pebble keys.
@@ -78,6 +83,11 @@ type Store struct {
 func Open(db *pebble.DB, opts Options) (*Store, error) {
 	if err := checkComparer(db); err != nil {
 		return nil, err
+	}
+	if opts.EventLog == nil {
+		opts.EventLog = NewEventLog(db)
+	} else if opts.EventLog.db != db {
+		return nil, fmt.Errorf("mvcc: store %d opened with another DB's event log lock", opts.ID)
 	}
 	s := &Store{db: db, opts: opts}
 	if err := s.load(); err != nil {

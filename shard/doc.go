@@ -129,6 +129,15 @@
 // home as the router's lease fan-out asks it (Leads, AppliedIndex,
 // PendingRevokes).
 //
+// Replica records (local.go, kind 'r' in the member's pebble, never in a
+// snapshot or image) say which replicas the member holds and how far the
+// drop of one has gone. Set.Drop deletes a replica's data from the shared
+// pebble — raft data (the caller's RemoveRaftData), then one batch with the
+// store's versions, internal and lessor records, then a chunked sweep of
+// the shared event log under mvcc.EventLog — and Set.ResumeDrops finishes
+// a drop a crash interrupted, from the phase its record names. A replica
+// overlapping a drop under way starts after the drop's data batch.
+//
 // The apply of every request is specified by the scripts
 // testdata/apply*.txt (apply_test.go), one topic a file.
 //

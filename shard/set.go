@@ -2,6 +2,9 @@ package shard
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -11,6 +14,7 @@ import (
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 )
@@ -25,9 +29,12 @@ import (
 //	split of r2 at t makes r3     → r2 [m,t) r3 [t,)  (r3 not started)
 //	all (started)                 → r1 r2
 //
-// Concurrency: safe for concurrent use; mu guards ranges. A range's
-// descriptor is changed (Split) under mu, so a reader of the set sees the
-// parent shortened and the child after it together.
+// Concurrency: safe for concurrent use; mu guards ranges and drops. A
+// range's descriptor is changed (Split) under mu, so a reader of the set
+// sees the parent shortened and the child after it together. Lock order:
+// SetConfig.Events before mu (a sweep asks Owns holding the event log; Add
+// takes the event log, then mu); mu is never held while waiting for
+// anything.
 type Set struct {
 	cfg SetConfig
 
@@ -35,6 +42,28 @@ type Set struct {
 	// Invariant: ranges are in the order of their descriptors' start keys,
 	// and no two have the same id.
 	ranges []*Range // REQUIRES: mu
+	// drops are the drops of replicas' data under way (Drop, ResumeDrops),
+	// and those that failed before their data batch, by replica.
+	drops map[dropKey]*pendingDrop // REQUIRES: mu
+}
+
+type dropKey struct {
+	id      RangeID
+	replica ReplicaID
+}
+
+// pendingDrop is one replica's drop under way.
+type pendingDrop struct {
+	// key and span (the record's when the drop began) do not change.
+	key  dropKey
+	span mvcc.Span
+	// rec is the drop's record as it moves on; only the drop's goroutine
+	// uses it.
+	rec ReplicaRecord
+	// batched is closed once the drop's data batch is committed (ok) or
+	// the attempt failed before it (!ok); ok is written before.
+	batched chan struct{}
+	ok      bool
 }
 
 // SetConfig is what a member's Set needs to start replicas and to read
@@ -50,22 +79,50 @@ type SetConfig struct {
 	Target func(id uint64) dragonboat.Target
 	// Learner reports whether this member is a learner now; nil: never.
 	Learner func() bool
+	// Events is the event log lock of DB, the one the ranges' stores are
+	// opened with (Config.Events); Drop and ResumeDrops need it.
+	Events *mvcc.EventLog
 }
 
 // NewSet returns an empty set.
 func NewSet(cfg SetConfig) *Set { return &Set{cfg: cfg} }
 
 // Add puts r in the set in key order, replacing the range of the same id
-// if there is one.
+// if there is one. With SetConfig.Events it holds the event log while it
+// does, so that a sweep's chunk sees r's keys owned (Owns) throughout or
+// not at all: r's replica, started after Add, never writes an event
+// record a chunk read before Add and writes back after. It must not be
+// called by a goroutine whose batch holds the event log (a compaction not
+// yet committed).
 func (s *Set) Add(r *Range) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.ranges = slices.DeleteFunc(s.ranges, func(o *Range) bool { return o.ID() == r.ID() })
-	start := r.Descriptor().Start
-	i, _ := slices.BinarySearchFunc(s.ranges, start, func(o *Range, key []byte) int {
-		return bytes.Compare(o.Descriptor().Start, key)
-	})
-	s.ranges = slices.Insert(s.ranges, i, r)
+	add := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.ranges = slices.DeleteFunc(s.ranges, func(o *Range) bool { return o.ID() == r.ID() })
+		start := r.Descriptor().Start
+		i, _ := slices.BinarySearchFunc(s.ranges, start, func(o *Range, key []byte) int {
+			return bytes.Compare(o.Descriptor().Start, key)
+		})
+		s.ranges = slices.Insert(s.ranges, i, r)
+	}
+	if s.cfg.Events != nil {
+		s.cfg.Events.Do(add)
+	} else {
+		add()
+	}
+}
+
+// Owns reports whether key lies in the span of a range of the set, started
+// or still starting: whether a replica here owns its data.
+func (s *Set) Owns(key []byte) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, r := range s.ranges {
+		if SpanOf(r.Descriptor()).Contains(key) {
+			return true
+		}
+	}
+	return false
 }
 
 // Get returns this member's replica of range id, nil if there is none (or,
@@ -176,8 +233,16 @@ func FoundersOf(d *placementpb.RangeDescriptor) []uint64 {
 // whatever it is (a split it missed, joined late). A founder votes; a
 // member joining is a learner (IsNonVoting) while SetConfig.Learner says
 // so, as it is in range 1 (a member added as a voter is promoted at once).
+//
+// A replica of the range of a drop under way (Drop, ResumeDrops), or whose
+// span overlaps that drop's, waits for the drop's data batch before it
+// starts (which deletes the dropped store's records, the same keys as its
+// own if the range is the same), and fails if that drop failed before it.
 func (s *Set) Start(r *Range, cfg Config, raftCfg dbconfig.Config, founders, join bool) error {
 	d := r.Descriptor()
+	if err := s.waitDrops(RangeID(d.Id), SpanOf(d)); err != nil {
+		return err
+	}
 	cfg.Span = SpanOf(d)
 	var members map[uint64]dragonboat.Target
 	if founders && !join {
@@ -237,4 +302,240 @@ func LocalRanges(db *pebble.DB, self uint64, ranges []*placementpb.RangeDescript
 // pebble records it (ok false: none recorded).
 func (s *Set) StoredSpan(id RangeID) (sp mvcc.Span, ok bool, err error) {
 	return mvcc.StoredSpan(s.cfg.DB, uint64(id))
+}
+
+// RemoveRaftData removes this member's raft data of replica of range id
+// (dragonboat's SyncRemoveData): its log, snapshots and bootstrap record.
+// The replica is stopped. It must succeed again for data already removed,
+// since a drop resumed after a crash calls it again.
+type RemoveRaftData func(ctx context.Context, id RangeID, replica ReplicaID) error
+
+// sweepChunk is how many event log records a drop's sweep rewrites per
+// hold of the event log.
+const sweepChunk = 10000
+
+var errNoEventLog = errors.New("shard: dropping a replica's data needs SetConfig.Events")
+
+// Drop deletes this member's replica of range id and all of its data from
+// the member: the replica leaves the set; its record is marked dropping
+// (MarkDropping; a record is written from the set's range if there is
+// none); remove deletes its raft data; one batch deletes its store's
+// versions (of its span, less the spans of the set's other ranges), its
+// store's and its lessor's records and moves its record to DropSweeping;
+// then the event log is swept of its keys' entries that no range of the
+// set owns (Owns), in chunks; then the record is deleted. A crash or an
+// error anywhere leaves the record, and ResumeDrops goes on from it. The
+// replica must be stopped (dragonboat reported it deleted, or it was never
+// started since this process began).
+//
+//	r1 [,g) r2 [g,p) r3 [p,)   Drop(r2)
+//	→ marked · raft data gone · versions [g,p), 'm' 2, 'l' 2 gone · entries of [g,p) swept · record gone
+func (s *Set) Drop(ctx context.Context, id RangeID, remove RemoveRaftData) error {
+	if s.cfg.Events == nil {
+		return errNoEventLog
+	}
+	recs, err := Records(s.cfg.DB)
+	if err != nil {
+		return err
+	}
+	var rec *ReplicaRecord
+	for i := range recs {
+		if recs[i].Range == id && !recs[i].Dropping() {
+			rec = &recs[i]
+			break
+		}
+	}
+	if rec == nil {
+		r := s.Get(id, false)
+		if r == nil {
+			return fmt.Errorf("%w: range %d", ErrNoReplica, id)
+		}
+		rec = &ReplicaRecord{Range: id, Replica: r.cfg.ReplicaID, Span: SpanOf(r.Descriptor())}
+		if err := WriteRecord(s.cfg.DB, *rec); err != nil {
+			return err
+		}
+	}
+	d := s.beginDrops([]ReplicaRecord{*rec})[0]
+	marked, err := MarkDropping(s.cfg.DB, rec.Range, rec.Replica)
+	if err != nil {
+		s.failDrop(d)
+		return err
+	}
+	d.rec = marked
+	return s.runDrop(ctx, d, remove)
+}
+
+// ResumeDrops finishes every drop a record says is under way (after a
+// restart: before any replica starts), each from where its record says it
+// got to (Drop), and returns their errors joined.
+func (s *Set) ResumeDrops(ctx context.Context, remove RemoveRaftData) error {
+	if s.cfg.Events == nil {
+		return errNoEventLog
+	}
+	recs, err := Records(s.cfg.DB)
+	if err != nil {
+		return err
+	}
+	recs = slices.DeleteFunc(recs, func(r ReplicaRecord) bool { return !r.Dropping() })
+	var errs []error
+	for _, d := range s.beginDrops(recs) {
+		if err := s.runDrop(ctx, d, remove); err != nil {
+			errs = append(errs, fmt.Errorf("drop replica %d of range %d: %w", d.rec.Replica, d.rec.Range, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// beginDrops registers drops of recs (a failed one's registration is
+// replaced) and takes their replicas out of the set, so that nothing here
+// owns their keys from now on.
+func (s *Set) beginDrops(recs []ReplicaRecord) []*pendingDrop {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drops == nil {
+		s.drops = map[dropKey]*pendingDrop{}
+	}
+	out := make([]*pendingDrop, len(recs))
+	for i, rec := range recs {
+		d := &pendingDrop{key: dropKey{rec.Range, rec.Replica}, span: rec.Span, rec: rec, batched: make(chan struct{})}
+		s.drops[d.key] = d
+		s.ranges = slices.DeleteFunc(s.ranges, func(r *Range) bool {
+			return r.ID() == rec.Range && r.cfg.ReplicaID == rec.Replica
+		})
+		out[i] = d
+	}
+	return out
+}
+
+// failDrop records that d failed before its data batch: replicas that
+// overlap it must not start until a retry gets that far.
+func (s *Set) failDrop(d *pendingDrop) {
+	d.ok = false
+	close(d.batched)
+}
+
+func (s *Set) endDrop(d *pendingDrop) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drops[d.key] == d {
+		delete(s.drops, d.key)
+	}
+}
+
+// runDrop takes d on from its record's phase to its end.
+func (s *Set) runDrop(ctx context.Context, d *pendingDrop, remove RemoveRaftData) error {
+	if d.rec.Drop == DropMarked {
+		if err := remove(ctx, d.rec.Range, d.rec.Replica); err != nil {
+			s.failDrop(d)
+			return fmt.Errorf("shard: remove the raft data of replica %d of range %d: %w", d.rec.Replica, d.rec.Range, err)
+		}
+		if err := s.dropData(d); err != nil {
+			s.failDrop(d)
+			return err
+		}
+	}
+	d.ok = true
+	close(d.batched)
+	defer s.endDrop(d)
+	for from, more := mvcc.Revision(0), true; more; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var err error
+		if from, more, err = mvcc.SweepEvents(s.cfg.DB, s.cfg.Events, d.rec.Span, s.Owns, from, sweepChunk); err != nil {
+			return err
+		}
+	}
+	if err := s.cfg.DB.Delete(replicaKey(d.rec.Range, d.rec.Replica), pebble.Sync); err != nil {
+		return fmt.Errorf("shard: delete the record of replica %d of range %d: %w", d.rec.Replica, d.rec.Range, err)
+	}
+	return nil
+}
+
+// dropData commits d's data batch: the store's versions (of its span as the
+// store records it, or else as d's record has it, less every span of the
+// set), its and its lessor's records, and d's record in phase DropSweeping
+// with that span (what the sweep covers).
+func (s *Set) dropData(d *pendingDrop) error {
+	id := uint64(d.rec.Range)
+	span := d.rec.Span
+	if sp, ok, err := mvcc.StoredSpan(s.cfg.DB, id); err != nil {
+		return err
+	} else if ok {
+		span = sp
+	}
+	b := s.cfg.DB.NewBatch()
+	defer b.Close()
+	if err := mvcc.DropSpan(b, id, s.unowned(span)...); err != nil {
+		return err
+	}
+	if err := lease.DropStore(b, id); err != nil {
+		return err
+	}
+	d.rec.Drop, d.rec.Span = DropSweeping, span
+	if err := b.Set(replicaKey(d.rec.Range, d.rec.Replica), encodeReplicaRecord(d.rec), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("shard: drop the data of range %d: %w", id, err)
+	}
+	return nil
+}
+
+// unowned returns the parts of span that no range of the set covers, in
+// key order.
+func (s *Set) unowned(span mvcc.Span) []mvcc.Span {
+	s.mu.RLock()
+	owned := make([]mvcc.Span, 0, len(s.ranges))
+	for _, r := range s.ranges {
+		owned = append(owned, SpanOf(r.Descriptor()))
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(owned, func(a, b mvcc.Span) int { return bytes.Compare(a.Start, b.Start) })
+	var out []mvcc.Span
+	cur := span.Start
+	for _, o := range owned {
+		if !overlaps(mvcc.Span{Start: cur, End: span.End}, o) {
+			continue
+		}
+		if bytes.Compare(o.Start, cur) > 0 {
+			out = append(out, mvcc.Span{Start: cur, End: o.Start})
+		}
+		if o.End == nil {
+			return out
+		}
+		if bytes.Compare(o.End, cur) > 0 {
+			cur = o.End
+		}
+	}
+	if span.End == nil || bytes.Compare(cur, span.End) < 0 {
+		out = append(out, mvcc.Span{Start: cur, End: span.End})
+	}
+	return out
+}
+
+// overlaps reports whether spans a and b share a key.
+func overlaps(a, b mvcc.Span) bool {
+	return (b.End == nil || bytes.Compare(a.Start, b.End) < 0) && (a.End == nil || bytes.Compare(b.Start, a.End) < 0)
+}
+
+// waitDrops waits for the data batch of every drop under way of range id or
+// of a span overlapping span (Start).
+func (s *Set) waitDrops(id RangeID, span mvcc.Span) error {
+	s.mu.RLock()
+	var wait []*pendingDrop
+	for _, d := range s.drops {
+		if d.key.id == id || overlaps(d.span, span) {
+			wait = append(wait, d)
+		}
+	}
+	s.mu.RUnlock()
+	for _, d := range wait {
+		<-d.batched
+		if !d.ok {
+			return fmt.Errorf("shard: range %d cannot start: the drop of replica %d of range %d, which it overlaps, failed before its data batch",
+				id, d.key.replica, d.key.id)
+		}
+	}
+	return nil
 }

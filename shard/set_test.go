@@ -1,6 +1,10 @@
 package shard
 
 import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -8,8 +12,13 @@ import (
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 )
@@ -151,5 +160,355 @@ func TestLocalRanges(t *testing.T) {
 	}
 	if len(pending) != 1 || pending[0].Id != 3 {
 		t.Fatalf("pending = %v, want range 3", pending)
+	}
+}
+
+// dropScene builds, on db, two ranges with replica records (replica 5 of
+// range 1, replica 6 of range 2) and a Set holding both: range 1 counts
+// writes on both sides of "m" (so event records hold keys of both), with a
+// lease attaching keys of both; it splits at "m" into range 2; both write
+// stamped, and range 2 compacts (rewriting records it shares with range 1).
+// Range 1's keys contain "gone", range 2's "kept".
+func dropScene(t *testing.T, db *pebble.DB, events *mvcc.EventLog) (sm2 *StateMachine, set *Set) {
+	t.Helper()
+	open := func(id uint64, span mvcc.Span) *StateMachine {
+		s := Factory(Config{DB: db, Events: events, Span: span})(id, 1).(*StateMachine)
+		if _, err := s.Open(nil); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	sm1 := open(1, mvcc.Span{})
+	idx := uint64(0)
+	do := func(s *StateMachine, reqs ...*shardpb.Request) {
+		t.Helper()
+		idx++
+		for _, r := range apply(t, s, idx, reqs...) {
+			if e := r.GetError(); e != nil {
+				t.Fatalf("apply at %d: %v", idx, e)
+			}
+		}
+	}
+	do(sm1, putReq(t, "a-gone", "1", 0), putReq(t, "x-kept", "1", 0))
+	do(sm1, leaseReq(t, &pb.LeaseGrantRequest{ID: 7, TTL: 100}))
+	do(sm1, leaseReq(t, &pb.PutRequest{Key: []byte("b-gone"), Value: []byte("1"), Lease: 7}),
+		leaseReq(t, &pb.PutRequest{Key: []byte("y-kept"), Value: []byte("1"), Lease: 7}))
+	do(sm1, leaseReq(t, &pb.DeleteRangeRequest{Key: []byte("a"), RangeEnd: []byte("z")}))
+	do(sm1, putReq(t, "a-gone", "2", 0), putReq(t, "x-kept", "2", 0))
+	do(sm1, &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: []byte("m"), Child: 2}}})
+	sm2 = open(2, mvcc.Span{Start: []byte("m")})
+	do(sm2, leaseReq(t, &pb.LeaseGrantRequest{ID: 8, TTL: 100}))
+	do(sm2, leaseReq(t, &pb.PutRequest{Key: []byte("y-kept"), Value: []byte("3"), Lease: 8}))
+	do(sm1, putReq(t, "c-gone", "3", 100))
+	do(sm2, putReq(t, "x-kept", "3", 101))
+	do(sm1, putReq(t, "a-gone", "3", 102))
+	do(sm2, &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: marshalCompact(t, 4)}})
+	set = NewSet(SetConfig{DB: db, Events: events})
+	for _, d := range []*placementpb.RangeDescriptor{{Id: 1, End: []byte("m")}, {Id: 2, Start: []byte("m")}} {
+		replica := ReplicaID(4 + d.Id)
+		set.Add(NewRange(RangeConfig{ReplicaID: replica}, d, 0))
+		if err := WriteRecord(db, ReplicaRecord{Range: RangeID(d.Id), Replica: replica, Span: SpanOf(d)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sm2, set
+}
+
+func marshalCompact(t *testing.T, rev int64) []byte {
+	b, err := proto.Marshal(&pb.CompactionRequest{Revision: rev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// rangeState is everything of range 2 a drop of range 1 must leave as it
+// is: its keys, its history, its internal and lessor records, its
+// replica record. (Range 2 spans [m,).)
+func rangeState(t *testing.T, db *pebble.DB, id uint64) string {
+	t.Helper()
+	s := Factory(Config{DB: db, Span: mvcc.Span{Start: []byte("m")}})(id, 1).(*StateMachine)
+	if _, err := s.Open(nil); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "keys %s\n", keys(t, s))
+	if err := s.Events(s.CompactRev(), s.Rev(), func(rev mvcc.Revision, evs []*mvccpb.Event) bool {
+		for _, ev := range evs {
+			fmt.Fprintf(&b, "event %d %s %s=%s\n", rev, ev.Type, ev.Kv.Key, ev.Kv.Value)
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []byte{'m', 'l', 'r'} {
+		lo := binary.BigEndian.AppendUint64([]byte{kind}, id)
+		hi := binary.BigEndian.AppendUint64([]byte{kind}, id+1)
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for it.First(); it.Valid(); it.Next() {
+			fmt.Fprintf(&b, "record %x = %x\n", it.Key(), it.Value())
+		}
+		it.Close()
+	}
+	return b.String()
+}
+
+// leftOf lists what remains in db of range 1: its versions (keys with
+// "gone"), event records naming them, its internal, lessor and replica
+// records.
+func leftOf(t *testing.T, db *pebble.DB) []string {
+	t.Helper()
+	it, err := db.NewIter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	var left []string
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		switch {
+		case k[0] == 'k' && bytes.Contains(k, []byte("gone")):
+			left = append(left, fmt.Sprintf("version %q", k))
+		case k[0] == 'e' && bytes.Contains(it.Value(), []byte("gone")):
+			left = append(left, fmt.Sprintf("event record %x names %q", k, it.Value()))
+		case (k[0] == 'm' || k[0] == 'l' || k[0] == 'r') && len(k) >= 9 && binary.BigEndian.Uint64(k[1:9]) == 1:
+			left = append(left, fmt.Sprintf("record %q", k))
+		}
+	}
+	return left
+}
+
+// TestDropResumesAfterCrash: a drop of range 1 interrupted by a crash —
+// before its data batch (the raft data removal failed), or after it and
+// before its sweep — is finished by ResumeDrops on the reopened pebble:
+// nothing of range 1 is left, range 2 is as it was, and the raft data is
+// removed again only if the crash came before the batch.
+func TestDropResumesAfterCrash(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		beforeBatch bool
+	}{{"before the data batch", true}, {"before the sweep", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := vfs.NewCrashableMem()
+			db := openDB(t, fs)
+			_, set := dropScene(t, db, mvcc.NewEventLog(db))
+			want := rangeState(t, db, 2)
+			if len(leftOf(t, db)) == 0 {
+				t.Fatal("the scene has nothing of range 1")
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			err := set.Drop(ctx, 1, func(_ context.Context, id RangeID, replica ReplicaID) error {
+				if id != 1 || replica != 5 {
+					t.Errorf("remove the raft data of replica %d of range %d, want replica 5 of range 1", replica, id)
+				}
+				if tc.beforeBatch {
+					return errors.New("injected: the removal fails")
+				}
+				cancel() // the drop stops before its sweep
+				return nil
+			})
+			if err == nil {
+				t.Fatal("the interrupted drop returned no error")
+			}
+			if set.Owns([]byte("a-gone")) || !set.Owns([]byte("x-kept")) {
+				t.Fatal("after the drop began, the set still owns range 1's keys, or no longer range 2's")
+			}
+			crashed := fs.CrashClone(vfs.CrashCloneCfg{})
+			db.Close()
+
+			db = openDB(t, crashed)
+			defer db.Close()
+			recs, err := Records(db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantPhase := DropSweeping
+			if tc.beforeBatch {
+				wantPhase = DropMarked
+			}
+			if len(recs) != 2 || recs[0].Range != 1 || recs[0].Drop != wantPhase || recs[1].Dropping() {
+				t.Fatalf("records after the crash: %+v, want range 1 in phase %d and range 2 not dropping", recs, wantPhase)
+			}
+			if len(leftOf(t, db)) == 0 {
+				t.Fatal("the crash left nothing of range 1 for the resumed drop to do")
+			}
+			set = NewSet(SetConfig{DB: db, Events: mvcc.NewEventLog(db)})
+			set.Add(NewRange(RangeConfig{ReplicaID: 6}, &placementpb.RangeDescriptor{Id: 2, Start: []byte("m")}, 0))
+			removed := 0
+			if err := set.ResumeDrops(context.Background(), func(_ context.Context, id RangeID, replica ReplicaID) error {
+				if id != 1 || replica != 5 {
+					t.Errorf("remove the raft data of replica %d of range %d, want replica 5 of range 1", replica, id)
+				}
+				removed++
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if wantRemoved := map[bool]int{true: 1, false: 0}[tc.beforeBatch]; removed != wantRemoved {
+				t.Fatalf("the resumed drop removed raft data %d times, want %d", removed, wantRemoved)
+			}
+			if left := leftOf(t, db); len(left) > 0 {
+				t.Fatalf("left of range 1 after the resumed drop:\n%s", strings.Join(left, "\n"))
+			}
+			if got := rangeState(t, db, 2); got != want {
+				t.Fatalf("range 2 after the drop:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+// TestDropNeverTouchesOwnedSpan: the record of a dropped range may name a
+// span wider than its store's (here the whole key space, where its store
+// has [,m) and range 2 owns [m,)); the drop deletes nothing of a span a
+// range of the set owns, and a replica that overlaps a drop under way
+// starts only after the drop's data batch.
+func TestDropNeverTouchesOwnedSpan(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	defer db.Close()
+	events := mvcc.NewEventLog(db)
+	_, set := dropScene(t, db, events)
+	if err := WriteRecord(db, ReplicaRecord{Range: 1, Replica: 5, Span: mvcc.Span{Start: []byte{}}}); err != nil {
+		t.Fatal(err)
+	}
+	// Without the split's record of its span, the store's span is the
+	// record's as far as the drop can tell.
+	b := db.NewBatch()
+	if err := b.Delete(append(binary.BigEndian.AppendUint64([]byte{'m'}, 1), "span"...), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	want := rangeState(t, db, 2)
+
+	release := make(chan struct{})
+	removing := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- set.Drop(context.Background(), 1, func(context.Context, RangeID, ReplicaID) error {
+			close(removing)
+			<-release
+			return nil
+		})
+	}()
+	<-removing
+	// A replica over [g,p) waits for the drop's data batch.
+	waited := make(chan error, 1)
+	go func() { waited <- set.waitDrops(3, mvcc.Span{Start: []byte("g"), End: []byte("p")}) }()
+	select {
+	case err := <-waited:
+		t.Fatalf("a replica overlapping the drop did not wait for its data batch (%v)", err)
+	default:
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	if left := leftOf(t, db); len(left) > 0 {
+		t.Fatalf("left of range 1 after the drop:\n%s", strings.Join(left, "\n"))
+	}
+	if got := rangeState(t, db, 2); got != want {
+		t.Fatalf("range 2 after the drop:\n%s\nwant:\n%s", got, want)
+	}
+	if recs, err := Records(db); err != nil || len(recs) != 1 || recs[0].Range != 2 {
+		t.Fatalf("records after the drop: %+v %v, want range 2's", recs, err)
+	}
+	if set.Get(1, false) != nil || set.Get(2, false) == nil {
+		t.Fatal("the set after the drop does not hold exactly range 2")
+	}
+}
+
+// TestReplicaRecordsStayLocal: replica records are the member's own: no
+// snapshot of a range (SaveSnapshot) and no image of the member's ranges
+// (WriteImageBackup) carries them, and a restore of either brings none.
+func TestReplicaRecordsStayLocal(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	defer db.Close()
+	sm2, _ := dropScene(t, db, mvcc.NewEventLog(db))
+	if err := WriteRecord(db, ReplicaRecord{Range: 2, Replica: 9, Drop: DropMarked, Span: mvcc.Span{Start: []byte("m")}}); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := Records(db)
+	if err != nil || len(recs) != 3 {
+		t.Fatalf("records %+v %v, want 3", recs, err)
+	}
+	snap, err := sm2.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	if err := sm2.SaveSnapshot(snap, &stream, nil); err != nil {
+		t.Fatal(err)
+	}
+	var image bytes.Buffer
+	pin := db.NewSnapshot()
+	if _, err := WriteImageBackup(pin, 1, sm2.Rev(), &image); err != nil {
+		t.Fatal(err)
+	}
+	pin.Close()
+	for name, out := range map[string][]byte{"snapshot": stream.Bytes(), "image": image.Bytes()} {
+		for _, rec := range recs {
+			if bytes.Contains(out, replicaKey(rec.Range, rec.Replica)) {
+				t.Errorf("the %s carries the record of replica %d of range %d", name, rec.Replica, rec.Range)
+			}
+		}
+		fresh := openDB(t, vfs.NewMem())
+		var err error
+		if name == "snapshot" {
+			s := Factory(Config{DB: fresh, Span: mvcc.Span{Start: []byte("m")}})(2, 1).(*StateMachine)
+			if _, err = s.Open(nil); err == nil {
+				err = s.RecoverFromSnapshot(bytes.NewReader(out), nil)
+			}
+		} else {
+			_, err = RestoreBackup(fresh, 1, bytes.NewReader(out))
+		}
+		if err != nil {
+			t.Fatalf("restore the %s: %v", name, err)
+		}
+		if got, err := Records(fresh); err != nil || len(got) != 0 {
+			t.Errorf("restoring the %s made records %+v (%v)", name, got, err)
+		}
+		fresh.Close()
+	}
+}
+
+// TestReplicaRecordCodec: records read back as written, in (range,
+// replica) order.
+func TestReplicaRecordCodec(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	defer db.Close()
+	in := []ReplicaRecord{
+		{Range: 1, Replica: 3, Span: mvcc.Span{Start: []byte{}}},
+		{Range: 1, Replica: 7, Learner: true, Drop: DropSweeping, Span: mvcc.Span{Start: []byte("a\x00"), End: []byte("q")}},
+		{Range: 2, Replica: 1, Drop: DropMarked, Span: mvcc.Span{Start: []byte("q"), End: []byte{0xff}}},
+	}
+	for _, i := range []int{2, 0, 1} {
+		if err := WriteRecord(db, in[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := Records(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", in) {
+		t.Fatalf("records = %+v, want %+v", got, in)
+	}
+	if rec, err := MarkDropping(db, 1, 3); err != nil || rec.Drop != DropMarked {
+		t.Fatalf("MarkDropping = %+v %v", rec, err)
+	}
+	if rec, err := MarkDropping(db, 1, 7); err != nil || rec.Drop != DropSweeping {
+		t.Fatalf("MarkDropping of a record further on = %+v %v, want it as it is", rec, err)
+	}
+	if _, err := MarkDropping(db, 3, 1); !errors.Is(err, ErrNoReplica) {
+		t.Fatalf("MarkDropping of no record: %v", err)
 	}
 }

@@ -28,6 +28,9 @@ const appliedKey = "applied-index"
 type Config struct {
 	// DB is the node's pebble, shared by every shard on the node.
 	DB *pebble.DB
+	// Events is DB's event log lock (mvcc.NewEventLog), the same for every
+	// shard on the node; nil: the store's own (mvcc.Options.EventLog).
+	Events *mvcc.EventLog
 	// Span is the range of user keys; {nil, nil} is the whole key space.
 	Span mvcc.Span
 	// Sharded makes the shard a range of sharded mode (DESIGN.md "Keys,
@@ -128,7 +131,7 @@ func Factory(cfg Config) sm.CreateOnDiskStateMachineFunc {
 
 func (s *StateMachine) storeOptions(leases mvcc.LeaseChecker) mvcc.Options {
 	lo, hi := lease.RecordBounds(s.shardID)
-	return mvcc.Options{ID: s.shardID, Span: s.cfg.Span, Leases: leases, Carried: []mvcc.RawSpan{{Lo: lo, Hi: hi}}}
+	return mvcc.Options{ID: s.shardID, Span: s.cfg.Span, Leases: leases, Carried: []mvcc.RawSpan{{Lo: lo, Hi: hi}}, EventLog: s.cfg.Events}
 }
 
 func (s *StateMachine) now() time.Time {

@@ -360,3 +360,29 @@ func TestPeerTLSCluster(t *testing.T) {
 		t.Errorf("a member with another CA's peer certificate joined")
 	}
 }
+
+// TestTLSConfigRefused: as etcd, an https:// URL without a certificate,
+// and inconsistent TLS versions, refuse to start.
+func TestTLSConfigRefused(t *testing.T) {
+	for name, tc := range map[string]struct {
+		cfg  node.Config
+		want string
+	}{
+		"https client URL without a certificate": {node.Config{ListenClientURLs: []string{"https://127.0.0.1:0"}},
+			"--cert-file, --key-file"},
+		"https peer URL without a certificate": {node.Config{ListenPeerURLs: []string{"https://127.0.0.1:0"}},
+			"--peer-cert-file, --peer-key-file"},
+		"min above max": {node.Config{TLSMinVersion: "TLS1.3", TLSMaxVersion: "TLS1.2"}, "greater than max version"},
+		"cipher suites with TLS 1.3 only": {node.Config{TLSMinVersion: "TLS1.3",
+			CipherSuites: []string{"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"}}, "cipher suites cannot be configured"},
+	} {
+		tc.cfg.DataDir = t.TempDir()
+		n, err := node.Start(context.Background(), tc.cfg)
+		if err == nil {
+			n.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error mentioning %q", name, err, tc.want)
+		}
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/lni/dragonboat/v4/raftio"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/soheilhy/cmux"
+	"go.etcd.io/etcd/client/pkg/v3/tlsutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -142,6 +143,18 @@ type Config struct {
 	// --listen-metrics-urls); the client URLs serve them too. Port 0
 	// picks a free port; Node.MetricsURLs reports what was bound.
 	ListenMetricsURLs []string
+	// ClientTLS is TLS on the https:// and unixs:// client URLs, PeerTLS
+	// on an https:// peer URL (tls.go, peer.go).
+	ClientTLS, PeerTLS TLS
+	// CipherSuites, TLSMinVersion and TLSMaxVersion apply to both sides
+	// (etcd's --cipher-suites, --tls-min-version, --tls-max-version; as
+	// etcd's names, "TLS1.2", "TLS1.3"): the defaults are Go's suites, TLS
+	// 1.2 and Go's highest version.
+	CipherSuites                 []string
+	TLSMinVersion, TLSMaxVersion string
+	// SelfSignedCertValidity is the validity in years of the certificates
+	// --auto-tls and --peer-auto-tls make; default 1.
+	SelfSignedCertValidity uint
 
 	// compactionClock drives automatic compaction (router.StartCompactor);
 	// nil is the wall clock. Tests inject a fake one.
@@ -183,6 +196,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.TLSMinVersion == "" {
+		c.TLSMinVersion = string(tlsutil.TLSVersion12)
+	}
+	if c.SelfSignedCertValidity == 0 {
+		c.SelfSignedCertValidity = 1
+	}
 	if c.HeartbeatInterval < rttMillisecond*time.Millisecond {
 		return c, fmt.Errorf("node: --heartbeat-interval %v is below the %dms raft tick", c.HeartbeatInterval, rttMillisecond)
 	}
@@ -212,6 +231,9 @@ func (c Config) withDefaults() (Config, error) {
 			return c, err
 		}
 	}
+	if _, err := c.checkTLS(); err != nil {
+		return c, err
+	}
 	return c, nil
 }
 
@@ -221,8 +243,12 @@ func hostPort(raw string) (string, error) {
 	if err != nil || u.Host == "" {
 		return "", fmt.Errorf("node: invalid URL %q: want scheme://host:port", raw)
 	}
-	if u.Scheme != "http" && u.Scheme != "unix" {
-		return "", fmt.Errorf("node: URL %q: only http:// is supported yet (TLS comes with auth)", raw)
+	switch u.Scheme {
+	case "http", "https":
+	case "unix", "unixs":
+		return u.Host + u.Path, nil // a socket file's name, as etcd's
+	default:
+		return "", fmt.Errorf("node: URL %q: want http://, https://, unix:// or unixs://", raw)
 	}
 	if _, _, err := net.SplitHostPort(u.Host); err != nil {
 		return "", fmt.Errorf("node: URL %q: %v", raw, err)
@@ -289,6 +315,12 @@ type Node struct {
 	stop      chan struct{} // closed by Close: stops the watch pump
 	grpc      *grpc.Server
 	http      *http.Server
+	// tls is the TLS settings both sides share; peer the peer port's TLS,
+	// peerGRPC its gRPC server and peerL what that serves (peer.go).
+	tls      tlsSettings
+	peer     peerSide
+	peerGRPC *grpc.Server
+	peerL    net.Listener
 	// metrics is the node's registry and collectors (metrics.go);
 	// metricsHTTP serve metricsURL, the bound --listen-metrics-urls.
 	metrics     *metrics
@@ -350,6 +382,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger}
+	if n.tls, err = cfg.checkTLS(); err != nil {
+		return nil, err
+	}
 	if err := n.start(ctx); err != nil {
 		_ = n.Close()
 		return nil, err
@@ -457,7 +492,7 @@ func (n *Node) identify() (boot, error) {
 	}
 	n.peerURLs = cfg.InitialAdvertisePeerURLs
 	if len(n.peerURLs) == 0 {
-		n.peerURLs = []string{"http://" + peer}
+		n.peerURLs = []string{schemeOf(cfg.ListenPeerURLs[0]) + "://" + peer}
 	}
 	raftAddr, err := hostPort(n.peerURLs[0])
 	if err != nil {
@@ -569,13 +604,29 @@ func (n *Node) openStore(b boot) error {
 func (n *Node) startRaft(b boot) error {
 	cfg := n.cfg
 	var err error
+	if n.peer, err = n.peerTLS(); err != nil {
+		return err
+	}
+	// Dragonboat listens on a loopback port of its own; the peer port is
+	// Cairn's, which passes raft's connections on to it (peer.go).
+	raftListen, err := resolvePort("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	if n.peerL, err = n.listenPeer(b.peer, raftListen); err != nil {
+		return err
+	}
 	n.nhConfig = dbconfig.NodeHostConfig{
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
 		RTTMillisecond:    rttMillisecond,
 		RaftAddress:       b.raftAddr,
-		ListenAddress:     b.peer,
+		ListenAddress:     raftListen,
 		Expert:            dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport, NodeRegistryFactory: n.peers},
 		RaftEventListener: leaderListener{n},
+	}
+	if n.peer.raftTLS {
+		n.nhConfig.MutualTLS = true
+		n.nhConfig.CAFile, n.nhConfig.CertFile, n.nhConfig.KeyFile = cfg.PeerTLS.TrustedCAFile, cfg.PeerTLS.CertFile, cfg.PeerTLS.KeyFile
 	}
 	if n.nh, err = dragonboat.NewNodeHost(n.nhConfig); err != nil {
 		return fmt.Errorf("node: start raft: %w", err)
@@ -644,7 +695,11 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	if cfg.Sharded {
 		span = shard.SpanOf(ranges[0])
 	}
-	n.conns = router.NewMemberConns(n.memberAddr)
+	creds, err := n.peerCreds()
+	if err != nil {
+		return err
+	}
+	n.conns = router.NewMemberConns(n.peerAddr, creds)
 	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.conns.Dial)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
 	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
@@ -826,17 +881,23 @@ func (n *Node) serve() error {
 		Retention: cfg.AutoCompactionRetention, Clock: cfg.compactionClock, Log: n.log}); err != nil {
 		return err
 	}
-	n.grpc = grpc.NewServer(rs.GRPCOptions()...)
+	// TLS is the listeners' (tls.go); the credentials show it to handlers.
+	n.grpc = grpc.NewServer(append(rs.GRPCOptions(), grpc.Creds(tlsStateCreds{}))...)
 	rs.Register(n.grpc)
 	// The node-to-node service (sharded mode; in single-group mode it
-	// answers that it needs sharded mode).
+	// answers that it needs sharded mode): whole on the peer port, to
+	// members only, and its operator call alone on the client port.
 	mcfg := router.MemberConfig{Sharded: cfg.Sharded, Ranges: n.rangeSet, Side: n.side, Splitter: n.splitter,
 		CompactLog: n.reconfig.CompactLog}
 	if n.alloc != nil {
 		mcfg.Oracle = n.alloc
 	}
 	n.member = router.NewMember(mcfg)
-	rs.RegisterInternal(n.grpc, n.member)
+	rs.RegisterOperator(n.grpc, n.member)
+	n.peerGRPC = n.newPeerServer(rs.PeerGRPCOptions(peerGate{n}))
+	rs.RegisterPeer(n.peerGRPC, n.member)
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); _ = n.peerGRPC.Serve(n.peerL) }()
 	n.metrics.grpc.InitializeMetrics(n.grpc) // every method's series from 0, as etcd
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.grpc.Serve(n.selfL) }()
@@ -848,16 +909,18 @@ func (n *Node) serve() error {
 		return err
 	}
 
+	info, err := n.clientTLS()
+	if err != nil {
+		return err
+	}
 	for _, raw := range cfg.ListenClientURLs {
-		addr, _ := hostPort(raw)
-		l, err := net.Listen("tcp", addr)
+		l, tl, bound, err := n.listenClient(raw, info)
 		if err != nil {
-			return fmt.Errorf("node: listen on client URL %s: %w", raw, err)
+			return err
 		}
-		n.clientURL = append(n.clientURL, "http://"+l.Addr().String())
-		tl := &trackingListener{Listener: l, conns: map[net.Conn]struct{}{}}
+		n.clientURL = append(n.clientURL, bound)
 		n.listeners = append(n.listeners, tl)
-		m := cmux.New(tl)
+		m := cmux.New(l)
 		grpcL := m.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
 		httpL := m.Match(cmux.Any())
 		n.muxes = append(n.muxes, m)
@@ -936,6 +999,9 @@ func (n *Node) Close() error {
 			case <-time.After(2 * time.Second):
 				n.grpc.Stop()
 			}
+		}
+		if n.peerGRPC != nil {
+			n.peerGRPC.Stop() // the members calling try elsewhere
 		}
 		if n.selfL != nil {
 			_ = n.selfL.Close() // the gRPC server closed it if it served it

@@ -5,29 +5,36 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cairn-kv/cairn/placement"
 )
 
-// MemberConns dials the other members' client ports (the node-to-node
-// service, and etcd's for the lease requests only a leader answers): one
+// MemberConns dials the other members' peer ports (the node-to-node
+// service, and etcd's Lease service for the lease requests only a leader
+// answers; RegisterPeer), with the peer port's transport credentials: one
 // connection per address, kept until Close.
 //
 // Concurrency: safe for concurrent use; mu guards conns.
 type MemberConns struct {
-	// addr finds a member's client address (host:port).
+	// addr finds a member's peer address (host:port).
 	addr  func(member placement.NodeID) (string, error)
+	creds credentials.TransportCredentials
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn // REQUIRES: mu
 }
 
-// NewMemberConns returns the connections to the members that addr finds.
-func NewMemberConns(addr func(member placement.NodeID) (string, error)) *MemberConns {
-	return &MemberConns{addr: addr}
+// NewMemberConns returns the connections to the members that addr finds,
+// made with creds (the peer TLS client's); nil creds dial without TLS.
+func NewMemberConns(addr func(member placement.NodeID) (string, error), creds credentials.TransportCredentials) *MemberConns {
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	return &MemberConns{addr: addr, creds: creds}
 }
 
-// Conn returns a connection to member's client address.
+// Conn returns a connection to member's peer address.
 func (c *MemberConns) Conn(member placement.NodeID) (*grpc.ClientConn, error) {
 	target, err := c.addr(member)
 	if err != nil {
@@ -38,7 +45,7 @@ func (c *MemberConns) Conn(member placement.NodeID) (*grpc.ClientConn, error) {
 	if cc := c.conns[target]; cc != nil {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(c.creds))
 	if err != nil {
 		return nil, fmt.Errorf("router: dial member %x at %s: %w", uint64(member), target, err)
 	}

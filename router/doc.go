@@ -23,7 +23,7 @@
 // proposes grants (picking a random positive id when asked for id 0, as
 // etcd) and revokes; keepalive, time-to-live and the lease list are
 // answered by the primary lessor on the shard's leader, so a member that
-// does not lead forwards them to the leader's client port. The Cluster
+// does not lead forwards them to the leader's peer port. The Cluster
 // service changes raft membership through the node (Membership); the
 // Maintenance service adds HashKV, MoveLeader, Defragment, Alarm (with
 // etcd's quota check before every write that adds data) and Snapshot

@@ -24,7 +24,7 @@ import (
 // write, answer at a closed revision) or only the placement group's leader
 // may do (hand out revisions) is sent to the member that leads, over the
 // node-to-node service (internalpb.Node, served by internal.go on every
-// member's client port). A refusal or failure there comes back in the
+// member's peer port, peer.go). A refusal or failure there comes back in the
 // response's Error field and is turned back into the Go error it was
 // (decodeError): a state machine's refusal as *shard.Error, a refusal of
 // keys outside the range as *shard.OutsideRangeError with the range's

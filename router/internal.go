@@ -19,7 +19,8 @@ import (
 )
 
 // The node-to-node service (internalpb.Node), served on every member's
-// client port beside etcd's services: the leader's side of forwarding
+// peer port to members only (peer.go; the client port serves SplitRange
+// alone): the leader's side of forwarding
 // (forward.go), the oracle, the side channel of closed revisions, and the
 // admin calls behind `cairn range split`. Refusals travel in the
 // responses' Error fields (encodeError); only SplitRange, which the cairn

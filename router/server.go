@@ -100,7 +100,7 @@ type Config struct {
 	// Lessor serves the Lease service (with the Shard for grants and
 	// revokes); nil leaves it unregistered.
 	Lessor Lessor
-	// Members dials the other members' client ports: the lease requests
+	// Members dials the other members' peer ports: the lease requests
 	// only the shard's leader's lessor answers (keepalive, time-to-live,
 	// list) go to the member leading it; nil serves them locally only.
 	Members *MemberConns

@@ -16,8 +16,7 @@ import (
 
 // TestConfigFile: --config-file reads etcd's YAML schema (testdata/
 // etcd.conf.yml, which etcd itself loads: tests/compat) into the same
-// node.Config the flags give; the TLS maps become the TLS flags (ignored,
-// with the file as their source), empty values and false for an ignored
+// node.Config the flags give; the TLS maps become the TLS flags, empty values and false for an ignored
 // flag are left out, an unknown key is a warning; the other flags and
 // ETCD_* variables are ignored, as etcd does, whether the file comes from
 // the command line or ETCD_CONFIG_FILE.
@@ -38,7 +37,9 @@ func TestConfigFile(t *testing.T) {
 	want.EnablePprof = true
 	wantLog := node.LogConfig{Level: slog.LevelDebug, Format: "console", Outputs: []string{"stderr", "/var/log/m1.log"},
 		RotationJSON: node.DefaultLogRotationJSON}
-	wantIgnored := []string{"cert-file=/etc/m1.crt", "max-snapshots=5", "peer-cert-allowed-cn=m", "peer-trusted-ca-file=/etc/ca.crt"}
+	want.ClientTLS.CertFile = "/etc/m1.crt"
+	want.PeerTLS.TrustedCAFile, want.PeerTLS.AllowedCNs = "/etc/ca.crt", []string{"m"}
+	wantIgnored := []string{"max-snapshots=5"}
 
 	for _, tc := range []struct{ args, env []string }{
 		{[]string{"--name", "other", "--config-file", file, "--log-level", "error"}, []string{"ETCD_DATA_DIR=/elsewhere"}},

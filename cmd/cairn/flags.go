@@ -86,6 +86,8 @@ type rawFlags struct {
 	singleGroup                                              bool
 	splitKeys                                                string
 	listenMetrics                                            string
+	// TLS flags that are lists.
+	cipherSuites, peerAllowedCN, peerAllowedHostname string
 }
 
 // newFlagSet defines every etcd server flag on a new flag set: the
@@ -98,8 +100,8 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	// Member.
 	fs.StringVar(&r.cfg.Name, "name", "", "member name, unique in the cluster (default \"default\")")
 	fs.StringVar(&r.cfg.DataDir, "data-dir", "", "directory for the member's raft log and store (default \"<name>.cairn\")")
-	fs.StringVar(&r.listenClient, "listen-client-urls", "", "comma-separated http:// URLs serving clients, gRPC and HTTP on one port (default http://127.0.0.1:2379)")
-	fs.StringVar(&r.listenPeer, "listen-peer-urls", "", "comma-separated http:// URLs for raft traffic between members; the first one is bound (default http://127.0.0.1:2380)")
+	fs.StringVar(&r.listenClient, "listen-client-urls", "", "comma-separated http://, https://, unix:// or unixs:// URLs serving clients, gRPC and HTTP on one port (default http://127.0.0.1:2379)")
+	fs.StringVar(&r.listenPeer, "listen-peer-urls", "", "comma-separated http:// or https:// URLs for raft and node-to-node traffic between members; the first one is bound (default http://127.0.0.1:2380)")
 	fs.Uint64Var(&r.cfg.SnapshotCount, "snapshot-count", 0, "applied raft entries between snapshots that let the raft log be truncated (default 10000)")
 	fs.UintVar(&r.heartbeatMS, "heartbeat-interval", 0, "raft heartbeat interval in milliseconds, a multiple of 10 (default 100)")
 	fs.UintVar(&r.electionMS, "election-timeout", 0, "raft election timeout in milliseconds, at least 5 heartbeats (default 1000)")
@@ -119,6 +121,26 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.cfg.InitialCluster, "initial-cluster", "", "founding members as name=peer-URL pairs, comma-separated (default this member alone)")
 	fs.StringVar(&r.cfg.InitialClusterState, "initial-cluster-state", "", "new to found a cluster, existing to join one after a MemberAdd; read at the first start only (default new)")
 	fs.StringVar(&r.cfg.InitialClusterToken, "initial-cluster-token", "", "name that sets this cluster apart from others started with the same members; it seeds the cluster and member ids")
+
+	// Security (node.TLS).
+	fs.StringVar(&r.cfg.ClientTLS.CertFile, "cert-file", "", "client TLS certificate, served on https:// and unixs:// client URLs")
+	fs.StringVar(&r.cfg.ClientTLS.KeyFile, "key-file", "", "client TLS key")
+	fs.StringVar(&r.cfg.ClientTLS.TrustedCAFile, "trusted-ca-file", "", "CA verifying client certificates; given, a client certificate is required")
+	fs.BoolVar(&r.cfg.ClientTLS.ClientCertAuth, "client-cert-auth", false, "require a verified client certificate on TLS client URLs")
+	fs.StringVar(&r.cfg.ClientTLS.CRLFile, "client-crl-file", "", "certificate revocation list refusing client certificates")
+	fs.BoolVar(&r.cfg.ClientTLS.AutoTLS, "auto-tls", false, "serve TLS client URLs with a self-signed certificate when --cert-file is not given")
+	fs.StringVar(&r.cfg.PeerTLS.CertFile, "peer-cert-file", "", "peer TLS certificate, served on an https:// peer URL and presented to other members")
+	fs.StringVar(&r.cfg.PeerTLS.KeyFile, "peer-key-file", "", "peer TLS key")
+	fs.StringVar(&r.cfg.PeerTLS.TrustedCAFile, "peer-trusted-ca-file", "", "CA verifying the members' certificates; raft traffic is encrypted only with it, --peer-cert-file and --peer-key-file")
+	fs.BoolVar(&r.cfg.PeerTLS.ClientCertAuth, "peer-client-cert-auth", false, "require a verified certificate of members calling this one")
+	fs.StringVar(&r.cfg.PeerTLS.CRLFile, "peer-crl-file", "", "certificate revocation list refusing peer certificates (checked on the node-to-node service, not by the raft transport)")
+	fs.BoolVar(&r.cfg.PeerTLS.AutoTLS, "peer-auto-tls", false, "serve the peer URL with a self-signed certificate when --peer-cert-file is not given (raft traffic then stays unencrypted)")
+	fs.StringVar(&r.peerAllowedCN, "peer-cert-allowed-cn", "", "comma-separated common names a member's certificate must have one of (checked on the node-to-node service)")
+	fs.StringVar(&r.peerAllowedHostname, "peer-cert-allowed-hostname", "", "comma-separated host names a member's certificate must be valid for one of (checked on the node-to-node service)")
+	fs.UintVar(&r.cfg.SelfSignedCertValidity, "self-signed-cert-validity", 0, "validity in years of the certificates --auto-tls and --peer-auto-tls make (default 1)")
+	fs.StringVar(&r.cipherSuites, "cipher-suites", "", "comma-separated TLS cipher suites, client and peer (default Go's)")
+	fs.StringVar(&r.cfg.TLSMinVersion, "tls-min-version", "", "least TLS version accepted: TLS1.2 or TLS1.3 (default TLS1.2)")
+	fs.StringVar(&r.cfg.TLSMaxVersion, "tls-max-version", "", "highest TLS version accepted: TLS1.2 or TLS1.3 (default Go's)")
 
 	// Logging and the rest.
 	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, etcd's structured logs (default zap)")
@@ -217,6 +239,9 @@ func parseFlags(args, environ []string) (options, error) {
 	o.cfg.ListenPeerURLs = splitURLs(r.listenPeer)
 	o.cfg.InitialAdvertisePeerURLs = splitURLs(r.advertisePeer)
 	o.cfg.ListenMetricsURLs = splitURLs(r.listenMetrics)
+	o.cfg.CipherSuites = splitURLs(r.cipherSuites)
+	o.cfg.PeerTLS.AllowedCNs = splitURLs(r.peerAllowedCN)
+	o.cfg.PeerTLS.AllowedHostnames = splitURLs(r.peerAllowedHostname)
 	if o.cfg.HeartbeatInterval, err = millis("heartbeat-interval", r.heartbeatMS); err != nil {
 		return options{}, err
 	}
@@ -395,13 +420,10 @@ var ignoredFlags = []struct {
 	boolean bool
 	names   []string
 }{
-	{"TLS is not implemented yet", false, []string{
-		"cert-file", "key-file", "client-cert-file", "client-key-file", "client-crl-file", "client-cert-allowed-hostname",
-		"trusted-ca-file", "peer-cert-file", "peer-key-file", "peer-client-cert-file", "peer-client-key-file",
-		"peer-trusted-ca-file", "self-signed-cert-validity", "peer-crl-file", "peer-cert-allowed-cn",
-		"peer-cert-allowed-hostname", "cipher-suites", "tls-min-version", "tls-max-version"}},
-	{"TLS is not implemented yet", true, []string{
-		"client-cert-auth", "auto-tls", "peer-client-cert-auth", "peer-auto-tls", "peer-skip-client-san-verification"}},
+	{"separate client certificates and allowed client host names are not implemented yet", false, []string{
+		"client-cert-file", "client-key-file", "client-cert-allowed-hostname", "peer-client-cert-file", "peer-client-key-file"}},
+	{"peer certificates are not checked against the caller's address", true, []string{
+		"peer-skip-client-san-verification"}},
 	{"authentication is not implemented yet", false, []string{"auth-token", "bcrypt-cost", "auth-token-ttl"}},
 	{"discovery is not supported; name the founding members with --initial-cluster", false, []string{
 		"discovery-endpoints", "discovery-token", "discovery-dial-timeout", "discovery-request-timeout",

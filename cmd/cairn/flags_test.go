@@ -288,7 +288,7 @@ func TestIgnoredFlags(t *testing.T) {
 		"--cors", "http://a", "--cors=http://b", // twice
 		"--enable-grpc-gateway", // boolean: takes no value, so --name below is a flag
 		"--name", "m1",
-		"-auto-tls=false",
+		"-peer-skip-client-san-verification=false",
 		"--discovery-password", "hunter2",
 		"--snapshot", // etcd's own ignored list
 	}
@@ -301,10 +301,10 @@ func TestIgnoredFlags(t *testing.T) {
 		t.Fatalf("name %q, data dir %q: want m1 and /data", o.cfg.Name, o.cfg.DataDir)
 	}
 	want := []ignoredFlag{
-		{name: "auto-tls", value: "false", source: "command line"},
 		{name: "cors", value: "http://b", source: "command line"},
 		{name: "discovery-password", value: "***", source: "command line"},
 		{name: "enable-grpc-gateway", value: "true", source: "command line"},
+		{name: "peer-skip-client-san-verification", value: "false", source: "command line"},
 		{name: "snapshot", value: "true", source: "command line"},
 		{name: "wal-dir", value: "/wal", source: "ETCD_WAL_DIR"},
 	}
@@ -359,7 +359,7 @@ func TestUnknownFlags(t *testing.T) {
 	if err := run(context.Background(), []string{"--help"}, nil, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"--initial-cluster-token", "--cert-file", "TLS is not implemented yet"} {
+	for _, s := range []string{"--initial-cluster-token", "--cert-file", "separate client certificates and allowed client host names are not implemented yet"} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("--help does not mention %q:\n%s", s, out.String())
 		}
@@ -507,5 +507,44 @@ func TestRunFromEnvironment(t *testing.T) {
 	}
 	if n := strings.Count(log, "recognized and used environment variable"); n != len(env) {
 		t.Errorf("%d variables reported used, want %d:\n%s", n, len(env), log)
+	}
+}
+
+// TestTLSFlags: etcd's TLS flags fill node.Config's client and peer TLS and
+// the shared settings, lists split at commas, and none is reported as
+// ignored.
+func TestTLSFlags(t *testing.T) {
+	args := []string{
+		"--listen-client-urls", "https://127.0.0.1:2379,unixs://cairn.sock",
+		"--cert-file", "/c.pem", "--key-file", "/c-key.pem", "--trusted-ca-file", "/ca.pem", "--client-cert-auth",
+		"--client-crl-file", "/c.crl", "--auto-tls", "--self-signed-cert-validity", "3",
+		"--peer-cert-file", "/p.pem", "--peer-key-file", "/p-key.pem", "--peer-trusted-ca-file", "/pca.pem",
+		"--peer-client-cert-auth", "--peer-auto-tls", "--peer-crl-file", "/p.crl", "--peer-cert-allowed-cn", "m1,m2",
+		"--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+		"--tls-min-version", "TLS1.2", "--tls-max-version", "TLS1.3",
+	}
+	o, err := parseFlags(args, []string{"ETCD_PEER_CERT_ALLOWED_HOSTNAME=h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantClient := node.TLS{CertFile: "/c.pem", KeyFile: "/c-key.pem", TrustedCAFile: "/ca.pem", ClientCertAuth: true,
+		CRLFile: "/c.crl", AutoTLS: true}
+	wantPeer := node.TLS{CertFile: "/p.pem", KeyFile: "/p-key.pem", TrustedCAFile: "/pca.pem", ClientCertAuth: true,
+		CRLFile: "/p.crl", AutoTLS: true, AllowedCNs: []string{"m1", "m2"}, AllowedHostnames: []string{"h1"}}
+	if !reflect.DeepEqual(o.cfg.ClientTLS, wantClient) {
+		t.Errorf("client TLS %+v, want %+v", o.cfg.ClientTLS, wantClient)
+	}
+	if !reflect.DeepEqual(o.cfg.PeerTLS, wantPeer) {
+		t.Errorf("peer TLS %+v, want %+v", o.cfg.PeerTLS, wantPeer)
+	}
+	if !slices.Equal(o.cfg.CipherSuites, []string{"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"}) ||
+		o.cfg.TLSMinVersion != "TLS1.2" || o.cfg.TLSMaxVersion != "TLS1.3" || o.cfg.SelfSignedCertValidity != 3 {
+		t.Errorf("shared TLS settings: %q %q %q %d", o.cfg.CipherSuites, o.cfg.TLSMinVersion, o.cfg.TLSMaxVersion, o.cfg.SelfSignedCertValidity)
+	}
+	if !slices.Equal(o.cfg.ListenClientURLs, []string{"https://127.0.0.1:2379", "unixs://cairn.sock"}) {
+		t.Errorf("client URLs %q", o.cfg.ListenClientURLs)
+	}
+	if len(o.ignored) != 0 {
+		t.Errorf("ignored %+v, want none", o.ignored)
 	}
 }

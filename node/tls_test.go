@@ -1,0 +1,388 @@
+package node_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
+	"github.com/cairn-kv/cairn/node/testport"
+	"github.com/cairn-kv/cairn/proto/internalpb"
+)
+
+// testCA is a certificate authority a test makes, with the files of the
+// certificates it issues in dir.
+type testCA struct {
+	dir    string
+	cert   *x509.Certificate
+	key    *ecdsa.PrivateKey
+	CAFile string
+	serial int64
+}
+
+// newTestCA makes a CA named name, its certificate in dir/name-ca.pem.
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name + " CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	ca := &testCA{dir: t.TempDir(), cert: cert, key: key, serial: 1}
+	ca.CAFile = filepath.Join(ca.dir, name+"-ca.pem")
+	writePEM(t, ca.CAFile, "CERTIFICATE", der)
+	return ca
+}
+
+// issue makes a certificate for common name cn, valid for 127.0.0.1 and
+// localhost, as server and client; it returns its certificate and key
+// files.
+func (ca *testCA) issue(t *testing.T, cn string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.serial++
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := strings.ReplaceAll(cn, " ", "-") + "-" + big.NewInt(ca.serial).String()
+	certFile, keyFile = filepath.Join(ca.dir, name+".pem"), filepath.Join(ca.dir, name+"-key.pem")
+	writePEM(t, certFile, "CERTIFICATE", der)
+	writePEM(t, keyFile, "EC PRIVATE KEY", kb)
+	return certFile, keyFile
+}
+
+func writePEM(t *testing.T, path, kind string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// clientTLS is a client's TLS config trusting caFile, with the certificate
+// certFile/keyFile unless they are empty.
+func clientTLS(t *testing.T, caFile, certFile, keyFile string) *tls.Config {
+	t.Helper()
+	pemCA, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemCA)
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if certFile != "" {
+		c, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return cfg
+}
+
+// tlsClient is an etcd client of urls over cfg, closed when the test ends.
+func tlsClient(t *testing.T, cfg *tls.Config, urls ...string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: urls, TLS: cfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// internalCall calls the node-to-node service's Revisions at addr
+// (host:port) with creds, from local (nil: any address).
+func internalCall(t *testing.T, addr string, creds credentials.TransportCredentials, local net.Addr) error {
+	t.Helper()
+	d := net.Dialer{LocalAddr: local, Timeout: 3 * time.Second}
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds),
+		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return d.DialContext(ctx, "tcp", a) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = internalpb.NewNodeClient(conn).Revisions(ctx, &internalpb.RevisionsRequest{Count: 1})
+	return err
+}
+
+func hostOf(t *testing.T, raw string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Host
+}
+
+// TestInternalServiceClosedOnClientPort: an anonymous client of the client
+// port cannot call the node-to-node service's member calls (they answer
+// Unimplemented there); the operator's SplitRange is still served.
+func TestInternalServiceClosedOnClientPort(t *testing.T) {
+	c := nodetest.Start(t, 1, nodetest.Sharded())
+	addr := hostOf(t, c.Node(0).ClientURLs()[0])
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	nc := internalpb.NewNodeClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	calls := map[string]func() error{
+		"Revisions": func() error { _, err := nc.Revisions(ctx, &internalpb.RevisionsRequest{Count: 1}); return err },
+		"Closed":    func() error { _, err := nc.Closed(ctx, &internalpb.ClosedRequest{}); return err },
+		"Write":     func() error { _, err := nc.Write(ctx, &internalpb.WriteRequest{Range: 1}); return err },
+		"Kick":      func() error { _, err := nc.Kick(ctx, &internalpb.KickRequest{Range: 1}); return err },
+	}
+	for name, call := range calls {
+		if err := call(); status.Code(err) != codes.Unimplemented {
+			t.Errorf("%s on the client port: got %v, want Unimplemented", name, err)
+		}
+	}
+	if _, err := nc.SplitRange(ctx, &internalpb.SplitRangeRequest{Key: []byte("m")}); err != nil {
+		t.Errorf("SplitRange on the client port: %v", err)
+	}
+}
+
+// TestPeerPortAdmitsMembersOnly: without peer TLS, the peer port serves
+// the node-to-node service to callers from a member's address and refuses
+// the others with PermissionDenied.
+func TestPeerPortAdmitsMembersOnly(t *testing.T) {
+	c := nodetest.Start(t, 1, nodetest.Sharded())
+	peer := hostOf(t, c.Node(0).PeerURLs()[0])
+	if err := internalCall(t, peer, insecure.NewCredentials(), &net.TCPAddr{IP: net.ParseIP("127.0.0.1")}); err != nil {
+		t.Errorf("a call from the member's address: %v", err)
+	}
+	err := internalCall(t, peer, insecure.NewCredentials(), &net.TCPAddr{IP: net.ParseIP("127.0.0.2")})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a call from 127.0.0.2, no member's address: got %v, want PermissionDenied", err)
+	}
+}
+
+// TestClientCertAuth: under --client-cert-auth, clients with a certificate
+// of the trusted CA are served (gRPC and /health over the same TLS); a
+// client without a certificate, or with one of another CA, is refused.
+func TestClientCertAuth(t *testing.T) {
+	ca, rogue := newTestCA(t, "cluster"), newTestCA(t, "rogue")
+	srvCert, srvKey := ca.issue(t, "server")
+	cliCert, cliKey := ca.issue(t, "client")
+	rogueCert, rogueKey := rogue.issue(t, "client")
+	c := nodetest.Start(t, 1, nodetest.Edit(func(cfg *node.Config) {
+		cfg.ListenClientURLs = []string{"https://127.0.0.1:0"}
+		cfg.ClientTLS = node.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true}
+	}))
+	urls := c.Node(0).ClientURLs()
+	if !strings.HasPrefix(urls[0], "https://") {
+		t.Fatalf("client URL %s: want https://", urls[0])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	good := tlsClient(t, clientTLS(t, ca.CAFile, cliCert, cliKey), urls...)
+	if _, err := good.Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("put with a client certificate: %v", err)
+	}
+	if r, err := good.Get(ctx, "k"); err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("get with a client certificate: %v %v", r, err)
+	}
+	for name, cfg := range map[string]*tls.Config{
+		"no certificate":           clientTLS(t, ca.CAFile, "", ""),
+		"another CA's certificate": clientTLS(t, ca.CAFile, rogueCert, rogueKey),
+	} {
+		cli := tlsClient(t, cfg, urls...)
+		short, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := cli.Get(short, "k")
+		cancel()
+		if err == nil {
+			t.Errorf("%s: get served, want refused", name)
+		}
+	}
+	// The HTTP endpoints, over the same TLS.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: clientTLS(t, ca.CAFile, cliCert, cliKey), ForceAttemptHTTP2: true}}
+	resp, err := hc.Get(urls[0] + "/health")
+	if err != nil {
+		t.Fatalf("/health over TLS: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"health":"true"`) {
+		t.Errorf("/health over TLS: %d %s", resp.StatusCode, body)
+	}
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: clientTLS(t, ca.CAFile, "", "")}}
+	if resp, err := anon.Get(urls[0] + "/health"); err == nil {
+		resp.Body.Close()
+		t.Errorf("/health without a client certificate: %d, want refused", resp.StatusCode)
+	}
+}
+
+// TestPeerTLSCluster: a three-member sharded cluster with client and peer
+// mTLS serves the etcd client across members (forwarded writes, reads and
+// lease calls travel the peer port). A process with a certificate of
+// another CA, or of the cluster's CA with a common name not allowed,
+// cannot call the node-to-node service on a peer port; one with another
+// CA's certificate cannot complete a raft connection, nor join.
+func TestPeerTLSCluster(t *testing.T) {
+	ca, rogue := newTestCA(t, "cluster"), newTestCA(t, "rogue")
+	srvCert, srvKey := ca.issue(t, "server")
+	peerCert, peerKey := ca.issue(t, "member")
+	cliCert, cliKey := ca.issue(t, "client")
+	intruderCert, intruderKey := ca.issue(t, "intruder") // right CA, CN not allowed
+	rogueCert, rogueKey := rogue.issue(t, "member")
+	secure := func(cfg *node.Config) {
+		cfg.ListenClientURLs = []string{"https://127.0.0.1:0"}
+		for i, u := range cfg.ListenPeerURLs {
+			cfg.ListenPeerURLs[i] = strings.Replace(u, "http://", "https://", 1)
+		}
+		cfg.InitialCluster = strings.ReplaceAll(cfg.InitialCluster, "http://", "https://")
+		cfg.ClientTLS = node.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true}
+		cfg.PeerTLS = node.TLS{CertFile: peerCert, KeyFile: peerKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true,
+			AllowedCNs: []string{"member"}}
+	}
+	c := nodetest.Start(t, 3, nodetest.Sharded("m"), nodetest.Edit(secure))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cliTLS := clientTLS(t, ca.CAFile, cliCert, cliKey)
+	clis := make([]*clientv3.Client, 3)
+	for i := range clis {
+		clis[i] = tlsClient(t, cliTLS, c.Node(i).ClientURLs()...)
+	}
+	for i, cli := range clis {
+		for _, k := range []string{"a", "z"} {
+			if _, err := cli.Put(ctx, k, "v"+k); err != nil {
+				t.Fatalf("put %s through member %d: %v", k, i, err)
+			}
+		}
+	}
+	for i, cli := range clis {
+		r, err := cli.Get(ctx, "", clientv3.WithPrefix())
+		if err != nil || len(r.Kvs) != 2 {
+			t.Fatalf("get through member %d: %v %v", i, r, err)
+		}
+		l, err := cli.Grant(ctx, 60)
+		if err != nil {
+			t.Fatalf("grant through member %d: %v", i, err)
+		}
+		if _, err := cli.KeepAliveOnce(ctx, l.ID); err != nil {
+			t.Fatalf("keepalive through member %d: %v", i, err)
+		}
+	}
+
+	peer := hostOf(t, c.Node(0).PeerURLs()[0])
+	// The members' own credentials are served on the peer port.
+	if err := internalCall(t, peer, credentials.NewTLS(clientTLS(t, ca.CAFile, peerCert, peerKey)), nil); err != nil {
+		t.Fatalf("a member's call on the peer port: %v", err)
+	}
+	for name, cfg := range map[string]*tls.Config{
+		"no certificate":                   clientTLS(t, ca.CAFile, "", ""),
+		"another CA's certificate":         clientTLS(t, ca.CAFile, rogueCert, rogueKey),
+		"a common name that is disallowed": clientTLS(t, ca.CAFile, intruderCert, intruderKey),
+	} {
+		if err := internalCall(t, peer, credentials.NewTLS(cfg), nil); err == nil {
+			t.Errorf("peer port, %s: node-to-node call served, want refused", name)
+		}
+	}
+
+	// Raft: dragonboat's own TLS refuses another CA's certificate.
+	raw, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", peer, clientTLS(t, ca.CAFile, rogueCert, rogueKey))
+	if err == nil {
+		_ = raw.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = raw.Write([]byte{0xAE, 0x7D}) // a raft header would follow
+		_, err = raw.Read(make([]byte, 1))
+		raw.Close()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("raft connection with another CA's certificate: accepted (read timed out), want refused")
+		}
+	}
+
+	// Join: a member added, started with another CA's certificate, never
+	// hears from the cluster.
+	newPeer := "https://" + testport.Addr(t)
+	if _, err := clis[0].MemberAddAsLearner(ctx, []string{newPeer}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.Config(0)
+	cfg.Name, cfg.DataDir, cfg.InitialClusterState = "intruder", t.TempDir(), "existing"
+	cfg.ListenPeerURLs, cfg.InitialAdvertisePeerURLs = []string{newPeer}, nil
+	cfg.InitialCluster += ",intruder=" + newPeer
+	cfg.InitialSplitKeys = nil
+	cfg.PeerTLS = node.TLS{CertFile: rogueCert, KeyFile: rogueKey, TrustedCAFile: rogue.CAFile, ClientCertAuth: true}
+	jctx, jcancel := context.WithTimeout(ctx, 8*time.Second)
+	defer jcancel()
+	if n, err := node.Start(jctx, cfg); err == nil {
+		n.Close()
+		t.Errorf("a member with another CA's peer certificate joined")
+	}
+}
+
+// TestTLSConfigRefused: as etcd, an https:// URL without a certificate,
+// and inconsistent TLS versions, refuse to start.
+func TestTLSConfigRefused(t *testing.T) {
+	for name, tc := range map[string]struct {
+		cfg  node.Config
+		want string
+	}{
+		"https client URL without a certificate": {node.Config{ListenClientURLs: []string{"https://127.0.0.1:0"}},
+			"--cert-file, --key-file"},
+		"https peer URL without a certificate": {node.Config{ListenPeerURLs: []string{"https://127.0.0.1:0"}},
+			"--peer-cert-file, --peer-key-file"},
+		"min above max": {node.Config{TLSMinVersion: "TLS1.3", TLSMaxVersion: "TLS1.2"}, "greater than max version"},
+		"cipher suites with TLS 1.3 only": {node.Config{TLSMinVersion: "TLS1.3",
+			CipherSuites: []string{"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"}}, "cipher suites cannot be configured"},
+	} {
+		tc.cfg.DataDir = t.TempDir()
+		n, err := node.Start(context.Background(), tc.cfg)
+		if err == nil {
+			n.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error mentioning %q", name, err, tc.want)
+		}
+	}
+}

@@ -22,7 +22,8 @@ type maintenanceServer struct {
 const defaultQuotaBytes = 2 << 30
 
 // Status reports the etcd API version Cairn speaks (clients such as
-// Kubernetes check it), the store's size and the raft state.
+// Kubernetes check it), the store's size and the raft state. Errors holds
+// etcd's "no leader" while any range here has no leader, and the alarms.
 func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
 	st, err := m.s.cfg.Shard.Status(ctx, false)
 	if err != nil {
@@ -51,7 +52,9 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 	if resp.DbSizeQuota == 0 {
 		resp.DbSizeQuota = defaultQuotaBytes
 	}
-	if resp.Leader == 0 {
+	// Leader is range 1's, which etcdctl shows; the error also tells of
+	// any other range here without a leader.
+	if resp.Leader == 0 || len(m.s.leaderless().Ranges) > 0 {
 		resp.Errors = append(resp.Errors, "etcdserver: no leader")
 	}
 	if alarms, err := m.s.cfg.Shard.Alarms(ctx, false); err == nil {

@@ -94,7 +94,9 @@ func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest)
 // Operator is what the Maintenance service asks of the node beyond
 // NodeInfo; the node implements it.
 type Operator interface {
-	// Defragment compacts the node's storage files.
+	// Defragment compacts the node's storage files, so that its size in
+	// use (NodeStatus.DBSizeInUse) no longer counts what compaction and
+	// deletes removed.
 	Defragment(ctx context.Context) error
 	// TransferLeader moves the shard's leadership to member target.
 	TransferLeader(ctx context.Context, target uint64) error
@@ -139,7 +141,9 @@ func (m *maintenanceServer) Defragment(ctx context.Context, r *pb.DefragmentRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := op.Defragment(ctx); err != nil {
+	err = op.Defragment(ctx)
+	m.s.invalidateSize() // the store shrank, or may have, even on failure
+	if err != nil {
 		return nil, toGRPC(err)
 	}
 	resp := &pb.DefragmentResponse{Header: &pb.ResponseHeader{}}

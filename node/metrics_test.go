@@ -254,7 +254,8 @@ func hasSeries(fams map[string]*dto.MetricFamily, name string, labels map[string
 
 // TestShardedLeaderlessRange: with range 2 stopped on two of three
 // members, the third refuses a require-leader read of range 2 with etcd's
-// "no leader" and serves one of range 1, and its probes fail.
+// "no leader" and serves one of range 1, cancels a require-leader watch of
+// range 2 with that error, reports it in Status, and its probes fail.
 func TestShardedLeaderlessRange(t *testing.T) {
 	c := nodetest.Start(t, 3, nodetest.Sharded("m"))
 	var second uint64

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +14,11 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
@@ -249,7 +254,8 @@ func hasSeries(fams map[string]*dto.MetricFamily, name string, labels map[string
 
 // TestShardedLeaderlessRange: with range 2 stopped on two of three
 // members, the third refuses a require-leader read of range 2 with etcd's
-// "no leader" and serves one of range 1, and its probes fail.
+// "no leader" and serves one of range 1, cancels a require-leader watch of
+// range 2 with that error, reports it in Status, and its probes fail.
 func TestShardedLeaderlessRange(t *testing.T) {
 	c := nodetest.Start(t, 3, nodetest.Sharded("m"))
 	var second uint64
@@ -281,6 +287,32 @@ func TestShardedLeaderlessRange(t *testing.T) {
 	})
 	if _, err := cli.Get(clientv3.WithRequireLeader(ctx), "a"); err != nil {
 		t.Errorf("require-leader get of range 1: %v", err)
+	}
+	// A require-leader watch on range 2 is cancelled with "no leader" once
+	// its member has counted three checks without one; Status keeps range
+	// 1's leader and reports the error.
+	wctx := metadata.AppendToOutgoingContext(ctx, rpctypes.MetadataRequireLeaderKey, rpctypes.MetadataHasLeader)
+	ws, err := pb.NewWatchClient(cli.ActiveConnection()).Watch(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("x")}}}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		r, err := ws.Recv()
+		if err != nil {
+			if got := status.Convert(err); got.Message() != status.Convert(rpctypes.ErrGRPCNoLeader).Message() {
+				t.Errorf("require-leader watch of range %d ended with %v, want %v", second, err, rpctypes.ErrGRPCNoLeader)
+			}
+			break
+		}
+		if !r.Created {
+			t.Fatalf("require-leader watch of range %d: %v, want it cancelled", second, r)
+		}
+	}
+	if st, err := cli.Status(ctx, url); err != nil || st.Leader == 0 || !slices.Contains(st.Errors, "etcdserver: no leader") {
+		t.Errorf("status: %v %v, want range 1's leader and etcdserver: no leader", st, err)
 	}
 	if code, body := get(t, url+"/health"); code != http.StatusServiceUnavailable || !strings.Contains(body, "RAFT NO LEADER") {
 		t.Errorf("/health: %d %q, want 503 RAFT NO LEADER", code, body)

@@ -1068,11 +1068,17 @@ func (n *Node) routing() []*shard.Range {
 	return n.rangeSet.Routing()
 }
 
-// Status implements router.NodeInfo.
+// Status implements router.NodeInfo. DBSize is the state store's disk
+// usage, obsolete files and recycled logs included. DBSizeInUse counts its
+// live tables and the write-ahead log not yet flushed into them (its
+// logical size: the memtable's own figure is the arena it allocated, which
+// would count megabytes for a few writes). A compaction's deletes leave it
+// where it is until pebble compacts them away, which Defragment forces, so
+// compact, defrag and alarm disarm clear NOSPACE as in etcd.
 func (n *Node) Status() router.NodeStatus {
 	m := n.db.Metrics()
-	size := int64(m.DiskSpaceUsage())
-	return router.NodeStatus{DBSize: size, DBSizeInUse: size, IsLearner: n.learner.Load()}
+	inUse := m.Table.Local.LiveSize + m.BlobFiles.Local.LiveSize + m.WAL.Size
+	return router.NodeStatus{DBSize: int64(m.DiskSpaceUsage()), DBSizeInUse: int64(inUse), IsLearner: n.learner.Load()}
 }
 
 // sameURLs reports whether a and b hold the same URLs in any order.

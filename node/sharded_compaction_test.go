@@ -52,3 +52,57 @@ func TestShardedAutoCompactionEveryRange(t *testing.T) {
 		return nil
 	})
 }
+
+// TestShardedAutoCompactionPastLeaderlessRange: a range without a leader
+// (range 2, stopped on two of three members) does not stop automatic
+// compaction of the ranges after it: range 3's older revision is soon
+// refused as compacted, as is range 1's. Each round gives range 2 a
+// request timeout (7s) before passing over it, and a failed round retries
+// at the next sample, the window of 11 samples moving by one per round:
+// this takes up to about 11 rounds (80s).
+func TestShardedAutoCompactionPastLeaderlessRange(t *testing.T) {
+	cl := nodetest.Start(t, 3, nodetest.Sharded("m", "t"), nodetest.Edit(func(c *node.Config) {
+		c.AutoCompactionMode, c.AutoCompactionRetention = "periodic", "100ms"
+	}))
+	var second uint64
+	for _, r := range cl.Node(0).Ranges() {
+		if r.Start == "m" {
+			second = r.ID
+		}
+	}
+	if second == 0 {
+		t.Fatalf("no range starts at m: %+v", cl.Node(0).Ranges())
+	}
+	// Range 2 loses its leader before anything is written, so no
+	// compaction covers the writes below while it still had one.
+	for i := range 2 {
+		if err := cl.Node(i).StopRangeReplica(second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli := cl.Client(2)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// "a" is in range 1 ([, m)), "z" in range 3 ([t, )).
+	old := map[string]int64{}
+	for _, k := range []string{"a", "z"} {
+		resp, err := cli.Put(ctx, k, "old")
+		if err != nil {
+			t.Fatal(err)
+		}
+		old[k] = resp.Header.Revision
+	}
+	for _, k := range []string{"a", "z"} {
+		if _, err := cli.Put(ctx, k, "new"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodetest.WaitFor(ctx, t, func() error {
+		for k, rev := range old {
+			if _, err := cli.Get(ctx, k, clientv3.WithRev(rev)); !errors.Is(err, rpctypes.ErrCompacted) {
+				return fmt.Errorf("read %s at its first write's revision %d: %v, want %v", k, rev, err, rpctypes.ErrCompacted)
+			}
+		}
+		return nil
+	})
+}

@@ -63,7 +63,10 @@ func putCost(p *pb.PutRequest) int64 {
 }
 
 // checkQuota refuses a request that would take the store past its quota,
-// raising this member's NOSPACE alarm first, as etcd does.
+// raising this member's NOSPACE alarm first, as etcd does. The size it
+// compares is the store's in use (NodeStatus.DBSizeInUse), which a
+// compaction followed by a defragmentation lowers, so that, as with etcd,
+// compact, defrag and alarm disarm let writes in again.
 func (s *Server) checkQuota(ctx context.Context, r any) error {
 	cost := quotaCost(r)
 	if cost == 0 {
@@ -83,11 +86,16 @@ func (s *Server) checkQuota(ctx context.Context, r any) error {
 	return rpctypes.ErrGRPCNoSpace
 }
 
-// alarm proposes an alarm change.
+// alarm proposes an alarm change. Once an alarm is cleared, the next quota
+// check asks for the size afresh: an operator who defragmented elsewhere
+// and disarms here expects the next write to see the smaller store.
 func (s *Server) alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
 	out, err := s.write(ctx, s.cfg.Shard, r, func(b []byte) *shardpb.Request {
 		return &shardpb.Request{Op: &shardpb.Request_Alarm{Alarm: b}}
 	})
+	if r.Action == pb.AlarmRequest_DEACTIVATE {
+		s.invalidateSize()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -124,15 +132,19 @@ func (m *maintenanceServer) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.
 // than the write.
 const dbSizeRefresh = 100 * time.Millisecond
 
-// dbSize returns the node's storage size, refreshed at most every
-// dbSizeRefresh.
+// dbSize returns the size of the node's store in use, refreshed at most
+// every dbSizeRefresh and after invalidateSize.
 func (s *Server) dbSize() int64 {
 	now := time.Now().UnixNano()
 	if at := s.sizeAt.Load(); now-at < int64(dbSizeRefresh) && at != 0 {
 		return s.size.Load()
 	}
-	size := s.cfg.Node.Status().DBSize
+	size := s.cfg.Node.Status().DBSizeInUse
 	s.size.Store(size)
 	s.sizeAt.Store(now)
 	return size
 }
+
+// invalidateSize makes the next dbSize ask the node: after a
+// defragmentation or an alarm's disarm, the size cached before is stale.
+func (s *Server) invalidateSize() { s.sizeAt.Store(0) }

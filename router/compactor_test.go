@@ -2,13 +2,20 @@ package router
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // awaitTimer waits (with a deadline) until the compactor waits on clk and
@@ -123,4 +130,67 @@ func TestCompactionRetention(t *testing.T) {
 		}
 	}
 
+}
+
+// compactingReplica records the compactions proposed through it.
+type compactingReplica struct {
+	*fakeReplica
+	mu      sync.Mutex // guards writes
+	writes  int
+	compErr error // what Write answers a compaction
+}
+
+func (r *compactingReplica) Write(_ context.Context, req *shardpb.Request) (*shardpb.Response, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if req.GetCompaction() != nil {
+		r.writes++
+	}
+	return &shardpb.Response{}, r.compErr
+}
+
+func (r *compactingReplica) compactions() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.writes
+}
+
+// TestCompactAllPastFailingRange: the automatic compactor's compaction
+// (again) goes on past a range that fails, so the ranges after it are
+// still compacted, and returns the first failure, naming its range; a
+// client's Compact stops at the first range that fails. A range compacted
+// already is passed over in both.
+func TestCompactAllPastFailingRange(t *testing.T) {
+	for _, again := range []bool{true, false} {
+		t.Run(fmt.Sprintf("again=%v", again), func(t *testing.T) {
+			r1 := &compactingReplica{fakeReplica: &fakeReplica{leader: 1}}
+			r2 := &compactingReplica{fakeReplica: &fakeReplica{err: shard.ErrNoLeader}} // WaitClosed fails
+			r3 := &compactingReplica{fakeReplica: &fakeReplica{leader: 1}, compErr: &shard.Error{Code: shardpb.ErrorCode_ERROR_CODE_COMPACTED}}
+			r4 := &compactingReplica{fakeReplica: &fakeReplica{leader: 1}}
+			c := NewRangeCache()
+			c.Put(RangeEntry{Local: newFakeLocal(&placementpb.RangeDescriptor{Id: 1, End: []byte("c"), Generation: 1}, r1.fakeReplica), Shard: r1},
+				RangeEntry{Local: newFakeLocal(&placementpb.RangeDescriptor{Id: 2, Start: []byte("c"), End: []byte("m"), Generation: 1}, r2.fakeReplica), Shard: r2},
+				RangeEntry{Local: newFakeLocal(&placementpb.RangeDescriptor{Id: 3, Start: []byte("m"), End: []byte("t"), Generation: 1}, r3.fakeReplica), Shard: r3},
+				RangeEntry{Local: newFakeLocal(&placementpb.RangeDescriptor{Id: 4, Start: []byte("t"), Generation: 1}, r4.fakeReplica), Shard: r4})
+			s := New(Config{Shard: r1, Ranges: c, Oracle: fixedOracle(100)})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, err := s.compactAll(ctx, &pb.CompactionRequest{Revision: 50}, again)
+			if err == nil || !strings.Contains(err.Error(), "no leader") {
+				t.Fatalf("compactAll: %v, want range 2's no leader", err)
+			}
+			if again && !strings.Contains(err.Error(), "range 2") {
+				t.Errorf("compactAll: %v, want it to name range 2", err)
+			}
+			want := []int{1, 0, 0, 0}
+			if again {
+				want = []int{1, 0, 1, 1}
+			}
+			for i, r := range []*compactingReplica{r1, r2, r3, r4} {
+				if got := r.compactions(); got != want[i] {
+					t.Errorf("range %d compacted %d times, want %d", i+1, got, want[i])
+				}
+			}
+		})
+	}
 }

@@ -91,7 +91,9 @@
 // SERVING; keepalive follows etcd's policy and flags; a unary call that
 // requires a leader (clientv3.WithRequireLeader) is refused with "no
 // leader" while a range it touches has none (leader.go), as is a Watch
-// stream while range 1 has none (watch.go); a learner serves only what etcd's does (learner.go).
+// stream while range 1 has none; a running one is cancelled so once range
+// 1, or a range one of its watchers reaches, has had none for three checks
+// (watch.go); a learner serves only what etcd's does (learner.go).
 //
 // HTTP: the probes /health, /livez and /readyz answer like etcd 3.5+'s
 // (probes.go), reading which ranges here lack a leader from a LeaderWatch

@@ -22,7 +22,8 @@ type maintenanceServer struct {
 const defaultQuotaBytes = 2 << 30
 
 // Status reports the etcd API version Cairn speaks (clients such as
-// Kubernetes check it), the store's size and the raft state.
+// Kubernetes check it), the store's size and the raft state. Errors holds
+// etcd's "no leader" while any range here has no leader, and the alarms.
 func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
 	st, err := m.s.cfg.Shard.Status(ctx, false)
 	if err != nil {
@@ -51,7 +52,9 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 	if resp.DbSizeQuota == 0 {
 		resp.DbSizeQuota = defaultQuotaBytes
 	}
-	if resp.Leader == 0 {
+	// Leader is range 1's, which etcdctl shows; the error also tells of
+	// any other range here without a leader.
+	if resp.Leader == 0 || len(m.s.leaderless().Ranges) > 0 {
 		resp.Errors = append(resp.Errors, "etcdserver: no leader")
 	}
 	if alarms, err := m.s.cfg.Shard.Alarms(ctx, false); err == nil {
@@ -91,7 +94,9 @@ func (c *clusterServer) MemberList(ctx context.Context, r *pb.MemberListRequest)
 // Operator is what the Maintenance service asks of the node beyond
 // NodeInfo; the node implements it.
 type Operator interface {
-	// Defragment compacts the node's storage files.
+	// Defragment compacts the node's storage files, so that its size in
+	// use (NodeStatus.DBSizeInUse) no longer counts what compaction and
+	// deletes removed.
 	Defragment(ctx context.Context) error
 	// TransferLeader moves the shard's leadership to member target.
 	TransferLeader(ctx context.Context, target uint64) error
@@ -136,7 +141,9 @@ func (m *maintenanceServer) Defragment(ctx context.Context, r *pb.DefragmentRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := op.Defragment(ctx); err != nil {
+	err = op.Defragment(ctx)
+	m.s.invalidateSize() // the store shrank, or may have, even on failure
+	if err != nil {
 		return nil, toGRPC(err)
 	}
 	resp := &pb.DefragmentResponse{Header: &pb.ResponseHeader{}}

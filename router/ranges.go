@@ -225,7 +225,11 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 // applies cluster-wide): each range once its closed revision has reached
 // it, so no write at or below it is still to come there. Unless again (the
 // automatic compactor's retry), the first range refuses a revision it
-// compacted already.
+// compacted already, and the first range that fails ends the call. With
+// again, a range that fails (no leader, say) is given compactRangeTimeout
+// and passed over, the others still compact, and the first failure is
+// returned once every range was tried, so that one range without a leader
+// does not stop the others' history from being compacted.
 func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest, again bool) (*pb.CompactionResponse, error) {
 	now, err := s.now(ctx)
 	if err != nil {
@@ -234,26 +238,55 @@ func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest, again 
 	if mvcc.Revision(r.Revision) > now {
 		return nil, rpctypes.ErrGRPCFutureRev
 	}
+	var first error
 	for i, p := range s.cfg.Ranges.All() {
-		var err error
-		// A range whose leader changed after the wait may propose with a
-		// lower closed revision and answer that r.Revision is in its
-		// future: wait again and retry.
-		for attempt := 0; attempt == 0 || (attempt < 3 && errors.Is(err, rpctypes.ErrGRPCFutureRev)); attempt++ {
-			if err := p.Shard.WaitClosed(ctx, mvcc.Revision(r.Revision)); err != nil {
-				return nil, toGRPC(err)
-			}
-			_, err = s.write(ctx, p.Shard, r, compactionRequest)
-		}
+		err := s.compactRange(ctx, p, r, again)
 		// A range compacted already (by an earlier call that failed half
 		// way) is fine once the first range took it.
-		if err != nil && ((i == 0 && !again) || !errors.Is(err, rpctypes.ErrGRPCCompacted)) {
+		if err == nil || (i > 0 || again) && errors.Is(err, rpctypes.ErrGRPCCompacted) {
+			continue
+		}
+		if !again {
 			return nil, err
 		}
+		if first == nil {
+			first = fmt.Errorf("range %d: %w", p.ID, err)
+		}
+		if ctx.Err() != nil {
+			break // stopped: the ranges left would fail the same way
+		}
+	}
+	if first != nil {
+		return nil, first
 	}
 	resp := &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: int64(now)}}
 	s.fill(resp.Header)
 	return resp, nil
+}
+
+// compactRangeTimeout bounds the automatic compactor's wait on one range
+// (compactAll with again), whose context otherwise has no deadline: a
+// request's timeout, as etcd gives its own compaction.
+const compactRangeTimeout = DefaultRequestTimeout
+
+// compactRange compacts range p at r.Revision once its closed revision has
+// reached it. A range whose leader changed after the wait may propose with
+// a lower closed revision and answer that r.Revision is in its future: it
+// waits again and retries.
+func (s *Server) compactRange(ctx context.Context, p RangePart, r *pb.CompactionRequest, again bool) error {
+	if again {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, compactRangeTimeout)
+		defer cancel()
+	}
+	var err error
+	for attempt := 0; attempt == 0 || (attempt < 3 && errors.Is(err, rpctypes.ErrGRPCFutureRev)); attempt++ {
+		if err := p.Shard.WaitClosed(ctx, mvcc.Revision(r.Revision)); err != nil {
+			return toGRPC(err)
+		}
+		_, err = s.write(ctx, p.Shard, r, compactionRequest)
+	}
+	return err
 }
 
 // hashAll is HashKV in sharded mode (DESIGN.md "Operations": per shard

@@ -150,6 +150,9 @@ type NodeInfo interface {
 
 // NodeStatus is the part of etcd's StatusResponse only the process knows.
 type NodeStatus struct {
+	// DBSize is what the store takes on disk; DBSizeInUse is what its live
+	// data takes (etcd's: the file less its free pages), which the quota
+	// check compares and a defragmentation brings down to the data left.
 	DBSize, DBSizeInUse, DBSizeQuota int64
 	// RaftIndex is the last raft index known here, 0 if not known (Status
 	// then reports the applied index).

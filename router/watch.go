@@ -29,33 +29,26 @@ type watchServer struct {
 // Watch serves one bidirectional stream: a receive loop applies create,
 // cancel and progress requests to the stream; this goroutine sends what
 // the stream queues, in order, fragmenting large responses of watchers
-// that asked for it.
+// that asked for it. A stream that requires a leader is refused while
+// range 1 has none, and cancelled once a range its watchers reach has had
+// none for a while (monitorLeader).
 func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
 	ctx, cancelCause := context.WithCancelCause(gs.Context())
 	cancel := func() { cancelCause(nil) }
 	defer cancel()
+	ww := &streamWatchers{}
 	if requireLeader(ctx) {
 		if _, _, ok := ws.s.cfg.Shard.Leader(); !ok {
 			return rpctypes.ErrGRPCNoLeader
 		}
-		go ws.monitorLeader(ctx, cancelCause)
+		go ws.monitorLeader(ctx, cancelCause, ww)
 	}
 	st := ws.s.newWatchStream()
 	defer st.Close()
 
-	var mu sync.Mutex
-	fragment := map[int64]bool{} // guarded by mu
 	recvErr := make(chan error, 1)
 	go func() {
-		recvErr <- ws.recvLoop(gs, st, func(id int64, on bool) {
-			mu.Lock()
-			defer mu.Unlock()
-			if on {
-				fragment[id] = true
-			} else {
-				delete(fragment, id)
-			}
-		})
+		recvErr <- ws.recvLoop(gs, st, ww)
 		cancel()
 	}()
 	for {
@@ -73,9 +66,7 @@ func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
 		}
 		for _, r := range rs {
 			ws.s.fill(r.Header)
-			mu.Lock()
-			frag := fragment[r.WatchId] && len(r.Events) > 0
-			mu.Unlock()
+			frag := ww.fragments(r.WatchId) && len(r.Events) > 0
 			if frag {
 				err = sendFragments(r, ws.s.cfg.MaxRequestBytes, gs.Send)
 			} else {
@@ -88,15 +79,79 @@ func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
 	}
 }
 
+// streamWatchers is what a stream remembers of its watchers: which asked
+// for fragmented responses, and the keys each watches, which decide the
+// ranges whose leader the stream needs. The receive loop adds watchers and
+// removes those the client cancels; the send loop and monitorLeader read
+// them. A watcher the store cancels (compacted) stays until the stream
+// ends: its range's leader is then still asked for, which errs towards
+// etcd, whose monitor cancels every such stream while it has no leader.
+type streamWatchers struct {
+	mu       sync.Mutex
+	fragment map[int64]bool    // guarded by mu
+	spans    map[int64]keySpan // guarded by mu: each watcher's keys
+}
+
+// created records watcher id over req's keys.
+func (w *streamWatchers) created(id int64, req *pb.WatchCreateRequest) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.spans == nil {
+		w.spans, w.fragment = map[int64]keySpan{}, map[int64]bool{}
+	}
+	w.spans[id] = keySpan{key: req.Key, end: req.RangeEnd}
+	if req.Fragment {
+		w.fragment[id] = true
+	}
+}
+
+// canceled forgets watcher id.
+func (w *streamWatchers) canceled(id int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.spans, id)
+	delete(w.fragment, id)
+}
+
+// fragments reports whether watcher id asked for fragmented responses.
+func (w *streamWatchers) fragments(id int64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fragment[id]
+}
+
+// reach reports whether a watcher's keys overlap one of the ranges in l.
+func (w *streamWatchers) reach(l *Leaderless) bool {
+	if len(l.Ranges) == 0 {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, sp := range w.spans {
+		for _, r := range l.Ranges {
+			var end []byte
+			if len(r.End) > 0 {
+				end = r.End
+			}
+			if _, _, ok := clipRange(sp.key, sp.end, r.Start, end); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // noLeaderChecks is how many consecutive leader checks must find no leader
 // before a stream that asked for one is failed: one election's worth of
 // leaderless time is normal, as in etcd (which also waits for three).
 const noLeaderChecks = 3
 
-// monitorLeader fails the stream with etcd's "no leader" once the shard has
-// had no leader for noLeaderChecks checks in a row (clientv3's
-// WithRequireLeader streams expect that, to move to another member).
-func (ws *watchServer) monitorLeader(ctx context.Context, cancel context.CancelCauseFunc) {
+// monitorLeader fails the stream with etcd's "no leader" once, for
+// noLeaderChecks checks in a row, range 1 or a range one of its watchers
+// reaches has had no leader (clientv3's WithRequireLeader streams expect
+// that, to move to another member). The ranges without a leader come from
+// the leader watch's set, so a check costs no raft call per range.
+func (ws *watchServer) monitorLeader(ctx context.Context, cancel context.CancelCauseFunc, ww *streamWatchers) {
 	every := ws.s.cfg.LeaderCheckInterval
 	if every <= 0 {
 		every = DefaultLeaderCheckInterval
@@ -110,7 +165,7 @@ func (ws *watchServer) monitorLeader(ctx context.Context, cancel context.CancelC
 			return
 		case <-t.C:
 		}
-		if _, _, ok := ws.s.cfg.Shard.Leader(); ok {
+		if _, _, ok := ws.s.cfg.Shard.Leader(); ok && !ww.reach(ws.s.leaderless()) {
 			misses = 0
 			continue
 		}
@@ -121,7 +176,7 @@ func (ws *watchServer) monitorLeader(ctx context.Context, cancel context.CancelC
 	}
 }
 
-func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, setFragment func(int64, bool)) error {
+func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, ww *streamWatchers) error {
 	for {
 		req, err := gs.Recv()
 		if errors.Is(err, io.EOF) {
@@ -135,13 +190,12 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, setFrag
 			if u.CreateRequest == nil {
 				continue
 			}
-			r := ws.create(gs.Context(), st, u.CreateRequest)
-			if !r.Canceled && u.CreateRequest.Fragment {
-				setFragment(r.WatchId, true)
+			if r := ws.create(gs.Context(), st, u.CreateRequest); !r.Canceled {
+				ww.created(r.WatchId, u.CreateRequest)
 			}
 		case *pb.WatchRequest_CancelRequest:
 			if u.CancelRequest != nil && st.Cancel(watch.ID(u.CancelRequest.WatchId)) {
-				setFragment(u.CancelRequest.WatchId, false)
+				ww.canceled(u.CancelRequest.WatchId)
 			}
 		case *pb.WatchRequest_ProgressRequest:
 			if u.ProgressRequest != nil {

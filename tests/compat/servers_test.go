@@ -77,9 +77,15 @@ func mustURL(t testing.TB, s string) url.URL {
 // and returns once it serves clients. It is closed at the end of the test.
 func startEtcd(t testing.TB, name string) *server {
 	t.Helper()
+	return startEtcdWith(t, name, nil)
+}
+
+// startEtcdWith is startEtcd with the config changed by edit (nil: none).
+func startEtcdWith(t testing.TB, name string, edit func(*embed.Config)) *server {
+	t.Helper()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		s, err := tryStartEtcd(t, name)
+		s, err := tryStartEtcd(t, name, edit)
 		if err == nil {
 			return s
 		}
@@ -92,7 +98,7 @@ func startEtcd(t testing.TB, name string) *server {
 	return nil
 }
 
-func tryStartEtcd(t testing.TB, name string) (*server, error) {
+func tryStartEtcd(t testing.TB, name string, edit func(*embed.Config)) (*server, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = name
 	cfg.Dir = t.TempDir()
@@ -108,6 +114,9 @@ func tryStartEtcd(t testing.TB, name string) (*server, error) {
 	cfg.AdvertisePeerUrls = []url.URL{peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(name)
 	cfg.ListenMetricsUrls = nil
+	if edit != nil {
+		edit(cfg)
+	}
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {

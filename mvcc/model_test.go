@@ -215,6 +215,9 @@ func runModel(t *testing.T, seed uint64) {
 		if int64(s.Rev()) != m.rev || int64(s.CompactRev()) != m.compact {
 			fail(step, "store at rev %d compact %d, model at %d compact %d", s.Rev(), s.CompactRev(), m.rev, m.compact)
 		}
+		if n, err := s.Keys(); err != nil || n != int64(len(m.live([]byte{}, []byte{}, m.rev))) {
+			fail(step, "store counts %d live keys (%v), model %d", n, err, len(m.live([]byte{}, []byte{}, m.rev)))
+		}
 	}
 	checkHistory(t, seed, s, m, taken)
 	// Every revision still readable must read the same after a snapshot is

@@ -77,6 +77,14 @@ func TestSplitOff(t *testing.T) {
 	if got := keys(parent, 0); got != "[a@2 b@6]" {
 		t.Fatalf("parent keys %s", got)
 	}
+	for _, s := range []*Store{parent, child} {
+		if n, err := s.Keys(); err != nil || n != 2 {
+			t.Errorf("store of %v counts %d live keys (%v), want 2", s.Span(), n, err)
+		}
+		if u, err := s.DiskUsage(); err != nil {
+			t.Errorf("store of %v: disk usage %d, %v", s.Span(), u, err)
+		}
+	}
 	if child.Rev() != parent.Rev() || child.CompactRev() != 3 {
 		t.Fatalf("child at %d compacted %d; parent at %d", child.Rev(), child.CompactRev(), parent.Rev())
 	}

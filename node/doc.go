@@ -22,7 +22,11 @@
 //   - the client listeners (gRPC and HTTP on one port, and an in-memory
 //     one for the node's own client, which the lock and election services
 //     run on), the --listen-metrics-urls listeners and the node's own
-//     Prometheus registry, which implements router.Observer (metrics.go) and the raft addresses it seeds from --initial-cluster
+//     Prometheus registry, which implements router.Observer,
+//     shard.Observer and placement.OracleObserver (metrics.go), with the
+//     collector of what scrapes read, the ranges' figures refreshed every
+//     15 s (rangestats.go) and the peer round trips (peerrtt.go); and the
+//     raft addresses it seeds from --initial-cluster
 //     (registry.go; placement.PeerRegistry resolves them);
 //   - etcd's membership API (members.go; sharded mode's walk is
 //     placement.Membership's, over this member's replicas as

@@ -106,3 +106,7 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 // (dragonboat's StopReplica; the replica id is the member id), leaving the
 // rest of the node running: the range loses this member's vote.
 func (n *Node) StopRangeReplica(id uint64) error { return n.nh.StopReplica(id, n.memberID) }
+
+// RefreshRangeStats computes the ranges' figures now, as the refresher
+// does every 15 s, for tests that scrape them.
+func (n *Node) RefreshRangeStats() { n.stats.refresh() }

@@ -442,6 +442,7 @@ func (n *Node) snapshotAll(shards []uint64) bool {
 // Defragment implements router.Operator: pebble compacts every level, which
 // drops deleted and overwritten data from the files.
 func (n *Node) Defragment(ctx context.Context) error {
+	defer n.metrics.time(n.metrics.defragSec)()
 	if err := n.db.Compact(ctx, []byte{0}, []byte{0xff, 0xff, 0xff, 0xff}, true); err != nil {
 		return fmt.Errorf("node: defragment: %w", err)
 	}

@@ -1,19 +1,28 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"path"
+	"sync"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/lni/dragonboat/v4/raftio"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 
+	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/router"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // The levels of Config.MetricsLevel, etcd's --metrics.
@@ -31,8 +40,10 @@ const (
 // test reads its node's alone.
 //
 // The packages below node never import prometheus: they report through the
-// small observer interfaces they declare (router.Observer), which metrics
-// implements.
+// small observer interfaces they declare (router.Observer, shard.Observer,
+// placement.OracleObserver), which metrics implements. What is read rather
+// than reported (leaders, sizes, revisions, the ranges' figures) is the
+// node's collector's (rangestats.go); nothing a scrape does scans data.
 type metrics struct {
 	reg *prometheus.Registry
 	// handler serves reg in Prometheus' text format, with promhttp's own
@@ -46,6 +57,18 @@ type metrics struct {
 	healthSuccess, healthFailures prometheus.Counter
 	healthcheck                   *prometheus.GaugeVec   // {type, name}: 1 ok, 0 failed
 	healthchecks                  *prometheus.CounterVec // {type, name, status}
+
+	// What the ranges report (shard.Observer) and the leader changes.
+	leaderChanges, rangeLeaderChanges  prometheus.Counter
+	proposalsFailed, restamped, splits prometheus.Counter
+	puts, deletes, ranges, txns        prometheus.Counter
+	commitSec, syncSec                 prometheus.Histogram
+	defragSec, snapshotSec             prometheus.Histogram
+	watchStreams, watchers             prometheus.Gauge
+	oracleSec                          prometheus.Histogram
+	oracleFailures, oracleAllocated    prometheus.Counter
+	forwarded                          *prometheus.CounterVec   // {kind, result}
+	peerRTT                            *prometheus.HistogramVec // {To}
 }
 
 // newMetrics registers the node's collectors on reg (nil: a new registry):
@@ -73,10 +96,50 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 		healthchecks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "etcd", Subsystem: "server",
 			Name: "healthchecks_total", Help: "The total number of each kind of healthcheck."}, []string{"type", "name", "status"}),
 	}
+	counter := func(ns, sub, name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help})
+	}
+	histogram := func(ns, sub, name, help string, buckets []float64) prometheus.Histogram {
+		return prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help, Buckets: buckets})
+	}
+	gauge := func(ns, sub, name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help})
+	}
+	m.leaderChanges = counter("etcd", "server", "leader_changes_seen_total", "The number of leader changes seen (range 1's).")
+	m.rangeLeaderChanges = counter("cairn", "range", "leader_changes_total", "The number of leader changes seen by the replicas here, every range's.")
+	m.proposalsFailed = counter("etcd", "server", "proposals_failed_total", "The total number of failed proposals seen.")
+	m.restamped = counter("cairn", "", "proposals_restamped_total", "Writes refused as stale and stamped again.")
+	m.splits = counter("cairn", "range", "splits_total", "Splits applied by the replicas here.")
+	m.puts = counter("etcd", "mvcc", "put_total", "Total number of puts seen by this member.")
+	m.deletes = counter("etcd", "mvcc", "delete_total", "Total number of deleteRanges seen by this member.")
+	m.ranges = counter("etcd", "mvcc", "range_total", "Total number of ranges seen by this member.")
+	m.txns = counter("etcd", "mvcc", "txn_total", "Total number of txns seen by this member.")
+	m.commitSec = histogram("etcd", "disk", "backend_commit_duration_seconds",
+		"The latency distributions of commit called by backend (a pebble commit of applied entries, without fsync).", prometheus.ExponentialBuckets(0.001, 2, 14))
+	m.syncSec = histogram("cairn", "", "state_sync_duration_seconds",
+		"The latency distributions of the state store's fsyncs.", prometheus.ExponentialBuckets(0.001, 2, 14))
+	m.defragSec = histogram("etcd", "disk", "backend_defrag_duration_seconds",
+		"The latency distribution of backend defragmentation.", prometheus.ExponentialBuckets(.1, 2, 13))
+	m.snapshotSec = histogram("etcd", "disk", "backend_snapshot_duration_seconds",
+		"The latency distribution of backend snapshots.", prometheus.ExponentialBuckets(.01, 2, 17))
+	m.watchStreams = gauge("etcd_debugging", "mvcc", "watch_stream_total", "Total number of watch streams.")
+	m.watchers = gauge("etcd_debugging", "mvcc", "watcher_total", "Total number of watchers.")
+	m.oracleSec = histogram("cairn", "oracle", "round_trip_seconds",
+		"Round trips to the revision oracle on the placement leader's member.", prometheus.ExponentialBuckets(0.0001, 2, 16))
+	m.oracleFailures = counter("cairn", "oracle", "round_trip_failures_total", "Round trips to the revision oracle that failed.")
+	m.oracleAllocated = counter("cairn", "oracle", "revisions_allocated_total", "Revisions the oracle handed out to this member's ranges.")
+	m.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "cairn", Name: "forwarded_requests_total",
+		Help: "Requests sent to other members' node-to-node and etcd services, by method and result."}, []string{"kind", "result"})
+	m.peerRTT = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "etcd", Subsystem: "network", Name: "peer_round_trip_time_seconds",
+		Help:    "Round-Trip-Time histogram between peers (a gRPC health check on the peer's client port).",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"To"})
 	for _, c := range []prometheus.Collector{
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 		m.grpc, m.healthSuccess, m.healthFailures, m.healthcheck, m.healthchecks,
+		m.leaderChanges, m.rangeLeaderChanges, m.proposalsFailed, m.restamped, m.splits,
+		m.puts, m.deletes, m.ranges, m.txns, m.commitSec, m.syncSec, m.defragSec, m.snapshotSec,
+		m.watchStreams, m.watchers, m.oracleSec, m.oracleFailures, m.oracleAllocated, m.forwarded, m.peerRTT,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("node: register metrics: %w", err)
@@ -114,7 +177,7 @@ func (m *metrics) unary() []grpc.UnaryServerInterceptor {
 }
 
 func (m *metrics) stream() []grpc.StreamServerInterceptor {
-	return []grpc.StreamServerInterceptor{m.grpc.StreamServerInterceptor()}
+	return []grpc.StreamServerInterceptor{m.grpc.StreamServerInterceptor(), m.countWatches}
 }
 
 // serveMetrics starts, for each of --listen-metrics-urls, an HTTP server
@@ -147,3 +210,182 @@ func (n *Node) serveMetrics(probes http.Handler) error {
 // MetricsURLs returns the bound metrics URLs (http://host:port), one per
 // Config.ListenMetricsURLs; none without them.
 func (n *Node) MetricsURLs() []string { return append([]string(nil), n.metricsURL...) }
+
+// What the ranges report (shard.Observer).
+
+// Applied counts the etcd operations a range applied here in
+// etcd_mvcc_{put,delete,txn,range}_total (as etcd, every member counts
+// the writes it applies) and its splits in cairn_range_splits_total.
+func (m *metrics) Applied(c shard.OpCounts) {
+	m.count(c)
+	if c.Splits > 0 {
+		m.splits.Add(float64(c.Splits))
+	}
+}
+
+// Read counts the etcd operations of a read served here.
+func (m *metrics) Read(c shard.OpCounts) { m.count(c) }
+
+func (m *metrics) count(c shard.OpCounts) {
+	for _, x := range []struct {
+		c prometheus.Counter
+		n int
+	}{{m.puts, c.Puts}, {m.deletes, c.Deletes}, {m.ranges, c.Ranges}, {m.txns, c.Txns}} {
+		if x.n > 0 {
+			x.c.Add(float64(x.n))
+		}
+	}
+}
+
+// Committed times a pebble commit of applied entries
+// (etcd_disk_backend_commit_duration_seconds). Unlike bbolt's commit in
+// etcd it holds no fsync: the raft log is the durable record.
+func (m *metrics) Committed(d time.Duration) { m.commitSec.Observe(d.Seconds()) }
+
+// Synced times an fsync of the state store (cairn_state_sync_duration_seconds).
+func (m *metrics) Synced(d time.Duration) { m.syncSec.Observe(d.Seconds()) }
+
+// ProposalFailed counts etcd_server_proposals_failed_total.
+func (m *metrics) ProposalFailed() { m.proposalsFailed.Inc() }
+
+// Restamped counts cairn_proposals_restamped_total.
+func (m *metrics) Restamped() { m.restamped.Inc() }
+
+// What the oracle client reports (placement.OracleObserver).
+
+// RoundTrip times a round trip to the oracle (cairn_oracle_round_trip_seconds)
+// and counts the failed ones.
+func (m *metrics) RoundTrip(d time.Duration, _ int64, err error) {
+	m.oracleSec.Observe(d.Seconds())
+	if err != nil {
+		m.oracleFailures.Inc()
+	}
+}
+
+// Allocated counts cairn_oracle_revisions_allocated_total.
+func (m *metrics) Allocated(n int64) { m.oracleAllocated.Add(float64(n)) }
+
+// leaderUpdated counts a leader change dragonboat reports:
+// etcd_server_leader_changes_seen_total for range 1 (a new leader, not a
+// lost one, as etcd counts), cairn_range_leader_changes_total for every
+// range (the placement group left out). prev is range 1's leader before.
+func (m *metrics) leaderUpdated(info raftio.LeaderInfo, prev uint64) {
+	if info.LeaderID == 0 || info.ShardID == placementShardID {
+		return
+	}
+	m.rangeLeaderChanges.Inc()
+	if info.ShardID == singleShardID && info.LeaderID != prev {
+		m.leaderChanges.Inc()
+	}
+}
+
+// watchMethod is etcd's Watch stream, whose streams and watchers
+// etcd_debugging_mvcc_watch_stream_total and …_watcher_total count.
+const watchMethod = "/etcdserverpb.Watch/Watch"
+
+// countWatches counts the open Watch streams and the watchers on them:
+// a watcher counts from the response that says it was created (and not
+// refused) until the one that says it was canceled, or its stream ends.
+func (m *metrics) countWatches(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if info.FullMethod != watchMethod {
+		return handler(srv, ss)
+	}
+	m.watchStreams.Inc()
+	w := &watchCounter{ServerStream: ss, m: m, ids: map[int64]struct{}{}}
+	defer func() {
+		m.watchStreams.Dec()
+		w.mu.Lock()
+		m.watchers.Sub(float64(len(w.ids)))
+		w.ids = nil
+		w.mu.Unlock()
+	}()
+	return handler(srv, w)
+}
+
+// watchCounter is one Watch stream, whose responses it reads on their way
+// out.
+type watchCounter struct {
+	grpc.ServerStream
+	m   *metrics
+	mu  sync.Mutex
+	ids map[int64]struct{} // the stream's watchers; REQUIRES: mu
+}
+
+func (w *watchCounter) SendMsg(msg any) error {
+	if r, ok := msg.(*pb.WatchResponse); ok && (r.Created || r.Canceled) {
+		w.mu.Lock()
+		if _, had := w.ids[r.WatchId]; w.ids != nil {
+			switch {
+			case r.Created && !r.Canceled && !had:
+				w.ids[r.WatchId] = struct{}{}
+				w.m.watchers.Inc()
+			case r.Canceled && had:
+				delete(w.ids, r.WatchId)
+				w.m.watchers.Dec()
+			}
+		}
+		w.mu.Unlock()
+	}
+	return w.ServerStream.SendMsg(msg)
+}
+
+// countForwards wraps the dial of other members' connections so that
+// every call on them counts in cairn_forwarded_requests_total, by method
+// (a closed set: the node-to-node service's and etcd's) and result.
+func (m *metrics) countForwards(dial router.Dial) router.Dial {
+	return func(member placement.NodeID) (grpc.ClientConnInterface, error) {
+		cc, err := dial(member)
+		if err != nil {
+			return nil, err
+		}
+		return countingConn{cc, m}, nil
+	}
+}
+
+type countingConn struct {
+	grpc.ClientConnInterface
+	m *metrics
+}
+
+func (c countingConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	err := c.ClientConnInterface.Invoke(ctx, method, args, reply, opts...)
+	c.m.forward(method, err)
+	return err
+}
+
+func (c countingConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := c.ClientConnInterface.NewStream(ctx, desc, method, opts...)
+	c.m.forward(method, err)
+	return s, err
+}
+
+func (m *metrics) forward(method string, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.forwarded.WithLabelValues(path.Base(method), result).Inc()
+}
+
+// timedBackups times the backups Snapshot writes
+// (etcd_disk_backend_snapshot_duration_seconds).
+type timedBackups struct {
+	router.Backups
+	m *metrics
+}
+
+func (b timedBackups) WriteBackup(id shard.RangeID, w io.Writer) error {
+	defer b.m.time(b.m.snapshotSec)()
+	return b.Backups.WriteBackup(id, w)
+}
+
+func (b timedBackups) WriteImage(ids []shard.RangeID, rev mvcc.Revision, w io.Writer) error {
+	defer b.m.time(b.m.snapshotSec)()
+	return b.Backups.WriteImage(ids, rev, w)
+}
+
+// time starts timing for h; the func returned observes the time taken.
+func (m *metrics) time(h prometheus.Histogram) func() {
+	start := time.Now()
+	return func() { h.Observe(time.Since(start).Seconds()) }
+}

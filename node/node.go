@@ -326,6 +326,12 @@ type Node struct {
 	metrics     *metrics
 	metricsHTTP []*http.Server
 	metricsURL  []string
+	// collector reads what scrapes show of the node (rangestats.go),
+	// stats refreshes the ranges' figures it shows, and rtt measures the
+	// other members (peerrtt.go); nil until serve starts them.
+	collector *nodeCollector
+	stats     *rangeStats
+	rtt       *peerProber
 	// leaders is the set of ranges here without a leader, for the probes
 	// (nil until serve starts it).
 	leaders  *router.LeaderWatch
@@ -368,6 +374,7 @@ type Node struct {
 type leaderListener struct{ n *Node }
 
 func (l leaderListener) LeaderUpdated(info raftio.LeaderInfo) {
+	l.n.metrics.leaderUpdated(info, l.n.firstLeader.Load())
 	l.n.logLeader(info)
 	if r := l.n.holds.Load(); r != nil && info.ShardID == singleShardID {
 		r.LeaderChanged(shard.ReplicaID(info.LeaderID))
@@ -700,7 +707,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		return err
 	}
 	n.conns = router.NewMemberConns(n.peerAddr, creds)
-	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.conns.Dial)
+	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.metrics.countForwards(n.conns.Dial))
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
 	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
 		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load})
@@ -730,6 +737,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			r.Hold(target, until, max)
 		}
 	}}
+	shardCfg.Observer = n.metrics
 	if cfg.DebugJournal != "" {
 		f, err := os.OpenFile(cfg.DebugJournal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
@@ -843,7 +851,7 @@ func (n *Node) serve() error {
 		Node:              n,
 		Lessor:            n.first.StateMachine().Lessor(),
 		Members:           n.conns,
-		Backups:           n.rangeSet,
+		Backups:           timedBackups{n.rangeSet, n.metrics},
 
 		// zero: etcd's defaults, which router applies.
 		GRPCKeepAliveMinTime:  cfg.GRPCKeepAliveMinTime,
@@ -876,6 +884,12 @@ func (n *Node) serve() error {
 	rs := router.New(rcfg)
 	n.rs = rs
 	n.leaders = rs.StartLeaderWatch(cfg.HeartbeatInterval)
+	n.collector = &nodeCollector{n: n}
+	if err := n.metrics.reg.Register(n.collector); err != nil {
+		return fmt.Errorf("node: register metrics: %w", err)
+	}
+	n.stats = startRangeStats(n.rangeSet.All, cfg.Sharded, rangeStatsEvery)
+	n.rtt = startPeerProber(n)
 	// Automatic compaction compacts as a client's Compact does.
 	if n.compactor, err = rs.StartCompactor(router.CompactorConfig{Mode: cfg.AutoCompactionMode,
 		Retention: cfg.AutoCompactionRetention, Clock: cfg.compactionClock, Log: n.log}); err != nil {
@@ -894,7 +908,7 @@ func (n *Node) serve() error {
 	}
 	n.member = router.NewMember(mcfg)
 	rs.RegisterOperator(n.grpc, n.member)
-	n.peerGRPC = n.newPeerServer(rs.PeerGRPCOptions(peerGate{n}))
+	n.peerGRPC = n.newPeerServer(rs.PeerGRPCOptions(newPeerGate(n)))
 	rs.RegisterPeer(n.peerGRPC, n.member)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); _ = n.peerGRPC.Serve(n.peerL) }()
@@ -1021,6 +1035,9 @@ func (n *Node) Close() error {
 			l.closeConns()
 		}
 		n.compactor.Close() // cancels a compaction in flight
+		n.collector.close() // scrapes from now on show nothing of the node
+		n.stats.Close()
+		n.rtt.Close()
 		n.leaders.Close()
 		if n.stop != nil {
 			close(n.stop)

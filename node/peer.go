@@ -207,7 +207,17 @@ func (n *Node) newPeerServer(opts []grpc.ServerOption) *grpc.Server {
 // with a certified peer port, any caller (its certificate was verified
 // when it connected, and only members are given certificates); otherwise
 // a caller whose address is the host of a current member's peer URL.
-type peerGate struct{ n *Node }
+// Every forwarded request is a call, so an address once admitted is
+// remembered for as long as the membership it was admitted under is the
+// member's view (no URL parsing or name lookup per call).
+type peerGate struct {
+	n *Node
+	// admitted maps a caller's IP (string) to the *membersView it was
+	// admitted under.
+	admitted *sync.Map
+}
+
+func newPeerGate(n *Node) peerGate { return peerGate{n: n, admitted: &sync.Map{}} }
 
 func (g peerGate) Admit(p *peer.Peer) error {
 	if g.n.peer.certified {
@@ -220,10 +230,20 @@ func (g peerGate) Admit(p *peer.Peer) error {
 	if ip == nil {
 		return fmt.Errorf("caller %v has no IP address", p.Addr)
 	}
+	key := ip.String()
+	if v, ok := g.admitted.Load(key); ok && v == g.n.membersView.Load() {
+		return nil
+	}
 	members, err := g.n.Members(false)
 	if err != nil {
 		return fmt.Errorf("membership not known: %v", err)
 	}
+	view := g.n.membersView.Load()
+	defer func() {
+		if view != nil {
+			g.admitted.Store(key, view)
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for _, m := range members {
@@ -233,6 +253,7 @@ func (g peerGate) Admit(p *peer.Peer) error {
 			}
 		}
 	}
+	view = nil // not admitted: nothing remembered
 	return fmt.Errorf("caller %v is not a member of this cluster", p.Addr)
 }
 

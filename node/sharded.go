@@ -83,7 +83,8 @@ func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join
 		Remote: func(ctx context.Context, leader uint64, count int64, above mvcc.Revision) (mvcc.Revision, error) {
 			return n.fwd.Revisions(ctx, placement.NodeID(leader), count, above)
 		},
-		Retry: forwardRetry,
+		Retry:    forwardRetry,
+		Observer: n.metrics,
 	})
 	n.placement = placement.NewClient(placement.ClientConfig{Raft: n.nh, ShardID: placementShardID,
 		Retry: rttMillisecond * time.Millisecond, TryTimeout: 2 * time.Second})

@@ -50,6 +50,22 @@ type OracleClientConfig struct {
 	Retry time.Duration
 	// TripTimeout bounds one round trip; 0 means 5s.
 	TripTimeout time.Duration
+	// Observer, if set, hears of every round trip and of the revisions
+	// handed out, for the node's metrics; nil reports nothing.
+	Observer OracleObserver
+}
+
+// OracleObserver is what an OracleClient reports for the node's metrics
+// (the node implements it; this package imports no metrics library). Its
+// methods must not block.
+type OracleObserver interface {
+	// RoundTrip reports one round trip to the leader's member: how long
+	// it took, how many revisions it asked for (0: a read of the current
+	// value), and whether it failed.
+	RoundTrip(d time.Duration, n int64, err error)
+	// Allocated reports n revisions handed out to a caller of this
+	// client, by this member's allocator or the leader's.
+	Allocated(n int64)
 }
 
 type oracleWait struct {
@@ -88,11 +104,13 @@ func (c *OracleClient) RevisionsAbove(ctx context.Context, n int64, above mvcc.R
 	for {
 		first, err := c.cfg.Local.RevisionsAbove(ctx, n, above)
 		if !errors.Is(err, ErrNotLeader) {
+			c.allocated(n, err)
 			return first, err
 		}
 		if leader, ok := c.cfg.Leader(); ok && leader != c.cfg.Self {
 			first, err := c.folded(ctx, leader, n, above)
 			if err == nil {
+				c.allocated(n, nil)
 				return first, nil
 			}
 			if !errors.Is(err, ErrNotLeader) && ctx.Err() != nil {
@@ -119,6 +137,13 @@ func (c *OracleClient) Current(ctx context.Context) (mvcc.Revision, error) {
 		return 0, err
 	}
 	return next - 1, nil
+}
+
+// allocated reports n revisions handed out, if err is nil.
+func (c *OracleClient) allocated(n int64, err error) {
+	if err == nil && n > 0 && c.cfg.Observer != nil {
+		c.cfg.Observer.Allocated(n)
+	}
 }
 
 // RoundTrips counts the round trips made to other members.
@@ -166,8 +191,12 @@ func (c *OracleClient) roundTrips(leader uint64) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.TripTimeout)
 		c.trips.Add(1)
+		start := time.Now()
 		first, err := c.cfg.Remote(ctx, leader, total, above)
 		cancel()
+		if c.cfg.Observer != nil {
+			c.cfg.Observer.RoundTrip(time.Since(start), total, err)
+		}
 		for _, w := range batch {
 			w.done <- oracleAnswer{first: first, err: err}
 			first += mvcc.Revision(w.n)

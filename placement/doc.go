@@ -51,7 +51,8 @@
 //   - OracleClient (client.go) hands out revisions: from the member's own
 //     Allocator while its replica leads, otherwise from the leader's
 //     member, folding the requests that wait meanwhile into one round
-//     trip.
+//     trip. Its OracleObserver (nil: none) hears of each round trip and
+//     the revisions handed out, for the node's metrics.
 //   - Client (mapclient.go) reads the state linearizably and proposes the
 //     range map's commands over Raft, a small interface the member's
 //     NodeHost satisfies: Bootstrap (once, by the founders; a restored

@@ -5,6 +5,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -33,6 +35,11 @@ type PeerGate interface {
 // RegisterPeer attaches, to g (the peer port's server), the node-to-node
 // service served from m and etcd's Lease service.
 func (s *Server) RegisterPeer(g *grpc.Server, m Member) {
+	// grpc.health.v1 too: members time their round trips to each other
+	// with it (etcd_network_peer_round_trip_time_seconds).
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
 	s.RegisterInternal(g, m)
 	if s.cfg.Lessor != nil {
 		pb.RegisterLeaseServer(g, &leaseServer{s: s})

@@ -47,11 +47,19 @@ func (a *applier) put(req *pb.PutRequest) (*pb.PutResponse, error) {
 	if a.alarms.has(pb.AlarmType_NOSPACE) {
 		return nil, errNoSpace
 	}
-	return a.b.Put(req, a.stamp)
+	resp, err := a.b.Put(req, a.stamp)
+	if err == nil {
+		a.counts.Puts++
+	}
+	return resp, err
 }
 
 func (a *applier) deleteRange(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	return a.b.DeleteRange(req, a.stamp)
+	resp, err := a.b.DeleteRange(req, a.stamp)
+	if err == nil {
+		a.counts.Deletes++
+	}
+	return resp, err
 }
 
 // txn refuses while NOSPACE is raised if the txn may add data (Capped).
@@ -59,7 +67,11 @@ func (a *applier) txn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if Capped(req) && a.alarms.has(pb.AlarmType_NOSPACE) {
 		return nil, errNoSpace
 	}
-	return a.b.Txn(req, a.stamp)
+	resp, err := a.b.Txn(req, a.stamp)
+	if err == nil {
+		a.counts.add(txnCounts(req, resp))
+	}
+	return resp, err
 }
 
 func (a *applier) compact(req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
@@ -94,10 +106,11 @@ func (a *applier) revoke(take func() ([][]byte, error)) (*pb.LeaseRevokeResponse
 	if err != nil {
 		return nil, err
 	}
-	_, rev, err := a.b.DeleteKeys(keys, a.stamp)
+	n, rev, err := a.b.DeleteKeys(keys, a.stamp)
 	if err != nil {
 		return nil, err
 	}
+	a.counts.add(deleteCounts(int(n)))
 	return &pb.LeaseRevokeResponse{Header: &pb.ResponseHeader{Revision: int64(rev)}}, nil
 }
 

@@ -153,6 +153,9 @@ func (r *Replica) Restamped() uint64 { return r.restamped.Load() }
 // behind a newer one).
 func (r *Replica) restamp(p *pending) {
 	r.restamped.Add(1)
+	if r.obs != nil {
+		r.obs.Restamped()
+	}
 	p.req.Stamp = 0
 	go func() {
 		select {

@@ -138,6 +138,11 @@
 // a drop a crash interrupted, from the phase its record names. A replica
 // overlapping a drop under way starts after the drop's data batch.
 //
+// Metrics: Config.Observer (observe.go) hears what the node's metrics
+// count — the etcd operations applied and read (as etcd's mvcc counts
+// them), commit and sync times, failed proposals and restamps; nil
+// reports nothing. The package imports no metrics library.
+//
 // The apply of every request is specified by the scripts
 // testdata/apply*.txt (apply_test.go), one topic a file.
 //

@@ -204,6 +204,7 @@ func (r *Range) Start(cfg Config, members map[uint64]dragonboat.Target, join boo
 		return fmt.Errorf("shard: start range %d: %w", r.ID(), err)
 	}
 	r.replica = NewStampingReplica(r.cfg.NodeHost, r.ID(), r.cfg.ReplicaID, r.cfg.Stamper, r.sm.Load)
+	r.replica.obs = cfg.Observer
 	close(r.ready)
 	r.wg.Add(1)
 	go r.catchUp()

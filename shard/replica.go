@@ -71,6 +71,11 @@ type Replica struct {
 	restamped atomic.Uint64
 	// proposed counts the requests written through this client.
 	proposed atomic.Uint64
+	// inFlight counts the writes whose callers wait for their outcome.
+	inFlight atomic.Int64
+	// obs, if set (by Range.Start, before the client is used), hears of
+	// failed proposals and restamps.
+	obs Observer
 
 	// seqMu guards the sequencer's state: the first stamp of each batch
 	// in flight (proposed, outcome not yet known), by batch number, and
@@ -165,8 +170,13 @@ func (r *Replica) Close() {
 
 // Write proposes one request and returns its response. A refusal by the
 // state machine is returned as *Error.
-func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error) {
+func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (resp *shardpb.Response, err error) {
 	r.proposed.Add(1)
+	r.inFlight.Add(1)
+	defer func() {
+		r.inFlight.Add(-1)
+		r.observeFailure(err)
+	}()
 	p := &pending{req: req, size: proto.Size(req), ctx: ctx, done: make(chan outcome, 1)}
 	select {
 	case r.queue <- p:
@@ -194,6 +204,13 @@ func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Res
 // (as Write would), in order.
 func (r *Replica) WriteAll(ctx context.Context, reqs []*shardpb.Request) ([]*shardpb.Response, []error) {
 	resps, errs := make([]*shardpb.Response, len(reqs)), make([]error, len(reqs))
+	r.inFlight.Add(int64(len(reqs)))
+	defer func() {
+		r.inFlight.Add(-int64(len(reqs)))
+		for _, err := range errs {
+			r.observeFailure(err)
+		}
+	}()
 	ps := make([]*pending, 0, len(reqs))
 enqueue:
 	for _, req := range reqs {
@@ -251,6 +268,22 @@ func (r *Replica) leading() (uint64, error) {
 // Proposed reports how many requests were written through Write (the
 // range's write load as this node sees it).
 func (r *Replica) Proposed() uint64 { return r.proposed.Load() }
+
+// InFlight reports how many writes through Write and WriteAll wait for
+// their outcome now (etcd_server_proposals_pending).
+func (r *Replica) InFlight() int64 { return r.inFlight.Load() }
+
+// observeFailure tells the observer of a write that failed for a reason
+// of the group rather than a refusal (*Error) by the state machine.
+func (r *Replica) observeFailure(err error) {
+	if err == nil || r.obs == nil {
+		return
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		r.obs.ProposalFailed()
+	}
+}
 
 // retryable tells whether a proposal certainly did not commit and may be
 // sent again.

@@ -82,6 +82,10 @@ type Config struct {
 	// Journal, if set, receives a record of every applied entry (see
 	// journal.go): a testing aid for history checkers.
 	Journal io.Writer
+	// Observer, if set, receives what the node's metrics count: the
+	// operations applied and read, commit and sync times (the state
+	// machine), failed proposals and restamps (the range's Replica).
+	Observer Observer
 }
 
 // StateMachine is dragonboat's IOnDiskStateMachine for one range: it composes
@@ -227,8 +231,14 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	var idx [8]byte
 	binary.BigEndian.PutUint64(idx[:], entries[len(entries)-1].Index)
 	b.SetMeta(appliedKey, idx[:])
+	start := time.Now()
 	if err := b.Commit(); err != nil {
 		return nil, fmt.Errorf("shard %d: commit: %w", s.shardID, err)
+	}
+	if obs := s.cfg.Observer; obs != nil {
+		obs.Committed(time.Since(start))
+		a.counts.Splits = len(a.splits)
+		obs.Applied(a.counts)
 	}
 	s.applied.Store(entries[len(entries)-1].Index)
 	s.closedRev.Store(int64(a.closed))
@@ -285,6 +295,8 @@ type applier struct {
 	stamp mvcc.Revision
 	// splits are the splits applied in this batch.
 	splits []appliedSplit
+	// counts are the etcd operations applied in this batch (Observer).
+	counts OpCounts
 	// sharded is Config.Sharded; counting is true while the range of
 	// sharded mode spans the whole key space (it then numbers revisions
 	// itself and its closed revision follows them); a split ends it.
@@ -575,8 +587,16 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 	switch q := query.(type) {
 	case RangeQuery:
 		resp, err = s.store.RangeAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
+		if obs := s.cfg.Observer; obs != nil {
+			obs.Read(OpCounts{Ranges: 1})
+		}
 	case TxnQuery:
-		resp, err = s.store.ReadTxnAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
+		var tr *pb.TxnResponse
+		tr, err = s.store.ReadTxnAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
+		resp = tr
+		if obs := s.cfg.Observer; obs != nil && err == nil {
+			obs.Read(txnCounts(q.Req, tr))
+		}
 	case StatusQuery:
 		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),
 			Closed: mvcc.Revision(s.closedRev.Load()), Fence: s.fence.Load(), Counting: s.cfg.Sharded && wholeSpan(s.store.Span())}
@@ -628,7 +648,35 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 // Sync makes every applied entry durable: pebble's WAL is fsynced (Update
 // commits without sync because the raft log is the durable record until then).
 func (s *StateMachine) Sync() error {
-	return s.cfg.DB.LogData(nil, pebble.Sync)
+	start := time.Now()
+	err := s.cfg.DB.LogData(nil, pebble.Sync)
+	if obs := s.cfg.Observer; obs != nil && err == nil {
+		obs.Synced(time.Since(start))
+	}
+	return err
+}
+
+// Keys counts the range's live keys at its current revision
+// (mvcc.Store.Keys: a scan of the range), for the node's range statistics;
+// it is not a read any Observer counts.
+func (s *StateMachine) Keys() (int64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed || s.store == nil {
+		return 0, ErrClosed
+	}
+	return s.store.Keys()
+}
+
+// DiskUsage estimates the bytes the range's versions take on disk
+// (mvcc.Store.DiskUsage), for the node's range statistics.
+func (s *StateMachine) DiskUsage() (uint64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed || s.store == nil {
+		return 0, ErrClosed
+	}
+	return s.store.DiskUsage()
 }
 
 // PrepareSnapshot pins a point-in-time view of this range.

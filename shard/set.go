@@ -185,10 +185,10 @@ func founderPairs(d *placementpb.RangeDescriptor) []*placementpb.Replica {
 
 // Start starts the raft replica of r (Range.Start) with cfg, its Span
 // taken from r's descriptor and its replica id r's (RangeConfig.ReplicaID).
-// With founders, a member among the range's voting founders starts it with
-// them — each founder's replica under its id, reached at its member
-// (SetConfig.Target); raft takes them again on a restart —; any other
-// member joins it (or restarts what it joined), to be added by a
+// With founders, a member among the range's voting founders (under r's
+// replica id) starts it with them — each founder's replica under its id,
+// reached at its member (SetConfig.Target); raft takes them again on a
+// restart —; any other member joins it (or restarts what it joined), to be added by a
 // membership change and sent a snapshot. With join, this member joins it
 // whatever it is (a split it missed, joined late). A founder votes; a
 // member joining is a learner (IsNonVoting) while SetConfig.Learner says

@@ -190,6 +190,10 @@ func TestShardedLegacyDataDir(t *testing.T) {
 	}
 	replicaCheck(ctx, t, "split", nodes)
 	nc := cl.Client(m3)
+	nodetest.Eventually(t, "the new member knows it votes", func() bool {
+		st, err := nc.Status(ctx, nodes[m3].ClientURLs()[0])
+		return err == nil && !st.IsLearner
+	})
 	for i, k := range []string{"a", "q", "y"} {
 		if _, err := nc.Put(ctx, k, fmt.Sprint("after-", i)); err != nil {
 			t.Fatalf("put %s through the new member: %v", k, err)

@@ -69,9 +69,13 @@
 //
 // The founding members come from --initial-cluster (name=peer-url pairs);
 // a member's id derives from its peer URLs and the cluster token, is its
-// raft replica id, and is kept in the data directory, so a restart ignores
-// the --initial-* flags as etcd does. A member that joins an existing
-// cluster (--initial-cluster-state existing, after MemberAdd) starts as a
+// raft replica id in single-group mode and in the placement group, and is
+// kept in the data directory, so a restart ignores the --initial-* flags
+// as etcd does. In sharded mode a member's replica of a range has the id
+// the range map allocated for it (ranges founded before ids were
+// allocated: its member id), and the member list is the placement group's
+// membership. A member that joins an existing cluster
+// (--initial-cluster-state existing, after MemberAdd) starts as a
 // learner. Each member publishes its name and client URLs through raft
 // once it serves; MemberList joins them with raft's membership.
 //

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/placementpb"
@@ -103,9 +104,47 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 }
 
 // StopRangeReplica stops this member's replica of range id in raft
-// (dragonboat's StopReplica; the replica id is the member id), leaving the
-// rest of the node running: the range loses this member's vote.
-func (n *Node) StopRangeReplica(id uint64) error { return n.nh.StopReplica(id, n.memberID) }
+// (dragonboat's StopReplica, under the replica's id), leaving the rest of
+// the node running: the range loses this member's vote.
+func (n *Node) StopRangeReplica(id uint64) error {
+	r := n.rangeSet.Get(shard.RangeID(id), false)
+	if r == nil {
+		return fmt.Errorf("node: no range %d here", id)
+	}
+	return n.nh.StopReplica(id, uint64(r.ReplicaID()))
+}
+
+// LegacyBootstrap makes a new sharded cluster bootstrap its range map as
+// before replica ids were allocated (every founder holds every range under
+// its member id), for tests of data directories made then; later starts
+// are unaffected.
+func LegacyBootstrap(cfg *Config) { cfg.legacyBootstrap = true }
+
+// RangeMap reads the range map through the placement group.
+func (n *Node) RangeMap(ctx context.Context) ([]*placementpb.RangeDescriptor, error) {
+	st, err := n.placement.State(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.Ranges, nil
+}
+
+// RaftReplicas returns, by range id, the voting replica ids of each range
+// this node runs, as its raft membership has them here.
+func (n *Node) RaftReplicas() map[uint64][]uint64 {
+	out := n.rangeSet.RaftMembers()
+	delete(out, placementShardID)
+	return out
+}
+
+// LocalReplicas returns this node's replica id in each range it runs.
+func (n *Node) LocalReplicas() map[uint64]uint64 {
+	out := map[uint64]uint64{}
+	for _, r := range n.rangeSet.All() {
+		out[uint64(r.ID())] = uint64(r.ReplicaID())
+	}
+	return out
+}
 
 // RefreshRangeStats computes the ranges' figures now, as the refresher
 // does every 15 s, for tests that scrape them.

@@ -461,11 +461,13 @@ func (n *Node) logLeader(info raftio.LeaderInfo) {
 	if !n.log.Enabled(context.Background(), level) {
 		return
 	}
+	// Replicas are named by their members, as etcd names its raft nodes.
+	local := n.memberOf(info.ShardID, info.ReplicaID)
 	if info.LeaderID == 0 {
-		n.log.Log(context.Background(), level, "lost leader", "local-member-id", fmt.Sprintf("%x", info.ReplicaID),
+		n.log.Log(context.Background(), level, "lost leader", "local-member-id", fmt.Sprintf("%x", local),
 			"term", info.Term, "range", info.ShardID)
 		return
 	}
-	n.log.Log(context.Background(), level, "elected leader", "local-member-id", fmt.Sprintf("%x", info.ReplicaID),
-		"leader", fmt.Sprintf("%x", info.LeaderID), "term", info.Term, "range", info.ShardID)
+	n.log.Log(context.Background(), level, "elected leader", "local-member-id", fmt.Sprintf("%x", local),
+		"leader", fmt.Sprintf("%x", n.memberOf(info.ShardID, info.LeaderID)), "term", info.Term, "range", info.ShardID)
 }

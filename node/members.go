@@ -48,7 +48,8 @@ func (n *Node) publish(ctx context.Context) {
 }
 
 // Members implements router.NodeInfo: the raft membership (voters and
-// learners) with the attributes each member published. A member added but
+// learners) of the member list's group (memberShard) with the attributes
+// each member published. A member added but
 // not yet started has no name and no client URLs, as in etcd.
 //
 // Linearizable asks the raft group (a read index); otherwise the member
@@ -152,11 +153,12 @@ type membersView struct {
 }
 
 // configChangeIndex is the raft index of the last membership change this
-// replica applied (its local view; 0 if unknown).
+// member's replica of the member list's group applied (its local view; 0
+// if unknown).
 func (n *Node) configChangeIndex() uint64 {
 	info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
 	for _, s := range info.ShardInfoList {
-		if s.ShardID == singleShardID {
+		if s.ShardID == n.memberShard() {
 			return s.ConfigChangeIndex
 		}
 	}
@@ -186,12 +188,28 @@ func (n *Node) memberAddr(id placement.NodeID) (string, error) {
 	return hostPort(m.ClientURLs[0])
 }
 
-// membership reads the shard's membership through the leader (a ReadIndex),
-// trying again while the replica is between states (no leader yet, a
-// leadership change under way) until ctx ends.
+// memberShard is the raft group whose membership is the member list: in
+// sharded mode the placement group, where each member's replica has the
+// member's id (a range's replicas have ids of their own), a learner's
+// non-voting; in single-group mode the one range.
+func (n *Node) memberShard() uint64 {
+	if n.cfg.Sharded {
+		return placementShardID
+	}
+	return singleShardID
+}
+
+// membership reads the member list's group's membership (memberShard).
 func (n *Node) membership(ctx context.Context) (*dragonboat.Membership, error) {
+	return n.groupMembership(ctx, n.memberShard())
+}
+
+// groupMembership reads raft group shardID's membership through the
+// leader (a ReadIndex), trying again while the replica is between states
+// (no leader yet, a leadership change under way) until ctx ends.
+func (n *Node) groupMembership(ctx context.Context, shardID uint64) (*dragonboat.Membership, error) {
 	for {
-		ms, err := n.nh.SyncGetShardMembership(ctx, singleShardID)
+		ms, err := n.nh.SyncGetShardMembership(ctx, shardID)
 		if err == nil || errors.Is(err, dragonboat.ErrClosed) || errors.Is(err, dragonboat.ErrShardClosed) ||
 			errors.Is(err, dragonboat.ErrShardNotFound) {
 			return ms, err

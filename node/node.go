@@ -32,6 +32,7 @@ import (
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
@@ -159,6 +160,11 @@ type Config struct {
 	// compactionClock drives automatic compaction (router.StartCompactor);
 	// nil is the wall clock. Tests inject a fake one.
 	compactionClock router.CompactorClock
+	// legacyBootstrap has a new sharded cluster bootstrap its range map
+	// as before replica ids were allocated: every founder holds every
+	// range under its member id. Tests of data directories made then set
+	// it (export_test.go).
+	legacyBootstrap bool
 }
 
 // rttMillisecond is dragonboat's tick: raft timings are whole multiples.
@@ -347,8 +353,15 @@ type Node struct {
 	token       string   // --initial-cluster-token
 	// learner is set while this member is a learner (see trackLearner).
 	learner atomic.Bool
-	// peers resolves raft replicas to their members' peer addresses.
+	// peers resolves raft replicas to their members' peer addresses, and
+	// names the member holding a range's replica (memberOf).
 	peers *placement.PeerRegistry
+	// mapHost is the NodeHost running this member's placement replica
+	// once it started (sharded mode): the registry reads the member
+	// holding a replica it learnt nothing of from its range map
+	// (mapMemberOf). Atomic: the registry asks from dragonboat's
+	// transport, also while a join replaces the NodeHost.
+	mapHost atomic.Pointer[dragonboat.NodeHost]
 	// holds is the replica client that TransferHold entries and leader
 	// changes reach (see TransferLeader); nil until it exists.
 	holds atomic.Pointer[shard.Replica]
@@ -521,6 +534,9 @@ func (n *Node) identify() (boot, error) {
 		return b, err
 	}
 	n.peers = placement.NewPeerRegistry()
+	if cfg.Sharded {
+		n.peers.SetMemberOf(n.mapMemberOf)
+	}
 	b.restart = restart
 	if restart {
 		n.memberID = id
@@ -708,6 +724,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	}
 	n.conns = router.NewMemberConns(n.peerAddr, creds)
 	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.metrics.countForwards(n.conns.Dial))
+	n.fwd.SetMemberOf(n.rangeMember)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
 	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
 		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load})
@@ -724,7 +741,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
 		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
 		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
-	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
+	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
 		if n.splitter != nil {
 			n.splitter.OnSplit(n.first, child, span, rev, founders)
 		}
@@ -759,7 +776,15 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		}
 		n.first = shard.NewRange(n.rangeCfg(shard.ReplicaID(id)), first, 0)
 		n.rangeSet.Add(n.first)
-		if err := n.first.Start(shardCfg, b.founders, b.join, raftCfg(id)); err != nil {
+		var err error
+		if cfg.Sharded {
+			// Founded by the replicas the range map names (under the ids
+			// it allocated), as every range is.
+			err = n.rangeSet.Start(n.first, shardCfg, raftCfg(id), b.founders != nil, b.join)
+		} else {
+			err = n.first.Start(shardCfg, b.founders, b.join, raftCfg(id))
+		}
+		if err != nil {
 			return fmt.Errorf("node: start shard: %w", err)
 		}
 		return nil
@@ -768,7 +793,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		if err := n.join(ctx, singleShardID, startFirst); err != nil {
 			return err
 		}
-	} else if err := startFirst(n.memberID); err != nil {
+	} else if err := startFirst(uint64(n.replicaIn(first))); err != nil {
 		return err
 	}
 	if cfg.Sharded {
@@ -809,7 +834,7 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 	n.primary = shard.StartPrimary(shard.PrimaryConfig{
 		Replica:         n.first.Replica(),
 		Lessor:          func() *lease.Lessor { return n.first.StateMachine().Lessor() },
-		ReplicaID:       n.selfReplica(),
+		ReplicaID:       n.first.ReplicaID(),
 		ElectionTimeout: cfg.ElectionTimeout,
 		Log:             n.log,
 	})
@@ -845,6 +870,7 @@ func (n *Node) serve() error {
 		ClusterID:         n.clusterID,
 		MemberID:          placement.NodeID(n.memberID),
 		Shard:             n.first.Replica(),
+		MemberOf:          n.rangeMember,
 		MaxRequestBytes:   cfg.MaxRequestBytes,
 		MaxTxnOps:         cfg.MaxTxnOps,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,

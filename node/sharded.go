@@ -12,6 +12,7 @@ import (
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -44,7 +45,13 @@ func (n *Node) startPlacement(ctx context.Context, founders map[uint64]dragonboa
 	for id := range founders {
 		ids = append(ids, placement.NodeID(id))
 	}
-	ranges, err := n.placement.Bootstrap(ctx, ids, n.cfg.InitialSplitKeys, func() (mvcc.Revision, error) {
+	// Every founder holds every range, under the replica ids the range
+	// map allocates (before those were allocated: under its member id).
+	rangeReplicas := len(ids)
+	if n.cfg.legacyBootstrap {
+		rangeReplicas = 0
+	}
+	ranges, err := n.placement.BootstrapReplicas(ctx, ids, rangeReplicas, n.cfg.InitialSplitKeys, func() (mvcc.Revision, error) {
 		// A founder's store is empty but for a restored backup (range
 		// 1's store): the oracle starts above its revision.
 		first, err := mvcc.Open(n.db, mvcc.Options{ID: singleShardID})
@@ -72,6 +79,7 @@ func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join
 	if err != nil {
 		return fmt.Errorf("node: start the placement group: %w", err)
 	}
+	n.mapHost.Store(n.nh)
 	n.alloc = placement.NewAllocator(n.nh, placementShardID, id, oracleWindow)
 	n.oracle = placement.NewOracleClient(placement.OracleClientConfig{
 		Self:  id,
@@ -94,7 +102,49 @@ func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join
 // newRange returns this member's replica of range d, not started, its
 // watch hub at rev.
 func (n *Node) newRange(d *placementpb.RangeDescriptor, rev mvcc.Revision) *shard.Range {
-	return shard.NewRange(n.rangeCfg(n.selfReplica()), d, rev)
+	return shard.NewRange(n.rangeCfg(n.replicaIn(d)), d, rev)
+}
+
+// replicaIn is this member's replica id in range d: the one d names (a
+// range founded before replica ids were allocated names each replica by
+// its member's id, as single-group mode's range does). A member d names
+// none of — one removed from the range — has its member id, which no
+// allocated replica id equals.
+func (n *Node) replicaIn(d *placementpb.RangeDescriptor) shard.ReplicaID {
+	if id, ok := placement.ReplicaOf(d, placement.NodeID(n.memberID)); ok {
+		return id
+	}
+	return shard.ReplicaID(n.memberID)
+}
+
+// memberOf is the member holding replica id of raft group shardID (a
+// range, or the placement group), as the registry finds it: from
+// dragonboat's membership, else from this member's range map, else the
+// member whose id it is (placement.PeerRegistry).
+func (n *Node) memberOf(shardID, id uint64) placement.NodeID { return n.peers.Member(shardID, id) }
+
+// rangeMember is memberOf as the router asks it (router.MemberOf).
+func (n *Node) rangeMember(r shard.RangeID, id shard.ReplicaID) (placement.NodeID, bool) {
+	return n.memberOf(uint64(r), uint64(id)), true
+}
+
+// mapMemberOf is the registry's MemberOf (placement.PeerRegistry): the
+// member this member's replica of the range map names as holding replica
+// id of range shardID — what a replica joining a range knows of the
+// others before raft tells it (a snapshot, or the log's membership
+// changes). It reads the local replica without a round trip and never
+// blocks for long: dragonboat's transport asks it.
+func (n *Node) mapMemberOf(shardID, id uint64) (placement.NodeID, bool) {
+	nh := n.mapHost.Load()
+	if nh == nil || shardID == placementShardID {
+		return 0, false
+	}
+	v, err := nh.StaleRead(placementShardID, placement.ReplicaMemberQuery{Range: shard.RangeID(shardID), Replica: shard.ReplicaID(id)})
+	if err != nil {
+		return 0, false
+	}
+	m, ok := v.(placement.NodeID)
+	return m, ok && m != 0
 }
 
 // rangeCfg is what every range of this member shares, replicaID its
@@ -115,7 +165,7 @@ func (n *Node) rangeCfg(replicaID shard.ReplicaID) shard.RangeConfig {
 func (n *Node) startRange(r *shard.Range, founders, join bool) error {
 	cfg := n.shardCfg
 	cfg.OnApply = nil
-	cfg.OnSplit = func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
+	cfg.OnSplit = func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
 		n.splitter.OnSplit(r, child, span, rev, founders)
 	}
 	cfg.OnPeers, cfg.OnHold = nil, nil

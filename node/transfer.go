@@ -26,7 +26,13 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	} else if learner {
 		return rpctypes.ErrBadLeaderTransferee
 	}
-	err := n.first.TransferLeader(ctx, replicaOf(placement.NodeID(target)), shard.TransferConfig{
+	id, ok, err := n.replicaOfMember(ctx, placement.NodeID(target))
+	if err != nil {
+		return err
+	} else if !ok {
+		return rpctypes.ErrBadLeaderTransferee
+	}
+	err = n.first.TransferLeader(ctx, id, shard.TransferConfig{
 		Replicas:          n.replicas,
 		AppliedOf:         n.appliedOf,
 		ElectionTimeout:   n.cfg.ElectionTimeout,
@@ -39,10 +45,25 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	return err
 }
 
+// replicaOfMember is member's replica of range 1, as its raft membership
+// has it.
+func (n *Node) replicaOfMember(ctx context.Context, member placement.NodeID) (shard.ReplicaID, bool, error) {
+	ids, err := n.replicas(ctx)
+	if err != nil {
+		return 0, false, err
+	}
+	for _, id := range ids {
+		if n.memberOf(singleShardID, uint64(id)) == member {
+			return id, true, nil
+		}
+	}
+	return 0, false, nil
+}
+
 // replicas lists range 1's replicas, voters and learners, as its raft
 // membership has them.
 func (n *Node) replicas(ctx context.Context) ([]shard.ReplicaID, error) {
-	ms, err := n.membership(ctx)
+	ms, err := n.groupMembership(ctx, singleShardID)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +80,7 @@ func (n *Node) replicas(ctx context.Context) ([]shard.ReplicaID, error) {
 // appliedOf asks the member holding replica id of range 1 for the raft
 // index it has applied (its Maintenance Status).
 func (n *Node) appliedOf(ctx context.Context, id shard.ReplicaID) (uint64, error) {
-	c, err := n.conns.Conn(memberOf(id))
+	c, err := n.conns.Conn(n.memberOf(singleShardID, uint64(id)))
 	if err != nil {
 		return 0, err
 	}

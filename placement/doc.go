@@ -65,11 +65,13 @@
 //     group around a real StateMachine.
 //
 // Membership (membership.go) walks a membership change of the cluster
-// through the placement group and every range: adding a member (each
-// range's replicas compact their logs first, so that it gets the range as
-// a snapshot), removing one (range 1, the member list, last), promoting a
-// learner; the range map marks the change under way (no splits meanwhile)
-// and records each range's replicas. It drives raft through a small
+// through the placement group and every range: adding a member (the range
+// map names its replica of each range first, under an allocated id; each
+// range's replicas compact their logs, so that it gets the range as a
+// snapshot), removing one (the placement group, the member list, last),
+// promoting a learner (the placement group last); the range map marks the
+// change under way (no splits meanwhile) and records each range's
+// replicas. It drives raft through a small
 // interface the member's NodeHost satisfies, and reaches the member's own
 // replicas and the other members through interfaces the member wires in;
 // its scripts in testdata/members run it over fakes of them.

@@ -17,8 +17,13 @@ import (
 // Membership changes in sharded mode (DESIGN.md "Ranges, placement,
 // membership"): every member holds a replica of the placement group and
 // of every range, so adding a member adds it to each raft group, and
-// removing one removes it from each. The member list is range 1's
-// membership, as in single-group mode.
+// removing one removes it from each. The member list is the placement
+// group's membership (each member's replica there has the member's id).
+// In a range, a member's replica has the id the range map allocates
+// (AddReplica; a range founded before ids were allocated names each
+// founder's replica by its member id): the map names it before raft adds
+// it, so that the member, once in the placement group, finds there which
+// replica of each range it runs.
 //
 // A range's store shares the member's pebble with the other ranges, keyed
 // by user key: a new member must get each range as a snapshot of that
@@ -31,12 +36,13 @@ import (
 // change waits for the splits under way to apply on this member first, so
 // that no range is split while the new member is added to it.
 //
-//	Add(4)    reconfigure 4 → placement group += 4
-//	          → for r1, r2, …: (4 absent) every replica compacts its log, r += 4;
-//	            the map's r.replicas += 4 (not for a learner)
-//	          → reconfigure 4 done
-//	Remove(4) r2, r3, … -= 4 → placement group -= 4 → r1 -= 4 (the member list last)
-//	Promote(4) as Add, range 1 last
+//	Add(4)     reconfigure 4 → the map names 4's replica of r1, r2, … (learners, ids allocated: 5, 6, …)
+//	           → placement group += 4
+//	           → for r1, r2, …: (5 absent) every replica compacts its log, r += 5;
+//	             the map promotes 5 (not for a learner)
+//	           → reconfigure 4 done
+//	Remove(4)  r1, r2, … -= 4's replica (raft, then the map) → placement group -= 4 (the member list last)
+//	Promote(4) r1, r2, …: 4's replica votes (raft, then the map) → placement group (the member list last)
 
 // MembershipRaft is raft as a Membership changes the members of its
 // groups (the placement group and every range): dragonboat's *NodeHost is
@@ -115,11 +121,6 @@ type Membership struct {
 	cfg MembershipConfig
 }
 
-// firstRange is the range a bootstrap makes first (the table's first id):
-// its membership is the member list, so a member leaves it last and is
-// promoted in it last.
-const firstRange RangeID = 1
-
 // NewMembership returns a Membership over cfg.
 func NewMembership(cfg MembershipConfig) *Membership {
 	if cfg.Retry <= 0 {
@@ -138,154 +139,239 @@ func NewMembership(cfg MembershipConfig) *Membership {
 }
 
 // Add adds member (a non-voting member if learner) to the placement group
-// and to every range, range 1 first, and records it in each range's
-// replicas unless it is a learner. Its peer URLs are recorded already.
+// and to every range, and records its replica of each range in the map (a
+// voter unless it is a learner). Its peer URLs are recorded already.
 func (m *Membership) Add(ctx context.Context, member NodeID, learner bool) error {
 	if err := m.cfg.Map.Reconfigure(ctx, member, false); err != nil {
 		return err
 	}
 	defer m.endReconfigure(member)
-	add := func(group uint64) error {
-		ms, err := m.groupMembership(ctx, group)
-		if err != nil {
-			return err
-		}
-		if _, ok := ms.Nodes[uint64(member)]; ok {
-			return nil
-		}
-		if _, ok := ms.NonVotings[uint64(member)]; ok && learner {
-			return nil
-		}
-		return m.retryRaft(ctx, func(ctx context.Context) error {
-			if learner {
-				return m.cfg.Raft.SyncRequestAddNonVoting(ctx, group, uint64(member), m.cfg.Target(member), 0)
-			}
-			return m.cfg.Raft.SyncRequestAddReplica(ctx, group, uint64(member), m.cfg.Target(member), 0)
-		})
+	if err := m.nameReplicas(ctx, member); err != nil {
+		return fmt.Errorf("placement: add member %x to the range map: %w", member, err)
 	}
-	if err := add(m.cfg.ShardID); err != nil {
+	if err := m.add(ctx, m.cfg.ShardID, uint64(member), member, learner); err != nil {
 		return fmt.Errorf("placement: add member %x to the placement group: %w", member, err)
 	}
 	return m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
-		if slices.Contains(d.Replicas, uint64(member)) {
-			return nil
-		}
 		ms, err := m.groupMembership(ctx, d.Id)
 		if err != nil {
 			return err
 		}
-		_, voter := ms.Nodes[uint64(member)]
-		_, nonVoting := ms.NonVotings[uint64(member)]
+		id, pair, err := m.replicaIn(ctx, d, ms, member)
+		if err != nil {
+			return err
+		}
+		if pair != nil && !pair.Learner {
+			return nil // a voter already, in raft and in the map
+		}
+		_, voter := ms.Nodes[uint64(id)]
+		_, nonVoting := ms.NonVotings[uint64(id)]
 		if !voter && !nonVoting {
-			if err := m.compactEverywhere(ctx, RangeID(d.Id), member); err != nil {
+			if err := m.compactEverywhere(ctx, d, id); err != nil {
 				return fmt.Errorf("placement: compact range %d's log before adding member %x: %w", d.Id, member, err)
 			}
-			if err := add(d.Id); err != nil {
+			if err := m.add(ctx, d.Id, uint64(id), member, learner); err != nil {
 				return fmt.Errorf("placement: add member %x to range %d: %w", member, d.Id, err)
 			}
 		}
 		if learner {
-			// The map's replicas found the ranges later splits make: a
+			// The map's voters found the ranges later splits make: a
 			// learner is not one until promoted.
 			return nil
 		}
-		return m.cfg.Map.ChangeReplicas(ctx, RangeID(d.Id), member, 0)
+		return m.recordVoter(ctx, d, id, pair, member)
 	})
 }
 
-// Remove removes member from every range, range 1 last (it leaves the
-// member list last), and from the placement group, and from each range's
-// replicas.
+// nameReplicas has the range map name member's replica of every range it
+// names none of, as a learner, allocating its id: the member reads them
+// in the map once it is in the placement group, and starts each range
+// under its own id. A range whose raft group has a replica under the
+// member's id (a change begun before ids were allocated, cut short) keeps
+// it (replicaIn); a range that does not run here yet (a split under way)
+// is named all the same.
+func (m *Membership) nameReplicas(ctx context.Context, member NodeID) error {
+	st, err := m.cfg.Map.State(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range st.Ranges {
+		if _, ok := ReplicaOf(d, member); ok {
+			continue
+		}
+		ms, err := m.groupMembership(ctx, d.Id)
+		switch {
+		case errors.Is(err, dragonboat.ErrShardNotFound):
+		case err != nil:
+			return fmt.Errorf("range %d: %w", d.Id, err)
+		default:
+			if legacyReplica(d, ms, member) {
+				continue
+			}
+		}
+		if _, _, err := m.cfg.Map.AddReplica(ctx, RangeID(d.Id), member, true); err != nil {
+			return fmt.Errorf("range %d: %w", d.Id, err)
+		}
+	}
+	return nil
+}
+
+// add adds replica id of group, on member, as a voter (promoting it, a
+// non-voting member), or as a non-voting member if learner; nothing if
+// the group has it so already.
+func (m *Membership) add(ctx context.Context, group, id uint64, member NodeID, learner bool) error {
+	ms, err := m.groupMembership(ctx, group)
+	if err != nil {
+		return err
+	}
+	if _, ok := ms.Nodes[id]; ok {
+		return nil
+	}
+	if _, ok := ms.NonVotings[id]; ok && learner {
+		return nil
+	}
+	return m.retryRaft(ctx, func(ctx context.Context) error {
+		if learner {
+			return m.cfg.Raft.SyncRequestAddNonVoting(ctx, group, id, m.cfg.Target(member), 0)
+		}
+		return m.cfg.Raft.SyncRequestAddReplica(ctx, group, id, m.cfg.Target(member), 0)
+	})
+}
+
+// replicaIn returns member's replica of range d, whose raft membership is
+// ms: the one the map names (pair); else one raft has under the member's
+// id (pair nil: a learner added before the map named learners); else one
+// the map names now, allocated.
+func (m *Membership) replicaIn(ctx context.Context, d *placementpb.RangeDescriptor, ms *dragonboat.Membership, member NodeID) (ReplicaID, *placementpb.Replica, error) {
+	if p := pairOf(Pairs(d), uint64(member)); p != nil {
+		return ReplicaID(p.Id), p, nil
+	}
+	if legacyReplica(d, ms, member) {
+		return ReplicaID(member), nil, nil
+	}
+	nd, id, err := m.cfg.Map.AddReplica(ctx, RangeID(d.Id), member, true)
+	if err != nil {
+		return 0, nil, fmt.Errorf("placement: name member %x's replica of range %d: %w", member, d.Id, err)
+	}
+	return id, pairOf(Pairs(nd), uint64(member)), nil
+}
+
+// legacyReplica reports whether range d's raft membership ms has a
+// replica under member's id that d does not name: one added before the map
+// named every replica (a learner's, or a change cut short then). An id d
+// names is another member's replica (an allocated id may equal the id of
+// a member that joined later).
+func legacyReplica(d *placementpb.RangeDescriptor, ms *dragonboat.Membership, member NodeID) bool {
+	_, voter := ms.Nodes[uint64(member)]
+	_, nonVoting := ms.NonVotings[uint64(member)]
+	_, named := MemberOf(d, ReplicaID(member))
+	return (voter || nonVoting) && !named
+}
+
+// recordVoter records in the map that member's replica id of range d
+// votes: pair, the map's, promoted; or (pair nil: a replica under the
+// member's id the map did not name) added as it was before ids were
+// allocated.
+func (m *Membership) recordVoter(ctx context.Context, d *placementpb.RangeDescriptor, id ReplicaID, pair *placementpb.Replica, member NodeID) error {
+	if pair == nil {
+		return m.cfg.Map.ChangeReplicas(ctx, RangeID(d.Id), member, 0)
+	}
+	if !pair.Learner {
+		return nil
+	}
+	_, err := m.cfg.Map.PromoteReplica(ctx, RangeID(d.Id), id)
+	return err
+}
+
+// Remove removes member's replica from every range, in raft and then in
+// the map, and then member from the placement group: it leaves the member
+// list last, so that a removal cut short is found and tried again.
 func (m *Membership) Remove(ctx context.Context, member NodeID) error {
 	if err := m.cfg.Map.Reconfigure(ctx, member, false); err != nil {
 		return err
 	}
 	defer m.endReconfigure(member)
-	remove := func(group uint64) error {
+	remove := func(group, id uint64) error {
 		ms, err := m.groupMembership(ctx, group)
 		if err != nil {
 			return err
 		}
-		_, voter := ms.Nodes[uint64(member)]
-		_, nonVoting := ms.NonVotings[uint64(member)]
+		_, voter := ms.Nodes[id]
+		_, nonVoting := ms.NonVotings[id]
 		if !voter && !nonVoting {
 			return nil
 		}
 		return m.retryRaft(ctx, func(ctx context.Context) error {
-			return m.cfg.Raft.SyncRequestDeleteReplica(ctx, group, uint64(member), 0)
+			return m.cfg.Raft.SyncRequestDeleteReplica(ctx, group, id, 0)
 		})
 	}
-	var first *placementpb.RangeDescriptor
 	err := m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
-		if RangeID(d.Id) == firstRange {
-			first = d
-			return nil
-		}
-		if err := remove(d.Id); err != nil {
+		ms, err := m.groupMembership(ctx, d.Id)
+		if err != nil {
 			return fmt.Errorf("placement: remove member %x from range %d: %w", member, d.Id, err)
 		}
-		return m.cfg.Map.ChangeReplicas(ctx, RangeID(d.Id), 0, member)
+		pair := pairOf(Pairs(d), uint64(member))
+		switch {
+		case pair != nil:
+			if err := remove(d.Id, pair.Id); err != nil {
+				return fmt.Errorf("placement: remove member %x from range %d: %w", member, d.Id, err)
+			}
+			_, err := m.cfg.Map.RemoveReplica(ctx, RangeID(d.Id), ReplicaID(pair.Id))
+			return err
+		case legacyReplica(d, ms, member):
+			if err := remove(d.Id, uint64(member)); err != nil {
+				return fmt.Errorf("placement: remove member %x from range %d: %w", member, d.Id, err)
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if err := remove(m.cfg.ShardID); err != nil {
-		return fmt.Errorf("placement: remove member %x from the placement group: %w", member, err)
-	}
-	if err := remove(uint64(firstRange)); err != nil {
+	if err := remove(m.cfg.ShardID, uint64(member)); err != nil {
 		return fmt.Errorf("placement: remove member %x: %w", member, err)
-	}
-	if first != nil {
-		return m.cfg.Map.ChangeReplicas(ctx, RangeID(first.Id), 0, member)
 	}
 	return nil
 }
 
-// Promote makes learner member a voter in the placement group and in
-// every range, range 1 last, and records it in each range's replicas; a
-// range split while it was a learner, which it does not hold yet, it is
-// added to as Add adds.
+// Promote makes learner member's replica of every range a voter, in raft
+// and then in the map, and then member a voter of the placement group: it
+// shows promoted in the member list last, so that a promotion cut short is
+// found and tried again. A range split while it was a learner, whose raft
+// group has no replica of it yet, it is added to as Add adds.
 func (m *Membership) Promote(ctx context.Context, member NodeID) error {
 	if err := m.cfg.Map.Reconfigure(ctx, member, false); err != nil {
 		return err
 	}
 	defer m.endReconfigure(member)
-	promote := func(group uint64) error {
-		ms, err := m.groupMembership(ctx, group)
+	err := m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
+		ms, err := m.groupMembership(ctx, d.Id)
 		if err != nil {
 			return err
 		}
-		if _, ok := ms.Nodes[uint64(member)]; ok {
-			return nil
+		id, pair, err := m.replicaIn(ctx, d, ms, member)
+		if err != nil {
+			return err
 		}
-		if _, ok := ms.NonVotings[uint64(member)]; !ok && group != m.cfg.ShardID {
-			if err := m.compactEverywhere(ctx, RangeID(group), member); err != nil {
-				return err
+		if _, ok := ms.Nodes[uint64(id)]; !ok {
+			if _, ok := ms.NonVotings[uint64(id)]; !ok {
+				if err := m.compactEverywhere(ctx, d, id); err != nil {
+					return err
+				}
+			}
+			if err := m.add(ctx, d.Id, uint64(id), member, false); err != nil {
+				return fmt.Errorf("placement: promote member %x in range %d: %w", member, d.Id, err)
 			}
 		}
-		return m.retryRaft(ctx, func(ctx context.Context) error {
-			return m.cfg.Raft.SyncRequestAddReplica(ctx, group, uint64(member), m.cfg.Target(member), 0)
-		})
-	}
-	if err := promote(m.cfg.ShardID); err != nil {
-		return fmt.Errorf("placement: promote member %x in the placement group: %w", member, err)
-	}
-	err := m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
-		if RangeID(d.Id) == firstRange {
-			return nil
-		}
-		if err := promote(d.Id); err != nil {
-			return fmt.Errorf("placement: promote member %x in range %d: %w", member, d.Id, err)
-		}
-		return m.cfg.Map.ChangeReplicas(ctx, RangeID(d.Id), member, 0)
+		return m.recordVoter(ctx, d, id, pair, member)
 	})
 	if err != nil {
 		return err
 	}
-	if err := promote(uint64(firstRange)); err != nil {
+	if err := m.add(ctx, m.cfg.ShardID, uint64(member), member, false); err != nil {
 		return fmt.Errorf("placement: promote member %x: %w", member, err)
 	}
-	return m.cfg.Map.ChangeReplicas(ctx, firstRange, member, 0)
+	return nil
 }
 
 // CompactLog snapshots this member's replica of range r and drops its raft
@@ -338,10 +424,13 @@ func (m *Membership) endReconfigure(member NodeID) {
 	}
 }
 
-// compactEverywhere makes every replica of range r but newcomer's take a
+// compactEverywhere makes every replica of range d but newcomer take a
 // snapshot and drop its log up to it, after one entry applied everywhere
-// (LocalRanges.Touch), so that each has progress to snapshot.
-func (m *Membership) compactEverywhere(ctx context.Context, r RangeID, newcomer NodeID) error {
+// (LocalRanges.Touch), so that each has progress to snapshot. A replica's
+// member is the one d names (a replica d does not name has its member's
+// id).
+func (m *Membership) compactEverywhere(ctx context.Context, d *placementpb.RangeDescriptor, newcomer ReplicaID) error {
+	r := RangeID(d.Id)
 	if err := m.cfg.Ranges.Touch(ctx, r); err != nil {
 		return err
 	}
@@ -349,19 +438,23 @@ func (m *Membership) compactEverywhere(ctx context.Context, r RangeID, newcomer 
 	if err != nil {
 		return err
 	}
-	// In member order, voters first: one order for every run.
+	// In replica order, voters first: one order for every run.
 	for _, group := range []map[uint64]string{ms.Nodes, ms.NonVotings} {
 		for _, id := range slices.Sorted(maps.Keys(group)) {
-			switch NodeID(id) {
-			case newcomer:
-			case m.cfg.Self:
-				if err := m.CompactLog(ctx, r); err != nil {
-					return err
-				}
-			default:
-				if err := m.cfg.Peers.CompactLog(ctx, NodeID(id), r); err != nil {
-					return err
-				}
+			if ReplicaID(id) == newcomer {
+				continue
+			}
+			member, ok := MemberOf(d, ReplicaID(id))
+			if !ok {
+				member = NodeID(id)
+			}
+			if member == m.cfg.Self {
+				err = m.CompactLog(ctx, r)
+			} else {
+				err = m.cfg.Peers.CompactLog(ctx, member, r)
+			}
+			if err != nil {
+				return err
 			}
 		}
 	}

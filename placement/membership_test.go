@@ -229,6 +229,15 @@ func (l loggedRaft) SyncPropose(ctx context.Context, s *dbclient.Session, cmd []
 		if op.ChangeReplicas.Remove != 0 {
 			what += fmt.Sprintf(" remove %d", op.ChangeReplicas.Remove)
 		}
+	case *placementpb.Command_AddReplica:
+		what = fmt.Sprintf("map: add-replica r%d member %d", op.AddReplica.Range, op.AddReplica.Member)
+		if op.AddReplica.Learner {
+			what += " learner"
+		}
+	case *placementpb.Command_PromoteReplica:
+		what = fmt.Sprintf("map: promote-replica r%d %d", op.PromoteReplica.Range, op.PromoteReplica.Id)
+	case *placementpb.Command_RemoveReplica:
+		what = fmt.Sprintf("map: remove-replica r%d %d", op.RemoveReplica.Range, op.RemoveReplica.Id)
 	default:
 		what = fmt.Sprintf("map: %T", c.Op)
 	}
@@ -324,7 +333,11 @@ func TestMembership(t *testing.T) {
 				}
 				c.mu.Lock()
 				defer c.mu.Unlock()
-				c.groups[out.Ranges[1].Id] = newGroup(out.Ranges[1].Replicas)
+				var founders []uint64
+				for _, p := range Voters(out.Ranges[1]) {
+					founders = append(founders, p.Id)
+				}
+				c.groups[out.Ranges[1].Id] = newGroup(founders)
 				return fmtRanges(out.Ranges)
 			case "raft":
 				c.mu.Lock()

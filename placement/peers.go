@@ -125,18 +125,34 @@ func (r *PeerRegistry) RemoveShard(shardID uint64) {
 func (r *PeerRegistry) Resolve(shardID, replicaID uint64) (string, string, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	member, ok := r.replicas[peerReplica{shardID, replicaID}]
-	if !ok && r.memberOf != nil {
-		member, ok = r.memberOf(shardID, replicaID)
-	}
-	if !ok {
-		member = NodeID(replicaID)
-	}
+	member := r.memberLocked(shardID, replicaID)
 	addr, ok := r.memberAddrLocked(member)
 	if !ok {
 		return "", "", fmt.Errorf("%w %x (member %x)", ErrUnknownPeer, replicaID, uint64(member))
 	}
 	return addr, fmt.Sprintf("%s-%d", addr, shardID%r.streams), nil
+}
+
+// Member returns the member holding replica replicaID of shardID, as
+// Resolve finds it: from dragonboat's targets, else MemberOf, else the
+// member whose id is replicaID.
+func (r *PeerRegistry) Member(shardID, replicaID uint64) NodeID {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.memberLocked(shardID, replicaID)
+}
+
+// REQUIRES: r.mu (read).
+func (r *PeerRegistry) memberLocked(shardID, replicaID uint64) NodeID {
+	if member, ok := r.replicas[peerReplica{shardID, replicaID}]; ok {
+		return member
+	}
+	if r.memberOf != nil {
+		if member, ok := r.memberOf(shardID, replicaID); ok {
+			return member
+		}
+	}
+	return NodeID(replicaID)
 }
 
 // SetMemberOf sets where a replica nothing was added for is looked up

@@ -3,6 +3,11 @@ package placement
 import (
 	"errors"
 	"testing"
+
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/proto/placementpb"
 )
 
 // TestPeerRegistry: a replica resolves to its member's recorded peer
@@ -130,6 +135,54 @@ func TestParseMemberTarget(t *testing.T) {
 	} {
 		if id, ok := ParseMemberTarget(s); ok {
 			t.Fatalf("ParseMemberTarget(%q) = %x, want none", s, uint64(id))
+		}
+	}
+}
+
+// TestPeerRegistryMember: Member names the member Resolve dials: an added
+// target's, else MemberOf's, else the member whose id the replica has.
+func TestPeerRegistryMember(t *testing.T) {
+	r := NewPeerRegistry()
+	r.Add(5, 21, MemberTarget(0xa1))
+	r.SetMemberOf(func(shard, replica uint64) (NodeID, bool) { return 0xb2, shard == 5 && replica == 22 })
+	for _, c := range []struct {
+		shard, replica uint64
+		want           NodeID
+	}{{5, 21, 0xa1}, {5, 22, 0xb2}, {6, 22, 22}, {5, 0xc3, 0xc3}} {
+		if got := r.Member(c.shard, c.replica); got != c.want {
+			t.Fatalf("Member(%d, %d) = %x, want %x", c.shard, c.replica, uint64(got), uint64(c.want))
+		}
+	}
+}
+
+// TestReplicaMemberQuery: the state machine names the member holding a
+// replica of a range, under an allocated id or (a legacy descriptor) the
+// member's own; 0 for a replica or range the map does not name.
+func TestReplicaMemberQuery(t *testing.T) {
+	s := NewStateMachine(1, 1).(*StateMachine)
+	apply := func(c *placementpb.Command) {
+		t.Helper()
+		data, _ := proto.Marshal(c)
+		if _, err := s.Update(sm.Entry{Cmd: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(&placementpb.Command{Op: &placementpb.Command_Bootstrap{Bootstrap: &placementpb.Bootstrap{
+		Replicas: []uint64{0xa1, 0xb2}, SplitKeys: [][]byte{[]byte("m")}}}})
+	apply(&placementpb.Command{Op: &placementpb.Command_AddReplica{AddReplica: &placementpb.AddReplica{Range: 2, Member: 0xc3, Learner: true}}})
+	st, _ := s.Lookup(StateQuery{})
+	added, ok := ReplicaOf(st.(*placementpb.State).Ranges[1], 0xc3)
+	if !ok {
+		t.Fatal("add_replica named no replica")
+	}
+	for _, c := range []struct {
+		r    RangeID
+		id   ReplicaID
+		want NodeID
+	}{{1, 0xa1, 0xa1}, {2, 0xb2, 0xb2}, {2, added, 0xc3}, {1, added, 0}, {3, 0xa1, 0}} {
+		v, err := s.Lookup(ReplicaMemberQuery{Range: c.r, Replica: c.id})
+		if err != nil || v.(NodeID) != c.want {
+			t.Fatalf("replica %d of range %d: %v %v, want %x", c.id, c.r, v, err, uint64(c.want))
 		}
 	}
 }

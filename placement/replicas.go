@@ -74,6 +74,17 @@ func ReplicaOf(d *placementpb.RangeDescriptor, member NodeID) (ReplicaID, bool) 
 	return 0, false
 }
 
+// replicaMember is the member holding replica rid of range r (0: none
+// the map names).
+func (t *Table) replicaMember(r RangeID, rid ReplicaID) NodeID {
+	if d := t.byID[r]; d != nil {
+		if m, ok := MemberOf(d, rid); ok {
+			return m
+		}
+	}
+	return 0
+}
+
 // pairOf returns member's pair among pairs, or nil.
 func pairOf(pairs []*placementpb.Replica, member uint64) *placementpb.Replica {
 	for _, r := range pairs {

@@ -59,6 +59,13 @@ type (
 	StateQuery struct{}
 	// BoundQuery asks for the oracle's persisted bound (mvcc.Revision).
 	BoundQuery struct{}
+	// ReplicaMemberQuery asks for the member holding replica Replica of
+	// range Range (NodeID; 0 if the map names no such replica), without
+	// copying the map: what a node registry's MemberOf asks.
+	ReplicaMemberQuery struct {
+		Range   RangeID
+		Replica ReplicaID
+	}
 )
 
 // Lookup answers a query on the current state.
@@ -74,6 +81,8 @@ func (s *StateMachine) Lookup(q interface{}) (interface{}, error) {
 		return s.table.State(), nil
 	case BoundQuery:
 		return s.table.Bound(), nil
+	case ReplicaMemberQuery:
+		return s.table.replicaMember(q.Range, q.Replica), nil
 	}
 	return nil, fmt.Errorf("placement: unknown query %T", q)
 }

@@ -303,7 +303,7 @@ func (t serverTarget) revision(ctx context.Context) (mvcc.Revision, error) {
 
 func (t serverTarget) leading() bool {
 	leader, _, ok := t.s.cfg.Shard.Leader()
-	return ok && memberOf(leader) == t.s.cfg.MemberID
+	return ok && t.s.shardMember(leader) == t.s.cfg.MemberID
 }
 
 func (t serverTarget) compact(ctx context.Context, rev mvcc.Revision) error {

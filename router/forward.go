@@ -66,11 +66,22 @@ type Local interface {
 	Replica() Replica
 }
 
-// memberOf is the member that holds replica id of a range. Today a range's
-// replica ids are its members' ids (the member bootstraps or joins every
-// range with its own id), so it is the identity; it is the one place that
-// says so, for the range's replica table to replace.
-func memberOf(id shard.ReplicaID) placement.NodeID { return placement.NodeID(id) }
+// MemberOf names the member holding replica id of range r (the node's
+// registry of replicas answers it; false: unknown). nil, and an unknown
+// replica, mean the member whose id is the replica's: single-group mode's
+// replicas and ranges founded before replica ids were allocated have
+// their members' ids.
+type MemberOf func(r shard.RangeID, id shard.ReplicaID) (placement.NodeID, bool)
+
+// member is the member holding replica id of range r as m names it.
+func (m MemberOf) member(r shard.RangeID, id shard.ReplicaID) placement.NodeID {
+	if m != nil {
+		if member, ok := m(r, id); ok {
+			return member
+		}
+	}
+	return placement.NodeID(id)
+}
 
 // Dial returns a connection to member's node-to-node service.
 type Dial func(member placement.NodeID) (grpc.ClientConnInterface, error)
@@ -79,8 +90,9 @@ type Dial func(member placement.NodeID) (grpc.ClientConnInterface, error)
 // serves the ranges of this member as the router uses them (RangeClient).
 // It holds no mutable state of its own (the dialer caches connections).
 type Forwarder struct {
-	self placement.NodeID
-	dial Dial
+	self     placement.NodeID
+	dial     Dial
+	memberOf MemberOf // set before use (SetMemberOf)
 }
 
 // NewForwarder returns the forwarder of member self, reaching the others
@@ -88,6 +100,11 @@ type Forwarder struct {
 func NewForwarder(self placement.NodeID, dial Dial) *Forwarder {
 	return &Forwarder{self: self, dial: dial}
 }
+
+// SetMemberOf sets how the forwarder finds the member holding a range's
+// replica (its leader's, to forward to); nil: the member whose id is the
+// replica's. It must be called before the forwarder is used.
+func (f *Forwarder) SetMemberOf(m MemberOf) { f.memberOf = m }
 
 // Client returns a client of member's node-to-node service.
 func (f *Forwarder) Client(member placement.NodeID) (internalpb.NodeClient, error) {
@@ -238,13 +255,13 @@ func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, 
 		switch {
 		case !ok:
 			err = shard.ErrNoLeader
-		case memberOf(leader) == c.f.self:
+		case c.f.memberOf.member(c.id, leader) == c.f.self:
 			if err = c.outside(local(r)); !errors.Is(err, shard.ErrNoLeader) {
 				return err
 			}
 		default:
 			var nc internalpb.NodeClient
-			if nc, err = c.f.Client(memberOf(leader)); err == nil {
+			if nc, err = c.f.Client(c.f.memberOf.member(c.id, leader)); err == nil {
 				if err = remote(nc); !errors.Is(err, errNotLeader) {
 					return err
 				}

@@ -124,9 +124,15 @@ func (m *fakeMember) CompactLog(context.Context, shard.RangeID) error { return n
 // returns a dialer reaching it (and nothing else).
 func serveMember(t *testing.T, id placement.NodeID, m Member) Dial {
 	t.Helper()
+	return serveMemberOf(t, id, m, nil)
+}
+
+// serveMemberOf is serveMember with the member's MemberOf.
+func serveMemberOf(t *testing.T, id placement.NodeID, m Member, memberOf MemberOf) Dial {
+	t.Helper()
 	l := bufconn.Listen(1 << 20)
 	g := grpc.NewServer()
-	New(Config{MemberID: id}).RegisterInternal(g, m)
+	New(Config{MemberID: id, MemberOf: memberOf}).RegisterInternal(g, m)
 	go func() { _ = g.Serve(l) }()
 	t.Cleanup(g.Stop)
 	conn, err := grpc.NewClient("passthrough:///member", grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -318,5 +324,34 @@ func TestForwardNotLeader(t *testing.T) {
 	}
 	if calls < 2 {
 		t.Fatalf("asked the member %d times, want it asked again", calls)
+	}
+}
+
+// TestForwardMemberOf: a range's leader is found at the member MemberOf
+// names for its replica id, here and at the leader (which checks it
+// leads); without it, replica id 12 would be member 12's, reached nowhere.
+func TestForwardMemberOf(t *testing.T) {
+	d := &placementpb.RangeDescriptor{Id: 5, Start: []byte("m")}
+	memberOf := func(r shard.RangeID, id shard.ReplicaID) (placement.NodeID, bool) {
+		return 2, r == 5 && id == 12
+	}
+	m2 := &fakeMember{ranges: map[shard.RangeID]Local{5: newFakeLocal(d, &fakeReplica{leader: 12})}}
+	dial := serveMemberOf(t, 2, m2, memberOf)
+	read := func(f *Forwarder) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		resp, err := f.Range(newFakeLocal(d, &fakeReplica{leader: 12})).ReadAt(ctx, &pb.RangeRequest{Key: []byte("n")}, 9)
+		if err == nil && resp.Count != 7 {
+			t.Errorf("read at answered %v", resp)
+		}
+		return err
+	}
+	f := NewForwarder(1, dial)
+	f.SetMemberOf(memberOf)
+	if err := read(f); err != nil {
+		t.Fatalf("read at, forwarded to replica 12's member 2: %v", err)
+	}
+	if err := read(NewForwarder(1, dial)); !errors.Is(err, shard.ErrNoLeader) {
+		t.Fatalf("read at without MemberOf: %v, want no leader (member 12 unknown)", err)
 	}
 }

@@ -88,14 +88,15 @@ func (r *refusal) status() *status.Status { return status.New(refusalCodes[r.kin
 
 // RegisterInternal attaches the node-to-node service, served from m, to g.
 func (s *Server) RegisterInternal(g *grpc.Server, m Member) {
-	internalpb.RegisterNodeServer(g, &internalServer{self: s.cfg.MemberID, m: m})
+	internalpb.RegisterNodeServer(g, &internalServer{self: s.cfg.MemberID, memberOf: s.cfg.MemberOf, m: m})
 }
 
 // internalServer serves the node-to-node service.
 type internalServer struct {
 	internalpb.UnimplementedNodeServer
-	self placement.NodeID
-	m    Member
+	self     placement.NodeID
+	memberOf MemberOf
+	m        Member
 }
 
 // leading returns this member's replica of range id if this member leads
@@ -115,7 +116,7 @@ func (s *internalServer) leading(id shard.RangeID) (Replica, Local, *internalpb.
 			Message: fmt.Sprintf("cairn: no range %d here", id)}
 	}
 	r := l.Replica()
-	if leader, _, ok := r.Leader(); !ok || memberOf(leader) != s.self {
+	if leader, _, ok := r.Leader(); !ok || s.memberOf.member(id, leader) != s.self {
 		return nil, nil, encodeError(errNotLeader)
 	}
 	return r, l, nil

@@ -247,10 +247,10 @@ func (ls *leaseServer) remote(ctx context.Context) (*grpc.ClientConn, error) {
 	defer t.Stop()
 	for {
 		if leader, _, ok := ls.s.cfg.Shard.Leader(); ok {
-			if memberOf(leader) == ls.s.cfg.MemberID {
+			if ls.s.shardMember(leader) == ls.s.cfg.MemberID {
 				return nil, nil
 			}
-			return ls.s.cfg.Members.Conn(memberOf(leader))
+			return ls.s.cfg.Members.Conn(ls.s.shardMember(leader))
 		}
 		select {
 		case <-ctx.Done():

@@ -44,7 +44,7 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 		DowngradeInfo:    &pb.DowngradeInfo{},
 	}
 	if leader, _, ok := m.s.cfg.Shard.Leader(); ok {
-		resp.Leader = uint64(memberOf(leader))
+		resp.Leader = uint64(m.s.shardMember(leader))
 	}
 	if resp.DbSizeQuota == 0 {
 		resp.DbSizeQuota = m.s.cfg.QuotaBackendBytes
@@ -158,7 +158,7 @@ func (m *maintenanceServer) MoveLeader(ctx context.Context, r *pb.MoveLeaderRequ
 	if err != nil {
 		return nil, err
 	}
-	if leader, _, ok := m.s.cfg.Shard.Leader(); !ok || memberOf(leader) != m.s.cfg.MemberID {
+	if leader, _, ok := m.s.cfg.Shard.Leader(); !ok || m.s.shardMember(leader) != m.s.cfg.MemberID {
 		return nil, rpctypes.ErrGRPCNotLeader
 	}
 	if err := op.TransferLeader(ctx, r.TargetID); err != nil {

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"slices"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // RangeInfo is one range as /cairn/ranges (and `cairn ranges`) shows it.
@@ -42,7 +44,8 @@ type ReplicaCounters interface {
 // mode, whose static map is no range map placement keeps), its started
 // ranges in key order: leaders as this member knows them, revisions from
 // its replicas, replicas as raft has them here (Config.RangeMembers) or
-// else as the descriptor names them.
+// else as the descriptor names them. Replicas and leaders are named by
+// their members (Config.MemberOf).
 func (s *Server) Ranges() []RangeInfo {
 	if s.cfg.Ranges == nil || s.cfg.Ranges.static {
 		return nil
@@ -58,7 +61,11 @@ func (s *Server) Ranges() []RangeInfo {
 			continue
 		}
 		d, r := e.Local.Descriptor(), e.Local.Replica()
-		replicas := members[d.Id]
+		var replicas []uint64
+		for _, id := range members[d.Id] {
+			replicas = append(replicas, uint64(s.cfg.MemberOf.member(shard.RangeID(d.Id), shard.ReplicaID(id))))
+		}
+		slices.Sort(replicas)
 		if len(replicas) == 0 {
 			replicas = d.Replicas
 		}
@@ -68,7 +75,7 @@ func (s *Server) Ranges() []RangeInfo {
 			ri.Watchers = e.Watches.Watchers()
 		}
 		if leader, _, ok := r.Leader(); ok {
-			ri.Leader = uint64(leader)
+			ri.Leader = uint64(s.cfg.MemberOf.member(shard.RangeID(d.Id), leader))
 		}
 		if st, err := r.Status(context.Background(), false); err == nil {
 			ri.Revision = int64(max(st.Revision, st.Closed, r.Closed()))

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
 )
 
@@ -39,6 +40,10 @@ type Config struct {
 	// alarms, leases: their home); in single-group mode it is the one
 	// range.
 	Shard Shard
+	// MemberOf names the member holding a range's replica (the leader of
+	// Shard, whose member leases and MoveLeader go to); nil: the member
+	// whose id is the replica's.
+	MemberOf MemberOf
 	// Ranges routes requests by key: in sharded mode the range map as
 	// this member has it, in single-group mode a static map of range 1
 	// alone (NewStaticRangeCache). Required to serve the KV and Watch
@@ -88,10 +93,10 @@ type Config struct {
 	// lease is in its home, as in single-group mode, whose one range is
 	// every lease's home — nothing to fan out.
 	RemoteLeases RemoteLeases
-	// RangeMembers returns, in sharded mode, the replicas of each range
-	// here by range id, sorted, as raft has them (membership changes since
-	// a range started show); nil, or a range it leaves out, shows the
-	// replicas its descriptor names (Ranges).
+	// RangeMembers returns, in sharded mode, the replica ids of each range
+	// here by range id, as raft has them (membership changes since a range
+	// started show; Ranges names them by their members, MemberOf); nil, or
+	// a range it leaves out, shows the members its descriptor names.
 	RangeMembers func() map[uint64][]uint64
 	// LeaderCheckInterval is how often a watch stream that requires a
 	// leader checks for one (etcd checks about every election timeout);
@@ -250,4 +255,12 @@ func (s *Server) fill(h *pb.ResponseHeader) {
 	h.MemberId = uint64(s.cfg.MemberID)
 	_, term, _ := s.cfg.Shard.Leader()
 	h.RaftTerm = term
+}
+
+// shardRange is the id of range 1, Config.Shard, in either mode.
+const shardRange shard.RangeID = 1
+
+// shardMember is the member holding replica id of range 1 (Config.Shard).
+func (s *Server) shardMember(id shard.ReplicaID) placement.NodeID {
+	return s.cfg.MemberOf.member(shardRange, id)
 }

@@ -85,7 +85,7 @@ func (sc *SideChannel) PublishClosed(r *shard.Range, closed mvcc.Revision) {
 // for watches here (shard.RangeConfig's ForwardKick), without waiting for
 // its answer (bounded by the channel's timeout).
 func (sc *SideChannel) ForwardKick(r *shard.Range, leader shard.ReplicaID, rev mvcc.Revision) {
-	nc, err := sc.fwd.Client(memberOf(leader))
+	nc, err := sc.fwd.Client(sc.fwd.memberOf.member(r.ID(), leader))
 	if err != nil {
 		return
 	}

@@ -193,6 +193,9 @@ func (s *Splitter) SplitRange(ctx context.Context, key []byte) ([]*placementpb.R
 // before it.
 func (s *Splitter) splitRequest(ctx context.Context, holder *shard.Range, d *placementpb.RangeDescriptor) (*shardpb.Request, error) {
 	split := &shardpb.SplitRange{Key: d.Start, Child: d.Id, Founders: d.Founders}
+	for _, p := range placement.Founders(d) {
+		split.FounderReplicas = append(split.FounderReplicas, &shardpb.ReplicaRef{Member: p.Member, Id: p.Id, Learner: p.Learner})
+	}
 	req := &shardpb.Request{Op: &shardpb.Request_Split{Split: split}}
 	if sm := holder.StateMachine(); sm == nil || !sm.Counting() {
 		return req, nil
@@ -213,20 +216,34 @@ func (s *Splitter) splitRequest(ctx context.Context, holder *shard.Range, d *pla
 
 // OnSplit is shard.Config.OnSplit of parent, this member's replica of a
 // range: it runs on parent's apply goroutine as a split applies there. The
-// new range child holds span, its history up to rev included. It takes the
-// new range into this member's ranges, the range cache and the watches,
-// and starts its replica.
-func (s *Splitter) OnSplit(parent *shard.Range, child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []shard.ReplicaID) {
+// new range child holds span, its history up to rev included; founders are
+// its replicas as the split names them (the range map's: the parent's
+// pairs, under the same ids), or, if it names none, the replicas parent's
+// descriptor names. It takes the new range into this member's ranges, the
+// range cache and the watches, and starts its replica.
+func (s *Splitter) OnSplit(parent *shard.Range, child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
 	pd := parent.Descriptor()
-	ids := pd.Replicas
+	var pairs []*placementpb.Replica
 	if len(founders) > 0 {
-		ids = make([]uint64, len(founders))
-		for i, id := range founders {
-			ids[i] = uint64(id)
+		for _, f := range founders {
+			pairs = append(pairs, &placementpb.Replica{Member: f.Member, Id: f.Id, Learner: f.Learner})
+		}
+	} else {
+		for _, p := range placement.Pairs(pd) {
+			pairs = append(pairs, proto.Clone(p).(*placementpb.Replica))
 		}
 	}
+	var voters []uint64
+	founderSet := make([]*placementpb.Replica, len(pairs))
+	for i, p := range pairs {
+		if !p.Learner {
+			voters = append(voters, p.Member)
+		}
+		founderSet[i] = proto.Clone(p).(*placementpb.Replica)
+	}
 	cd := &placementpb.RangeDescriptor{Id: uint64(child), Start: slices.Clone(span.Start), End: slices.Clone(span.End),
-		Generation: pd.Generation + 1, Replicas: slices.Clone(ids), Parent: pd.Id, Founders: slices.Clone(ids)}
+		Generation: pd.Generation + 1, Replicas: voters, Parent: pd.Id, Founders: slices.Clone(voters),
+		ReplicaSet: pairs, FounderSet: founderSet}
 	r := s.addSplitRange(parent, cd, rev)
 	if r == nil {
 		// Started already from the range map (a member added while the

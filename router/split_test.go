@@ -7,9 +7,12 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
 )
@@ -117,5 +120,36 @@ func TestOnSplit(t *testing.T) {
 	s.OnSplit(parent, 3, mvcc.Span{Start: []byte("t")}, 7, nil)
 	if n := len(s.cfg.Local.Routing()); n != 3 {
 		t.Fatalf("%d ranges after the split came again, want 3", n)
+	}
+}
+
+// TestOnSplitFounders: the new range's descriptor carries the replicas the
+// split names, under their ids, a learner's too (not among the voters or
+// the founders' members); splitRequest names the range map's founders so.
+func TestOnSplitFounders(t *testing.T) {
+	s := newTestSplitter(&fakeSplitMap{})
+	parent := s.cfg.Local.Get(2, false)
+	founders := []*shardpb.ReplicaRef{{Member: 1, Id: 7}, {Member: 2, Id: 8}, {Member: 3, Id: 9, Learner: true}}
+	s.OnSplit(parent, 3, mvcc.Span{Start: []byte("t")}, 7, founders)
+	d := s.cfg.Local.Get(3, false).Descriptor()
+	var pairs []string
+	for _, p := range placement.Pairs(d) {
+		pairs = append(pairs, fmt.Sprintf("%d:%d/%v", p.Member, p.Id, p.Learner))
+	}
+	for _, p := range placement.Founders(d) {
+		pairs = append(pairs, fmt.Sprintf("f%d:%d/%v", p.Member, p.Id, p.Learner))
+	}
+	want := "1:7/false 2:8/false 3:9/true f1:7/false f2:8/false f3:9/true"
+	if got := strings.Join(pairs, " "); got != want || fmt.Sprint(d.Replicas, d.Founders) != "[1 2] [1 2]" {
+		t.Fatalf("the new range's pairs: %s, members %v %v; want %s, members [1 2] [1 2]", got, d.Replicas, d.Founders, want)
+	}
+	req, err := s.splitRequest(context.Background(), parent, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	split := req.GetSplit()
+	if got := fmt.Sprint(split.Founders, len(split.FounderReplicas)); got != "[1 2] 3" ||
+		!proto.Equal(split.FounderReplicas[2], founders[2]) {
+		t.Fatalf("split request founders %v, founder replicas %v", split.Founders, split.FounderReplicas)
 	}
 }

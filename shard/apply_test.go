@@ -116,7 +116,11 @@ func (h *applyHarness) open(span mvcc.Span, sharded bool) {
 			}
 			h.report("on apply: closed=%d events=(%s)", closed, strings.Join(evs, ", "))
 		},
-		OnSplit: func(child RangeID, span mvcc.Span, rev mvcc.Revision, founders []ReplicaID) {
+		OnSplit: func(child RangeID, span mvcc.Span, rev mvcc.Revision, refs []*shardpb.ReplicaRef) {
+			var founders []ReplicaID
+			for _, r := range refs {
+				founders = append(founders, ReplicaID(r.Id))
+			}
 			h.span.End = span.Start
 			h.children[uint64(child)] = span
 			h.report("on split: child=%d span=[%s, %s) rev=%d founders=%v", child, span.Start, span.End, rev, founders)

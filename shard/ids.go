@@ -11,18 +11,6 @@ type RangeID uint64
 // member may hold replicas of different ids in different ranges.
 type ReplicaID uint64
 
-// replicaIDs types the replica ids of a message (nil stays nil).
-func replicaIDs(ids []uint64) []ReplicaID {
-	if ids == nil {
-		return nil
-	}
-	out := make([]ReplicaID, len(ids))
-	for i, id := range ids {
-		out[i] = ReplicaID(id)
-	}
-	return out
-}
-
 // rangeIDs types the range ids of a message or record (nil stays nil).
 func rangeIDs(ids []uint64) []RangeID {
 	if ids == nil {

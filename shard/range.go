@@ -61,11 +61,14 @@ type Range struct {
 	closeOnce sync.Once
 }
 
-// RangeConfig is what every range of a member shares.
+// RangeConfig is what every range of a member shares, but for its replica id.
 type RangeConfig struct {
 	// NodeHost runs the range's raft replica.
 	NodeHost *dragonboat.NodeHost
-	// ReplicaID is this member's replica of the range.
+	// ReplicaID is this member's replica of the range: its id in the
+	// range's raft group (a member's replicas of different ranges have
+	// different ids, allocated by placement; its member id in ranges
+	// founded before that, and in single-group mode).
 	ReplicaID ReplicaID
 	// Stamper stamps writes with the oracle's revisions (sharded mode);
 	// nil: single-group mode, which also has no closed revision.
@@ -110,6 +113,9 @@ func (r *Range) SetDescriptor(d *placementpb.RangeDescriptor) { r.d.Store(d) }
 
 // ID is the range's id, its raft shard id.
 func (r *Range) ID() RangeID { return RangeID(r.d.Load().Id) }
+
+// ReplicaID is this member's replica id in the range's raft group.
+func (r *Range) ReplicaID() ReplicaID { return r.cfg.ReplicaID }
 
 // Hub is the range's watch hub.
 func (r *Range) Hub() *watch.Hub { return r.hub }
@@ -179,7 +185,7 @@ func (r *Range) PendingRevokes() (map[lease.ID][]uint64, error) {
 // config (its OnApply, if any, is called before the hub is fed), its
 // proposer, its watch catch-up and, in sharded mode, its closer. members
 // and join are dragonboat's StartOnDiskReplica's; raftCfg's ShardID is the
-// range's id.
+// range's id, its ReplicaID this replica's (RangeConfig.ReplicaID).
 func (r *Range) Start(cfg Config, members map[uint64]dragonboat.Target, join bool, raftCfg dbconfig.Config) error {
 	onApply := cfg.OnApply
 	cfg.OnApply = func(closed mvcc.Revision, evs []*mvccpb.Event) {
@@ -194,7 +200,7 @@ func (r *Range) Start(cfg Config, members map[uint64]dragonboat.Target, join boo
 		r.settlePublished()
 	}
 	factory := Factory(cfg)
-	raftCfg.ShardID = uint64(r.ID())
+	raftCfg.ShardID, raftCfg.ReplicaID = uint64(r.ID()), uint64(r.cfg.ReplicaID)
 	err := r.cfg.NodeHost.StartOnDiskReplica(members, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
 		m := factory(shardID, replicaID).(*StateMachine)
 		r.sm.Store(m)

@@ -71,11 +71,11 @@ type pendingDrop struct {
 type SetConfig struct {
 	// DB is the member's pebble, which every range shares.
 	DB *pebble.DB
-	// Self is this member's id, as descriptors' Founders and Replicas
-	// name members.
+	// Self is this member's id, as descriptors' replica pairs name
+	// members.
 	Self uint64
 	// Target is the raft target of member id (the NodeHost's address or
-	// registry name).
+	// registry name): a founder's replica is reached at its member's.
 	Target func(id uint64) dragonboat.Target
 	// Learner reports whether this member is a learner now; nil: never.
 	Learner func() bool
@@ -225,14 +225,33 @@ func FoundersOf(d *placementpb.RangeDescriptor) []uint64 {
 	return d.Replicas
 }
 
+// founderPairs are the replicas that started range d's raft group, as
+// placement.Founders reads them (shard cannot import placement): d's
+// founder_set, else its founders (or, in maps written before descriptors
+// named founders, its replicas) each under its member's id.
+func founderPairs(d *placementpb.RangeDescriptor) []*placementpb.Replica {
+	if len(d.FounderSet) > 0 {
+		return d.FounderSet
+	}
+	var out []*placementpb.Replica
+	for _, m := range FoundersOf(d) {
+		out = append(out, &placementpb.Replica{Member: m, Id: m})
+	}
+	return out
+}
+
 // Start starts the raft replica of r (Range.Start) with cfg, its Span
-// taken from r's descriptor. With founders, a member among the range's
-// founders starts it with them (raft takes them again on a restart); any
-// other member joins it (or restarts what it joined), to be added by a
+// taken from r's descriptor and its replica id r's (RangeConfig.ReplicaID).
+// With founders, a member among the range's voting founders (under r's
+// replica id) starts it with them — each founder's replica under its id,
+// reached at its member (SetConfig.Target); raft takes them again on a
+// restart —; any other member joins it (or restarts what it joined), to be added by a
 // membership change and sent a snapshot. With join, this member joins it
 // whatever it is (a split it missed, joined late). A founder votes; a
 // member joining is a learner (IsNonVoting) while SetConfig.Learner says
 // so, as it is in range 1 (a member added as a voter is promoted at once).
+//
+//	founder_set 1:5 2:6 3:7 (member:id), self 2 → members {5: T(1), 6: T(2), 7: T(3)}, r's id 6
 //
 // A replica of the range of a drop under way (Drop, ResumeDrops), or whose
 // span overlaps that drop's, waits for the drop's data batch before it
@@ -246,10 +265,15 @@ func (s *Set) Start(r *Range, cfg Config, raftCfg dbconfig.Config, founders, joi
 	cfg.Span = SpanOf(d)
 	var members map[uint64]dragonboat.Target
 	if founders && !join {
-		if slices.Contains(FoundersOf(d), s.cfg.Self) {
+		pairs := slices.DeleteFunc(slices.Clone(founderPairs(d)), func(p *placementpb.Replica) bool { return p.Learner })
+		// A founder's replica under another id (removed since, and added
+		// again) is not this one: this one joined.
+		if slices.ContainsFunc(pairs, func(p *placementpb.Replica) bool {
+			return p.Member == s.cfg.Self && ReplicaID(p.Id) == r.cfg.ReplicaID
+		}) {
 			members = map[uint64]dragonboat.Target{}
-			for _, id := range FoundersOf(d) {
-				members[id] = s.cfg.Target(id)
+			for _, p := range pairs {
+				members[p.Id] = s.cfg.Target(p.Member)
 			}
 		} else {
 			join = true

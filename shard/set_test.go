@@ -512,3 +512,46 @@ func TestReplicaRecordCodec(t *testing.T) {
 		t.Fatalf("MarkDropping of no record: %v", err)
 	}
 }
+
+// TestFounderPairs: a range's founders as pairs — its founder_set, else
+// its founders (or replicas) under their member ids — and a split's named
+// founders — founder_replicas, else its founders under their member ids.
+func TestFounderPairs(t *testing.T) {
+	show := func(pairs []*placementpb.Replica) string {
+		var out []string
+		for _, p := range pairs {
+			out = append(out, fmt.Sprintf("%d:%d/%v", p.Member, p.Id, p.Learner))
+		}
+		return strings.Join(out, " ")
+	}
+	for _, c := range []struct {
+		d    *placementpb.RangeDescriptor
+		want string
+	}{
+		{&placementpb.RangeDescriptor{Replicas: []uint64{1, 2}}, "1:1/false 2:2/false"},
+		{&placementpb.RangeDescriptor{Replicas: []uint64{1, 2, 4}, Founders: []uint64{1, 2}}, "1:1/false 2:2/false"},
+		{&placementpb.RangeDescriptor{Replicas: []uint64{1, 2}, Founders: []uint64{1, 2},
+			FounderSet: []*placementpb.Replica{{Member: 1, Id: 5}, {Member: 2, Id: 6}, {Member: 3, Id: 7, Learner: true}}},
+			"1:5/false 2:6/false 3:7/true"},
+	} {
+		if got := show(founderPairs(c.d)); got != c.want {
+			t.Errorf("founderPairs(%v) = %s, want %s", c.d, got, c.want)
+		}
+	}
+	refs := func(op *shardpb.SplitRange) string {
+		var out []string
+		for _, r := range SplitFounders(op) {
+			out = append(out, fmt.Sprintf("%d:%d/%v", r.Member, r.Id, r.Learner))
+		}
+		return strings.Join(out, " ")
+	}
+	if got := refs(&shardpb.SplitRange{Founders: []uint64{1, 2}}); got != "1:1/false 2:2/false" {
+		t.Errorf("legacy split founders: %s", got)
+	}
+	if got := refs(&shardpb.SplitRange{Founders: []uint64{1}, FounderReplicas: []*shardpb.ReplicaRef{{Member: 1, Id: 9}, {Member: 2, Id: 8, Learner: true}}}); got != "1:9/false 2:8/true" {
+		t.Errorf("split founder replicas: %s", got)
+	}
+	if SplitFounders(&shardpb.SplitRange{}) != nil {
+		t.Error("a split naming no founders names some")
+	}
+}

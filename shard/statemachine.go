@@ -72,8 +72,9 @@ type Config struct {
 	// request), after its batch commits and before OnApply, on dragonboat's
 	// apply goroutine: it must not block. rev is the store's revision at
 	// the split: the child holds the keys of span, their history included,
-	// up to it.
-	OnSplit func(child RangeID, span mvcc.Span, rev mvcc.Revision, founders []ReplicaID)
+	// up to it. founders are the child's replicas the command names
+	// (SplitFounders; nil: none named).
+	OnSplit func(child RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef)
 	// OnRecover, if set, is called after the store was replaced by a
 	// snapshot, on dragonboat's goroutine: it must not block. A split the
 	// replica missed (it was cut off) shows only so: the snapshot's store
@@ -315,7 +316,22 @@ type appliedSplit struct {
 	child    RangeID
 	span     mvcc.Span
 	rev      mvcc.Revision
-	founders []ReplicaID // the command's (nil: not named)
+	founders []*shardpb.ReplicaRef // the command's (nil: not named)
+}
+
+// SplitFounders are the child's replicas a split names: its
+// founder_replicas, else (splits proposed before replica ids were
+// allocated) its founders, each replica's id its member's; nil if it names
+// none.
+func SplitFounders(op *shardpb.SplitRange) []*shardpb.ReplicaRef {
+	if len(op.GetFounderReplicas()) > 0 {
+		return op.FounderReplicas
+	}
+	var out []*shardpb.ReplicaRef
+	for _, m := range op.GetFounders() {
+		out = append(out, &shardpb.ReplicaRef{Member: m, Id: m})
+	}
+	return out
 }
 
 // command applies every request of one entry. A request the store
@@ -515,7 +531,7 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		var v [8]byte
 		binary.BigEndian.PutUint64(v[:], uint64(a.closed))
 		b.SetMetaFor(op.Split.Child, closedKey, v[:])
-		a.splits = append(a.splits, appliedSplit{child: RangeID(op.Split.Child), span: right, rev: b.Rev(), founders: replicaIDs(op.Split.Founders)})
+		a.splits = append(a.splits, appliedSplit{child: RangeID(op.Split.Child), span: right, rev: b.Rev(), founders: SplitFounders(op.Split)})
 		if a.counting {
 			// The range stops counting: its closed revision, its
 			// revision so far, is kept, and every write from now on is

@@ -582,14 +582,21 @@ type SplitRange struct {
 	Child uint64                 `protobuf:"varint,2,opt,name=child,proto3" json:"child,omitempty"`
 	// founders start the child's raft group (the range map's replicas of the
 	// range at the split); empty: the replicas the parent's descriptor names.
+	// Each founder's replica id is its member id; founder_replicas, when
+	// given, supersede them.
 	Founders []uint64 `protobuf:"varint,3,rep,packed,name=founders,proto3" json:"founders,omitempty"`
 	// above, for a range that still counts its own revisions (the whole key
 	// space, sharded mode), is a revision the oracle handed out above the
 	// range's: the split is refused if the range has passed it since, so that
 	// every stamp after the split exceeds every revision counted before.
-	Above         int64 `protobuf:"varint,4,opt,name=above,proto3" json:"above,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Above int64 `protobuf:"varint,4,opt,name=above,proto3" json:"above,omitempty"`
+	// founder_replicas are the child's replicas, as the range map names them
+	// (the parent's pairs, under the same ids: the child is a new group): the
+	// voters among them start its raft group, a learner joins it. Empty
+	// (splits proposed before replica ids were allocated): founders.
+	FounderReplicas []*ReplicaRef `protobuf:"bytes,5,rep,name=founder_replicas,json=founderReplicas,proto3" json:"founder_replicas,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SplitRange) Reset() {
@@ -650,6 +657,75 @@ func (x *SplitRange) GetAbove() int64 {
 	return 0
 }
 
+func (x *SplitRange) GetFounderReplicas() []*ReplicaRef {
+	if x != nil {
+		return x.FounderReplicas
+	}
+	return nil
+}
+
+// ReplicaRef is one replica of a range: the member holding it and its id in
+// the range's raft group (placementpb.Replica's fields).
+type ReplicaRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        uint64                 `protobuf:"varint,1,opt,name=member,proto3" json:"member,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Learner       bool                   `protobuf:"varint,3,opt,name=learner,proto3" json:"learner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaRef) Reset() {
+	*x = ReplicaRef{}
+	mi := &file_shardpb_shard_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaRef) ProtoMessage() {}
+
+func (x *ReplicaRef) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaRef.ProtoReflect.Descriptor instead.
+func (*ReplicaRef) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ReplicaRef) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+func (x *ReplicaRef) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ReplicaRef) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
 // LeaseShard names a lease and a shard holding keys attached to it.
 type LeaseShard struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -661,7 +737,7 @@ type LeaseShard struct {
 
 func (x *LeaseShard) Reset() {
 	*x = LeaseShard{}
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +749,7 @@ func (x *LeaseShard) String() string {
 func (*LeaseShard) ProtoMessage() {}
 
 func (x *LeaseShard) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +762,7 @@ func (x *LeaseShard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseShard.ProtoReflect.Descriptor instead.
 func (*LeaseShard) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LeaseShard) GetLease() int64 {
@@ -716,7 +792,7 @@ type MemberPeers struct {
 
 func (x *MemberPeers) Reset() {
 	*x = MemberPeers{}
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +804,7 @@ func (x *MemberPeers) String() string {
 func (*MemberPeers) ProtoMessage() {}
 
 func (x *MemberPeers) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +817,7 @@ func (x *MemberPeers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberPeers.ProtoReflect.Descriptor instead.
 func (*MemberPeers) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MemberPeers) GetId() uint64 {
@@ -784,7 +860,7 @@ type TransferHold struct {
 
 func (x *TransferHold) Reset() {
 	*x = TransferHold{}
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +872,7 @@ func (x *TransferHold) String() string {
 func (*TransferHold) ProtoMessage() {}
 
 func (x *TransferHold) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +885,7 @@ func (x *TransferHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferHold.ProtoReflect.Descriptor instead.
 func (*TransferHold) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TransferHold) GetTarget() uint64 {
@@ -843,7 +919,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +931,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +944,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -907,7 +983,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +995,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1008,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -1197,7 +1273,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[9]
+	mi := &file_shardpb_shard_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1285,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[9]
+	mi := &file_shardpb_shard_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1298,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{9}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1275,13 +1351,19 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
-	"generation\"f\n" +
+	"generation\"\xad\x01\n" +
 	"\n" +
 	"SplitRange\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05child\x18\x02 \x01(\x04R\x05child\x12\x1a\n" +
 	"\bfounders\x18\x03 \x03(\x04R\bfounders\x12\x14\n" +
-	"\x05above\x18\x04 \x01(\x03R\x05above\"8\n" +
+	"\x05above\x18\x04 \x01(\x03R\x05above\x12E\n" +
+	"\x10founder_replicas\x18\x05 \x03(\v2\x1a.cairn.shard.v1.ReplicaRefR\x0ffounderReplicas\"N\n" +
+	"\n" +
+	"ReplicaRef\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\x04R\x06member\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x18\n" +
+	"\alearner\x18\x03 \x01(\bR\alearner\"8\n" +
 	"\n" +
 	"LeaseShard\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x14\n" +
@@ -1355,37 +1437,39 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 }
 
 var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_shardpb_shard_proto_goTypes = []any{
 	(ErrorCode)(0),       // 0: cairn.shard.v1.ErrorCode
 	(*Command)(nil),      // 1: cairn.shard.v1.Command
 	(*Request)(nil),      // 2: cairn.shard.v1.Request
 	(*ShadowLease)(nil),  // 3: cairn.shard.v1.ShadowLease
 	(*SplitRange)(nil),   // 4: cairn.shard.v1.SplitRange
-	(*LeaseShard)(nil),   // 5: cairn.shard.v1.LeaseShard
-	(*MemberPeers)(nil),  // 6: cairn.shard.v1.MemberPeers
-	(*TransferHold)(nil), // 7: cairn.shard.v1.TransferHold
-	(*Result)(nil),       // 8: cairn.shard.v1.Result
-	(*Response)(nil),     // 9: cairn.shard.v1.Response
-	(*Error)(nil),        // 10: cairn.shard.v1.Error
+	(*ReplicaRef)(nil),   // 5: cairn.shard.v1.ReplicaRef
+	(*LeaseShard)(nil),   // 6: cairn.shard.v1.LeaseShard
+	(*MemberPeers)(nil),  // 7: cairn.shard.v1.MemberPeers
+	(*TransferHold)(nil), // 8: cairn.shard.v1.TransferHold
+	(*Result)(nil),       // 9: cairn.shard.v1.Result
+	(*Response)(nil),     // 10: cairn.shard.v1.Response
+	(*Error)(nil),        // 11: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
 	2,  // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	7,  // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	6,  // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
-	5,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
+	8,  // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	7,  // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	6,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
 	3,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
-	5,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
+	6,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
 	4,  // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
 	3,  // 7: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
-	9,  // 8: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	10, // 9: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0,  // 10: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	5,  // 8: cairn.shard.v1.SplitRange.founder_replicas:type_name -> cairn.shard.v1.ReplicaRef
+	10, // 9: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	11, // 10: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	0,  // 11: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -1410,7 +1494,7 @@ func file_shardpb_shard_proto_init() {
 		(*Request_LeaseUnregister)(nil),
 		(*Request_Split)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[8].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[9].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -1434,7 +1518,7 @@ func file_shardpb_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

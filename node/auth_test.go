@@ -57,13 +57,13 @@ func TestAuth(t *testing.T) {
 		t.Fatalf("alice get: %v %v", r, err)
 	}
 	for what, err := range map[string]error{
-		"put outside":     second(alice.Put(ctx, "z", "x")),
-		"get outside":     second(alice.Get(ctx, "", clientv3.WithPrefix())),
-		"txn compare":     second(alice.Txn(ctx).If(clientv3.Compare(clientv3.Version("z"), "=", 0)).Then(clientv3.OpPut("a2", "y")).Commit()),
-		"nested txn op":   second(alice.Txn(ctx).Then(clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpDelete("c")}, nil)).Commit()),
-		"compact":         second(alice.Compact(ctx, 1)),
-		"user list":       second(alice.UserList(ctx)),
-		"defragment":      second(alice.Defragment(ctx, cl.URLs()[0])),
+		"put outside":   second(alice.Put(ctx, "z", "x")),
+		"get outside":   second(alice.Get(ctx, "", clientv3.WithPrefix())),
+		"txn compare":   second(alice.Txn(ctx).If(clientv3.Compare(clientv3.Version("z"), "=", 0)).Then(clientv3.OpPut("a2", "y")).Commit()),
+		"nested txn op": second(alice.Txn(ctx).Then(clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpDelete("c")}, nil)).Commit()),
+		"compact":       second(alice.Compact(ctx, 1)),
+		"user list":     second(alice.UserList(ctx)),
+		"defragment":    second(alice.Defragment(ctx, cl.URLs()[0])),
 	} {
 		if !errors.Is(err, rpctypes.ErrPermissionDenied) {
 			t.Fatalf("alice %s: %v, want %v", what, err, rpctypes.ErrPermissionDenied)

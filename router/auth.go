@@ -119,7 +119,7 @@ func (c caller) info() *shardpb.AuthInfo {
 
 type callerKey struct{}
 
-// whoAndState identifies the caller of ctx: with auth enabled, the user of
+// caller identifies the caller of ctx: with auth enabled, the user of
 // the token in its metadata ("token", or "authorization" as etcd's
 // gateway sends it), none without a token; a void token is etcd's
 // ErrInvalidAuthToken. Without an AuthStore, auth is never enabled.
@@ -260,7 +260,7 @@ func checkTxn(c caller, r *pb.TxnRequest) error {
 // The Auth service.
 
 // change proposes an auth request to range 1 as the caller (checked as
-// admin unless asAnyone) and decodes etcd's answer into resp.
+// admin if admin) and decodes etcd's answer into resp.
 func (a *authServer) change(ctx context.Context, r *pb.InternalRaftRequest, resp proto.Message, header func() *pb.ResponseHeader, admin bool) error {
 	ctx, err := a.s.authorize(ctx, func(c caller) error {
 		if admin {

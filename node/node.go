@@ -99,6 +99,13 @@ type Config struct {
 	// 1.5 MiB and 128.
 	MaxRequestBytes int
 	MaxTxnOps       int
+	// AuthToken is etcd's --auth-token: "simple" (or empty) for simple
+	// tokens; jwt is refused (not implemented yet). AuthTokenTTL is
+	// --auth-token-ttl (0: 300s) and BcryptCost --bcrypt-cost (out of
+	// bcrypt's range: 10), as etcd.
+	AuthToken    string
+	AuthTokenTTL time.Duration
+	BcryptCost   int
 	// GRPCKeepAliveMinTime is the least time a client must leave between
 	// keepalive pings on the client port before it is sent GOAWAY
 	// "too_many_pings" (etcd --grpc-keepalive-min-time); default 5s.
@@ -175,6 +182,9 @@ const rttMillisecond = 10
 const singleShardID = 1
 
 func (c Config) withDefaults() (Config, error) {
+	if kind, _, _ := strings.Cut(c.AuthToken, ","); kind != "" && kind != "simple" {
+		return c, fmt.Errorf("node: --auth-token %q: only simple tokens are implemented", kind)
+	}
 	if c.Name == "" {
 		c.Name = "default"
 	}
@@ -878,6 +888,9 @@ func (n *Node) serve() error {
 		Lessor:            n.first.StateMachine().Lessor(),
 		Members:           n.conns,
 		Backups:           timedBackups{n.rangeSet, n.metrics},
+		Auth:              n.first.Replica(),
+		AuthTokenTTL:      cfg.AuthTokenTTL,
+		BcryptCost:        cfg.BcryptCost,
 
 		// zero: etcd's defaults, which router applies.
 		GRPCKeepAliveMinTime:  cfg.GRPCKeepAliveMinTime,

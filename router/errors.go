@@ -12,6 +12,7 @@ import (
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
+	"github.com/cairn-kv/cairn/shard/auth"
 )
 
 // byCode maps the state machine's refusals to etcd's statuses, code and
@@ -59,6 +60,9 @@ var byStoreError = []struct {
 func toGRPC(err error) error {
 	if err == nil {
 		return nil
+	}
+	if a := auth.Sentinel(err); a != nil {
+		return authStatus[a]
 	}
 	var rf *refusal
 	if errors.As(err, &rf) {
@@ -119,3 +123,26 @@ type causedStatus struct {
 func (e *causedStatus) Error() string              { return e.st.Err().Error() }
 func (e *causedStatus) GRPCStatus() *status.Status { return e.st }
 func (e *causedStatus) Unwrap() error              { return e.cause }
+
+// authStatus is etcd's status of each auth refusal.
+var authStatus = map[error]error{
+	auth.ErrRootUserNotExist:   rpctypes.ErrGRPCRootUserNotExist,
+	auth.ErrRootRoleNotExist:   rpctypes.ErrGRPCRootRoleNotExist,
+	auth.ErrUserAlreadyExist:   rpctypes.ErrGRPCUserAlreadyExist,
+	auth.ErrUserEmpty:          rpctypes.ErrGRPCUserEmpty,
+	auth.ErrUserNotFound:       rpctypes.ErrGRPCUserNotFound,
+	auth.ErrRoleAlreadyExist:   rpctypes.ErrGRPCRoleAlreadyExist,
+	auth.ErrRoleNotFound:       rpctypes.ErrGRPCRoleNotFound,
+	auth.ErrRoleEmpty:          rpctypes.ErrGRPCRoleEmpty,
+	auth.ErrPermissionNotGiven: rpctypes.ErrGRPCPermissionNotGiven,
+	auth.ErrAuthFailed:         rpctypes.ErrGRPCAuthFailed,
+	// etcd maps no status to it: its message comes as Unknown.
+	auth.ErrNoPasswordUser:       status.Error(codes.Unknown, auth.ErrNoPasswordUser.Error()),
+	auth.ErrPermissionDenied:     rpctypes.ErrGRPCPermissionDenied,
+	auth.ErrRoleNotGranted:       rpctypes.ErrGRPCRoleNotGranted,
+	auth.ErrPermissionNotGranted: rpctypes.ErrGRPCPermissionNotGranted,
+	auth.ErrAuthNotEnabled:       rpctypes.ErrGRPCAuthNotEnabled,
+	auth.ErrAuthOldRevision:      rpctypes.ErrGRPCAuthOldRevision,
+	auth.ErrInvalidAuthToken:     rpctypes.ErrGRPCInvalidAuthToken,
+	auth.ErrInvalidAuthMgmt:      rpctypes.ErrGRPCInvalidAuthMgmt,
+}

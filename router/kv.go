@@ -60,6 +60,9 @@ func (k *kvServer) rangeKV(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	if err := mvcc.ValidateRange(r); err != nil {
 		return nil, toGRPC(err)
 	}
+	if _, err := k.s.authorize(ctx, func(c caller) error { return checkRange(c, r) }); err != nil {
+		return nil, err
+	}
 	// A cluster that is one counting range (single-group mode, or sharded
 	// before its first split): the range has written everything up to the
 	// cluster's revision and answers every read itself, at any revision,
@@ -211,6 +214,10 @@ func (k *kvServer) put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := k.s.checkQuota(ctx, r); err != nil {
 		return nil, err
 	}
+	ctx, err := k.s.authorize(ctx, func(c caller) error { return checkPut(c, r) })
+	if err != nil {
+		return nil, err
+	}
 	sh, err := k.s.shardFor(keySpan{r.Key, nil})
 	if err != nil {
 		return nil, err
@@ -235,6 +242,10 @@ func (k *kvServer) deleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	if err := mvcc.ValidateDeleteRange(r); err != nil {
 		return nil, toGRPC(err)
 	}
+	ctx, err := k.s.authorize(ctx, func(c caller) error { return checkDeleteRange(c, r) })
+	if err != nil {
+		return nil, err
+	}
 	sh, err := k.s.shardFor(keySpan{r.Key, r.RangeEnd})
 	if err != nil {
 		return nil, err
@@ -256,6 +267,10 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 func (k *kvServer) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if err := mvcc.ValidateTxn(r, k.s.cfg.MaxTxnOps); err != nil {
 		return nil, toGRPC(err)
+	}
+	ctx, err := k.s.authorize(ctx, func(c caller) error { return checkTxn(c, r) })
+	if err != nil {
+		return nil, err
 	}
 	sh, err := k.s.shardFor(txnSpans(r, nil)...)
 	if err != nil {
@@ -283,6 +298,9 @@ func (k *kvServer) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 }
 
 func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if err := k.s.requireAdmin(ctx); err != nil {
+		return nil, err
+	}
 	return k.s.compact(ctx, r, false)
 }
 
@@ -323,7 +341,8 @@ func txnSerializable(r *pb.TxnRequest) bool {
 }
 
 // write encodes an etcd request, refuses it if it is over the request limit
-// (as etcd does, with its message), and proposes it to the shard.
+// (as etcd does, with its message), and proposes it to the shard with the
+// caller it was checked as (authorize), if any.
 func (s *Server) write(ctx context.Context, sh Shard, req proto.Message, wrap func([]byte) *shardpb.Request) (*shardpb.Response, error) {
 	data, err := proto.Marshal(req)
 	if err != nil {
@@ -332,7 +351,9 @@ func (s *Server) write(ctx context.Context, sh Shard, req proto.Message, wrap fu
 	if len(data) > s.cfg.MaxRequestBytes {
 		return nil, rpctypes.ErrGRPCRequestTooLarge
 	}
-	out, err := sh.Write(ctx, wrap(data))
+	w := wrap(data)
+	w.AuthInfo = authInfo(ctx)
+	out, err := sh.Write(ctx, w)
 	if err != nil {
 		return nil, toGRPC(err)
 	}

@@ -132,6 +132,15 @@ type Config struct {
 	RequestTimeout time.Duration
 	// Log receives the probes' failures and warnings; nil discards them.
 	Log *slog.Logger
+	// Auth reads the cluster's auth state (auth.go); nil: auth is never
+	// enabled and the Auth service answers as a disabled one.
+	Auth AuthStore
+	// AuthTokenTTL is how long a simple token lives unused (etcd
+	// --auth-token-ttl); 0 means DefaultAuthTokenTTL.
+	AuthTokenTTL time.Duration
+	// BcryptCost hashes passwords (etcd --bcrypt-cost); out of bcrypt's
+	// range means its default, 10, as etcd.
+	BcryptCost int
 }
 
 // Node is what the router asks of the process hosting it; the node
@@ -175,6 +184,8 @@ type Server struct {
 	registered registered
 	// leaders is the leader watch once StartLeaderWatch has started it.
 	leaders atomic.Pointer[LeaderWatch]
+	// tokens are the simple tokens this member issued (auth.go).
+	tokens tokens
 }
 
 // New returns a Server; Register attaches it to a gRPC server.
@@ -197,7 +208,10 @@ func New(cfg Config) *Server {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg}
+	if cfg.AuthTokenTTL <= 0 {
+		cfg.AuthTokenTTL = DefaultAuthTokenTTL
+	}
+	return &Server{cfg: cfg, tokens: tokens{ttl: cfg.AuthTokenTTL}}
 }
 
 // GRPCOptions are the server options etcd uses for its client port: the
@@ -206,14 +220,15 @@ func New(cfg Config) *Server {
 // pings with no stream open is held to grpc-go's two hours, not to the
 // minimum; after Config's interceptors, unary calls are refused on a
 // learner (learner.go) and, when the client requires a leader, without one
-// (leader.go).
+// (leader.go); then root-only and user-only calls are refused to others
+// once auth is enabled (authgate.go).
 func (s *Server) GRPCOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
 		grpc.MaxConcurrentStreams(1<<32 - 1),
-		grpc.ChainUnaryInterceptor(append(slices.Clone(s.cfg.UnaryInterceptors), s.learnerUnary, s.leaderUnary)...),
-		grpc.ChainStreamInterceptor(append(slices.Clone(s.cfg.StreamInterceptors), s.learnerStream)...),
+		grpc.ChainUnaryInterceptor(append(slices.Clone(s.cfg.UnaryInterceptors), s.learnerUnary, s.leaderUnary, s.authUnary)...),
+		grpc.ChainStreamInterceptor(append(slices.Clone(s.cfg.StreamInterceptors), s.learnerStream, s.authStream)...),
 	}
 	if s.cfg.GRPCKeepAliveMinTime > 0 {
 		opts = append(opts, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.GRPCKeepAliveMinTime}))
@@ -236,6 +251,7 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterKVServer(g, &kvServer{s: s})
 	pb.RegisterMaintenanceServer(g, &maintenanceServer{s: s})
 	pb.RegisterClusterServer(g, &clusterServer{s: s})
+	pb.RegisterAuthServer(g, &authServer{s: s})
 	if s.cfg.Merger != nil {
 		pb.RegisterWatchServer(g, &watchServer{s: s})
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
+	"github.com/cairn-kv/cairn/shard/auth"
 )
 
 // Error is a refusal decided by the state machine (or by a read against it),
@@ -23,6 +24,9 @@ func (e *Error) Error() string { return e.Message }
 // came back from the state machine (or from another node) still answers
 // errors.Is(err, mvcc.ErrOutsideSpan) and the like.
 func (e *Error) Is(target error) bool {
+	if e.Code == shardpb.ErrorCode_ERROR_CODE_AUTH {
+		return target != nil && auth.FromMessage(e.Message) == target
+	}
 	for _, c := range codes {
 		if c.code == e.Code && c.err == target {
 			return true
@@ -61,6 +65,9 @@ var codes = []struct {
 func toError(err error) (e *Error, ok bool) {
 	if errors.As(err, &e) {
 		return e, true
+	}
+	if a := auth.Sentinel(err); a != nil {
+		return &Error{Code: shardpb.ErrorCode_ERROR_CODE_AUTH, Message: a.Error()}, true
 	}
 	for _, c := range codes {
 		if errors.Is(err, c.err) {

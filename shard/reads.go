@@ -8,6 +8,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/shard/auth"
 )
 
 // Reads of the replica client, one method per query the state machine
@@ -43,6 +44,11 @@ func (r *Replica) Hash(ctx context.Context, rev mvcc.Revision, linearizable bool
 // Alarms reads the raised alarms.
 func (r *Replica) Alarms(ctx context.Context, linearizable bool) ([]*pb.AlarmMember, error) {
 	return read[[]*pb.AlarmMember](ctx, r, AlarmsQuery{}, linearizable)
+}
+
+// Auth reads the range's auth state (range 1's is the cluster's).
+func (r *Replica) Auth(ctx context.Context, linearizable bool) (*auth.State, error) {
+	return read[*auth.State](ctx, r, AuthQuery{}, linearizable)
 }
 
 // Members reads the published member attributes by member id

@@ -103,6 +103,9 @@ type StateMachine struct {
 
 	// alarms are the raised alarms, loaded with the store.
 	alarms alarms
+	// auth is the auth state (range 1's is the cluster's), loaded with
+	// the store.
+	auth authState
 
 	// mu guards store and closed. Update, Open, Recover and Close take it
 	// exclusively only to swap or drop the store; Lookup holds it shared, so
@@ -171,6 +174,9 @@ func (s *StateMachine) Open(stop <-chan struct{}) (uint64, error) {
 	if err := s.alarms.load(store); err != nil {
 		return 0, err
 	}
+	if err := s.auth.load(store); err != nil {
+		return 0, err
+	}
 	if err := s.reportPeers(store); err != nil {
 		return 0, err
 	}
@@ -211,7 +217,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	defer b.Close()
 	var events []*mvccpb.Event
 	closedBefore := mvcc.Revision(s.closedRev.Load())
-	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, closed: closedBefore, fence: s.fence.Load(),
+	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, auth: &s.auth, closed: closedBefore, fence: s.fence.Load(),
 		sharded: s.cfg.Sharded, counting: s.cfg.Sharded && wholeSpan(store.Span()), whole: wholeSpan(store.Span())}
 	for i := range entries {
 		a.index = entries[i].Index
@@ -276,6 +282,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 type applier struct {
 	b      *mvcc.Batch
 	alarms *alarms
+	auth   *authState
 	lessor *lease.Lessor
 	now    func() time.Time
 	// events are the change events of the entry being applied.
@@ -465,6 +472,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	if stamp == 0 && a.sharded && !a.counting && stamps(r) {
 		return nil, fmt.Errorf("%w: a write without a stamp in a range that no longer counts its revisions", mvcc.ErrStaleStamp)
 	}
+	if err := a.checkAuthInfo(r.AuthInfo); err != nil {
+		return nil, err
+	}
 	for _, sl := range r.ShadowLeases {
 		// A lease this shard revoked gets no shadow: the store then
 		// refuses a put with it as etcd refuses an unknown lease.
@@ -545,6 +555,8 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		return etcdOp("lease checkpoint", op.LeaseCheckpoint, a.leaseCheckpoint, leaseCheckpointResult)
 	case *shardpb.Request_Alarm:
 		return etcdOp("alarm", op.Alarm, a.alarm, alarmResult)
+	case *shardpb.Request_Auth:
+		return a.applyAuth(op.Auth)
 	case *shardpb.Request_MemberAttrs:
 		var m pb.Member
 		if err := proto.Unmarshal(op.MemberAttrs, &m); err != nil || m.ID == 0 {
@@ -622,6 +634,8 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		resp = hr
 	case AlarmsQuery:
 		resp = s.alarms.list(pb.AlarmType_NONE)
+	case AuthQuery:
+		resp = s.auth.get()
 	case ShadowKeysQuery:
 		resp, err = s.Lessor().ShadowKeys(lease.ID(q.ID))
 	case RegisteredQuery:
@@ -729,6 +743,9 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	}
 	if err := s.alarms.load(s.store); err != nil {
 		return fmt.Errorf("shard %d: recover alarms from snapshot: %w", s.shardID, err)
+	}
+	if err := s.auth.load(s.store); err != nil {
+		return fmt.Errorf("shard %d: recover auth state from snapshot: %w", s.shardID, err)
 	}
 	if err := s.Lessor().Recover(s.cfg.DB); err != nil {
 		return fmt.Errorf("shard %d: recover lessor from snapshot: %w", s.shardID, err)

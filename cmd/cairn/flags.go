@@ -88,6 +88,8 @@ type rawFlags struct {
 	listenMetrics                                            string
 	// TLS flags that are lists.
 	cipherSuites, peerAllowedCN, peerAllowedHostname string
+	// Auth flags in etcd's units (seconds).
+	authTokenTTL, bcryptCost uint
 }
 
 // newFlagSet defines every etcd server flag on a new flag set: the
@@ -108,6 +110,9 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.Int64Var(&r.cfg.QuotaBackendBytes, "quota-backend-bytes", 0, "store size in bytes past which writes that add data are refused with NOSPACE (default 2 GiB)")
 	fs.UintVar(&r.maxRequestBytes, "max-request-bytes", 0, "largest client request accepted, in bytes (default 1.5 MiB)")
 	fs.UintVar(&r.maxTxnOps, "max-txn-ops", 0, "most operations one transaction may hold (default 128)")
+	fs.StringVar(&r.cfg.AuthToken, "auth-token", "", "the kind of auth token: simple (jwt is not implemented yet) (default simple)")
+	fs.UintVar(&r.authTokenTTL, "auth-token-ttl", 0, "seconds a simple token lives unused (default 300)")
+	fs.UintVar(&r.bcryptCost, "bcrypt-cost", 0, "cost of the bcrypt hash of passwords, 4 to 31 (default 10)")
 	fs.DurationVar(&r.cfg.WatchProgressNotifyInterval, "watch-progress-notify-interval", 0, "how often watchers that asked for progress notifications get one (default 10m)")
 	fs.StringVar(&r.cfg.AutoCompactionMode, "auto-compaction-mode", "", "how --auto-compaction-retention is read: periodic (a duration, or hours if a bare number) or revision (a number of revisions) (default periodic)")
 	fs.StringVar(&r.cfg.AutoCompactionRetention, "auto-compaction-retention", "", "history kept by automatic compaction; 0 turns it off (default 0)")
@@ -252,6 +257,10 @@ func parseFlags(args, environ []string) (options, error) {
 		return options{}, err
 	}
 	if o.cfg.MaxTxnOps, err = toInt("max-txn-ops", r.maxTxnOps); err != nil {
+		return options{}, err
+	}
+	o.cfg.AuthTokenTTL = time.Duration(r.authTokenTTL) * time.Second
+	if o.cfg.BcryptCost, err = toInt("bcrypt-cost", r.bcryptCost); err != nil {
 		return options{}, err
 	}
 	switch r.logger {
@@ -424,7 +433,6 @@ var ignoredFlags = []struct {
 		"client-cert-file", "client-key-file", "client-cert-allowed-hostname", "peer-client-cert-file", "peer-client-key-file"}},
 	{"peer certificates are not checked against the caller's address", true, []string{
 		"peer-skip-client-san-verification"}},
-	{"authentication is not implemented yet", false, []string{"auth-token", "bcrypt-cost", "auth-token-ttl"}},
 	{"discovery is not supported; name the founding members with --initial-cluster", false, []string{
 		"discovery-endpoints", "discovery-token", "discovery-dial-timeout", "discovery-request-timeout",
 		"discovery-keepalive-time", "discovery-keepalive-timeout", "discovery-cert", "discovery-key",

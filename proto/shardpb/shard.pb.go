@@ -47,6 +47,8 @@ const (
 	ErrorCode_ERROR_CODE_LEASE_TTL_TOO_LARGE ErrorCode = 15
 	// A write refused while the NOSPACE alarm is raised.
 	ErrorCode_ERROR_CODE_NO_SPACE ErrorCode = 16
+	// Auth refusals (shard/auth's errors; the message names which).
+	ErrorCode_ERROR_CODE_AUTH ErrorCode = 17
 )
 
 // Enum value maps for ErrorCode.
@@ -69,6 +71,7 @@ var (
 		14: "ERROR_CODE_LEASE_EXISTS",
 		15: "ERROR_CODE_LEASE_TTL_TOO_LARGE",
 		16: "ERROR_CODE_NO_SPACE",
+		17: "ERROR_CODE_AUTH",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":         0,
@@ -88,6 +91,7 @@ var (
 		"ERROR_CODE_LEASE_EXISTS":        14,
 		"ERROR_CODE_LEASE_TTL_TOO_LARGE": 15,
 		"ERROR_CODE_NO_SPACE":            16,
+		"ERROR_CODE_AUTH":                17,
 	}
 )
 
@@ -210,11 +214,18 @@ type Request struct {
 	//	*Request_ShadowRevoke
 	//	*Request_LeaseUnregister
 	//	*Request_Split
+	//	*Request_Auth
 	Op isRequest_Op `protobuf_oneof:"op"`
 	// Sharded mode: leases this request may attach keys to that are homed in
 	// another shard, which registered this one; each gets a shadow here
 	// first unless this shard revoked that incarnation of it.
-	ShadowLeases  []*ShadowLease `protobuf:"bytes,13,rep,name=shadow_leases,json=shadowLeases,proto3" json:"shadow_leases,omitempty"`
+	ShadowLeases []*ShadowLease `protobuf:"bytes,13,rep,name=shadow_leases,json=shadowLeases,proto3" json:"shadow_leases,omitempty"`
+	// The identity a client write was checked as and the auth revision its
+	// permissions were checked at. Where the auth state lives, a write
+	// checked at a revision older than the current one is refused with
+	// ERROR_CODE_AUTH (auth's ErrAuthOldRevision). Absent: the node's own
+	// write, never checked.
+	AuthInfo      *AuthInfo `protobuf:"bytes,19,opt,name=auth_info,json=authInfo,proto3" json:"auth_info,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -398,9 +409,25 @@ func (x *Request) GetSplit() *SplitRange {
 	return nil
 }
 
+func (x *Request) GetAuth() []byte {
+	if x != nil {
+		if x, ok := x.Op.(*Request_Auth); ok {
+			return x.Auth
+		}
+	}
+	return nil
+}
+
 func (x *Request) GetShadowLeases() []*ShadowLease {
 	if x != nil {
 		return x.ShadowLeases
+	}
+	return nil
+}
+
+func (x *Request) GetAuthInfo() *AuthInfo {
+	if x != nil {
+		return x.AuthInfo
 	}
 	return nil
 }
@@ -489,6 +516,13 @@ type Request_Split struct {
 	Split *SplitRange `protobuf:"bytes,17,opt,name=split,proto3,oneof"`
 }
 
+type Request_Auth struct {
+	// etcdserverpb.InternalRaftRequest with one auth request set (an auth
+	// change or AuthStatus), applied to the auth state this range holds
+	// (range 1; docs/plan-auth.md). Passwords arrive hashed.
+	Auth []byte `protobuf:"bytes,18,opt,name=auth,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -519,6 +553,140 @@ func (*Request_LeaseUnregister) isRequest_Op() {}
 
 func (*Request_Split) isRequest_Op() {}
 
+func (*Request_Auth) isRequest_Op() {}
+
+// AuthInfo is who made a request and at which auth revision it was checked.
+type AuthInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthInfo) Reset() {
+	*x = AuthInfo{}
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthInfo) ProtoMessage() {}
+
+func (x *AuthInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthInfo.ProtoReflect.Descriptor instead.
+func (*AuthInfo) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AuthInfo) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *AuthInfo) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// AuthState is the auth state (shard/auth) as one record: enabled, the auth
+// revision, the revision of the last AuthDisable (tokens issued before it
+// are void), users (authpb.User) and roles (authpb.Role) sorted by name.
+type AuthState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Enabled       bool                   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	DisabledAt    uint64                 `protobuf:"varint,3,opt,name=disabled_at,json=disabledAt,proto3" json:"disabled_at,omitempty"`
+	Users         [][]byte               `protobuf:"bytes,4,rep,name=users,proto3" json:"users,omitempty"`
+	Roles         [][]byte               `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthState) Reset() {
+	*x = AuthState{}
+	mi := &file_shardpb_shard_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthState) ProtoMessage() {}
+
+func (x *AuthState) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthState.ProtoReflect.Descriptor instead.
+func (*AuthState) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AuthState) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *AuthState) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *AuthState) GetDisabledAt() uint64 {
+	if x != nil {
+		return x.DisabledAt
+	}
+	return 0
+}
+
+func (x *AuthState) GetUsers() [][]byte {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *AuthState) GetRoles() [][]byte {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
 // ShadowLease is a lease homed in another shard and the generation of its
 // registration there (the home's raft index of it): a shard that revoked
 // the lease refuses registrations up to the generation it revoked, and a
@@ -533,7 +701,7 @@ type ShadowLease struct {
 
 func (x *ShadowLease) Reset() {
 	*x = ShadowLease{}
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +713,7 @@ func (x *ShadowLease) String() string {
 func (*ShadowLease) ProtoMessage() {}
 
 func (x *ShadowLease) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +726,7 @@ func (x *ShadowLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShadowLease.ProtoReflect.Descriptor instead.
 func (*ShadowLease) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ShadowLease) GetLease() int64 {
@@ -601,7 +769,7 @@ type SplitRange struct {
 
 func (x *SplitRange) Reset() {
 	*x = SplitRange{}
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +781,7 @@ func (x *SplitRange) String() string {
 func (*SplitRange) ProtoMessage() {}
 
 func (x *SplitRange) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +794,7 @@ func (x *SplitRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRange.ProtoReflect.Descriptor instead.
 func (*SplitRange) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SplitRange) GetKey() []byte {
@@ -677,7 +845,7 @@ type ReplicaRef struct {
 
 func (x *ReplicaRef) Reset() {
 	*x = ReplicaRef{}
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +857,7 @@ func (x *ReplicaRef) String() string {
 func (*ReplicaRef) ProtoMessage() {}
 
 func (x *ReplicaRef) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +870,7 @@ func (x *ReplicaRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRef.ProtoReflect.Descriptor instead.
 func (*ReplicaRef) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReplicaRef) GetMember() uint64 {
@@ -737,7 +905,7 @@ type LeaseShard struct {
 
 func (x *LeaseShard) Reset() {
 	*x = LeaseShard{}
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +917,7 @@ func (x *LeaseShard) String() string {
 func (*LeaseShard) ProtoMessage() {}
 
 func (x *LeaseShard) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +930,7 @@ func (x *LeaseShard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseShard.ProtoReflect.Descriptor instead.
 func (*LeaseShard) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LeaseShard) GetLease() int64 {
@@ -792,7 +960,7 @@ type MemberPeers struct {
 
 func (x *MemberPeers) Reset() {
 	*x = MemberPeers{}
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +972,7 @@ func (x *MemberPeers) String() string {
 func (*MemberPeers) ProtoMessage() {}
 
 func (x *MemberPeers) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +985,7 @@ func (x *MemberPeers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberPeers.ProtoReflect.Descriptor instead.
 func (*MemberPeers) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MemberPeers) GetId() uint64 {
@@ -860,7 +1028,7 @@ type TransferHold struct {
 
 func (x *TransferHold) Reset() {
 	*x = TransferHold{}
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1040,7 @@ func (x *TransferHold) String() string {
 func (*TransferHold) ProtoMessage() {}
 
 func (x *TransferHold) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1053,7 @@ func (x *TransferHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferHold.ProtoReflect.Descriptor instead.
 func (*TransferHold) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TransferHold) GetTarget() uint64 {
@@ -919,7 +1087,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1099,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1112,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -976,6 +1144,7 @@ type Response struct {
 	//	*Response_LeaseRegistered
 	//	*Response_ShadowRevoke
 	//	*Response_Split
+	//	*Response_Auth
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -983,7 +1152,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[9]
+	mi := &file_shardpb_shard_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1164,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[9]
+	mi := &file_shardpb_shard_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1177,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{9}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -1162,6 +1331,15 @@ func (x *Response) GetSplit() bool {
 	return false
 }
 
+func (x *Response) GetAuth() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*Response_Auth); ok {
+			return x.Auth
+		}
+	}
+	return nil
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -1230,6 +1408,11 @@ type Response_Split struct {
 	Split bool `protobuf:"varint,16,opt,name=split,proto3,oneof"` // applied
 }
 
+type Response_Auth struct {
+	// The etcd response of the auth request (AuthEnableResponse, ...).
+	Auth []byte `protobuf:"bytes,17,opt,name=auth,proto3,oneof"`
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -1262,6 +1445,8 @@ func (*Response_ShadowRevoke) isResponse_Result() {}
 
 func (*Response_Split) isResponse_Result() {}
 
+func (*Response_Auth) isResponse_Result() {}
+
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1273,7 +1458,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[10]
+	mi := &file_shardpb_shard_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1470,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[10]
+	mi := &file_shardpb_shard_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1483,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{10}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1323,7 +1508,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\aCommand\x123\n" +
 	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
 	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"\x95\x06\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\xe2\x06\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -1344,9 +1529,21 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x0elease_register\x18\x0e \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\rleaseRegister\x12B\n" +
 	"\rshadow_revoke\x18\x0f \x01(\v2\x1b.cairn.shard.v1.ShadowLeaseH\x00R\fshadowRevoke\x12G\n" +
 	"\x10lease_unregister\x18\x10 \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\x0fleaseUnregister\x122\n" +
-	"\x05split\x18\x11 \x01(\v2\x1a.cairn.shard.v1.SplitRangeH\x00R\x05split\x12@\n" +
-	"\rshadow_leases\x18\r \x03(\v2\x1b.cairn.shard.v1.ShadowLeaseR\fshadowLeasesB\x04\n" +
-	"\x02op\"C\n" +
+	"\x05split\x18\x11 \x01(\v2\x1a.cairn.shard.v1.SplitRangeH\x00R\x05split\x12\x14\n" +
+	"\x04auth\x18\x12 \x01(\fH\x00R\x04auth\x12@\n" +
+	"\rshadow_leases\x18\r \x03(\v2\x1b.cairn.shard.v1.ShadowLeaseR\fshadowLeases\x125\n" +
+	"\tauth_info\x18\x13 \x01(\v2\x18.cairn.shard.v1.AuthInfoR\bauthInfoB\x04\n" +
+	"\x02op\":\n" +
+	"\bAuthInfo\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x8e\x01\n" +
+	"\tAuthState\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x1f\n" +
+	"\vdisabled_at\x18\x03 \x01(\x04R\n" +
+	"disabledAt\x12\x14\n" +
+	"\x05users\x18\x04 \x03(\fR\x05users\x12\x14\n" +
+	"\x05roles\x18\x05 \x03(\fR\x05roles\"C\n" +
 	"\vShadowLease\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x03R\x05lease\x12\x1e\n" +
 	"\n" +
@@ -1377,7 +1574,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x0funtil_unix_nano\x18\x02 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
 	"\tmax_nanos\x18\x03 \x01(\x03R\bmaxNanos\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xbf\x04\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xd5\x04\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -1399,11 +1596,12 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"leaseShard\x12+\n" +
 	"\x10lease_registered\x18\x0f \x01(\x04H\x00R\x0fleaseRegistered\x12%\n" +
 	"\rshadow_revoke\x18\x0e \x01(\fH\x00R\fshadowRevoke\x12\x16\n" +
-	"\x05split\x18\x10 \x01(\bH\x00R\x05splitB\b\n" +
+	"\x05split\x18\x10 \x01(\bH\x00R\x05split\x12\x14\n" +
+	"\x04auth\x18\x11 \x01(\fH\x00R\x04authB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\x81\x04\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*\x96\x04\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_COMPACTED\x10\x01\x12\x19\n" +
@@ -1422,7 +1620,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x16ERROR_CODE_BAD_REQUEST\x10\r\x12\x1b\n" +
 	"\x17ERROR_CODE_LEASE_EXISTS\x10\x0e\x12\"\n" +
 	"\x1eERROR_CODE_LEASE_TTL_TOO_LARGE\x10\x0f\x12\x17\n" +
-	"\x13ERROR_CODE_NO_SPACE\x10\x10B)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
+	"\x13ERROR_CODE_NO_SPACE\x10\x10\x12\x13\n" +
+	"\x0fERROR_CODE_AUTH\x10\x11B)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
 
 var (
 	file_shardpb_shard_proto_rawDescOnce sync.Once
@@ -1437,39 +1636,42 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 }
 
 var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_shardpb_shard_proto_goTypes = []any{
 	(ErrorCode)(0),       // 0: cairn.shard.v1.ErrorCode
 	(*Command)(nil),      // 1: cairn.shard.v1.Command
 	(*Request)(nil),      // 2: cairn.shard.v1.Request
-	(*ShadowLease)(nil),  // 3: cairn.shard.v1.ShadowLease
-	(*SplitRange)(nil),   // 4: cairn.shard.v1.SplitRange
-	(*ReplicaRef)(nil),   // 5: cairn.shard.v1.ReplicaRef
-	(*LeaseShard)(nil),   // 6: cairn.shard.v1.LeaseShard
-	(*MemberPeers)(nil),  // 7: cairn.shard.v1.MemberPeers
-	(*TransferHold)(nil), // 8: cairn.shard.v1.TransferHold
-	(*Result)(nil),       // 9: cairn.shard.v1.Result
-	(*Response)(nil),     // 10: cairn.shard.v1.Response
-	(*Error)(nil),        // 11: cairn.shard.v1.Error
+	(*AuthInfo)(nil),     // 3: cairn.shard.v1.AuthInfo
+	(*AuthState)(nil),    // 4: cairn.shard.v1.AuthState
+	(*ShadowLease)(nil),  // 5: cairn.shard.v1.ShadowLease
+	(*SplitRange)(nil),   // 6: cairn.shard.v1.SplitRange
+	(*ReplicaRef)(nil),   // 7: cairn.shard.v1.ReplicaRef
+	(*LeaseShard)(nil),   // 8: cairn.shard.v1.LeaseShard
+	(*MemberPeers)(nil),  // 9: cairn.shard.v1.MemberPeers
+	(*TransferHold)(nil), // 10: cairn.shard.v1.TransferHold
+	(*Result)(nil),       // 11: cairn.shard.v1.Result
+	(*Response)(nil),     // 12: cairn.shard.v1.Response
+	(*Error)(nil),        // 13: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
 	2,  // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	8,  // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	7,  // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
-	6,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
-	3,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
-	6,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
-	4,  // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
-	3,  // 7: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
-	5,  // 8: cairn.shard.v1.SplitRange.founder_replicas:type_name -> cairn.shard.v1.ReplicaRef
-	10, // 9: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	11, // 10: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0,  // 11: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	10, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	9,  // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	8,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
+	5,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
+	8,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
+	6,  // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
+	5,  // 7: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
+	3,  // 8: cairn.shard.v1.Request.auth_info:type_name -> cairn.shard.v1.AuthInfo
+	7,  // 9: cairn.shard.v1.SplitRange.founder_replicas:type_name -> cairn.shard.v1.ReplicaRef
+	12, // 10: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	13, // 11: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	0,  // 12: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -1493,8 +1695,9 @@ func file_shardpb_shard_proto_init() {
 		(*Request_ShadowRevoke)(nil),
 		(*Request_LeaseUnregister)(nil),
 		(*Request_Split)(nil),
+		(*Request_Auth)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[9].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[11].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -1511,6 +1714,7 @@ func file_shardpb_shard_proto_init() {
 		(*Response_LeaseRegistered)(nil),
 		(*Response_ShadowRevoke)(nil),
 		(*Response_Split)(nil),
+		(*Response_Auth)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1518,7 +1722,7 @@ func file_shardpb_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -106,3 +106,9 @@ func (n *Node) SplitRange(ctx context.Context, key []byte) ([]*placementpb.Range
 // (dragonboat's StopReplica; the replica id is the member id), leaving the
 // rest of the node running: the range loses this member's vote.
 func (n *Node) StopRangeReplica(id uint64) error { return n.nh.StopReplica(id, n.memberID) }
+
+// RaftSettings are the pre-vote and catch-up entries the ranges' raft
+// groups start with (Config.DisablePreVote, SnapshotCatchUpEntries).
+func (n *Node) RaftSettings() (preVote bool, catchUpEntries uint64) {
+	return n.raftCfg.PreVote, n.raftCfg.CompactionOverhead
+}

@@ -469,7 +469,7 @@ var ignoredFlags = []struct {
 	{"cairn stores data in pebble and raft logs in dragonboat, which do not take etcd's bbolt and WAL settings", false, []string{
 		"max-snapshots", "max-wals", "backend-bbolt-freelist-type", "backend-batch-interval",
 		"backend-batch-limit", "bootstrap-defrag-threshold-megabytes"}},
-	{"a compaction is one pebble batch per range, not etcd's paced bbolt batches", false, []string{
+	{"cairn's compaction has no such pacing settings", false, []string{
 		"compaction-batch-limit", "compaction-sleep-interval"}},
 	{"cairn stores data in pebble and raft logs in dragonboat, which do not take etcd's bbolt and WAL settings", true, []string{
 		"memory-mlock", "unsafe-no-fsync"}},

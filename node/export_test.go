@@ -149,3 +149,9 @@ func (n *Node) LocalReplicas() map[uint64]uint64 {
 // RefreshRangeStats computes the ranges' figures now, as the refresher
 // does every 15 s, for tests that scrape them.
 func (n *Node) RefreshRangeStats() { n.stats.refresh() }
+
+// RaftSettings are the pre-vote and catch-up entries the ranges' raft
+// groups start with (Config.DisablePreVote, SnapshotCatchUpEntries).
+func (n *Node) RaftSettings() (preVote bool, catchUpEntries uint64) {
+	return n.raftCfg.PreVote, n.raftCfg.CompactionOverhead
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -26,6 +27,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/cairn-kv/cairn/lease"
@@ -163,6 +165,48 @@ type Config struct {
 	// SelfSignedCertValidity is the validity in years of the certificates
 	// --auto-tls and --peer-auto-tls make; default 1.
 	SelfSignedCertValidity uint
+	// DisableGRPCGateway turns off etcd's JSON gateway at /v3/ (etcd
+	// --enable-grpc-gateway=false; on by default, as etcd's).
+	DisableGRPCGateway bool
+	// ListenClientHTTPURLs, if any, serve HTTP alone — the gateway,
+	// /metrics, the probes, /version — and the client URLs then serve gRPC
+	// alone (etcd --listen-client-http-urls). Same schemes as the client
+	// URLs; Node.ClientHTTPURLs reports what was bound.
+	ListenClientHTTPURLs []string
+	// HostWhitelist is the Host header values a plain-HTTP client request
+	// may carry (etcd --host-whitelist); others get 421. Empty, or "*",
+	// allows any; TLS requests are never checked.
+	HostWhitelist []string
+	// WALDir keeps the raft log apart from the data directory (etcd
+	// --wal-dir; dragonboat's NodeHostConfig.WALDir): empty keeps it under
+	// <data-dir>/raft. Like etcd's, a member restarts with the same one.
+	WALDir string
+	// SnapshotCatchUpEntries is how many entries a range's raft log keeps
+	// behind a snapshot for slow followers to catch up from (etcd
+	// --snapshot-catchup-entries; dragonboat's CompactionOverhead); default
+	// etcd's 5000, or half of SnapshotCount if that is less, so that a
+	// small --snapshot-count still truncates the log.
+	SnapshotCatchUpEntries uint64
+	// MaxConcurrentStreams bounds the concurrent streams of one client
+	// connection (etcd --max-concurrent-streams); 0 means no bound (etcd's
+	// default, math.MaxUint32).
+	MaxConcurrentStreams uint32
+	// DisablePreVote turns off raft's pre-vote (etcd --pre-vote=false;
+	// on by default, as etcd's).
+	DisablePreVote bool
+	// MaxLearners is how many learners the cluster may have (etcd
+	// --max-learners); MemberAdd of one more is refused with etcd's "too
+	// many learner members in cluster". Default 1; a negative value allows
+	// none (etcd's 0).
+	MaxLearners int
+	// WarningUnaryRequestDuration is how long a unary client request may
+	// take before it is logged at warn (etcd
+	// --warning-unary-request-duration); default 300ms.
+	WarningUnaryRequestDuration time.Duration
+	// SocketReusePort and SocketReuseAddress set SO_REUSEPORT and
+	// SO_REUSEADDR on the client and peer listeners (etcd
+	// --socket-reuse-port, --socket-reuse-address).
+	SocketReusePort, SocketReuseAddress bool
 
 	// compactionClock drives automatic compaction (router.StartCompactor);
 	// nil is the wall clock. Tests inject a fake one.
@@ -173,6 +217,13 @@ type Config struct {
 	// it (export_test.go).
 	legacyBootstrap bool
 }
+
+// etcd's defaults for --snapshot-catchup-entries and
+// --warning-unary-request-duration.
+const (
+	defaultSnapshotCatchUpEntries      = 5000
+	defaultWarningUnaryRequestDuration = 300 * time.Millisecond
+)
 
 // rttMillisecond is dragonboat's tick: raft timings are whole multiples.
 const rttMillisecond = 10
@@ -209,6 +260,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.SnapshotCount == 0 {
 		c.SnapshotCount = 10000
 	}
+	if c.SnapshotCatchUpEntries == 0 {
+		c.SnapshotCatchUpEntries = min(defaultSnapshotCatchUpEntries, c.SnapshotCount/2)
+	}
+	if c.MaxLearners == 0 {
+		c.MaxLearners = 1
+	}
+	if c.WarningUnaryRequestDuration == 0 {
+		c.WarningUnaryRequestDuration = defaultWarningUnaryRequestDuration
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -242,7 +302,7 @@ func (c Config) withDefaults() (Config, error) {
 	default:
 		return c, fmt.Errorf("node: --metrics %q: want %s or %s", c.MetricsLevel, MetricsBasic, MetricsExtensive)
 	}
-	for _, u := range slices.Concat(c.ListenClientURLs, c.ListenPeerURLs, c.InitialAdvertisePeerURLs, c.ListenMetricsURLs) {
+	for _, u := range slices.Concat(c.ListenClientURLs, c.ListenClientHTTPURLs, c.ListenPeerURLs, c.InitialAdvertisePeerURLs, c.ListenMetricsURLs) {
 		if _, err := hostPort(u); err != nil {
 			return c, err
 		}
@@ -383,6 +443,11 @@ type Node struct {
 	// election services run on it), connected in memory through selfL.
 	self  *clientv3.Client
 	selfL *bufconn.Listener
+	// gatewayConn is the JSON gateway's connection to the node's own gRPC
+	// server, in memory through selfL too (nil: no gateway).
+	gatewayConn *grpc.ClientConn
+	// httpURL are the bound Config.ListenClientHTTPURLs.
+	httpURL []string
 
 	// conns are the client connections to other members.
 	conns *router.MemberConns
@@ -651,6 +716,7 @@ func (n *Node) startRaft(b boot) error {
 	}
 	n.nhConfig = dbconfig.NodeHostConfig{
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
+		WALDir:            cfg.WALDir,
 		RTTMillisecond:    rttMillisecond,
 		RaftAddress:       b.raftAddr,
 		ListenAddress:     raftListen,
@@ -709,12 +775,12 @@ func (n *Node) raftConfig(b boot, id uint64) dbconfig.Config {
 		HeartbeatRTT: b.heartbeat,
 		ElectionRTT:  b.election,
 		CheckQuorum:  true,
-		// As etcd's default --pre-vote: a member cut off from the
+		// etcd's --pre-vote, on by default: a member cut off from the
 		// others does not disrupt them with higher terms on return.
-		PreVote:            true,
+		PreVote:            !n.cfg.DisablePreVote,
 		IsNonVoting:        n.learner.Load(),
 		SnapshotEntries:    n.cfg.SnapshotCount,
-		CompactionOverhead: n.cfg.SnapshotCount / 2,
+		CompactionOverhead: n.cfg.SnapshotCatchUpEntries,
 	}
 }
 
@@ -897,10 +963,11 @@ func (n *Node) serve() error {
 		GRPCKeepAliveInterval: cfg.GRPCKeepAliveInterval,
 		GRPCKeepAliveTimeout:  cfg.GRPCKeepAliveTimeout,
 
-		UnaryInterceptors:  n.metrics.unary(),
+		UnaryInterceptors:  append(n.metrics.unary(), slowRequests(n.log, cfg.WarningUnaryRequestDuration)),
 		StreamInterceptors: n.metrics.stream(),
 		Observer:           n.metrics,
 		RequestTimeout:     5*time.Second + 2*cfg.ElectionTimeout, // etcd's ReqTimeout
+		MaxLearners:        cfg.MaxLearners,
 		Log:                n.log,
 	}
 	if cfg.Sharded {
@@ -935,7 +1002,11 @@ func (n *Node) serve() error {
 		return err
 	}
 	// TLS is the listeners' (tls.go); the credentials show it to handlers.
-	n.grpc = grpc.NewServer(append(rs.GRPCOptions(), grpc.Creds(tlsStateCreds{}))...)
+	gopts := append(rs.GRPCOptions(), grpc.Creds(tlsStateCreds{}))
+	if cfg.MaxConcurrentStreams > 0 {
+		gopts = append(gopts, grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams)) // the last one counts
+	}
+	n.grpc = grpc.NewServer(gopts...)
 	rs.Register(n.grpc)
 	// The node-to-node service (sharded mode; in single-group mode it
 	// answers that it needs sharded mode): whole on the peer port, to
@@ -957,7 +1028,17 @@ func (n *Node) serve() error {
 	mux := http.NewServeMux()
 	mux.Handle("/", rs.HTTPHandler(cfg.EnablePprof))
 	mux.Handle("/metrics", n.metrics.handler)
-	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if !cfg.DisableGRPCGateway {
+		gw, err := n.gateway(rs)
+		if err != nil {
+			return err
+		}
+		mux.Handle("/v3/", gw)
+	}
+	n.http = &http.Server{Handler: router.AccessControl(mux, cfg.HostWhitelist), ReadHeaderTimeout: 10 * time.Second}
+	if cfg.MaxConcurrentStreams > 0 {
+		n.http.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: int(min(cfg.MaxConcurrentStreams, math.MaxInt32))}
+	}
 	if err := n.serveMetrics(rs.ProbeHandler()); err != nil {
 		return err
 	}
@@ -975,12 +1056,26 @@ func (n *Node) serve() error {
 		n.listeners = append(n.listeners, tl)
 		m := cmux.New(l)
 		grpcL := m.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
-		httpL := m.Match(cmux.Any())
 		n.muxes = append(n.muxes, m)
-		n.wg.Add(3)
+		n.wg.Add(2)
 		go func() { defer n.wg.Done(); _ = n.grpc.Serve(grpcL) }()
-		go func() { defer n.wg.Done(); _ = n.http.Serve(httpL) }()
 		go func() { defer n.wg.Done(); _ = m.Serve() }()
+		if len(cfg.ListenClientHTTPURLs) > 0 {
+			continue // gRPC alone: the matcher closes anything else
+		}
+		httpL := m.Match(cmux.Any())
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); _ = n.http.Serve(httpL) }()
+	}
+	for _, raw := range cfg.ListenClientHTTPURLs {
+		l, tl, bound, err := n.listenClient(raw, info)
+		if err != nil {
+			return err
+		}
+		n.httpURL = append(n.httpURL, bound)
+		n.listeners = append(n.listeners, tl)
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); _ = n.http.Serve(l) }()
 	}
 	if len(n.cfg.AdvertiseClientURLs) == 0 {
 		n.cfg.AdvertiseClientURLs = n.clientURL
@@ -1030,8 +1125,29 @@ func (n *Node) dialSelf() error {
 	return nil
 }
 
+// gateway opens the JSON gateway's connection to the node's own gRPC
+// server and returns the gateway (router.Server.Gateway). The connection is
+// in memory, as the node's own client's, so the gateway's calls take every
+// interceptor a client's do, without a port, an address or TLS to dial
+// (etcd's gateway dials its own client URL). Close closes it.
+func (n *Node) gateway(rs *router.Server) (http.Handler, error) {
+	conn, err := grpc.NewClient("passthrough:///in-process",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return n.selfL.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32)))
+	if err != nil {
+		return nil, fmt.Errorf("node: the gateway's connection: %w", err)
+	}
+	n.gatewayConn = conn
+	return rs.Gateway(context.Background(), conn)
+}
+
 // ClientURLs returns the bound client URLs (http://host:port).
 func (n *Node) ClientURLs() []string { return append([]string(nil), n.clientURL...) }
+
+// ClientHTTPURLs returns the bound Config.ListenClientHTTPURLs; none
+// without them.
+func (n *Node) ClientHTTPURLs() []string { return append([]string(nil), n.httpURL...) }
 
 // Close stops serving and closes the node; it waits for every goroutine.
 func (n *Node) Close() error {
@@ -1055,6 +1171,9 @@ func (n *Node) Close() error {
 		}
 		if n.peerGRPC != nil {
 			n.peerGRPC.Stop() // the members calling try elsewhere
+		}
+		if n.gatewayConn != nil {
+			_ = n.gatewayConn.Close()
 		}
 		if n.selfL != nil {
 			_ = n.selfL.Close() // the gRPC server closed it if it served it

@@ -86,7 +86,7 @@ func (n *Node) peerTLS() (peerSide, error) {
 // connections to raftAddr (dragonboat's loopback listener); it returns the
 // listener the peer gRPC server is to serve.
 func (n *Node) listenPeer(addr, raftAddr string) (net.Listener, error) {
-	l, err := net.Listen("tcp", addr)
+	l, err := n.listenTCP(addr)
 	if err != nil {
 		return nil, fmt.Errorf("node: listen on peer URL %s: %w", n.cfg.ListenPeerURLs[0], err)
 	}

@@ -80,7 +80,7 @@ func (c Config) checkTLS() (tlsSettings, error) {
 			return s, fmt.Errorf("node: --cipher-suites: %w", err)
 		}
 	}
-	for _, u := range c.ListenClientURLs {
+	for _, u := range slices.Concat(c.ListenClientURLs, c.ListenClientHTTPURLs) {
 		if scheme := schemeOf(u); (scheme == "https" || scheme == "unixs") && c.ClientTLS.empty() && !c.ClientTLS.AutoTLS {
 			return s, fmt.Errorf("node: TLS key/cert (--cert-file, --key-file) must be provided for client url %s with HTTPS scheme", u)
 		}
@@ -146,7 +146,7 @@ func (n *Node) tlsInfo(side TLS, dir string, hosts []string) (*transport.TLSInfo
 func (n *Node) clientTLS() (*transport.TLSInfo, error) {
 	secure := false
 	var hosts []string
-	for _, raw := range n.cfg.ListenClientURLs {
+	for _, raw := range slices.Concat(n.cfg.ListenClientURLs, n.cfg.ListenClientHTTPURLs) {
 		u, _ := url.Parse(raw)
 		hosts = append(hosts, u.Host)
 		switch u.Scheme {
@@ -179,7 +179,8 @@ func (n *Node) listenClient(raw string, info *transport.TLSInfo) (net.Listener, 
 	if u.Scheme == "unix" || u.Scheme == "unixs" {
 		addr = u.Host + u.Path
 	}
-	l, err := transport.NewListenerWithOpts(addr, u.Scheme, transport.WithSkipTLSInfoCheck(true))
+	l, err := transport.NewListenerWithOpts(addr, u.Scheme, transport.WithSkipTLSInfoCheck(true),
+		transport.WithSocketOpts(&transport.SocketOpts{ReusePort: n.cfg.SocketReusePort, ReuseAddress: n.cfg.SocketReuseAddress}))
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("node: listen on client URL %s: %w", raw, err)
 	}

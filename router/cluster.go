@@ -32,6 +32,23 @@ func (c *clusterServer) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (
 	if len(r.PeerURLs) == 0 {
 		return nil, rpctypes.ErrGRPCMemberBadURLs
 	}
+	if r.IsLearner {
+		// As etcd: a learner more than the cluster may have is refused
+		// (etcd counts at apply; here the linearizable list stands in).
+		current, err := c.s.cfg.Node.Members(true)
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		learners := 0
+		for _, m := range current {
+			if m.IsLearner {
+				learners++
+			}
+		}
+		if learners+1 > c.s.maxLearners() {
+			return nil, rpctypes.ErrGRPCTooManyLearners
+		}
+	}
 	m, err := ms.AddMember(ctx, r.PeerURLs, r.IsLearner)
 	if err != nil {
 		return nil, toGRPC(err)
@@ -83,6 +100,17 @@ func (c *clusterServer) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequ
 	resp := &pb.MemberUpdateResponse{Header: &pb.ResponseHeader{}, Members: c.s.members()}
 	c.s.fill(resp.Header)
 	return resp, nil
+}
+
+// maxLearners is Config.MaxLearners with its default.
+func (s *Server) maxLearners() int {
+	switch {
+	case s.cfg.MaxLearners == 0:
+		return DefaultMaxLearners
+	case s.cfg.MaxLearners < 0:
+		return 0
+	}
+	return s.cfg.MaxLearners
 }
 
 // members lists the members after a change, linearizably if it can: the

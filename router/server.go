@@ -130,6 +130,10 @@ type Config struct {
 	// (5s plus two election timeouts) bounds its own; 0 means
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// MaxLearners is how many learners MemberAdd lets the cluster have
+	// (etcd --max-learners); 0 means DefaultMaxLearners, a negative value
+	// none.
+	MaxLearners int
 	// Log receives the probes' failures and warnings; nil discards them.
 	Log *slog.Logger
 	// Auth reads the cluster's auth state (auth.go); nil: auth is never
@@ -142,6 +146,9 @@ type Config struct {
 	// range means its default, 10, as etcd.
 	BcryptCost int
 }
+
+// DefaultMaxLearners is etcd's default --max-learners.
+const DefaultMaxLearners = 1
 
 // Node is what the router asks of the process hosting it; the node
 // implements it.

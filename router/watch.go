@@ -48,7 +48,14 @@ func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
 
 	recvErr := make(chan error, 1)
 	go func() {
-		recvErr <- ws.recvLoop(gs, st, ww)
+		err := ws.recvLoop(gs, st, ww)
+		if err == nil {
+			// The client closed its side (io.EOF): as etcd's, the
+			// stream goes on sending until the client goes away. The
+			// JSON gateway closes it after a request body is read.
+			return
+		}
+		recvErr <- err
 		cancel()
 	}()
 	for {

@@ -79,6 +79,7 @@ type rawFlags struct {
 	cfg                                                      node.Config
 	listenClient, advertiseClient, listenPeer, advertisePeer string
 	heartbeatMS, electionMS, maxRequestBytes, maxTxnOps      uint
+	maxConcurrentStreams                                     uint
 	logLevel, logger, logFormat, logOutputs, logRotation     string
 	logRotate                                                bool
 	configFile                                               string
@@ -86,6 +87,9 @@ type rawFlags struct {
 	singleGroup                                              bool
 	splitKeys                                                string
 	listenMetrics                                            string
+	listenClientHTTP, hostWhitelist                          string
+	enableGateway, preVote                                   bool
+	maxLearners                                              int
 	// TLS flags that are lists.
 	cipherSuites, peerAllowedCN, peerAllowedHostname string
 	// Auth flags in etcd's units (seconds).
@@ -105,6 +109,8 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.listenClient, "listen-client-urls", "", "comma-separated http://, https://, unix:// or unixs:// URLs serving clients, gRPC and HTTP on one port (default http://127.0.0.1:2379)")
 	fs.StringVar(&r.listenPeer, "listen-peer-urls", "", "comma-separated http:// or https:// URLs for raft and node-to-node traffic between members; the first one is bound (default http://127.0.0.1:2380)")
 	fs.Uint64Var(&r.cfg.SnapshotCount, "snapshot-count", 0, "applied raft entries between snapshots that let the raft log be truncated (default 10000)")
+	fs.Uint64Var(&r.cfg.SnapshotCatchUpEntries, "snapshot-catchup-entries", 0, "raft log entries kept behind a snapshot for slow followers to catch up from (default 5000, or half --snapshot-count if less)")
+	fs.StringVar(&r.cfg.WALDir, "wal-dir", "", "directory for the raft log, apart from --data-dir (a member restarts with the same one) (default <data-dir>/raft)")
 	fs.UintVar(&r.heartbeatMS, "heartbeat-interval", 0, "raft heartbeat interval in milliseconds, a multiple of 10 (default 100)")
 	fs.UintVar(&r.electionMS, "election-timeout", 0, "raft election timeout in milliseconds, at least 5 heartbeats (default 1000)")
 	fs.Int64Var(&r.cfg.QuotaBackendBytes, "quota-backend-bytes", 0, "store size in bytes past which writes that add data are refused with NOSPACE (default 2 GiB)")
@@ -119,6 +125,13 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.DurationVar(&r.cfg.GRPCKeepAliveMinTime, "grpc-keepalive-min-time", 0, "least time a client must wait between keepalive pings; one that pings more often is sent GOAWAY too_many_pings (0: gRPC's own 5m) (default 5s)")
 	fs.DurationVar(&r.cfg.GRPCKeepAliveInterval, "grpc-keepalive-interval", 0, "idle time after which the server pings a client connection (0: gRPC's own 2h) (default 2h0m0s)")
 	fs.DurationVar(&r.cfg.GRPCKeepAliveTimeout, "grpc-keepalive-timeout", 0, "time the server waits for a ping's answer before it closes the connection (0: gRPC's own 20s) (default 20s)")
+	fs.StringVar(&r.listenClientHTTP, "listen-client-http-urls", "", "comma-separated URLs (schemes as --listen-client-urls) serving HTTP alone: the JSON gateway, /metrics, the probes, /version; given, --listen-client-urls serve gRPC alone")
+	fs.BoolVar(&r.enableGateway, "enable-grpc-gateway", true, "serve etcd's JSON gateway (POST /v3/kv/range, /v3/watch, …; /v3beta/ too) on the client URLs")
+	fs.StringVar(&r.hostWhitelist, "host-whitelist", "", "comma-separated Host header values plain-HTTP client requests may carry, others get 421 (against DNS rebinding); empty or * allows any (default *)")
+	fs.UintVar(&r.maxConcurrentStreams, "max-concurrent-streams", 0, "most concurrent streams on one client connection (default unbounded)")
+	fs.DurationVar(&r.cfg.WarningUnaryRequestDuration, "warning-unary-request-duration", 0, "unary client requests taking longer are logged at warn as \"request stats\" (default 300ms)")
+	fs.BoolVar(&r.cfg.SocketReusePort, "socket-reuse-port", false, "set SO_REUSEPORT on the client and peer listeners")
+	fs.BoolVar(&r.cfg.SocketReuseAddress, "socket-reuse-address", false, "set SO_REUSEADDR on the client and peer listeners")
 
 	// Clustering.
 	fs.StringVar(&r.advertisePeer, "initial-advertise-peer-urls", "", "comma-separated peer URLs the other members reach this one at (default the listen peer URL)")
@@ -126,6 +139,8 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.cfg.InitialCluster, "initial-cluster", "", "founding members as name=peer-URL pairs, comma-separated (default this member alone)")
 	fs.StringVar(&r.cfg.InitialClusterState, "initial-cluster-state", "", "new to found a cluster, existing to join one after a MemberAdd; read at the first start only (default new)")
 	fs.StringVar(&r.cfg.InitialClusterToken, "initial-cluster-token", "", "name that sets this cluster apart from others started with the same members; it seeds the cluster and member ids")
+	fs.BoolVar(&r.preVote, "pre-vote", true, "raft pre-vote in the ranges' raft groups: a member cut off from the others does not disrupt them on its return")
+	fs.IntVar(&r.maxLearners, "max-learners", 1, "most learners the cluster may have; MemberAdd of one more is refused")
 
 	// Security (node.TLS).
 	fs.StringVar(&r.cfg.ClientTLS.CertFile, "cert-file", "", "client TLS certificate, served on https:// and unixs:// client URLs")
@@ -244,6 +259,24 @@ func parseFlags(args, environ []string) (options, error) {
 	o.cfg.ListenPeerURLs = splitURLs(r.listenPeer)
 	o.cfg.InitialAdvertisePeerURLs = splitURLs(r.advertisePeer)
 	o.cfg.ListenMetricsURLs = splitURLs(r.listenMetrics)
+	o.cfg.ListenClientHTTPURLs = splitURLs(r.listenClientHTTP)
+	o.cfg.HostWhitelist = splitURLs(r.hostWhitelist)
+	o.cfg.DisableGRPCGateway = !r.enableGateway
+	o.cfg.DisablePreVote = !r.preVote
+	// node.Config's zero is the default of 1; etcd's 0 (no learners) is
+	// negative there.
+	switch {
+	case r.maxLearners < 0:
+		return options{}, fmt.Errorf("--max-learners %d: want at least 0", r.maxLearners)
+	case r.maxLearners == 0:
+		o.cfg.MaxLearners = -1
+	case r.maxLearners != 1:
+		o.cfg.MaxLearners = r.maxLearners
+	}
+	if uint64(r.maxConcurrentStreams) > math.MaxUint32 {
+		return options{}, fmt.Errorf("--max-concurrent-streams %d: too large", r.maxConcurrentStreams)
+	}
+	o.cfg.MaxConcurrentStreams = uint32(r.maxConcurrentStreams)
 	o.cfg.CipherSuites = splitURLs(r.cipherSuites)
 	o.cfg.PeerTLS.AllowedCNs = splitURLs(r.peerAllowedCN)
 	o.cfg.PeerTLS.AllowedHostnames = splitURLs(r.peerAllowedHostname)
@@ -440,29 +473,26 @@ var ignoredFlags = []struct {
 		"discovery-fallback"}},
 	{"discovery is not supported; name the founding members with --initial-cluster", true, []string{
 		"discovery-insecure-transport", "discovery-insecure-skip-tls-verify"}},
-	{"clients, health and metrics are served on --listen-client-urls only", false, []string{
-		"listen-client-http-urls", "cors", "host-whitelist"}},
-	{"clients, health and metrics are served on --listen-client-urls only", true, []string{
-		"socket-reuse-port", "socket-reuse-address", "enable-grpc-gateway"}},
-	{"cairn's gRPC server keeps its own settings", false, []string{"max-concurrent-streams"}},
+	{"cairn sends no CORS headers", false, []string{"cors"}},
 	{"cairn stores data in pebble and raft logs in dragonboat, which do not take etcd's bbolt and WAL settings", false, []string{
-		"wal-dir", "max-snapshots", "max-wals", "backend-bbolt-freelist-type", "backend-batch-interval",
-		"backend-batch-limit", "bootstrap-defrag-threshold-megabytes", "snapshot-catchup-entries",
+		"max-snapshots", "max-wals", "backend-bbolt-freelist-type", "backend-batch-interval",
+		"backend-batch-limit", "bootstrap-defrag-threshold-megabytes"}},
+	{"cairn's compaction has no such pacing settings", false, []string{
 		"compaction-batch-limit", "compaction-sleep-interval"}},
 	{"cairn stores data in pebble and raft logs in dragonboat, which do not take etcd's bbolt and WAL settings", true, []string{
 		"memory-mlock", "unsafe-no-fsync"}},
 	{"dragonboat's raft transport and election settings are fixed", false, []string{
-		"raft-read-timeout", "raft-write-timeout", "max-learners"}},
+		"raft-read-timeout", "raft-write-timeout"}},
 	{"dragonboat's raft transport and election settings are fixed", true, []string{
-		"initial-election-tick-advance", "pre-vote", "strict-reconfig-check"}},
+		"initial-election-tick-advance", "strict-reconfig-check"}},
 	{"recovering a cluster by force is not supported", true, []string{"force-new-cluster"}},
 	{"tracing is not implemented", false, []string{
 		"distributed-tracing-address", "distributed-tracing-service-name",
 		"distributed-tracing-instance-id", "distributed-tracing-sampling-rate"}},
 	{"tracing is not implemented", true, []string{"enable-distributed-tracing"}},
 	{"cairn runs no such periodic check", false, []string{
-		"corrupt-check-time", "compact-hash-check-time", "downgrade-check-time", "warning-apply-duration",
-		"warning-unary-request-duration"}},
+		"corrupt-check-time", "compact-hash-check-time", "downgrade-check-time"}},
+	{"applies are not timed yet", false, []string{"warning-apply-duration"}},
 	{"etcd's feature gates and v2 store do not apply to cairn", false, []string{"feature-gates", "v2-deprecation"}},
 	// etcd accepts these (as value-less flags) and ignores them itself.
 	{"etcd ignores it as well", true, []string{

@@ -133,6 +133,49 @@ var effective = []struct {
 	{"listen-metrics-urls", "http://127.0.0.1:2381,http://10.0.0.1:2381", func(c *node.Config) {
 		c.ListenMetricsURLs = []string{"http://127.0.0.1:2381", "http://10.0.0.1:2381"}
 	}},
+	{"listen-client-http-urls", "http://127.0.0.1:2382", func(c *node.Config) { c.ListenClientHTTPURLs = []string{"http://127.0.0.1:2382"} }},
+	{"host-whitelist", "localhost,m1.example", func(c *node.Config) { c.HostWhitelist = []string{"localhost", "m1.example"} }},
+	{"wal-dir", "/fast/wal", func(c *node.Config) { c.WALDir = "/fast/wal" }},
+	{"snapshot-catchup-entries", "20000", func(c *node.Config) { c.SnapshotCatchUpEntries = 20000 }},
+	{"max-concurrent-streams", "100", func(c *node.Config) { c.MaxConcurrentStreams = 100 }},
+	{"max-learners", "3", func(c *node.Config) { c.MaxLearners = 3 }},
+	{"warning-unary-request-duration", "1s", func(c *node.Config) { c.WarningUnaryRequestDuration = time.Second }},
+}
+
+// TestBooleanAndZeroFlags: the flags whose etcd default is on, or whose
+// etcd zero means something, land in node.Config's inverted or negative
+// fields, from the command line, the environment and the config file's
+// values alike (fs.Set).
+func TestBooleanAndZeroFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args, env []string
+		apply     func(*node.Config)
+	}{
+		{[]string{"--enable-grpc-gateway"}, nil, func(*node.Config) {}},
+		{[]string{"--enable-grpc-gateway=false"}, nil, func(c *node.Config) { c.DisableGRPCGateway = true }},
+		{nil, []string{"ETCD_ENABLE_GRPC_GATEWAY=false"}, func(c *node.Config) { c.DisableGRPCGateway = true }},
+		{[]string{"--pre-vote=true"}, nil, func(*node.Config) {}},
+		{[]string{"--pre-vote=false"}, nil, func(c *node.Config) { c.DisablePreVote = true }},
+		{[]string{"--socket-reuse-port"}, nil, func(c *node.Config) { c.SocketReusePort = true }},
+		{[]string{"--socket-reuse-address"}, nil, func(c *node.Config) { c.SocketReuseAddress = true }},
+		{[]string{"--max-learners=1"}, nil, func(*node.Config) {}},
+		{[]string{"--max-learners=0"}, nil, func(c *node.Config) { c.MaxLearners = -1 }},
+	} {
+		want := noFlags
+		tc.apply(&want)
+		o, err := parseFlags(tc.args, tc.env)
+		if err != nil {
+			t.Fatalf("%v %v: %v", tc.args, tc.env, err)
+		}
+		if !reflect.DeepEqual(o.cfg, want) {
+			t.Errorf("%v %v: config %+v, want %+v", tc.args, tc.env, o.cfg, want)
+		}
+	}
+	for _, args := range [][]string{{"--max-learners=-1"}, {"--max-concurrent-streams=4294967296"}} {
+		if _, err := parseFlags(args, nil); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
 }
 
 // noFlags is the config parseFlags gives without flags: node's zero value,
@@ -286,13 +329,13 @@ func TestVersionAndLogFlags(t *testing.T) {
 func TestIgnoredFlags(t *testing.T) {
 	args := []string{
 		"--cors", "http://a", "--cors=http://b", // twice
-		"--enable-grpc-gateway", // boolean: takes no value, so --name below is a flag
+		"--enable-distributed-tracing", // boolean: takes no value, so --name below is a flag
 		"--name", "m1",
 		"-peer-skip-client-san-verification=false",
 		"--discovery-password", "hunter2",
 		"--snapshot", // etcd's own ignored list
 	}
-	env := []string{"ETCD_WAL_DIR=/wal", "ETCD_DATA_DIR=/data"}
+	env := []string{"ETCD_MAX_WALS=5", "ETCD_DATA_DIR=/data"}
 	o, err := parseFlags(args, env)
 	if err != nil {
 		t.Fatal(err)
@@ -303,10 +346,10 @@ func TestIgnoredFlags(t *testing.T) {
 	want := []ignoredFlag{
 		{name: "cors", value: "http://b", source: "command line"},
 		{name: "discovery-password", value: "***", source: "command line"},
-		{name: "enable-grpc-gateway", value: "true", source: "command line"},
+		{name: "enable-distributed-tracing", value: "true", source: "command line"},
+		{name: "max-wals", value: "5", source: "ETCD_MAX_WALS"},
 		{name: "peer-skip-client-san-verification", value: "false", source: "command line"},
 		{name: "snapshot", value: "true", source: "command line"},
-		{name: "wal-dir", value: "/wal", source: "ETCD_WAL_DIR"},
 	}
 	var got []ignoredFlag
 	for _, f := range o.ignored {
@@ -333,8 +376,8 @@ func TestIgnoredFlags(t *testing.T) {
 	}
 
 	// A flag that takes a value needs one, as in etcd.
-	if _, err := parseFlags([]string{"--wal-dir"}, nil); err == nil {
-		t.Error("--wal-dir without a value: no error")
+	if _, err := parseFlags([]string{"--max-wals"}, nil); err == nil {
+		t.Error("--max-wals without a value: no error")
 	}
 }
 
@@ -475,7 +518,9 @@ func TestRunFromEnvironment(t *testing.T) {
 	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"--enable-grpc-gateway", "--log-level=info"}, env, io.Discard, pw) }()
+	go func() {
+		done <- run(ctx, []string{"--enable-distributed-tracing", "--log-level=info"}, env, io.Discard, pw)
+	}()
 	select {
 	case <-ready:
 	case err := <-done:
@@ -496,8 +541,8 @@ func TestRunFromEnvironment(t *testing.T) {
 	pw.Close()
 	<-scanned
 	log := strings.Join(lines, "\n")
-	if n := strings.Count(log, `"flag":"--enable-grpc-gateway"`); n != 1 {
-		t.Errorf("--enable-grpc-gateway reported %d times, want once:\n%s", n, log)
+	if n := strings.Count(log, `"flag":"--enable-distributed-tracing"`); n != 1 {
+		t.Errorf("--enable-distributed-tracing reported %d times, want once:\n%s", n, log)
 	}
 	if !strings.Contains(log, `"name":"envnode"`) {
 		t.Errorf("ETCD_NAME did not take effect:\n%s", log)

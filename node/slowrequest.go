@@ -1,0 +1,44 @@
+package node
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
+)
+
+// slowRequests is a unary interceptor that logs, as etcd's "request stats"
+// line does, every client request that took longer than warn (at warn),
+// and, when the log takes debug lines, every other one (at debug): the
+// method, when it started, how long it took, who asked, the request's
+// size and the error if any.
+func slowRequests(log *slog.Logger, warn time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		took := time.Since(start)
+		level := slog.LevelDebug
+		if took > warn {
+			level = slog.LevelWarn
+		}
+		if !log.Enabled(ctx, level) {
+			return resp, err
+		}
+		remote := "no remote client info"
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+			remote = p.Addr.String()
+		}
+		attrs := []any{"method", info.FullMethod, "start time", start, "time spent", took, "remote", remote}
+		if m, ok := req.(proto.Message); ok {
+			attrs = append(attrs, "request size", proto.Size(m))
+		}
+		if err != nil {
+			attrs = append(attrs, "error", err)
+		}
+		log.Log(ctx, level, "request stats", attrs...)
+		return resp, err
+	}
+}

@@ -1,0 +1,173 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/etcdserverpb/gw"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/proto/electionpb"
+	"github.com/cairn-kv/cairn/proto/lockpb"
+)
+
+// Gateway returns etcd's JSON gateway: the HTTP routes etcd's gRPC
+// services are annotated with (POST /v3/kv/range, /v3/lease/grant, …),
+// each turned into a call on conn, which must reach this Server's own gRPC
+// server so that the call takes the interceptors every gRPC client's does
+// (etcd's gateway dials its own client port for the same reason). Mount it
+// at /v3/.
+//
+// Bodies are protojson as etcd's gateway writes them: proto field names,
+// unpopulated fields left out, unknown fields ignored; 64-bit integers are
+// strings and bytes base64. The streaming calls (/v3/watch,
+// /v3/lease/keepalive) read one JSON request after another from the body
+// and answer each message as a line of its own, {"result":…}, flushed as it
+// comes. A failed call answers {"code":…,"message":…} with the gRPC code's
+// HTTP status. The Lock and Election services' unary calls are routed at
+// etcd's paths too (/v3/lock/lock, /v3/election/campaign, …; see
+// lockRoutes), but not Observe. The Auth service is left out: Cairn has no
+// authentication yet, so /v3/auth/ is not found.
+//
+// ctx bounds the registrations only; the routes serve until conn closes.
+func (s *Server) Gateway(ctx context.Context, conn grpc.ClientConnInterface) (http.Handler, error) {
+	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
+		Marshaler: &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+		},
+	}))
+	registers := []func() error{
+		func() error { return gw.RegisterKVHandlerClient(ctx, mux, pb.NewKVClient(conn)) },
+		func() error { return gw.RegisterClusterHandlerClient(ctx, mux, pb.NewClusterClient(conn)) },
+		func() error { return gw.RegisterMaintenanceHandlerClient(ctx, mux, pb.NewMaintenanceClient(conn)) },
+	}
+	// As Register: the services without what they need stay out.
+	if s.cfg.Merger != nil {
+		registers = append(registers, func() error { return gw.RegisterWatchHandlerClient(ctx, mux, pb.NewWatchClient(conn)) })
+	}
+	if s.cfg.Lessor != nil {
+		registers = append(registers, func() error { return gw.RegisterLeaseHandlerClient(ctx, mux, pb.NewLeaseClient(conn)) })
+	}
+	if s.cfg.Self != nil {
+		registers = append(registers, func() error { return lockRoutes(mux, conn) })
+	}
+	for _, register := range registers {
+		if err := register(); err != nil {
+			return nil, fmt.Errorf("router: gateway: %w", err)
+		}
+	}
+	return mux, nil
+}
+
+// lockRoutes routes the unary calls of the Lock and Election services at
+// the paths etcd's gateway serves them. Their generated gateway code is in
+// etcd's server module, which Cairn does not import (lock.go), so each
+// route does by hand what a generated one does: decode the body into the
+// request, call conn, and answer as the runtime answers (header metadata,
+// errors).
+func lockRoutes(mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
+	for _, rt := range []struct {
+		path, method string
+		req, resp    func() proto.Message
+	}{
+		{"/v3/lock/lock", "/" + lockServiceName + "/Lock",
+			func() proto.Message { return new(lockpb.LockRequest) }, func() proto.Message { return new(lockpb.LockResponse) }},
+		{"/v3/lock/unlock", "/" + lockServiceName + "/Unlock",
+			func() proto.Message { return new(lockpb.UnlockRequest) }, func() proto.Message { return new(lockpb.UnlockResponse) }},
+		{"/v3/election/campaign", "/" + electionServiceName + "/Campaign",
+			func() proto.Message { return new(electionpb.CampaignRequest) }, func() proto.Message { return new(electionpb.CampaignResponse) }},
+		{"/v3/election/proclaim", "/" + electionServiceName + "/Proclaim",
+			func() proto.Message { return new(electionpb.ProclaimRequest) }, func() proto.Message { return new(electionpb.ProclaimResponse) }},
+		{"/v3/election/leader", "/" + electionServiceName + "/Leader",
+			func() proto.Message { return new(electionpb.LeaderRequest) }, func() proto.Message { return new(electionpb.LeaderResponse) }},
+		{"/v3/election/resign", "/" + electionServiceName + "/Resign",
+			func() proto.Message { return new(electionpb.ResignRequest) }, func() proto.Message { return new(electionpb.ResignResponse) }},
+	} {
+		err := mux.HandlePath(http.MethodPost, rt.path, func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+			ctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			in, out := runtime.MarshalerForRequest(mux, r)
+			ctx, err := runtime.AnnotateContext(ctx, mux, r, rt.method, runtime.WithHTTPPathPattern(rt.path))
+			if err != nil {
+				runtime.HTTPError(ctx, mux, out, w, r, err)
+				return
+			}
+			req := rt.req()
+			if err := in.NewDecoder(r.Body).Decode(req); err != nil && !errors.Is(err, io.EOF) {
+				runtime.HTTPError(ctx, mux, out, w, r, status.Errorf(codes.InvalidArgument, "%v", err))
+				return
+			}
+			var md runtime.ServerMetadata
+			resp := rt.resp()
+			err = conn.Invoke(ctx, rt.method, req, resp, grpc.Header(&md.HeaderMD), grpc.Trailer(&md.TrailerMD))
+			ctx = runtime.NewServerMetadataContext(ctx, md)
+			if err != nil {
+				runtime.HTTPError(ctx, mux, out, w, r, err)
+				return
+			}
+			runtime.ForwardResponseMessage(ctx, mux, out, w, r, resp)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AccessControl wraps the HTTP handler of the client URLs as etcd's access
+// controller does:
+//
+//   - /v3beta/… is served as /v3/… (the gateway's name before etcd 3.4);
+//   - a request over plain HTTP whose Host is not in hosts is refused
+//     with 421 Misdirected Request, against DNS
+//     rebinding (etcd --host-whitelist; CVE-2018-5702). Empty hosts, or
+//     "*" among them, allow any host; TLS requests are always allowed.
+//
+// Hosts are compared without the port, as etcd compares them.
+func AccessControl(h http.Handler, hosts []string) http.Handler {
+	allowed := map[string]bool{}
+	for _, host := range hosts {
+		allowed[host] = true
+	}
+	allowAll := len(allowed) == 0 || allowed["*"]
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rest, ok := strings.CutPrefix(r.URL.Path, "/v3beta/"); ok {
+			r.URL.Path = "/v3/" + rest
+			r.URL.RawPath = ""
+		}
+		if r.TLS == nil && !allowAll {
+			if host := hostOnly(r.Host); !allowed[host] {
+				http.Error(w, rebindingRefusal(host), http.StatusMisdirectedRequest)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// hostOnly is a Host header without its port.
+func hostOnly(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		return h
+	}
+	return host
+}
+
+// rebindingRefusal is the body of AccessControl's 421.
+func rebindingRefusal(host string) string {
+	return fmt.Sprintf("cairn refused this request: its Host %q is not in --host-whitelist.\n"+
+		"Connect over TLS, or add the host name to --host-whitelist "+
+		"(plain-HTTP hosts are checked against DNS rebinding, CVE-2018-5702).\n", host)
+}

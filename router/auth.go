@@ -110,6 +110,9 @@ func (t *tokens) user(st *auth.State, tok string, now time.Time) (string, bool) 
 type caller struct {
 	user string
 	st   *auth.State
+	// leaseKeys returns the keys attached to a lease (set with auth
+	// enabled, for checkLeaseKeys).
+	leaseKeys func(id int64) ([][]byte, error)
 }
 
 // info is what a write carries to be checked again where it applies.
@@ -138,6 +141,7 @@ func (s *Server) caller(ctx context.Context) (caller, error) {
 	if !st.Enabled() {
 		return c, nil
 	}
+	c.leaseKeys = func(id int64) ([][]byte, error) { return s.leaseKeys(ctx, id) }
 	md, _ := metadata.FromIncomingContext(ctx)
 	ts := md.Get(rpctypes.TokenFieldNameGRPC)
 	if len(ts) == 0 {
@@ -202,8 +206,13 @@ func checkRange(c caller, r *pb.RangeRequest) error {
 	return c.st.Check(c.user, r.Key, r.RangeEnd, authpb.Permission_READ)
 }
 
+// checkPut checks WRITE on the key, WRITE on the keys already attached to
+// the lease it names, READ on the key with prev_kv, in etcd's order.
 func checkPut(c caller, r *pb.PutRequest) error {
 	if err := c.st.Check(c.user, r.Key, nil, authpb.Permission_WRITE); err != nil {
+		return err
+	}
+	if err := c.checkLeaseKeys(r.Lease, authpb.Permission_WRITE); err != nil {
 		return err
 	}
 	if r.PrevKv {
@@ -275,7 +284,13 @@ func (a *authServer) change(ctx context.Context, r *pb.InternalRaftRequest, resp
 	if err != nil {
 		return toGRPC(err)
 	}
-	out, err := a.s.cfg.Shard.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Auth{Auth: data}, AuthInfo: authInfo(ctx)})
+	// A call without a user (AuthStatus) is not a client write to check
+	// again where it applies.
+	info := authInfo(ctx)
+	if info != nil && info.User == "" {
+		info = nil
+	}
+	out, err := a.s.cfg.Shard.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Auth{Auth: data}, AuthInfo: info})
 	if err != nil {
 		return toGRPC(err)
 	}

@@ -69,6 +69,7 @@ var electionServiceDesc = grpc.ServiceDesc{
 // not, and would name a leader whose key has gone with its lease): one that
 // ran out while waiting is answered with "requested lease not found".
 func (es *electionServer) Campaign(ctx context.Context, r *electionpb.CampaignRequest) (*electionpb.CampaignResponse, error) {
+	ctx = asCaller(ctx)
 	c := es.s.cfg.Self
 	ctx, done := boundToSelf(ctx, c)
 	defer done()
@@ -83,7 +84,7 @@ func (es *electionServer) Campaign(ctx context.Context, r *electionpb.CampaignRe
 	alive, err := leaseAlive(ctx, c, sess.Lease())
 	if err != nil || !alive {
 		// Not answered, so never to be resigned by the caller.
-		_ = e.Resign(c.Ctx())
+		_ = e.Resign(detached(c, ctx))
 		if err != nil {
 			return nil, clientError(c, err)
 		}
@@ -98,6 +99,7 @@ func (es *electionServer) Campaign(ctx context.Context, r *electionpb.CampaignRe
 // Proclaim sets the leader's value; a key that no longer leads (or never
 // did) is answered with etcd's "election: not leader".
 func (es *electionServer) Proclaim(ctx context.Context, r *electionpb.ProclaimRequest) (*electionpb.ProclaimResponse, error) {
+	ctx = asCaller(ctx)
 	if r.Leader == nil {
 		return nil, errMissingLeaderKey
 	}
@@ -115,6 +117,7 @@ func (es *electionServer) Proclaim(ctx context.Context, r *electionpb.ProclaimRe
 // Leader answers the leader's key and value; an election without
 // candidates is answered with etcd's "election: no leader".
 func (es *electionServer) Leader(ctx context.Context, r *electionpb.LeaderRequest) (*electionpb.LeaderResponse, error) {
+	ctx = asCaller(ctx)
 	c := es.s.cfg.Self
 	sess, err := orphanSession(ctx, c, observerLease)
 	if err != nil {
@@ -131,7 +134,7 @@ func (es *electionServer) Leader(ctx context.Context, r *electionpb.LeaderReques
 // first candidate to come), each proclamation, then each next leader.
 func (es *electionServer) Observe(r *electionpb.LeaderRequest, stream grpc.ServerStream) error {
 	c := es.s.cfg.Self
-	ctx, done := boundToSelf(stream.Context(), c)
+	ctx, done := boundToSelf(asCaller(stream.Context()), c)
 	defer done()
 	sess, err := orphanSession(ctx, c, observerLease)
 	if err != nil {
@@ -156,6 +159,7 @@ func (es *electionServer) Observe(r *electionpb.LeaderRequest, stream grpc.Serve
 // Resign deletes the leader's key if it still leads (a key that does not
 // is left alone), passing leadership to the next candidate.
 func (es *electionServer) Resign(ctx context.Context, r *electionpb.ResignRequest) (*electionpb.ResignResponse, error) {
+	ctx = asCaller(ctx)
 	if r.Leader == nil {
 		return nil, errMissingLeaderKey
 	}

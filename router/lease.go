@@ -6,6 +6,7 @@ import (
 	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
+	"go.etcd.io/etcd/api/v3/authpb"
 	"io"
 	"slices"
 	"time"
@@ -44,6 +45,9 @@ const grantAttempts = 8
 type leaseServer struct {
 	pb.UnimplementedLeaseServer
 	s *Server
+	// peer: the peer port's, serving calls other members forward after
+	// checking their callers (authlease.go); it checks no permission.
+	peer bool
 }
 
 func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
@@ -51,6 +55,10 @@ func (ls *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) 
 		return nil, rpctypes.ErrGRPCLeaseTTLTooLarge
 	}
 	if err := ls.s.checkQuota(ctx, r); err != nil {
+		return nil, err
+	}
+	ctx, err := ls.authorize(ctx, nil)
+	if err != nil {
 		return nil, err
 	}
 	req := &pb.LeaseGrantRequest{ID: r.ID, TTL: r.TTL}
@@ -87,6 +95,10 @@ func newLeaseID() int64 {
 }
 
 func (ls *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
+	ctx, err := ls.authorize(ctx, func(c caller) error { return c.checkLeaseKeys(r.ID, authpb.Permission_WRITE) })
+	if err != nil {
+		return nil, err
+	}
 	out, err := ls.s.write(ctx, ls.s.cfg.Shard, r, func(b []byte) *shardpb.Request {
 		return &shardpb.Request{Op: &shardpb.Request_LeaseRevoke{LeaseRevoke: b}}
 	})
@@ -120,6 +132,9 @@ func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) erro
 			return nil
 		}
 		if err != nil {
+			return err
+		}
+		if _, err := ls.authorize(ctx, func(c caller) error { return c.checkLeaseKeys(req.ID, authpb.Permission_WRITE) }); err != nil {
 			return err
 		}
 		if conn, err := ls.remote(ctx); err != nil {
@@ -182,7 +197,28 @@ func (ls *leaseServer) renew(ctx context.Context, id lease.ID) (int64, error) {
 	return ttl, nil
 }
 
+// LeaseTimeToLive answers as etcd, which checks, with keys, read
+// permission on each attached key, and refuses the answer if the auth
+// state changed meanwhile.
 func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
+	ctx, err := ls.authorize(ctx, func(c caller) error {
+		if !r.Keys {
+			return nil
+		}
+		return c.checkLeaseKeys(r.ID, authpb.Permission_READ)
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := ls.timeToLive(ctx, r)
+	if err != nil || !r.Keys {
+		return resp, err
+	}
+	return resp, ls.sameAuth(ctx)
+}
+
+// timeToLive answers LeaseTimeToLive without checking the caller.
+func (ls *leaseServer) timeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	if conn, err := ls.remote(ctx); err != nil {
 		return nil, toGRPC(err)
 	} else if conn != nil {
@@ -213,7 +249,31 @@ func (ls *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiv
 	return &pb.LeaseTimeToLiveResponse{Header: h, ID: r.ID, TTL: st.TTL, GrantedTTL: st.GrantedTTL, Keys: st.Keys}, nil
 }
 
+// LeaseLeases answers as etcd, which checks read permission on every key
+// attached to any lease.
 func (ls *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+	ctx, err := ls.authorize(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := ls.leases(ctx, r)
+	if err != nil || ls.peer {
+		return resp, err
+	}
+	c, _ := ctx.Value(callerKey{}).(caller)
+	if c.st.CheckAdmin(c.user) == nil {
+		return resp, nil
+	}
+	for _, l := range resp.Leases {
+		if err := c.checkLeaseKeys(l.ID, authpb.Permission_READ); err != nil {
+			return nil, toGRPC(err)
+		}
+	}
+	return resp, ls.sameAuth(ctx)
+}
+
+// leases answers LeaseLeases without checking the caller.
+func (ls *leaseServer) leases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
 	if conn, err := ls.remote(ctx); err != nil {
 		return nil, toGRPC(err)
 	} else if conn != nil {

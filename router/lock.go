@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/proto/etcdwirepb"
@@ -77,6 +78,7 @@ var lockServiceDesc = grpc.ServiceDesc{
 // while the request waited has its key released and is answered with
 // etcd's "requested lease not found".
 func (ls *lockServer) Lock(ctx context.Context, r *lockpb.LockRequest) (*lockpb.LockResponse, error) {
+	ctx = asCaller(ctx)
 	c := ls.s.cfg.Self
 	ctx, done := boundToSelf(ctx, c)
 	defer done()
@@ -95,7 +97,7 @@ func (ls *lockServer) Lock(ctx context.Context, r *lockpb.LockRequest) (*lockpb.
 	if err != nil || !alive {
 		if lockErr == nil {
 			// Not answered, so never to be unlocked by the caller.
-			_ = m.Unlock(c.Ctx())
+			_ = m.Unlock(detached(c, ctx))
 		}
 		if err != nil {
 			return nil, clientError(c, err)
@@ -113,6 +115,7 @@ func (ls *lockServer) Lock(ctx context.Context, r *lockpb.LockRequest) (*lockpb.
 // Unlock deletes the key a Lock answered, releasing the lock (or giving
 // up waiting for it).
 func (ls *lockServer) Unlock(ctx context.Context, r *lockpb.UnlockRequest) (*lockpb.UnlockResponse, error) {
+	ctx = asCaller(ctx)
 	c := ls.s.cfg.Self
 	resp, err := c.Delete(ctx, string(r.Key))
 	if err != nil {
@@ -166,6 +169,11 @@ func clientError(c *clientv3.Client, err error) error {
 	}
 	var ee rpctypes.EtcdError
 	if errors.As(err, &ee) {
+		if authRefusal(ee) {
+			// etcd's in-process client hands its server the refusal
+			// as a plain error: the caller gets codes.Unknown.
+			return status.Error(codes.Unknown, ee.Error())
+		}
 		return status.Error(ee.Code(), ee.Error())
 	}
 	return toGRPC(err)

@@ -42,7 +42,7 @@ func (s *Server) RegisterPeer(g *grpc.Server, m Member) {
 	healthpb.RegisterHealthServer(g, hs)
 	s.RegisterInternal(g, m)
 	if s.cfg.Lessor != nil {
-		pb.RegisterLeaseServer(g, &leaseServer{s: s})
+		pb.RegisterLeaseServer(g, &leaseServer{s: s, peer: true})
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/shard/auth"
 	"github.com/cairn-kv/cairn/watch"
 )
 
@@ -71,6 +72,7 @@ func (ws *watchServer) Watch(gs pb.Watch_WatchServer) error {
 				return nil
 			}
 		}
+		rs = ws.guard(ctx, st, ww, rs)
 		for _, r := range rs {
 			ws.s.fill(r.Header)
 			frag := ww.fragments(r.WatchId) && len(r.Events) > 0
@@ -97,16 +99,27 @@ type streamWatchers struct {
 	mu       sync.Mutex
 	fragment map[int64]bool    // guarded by mu
 	spans    map[int64]keySpan // guarded by mu: each watcher's keys
+	// users is who created each watcher, with auth enabled (authwatch.go);
+	// revoked the watchers canceled for a lost permission, until their
+	// canceled response is sent; checked the auth state every watcher was
+	// last checked against. Guarded by mu.
+	users   map[int64]string
+	revoked map[int64]bool
+	checked *auth.State
 }
 
 // created records watcher id over req's keys.
-func (w *streamWatchers) created(id int64, req *pb.WatchCreateRequest) {
+func (w *streamWatchers) created(id int64, req *pb.WatchCreateRequest) { w.createdBy(id, req, "") }
+
+// createdBy records watcher id over req's keys, made by user.
+func (w *streamWatchers) createdBy(id int64, req *pb.WatchCreateRequest, user string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.spans == nil {
-		w.spans, w.fragment = map[int64]keySpan{}, map[int64]bool{}
+		w.spans, w.fragment, w.users = map[int64]keySpan{}, map[int64]bool{}, map[int64]string{}
 	}
 	w.spans[id] = keySpan{key: req.Key, end: req.RangeEnd}
+	w.users[id] = user
 	if req.Fragment {
 		w.fragment[id] = true
 	}
@@ -118,6 +131,7 @@ func (w *streamWatchers) canceled(id int64) {
 	defer w.mu.Unlock()
 	delete(w.spans, id)
 	delete(w.fragment, id)
+	delete(w.users, id)
 }
 
 // fragments reports whether watcher id asked for fragmented responses.
@@ -197,8 +211,13 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, ww *str
 			if u.CreateRequest == nil {
 				continue
 			}
+			user, reason := ws.permitted(gs.Context(), u.CreateRequest)
+			if reason != "" {
+				st.Refuse(reason)
+				continue
+			}
 			if r := ws.create(gs.Context(), st, u.CreateRequest); !r.Canceled {
-				ww.created(r.WatchId, u.CreateRequest)
+				ww.createdBy(r.WatchId, u.CreateRequest, user)
 			}
 		case *pb.WatchRequest_CancelRequest:
 			if u.CancelRequest != nil && st.Cancel(watch.ID(u.CancelRequest.WatchId)) {
@@ -283,6 +302,7 @@ type watchStream interface {
 	CreateAt(req *pb.WatchCreateRequest, now mvcc.Revision) *pb.WatchResponse
 	RequestProgressAt(now mvcc.Revision)
 	Cancel(id watch.ID) bool
+	Refuse(reason string) *pb.WatchResponse
 	RequestProgress()
 	Next(ctx context.Context) ([]*pb.WatchResponse, error)
 	Close()

@@ -129,6 +129,37 @@ func writeMemberID(dataDir string, id uint64) error {
 // seen promoted yet: raft must restart it as non-voting until it is.
 const learnerFile = "learner"
 
+// placementRoleFile records this member's role in the placement group
+// ("voter" or "non-voting"), which sharded mode restarts its replica in:
+// written non-voting when the replica joins (a founder past the first
+// --placement-replicas, or a member added), and voter only once the
+// replica was seen promoted and took a snapshot (trackPlacementRole). A
+// data directory without it (from before roles) has the learner mark's
+// role.
+const placementRoleFile = "placement-role"
+
+// placementNonVoting reports whether this member's placement replica
+// restarts non-voting.
+func placementNonVoting(dataDir string) bool {
+	b, err := os.ReadFile(filepath.Join(dataDir, placementRoleFile))
+	if err != nil {
+		return isLearner(dataDir)
+	}
+	return strings.TrimSpace(string(b)) == "non-voting"
+}
+
+// setPlacementNonVoting records this member's placement role.
+func setPlacementNonVoting(dataDir string, nonVoting bool) error {
+	role := "voter\n"
+	if nonVoting {
+		role = "non-voting\n"
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, placementRoleFile), []byte(role), 0o600); err != nil {
+		return fmt.Errorf("node: record the placement role: %w", err)
+	}
+	return nil
+}
+
 func isLearner(dataDir string) bool {
 	_, err := os.Stat(filepath.Join(dataDir, learnerFile))
 	return err == nil

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/lni/dragonboat/v4"
+
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/router"
@@ -154,4 +156,22 @@ func (n *Node) RefreshRangeStats() { n.stats.refresh() }
 // groups start with (Config.DisablePreVote, SnapshotCatchUpEntries).
 func (n *Node) RaftSettings() (preVote bool, catchUpEntries uint64) {
 	return n.raftCfg.PreVote, n.raftCfg.CompactionOverhead
+}
+
+// PlacementNonVoting reports whether this node's placement replica is
+// non-voting, as its raft shard info says (ok false: not known).
+func (n *Node) PlacementNonVoting() (nonVoting, ok bool) {
+	info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+	for _, s := range info.ShardInfoList {
+		if s.ShardID == placementShardID && !s.Pending {
+			return s.IsNonVoting, true
+		}
+	}
+	return false, false
+}
+
+// NodeRecords reads the members' node records in the placement group,
+// through its leader.
+func (n *Node) NodeRecords(ctx context.Context) (map[uint64]*placementpb.Node, error) {
+	return n.placementNodes(ctx, true)
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -30,9 +31,18 @@ func (n *Node) publish(ctx context.Context) {
 		// some for it already (from MemberAdd or MemberUpdate).
 		{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: n.memberID, PeerUrls: n.peerURLs, IfAbsent: true}}},
 	}
+	// Sharded mode: in this member's node record too (the member list's
+	// attributes), the peer URLs unless the record has some, the learner
+	// mark only if the record is new (a cluster founded before the
+	// records: the Membership's record it otherwise).
+	node := &placementpb.AddNode{Node: &placementpb.Node{Id: n.memberID, Name: n.cfg.Name, ClientUrls: n.cfg.AdvertiseClientURLs,
+		PeerUrls: n.peerURLs, Learner: n.learner.Load()}, Merge: true, PeersIfAbsent: true}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, errs := n.first.Replica().WriteAll(wctx, reqs)
+		if n.cfg.Sharded {
+			errs = append(errs, n.placement.RecordNode(wctx, node))
+		}
 		cancel()
 		err := errors.Join(errs...)
 		if err == nil {
@@ -82,12 +92,15 @@ func (n *Node) Members(linearizable bool) ([]*pb.Member, error) {
 		// Not reachable now: report what this node knows of itself.
 		return []*pb.Member{{ID: n.memberID, Name: n.cfg.Name, PeerURLs: n.peerURLs, ClientURLs: n.cfg.AdvertiseClientURLs}}, nil
 	}
-	attrs := map[uint64]*pb.Member{}
-	if v, err := n.memberAttrs(ctx); err == nil {
-		attrs = v
-	}
+	attrs, records := n.attrsOf(ctx, linearizable)
 	var out []*pb.Member
 	add := func(id uint64, learner bool) {
+		if rec := records[id]; rec != nil {
+			// An etcd learner is one by its node record, whatever its
+			// placement role (a member without a record, of a cluster
+			// founded before them, by its role).
+			learner = rec.Learner
+		}
 		m := &pb.Member{ID: id, IsLearner: learner}
 		if a := attrs[id]; a != nil {
 			m.Name, m.ClientURLs, m.PeerURLs = a.Name, a.ClientURLs, a.PeerURLs
@@ -165,6 +178,43 @@ func (n *Node) configChangeIndex() uint64 {
 	return 0
 }
 
+// attrsOf returns the members' attributes, by id: in sharded mode their
+// node records in the placement group (records), over what range 1
+// records (data directories from before the records, members that have
+// not published since); in single-group mode range 1's. Linearizable reads
+// the records through the placement leader. What cannot be read is left
+// out.
+func (n *Node) attrsOf(ctx context.Context, linearizable bool) (attrs map[uint64]*pb.Member, records map[uint64]*placementpb.Node) {
+	attrs, err := n.memberAttrs(ctx)
+	if err != nil {
+		attrs = map[uint64]*pb.Member{}
+	}
+	if !n.cfg.Sharded {
+		return attrs, nil
+	}
+	records, err = n.placementNodes(ctx, linearizable)
+	if err != nil {
+		return attrs, nil
+	}
+	for id, nd := range records {
+		a := attrs[id]
+		if a == nil {
+			a = &pb.Member{ID: id}
+			attrs[id] = a
+		}
+		if nd.Name != "" {
+			a.Name = nd.Name
+		}
+		if len(nd.ClientUrls) > 0 {
+			a.ClientURLs = nd.ClientUrls
+		}
+		if len(nd.PeerUrls) > 0 {
+			a.PeerURLs = nd.PeerUrls
+		}
+	}
+	return attrs, records
+}
+
 // memberAttrs reads, from this member's replica of range 1, the members'
 // published attributes (name, client URLs).
 func (n *Node) memberAttrs(ctx context.Context) (map[uint64]*pb.Member, error) {
@@ -177,10 +227,9 @@ func (n *Node) memberAttrs(ctx context.Context) (map[uint64]*pb.Member, error) {
 // memberAddr is member id's client address (router.MemberConns): its
 // first published client URL.
 func (n *Node) memberAddr(id placement.NodeID) (string, error) {
-	attrs, err := n.memberAttrs(context.Background())
-	if err != nil {
-		return "", err
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	attrs, _ := n.attrsOf(ctx, false)
 	m := attrs[uint64(id)]
 	if m == nil || len(m.ClientURLs) == 0 {
 		return "", fmt.Errorf("node: member %x has not published its client URLs: %w", uint64(id), shard.ErrNoLeader)
@@ -224,19 +273,31 @@ func (n *Node) groupMembership(ctx context.Context, shardID uint64) (*dragonboat
 	}
 }
 
-// findMember returns member id's peer address and whether it is a learner.
+// findMember returns member id's peer address and whether it is a learner
+// (in sharded mode, by its node record if it has one: its placement role
+// may be non-voting past --placement-replicas).
 func (n *Node) findMember(ctx context.Context, id uint64) (addr string, learner, ok bool, err error) {
 	ms, err := n.membership(ctx)
 	if err != nil {
 		return "", false, false, err
 	}
-	if a, found := ms.Nodes[id]; found {
-		return a, false, true, nil
+	a, voter := ms.Nodes[id]
+	if !voter {
+		if a, ok = ms.NonVotings[id]; !ok {
+			return "", false, false, nil
+		}
 	}
-	if a, found := ms.NonVotings[id]; found {
-		return a, true, true, nil
+	learner = !voter
+	if n.cfg.Sharded {
+		records, err := n.placementNodes(ctx, true)
+		if err != nil {
+			return "", false, false, err
+		}
+		if rec := records[id]; rec != nil {
+			learner = rec.Learner
+		}
 	}
-	return "", false, false, nil
+	return a, learner, true, nil
 }
 
 // AddMember implements router.Membership. The new member's id derives from
@@ -266,12 +327,18 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 			break
 		}
 	}
-	// The peer URLs first, so that raft finds the member once it is in.
-	if err := n.recordPeers(ctx, id, peerURLs); err != nil {
+	// The peer URLs first, so that raft finds the member once it is in
+	// (range 1's records; the node record, in sharded mode, once the
+	// Membership registered it: a record of a member not in the placement
+	// group is one its leader adds).
+	if err := n.recordRange1Peers(ctx, id, peerURLs); err != nil {
 		return nil, fmt.Errorf("node: add member: %w", err)
 	}
 	if n.merger != nil {
 		if err := n.reconfig.Add(ctx, placement.NodeID(id), learner); err != nil {
+			return nil, fmt.Errorf("node: add member: %w", err)
+		}
+		if err := n.recordPeers(ctx, id, peerURLs); err != nil {
 			return nil, fmt.Errorf("node: add member: %w", err)
 		}
 		return &pb.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil
@@ -315,8 +382,21 @@ func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) e
 	return nil
 }
 
-// recordPeers records member id's peer URLs in the group.
+// recordPeers records member id's peer URLs: in range 1's records and, in
+// sharded mode, in the member's node record.
 func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) error {
+	if err := n.recordRange1Peers(ctx, id, peerURLs); err != nil {
+		return err
+	}
+	if !n.cfg.Sharded {
+		return nil
+	}
+	return n.placement.RecordNode(ctx, &placementpb.AddNode{Node: &placementpb.Node{Id: id, PeerUrls: peerURLs}, Merge: true})
+}
+
+// recordRange1Peers records member id's peer URLs in range 1's records
+// (what members read before the node records, and single-group mode).
+func (n *Node) recordRange1Peers(ctx context.Context, id uint64, peerURLs []string) error {
 	_, err := n.first.Replica().Write(ctx, &shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: peerURLs}}})
 	return err
 }
@@ -324,10 +404,9 @@ func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) er
 // peerURLTaken reports whether a member other than except already has one
 // of peerURLs.
 func (n *Node) peerURLTaken(ms *dragonboat.Membership, peerURLs []string, except uint64) bool {
-	attrs := map[uint64]*pb.Member{}
-	if v, err := n.memberAttrs(context.Background()); err == nil {
-		attrs = v
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	attrs, _ := n.attrsOf(ctx, false)
 	want := map[string]bool{}
 	for _, u := range peerURLs {
 		if a, err := hostPort(u); err == nil {
@@ -413,17 +492,19 @@ func (n *Node) trackLearner() {
 		case <-t.C:
 		}
 		info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
-		// Promoted in range 1 (sharded mode: in every group, range 1
-		// last). Each group then takes a snapshot before the mark goes:
-		// a restart as a voter must not replay the entry that added this
-		// member as a learner, which raft refuses to apply to a voter.
+		// Promoted in range 1 (sharded mode: in every range, range 1
+		// last; the placement group's role is trackPlacementRole's, a
+		// voter only within --placement-replicas). Each group then takes a
+		// snapshot before the mark goes: a restart as a voter must not
+		// replay the entry that added this member as a learner, which raft
+		// refuses to apply to a voter.
 		promoted, found := true, false
 		var shards []uint64
 		for _, s := range info.ShardInfoList {
 			if s.ShardID == singleShardID {
 				found = true
 			}
-			if s.ShardID == singleShardID || n.merger != nil {
+			if s.ShardID == singleShardID || (n.merger != nil && s.ShardID != placementShardID) {
 				promoted = promoted && !s.Pending && !s.IsNonVoting
 				shards = append(shards, s.ShardID)
 			}

@@ -123,6 +123,14 @@ type Config struct {
 	// (DESIGN.md); false is single-group mode, one raft group for every
 	// key, as etcd. It is the zero value, so Config{} is single-group.
 	Sharded bool
+	// PlacementReplicas is how many members vote in the placement group
+	// (sharded mode): 3 or 5, 0 meaning 3. The first PlacementReplicas
+	// founders by member id found it, every other member runs a non-voting
+	// replica of it, added by the placement leader (its local copy of the
+	// range map and the member list); removing a voter promotes a
+	// non-voting member first. A data directory whose placement group has
+	// more voters (one founded before) keeps them.
+	PlacementReplicas int
 	// AdoptRecordedMode makes Sharded the mode of a new data directory
 	// only: one that records its mode (<data-dir>/mode, written at the
 	// first start) starts in that mode, and one from before modes were
@@ -290,6 +298,13 @@ func (c Config) withDefaults() (Config, error) {
 	if _, err := router.CompactionRetention(c.AutoCompactionMode, c.AutoCompactionRetention); err != nil {
 		return c, err
 	}
+	switch c.PlacementReplicas {
+	case 0:
+		c.PlacementReplicas = 3
+	case 3, 5:
+	default:
+		return c, fmt.Errorf("node: --placement-replicas %d: want 3 or 5", c.PlacementReplicas)
+	}
 	switch c.InitialClusterState {
 	case "", "new", "existing":
 	default:
@@ -432,6 +447,9 @@ type Node struct {
 	// (mapMemberOf). Atomic: the registry asks from dragonboat's
 	// transport, also while a join replaces the NodeHost.
 	mapHost atomic.Pointer[dragonboat.NodeHost]
+	// mapSignal is signalled after each apply of the local placement
+	// replica (mapfollow.go).
+	mapSignal chan struct{}
 	// holds is the replica client that TransferHold entries and leader
 	// changes reach (see TransferLeader); nil until it exists.
 	holds atomic.Pointer[shard.Replica]
@@ -505,6 +523,7 @@ func (n *Node) start(ctx context.Context) error {
 		n.log.Info("starting in the mode the data directory was created in", "data-dir", n.cfg.DataDir, "mode", modeName(n.cfg.Sharded))
 	}
 	n.stop = make(chan struct{})
+	n.mapSignal = make(chan struct{}, 1)
 	n.closedClock = shard.NewClock()
 	m, err := newMetrics(n.cfg.Metrics, n.cfg.MetricsLevel)
 	if err != nil {
@@ -653,6 +672,9 @@ func (n *Node) identify() (boot, error) {
 			if err := setLearner(cfg.DataDir, true); err != nil {
 				return b, err
 			}
+			if err := setPlacementNonVoting(cfg.DataDir, true); err != nil {
+				return b, err
+			}
 		default:
 			return b, fmt.Errorf("node: --initial-cluster-state %q: want new or existing", cfg.InitialClusterState)
 		}
@@ -764,6 +786,17 @@ func (n *Node) startPlacementGroup(ctx context.Context, b boot) (ranges, unsplit
 	if ranges[0].Id != singleShardID || len(ranges[0].Start) != 0 {
 		return nil, nil, fmt.Errorf("node: the range map's first range is %d, want %d", ranges[0].Id, singleShardID)
 	}
+	// The placement group's own upkeep: the registered members it lacks
+	// added (on its leader), this replica's role recorded once promoted,
+	// and the map followed.
+	fill := placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
+		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) },
+		PlacementVoters: n.cfg.PlacementReplicas, Log: n.log})
+	n.wg.Add(3)
+	go n.fillPlacement(fill)
+	go n.trackPlacementRole()
+	go n.followMap()
+	n.mapApplied() // what the replica applied before the follower started
 	return ranges, unsplit, nil
 }
 
@@ -816,7 +849,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	// members.go calls ask nothing of it in single-group mode).
 	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
 		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
-		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) }, Log: n.log})
+		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) },
+		PlacementVoters: n.cfg.PlacementReplicas, Log: n.log})
 	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
 		if n.splitter != nil {
 			n.splitter.OnSplit(n.first, child, span, rev, founders)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
@@ -37,21 +39,44 @@ const forwardRetry = 10 * time.Millisecond
 // startPlacement starts this node's replica of the placement group (a
 // founder's, or a restart's), bootstraps the range map with the initial
 // split keys if no member has yet, and returns the range map.
+//
+// The first --placement-replicas founders by member id found the group
+// (its voters); the others start their replica as joiners, non-voting,
+// and wait for the placement leader to add them (fillPlacement: the
+// bootstrap registers every founder).
 func (n *Node) startPlacement(ctx context.Context, founders map[uint64]dragonboat.Target, election, heartbeat uint64) ([]*placementpb.RangeDescriptor, error) {
-	if err := n.startPlacementReplica(founders, false, n.memberID, election, heartbeat); err != nil {
+	ids := slices.Sorted(maps.Keys(founders))
+	voters, join := founders, false
+	if len(ids) > n.cfg.PlacementReplicas {
+		voters = map[uint64]dragonboat.Target{}
+		for _, id := range ids[:n.cfg.PlacementReplicas] {
+			voters[id] = founders[id]
+		}
+		if _, ok := voters[n.memberID]; !ok {
+			voters, join = nil, true
+			if err := setPlacementNonVoting(n.cfg.DataDir, true); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := n.startPlacementReplica(voters, join, n.memberID, election, heartbeat); err != nil {
 		return nil, err
 	}
-	ids := make([]placement.NodeID, 0, len(founders))
-	for id := range founders {
-		ids = append(ids, placement.NodeID(id))
+	if join {
+		n.log.Info("waiting for the placement group's leader to add this founder as a non-voting member",
+			"placement-replicas", n.cfg.PlacementReplicas)
+	}
+	founderIDs := make([]placement.NodeID, 0, len(ids))
+	for _, id := range ids {
+		founderIDs = append(founderIDs, placement.NodeID(id))
 	}
 	// Every founder holds every range, under the replica ids the range
 	// map allocates (before those were allocated: under its member id).
-	rangeReplicas := len(ids)
+	rangeReplicas := len(founderIDs)
 	if n.cfg.legacyBootstrap {
 		rangeReplicas = 0
 	}
-	ranges, err := n.placement.BootstrapReplicas(ctx, ids, rangeReplicas, n.cfg.InitialSplitKeys, func() (mvcc.Revision, error) {
+	ranges, err := n.placement.BootstrapReplicas(ctx, founderIDs, rangeReplicas, n.cfg.InitialSplitKeys, func() (mvcc.Revision, error) {
 		// A founder's store is empty but for a restored backup (range
 		// 1's store): the oracle starts above its revision.
 		first, err := mvcc.Open(n.db, mvcc.Options{ID: singleShardID})
@@ -67,13 +92,14 @@ func (n *Node) startPlacement(ctx context.Context, founders map[uint64]dragonboa
 }
 
 // startPlacementReplica starts this node's replica id of the placement
-// group (founding it, joining it — a member added —, or restarting it),
-// its oracle client and its range map client.
+// group (founding it, joining it — a member added, or a founder past the
+// first --placement-replicas —, or restarting it, non-voting as its
+// recorded role says), its oracle client and its range map client.
 func (n *Node) startPlacementReplica(founders map[uint64]dragonboat.Target, join bool, id, election, heartbeat uint64) error {
-	err := n.nh.StartReplica(founders, join, placement.NewStateMachine, dbconfig.Config{
+	err := n.nh.StartReplica(founders, join, placement.NewStateMachineNotifying(n.mapApplied), dbconfig.Config{
 		ReplicaID: id, ShardID: placementShardID,
 		HeartbeatRTT: heartbeat, ElectionRTT: election, CheckQuorum: true, PreVote: true,
-		IsNonVoting:     isLearner(n.cfg.DataDir),
+		IsNonVoting:     placementNonVoting(n.cfg.DataDir),
 		SnapshotEntries: n.cfg.SnapshotCount, CompactionOverhead: n.cfg.SnapshotCount / 2,
 	})
 	if err != nil {

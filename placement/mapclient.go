@@ -192,11 +192,23 @@ func (c *Client) BootstrapReplicas(ctx context.Context, founders []NodeID, range
 			return nil, ErrRestoredSplit
 		}
 		_, err = c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_Bootstrap{Bootstrap: &placementpb.Bootstrap{
-			SplitKeys: splitKeys, Replicas: replicas, Bound: int64(b), RangeReplicas: uint32(max(rangeReplicas, 0))}}})
+			SplitKeys: splitKeys, Replicas: replicas, Members: replicas, Bound: int64(b), RangeReplicas: uint32(max(rangeReplicas, 0))}}})
 		if err != nil && !errors.Is(err, ErrBootstrapped) {
 			return nil, fmt.Errorf("placement: bootstrap the range map: %w", err)
 		}
 	}
+}
+
+// RecordNode registers or updates a node (placementpb.AddNode says how).
+func (c *Client) RecordNode(ctx context.Context, a *placementpb.AddNode) error {
+	_, err := c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_AddNode{AddNode: a}})
+	return err
+}
+
+// SetLearner records whether member is an etcd learner in its node record
+// (registering it if it is not).
+func (c *Client) SetLearner(ctx context.Context, member NodeID, learner bool) error {
+	return c.RecordNode(ctx, &placementpb.AddNode{Node: &placementpb.Node{Id: uint64(member), Learner: learner}, Merge: true, SetLearner: true})
 }
 
 // RecordSplit records in the range map that range r, at generation gen,

@@ -18,7 +18,13 @@ import (
 // membership"): every member holds a replica of the placement group and
 // of every range, so adding a member adds it to each raft group, and
 // removing one removes it from each. The member list is the placement
-// group's membership (each member's replica there has the member's id).
+// group's membership (each member's replica there has the member's id),
+// voters and non-voting members alike: at most PlacementVoters members
+// vote there, the others keep a non-voting replica (their local copy of
+// the map and the member list), and whether a member is an etcd learner
+// is its node record's (placementpb.Node.learner), not its placement role.
+// Removing a voter promotes a non-voting member first; the leader's
+// FillPlacement adds the registered members the group lacks.
 // In a range, a member's replica has the id the range map allocates
 // (AddReplica; a range founded before ids were allocated names each
 // founder's replica by its member id): the map names it before raft adds
@@ -37,12 +43,14 @@ import (
 // that no range is split while the new member is added to it.
 //
 //	Add(4)     reconfigure 4 → the map names 4's replica of r1, r2, … (learners, ids allocated: 5, 6, …)
-//	           → placement group += 4
+//	           → 4's node record (learner or not) → placement group += 4 (non-voting past PlacementVoters)
 //	           → for r1, r2, …: (5 absent) every replica compacts its log, r += 5;
 //	             the map promotes 5 (not for a learner)
 //	           → reconfigure 4 done
-//	Remove(4)  r1, r2, … -= 4's replica (raft, then the map) → placement group -= 4 (the member list last)
-//	Promote(4) r1, r2, …: 4's replica votes (raft, then the map) → placement group (the member list last)
+//	Remove(4)  r1, r2, … -= 4's replica (raft, then the map) → a non-voting member votes if 4 did
+//	           → placement group -= 4 (the member list last)
+//	Promote(4) r1, r2, …: 4's replica votes (raft, then the map) → placement group (votes if there is room)
+//	           → 4's node record: no learner (the member list last)
 
 // MembershipRaft is raft as a Membership changes the members of its
 // groups (the placement group and every range): dragonboat's *NodeHost is
@@ -100,6 +108,11 @@ type MembershipConfig struct {
 	// Target names a member in raft's membership (the replica's address
 	// as the member's node registry resolves it).
 	Target func(NodeID) string
+	// PlacementVoters is how many members at most vote in the placement
+	// group; every other member has a non-voting replica of it (its local
+	// copy of the map and the member list). 0: every member but the etcd
+	// learners votes.
+	PlacementVoters int
 	// Log receives what fails after the caller has its answer; nil
 	// discards it.
 	Log *slog.Logger
@@ -149,7 +162,21 @@ func (m *Membership) Add(ctx context.Context, member NodeID, learner bool) error
 	if err := m.nameReplicas(ctx, member); err != nil {
 		return fmt.Errorf("placement: add member %x to the range map: %w", member, err)
 	}
-	if err := m.add(ctx, m.cfg.ShardID, uint64(member), member, learner); err != nil {
+	// The member list shows the member once it is in the placement group,
+	// a learner as its node record says: recorded first (a member in the
+	// group already keeps its record).
+	ms, err := m.groupMembership(ctx, m.cfg.ShardID)
+	if err != nil {
+		return fmt.Errorf("placement: add member %x: %w", member, err)
+	}
+	_, voter := ms.Nodes[uint64(member)]
+	_, nonVoting := ms.NonVotings[uint64(member)]
+	if !voter && !nonVoting {
+		if err := m.recordLearner(ctx, member, learner); err != nil {
+			return fmt.Errorf("placement: add member %x: %w", member, err)
+		}
+	}
+	if err := m.addPlacement(ctx, member, learner); err != nil {
 		return fmt.Errorf("placement: add member %x to the placement group: %w", member, err)
 	}
 	return m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
@@ -214,6 +241,40 @@ func (m *Membership) nameReplicas(ctx context.Context, member NodeID) error {
 		}
 	}
 	return nil
+}
+
+// recordLearner records in member's node record whether it is an etcd
+// learner, registering it if it is not, unless the record says so
+// already. (A non-voting member without a record is one of a cluster
+// founded before the records: a learner.)
+func (m *Membership) recordLearner(ctx context.Context, member NodeID, learner bool) error {
+	st, err := m.cfg.Map.State(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range st.Nodes {
+		if n.Id == uint64(member) && n.Learner == learner {
+			return nil
+		}
+	}
+	return m.cfg.Map.SetLearner(ctx, member, learner)
+}
+
+// addPlacement adds member to the placement group: as a voter unless it is
+// a learner or PlacementVoters members vote already, else as a non-voting
+// member; nothing if it is there so already (a voter stays one).
+func (m *Membership) addPlacement(ctx context.Context, member NodeID, learner bool) error {
+	ms, err := m.groupMembership(ctx, m.cfg.ShardID)
+	if err != nil {
+		return err
+	}
+	if _, ok := ms.Nodes[uint64(member)]; ok {
+		return nil
+	}
+	if !learner && m.cfg.PlacementVoters > 0 && len(ms.Nodes) >= m.cfg.PlacementVoters {
+		learner = true
+	}
+	return m.add(ctx, m.cfg.ShardID, uint64(member), member, learner)
 }
 
 // add adds replica id of group, on member, as a voter (promoting it, a
@@ -328,8 +389,90 @@ func (m *Membership) Remove(ctx context.Context, member NodeID) error {
 	if err != nil {
 		return err
 	}
+	if err := m.replaceVoter(ctx, member); err != nil {
+		return fmt.Errorf("placement: remove member %x: %w", member, err)
+	}
 	if err := remove(m.cfg.ShardID, uint64(member)); err != nil {
 		return fmt.Errorf("placement: remove member %x: %w", member, err)
+	}
+	return nil
+}
+
+// replaceVoter promotes, when member votes in the placement group and its
+// leaving would leave fewer than PlacementVoters voters, a non-voting
+// member first (the one with the lowest id that is no etcd learner), so
+// that the group keeps its voters.
+func (m *Membership) replaceVoter(ctx context.Context, member NodeID) error {
+	if m.cfg.PlacementVoters <= 0 {
+		return nil
+	}
+	ms, err := m.groupMembership(ctx, m.cfg.ShardID)
+	if err != nil {
+		return err
+	}
+	if _, ok := ms.Nodes[uint64(member)]; !ok || len(ms.Nodes)-1 >= m.cfg.PlacementVoters {
+		return nil
+	}
+	st, err := m.cfg.Map.State(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range promotable(st, ms, member) {
+		return m.add(ctx, m.cfg.ShardID, uint64(id), id, false)
+	}
+	return nil
+}
+
+// promotable returns, by id, the non-voting members of the placement group
+// (membership ms) that may vote: those registered as no etcd learner,
+// except member.
+func promotable(st *placementpb.State, ms *dragonboat.Membership, except NodeID) []NodeID {
+	var out []NodeID
+	for _, n := range st.Nodes {
+		if _, ok := ms.NonVotings[n.Id]; ok && !n.Learner && NodeID(n.Id) != except {
+			out = append(out, NodeID(n.Id))
+		}
+	}
+	return out
+}
+
+// FillPlacement, run by the placement group's leader, adds to the group
+// every registered member it lacks (a founder past the first
+// PlacementVoters, which starts its replica as a joiner) as a non-voting
+// member, and promotes non-voting members that are no etcd learners while
+// fewer than PlacementVoters vote. It does nothing while a membership
+// change is under way (the change places the member itself); members the
+// group removed are never added again.
+func (m *Membership) FillPlacement(ctx context.Context) error {
+	st, err := m.cfg.Map.State(ctx)
+	if err != nil || st.Reconfiguring != 0 {
+		return err
+	}
+	ms, err := m.groupMembership(ctx, m.cfg.ShardID)
+	if err != nil {
+		return err
+	}
+	for _, n := range st.Nodes {
+		_, voter := ms.Nodes[n.Id]
+		_, nonVoting := ms.NonVotings[n.Id]
+		_, removed := ms.Removed[n.Id]
+		if voter || nonVoting || removed {
+			continue
+		}
+		if err := m.add(ctx, m.cfg.ShardID, n.Id, NodeID(n.Id), true); err != nil {
+			return fmt.Errorf("placement: add member %x to the placement group: %w", n.Id, err)
+		}
+		ms.NonVotings[n.Id] = m.cfg.Target(NodeID(n.Id))
+	}
+	voters := len(ms.Nodes)
+	for _, id := range promotable(st, ms, 0) {
+		if m.cfg.PlacementVoters > 0 && voters >= m.cfg.PlacementVoters {
+			break
+		}
+		if err := m.add(ctx, m.cfg.ShardID, uint64(id), id, false); err != nil {
+			return fmt.Errorf("placement: promote member %x in the placement group: %w", id, err)
+		}
+		voters++
 	}
 	return nil
 }
@@ -368,7 +511,10 @@ func (m *Membership) Promote(ctx context.Context, member NodeID) error {
 	if err != nil {
 		return err
 	}
-	if err := m.add(ctx, m.cfg.ShardID, uint64(member), member, false); err != nil {
+	if err := m.addPlacement(ctx, member, false); err != nil {
+		return fmt.Errorf("placement: promote member %x: %w", member, err)
+	}
+	if err := m.recordLearner(ctx, member, false); err != nil {
 		return fmt.Errorf("placement: promote member %x: %w", member, err)
 	}
 	return nil

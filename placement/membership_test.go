@@ -238,6 +238,8 @@ func (l loggedRaft) SyncPropose(ctx context.Context, s *dbclient.Session, cmd []
 		what = fmt.Sprintf("map: promote-replica r%d %d", op.PromoteReplica.Range, op.PromoteReplica.Id)
 	case *placementpb.Command_RemoveReplica:
 		what = fmt.Sprintf("map: remove-replica r%d %d", op.RemoveReplica.Range, op.RemoveReplica.Id)
+	case *placementpb.Command_AddNode:
+		what = fmt.Sprintf("map: node %d learner=%t", op.AddNode.Node.GetId(), op.AddNode.Node.GetLearner())
 	default:
 		what = fmt.Sprintf("map: %T", c.Op)
 	}
@@ -256,8 +258,13 @@ func (l loggedRaft) SyncPropose(ctx context.Context, s *dbclient.Session, cmd []
 // ranges, over fakes (fakeCluster) and a range map around a real
 // StateMachine. Commands:
 //
-//	cluster members=1,2,3 [split=a,b]   every group (the placement group, each range) with
-//	                                    members as voters, and the range map
+//	cluster members=1,2,3 [split=a,b] [placement-voters=P]
+//	                                    every group (the placement group, each range) with
+//	                                    members as voters, and the range map; with P, the
+//	                                    placement group's voters are the first P members
+//	                                    (the others registered in the map only), and the
+//	                                    Membership votes at most P members there
+//	fill                                FillPlacement
 //	split range=N gen=G key=K           a split recorded in the map; the new range's group
 //	                                    has the map's replicas of the range split
 //	raft group=N add=M [learner] | remove=M   one group's membership changes
@@ -279,14 +286,15 @@ func TestMembership(t *testing.T) {
 	datadriven.Walk(t, "testdata/members", func(t *testing.T, path string) {
 		c := newFakeCluster()
 		mapRaft := newFakeRaft()
-		m := NewMembership(MembershipConfig{
+		cfg := MembershipConfig{
 			Self: 1, ShardID: fakeShardID,
 			Raft:   c,
 			Map:    NewClient(ClientConfig{Raft: loggedRaft{mapRaft, c}, ShardID: fakeShardID, Retry: time.Millisecond}),
 			Ranges: c, Peers: c,
 			Target: func(id NodeID) string { return fmt.Sprintf("t%d", id) },
 			Retry:  time.Millisecond, Poll: 10 * time.Millisecond,
-		})
+		}
+		m := NewMembership(cfg)
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			arg, num := cmdArgs(d)
 			var list []uint64
@@ -310,12 +318,19 @@ func TestMembership(t *testing.T) {
 						b.SplitKeys = append(b.SplitKeys, []byte(k))
 					}
 				}
+				placementVoters := list
+				if d.HasArg("placement-voters") {
+					cfg.PlacementVoters = int(num("placement-voters"))
+					m = NewMembership(cfg)
+					b.Members = list
+					placementVoters = list[:min(cfg.PlacementVoters, len(list))]
+				}
 				mapRaft.mu.Lock()
 				mapRaft.commit(&placementpb.Command{Op: &placementpb.Command_Bootstrap{Bootstrap: b}})
 				mapRaft.mu.Unlock()
 				c.mu.Lock()
 				defer c.mu.Unlock()
-				c.groups[fakeShardID] = newGroup(list)
+				c.groups[fakeShardID] = newGroup(placementVoters)
 				for r := range len(b.SplitKeys) + 1 {
 					c.groups[uint64(r+1)] = newGroup(list)
 				}
@@ -405,6 +420,15 @@ func TestMembership(t *testing.T) {
 				}
 				st := v.(*placementpb.State)
 				lines = append(lines, fmtRanges(st.Ranges))
+				var learners []uint64
+				for _, n := range st.Nodes {
+					if n.Learner {
+						learners = append(learners, n.Id)
+					}
+				}
+				if len(learners) > 0 {
+					lines = append(lines, fmt.Sprintf("etcd learners %v", learners))
+				}
 				if st.Reconfiguring != 0 {
 					lines = append(lines, fmt.Sprintf("reconfiguring %d", st.Reconfiguring))
 				}
@@ -428,17 +452,19 @@ func TestMembership(t *testing.T) {
 				err = m.Remove(ctx, member)
 			case "promote":
 				err = m.Promote(ctx, member)
+			case "fill":
+				err = m.FillPlacement(ctx)
 			default:
 				t.Fatalf("%s: unknown command %s", d.Pos, d.Cmd)
 			}
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			out := strings.Join(c.log, "\n")
+			out := strings.Join(append(c.log, ""), "\n")
 			c.log = nil
 			if err != nil {
-				return out + "\nerror: " + err.Error()
+				return out + "error: " + err.Error()
 			}
-			return out + "\nok"
+			return out + "ok"
 		})
 	})
 }

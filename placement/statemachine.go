@@ -22,12 +22,33 @@ import (
 type StateMachine struct {
 	mu    sync.RWMutex
 	table *Table
+	// onApply, if set, is called after each applied entry and recovered
+	// snapshot, outside mu.
+	onApply func()
 }
 
 // NewStateMachine is dragonboat's CreateStateMachineFunc for the placement
 // group.
 func NewStateMachine(shardID, replicaID uint64) sm.IStateMachine {
 	return &StateMachine{table: NewTable()}
+}
+
+// NewStateMachineNotifying returns a CreateStateMachineFunc for the
+// placement group whose state machine calls onApply after every entry it
+// applies and every snapshot it recovers, from dragonboat's apply
+// goroutine: onApply must not block (a member's map follower signals a
+// channel of one). A change is readable (Lookup) when onApply is called.
+func NewStateMachineNotifying(onApply func()) func(shardID, replicaID uint64) sm.IStateMachine {
+	return func(uint64, uint64) sm.IStateMachine {
+		return &StateMachine{table: NewTable(), onApply: onApply}
+	}
+}
+
+// applied calls onApply, if set.
+func (s *StateMachine) applied() {
+	if s.onApply != nil {
+		s.onApply()
+	}
 }
 
 // Update applies one command. A command that does not decode is refused in
@@ -46,6 +67,7 @@ func (s *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	if err != nil {
 		return sm.Result{}, fmt.Errorf("placement: encode result: %w", err)
 	}
+	s.applied()
 	return sm.Result{Data: data}, nil
 }
 
@@ -57,6 +79,8 @@ type (
 	OverlappingQuery struct{ Start, End []byte }
 	// StateQuery asks for the whole state (*placementpb.State).
 	StateQuery struct{}
+	// NodesQuery asks for the registered nodes ([]*placementpb.Node, by id).
+	NodesQuery struct{}
 	// BoundQuery asks for the oracle's persisted bound (mvcc.Revision).
 	BoundQuery struct{}
 	// ReplicaMemberQuery asks for the member holding replica Replica of
@@ -79,6 +103,8 @@ func (s *StateMachine) Lookup(q interface{}) (interface{}, error) {
 		return s.table.Overlapping(q.Start, q.End), nil
 	case StateQuery:
 		return s.table.State(), nil
+	case NodesQuery:
+		return s.table.Nodes(), nil
 	case BoundQuery:
 		return s.table.Bound(), nil
 	case ReplicaMemberQuery:
@@ -113,6 +139,7 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <
 	s.mu.Lock()
 	s.table.Load(&st)
 	s.mu.Unlock()
+	s.applied()
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/google/btree"
@@ -119,7 +120,7 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 		if n == nil || n.Id == 0 {
 			return nil, ErrNoNode
 		}
-		t.nodes[NodeID(n.Id)] = proto.Clone(n).(*placementpb.Node)
+		t.addNode(op.AddNode)
 		return &placementpb.Result{}, nil
 	case *placementpb.Command_RaiseBound:
 		if b := mvcc.Revision(op.RaiseBound.Bound); b > t.bound {
@@ -172,6 +173,31 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 	return nil, fmt.Errorf("placement: unknown command %v", c)
 }
 
+// addNode registers or updates a node (placementpb.AddNode).
+func (t *Table) addNode(a *placementpb.AddNode) {
+	n := a.Node
+	old := t.nodes[NodeID(n.Id)]
+	if !a.Merge || old == nil {
+		t.nodes[NodeID(n.Id)] = proto.Clone(n).(*placementpb.Node)
+		return
+	}
+	if n.Name != "" {
+		old.Name = n.Name
+	}
+	if n.RaftAddress != "" {
+		old.RaftAddress = n.RaftAddress
+	}
+	if len(n.ClientUrls) > 0 {
+		old.ClientUrls = slices.Clone(n.ClientUrls)
+	}
+	if len(n.PeerUrls) > 0 && (!a.PeersIfAbsent || len(old.PeerUrls) == 0) {
+		old.PeerUrls = slices.Clone(n.PeerUrls)
+	}
+	if a.SetLearner {
+		old.Learner = n.Learner
+	}
+}
+
 func (t *Table) bootstrap(b *placementpb.Bootstrap) (*placementpb.Result, error) {
 	if t.ranges.Len() > 0 {
 		return nil, ErrBootstrapped
@@ -183,6 +209,13 @@ func (t *Table) bootstrap(b *placementpb.Bootstrap) (*placementpb.Result, error)
 	}
 	if bound := mvcc.Revision(b.Bound); bound > t.bound {
 		t.bound = bound
+	}
+	// The founders (absent from older logs) are registered: the placement
+	// leader adds those its group lacks (Membership.FillPlacement).
+	for _, m := range b.Members {
+		if _, ok := t.nodes[NodeID(m)]; !ok && m != 0 {
+			t.nodes[NodeID(m)] = &placementpb.Node{Id: m}
+		}
 	}
 	starts := append([][]byte{{}}, b.SplitKeys...)
 	// With range_replicas (absent from older logs) the founders are
@@ -315,6 +348,16 @@ func (t *Table) Node(id NodeID) *placementpb.Node {
 		return proto.Clone(n).(*placementpb.Node)
 	}
 	return nil
+}
+
+// Nodes returns every registered node, by id.
+func (t *Table) Nodes() []*placementpb.Node {
+	ids := slices.Sorted(maps.Keys(t.nodes))
+	out := make([]*placementpb.Node, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, proto.Clone(t.nodes[id]).(*placementpb.Node))
+	}
+	return out
 }
 
 // Bound is the oracle's persisted bound: no revision above it was handed out.

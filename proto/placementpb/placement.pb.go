@@ -1289,7 +1289,9 @@ type Bootstrap struct {
 	// holds every range, its replica id being its member id.
 	RangeReplicas uint32 `protobuf:"varint,4,opt,name=range_replicas,json=rangeReplicas,proto3" json:"range_replicas,omitempty"`
 	// members are all the founding members (the placement group's voters
-	// and non-voters); no allocated replica id equals one of them.
+	// and non-voters); no allocated replica id equals one of them. Each is
+	// registered as a node (its id alone) unless it is already: the
+	// placement leader adds the registered members its group lacks.
 	Members       []uint64 `protobuf:"varint,5,rep,packed,name=members,proto3" json:"members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1423,10 +1425,18 @@ func (x *Split) GetKey() []byte {
 	return nil
 }
 
-// AddNode registers a node, or updates a registered one.
+// AddNode registers a node, or updates a registered one: replaces its
+// record with node, or, with merge, changes only what node sets of a
+// registered node's record (a non-empty name, raft address, client URLs or
+// peer URLs; learner only with set_learner), a node not registered being
+// registered as node says. peers_if_absent keeps the peer URLs of a node
+// that has some.
 type AddNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Merge         bool                   `protobuf:"varint,2,opt,name=merge,proto3" json:"merge,omitempty"`
+	PeersIfAbsent bool                   `protobuf:"varint,3,opt,name=peers_if_absent,json=peersIfAbsent,proto3" json:"peers_if_absent,omitempty"`
+	SetLearner    bool                   `protobuf:"varint,4,opt,name=set_learner,json=setLearner,proto3" json:"set_learner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1466,6 +1476,27 @@ func (x *AddNode) GetNode() *Node {
 		return x.Node
 	}
 	return nil
+}
+
+func (x *AddNode) GetMerge() bool {
+	if x != nil {
+		return x.Merge
+	}
+	return false
+}
+
+func (x *AddNode) GetPeersIfAbsent() bool {
+	if x != nil {
+		return x.PeersIfAbsent
+	}
+	return false
+}
+
+func (x *AddNode) GetSetLearner() bool {
+	if x != nil {
+		return x.SetLearner
+	}
+	return false
 }
 
 // RaiseBound raises the oracle's persisted bound: no revision above it has
@@ -1857,9 +1888,13 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12\x10\n" +
-	"\x03key\x18\x03 \x01(\fR\x03key\"4\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\"\x93\x01\n" +
 	"\aAddNode\x12)\n" +
-	"\x04node\x18\x01 \x01(\v2\x15.cairn.placement.NodeR\x04node\"\"\n" +
+	"\x04node\x18\x01 \x01(\v2\x15.cairn.placement.NodeR\x04node\x12\x14\n" +
+	"\x05merge\x18\x02 \x01(\bR\x05merge\x12&\n" +
+	"\x0fpeers_if_absent\x18\x03 \x01(\bR\rpeersIfAbsent\x12\x1f\n" +
+	"\vset_learner\x18\x04 \x01(\bR\n" +
+	"setLearner\"\"\n" +
 	"\n" +
 	"RaiseBound\x12\x14\n" +
 	"\x05bound\x18\x01 \x01(\x03R\x05bound\"Y\n" +

@@ -234,5 +234,9 @@ func (n *Node) dropDeleted(ctx context.Context, info raftio.NodeInfo) {
 	if err := n.rangeSet.Drop(ctx, id, remove); err != nil {
 		n.log.Warn("dropping a removed replica's data stopped; the next start finishes it", "range", id,
 			"replica", replica, "error", err)
+		return
 	}
+	n.records.mu.Lock()
+	delete(n.records.known, replicaKey{id, replica})
+	n.records.mu.Unlock()
 }

@@ -209,3 +209,15 @@ func (n *Node) RaftData(shardID, replica uint64) (bootstrap bool, snapshots []st
 	})
 	return n.nh.HasNodeInfo(shardID, replica), snapshots, err
 }
+
+// DeleteRecordsIn deletes every replica record in the pebble of a stopped
+// node's data directory, as a data directory made before replicas were
+// recorded has none.
+func DeleteRecordsIn(dataDir string) (err error) {
+	db, err := pebble.Open(filepath.Join(dataDir, "state"), mvcc.PebbleOptions(&pebble.Options{Logger: quietPebble{}}))
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, db.Close()) }()
+	return db.DeleteRange([]byte{'r'}, []byte{'r' + 1}, pebble.Sync)
+}

@@ -38,7 +38,7 @@
 //     (drop.go).
 //
 // Start brings everything up in phases (node.go: identify, openStore,
-// startRaft, prepareRanges, startPlacementGroup, startRanges,
+// startRaft, resumeDrops, startPlacementGroup, startRanges,
 // startBackground, serve, publish) and returns once range 1 has a leader and clients are served;
 // it logs etcd's "ready to serve client requests" line then. Close (or the
 // end of Run's context) stops the listeners, then the replicas, the

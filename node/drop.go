@@ -28,7 +28,7 @@ import (
 //     the pebble. This runs on the node's drop worker (runDrops), never on
 //     dragonboat's goroutine, and Close waits for it.
 //   - A drop a stop cut short is finished at the next start before any
-//     replica starts (prepareRanges: shard.Set.ResumeDrops).
+//     replica starts (resumeDrops: shard.Set.ResumeDrops).
 //
 //	start: records r1:5 r2:5     member removed: NodeDeleted r1:5, r2:5
 //	→ worker: r1 out of the cache, Drop(r1) · r2 out, Drop(r2)
@@ -88,18 +88,18 @@ func (systemListener) LogDBCompacted(raftio.EntryInfo)             {}
 
 var _ raftio.ISystemEventListener = systemListener{}
 
-// prepareRanges makes the member's set of ranges (none started) and, in
-// sharded mode, finishes the drops of replicas' data that a stop cut short
-// (their records say how far each got), before any replica of a range
-// starts. A drop that fails stops the start: the replica it drops must
-// not run again, and one overlapping it must not start over its data.
-func (n *Node) prepareRanges(ctx context.Context) error {
-	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
-		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load, Events: n.events})
+// resumeDrops finishes, in sharded mode, the drops of replicas' data that
+// a stop cut short (their records say how far each got), before any
+// replica of a range starts, and reads the records of the rest. A drop
+// that fails stops the start: the replica it drops must not run again,
+// and one overlapping it must not start over its data. The drops need no
+// more of a set than its pebble and event log: the member's set is made
+// later (startRanges), once a joining member knows its id.
+func (n *Node) resumeDrops(ctx context.Context) error {
 	if !n.cfg.Sharded {
 		return nil
 	}
-	if err := n.rangeSet.ResumeDrops(ctx, n.removeRaftData); err != nil {
+	if err := shard.NewSet(shard.SetConfig{DB: n.db, Events: n.events}).ResumeDrops(ctx, n.removeRaftData); err != nil {
 		return fmt.Errorf("node: finish dropping removed replicas' data: %w", err)
 	}
 	recs, err := shard.Records(n.db)

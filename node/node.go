@@ -284,7 +284,7 @@ type Node struct {
 	events *mvcc.EventLog
 	// drops queues the replicas raft removed here for the drop worker
 	// (drop.go); records are the replica records written here, by
-	// replica, with their learner flag (nil until prepareRanges).
+	// replica, with their learner flag (nil until resumeDrops).
 	drops   *dropQueue
 	records struct {
 		mu    sync.Mutex
@@ -463,7 +463,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.startRaft(b); err != nil {
 		return err
 	}
-	if err := n.prepareRanges(ctx); err != nil {
+	if err := n.resumeDrops(ctx); err != nil {
 		return err
 	}
 	ranges, unsplit, err := n.startPlacementGroup(ctx, b)
@@ -749,6 +749,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	n.fwd = router.NewForwarder(placement.NodeID(n.memberID), n.metrics.countForwards(n.conns.Dial))
 	n.fwd.SetMemberOf(n.rangeMember)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
+	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
+		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load, Events: n.events})
 	if cfg.Sharded {
 		n.routes = router.NewRangeCacheVia(n.fwd)
 		n.merger = watch.NewMerger()

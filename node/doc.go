@@ -32,11 +32,14 @@
 //     placement.Membership's, over this member's replicas as
 //     router.MemberRanges reaches them) and leader transfer (transfer.go);
 //   - starting this member's replicas of ranges (sharded.go), for itself
-//     and for the router's Splitter.
+//     and for the router's Splitter, each recorded in the member's pebble
+//     first; dropping the data of a replica raft removed here, on a worker
+//     of its own, and finishing at a start the drops a stop cut short
+//     (drop.go).
 //
 // Start brings everything up in phases (node.go: identify, openStore,
-// startRaft, startPlacementGroup, startRanges, startBackground, serve,
-// publish) and returns once range 1 has a leader and clients are served;
+// startRaft, resumeDrops, startPlacementGroup, startRanges,
+// startBackground, serve, publish) and returns once range 1 has a leader and clients are served;
 // it logs etcd's "ready to serve client requests" line then. Close (or the
 // end of Run's context) stops the listeners, then the replicas, the
 // NodeHost and pebble, and waits for every goroutine.

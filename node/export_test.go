@@ -2,7 +2,12 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"path/filepath"
+
+	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/lni/dragonboat/v4"
 
@@ -174,4 +179,71 @@ func (n *Node) PlacementNonVoting() (nonVoting, ok bool) {
 // through its leader.
 func (n *Node) NodeRecords(ctx context.Context) (map[uint64]*placementpb.Node, error) {
 	return n.placementNodes(ctx, true)
+}
+
+// CutDropShort makes the drop of this node's replica of range id stop
+// right after its data batch, as a crash there would (its event log sweep
+// not begun, its record left); the next start finishes it. The returned
+// function puts things back.
+func (n *Node) CutDropShort(id uint64) (restore func()) {
+	n.hooks.dropCutShort.Store(id)
+	return func() { n.hooks.dropCutShort.Store(0) }
+}
+
+// StoredKinds counts the keys in this node's pebble by kind (their first
+// byte: 'k' versions, 'e' event log, 'm' stores' records, 'l' lessors'
+// records, 'r' replica records).
+func (n *Node) StoredKinds() (map[byte]int, error) { return storedKinds(n.db) }
+
+// StoredKindsIn is StoredKinds of the pebble of a stopped node's data
+// directory.
+func StoredKindsIn(dataDir string) (_ map[byte]int, err error) {
+	db, err := pebble.Open(filepath.Join(dataDir, "state"), mvcc.PebbleOptions(&pebble.Options{Logger: quietPebble{}}))
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, db.Close()) }()
+	return storedKinds(db)
+}
+
+func storedKinds(db *pebble.DB) (map[byte]int, error) {
+	it, err := db.NewIter(nil)
+	if err != nil {
+		return nil, err
+	}
+	out := map[byte]int{}
+	for it.First(); it.Valid(); it.Next() {
+		out[it.Key()[0]]++
+	}
+	return out, it.Close()
+}
+
+// ReplicaRecords returns this node's replica records (shard.Records).
+func (n *Node) ReplicaRecords() ([]shard.ReplicaRecord, error) { return shard.Records(n.db) }
+
+// RaftData reports what this node's raft directory holds of replica of
+// raft shard shardID: its bootstrap record (dragonboat's HasNodeInfo) and
+// the snapshots in its snapshot directory.
+func (n *Node) RaftData(shardID, replica uint64) (bootstrap bool, snapshots []string, err error) {
+	name := fmt.Sprintf("snapshot-%d-%d", shardID, replica)
+	err = filepath.WalkDir(n.nhConfig.NodeHostDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() || filepath.Base(filepath.Dir(path)) != name {
+			return err
+		}
+		snapshots = append(snapshots, path)
+		return filepath.SkipDir
+	})
+	return n.nh.HasNodeInfo(shardID, replica), snapshots, err
+}
+
+// DeleteRecordsIn deletes every replica record in the pebble of a stopped
+// node's data directory, as a data directory made before replicas were
+// recorded has none.
+func DeleteRecordsIn(dataDir string) (err error) {
+	db, err := pebble.Open(filepath.Join(dataDir, "state"), mvcc.PebbleOptions(&pebble.Options{Logger: quietPebble{}}))
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, db.Close()) }()
+	return db.DeleteRange([]byte{'r'}, []byte{'r' + 1}, pebble.Sync)
 }

@@ -358,7 +358,23 @@ type Node struct {
 	primary *shard.Primary
 	// hooks let tests stop a split where a crash may stop it
 	// (export_test.go; router.SplitterConfig's CutShort and NoStart).
-	hooks struct{ splitCutShort, splitNoStart atomic.Bool }
+	hooks struct {
+		splitCutShort, splitNoStart atomic.Bool
+		// dropCutShort: the drop of this member's replica of this range
+		// (0: none) stops after its data batch, as a crash may (drop.go).
+		dropCutShort atomic.Uint64
+	}
+	// events is the lock over db's event log records, which every store
+	// here is opened with (mvcc.EventLog).
+	events *mvcc.EventLog
+	// drops queues the replicas raft removed here for the drop worker
+	// (drop.go); records are the replica records written here, by
+	// replica, with their learner flag (nil until resumeDrops).
+	drops   *dropQueue
+	records struct {
+		mu    sync.Mutex
+		known map[replicaKey]bool // REQUIRES: mu
+	}
 	// first is range 1, in both modes: single-group mode's only range,
 	// and in sharded mode the home of leases and of the cluster's records.
 	first *shard.Range
@@ -541,6 +557,9 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.startRaft(b); err != nil {
 		return err
 	}
+	if err := n.resumeDrops(ctx); err != nil {
+		return err
+	}
 	ranges, unsplit, err := n.startPlacementGroup(ctx, b)
 	if err != nil {
 		return err
@@ -712,6 +731,7 @@ func (n *Node) openStore(b boot) error {
 		return fmt.Errorf("node: open state store: %w", err)
 	}
 	n.db = db
+	n.events = mvcc.NewEventLog(db)
 	if !b.restart {
 		if err := recordMode(cfg.DataDir, cfg.Sharded); err != nil {
 			return err
@@ -736,6 +756,7 @@ func (n *Node) startRaft(b boot) error {
 	if n.peerL, err = n.listenPeer(b.peer, raftListen); err != nil {
 		return err
 	}
+	n.drops = newDropQueue()
 	n.nhConfig = dbconfig.NodeHostConfig{
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
 		WALDir:            cfg.WALDir,
@@ -745,6 +766,8 @@ func (n *Node) startRaft(b boot) error {
 		Expert:            dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport, NodeRegistryFactory: n.peers},
 		RaftEventListener: leaderListener{n},
 	}
+	// Replicas raft removes here are dropped (drop.go).
+	n.nhConfig.SystemEventListener = systemListener{n}
 	if n.peer.raftTLS {
 		n.nhConfig.MutualTLS = true
 		n.nhConfig.CAFile, n.nhConfig.CertFile, n.nhConfig.KeyFile = cfg.PeerTLS.TrustedCAFile, cfg.PeerTLS.CertFile, cfg.PeerTLS.KeyFile
@@ -836,7 +859,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	n.fwd.SetMemberOf(n.rangeMember)
 	n.side = router.NewSideChannel(n.fwd, closedEvery*4)
 	n.rangeSet = shard.NewSet(shard.SetConfig{DB: n.db, Self: n.memberID,
-		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load})
+		Target: func(id uint64) dragonboat.Target { return memberTarget(id) }, Learner: n.learner.Load, Events: n.events})
 	if cfg.Sharded {
 		n.routes = router.NewRangeCacheVia(n.fwd)
 		n.merger = watch.NewMerger()
@@ -851,7 +874,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
 		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) },
 		PlacementVoters: n.cfg.PlacementReplicas, Log: n.log})
-	shardCfg := shard.Config{DB: n.db, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
+	shardCfg := shard.Config{DB: n.db, Events: n.events, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
 		if n.splitter != nil {
 			n.splitter.OnSplit(n.first, child, span, rev, founders)
 		}
@@ -890,6 +913,9 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		if cfg.Sharded {
 			// Founded by the replicas the range map names (under the ids
 			// it allocated), as every range is.
+			if err := n.recordReplica(n.first); err != nil {
+				return err
+			}
 			err = n.rangeSet.Start(n.first, shardCfg, raftCfg(id), b.founders != nil, b.join)
 		} else {
 			err = n.first.Start(shardCfg, b.founders, b.join, raftCfg(id))
@@ -962,6 +988,8 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
 			Home: n.first, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
 		n.fanout.Start()
+		n.wg.Add(1)
+		go n.runDrops()
 	}
 	n.wg.Add(1)
 	go n.trackLearner()

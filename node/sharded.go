@@ -195,6 +195,9 @@ func (n *Node) startRange(r *shard.Range, founders, join bool) error {
 		n.splitter.OnSplit(r, child, span, rev, founders)
 	}
 	cfg.OnPeers, cfg.OnHold = nil, nil
+	if err := n.recordReplica(r); err != nil {
+		return err
+	}
 	return n.rangeSet.Start(r, cfg, n.raftCfg, founders, join)
 }
 

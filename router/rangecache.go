@@ -159,6 +159,19 @@ func (c *RangeCache) PutRanges(rs ...*shard.Range) {
 	})
 }
 
+// Remove takes ranges ids out of the cache: this member no longer holds
+// their replicas (raft removed them here), so their keys belong to no range
+// here (a static map is left as it is).
+//
+//	r1 [,m) r2 [m,); remove r2 → lookup "p" → none
+func (c *RangeCache) Remove(ids ...shard.RangeID) {
+	c.update(func(all map[shard.RangeID]RangeEntry) {
+		for _, id := range ids {
+			delete(all, id)
+		}
+	})
+}
+
 // Client returns the client of range id that PutRanges made, nil if the
 // cache has none.
 func (c *RangeCache) Client(id shard.RangeID) *RangeClient {

@@ -128,6 +128,18 @@ func TestRangeCache(t *testing.T) {
 			t.Errorf("no local replica of range %d", p.ID)
 		}
 	}
+
+	// This member's replica of range 2 is removed: its keys belong to no
+	// range here, the others' stay.
+	shard2 := c.Client(2)
+	c.Remove(2)
+	check("removed", map[string]string{"a": "1", "s": "", "t": "3"}, []spanCase{{"a", "z", "1,3"}})
+	if c.Local(2) != nil || c.Client(2) != nil {
+		t.Errorf("range 2 still has an entry after its removal")
+	}
+	if _, ok := c.id(shard2); ok {
+		t.Errorf("range 2's shard still maps to an id after its removal")
+	}
 }
 
 // TestReroutedRefreshes: a request refused by a range that split since is

@@ -69,6 +69,8 @@ type metrics struct {
 	oracleFailures, oracleAllocated    prometheus.Counter
 	forwarded                          *prometheus.CounterVec   // {kind, result}
 	peerRTT                            *prometheus.HistogramVec // {To}
+	slowApply, leaderTransfers         prometheus.Counter
+	autoCompactionFailures             prometheus.Counter
 }
 
 // newMetrics registers the node's collectors on reg (nil: a new registry):
@@ -133,6 +135,10 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 	m.peerRTT = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "etcd", Subsystem: "network", Name: "peer_round_trip_time_seconds",
 		Help:    "Round-Trip-Time histogram between peers (a gRPC health check on the peer's client port).",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"To"})
+	m.slowApply = counter("etcd", "server", "slow_apply_total", "The total number of slow apply requests (likely overloaded from slow disk).")
+	m.leaderTransfers = counter("cairn", "", "leader_transfers_total", "Leader transfers this member asked for that moved leadership.")
+	m.autoCompactionFailures = counter("cairn", "", "auto_compaction_failures_total",
+		"Automatic compactions that failed (in sharded mode: that some range refused; the others still compacted).")
 	for _, c := range []prometheus.Collector{
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
@@ -140,6 +146,7 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 		m.leaderChanges, m.rangeLeaderChanges, m.proposalsFailed, m.restamped, m.splits,
 		m.puts, m.deletes, m.ranges, m.txns, m.commitSec, m.syncSec, m.defragSec, m.snapshotSec,
 		m.watchStreams, m.watchers, m.oracleSec, m.oracleFailures, m.oracleAllocated, m.forwarded, m.peerRTT,
+		m.slowApply, m.leaderTransfers, m.autoCompactionFailures,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("node: register metrics: %w", err)
@@ -250,6 +257,17 @@ func (m *metrics) ProposalFailed() { m.proposalsFailed.Inc() }
 
 // Restamped counts cairn_proposals_restamped_total.
 func (m *metrics) Restamped() { m.restamped.Inc() }
+
+// Took does nothing: slowApplies, which wraps metrics for the ranges,
+// counts and logs the slow requests.
+func (m *metrics) Took(shard.Timing) {}
+
+// LeaderTransferred counts cairn_leader_transfers_total.
+func (m *metrics) LeaderTransferred() { m.leaderTransfers.Inc() }
+
+// CompactionFailed counts cairn_auto_compaction_failures_total
+// (router.CompactorConfig.OnFailure).
+func (m *metrics) CompactionFailed() { m.autoCompactionFailures.Inc() }
 
 // What the oracle client reports (placement.OracleObserver).
 

@@ -203,6 +203,11 @@ type Config struct {
 	// take before it is logged at warn (etcd
 	// --warning-unary-request-duration); default 300ms.
 	WarningUnaryRequestDuration time.Duration
+	// WarningApplyDuration is how long applying a request (or serving a
+	// read from the store) may take before it is logged at warn as "apply
+	// request took too long" (etcd --warning-apply-duration); default
+	// 100ms.
+	WarningApplyDuration time.Duration
 	// SocketReusePort and SocketReuseAddress set SO_REUSEPORT and
 	// SO_REUSEADDR on the client and peer listeners (etcd
 	// --socket-reuse-port, --socket-reuse-address).
@@ -218,11 +223,12 @@ type Config struct {
 	legacyBootstrap bool
 }
 
-// etcd's defaults for --snapshot-catchup-entries and
-// --warning-unary-request-duration.
+// etcd's defaults for --snapshot-catchup-entries,
+// --warning-unary-request-duration and --warning-apply-duration.
 const (
 	defaultSnapshotCatchUpEntries      = 5000
 	defaultWarningUnaryRequestDuration = 300 * time.Millisecond
+	defaultWarningApplyDuration        = 100 * time.Millisecond
 )
 
 // rttMillisecond is dragonboat's tick: raft timings are whole multiples.
@@ -268,6 +274,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.WarningUnaryRequestDuration == 0 {
 		c.WarningUnaryRequestDuration = defaultWarningUnaryRequestDuration
+	}
+	if c.WarningApplyDuration == 0 {
+		c.WarningApplyDuration = defaultWarningApplyDuration
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -830,7 +839,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			r.Hold(target, until, max)
 		}
 	}}
-	shardCfg.Observer = n.metrics
+	shardCfg.Observer = slowApplies{n.metrics, n.log, cfg.WarningApplyDuration}
 	if cfg.DebugJournal != "" {
 		f, err := os.OpenFile(cfg.DebugJournal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
@@ -998,7 +1007,7 @@ func (n *Node) serve() error {
 	n.rtt = startPeerProber(n)
 	// Automatic compaction compacts as a client's Compact does.
 	if n.compactor, err = rs.StartCompactor(router.CompactorConfig{Mode: cfg.AutoCompactionMode,
-		Retention: cfg.AutoCompactionRetention, Clock: cfg.compactionClock, Log: n.log}); err != nil {
+		Retention: cfg.AutoCompactionRetention, Clock: cfg.compactionClock, Log: n.log, OnFailure: n.metrics.CompactionFailed}); err != nil {
 		return err
 	}
 	// TLS is the listeners' (tls.go); the credentials show it to handlers.

@@ -130,6 +130,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.hostWhitelist, "host-whitelist", "", "comma-separated Host header values plain-HTTP client requests may carry, others get 421 (against DNS rebinding); empty or * allows any (default *)")
 	fs.UintVar(&r.maxConcurrentStreams, "max-concurrent-streams", 0, "most concurrent streams on one client connection (default unbounded)")
 	fs.DurationVar(&r.cfg.WarningUnaryRequestDuration, "warning-unary-request-duration", 0, "unary client requests taking longer are logged at warn as \"request stats\" (default 300ms)")
+	fs.DurationVar(&r.cfg.WarningApplyDuration, "warning-apply-duration", 0, "applying a request (or reading it from the store) taking longer is logged at warn as \"apply request took too long\" (default 100ms)")
 	fs.BoolVar(&r.cfg.SocketReusePort, "socket-reuse-port", false, "set SO_REUSEPORT on the client and peer listeners")
 	fs.BoolVar(&r.cfg.SocketReuseAddress, "socket-reuse-address", false, "set SO_REUSEADDR on the client and peer listeners")
 
@@ -492,7 +493,6 @@ var ignoredFlags = []struct {
 	{"tracing is not implemented", true, []string{"enable-distributed-tracing"}},
 	{"cairn runs no such periodic check", false, []string{
 		"corrupt-check-time", "compact-hash-check-time", "downgrade-check-time"}},
-	{"applies are not timed yet", false, []string{"warning-apply-duration"}},
 	{"etcd's feature gates and v2 store do not apply to cairn", false, []string{"feature-gates", "v2-deprecation"}},
 	// etcd accepts these (as value-less flags) and ignores them itself.
 	{"etcd ignores it as well", true, []string{

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"google.golang.org/grpc"
 
 	"github.com/cairn-kv/cairn/mvcc"
@@ -189,18 +191,33 @@ func (m *metrics) stream() []grpc.StreamServerInterceptor {
 
 // serveMetrics starts, for each of --listen-metrics-urls, an HTTP server
 // with /metrics and the probes (and no /version, /debug or gRPC), as etcd
-// serves its metrics URLs. Close shuts them.
-func (n *Node) serveMetrics(probes http.Handler) error {
+// serves its metrics URLs: over TLS with the client URLs' settings (info,
+// nil if none is https) for an https:// URL, client certificates checked
+// as there. Close shuts them.
+func (n *Node) serveMetrics(probes http.Handler, info *transport.TLSInfo) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", n.metrics.handler)
 	mux.Handle("/", probes) // it answers 404 to any other path
+	info, err := n.metricsTLS(info)
+	if err != nil {
+		return err
+	}
 	for _, raw := range n.cfg.ListenMetricsURLs {
 		addr, _ := hostPort(raw) // withDefaults checked it
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("node: listen on metrics URL %s: %w", raw, err)
 		}
-		n.metricsURL = append(n.metricsURL, "http://"+l.Addr().String())
+		scheme := schemeOf(raw) // http or https: checkTLS checked it
+		n.metricsURL = append(n.metricsURL, scheme+"://"+l.Addr().String())
+		if scheme == "https" {
+			cfg, err := clientServerConfig(info)
+			if err != nil {
+				_ = l.Close()
+				return fmt.Errorf("node: metrics URL %s: %w", raw, err)
+			}
+			l = tls.NewListener(l, cfg)
+		}
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		n.metricsHTTP = append(n.metricsHTTP, srv)
 		n.wg.Add(1)
@@ -214,7 +231,7 @@ func (n *Node) serveMetrics(probes http.Handler) error {
 	return nil
 }
 
-// MetricsURLs returns the bound metrics URLs (http://host:port), one per
+// MetricsURLs returns the bound metrics URLs (http:// or https://host:port), one per
 // Config.ListenMetricsURLs; none without them.
 func (n *Node) MetricsURLs() []string { return append([]string(nil), n.metricsURL...) }
 

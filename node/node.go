@@ -148,9 +148,10 @@ type Config struct {
 	// MetricsLevel is etcd's --metrics: MetricsBasic (the default) or
 	// MetricsExtensive, which adds the gRPC handling-time histograms.
 	MetricsLevel string
-	// ListenMetricsURLs are extra http:// listeners serving /metrics and
-	// the probes (/health, /livez, /readyz) only (etcd
-	// --listen-metrics-urls); the client URLs serve them too. Port 0
+	// ListenMetricsURLs are extra http:// or https:// listeners serving
+	// /metrics and the probes (/health, /livez, /readyz) only (etcd
+	// --listen-metrics-urls); https ones with ClientTLS's settings, which
+	// they then require, as etcd. The client URLs serve them too. Port 0
 	// picks a free port; Node.MetricsURLs reports what was bound.
 	ListenMetricsURLs []string
 	// ClientTLS is TLS on the https:// and unixs:// client URLs, PeerTLS
@@ -1048,12 +1049,11 @@ func (n *Node) serve() error {
 	if cfg.MaxConcurrentStreams > 0 {
 		n.http.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: int(min(cfg.MaxConcurrentStreams, math.MaxInt32))}
 	}
-	if err := n.serveMetrics(rs.ProbeHandler()); err != nil {
-		return err
-	}
-
 	info, err := n.clientTLS()
 	if err != nil {
+		return err
+	}
+	if err := n.serveMetrics(rs.ProbeHandler(), info); err != nil {
 		return err
 	}
 	for _, raw := range cfg.ListenClientURLs {

@@ -167,7 +167,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, etcd's structured logs (default zap)")
 	fs.StringVar(&r.logLevel, "log-level", "", "least severe level logged: debug, info, warn, error (panic, fatal and dpanic log as error) (default info)")
 	fs.StringVar(&r.cfg.MetricsLevel, "metrics", "", "metrics exported at /metrics: basic, or extensive, which adds the gRPC handling-time histograms (default basic)")
-	fs.StringVar(&r.listenMetrics, "listen-metrics-urls", "", "comma-separated http:// URLs serving /metrics and the probes (/health, /livez, /readyz) only, besides the client URLs")
+	fs.StringVar(&r.listenMetrics, "listen-metrics-urls", "", "comma-separated http:// or https:// (with the client TLS settings) URLs serving /metrics and the probes (/health, /livez, /readyz) only, besides the client URLs")
 	fs.StringVar(&r.logFormat, "log-format", "", "json (one JSON object a line, etcd's keys) or console (zap's tab-separated text) (default json)")
 	fs.StringVar(&r.logOutputs, "log-outputs", "", "comma-separated log targets: default (stderr), stderr, stdout or file paths, appended to; default may not be combined with others (default default)")
 	fs.BoolVar(&r.logRotate, "enable-log-rotation", false, "rotate the one file among --log-outputs, as --log-rotation-config-json says")

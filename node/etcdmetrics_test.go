@@ -268,3 +268,41 @@ func TestPeerRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaderTransfersCounted: a MoveLeader that moves leadership counts
+// one in cairn_leader_transfers_total on the member that asked; the
+// others count none.
+func TestLeaderTransfersCounted(t *testing.T) {
+	c := nodetest.Start(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cli := c.Client(0)
+	st, err := cli.Status(ctx, c.URLs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ml, err := cli.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaderURL, target := "", uint64(0)
+	for _, m := range ml.Members {
+		if m.ID == st.Leader {
+			leaderURL = m.ClientURLs[0]
+		} else {
+			target = m.ID
+		}
+	}
+	if _, err := nodetest.NewClient(t, leaderURL).MoveLeader(ctx, target); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range c.URLs() {
+		want := 0.0
+		if u == leaderURL {
+			want = 1
+		}
+		if got := value(scrape(t, u+"/metrics"), "cairn_leader_transfers_total", nil); got != want {
+			t.Errorf("%s: cairn_leader_transfers_total = %v, want %v", u, got, want)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -86,6 +87,60 @@ func TestSlowRequestsLogged(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestSlowAppliesLogged: with WarningApplyDuration below any apply, a put
+// is logged at warn as etcd's "apply request took too long", with its
+// value as a size only, a read with etcd's "read-only range " prefix, and
+// both are counted in etcd_server_slow_apply_total; with the default, a
+// put on an idle member logs nothing of the kind.
+func TestSlowAppliesLogged(t *testing.T) {
+	var buf syncBuffer
+	c := nodetest.Start(t, 1, nodetest.Edit(func(cfg *node.Config) {
+		cfg.WarningApplyDuration = time.Nanosecond
+		cfg.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Client(0).Put(ctx, "slowkey", "secret-value"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client(0).Get(ctx, "slowkey", clientv3.WithSerializable()); err != nil {
+		t.Fatal(err)
+	}
+	line := func(want ...string) func() bool {
+		return func() bool {
+			for _, l := range strings.Split(buf.String(), "\n") {
+				ok := strings.Contains(l, `"msg":"apply request took too long"`) && strings.Contains(l, `"level":"WARN"`)
+				for _, w := range want {
+					ok = ok && strings.Contains(l, w)
+				}
+				if ok {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	nodetest.Eventually(t, "a slow apply line for the put", line(`"prefix":""`, `put:<key:\"slowkey\" value_size:12 >`, `"response":"size:`))
+	nodetest.Eventually(t, "a slow apply line for the read", line(`"prefix":"read-only range "`, `range_response_count:1`))
+	if strings.Contains(buf.String(), "secret-value") {
+		t.Errorf("the log shows the put's value:\n%s", buf.String())
+	}
+	if v := value(scrape(t, c.URLs()[0]+"/metrics"), "etcd_server_slow_apply_total", nil); v < 2 {
+		t.Errorf("etcd_server_slow_apply_total = %v, want at least 2", v)
+	}
+
+	var quiet syncBuffer
+	d := nodetest.Start(t, 1, nodetest.Edit(func(cfg *node.Config) {
+		cfg.Logger = slog.New(slog.NewJSONHandler(&quiet, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}))
+	if _, err := d.Client(0).Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(quiet.String(), "apply request took too long") {
+		t.Errorf("a put on an idle member was logged as slow with the default 100ms:\n%s", quiet.String())
+	}
 }
 
 // TestSocketReusePort: with SocketReusePort another socket with

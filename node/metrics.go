@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"google.golang.org/grpc"
 
 	"github.com/cairn-kv/cairn/mvcc"
@@ -69,6 +71,8 @@ type metrics struct {
 	oracleFailures, oracleAllocated    prometheus.Counter
 	forwarded                          *prometheus.CounterVec   // {kind, result}
 	peerRTT                            *prometheus.HistogramVec // {To}
+	slowApply, leaderTransfers         prometheus.Counter
+	autoCompactionFailures             prometheus.Counter
 }
 
 // newMetrics registers the node's collectors on reg (nil: a new registry):
@@ -133,6 +137,10 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 	m.peerRTT = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "etcd", Subsystem: "network", Name: "peer_round_trip_time_seconds",
 		Help:    "Round-Trip-Time histogram between peers (a gRPC health check on the peer's client port).",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"To"})
+	m.slowApply = counter("etcd", "server", "slow_apply_total", "The total number of slow apply requests (likely overloaded from slow disk).")
+	m.leaderTransfers = counter("cairn", "", "leader_transfers_total", "Leader transfers this member asked for that moved leadership.")
+	m.autoCompactionFailures = counter("cairn", "", "auto_compaction_failures_total",
+		"Automatic compactions that failed (in sharded mode: that some range refused; the others still compacted).")
 	for _, c := range []prometheus.Collector{
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
@@ -140,6 +148,7 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 		m.leaderChanges, m.rangeLeaderChanges, m.proposalsFailed, m.restamped, m.splits,
 		m.puts, m.deletes, m.ranges, m.txns, m.commitSec, m.syncSec, m.defragSec, m.snapshotSec,
 		m.watchStreams, m.watchers, m.oracleSec, m.oracleFailures, m.oracleAllocated, m.forwarded, m.peerRTT,
+		m.slowApply, m.leaderTransfers, m.autoCompactionFailures,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("node: register metrics: %w", err)
@@ -182,18 +191,33 @@ func (m *metrics) stream() []grpc.StreamServerInterceptor {
 
 // serveMetrics starts, for each of --listen-metrics-urls, an HTTP server
 // with /metrics and the probes (and no /version, /debug or gRPC), as etcd
-// serves its metrics URLs. Close shuts them.
-func (n *Node) serveMetrics(probes http.Handler) error {
+// serves its metrics URLs: over TLS with the client URLs' settings (info,
+// nil if none is https) for an https:// URL, client certificates checked
+// as there. Close shuts them.
+func (n *Node) serveMetrics(probes http.Handler, info *transport.TLSInfo) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", n.metrics.handler)
 	mux.Handle("/", probes) // it answers 404 to any other path
+	info, err := n.metricsTLS(info)
+	if err != nil {
+		return err
+	}
 	for _, raw := range n.cfg.ListenMetricsURLs {
 		addr, _ := hostPort(raw) // withDefaults checked it
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("node: listen on metrics URL %s: %w", raw, err)
 		}
-		n.metricsURL = append(n.metricsURL, "http://"+l.Addr().String())
+		scheme := schemeOf(raw) // http or https: checkTLS checked it
+		n.metricsURL = append(n.metricsURL, scheme+"://"+l.Addr().String())
+		if scheme == "https" {
+			cfg, err := clientServerConfig(info)
+			if err != nil {
+				_ = l.Close()
+				return fmt.Errorf("node: metrics URL %s: %w", raw, err)
+			}
+			l = tls.NewListener(l, cfg)
+		}
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		n.metricsHTTP = append(n.metricsHTTP, srv)
 		n.wg.Add(1)
@@ -207,7 +231,7 @@ func (n *Node) serveMetrics(probes http.Handler) error {
 	return nil
 }
 
-// MetricsURLs returns the bound metrics URLs (http://host:port), one per
+// MetricsURLs returns the bound metrics URLs (http:// or https://host:port), one per
 // Config.ListenMetricsURLs; none without them.
 func (n *Node) MetricsURLs() []string { return append([]string(nil), n.metricsURL...) }
 
@@ -250,6 +274,17 @@ func (m *metrics) ProposalFailed() { m.proposalsFailed.Inc() }
 
 // Restamped counts cairn_proposals_restamped_total.
 func (m *metrics) Restamped() { m.restamped.Inc() }
+
+// Took does nothing: slowApplies, which wraps metrics for the ranges,
+// counts and logs the slow requests.
+func (m *metrics) Took(shard.Timing) {}
+
+// LeaderTransferred counts cairn_leader_transfers_total.
+func (m *metrics) LeaderTransferred() { m.leaderTransfers.Inc() }
+
+// CompactionFailed counts cairn_auto_compaction_failures_total
+// (router.CompactorConfig.OnFailure).
+func (m *metrics) CompactionFailed() { m.autoCompactionFailures.Inc() }
 
 // What the oracle client reports (placement.OracleObserver).
 

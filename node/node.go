@@ -156,9 +156,10 @@ type Config struct {
 	// MetricsLevel is etcd's --metrics: MetricsBasic (the default) or
 	// MetricsExtensive, which adds the gRPC handling-time histograms.
 	MetricsLevel string
-	// ListenMetricsURLs are extra http:// listeners serving /metrics and
-	// the probes (/health, /livez, /readyz) only (etcd
-	// --listen-metrics-urls); the client URLs serve them too. Port 0
+	// ListenMetricsURLs are extra http:// or https:// listeners serving
+	// /metrics and the probes (/health, /livez, /readyz) only (etcd
+	// --listen-metrics-urls); https ones with ClientTLS's settings, which
+	// they then require, as etcd. The client URLs serve them too. Port 0
 	// picks a free port; Node.MetricsURLs reports what was bound.
 	ListenMetricsURLs []string
 	// ClientTLS is TLS on the https:// and unixs:// client URLs, PeerTLS
@@ -211,6 +212,11 @@ type Config struct {
 	// take before it is logged at warn (etcd
 	// --warning-unary-request-duration); default 300ms.
 	WarningUnaryRequestDuration time.Duration
+	// WarningApplyDuration is how long applying a request (or serving a
+	// read from the store) may take before it is logged at warn as "apply
+	// request took too long" (etcd --warning-apply-duration); default
+	// 100ms.
+	WarningApplyDuration time.Duration
 	// SocketReusePort and SocketReuseAddress set SO_REUSEPORT and
 	// SO_REUSEADDR on the client and peer listeners (etcd
 	// --socket-reuse-port, --socket-reuse-address).
@@ -226,11 +232,12 @@ type Config struct {
 	legacyBootstrap bool
 }
 
-// etcd's defaults for --snapshot-catchup-entries and
-// --warning-unary-request-duration.
+// etcd's defaults for --snapshot-catchup-entries,
+// --warning-unary-request-duration and --warning-apply-duration.
 const (
 	defaultSnapshotCatchUpEntries      = 5000
 	defaultWarningUnaryRequestDuration = 300 * time.Millisecond
+	defaultWarningApplyDuration        = 100 * time.Millisecond
 )
 
 // rttMillisecond is dragonboat's tick: raft timings are whole multiples.
@@ -276,6 +283,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.WarningUnaryRequestDuration == 0 {
 		c.WarningUnaryRequestDuration = defaultWarningUnaryRequestDuration
+	}
+	if c.WarningApplyDuration == 0 {
+		c.WarningApplyDuration = defaultWarningApplyDuration
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -887,7 +897,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			r.Hold(target, until, max)
 		}
 	}}
-	shardCfg.Observer = n.metrics
+	shardCfg.Observer = slowApplies{n.metrics, n.log, cfg.WarningApplyDuration}
 	if cfg.DebugJournal != "" {
 		f, err := os.OpenFile(cfg.DebugJournal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
@@ -1060,7 +1070,7 @@ func (n *Node) serve() error {
 	n.rtt = startPeerProber(n)
 	// Automatic compaction compacts as a client's Compact does.
 	if n.compactor, err = rs.StartCompactor(router.CompactorConfig{Mode: cfg.AutoCompactionMode,
-		Retention: cfg.AutoCompactionRetention, Clock: cfg.compactionClock, Log: n.log}); err != nil {
+		Retention: cfg.AutoCompactionRetention, Clock: cfg.compactionClock, Log: n.log, OnFailure: n.metrics.CompactionFailed}); err != nil {
 		return err
 	}
 	// TLS is the listeners' (tls.go); the credentials show it to handlers.
@@ -1101,12 +1111,11 @@ func (n *Node) serve() error {
 	if cfg.MaxConcurrentStreams > 0 {
 		n.http.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: int(min(cfg.MaxConcurrentStreams, math.MaxInt32))}
 	}
-	if err := n.serveMetrics(rs.ProbeHandler()); err != nil {
-		return err
-	}
-
 	info, err := n.clientTLS()
 	if err != nil {
+		return err
+	}
+	if err := n.serveMetrics(rs.ProbeHandler(), info); err != nil {
 		return err
 	}
 	for _, raw := range cfg.ListenClientURLs {

@@ -8,6 +8,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // slowRequests is a unary interceptor that logs, as etcd's "request stats"
@@ -41,4 +43,29 @@ func slowRequests(log *slog.Logger, warn time.Duration) grpc.UnaryServerIntercep
 		log.Log(ctx, level, "request stats", attrs...)
 		return resp, err
 	}
+}
+
+// slowApplies is the ranges' observer (shard.Observer) with etcd's slow
+// apply warning: a request whose store work — applying it, or serving it
+// as a read — took longer than warn (--warning-apply-duration) is logged
+// at warn as "apply request took too long", with etcd's fields, and
+// counted in etcd_server_slow_apply_total. Only the slow ones are
+// described, so the others cost a comparison.
+type slowApplies struct {
+	*metrics
+	log  *slog.Logger
+	warn time.Duration
+}
+
+func (s slowApplies) Took(t shard.Timing) {
+	if t.Took <= s.warn {
+		return
+	}
+	s.slowApply.Inc()
+	attrs := []any{"took", t.Took, "expected-duration", s.warn, "prefix", t.Prefix(),
+		"request", t.Request(), "response", t.Response()}
+	if err := t.Err(); err != nil {
+		attrs = append(attrs, "error", err)
+	}
+	s.log.Warn("apply request took too long", attrs...)
 }

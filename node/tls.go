@@ -97,8 +97,14 @@ func (c Config) checkTLS() (tlsSettings, error) {
 		return s, errors.New("node: --peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive")
 	}
 	for _, u := range c.ListenMetricsURLs {
-		if schemeOf(u) != "http" {
-			return s, fmt.Errorf("node: metrics URL %q: only http:// is supported", u)
+		switch schemeOf(u) {
+		case "http":
+		case "https":
+			if c.ClientTLS.empty() && !c.ClientTLS.AutoTLS {
+				return s, fmt.Errorf("node: client TLS key/cert (--cert-file, --key-file) must be provided for metrics secure url %s", u)
+			}
+		default:
+			return s, fmt.Errorf("node: metrics URL %q: want http:// or https://", u)
 		}
 	}
 	if c.SelfSignedCertValidity == 0 {
@@ -160,6 +166,23 @@ func (n *Node) clientTLS() (*transport.TLSInfo, error) {
 	}
 	if !secure {
 		return nil, nil
+	}
+	return n.tlsInfo(n.cfg.ClientTLS, filepath.Join(n.cfg.DataDir, "fixtures", "client"), hosts)
+}
+
+// metricsTLS is the TLS of the https metrics URLs: the client URLs' (info,
+// nil if none is https), as etcd serves its secure metrics URLs with its
+// client TLS settings; made here if no client URL needed it. It is nil if
+// no metrics URL is https.
+func (n *Node) metricsTLS(info *transport.TLSInfo) (*transport.TLSInfo, error) {
+	var hosts []string
+	for _, raw := range n.cfg.ListenMetricsURLs {
+		if u, _ := url.Parse(raw); u.Scheme == "https" {
+			hosts = append(hosts, u.Host)
+		}
+	}
+	if len(hosts) == 0 || info != nil {
+		return info, nil
 	}
 	return n.tlsInfo(n.cfg.ClientTLS, filepath.Join(n.cfg.DataDir, "fixtures", "client"), hosts)
 }

@@ -370,6 +370,8 @@ func TestTLSConfigRefused(t *testing.T) {
 	}{
 		"https client URL without a certificate": {node.Config{ListenClientURLs: []string{"https://127.0.0.1:0"}},
 			"--cert-file, --key-file"},
+		"https metrics URL without a certificate": {node.Config{ListenMetricsURLs: []string{"https://127.0.0.1:0"}},
+			"must be provided for metrics secure url"},
 		"https peer URL without a certificate": {node.Config{ListenPeerURLs: []string{"https://127.0.0.1:0"}},
 			"--peer-cert-file, --peer-key-file"},
 		"min above max": {node.Config{TLSMinVersion: "TLS1.3", TLSMaxVersion: "TLS1.2"}, "greater than max version"},
@@ -383,6 +385,49 @@ func TestTLSConfigRefused(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error mentioning %q", name, err, tc.want)
+		}
+	}
+}
+
+// TestMetricsURLOverTLS: an https:// metrics URL serves /metrics and the
+// probes over TLS with the client TLS settings, as etcd's: with
+// --client-cert-auth a client with a certificate of the CA is served, one
+// without is refused at the handshake, and plain HTTP gets no answer.
+func TestMetricsURLOverTLS(t *testing.T) {
+	ca := newTestCA(t, "cluster")
+	srvCert, srvKey := ca.issue(t, "server")
+	cliCert, cliKey := ca.issue(t, "client")
+	c := nodetest.Start(t, 1, nodetest.Edit(func(cfg *node.Config) {
+		cfg.ListenMetricsURLs = []string{"https://127.0.0.1:0"}
+		cfg.ClientTLS = node.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true}
+	}))
+	murls := c.Node(0).MetricsURLs()
+	if len(murls) != 1 || !strings.HasPrefix(murls[0], "https://") {
+		t.Fatalf("metrics URLs %v: want one https://", murls)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: clientTLS(t, ca.CAFile, cliCert, cliKey)}}
+	for path, want := range map[string]string{"/metrics": "etcd_server_has_leader 1", "/health": `"health":"true"`} {
+		resp, err := hc.Get(murls[0] + path)
+		if err != nil {
+			t.Fatalf("%s over TLS: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+			t.Errorf("%s over TLS: %d, want 200 with %q", path, resp.StatusCode, want)
+		}
+	}
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: clientTLS(t, ca.CAFile, "", "")}}
+	if resp, err := anon.Get(murls[0] + "/metrics"); err == nil {
+		resp.Body.Close()
+		t.Errorf("/metrics without a client certificate: %d, want refused", resp.StatusCode)
+	}
+	plain := &http.Client{Timeout: 5 * time.Second}
+	if resp, err := plain.Get("http://" + strings.TrimPrefix(murls[0], "https://") + "/metrics"); err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), "etcd_server_has_leader") {
+			t.Errorf("/metrics over plain HTTP on the https metrics URL: %d, served", resp.StatusCode)
 		}
 	}
 }

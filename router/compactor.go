@@ -144,15 +144,21 @@ type compactor struct {
 	// number of revisions kept in revision mode.
 	// Invariant: retention > 0.
 	retention time.Duration
+	// onFailure is CompactorConfig.OnFailure (nil: none).
+	onFailure func()
 }
 
 // CompactorConfig is etcd's --auto-compaction-mode and
 // --auto-compaction-retention (CompactionRetention reads them), with the
 // compactor's clock (nil: the wall clock) and logger (nil: discard).
+// OnFailure, if set, is called (on the compactor's goroutine) for each
+// compaction that failed, before it is retried; in sharded mode one range
+// that fails fails the compaction, though the others compacted.
 type CompactorConfig struct {
 	Mode, Retention string
 	Clock           CompactorClock
 	Log             *slog.Logger
+	OnFailure       func()
 }
 
 // Compactor is a running automatic compactor; Close stops it.
@@ -175,7 +181,7 @@ func (s *Server) StartCompactor(cfg CompactorConfig) (*Compactor, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	c := &compactor{log: cfg.Log, clock: cfg.Clock, target: serverTarget{s}, mode: cfg.Mode, retention: retention}
+	c := &compactor{log: cfg.Log, clock: cfg.Clock, target: serverTarget{s}, mode: cfg.Mode, retention: retention, onFailure: cfg.OnFailure}
 	if c.mode == CompactionRevision {
 		if _, err := strconv.Atoi(cfg.Retention); err != nil {
 			c.log.Warn("--auto-compaction-retention is a duration but the mode is revision: as etcd, its nanoseconds are taken as the number of revisions to keep",
@@ -286,6 +292,9 @@ func (c *compactor) compact(ctx context.Context, rev mvcc.Revision, retry time.D
 	start := c.clock.Now()
 	if err := c.target.compact(ctx, rev); err != nil {
 		if ctx.Err() == nil {
+			if c.onFailure != nil {
+				c.onFailure()
+			}
 			c.log.Warn("auto compaction failed", "mode", c.mode, "revision", int64(rev), "retry-in", retry, "error", err)
 		}
 		return false

@@ -62,12 +62,52 @@ func TestAutoCompactionOnlyLeaderCompacts(t *testing.T) {
 	}
 }
 
+// TestAutoCompactionFailuresReported: each failed compaction is reported
+// (CompactorConfig.OnFailure, cairn_auto_compaction_failures_total) and
+// retried at the next round; a successful one is not reported.
+func TestAutoCompactionFailuresReported(t *testing.T) {
+	clk := NewManualClock()
+	tg := &fakeTarget{lead: true, fail: fmt.Errorf("range 2: %w", shard.ErrNoLeader)}
+	var mu sync.Mutex
+	failures := 0
+	c := &compactor{log: slog.New(slog.DiscardHandler), clock: clk, target: tg, mode: CompactionRevision, retention: 1,
+		onFailure: func() { mu.Lock(); failures++; mu.Unlock() }}
+	reported := func() int { mu.Lock(); defer mu.Unlock(); return failures }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// The first round reads revision 1, below which there is nothing to
+	// compact; each later one reads the next and compacts one below.
+	awaitTimer(t, clk)
+	clk.Advance(revisionCompactionInterval)
+	awaitTimer(t, clk) // a round is over once the compactor waits again
+	for round := 1; round <= 3; round++ {
+		clk.Advance(revisionCompactionInterval)
+		awaitTimer(t, clk)
+		if got := reported(); got != round {
+			t.Fatalf("after %d failed rounds: %d failures reported", round, got)
+		}
+	}
+	tg.setFail(nil)
+	clk.Advance(revisionCompactionInterval)
+	awaitTimer(t, clk)
+	if got := tg.compacted(); len(got) != 1 {
+		t.Fatalf("compacted %v after the failures, want one compaction", got)
+	}
+	if got := reported(); got != 3 {
+		t.Fatalf("%d failures reported after a success, want still 3", got)
+	}
+}
+
 // fakeTarget counts revisions up by one per read and records compactions.
 type fakeTarget struct {
 	mu   sync.Mutex // guards the fields below
 	rev  mvcc.Revision
 	lead bool
 	done []mvcc.Revision // compactions, in order
+	fail error           // compact's answer while set (nothing is compacted)
 }
 
 func (f *fakeTarget) revision(context.Context) (mvcc.Revision, error) {
@@ -95,9 +135,18 @@ func (f *fakeTarget) compacted() []mvcc.Revision {
 	return slices.Clone(f.done)
 }
 
+func (f *fakeTarget) setFail(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail = err
+}
+
 func (f *fakeTarget) compact(_ context.Context, rev mvcc.Revision) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.fail != nil {
+		return f.fail
+	}
 	f.done = append(f.done, rev)
 	return nil
 }

@@ -93,7 +93,9 @@
 // leader" while a range it touches has none (leader.go), as is a Watch
 // stream while range 1 has none; a running one is cancelled so once range
 // 1, or a range one of its watchers reaches, has had none for three checks
-// (watch.go); a learner serves only what etcd's does (learner.go).
+// (watch.go); every other stream (LeaseKeepAlive, Observe, Snapshot) is
+// refused and cancelled the same way on range 1's leader (leader.go); a
+// learner serves only what etcd's does (learner.go).
 //
 // HTTP: the probes /health, /livez and /readyz answer like etcd 3.5+'s
 // (probes.go), reading which ranges here lack a leader from a LeaderWatch

@@ -37,8 +37,9 @@ import (
 // comes. A failed call answers {"code":…,"message":…} with the gRPC code's
 // HTTP status. The Lock and Election services' unary calls are routed at
 // etcd's paths too (/v3/lock/lock, /v3/election/campaign, …; see
-// lockRoutes), but not Observe. The Auth service is left out: Cairn has no
-// authentication yet, so /v3/auth/ is not found.
+// lockRoutes), and Observe streams as Watch does (observeRoute). The Auth
+// service is left out: Cairn has no authentication yet, so /v3/auth/ is
+// not found.
 //
 // ctx bounds the registrations only; the routes serve until conn closes.
 func (s *Server) Gateway(ctx context.Context, conn grpc.ClientConnInterface) (http.Handler, error) {
@@ -123,7 +124,52 @@ func lockRoutes(mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
 			return err
 		}
 	}
-	return nil
+	return observeRoute(mux, conn)
+}
+
+// observeRoute routes Election's Observe, a server stream, at etcd's path
+// /v3/election/observe, as etcd's generated gateway does: the body is the
+// LeaderRequest, and each leader the stream reports is written as a line
+// of its own, {"result":{…}}, flushed as it comes, until the client goes
+// away or the stream ends ({"error":{…}} then, as the runtime writes it).
+func observeRoute(mux *runtime.ServeMux, conn grpc.ClientConnInterface) error {
+	const path, method = "/v3/election/observe", "/" + electionServiceName + "/Observe"
+	return mux.HandlePath(http.MethodPost, path, func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		in, out := runtime.MarshalerForRequest(mux, r)
+		ctx, err := runtime.AnnotateContext(ctx, mux, r, method, runtime.WithHTTPPathPattern(path))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, out, w, r, err)
+			return
+		}
+		var req electionpb.LeaderRequest
+		if err := in.NewDecoder(r.Body).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+			runtime.HTTPError(ctx, mux, out, w, r, status.Errorf(codes.InvalidArgument, "%v", err))
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		var md runtime.ServerMetadata
+		stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method)
+		if err == nil {
+			err = stream.SendMsg(&req)
+		}
+		if err == nil {
+			err = stream.CloseSend()
+		}
+		if err == nil {
+			md.HeaderMD, err = stream.Header()
+		}
+		ctx = runtime.NewServerMetadataContext(ctx, md)
+		if err != nil {
+			runtime.HTTPError(ctx, mux, out, w, r, err)
+			return
+		}
+		runtime.ForwardResponseStream(ctx, mux, out, w, r, func() (proto.Message, error) {
+			resp := new(electionpb.LeaderResponse)
+			return resp, stream.RecvMsg(resp)
+		})
+	})
 }
 
 // AccessControl wraps the HTTP handler of the client URLs as etcd's access

@@ -121,18 +121,41 @@ func (ls *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest
 
 // LeaseKeepAlive renews each lease the client names and answers with its
 // TTL; an unknown or expired lease answers TTL 0, as etcd does. The stream
-// ends on the first error that is not about the lease itself.
+// ends on the first error that is not about the lease itself, and when its
+// context ends, even while it waits for the client's next request: as
+// etcd's, a stream that requires a leader is cancelled so (leaderStream).
 func (ls *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
+	// The receiver hands each request over; once this returns, the
+	// stream's end makes its Recv fail, and it returns too.
+	reqs, recvErr := make(chan *pb.LeaseKeepAliveRequest), make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	var upstream pb.Lease_LeaseKeepAliveClient // to the leader, opened when first needed
 	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
+		var req *pb.LeaseKeepAliveRequest
+		select {
+		case req = <-reqs:
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
 			return err
+		case <-ctx.Done():
+			return toGRPC(ctx.Err())
 		}
 		if _, err := ls.authorize(ctx, func(c caller) error { return c.checkLeaseKeys(req.ID, authpb.Permission_WRITE) }); err != nil {
 			return err

@@ -227,7 +227,7 @@ func New(cfg Config) *Server {
 // pings with no stream open is held to grpc-go's two hours, not to the
 // minimum; after Config's interceptors, unary calls are refused on a
 // learner (learner.go) and, when the client requires a leader, without one
-// (leader.go); then root-only and user-only calls are refused to others
+// (leader.go; streams too); then root-only and user-only calls are refused to others
 // once auth is enabled (authgate.go).
 func (s *Server) GRPCOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
@@ -235,7 +235,7 @@ func (s *Server) GRPCOptions() []grpc.ServerOption {
 		grpc.MaxSendMsgSize(1<<31 - 1),
 		grpc.MaxConcurrentStreams(1<<32 - 1),
 		grpc.ChainUnaryInterceptor(append(slices.Clone(s.cfg.UnaryInterceptors), s.learnerUnary, s.leaderUnary, s.authUnary)...),
-		grpc.ChainStreamInterceptor(append(slices.Clone(s.cfg.StreamInterceptors), s.learnerStream, s.authStream)...),
+		grpc.ChainStreamInterceptor(append(slices.Clone(s.cfg.StreamInterceptors), s.learnerStream, s.leaderStream, s.authStream)...),
 	}
 	if s.cfg.GRPCKeepAliveMinTime > 0 {
 		opts = append(opts, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.GRPCKeepAliveMinTime}))

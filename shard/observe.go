@@ -1,9 +1,16 @@
 package shard
 
 import (
+	"fmt"
+	"strings"
 	"time"
 
+	protov1 "github.com/golang/protobuf/proto" //nolint:staticcheck // etcd's loggable requests print with its stable text format
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/cairn-kv/cairn/proto/shardpb"
 )
 
 // Observer is what a range reports for the node's metrics (Config.Observer);
@@ -31,6 +38,150 @@ type Observer interface {
 	// Restamped reports a write refused as stale and stamped again
 	// (sharded mode).
 	Restamped()
+	// Took reports how long the store work of one request took here:
+	// applying one request of an entry (before its batch commits: a
+	// refusal included) or serving one read (a RangeQuery or a TxnQuery).
+	// It is called for every request, so it must be cheap; Timing's
+	// methods, which decode the request, are for the slow ones (the node
+	// logs those over --warning-apply-duration, as etcd's "apply request
+	// took too long").
+	Took(Timing)
+	// LeaderTransferred reports a leader transfer this replica asked for
+	// (Range.TransferLeader) that moved leadership; one that found the
+	// target leading already is not reported.
+	LeaderTransferred()
+}
+
+// Timing is one request's time, for Observer.Took, with what describes it
+// in a log line the way etcd describes a slow apply: the request with its
+// values replaced by their sizes, the response's size, the error.
+type Timing struct {
+	// Took is how long the request took.
+	Took time.Duration
+
+	// One of these is set: an applied request, or a read.
+	applied  *shardpb.Request
+	response *shardpb.Response
+	rangeReq *pb.RangeRequest
+	rangeRes *pb.RangeResponse
+	txnReq   *pb.TxnRequest
+	txnRes   *pb.TxnResponse
+	err      error
+}
+
+// Prefix is etcd's prefix of the slow-request line: "read-only range "
+// or "read-only txn " for a read, "" for an applied request.
+func (t Timing) Prefix() string {
+	switch {
+	case t.rangeReq != nil:
+		return "read-only range "
+	case t.txnReq != nil:
+		return "read-only txn "
+	}
+	return ""
+}
+
+// Request describes the request as etcd's loggable stringers do: a put's
+// value (a txn's puts' too) appears as its size only.
+func (t Timing) Request() string {
+	switch {
+	case t.rangeReq != nil:
+		return protov1.CompactTextString(t.rangeReq)
+	case t.txnReq != nil:
+		return pb.NewLoggableTxnRequest(t.txnReq).String()
+	case t.applied != nil:
+		return describeRequest(t.applied)
+	}
+	return ""
+}
+
+// Response describes the answer as etcd does: its size (and, for reads,
+// how many keys each range returned); "" for none (an error).
+func (t Timing) Response() string {
+	switch {
+	case t.rangeRes != nil:
+		return fmt.Sprintf("range_response_count:%d size:%d", len(t.rangeRes.Kvs), proto.Size(t.rangeRes))
+	case t.txnRes != nil:
+		var counts []string
+		for _, r := range t.txnRes.Responses {
+			if rr := r.GetResponseRange(); rr != nil {
+				counts = append(counts, fmt.Sprintf("range_response_count:%d", len(rr.Kvs)))
+			}
+		}
+		return fmt.Sprintf("responses:<%s> size:%d", strings.Join(counts, " "), proto.Size(t.txnRes))
+	case t.response != nil && t.response.GetError() == nil:
+		return fmt.Sprintf("size:%d", resultSize(t.response))
+	}
+	return ""
+}
+
+// Err is the request's error: a read's, or an applied request's refusal.
+func (t Timing) Err() error {
+	if e := t.response.GetError(); e != nil {
+		return fromProto(e)
+	}
+	return t.err
+}
+
+// describeRequest is an applied request as etcd's InternalRaftStringer
+// prints it (without the header Cairn has not): "put:<key:\"a\"
+// value_size:1 >"; Cairn's own requests show their operation's name.
+func describeRequest(r *shardpb.Request) string {
+	var (
+		m    proto.Message
+		wire []byte
+	)
+	switch op := r.Op.(type) {
+	case *shardpb.Request_Put:
+		m, wire = new(pb.PutRequest), op.Put
+	case *shardpb.Request_DeleteRange:
+		m, wire = new(pb.DeleteRangeRequest), op.DeleteRange
+	case *shardpb.Request_Txn:
+		m, wire = new(pb.TxnRequest), op.Txn
+	case *shardpb.Request_Compaction:
+		m, wire = new(pb.CompactionRequest), op.Compaction
+	case *shardpb.Request_LeaseGrant:
+		m, wire = new(pb.LeaseGrantRequest), op.LeaseGrant
+	case *shardpb.Request_LeaseRevoke:
+		m, wire = new(pb.LeaseRevokeRequest), op.LeaseRevoke
+	}
+	name := oneofName(r.ProtoReflect(), "op")
+	if m == nil || proto.Unmarshal(wire, m) != nil {
+		return name + ":<>"
+	}
+	switch m := m.(type) {
+	case *pb.PutRequest:
+		return fmt.Sprintf("%s:<%s>", name, pb.NewLoggablePutRequest(m))
+	case *pb.TxnRequest:
+		return fmt.Sprintf("%s:<%s>", name, pb.NewLoggableTxnRequest(m))
+	case *pb.LeaseGrantRequest:
+		return fmt.Sprintf("%s:<ttl:%d-second id:%016x>", name, m.TTL, m.ID)
+	case *pb.LeaseRevokeRequest:
+		return fmt.Sprintf("%s:<id:%016x>", name, m.ID)
+	}
+	return fmt.Sprintf("%s:<%s>", name, protov1.CompactTextString(protov1.MessageV1(m)))
+}
+
+// oneofName is the name of the field set in m's oneof (none: "").
+func oneofName(m protoreflect.Message, oneof protoreflect.Name) string {
+	o := m.Descriptor().Oneofs().ByName(oneof)
+	if o == nil {
+		return ""
+	}
+	if f := m.WhichOneof(o); f != nil {
+		return string(f.Name())
+	}
+	return ""
+}
+
+// resultSize is the size of the etcd response a shard response carries
+// encoded (of the whole response if it carries none).
+func resultSize(r *shardpb.Response) int {
+	m := r.ProtoReflect()
+	if f := m.WhichOneof(m.Descriptor().Oneofs().ByName("result")); f != nil && f.Kind() == protoreflect.BytesKind {
+		return len(m.Get(f).Bytes())
+	}
+	return proto.Size(r)
 }
 
 // OpCounts counts etcd operations as etcd's mvcc metrics do

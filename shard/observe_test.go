@@ -1,9 +1,15 @@
 package shard
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cairn-kv/cairn/proto/shardpb"
 )
 
 // TestTxnCounts: a txn counts its compares as ranges and the operations of
@@ -40,5 +46,59 @@ func TestTxnCounts(t *testing.T) {
 		if got := txnCounts(tc.req, tc.resp); got != tc.want {
 			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestTimingDescribes: a slow request is described as etcd's slow-apply
+// line describes it: values as their sizes only, the response's size, the
+// refusal as the error, and etcd's prefix for reads.
+func TestTimingDescribes(t *testing.T) {
+	enc := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	put := &shardpb.Request{Op: &shardpb.Request_Put{Put: enc(&pb.PutRequest{Key: []byte("a"), Value: []byte("secret")})}}
+	putResp := &shardpb.Response{Result: &shardpb.Response_Put{Put: enc(&pb.PutResponse{Header: &pb.ResponseHeader{Revision: 7}})}}
+	txn := &shardpb.Request{Op: &shardpb.Request_Txn{Txn: enc(&pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{
+		RequestPut: &pb.PutRequest{Key: []byte("b"), Value: []byte("hidden!")}}}}})}}
+	grant := &shardpb.Request{Op: &shardpb.Request_LeaseGrant{LeaseGrant: enc(&pb.LeaseGrantRequest{ID: 0x1f, TTL: 5})}}
+	refused := &shardpb.Response{Result: &shardpb.Response_Error{Error: &shardpb.Error{Message: "mvcc: required revision has been compacted"}}}
+	hold := &shardpb.Request{Op: &shardpb.Request_TransferHold{TransferHold: &shardpb.TransferHold{Target: 2}}}
+	rangeReq := &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("c")}
+	rangeRes := &pb.RangeResponse{Kvs: []*mvccpb.KeyValue{{Key: []byte("a")}, {Key: []byte("b")}}}
+	for _, tc := range []struct {
+		name                       string
+		t                          Timing
+		prefix, req, resp, errText string
+	}{
+		{"put", Timing{applied: put, response: putResp}, "", `put:<key:"a" value_size:6 >`, "size:4", ""},
+		{"txn", Timing{applied: txn, response: refused}, "", `value_size:7`, "", "mvcc: required revision has been compacted"},
+		{"lease grant", Timing{applied: grant}, "", "lease_grant:<ttl:5-second id:000000000000001f>", "", ""},
+		{"cairn's own", Timing{applied: hold, response: &shardpb.Response{Result: &shardpb.Response_TransferHold{TransferHold: true}}},
+			"", "transfer_hold:<>", "size:2", ""},
+		{"read", Timing{rangeReq: rangeReq, rangeRes: rangeRes}, "read-only range ", `key:"a" range_end:"c"`,
+			fmt.Sprintf("range_response_count:2 size:%d", proto.Size(rangeRes)), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.t.Prefix(); got != tc.prefix {
+				t.Errorf("prefix %q, want %q", got, tc.prefix)
+			}
+			if got := tc.t.Request(); !strings.Contains(got, tc.req) || strings.Contains(got, "secret") || strings.Contains(got, "hidden") {
+				t.Errorf("request %q, want it to hold %q and no value", got, tc.req)
+			}
+			if got := tc.t.Response(); got != tc.resp {
+				t.Errorf("response %q, want %q", got, tc.resp)
+			}
+			var errText string
+			if err := tc.t.Err(); err != nil {
+				errText = err.Error()
+			}
+			if errText != tc.errText {
+				t.Errorf("error %q, want %q", errText, tc.errText)
+			}
+		})
 	}
 }

@@ -218,7 +218,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	var events []*mvccpb.Event
 	closedBefore := mvcc.Revision(s.closedRev.Load())
 	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, auth: &s.auth, closed: closedBefore, fence: s.fence.Load(),
-		sharded: s.cfg.Sharded, counting: s.cfg.Sharded && wholeSpan(store.Span()), whole: wholeSpan(store.Span())}
+		obs: s.cfg.Observer, sharded: s.cfg.Sharded, counting: s.cfg.Sharded && wholeSpan(store.Span()), whole: wholeSpan(store.Span())}
 	for i := range entries {
 		a.index = entries[i].Index
 		res, err := a.command(entries[i].Cmd)
@@ -305,6 +305,8 @@ type applier struct {
 	splits []appliedSplit
 	// counts are the etcd operations applied in this batch (Observer).
 	counts OpCounts
+	// obs is Config.Observer: it hears each request's time.
+	obs Observer
 	// sharded is Config.Sharded; counting is true while the range of
 	// sharded mode spans the whole key space (it then numbers revisions
 	// itself and its closed revision follows them); a split ends it.
@@ -375,6 +377,10 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 		a.b.SetMeta(fenceKey, v[:])
 	}
 	for i, r := range c.Requests {
+		var start time.Time
+		if a.obs != nil {
+			start = time.Now()
+		}
 		resp, err := a.request(r)
 		if err == nil {
 			err = a.track()
@@ -387,6 +393,9 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 			resp = errResponse(e)
 		}
 		res.Responses[i] = resp
+		if a.obs != nil {
+			a.obs.Took(Timing{Took: time.Since(start), applied: r, response: resp})
+		}
 		if err == nil && a.stamp > a.b.Rev() {
 			// A stamped request that wrote nothing (a txn whose compare
 			// failed, a delete of nothing) reported its stamp: no stamp at
@@ -614,16 +623,24 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 	)
 	switch q := query.(type) {
 	case RangeQuery:
-		resp, err = s.store.RangeAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
+		start := time.Now()
+		var rr *pb.RangeResponse
+		rr, err = s.store.RangeAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
+		resp = rr
 		if obs := s.cfg.Observer; obs != nil {
 			obs.Read(OpCounts{Ranges: 1})
+			obs.Took(Timing{Took: time.Since(start), rangeReq: q.Req, rangeRes: rr, err: err})
 		}
 	case TxnQuery:
+		start := time.Now()
 		var tr *pb.TxnResponse
 		tr, err = s.store.ReadTxnAt(q.Req, max(q.Floor, mvcc.Revision(s.closedRev.Load())))
 		resp = tr
-		if obs := s.cfg.Observer; obs != nil && err == nil {
-			obs.Read(txnCounts(q.Req, tr))
+		if obs := s.cfg.Observer; obs != nil {
+			if err == nil {
+				obs.Read(txnCounts(q.Req, tr))
+			}
+			obs.Took(Timing{Took: time.Since(start), txnReq: q.Req, txnRes: tr, err: err})
 		}
 	case StatusQuery:
 		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),

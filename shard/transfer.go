@@ -129,8 +129,12 @@ func (t *transfer) run(ctx context.Context) error {
 const maxUnreadyHolds = 4
 
 // logDone reports a finished transfer; one that took more than one attempt
-// cost an election timeout of refused proposals, and warns.
+// cost an election timeout of refused proposals, and warns. One that made
+// an attempt is counted (Observer.LeaderTransferred).
 func (t *transfer) logDone(attempts int, start time.Time) {
+	if obs := t.r.replica.obs; obs != nil && attempts > 0 {
+		obs.LeaderTransferred()
+	}
 	log := t.cfg.Log.Info
 	if attempts > 1 {
 		log = t.cfg.Log.Warn

@@ -130,6 +130,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.hostWhitelist, "host-whitelist", "", "comma-separated Host header values plain-HTTP client requests may carry, others get 421 (against DNS rebinding); empty or * allows any (default *)")
 	fs.UintVar(&r.maxConcurrentStreams, "max-concurrent-streams", 0, "most concurrent streams on one client connection (default unbounded)")
 	fs.DurationVar(&r.cfg.WarningUnaryRequestDuration, "warning-unary-request-duration", 0, "unary client requests taking longer are logged at warn as \"request stats\" (default 300ms)")
+	fs.DurationVar(&r.cfg.WarningApplyDuration, "warning-apply-duration", 0, "applying a request (or reading it from the store) taking longer is logged at warn as \"apply request took too long\" (default 100ms)")
 	fs.BoolVar(&r.cfg.SocketReusePort, "socket-reuse-port", false, "set SO_REUSEPORT on the client and peer listeners")
 	fs.BoolVar(&r.cfg.SocketReuseAddress, "socket-reuse-address", false, "set SO_REUSEADDR on the client and peer listeners")
 
@@ -166,7 +167,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.logger, "logger", "", "logger to use: zap, etcd's structured logs (default zap)")
 	fs.StringVar(&r.logLevel, "log-level", "", "least severe level logged: debug, info, warn, error (panic, fatal and dpanic log as error) (default info)")
 	fs.StringVar(&r.cfg.MetricsLevel, "metrics", "", "metrics exported at /metrics: basic, or extensive, which adds the gRPC handling-time histograms (default basic)")
-	fs.StringVar(&r.listenMetrics, "listen-metrics-urls", "", "comma-separated http:// URLs serving /metrics and the probes (/health, /livez, /readyz) only, besides the client URLs")
+	fs.StringVar(&r.listenMetrics, "listen-metrics-urls", "", "comma-separated http:// or https:// (with the client TLS settings) URLs serving /metrics and the probes (/health, /livez, /readyz) only, besides the client URLs")
 	fs.StringVar(&r.logFormat, "log-format", "", "json (one JSON object a line, etcd's keys) or console (zap's tab-separated text) (default json)")
 	fs.StringVar(&r.logOutputs, "log-outputs", "", "comma-separated log targets: default (stderr), stderr, stdout or file paths, appended to; default may not be combined with others (default default)")
 	fs.BoolVar(&r.logRotate, "enable-log-rotation", false, "rotate the one file among --log-outputs, as --log-rotation-config-json says")
@@ -493,7 +494,6 @@ var ignoredFlags = []struct {
 	{"tracing is not implemented", true, []string{"enable-distributed-tracing"}},
 	{"cairn runs no such periodic check", false, []string{
 		"corrupt-check-time", "compact-hash-check-time", "downgrade-check-time"}},
-	{"applies are not timed yet", false, []string{"warning-apply-duration"}},
 	{"etcd's feature gates and v2 store do not apply to cairn", false, []string{"feature-gates", "v2-deprecation"}},
 	// etcd accepts these (as value-less flags) and ignores them itself.
 	{"etcd ignores it as well", true, []string{

@@ -141,6 +141,7 @@ var effective = []struct {
 	{"max-concurrent-streams", "100", func(c *node.Config) { c.MaxConcurrentStreams = 100 }},
 	{"max-learners", "3", func(c *node.Config) { c.MaxLearners = 3 }},
 	{"warning-unary-request-duration", "1s", func(c *node.Config) { c.WarningUnaryRequestDuration = time.Second }},
+	{"warning-apply-duration", "250ms", func(c *node.Config) { c.WarningApplyDuration = 250 * time.Millisecond }},
 }
 
 // TestBooleanAndZeroFlags: the flags whose etcd default is on, or whose

@@ -61,6 +61,12 @@
 //     get/watch --prefix over four ranges; TestShardedEtcdctlCluster runs
 //     TestEtcdctlCluster's commands against a three-member sharded Cairn.
 //
+//   - TestGatewayWatchSharded and TestGatewayObserve compare streams over
+//     the JSON gateway (watch across four ranges, Election's Observe) with
+//     etcd's; TestHashKVUnchangedByDefrag checks that each member's HashKV
+//     (`endpoint hashkv --cluster`) is unchanged by `defrag --cluster` on
+//     three-member etcd, Cairn and sharded Cairn.
+//
 //   - TestRevisionPromise: the header revisions DESIGN.md "Reads" promises,
 //     in the scenarios Kubernetes' storage tests exercise (issue 20): a read
 //     in one range after a write in another, repeated reads with no write

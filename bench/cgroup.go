@@ -61,6 +61,37 @@ func cpuCapSkipReason(root string, euid, pid int) string {
 	return ""
 }
 
+// removeStaleCPUCaps removes the groups a harness killed with -9 left under
+// root: cairn-bench-<pid> of a pid that no longer runs (its members died
+// with it, so the groups are empty). It returns the groups it removed.
+func removeStaleCPUCaps(root string) []string {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return nil
+	}
+	var removed []string
+	for _, e := range ents {
+		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), "cairn-bench-"))
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), "cairn-bench-") || err != nil {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue // its harness still runs
+		}
+		dir := filepath.Join(root, e.Name())
+		subs, _ := os.ReadDir(dir)
+		for _, m := range subs {
+			if m.IsDir() {
+				_ = os.Remove(filepath.Join(dir, m.Name()))
+			}
+		}
+		if os.Remove(dir) == nil {
+			removed = append(removed, dir)
+		}
+	}
+	return removed
+}
+
 // newCPUCap makes root/cairn-bench-<pid>, under which add puts one group per
 // member capped at share of a CPU.
 func newCPUCap(root string, share float64, pid int) (*cpuCap, error) {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -106,5 +108,26 @@ func TestThrottledFraction(t *testing.T) {
 	}
 	if v := throttledFraction("nr_periods 0\nnr_throttled 0\n"); v == v {
 		t.Errorf("no periods: %v, want NaN", v)
+	}
+}
+
+// TestRemoveStaleCPUCaps: the groups of a harness that no longer runs go,
+// those of a running one (this test's) stay.
+func TestRemoveStaleCPUCaps(t *testing.T) {
+	root := t.TempDir()
+	stale := filepath.Join(root, "cairn-bench-2147483646")
+	live := filepath.Join(root, fmt.Sprintf("cairn-bench-%d", os.Getpid()))
+	for _, d := range []string{filepath.Join(stale, "m1"), filepath.Join(stale, "m2"), filepath.Join(live, "m1"), filepath.Join(root, "other")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := removeStaleCPUCaps(root); !slices.Equal(got, []string{stale}) {
+		t.Errorf("removed %v, want %v", got, []string{stale})
+	}
+	for d, want := range map[string]bool{stale: false, filepath.Join(live, "m1"): true, filepath.Join(root, "other"): true} {
+		if _, err := os.Stat(d); (err == nil) != want {
+			t.Errorf("%s exists: %v, want %v", d, err == nil, want)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"gonum.org/v1/plot"
@@ -183,10 +184,18 @@ func writeCharts(dir string, r *results) ([]string, error) {
 // number of members, for sharded and single-group mode; "" if nothing ran.
 func scaleOutChart(dir string, r *results, sc scenario) (string, error) {
 	p := plot.New()
-	p.Title.Text = "Scale-out: members capped at a CPU share (median over rounds)"
+	p.Title.Text = "Scale-out, members capped at a CPU share"
 	p.X.Label.Text = "members"
 	p.Y.Label.Text = "requests/s"
 	rows := scaleOutRows(r, sc.name)
+	var ticks []plot.Tick
+	for _, s := range rows {
+		_, n, _ := scaleOutSystem(s)
+		if !slices.ContainsFunc(ticks, func(t plot.Tick) bool { return t.Value == float64(n) }) {
+			ticks = append(ticks, plot.Tick{Value: float64(n), Label: strconv.Itoa(n)})
+		}
+	}
+	p.X.Tick.Marker = plot.ConstantTicks(ticks)
 	lines := 0
 	for _, l := range []struct {
 		sharded, rng bool
@@ -224,6 +233,7 @@ func scaleOutChart(dir string, r *results, sc scenario) (string, error) {
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.X.Min, p.Y.Min = 0, 0
+	p.X.Max++
 	p.Y.Max *= 1.3 // room for the legend
 	if err := p.Save(16*vg.Centimeter, 9*vg.Centimeter, filepath.Join(dir, "scale-out.png")); err != nil {
 		return "", err

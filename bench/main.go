@@ -217,6 +217,11 @@ func harness(args []string) error {
 	capSkip := "" // why the scale-out scenario cannot cap its members
 	if slices.ContainsFunc(scs, func(sc scenario) bool { return sc.scaleOut }) {
 		capSkip = cpuCapSkipReason(cgroupCPURoot, os.Geteuid(), os.Getpid())
+		if capSkip == "" {
+			for _, g := range removeStaleCPUCaps(cgroupCPURoot) {
+				progress("removed the cgroup %s left by a harness that is gone", g)
+			}
+		}
 		res.cpuCap = describeCPUCap(cgroupCPURoot, cfg.cpuShare)
 		if capSkip != "" {
 			res.cpuCap = "not set: " + capSkip

@@ -421,7 +421,7 @@ func writeScaleOut(p func(format string, a ...any), r *results) {
 			fmtRate(median(r.scaleOutFigure(sc.name, s, false, 0))), fmtMs(median(r.scaleOutFigure(sc.name, s, false, 99))),
 			fmtRate(median(r.scaleOutFigure(sc.name, s, true, 0))), fmtMs(median(r.scaleOutFigure(sc.name, s, true, 99))))
 	}
-	p("\n| mode | put 6/3 | put 9/3 | range 6/3 | range 9/3 | target (put 6/3) |\n|---|---:|---:|---:|---:|---|\n")
+	var ratios []string
 	for _, sharded := range []bool{true, false} {
 		base := scaleOutName(sharded, 3)
 		if !has(r, sc.name, base) {
@@ -447,8 +447,11 @@ func writeScaleOut(p func(format string, a ...any), r *results) {
 		if t.max > 0 {
 			bound = fmt.Sprintf("≤ %.1f×", t.max)
 		}
-		p("| %s | %s | %s | %s | %s | %s: %s |\n", mode, fmtRatio(ratio(6, false)), fmtRatio(ratio(9, false)),
-			fmtRatio(ratio(6, true)), fmtRatio(ratio(9, true)), bound, cell)
+		ratios = append(ratios, fmt.Sprintf("| %s | %s | %s | %s | %s | %s: %s |\n", mode, fmtRatio(ratio(6, false)), fmtRatio(ratio(9, false)),
+			fmtRatio(ratio(6, true)), fmtRatio(ratio(9, true)), bound, cell))
+	}
+	if len(ratios) > 0 {
+		p("\n| mode | put 6/3 | put 9/3 | range 6/3 | range 9/3 | target (put 6/3) |\n|---|---:|---:|---:|---:|---|\n%s", strings.Join(ratios, ""))
 	}
 	p("\nPer member after the put step, MiB, medians over rounds: bytes on disk (du of its data directory; preallocated log space included), the files' apparent size (du --apparent-size), and peak RSS (VmHWM); then the share of CPU periods in which the cap held the member back (cpu.stat nr_throttled/nr_periods, over the whole run).\n\n")
 	p("| system | disk per member | disk total | apparent per member | apparent total | peak RSS per member | throttled periods |\n|---|---|---:|---|---:|---|---|\n")
@@ -456,6 +459,9 @@ func writeScaleOut(p func(format string, a ...any), r *results) {
 		disk := medianMember(r, sc.name, s, func(x *scaleOutRun) []int64 { return x.disk })
 		apparent := medianMember(r, sc.name, s, func(x *scaleOutRun) []int64 { return x.apparent })
 		rss := medianMember(r, sc.name, s, func(x *scaleOutRun) []int64 { return x.rss })
+		if len(disk) == 0 {
+			continue // every round failed
+		}
 		var throttle []string
 		for _, v := range medianThrottle(r, sc.name, s) {
 			throttle = append(throttle, fmtPct(v))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"gonum.org/v1/plot"
@@ -21,7 +22,7 @@ func writeCharts(dir string, r *results) ([]string, error) {
 	// Throughput.
 	var scs []scenario
 	for _, sc := range r.scenarios {
-		if !sc.latencyBound && sc.memoryKeys == 0 && len(r.runs[sc.name]) > 0 {
+		if !sc.latencyBound && sc.memoryKeys == 0 && !sc.scaleOut && len(r.runs[sc.name]) > 0 {
 			scs = append(scs, sc)
 		}
 	}
@@ -67,7 +68,7 @@ func writeCharts(dir string, r *results) ([]string, error) {
 
 	// Latency percentiles.
 	for _, sc := range r.scenarios {
-		if len(r.runs[sc.name]) == 0 {
+		if len(r.runs[sc.name]) == 0 || sc.scaleOut {
 			continue
 		}
 		p := plot.New()
@@ -162,7 +163,82 @@ func writeCharts(dir string, r *results) ([]string, error) {
 			names = append(names, "memory.png")
 		}
 	}
+
+	// Scale-out: throughput against members, a line per mode and step.
+	for _, sc := range r.scenarios {
+		if !sc.scaleOut || len(r.runs[sc.name]) == 0 {
+			continue
+		}
+		name, err := scaleOutChart(dir, r, sc)
+		if err != nil {
+			return nil, err
+		}
+		if name != "" {
+			names = append(names, name)
+		}
+	}
 	return names, nil
+}
+
+// scaleOutChart draws scale-out.png: put and range throughput against the
+// number of members, for sharded and single-group mode; "" if nothing ran.
+func scaleOutChart(dir string, r *results, sc scenario) (string, error) {
+	p := plot.New()
+	p.Title.Text = "Scale-out, members capped at a CPU share"
+	p.X.Label.Text = "members"
+	p.Y.Label.Text = "requests/s"
+	rows := scaleOutRows(r, sc.name)
+	var ticks []plot.Tick
+	for _, s := range rows {
+		_, n, _ := scaleOutSystem(s)
+		if !slices.ContainsFunc(ticks, func(t plot.Tick) bool { return t.Value == float64(n) }) {
+			ticks = append(ticks, plot.Tick{Value: float64(n), Label: strconv.Itoa(n)})
+		}
+	}
+	p.X.Tick.Marker = plot.ConstantTicks(ticks)
+	lines := 0
+	for _, l := range []struct {
+		sharded, rng bool
+		label        string
+	}{{true, false, "sharded put"}, {true, true, "sharded range"}, {false, false, "single-group put"}, {false, true, "single-group range"}} {
+		var xys plotter.XYs
+		for _, s := range rows {
+			sharded, n, _ := scaleOutSystem(s)
+			if sharded != l.sharded {
+				continue
+			}
+			if v := median(r.scaleOutFigure(sc.name, s, l.rng, 0)); !math.IsNaN(v) {
+				xys = append(xys, plotter.XY{X: float64(n), Y: v})
+			}
+		}
+		if len(xys) == 0 {
+			continue
+		}
+		line, pts, err := plotter.NewLinePoints(xys)
+		if err != nil {
+			return "", err
+		}
+		line.Color, pts.Color = plotutil.Color(lines), plotutil.Color(lines)
+		pts.Shape = plotutil.Shape(lines)
+		if l.rng {
+			line.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		}
+		p.Add(line, pts)
+		p.Legend.Add(l.label, line, pts)
+		lines++
+	}
+	if lines == 0 {
+		return "", nil
+	}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.X.Min, p.Y.Min = 0, 0
+	p.X.Max++
+	p.Y.Max *= 1.3 // room for the legend
+	if err := p.Save(16*vg.Centimeter, 9*vg.Centimeter, filepath.Join(dir, "scale-out.png")); err != nil {
+		return "", err
+	}
+	return "scale-out.png", nil
 }
 
 // ticks125 marks 1, 2 and 5 times each power of ten: plot.LogTicks labels

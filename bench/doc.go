@@ -6,6 +6,8 @@
 //	cd bench && go run . -tmpfs     # data directories on /dev/shm instead of $TMPDIR
 //	cd bench && go run . watch-scale  # 1,000 streams × 100 watchers: events/s, heap per
 //	                                  # stream and watcher, latency at 1,000 puts/s (watchscale.go)
+//	cd bench && go run . -systems cairn-3,cairn-6,cairn-9,cairn-sharded-3,cairn-sharded-6,cairn-sharded-9 \
+//	    -scenarios scale-out          # issue 21: members capped at 0.15 of a core (scaleout.go)
 //
 // # Model
 //
@@ -38,6 +40,29 @@
 // A scenario that needs a service a system does not offer (Lease, Watch) is
 // skipped for that system; support is probed at run time, not declared, so a
 // scenario starts counting the day the service lands.
+//
+// # Scale-out (scaleout.go, cgroup.go)
+//
+// The scale-out scenario runs only when -scenarios names it, on the systems
+// cairn-{3,6,9} (single-group) and cairn-sharded-{3,6,9} (sharded,
+// --range-replicas 3 --placement-replicas 3, 4 ranges per member split
+// where the benchmark's keys fall; -range-replicas 0 leaves the first flag
+// out, for a cairn without it). Each member process is capped at -cpu-share
+// (default 0.15) of one CPU through the cgroup v1 cpu controller at
+// /sys/fs/cgroup/cpu: a group cairn-bench-<harness pid>/m<i> per member with
+// cpu.cfs_period_us=100000 and cpu.cfs_quota_us=share×100000, the member's
+// pid written to cgroup.procs right after exec, the groups removed when the
+// members have exited (also on error and on interrupt; groups left by a
+// harness killed with -9 are removed at the next start). The client is not
+// capped. Not root, no v1 cpu controller or a read-only one: the scenario is
+// skipped and the report says why. Per system it runs the put scenario's
+// `benchmark put`, records each member's du and peak RSS, then 36
+// `benchmark range` processes at once, one key each spread over the key
+// space (etcd's tool reads a single key per process). The report's
+// scale-out section gives throughput per size, the ratios 6/3 and 9/3 per
+// mode against issue 21's targets (sharded put ≥ 1.8×, single-group ≤ 1.0×),
+// the footprint per member and how often the cap throttled each member;
+// scale-out.png charts throughput against members.
 //
 // # Extension points
 //

@@ -58,6 +58,12 @@ type config struct {
 	systems   []string
 	scenarios []string
 	keep      bool
+	// cpuShare caps each member of the scale-out scenario at this share of
+	// one CPU.
+	cpuShare float64
+	// rangeReplicas is --range-replicas of the scale-out sharded systems, 0
+	// to leave the flag out (a cairn without it).
+	rangeReplicas int
 }
 
 func parseFlags(args []string) (config, error) {
@@ -72,6 +78,8 @@ func parseFlags(args []string) (config, error) {
 	sys := fs.String("systems", "etcd,cairn,ceiling,etcd-3,cairn-3,cairn-sharded,cairn-sharded-3", "systems to run, in this order")
 	scs := fs.String("scenarios", "", "scenarios to run (default: all)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the servers' data directories and logs")
+	fs.Float64Var(&c.cpuShare, "cpu-share", 0.15, "scale-out: the share of one CPU each member process is capped at (cgroup v1 cpu controller)")
+	fs.IntVar(&c.rangeReplicas, "range-replicas", scaleOutRangeReplicas, "scale-out: --range-replicas of the sharded systems; 0 leaves the flag out, every member then holding every range (for a cairn without it)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -83,6 +91,12 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.rounds < 1 {
 		return c, errors.New("bench: -rounds must be at least 1")
+	}
+	if !(c.cpuShare > 0 && c.cpuShare <= 1) {
+		return c, errors.New("bench: -cpu-share must be in (0, 1]")
+	}
+	if c.rangeReplicas < 0 {
+		return c, errors.New("bench: -range-replicas must not be negative")
 	}
 	for _, f := range splitList(*memory) {
 		n, err := parseCount(f)
@@ -178,7 +192,7 @@ func harness(args []string) error {
 	if err != nil {
 		return err
 	}
-	env := &environment{self: self, cairn: filepath.Join(work, "bin", "cairn")}
+	env := &environment{self: self, cairn: filepath.Join(work, "bin", "cairn"), rangeReplicas: cfg.rangeReplicas}
 	benchBin := filepath.Join(work, "bin", "benchmark")
 	progress("building etcd's benchmark tool (bench/etcdbenchmark) and cairn (cmd/cairn)")
 	if err := goBuild(ctx, filepath.Join(root, "bench", "etcdbenchmark"), benchBin, "go.etcd.io/etcd/v3/tools/benchmark"); err != nil {
@@ -199,6 +213,21 @@ func harness(args []string) error {
 	res.machine = describeMachine(work)
 	res.client = "etcd's `benchmark` tool, go.etcd.io/etcd/v3 " + moduleVersion(filepath.Join(root, "bench", "etcdbenchmark", "go.mod"), "go.etcd.io/etcd/v3") + " (newest tag of that module on the Go proxy), built by the harness from bench/etcdbenchmark"
 	res.systems, res.scenarios = syss, scs
+	res.rangeReplicas = cfg.rangeReplicas
+	capSkip := "" // why the scale-out scenario cannot cap its members
+	if slices.ContainsFunc(scs, func(sc scenario) bool { return sc.scaleOut }) {
+		capSkip = cpuCapSkipReason(cgroupCPURoot, os.Geteuid(), os.Getpid())
+		if capSkip == "" {
+			for _, g := range removeStaleCPUCaps(cgroupCPURoot) {
+				progress("removed the cgroup %s left by a harness that is gone", g)
+			}
+		}
+		res.cpuCap = describeCPUCap(cgroupCPURoot, cfg.cpuShare)
+		if capSkip != "" {
+			res.cpuCap = "not set: " + capSkip
+			progress("scale-out: skipped, %s", capSkip)
+		}
+	}
 	progress("data directories under %s on %s", work, res.machine.device)
 
 	// Find out which services each system offers.
@@ -227,7 +256,9 @@ func harness(args []string) error {
 	}
 	for _, sc := range scs {
 		for _, s := range syss {
-			if unsupported[s.name][sc.needs] {
+			if sc.scaleOut && capSkip != "" {
+				res.skip(sc.name, s.name, capSkip)
+			} else if unsupported[s.name][sc.needs] {
 				res.skip(sc.name, s.name, fmt.Sprintf("%s does not offer the %s service (probed at start)", s.name, sc.needs))
 			} else if sc.only != nil && !slices.Contains(sc.only, s.name) {
 				res.skip(sc.name, s.name, fmt.Sprintf("this scenario runs on %s only", strings.Join(sc.only, " and ")))
@@ -237,7 +268,7 @@ func harness(args []string) error {
 		}
 	}
 	skipped := func(sc scenario, s system, round int) bool {
-		if unsupported[s.name][sc.needs] || (sc.only != nil && !slices.Contains(sc.only, s.name)) ||
+		if (sc.scaleOut && capSkip != "") || unsupported[s.name][sc.needs] || (sc.only != nil && !slices.Contains(sc.only, s.name)) ||
 			(s.scenarios != nil && !slices.Contains(s.scenarios, sc.name)) {
 			return true
 		}
@@ -269,7 +300,9 @@ func harness(args []string) error {
 				raw := filepath.Join(out, "raw", fmt.Sprintf("r%d-%s-%s.txt", round, sc.name, s.name))
 				t0 := time.Now()
 				var x run
-				if sc.memoryKeys > 0 {
+				if sc.scaleOut {
+					x = runScaleOut(ctx, env, s, sc, dir, benchBin, raw, cgroupCPURoot, cfg.cpuShare)
+				} else if sc.memoryKeys > 0 {
 					x = runMemory(ctx, env, s, sc, dir, func(done int) {
 						progress("    %s: %s of %s keys loaded", s.name, fmtRate(float64(done)), fmtRate(float64(sc.memoryKeys)))
 					})
@@ -286,6 +319,9 @@ func harness(args []string) error {
 				}
 				progress("[%d/%d] round %d %-20s %-8s %10s req/s  p50 %7s ms  p99 %7s ms  (%s)", done, total, round, sc.name, s.name,
 					fmtRate(x.m.rps), fmtMs(x.m.p(50)), fmtMs(x.m.p(99)), time.Since(t0).Round(100*time.Millisecond))
+				if x.scale != nil {
+					progress("      %s range: %10s req/s  p99 %7s ms", s.name, fmtRate(x.scale.rng.rps), fmtMs(x.scale.rng.p(99)))
+				}
 			}
 		}
 	}
@@ -329,7 +365,13 @@ func selectRun(cfg config, sz sizes) ([]system, []scenario, error) {
 	}
 	all := scenarios(sz)
 	if len(cfg.scenarios) == 0 {
-		return syss, all, nil
+		var scs []scenario
+		for _, sc := range all {
+			if !sc.optIn {
+				scs = append(scs, sc)
+			}
+		}
+		return syss, scs, nil
 	}
 	var scs []scenario
 	for _, name := range cfg.scenarios {

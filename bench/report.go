@@ -16,6 +16,9 @@ type run struct {
 	m   measurement
 	err string // why the run failed; the measurement is then NaN
 	rss int64  // the server's peak RSS (VmHWM) in bytes, 0 if unknown
+	// scale is the rest of a scale-out run (nil for the other scenarios):
+	// m is its put step.
+	scale *scaleOutRun
 }
 
 // results holds every run of a harness invocation, and what the report needs
@@ -34,6 +37,11 @@ type results struct {
 	runs map[string]map[string][]run
 	// skipped[scenario][system] is why the pair was not run.
 	skipped map[string]map[string]string
+	// cpuCap says how the scale-out scenario capped its members, or why it
+	// could not; rangeReplicas is the --range-replicas its sharded systems
+	// got (0: left out).
+	cpuCap        string
+	rangeReplicas int
 }
 
 func newResults() *results {
@@ -109,7 +117,121 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 	}
 	p("- Figures are medians over rounds; a ratio is the median of the per-round ratios. Throughput in requests/s, latency in ms. Took %s.\n\n", r.elapsed.Round(time.Second))
 
-	// The main table.
+	// The main table, the targets of issue 7 and what bounds the missed
+	// ones, unless only scale-out and memory scenarios ran.
+	if slices.ContainsFunc(r.scenarios, func(sc scenario) bool { return !sc.scaleOut && sc.memoryKeys == 0 }) {
+		writeMainTable(p, r)
+	}
+
+	// Scale-out.
+	if slices.ContainsFunc(r.scenarios, func(sc scenario) bool { return sc.scaleOut }) {
+		writeScaleOut(p, r)
+	}
+
+	// Memory.
+	var mem []scenario
+	for _, sc := range r.scenarios {
+		if sc.memoryKeys > 0 {
+			mem = append(mem, sc)
+		}
+	}
+	if len(mem) > 0 {
+		p("## Memory\n\nEach system loads N distinct keys (%d-byte values, %d puts per txn, 32 clients), once; the figure is the server's peak RSS (VmHWM), the load rate is in keys/s.\n\n", memoryValSize, memoryTxnOps)
+		p("| keys | system | peak RSS MiB | load keys/s |\n|---:|---|---:|---:|\n")
+		for _, sc := range mem {
+			for _, s := range r.systems {
+				if !has(r, sc.name, s.name) {
+					continue
+				}
+				p("| %s | %s | %s | %s |\n", fmtRate(float64(sc.memoryKeys)), s.name, fmtNum(medianRSS(r, sc.name, s.name), 0), fmtRate(median(r.rps(sc.name, s.name))))
+			}
+			e, c := medianRSS(r, sc.name, "etcd"), medianRSS(r, sc.name, "cairn")
+			if e > 0 && c > 0 {
+				cell := "–"
+				if sc.memoryKeys == 10_000_000 {
+					cell = "≤ 0.25× etcd: **FAIL**"
+					if c/e <= 0.25 {
+						cell = "≤ 0.25× etcd: **pass**"
+					}
+				}
+				p("| %s | **cairn/etcd** | **%.2f×** | target %s |\n", fmtRate(float64(sc.memoryKeys)), c/e, cell)
+			}
+		}
+		if !slices.ContainsFunc(mem, func(sc scenario) bool { return sc.memoryKeys == 10_000_000 }) {
+			p("\nThe 10M-key target (cairn ≤ 0.25× etcd) needs `go run . -memory 1M,10M` (about 10 more minutes).\n")
+		}
+		p("\n")
+	}
+
+	// Latency percentiles and memory, of the scenarios in the main table.
+	if slices.ContainsFunc(r.scenarios, func(sc scenario) bool { return !sc.scaleOut && sc.memoryKeys == 0 }) {
+		p("## Latency percentiles (ms, median over rounds)\n\n| scenario | system |")
+		qs := []float64{50, 90, 99, 99.9}
+		for _, q := range qs {
+			p(" p%g |", q)
+		}
+		p(" server peak RSS MiB |\n|---|---|")
+		for range qs {
+			p("---:|")
+		}
+		p("---:|\n")
+		for _, sc := range r.scenarios {
+			if sc.memoryKeys > 0 || sc.scaleOut {
+				continue
+			}
+			for _, s := range r.systems {
+				if !has(r, sc.name, s.name) {
+					continue
+				}
+				p("| %s | %s |", sc.name, s.name)
+				for _, q := range qs {
+					p(" %s |", fmtMs(median(r.pct(sc.name, s.name, q))))
+				}
+				var rss []float64
+				for _, x := range r.runs[sc.name][s.name] {
+					if x.rss > 0 {
+						rss = append(rss, float64(x.rss)/(1<<20))
+					}
+				}
+				p(" %s |\n", fmtNum(median(rss), 0))
+			}
+		}
+		p("\n")
+	}
+
+	if len(charts) > 0 {
+		p("## Charts\n\n")
+		for _, c := range charts {
+			p("![%s](%s)\n\n", strings.TrimSuffix(c, ".png"), c)
+		}
+	}
+
+	// Failures and skips, so that no number hides a problem.
+	var notes []string
+	for _, sc := range r.scenarios {
+		for _, s := range r.systems {
+			if why, ok := r.skipped[sc.name][s.name]; ok {
+				notes = append(notes, fmt.Sprintf("- %s on %s: skipped, %s.", sc.name, s.name, why))
+			}
+			for i, x := range r.runs[sc.name][s.name] {
+				if x.err != "" {
+					notes = append(notes, fmt.Sprintf("- %s on %s, round %d: failed: %s", sc.name, s.name, i+1, x.err))
+				} else if x.m.errors > 0 {
+					notes = append(notes, fmt.Sprintf("- %s on %s, round %d: %d request(s) failed, e.g. %q", sc.name, s.name, i+1, x.m.errors, x.m.firstErr))
+				}
+			}
+		}
+	}
+	if len(notes) > 0 {
+		p("## Skipped and failed\n\n%s\n", strings.Join(notes, "\n"))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeMainTable writes the table of the point scenarios (a row each), the
+// targets of issue 7 and what bounds the missed ones.
+func writeMainTable(p func(format string, a ...any), r *results) {
 	p("| scenario |")
 	for _, s := range r.systems {
 		p(" %s req/s | %s p99 ms |", s.name, s.name)
@@ -127,8 +249,8 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 	}
 	p("\n")
 	for _, sc := range r.scenarios {
-		if sc.memoryKeys > 0 {
-			continue // their own table below
+		if sc.memoryKeys > 0 || sc.scaleOut {
+			continue // their own tables
 		}
 		p("| %s |", sc.name)
 		for _, s := range r.systems {
@@ -205,103 +327,6 @@ func writeReport(w io.Writer, r *results, charts []string) error {
 		p("## What bounds the missed targets\n\nFrom CPU profiles of Cairn during the scenarios (`--enable-pprof`), where one was taken (see each entry):\n\n%s\n\n", strings.Join(why, "\n"))
 	}
 
-	// Memory.
-	var mem []scenario
-	for _, sc := range r.scenarios {
-		if sc.memoryKeys > 0 {
-			mem = append(mem, sc)
-		}
-	}
-	if len(mem) > 0 {
-		p("## Memory\n\nEach system loads N distinct keys (%d-byte values, %d puts per txn, 32 clients), once; the figure is the server's peak RSS (VmHWM), the load rate is in keys/s.\n\n", memoryValSize, memoryTxnOps)
-		p("| keys | system | peak RSS MiB | load keys/s |\n|---:|---|---:|---:|\n")
-		for _, sc := range mem {
-			for _, s := range r.systems {
-				if !has(r, sc.name, s.name) {
-					continue
-				}
-				p("| %s | %s | %s | %s |\n", fmtRate(float64(sc.memoryKeys)), s.name, fmtNum(medianRSS(r, sc.name, s.name), 0), fmtRate(median(r.rps(sc.name, s.name))))
-			}
-			e, c := medianRSS(r, sc.name, "etcd"), medianRSS(r, sc.name, "cairn")
-			if e > 0 && c > 0 {
-				cell := "–"
-				if sc.memoryKeys == 10_000_000 {
-					cell = "≤ 0.25× etcd: **FAIL**"
-					if c/e <= 0.25 {
-						cell = "≤ 0.25× etcd: **pass**"
-					}
-				}
-				p("| %s | **cairn/etcd** | **%.2f×** | target %s |\n", fmtRate(float64(sc.memoryKeys)), c/e, cell)
-			}
-		}
-		if !slices.ContainsFunc(mem, func(sc scenario) bool { return sc.memoryKeys == 10_000_000 }) {
-			p("\nThe 10M-key target (cairn ≤ 0.25× etcd) needs `go run . -memory 1M,10M` (about 10 more minutes).\n")
-		}
-		p("\n")
-	}
-
-	// Latency percentiles and memory.
-	p("## Latency percentiles (ms, median over rounds)\n\n| scenario | system |")
-	qs := []float64{50, 90, 99, 99.9}
-	for _, q := range qs {
-		p(" p%g |", q)
-	}
-	p(" server peak RSS MiB |\n|---|---|")
-	for range qs {
-		p("---:|")
-	}
-	p("---:|\n")
-	for _, sc := range r.scenarios {
-		if sc.memoryKeys > 0 {
-			continue
-		}
-		for _, s := range r.systems {
-			if !has(r, sc.name, s.name) {
-				continue
-			}
-			p("| %s | %s |", sc.name, s.name)
-			for _, q := range qs {
-				p(" %s |", fmtMs(median(r.pct(sc.name, s.name, q))))
-			}
-			var rss []float64
-			for _, x := range r.runs[sc.name][s.name] {
-				if x.rss > 0 {
-					rss = append(rss, float64(x.rss)/(1<<20))
-				}
-			}
-			p(" %s |\n", fmtNum(median(rss), 0))
-		}
-	}
-	p("\n")
-
-	if len(charts) > 0 {
-		p("## Charts\n\n")
-		for _, c := range charts {
-			p("![%s](%s)\n\n", strings.TrimSuffix(c, ".png"), c)
-		}
-	}
-
-	// Failures and skips, so that no number hides a problem.
-	var notes []string
-	for _, sc := range r.scenarios {
-		for _, s := range r.systems {
-			if why, ok := r.skipped[sc.name][s.name]; ok {
-				notes = append(notes, fmt.Sprintf("- %s on %s: skipped, %s.", sc.name, s.name, why))
-			}
-			for i, x := range r.runs[sc.name][s.name] {
-				if x.err != "" {
-					notes = append(notes, fmt.Sprintf("- %s on %s, round %d: failed: %s", sc.name, s.name, i+1, x.err))
-				} else if x.m.errors > 0 {
-					notes = append(notes, fmt.Sprintf("- %s on %s, round %d: %d request(s) failed, e.g. %q", sc.name, s.name, i+1, x.m.errors, x.m.firstErr))
-				}
-			}
-		}
-	}
-	if len(notes) > 0 {
-		p("## Skipped and failed\n\n%s\n", strings.Join(notes, "\n"))
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }
 
 // medianRSS is the median peak RSS of sys's runs of sc in MiB, 0 if none.

@@ -26,6 +26,8 @@ type sizes struct {
 	watchRate      int   // puts per second in watch-latency
 	valSize        int   // value size of writes
 	memoryKeys     []int // key counts of the memory scenarios
+	scaleOutPuts   int   // put requests of the scale-out scenario
+	scaleOutRanges int   // range requests of the scale-out scenario, over all its readers
 }
 
 var defaultSizes = sizes{
@@ -39,6 +41,8 @@ var defaultSizes = sizes{
 	// Cairn about 7 minutes on the reference machine, past the default
 	// run's 15-minute budget.
 	memoryKeys: []int{1_000_000},
+	// Members capped at 0.15 of a core do a few hundred puts/s each.
+	scaleOutPuts: 20000, scaleOutRanges: 36000,
 }
 
 var smokeSizes = sizes{
@@ -47,8 +51,9 @@ var smokeSizes = sizes{
 	bigRangeKeys: 10000, bigRangeTotal: 10,
 	leaseTotal: 300,
 	watchPuts:  50, watchRate: 100,
-	valSize:    256,
-	memoryKeys: []int{20_000},
+	valSize:      256,
+	memoryKeys:   []int{20_000},
+	scaleOutPuts: 300, scaleOutRanges: 360,
 }
 
 // capability is a service a scenario needs beyond KV.
@@ -84,6 +89,15 @@ type scenario struct {
 	// round 1) and on the systems in only.
 	memoryKeys int
 	only       []string
+	// scaleOut makes this the scale-out scenario (scaleout.go): members
+	// capped at a CPU share, args is the put step, then scaleOutReaders
+	// range processes run rangeTotal requests between them; it reports
+	// its own section.
+	scaleOut   bool
+	rangeTotal int
+	// optIn leaves the scenario out of the default run: it runs only when
+	// -scenarios names it.
+	optIn bool
 }
 
 const (
@@ -136,6 +150,14 @@ func scenarios(sz sizes) []scenario {
 			name: "watch-latency", needs: capWatch, clients: 1, conns: 1, latencyBound: true,
 			args:    []string{"watch-latency", "--put-total", n(sz.watchPuts), "--put-rate", n(sz.watchRate), "--streams", "10", "--watchers-per-stream", "10"},
 			section: "Watch events summary:",
+		},
+		{
+			// The same put as the put scenario, on members capped at a CPU
+			// share; then reads spread over the key space.
+			name: "scale-out", needs: capKV, clients: sz.clients, conns: sz.conns, scaleOut: true, optIn: true,
+			args:       []string{"put", "--total", n(sz.scaleOutPuts), "--key-size", "8", "--val-size", val, "--key-space-size", "100000"},
+			rangeTotal: sz.scaleOutRanges,
+			only:       scaleOutSystems,
 		},
 	}, memory...)
 }

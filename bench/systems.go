@@ -31,6 +31,10 @@ type system struct {
 	// scenarios limits the system to these scenarios (nil: every one), to
 	// keep the default run short.
 	scenarios []string
+	// scaleOutCommand, if set, replaces command in the scale-out scenario
+	// (scaleout.go): cairn-sharded-3 runs 8 ranges on every member in put,
+	// and 3 replicas per range, 4 ranges per member there.
+	scaleOutCommand func(env *environment, m memberSpec) []string
 }
 
 // shardedSplits cut the key space into 8 ranges for the sharded systems.
@@ -48,10 +52,15 @@ type memberSpec struct {
 	initialCluster     string // name=peerURL,… of every member
 }
 
-// environment is what systems need from the harness: where the binaries are.
+// environment is what systems need from the harness: where the binaries are,
+// and the knobs of the scale-out systems.
 type environment struct {
 	self  string // this binary, for the serve-* subcommands
 	cairn string // the cairn binary built for this run
+	// rangeReplicas is the --range-replicas of the scale-out sharded
+	// systems; 0 leaves the flag out (every member then holds every range),
+	// for a cairn that lacks it.
+	rangeReplicas int
 }
 
 func systems() []system {
@@ -70,6 +79,20 @@ func systems() []system {
 	sharded := func(env *environment, m memberSpec) []string {
 		return append(cairn(env, m), "--single-group=false", "--initial-split-keys", shardedSplits)
 	}
+	// scaleOut is sharded mode as the scale-out scenario runs it on n
+	// members: 3 replicas per range, 3 placement voters, 4n ranges split
+	// where the benchmark's keys fall.
+	scaleOut := func(n int) func(env *environment, m memberSpec) []string {
+		return func(env *environment, m memberSpec) []string {
+			argv := append(cairn(env, m), "--single-group=false", "--placement-replicas", "3",
+				"--initial-split-keys", scaleOutSplits(scaleOutRangesPerMember*n))
+			if env.rangeReplicas > 0 {
+				argv = append(argv, "--range-replicas", strconv.Itoa(env.rangeReplicas))
+			}
+			return argv
+		}
+	}
+	scaleOutOnly := []string{"scale-out"}
 	return []system{
 		{name: "etcd", label: "etcd 3.7.3 (embed, own process)", nodes: 1, command: etcd},
 		{name: "cairn", label: "Cairn single-group (cmd/cairn binary)", nodes: 1, command: singleGroup},
@@ -83,8 +106,13 @@ func systems() []system {
 		{name: "cairn-3", label: "Cairn single-group, 3 members (a process each)", nodes: 3, command: singleGroup},
 		{name: "cairn-sharded", label: "Cairn sharded, 8 ranges (cmd/cairn binary)", nodes: 1, command: sharded,
 			scenarios: []string{"put", "range-linearizable"}},
-		{name: "cairn-sharded-3", label: "Cairn sharded, 8 ranges, 3 members (a process each)", nodes: 3, command: sharded,
-			scenarios: []string{"put"}},
+		{name: "cairn-sharded-3", label: "Cairn sharded, 8 ranges, 3 members (a process each; scale-out: 12 ranges, 3 replicas each)", nodes: 3, command: sharded,
+			scenarios: []string{"put", "scale-out"}, scaleOutCommand: scaleOut(3)},
+		// The scale-out scenario's larger clusters (scaleout.go).
+		{name: "cairn-6", label: "Cairn single-group, 6 members (a process each)", nodes: 6, command: singleGroup, scenarios: scaleOutOnly},
+		{name: "cairn-9", label: "Cairn single-group, 9 members (a process each)", nodes: 9, command: singleGroup, scenarios: scaleOutOnly},
+		{name: "cairn-sharded-6", label: "Cairn sharded, 24 ranges, 3 replicas each, 6 members (a process each)", nodes: 6, command: scaleOut(6), scenarios: scaleOutOnly},
+		{name: "cairn-sharded-9", label: "Cairn sharded, 36 ranges, 3 replicas each, 9 members (a process each)", nodes: 9, command: scaleOut(9), scenarios: scaleOutOnly},
 	}
 }
 
@@ -95,6 +123,7 @@ type instance struct {
 	procs     []*exec.Cmd
 	exited    []chan struct{}
 	logs      []string // paths of the members' stderr
+	dirs      []string // the members' data directories
 }
 
 // startSystem starts every member of sys with data under dir and waits until the
@@ -104,6 +133,13 @@ type instance struct {
 // another process can take one in between; a start that fails that way is
 // tried again on fresh ports (in a fresh directory).
 func startSystem(ctx context.Context, env *environment, sys system, dir string) (*instance, error) {
+	return startSystemCapped(ctx, env, sys, dir, nil)
+}
+
+// startSystemCapped is startSystem with each member moved into its own group
+// of cpu (nil: not capped) right after exec; a retried start on fresh ports
+// reuses the groups of the failed attempt's members, which have exited.
+func startSystemCapped(ctx context.Context, env *environment, sys system, dir string, cpu *cpuCap) (*instance, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		d := dir
@@ -111,7 +147,10 @@ func startSystem(ctx context.Context, env *environment, sys system, dir string) 
 			d = fmt.Sprintf("%s-retry%d", dir, attempt)
 		}
 		var in *instance
-		in, err = startSystemOnce(ctx, env, sys, d)
+		if cpu != nil {
+			cpu.reset()
+		}
+		in, err = startSystemOnce(ctx, env, sys, d, cpu)
 		if err == nil || !strings.Contains(err.Error(), "address already in use") {
 			return in, err
 		}
@@ -119,7 +158,7 @@ func startSystem(ctx context.Context, env *environment, sys system, dir string) 
 	return nil, err
 }
 
-func startSystemOnce(ctx context.Context, env *environment, sys system, dir string) (*instance, error) {
+func startSystemOnce(ctx context.Context, env *environment, sys system, dir string, cpu *cpuCap) (*instance, error) {
 	in := &instance{sys: sys}
 	specs := make([]memberSpec, sys.nodes)
 	var initial []string
@@ -160,6 +199,13 @@ func startSystemOnce(ctx context.Context, env *environment, sys system, dir stri
 		in.exited = append(in.exited, done)
 		in.logs = append(in.logs, logPath)
 		in.endpoints = append(in.endpoints, client)
+		in.dirs = append(in.dirs, spec.dir)
+		if cpu != nil {
+			if err := cpu.add(cmd.Process.Pid); err != nil {
+				in.stop()
+				return nil, err
+			}
+		}
 	}
 	if err := in.waitReady(ctx); err != nil {
 		in.stop()
@@ -207,7 +253,19 @@ func (in *instance) waitReady(ctx context.Context) error {
 // bytes, 0 if unknown.
 func (in *instance) peakRSS() int64 {
 	var max int64
-	for _, c := range in.procs {
+	for _, v := range in.memberRSS() {
+		if v > max {
+			max = v
+		}
+	}
+	return max
+}
+
+// memberRSS returns each member's peak resident set (VmHWM) in bytes, 0
+// where unknown.
+func (in *instance) memberRSS() []int64 {
+	out := make([]int64, len(in.procs))
+	for i, c := range in.procs {
 		if c.Process == nil {
 			continue
 		}
@@ -218,13 +276,11 @@ func (in *instance) peakRSS() int64 {
 		for _, line := range strings.Split(string(b), "\n") {
 			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
 				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-				if kb*1024 > max {
-					max = kb * 1024
-				}
+				out[i] = kb * 1024
 			}
 		}
 	}
-	return max
+	return out
 }
 
 // stop terminates every member (SIGTERM, then SIGKILL after 10s) and waits.

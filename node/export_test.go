@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/proto/placementpb"
@@ -154,4 +155,27 @@ func (n *Node) RefreshRangeStats() { n.stats.refresh() }
 // groups start with (Config.DisablePreVote, SnapshotCatchUpEntries).
 func (n *Node) RaftSettings() (preVote bool, catchUpEntries uint64) {
 	return n.raftCfg.PreVote, n.raftCfg.CompactionOverhead
+}
+
+// HoldCheckedWrites makes this node's client writes wait, once their
+// permissions were checked and before they are proposed, until release is
+// called; held receives once for each write that reached the hold.
+func (n *Node) HoldCheckedWrites() (held <-chan struct{}, release func()) {
+	ch := make(chan struct{}, 16)
+	gate := make(chan struct{})
+	f := func() {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+		<-gate
+	}
+	n.hooks.checkedWrite.Store(&f)
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			n.hooks.checkedWrite.Store(nil)
+			close(gate)
+		})
+	}
 }

@@ -343,7 +343,12 @@ type Node struct {
 	primary *shard.Primary
 	// hooks let tests stop a split where a crash may stop it
 	// (export_test.go; router.SplitterConfig's CutShort and NoStart).
-	hooks struct{ splitCutShort, splitNoStart atomic.Bool }
+	// checkedWrite, if set, holds client writes between their auth check
+	// and their proposal (export_test.go; router.Config.CheckedWrite).
+	hooks struct {
+		splitCutShort, splitNoStart atomic.Bool
+		checkedWrite                atomic.Pointer[func()]
+	}
 	// first is range 1, in both modes: single-group mode's only range,
 	// and in sharded mode the home of leases and of the cluster's records.
 	first *shard.Range
@@ -957,6 +962,11 @@ func (n *Node) serve() error {
 		Auth:              n.first.Replica(),
 		AuthTokenTTL:      cfg.AuthTokenTTL,
 		BcryptCost:        cfg.BcryptCost,
+		CheckedWrite: func() {
+			if f := n.hooks.checkedWrite.Load(); f != nil {
+				(*f)()
+			}
+		},
 
 		// zero: etcd's defaults, which router applies.
 		GRPCKeepAliveMinTime:  cfg.GRPCKeepAliveMinTime,

@@ -294,6 +294,13 @@ func (a *authServer) change(ctx context.Context, r *pb.InternalRaftRequest, resp
 	if err != nil {
 		return toGRPC(err)
 	}
+	if mutates(r) {
+		// Answered only once every range refuses what was checked
+		// before the change (authfence.go).
+		if err := a.s.fenceAll(ctx); err != nil {
+			return toGRPC(err)
+		}
+	}
 	return a.s.decode(out.GetAuth(), resp, header)
 }
 

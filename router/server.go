@@ -145,6 +145,10 @@ type Config struct {
 	// BcryptCost hashes passwords (etcd --bcrypt-cost); out of bcrypt's
 	// range means its default, 10, as etcd.
 	BcryptCost int
+	// CheckedWrite, if set, is called with every client write after its
+	// permissions were checked and before it is proposed: tests hold a
+	// write there to race it against an auth change.
+	CheckedWrite func()
 }
 
 // DefaultMaxLearners is etcd's default --max-learners.

@@ -102,7 +102,8 @@ type Config struct {
 	MaxRequestBytes int
 	MaxTxnOps       int
 	// AuthToken is etcd's --auth-token: "simple" (or empty) for simple
-	// tokens; jwt is refused (not implemented yet). AuthTokenTTL is
+	// tokens, "jwt,sign-method=…,pub-key=…,priv-key=…,ttl=…" for JWT
+	// tokens (router.ParseAuthToken). AuthTokenTTL is
 	// --auth-token-ttl (0: 300s) and BcryptCost --bcrypt-cost (out of
 	// bcrypt's range: 10), as etcd.
 	AuthToken    string
@@ -233,8 +234,8 @@ const rttMillisecond = 10
 const singleShardID = 1
 
 func (c Config) withDefaults() (Config, error) {
-	if kind, _, _ := strings.Cut(c.AuthToken, ","); kind != "" && kind != "simple" {
-		return c, fmt.Errorf("node: --auth-token %q: only simple tokens are implemented", kind)
+	if _, err := router.ParseAuthToken(c.AuthToken); err != nil {
+		return c, fmt.Errorf("node: --auth-token: %w", err)
 	}
 	if c.Name == "" {
 		c.Name = "default"
@@ -946,6 +947,10 @@ func (n *Node) serve() error {
 	if err := n.dialSelf(); err != nil {
 		return err
 	}
+	jwt, err := router.ParseAuthToken(cfg.AuthToken)
+	if err != nil {
+		return fmt.Errorf("node: --auth-token: %w", err)
+	}
 	rcfg := router.Config{
 		Self:              n.self,
 		ClusterID:         n.clusterID,
@@ -962,6 +967,8 @@ func (n *Node) serve() error {
 		Auth:              n.first.Replica(),
 		AuthTokenTTL:      cfg.AuthTokenTTL,
 		BcryptCost:        cfg.BcryptCost,
+		JWT:               jwt,
+		ClientCertAuth:    cfg.ClientTLS.ClientCertAuth,
 		CheckedWrite: func() {
 			if f := n.hooks.checkedWrite.Load(); f != nil {
 				(*f)()

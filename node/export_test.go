@@ -9,6 +9,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"sync"
+
 	"github.com/lni/dragonboat/v4"
 
 	"github.com/cairn-kv/cairn/mvcc"
@@ -246,4 +248,27 @@ func DeleteRecordsIn(dataDir string) (err error) {
 	}
 	defer func() { err = errors.Join(err, db.Close()) }()
 	return db.DeleteRange([]byte{'r'}, []byte{'r' + 1}, pebble.Sync)
+}
+
+// HoldCheckedWrites makes this node's client writes wait, once their
+// permissions were checked and before they are proposed, until release is
+// called; held receives once for each write that reached the hold.
+func (n *Node) HoldCheckedWrites() (held <-chan struct{}, release func()) {
+	ch := make(chan struct{}, 16)
+	gate := make(chan struct{})
+	f := func() {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+		<-gate
+	}
+	n.hooks.checkedWrite.Store(&f)
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			n.hooks.checkedWrite.Store(nil)
+			close(gate)
+		})
+	}
 }

@@ -102,7 +102,8 @@ type Config struct {
 	MaxRequestBytes int
 	MaxTxnOps       int
 	// AuthToken is etcd's --auth-token: "simple" (or empty) for simple
-	// tokens; jwt is refused (not implemented yet). AuthTokenTTL is
+	// tokens, "jwt,sign-method=…,pub-key=…,priv-key=…,ttl=…" for JWT
+	// tokens (router.ParseAuthToken). AuthTokenTTL is
 	// --auth-token-ttl (0: 300s) and BcryptCost --bcrypt-cost (out of
 	// bcrypt's range: 10), as etcd.
 	AuthToken    string
@@ -248,8 +249,8 @@ const rttMillisecond = 10
 const singleShardID = 1
 
 func (c Config) withDefaults() (Config, error) {
-	if kind, _, _ := strings.Cut(c.AuthToken, ","); kind != "" && kind != "simple" {
-		return c, fmt.Errorf("node: --auth-token %q: only simple tokens are implemented", kind)
+	if _, err := router.ParseAuthToken(c.AuthToken); err != nil {
+		return c, fmt.Errorf("node: --auth-token: %w", err)
 	}
 	if c.Name == "" {
 		c.Name = "default"
@@ -373,6 +374,9 @@ type Node struct {
 		// dropCutShort: the drop of this member's replica of this range
 		// (0: none) stops after its data batch, as a crash may (drop.go).
 		dropCutShort atomic.Uint64
+		// checkedWrite, if set, holds client writes between their auth
+		// check and their proposal (router.Config.CheckedWrite).
+		checkedWrite atomic.Pointer[func()]
 	}
 	// events is the lock over db's event log records, which every store
 	// here is opened with (mvcc.EventLog).
@@ -1013,6 +1017,10 @@ func (n *Node) serve() error {
 	if err := n.dialSelf(); err != nil {
 		return err
 	}
+	jwt, err := router.ParseAuthToken(cfg.AuthToken)
+	if err != nil {
+		return fmt.Errorf("node: --auth-token: %w", err)
+	}
 	rcfg := router.Config{
 		Self:              n.self,
 		ClusterID:         n.clusterID,
@@ -1029,6 +1037,13 @@ func (n *Node) serve() error {
 		Auth:              n.first.Replica(),
 		AuthTokenTTL:      cfg.AuthTokenTTL,
 		BcryptCost:        cfg.BcryptCost,
+		JWT:               jwt,
+		ClientCertAuth:    cfg.ClientTLS.ClientCertAuth,
+		CheckedWrite: func() {
+			if f := n.hooks.checkedWrite.Load(); f != nil {
+				(*f)()
+			}
+		},
 
 		// zero: etcd's defaults, which router applies.
 		GRPCKeepAliveMinTime:  cfg.GRPCKeepAliveMinTime,

@@ -16,7 +16,9 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"golang.org/x/crypto/bcrypt"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/proto/shardpb"
@@ -122,10 +124,35 @@ func (c caller) info() *shardpb.AuthInfo {
 
 type callerKey struct{}
 
+// commonName is the common name of the verified client certificate of
+// ctx's connection, "" if it has none (no TLS, or an unverified one), as
+// etcd's AuthInfoFromTLS takes the first verified chain's leaf. The JSON
+// gateway's calls come over an in-process connection without TLS, so an
+// HTTP request is never taken for the certificate's user (etcd refuses
+// that too).
+func commonName(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return ""
+	}
+	for _, chain := range ti.State.VerifiedChains {
+		if len(chain) > 0 {
+			return chain[0].Subject.CommonName
+		}
+	}
+	return ""
+}
+
 // caller identifies the caller of ctx: with auth enabled, the user of
 // the token in its metadata ("token", or "authorization" as etcd's
-// gateway sends it), none without a token; a void token is etcd's
-// ErrInvalidAuthToken. Without an AuthStore, auth is never enabled.
+// gateway sends it); without a token, with Config.ClientCertAuth, the
+// common name of its verified client certificate, else none. A void token
+// is etcd's ErrInvalidAuthToken. Without an AuthStore, auth is never
+// enabled.
 func (s *Server) caller(ctx context.Context) (caller, error) {
 	if c, ok := ctx.Value(callerKey{}).(caller); ok {
 		return c, nil
@@ -148,9 +175,26 @@ func (s *Server) caller(ctx context.Context) (caller, error) {
 		ts = md.Get(rpctypes.TokenFieldNameSwagger)
 	}
 	if len(ts) == 0 {
+		if s.cfg.ClientCertAuth {
+			c.user = commonName(ctx)
+		}
 		return c, nil
 	}
-	user, ok := s.tokens.user(st, strings.TrimPrefix(ts[0], "Bearer "), time.Now())
+	tok := strings.TrimPrefix(ts[0], "Bearer ")
+	if s.cfg.JWT != nil {
+		user, rev, ok := s.cfg.JWT.user(tok)
+		switch {
+		case !ok:
+			return caller{}, rpctypes.ErrGRPCInvalidAuthToken
+		case rev < st.Revision():
+			// Issued before an auth change (etcd's check of the
+			// token's revision): clientv3 authenticates again.
+			return caller{}, rpctypes.ErrGRPCAuthOldRevision
+		}
+		c.user = user
+		return c, nil
+	}
+	user, ok := s.tokens.user(st, tok, time.Now())
 	if !ok {
 		return caller{}, rpctypes.ErrGRPCInvalidAuthToken
 	}
@@ -294,6 +338,13 @@ func (a *authServer) change(ctx context.Context, r *pb.InternalRaftRequest, resp
 	if err != nil {
 		return toGRPC(err)
 	}
+	if mutates(r) {
+		// Answered only once every range refuses what was checked
+		// before the change (authfence.go).
+		if err := a.s.fenceAll(ctx); err != nil {
+			return toGRPC(err)
+		}
+	}
 	return a.s.decode(out.GetAuth(), resp, header)
 }
 
@@ -328,7 +379,8 @@ func (a *authServer) AuthStatus(ctx context.Context, r *pb.AuthStatusRequest) (*
 }
 
 // Authenticate checks the password against the state read linearizably
-// (bcrypt, outside any lock) and issues a simple token of this member.
+// (bcrypt, outside any lock) and issues a simple token of this member or
+// a JWT token any member verifies.
 func (a *authServer) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
 	if a.s.cfg.Auth == nil {
 		return nil, rpctypes.ErrGRPCAuthNotEnabled
@@ -350,7 +402,12 @@ func (a *authServer) Authenticate(ctx context.Context, r *pb.AuthenticateRequest
 	if bcrypt.CompareHashAndPassword(u.Password, []byte(r.Password)) != nil {
 		return nil, rpctypes.ErrGRPCAuthFailed
 	}
-	tok, err := a.s.tokens.issue(st, r.Name, time.Now())
+	var tok string
+	if a.s.cfg.JWT != nil {
+		tok, err = a.s.cfg.JWT.issue(r.Name, st.Revision(), time.Now())
+	} else {
+		tok, err = a.s.tokens.issue(st, r.Name, time.Now())
+	}
 	if err != nil {
 		return nil, toGRPC(err)
 	}

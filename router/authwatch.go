@@ -22,7 +22,11 @@ import (
 // denied" as reason; none of its responses after the check is sent, so no
 // event of a write made after the revoke reaches it (a write after the
 // revoke applies after it, so its event is handed to the sender after the
-// state it is checked against has the revoke).
+// state it is checked against has the revoke). In sharded mode the event
+// may come from another range than range 1, whose replica here can lag:
+// the range applied the revoke's auth fence before the write, so a replica
+// here fenced past the local auth state means the state is read again
+// from range 1's leader (guard).
 
 // permitted checks a watch create request as etcd does, returning the
 // caller's user, or etcd's cancel reason if it is refused. A request
@@ -67,7 +71,17 @@ func (ws *watchServer) guard(ctx context.Context, st watchStream, ww *streamWatc
 	}
 	// A state that cannot be read (the node is stopping) leaves the
 	// watchers as last checked.
-	if state, err := ws.s.cfg.Auth.Auth(ctx, false); err == nil {
+	state, err := ws.s.cfg.Auth.Auth(ctx, false)
+	if err == nil && !ws.s.counting() && state.Revision() < ws.s.cfg.Ranges.authFence() {
+		// Sharded mode: an event of a range other than range 1 may come
+		// from a write applied after a revoke this member's replica of
+		// range 1 has not applied yet — but not after the range here
+		// applied the revoke's fence. A replica here fenced past the
+		// state read is the sign: the state is read again from range
+		// 1's leader, which has every change fenced.
+		state, err = ws.s.cfg.Auth.Auth(ctx, true)
+	}
+	if err == nil {
 		for _, id := range ww.recheck(state) {
 			st.Cancel(watch.ID(id))
 		}

@@ -353,6 +353,9 @@ func (s *Server) write(ctx context.Context, sh Shard, req proto.Message, wrap fu
 	}
 	w := wrap(data)
 	w.AuthInfo = authInfo(ctx)
+	if w.AuthInfo != nil && s.cfg.CheckedWrite != nil {
+		s.cfg.CheckedWrite()
+	}
 	out, err := sh.Write(ctx, w)
 	if err != nil {
 		return nil, toGRPC(err)

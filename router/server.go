@@ -145,6 +145,17 @@ type Config struct {
 	// BcryptCost hashes passwords (etcd --bcrypt-cost); out of bcrypt's
 	// range means its default, 10, as etcd.
 	BcryptCost int
+	// JWT, if set, makes tokens etcd's JWT tokens (ParseAuthToken, etcd's
+	// --auth-token jwt,...) instead of simple ones.
+	JWT *JWT
+	// ClientCertAuth is etcd's --client-cert-auth: with auth enabled, a
+	// request without a token is made by the user named by its verified
+	// client certificate's common name.
+	ClientCertAuth bool
+	// CheckedWrite, if set, is called with every client write after its
+	// permissions were checked and before it is proposed: tests hold a
+	// write there to race it against an auth change.
+	CheckedWrite func()
 }
 
 // DefaultMaxLearners is etcd's default --max-learners.

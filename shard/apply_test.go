@@ -410,6 +410,9 @@ func buildRequest(t *testing.T, d *datadriven.TestData, cmd string, args []datad
 		}
 		r.ShadowLeases = append(r.ShadowLeases, &shardpb.ShadowLease{Lease: l, Generation: g})
 	}
+	if a.has("auth-rev") {
+		r.AuthInfo = &shardpb.AuthInfo{User: a.str("auth-user"), Revision: uint64(a.int("auth-rev"))}
+	}
 	switch cmd {
 	case "put":
 		r.Op = &shardpb.Request_Put{Put: a.marshal(&pb.PutRequest{Key: a.bytes("k"), Value: a.bytes("v"), Lease: a.int("lease"),
@@ -464,6 +467,8 @@ func buildRequest(t *testing.T, d *datadriven.TestData, cmd string, args []datad
 			d.Fatalf(t, "op %q carries no encoded etcd message", a.str("op"))
 		}
 		m.Set(fd, protoreflect.ValueOfBytes([]byte{0xff, 0xff, 0xff}))
+	case "fence":
+		r.Op = &shardpb.Request_AuthFence{AuthFence: &shardpb.AuthFence{Revision: uint64(a.int("rev")), Enabled: a.has("enabled")}}
 	case "empty":
 	default:
 		d.Fatalf(t, "unknown request %q", cmd)
@@ -579,6 +584,8 @@ func fmtResponse(t *testing.T, r *shardpb.Response) string {
 		return fmt.Sprintf("unregistered %v", res.LeaseShard)
 	case *shardpb.Response_Split:
 		return fmt.Sprintf("split %v", res.Split)
+	case *shardpb.Response_AuthFence:
+		return fmt.Sprintf("fence %v", res.AuthFence)
 	case *shardpb.Response_MemberAttrs:
 		return fmt.Sprintf("member %v", res.MemberAttrs)
 	case *shardpb.Response_MemberPeers:

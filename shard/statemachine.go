@@ -550,6 +550,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		var v [8]byte
 		binary.BigEndian.PutUint64(v[:], uint64(a.closed))
 		b.SetMetaFor(op.Split.Child, closedKey, v[:])
+		if err := a.inheritAuthFence(op.Split.Child); err != nil {
+			return nil, err
+		}
 		a.splits = append(a.splits, appliedSplit{child: RangeID(op.Split.Child), span: right, rev: b.Rev(), founders: SplitFounders(op.Split)})
 		if a.counting {
 			// The range stops counting: its closed revision, its
@@ -566,6 +569,8 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		return etcdOp("alarm", op.Alarm, a.alarm, alarmResult)
 	case *shardpb.Request_Auth:
 		return a.applyAuth(op.Auth)
+	case *shardpb.Request_AuthFence:
+		return a.applyAuthFence(op.AuthFence)
 	case *shardpb.Request_MemberAttrs:
 		var m pb.Member
 		if err := proto.Unmarshal(op.MemberAttrs, &m); err != nil || m.ID == 0 {

@@ -371,3 +371,29 @@ func TestSplitProposedTwice(t *testing.T) {
 		t.Fatalf("second split refused with %v (code %v), want a match of ErrOutsideSpan only", err, e.Code)
 	}
 }
+
+// TestSplitInheritsAuthFence: a range split off one fenced at an auth
+// revision refuses a write checked before it, as its parent does; the
+// fence survives a reopen.
+func TestSplitInheritsAuthFence(t *testing.T) {
+	db := openDB(t, vfs.NewMem())
+	s, _ := openSM(t, db, 1, mvcc.Span{})
+	fence := &shardpb.Request{Op: &shardpb.Request_AuthFence{AuthFence: &shardpb.AuthFence{Revision: 4, Enabled: true}}}
+	split := &shardpb.Request{Op: &shardpb.Request_Split{Split: &shardpb.SplitRange{Key: []byte("m"), Child: 2}}}
+	if r := apply(t, s, 1, fence, split); !r[0].GetAuthFence() || !r[1].GetSplit() {
+		t.Fatalf("fence and split: %v", r)
+	}
+	for _, id := range []uint64{1, 2} {
+		span := mvcc.Span{End: []byte("m")}
+		if id == 2 {
+			span = mvcc.Span{Start: []byte("m")}
+		}
+		sm, _ := openSM(t, db, id, span)
+		put := putReq(t, string(span.Start)+"x", "1", 0)
+		put.AuthInfo = &shardpb.AuthInfo{User: "alice", Revision: 3}
+		r := apply(t, sm, 2, put)
+		if e := r[0].GetError(); e == nil || e.Code != shardpb.ErrorCode_ERROR_CODE_AUTH {
+			t.Fatalf("range %d: write checked at 3 after fence 4: %v", id, r[0])
+		}
+	}
+}

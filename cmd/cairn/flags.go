@@ -116,7 +116,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.Int64Var(&r.cfg.QuotaBackendBytes, "quota-backend-bytes", 0, "store size in bytes past which writes that add data are refused with NOSPACE (default 2 GiB)")
 	fs.UintVar(&r.maxRequestBytes, "max-request-bytes", 0, "largest client request accepted, in bytes (default 1.5 MiB)")
 	fs.UintVar(&r.maxTxnOps, "max-txn-ops", 0, "most operations one transaction may hold (default 128)")
-	fs.StringVar(&r.cfg.AuthToken, "auth-token", "", "the kind of auth token: simple (jwt is not implemented yet) (default simple)")
+	fs.StringVar(&r.cfg.AuthToken, "auth-token", "", "the kind of auth token: simple, or jwt,sign-method=…,pub-key=…,priv-key=…,ttl=… (default simple)")
 	fs.UintVar(&r.authTokenTTL, "auth-token-ttl", 0, "seconds a simple token lives unused (default 300)")
 	fs.UintVar(&r.bcryptCost, "bcrypt-cost", 0, "cost of the bcrypt hash of passwords, 4 to 31 (default 10)")
 	fs.DurationVar(&r.cfg.WatchProgressNotifyInterval, "watch-progress-notify-interval", 0, "how often watchers that asked for progress notifications get one (default 10m)")

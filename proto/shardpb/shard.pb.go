@@ -215,6 +215,7 @@ type Request struct {
 	//	*Request_LeaseUnregister
 	//	*Request_Split
 	//	*Request_Auth
+	//	*Request_AuthFence
 	Op isRequest_Op `protobuf_oneof:"op"`
 	// Sharded mode: leases this request may attach keys to that are homed in
 	// another shard, which registered this one; each gets a shadow here
@@ -418,6 +419,15 @@ func (x *Request) GetAuth() []byte {
 	return nil
 }
 
+func (x *Request) GetAuthFence() *AuthFence {
+	if x != nil {
+		if x, ok := x.Op.(*Request_AuthFence); ok {
+			return x.AuthFence
+		}
+	}
+	return nil
+}
+
 func (x *Request) GetShadowLeases() []*ShadowLease {
 	if x != nil {
 		return x.ShadowLeases
@@ -523,6 +533,14 @@ type Request_Auth struct {
 	Auth []byte `protobuf:"bytes,18,opt,name=auth,proto3,oneof"`
 }
 
+type Request_AuthFence struct {
+	// Sharded mode, in a range that does not hold the auth state: the
+	// cluster's auth state has reached this revision (and is enabled or
+	// not at it). The range keeps the highest fence it applied and refuses
+	// a client write checked at an older revision (docs/plan-auth.md).
+	AuthFence *AuthFence `protobuf:"bytes,20,opt,name=auth_fence,json=authFence,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -555,6 +573,63 @@ func (*Request_Split) isRequest_Op() {}
 
 func (*Request_Auth) isRequest_Op() {}
 
+func (*Request_AuthFence) isRequest_Op() {}
+
+// AuthFence is where the cluster's auth state stood when an auth change
+// applied: fences order by revision, then disabled before enabled (an
+// AuthEnable keeps the revision, an AuthDisable bumps it).
+type AuthFence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Enabled       bool                   `protobuf:"varint,2,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthFence) Reset() {
+	*x = AuthFence{}
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthFence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthFence) ProtoMessage() {}
+
+func (x *AuthFence) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthFence.ProtoReflect.Descriptor instead.
+func (*AuthFence) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AuthFence) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *AuthFence) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
 // AuthInfo is who made a request and at which auth revision it was checked.
 type AuthInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -566,7 +641,7 @@ type AuthInfo struct {
 
 func (x *AuthInfo) Reset() {
 	*x = AuthInfo{}
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +653,7 @@ func (x *AuthInfo) String() string {
 func (*AuthInfo) ProtoMessage() {}
 
 func (x *AuthInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +666,7 @@ func (x *AuthInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthInfo.ProtoReflect.Descriptor instead.
 func (*AuthInfo) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AuthInfo) GetUser() string {
@@ -624,7 +699,7 @@ type AuthState struct {
 
 func (x *AuthState) Reset() {
 	*x = AuthState{}
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -636,7 +711,7 @@ func (x *AuthState) String() string {
 func (*AuthState) ProtoMessage() {}
 
 func (x *AuthState) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -649,7 +724,7 @@ func (x *AuthState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthState.ProtoReflect.Descriptor instead.
 func (*AuthState) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AuthState) GetEnabled() bool {
@@ -701,7 +776,7 @@ type ShadowLease struct {
 
 func (x *ShadowLease) Reset() {
 	*x = ShadowLease{}
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +788,7 @@ func (x *ShadowLease) String() string {
 func (*ShadowLease) ProtoMessage() {}
 
 func (x *ShadowLease) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +801,7 @@ func (x *ShadowLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShadowLease.ProtoReflect.Descriptor instead.
 func (*ShadowLease) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ShadowLease) GetLease() int64 {
@@ -769,7 +844,7 @@ type SplitRange struct {
 
 func (x *SplitRange) Reset() {
 	*x = SplitRange{}
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +856,7 @@ func (x *SplitRange) String() string {
 func (*SplitRange) ProtoMessage() {}
 
 func (x *SplitRange) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +869,7 @@ func (x *SplitRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRange.ProtoReflect.Descriptor instead.
 func (*SplitRange) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SplitRange) GetKey() []byte {
@@ -845,7 +920,7 @@ type ReplicaRef struct {
 
 func (x *ReplicaRef) Reset() {
 	*x = ReplicaRef{}
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +932,7 @@ func (x *ReplicaRef) String() string {
 func (*ReplicaRef) ProtoMessage() {}
 
 func (x *ReplicaRef) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +945,7 @@ func (x *ReplicaRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRef.ProtoReflect.Descriptor instead.
 func (*ReplicaRef) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReplicaRef) GetMember() uint64 {
@@ -905,7 +980,7 @@ type LeaseShard struct {
 
 func (x *LeaseShard) Reset() {
 	*x = LeaseShard{}
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +992,7 @@ func (x *LeaseShard) String() string {
 func (*LeaseShard) ProtoMessage() {}
 
 func (x *LeaseShard) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1005,7 @@ func (x *LeaseShard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseShard.ProtoReflect.Descriptor instead.
 func (*LeaseShard) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LeaseShard) GetLease() int64 {
@@ -960,7 +1035,7 @@ type MemberPeers struct {
 
 func (x *MemberPeers) Reset() {
 	*x = MemberPeers{}
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1047,7 @@ func (x *MemberPeers) String() string {
 func (*MemberPeers) ProtoMessage() {}
 
 func (x *MemberPeers) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1060,7 @@ func (x *MemberPeers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberPeers.ProtoReflect.Descriptor instead.
 func (*MemberPeers) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MemberPeers) GetId() uint64 {
@@ -1028,7 +1103,7 @@ type TransferHold struct {
 
 func (x *TransferHold) Reset() {
 	*x = TransferHold{}
-	mi := &file_shardpb_shard_proto_msgTypes[9]
+	mi := &file_shardpb_shard_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1115,7 @@ func (x *TransferHold) String() string {
 func (*TransferHold) ProtoMessage() {}
 
 func (x *TransferHold) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[9]
+	mi := &file_shardpb_shard_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1128,7 @@ func (x *TransferHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferHold.ProtoReflect.Descriptor instead.
 func (*TransferHold) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{9}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TransferHold) GetTarget() uint64 {
@@ -1087,7 +1162,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[10]
+	mi := &file_shardpb_shard_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1174,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[10]
+	mi := &file_shardpb_shard_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1187,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{10}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -1145,6 +1220,7 @@ type Response struct {
 	//	*Response_ShadowRevoke
 	//	*Response_Split
 	//	*Response_Auth
+	//	*Response_AuthFence
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1152,7 +1228,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[11]
+	mi := &file_shardpb_shard_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1240,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[11]
+	mi := &file_shardpb_shard_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,7 +1253,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{11}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -1340,6 +1416,15 @@ func (x *Response) GetAuth() []byte {
 	return nil
 }
 
+func (x *Response) GetAuthFence() bool {
+	if x != nil {
+		if x, ok := x.Result.(*Response_AuthFence); ok {
+			return x.AuthFence
+		}
+	}
+	return false
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -1413,6 +1498,10 @@ type Response_Auth struct {
 	Auth []byte `protobuf:"bytes,17,opt,name=auth,proto3,oneof"`
 }
 
+type Response_AuthFence struct {
+	AuthFence bool `protobuf:"varint,18,opt,name=auth_fence,json=authFence,proto3,oneof"` // applied (or an equal or higher fence was)
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -1447,6 +1536,8 @@ func (*Response_Split) isResponse_Result() {}
 
 func (*Response_Auth) isResponse_Result() {}
 
+func (*Response_AuthFence) isResponse_Result() {}
+
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1458,7 +1549,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[12]
+	mi := &file_shardpb_shard_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1561,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[12]
+	mi := &file_shardpb_shard_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1574,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{12}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1508,7 +1599,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\aCommand\x123\n" +
 	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
 	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"\xe2\x06\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\x9e\a\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -1530,10 +1621,15 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\rshadow_revoke\x18\x0f \x01(\v2\x1b.cairn.shard.v1.ShadowLeaseH\x00R\fshadowRevoke\x12G\n" +
 	"\x10lease_unregister\x18\x10 \x01(\v2\x1a.cairn.shard.v1.LeaseShardH\x00R\x0fleaseUnregister\x122\n" +
 	"\x05split\x18\x11 \x01(\v2\x1a.cairn.shard.v1.SplitRangeH\x00R\x05split\x12\x14\n" +
-	"\x04auth\x18\x12 \x01(\fH\x00R\x04auth\x12@\n" +
+	"\x04auth\x18\x12 \x01(\fH\x00R\x04auth\x12:\n" +
+	"\n" +
+	"auth_fence\x18\x14 \x01(\v2\x19.cairn.shard.v1.AuthFenceH\x00R\tauthFence\x12@\n" +
 	"\rshadow_leases\x18\r \x03(\v2\x1b.cairn.shard.v1.ShadowLeaseR\fshadowLeases\x125\n" +
 	"\tauth_info\x18\x13 \x01(\v2\x18.cairn.shard.v1.AuthInfoR\bauthInfoB\x04\n" +
-	"\x02op\":\n" +
+	"\x02op\"A\n" +
+	"\tAuthFence\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
+	"\aenabled\x18\x02 \x01(\bR\aenabled\":\n" +
 	"\bAuthInfo\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"\x8e\x01\n" +
@@ -1574,7 +1670,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x0funtil_unix_nano\x18\x02 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
 	"\tmax_nanos\x18\x03 \x01(\x03R\bmaxNanos\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xd5\x04\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xf6\x04\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -1597,7 +1693,9 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x10lease_registered\x18\x0f \x01(\x04H\x00R\x0fleaseRegistered\x12%\n" +
 	"\rshadow_revoke\x18\x0e \x01(\fH\x00R\fshadowRevoke\x12\x16\n" +
 	"\x05split\x18\x10 \x01(\bH\x00R\x05split\x12\x14\n" +
-	"\x04auth\x18\x11 \x01(\fH\x00R\x04authB\b\n" +
+	"\x04auth\x18\x11 \x01(\fH\x00R\x04auth\x12\x1f\n" +
+	"\n" +
+	"auth_fence\x18\x12 \x01(\bH\x00R\tauthFenceB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
@@ -1636,42 +1734,44 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 }
 
 var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_shardpb_shard_proto_goTypes = []any{
 	(ErrorCode)(0),       // 0: cairn.shard.v1.ErrorCode
 	(*Command)(nil),      // 1: cairn.shard.v1.Command
 	(*Request)(nil),      // 2: cairn.shard.v1.Request
-	(*AuthInfo)(nil),     // 3: cairn.shard.v1.AuthInfo
-	(*AuthState)(nil),    // 4: cairn.shard.v1.AuthState
-	(*ShadowLease)(nil),  // 5: cairn.shard.v1.ShadowLease
-	(*SplitRange)(nil),   // 6: cairn.shard.v1.SplitRange
-	(*ReplicaRef)(nil),   // 7: cairn.shard.v1.ReplicaRef
-	(*LeaseShard)(nil),   // 8: cairn.shard.v1.LeaseShard
-	(*MemberPeers)(nil),  // 9: cairn.shard.v1.MemberPeers
-	(*TransferHold)(nil), // 10: cairn.shard.v1.TransferHold
-	(*Result)(nil),       // 11: cairn.shard.v1.Result
-	(*Response)(nil),     // 12: cairn.shard.v1.Response
-	(*Error)(nil),        // 13: cairn.shard.v1.Error
+	(*AuthFence)(nil),    // 3: cairn.shard.v1.AuthFence
+	(*AuthInfo)(nil),     // 4: cairn.shard.v1.AuthInfo
+	(*AuthState)(nil),    // 5: cairn.shard.v1.AuthState
+	(*ShadowLease)(nil),  // 6: cairn.shard.v1.ShadowLease
+	(*SplitRange)(nil),   // 7: cairn.shard.v1.SplitRange
+	(*ReplicaRef)(nil),   // 8: cairn.shard.v1.ReplicaRef
+	(*LeaseShard)(nil),   // 9: cairn.shard.v1.LeaseShard
+	(*MemberPeers)(nil),  // 10: cairn.shard.v1.MemberPeers
+	(*TransferHold)(nil), // 11: cairn.shard.v1.TransferHold
+	(*Result)(nil),       // 12: cairn.shard.v1.Result
+	(*Response)(nil),     // 13: cairn.shard.v1.Response
+	(*Error)(nil),        // 14: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
 	2,  // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	10, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	9,  // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
-	8,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
-	5,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
-	8,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
-	6,  // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
-	5,  // 7: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
-	3,  // 8: cairn.shard.v1.Request.auth_info:type_name -> cairn.shard.v1.AuthInfo
-	7,  // 9: cairn.shard.v1.SplitRange.founder_replicas:type_name -> cairn.shard.v1.ReplicaRef
-	12, // 10: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	13, // 11: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0,  // 12: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	11, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	10, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	9,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
+	6,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
+	9,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
+	7,  // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
+	3,  // 7: cairn.shard.v1.Request.auth_fence:type_name -> cairn.shard.v1.AuthFence
+	6,  // 8: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
+	4,  // 9: cairn.shard.v1.Request.auth_info:type_name -> cairn.shard.v1.AuthInfo
+	8,  // 10: cairn.shard.v1.SplitRange.founder_replicas:type_name -> cairn.shard.v1.ReplicaRef
+	13, // 11: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	14, // 12: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	0,  // 13: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -1696,8 +1796,9 @@ func file_shardpb_shard_proto_init() {
 		(*Request_LeaseUnregister)(nil),
 		(*Request_Split)(nil),
 		(*Request_Auth)(nil),
+		(*Request_AuthFence)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[11].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[12].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -1715,6 +1816,7 @@ func file_shardpb_shard_proto_init() {
 		(*Response_ShadowRevoke)(nil),
 		(*Response_Split)(nil),
 		(*Response_Auth)(nil),
+		(*Response_AuthFence)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1722,7 +1824,7 @@ func file_shardpb_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -965,6 +965,9 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	if err := n.waitLeader(ctx); err != nil {
 		return err
 	}
+	if cfg.Sharded {
+		n.waitRangeLeaders(ctx, 3*cfg.ElectionTimeout)
+	}
 	// Watchers start from the store's revision (later applies notify the
 	// hubs as they come).
 	for _, rr := range n.rangeSet.All() {
@@ -1182,6 +1185,36 @@ func (n *Node) waitLeader(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("node: waiting for a raft leader: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// waitRangeLeaders waits, at most max, until every range started here
+// knows its leader. The other ranges elect theirs about when range 1 does;
+// a member that served before they had would answer its first requests
+// for them with "no leader" and fail /health, where a just-started etcd
+// is healthy. The wait is bounded so that a range whose quorum is away
+// does not keep the member from serving the others.
+func (n *Node) waitRangeLeaders(ctx context.Context, max time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, max)
+	defer cancel()
+	t := time.NewTicker(rttMillisecond * time.Millisecond)
+	defer t.Stop()
+	for {
+		waiting := 0
+		for _, r := range n.rangeSet.All() {
+			if _, _, ok := r.Replica().Leader(); !ok {
+				waiting++
+			}
+		}
+		if waiting == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			n.log.Warn("serving before every range here has a leader", "without-leader", waiting)
+			return
 		case <-t.C:
 		}
 	}

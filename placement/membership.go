@@ -42,11 +42,12 @@ import (
 // change waits for the splits under way to apply on this member first, so
 // that no range is split while the new member is added to it.
 //
-//	Add(4)     reconfigure 4 → the map names 4's replica of r1, r2, … (learners, ids allocated: 5, 6, …)
+//	Add(4)     Begin: reconfigure 4 → the map names 4's replica of r1, r2, … (learners, ids allocated: 5, 6, …)
 //	           → 4's node record (learner or not) → placement group += 4 (non-voting past PlacementVoters)
-//	           → for r1, r2, …: (5 absent) every replica compacts its log, r += 5;
+//	           → reconfigure 4 adding (MemberAdd answers here; the placement leader resumes from the mark)
+//	           Continue: for r1, r2, …: (5 absent) every replica compacts its log, r += 5;
 //	             the map promotes 5 (not for a learner)
-//	           → reconfigure 4 done
+//	           → reconfigure 4 done adding
 //	Remove(4)  r1, r2, … -= 4's replica (raft, then the map) → a non-voting member votes if 4 did
 //	           → placement group -= 4 (the member list last)
 //	Promote(4) r1, r2, …: 4's replica votes (raft, then the map) → placement group (votes if there is room)
@@ -295,15 +296,17 @@ func (m *Membership) stillAdding(ctx context.Context, member NodeID) error {
 }
 
 // mark marks member's change under way (adding: Begin's walk over the
-// ranges is what is left), once no other member's is: a change of another
-// member is waited for, polling, until ctx ends.
+// ranges is what is left). Another member's add whose walk is left (the
+// placement leader finishes it) is waited for, polling, until ctx ends;
+// another mark is replaced, as before adds were resumed: its change's
+// caller may be gone, and a change is tried again by calling again.
 func (m *Membership) mark(ctx context.Context, member NodeID, adding, learner bool) error {
 	for {
 		st, err := m.cfg.Map.State(ctx)
 		if err != nil {
 			return err
 		}
-		if st.Reconfiguring == 0 || st.Reconfiguring == uint64(member) {
+		if st.Reconfiguring == 0 || st.Reconfiguring == uint64(member) || !st.ReconfigureAdding {
 			break
 		}
 		select {

@@ -335,7 +335,9 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 		return nil, fmt.Errorf("node: add member: %w", err)
 	}
 	if n.merger != nil {
-		if err := n.reconfig.Add(ctx, placement.NodeID(id), learner); err != nil {
+		// The answer once the member list shows the member; the placement
+		// leader adds it to every range (resumeAdds).
+		if err := n.reconfig.Begin(ctx, placement.NodeID(id), learner); err != nil {
 			return nil, fmt.Errorf("node: add member: %w", err)
 		}
 		if err := n.recordPeers(ctx, id, peerURLs); err != nil {
@@ -437,8 +439,16 @@ func (n *Node) peerURLTaken(ms *dragonboat.Membership, peerURLs []string, except
 	return false
 }
 
-// RemoveMember implements router.Membership.
+// RemoveMember implements router.Membership. In sharded mode a member
+// asked to remove itself has another member do it (removeSelf): its own
+// replicas close as the walk removes them.
 func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
+	return n.removeMember(ctx, id, true)
+}
+
+// removeMember removes member id; forward lets a member asked to remove
+// itself have another do it (not for a request forwarded already).
+func (n *Node) removeMember(ctx context.Context, id uint64, forward bool) error {
 	_, _, ok, err := n.findMember(ctx, id)
 	if err != nil {
 		return err
@@ -447,6 +457,9 @@ func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 		return rpctypes.ErrMemberNotFound
 	}
 	if n.merger != nil {
+		if id == n.memberID && forward {
+			return n.removeSelf(ctx)
+		}
 		return n.reconfig.Remove(ctx, placement.NodeID(id))
 	}
 	if err := n.nh.SyncRequestDeleteReplica(ctx, singleShardID, id, 0); err != nil {

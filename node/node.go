@@ -1005,8 +1005,9 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
 			Home: n.first, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
 		n.fanout.Start()
-		n.wg.Add(1)
+		n.wg.Add(2)
 		go n.runDrops()
+		go n.resumeAdds()
 	}
 	n.wg.Add(1)
 	go n.trackLearner()
@@ -1102,7 +1103,7 @@ func (n *Node) serve() error {
 	// answers that it needs sharded mode): whole on the peer port, to
 	// members only, and its operator call alone on the client port.
 	mcfg := router.MemberConfig{Sharded: cfg.Sharded, Ranges: n.rangeSet, Side: n.side, Splitter: n.splitter,
-		CompactLog: n.reconfig.CompactLog}
+		CompactLog: n.reconfig.CompactLog, RemoveMember: func(ctx context.Context, id uint64) error { return n.removeMember(ctx, id, false) }}
 	if n.alloc != nil {
 		mcfg.Oracle = n.alloc
 	}

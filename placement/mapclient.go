@@ -257,8 +257,14 @@ func (c *Client) recordedSplit(ctx context.Context, r RangeID, gen uint64, key [
 // map (splits are refused, ErrReconfiguring, until it is over), or, with
 // done, over. Marking over a change of another member changes nothing.
 func (c *Client) Reconfigure(ctx context.Context, member NodeID, done bool) error {
+	return c.reconfigure(ctx, member, done, false, false)
+}
+
+// reconfigure is Reconfigure with the mark's adding and learner
+// (placementpb.Reconfigure).
+func (c *Client) reconfigure(ctx context.Context, member NodeID, done, adding, learner bool) error {
 	_, err := c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_Reconfigure{Reconfigure: &placementpb.Reconfigure{
-		Member: uint64(member), Done: done}}})
+		Member: uint64(member), Done: done, Adding: adding, Learner: learner}}})
 	return err
 }
 

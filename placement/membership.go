@@ -42,11 +42,12 @@ import (
 // change waits for the splits under way to apply on this member first, so
 // that no range is split while the new member is added to it.
 //
-//	Add(4)     reconfigure 4 → the map names 4's replica of r1, r2, … (learners, ids allocated: 5, 6, …)
+//	Add(4)     Begin: reconfigure 4 → the map names 4's replica of r1, r2, … (learners, ids allocated: 5, 6, …)
 //	           → 4's node record (learner or not) → placement group += 4 (non-voting past PlacementVoters)
-//	           → for r1, r2, …: (5 absent) every replica compacts its log, r += 5;
+//	           → reconfigure 4 adding (MemberAdd answers here; the placement leader resumes from the mark)
+//	           Continue: for r1, r2, …: (5 absent) every replica compacts its log, r += 5;
 //	             the map promotes 5 (not for a learner)
-//	           → reconfigure 4 done
+//	           → reconfigure 4 done adding
 //	Remove(4)  r1, r2, … -= 4's replica (raft, then the map) → a non-voting member votes if 4 did
 //	           → placement group -= 4 (the member list last)
 //	Promote(4) r1, r2, …: 4's replica votes (raft, then the map) → placement group (votes if there is room)
@@ -151,35 +152,98 @@ func NewMembership(cfg MembershipConfig) *Membership {
 	return &Membership{cfg: cfg}
 }
 
+// ErrAddSuperseded is Continue's answer when member's add is no longer the
+// change under way: the member was removed or promoted meanwhile (their
+// walk goes on from where the add stopped), or its mark ended.
+var ErrAddSuperseded = errors.New("placement: the member's add is no longer the change under way")
+
 // Add adds member (a non-voting member if learner) to the placement group
 // and to every range, and records its replica of each range in the map (a
-// voter unless it is a learner). Its peer URLs are recorded already.
+// voter unless it is a learner): Begin then Continue. A Continue that
+// fails ends the mark, so that a caller tries the whole Add again. Its
+// peer URLs are recorded already.
 func (m *Membership) Add(ctx context.Context, member NodeID, learner bool) error {
-	if err := m.cfg.Map.Reconfigure(ctx, member, false); err != nil {
+	if err := m.Begin(ctx, member, learner); err != nil {
 		return err
 	}
-	defer m.endReconfigure(member)
-	if err := m.nameReplicas(ctx, member); err != nil {
-		return fmt.Errorf("placement: add member %x to the range map: %w", member, err)
+	if err := m.Continue(ctx, member, learner); err != nil {
+		if !errors.Is(err, ErrAddSuperseded) {
+			m.endReconfigure(member, true)
+		}
+		return err
 	}
-	// The member list shows the member once it is in the placement group,
-	// a learner as its node record says: recorded first (a member in the
-	// group already keeps its record).
-	ms, err := m.groupMembership(ctx, m.cfg.ShardID)
-	if err != nil {
-		return fmt.Errorf("placement: add member %x: %w", member, err)
+	return nil
+}
+
+// Begin does the part of adding member that the member list shows, and
+// that a starting member needs, without a snapshot: it marks the change
+// under way, has the map name member's replica of every range, records
+// member's node record and adds member to the placement group (a
+// non-voting member past PlacementVoters, or if learner). It then marks
+// the rest of the add under way (the mark's adding, which the placement
+// leader resumes): the walk over the ranges, Continue. A change of another
+// member under way is waited for. On an error the change is marked over.
+func (m *Membership) Begin(ctx context.Context, member NodeID, learner bool) error {
+	if err := m.mark(ctx, member, false, false); err != nil {
+		return err
 	}
-	_, voter := ms.Nodes[uint64(member)]
-	_, nonVoting := ms.NonVotings[uint64(member)]
-	if !voter && !nonVoting {
-		if err := m.recordLearner(ctx, member, learner); err != nil {
+	err := func() error {
+		if err := m.nameReplicas(ctx, member); err != nil {
+			return fmt.Errorf("placement: add member %x to the range map: %w", member, err)
+		}
+		// The member list shows the member once it is in the placement
+		// group, a learner as its node record says: recorded first (a
+		// member in the group already keeps its record).
+		ms, err := m.groupMembership(ctx, m.cfg.ShardID)
+		if err != nil {
 			return fmt.Errorf("placement: add member %x: %w", member, err)
 		}
+		_, voter := ms.Nodes[uint64(member)]
+		_, nonVoting := ms.NonVotings[uint64(member)]
+		if !voter && !nonVoting {
+			if err := m.recordLearner(ctx, member, learner); err != nil {
+				return fmt.Errorf("placement: add member %x: %w", member, err)
+			}
+		}
+		if err := m.addPlacement(ctx, member, learner); err != nil {
+			return fmt.Errorf("placement: add member %x to the placement group: %w", member, err)
+		}
+		return m.mark(ctx, member, true, learner)
+	}()
+	if err != nil {
+		m.endReconfigure(member, false)
 	}
-	if err := m.addPlacement(ctx, member, learner); err != nil {
-		return fmt.Errorf("placement: add member %x to the placement group: %w", member, err)
+	return err
+}
+
+// Pending returns the add whose walk over the ranges is under way (marked
+// by Begin, not yet ended by Continue): its member and whether it is a
+// learner; ok false if there is none.
+func (m *Membership) Pending(ctx context.Context) (member NodeID, learner, ok bool, err error) {
+	st, err := m.cfg.Map.State(ctx)
+	if err != nil || st.Reconfiguring == 0 || !st.ReconfigureAdding {
+		return 0, false, false, err
 	}
-	return m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
+	return NodeID(st.Reconfiguring), st.ReconfigureLearner, true, nil
+}
+
+// Continue finishes adding member after Begin: for every range, in key
+// order, every replica compacts its log and raft adds member's replica
+// (the map names it), which the map then promotes (not for a learner);
+// then it marks the change over. It is idempotent: called again, after a
+// failure or on another member (the placement leader resumes a marked
+// add), it goes on from where the last call stopped; a failure leaves the
+// mark. Before it adds a replica it checks that member's add is still the
+// change under way, else ErrAddSuperseded (the mark is left to the change
+// that replaced it).
+func (m *Membership) Continue(ctx context.Context, member NodeID, learner bool) error {
+	err := m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
+		if pair := pairOf(Pairs(d), uint64(member)); pair != nil && !pair.Learner {
+			return nil // a voter already, in raft and in the map
+		}
+		if err := m.stillAdding(ctx, member); err != nil {
+			return err
+		}
 		ms, err := m.groupMembership(ctx, d.Id)
 		if err != nil {
 			return err
@@ -189,13 +253,16 @@ func (m *Membership) Add(ctx context.Context, member NodeID, learner bool) error
 			return err
 		}
 		if pair != nil && !pair.Learner {
-			return nil // a voter already, in raft and in the map
+			return nil
 		}
 		_, voter := ms.Nodes[uint64(id)]
 		_, nonVoting := ms.NonVotings[uint64(id)]
 		if !voter && !nonVoting {
 			if err := m.compactEverywhere(ctx, d, id); err != nil {
 				return fmt.Errorf("placement: compact range %d's log before adding member %x: %w", d.Id, member, err)
+			}
+			if err := m.stillAdding(ctx, member); err != nil {
+				return err
 			}
 			if err := m.add(ctx, d.Id, uint64(id), member, learner); err != nil {
 				return fmt.Errorf("placement: add member %x to range %d: %w", member, d.Id, err)
@@ -208,6 +275,47 @@ func (m *Membership) Add(ctx context.Context, member NodeID, learner bool) error
 		}
 		return m.recordVoter(ctx, d, id, pair, member)
 	})
+	if err != nil {
+		return err
+	}
+	m.endReconfigure(member, true)
+	return nil
+}
+
+// stillAdding returns ErrAddSuperseded unless the map's mark is member's
+// add (Begin's).
+func (m *Membership) stillAdding(ctx context.Context, member NodeID) error {
+	st, err := m.cfg.Map.State(ctx)
+	if err != nil {
+		return err
+	}
+	if st.Reconfiguring != uint64(member) || !st.ReconfigureAdding {
+		return fmt.Errorf("%w (member %x)", ErrAddSuperseded, member)
+	}
+	return nil
+}
+
+// mark marks member's change under way (adding: Begin's walk over the
+// ranges is what is left). Another member's add whose walk is left (the
+// placement leader finishes it) is waited for, polling, until ctx ends;
+// another mark is replaced, as before adds were resumed: its change's
+// caller may be gone, and a change is tried again by calling again.
+func (m *Membership) mark(ctx context.Context, member NodeID, adding, learner bool) error {
+	for {
+		st, err := m.cfg.Map.State(ctx)
+		if err != nil {
+			return err
+		}
+		if st.Reconfiguring == 0 || st.Reconfiguring == uint64(member) || !st.ReconfigureAdding {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (member %x): %w", ErrReconfiguring, st.Reconfiguring, ctx.Err())
+		case <-time.After(m.cfg.Poll):
+		}
+	}
+	return m.cfg.Map.reconfigure(ctx, member, false, adding, learner)
 }
 
 // nameReplicas has the range map name member's replica of every range it
@@ -348,10 +456,10 @@ func (m *Membership) recordVoter(ctx context.Context, d *placementpb.RangeDescri
 // the map, and then member from the placement group: it leaves the member
 // list last, so that a removal cut short is found and tried again.
 func (m *Membership) Remove(ctx context.Context, member NodeID) error {
-	if err := m.cfg.Map.Reconfigure(ctx, member, false); err != nil {
+	if err := m.mark(ctx, member, false, false); err != nil {
 		return err
 	}
-	defer m.endReconfigure(member)
+	defer m.endReconfigure(member, false)
 	remove := func(group, id uint64) error {
 		ms, err := m.groupMembership(ctx, group)
 		if err != nil {
@@ -483,10 +591,10 @@ func (m *Membership) FillPlacement(ctx context.Context) error {
 // found and tried again. A range split while it was a learner, whose raft
 // group has no replica of it yet, it is added to as Add adds.
 func (m *Membership) Promote(ctx context.Context, member NodeID) error {
-	if err := m.cfg.Map.Reconfigure(ctx, member, false); err != nil {
+	if err := m.mark(ctx, member, false, false); err != nil {
 		return err
 	}
-	defer m.endReconfigure(member)
+	defer m.endReconfigure(member, false)
 	err := m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
 		ms, err := m.groupMembership(ctx, d.Id)
 		if err != nil {
@@ -560,12 +668,13 @@ func (m *Membership) eachRange(ctx context.Context, f func(d *placementpb.RangeD
 	}
 }
 
-// endReconfigure marks member's change over, on its own deadline: the
-// change's may have run out.
-func (m *Membership) endReconfigure(member NodeID) {
+// endReconfigure marks member's change over (adding: only Begin's mark of
+// it, not a removal's that replaced it), on its own deadline: the change's
+// may have run out.
+func (m *Membership) endReconfigure(member NodeID, adding bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := m.cfg.Map.Reconfigure(ctx, member, true); err != nil {
+	if err := m.cfg.Map.reconfigure(ctx, member, true, adding, false); err != nil {
 		m.cfg.Log.Warn("mark a membership change over", "member", fmt.Sprintf("%x", uint64(member)), "error", err)
 	}
 }

@@ -221,6 +221,12 @@ func (l loggedRaft) SyncPropose(ctx context.Context, s *dbclient.Session, cmd []
 		if op.Reconfigure.Done {
 			what += " done"
 		}
+		if op.Reconfigure.Adding {
+			what += " adding"
+		}
+		if op.Reconfigure.Learner {
+			what += " learner"
+		}
 	case *placementpb.Command_ChangeReplicas:
 		what = fmt.Sprintf("map: change-replicas r%d", op.ChangeReplicas.Range)
 		if op.ChangeReplicas.Add != 0 {
@@ -448,6 +454,18 @@ func TestMembership(t *testing.T) {
 			switch d.Cmd {
 			case "add":
 				err = m.Add(ctx, member, d.HasArg("learner"))
+			case "begin":
+				err = m.Begin(ctx, member, d.HasArg("learner"))
+			case "continue":
+				err = m.Continue(ctx, member, d.HasArg("learner"))
+			case "pending":
+				var ok, learner bool
+				member, learner, ok, err = m.Pending(ctx)
+				if err == nil {
+					c.mu.Lock()
+					c.log = append(c.log, fmt.Sprintf("pending member=%d learner=%t ok=%t", member, learner, ok))
+					c.mu.Unlock()
+				}
 			case "remove":
 				err = m.Remove(ctx, member)
 			case "promote":

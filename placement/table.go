@@ -86,8 +86,10 @@ type Table struct {
 	// moves are the open moves, by range.
 	moves map[RangeID]*placementpb.Move
 	// reconfiguring is the member whose membership change is under way
-	// (0: none); splits wait for it.
-	reconfiguring uint64
+	// (0: none); splits wait for it. adding and learner are its mark's
+	// (placementpb.Reconfigure).
+	reconfiguring               uint64
+	reconfAdding, reconfLearner bool
 }
 
 func lessStart(a, b *placementpb.RangeDescriptor) bool { return bytes.Compare(a.Start, b.Start) < 0 }
@@ -131,9 +133,9 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 		r := op.Reconfigure
 		switch {
 		case !r.Done:
-			t.reconfiguring = r.Member
-		case t.reconfiguring == r.Member:
-			t.reconfiguring = 0
+			t.reconfiguring, t.reconfAdding, t.reconfLearner = r.Member, r.Adding, r.Learner
+		case t.reconfiguring == r.Member && (!r.Adding || t.reconfAdding):
+			t.reconfiguring, t.reconfAdding, t.reconfLearner = 0, false, false
 		}
 		return &placementpb.Result{}, nil
 	case *placementpb.Command_ChangeReplicas:
@@ -366,7 +368,8 @@ func (t *Table) Bound() mvcc.Revision { return t.bound }
 // State returns the whole state, for a snapshot.
 func (t *Table) State() *placementpb.State {
 	st := &placementpb.State{Ranges: t.Ranges(), Bound: int64(t.bound), NextRangeId: uint64(t.nextRangeID),
-		Reconfiguring: t.reconfiguring, NextReplicaId: uint64(t.nextReplicaID), Moves: t.Moves()}
+		Reconfiguring: t.reconfiguring, NextReplicaId: uint64(t.nextReplicaID), Moves: t.Moves(),
+		ReconfigureAdding: t.reconfAdding, ReconfigureLearner: t.reconfLearner}
 	ids := make([]NodeID, 0, len(t.nodes))
 	for id := range t.nodes {
 		ids = append(ids, id)
@@ -391,7 +394,7 @@ func (t *Table) Load(st *placementpb.State) {
 	}
 	t.bound = mvcc.Revision(st.Bound)
 	t.nextRangeID = RangeID(st.NextRangeId)
-	t.reconfiguring = st.Reconfiguring
+	t.reconfiguring, t.reconfAdding, t.reconfLearner = st.Reconfiguring, st.ReconfigureAdding, st.ReconfigureLearner
 	t.nextReplicaID = max(ReplicaID(st.NextReplicaId), 1)
 	for _, mv := range st.Moves {
 		t.moves[RangeID(mv.Range)] = proto.Clone(mv).(*placementpb.Move)

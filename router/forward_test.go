@@ -119,6 +119,7 @@ func (m *fakeMember) SplitRange(context.Context, []byte) ([]*placementpb.RangeDe
 	return nil, m.splitErr
 }
 func (m *fakeMember) CompactLog(context.Context, shard.RangeID) error { return nil }
+func (m *fakeMember) RemoveMember(context.Context, uint64) error      { return nil }
 
 // serveMember serves m as member id's node-to-node service in process and
 // returns a dialer reaching it (and nothing else).

@@ -38,8 +38,10 @@ import (
 // HTTP status. The Lock and Election services' unary calls are routed at
 // etcd's paths too (/v3/lock/lock, /v3/election/campaign, …; see
 // lockRoutes), and Observe streams as Watch does (observeRoute). The Auth
-// service is left out: Cairn has no authentication yet, so /v3/auth/ is
-// not found.
+// service is at /v3/auth/* (authenticate, enable, user/*, role/*, …); as
+// etcd's, the gateway passes a request's Authorization header on as the
+// call's "authorization" metadata, which the auth interceptor takes as
+// the token.
 //
 // ctx bounds the registrations only; the routes serve until conn closes.
 func (s *Server) Gateway(ctx context.Context, conn grpc.ClientConnInterface) (http.Handler, error) {
@@ -53,6 +55,7 @@ func (s *Server) Gateway(ctx context.Context, conn grpc.ClientConnInterface) (ht
 		func() error { return gw.RegisterKVHandlerClient(ctx, mux, pb.NewKVClient(conn)) },
 		func() error { return gw.RegisterClusterHandlerClient(ctx, mux, pb.NewClusterClient(conn)) },
 		func() error { return gw.RegisterMaintenanceHandlerClient(ctx, mux, pb.NewMaintenanceClient(conn)) },
+		func() error { return gw.RegisterAuthHandlerClient(ctx, mux, pb.NewAuthClient(conn)) },
 	}
 	// As Register: the services without what they need stay out.
 	if s.cfg.Merger != nil {

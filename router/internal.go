@@ -45,6 +45,8 @@ type Member interface {
 	// CompactLog snapshots this member's replica of range id and drops its
 	// raft log up to the snapshot.
 	CompactLog(ctx context.Context, id shard.RangeID) error
+	// RemoveMember removes member id from the cluster, here.
+	RemoveMember(ctx context.Context, id uint64) error
 }
 
 // Kinds of refusal (Refuse) that the node gives for requests the router

@@ -33,6 +33,8 @@ type MemberConfig struct {
 	// CompactLog snapshots this member's replica of range id and drops its
 	// raft log up to the snapshot (placement.Membership.CompactLog).
 	CompactLog func(ctx context.Context, id placement.RangeID) error
+	// RemoveMember removes member id from the cluster, here (nil: refused).
+	RemoveMember func(ctx context.Context, id uint64) error
 }
 
 // RevisionSource hands out revisions of the oracle (placement.Allocator).

@@ -97,7 +97,7 @@ func TestCtlFlags(t *testing.T) {
 		{"every endpoint dead", []string{"--endpoints", dead + "," + dead, "--dial-timeout", "1s"}, "connection refused"},
 		{"an error answer ends the command", []string{"--endpoints", broken.URL + "," + srv.URL}, "500"},
 		{"unknown format", []string{"--endpoints", host, "-w", "yaml"}, "unsupported output format"},
-		{"TLS", []string{"--endpoints", "https://" + host}, "TLS"},
+		{"https to a plain server", []string{"--endpoints", "https://" + host}, "HTTPS"},
 		{"unknown flag", []string{"--endpoints", host, "--bogus"}, "-h for usage"},
 		{"argument", []string{"--endpoints", host, "extra"}, "unexpected argument"},
 	} {

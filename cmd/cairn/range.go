@@ -8,10 +8,11 @@ import (
 	"strconv"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -101,7 +102,7 @@ func rangeEnd(end []byte) string {
 // splitAt asks the member at endpoint to split at key. An endpoint not
 // reached within the dial timeout is an Unavailable error.
 func splitAt(endpoint string, key []byte, c ctlFlags) (*internalpb.SplitRangeResponse, error) {
-	conn, err := grpc.NewClient(hostOf(endpoint), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(hostOf(endpoint), grpc.WithTransportCredentials(c.grpcCreds()))
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
@@ -116,5 +117,12 @@ func splitAt(endpoint string, key []byte, c ctlFlags) (*internalpb.SplitRangeRes
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.commandTimeout)
 	defer cancel()
+	token, err := c.authenticate(ctx, endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, rpctypes.TokenFieldNameGRPC, token)
+	}
 	return internalpb.NewNodeClient(conn).SplitRange(ctx, &internalpb.SplitRangeRequest{Key: key})
 }

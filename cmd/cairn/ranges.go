@@ -11,6 +11,9 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/cairn-kv/cairn/router"
 )
 
@@ -91,6 +94,7 @@ func fetchRanges(c ctlFlags) ([]router.RangeInfo, error) {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext:       (&net.Dialer{Timeout: c.dialTimeout}).DialContext,
 		DisableKeepAlives: true,
+		TLSClientConfig:   c.tls,
 	}}
 	var errs []error
 	for _, ep := range c.endpoints {
@@ -113,6 +117,15 @@ func getRanges(client *http.Client, ep string, c ctlFlags) (_ []router.RangeInfo
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ep+"/cairn/ranges", nil)
 	if err != nil {
 		return nil, false, err
+	}
+	// With --user, the credentials are checked first, as etcdctl's
+	// commands do, and the token goes with the request.
+	token, err := c.authenticate(ctx, ep)
+	if err != nil {
+		return nil, !errors.Is(err, context.DeadlineExceeded) && status.Code(errors.Unwrap(err)) != codes.Unavailable, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", token)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

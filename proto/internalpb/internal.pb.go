@@ -87,6 +87,94 @@ func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
 }
 
+type RemoveMemberRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        uint64                 `protobuf:"varint,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberRequest) Reset() {
+	*x = RemoveMemberRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberRequest) ProtoMessage() {}
+
+func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
+func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RemoveMemberRequest) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+type RemoveMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberResponse) Reset() {
+	*x = RemoveMemberResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberResponse) ProtoMessage() {}
+
+func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
+func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RemoveMemberResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 type CompactLogRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
@@ -96,7 +184,7 @@ type CompactLogRequest struct {
 
 func (x *CompactLogRequest) Reset() {
 	*x = CompactLogRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[0]
+	mi := &file_internalpb_internal_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -108,7 +196,7 @@ func (x *CompactLogRequest) String() string {
 func (*CompactLogRequest) ProtoMessage() {}
 
 func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[0]
+	mi := &file_internalpb_internal_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -121,7 +209,7 @@ func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogRequest.ProtoReflect.Descriptor instead.
 func (*CompactLogRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CompactLogRequest) GetRange() uint64 {
@@ -140,7 +228,7 @@ type CompactLogResponse struct {
 
 func (x *CompactLogResponse) Reset() {
 	*x = CompactLogResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[1]
+	mi := &file_internalpb_internal_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -152,7 +240,7 @@ func (x *CompactLogResponse) String() string {
 func (*CompactLogResponse) ProtoMessage() {}
 
 func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[1]
+	mi := &file_internalpb_internal_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -165,7 +253,7 @@ func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogResponse.ProtoReflect.Descriptor instead.
 func (*CompactLogResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CompactLogResponse) GetError() *Error {
@@ -194,7 +282,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -206,7 +294,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -219,7 +307,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -259,7 +347,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -271,7 +359,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -284,7 +372,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -305,7 +393,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +405,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +418,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -350,7 +438,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +450,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +463,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -402,7 +490,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -414,7 +502,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -427,7 +515,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
@@ -455,7 +543,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +555,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +568,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -514,7 +602,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +614,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +627,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -566,7 +654,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +666,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +679,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -617,7 +705,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +717,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +730,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -663,7 +751,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +763,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +776,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -715,7 +803,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +815,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +828,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -771,7 +859,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +871,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +884,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -829,7 +917,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +929,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +942,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -872,7 +960,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +972,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +985,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
 }
 
 type KickRequest struct {
@@ -910,7 +998,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1010,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1023,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -960,7 +1048,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1060,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,14 +1073,18 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
 
 const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x19internalpb/internal.proto\x12\x11cairn.internal.v1\x1a\x13shardpb/shard.proto\x1a\x1bplacementpb/placement.proto\")\n" +
+	"\x19internalpb/internal.proto\x12\x11cairn.internal.v1\x1a\x13shardpb/shard.proto\x1a\x1bplacementpb/placement.proto\"-\n" +
+	"\x13RemoveMemberRequest\x12\x16\n" +
+	"\x06member\x18\x01 \x01(\x04R\x06member\"F\n" +
+	"\x14RemoveMemberResponse\x12.\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\")\n" +
 	"\x11CompactLogRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\"D\n" +
 	"\x12CompactLogResponse\x12.\n" +
@@ -1045,7 +1137,7 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
-	"\x13ERROR_CODE_NO_RANGE\x10\x032\xa2\x05\n" +
+	"\x13ERROR_CODE_NO_RANGE\x10\x032\x83\x06\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
@@ -1057,7 +1149,8 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
 	"SplitRange\x12$.cairn.internal.v1.SplitRangeRequest\x1a%.cairn.internal.v1.SplitRangeResponse\x12Y\n" +
 	"\n" +
-	"CompactLog\x12$.cairn.internal.v1.CompactLogRequest\x1a%.cairn.internal.v1.CompactLogResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
+	"CompactLog\x12$.cairn.internal.v1.CompactLogRequest\x1a%.cairn.internal.v1.CompactLogResponse\x12_\n" +
+	"\fRemoveMember\x12&.cairn.internal.v1.RemoveMemberRequest\x1a'.cairn.internal.v1.RemoveMemberResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
 
 var (
 	file_internalpb_internal_proto_rawDescOnce sync.Once
@@ -1072,66 +1165,71 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_internalpb_internal_proto_goTypes = []any{
 	(ErrorCode)(0),                      // 0: cairn.internal.v1.ErrorCode
-	(*CompactLogRequest)(nil),           // 1: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 2: cairn.internal.v1.CompactLogResponse
-	(*Error)(nil),                       // 3: cairn.internal.v1.Error
-	(*SplitRangeRequest)(nil),           // 4: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 5: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 6: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 7: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 8: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 9: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 10: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 11: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 12: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 13: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 14: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 15: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 16: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 17: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 18: cairn.internal.v1.KickResponse
-	(shardpb.ErrorCode)(0),              // 19: cairn.shard.v1.ErrorCode
-	(*placementpb.RangeDescriptor)(nil), // 20: cairn.placement.RangeDescriptor
-	(*shardpb.Request)(nil),             // 21: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 22: cairn.shard.v1.Response
+	(*RemoveMemberRequest)(nil),         // 1: cairn.internal.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),        // 2: cairn.internal.v1.RemoveMemberResponse
+	(*CompactLogRequest)(nil),           // 3: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 4: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 5: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 6: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 7: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 8: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 9: cairn.internal.v1.WriteResponse
+	(*ReadAtRequest)(nil),               // 10: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 11: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 12: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 13: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 14: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 15: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 16: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 17: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 18: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 19: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 20: cairn.internal.v1.KickResponse
+	(shardpb.ErrorCode)(0),              // 21: cairn.shard.v1.ErrorCode
+	(*placementpb.RangeDescriptor)(nil), // 22: cairn.placement.RangeDescriptor
+	(*shardpb.Request)(nil),             // 23: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 24: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	3,  // 0: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
-	0,  // 1: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	19, // 2: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	20, // 3: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	20, // 4: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	21, // 5: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	22, // 6: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	3,  // 7: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	3,  // 8: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	3,  // 9: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	3,  // 10: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	14, // 11: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	6,  // 12: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	8,  // 13: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	10, // 14: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	12, // 15: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	15, // 16: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	17, // 17: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	4,  // 18: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	1,  // 19: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	7,  // 20: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	9,  // 21: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	11, // 22: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	13, // 23: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	16, // 24: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	18, // 25: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	5,  // 26: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	2,  // 27: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	20, // [20:28] is the sub-list for method output_type
-	12, // [12:20] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	5,  // 0: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
+	5,  // 1: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	0,  // 2: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	21, // 3: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	22, // 4: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	22, // 5: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	23, // 6: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	24, // 7: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	5,  // 8: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	5,  // 9: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	5,  // 10: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	5,  // 11: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	16, // 12: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	8,  // 13: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	10, // 14: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	12, // 15: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	14, // 16: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	17, // 17: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	19, // 18: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	6,  // 19: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	3,  // 20: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	1,  // 21: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	9,  // 22: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	11, // 23: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	13, // 24: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	15, // 25: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	18, // 26: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	20, // 27: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	7,  // 28: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	4,  // 29: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	2,  // 30: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	22, // [22:31] is the sub-list for method output_type
+	13, // [13:22] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -1145,7 +1243,7 @@ func file_internalpb_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

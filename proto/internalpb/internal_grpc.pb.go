@@ -25,14 +25,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Node_Write_FullMethodName      = "/cairn.internal.v1.Node/Write"
-	Node_ReadAt_FullMethodName     = "/cairn.internal.v1.Node/ReadAt"
-	Node_WaitClosed_FullMethodName = "/cairn.internal.v1.Node/WaitClosed"
-	Node_Revisions_FullMethodName  = "/cairn.internal.v1.Node/Revisions"
-	Node_Closed_FullMethodName     = "/cairn.internal.v1.Node/Closed"
-	Node_Kick_FullMethodName       = "/cairn.internal.v1.Node/Kick"
-	Node_SplitRange_FullMethodName = "/cairn.internal.v1.Node/SplitRange"
-	Node_CompactLog_FullMethodName = "/cairn.internal.v1.Node/CompactLog"
+	Node_Write_FullMethodName        = "/cairn.internal.v1.Node/Write"
+	Node_ReadAt_FullMethodName       = "/cairn.internal.v1.Node/ReadAt"
+	Node_WaitClosed_FullMethodName   = "/cairn.internal.v1.Node/WaitClosed"
+	Node_Revisions_FullMethodName    = "/cairn.internal.v1.Node/Revisions"
+	Node_Closed_FullMethodName       = "/cairn.internal.v1.Node/Closed"
+	Node_Kick_FullMethodName         = "/cairn.internal.v1.Node/Kick"
+	Node_SplitRange_FullMethodName   = "/cairn.internal.v1.Node/SplitRange"
+	Node_CompactLog_FullMethodName   = "/cairn.internal.v1.Node/CompactLog"
+	Node_RemoveMember_FullMethodName = "/cairn.internal.v1.Node/RemoveMember"
 )
 
 // NodeClient is the client API for Node service.
@@ -61,6 +62,10 @@ type NodeClient interface {
 	// log up to the snapshot, so that a member added next gets the range as
 	// a snapshot, never by replaying its log from the start.
 	CompactLog(ctx context.Context, in *CompactLogRequest, opts ...grpc.CallOption) (*CompactLogResponse, error)
+	// RemoveMember removes a member from the cluster (sharded mode's
+	// membership walk): what a member asked to remove itself has another
+	// member do, as its own groups close under it.
+	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 }
 
 type nodeClient struct {
@@ -151,6 +156,16 @@ func (c *nodeClient) CompactLog(ctx context.Context, in *CompactLogRequest, opts
 	return out, nil
 }
 
+func (c *nodeClient) RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveMemberResponse)
+	err := c.cc.Invoke(ctx, Node_RemoveMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -177,6 +192,10 @@ type NodeServer interface {
 	// log up to the snapshot, so that a member added next gets the range as
 	// a snapshot, never by replaying its log from the start.
 	CompactLog(context.Context, *CompactLogRequest) (*CompactLogResponse, error)
+	// RemoveMember removes a member from the cluster (sharded mode's
+	// membership walk): what a member asked to remove itself has another
+	// member do, as its own groups close under it.
+	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -210,6 +229,9 @@ func (UnimplementedNodeServer) SplitRange(context.Context, *SplitRangeRequest) (
 }
 func (UnimplementedNodeServer) CompactLog(context.Context, *CompactLogRequest) (*CompactLogResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CompactLog not implemented")
+}
+func (UnimplementedNodeServer) RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveMember not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -376,6 +398,24 @@ func _Node_CompactLog_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_RemoveMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).RemoveMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_RemoveMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).RemoveMember(ctx, req.(*RemoveMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -414,6 +454,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CompactLog",
 			Handler:    _Node_CompactLog_Handler,
+		},
+		{
+			MethodName: "RemoveMember",
+			Handler:    _Node_RemoveMember_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -39,9 +39,11 @@ var gatewayModes = []struct {
 // answer (status, then the body with gatewayMasked and the fields named by
 // mask= masked, keys sorted); etcd's answer, normalized the same way, must
 // be equal, but for the fields named by ignore= (which the script says
-// why Cairn sends). Each script starts on fresh servers.
+// why Cairn sends). Each script starts on fresh servers. With token, the
+// request carries as its Authorization header the token that server's
+// last answer with a "token" field (/v3/auth/authenticate) gave.
 //
-//	post path=/v3/kv/put [mask=TTL,hash] [ignore=revision]
+//	post path=/v3/kv/put [mask=TTL,hash] [ignore=revision] [token]
 //	{"key":"Zm9v","value":"YmFy"}
 //	----
 //	200 {"header":{...}}
@@ -51,6 +53,7 @@ func TestGateway(t *testing.T) {
 			datadriven.Walk(t, "testdata/gateway", func(t *testing.T, path string) {
 				etcd := startEtcd(t, "etcd")
 				cairn := startCairnWith(t, "cairn", mode.edit)
+				var etcdToken, cairnToken string
 				datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 					if d.Cmd != "post" {
 						d.Fatalf(t, "unknown command %q", d.Cmd)
@@ -68,8 +71,18 @@ func TestGateway(t *testing.T) {
 					if ignores != "" {
 						ignore = strings.Split(ignores, ",")
 					}
-					etcdStatus, etcdBody := gatewayPost(t, etcd.endpoint, p, d.Input)
-					status, body := gatewayPost(t, cairn.endpoint, p, d.Input)
+					var etcdAuth, cairnAuth string
+					if d.HasArg("token") {
+						etcdAuth, cairnAuth = etcdToken, cairnToken
+					}
+					etcdStatus, etcdBody := gatewayPostAuth(t, etcd.endpoint, p, d.Input, etcdAuth)
+					status, body := gatewayPostAuth(t, cairn.endpoint, p, d.Input, cairnAuth)
+					if tok := jsonToken(etcdBody); tok != "" {
+						etcdToken = tok
+					}
+					if tok := jsonToken(body); tok != "" {
+						cairnToken = tok
+					}
 					want := fmt.Sprintf("%d %s", etcdStatus, normalizeJSON(t, etcdBody, mask, ignore))
 					if got := fmt.Sprintf("%d %s", status, normalizeJSON(t, body, mask, ignore)); got != want {
 						t.Errorf("%s: POST %s %s:\ncairn %s\n etcd %s", d.Pos, p, d.Input, got, want)
@@ -87,7 +100,22 @@ func TestGateway(t *testing.T) {
 // and body.
 func gatewayPost(t *testing.T, endpoint, path, body string) (int, []byte) {
 	t.Helper()
-	resp, err := http.Post(endpoint+path, "application/json", strings.NewReader(body))
+	return gatewayPostAuth(t, endpoint, path, body, "")
+}
+
+// gatewayPostAuth is gatewayPost with token as the Authorization header
+// ("": none).
+func gatewayPostAuth(t *testing.T, endpoint, path, body, token string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, endpoint+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", token)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("POST %s%s: %v", endpoint, path, err)
 	}
@@ -97,6 +125,17 @@ func gatewayPost(t *testing.T, endpoint, path, body string) (int, []byte) {
 		t.Fatalf("POST %s%s: read: %v", endpoint, path, err)
 	}
 	return resp.StatusCode, b
+}
+
+// jsonToken returns the "token" field of the JSON object b, "" if none.
+func jsonToken(b []byte) string {
+	var v struct {
+		Token string `json:"token"`
+	}
+	if json.Unmarshal(b, &v) != nil {
+		return ""
+	}
+	return v.Token
 }
 
 // normalizeJSON re-encodes each JSON value in b (one per line for a

@@ -65,6 +65,8 @@ type metrics struct {
 	proposalsFailed, restamped, splits prometheus.Counter
 	puts, deletes, ranges, txns        prometheus.Counter
 	commitSec, syncSec                 prometheus.Histogram
+	walFsyncSec                        prometheus.Histogram // the raft log's (walsync.go)
+	walBytes                           prometheus.Counter
 	defragSec, snapshotSec             prometheus.Histogram
 	watchStreams, watchers             prometheus.Gauge
 	oracleSec                          prometheus.Histogram
@@ -122,6 +124,9 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 		"The latency distributions of commit called by backend (a pebble commit of applied entries, without fsync).", prometheus.ExponentialBuckets(0.001, 2, 14))
 	m.syncSec = histogram("cairn", "", "state_sync_duration_seconds",
 		"The latency distributions of the state store's fsyncs.", prometheus.ExponentialBuckets(0.001, 2, 14))
+	m.walFsyncSec = histogram("etcd", "disk", "wal_fsync_duration_seconds",
+		"Latency of the raft log's fsyncs (the write-ahead logs of dragonboat's LogDB).", prometheus.ExponentialBuckets(0.001, 2, 14))
+	m.walBytes = counter("etcd", "disk", "wal_write_bytes_total", "Bytes written to the raft log's write-ahead logs.")
 	m.defragSec = histogram("etcd", "disk", "backend_defrag_duration_seconds",
 		"The latency distribution of backend defragmentation.", prometheus.ExponentialBuckets(.1, 2, 13))
 	m.snapshotSec = histogram("etcd", "disk", "backend_snapshot_duration_seconds",
@@ -146,7 +151,7 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 		collectors.NewGoCollector(),
 		m.grpc, m.healthSuccess, m.healthFailures, m.healthcheck, m.healthchecks,
 		m.leaderChanges, m.rangeLeaderChanges, m.proposalsFailed, m.restamped, m.splits,
-		m.puts, m.deletes, m.ranges, m.txns, m.commitSec, m.syncSec, m.defragSec, m.snapshotSec,
+		m.puts, m.deletes, m.ranges, m.txns, m.commitSec, m.syncSec, m.walFsyncSec, m.walBytes, m.defragSec, m.snapshotSec,
 		m.watchStreams, m.watchers, m.oracleSec, m.oracleFailures, m.oracleAllocated, m.forwarded, m.peerRTT,
 		m.slowApply, m.leaderTransfers, m.autoCompactionFailures,
 	} {

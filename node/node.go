@@ -502,7 +502,9 @@ type Node struct {
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
-	closeErr  error
+	// leaveWAL stops timing the raft log's fsyncs for the node (walsync.go).
+	leaveWAL func()
+	closeErr error
 }
 
 // leaderListener passes dragonboat's leader changes to the replica client,
@@ -786,6 +788,7 @@ func (n *Node) startRaft(b boot) error {
 		n.nhConfig.MutualTLS = true
 		n.nhConfig.CAFile, n.nhConfig.CertFile, n.nhConfig.KeyFile = cfg.PeerTLS.TrustedCAFile, cfg.PeerTLS.CertFile, cfg.PeerTLS.KeyFile
 	}
+	n.leaveWAL = joinWALOwners(n.metrics, n.nhConfig.NodeHostDir, n.nhConfig.WALDir)
 	if n.nh, err = dragonboat.NewNodeHost(n.nhConfig); err != nil {
 		return fmt.Errorf("node: start raft: %w", err)
 	}
@@ -1341,6 +1344,9 @@ func (n *Node) Close() error {
 		}
 		if n.nh != nil {
 			n.nh.Close()
+		}
+		if n.leaveWAL != nil {
+			n.leaveWAL()
 		}
 		if n.conns != nil {
 			n.conns.Close()

@@ -67,6 +67,9 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	// Before node.Run: dragonboat's loggers are made on first use, and
 	// they are the process's.
 	node.RouteDragonboatLogs(log)
+	// Before node.Run too: the raft log's files are opened with the
+	// NodeHost.
+	node.TimeRaftLogSyncs()
 	cfg.Logger = log
 	o.report(cfg.Logger)
 	err = node.Run(ctx, cfg)

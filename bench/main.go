@@ -17,7 +17,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 func main() {
@@ -393,8 +392,7 @@ func runMemory(ctx context.Context, env *environment, sys system, sc scenario, d
 		return fail(err)
 	}
 	defer in.stop()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: in.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		MaxCallSendMsgSize: 4 << 20})
+	cli, err := in.newClient(func(c *clientv3.Config) { c.MaxCallSendMsgSize = 4 << 20 })
 	if err != nil {
 		return fail(err)
 	}
@@ -418,7 +416,7 @@ func runOne(ctx context.Context, env *environment, sys system, sc scenario, dir,
 	}
 	defer in.stop()
 	if sc.preload != nil {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: in.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		cli, err := in.newClient(nil)
 		if err != nil {
 			return fail(err)
 		}
@@ -433,6 +431,7 @@ func runOne(ctx context.Context, env *environment, sys system, sc scenario, dir,
 	argv := append(slices.Clone(sc.args),
 		"--endpoints", strings.Join(in.endpoints, ","),
 		"--clients", strconv.Itoa(sc.clients), "--conns", strconv.Itoa(sc.conns), "--precise")
+	argv = append(argv, in.benchFlags()...)
 	bctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(bctx, benchBin, argv...)

@@ -27,6 +27,10 @@ func serveEtcd(args []string) error {
 	client := fs.String("listen-client-urls", "", "client URL")
 	peer := fs.String("listen-peer-urls", "", "peer URL")
 	initial := fs.String("initial-cluster", "", "name=peer URL of every member (default: this one alone)")
+	certFile := fs.String("cert-file", "", "client TLS certificate (https client URL)")
+	keyFile := fs.String("key-file", "", "client TLS key")
+	caFile := fs.String("trusted-ca-file", "", "CA verifying client certificates")
+	clientCertAuth := fs.Bool("client-cert-auth", false, "require a verified client certificate")
 	_ = fs.Parse(args)
 
 	cu, err := url.Parse(*client)
@@ -51,6 +55,8 @@ func serveEtcd(args []string) error {
 		cfg.InitialCluster = *initial
 	}
 	cfg.ListenMetricsUrls = nil
+	cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = *certFile, *keyFile
+	cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = *caFile, *clientCertAuth
 	cfg.EnablePprof = true // heap figures (watch-scale) come from /debug/pprof and /debug/vars
 	// Everything else is etcd's default, fsync included: Cairn fsyncs its raft
 	// log before it acknowledges a write, and so must the baseline.

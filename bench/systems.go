@@ -15,7 +15,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // startTimeout bounds how long a server may take to answer its first read.
@@ -35,6 +34,8 @@ type system struct {
 	// (scaleout.go): cairn-sharded-3 runs 8 ranges on every member in put,
 	// and 3 replicas per range, 4 ranges per member there.
 	scaleOutCommand func(env *environment, m memberSpec) []string
+	// sec is how clients reach the system: plain, client TLS or auth.
+	sec security
 }
 
 // shardedSplits cut the key space into 8 ranges for the sharded systems.
@@ -50,6 +51,9 @@ type memberSpec struct {
 	dir                string // data directory
 	clientURL, peerURL string
 	initialCluster     string // name=peerURL,… of every member
+	// certs are the client TLS files of a secTLS system (clientURL is
+	// https), nil otherwise.
+	certs *certFiles
 }
 
 // environment is what systems need from the harness: where the binaries are,
@@ -63,15 +67,20 @@ type environment struct {
 	rangeReplicas int
 }
 
+// securedScenarios are what the TLS and auth systems run.
+var securedScenarios = []string{"put", "range-linearizable"}
+
 func systems() []system {
 	etcd := func(env *environment, m memberSpec) []string {
-		return []string{env.self, "serve-etcd", "-name", m.name, "-data-dir", m.dir, "-listen-client-urls", m.clientURL,
+		argv := []string{env.self, "serve-etcd", "-name", m.name, "-data-dir", m.dir, "-listen-client-urls", m.clientURL,
 			"-listen-peer-urls", m.peerURL, "-initial-cluster", m.initialCluster}
+		return append(argv, etcdTLSArgs(m.certs)...)
 	}
 	cairn := func(env *environment, m memberSpec) []string {
-		return []string{env.cairn, "--name", m.name, "--data-dir", m.dir,
+		argv := []string{env.cairn, "--name", m.name, "--data-dir", m.dir,
 			"--listen-client-urls", m.clientURL, "--listen-peer-urls", m.peerURL,
 			"--initial-cluster", m.initialCluster, "--log-level", "warn", "--enable-pprof"}
+		return append(argv, cairnTLSArgs(m.certs)...)
 	}
 	singleGroup := func(env *environment, m memberSpec) []string {
 		return append(cairn(env, m), "--single-group")
@@ -112,6 +121,13 @@ func systems() []system {
 		{name: "cairn-6", label: "Cairn single-group, 6 members (a process each)", nodes: 6, command: singleGroup, scenarios: scaleOutOnly},
 		{name: "cairn-9", label: "Cairn single-group, 9 members (a process each)", nodes: 9, command: singleGroup, scenarios: scaleOutOnly},
 		{name: "cairn-sharded-6", label: "Cairn sharded, 24 ranges, 3 replicas each, 6 members (a process each)", nodes: 6, command: scaleOut(6), scenarios: scaleOutOnly},
+		// etcd and Cairn single-group with client TLS (client certificates
+		// required) and with auth on (a non-root user's requests); the
+		// issue's put and range figures only.
+		{name: "etcd-tls", label: "etcd 3.7.3, client TLS with client certificates", nodes: 1, command: etcd, sec: secTLS, scenarios: securedScenarios},
+		{name: "cairn-tls", label: "Cairn single-group, client TLS with client certificates", nodes: 1, command: singleGroup, sec: secTLS, scenarios: securedScenarios},
+		{name: "etcd-auth", label: "etcd 3.7.3, auth on (simple tokens), a non-root user", nodes: 1, command: etcd, sec: secAuth, scenarios: securedScenarios},
+		{name: "cairn-auth", label: "Cairn single-group, auth on (simple tokens), a non-root user", nodes: 1, command: singleGroup, sec: secAuth, scenarios: securedScenarios},
 		{name: "cairn-sharded-9", label: "Cairn sharded, 36 ranges, 3 replicas each, 9 members (a process each)", nodes: 9, command: scaleOut(9), scenarios: scaleOutOnly},
 	}
 }
@@ -122,8 +138,10 @@ type instance struct {
 	endpoints []string // host:port, as etcd's benchmark tool wants them
 	procs     []*exec.Cmd
 	exited    []chan struct{}
-	logs      []string // paths of the members' stderr
-	dirs      []string // the members' data directories
+	logs      []string   // paths of the members' stderr
+	dirs      []string   // the members' data directories
+	certs     *certFiles // client TLS files of a secTLS system, else nil
+	authOn    bool       // auth is on: clients log in as benchUser
 }
 
 // startSystem starts every member of sys with data under dir and waits until the
@@ -160,6 +178,14 @@ func startSystemCapped(ctx context.Context, env *environment, sys system, dir st
 
 func startSystemOnce(ctx context.Context, env *environment, sys system, dir string, cpu *cpuCap) (*instance, error) {
 	in := &instance{sys: sys}
+	scheme := "http://"
+	if sys.sec == secTLS {
+		certs, err := makeCerts(filepath.Join(dir, "certs"))
+		if err != nil {
+			return nil, fmt.Errorf("bench: certificates: %w", err)
+		}
+		in.certs, scheme = certs, "https://"
+	}
 	specs := make([]memberSpec, sys.nodes)
 	var initial []string
 	for i := range specs {
@@ -167,11 +193,11 @@ func startSystemOnce(ctx context.Context, env *environment, sys system, dir stri
 		if client == "" || peer == "" {
 			return nil, errors.New("bench: no free port")
 		}
-		specs[i] = memberSpec{name: fmt.Sprintf("m%d", i+1), clientURL: "http://" + client, peerURL: "http://" + peer}
+		specs[i] = memberSpec{name: fmt.Sprintf("m%d", i+1), clientURL: scheme + client, peerURL: "http://" + peer, certs: in.certs}
 		initial = append(initial, specs[i].name+"="+specs[i].peerURL)
 	}
 	for i, spec := range specs {
-		client := strings.TrimPrefix(spec.clientURL, "http://")
+		client := strings.TrimPrefix(spec.clientURL, scheme)
 		mdir := filepath.Join(dir, fmt.Sprintf("%s-%d", sys.name, i))
 		if err := os.MkdirAll(mdir, 0o755); err != nil {
 			return nil, err
@@ -211,6 +237,12 @@ func startSystemOnce(ctx context.Context, env *environment, sys system, dir stri
 		in.stop()
 		return nil, err
 	}
+	if sys.sec == secAuth {
+		if err := in.enableAuth(ctx); err != nil {
+			in.stop()
+			return nil, err
+		}
+	}
 	return in, nil
 }
 
@@ -218,7 +250,7 @@ func startSystemOnce(ctx context.Context, env *environment, sys system, dir stri
 func (in *instance) waitReady(ctx context.Context) error {
 	deadline := time.Now().Add(startTimeout)
 	for i, ep := range in.endpoints {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		cli, err := in.newClient(func(c *clientv3.Config) { c.Endpoints = []string{ep} })
 		if err != nil {
 			return err
 		}

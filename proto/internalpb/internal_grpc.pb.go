@@ -33,6 +33,7 @@ const (
 	Node_Kick_FullMethodName       = "/cairn.internal.v1.Node/Kick"
 	Node_SplitRange_FullMethodName = "/cairn.internal.v1.Node/SplitRange"
 	Node_CompactLog_FullMethodName = "/cairn.internal.v1.Node/CompactLog"
+	Node_Read_FullMethodName       = "/cairn.internal.v1.Node/Read"
 )
 
 // NodeClient is the client API for Node service.
@@ -61,6 +62,9 @@ type NodeClient interface {
 	// log up to the snapshot, so that a member added next gets the range as
 	// a snapshot, never by replaying its log from the start.
 	CompactLog(ctx context.Context, in *CompactLogRequest, opts ...grpc.CallOption) (*CompactLogResponse, error)
+	// Read answers a read of a range this node holds a replica of, for a
+	// member that holds none (linearizable: through raft's read index).
+	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
 }
 
 type nodeClient struct {
@@ -151,6 +155,16 @@ func (c *nodeClient) CompactLog(ctx context.Context, in *CompactLogRequest, opts
 	return out, nil
 }
 
+func (c *nodeClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadResponse)
+	err := c.cc.Invoke(ctx, Node_Read_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -177,6 +191,9 @@ type NodeServer interface {
 	// log up to the snapshot, so that a member added next gets the range as
 	// a snapshot, never by replaying its log from the start.
 	CompactLog(context.Context, *CompactLogRequest) (*CompactLogResponse, error)
+	// Read answers a read of a range this node holds a replica of, for a
+	// member that holds none (linearizable: through raft's read index).
+	Read(context.Context, *ReadRequest) (*ReadResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -210,6 +227,9 @@ func (UnimplementedNodeServer) SplitRange(context.Context, *SplitRangeRequest) (
 }
 func (UnimplementedNodeServer) CompactLog(context.Context, *CompactLogRequest) (*CompactLogResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CompactLog not implemented")
+}
+func (UnimplementedNodeServer) Read(context.Context, *ReadRequest) (*ReadResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Read not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -376,6 +396,24 @@ func _Node_CompactLog_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_Read_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).Read(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_Read_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).Read(ctx, req.(*ReadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -414,6 +452,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CompactLog",
 			Handler:    _Node_CompactLog_Handler,
+		},
+		{
+			MethodName: "Read",
+			Handler:    _Node_Read_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

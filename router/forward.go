@@ -452,8 +452,8 @@ func readLocal[T any](ctx context.Context, c *RangeClient, read func(Replica) (T
 // hint names (term 0).
 func (c *RangeClient) Leader() (shard.ReplicaID, uint64, bool) {
 	if c.l == nil {
-		h := placement.NodeID(c.hint.Load())
-		if h == 0 {
+		h, ok := c.LeaderMember()
+		if !ok {
 			return 0, 0, false
 		}
 		id, ok := placement.ReplicaOf(c.Descriptor(), h)
@@ -470,8 +470,11 @@ func (c *RangeClient) Leader() (shard.ReplicaID, uint64, bool) {
 // LeaderMember is the member leading the range as this member knows it.
 func (c *RangeClient) LeaderMember() (placement.NodeID, bool) {
 	if c.l == nil {
-		h := placement.NodeID(c.hint.Load())
-		return h, h != 0
+		// No hint: the first holder, which forwards what it does not lead.
+		if hs := c.holders(); len(hs) > 0 {
+			return hs[0], true
+		}
+		return 0, false
 	}
 	id, _, ok := c.Leader()
 	if !ok {

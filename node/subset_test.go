@@ -209,6 +209,13 @@ func TestSubsetKV(t *testing.T) {
 	if r, err := cli.Get(ctx, "c", clientv3.WithPrefix()); err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "v3" {
 		t.Fatalf("after txn and delete: %v %v", r, err)
 	}
+	// A watch over a range held elsewhere is refused for now (issue 21
+	// S7 serves it).
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if wr, ok := <-cli.Watch(wctx, "c1"); !ok || !wr.Canceled || wr.Err() == nil {
+		t.Fatalf("watch over a range held elsewhere: %v %+v", ok, wr)
+	}
 	// Compaction from the outsider.
 	if _, err := cli.Compact(ctx, all.Header.Revision); err != nil {
 		t.Fatalf("compact from an outsider: %v", err)

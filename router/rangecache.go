@@ -172,8 +172,8 @@ func (c *RangeCache) PutRanges(rs ...*shard.Range) {
 }
 
 // PutMap routes by the range map ds (the placement group's, as this
-// member's replica of it has it): a range without a replica here gets an
-// entry of its own, whose client (Forwarder.RemoteRange) reads through the
+// member's replica of it has it): a range that the map does not name this
+// member in gets an entry of its own, whose client (Forwarder.RemoteRange) reads through the
 // members holding it and writes through its leader; a range of the map
 // already remote here keeps its client, its descriptor and leader hint
 // replaced; a remote range the map no longer has leaves. Ranges with a
@@ -198,6 +198,11 @@ func (c *RangeCache) PutMap(ds []*placementpb.RangeDescriptor) {
 				rc.setDescriptor(d)
 				e.Descriptor = d
 				all[id] = e
+				continue
+			}
+			if _, mine := placement.ReplicaOf(d, c.fwd.self); mine {
+				// This member is to run it (a split applying here, a
+				// replica starting): PutRanges puts it in.
 				continue
 			}
 			rc := c.fwd.RemoteRange(d)

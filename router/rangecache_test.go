@@ -236,6 +236,12 @@ func TestRangeCachePutMap(t *testing.T) {
 	if c.Remote(2) || c.Local(2) != l2 {
 		t.Fatalf("the map replaced range 2's local replica")
 	}
+	// A range the map names this member in is left to its replica.
+	mine := &placementpb.RangeDescriptor{Id: 4, Start: []byte("x"), Generation: 3, ReplicaSet: []*placementpb.Replica{{Member: 1, Id: 11}}}
+	c.PutMap([]*placementpb.RangeDescriptor{r1, r2, mine})
+	if c.Client(4) != nil {
+		t.Fatalf("a range the map names this member in got a remote client")
+	}
 	// A remote range the map no longer has leaves; a local one stays.
 	c.PutMap([]*placementpb.RangeDescriptor{{Id: 3, End: []byte("m"), Generation: 3}})
 	if c.Client(1) != nil || c.Local(2) != l2 || !c.Remote(3) {

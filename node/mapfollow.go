@@ -16,8 +16,9 @@ import (
 // prefix-consistent copy of the range map and the members' node records.
 // The placement state machine signals each apply (mapSignal, a channel of
 // one: signals coalesce); the follower then reads the local copy and keeps
-// what the member derives from it current: the node registry's peer
-// addresses here (and the routing of S5's remote ranges later).
+// what the member derives from it current: the routing of the ranges
+// held elsewhere (RangeCache.PutMap) and the node registry's peer
+// addresses.
 
 // mapApplied is the placement state machine's OnApply: it never blocks.
 func (n *Node) mapApplied() {
@@ -37,6 +38,11 @@ func (n *Node) followMap() {
 		case <-n.stop:
 			return
 		case <-n.mapSignal:
+		}
+		if routes := n.mapRoutes.Load(); routes != nil {
+			if ranges, err := n.localMap(); err == nil {
+				routes.PutMap(ranges)
+			}
 		}
 		nodes, err := n.localNodes()
 		if err != nil {
@@ -66,6 +72,24 @@ func (n *Node) localNodes() ([]*placementpb.Node, error) {
 		return nil, fmt.Errorf("node: the placement group answered %T for its nodes", v)
 	}
 	return nodes, nil
+}
+
+// localMap reads the range map from this member's placement replica,
+// without a round trip.
+func (n *Node) localMap() ([]*placementpb.RangeDescriptor, error) {
+	nh := n.mapHost.Load()
+	if nh == nil {
+		return nil, fmt.Errorf("node: the placement group is not started")
+	}
+	v, err := nh.StaleRead(placementShardID, placement.StateQuery{})
+	if err != nil {
+		return nil, err
+	}
+	st, ok := v.(*placementpb.State)
+	if !ok {
+		return nil, fmt.Errorf("node: the placement group answered %T for its state", v)
+	}
+	return st.Ranges, nil
 }
 
 // placementNodes reads the members' node records, by id: through the

@@ -39,7 +39,7 @@ func (n *Node) publish(ctx context.Context) {
 		PeerUrls: n.peerURLs, Learner: n.learner.Load()}, Merge: true, PeersIfAbsent: true}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, errs := n.first.Replica().WriteAll(wctx, reqs)
+		errs := n.writeRange1(wctx, reqs)
 		if n.cfg.Sharded {
 			errs = append(errs, n.placement.RecordNode(wctx, node))
 		}
@@ -399,8 +399,27 @@ func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) er
 // recordRange1Peers records member id's peer URLs in range 1's records
 // (what members read before the node records, and single-group mode).
 func (n *Node) recordRange1Peers(ctx context.Context, id uint64, peerURLs []string) error {
-	_, err := n.first.Replica().Write(ctx, &shardpb.Request{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: peerURLs}}})
-	return err
+	return errors.Join(n.writeRange1(ctx, []*shardpb.Request{{Op: &shardpb.Request_MemberPeers{MemberPeers: &shardpb.MemberPeers{Id: id, PeerUrls: peerURLs}}}})...)
+}
+
+// writeRange1 proposes reqs to range 1: through this member's replica, or
+// through range 1's client when it is held elsewhere (--range-replicas).
+func (n *Node) writeRange1(ctx context.Context, reqs []*shardpb.Request) []error {
+	if n.first != nil {
+		_, errs := n.first.Replica().WriteAll(ctx, reqs)
+		return errs
+	}
+	c := n.routes.Client(singleShardID)
+	if c == nil {
+		return []error{fmt.Errorf("node: range 1 is neither here nor in the range map")}
+	}
+	var errs []error
+	for _, r := range reqs {
+		if _, err := c.Write(ctx, r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 // peerURLTaken reports whether a member other than except already has one

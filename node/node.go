@@ -132,6 +132,13 @@ type Config struct {
 	// non-voting member first. A data directory whose placement group has
 	// more voters (one founded before) keeps them.
 	PlacementReplicas int
+	// RangeReplicas is how many members hold each range (sharded mode):
+	// 0 means every member (the default until membership follows
+	// subsets). A new cluster's initial ranges are placed round robin on
+	// min(RangeReplicas, founders) founders each; a member starts only the
+	// replicas the range map names for it, and serves the other ranges
+	// through members holding them.
+	RangeReplicas int
 	// AdoptRecordedMode makes Sharded the mode of a new data directory
 	// only: one that records its mode (<data-dir>/mode, written at the
 	// first start) starts in that mode, and one from before modes were
@@ -309,6 +316,9 @@ func (c Config) withDefaults() (Config, error) {
 	if _, err := router.CompactionRetention(c.AutoCompactionMode, c.AutoCompactionRetention); err != nil {
 		return c, err
 	}
+	if c.RangeReplicas < 0 {
+		return c, fmt.Errorf("node: --range-replicas %d: want 0 (every member) or more", c.RangeReplicas)
+	}
 	switch c.PlacementReplicas {
 	case 0:
 		c.PlacementReplicas = 3
@@ -483,6 +493,9 @@ type Node struct {
 	// holds is the replica client that TransferHold entries and leader
 	// changes reach (see TransferLeader); nil until it exists.
 	holds atomic.Pointer[shard.Replica]
+	// mapRoutes is the routing the map follower feeds (sharded mode, once
+	// the ranges here are started).
+	mapRoutes atomic.Pointer[router.RangeCache]
 	// firstLeader is range 1's leader as last reported (0: none), so that
 	// logLeader reports a lost leader once.
 	firstLeader atomic.Uint64
@@ -820,11 +833,19 @@ func (n *Node) startPlacementGroup(ctx context.Context, b boot) (ranges, unsplit
 	} else if ranges, err = n.startPlacement(ctx, b.founders, b.election, b.heartbeat); err != nil {
 		return nil, nil, err
 	}
-	if ranges, unsplit, err = shard.LocalRanges(n.db, n.memberID, ranges, b.founders != nil, n.log); err != nil {
-		return nil, nil, err
-	}
 	if ranges[0].Id != singleShardID || len(ranges[0].Start) != 0 {
 		return nil, nil, fmt.Errorf("node: the range map's first range is %d, want %d", ranges[0].Id, singleShardID)
+	}
+	if n.cfg.RangeReplicas > 0 {
+		// Only the replicas the map names for this member (the others
+		// are served through the members holding them).
+		ranges = slices.DeleteFunc(slices.Clone(ranges), func(d *placementpb.RangeDescriptor) bool {
+			_, ok := placement.ReplicaOf(d, placement.NodeID(n.memberID))
+			return !ok
+		})
+	}
+	if ranges, unsplit, err = shard.LocalRanges(n.db, n.memberID, ranges, b.founders != nil, n.log); err != nil {
+		return nil, nil, err
 	}
 	// The placement group's own upkeep: the registered members it lacks
 	// added (on its leader), this replica's role recorded once promoted,
@@ -864,7 +885,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	cfg := n.cfg
 	leaseOpts := lease.Options{MinTTL: lease.MinTTLFor(int(cfg.ElectionTimeout/cfg.HeartbeatInterval), cfg.HeartbeatInterval)}
 	span := mvcc.Span{}
-	if cfg.Sharded {
+	if cfg.Sharded && len(ranges) > 0 {
 		span = shard.SpanOf(ranges[0])
 	}
 	creds, err := n.peerCreds()
@@ -917,8 +938,13 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	raftCfg := func(id uint64) dbconfig.Config { return n.raftConfig(b, id) }
 	n.shardCfg, n.raftCfg = shardCfg, raftCfg(n.memberID)
 	first := &placementpb.RangeDescriptor{Id: singleShardID}
+	hasFirst := true
 	if cfg.Sharded {
-		first = ranges[0]
+		// A member holds range 1 only if the map names it (--range-replicas).
+		hasFirst = len(ranges) > 0 && ranges[0].Id == singleShardID
+		if hasFirst {
+			first, ranges = ranges[0], ranges[1:]
+		}
 	}
 	startFirst := func(id uint64) error {
 		if n.first != nil {
@@ -942,15 +968,18 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		}
 		return nil
 	}
-	if b.join && !cfg.Sharded {
+	switch {
+	case b.join && !cfg.Sharded:
 		if err := n.join(ctx, singleShardID, startFirst); err != nil {
 			return err
 		}
-	} else if err := startFirst(uint64(n.replicaIn(first))); err != nil {
-		return err
+	case hasFirst:
+		if err := startFirst(uint64(n.replicaIn(first))); err != nil {
+			return err
+		}
 	}
 	if cfg.Sharded {
-		for _, d := range ranges[1:] {
+		for _, d := range ranges {
 			// A range a split made starts with its founding members, as
 			// the split starts it: raft takes them again on a restart, and
 			// they start it if the node stopped after the split applied
@@ -963,8 +992,16 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			}
 		}
 		n.routes.PutRanges(n.rangeSet.Routing()...)
+		n.mapRoutes.Store(n.routes)
+		// The ranges held elsewhere, from this member's copy of the map
+		// (the map follower keeps them current).
+		if all, err := n.localMap(); err == nil {
+			n.routes.PutMap(all)
+		}
 	}
-	n.holds.Store(n.first.Replica())
+	if n.first != nil {
+		n.holds.Store(n.first.Replica())
+	}
 	if err := n.waitLeader(ctx); err != nil {
 		return err
 	}
@@ -987,13 +1024,15 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 // splits missed (unsplit); and learner tracking.
 func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 	cfg := n.cfg
-	n.primary = shard.StartPrimary(shard.PrimaryConfig{
-		Replica:         n.first.Replica(),
-		Lessor:          func() *lease.Lessor { return n.first.StateMachine().Lessor() },
-		ReplicaID:       n.first.ReplicaID(),
-		ElectionTimeout: cfg.ElectionTimeout,
-		Log:             n.log,
-	})
+	if n.first != nil {
+		n.primary = shard.StartPrimary(shard.PrimaryConfig{
+			Replica:         n.first.Replica(),
+			Lessor:          func() *lease.Lessor { return n.first.StateMachine().Lessor() },
+			ReplicaID:       n.first.ReplicaID(),
+			ElectionTimeout: cfg.ElectionTimeout,
+			Log:             n.log,
+		})
+	}
 	if cfg.Sharded {
 		n.wg.Add(2)
 		go func() {
@@ -1005,8 +1044,12 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 			router.RunProgress(n.merger, cfg.WatchProgressNotifyInterval, n.stop)
 		}()
 		n.splitter.Follow(unsplit)
+		var home router.LeaseHome = absentHome{}
+		if n.first != nil {
+			home = n.first
+		}
 		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
-			Home: n.first, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
+			Home: home, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
 		n.fanout.Start()
 		n.wg.Add(2)
 		go n.runDrops()
@@ -1032,16 +1075,13 @@ func (n *Node) serve() error {
 		Self:              n.self,
 		ClusterID:         n.clusterID,
 		MemberID:          placement.NodeID(n.memberID),
-		Shard:             n.first.Replica(),
 		MemberOf:          n.rangeMember,
 		MaxRequestBytes:   cfg.MaxRequestBytes,
 		MaxTxnOps:         cfg.MaxTxnOps,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		Node:              n,
-		Lessor:            n.first.StateMachine().Lessor(),
 		Members:           n.conns,
 		Backups:           timedBackups{n.rangeSet, n.metrics},
-		Auth:              n.first.Replica(),
 		AuthTokenTTL:      cfg.AuthTokenTTL,
 		BcryptCost:        cfg.BcryptCost,
 		JWT:               jwt,
@@ -1063,6 +1103,14 @@ func (n *Node) serve() error {
 		RequestTimeout:     5*time.Second + 2*cfg.ElectionTimeout, // etcd's ReqTimeout
 		MaxLearners:        cfg.MaxLearners,
 		Log:                n.log,
+	}
+	if n.first != nil {
+		rcfg.Shard, rcfg.Lessor, rcfg.Auth = n.first.Replica(), n.first.StateMachine().Lessor(), n.first.Replica()
+	} else {
+		// Range 1 is held elsewhere (--range-replicas): its lessor's
+		// answers come from its leader's member, its auth state through
+		// its client.
+		rcfg.Lessor, rcfg.Auth = absentLessor{}, router.RemoteAuth(n.routes.Client(singleShardID))
 	}
 	if cfg.Sharded {
 		rcfg.Oracle = n.oracle
@@ -1183,7 +1231,12 @@ func (n *Node) waitLeader(ctx context.Context) error {
 	t := time.NewTicker(rttMillisecond * time.Millisecond)
 	defer t.Stop()
 	for {
-		if _, _, ok := n.first.Replica().Leader(); ok {
+		if n.first == nil {
+			// Range 1 is held elsewhere: the placement group's leader.
+			if _, _, ok, err := n.nh.GetLeaderID(placementShardID); err == nil && ok {
+				return nil
+			}
+		} else if _, _, ok := n.first.Replica().Leader(); ok {
 			return nil
 		}
 		select {

@@ -286,9 +286,15 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	if n.leaders != nil {
 		leaderless = len(n.leaders.Leaderless().Ranges)
 	}
-	_, _, firstLed := n.first.Replica().Leader()
+	firstLed, firstLeads := false, false
+	if n.first != nil {
+		_, _, firstLed = n.first.Replica().Leader()
+		firstLeads = n.first.Leads()
+	} else if c := n.routes.Client(singleShardID); c != nil {
+		_, firstLed = c.LeaderMember() // range 1 held elsewhere
+	}
 	gauge(descHasLeader, b2f(firstLed && leaderless == 0))
-	gauge(descIsLeader, b2f(n.first.Leads()))
+	gauge(descIsLeader, b2f(firstLeads))
 	gauge(descIsLearner, b2f(n.learner.Load()))
 	quota := n.cfg.QuotaBackendBytes
 	if quota == 0 {
@@ -326,7 +332,8 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descDBInUse, float64(st.DBSizeInUse))
 	gauge(descCurrentRev, float64(current))
 	compact := mvcc.Revision(0)
-	if sm := n.first.StateMachine(); sm != nil {
+	if n.first == nil {
+	} else if sm := n.first.StateMachine(); sm != nil {
 		compact = max(sm.CompactRev(), 0)
 	}
 	gauge(descCompactRev, float64(compact))

@@ -11,6 +11,7 @@ import (
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
@@ -70,9 +71,13 @@ func (n *Node) startPlacement(ctx context.Context, founders map[uint64]dragonboa
 	for _, id := range ids {
 		founderIDs = append(founderIDs, placement.NodeID(id))
 	}
-	// Every founder holds every range, under the replica ids the range
-	// map allocates (before those were allocated: under its member id).
+	// Every founder holds every range (--range-replicas: that many
+	// founders each, round robin), under the replica ids the range map
+	// allocates (before those were allocated: under its member id).
 	rangeReplicas := len(founderIDs)
+	if r := n.cfg.RangeReplicas; r > 0 && r < rangeReplicas {
+		rangeReplicas = r // round robin over the founders
+	}
 	if n.cfg.legacyBootstrap {
 		rangeReplicas = 0
 	}
@@ -209,3 +214,25 @@ var (
 	_ router.LeaseHome = (*shard.Range)(nil)
 	_ router.Replica   = (*shard.Replica)(nil)
 )
+
+// absentHome is the leases' home on a member without a replica of range
+// 1: it never leads it here.
+type absentHome struct{}
+
+func (absentHome) Leads() bool                                    { return false }
+func (absentHome) AppliedIndex() uint64                           { return 0 }
+func (absentHome) PendingRevokes() (map[lease.ID][]uint64, error) { return nil, nil }
+
+// absentLessor is range 1's lessor on a member without a replica of it:
+// never the primary, so that the Lease service answers from range 1's
+// leader's member.
+type absentLessor struct{}
+
+func (absentLessor) Renew(lease.ID, time.Time) (int64, bool, error) {
+	return 0, false, lease.ErrNotPrimary
+}
+func (absentLessor) TimeToLive(lease.ID, time.Time, bool) (lease.Status, error) {
+	return lease.Status{}, lease.ErrNotPrimary
+}
+func (absentLessor) Leases() []lease.Lease { return nil }
+func (absentLessor) IsPrimary() bool       { return false }

@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 )
 
@@ -31,6 +32,9 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 		return err
 	} else if !ok {
 		return rpctypes.ErrBadLeaderTransferee
+	}
+	if n.first == nil {
+		return router.Refuse(router.ErrPrecondition, "cairn: range 1 has no replica on this member")
 	}
 	err = n.first.TransferLeader(ctx, id, shard.TransferConfig{
 		Replicas:          n.replicas,

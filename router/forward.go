@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -37,6 +39,29 @@ const forwardRetry = 10 * time.Millisecond
 // errNotLeader is a range's member answering that it does not lead the
 // range: the caller looks for the leader again.
 var errNotLeader = errors.New("router: not the leader")
+
+// errNoRange is a member answering that it has no started replica of the
+// range (wrapped with shard.ErrNoLeader).
+var errNoRange = errors.New("router: no replica of the range there")
+
+// leaderHinted is a NOT_LEADER or NO_RANGE answer naming the member its
+// answerer believes leads the range.
+type leaderHinted struct {
+	err    error
+	leader uint64
+}
+
+func (e *leaderHinted) Error() string { return e.err.Error() }
+func (e *leaderHinted) Unwrap() error { return e.err }
+
+// hintOf is the leader a refusal named (0: none).
+func hintOf(err error) uint64 {
+	var h *leaderHinted
+	if errors.As(err, &h) {
+		return h.leader
+	}
+	return 0
+}
 
 // Replica is this member's replica of a range as forwarding uses it; the
 // shard package's Replica implements it.
@@ -170,11 +195,21 @@ func writeVia(ctx context.Context, nc internalpb.NodeClient, id shard.RangeID, r
 // RangeClient is a range as the router uses it on this member: reads from
 // the local replica, writes that take a revision and reads at a closed
 // revision through the range's leader, here or on another member
-// (RangeShard).
+// (RangeShard). A range this member holds no replica of (Forwarder.
+// RemoteRange) is read through a member that holds one (the Read call:
+// the leader hint's first, then the others the descriptor names) and
+// written through its leader as the hint names it.
 type RangeClient struct {
 	f  *Forwarder
-	l  Local
+	l  Local // nil: no replica here
 	id shard.RangeID
+	// desc is a remote range's descriptor (the map's, RangeCache.PutMap).
+	desc atomic.Pointer[placementpb.RangeDescriptor]
+	// hint is the member last known to lead a remote range (0: unknown):
+	// the map's leader hint, then NOT_LEADER answers'.
+	hint atomic.Uint64
+	// split: a remote range 1 was seen split (counting).
+	split atomic.Bool
 }
 
 // Range returns the client of this member's replica l of a range.
@@ -182,29 +217,223 @@ func (f *Forwarder) Range(l Local) *RangeClient {
 	return &RangeClient{f: f, l: l, id: shard.RangeID(l.Descriptor().Id)}
 }
 
+// RemoteRange returns the client of range d, which this member holds no
+// replica of.
+func (f *Forwarder) RemoteRange(d *placementpb.RangeDescriptor) *RangeClient {
+	c := &RangeClient{f: f, id: shard.RangeID(d.Id)}
+	c.setDescriptor(d)
+	return c
+}
+
+// setDescriptor replaces a remote range's descriptor (the map's), taking
+// its leader hint if it has one.
+func (c *RangeClient) setDescriptor(d *placementpb.RangeDescriptor) {
+	c.desc.Store(d)
+	if d.Leader != 0 && c.hint.Load() == 0 {
+		c.hint.Store(d.Leader)
+	}
+}
+
+// Descriptor is the range as this member knows it: its replica's, else the
+// map's.
+func (c *RangeClient) Descriptor() *placementpb.RangeDescriptor {
+	if c.l != nil {
+		return c.l.Descriptor()
+	}
+	return c.desc.Load()
+}
+
+// counting reports, of a remote range 1, whether it still numbers its
+// revisions itself: while the map has it spanning the whole key space,
+// never again once the map showed it split (sticky).
+func (c *RangeClient) counting() bool {
+	if c.split.Load() {
+		return false
+	}
+	d := c.Descriptor()
+	if d == nil || len(d.Start) != 0 || len(d.End) != 0 {
+		c.split.Store(true)
+		return false
+	}
+	return true
+}
+
+// Remote reports whether this member holds no replica of the range.
+func (c *RangeClient) Remote() bool { return c.l == nil }
+
 // Range reads req from the local replica once it is started.
 func (c *RangeClient) Range(ctx context.Context, req *pb.RangeRequest, linearizable bool) (*pb.RangeResponse, error) {
+	if c.l == nil {
+		data, err := proto.Marshal(req)
+		if err != nil {
+			return nil, err
+		}
+		out := &pb.RangeResponse{}
+		err = c.remoteRead(ctx, &internalpb.ReadRequest{Linearizable: linearizable, Query: &internalpb.ReadRequest_RangeRequest{RangeRequest: data}},
+			func(resp *internalpb.ReadResponse) error { return proto.Unmarshal(resp.Response, out) })
+		return out, err
+	}
 	return readLocal(ctx, c, func(r Replica) (*pb.RangeResponse, error) { return r.Range(ctx, req, linearizable) })
 }
 
 // ReadTxn reads a read-only txn from the local replica once it is started.
 func (c *RangeClient) ReadTxn(ctx context.Context, req *pb.TxnRequest, floor mvcc.Revision, linearizable bool) (*pb.TxnResponse, error) {
+	if c.l == nil {
+		data, err := proto.Marshal(req)
+		if err != nil {
+			return nil, err
+		}
+		out := &pb.TxnResponse{}
+		err = c.remoteRead(ctx, &internalpb.ReadRequest{Linearizable: linearizable,
+			Query: &internalpb.ReadRequest_Txn{Txn: &internalpb.ReadTxn{Txn: data, Floor: int64(floor)}}},
+			func(resp *internalpb.ReadResponse) error { return proto.Unmarshal(resp.Response, out) })
+		return out, err
+	}
 	return readLocal(ctx, c, func(r Replica) (*pb.TxnResponse, error) { return r.ReadTxn(ctx, req, floor, linearizable) })
 }
 
 // Status reads the local replica's status once it is started.
 func (c *RangeClient) Status(ctx context.Context, linearizable bool) (shard.Status, error) {
+	if c.l == nil {
+		var out shard.Status
+		err := c.remoteRead(ctx, &internalpb.ReadRequest{Linearizable: linearizable, Query: &internalpb.ReadRequest_Status{Status: &internalpb.StatusQuery{}}},
+			func(resp *internalpb.ReadResponse) error {
+				st := resp.Status
+				out = shard.Status{Revision: mvcc.Revision(st.GetRevision()), CompactRevision: mvcc.Revision(st.GetCompactRevision()),
+					AppliedIndex: st.GetAppliedIndex(), Closed: mvcc.Revision(st.GetClosed()), Fence: st.GetFence(), Counting: st.GetCounting()}
+				return nil
+			})
+		return out, err
+	}
 	return readLocal(ctx, c, func(r Replica) (shard.Status, error) { return r.Status(ctx, linearizable) })
 }
 
 // Hash reads the local replica's hash at rev once it is started.
 func (c *RangeClient) Hash(ctx context.Context, rev mvcc.Revision, linearizable bool) (shard.HashResult, error) {
+	if c.l == nil {
+		var out shard.HashResult
+		err := c.remoteRead(ctx, &internalpb.ReadRequest{Linearizable: linearizable, Query: &internalpb.ReadRequest_Hash{Hash: &internalpb.HashQuery{Revision: int64(rev)}}},
+			func(resp *internalpb.ReadResponse) error {
+				h := resp.Hash
+				out = shard.HashResult{Hash: h.GetHash(), Revision: mvcc.Revision(h.GetRevision()), CompactRevision: mvcc.Revision(h.GetCompactRevision())}
+				return nil
+			})
+		return out, err
+	}
 	return readLocal(ctx, c, func(r Replica) (shard.HashResult, error) { return r.Hash(ctx, rev, linearizable) })
 }
 
 // Alarms reads the local replica's alarms once it is started.
 func (c *RangeClient) Alarms(ctx context.Context, linearizable bool) ([]*pb.AlarmMember, error) {
+	if c.l == nil {
+		out := &pb.AlarmResponse{}
+		err := c.remoteRead(ctx, &internalpb.ReadRequest{Linearizable: linearizable, Query: &internalpb.ReadRequest_Alarms{Alarms: &internalpb.AlarmsQuery{}}},
+			func(resp *internalpb.ReadResponse) error { return proto.Unmarshal(resp.Response, out) })
+		return out.Alarms, err
+	}
 	return readLocal(ctx, c, func(r Replica) ([]*pb.AlarmMember, error) { return r.Alarms(ctx, linearizable) })
+}
+
+// AuthState reads the range's encoded auth state (auth.State.Marshal) from
+// a member holding it: what a member without range 1 checks callers by.
+func (c *RangeClient) AuthState(ctx context.Context, linearizable bool) ([]byte, error) {
+	var out []byte
+	err := c.remoteRead(ctx, &internalpb.ReadRequest{Linearizable: linearizable, Query: &internalpb.ReadRequest_Auth{Auth: &internalpb.AuthQuery{}}},
+		func(resp *internalpb.ReadResponse) error { out = resp.Response; return nil })
+	return out, err
+}
+
+// Registered reads, at a remote lease home, the ranges registered as
+// holding lease id's keys.
+func (c *RangeClient) Registered(ctx context.Context, id int64, linearizable bool) ([]shard.RangeID, error) {
+	var out []shard.RangeID
+	err := c.remoteRead(ctx, &internalpb.ReadRequest{Linearizable: linearizable, Query: &internalpb.ReadRequest_Registered{Registered: &internalpb.LeaseQuery{Lease: id}}},
+		func(resp *internalpb.ReadResponse) error {
+			for _, r := range resp.Ranges {
+				out = append(out, shard.RangeID(r))
+			}
+			return nil
+		})
+	return out, err
+}
+
+// ShadowKeys reads the keys a remote range holds of lease id, homed
+// elsewhere.
+func (c *RangeClient) ShadowKeys(ctx context.Context, id int64, linearizable bool) ([][]byte, error) {
+	var out [][]byte
+	err := c.remoteRead(ctx, &internalpb.ReadRequest{Linearizable: linearizable, Query: &internalpb.ReadRequest_ShadowKeys{ShadowKeys: &internalpb.LeaseQuery{Lease: id}}},
+		func(resp *internalpb.ReadResponse) error { out = resp.Keys; return nil })
+	return out, err
+}
+
+// holders lists the members to try for a remote range, the leader hint's
+// first, then the others its descriptor names (voters before learners).
+func (c *RangeClient) holders() []placement.NodeID {
+	var out []placement.NodeID
+	if h := placement.NodeID(c.hint.Load()); h != 0 && h != c.f.self {
+		out = append(out, h)
+	}
+	d := c.Descriptor()
+	if d == nil {
+		return out
+	}
+	pairs := placement.Voters(d)
+	for _, r := range placement.Pairs(d) {
+		if r.Learner {
+			pairs = append(pairs, r)
+		}
+	}
+	for _, r := range pairs {
+		if m := placement.NodeID(r.Member); m != c.f.self && !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// remoteRead sends req (its range set here) to the members holding the
+// range in turn (holders) until one answers, trying the round again while
+// none can, until ctx ends; take reads a successful answer.
+func (c *RangeClient) remoteRead(ctx context.Context, req *internalpb.ReadRequest, take func(*internalpb.ReadResponse) error) error {
+	req.Range = uint64(c.id)
+	var last error = fmt.Errorf("%w: range %d: no member holds it", shard.ErrNoLeader, c.id)
+	for {
+		for _, m := range c.holders() {
+			nc, err := c.f.Client(m)
+			if err != nil {
+				last = err
+				continue
+			}
+			resp, err := nc.Read(ctx, req)
+			if err != nil {
+				last = rpcError(err)
+				if ctx.Err() != nil {
+					return last
+				}
+				continue
+			}
+			if resp.Error != nil {
+				err := decodeError(resp.Error, errNotLeader)
+				if l := hintOf(err); l != 0 {
+					c.hint.Store(l)
+				}
+				if errors.Is(err, errNotLeader) || errors.Is(err, shard.ErrNoLeader) {
+					last = err
+					continue
+				}
+				return c.outside(err)
+			}
+			return take(resp)
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(last, errNotLeader) {
+				last = shard.ErrNoLeader
+			}
+			return fmt.Errorf("%w: range %d: %v", shard.ErrNoLeader, c.id, last)
+		case <-time.After(forwardRetry):
+		}
+	}
 }
 
 // readLocal runs read on c's local replica once it is started, attaching
@@ -219,8 +448,17 @@ func readLocal[T any](ctx context.Context, c *RangeClient, read func(Replica) (T
 }
 
 // Leader is the range's leader as this member knows it (none while the
-// replica is starting).
+// replica is starting); of a remote range, the replica of the member its
+// hint names (term 0).
 func (c *RangeClient) Leader() (shard.ReplicaID, uint64, bool) {
+	if c.l == nil {
+		h, ok := c.LeaderMember()
+		if !ok {
+			return 0, 0, false
+		}
+		id, ok := placement.ReplicaOf(c.Descriptor(), h)
+		return id, 0, ok
+	}
 	select {
 	case <-c.l.Ready():
 		return c.l.Replica().Leader()
@@ -229,8 +467,28 @@ func (c *RangeClient) Leader() (shard.ReplicaID, uint64, bool) {
 	}
 }
 
-// Wait waits until the range's replica here is started.
+// LeaderMember is the member leading the range as this member knows it.
+func (c *RangeClient) LeaderMember() (placement.NodeID, bool) {
+	if c.l == nil {
+		// No hint: the first holder, which forwards what it does not lead.
+		if hs := c.holders(); len(hs) > 0 {
+			return hs[0], true
+		}
+		return 0, false
+	}
+	id, _, ok := c.Leader()
+	if !ok {
+		return 0, false
+	}
+	return c.f.memberOf.member(c.id, id), true
+}
+
+// Wait waits until the range's replica here is started (at once for a
+// remote range).
 func (c *RangeClient) Wait(ctx context.Context) error {
+	if c.l == nil {
+		return nil
+	}
 	select {
 	case <-c.l.Ready():
 		return nil
@@ -240,11 +498,16 @@ func (c *RangeClient) Wait(ctx context.Context) error {
 }
 
 // outside attaches the range's descriptor to a refusal of keys outside it.
-func (c *RangeClient) outside(err error) error { return shard.WithRange(err, c.l.Descriptor()) }
+func (c *RangeClient) outside(err error) error { return shard.WithRange(err, c.Descriptor()) }
 
 // viaLeader runs local while this member leads the range and remote on
-// the leader's member otherwise, trying again while leadership moves.
+// the leader's member otherwise, trying again while leadership moves. A
+// remote range's leader is its hint's member, then each other holder in
+// turn (a NOT_LEADER answer naming the leader moves the hint there).
 func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, remote func(internalpb.NodeClient) error) error {
+	if c.l == nil {
+		return c.viaHint(ctx, remote)
+	}
 	if err := c.Wait(ctx); err != nil {
 		return err
 	}
@@ -275,6 +538,38 @@ func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, 
 	}
 }
 
+// viaHint is viaLeader for a remote range.
+func (c *RangeClient) viaHint(ctx context.Context, remote func(internalpb.NodeClient) error) error {
+	var err error = shard.ErrNoLeader
+	for {
+		for _, m := range c.holders() {
+			var nc internalpb.NodeClient
+			if nc, err = c.f.Client(m); err != nil {
+				continue
+			}
+			err = remote(nc)
+			if !errors.Is(err, errNotLeader) && !errors.Is(err, errNoRange) {
+				switch {
+				case err == nil:
+					c.hint.Store(uint64(m))
+				case errors.Is(err, shard.ErrNoLeader):
+					c.hint.CompareAndSwap(uint64(m), 0) // the member failed: others first next time
+				}
+				return c.outside(err)
+			}
+			if l := hintOf(err); l != 0 && l != c.hint.Load() {
+				c.hint.Store(l)
+				break // a member named the leader: try it first
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: range %d: %v", shard.ErrNoLeader, c.id, err)
+		case <-time.After(forwardRetry):
+		}
+	}
+}
+
 // Write proposes req: requests that take a revision through the range's
 // leader, which stamps them, and compactions, which the leader's closed
 // revision (carried by its proposals) lets reach past the range's last
@@ -284,7 +579,7 @@ func (c *RangeClient) Write(ctx context.Context, req *shardpb.Request) (*shardpb
 	if err := c.Wait(ctx); err != nil {
 		return nil, err
 	}
-	if !shard.Stamps(req) && req.GetCompaction() == nil {
+	if c.l != nil && !shard.Stamps(req) && req.GetCompaction() == nil {
 		out, err := c.l.Replica().Write(ctx, req)
 		return out, c.outside(err)
 	}
@@ -366,7 +661,16 @@ func decodeError(e *internalpb.Error, notLeader error) error {
 	}
 	switch e.Code {
 	case internalpb.ErrorCode_ERROR_CODE_NOT_LEADER:
+		if e.Leader != 0 {
+			return &leaderHinted{err: notLeader, leader: e.Leader}
+		}
 		return notLeader
+	case internalpb.ErrorCode_ERROR_CODE_NO_RANGE:
+		err := fmt.Errorf("%w: %w: %s", shard.ErrNoLeader, errNoRange, e.Message)
+		if e.Leader != 0 {
+			return &leaderHinted{err: err, leader: e.Leader}
+		}
+		return err
 	case internalpb.ErrorCode_ERROR_CODE_SHARD:
 		se := &shard.Error{Code: e.Shard, Message: e.Message}
 		if e.Range != nil {

@@ -356,3 +356,62 @@ func TestForwardMemberOf(t *testing.T) {
 		t.Fatalf("read at without MemberOf: %v, want no leader (member 12 unknown)", err)
 	}
 }
+
+// TestRemoteRange: member 1 holds no replica of range 5 (on members 2 and
+// 3, led by 3, the map's hint naming 2). Reads are answered by the hinted
+// member; a write goes to member 2 first, whose NOT_LEADER answer names 3,
+// and is retried there, which the hint then names; a member without the
+// range (NO_RANGE) is passed over for the next holder.
+func TestRemoteRange(t *testing.T) {
+	d := &placementpb.RangeDescriptor{Id: 5, Start: []byte("m"), Generation: 2, Leader: 2,
+		ReplicaSet: []*placementpb.Replica{{Member: 2, Id: 20}, {Member: 3, Id: 30}}}
+	memberOf := func(_ shard.RangeID, id shard.ReplicaID) (placement.NodeID, bool) {
+		return placement.NodeID(id / 10), true
+	}
+	led := func() *fakeReplica { return &fakeReplica{leader: 30} }
+	m2 := &fakeMember{ranges: map[shard.RangeID]Local{5: newFakeLocal(d, led())}}
+	m3 := &fakeMember{ranges: map[shard.RangeID]Local{5: newFakeLocal(d, led()), 6: newFakeLocal(&placementpb.RangeDescriptor{Id: 6}, led())}}
+	dial2, dial3 := serveMemberOf(t, 2, m2, memberOf), serveMemberOf(t, 3, m3, memberOf)
+	dial := func(m placement.NodeID) (grpc.ClientConnInterface, error) {
+		if m == 2 {
+			return dial2(m)
+		}
+		return dial3(m)
+	}
+	f := NewForwarder(1, dial)
+	f.SetMemberOf(memberOf)
+	rc := f.RemoteRange(d)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := rc.Range(ctx, &pb.RangeRequest{Key: []byte("p")}, true); err != nil {
+		t.Fatalf("remote range read: %v", err)
+	}
+	if _, err := rc.Status(ctx, false); err != nil {
+		t.Fatalf("remote status: %v", err)
+	}
+	if m, _ := rc.LeaderMember(); m != 2 {
+		t.Fatalf("a read moved the hint to %d", m)
+	}
+	if _, err := rc.Write(ctx, &shardpb.Request{}); err != nil {
+		t.Fatalf("remote write: %v", err)
+	}
+	if m, ok := rc.LeaderMember(); !ok || m != 3 {
+		t.Fatalf("hint %d after a NOT_LEADER naming 3", m)
+	}
+	if resp, err := rc.ReadAt(ctx, &pb.RangeRequest{Key: []byte("p")}, 9); err != nil || resp.Count != 7 {
+		t.Fatalf("remote read at a revision: %v %v", resp, err)
+	}
+	// Range 6 is on member 3 alone; the map's hint names member 2.
+	rc6 := f.RemoteRange(&placementpb.RangeDescriptor{Id: 6, Leader: 2,
+		ReplicaSet: []*placementpb.Replica{{Member: 2, Id: 20}, {Member: 3, Id: 30}}})
+	if _, err := rc6.Hash(ctx, 0, true); err != nil {
+		t.Fatalf("remote hash past a member without the range: %v", err)
+	}
+	// Nobody holds range 7: the read fails once ctx ends.
+	short, cancelShort := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancelShort()
+	rc7 := f.RemoteRange(&placementpb.RangeDescriptor{Id: 7, ReplicaSet: []*placementpb.Replica{{Member: 2, Id: 20}}})
+	if _, err := rc7.Alarms(short, false); !errors.Is(err, shard.ErrNoLeader) {
+		t.Fatalf("a read of a range no member serves: %v", err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/shard"
+	"github.com/cairn-kv/cairn/shard/auth"
 )
 
 // The node-to-node service (internalpb.Node), served on every member's
@@ -118,10 +119,116 @@ func (s *internalServer) leading(id shard.RangeID) (Replica, Local, *internalpb.
 			Message: fmt.Sprintf("cairn: no range %d here", id)}
 	}
 	r := l.Replica()
-	if leader, _, ok := r.Leader(); !ok || s.memberOf.member(id, leader) != s.self {
-		return nil, nil, encodeError(errNotLeader)
+	leader, _, ok := r.Leader()
+	if !ok || s.memberOf.member(id, leader) != s.self {
+		e := encodeError(errNotLeader)
+		if ok {
+			e.Leader = uint64(s.memberOf.member(id, leader))
+		}
+		return nil, nil, e
 	}
 	return r, l, nil
+}
+
+// started returns this member's started replica of range id, or the
+// NO_RANGE answer.
+func (s *internalServer) started(id shard.RangeID) (Local, *internalpb.Error) {
+	if l := s.m.Range(id); l != nil {
+		select {
+		case <-l.Ready():
+			return l, nil
+		default:
+		}
+	}
+	return nil, &internalpb.Error{Code: internalpb.ErrorCode_ERROR_CODE_NO_RANGE, Message: fmt.Sprintf("cairn: no range %d here", id)}
+}
+
+// Read answers a member without a replica of the range from this
+// member's (linearizable reads through raft's read index, so any replica
+// may answer them).
+func (s *internalServer) Read(ctx context.Context, req *internalpb.ReadRequest) (*internalpb.ReadResponse, error) {
+	id := shard.RangeID(req.Range)
+	l, e := s.started(id)
+	if e != nil {
+		return &internalpb.ReadResponse{Error: e}, nil
+	}
+	r := l.Replica()
+	out := &internalpb.ReadResponse{}
+	var (
+		msg proto.Message
+		err error
+	)
+	switch q := req.Query.(type) {
+	case *internalpb.ReadRequest_RangeRequest:
+		var rr pb.RangeRequest
+		if err = proto.Unmarshal(q.RangeRequest, &rr); err == nil {
+			msg, err = r.Range(ctx, &rr, req.Linearizable)
+		}
+	case *internalpb.ReadRequest_Txn:
+		var tr pb.TxnRequest
+		if err = proto.Unmarshal(q.Txn.GetTxn(), &tr); err == nil {
+			msg, err = r.ReadTxn(ctx, &tr, mvcc.Revision(q.Txn.GetFloor()), req.Linearizable)
+		}
+	case *internalpb.ReadRequest_Status:
+		var st shard.Status
+		if st, err = r.Status(ctx, req.Linearizable); err == nil {
+			out.Status = &internalpb.RangeStatus{Revision: int64(st.Revision), CompactRevision: int64(st.CompactRevision),
+				AppliedIndex: st.AppliedIndex, Closed: int64(st.Closed), Fence: st.Fence, Counting: st.Counting}
+		}
+	case *internalpb.ReadRequest_Hash:
+		var h shard.HashResult
+		if h, err = r.Hash(ctx, mvcc.Revision(q.Hash.GetRevision()), req.Linearizable); err == nil {
+			out.Hash = &internalpb.RangeHash{Hash: h.Hash, Revision: int64(h.Revision), CompactRevision: int64(h.CompactRevision)}
+		}
+	case *internalpb.ReadRequest_Alarms:
+		var alarms []*pb.AlarmMember
+		if alarms, err = r.Alarms(ctx, req.Linearizable); err == nil {
+			msg = &pb.AlarmResponse{Alarms: alarms}
+		}
+	case *internalpb.ReadRequest_Auth:
+		as, ok := r.(AuthStore)
+		if !ok {
+			err = fmt.Errorf("router: range %d's replica here keeps no auth state", id)
+			break
+		}
+		var st *auth.State
+		if st, err = as.Auth(ctx, req.Linearizable); err == nil {
+			out.Response, err = st.Marshal()
+		}
+	case *internalpb.ReadRequest_Registered:
+		var ids []shard.RangeID
+		if ids, err = r.Registered(ctx, q.Registered.GetLease(), req.Linearizable); err == nil {
+			for _, id := range ids {
+				out.Ranges = append(out.Ranges, uint64(id))
+			}
+		}
+	case *internalpb.ReadRequest_ShadowKeys:
+		out.Keys, err = r.ShadowKeys(ctx, q.ShadowKeys.GetLease(), req.Linearizable)
+	default:
+		err = fmt.Errorf("router: unknown read %T", req.Query)
+	}
+	if err == nil && msg != nil {
+		out.Response, err = proto.Marshal(msg)
+	}
+	if err != nil {
+		return &internalpb.ReadResponse{Error: encodeError(shard.WithRange(err, l.Descriptor()))}, nil
+	}
+	return out, nil
+}
+
+// RemoteAuth is the auth state of range 1 read through its client, for a
+// member that holds no replica of it (each read a round trip to a member
+// that does).
+func RemoteAuth(c *RangeClient) AuthStore { return remoteAuth{c} }
+
+type remoteAuth struct{ c *RangeClient }
+
+func (a remoteAuth) Auth(ctx context.Context, linearizable bool) (*auth.State, error) {
+	data, err := a.c.AuthState(ctx, linearizable)
+	if err != nil {
+		return nil, err
+	}
+	return auth.Unmarshal(data)
 }
 
 func (s *internalServer) Write(ctx context.Context, req *internalpb.WriteRequest) (*internalpb.WriteResponse, error) {

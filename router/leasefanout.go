@@ -129,11 +129,17 @@ func (f *LeaseFanout) RemoteKeys(ctx context.Context, id int64) ([][]byte, error
 	}
 	var out [][]byte
 	for _, rid := range ranges {
-		e, ok := f.cfg.Ranges.started(rid)
-		if !ok {
+		var (
+			keys [][]byte
+			err  error
+		)
+		if e, ok := f.cfg.Ranges.started(rid); ok {
+			keys, err = e.Local.Replica().ShadowKeys(ctx, id, true)
+		} else if rc := f.cfg.Ranges.remote(rid); rc != nil {
+			keys, err = rc.ShadowKeys(ctx, id, true)
+		} else {
 			continue
 		}
-		keys, err := e.Local.Replica().ShadowKeys(ctx, id, true)
 		if err != nil {
 			return nil, err
 		}
@@ -145,6 +151,9 @@ func (f *LeaseFanout) RemoteKeys(ctx context.Context, id int64) ([][]byte, error
 // registered reads, linearizably, the ranges registered at the home as
 // holding keys of lease id.
 func (f *LeaseFanout) registered(ctx context.Context, id int64) ([]shard.RangeID, error) {
+	if rc := f.cfg.Ranges.remote(f.cfg.HomeID); rc != nil {
+		return rc.Registered(ctx, id, true)
+	}
 	home, err := f.home()
 	if err != nil {
 		return nil, err
@@ -157,19 +166,35 @@ func (f *LeaseFanout) registered(ctx context.Context, id int64) ([]shard.RangeID
 // now: up to the home's index here, which is past the revoke (read
 // linearizably before). A range not started here is only marked done.
 func (f *LeaseFanout) revokeIn(ctx context.Context, id int64, ranges []shard.RangeID) error {
-	home, err := f.home()
-	if err != nil {
-		return err
+	var (
+		home Shard
+		gen  uint64
+	)
+	if rc := f.cfg.Ranges.remote(f.cfg.HomeID); rc != nil {
+		// The home's index on a member holding it, read after the revoke.
+		st, err := rc.Status(ctx, true)
+		if err != nil {
+			return err
+		}
+		home, gen = rc, st.AppliedIndex
+	} else {
+		e, err := f.home()
+		if err != nil {
+			return err
+		}
+		home, gen = e.Local.Replica(), f.cfg.Home.AppliedIndex()
 	}
-	gen := f.cfg.Home.AppliedIndex()
 	for _, rid := range ranges {
-		if e, ok := f.cfg.Ranges.started(rid); ok {
+		if e, ok := f.cfg.Ranges.started(rid); ok || f.cfg.Ranges.remote(rid) != nil {
+			if !ok {
+				e, _ = f.cfg.Ranges.entry(rid)
+			}
 			_, err := e.Shard.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: &shardpb.ShadowLease{Lease: id, Generation: gen}}})
 			if err != nil {
 				return fmt.Errorf("router: revoke lease %d in range %d: %w", id, rid, err)
 			}
 		}
-		_, err := home.Local.Replica().Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseUnregister{
+		_, err := home.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseUnregister{
 			LeaseUnregister: &shardpb.LeaseShard{Lease: id, Shard: uint64(rid)}}})
 		if err != nil {
 			return fmt.Errorf("router: mark lease %d revoked in range %d: %w", id, rid, err)
@@ -227,7 +252,7 @@ func (f *LeaseFanout) run() {
 // started returns range id's entry if its replica here is started.
 func (c *RangeCache) started(id shard.RangeID) (RangeEntry, bool) {
 	e, ok := c.view.Load().entries[id]
-	if !ok {
+	if !ok || e.Local == nil {
 		return RangeEntry{}, false
 	}
 	select {
@@ -236,4 +261,20 @@ func (c *RangeCache) started(id shard.RangeID) (RangeEntry, bool) {
 	default:
 		return RangeEntry{}, false
 	}
+}
+
+// remote returns range id's client if the range has no replica here.
+func (c *RangeCache) remote(id shard.RangeID) *RangeClient {
+	e, ok := c.view.Load().entries[id]
+	if !ok || e.Local != nil {
+		return nil
+	}
+	rc, _ := e.Shard.(*RangeClient)
+	return rc
+}
+
+// entry returns range id's entry.
+func (c *RangeCache) entry(id shard.RangeID) (RangeEntry, bool) {
+	e, ok := c.view.Load().entries[id]
+	return e, ok
 }

@@ -53,8 +53,11 @@ type RangeCache struct {
 // RangeEntry is one of this member's ranges as the node puts it in the
 // cache.
 type RangeEntry struct {
-	// Local is this member's replica; its descriptor is the range's.
+	// Local is this member's replica; its descriptor is the range's. nil:
+	// the range has no replica here (PutMap), Descriptor is the map's.
 	Local Local
+	// Descriptor is a range without a replica here as the map has it.
+	Descriptor *placementpb.RangeDescriptor
 	// Shard is the range as requests use it (through its leader): a
 	// RangeClient. Its dynamic type must be comparable.
 	Shard RangeShard
@@ -66,6 +69,15 @@ type RangeEntry struct {
 	// Counting reports whether this member's replica numbers the range's
 	// revisions itself (shard.Range.Counting); nil: it does not.
 	Counting func() bool
+}
+
+// descriptor is the range as the entry has it: its replica's, else the
+// map's.
+func (e RangeEntry) descriptor() *placementpb.RangeDescriptor {
+	if e.Local != nil {
+		return e.Local.Descriptor()
+	}
+	return e.Descriptor
 }
 
 // rangeView is one immutable state of the cache.
@@ -111,7 +123,7 @@ func (l localRange) Replica() Replica { return l.Range.Replica() }
 // Refresh leave it as it is).
 func NewStaticRangeCache(e RangeEntry) *RangeCache {
 	c := &RangeCache{static: true}
-	c.view.Store(buildView(map[shard.RangeID]RangeEntry{shard.RangeID(e.Local.Descriptor().Id): e}))
+	c.view.Store(buildView(map[shard.RangeID]RangeEntry{shard.RangeID(e.descriptor().Id): e}))
 	return c
 }
 
@@ -120,7 +132,7 @@ func NewStaticRangeCache(e RangeEntry) *RangeCache {
 func (c *RangeCache) Put(entries ...RangeEntry) {
 	c.update(func(all map[shard.RangeID]RangeEntry) {
 		for _, e := range entries {
-			all[shard.RangeID(e.Local.Descriptor().Id)] = e
+			all[shard.RangeID(e.descriptor().Id)] = e
 		}
 	})
 }
@@ -159,6 +171,51 @@ func (c *RangeCache) PutRanges(rs ...*shard.Range) {
 	})
 }
 
+// PutMap routes by the range map ds (the placement group's, as this
+// member's replica of it has it): a range that the map does not name this
+// member in gets an entry of its own, whose client (Forwarder.RemoteRange) reads through the
+// members holding it and writes through its leader; a range of the map
+// already remote here keeps its client, its descriptor and leader hint
+// replaced; a remote range the map no longer has leaves. Ranges with a
+// replica here are left to PutRanges and Remove: their replicas'
+// descriptors stay what the cache routes them by.
+//
+//	local r1 [,m); map r1 [,m) r2 [m,) on members 2 3 4 → lookup "p" → r2, remote
+func (c *RangeCache) PutMap(ds []*placementpb.RangeDescriptor) {
+	if c.static {
+		return
+	}
+	c.update(func(all map[shard.RangeID]RangeEntry) {
+		inMap := make(map[shard.RangeID]bool, len(ds))
+		for _, d := range ds {
+			id := shard.RangeID(d.Id)
+			inMap[id] = true
+			e, ok := all[id]
+			if ok && e.Local != nil {
+				continue
+			}
+			if rc, _ := e.Shard.(*RangeClient); ok && rc != nil {
+				rc.setDescriptor(d)
+				e.Descriptor = d
+				all[id] = e
+				continue
+			}
+			if _, mine := placement.ReplicaOf(d, c.fwd.self); mine {
+				// This member is to run it (a split applying here, a
+				// replica starting): PutRanges puts it in.
+				continue
+			}
+			rc := c.fwd.RemoteRange(d)
+			all[id] = RangeEntry{Descriptor: d, Shard: rc, Counting: rc.counting}
+		}
+		for id, e := range all {
+			if e.Local == nil && !inMap[id] {
+				delete(all, id)
+			}
+		}
+	})
+}
+
 // Remove takes ranges ids out of the cache: this member no longer holds
 // their replicas (raft removed them here), so their keys belong to no range
 // here (a static map is left as it is).
@@ -193,12 +250,18 @@ func (c *RangeCache) Refresh(d *placementpb.RangeDescriptor) {
 	c.view.Store(buildView(c.view.Load().entries))
 }
 
+// Remote reports whether range id is in the cache without a replica here.
+func (c *RangeCache) Remote(id shard.RangeID) bool {
+	e, ok := c.view.Load().entries[id]
+	return ok && e.Local == nil
+}
+
 func buildView(entries map[shard.RangeID]RangeEntry) *rangeView {
 	v := &rangeView{table: placement.NewTable(), entries: entries, gens: make(map[shard.RangeID]uint64, len(entries)),
 		ids: make(map[Shard]shard.RangeID, len(entries))}
 	st := &placementpb.State{}
 	for id, e := range entries {
-		d := e.Local.Descriptor()
+		d := e.descriptor()
 		st.Ranges = append(st.Ranges, d)
 		v.gens[id] = d.Generation
 		v.ids[e.Shard] = id

@@ -188,3 +188,63 @@ func TestStaticRangeCache(t *testing.T) {
 		t.Errorf("Ranges() = %+v, want none in single-group mode", got)
 	}
 }
+
+// TestRangeCachePutMap: the map's ranges without a replica here get remote
+// clients (kept across map updates, their descriptors and leader hints
+// the map's), leave with the map, and never replace a local replica's
+// entry; a remote range 1 counts while the map has it whole, and never
+// again once it showed it split.
+func TestRangeCachePutMap(t *testing.T) {
+	c := NewRangeCacheVia(NewForwarder(1, nil))
+	whole := &placementpb.RangeDescriptor{Id: 1, Generation: 1, Leader: 2,
+		ReplicaSet: []*placementpb.Replica{{Member: 2, Id: 7}, {Member: 3, Id: 8}, {Member: 4, Id: 9}}}
+	c.PutMap([]*placementpb.RangeDescriptor{whole})
+	if !c.Remote(1) || !c.Counting() {
+		t.Fatalf("remote whole range 1: remote %v counting %v", c.Remote(1), c.Counting())
+	}
+	rc := c.Client(1)
+	if m, ok := rc.LeaderMember(); !ok || m != 2 {
+		t.Fatalf("leader hint %d %v, want the map's 2", m, ok)
+	}
+	if id, _, ok := rc.Leader(); !ok || id != 7 {
+		t.Fatalf("leader replica %d %v, want 7", id, ok)
+	}
+	r1 := &placementpb.RangeDescriptor{Id: 1, End: []byte("m"), Generation: 2, ReplicaSet: whole.ReplicaSet}
+	r2 := &placementpb.RangeDescriptor{Id: 2, Start: []byte("m"), Generation: 2, Leader: 4, ReplicaSet: whole.ReplicaSet}
+	c.PutMap([]*placementpb.RangeDescriptor{r1, r2})
+	if c.Client(1) != rc || rc.Descriptor() != r1 {
+		t.Fatalf("range 1's client was replaced or kept its old descriptor")
+	}
+	if p, ok := c.Lookup([]byte("p")); !ok || p.ID != 2 || !c.Remote(2) {
+		t.Fatalf("lookup p: %v %v", p, ok)
+	}
+	if c.Counting() {
+		t.Fatalf("range 1 split in the map still counts")
+	}
+	c.PutMap([]*placementpb.RangeDescriptor{whole})
+	if c.Counting() {
+		t.Fatalf("range 1 counts again after the map showed it split")
+	}
+	if _, ok := c.Lookup([]byte("p")); !ok {
+		t.Fatalf("whole range 1 does not hold p")
+	}
+	// A local replica's entry is the replica's, whatever the map says.
+	l2 := newMutableLocal(2, "m", "", 2)
+	c.PutMap([]*placementpb.RangeDescriptor{r1, r2})
+	c.Put(entryOf(l2))
+	c.PutMap([]*placementpb.RangeDescriptor{r1, r2})
+	if c.Remote(2) || c.Local(2) != l2 {
+		t.Fatalf("the map replaced range 2's local replica")
+	}
+	// A range the map names this member in is left to its replica.
+	mine := &placementpb.RangeDescriptor{Id: 4, Start: []byte("x"), Generation: 3, ReplicaSet: []*placementpb.Replica{{Member: 1, Id: 11}}}
+	c.PutMap([]*placementpb.RangeDescriptor{r1, r2, mine})
+	if c.Client(4) != nil {
+		t.Fatalf("a range the map names this member in got a remote client")
+	}
+	// A remote range the map no longer has leaves; a local one stays.
+	c.PutMap([]*placementpb.RangeDescriptor{{Id: 3, End: []byte("m"), Generation: 3}})
+	if c.Client(1) != nil || c.Local(2) != l2 || !c.Remote(3) {
+		t.Fatalf("after the map dropped range 1: %v %v %v", c.Client(1), c.Local(2), c.Remote(3))
+	}
+}

@@ -307,7 +307,12 @@ func (s *Splitter) registerShadows(r *shard.Range) {
 			LeaseRegister: &shardpb.LeaseShard{Lease: int64(l), Shard: id}}})
 		var se *shard.Error
 		if errors.As(err, &se) && se.Code == shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND {
-			gen := s.cfg.Local.Get(s.cfg.Home, false).AppliedIndex()
+			var gen uint64
+			if home := s.cfg.Local.Get(s.cfg.Home, false); home != nil {
+				gen = home.AppliedIndex()
+			} else if st, serr := s.cfg.Ranges.Client(s.cfg.Home).Status(ctx, true); serr == nil {
+				gen = st.AppliedIndex // the home is held elsewhere
+			}
 			_, err = s.cfg.Ranges.Client(r.ID()).Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{
 				ShadowRevoke: &shardpb.ShadowLease{Lease: int64(l), Generation: gen}}})
 		}

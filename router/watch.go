@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -239,6 +240,13 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, ww *str
 // starts at its own revision, as etcd's does; so does a watch whose ranges
 // cannot close now in time (no leader), as before.
 func (ws *watchServer) create(ctx context.Context, st watchStream, req *pb.WatchCreateRequest) *pb.WatchResponse {
+	// Watches over ranges without a replica here are not served yet
+	// (issue 21 S7: mirror hubs); they are refused, canceled at once.
+	for _, p := range ws.s.cfg.Ranges.Spanning(req.Key, req.RangeEnd) {
+		if p.Watches == nil {
+			return st.Refuse(fmt.Sprintf("cairn: range %d has no replica on this member; watch it through a member holding it", p.ID))
+		}
+	}
 	if req.StartRevision != 0 || ws.s.counting() {
 		return st.Create(req)
 	}
@@ -316,6 +324,9 @@ func (s *Server) newWatchStream() watchStream {
 func (s *Server) watchParts(key, rangeEnd []byte) []watch.Part {
 	var out []watch.Part
 	for _, p := range s.cfg.Ranges.Spanning(key, rangeEnd) {
+		if p.Watches == nil {
+			continue // held elsewhere: create refuses such watches
+		}
 		var stop []byte
 		if len(p.End) > 0 {
 			stop = p.End

@@ -88,7 +88,7 @@ func TestFlagSetIsEtcds(t *testing.T) {
 		}
 	}
 	// Cairn's own flags, on top of etcd's.
-	cairnOnly := map[string]bool{"debug-journal": true, "single-group": true, "initial-split-keys": true, "placement-replicas": true}
+	cairnOnly := map[string]bool{"debug-journal": true, "single-group": true, "initial-split-keys": true, "placement-replicas": true, "range-replicas": true}
 	for n := range got {
 		if _, ok := want[n]; !ok && !cairnOnly[n] {
 			t.Errorf("--%s is not an etcd server flag", n)
@@ -130,6 +130,7 @@ var effective = []struct {
 	{"logger", "zap", func(*node.Config) {}},
 	{"initial-split-keys", "b,m", func(c *node.Config) { c.InitialSplitKeys = [][]byte{[]byte("b"), []byte("m")} }},
 	{"placement-replicas", "5", func(c *node.Config) { c.PlacementReplicas = 5 }},
+	{"range-replicas", "3", func(c *node.Config) { c.RangeReplicas = 3 }},
 	{"metrics", "extensive", func(c *node.Config) { c.MetricsLevel = node.MetricsExtensive }},
 	{"listen-metrics-urls", "http://127.0.0.1:2381,http://10.0.0.1:2381", func(c *node.Config) {
 		c.ListenMetricsURLs = []string{"http://127.0.0.1:2381", "http://10.0.0.1:2381"}

@@ -376,3 +376,14 @@ func (c *Cluster) Heal() {
 	c.partitionable()
 	c.net.heal()
 }
+
+// RangeReplicas has each range held by n members (node.Config.RangeReplicas).
+func RangeReplicas(n int) Option {
+	return Edit(func(c *node.Config) { c.RangeReplicas = n })
+}
+
+// PlacementReplicas has n members vote in the placement group
+// (node.Config.PlacementReplicas).
+func PlacementReplicas(n int) Option {
+	return Edit(func(c *node.Config) { c.PlacementReplicas = n })
+}

@@ -175,6 +175,689 @@ func (x *RemoveMemberResponse) GetError() *Error {
 	return nil
 }
 
+type ReadRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Range        uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Linearizable bool                   `protobuf:"varint,3,opt,name=linearizable,proto3" json:"linearizable,omitempty"`
+	// Types that are valid to be assigned to Query:
+	//
+	//	*ReadRequest_RangeRequest
+	//	*ReadRequest_Txn
+	//	*ReadRequest_Status
+	//	*ReadRequest_Hash
+	//	*ReadRequest_Alarms
+	//	*ReadRequest_Auth
+	//	*ReadRequest_Registered
+	//	*ReadRequest_ShadowKeys
+	Query         isReadRequest_Query `protobuf_oneof:"query"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadRequest) Reset() {
+	*x = ReadRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadRequest) ProtoMessage() {}
+
+func (x *ReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
+func (*ReadRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReadRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *ReadRequest) GetLinearizable() bool {
+	if x != nil {
+		return x.Linearizable
+	}
+	return false
+}
+
+func (x *ReadRequest) GetQuery() isReadRequest_Query {
+	if x != nil {
+		return x.Query
+	}
+	return nil
+}
+
+func (x *ReadRequest) GetRangeRequest() []byte {
+	if x != nil {
+		if x, ok := x.Query.(*ReadRequest_RangeRequest); ok {
+			return x.RangeRequest
+		}
+	}
+	return nil
+}
+
+func (x *ReadRequest) GetTxn() *ReadTxn {
+	if x != nil {
+		if x, ok := x.Query.(*ReadRequest_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
+func (x *ReadRequest) GetStatus() *StatusQuery {
+	if x != nil {
+		if x, ok := x.Query.(*ReadRequest_Status); ok {
+			return x.Status
+		}
+	}
+	return nil
+}
+
+func (x *ReadRequest) GetHash() *HashQuery {
+	if x != nil {
+		if x, ok := x.Query.(*ReadRequest_Hash); ok {
+			return x.Hash
+		}
+	}
+	return nil
+}
+
+func (x *ReadRequest) GetAlarms() *AlarmsQuery {
+	if x != nil {
+		if x, ok := x.Query.(*ReadRequest_Alarms); ok {
+			return x.Alarms
+		}
+	}
+	return nil
+}
+
+func (x *ReadRequest) GetAuth() *AuthQuery {
+	if x != nil {
+		if x, ok := x.Query.(*ReadRequest_Auth); ok {
+			return x.Auth
+		}
+	}
+	return nil
+}
+
+func (x *ReadRequest) GetRegistered() *LeaseQuery {
+	if x != nil {
+		if x, ok := x.Query.(*ReadRequest_Registered); ok {
+			return x.Registered
+		}
+	}
+	return nil
+}
+
+func (x *ReadRequest) GetShadowKeys() *LeaseQuery {
+	if x != nil {
+		if x, ok := x.Query.(*ReadRequest_ShadowKeys); ok {
+			return x.ShadowKeys
+		}
+	}
+	return nil
+}
+
+type isReadRequest_Query interface {
+	isReadRequest_Query()
+}
+
+type ReadRequest_RangeRequest struct {
+	// range is an etcd RangeRequest (the answer: a RangeResponse).
+	RangeRequest []byte `protobuf:"bytes,4,opt,name=range_request,json=rangeRequest,proto3,oneof"`
+}
+
+type ReadRequest_Txn struct {
+	Txn *ReadTxn `protobuf:"bytes,5,opt,name=txn,proto3,oneof"`
+}
+
+type ReadRequest_Status struct {
+	Status *StatusQuery `protobuf:"bytes,6,opt,name=status,proto3,oneof"`
+}
+
+type ReadRequest_Hash struct {
+	Hash *HashQuery `protobuf:"bytes,7,opt,name=hash,proto3,oneof"`
+}
+
+type ReadRequest_Alarms struct {
+	Alarms *AlarmsQuery `protobuf:"bytes,8,opt,name=alarms,proto3,oneof"`
+}
+
+type ReadRequest_Auth struct {
+	// auth: the range's auth state (range 1's; the answer: auth.State's
+	// encoding).
+	Auth *AuthQuery `protobuf:"bytes,9,opt,name=auth,proto3,oneof"`
+}
+
+type ReadRequest_Registered struct {
+	// registered: at a lease's home, the ranges registered as holding
+	// its keys (ReadResponse.ranges).
+	Registered *LeaseQuery `protobuf:"bytes,10,opt,name=registered,proto3,oneof"`
+}
+
+type ReadRequest_ShadowKeys struct {
+	// shadow_keys: the keys attached here to a lease homed elsewhere
+	// (ReadResponse.keys).
+	ShadowKeys *LeaseQuery `protobuf:"bytes,11,opt,name=shadow_keys,json=shadowKeys,proto3,oneof"`
+}
+
+func (*ReadRequest_RangeRequest) isReadRequest_Query() {}
+
+func (*ReadRequest_Txn) isReadRequest_Query() {}
+
+func (*ReadRequest_Status) isReadRequest_Query() {}
+
+func (*ReadRequest_Hash) isReadRequest_Query() {}
+
+func (*ReadRequest_Alarms) isReadRequest_Query() {}
+
+func (*ReadRequest_Auth) isReadRequest_Query() {}
+
+func (*ReadRequest_Registered) isReadRequest_Query() {}
+
+func (*ReadRequest_ShadowKeys) isReadRequest_Query() {}
+
+type LeaseQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lease         int64                  `protobuf:"varint,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseQuery) Reset() {
+	*x = LeaseQuery{}
+	mi := &file_internalpb_internal_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseQuery) ProtoMessage() {}
+
+func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseQuery.ProtoReflect.Descriptor instead.
+func (*LeaseQuery) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LeaseQuery) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+// ReadTxn is a read-only etcd TxnRequest read at or above floor (the
+// answer: a TxnResponse).
+type ReadTxn struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Txn           []byte                 `protobuf:"bytes,1,opt,name=txn,proto3" json:"txn,omitempty"`
+	Floor         int64                  `protobuf:"varint,2,opt,name=floor,proto3" json:"floor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadTxn) Reset() {
+	*x = ReadTxn{}
+	mi := &file_internalpb_internal_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadTxn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadTxn) ProtoMessage() {}
+
+func (x *ReadTxn) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadTxn.ProtoReflect.Descriptor instead.
+func (*ReadTxn) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ReadTxn) GetTxn() []byte {
+	if x != nil {
+		return x.Txn
+	}
+	return nil
+}
+
+func (x *ReadTxn) GetFloor() int64 {
+	if x != nil {
+		return x.Floor
+	}
+	return 0
+}
+
+type StatusQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusQuery) Reset() {
+	*x = StatusQuery{}
+	mi := &file_internalpb_internal_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusQuery) ProtoMessage() {}
+
+func (x *StatusQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusQuery.ProtoReflect.Descriptor instead.
+func (*StatusQuery) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
+}
+
+type HashQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HashQuery) Reset() {
+	*x = HashQuery{}
+	mi := &file_internalpb_internal_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashQuery) ProtoMessage() {}
+
+func (x *HashQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashQuery.ProtoReflect.Descriptor instead.
+func (*HashQuery) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *HashQuery) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// AlarmsQuery: the answer is an etcd AlarmResponse carrying the alarms.
+type AlarmsQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlarmsQuery) Reset() {
+	*x = AlarmsQuery{}
+	mi := &file_internalpb_internal_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlarmsQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlarmsQuery) ProtoMessage() {}
+
+func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlarmsQuery.ProtoReflect.Descriptor instead.
+func (*AlarmsQuery) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+}
+
+type AuthQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthQuery) Reset() {
+	*x = AuthQuery{}
+	mi := &file_internalpb_internal_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthQuery) ProtoMessage() {}
+
+func (x *AuthQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthQuery.ProtoReflect.Descriptor instead.
+func (*AuthQuery) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+}
+
+type ReadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Error *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	// response is the encoded answer of a range, txn, alarms or auth query.
+	Response      []byte       `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	Status        *RangeStatus `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Hash          *RangeHash   `protobuf:"bytes,4,opt,name=hash,proto3" json:"hash,omitempty"`
+	Ranges        []uint64     `protobuf:"varint,5,rep,packed,name=ranges,proto3" json:"ranges,omitempty"`
+	Keys          [][]byte     `protobuf:"bytes,6,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadResponse) Reset() {
+	*x = ReadResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadResponse) ProtoMessage() {}
+
+func (x *ReadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
+func (*ReadResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReadResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *ReadResponse) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *ReadResponse) GetStatus() *RangeStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *ReadResponse) GetHash() *RangeHash {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+func (x *ReadResponse) GetRanges() []uint64 {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+func (x *ReadResponse) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// RangeStatus is a replica's shard.Status.
+type RangeStatus struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Revision        int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	CompactRevision int64                  `protobuf:"varint,2,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	AppliedIndex    uint64                 `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Closed          int64                  `protobuf:"varint,4,opt,name=closed,proto3" json:"closed,omitempty"`
+	Fence           uint64                 `protobuf:"varint,5,opt,name=fence,proto3" json:"fence,omitempty"`
+	Counting        bool                   `protobuf:"varint,6,opt,name=counting,proto3" json:"counting,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RangeStatus) Reset() {
+	*x = RangeStatus{}
+	mi := &file_internalpb_internal_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeStatus) ProtoMessage() {}
+
+func (x *RangeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeStatus.ProtoReflect.Descriptor instead.
+func (*RangeStatus) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RangeStatus) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RangeStatus) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *RangeStatus) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *RangeStatus) GetClosed() int64 {
+	if x != nil {
+		return x.Closed
+	}
+	return 0
+}
+
+func (x *RangeStatus) GetFence() uint64 {
+	if x != nil {
+		return x.Fence
+	}
+	return 0
+}
+
+func (x *RangeStatus) GetCounting() bool {
+	if x != nil {
+		return x.Counting
+	}
+	return false
+}
+
+// RangeHash is a replica's shard.HashResult.
+type RangeHash struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Hash            uint32                 `protobuf:"varint,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	Revision        int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	CompactRevision int64                  `protobuf:"varint,3,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RangeHash) Reset() {
+	*x = RangeHash{}
+	mi := &file_internalpb_internal_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeHash) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeHash) ProtoMessage() {}
+
+func (x *RangeHash) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeHash.ProtoReflect.Descriptor instead.
+func (*RangeHash) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RangeHash) GetHash() uint32 {
+	if x != nil {
+		return x.Hash
+	}
+	return 0
+}
+
+func (x *RangeHash) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RangeHash) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
 type CompactLogRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
@@ -184,7 +867,7 @@ type CompactLogRequest struct {
 
 func (x *CompactLogRequest) Reset() {
 	*x = CompactLogRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +879,7 @@ func (x *CompactLogRequest) String() string {
 func (*CompactLogRequest) ProtoMessage() {}
 
 func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +892,7 @@ func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogRequest.ProtoReflect.Descriptor instead.
 func (*CompactLogRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CompactLogRequest) GetRange() uint64 {
@@ -228,7 +911,7 @@ type CompactLogResponse struct {
 
 func (x *CompactLogResponse) Reset() {
 	*x = CompactLogResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -240,7 +923,7 @@ func (x *CompactLogResponse) String() string {
 func (*CompactLogResponse) ProtoMessage() {}
 
 func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -253,7 +936,7 @@ func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogResponse.ProtoReflect.Descriptor instead.
 func (*CompactLogResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CompactLogResponse) GetError() *Error {
@@ -275,14 +958,17 @@ type Error struct {
 	// range is the range as it is now on the member that answered, with a
 	// refusal of keys outside it (shard OUTSIDE_RANGE): the caller routes
 	// again by it.
-	Range         *placementpb.RangeDescriptor `protobuf:"bytes,4,opt,name=range,proto3" json:"range,omitempty"`
+	Range *placementpb.RangeDescriptor `protobuf:"bytes,4,opt,name=range,proto3" json:"range,omitempty"`
+	// leader is the member the answerer believes leads the range (0:
+	// unknown), with NOT_LEADER and NO_RANGE.
+	Leader        uint64 `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -294,7 +980,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -307,7 +993,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -338,6 +1024,13 @@ func (x *Error) GetRange() *placementpb.RangeDescriptor {
 	return nil
 }
 
+func (x *Error) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
 type SplitRangeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -347,7 +1040,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -359,7 +1052,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -372,7 +1065,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -393,7 +1086,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +1098,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +1111,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -438,7 +1131,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +1143,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +1156,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -490,7 +1183,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +1195,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +1208,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
@@ -543,7 +1236,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +1248,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +1261,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -602,7 +1295,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +1307,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +1320,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -654,7 +1347,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +1359,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +1372,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -705,7 +1398,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +1410,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +1423,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -751,7 +1444,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +1456,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +1469,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -803,7 +1496,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +1508,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +1521,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -859,7 +1552,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1564,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1577,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -917,7 +1610,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1622,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1635,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -960,7 +1653,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1665,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1678,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
 }
 
 type KickRequest struct {
@@ -998,7 +1691,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1703,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1716,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -1048,7 +1741,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1753,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1766,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
@@ -1084,16 +1777,62 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x13RemoveMemberRequest\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\x04R\x06member\"F\n" +
 	"\x14RemoveMemberResponse\x12.\n" +
-	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\")\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"\x86\x04\n" +
+	"\vReadRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\"\n" +
+	"\flinearizable\x18\x03 \x01(\bR\flinearizable\x12%\n" +
+	"\rrange_request\x18\x04 \x01(\fH\x00R\frangeRequest\x12.\n" +
+	"\x03txn\x18\x05 \x01(\v2\x1a.cairn.internal.v1.ReadTxnH\x00R\x03txn\x128\n" +
+	"\x06status\x18\x06 \x01(\v2\x1e.cairn.internal.v1.StatusQueryH\x00R\x06status\x122\n" +
+	"\x04hash\x18\a \x01(\v2\x1c.cairn.internal.v1.HashQueryH\x00R\x04hash\x128\n" +
+	"\x06alarms\x18\b \x01(\v2\x1e.cairn.internal.v1.AlarmsQueryH\x00R\x06alarms\x122\n" +
+	"\x04auth\x18\t \x01(\v2\x1c.cairn.internal.v1.AuthQueryH\x00R\x04auth\x12?\n" +
+	"\n" +
+	"registered\x18\n" +
+	" \x01(\v2\x1d.cairn.internal.v1.LeaseQueryH\x00R\n" +
+	"registered\x12@\n" +
+	"\vshadow_keys\x18\v \x01(\v2\x1d.cairn.internal.v1.LeaseQueryH\x00R\n" +
+	"shadowKeysB\a\n" +
+	"\x05query\"\"\n" +
+	"\n" +
+	"LeaseQuery\x12\x14\n" +
+	"\x05lease\x18\x01 \x01(\x03R\x05lease\"1\n" +
+	"\aReadTxn\x12\x10\n" +
+	"\x03txn\x18\x01 \x01(\fR\x03txn\x12\x14\n" +
+	"\x05floor\x18\x02 \x01(\x03R\x05floor\"\r\n" +
+	"\vStatusQuery\"'\n" +
+	"\tHashQuery\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\r\n" +
+	"\vAlarmsQuery\"\v\n" +
+	"\tAuthQuery\"\xf0\x01\n" +
+	"\fReadResponse\x12.\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\x12\x1a\n" +
+	"\bresponse\x18\x02 \x01(\fR\bresponse\x126\n" +
+	"\x06status\x18\x03 \x01(\v2\x1e.cairn.internal.v1.RangeStatusR\x06status\x120\n" +
+	"\x04hash\x18\x04 \x01(\v2\x1c.cairn.internal.v1.RangeHashR\x04hash\x12\x16\n" +
+	"\x06ranges\x18\x05 \x03(\x04R\x06ranges\x12\x12\n" +
+	"\x04keys\x18\x06 \x03(\fR\x04keys\"\xc3\x01\n" +
+	"\vRangeStatus\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
+	"\x10compact_revision\x18\x02 \x01(\x03R\x0fcompactRevision\x12#\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\x12\x16\n" +
+	"\x06closed\x18\x04 \x01(\x03R\x06closed\x12\x14\n" +
+	"\x05fence\x18\x05 \x01(\x04R\x05fence\x12\x1a\n" +
+	"\bcounting\x18\x06 \x01(\bR\bcounting\"f\n" +
+	"\tRangeHash\x12\x12\n" +
+	"\x04hash\x18\x01 \x01(\rR\x04hash\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12)\n" +
+	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\")\n" +
 	"\x11CompactLogRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\"D\n" +
 	"\x12CompactLogResponse\x12.\n" +
-	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"\xbc\x01\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"\xd4\x01\n" +
 	"\x05Error\x120\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1c.cairn.internal.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12/\n" +
 	"\x05shard\x18\x03 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x05shard\x126\n" +
-	"\x05range\x18\x04 \x01(\v2 .cairn.placement.RangeDescriptorR\x05range\"%\n" +
+	"\x05range\x18\x04 \x01(\v2 .cairn.placement.RangeDescriptorR\x05range\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\x04R\x06leader\"%\n" +
 	"\x11SplitRangeRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\"N\n" +
 	"\x12SplitRangeResponse\x128\n" +
@@ -1137,7 +1876,7 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
-	"\x13ERROR_CODE_NO_RANGE\x10\x032\x83\x06\n" +
+	"\x13ERROR_CODE_NO_RANGE\x10\x032\xcc\x06\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
@@ -1150,7 +1889,8 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"SplitRange\x12$.cairn.internal.v1.SplitRangeRequest\x1a%.cairn.internal.v1.SplitRangeResponse\x12Y\n" +
 	"\n" +
 	"CompactLog\x12$.cairn.internal.v1.CompactLogRequest\x1a%.cairn.internal.v1.CompactLogResponse\x12_\n" +
-	"\fRemoveMember\x12&.cairn.internal.v1.RemoveMemberRequest\x1a'.cairn.internal.v1.RemoveMemberResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
+	"\fRemoveMember\x12&.cairn.internal.v1.RemoveMemberRequest\x1a'.cairn.internal.v1.RemoveMemberResponse\x12G\n" +
+	"\x04Read\x12\x1e.cairn.internal.v1.ReadRequest\x1a\x1f.cairn.internal.v1.ReadResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
 
 var (
 	file_internalpb_internal_proto_rawDescOnce sync.Once
@@ -1165,71 +1905,93 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_internalpb_internal_proto_goTypes = []any{
 	(ErrorCode)(0),                      // 0: cairn.internal.v1.ErrorCode
 	(*RemoveMemberRequest)(nil),         // 1: cairn.internal.v1.RemoveMemberRequest
 	(*RemoveMemberResponse)(nil),        // 2: cairn.internal.v1.RemoveMemberResponse
-	(*CompactLogRequest)(nil),           // 3: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 4: cairn.internal.v1.CompactLogResponse
-	(*Error)(nil),                       // 5: cairn.internal.v1.Error
-	(*SplitRangeRequest)(nil),           // 6: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 7: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 8: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 9: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 10: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 11: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 12: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 13: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 14: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 15: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 16: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 17: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 18: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 19: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 20: cairn.internal.v1.KickResponse
-	(shardpb.ErrorCode)(0),              // 21: cairn.shard.v1.ErrorCode
-	(*placementpb.RangeDescriptor)(nil), // 22: cairn.placement.RangeDescriptor
-	(*shardpb.Request)(nil),             // 23: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 24: cairn.shard.v1.Response
+	(*ReadRequest)(nil),                 // 3: cairn.internal.v1.ReadRequest
+	(*LeaseQuery)(nil),                  // 4: cairn.internal.v1.LeaseQuery
+	(*ReadTxn)(nil),                     // 5: cairn.internal.v1.ReadTxn
+	(*StatusQuery)(nil),                 // 6: cairn.internal.v1.StatusQuery
+	(*HashQuery)(nil),                   // 7: cairn.internal.v1.HashQuery
+	(*AlarmsQuery)(nil),                 // 8: cairn.internal.v1.AlarmsQuery
+	(*AuthQuery)(nil),                   // 9: cairn.internal.v1.AuthQuery
+	(*ReadResponse)(nil),                // 10: cairn.internal.v1.ReadResponse
+	(*RangeStatus)(nil),                 // 11: cairn.internal.v1.RangeStatus
+	(*RangeHash)(nil),                   // 12: cairn.internal.v1.RangeHash
+	(*CompactLogRequest)(nil),           // 13: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 14: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 15: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 16: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 17: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 18: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 19: cairn.internal.v1.WriteResponse
+	(*ReadAtRequest)(nil),               // 20: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 21: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 22: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 23: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 24: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 25: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 26: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 27: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 28: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 29: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 30: cairn.internal.v1.KickResponse
+	(shardpb.ErrorCode)(0),              // 31: cairn.shard.v1.ErrorCode
+	(*placementpb.RangeDescriptor)(nil), // 32: cairn.placement.RangeDescriptor
+	(*shardpb.Request)(nil),             // 33: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 34: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	5,  // 0: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
-	5,  // 1: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
-	0,  // 2: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	21, // 3: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	22, // 4: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	22, // 5: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	23, // 6: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	24, // 7: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	5,  // 8: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	5,  // 9: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	5,  // 10: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	5,  // 11: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	16, // 12: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	8,  // 13: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	10, // 14: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	12, // 15: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	14, // 16: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	17, // 17: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	19, // 18: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	6,  // 19: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	3,  // 20: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	1,  // 21: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	9,  // 22: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	11, // 23: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	13, // 24: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	15, // 25: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	18, // 26: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	20, // 27: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	7,  // 28: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	4,  // 29: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	2,  // 30: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	15, // 0: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
+	5,  // 1: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
+	6,  // 2: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
+	7,  // 3: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
+	8,  // 4: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
+	9,  // 5: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
+	4,  // 6: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
+	4,  // 7: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
+	15, // 8: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
+	11, // 9: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
+	12, // 10: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	15, // 11: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	0,  // 12: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	31, // 13: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	32, // 14: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	32, // 15: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	33, // 16: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	34, // 17: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	15, // 18: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	15, // 19: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	15, // 20: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	15, // 21: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	26, // 22: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	18, // 23: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	20, // 24: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	22, // 25: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	24, // 26: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	27, // 27: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	29, // 28: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	16, // 29: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	13, // 30: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	1,  // 31: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	3,  // 32: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	19, // 33: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	21, // 34: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	23, // 35: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	25, // 36: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	28, // 37: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	30, // 38: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	17, // 39: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	14, // 40: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	2,  // 41: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	10, // 42: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	33, // [33:43] is the sub-list for method output_type
+	23, // [23:33] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -1237,13 +1999,23 @@ func file_internalpb_internal_proto_init() {
 	if File_internalpb_internal_proto != nil {
 		return
 	}
+	file_internalpb_internal_proto_msgTypes[2].OneofWrappers = []any{
+		(*ReadRequest_RangeRequest)(nil),
+		(*ReadRequest_Txn)(nil),
+		(*ReadRequest_Status)(nil),
+		(*ReadRequest_Hash)(nil),
+		(*ReadRequest_Alarms)(nil),
+		(*ReadRequest_Auth)(nil),
+		(*ReadRequest_Registered)(nil),
+		(*ReadRequest_ShadowKeys)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

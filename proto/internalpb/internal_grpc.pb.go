@@ -34,6 +34,7 @@ const (
 	Node_SplitRange_FullMethodName   = "/cairn.internal.v1.Node/SplitRange"
 	Node_CompactLog_FullMethodName   = "/cairn.internal.v1.Node/CompactLog"
 	Node_RemoveMember_FullMethodName = "/cairn.internal.v1.Node/RemoveMember"
+	Node_Read_FullMethodName         = "/cairn.internal.v1.Node/Read"
 )
 
 // NodeClient is the client API for Node service.
@@ -66,6 +67,9 @@ type NodeClient interface {
 	// membership walk): what a member asked to remove itself has another
 	// member do, as its own groups close under it.
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
+	// Read answers a read of a range this node holds a replica of, for a
+	// member that holds none (linearizable: through raft's read index).
+	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
 }
 
 type nodeClient struct {
@@ -166,6 +170,16 @@ func (c *nodeClient) RemoveMember(ctx context.Context, in *RemoveMemberRequest, 
 	return out, nil
 }
 
+func (c *nodeClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadResponse)
+	err := c.cc.Invoke(ctx, Node_Read_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -196,6 +210,9 @@ type NodeServer interface {
 	// membership walk): what a member asked to remove itself has another
 	// member do, as its own groups close under it.
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
+	// Read answers a read of a range this node holds a replica of, for a
+	// member that holds none (linearizable: through raft's read index).
+	Read(context.Context, *ReadRequest) (*ReadResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -232,6 +249,9 @@ func (UnimplementedNodeServer) CompactLog(context.Context, *CompactLogRequest) (
 }
 func (UnimplementedNodeServer) RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveMember not implemented")
+}
+func (UnimplementedNodeServer) Read(context.Context, *ReadRequest) (*ReadResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Read not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -416,6 +436,24 @@ func _Node_RemoveMember_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_Read_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).Read(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_Read_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).Read(ctx, req.(*ReadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -458,6 +496,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveMember",
 			Handler:    _Node_RemoveMember_Handler,
+		},
+		{
+			MethodName: "Read",
+			Handler:    _Node_Read_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

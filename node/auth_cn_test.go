@@ -18,8 +18,8 @@ import (
 // (etcd's): alice's certificate writes alice's keys and nothing else, a
 // certificate naming no user is refused, root's may manage auth.
 func TestAuthClientCertCommonName(t *testing.T) {
-	ca := newTestCA(t, "cluster")
-	srvCert, srvKey := ca.issue(t, "server")
+	ca := nodetest.NewCA(t, "cluster")
+	srvCert, srvKey := ca.Issue(t, "server")
 	cl := nodetest.Start(t, 1, nodetest.Edit(func(cfg *node.Config) {
 		cfg.BcryptCost = 4
 		cfg.ListenClientURLs = []string{"https://127.0.0.1:0"}
@@ -27,7 +27,7 @@ func TestAuthClientCertCommonName(t *testing.T) {
 	}))
 	urls := cl.Node(0).ClientURLs()
 	as := func(cn string) *clientv3.Client {
-		cert, key := ca.issue(t, cn)
+		cert, key := ca.Issue(t, cn)
 		return tlsClient(t, clientTLS(t, ca.CAFile, cert, key), urls...)
 	}
 	root, alice, nobody := as("root"), as("alice"), as("nobody")

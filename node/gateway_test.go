@@ -32,9 +32,9 @@ func post(t *testing.T, c *http.Client, url, body string) (int, string) {
 // (its calls go to the node's own gRPC server in memory, not through the
 // TLS port), and what it writes a gRPC client reads.
 func TestGatewayOverTLS(t *testing.T) {
-	ca := newTestCA(t, "cluster")
-	srvCert, srvKey := ca.issue(t, "server")
-	cliCert, cliKey := ca.issue(t, "client")
+	ca := nodetest.NewCA(t, "cluster")
+	srvCert, srvKey := ca.Issue(t, "server")
+	cliCert, cliKey := ca.Issue(t, "client")
 	c := nodetest.Start(t, 1, nodetest.Edit(func(cfg *node.Config) {
 		cfg.ListenClientURLs = []string{"https://127.0.0.1:0"}
 		cfg.ClientTLS = node.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true}

@@ -2,21 +2,14 @@ package node_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,74 +27,6 @@ import (
 	"github.com/cairn-kv/cairn/node/testport"
 	"github.com/cairn-kv/cairn/proto/internalpb"
 )
-
-// testCA is a certificate authority a test makes, with the files of the
-// certificates it issues in dir.
-type testCA struct {
-	dir    string
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	CAFile string
-	serial int64
-}
-
-// newTestCA makes a CA named name, its certificate in dir/name-ca.pem.
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name + " CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{dir: t.TempDir(), cert: cert, key: key, serial: 1}
-	ca.CAFile = filepath.Join(ca.dir, name+"-ca.pem")
-	writePEM(t, ca.CAFile, "CERTIFICATE", der)
-	return ca
-}
-
-// issue makes a certificate for common name cn, valid for 127.0.0.1 and
-// localhost, as server and client; it returns its certificate and key
-// files.
-func (ca *testCA) issue(t *testing.T, cn string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca.serial++
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := strings.ReplaceAll(cn, " ", "-") + "-" + big.NewInt(ca.serial).String()
-	certFile, keyFile = filepath.Join(ca.dir, name+".pem"), filepath.Join(ca.dir, name+"-key.pem")
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "EC PRIVATE KEY", kb)
-	return certFile, keyFile
-}
-
-func writePEM(t *testing.T, path, kind string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // clientTLS is a client's TLS config trusting caFile, with the certificate
 // certFile/keyFile unless they are empty.
@@ -210,10 +135,10 @@ func TestPeerPortAdmitsMembersOnly(t *testing.T) {
 // of the trusted CA are served (gRPC and /health over the same TLS); a
 // client without a certificate, or with one of another CA, is refused.
 func TestClientCertAuth(t *testing.T) {
-	ca, rogue := newTestCA(t, "cluster"), newTestCA(t, "rogue")
-	srvCert, srvKey := ca.issue(t, "server")
-	cliCert, cliKey := ca.issue(t, "client")
-	rogueCert, rogueKey := rogue.issue(t, "client")
+	ca, rogue := nodetest.NewCA(t, "cluster"), nodetest.NewCA(t, "rogue")
+	srvCert, srvKey := ca.Issue(t, "server")
+	cliCert, cliKey := ca.Issue(t, "client")
+	rogueCert, rogueKey := rogue.Issue(t, "client")
 	c := nodetest.Start(t, 1, nodetest.Edit(func(cfg *node.Config) {
 		cfg.ListenClientURLs = []string{"https://127.0.0.1:0"}
 		cfg.ClientTLS = node.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true}
@@ -268,12 +193,12 @@ func TestClientCertAuth(t *testing.T) {
 // cannot call the node-to-node service on a peer port; one with another
 // CA's certificate cannot complete a raft connection, nor join.
 func TestPeerTLSCluster(t *testing.T) {
-	ca, rogue := newTestCA(t, "cluster"), newTestCA(t, "rogue")
-	srvCert, srvKey := ca.issue(t, "server")
-	peerCert, peerKey := ca.issue(t, "member")
-	cliCert, cliKey := ca.issue(t, "client")
-	intruderCert, intruderKey := ca.issue(t, "intruder") // right CA, CN not allowed
-	rogueCert, rogueKey := rogue.issue(t, "member")
+	ca, rogue := nodetest.NewCA(t, "cluster"), nodetest.NewCA(t, "rogue")
+	srvCert, srvKey := ca.Issue(t, "server")
+	peerCert, peerKey := ca.Issue(t, "member")
+	cliCert, cliKey := ca.Issue(t, "client")
+	intruderCert, intruderKey := ca.Issue(t, "intruder") // right CA, CN not allowed
+	rogueCert, rogueKey := rogue.Issue(t, "member")
 	secure := func(cfg *node.Config) {
 		cfg.ListenClientURLs = []string{"https://127.0.0.1:0"}
 		for i, u := range cfg.ListenPeerURLs {
@@ -394,9 +319,9 @@ func TestTLSConfigRefused(t *testing.T) {
 // --client-cert-auth a client with a certificate of the CA is served, one
 // without is refused at the handshake, and plain HTTP gets no answer.
 func TestMetricsURLOverTLS(t *testing.T) {
-	ca := newTestCA(t, "cluster")
-	srvCert, srvKey := ca.issue(t, "server")
-	cliCert, cliKey := ca.issue(t, "client")
+	ca := nodetest.NewCA(t, "cluster")
+	srvCert, srvKey := ca.Issue(t, "server")
+	cliCert, cliKey := ca.Issue(t, "client")
 	c := nodetest.Start(t, 1, nodetest.Edit(func(cfg *node.Config) {
 		cfg.ListenMetricsURLs = []string{"https://127.0.0.1:0"}
 		cfg.ClientTLS = node.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true}

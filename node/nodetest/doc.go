@@ -26,6 +26,11 @@
 // and fails with the condition's last error. Tests wait on conditions with
 // these, never with a fixed sleep.
 //
+// Certificates: NewCA makes a test certificate authority whose Issue
+// writes server-and-client certificates for 127.0.0.1 and localhost, for
+// members and clients configured with TLS (node's, cmd/cairn's and
+// tests/compat's tests share it).
+//
 // Concurrency: a Cluster belongs to the test's goroutine. Node, Client and
 // the partition methods may be called from other goroutines while no
 // Stop, Restart or Join runs.

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/node/testport"
 )
 
@@ -37,13 +38,13 @@ type tlsFiles struct {
 // --client-cert-auth does.
 func TestEtcdctlTLSCluster(t *testing.T) {
 	bin := buildEtcdctl(t)
-	ca, rogue := newTestCA(t, "cluster"), newTestCA(t, "rogue")
+	ca, rogue := nodetest.NewCA(t, "cluster"), nodetest.NewCA(t, "rogue")
 	var f tlsFiles
-	f.ca = ca.file
-	f.server, f.serverKey = ca.issue(t, "server")
-	f.peer, f.peerKey = ca.issue(t, "member")
-	f.client, f.clientKey = ca.issue(t, "client")
-	f.stranger, f.strangerKy = rogue.issue(t, "client")
+	f.ca = ca.CAFile
+	f.server, f.serverKey = ca.Issue(t, "server")
+	f.peer, f.peerKey = ca.Issue(t, "member")
+	f.client, f.clientKey = ca.Issue(t, "client")
+	f.stranger, f.strangerKy = rogue.Issue(t, "client")
 	for _, mode := range []struct {
 		name   string
 		splits []string

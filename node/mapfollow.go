@@ -155,28 +155,15 @@ func (n *Node) trackPlacementRole() {
 	if !placementNonVoting(n.cfg.DataDir) {
 		return
 	}
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-t.C:
-		}
-		info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+	n.untilPromoted(func(info *dragonboat.NodeHostInfo) ([]uint64, bool) {
 		promoted := false
 		for _, s := range info.ShardInfoList {
 			if s.ShardID == placementShardID {
 				promoted = !s.Pending && !s.IsNonVoting
 			}
 		}
-		if !promoted || !n.snapshotAll([]uint64{placementShardID}) {
-			continue
-		}
-		if err := setPlacementNonVoting(n.cfg.DataDir, false); err != nil {
-			n.log.Warn("recording the placement role failed", "error", err)
-			continue
-		}
-		return
-	}
+		return []uint64{placementShardID}, promoted
+	}, func() error {
+		return setPlacementNonVoting(n.cfg.DataDir, false)
+	}, "recording the placement role failed")
 }

@@ -515,21 +515,10 @@ func (n *Node) trackLearner() {
 	if !isLearner(n.cfg.DataDir) {
 		return
 	}
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-t.C:
-		}
-		info := n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
-		// Promoted in range 1 (sharded mode: in every range, range 1
-		// last; the placement group's role is trackPlacementRole's, a
-		// voter only within --placement-replicas). Each group then takes a
-		// snapshot before the mark goes: a restart as a voter must not
-		// replay the entry that added this member as a learner, which raft
-		// refuses to apply to a voter.
+	// Promoted in range 1 (sharded mode: in every range, range 1 last;
+	// the placement group's role is trackPlacementRole's, a voter only
+	// within --placement-replicas).
+	n.untilPromoted(func(info *dragonboat.NodeHostInfo) ([]uint64, bool) {
 		promoted, found := true, false
 		var shards []uint64
 		for _, s := range info.ShardInfoList {
@@ -541,12 +530,37 @@ func (n *Node) trackLearner() {
 				shards = append(shards, s.ShardID)
 			}
 		}
-		if !found || !promoted || !n.snapshotAll(shards) {
+		return shards, found && promoted
+	}, func() error {
+		n.learner.Store(false)
+		return setLearner(n.cfg.DataDir, false)
+	}, "clearing the learner mark failed")
+}
+
+// untilPromoted waits, polling every 100ms, for raft to show this member
+// promoted to a voter, then records the promotion, and returns once
+// record succeeds or the node stops. promoted reads the NodeHost's view
+// and returns the groups the promotion concerns and whether this member
+// votes in all of them. Each of those groups then takes a snapshot
+// (snapshotAll) before record runs: a restart as a voter must not replay
+// the entry that added this member non-voting, which raft refuses to apply
+// to a voter (dragonboat #373). A failed snapshot or record is tried again
+// at the next poll; a failed record is logged as failed.
+func (n *Node) untilPromoted(promoted func(*dragonboat.NodeHostInfo) (shards []uint64, ok bool), record func() error, failed string) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		shards, ok := promoted(n.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}))
+		if !ok || !n.snapshotAll(shards) {
 			continue
 		}
-		n.learner.Store(false)
-		if err := setLearner(n.cfg.DataDir, false); err != nil {
-			n.log.Warn("clearing the learner mark failed", "error", err)
+		if err := record(); err != nil {
+			n.log.Warn(failed, "error", err)
 			continue
 		}
 		return

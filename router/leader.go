@@ -104,6 +104,17 @@ func (l leaderServerStream) Context() context.Context { return l.ctx }
 // checks in a row, one per leader check interval, found range 1 without a
 // leader; it returns then or when ctx ends.
 func (s *Server) monitorRangeOne(ctx context.Context, cancel context.CancelCauseFunc) {
+	s.cancelWhenLeaderless(ctx, cancel, func() bool {
+		_, _, ok := s.cfg.Shard.Leader()
+		return ok
+	})
+}
+
+// cancelWhenLeaderless calls led once per leader check interval and
+// cancels ctx with etcd's "no leader" once noLeaderChecks calls in a row
+// returned false (a true resets the count); it returns then or when ctx
+// ends.
+func (s *Server) cancelWhenLeaderless(ctx context.Context, cancel context.CancelCauseFunc, led func() bool) {
 	every := s.cfg.LeaderCheckInterval
 	if every <= 0 {
 		every = DefaultLeaderCheckInterval
@@ -117,7 +128,7 @@ func (s *Server) monitorRangeOne(ctx context.Context, cancel context.CancelCause
 			return
 		case <-t.C:
 		}
-		if _, _, ok := s.cfg.Shard.Leader(); ok {
+		if led() {
 			misses = 0
 			continue
 		}

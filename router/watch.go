@@ -174,28 +174,10 @@ const noLeaderChecks = 3
 // that, to move to another member). The ranges without a leader come from
 // the leader watch's set, so a check costs no raft call per range.
 func (ws *watchServer) monitorLeader(ctx context.Context, cancel context.CancelCauseFunc, ww *streamWatchers) {
-	every := ws.s.cfg.LeaderCheckInterval
-	if every <= 0 {
-		every = DefaultLeaderCheckInterval
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	misses := 0
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if _, _, ok := ws.s.cfg.Shard.Leader(); ok && !ww.reach(ws.s.leaderless()) {
-			misses = 0
-			continue
-		}
-		if misses++; misses >= noLeaderChecks {
-			cancel(rpctypes.ErrGRPCNoLeader)
-			return
-		}
-	}
+	ws.s.cancelWhenLeaderless(ctx, cancel, func() bool {
+		_, _, ok := ws.s.cfg.Shard.Leader()
+		return ok && !ww.reach(ws.s.leaderless())
+	})
 }
 
 func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, ww *streamWatchers) error {

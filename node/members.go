@@ -384,16 +384,19 @@ func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) e
 	return nil
 }
 
-// recordPeers records member id's peer URLs: in range 1's records and, in
-// sharded mode, in the member's node record.
+// recordPeers records member id's peer URLs: in sharded mode in the
+// member's node record first, then in range 1's records. Each record, once
+// applied, moves where the members reach id; the member moved may lead the
+// placement group, which the others stop reaching once they know its new
+// URLs (it still listens at the old ones until it restarts), so the
+// placement group's record is written while they still reach it.
 func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) error {
-	if err := n.recordRange1Peers(ctx, id, peerURLs); err != nil {
-		return err
+	if n.cfg.Sharded {
+		if err := n.placement.RecordNode(ctx, &placementpb.AddNode{Node: &placementpb.Node{Id: id, PeerUrls: peerURLs}, Merge: true}); err != nil {
+			return err
+		}
 	}
-	if !n.cfg.Sharded {
-		return nil
-	}
-	return n.placement.RecordNode(ctx, &placementpb.AddNode{Node: &placementpb.Node{Id: id, PeerUrls: peerURLs}, Merge: true})
+	return n.recordRange1Peers(ctx, id, peerURLs)
 }
 
 // recordRange1Peers records member id's peer URLs in range 1's records

@@ -196,28 +196,7 @@ func startEtcdCluster(t *testing.T, size int) []string {
 		cfgs[i] = cfg
 		initial = append(initial, cfg.Name+"="+peer.String())
 	}
-	var endpoints []string
-	var es []*embed.Etcd
-	for _, cfg := range cfgs {
-		cfg.InitialCluster = strings.Join(initial, ",")
-		e, err := embed.StartEtcd(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.Close)
-		es = append(es, e)
-		endpoints = append(endpoints, cfg.AdvertiseClientUrls[0].String())
-	}
-	for _, e := range es {
-		select {
-		case <-e.Server.ReadyNotify():
-		case err := <-e.Err():
-			t.Fatal(err)
-		case <-time.After(startTimeout):
-			t.Fatal("etcd cluster not ready")
-		}
-	}
-	return endpoints
+	return startEmbedCluster(t, cfgs, initial)
 }
 
 // startCairnCluster starts size in-process Cairn members founding one
@@ -267,6 +246,35 @@ func startCairnClusterWith(t *testing.T, size int, edit func(*node.Config)) []st
 	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)
+		}
+	}
+	return endpoints
+}
+
+// startEmbedCluster starts the embedded etcd members cfgs as one cluster
+// founded by initial (name=peer URL each), waits until every member is
+// ready and returns their client endpoints.
+func startEmbedCluster(t *testing.T, cfgs []*embed.Config, initial []string) []string {
+	t.Helper()
+	var endpoints []string
+	var es []*embed.Etcd
+	for _, cfg := range cfgs {
+		cfg.InitialCluster = strings.Join(initial, ",")
+		e, err := embed.StartEtcd(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		es = append(es, e)
+		endpoints = append(endpoints, cfg.AdvertiseClientUrls[0].String())
+	}
+	for _, e := range es {
+		select {
+		case <-e.Server.ReadyNotify():
+		case err := <-e.Err():
+			t.Fatal(err)
+		case <-time.After(startTimeout):
+			t.Fatal("etcd cluster not ready")
 		}
 	}
 	return endpoints

@@ -6,7 +6,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -187,28 +186,7 @@ func startTLSEtcdCluster(t *testing.T, f tlsFiles) []string {
 		cfgs[i] = cfg
 		initial = append(initial, cfg.Name+"="+peer.String())
 	}
-	var endpoints []string
-	var es []*embed.Etcd
-	for _, cfg := range cfgs {
-		cfg.InitialCluster = strings.Join(initial, ",")
-		e, err := embed.StartEtcd(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.Close)
-		es = append(es, e)
-		endpoints = append(endpoints, cfg.AdvertiseClientUrls[0].String())
-	}
-	for _, e := range es {
-		select {
-		case <-e.Server.ReadyNotify():
-		case err := <-e.Err():
-			t.Fatal(err)
-		case <-time.After(startTimeout):
-			t.Fatal("etcd cluster not ready")
-		}
-	}
-	return endpoints
+	return startEmbedCluster(t, cfgs, initial)
 }
 
 // startTLSCairnCluster starts a three-member Cairn configured as

@@ -67,15 +67,20 @@ func (n *Node) publish(ctx context.Context) {
 // membership it last read, reused while its local config-change index is
 // unchanged, so a member cut off from the others still lists them.
 func (n *Node) Members(linearizable bool) ([]*pb.Member, error) {
+	timeout := 5 * time.Second
+	if !linearizable {
+		timeout = time.Second
+	}
+	return n.members(linearizable, timeout)
+}
+
+// members is Members with the read bounded by timeout.
+func (n *Node) members(linearizable bool, timeout time.Duration) ([]*pb.Member, error) {
 	cc := n.configChangeIndex()
 	if !linearizable {
 		if v := n.membersView.Load(); v != nil && v.cc == cc {
 			return v.members, nil
 		}
-	}
-	timeout := 5 * time.Second
-	if !linearizable {
-		timeout = time.Second
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -307,6 +312,9 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 	if _, err := hostPort(peerURLs[0]); err != nil {
 		return nil, rpctypes.ErrMemberBadURLs
 	}
+	if err := n.mayAddMember(ctx, learner); err != nil {
+		return nil, err
+	}
 	ms, err := n.membership(ctx)
 	if err != nil {
 		return nil, err
@@ -478,6 +486,9 @@ func (n *Node) removeMember(ctx context.Context, id uint64, forward bool) error 
 	if !ok {
 		return rpctypes.ErrMemberNotFound
 	}
+	if err := n.mayRemoveMember(ctx, id); err != nil {
+		return err
+	}
 	if n.merger != nil {
 		if id == n.memberID && forward {
 			return n.removeSelf(ctx)
@@ -501,6 +512,9 @@ func (n *Node) PromoteMember(ctx context.Context, id uint64) error {
 	}
 	if !learner {
 		return rpctypes.ErrMemberNotLearner
+	}
+	if err := n.mayPromoteMember(id); err != nil {
+		return err
 	}
 	if n.merger != nil {
 		return n.reconfig.Promote(ctx, placement.NodeID(id))

@@ -216,6 +216,11 @@ type Config struct {
 	// many learner members in cluster". Default 1; a negative value allows
 	// none (etcd's 0).
 	MaxLearners int
+	// NoStrictReconfigCheck turns off the check that refuses a membership
+	// change leaving fewer started, reachable voting members than a
+	// quorum (etcd --strict-reconfig-check=false; on by default, as
+	// etcd's).
+	NoStrictReconfigCheck bool
 	// WarningUnaryRequestDuration is how long a unary client request may
 	// take before it is logged at warn (etcd
 	// --warning-unary-request-duration); default 300ms.

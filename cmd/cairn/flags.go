@@ -88,7 +88,7 @@ type rawFlags struct {
 	splitKeys                                                string
 	listenMetrics                                            string
 	listenClientHTTP, hostWhitelist                          string
-	enableGateway, preVote                                   bool
+	enableGateway, preVote, strictReconfig                   bool
 	maxLearners                                              int
 	// TLS flags that are lists.
 	cipherSuites, peerAllowedCN, peerAllowedHostname string
@@ -140,6 +140,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.cfg.InitialCluster, "initial-cluster", "", "founding members as name=peer-URL pairs, comma-separated (default this member alone)")
 	fs.StringVar(&r.cfg.InitialClusterState, "initial-cluster-state", "", "new to found a cluster, existing to join one after a MemberAdd; read at the first start only (default new)")
 	fs.StringVar(&r.cfg.InitialClusterToken, "initial-cluster-token", "", "name that sets this cluster apart from others started with the same members; it seeds the cluster and member ids")
+	fs.BoolVar(&r.strictReconfig, "strict-reconfig-check", true, "refuse a membership change that would leave fewer started, reachable voting members than a quorum")
 	fs.BoolVar(&r.preVote, "pre-vote", true, "raft pre-vote in the ranges' raft groups: a member cut off from the others does not disrupt them on its return")
 	fs.IntVar(&r.maxLearners, "max-learners", 1, "most learners the cluster may have; MemberAdd of one more is refused")
 
@@ -266,6 +267,7 @@ func parseFlags(args, environ []string) (options, error) {
 	o.cfg.HostWhitelist = splitURLs(r.hostWhitelist)
 	o.cfg.DisableGRPCGateway = !r.enableGateway
 	o.cfg.DisablePreVote = !r.preVote
+	o.cfg.NoStrictReconfigCheck = !r.strictReconfig
 	// node.Config's zero is the default of 1; etcd's 0 (no learners) is
 	// negative there.
 	switch {
@@ -488,8 +490,6 @@ var ignoredFlags = []struct {
 		"raft-read-timeout", "raft-write-timeout"}},
 	{"dragonboat's raft transport and election settings are fixed", true, []string{
 		"initial-election-tick-advance"}},
-	{"membership changes are not yet checked against the quorum of started members", true, []string{
-		"strict-reconfig-check"}},
 	{"recovering a cluster by force is not supported", true, []string{"force-new-cluster"}},
 	{"tracing is not implemented", false, []string{
 		"distributed-tracing-address", "distributed-tracing-service-name",

@@ -159,6 +159,8 @@ func TestBooleanAndZeroFlags(t *testing.T) {
 		{nil, []string{"ETCD_ENABLE_GRPC_GATEWAY=false"}, func(c *node.Config) { c.DisableGRPCGateway = true }},
 		{[]string{"--pre-vote=true"}, nil, func(*node.Config) {}},
 		{[]string{"--pre-vote=false"}, nil, func(c *node.Config) { c.DisablePreVote = true }},
+		{[]string{"--strict-reconfig-check=true"}, nil, func(*node.Config) {}},
+		{[]string{"--strict-reconfig-check=false"}, nil, func(c *node.Config) { c.NoStrictReconfigCheck = true }},
 		{[]string{"--socket-reuse-port"}, nil, func(c *node.Config) { c.SocketReusePort = true }},
 		{[]string{"--socket-reuse-address"}, nil, func(c *node.Config) { c.SocketReuseAddress = true }},
 		{[]string{"--max-learners=1"}, nil, func(*node.Config) {}},

@@ -1,0 +1,81 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
+	"github.com/cairn-kv/cairn/node/testport"
+)
+
+// TestStrictReconfigCheck: with one of three members down, a voter cannot
+// be added and a live member cannot be removed ("unhealthy cluster", as
+// etcd answers), while a learner can be added and the down member
+// removed; with the check off the same removal of a live member goes
+// through.
+func TestStrictReconfigCheck(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	c := nodetest.Start(t, 3)
+	ids := memberIDs(t, c)
+	if err := c.Stop(2); err != nil {
+		t.Fatal(err)
+	}
+	cli := c.Client(0)
+	if _, err := cli.MemberAdd(ctx, []string{"http://" + testport.Addr(t)}); !errors.Is(err, rpctypes.ErrUnhealthy) {
+		t.Fatalf("voter added with a member down: %v, want %v", err, rpctypes.ErrUnhealthy)
+	}
+	if _, err := cli.MemberRemove(ctx, ids[1]); !errors.Is(err, rpctypes.ErrUnhealthy) {
+		t.Fatalf("live member removed with another down: %v, want %v", err, rpctypes.ErrUnhealthy)
+	}
+	learner, err := cli.MemberAddAsLearner(ctx, []string{"http://" + testport.Addr(t)})
+	if err != nil {
+		t.Fatalf("learner add with a member down: %v", err)
+	}
+	if _, err := cli.MemberRemove(ctx, learner.Member.ID); err != nil {
+		t.Fatalf("removing the learner: %v", err)
+	}
+	if _, err := cli.MemberRemove(ctx, ids[2]); err != nil {
+		t.Fatalf("removing the down member: %v", err)
+	}
+
+	loose := nodetest.Start(t, 3, nodetest.Edit(func(cfg *node.Config) { cfg.NoStrictReconfigCheck = true }))
+	ids = memberIDs(t, loose)
+	if err := loose.Stop(2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loose.Client(0).MemberRemove(ctx, ids[1]); err != nil {
+		t.Fatalf("check off: removing a live member: %v", err)
+	}
+}
+
+// TestStrictReconfigNotEnoughStarted: a one-member cluster may add a
+// second member (how a restored cluster grows), but not a third while the
+// second has never started.
+func TestStrictReconfigNotEnoughStarted(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cli := nodetest.Start(t, 1).Client(0)
+	if _, err := cli.MemberAdd(ctx, []string{"http://" + testport.Addr(t)}); err != nil {
+		t.Fatalf("second member: %v", err)
+	}
+	if _, err := cli.MemberAdd(ctx, []string{"http://" + testport.Addr(t)}); !errors.Is(err, rpctypes.ErrMemberNotEnoughStarted) {
+		t.Fatalf("third member with the second never started: %v, want %v", err, rpctypes.ErrMemberNotEnoughStarted)
+	}
+}
+
+// memberIDs is the members' ids in the cluster's order.
+func memberIDs(t *testing.T, c *nodetest.Cluster) []uint64 {
+	t.Helper()
+	var ids []uint64
+	for _, n := range c.Nodes() {
+		ids = append(ids, n.MemberID())
+	}
+	return ids
+}

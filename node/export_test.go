@@ -272,3 +272,22 @@ func (n *Node) HoldCheckedWrites() (held <-chan struct{}, release func()) {
 		})
 	}
 }
+
+// DropAuthFences makes the auth changes made through this node skip their
+// fences, as if it crashed once each change applied in range 1; restore
+// puts things back.
+func (n *Node) DropAuthFences() (restore func()) {
+	n.hooks.dropAuthFence.Store(true)
+	return func() { n.hooks.dropAuthFence.Store(false) }
+}
+
+// RangeAuthFence is the auth revision this node's replica of range id has
+// been fenced with (shard.Range.AuthFence; 0: no replica here).
+func (n *Node) RangeAuthFence(id uint64) uint64 {
+	for _, rr := range n.rangeSet.All() {
+		if uint64(rr.ID()) == id {
+			return rr.AuthFence()
+		}
+	}
+	return 0
+}

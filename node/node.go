@@ -392,6 +392,9 @@ type Node struct {
 		// checkedWrite, if set, holds client writes between their auth
 		// check and their proposal (router.Config.CheckedWrite).
 		checkedWrite atomic.Pointer[func()]
+		// dropAuthFence: auth changes made here skip their fences
+		// (router.Config.DropAuthFence).
+		dropAuthFence atomic.Bool
 	}
 	// events is the lock over db's event log records, which every store
 	// here is opened with (mvcc.EventLog).
@@ -470,7 +473,10 @@ type Node struct {
 	rtt       *peerProber
 	// leaders is the set of ranges here without a leader, for the probes
 	// (nil until serve starts it).
-	leaders  *router.LeaderWatch
+	leaders *router.LeaderWatch
+	// fencer re-sends the auth fences a crash lost (sharded mode; nil
+	// otherwise or until serve starts it).
+	fencer   *router.AuthFencer
 	nhConfig dbconfig.NodeHostConfig
 	// membersView caches the membership last read (see Members).
 	membersView atomic.Pointer[membersView]
@@ -1096,6 +1102,7 @@ func (n *Node) serve() error {
 				(*f)()
 			}
 		},
+		DropAuthFence: n.hooks.dropAuthFence.Load,
 
 		// zero: etcd's defaults, which router applies.
 		GRPCKeepAliveMinTime:  cfg.GRPCKeepAliveMinTime,
@@ -1137,6 +1144,10 @@ func (n *Node) serve() error {
 	rs := router.New(rcfg)
 	n.rs = rs
 	n.leaders = rs.StartLeaderWatch(cfg.HeartbeatInterval)
+	if cfg.Sharded {
+		// Auth fences a crash cut short (router.AuthFencer).
+		n.fencer = rs.StartAuthFencer(0)
+	}
 	n.collector = &nodeCollector{n: n}
 	if err := n.metrics.reg.Register(n.collector); err != nil {
 		return fmt.Errorf("node: register metrics: %w", err)
@@ -1378,6 +1389,7 @@ func (n *Node) Close() error {
 		n.stats.Close()
 		n.rtt.Close()
 		n.leaders.Close()
+		n.fencer.Close()
 		if n.stop != nil {
 			close(n.stop)
 		}

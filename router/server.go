@@ -156,6 +156,11 @@ type Config struct {
 	// permissions were checked and before it is proposed: tests hold a
 	// write there to race it against an auth change.
 	CheckedWrite func()
+	// DropAuthFence, if set and true when an auth change applied, has the
+	// change answered without fencing the other ranges, as if the member
+	// making it crashed before it could (authfence.go): tests check that
+	// the AuthFencer makes up for it.
+	DropAuthFence func() bool
 }
 
 // DefaultMaxLearners is etcd's default --max-learners.

@@ -272,3 +272,17 @@ func (n *Node) HoldCheckedWrites() (held <-chan struct{}, release func()) {
 		})
 	}
 }
+
+// CompactRevisions returns, by range id, the compacted revision of each
+// replica this node runs (-1: never compacted).
+func (n *Node) CompactRevisions() map[uint64]int64 {
+	out := map[uint64]int64{}
+	for _, r := range n.rangeSet.All() {
+		st, err := r.Replica().Status(context.Background(), false)
+		if err != nil {
+			continue
+		}
+		out[uint64(r.ID())] = int64(st.CompactRevision)
+	}
+	return out
+}

@@ -74,8 +74,9 @@ func TestSubsetHashKV(t *testing.T) {
 }
 
 // TestSubsetStatusAlarm: every member, with range 1 or without, reports
-// in Status the cluster's revision, range 1's leader and a raft index, and
-// lists and disarms alarms (kept in range 1) alike.
+// in Status the cluster's revision, range 1's leader and a raft index,
+// defragments its own store, and lists and disarms alarms (kept in range
+// 1) alike.
 func TestSubsetStatusAlarm(t *testing.T) {
 	cl := startSubsets(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -100,6 +101,12 @@ func TestSubsetStatusAlarm(t *testing.T) {
 		}
 		if len(st.Errors) != 0 {
 			t.Errorf("member %d: status errors %v", i, st.Errors)
+		}
+	}
+	// Defragment is each member's own, with range 1 or without.
+	for i, u := range cl.URLs() {
+		if _, err := c.Defragment(ctx, u); err != nil {
+			t.Errorf("member %d: defragment: %v", i, err)
 		}
 	}
 	// An alarm raised through member 0 is listed by every member and

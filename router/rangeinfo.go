@@ -12,7 +12,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/cairn-kv/cairn/mvcc"
-	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -33,7 +32,8 @@ type RangeInfo struct {
 	// (identical watches share one: watch.Merger coalesces them).
 	Watchers int `json:"watchers"`
 	// ReplicaSet names each replica by its member and its id in the
-	// range, as the map has them (omitted by members from before).
+	// range, as the map has them (omitted for ranges whose replica ids
+	// are their members', and by members from before).
 	ReplicaSet []ReplicaInfo `json:"replica_set,omitempty"`
 	// Remote: this node holds no replica of the range; its figures come
 	// from a member that does (Writes and Watchers are this node's).
@@ -154,10 +154,12 @@ func countAll(d *placementpb.RangeDescriptor) *pb.RangeRequest {
 	return &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}
 }
 
-// replicaSet is d's replicas as the range info names them.
+// replicaSet is d's replicas as the range info names them; nil for a
+// descriptor from before replica ids were allocated (each replica's id is
+// its member's: Replicas says it all).
 func replicaSet(d *placementpb.RangeDescriptor) []ReplicaInfo {
 	var out []ReplicaInfo
-	for _, r := range placement.Pairs(d) {
+	for _, r := range d.GetReplicaSet() {
 		out = append(out, ReplicaInfo{Member: r.Member, ID: r.Id, Learner: r.Learner})
 	}
 	return out

@@ -291,3 +291,35 @@ func (n *Node) RangeAuthFence(id uint64) uint64 {
 	}
 	return 0
 }
+
+// CompactRevisions returns, by range id, the compacted revision of each
+// replica this node runs (-1: never compacted).
+func (n *Node) CompactRevisions() map[uint64]int64 {
+	out := map[uint64]int64{}
+	for _, r := range n.rangeSet.All() {
+		st, err := r.Replica().Status(context.Background(), false)
+		if err != nil {
+			continue
+		}
+		out[uint64(r.ID())] = int64(st.CompactRevision)
+	}
+	return out
+}
+
+// CorruptVersion changes, behind raft's back, the newest version record
+// of key in this node's pebble (a byte appended to its value), as a disk
+// or a bug might: the replica's hash no longer matches the others'.
+func (n *Node) CorruptVersion(key string) error {
+	lo := append([]byte{'k'}, key...)
+	it, err := n.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: append(append([]byte(nil), lo...), 0xff)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	if !it.First() {
+		return fmt.Errorf("node: no version of %q here", key)
+	}
+	k := append([]byte(nil), it.Key()...)
+	v := append(append([]byte(nil), it.Value()...), 'x')
+	return n.db.Set(k, v, pebble.Sync)
+}

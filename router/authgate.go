@@ -15,17 +15,18 @@ import (
 // the client port (SplitRange) is root's too.
 var (
 	adminMethods = map[string]bool{
-		"/etcdserverpb.Maintenance/Defragment":    true,
-		"/etcdserverpb.Maintenance/Hash":          true,
-		"/etcdserverpb.Maintenance/HashKV":        true,
-		"/etcdserverpb.Maintenance/MoveLeader":    true,
-		"/etcdserverpb.Maintenance/Downgrade":     true,
-		"/etcdserverpb.Maintenance/Snapshot":      true,
-		"/etcdserverpb.Cluster/MemberAdd":         true,
-		"/etcdserverpb.Cluster/MemberRemove":      true,
-		"/etcdserverpb.Cluster/MemberUpdate":      true,
-		"/etcdserverpb.Cluster/MemberPromote":     true,
-		internalpb.Node_SplitRange_FullMethodName: true,
+		"/etcdserverpb.Maintenance/Defragment":       true,
+		"/etcdserverpb.Maintenance/Hash":             true,
+		"/etcdserverpb.Maintenance/HashKV":           true,
+		"/etcdserverpb.Maintenance/MoveLeader":       true,
+		"/etcdserverpb.Maintenance/Downgrade":        true,
+		"/etcdserverpb.Maintenance/Snapshot":         true,
+		"/etcdserverpb.Cluster/MemberAdd":            true,
+		"/etcdserverpb.Cluster/MemberRemove":         true,
+		"/etcdserverpb.Cluster/MemberUpdate":         true,
+		"/etcdserverpb.Cluster/MemberPromote":        true,
+		internalpb.Node_SplitRange_FullMethodName:    true,
+		internalpb.Node_CheckReplicas_FullMethodName: true,
 	}
 	userMethods = map[string]bool{
 		"/etcdserverpb.Maintenance/Status": true,

@@ -91,7 +91,7 @@ func (r *refusal) status() *status.Status { return status.New(refusalCodes[r.kin
 
 // RegisterInternal attaches the node-to-node service, served from m, to g.
 func (s *Server) RegisterInternal(g *grpc.Server, m Member) {
-	internalpb.RegisterNodeServer(g, &internalServer{self: s.cfg.MemberID, memberOf: s.cfg.MemberOf, m: m})
+	internalpb.RegisterNodeServer(g, &internalServer{self: s.cfg.MemberID, memberOf: s.cfg.MemberOf, m: m, srv: s})
 }
 
 // internalServer serves the node-to-node service.
@@ -100,6 +100,7 @@ type internalServer struct {
 	self     placement.NodeID
 	memberOf MemberOf
 	m        Member
+	srv      *Server // serves the admin calls over every range (CheckReplicas)
 }
 
 // leading returns this member's replica of range id if this member leads

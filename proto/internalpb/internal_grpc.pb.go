@@ -25,16 +25,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Node_Write_FullMethodName        = "/cairn.internal.v1.Node/Write"
-	Node_ReadAt_FullMethodName       = "/cairn.internal.v1.Node/ReadAt"
-	Node_WaitClosed_FullMethodName   = "/cairn.internal.v1.Node/WaitClosed"
-	Node_Revisions_FullMethodName    = "/cairn.internal.v1.Node/Revisions"
-	Node_Closed_FullMethodName       = "/cairn.internal.v1.Node/Closed"
-	Node_Kick_FullMethodName         = "/cairn.internal.v1.Node/Kick"
-	Node_SplitRange_FullMethodName   = "/cairn.internal.v1.Node/SplitRange"
-	Node_CompactLog_FullMethodName   = "/cairn.internal.v1.Node/CompactLog"
-	Node_RemoveMember_FullMethodName = "/cairn.internal.v1.Node/RemoveMember"
-	Node_Read_FullMethodName         = "/cairn.internal.v1.Node/Read"
+	Node_Write_FullMethodName         = "/cairn.internal.v1.Node/Write"
+	Node_ReadAt_FullMethodName        = "/cairn.internal.v1.Node/ReadAt"
+	Node_WaitClosed_FullMethodName    = "/cairn.internal.v1.Node/WaitClosed"
+	Node_Revisions_FullMethodName     = "/cairn.internal.v1.Node/Revisions"
+	Node_Closed_FullMethodName        = "/cairn.internal.v1.Node/Closed"
+	Node_Kick_FullMethodName          = "/cairn.internal.v1.Node/Kick"
+	Node_SplitRange_FullMethodName    = "/cairn.internal.v1.Node/SplitRange"
+	Node_CompactLog_FullMethodName    = "/cairn.internal.v1.Node/CompactLog"
+	Node_RemoveMember_FullMethodName  = "/cairn.internal.v1.Node/RemoveMember"
+	Node_Read_FullMethodName          = "/cairn.internal.v1.Node/Read"
+	Node_HashReplica_FullMethodName   = "/cairn.internal.v1.Node/HashReplica"
+	Node_RangeImage_FullMethodName    = "/cairn.internal.v1.Node/RangeImage"
+	Node_CheckReplicas_FullMethodName = "/cairn.internal.v1.Node/CheckReplicas"
 )
 
 // NodeClient is the client API for Node service.
@@ -70,6 +73,21 @@ type NodeClient interface {
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
+	// HashReplica hashes this node's replica of a range at a revision (its
+	// version records at or below it and its compacted revision), after a
+	// read index, so that every acknowledged write and compaction has
+	// applied here; the caller has waited until the range closed the
+	// revision. Replicas holding the same data answer the same hash.
+	HashReplica(ctx context.Context, in *HashReplicaRequest, opts ...grpc.CallOption) (*HashReplicaResponse, error)
+	// RangeImage streams this node's replica of a range, in the mvcc
+	// snapshot format, once it has applied every write up to a revision
+	// (after a read index; the caller has waited until the range closed it):
+	// the part a member without the range puts into a backup.
+	RangeImage(ctx context.Context, in *RangeImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
+	// CheckReplicas hashes every replica of every range at one revision on
+	// its member and compares them (the admin call behind `cairn check`,
+	// served on the client port too; root's once auth is enabled).
+	CheckReplicas(ctx context.Context, in *CheckReplicasRequest, opts ...grpc.CallOption) (*CheckReplicasResponse, error)
 }
 
 type nodeClient struct {
@@ -180,6 +198,45 @@ func (c *nodeClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *nodeClient) HashReplica(ctx context.Context, in *HashReplicaRequest, opts ...grpc.CallOption) (*HashReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HashReplicaResponse)
+	err := c.cc.Invoke(ctx, Node_HashReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeClient) RangeImage(ctx context.Context, in *RangeImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[0], Node_RangeImage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RangeImageRequest, ImageChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_RangeImageClient = grpc.ServerStreamingClient[ImageChunk]
+
+func (c *nodeClient) CheckReplicas(ctx context.Context, in *CheckReplicasRequest, opts ...grpc.CallOption) (*CheckReplicasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckReplicasResponse)
+	err := c.cc.Invoke(ctx, Node_CheckReplicas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -213,6 +270,21 @@ type NodeServer interface {
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(context.Context, *ReadRequest) (*ReadResponse, error)
+	// HashReplica hashes this node's replica of a range at a revision (its
+	// version records at or below it and its compacted revision), after a
+	// read index, so that every acknowledged write and compaction has
+	// applied here; the caller has waited until the range closed the
+	// revision. Replicas holding the same data answer the same hash.
+	HashReplica(context.Context, *HashReplicaRequest) (*HashReplicaResponse, error)
+	// RangeImage streams this node's replica of a range, in the mvcc
+	// snapshot format, once it has applied every write up to a revision
+	// (after a read index; the caller has waited until the range closed it):
+	// the part a member without the range puts into a backup.
+	RangeImage(*RangeImageRequest, grpc.ServerStreamingServer[ImageChunk]) error
+	// CheckReplicas hashes every replica of every range at one revision on
+	// its member and compares them (the admin call behind `cairn check`,
+	// served on the client port too; root's once auth is enabled).
+	CheckReplicas(context.Context, *CheckReplicasRequest) (*CheckReplicasResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -252,6 +324,15 @@ func (UnimplementedNodeServer) RemoveMember(context.Context, *RemoveMemberReques
 }
 func (UnimplementedNodeServer) Read(context.Context, *ReadRequest) (*ReadResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Read not implemented")
+}
+func (UnimplementedNodeServer) HashReplica(context.Context, *HashReplicaRequest) (*HashReplicaResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method HashReplica not implemented")
+}
+func (UnimplementedNodeServer) RangeImage(*RangeImageRequest, grpc.ServerStreamingServer[ImageChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method RangeImage not implemented")
+}
+func (UnimplementedNodeServer) CheckReplicas(context.Context, *CheckReplicasRequest) (*CheckReplicasResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CheckReplicas not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -454,6 +535,53 @@ func _Node_Read_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_HashReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HashReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).HashReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_HashReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).HashReplica(ctx, req.(*HashReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Node_RangeImage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(RangeImageRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeServer).RangeImage(m, &grpc.GenericServerStream[RangeImageRequest, ImageChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_RangeImageServer = grpc.ServerStreamingServer[ImageChunk]
+
+func _Node_CheckReplicas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckReplicasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).CheckReplicas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_CheckReplicas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).CheckReplicas(ctx, req.(*CheckReplicasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -501,7 +629,21 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Read",
 			Handler:    _Node_Read_Handler,
 		},
+		{
+			MethodName: "HashReplica",
+			Handler:    _Node_HashReplica_Handler,
+		},
+		{
+			MethodName: "CheckReplicas",
+			Handler:    _Node_CheckReplicas_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "RangeImage",
+			Handler:       _Node_RangeImage_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "internalpb/internal.proto",
 }

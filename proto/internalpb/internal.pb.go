@@ -29,6 +29,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type FeedEndReason int32
+
+const (
+	FeedEndReason_FEED_END_UNSPECIFIED FeedEndReason = 0
+	// The history from the feed's start is compacted away there.
+	FeedEndReason_FEED_END_COMPACTED FeedEndReason = 1
+	// The answerer holds no replica of some key of the span.
+	FeedEndReason_FEED_END_NO_RANGE FeedEndReason = 2
+)
+
+// Enum value maps for FeedEndReason.
+var (
+	FeedEndReason_name = map[int32]string{
+		0: "FEED_END_UNSPECIFIED",
+		1: "FEED_END_COMPACTED",
+		2: "FEED_END_NO_RANGE",
+	}
+	FeedEndReason_value = map[string]int32{
+		"FEED_END_UNSPECIFIED": 0,
+		"FEED_END_COMPACTED":   1,
+		"FEED_END_NO_RANGE":    2,
+	}
+)
+
+func (x FeedEndReason) Enum() *FeedEndReason {
+	p := new(FeedEndReason)
+	*p = x
+	return p
+}
+
+func (x FeedEndReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FeedEndReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_internalpb_internal_proto_enumTypes[0].Descriptor()
+}
+
+func (FeedEndReason) Type() protoreflect.EnumType {
+	return &file_internalpb_internal_proto_enumTypes[0]
+}
+
+func (x FeedEndReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FeedEndReason.Descriptor instead.
+func (FeedEndReason) EnumDescriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+}
+
 // ErrorCode says what kind of failure an Error is.
 type ErrorCode int32
 
@@ -71,11 +122,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_internalpb_internal_proto_enumTypes[0].Descriptor()
+	return file_internalpb_internal_proto_enumTypes[1].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_internalpb_internal_proto_enumTypes[0]
+	return &file_internalpb_internal_proto_enumTypes[1]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -84,7 +135,615 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+}
+
+type FeedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*FeedRequest_Open
+	//	*FeedRequest_Cancel
+	//	*FeedRequest_Kick
+	Op            isFeedRequest_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedRequest) Reset() {
+	*x = FeedRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedRequest) ProtoMessage() {}
+
+func (x *FeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedRequest.ProtoReflect.Descriptor instead.
+func (*FeedRequest) Descriptor() ([]byte, []int) {
 	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *FeedRequest) GetOp() isFeedRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *FeedRequest) GetOpen() *FeedOpen {
+	if x != nil {
+		if x, ok := x.Op.(*FeedRequest_Open); ok {
+			return x.Open
+		}
+	}
+	return nil
+}
+
+func (x *FeedRequest) GetCancel() uint64 {
+	if x != nil {
+		if x, ok := x.Op.(*FeedRequest_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return 0
+}
+
+func (x *FeedRequest) GetKick() *FeedKick {
+	if x != nil {
+		if x, ok := x.Op.(*FeedRequest_Kick); ok {
+			return x.Kick
+		}
+	}
+	return nil
+}
+
+type isFeedRequest_Op interface {
+	isFeedRequest_Op()
+}
+
+type FeedRequest_Open struct {
+	Open *FeedOpen `protobuf:"bytes,1,opt,name=open,proto3,oneof"`
+}
+
+type FeedRequest_Cancel struct {
+	// cancel ends the feed of that id.
+	Cancel uint64 `protobuf:"varint,2,opt,name=cancel,proto3,oneof"`
+}
+
+type FeedRequest_Kick struct {
+	Kick *FeedKick `protobuf:"bytes,3,opt,name=kick,proto3,oneof"`
+}
+
+func (*FeedRequest_Open) isFeedRequest_Op() {}
+
+func (*FeedRequest_Cancel) isFeedRequest_Op() {}
+
+func (*FeedRequest_Kick) isFeedRequest_Op() {}
+
+// FeedOpen starts feed id over [key, end) (end empty: to the end of the
+// key space), which lies in range and the ranges split from it, from
+// start_revision (0: from the revision the answerer's replicas have
+// reached, which the feed's first batch carries alone).
+type FeedOpen struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Feed          uint64                 `protobuf:"varint,1,opt,name=feed,proto3" json:"feed,omitempty"`
+	Range         uint64                 `protobuf:"varint,2,opt,name=range,proto3" json:"range,omitempty"`
+	Key           []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	End           []byte                 `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
+	StartRevision int64                  `protobuf:"varint,5,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedOpen) Reset() {
+	*x = FeedOpen{}
+	mi := &file_internalpb_internal_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedOpen) ProtoMessage() {}
+
+func (x *FeedOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedOpen.ProtoReflect.Descriptor instead.
+func (*FeedOpen) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *FeedOpen) GetFeed() uint64 {
+	if x != nil {
+		return x.Feed
+	}
+	return 0
+}
+
+func (x *FeedOpen) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *FeedOpen) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *FeedOpen) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *FeedOpen) GetStartRevision() int64 {
+	if x != nil {
+		return x.StartRevision
+	}
+	return 0
+}
+
+// FeedKick asks the feed's ranges to close revision soon and the feed to
+// report when it has sent everything up to it.
+type FeedKick struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Feed          uint64                 `protobuf:"varint,1,opt,name=feed,proto3" json:"feed,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedKick) Reset() {
+	*x = FeedKick{}
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedKick) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedKick) ProtoMessage() {}
+
+func (x *FeedKick) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedKick.ProtoReflect.Descriptor instead.
+func (*FeedKick) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FeedKick) GetFeed() uint64 {
+	if x != nil {
+		return x.Feed
+	}
+	return 0
+}
+
+func (x *FeedKick) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type FeedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Batches       []*FeedBatch           `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedResponse) Reset() {
+	*x = FeedResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedResponse) ProtoMessage() {}
+
+func (x *FeedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedResponse.ProtoReflect.Descriptor instead.
+func (*FeedResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FeedResponse) GetBatches() []*FeedBatch {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
+// FeedBatch: events of feed (each an encoded mvccpb.Event with its
+// prev_kv, in revision order), then revision, below or at which the feed
+// has sent every event of its span; or the feed's end.
+type FeedBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Feed          uint64                 `protobuf:"varint,1,opt,name=feed,proto3" json:"feed,omitempty"`
+	Events        [][]byte               `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	End           *FeedEnd               `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedBatch) Reset() {
+	*x = FeedBatch{}
+	mi := &file_internalpb_internal_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedBatch) ProtoMessage() {}
+
+func (x *FeedBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedBatch.ProtoReflect.Descriptor instead.
+func (*FeedBatch) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FeedBatch) GetFeed() uint64 {
+	if x != nil {
+		return x.Feed
+	}
+	return 0
+}
+
+func (x *FeedBatch) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *FeedBatch) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *FeedBatch) GetEnd() *FeedEnd {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+type FeedEnd struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason FeedEndReason          `protobuf:"varint,1,opt,name=reason,proto3,enum=cairn.internal.v1.FeedEndReason" json:"reason,omitempty"`
+	// compact_revision, with COMPACTED: the feed's start is below it.
+	CompactRevision int64  `protobuf:"varint,2,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	Message         string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *FeedEnd) Reset() {
+	*x = FeedEnd{}
+	mi := &file_internalpb_internal_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedEnd) ProtoMessage() {}
+
+func (x *FeedEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedEnd.ProtoReflect.Descriptor instead.
+func (*FeedEnd) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FeedEnd) GetReason() FeedEndReason {
+	if x != nil {
+		return x.Reason
+	}
+	return FeedEndReason_FEED_END_UNSPECIFIED
+}
+
+func (x *FeedEnd) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *FeedEnd) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type EventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	End           []byte                 `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	From          int64                  `protobuf:"varint,4,opt,name=from,proto3" json:"from,omitempty"`
+	To            int64                  `protobuf:"varint,5,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsRequest) Reset() {
+	*x = EventsRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsRequest) ProtoMessage() {}
+
+func (x *EventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
+func (*EventsRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *EventsRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *EventsRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *EventsRequest) GetFrom() int64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetTo() int64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+// EventsResponse: revisions' events in revision order; compacted (with
+// compact_revision) if from is below the compacted revision there. Every
+// response carries the answerer's compacted revision.
+type EventsResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Revisions       []*RevisionEvents      `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty"`
+	CompactRevision int64                  `protobuf:"varint,2,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	Compacted       bool                   `protobuf:"varint,3,opt,name=compacted,proto3" json:"compacted,omitempty"`
+	Error           *Error                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EventsResponse) Reset() {
+	*x = EventsResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsResponse) ProtoMessage() {}
+
+func (x *EventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsResponse.ProtoReflect.Descriptor instead.
+func (*EventsResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EventsResponse) GetRevisions() []*RevisionEvents {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+func (x *EventsResponse) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *EventsResponse) GetCompacted() bool {
+	if x != nil {
+		return x.Compacted
+	}
+	return false
+}
+
+func (x *EventsResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type RevisionEvents struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Events        [][]byte               `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevisionEvents) Reset() {
+	*x = RevisionEvents{}
+	mi := &file_internalpb_internal_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevisionEvents) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevisionEvents) ProtoMessage() {}
+
+func (x *RevisionEvents) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevisionEvents.ProtoReflect.Descriptor instead.
+func (*RevisionEvents) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RevisionEvents) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RevisionEvents) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
 }
 
 type RemoveMemberRequest struct {
@@ -96,7 +755,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[0]
+	mi := &file_internalpb_internal_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -108,7 +767,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[0]
+	mi := &file_internalpb_internal_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -121,7 +780,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RemoveMemberRequest) GetMember() uint64 {
@@ -140,7 +799,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[1]
+	mi := &file_internalpb_internal_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -152,7 +811,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[1]
+	mi := &file_internalpb_internal_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -165,7 +824,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveMemberResponse) GetError() *Error {
@@ -196,7 +855,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +867,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +880,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReadRequest) GetRange() uint64 {
@@ -385,7 +1044,7 @@ type LeaseQuery struct {
 
 func (x *LeaseQuery) Reset() {
 	*x = LeaseQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +1056,7 @@ func (x *LeaseQuery) String() string {
 func (*LeaseQuery) ProtoMessage() {}
 
 func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +1069,7 @@ func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseQuery.ProtoReflect.Descriptor instead.
 func (*LeaseQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LeaseQuery) GetLease() int64 {
@@ -432,7 +1091,7 @@ type ReadTxn struct {
 
 func (x *ReadTxn) Reset() {
 	*x = ReadTxn{}
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +1103,7 @@ func (x *ReadTxn) String() string {
 func (*ReadTxn) ProtoMessage() {}
 
 func (x *ReadTxn) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +1116,7 @@ func (x *ReadTxn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadTxn.ProtoReflect.Descriptor instead.
 func (*ReadTxn) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReadTxn) GetTxn() []byte {
@@ -482,7 +1141,7 @@ type StatusQuery struct {
 
 func (x *StatusQuery) Reset() {
 	*x = StatusQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +1153,7 @@ func (x *StatusQuery) String() string {
 func (*StatusQuery) ProtoMessage() {}
 
 func (x *StatusQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +1166,7 @@ func (x *StatusQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusQuery.ProtoReflect.Descriptor instead.
 func (*StatusQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
 }
 
 type HashQuery struct {
@@ -519,7 +1178,7 @@ type HashQuery struct {
 
 func (x *HashQuery) Reset() {
 	*x = HashQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +1190,7 @@ func (x *HashQuery) String() string {
 func (*HashQuery) ProtoMessage() {}
 
 func (x *HashQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +1203,7 @@ func (x *HashQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashQuery.ProtoReflect.Descriptor instead.
 func (*HashQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HashQuery) GetRevision() int64 {
@@ -563,7 +1222,7 @@ type AlarmsQuery struct {
 
 func (x *AlarmsQuery) Reset() {
 	*x = AlarmsQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +1234,7 @@ func (x *AlarmsQuery) String() string {
 func (*AlarmsQuery) ProtoMessage() {}
 
 func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +1247,7 @@ func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmsQuery.ProtoReflect.Descriptor instead.
 func (*AlarmsQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
 }
 
 type AuthQuery struct {
@@ -599,7 +1258,7 @@ type AuthQuery struct {
 
 func (x *AuthQuery) Reset() {
 	*x = AuthQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +1270,7 @@ func (x *AuthQuery) String() string {
 func (*AuthQuery) ProtoMessage() {}
 
 func (x *AuthQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +1283,7 @@ func (x *AuthQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthQuery.ProtoReflect.Descriptor instead.
 func (*AuthQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
 }
 
 type ReadResponse struct {
@@ -642,7 +1301,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +1313,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +1326,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadResponse) GetError() *Error {
@@ -727,7 +1386,7 @@ type RangeStatus struct {
 
 func (x *RangeStatus) Reset() {
 	*x = RangeStatus{}
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +1398,7 @@ func (x *RangeStatus) String() string {
 func (*RangeStatus) ProtoMessage() {}
 
 func (x *RangeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1411,7 @@ func (x *RangeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStatus.ProtoReflect.Descriptor instead.
 func (*RangeStatus) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RangeStatus) GetRevision() int64 {
@@ -809,7 +1468,7 @@ type RangeHash struct {
 
 func (x *RangeHash) Reset() {
 	*x = RangeHash{}
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +1480,7 @@ func (x *RangeHash) String() string {
 func (*RangeHash) ProtoMessage() {}
 
 func (x *RangeHash) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +1493,7 @@ func (x *RangeHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHash.ProtoReflect.Descriptor instead.
 func (*RangeHash) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RangeHash) GetHash() uint32 {
@@ -867,7 +1526,7 @@ type CompactLogRequest struct {
 
 func (x *CompactLogRequest) Reset() {
 	*x = CompactLogRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1538,7 @@ func (x *CompactLogRequest) String() string {
 func (*CompactLogRequest) ProtoMessage() {}
 
 func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1551,7 @@ func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogRequest.ProtoReflect.Descriptor instead.
 func (*CompactLogRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CompactLogRequest) GetRange() uint64 {
@@ -911,7 +1570,7 @@ type CompactLogResponse struct {
 
 func (x *CompactLogResponse) Reset() {
 	*x = CompactLogResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1582,7 @@ func (x *CompactLogResponse) String() string {
 func (*CompactLogResponse) ProtoMessage() {}
 
 func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1595,7 @@ func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogResponse.ProtoReflect.Descriptor instead.
 func (*CompactLogResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CompactLogResponse) GetError() *Error {
@@ -968,7 +1627,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1639,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1652,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1040,7 +1699,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1711,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1724,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -1086,7 +1745,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1757,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1770,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -1131,7 +1790,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1802,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1815,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -1183,7 +1842,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1854,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1867,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
@@ -1236,7 +1895,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1907,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1920,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -1295,7 +1954,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1966,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1979,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -1347,7 +2006,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +2018,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +2031,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -1398,7 +2057,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +2069,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +2082,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -1444,7 +2103,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +2115,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +2128,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -1496,7 +2155,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +2167,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +2180,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -1552,7 +2211,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1564,7 +2223,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1577,7 +2236,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -1610,7 +2269,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +2281,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +2294,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -1653,7 +2312,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +2324,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +2337,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
 }
 
 type KickRequest struct {
@@ -1691,7 +2350,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +2362,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +2375,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -1741,7 +2400,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +2412,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,14 +2425,53 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{38}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
 
 const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x19internalpb/internal.proto\x12\x11cairn.internal.v1\x1a\x13shardpb/shard.proto\x1a\x1bplacementpb/placement.proto\"-\n" +
+	"\x19internalpb/internal.proto\x12\x11cairn.internal.v1\x1a\x13shardpb/shard.proto\x1a\x1bplacementpb/placement.proto\"\x93\x01\n" +
+	"\vFeedRequest\x121\n" +
+	"\x04open\x18\x01 \x01(\v2\x1b.cairn.internal.v1.FeedOpenH\x00R\x04open\x12\x18\n" +
+	"\x06cancel\x18\x02 \x01(\x04H\x00R\x06cancel\x121\n" +
+	"\x04kick\x18\x03 \x01(\v2\x1b.cairn.internal.v1.FeedKickH\x00R\x04kickB\x04\n" +
+	"\x02op\"\x7f\n" +
+	"\bFeedOpen\x12\x12\n" +
+	"\x04feed\x18\x01 \x01(\x04R\x04feed\x12\x14\n" +
+	"\x05range\x18\x02 \x01(\x04R\x05range\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\x12\x10\n" +
+	"\x03end\x18\x04 \x01(\fR\x03end\x12%\n" +
+	"\x0estart_revision\x18\x05 \x01(\x03R\rstartRevision\":\n" +
+	"\bFeedKick\x12\x12\n" +
+	"\x04feed\x18\x01 \x01(\x04R\x04feed\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"F\n" +
+	"\fFeedResponse\x126\n" +
+	"\abatches\x18\x01 \x03(\v2\x1c.cairn.internal.v1.FeedBatchR\abatches\"\x81\x01\n" +
+	"\tFeedBatch\x12\x12\n" +
+	"\x04feed\x18\x01 \x01(\x04R\x04feed\x12\x16\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12,\n" +
+	"\x03end\x18\x04 \x01(\v2\x1a.cairn.internal.v1.FeedEndR\x03end\"\x88\x01\n" +
+	"\aFeedEnd\x128\n" +
+	"\x06reason\x18\x01 \x01(\x0e2 .cairn.internal.v1.FeedEndReasonR\x06reason\x12)\n" +
+	"\x10compact_revision\x18\x02 \x01(\x03R\x0fcompactRevision\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"m\n" +
+	"\rEventsRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\fR\x03end\x12\x12\n" +
+	"\x04from\x18\x04 \x01(\x03R\x04from\x12\x0e\n" +
+	"\x02to\x18\x05 \x01(\x03R\x02to\"\xca\x01\n" +
+	"\x0eEventsResponse\x12?\n" +
+	"\trevisions\x18\x01 \x03(\v2!.cairn.internal.v1.RevisionEventsR\trevisions\x12)\n" +
+	"\x10compact_revision\x18\x02 \x01(\x03R\x0fcompactRevision\x12\x1c\n" +
+	"\tcompacted\x18\x03 \x01(\bR\tcompacted\x12.\n" +
+	"\x05error\x18\x04 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"D\n" +
+	"\x0eRevisionEvents\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\"-\n" +
 	"\x13RemoveMemberRequest\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\x04R\x06member\"F\n" +
 	"\x14RemoveMemberResponse\x12.\n" +
@@ -1871,12 +2569,16 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\vKickRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x0e\n" +
-	"\fKickResponse*q\n" +
+	"\fKickResponse*X\n" +
+	"\rFeedEndReason\x12\x18\n" +
+	"\x14FEED_END_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12FEED_END_COMPACTED\x10\x01\x12\x15\n" +
+	"\x11FEED_END_NO_RANGE\x10\x02*q\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
-	"\x13ERROR_CODE_NO_RANGE\x10\x032\xcc\x06\n" +
+	"\x13ERROR_CODE_NO_RANGE\x10\x032\xea\a\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
@@ -1890,7 +2592,9 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
 	"CompactLog\x12$.cairn.internal.v1.CompactLogRequest\x1a%.cairn.internal.v1.CompactLogResponse\x12_\n" +
 	"\fRemoveMember\x12&.cairn.internal.v1.RemoveMemberRequest\x1a'.cairn.internal.v1.RemoveMemberResponse\x12G\n" +
-	"\x04Read\x12\x1e.cairn.internal.v1.ReadRequest\x1a\x1f.cairn.internal.v1.ReadResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
+	"\x04Read\x12\x1e.cairn.internal.v1.ReadRequest\x1a\x1f.cairn.internal.v1.ReadResponse\x12K\n" +
+	"\x04Feed\x12\x1e.cairn.internal.v1.FeedRequest\x1a\x1f.cairn.internal.v1.FeedResponse(\x010\x01\x12O\n" +
+	"\x06Events\x12 .cairn.internal.v1.EventsRequest\x1a!.cairn.internal.v1.EventsResponse0\x01B,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
 
 var (
 	file_internalpb_internal_proto_rawDescOnce sync.Once
@@ -1904,94 +2608,115 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 	return file_internalpb_internal_proto_rawDescData
 }
 
-var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_internalpb_internal_proto_goTypes = []any{
-	(ErrorCode)(0),                      // 0: cairn.internal.v1.ErrorCode
-	(*RemoveMemberRequest)(nil),         // 1: cairn.internal.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),        // 2: cairn.internal.v1.RemoveMemberResponse
-	(*ReadRequest)(nil),                 // 3: cairn.internal.v1.ReadRequest
-	(*LeaseQuery)(nil),                  // 4: cairn.internal.v1.LeaseQuery
-	(*ReadTxn)(nil),                     // 5: cairn.internal.v1.ReadTxn
-	(*StatusQuery)(nil),                 // 6: cairn.internal.v1.StatusQuery
-	(*HashQuery)(nil),                   // 7: cairn.internal.v1.HashQuery
-	(*AlarmsQuery)(nil),                 // 8: cairn.internal.v1.AlarmsQuery
-	(*AuthQuery)(nil),                   // 9: cairn.internal.v1.AuthQuery
-	(*ReadResponse)(nil),                // 10: cairn.internal.v1.ReadResponse
-	(*RangeStatus)(nil),                 // 11: cairn.internal.v1.RangeStatus
-	(*RangeHash)(nil),                   // 12: cairn.internal.v1.RangeHash
-	(*CompactLogRequest)(nil),           // 13: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 14: cairn.internal.v1.CompactLogResponse
-	(*Error)(nil),                       // 15: cairn.internal.v1.Error
-	(*SplitRangeRequest)(nil),           // 16: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 17: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 18: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 19: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 20: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 21: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 22: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 23: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 24: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 25: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 26: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 27: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 28: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 29: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 30: cairn.internal.v1.KickResponse
-	(shardpb.ErrorCode)(0),              // 31: cairn.shard.v1.ErrorCode
-	(*placementpb.RangeDescriptor)(nil), // 32: cairn.placement.RangeDescriptor
-	(*shardpb.Request)(nil),             // 33: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 34: cairn.shard.v1.Response
+	(FeedEndReason)(0),                  // 0: cairn.internal.v1.FeedEndReason
+	(ErrorCode)(0),                      // 1: cairn.internal.v1.ErrorCode
+	(*FeedRequest)(nil),                 // 2: cairn.internal.v1.FeedRequest
+	(*FeedOpen)(nil),                    // 3: cairn.internal.v1.FeedOpen
+	(*FeedKick)(nil),                    // 4: cairn.internal.v1.FeedKick
+	(*FeedResponse)(nil),                // 5: cairn.internal.v1.FeedResponse
+	(*FeedBatch)(nil),                   // 6: cairn.internal.v1.FeedBatch
+	(*FeedEnd)(nil),                     // 7: cairn.internal.v1.FeedEnd
+	(*EventsRequest)(nil),               // 8: cairn.internal.v1.EventsRequest
+	(*EventsResponse)(nil),              // 9: cairn.internal.v1.EventsResponse
+	(*RevisionEvents)(nil),              // 10: cairn.internal.v1.RevisionEvents
+	(*RemoveMemberRequest)(nil),         // 11: cairn.internal.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),        // 12: cairn.internal.v1.RemoveMemberResponse
+	(*ReadRequest)(nil),                 // 13: cairn.internal.v1.ReadRequest
+	(*LeaseQuery)(nil),                  // 14: cairn.internal.v1.LeaseQuery
+	(*ReadTxn)(nil),                     // 15: cairn.internal.v1.ReadTxn
+	(*StatusQuery)(nil),                 // 16: cairn.internal.v1.StatusQuery
+	(*HashQuery)(nil),                   // 17: cairn.internal.v1.HashQuery
+	(*AlarmsQuery)(nil),                 // 18: cairn.internal.v1.AlarmsQuery
+	(*AuthQuery)(nil),                   // 19: cairn.internal.v1.AuthQuery
+	(*ReadResponse)(nil),                // 20: cairn.internal.v1.ReadResponse
+	(*RangeStatus)(nil),                 // 21: cairn.internal.v1.RangeStatus
+	(*RangeHash)(nil),                   // 22: cairn.internal.v1.RangeHash
+	(*CompactLogRequest)(nil),           // 23: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 24: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 25: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 26: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 27: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 28: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 29: cairn.internal.v1.WriteResponse
+	(*ReadAtRequest)(nil),               // 30: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 31: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 32: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 33: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 34: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 35: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 36: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 37: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 38: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 39: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 40: cairn.internal.v1.KickResponse
+	(shardpb.ErrorCode)(0),              // 41: cairn.shard.v1.ErrorCode
+	(*placementpb.RangeDescriptor)(nil), // 42: cairn.placement.RangeDescriptor
+	(*shardpb.Request)(nil),             // 43: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 44: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	15, // 0: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
-	5,  // 1: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
-	6,  // 2: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
-	7,  // 3: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
-	8,  // 4: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
-	9,  // 5: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
-	4,  // 6: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
-	4,  // 7: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
-	15, // 8: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
-	11, // 9: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
-	12, // 10: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	15, // 11: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
-	0,  // 12: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	31, // 13: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	32, // 14: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	32, // 15: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	33, // 16: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	34, // 17: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	15, // 18: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	15, // 19: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	15, // 20: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	15, // 21: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	26, // 22: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	18, // 23: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	20, // 24: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	22, // 25: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	24, // 26: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	27, // 27: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	29, // 28: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	16, // 29: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	13, // 30: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	1,  // 31: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	3,  // 32: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
-	19, // 33: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	21, // 34: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	23, // 35: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	25, // 36: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	28, // 37: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	30, // 38: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	17, // 39: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	14, // 40: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	2,  // 41: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	10, // 42: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
-	33, // [33:43] is the sub-list for method output_type
-	23, // [23:33] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	3,  // 0: cairn.internal.v1.FeedRequest.open:type_name -> cairn.internal.v1.FeedOpen
+	4,  // 1: cairn.internal.v1.FeedRequest.kick:type_name -> cairn.internal.v1.FeedKick
+	6,  // 2: cairn.internal.v1.FeedResponse.batches:type_name -> cairn.internal.v1.FeedBatch
+	7,  // 3: cairn.internal.v1.FeedBatch.end:type_name -> cairn.internal.v1.FeedEnd
+	0,  // 4: cairn.internal.v1.FeedEnd.reason:type_name -> cairn.internal.v1.FeedEndReason
+	10, // 5: cairn.internal.v1.EventsResponse.revisions:type_name -> cairn.internal.v1.RevisionEvents
+	25, // 6: cairn.internal.v1.EventsResponse.error:type_name -> cairn.internal.v1.Error
+	25, // 7: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
+	15, // 8: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
+	16, // 9: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
+	17, // 10: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
+	18, // 11: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
+	19, // 12: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
+	14, // 13: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
+	14, // 14: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
+	25, // 15: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
+	21, // 16: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
+	22, // 17: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	25, // 18: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	1,  // 19: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	41, // 20: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	42, // 21: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	42, // 22: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	43, // 23: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	44, // 24: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	25, // 25: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	25, // 26: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	25, // 27: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	25, // 28: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	36, // 29: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	28, // 30: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	30, // 31: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	32, // 32: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	34, // 33: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	37, // 34: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	39, // 35: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	26, // 36: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	23, // 37: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	11, // 38: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	13, // 39: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	2,  // 40: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
+	8,  // 41: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
+	29, // 42: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	31, // 43: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	33, // 44: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	35, // 45: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	38, // 46: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	40, // 47: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	27, // 48: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	24, // 49: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	12, // 50: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	20, // 51: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	5,  // 52: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
+	9,  // 53: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
+	42, // [42:54] is the sub-list for method output_type
+	30, // [30:42] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -1999,7 +2724,12 @@ func file_internalpb_internal_proto_init() {
 	if File_internalpb_internal_proto != nil {
 		return
 	}
-	file_internalpb_internal_proto_msgTypes[2].OneofWrappers = []any{
+	file_internalpb_internal_proto_msgTypes[0].OneofWrappers = []any{
+		(*FeedRequest_Open)(nil),
+		(*FeedRequest_Cancel)(nil),
+		(*FeedRequest_Kick)(nil),
+	}
+	file_internalpb_internal_proto_msgTypes[11].OneofWrappers = []any{
 		(*ReadRequest_RangeRequest)(nil),
 		(*ReadRequest_Txn)(nil),
 		(*ReadRequest_Status)(nil),
@@ -2014,8 +2744,8 @@ func file_internalpb_internal_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   30,
+			NumEnums:      2,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,8 @@ const (
 	Node_CompactLog_FullMethodName   = "/cairn.internal.v1.Node/CompactLog"
 	Node_RemoveMember_FullMethodName = "/cairn.internal.v1.Node/RemoveMember"
 	Node_Read_FullMethodName         = "/cairn.internal.v1.Node/Read"
+	Node_Feed_FullMethodName         = "/cairn.internal.v1.Node/Feed"
+	Node_Events_FullMethodName       = "/cairn.internal.v1.Node/Events"
 )
 
 // NodeClient is the client API for Node service.
@@ -70,6 +72,14 @@ type NodeClient interface {
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
+	// Feed carries, on one stream per member pair, the change events and
+	// progress of key spans the caller watches and holds no replica of
+	// (its mirror hubs, router/feed.go): the caller opens, kicks and
+	// cancels feeds; each answer carries batches of any of its feeds.
+	Feed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FeedRequest, FeedResponse], error)
+	// Events streams the change events of a key span this node holds
+	// replicas of, revisions from..to (a mirror hub's catch-up).
+	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventsResponse], error)
 }
 
 type nodeClient struct {
@@ -180,6 +190,38 @@ func (c *nodeClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *nodeClient) Feed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FeedRequest, FeedResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[0], Node_Feed_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FeedRequest, FeedResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_FeedClient = grpc.BidiStreamingClient[FeedRequest, FeedResponse]
+
+func (c *nodeClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[1], Node_Events_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[EventsRequest, EventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_EventsClient = grpc.ServerStreamingClient[EventsResponse]
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -213,6 +255,14 @@ type NodeServer interface {
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(context.Context, *ReadRequest) (*ReadResponse, error)
+	// Feed carries, on one stream per member pair, the change events and
+	// progress of key spans the caller watches and holds no replica of
+	// (its mirror hubs, router/feed.go): the caller opens, kicks and
+	// cancels feeds; each answer carries batches of any of its feeds.
+	Feed(grpc.BidiStreamingServer[FeedRequest, FeedResponse]) error
+	// Events streams the change events of a key span this node holds
+	// replicas of, revisions from..to (a mirror hub's catch-up).
+	Events(*EventsRequest, grpc.ServerStreamingServer[EventsResponse]) error
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -252,6 +302,12 @@ func (UnimplementedNodeServer) RemoveMember(context.Context, *RemoveMemberReques
 }
 func (UnimplementedNodeServer) Read(context.Context, *ReadRequest) (*ReadResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Read not implemented")
+}
+func (UnimplementedNodeServer) Feed(grpc.BidiStreamingServer[FeedRequest, FeedResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Feed not implemented")
+}
+func (UnimplementedNodeServer) Events(*EventsRequest, grpc.ServerStreamingServer[EventsResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Events not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -454,6 +510,24 @@ func _Node_Read_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_Feed_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServer).Feed(&grpc.GenericServerStream[FeedRequest, FeedResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_FeedServer = grpc.BidiStreamingServer[FeedRequest, FeedResponse]
+
+func _Node_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeServer).Events(m, &grpc.GenericServerStream[EventsRequest, EventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_EventsServer = grpc.ServerStreamingServer[EventsResponse]
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -502,6 +576,18 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Node_Read_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Feed",
+			Handler:       _Node_Feed_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Events",
+			Handler:       _Node_Events_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "internalpb/internal.proto",
 }

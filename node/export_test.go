@@ -272,3 +272,16 @@ func (n *Node) HoldCheckedWrites() (held <-chan struct{}, release func()) {
 		})
 	}
 }
+
+// FeedSources returns, by range id, the member feeding this member's
+// mirror of each range held elsewhere that has an open feed (router.Mirrors).
+func (n *Node) FeedSources() map[uint64]uint64 {
+	out := map[uint64]uint64{}
+	if n.mirrors == nil {
+		return out
+	}
+	for id, m := range n.mirrors.Sources() {
+		out[uint64(id)] = uint64(m)
+	}
+	return out
+}

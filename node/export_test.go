@@ -323,3 +323,16 @@ func (n *Node) CorruptVersion(key string) error {
 	v := append(append([]byte(nil), it.Value()...), 'x')
 	return n.db.Set(k, v, pebble.Sync)
 }
+
+// FeedSources returns, by range id, the member feeding this member's
+// mirror of each range held elsewhere that has an open feed (router.Mirrors).
+func (n *Node) FeedSources() map[uint64]uint64 {
+	out := map[uint64]uint64{}
+	if n.mirrors == nil {
+		return out
+	}
+	for id, m := range n.mirrors.Sources() {
+		out[uint64(id)] = uint64(m)
+	}
+	return out
+}

@@ -412,6 +412,8 @@ type Node struct {
 	first *shard.Range
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
+	// mirrors feeds watches over ranges held elsewhere (sharded mode).
+	mirrors *router.Mirrors
 	// splitter splits ranges and takes in the splits applied here
 	// (sharded mode; nil in single-group mode).
 	splitter *router.Splitter
@@ -1129,6 +1131,8 @@ func (n *Node) serve() error {
 		rcfg.Shard = n.routes.Client(singleShardID)
 		rcfg.Ranges = n.routes
 		rcfg.Merger = n.merger
+		n.mirrors = router.NewMirrors(router.MirrorsConfig{Ranges: n.routes, Log: n.log})
+		rcfg.Mirrors = n.mirrors
 		rcfg.RemoteLeases = n.fanout
 		rcfg.RangeMembers = n.rangeSet.RaftMembers
 	} else {
@@ -1390,6 +1394,9 @@ func (n *Node) Close() error {
 		n.rtt.Close()
 		n.leaders.Close()
 		n.fencer.Close()
+		if n.mirrors != nil {
+			n.mirrors.Close() // feeds of ranges held elsewhere
+		}
 		if n.stop != nil {
 			close(n.stop)
 		}

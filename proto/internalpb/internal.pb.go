@@ -29,6 +29,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type FeedEndReason int32
+
+const (
+	FeedEndReason_FEED_END_UNSPECIFIED FeedEndReason = 0
+	// The history from the feed's start is compacted away there.
+	FeedEndReason_FEED_END_COMPACTED FeedEndReason = 1
+	// The answerer holds no replica of some key of the span.
+	FeedEndReason_FEED_END_NO_RANGE FeedEndReason = 2
+)
+
+// Enum value maps for FeedEndReason.
+var (
+	FeedEndReason_name = map[int32]string{
+		0: "FEED_END_UNSPECIFIED",
+		1: "FEED_END_COMPACTED",
+		2: "FEED_END_NO_RANGE",
+	}
+	FeedEndReason_value = map[string]int32{
+		"FEED_END_UNSPECIFIED": 0,
+		"FEED_END_COMPACTED":   1,
+		"FEED_END_NO_RANGE":    2,
+	}
+)
+
+func (x FeedEndReason) Enum() *FeedEndReason {
+	p := new(FeedEndReason)
+	*p = x
+	return p
+}
+
+func (x FeedEndReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FeedEndReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_internalpb_internal_proto_enumTypes[0].Descriptor()
+}
+
+func (FeedEndReason) Type() protoreflect.EnumType {
+	return &file_internalpb_internal_proto_enumTypes[0]
+}
+
+func (x FeedEndReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FeedEndReason.Descriptor instead.
+func (FeedEndReason) EnumDescriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+}
+
 // ErrorCode says what kind of failure an Error is.
 type ErrorCode int32
 
@@ -71,11 +122,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_internalpb_internal_proto_enumTypes[0].Descriptor()
+	return file_internalpb_internal_proto_enumTypes[1].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_internalpb_internal_proto_enumTypes[0]
+	return &file_internalpb_internal_proto_enumTypes[1]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -84,7 +135,7 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
 }
 
 type HashReplicaRequest struct {
@@ -491,6 +542,614 @@ func (x *ReplicaCheck) GetError() string {
 	return ""
 }
 
+type FeedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*FeedRequest_Open
+	//	*FeedRequest_Cancel
+	//	*FeedRequest_Kick
+	Op            isFeedRequest_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedRequest) Reset() {
+	*x = FeedRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedRequest) ProtoMessage() {}
+
+func (x *FeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedRequest.ProtoReflect.Descriptor instead.
+func (*FeedRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *FeedRequest) GetOp() isFeedRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *FeedRequest) GetOpen() *FeedOpen {
+	if x != nil {
+		if x, ok := x.Op.(*FeedRequest_Open); ok {
+			return x.Open
+		}
+	}
+	return nil
+}
+
+func (x *FeedRequest) GetCancel() uint64 {
+	if x != nil {
+		if x, ok := x.Op.(*FeedRequest_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return 0
+}
+
+func (x *FeedRequest) GetKick() *FeedKick {
+	if x != nil {
+		if x, ok := x.Op.(*FeedRequest_Kick); ok {
+			return x.Kick
+		}
+	}
+	return nil
+}
+
+type isFeedRequest_Op interface {
+	isFeedRequest_Op()
+}
+
+type FeedRequest_Open struct {
+	Open *FeedOpen `protobuf:"bytes,1,opt,name=open,proto3,oneof"`
+}
+
+type FeedRequest_Cancel struct {
+	// cancel ends the feed of that id.
+	Cancel uint64 `protobuf:"varint,2,opt,name=cancel,proto3,oneof"`
+}
+
+type FeedRequest_Kick struct {
+	Kick *FeedKick `protobuf:"bytes,3,opt,name=kick,proto3,oneof"`
+}
+
+func (*FeedRequest_Open) isFeedRequest_Op() {}
+
+func (*FeedRequest_Cancel) isFeedRequest_Op() {}
+
+func (*FeedRequest_Kick) isFeedRequest_Op() {}
+
+// FeedOpen starts feed id over [key, end) (end empty: to the end of the
+// key space), which lies in range and the ranges split from it, from
+// start_revision (0: from the revision the answerer's replicas have
+// reached, which the feed's first batch carries alone).
+type FeedOpen struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Feed          uint64                 `protobuf:"varint,1,opt,name=feed,proto3" json:"feed,omitempty"`
+	Range         uint64                 `protobuf:"varint,2,opt,name=range,proto3" json:"range,omitempty"`
+	Key           []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	End           []byte                 `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
+	StartRevision int64                  `protobuf:"varint,5,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedOpen) Reset() {
+	*x = FeedOpen{}
+	mi := &file_internalpb_internal_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedOpen) ProtoMessage() {}
+
+func (x *FeedOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedOpen.ProtoReflect.Descriptor instead.
+func (*FeedOpen) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *FeedOpen) GetFeed() uint64 {
+	if x != nil {
+		return x.Feed
+	}
+	return 0
+}
+
+func (x *FeedOpen) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *FeedOpen) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *FeedOpen) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *FeedOpen) GetStartRevision() int64 {
+	if x != nil {
+		return x.StartRevision
+	}
+	return 0
+}
+
+// FeedKick asks the feed's ranges to close revision soon and the feed to
+// report when it has sent everything up to it.
+type FeedKick struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Feed          uint64                 `protobuf:"varint,1,opt,name=feed,proto3" json:"feed,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedKick) Reset() {
+	*x = FeedKick{}
+	mi := &file_internalpb_internal_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedKick) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedKick) ProtoMessage() {}
+
+func (x *FeedKick) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedKick.ProtoReflect.Descriptor instead.
+func (*FeedKick) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *FeedKick) GetFeed() uint64 {
+	if x != nil {
+		return x.Feed
+	}
+	return 0
+}
+
+func (x *FeedKick) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type FeedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Batches       []*FeedBatch           `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedResponse) Reset() {
+	*x = FeedResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedResponse) ProtoMessage() {}
+
+func (x *FeedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedResponse.ProtoReflect.Descriptor instead.
+func (*FeedResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FeedResponse) GetBatches() []*FeedBatch {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
+// FeedBatch: events of feed (each an encoded mvccpb.Event with its
+// prev_kv, in revision order), then revision, below or at which the feed
+// has sent every event of its span; or the feed's end.
+type FeedBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Feed          uint64                 `protobuf:"varint,1,opt,name=feed,proto3" json:"feed,omitempty"`
+	Events        [][]byte               `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	End           *FeedEnd               `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedBatch) Reset() {
+	*x = FeedBatch{}
+	mi := &file_internalpb_internal_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedBatch) ProtoMessage() {}
+
+func (x *FeedBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedBatch.ProtoReflect.Descriptor instead.
+func (*FeedBatch) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FeedBatch) GetFeed() uint64 {
+	if x != nil {
+		return x.Feed
+	}
+	return 0
+}
+
+func (x *FeedBatch) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *FeedBatch) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *FeedBatch) GetEnd() *FeedEnd {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+type FeedEnd struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason FeedEndReason          `protobuf:"varint,1,opt,name=reason,proto3,enum=cairn.internal.v1.FeedEndReason" json:"reason,omitempty"`
+	// compact_revision, with COMPACTED: the feed's start is below it.
+	CompactRevision int64  `protobuf:"varint,2,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	Message         string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *FeedEnd) Reset() {
+	*x = FeedEnd{}
+	mi := &file_internalpb_internal_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedEnd) ProtoMessage() {}
+
+func (x *FeedEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedEnd.ProtoReflect.Descriptor instead.
+func (*FeedEnd) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FeedEnd) GetReason() FeedEndReason {
+	if x != nil {
+		return x.Reason
+	}
+	return FeedEndReason_FEED_END_UNSPECIFIED
+}
+
+func (x *FeedEnd) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *FeedEnd) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type EventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	End           []byte                 `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	From          int64                  `protobuf:"varint,4,opt,name=from,proto3" json:"from,omitempty"`
+	To            int64                  `protobuf:"varint,5,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsRequest) Reset() {
+	*x = EventsRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsRequest) ProtoMessage() {}
+
+func (x *EventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
+func (*EventsRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *EventsRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *EventsRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *EventsRequest) GetFrom() int64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetTo() int64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+// EventsResponse: revisions' events in revision order; compacted (with
+// compact_revision) if from is below the compacted revision there. Every
+// response carries the answerer's compacted revision.
+type EventsResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Revisions       []*RevisionEvents      `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty"`
+	CompactRevision int64                  `protobuf:"varint,2,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	Compacted       bool                   `protobuf:"varint,3,opt,name=compacted,proto3" json:"compacted,omitempty"`
+	Error           *Error                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EventsResponse) Reset() {
+	*x = EventsResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsResponse) ProtoMessage() {}
+
+func (x *EventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsResponse.ProtoReflect.Descriptor instead.
+func (*EventsResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *EventsResponse) GetRevisions() []*RevisionEvents {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+func (x *EventsResponse) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *EventsResponse) GetCompacted() bool {
+	if x != nil {
+		return x.Compacted
+	}
+	return false
+}
+
+func (x *EventsResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type RevisionEvents struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Events        [][]byte               `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevisionEvents) Reset() {
+	*x = RevisionEvents{}
+	mi := &file_internalpb_internal_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevisionEvents) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevisionEvents) ProtoMessage() {}
+
+func (x *RevisionEvents) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevisionEvents.ProtoReflect.Descriptor instead.
+func (*RevisionEvents) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RevisionEvents) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RevisionEvents) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 type RemoveMemberRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Member        uint64                 `protobuf:"varint,1,opt,name=member,proto3" json:"member,omitempty"`
@@ -500,7 +1159,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +1171,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +1184,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveMemberRequest) GetMember() uint64 {
@@ -544,7 +1203,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +1215,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +1228,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemoveMemberResponse) GetError() *Error {
@@ -600,7 +1259,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +1271,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +1284,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReadRequest) GetRange() uint64 {
@@ -789,7 +1448,7 @@ type LeaseQuery struct {
 
 func (x *LeaseQuery) Reset() {
 	*x = LeaseQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +1460,7 @@ func (x *LeaseQuery) String() string {
 func (*LeaseQuery) ProtoMessage() {}
 
 func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1473,7 @@ func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseQuery.ProtoReflect.Descriptor instead.
 func (*LeaseQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LeaseQuery) GetLease() int64 {
@@ -836,7 +1495,7 @@ type ReadTxn struct {
 
 func (x *ReadTxn) Reset() {
 	*x = ReadTxn{}
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +1507,7 @@ func (x *ReadTxn) String() string {
 func (*ReadTxn) ProtoMessage() {}
 
 func (x *ReadTxn) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +1520,7 @@ func (x *ReadTxn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadTxn.ProtoReflect.Descriptor instead.
 func (*ReadTxn) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReadTxn) GetTxn() []byte {
@@ -886,7 +1545,7 @@ type StatusQuery struct {
 
 func (x *StatusQuery) Reset() {
 	*x = StatusQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1557,7 @@ func (x *StatusQuery) String() string {
 func (*StatusQuery) ProtoMessage() {}
 
 func (x *StatusQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1570,7 @@ func (x *StatusQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusQuery.ProtoReflect.Descriptor instead.
 func (*StatusQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
 }
 
 type HashQuery struct {
@@ -923,7 +1582,7 @@ type HashQuery struct {
 
 func (x *HashQuery) Reset() {
 	*x = HashQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +1594,7 @@ func (x *HashQuery) String() string {
 func (*HashQuery) ProtoMessage() {}
 
 func (x *HashQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1607,7 @@ func (x *HashQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashQuery.ProtoReflect.Descriptor instead.
 func (*HashQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HashQuery) GetRevision() int64 {
@@ -967,7 +1626,7 @@ type AlarmsQuery struct {
 
 func (x *AlarmsQuery) Reset() {
 	*x = AlarmsQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1638,7 @@ func (x *AlarmsQuery) String() string {
 func (*AlarmsQuery) ProtoMessage() {}
 
 func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1651,7 @@ func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmsQuery.ProtoReflect.Descriptor instead.
 func (*AlarmsQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
 }
 
 type AuthQuery struct {
@@ -1003,7 +1662,7 @@ type AuthQuery struct {
 
 func (x *AuthQuery) Reset() {
 	*x = AuthQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1015,7 +1674,7 @@ func (x *AuthQuery) String() string {
 func (*AuthQuery) ProtoMessage() {}
 
 func (x *AuthQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1028,7 +1687,7 @@ func (x *AuthQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthQuery.ProtoReflect.Descriptor instead.
 func (*AuthQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
 }
 
 type ReadResponse struct {
@@ -1046,7 +1705,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1717,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1730,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReadResponse) GetError() *Error {
@@ -1131,7 +1790,7 @@ type RangeStatus struct {
 
 func (x *RangeStatus) Reset() {
 	*x = RangeStatus{}
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1802,7 @@ func (x *RangeStatus) String() string {
 func (*RangeStatus) ProtoMessage() {}
 
 func (x *RangeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1815,7 @@ func (x *RangeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStatus.ProtoReflect.Descriptor instead.
 func (*RangeStatus) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RangeStatus) GetRevision() int64 {
@@ -1213,7 +1872,7 @@ type RangeHash struct {
 
 func (x *RangeHash) Reset() {
 	*x = RangeHash{}
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1884,7 @@ func (x *RangeHash) String() string {
 func (*RangeHash) ProtoMessage() {}
 
 func (x *RangeHash) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1897,7 @@ func (x *RangeHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHash.ProtoReflect.Descriptor instead.
 func (*RangeHash) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RangeHash) GetHash() uint32 {
@@ -1271,7 +1930,7 @@ type CompactLogRequest struct {
 
 func (x *CompactLogRequest) Reset() {
 	*x = CompactLogRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1942,7 @@ func (x *CompactLogRequest) String() string {
 func (*CompactLogRequest) ProtoMessage() {}
 
 func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1955,7 @@ func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogRequest.ProtoReflect.Descriptor instead.
 func (*CompactLogRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CompactLogRequest) GetRange() uint64 {
@@ -1315,7 +1974,7 @@ type CompactLogResponse struct {
 
 func (x *CompactLogResponse) Reset() {
 	*x = CompactLogResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1986,7 @@ func (x *CompactLogResponse) String() string {
 func (*CompactLogResponse) ProtoMessage() {}
 
 func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1999,7 @@ func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogResponse.ProtoReflect.Descriptor instead.
 func (*CompactLogResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CompactLogResponse) GetError() *Error {
@@ -1372,7 +2031,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +2043,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +2056,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1444,7 +2103,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +2115,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +2128,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -1490,7 +2149,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +2161,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +2174,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -1535,7 +2194,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +2206,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +2219,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -1587,7 +2246,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1599,7 +2258,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1612,7 +2271,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
@@ -1640,7 +2299,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +2311,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +2324,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -1699,7 +2358,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +2370,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +2383,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -1751,7 +2410,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +2422,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +2435,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -1802,7 +2461,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1814,7 +2473,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1827,7 +2486,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -1848,7 +2507,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +2519,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +2532,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -1900,7 +2559,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1912,7 +2571,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1925,7 +2584,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -1956,7 +2615,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2627,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2640,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -2014,7 +2673,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2685,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2698,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -2057,7 +2716,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2069,7 +2728,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2082,7 +2741,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{43}
 }
 
 type KickRequest struct {
@@ -2095,7 +2754,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2766,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2779,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -2145,7 +2804,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[36]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2816,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[36]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2829,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{45}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
@@ -2205,7 +2864,46 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\areplica\x18\x03 \x01(\x04R\areplica\x12\x12\n" +
 	"\x04hash\x18\x04 \x01(\rR\x04hash\x12)\n" +
 	"\x10compact_revision\x18\x05 \x01(\x03R\x0fcompactRevision\x12\x14\n" +
-	"\x05error\x18\x06 \x01(\tR\x05error\"-\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"\x93\x01\n" +
+	"\vFeedRequest\x121\n" +
+	"\x04open\x18\x01 \x01(\v2\x1b.cairn.internal.v1.FeedOpenH\x00R\x04open\x12\x18\n" +
+	"\x06cancel\x18\x02 \x01(\x04H\x00R\x06cancel\x121\n" +
+	"\x04kick\x18\x03 \x01(\v2\x1b.cairn.internal.v1.FeedKickH\x00R\x04kickB\x04\n" +
+	"\x02op\"\x7f\n" +
+	"\bFeedOpen\x12\x12\n" +
+	"\x04feed\x18\x01 \x01(\x04R\x04feed\x12\x14\n" +
+	"\x05range\x18\x02 \x01(\x04R\x05range\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\x12\x10\n" +
+	"\x03end\x18\x04 \x01(\fR\x03end\x12%\n" +
+	"\x0estart_revision\x18\x05 \x01(\x03R\rstartRevision\":\n" +
+	"\bFeedKick\x12\x12\n" +
+	"\x04feed\x18\x01 \x01(\x04R\x04feed\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"F\n" +
+	"\fFeedResponse\x126\n" +
+	"\abatches\x18\x01 \x03(\v2\x1c.cairn.internal.v1.FeedBatchR\abatches\"\x81\x01\n" +
+	"\tFeedBatch\x12\x12\n" +
+	"\x04feed\x18\x01 \x01(\x04R\x04feed\x12\x16\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12,\n" +
+	"\x03end\x18\x04 \x01(\v2\x1a.cairn.internal.v1.FeedEndR\x03end\"\x88\x01\n" +
+	"\aFeedEnd\x128\n" +
+	"\x06reason\x18\x01 \x01(\x0e2 .cairn.internal.v1.FeedEndReasonR\x06reason\x12)\n" +
+	"\x10compact_revision\x18\x02 \x01(\x03R\x0fcompactRevision\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"m\n" +
+	"\rEventsRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\fR\x03end\x12\x12\n" +
+	"\x04from\x18\x04 \x01(\x03R\x04from\x12\x0e\n" +
+	"\x02to\x18\x05 \x01(\x03R\x02to\"\xca\x01\n" +
+	"\x0eEventsResponse\x12?\n" +
+	"\trevisions\x18\x01 \x03(\v2!.cairn.internal.v1.RevisionEventsR\trevisions\x12)\n" +
+	"\x10compact_revision\x18\x02 \x01(\x03R\x0fcompactRevision\x12\x1c\n" +
+	"\tcompacted\x18\x03 \x01(\bR\tcompacted\x12.\n" +
+	"\x05error\x18\x04 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"D\n" +
+	"\x0eRevisionEvents\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\"-\n" +
 	"\x13RemoveMemberRequest\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\x04R\x06member\"F\n" +
 	"\x14RemoveMemberResponse\x12.\n" +
@@ -2303,12 +3001,17 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\vKickRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x0e\n" +
-	"\fKickResponse*q\n" +
+	"\fKickResponse*X\n" +
+	"\rFeedEndReason\x12\x18\n" +
+	"\x14FEED_END_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12FEED_END_COMPACTED\x10\x01\x12\x15\n" +
+	"\x11FEED_END_NO_RANGE\x10\x02*q\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
-	"\x13ERROR_CODE_NO_RANGE\x10\x032\xe3\b\n" +
+	"\x13ERROR_CODE_NO_RANGE\x10\x032\x81\n" +
+	"\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
@@ -2326,7 +3029,9 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\vHashReplica\x12%.cairn.internal.v1.HashReplicaRequest\x1a&.cairn.internal.v1.HashReplicaResponse\x12S\n" +
 	"\n" +
 	"RangeImage\x12$.cairn.internal.v1.RangeImageRequest\x1a\x1d.cairn.internal.v1.ImageChunk0\x01\x12b\n" +
-	"\rCheckReplicas\x12'.cairn.internal.v1.CheckReplicasRequest\x1a(.cairn.internal.v1.CheckReplicasResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
+	"\rCheckReplicas\x12'.cairn.internal.v1.CheckReplicasRequest\x1a(.cairn.internal.v1.CheckReplicasResponse\x12K\n" +
+	"\x04Feed\x12\x1e.cairn.internal.v1.FeedRequest\x1a\x1f.cairn.internal.v1.FeedResponse(\x010\x01\x12O\n" +
+	"\x06Events\x12 .cairn.internal.v1.EventsRequest\x1a!.cairn.internal.v1.EventsResponse0\x01B,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
 
 var (
 	file_internalpb_internal_proto_rawDescOnce sync.Once
@@ -2340,111 +3045,132 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 	return file_internalpb_internal_proto_rawDescData
 }
 
-var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_internalpb_internal_proto_goTypes = []any{
-	(ErrorCode)(0),                      // 0: cairn.internal.v1.ErrorCode
-	(*HashReplicaRequest)(nil),          // 1: cairn.internal.v1.HashReplicaRequest
-	(*HashReplicaResponse)(nil),         // 2: cairn.internal.v1.HashReplicaResponse
-	(*RangeImageRequest)(nil),           // 3: cairn.internal.v1.RangeImageRequest
-	(*ImageChunk)(nil),                  // 4: cairn.internal.v1.ImageChunk
-	(*CheckReplicasRequest)(nil),        // 5: cairn.internal.v1.CheckReplicasRequest
-	(*CheckReplicasResponse)(nil),       // 6: cairn.internal.v1.CheckReplicasResponse
-	(*ReplicaCheck)(nil),                // 7: cairn.internal.v1.ReplicaCheck
-	(*RemoveMemberRequest)(nil),         // 8: cairn.internal.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),        // 9: cairn.internal.v1.RemoveMemberResponse
-	(*ReadRequest)(nil),                 // 10: cairn.internal.v1.ReadRequest
-	(*LeaseQuery)(nil),                  // 11: cairn.internal.v1.LeaseQuery
-	(*ReadTxn)(nil),                     // 12: cairn.internal.v1.ReadTxn
-	(*StatusQuery)(nil),                 // 13: cairn.internal.v1.StatusQuery
-	(*HashQuery)(nil),                   // 14: cairn.internal.v1.HashQuery
-	(*AlarmsQuery)(nil),                 // 15: cairn.internal.v1.AlarmsQuery
-	(*AuthQuery)(nil),                   // 16: cairn.internal.v1.AuthQuery
-	(*ReadResponse)(nil),                // 17: cairn.internal.v1.ReadResponse
-	(*RangeStatus)(nil),                 // 18: cairn.internal.v1.RangeStatus
-	(*RangeHash)(nil),                   // 19: cairn.internal.v1.RangeHash
-	(*CompactLogRequest)(nil),           // 20: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 21: cairn.internal.v1.CompactLogResponse
-	(*Error)(nil),                       // 22: cairn.internal.v1.Error
-	(*SplitRangeRequest)(nil),           // 23: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 24: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 25: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 26: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 27: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 28: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 29: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 30: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 31: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 32: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 33: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 34: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 35: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 36: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 37: cairn.internal.v1.KickResponse
-	(shardpb.ErrorCode)(0),              // 38: cairn.shard.v1.ErrorCode
-	(*placementpb.RangeDescriptor)(nil), // 39: cairn.placement.RangeDescriptor
-	(*shardpb.Request)(nil),             // 40: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 41: cairn.shard.v1.Response
+	(FeedEndReason)(0),                  // 0: cairn.internal.v1.FeedEndReason
+	(ErrorCode)(0),                      // 1: cairn.internal.v1.ErrorCode
+	(*HashReplicaRequest)(nil),          // 2: cairn.internal.v1.HashReplicaRequest
+	(*HashReplicaResponse)(nil),         // 3: cairn.internal.v1.HashReplicaResponse
+	(*RangeImageRequest)(nil),           // 4: cairn.internal.v1.RangeImageRequest
+	(*ImageChunk)(nil),                  // 5: cairn.internal.v1.ImageChunk
+	(*CheckReplicasRequest)(nil),        // 6: cairn.internal.v1.CheckReplicasRequest
+	(*CheckReplicasResponse)(nil),       // 7: cairn.internal.v1.CheckReplicasResponse
+	(*ReplicaCheck)(nil),                // 8: cairn.internal.v1.ReplicaCheck
+	(*FeedRequest)(nil),                 // 9: cairn.internal.v1.FeedRequest
+	(*FeedOpen)(nil),                    // 10: cairn.internal.v1.FeedOpen
+	(*FeedKick)(nil),                    // 11: cairn.internal.v1.FeedKick
+	(*FeedResponse)(nil),                // 12: cairn.internal.v1.FeedResponse
+	(*FeedBatch)(nil),                   // 13: cairn.internal.v1.FeedBatch
+	(*FeedEnd)(nil),                     // 14: cairn.internal.v1.FeedEnd
+	(*EventsRequest)(nil),               // 15: cairn.internal.v1.EventsRequest
+	(*EventsResponse)(nil),              // 16: cairn.internal.v1.EventsResponse
+	(*RevisionEvents)(nil),              // 17: cairn.internal.v1.RevisionEvents
+	(*RemoveMemberRequest)(nil),         // 18: cairn.internal.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),        // 19: cairn.internal.v1.RemoveMemberResponse
+	(*ReadRequest)(nil),                 // 20: cairn.internal.v1.ReadRequest
+	(*LeaseQuery)(nil),                  // 21: cairn.internal.v1.LeaseQuery
+	(*ReadTxn)(nil),                     // 22: cairn.internal.v1.ReadTxn
+	(*StatusQuery)(nil),                 // 23: cairn.internal.v1.StatusQuery
+	(*HashQuery)(nil),                   // 24: cairn.internal.v1.HashQuery
+	(*AlarmsQuery)(nil),                 // 25: cairn.internal.v1.AlarmsQuery
+	(*AuthQuery)(nil),                   // 26: cairn.internal.v1.AuthQuery
+	(*ReadResponse)(nil),                // 27: cairn.internal.v1.ReadResponse
+	(*RangeStatus)(nil),                 // 28: cairn.internal.v1.RangeStatus
+	(*RangeHash)(nil),                   // 29: cairn.internal.v1.RangeHash
+	(*CompactLogRequest)(nil),           // 30: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 31: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 32: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 33: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 34: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 35: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 36: cairn.internal.v1.WriteResponse
+	(*ReadAtRequest)(nil),               // 37: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 38: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 39: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 40: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 41: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 42: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 43: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 44: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 45: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 46: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 47: cairn.internal.v1.KickResponse
+	(shardpb.ErrorCode)(0),              // 48: cairn.shard.v1.ErrorCode
+	(*placementpb.RangeDescriptor)(nil), // 49: cairn.placement.RangeDescriptor
+	(*shardpb.Request)(nil),             // 50: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 51: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	22, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
-	19, // 1: cairn.internal.v1.HashReplicaResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	22, // 2: cairn.internal.v1.ImageChunk.error:type_name -> cairn.internal.v1.Error
-	7,  // 3: cairn.internal.v1.CheckReplicasResponse.replicas:type_name -> cairn.internal.v1.ReplicaCheck
-	22, // 4: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
-	12, // 5: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
-	13, // 6: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
-	14, // 7: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
-	15, // 8: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
-	16, // 9: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
-	11, // 10: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
-	11, // 11: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
-	22, // 12: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
-	18, // 13: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
-	19, // 14: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	22, // 15: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
-	0,  // 16: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	38, // 17: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	39, // 18: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	39, // 19: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	40, // 20: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	41, // 21: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	22, // 22: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	22, // 23: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	22, // 24: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	22, // 25: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	33, // 26: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	25, // 27: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	27, // 28: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	29, // 29: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	31, // 30: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	34, // 31: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	36, // 32: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	23, // 33: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	20, // 34: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	8,  // 35: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	10, // 36: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
-	1,  // 37: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
-	3,  // 38: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
-	5,  // 39: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
-	26, // 40: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	28, // 41: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	30, // 42: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	32, // 43: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	35, // 44: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	37, // 45: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	24, // 46: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	21, // 47: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	9,  // 48: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	17, // 49: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
-	2,  // 50: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
-	4,  // 51: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
-	6,  // 52: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
-	40, // [40:53] is the sub-list for method output_type
-	27, // [27:40] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	32, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
+	29, // 1: cairn.internal.v1.HashReplicaResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	32, // 2: cairn.internal.v1.ImageChunk.error:type_name -> cairn.internal.v1.Error
+	8,  // 3: cairn.internal.v1.CheckReplicasResponse.replicas:type_name -> cairn.internal.v1.ReplicaCheck
+	10, // 4: cairn.internal.v1.FeedRequest.open:type_name -> cairn.internal.v1.FeedOpen
+	11, // 5: cairn.internal.v1.FeedRequest.kick:type_name -> cairn.internal.v1.FeedKick
+	13, // 6: cairn.internal.v1.FeedResponse.batches:type_name -> cairn.internal.v1.FeedBatch
+	14, // 7: cairn.internal.v1.FeedBatch.end:type_name -> cairn.internal.v1.FeedEnd
+	0,  // 8: cairn.internal.v1.FeedEnd.reason:type_name -> cairn.internal.v1.FeedEndReason
+	17, // 9: cairn.internal.v1.EventsResponse.revisions:type_name -> cairn.internal.v1.RevisionEvents
+	32, // 10: cairn.internal.v1.EventsResponse.error:type_name -> cairn.internal.v1.Error
+	32, // 11: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
+	22, // 12: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
+	23, // 13: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
+	24, // 14: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
+	25, // 15: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
+	26, // 16: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
+	21, // 17: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
+	21, // 18: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
+	32, // 19: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
+	28, // 20: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
+	29, // 21: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	32, // 22: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	1,  // 23: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	48, // 24: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	49, // 25: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	49, // 26: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	50, // 27: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	51, // 28: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	32, // 29: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	32, // 30: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	32, // 31: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	32, // 32: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	43, // 33: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	35, // 34: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	37, // 35: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	39, // 36: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	41, // 37: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	44, // 38: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	46, // 39: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	33, // 40: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	30, // 41: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	18, // 42: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	20, // 43: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	2,  // 44: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
+	4,  // 45: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
+	6,  // 46: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
+	9,  // 47: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
+	15, // 48: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
+	36, // 49: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	38, // 50: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	40, // 51: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	42, // 52: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	45, // 53: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	47, // 54: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	34, // 55: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	31, // 56: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	19, // 57: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	27, // 58: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	3,  // 59: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
+	5,  // 60: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
+	7,  // 61: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
+	12, // 62: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
+	16, // 63: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
+	49, // [49:64] is the sub-list for method output_type
+	34, // [34:49] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -2452,7 +3178,12 @@ func file_internalpb_internal_proto_init() {
 	if File_internalpb_internal_proto != nil {
 		return
 	}
-	file_internalpb_internal_proto_msgTypes[9].OneofWrappers = []any{
+	file_internalpb_internal_proto_msgTypes[7].OneofWrappers = []any{
+		(*FeedRequest_Open)(nil),
+		(*FeedRequest_Cancel)(nil),
+		(*FeedRequest_Kick)(nil),
+	}
+	file_internalpb_internal_proto_msgTypes[18].OneofWrappers = []any{
 		(*ReadRequest_RangeRequest)(nil),
 		(*ReadRequest_Txn)(nil),
 		(*ReadRequest_Status)(nil),
@@ -2467,8 +3198,8 @@ func file_internalpb_internal_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   37,
+			NumEnums:      2,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

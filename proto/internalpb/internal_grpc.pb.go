@@ -38,6 +38,8 @@ const (
 	Node_HashReplica_FullMethodName   = "/cairn.internal.v1.Node/HashReplica"
 	Node_RangeImage_FullMethodName    = "/cairn.internal.v1.Node/RangeImage"
 	Node_CheckReplicas_FullMethodName = "/cairn.internal.v1.Node/CheckReplicas"
+	Node_Feed_FullMethodName          = "/cairn.internal.v1.Node/Feed"
+	Node_Events_FullMethodName        = "/cairn.internal.v1.Node/Events"
 )
 
 // NodeClient is the client API for Node service.
@@ -88,6 +90,14 @@ type NodeClient interface {
 	// its member and compares them (the admin call behind `cairn check`,
 	// served on the client port too; root's once auth is enabled).
 	CheckReplicas(ctx context.Context, in *CheckReplicasRequest, opts ...grpc.CallOption) (*CheckReplicasResponse, error)
+	// Feed carries, on one stream per member pair, the change events and
+	// progress of key spans the caller watches and holds no replica of
+	// (its mirror hubs, router/feed.go): the caller opens, kicks and
+	// cancels feeds; each answer carries batches of any of its feeds.
+	Feed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FeedRequest, FeedResponse], error)
+	// Events streams the change events of a key span this node holds
+	// replicas of, revisions from..to (a mirror hub's catch-up).
+	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventsResponse], error)
 }
 
 type nodeClient struct {
@@ -237,6 +247,38 @@ func (c *nodeClient) CheckReplicas(ctx context.Context, in *CheckReplicasRequest
 	return out, nil
 }
 
+func (c *nodeClient) Feed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FeedRequest, FeedResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[1], Node_Feed_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FeedRequest, FeedResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_FeedClient = grpc.BidiStreamingClient[FeedRequest, FeedResponse]
+
+func (c *nodeClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[2], Node_Events_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[EventsRequest, EventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_EventsClient = grpc.ServerStreamingClient[EventsResponse]
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -285,6 +327,14 @@ type NodeServer interface {
 	// its member and compares them (the admin call behind `cairn check`,
 	// served on the client port too; root's once auth is enabled).
 	CheckReplicas(context.Context, *CheckReplicasRequest) (*CheckReplicasResponse, error)
+	// Feed carries, on one stream per member pair, the change events and
+	// progress of key spans the caller watches and holds no replica of
+	// (its mirror hubs, router/feed.go): the caller opens, kicks and
+	// cancels feeds; each answer carries batches of any of its feeds.
+	Feed(grpc.BidiStreamingServer[FeedRequest, FeedResponse]) error
+	// Events streams the change events of a key span this node holds
+	// replicas of, revisions from..to (a mirror hub's catch-up).
+	Events(*EventsRequest, grpc.ServerStreamingServer[EventsResponse]) error
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -333,6 +383,12 @@ func (UnimplementedNodeServer) RangeImage(*RangeImageRequest, grpc.ServerStreami
 }
 func (UnimplementedNodeServer) CheckReplicas(context.Context, *CheckReplicasRequest) (*CheckReplicasResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CheckReplicas not implemented")
+}
+func (UnimplementedNodeServer) Feed(grpc.BidiStreamingServer[FeedRequest, FeedResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Feed not implemented")
+}
+func (UnimplementedNodeServer) Events(*EventsRequest, grpc.ServerStreamingServer[EventsResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Events not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -582,6 +638,24 @@ func _Node_CheckReplicas_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_Feed_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServer).Feed(&grpc.GenericServerStream[FeedRequest, FeedResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_FeedServer = grpc.BidiStreamingServer[FeedRequest, FeedResponse]
+
+func _Node_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeServer).Events(m, &grpc.GenericServerStream[EventsRequest, EventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_EventsServer = grpc.ServerStreamingServer[EventsResponse]
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -642,6 +716,17 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "RangeImage",
 			Handler:       _Node_RangeImage_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Feed",
+			Handler:       _Node_Feed_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Events",
+			Handler:       _Node_Events_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -37,14 +38,18 @@ const (
 // succeeds or fails with etcd's "request timed out, possibly due to
 // previous leader failure" well before the deadline; the back-to-back
 // writes see at most one failure (the one in flight when the leader
-// died), as etcd's do. In both modes.
+// died), as etcd's do. In both modes, and in sharded mode once more after
+// a split: range 1 then stamps its writes with the placement group's
+// oracle and answers linearizable reads at the oracle's revision through
+// its leader (ReadAt), so the forwarding paths are the ones under test.
 func TestFailoverKillLeader(t *testing.T) {
 	for _, m := range modes {
-		t.Run(m.name, func(t *testing.T) { failoverKillLeader(t, m.flags...) })
+		t.Run(m.name, func(t *testing.T) { failoverKillLeader(t, false, m.flags...) })
 	}
+	t.Run("sharded-split", func(t *testing.T) { failoverKillLeader(t, true) })
 }
 
-func failoverKillLeader(t *testing.T, flags ...string) {
+func failoverKillLeader(t *testing.T, split bool, flags ...string) {
 	dir := t.TempDir()
 	const size = 3
 	var initial, endpoints []string
@@ -67,6 +72,11 @@ func failoverKillLeader(t *testing.T, flags ...string) {
 	}
 	for _, p := range procs {
 		p.waitReady(t)
+	}
+	if split {
+		if out, err := exec.Command(binary, "range", "split", "--endpoints", endpoints[0], "m").CombinedOutput(); err != nil {
+			t.Fatalf("cairn range split m: %v\n%s", err, out)
+		}
 	}
 	victim := rangeOneLeader(t, endpoints)
 	survivor := endpoints[(victim+1)%size]

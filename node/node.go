@@ -799,6 +799,10 @@ func (n *Node) startRaft(b boot) error {
 		return err
 	}
 	n.drops = newDropQueue()
+	// Dragonboat's transport reconnects to a member that went away
+	// through a circuit breaker that is not configurable: it retries
+	// after 500 ms, growing to at most 1 s (lni/goutils netutil), which is
+	// within an election timeout, as failover needs (issue 27).
 	n.nhConfig = dbconfig.NodeHostConfig{
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
 		WALDir:            cfg.WALDir,

@@ -30,9 +30,12 @@ TESTTAGS ?=
 test-long:
 	$(MAKE) test TESTTAGS=cairn_long
 
+# -parallel 4: the few node tests that call t.Parallel mostly wait (for a
+# client's keepalive timer, a request timeout), so they overlap one another
+# on two cores rather than queue behind GOMAXPROCS.
 test-unit:
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 15m -tags '$(TESTTAGS)' ./...
+	$(GO) test -count=1 -timeout 15m -parallel 4 -tags '$(TESTTAGS)' ./...
 
 test-compat:
 	cd tests/compat && $(GO) test -count=1 -timeout 15m -tags '$(TESTTAGS)' ./...

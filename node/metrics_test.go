@@ -176,8 +176,10 @@ func TestExtensiveMetrics(t *testing.T) {
 // linearizable_read, and /health says RAFT NO LEADER unless
 // serializable), on the client URL and on --listen-metrics-urls. The
 // request timeout, which a linearizable read without a leader waits out,
-// is shortened to 1s (etcd's is 7s).
+// is shortened to 1s (etcd's is 7s). The test mostly waits, so it runs
+// in parallel with the package's other waiting tests.
 func TestProbesWithoutQuorum(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		opts []nodetest.Option

@@ -264,7 +264,11 @@ func hasSeries(fams map[string]*dto.MetricFamily, name string, labels map[string
 // members, the third refuses a require-leader read of range 2 with etcd's
 // "no leader" and serves one of range 1, cancels a require-leader watch of
 // range 2 with that error, reports it in Status, and its probes fail.
+// The member counts leader checks (a second apart) before it cancels the
+// watch, so the test runs in parallel with the package's other waiting
+// tests.
 func TestShardedLeaderlessRange(t *testing.T) {
+	t.Parallel()
 	c := nodetest.Start(t, 3, nodetest.Sharded("m"))
 	var second uint64
 	for _, r := range c.Node(2).Ranges() {

@@ -26,8 +26,10 @@ import (
 // three strikes — which shows the frames this test watches for do appear.
 //
 // Timing: the client's pings are paced by its keepalive timer, so each case
-// takes four ping intervals (about 40 s); the cases run in parallel.
+// takes four ping intervals (about 40 s); the cases run in parallel, and
+// with the package's other waiting tests (make test-unit's -parallel).
 func TestKeepaliveQuietWatchTiming(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		minTime time.Duration // node.Config.GRPCKeepAliveMinTime

@@ -174,8 +174,12 @@ func TestExtensiveMetrics(t *testing.T) {
 // survivor's probes answer as etcd's do (kubeadm's liveness probe
 // /livez passes, its readiness probe /readyz fails on
 // linearizable_read, and /health says RAFT NO LEADER unless
-// serializable), on the client URL and on --listen-metrics-urls.
+// serializable), on the client URL and on --listen-metrics-urls. The
+// request timeout, which a linearizable read without a leader waits out,
+// is shortened to 1s (etcd's is 7s). The test mostly waits, so it runs
+// in parallel with the package's other waiting tests.
 func TestProbesWithoutQuorum(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		opts []nodetest.Option
@@ -186,6 +190,7 @@ func TestProbesWithoutQuorum(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := nodetest.Start(t, 3, append(tc.opts, nodetest.Edit(func(c *node.Config) {
 				c.ListenMetricsURLs = []string{"http://127.0.0.1:0"}
+				c.RequestTimeout = time.Second
 			}))...)
 			survivor := c.Node(2)
 			bases := []string{survivor.ClientURLs()[0], survivor.MetricsURLs()[0]}
@@ -259,7 +264,11 @@ func hasSeries(fams map[string]*dto.MetricFamily, name string, labels map[string
 // members, the third refuses a require-leader read of range 2 with etcd's
 // "no leader" and serves one of range 1, cancels a require-leader watch of
 // range 2 with that error, reports it in Status, and its probes fail.
+// The member counts leader checks (a second apart) before it cancels the
+// watch, so the test runs in parallel with the package's other waiting
+// tests.
 func TestShardedLeaderlessRange(t *testing.T) {
+	t.Parallel()
 	c := nodetest.Start(t, 3, nodetest.Sharded("m"))
 	var second uint64
 	for _, r := range c.Node(2).Ranges() {

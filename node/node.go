@@ -90,6 +90,11 @@ type Config struct {
 	// HeartbeatInterval and ElectionTimeout are etcd's raft timings;
 	// defaults 100ms and 1s.
 	HeartbeatInterval, ElectionTimeout time.Duration
+	// RequestTimeout bounds the probes' reads and the automatic
+	// compactor's wait on one range, as etcd's request timeout does its
+	// own; default etcd's, 5s plus two ElectionTimeouts. It is no flag
+	// (etcd has none): tests shorten it to reach a timeout sooner.
+	RequestTimeout time.Duration
 	// WatchProgressNotifyInterval is how often watchers that asked for
 	// progress notifications get one (etcd --watch-progress-notify-interval);
 	// default 10 minutes, as etcd.
@@ -284,6 +289,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ElectionTimeout == 0 {
 		c.ElectionTimeout = time.Second
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5*time.Second + 2*c.ElectionTimeout // etcd's ReqTimeout
 	}
 	if c.SnapshotCount == 0 {
 		c.SnapshotCount = 10000
@@ -1118,7 +1126,7 @@ func (n *Node) serve() error {
 		UnaryInterceptors:  append(n.metrics.unary(), slowRequests(n.log, cfg.WarningUnaryRequestDuration)),
 		StreamInterceptors: n.metrics.stream(),
 		Observer:           n.metrics,
-		RequestTimeout:     5*time.Second + 2*cfg.ElectionTimeout, // etcd's ReqTimeout
+		RequestTimeout:     cfg.RequestTimeout,
 		MaxLearners:        cfg.MaxLearners,
 		Log:                n.log,
 	}

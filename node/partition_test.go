@@ -39,8 +39,10 @@ func startPartitionable(t *testing.T, ctx context.Context) (cl *nodetest.Cluster
 // elects a leader and keeps serving writes and linearizable reads; the
 // cut-off member refuses them with etcd's errors (it cannot reach a
 // quorum); once the partition heals, every member converges to the same
-// history.
+// history. The refusals wait out timeouts, so the test runs in parallel
+// with the package's other waiting tests.
 func TestPartition(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cl, c, leader := startPartitionable(t, ctx)
@@ -169,8 +171,11 @@ func etcdUnavailable(err error) bool {
 // TestWatchRequireLeader: on a member cut off from the others, a watch
 // stream opened with clientv3.WithRequireLeader ("hasleader" metadata)
 // fails with etcd's "no leader" once the member has no leader, while a
-// stream that did not ask keeps running.
+// stream that did not ask keeps running. The member counts leader checks
+// (a second apart) before it ends the stream, so the test runs in parallel
+// with the package's other waiting tests.
 func TestWatchRequireLeader(t *testing.T) {
+	t.Parallel()
 	cl := nodetest.Start(t, 3, nodetest.Partitionable())
 	c := cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -226,7 +226,7 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 // it, so no write at or below it is still to come there. Unless again (the
 // automatic compactor's retry), the first range refuses a revision it
 // compacted already, and the first range that fails ends the call. With
-// again, a range that fails (no leader, say) is given compactRangeTimeout
+// again, a range that fails (no leader, say) is given the request timeout
 // and passed over, the others still compact, and the first failure is
 // returned once every range was tried, so that one range without a leader
 // does not stop the others' history from being compacted.
@@ -264,11 +264,6 @@ func (s *Server) compactAll(ctx context.Context, r *pb.CompactionRequest, again 
 	return resp, nil
 }
 
-// compactRangeTimeout bounds the automatic compactor's wait on one range
-// (compactAll with again), whose context otherwise has no deadline: a
-// request's timeout, as etcd gives its own compaction.
-const compactRangeTimeout = DefaultRequestTimeout
-
 // compactRange compacts range p at r.Revision once its closed revision has
 // reached it. A range whose leader changed after the wait may propose with
 // a lower closed revision and answer that r.Revision is in its future: it
@@ -276,7 +271,10 @@ const compactRangeTimeout = DefaultRequestTimeout
 func (s *Server) compactRange(ctx context.Context, p RangePart, r *pb.CompactionRequest, again bool) error {
 	if again {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, compactRangeTimeout)
+		// The automatic compactor's wait on one range, whose context
+		// otherwise has no deadline: a request's timeout, as etcd gives
+		// its own compaction.
+		ctx, cancel = context.WithTimeout(ctx, s.requestTimeout())
 		defer cancel()
 	}
 	var err error

@@ -130,8 +130,9 @@ type Config struct {
 	// Observer receives what the node's metrics count (probes.go); nil
 	// reports nothing.
 	Observer Observer
-	// RequestTimeout bounds the probes' reads, as etcd's request timeout
-	// (5s plus two election timeouts) bounds its own; 0 means
+	// RequestTimeout bounds the probes' reads and the automatic
+	// compactor's wait on one range, as etcd's request timeout (5s plus
+	// two election timeouts) bounds its own; 0 means
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
 	// MaxLearners is how many learners MemberAdd lets the cluster have

@@ -22,7 +22,7 @@ import (
 )
 
 var (
-	flagAuthSeqs = flag.Int64("auth.seqs", 30, "TestAuthDifferential: number of sequences")
+	flagAuthSeqs = flag.Int64("auth.seqs", seqs[int64](10, 30), "TestAuthDifferential: number of sequences (10, or 30 with -tags cairn_long)")
 	flagAuthSeed = flag.Int64("auth.seed", 0, "TestAuthDifferential: run sequences 1..seed and log every step of sequence seed (with -v)")
 )
 

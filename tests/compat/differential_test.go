@@ -19,7 +19,7 @@ import (
 
 var (
 	flagSeed  = flag.Int64("seed", 0, "TestDifferential: replay sequences 1..seed and log every op of sequence seed (with -v)")
-	flagSeqs  = flag.Int64("seqs", 200, "TestDifferential: number of sequences (seeds 1..seqs)")
+	flagSeqs  = flag.Int64("seqs", seqs[int64](50, 200), "TestDifferential: number of sequences (seeds 1..seqs; 50, or 200 with -tags cairn_long)")
 	flagSelf  = flag.Bool("self", false, "TestDifferential: compare etcd with a second etcd instead of Cairn, to check the harness")
 	flagFail  = flag.Int("maxfail", 10, "TestDifferential: stop after this many failed sequences")
 	flagTrace = flag.Bool("trace", false, "TestDifferential: print each op to stderr before sending it, for when a server crashes the test process")

@@ -25,11 +25,12 @@
 //
 //     Flags: -seed=N replays sequences 1..N (the servers are shared, so a
 //     sequence's answers depend on the ones before it) and logs every op of
-//     sequence N with -v; -seqs=N runs N sequences (default 200); -self
-//     compares etcd with a second etcd, which checks the harness itself and
-//     must pass; -skipops=GetStream,... stops sending some op kinds, to look
-//     past a known mismatch; -trace prints each op to stderr before it is
-//     sent, for when a server crash kills the test process.
+//     sequence N with -v; -seqs=N runs N sequences (default 50, or 200
+//     under the build tag cairn_long: make test-long); -self compares etcd
+//     with a second etcd, which checks the harness itself and must pass;
+//     -skipops=GetStream,... stops sending some op kinds, to look past a
+//     known mismatch; -trace prints each op to stderr before it is sent,
+//     for when a server crash kills the test process.
 //
 //   - TestEtcdctl builds etcdctl at the version pinned here and runs the same
 //     command lines against a fresh etcd and a fresh Cairn, comparing exit

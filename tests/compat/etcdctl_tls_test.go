@@ -109,9 +109,9 @@ func ctlTLSScript(f tlsFiles) []tlsStep {
 		// Refused: no certificate, another CA's certificate, not
 		// trusting the servers' CA (a short timeout: the client retries
 		// the handshake until it runs out).
-		bare(0, "get", "k0", "--command-timeout=3s", "--cacert="+f.ca),
-		bare(0, "get", "k0", "--command-timeout=3s", "--cacert="+f.ca, "--cert="+f.stranger, "--key="+f.strangerKy),
-		bare(0, "get", "k0", "--command-timeout=3s", "--cert="+f.client, "--key="+f.clientKey),
+		bare(0, "get", "k0", "--command-timeout=1s", "--cacert="+f.ca),
+		bare(0, "get", "k0", "--command-timeout=1s", "--cacert="+f.ca, "--cert="+f.stranger, "--key="+f.strangerKy),
+		bare(0, "get", "k0", "--command-timeout=1s", "--cert="+f.client, "--key="+f.clientKey),
 		// Auth, with the certificate's common name as the user.
 		with(0, "user", "add", "root", "--new-user-password=rootpw"),
 		with(0, "user", "grant-role", "root", "root"),

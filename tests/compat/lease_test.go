@@ -17,7 +17,7 @@ import (
 
 var (
 	flagLeaseSeed = flag.Int64("lease.seed", 0, "TestLeaseDifferential: run only this seed")
-	flagLeaseSeqs = flag.Int("lease.seqs", 100, "TestLeaseDifferential: how many seeded sequences")
+	flagLeaseSeqs = flag.Int("lease.seqs", seqs(30, 100), "TestLeaseDifferential: how many seeded sequences (30, or 100 with -tags cairn_long)")
 )
 
 // leaseSide is one server's view of a sequence: its lease ids by grant

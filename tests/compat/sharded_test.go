@@ -21,7 +21,7 @@ import (
 	"github.com/cairn-kv/cairn/node"
 )
 
-var flagShardedSeqs = flag.Int64("sharded.seqs", 100, "TestShardedDifferential: number of sequences")
+var flagShardedSeqs = flag.Int64("sharded.seqs", seqs[int64](30, 100), "TestShardedDifferential: number of sequences (30, or 100 with -tags cairn_long)")
 
 // shardedSplits split the sharded Cairn's key space inside the keys the
 // sequences use (all under "s/" there, see newGenIn): five ranges.
@@ -349,7 +349,7 @@ func dropHeaderRevs(msg protoreflect.Message) {
 	})
 }
 
-var flagShardedWatchSeqs = flag.Int("sharded.watchseqs", 24, "TestShardedWatchDifferential: how many seeded scenarios")
+var flagShardedWatchSeqs = flag.Int("sharded.watchseqs", seqs(8, 24), "TestShardedWatchDifferential: how many seeded scenarios (8, or 24 with -tags cairn_long)")
 
 // TestShardedWatchDifferential runs TestWatchDifferential's scenarios
 // against etcd and a sharded Cairn whose ranges split every scenario's
@@ -470,7 +470,7 @@ func countLine(s string) string {
 	return strings.Join(keep, "\n")
 }
 
-var flagShardedLeaseSeqs = flag.Int64("sharded.leaseseqs", 30, "TestShardedLeaseDifferential: how many seeded sequences")
+var flagShardedLeaseSeqs = flag.Int64("sharded.leaseseqs", seqs[int64](10, 30), "TestShardedLeaseDifferential: how many seeded sequences (10, or 30 with -tags cairn_long)")
 
 // TestShardedLeaseDifferential runs TestLeaseDifferential's sequences
 // against etcd and a sharded Cairn that splits every sequence's keys

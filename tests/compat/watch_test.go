@@ -19,7 +19,7 @@ import (
 
 var (
 	flagWatchSeed   = flag.Int64("watch.seed", 0, "TestWatchDifferential: run only this seed, logging every step (with -v)")
-	flagWatchSeqs   = flag.Int("watch.seqs", 100, "TestWatchDifferential: how many seeded scenarios")
+	flagWatchSeqs   = flag.Int("watch.seqs", seqs(30, 100), "TestWatchDifferential: how many seeded scenarios (30, or 100 with -tags cairn_long)")
 	flagWatchPairs  = flag.Int("watch.pairs", 2, "TestWatchDifferential: how many pairs of servers run the scenarios side by side (as parallel subtests, so -parallel bounds them too)")
 	flagWatchStrict = flag.Bool("watch.strict", false, "TestWatchDifferential: also send and compare what etcd and Cairn are known to answer differently (see the known differences at TestWatchDifferential); expect failures")
 )

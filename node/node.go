@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -470,6 +472,9 @@ type Node struct {
 	peer     peerSide
 	peerGRPC *grpc.Server
 	peerL    net.Listener
+	// raftLoop is dragonboat's loopback listen address, where the peer
+	// port sends raft's connections (peer.go).
+	raftLoop atomic.Pointer[string]
 	// metrics is the node's registry and collectors (metrics.go);
 	// metricsHTTP serve metricsURL, the bound --listen-metrics-urls.
 	metrics     *metrics
@@ -803,7 +808,8 @@ func (n *Node) startRaft(b boot) error {
 	if err != nil {
 		return err
 	}
-	if n.peerL, err = n.listenPeer(b.peer, raftListen); err != nil {
+	n.raftLoop.Store(&raftListen)
+	if n.peerL, err = n.listenPeer(b.peer); err != nil {
 		return err
 	}
 	n.drops = newDropQueue()
@@ -827,10 +833,23 @@ func (n *Node) startRaft(b boot) error {
 		n.nhConfig.CAFile, n.nhConfig.CertFile, n.nhConfig.KeyFile = cfg.PeerTLS.TrustedCAFile, cfg.PeerTLS.CertFile, cfg.PeerTLS.KeyFile
 	}
 	n.leaveWAL = joinWALOwners(n.metrics, n.nhConfig.NodeHostDir, n.nhConfig.WALDir)
-	if n.nh, err = dragonboat.NewNodeHost(n.nhConfig); err != nil {
-		return fmt.Errorf("node: start raft: %w", err)
+	// The loopback port was free when resolvePort closed its probe, but
+	// an outgoing connection of this process may take it before
+	// dragonboat binds it (the kernel hands out ports from the same
+	// range): that bind is tried again on another port.
+	for attempt := 1; ; attempt++ {
+		if n.nh, err = dragonboat.NewNodeHost(n.nhConfig); err == nil {
+			return nil
+		}
+		if attempt == 5 || !(errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")) {
+			return fmt.Errorf("node: start raft: %w", err)
+		}
+		if raftListen, err = resolvePort("127.0.0.1:0"); err != nil {
+			return err
+		}
+		n.raftLoop.Store(&raftListen)
+		n.nhConfig.ListenAddress = raftListen
 	}
-	return nil
 }
 
 // startPlacementGroup starts, in sharded mode, this member's replica of

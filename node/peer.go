@@ -83,9 +83,9 @@ func (n *Node) peerTLS() (peerSide, error) {
 }
 
 // listenPeer binds the peer port at addr and starts sending raft's
-// connections to raftAddr (dragonboat's loopback listener); it returns the
-// listener the peer gRPC server is to serve.
-func (n *Node) listenPeer(addr, raftAddr string) (net.Listener, error) {
+// connections to dragonboat's loopback listener (n.raftLoop, read per
+// connection); it returns the listener the peer gRPC server is to serve.
+func (n *Node) listenPeer(addr string) (net.Listener, error) {
 	l, err := n.listenTCP(addr)
 	if err != nil {
 		return nil, fmt.Errorf("node: listen on peer URL %s: %w", n.cfg.ListenPeerURLs[0], err)
@@ -106,7 +106,7 @@ func (n *Node) listenPeer(addr, raftAddr string) (net.Listener, error) {
 	raftL := m.Match(cmux.Any())
 	n.wg.Add(2)
 	go func() { defer n.wg.Done(); _ = m.Serve() }()
-	go func() { defer n.wg.Done(); n.proxyRaft(raftL, raftAddr) }()
+	go func() { defer n.wg.Done(); n.proxyRaft(raftL) }()
 	return grpcL, nil
 }
 
@@ -145,7 +145,7 @@ func (c readOnlyConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} 
 // target until either side ends; it returns once l is closed. Close ends
 // the accepted connections (the tracking listener's), which ends the
 // copies.
-func (n *Node) proxyRaft(l net.Listener, target string) {
+func (n *Node) proxyRaft(l net.Listener) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -157,7 +157,7 @@ func (n *Node) proxyRaft(l net.Listener, target string) {
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			d, err := net.DialTimeout("tcp", target, 5*time.Second)
+			d, err := net.DialTimeout("tcp", *n.raftLoop.Load(), 5*time.Second)
 			if err != nil {
 				return
 			}

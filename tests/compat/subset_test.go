@@ -10,10 +10,16 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3rpc"
+
 	"github.com/cairn-kv/cairn/node"
 )
 
-var flagSubsetSeqs = flag.Int64("subset.seqs", 2, "TestSubsetDifferential: sequences (KV, lease) and scenarios (watch) of each differential test")
+var (
+	flagSubsetSeqs      = flag.Int64("subset.seqs", 2, "TestSubsetDifferential: sequences (KV, lease) and scenarios (watch) of each differential test")
+	flagSubsetCtlScript = flag.Bool("subset.ctlscript", false, "TestSubsetDifferential: run etcdctl's foundation script too (about 100 s; the KV differential sends its kinds of requests)")
+)
 
 // subsetSize and subsetReplicas are TestSubsetDifferential's cluster: each
 // range on three of five members (--range-replicas 3).
@@ -30,12 +36,15 @@ const (
 // a member that holds no replica of some of the ranges its operations
 // touch (for the lease test, of range 1 too, where leases live), so reads,
 // writes, watches and leases there go through members that do (issue 21).
-// The tests share the cluster, one after the other: the KV test first,
-// which needs a fresh store; the others number revisions from where they
-// start and use keys of their own.
+// Then TestShardedEtcdctl's watch and lease suites (and with
+// -subset.ctlscript its foundation script) run against etcd and a member
+// without some of the ranges they touch (ctlShardedSplits are among the
+// splits). The tests share the cluster, one after the other: the KV test
+// first, which needs a fresh store; the others number revisions from
+// where they start and use keys of their own.
 func TestSubsetDifferential(t *testing.T) {
 	seqs := *flagSubsetSeqs
-	splits := slices.Clone(shardedSplits)
+	splits := slices.Concat(shardedSplits, ctlShardedSplits)
 	watchSplits := map[int64][]string{}
 	for seed := int64(1); seed <= seqs; seed++ {
 		prefix := fmt.Sprintf("watch%03d/", seed)
@@ -74,6 +83,31 @@ func TestSubsetDifferential(t *testing.T) {
 		cairn.linearize = true
 		runLeaseSequences(t, startEtcd(t, "etcd"), cairn, 1, seqs, true)
 	})
+	t.Run("etcdctl", func(t *testing.T) {
+		// As TestShardedEtcdctl's suites: the cluster holds no keys (the
+		// tests before leave some behind) and its revisions are numbered
+		// from here on.
+		cl.empty(t)
+		bin := buildEtcdctl(t)
+		// The watch suite's prefix watch "pv/" reaches two ranges.
+		cairn := cl.via(t, "pv/b", "", "zz")
+		cairn.revs = newShardRevs(t, cairn.cli)
+		if *flagSubsetCtlScript {
+			t.Run("foundation", func(t *testing.T) {
+				runCtlScript(t, bin, shardedCtlScript(t), startEtcd(t, "etcd"), cairn, maskHeaderRevs)
+			})
+		}
+		t.Run("watch", func(t *testing.T) {
+			v3rpc.SetProgressReportInterval(ctlWatchProgressInterval)
+			t.Cleanup(func() { v3rpc.SetProgressReportInterval(10 * time.Minute) })
+			runCtlWatch(t, bin, startEtcd(t, "etcd"), cairn, maskHeaderRevs)
+		})
+		t.Run("lease", func(t *testing.T) {
+			etcd := startEtcd(t, "etcd")
+			ctlWatchAlign(t, etcd, cairn)
+			runCtlLease(t, bin, etcd, cairn, maskHeaderRevs)
+		})
+	})
 }
 
 // subsetCluster is a sharded Cairn whose ranges are each on some of its
@@ -92,6 +126,7 @@ func startSubsetCluster(t *testing.T, name string, splits []string) *subsetClust
 	eps := startCairnClusterWith(t, subsetSize, func(c *node.Config) {
 		c.Sharded = true
 		c.RangeReplicas = subsetReplicas
+		c.WatchProgressNotifyInterval = ctlWatchProgressInterval // for etcdctl's watch suite
 		for _, k := range splits {
 			c.InitialSplitKeys = append(c.InitialSplitKeys, []byte(k))
 		}
@@ -101,6 +136,28 @@ func startSubsetCluster(t *testing.T, name string, splits []string) *subsetClust
 		cl.rangesOf(t, ep)
 	}
 	return cl
+}
+
+// empty deletes every key, one range at a time (a delete over several
+// ranges is refused).
+func (cl *subsetCluster) empty(t *testing.T) {
+	t.Helper()
+	cli, _ := newClient(t, cl.endpoints[0])
+	for _, r := range cl.rangesOf(t, cl.endpoints[0]) {
+		start, end := r.Start, r.End
+		if start == "" {
+			start = "\x00"
+		}
+		if end == "" {
+			end = "\x00"
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		_, err := cli.Delete(ctx, start, clientv3.WithRange(end))
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: delete [%q, %q): %v", cl.name, start, end, err)
+		}
+	}
 }
 
 // subsetRange is one range as a member's /cairn/ranges lists it.

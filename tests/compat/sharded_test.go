@@ -40,11 +40,13 @@ var shardedSplits = []string{"s/a\x00", "s/b", "s/c", "shared/y"}
 func TestShardedDifferential(t *testing.T) {
 	forShardedSizes(t, func(t *testing.T, members int) {
 		etcd := startEtcd(t, "etcd")
-		runShardedDifferential(t, etcd, startShardedCairnN(t, "cairn-sharded", shardedSplits, members))
+		runShardedDifferential(t, etcd, startShardedCairnN(t, "cairn-sharded", shardedSplits, members), *flagShardedSeqs, shardedSplits)
 	})
 }
 
-func runShardedDifferential(t *testing.T, etcd, cairn *server) {
+// runShardedDifferential runs sequences 1..seqs against etcd and cairn,
+// whose ranges are split at splits (shardedSplits among them).
+func runShardedDifferential(t *testing.T, etcd, cairn *server, seqs int64, splits []string) {
 	m := &revMap{fw: map[int64]int64{}, bw: map[int64]int64{}}
 	// Both stores are fresh: etcd at revision 1; Cairn's equivalent is any
 	// revision below its first write.
@@ -53,17 +55,17 @@ func runShardedDifferential(t *testing.T, etcd, cairn *server) {
 	m.record(m.etcd, c0)
 
 	var sent, skipped, local int
-	for seed := int64(1); seed <= *flagShardedSeqs; seed++ {
+	for seed := int64(1); seed <= seqs; seed++ {
 		g := newGenIn(seed, m.etcd, m.compact, "s/")
 		n := 30 + g.r.IntN(31)
 		for i := 0; i < n; i++ {
 			o := g.next(nil)
-			if crossesRanges(o) {
+			if crossesRanges(splits, o) {
 				skipped++
 				continue
 			}
 			sent++
-			if g, ok := o.req.(*pb.RangeRequest); ok && !crossesRanges(op{kindTxn, &pb.TxnRequest{Success: []*pb.RequestOp{
+			if g, ok := o.req.(*pb.RangeRequest); ok && !crossesRanges(splits, op{kindTxn, &pb.TxnRequest{Success: []*pb.RequestOp{
 				{Request: &pb.RequestOp_RequestRange{RequestRange: g}}}}}) {
 				local++
 			}
@@ -100,7 +102,7 @@ func runShardedDifferential(t *testing.T, etcd, cairn *server) {
 		}
 	}
 	t.Logf("%d sequences: %d ops sent (%d reads within one range), %d writes across ranges not sent; etcd at revision %d",
-		*flagShardedSeqs, sent, local, skipped, m.etcd)
+		seqs, sent, local, skipped, m.etcd)
 }
 
 var flagShardedSizes = flag.String("sharded.sizes", "1,3", "the sharded differential tests: cluster sizes to run against, each a subtest")
@@ -172,22 +174,22 @@ func startShardedCairn(t *testing.T, name string, splits []string) *server {
 	})
 }
 
-// rangeOf is the index of the range holding key among shardedSplits.
-func rangeOf(key string) int {
-	return sort.Search(len(shardedSplits), func(i int) bool { return shardedSplits[i] > key })
+// rangeOf is the index of the range holding key among splits.
+func rangeOf(splits []string, key string) int {
+	return sort.Search(len(splits), func(i int) bool { return splits[i] > key })
 }
 
 // spanRanges adds to set the ranges etcd's [key, end) meets, as the router
 // finds them (an empty interval: its key's range).
-func spanRanges(key, end []byte, set map[int]bool) {
-	lo := rangeOf(string(key))
+func spanRanges(splits []string, key, end []byte, set map[int]bool) {
+	lo := rangeOf(splits, string(key))
 	hi := lo
 	switch {
 	case len(end) == 0:
 	case len(end) == 1 && end[0] == 0:
-		hi = len(shardedSplits)
+		hi = len(splits)
 	case string(end) > string(key):
-		hi = sort.Search(len(shardedSplits), func(i int) bool { return shardedSplits[i] >= string(end) })
+		hi = sort.Search(len(splits), func(i int) bool { return splits[i] >= string(end) })
 	}
 	for i := lo; i <= hi; i++ {
 		set[i] = true
@@ -195,33 +197,33 @@ func spanRanges(key, end []byte, set map[int]bool) {
 }
 
 // crossesRanges reports whether o is a write (or a txn) whose keys lie in
-// several ranges.
-func crossesRanges(o op) bool {
+// several of the ranges splits (sorted) cut.
+func crossesRanges(splits []string, o op) bool {
 	set := map[int]bool{}
 	switch r := o.req.(type) {
 	case *pb.DeleteRangeRequest:
-		spanRanges(r.Key, r.RangeEnd, set)
+		spanRanges(splits, r.Key, r.RangeEnd, set)
 	case *pb.TxnRequest:
-		txnRanges(r, set)
+		txnRanges(splits, r, set)
 	}
 	return len(set) > 1
 }
 
-func txnRanges(r *pb.TxnRequest, set map[int]bool) {
+func txnRanges(splits []string, r *pb.TxnRequest, set map[int]bool) {
 	for _, c := range r.Compare {
-		spanRanges(c.Key, c.RangeEnd, set)
+		spanRanges(splits, c.Key, c.RangeEnd, set)
 	}
 	for _, branch := range [][]*pb.RequestOp{r.Success, r.Failure} {
 		for _, op := range branch {
 			switch o := op.Request.(type) {
 			case *pb.RequestOp_RequestRange:
-				spanRanges(o.RequestRange.Key, o.RequestRange.RangeEnd, set)
+				spanRanges(splits, o.RequestRange.Key, o.RequestRange.RangeEnd, set)
 			case *pb.RequestOp_RequestPut:
-				spanRanges(o.RequestPut.Key, nil, set)
+				spanRanges(splits, o.RequestPut.Key, nil, set)
 			case *pb.RequestOp_RequestDeleteRange:
-				spanRanges(o.RequestDeleteRange.Key, o.RequestDeleteRange.RangeEnd, set)
+				spanRanges(splits, o.RequestDeleteRange.Key, o.RequestDeleteRange.RangeEnd, set)
 			case *pb.RequestOp_RequestTxn:
-				txnRanges(o.RequestTxn, set)
+				txnRanges(splits, o.RequestTxn, set)
 			}
 		}
 	}

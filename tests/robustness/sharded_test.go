@@ -17,8 +17,15 @@ import (
 // write a client saw acknowledged is there afterwards, with its value, on
 // every member, and the revisions acknowledged are unique.
 func TestShardedKill9(t *testing.T) {
+	runShardedKill9(t, 3, 3)
+}
+
+// runShardedKill9 is TestShardedKill9 on a cluster of size members started
+// with extra flags, killing the first oneByOne of them one by one before
+// all at once; it returns the cluster, every member serving again.
+func runShardedKill9(t *testing.T, size, oneByOne int, extra ...string) *cluster {
 	bin := cairnBinary(t)
-	c := startCluster(t, bin, t.TempDir(), 3, "--single-group=false", "--initial-split-keys", "b,m,t")
+	c := startCluster(t, bin, t.TempDir(), size, append([]string{"--single-group=false", "--initial-split-keys", "b,m,t"}, extra...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var eps []string
@@ -72,7 +79,7 @@ func TestShardedKill9(t *testing.T) {
 		}
 	}
 	waitWrites(50)
-	for i, m := range c.members {
+	for i, m := range c.members[:oneByOne] {
 		if err := killRestart(ctx, m); err != nil {
 			t.Fatalf("kill -9 and restart %s: %v", m.name, err)
 		}
@@ -130,4 +137,5 @@ func TestShardedKill9(t *testing.T) {
 		}
 	}
 	t.Logf("%d acknowledged writes over four ranges survived kill -9 of every member", len(acked))
+	return c
 }

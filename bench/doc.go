@@ -8,6 +8,8 @@
 //	                                  # stream and watcher, latency at 1,000 puts/s (watchscale.go)
 //	cd bench && go run . -systems cairn-3,cairn-6,cairn-9,cairn-sharded-3,cairn-sharded-6,cairn-sharded-9 \
 //	    -scenarios scale-out          # issue 21: members capped at 0.15 of a core (scaleout.go)
+//	cd bench && go run . failover     # issue 27: kill -9 of the leader of etcd-3, cairn-3 and
+//	                                  # cairn-sharded-3 under a put+get load (failover.go)
 //
 // # Model
 //

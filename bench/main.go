@@ -31,6 +31,8 @@ func main() {
 			err = watchScale(os.Args[2:])
 		case "leases":
 			err = leaseBench(os.Args[2:])
+		case "failover":
+			err = failoverBench(os.Args[2:])
 		default:
 			err = harness(os.Args[1:])
 		}

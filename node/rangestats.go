@@ -238,6 +238,7 @@ var (
 	// Cairn's: the ranges here.
 	descRanges           = desc("cairn_ranges", "The ranges this member holds a replica of, by role (leader or follower).", "role")
 	descRangesNoLeader   = desc("cairn_ranges_without_leader", "The ranges here that know no leader.")
+	descPlacementLeader  = desc("cairn_placement_is_leader", "Whether this member leads the placement group (sharded mode). 1 if it does, 0 otherwise.")
 	descRangeSize        = desc("cairn_range_size_bytes", "The ranges here by the disk space their versions take (estimated).")
 	descRangeWrites      = desc("cairn_range_writes_per_second", "The ranges led here by writes proposed per second.")
 	descRangeLag         = desc("cairn_range_closed_lag_revisions", "The ranges led here by how far their closed revision is behind the most advanced range here.")
@@ -255,7 +256,7 @@ var (
 	rangeLagBuckets      = prometheus.ExponentialBuckets(1, 10, 8)    // 1 … 10M revisions
 	collectorDescriptors = []*prometheus.Desc{descHasLeader, descIsLeader, descIsLearner, descQuota, descServerID, descServerVersion,
 		descClusterVersion, descCommitted, descApplied, descPending, descDBSize, descDBInUse, descKeys, descCurrentRev, descCompactRev,
-		descRanges, descRangesNoLeader, descRangeSize, descRangeWrites, descRangeLag, descTopSize, descTopWrites, descTopLag,
+		descRanges, descRangesNoLeader, descPlacementLeader, descRangeSize, descRangeWrites, descRangeLag, descTopSize, descTopWrites, descTopLag,
 		descLedSize, descLedWrites, descLedLag, descLedKeys, descTruncated, descRangeStatsAge}
 )
 
@@ -296,6 +297,10 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descHasLeader, b2f(firstLed && leaderless == 0))
 	gauge(descIsLeader, b2f(firstLeads))
 	gauge(descIsLearner, b2f(n.learner.Load()))
+	if n.cfg.Sharded {
+		leader, _, ok, err := n.nh.GetLeaderID(placementShardID)
+		gauge(descPlacementLeader, b2f(err == nil && ok && leader == n.memberID))
+	}
 	quota := n.cfg.QuotaBackendBytes
 	if quota == 0 {
 		quota = defaultQuotaBytes

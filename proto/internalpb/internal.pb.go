@@ -29,6 +29,74 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ChangeRangeOp is what a ChangeRange asks of a range's raft group.
+type ChangeRangeOp int32
+
+const (
+	ChangeRangeOp_CHANGE_RANGE_OP_UNSPECIFIED ChangeRangeOp = 0
+	// The group's membership, read through its leader, and its leader.
+	ChangeRangeOp_CHANGE_RANGE_OP_MEMBERSHIP ChangeRangeOp = 1
+	// Add replica (on member) as a non-voting member.
+	ChangeRangeOp_CHANGE_RANGE_OP_ADD_LEARNER ChangeRangeOp = 2
+	// Make replica (on member) a voter.
+	ChangeRangeOp_CHANGE_RANGE_OP_PROMOTE ChangeRangeOp = 3
+	// Remove replica from the group.
+	ChangeRangeOp_CHANGE_RANGE_OP_REMOVE ChangeRangeOp = 4
+	// Hand the group's leadership to replica; answers once it leads.
+	ChangeRangeOp_CHANGE_RANGE_OP_TRANSFER_LEADER ChangeRangeOp = 5
+	// This node's replica of the range: its id and applied index.
+	ChangeRangeOp_CHANGE_RANGE_OP_STATUS ChangeRangeOp = 6
+)
+
+// Enum value maps for ChangeRangeOp.
+var (
+	ChangeRangeOp_name = map[int32]string{
+		0: "CHANGE_RANGE_OP_UNSPECIFIED",
+		1: "CHANGE_RANGE_OP_MEMBERSHIP",
+		2: "CHANGE_RANGE_OP_ADD_LEARNER",
+		3: "CHANGE_RANGE_OP_PROMOTE",
+		4: "CHANGE_RANGE_OP_REMOVE",
+		5: "CHANGE_RANGE_OP_TRANSFER_LEADER",
+		6: "CHANGE_RANGE_OP_STATUS",
+	}
+	ChangeRangeOp_value = map[string]int32{
+		"CHANGE_RANGE_OP_UNSPECIFIED":     0,
+		"CHANGE_RANGE_OP_MEMBERSHIP":      1,
+		"CHANGE_RANGE_OP_ADD_LEARNER":     2,
+		"CHANGE_RANGE_OP_PROMOTE":         3,
+		"CHANGE_RANGE_OP_REMOVE":          4,
+		"CHANGE_RANGE_OP_TRANSFER_LEADER": 5,
+		"CHANGE_RANGE_OP_STATUS":          6,
+	}
+)
+
+func (x ChangeRangeOp) Enum() *ChangeRangeOp {
+	p := new(ChangeRangeOp)
+	*p = x
+	return p
+}
+
+func (x ChangeRangeOp) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ChangeRangeOp) Descriptor() protoreflect.EnumDescriptor {
+	return file_internalpb_internal_proto_enumTypes[0].Descriptor()
+}
+
+func (ChangeRangeOp) Type() protoreflect.EnumType {
+	return &file_internalpb_internal_proto_enumTypes[0]
+}
+
+func (x ChangeRangeOp) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ChangeRangeOp.Descriptor instead.
+func (ChangeRangeOp) EnumDescriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+}
+
 // ErrorCode says what kind of failure an Error is.
 type ErrorCode int32
 
@@ -71,11 +139,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_internalpb_internal_proto_enumTypes[0].Descriptor()
+	return file_internalpb_internal_proto_enumTypes[1].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_internalpb_internal_proto_enumTypes[0]
+	return &file_internalpb_internal_proto_enumTypes[1]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -84,7 +152,364 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+}
+
+type ChangeRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Op            ChangeRangeOp          `protobuf:"varint,2,opt,name=op,proto3,enum=cairn.internal.v1.ChangeRangeOp" json:"op,omitempty"`
+	Replica       uint64                 `protobuf:"varint,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	Member        uint64                 `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeRangeRequest) Reset() {
+	*x = ChangeRangeRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeRangeRequest) ProtoMessage() {}
+
+func (x *ChangeRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeRangeRequest.ProtoReflect.Descriptor instead.
+func (*ChangeRangeRequest) Descriptor() ([]byte, []int) {
 	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ChangeRangeRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *ChangeRangeRequest) GetOp() ChangeRangeOp {
+	if x != nil {
+		return x.Op
+	}
+	return ChangeRangeOp_CHANGE_RANGE_OP_UNSPECIFIED
+}
+
+func (x *ChangeRangeRequest) GetReplica() uint64 {
+	if x != nil {
+		return x.Replica
+	}
+	return 0
+}
+
+func (x *ChangeRangeRequest) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+type ChangeRangeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Error *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	// The group's voting, non-voting and removed replica ids (MEMBERSHIP).
+	Voters   []uint64 `protobuf:"varint,2,rep,packed,name=voters,proto3" json:"voters,omitempty"`
+	Learners []uint64 `protobuf:"varint,3,rep,packed,name=learners,proto3" json:"learners,omitempty"`
+	Removed  []uint64 `protobuf:"varint,4,rep,packed,name=removed,proto3" json:"removed,omitempty"`
+	// leader is the replica that leads the group (0: none known).
+	Leader uint64 `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// replica and applied are this node's replica of the range and the raft
+	// index it applied (STATUS).
+	Replica       uint64 `protobuf:"varint,6,opt,name=replica,proto3" json:"replica,omitempty"`
+	Applied       uint64 `protobuf:"varint,7,opt,name=applied,proto3" json:"applied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeRangeResponse) Reset() {
+	*x = ChangeRangeResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeRangeResponse) ProtoMessage() {}
+
+func (x *ChangeRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeRangeResponse.ProtoReflect.Descriptor instead.
+func (*ChangeRangeResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ChangeRangeResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *ChangeRangeResponse) GetVoters() []uint64 {
+	if x != nil {
+		return x.Voters
+	}
+	return nil
+}
+
+func (x *ChangeRangeResponse) GetLearners() []uint64 {
+	if x != nil {
+		return x.Learners
+	}
+	return nil
+}
+
+func (x *ChangeRangeResponse) GetRemoved() []uint64 {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *ChangeRangeResponse) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
+func (x *ChangeRangeResponse) GetReplica() uint64 {
+	if x != nil {
+		return x.Replica
+	}
+	return 0
+}
+
+func (x *ChangeRangeResponse) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+type MoveRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	FromMember    uint64                 `protobuf:"varint,2,opt,name=from_member,json=fromMember,proto3" json:"from_member,omitempty"`
+	ToMember      uint64                 `protobuf:"varint,3,opt,name=to_member,json=toMember,proto3" json:"to_member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveRangeRequest) Reset() {
+	*x = MoveRangeRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveRangeRequest) ProtoMessage() {}
+
+func (x *MoveRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveRangeRequest.ProtoReflect.Descriptor instead.
+func (*MoveRangeRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MoveRangeRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *MoveRangeRequest) GetFromMember() uint64 {
+	if x != nil {
+		return x.FromMember
+	}
+	return 0
+}
+
+func (x *MoveRangeRequest) GetToMember() uint64 {
+	if x != nil {
+		return x.ToMember
+	}
+	return 0
+}
+
+// MoveRangeResponse holds the range as the move left it.
+type MoveRangeResponse struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Range         *placementpb.RangeDescriptor `protobuf:"bytes,1,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveRangeResponse) Reset() {
+	*x = MoveRangeResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveRangeResponse) ProtoMessage() {}
+
+func (x *MoveRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveRangeResponse.ProtoReflect.Descriptor instead.
+func (*MoveRangeResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MoveRangeResponse) GetRange() *placementpb.RangeDescriptor {
+	if x != nil {
+		return x.Range
+	}
+	return nil
+}
+
+type TransferRangeLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Member        uint64                 `protobuf:"varint,2,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferRangeLeaderRequest) Reset() {
+	*x = TransferRangeLeaderRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferRangeLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferRangeLeaderRequest) ProtoMessage() {}
+
+func (x *TransferRangeLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferRangeLeaderRequest.ProtoReflect.Descriptor instead.
+func (*TransferRangeLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TransferRangeLeaderRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *TransferRangeLeaderRequest) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+type TransferRangeLeaderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferRangeLeaderResponse) Reset() {
+	*x = TransferRangeLeaderResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferRangeLeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferRangeLeaderResponse) ProtoMessage() {}
+
+func (x *TransferRangeLeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferRangeLeaderResponse.ProtoReflect.Descriptor instead.
+func (*TransferRangeLeaderResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
 }
 
 type RemoveMemberRequest struct {
@@ -96,7 +521,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[0]
+	mi := &file_internalpb_internal_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -108,7 +533,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[0]
+	mi := &file_internalpb_internal_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -121,7 +546,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RemoveMemberRequest) GetMember() uint64 {
@@ -140,7 +565,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[1]
+	mi := &file_internalpb_internal_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -152,7 +577,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[1]
+	mi := &file_internalpb_internal_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -165,7 +590,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RemoveMemberResponse) GetError() *Error {
@@ -196,7 +621,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +633,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +646,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadRequest) GetRange() uint64 {
@@ -385,7 +810,7 @@ type LeaseQuery struct {
 
 func (x *LeaseQuery) Reset() {
 	*x = LeaseQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +822,7 @@ func (x *LeaseQuery) String() string {
 func (*LeaseQuery) ProtoMessage() {}
 
 func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +835,7 @@ func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseQuery.ProtoReflect.Descriptor instead.
 func (*LeaseQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LeaseQuery) GetLease() int64 {
@@ -432,7 +857,7 @@ type ReadTxn struct {
 
 func (x *ReadTxn) Reset() {
 	*x = ReadTxn{}
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +869,7 @@ func (x *ReadTxn) String() string {
 func (*ReadTxn) ProtoMessage() {}
 
 func (x *ReadTxn) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +882,7 @@ func (x *ReadTxn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadTxn.ProtoReflect.Descriptor instead.
 func (*ReadTxn) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReadTxn) GetTxn() []byte {
@@ -482,7 +907,7 @@ type StatusQuery struct {
 
 func (x *StatusQuery) Reset() {
 	*x = StatusQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +919,7 @@ func (x *StatusQuery) String() string {
 func (*StatusQuery) ProtoMessage() {}
 
 func (x *StatusQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +932,7 @@ func (x *StatusQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusQuery.ProtoReflect.Descriptor instead.
 func (*StatusQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
 }
 
 type HashQuery struct {
@@ -519,7 +944,7 @@ type HashQuery struct {
 
 func (x *HashQuery) Reset() {
 	*x = HashQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +956,7 @@ func (x *HashQuery) String() string {
 func (*HashQuery) ProtoMessage() {}
 
 func (x *HashQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +969,7 @@ func (x *HashQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashQuery.ProtoReflect.Descriptor instead.
 func (*HashQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HashQuery) GetRevision() int64 {
@@ -563,7 +988,7 @@ type AlarmsQuery struct {
 
 func (x *AlarmsQuery) Reset() {
 	*x = AlarmsQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +1000,7 @@ func (x *AlarmsQuery) String() string {
 func (*AlarmsQuery) ProtoMessage() {}
 
 func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +1013,7 @@ func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmsQuery.ProtoReflect.Descriptor instead.
 func (*AlarmsQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
 }
 
 type AuthQuery struct {
@@ -599,7 +1024,7 @@ type AuthQuery struct {
 
 func (x *AuthQuery) Reset() {
 	*x = AuthQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +1036,7 @@ func (x *AuthQuery) String() string {
 func (*AuthQuery) ProtoMessage() {}
 
 func (x *AuthQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +1049,7 @@ func (x *AuthQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthQuery.ProtoReflect.Descriptor instead.
 func (*AuthQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
 }
 
 type ReadResponse struct {
@@ -642,7 +1067,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +1079,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +1092,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReadResponse) GetError() *Error {
@@ -727,7 +1152,7 @@ type RangeStatus struct {
 
 func (x *RangeStatus) Reset() {
 	*x = RangeStatus{}
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +1164,7 @@ func (x *RangeStatus) String() string {
 func (*RangeStatus) ProtoMessage() {}
 
 func (x *RangeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1177,7 @@ func (x *RangeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStatus.ProtoReflect.Descriptor instead.
 func (*RangeStatus) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RangeStatus) GetRevision() int64 {
@@ -809,7 +1234,7 @@ type RangeHash struct {
 
 func (x *RangeHash) Reset() {
 	*x = RangeHash{}
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +1246,7 @@ func (x *RangeHash) String() string {
 func (*RangeHash) ProtoMessage() {}
 
 func (x *RangeHash) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +1259,7 @@ func (x *RangeHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHash.ProtoReflect.Descriptor instead.
 func (*RangeHash) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RangeHash) GetHash() uint32 {
@@ -867,7 +1292,7 @@ type CompactLogRequest struct {
 
 func (x *CompactLogRequest) Reset() {
 	*x = CompactLogRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1304,7 @@ func (x *CompactLogRequest) String() string {
 func (*CompactLogRequest) ProtoMessage() {}
 
 func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1317,7 @@ func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogRequest.ProtoReflect.Descriptor instead.
 func (*CompactLogRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CompactLogRequest) GetRange() uint64 {
@@ -911,7 +1336,7 @@ type CompactLogResponse struct {
 
 func (x *CompactLogResponse) Reset() {
 	*x = CompactLogResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1348,7 @@ func (x *CompactLogResponse) String() string {
 func (*CompactLogResponse) ProtoMessage() {}
 
 func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1361,7 @@ func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogResponse.ProtoReflect.Descriptor instead.
 func (*CompactLogResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CompactLogResponse) GetError() *Error {
@@ -968,7 +1393,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1405,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1418,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1040,7 +1465,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1477,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1490,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -1086,7 +1511,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1523,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1536,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -1131,7 +1556,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1568,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1581,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -1183,7 +1608,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1620,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1633,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
@@ -1236,7 +1661,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1673,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1686,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -1295,7 +1720,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1732,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1745,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -1347,7 +1772,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1784,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1797,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -1398,7 +1823,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1835,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1848,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -1444,7 +1869,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1881,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1894,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -1496,7 +1921,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1933,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1946,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -1552,7 +1977,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1564,7 +1989,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1577,7 +2002,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -1610,7 +2035,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +2047,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +2060,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -1653,7 +2078,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +2090,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +2103,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
 }
 
 type KickRequest struct {
@@ -1691,7 +2116,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +2128,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +2141,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -1741,7 +2166,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +2178,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,14 +2191,38 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
 
 const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x19internalpb/internal.proto\x12\x11cairn.internal.v1\x1a\x13shardpb/shard.proto\x1a\x1bplacementpb/placement.proto\"-\n" +
+	"\x19internalpb/internal.proto\x12\x11cairn.internal.v1\x1a\x13shardpb/shard.proto\x1a\x1bplacementpb/placement.proto\"\x8e\x01\n" +
+	"\x12ChangeRangeRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x120\n" +
+	"\x02op\x18\x02 \x01(\x0e2 .cairn.internal.v1.ChangeRangeOpR\x02op\x12\x18\n" +
+	"\areplica\x18\x03 \x01(\x04R\areplica\x12\x16\n" +
+	"\x06member\x18\x04 \x01(\x04R\x06member\"\xdf\x01\n" +
+	"\x13ChangeRangeResponse\x12.\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\x12\x16\n" +
+	"\x06voters\x18\x02 \x03(\x04R\x06voters\x12\x1a\n" +
+	"\blearners\x18\x03 \x03(\x04R\blearners\x12\x18\n" +
+	"\aremoved\x18\x04 \x03(\x04R\aremoved\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\x04R\x06leader\x12\x18\n" +
+	"\areplica\x18\x06 \x01(\x04R\areplica\x12\x18\n" +
+	"\aapplied\x18\a \x01(\x04R\aapplied\"f\n" +
+	"\x10MoveRangeRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1f\n" +
+	"\vfrom_member\x18\x02 \x01(\x04R\n" +
+	"fromMember\x12\x1b\n" +
+	"\tto_member\x18\x03 \x01(\x04R\btoMember\"K\n" +
+	"\x11MoveRangeResponse\x126\n" +
+	"\x05range\x18\x01 \x01(\v2 .cairn.placement.RangeDescriptorR\x05range\"J\n" +
+	"\x1aTransferRangeLeaderRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x16\n" +
+	"\x06member\x18\x02 \x01(\x04R\x06member\"\x1d\n" +
+	"\x1bTransferRangeLeaderResponse\"-\n" +
 	"\x13RemoveMemberRequest\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\x04R\x06member\"F\n" +
 	"\x14RemoveMemberResponse\x12.\n" +
@@ -1871,12 +2320,20 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\vKickRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x0e\n" +
-	"\fKickResponse*q\n" +
+	"\fKickResponse*\xeb\x01\n" +
+	"\rChangeRangeOp\x12\x1f\n" +
+	"\x1bCHANGE_RANGE_OP_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aCHANGE_RANGE_OP_MEMBERSHIP\x10\x01\x12\x1f\n" +
+	"\x1bCHANGE_RANGE_OP_ADD_LEARNER\x10\x02\x12\x1b\n" +
+	"\x17CHANGE_RANGE_OP_PROMOTE\x10\x03\x12\x1a\n" +
+	"\x16CHANGE_RANGE_OP_REMOVE\x10\x04\x12#\n" +
+	"\x1fCHANGE_RANGE_OP_TRANSFER_LEADER\x10\x05\x12\x1a\n" +
+	"\x16CHANGE_RANGE_OP_STATUS\x10\x06*q\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
-	"\x13ERROR_CODE_NO_RANGE\x10\x032\xcc\x06\n" +
+	"\x13ERROR_CODE_NO_RANGE\x10\x032\xf8\b\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
@@ -1890,7 +2347,10 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
 	"CompactLog\x12$.cairn.internal.v1.CompactLogRequest\x1a%.cairn.internal.v1.CompactLogResponse\x12_\n" +
 	"\fRemoveMember\x12&.cairn.internal.v1.RemoveMemberRequest\x1a'.cairn.internal.v1.RemoveMemberResponse\x12G\n" +
-	"\x04Read\x12\x1e.cairn.internal.v1.ReadRequest\x1a\x1f.cairn.internal.v1.ReadResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
+	"\x04Read\x12\x1e.cairn.internal.v1.ReadRequest\x1a\x1f.cairn.internal.v1.ReadResponse\x12\\\n" +
+	"\vChangeRange\x12%.cairn.internal.v1.ChangeRangeRequest\x1a&.cairn.internal.v1.ChangeRangeResponse\x12V\n" +
+	"\tMoveRange\x12#.cairn.internal.v1.MoveRangeRequest\x1a$.cairn.internal.v1.MoveRangeResponse\x12t\n" +
+	"\x13TransferRangeLeader\x12-.cairn.internal.v1.TransferRangeLeaderRequest\x1a..cairn.internal.v1.TransferRangeLeaderResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
 
 var (
 	file_internalpb_internal_proto_rawDescOnce sync.Once
@@ -1904,94 +2364,110 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 	return file_internalpb_internal_proto_rawDescData
 }
 
-var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_internalpb_internal_proto_goTypes = []any{
-	(ErrorCode)(0),                      // 0: cairn.internal.v1.ErrorCode
-	(*RemoveMemberRequest)(nil),         // 1: cairn.internal.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),        // 2: cairn.internal.v1.RemoveMemberResponse
-	(*ReadRequest)(nil),                 // 3: cairn.internal.v1.ReadRequest
-	(*LeaseQuery)(nil),                  // 4: cairn.internal.v1.LeaseQuery
-	(*ReadTxn)(nil),                     // 5: cairn.internal.v1.ReadTxn
-	(*StatusQuery)(nil),                 // 6: cairn.internal.v1.StatusQuery
-	(*HashQuery)(nil),                   // 7: cairn.internal.v1.HashQuery
-	(*AlarmsQuery)(nil),                 // 8: cairn.internal.v1.AlarmsQuery
-	(*AuthQuery)(nil),                   // 9: cairn.internal.v1.AuthQuery
-	(*ReadResponse)(nil),                // 10: cairn.internal.v1.ReadResponse
-	(*RangeStatus)(nil),                 // 11: cairn.internal.v1.RangeStatus
-	(*RangeHash)(nil),                   // 12: cairn.internal.v1.RangeHash
-	(*CompactLogRequest)(nil),           // 13: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 14: cairn.internal.v1.CompactLogResponse
-	(*Error)(nil),                       // 15: cairn.internal.v1.Error
-	(*SplitRangeRequest)(nil),           // 16: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 17: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 18: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 19: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 20: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 21: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 22: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 23: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 24: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 25: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 26: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 27: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 28: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 29: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 30: cairn.internal.v1.KickResponse
-	(shardpb.ErrorCode)(0),              // 31: cairn.shard.v1.ErrorCode
-	(*placementpb.RangeDescriptor)(nil), // 32: cairn.placement.RangeDescriptor
-	(*shardpb.Request)(nil),             // 33: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 34: cairn.shard.v1.Response
+	(ChangeRangeOp)(0),                  // 0: cairn.internal.v1.ChangeRangeOp
+	(ErrorCode)(0),                      // 1: cairn.internal.v1.ErrorCode
+	(*ChangeRangeRequest)(nil),          // 2: cairn.internal.v1.ChangeRangeRequest
+	(*ChangeRangeResponse)(nil),         // 3: cairn.internal.v1.ChangeRangeResponse
+	(*MoveRangeRequest)(nil),            // 4: cairn.internal.v1.MoveRangeRequest
+	(*MoveRangeResponse)(nil),           // 5: cairn.internal.v1.MoveRangeResponse
+	(*TransferRangeLeaderRequest)(nil),  // 6: cairn.internal.v1.TransferRangeLeaderRequest
+	(*TransferRangeLeaderResponse)(nil), // 7: cairn.internal.v1.TransferRangeLeaderResponse
+	(*RemoveMemberRequest)(nil),         // 8: cairn.internal.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),        // 9: cairn.internal.v1.RemoveMemberResponse
+	(*ReadRequest)(nil),                 // 10: cairn.internal.v1.ReadRequest
+	(*LeaseQuery)(nil),                  // 11: cairn.internal.v1.LeaseQuery
+	(*ReadTxn)(nil),                     // 12: cairn.internal.v1.ReadTxn
+	(*StatusQuery)(nil),                 // 13: cairn.internal.v1.StatusQuery
+	(*HashQuery)(nil),                   // 14: cairn.internal.v1.HashQuery
+	(*AlarmsQuery)(nil),                 // 15: cairn.internal.v1.AlarmsQuery
+	(*AuthQuery)(nil),                   // 16: cairn.internal.v1.AuthQuery
+	(*ReadResponse)(nil),                // 17: cairn.internal.v1.ReadResponse
+	(*RangeStatus)(nil),                 // 18: cairn.internal.v1.RangeStatus
+	(*RangeHash)(nil),                   // 19: cairn.internal.v1.RangeHash
+	(*CompactLogRequest)(nil),           // 20: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 21: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 22: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 23: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 24: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 25: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 26: cairn.internal.v1.WriteResponse
+	(*ReadAtRequest)(nil),               // 27: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 28: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 29: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 30: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 31: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 32: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 33: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 34: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 35: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 36: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 37: cairn.internal.v1.KickResponse
+	(*placementpb.RangeDescriptor)(nil), // 38: cairn.placement.RangeDescriptor
+	(shardpb.ErrorCode)(0),              // 39: cairn.shard.v1.ErrorCode
+	(*shardpb.Request)(nil),             // 40: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 41: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	15, // 0: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
-	5,  // 1: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
-	6,  // 2: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
-	7,  // 3: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
-	8,  // 4: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
-	9,  // 5: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
-	4,  // 6: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
-	4,  // 7: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
-	15, // 8: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
-	11, // 9: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
-	12, // 10: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	15, // 11: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
-	0,  // 12: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	31, // 13: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	32, // 14: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	32, // 15: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	33, // 16: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	34, // 17: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	15, // 18: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	15, // 19: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	15, // 20: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	15, // 21: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	26, // 22: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	18, // 23: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	20, // 24: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	22, // 25: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	24, // 26: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	27, // 27: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	29, // 28: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	16, // 29: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	13, // 30: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	1,  // 31: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	3,  // 32: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
-	19, // 33: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	21, // 34: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	23, // 35: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	25, // 36: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	28, // 37: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	30, // 38: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	17, // 39: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	14, // 40: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	2,  // 41: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	10, // 42: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
-	33, // [33:43] is the sub-list for method output_type
-	23, // [23:33] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	0,  // 0: cairn.internal.v1.ChangeRangeRequest.op:type_name -> cairn.internal.v1.ChangeRangeOp
+	22, // 1: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
+	38, // 2: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
+	22, // 3: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
+	12, // 4: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
+	13, // 5: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
+	14, // 6: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
+	15, // 7: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
+	16, // 8: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
+	11, // 9: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
+	11, // 10: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
+	22, // 11: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
+	18, // 12: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
+	19, // 13: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	22, // 14: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	1,  // 15: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	39, // 16: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	38, // 17: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	38, // 18: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	40, // 19: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	41, // 20: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	22, // 21: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	22, // 22: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	22, // 23: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	22, // 24: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	33, // 25: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	25, // 26: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	27, // 27: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	29, // 28: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	31, // 29: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	34, // 30: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	36, // 31: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	23, // 32: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	20, // 33: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	8,  // 34: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	10, // 35: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	2,  // 36: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
+	4,  // 37: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
+	6,  // 38: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
+	26, // 39: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	28, // 40: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	30, // 41: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	32, // 42: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	35, // 43: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	37, // 44: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	24, // 45: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	21, // 46: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	9,  // 47: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	17, // 48: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	3,  // 49: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
+	5,  // 50: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
+	7,  // 51: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
+	39, // [39:52] is the sub-list for method output_type
+	26, // [26:39] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -1999,7 +2475,7 @@ func file_internalpb_internal_proto_init() {
 	if File_internalpb_internal_proto != nil {
 		return
 	}
-	file_internalpb_internal_proto_msgTypes[2].OneofWrappers = []any{
+	file_internalpb_internal_proto_msgTypes[8].OneofWrappers = []any{
 		(*ReadRequest_RangeRequest)(nil),
 		(*ReadRequest_Txn)(nil),
 		(*ReadRequest_Status)(nil),
@@ -2014,8 +2490,8 @@ func file_internalpb_internal_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   30,
+			NumEnums:      2,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,16 +25,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Node_Write_FullMethodName        = "/cairn.internal.v1.Node/Write"
-	Node_ReadAt_FullMethodName       = "/cairn.internal.v1.Node/ReadAt"
-	Node_WaitClosed_FullMethodName   = "/cairn.internal.v1.Node/WaitClosed"
-	Node_Revisions_FullMethodName    = "/cairn.internal.v1.Node/Revisions"
-	Node_Closed_FullMethodName       = "/cairn.internal.v1.Node/Closed"
-	Node_Kick_FullMethodName         = "/cairn.internal.v1.Node/Kick"
-	Node_SplitRange_FullMethodName   = "/cairn.internal.v1.Node/SplitRange"
-	Node_CompactLog_FullMethodName   = "/cairn.internal.v1.Node/CompactLog"
-	Node_RemoveMember_FullMethodName = "/cairn.internal.v1.Node/RemoveMember"
-	Node_Read_FullMethodName         = "/cairn.internal.v1.Node/Read"
+	Node_Write_FullMethodName               = "/cairn.internal.v1.Node/Write"
+	Node_ReadAt_FullMethodName              = "/cairn.internal.v1.Node/ReadAt"
+	Node_WaitClosed_FullMethodName          = "/cairn.internal.v1.Node/WaitClosed"
+	Node_Revisions_FullMethodName           = "/cairn.internal.v1.Node/Revisions"
+	Node_Closed_FullMethodName              = "/cairn.internal.v1.Node/Closed"
+	Node_Kick_FullMethodName                = "/cairn.internal.v1.Node/Kick"
+	Node_SplitRange_FullMethodName          = "/cairn.internal.v1.Node/SplitRange"
+	Node_CompactLog_FullMethodName          = "/cairn.internal.v1.Node/CompactLog"
+	Node_RemoveMember_FullMethodName        = "/cairn.internal.v1.Node/RemoveMember"
+	Node_Read_FullMethodName                = "/cairn.internal.v1.Node/Read"
+	Node_ChangeRange_FullMethodName         = "/cairn.internal.v1.Node/ChangeRange"
+	Node_MoveRange_FullMethodName           = "/cairn.internal.v1.Node/MoveRange"
+	Node_TransferRangeLeader_FullMethodName = "/cairn.internal.v1.Node/TransferRangeLeader"
 )
 
 // NodeClient is the client API for Node service.
@@ -70,6 +73,18 @@ type NodeClient interface {
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
+	// ChangeRange reads or changes the raft group of a range this node holds
+	// a replica of, or answers its replica's status (moves: placement.Mover
+	// drives a range's group through a member holding it).
+	ChangeRange(ctx context.Context, in *ChangeRangeRequest, opts ...grpc.CallOption) (*ChangeRangeResponse, error)
+	// MoveRange moves a range's replica from one member to another while the
+	// range serves (the admin call behind `cairn range move`); the client
+	// port's call is forwarded to the placement leader's member, whose
+	// mover runs it.
+	MoveRange(ctx context.Context, in *MoveRangeRequest, opts ...grpc.CallOption) (*MoveRangeResponse, error)
+	// TransferRangeLeader makes a member's replica of a range its leader
+	// (the admin call behind `cairn range transfer-leader`).
+	TransferRangeLeader(ctx context.Context, in *TransferRangeLeaderRequest, opts ...grpc.CallOption) (*TransferRangeLeaderResponse, error)
 }
 
 type nodeClient struct {
@@ -180,6 +195,36 @@ func (c *nodeClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *nodeClient) ChangeRange(ctx context.Context, in *ChangeRangeRequest, opts ...grpc.CallOption) (*ChangeRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangeRangeResponse)
+	err := c.cc.Invoke(ctx, Node_ChangeRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeClient) MoveRange(ctx context.Context, in *MoveRangeRequest, opts ...grpc.CallOption) (*MoveRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveRangeResponse)
+	err := c.cc.Invoke(ctx, Node_MoveRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeClient) TransferRangeLeader(ctx context.Context, in *TransferRangeLeaderRequest, opts ...grpc.CallOption) (*TransferRangeLeaderResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TransferRangeLeaderResponse)
+	err := c.cc.Invoke(ctx, Node_TransferRangeLeader_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -213,6 +258,18 @@ type NodeServer interface {
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(context.Context, *ReadRequest) (*ReadResponse, error)
+	// ChangeRange reads or changes the raft group of a range this node holds
+	// a replica of, or answers its replica's status (moves: placement.Mover
+	// drives a range's group through a member holding it).
+	ChangeRange(context.Context, *ChangeRangeRequest) (*ChangeRangeResponse, error)
+	// MoveRange moves a range's replica from one member to another while the
+	// range serves (the admin call behind `cairn range move`); the client
+	// port's call is forwarded to the placement leader's member, whose
+	// mover runs it.
+	MoveRange(context.Context, *MoveRangeRequest) (*MoveRangeResponse, error)
+	// TransferRangeLeader makes a member's replica of a range its leader
+	// (the admin call behind `cairn range transfer-leader`).
+	TransferRangeLeader(context.Context, *TransferRangeLeaderRequest) (*TransferRangeLeaderResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -252,6 +309,15 @@ func (UnimplementedNodeServer) RemoveMember(context.Context, *RemoveMemberReques
 }
 func (UnimplementedNodeServer) Read(context.Context, *ReadRequest) (*ReadResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Read not implemented")
+}
+func (UnimplementedNodeServer) ChangeRange(context.Context, *ChangeRangeRequest) (*ChangeRangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ChangeRange not implemented")
+}
+func (UnimplementedNodeServer) MoveRange(context.Context, *MoveRangeRequest) (*MoveRangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method MoveRange not implemented")
+}
+func (UnimplementedNodeServer) TransferRangeLeader(context.Context, *TransferRangeLeaderRequest) (*TransferRangeLeaderResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TransferRangeLeader not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -454,6 +520,60 @@ func _Node_Read_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_ChangeRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangeRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).ChangeRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_ChangeRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).ChangeRange(ctx, req.(*ChangeRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Node_MoveRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).MoveRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_MoveRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).MoveRange(ctx, req.(*MoveRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Node_TransferRangeLeader_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferRangeLeaderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).TransferRangeLeader(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_TransferRangeLeader_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).TransferRangeLeader(ctx, req.(*TransferRangeLeaderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -500,6 +620,18 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Read",
 			Handler:    _Node_Read_Handler,
+		},
+		{
+			MethodName: "ChangeRange",
+			Handler:    _Node_ChangeRange_Handler,
+		},
+		{
+			MethodName: "MoveRange",
+			Handler:    _Node_MoveRange_Handler,
+		},
+		{
+			MethodName: "TransferRangeLeader",
+			Handler:    _Node_TransferRangeLeader_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -45,7 +45,9 @@ func (f *fakeRanges) logf(format string, args ...any) {
 	f.log = append(f.log, fmt.Sprintf(format, args...))
 }
 
-func (f *fakeRanges) group(d *placementpb.RangeDescriptor) *fakeRangeGroup { return f.groups[RangeID(d.Id)] }
+func (f *fakeRanges) group(d *placementpb.RangeDescriptor) *fakeRangeGroup {
+	return f.groups[RangeID(d.Id)]
+}
 
 func (f *fakeRanges) Membership(_ context.Context, d *placementpb.RangeDescriptor) (RangeMembership, error) {
 	f.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/cairn-kv/cairn/proto/placementpb"
@@ -22,7 +23,7 @@ import (
 //	advance → added              9 is a learner in the map
 //	(added)   9 applied ≥ what the leader had applied; 9 votes; 9 snapshots
 //	advance → promoted           9 votes in the map
-//	(promoted) the source leads? leadership to another voter first; r2 −= the source's replica
+//	(promoted) the source leads? leadership to another voter first; the source stops serving r2; r2 −= its replica
 //	advance → left               the source's replica is gone from the map
 //	end_move done                the move is over; the source drops the replica's data
 //
@@ -42,11 +43,17 @@ import (
 // added again (dragonboat refuses it), so a destination removed before its
 // move was recorded as added makes the move undo.
 //
-// The Mover holds no state of its own and starts no goroutine; the range
-// map lets one move per range be open, so two Movers (a placement leader
-// and the one before it) may drive the same move: each step is idempotent.
+// The Mover starts no goroutine; the range map lets one move per range be
+// open, and a Mover drives each move once at a time (Resume passes over
+// the moves its Move calls drive). Two Movers (a placement leader and the
+// one before it) may still drive the same move: each step is idempotent,
+// and the map's compare-and-set refuses the slower one's records
+// (ErrMoveStep).
 type Mover struct {
 	cfg MoverConfig
+
+	mu      sync.Mutex
+	driving map[RangeID]bool // REQUIRES: mu; the ranges whose move this Mover drives now
 }
 
 // MoverMap is the range map as a Mover records moves in it (Client is
@@ -105,6 +112,10 @@ type RangeRaft interface {
 	CompactLog(ctx context.Context, member NodeID, d *placementpb.RangeDescriptor) error
 	// Status answers member's replica of d (an error if member runs none).
 	Status(ctx context.Context, member NodeID, d *placementpb.RangeDescriptor) (ReplicaStatus, error)
+	// StopServing has member serve d through the other members holding it
+	// from now on, not from its replica, which is about to leave the group
+	// (a removed replica answers no read).
+	StopServing(ctx context.Context, member NodeID, d *placementpb.RangeDescriptor) error
 }
 
 // MoverConfig wires a Mover.
@@ -150,7 +161,24 @@ func NewMover(cfg MoverConfig) *Mover {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Mover{cfg: cfg}
+	return &Mover{cfg: cfg, driving: map[RangeID]bool{}}
+}
+
+// claim marks range r's move as driven here; false if it is already.
+func (m *Mover) claim(r RangeID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.driving[r] {
+		return false
+	}
+	m.driving[r] = true
+	return true
+}
+
+func (m *Mover) release(r RangeID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.driving, r)
 }
 
 // Move moves range r's replica on member from to member to and returns the
@@ -166,6 +194,10 @@ func (m *Mover) Move(ctx context.Context, r RangeID, from, to NodeID) (*placemen
 	if d == nil {
 		return nil, fmt.Errorf("%w: %d", ErrUnknownRange, r)
 	}
+	if !m.claim(r) {
+		return nil, fmt.Errorf("%w: range %d (driven here now)", ErrMoving, r)
+	}
+	defer m.release(r)
 	mv, err := m.cfg.Map.BeginMove(ctx, r, d.Generation, from, to)
 	if err != nil {
 		return nil, err
@@ -186,8 +218,13 @@ func (m *Mover) Resume(ctx context.Context) error {
 	}
 	var errs []error
 	for _, mv := range st.Moves {
+		if !m.claim(RangeID(mv.Range)) {
+			continue // a Move drives it
+		}
 		m.cfg.Log.Info("resuming a move", "range", mv.Range, "step", stepName(mv.Step), "replica", mv.To.GetId())
-		if _, err := m.drive(ctx, mv); err != nil && !errors.Is(err, ErrMoveUndone) {
+		_, err := m.drive(ctx, mv)
+		m.release(RangeID(mv.Range))
+		if err != nil && !errors.Is(err, ErrMoveUndone) {
 			errs = append(errs, fmt.Errorf("range %d: %w", mv.Range, err))
 		}
 	}
@@ -377,6 +414,10 @@ func (m *Mover) leave(ctx context.Context, d *placementpb.RangeDescriptor, mv *p
 			return nil
 		}
 		if ms.Leader != from {
+			// Best effort: a source that is down serves nothing anyway.
+			if err := m.cfg.Raft.StopServing(ctx, NodeID(mv.From.Member), d); err != nil {
+				m.cfg.Log.Warn("move: the source did not stop serving the range", "range", d.Id, "error", err)
+			}
 			if err := m.retry(ctx, func() error { return m.cfg.Raft.Remove(ctx, d, from) }); err != nil {
 				return err
 			}

@@ -134,6 +134,16 @@ func (f *fakeRanges) CompactLog(_ context.Context, member NodeID, d *placementpb
 	return nil
 }
 
+func (f *fakeRanges) StopServing(_ context.Context, member NodeID, d *placementpb.RangeDescriptor) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down[member] {
+		return fmt.Errorf("member %d is down", member)
+	}
+	f.logf("r%d: member %d stops serving it", d.Id, member)
+	return nil
+}
+
 func (f *fakeRanges) Status(ctx context.Context, member NodeID, d *placementpb.RangeDescriptor) (ReplicaStatus, error) {
 	st, err := f.mapc.State(ctx)
 	if err != nil {

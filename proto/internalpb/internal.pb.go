@@ -46,6 +46,9 @@ const (
 	ChangeRangeOp_CHANGE_RANGE_OP_TRANSFER_LEADER ChangeRangeOp = 5
 	// This node's replica of the range: its id and applied index.
 	ChangeRangeOp_CHANGE_RANGE_OP_STATUS ChangeRangeOp = 6
+	// This node stops serving the range from its replica (it is about to be
+	// removed): requests go to the other members holding it.
+	ChangeRangeOp_CHANGE_RANGE_OP_LEAVE ChangeRangeOp = 7
 )
 
 // Enum value maps for ChangeRangeOp.
@@ -58,6 +61,7 @@ var (
 		4: "CHANGE_RANGE_OP_REMOVE",
 		5: "CHANGE_RANGE_OP_TRANSFER_LEADER",
 		6: "CHANGE_RANGE_OP_STATUS",
+		7: "CHANGE_RANGE_OP_LEAVE",
 	}
 	ChangeRangeOp_value = map[string]int32{
 		"CHANGE_RANGE_OP_UNSPECIFIED":     0,
@@ -67,6 +71,7 @@ var (
 		"CHANGE_RANGE_OP_REMOVE":          4,
 		"CHANGE_RANGE_OP_TRANSFER_LEADER": 5,
 		"CHANGE_RANGE_OP_STATUS":          6,
+		"CHANGE_RANGE_OP_LEAVE":           7,
 	}
 )
 
@@ -2320,7 +2325,7 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\vKickRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x0e\n" +
-	"\fKickResponse*\xeb\x01\n" +
+	"\fKickResponse*\x86\x02\n" +
 	"\rChangeRangeOp\x12\x1f\n" +
 	"\x1bCHANGE_RANGE_OP_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aCHANGE_RANGE_OP_MEMBERSHIP\x10\x01\x12\x1f\n" +
@@ -2328,7 +2333,8 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x17CHANGE_RANGE_OP_PROMOTE\x10\x03\x12\x1a\n" +
 	"\x16CHANGE_RANGE_OP_REMOVE\x10\x04\x12#\n" +
 	"\x1fCHANGE_RANGE_OP_TRANSFER_LEADER\x10\x05\x12\x1a\n" +
-	"\x16CHANGE_RANGE_OP_STATUS\x10\x06*q\n" +
+	"\x16CHANGE_RANGE_OP_STATUS\x10\x06\x12\x19\n" +
+	"\x15CHANGE_RANGE_OP_LEAVE\x10\a*q\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +

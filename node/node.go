@@ -496,10 +496,13 @@ type Node struct {
 	// replica (mapfollow.go).
 	mapSignal chan struct{}
 	// reconcileSignal asks the reconciler for a pass (reconcile.go), and
-	// askedDrop, the reconciler's own, holds the replicas it had dropped
-	// (replica ids are never reused).
+	// askedDrop, the reconciler goroutine's own, holds the replicas it had
+	// dropped (replica ids are never reused).
 	reconcileSignal chan struct{}
 	askedDrop       map[replicaKey]bool
+	// destinations, the reconciler's own too, holds the moves'
+	// destination replicas it started and has not routed here yet.
+	destinations map[replicaKey]bool
 	// mover drives the moves of ranges between members while this
 	// member's placement replica leads (move.go; sharded mode).
 	mover *placement.Mover
@@ -587,6 +590,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.mapSignal = make(chan struct{}, 1)
 	n.reconcileSignal = make(chan struct{}, 1)
 	n.askedDrop = map[replicaKey]bool{}
+	n.destinations = map[replicaKey]bool{}
 	n.closedClock = shard.NewClock()
 	m, err := newMetrics(n.cfg.Metrics, n.cfg.MetricsLevel)
 	if err != nil {

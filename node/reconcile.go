@@ -19,10 +19,11 @@ import (
 //     its replica started, joining the range non-voting and empty (its
 //     record written first, as for every start): the leader sends it a
 //     snapshot once the mover adds it.
-//   - A replica here that the map names as a voter, with no move open to
-//     it, is routed here (it was a destination) once its hub is at its
+//   - A destination replica started here that the map names as a voter,
+//     with no move open to it, is routed here once its hub is at its
 //     store's revision; until then the range is served through the
-//     members holding it.
+//     members holding it. (Every other replica is routed by whoever
+//     starts it: startRanges, the splitter.)
 //   - A replica here that the map does not name (neither its pairs nor an
 //     open move's destination) is stopped and its data dropped (the drop
 //     worker, drop.go) once the range's raft membership, read through a
@@ -101,6 +102,7 @@ func (n *Node) reconcile(ctx context.Context) {
 	}
 	for _, r := range n.rangeSet.All() {
 		id := r.ID()
+		key := replicaKey{id, r.ReplicaID()}
 		d := byID[id]
 		if id == singleShardID || d == nil {
 			continue // range 1, or a range the map here does not know yet (a split)
@@ -114,11 +116,12 @@ func (n *Node) reconcile(ctx context.Context) {
 			named, voter = true, false
 		}
 		switch {
-		case named && voter && !n.routes.IsLocal(id) && !n.isLeaving(id):
+		case named && voter && n.destinations[key] && !n.routes.IsLocal(id) && !n.isLeaving(id):
 			if err := r.SyncHub(ctx); err != nil {
 				continue
 			}
 			n.routes.PutRanges(r)
+			delete(n.destinations, key)
 			n.log.Info("a replica moved here serves", "range", id, "replica", r.ReplicaID())
 		case !named:
 			n.dropIfRemoved(ctx, r, d)
@@ -148,6 +151,7 @@ func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.Replica
 	if err := n.rangeSet.StartNonVoting(r, n.rangeShardCfg(r), n.raftCfg); err != nil {
 		return err
 	}
+	n.destinations[replicaKey{shard.RangeID(d.Id), id}] = true
 	n.log.Info("started a move's destination replica", "range", d.Id, "replica", id)
 	return nil
 }

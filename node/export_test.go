@@ -272,3 +272,7 @@ func (n *Node) HoldCheckedWrites() (held <-chan struct{}, release func()) {
 		})
 	}
 }
+
+// DestinationSnapshots counts the snapshots that the move destinations
+// started on this node were restored from.
+func (n *Node) DestinationSnapshots() int64 { return n.destinationSnapshots.Load() }

@@ -51,8 +51,8 @@ func rangeIn(t *testing.T, cl *nodetest.Cluster, id uint64) *placementpb.RangeDe
 // TestMoveRange: five members, three replicas per range; range 2 moves
 // to a member that holds none of it and back again, asked through a
 // member that does not lead the placement group, while every member
-// writes and reads it: each move gives the destination a new replica id,
-// the member left drops the range's data, the range's raft membership is
+// writes and reads it: each move gives the destination a new replica id
+// and the range as a snapshot, the member left drops the range's data, the range's raft membership is
 // the map's pairs, and no request fails.
 func TestMoveRange(t *testing.T) {
 	cl := nodetest.Start(t, 5, nodetest.Sharded("m"), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3))
@@ -134,6 +134,7 @@ func TestMoveRange(t *testing.T) {
 	move := func(from, to int) {
 		t.Helper()
 		fromID, toID := cl.Node(from).MemberID(), cl.Node(to).MemberID()
+		snapshots := cl.Node(to).DestinationSnapshots()
 		resp, err := nc.MoveRange(ctx, &internalpb.MoveRangeRequest{Range: 2, FromMember: fromID, ToMember: toID})
 		if err != nil {
 			t.Fatalf("move range 2 from member %d to %d: %v", from, to, err)
@@ -144,6 +145,11 @@ func TestMoveRange(t *testing.T) {
 			t.Fatalf("after the move the destination's replica is %d (%v); ids seen before: %v", rid, ok, seen)
 		}
 		seen[uint64(rid)] = true
+		// The destination got the range as a snapshot, not by replaying
+		// the range's log from its start.
+		if got := cl.Node(to).DestinationSnapshots(); got <= snapshots {
+			t.Fatalf("member %d's new replica was restored from %d snapshots, want one more than %d", to, got, snapshots)
+		}
 		if _, ok := placement.ReplicaOf(d, placement.NodeID(fromID)); ok || len(placement.Voters(d)) != 3 {
 			t.Fatalf("after the move range 2 is %v", placement.Pairs(d))
 		}
@@ -188,7 +194,6 @@ func TestMoveRange(t *testing.T) {
 	if len(written) == 0 {
 		t.Fatal("no write went through")
 	}
-	t.Logf("%d writes during the moves; replica ids of range 2 seen: %v", len(written), seen)
 	t.Logf("%d writes during the moves; replica ids of range 2 seen: %v", len(written), seen)
 	for i := range cl.Size() {
 		r, err := cl.Client(i).Get(ctx, "m-", clientv3.WithPrefix(), clientv3.WithCountOnly())

@@ -503,6 +503,9 @@ type Node struct {
 	// destinations, the reconciler's own too, holds the moves'
 	// destination replicas it started and has not routed here yet.
 	destinations map[replicaKey]bool
+	// destinationSnapshots counts the snapshots the destination replicas
+	// started here were restored from (a move's catch-up: export_test.go).
+	destinationSnapshots atomic.Int64
 	// mover drives the moves of ranges between members while this
 	// member's placement replica leads (move.go; sharded mode).
 	mover *placement.Mover

@@ -148,7 +148,15 @@ func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.Replica
 		return err
 	}
 	n.rangeSet.Add(r)
-	if err := n.rangeSet.StartNonVoting(r, n.rangeShardCfg(r), n.raftCfg); err != nil {
+	cfg := n.rangeShardCfg(r)
+	recovered := cfg.OnRecover
+	cfg.OnRecover = func() {
+		n.destinationSnapshots.Add(1)
+		if recovered != nil {
+			recovered()
+		}
+	}
+	if err := n.rangeSet.StartNonVoting(r, cfg, n.raftCfg); err != nil {
 		return err
 	}
 	n.destinations[replicaKey{shard.RangeID(d.Id), id}] = true

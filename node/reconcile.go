@@ -25,7 +25,8 @@ import (
 //     members holding it. (Every other replica is routed by whoever
 //     starts it: startRanges, the splitter.)
 //   - A replica here that the map does not name (neither its pairs nor an
-//     open move's destination) is stopped and its data dropped (the drop
+//     open move's destination) — this member's copy of it, then the
+//     placement leader's — is stopped and its data dropped (the drop
 //     worker, drop.go) once the range's raft membership, read through a
 //     member holding it, no longer has it: a source whose removal it
 //     missed (down meanwhile, so no NodeDeleted here), or a destination
@@ -129,6 +130,24 @@ func (n *Node) reconcile(ctx context.Context) {
 	}
 }
 
+// namesReplica reports whether st names replica id of range r on member
+// self: among the range's pairs, or as an open move's destination.
+func namesReplica(st *placementpb.State, r shard.RangeID, self placement.NodeID, id shard.ReplicaID) bool {
+	for _, d := range st.Ranges {
+		if d.Id == uint64(r) {
+			if p, ok := placement.ReplicaOf(d, self); ok && p == id {
+				return true
+			}
+		}
+	}
+	for _, mv := range st.Moves {
+		if mv.Range == uint64(r) && placement.NodeID(mv.To.GetMember()) == self && shard.ReplicaID(mv.To.GetId()) == id {
+			return true
+		}
+	}
+	return false
+}
+
 // pairIndex is the index of member's pair in d's pairs (-1: none).
 func pairIndex(d *placementpb.RangeDescriptor, member placement.NodeID) int {
 	for i, p := range placement.Pairs(d) {
@@ -173,6 +192,25 @@ func (n *Node) dropIfRemoved(ctx context.Context, r *shard.Range, d *placementpb
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	// This member's copy of the map may lag (a member just added reads
+	// its replicas from the leader's map before its own copy has them):
+	// the leader's map must not name the replica either.
+	st, err := n.placement.State(ctx)
+	if err != nil {
+		return // asked again next pass
+	}
+	if namesReplica(st, r.ID(), placement.NodeID(n.memberID), r.ReplicaID()) {
+		return
+	}
+	d = nil
+	for _, rd := range st.Ranges {
+		if rd.Id == uint64(r.ID()) {
+			d = rd
+		}
+	}
+	if d == nil {
+		return // merged away? not a case this code knows: leave it
+	}
 	ms, err := rangeRaft{n}.Membership(ctx, d)
 	if err != nil {
 		return // asked again next pass

@@ -334,15 +334,20 @@ func (rr rangeRaft) StopServing(ctx context.Context, member placement.NodeID, d 
 	return err
 }
 
-// isLeaving reports whether this member's replica of range id is about to
-// leave the group (a move's source, told to stop serving it): the
-// node-to-node service serves nothing from it.
-func (n *Node) isLeaving(id shard.RangeID) bool {
+// notServing reports whether this member's replica of range id serves
+// nothing, to the node-to-node service either: a move's source about to
+// leave the group (told to stop serving it), or a move's destination not
+// caught up yet (reconcile.go).
+func (n *Node) notServing(id shard.RangeID) bool {
 	r := n.rangeSet.Get(id, false)
 	if r == nil {
 		return false
 	}
-	_, ok := n.leaving.Load(replicaKey{id, r.ReplicaID()})
+	key := replicaKey{id, r.ReplicaID()}
+	if _, ok := n.leaving.Load(key); ok {
+		return true
+	}
+	_, ok := n.destinations.Load(key)
 	return ok
 }
 

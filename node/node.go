@@ -500,9 +500,10 @@ type Node struct {
 	// dropped (replica ids are never reused).
 	reconcileSignal chan struct{}
 	askedDrop       map[replicaKey]bool
-	// destinations, the reconciler's own too, holds the moves'
-	// destination replicas it started and has not routed here yet.
-	destinations map[replicaKey]bool
+	// destinations holds the moves' destination replicas the reconciler
+	// started here and has not routed here yet, by replicaKey: nothing is
+	// served from them (notServing).
+	destinations sync.Map
 	// destinationSnapshots counts the snapshots the destination replicas
 	// started here were restored from (a move's catch-up: export_test.go).
 	destinationSnapshots atomic.Int64
@@ -593,7 +594,6 @@ func (n *Node) start(ctx context.Context) error {
 	n.mapSignal = make(chan struct{}, 1)
 	n.reconcileSignal = make(chan struct{}, 1)
 	n.askedDrop = map[replicaKey]bool{}
-	n.destinations = map[replicaKey]bool{}
 	n.closedClock = shard.NewClock()
 	m, err := newMetrics(n.cfg.Metrics, n.cfg.MetricsLevel)
 	if err != nil {
@@ -1195,7 +1195,7 @@ func (n *Node) serve() error {
 		mcfg.Oracle = n.alloc
 	}
 	if cfg.Sharded {
-		mcfg.Mover, mcfg.Leaving = n, n.isLeaving
+		mcfg.Mover, mcfg.Leaving = n, n.notServing
 	}
 	n.member = router.NewMember(mcfg)
 	rs.RegisterOperator(n.grpc, n.member)

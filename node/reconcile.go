@@ -19,10 +19,11 @@ import (
 //     its replica started, joining the range non-voting and empty (its
 //     record written first, as for every start): the leader sends it a
 //     snapshot once the mover adds it.
-//   - A destination replica started here that the map names as a voter,
-//     with no move open to it, is routed here once its hub is at its
-//     store's revision; until then the range is served through the
-//     members holding it. (Every other replica is routed by whoever
+//   - A destination replica started here that the map names as a voter
+//     (the mover promoted it, caught up) is routed here once its hub is at
+//     its store's revision; until then the range is served through the
+//     other members holding it, and nothing is served from the replica to
+//     other members either (notServing: it is empty until its snapshot). (Every other replica is routed by whoever
 //     starts it: startRanges, the splitter.)
 //   - A replica here that the map does not name (neither its pairs nor an
 //     open move's destination) — this member's copy of it, then the
@@ -101,6 +102,10 @@ func (n *Node) reconcile(ctx context.Context) {
 			n.log.Warn("starting a move's destination replica failed; trying again", "range", id, "replica", mv.To.Id, "error", err)
 		}
 	}
+	isDestination := func(key replicaKey) bool {
+		_, ok := n.destinations.Load(key)
+		return ok
+	}
 	for _, r := range n.rangeSet.All() {
 		id := r.ID()
 		key := replicaKey{id, r.ReplicaID()}
@@ -114,15 +119,15 @@ func (n *Node) reconcile(ctx context.Context) {
 			voter = !placement.Pairs(d)[pairIndex(d, self)].Learner
 		}
 		if mv := dest[id]; mv != nil && shard.ReplicaID(mv.To.Id) == r.ReplicaID() {
-			named, voter = true, false
+			named, voter = true, !mv.To.Learner
 		}
 		switch {
-		case named && voter && n.destinations[key] && !n.routes.IsLocal(id) && !n.isLeaving(id):
+		case named && voter && isDestination(key) && !n.routes.IsLocal(id):
 			if err := r.SyncHub(ctx); err != nil {
 				continue
 			}
 			n.routes.PutRanges(r)
-			delete(n.destinations, key)
+			n.destinations.Delete(key)
 			n.log.Info("a replica moved here serves", "range", id, "replica", r.ReplicaID())
 		case !named:
 			n.dropIfRemoved(ctx, r, d)
@@ -178,7 +183,7 @@ func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.Replica
 	if err := n.rangeSet.StartNonVoting(r, cfg, n.raftCfg); err != nil {
 		return err
 	}
-	n.destinations[replicaKey{shard.RangeID(d.Id), id}] = true
+	n.destinations.Store(replicaKey{shard.RangeID(d.Id), id}, true)
 	n.log.Info("started a move's destination replica", "range", d.Id, "replica", id)
 	return nil
 }

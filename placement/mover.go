@@ -23,7 +23,8 @@ import (
 //	advance → added              9 is a learner in the map
 //	(added)   9 applied ≥ what the leader had applied; 9 votes; 9 snapshots
 //	advance → promoted           9 votes in the map
-//	(promoted) the source leads? leadership to another voter first; the source stops serving r2; r2 −= its replica
+//	(promoted) the source leads? leadership to another voter first (not 9 if it can); the source stops serving r2;
+//	          r2 −= its replica
 //	advance → left               the source's replica is gone from the map
 //	end_move done                the move is over; the source drops the replica's data
 //
@@ -427,13 +428,22 @@ func (m *Mover) leave(ctx context.Context, d *placementpb.RangeDescriptor, mv *p
 			}
 			return nil
 		}
-		if err := m.cfg.Raft.TransferLeader(ctx, d, to); err != nil {
+		// Another voter than the destination if there is one: it serves
+		// the range already.
+		target := to
+		for _, v := range ms.Voters {
+			if v != from && v != to {
+				target = v
+				break
+			}
+		}
+		if err := m.cfg.Raft.TransferLeader(ctx, d, target); err != nil {
 			if err := m.pause(ctx, err); err != nil {
 				return err
 			}
 			continue
 		}
-		m.cfg.Log.Info("move: leadership left the source", "range", d.Id, "leader", to)
+		m.cfg.Log.Info("move: leadership left the source", "range", d.Id, "leader", target)
 		if m.crash("transferred") {
 			return ErrCrashed
 		}

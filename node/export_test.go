@@ -273,6 +273,70 @@ func (n *Node) HoldCheckedWrites() (held <-chan struct{}, release func()) {
 	}
 }
 
+// DropAuthFences makes the auth changes made through this node skip their
+// fences, as if it crashed once each change applied in range 1; restore
+// puts things back.
+func (n *Node) DropAuthFences() (restore func()) {
+	n.hooks.dropAuthFence.Store(true)
+	return func() { n.hooks.dropAuthFence.Store(false) }
+}
+
+// RangeAuthFence is the auth revision this node's replica of range id has
+// been fenced with (shard.Range.AuthFence; 0: no replica here).
+func (n *Node) RangeAuthFence(id uint64) uint64 {
+	for _, rr := range n.rangeSet.All() {
+		if uint64(rr.ID()) == id {
+			return rr.AuthFence()
+		}
+	}
+	return 0
+}
+
+// CompactRevisions returns, by range id, the compacted revision of each
+// replica this node runs (-1: never compacted).
+func (n *Node) CompactRevisions() map[uint64]int64 {
+	out := map[uint64]int64{}
+	for _, r := range n.rangeSet.All() {
+		st, err := r.Replica().Status(context.Background(), false)
+		if err != nil {
+			continue
+		}
+		out[uint64(r.ID())] = int64(st.CompactRevision)
+	}
+	return out
+}
+
+// CorruptVersion changes, behind raft's back, the newest version record
+// of key in this node's pebble (a byte appended to its value), as a disk
+// or a bug might: the replica's hash no longer matches the others'.
+func (n *Node) CorruptVersion(key string) error {
+	lo := append([]byte{'k'}, key...)
+	it, err := n.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: append(append([]byte(nil), lo...), 0xff)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	if !it.First() {
+		return fmt.Errorf("node: no version of %q here", key)
+	}
+	k := append([]byte(nil), it.Key()...)
+	v := append(append([]byte(nil), it.Value()...), 'x')
+	return n.db.Set(k, v, pebble.Sync)
+}
+
+// FeedSources returns, by range id, the member feeding this member's
+// mirror of each range held elsewhere that has an open feed (router.Mirrors).
+func (n *Node) FeedSources() map[uint64]uint64 {
+	out := map[uint64]uint64{}
+	if n.mirrors == nil {
+		return out
+	}
+	for id, m := range n.mirrors.Sources() {
+		out[uint64(id)] = uint64(m)
+	}
+	return out
+}
+
 // DestinationSnapshots counts the snapshots that the move destinations
 // started on this node were restored from.
 func (n *Node) DestinationSnapshots() int64 { return n.destinationSnapshots.Load() }

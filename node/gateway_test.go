@@ -1,12 +1,16 @@
 package node_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
@@ -120,5 +124,96 @@ func TestGatewayDisabled(t *testing.T) {
 		t.Fatalf("/health: %v %v", resp, err)
 	} else {
 		resp.Body.Close()
+	}
+}
+
+// TestGatewayWebsocketWatch: /v3/watch opened as a websocket (a GET asking
+// to upgrade, as a browser opens one) runs the watch stream: the create
+// request sent as a message is answered by the created response, and a put
+// made afterwards arrives as one text message, {"result":{…,"events":[…]}},
+// as etcd's gateway frames it. The same route still streams over plain
+// HTTP, one line per response, to a POST.
+func TestGatewayWebsocketWatch(t *testing.T) {
+	c := nodetest.Start(t, 1)
+	url := c.Node(0).ClientURLs()[0]
+	hc := &http.Client{Timeout: 30 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	ws, resp, err := websocket.DefaultDialer.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http")+"/v3/watch", nil)
+	if err != nil {
+		t.Fatalf("websocket /v3/watch: %v (%v)", err, resp)
+	}
+	defer ws.Close()
+	if err := ws.SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	type watchFrame struct {
+		Result struct {
+			Header struct {
+				Revision string `json:"revision"`
+			} `json:"header"`
+			Created bool `json:"created"`
+			Events  []struct {
+				Type string `json:"type"`
+				KV   struct {
+					Key, Value string
+				} `json:"kv"`
+			} `json:"events"`
+		} `json:"result"`
+	}
+	read := func(what string) watchFrame {
+		t.Helper()
+		kind, msg, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		var f watchFrame
+		if err := json.Unmarshal(msg, &f); kind != websocket.TextMessage || err != nil {
+			t.Fatalf("%s: message %d %q: %v, want one JSON text message", what, kind, msg, err)
+		}
+		return f
+	}
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"create_request":{"key":"Zm9v"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if f := read("created"); !f.Result.Created {
+		t.Fatalf("first message %+v, want the created response", f)
+	}
+	code, body := post(t, hc, url+"/v3/kv/put", `{"key":"Zm9v","value":"YmFy"}`)
+	var put struct {
+		Header struct {
+			Revision string `json:"revision"`
+		} `json:"header"`
+	}
+	if err := json.Unmarshal([]byte(body), &put); code != http.StatusOK || err != nil {
+		t.Fatalf("put over JSON: %d %s (%v)", code, body, err)
+	}
+	f := read("event")
+	if len(f.Result.Events) != 1 || f.Result.Events[0].KV.Key != "Zm9v" || f.Result.Events[0].KV.Value != "YmFy" ||
+		f.Result.Events[0].Type != "" || f.Result.Header.Revision != put.Header.Revision {
+		t.Fatalf("event message %+v, want the put of foo=bar at revision %s", f, put.Header.Revision)
+	}
+
+	// Plain HTTP: the POST's body is the create request, its answer lines.
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v3/watch",
+		strings.NewReader(`{"create_request":{"key":"Zm9v","start_revision":"`+put.Header.Revision+`"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	lines := bufio.NewReader(stream.Body)
+	for _, what := range []string{"created", "event"} {
+		l, err := lines.ReadBytes('\n')
+		if err != nil || !strings.HasPrefix(string(l), `{"result":`) {
+			t.Fatalf("plain-HTTP watch, %s line: %q %v", what, l, err)
+		}
+		if what == "event" && !strings.Contains(string(l), `"value":"YmFy"`) {
+			t.Fatalf("plain-HTTP watch, event line %q: want the put of foo=bar", l)
+		}
 	}
 }

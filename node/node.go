@@ -392,6 +392,9 @@ type Node struct {
 		// checkedWrite, if set, holds client writes between their auth
 		// check and their proposal (router.Config.CheckedWrite).
 		checkedWrite atomic.Pointer[func()]
+		// dropAuthFence: auth changes made here skip their fences
+		// (router.Config.DropAuthFence).
+		dropAuthFence atomic.Bool
 	}
 	// events is the lock over db's event log records, which every store
 	// here is opened with (mvcc.EventLog).
@@ -409,6 +412,8 @@ type Node struct {
 	first *shard.Range
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
+	// mirrors feeds watches over ranges held elsewhere (sharded mode).
+	mirrors *router.Mirrors
 	// splitter splits ranges and takes in the splits applied here
 	// (sharded mode; nil in single-group mode).
 	splitter *router.Splitter
@@ -470,7 +475,10 @@ type Node struct {
 	rtt       *peerProber
 	// leaders is the set of ranges here without a leader, for the probes
 	// (nil until serve starts it).
-	leaders  *router.LeaderWatch
+	leaders *router.LeaderWatch
+	// fencer re-sends the auth fences a crash lost (sharded mode; nil
+	// otherwise or until serve starts it).
+	fencer   *router.AuthFencer
 	nhConfig dbconfig.NodeHostConfig
 	// membersView caches the membership last read (see Members).
 	membersView atomic.Pointer[membersView]
@@ -811,6 +819,10 @@ func (n *Node) startRaft(b boot) error {
 		return err
 	}
 	n.drops = newDropQueue()
+	// Dragonboat's transport reconnects to a member that went away
+	// through a circuit breaker that is not configurable: it retries
+	// after 500 ms, growing to at most 1 s (lni/goutils netutil), which is
+	// within an election timeout, as failover needs (issue 27).
 	n.nhConfig = dbconfig.NodeHostConfig{
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
 		WALDir:            cfg.WALDir,
@@ -1127,6 +1139,7 @@ func (n *Node) serve() error {
 				(*f)()
 			}
 		},
+		DropAuthFence: n.hooks.dropAuthFence.Load,
 
 		// zero: etcd's defaults, which router applies.
 		GRPCKeepAliveMinTime:  cfg.GRPCKeepAliveMinTime,
@@ -1153,6 +1166,8 @@ func (n *Node) serve() error {
 		rcfg.Shard = n.routes.Client(singleShardID)
 		rcfg.Ranges = n.routes
 		rcfg.Merger = n.merger
+		n.mirrors = router.NewMirrors(router.MirrorsConfig{Ranges: n.routes, Log: n.log})
+		rcfg.Mirrors = n.mirrors
 		rcfg.RemoteLeases = n.fanout
 		rcfg.RangeMembers = n.rangeSet.RaftMembers
 	} else {
@@ -1168,6 +1183,10 @@ func (n *Node) serve() error {
 	rs := router.New(rcfg)
 	n.rs = rs
 	n.leaders = rs.StartLeaderWatch(cfg.HeartbeatInterval)
+	if cfg.Sharded {
+		// Auth fences a crash cut short (router.AuthFencer).
+		n.fencer = rs.StartAuthFencer(0)
+	}
 	n.collector = &nodeCollector{n: n}
 	if err := n.metrics.reg.Register(n.collector); err != nil {
 		return fmt.Errorf("node: register metrics: %w", err)
@@ -1412,6 +1431,10 @@ func (n *Node) Close() error {
 		n.stats.Close()
 		n.rtt.Close()
 		n.leaders.Close()
+		n.fencer.Close()
+		if n.mirrors != nil {
+			n.mirrors.Close() // feeds of ranges held elsewhere
+		}
 		if n.stop != nil {
 			close(n.stop)
 		}

@@ -2,7 +2,9 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,7 +12,9 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/shard"
 )
 
@@ -109,4 +113,74 @@ func RestoreSnapshot(path, dataDir string) (revision int64, err error) {
 		return 0, fmt.Errorf("node: restore: %w", err)
 	}
 	return int64(rev), nil
+}
+
+// AssembleImage implements router.ImageAssembler: each range's image is
+// restored, as the store of that range, into a scratch pebble DB in the
+// data directory (removed after), as a replica receiving it in a raft
+// snapshot would (so event log records shared by several ranges merge);
+// the backup is then written from that DB as from a member holding every
+// range (shard.WriteImageBackup), named for the first range.
+func (n *Node) AssembleImage(ctx context.Context, rev mvcc.Revision, ds []*placementpb.RangeDescriptor,
+	image func(ctx context.Context, d *placementpb.RangeDescriptor, w io.Writer) error, ready func() error, w io.Writer) error {
+	if len(ds) == 0 {
+		return shard.ErrRangesChanged
+	}
+	dir, err := os.MkdirTemp(n.cfg.DataDir, "backup-*.parts")
+	if err != nil {
+		return fmt.Errorf("node: snapshot: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	db, err := pebble.Open(dir, mvcc.PebbleOptions(&pebble.Options{Logger: quietPebble{}}))
+	if err != nil {
+		return fmt.Errorf("node: snapshot: open a scratch store: %w", err)
+	}
+	defer db.Close()
+	events := mvcc.NewEventLog(db)
+	for _, d := range ds {
+		if err := restorePart(ctx, db, events, d, image); err != nil {
+			return err
+		}
+	}
+	if err := ready(); err != nil {
+		return err
+	}
+	snap := db.NewSnapshot()
+	defer snap.Close()
+	_, err = shard.WriteImageBackup(snap, ds[0].Id, rev, w)
+	return err
+}
+
+// restorePart restores range d's image, as image writes it, into db as
+// the store of d.
+func restorePart(ctx context.Context, db *pebble.DB, events *mvcc.EventLog, d *placementpb.RangeDescriptor,
+	image func(ctx context.Context, d *placementpb.RangeDescriptor, w io.Writer) error) error {
+	span := mvcc.Span{Start: d.Start}
+	if len(d.End) > 0 {
+		span.End = d.End
+	}
+	lo, hi := lease.RecordBounds(d.Id)
+	store, err := mvcc.Open(db, mvcc.Options{ID: d.Id, Span: span, Carried: []mvcc.RawSpan{{Lo: lo, Hi: hi}}, EventLog: events})
+	if err != nil {
+		return fmt.Errorf("node: snapshot: range %d: %w", d.Id, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := image(ctx, d, pw)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	err = store.Restore(pr)
+	_ = pr.CloseWithError(fmt.Errorf("node: snapshot: range %d's image not read to its end", d.Id))
+	cancel()
+	if ierr := <-done; ierr != nil && err != nil && !errors.Is(ierr, context.Canceled) {
+		err = ierr // the stream's own failure, not the restore's view of it
+	}
+	if err != nil {
+		return fmt.Errorf("node: snapshot: range %d: %w", d.Id, err)
+	}
+	return nil
 }

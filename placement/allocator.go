@@ -154,6 +154,12 @@ func (a *Allocator) run() {
 			above = max(above, r.above)
 		}
 		first, err := a.round(&oracle, &term, n, above)
+		if errors.Is(err, dragonboat.ErrShardNotReady) {
+			// A leader new in its term drops read indexes until it has
+			// committed in it: not ready to lead yet, so callers wait and
+			// ask again (issue 27), as they do while no leader is known.
+			err = fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
 		for _, r := range batch {
 			r.done <- allocated{first: first, err: err}
 			first += mvcc.Revision(r.n)

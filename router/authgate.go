@@ -12,21 +12,22 @@ import (
 // The calls etcd lets only root make once auth is enabled, and those it
 // lets any authenticated user make, by gRPC method; the KV, Watch, Lease
 // and Auth services check their own (auth.go). Cairn's operator calls on
-// the client port (SplitRange, MoveRange, TransferRangeLeader) are root's
-// too.
+// the client port (SplitRange, CheckReplicas, MoveRange,
+// TransferRangeLeader) are root's too.
 var (
 	adminMethods = map[string]bool{
-		"/etcdserverpb.Maintenance/Defragment":    true,
-		"/etcdserverpb.Maintenance/Hash":          true,
-		"/etcdserverpb.Maintenance/HashKV":        true,
-		"/etcdserverpb.Maintenance/MoveLeader":    true,
-		"/etcdserverpb.Maintenance/Downgrade":     true,
-		"/etcdserverpb.Maintenance/Snapshot":      true,
-		"/etcdserverpb.Cluster/MemberAdd":         true,
-		"/etcdserverpb.Cluster/MemberRemove":      true,
-		"/etcdserverpb.Cluster/MemberUpdate":      true,
-		"/etcdserverpb.Cluster/MemberPromote":     true,
-		internalpb.Node_SplitRange_FullMethodName: true,
+		"/etcdserverpb.Maintenance/Defragment":       true,
+		"/etcdserverpb.Maintenance/Hash":             true,
+		"/etcdserverpb.Maintenance/HashKV":           true,
+		"/etcdserverpb.Maintenance/MoveLeader":       true,
+		"/etcdserverpb.Maintenance/Downgrade":        true,
+		"/etcdserverpb.Maintenance/Snapshot":         true,
+		"/etcdserverpb.Cluster/MemberAdd":            true,
+		"/etcdserverpb.Cluster/MemberRemove":         true,
+		"/etcdserverpb.Cluster/MemberUpdate":         true,
+		"/etcdserverpb.Cluster/MemberPromote":        true,
+		internalpb.Node_SplitRange_FullMethodName:    true,
+		internalpb.Node_CheckReplicas_FullMethodName: true,
 
 		// Moves (move.go).
 		internalpb.Node_MoveRange_FullMethodName:           true,

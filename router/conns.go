@@ -3,8 +3,10 @@ package router
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -23,6 +25,15 @@ type MemberConns struct {
 	creds credentials.TransportCredentials
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn // REQUIRES: mu
+}
+
+// reconnect is how a connection to a member that went away tries again:
+// every 100 ms at first, growing to at most a second (gRPC's default grows
+// to two minutes), so that a member that comes back is reached within
+// about a second, as etcd's peers reach each other.
+var reconnect = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+	MinConnectTimeout: 5 * time.Second,
 }
 
 // NewMemberConns returns the connections to the members that addr finds,
@@ -45,7 +56,7 @@ func (c *MemberConns) Conn(member placement.NodeID) (*grpc.ClientConn, error) {
 	if cc := c.conns[target]; cc != nil {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(c.creds))
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(c.creds), grpc.WithConnectParams(reconnect))
 	if err != nil {
 		return nil, fmt.Errorf("router: dial member %x at %s: %w", uint64(member), target, err)
 	}

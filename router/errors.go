@@ -98,6 +98,8 @@ func toGRPC(err error) error {
 		}
 	}
 	switch {
+	case errors.Is(err, shard.ErrLeaderLost):
+		return rpctypes.ErrGRPCTimeoutDueToLeaderFail
 	case errors.Is(err, shard.ErrTimeout):
 		return rpctypes.ErrGRPCTimeout
 	case errors.Is(err, shard.ErrNoLeader):

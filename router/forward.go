@@ -11,6 +11,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -39,6 +40,12 @@ const forwardRetry = 10 * time.Millisecond
 // errNotLeader is a range's member answering that it does not lead the
 // range: the caller looks for the leader again.
 var errNotLeader = errors.New("router: not the leader")
+
+// errUnreachable is a call that failed in the transport before it could
+// reach the member (wrapped with shard.ErrNoLeader): the member is down or
+// restarting, and nothing was done there, so the caller may look for the
+// leader again and retry whatever it was.
+var errUnreachable = errors.New("router: member unreachable")
 
 // errNoRange is a member answering that it has no started replica of the
 // range (wrapped with shard.ErrNoLeader).
@@ -181,10 +188,19 @@ func (f *Forwarder) CompactLog(ctx context.Context, member placement.NodeID, id 
 	return decodeError(resp.Error, errNotLeader)
 }
 
+// writeVia proposes req to range id through nc's member. A transport
+// failure is errUnreachable only where gRPC never opened a stream for the
+// call (no peer was reached: the request was certainly not sent, so it may
+// be sent again); once it did, the member may have proposed the write
+// before it failed, and the outcome is unknown (shard.ErrLeaderLost).
 func writeVia(ctx context.Context, nc internalpb.NodeClient, id shard.RangeID, req *shardpb.Request) (*shardpb.Response, error) {
-	resp, err := nc.Write(ctx, &internalpb.WriteRequest{Range: uint64(id), Request: req})
+	var reached peer.Peer
+	resp, err := nc.Write(ctx, &internalpb.WriteRequest{Range: uint64(id), Request: req}, grpc.Peer(&reached))
 	if err != nil {
-		return nil, rpcError(err)
+		if err = rpcError(err); errors.Is(err, errUnreachable) && reached.Addr != nil {
+			return nil, fmt.Errorf("%w: range %d: the leader's member failed: %v", shard.ErrLeaderLost, id, err)
+		}
+		return nil, err
 	}
 	if err := decodeError(resp.Error, errNotLeader); err != nil {
 		return nil, err
@@ -525,7 +541,7 @@ func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, 
 		default:
 			var nc internalpb.NodeClient
 			if nc, err = c.f.Client(c.f.memberOf.member(c.id, leader)); err == nil {
-				if err = remote(nc); !errors.Is(err, errNotLeader) {
+				if err = remote(nc); !errors.Is(err, errNotLeader) && !errors.Is(err, errUnreachable) {
 					return err
 				}
 			}
@@ -548,6 +564,10 @@ func (c *RangeClient) viaHint(ctx context.Context, remote func(internalpb.NodeCl
 				continue
 			}
 			err = remote(nc)
+			if errors.Is(err, errUnreachable) {
+				c.hint.CompareAndSwap(uint64(m), 0) // down: others first next time
+				continue
+			}
 			if !errors.Is(err, errNotLeader) && !errors.Is(err, errNoRange) {
 				switch {
 				case err == nil:
@@ -574,7 +594,12 @@ func (c *RangeClient) viaHint(ctx context.Context, remote func(internalpb.NodeCl
 // leader, which stamps them, and compactions, which the leader's closed
 // revision (carried by its proposals) lets reach past the range's last
 // write; others (registrations, member records) from here, as raft
-// carries them to the leader.
+// carries them to the leader. While the range has no leader, or its
+// leader's member cannot be reached (the request was not sent), it waits
+// for one until ctx ends. A write whose leader failed once it had the
+// request fails with shard.ErrLeaderLost (its outcome is unknown), after
+// the range answers a linearizable read again — a new leader has committed
+// in its term, so the write has either applied or never will.
 func (c *RangeClient) Write(ctx context.Context, req *shardpb.Request) (*shardpb.Response, error) {
 	if err := c.Wait(ctx); err != nil {
 		return nil, err
@@ -591,8 +616,17 @@ func (c *RangeClient) Write(ctx context.Context, req *shardpb.Request) (*shardpb
 		out, err = writeVia(ctx, nc, c.id, req)
 		return err
 	})
+	if errors.Is(err, shard.ErrLeaderLost) {
+		sctx, cancel := context.WithTimeout(ctx, settleTimeout)
+		_, _ = c.Status(sctx, true)
+		cancel()
+	}
 	return out, err
 }
+
+// settleTimeout bounds how long a write whose leader failed waits for the
+// range to answer again before it fails (RangeClient.Write).
+const settleTimeout = DefaultRequestTimeout
 
 // ReadAt answers req at rev, through the range's leader.
 func (c *RangeClient) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc.Revision) (*pb.RangeResponse, error) {
@@ -683,10 +717,15 @@ func decodeError(e *internalpb.Error, notLeader error) error {
 
 // rpcError turns a failure of the transport (the member is down, the call
 // timed out) into the caller's error: a deadline is the context's, the
-// rest a member that could not serve.
+// rest a member that could not serve — errUnreachable if the transport
+// could not reach it (a write that may have reached it before it failed is
+// writeVia's to tell).
 func rpcError(err error) error {
-	if status.Code(err) == codes.DeadlineExceeded {
+	switch status.Code(err) {
+	case codes.DeadlineExceeded:
 		return context.DeadlineExceeded
+	case codes.Unavailable:
+		return fmt.Errorf("%w: %w: %v", shard.ErrNoLeader, errUnreachable, err)
 	}
 	return fmt.Errorf("%w: %v", shard.ErrNoLeader, err)
 }

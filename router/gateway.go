@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/tmc/grpc-websocket-proxy/wsproxy"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/etcdserverpb/gw"
 	"google.golang.org/grpc"
@@ -43,6 +46,15 @@ import (
 // call's "authorization" metadata, which the auth interceptor takes as
 // the token.
 //
+// A request that asks to upgrade to a websocket (a GET with "Upgrade:
+// websocket", as a browser's WebSocket opens it) is served as etcd's
+// gateway serves it (github.com/tmc/grpc-websocket-proxy): the route is
+// called as a POST whose body is the client's messages, each text or binary
+// message one JSON request (a newline is added after each), and every line
+// the route answers is sent back as one text message — for /v3/watch one
+// {"result":…} per response, as the plain-HTTP stream writes it. The
+// call ends when either side closes. Any other request is served as above.
+//
 // ctx bounds the registrations only; the routes serve until conn closes.
 func (s *Server) Gateway(ctx context.Context, conn grpc.ClientConnInterface) (http.Handler, error) {
 	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
@@ -72,7 +84,31 @@ func (s *Server) Gateway(ctx context.Context, conn grpc.ClientConnInterface) (ht
 			return nil, fmt.Errorf("router: gateway: %w", err)
 		}
 	}
-	return mux, nil
+	return wsproxy.WebsocketProxy(mux,
+		// The upgrade comes as a GET; the streaming routes are POSTs.
+		wsproxy.WithRequestMutator(func(_ *http.Request, out *http.Request) *http.Request {
+			out.Method = http.MethodPost
+			return out
+		}),
+		// A response line is as long as the call makes it (a watch
+		// response of many events): no bound below what gRPC allows.
+		wsproxy.WithMaxRespBodyBufferSize(math.MaxInt32),
+		wsproxy.WithLogger(wsLogger{s.cfg.Log})), nil
+}
+
+// wsLogger hands the websocket proxy's messages to the Server's log: its
+// warnings (a failed upgrade, a broken connection) as warnings, its traces
+// of every message as debug.
+type wsLogger struct{ log *slog.Logger }
+
+func (l wsLogger) Warnln(args ...any) {
+	l.log.Warn("gateway websocket: " + strings.TrimSuffix(fmt.Sprintln(args...), "\n"))
+}
+
+func (l wsLogger) Debugln(args ...any) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.log.Debug("gateway websocket: " + strings.TrimSuffix(fmt.Sprintln(args...), "\n"))
+	}
 }
 
 // lockRoutes routes the unary calls of the Lock and Election services at

@@ -91,7 +91,27 @@ func (r *refusal) status() *status.Status { return status.New(refusalCodes[r.kin
 
 // RegisterInternal attaches the node-to-node service, served from m, to g.
 func (s *Server) RegisterInternal(g *grpc.Server, m Member) {
-	internalpb.RegisterNodeServer(g, &internalServer{self: s.cfg.MemberID, memberOf: s.cfg.MemberOf, m: m})
+	in := &internalServer{self: s.cfg.MemberID, memberOf: s.cfg.MemberOf, m: m, srv: s}
+	if s.cfg.Merger != nil && s.cfg.Ranges != nil && !s.cfg.Ranges.static {
+		in.feeds = &feedServer{src: cacheSource{s.cfg.Ranges}, merger: s.cfg.Merger}
+	}
+	internalpb.RegisterNodeServer(g, in)
+}
+
+// Feed serves the feeds of the caller's mirror hubs (feed.go).
+func (s *internalServer) Feed(stream internalpb.Node_FeedServer) error {
+	if s.feeds == nil {
+		return status.Error(codes.Unimplemented, "cairn: feeds need sharded mode")
+	}
+	return s.feeds.serve(stream)
+}
+
+// Events serves a mirror hub's catch-up (feed.go).
+func (s *internalServer) Events(req *internalpb.EventsRequest, stream internalpb.Node_EventsServer) error {
+	if s.feeds == nil {
+		return status.Error(codes.Unimplemented, "cairn: feeds need sharded mode")
+	}
+	return s.feeds.events(req, stream)
 }
 
 // internalServer serves the node-to-node service.
@@ -100,6 +120,9 @@ type internalServer struct {
 	self     placement.NodeID
 	memberOf MemberOf
 	m        Member
+	srv      *Server // serves the admin calls over every range (CheckReplicas)
+	// feeds serves Feed and Events (nil: single-group mode).
+	feeds *feedServer
 }
 
 // leading returns this member's replica of range id if this member leads

@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -356,8 +357,16 @@ func (s *Server) write(ctx context.Context, sh Shard, req proto.Message, wrap fu
 	if w.AuthInfo != nil && s.cfg.CheckedWrite != nil {
 		s.cfg.CheckedWrite()
 	}
-	out, err := sh.Write(ctx, w)
+	// etcd's server-side bound on a request: a write waits for a leader,
+	// or for its outcome, no longer than that, whatever the client's
+	// deadline.
+	wctx, cancel := context.WithTimeout(ctx, s.requestTimeout())
+	defer cancel()
+	out, err := sh.Write(wctx, w)
 	if err != nil {
+		if wctx.Err() != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, shard.ErrTimeout) {
+			err = shard.ErrTimeout
+		}
 		return nil, toGRPC(err)
 	}
 	return out, nil

@@ -29,9 +29,17 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 	if err != nil {
 		return nil, toGRPC(err)
 	}
+	// Range 1's revision is the cluster's while it counts; once split,
+	// the cluster's is the oracle's (a write in any range moves it).
+	rev := st.Revision
+	if !m.s.counting() {
+		if rev, err = m.s.now(ctx); err != nil {
+			return nil, toGRPC(err)
+		}
+	}
 	ns := m.s.cfg.Node.Status()
 	resp := &pb.StatusResponse{
-		Header:  &pb.ResponseHeader{Revision: int64(st.Revision)},
+		Header:  &pb.ResponseHeader{Revision: int64(rev)},
 		Version: version.Version,
 		// etcd's storage schema version is its minor release: 3.7.0.
 		StorageVersion:   version.Cluster(version.Version) + ".0",

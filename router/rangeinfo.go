@@ -7,10 +7,12 @@ import (
 	"html/template"
 	"net/http"
 	"slices"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/shard"
 )
 
@@ -29,7 +31,26 @@ type RangeInfo struct {
 	// Watchers are the watchers this node's clients have on the range
 	// (identical watches share one: watch.Merger coalesces them).
 	Watchers int `json:"watchers"`
+	// ReplicaSet names each replica by its member and its id in the
+	// range, as the map has them (omitted for ranges whose replica ids
+	// are their members', and by members from before).
+	ReplicaSet []ReplicaInfo `json:"replica_set,omitempty"`
+	// Remote: this node holds no replica of the range; its figures come
+	// from a member that does (Writes and Watchers are this node's).
+	Remote bool `json:"remote,omitempty"`
 }
+
+// ReplicaInfo is one replica of a range: its member, its id in the range,
+// and whether it is a learner (not yet voting).
+type ReplicaInfo struct {
+	Member  uint64 `json:"member"`
+	ID      uint64 `json:"id"`
+	Learner bool   `json:"learner,omitempty"`
+}
+
+// remoteInfoTimeout bounds the reads of a range held elsewhere that the
+// range info makes.
+const remoteInfoTimeout = time.Second
 
 // ReplicaCounters is what the range info reads of a range's replica here
 // (part of Replica).
@@ -41,11 +62,14 @@ type ReplicaCounters interface {
 }
 
 // Ranges returns this member's view of the range map (nil in single-group
-// mode, whose static map is no range map placement keeps), its started
-// ranges in key order: leaders as this member knows them, revisions from
-// its replicas, replicas as raft has them here (Config.RangeMembers) or
-// else as the descriptor names them. Replicas and leaders are named by
-// their members (Config.MemberOf).
+// mode, whose static map is no range map placement keeps): every range,
+// in key order, wherever it lives. Of a range here: leaders as this member
+// knows them, revisions from its replica, replicas as raft has them here
+// (Config.RangeMembers) or else as the descriptor names them. Of a range
+// held elsewhere: its replicas and leader hint as the map has them, its
+// revision and keys read from a member holding it. Replicas and leaders
+// are named by their members (Config.MemberOf); ReplicaSet adds the
+// replicas' ids.
 func (s *Server) Ranges() []RangeInfo {
 	if s.cfg.Ranges == nil || s.cfg.Ranges.static {
 		return nil
@@ -58,6 +82,9 @@ func (s *Server) Ranges() []RangeInfo {
 	for _, p := range s.cfg.Ranges.All() {
 		e, ok := s.cfg.Ranges.started(p.ID)
 		if !ok {
+			if ri, ok := s.remoteInfo(p); ok {
+				out = append(out, ri)
+			}
 			continue
 		}
 		d, r := e.Local.Descriptor(), e.Local.Replica()
@@ -69,7 +96,8 @@ func (s *Server) Ranges() []RangeInfo {
 		if len(replicas) == 0 {
 			replicas = d.Replicas
 		}
-		ri := RangeInfo{ID: d.Id, Start: string(d.Start), End: string(d.End), Generation: d.Generation, Replicas: replicas}
+		ri := RangeInfo{ID: d.Id, Start: string(d.Start), End: string(d.End), Generation: d.Generation, Replicas: replicas,
+			ReplicaSet: replicaSet(d)}
 		ri.Closed, ri.Writes = int64(r.Closed()), r.Proposed()
 		if e.Watches != nil {
 			ri.Watchers = e.Watches.Watchers()
@@ -80,18 +108,59 @@ func (s *Server) Ranges() []RangeInfo {
 		if st, err := r.Status(context.Background(), false); err == nil {
 			ri.Revision = int64(max(st.Revision, st.Closed, r.Closed()))
 		}
-		start, end := d.Start, d.End
-		if len(end) == 0 {
-			end = []byte{0}
-		}
-		if len(start) == 0 {
-			start = []byte{0}
-		}
-		q := &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}
-		if v, err := r.Range(context.Background(), q, false); err == nil {
+		if v, err := r.Range(context.Background(), countAll(d), false); err == nil {
 			ri.Keys = v.Count
 		}
 		out = append(out, ri)
+	}
+	return out
+}
+
+// remoteInfo is range p, held elsewhere, as the map names it, with its
+// revision and keys read from a member holding it; false if p has a
+// replica here (not started yet) or the cache has no descriptor of it.
+func (s *Server) remoteInfo(p RangePart) (RangeInfo, bool) {
+	rc, ok := p.Shard.(*RangeClient)
+	if !ok || !rc.Remote() || rc.Descriptor() == nil {
+		return RangeInfo{}, false // a replica here still starting: not shown yet
+	}
+	d := rc.Descriptor()
+	ri := RangeInfo{ID: d.Id, Start: string(d.Start), End: string(d.End), Generation: d.Generation, Replicas: slices.Clone(d.Replicas),
+		ReplicaSet: replicaSet(d), Remote: true}
+	slices.Sort(ri.Replicas)
+	if m, ok := rc.LeaderMember(); ok {
+		ri.Leader = uint64(m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), remoteInfoTimeout)
+	defer cancel()
+	if st, err := rc.Status(ctx, false); err == nil {
+		ri.Revision, ri.Closed = int64(max(st.Revision, st.Closed)), int64(st.Closed)
+	}
+	if v, err := rc.Range(ctx, countAll(d), false); err == nil {
+		ri.Keys = v.Count
+	}
+	return ri, true
+}
+
+// countAll counts range d's keys (serializable).
+func countAll(d *placementpb.RangeDescriptor) *pb.RangeRequest {
+	start, end := d.Start, d.End
+	if len(end) == 0 {
+		end = []byte{0}
+	}
+	if len(start) == 0 {
+		start = []byte{0}
+	}
+	return &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}
+}
+
+// replicaSet is d's replicas as the range info names them; nil for a
+// descriptor from before replica ids were allocated (each replica's id is
+// its member's: Replicas says it all).
+func replicaSet(d *placementpb.RangeDescriptor) []ReplicaInfo {
+	var out []ReplicaInfo
+	for _, r := range d.GetReplicaSet() {
+		out = append(out, ReplicaInfo{Member: r.Member, ID: r.Id, Learner: r.Learner})
 	}
 	return out
 }

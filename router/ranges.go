@@ -309,22 +309,13 @@ func (s *Server) hashAll(ctx context.Context, rev mvcc.Revision) (*pb.HashKVResp
 	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
 	compact := mvcc.Revision(-1)
 	for _, p := range s.cfg.Ranges.All() {
-		if err := WaitApplied(ctx, p, rev); err != nil {
-			return nil, toGRPC(err)
+		// Here or on a member holding the range, once its leader closed
+		// rev (HashAt): every member hashes the same data.
+		rc, ok := p.Shard.(*RangeClient)
+		if !ok {
+			return nil, toGRPC(fmt.Errorf("router: range %d has no range client", p.ID))
 		}
-		// A read index: what the range acknowledged before (a compaction
-		// has no revision to wait for) has applied here too.
-		st, err := p.Shard.Status(ctx, true)
-		if err != nil {
-			return nil, toGRPC(err)
-		}
-		// Nothing was written here between the range's last write and
-		// rev; a compaction may have reached past that write.
-		if st.CompactRevision >= 0 && rev < st.CompactRevision {
-			return nil, rpctypes.ErrGRPCCompacted
-		}
-		at := max(min(rev, st.Revision), st.CompactRevision)
-		hr, err := p.Shard.Hash(ctx, at, false)
+		hr, err := rc.HashAt(ctx, rev)
 		if err != nil {
 			return nil, toGRPC(err)
 		}

@@ -88,6 +88,10 @@ type Config struct {
 	// that range's hub streams as they are (watch.Merged, "Direct"); nil
 	// leaves the service unregistered.
 	Merger *watch.Merger
+	// Mirrors serves watches over ranges without a replica here from
+	// mirror hubs fed by members holding them (feed.go); nil refuses
+	// such watches.
+	Mirrors *Mirrors
 	// RemoteLeases handles, in sharded mode, leases with keys outside
 	// their home range (remotelease.go; LeaseFanout). nil: every key of a
 	// lease is in its home, as in single-group mode, whose one range is
@@ -156,6 +160,11 @@ type Config struct {
 	// permissions were checked and before it is proposed: tests hold a
 	// write there to race it against an auth change.
 	CheckedWrite func()
+	// DropAuthFence, if set and true when an auth change applied, has the
+	// change answered without fencing the other ranges, as if the member
+	// making it crashed before it could (authfence.go): tests check that
+	// the AuthFencer makes up for it.
+	DropAuthFence func() bool
 }
 
 // DefaultMaxLearners is etcd's default --max-learners.

@@ -222,11 +222,13 @@ func (ws *watchServer) recvLoop(gs pb.Watch_WatchServer, st watchStream, ww *str
 // starts at its own revision, as etcd's does; so does a watch whose ranges
 // cannot close now in time (no leader), as before.
 func (ws *watchServer) create(ctx context.Context, st watchStream, req *pb.WatchCreateRequest) *pb.WatchResponse {
-	// Watches over ranges without a replica here are not served yet
-	// (issue 21 S7: mirror hubs); they are refused, canceled at once.
-	for _, p := range ws.s.cfg.Ranges.Spanning(req.Key, req.RangeEnd) {
-		if p.Watches == nil {
-			return st.Refuse(fmt.Sprintf("cairn: range %d has no replica on this member; watch it through a member holding it", p.ID))
+	// Watches over ranges without a replica here are served from mirror
+	// hubs (feed.go); without Mirrors they are refused, canceled at once.
+	if ws.s.cfg.Mirrors == nil {
+		for _, p := range ws.s.cfg.Ranges.Spanning(req.Key, req.RangeEnd) {
+			if p.Watches == nil {
+				return st.Refuse(fmt.Sprintf("cairn: range %d has no replica on this member; watch it through a member holding it", p.ID))
+			}
 		}
 	}
 	if req.StartRevision != 0 || ws.s.counting() {
@@ -302,19 +304,24 @@ func (s *Server) newWatchStream() watchStream {
 	return s.cfg.Merger.NewStream(watchQueueLimit, s.watchParts)
 }
 
-// watchParts cuts watched keys into the ranges' parts (watch.Splitter).
+// watchParts cuts watched keys into the ranges' parts (watch.Splitter): a
+// range held elsewhere by its mirror hub here (Mirrors.Part).
 func (s *Server) watchParts(key, rangeEnd []byte) []watch.Part {
 	var out []watch.Part
 	for _, p := range s.cfg.Ranges.Spanning(key, rangeEnd) {
-		if p.Watches == nil {
-			continue // held elsewhere: create refuses such watches
+		hub, kick := p.Watches, p.Kick
+		if hub == nil {
+			if s.cfg.Mirrors == nil {
+				continue // held elsewhere: create refuses such watches
+			}
+			hub, kick = s.cfg.Mirrors.Part(p.ID, p.Start, p.End)
 		}
 		var stop []byte
 		if len(p.End) > 0 {
 			stop = p.End
 		}
 		if lo, hi, ok := clipRange(key, rangeEnd, p.Start, stop); ok {
-			out = append(out, watch.Part{Hub: p.Watches, Key: lo, RangeEnd: hi, Kick: p.Kick})
+			out = append(out, watch.Part{Hub: hub, Key: lo, RangeEnd: hi, Kick: kick})
 		}
 	}
 	return out

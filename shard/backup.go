@@ -144,3 +144,28 @@ func (s *Set) WriteImage(ids []RangeID, rev mvcc.Revision, w io.Writer) error {
 	_, err := WriteImageBackup(snap, uint64(ids[0]), rev, w)
 	return err
 }
+
+// WriteImage writes this replica's store — its versions, its part of the
+// event log, its records and its leases — at what it has applied, in the
+// format of its raft snapshots (mvcc.Snapshot.WriteTo): the part of a
+// backup that a member without the range assembles (mvcc.Store.Restore of
+// each range into one DB, then WriteImageBackup). ErrClosed before the
+// state machine exists.
+func (r *Range) WriteImage(w io.Writer) error {
+	sm := r.StateMachine()
+	if sm == nil {
+		return ErrClosed
+	}
+	sm.mu.RLock()
+	if sm.closed || sm.store == nil {
+		sm.mu.RUnlock()
+		return ErrClosed
+	}
+	snap := sm.store.NewSnapshot()
+	sm.mu.RUnlock()
+	defer snap.Close()
+	if _, err := snap.WriteTo(w); err != nil {
+		return fmt.Errorf("shard %d: write image: %w", sm.shardID, err)
+	}
+	return nil
+}

@@ -130,7 +130,7 @@ func (r *Replica) propose(batch []*pending, first mvcc.Revision, term uint64) *p
 	if err != nil {
 		return &proposal{err: err, done: done}
 	}
-	rs, err := r.nh.Propose(r.session, data, proposalTimeout)
+	rs, err := r.nh.Propose(r.session, data, r.timeout)
 	return &proposal{data: data, rs: rs, err: err, done: done}
 }
 
@@ -212,7 +212,8 @@ func (r *Replica) send(batch []*pending, first *proposal) {
 	}
 	gone, unwatch := leaving(batch)
 	defer unwatch()
-	deadline := time.Now().Add(proposalTimeout)
+	deadline := time.Now().Add(r.timeout)
+	leader, term, _ := r.Leader()
 	for {
 		var (
 			rs  *dragonboat.RequestState
@@ -258,7 +259,7 @@ func (r *Replica) send(batch []*pending, first *proposal) {
 			return
 		}
 		if !retryable(err) || time.Until(deadline) < retryBackoff {
-			failAll(batch, classify(err))
+			failAll(batch, r.lost(classify(err), leader, term))
 			return
 		}
 		select {
@@ -272,6 +273,21 @@ func (r *Replica) send(batch []*pending, first *proposal) {
 			return
 		}
 	}
+}
+
+// lost is err, a write's failure, as ErrLeaderLost if it timed out
+// (ErrTimeout: its outcome is unknown) after the leader it was proposed
+// under, leader in term, was lost: as etcd, whose "request timed out,
+// possibly due to previous leader failure" tells a client the leader
+// changed while it waited.
+func (r *Replica) lost(err error, leader ReplicaID, term uint64) error {
+	if !errors.Is(err, ErrTimeout) || errors.Is(err, ErrLeaderLost) {
+		return err
+	}
+	if l, t, ok := r.Leader(); leader == 0 || !ok || l != leader || t != term {
+		return ErrLeaderLost
+	}
+	return err
 }
 
 // errDropped marks a proposal dropped before it reached a leader: safe to retry.

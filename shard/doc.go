@@ -43,6 +43,17 @@
 // its leader piles such proposals up, and they must not stall the writes
 // that come once it is back.
 //
+// Failover: a linearizable read's read index is side-effect free, so one
+// that cannot answer — dropped, or sent to a leader that has since been
+// replaced (dragonboat would hold it until its timeout) — is asked again
+// as soon as a new leader is known (Replica.linearRead). A write is never
+// proposed again unless dragonboat said it was dropped before reaching a
+// log (ErrShardNotReady, a dropped result); otherwise it waits for its
+// outcome up to etcd's request timeout (RequestTimeout: 5 s plus two
+// election timeouts), and one whose leader was lost meanwhile fails with
+// ErrLeaderLost, etcd's "request timed out, possibly due to previous
+// leader failure".
+//
 // Stamping (sharded mode): a replica client made with NewStampingReplica
 // takes one block of revisions from the oracle (a Stamper) per batch, stamps
 // the batch's writes in order and proposes the batch itself, batch after

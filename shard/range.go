@@ -211,6 +211,8 @@ func (r *Range) Start(cfg Config, members map[uint64]dragonboat.Target, join boo
 	}
 	r.replica = NewStampingReplica(r.cfg.NodeHost, r.ID(), r.cfg.ReplicaID, r.cfg.Stamper, r.sm.Load)
 	r.replica.obs = cfg.Observer
+	rtt := time.Duration(r.cfg.NodeHost.NodeHostConfig().RTTMillisecond) * time.Millisecond
+	r.replica.SetElectionTimeout(time.Duration(raftCfg.ElectionRTT) * rtt)
 	close(r.ready)
 	r.wg.Add(1)
 	go r.catchUp()

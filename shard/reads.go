@@ -2,8 +2,11 @@ package shard
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/lni/dragonboat/v4"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
@@ -72,31 +75,18 @@ func (r *Replica) ShadowKeys(ctx context.Context, id int64, linearizable bool) (
 
 // read runs query through the shard's Lookup and returns its answer, which
 // Lookup gives as a T for that query (an answer of another type is a broken
-// invariant: it panics). A linearizable read goes through ReadIndex, tried
-// again while the group has no leader; as a write, it gives up after the
-// proposal timeout, whatever the caller's deadline. Others read the local
-// replica.
+// invariant: it panics). A linearizable read goes through a read index
+// (linearRead); others read the local replica.
 func read[T any](ctx context.Context, r *Replica, query any, linearizable bool) (T, error) {
 	var (
 		zero T
 		v    any
 		err  error
 	)
-	if !linearizable {
-		v, err = r.nh.StaleRead(uint64(r.shardID), query)
+	if linearizable {
+		v, err = r.linearRead(ctx, query)
 	} else {
-		ctx, cancel := context.WithTimeout(ctx, proposalTimeout)
-		defer cancel()
-		for {
-			if v, err = r.nh.SyncRead(ctx, uint64(r.shardID), query); err == nil || !retryable(err) {
-				break
-			}
-			select {
-			case <-time.After(retryBackoff):
-			case <-ctx.Done():
-				return zero, classify(err)
-			}
-		}
+		v, err = r.nh.StaleRead(uint64(r.shardID), query)
 	}
 	if err != nil {
 		return zero, lookupError(err)
@@ -106,4 +96,86 @@ func read[T any](ctx context.Context, r *Replica, query any, linearizable bool) 
 		panic(fmt.Sprintf("shard: shard %d answered %T with %T, want %T", r.shardID, query, v, zero))
 	}
 	return t, nil
+}
+
+// linearRead reads query from the local replica once a read index has
+// confirmed it is up to date. A read index changes nothing, so it is asked
+// again whenever the one in flight cannot answer: dropped (no leader yet,
+// or a new leader that has not committed in its term), sent to a leader
+// that has since been replaced — it died or was deposed, and dragonboat
+// would wait for its answer until the timeout — or unanswered for two
+// election timeouts (a message lost on the way). So a read caught by a
+// leader's death answers once a new leader is known, within the election
+// time and a round. It gives up after the request timeout, whatever the
+// caller's deadline.
+func (r *Replica) linearRead(ctx context.Context, query any) (any, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	poll := time.NewTicker(leaderPoll)
+	defer poll.Stop()
+	for {
+		leader, term, _ := r.Leader()
+		deadline, _ := ctx.Deadline()
+		rs, err := r.nh.ReadIndex(uint64(r.shardID), time.Until(deadline))
+		if err == nil {
+			if err = r.awaitReadIndex(ctx, rs, leader, term, poll.C); err == nil {
+				v, err := r.nh.ReadLocalNode(rs, query)
+				rs.Release()
+				return v, err
+			}
+		}
+		if !errors.Is(err, errAskAgain) && !retryable(err) {
+			return nil, err
+		}
+		if errors.Is(err, errAskAgain) {
+			continue
+		}
+		select {
+		case <-time.After(retryBackoff):
+		case <-ctx.Done():
+			return nil, classify(err)
+		}
+	}
+}
+
+// errAskAgain: a read index in flight will not answer in time; ask again.
+var errAskAgain = errors.New("shard: read index asked again")
+
+// awaitReadIndex waits for the read index rs, asked while leader led in
+// term (as this replica knew it), and releases it unless it completed (the
+// caller reads, then releases). It returns errAskAgain once a different
+// leader or term is known, or after two election timeouts, leaving rs to
+// dragonboat, which answers it at its timeout.
+func (r *Replica) awaitReadIndex(ctx context.Context, rs *dragonboat.RequestState, leader ReplicaID, term uint64, poll <-chan time.Time) error {
+	giveUp := time.NewTimer(2 * r.election)
+	defer giveUp.Stop()
+	for {
+		select {
+		case res := <-rs.ResultC():
+			if res.Completed() {
+				return nil
+			}
+			rs.Release()
+			switch {
+			case res.Dropped():
+				return errDropped
+			case res.Timeout():
+				return dragonboat.ErrTimeout
+			case res.Terminated():
+				return dragonboat.ErrShardClosed
+			case res.Rejected():
+				return dragonboat.ErrRejected
+			default:
+				return dragonboat.ErrAborted
+			}
+		case <-poll:
+			if l, t, ok := r.Leader(); ok && (l != leader || t != term) {
+				return errAskAgain
+			}
+		case <-giveUp.C:
+			return errAskAgain
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

@@ -21,6 +21,10 @@ import (
 var (
 	// ErrTimeout: the outcome is unknown (the proposal may still commit).
 	ErrTimeout = errors.New("shard: request timed out")
+	// ErrLeaderLost is ErrTimeout (errors.Is holds) of a write whose
+	// leader was lost while it waited: etcd's "request timed out,
+	// possibly due to previous leader failure". The outcome is unknown.
+	ErrLeaderLost = fmt.Errorf("%w, possibly due to previous leader failure", ErrTimeout)
 	// ErrNoLeader: the group has no leader the request could reach in time.
 	ErrNoLeader = errors.New("shard: no leader")
 	// ErrStopped: the replica client was closed.
@@ -39,7 +43,22 @@ const (
 	maxInFlight     = 16
 	proposalTimeout = 10 * time.Second
 	retryBackoff    = 5 * time.Millisecond
+	// leaderPoll is how often a linearizable read checks whether the
+	// leader its read index went to has been replaced.
+	leaderPoll = 10 * time.Millisecond
 )
+
+// Timings a replica client starts with, until Range.Start gives it its
+// group's (SetElectionTimeout): etcd's defaults.
+const (
+	defaultElectionTimeout = time.Second
+	defaultRequestTimeout  = 5*time.Second + 2*defaultElectionTimeout
+)
+
+// RequestTimeout is etcd's server-side bound on a request for a group
+// whose election timeout is election: 5 s plus two election timeouts
+// (etcd's ReqTimeout).
+func RequestTimeout(election time.Duration) time.Duration { return 5*time.Second + 2*election }
 
 // Replica is the client side of one shard on a NodeHost: it batches writes
 // into proposals and serves reads through ReadIndex or the local replica.
@@ -76,6 +95,11 @@ type Replica struct {
 	// obs, if set (by Range.Start, before the client is used), hears of
 	// failed proposals and restamps.
 	obs Observer
+	// election is the group's election timeout and timeout the request
+	// timeout derived from it (RequestTimeout): a write waits that long
+	// for its outcome, a linearizable read for its read index. Set before
+	// the client is used (SetElectionTimeout).
+	election, timeout time.Duration
 
 	// seqMu guards the sequencer's state: the first stamp of each batch
 	// in flight (proposed, outcome not yet known), by batch number, and
@@ -153,10 +177,21 @@ func NewStampingReplica(nh *dragonboat.NodeHost, shardID RangeID, replicaID Repl
 		stop:      make(chan struct{}),
 
 		holdWake: make(chan struct{}),
+		election: defaultElectionTimeout,
+		timeout:  defaultRequestTimeout,
 	}
 	r.wg.Add(1)
 	go r.batch()
 	return r
+}
+
+// SetElectionTimeout gives the client its group's election timeout, from
+// which it derives its request timeout (RequestTimeout). It must be called
+// before the client is used; etcd's defaults hold until then.
+func (r *Replica) SetElectionTimeout(election time.Duration) {
+	if election > 0 {
+		r.election, r.timeout = election, RequestTimeout(election)
+	}
 }
 
 // ShardID names the raft group.
@@ -178,10 +213,11 @@ func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (resp *shardp
 		r.observeFailure(err)
 	}()
 	p := &pending{req: req, size: proto.Size(req), ctx: ctx, done: make(chan outcome, 1)}
+	leader, term, _ := r.Leader()
 	select {
 	case r.queue <- p:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, r.ended(ctx, leader, term)
 	case <-r.stop:
 		return nil, ErrStopped
 	}
@@ -195,8 +231,19 @@ func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (resp *shardp
 		}
 		return o.resp, nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, r.ended(ctx, leader, term)
 	}
+}
+
+// ended is the error of a write whose ctx ended first: ctx's, which a
+// deadline passed after the leader the write began under (leader in term)
+// was lost also wraps ErrLeaderLost with.
+func (r *Replica) ended(ctx context.Context, leader ReplicaID, term uint64) error {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) && errors.Is(r.lost(ErrTimeout, leader, term), ErrLeaderLost) {
+		return fmt.Errorf("%w (%w)", ErrLeaderLost, err)
+	}
+	return err
 }
 
 // WriteAll proposes reqs together — the batcher packs them into as few

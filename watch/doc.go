@@ -81,10 +81,12 @@
 // fan and catches up from the stores. The fan's stream is pumped by its
 // subscribers' Next; one goroutine per fan only relays its wake-ups.
 //
-// Watch events never cross nodes: every member holds every range and
-// serves its watches from its own replicas; what does — closed revisions
-// from the ranges' leaders — travels one message at a time per node pair
-// (node's side channel). A split moves a stream's watchers (a fan's too) to
+// A member serves its watches from its own replicas' hubs, and, for a
+// range it holds no replica of, from a mirror hub — a plain Hub that the
+// router feeds with a holder's events and marks (router/feed.go; Skip
+// starts it where its feed starts). Closed revisions from the ranges'
+// leaders travel one message at a time per node pair (node's side
+// channel). A split moves a stream's watchers (a fan's too) to
 // the new range (Merger.Split). Leader-loss monitoring of streams that
 // require a leader is the router's (it knows the raft group; this package
 // does not).

@@ -159,6 +159,30 @@ func (h *Hub) Advance(rev mvcc.Revision) {
 	}
 }
 
+// Skip raises the hub's revision to rev without events, as a hub fed from
+// elsewhere does when its feed starts at rev (router's mirror hubs, whose
+// first feed starts where the member feeding them is): a synced watcher
+// not yet sent the revisions up to rev becomes unsynced, and Catchup
+// reads them from the History.
+func (h *Hub) Skip(rev mvcc.Revision) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if rev <= h.rev {
+		return
+	}
+	for s := range h.streams {
+		for _, w := range s.watchers {
+			if h.synced.has(w) && w.next <= rev {
+				h.synced.remove(w)
+				h.unsynced[w] = struct{}{}
+			}
+		}
+	}
+	h.rev = rev
+	h.waiters.release(rev)
+	h.signal()
+}
+
 // WaitRev signals ch (without blocking) once the hub's revision reaches
 // rev: at once if it has.
 func (h *Hub) WaitRev(rev mvcc.Revision, ch chan struct{}) {

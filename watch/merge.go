@@ -46,6 +46,19 @@ func NewMerger() *Merger {
 // most limit responses. While split cuts the whole key space into one
 // part (one range), the stream is direct (see Merged).
 func (mg *Merger) NewStream(limit int, split Splitter) *Merged {
+	return mg.newStream(limit, split, true)
+}
+
+// NewMergedStream is NewStream for a stream that is never direct, even
+// over one range: progress requests are answered at the revision asked
+// for (RequestProgressAt), once every watch has passed it, and a
+// progress response is the only news of a watch's mark rising without
+// events (a feed to another member, router/feed.go, relays both).
+func (mg *Merger) NewMergedStream(limit int, split Splitter) *Merged {
+	return mg.newStream(limit, split, false)
+}
+
+func (mg *Merger) newStream(limit int, split Splitter, direct bool) *Merged {
 	m := &Merged{mg: mg, limit: limit, split: split, wake: make(chan struct{}, 1),
 		subs: map[*Hub]*subStream{}, watchers: map[ID]*merged{}}
 	// Registered before split is asked, so that a split applying now
@@ -55,7 +68,7 @@ func (mg *Merger) NewStream(limit int, split Splitter) *Merged {
 	mg.mu.Lock()
 	mg.streams[m] = struct{}{}
 	mg.mu.Unlock()
-	if ps := split([]byte{0}, []byte{0}); len(ps) == 1 {
+	if ps := split([]byte{0}, []byte{0}); direct && len(ps) == 1 {
 		m.direct = m.sub(ps[0])
 	}
 	return m

@@ -44,6 +44,9 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	if len(args) > 0 && args[0] == "range" {
 		return rangeCommand(args[1:], environ, stdout)
 	}
+	if len(args) > 0 && args[0] == "check" {
+		return checkCommand(args[1:], environ, stdout)
+	}
 	o, err := parseFlags(args, environ)
 	if errors.Is(err, flag.ErrHelp) {
 		usage(stdout)

@@ -20,8 +20,9 @@ import (
 const rangesUsage = `usage: cairn ranges [--endpoints host:port,...] [-w simple|json|table]
 
 Print the range map of a sharded cluster as a member sees it (its
-/cairn/ranges): for each range its id, start and end keys, generation,
-leader, replicas, keys, revision, closed timestamp, writes and watchers.`
+/cairn/ranges): for each range, wherever it lives, its id, start and end
+keys, generation, leader, replicas (member/replica id), keys, revision,
+closed timestamp, writes and watchers.`
 
 // rangesHeader names the columns of cairn ranges' table.
 var rangesHeader = []string{"RANGE", "START", "END", "GEN", "LEADER", "REPLICAS", "KEYS", "REVISION", "CLOSED", "WRITES", "WATCHERS"}
@@ -75,6 +76,16 @@ func rangesCommand(args, environ []string, stdout io.Writer) error {
 		reps := make([]string, len(r.Replicas))
 		for j, id := range r.Replicas {
 			reps[j] = fmt.Sprintf("%x", id)
+		}
+		// Members that name replica ids: member/id, learners marked.
+		if len(r.ReplicaSet) > 0 {
+			reps = make([]string, len(r.ReplicaSet))
+			for j, rep := range r.ReplicaSet {
+				reps[j] = fmt.Sprintf("%x/%d", rep.Member, rep.ID)
+				if rep.Learner {
+					reps[j] += "(learner)"
+				}
+			}
 		}
 		rows[i] = []string{fmt.Sprint(r.ID), strconv.Quote(r.Start), end, fmt.Sprint(r.Generation), leader,
 			strings.Join(reps, ","), fmt.Sprint(r.Keys), fmt.Sprint(r.Revision), fmt.Sprint(r.Closed),

@@ -29,6 +29,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type FeedEndReason int32
+
+const (
+	FeedEndReason_FEED_END_UNSPECIFIED FeedEndReason = 0
+	// The history from the feed's start is compacted away there.
+	FeedEndReason_FEED_END_COMPACTED FeedEndReason = 1
+	// The answerer holds no replica of some key of the span.
+	FeedEndReason_FEED_END_NO_RANGE FeedEndReason = 2
+)
+
+// Enum value maps for FeedEndReason.
+var (
+	FeedEndReason_name = map[int32]string{
+		0: "FEED_END_UNSPECIFIED",
+		1: "FEED_END_COMPACTED",
+		2: "FEED_END_NO_RANGE",
+	}
+	FeedEndReason_value = map[string]int32{
+		"FEED_END_UNSPECIFIED": 0,
+		"FEED_END_COMPACTED":   1,
+		"FEED_END_NO_RANGE":    2,
+	}
+)
+
+func (x FeedEndReason) Enum() *FeedEndReason {
+	p := new(FeedEndReason)
+	*p = x
+	return p
+}
+
+func (x FeedEndReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FeedEndReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_internalpb_internal_proto_enumTypes[0].Descriptor()
+}
+
+func (FeedEndReason) Type() protoreflect.EnumType {
+	return &file_internalpb_internal_proto_enumTypes[0]
+}
+
+func (x FeedEndReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FeedEndReason.Descriptor instead.
+func (FeedEndReason) EnumDescriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+}
+
 // ChangeRangeOp is what a ChangeRange asks of a range's raft group.
 type ChangeRangeOp int32
 
@@ -86,11 +137,11 @@ func (x ChangeRangeOp) String() string {
 }
 
 func (ChangeRangeOp) Descriptor() protoreflect.EnumDescriptor {
-	return file_internalpb_internal_proto_enumTypes[0].Descriptor()
+	return file_internalpb_internal_proto_enumTypes[1].Descriptor()
 }
 
 func (ChangeRangeOp) Type() protoreflect.EnumType {
-	return &file_internalpb_internal_proto_enumTypes[0]
+	return &file_internalpb_internal_proto_enumTypes[1]
 }
 
 func (x ChangeRangeOp) Number() protoreflect.EnumNumber {
@@ -99,7 +150,7 @@ func (x ChangeRangeOp) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ChangeRangeOp.Descriptor instead.
 func (ChangeRangeOp) EnumDescriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
 }
 
 // ErrorCode says what kind of failure an Error is.
@@ -144,11 +195,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_internalpb_internal_proto_enumTypes[1].Descriptor()
+	return file_internalpb_internal_proto_enumTypes[2].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_internalpb_internal_proto_enumTypes[1]
+	return &file_internalpb_internal_proto_enumTypes[2]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -157,7 +208,1019 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+}
+
+type HashReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HashReplicaRequest) Reset() {
+	*x = HashReplicaRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashReplicaRequest) ProtoMessage() {}
+
+func (x *HashReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashReplicaRequest.ProtoReflect.Descriptor instead.
+func (*HashReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *HashReplicaRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *HashReplicaRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type HashReplicaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Error *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	Hash  *RangeHash             `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	// replica is the answering replica's id in the range.
+	Replica       uint64 `protobuf:"varint,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HashReplicaResponse) Reset() {
+	*x = HashReplicaResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashReplicaResponse) ProtoMessage() {}
+
+func (x *HashReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashReplicaResponse.ProtoReflect.Descriptor instead.
+func (*HashReplicaResponse) Descriptor() ([]byte, []int) {
 	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *HashReplicaResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *HashReplicaResponse) GetHash() *RangeHash {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+func (x *HashReplicaResponse) GetReplica() uint64 {
+	if x != nil {
+		return x.Replica
+	}
+	return 0
+}
+
+type RangeImageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeImageRequest) Reset() {
+	*x = RangeImageRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeImageRequest) ProtoMessage() {}
+
+func (x *RangeImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeImageRequest.ProtoReflect.Descriptor instead.
+func (*RangeImageRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RangeImageRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *RangeImageRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// ImageChunk is the next part of a range's image; a failure comes as a
+// chunk with error set, and ends the stream.
+type ImageChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageChunk) Reset() {
+	*x = ImageChunk{}
+	mi := &file_internalpb_internal_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageChunk) ProtoMessage() {}
+
+func (x *ImageChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
+func (*ImageChunk) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ImageChunk) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *ImageChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type CheckReplicasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckReplicasRequest) Reset() {
+	*x = CheckReplicasRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckReplicasRequest) ProtoMessage() {}
+
+func (x *CheckReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckReplicasRequest.ProtoReflect.Descriptor instead.
+func (*CheckReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+}
+
+type CheckReplicasResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision is the one every replica was hashed at.
+	Revision int64           `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Replicas []*ReplicaCheck `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// mismatched lists the ranges whose replicas disagree, or one of whose
+	// replicas could not be hashed.
+	Mismatched    []uint64 `protobuf:"varint,3,rep,packed,name=mismatched,proto3" json:"mismatched,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckReplicasResponse) Reset() {
+	*x = CheckReplicasResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckReplicasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckReplicasResponse) ProtoMessage() {}
+
+func (x *CheckReplicasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckReplicasResponse.ProtoReflect.Descriptor instead.
+func (*CheckReplicasResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CheckReplicasResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *CheckReplicasResponse) GetReplicas() []*ReplicaCheck {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *CheckReplicasResponse) GetMismatched() []uint64 {
+	if x != nil {
+		return x.Mismatched
+	}
+	return nil
+}
+
+// ReplicaCheck is one replica's hash in a check.
+type ReplicaCheck struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Range           uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Member          uint64                 `protobuf:"varint,2,opt,name=member,proto3" json:"member,omitempty"`
+	Replica         uint64                 `protobuf:"varint,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	Hash            uint32                 `protobuf:"varint,4,opt,name=hash,proto3" json:"hash,omitempty"`
+	CompactRevision int64                  `protobuf:"varint,5,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	// error says why the replica could not be hashed ("" if it was).
+	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaCheck) Reset() {
+	*x = ReplicaCheck{}
+	mi := &file_internalpb_internal_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaCheck) ProtoMessage() {}
+
+func (x *ReplicaCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaCheck.ProtoReflect.Descriptor instead.
+func (*ReplicaCheck) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReplicaCheck) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *ReplicaCheck) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+func (x *ReplicaCheck) GetReplica() uint64 {
+	if x != nil {
+		return x.Replica
+	}
+	return 0
+}
+
+func (x *ReplicaCheck) GetHash() uint32 {
+	if x != nil {
+		return x.Hash
+	}
+	return 0
+}
+
+func (x *ReplicaCheck) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *ReplicaCheck) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type FeedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*FeedRequest_Open
+	//	*FeedRequest_Cancel
+	//	*FeedRequest_Kick
+	Op            isFeedRequest_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedRequest) Reset() {
+	*x = FeedRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedRequest) ProtoMessage() {}
+
+func (x *FeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedRequest.ProtoReflect.Descriptor instead.
+func (*FeedRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *FeedRequest) GetOp() isFeedRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *FeedRequest) GetOpen() *FeedOpen {
+	if x != nil {
+		if x, ok := x.Op.(*FeedRequest_Open); ok {
+			return x.Open
+		}
+	}
+	return nil
+}
+
+func (x *FeedRequest) GetCancel() uint64 {
+	if x != nil {
+		if x, ok := x.Op.(*FeedRequest_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return 0
+}
+
+func (x *FeedRequest) GetKick() *FeedKick {
+	if x != nil {
+		if x, ok := x.Op.(*FeedRequest_Kick); ok {
+			return x.Kick
+		}
+	}
+	return nil
+}
+
+type isFeedRequest_Op interface {
+	isFeedRequest_Op()
+}
+
+type FeedRequest_Open struct {
+	Open *FeedOpen `protobuf:"bytes,1,opt,name=open,proto3,oneof"`
+}
+
+type FeedRequest_Cancel struct {
+	// cancel ends the feed of that id.
+	Cancel uint64 `protobuf:"varint,2,opt,name=cancel,proto3,oneof"`
+}
+
+type FeedRequest_Kick struct {
+	Kick *FeedKick `protobuf:"bytes,3,opt,name=kick,proto3,oneof"`
+}
+
+func (*FeedRequest_Open) isFeedRequest_Op() {}
+
+func (*FeedRequest_Cancel) isFeedRequest_Op() {}
+
+func (*FeedRequest_Kick) isFeedRequest_Op() {}
+
+// FeedOpen starts feed id over [key, end) (end empty: to the end of the
+// key space), which lies in range and the ranges split from it, from
+// start_revision (0: from the revision the answerer's replicas have
+// reached, which the feed's first batch carries alone).
+type FeedOpen struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Feed          uint64                 `protobuf:"varint,1,opt,name=feed,proto3" json:"feed,omitempty"`
+	Range         uint64                 `protobuf:"varint,2,opt,name=range,proto3" json:"range,omitempty"`
+	Key           []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	End           []byte                 `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
+	StartRevision int64                  `protobuf:"varint,5,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedOpen) Reset() {
+	*x = FeedOpen{}
+	mi := &file_internalpb_internal_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedOpen) ProtoMessage() {}
+
+func (x *FeedOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedOpen.ProtoReflect.Descriptor instead.
+func (*FeedOpen) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *FeedOpen) GetFeed() uint64 {
+	if x != nil {
+		return x.Feed
+	}
+	return 0
+}
+
+func (x *FeedOpen) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *FeedOpen) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *FeedOpen) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *FeedOpen) GetStartRevision() int64 {
+	if x != nil {
+		return x.StartRevision
+	}
+	return 0
+}
+
+// FeedKick asks the feed's ranges to close revision soon and the feed to
+// report when it has sent everything up to it.
+type FeedKick struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Feed          uint64                 `protobuf:"varint,1,opt,name=feed,proto3" json:"feed,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedKick) Reset() {
+	*x = FeedKick{}
+	mi := &file_internalpb_internal_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedKick) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedKick) ProtoMessage() {}
+
+func (x *FeedKick) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedKick.ProtoReflect.Descriptor instead.
+func (*FeedKick) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *FeedKick) GetFeed() uint64 {
+	if x != nil {
+		return x.Feed
+	}
+	return 0
+}
+
+func (x *FeedKick) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type FeedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Batches       []*FeedBatch           `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedResponse) Reset() {
+	*x = FeedResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedResponse) ProtoMessage() {}
+
+func (x *FeedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedResponse.ProtoReflect.Descriptor instead.
+func (*FeedResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FeedResponse) GetBatches() []*FeedBatch {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
+// FeedBatch: events of feed (each an encoded mvccpb.Event with its
+// prev_kv, in revision order), then revision, below or at which the feed
+// has sent every event of its span; or the feed's end.
+type FeedBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Feed          uint64                 `protobuf:"varint,1,opt,name=feed,proto3" json:"feed,omitempty"`
+	Events        [][]byte               `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	End           *FeedEnd               `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedBatch) Reset() {
+	*x = FeedBatch{}
+	mi := &file_internalpb_internal_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedBatch) ProtoMessage() {}
+
+func (x *FeedBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedBatch.ProtoReflect.Descriptor instead.
+func (*FeedBatch) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FeedBatch) GetFeed() uint64 {
+	if x != nil {
+		return x.Feed
+	}
+	return 0
+}
+
+func (x *FeedBatch) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *FeedBatch) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *FeedBatch) GetEnd() *FeedEnd {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+type FeedEnd struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason FeedEndReason          `protobuf:"varint,1,opt,name=reason,proto3,enum=cairn.internal.v1.FeedEndReason" json:"reason,omitempty"`
+	// compact_revision, with COMPACTED: the feed's start is below it.
+	CompactRevision int64  `protobuf:"varint,2,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	Message         string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *FeedEnd) Reset() {
+	*x = FeedEnd{}
+	mi := &file_internalpb_internal_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedEnd) ProtoMessage() {}
+
+func (x *FeedEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedEnd.ProtoReflect.Descriptor instead.
+func (*FeedEnd) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FeedEnd) GetReason() FeedEndReason {
+	if x != nil {
+		return x.Reason
+	}
+	return FeedEndReason_FEED_END_UNSPECIFIED
+}
+
+func (x *FeedEnd) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *FeedEnd) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type EventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	End           []byte                 `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	From          int64                  `protobuf:"varint,4,opt,name=from,proto3" json:"from,omitempty"`
+	To            int64                  `protobuf:"varint,5,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsRequest) Reset() {
+	*x = EventsRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsRequest) ProtoMessage() {}
+
+func (x *EventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
+func (*EventsRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *EventsRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *EventsRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *EventsRequest) GetFrom() int64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *EventsRequest) GetTo() int64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+// EventsResponse: revisions' events in revision order; compacted (with
+// compact_revision) if from is below the compacted revision there. Every
+// response carries the answerer's compacted revision.
+type EventsResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Revisions       []*RevisionEvents      `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty"`
+	CompactRevision int64                  `protobuf:"varint,2,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	Compacted       bool                   `protobuf:"varint,3,opt,name=compacted,proto3" json:"compacted,omitempty"`
+	Error           *Error                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EventsResponse) Reset() {
+	*x = EventsResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsResponse) ProtoMessage() {}
+
+func (x *EventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsResponse.ProtoReflect.Descriptor instead.
+func (*EventsResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *EventsResponse) GetRevisions() []*RevisionEvents {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+func (x *EventsResponse) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *EventsResponse) GetCompacted() bool {
+	if x != nil {
+		return x.Compacted
+	}
+	return false
+}
+
+func (x *EventsResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+type RevisionEvents struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Events        [][]byte               `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevisionEvents) Reset() {
+	*x = RevisionEvents{}
+	mi := &file_internalpb_internal_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevisionEvents) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevisionEvents) ProtoMessage() {}
+
+func (x *RevisionEvents) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevisionEvents.ProtoReflect.Descriptor instead.
+func (*RevisionEvents) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RevisionEvents) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RevisionEvents) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
 }
 
 type ChangeRangeRequest struct {
@@ -172,7 +1235,7 @@ type ChangeRangeRequest struct {
 
 func (x *ChangeRangeRequest) Reset() {
 	*x = ChangeRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[0]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -184,7 +1247,7 @@ func (x *ChangeRangeRequest) String() string {
 func (*ChangeRangeRequest) ProtoMessage() {}
 
 func (x *ChangeRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[0]
+	mi := &file_internalpb_internal_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -197,7 +1260,7 @@ func (x *ChangeRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeRangeRequest.ProtoReflect.Descriptor instead.
 func (*ChangeRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ChangeRangeRequest) GetRange() uint64 {
@@ -247,7 +1310,7 @@ type ChangeRangeResponse struct {
 
 func (x *ChangeRangeResponse) Reset() {
 	*x = ChangeRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[1]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -259,7 +1322,7 @@ func (x *ChangeRangeResponse) String() string {
 func (*ChangeRangeResponse) ProtoMessage() {}
 
 func (x *ChangeRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[1]
+	mi := &file_internalpb_internal_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -272,7 +1335,7 @@ func (x *ChangeRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeRangeResponse.ProtoReflect.Descriptor instead.
 func (*ChangeRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ChangeRangeResponse) GetError() *Error {
@@ -335,7 +1398,7 @@ type MoveRangeRequest struct {
 
 func (x *MoveRangeRequest) Reset() {
 	*x = MoveRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +1410,7 @@ func (x *MoveRangeRequest) String() string {
 func (*MoveRangeRequest) ProtoMessage() {}
 
 func (x *MoveRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[2]
+	mi := &file_internalpb_internal_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +1423,7 @@ func (x *MoveRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveRangeRequest.ProtoReflect.Descriptor instead.
 func (*MoveRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MoveRangeRequest) GetRange() uint64 {
@@ -394,7 +1457,7 @@ type MoveRangeResponse struct {
 
 func (x *MoveRangeResponse) Reset() {
 	*x = MoveRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +1469,7 @@ func (x *MoveRangeResponse) String() string {
 func (*MoveRangeResponse) ProtoMessage() {}
 
 func (x *MoveRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[3]
+	mi := &file_internalpb_internal_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +1482,7 @@ func (x *MoveRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveRangeResponse.ProtoReflect.Descriptor instead.
 func (*MoveRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{3}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MoveRangeResponse) GetRange() *placementpb.RangeDescriptor {
@@ -439,7 +1502,7 @@ type TransferRangeLeaderRequest struct {
 
 func (x *TransferRangeLeaderRequest) Reset() {
 	*x = TransferRangeLeaderRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +1514,7 @@ func (x *TransferRangeLeaderRequest) String() string {
 func (*TransferRangeLeaderRequest) ProtoMessage() {}
 
 func (x *TransferRangeLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[4]
+	mi := &file_internalpb_internal_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +1527,7 @@ func (x *TransferRangeLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRangeLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferRangeLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{4}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TransferRangeLeaderRequest) GetRange() uint64 {
@@ -489,7 +1552,7 @@ type TransferRangeLeaderResponse struct {
 
 func (x *TransferRangeLeaderResponse) Reset() {
 	*x = TransferRangeLeaderResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +1564,7 @@ func (x *TransferRangeLeaderResponse) String() string {
 func (*TransferRangeLeaderResponse) ProtoMessage() {}
 
 func (x *TransferRangeLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[5]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +1577,7 @@ func (x *TransferRangeLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRangeLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferRangeLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{5}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
 }
 
 type RemoveMemberRequest struct {
@@ -526,7 +1589,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +1601,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[6]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +1614,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{6}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RemoveMemberRequest) GetMember() uint64 {
@@ -570,7 +1633,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +1645,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[7]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +1658,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{7}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RemoveMemberResponse) GetError() *Error {
@@ -626,7 +1689,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +1701,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[8]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +1714,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{8}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReadRequest) GetRange() uint64 {
@@ -815,7 +1878,7 @@ type LeaseQuery struct {
 
 func (x *LeaseQuery) Reset() {
 	*x = LeaseQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1890,7 @@ func (x *LeaseQuery) String() string {
 func (*LeaseQuery) ProtoMessage() {}
 
 func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[9]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1903,7 @@ func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseQuery.ProtoReflect.Descriptor instead.
 func (*LeaseQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{9}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LeaseQuery) GetLease() int64 {
@@ -862,7 +1925,7 @@ type ReadTxn struct {
 
 func (x *ReadTxn) Reset() {
 	*x = ReadTxn{}
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1937,7 @@ func (x *ReadTxn) String() string {
 func (*ReadTxn) ProtoMessage() {}
 
 func (x *ReadTxn) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[10]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1950,7 @@ func (x *ReadTxn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadTxn.ProtoReflect.Descriptor instead.
 func (*ReadTxn) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{10}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReadTxn) GetTxn() []byte {
@@ -912,7 +1975,7 @@ type StatusQuery struct {
 
 func (x *StatusQuery) Reset() {
 	*x = StatusQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1987,7 @@ func (x *StatusQuery) String() string {
 func (*StatusQuery) ProtoMessage() {}
 
 func (x *StatusQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[11]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +2000,7 @@ func (x *StatusQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusQuery.ProtoReflect.Descriptor instead.
 func (*StatusQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{11}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
 }
 
 type HashQuery struct {
@@ -949,7 +2012,7 @@ type HashQuery struct {
 
 func (x *HashQuery) Reset() {
 	*x = HashQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +2024,7 @@ func (x *HashQuery) String() string {
 func (*HashQuery) ProtoMessage() {}
 
 func (x *HashQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[12]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +2037,7 @@ func (x *HashQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashQuery.ProtoReflect.Descriptor instead.
 func (*HashQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{12}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *HashQuery) GetRevision() int64 {
@@ -993,7 +2056,7 @@ type AlarmsQuery struct {
 
 func (x *AlarmsQuery) Reset() {
 	*x = AlarmsQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +2068,7 @@ func (x *AlarmsQuery) String() string {
 func (*AlarmsQuery) ProtoMessage() {}
 
 func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[13]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +2081,7 @@ func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmsQuery.ProtoReflect.Descriptor instead.
 func (*AlarmsQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{13}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
 }
 
 type AuthQuery struct {
@@ -1029,7 +2092,7 @@ type AuthQuery struct {
 
 func (x *AuthQuery) Reset() {
 	*x = AuthQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +2104,7 @@ func (x *AuthQuery) String() string {
 func (*AuthQuery) ProtoMessage() {}
 
 func (x *AuthQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[14]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +2117,7 @@ func (x *AuthQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthQuery.ProtoReflect.Descriptor instead.
 func (*AuthQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{14}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
 }
 
 type ReadResponse struct {
@@ -1072,7 +2135,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +2147,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[15]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +2160,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{15}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadResponse) GetError() *Error {
@@ -1157,7 +2220,7 @@ type RangeStatus struct {
 
 func (x *RangeStatus) Reset() {
 	*x = RangeStatus{}
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +2232,7 @@ func (x *RangeStatus) String() string {
 func (*RangeStatus) ProtoMessage() {}
 
 func (x *RangeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +2245,7 @@ func (x *RangeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStatus.ProtoReflect.Descriptor instead.
 func (*RangeStatus) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RangeStatus) GetRevision() int64 {
@@ -1239,7 +2302,7 @@ type RangeHash struct {
 
 func (x *RangeHash) Reset() {
 	*x = RangeHash{}
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +2314,7 @@ func (x *RangeHash) String() string {
 func (*RangeHash) ProtoMessage() {}
 
 func (x *RangeHash) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +2327,7 @@ func (x *RangeHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHash.ProtoReflect.Descriptor instead.
 func (*RangeHash) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RangeHash) GetHash() uint32 {
@@ -1297,7 +2360,7 @@ type CompactLogRequest struct {
 
 func (x *CompactLogRequest) Reset() {
 	*x = CompactLogRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +2372,7 @@ func (x *CompactLogRequest) String() string {
 func (*CompactLogRequest) ProtoMessage() {}
 
 func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +2385,7 @@ func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogRequest.ProtoReflect.Descriptor instead.
 func (*CompactLogRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CompactLogRequest) GetRange() uint64 {
@@ -1341,7 +2404,7 @@ type CompactLogResponse struct {
 
 func (x *CompactLogResponse) Reset() {
 	*x = CompactLogResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +2416,7 @@ func (x *CompactLogResponse) String() string {
 func (*CompactLogResponse) ProtoMessage() {}
 
 func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +2429,7 @@ func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogResponse.ProtoReflect.Descriptor instead.
 func (*CompactLogResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CompactLogResponse) GetError() *Error {
@@ -1398,7 +2461,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +2473,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +2486,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1470,7 +2533,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +2545,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +2558,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -1516,7 +2579,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +2591,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +2604,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -1561,7 +2624,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1573,7 +2636,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1586,7 +2649,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -1613,7 +2676,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +2688,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +2701,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
@@ -1666,7 +2729,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +2741,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +2754,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -1725,7 +2788,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +2800,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +2813,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -1777,7 +2840,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +2852,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +2865,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -1828,7 +2891,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +2903,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +2916,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -1874,7 +2937,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1886,7 +2949,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1899,7 +2962,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -1926,7 +2989,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +3001,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +3014,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -1982,7 +3045,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1994,7 +3057,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2007,7 +3070,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -2040,7 +3103,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +3115,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +3128,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -2083,7 +3146,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2095,7 +3158,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2108,7 +3171,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{49}
 }
 
 type KickRequest struct {
@@ -2121,7 +3184,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +3196,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +3209,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -2171,7 +3234,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +3246,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,14 +3259,81 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{51}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
 
 const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x19internalpb/internal.proto\x12\x11cairn.internal.v1\x1a\x13shardpb/shard.proto\x1a\x1bplacementpb/placement.proto\"\x8e\x01\n" +
+	"\x19internalpb/internal.proto\x12\x11cairn.internal.v1\x1a\x13shardpb/shard.proto\x1a\x1bplacementpb/placement.proto\"F\n" +
+	"\x12HashReplicaRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\x91\x01\n" +
+	"\x13HashReplicaResponse\x12.\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\x120\n" +
+	"\x04hash\x18\x02 \x01(\v2\x1c.cairn.internal.v1.RangeHashR\x04hash\x12\x18\n" +
+	"\areplica\x18\x03 \x01(\x04R\areplica\"E\n" +
+	"\x11RangeImageRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"P\n" +
+	"\n" +
+	"ImageChunk\x12.\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x16\n" +
+	"\x14CheckReplicasRequest\"\x90\x01\n" +
+	"\x15CheckReplicasResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12;\n" +
+	"\breplicas\x18\x02 \x03(\v2\x1f.cairn.internal.v1.ReplicaCheckR\breplicas\x12\x1e\n" +
+	"\n" +
+	"mismatched\x18\x03 \x03(\x04R\n" +
+	"mismatched\"\xab\x01\n" +
+	"\fReplicaCheck\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x16\n" +
+	"\x06member\x18\x02 \x01(\x04R\x06member\x12\x18\n" +
+	"\areplica\x18\x03 \x01(\x04R\areplica\x12\x12\n" +
+	"\x04hash\x18\x04 \x01(\rR\x04hash\x12)\n" +
+	"\x10compact_revision\x18\x05 \x01(\x03R\x0fcompactRevision\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"\x93\x01\n" +
+	"\vFeedRequest\x121\n" +
+	"\x04open\x18\x01 \x01(\v2\x1b.cairn.internal.v1.FeedOpenH\x00R\x04open\x12\x18\n" +
+	"\x06cancel\x18\x02 \x01(\x04H\x00R\x06cancel\x121\n" +
+	"\x04kick\x18\x03 \x01(\v2\x1b.cairn.internal.v1.FeedKickH\x00R\x04kickB\x04\n" +
+	"\x02op\"\x7f\n" +
+	"\bFeedOpen\x12\x12\n" +
+	"\x04feed\x18\x01 \x01(\x04R\x04feed\x12\x14\n" +
+	"\x05range\x18\x02 \x01(\x04R\x05range\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\x12\x10\n" +
+	"\x03end\x18\x04 \x01(\fR\x03end\x12%\n" +
+	"\x0estart_revision\x18\x05 \x01(\x03R\rstartRevision\":\n" +
+	"\bFeedKick\x12\x12\n" +
+	"\x04feed\x18\x01 \x01(\x04R\x04feed\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"F\n" +
+	"\fFeedResponse\x126\n" +
+	"\abatches\x18\x01 \x03(\v2\x1c.cairn.internal.v1.FeedBatchR\abatches\"\x81\x01\n" +
+	"\tFeedBatch\x12\x12\n" +
+	"\x04feed\x18\x01 \x01(\x04R\x04feed\x12\x16\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12,\n" +
+	"\x03end\x18\x04 \x01(\v2\x1a.cairn.internal.v1.FeedEndR\x03end\"\x88\x01\n" +
+	"\aFeedEnd\x128\n" +
+	"\x06reason\x18\x01 \x01(\x0e2 .cairn.internal.v1.FeedEndReasonR\x06reason\x12)\n" +
+	"\x10compact_revision\x18\x02 \x01(\x03R\x0fcompactRevision\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"m\n" +
+	"\rEventsRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\fR\x03end\x12\x12\n" +
+	"\x04from\x18\x04 \x01(\x03R\x04from\x12\x0e\n" +
+	"\x02to\x18\x05 \x01(\x03R\x02to\"\xca\x01\n" +
+	"\x0eEventsResponse\x12?\n" +
+	"\trevisions\x18\x01 \x03(\v2!.cairn.internal.v1.RevisionEventsR\trevisions\x12)\n" +
+	"\x10compact_revision\x18\x02 \x01(\x03R\x0fcompactRevision\x12\x1c\n" +
+	"\tcompacted\x18\x03 \x01(\bR\tcompacted\x12.\n" +
+	"\x05error\x18\x04 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"D\n" +
+	"\x0eRevisionEvents\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\"\x8e\x01\n" +
 	"\x12ChangeRangeRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x120\n" +
 	"\x02op\x18\x02 \x01(\x0e2 .cairn.internal.v1.ChangeRangeOpR\x02op\x12\x18\n" +
@@ -2325,7 +3455,11 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\vKickRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x0e\n" +
-	"\fKickResponse*\x86\x02\n" +
+	"\fKickResponse*X\n" +
+	"\rFeedEndReason\x12\x18\n" +
+	"\x14FEED_END_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12FEED_END_COMPACTED\x10\x01\x12\x15\n" +
+	"\x11FEED_END_NO_RANGE\x10\x02*\x86\x02\n" +
 	"\rChangeRangeOp\x12\x1f\n" +
 	"\x1bCHANGE_RANGE_OP_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aCHANGE_RANGE_OP_MEMBERSHIP\x10\x01\x12\x1f\n" +
@@ -2339,7 +3473,7 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
-	"\x13ERROR_CODE_NO_RANGE\x10\x032\xf8\b\n" +
+	"\x13ERROR_CODE_NO_RANGE\x10\x032\xad\f\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
@@ -2354,6 +3488,12 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"CompactLog\x12$.cairn.internal.v1.CompactLogRequest\x1a%.cairn.internal.v1.CompactLogResponse\x12_\n" +
 	"\fRemoveMember\x12&.cairn.internal.v1.RemoveMemberRequest\x1a'.cairn.internal.v1.RemoveMemberResponse\x12G\n" +
 	"\x04Read\x12\x1e.cairn.internal.v1.ReadRequest\x1a\x1f.cairn.internal.v1.ReadResponse\x12\\\n" +
+	"\vHashReplica\x12%.cairn.internal.v1.HashReplicaRequest\x1a&.cairn.internal.v1.HashReplicaResponse\x12S\n" +
+	"\n" +
+	"RangeImage\x12$.cairn.internal.v1.RangeImageRequest\x1a\x1d.cairn.internal.v1.ImageChunk0\x01\x12b\n" +
+	"\rCheckReplicas\x12'.cairn.internal.v1.CheckReplicasRequest\x1a(.cairn.internal.v1.CheckReplicasResponse\x12K\n" +
+	"\x04Feed\x12\x1e.cairn.internal.v1.FeedRequest\x1a\x1f.cairn.internal.v1.FeedResponse(\x010\x01\x12O\n" +
+	"\x06Events\x12 .cairn.internal.v1.EventsRequest\x1a!.cairn.internal.v1.EventsResponse0\x01\x12\\\n" +
 	"\vChangeRange\x12%.cairn.internal.v1.ChangeRangeRequest\x1a&.cairn.internal.v1.ChangeRangeResponse\x12V\n" +
 	"\tMoveRange\x12#.cairn.internal.v1.MoveRangeRequest\x1a$.cairn.internal.v1.MoveRangeResponse\x12t\n" +
 	"\x13TransferRangeLeader\x12-.cairn.internal.v1.TransferRangeLeaderRequest\x1a..cairn.internal.v1.TransferRangeLeaderResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
@@ -2370,110 +3510,148 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 	return file_internalpb_internal_proto_rawDescData
 }
 
-var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_internalpb_internal_proto_goTypes = []any{
-	(ChangeRangeOp)(0),                  // 0: cairn.internal.v1.ChangeRangeOp
-	(ErrorCode)(0),                      // 1: cairn.internal.v1.ErrorCode
-	(*ChangeRangeRequest)(nil),          // 2: cairn.internal.v1.ChangeRangeRequest
-	(*ChangeRangeResponse)(nil),         // 3: cairn.internal.v1.ChangeRangeResponse
-	(*MoveRangeRequest)(nil),            // 4: cairn.internal.v1.MoveRangeRequest
-	(*MoveRangeResponse)(nil),           // 5: cairn.internal.v1.MoveRangeResponse
-	(*TransferRangeLeaderRequest)(nil),  // 6: cairn.internal.v1.TransferRangeLeaderRequest
-	(*TransferRangeLeaderResponse)(nil), // 7: cairn.internal.v1.TransferRangeLeaderResponse
-	(*RemoveMemberRequest)(nil),         // 8: cairn.internal.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),        // 9: cairn.internal.v1.RemoveMemberResponse
-	(*ReadRequest)(nil),                 // 10: cairn.internal.v1.ReadRequest
-	(*LeaseQuery)(nil),                  // 11: cairn.internal.v1.LeaseQuery
-	(*ReadTxn)(nil),                     // 12: cairn.internal.v1.ReadTxn
-	(*StatusQuery)(nil),                 // 13: cairn.internal.v1.StatusQuery
-	(*HashQuery)(nil),                   // 14: cairn.internal.v1.HashQuery
-	(*AlarmsQuery)(nil),                 // 15: cairn.internal.v1.AlarmsQuery
-	(*AuthQuery)(nil),                   // 16: cairn.internal.v1.AuthQuery
-	(*ReadResponse)(nil),                // 17: cairn.internal.v1.ReadResponse
-	(*RangeStatus)(nil),                 // 18: cairn.internal.v1.RangeStatus
-	(*RangeHash)(nil),                   // 19: cairn.internal.v1.RangeHash
-	(*CompactLogRequest)(nil),           // 20: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 21: cairn.internal.v1.CompactLogResponse
-	(*Error)(nil),                       // 22: cairn.internal.v1.Error
-	(*SplitRangeRequest)(nil),           // 23: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 24: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 25: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 26: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 27: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 28: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 29: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 30: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 31: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 32: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 33: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 34: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 35: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 36: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 37: cairn.internal.v1.KickResponse
-	(*placementpb.RangeDescriptor)(nil), // 38: cairn.placement.RangeDescriptor
-	(shardpb.ErrorCode)(0),              // 39: cairn.shard.v1.ErrorCode
-	(*shardpb.Request)(nil),             // 40: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 41: cairn.shard.v1.Response
+	(FeedEndReason)(0),                  // 0: cairn.internal.v1.FeedEndReason
+	(ChangeRangeOp)(0),                  // 1: cairn.internal.v1.ChangeRangeOp
+	(ErrorCode)(0),                      // 2: cairn.internal.v1.ErrorCode
+	(*HashReplicaRequest)(nil),          // 3: cairn.internal.v1.HashReplicaRequest
+	(*HashReplicaResponse)(nil),         // 4: cairn.internal.v1.HashReplicaResponse
+	(*RangeImageRequest)(nil),           // 5: cairn.internal.v1.RangeImageRequest
+	(*ImageChunk)(nil),                  // 6: cairn.internal.v1.ImageChunk
+	(*CheckReplicasRequest)(nil),        // 7: cairn.internal.v1.CheckReplicasRequest
+	(*CheckReplicasResponse)(nil),       // 8: cairn.internal.v1.CheckReplicasResponse
+	(*ReplicaCheck)(nil),                // 9: cairn.internal.v1.ReplicaCheck
+	(*FeedRequest)(nil),                 // 10: cairn.internal.v1.FeedRequest
+	(*FeedOpen)(nil),                    // 11: cairn.internal.v1.FeedOpen
+	(*FeedKick)(nil),                    // 12: cairn.internal.v1.FeedKick
+	(*FeedResponse)(nil),                // 13: cairn.internal.v1.FeedResponse
+	(*FeedBatch)(nil),                   // 14: cairn.internal.v1.FeedBatch
+	(*FeedEnd)(nil),                     // 15: cairn.internal.v1.FeedEnd
+	(*EventsRequest)(nil),               // 16: cairn.internal.v1.EventsRequest
+	(*EventsResponse)(nil),              // 17: cairn.internal.v1.EventsResponse
+	(*RevisionEvents)(nil),              // 18: cairn.internal.v1.RevisionEvents
+	(*ChangeRangeRequest)(nil),          // 19: cairn.internal.v1.ChangeRangeRequest
+	(*ChangeRangeResponse)(nil),         // 20: cairn.internal.v1.ChangeRangeResponse
+	(*MoveRangeRequest)(nil),            // 21: cairn.internal.v1.MoveRangeRequest
+	(*MoveRangeResponse)(nil),           // 22: cairn.internal.v1.MoveRangeResponse
+	(*TransferRangeLeaderRequest)(nil),  // 23: cairn.internal.v1.TransferRangeLeaderRequest
+	(*TransferRangeLeaderResponse)(nil), // 24: cairn.internal.v1.TransferRangeLeaderResponse
+	(*RemoveMemberRequest)(nil),         // 25: cairn.internal.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),        // 26: cairn.internal.v1.RemoveMemberResponse
+	(*ReadRequest)(nil),                 // 27: cairn.internal.v1.ReadRequest
+	(*LeaseQuery)(nil),                  // 28: cairn.internal.v1.LeaseQuery
+	(*ReadTxn)(nil),                     // 29: cairn.internal.v1.ReadTxn
+	(*StatusQuery)(nil),                 // 30: cairn.internal.v1.StatusQuery
+	(*HashQuery)(nil),                   // 31: cairn.internal.v1.HashQuery
+	(*AlarmsQuery)(nil),                 // 32: cairn.internal.v1.AlarmsQuery
+	(*AuthQuery)(nil),                   // 33: cairn.internal.v1.AuthQuery
+	(*ReadResponse)(nil),                // 34: cairn.internal.v1.ReadResponse
+	(*RangeStatus)(nil),                 // 35: cairn.internal.v1.RangeStatus
+	(*RangeHash)(nil),                   // 36: cairn.internal.v1.RangeHash
+	(*CompactLogRequest)(nil),           // 37: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 38: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 39: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 40: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 41: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 42: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 43: cairn.internal.v1.WriteResponse
+	(*ReadAtRequest)(nil),               // 44: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 45: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 46: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 47: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 48: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 49: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 50: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 51: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 52: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 53: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 54: cairn.internal.v1.KickResponse
+	(*placementpb.RangeDescriptor)(nil), // 55: cairn.placement.RangeDescriptor
+	(shardpb.ErrorCode)(0),              // 56: cairn.shard.v1.ErrorCode
+	(*shardpb.Request)(nil),             // 57: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 58: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	0,  // 0: cairn.internal.v1.ChangeRangeRequest.op:type_name -> cairn.internal.v1.ChangeRangeOp
-	22, // 1: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
-	38, // 2: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
-	22, // 3: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
-	12, // 4: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
-	13, // 5: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
-	14, // 6: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
-	15, // 7: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
-	16, // 8: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
-	11, // 9: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
-	11, // 10: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
-	22, // 11: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
-	18, // 12: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
-	19, // 13: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	22, // 14: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
-	1,  // 15: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	39, // 16: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	38, // 17: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	38, // 18: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	40, // 19: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	41, // 20: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	22, // 21: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	22, // 22: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	22, // 23: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	22, // 24: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	33, // 25: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	25, // 26: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	27, // 27: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	29, // 28: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	31, // 29: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	34, // 30: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	36, // 31: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	23, // 32: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	20, // 33: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	8,  // 34: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	10, // 35: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
-	2,  // 36: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
-	4,  // 37: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
-	6,  // 38: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
-	26, // 39: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	28, // 40: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	30, // 41: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	32, // 42: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	35, // 43: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	37, // 44: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	24, // 45: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	21, // 46: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	9,  // 47: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	17, // 48: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
-	3,  // 49: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
-	5,  // 50: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
-	7,  // 51: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
-	39, // [39:52] is the sub-list for method output_type
-	26, // [26:39] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	39, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
+	36, // 1: cairn.internal.v1.HashReplicaResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	39, // 2: cairn.internal.v1.ImageChunk.error:type_name -> cairn.internal.v1.Error
+	9,  // 3: cairn.internal.v1.CheckReplicasResponse.replicas:type_name -> cairn.internal.v1.ReplicaCheck
+	11, // 4: cairn.internal.v1.FeedRequest.open:type_name -> cairn.internal.v1.FeedOpen
+	12, // 5: cairn.internal.v1.FeedRequest.kick:type_name -> cairn.internal.v1.FeedKick
+	14, // 6: cairn.internal.v1.FeedResponse.batches:type_name -> cairn.internal.v1.FeedBatch
+	15, // 7: cairn.internal.v1.FeedBatch.end:type_name -> cairn.internal.v1.FeedEnd
+	0,  // 8: cairn.internal.v1.FeedEnd.reason:type_name -> cairn.internal.v1.FeedEndReason
+	18, // 9: cairn.internal.v1.EventsResponse.revisions:type_name -> cairn.internal.v1.RevisionEvents
+	39, // 10: cairn.internal.v1.EventsResponse.error:type_name -> cairn.internal.v1.Error
+	1,  // 11: cairn.internal.v1.ChangeRangeRequest.op:type_name -> cairn.internal.v1.ChangeRangeOp
+	39, // 12: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
+	55, // 13: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
+	39, // 14: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
+	29, // 15: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
+	30, // 16: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
+	31, // 17: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
+	32, // 18: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
+	33, // 19: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
+	28, // 20: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
+	28, // 21: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
+	39, // 22: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
+	35, // 23: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
+	36, // 24: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	39, // 25: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	2,  // 26: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	56, // 27: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	55, // 28: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	55, // 29: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	57, // 30: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	58, // 31: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	39, // 32: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	39, // 33: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	39, // 34: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	39, // 35: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	50, // 36: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	42, // 37: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	44, // 38: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	46, // 39: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	48, // 40: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	51, // 41: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	53, // 42: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	40, // 43: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	37, // 44: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	25, // 45: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	27, // 46: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	3,  // 47: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
+	5,  // 48: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
+	7,  // 49: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
+	10, // 50: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
+	16, // 51: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
+	19, // 52: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
+	21, // 53: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
+	23, // 54: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
+	43, // 55: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	45, // 56: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	47, // 57: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	49, // 58: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	52, // 59: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	54, // 60: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	41, // 61: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	38, // 62: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	26, // 63: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	34, // 64: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	4,  // 65: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
+	6,  // 66: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
+	8,  // 67: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
+	13, // 68: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
+	17, // 69: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
+	20, // 70: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
+	22, // 71: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
+	24, // 72: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
+	55, // [55:73] is the sub-list for method output_type
+	37, // [37:55] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -2481,7 +3659,12 @@ func file_internalpb_internal_proto_init() {
 	if File_internalpb_internal_proto != nil {
 		return
 	}
-	file_internalpb_internal_proto_msgTypes[8].OneofWrappers = []any{
+	file_internalpb_internal_proto_msgTypes[7].OneofWrappers = []any{
+		(*FeedRequest_Open)(nil),
+		(*FeedRequest_Cancel)(nil),
+		(*FeedRequest_Kick)(nil),
+	}
+	file_internalpb_internal_proto_msgTypes[24].OneofWrappers = []any{
 		(*ReadRequest_RangeRequest)(nil),
 		(*ReadRequest_Txn)(nil),
 		(*ReadRequest_Status)(nil),
@@ -2496,8 +3679,8 @@ func file_internalpb_internal_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   36,
+			NumEnums:      3,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,11 @@ const (
 	Node_CompactLog_FullMethodName          = "/cairn.internal.v1.Node/CompactLog"
 	Node_RemoveMember_FullMethodName        = "/cairn.internal.v1.Node/RemoveMember"
 	Node_Read_FullMethodName                = "/cairn.internal.v1.Node/Read"
+	Node_HashReplica_FullMethodName         = "/cairn.internal.v1.Node/HashReplica"
+	Node_RangeImage_FullMethodName          = "/cairn.internal.v1.Node/RangeImage"
+	Node_CheckReplicas_FullMethodName       = "/cairn.internal.v1.Node/CheckReplicas"
+	Node_Feed_FullMethodName                = "/cairn.internal.v1.Node/Feed"
+	Node_Events_FullMethodName              = "/cairn.internal.v1.Node/Events"
 	Node_ChangeRange_FullMethodName         = "/cairn.internal.v1.Node/ChangeRange"
 	Node_MoveRange_FullMethodName           = "/cairn.internal.v1.Node/MoveRange"
 	Node_TransferRangeLeader_FullMethodName = "/cairn.internal.v1.Node/TransferRangeLeader"
@@ -73,6 +78,29 @@ type NodeClient interface {
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
+	// HashReplica hashes this node's replica of a range at a revision (its
+	// version records at or below it and its compacted revision), after a
+	// read index, so that every acknowledged write and compaction has
+	// applied here; the caller has waited until the range closed the
+	// revision. Replicas holding the same data answer the same hash.
+	HashReplica(ctx context.Context, in *HashReplicaRequest, opts ...grpc.CallOption) (*HashReplicaResponse, error)
+	// RangeImage streams this node's replica of a range, in the mvcc
+	// snapshot format, once it has applied every write up to a revision
+	// (after a read index; the caller has waited until the range closed it):
+	// the part a member without the range puts into a backup.
+	RangeImage(ctx context.Context, in *RangeImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
+	// CheckReplicas hashes every replica of every range at one revision on
+	// its member and compares them (the admin call behind `cairn check`,
+	// served on the client port too; root's once auth is enabled).
+	CheckReplicas(ctx context.Context, in *CheckReplicasRequest, opts ...grpc.CallOption) (*CheckReplicasResponse, error)
+	// Feed carries, on one stream per member pair, the change events and
+	// progress of key spans the caller watches and holds no replica of
+	// (its mirror hubs, router/feed.go): the caller opens, kicks and
+	// cancels feeds; each answer carries batches of any of its feeds.
+	Feed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FeedRequest, FeedResponse], error)
+	// Events streams the change events of a key span this node holds
+	// replicas of, revisions from..to (a mirror hub's catch-up).
+	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventsResponse], error)
 	// ChangeRange reads or changes the raft group of a range this node holds
 	// a replica of, or answers its replica's status (moves: placement.Mover
 	// drives a range's group through a member holding it).
@@ -195,6 +223,77 @@ func (c *nodeClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *nodeClient) HashReplica(ctx context.Context, in *HashReplicaRequest, opts ...grpc.CallOption) (*HashReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HashReplicaResponse)
+	err := c.cc.Invoke(ctx, Node_HashReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeClient) RangeImage(ctx context.Context, in *RangeImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[0], Node_RangeImage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RangeImageRequest, ImageChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_RangeImageClient = grpc.ServerStreamingClient[ImageChunk]
+
+func (c *nodeClient) CheckReplicas(ctx context.Context, in *CheckReplicasRequest, opts ...grpc.CallOption) (*CheckReplicasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckReplicasResponse)
+	err := c.cc.Invoke(ctx, Node_CheckReplicas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeClient) Feed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FeedRequest, FeedResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[1], Node_Feed_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FeedRequest, FeedResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_FeedClient = grpc.BidiStreamingClient[FeedRequest, FeedResponse]
+
+func (c *nodeClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[2], Node_Events_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[EventsRequest, EventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_EventsClient = grpc.ServerStreamingClient[EventsResponse]
+
 func (c *nodeClient) ChangeRange(ctx context.Context, in *ChangeRangeRequest, opts ...grpc.CallOption) (*ChangeRangeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ChangeRangeResponse)
@@ -258,6 +357,29 @@ type NodeServer interface {
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(context.Context, *ReadRequest) (*ReadResponse, error)
+	// HashReplica hashes this node's replica of a range at a revision (its
+	// version records at or below it and its compacted revision), after a
+	// read index, so that every acknowledged write and compaction has
+	// applied here; the caller has waited until the range closed the
+	// revision. Replicas holding the same data answer the same hash.
+	HashReplica(context.Context, *HashReplicaRequest) (*HashReplicaResponse, error)
+	// RangeImage streams this node's replica of a range, in the mvcc
+	// snapshot format, once it has applied every write up to a revision
+	// (after a read index; the caller has waited until the range closed it):
+	// the part a member without the range puts into a backup.
+	RangeImage(*RangeImageRequest, grpc.ServerStreamingServer[ImageChunk]) error
+	// CheckReplicas hashes every replica of every range at one revision on
+	// its member and compares them (the admin call behind `cairn check`,
+	// served on the client port too; root's once auth is enabled).
+	CheckReplicas(context.Context, *CheckReplicasRequest) (*CheckReplicasResponse, error)
+	// Feed carries, on one stream per member pair, the change events and
+	// progress of key spans the caller watches and holds no replica of
+	// (its mirror hubs, router/feed.go): the caller opens, kicks and
+	// cancels feeds; each answer carries batches of any of its feeds.
+	Feed(grpc.BidiStreamingServer[FeedRequest, FeedResponse]) error
+	// Events streams the change events of a key span this node holds
+	// replicas of, revisions from..to (a mirror hub's catch-up).
+	Events(*EventsRequest, grpc.ServerStreamingServer[EventsResponse]) error
 	// ChangeRange reads or changes the raft group of a range this node holds
 	// a replica of, or answers its replica's status (moves: placement.Mover
 	// drives a range's group through a member holding it).
@@ -309,6 +431,21 @@ func (UnimplementedNodeServer) RemoveMember(context.Context, *RemoveMemberReques
 }
 func (UnimplementedNodeServer) Read(context.Context, *ReadRequest) (*ReadResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Read not implemented")
+}
+func (UnimplementedNodeServer) HashReplica(context.Context, *HashReplicaRequest) (*HashReplicaResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method HashReplica not implemented")
+}
+func (UnimplementedNodeServer) RangeImage(*RangeImageRequest, grpc.ServerStreamingServer[ImageChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method RangeImage not implemented")
+}
+func (UnimplementedNodeServer) CheckReplicas(context.Context, *CheckReplicasRequest) (*CheckReplicasResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CheckReplicas not implemented")
+}
+func (UnimplementedNodeServer) Feed(grpc.BidiStreamingServer[FeedRequest, FeedResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Feed not implemented")
+}
+func (UnimplementedNodeServer) Events(*EventsRequest, grpc.ServerStreamingServer[EventsResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Events not implemented")
 }
 func (UnimplementedNodeServer) ChangeRange(context.Context, *ChangeRangeRequest) (*ChangeRangeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ChangeRange not implemented")
@@ -520,6 +657,71 @@ func _Node_Read_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_HashReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HashReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).HashReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_HashReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).HashReplica(ctx, req.(*HashReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Node_RangeImage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(RangeImageRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeServer).RangeImage(m, &grpc.GenericServerStream[RangeImageRequest, ImageChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_RangeImageServer = grpc.ServerStreamingServer[ImageChunk]
+
+func _Node_CheckReplicas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckReplicasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).CheckReplicas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_CheckReplicas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).CheckReplicas(ctx, req.(*CheckReplicasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Node_Feed_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServer).Feed(&grpc.GenericServerStream[FeedRequest, FeedResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_FeedServer = grpc.BidiStreamingServer[FeedRequest, FeedResponse]
+
+func _Node_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeServer).Events(m, &grpc.GenericServerStream[EventsRequest, EventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_EventsServer = grpc.ServerStreamingServer[EventsResponse]
+
 func _Node_ChangeRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ChangeRangeRequest)
 	if err := dec(in); err != nil {
@@ -622,6 +824,14 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Node_Read_Handler,
 		},
 		{
+			MethodName: "HashReplica",
+			Handler:    _Node_HashReplica_Handler,
+		},
+		{
+			MethodName: "CheckReplicas",
+			Handler:    _Node_CheckReplicas_Handler,
+		},
+		{
 			MethodName: "ChangeRange",
 			Handler:    _Node_ChangeRange_Handler,
 		},
@@ -634,6 +844,23 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Node_TransferRangeLeader_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "RangeImage",
+			Handler:       _Node_RangeImage_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Feed",
+			Handler:       _Node_Feed_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Events",
+			Handler:       _Node_Events_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "internalpb/internal.proto",
 }

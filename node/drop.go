@@ -217,7 +217,10 @@ func (n *Node) dropDeleted(ctx context.Context, info raftio.NodeInfo) {
 		return
 	}
 	n.log.Info("raft removed this member's replica of a range; dropping its data", "range", id, "replica", replica)
-	n.routes.Remove(id)
+	// Served through the members holding it from now on. Watches on the
+	// replica's hub end here (canceled with a reason); the watch feeds
+	// (S7) are to move them to a mirror instead.
+	n.routes.Leave(id)
 	r.Hub().Close()
 	r.Close()
 	remove := n.removeRaftData

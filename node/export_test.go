@@ -336,3 +336,7 @@ func (n *Node) FeedSources() map[uint64]uint64 {
 	}
 	return out
 }
+
+// DestinationSnapshots counts the snapshots that the move destinations
+// started on this node were restored from.
+func (n *Node) DestinationSnapshots() int64 { return n.destinationSnapshots.Load() }

@@ -43,6 +43,7 @@ func (n *Node) followMap() {
 			if ranges, err := n.localMap(); err == nil {
 				routes.PutMap(ranges)
 			}
+			n.reconcileSoon()
 		}
 		nodes, err := n.localNodes()
 		if err != nil {
@@ -77,6 +78,16 @@ func (n *Node) localNodes() ([]*placementpb.Node, error) {
 // localMap reads the range map from this member's placement replica,
 // without a round trip.
 func (n *Node) localMap() ([]*placementpb.RangeDescriptor, error) {
+	st, err := n.localState()
+	if err != nil {
+		return nil, err
+	}
+	return st.Ranges, nil
+}
+
+// localState reads the placement state (the range map and the open
+// moves) from this member's placement replica, without a round trip.
+func (n *Node) localState() (*placementpb.State, error) {
 	nh := n.mapHost.Load()
 	if nh == nil {
 		return nil, fmt.Errorf("node: the placement group is not started")
@@ -89,7 +100,7 @@ func (n *Node) localMap() ([]*placementpb.RangeDescriptor, error) {
 	if !ok {
 		return nil, fmt.Errorf("node: the placement group answered %T for its state", v)
 	}
-	return st.Ranges, nil
+	return st, nil
 }
 
 // placementNodes reads the members' node records, by id: through the

@@ -516,6 +516,24 @@ type Node struct {
 	// mapSignal is signalled after each apply of the local placement
 	// replica (mapfollow.go).
 	mapSignal chan struct{}
+	// reconcileSignal asks the reconciler for a pass (reconcile.go), and
+	// askedDrop, the reconciler goroutine's own, holds the replicas it had
+	// dropped (replica ids are never reused).
+	reconcileSignal chan struct{}
+	askedDrop       map[replicaKey]bool
+	// destinations holds the moves' destination replicas the reconciler
+	// started here and has not routed here yet, by replicaKey: nothing is
+	// served from them (notServing).
+	destinations sync.Map
+	// destinationSnapshots counts the snapshots the destination replicas
+	// started here were restored from (a move's catch-up: export_test.go).
+	destinationSnapshots atomic.Int64
+	// mover drives the moves of ranges between members while this
+	// member's placement replica leads (move.go; sharded mode).
+	mover *placement.Mover
+	// leaving holds the replicas here told to stop serving (a move's
+	// source about to be removed: move.go), by replicaKey.
+	leaving sync.Map
 	// holds is the replica client that TransferHold entries and leader
 	// changes reach (see TransferLeader); nil until it exists.
 	holds atomic.Pointer[shard.Replica]
@@ -595,6 +613,8 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.stop = make(chan struct{})
 	n.mapSignal = make(chan struct{}, 1)
+	n.reconcileSignal = make(chan struct{}, 1)
+	n.askedDrop = map[replicaKey]bool{}
 	n.closedClock = shard.NewClock()
 	m, err := newMetrics(n.cfg.Metrics, n.cfg.MetricsLevel)
 	if err != nil {
@@ -882,10 +902,16 @@ func (n *Node) startPlacementGroup(ctx context.Context, b boot) (ranges, unsplit
 	}
 	if n.cfg.RangeReplicas > 0 {
 		// Only the replicas the map names for this member (the others
-		// are served through the members holding them).
+		// are served through the members holding them); a move's
+		// destination not voting yet is the reconciler's to start,
+		// non-voting (reconcile.go).
+		moving, err := n.movesHere(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
 		ranges = slices.DeleteFunc(slices.Clone(ranges), func(d *placementpb.RangeDescriptor) bool {
 			_, ok := placement.ReplicaOf(d, placement.NodeID(n.memberID))
-			return !ok
+			return !ok || moving[d.Id]
 		})
 	}
 	if ranges, unsplit, err = shard.LocalRanges(n.db, n.memberID, ranges, b.founders != nil, n.log); err != nil {
@@ -956,6 +982,9 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
 		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) },
 		PlacementVoters: n.cfg.PlacementReplicas, Log: n.log})
+	if cfg.Sharded {
+		n.mover = n.newMover()
+	}
 	shardCfg := shard.Config{DB: n.db, Events: n.events, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
 		if n.splitter != nil {
 			n.splitter.OnSplit(n.first, child, span, rev, founders)
@@ -1095,9 +1124,11 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
 			Home: home, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
 		n.fanout.Start()
-		n.wg.Add(2)
+		n.wg.Add(4)
 		go n.runDrops()
 		go n.resumeAdds()
+		go n.runReconciler()
+		go n.runMoves()
 	}
 	n.wg.Add(1)
 	go n.trackLearner()
@@ -1208,6 +1239,9 @@ func (n *Node) serve() error {
 		CompactLog: n.reconfig.CompactLog, RemoveMember: func(ctx context.Context, id uint64) error { return n.removeMember(ctx, id, false) }}
 	if n.alloc != nil {
 		mcfg.Oracle = n.alloc
+	}
+	if cfg.Sharded {
+		mcfg.Mover, mcfg.Leaving = n, n.notServing
 	}
 	n.member = router.NewMember(mcfg)
 	rs.RegisterOperator(n.grpc, n.member)

@@ -194,16 +194,21 @@ func (n *Node) rangeCfg(replicaID shard.ReplicaID) shard.RangeConfig {
 // with its founders and joining it), with what range 1 alone carries left
 // out of its config.
 func (n *Node) startRange(r *shard.Range, founders, join bool) error {
+	if err := n.recordReplica(r); err != nil {
+		return err
+	}
+	return n.rangeSet.Start(r, n.rangeShardCfg(r), n.raftCfg, founders, join)
+}
+
+// rangeShardCfg is the shard config of r, a range other than range 1.
+func (n *Node) rangeShardCfg(r *shard.Range) shard.Config {
 	cfg := n.shardCfg
 	cfg.OnApply = nil
 	cfg.OnSplit = func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
 		n.splitter.OnSplit(r, child, span, rev, founders)
 	}
 	cfg.OnPeers, cfg.OnHold = nil, nil
-	if err := n.recordReplica(r); err != nil {
-		return err
-	}
-	return n.rangeSet.Start(r, cfg, n.raftCfg, founders, join)
+	return cfg
 }
 
 // closedEvery is how often the node raises the closed revision of the idle

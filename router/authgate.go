@@ -11,8 +11,9 @@ import (
 
 // The calls etcd lets only root make once auth is enabled, and those it
 // lets any authenticated user make, by gRPC method; the KV, Watch, Lease
-// and Auth services check their own (auth.go). Cairn's operator call on
-// the client port (SplitRange) is root's too.
+// and Auth services check their own (auth.go). Cairn's operator calls on
+// the client port (SplitRange, CheckReplicas, MoveRange,
+// TransferRangeLeader) are root's too.
 var (
 	adminMethods = map[string]bool{
 		"/etcdserverpb.Maintenance/Defragment":       true,
@@ -27,6 +28,10 @@ var (
 		"/etcdserverpb.Cluster/MemberPromote":        true,
 		internalpb.Node_SplitRange_FullMethodName:    true,
 		internalpb.Node_CheckReplicas_FullMethodName: true,
+
+		// Moves (move.go).
+		internalpb.Node_MoveRange_FullMethodName:           true,
+		internalpb.Node_TransferRangeLeader_FullMethodName: true,
 	}
 	userMethods = map[string]bool{
 		"/etcdserverpb.Maintenance/Status": true,

@@ -35,6 +35,12 @@ type MemberConfig struct {
 	CompactLog func(ctx context.Context, id placement.RangeID) error
 	// RemoveMember removes member id from the cluster, here (nil: refused).
 	RemoveMember func(ctx context.Context, id uint64) error
+	// Mover serves the move calls (move.go); nil refuses them.
+	Mover RangeMover
+	// Leaving reports the ranges whose replica here is about to be
+	// removed (a move's source): the service serves nothing from them.
+	// nil: none.
+	Leaving func(id shard.RangeID) bool
 }
 
 // RevisionSource hands out revisions of the oracle (placement.Allocator).
@@ -52,6 +58,9 @@ type localMember struct{ cfg MemberConfig }
 func (m localMember) Range(id shard.RangeID) Local {
 	if !m.cfg.Sharded {
 		return nil // single-group mode serves no range to other members
+	}
+	if m.cfg.Leaving != nil && m.cfg.Leaving(id) {
+		return nil
 	}
 	if r := m.cfg.Ranges.Get(id, false); r != nil {
 		return LocalRange(r)

@@ -77,9 +77,9 @@ func (s *Server) PeerGRPCOptions(gate PeerGate) []grpc.ServerOption {
 }
 
 // RegisterOperator attaches to g (the client port's server) the
-// node-to-node service's operator calls, SplitRange and CheckReplicas
-// (replicaops.go), served from m; the
-// service's other methods answer Unimplemented.
+// node-to-node service's operator calls, SplitRange, CheckReplicas
+// (replicaops.go), MoveRange and TransferRangeLeader (move.go), served
+// from m; the service's other methods answer Unimplemented.
 func (s *Server) RegisterOperator(g *grpc.Server, m Member) {
 	internalpb.RegisterNodeServer(g, operatorServer{in: &internalServer{self: s.cfg.MemberID, m: m, srv: s}})
 }

@@ -283,6 +283,20 @@ func (s *Set) Start(r *Range, cfg Config, raftCfg dbconfig.Config, founders, joi
 	return r.Start(cfg, members, join, raftCfg)
 }
 
+// StartNonVoting starts the raft replica of r (Range.Start) with cfg as
+// Start does, joining its group as a non-voting member whatever this
+// member is: a move's destination, added non-voting before it votes
+// (placement.Mover), and restarted so until the move promoted it.
+func (s *Set) StartNonVoting(r *Range, cfg Config, raftCfg dbconfig.Config) error {
+	d := r.Descriptor()
+	if err := s.waitDrops(RangeID(d.Id), SpanOf(d)); err != nil {
+		return err
+	}
+	cfg.Span = SpanOf(d)
+	raftCfg.IsNonVoting = true
+	return r.Start(cfg, nil, true, raftCfg)
+}
+
 // LocalRanges returns the ranges member self starts, in key order: the
 // range map's, except that a range the map names whose split has not
 // applied here is left in the range it was to split from (pending). A

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -19,13 +20,24 @@ import (
 	"github.com/cairn-kv/cairn/proto/internalpb"
 )
 
-// rangeSynopsis is the usage line errors repeat.
-const rangeSynopsis = "usage: cairn range split [--endpoints host:port,...] [-w simple|json|table] <key>"
+// rangeSynopsis is the usage lines errors repeat.
+const rangeSynopsis = `usage: cairn range split [--endpoints host:port,...] [-w simple|json|table] <key>
+       cairn range move [--endpoints host:port,...] <range> <from-member> <to-member>
+       cairn range transfer-leader [--endpoints host:port,...] <range> <member>`
 
 const rangeUsage = rangeSynopsis + `
 
-Split the range holding key at key, in place, while it serves, through the
-first member that can be reached; print the two ranges.`
+split: split the range holding key at key, in place, while it serves,
+through the first member that can be reached; print the two ranges.
+
+move: move range's replica on from-member to to-member while it serves (the
+new replica is added non-voting, caught up by a snapshot, made a voter;
+leadership leaves the old one, which is then removed); print the range.
+
+transfer-leader: make member's replica of range the range's leader.
+
+Members are named by their ids in hex, as etcdctl member list prints them.
+Moves and leader transfers need root once auth is enabled.`
 
 // rangeCommand runs `cairn range split <key>`: it splits the range holding
 // key at key, in place, through the first endpoint that can be reached
@@ -35,6 +47,9 @@ func rangeCommand(args, environ []string, stdout io.Writer) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
 		fmt.Fprintln(stdout, rangeUsage)
 		return nil
+	}
+	if len(args) > 0 && (args[0] == "move" || args[0] == "transfer-leader") {
+		return rangeMoveCommand(args[0], args[1:], environ, stdout)
 	}
 	if len(args) == 0 || args[0] != "split" {
 		return errors.New(rangeSynopsis)
@@ -102,9 +117,21 @@ func rangeEnd(end []byte) string {
 // splitAt asks the member at endpoint to split at key. An endpoint not
 // reached within the dial timeout is an Unavailable error.
 func splitAt(endpoint string, key []byte, c ctlFlags) (*internalpb.SplitRangeResponse, error) {
+	var resp *internalpb.SplitRangeResponse
+	err := nodeCall(endpoint, c, func(ctx context.Context, nc internalpb.NodeClient) (err error) {
+		resp, err = nc.SplitRange(ctx, &internalpb.SplitRangeRequest{Key: key})
+		return err
+	})
+	return resp, err
+}
+
+// nodeCall makes call to the node-to-node service's operator face at
+// endpoint, within the command timeout and as the user of c. An endpoint
+// not reached within the dial timeout is an Unavailable error.
+func nodeCall(endpoint string, c ctlFlags, call func(ctx context.Context, nc internalpb.NodeClient) error) error {
 	conn, err := grpc.NewClient(hostOf(endpoint), grpc.WithTransportCredentials(c.grpcCreds()))
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return status.Error(codes.Unavailable, err.Error())
 	}
 	defer conn.Close()
 	dctx, cancel := context.WithTimeout(context.Background(), c.dialTimeout)
@@ -112,17 +139,96 @@ func splitAt(endpoint string, key []byte, c ctlFlags) (*internalpb.SplitRangeRes
 	conn.Connect()
 	for s := conn.GetState(); s != connectivity.Ready; s = conn.GetState() {
 		if !conn.WaitForStateChange(dctx, s) {
-			return nil, status.Errorf(codes.Unavailable, "not reached within --dial-timeout %v (%v)", c.dialTimeout, s)
+			return status.Errorf(codes.Unavailable, "not reached within --dial-timeout %v (%v)", c.dialTimeout, s)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.commandTimeout)
 	defer cancel()
 	token, err := c.authenticate(ctx, endpoint)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, rpctypes.TokenFieldNameGRPC, token)
 	}
-	return internalpb.NewNodeClient(conn).SplitRange(ctx, &internalpb.SplitRangeRequest{Key: key})
+	return call(ctx, internalpb.NewNodeClient(conn))
+}
+
+// rangeMoveCommand runs `cairn range move <range> <from> <to>` and `cairn
+// range transfer-leader <range> <member>` (what, with their args) through
+// the first endpoint that can be reached.
+func rangeMoveCommand(what string, args, environ []string, stdout io.Writer) error {
+	cc := newCtlCommand("cairn range "+what, rangeUsage)
+	// A move waits for the new replica to catch up: far longer than
+	// etcdctl's 5s for short commands.
+	cc.c.commandTimeout = time.Minute
+	cc.fs.Lookup("command-timeout").DefValue = "1m0s"
+	c, err := cc.parse(args, environ, stdout)
+	if errors.Is(err, errCtlHelp) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("range %s: %w", what, err)
+	}
+	want := 3
+	if what == "transfer-leader" {
+		want = 2
+	}
+	if cc.fs.NArg() != want {
+		return errors.New(rangeSynopsis)
+	}
+	rangeID, err := strconv.ParseUint(cc.fs.Arg(0), 10, 64)
+	if err != nil || rangeID == 0 {
+		return fmt.Errorf("range %s: bad range id %q", what, cc.fs.Arg(0))
+	}
+	members := make([]uint64, want-1)
+	for i := range members {
+		if members[i], err = strconv.ParseUint(cc.fs.Arg(i+1), 16, 64); err != nil || members[i] == 0 {
+			return fmt.Errorf("range %s: bad member id %q (hex, as etcdctl member list prints it)", what, cc.fs.Arg(i+1))
+		}
+	}
+	var moved *internalpb.MoveRangeResponse
+	call := func(ctx context.Context, nc internalpb.NodeClient) (err error) {
+		if what == "move" {
+			moved, err = nc.MoveRange(ctx, &internalpb.MoveRangeRequest{Range: rangeID, FromMember: members[0], ToMember: members[1]})
+			return err
+		}
+		_, err = nc.TransferRangeLeader(ctx, &internalpb.TransferRangeLeaderRequest{Range: rangeID, Member: members[0]})
+		return err
+	}
+	var errs []error
+	for _, ep := range c.endpoints {
+		err = nodeCall(ep, c, call)
+		if err == nil || status.Code(err) != codes.Unavailable {
+			break
+		}
+		errs = append(errs, fmt.Errorf("%s: %s", ep, status.Convert(err).Message()))
+	}
+	if err != nil {
+		if status.Code(err) == codes.Unavailable && len(errs) > 0 {
+			return fmt.Errorf("range %s: %w", what, errors.Join(errs...))
+		}
+		return fmt.Errorf("range %s: %s", what, status.Convert(err).Message())
+	}
+	if what == "transfer-leader" {
+		fmt.Fprintf(stdout, "Leadership of range %d transferred to %x\n", rangeID, members[0])
+		return nil
+	}
+	if c.writeOut == "json" {
+		b, err := protojson.Marshal(moved)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s\n", b)
+		return nil
+	}
+	fmt.Fprintf(stdout, "Moved range %d from %x to %x\n", rangeID, members[0], members[1])
+	if d := moved.GetRange(); d != nil {
+		var replicas []string
+		for _, p := range d.ReplicaSet {
+			replicas = append(replicas, fmt.Sprintf("%x", p.Member))
+		}
+		fmt.Fprintf(stdout, "range %d [%q, %s) generation %d on %s\n", d.Id, d.Start, rangeEnd(d.End), d.Generation, strings.Join(replicas, ", "))
+	}
+	return nil
 }

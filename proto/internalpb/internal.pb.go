@@ -80,6 +80,79 @@ func (FeedEndReason) EnumDescriptor() ([]byte, []int) {
 	return file_internalpb_internal_proto_rawDescGZIP(), []int{0}
 }
 
+// ChangeRangeOp is what a ChangeRange asks of a range's raft group.
+type ChangeRangeOp int32
+
+const (
+	ChangeRangeOp_CHANGE_RANGE_OP_UNSPECIFIED ChangeRangeOp = 0
+	// The group's membership, read through its leader, and its leader.
+	ChangeRangeOp_CHANGE_RANGE_OP_MEMBERSHIP ChangeRangeOp = 1
+	// Add replica (on member) as a non-voting member.
+	ChangeRangeOp_CHANGE_RANGE_OP_ADD_LEARNER ChangeRangeOp = 2
+	// Make replica (on member) a voter.
+	ChangeRangeOp_CHANGE_RANGE_OP_PROMOTE ChangeRangeOp = 3
+	// Remove replica from the group.
+	ChangeRangeOp_CHANGE_RANGE_OP_REMOVE ChangeRangeOp = 4
+	// Hand the group's leadership to replica; answers once it leads.
+	ChangeRangeOp_CHANGE_RANGE_OP_TRANSFER_LEADER ChangeRangeOp = 5
+	// This node's replica of the range: its id and applied index.
+	ChangeRangeOp_CHANGE_RANGE_OP_STATUS ChangeRangeOp = 6
+	// This node stops serving the range from its replica (it is about to be
+	// removed): requests go to the other members holding it.
+	ChangeRangeOp_CHANGE_RANGE_OP_LEAVE ChangeRangeOp = 7
+)
+
+// Enum value maps for ChangeRangeOp.
+var (
+	ChangeRangeOp_name = map[int32]string{
+		0: "CHANGE_RANGE_OP_UNSPECIFIED",
+		1: "CHANGE_RANGE_OP_MEMBERSHIP",
+		2: "CHANGE_RANGE_OP_ADD_LEARNER",
+		3: "CHANGE_RANGE_OP_PROMOTE",
+		4: "CHANGE_RANGE_OP_REMOVE",
+		5: "CHANGE_RANGE_OP_TRANSFER_LEADER",
+		6: "CHANGE_RANGE_OP_STATUS",
+		7: "CHANGE_RANGE_OP_LEAVE",
+	}
+	ChangeRangeOp_value = map[string]int32{
+		"CHANGE_RANGE_OP_UNSPECIFIED":     0,
+		"CHANGE_RANGE_OP_MEMBERSHIP":      1,
+		"CHANGE_RANGE_OP_ADD_LEARNER":     2,
+		"CHANGE_RANGE_OP_PROMOTE":         3,
+		"CHANGE_RANGE_OP_REMOVE":          4,
+		"CHANGE_RANGE_OP_TRANSFER_LEADER": 5,
+		"CHANGE_RANGE_OP_STATUS":          6,
+		"CHANGE_RANGE_OP_LEAVE":           7,
+	}
+)
+
+func (x ChangeRangeOp) Enum() *ChangeRangeOp {
+	p := new(ChangeRangeOp)
+	*p = x
+	return p
+}
+
+func (x ChangeRangeOp) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ChangeRangeOp) Descriptor() protoreflect.EnumDescriptor {
+	return file_internalpb_internal_proto_enumTypes[1].Descriptor()
+}
+
+func (ChangeRangeOp) Type() protoreflect.EnumType {
+	return &file_internalpb_internal_proto_enumTypes[1]
+}
+
+func (x ChangeRangeOp) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ChangeRangeOp.Descriptor instead.
+func (ChangeRangeOp) EnumDescriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+}
+
 // ErrorCode says what kind of failure an Error is.
 type ErrorCode int32
 
@@ -122,11 +195,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_internalpb_internal_proto_enumTypes[1].Descriptor()
+	return file_internalpb_internal_proto_enumTypes[2].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_internalpb_internal_proto_enumTypes[1]
+	return &file_internalpb_internal_proto_enumTypes[2]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -135,7 +208,7 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{1}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{2}
 }
 
 type HashReplicaRequest struct {
@@ -1150,6 +1223,363 @@ func (x *RevisionEvents) GetEvents() [][]byte {
 	return nil
 }
 
+type ChangeRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Op            ChangeRangeOp          `protobuf:"varint,2,opt,name=op,proto3,enum=cairn.internal.v1.ChangeRangeOp" json:"op,omitempty"`
+	Replica       uint64                 `protobuf:"varint,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	Member        uint64                 `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeRangeRequest) Reset() {
+	*x = ChangeRangeRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeRangeRequest) ProtoMessage() {}
+
+func (x *ChangeRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeRangeRequest.ProtoReflect.Descriptor instead.
+func (*ChangeRangeRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ChangeRangeRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *ChangeRangeRequest) GetOp() ChangeRangeOp {
+	if x != nil {
+		return x.Op
+	}
+	return ChangeRangeOp_CHANGE_RANGE_OP_UNSPECIFIED
+}
+
+func (x *ChangeRangeRequest) GetReplica() uint64 {
+	if x != nil {
+		return x.Replica
+	}
+	return 0
+}
+
+func (x *ChangeRangeRequest) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+type ChangeRangeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Error *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	// The group's voting, non-voting and removed replica ids (MEMBERSHIP).
+	Voters   []uint64 `protobuf:"varint,2,rep,packed,name=voters,proto3" json:"voters,omitempty"`
+	Learners []uint64 `protobuf:"varint,3,rep,packed,name=learners,proto3" json:"learners,omitempty"`
+	Removed  []uint64 `protobuf:"varint,4,rep,packed,name=removed,proto3" json:"removed,omitempty"`
+	// leader is the replica that leads the group (0: none known).
+	Leader uint64 `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// replica and applied are this node's replica of the range and the raft
+	// index it applied (STATUS).
+	Replica       uint64 `protobuf:"varint,6,opt,name=replica,proto3" json:"replica,omitempty"`
+	Applied       uint64 `protobuf:"varint,7,opt,name=applied,proto3" json:"applied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeRangeResponse) Reset() {
+	*x = ChangeRangeResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeRangeResponse) ProtoMessage() {}
+
+func (x *ChangeRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeRangeResponse.ProtoReflect.Descriptor instead.
+func (*ChangeRangeResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ChangeRangeResponse) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *ChangeRangeResponse) GetVoters() []uint64 {
+	if x != nil {
+		return x.Voters
+	}
+	return nil
+}
+
+func (x *ChangeRangeResponse) GetLearners() []uint64 {
+	if x != nil {
+		return x.Learners
+	}
+	return nil
+}
+
+func (x *ChangeRangeResponse) GetRemoved() []uint64 {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *ChangeRangeResponse) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
+func (x *ChangeRangeResponse) GetReplica() uint64 {
+	if x != nil {
+		return x.Replica
+	}
+	return 0
+}
+
+func (x *ChangeRangeResponse) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+type MoveRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	FromMember    uint64                 `protobuf:"varint,2,opt,name=from_member,json=fromMember,proto3" json:"from_member,omitempty"`
+	ToMember      uint64                 `protobuf:"varint,3,opt,name=to_member,json=toMember,proto3" json:"to_member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveRangeRequest) Reset() {
+	*x = MoveRangeRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveRangeRequest) ProtoMessage() {}
+
+func (x *MoveRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveRangeRequest.ProtoReflect.Descriptor instead.
+func (*MoveRangeRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MoveRangeRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *MoveRangeRequest) GetFromMember() uint64 {
+	if x != nil {
+		return x.FromMember
+	}
+	return 0
+}
+
+func (x *MoveRangeRequest) GetToMember() uint64 {
+	if x != nil {
+		return x.ToMember
+	}
+	return 0
+}
+
+// MoveRangeResponse holds the range as the move left it.
+type MoveRangeResponse struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Range         *placementpb.RangeDescriptor `protobuf:"bytes,1,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveRangeResponse) Reset() {
+	*x = MoveRangeResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveRangeResponse) ProtoMessage() {}
+
+func (x *MoveRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveRangeResponse.ProtoReflect.Descriptor instead.
+func (*MoveRangeResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MoveRangeResponse) GetRange() *placementpb.RangeDescriptor {
+	if x != nil {
+		return x.Range
+	}
+	return nil
+}
+
+type TransferRangeLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Member        uint64                 `protobuf:"varint,2,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferRangeLeaderRequest) Reset() {
+	*x = TransferRangeLeaderRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferRangeLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferRangeLeaderRequest) ProtoMessage() {}
+
+func (x *TransferRangeLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferRangeLeaderRequest.ProtoReflect.Descriptor instead.
+func (*TransferRangeLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TransferRangeLeaderRequest) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *TransferRangeLeaderRequest) GetMember() uint64 {
+	if x != nil {
+		return x.Member
+	}
+	return 0
+}
+
+type TransferRangeLeaderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferRangeLeaderResponse) Reset() {
+	*x = TransferRangeLeaderResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferRangeLeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferRangeLeaderResponse) ProtoMessage() {}
+
+func (x *TransferRangeLeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferRangeLeaderResponse.ProtoReflect.Descriptor instead.
+func (*TransferRangeLeaderResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
+}
+
 type RemoveMemberRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Member        uint64                 `protobuf:"varint,1,opt,name=member,proto3" json:"member,omitempty"`
@@ -1159,7 +1589,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1601,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[16]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1614,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{16}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RemoveMemberRequest) GetMember() uint64 {
@@ -1203,7 +1633,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1645,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[17]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1658,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{17}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RemoveMemberResponse) GetError() *Error {
@@ -1259,7 +1689,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1701,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1714,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReadRequest) GetRange() uint64 {
@@ -1448,7 +1878,7 @@ type LeaseQuery struct {
 
 func (x *LeaseQuery) Reset() {
 	*x = LeaseQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1890,7 @@ func (x *LeaseQuery) String() string {
 func (*LeaseQuery) ProtoMessage() {}
 
 func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1903,7 @@ func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseQuery.ProtoReflect.Descriptor instead.
 func (*LeaseQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LeaseQuery) GetLease() int64 {
@@ -1495,7 +1925,7 @@ type ReadTxn struct {
 
 func (x *ReadTxn) Reset() {
 	*x = ReadTxn{}
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +1937,7 @@ func (x *ReadTxn) String() string {
 func (*ReadTxn) ProtoMessage() {}
 
 func (x *ReadTxn) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +1950,7 @@ func (x *ReadTxn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadTxn.ProtoReflect.Descriptor instead.
 func (*ReadTxn) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReadTxn) GetTxn() []byte {
@@ -1545,7 +1975,7 @@ type StatusQuery struct {
 
 func (x *StatusQuery) Reset() {
 	*x = StatusQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1987,7 @@ func (x *StatusQuery) String() string {
 func (*StatusQuery) ProtoMessage() {}
 
 func (x *StatusQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +2000,7 @@ func (x *StatusQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusQuery.ProtoReflect.Descriptor instead.
 func (*StatusQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
 }
 
 type HashQuery struct {
@@ -1582,7 +2012,7 @@ type HashQuery struct {
 
 func (x *HashQuery) Reset() {
 	*x = HashQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +2024,7 @@ func (x *HashQuery) String() string {
 func (*HashQuery) ProtoMessage() {}
 
 func (x *HashQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +2037,7 @@ func (x *HashQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashQuery.ProtoReflect.Descriptor instead.
 func (*HashQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *HashQuery) GetRevision() int64 {
@@ -1626,7 +2056,7 @@ type AlarmsQuery struct {
 
 func (x *AlarmsQuery) Reset() {
 	*x = AlarmsQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +2068,7 @@ func (x *AlarmsQuery) String() string {
 func (*AlarmsQuery) ProtoMessage() {}
 
 func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +2081,7 @@ func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmsQuery.ProtoReflect.Descriptor instead.
 func (*AlarmsQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
 }
 
 type AuthQuery struct {
@@ -1662,7 +2092,7 @@ type AuthQuery struct {
 
 func (x *AuthQuery) Reset() {
 	*x = AuthQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +2104,7 @@ func (x *AuthQuery) String() string {
 func (*AuthQuery) ProtoMessage() {}
 
 func (x *AuthQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +2117,7 @@ func (x *AuthQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthQuery.ProtoReflect.Descriptor instead.
 func (*AuthQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
 }
 
 type ReadResponse struct {
@@ -1705,7 +2135,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1717,7 +2147,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1730,7 +2160,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadResponse) GetError() *Error {
@@ -1790,7 +2220,7 @@ type RangeStatus struct {
 
 func (x *RangeStatus) Reset() {
 	*x = RangeStatus{}
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +2232,7 @@ func (x *RangeStatus) String() string {
 func (*RangeStatus) ProtoMessage() {}
 
 func (x *RangeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2245,7 @@ func (x *RangeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStatus.ProtoReflect.Descriptor instead.
 func (*RangeStatus) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RangeStatus) GetRevision() int64 {
@@ -1872,7 +2302,7 @@ type RangeHash struct {
 
 func (x *RangeHash) Reset() {
 	*x = RangeHash{}
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +2314,7 @@ func (x *RangeHash) String() string {
 func (*RangeHash) ProtoMessage() {}
 
 func (x *RangeHash) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2327,7 @@ func (x *RangeHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHash.ProtoReflect.Descriptor instead.
 func (*RangeHash) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RangeHash) GetHash() uint32 {
@@ -1930,7 +2360,7 @@ type CompactLogRequest struct {
 
 func (x *CompactLogRequest) Reset() {
 	*x = CompactLogRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2372,7 @@ func (x *CompactLogRequest) String() string {
 func (*CompactLogRequest) ProtoMessage() {}
 
 func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2385,7 @@ func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogRequest.ProtoReflect.Descriptor instead.
 func (*CompactLogRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CompactLogRequest) GetRange() uint64 {
@@ -1974,7 +2404,7 @@ type CompactLogResponse struct {
 
 func (x *CompactLogResponse) Reset() {
 	*x = CompactLogResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2416,7 @@ func (x *CompactLogResponse) String() string {
 func (*CompactLogResponse) ProtoMessage() {}
 
 func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2429,7 @@ func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogResponse.ProtoReflect.Descriptor instead.
 func (*CompactLogResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CompactLogResponse) GetError() *Error {
@@ -2031,7 +2461,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2473,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2486,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2103,7 +2533,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2115,7 +2545,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2128,7 +2558,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -2149,7 +2579,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2161,7 +2591,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2174,7 +2604,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -2194,7 +2624,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2636,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2649,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -2246,7 +2676,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2688,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2701,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
@@ -2299,7 +2729,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2311,7 +2741,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2754,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -2358,7 +2788,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[36]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2800,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[36]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2813,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -2410,7 +2840,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[37]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2422,7 +2852,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[37]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2435,7 +2865,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{37}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -2461,7 +2891,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[38]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2473,7 +2903,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[38]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2486,7 +2916,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{38}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -2507,7 +2937,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[39]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2949,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[39]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2962,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{39}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -2559,7 +2989,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[40]
+	mi := &file_internalpb_internal_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +3001,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[40]
+	mi := &file_internalpb_internal_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +3014,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{40}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -2615,7 +3045,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[41]
+	mi := &file_internalpb_internal_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +3057,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[41]
+	mi := &file_internalpb_internal_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +3070,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{41}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -2673,7 +3103,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[42]
+	mi := &file_internalpb_internal_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2685,7 +3115,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[42]
+	mi := &file_internalpb_internal_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2698,7 +3128,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{42}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -2716,7 +3146,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[43]
+	mi := &file_internalpb_internal_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +3158,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[43]
+	mi := &file_internalpb_internal_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +3171,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{43}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{49}
 }
 
 type KickRequest struct {
@@ -2754,7 +3184,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[44]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +3196,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[44]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +3209,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{44}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -2804,7 +3234,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[45]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +3246,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[45]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +3259,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{45}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{51}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
@@ -2903,7 +3333,31 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"D\n" +
 	"\x0eRevisionEvents\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
-	"\x06events\x18\x02 \x03(\fR\x06events\"-\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\"\x8e\x01\n" +
+	"\x12ChangeRangeRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x120\n" +
+	"\x02op\x18\x02 \x01(\x0e2 .cairn.internal.v1.ChangeRangeOpR\x02op\x12\x18\n" +
+	"\areplica\x18\x03 \x01(\x04R\areplica\x12\x16\n" +
+	"\x06member\x18\x04 \x01(\x04R\x06member\"\xdf\x01\n" +
+	"\x13ChangeRangeResponse\x12.\n" +
+	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\x12\x16\n" +
+	"\x06voters\x18\x02 \x03(\x04R\x06voters\x12\x1a\n" +
+	"\blearners\x18\x03 \x03(\x04R\blearners\x12\x18\n" +
+	"\aremoved\x18\x04 \x03(\x04R\aremoved\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\x04R\x06leader\x12\x18\n" +
+	"\areplica\x18\x06 \x01(\x04R\areplica\x12\x18\n" +
+	"\aapplied\x18\a \x01(\x04R\aapplied\"f\n" +
+	"\x10MoveRangeRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1f\n" +
+	"\vfrom_member\x18\x02 \x01(\x04R\n" +
+	"fromMember\x12\x1b\n" +
+	"\tto_member\x18\x03 \x01(\x04R\btoMember\"K\n" +
+	"\x11MoveRangeResponse\x126\n" +
+	"\x05range\x18\x01 \x01(\v2 .cairn.placement.RangeDescriptorR\x05range\"J\n" +
+	"\x1aTransferRangeLeaderRequest\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x16\n" +
+	"\x06member\x18\x02 \x01(\x04R\x06member\"\x1d\n" +
+	"\x1bTransferRangeLeaderResponse\"-\n" +
 	"\x13RemoveMemberRequest\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\x04R\x06member\"F\n" +
 	"\x14RemoveMemberResponse\x12.\n" +
@@ -3005,13 +3459,21 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\rFeedEndReason\x12\x18\n" +
 	"\x14FEED_END_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FEED_END_COMPACTED\x10\x01\x12\x15\n" +
-	"\x11FEED_END_NO_RANGE\x10\x02*q\n" +
+	"\x11FEED_END_NO_RANGE\x10\x02*\x86\x02\n" +
+	"\rChangeRangeOp\x12\x1f\n" +
+	"\x1bCHANGE_RANGE_OP_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aCHANGE_RANGE_OP_MEMBERSHIP\x10\x01\x12\x1f\n" +
+	"\x1bCHANGE_RANGE_OP_ADD_LEARNER\x10\x02\x12\x1b\n" +
+	"\x17CHANGE_RANGE_OP_PROMOTE\x10\x03\x12\x1a\n" +
+	"\x16CHANGE_RANGE_OP_REMOVE\x10\x04\x12#\n" +
+	"\x1fCHANGE_RANGE_OP_TRANSFER_LEADER\x10\x05\x12\x1a\n" +
+	"\x16CHANGE_RANGE_OP_STATUS\x10\x06\x12\x19\n" +
+	"\x15CHANGE_RANGE_OP_LEAVE\x10\a*q\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
-	"\x13ERROR_CODE_NO_RANGE\x10\x032\x81\n" +
-	"\n" +
+	"\x13ERROR_CODE_NO_RANGE\x10\x032\xad\f\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
@@ -3031,7 +3493,10 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"RangeImage\x12$.cairn.internal.v1.RangeImageRequest\x1a\x1d.cairn.internal.v1.ImageChunk0\x01\x12b\n" +
 	"\rCheckReplicas\x12'.cairn.internal.v1.CheckReplicasRequest\x1a(.cairn.internal.v1.CheckReplicasResponse\x12K\n" +
 	"\x04Feed\x12\x1e.cairn.internal.v1.FeedRequest\x1a\x1f.cairn.internal.v1.FeedResponse(\x010\x01\x12O\n" +
-	"\x06Events\x12 .cairn.internal.v1.EventsRequest\x1a!.cairn.internal.v1.EventsResponse0\x01B,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
+	"\x06Events\x12 .cairn.internal.v1.EventsRequest\x1a!.cairn.internal.v1.EventsResponse0\x01\x12\\\n" +
+	"\vChangeRange\x12%.cairn.internal.v1.ChangeRangeRequest\x1a&.cairn.internal.v1.ChangeRangeResponse\x12V\n" +
+	"\tMoveRange\x12#.cairn.internal.v1.MoveRangeRequest\x1a$.cairn.internal.v1.MoveRangeResponse\x12t\n" +
+	"\x13TransferRangeLeader\x12-.cairn.internal.v1.TransferRangeLeaderRequest\x1a..cairn.internal.v1.TransferRangeLeaderResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
 
 var (
 	file_internalpb_internal_proto_rawDescOnce sync.Once
@@ -3045,132 +3510,148 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 	return file_internalpb_internal_proto_rawDescData
 }
 
-var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_internalpb_internal_proto_goTypes = []any{
 	(FeedEndReason)(0),                  // 0: cairn.internal.v1.FeedEndReason
-	(ErrorCode)(0),                      // 1: cairn.internal.v1.ErrorCode
-	(*HashReplicaRequest)(nil),          // 2: cairn.internal.v1.HashReplicaRequest
-	(*HashReplicaResponse)(nil),         // 3: cairn.internal.v1.HashReplicaResponse
-	(*RangeImageRequest)(nil),           // 4: cairn.internal.v1.RangeImageRequest
-	(*ImageChunk)(nil),                  // 5: cairn.internal.v1.ImageChunk
-	(*CheckReplicasRequest)(nil),        // 6: cairn.internal.v1.CheckReplicasRequest
-	(*CheckReplicasResponse)(nil),       // 7: cairn.internal.v1.CheckReplicasResponse
-	(*ReplicaCheck)(nil),                // 8: cairn.internal.v1.ReplicaCheck
-	(*FeedRequest)(nil),                 // 9: cairn.internal.v1.FeedRequest
-	(*FeedOpen)(nil),                    // 10: cairn.internal.v1.FeedOpen
-	(*FeedKick)(nil),                    // 11: cairn.internal.v1.FeedKick
-	(*FeedResponse)(nil),                // 12: cairn.internal.v1.FeedResponse
-	(*FeedBatch)(nil),                   // 13: cairn.internal.v1.FeedBatch
-	(*FeedEnd)(nil),                     // 14: cairn.internal.v1.FeedEnd
-	(*EventsRequest)(nil),               // 15: cairn.internal.v1.EventsRequest
-	(*EventsResponse)(nil),              // 16: cairn.internal.v1.EventsResponse
-	(*RevisionEvents)(nil),              // 17: cairn.internal.v1.RevisionEvents
-	(*RemoveMemberRequest)(nil),         // 18: cairn.internal.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),        // 19: cairn.internal.v1.RemoveMemberResponse
-	(*ReadRequest)(nil),                 // 20: cairn.internal.v1.ReadRequest
-	(*LeaseQuery)(nil),                  // 21: cairn.internal.v1.LeaseQuery
-	(*ReadTxn)(nil),                     // 22: cairn.internal.v1.ReadTxn
-	(*StatusQuery)(nil),                 // 23: cairn.internal.v1.StatusQuery
-	(*HashQuery)(nil),                   // 24: cairn.internal.v1.HashQuery
-	(*AlarmsQuery)(nil),                 // 25: cairn.internal.v1.AlarmsQuery
-	(*AuthQuery)(nil),                   // 26: cairn.internal.v1.AuthQuery
-	(*ReadResponse)(nil),                // 27: cairn.internal.v1.ReadResponse
-	(*RangeStatus)(nil),                 // 28: cairn.internal.v1.RangeStatus
-	(*RangeHash)(nil),                   // 29: cairn.internal.v1.RangeHash
-	(*CompactLogRequest)(nil),           // 30: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 31: cairn.internal.v1.CompactLogResponse
-	(*Error)(nil),                       // 32: cairn.internal.v1.Error
-	(*SplitRangeRequest)(nil),           // 33: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 34: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 35: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 36: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 37: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 38: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 39: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 40: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 41: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 42: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 43: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 44: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 45: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 46: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 47: cairn.internal.v1.KickResponse
-	(shardpb.ErrorCode)(0),              // 48: cairn.shard.v1.ErrorCode
-	(*placementpb.RangeDescriptor)(nil), // 49: cairn.placement.RangeDescriptor
-	(*shardpb.Request)(nil),             // 50: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 51: cairn.shard.v1.Response
+	(ChangeRangeOp)(0),                  // 1: cairn.internal.v1.ChangeRangeOp
+	(ErrorCode)(0),                      // 2: cairn.internal.v1.ErrorCode
+	(*HashReplicaRequest)(nil),          // 3: cairn.internal.v1.HashReplicaRequest
+	(*HashReplicaResponse)(nil),         // 4: cairn.internal.v1.HashReplicaResponse
+	(*RangeImageRequest)(nil),           // 5: cairn.internal.v1.RangeImageRequest
+	(*ImageChunk)(nil),                  // 6: cairn.internal.v1.ImageChunk
+	(*CheckReplicasRequest)(nil),        // 7: cairn.internal.v1.CheckReplicasRequest
+	(*CheckReplicasResponse)(nil),       // 8: cairn.internal.v1.CheckReplicasResponse
+	(*ReplicaCheck)(nil),                // 9: cairn.internal.v1.ReplicaCheck
+	(*FeedRequest)(nil),                 // 10: cairn.internal.v1.FeedRequest
+	(*FeedOpen)(nil),                    // 11: cairn.internal.v1.FeedOpen
+	(*FeedKick)(nil),                    // 12: cairn.internal.v1.FeedKick
+	(*FeedResponse)(nil),                // 13: cairn.internal.v1.FeedResponse
+	(*FeedBatch)(nil),                   // 14: cairn.internal.v1.FeedBatch
+	(*FeedEnd)(nil),                     // 15: cairn.internal.v1.FeedEnd
+	(*EventsRequest)(nil),               // 16: cairn.internal.v1.EventsRequest
+	(*EventsResponse)(nil),              // 17: cairn.internal.v1.EventsResponse
+	(*RevisionEvents)(nil),              // 18: cairn.internal.v1.RevisionEvents
+	(*ChangeRangeRequest)(nil),          // 19: cairn.internal.v1.ChangeRangeRequest
+	(*ChangeRangeResponse)(nil),         // 20: cairn.internal.v1.ChangeRangeResponse
+	(*MoveRangeRequest)(nil),            // 21: cairn.internal.v1.MoveRangeRequest
+	(*MoveRangeResponse)(nil),           // 22: cairn.internal.v1.MoveRangeResponse
+	(*TransferRangeLeaderRequest)(nil),  // 23: cairn.internal.v1.TransferRangeLeaderRequest
+	(*TransferRangeLeaderResponse)(nil), // 24: cairn.internal.v1.TransferRangeLeaderResponse
+	(*RemoveMemberRequest)(nil),         // 25: cairn.internal.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),        // 26: cairn.internal.v1.RemoveMemberResponse
+	(*ReadRequest)(nil),                 // 27: cairn.internal.v1.ReadRequest
+	(*LeaseQuery)(nil),                  // 28: cairn.internal.v1.LeaseQuery
+	(*ReadTxn)(nil),                     // 29: cairn.internal.v1.ReadTxn
+	(*StatusQuery)(nil),                 // 30: cairn.internal.v1.StatusQuery
+	(*HashQuery)(nil),                   // 31: cairn.internal.v1.HashQuery
+	(*AlarmsQuery)(nil),                 // 32: cairn.internal.v1.AlarmsQuery
+	(*AuthQuery)(nil),                   // 33: cairn.internal.v1.AuthQuery
+	(*ReadResponse)(nil),                // 34: cairn.internal.v1.ReadResponse
+	(*RangeStatus)(nil),                 // 35: cairn.internal.v1.RangeStatus
+	(*RangeHash)(nil),                   // 36: cairn.internal.v1.RangeHash
+	(*CompactLogRequest)(nil),           // 37: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 38: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 39: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 40: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 41: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 42: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 43: cairn.internal.v1.WriteResponse
+	(*ReadAtRequest)(nil),               // 44: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 45: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 46: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 47: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 48: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 49: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 50: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 51: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 52: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 53: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 54: cairn.internal.v1.KickResponse
+	(*placementpb.RangeDescriptor)(nil), // 55: cairn.placement.RangeDescriptor
+	(shardpb.ErrorCode)(0),              // 56: cairn.shard.v1.ErrorCode
+	(*shardpb.Request)(nil),             // 57: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 58: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	32, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
-	29, // 1: cairn.internal.v1.HashReplicaResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	32, // 2: cairn.internal.v1.ImageChunk.error:type_name -> cairn.internal.v1.Error
-	8,  // 3: cairn.internal.v1.CheckReplicasResponse.replicas:type_name -> cairn.internal.v1.ReplicaCheck
-	10, // 4: cairn.internal.v1.FeedRequest.open:type_name -> cairn.internal.v1.FeedOpen
-	11, // 5: cairn.internal.v1.FeedRequest.kick:type_name -> cairn.internal.v1.FeedKick
-	13, // 6: cairn.internal.v1.FeedResponse.batches:type_name -> cairn.internal.v1.FeedBatch
-	14, // 7: cairn.internal.v1.FeedBatch.end:type_name -> cairn.internal.v1.FeedEnd
+	39, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
+	36, // 1: cairn.internal.v1.HashReplicaResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	39, // 2: cairn.internal.v1.ImageChunk.error:type_name -> cairn.internal.v1.Error
+	9,  // 3: cairn.internal.v1.CheckReplicasResponse.replicas:type_name -> cairn.internal.v1.ReplicaCheck
+	11, // 4: cairn.internal.v1.FeedRequest.open:type_name -> cairn.internal.v1.FeedOpen
+	12, // 5: cairn.internal.v1.FeedRequest.kick:type_name -> cairn.internal.v1.FeedKick
+	14, // 6: cairn.internal.v1.FeedResponse.batches:type_name -> cairn.internal.v1.FeedBatch
+	15, // 7: cairn.internal.v1.FeedBatch.end:type_name -> cairn.internal.v1.FeedEnd
 	0,  // 8: cairn.internal.v1.FeedEnd.reason:type_name -> cairn.internal.v1.FeedEndReason
-	17, // 9: cairn.internal.v1.EventsResponse.revisions:type_name -> cairn.internal.v1.RevisionEvents
-	32, // 10: cairn.internal.v1.EventsResponse.error:type_name -> cairn.internal.v1.Error
-	32, // 11: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
-	22, // 12: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
-	23, // 13: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
-	24, // 14: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
-	25, // 15: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
-	26, // 16: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
-	21, // 17: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
-	21, // 18: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
-	32, // 19: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
-	28, // 20: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
-	29, // 21: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	32, // 22: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
-	1,  // 23: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	48, // 24: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	49, // 25: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	49, // 26: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	50, // 27: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	51, // 28: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	32, // 29: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	32, // 30: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	32, // 31: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	32, // 32: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	43, // 33: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	35, // 34: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	37, // 35: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	39, // 36: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	41, // 37: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	44, // 38: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	46, // 39: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	33, // 40: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	30, // 41: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	18, // 42: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	20, // 43: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
-	2,  // 44: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
-	4,  // 45: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
-	6,  // 46: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
-	9,  // 47: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
-	15, // 48: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
-	36, // 49: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	38, // 50: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	40, // 51: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	42, // 52: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	45, // 53: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	47, // 54: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	34, // 55: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	31, // 56: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	19, // 57: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	27, // 58: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
-	3,  // 59: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
-	5,  // 60: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
-	7,  // 61: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
-	12, // 62: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
-	16, // 63: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
-	49, // [49:64] is the sub-list for method output_type
-	34, // [34:49] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	18, // 9: cairn.internal.v1.EventsResponse.revisions:type_name -> cairn.internal.v1.RevisionEvents
+	39, // 10: cairn.internal.v1.EventsResponse.error:type_name -> cairn.internal.v1.Error
+	1,  // 11: cairn.internal.v1.ChangeRangeRequest.op:type_name -> cairn.internal.v1.ChangeRangeOp
+	39, // 12: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
+	55, // 13: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
+	39, // 14: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
+	29, // 15: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
+	30, // 16: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
+	31, // 17: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
+	32, // 18: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
+	33, // 19: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
+	28, // 20: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
+	28, // 21: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
+	39, // 22: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
+	35, // 23: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
+	36, // 24: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	39, // 25: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	2,  // 26: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	56, // 27: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	55, // 28: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	55, // 29: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	57, // 30: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	58, // 31: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	39, // 32: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	39, // 33: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	39, // 34: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	39, // 35: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	50, // 36: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	42, // 37: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	44, // 38: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	46, // 39: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	48, // 40: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	51, // 41: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	53, // 42: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	40, // 43: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	37, // 44: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	25, // 45: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	27, // 46: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	3,  // 47: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
+	5,  // 48: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
+	7,  // 49: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
+	10, // 50: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
+	16, // 51: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
+	19, // 52: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
+	21, // 53: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
+	23, // 54: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
+	43, // 55: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	45, // 56: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	47, // 57: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	49, // 58: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	52, // 59: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	54, // 60: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	41, // 61: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	38, // 62: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	26, // 63: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	34, // 64: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	4,  // 65: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
+	6,  // 66: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
+	8,  // 67: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
+	13, // 68: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
+	17, // 69: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
+	20, // 70: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
+	22, // 71: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
+	24, // 72: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
+	55, // [55:73] is the sub-list for method output_type
+	37, // [37:55] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -3183,7 +3664,7 @@ func file_internalpb_internal_proto_init() {
 		(*FeedRequest_Cancel)(nil),
 		(*FeedRequest_Kick)(nil),
 	}
-	file_internalpb_internal_proto_msgTypes[18].OneofWrappers = []any{
+	file_internalpb_internal_proto_msgTypes[24].OneofWrappers = []any{
 		(*ReadRequest_RangeRequest)(nil),
 		(*ReadRequest_Txn)(nil),
 		(*ReadRequest_Status)(nil),
@@ -3198,8 +3679,8 @@ func file_internalpb_internal_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   46,
+			NumEnums:      3,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,21 +25,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Node_Write_FullMethodName         = "/cairn.internal.v1.Node/Write"
-	Node_ReadAt_FullMethodName        = "/cairn.internal.v1.Node/ReadAt"
-	Node_WaitClosed_FullMethodName    = "/cairn.internal.v1.Node/WaitClosed"
-	Node_Revisions_FullMethodName     = "/cairn.internal.v1.Node/Revisions"
-	Node_Closed_FullMethodName        = "/cairn.internal.v1.Node/Closed"
-	Node_Kick_FullMethodName          = "/cairn.internal.v1.Node/Kick"
-	Node_SplitRange_FullMethodName    = "/cairn.internal.v1.Node/SplitRange"
-	Node_CompactLog_FullMethodName    = "/cairn.internal.v1.Node/CompactLog"
-	Node_RemoveMember_FullMethodName  = "/cairn.internal.v1.Node/RemoveMember"
-	Node_Read_FullMethodName          = "/cairn.internal.v1.Node/Read"
-	Node_HashReplica_FullMethodName   = "/cairn.internal.v1.Node/HashReplica"
-	Node_RangeImage_FullMethodName    = "/cairn.internal.v1.Node/RangeImage"
-	Node_CheckReplicas_FullMethodName = "/cairn.internal.v1.Node/CheckReplicas"
-	Node_Feed_FullMethodName          = "/cairn.internal.v1.Node/Feed"
-	Node_Events_FullMethodName        = "/cairn.internal.v1.Node/Events"
+	Node_Write_FullMethodName               = "/cairn.internal.v1.Node/Write"
+	Node_ReadAt_FullMethodName              = "/cairn.internal.v1.Node/ReadAt"
+	Node_WaitClosed_FullMethodName          = "/cairn.internal.v1.Node/WaitClosed"
+	Node_Revisions_FullMethodName           = "/cairn.internal.v1.Node/Revisions"
+	Node_Closed_FullMethodName              = "/cairn.internal.v1.Node/Closed"
+	Node_Kick_FullMethodName                = "/cairn.internal.v1.Node/Kick"
+	Node_SplitRange_FullMethodName          = "/cairn.internal.v1.Node/SplitRange"
+	Node_CompactLog_FullMethodName          = "/cairn.internal.v1.Node/CompactLog"
+	Node_RemoveMember_FullMethodName        = "/cairn.internal.v1.Node/RemoveMember"
+	Node_Read_FullMethodName                = "/cairn.internal.v1.Node/Read"
+	Node_HashReplica_FullMethodName         = "/cairn.internal.v1.Node/HashReplica"
+	Node_RangeImage_FullMethodName          = "/cairn.internal.v1.Node/RangeImage"
+	Node_CheckReplicas_FullMethodName       = "/cairn.internal.v1.Node/CheckReplicas"
+	Node_Feed_FullMethodName                = "/cairn.internal.v1.Node/Feed"
+	Node_Events_FullMethodName              = "/cairn.internal.v1.Node/Events"
+	Node_ChangeRange_FullMethodName         = "/cairn.internal.v1.Node/ChangeRange"
+	Node_MoveRange_FullMethodName           = "/cairn.internal.v1.Node/MoveRange"
+	Node_TransferRangeLeader_FullMethodName = "/cairn.internal.v1.Node/TransferRangeLeader"
 )
 
 // NodeClient is the client API for Node service.
@@ -98,6 +101,18 @@ type NodeClient interface {
 	// Events streams the change events of a key span this node holds
 	// replicas of, revisions from..to (a mirror hub's catch-up).
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventsResponse], error)
+	// ChangeRange reads or changes the raft group of a range this node holds
+	// a replica of, or answers its replica's status (moves: placement.Mover
+	// drives a range's group through a member holding it).
+	ChangeRange(ctx context.Context, in *ChangeRangeRequest, opts ...grpc.CallOption) (*ChangeRangeResponse, error)
+	// MoveRange moves a range's replica from one member to another while the
+	// range serves (the admin call behind `cairn range move`); the client
+	// port's call is forwarded to the placement leader's member, whose
+	// mover runs it.
+	MoveRange(ctx context.Context, in *MoveRangeRequest, opts ...grpc.CallOption) (*MoveRangeResponse, error)
+	// TransferRangeLeader makes a member's replica of a range its leader
+	// (the admin call behind `cairn range transfer-leader`).
+	TransferRangeLeader(ctx context.Context, in *TransferRangeLeaderRequest, opts ...grpc.CallOption) (*TransferRangeLeaderResponse, error)
 }
 
 type nodeClient struct {
@@ -279,6 +294,36 @@ func (c *nodeClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Node_EventsClient = grpc.ServerStreamingClient[EventsResponse]
 
+func (c *nodeClient) ChangeRange(ctx context.Context, in *ChangeRangeRequest, opts ...grpc.CallOption) (*ChangeRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangeRangeResponse)
+	err := c.cc.Invoke(ctx, Node_ChangeRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeClient) MoveRange(ctx context.Context, in *MoveRangeRequest, opts ...grpc.CallOption) (*MoveRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveRangeResponse)
+	err := c.cc.Invoke(ctx, Node_MoveRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeClient) TransferRangeLeader(ctx context.Context, in *TransferRangeLeaderRequest, opts ...grpc.CallOption) (*TransferRangeLeaderResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TransferRangeLeaderResponse)
+	err := c.cc.Invoke(ctx, Node_TransferRangeLeader_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -335,6 +380,18 @@ type NodeServer interface {
 	// Events streams the change events of a key span this node holds
 	// replicas of, revisions from..to (a mirror hub's catch-up).
 	Events(*EventsRequest, grpc.ServerStreamingServer[EventsResponse]) error
+	// ChangeRange reads or changes the raft group of a range this node holds
+	// a replica of, or answers its replica's status (moves: placement.Mover
+	// drives a range's group through a member holding it).
+	ChangeRange(context.Context, *ChangeRangeRequest) (*ChangeRangeResponse, error)
+	// MoveRange moves a range's replica from one member to another while the
+	// range serves (the admin call behind `cairn range move`); the client
+	// port's call is forwarded to the placement leader's member, whose
+	// mover runs it.
+	MoveRange(context.Context, *MoveRangeRequest) (*MoveRangeResponse, error)
+	// TransferRangeLeader makes a member's replica of a range its leader
+	// (the admin call behind `cairn range transfer-leader`).
+	TransferRangeLeader(context.Context, *TransferRangeLeaderRequest) (*TransferRangeLeaderResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -389,6 +446,15 @@ func (UnimplementedNodeServer) Feed(grpc.BidiStreamingServer[FeedRequest, FeedRe
 }
 func (UnimplementedNodeServer) Events(*EventsRequest, grpc.ServerStreamingServer[EventsResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method Events not implemented")
+}
+func (UnimplementedNodeServer) ChangeRange(context.Context, *ChangeRangeRequest) (*ChangeRangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ChangeRange not implemented")
+}
+func (UnimplementedNodeServer) MoveRange(context.Context, *MoveRangeRequest) (*MoveRangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method MoveRange not implemented")
+}
+func (UnimplementedNodeServer) TransferRangeLeader(context.Context, *TransferRangeLeaderRequest) (*TransferRangeLeaderResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TransferRangeLeader not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -656,6 +722,60 @@ func _Node_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Node_EventsServer = grpc.ServerStreamingServer[EventsResponse]
 
+func _Node_ChangeRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangeRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).ChangeRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_ChangeRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).ChangeRange(ctx, req.(*ChangeRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Node_MoveRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).MoveRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_MoveRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).MoveRange(ctx, req.(*MoveRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Node_TransferRangeLeader_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferRangeLeaderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).TransferRangeLeader(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_TransferRangeLeader_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).TransferRangeLeader(ctx, req.(*TransferRangeLeaderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -710,6 +830,18 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckReplicas",
 			Handler:    _Node_CheckReplicas_Handler,
+		},
+		{
+			MethodName: "ChangeRange",
+			Handler:    _Node_ChangeRange_Handler,
+		},
+		{
+			MethodName: "MoveRange",
+			Handler:    _Node_MoveRange_Handler,
+		},
+		{
+			MethodName: "TransferRangeLeader",
+			Handler:    _Node_TransferRangeLeader_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

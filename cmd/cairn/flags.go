@@ -521,7 +521,14 @@ func usage(w io.Writer) {
     Print the range map of a sharded cluster (leaders, keys, revisions).
   cairn range split [--endpoints host:port,...] [-w simple|json|table] <key>
     Split the range holding key at key, in place, while it serves.
-    Both take etcdctl's client flags and ETCDCTL_* variables (-h lists them).
+  cairn range move <range> <from-member> <to-member>
+    Move a range's replica from one member to another, online (ids in hex).
+  cairn range transfer-leader <range> <member>
+    Make member lead the range.
+  cairn check
+    Hash every replica of every range at one revision and compare them;
+    exit 1 on a mismatch.
+    Each takes etcdctl's client flags and ETCDCTL_* variables (-h lists them).
   cairn snapshot restore <file> --data-dir <dir>
     Make a data directory from a snapshot (etcdctl snapshot save).
 

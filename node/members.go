@@ -532,6 +532,35 @@ func (n *Node) trackLearner() {
 	if !isLearner(n.cfg.DataDir) {
 		return
 	}
+	record := func() error {
+		n.learner.Store(false)
+		return setLearner(n.cfg.DataDir, false)
+	}
+	if n.merger != nil && n.cfg.RangeReplicas > 0 {
+		// With subsets a member may hold no range (range 1 included):
+		// promoted once its node record says it is no learner and each
+		// replica it runs votes.
+		n.untilPromoted(func(info *dragonboat.NodeHostInfo) ([]uint64, bool) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			records, err := n.placementNodes(ctx, false)
+			if rec := records[n.memberID]; err != nil || rec == nil || rec.Learner {
+				return nil, false
+			}
+			var shards []uint64
+			for _, s := range info.ShardInfoList {
+				if s.ShardID == placementShardID {
+					continue
+				}
+				if s.Pending || s.IsNonVoting {
+					return nil, false
+				}
+				shards = append(shards, s.ShardID)
+			}
+			return shards, true
+		}, record, "clearing the learner mark failed")
+		return
+	}
 	// Promoted in range 1 (sharded mode: in every range, range 1 last;
 	// the placement group's role is trackPlacementRole's, a voter only
 	// within --placement-replicas).
@@ -548,10 +577,7 @@ func (n *Node) trackLearner() {
 			}
 		}
 		return shards, found && promoted
-	}, func() error {
-		n.learner.Store(false)
-		return setLearner(n.cfg.DataDir, false)
-	}, "clearing the learner mark failed")
+	}, record, "clearing the learner mark failed")
 }
 
 // untilPromoted waits, polling every 100ms, for raft to show this member

@@ -981,7 +981,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
 		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
 		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) },
-		PlacementVoters: n.cfg.PlacementReplicas, Log: n.log})
+		PlacementVoters: n.cfg.PlacementReplicas, RangeReplicas: n.cfg.RangeReplicas, RangeRaft: rangeRaft{n},
+		Move: n.moveForMembership, Log: n.log})
 	if cfg.Sharded {
 		n.mover = n.newMover()
 	}

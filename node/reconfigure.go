@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // resumeAdds finishes, while this member's placement replica leads, the
@@ -84,4 +85,12 @@ func (n *Node) removeSelf(ctx context.Context) error {
 		}
 	}
 	return fmt.Errorf("node: no other member removed this one: %w", errors.Join(errs...))
+}
+
+// moveForMembership moves range r's replica from one member to another for
+// a member removal with subsets (placement.MembershipConfig.Move): the
+// placement leader's member drives it (MoveRange, forwarded there).
+func (n *Node) moveForMembership(ctx context.Context, r placement.RangeID, from, to placement.NodeID) error {
+	_, err := n.MoveRange(ctx, shard.RangeID(r), from, to, true)
+	return err
 }

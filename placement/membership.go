@@ -117,6 +117,20 @@ type MembershipConfig struct {
 	// Log receives what fails after the caller has its answer; nil
 	// discards it.
 	Log *slog.Logger
+	// RangeReplicas is how many members hold each range: 0, every member
+	// holds every range (Add adds the member to each, Remove removes it
+	// from each); more, a member holds a subset (membership_subsets.go):
+	// Add gives the member only the ranges that have fewer voters than
+	// min(RangeReplicas, voting members), Remove moves the member's
+	// replicas to others (Move) while more than RangeReplicas members
+	// are left. RangeRaft and Move are needed then.
+	RangeReplicas int
+	// RangeRaft reaches a range's raft group through the members holding
+	// it (a range this member does not hold).
+	RangeRaft RangeRaft
+	// Move moves range r's replica on member from to member to and
+	// returns once the move is over (the placement leader's Mover).
+	Move func(ctx context.Context, r RangeID, from, to NodeID) error
 	// Retry is the wait between tries of a raft request the group drops;
 	// 0 means 10ms. TryTimeout bounds one try; 0 means 3s. Poll is the
 	// wait for the splits under way to apply here; 0 means 50ms.
@@ -188,7 +202,7 @@ func (m *Membership) Begin(ctx context.Context, member NodeID, learner bool) err
 		return err
 	}
 	err := func() error {
-		if err := m.nameReplicas(ctx, member); err != nil {
+		if err := m.nameReplicas(ctx, member, learner); err != nil {
 			return fmt.Errorf("placement: add member %x to the range map: %w", member, err)
 		}
 		// The member list shows the member once it is in the placement
@@ -243,6 +257,11 @@ func (m *Membership) Continue(ctx context.Context, member NodeID, learner bool) 
 		}
 		if err := m.stillAdding(ctx, member); err != nil {
 			return err
+		}
+		if m.subsets() {
+			if skip, err := m.skipUnfilled(ctx, d, member); skip || err != nil {
+				return err
+			}
 		}
 		ms, err := m.groupMembership(ctx, d.Id)
 		if err != nil {
@@ -325,14 +344,21 @@ func (m *Membership) mark(ctx context.Context, member NodeID, adding, learner bo
 // member's id (a change begun before ids were allocated, cut short) keeps
 // it (replicaIn); a range that does not run here yet (a split under way)
 // is named all the same.
-func (m *Membership) nameReplicas(ctx context.Context, member NodeID) error {
+func (m *Membership) nameReplicas(ctx context.Context, member NodeID, learner bool) error {
 	st, err := m.cfg.Map.State(ctx)
+	if err != nil {
+		return err
+	}
+	fill, err := m.fills(ctx, st, member, learner)
 	if err != nil {
 		return err
 	}
 	for _, d := range st.Ranges {
 		if _, ok := ReplicaOf(d, member); ok {
 			continue
+		}
+		if fill != nil && !fill[d.Id] {
+			continue // with subsets: a range the member's add leaves alone
 		}
 		ms, err := m.groupMembership(ctx, d.Id)
 		switch {
@@ -460,6 +486,9 @@ func (m *Membership) Remove(ctx context.Context, member NodeID) error {
 		return err
 	}
 	defer m.endReconfigure(member, false)
+	if m.subsets() {
+		return m.drain(ctx, member)
+	}
 	remove := func(group, id uint64) error {
 		ms, err := m.groupMembership(ctx, group)
 		if err != nil {
@@ -595,7 +624,23 @@ func (m *Membership) Promote(ctx context.Context, member NodeID) error {
 		return err
 	}
 	defer m.endReconfigure(member, false)
+	var fill map[uint64]bool
+	if m.subsets() {
+		st, err := m.cfg.Map.State(ctx)
+		if err != nil {
+			return err
+		}
+		if fill, err = m.fills(ctx, st, member, false); err != nil {
+			return err
+		}
+	}
 	err := m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
+		if fill != nil && !fill[d.Id] && pairOf(Pairs(d), uint64(member)) == nil {
+			return nil // with subsets: neither the member's nor one to fill
+		}
+		if fill != nil && !m.cfg.Ranges.Runs(RangeID(d.Id)) {
+			return nil // with subsets, held elsewhere: left to a move
+		}
 		ms, err := m.groupMembership(ctx, d.Id)
 		if err != nil {
 			return err
@@ -640,7 +685,8 @@ func (m *Membership) CompactLog(ctx context.Context, r RangeID) error {
 
 // eachRange calls f with every range of the map, in key order, once the
 // splits under way have applied here (a range the map names runs here),
-// reading the map again until a pass finds all of them so.
+// reading the map again until a pass finds all of them so. With subsets,
+// f is called at once with a range the map names no replica of here.
 func (m *Membership) eachRange(ctx context.Context, f func(d *placementpb.RangeDescriptor) error) error {
 	for {
 		st, err := m.cfg.Map.State(ctx)
@@ -650,8 +696,12 @@ func (m *Membership) eachRange(ctx context.Context, f func(d *placementpb.RangeD
 		waiting := false
 		for _, d := range st.Ranges {
 			if !m.cfg.Ranges.Runs(RangeID(d.Id)) {
-				waiting = true
-				continue
+				if _, mine := ReplicaOf(d, m.cfg.Self); !m.subsets() || mine {
+					waiting = true
+					continue
+				}
+				// With subsets, a range held elsewhere: f is told so
+				// by LocalRanges.Runs.
 			}
 			if err := f(d); err != nil {
 				return err

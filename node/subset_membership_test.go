@@ -1,0 +1,237 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-kv/cairn/node/nodetest"
+	"github.com/cairn-kv/cairn/node/testport"
+	"github.com/cairn-kv/cairn/placement"
+)
+
+// putEach writes every subset key through c.
+func putEach(t *testing.T, ctx context.Context, c *clientv3.Client, value string) {
+	t.Helper()
+	for _, k := range subsetKeys {
+		if _, err := c.Put(ctx, k, value); err != nil {
+			t.Fatalf("put %s=%s: %v", k, value, err)
+		}
+	}
+}
+
+// raftIsMap asserts that every range's raft membership, on each member
+// the map names as holding it, is the map's voters, and that each range
+// has three of them, none on member gone.
+func raftIsMap(t *testing.T, cl *nodetest.Cluster, gone uint64) {
+	t.Helper()
+	nodetest.Eventually(t, "every range has three voters, none on the member gone, and raft agrees", func() bool {
+		for _, d := range rangeMapOf(t, cl) {
+			voters := placement.Voters(d)
+			if len(voters) != 3 || len(placement.Pairs(d)) != 3 {
+				return false
+			}
+			if _, ok := placement.ReplicaOf(d, placement.NodeID(gone)); ok {
+				return false
+			}
+			var want []uint64
+			for _, p := range voters {
+				want = append(want, p.Id)
+			}
+			slices.Sort(want)
+			for _, p := range voters {
+				n := cl.Node(cl.MemberIndex(p.Member))
+				if n.LocalReplicas()[d.Id] != p.Id || !slices.Equal(slices.Sorted(slices.Values(n.RaftReplicas()[d.Id])), want) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// TestMemberAddGetsNoRanges: five members, three replicas per range, ten
+// ranges; a sixth member added (etcd's MemberAdd, started with
+// --initial-cluster-state existing) is in the member list but is given no
+// replica of any range — every range keeps its three — and serves every
+// request through the members holding the ranges.
+func TestMemberAddGetsNoRanges(t *testing.T) {
+	cl := startSubsets(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := cl.Client(0)
+	putEach(t, ctx, c, "before")
+
+	peer := "http://" + testport.Addr(t)
+	added, err := c.MemberAdd(ctx, []string{peer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := cl.Join(added.Members, added.Member.ID, peer)
+	n, nc := cl.Node(i), cl.Client(i)
+
+	// A member joins as a learner would, until it finds itself no learner
+	// (its node record; it has no replica to be promoted in).
+	nodetest.Eventually(t, "the new member serves its member list, of six", func() bool {
+		ml, err := nc.MemberList(ctx)
+		return err == nil && len(ml.Members) == 6
+	})
+	for _, key := range subsetKeys {
+		nodetest.Eventually(t, "the new member reads "+key, func() bool {
+			r, err := nc.Get(ctx, key)
+			return err == nil && len(r.Kvs) == 1 && string(r.Kvs[0].Value) == "before"
+		})
+	}
+	putEach(t, ctx, nc, "through-new")
+	all, err := nc.Get(ctx, "", clientv3.WithPrefix())
+	if err != nil || len(all.Kvs) != len(subsetKeys) {
+		t.Fatalf("read of every range through the new member: %v, %v", all, err)
+	}
+	for _, kv := range all.Kvs {
+		if string(kv.Value) != "through-new" {
+			t.Fatalf("read through the new member: %s=%s", kv.Key, kv.Value)
+		}
+	}
+	if r, err := nc.Get(ctx, "c", clientv3.WithSerializable()); err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("serializable read through the new member: %v, %v", r, err)
+	}
+	// The placement leader has had its look at the add (resumeAdds polls
+	// every 200ms): the reads above took longer; the map and the member
+	// hold nothing for it.
+	raftIsMap(t, cl, added.Member.ID)
+	if got := n.LocalReplicas(); len(got) != 0 {
+		t.Fatalf("the new member runs replicas %v, want none", got)
+	}
+	if kinds, err := n.StoredKinds(); err != nil || kinds['k'] != 0 {
+		t.Fatalf("the new member stores %v keys (%v), want none", kinds['k'], err)
+	}
+}
+
+// TestMemberRemoveDrains: five members, three replicas per range, ten
+// ranges; removing a member that holds replicas (not range 1's, which
+// does not move yet) moves each of them to another member first: every
+// range still has three voters, none on the member removed, each range's
+// raft membership is the map's, the member removed runs no replica and
+// holds no key, and requests through the other members go on working
+// throughout.
+func TestMemberRemoveDrains(t *testing.T) {
+	cl := startSubsets(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	first := holders(t, cl, 1)
+	victim := -1
+	for i := range cl.Size() {
+		if !slices.Contains(first, i) {
+			victim = i
+			break
+		}
+	}
+	gone := cl.Node(victim)
+	goneID := gone.MemberID()
+	held := len(gone.LocalReplicas())
+	if held == 0 {
+		t.Fatalf("member %d holds no replica", victim)
+	}
+	var others []string
+	for i, u := range cl.URLs() {
+		if i != victim {
+			others = append(others, u)
+		}
+	}
+	c := nodetest.NewClient(t, others...)
+	putEach(t, ctx, c, "before")
+
+	// Load through every other member while the member leaves.
+	var (
+		mu   sync.Mutex
+		errs []error
+		puts int
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range cl.Size() {
+		if i == victim {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cli := cl.Client(i)
+			for seq := 0; ; seq++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key := subsetKeys[seq%len(subsetKeys)]
+				_, err := cli.Put(ctx, key, fmt.Sprintf("m%d-%d", i, seq))
+				if err == nil {
+					_, err = cli.Get(ctx, key)
+				}
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("member %d, %s: %w", i, key, err))
+				} else {
+					puts++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+
+	start := time.Now()
+	if _, err := c.MemberRemove(ctx, goneID); err != nil {
+		t.Fatalf("remove member %d: %v", victim, err)
+	}
+	t.Logf("member %d (%d replicas) removed in %v", victim, held, time.Since(start))
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	if len(errs) > 0 {
+		t.Errorf("%d of %d requests failed during the removal, first: %v", len(errs), puts+len(errs), errs[0])
+	}
+	mu.Unlock()
+
+	ml, err := c.MemberList(ctx)
+	if err != nil || len(ml.Members) != 4 {
+		t.Fatalf("member list after the removal: %v, %v", ml, err)
+	}
+	for _, m := range ml.Members {
+		if m.ID == goneID {
+			t.Fatalf("member %x still listed", goneID)
+		}
+	}
+	// MemberIndex asks every running member: the removed one is stopped
+	// first so that only members of the cluster answer.
+	nodetest.Eventually(t, "the member removed runs no replica and holds no key", func() bool {
+		if len(gone.LocalReplicas()) != 0 {
+			return false
+		}
+		recs, err := gone.ReplicaRecords()
+		if err != nil || len(recs) != 0 {
+			return false
+		}
+		kinds, err := gone.StoredKinds()
+		return err == nil && kinds['k'] == 0
+	})
+	if err := cl.Stop(victim); err != nil {
+		t.Fatal(err)
+	}
+	raftIsMap(t, cl, goneID)
+
+	putEach(t, ctx, c, "after")
+	all, err := c.Get(ctx, "", clientv3.WithPrefix())
+	if err != nil || len(all.Kvs) != len(subsetKeys) {
+		t.Fatalf("read of every range after the removal: %v, %v", all, err)
+	}
+	for _, kv := range all.Kvs {
+		if string(kv.Value) != "after" {
+			t.Fatalf("after the removal: %s=%s", kv.Key, kv.Value)
+		}
+	}
+}

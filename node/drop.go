@@ -11,6 +11,7 @@ import (
 	"github.com/lni/dragonboat/v4/raftio"
 
 	"github.com/cairn-kv/cairn/shard"
+	"github.com/cairn-kv/cairn/watch"
 )
 
 // Replica records and drops (sharded mode; DESIGN.md "Ranges, placement,
@@ -27,6 +28,10 @@ import (
 //     deletes its raft data (dragonboat's SyncRemoveData) and its data in
 //     the pebble. This runs on the node's drop worker (runDrops), never on
 //     dragonboat's goroutine, and Close waits for it.
+//   - The watches of this member's clients on the replica go on from the
+//     range's mirror (moveWatches), with no gap or repeat; a replica this
+//     member gains (a move's destination) takes new watches, while those
+//     already on the mirror stay there, fed from a holder as before.
 //   - A drop a stop cut short is finished at the next start before any
 //     replica starts (resumeDrops: shard.Set.ResumeDrops).
 //
@@ -144,6 +149,19 @@ func (n *Node) recordReplica(r *shard.Range) error {
 	return nil
 }
 
+// moveWatches moves the watches on r's hub (a replica of a range leaving
+// this member) to the range's mirror hub, which a holder feeds from the
+// revision after the mirror's: each watch goes on from the revision after
+// everything it has been sent (watch.Merger.Move).
+func (n *Node) moveWatches(r *shard.Range) {
+	if n.merger == nil || n.mirrors == nil {
+		return
+	}
+	d := r.Descriptor()
+	hub, kick := n.mirrors.Part(r.ID(), d.GetStart(), d.GetEnd())
+	n.merger.Move(r.Hub(), watch.Part{Hub: hub, Kick: kick})
+}
+
 // removeDataTry bounds one SyncRemoveData (it needs a deadline), and
 // removeDataRetry is the wait before another while dragonboat is still
 // unloading the replica.
@@ -217,10 +235,14 @@ func (n *Node) dropDeleted(ctx context.Context, info raftio.NodeInfo) {
 		return
 	}
 	n.log.Info("raft removed this member's replica of a range; dropping its data", "range", id, "replica", replica)
-	// Served through the members holding it from now on. Watches on the
-	// replica's hub end here (canceled with a reason); the watch feeds
-	// (S7) are to move them to a mirror instead.
+	// Served through the members holding it from now on: new watches
+	// from the range's mirror here (router.Mirrors), and the watches on
+	// the replica's hub move to it from after what each has been sent
+	// (watch.Merger.Move), before the hub closes. Only the feeds this
+	// member served from the replica end with the hub: their callers open
+	// them again on a holder.
 	n.routes.Leave(id)
+	n.moveWatches(r)
 	r.Hub().Close()
 	r.Close()
 	remove := n.removeRaftData

@@ -87,7 +87,11 @@
 // starts it where its feed starts). Closed revisions from the ranges'
 // leaders travel one message at a time per node pair (node's side
 // channel). A split moves a stream's watchers (a fan's too) to
-// the new range (Merger.Split). Leader-loss monitoring of streams that
+// the new range (Merger.Split); a replica leaving the member moves them to
+// the range's mirror, each from the revision after what it has been sent
+// (Merger.Move), except a feed's (NewMergedStream: pinned to the member's
+// replicas, it ends with the hub; pinned and client watches share no
+// fan). Leader-loss monitoring of streams that
 // require a leader is the router's (it knows the raft group; this package
 // does not).
 package watch

@@ -50,6 +50,9 @@ type fan struct {
 	subs map[*fanSub]struct{}
 	mark mvcc.Revision // every event up to it has been handed out
 	dead bool          // no longer taking subscribers
+	// ended: a hub of its stream closed; its subscribers' streams end
+	// (Merged.Next returns ErrClosed) as if the hub were theirs.
+	ended bool
 }
 
 // fanSub is a subscribing watch's share of a fan, guarded by fan.mu.
@@ -75,6 +78,11 @@ func (m *Merged) join(key []byte, req *pb.WatchCreateRequest, start, now mvcc.Re
 		return nil
 	}
 	mg, k := m.mg, keyOf(key, req.RangeEnd, req)
+	if m.pinned {
+		// Its watchers stay on their hubs through Merger.Move; a client
+		// stream's move: the two never share a fan.
+		k = "pinned " + k
+	}
 	sub := &fanSub{from: start, wake: m.wake, mark: start - 1, bound: fanBehind * max(m.limit, 1)}
 	mg.mu.Lock()
 	defer mg.mu.Unlock()
@@ -92,7 +100,7 @@ func (m *Merged) join(key []byte, req *pb.WatchCreateRequest, start, now mvcc.Re
 	}
 	f := &fan{mg: mg, key: k, done: make(chan struct{}), subs: map[*fanSub]struct{}{sub: {}}, mark: start - 1}
 	f.m = &Merged{mg: mg, limit: m.limit, split: m.split, wake: make(chan struct{}, 1),
-		subs: map[*Hub]*subStream{}, watchers: map[ID]*merged{}}
+		subs: map[*Hub]*subStream{}, watchers: map[ID]*merged{}, pinned: m.pinned}
 	own := &merged{released: start - 1, filters: req.Filters, prevKV: req.PrevKv}
 	for _, p := range m.split(key, req.RangeEnd) {
 		f.m.addPart(own, p, start, nil)
@@ -130,7 +138,16 @@ func (f *fan) pump() {
 	m := f.m
 	m.mu.Lock()
 	if m.closed || !m.collectLocked() {
+		ended := !m.closed
 		m.mu.Unlock()
+		if ended {
+			f.mu.Lock()
+			f.ended, f.dead = true, true
+			for s := range f.subs {
+				wake(s.wake)
+			}
+			f.mu.Unlock()
+		}
 		return
 	}
 	m.releaseLocked()
@@ -176,16 +193,17 @@ func (f *fan) pump() {
 	}
 }
 
-// take pumps the fan and moves what it handed to s into w.
+// take pumps the fan and moves what it handed to s into w; ended: a hub
+// of the fan closed.
 // REQUIRES: the subscriber's Merged.mu
-func (s *fanSub) take(w *merged) (compact int64, behind bool) {
+func (s *fanSub) take(w *merged) (compact int64, behind, ended bool) {
 	s.f.pump()
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	w.fanEvs = append(w.fanEvs, s.evs...)
 	s.evs = nil
 	w.fanMark = max(w.fanMark, s.mark)
-	return s.compact, s.behind
+	return s.compact, s.behind, s.f.ended
 }
 
 // want asks the fan to get to rev soon (a subscriber's progress request,

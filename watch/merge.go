@@ -53,14 +53,16 @@ func (mg *Merger) NewStream(limit int, split Splitter) *Merged {
 // over one range: progress requests are answered at the revision asked
 // for (RequestProgressAt), once every watch has passed it, and a
 // progress response is the only news of a watch's mark rising without
-// events (a feed to another member, router/feed.go, relays both).
+// events (a feed to another member, router/feed.go, relays both). Its
+// watchers stay on their hubs through Merger.Move (a feed serves only
+// from the replicas of its member): it ends when such a hub closes.
 func (mg *Merger) NewMergedStream(limit int, split Splitter) *Merged {
 	return mg.newStream(limit, split, false)
 }
 
 func (mg *Merger) newStream(limit int, split Splitter, direct bool) *Merged {
 	m := &Merged{mg: mg, limit: limit, split: split, wake: make(chan struct{}, 1),
-		subs: map[*Hub]*subStream{}, watchers: map[ID]*merged{}}
+		subs: map[*Hub]*subStream{}, watchers: map[ID]*merged{}, pinned: !direct}
 	// Registered before split is asked, so that a split applying now
 	// either shows in split's answer or reaches this stream (Split).
 	m.mu.Lock()
@@ -128,6 +130,9 @@ type Merged struct {
 	// direct is the one range's hub stream while the stream is direct
 	// (see Direct), nil otherwise; it is in subs too, without parts.
 	direct *subStream
+	// pinned: Merger.Move leaves the stream's watchers where they are
+	// (NewMergedStream).
+	pinned bool
 }
 
 // subStream is the Merged stream's stream on one range's hub.
@@ -342,6 +347,61 @@ func (m *Merged) splitAt(hub *Hub, key []byte, child Part) {
 		}
 		m.addPart(w, Part{Hub: child.Hub, Key: right[0], RangeEnd: right[1], Kick: child.Kick}, p.mark+1, revs)
 	}
+}
+
+// Move moves every stream's watchers on hub from (a range's replica here
+// that is leaving) to the hub of to (its Key and RangeEnd unused: the
+// range's mirror, which has the same history): each is replaced, from the
+// revision after everything it has been sent, by one with the same keys on
+// to, which reads what it lacks from to's history; what it had drained and
+// not sent stays its own. Streams made by NewMergedStream are left alone;
+// they end when from closes. Called before from closes, after which from
+// may go on hearing of revisions or not: nothing of it is read again by
+// the moved watches, so nothing is lost or repeated.
+//
+//	part on from, mark 41, evs [40] → Move → part on to from 42, evs [40]
+func (mg *Merger) Move(from *Hub, to Part) {
+	mg.mu.Lock()
+	streams := make([]*Merged, 0, len(mg.streams))
+	for m := range mg.streams {
+		streams = append(streams, m)
+	}
+	mg.mu.Unlock()
+	for _, m := range streams {
+		m.move(from, to)
+	}
+}
+
+func (m *Merged) move(from *Hub, to Part) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.pinned {
+		return
+	}
+	if m.direct != nil && m.direct.s.h == from {
+		m.undirectLocked()
+	}
+	sub := m.subs[from]
+	if sub == nil {
+		return
+	}
+	// Take what the range's stream holds, so each watcher's mark is all it
+	// has been given.
+	m.collectLocked()
+	delete(m.subs, from)
+	sub.s.Close()
+	ps := make([]*part, 0, len(sub.parts))
+	for _, p := range sub.parts {
+		ps = append(ps, p)
+	}
+	// In watch order, so that the new hub's ids follow the old ones'.
+	sort.Slice(ps, func(i, j int) bool { return ps[i].id < ps[j].id })
+	for _, p := range ps {
+		w := p.w
+		w.parts = slices.DeleteFunc(w.parts, func(q *part) bool { return q == p })
+		m.addPart(w, Part{Hub: to.Hub, Key: p.key, RangeEnd: p.end, Kick: to.Kick}, p.mark+1, p.evs)
+	}
+	wake(m.wake)
 }
 
 // splitSpan cuts etcd's [k, e) at key: the part below key (nil if none),
@@ -566,7 +626,8 @@ func (m *Merged) Next(ctx context.Context) ([]*pb.WatchResponse, error) {
 }
 
 // collectLocked drains every range's stream into the parts; false if a hub
-// was closed (the node is shutting down).
+// was closed (the node is shutting down, or a replica left and the stream
+// is pinned to it), its own or its fans'.
 // REQUIRES: m.mu
 func (m *Merged) collectLocked() bool {
 	for _, sub := range m.subs {
@@ -600,7 +661,9 @@ func (m *Merged) collectLocked() bool {
 		if w.fan == nil {
 			continue
 		}
-		switch compact, behind := w.fan.take(w); {
+		switch compact, behind, ended := w.fan.take(w); {
+		case ended:
+			return false
 		case compact != 0:
 			m.compactedLocked(w, compact)
 		case behind:

@@ -740,3 +740,152 @@ func TestMergedDirect(t *testing.T) {
 		})
 	}
 }
+
+// moveRange moves range i's watches to a new hub over the same store, as
+// a member does when its replica leaves and a mirror fed from another
+// holder takes over: the mirror starts where its feed starts (base, at or
+// below what the old hub has) and is fed every event above base, then the
+// old hub closes.
+func (rs *ranges) moveRange(mg *Merger, i int, rnd *rand.Rand) {
+	old := rs.hubs[i]
+	to := NewHub(0)
+	rs.hubs[i] = to
+	mg.Move(old, Part{Hub: to, Kick: func(rev mvcc.Revision) { rs.kicks[i] = rev }})
+	top := old.Rev()
+	base := 1 + mvcc.Revision(rnd.IntN(int(top)))
+	to.Skip(base)
+	var evs []*mvccpb.Event
+	for _, e := range rs.log {
+		if r := mvcc.Revision(e.Kv.ModRevision); r > base && r <= top && rs.of(string(e.Kv.Key)) == i {
+			if len(evs) > 0 && evs[0].Kv.ModRevision != e.Kv.ModRevision {
+				to.Notify(mvcc.Revision(evs[0].Kv.ModRevision), evs)
+				evs = nil
+			}
+			evs = append(evs, e)
+		}
+	}
+	if len(evs) > 0 {
+		to.Notify(mvcc.Revision(evs[0].Kv.ModRevision), evs)
+	}
+	to.Advance(top)
+	old.Close()
+}
+
+// TestMergedMove: ranges' watches move to other hubs of the same ranges
+// (Merger.Move, a replica leaving for a mirror) while watches run — live
+// ones, lagging ones (a small queue), coalesced ones and ones reading
+// history — and every watch still gets exactly the model's events, in
+// order, with no gap or repeat across the moves, none of them canceled;
+// from one range too, whose streams are direct until the first move.
+func TestMergedMove(t *testing.T) {
+	for _, first := range [][]string{{"h", "p"}, nil} {
+		t.Run(fmt.Sprintf("%d ranges", len(first)+1), func(t *testing.T) {
+			for seed := uint64(1); seed <= 10; seed++ {
+				t.Run(fmt.Sprint(seed), func(t *testing.T) {
+					rnd := rand.New(rand.NewPCG(seed, 13))
+					rs := newRanges(t, first...)
+					mg := NewMerger()
+					m := mg.NewStream(3, rs.split)
+					defer m.Close()
+					other := mg.NewStream(1000, rs.split) // coalesces with m
+					defer other.Close()
+					key := func() string { return string(rune('a' + rnd.IntN(26))) }
+					specs := map[int64]*watchSpec{}
+					got := map[int64][]*mvccpb.Event{}
+					var progress []int64
+					take := func(resps []*pb.WatchResponse) {
+						for _, r := range resps {
+							switch {
+							case r.Canceled:
+								t.Fatalf("watch %d canceled: %v", r.WatchId, r)
+							case r.Created:
+							case r.WatchId == -1:
+								progress = append(progress, r.Header.Revision)
+							default:
+								got[r.WatchId] = append(got[r.WatchId], r.Events...)
+							}
+						}
+					}
+					moves := 0
+					for step := 0; step < 300; step++ {
+						switch x := rnd.IntN(100); {
+						case x < 50:
+							rs.put(key(), fmt.Sprint(step))
+						case x < 60:
+							rs.close(rnd.IntN(len(rs.hubs)))
+						case x < 66 && len(specs) < 6:
+							k := key()
+							req := &pb.WatchCreateRequest{Key: []byte(k), RangeEnd: []byte{0}, PrevKv: rnd.IntN(2) == 0}
+							if rnd.IntN(2) == 0 {
+								req.RangeEnd = []byte(string(rune(k[0] + byte(1+rnd.IntN(15)))))
+							}
+							from := mvcc.Revision(0)
+							if rnd.IntN(2) == 0 {
+								from = 1 + mvcc.Revision(rnd.IntN(int(rs.rev)))
+								req.StartRevision = int64(from)
+							}
+							if from == 0 {
+								other.Create(req)
+							}
+							r := m.Create(req)
+							if from == 0 {
+								from = mvcc.Revision(r.Header.Revision) + 1
+							}
+							specs[r.WatchId] = &watchSpec{req, from}
+						case x < 72:
+							rs.moveRange(mg, rnd.IntN(len(rs.hubs)), rnd)
+							moves++
+						case x < 85:
+							rs.pump()
+						default:
+							take(poll(t, m))
+							poll(t, other)
+						}
+					}
+					if moves == 0 {
+						t.Fatal("no move")
+					}
+					settleModel(t, rs, m, take, &progress, specs, got)
+				})
+			}
+		})
+	}
+}
+
+// TestMoveLeavesMergedStreams: a never-direct stream (a feed's, which
+// serves only from its member's replicas) keeps its watchers on the hub a
+// move leaves, and ends when that hub closes; a client stream goes on.
+func TestMoveLeavesMergedStreams(t *testing.T) {
+	rs := newRanges(t, "m")
+	mg := NewMerger()
+	feed := mg.NewMergedStream(10, rs.split)
+	defer feed.Close()
+	client := mg.NewStream(10, rs.split)
+	defer client.Close()
+	req := &pb.WatchCreateRequest{Key: []byte("a"), RangeEnd: []byte{0}}
+	feed.Create(req)
+	client.Create(req)
+	rs.put("n", "1")
+	rs.closeAll()
+	rs.moveRange(mg, 1, rand.New(rand.NewPCG(1, 1)))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		_, err := feed.Next(ctx) // its created response first
+		if err == ErrClosed {
+			break
+		}
+		if err != nil {
+			t.Fatalf("feed stream after its hub closed: %v, want ErrClosed", err)
+		}
+	}
+	rs.put("z", "2")
+	rs.closeAll()
+	var revs []int64
+	for len(revs) < 2 {
+		revs = append(revs, revsOf(next(t, client))...)
+	}
+	if fmt.Sprint(revs) != "[2 3]" {
+		t.Fatalf("client stream got revisions %v, want [2 3]", revs)
+	}
+}

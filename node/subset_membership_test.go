@@ -112,7 +112,7 @@ func TestMemberAddGetsNoRanges(t *testing.T) {
 	}
 }
 
-// TestMemberRemoveDrains: five members, three replicas per range, ten
+// TestMemberRemoveDrains: five members, three replicas per range, three
 // ranges; removing a member that holds replicas (not range 1's, which
 // does not move yet) moves each of them to another member first: every
 // range still has three voters, none on the member removed, each range's
@@ -120,7 +120,9 @@ func TestMemberAddGetsNoRanges(t *testing.T) {
 // holds no key, and requests through the other members go on working
 // throughout.
 func TestMemberRemoveDrains(t *testing.T) {
-	cl := startSubsets(t)
+	// Three ranges, so that the member leaving holds one or two replicas:
+	// each is one move, and one shows the drain as well as ten.
+	cl := nodetest.Start(t, 5, nodetest.Sharded("g", "o"), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	first := holders(t, cl, 1)

@@ -543,6 +543,9 @@ type Node struct {
 	// firstLeader is range 1's leader as last reported (0: none), so that
 	// logLeader reports a lost leader once.
 	firstLeader atomic.Uint64
+	// placementTerm is the newest raft term this member has seen the
+	// placement group's leader at (router.Config.Term).
+	placementTerm atomic.Uint64
 
 	// self is the node's client of its own gRPC services (the lock and
 	// election services run on it), connected in memory through selfL.
@@ -571,6 +574,10 @@ type leaderListener struct{ n *Node }
 func (l leaderListener) LeaderUpdated(info raftio.LeaderInfo) {
 	l.n.metrics.leaderUpdated(info, l.n.firstLeader.Load())
 	l.n.logLeader(info)
+	if info.ShardID == placementShardID {
+		for t := l.n.placementTerm.Load(); info.Term > t && !l.n.placementTerm.CompareAndSwap(t, info.Term); t = l.n.placementTerm.Load() {
+		}
+	}
 	if r := l.n.holds.Load(); r != nil && info.ShardID == singleShardID {
 		r.LeaderChanged(shard.ReplicaID(info.LeaderID))
 	}
@@ -1179,6 +1186,7 @@ func (n *Node) serve() error {
 		Observer:           n.metrics,
 		RequestTimeout:     cfg.RequestTimeout,
 		MaxLearners:        cfg.MaxLearners,
+		Term:               n.placementTerm.Load,
 		Log:                n.log,
 	}
 	if n.first != nil {

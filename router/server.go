@@ -83,6 +83,11 @@ type Config struct {
 	// does what only it can (membership changes, defragmentation, leader
 	// transfer, backups).
 	Node Node
+	// Term is the raft term a response header reports when range 1 has no
+	// replica here to take it from (sharded mode with ranges on subsets of
+	// the members: the placement group's, which every member follows);
+	// nil reports 0 then.
+	Term func() uint64
 	// Merger serves the Watch service over the ranges' hubs
 	// (RangePart.Watches), in either mode: over one range its streams are
 	// that range's hub streams as they are (watch.Merged, "Direct"); nil
@@ -298,6 +303,9 @@ func (s *Server) fill(h *pb.ResponseHeader) {
 	h.ClusterId = s.cfg.ClusterID
 	h.MemberId = uint64(s.cfg.MemberID)
 	_, term, _ := s.cfg.Shard.Leader()
+	if term == 0 && s.cfg.Term != nil {
+		term = s.cfg.Term()
+	}
 	h.RaftTerm = term
 }
 

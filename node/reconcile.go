@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/lni/dragonboat/v4/raftio"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
@@ -25,6 +26,8 @@ import (
 //     other members holding it, and nothing is served from the replica to
 //     other members either (notServing: it is empty until its snapshot). (Every other replica is routed by whoever
 //     starts it: startRanges, the splitter.)
+//   - A replica here that the map names takes the map's descriptor when
+//     a move changed the range's replicas (same generation and span).
 //   - A replica here that the map does not name (neither its pairs nor an
 //     open move's destination) — this member's copy of it, then the
 //     placement leader's — is stopped and its data dropped (the drop
@@ -117,6 +120,12 @@ func (n *Node) reconcile(ctx context.Context) {
 		if p, ok := placement.ReplicaOf(d, self); ok && p == r.ReplicaID() {
 			named = true
 			voter = !placement.Pairs(d)[pairIndex(d, self)].Learner
+			// A move changed the range's replicas: the replica's
+			// descriptor (what the range info, cairn check and a
+			// split's founders read) takes the map's.
+			if r.SetReplicas(proto.Clone(d).(*placementpb.RangeDescriptor)) && n.routes.IsLocal(id) {
+				n.routes.PutRanges(r)
+			}
 		}
 		if mv := dest[id]; mv != nil && shard.ReplicaID(mv.To.Id) == r.ReplicaID() {
 			named, voter = true, !mv.To.Learner

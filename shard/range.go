@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	dbconfig "github.com/lni/dragonboat/v4/config"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/lease"
 	"github.com/cairn-kv/cairn/mvcc"
@@ -110,6 +112,23 @@ func (r *Range) Descriptor() *placementpb.RangeDescriptor { return r.d.Load() }
 
 // SetDescriptor replaces the range's descriptor (a split changed it).
 func (r *Range) SetDescriptor(d *placementpb.RangeDescriptor) { r.d.Store(d) }
+
+// SetReplicas replaces the range's descriptor with the map's d when d is
+// the same range at the same generation (same span) naming other replicas:
+// a move changed them, which no split records here. A descriptor of
+// another generation (a split not applied on one side yet) is left alone;
+// the swap is atomic against a split's SetDescriptor. d is not modified
+// afterwards by the caller. It reports whether it replaced the descriptor.
+func (r *Range) SetReplicas(d *placementpb.RangeDescriptor) bool {
+	old := r.d.Load()
+	if old.Id != d.Id || old.Generation != d.Generation || !bytes.Equal(old.Start, d.Start) || !bytes.Equal(old.End, d.End) {
+		return false
+	}
+	if proto.Equal(old, d) {
+		return false
+	}
+	return r.d.CompareAndSwap(old, d)
+}
 
 // ID is the range's id, its raft shard id.
 func (r *Range) ID() RangeID { return RangeID(r.d.Load().Id) }

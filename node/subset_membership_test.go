@@ -127,7 +127,8 @@ func TestMemberRemoveDrains(t *testing.T) {
 	defer cancel()
 	first := holders(t, cl, 1)
 	victim := -1
-	for i := range cl.Size() {
+	// Not member 0: the helpers read the range map through it.
+	for i := 1; i < cl.Size(); i++ {
 		if !slices.Contains(first, i) {
 			victim = i
 			break

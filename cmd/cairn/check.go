@@ -50,24 +50,13 @@ func checkCommand(args, environ []string, stdout io.Writer) error {
 	if cc.fs.NArg() > 0 {
 		return errors.New(checkSynopsis)
 	}
-	var (
-		resp *internalpb.CheckReplicasResponse
-		errs []error
-	)
-	for _, ep := range c.endpoints {
-		resp, err = callNode(ep, c, func(ctx context.Context, nc internalpb.NodeClient) (*internalpb.CheckReplicasResponse, error) {
+	resp, err := eachEndpoint(c.endpoints, "check", func(ep string) (*internalpb.CheckReplicasResponse, error) {
+		return callNode(ep, c, func(ctx context.Context, nc internalpb.NodeClient) (*internalpb.CheckReplicasResponse, error) {
 			return nc.CheckReplicas(ctx, &internalpb.CheckReplicasRequest{})
 		})
-		if err == nil || status.Code(err) != codes.Unavailable {
-			break
-		}
-		errs = append(errs, fmt.Errorf("%s: %s", ep, status.Convert(err).Message()))
-	}
+	})
 	if err != nil {
-		if status.Code(err) == codes.Unavailable {
-			return fmt.Errorf("check: %w", errors.Join(errs...))
-		}
-		return fmt.Errorf("check: %s", status.Convert(err).Message())
+		return err
 	}
 	switch c.writeOut {
 	case "json":

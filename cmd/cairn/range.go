@@ -70,20 +70,11 @@ func rangeCommand(args, environ []string, stdout io.Writer) error {
 		return errors.New(rangeSynopsis)
 	}
 	key := []byte(cc.fs.Arg(0))
-	var resp *internalpb.SplitRangeResponse
-	var errs []error
-	for _, ep := range c.endpoints {
-		resp, err = splitAt(ep, key, c)
-		if err == nil || status.Code(err) != codes.Unavailable {
-			break
-		}
-		errs = append(errs, fmt.Errorf("%s: %s", ep, status.Convert(err).Message()))
-	}
+	resp, err := eachEndpoint(c.endpoints, "range split", func(ep string) (*internalpb.SplitRangeResponse, error) {
+		return splitAt(ep, key, c)
+	})
 	if err != nil {
-		if status.Code(err) == codes.Unavailable {
-			return fmt.Errorf("range split: %w", errors.Join(errs...))
-		}
-		return fmt.Errorf("range split: %s", status.Convert(err).Message())
+		return err
 	}
 	switch c.writeOut {
 	case "json":
@@ -196,19 +187,10 @@ func rangeMoveCommand(what string, args, environ []string, stdout io.Writer) err
 		_, err = nc.TransferRangeLeader(ctx, &internalpb.TransferRangeLeaderRequest{Range: rangeID, Member: members[0]})
 		return err
 	}
-	var errs []error
-	for _, ep := range c.endpoints {
-		err = nodeCall(ep, c, call)
-		if err == nil || status.Code(err) != codes.Unavailable {
-			break
-		}
-		errs = append(errs, fmt.Errorf("%s: %s", ep, status.Convert(err).Message()))
-	}
-	if err != nil {
-		if status.Code(err) == codes.Unavailable && len(errs) > 0 {
-			return fmt.Errorf("range %s: %w", what, errors.Join(errs...))
-		}
-		return fmt.Errorf("range %s: %s", what, status.Convert(err).Message())
+	if _, err := eachEndpoint(c.endpoints, "range "+what, func(ep string) (struct{}, error) {
+		return struct{}{}, nodeCall(ep, c, call)
+	}); err != nil {
+		return err
 	}
 	if what == "transfer-leader" {
 		fmt.Fprintf(stdout, "Leadership of range %d transferred to %x\n", rangeID, members[0])
@@ -231,4 +213,30 @@ func rangeMoveCommand(what string, args, environ []string, stdout io.Writer) err
 		fmt.Fprintf(stdout, "range %d [%q, %s) generation %d on %s\n", d.Id, d.Start, rangeEnd(d.End), d.Generation, strings.Join(replicas, ", "))
 	}
 	return nil
+}
+
+// eachEndpoint calls call on the endpoints in turn until one answers with
+// anything but Unavailable, and returns that answer; the error says what
+// failed (what: the command) and, when no endpoint could be reached, why
+// for each.
+func eachEndpoint[T any](endpoints []string, what string, call func(ep string) (T, error)) (T, error) {
+	var (
+		resp T
+		err  error
+		errs []error
+	)
+	for _, ep := range endpoints {
+		resp, err = call(ep)
+		if err == nil || status.Code(err) != codes.Unavailable {
+			break
+		}
+		errs = append(errs, fmt.Errorf("%s: %s", ep, status.Convert(err).Message()))
+	}
+	if err != nil {
+		if status.Code(err) == codes.Unavailable && len(errs) > 0 {
+			return resp, fmt.Errorf("%s: %w", what, errors.Join(errs...))
+		}
+		return resp, fmt.Errorf("%s: %s", what, status.Convert(err).Message())
+	}
+	return resp, nil
 }

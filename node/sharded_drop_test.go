@@ -131,30 +131,30 @@ func TestShardedRemovedMemberDropsData(t *testing.T) {
 		t.Fatalf("remove m2: %v", err)
 	}
 	var left string
-	nodetest.Eventually(t, "m2 dropped its replicas", func() bool {
+	// Bounded by the test's context, not Eventually's 20 s: the drops
+	// follow the removal through the placement leader's walk of every
+	// range, slower on a loaded machine; a failure says what is left.
+	nodetest.WaitFor(ctx, t, func() error {
 		kinds, err := m2.StoredKinds()
 		if err != nil {
-			left = err.Error()
-			return false
+			return fmt.Errorf("m2 has not dropped its replicas: %v", err)
 		}
 		recs, err := m2.ReplicaRecords()
 		if err != nil {
-			left = err.Error()
-			return false
+			return fmt.Errorf("m2 has not dropped its replicas: %v", err)
 		}
 		left = fmt.Sprintf("pebble %s, records %+v", fmtKinds(kinds), recs)
 		if kinds['k'] != 0 || kinds['m'] != 0 || kinds['l'] != 0 || len(recs) != 1 ||
 			recs[0].Range != cut || recs[0].Drop != shard.DropSweeping {
-			return false
+			return fmt.Errorf("m2 has not dropped its replicas: %s", left)
 		}
 		for id, rid := range replicas {
 			boot, snaps, err := m2.RaftData(id, rid)
 			if err != nil || boot || len(snaps) != 0 {
-				left = fmt.Sprintf("raft data of replica %d of range %d: bootstrap %v, snapshots %v, %v", rid, id, boot, snaps, err)
-				return false
+				return fmt.Errorf("m2 has not dropped its replicas: raft data of replica %d of range %d: bootstrap %v, snapshots %v, %v", rid, id, boot, snaps, err)
 			}
 		}
-		return true
+		return nil
 	})
 	t.Logf("m2 after the drops: %s", left)
 	if got := m2.LocalReplicas(); len(got) != 0 {

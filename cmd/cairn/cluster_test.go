@@ -31,30 +31,8 @@ func TestClusterKill9(t *testing.T) {
 }
 
 func clusterKill9(t *testing.T, flags ...string) {
-	dir := t.TempDir()
-	const size = 3
-	var initial, endpoints []string
-	args := make([][]string, size)
-	for i := range size {
-		client := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
-		peer := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
-		name := fmt.Sprintf("m%d", i)
-		initial = append(initial, name+"="+peer)
-		endpoints = append(endpoints, client)
-		args[i] = []string{"--name", name, "--data-dir", filepath.Join(dir, name),
-			"--listen-client-urls", client, "--advertise-client-urls", client,
-			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster-state", "new", "--initial-cluster-token", "kill9-test",
-			"--heartbeat-interval", "20", "--election-timeout", "200"}
-		args[i] = append(args[i], flags...)
-	}
-	procs := make([]*proc, size)
-	for i := range size {
-		procs[i] = launch(t, dir, append(args[i], "--initial-cluster", strings.Join(initial, ","))...)
-	}
-	for _, p := range procs {
-		p.waitReady(t)
-	}
+	pc := launchCluster(t, 3, "kill9-test", append([]string{"--heartbeat-interval", "20", "--election-timeout", "200"}, flags...)...)
+	dir, endpoints, args, procs := pc.dir, pc.endpoints, pc.args, pc.procs
 	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +92,7 @@ func clusterKill9(t *testing.T, flags ...string) {
 	procs[victim].kill()
 	before := count()
 	waitFor(t, "writes resume after the leader was killed", func() bool { return count() >= before+500 })
-	procs[victim] = startCairn(t, dir, append(args[victim], "--initial-cluster", strings.Join(initial, ","))...)
+	procs[victim] = startCairn(t, dir, args[victim]...)
 	stopLoad()
 	wg.Wait()
 
@@ -209,4 +187,39 @@ func TestSnapshotRestoreCommand(t *testing.T) {
 	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "v" {
 		t.Fatalf("restored cairn: %v %v", r, err)
 	}
+}
+
+// procCluster is cairn processes founding one cluster in dir.
+type procCluster struct {
+	dir       string
+	endpoints []string   // the members' client URLs
+	args      [][]string // each member's command line, for a restart
+	procs     []*proc
+}
+
+// launchCluster starts size members founding a cluster with token, each
+// with flags added, and waits until every one is ready.
+func launchCluster(t *testing.T, size int, token string, flags ...string) *procCluster {
+	t.Helper()
+	pc := &procCluster{dir: t.TempDir(), args: make([][]string, size), procs: make([]*proc, size)}
+	var initial []string
+	for i := range size {
+		client := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
+		peer := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
+		name := fmt.Sprintf("m%d", i)
+		initial = append(initial, name+"="+peer)
+		pc.endpoints = append(pc.endpoints, client)
+		pc.args[i] = append([]string{"--name", name, "--data-dir", filepath.Join(pc.dir, name),
+			"--listen-client-urls", client, "--advertise-client-urls", client,
+			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+			"--initial-cluster-state", "new", "--initial-cluster-token", token}, flags...)
+	}
+	for i := range size {
+		pc.args[i] = append(pc.args[i], "--initial-cluster", strings.Join(initial, ","))
+		pc.procs[i] = launch(t, pc.dir, pc.args[i]...)
+	}
+	for _, p := range pc.procs {
+		p.waitReady(t)
+	}
+	return pc
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/cairn-kv/cairn/node/testport"
 	"github.com/cairn-kv/cairn/router"
 )
 
@@ -85,29 +83,9 @@ type failoverCase struct {
 }
 
 func failoverKillLeader(t *testing.T, fc failoverCase) {
-	dir := t.TempDir()
 	const size = 3
-	var initial, endpoints []string
-	args := make([][]string, size)
-	for i := range size {
-		client := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
-		peer := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
-		name := fmt.Sprintf("m%d", i)
-		initial = append(initial, name+"="+peer)
-		endpoints = append(endpoints, client)
-		args[i] = append([]string{"--name", name, "--data-dir", filepath.Join(dir, name),
-			"--listen-client-urls", client, "--advertise-client-urls", client,
-			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster-state", "new", "--initial-cluster-token", "failover-test",
-			"--heartbeat-interval", "50", "--election-timeout", failoverElectionMs}, fc.flags...)
-	}
-	procs := make([]*proc, size)
-	for i := range size {
-		procs[i] = launch(t, dir, append(args[i], "--initial-cluster", strings.Join(initial, ","))...)
-	}
-	for _, p := range procs {
-		p.waitReady(t)
-	}
+	pc := launchCluster(t, size, "failover-test", append([]string{"--heartbeat-interval", "50", "--election-timeout", failoverElectionMs}, fc.flags...)...)
+	endpoints, procs := pc.endpoints, pc.procs
 	if fc.split {
 		if out, err := exec.Command(binary, "range", "split", "--endpoints", endpoints[0], failoverSplitKey).CombinedOutput(); err != nil {
 			t.Fatalf("cairn range split %s: %v\n%s", failoverSplitKey, err, out)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -15,7 +14,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/cairn-kv/cairn/node/testport"
 	"github.com/cairn-kv/cairn/router"
 )
 
@@ -39,32 +37,9 @@ const moveKillSettle = 40 * time.Second
 // three hold it). Every acknowledged write is readable through every
 // member, and `cairn check` finds every replica equal (exit 0).
 func TestMoveKill9(t *testing.T) {
-	dir := t.TempDir()
 	const size = 5
-	var initial, endpoints []string
-	args := make([][]string, size)
-	for i := range size {
-		client := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
-		peer := fmt.Sprintf("http://127.0.0.1:%d", testport.Port(t))
-		name := fmt.Sprintf("m%d", i)
-		initial = append(initial, name+"="+peer)
-		endpoints = append(endpoints, client)
-		args[i] = []string{"--name", name, "--data-dir", filepath.Join(dir, name),
-			"--listen-client-urls", client, "--advertise-client-urls", client,
-			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster-state", "new", "--initial-cluster-token", "move-kill-test",
-			"--heartbeat-interval", "50", "--election-timeout", "500", "--range-replicas", "3"}
-	}
-	for i := range size {
-		args[i] = append(args[i], "--initial-cluster", strings.Join(initial, ","))
-	}
-	procs := make([]*proc, size)
-	for i := range size {
-		procs[i] = launch(t, dir, args[i]...)
-	}
-	for _, p := range procs {
-		p.waitReady(t)
-	}
+	pc := launchCluster(t, size, "move-kill-test", "--heartbeat-interval", "50", "--election-timeout", "500", "--range-replicas", "3")
+	dir, endpoints, args, procs := pc.dir, pc.endpoints, pc.args, pc.procs
 	all := strings.Join(endpoints, ",")
 	ids := make([]uint64, size)
 	mc := failoverClient(t, endpoints)

@@ -641,13 +641,18 @@ func TestJoinResolvesPeers(t *testing.T) {
 
 // TestRegistryAfterRestart: after every NodeHost restarts with a fresh
 // registry and no MemberOf, dragonboat's own Adds resolve every replica of
-// the shard before any message needs it (no Resolve fails), for founders,
-// a replica that joined with the log uncompacted, and one that joined from
-// a snapshot. On start dragonboat adds the bootstrap record's initial
-// members (founders only), the membership of the snapshot it recovers,
-// and every membership change it replays from the log after it — the
-// founders' initial membership included: it is the log's first entries
-// (one AddNode each), so a joiner that never saw a snapshot learns it too.
+// the shard, for founders, a replica that joined with the log uncompacted,
+// and one that joined from a snapshot. On start dragonboat adds the
+// bootstrap record's initial members (founders only), the membership of
+// the snapshot it recovers, and every membership change it replays from
+// the log after it — the founders' initial membership included: it is the
+// log's first entries (one AddNode each), so a joiner that never saw a
+// snapshot learns it too. The replay is applied asynchronously, though: a
+// restarted joiner may answer a peer's message before it has replayed the
+// entry that adds the peer, and that answer fails to resolve and is
+// dropped (raft sends again; Cairn's members set MemberOf, which answers
+// from the range map). So Resolve may fail while the members restart, and
+// never once the shard has settled.
 func TestRegistryAfterRestart(t *testing.T) {
 	c := newHostCluster(t, 5, false)
 	a, b, h3, d, e := c.hosts[0], c.hosts[1], c.hosts[2], c.hosts[3], c.hosts[4]
@@ -683,17 +688,33 @@ func TestRegistryAfterRestart(t *testing.T) {
 			h.run(t, id, nil, false)
 		}
 	}
-	for i, h := range c.hosts {
-		h.write(t, "k", fmt.Sprint(4+i))
-		for _, o := range c.hosts {
-			o.sees(t, "k", fmt.Sprint(4+i))
+	round := func(base int) {
+		for i, h := range c.hosts {
+			h.write(t, "k", fmt.Sprint(base+i))
+			for _, o := range c.hosts {
+				o.sees(t, "k", fmt.Sprint(base+i))
+			}
 		}
 	}
+	round(4)
 	for _, h := range c.hosts {
 		h.resolves(t, all)
+	}
+	settled := map[NodeID]map[uint64]int64{}
+	for _, h := range c.hosts {
+		settled[h.member] = map[uint64]int64{}
 		for id := range all {
-			if n := h.peers.failed(id); n > 0 {
-				t.Errorf("member %x failed to resolve replica %d %d times after its restart", uint64(h.member), id, n)
+			settled[h.member][id] = h.peers.failed(id)
+			if n := settled[h.member][id]; n > 0 {
+				t.Logf("member %x failed to resolve replica %d %d times while the members restarted", uint64(h.member), id, n)
+			}
+		}
+	}
+	round(4 + len(c.hosts))
+	for _, h := range c.hosts {
+		for id := range all {
+			if n := h.peers.failed(id) - settled[h.member][id]; n > 0 {
+				t.Errorf("member %x failed to resolve replica %d %d times after the shard settled", uint64(h.member), id, n)
 			}
 		}
 	}

@@ -73,7 +73,7 @@ func put(t *testing.T, c *clientv3.Client, k string) int64 {
 // revisions reads the replica's current and compacted revisions.
 func revisions(t *testing.T, n *Node) (rev, compacted int64) {
 	t.Helper()
-	st, err := n.first.Replica().Status(context.Background(), false)
+	st, err := n.first.Load().Replica().Status(context.Background(), false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -235,6 +235,9 @@ func (n *Node) dropDeleted(ctx context.Context, info raftio.NodeInfo) {
 		return
 	}
 	n.log.Info("raft removed this member's replica of a range; dropping its data", "range", id, "replica", replica)
+	if id == singleShardID {
+		n.unwireFirst(r) // its primary stops; range 1 is served through its holders (first.go)
+	}
 	// Served through the members holding it from now on: new watches
 	// from the range's mirror here (router.Mirrors), and the watches on
 	// the replica's hub move to it from after what each has been sent

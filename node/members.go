@@ -223,10 +223,11 @@ func (n *Node) attrsOf(ctx context.Context, linearizable bool) (attrs map[uint64
 // memberAttrs reads, from this member's replica of range 1, the members'
 // published attributes (name, client URLs).
 func (n *Node) memberAttrs(ctx context.Context) (map[uint64]*pb.Member, error) {
-	if n.first == nil || !n.first.Started() {
+	first := n.first.Load()
+	if first == nil || !first.Started() {
 		return nil, errors.New("node: range 1 is not started yet")
 	}
-	return n.first.Replica().Members(ctx, false)
+	return first.Replica().Members(ctx, false)
 }
 
 // memberAddr is member id's client address (router.MemberConns): its
@@ -416,8 +417,8 @@ func (n *Node) recordRange1Peers(ctx context.Context, id uint64, peerURLs []stri
 // writeRange1 proposes reqs to range 1: through this member's replica, or
 // through range 1's client when it is held elsewhere (--range-replicas).
 func (n *Node) writeRange1(ctx context.Context, reqs []*shardpb.Request) []error {
-	if n.first != nil {
-		_, errs := n.first.Replica().WriteAll(ctx, reqs)
+	if first := n.first.Load(); first != nil {
+		_, errs := first.Replica().WriteAll(ctx, reqs)
 		return errs
 	}
 	c := n.routes.Client(singleShardID)

@@ -27,8 +27,8 @@ import (
 // reconciler (reconcile.go) starts the new replica and the source's drops
 // it once raft removed it (drop.go).
 //
-// Range 1 does not move yet: it is the leases' home and the cluster's
-// records, wired into this member at start (n.first).
+// Range 1 moves as any range does: the leases' home and the cluster's
+// records and auth state follow its replicas (first.go).
 
 // changeTry bounds one raft request a ChangeRange makes here.
 const changeTry = 3 * time.Second
@@ -55,9 +55,6 @@ func (n *Node) leadsPlacement() (bool, placement.NodeID) {
 // MoveRange implements router.RangeMover: the placement leader's member
 // drives the move; another forwards it there (with forward) or refuses.
 func (n *Node) MoveRange(ctx context.Context, r shard.RangeID, from, to placement.NodeID, forward bool) (*placementpb.RangeDescriptor, error) {
-	if r == singleShardID {
-		return nil, router.Refuse(router.ErrPrecondition, "cairn: range 1 does not move yet (it carries the leases and the cluster's records)")
-	}
 	if from == to {
 		return nil, router.Refuse(router.ErrInvalid, "cairn: a move needs two members (from %x to %x)", uint64(from), uint64(to))
 	}
@@ -179,6 +176,9 @@ func (n *Node) changeRange(ctx context.Context, req *internalpb.ChangeRangeReque
 		err = n.nh.SyncRequestDeleteReplica(try, uint64(id), req.Replica, 0)
 	case internalpb.ChangeRangeOp_CHANGE_RANGE_OP_LEAVE:
 		n.leaving.Store(replicaKey{id, r.ReplicaID()}, true)
+		if id == singleShardID {
+			n.first.CompareAndSwap(r, nil) // records and auth read through the holders now (first.go)
+		}
 		n.routes.Leave(id)
 	case internalpb.ChangeRangeOp_CHANGE_RANGE_OP_TRANSFER_LEADER:
 		err = n.transferRange(try, r, req.Replica)

@@ -36,7 +36,6 @@ import (
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
-	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/watch"
@@ -391,7 +390,11 @@ type Node struct {
 	db      *pebble.DB
 	journal *os.File // nil unless Config.DebugJournal
 	nh      *dragonboat.NodeHost
-	primary *shard.Primary
+	// firstMu guards primary, range 1's lease primary here (nil: none),
+	// and primaryOf, the replica it runs on (first.go).
+	firstMu   sync.Mutex
+	primary   *shard.Primary
+	primaryOf *shard.Range
 	// hooks let tests stop a split where a crash may stop it
 	// (export_test.go; router.SplitterConfig's CutShort and NoStart).
 	hooks struct {
@@ -418,8 +421,9 @@ type Node struct {
 		known map[replicaKey]bool // REQUIRES: mu
 	}
 	// first is range 1, in both modes: single-group mode's only range,
-	// and in sharded mode the home of leases and of the cluster's records.
-	first *shard.Range
+	// and in sharded mode the home of leases and of the cluster's records,
+	// while a replica of it serves here (nil: held elsewhere; first.go).
+	first atomic.Pointer[shard.Range]
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
 	// mirrors feeds watches over ranges held elsewhere (sharded mode).
@@ -993,11 +997,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	if cfg.Sharded {
 		n.mover = n.newMover()
 	}
-	shardCfg := shard.Config{DB: n.db, Events: n.events, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnSplit: func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
-		if n.splitter != nil {
-			n.splitter.OnSplit(n.first, child, span, rev, founders)
-		}
-	}, OnRecover: func() {
+	// OnSplit is each range's own (firstShardCfg, rangeShardCfg).
+	shardCfg := shard.Config{DB: n.db, Events: n.events, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnRecover: func() {
 		if n.splitter != nil {
 			n.splitter.Recovered()
 		}
@@ -1028,21 +1029,22 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		}
 	}
 	startFirst := func(id uint64) error {
-		if n.first != nil {
-			n.first.Close() // a join starting over under another id
+		if r := n.first.Load(); r != nil {
+			r.Close() // a join starting over under another id
 		}
-		n.first = shard.NewRange(n.rangeCfg(shard.ReplicaID(id)), first, 0)
-		n.rangeSet.Add(n.first)
+		r := shard.NewRange(n.rangeCfg(shard.ReplicaID(id)), first, 0)
+		n.first.Store(r)
+		n.rangeSet.Add(r)
 		var err error
 		if cfg.Sharded {
 			// Founded by the replicas the range map names (under the ids
 			// it allocated), as every range is.
-			if err := n.recordReplica(n.first); err != nil {
+			if err := n.recordReplica(r); err != nil {
 				return err
 			}
-			err = n.rangeSet.Start(n.first, shardCfg, raftCfg(id), b.founders != nil, b.join)
+			err = n.rangeSet.Start(r, n.firstShardCfg(r), raftCfg(id), b.founders != nil, b.join)
 		} else {
-			err = n.first.Start(shardCfg, b.founders, b.join, raftCfg(id))
+			err = r.Start(n.firstShardCfg(r), b.founders, b.join, raftCfg(id))
 		}
 		if err != nil {
 			return fmt.Errorf("node: start shard: %w", err)
@@ -1080,8 +1082,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			n.routes.PutMap(all)
 		}
 	}
-	if n.first != nil {
-		n.holds.Store(n.first.Replica())
+	if r := n.first.Load(); r != nil {
+		n.holds.Store(r.Replica())
 	}
 	if err := n.waitLeader(ctx); err != nil {
 		return err
@@ -1105,14 +1107,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 // splits missed (unsplit); and learner tracking.
 func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 	cfg := n.cfg
-	if n.first != nil {
-		n.primary = shard.StartPrimary(shard.PrimaryConfig{
-			Replica:         n.first.Replica(),
-			Lessor:          func() *lease.Lessor { return n.first.StateMachine().Lessor() },
-			ReplicaID:       n.first.ReplicaID(),
-			ElectionTimeout: cfg.ElectionTimeout,
-			Log:             n.log,
-		})
+	if r := n.first.Load(); r != nil {
+		n.wireFirst(r)
 	}
 	if cfg.Sharded {
 		n.wg.Add(2)
@@ -1125,12 +1121,10 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 			router.RunProgress(n.merger, cfg.WatchProgressNotifyInterval, n.stop)
 		}()
 		n.splitter.Follow(unsplit)
-		var home router.LeaseHome = absentHome{}
-		if n.first != nil {
-			home = n.first
-		}
+		// Range 1 may come here or leave (first.go): the home is
+		// whichever replica of it serves here.
 		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
-			Home: home, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
+			Home: firstHome{n}, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
 		n.fanout.Start()
 		n.wg.Add(4)
 		go n.runDrops()
@@ -1189,17 +1183,13 @@ func (n *Node) serve() error {
 		Term:               n.placementTerm.Load,
 		Log:                n.log,
 	}
-	if n.first != nil {
-		rcfg.Shard, rcfg.Lessor, rcfg.Auth = n.first.Replica(), n.first.StateMachine().Lessor(), n.first.Replica()
-	} else {
-		// Range 1 is held elsewhere (--range-replicas): its lessor's
-		// answers come from its leader's member, its auth state through
-		// its client.
-		rcfg.Lessor, rcfg.Auth = absentLessor{}, router.RemoteAuth(n.routes.Client(singleShardID))
-	}
 	if cfg.Sharded {
+		// Range 1 as it is at each request (first.go): held here, or
+		// elsewhere (--range-replicas), whose lessor's answers come from
+		// its leader's member and its auth state through its client; it
+		// may come here or leave with a move.
+		rcfg.Shard, rcfg.Lessor, rcfg.Auth = firstShard{n}, firstLessor{n}, firstAuth{n}
 		rcfg.Oracle = n.oracle
-		rcfg.Shard = n.routes.Client(singleShardID)
 		rcfg.Ranges = n.routes
 		rcfg.Merger = n.merger
 		n.mirrors = router.NewMirrors(router.MirrorsConfig{Ranges: n.routes, Log: n.log})
@@ -1212,8 +1202,10 @@ func (n *Node) serve() error {
 		// forwarding), its watches are direct hub streams (watch.Merged),
 		// whose progress notifications its hub sends. Every lease's keys
 		// are in its home: no fan-out (RemoteLeases nil).
-		rcfg.Ranges = router.NewStaticRangeCache(router.RangeEntry{Local: router.LocalRange(n.first), Shard: n.first.Replica(),
-			Watches: n.first.Hub()})
+		first := n.first.Load()
+		rcfg.Shard, rcfg.Lessor, rcfg.Auth = first.Replica(), first.StateMachine().Lessor(), first.Replica()
+		rcfg.Ranges = router.NewStaticRangeCache(router.RangeEntry{Local: router.LocalRange(first), Shard: first.Replica(),
+			Watches: first.Hub()})
 		rcfg.Merger = watch.NewMerger()
 	}
 	rs := router.New(rcfg)
@@ -1325,12 +1317,12 @@ func (n *Node) waitLeader(ctx context.Context) error {
 	t := time.NewTicker(rttMillisecond * time.Millisecond)
 	defer t.Stop()
 	for {
-		if n.first == nil {
+		if first := n.first.Load(); first == nil {
 			// Range 1 is held elsewhere: the placement group's leader.
 			if _, _, ok, err := n.nh.GetLeaderID(placementShardID); err == nil && ok {
 				return nil
 			}
-		} else if _, _, ok := n.first.Replica().Leader(); ok {
+		} else if _, _, ok := first.Replica().Leader(); ok {
 			return nil
 		}
 		select {
@@ -1484,9 +1476,7 @@ func (n *Node) Close() error {
 			n.splitter.Close()
 		}
 		n.wg.Wait()
-		if n.primary != nil {
-			n.primary.Close()
-		}
+		n.closePrimary()
 		for _, rr := range n.routing() {
 			rr.Close() // its goroutines and proposer
 		}

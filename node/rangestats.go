@@ -288,9 +288,9 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		leaderless = len(n.leaders.Leaderless().Ranges)
 	}
 	firstLed, firstLeads := false, false
-	if n.first != nil {
-		_, _, firstLed = n.first.Replica().Leader()
-		firstLeads = n.first.Leads()
+	if first := n.first.Load(); first != nil {
+		_, _, firstLed = first.Replica().Leader()
+		firstLeads = first.Leads()
 	} else if c := n.routes.Client(singleShardID); c != nil {
 		_, firstLed = c.LeaderMember() // range 1 held elsewhere
 	}
@@ -337,8 +337,8 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descDBInUse, float64(st.DBSizeInUse))
 	gauge(descCurrentRev, float64(current))
 	compact := mvcc.Revision(0)
-	if n.first == nil {
-	} else if sm := n.first.StateMachine(); sm != nil {
+	if first := n.first.Load(); first == nil {
+	} else if sm := first.StateMachine(); sm != nil {
 		compact = max(sm.CompactRev(), 0)
 	}
 	gauge(descCompactRev, float64(compact))

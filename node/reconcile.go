@@ -36,8 +36,9 @@ import (
 //     missed (down meanwhile, so no NodeDeleted here), or a destination
 //     whose move was undone before raft added it.
 //
-// Range 1 is left alone (it does not move yet: move.go). Every pass is
-// idempotent: what is running and routed is looked at afresh; a replica
+// Range 1 moves as any range does; its replica is wired as the leases'
+// home as it starts here and serves the cluster's records and auth state
+// once routed here (first.go). Every pass is idempotent: what is running and routed is looked at afresh; a replica
 // whose drop is under way is not started again until the drop took it
 // out of the set (shard.Set.Drop), and a start waits for the drop's data
 // batch (shard.Set.Start). After a crash, the replica records (drop.go)
@@ -98,7 +99,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		}
 	}
 	for id, mv := range dest {
-		if n.rangeSet.Get(id, false) != nil || byID[id] == nil || id == singleShardID {
+		if n.rangeSet.Get(id, false) != nil || byID[id] == nil {
 			continue
 		}
 		if err := n.startDestination(byID[id], shard.ReplicaID(mv.To.Id)); err != nil {
@@ -113,8 +114,8 @@ func (n *Node) reconcile(ctx context.Context) {
 		id := r.ID()
 		key := replicaKey{id, r.ReplicaID()}
 		d := byID[id]
-		if id == singleShardID || d == nil {
-			continue // range 1, or a range the map here does not know yet (a split)
+		if d == nil {
+			continue // a range the map here does not know yet (a split)
 		}
 		named, voter := false, false
 		if p, ok := placement.ReplicaOf(d, self); ok && p == r.ReplicaID() {
@@ -136,6 +137,9 @@ func (n *Node) reconcile(ctx context.Context) {
 				continue
 			}
 			n.routes.PutRanges(r)
+			if id == singleShardID {
+				n.first.Store(r) // the cluster's records and auth state read here now
+			}
 			n.destinations.Delete(key)
 			n.log.Info("a replica moved here serves", "range", id, "replica", r.ReplicaID())
 		case !named:
@@ -174,7 +178,8 @@ func pairIndex(d *placementpb.RangeDescriptor, member placement.NodeID) int {
 
 // startDestination starts this member's replica id of range d, a move's
 // destination: non-voting, joining, empty until the leader's snapshot; not
-// routed here yet.
+// routed here yet. A replica of range 1 is wired as the leases' home once
+// started (first.go): its primary acts only once it leads.
 func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.ReplicaID) error {
 	r := shard.NewRange(n.rangeCfg(id), d, 0)
 	if err := n.recordReplica(r); err != nil {
@@ -182,6 +187,9 @@ func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.Replica
 	}
 	n.rangeSet.Add(r)
 	cfg := n.rangeShardCfg(r)
+	if d.Id == singleShardID {
+		cfg = n.firstShardCfg(r)
+	}
 	recovered := cfg.OnRecover
 	cfg.OnRecover = func() {
 		n.destinationSnapshots.Add(1)
@@ -193,6 +201,9 @@ func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.Replica
 		return err
 	}
 	n.destinations.Store(replicaKey{shard.RangeID(d.Id), id}, true)
+	if d.Id == singleShardID {
+		n.wireFirst(r)
+	}
 	n.log.Info("started a move's destination replica", "range", d.Id, "replica", id)
 	return nil
 }

@@ -33,10 +33,11 @@ func (n *Node) TransferLeader(ctx context.Context, target uint64) error {
 	} else if !ok {
 		return rpctypes.ErrBadLeaderTransferee
 	}
-	if n.first == nil {
+	first := n.first.Load()
+	if first == nil {
 		return router.Refuse(router.ErrPrecondition, "cairn: range 1 has no replica on this member")
 	}
-	err = n.first.TransferLeader(ctx, id, shard.TransferConfig{
+	err = first.TransferLeader(ctx, id, shard.TransferConfig{
 		Replicas:          n.replicas,
 		AppliedOf:         n.appliedOf,
 		ElectionTimeout:   n.cfg.ElectionTimeout,

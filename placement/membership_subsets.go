@@ -21,9 +21,8 @@ import (
 //	           range); the others are not (5 members → 6 with R=3: none). An etcd learner gets none.
 //	Remove(4)  more than RangeReplicas members: each range 4 holds (a voter) moves to the
 //	           member with the fewest replicas that does not hold it (Move, the placement
-//	           leader's Mover: the count is kept); range 1, which does not move yet, and a
-//	           learner replica lose 4's replica (raft, then the map): range 1 keeps
-//	           RangeReplicas−1 voters until it can move.
+//	           leader's Mover: the count is kept); a learner replica loses 4's replica
+//	           (raft, then the map).
 //	           at most RangeReplicas members: every range loses 4's replica, as without subsets.
 //	           Then the placement group −= 4 as without subsets (a non-voting member votes if 4 did).
 //
@@ -34,10 +33,6 @@ import (
 // half-way) is not filled: its name for the member is taken back (the
 // member's reconciler drops the empty replica it started) and is left to
 // a move.
-
-// firstRange is range 1, which does not move (the leases' home and the
-// cluster's records, wired into its members at start).
-const firstRange = 1
 
 // subsets reports whether members hold subsets of the ranges.
 func (m *Membership) subsets() bool { return m.cfg.RangeReplicas > 0 }
@@ -126,9 +121,9 @@ func (m *Membership) drains(ctx context.Context, member NodeID) (bool, error) {
 
 // drain removes member with subsets: while more than RangeReplicas
 // members are in the placement group (drains), it moves each voting
-// replica member holds, but range 1's, to the member with the fewest
-// replicas that holds none of the range (an etcd learner holds none), and
-// removes its other replicas (range 1's, learners'); otherwise it removes
+// replica member holds to the member with the fewest replicas that holds
+// none of the range (an etcd learner holds none), and removes its learner
+// replicas; otherwise it removes
 // every replica of member (raft, through a member holding the range, then
 // the map). Then it removes member from the placement group. It reads the map again
 // after each range, until the map names no replica of member.
@@ -147,7 +142,7 @@ func (m *Membership) drain(ctx context.Context, member NodeID) error {
 			break
 		}
 		pair := pairOf(Pairs(d), uint64(member))
-		if !moves || d.Id == firstRange || pair.Learner {
+		if !moves || pair.Learner {
 			if err := m.removeRangeReplica(ctx, d, ReplicaID(pair.Id)); err != nil {
 				return fmt.Errorf("placement: remove member %x from range %d: %w", member, d.Id, err)
 			}

@@ -486,9 +486,14 @@ func (c *RangeClient) Leader() (shard.ReplicaID, uint64, bool) {
 // LeaderMember is the member leading the range as this member knows it.
 func (c *RangeClient) LeaderMember() (placement.NodeID, bool) {
 	if c.l == nil {
-		// No hint: the first holder, which forwards what it does not lead.
-		if hs := c.holders(); len(hs) > 0 {
-			return hs[0], true
+		// The hint if the descriptor still names it (a move may have
+		// taken the range off the member that led it), else the first
+		// holder, which forwards what it does not lead.
+		d := c.Descriptor()
+		for _, m := range c.holders() {
+			if _, ok := placement.ReplicaOf(d, m); ok {
+				return m, true
+			}
 		}
 		return 0, false
 	}

@@ -185,8 +185,11 @@ func (c *RangeCache) Leave(id shard.RangeID) {
 		if !ok {
 			return
 		}
+		if e.Local == nil {
+			return // routed through the holders already (told to stop serving it, then removed)
+		}
 		d := e.descriptor()
-		if e.Local == nil || d == nil {
+		if d == nil {
 			delete(all, id)
 			return
 		}

@@ -778,6 +778,14 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	if err := s.reportPeers(s.store); err != nil {
 		return err
 	}
+	// The snapshot's data carries the index it was taken at: a replica
+	// restored from it has applied that much, new entries or not (an idle
+	// range's move waits for its destination to reach it).
+	applied, err := appliedIndex(s.store)
+	if err != nil {
+		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
+	}
+	s.applied.Store(applied)
 	if s.cfg.OnRecover != nil {
 		s.cfg.OnRecover()
 	}

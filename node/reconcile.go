@@ -38,11 +38,12 @@ import (
 //
 // Range 1 moves as any range does; its replica is wired as the leases'
 // home as it starts here and serves the cluster's records and auth state
-// once routed here (first.go). Every pass is idempotent: what is running and routed is looked at afresh; a replica
-// whose drop is under way is not started again until the drop took it
-// out of the set (shard.Set.Drop), and a start waits for the drop's data
-// batch (shard.Set.Start). After a crash, the replica records (drop.go)
-// and the map say the same things again.
+// once routed here (first.go). Every pass is idempotent: what is running
+// and routed is looked at afresh; a replica whose drop is under way is not
+// started again until the drop took it out of the set (shard.Set.Drop),
+// and a start waits for the drop's data batch (shard.Set.Start). After a
+// crash, the replica records (drop.go) and the map say the same things
+// again.
 //
 //	map: move r2 1:5 → 4:9 begun      member 4: start r2:9 non-voting, not routed
 //	map: r2 {2:6 3:7 4:9}, no move    member 4: route r2 here · member 1: raft removed 5 → drop r2:5

@@ -123,10 +123,10 @@ func (m *Membership) drains(ctx context.Context, member NodeID) (bool, error) {
 // members are in the placement group (drains), it moves each voting
 // replica member holds to the member with the fewest replicas that holds
 // none of the range (an etcd learner holds none), and removes its learner
-// replicas; otherwise it removes
-// every replica of member (raft, through a member holding the range, then
-// the map). Then it removes member from the placement group. It reads the map again
-// after each range, until the map names no replica of member.
+// replicas; otherwise it removes every replica of member (raft, through a
+// member holding the range, then the map). Then it removes member from the
+// placement group. It reads the map again after each range, until the map
+// names no replica of member.
 func (m *Membership) drain(ctx context.Context, member NodeID) error {
 	moves, err := m.drains(ctx, member)
 	if err != nil {

@@ -778,9 +778,9 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	if err := s.reportPeers(s.store); err != nil {
 		return err
 	}
-	// The snapshot's data carries the index it was taken at: a replica
-	// restored from it has applied that much, new entries or not (an idle
-	// range's move waits for its destination to reach it).
+	// The snapshot's applied index is this replica's now: a replica that
+	// joined from a snapshot reports it (Status) before it applies an
+	// entry, so a move sees it caught up on an idle range too.
 	applied, err := appliedIndex(s.store)
 	if err != nil {
 		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)

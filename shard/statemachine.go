@@ -778,6 +778,14 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	if err := s.reportPeers(s.store); err != nil {
 		return err
 	}
+	// The snapshot's applied index is this replica's now: a replica that
+	// joined from a snapshot reports it (Status) before it applies an
+	// entry, so a move sees it caught up on an idle range too.
+	applied, err := appliedIndex(s.store)
+	if err != nil {
+		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
+	}
+	s.applied.Store(applied)
 	if s.cfg.OnRecover != nil {
 		s.cfg.OnRecover()
 	}

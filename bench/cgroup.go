@@ -17,6 +17,10 @@ const cgroupCPURoot = "/sys/fs/cgroup/cpu"
 // of it.
 const cfsPeriodUs = 100_000
 
+// priorityShares is the cpu.shares of the members' parent group (the
+// kernel's largest is 262144).
+const priorityShares = 262144
+
 // cpuCap caps each member process of a cluster at the same share of one CPU
 // through the cgroup v1 cpu controller: one group per member,
 //
@@ -102,6 +106,11 @@ func newCPUCap(root string, share float64, pid int) (*cpuCap, error) {
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("bench: cgroup: %w", err)
 	}
+	// The members' parent outweighs everything else at the root (1024
+	// each), so that other work on the machine does not eat into the
+	// members' quota: each member gets its share, no more, busy machine or
+	// not. Best effort: without it the run is only noisier.
+	_ = os.WriteFile(filepath.Join(dir, "cpu.shares"), []byte(strconv.Itoa(priorityShares)), 0o644)
 	return &cpuCap{root: root, dir: dir, share: share}, nil
 }
 
@@ -201,5 +210,6 @@ func (c *cpuCap) close() error {
 func describeCPUCap(root string, share float64) string {
 	return fmt.Sprintf("each member process in its own cgroup v1 cpu group `%s/cairn-bench-<harness pid>/m<i>` with "+
 		"`cpu.cfs_period_us=%d` and `cpu.cfs_quota_us=%d` (%s of one core), its pid written to `cgroup.procs` right after exec, "+
-		"before it is ready; the client is not capped", root, cfsPeriodUs, int(share*cfsPeriodUs+0.5), strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", share), "0"), "."))
+		"before it is ready; the parent group has `cpu.shares=%d`, so other work on the machine does not take the members' quota; "+
+		"the client is not capped", root, cfsPeriodUs, int(share*cfsPeriodUs+0.5), strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", share), "0"), "."), priorityShares)
 }

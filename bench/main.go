@@ -65,7 +65,7 @@ type config struct {
 	// one CPU.
 	cpuShare float64
 	// rangeReplicas is --range-replicas of the scale-out sharded systems, 0
-	// to leave the flag out (a cairn without it).
+	// to leave the flag out (the server's default), -1 every member.
 	rangeReplicas int
 }
 
@@ -82,7 +82,7 @@ func parseFlags(args []string) (config, error) {
 	scs := fs.String("scenarios", "", "scenarios to run (default: all)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the servers' data directories and logs")
 	fs.Float64Var(&c.cpuShare, "cpu-share", 0.15, "scale-out: the share of one CPU each member process is capped at (cgroup v1 cpu controller)")
-	fs.IntVar(&c.rangeReplicas, "range-replicas", scaleOutRangeReplicas, "scale-out: --range-replicas of the sharded systems; 0 leaves the flag out, every member then holding every range (for a cairn without it)")
+	fs.IntVar(&c.rangeReplicas, "range-replicas", scaleOutRangeReplicas, "scale-out: --range-replicas of the sharded systems; -1 puts every range on every member, 0 leaves the flag out (the server's default, 3)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -98,8 +98,8 @@ func parseFlags(args []string) (config, error) {
 	if !(c.cpuShare > 0 && c.cpuShare <= 1) {
 		return c, errors.New("bench: -cpu-share must be in (0, 1]")
 	}
-	if c.rangeReplicas < 0 {
-		return c, errors.New("bench: -range-replicas must not be negative")
+	if c.rangeReplicas < -1 {
+		return c, errors.New("bench: -range-replicas must be -1 (every member) or more")
 	}
 	for _, f := range splitList(*memory) {
 		n, err := parseCount(f)

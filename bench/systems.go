@@ -62,8 +62,8 @@ type environment struct {
 	self  string // this binary, for the serve-* subcommands
 	cairn string // the cairn binary built for this run
 	// rangeReplicas is the --range-replicas of the scale-out sharded
-	// systems; 0 leaves the flag out (every member then holds every range),
-	// for a cairn that lacks it.
+	// systems; 0 leaves the flag out (the server's default), -1 puts every
+	// range on every member.
 	rangeReplicas int
 }
 
@@ -95,7 +95,7 @@ func systems() []system {
 		return func(env *environment, m memberSpec) []string {
 			argv := append(cairn(env, m), "--single-group=false", "--placement-replicas", "3",
 				"--initial-split-keys", scaleOutSplits(scaleOutRangesPerMember*n))
-			if env.rangeReplicas > 0 {
+			if env.rangeReplicas != 0 {
 				argv = append(argv, "--range-replicas", strconv.Itoa(env.rangeReplicas))
 			}
 			return argv

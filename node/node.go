@@ -139,11 +139,13 @@ type Config struct {
 	// more voters (one founded before) keeps them.
 	PlacementReplicas int
 	// RangeReplicas is how many members hold each range (sharded mode):
-	// 0 means every member (the default until membership follows
-	// subsets). A new cluster's initial ranges are placed round robin on
-	// min(RangeReplicas, founders) founders each; a member starts only the
-	// replicas the range map names for it, and serves the other ranges
-	// through members holding them.
+	// 0 means DefaultRangeReplicas, EveryMember every member (a member
+	// added later joins every range). A new cluster's initial ranges are
+	// placed round robin on min(RangeReplicas, founders) founders each; a
+	// member starts only the replicas the range map names for it, and
+	// serves the other ranges through members holding them. Member add
+	// gives a new member no ranges (moves do); member remove moves the
+	// member's replicas to others first.
 	RangeReplicas int
 	// AdoptRecordedMode makes Sharded the mode of a new data directory
 	// only: one that records its mode (<data-dir>/mode, written at the
@@ -262,6 +264,13 @@ const (
 // rttMillisecond is dragonboat's tick: raft timings are whole multiples.
 const rttMillisecond = 10
 
+// DefaultRangeReplicas is how many members hold each range unless
+// Config.RangeReplicas says otherwise (etcd's usual cluster size).
+const DefaultRangeReplicas = 3
+
+// EveryMember as Config.RangeReplicas puts every range on every member.
+const EveryMember = -1
+
 // singleShardID names the one raft group of single-group mode; this
 // node's replica of it has the member id as its replica id.
 const singleShardID = 1
@@ -330,8 +339,11 @@ func (c Config) withDefaults() (Config, error) {
 	if _, err := router.CompactionRetention(c.AutoCompactionMode, c.AutoCompactionRetention); err != nil {
 		return c, err
 	}
-	if c.RangeReplicas < 0 {
-		return c, fmt.Errorf("node: --range-replicas %d: want 0 (every member) or more", c.RangeReplicas)
+	switch {
+	case c.RangeReplicas == 0:
+		c.RangeReplicas = DefaultRangeReplicas
+	case c.RangeReplicas < EveryMember:
+		return c, fmt.Errorf("node: --range-replicas %d: want %d (every member) or more", c.RangeReplicas, EveryMember)
 	}
 	switch c.PlacementReplicas {
 	case 0:
@@ -992,7 +1004,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 	n.reconfig = placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
 		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Ranges: router.MemberRanges(n.rangeSet, n.routes),
 		Peers: n.fwd, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) },
-		PlacementVoters: n.cfg.PlacementReplicas, RangeReplicas: n.cfg.RangeReplicas, RangeRaft: rangeRaft{n},
+		PlacementVoters: n.cfg.PlacementReplicas, RangeReplicas: max(n.cfg.RangeReplicas, 0), RangeRaft: rangeRaft{n},
 		Move: n.moveForMembership, Log: n.log})
 	if cfg.Sharded {
 		n.mover = n.newMover()

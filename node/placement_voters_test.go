@@ -12,6 +12,7 @@ import (
 	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/node/testport"
+	"github.com/cairn-kv/cairn/placement"
 )
 
 // memberListOf is member list l as one line per member, by id: what must
@@ -34,7 +35,8 @@ func memberListOf(l []*pb.Member) string {
 	return out
 }
 
-// TestPlacementVotersCapped: five founders with --placement-replicas 3:
+// TestPlacementVotersCapped: five founders with --placement-replicas 3
+// (and the default --range-replicas: each range on three of them):
 // the three with the lowest member ids vote in the placement group, the
 // other two run non-voting replicas of it; the member list (as etcdctl
 // member list reads it) is the same on every member, complete, and shows
@@ -84,6 +86,17 @@ func TestPlacementVotersCapped(t *testing.T) {
 		return true
 	})
 	t.Logf("member list:\n%s", lists[0])
+	// No RangeReplicas given: each range is on DefaultRangeReplicas of the
+	// five, not on all of them.
+	ds, err := nodes[0].RangeMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds {
+		if got := len(placement.Pairs(d)); got != node.DefaultRangeReplicas {
+			t.Errorf("range %d has %d replicas, want the default %d", d.Id, got, node.DefaultRangeReplicas)
+		}
+	}
 
 	// Stop a placement voter: the other two still make its quorum.
 	stopped := slices.IndexFunc(ids, func(id uint64) bool { return id == sorted[0] })

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/node/testport"
 	"github.com/cairn-kv/cairn/placement"
@@ -20,7 +21,7 @@ import (
 // range's raft group has the newcomer's replica as a voter, the map
 // records it so, and splits, refused while a change is under way, go on.
 func TestShardedMemberAddResumes(t *testing.T) {
-	cl := nodetest.Start(t, 3, nodetest.Sharded("h", "p"))
+	cl := nodetest.Start(t, 3, nodetest.Sharded("h", "p"), nodetest.RangeReplicas(node.EveryMember))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	var leader int

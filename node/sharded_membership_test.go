@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/node/testport"
 )
@@ -23,7 +24,7 @@ import (
 // range split after has it as a founder; it restarts with all of them;
 // then a founding member is removed and the rest go on.
 func TestShardedMembership(t *testing.T) {
-	cl := nodetest.Start(t, 3, nodetest.Sharded("h", "p"))
+	cl := nodetest.Start(t, 3, nodetest.Sharded("h", "p"), nodetest.RangeReplicas(node.EveryMember))
 	nodes := cl.Nodes()
 	c := nodetest.NewClient(t, cl.URLs()[1:]...) // m0 is removed below
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

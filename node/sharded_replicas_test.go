@@ -134,7 +134,7 @@ func TestShardedReplicaIDs(t *testing.T) {
 // the new member's replicas get allocated ids, and a new range has its
 // parent's pairs, old and new.
 func TestShardedLegacyDataDir(t *testing.T) {
-	cl := nodetest.Start(t, 3, nodetest.Sharded("p"), nodetest.Edit(node.LegacyBootstrap))
+	cl := nodetest.Start(t, 3, nodetest.Sharded("p"), nodetest.Edit(node.LegacyBootstrap), nodetest.RangeReplicas(node.EveryMember))
 	nodes := cl.Nodes()
 	c := nodetest.NewClient(t, cl.URLs()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)

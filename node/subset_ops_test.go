@@ -43,11 +43,11 @@ func putEverywhere(ctx context.Context, t *testing.T, c *clientv3.Client) (first
 	return first, last
 }
 
-// TestSubsetHashKV: with ranges on subsets of the members, every member's
-// HashKV at one revision is the same (etcdctl endpoint hashkv --cluster):
-// each hashes every range's data at that revision, wherever it lives.
-func TestSubsetHashKV(t *testing.T) {
-	cl := startSubsets(t)
+// subsetHashKV (TestSubsets/HashKV): with ranges on subsets of the
+// members, every member's HashKV at one revision is the same (etcdctl
+// endpoint hashkv --cluster): each hashes every range's data at that
+// revision, wherever it lives.
+func subsetHashKV(t *testing.T, cl *nodetest.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := cl.Client(0)
@@ -73,12 +73,11 @@ func TestSubsetHashKV(t *testing.T) {
 	}
 }
 
-// TestSubsetStatusAlarm: every member, with range 1 or without, reports
-// in Status the cluster's revision, range 1's leader and a raft index,
-// defragments its own store, and lists and disarms alarms (kept in range
-// 1) alike.
-func TestSubsetStatusAlarm(t *testing.T) {
-	cl := startSubsets(t)
+// subsetStatusAlarm (TestSubsets/StatusAlarm): every member, with range 1
+// or without, reports in Status the cluster's revision, range 1's leader
+// and a raft index, defragments its own store, and lists and disarms
+// alarms (kept in range 1) alike.
+func subsetStatusAlarm(t *testing.T, cl *nodetest.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := cl.Client(0)
@@ -159,11 +158,10 @@ func compactedEverywhere(cl *nodetest.Cluster, rev int64) error {
 	return nil
 }
 
-// TestSubsetCompaction: a Compact through a member without range 1 (nor
-// other ranges) compacts every replica of every range; automatic
-// compaction does too.
-func TestSubsetCompaction(t *testing.T) {
-	cl := startSubsets(t)
+// subsetCompaction (TestSubsets/Compaction): a Compact through a member
+// without range 1 (nor other ranges) compacts every replica of every
+// range; automatic compaction does too.
+func subsetCompaction(t *testing.T, cl *nodetest.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out := outsider(t, cl, "a")
@@ -183,13 +181,12 @@ func TestSubsetCompaction(t *testing.T) {
 	_ = last
 }
 
-// TestSubsetSnapshot: `etcdctl snapshot save` through a member that holds
-// neither range 1 nor several other ranges is every range at one
-// revision, streamed from the members holding them: restored, it answers
-// as the source did at that revision, leases included (a lease with keys
-// in ranges held elsewhere keeps them; a revoked one is gone).
-func TestSubsetSnapshot(t *testing.T) {
-	cl := startSubsets(t)
+// subsetSnapshot (TestSubsets/Snapshot): `etcdctl snapshot save` through a
+// member that holds neither range 1 nor several other ranges is every
+// range at one revision, streamed from the members holding them: restored,
+// it answers as the source did at that revision, leases included (a lease
+// with keys in ranges held elsewhere keeps them; a revoked one is gone).
+func subsetSnapshot(t *testing.T, cl *nodetest.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cli := cl.Client(outsider(t, cl, "a"))
@@ -284,11 +281,11 @@ func checkThrough(ctx context.Context, t *testing.T, cl *nodetest.Cluster, i int
 	return resp
 }
 
-// TestCheckReplicas: `cairn check`'s call hashes every replica of every
-// range at one revision on its member: all agree on a sound cluster; a
-// replica changed behind raft's back is reported, and only its range.
-func TestCheckReplicas(t *testing.T) {
-	cl := startSubsets(t)
+// subsetCheckReplicas (TestSubsets/CheckReplicas): `cairn check`'s call
+// hashes every replica of every range at one revision on its member: all
+// agree on a sound cluster; a replica changed behind raft's back is
+// reported, and only its range.
+func subsetCheckReplicas(t *testing.T, cl *nodetest.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out := outsider(t, cl, "c")
@@ -312,11 +309,11 @@ func TestCheckReplicas(t *testing.T) {
 	}
 }
 
-// TestSubsetRanges: `cairn ranges` (the range info) on a member shows
-// every range, also those it holds no replica of, with its replicas
-// (member and replica id, as the map names them) and a leader among them.
-func TestSubsetRanges(t *testing.T) {
-	cl := startSubsets(t)
+// subsetRanges (TestSubsets/Ranges): `cairn ranges` (the range info) on a
+// member shows every range, also those it holds no replica of, with its
+// replicas (member and replica id, as the map names them) and a leader
+// among them.
+func subsetRanges(t *testing.T, cl *nodetest.Cluster) {
 	ds := rangeMapOf(t, cl)
 	n := cl.Node(outsider(t, cl, "a"))
 	nodetest.Eventually(t, "every range shows with a leader", func() bool {

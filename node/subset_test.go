@@ -3,12 +3,14 @@ package node_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -84,11 +86,101 @@ func outsider(t *testing.T, cl *nodetest.Cluster, key string) int {
 	return -1
 }
 
-// TestSubsetPlacement: five members, three replicas per range, ten
-// initial ranges: each member holds 6±1 of them, and every range's raft
-// membership on each member holding it is the map's pairs for it.
-func TestSubsetPlacement(t *testing.T) {
+// TestSubsets runs the subset tests that change neither the membership
+// nor the placement, nor stop a member, as subtests on one cluster of
+// startSubsets (-run 'TestSubsets/KV' runs one): a cluster's start and
+// close cost more than most of them. Before each, resetSubsets takes
+// away what the ones before left (keys, leases, alarms), so that each
+// sees the cluster as a fresh one would look to it; the revision and
+// the compacted revision go on from where the last one left them. The
+// order matters where a subtest leaves more than that: Compaction waits
+// for every replica to have compacted, KV's compaction included, before
+// CheckReplicas hashes them, and CheckReplicas, which corrupts a
+// replica, comes last.
+func TestSubsets(t *testing.T) {
 	cl := startSubsets(t)
+	for _, sub := range []struct {
+		name string
+		run  func(*testing.T, *nodetest.Cluster)
+	}{
+		{"Placement", subsetPlacement},
+		{"Ranges", subsetRanges},
+		{"HashKV", subsetHashKV},
+		{"StatusAlarm", subsetStatusAlarm},
+		{"Leases", subsetLeases},
+		{"Snapshot", subsetSnapshot},
+		{"KV", subsetKV},
+		{"Compaction", subsetCompaction},
+		{"CheckReplicas", subsetCheckReplicas}, // last: a replica stays corrupted
+	} {
+		t.Run(sub.name, func(t *testing.T) {
+			c := cl.For(t)
+			resetSubsets(t, c)
+			sub.run(t, c)
+		})
+	}
+}
+
+// resetSubsets revokes every lease, deletes every key and disarms every
+// alarm, each on its own (a delete across ranges is refused), and fails
+// unless none is left.
+func resetSubsets(t *testing.T, cl *nodetest.Cluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := cl.Client(0)
+	ls, err := c.Leases(ctx)
+	if err != nil {
+		t.Fatalf("reset the shared cluster: list leases: %v", err)
+	}
+	for _, l := range ls.Leases {
+		if _, err := c.Revoke(ctx, l.ID); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			t.Fatalf("reset the shared cluster: revoke lease %x: %v", l.ID, err)
+		}
+	}
+	all, err := c.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatalf("reset the shared cluster: list keys: %v", err)
+	}
+	for _, kv := range all.Kvs {
+		if _, err := c.Delete(ctx, string(kv.Key)); err != nil {
+			t.Fatalf("reset the shared cluster: delete %q: %v", kv.Key, err)
+		}
+	}
+	alarms, err := c.AlarmList(ctx)
+	if err != nil {
+		t.Fatalf("reset the shared cluster: list alarms: %v", err)
+	}
+	for _, a := range alarms.Alarms {
+		if _, err := c.AlarmDisarm(ctx, &clientv3.AlarmMember{MemberID: a.MemberID, Alarm: a.Alarm}); err != nil {
+			t.Fatalf("reset the shared cluster: disarm %v: %v", a, err)
+		}
+	}
+	ls, err = c.Leases(ctx)
+	if err != nil || len(ls.Leases) != 0 {
+		t.Fatalf("the shared cluster after its reset: leases %v, %v", ls, err)
+	}
+	left, err := c.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	if err != nil || left.Count != 0 {
+		t.Fatalf("the shared cluster after its reset: keys %v, %v", left, err)
+	}
+	clis := cl.Clients()
+	nodetest.WaitFor(ctx, t, func() error {
+		for i, c := range clis {
+			alarms, err := c.AlarmList(ctx)
+			if err != nil || len(alarms.Alarms) != 0 {
+				return fmt.Errorf("the shared cluster after its reset: member %d lists alarms %v, %v", i, alarms, err)
+			}
+		}
+		return nil
+	})
+}
+
+// subsetPlacement (TestSubsets/Placement): five members, three replicas
+// per range, ten initial ranges: each member holds 6±1 of them, and every
+// range's raft membership on each member holding it is the map's pairs for
+// it.
+func subsetPlacement(t *testing.T, cl *nodetest.Cluster) {
 	ds := rangeMapOf(t, cl)
 	if len(ds) != 10 {
 		t.Fatalf("%d ranges, want 10", len(ds))
@@ -140,12 +232,11 @@ func TestSubsetPlacement(t *testing.T) {
 	})
 }
 
-// TestSubsetKV: every KV operation from a member without the key's
-// range, a Range over every range at one revision, a linearizable read
-// of a write made on another member, a serializable read, and writes
+// subsetKV (TestSubsets/KV): every KV operation from a member without the
+// key's range, a Range over every range at one revision, a linearizable
+// read of a write made on another member, a serializable read, and writes
 // across ranges refused as before.
-func TestSubsetKV(t *testing.T) {
-	cl := startSubsets(t)
+func subsetKV(t *testing.T, cl *nodetest.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	o := outsider(t, cl, "c")
@@ -234,12 +325,11 @@ func TestSubsetKV(t *testing.T) {
 	}
 }
 
-// TestSubsetLeases: from a member without range 1 (the leases' home), a
-// lease is granted, kept alive, its keys in ranges held elsewhere listed
-// by TimeToLive, and its revoke deletes them; an expiring lease deletes
-// its keys too.
-func TestSubsetLeases(t *testing.T) {
-	cl := startSubsets(t)
+// subsetLeases (TestSubsets/Leases): from a member without range 1 (the
+// leases' home), a lease is granted, kept alive, its keys in ranges held
+// elsewhere listed by TimeToLive, and its revoke deletes them; an expiring
+// lease deletes its keys too.
+func subsetLeases(t *testing.T, cl *nodetest.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	o := outsider(t, cl, "a")

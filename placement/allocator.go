@@ -41,8 +41,11 @@ type Allocator struct {
 
 	reqs chan *allocation
 	stop chan struct{}
-	wg   sync.WaitGroup
-	once sync.Once
+	// stopped is done once stop is closed.
+	stopped       context.Context
+	cancelStopped context.CancelFunc
+	wg            sync.WaitGroup
+	once          sync.Once
 }
 
 type allocation struct {
@@ -62,6 +65,7 @@ type allocated struct {
 func NewAllocator(nh *dragonboat.NodeHost, shardID, replicaID uint64, window int64) *Allocator {
 	a := &Allocator{nh: nh, shardID: shardID, replicaID: replicaID, window: window,
 		reqs: make(chan *allocation), stop: make(chan struct{})}
+	a.stopped, a.cancelStopped = context.WithCancel(context.Background())
 	a.wg.Add(1)
 	go a.run()
 	return a
@@ -69,7 +73,10 @@ func NewAllocator(nh *dragonboat.NodeHost, shardID, replicaID uint64, window int
 
 // Close stops the allocator; waiting and later calls get an error.
 func (a *Allocator) Close() {
-	a.once.Do(func() { close(a.stop) })
+	a.once.Do(func() {
+		close(a.stop)
+		a.cancelStopped()
+	})
 	a.wg.Wait()
 }
 
@@ -172,6 +179,10 @@ func (a *Allocator) run() {
 func (a *Allocator) round(oracle **Oracle, term *uint64, n int64, above mvcc.Revision) (mvcc.Revision, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), roundTimeout)
 	defer cancel()
+	// Close does not wait out a round the placement group cannot finish
+	// (its quorum gone with the members that stopped first).
+	stopRound := context.AfterFunc(a.stopped, cancel)
+	defer stopRound()
 	leader, t, ok, err := a.nh.GetLeaderID(a.shardID)
 	if err != nil {
 		return 0, fmt.Errorf("placement: %w", err)

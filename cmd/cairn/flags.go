@@ -179,7 +179,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.StringVar(&r.configFile, "config-file", "", "etcd's YAML configuration file (keys are these flags' names); given, the other flags and ETCD_* variables are ignored")
 	fs.BoolVar(&r.singleGroup, "single-group", false, "cairn only: one raft group holds every key, with dense revisions exactly as etcd's; the default is sharded mode: the key space runs as ranges, each its own raft group, with revisions unique and increasing but not dense. A data directory keeps the mode it was created in, which a start without this flag takes")
 	fs.StringVar(&r.splitKeys, "initial-split-keys", "", "cairn only, sharded mode: comma-separated keys splitting a new cluster's key space into ranges; read at the first start only")
-	fs.IntVar(&r.cfg.RangeReplicas, "range-replicas", 0, "cairn only, sharded mode: how many members hold each range (a new cluster's initial ranges placed round robin on the founders); 0 means every member")
+	fs.IntVar(&r.cfg.RangeReplicas, "range-replicas", 0, "cairn only, sharded mode: how many members hold each range (default 3): a new cluster's initial ranges are placed round robin on the founders, a member added later gets none until ranges are moved to it, and a removed member's ranges are moved off first; -1 puts every range on every member")
 	fs.IntVar(&r.cfg.PlacementReplicas, "placement-replicas", 0, "cairn only, sharded mode: how many members vote in the placement group (the range map, the revision oracle and the member list), 3 or 5; every other member keeps a non-voting copy, and a cluster of that many members or fewer votes on all (default 3)")
 
 	for _, g := range ignoredFlags {

@@ -66,12 +66,20 @@ func DataDir(dir string) Option {
 	return func(s *settings) { s.dir = dir }
 }
 
-// Cluster is a set of in-process members started together.
+// Cluster is a set of in-process members started together, as one test
+// sees them: For gives another test (a subtest sharing the members) its
+// own Cluster of the same members.
+type Cluster struct {
+	tb testing.TB // fails on the harness's errors; its end closes the clients
+	*members
+}
+
+// members are the nodes every Cluster of one Start shares.
 //
 // Invariant: len(cfgs) == len(nodes); nodes[i] is nil while member i is
 // stopped.
-type Cluster struct {
-	tb    testing.TB
+type members struct {
+	owner testing.TB // the test that started them: its end closes them
 	set   settings
 	net   *network // nil unless Partitionable
 	cfgs  []node.Config
@@ -82,7 +90,7 @@ type Cluster struct {
 // clients; it fails tb if one does not start.
 func Start(tb testing.TB, size int, opts ...Option) *Cluster {
 	tb.Helper()
-	c := &Cluster{tb: tb}
+	c := &Cluster{tb: tb, members: &members{owner: tb}}
 	for _, o := range opts {
 		o(&c.set)
 	}
@@ -124,6 +132,7 @@ func Start(tb testing.TB, size int, opts ...Option) *Cluster {
 		}, true)
 	}
 	c.nodes = make([]*node.Node, size)
+	tb.Cleanup(c.closeAll)
 	errs := make([]error, size)
 	var wg sync.WaitGroup
 	for i := range size {
@@ -134,11 +143,6 @@ func Start(tb testing.TB, size int, opts ...Option) *Cluster {
 		})
 	}
 	wg.Wait()
-	for i, n := range c.nodes {
-		if n != nil {
-			c.closeAtEnd(i, n)
-		}
-	}
 	for i, err := range errs {
 		if err != nil {
 			tb.Fatalf("nodetest: start %s: %v", c.cfgs[i].Name, err)
@@ -176,17 +180,33 @@ func (c *Cluster) start(i int, timeout time.Duration) *node.Node {
 		c.tb.Fatalf("nodetest: start %s: %v", c.cfgs[i].Name, err)
 	}
 	c.nodes[i] = n
-	c.closeAtEnd(i, n)
+	// Again for each start: the cleanup registered last runs first, before
+	// the removal of a data directory made since the first.
+	c.owner.Cleanup(c.closeAll)
 	return n
 }
 
-// closeAtEnd closes n when the test ends unless Stop has closed it.
-func (c *Cluster) closeAtEnd(i int, n *node.Node) {
-	c.tb.Cleanup(func() {
-		if c.nodes[i] == n {
-			_ = n.Close()
+// closeAll closes every running member, all at once, when the test that
+// started them ends: a member's Close can wait seconds on a raft round
+// that has lost its quorum to members closed before it, and closing them
+// together lets those waits overlap instead of adding up. A node closed
+// already (by an earlier closeAll) returns at once: Close is idempotent.
+func (m *members) closeAll() {
+	var wg sync.WaitGroup
+	for _, n := range m.nodes {
+		if n != nil {
+			wg.Go(func() { _ = n.Close() })
 		}
-	})
+	}
+	wg.Wait()
+}
+
+// For is c as test tb sees it: the same members (a Stop, Restart or Join
+// through either shows in both), but the harness's failures are tb's and
+// the clients it makes close when tb ends. It lets the subtests of the test
+// that started c share its members; they still close when that test ends.
+func (c *Cluster) For(tb testing.TB) *Cluster {
+	return &Cluster{tb: tb, members: c.members}
 }
 
 // Size is the number of members, stopped ones included.
@@ -296,7 +316,7 @@ func (c *Cluster) Join(members []*pb.Member, id uint64, peer string) int {
 	}
 	cfg := c.config(node.Config{
 		Name:                name,
-		DataDir:             c.tb.TempDir(),
+		DataDir:             c.owner.TempDir(), // lives as long as the members
 		ListenClientURLs:    []string{"http://127.0.0.1:0"},
 		ListenPeerURLs:      []string{peer},
 		InitialCluster:      strings.Join(initial, ","),

@@ -13,8 +13,12 @@
 // Members are numbered 0..size-1 in the order Start makes them (named m0,
 // m1, ...; a one-member cluster's only member is named "test"); a member
 // added with Join takes the next number. Every node and client is closed
-// when the test ends, and each member's data directory is a temporary
-// directory of the test unless DataDir names it.
+// when the test ends (the nodes all at once), and each member's data
+// directory is a temporary directory of the test unless DataDir names it.
+//
+// Sharing: subtests can share one cluster, each through c.For(t), which
+// fails t on the harness's errors and closes the clients made through it
+// when t ends; the members stay up until the test that started them ends.
 //
 // A one-member cluster is started as a lone node (no --initial-cluster,
 // peer URL on port 0); a larger one is founded with etcd's

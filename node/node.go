@@ -1194,8 +1194,8 @@ func (n *Node) serve() error {
 	} else {
 		// Range 1 is held elsewhere (--range-replicas): its lessor's
 		// answers come from its leader's member, its auth state through
-		// its client.
-		rcfg.Lessor, rcfg.Auth = absentLessor{}, router.RemoteAuth(n.routes.Client(singleShardID))
+		// its client, cached (router.AuthCache).
+		rcfg.Lessor, rcfg.Auth = absentLessor{}, router.CachedAuth(router.RemoteAuth(n.routes.Client(singleShardID)), n.routes)
 	}
 	if cfg.Sharded {
 		rcfg.Oracle = n.oracle

@@ -24,7 +24,8 @@ import (
 // through it at once for writes (the range's auth fence refuses the write
 // checked against the cached state; it is checked again and denied) and
 // within the cache's age for reads; a grant made through another member
-// is honoured at once (the refusal is checked again against a fresh state).
+// is honoured at once by writes and watches (the refusal is checked again
+// against a fresh state).
 func TestSubsetAuthCache(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
@@ -135,12 +136,22 @@ func TestSubsetAuthCache(t *testing.T) {
 		t.Fatalf("alice reads a1 through member %d after the grant: %v", m, err)
 	}
 
-	// A grant through another member: the next write through m passes.
+	// A grant through another member: the next watch and write through m
+	// pass.
 	if _, err := root.RoleGrantPermission(ctx, "r", "n", "o", clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
 		t.Fatal(err)
 	}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	wch := alice.Watch(wctx, "n", clientv3.WithCreatedNotify())
+	if w := <-wch; w.Err() != nil || !w.Created || w.Canceled {
+		t.Fatalf("alice watches n through member %d after the grant: %+v, %v", m, w, w.Err())
+	}
 	if _, err := alice.Put(ctx, "n", "granted"); err != nil {
 		t.Fatalf("alice writes n through member %d after the grant: %v", m, err)
+	}
+	if w := <-wch; w.Err() != nil || len(w.Events) != 1 || string(w.Events[0].Kv.Value) != "granted" {
+		t.Fatalf("alice's watch of n: %+v, %v", w, w.Err())
 	}
 	r, err := root.Get(ctx, "n")
 	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "granted" {

@@ -27,7 +27,8 @@ import (
 //     linearizably from range 1's leader, which has applied every change
 //     fenced (fenceAll sends a fence only after its change applied);
 //   - on a refusal a newer state could lift (a permission denied, an empty
-//     user, a void token, by the router's own check, Server.authorize; a
+//     user, a void token, by the router's own check: Server.authorize and
+//     a watch's creation, permitted; a
 //     write a range refused as checked at an old auth revision, rerouted):
 //     the state is read linearizably by a read that began after the
 //     request did (or, for the range's refusal, after the refusal), and the
@@ -69,8 +70,6 @@ import (
 // up, so etcd's linearizable reads see a revoke at once; Cairn's did not
 // promise that before (the serializable read of range 1) and the window is
 // now up to the cache's age on such members. Writes are unchanged (fenced).
-// Watch creation after a grant through a stale cache is refused once
-// (permitted does not check again).
 
 // DefaultAuthCacheAge is how long an AuthCache serves a state before it
 // reads it again.

@@ -37,6 +37,9 @@ import (
 //   - Auth(ctx, true) (Authenticate, fenceAll, the watch guard) always reads
 //     linearizably, and what it reads refreshes the cache.
 //
+// A refusal by the router's check costs one linearizable read (shared by
+// the requests refused meanwhile): a client sending requests it may not
+// make through such a member reads range 1 as every request did before.
 // The cached state never goes backwards (a read older than it is dropped),
 // which the per-request remote read did not promise either.
 //
@@ -129,6 +132,9 @@ type authFlight struct {
 	done  chan struct{} // closed once st, err are set
 	st    *auth.State
 	err   error
+	// abandoned: it failed because its caller's context ended (set with
+	// err).
+	abandoned bool
 	// joined counts the callers waiting for it besides its own (guarded
 	// by the cache's mu).
 	joined int
@@ -240,11 +246,15 @@ func (c *AuthCache) load(ctx context.Context, lin bool, since time.Time) (*auth.
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		if f.err == nil {
+		switch {
+		case f.err == nil:
 			return c.cur.Load().st, nil
+		case f.abandoned:
+			// The caller that made the read went away: a read of its
+			// own.
+			return c.read(ctx, &authFlight{lin: lin, start: c.now(), done: make(chan struct{})})
 		}
-		// The read it joined failed (its caller may have gone): its own.
-		return c.read(ctx, &authFlight{lin: lin, start: c.now(), done: make(chan struct{})})
+		return nil, f.err
 	}
 	f = &authFlight{lin: lin, start: c.now(), done: make(chan struct{})}
 	c.flight = f
@@ -257,6 +267,7 @@ func (c *AuthCache) load(ctx context.Context, lin bool, since time.Time) (*auth.
 func (c *AuthCache) read(ctx context.Context, f *authFlight) (*auth.State, error) {
 	c.reads.Add(1)
 	f.st, f.err = c.remote.Auth(ctx, f.lin)
+	f.abandoned = f.err != nil && ctx.Err() != nil
 	c.mu.Lock()
 	if c.flight == f {
 		c.flight = nil

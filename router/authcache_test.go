@@ -363,3 +363,35 @@ func TestAuthCacheRetryRefusedWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthCacheAbandonedRead: a caller waiting for a read whose own caller
+// went away reads for itself rather than failing with the other's error.
+func TestAuthCacheAbandonedRead(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	remote := &remoteStub{newest: auth.New(), hold: make(chan struct{}), started: make(chan struct{}, 4)}
+	c, _, _ := newTestCache(remote)
+	ownerCtx, ownerCancel := context.WithCancel(ctx)
+	owner, waiter := make(chan error, 1), make(chan error, 1)
+	go func() { _, err := c.Auth(ownerCtx, false); owner <- err }()
+	<-remote.started
+	go func() { _, err := c.Auth(ctx, false); waiter <- err }()
+	for joined(c) < 1 {
+		if ctx.Err() != nil {
+			t.Fatal("the second caller never joined the read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ownerCancel()
+	if err := <-owner; err == nil {
+		t.Fatal("the read of a canceled caller succeeded")
+	}
+	<-remote.started // the waiter's own read
+	close(remote.hold)
+	if err := <-waiter; err != nil {
+		t.Fatalf("the waiter: %v", err)
+	}
+	if r := remote.take(); r != "SS" {
+		t.Fatalf("remote reads %q, want %q", r, "SS")
+	}
+}

@@ -27,9 +27,9 @@ import (
 //     linearizably from range 1's leader, which has applied every change
 //     fenced (fenceAll sends a fence only after its change applied);
 //   - on a refusal a newer state could lift (a permission denied, an empty
-//     user, a void token, by the router's own check: Server.authorize and
-//     a watch's creation, permitted; a
-//     write a range refused as checked at an old auth revision, rerouted):
+//     user, a void token) by the router's own check (Server.authorize, and
+//     a watch's creation, permitted), or a write a range refused as checked
+//     at an old auth revision (rerouted, authRetry):
 //     the state is read linearizably by a read that began after the
 //     request did (or, for the range's refusal, after the refusal), and the
 //     request is checked, and sent, once more if that state is newer than
@@ -44,35 +44,43 @@ import (
 // which the per-request remote read did not promise either.
 //
 // Why it is safe. Writes: a client write carries the auth revision it was
-// checked at (caller.info), and a range refuses at apply a write checked
-// below its fence (shard checkAuthInfo). An auth change is acknowledged
-// only once every range applied its fence (fenceAll; the range 1 leader's
-// AuthFencer re-sends one a crash lost), so after a revoke is acknowledged
-// no range applies a write checked against an older state — however old
-// the cache was; a write applied before the fence reached its range was
-// ordered before the acknowledgement. That is what made the lagging
-// serializable read safe before, and the cache relies on nothing more. The
-// refused write is checked again against the fresh state and sent once
-// more, so the client sees what a fresh check says (permission denied)
-// rather than ErrAuthOldRevision. Grants: a refusal is checked again
-// against a state read after the request began, so a grant acknowledged
-// before a request began is not refused by a stale cache. Watches: the
-// guard reads linearizably when a replica here is fenced past the state
-// (authwatch.go), as before.
+// checked at (caller.info), and a range with auth on refuses at apply a
+// write checked below its fence (shard checkAuthInfo). An auth change is
+// acknowledged only once every range's leader applied its fence (fenceAll;
+// the range 1 leader's AuthFencer re-sends one a crash lost), so after a
+// revoke is acknowledged no range applies a write checked against an older
+// state, however old the cache was; a write applied before the fence
+// reached its range was ordered before the acknowledgement. That is what
+// made the lagging serializable read safe before, and the cache relies on
+// nothing more. The refused write is checked again against the fresh state
+// and sent once more (it was refused at apply, so nothing of it applied),
+// and the client sees what a fresh check says. Grants: a refusal is checked
+// again against a state read after the request began, so a grant
+// acknowledged before a request began is honoured at once.
 //
-// What changes for clients (etcd-visible). Reads (Range, read-only Txn,
-// lease reads, watch creation) are checked against the cached state, as
-// they were against a possibly lagging replica of range 1. After a revoke
-// (or AuthEnable, or a password change) is acknowledged, a read through a
-// member without range 1 may still pass with the old rights: until a
-// replica here applies the change's fence (milliseconds, as a follower of
-// range 1 applied it before) when the member holds a replica of any range,
-// and up to DefaultAuthCacheAge plus one round trip when it holds none.
-// etcd checks a serializable read against the local, possibly lagging,
-// auth store too, but a linearizable one only after its read index caught
-// up, so etcd's linearizable reads see a revoke at once; Cairn's did not
-// promise that before (the serializable read of range 1) and the window is
-// now up to the cache's age on such members. Writes are unchanged (fenced).
+// What changes for clients (etcd-visible).
+//   - Reads (Range, read-only Txn, lease reads) are checked against the
+//     cached state, as they were against a possibly lagging replica of
+//     range 1. After a revoke (or AuthEnable, or a password change) is
+//     acknowledged, a read through a member without range 1 may still pass
+//     with the old rights until a replica here applies the change's fence
+//     (milliseconds, as a follower of range 1 applied it before) when the
+//     member holds replicas, and for up to DefaultAuthCacheAge plus a round
+//     trip when it holds none. etcd checks a serializable read against its
+//     member's possibly lagging auth store too, but a linearizable one only
+//     once its read index caught up, so etcd's linearizable reads see a
+//     revoke at once; Cairn's did not promise that before either (the
+//     serializable read of range 1), and the window is now the cache's age
+//     on a member without replicas.
+//   - Watches: Cairn cancels a watcher at a revoke (etcd never does); the
+//     guard reads linearizably when a replica here is fenced past the
+//     state (authwatch.go), so on a member holding no replica a watcher
+//     may get events for up to the cache's age after a revoke.
+//   - A write checked against a stale state used to reach the client as
+//     ErrAuthOldRevision (clientv3 then authenticates again and retries);
+//     it is now checked again here first, so clients see that error less.
+//   - Writes are otherwise unchanged (fenced), and so is every request to
+//     a member holding range 1 (it reads its replica, uncached).
 
 // DefaultAuthCacheAge is how long an AuthCache serves a state before it
 // reads it again.

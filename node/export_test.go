@@ -292,6 +292,17 @@ func (n *Node) RangeAuthFence(id uint64) uint64 {
 	return 0
 }
 
+// AuthRemoteReads returns how many times this node's router read the
+// auth state from range 1 through its cache; false if it does not cache
+// it (it holds range 1).
+func (n *Node) AuthRemoteReads() (uint64, bool) {
+	c := n.rs.AuthCache()
+	if c == nil {
+		return 0, false
+	}
+	return c.RemoteReads(), true
+}
+
 // CompactRevisions returns, by range id, the compacted revision of each
 // replica this node runs (-1: never compacted).
 func (n *Node) CompactRevisions() map[uint64]int64 {

@@ -210,17 +210,39 @@ func (l firstLessor) IsPrimary() bool       { return l.lessor().IsPrimary() }
 
 // firstAuth is the cluster's auth state as the router reads it (sharded
 // mode): from the local replica of range 1 while one serves here, else
-// through range 1's client (router.RemoteAuth).
+// through n.authCache, which reads it through range 1's client
+// (remoteFirstAuth).
 type firstAuth struct{ n *Node }
 
 var _ router.AuthStore = firstAuth{}
 
 func (a firstAuth) Auth(ctx context.Context, linearizable bool) (*auth.State, error) {
-	if r := a.n.first.Load(); r != nil {
-		if rep := r.Replica(); rep != nil {
-			return rep.Auth(ctx, linearizable)
-		}
+	if rep := a.local(); rep != nil {
+		return rep.Auth(ctx, linearizable)
 	}
+	return a.n.authCache.Auth(ctx, linearizable)
+}
+
+// AuthCache is the cache the router reads the auth state through now: nil
+// while range 1 serves here.
+func (a firstAuth) AuthCache() *router.AuthCache {
+	if a.local() != nil {
+		return nil
+	}
+	return a.n.authCache
+}
+
+func (a firstAuth) local() *shard.Replica {
+	if r := a.n.first.Load(); r != nil {
+		return r.Replica()
+	}
+	return nil
+}
+
+// remoteFirstAuth is range 1's auth state read through its client.
+type remoteFirstAuth struct{ n *Node }
+
+func (a remoteFirstAuth) Auth(ctx context.Context, linearizable bool) (*auth.State, error) {
 	c, err := a.n.firstClient()
 	if err != nil {
 		return nil, err

@@ -436,6 +436,9 @@ type Node struct {
 	// and in sharded mode the home of leases and of the cluster's records,
 	// while a replica of it serves here (nil: held elsewhere; first.go).
 	first atomic.Pointer[shard.Range]
+	// authCache is the auth state read from range 1 held elsewhere
+	// (sharded mode; firstAuth).
+	authCache *router.AuthCache
 	// merger serves watches over the ranges' hubs in sharded mode.
 	merger *watch.Merger
 	// mirrors feeds watches over ranges held elsewhere (sharded mode).
@@ -1199,7 +1202,9 @@ func (n *Node) serve() error {
 		// Range 1 as it is at each request (first.go): held here, or
 		// elsewhere (--range-replicas), whose lessor's answers come from
 		// its leader's member and its auth state through its client; it
-		// may come here or leave with a move.
+		// may come here or leave with a move. Read elsewhere, the auth
+		// state is cached (router.AuthCache).
+		n.authCache = router.CachedAuth(remoteFirstAuth{n}, n.routes)
 		rcfg.Shard, rcfg.Lessor, rcfg.Auth = firstShard{n}, firstLessor{n}, firstAuth{n}
 		rcfg.Oracle = n.oracle
 		rcfg.Ranges = n.routes

@@ -205,15 +205,25 @@ func (s *Server) caller(ctx context.Context) (caller, error) {
 // authorize identifies the caller, runs check against its state and
 // returns ctx carrying the caller (write sends it with the request), or
 // the refusal as etcd's status.
+// A refusal by a cached auth state is checked once more against a state
+// read since the request began (authcache.go).
 func (s *Server) authorize(ctx context.Context, check func(c caller) error) (context.Context, error) {
-	c, err := s.caller(ctx)
-	if err != nil {
-		return ctx, err
+	_, checked := ctx.Value(callerKey{}).(caller)
+	start := s.authStart()
+	for again := !checked; ; again = false {
+		c, err := s.caller(ctx)
+		if err == nil {
+			if err = check(c); err != nil {
+				err = toGRPC(err)
+			}
+		}
+		if err == nil {
+			return context.WithValue(ctx, callerKey{}, c), nil
+		}
+		if !again || !s.checkAgain(ctx, err, c.st, start) {
+			return ctx, err
+		}
 	}
-	if err := check(c); err != nil {
-		return ctx, toGRPC(err)
-	}
-	return context.WithValue(ctx, callerKey{}, c), nil
 }
 
 // requireAdmin refuses, with auth enabled, a caller without the root role

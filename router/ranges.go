@@ -462,10 +462,16 @@ const reroutes = 100
 
 // rerouted runs fn, again while it fails because a range it was routed to
 // no longer holds its keys (a split gave them to a new range since the
-// request was routed): clients never see a split.
+// request was routed): clients never see a split. A request a range
+// refused as checked against a stale cached auth state is checked and
+// sent once more (authRetry).
 func rerouted[T any](ctx context.Context, s *Server, fn func() (T, error)) (T, error) {
+	ar := s.authRetry()
 	for i := 0; ; i++ {
 		out, err := fn()
+		if ar.again(ctx, err) {
+			continue // checked against a stale cached auth state (authcache.go)
+		}
 		if !moved(err) || i >= reroutes {
 			return out, err
 		}

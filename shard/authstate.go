@@ -97,6 +97,17 @@ func (r *Range) AuthFence() uint64 {
 	return sm.auth.highest().Revision
 }
 
+// AuthFenceState is AuthFence with whether auth is on at it: AuthEnable
+// keeps the revision, so the revision alone does not show it.
+func (r *Range) AuthFenceState() (revision uint64, enabled bool) {
+	sm := r.sm.Load()
+	if sm == nil {
+		return 0, false
+	}
+	f := sm.auth.highest()
+	return f.Revision, f.Enabled
+}
+
 func (a *authState) get() *auth.State {
 	if st := a.p.Load(); st != nil {
 		return st

@@ -113,8 +113,9 @@ func TestMemberAddGetsNoRanges(t *testing.T) {
 }
 
 // TestMemberRemoveDrains: five members, three replicas per range, three
-// ranges; removing a member that holds replicas (not range 1's, which
-// does not move yet) moves each of them to another member first: every
+// ranges; removing a member that holds replicas (not range 1's here:
+// TestMemberRemoveDrainsFirstRange) moves each of them to another member
+// first: every
 // range still has three voters, none on the member removed, each range's
 // raft membership is the map's, the member removed runs no replica and
 // holds no key, and requests through the other members go on working

@@ -176,17 +176,22 @@ func (c *RangeCache) IsLocal(id shard.RangeID) bool {
 	return c.view.Load().entries[id].Local != nil
 }
 
-// Leave routes range id, whose replica here is going (raft removed it),
-// through the members holding it, by the descriptor the cache has of it
-// until the map follower's next PutMap replaces it.
+// Leave routes range id, whose replica here is going (a move's source
+// told to stop serving it, or raft removed it), through the members
+// holding it, by the descriptor the cache has of it until the map
+// follower's next PutMap replaces it. A range routed so already keeps its
+// entry: a source is told to leave, then its drop says so again, and the
+// map may name this member until the move is recorded as over (PutMap
+// puts in no entry for such a range) — a range left out of the cache
+// meanwhile would be no range here, its keys read as absent.
 func (c *RangeCache) Leave(id shard.RangeID) {
 	c.update(func(all map[shard.RangeID]RangeEntry) {
 		e, ok := all[id]
-		if !ok {
+		if !ok || e.Local == nil {
 			return
 		}
 		d := e.descriptor()
-		if e.Local == nil || d == nil {
+		if d == nil {
 			delete(all, id)
 			return
 		}

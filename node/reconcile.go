@@ -122,9 +122,11 @@ func (n *Node) reconcile(ctx context.Context) {
 			voter = !placement.Pairs(d)[pairIndex(d, self)].Learner
 			// A move changed the range's replicas: the replica's
 			// descriptor (what the range info, cairn check and a
-			// split's founders read) takes the map's.
-			if r.SetReplicas(proto.Clone(d).(*placementpb.RangeDescriptor)) && n.routes.IsLocal(id) {
-				n.routes.PutRanges(r)
+			// split's founders read) takes the map's. The routes read it
+			// again, routing nothing anew: a source told to leave may be
+			// named still.
+			if r.SetReplicas(proto.Clone(d).(*placementpb.RangeDescriptor)) {
+				n.routes.Reread()
 			}
 		}
 		if mv := dest[id]; mv != nil && shard.ReplicaID(mv.To.Id) == r.ReplicaID() {

@@ -176,6 +176,13 @@ func (c *RangeCache) IsLocal(id shard.RangeID) bool {
 	return c.view.Load().entries[id].Local != nil
 }
 
+// Reread builds the cache's view again, its replicas' descriptors read
+// anew: a move changed a range's replicas, which no generation records
+// (Refresh). Unlike PutRanges it routes no range to a replica here that
+// the cache does not route there already: a move's source left (Leave)
+// stays left.
+func (c *RangeCache) Reread() { c.update(func(map[shard.RangeID]RangeEntry) {}) }
+
 // Leave routes range id, whose replica here is going (a move's source
 // told to stop serving it, or raft removed it), through the members
 // holding it, by the descriptor the cache has of it until the map

@@ -182,6 +182,9 @@ func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.Replica
 	if err := n.recordReplica(r); err != nil {
 		return err
 	}
+	// Not served to other members (notServing) from the moment the set
+	// has it: it is empty until the leader's snapshot.
+	n.destinations.Store(replicaKey{shard.RangeID(d.Id), id}, true)
 	n.rangeSet.Add(r)
 	cfg := n.rangeShardCfg(r)
 	recovered := cfg.OnRecover
@@ -194,7 +197,6 @@ func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.Replica
 	if err := n.rangeSet.StartNonVoting(r, cfg, n.raftCfg); err != nil {
 		return err
 	}
-	n.destinations.Store(replicaKey{shard.RangeID(d.Id), id}, true)
 	n.log.Info("started a move's destination replica", "range", d.Id, "replica", id)
 	return nil
 }

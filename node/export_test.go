@@ -192,6 +192,28 @@ func (n *Node) CutDropShort(id uint64) (restore func()) {
 	return func() { n.hooks.dropCutShort.Store(0) }
 }
 
+// HoldMovesAt holds each move this node drives right after its step
+// (one of placement.MoveSteps) until release is called (which a test must
+// do before the node closes); reached is closed once a move got there.
+func (n *Node) HoldMovesAt(step string) (reached <-chan struct{}, release func()) {
+	at, done := make(chan struct{}), make(chan struct{})
+	var reachOnce, releaseOnce sync.Once
+	f := func(s string) {
+		if s != step {
+			return
+		}
+		reachOnce.Do(func() { close(at) })
+		<-done
+	}
+	n.hooks.moveStep.Store(&f)
+	return at, func() {
+		releaseOnce.Do(func() {
+			n.hooks.moveStep.Store(nil)
+			close(done)
+		})
+	}
+}
+
 // StoredKinds counts the keys in this node's pebble by kind (their first
 // byte: 'k' versions, 'e' event log, 'm' stores' records, 'l' lessors'
 // records, 'r' replica records).

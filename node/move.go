@@ -39,7 +39,13 @@ const moverResumeEvery = 2 * time.Second
 
 // newMover returns this member's mover (sharded mode).
 func (n *Node) newMover() *placement.Mover {
-	return placement.NewMover(placement.MoverConfig{Map: n.placement, Raft: rangeRaft{n}, Log: n.log})
+	return placement.NewMover(placement.MoverConfig{Map: n.placement, Raft: rangeRaft{n}, Log: n.log,
+		Crash: func(step string) bool {
+			if f := n.hooks.moveStep.Load(); f != nil {
+				(*f)(step)
+			}
+			return false
+		}})
 }
 
 // leadsPlacement reports whether this member's placement replica leads

@@ -420,6 +420,9 @@ type Node struct {
 		// dropAuthFence: auth changes made here skip their fences
 		// (router.Config.DropAuthFence).
 		dropAuthFence atomic.Bool
+		// moveStep, if set, is called as the moves driven here pass each
+		// step (placement.MoverConfig.Crash; it may hold them there).
+		moveStep atomic.Pointer[func(step string)]
 	}
 	// events is the lock over db's event log records, which every store
 	// here is opened with (mvcc.EventLog).

@@ -124,9 +124,11 @@ func (n *Node) reconcile(ctx context.Context) {
 			voter = !placement.Pairs(d)[pairIndex(d, self)].Learner
 			// A move changed the range's replicas: the replica's
 			// descriptor (what the range info, cairn check and a
-			// split's founders read) takes the map's.
-			if r.SetReplicas(proto.Clone(d).(*placementpb.RangeDescriptor)) && n.routes.IsLocal(id) {
-				n.routes.PutRanges(r)
+			// split's founders read) takes the map's. The routes read it
+			// again, routing nothing anew: a source told to leave may be
+			// named still.
+			if r.SetReplicas(proto.Clone(d).(*placementpb.RangeDescriptor)) {
+				n.routes.Reread()
 			}
 		}
 		if mv := dest[id]; mv != nil && shard.ReplicaID(mv.To.Id) == r.ReplicaID() {
@@ -186,6 +188,9 @@ func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.Replica
 	if err := n.recordReplica(r); err != nil {
 		return err
 	}
+	// Not served to other members (notServing) from the moment the set
+	// has it: it is empty until the leader's snapshot.
+	n.destinations.Store(replicaKey{shard.RangeID(d.Id), id}, true)
 	n.rangeSet.Add(r)
 	cfg := n.rangeShardCfg(r)
 	if d.Id == singleShardID {
@@ -201,7 +206,6 @@ func (n *Node) startDestination(d *placementpb.RangeDescriptor, id shard.Replica
 	if err := n.rangeSet.StartNonVoting(r, cfg, n.raftCfg); err != nil {
 		return err
 	}
-	n.destinations.Store(replicaKey{shard.RangeID(d.Id), id}, true)
 	if d.Id == singleShardID {
 		n.wireFirst(r)
 	}

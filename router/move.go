@@ -176,16 +176,25 @@ func (c *RangeCache) IsLocal(id shard.RangeID) bool {
 	return c.view.Load().entries[id].Local != nil
 }
 
-// Leave routes range id, whose replica here is going (raft removed it),
-// through the members holding it, by the descriptor the cache has of it
-// until the map follower's next PutMap replaces it.
+// Reread builds the cache's view again, its replicas' descriptors read
+// anew: a move changed a range's replicas, which no generation records
+// (Refresh). Unlike PutRanges it routes no range to a replica here that
+// the cache does not route there already: a move's source left (Leave)
+// stays left.
+func (c *RangeCache) Reread() { c.update(func(map[shard.RangeID]RangeEntry) {}) }
+
+// Leave routes range id, whose replica here is going (a move's source
+// told to stop serving it, or raft removed it), through the members
+// holding it, by the descriptor the cache has of it until the map
+// follower's next PutMap replaces it. A range routed so already keeps its
+// entry: a source is told to leave, then its drop says so again, and the
+// map may name this member until the move is recorded as over (PutMap
+// puts in no entry for such a range) — a range left out of the cache
+// meanwhile would be no range here, its keys read as absent.
 func (c *RangeCache) Leave(id shard.RangeID) {
 	c.update(func(all map[shard.RangeID]RangeEntry) {
 		e, ok := all[id]
-		if !ok {
-			return
-		}
-		if e.Local == nil {
+		if !ok || e.Local == nil {
 			return // routed through the holders already (told to stop serving it, then removed)
 		}
 		d := e.descriptor()

@@ -373,3 +373,12 @@ func (n *Node) FeedSources() map[uint64]uint64 {
 // DestinationSnapshots counts the snapshots that the move destinations
 // started on this node were restored from.
 func (n *Node) DestinationSnapshots() int64 { return n.destinationSnapshots.Load() }
+
+// MirrorFeeds returns how many feeds this node's mirrors of ranges held
+// elsewhere have open (router.Mirrors.Feeds).
+func (n *Node) MirrorFeeds() int {
+	if n.mirrors == nil {
+		return 0
+	}
+	return n.mirrors.Feeds()
+}

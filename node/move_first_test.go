@@ -355,17 +355,7 @@ func TestMemberRemoveDrainsFirstRange(t *testing.T) {
 	if _, err := c.MemberRemove(ctx, goneID); err != nil {
 		t.Fatalf("remove member %d: %v", victim, err)
 	}
-	nodetest.Eventually(t, "the member removed runs no replica and holds no key", func() bool {
-		if len(gone.LocalReplicas()) != 0 {
-			return false
-		}
-		recs, err := gone.ReplicaRecords()
-		if err != nil || len(recs) != 0 {
-			return false
-		}
-		kinds, err := gone.StoredKinds()
-		return err == nil && kinds['k'] == 0
-	})
+	leftNothing(t, gone)
 	if err := cl.Stop(victim); err != nil {
 		t.Fatal(err)
 	}

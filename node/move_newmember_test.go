@@ -8,7 +8,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node/nodetest"
-	"github.com/cairn-kv/cairn/node/testport"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
 )
@@ -27,23 +26,14 @@ func TestMoveToAddedMember(t *testing.T) {
 	if _, err := c.Put(ctx, "x", "before"); err != nil {
 		t.Fatal(err)
 	}
-	peer := "http://" + testport.Addr(t)
-	added, err := c.MemberAdd(ctx, []string{peer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := cl.Join(added.Members, added.Member.ID, peer)
+	addedID, i := addMember(t, ctx, cl, c)
 	n, nc := cl.Node(i), cl.Client(i)
-	nodetest.Eventually(t, "the new member serves its member list", func() bool {
-		ml, err := nc.MemberList(ctx)
-		return err == nil && len(ml.Members) == 4
-	})
 	from := holders(t, cl, 2)[0]
-	resp, err := operatorClient(t, cl, 1).MoveRange(ctx, &internalpb.MoveRangeRequest{Range: 2, FromMember: cl.Node(from).MemberID(), ToMember: added.Member.ID})
+	resp, err := operatorClient(t, cl, 1).MoveRange(ctx, &internalpb.MoveRangeRequest{Range: 2, FromMember: cl.Node(from).MemberID(), ToMember: addedID})
 	if err != nil {
 		t.Fatalf("move range 2 to the added member: %v", err)
 	}
-	if _, ok := placement.ReplicaOf(resp.Range, placement.NodeID(added.Member.ID)); !ok {
+	if _, ok := placement.ReplicaOf(resp.Range, placement.NodeID(addedID)); !ok {
 		t.Fatalf("after the move range 2 is %v, without the added member", resp.Range)
 	}
 	if _, ok := n.LocalReplicas()[2]; !ok {

@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/node/testport"
 	"github.com/cairn-kv/cairn/placement"
@@ -23,6 +24,43 @@ func putEach(t *testing.T, ctx context.Context, c *clientv3.Client, value string
 			t.Fatalf("put %s=%s: %v", k, value, err)
 		}
 	}
+}
+
+// addMember adds a member through c (etcd's MemberAdd), starts it and
+// waits until it serves a member list with every member; it returns its
+// id and its index in cl.
+func addMember(t *testing.T, ctx context.Context, cl *nodetest.Cluster, c *clientv3.Client) (uint64, int) {
+	t.Helper()
+	peer := "http://" + testport.Addr(t)
+	added, err := c.MemberAdd(ctx, []string{peer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := cl.Join(added.Members, added.Member.ID, peer)
+	// A member joins as a learner would, until it finds itself no learner
+	// (its node record; it has no replica to be promoted in).
+	nodetest.Eventually(t, "the new member serves its member list, of all", func() bool {
+		ml, err := cl.Client(i).MemberList(ctx)
+		return err == nil && len(ml.Members) == len(added.Members)
+	})
+	return added.Member.ID, i
+}
+
+// leftNothing waits until member gone, removed, runs no replica and
+// holds no record and no key.
+func leftNothing(t *testing.T, gone *node.Node) {
+	t.Helper()
+	nodetest.Eventually(t, "the member removed runs no replica and holds no key", func() bool {
+		if len(gone.LocalReplicas()) != 0 {
+			return false
+		}
+		recs, err := gone.ReplicaRecords()
+		if err != nil || len(recs) != 0 {
+			return false
+		}
+		kinds, err := gone.StoredKinds()
+		return err == nil && kinds['k'] == 0
+	})
 }
 
 // raftIsMap asserts that every range's raft membership, on each member
@@ -67,20 +105,8 @@ func TestMemberAddGetsNoRanges(t *testing.T) {
 	c := cl.Client(0)
 	putEach(t, ctx, c, "before")
 
-	peer := "http://" + testport.Addr(t)
-	added, err := c.MemberAdd(ctx, []string{peer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := cl.Join(added.Members, added.Member.ID, peer)
+	addedID, i := addMember(t, ctx, cl, c)
 	n, nc := cl.Node(i), cl.Client(i)
-
-	// A member joins as a learner would, until it finds itself no learner
-	// (its node record; it has no replica to be promoted in).
-	nodetest.Eventually(t, "the new member serves its member list, of six", func() bool {
-		ml, err := nc.MemberList(ctx)
-		return err == nil && len(ml.Members) == 6
-	})
 	for _, key := range subsetKeys {
 		nodetest.Eventually(t, "the new member reads "+key, func() bool {
 			r, err := nc.Get(ctx, key)
@@ -103,7 +129,7 @@ func TestMemberAddGetsNoRanges(t *testing.T) {
 	// The placement leader has had its look at the add (resumeAdds polls
 	// every 200ms): the reads above took longer; the map and the member
 	// hold nothing for it.
-	raftIsMap(t, cl, added.Member.ID)
+	raftIsMap(t, cl, addedID)
 	if got := n.LocalReplicas(); len(got) != 0 {
 		t.Fatalf("the new member runs replicas %v, want none", got)
 	}
@@ -212,17 +238,7 @@ func TestMemberRemoveDrains(t *testing.T) {
 	}
 	// MemberIndex asks every running member: the removed one is stopped
 	// first so that only members of the cluster answer.
-	nodetest.Eventually(t, "the member removed runs no replica and holds no key", func() bool {
-		if len(gone.LocalReplicas()) != 0 {
-			return false
-		}
-		recs, err := gone.ReplicaRecords()
-		if err != nil || len(recs) != 0 {
-			return false
-		}
-		kinds, err := gone.StoredKinds()
-		return err == nil && kinds['k'] == 0
-	})
+	leftNothing(t, gone)
 	if err := cl.Stop(victim); err != nil {
 		t.Fatal(err)
 	}

@@ -110,6 +110,7 @@ func TestSubsets(t *testing.T) {
 		{"Leases", subsetLeases},
 		{"Snapshot", subsetSnapshot},
 		{"KV", subsetKV},
+		{"WatchCoalesced", subsetWatchCoalesced},
 		{"Compaction", subsetCompaction},
 		{"CheckReplicas", subsetCheckReplicas}, // last: a replica stays corrupted
 	} {

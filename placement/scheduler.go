@@ -214,7 +214,7 @@ type RangeReport struct {
 	Replicas   []*placementpb.Replica
 	Leader     NodeID // 0: unknown
 	Bytes      int64
-	Keys       int64
+	Keys       int64 // shown to operators; no rule reads it yet
 	// Writes and Reads are per second over the window.
 	Writes, Reads int64
 	// MiddleKey divides the range's bytes about in half, LoadKey its load
@@ -247,8 +247,9 @@ type Op struct {
 	Generation uint64
 	// Key is where OpSplit splits.
 	Key []byte
-	// From is the member a replica leaves (OpRecreate: the dead member);
-	// To, the member that receives it or (OpTransferLeader) leads.
+	// From is the member a replica leaves (OpRecreate: the dead member;
+	// OpTransferLeader: the leader now); To, the member that receives the
+	// replica or (OpTransferLeader) the leadership.
 	From, To NodeID
 	// Right is OpMerge's right range (Range is its left).
 	Right           RangeID

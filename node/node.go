@@ -1620,11 +1620,16 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	return tc, nil
 }
 
+// closeConns closes the listener and every connection it accepted: an
+// Accept waiting returns at once, not when the next peer happens to dial
+// (a member no one dials — removed, or stopped in a failed start — would
+// wait forever).
 func (l *trackingListener) closeConns() {
 	l.mu.Lock()
 	conns := l.conns
 	l.conns = nil
 	l.mu.Unlock()
+	_ = l.Listener.Close()
 	for c := range conns {
 		_ = c.Close()
 	}

@@ -1162,6 +1162,10 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 		go n.resumeAdds()
 		go n.runReconciler()
 		go n.runMoves()
+		if cfg.PlacementScheduler {
+			n.wg.Add(1)
+			go n.runScheduler()
+		}
 	}
 	n.wg.Add(1)
 	go n.trackLearner()

@@ -1,0 +1,97 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
+	"github.com/cairn-kv/cairn/placement"
+)
+
+// TestSchedulerFillsAddedMember: three founders hold all six ranges (three
+// replicas each); a fourth member added with etcd's MemberAdd holds none.
+// With the placement scheduler on, the placement leader's member moves
+// replicas to it until the members' replica counts differ by at most one,
+// while a client writes to every range without an error.
+func TestSchedulerFillsAddedMember(t *testing.T) {
+	cl := nodetest.Start(t, 3, nodetest.Sharded("c", "f", "i", "m", "p"), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3),
+		nodetest.Edit(func(c *node.Config) {
+			c.PlacementScheduler = true
+			c.SchedulerWindow = 200 * time.Millisecond
+		}))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := cl.Client(0)
+	if _, err := c.Put(ctx, "a", "before"); err != nil {
+		t.Fatal(err)
+	}
+
+	stop := make(chan struct{})
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		errs   []error
+		writes int
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		keys := []string{"a", "d", "g", "j", "n", "q"} // one per range
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+			_, err := c.Put(wctx, keys[i%len(keys)], fmt.Sprint(i))
+			wcancel()
+			mu.Lock()
+			if err != nil {
+				errs = append(errs, err)
+			}
+			writes++
+			mu.Unlock()
+		}
+	}()
+
+	addedID, _ := addMember(t, ctx, cl, c)
+	counts := func() map[uint64]int {
+		out := map[uint64]int{addedID: 0}
+		for i := 0; i < 3; i++ {
+			out[cl.Node(i).MemberID()] = 0
+		}
+		for _, d := range rangeMapOf(t, cl) {
+			for _, p := range placement.Pairs(d) {
+				out[p.Member]++
+			}
+		}
+		return out
+	}
+	nodetest.WaitFor(ctx, t, func() error {
+		cs := counts()
+		lo, hi := 1<<30, 0
+		for _, n := range cs {
+			lo, hi = min(lo, n), max(hi, n)
+		}
+		if hi-lo > 1 {
+			return fmt.Errorf("replica counts by member %v: not balanced yet", cs)
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d writes failed while the scheduler moved replicas; first: %v", len(errs), writes, errs[0])
+	}
+	if writes == 0 {
+		t.Fatal("no write went through")
+	}
+	t.Logf("balanced: %v, after %d writes", counts(), writes)
+}

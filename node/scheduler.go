@@ -35,14 +35,16 @@ import (
 //     member holding the range. Merges are not supported yet: logged and
 //     skipped.
 //
-// Known gaps of this slice: no member computes a range's middle or load
+// Known gaps of this slice: merges are off (the scheduler runs with
+// RangeMinBytes -1 whatever Config.RangeMinBytes says); no member computes a range's middle or load
 // key yet, so the report leaves them empty and the scheduler's split
 // rules (which ignore a key not inside the range) never fire; reads are
-// not counted (Reads is 0), so load is writes only. A member being
-// removed is drained by member remove (placement.Membership), not here:
-// the report marks it Removing, so that no rule sends it anything, and
-// the drain rule's moves are dropped. A new placement leader starts the
-// scheduler's history afresh.
+// not counted (Reads is 0), so load is writes only. While a member is
+// being added or removed (the map's reconfiguring mark) no round runs:
+// member remove drains the member itself (placement.Membership), so the
+// scheduler's drain rule never fires here (no member is reported
+// Removing), and a member joining gets nothing before it is in. A new
+// placement leader starts the scheduler's history afresh.
 
 // defaultSchedulerWindow is Config.SchedulerWindow's default.
 const defaultSchedulerWindow = 10 * time.Second
@@ -70,7 +72,10 @@ func (n *Node) runScheduler() {
 	if window <= 0 {
 		window = defaultSchedulerWindow
 	}
-	cfg := placement.SchedulerConfig{RangeMaxBytes: n.cfg.RangeMaxBytes, RangeMinBytes: n.cfg.RangeMinBytes,
+	// No merges until the shard has them: the scheduler leaves the ranges
+	// it would merge out of balance, so they are not asked for at all
+	// (Config.RangeMinBytes waits for them).
+	cfg := placement.SchedulerConfig{RangeMaxBytes: n.cfg.RangeMaxBytes, RangeMinBytes: -1,
 		MemberDownTimeout: n.cfg.MemberDownTimeout}
 	var s *schedulerRound
 	t := time.NewTicker(window)
@@ -111,15 +116,17 @@ func (s *schedulerRound) round(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rep, removing := s.report(ctx, st)
-	ops := s.plan.Plan(rep)
+	if st.Reconfiguring != 0 {
+		// Member add and remove (placement.Membership) fill and drain
+		// ranges themselves: the scheduler waits until they are done,
+		// so that one drain runs, and a member joining receives nothing
+		// before it is in.
+		n.log.Debug("scheduler: a membership change is under way; waiting", "member", st.Reconfiguring)
+		return nil
+	}
+	ops := s.plan.Plan(s.report(ctx, st))
 	var wg sync.WaitGroup
 	for _, op := range ops {
-		if op.Kind == placement.OpMove && op.Reason == "drain" && op.From == removing {
-			// Member remove drains it (placement.Membership): one drain.
-			n.log.Info("scheduler: left to member remove", "op", op.String())
-			continue
-		}
 		if op.Kind == placement.OpMerge {
 			n.log.Info("scheduler: merges are not supported yet; skipped", "op", op.String())
 			n.metrics.schedulerOp(op.Kind, "skipped")
@@ -194,23 +201,21 @@ func (s *schedulerRound) split(ctx context.Context, op placement.Op) error {
 	return errors.Join(errs...)
 }
 
-// report is the cluster as this member gathers it, and the member being
-// removed (0: none).
-func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) (placement.ClusterReport, placement.NodeID) {
+// report is the cluster as this member gathers it. A member that has
+// not answered since the loop first saw it counts as heard of
+// SuspectAfter before that look: it receives nothing until it answers,
+// and is down MemberDownTimeout after.
+func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) placement.ClusterReport {
 	now := time.Now()
-	var removing placement.NodeID
-	if st.Reconfiguring != 0 && !st.ReconfigureAdding {
-		removing = placement.NodeID(st.Reconfiguring)
-	}
 	rep := placement.ClusterReport{}
 	seen := map[placement.NodeID]bool{}
 	for _, nd := range st.Nodes {
 		m := placement.NodeID(nd.Id)
 		seen[m] = true
 		if _, ok := s.heard[m]; !ok {
-			s.heard[m] = now // the first look counts as heard of
+			s.heard[m] = now.Add(-s.plan.Config().SuspectAfter - time.Millisecond)
 		}
-		mr := placement.MemberReport{ID: m, Removing: m == removing}
+		mr := placement.MemberReport{ID: m}
 		if resp, err := s.ask(ctx, m, &internalpb.ChangeRangeRequest{Op: internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS}); err == nil {
 			s.heard[m] = now
 			mr.DiskBytes = resp.DiskBytes
@@ -247,7 +252,7 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) (pla
 		}
 		rep.Ranges = append(rep.Ranges, rr)
 	}
-	return rep, removing
+	return rep
 }
 
 // ask puts req to member (this member, here) within schedulerAsk.

@@ -23,7 +23,7 @@ func TestSchedulerFillsAddedMember(t *testing.T) {
 			c.PlacementScheduler = true
 			c.SchedulerWindow = 200 * time.Millisecond
 		}))
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := cl.Client(0)
 	if _, err := c.Put(ctx, "a", "before"); err != nil {
@@ -59,7 +59,7 @@ func TestSchedulerFillsAddedMember(t *testing.T) {
 		}
 	}()
 
-	addedID, _ := addMember(t, ctx, cl, c)
+	addedID, added := addMember(t, ctx, cl, c)
 	counts := func() map[uint64]int {
 		out := map[uint64]int{addedID: 0}
 		for i := 0; i < 3; i++ {
@@ -80,6 +80,12 @@ func TestSchedulerFillsAddedMember(t *testing.T) {
 		}
 		if hi-lo > 1 {
 			return fmt.Errorf("replica counts by member %v: not balanced yet", cs)
+		}
+		return nil
+	})
+	nodetest.WaitFor(ctx, t, func() error {
+		if got, want := len(cl.Node(added).LocalReplicas()), counts()[addedID]; got != want {
+			return fmt.Errorf("the added member runs %d replicas, the map names %d", got, want)
 		}
 		return nil
 	})

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
@@ -26,8 +28,9 @@ import (
 //     the loop first saw it, if never);
 //   - asks each range's holders, leader hint first, for the range's
 //     figures (ChangeRange STATS: size, keys and writes per second as the
-//     answering member's range stats last computed them, every 15 s) and
-//     its leader;
+//     answering member's range stats last computed them, every 15 s), its
+//     leader, and, if it is above RangeMaxBytes, its middle key (by live
+//     keys: about half of them before it);
 //   - plans (placement.Scheduler.Plan) and runs the round's operations
 //     side by side, waiting for them all before the next round: move and
 //     recreate through the Mover, transfer-leader through
@@ -36,9 +39,9 @@ import (
 //     skipped.
 //
 // Known gaps of this slice: merges are off (the scheduler runs with
-// RangeMinBytes -1 whatever Config.RangeMinBytes says); no member computes a range's middle or load
-// key yet, so the report leaves them empty and the scheduler's split
-// rules (which ignore a key not inside the range) never fire; reads are
+// RangeMinBytes -1 whatever Config.RangeMinBytes says); no load key is
+// computed (splits by load never fire: the scheduler ignores an empty
+// key); the middle key halves the live keys, not the bytes; reads are
 // not counted (Reads is 0), so load is writes only. While a member is
 // being added or removed (the map's reconfiguring mark) no round runs:
 // member remove drains the member itself (placement.Membership), so the
@@ -239,17 +242,20 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) plac
 			rr.MoveFrom, rr.MoveTo = placement.NodeID(mv.GetFrom().GetMember()), placement.NodeID(mv.GetTo().GetMember())
 		}
 		for _, m := range holders(d) {
-			resp, err := s.ask(ctx, m, &internalpb.ChangeRangeRequest{Range: d.Id, Op: internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS})
+			resp, err := s.ask(ctx, m, &internalpb.ChangeRangeRequest{Range: d.Id, Op: internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS,
+				SplitAbove: s.plan.Config().RangeMaxBytes})
 			if err != nil {
 				continue
 			}
 			s.heard[m] = now
-			rr.Bytes, rr.Keys, rr.Writes = resp.SizeBytes, resp.Keys, int64(resp.WritesPerSecond)
+			rr.Bytes, rr.Keys, rr.Writes, rr.MiddleKey = resp.SizeBytes, resp.Keys, int64(resp.WritesPerSecond), resp.MiddleKey
 			if leader, ok := placement.MemberOf(d, placement.ReplicaID(resp.Leader)); ok {
 				rr.Leader = leader
 			}
 			break
 		}
+		s.n.log.Debug("scheduler: range report", "range", rr.ID, "bytes", rr.Bytes, "keys", rr.Keys, "writes", rr.Writes,
+			"leader", rr.Leader, "middle-key", string(rr.MiddleKey))
 		rep.Ranges = append(rep.Ranges, rr)
 	}
 	return rep
@@ -265,7 +271,7 @@ func (s *schedulerRound) ask(ctx context.Context, member placement.NodeID, req *
 // rangeStatsOf answers ChangeRange STATS: range id's figures here as the
 // range stats last computed them, and the replica raft says leads it;
 // with id 0, the node's disk use.
-func (n *Node) rangeStatsOf(id shard.RangeID) (*internalpb.ChangeRangeResponse, error) {
+func (n *Node) rangeStatsOf(ctx context.Context, id shard.RangeID, splitAbove int64) (*internalpb.ChangeRangeResponse, error) {
 	if id == 0 {
 		return &internalpb.ChangeRangeResponse{DiskBytes: n.Status().DBSize}, nil
 	}
@@ -279,8 +285,43 @@ func (n *Node) rangeStatsOf(id shard.RangeID) (*internalpb.ChangeRangeResponse, 
 			out.SizeBytes, out.Keys, out.WritesPerSecond = int64(f.size), f.keys, f.writes
 		}
 	}
+	if sm := r.StateMachine(); sm != nil {
+		if size, err := sm.DiskUsage(); err == nil {
+			out.SizeBytes = int64(size) // a cheap estimate: now, not up to 15 s ago (a split shrinks it at once)
+		}
+	}
 	if leader, _, ok, err := n.nh.GetLeaderID(uint64(id)); err == nil && ok {
 		out.Leader = leader
 	}
+	if splitAbove > 0 && out.SizeBytes > splitAbove {
+		out.MiddleKey = middleKey(ctx, r)
+	}
 	return out, nil
+}
+
+// middleKey is the key with about half of range r's live keys before it,
+// read from the replica here (serializable); nil if it cannot tell. It
+// counts the range's keys and reads half of them: it is asked of ranges
+// above RangeMaxBytes only, once a window, until they split.
+func middleKey(ctx context.Context, r *shard.Range) []byte {
+	d, rep := r.Descriptor(), r.Replica()
+	if rep == nil {
+		return nil
+	}
+	start, end := d.Start, d.End
+	if len(start) == 0 {
+		start = []byte{0}
+	}
+	if len(end) == 0 {
+		end = []byte{0}
+	}
+	count, err := rep.Range(ctx, &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}, false)
+	if err != nil || count.Count < 2 {
+		return nil
+	}
+	resp, err := rep.Range(ctx, &pb.RangeRequest{Key: start, RangeEnd: end, KeysOnly: true, Limit: count.Count/2 + 1, Serializable: true}, false)
+	if err != nil || len(resp.Kvs) == 0 {
+		return nil
+	}
+	return resp.Kvs[len(resp.Kvs)-1].Key
 }

@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"math/rand"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/placement"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestSchedulerFillsAddedMember: three founders hold all six ranges (three
@@ -100,4 +102,58 @@ func TestSchedulerFillsAddedMember(t *testing.T) {
 		t.Fatal("no write went through")
 	}
 	t.Logf("balanced: %v, after %d writes", counts(), writes)
+}
+
+// TestSchedulerSplitsLargeRange: with a tiny RangeMaxBytes, a range
+// written above it splits by itself at its middle key, and every key
+// stays readable with its value.
+func TestSchedulerSplitsLargeRange(t *testing.T) {
+	cl := nodetest.Start(t, 3, nodetest.Sharded(), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3),
+		nodetest.Edit(func(c *node.Config) {
+			c.PlacementScheduler = true
+			c.SchedulerWindow = 200 * time.Millisecond
+			c.RangeMaxBytes = 32 << 10
+		}))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := cl.Client(0)
+	const keys = 100
+	values := map[string]string{}
+	for i := range keys {
+		b := make([]byte, 1<<10) // random: pebble compresses its tables
+		_, _ = rand.Read(b)
+		k := fmt.Sprintf("k%03d", i)
+		values[k] = string(b)
+		if _, err := c.Put(ctx, k, values[k]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(rangeMapOf(t, cl)); n != 1 {
+		t.Fatalf("%d ranges before the data reached the disk, want 1", n)
+	}
+	// The sizes are pebble's estimates of its tables: flush the writes.
+	for _, u := range cl.URLs() {
+		if _, err := c.Defragment(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodetest.WaitFor(ctx, t, func() error {
+		if n := len(rangeMapOf(t, cl)); n < 2 {
+			return fmt.Errorf("%d range(s): no split yet", n)
+		}
+		return nil
+	})
+	r, err := c.Get(ctx, "k", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Kvs) != keys {
+		t.Fatalf("%d keys after the split, want %d", len(r.Kvs), keys)
+	}
+	for _, kv := range r.Kvs {
+		if string(kv.Value) != values[string(kv.Key)] {
+			t.Fatalf("key %s lost its value", kv.Key)
+		}
+	}
+	t.Logf("%d ranges", len(rangeMapOf(t, cl)))
 }

@@ -1230,11 +1230,14 @@ func (x *RevisionEvents) GetEvents() [][]byte {
 }
 
 type ChangeRangeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
-	Op            ChangeRangeOp          `protobuf:"varint,2,opt,name=op,proto3,enum=cairn.internal.v1.ChangeRangeOp" json:"op,omitempty"`
-	Replica       uint64                 `protobuf:"varint,3,opt,name=replica,proto3" json:"replica,omitempty"`
-	Member        uint64                 `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Range   uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Op      ChangeRangeOp          `protobuf:"varint,2,opt,name=op,proto3,enum=cairn.internal.v1.ChangeRangeOp" json:"op,omitempty"`
+	Replica uint64                 `protobuf:"varint,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	Member  uint64                 `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	// split_above (STATS): a range larger than this many bytes answers its
+	// middle key too (0: none).
+	SplitAbove    int64 `protobuf:"varint,5,opt,name=split_above,json=splitAbove,proto3" json:"split_above,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1297,6 +1300,13 @@ func (x *ChangeRangeRequest) GetMember() uint64 {
 	return 0
 }
 
+func (x *ChangeRangeRequest) GetSplitAbove() int64 {
+	if x != nil {
+		return x.SplitAbove
+	}
+	return 0
+}
+
 type ChangeRangeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Error *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
@@ -1316,8 +1326,11 @@ type ChangeRangeResponse struct {
 	Keys            int64   `protobuf:"varint,9,opt,name=keys,proto3" json:"keys,omitempty"`
 	WritesPerSecond float64 `protobuf:"fixed64,10,opt,name=writes_per_second,json=writesPerSecond,proto3" json:"writes_per_second,omitempty"`
 	DiskBytes       int64   `protobuf:"varint,11,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// middle_key (STATS, with split_above): the key with about half the
+	// range's live keys before it (empty: none).
+	MiddleKey     []byte `protobuf:"bytes,12,opt,name=middle_key,json=middleKey,proto3" json:"middle_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChangeRangeResponse) Reset() {
@@ -1425,6 +1438,13 @@ func (x *ChangeRangeResponse) GetDiskBytes() int64 {
 		return x.DiskBytes
 	}
 	return 0
+}
+
+func (x *ChangeRangeResponse) GetMiddleKey() []byte {
+	if x != nil {
+		return x.MiddleKey
+	}
+	return nil
 }
 
 type MoveRangeRequest struct {
@@ -3373,12 +3393,14 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"D\n" +
 	"\x0eRevisionEvents\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
-	"\x06events\x18\x02 \x03(\fR\x06events\"\x8e\x01\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\"\xaf\x01\n" +
 	"\x12ChangeRangeRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x120\n" +
 	"\x02op\x18\x02 \x01(\x0e2 .cairn.internal.v1.ChangeRangeOpR\x02op\x12\x18\n" +
 	"\areplica\x18\x03 \x01(\x04R\areplica\x12\x16\n" +
-	"\x06member\x18\x04 \x01(\x04R\x06member\"\xdd\x02\n" +
+	"\x06member\x18\x04 \x01(\x04R\x06member\x12\x1f\n" +
+	"\vsplit_above\x18\x05 \x01(\x03R\n" +
+	"splitAbove\"\xfc\x02\n" +
 	"\x13ChangeRangeResponse\x12.\n" +
 	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\x12\x16\n" +
 	"\x06voters\x18\x02 \x03(\x04R\x06voters\x12\x1a\n" +
@@ -3393,7 +3415,9 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x11writes_per_second\x18\n" +
 	" \x01(\x01R\x0fwritesPerSecond\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\v \x01(\x03R\tdiskBytes\"f\n" +
+	"disk_bytes\x18\v \x01(\x03R\tdiskBytes\x12\x1d\n" +
+	"\n" +
+	"middle_key\x18\f \x01(\fR\tmiddleKey\"f\n" +
 	"\x10MoveRangeRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1f\n" +
 	"\vfrom_member\x18\x02 \x01(\x04R\n" +

@@ -101,7 +101,25 @@ func TestSchedulerFillsAddedMember(t *testing.T) {
 	if writes == 0 {
 		t.Fatal("no write went through")
 	}
-	t.Logf("balanced: %v, after %d writes", counts(), writes)
+	// The moves are counted where they ran: on the placement leader's
+	// member (of this term or one before).
+	var moved float64
+	for _, u := range cl.URLs() {
+		for _, m := range scrape(t, u+"/metrics")["cairn_scheduler_operations_total"].GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["op"] == "move" && labels["result"] == "ok" {
+				moved += m.GetCounter().GetValue()
+			}
+		}
+	}
+	cs := counts()
+	if moved < float64(cs[addedID]) {
+		t.Errorf("cairn_scheduler_operations_total{op=move,result=ok} sums to %v, want at least the %d replicas moved", moved, cs[addedID])
+	}
+	t.Logf("balanced: %v, after %d writes", cs, writes)
 }
 
 // TestSchedulerSplitsLargeRange: with a tiny RangeMaxBytes, a range

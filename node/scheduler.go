@@ -206,8 +206,8 @@ func (s *schedulerRound) split(ctx context.Context, op placement.Op) error {
 
 // report is the cluster as this member gathers it. A member that has
 // not answered since the loop first saw it counts as heard of
-// SuspectAfter before that look: it receives nothing until it answers,
-// and is down MemberDownTimeout after.
+// SuspectAfter before that look (MemberDownTimeout, if shorter): it
+// receives nothing until it answers, and is down MemberDownTimeout after.
 func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) placement.ClusterReport {
 	now := time.Now()
 	rep := placement.ClusterReport{}
@@ -216,7 +216,8 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) plac
 		m := placement.NodeID(nd.Id)
 		seen[m] = true
 		if _, ok := s.heard[m]; !ok {
-			s.heard[m] = now.Add(-s.plan.Config().SuspectAfter - time.Millisecond)
+			cfg := s.plan.Config()
+			s.heard[m] = now.Add(-min(cfg.SuspectAfter+time.Millisecond, cfg.MemberDownTimeout))
 		}
 		mr := placement.MemberReport{ID: m}
 		if resp, err := s.ask(ctx, m, &internalpb.ChangeRangeRequest{Op: internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS}); err == nil {

@@ -175,3 +175,52 @@ func TestSchedulerSplitsLargeRange(t *testing.T) {
 	}
 	t.Logf("%d ranges", len(rangeMapOf(t, cl)))
 }
+
+// TestSchedulerRecreatesDeadMember: four members, four ranges on three
+// each; one member stops for good. Once it has not answered for
+// MemberDownTimeout, the scheduler re-creates each of its replicas on a
+// live member (a move from a source that is down), so that every range
+// has three replicas again, none on it, and serves every key.
+func TestSchedulerRecreatesDeadMember(t *testing.T) {
+	cl := nodetest.Start(t, 4, nodetest.Sharded("f", "m", "t"), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3),
+		nodetest.Edit(func(c *node.Config) {
+			c.PlacementScheduler = true
+			c.SchedulerWindow = 200 * time.Millisecond
+			c.MemberDownTimeout = 2 * time.Second
+		}))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	keys := []string{"a", "g", "n", "u"} // one per range
+	for _, k := range keys {
+		if _, err := cl.Client(0).Put(ctx, k, "before"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leader := cl.MemberIndex(cl.Node(0).PlacementLeader())
+	gone := (leader + 1) % 4
+	goneID := cl.Node(gone).MemberID()
+	if err := cl.Stop(gone); err != nil {
+		t.Fatal(err)
+	}
+	live := (gone + 1) % 4
+	nodetest.WaitFor(ctx, t, func() error {
+		ds, err := cl.Node(live).RangeMap(ctx)
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			if _, ok := placement.ReplicaOf(d, placement.NodeID(goneID)); ok || len(placement.Voters(d)) != 3 {
+				return fmt.Errorf("range %d: replicas %v, want three voters none on the member stopped (%x)", d.Id, placement.Pairs(d), goneID)
+			}
+		}
+		return nil
+	})
+	for _, k := range keys {
+		wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+		_, err := cl.Client(live).Put(wctx, k, "after")
+		wcancel()
+		if err != nil {
+			t.Fatalf("put %s after the re-creation: %v", k, err)
+		}
+	}
+}

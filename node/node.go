@@ -158,6 +158,8 @@ type Config struct {
 	SchedulerWindow time.Duration
 	// RangeMaxBytes, RangeMinBytes and MemberDownTimeout are the
 	// scheduler's thresholds (placement.SchedulerConfig; 0: its defaults).
+	// RangeMinBytes has no effect yet: merges are not supported, and the
+	// scheduler runs without them.
 	RangeMaxBytes, RangeMinBytes int64
 	MemberDownTimeout            time.Duration
 	// AdoptRecordedMode makes Sharded the mode of a new data directory

@@ -75,6 +75,7 @@ type metrics struct {
 	peerRTT                            *prometheus.HistogramVec // {To}
 	slowApply, leaderTransfers         prometheus.Counter
 	autoCompactionFailures             prometheus.Counter
+	schedulerOps                       *prometheus.CounterVec // {op, result} (scheduler.go)
 }
 
 // newMetrics registers the node's collectors on reg (nil: a new registry):
@@ -146,6 +147,8 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 	m.leaderTransfers = counter("cairn", "", "leader_transfers_total", "Leader transfers this member asked for that moved leadership.")
 	m.autoCompactionFailures = counter("cairn", "", "auto_compaction_failures_total",
 		"Automatic compactions that failed (in sharded mode: that some range refused; the others still compacted).")
+	m.schedulerOps = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "cairn", Subsystem: "scheduler", Name: "operations_total",
+		Help: "Operations the placement scheduler started on this member (while it led the placement group), by kind and result."}, []string{"op", "result"})
 	for _, c := range []prometheus.Collector{
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
@@ -153,7 +156,7 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 		m.leaderChanges, m.rangeLeaderChanges, m.proposalsFailed, m.restamped, m.splits,
 		m.puts, m.deletes, m.ranges, m.txns, m.commitSec, m.syncSec, m.walFsyncSec, m.walBytes, m.defragSec, m.snapshotSec,
 		m.watchStreams, m.watchers, m.oracleSec, m.oracleFailures, m.oracleAllocated, m.forwarded, m.peerRTT,
-		m.slowApply, m.leaderTransfers, m.autoCompactionFailures,
+		m.slowApply, m.leaderTransfers, m.autoCompactionFailures, m.schedulerOps,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("node: register metrics: %w", err)
@@ -428,4 +431,29 @@ func (b timedBackups) WriteImage(ids []shard.RangeID, rev mvcc.Revision, w io.Wr
 func (m *metrics) time(h prometheus.Histogram) func() {
 	start := time.Now()
 	return func() { h.Observe(time.Since(start).Seconds()) }
+}
+
+// schedulerOp counts one of the scheduler's operations (nil-safe).
+func (m *metrics) schedulerOp(kind placement.OpKind, result string) {
+	if m == nil {
+		return
+	}
+	m.schedulerOps.WithLabelValues(opName(kind), result).Inc()
+}
+
+// opName is kind as cairn_scheduler_operations_total's op label.
+func opName(kind placement.OpKind) string {
+	switch kind {
+	case placement.OpRecreate:
+		return "recreate"
+	case placement.OpSplit:
+		return "split"
+	case placement.OpMove:
+		return "move"
+	case placement.OpTransferLeader:
+		return "transfer-leader"
+	case placement.OpMerge:
+		return "merge"
+	}
+	return "unknown"
 }

@@ -143,6 +143,9 @@ func (n *Node) ChangeRange(ctx context.Context, req *internalpb.ChangeRangeReque
 
 func (n *Node) changeRange(ctx context.Context, req *internalpb.ChangeRangeRequest) (*internalpb.ChangeRangeResponse, error) {
 	id := shard.RangeID(req.Range)
+	if req.Op == internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS {
+		return n.rangeStatsOf(ctx, id, req.SplitAbove) // scheduler.go
+	}
 	r := n.rangeSet.Get(id, true)
 	if r == nil {
 		return nil, fmt.Errorf("%w: no replica of range %d on member %x", shard.ErrNoLeader, id, n.memberID)

@@ -147,6 +147,21 @@ type Config struct {
 	// gives a new member no ranges (moves do); member remove moves the
 	// member's replicas to others first.
 	RangeReplicas int
+	// PlacementScheduler runs the placement scheduler (sharded mode;
+	// placement.Scheduler, node/scheduler.go) on the placement leader's
+	// member: every SchedulerWindow it reads the ranges' sizes and loads
+	// and the members' liveness, and moves replicas and leaders to even
+	// them out and re-creates the replicas of dead members. Off by default
+	// until it has soaked.
+	PlacementScheduler bool
+	// SchedulerWindow is the scheduler's round (0: 10 s).
+	SchedulerWindow time.Duration
+	// RangeMaxBytes, RangeMinBytes and MemberDownTimeout are the
+	// scheduler's thresholds (placement.SchedulerConfig; 0: its defaults).
+	// RangeMinBytes has no effect yet: merges are not supported, and the
+	// scheduler runs without them.
+	RangeMaxBytes, RangeMinBytes int64
+	MemberDownTimeout            time.Duration
 	// AdoptRecordedMode makes Sharded the mode of a new data directory
 	// only: one that records its mode (<data-dir>/mode, written at the
 	// first start) starts in that mode, and one from before modes were
@@ -1149,6 +1164,10 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 		go n.resumeAdds()
 		go n.runReconciler()
 		go n.runMoves()
+		if cfg.PlacementScheduler {
+			n.wg.Add(1)
+			go n.runScheduler()
+		}
 	}
 	n.wg.Add(1)
 	go n.trackLearner()

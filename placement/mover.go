@@ -323,6 +323,15 @@ func (m *Mover) add(ctx context.Context, d *placementpb.RangeDescriptor, mv *pla
 		if !ok {
 			continue
 		}
+		if member == NodeID(mv.From.Member) && id != ms.Leader {
+			// The source may be down (a re-creation): it leads nothing,
+			// so it sends the newcomer nothing, and is passed over if it
+			// does not answer, as leave passes over it.
+			if err := m.tries(ctx, sourceTries, func() error { return m.cfg.Raft.CompactLog(ctx, member, d) }); err != nil {
+				m.cfg.Log.Warn("move: the source did not snapshot; going on without it", "range", d.Id, "member", member, "error", err)
+			}
+			continue
+		}
 		if err := m.retry(ctx, func() error { return m.cfg.Raft.CompactLog(ctx, member, d) }); err != nil {
 			return err
 		}
@@ -505,6 +514,27 @@ func (m *Mover) retry(ctx context.Context, f func() error) error {
 			return err
 		}
 	}
+}
+
+// sourceTries is how many times a move asks its source to snapshot before
+// it goes on without it.
+const sourceTries = 3
+
+// tries calls f until it succeeds, at most n times, Poll apart; the last
+// failure if none did.
+func (m *Mover) tries(ctx context.Context, n int, f func() error) error {
+	var err error
+	for i := 0; i < n; i++ {
+		if err = f(); err == nil {
+			return nil
+		}
+		if i < n-1 {
+			if perr := m.pause(ctx, err); perr != nil {
+				return perr
+			}
+		}
+	}
+	return err
 }
 
 // pause waits Poll, or returns ctx's end (with cause, the last failure).

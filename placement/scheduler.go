@@ -103,7 +103,15 @@ import (
 // leader's replica); each balance step scans the ranges (members² ×
 // ranges per operation), to be indexed before thousands of ranges.
 //
-// # Wiring (next)
+// # Wiring
+//
+// node/scheduler.go wires this in (Config.PlacementScheduler, off by
+// default): members answer the placement leader's member's ChangeRange
+// STATS questions rather than pushing reports, the heartbeat age is the
+// time since a member last answered, middle keys halve a range's live
+// keys, load keys and merges are not there yet, and no round runs while
+// a member is added or removed (Membership drains). What follows was the
+// plan.
 //
 //   - Every member reports, every window (say 10s), for each range it
 //     leads: size and keys (pebble's estimate over the span), writes and
@@ -117,8 +125,8 @@ import (
 //     open moves, splits), join the latest reports, Plan, then start the
 //     operations without waiting for one before the next, each guarded by
 //     the range's generation: recreate and move through Mover.Move(r, from,
-//     to) (for recreate, Mover.add must first stop retrying CompactLog on a
-//     dead source, as leave already passes over it), split through the Splitter (router.Splitter.SplitRange at the
+//     to) (for recreate, Mover.add passes over a source that does not
+//     snapshot, as leave passes over it), split through the Splitter (router.Splitter.SplitRange at the
 //     key), transfer-leader through Node.TransferRangeLeader, merge once
 //     the shard has it. A new placement leader starts with an empty
 //     history (load splits wait SplitLoadWindows again).

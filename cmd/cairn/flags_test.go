@@ -88,7 +88,8 @@ func TestFlagSetIsEtcds(t *testing.T) {
 		}
 	}
 	// Cairn's own flags, on top of etcd's.
-	cairnOnly := map[string]bool{"debug-journal": true, "single-group": true, "initial-split-keys": true, "placement-replicas": true, "range-replicas": true}
+	cairnOnly := map[string]bool{"debug-journal": true, "single-group": true, "initial-split-keys": true, "placement-replicas": true, "range-replicas": true,
+		"placement-scheduler": true, "range-max-bytes": true, "range-min-bytes": true, "member-down-timeout": true}
 	for n := range got {
 		if _, ok := want[n]; !ok && !cairnOnly[n] {
 			t.Errorf("--%s is not an etcd server flag", n)
@@ -131,6 +132,9 @@ var effective = []struct {
 	{"initial-split-keys", "b,m", func(c *node.Config) { c.InitialSplitKeys = [][]byte{[]byte("b"), []byte("m")} }},
 	{"placement-replicas", "5", func(c *node.Config) { c.PlacementReplicas = 5 }},
 	{"range-replicas", "3", func(c *node.Config) { c.RangeReplicas = 3 }},
+	{"range-max-bytes", "1048576", func(c *node.Config) { c.RangeMaxBytes = 1 << 20 }},
+	{"range-min-bytes", "-1", func(c *node.Config) { c.RangeMinBytes = -1 }},
+	{"member-down-timeout", "1m", func(c *node.Config) { c.MemberDownTimeout = time.Minute }},
 	{"metrics", "extensive", func(c *node.Config) { c.MetricsLevel = node.MetricsExtensive }},
 	{"listen-metrics-urls", "http://127.0.0.1:2381,http://10.0.0.1:2381", func(c *node.Config) {
 		c.ListenMetricsURLs = []string{"http://127.0.0.1:2381", "http://10.0.0.1:2381"}
@@ -161,6 +165,8 @@ func TestBooleanAndZeroFlags(t *testing.T) {
 		{[]string{"--pre-vote=false"}, nil, func(c *node.Config) { c.DisablePreVote = true }},
 		{[]string{"--strict-reconfig-check=true"}, nil, func(*node.Config) {}},
 		{[]string{"--strict-reconfig-check=false"}, nil, func(c *node.Config) { c.NoStrictReconfigCheck = true }},
+		{[]string{"--placement-scheduler"}, nil, func(c *node.Config) { c.PlacementScheduler = true }},
+		{nil, []string{"ETCD_PLACEMENT_SCHEDULER=true"}, func(c *node.Config) { c.PlacementScheduler = true }},
 		{[]string{"--socket-reuse-port"}, nil, func(c *node.Config) { c.SocketReusePort = true }},
 		{[]string{"--socket-reuse-address"}, nil, func(c *node.Config) { c.SocketReuseAddress = true }},
 		{[]string{"--max-learners=1"}, nil, func(*node.Config) {}},

@@ -100,6 +100,10 @@ const (
 	// This node stops serving the range from its replica (it is about to be
 	// removed): requests go to the other members holding it.
 	ChangeRangeOp_CHANGE_RANGE_OP_LEAVE ChangeRangeOp = 7
+	// This node's figures of the range as its range stats last computed them
+	// (size, keys, writes per second); with range 0, the node's disk use
+	// (the placement scheduler's report, node/scheduler.go).
+	ChangeRangeOp_CHANGE_RANGE_OP_STATS ChangeRangeOp = 8
 )
 
 // Enum value maps for ChangeRangeOp.
@@ -113,6 +117,7 @@ var (
 		5: "CHANGE_RANGE_OP_TRANSFER_LEADER",
 		6: "CHANGE_RANGE_OP_STATUS",
 		7: "CHANGE_RANGE_OP_LEAVE",
+		8: "CHANGE_RANGE_OP_STATS",
 	}
 	ChangeRangeOp_value = map[string]int32{
 		"CHANGE_RANGE_OP_UNSPECIFIED":     0,
@@ -123,6 +128,7 @@ var (
 		"CHANGE_RANGE_OP_TRANSFER_LEADER": 5,
 		"CHANGE_RANGE_OP_STATUS":          6,
 		"CHANGE_RANGE_OP_LEAVE":           7,
+		"CHANGE_RANGE_OP_STATS":           8,
 	}
 )
 
@@ -1224,11 +1230,14 @@ func (x *RevisionEvents) GetEvents() [][]byte {
 }
 
 type ChangeRangeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
-	Op            ChangeRangeOp          `protobuf:"varint,2,opt,name=op,proto3,enum=cairn.internal.v1.ChangeRangeOp" json:"op,omitempty"`
-	Replica       uint64                 `protobuf:"varint,3,opt,name=replica,proto3" json:"replica,omitempty"`
-	Member        uint64                 `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Range   uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Op      ChangeRangeOp          `protobuf:"varint,2,opt,name=op,proto3,enum=cairn.internal.v1.ChangeRangeOp" json:"op,omitempty"`
+	Replica uint64                 `protobuf:"varint,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	Member  uint64                 `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	// split_above (STATS): a range larger than this many bytes answers its
+	// middle key too (0: none).
+	SplitAbove    int64 `protobuf:"varint,5,opt,name=split_above,json=splitAbove,proto3" json:"split_above,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1291,6 +1300,13 @@ func (x *ChangeRangeRequest) GetMember() uint64 {
 	return 0
 }
 
+func (x *ChangeRangeRequest) GetSplitAbove() int64 {
+	if x != nil {
+		return x.SplitAbove
+	}
+	return 0
+}
+
 type ChangeRangeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Error *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
@@ -1302,8 +1318,17 @@ type ChangeRangeResponse struct {
 	Leader uint64 `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
 	// replica and applied are this node's replica of the range and the raft
 	// index it applied (STATUS).
-	Replica       uint64 `protobuf:"varint,6,opt,name=replica,proto3" json:"replica,omitempty"`
-	Applied       uint64 `protobuf:"varint,7,opt,name=applied,proto3" json:"applied,omitempty"`
+	Replica uint64 `protobuf:"varint,6,opt,name=replica,proto3" json:"replica,omitempty"`
+	Applied uint64 `protobuf:"varint,7,opt,name=applied,proto3" json:"applied,omitempty"`
+	// STATS: size_bytes, keys and writes_per_second of the range; disk_bytes
+	// of the node (range 0).
+	SizeBytes       int64   `protobuf:"varint,8,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Keys            int64   `protobuf:"varint,9,opt,name=keys,proto3" json:"keys,omitempty"`
+	WritesPerSecond float64 `protobuf:"fixed64,10,opt,name=writes_per_second,json=writesPerSecond,proto3" json:"writes_per_second,omitempty"`
+	DiskBytes       int64   `protobuf:"varint,11,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	// middle_key (STATS, with split_above): the key with about half the
+	// range's live keys before it (empty: none).
+	MiddleKey     []byte `protobuf:"bytes,12,opt,name=middle_key,json=middleKey,proto3" json:"middle_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1385,6 +1410,41 @@ func (x *ChangeRangeResponse) GetApplied() uint64 {
 		return x.Applied
 	}
 	return 0
+}
+
+func (x *ChangeRangeResponse) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ChangeRangeResponse) GetKeys() int64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+func (x *ChangeRangeResponse) GetWritesPerSecond() float64 {
+	if x != nil {
+		return x.WritesPerSecond
+	}
+	return 0
+}
+
+func (x *ChangeRangeResponse) GetDiskBytes() int64 {
+	if x != nil {
+		return x.DiskBytes
+	}
+	return 0
+}
+
+func (x *ChangeRangeResponse) GetMiddleKey() []byte {
+	if x != nil {
+		return x.MiddleKey
+	}
+	return nil
 }
 
 type MoveRangeRequest struct {
@@ -3333,12 +3393,14 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"D\n" +
 	"\x0eRevisionEvents\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
-	"\x06events\x18\x02 \x03(\fR\x06events\"\x8e\x01\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\"\xaf\x01\n" +
 	"\x12ChangeRangeRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x120\n" +
 	"\x02op\x18\x02 \x01(\x0e2 .cairn.internal.v1.ChangeRangeOpR\x02op\x12\x18\n" +
 	"\areplica\x18\x03 \x01(\x04R\areplica\x12\x16\n" +
-	"\x06member\x18\x04 \x01(\x04R\x06member\"\xdf\x01\n" +
+	"\x06member\x18\x04 \x01(\x04R\x06member\x12\x1f\n" +
+	"\vsplit_above\x18\x05 \x01(\x03R\n" +
+	"splitAbove\"\xfc\x02\n" +
 	"\x13ChangeRangeResponse\x12.\n" +
 	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\x12\x16\n" +
 	"\x06voters\x18\x02 \x03(\x04R\x06voters\x12\x1a\n" +
@@ -3346,7 +3408,16 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\aremoved\x18\x04 \x03(\x04R\aremoved\x12\x16\n" +
 	"\x06leader\x18\x05 \x01(\x04R\x06leader\x12\x18\n" +
 	"\areplica\x18\x06 \x01(\x04R\areplica\x12\x18\n" +
-	"\aapplied\x18\a \x01(\x04R\aapplied\"f\n" +
+	"\aapplied\x18\a \x01(\x04R\aapplied\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\b \x01(\x03R\tsizeBytes\x12\x12\n" +
+	"\x04keys\x18\t \x01(\x03R\x04keys\x12*\n" +
+	"\x11writes_per_second\x18\n" +
+	" \x01(\x01R\x0fwritesPerSecond\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18\v \x01(\x03R\tdiskBytes\x12\x1d\n" +
+	"\n" +
+	"middle_key\x18\f \x01(\fR\tmiddleKey\"f\n" +
 	"\x10MoveRangeRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1f\n" +
 	"\vfrom_member\x18\x02 \x01(\x04R\n" +
@@ -3459,7 +3530,7 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\rFeedEndReason\x12\x18\n" +
 	"\x14FEED_END_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FEED_END_COMPACTED\x10\x01\x12\x15\n" +
-	"\x11FEED_END_NO_RANGE\x10\x02*\x86\x02\n" +
+	"\x11FEED_END_NO_RANGE\x10\x02*\xa1\x02\n" +
 	"\rChangeRangeOp\x12\x1f\n" +
 	"\x1bCHANGE_RANGE_OP_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aCHANGE_RANGE_OP_MEMBERSHIP\x10\x01\x12\x1f\n" +
@@ -3468,7 +3539,8 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x16CHANGE_RANGE_OP_REMOVE\x10\x04\x12#\n" +
 	"\x1fCHANGE_RANGE_OP_TRANSFER_LEADER\x10\x05\x12\x1a\n" +
 	"\x16CHANGE_RANGE_OP_STATUS\x10\x06\x12\x19\n" +
-	"\x15CHANGE_RANGE_OP_LEAVE\x10\a*q\n" +
+	"\x15CHANGE_RANGE_OP_LEAVE\x10\a\x12\x19\n" +
+	"\x15CHANGE_RANGE_OP_STATS\x10\b*q\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +

@@ -29,7 +29,7 @@ func TestEtcdctlMemberAddNotStarted(t *testing.T) {
 			c.InitialSplitKeys = [][]byte{[]byte("b"), []byte("d"), []byte("f"), []byte("k"), []byte("t")}
 		}),
 	}
-	added := regexp.MustCompile(`Member ([0-9a-f]+) added to cluster`)
+	added := regexp.MustCompile(`Member +([0-9a-f]+) added to cluster`) // etcdctl pads the id to 16 places
 	for _, name := range []string{"etcd", "cairn"} {
 		eps := clusters[name]
 		run := func(args ...string) string {

@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -41,26 +42,29 @@ func TestShardedMemberAddResumes(t *testing.T) {
 	cl.Restart(leader)
 	other := cl.Node((leader + 1) % 3)
 	newcomer := placement.NodeID(added.Member.ID)
-	nodetest.Eventually(t, "the newcomer votes in every range, in raft and in the map", func() bool {
+	// Within the test's deadline: the add resumes after the restarted
+	// leader's member is back and a new placement leader looks (seconds
+	// on a loaded machine).
+	nodetest.WaitFor(ctx, t, func() error {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 		defer rcancel()
 		ranges, err := other.RangeMap(rctx)
 		if err != nil || len(ranges) != 3 {
-			return false
+			return fmt.Errorf("the newcomer votes in every range: range map %v, %v", ranges, err)
 		}
 		raft := other.RaftReplicas()
 		for _, d := range ranges {
 			id, ok := placement.ReplicaOf(d, newcomer)
 			if !ok || !slices.Contains(raft[d.Id], uint64(id)) {
-				return false
+				return fmt.Errorf("the newcomer votes in every range: range %d: map replica %d (%v), raft %v", d.Id, id, ok, raft[d.Id])
 			}
 			for _, p := range placement.Pairs(d) {
 				if p.Member == uint64(newcomer) && p.Learner {
-					return false
+					return fmt.Errorf("the newcomer votes in every range: still a learner in range %d", d.Id)
 				}
 			}
 		}
-		return true
+		return nil
 	})
 	nodetest.Eventually(t, "splits go on", func() bool {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)

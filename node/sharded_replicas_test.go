@@ -2,11 +2,14 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cairn-kv/cairn/node"
@@ -164,10 +167,17 @@ func TestShardedLegacyDataDir(t *testing.T) {
 	c = nodetest.NewClient(t, cl.URLs()...) // restarted members listen on new URLs
 
 	peer := "http://" + testport.Addr(t)
-	add, err := c.MemberAdd(ctx, []string{peer})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Just restarted, the members may not all answer the reconfiguration
+	// check's health round yet ("unhealthy cluster", as etcd answers
+	// right after a start): try again within the test's deadline.
+	var add *clientv3.MemberAddResponse
+	nodetest.WaitFor(ctx, t, func() (err error) {
+		add, err = c.MemberAdd(ctx, []string{peer})
+		if err != nil && !errors.Is(err, rpctypes.ErrGRPCUnhealthy) && !strings.Contains(err.Error(), "unhealthy cluster") {
+			t.Fatal(err)
+		}
+		return err
+	})
 	m3 := cl.Join(add.Members, add.Member.ID, peer)
 	nodes = append(nodes, cl.Node(m3))
 	ranges := replicaCheck(ctx, t, "a member added", nodes)

@@ -144,19 +144,23 @@ func TestMemberListFromPlacement(t *testing.T) {
 		cl.Restart(i)
 	}
 	nodes := cl.Nodes()
-	nodetest.Eventually(t, "every member's node record names it, with its client and peer URLs", func() bool {
-		recs, err := nodes[0].NodeRecords(ctx)
+	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
+	defer wcancel()
+	nodetest.WaitFor(wctx, t, func() error {
+		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer rcancel()
+		recs, err := nodes[0].NodeRecords(rctx)
 		if err != nil {
-			return false
+			return err
 		}
 		for i, n := range nodes {
 			r := recs[n.MemberID()]
 			if r == nil || r.Name != cl.Config(i).Name || len(r.ClientUrls) == 0 ||
 				!slices.Equal(r.PeerUrls, cl.Config(i).ListenPeerURLs) || r.Learner {
-				return false
+				return fmt.Errorf("member %x (%s, peer URLs %v): node record %v", n.MemberID(), cl.Config(i).Name, cl.Config(i).ListenPeerURLs, r)
 			}
 		}
-		return true
+		return nil
 	})
 	same := func(what string, members int, want func(m *pb.Member) bool) {
 		t.Helper()

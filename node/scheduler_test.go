@@ -102,22 +102,24 @@ func TestSchedulerFillsAddedMember(t *testing.T) {
 		t.Fatal("no write went through")
 	}
 	// The moves are counted where they ran: on the placement leader's
-	// member (of this term or one before).
-	var moved float64
+	// member (of this term or one before). A move the scheduler saw fail
+	// part-way (a step cut short under load) is finished by the mover's
+	// resume loop, so it is counted as failed, not as ok.
+	moved := map[string]float64{}
 	for _, u := range cl.URLs() {
 		for _, m := range scrape(t, u+"/metrics")["cairn_scheduler_operations_total"].GetMetric() {
 			labels := map[string]string{}
 			for _, l := range m.GetLabel() {
 				labels[l.GetName()] = l.GetValue()
 			}
-			if labels["op"] == "move" && labels["result"] == "ok" {
-				moved += m.GetCounter().GetValue()
+			if labels["op"] == "move" {
+				moved[labels["result"]] += m.GetCounter().GetValue()
 			}
 		}
 	}
 	cs := counts()
-	if moved < float64(cs[addedID]) {
-		t.Errorf("cairn_scheduler_operations_total{op=move,result=ok} sums to %v, want at least the %d replicas moved", moved, cs[addedID])
+	if moved["ok"] < 1 || moved["ok"]+moved["failed"] < float64(cs[addedID]) {
+		t.Errorf("cairn_scheduler_operations_total{op=move} by result: %v; want at least one ok and at least the %d replicas moved in all", moved, cs[addedID])
 	}
 	t.Logf("balanced: %v, after %d writes", cs, writes)
 }

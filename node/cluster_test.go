@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -464,4 +465,64 @@ func TestMemberUpdate(t *testing.T) {
 		r, err = mc.Get(ctx, "while-down", clientv3.WithSerializable())
 		return err == nil && len(r.Kvs) == 1
 	})
+}
+
+// TestShardedMemberUpdatePlacementLeader: the member whose peer URLs move
+// leads the placement group (the oracle) and range 1 while it still listens at the old
+// URLs. The others stop reaching it once they apply the new record, yet the
+// update, asked through another member, answers within etcdctl's default
+// 5 s, and writes flow again right after: the moved member hands its
+// leaderships over as soon as it sees its own record move.
+func TestShardedMemberUpdatePlacementLeader(t *testing.T) {
+	cl := nodetest.Start(t, 3, nodetest.Sharded("c", "k", "t"), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3), nodetest.Edit(func(c *node.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}))
+	nodes := cl.Nodes()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var moved int
+	nodetest.WaitFor(ctx, t, func() error {
+		for i, n := range nodes {
+			if l := n.PlacementLeader(); l != 0 && l == n.MemberID() {
+				moved = i
+				return nil
+			}
+		}
+		return fmt.Errorf("no member leads the placement group yet")
+	})
+	// The moved member leads range 1 too (whose record is written first).
+	nodetest.WaitFor(ctx, t, func() error {
+		for i, n := range nodes {
+			st, err := cl.Client(i).Status(ctx, n.ClientURLs()[0])
+			if err != nil || st.Leader != st.Header.MemberId {
+				continue
+			}
+			if i == moved {
+				return nil
+			}
+			if _, err := cl.Client(i).MoveLeader(ctx, nodes[moved].MemberID()); err != nil {
+				return err
+			}
+			return fmt.Errorf("range 1's leadership was moved; checking again")
+		}
+		return fmt.Errorf("no member reports itself range 1's leader")
+	})
+	asker := (moved + 1) % 3
+	c := cl.Client(asker)
+	if _, err := c.Put(ctx, "a", "before"); err != nil {
+		t.Fatal(err)
+	}
+	uctx, ucancel := context.WithTimeout(ctx, 5*time.Second)
+	defer ucancel()
+	if _, err := c.MemberUpdate(uctx, nodes[moved].MemberID(), []string{"http://" + testport.Addr(t)}); err != nil {
+		t.Fatalf("member update of the placement leader's member: %v", err)
+	}
+	for _, k := range []string{"a", "d", "m", "x"} {
+		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := c.Put(pctx, k, "after")
+		pcancel()
+		if err != nil {
+			t.Fatalf("put %s after the update: %v", k, err)
+		}
+	}
 }

@@ -51,7 +51,7 @@ func (n *Node) followMap() {
 		}
 		for _, nd := range nodes {
 			if len(nd.PeerUrls) > 0 {
-				n.peers.Record(placement.NodeID(nd.Id), nd.PeerUrls)
+				n.notePeers(nd.Id, nd.PeerUrls)
 			}
 		}
 	}

@@ -387,25 +387,32 @@ func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) e
 	if n.peerURLTaken(ms, peerURLs, id) {
 		return rpctypes.ErrPeerURLExist
 	}
+	if n.cfg.Sharded {
+		n.placementOffMember(ctx, id) // yield.go
+	}
 	if err := n.recordPeers(ctx, id, peerURLs); err != nil {
 		return fmt.Errorf("node: update member: %w", err)
 	}
 	return nil
 }
 
-// recordPeers records member id's peer URLs: in sharded mode in the
-// member's node record first, then in range 1's records. Each record, once
-// applied, moves where the members reach id; the member moved may lead the
-// placement group, which the others stop reaching once they know its new
-// URLs (it still listens at the old ones until it restarts), so the
-// placement group's record is written while they still reach it.
+// recordPeers records member id's peer URLs: in range 1's records (what
+// members read before the node records, and single-group mode), then in
+// sharded mode in the member's node record. Each record, once applied,
+// moves where the members reach id, while id still listens at the old URLs
+// until it restarts: a group id leads then stalls until id hands it over
+// (yield.go). Range 1's write needs a revision from the placement group's
+// oracle, so it goes first, while every member still reaches every leader;
+// the placement group's leadership was moved off id before (UpdateMember),
+// so its record commits without id.
 func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) error {
-	if n.cfg.Sharded {
-		if err := n.placement.RecordNode(ctx, &placementpb.AddNode{Node: &placementpb.Node{Id: id, PeerUrls: peerURLs}, Merge: true}); err != nil {
-			return err
-		}
+	if err := n.recordRange1Peers(ctx, id, peerURLs); err != nil {
+		return err
 	}
-	return n.recordRange1Peers(ctx, id, peerURLs)
+	if n.cfg.Sharded {
+		return n.placement.RecordNode(ctx, &placementpb.AddNode{Node: &placementpb.Node{Id: id, PeerUrls: peerURLs}, Merge: true})
+	}
+	return nil
 }
 
 // recordRange1Peers records member id's peer URLs in range 1's records

@@ -146,6 +146,9 @@ func (n *Node) changeRange(ctx context.Context, req *internalpb.ChangeRangeReque
 	if req.Op == internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS {
 		return n.rangeStatsOf(ctx, id, req.SplitAbove) // scheduler.go
 	}
+	if id == placementShardID && req.Op == internalpb.ChangeRangeOp_CHANGE_RANGE_OP_TRANSFER_LEADER {
+		return &internalpb.ChangeRangeResponse{}, n.handPlacementOver(ctx) // yield.go
+	}
 	r := n.rangeSet.Get(id, true)
 	if r == nil {
 		return nil, fmt.Errorf("%w: no replica of range %d on member %x", shard.ErrNoLeader, id, n.memberID)

@@ -550,6 +550,9 @@ type Node struct {
 	// (mapMemberOf). Atomic: the registry asks from dragonboat's
 	// transport, also while a join replaces the NodeHost.
 	mapHost atomic.Pointer[dragonboat.NodeHost]
+	// yieldedFor holds the peer URLs (joined) this member last handed its
+	// leaderships over for, its record naming them (yield.go).
+	yieldedFor atomic.Value
 	// mapSignal is signalled after each apply of the local placement
 	// replica (mapfollow.go).
 	mapSignal chan struct{}
@@ -1035,7 +1038,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		if n.splitter != nil {
 			n.splitter.Recovered()
 		}
-	}, OnPeers: func(id uint64, urls []string) { n.peers.Record(placement.NodeID(id), urls) }, OnHold: func(target shard.ReplicaID, until time.Time, max time.Duration) {
+	}, OnPeers: n.notePeers, OnHold: func(target shard.ReplicaID, until time.Time, max time.Duration) {
 		if r := n.holds.Load(); r != nil {
 			r.Hold(target, until, max)
 		}

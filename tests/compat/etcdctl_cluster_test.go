@@ -90,42 +90,42 @@ func runCtlCluster(t *testing.T, bin string, cairn []string) {
 			if st.all {
 				targets = eps
 			}
-			code, stdout := runCtl(t, bin, targets, args)
+			code, stdout, stderr := runCtl(t, bin, targets, args)
 			got := fmt.Sprintf("exit %d\n%s", code, strings.Join(maskCluster(stdout), "\n"))
 			if name == "etcd" {
 				want = got
 			} else if got != want {
-				t.Errorf("etcdctl %s:\netcd:\n%s\ncairn:\n%s", strings.Join(st.args, " "), indent(want), indent(got))
+				t.Errorf("etcdctl %s:\netcd:\n%s\ncairn:\n%s\ncairn's stderr:\n%s", strings.Join(st.args, " "), indent(want), indent(got), indent(stderr))
 			}
 		}
 	}
 }
 
 // runCtl runs etcdctl against endpoints and returns its exit code and stdout.
-func runCtl(t *testing.T, bin string, endpoints, args []string) (int, string) {
+func runCtl(t *testing.T, bin string, endpoints, args []string) (code int, stdout, stderr string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, append([]string{"--endpoints=" + strings.Join(endpoints, ","), "--dial-timeout=10s", "--command-timeout=30s"}, args...)...)
 	cmd.Env = ctlEnv()
-	var stdout bytes.Buffer
-	cmd.Stdout = &stdout
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
 	var exit *exec.ExitError
 	switch {
 	case err == nil:
-		return 0, stdout.String()
+		return 0, out.String(), errOut.String()
 	case errors.As(err, &exit):
-		return exit.ExitCode(), stdout.String()
+		return exit.ExitCode(), out.String(), errOut.String()
 	}
 	t.Fatalf("etcdctl %v: %v", args, err)
-	return 0, ""
+	return 0, "", ""
 }
 
 // notLeader returns the hex id of a member that does not lead.
 func notLeader(t *testing.T, bin string, endpoints []string) string {
 	t.Helper()
-	_, out := runCtl(t, bin, endpoints, []string{"endpoint", "status", "-w", "simple"})
+	_, out, _ := runCtl(t, bin, endpoints, []string{"endpoint", "status", "-w", "simple"})
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Split(line, ", ")
 		// endpoint, id, version, storage version, size, in use, %, quota, is leader, ...

@@ -365,7 +365,8 @@ func TestMetricsURLOverTLS(t *testing.T) {
 // parse: a unixs:// client URL serves the etcd client over TLS;
 // --client-crl-file refuses a revoked certificate of the trusted CA at the
 // handshake; --tls-max-version TLS1.2 is what clients get, and a client
-// wanting TLS 1.3 only is refused.
+// wanting TLS 1.3 only is refused; --cipher-suites is the one suite
+// served, and a client offering none of it is refused.
 func TestClientTLSOptions(t *testing.T) {
 	ca := nodetest.NewCA(t, "cluster")
 	srvCert, srvKey := ca.Issue(t, "server")
@@ -380,6 +381,7 @@ func TestClientTLSOptions(t *testing.T) {
 		cfg.ListenClientURLs = []string{"https://127.0.0.1:0", sock}
 		cfg.ClientTLS = node.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true, CRLFile: crl}
 		cfg.TLSMaxVersion = "TLS1.2"
+		cfg.CipherSuites = []string{"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"}
 	}))
 	var https, unixs string
 	for _, u := range c.Node(0).ClientURLs() {
@@ -422,6 +424,14 @@ func TestClientTLSOptions(t *testing.T) {
 	}
 	if st.Version != tls.VersionTLS12 {
 		t.Errorf("TLS version %x under --tls-max-version TLS1.2, want %x", st.Version, tls.VersionTLS12)
+	}
+	if st.CipherSuite != tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 {
+		t.Errorf("cipher suite %s, want the only one --cipher-suites names", tls.CipherSuiteName(st.CipherSuite))
+	}
+	other := clientTLS(t, ca.CAFile, cliCert, cliKey)
+	other.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}
+	if _, err := handshake(other); err == nil {
+		t.Errorf("handshake of a client offering only a cipher suite --cipher-suites leaves out: accepted, want refused")
 	}
 	if _, err := handshake(clientTLS(t, ca.CAFile, revCert, revKey)); err == nil {
 		t.Errorf("handshake with a certificate the CRL revokes: accepted, want refused")

@@ -8,6 +8,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
@@ -101,5 +102,69 @@ func TestAuth(t *testing.T) {
 	must(root.AuthDisable(ctx))
 	if _, err := cl.Client(0).Put(ctx, "z", "y"); err != nil {
 		t.Fatalf("anonymous put with auth disabled: %v", err)
+	}
+}
+
+// TestAuthOldRevision: in single-group mode, where range 1 holds the auth
+// state, a put checked before a revoke and proposed after it applied is
+// refused at apply (etcd's ErrAuthOldRevision, or permission denied once
+// clientv3 retried it with a fresh token) and never applied.
+func TestAuthOldRevision(t *testing.T) {
+	cl := nodetest.Start(t, 1, nodetest.Edit(func(c *node.Config) { c.BcryptCost = 4 }))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := cl.Client(0)
+	for _, step := range []func() error{
+		func() error { _, err := c.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := c.UserAdd(ctx, "alice", "alicepw"); return err },
+		func() error { _, err := c.RoleAdd(ctx, "r"); return err },
+		func() error {
+			_, err := c.RoleGrantPermission(ctx, "r", "a", "b", clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := c.UserGrantRole(ctx, "alice", "r"); return err },
+		func() error { _, err := c.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	login := func(user, pw string) *clientv3.Client {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: cl.URLs(), Username: user, Password: pw, DialTimeout: 10 * time.Second,
+			Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cli.Close() })
+		return cli
+	}
+	root, alice := login("root", "rootpw"), login("alice", "alicepw")
+	if _, err := alice.Put(ctx, "a0", "x"); err != nil {
+		t.Fatalf("alice writes her keys: %v", err)
+	}
+	held, release := cl.Node(0).HoldCheckedWrites()
+	defer release()
+	put := make(chan error, 1)
+	go func() {
+		_, err := alice.Put(ctx, "a1", "x")
+		put <- err
+	}()
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("alice's put never reached the hold")
+	}
+	// root's revoke is an auth request, not a checked client write: it
+	// passes the hold.
+	if _, err := root.RoleRevokePermission(ctx, "r", "a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if err := <-put; !errors.Is(err, rpctypes.ErrAuthOldRevision) && !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Fatalf("put checked before the revoke, proposed after: %v, want %v or %v", err, rpctypes.ErrAuthOldRevision, rpctypes.ErrPermissionDenied)
+	}
+	if r, err := root.Get(ctx, "a1"); err != nil || len(r.Kvs) != 0 {
+		t.Fatalf("the put checked before the revoke: %v %v, want not applied", r, err)
 	}
 }

@@ -189,9 +189,10 @@ func TestClientCertAuth(t *testing.T) {
 // TestPeerTLSCluster: a three-member sharded cluster with client and peer
 // mTLS serves the etcd client across members (forwarded writes, reads and
 // lease calls travel the peer port). A process with a certificate of
-// another CA, or of the cluster's CA with a common name not allowed,
-// cannot call the node-to-node service on a peer port; one with another
-// CA's certificate cannot complete a raft connection, nor join.
+// another CA, or of the cluster's CA with a common name not allowed or
+// revoked by --peer-crl-file, cannot call the node-to-node service on a
+// peer port; one with another CA's certificate cannot complete a raft
+// connection, nor join.
 func TestPeerTLSCluster(t *testing.T) {
 	ca, rogue := nodetest.NewCA(t, "cluster"), nodetest.NewCA(t, "rogue")
 	srvCert, srvKey := ca.Issue(t, "server")
@@ -199,6 +200,8 @@ func TestPeerTLSCluster(t *testing.T) {
 	cliCert, cliKey := ca.Issue(t, "client")
 	intruderCert, intruderKey := ca.Issue(t, "intruder") // right CA, CN not allowed
 	rogueCert, rogueKey := rogue.Issue(t, "member")
+	revokedCert, revokedKey := ca.Issue(t, "member") // right CA and CN, revoked
+	crl := ca.Revoke(t, revokedCert)
 	secure := func(cfg *node.Config) {
 		cfg.ListenClientURLs = []string{"https://127.0.0.1:0"}
 		for i, u := range cfg.ListenPeerURLs {
@@ -207,7 +210,7 @@ func TestPeerTLSCluster(t *testing.T) {
 		cfg.InitialCluster = strings.ReplaceAll(cfg.InitialCluster, "http://", "https://")
 		cfg.ClientTLS = node.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true}
 		cfg.PeerTLS = node.TLS{CertFile: peerCert, KeyFile: peerKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true,
-			AllowedCNs: []string{"member"}}
+			AllowedCNs: []string{"member"}, CRLFile: crl}
 	}
 	c := nodetest.Start(t, 3, nodetest.Sharded("m"), nodetest.Edit(secure))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -247,6 +250,7 @@ func TestPeerTLSCluster(t *testing.T) {
 		"no certificate":                   clientTLS(t, ca.CAFile, "", ""),
 		"another CA's certificate":         clientTLS(t, ca.CAFile, rogueCert, rogueKey),
 		"a common name that is disallowed": clientTLS(t, ca.CAFile, intruderCert, intruderKey),
+		"a revoked certificate":            clientTLS(t, ca.CAFile, revokedCert, revokedKey),
 	} {
 		if err := internalCall(t, peer, credentials.NewTLS(cfg), nil); err == nil {
 			t.Errorf("peer port, %s: node-to-node call served, want refused", name)
@@ -354,5 +358,145 @@ func TestMetricsURLOverTLS(t *testing.T) {
 		if strings.Contains(string(body), "etcd_server_has_leader") {
 			t.Errorf("/metrics over plain HTTP on the https metrics URL: %d, served", resp.StatusCode)
 		}
+	}
+}
+
+// TestClientTLSOptions: etcd's client TLS options take effect, not only
+// parse: a unixs:// client URL serves the etcd client over TLS;
+// --client-crl-file refuses a revoked certificate of the trusted CA at the
+// handshake; --tls-max-version TLS1.2 is what clients get, and a client
+// wanting TLS 1.3 only is refused; --cipher-suites is the one suite
+// served, and a client offering none of it is refused.
+func TestClientTLSOptions(t *testing.T) {
+	ca := nodetest.NewCA(t, "cluster")
+	srvCert, srvKey := ca.Issue(t, "server")
+	cliCert, cliKey := ca.Issue(t, "client")
+	revCert, revKey := ca.Issue(t, "revoked")
+	crl := ca.Revoke(t, revCert)
+	// As etcd's, a unix URL is host:port and names a socket of that name
+	// in the working directory.
+	t.Chdir(t.TempDir())
+	sock := "unixs://localhost:2379"
+	c := nodetest.Start(t, 1, nodetest.Edit(func(cfg *node.Config) {
+		cfg.ListenClientURLs = []string{"https://127.0.0.1:0", sock}
+		cfg.ClientTLS = node.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CAFile, ClientCertAuth: true, CRLFile: crl}
+		cfg.TLSMaxVersion = "TLS1.2"
+		cfg.CipherSuites = []string{"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"}
+	}))
+	var https, unixs string
+	for _, u := range c.Node(0).ClientURLs() {
+		switch {
+		case strings.HasPrefix(u, "https://"):
+			https = u
+		case strings.HasPrefix(u, "unixs://"):
+			unixs = u
+		}
+	}
+	if https == "" || unixs != sock {
+		t.Fatalf("client URLs %v: want an https:// one and %s", c.Node(0).ClientURLs(), sock)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	good := clientTLS(t, ca.CAFile, cliCert, cliKey)
+	cli := tlsClient(t, good, unixs)
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("put over %s: %v", unixs, err)
+	}
+	if r, err := cli.Get(ctx, "k"); err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("get over %s: %v %v", unixs, r, err)
+	}
+
+	// The handshakes, on the https URL. With TLS 1.2 the server's refusal
+	// of a client certificate ends the client's handshake.
+	addr := hostOf(t, https)
+	handshake := func(cfg *tls.Config) (tls.ConnectionState, error) {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+		if err != nil {
+			return tls.ConnectionState{}, err
+		}
+		defer conn.Close()
+		return conn.ConnectionState(), nil
+	}
+	st, err := handshake(clientTLS(t, ca.CAFile, cliCert, cliKey))
+	if err != nil {
+		t.Fatalf("handshake with a valid certificate: %v", err)
+	}
+	if st.Version != tls.VersionTLS12 {
+		t.Errorf("TLS version %x under --tls-max-version TLS1.2, want %x", st.Version, tls.VersionTLS12)
+	}
+	if st.CipherSuite != tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 {
+		t.Errorf("cipher suite %s, want the only one --cipher-suites names", tls.CipherSuiteName(st.CipherSuite))
+	}
+	other := clientTLS(t, ca.CAFile, cliCert, cliKey)
+	other.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}
+	if _, err := handshake(other); err == nil {
+		t.Errorf("handshake of a client offering only a cipher suite --cipher-suites leaves out: accepted, want refused")
+	}
+	if _, err := handshake(clientTLS(t, ca.CAFile, revCert, revKey)); err == nil {
+		t.Errorf("handshake with a certificate the CRL revokes: accepted, want refused")
+	}
+	tls13 := clientTLS(t, ca.CAFile, cliCert, cliKey)
+	tls13.MinVersion = tls.VersionTLS13
+	if _, err := handshake(tls13); err == nil {
+		t.Errorf("handshake of a TLS 1.3-only client under --tls-max-version TLS1.2: accepted, want refused")
+	}
+}
+
+// TestAutoTLS: with --auto-tls and --peer-auto-tls and no certificate
+// files, a three-member cluster makes self-signed certificates under
+// <data-dir>/fixtures/client and /peer, valid for
+// --self-signed-cert-validity years, and serves clients over TLS through
+// every member (forwarded calls cross the peer ports over TLS). A
+// self-signed peer certificate authenticates nobody, so the peer port
+// still admits callers by address: a TLS caller from an address that is
+// no member's is refused.
+func TestAutoTLS(t *testing.T) {
+	c := nodetest.Start(t, 3, nodetest.Sharded("m"), nodetest.Edit(func(cfg *node.Config) {
+		cfg.ListenClientURLs = []string{"https://127.0.0.1:0"}
+		for i, u := range cfg.ListenPeerURLs {
+			cfg.ListenPeerURLs[i] = strings.Replace(u, "http://", "https://", 1)
+		}
+		cfg.InitialCluster = strings.ReplaceAll(cfg.InitialCluster, "http://", "https://")
+		cfg.ClientTLS = node.TLS{AutoTLS: true}
+		cfg.PeerTLS = node.TLS{AutoTLS: true}
+		cfg.SelfSignedCertValidity = 2
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	insecureTLS := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12} //nolint:gosec // self-signed: nothing to verify
+	for i := range c.Size() {
+		for _, side := range []string{"client", "peer"} {
+			if _, err := os.Stat(c.Config(i).DataDir + "/fixtures/" + side + "/cert.pem"); err != nil {
+				t.Errorf("member %d: %s certificate: %v", i, side, err)
+			}
+		}
+		cli := tlsClient(t, insecureTLS, c.Node(i).ClientURLs()...)
+		for _, k := range []string{"a", "z"} {
+			if _, err := cli.Put(ctx, k, "v"); err != nil {
+				t.Fatalf("put %s through member %d: %v", k, i, err)
+			}
+		}
+		if r, err := cli.Get(ctx, "", clientv3.WithPrefix()); err != nil || len(r.Kvs) != 2 {
+			t.Fatalf("get through member %d: %v %v", i, r, err)
+		}
+	}
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", hostOf(t, c.Node(0).ClientURLs()[0]), insecureTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := conn.ConnectionState().PeerCertificates[0]
+	conn.Close()
+	if left := time.Until(cert.NotAfter); left < 365*24*time.Hour || left > 2*366*24*time.Hour {
+		t.Errorf("the self-signed client certificate expires %v, want about 2 years from now", cert.NotAfter)
+	}
+
+	peer := hostOf(t, c.Node(0).PeerURLs()[0])
+	if err := internalCall(t, peer, credentials.NewTLS(insecureTLS), &net.TCPAddr{IP: net.ParseIP("127.0.0.1")}); err != nil {
+		t.Errorf("a TLS call of the peer port from the members' address: %v", err)
+	}
+	err = internalCall(t, peer, credentials.NewTLS(insecureTLS), &net.TCPAddr{IP: net.ParseIP("127.0.0.2")})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a TLS call of the peer port from 127.0.0.2, no member's address: got %v, want PermissionDenied", err)
 	}
 }

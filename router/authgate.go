@@ -45,6 +45,7 @@ func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	m := info.FullMethod
 	var err error
 	switch {
+	case isPeerService(info.Server):
 	case adminMethods[m]:
 		err = s.requireAdmin(ctx)
 	case userMethods[m]:
@@ -65,10 +66,18 @@ func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 // authStream refuses, with auth enabled, an admin stream (Snapshot)
 // without root.
 func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if adminMethods[info.FullMethod] {
+	if adminMethods[info.FullMethod] && !isPeerService(srv) {
 		if err := s.requireAdmin(ss.Context()); err != nil {
 			return err
 		}
 	}
 	return handler(srv, ss)
+}
+
+// isPeerService reports whether srv is the node-to-node service as the
+// peer port serves it (RegisterInternal), not the client port's operator
+// face (RegisterOperator).
+func isPeerService(srv any) bool {
+	_, ok := srv.(*internalServer)
+	return ok
 }

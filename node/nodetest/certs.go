@@ -97,6 +97,42 @@ func (ca *CA) Issue(tb testing.TB, cn string) (certFile, keyFile string) {
 	return certFile, keyFile
 }
 
+// Revoke writes a certificate revocation list of the CA revoking the
+// certificates in certFiles (files Issue made) and returns its file, DER
+// as etcd reads --client-crl-file and --peer-crl-file (not PEM). It fails tb if a
+// certificate cannot be read or the list cannot be made or written.
+func (ca *CA) Revoke(tb testing.TB, certFiles ...string) string {
+	tb.Helper()
+	var revoked []x509.RevocationListEntry
+	for _, f := range certFiles {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		b, _ := pem.Decode(raw)
+		if b == nil {
+			tb.Fatalf("nodetest: %s holds no PEM certificate", f)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		revoked = append(revoked, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now().Add(-time.Minute)})
+	}
+	ca.serial++
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(ca.serial),
+		ThisUpdate: time.Now().Add(-time.Hour), NextUpdate: time.Now().Add(24 * time.Hour),
+		RevokedCertificateEntries: revoked}, ca.cert, ca.key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	path := filepath.Join(ca.dir, "revoked-"+big.NewInt(ca.serial).String()+".crl")
+	if err := os.WriteFile(path, der, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return path
+}
+
 // Pool is a certificate pool holding only the CA's certificate, for a
 // client's tls.Config RootCAs.
 func (ca *CA) Pool() *x509.CertPool {

@@ -66,7 +66,7 @@ type metrics struct {
 	puts, deletes, ranges, txns        prometheus.Counter
 	commitSec, syncSec                 prometheus.Histogram
 	walFsyncSec                        prometheus.Histogram // the raft log's (walsync.go)
-	walBytes                           prometheus.Counter
+	walBytes                           prometheus.Gauge     // a gauge that only rises, as etcd's
 	defragSec, snapshotSec             prometheus.Histogram
 	watchStreams, watchers             prometheus.Gauge
 	oracleSec                          prometheus.Histogram
@@ -127,7 +127,8 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 		"The latency distributions of the state store's fsyncs.", prometheus.ExponentialBuckets(0.001, 2, 14))
 	m.walFsyncSec = histogram("etcd", "disk", "wal_fsync_duration_seconds",
 		"Latency of the raft log's fsyncs (the write-ahead logs of dragonboat's LogDB).", prometheus.ExponentialBuckets(0.001, 2, 14))
-	m.walBytes = counter("etcd", "disk", "wal_write_bytes_total", "Bytes written to the raft log's write-ahead logs.")
+	// etcd's is a gauge despite its name; dashboards' rate() works on both.
+	m.walBytes = gauge("etcd", "disk", "wal_write_bytes_total", "Total number of bytes written in WAL (the raft log's write-ahead logs).")
 	m.defragSec = histogram("etcd", "disk", "backend_defrag_duration_seconds",
 		"The latency distribution of backend defragmentation.", prometheus.ExponentialBuckets(.1, 2, 13))
 	m.snapshotSec = histogram("etcd", "disk", "backend_snapshot_duration_seconds",

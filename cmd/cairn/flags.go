@@ -41,6 +41,10 @@ type options struct {
 	cfg     node.Config // without Logger: the caller builds it from log
 	log     node.LogConfig
 	version bool // print the version and exit
+	// untimedRaftLog leaves the raft log's files untimed
+	// (--raft-log-sync-metrics=false): node.TimeRaftLogSyncs is not called,
+	// so that a benchmark can measure what the timing costs.
+	untimedRaftLog bool
 	// ignored lists the etcd flags given (on the command line or in the
 	// environment) that Cairn does not act on, once each, by name.
 	ignored []ignoredFlag
@@ -89,6 +93,7 @@ type rawFlags struct {
 	listenMetrics                                            string
 	listenClientHTTP, hostWhitelist                          string
 	enableGateway, preVote, strictReconfig                   bool
+	raftLogSyncMetrics                                       bool
 	maxLearners                                              int
 	// TLS flags that are lists.
 	cipherSuites, peerAllowedCN, peerAllowedHostname string
@@ -174,6 +179,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.BoolVar(&r.logRotate, "enable-log-rotation", false, "rotate the one file among --log-outputs, as --log-rotation-config-json says")
 	fs.StringVar(&r.logRotation, "log-rotation-config-json", node.DefaultLogRotationJSON, "lumberjack's settings for log rotation: maxsize (MB), maxage (days, 0 keeps files forever), maxbackups (0: all), localtime (else UTC), compress (gzip)")
 	fs.BoolVar(&r.cfg.EnablePprof, "enable-pprof", false, "serve Go's runtime profiles at the client URLs + /debug/pprof/")
+	fs.BoolVar(&r.raftLogSyncMetrics, "raft-log-sync-metrics", true, "cairn only, a benchmarking aid: time the raft log's fsyncs and count its bytes (etcd_disk_wal_fsync_duration_seconds, etcd_disk_wal_write_bytes_total) through a file system wrapped around the raft log's files; false leaves them as dragonboat opens them and those metrics at 0, to measure what the timing costs")
 	fs.StringVar(&r.cfg.DebugJournal, "debug-journal", "", "cairn only, a testing aid: append every applied raft entry to this file (the robustness suite checks it as etcd's checks its WAL)")
 	fs.BoolVar(&r.version, "version", false, "print the version and exit")
 	fs.StringVar(&r.configFile, "config-file", "", "etcd's YAML configuration file (keys are these flags' names); given, the other flags and ETCD_* variables are ignored")
@@ -226,7 +232,7 @@ func parseFlags(args, environ []string) (options, error) {
 	} else if notes, err = applyEnv(fs, environ, onCommandLine); err != nil {
 		return options{}, err
 	}
-	o := options{cfg: r.cfg, version: r.version, notes: notes}
+	o := options{cfg: r.cfg, version: r.version, notes: notes, untimedRaftLog: !r.raftLogSyncMetrics}
 	given := map[string]bool{} // by flag name: on the command line or in the environment
 	fs.Visit(func(f *flag.Flag) {
 		given[f.Name] = true

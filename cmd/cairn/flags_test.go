@@ -89,7 +89,8 @@ func TestFlagSetIsEtcds(t *testing.T) {
 	}
 	// Cairn's own flags, on top of etcd's.
 	cairnOnly := map[string]bool{"debug-journal": true, "single-group": true, "initial-split-keys": true, "placement-replicas": true, "range-replicas": true,
-		"placement-scheduler": true, "range-max-bytes": true, "range-min-bytes": true, "member-down-timeout": true}
+		"placement-scheduler": true, "range-max-bytes": true, "range-min-bytes": true, "member-down-timeout": true,
+		"raft-log-sync-metrics": true}
 	for n := range got {
 		if _, ok := want[n]; !ok && !cairnOnly[n] {
 			t.Errorf("--%s is not an etcd server flag", n)
@@ -277,6 +278,34 @@ func TestMetricsFlagRefused(t *testing.T) {
 	err := run(ctx, []string{"--metrics=bogus", "--data-dir", t.TempDir()}, nil, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "--metrics") {
 		t.Fatalf("--metrics=bogus: error %v, want one naming --metrics", err)
+	}
+}
+
+// TestRaftLogSyncMetricsFlag: the raft log is timed unless
+// --raft-log-sync-metrics=false (or ETCD_RAFT_LOG_SYNC_METRICS=false, how a
+// benchmark run turns it off for every member it starts) says not to; the
+// flag changes nothing in node.Config.
+func TestRaftLogSyncMetricsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args, env []string
+		untimed   bool
+	}{
+		{nil, nil, false},
+		{[]string{"--raft-log-sync-metrics"}, nil, false},
+		{[]string{"--raft-log-sync-metrics=false"}, nil, true},
+		{nil, []string{"ETCD_RAFT_LOG_SYNC_METRICS=false"}, true},
+		{nil, []string{"ETCD_RAFT_LOG_SYNC_METRICS=true"}, false},
+	} {
+		o, err := parseFlags(tc.args, tc.env)
+		if err != nil {
+			t.Fatalf("%v %v: %v", tc.args, tc.env, err)
+		}
+		if o.untimedRaftLog != tc.untimed {
+			t.Errorf("%v %v: untimed raft log %v, want %v", tc.args, tc.env, o.untimedRaftLog, tc.untimed)
+		}
+		if !reflect.DeepEqual(o.cfg, noFlags) {
+			t.Errorf("%v %v: config %+v, want the defaults", tc.args, tc.env, o.cfg)
+		}
 	}
 }
 

@@ -72,7 +72,9 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	node.RouteDragonboatLogs(log)
 	// Before node.Run too: the raft log's files are opened with the
 	// NodeHost.
-	node.TimeRaftLogSyncs()
+	if !o.untimedRaftLog {
+		node.TimeRaftLogSyncs()
+	}
 	cfg.Logger = log
 	o.report(cfg.Logger)
 	err = node.Run(ctx, cfg)

@@ -33,6 +33,8 @@ var etcdMetricNames = []string{
 	"etcd_disk_backend_commit_duration_seconds",
 	"etcd_disk_backend_defrag_duration_seconds",
 	"etcd_disk_backend_snapshot_duration_seconds",
+	"etcd_disk_wal_fsync_duration_seconds",
+	"etcd_disk_wal_write_bytes_total",
 	"etcd_mvcc_db_total_size_in_bytes",
 	"etcd_mvcc_db_total_size_in_use_in_bytes",
 	"etcd_mvcc_put_total",

@@ -39,7 +39,7 @@
 // range cache (rangecache.go: the ranges' descriptors in a
 // placement.Table, this member's replica of each by id): Put, DeleteRange
 // and Txn go to the one range holding all their keys
-// and are refused with FailedPrecondition naming the ranges otherwise; a
+// and are refused with InvalidArgument ("etcdserver: … spans ranges …") naming the ranges otherwise; a
 // Range over several ranges (or at a past revision) takes a revision R from
 // the oracle (or the one asked), has each range answer its clipped part at
 // R once its closed revision reached R, and merges the parts as etcd would

@@ -91,7 +91,7 @@ type keySpan struct{ key, end []byte }
 
 // shardFor returns the shard serving every key of spans: the range they
 // all lie in (single-group mode's one range holds every key). Spans in
-// several ranges are refused with FailedPrecondition naming the ranges
+// several ranges are refused with InvalidArgument naming the ranges
 // (DESIGN.md "Writes and transactions": never half-applied).
 func (s *Server) shardFor(spans ...keySpan) (Shard, error) {
 	var (
@@ -131,8 +131,12 @@ func crossRange(parts []RangePart) error {
 		}
 		names[i] = fmt.Sprintf("%d [%q, %s)", p.ID, p.Start, end)
 	}
-	return status.Errorf(codes.FailedPrecondition,
-		"cairn: the request spans ranges %s; a write across ranges is not supported yet", strings.Join(names, ", "))
+	// etcd refuses a request over its server's limits (too many ops in a
+	// txn, too large) with InvalidArgument and an "etcdserver: " message,
+	// which clients neither retry nor take for a failed precondition (a
+	// compare), and parse as an etcd error (rpctypes.ErrorDesc).
+	return status.Errorf(codes.InvalidArgument,
+		"etcdserver: the request spans ranges %s; a write across ranges is not supported yet", strings.Join(names, ", "))
 }
 
 // txnSpans lists every key span a txn compares, reads or writes, nested

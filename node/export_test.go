@@ -382,3 +382,10 @@ func (n *Node) MirrorFeeds() int {
 	}
 	return n.mirrors.Feeds()
 }
+
+// RaftLogShardsFile is the name of the record of a data directory's
+// raft-log partitions, in its raft directory.
+const RaftLogShardsFile = raftLogShardsFile
+
+// RaftLogShards is the raft-log partition count the node runs with.
+func (n *Node) RaftLogShards() uint64 { return n.nhConfig.Expert.LogDB.Shards }

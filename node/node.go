@@ -884,13 +884,17 @@ func (n *Node) startRaft(b boot) error {
 	// through a circuit breaker that is not configurable: it retries
 	// after 500 ms, growing to at most 1 s (lni/goutils netutil), which is
 	// within an election timeout, as failover needs (issue 27).
+	logDB, err := raftLogDB(filepath.Join(cfg.DataDir, "raft")) // logdb.go
+	if err != nil {
+		return err
+	}
 	n.nhConfig = dbconfig.NodeHostConfig{
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
 		WALDir:            cfg.WALDir,
 		RTTMillisecond:    rttMillisecond,
 		RaftAddress:       b.raftAddr,
 		ListenAddress:     raftListen,
-		Expert:            dbconfig.ExpertConfig{LogDB: dbconfig.GetSmallMemLogDBConfig(), TransportFactory: cfg.RaftTransport, NodeRegistryFactory: n.peers},
+		Expert:            dbconfig.ExpertConfig{LogDB: logDB, TransportFactory: cfg.RaftTransport, NodeRegistryFactory: n.peers},
 		RaftEventListener: leaderListener{n},
 	}
 	// Replicas raft removes here are dropped (drop.go).

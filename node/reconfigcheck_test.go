@@ -52,6 +52,18 @@ func TestStrictReconfigCheck(t *testing.T) {
 			if err := c.Stop(2); err != nil {
 				t.Fatal(err)
 			}
+			// The stopped member may have led raft groups (in sharded
+			// mode the placement group, which member changes go through):
+			// the two left elect their leaders first.
+			nodetest.WaitFor(ctx, t, func() error {
+				wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+				defer wcancel()
+				if _, err := cli.MemberList(wctx); err != nil {
+					return err
+				}
+				_, err := cli.Put(wctx, "after-stop", "v")
+				return err
+			})
 			if _, err := cli.MemberAdd(ctx, []string{"http://" + testport.Addr(t)}); !errors.Is(err, rpctypes.ErrUnhealthy) {
 				t.Fatalf("voter added with a member down: %v, want %v", err, rpctypes.ErrUnhealthy)
 			}

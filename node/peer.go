@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/soheilhy/cmux"
+	"go.etcd.io/etcd/client/pkg/v3/tlsutil"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -33,10 +35,15 @@ import (
 //	      ended here by etcd's TLS listener (CA, allowed CN or host name,
 //	      CRL) and every call admitted by peerGate;
 //	anything else
-//	    → copied byte for byte to dragonboat's transport, which listens on
-//	      a loopback port of its own (NodeHostConfig.ListenAddress; the
-//	      advertised RaftAddress stays the peer URL) and, with peer TLS,
-//	      ends TLS itself (MutualTLS: CA only).
+//	    → raft: copied byte for byte to dragonboat's transport, which
+//	      listens on a loopback port of its own
+//	      (NodeHostConfig.ListenAddress; the advertised RaftAddress stays
+//	      the peer URL). With raft TLS (peerSide.loop), TLS is ended here
+//	      too, by etcd's TLS listener with the same checks as the gRPC
+//	      server's, and the plain bytes are sent on over a TLS connection
+//	      of this member's own to dragonboat's listener: dragonboat's
+//	      MutualTLS checks the CA alone (no allowed CN or host name, no
+//	      CRL, no versions or cipher suites), and cannot be given more.
 //
 // Dragonboat's transport dials the other members' peer URLs as before, so
 // raft messages reach the others' dragonboat through their peer ports.
@@ -51,6 +58,10 @@ type peerSide struct {
 	certified bool
 	// raftTLS: dragonboat's transport runs mutual TLS with the peer files.
 	raftTLS bool
+	// loop is, with raftTLS, the TLS proxyRaft dials dragonboat's
+	// loopback listener with: this member's peer certificate, and the
+	// listener's (this member's own) verified against the CA.
+	loop *tls.Config
 }
 
 // peerTLS sets up the peer side from the configuration.
@@ -75,11 +86,49 @@ func (n *Node) peerTLS() (peerSide, error) {
 	ps.info = info
 	ps.certified = info.TrustedCAFile != "" || info.ClientCertAuth
 	ps.raftTLS = !cfg.PeerTLS.empty() && info.TrustedCAFile != ""
-	if !ps.raftTLS {
+	if ps.raftTLS {
+		if ps.loop, err = loopTLS(cfg.PeerTLS); err != nil {
+			return ps, err
+		}
+	} else {
 		n.log.Warn("raft traffic between members is not encrypted: dragonboat's transport runs TLS only with --peer-cert-file, --peer-key-file and --peer-trusted-ca-file",
 			"peer-url", cfg.ListenPeerURLs[0])
 	}
 	return ps, nil
+}
+
+// loopTLS is the TLS config proxyRaft dials dragonboat's loopback
+// listener with (peerSide.loop). That listener serves this member's peer
+// certificate, valid for its peer URL's host and not, as a rule, for
+// 127.0.0.1, so the certificate is verified against the CA without a host
+// name.
+func loopTLS(side TLS) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(side.CertFile, side.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("node: peer TLS: %w", err)
+	}
+	roots, err := tlsutil.NewCertPool([]string{side.TrustedCAFile})
+	if err != nil {
+		return nil, fmt.Errorf("node: peer TLS: %w", err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		// Verified below, without a host name.
+		InsecureSkipVerify: true, //nolint:gosec // VerifyConnection verifies the chain
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("node: raft loopback listener sent no certificate")
+			}
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+			return err
+		},
+	}, nil
 }
 
 // listenPeer binds the peer port at addr and starts sending raft's
@@ -104,6 +153,11 @@ func (n *Node) listenPeer(addr string) (net.Listener, error) {
 		grpcL = m.Match(cmux.HTTP2())
 	}
 	raftL := m.Match(cmux.Any())
+	if n.peer.loop != nil {
+		if raftL, err = transport.NewTLSListener(raftL, n.peer.info); err != nil {
+			return nil, fmt.Errorf("node: peer URL %s: %w", n.cfg.ListenPeerURLs[0], err)
+		}
+	}
 	n.wg.Add(2)
 	go func() { defer n.wg.Done(); _ = m.Serve() }()
 	go func() { defer n.wg.Done(); n.proxyRaft(raftL) }()
@@ -142,9 +196,9 @@ func (c readOnlyConn) LocalAddr() net.Addr              { return &net.TCPAddr{} 
 func (c readOnlyConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 
 // proxyRaft copies each connection l accepts to and from a connection to
-// target until either side ends; it returns once l is closed. Close ends
-// the accepted connections (the tracking listener's), which ends the
-// copies.
+// dragonboat's loopback listener (over TLS with n.peer.loop) until either
+// side ends; it returns once l is closed. Close ends the accepted
+// connections (the tracking listener's), which ends the copies.
 func (n *Node) proxyRaft(l net.Listener) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -157,7 +211,7 @@ func (n *Node) proxyRaft(l net.Listener) {
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			d, err := net.DialTimeout("tcp", *n.raftLoop.Load(), 5*time.Second)
+			d, err := n.dialRaftLoop()
 			if err != nil {
 				return
 			}
@@ -173,6 +227,23 @@ func (n *Node) proxyRaft(l net.Listener) {
 			<-done
 		}()
 	}
+}
+
+// dialRaftLoop connects to dragonboat's loopback listener, with TLS if
+// raft runs it.
+func (n *Node) dialRaftLoop() (net.Conn, error) {
+	d, err := net.DialTimeout("tcp", *n.raftLoop.Load(), 5*time.Second)
+	if err != nil || n.peer.loop == nil {
+		return d, err
+	}
+	tc := tls.Client(d, n.peer.loop)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = d.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 // peerCreds are the credentials this node dials the others' peer ports

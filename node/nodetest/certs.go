@@ -72,6 +72,24 @@ func NewCA(tb testing.TB, name string) *CA {
 // certificate cannot be made or written.
 func (ca *CA) Issue(tb testing.TB, cn string) (certFile, keyFile string) {
 	tb.Helper()
+	return ca.IssueFor(tb, cn, "127.0.0.1", "localhost")
+}
+
+// IssueFor is Issue for a certificate valid for hosts only (what
+// --peer-cert-allowed-hostname checks): each an IP address if it parses
+// as one, else a DNS name. With no hosts the certificate is valid for no
+// host at all (a client certificate).
+func (ca *CA) IssueFor(tb testing.TB, cn string, hosts ...string) (certFile, keyFile string) {
+	tb.Helper()
+	var ips []net.IP
+	var names []string
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			names = append(names, h)
+		}
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		tb.Fatal(err)
@@ -81,7 +99,7 @@ func (ca *CA) Issue(tb testing.TB, cn string) (certFile, keyFile string) {
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}}
+		IPAddresses: ips, DNSNames: names}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		tb.Fatal(err)

@@ -19,8 +19,8 @@ import (
 // three of them (--range-replicas 3), so one member, the outsider, holds
 // no replica of a range and reaches it only through the members that do.
 // The range's leader is cut off from the others (alive, its raft messages
-// lost: a partitioned leader that still answers the outsider's calls),
-// then, once healed, its leader then is stopped. Each time a linearizable
+// lost: a partitioned leader that still answers the outsider's calls);
+// once healed, the range's leader then is stopped. Each time a linearizable
 // get through the outsider, sent at once, answers within 3 s, and a put
 // within etcd's request timeout, succeeding or failing with etcd's
 // "request timed out, possibly due to previous leader failure" — not "no

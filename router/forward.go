@@ -31,8 +31,11 @@ import (
 // response's Error field and is turned back into the Go error it was
 // (decodeError): a state machine's refusal as *shard.Error, a refusal of
 // keys outside the range as *shard.OutsideRangeError with the range's
-// descriptor, "not the leader" as a reason to look again. gRPC statuses
-// are only what the transport itself fails with.
+// descriptor, "not the leader" as a reason to look again, a timeout
+// there as shard.ErrTimeout or shard.ErrLeaderLost (etcd's "request timed
+// out" and "request timed out, possibly due to previous leader failure",
+// which reach the client as they are). gRPC statuses are only what the
+// transport itself fails with.
 
 // forwardRetry is the wait between tries while leadership is moving.
 const forwardRetry = 10 * time.Millisecond
@@ -193,12 +196,20 @@ func (f *Forwarder) CompactLog(ctx context.Context, member placement.NodeID, id 
 // call (no peer was reached: the request was certainly not sent, so it may
 // be sent again); once it did, the member may have proposed the write
 // before it failed, and the outcome is unknown (shard.ErrLeaderLost).
+// A write the member never answered before ctx's deadline is
+// shard.ErrLeaderLost too, as etcd answers a proposal whose leader went
+// away: a leader that is up answers its own timeout before the deadline
+// (answerBefore), so no answer at all means its member failed, hung or
+// was cut off.
 func writeVia(ctx context.Context, nc internalpb.NodeClient, id shard.RangeID, req *shardpb.Request) (*shardpb.Response, error) {
 	var reached peer.Peer
 	resp, err := nc.Write(ctx, &internalpb.WriteRequest{Range: uint64(id), Request: req}, grpc.Peer(&reached))
 	if err != nil {
-		if err = rpcError(err); errors.Is(err, errUnreachable) && reached.Addr != nil {
+		switch err = rpcError(err); {
+		case errors.Is(err, errUnreachable) && reached.Addr != nil:
 			return nil, fmt.Errorf("%w: range %d: the leader's member failed: %v", shard.ErrLeaderLost, id, err)
+		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+			return nil, fmt.Errorf("%w: range %d: the leader's member did not answer in time (%w)", shard.ErrLeaderLost, id, err)
 		}
 		return nil, err
 	}
@@ -407,49 +418,127 @@ func (c *RangeClient) holders() []placement.NodeID {
 	return out
 }
 
+// hedgeAfter is how long a remote read waits on one holder before it asks
+// the next one too (remoteRead).
+var hedgeAfter = 500 * time.Millisecond
+
+// readAnswer is a holder's answer to a remote read.
+type readAnswer struct {
+	member placement.NodeID
+	resp   *internalpb.ReadResponse
+	err    error
+}
+
 // remoteRead sends req (its range set here) to the members holding the
-// range in turn (holders) until one answers, trying the round again while
-// none can, until ctx ends; take reads a successful answer.
+// range (holders), the next one as soon as one cannot answer, trying the
+// round again while none can, until ctx ends; take reads a successful
+// answer. A holder that has not answered within hedgeAfter is left to go
+// on while the next one is asked too, and the first answer wins: a read
+// is free of side effects, so asking twice is safe, and a holder that
+// stalls — its member hung, or cut off from the range's leader so that
+// its read index never comes — does not hold the read until ctx ends.
 func (c *RangeClient) remoteRead(ctx context.Context, req *internalpb.ReadRequest, take func(*internalpb.ReadResponse) error) error {
 	req.Range = uint64(c.id)
-	var last error = fmt.Errorf("%w: range %d: no member holds it", shard.ErrNoLeader, c.id)
-	for {
-		for _, m := range c.holders() {
-			nc, err := c.f.Client(m)
-			if err != nil {
-				last = err
-				continue
-			}
-			resp, err := nc.Read(ctx, req)
-			if err != nil {
-				last = rpcError(err)
-				if ctx.Err() != nil {
-					return last
-				}
-				continue
-			}
-			if resp.Error != nil {
-				err := decodeError(resp.Error, errNotLeader)
-				if l := hintOf(err); l != 0 {
-					c.hint.Store(l)
-				}
-				if errors.Is(err, errNotLeader) || errors.Is(err, shard.ErrNoLeader) {
-					last = err
-					continue
-				}
-				return c.outside(err)
-			}
-			return take(resp)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the asks still out
+	answers := make(chan readAnswer)
+	ask := func(m placement.NodeID) {
+		a := readAnswer{member: m}
+		var nc internalpb.NodeClient
+		if nc, a.err = c.f.Client(m); a.err == nil {
+			a.resp, a.err = nc.Read(ctx, req)
 		}
 		select {
+		case answers <- a:
 		case <-ctx.Done():
-			if errors.Is(last, errNotLeader) {
+		}
+	}
+	var (
+		last error              = fmt.Errorf("%w: range %d: no member holds it", shard.ErrNoLeader, c.id)
+		busy                    = map[placement.NodeID]bool{} // asked, not answered
+		todo []placement.NodeID                               // of this round
+	)
+	askNext := func() {
+		if len(todo) == 0 {
+			for _, m := range c.holders() {
+				if !busy[m] {
+					todo = append(todo, m)
+				}
+			}
+		}
+		if len(todo) > 0 {
+			busy[todo[0]] = true
+			go ask(todo[0])
+			todo = todo[1:]
+		}
+	}
+	// wait is how long until the next holder is asked: hedgeAfter while
+	// one is asked, forwardRetry once none is (the round is over).
+	wait := func() time.Duration {
+		if len(busy) == 0 {
+			return forwardRetry
+		}
+		return hedgeAfter
+	}
+	askNext()
+	timer := time.NewTimer(wait())
+	defer timer.Stop()
+	for {
+		select {
+		case a := <-answers:
+			delete(busy, a.member)
+			done, err := c.takeRead(ctx, a, take)
+			if done {
+				if h := placement.NodeID(c.hint.Load()); err == nil && busy[h] {
+					// The hinted member stalled: the one that answered
+					// first next time (a write it does not lead is
+					// told where the leader is).
+					c.hint.CompareAndSwap(uint64(h), uint64(a.member))
+				}
+				return err
+			}
+			last = err
+			if len(todo) > 0 {
+				askNext() // the next holder of the round, at once
+				timer.Reset(wait())
+			} else if len(busy) == 0 {
+				timer.Reset(wait())
+			}
+		case <-timer.C:
+			askNext()
+			timer.Reset(wait())
+		case <-ctx.Done():
+			switch {
+			case len(busy) > 0:
+				return ctx.Err() // as a call cut short by ctx would
+			case errors.Is(last, shard.ErrTimeout):
+				return last // etcd's timeout, as the holder gave it
+			case errors.Is(last, errNotLeader):
 				last = shard.ErrNoLeader
 			}
 			return fmt.Errorf("%w: range %d: %v", shard.ErrNoLeader, c.id, last)
-		case <-time.After(forwardRetry):
 		}
 	}
+}
+
+// takeRead reads a holder's answer to a remote read: done with take's
+// error if it answered, or with its refusal, or ctx ended; otherwise
+// (not done) why it could not, for the next holder to be asked.
+func (c *RangeClient) takeRead(ctx context.Context, a readAnswer, take func(*internalpb.ReadResponse) error) (done bool, err error) {
+	if a.err != nil {
+		return ctx.Err() != nil, rpcError(a.err)
+	}
+	if a.resp.Error != nil {
+		err := decodeError(a.resp.Error, errNotLeader)
+		if l := hintOf(err); l != 0 {
+			c.hint.Store(l)
+		}
+		if errors.Is(err, errNotLeader) || errors.Is(err, shard.ErrNoLeader) || errors.Is(err, shard.ErrTimeout) {
+			return false, err
+		}
+		return true, c.outside(err)
+	}
+	return true, take(a.resp)
 }
 
 // readLocal runs read on c's local replica once it is started, attaching
@@ -577,7 +666,7 @@ func (c *RangeClient) viaHint(ctx context.Context, remote func(internalpb.NodeCl
 				switch {
 				case err == nil:
 					c.hint.Store(uint64(m))
-				case errors.Is(err, shard.ErrNoLeader):
+				case errors.Is(err, shard.ErrNoLeader), errors.Is(err, shard.ErrTimeout):
 					c.hint.CompareAndSwap(uint64(m), 0) // the member failed: others first next time
 				}
 				return c.outside(err)
@@ -679,6 +768,13 @@ func encodeError(err error) *internalpb.Error {
 		or *shard.OutsideRangeError
 	)
 	switch {
+	case errors.Is(err, shard.ErrLeaderLost):
+		return &internalpb.Error{Code: internalpb.ErrorCode_ERROR_CODE_LEADER_LOST, Message: err.Error()}
+	case errors.Is(err, shard.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		// A deadline there is the request's (the caller's, or the
+		// member's answerBefore): etcd's timeout, as etcd answers a
+		// proposal whose context ended.
+		return &internalpb.Error{Code: internalpb.ErrorCode_ERROR_CODE_TIMEOUT, Message: err.Error()}
 	case errors.Is(err, errNotLeader), errors.Is(err, shard.ErrNoLeader), errors.Is(err, placement.ErrNotLeader):
 		return &internalpb.Error{Code: internalpb.ErrorCode_ERROR_CODE_NOT_LEADER, Message: err.Error()}
 	case errors.As(err, &or):
@@ -692,8 +788,10 @@ func encodeError(err error) *internalpb.Error {
 
 // decodeError turns a response's Error back into the error it was:
 // notLeader for a member that does not lead, the state machine's refusal,
-// and for anything else a member that could not serve (shard.ErrNoLeader:
-// the client may try again later).
+// a timeout there as shard.ErrTimeout or shard.ErrLeaderLost (etcd's two
+// timeout errors, which the client sees as they are), and for anything
+// else a member that could not serve (shard.ErrNoLeader: the client may
+// try again later).
 func decodeError(e *internalpb.Error, notLeader error) error {
 	if e == nil {
 		return nil
@@ -716,6 +814,10 @@ func decodeError(e *internalpb.Error, notLeader error) error {
 			return &shard.OutsideRangeError{Range: e.Range, Err: se}
 		}
 		return se
+	case internalpb.ErrorCode_ERROR_CODE_LEADER_LOST:
+		return fmt.Errorf("%w (there: %s)", shard.ErrLeaderLost, e.Message)
+	case internalpb.ErrorCode_ERROR_CODE_TIMEOUT:
+		return fmt.Errorf("%w (there: %s)", shard.ErrTimeout, e.Message)
 	}
 	return fmt.Errorf("%w: %s", shard.ErrNoLeader, e.Message)
 }

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -24,10 +25,12 @@ import (
 )
 
 // fakeReplica is a range's replica that answers every request with err
-// (or an empty answer), led by leader.
+// (or an empty answer), led by leader; with hold, writes and range reads
+// answer what hold returns instead, once it does.
 type fakeReplica struct {
 	leader shard.ReplicaID
 	err    error
+	hold   func(ctx context.Context) error
 }
 
 func (r *fakeReplica) Registered(context.Context, int64, bool) ([]shard.RangeID, error) {
@@ -37,14 +40,24 @@ func (r *fakeReplica) ShadowKeys(context.Context, int64, bool) ([][]byte, error)
 func (r *fakeReplica) Closed() mvcc.Revision                                     { return 0 }
 func (r *fakeReplica) Proposed() uint64                                          { return 0 }
 
-func (r *fakeReplica) Write(context.Context, *shardpb.Request) (*shardpb.Response, error) {
+func (r *fakeReplica) Write(ctx context.Context, _ *shardpb.Request) (*shardpb.Response, error) {
+	if r.hold != nil {
+		if err := r.hold(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if r.err != nil {
 		return nil, r.err
 	}
 	return &shardpb.Response{}, nil
 }
 
-func (r *fakeReplica) Range(context.Context, *pb.RangeRequest, bool) (*pb.RangeResponse, error) {
+func (r *fakeReplica) Range(ctx context.Context, _ *pb.RangeRequest, _ bool) (*pb.RangeResponse, error) {
+	if r.hold != nil {
+		if err := r.hold(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if r.err != nil {
 		return nil, r.err
 	}
@@ -176,8 +189,10 @@ func TestForwardErrors(t *testing.T) {
 			grpcCode: codes.InvalidArgument, grpcMsg: "etcdserver: shard: bad"},
 		{name: "other failure", leader: errors.New("disk on fire"), want: shard.ErrNoLeader,
 			grpcCode: codes.Unavailable, grpcMsg: noLeader},
-		{name: "timeout there", leader: shard.ErrTimeout, want: shard.ErrNoLeader,
-			grpcCode: codes.Unavailable, grpcMsg: noLeader},
+		{name: "timeout there", leader: shard.ErrTimeout, want: shard.ErrTimeout,
+			grpcCode: codes.Unavailable, grpcMsg: status.Convert(rpctypes.ErrGRPCTimeout).Message()},
+		{name: "leader lost there", leader: fmt.Errorf("%w (%w)", shard.ErrLeaderLost, context.DeadlineExceeded), want: shard.ErrLeaderLost,
+			grpcCode: codes.Unavailable, grpcMsg: status.Convert(rpctypes.ErrGRPCTimeoutDueToLeaderFail).Message()},
 		{name: "no replica there", missing: true, want: shard.ErrNoLeader,
 			grpcCode: codes.Unavailable, grpcMsg: noLeader},
 	} {
@@ -413,5 +428,110 @@ func TestRemoteRange(t *testing.T) {
 	rc7 := f.RemoteRange(&placementpb.RangeDescriptor{Id: 7, ReplicaSet: []*placementpb.Replica{{Member: 2, Id: 20}}})
 	if _, err := rc7.Alarms(short, false); !errors.Is(err, shard.ErrNoLeader) {
 		t.Fatalf("a read of a range no member serves: %v", err)
+	}
+}
+
+// TestForwardWriteTimeouts: a write forwarded to the range's leader that
+// cannot commit there comes back as etcd's timeout errors, not as "no
+// leader" or the caller's deadline: the leader's member answers before
+// the caller's deadline with its own timeout (the write's outcome
+// unknown: "request timed out"), or its leader-failure error if it lost
+// the lead meanwhile; a leader's member that never answers (hung, cut
+// off) is a leader failure. Both for a range held here (its leader
+// elsewhere) and a remote one.
+func TestForwardWriteTimeouts(t *testing.T) {
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck) })
+	for _, tc := range []struct {
+		name string
+		hold func(ctx context.Context) error
+		want error
+		msg  error // the client's status
+	}{
+		{name: "leader up, not committing",
+			hold: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
+			want: shard.ErrTimeout, msg: rpctypes.ErrGRPCTimeout},
+		{name: "leader deposed while waiting",
+			hold: func(ctx context.Context) error {
+				<-ctx.Done()
+				return fmt.Errorf("%w (%w)", shard.ErrLeaderLost, ctx.Err())
+			},
+			want: shard.ErrLeaderLost, msg: rpctypes.ErrGRPCTimeoutDueToLeaderFail},
+		{name: "leader hung",
+			hold: func(context.Context) error { <-stuck; return nil },
+			want: shard.ErrLeaderLost, msg: rpctypes.ErrGRPCTimeoutDueToLeaderFail},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &placementpb.RangeDescriptor{Id: 5, Start: []byte("m"), Generation: 1, Leader: 2,
+				ReplicaSet: []*placementpb.Replica{{Member: 1, Id: 1}, {Member: 2, Id: 2}}}
+			m2 := &fakeMember{ranges: map[shard.RangeID]Local{5: newFakeLocal(d, &fakeReplica{leader: 2, hold: tc.hold})}}
+			f := NewForwarder(1, serveMember(t, 2, m2))
+			for name, c := range map[string]*RangeClient{
+				"held here": f.Range(newFakeLocal(d, &fakeReplica{leader: 2})),
+				"remote":    f.RemoteRange(d),
+			} {
+				const timeout = 500 * time.Millisecond
+				ctx, cancel := context.WithTimeout(context.Background(), timeout)
+				start := time.Now()
+				_, err := c.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: []byte{0}}})
+				took := time.Since(start)
+				cancel()
+				if !errors.Is(err, tc.want) || (tc.want == shard.ErrTimeout && errors.Is(err, shard.ErrLeaderLost)) {
+					t.Errorf("%s: %v, want %v", name, err, tc.want)
+				}
+				if st, want := status.Convert(toGRPC(err)), status.Convert(tc.msg); st.Code() != want.Code() || st.Message() != want.Message() {
+					t.Errorf("%s: the client gets %v %q, want %v %q", name, st.Code(), st.Message(), want.Code(), want.Message())
+				}
+				if took > timeout+500*time.Millisecond {
+					t.Errorf("%s: answered after %v, past the deadline of %v", name, took, timeout)
+				}
+			}
+		})
+	}
+}
+
+// TestRemoteReadHedged: a read of a remote range whose hinted holder
+// (member 2) does not answer — its member hung, or cut off from the
+// range's leader — is asked of the next holder (member 3) too after
+// hedgeAfter, answers from there well before the caller's deadline, and
+// the hint moves off the stalled member.
+func TestRemoteReadHedged(t *testing.T) {
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck) })
+	d := &placementpb.RangeDescriptor{Id: 5, Start: []byte("m"), Generation: 2, Leader: 2,
+		ReplicaSet: []*placementpb.Replica{{Member: 2, Id: 2}, {Member: 3, Id: 3}}}
+	hung := &fakeReplica{leader: 2, hold: func(ctx context.Context) error {
+		select {
+		case <-stuck:
+		case <-ctx.Done():
+		}
+		return ctx.Err()
+	}}
+	m2 := &fakeMember{ranges: map[shard.RangeID]Local{5: newFakeLocal(d, hung)}}
+	m3 := &fakeMember{ranges: map[shard.RangeID]Local{5: newFakeLocal(d, &fakeReplica{leader: 3})}}
+	dial2, dial3 := serveMember(t, 2, m2), serveMember(t, 3, m3)
+	f := NewForwarder(1, func(m placement.NodeID) (grpc.ClientConnInterface, error) {
+		if m == 2 {
+			return dial2(m)
+		}
+		return dial3(m)
+	})
+	rc := f.RemoteRange(d)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if _, err := rc.Range(ctx, &pb.RangeRequest{Key: []byte("p")}, true); err != nil {
+		t.Fatalf("remote read with its hinted holder stalled: %v", err)
+	}
+	if took := time.Since(start); took < hedgeAfter || took > hedgeAfter+2*time.Second {
+		t.Fatalf("answered after %v, want about hedgeAfter (%v)", took, hedgeAfter)
+	}
+	if h := rc.hint.Load(); h != 3 {
+		t.Fatalf("hint %d after member 2 stalled a read that member 3 answered", h)
+	}
+	// The next read goes to member 3 first and answers at once.
+	start = time.Now()
+	if _, err := rc.Range(ctx, &pb.RangeRequest{Key: []byte("p")}, true); err != nil || time.Since(start) >= hedgeAfter {
+		t.Fatalf("second read: %v after %v", err, time.Since(start))
 	}
 }

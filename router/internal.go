@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
@@ -254,11 +255,16 @@ func (a remoteAuth) Auth(ctx context.Context, linearizable bool) (*auth.State, e
 	return auth.Unmarshal(data)
 }
 
+// Write proposes a write for the member forwarding it, answering before
+// the caller's deadline (answerBefore) so that a write that cannot commit
+// comes back as this replica's timeout, not as the caller's deadline.
 func (s *internalServer) Write(ctx context.Context, req *internalpb.WriteRequest) (*internalpb.WriteResponse, error) {
 	r, l, e := s.leading(shard.RangeID(req.Range))
 	if e != nil {
 		return &internalpb.WriteResponse{Error: e}, nil
 	}
+	ctx, cancel := answerBefore(ctx)
+	defer cancel()
 	resp, err := r.Write(ctx, req.Request)
 	if err != nil {
 		return &internalpb.WriteResponse{Error: encodeError(shard.WithRange(err, l.Descriptor()))}, nil
@@ -266,8 +272,71 @@ func (s *internalServer) Write(ctx context.Context, req *internalpb.WriteRequest
 	return &internalpb.WriteResponse{Response: resp}, nil
 }
 
+// answerMargin is how long before the caller's deadline a forwarded write
+// gives up (answerBefore), at most: time for its answer to travel back.
+const answerMargin = 250 * time.Millisecond
+
+// answerBefore is ctx ending a little before its deadline (a tenth of the
+// time left, at most answerMargin), so that the caller hears this member's
+// answer — etcd's timeout errors, which say whether the leader was lost —
+// rather than running out of time on the wire, which it takes for a
+// member that failed (writeVia).
+func answerBefore(ctx context.Context) (context.Context, context.CancelFunc) {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithDeadline(ctx, d.Add(-min(answerMargin, time.Until(d)/10)))
+}
+
+// leaderPoll is how often a forwarded read waiting at the leader checks
+// that its replica still leads (whileLeading).
+const leaderPoll = 25 * time.Millisecond
+
+// whileLeading runs call, which needs range id's replica r here to lead,
+// with a ctx that ends once r no longer leads, and answers its error — the
+// NOT_LEADER answer (naming the new leader if r knows it) if it failed
+// after r lost the lead. A leader cut off from the others steps down and
+// its reads could never finish (no read index, no closed revision): the
+// caller asks the new leader at once, not once this member's timeout runs
+// out.
+func (s *internalServer) whileLeading(ctx context.Context, id shard.RangeID, r Replica, call func(context.Context) error) *internalpb.Error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		tick := time.NewTicker(leaderPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if leader, _, ok := r.Leader(); !ok || s.memberOf.member(id, leader) != s.self {
+					cancel(errNotLeader)
+					return
+				}
+			}
+		}
+	}()
+	err := call(ctx)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(context.Cause(ctx), errNotLeader) {
+		e := encodeError(errNotLeader)
+		if leader, _, ok := r.Leader(); ok {
+			e.Leader = uint64(s.memberOf.member(id, leader))
+		}
+		return e
+	}
+	return encodeError(err)
+}
+
 func (s *internalServer) ReadAt(ctx context.Context, req *internalpb.ReadAtRequest) (*internalpb.ReadAtResponse, error) {
-	r, l, e := s.leading(shard.RangeID(req.Range))
+	id := shard.RangeID(req.Range)
+	r, l, e := s.leading(id)
 	if e != nil {
 		return &internalpb.ReadAtResponse{Error: e}, nil
 	}
@@ -275,20 +344,26 @@ func (s *internalServer) ReadAt(ctx context.Context, req *internalpb.ReadAtReque
 	if err := proto.Unmarshal(req.Request, &rr); err != nil {
 		return &internalpb.ReadAtResponse{Error: encodeError(fmt.Errorf("router: decode a forwarded range request: %w", err))}, nil
 	}
-	resp, err := r.ReadAt(ctx, &rr, mvcc.Revision(req.Revision))
-	if err != nil {
-		return &internalpb.ReadAtResponse{Error: encodeError(shard.WithRange(err, l.Descriptor()))}, nil
+	var resp *pb.RangeResponse
+	if e := s.whileLeading(ctx, id, r, func(ctx context.Context) (err error) {
+		resp, err = r.ReadAt(ctx, &rr, mvcc.Revision(req.Revision))
+		return shard.WithRange(err, l.Descriptor())
+	}); e != nil {
+		return &internalpb.ReadAtResponse{Error: e}, nil
 	}
 	data, err := proto.Marshal(resp)
 	return &internalpb.ReadAtResponse{Response: data, Error: encodeError(err)}, nil
 }
 
 func (s *internalServer) WaitClosed(ctx context.Context, req *internalpb.WaitClosedRequest) (*internalpb.WaitClosedResponse, error) {
-	r, _, e := s.leading(shard.RangeID(req.Range))
+	id := shard.RangeID(req.Range)
+	r, _, e := s.leading(id)
 	if e != nil {
 		return &internalpb.WaitClosedResponse{Error: e}, nil
 	}
-	return &internalpb.WaitClosedResponse{Error: encodeError(r.WaitClosed(ctx, mvcc.Revision(req.Revision)))}, nil
+	return &internalpb.WaitClosedResponse{Error: s.whileLeading(ctx, id, r, func(ctx context.Context) error {
+		return r.WaitClosed(ctx, mvcc.Revision(req.Revision))
+	})}, nil
 }
 
 func (s *internalServer) Revisions(ctx context.Context, req *internalpb.RevisionsRequest) (*internalpb.RevisionsResponse, error) {

@@ -172,6 +172,13 @@ const (
 	ErrorCode_ERROR_CODE_SHARD ErrorCode = 2
 	// The member has no started replica of the range.
 	ErrorCode_ERROR_CODE_NO_RANGE ErrorCode = 3
+	// The request timed out there, its outcome unknown (a write may still
+	// commit): etcd's "request timed out".
+	ErrorCode_ERROR_CODE_TIMEOUT ErrorCode = 4
+	// A write timed out there after the leader it was proposed under was
+	// lost, its outcome unknown: etcd's "request timed out, possibly due to
+	// previous leader failure".
+	ErrorCode_ERROR_CODE_LEADER_LOST ErrorCode = 5
 )
 
 // Enum value maps for ErrorCode.
@@ -181,12 +188,16 @@ var (
 		1: "ERROR_CODE_NOT_LEADER",
 		2: "ERROR_CODE_SHARD",
 		3: "ERROR_CODE_NO_RANGE",
+		4: "ERROR_CODE_TIMEOUT",
+		5: "ERROR_CODE_LEADER_LOST",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED": 0,
 		"ERROR_CODE_NOT_LEADER":  1,
 		"ERROR_CODE_SHARD":       2,
 		"ERROR_CODE_NO_RANGE":    3,
+		"ERROR_CODE_TIMEOUT":     4,
+		"ERROR_CODE_LEADER_LOST": 5,
 	}
 )
 
@@ -3540,12 +3551,14 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x1fCHANGE_RANGE_OP_TRANSFER_LEADER\x10\x05\x12\x1a\n" +
 	"\x16CHANGE_RANGE_OP_STATUS\x10\x06\x12\x19\n" +
 	"\x15CHANGE_RANGE_OP_LEAVE\x10\a\x12\x19\n" +
-	"\x15CHANGE_RANGE_OP_STATS\x10\b*q\n" +
+	"\x15CHANGE_RANGE_OP_STATS\x10\b*\xa5\x01\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x14\n" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
-	"\x13ERROR_CODE_NO_RANGE\x10\x032\xad\f\n" +
+	"\x13ERROR_CODE_NO_RANGE\x10\x03\x12\x16\n" +
+	"\x12ERROR_CODE_TIMEOUT\x10\x04\x12\x1a\n" +
+	"\x16ERROR_CODE_LEADER_LOST\x10\x052\xad\f\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +

@@ -84,8 +84,8 @@ func describeValue(v model.ValueOrHash) string {
 // taken effect.
 type sparseInput struct {
 	req model.EtcdRequest
-	// hints are the revisions a failed request may have been applied at
-	// (ascending); ignored for a request that succeeded.
+	// hints are the revisions a failed request (or a lease revoke, which
+	// answers no revision) may have been applied at (ascending).
 	hints []int64
 }
 
@@ -232,14 +232,25 @@ func sparseStep(s sparseState, in sparseInput, out model.MaybeEtcdResponse) []an
 				return nil
 			}
 		}
+		if req.Type == model.LeaseRevoke {
+			// Cairn answers a revoke with no revision of its own (1): the
+			// keys it deleted were deleted at one of the hinted revisions.
+			if !t.changesKV {
+				return []any{t.state}
+			}
+			var next []any
+			for _, h := range in.hints {
+				if h > s.rev {
+					next = append(next, t.at(h))
+				}
+			}
+			return next
+		}
 		if t.changesKV {
 			if out.Revision <= s.rev {
 				return nil // a write must get a revision above every one before it
 			}
 			return []any{t.at(out.Revision)}
-		}
-		if req.Type == model.LeaseRevoke {
-			return []any{t.state} // the header revision of a revoke that deleted nothing says nothing
 		}
 		if out.Revision < s.rev {
 			return nil

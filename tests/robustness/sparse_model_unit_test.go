@@ -59,7 +59,9 @@ func rGet(rev int64, kvs ...any) model.MaybeEtcdResponse {
 	return model.MaybeEtcdResponse{EtcdResponse: model.EtcdResponse{Range: &resp, Revision: rev}}
 }
 
-func rFailed() model.MaybeEtcdResponse { return model.MaybeEtcdResponse{Error: "context deadline exceeded"} }
+func rFailed() model.MaybeEtcdResponse {
+	return model.MaybeEtcdResponse{Error: "context deadline exceeded"}
+}
 
 // op is one client operation called at call and answered at ret (failed
 // ones: never answered); hints as sparseInput's.

@@ -56,7 +56,7 @@ type recorder struct {
 
 	mu     sync.Mutex
 	events []*mvccpb.Event // in the order received
-	last   int64           // the newest revision received
+	last   int64           // the newest revision received (0: none yet)
 	err    error
 }
 
@@ -67,30 +67,37 @@ func startRecorder(endpoints []string) (*recorder, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &recorder{cancel: cancel, done: make(chan struct{})}
-	wch := cli.Watch(clientv3.WithRequireLeader(ctx), "", clientv3.WithPrefix(), clientv3.WithRev(1), clientv3.WithPrevKV())
 	go func() {
 		defer close(r.done)
 		defer cli.Close()
-		for resp := range wch {
+		// A watch cut off from its leader (a partition) ends: the
+		// recorder opens it again after the last revision it has; a
+		// compaction past that loses history, and ends the recorder.
+		for ctx.Err() == nil {
 			r.mu.Lock()
-			if err := resp.Err(); err != nil && ctx.Err() == nil {
-				if resp.Canceled || resp.CompactRevision != 0 {
-					r.err = fmt.Errorf("recorder: watch ended: %w", err)
+			from := r.last + 1
+			r.mu.Unlock()
+			wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			for resp := range cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithPrevKV()) {
+				r.mu.Lock()
+				if resp.CompactRevision != 0 {
+					r.err = fmt.Errorf("recorder: compacted at %d past revision %d", resp.CompactRevision, from)
 					r.mu.Unlock()
+					wcancel()
 					return
 				}
+				for _, ev := range resp.Events {
+					r.events = append(r.events, ev)
+					r.last = max(r.last, ev.Kv.ModRevision)
+				}
+				r.mu.Unlock()
 			}
-			for _, ev := range resp.Events {
-				r.events = append(r.events, ev)
-				r.last = max(r.last, ev.Kv.ModRevision)
+			wcancel()
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
 			}
-			r.mu.Unlock()
 		}
-		r.mu.Lock()
-		if r.err == nil && ctx.Err() == nil {
-			r.err = errors.New("recorder: watch channel closed")
-		}
-		r.mu.Unlock()
 	}()
 	return r, nil
 }
@@ -124,18 +131,24 @@ func (r *recorder) stopAt(ctx context.Context, rev int64) ([]*mvccpb.Event, erro
 // sparseReplay is the persisted history: every revision at which
 // something changed, its events and the state after it.
 type sparseReplay struct {
-	revs   []int64 // ascending
-	events [][]model.PersistedEvent
-	prev   []map[string]model.ValueRevision // prev[i]: state after revs[i], i.e. before revs[i+1]
-	lease  map[int64][]int64                // lease → revisions where a key of it was deleted
-	puts   map[model.PutOptions][]int64     // (key, value) → revisions it was put at
-	dels   map[string][]int64               // key → revisions it was deleted at
+	revs    []int64 // ascending
+	events  [][]model.PersistedEvent
+	prev    []map[string]model.ValueRevision // prev[i]: state after revs[i], i.e. before revs[i+1]
+	lease   map[int64][]int64                // lease → revisions where a key of it was deleted
+	leaseAt map[leaseKey]int64               // (revision, deleted key) → the lease it had
+	puts    map[model.PutOptions][]int64     // (key, value) → revisions it was put at
+	dels    map[string][]int64               // key → revisions it was deleted at
+}
+
+type leaseKey struct {
+	rev int64
+	key string
 }
 
 // newSparseReplay orders the recorder's events into revisions; it fails if
 // the recorder's stream is not ordered or a revision's events are split.
 func newSparseReplay(events []*mvccpb.Event) (*sparseReplay, error) {
-	r := &sparseReplay{lease: map[int64][]int64{}, puts: map[model.PutOptions][]int64{}, dels: map[string][]int64{}}
+	r := &sparseReplay{lease: map[int64][]int64{}, leaseAt: map[leaseKey]int64{}, puts: map[model.PutOptions][]int64{}, dels: map[string][]int64{}}
 	state := map[string]model.ValueRevision{}
 	for _, ev := range events {
 		rev := ev.Kv.ModRevision
@@ -172,6 +185,7 @@ func newSparseReplay(events []*mvccpb.Event) (*sparseReplay, error) {
 			r.dels[key] = append(r.dels[key], rev)
 			if ev.PrevKv != nil && ev.PrevKv.Lease != 0 {
 				r.lease[ev.PrevKv.Lease] = append(r.lease[ev.PrevKv.Lease], rev)
+				r.leaseAt[leaseKey{rev, key}] = ev.PrevKv.Lease
 			}
 		}
 		for _, e := range r.events[n-1] {
@@ -290,7 +304,11 @@ func checkSparse(reports []report.ClientReport, recorded []*mvccpb.Event, timeou
 				}
 			}
 			if req.Type == model.LeaseRevoke {
-				in.hints = slices.Clone(replay.lease[req.LeaseRevoke.LeaseID])
+				deletions := replay.revokeDeletions(op)
+				for _, d := range deletions {
+					explained[d.Input.(sparseInput).hints[0]]++
+				}
+				ops = append(ops, deletions...)
 			}
 			for _, h := range in.hints {
 				explained[h]++
@@ -343,6 +361,33 @@ func checkClientsSequential(reports []report.ClientReport) error {
 		}
 	}
 	return nil
+}
+
+// revokeDeletions are the writes by which a lease revoke may have deleted
+// the keys attached to its lease, one per revision the history shows them
+// deleted at (one per range), each within the revoke's call and return
+// (or with no return, if the revoke failed). Each is of unknown outcome,
+// its one hint the revision: a client's delete of the key may be what
+// deleted it then, and the revoke then found it gone.
+func (r *sparseReplay) revokeDeletions(revoke porcupine.Operation) []porcupine.Operation {
+	lease := revoke.Input.(model.EtcdRequest).LeaseRevoke.LeaseID
+	ret := revoke.Return
+	if revoke.Output.(model.MaybeEtcdResponse).Error != "" {
+		ret = math.MaxInt64
+	}
+	var out []porcupine.Operation
+	for _, rev := range slices.Compact(slices.Clone(r.lease[lease])) {
+		txn := &model.TxnRequest{Conditions: []model.EtcdCondition{}, OperationsOnFailure: []model.EtcdOperation{}}
+		for _, e := range r.events[slices.Index(r.revs, rev)] {
+			if e.Type == model.DeleteOperation && r.leaseAt[leaseKey{rev, e.Key}] == lease {
+				txn.OperationsOnSuccess = append(txn.OperationsOnSuccess, model.EtcdOperation{Type: model.DeleteOperation, Delete: model.DeleteOptions{Key: e.Key}})
+			}
+		}
+		out = append(out, porcupine.Operation{ClientId: revoke.ClientId, Call: revoke.Call, Return: ret,
+			Input:  sparseInput{req: model.EtcdRequest{Type: model.Txn, Txn: txn}, hints: []int64{rev}},
+			Output: model.MaybeEtcdResponse{Error: fmt.Sprintf("deletion by the revoke of lease %d", lease)}})
+	}
+	return out
 }
 
 // hintsFor are the revisions at which the history shows an effect of txn:
@@ -635,24 +680,33 @@ func stuckAt(ops []porcupine.Operation, info porcupine.LinearizationInfo) string
 			fmt.Fprintf(&b, "\n  state: %s", s.(sparseState))
 		}
 	}
-	done := map[int64]bool{}
+	type id struct {
+		call, ret int64
+		desc      string
+	}
+	idOf := func(op porcupine.Operation) id {
+		return id{op.Call, op.Return, describeSparse(op.Input.(sparseInput), op.Output.(model.MaybeEtcdResponse))}
+	}
+	done := map[id]bool{}
 	for _, op := range longest {
-		done[op.Call] = true
+		done[idOf(op)] = true
 	}
 	var pending []porcupine.Operation
-	minReturn := int64(math.MaxInt64)
 	for _, op := range ops {
-		if !done[op.Call] {
+		if !done[idOf(op)] {
 			pending = append(pending, op)
-			minReturn = min(minReturn, op.Return)
 		}
 	}
-	b.WriteString("\n  and none of these can come next:")
-	n := 0
-	for _, op := range pending {
-		if op.Call < minReturn && n < 8 {
-			fmt.Fprintf(&b, "\n  [%d, %d] %s", op.Call, op.Return, describeSparse(op.Input.(sparseInput), op.Output.(model.MaybeEtcdResponse)))
-			n++
+	slices.SortFunc(pending, func(a, b porcupine.Operation) int { return int(min(max(a.Return-b.Return, -1), 1)) })
+	if len(pending) > 0 {
+		minReturn := pending[0].Return
+		b.WriteString("\n  and none of these can come next (the first must come before any called after it returned):")
+		n := 0
+		for _, op := range pending {
+			if op.Call < minReturn && n < 10 {
+				fmt.Fprintf(&b, "\n  [%d, %d] %s", op.Call, op.Return, idOf(op).desc)
+				n++
+			}
 		}
 	}
 	return b.String()

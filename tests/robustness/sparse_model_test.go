@@ -24,6 +24,9 @@ import (
 //   - a read, or a write that changes nothing (a txn whose compare failed,
 //     a delete of an absent key), reports a revision at or above the last
 //     one linearized, and sees exactly the writes at or below it;
+//   - a lease revoke ends the lease; the keys attached to it are deleted
+//     range by range, each range at a revision of its own, by writes the
+//     checker adds to the history (revokeDeletions);
 //   - a request that failed may have taken effect or not; if it did, at a
 //     revision the caller does not know. The checker gives such a request
 //     the revisions it could have had (hints: where the cluster's history
@@ -84,8 +87,8 @@ func describeValue(v model.ValueOrHash) string {
 // taken effect.
 type sparseInput struct {
 	req model.EtcdRequest
-	// hints are the revisions a failed request (or a lease revoke, which
-	// answers no revision) may have been applied at (ascending).
+	// hints are the revisions a failed request may have been applied at
+	// (ascending); ignored for a request that succeeded.
 	hints []int64
 }
 
@@ -233,18 +236,8 @@ func sparseStep(s sparseState, in sparseInput, out model.MaybeEtcdResponse) []an
 			}
 		}
 		if req.Type == model.LeaseRevoke {
-			// Cairn answers a revoke with no revision of its own (1): the
-			// keys it deleted were deleted at one of the hinted revisions.
-			if !t.changesKV {
-				return []any{t.state}
-			}
-			var next []any
-			for _, h := range in.hints {
-				if h > s.rev {
-					next = append(next, t.at(h))
-				}
-			}
-			return next
+			// Cairn answers a revoke with no revision of its own (1).
+			return []any{t.state}
 		}
 		if t.changesKV {
 			if out.Revision <= s.rev {
@@ -430,18 +423,13 @@ func (s sparseState) effect(req model.EtcdRequest) (transition, bool) {
 		}
 		return transition{state: st}, true
 	case model.LeaseRevoke:
+		// Sharded mode revokes a lease at its home, then deletes its keys
+		// in each range at the range's own revision (DESIGN.md, leases):
+		// the revoke here ends the lease; the deletions are writes of
+		// their own (revokeDeletions), each a delete at one revision.
 		st := s.clone()
-		t := transition{}
-		for k, l := range s.leaseOf {
-			if l == req.LeaseRevoke.LeaseID {
-				delete(st.kvs, k)
-				delete(st.leaseOf, k)
-				t.changesKV = true
-			}
-		}
 		delete(st.leases, req.LeaseRevoke.LeaseID)
-		t.state = st
-		return t, true
+		return transition{state: st}, true
 	case model.Compact:
 		st := s.clone()
 		st.compact = max(st.compact, req.Compact.Revision)

@@ -15,6 +15,17 @@ import (
 // state. The check must fail, and fail on linearizability; a checker that
 // passes this build is broken.
 func TestPlantedBug(t *testing.T) {
+	runPlanted(t, scenario{size: 3, profile: etcdMix, seed: 7})
+}
+
+// TestPlantedBugSharded is TestPlantedBug on a sharded cluster of four
+// ranges, checked with the sparse model: the planted bug serves a read
+// within one range from the local replica there too.
+func TestPlantedBugSharded(t *testing.T) {
+	runPlanted(t, scenario{size: 3, profile: etcdMix, seed: 7, sharded: true})
+}
+
+func runPlanted(t *testing.T, s scenario) {
 	bin := buildCairn(t, t.TempDir(), "cairn_planted_stale_reads")
 	var partition fault
 	for _, f := range faults {
@@ -26,7 +37,8 @@ func TestPlantedBug(t *testing.T) {
 	saved := *flagOut
 	*flagOut = out
 	defer func() { *flagOut = saved }()
-	err := runScenario(t, bin, scenario{size: 3, profile: etcdMix, fault: partition, seed: 7})
+	s.fault = partition
+	err := runScenario(t, bin, s)
 	if err == nil {
 		t.Fatal("the checker passed a build that serves stale linearizable reads")
 	}
@@ -35,7 +47,7 @@ func TestPlantedBug(t *testing.T) {
 	}
 	// The failure report holds the seed and porcupine's visualisation.
 	for _, f := range []string{"scenario.txt", "history.html"} {
-		if _, err := os.Stat(filepath.Join(out, "TestPlantedBug", f)); err != nil {
+		if _, err := os.Stat(filepath.Join(out, t.Name(), f)); err != nil {
 			t.Errorf("failure report: %v", err)
 		}
 	}

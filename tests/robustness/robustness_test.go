@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/tests/v3/robustness/client"
 	"go.etcd.io/etcd/tests/v3/robustness/identity"
@@ -191,12 +192,24 @@ type scenario struct {
 	// range, which numbers revisions as etcd does — instead of
 	// --single-group.
 	oneRange bool
+	// sharded runs the default mode split into several ranges whose
+	// boundaries fall inside both traffic mixes' key spaces
+	// (shardedSplitKeys), checked with the sparse model (sparse_*_test.go).
+	sharded bool
 }
+
+// shardedSplitKeys split the key space into four ranges: etcd's traffic
+// (key0, key1, …) spans three of them, Kubernetes' (/registry/pods/default/
+// and five random letters) two.
+const shardedSplitKeys = "/registry/pods/default/m,key3,key6"
 
 func (s scenario) String() string {
 	mode := ""
 	if s.oneRange {
 		mode = "-onerange"
+	}
+	if s.sharded {
+		mode = "-sharded"
 	}
 	return fmt.Sprintf("%dnode%s-%s-%s", s.size, mode, s.profile.name, s.fault.name)
 }
@@ -225,6 +238,17 @@ func shortProfile() []scenario {
 	for _, name := range []string{"kill-leader", "leader-transfer"} {
 		i := slices.IndexFunc(faults, func(f fault) bool { return f.name == name })
 		out = append(out, scenario{size: 3, profile: []profile{etcdMix, kubernetesMix}[seed%2], fault: faults[i], seed: seed, oneRange: true})
+		seed++
+	}
+	// Sharded mode past its splits: several ranges, revisions from the
+	// oracle (unique, increasing, with gaps), checked with the sparse model.
+	for _, sc := range []struct {
+		size  int
+		fault string
+		p     profile
+	}{{1, "kill-leader", etcdMix}, {3, "partition-leader", etcdMix}, {3, "kill-leader", kubernetesMix}} {
+		i := slices.IndexFunc(faults, func(f fault) bool { return f.name == sc.fault })
+		out = append(out, scenario{size: sc.size, profile: sc.p, fault: faults[i], seed: seed, sharded: true})
 		seed++
 	}
 	return out
@@ -292,14 +316,17 @@ func TestSoak(t *testing.T) {
 	r := rand.New(rand.NewSource(time.Now().UnixNano()))
 	for i := 0; time.Now().Before(deadline); i++ {
 		size := []int{1, 3}[r.Intn(2)]
+		mode := r.Intn(3) // single group, one range, sharded
 		var fs []fault
 		for _, f := range faults {
-			if containsInt(f.sizes, size) {
+			// A compaction burst to the newest revision cancels the
+			// recorder sharded mode is checked against.
+			if containsInt(f.sizes, size) && !(mode == 2 && f.name == "compaction-burst") {
 				fs = append(fs, f)
 			}
 		}
 		s := scenario{size: size, profile: []profile{etcdMix, kubernetesMix}[r.Intn(2)], fault: fs[r.Intn(len(fs))], seed: r.Int63(),
-			oneRange: r.Intn(2) == 0}
+			oneRange: mode == 1, sharded: mode == 2}
 		t.Run(fmt.Sprintf("%d-%s-seed%d", i, s, s.seed), func(t *testing.T) {
 			if err := runScenario(t, bin, s); err != nil {
 				t.Fatal(err)
@@ -320,11 +347,14 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	// raft group's log; so does the default mode while it is one range.
 	// Sharded mode past a split has neither dense revisions nor one log
 	// (TestShardedKill9 covers it).
-	mode := "--single-group"
+	mode := []string{"--single-group"}
 	if s.oneRange {
-		mode = "--single-group=false"
+		mode = []string{"--single-group=false"}
 	}
-	c := startCluster(t, bin, dir, s.size, mode)
+	if s.sharded {
+		mode = []string{"--single-group=false", "--initial-split-keys", shardedSplitKeys}
+	}
+	c := startCluster(t, bin, dir, s.size, mode...)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -333,6 +363,14 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	defer cs.Close()
 	if err := traffic.CheckEmptyDatabaseAtStart(ctx, lg, c.endpoints(), cs); err != nil {
 		return err
+	}
+	var rec *recorder
+	if s.sharded {
+		var err error
+		if rec, err = startRecorder(c.endpoints()); err != nil {
+			return err
+		}
+		defer rec.cancel()
 	}
 
 	var wg sync.WaitGroup
@@ -353,7 +391,15 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	}); err != nil {
 		return err
 	}
-	if err := traffic.SimulateCompactionTraffic(ctx, &wg, s.profile.profile.Compaction, c.endpoints(), cs, s.profile.traffic, traffic.RunCompactLoopParam{
+	if s.sharded {
+		// etcd's compaction traffic compacts up to the newest revision,
+		// which cancels the recorder's watch the moment it lags: the
+		// recorder is the persisted history here, so compactions stop
+		// at what it has seen.
+		if err := recordedCompactions(ctx, &wg, cs, c.endpoints(), rec, s.profile.profile.Compaction.Period, r.Int63(), finish); err != nil {
+			return err
+		}
+	} else if err := traffic.SimulateCompactionTraffic(ctx, &wg, s.profile.profile.Compaction, c.endpoints(), cs, s.profile.traffic, traffic.RunCompactLoopParam{
 		Period: s.profile.profile.Compaction.Period, Finish: finish,
 	}); err != nil {
 		return err
@@ -384,10 +430,25 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	if err != nil {
 		return err
 	}
-	if err := retry(ctx, func(ctx context.Context) error { _, err := last.Put(ctx, "tombstone", "true"); return err }); err != nil {
+	var lastRev int64
+	if err := retry(ctx, func(ctx context.Context) error {
+		resp, err := last.Put(ctx, "tombstone", "true")
+		if err == nil {
+			lastRev = resp.Header.Revision
+		}
+		return err
+	}); err != nil {
 		return fmt.Errorf("%s: last put: %w", s, err)
 	}
 	reports := cs.Reports()
+	if s.sharded {
+		recorded, err := rec.stopAt(ctx, lastRev)
+		c.stop()
+		if err != nil {
+			return keep(t, s, c, nil, err)
+		}
+		return checkSharded(t, s, c, reports, recorded, faultFrom, faultTo)
+	}
 	c.stop()
 
 	var journals []string
@@ -403,7 +464,27 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	t.Logf("%s (seed %d): %d client reports, %d persisted requests, failed writes %s; linearization %s (checked in %v), watch %s, serializable %s",
 		s, s.seed, len(reports), len(persisted), failedWrites(reports, faultFrom, faultTo), res.Linearization.Status, time.Since(checkStart).Round(time.Millisecond), res.Watch.Status, res.Serializable.Status)
 	if err := res.Error(); err != nil {
-		return keep(t, s, c, &res, err)
+		var vis func(string) error
+		if res.Linearization.Model.Step != nil {
+			vis = func(path string) error {
+				return porcupine.VisualizePath(res.Linearization.Model, res.Linearization.Info, path)
+			}
+		}
+		return keep(t, s, c, vis, err)
+	}
+	return nil
+}
+
+// checkSharded checks a sharded scenario's history with the sparse model
+// and watch checks (sparse_check_test.go).
+func checkSharded(t *testing.T, s scenario, c *cluster, reports []report.ClientReport, recorded []*mvccpb.Event, faultFrom, faultTo time.Duration) error {
+	checkStart := time.Now()
+	res := checkSparse(reports, recorded, 5*time.Minute)
+	t.Logf("%s (seed %d): %d client reports, %d recorded events, failed writes %s; cross-range writes refused (checked to change nothing) %d, failed writes with no effect %d, with one %d; linearization %v (checked in %v), checks: %v",
+		s, s.seed, len(reports), len(recorded), failedWrites(reports, faultFrom, faultTo), res.refused, res.dropped, res.hinted, res.lin,
+		time.Since(checkStart).Round(time.Millisecond), res.err)
+	if err := res.Error(); err != nil {
+		return keep(t, s, c, func(path string) error { return porcupine.VisualizePath(res.model, res.info, path) }, err)
 	}
 	return nil
 }
@@ -456,7 +537,7 @@ func failedWrites(reports []report.ClientReport, from, to time.Duration) string 
 
 // keep saves what a failure needs to be understood: the seed, the
 // porcupine visualisation and the members' logs and journals.
-func keep(t *testing.T, s scenario, c *cluster, res *validate.RobustnessResult, err error) error {
+func keep(t *testing.T, s scenario, c *cluster, visualise func(path string) error, err error) error {
 	out := *flagOut
 	if out == "" {
 		d, derr := os.MkdirTemp("", "cairn-robustness-failure-")
@@ -468,11 +549,9 @@ func keep(t *testing.T, s scenario, c *cluster, res *validate.RobustnessResult, 
 	dir := filepath.Join(out, strings.ReplaceAll(t.Name(), "/", "_"))
 	_ = os.MkdirAll(dir, 0o755)
 	_ = os.WriteFile(filepath.Join(dir, "scenario.txt"), []byte(fmt.Sprintf("%s\nseed %d\n%v\n", s, s.seed, err)), 0o644)
-	if res != nil {
-		if res.Linearization.Model.Step != nil {
-			if verr := porcupine.VisualizePath(res.Linearization.Model, res.Linearization.Info, filepath.Join(dir, "history.html")); verr != nil {
-				t.Logf("visualisation: %v", verr)
-			}
+	if visualise != nil {
+		if verr := visualise(filepath.Join(dir, "history.html")); verr != nil {
+			t.Logf("visualisation: %v", verr)
 		}
 	}
 	for _, m := range c.members {

@@ -96,24 +96,8 @@ func failoverQuorumLost(t *testing.T, flags []string, split bool, prefix string)
 	}
 
 	// Not requiring one: they wait, and succeed once a quorum is back.
-	type answer struct {
-		took time.Duration
-		err  error
-	}
-	get, put := make(chan answer, 1), make(chan answer, 1)
 	start = time.Now()
-	go func() {
-		gctx, gcancel := context.WithTimeout(ctx, failoverDeadline)
-		defer gcancel()
-		_, err := c.Get(gctx, key)
-		get <- answer{time.Since(start), err}
-	}()
-	go func() {
-		pctx, pcancel := context.WithTimeout(ctx, failoverDeadline)
-		defer pcancel()
-		_, err := c.Put(pctx, key, "after")
-		put <- answer{time.Since(start), err}
-	}()
+	get, put := getAndPut(ctx, c, key, start)
 	back := (survivor + 1) % size
 	pc.procs[back] = launch(t, pc.dir, pc.args[back]...)
 	g, p := <-get, <-put

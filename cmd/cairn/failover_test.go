@@ -139,23 +139,7 @@ func failoverKillLeader(t *testing.T, fc failoverCase) {
 	procs[victim].kill()
 	close(killed)
 	start := time.Now()
-	type answer struct {
-		took time.Duration
-		err  error
-	}
-	get, put := make(chan answer, 1), make(chan answer, 1)
-	go func() {
-		rctx, rcancel := context.WithTimeout(ctx, failoverDeadline)
-		defer rcancel()
-		_, err := c.Get(rctx, key)
-		get <- answer{time.Since(start), err}
-	}()
-	go func() {
-		pctx, pcancel := context.WithTimeout(ctx, failoverDeadline)
-		defer pcancel()
-		_, err := c.Put(pctx, key, "after")
-		put <- answer{time.Since(start), err}
-	}()
+	get, put := getAndPut(ctx, c, key, start)
 	g, p := <-get, <-put
 	t.Logf("after the kill: linearizable get answered in %v (err %v); put in %v (err %v)", g.took, g.err, p.took, p.err)
 	if g.err != nil || g.took > failoverGetBound {
@@ -341,4 +325,30 @@ func memberID(t *testing.T, c *clientv3.Client, ep string) uint64 {
 	}
 	t.Fatalf("no member serves %s among %v", ep, ml.Members)
 	return 0
+}
+
+// answer is how long a request issued during a failover took, and its error.
+type answer struct {
+	took time.Duration
+	err  error
+}
+
+// getAndPut issues a linearizable get of key and a put to it at once,
+// each bounded by failoverDeadline, and answers each on its channel with
+// the time since start.
+func getAndPut(ctx context.Context, c *clientv3.Client, key string, start time.Time) (get, put <-chan answer) {
+	g, p := make(chan answer, 1), make(chan answer, 1)
+	go func() {
+		rctx, rcancel := context.WithTimeout(ctx, failoverDeadline)
+		defer rcancel()
+		_, err := c.Get(rctx, key)
+		g <- answer{time.Since(start), err}
+	}()
+	go func() {
+		pctx, pcancel := context.WithTimeout(ctx, failoverDeadline)
+		defer pcancel()
+		_, err := c.Put(pctx, key, "after")
+		p <- answer{time.Since(start), err}
+	}()
+	return g, p
 }

@@ -24,8 +24,21 @@ import (
 // each range gets a voting replica on it (the default --range-replicas 3,
 // with two members: both), writes and reads go through either member, and
 // later changes (a split, another add and its removal) are not held up by
-// the add's mark.
+// the add's mark. In "restarted", the first member stops right after the
+// answer and starts again before the new member does (it cannot elect
+// itself then): the walk over the ranges is the one its placement leader
+// resumes from the range map's mark.
 func TestShardedAddSecondMember(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		name := "answered"
+		if restart {
+			name = "restarted"
+		}
+		t.Run(name, func(t *testing.T) { testAddSecondMember(t, restart) })
+	}
+}
+
+func testAddSecondMember(t *testing.T, restart bool) {
 	// The token Join starts the new member with: the member's id derives
 	// from it.
 	cl := nodetest.Start(t, 1, nodetest.Sharded("m"), nodetest.Edit(func(c *node.Config) { c.InitialClusterToken = "test-cluster" }))
@@ -51,7 +64,30 @@ func TestShardedAddSecondMember(t *testing.T) {
 		t.Fatalf("member add answered the member list %v, want both members", added.Members)
 	}
 	newcomer := placement.NodeID(added.Member.ID)
+	n0 := cl.Node(0)
+	var restarted chan error
+	if restart {
+		if err := cl.Stop(0); err != nil {
+			t.Fatal(err)
+		}
+		// It starts once the new member runs: it reads the range map,
+		// which takes the placement group's quorum, through the new member
+		// (so not nodetest's Restart, which would wait for it first).
+		restarted = make(chan error, 1)
+		go func() {
+			var err error
+			n0, err = node.Start(ctx, cl.Config(0))
+			restarted <- err
+		}()
+	}
 	i := cl.Join(added.Members, added.Member.ID, peer)
+	if restart {
+		if err := <-restarted; err != nil {
+			t.Fatalf("restart of the first member: %v", err)
+		}
+		t.Cleanup(func() { _ = n0.Close() })
+		c0 = nodetest.NewClient(t, n0.ClientURLs()...)
+	}
 	c1 := cl.Client(i)
 
 	nodetest.WaitFor(ctx, t, func() error {
@@ -74,12 +110,12 @@ func TestShardedAddSecondMember(t *testing.T) {
 	nodetest.WaitFor(ctx, t, func() error {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 		defer rcancel()
-		ranges, err := cl.Node(0).RangeMap(rctx)
+		ranges, err := n0.RangeMap(rctx)
 		if err != nil || len(ranges) != 2 {
 			return fmt.Errorf("range map %v: %v", ranges, err)
 		}
-		for _, n := range []int{0, i} {
-			raft := cl.Node(n).RaftReplicas()
+		for n, nd := range []*node.Node{n0, cl.Node(i)} {
+			raft := nd.RaftReplicas()
 			for _, d := range ranges {
 				id, ok := placement.ReplicaOf(d, newcomer)
 				votes := slices.ContainsFunc(placement.Voters(d), func(p *placementpb.Replica) bool { return p.Id == uint64(id) })

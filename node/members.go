@@ -337,19 +337,18 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 		}
 	}
 	// The peer URLs first, so that raft finds the member once it is in
-	// (range 1's records; the node record, in sharded mode, once the
-	// Membership registered it: a record of a member not in the placement
-	// group is one its leader adds).
+	// (range 1's records; the node record, in sharded mode, written by
+	// the Membership once its change is marked under way: a record of a
+	// member not in the placement group is one its leader adds).
 	if err := n.recordRange1Peers(ctx, id, peerURLs); err != nil {
 		return nil, fmt.Errorf("node: add member: %w", err)
 	}
 	if n.merger != nil {
 		// The answer once the member list shows the member; the placement
-		// leader adds it to every range (resumeAdds).
-		if err := n.reconfig.Begin(ctx, placement.NodeID(id), learner); err != nil {
-			return nil, fmt.Errorf("node: add member: %w", err)
-		}
-		if err := n.recordPeers(ctx, id, peerURLs); err != nil {
+		// leader adds it to every range (resumeAdds). Nothing is written
+		// after Begin: a one-member cluster's placement group has no
+		// quorum then until the new member runs (as etcd's has not).
+		if err := n.reconfig.Begin(ctx, placement.NodeID(id), learner, peerURLs); err != nil {
 			return nil, fmt.Errorf("node: add member: %w", err)
 		}
 		return &pb.Member{ID: id, PeerURLs: peerURLs, IsLearner: learner}, nil

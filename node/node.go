@@ -931,6 +931,12 @@ func (n *Node) startPlacementGroup(ctx context.Context, b boot) (ranges, unsplit
 	if !n.cfg.Sharded {
 		return nil, nil, nil
 	}
+	// The map followed from the start: the reads below take the
+	// placement group's quorum, which a member restarted after a second
+	// voter was added to its one-member cluster gets only from that new
+	// member, whose address it learns from the node records it applied.
+	n.wg.Add(1)
+	go n.followMap()
 	if b.join {
 		// A member added joins the placement group first, which also
 		// finds its id (join), then reads the range map there.
@@ -969,15 +975,14 @@ func (n *Node) startPlacementGroup(ctx context.Context, b boot) (ranges, unsplit
 		return nil, nil, err
 	}
 	// The placement group's own upkeep: the registered members it lacks
-	// added (on its leader), this replica's role recorded once promoted,
-	// and the map followed.
+	// added (on its leader) and this replica's role recorded once
+	// promoted.
 	fill := placement.NewMembership(placement.MembershipConfig{Self: placement.NodeID(n.memberID),
 		ShardID: placementShardID, Raft: n.nh, Map: n.placement, Target: func(id placement.NodeID) string { return memberTarget(uint64(id)) },
 		PlacementVoters: n.cfg.PlacementReplicas, Log: n.log})
-	n.wg.Add(3)
+	n.wg.Add(2)
 	go n.fillPlacement(fill)
 	go n.trackPlacementRole()
-	go n.followMap()
 	n.mapApplied() // what the replica applied before the follower started
 	return ranges, unsplit, nil
 }

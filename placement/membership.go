@@ -43,9 +43,10 @@ import (
 // that no range is split while the new member is added to it.
 //
 //	Add(4)     Begin: reconfigure 4 → the map names 4's replica of r1, r2, … (learners, ids allocated: 5, 6, …)
-//	           → 4's node record (learner or not) → placement group += 4 (non-voting past PlacementVoters)
-//	           → reconfigure 4 adding (MemberAdd answers here; the placement leader resumes from the mark)
-//	           Continue: for r1, r2, …: (5 absent) every replica compacts its log, r += 5;
+//	           → 4's node record (learner or not, peer URLs) → reconfigure 4 adding (the placement
+//	           leader resumes from the mark) → placement group += 4 (non-voting past
+//	           PlacementVoters; MemberAdd answers here)
+//	           Continue: placement group += 4 (if Begin was cut short); for r1, r2, …: (5 absent) every replica compacts its log, r += 5;
 //	             the map promotes 5 (not for a learner)
 //	           → reconfigure 4 done adding
 //	Remove(4)  r1, r2, … -= 4's replica (raft, then the map) → a non-voting member votes if 4 did
@@ -173,11 +174,14 @@ var ErrAddSuperseded = errors.New("placement: the member's add is no longer the 
 
 // Add adds member (a non-voting member if learner) to the placement group
 // and to every range, and records its replica of each range in the map (a
-// voter unless it is a learner): Begin then Continue. A Continue that
-// fails ends the mark, so that a caller tries the whole Add again. Its
-// peer URLs are recorded already.
+// voter unless it is a learner): Begin then Continue. A Begin or Continue
+// that fails ends the mark, so that a caller tries the whole Add again.
+// Its peer URLs are recorded already.
 func (m *Membership) Add(ctx context.Context, member NodeID, learner bool) error {
-	if err := m.Begin(ctx, member, learner); err != nil {
+	if marked, err := m.begin(ctx, member, learner, nil); err != nil {
+		if marked {
+			m.endReconfigure(member, true)
+		}
 		return err
 	}
 	if err := m.Continue(ctx, member, learner); err != nil {
@@ -192,42 +196,59 @@ func (m *Membership) Add(ctx context.Context, member NodeID, learner bool) error
 // Begin does the part of adding member that the member list shows, and
 // that a starting member needs, without a snapshot: it marks the change
 // under way, has the map name member's replica of every range, records
-// member's node record and adds member to the placement group (a
-// non-voting member past PlacementVoters, or if learner). It then marks
-// the rest of the add under way (the mark's adding, which the placement
-// leader resumes): the walk over the ranges, Continue. A change of another
-// member under way is waited for. On an error the change is marked over.
-func (m *Membership) Begin(ctx context.Context, member NodeID, learner bool) error {
+// member's node record (with peerURLs, if any), marks the rest of the add
+// under way (the mark's adding, which the placement leader resumes,
+// Continue) and adds member to the placement group (a non-voting member
+// past PlacementVoters, or if learner). A change of another member under
+// way is waited for.
+//
+// The adding mark is written before the placement group grows: a group of
+// one voter that gains a second (one that has not started yet, as when a
+// cluster restored from one member grows again) has lost its quorum until
+// the new member runs, as etcd's has, so nothing more can be written to
+// the map then. The placement group's conf change itself commits under
+// the old configuration, so Begin answers; Continue, resumed by the
+// placement leader once the group has its quorum again, (re)does the
+// placement step first.
+//
+// On an error before the adding mark, the change is marked over; after it
+// the mark is left, and the placement leader finishes the add.
+func (m *Membership) Begin(ctx context.Context, member NodeID, learner bool, peerURLs []string) error {
+	_, err := m.begin(ctx, member, learner, peerURLs)
+	return err
+}
+
+// begin is Begin, reporting whether it left the adding mark (marked).
+func (m *Membership) begin(ctx context.Context, member NodeID, learner bool, peerURLs []string) (marked bool, err error) {
 	if err := m.mark(ctx, member, false, false); err != nil {
-		return err
+		return false, err
 	}
-	err := func() error {
+	err = func() error {
 		if err := m.nameReplicas(ctx, member, learner); err != nil {
 			return fmt.Errorf("placement: add member %x to the range map: %w", member, err)
 		}
 		// The member list shows the member once it is in the placement
 		// group, a learner as its node record says: recorded first (a
-		// member in the group already keeps its record).
+		// member in the group already keeps its record's learner flag).
 		ms, err := m.groupMembership(ctx, m.cfg.ShardID)
 		if err != nil {
 			return fmt.Errorf("placement: add member %x: %w", member, err)
 		}
 		_, voter := ms.Nodes[uint64(member)]
 		_, nonVoting := ms.NonVotings[uint64(member)]
-		if !voter && !nonVoting {
-			if err := m.recordLearner(ctx, member, learner); err != nil {
-				return fmt.Errorf("placement: add member %x: %w", member, err)
-			}
-		}
-		if err := m.addPlacement(ctx, member, learner); err != nil {
-			return fmt.Errorf("placement: add member %x to the placement group: %w", member, err)
+		if err := m.recordNode(ctx, member, learner, !voter && !nonVoting, peerURLs); err != nil {
+			return fmt.Errorf("placement: add member %x: %w", member, err)
 		}
 		return m.mark(ctx, member, true, learner)
 	}()
 	if err != nil {
 		m.endReconfigure(member, false)
+		return false, err
 	}
-	return err
+	if err := m.addPlacement(ctx, member, learner); err != nil {
+		return true, fmt.Errorf("placement: add member %x to the placement group: %w", member, err)
+	}
+	return true, nil
 }
 
 // Pending returns the add whose walk over the ranges is under way (marked
@@ -251,6 +272,13 @@ func (m *Membership) Pending(ctx context.Context) (member NodeID, learner, ok bo
 // change under way, else ErrAddSuperseded (the mark is left to the change
 // that replaced it).
 func (m *Membership) Continue(ctx context.Context, member NodeID, learner bool) error {
+	// Begin's last step, which a Begin cut short may not have taken.
+	if err := m.stillAdding(ctx, member); err != nil {
+		return err
+	}
+	if err := m.addPlacement(ctx, member, learner); err != nil {
+		return fmt.Errorf("placement: add member %x to the placement group: %w", member, err)
+	}
 	err := m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
 		if pair := pairOf(Pairs(d), uint64(member)); pair != nil && !pair.Learner {
 			return nil // a voter already, in raft and in the map
@@ -377,21 +405,33 @@ func (m *Membership) nameReplicas(ctx context.Context, member NodeID, learner bo
 	return nil
 }
 
-// recordLearner records in member's node record whether it is an etcd
-// learner, registering it if it is not, unless the record says so
-// already. (A non-voting member without a record is one of a cluster
-// founded before the records: a learner.)
-func (m *Membership) recordLearner(ctx context.Context, member NodeID, learner bool) error {
+// recordNode records member's node record: whether it is an etcd learner
+// if setLearner (registering it if it is not; a non-voting member without
+// a record is one of a cluster founded before the records: a learner), and
+// its peerURLs if any; unless the record says so already.
+func (m *Membership) recordNode(ctx context.Context, member NodeID, learner, setLearner bool, peerURLs []string) error {
+	if !setLearner && len(peerURLs) == 0 {
+		return nil
+	}
 	st, err := m.cfg.Map.State(ctx)
 	if err != nil {
 		return err
 	}
 	for _, n := range st.Nodes {
-		if n.Id == uint64(member) && n.Learner == learner {
+		if n.Id == uint64(member) && (!setLearner || n.Learner == learner) &&
+			(len(peerURLs) == 0 || slices.Equal(n.PeerUrls, peerURLs)) {
 			return nil
 		}
 	}
-	return m.cfg.Map.SetLearner(ctx, member, learner)
+	return m.cfg.Map.RecordNode(ctx, &placementpb.AddNode{Node: &placementpb.Node{Id: uint64(member), Learner: learner, PeerUrls: peerURLs},
+		Merge: true, SetLearner: setLearner})
+}
+
+// recordLearner records in member's node record whether it is an etcd
+// learner, registering it if it is not, unless the record says so
+// already.
+func (m *Membership) recordLearner(ctx context.Context, member NodeID, learner bool) error {
+	return m.recordNode(ctx, member, learner, true, nil)
 }
 
 // addPlacement adds member to the placement group: as a voter unless it is
@@ -413,19 +453,25 @@ func (m *Membership) addPlacement(ctx context.Context, member NodeID, learner bo
 
 // add adds replica id of group, on member, as a voter (promoting it, a
 // non-voting member), or as a non-voting member if learner; nothing if
-// the group has it so already.
+// the group has it so already. Each try reads the membership first: two
+// walks may add the same replica at once (Begin and the placement
+// leader's Continue), and raft refuses the second of two conf changes.
+// A replica the group removed is never added again (raft refuses it).
 func (m *Membership) add(ctx context.Context, group, id uint64, member NodeID, learner bool) error {
-	ms, err := m.groupMembership(ctx, group)
-	if err != nil {
-		return err
-	}
-	if _, ok := ms.Nodes[id]; ok {
-		return nil
-	}
-	if _, ok := ms.NonVotings[id]; ok && learner {
-		return nil
-	}
 	return m.retryRaft(ctx, func(ctx context.Context) error {
+		ms, err := m.cfg.Raft.SyncGetShardMembership(ctx, group)
+		if err != nil {
+			return err
+		}
+		if _, ok := ms.Nodes[id]; ok {
+			return nil
+		}
+		if _, ok := ms.NonVotings[id]; ok && learner {
+			return nil
+		}
+		if _, ok := ms.Removed[id]; ok {
+			return fmt.Errorf("%w: replica %d of group %d was removed", ErrAddSuperseded, id, group)
+		}
 		if learner {
 			return m.cfg.Raft.SyncRequestAddNonVoting(ctx, group, id, m.cfg.Target(member), 0)
 		}

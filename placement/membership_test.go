@@ -44,6 +44,13 @@ type fakeCluster struct {
 	giveUp    map[RangeID]bool
 	cancel    context.CancelFunc
 	log       []string
+	// quorum, if set, has the placement group (and the range map, its
+	// state machine: mapRaft) answer nothing while fewer than a quorum of
+	// its voters are started: the founders, and the members started
+	// since (start).
+	quorum  bool
+	started map[uint64]bool
+	mapRaft *fakeRaft
 }
 
 type fakeGroup struct{ voters, learners map[uint64]bool }
@@ -56,7 +63,35 @@ type fakeFault struct {
 }
 
 func newFakeCluster() *fakeCluster {
-	return &fakeCluster{groups: map[uint64]*fakeGroup{}, splitting: map[RangeID]int{}, giveUp: map[RangeID]bool{}}
+	return &fakeCluster{groups: map[uint64]*fakeGroup{}, splitting: map[RangeID]int{}, giveUp: map[RangeID]bool{},
+		started: map[uint64]bool{}}
+}
+
+// hasQuorum reports whether the placement group has a quorum of started
+// voters, always unless c.quorum (REQUIRES: c.mu).
+func (c *fakeCluster) hasQuorum() bool {
+	g := c.groups[fakeShardID]
+	if !c.quorum || g == nil {
+		return true
+	}
+	n := 0
+	for id := range g.voters {
+		if c.started[id] {
+			n++
+		}
+	}
+	return n >= len(g.voters)/2+1
+}
+
+// checkQuorum has the range map answer nothing while the placement group
+// lacks its quorum (REQUIRES: c.mu).
+func (c *fakeCluster) checkQuorum() {
+	if !c.quorum {
+		return
+	}
+	c.mapRaft.mu.Lock()
+	c.mapRaft.noLeader = !c.hasQuorum()
+	c.mapRaft.mu.Unlock()
 }
 
 func groupName(g uint64) string {
@@ -100,6 +135,9 @@ func (c *fakeCluster) SyncGetShardMembership(_ context.Context, shardID uint64) 
 	if err := c.try("membership", shardID, "membership "+groupName(shardID), true); err != nil {
 		return nil, err
 	}
+	if shardID == fakeShardID && !c.hasQuorum() {
+		return nil, dragonboat.ErrTimeout // a ReadIndex without a quorum
+	}
 	ms := &dragonboat.Membership{Nodes: map[uint64]string{}, NonVotings: map[uint64]string{}}
 	for id := range g.voters {
 		ms.Nodes[id] = fmt.Sprintf("t%d", id)
@@ -122,6 +160,7 @@ func (c *fakeCluster) SyncRequestAddReplica(_ context.Context, shardID, replicaI
 	}
 	delete(g.learners, replicaID)
 	g.voters[replicaID] = true
+	c.checkQuorum()
 	return nil
 }
 
@@ -151,6 +190,7 @@ func (c *fakeCluster) SyncRequestDeleteReplica(_ context.Context, shardID, repli
 	}
 	delete(g.voters, replicaID)
 	delete(g.learners, replicaID)
+	c.checkQuorum()
 	return nil
 }
 
@@ -264,12 +304,16 @@ func (l loggedRaft) SyncPropose(ctx context.Context, s *dbclient.Session, cmd []
 // ranges, over fakes (fakeCluster) and a range map around a real
 // StateMachine. Commands:
 //
-//	cluster members=1,2,3 [split=a,b] [placement-voters=P]
+//	cluster members=1,2,3 [split=a,b] [placement-voters=P] [quorum]
 //	                                    every group (the placement group, each range) with
 //	                                    members as voters, and the range map; with P, the
 //	                                    placement group's voters are the first P members
 //	                                    (the others registered in the map only), and the
-//	                                    Membership votes at most P members there
+//	                                    Membership votes at most P members there; with
+//	                                    quorum, the placement group and the map answer
+//	                                    nothing while fewer than a quorum of its voters
+//	                                    are started (the founders are)
+//	start member=M                      member M runs (with quorum)
 //	fill                                FillPlacement
 //	split range=N gen=G key=K           a split recorded in the map; the new range's group
 //	                                    has the map's replicas of the range split
@@ -292,6 +336,7 @@ func TestMembership(t *testing.T) {
 	datadriven.Walk(t, "testdata/members", func(t *testing.T, path string) {
 		c := newFakeCluster()
 		mapRaft := newFakeRaft()
+		c.mapRaft = mapRaft
 		cfg := MembershipConfig{
 			Self: 1, ShardID: fakeShardID,
 			Raft:   c,
@@ -336,6 +381,10 @@ func TestMembership(t *testing.T) {
 				mapRaft.mu.Unlock()
 				c.mu.Lock()
 				defer c.mu.Unlock()
+				c.quorum = d.HasArg("quorum")
+				for _, id := range list {
+					c.started[id] = true
+				}
 				c.groups[fakeShardID] = newGroup(placementVoters)
 				for r := range len(b.SplitKeys) + 1 {
 					c.groups[uint64(r+1)] = newGroup(list)
@@ -373,6 +422,12 @@ func TestMembership(t *testing.T) {
 					delete(g.voters, num("remove"))
 					delete(g.learners, num("remove"))
 				}
+				return ""
+			case "start":
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				c.started[num("member")] = true
+				c.checkQuorum()
 				return ""
 			case "splitting":
 				c.mu.Lock()
@@ -455,7 +510,7 @@ func TestMembership(t *testing.T) {
 			case "add":
 				err = m.Add(ctx, member, d.HasArg("learner"))
 			case "begin":
-				err = m.Begin(ctx, member, d.HasArg("learner"))
+				err = m.Begin(ctx, member, d.HasArg("learner"), nil)
 			case "continue":
 				err = m.Continue(ctx, member, d.HasArg("learner"))
 			case "pending":

@@ -1,7 +1,9 @@
 package router
 
 import (
+	"cmp"
 	"context"
+	"slices"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -53,7 +55,7 @@ func (c *clusterServer) MemberAdd(ctx context.Context, r *pb.MemberAddRequest) (
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberAddResponse{Header: &pb.ResponseHeader{}, Member: m, Members: c.s.members()}
+	resp := &pb.MemberAddResponse{Header: &pb.ResponseHeader{}, Member: m, Members: c.s.membersWith(m)}
 	c.s.fill(resp.Header)
 	return resp, nil
 }
@@ -111,6 +113,24 @@ func (s *Server) maxLearners() int {
 		return 0
 	}
 	return s.cfg.MaxLearners
+}
+
+// membersWith lists the members after m was added: this member's view
+// (as etcd answers from its applied membership), with m as added. Not
+// linearizably: a second voter added to a one-member cluster leaves it
+// without a quorum until that member runs, so a linearizable read would
+// outlast the client's deadline.
+func (s *Server) membersWith(m *pb.Member) []*pb.Member {
+	ms, _ := s.cfg.Node.Members(false)
+	out := make([]*pb.Member, 0, len(ms)+1)
+	for _, o := range ms {
+		if o.ID != m.ID {
+			out = append(out, o)
+		}
+	}
+	out = append(out, m)
+	slices.SortFunc(out, func(a, b *pb.Member) int { return cmp.Compare(a.ID, b.ID) })
+	return out
 }
 
 // members lists the members after a change, linearizably if it can: the

@@ -28,13 +28,13 @@ import (
 // that replica names another leader or none (polled every Retry): a
 // leader cut off from the others would hold the trip until it noticed its
 // deposition, or until TripTimeout, while the others have already elected
-// its successor (issue 27). Abandoning a trip is safe: the old leader
-// hands out a revision only after confirming, by a read index, that it
-// still leads (Allocator), so whatever it answers late either never
-// reaches anyone (the answer is dropped) or was taken before its
-// successor, which starts above every window a predecessor persisted,
-// was elected; revisions the old leader took and nobody used are a gap,
-// which revisions may have.
+// its successor (issue 27). Abandoning a trip is safe, as it only drops
+// the answer: the old leader hands out revisions only once a read index
+// after taking them confirmed it still led (Allocator), and its successor
+// starts above every bound a predecessor persisted, so the callers, asking
+// the successor, get revisions above any the old leader took, and its late
+// answer, if any, reaches nobody. What it took for nobody is a gap, which
+// revisions may have.
 type OracleClient struct {
 	cfg OracleClientConfig
 
@@ -182,8 +182,8 @@ func (c *OracleClient) folded(ctx context.Context, n int64, above mvcc.Revision)
 	}
 }
 
-// roundTrips serves the waiting requests, a round trip per gathering to
-// the leader known when it starts, until none waits.
+// roundTrips serves the waiting requests, a round trip per gathering
+// (each to the leader known as it starts), until none waits.
 func (c *OracleClient) roundTrips() {
 	for {
 		c.mu.Lock()

@@ -33,6 +33,16 @@ var ErrNotLeader = errors.New("placement: not the placement group's leader")
 // leader that has not noticed can still take from its old window, but its
 // check fails, so a revision it took is never handed out once a successor
 // (which starts above every old window) may have served someone.
+//
+// A round gives up, answering ErrNotLeader, as soon as its replica no
+// longer leads in the term the round began in (dragonboat's GetLeaderID,
+// polled every leaderPoll): a leader cut off from the others is deposed
+// by check quorum after an election timeout, and its read index would
+// otherwise hold the round, and every caller folded into it, for the
+// round's whole timeout (issue 27). Giving up early hands out nothing, so
+// it cannot weaken the argument above: a round answers only after its
+// check succeeded, and an abandoned round's taken revisions are simply
+// never used (revisions need not be dense).
 type Allocator struct {
 	nh        *dragonboat.NodeHost
 	shardID   uint64
@@ -129,6 +139,44 @@ var errAllocatorClosed = errors.New("placement: allocator closed")
 // roundTimeout bounds one round's raft work.
 const roundTimeout = 5 * time.Second
 
+// leaderPoll is how often a round waiting on raft checks that its replica
+// still leads (whileLeading); GetLeaderID reads memory only.
+const leaderPoll = 10 * time.Millisecond
+
+// whileLeading returns a ctx under parent that ends, its cause
+// ErrNotLeader, once leads (asked every poll) reports false, and a stop
+// function that ends it and waits for its watcher.
+func whileLeading(parent context.Context, poll time.Duration, leads func() bool) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(poll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if !leads() {
+					cancel(ErrNotLeader)
+					return
+				}
+			}
+		}
+	}()
+	return ctx, func() { cancel(nil); <-done }
+}
+
+// deposed wraps err, from work under a ctx of whileLeading, as
+// ErrNotLeader if the ctx ended because the leader changed.
+func deposed(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), ErrNotLeader) {
+		return fmt.Errorf("%w: the placement group's leader changed (%v)", ErrNotLeader, err)
+	}
+	return err
+}
+
 func (a *Allocator) run() {
 	defer a.wg.Done()
 	var (
@@ -191,10 +239,17 @@ func (a *Allocator) round(oracle **Oracle, term *uint64, n int64, above mvcc.Rev
 		*oracle = nil
 		return 0, ErrNotLeader
 	}
+	// The round's raft work ends once this replica no longer leads in
+	// term t (see the type's comment: safe, as it hands out nothing).
+	ctx, stopWatch := whileLeading(ctx, leaderPoll, func() bool {
+		l, t2, ok, _ := a.nh.GetLeaderID(a.shardID)
+		return ok && l == a.replicaID && t2 == t
+	})
+	defer stopWatch()
 	if *oracle == nil || *term != t {
 		v, err := a.nh.SyncRead(ctx, a.shardID, BoundQuery{})
 		if err != nil {
-			return 0, fmt.Errorf("placement: read the oracle's bound: %w", err)
+			return 0, deposed(ctx, fmt.Errorf("placement: read the oracle's bound: %w", err))
 		}
 		*oracle, *term = NewOracle(v.(mvcc.Revision), a.window), t
 	}
@@ -206,7 +261,7 @@ func (a *Allocator) round(oracle **Oracle, term *uint64, n int64, above mvcc.Rev
 		first := o.Next()
 		if _, err := a.nh.SyncRead(ctx, a.shardID, BoundQuery{}); err != nil {
 			*oracle = nil
-			return 0, fmt.Errorf("placement: confirm leadership: %w", err)
+			return 0, deposed(ctx, fmt.Errorf("placement: confirm leadership: %w", err))
 		}
 		if leader, t2, ok, _ := a.nh.GetLeaderID(a.shardID); !ok || leader != a.replicaID || t2 != t {
 			*oracle = nil
@@ -218,7 +273,7 @@ func (a *Allocator) round(oracle **Oracle, term *uint64, n int64, above mvcc.Rev
 		bound, err := a.raiseBound(ctx, want)
 		if err != nil {
 			*oracle = nil // the next round reads the bound again
-			return 0, err
+			return 0, deposed(ctx, err)
 		}
 		o.Persisted(bound)
 	}
@@ -230,7 +285,7 @@ func (a *Allocator) round(oracle **Oracle, term *uint64, n int64, above mvcc.Rev
 	// Still the leader after the take (see the type's comment).
 	if _, err := a.nh.SyncRead(ctx, a.shardID, BoundQuery{}); err != nil {
 		*oracle = nil
-		return 0, fmt.Errorf("placement: confirm leadership: %w", err)
+		return 0, deposed(ctx, fmt.Errorf("placement: confirm leadership: %w", err))
 	}
 	if leader, t2, ok, _ := a.nh.GetLeaderID(a.shardID); !ok || leader != a.replicaID || t2 != t {
 		*oracle = nil

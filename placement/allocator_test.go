@@ -274,3 +274,39 @@ func TestAllocatorCurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestAllocatorDeposedRefuses (issue 27): a leader cut off from the others
+// (here: they stop) answers ErrNotLeader — callers then ask the new leader
+// — once check quorum deposes it, also to requests whose round was already
+// waiting on its read index; it never hands out a revision without its
+// quorum. Before, such a round waited out its 5 s timeout, past the
+// callers' 3 s deadline here.
+func TestAllocatorDeposedRefuses(t *testing.T) {
+	g := startGroup(t, 3, 1000)
+	g.take(t, 1)
+	l := g.leader(t)
+	var stops sync.WaitGroup
+	for i := range g.nhs {
+		if i != l {
+			stops.Go(func() { g.stop(i) })
+		}
+	}
+	// Rounds asked while the followers go, and after: each is refused, by
+	// a replica that knows it no longer leads or that stops leading while
+	// its round waits; none is answered, none waits out its round.
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err := g.allocs[l].Revisions(ctx, 1)
+		cancel()
+		if err == nil {
+			continue // answered before the followers were gone
+		}
+		if !errors.Is(err, ErrNotLeader) {
+			t.Fatalf("the cut-off leader's allocator: %v, want ErrNotLeader", err)
+		}
+		if _, _, ok, _ := g.nhs[l].GetLeaderID(testShard); !ok {
+			break // deposed, and it said so
+		}
+	}
+	stops.Wait()
+}

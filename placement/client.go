@@ -22,6 +22,19 @@ import (
 //
 // It owns no goroutine while idle: a request that finds no trip under way
 // starts one, which runs until nobody waits. Safe for concurrent use.
+//
+// A trip goes to the leader this member's placement replica names when it
+// starts, and is abandoned — its callers ask again, at once — as soon as
+// that replica names another leader or none (polled every Retry): a
+// leader cut off from the others would hold the trip until it noticed its
+// deposition, or until TripTimeout, while the others have already elected
+// its successor (issue 27). Abandoning a trip is safe, as it only drops
+// the answer: the old leader hands out revisions only once a read index
+// after taking them confirmed it still led (Allocator), and its successor
+// starts above every bound a predecessor persisted, so the callers, asking
+// the successor, get revisions above any the old leader took, and its late
+// answer, if any, reaches nobody. What it took for nobody is a gap, which
+// revisions may have.
 type OracleClient struct {
 	cfg OracleClientConfig
 
@@ -45,8 +58,9 @@ type OracleClientConfig struct {
 	// Remote asks the leader's member for n revisions above above: one
 	// round trip. It answers ErrNotLeader if that member no longer leads.
 	Remote func(ctx context.Context, leader uint64, n int64, above mvcc.Revision) (mvcc.Revision, error)
-	// Retry is the wait between tries while leadership moves; 0 means
-	// 10ms.
+	// Retry is the wait between tries while leadership moves, and how
+	// often a round trip checks that Leader still names the member it
+	// went to; 0 means 10ms.
 	Retry time.Duration
 	// TripTimeout bounds one round trip; 0 means 5s.
 	TripTimeout time.Duration
@@ -108,7 +122,7 @@ func (c *OracleClient) RevisionsAbove(ctx context.Context, n int64, above mvcc.R
 			return first, err
 		}
 		if leader, ok := c.cfg.Leader(); ok && leader != c.cfg.Self {
-			first, err := c.folded(ctx, leader, n, above)
+			first, err := c.folded(ctx, n, above)
 			if err == nil {
 				c.allocated(n, nil)
 				return first, nil
@@ -149,15 +163,15 @@ func (c *OracleClient) allocated(n int64, err error) {
 // RoundTrips counts the round trips made to other members.
 func (c *OracleClient) RoundTrips() int64 { return c.trips.Load() }
 
-// folded asks leader's member for n revisions together with the other
-// requests waiting meanwhile.
-func (c *OracleClient) folded(ctx context.Context, leader uint64, n int64, above mvcc.Revision) (mvcc.Revision, error) {
+// folded asks the leader's member for n revisions together with the
+// other requests waiting meanwhile.
+func (c *OracleClient) folded(ctx context.Context, n int64, above mvcc.Revision) (mvcc.Revision, error) {
 	w := &oracleWait{n: n, above: above, done: make(chan oracleAnswer, 1)}
 	c.mu.Lock()
 	c.waiting = append(c.waiting, w)
 	if !c.busy {
 		c.busy = true
-		go c.roundTrips(leader)
+		go c.roundTrips()
 	}
 	c.mu.Unlock()
 	select {
@@ -168,9 +182,9 @@ func (c *OracleClient) folded(ctx context.Context, leader uint64, n int64, above
 	}
 }
 
-// roundTrips serves the waiting requests, a round trip per gathering,
-// until none waits.
-func (c *OracleClient) roundTrips(leader uint64) {
+// roundTrips serves the waiting requests, a round trip per gathering
+// (each to the leader known as it starts), until none waits.
+func (c *OracleClient) roundTrips() {
 	for {
 		c.mu.Lock()
 		batch := c.waiting
@@ -189,17 +203,39 @@ func (c *OracleClient) roundTrips(leader uint64) {
 			total += w.n
 			above = max(above, w.above)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.TripTimeout)
-		c.trips.Add(1)
-		start := time.Now()
-		first, err := c.cfg.Remote(ctx, leader, total, above)
-		cancel()
-		if c.cfg.Observer != nil {
-			c.cfg.Observer.RoundTrip(time.Since(start), total, err)
-		}
+		first, err := c.trip(total, above)
 		for _, w := range batch {
 			w.done <- oracleAnswer{first: first, err: err}
 			first += mvcc.Revision(w.n)
 		}
 	}
+}
+
+// trip asks the leader's member for n revisions above above: one round
+// trip, abandoned with ErrNotLeader once this member's placement replica
+// names another leader or none (see the type's comment), or after
+// TripTimeout.
+func (c *OracleClient) trip(n int64, above mvcc.Revision) (mvcc.Revision, error) {
+	leader, ok := c.cfg.Leader()
+	if !ok || leader == c.cfg.Self {
+		// Moved since the callers looked: they ask again.
+		return 0, fmt.Errorf("%w: the placement group's leader moved", ErrNotLeader)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.TripTimeout)
+	defer cancel()
+	ctx, stopWatch := whileLeading(ctx, c.cfg.Retry, func() bool {
+		l, ok := c.cfg.Leader()
+		return ok && l == leader
+	})
+	defer stopWatch()
+	c.trips.Add(1)
+	start := time.Now()
+	first, err := c.cfg.Remote(ctx, leader, n, above)
+	if err != nil {
+		err = deposed(ctx, err)
+	}
+	if c.cfg.Observer != nil {
+		c.cfg.Observer.RoundTrip(time.Since(start), n, err)
+	}
+	return first, err
 }

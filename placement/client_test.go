@@ -224,3 +224,75 @@ func TestOracleClientCurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestOracleClientLeaderCutOff (issue 27): a round trip to a leader that
+// never answers (cut off from the others, it has not yet noticed it was
+// deposed) is abandoned as soon as this member's placement replica names
+// a new leader, and the requests waiting on it — the one in the trip and
+// those folded behind it — are asked of the new leader at once, not after
+// the trip timeout (here far beyond the callers' deadline).
+func TestOracleClientLeaderCutOff(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		leader  uint64 = 2
+		next           = mvcc.Revision(100)
+		stalled        = make(chan struct{}, 1) // a trip reached the cut-off leader
+	)
+	c := NewOracleClient(OracleClientConfig{
+		Self:  1,
+		Local: &fakeOracle{},
+		Leader: func() (uint64, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			return leader, true
+		},
+		Remote: func(ctx context.Context, to uint64, n int64, above mvcc.Revision) (mvcc.Revision, error) {
+			if to == 2 {
+				select {
+				case stalled <- struct{}{}:
+				default:
+				}
+				<-ctx.Done() // cut off: no answer, ever
+				return 0, ctx.Err()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			next = max(next, above+1)
+			first := next
+			next += mvcc.Revision(n)
+			return first, nil
+		},
+		Retry:       time.Millisecond,
+		TripTimeout: time.Hour,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type answer struct {
+		first mvcc.Revision
+		err   error
+	}
+	answers := make(chan answer, 3)
+	ask := func(n int64) {
+		go func() {
+			first, err := c.Revisions(ctx, n)
+			answers <- answer{first, err}
+		}()
+	}
+	ask(1)
+	<-stalled
+	ask(2)
+	ask(3)
+	waitFor(t, func() bool { c.mu.Lock(); defer c.mu.Unlock(); return len(c.waiting) == 2 })
+	mu.Lock()
+	leader = 3 // this member's replica learns of the election
+	mu.Unlock()
+	for range 3 {
+		a := <-answers
+		if a.err != nil {
+			t.Fatalf("a request caught by the cut-off leader: %v, want revisions from the new one", a.err)
+		}
+		if a.first < 100 {
+			t.Fatalf("answered %d, not from the new leader", a.first)
+		}
+	}
+}

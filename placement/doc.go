@@ -44,15 +44,17 @@
 // at most one bound raised through raft, per round), starts a new term's
 // oracle above the bound it reads linearizably, and confirms leadership
 // after each take so that revisions also increase in real time across
-// leader changes.
+// leader changes. A round ends with ErrNotLeader as soon as its replica
+// stops leading, not at its timeout.
 //
 // A member reaches the group through two clients:
 //
 //   - OracleClient (client.go) hands out revisions: from the member's own
 //     Allocator while its replica leads, otherwise from the leader's
 //     member, folding the requests that wait meanwhile into one round
-//     trip. Its OracleObserver (nil: none) hears of each round trip and
-//     the revisions handed out, for the node's metrics.
+//     trip, abandoned for the new leader as soon as the member's replica
+//     names one. Its OracleObserver (nil: none) hears of each round trip
+//     and the revisions handed out, for the node's metrics.
 //   - Client (mapclient.go) reads the state linearizably and proposes the
 //     range map's commands over Raft, a small interface the member's
 //     NodeHost satisfies: Bootstrap (once, by the founders; a restored
@@ -82,8 +84,9 @@
 // goroutines nor reads the clock: the owner serializes them.
 // StateMachine's own lock lets Lookup run beside Update. Allocator owns
 // one goroutine, which Close stops; OracleClient starts one only while
-// round trips are under way; Client and Membership start none and keep no
-// state. The four are safe for concurrent use.
+// round trips are under way; each round and round trip watches the leader
+// with one more for its length; Client and Membership start none and keep
+// no state. The four are safe for concurrent use.
 //
 // # Non-goals (yet)
 //

@@ -26,9 +26,9 @@ import (
 // "request timed out, possibly due to previous leader failure" — not "no
 // leader", which clients do not retry, nor a plain timeout.
 //
-// The range's leader is kept off the placement group's leader: cut off,
-// that one stalls the oracle's revisions (placement's own failover, not
-// this test's subject) for its round timeout.
+// The range's leader is kept off the placement group's leader, so that
+// only the range fails over here (the placement group's own failover is
+// TestFailoverPlacementLeader's).
 func TestFailoverOutsider(t *testing.T) {
 	t.Parallel() // waits out a request timeout
 	cl := nodetest.Start(t, 4, nodetest.Sharded("m"), nodetest.RangeReplicas(3), nodetest.Partitionable())

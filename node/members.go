@@ -404,14 +404,44 @@ func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) e
 // oracle, so it goes first, while every member still reaches every leader;
 // the placement group's leadership was moved off id before (UpdateMember),
 // so its record commits without id.
+//
+// Both writes set the same value again if repeated, so each is tried in
+// attempts of a few election timeouts (retryIdempotent): a proposal
+// forwarded to a leader that can no longer be reached (the moved member,
+// when the hand-over did not happen in time) is never answered, and the
+// next attempt goes to the leader elected since.
 func (n *Node) recordPeers(ctx context.Context, id uint64, peerURLs []string) error {
-	if err := n.recordRange1Peers(ctx, id, peerURLs); err != nil {
+	if err := n.retryIdempotent(ctx, "range 1's peer record", func(ctx context.Context) error {
+		return n.recordRange1Peers(ctx, id, peerURLs)
+	}); err != nil {
 		return err
 	}
 	if n.cfg.Sharded {
-		return n.placement.RecordNode(ctx, &placementpb.AddNode{Node: &placementpb.Node{Id: id, PeerUrls: peerURLs}, Merge: true})
+		return n.retryIdempotent(ctx, "the node record", func(ctx context.Context) error {
+			return n.placement.RecordNode(ctx, &placementpb.AddNode{Node: &placementpb.Node{Id: id, PeerUrls: peerURLs}, Merge: true})
+		})
 	}
 	return nil
+}
+
+// retryIdempotent runs write, which must change nothing more when
+// repeated, in attempts of three election timeouts until it succeeds or
+// ctx ends, and returns its last error.
+func (n *Node) retryIdempotent(ctx context.Context, what string, write func(context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, 3*n.cfg.ElectionTimeout)
+		err := write(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		n.log.Info("a write failed; trying again", "write", what, "error", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(n.cfg.HeartbeatInterval):
+		}
+	}
 }
 
 // recordRange1Peers records member id's peer URLs in range 1's records

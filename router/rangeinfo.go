@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -165,15 +164,24 @@ func replicaSet(d *placementpb.RangeDescriptor) []ReplicaInfo {
 	return out
 }
 
-// serveRanges answers GET /cairn/ranges with the range map as JSON.
-func (s *Server) serveRanges(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(s.Ranges())
+// serveRanges answers GET /cairn/ranges with the range map as JSON: all
+// of it, or with the query parameters limit, start and sort a page of it
+// and a summary (ServeRanges).
+func (s *Server) serveRanges(w http.ResponseWriter, r *http.Request) {
+	ServeRanges(w, r, s.Ranges)
 }
+
+// rangeMapDrawn is how many ranges the range map page draws unless its
+// limit parameter says otherwise: one box and one row each, so a map of
+// many thousand ranges stays a page a browser shows.
+const rangeMapDrawn = 1000
 
 // rangeMapPage draws the range map (GET /cairn/ranges.html): the key space
 // as a bar cut into the ranges, each as wide as its share of the keys (at
-// least a sliver), coloured by its leader, with a table below.
+// least a sliver), coloured by its leader, with a table below; the
+// summary of the whole map on top. It draws the first rangeMapDrawn
+// ranges in key order, or the page its query parameters (as
+// /cairn/ranges's) ask for, and says how many it left out.
 var rangeMapPage = template.Must(template.New("ranges").Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>Cairn range map</title>
 <style>
@@ -183,10 +191,12 @@ body{font-family:sans-serif;margin:2em}
 table{border-collapse:collapse;margin-top:1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
 </style></head><body>
 <h1>Range map</h1>
-<p>{{len .}} ranges, as this member sees them; width: share of the keys, colour: leader.</p>
-<div class="bar">{{range .}}<div class="r" style="flex:{{.Weight}};background:{{.Colour}}" title="range {{.ID}} [{{.Start}}, {{.End}})">{{.ID}}</div>{{end}}</div>
+<p class="summary">{{.Summary}}</p>
+<p>{{len .Boxes}} ranges drawn, as this member sees them; width: share of the keys, colour: leader.</p>
+{{if .More}}<p class="more">… {{.More}} more ranges not drawn (?limit=0 draws all, ?start=KEY from the range holding KEY).</p>
+{{end}}<div class="bar">{{range .Boxes}}<div class="r" style="flex:{{.Weight}};background:{{.Colour}}" title="range {{.ID}} [{{.Start}}, {{.End}})">{{.ID}}</div>{{end}}</div>
 <table><tr><th>range</th><th>start</th><th>end</th><th>gen</th><th>leader</th><th>keys</th><th>revision</th><th>closed</th><th>writes</th><th>watchers</th></tr>
-{{range .}}<tr><td>{{.ID}}</td><td>{{.Start}}</td><td>{{.End}}</td><td>{{.Generation}}</td><td style="color:{{.Colour}}">{{.Leader}}</td><td>{{.Keys}}</td><td>{{.Revision}}</td><td>{{.Closed}}</td><td>{{.Writes}}</td><td>{{.Watchers}}</td></tr>
+{{range .Boxes}}<tr><td>{{.ID}}</td><td>{{.Start}}</td><td>{{.End}}</td><td>{{.Generation}}</td><td style="color:{{.Colour}}">{{.Leader}}</td><td>{{.Keys}}</td><td>{{.Revision}}</td><td>{{.Closed}}</td><td>{{.Writes}}</td><td>{{.Watchers}}</td></tr>
 {{end}}</table></body></html>
 `))
 
@@ -198,8 +208,17 @@ type rangeBox struct {
 }
 
 // serveRangeMap answers GET /cairn/ranges.html with the range map drawn.
-func (s *Server) serveRangeMap(w http.ResponseWriter, _ *http.Request) {
-	infos := s.Ranges()
+func (s *Server) serveRangeMap(w http.ResponseWriter, req *http.Request) {
+	q, _, err := ParseRangeQuery(req.URL.Query())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !req.URL.Query().Has("limit") {
+		q.Limit = rangeMapDrawn
+	}
+	page := PageRanges(s.Ranges(), q)
+	infos := page.Ranges
 	var total int64
 	for _, r := range infos {
 		total += r.Keys
@@ -225,5 +244,9 @@ func (s *Server) serveRangeMap(w http.ResponseWriter, _ *http.Request) {
 		boxes[i] = b
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = rangeMapPage.Execute(w, boxes)
+	_ = rangeMapPage.Execute(w, struct {
+		Summary RangeSummary
+		Boxes   []rangeBox
+		More    int
+	}{page.Summary, boxes, page.More})
 }

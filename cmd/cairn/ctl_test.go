@@ -50,9 +50,10 @@ func TestCtlFlags(t *testing.T) {
 	host := strings.TrimPrefix(srv.URL, "http://")
 	dead := deadEndpoint(t)
 
-	const simple = "1, \"\", \"m\", 1, ab, ab, 4, 7, 9, 3, 2\n" +
+	const summary = "2 ranges, 4 keys, 1 without a leader; leaders: ab 1\n"
+	const simple = summary + "1, \"\", \"m\", 1, ab, ab, 4, 7, 9, 3, 2\n" +
 		"12, \"m\", ∞, 2, none, ab,cd, 0, 0, 0, 0, 0\n"
-	const table = "" +
+	const table = summary +
 		"+-------+-------+-----+-----+--------+----------+------+----------+--------+--------+----------+\n" +
 		"| RANGE | START | END | GEN | LEADER | REPLICAS | KEYS | REVISION | CLOSED | WRITES | WATCHERS |\n" +
 		"+-------+-------+-----+-----+--------+----------+------+----------+--------+--------+----------+\n" +

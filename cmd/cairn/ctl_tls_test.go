@@ -95,7 +95,7 @@ func TestCtlTLSAuth(t *testing.T) {
 	if err := rangesCommand(nil, env, &out); err != nil {
 		t.Fatalf("ranges with ETCDCTL_*: %v", err)
 	}
-	if lines := strings.Count(out.String(), "\n"); lines != 3 {
+	if lines := strings.Count(out.String(), "\n"); lines != 4 { // the summary, then a line per range
 		t.Fatalf("ranges after two splits: %d lines\n%s", lines, out.String())
 	}
 

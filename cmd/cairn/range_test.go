@@ -43,7 +43,8 @@ func TestRangeSplitCommand(t *testing.T) {
 	if err := rangesCommand([]string{"--endpoint", ep}, nil, &out); err != nil {
 		t.Fatal(err)
 	}
-	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[2], "3, ") {
+	// The summary, then a line per range.
+	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 4 || !strings.HasPrefix(lines[0], "3 ranges, ") || !strings.HasPrefix(lines[3], "3, ") {
 		t.Fatalf("ranges after the split:\n%s", out.String())
 	}
 	for _, tc := range []struct {

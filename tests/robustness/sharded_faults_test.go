@@ -50,13 +50,15 @@ var shardedFaults = []fault{
 		if err != nil {
 			return err
 		}
+		c.t.Logf("kill -9 of the placement leader %s", p.name)
 		return killRestart(ctx, p)
 	}},
 	{name: "partition-range-leader", sizes: []int{3, 4}, sharded: true, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, r *rand.Rand) error {
-		p, l, err := c.rangeLeaderApart(ctx, r)
+		p, l, rangeID, err := c.rangeLeaderApart(ctx, r)
 		if err != nil {
 			return err
 		}
+		c.t.Logf("cut %s, leader of range %d, from %s, the placement leader", l.name, rangeID, p.name)
 		c.cut(p, l)
 		hold(ctx, 2*time.Second)
 		c.heal()
@@ -245,10 +247,12 @@ func splitDuringTraffic(ctx context.Context, c *cluster, r *rand.Rand) error {
 				if len(resp.Ranges) != 2 || string(resp.Ranges[1].Start) != key {
 					return fmt.Errorf("split at %q through %s made %v", key, m.name, resp.Ranges)
 				}
+				c.t.Logf("split range %d at %q through %s: ranges %d and %d", resp.Ranges[0].Id, key, m.name, resp.Ranges[0].Id, resp.Ranges[1].Id)
 				return nil
 			}
 			// A first try that applied but answered too late.
 			if try > 0 && strings.Contains(err.Error(), "already starts at") {
+				c.t.Logf("split at %q: a try cut short applied (%v)", key, errors.Join(errs...))
 				return nil
 			}
 			errs = append(errs, fmt.Errorf("%s: %w", m.name, err))
@@ -289,7 +293,7 @@ func moveDuringTraffic(ctx context.Context, c *cluster, r *rand.Rand) error {
 			// a replica of it.
 			var cands []rangeInfo
 			for _, ri := range ranges {
-				if ri.Leader != 0 && len(ri.holders()) < len(c.members) {
+				if ids[ri.Leader] != nil && len(ri.holders()) < len(c.members) {
 					cands = append(cands, ri)
 				}
 			}
@@ -308,6 +312,7 @@ func moveDuringTraffic(ctx context.Context, c *cluster, r *rand.Rand) error {
 			// A later try: a move that went through ends the fault.
 			for _, ri := range ranges {
 				if ri.ID == rangeID && slices.Contains(ri.holders(), to) && !slices.Contains(ri.holders(), from) {
+					c.t.Logf("moved range %d from %s to %s by a try cut short (%v)", rangeID, ids[from].name, ids[to].name, errors.Join(errs...))
 					return nil
 				}
 			}
@@ -319,6 +324,7 @@ func moveDuringTraffic(ctx context.Context, c *cluster, r *rand.Rand) error {
 				return err
 			})
 			if err == nil {
+				c.t.Logf("moved range %d from %s (its leader) to %s through %s", rangeID, ids[from].name, ids[to].name, m.name)
 				return nil
 			}
 			errs = append(errs, fmt.Errorf("move range %d %x → %x through %s: %w", rangeID, from, to, m.name, err))
@@ -335,10 +341,10 @@ func moveDuringTraffic(ctx context.Context, c *cluster, r *rand.Rand) error {
 // member leading a range, as the placement leader's /cairn/ranges says.
 // If the placement leader leads every range, a range holding both moves
 // its leadership first (TransferRangeLeader) to another of its members.
-func (c *cluster) rangeLeaderApart(ctx context.Context, r *rand.Rand) (placementLeader, rangeLeader *member, _ error) {
+func (c *cluster) rangeLeaderApart(ctx context.Context, r *rand.Rand) (placementLeader, rangeLeader *member, rangeID uint64, _ error) {
 	ids, err := c.memberIDs(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -346,7 +352,7 @@ func (c *cluster) rangeLeaderApart(ctx context.Context, r *rand.Rand) (placement
 	for {
 		p, err := c.placementLeader(wctx)
 		if err != nil {
-			return nil, nil, errors.Join(append(errs, err)...)
+			return nil, nil, 0, errors.Join(append(errs, err)...)
 		}
 		pid := idOf(ids, p)
 		ranges, err := p.ranges(wctx)
@@ -362,7 +368,8 @@ func (c *cluster) rangeLeaderApart(ctx context.Context, r *rand.Rand) (placement
 				}
 			}
 			if len(apart) > 0 {
-				return p, ids[apart[r.Intn(len(apart))].Leader], nil
+				ri := apart[r.Intn(len(apart))]
+				return p, ids[ri.Leader], ri.ID, nil
 			}
 			if len(led) > 0 {
 				ri := led[r.Intn(len(led))]
@@ -373,6 +380,7 @@ func (c *cluster) rangeLeaderApart(ctx context.Context, r *rand.Rand) (placement
 					}
 				}
 				to := others[r.Intn(len(others))]
+				c.t.Logf("the placement leader %s leads every range: range %d's leadership goes to %s", p.name, ri.ID, ids[to].name)
 				err = p.operator(wctx, 5*time.Second, func(ctx context.Context, nc internalpb.NodeClient) error {
 					_, err := nc.TransferRangeLeader(ctx, &internalpb.TransferRangeLeaderRequest{Range: ri.ID, Member: to})
 					return err
@@ -384,7 +392,7 @@ func (c *cluster) rangeLeaderApart(ctx context.Context, r *rand.Rand) (placement
 		}
 		select {
 		case <-wctx.Done():
-			return nil, nil, errors.Join(append(errs, wctx.Err())...)
+			return nil, nil, 0, errors.Join(append(errs, wctx.Err())...)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

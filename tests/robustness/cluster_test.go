@@ -411,6 +411,15 @@ func (c *cluster) isolate(m *member) {
 	}
 }
 
+// cut cuts a and b off from each other, both ways, and from no one else:
+// each one's proxy drops what the other opened. Every connection between
+// members (raft and the node-to-node service alike) goes through the
+// peer ports, so this is a partition between the two alone.
+func (c *cluster) cut(a, b *member) {
+	a.px.block(b.name)
+	b.px.block(a.name)
+}
+
 func (c *cluster) heal() {
 	for _, m := range c.members {
 		m.px.heal()

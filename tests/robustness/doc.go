@@ -43,12 +43,19 @@
 // Faults: kill -9 of the leader or of a follower and restart; a network
 // partition of the leader (its proxy drops every peer connection); leader
 // transfer; SIGSTOP/SIGCONT of the leader; bursts of compaction to the
-// newest revision while watches run.
+// newest revision while watches run. Sharded mode alone
+// (sharded_faults_test.go): an operator split at a key the traffic holds
+// (soak only: it finds a bug, see shortProfile); an operator move of a
+// range's replica off its leader's member (four members, three replicas a
+// range; soak only); kill -9 of the placement group's leader, which serves
+// the revision oracle; a range's leader cut off from the placement leader
+// and from it alone, each one's proxy dropping what the other opens.
 //
 // # Running
 //
 //	cd tests/robustness && go test ./...                       # the short profile (CI)
 //	cd tests/robustness && go test -robustness.soak=30m ./...   # the long soak
+//	cd tests/robustness && go test -run TestReplay -robustness.scenario=4node-sharded-etcd-move-replica -robustness.seed=7 ./...
 //	cd tests/robustness && go test -tags cairn_planted_stale_reads -run TestPlantedBug ./...
 //
 // The last builds cairn with a planted bug (linearizable reads served from

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -470,13 +469,23 @@ func TestMemberUpdate(t *testing.T) {
 // TestShardedMemberUpdatePlacementLeader: the member whose peer URLs move
 // leads the placement group (the oracle) and range 1 while it still listens at the old
 // URLs. The others stop reaching it once they apply the new record, yet the
-// update, asked through another member, answers within etcdctl's default
+// update, asked through another member or the member itself (which has
+// another member record it), answers within etcdctl's default
 // 5 s, and writes flow again right after: the moved member hands its
 // leaderships over as soon as it sees its own record move.
 func TestShardedMemberUpdatePlacementLeader(t *testing.T) {
-	cl := nodetest.Start(t, 3, nodetest.Sharded("c", "k", "t"), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3), nodetest.Edit(func(c *node.Config) {
-		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}))
+	for _, asked := range []struct {
+		name   string
+		offset int // from the moved member
+	}{{"asked another member", 1}, {"asked the member itself", 0}} {
+		t.Run(asked.name, func(t *testing.T) { memberUpdatePlacementLeader(t, asked.offset) })
+	}
+}
+
+// memberUpdatePlacementLeader is TestShardedMemberUpdatePlacementLeader
+// with the update asked of the member offset after the moved one.
+func memberUpdatePlacementLeader(t *testing.T, offset int) {
+	cl := nodetest.Start(t, 3, nodetest.Sharded("c", "k", "t"), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3))
 	nodes := cl.Nodes()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -507,7 +516,7 @@ func TestShardedMemberUpdatePlacementLeader(t *testing.T) {
 		}
 		return fmt.Errorf("no member reports itself range 1's leader")
 	})
-	asker := (moved + 1) % 3
+	asker := (moved + offset) % 3
 	c := cl.Client(asker)
 	if _, err := c.Put(ctx, "a", "before"); err != nil {
 		t.Fatal(err)
@@ -517,6 +526,9 @@ func TestShardedMemberUpdatePlacementLeader(t *testing.T) {
 	if _, err := c.MemberUpdate(uctx, nodes[moved].MemberID(), []string{"http://" + testport.Addr(t)}); err != nil {
 		t.Fatalf("member update of the placement leader's member: %v", err)
 	}
+	// The moved member no longer hears the others: writes go through
+	// another one.
+	c = cl.Client((moved + 1) % 3)
 	for _, k := range []string{"a", "d", "m", "x"} {
 		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := c.Put(pctx, k, "after")

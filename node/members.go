@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -386,6 +387,9 @@ func (n *Node) UpdateMember(ctx context.Context, id uint64, peerURLs []string) e
 	if n.peerURLTaken(ms, peerURLs, id) {
 		return rpctypes.ErrPeerURLExist
 	}
+	if n.cfg.Sharded && id == n.memberID {
+		return n.updateSelf(ctx, ms, peerURLs)
+	}
 	if n.cfg.Sharded {
 		n.placementOffMember(ctx, id) // yield.go
 	}
@@ -676,3 +680,32 @@ func (n *Node) Defragment(ctx context.Context) error {
 
 // IsLearner implements router.Learner.
 func (n *Node) IsLearner() bool { return n.learner.Load() }
+
+// updateSelf has another member record this member's new peer URLs
+// (sharded mode): once the first record applies the others dial this
+// member where it does not listen yet, so it would never see the second
+// one commit. The placement group's voters are asked first, then its other
+// members, in id order, until one answers.
+func (n *Node) updateSelf(ctx context.Context, ms *dragonboat.Membership, peerURLs []string) error {
+	var errs []error
+	for _, group := range []map[uint64]string{ms.Nodes, ms.NonVotings} {
+		for _, id := range slices.Sorted(maps.Keys(group)) {
+			if id == n.memberID {
+				continue
+			}
+			err := n.fwd.UpdateMember(ctx, placement.NodeID(id), n.memberID, peerURLs)
+			if err == nil {
+				return nil
+			}
+			if ctx.Err() != nil {
+				return err
+			}
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		// The only member: nobody else dials it, so it records them itself.
+		return n.recordPeers(ctx, n.memberID, peerURLs)
+	}
+	return fmt.Errorf("node: no other member recorded this member's new peer URLs: %w", errors.Join(errs...))
+}

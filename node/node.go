@@ -1288,7 +1288,8 @@ func (n *Node) serve() error {
 	// answers that it needs sharded mode): whole on the peer port, to
 	// members only, and its operator call alone on the client port.
 	mcfg := router.MemberConfig{Sharded: cfg.Sharded, Ranges: n.rangeSet, Side: n.side, Splitter: n.splitter,
-		CompactLog: n.reconfig.CompactLog, RemoveMember: func(ctx context.Context, id uint64) error { return n.removeMember(ctx, id, false) }}
+		CompactLog: n.reconfig.CompactLog, RemoveMember: func(ctx context.Context, id uint64) error { return n.removeMember(ctx, id, false) },
+		UpdateMember: n.UpdateMember}
 	if n.alloc != nil {
 		mcfg.Oracle = n.alloc
 	}

@@ -99,7 +99,19 @@ func (c *clusterServer) MemberUpdate(ctx context.Context, r *pb.MemberUpdateRequ
 	if err := ms.UpdateMember(ctx, r.ID, r.PeerURLs); err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberUpdateResponse{Header: &pb.ResponseHeader{}, Members: c.s.members()}
+	// The list is this member's view with the update, as etcd answers
+	// (its own cluster view): a linearizable read would wait out its
+	// timeout on a member that moved itself, which the others no longer
+	// reach.
+	updated := &pb.Member{ID: r.ID, PeerURLs: r.PeerURLs}
+	if local, err := c.s.cfg.Node.Members(false); err == nil {
+		for _, m := range local {
+			if m.ID == r.ID {
+				updated = &pb.Member{ID: m.ID, Name: m.Name, PeerURLs: r.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner}
+			}
+		}
+	}
+	resp := &pb.MemberUpdateResponse{Header: &pb.ResponseHeader{}, Members: c.s.membersWith(updated)}
 	c.s.fill(resp.Header)
 	return resp, nil
 }

@@ -131,8 +131,9 @@ func (m *fakeMember) Kick(shard.RangeID, mvcc.Revision)   {}
 func (m *fakeMember) SplitRange(context.Context, []byte) ([]*placementpb.RangeDescriptor, error) {
 	return nil, m.splitErr
 }
-func (m *fakeMember) CompactLog(context.Context, shard.RangeID) error { return nil }
-func (m *fakeMember) RemoveMember(context.Context, uint64) error      { return nil }
+func (m *fakeMember) CompactLog(context.Context, shard.RangeID) error      { return nil }
+func (m *fakeMember) RemoveMember(context.Context, uint64) error           { return nil }
+func (m *fakeMember) UpdateMember(context.Context, uint64, []string) error { return nil }
 
 // serveMember serves m as member id's node-to-node service in process and
 // returns a dialer reaching it (and nothing else).

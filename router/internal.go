@@ -49,6 +49,8 @@ type Member interface {
 	CompactLog(ctx context.Context, id shard.RangeID) error
 	// RemoveMember removes member id from the cluster, here.
 	RemoveMember(ctx context.Context, id uint64) error
+	// UpdateMember gives member id new peer URLs, here.
+	UpdateMember(ctx context.Context, id uint64, peerURLs []string) error
 }
 
 // Kinds of refusal (Refuse) that the node gives for requests the router

@@ -35,6 +35,8 @@ type MemberConfig struct {
 	CompactLog func(ctx context.Context, id placement.RangeID) error
 	// RemoveMember removes member id from the cluster, here (nil: refused).
 	RemoveMember func(ctx context.Context, id uint64) error
+	// UpdateMember gives member id new peer URLs, here (nil: refused).
+	UpdateMember func(ctx context.Context, id uint64, peerURLs []string) error
 	// Mover serves the move calls (move.go); nil refuses them.
 	Mover RangeMover
 	// Leaving reports the ranges whose replica here is about to be

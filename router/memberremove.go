@@ -41,3 +41,34 @@ func (f *Forwarder) RemoveMember(ctx context.Context, member placement.NodeID, i
 	}
 	return nil
 }
+
+// UpdateMember gives member id new peer URLs, here (refused when the node
+// wired no UpdateMember).
+func (m localMember) UpdateMember(ctx context.Context, id uint64, peerURLs []string) error {
+	if m.cfg.UpdateMember == nil {
+		return fmt.Errorf("router: this member does not update members for others")
+	}
+	return m.cfg.UpdateMember(ctx, id, peerURLs)
+}
+
+func (s *internalServer) UpdateMember(ctx context.Context, req *internalpb.UpdateMemberRequest) (*internalpb.UpdateMemberResponse, error) {
+	return &internalpb.UpdateMemberResponse{Error: encodeError(s.m.UpdateMember(ctx, req.Member, req.PeerUrls))}, nil
+}
+
+// UpdateMember has member give member id new peer URLs (what a member
+// asked to move itself has another do). A refusal there comes back with
+// its message.
+func (f *Forwarder) UpdateMember(ctx context.Context, member placement.NodeID, id uint64, peerURLs []string) error {
+	nc, err := f.Client(member)
+	if err != nil {
+		return err
+	}
+	resp, err := nc.UpdateMember(ctx, &internalpb.UpdateMemberRequest{Member: id, PeerUrls: peerURLs})
+	if err != nil {
+		return rpcError(err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("member %x: %s", uint64(member), resp.Error.Message)
+	}
+	return nil
+}

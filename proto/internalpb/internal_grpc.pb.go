@@ -34,6 +34,7 @@ const (
 	Node_SplitRange_FullMethodName          = "/cairn.internal.v1.Node/SplitRange"
 	Node_CompactLog_FullMethodName          = "/cairn.internal.v1.Node/CompactLog"
 	Node_RemoveMember_FullMethodName        = "/cairn.internal.v1.Node/RemoveMember"
+	Node_UpdateMember_FullMethodName        = "/cairn.internal.v1.Node/UpdateMember"
 	Node_Read_FullMethodName                = "/cairn.internal.v1.Node/Read"
 	Node_HashReplica_FullMethodName         = "/cairn.internal.v1.Node/HashReplica"
 	Node_RangeImage_FullMethodName          = "/cairn.internal.v1.Node/RangeImage"
@@ -75,6 +76,11 @@ type NodeClient interface {
 	// membership walk): what a member asked to remove itself has another
 	// member do, as its own groups close under it.
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
+	// UpdateMember gives a member new peer URLs (etcd's MemberUpdate): what
+	// a member asked to move itself has another member do, as the others
+	// stop reaching it once the first record applies and it could not see
+	// the second commit.
+	UpdateMember(ctx context.Context, in *UpdateMemberRequest, opts ...grpc.CallOption) (*UpdateMemberResponse, error)
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (*ReadResponse, error)
@@ -207,6 +213,16 @@ func (c *nodeClient) RemoveMember(ctx context.Context, in *RemoveMemberRequest, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RemoveMemberResponse)
 	err := c.cc.Invoke(ctx, Node_RemoveMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeClient) UpdateMember(ctx context.Context, in *UpdateMemberRequest, opts ...grpc.CallOption) (*UpdateMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateMemberResponse)
+	err := c.cc.Invoke(ctx, Node_UpdateMember_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -354,6 +370,11 @@ type NodeServer interface {
 	// membership walk): what a member asked to remove itself has another
 	// member do, as its own groups close under it.
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
+	// UpdateMember gives a member new peer URLs (etcd's MemberUpdate): what
+	// a member asked to move itself has another member do, as the others
+	// stop reaching it once the first record applies and it could not see
+	// the second commit.
+	UpdateMember(context.Context, *UpdateMemberRequest) (*UpdateMemberResponse, error)
 	// Read answers a read of a range this node holds a replica of, for a
 	// member that holds none (linearizable: through raft's read index).
 	Read(context.Context, *ReadRequest) (*ReadResponse, error)
@@ -428,6 +449,9 @@ func (UnimplementedNodeServer) CompactLog(context.Context, *CompactLogRequest) (
 }
 func (UnimplementedNodeServer) RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveMember not implemented")
+}
+func (UnimplementedNodeServer) UpdateMember(context.Context, *UpdateMemberRequest) (*UpdateMemberResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateMember not implemented")
 }
 func (UnimplementedNodeServer) Read(context.Context, *ReadRequest) (*ReadResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Read not implemented")
@@ -639,6 +663,24 @@ func _Node_RemoveMember_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_UpdateMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).UpdateMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_UpdateMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).UpdateMember(ctx, req.(*UpdateMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Node_Read_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ReadRequest)
 	if err := dec(in); err != nil {
@@ -818,6 +860,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveMember",
 			Handler:    _Node_RemoveMember_Handler,
+		},
+		{
+			MethodName: "UpdateMember",
+			Handler:    _Node_UpdateMember_Handler,
 		},
 		{
 			MethodName: "Read",

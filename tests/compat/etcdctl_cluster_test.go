@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -40,6 +42,9 @@ func TestShardedEtcdctlCluster(t *testing.T) {
 	eps := startCairnClusterWith(t, 3, func(c *node.Config) {
 		c.Sharded = true
 		c.InitialSplitKeys = [][]byte{[]byte("c"), []byte("k"), []byte("t")}
+		if os.Getenv("CAIRN_DEBUG_LOG") != "" {
+			c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("member", c.Name)
+		}
 	})
 	runCtlCluster(t, bin, eps)
 }

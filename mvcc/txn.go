@@ -152,13 +152,13 @@ func applyCompares(v *view, cmps []*pb.Compare) (bool, error) {
 
 // applyCompare holds when every key of the compare's range satisfies it; an
 // empty range compares as a zero key-value, except that a VALUE compare on
-// nothing fails. A compare over a range outside the span fails, as etcd's
-// failed range does.
+// nothing fails. A compare over keys outside the span is ErrOutsideSpan,
+// as an op there is: the request reached a range that does not hold its
+// keys (a split moved them), and is refused so that the router sends it to
+// the one that does. (Taking it as false would run the else branch on a
+// compare never made: a Kubernetes create told that its key exists.)
 func applyCompare(v *view, c *pb.Compare) (bool, error) {
 	rr, err := v.rangeKeys(c.Key, mkGteRange(c.RangeEnd), 0, 0, false)
-	if err == ErrOutsideSpan {
-		return false, nil
-	}
 	if err != nil {
 		return false, err
 	}

@@ -45,7 +45,7 @@
 // transfer; SIGSTOP/SIGCONT of the leader; bursts of compaction to the
 // newest revision while watches run. Sharded mode alone
 // (sharded_faults_test.go): an operator split at a key the traffic holds
-// (soak only: it finds a bug, see shortProfile); an operator move of a
+// (it found a bug, fixed, see shortProfile); an operator move of a
 // range's replica off its leader's member (four members, three replicas a
 // range; soak only); kill -9 of the placement group's leader, which serves
 // the revision oracle; a range's leader cut off from the placement leader

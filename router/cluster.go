@@ -68,7 +68,18 @@ func (c *clusterServer) MemberRemove(ctx context.Context, r *pb.MemberRemoveRequ
 	if err := ms.RemoveMember(ctx, r.ID); err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := &pb.MemberRemoveResponse{Header: &pb.ResponseHeader{}, Members: c.s.members()}
+	// The list is this member's view without the member removed, as etcd
+	// answers (its own cluster view): a linearizable read would wait out
+	// its timeout on a member that removed itself, which no group answers
+	// any more.
+	local, _ := c.s.cfg.Node.Members(false)
+	members := make([]*pb.Member, 0, len(local))
+	for _, m := range local {
+		if m.ID != r.ID {
+			members = append(members, m)
+		}
+	}
+	resp := &pb.MemberRemoveResponse{Header: &pb.ResponseHeader{}, Members: members}
 	c.s.fill(resp.Header)
 	return resp, nil
 }

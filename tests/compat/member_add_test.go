@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -27,6 +29,9 @@ func TestEtcdctlMemberAddNotStarted(t *testing.T) {
 		"cairn": startCairnClusterWith(t, 3, func(c *node.Config) {
 			c.Sharded = true
 			c.InitialSplitKeys = [][]byte{[]byte("b"), []byte("d"), []byte("f"), []byte("k"), []byte("t")}
+			if os.Getenv("CAIRN_DEBUG_LOG") != "" {
+				c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("member", c.Name)
+			}
 		}),
 	}
 	added := regexp.MustCompile(`Member +([0-9a-f]+) added to cluster`) // etcdctl pads the id to 16 places
@@ -67,7 +72,11 @@ func TestEtcdctlMemberAddNotStarted(t *testing.T) {
 		self := strings.Split(strings.TrimSpace(status), ", ")[1]
 		// A member removing itself may stop before it answers (etcd:
 		// "server stopped"); the member list below shows whether it left.
-		if code, out, errOut := runCtlDefault(t, bin, eps[0], []string{"member", "remove", self}); code != 0 && !strings.Contains(errOut, "server stopped") {
+		// Sharded Cairn's member has another member run the removal,
+		// whose walk over the ranges can outlast etcdctl's 5 s (issue 24,
+		// left open for it): a deadline is taken as no answer too.
+		if code, out, errOut := runCtlDefault(t, bin, eps[0], []string{"member", "remove", self}); code != 0 &&
+			!strings.Contains(errOut, "server stopped") && !(name == "cairn" && strings.Contains(errOut, "context deadline exceeded")) {
 			t.Fatalf("%s: etcdctl member remove %s (itself): exit %d\n%s%s", name, self, code, out, errOut)
 		}
 		// The members left may be electing (the removed member may have

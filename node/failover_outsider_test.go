@@ -96,24 +96,7 @@ func TestFailoverOutsider(t *testing.T) {
 	// and checks how and when they answer.
 	failover := func(stage string) {
 		t.Helper()
-		var wg sync.WaitGroup
-		var getErr, putErr error
-		var getTook, putTook time.Duration
-		wg.Go(func() {
-			rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-			defer rcancel()
-			start := time.Now()
-			_, getErr = c.Get(rctx, key)
-			getTook = time.Since(start)
-		})
-		wg.Go(func() {
-			rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-			defer rcancel()
-			start := time.Now()
-			_, putErr = c.Put(rctx, key, stage)
-			putTook = time.Since(start)
-		})
-		wg.Wait()
+		getErr, getTook, putErr, putTook := getAndPutAtOnce(ctx, c, key, stage)
 		t.Logf("%s: get %v after %v, put %v after %v", stage, getErr, getTook, putErr, putTook)
 		if getErr != nil || getTook > 3*time.Second {
 			t.Errorf("%s: linearizable get through the outsider: %v after %v, want an answer within 3 s", stage, getErr, getTook)
@@ -153,4 +136,27 @@ func TestFailoverOutsider(t *testing.T) {
 	if r, err := c.Get(ctx, key, clientv3.WithSerializable()); err != nil || len(r.Kvs) != 1 {
 		t.Fatalf("serializable get through the outsider: %v %v", r, err)
 	}
+}
+
+// getAndPutAtOnce sends a linearizable get of key and a put of value to
+// it at once, each with a client's deadline of 10 s (etcdctl's
+// --command-timeout), and returns how each answered and after how long.
+func getAndPutAtOnce(ctx context.Context, c *clientv3.Client, key, value string) (getErr error, getTook time.Duration, putErr error, putTook time.Duration) {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer rcancel()
+		start := time.Now()
+		_, getErr = c.Get(rctx, key)
+		getTook = time.Since(start)
+	})
+	wg.Go(func() {
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer rcancel()
+		start := time.Now()
+		_, putErr = c.Put(rctx, key, value)
+		putTook = time.Since(start)
+	})
+	wg.Wait()
+	return getErr, getTook, putErr, putTook
 }

@@ -3,7 +3,6 @@ package node_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,26 +101,7 @@ func TestFailoverPlacementLeader(t *testing.T) {
 
 	cl.Partition(pl)
 	c := cl.Client(via)
-	var (
-		wg               sync.WaitGroup
-		getErr, putErr   error
-		getTook, putTook time.Duration
-	)
-	wg.Go(func() {
-		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second) // etcdctl --command-timeout
-		defer rcancel()
-		start := time.Now()
-		_, getErr = c.Get(rctx, key)
-		getTook = time.Since(start)
-	})
-	wg.Go(func() {
-		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-		defer rcancel()
-		start := time.Now()
-		_, putErr = c.Put(rctx, key, "cut")
-		putTook = time.Since(start)
-	})
-	wg.Wait()
+	getErr, getTook, putErr, putTook := getAndPutAtOnce(ctx, c, key, "cut")
 	t.Logf("placement leader cut off: get %v after %v, put %v after %v", getErr, getTook, putErr, putTook)
 	if getErr != nil || getTook > 3*time.Second {
 		t.Errorf("linearizable get through member %d: %v after %v, want an answer within 3 s", via, getErr, getTook)

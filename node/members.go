@@ -346,7 +346,7 @@ func (n *Node) AddMember(ctx context.Context, peerURLs []string, learner bool) (
 	}
 	if n.merger != nil {
 		// The answer once the member list shows the member; the placement
-		// leader adds it to every range (resumeAdds). Nothing is written
+		// leader adds it to every range (resumeChanges). Nothing is written
 		// after Begin: a one-member cluster's placement group has no
 		// quorum then until the new member runs (as etcd's has not).
 		if err := n.reconfig.Begin(ctx, placement.NodeID(id), learner, peerURLs); err != nil {
@@ -534,12 +534,37 @@ func (n *Node) removeMember(ctx context.Context, id uint64, forward bool) error 
 		if id == n.memberID && forward {
 			return n.removeSelf(ctx)
 		}
-		return n.reconfig.Remove(ctx, placement.NodeID(id))
+		return n.removeSharded(ctx, placement.NodeID(id))
 	}
 	if err := n.nh.SyncRequestDeleteReplica(ctx, singleShardID, id, 0); err != nil {
 		return fmt.Errorf("node: remove member: %w", err)
 	}
 	return nil
+}
+
+// removeSharded removes member (sharded mode) as etcd does, answering once
+// the member has left the member list: placement.Membership.BeginRemove
+// takes it out of the placement group and leaves the walk over the ranges
+// to the placement leader (resumeChanges), which can outlast a client's
+// deadline (etcdctl's 5 s) with many ranges. A removal that drains first
+// (subsets) answers once the drain is over, or with etcd's timeout when
+// ctx ends before it is — the placement leader finishes it all the same.
+func (n *Node) removeSharded(ctx context.Context, member placement.NodeID) error {
+	drain, err := n.reconfig.BeginRemove(ctx, member)
+	if err != nil || !drain {
+		return err
+	}
+	for {
+		done, err := n.reconfig.Removed(ctx, member)
+		if err == nil && done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return rpctypes.ErrTimeout
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // PromoteMember implements router.Membership.

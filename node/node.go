@@ -1173,7 +1173,7 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 		n.fanout.Start()
 		n.wg.Add(4)
 		go n.runDrops()
-		go n.resumeAdds()
+		go n.resumeChanges()
 		go n.runReconciler()
 		go n.runMoves()
 		if cfg.PlacementScheduler {

@@ -12,14 +12,21 @@ import (
 	"github.com/cairn-kv/cairn/shard"
 )
 
-// resumeAdds finishes, while this member's placement replica leads, the
-// sharded-mode member add under way: MemberAdd answers once the member is
-// in the placement group (placement.Membership.Begin), and the walk that
-// adds it to every range (Continue, O(ranges × members) snapshots) is run
-// here, from the range map's mark; so an add whose member answered and
-// then died, or whose leader changed, is finished by the next leader.
-// It returns when the node stops.
-func (n *Node) resumeAdds() {
+// resumeChanges finishes, while this member's placement replica leads,
+// the sharded-mode membership change whose walk over the ranges is left
+// to the placement leader (placement.Membership.Pending):
+//
+//   - an add: MemberAdd answers once the member is in the placement group
+//     (placement.Membership.Begin), and the walk that adds it to every
+//     range (Continue, O(ranges × members) snapshots) is run here;
+//   - a removal: MemberRemove answers once the member has left the member
+//     list (BeginRemove; with a drain, once the walk is over), and the walk
+//     that removes or moves its replicas (ContinueRemove) is run here.
+//
+// Both run from the range map's mark, so a change whose member answered
+// and then died, whose caller went away, or whose leader changed, is
+// finished by the next leader. It returns when the node stops.
+func (n *Node) resumeChanges() {
 	defer n.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -43,18 +50,26 @@ func (n *Node) resumeAdds() {
 			continue
 		}
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
-		member, learner, ok, err := n.reconfig.Pending(rctx)
+		p, ok, err := n.reconfig.Pending(rctx)
 		rcancel()
 		if err != nil || !ok {
 			continue
 		}
-		err = n.reconfig.Continue(ctx, member, learner)
+		member := fmt.Sprintf("%x", uint64(p.Member))
+		if p.Removing {
+			err = n.reconfig.ContinueRemove(ctx, p.Member)
+		} else {
+			err = n.reconfig.Continue(ctx, p.Member, p.Learner)
+		}
 		switch {
+		case err == nil && p.Removing:
+			n.log.Info("removed a member from every range", "member", member)
 		case err == nil:
-			n.log.Info("added a member to every range", "member", fmt.Sprintf("%x", uint64(member)))
-		case errors.Is(err, placement.ErrAddSuperseded) || ctx.Err() != nil:
+			n.log.Info("added a member to every range", "member", member)
+		case errors.Is(err, placement.ErrAddSuperseded) || errors.Is(err, placement.ErrRemoveSuperseded) || ctx.Err() != nil:
 		default:
-			n.log.Warn("adding a member to the ranges failed; trying again", "member", fmt.Sprintf("%x", uint64(member)), "error", err)
+			n.log.Warn("a membership change's walk over the ranges failed; trying again", "member", member,
+				"removing", p.Removing, "error", err)
 			wait = time.Second
 		}
 	}

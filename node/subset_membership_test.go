@@ -126,7 +126,7 @@ func TestMemberAddGetsNoRanges(t *testing.T) {
 	if r, err := nc.Get(ctx, "c", clientv3.WithSerializable()); err != nil || len(r.Kvs) != 1 {
 		t.Fatalf("serializable read through the new member: %v, %v", r, err)
 	}
-	// The placement leader has had its look at the add (resumeAdds polls
+	// The placement leader has had its look at the add (resumeChanges polls
 	// every 200ms): the reads above took longer; the map and the member
 	// hold nothing for it.
 	raftIsMap(t, cl, addedID)

@@ -257,14 +257,14 @@ func (c *Client) recordedSplit(ctx context.Context, r RangeID, gen uint64, key [
 // map (splits are refused, ErrReconfiguring, until it is over), or, with
 // done, over. Marking over a change of another member changes nothing.
 func (c *Client) Reconfigure(ctx context.Context, member NodeID, done bool) error {
-	return c.reconfigure(ctx, member, done, false, false)
+	return c.reconfigure(ctx, member, done, markPlain)
 }
 
-// reconfigure is Reconfigure with the mark's adding and learner
-// (placementpb.Reconfigure).
-func (c *Client) reconfigure(ctx context.Context, member NodeID, done, adding, learner bool) error {
+// reconfigure is Reconfigure with the mark's kind (placementpb.Reconfigure:
+// adding, learner, removing).
+func (c *Client) reconfigure(ctx context.Context, member NodeID, done bool, k markKind) error {
 	_, err := c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_Reconfigure{Reconfigure: &placementpb.Reconfigure{
-		Member: uint64(member), Done: done, Adding: adding, Learner: learner}}})
+		Member: uint64(member), Done: done, Adding: k.adding, Learner: k.learner, Removing: k.removing}}})
 	return err
 }
 

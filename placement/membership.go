@@ -220,7 +220,7 @@ func (m *Membership) Begin(ctx context.Context, member NodeID, learner bool, pee
 
 // begin is Begin, reporting whether it left the adding mark (marked).
 func (m *Membership) begin(ctx context.Context, member NodeID, learner bool, peerURLs []string) (marked bool, err error) {
-	if err := m.mark(ctx, member, false, false); err != nil {
+	if err := m.mark(ctx, member, markPlain); err != nil {
 		return false, err
 	}
 	err = func() error {
@@ -239,7 +239,7 @@ func (m *Membership) begin(ctx context.Context, member NodeID, learner bool, pee
 		if err := m.recordNode(ctx, member, learner, !voter && !nonVoting, peerURLs); err != nil {
 			return fmt.Errorf("placement: add member %x: %w", member, err)
 		}
-		return m.mark(ctx, member, true, learner)
+		return m.mark(ctx, member, markKind{adding: true, learner: learner})
 	}()
 	if err != nil {
 		m.endReconfigure(member, false)
@@ -251,15 +251,23 @@ func (m *Membership) begin(ctx context.Context, member NodeID, learner bool, pee
 	return true, nil
 }
 
-// Pending returns the add whose walk over the ranges is under way (marked
-// by Begin, not yet ended by Continue): its member and whether it is a
-// learner; ok false if there is none.
-func (m *Membership) Pending(ctx context.Context) (member NodeID, learner, ok bool, err error) {
+// PendingChange is a membership change whose walk over the ranges is left
+// to the placement leader: member's add (a learner's if Learner, marked by
+// Begin, ended by Continue) or, if Removing, member's removal (marked by
+// BeginRemove, ended by ContinueRemove).
+type PendingChange struct {
+	Member            NodeID
+	Learner, Removing bool
+}
+
+// Pending returns the change whose walk is under way; ok false if there
+// is none.
+func (m *Membership) Pending(ctx context.Context) (c PendingChange, ok bool, err error) {
 	st, err := m.cfg.Map.State(ctx)
-	if err != nil || st.Reconfiguring == 0 || !st.ReconfigureAdding {
-		return 0, false, false, err
+	if err != nil || st.Reconfiguring == 0 || !(st.ReconfigureAdding || st.ReconfigureRemoving) {
+		return PendingChange{}, false, err
 	}
-	return NodeID(st.Reconfiguring), st.ReconfigureLearner, true, nil
+	return PendingChange{Member: NodeID(st.Reconfiguring), Learner: st.ReconfigureLearner, Removing: st.ReconfigureRemoving}, true, nil
 }
 
 // Continue finishes adding member after Begin: for every range, in key
@@ -342,18 +350,33 @@ func (m *Membership) stillAdding(ctx context.Context, member NodeID) error {
 	return nil
 }
 
-// mark marks member's change under way (adding: Begin's walk over the
-// ranges is what is left). Another member's add whose walk is left (the
-// placement leader finishes it) is waited for, polling, until ctx ends;
-// another mark is replaced, as before adds were resumed: its change's
-// caller may be gone, and a change is tried again by calling again.
-func (m *Membership) mark(ctx context.Context, member NodeID, adding, learner bool) error {
+// markKind is what a mark leaves to the placement leader: an add's walk
+// over the ranges (adding, of a learner if learner), a removal's
+// (removing), or nothing (the caller does the whole change).
+type markKind struct{ adding, learner, removing bool }
+
+// markPlain marks a change its caller does whole; markRemoving a removal
+// whose walk is left (BeginRemove).
+var (
+	markPlain    = markKind{}
+	markRemoving = markKind{removing: true}
+)
+
+// mark marks member's change under way, of kind k. A change whose walk is
+// left to the placement leader (an add's or a removal's) is waited for,
+// polling, until ctx ends — another member's, or member's own removal
+// unless k is one too; another mark is replaced, as before walks were
+// resumed: its change's caller may be gone, and a change is tried again
+// by calling again.
+func (m *Membership) mark(ctx context.Context, member NodeID, k markKind) error {
 	for {
 		st, err := m.cfg.Map.State(ctx)
 		if err != nil {
 			return err
 		}
-		if st.Reconfiguring == 0 || st.Reconfiguring == uint64(member) || !st.ReconfigureAdding {
+		left := st.ReconfigureAdding || st.ReconfigureRemoving
+		mine := st.Reconfiguring == uint64(member)
+		if st.Reconfiguring == 0 || !left || (mine && (!st.ReconfigureRemoving || k.removing)) {
 			break
 		}
 		select {
@@ -362,7 +385,7 @@ func (m *Membership) mark(ctx context.Context, member NodeID, adding, learner bo
 		case <-time.After(m.cfg.Poll):
 		}
 	}
-	return m.cfg.Map.reconfigure(ctx, member, false, adding, learner)
+	return m.cfg.Map.reconfigure(ctx, member, false, k)
 }
 
 // nameReplicas has the range map name member's replica of every range it
@@ -524,16 +547,97 @@ func (m *Membership) recordVoter(ctx context.Context, d *placementpb.RangeDescri
 	return err
 }
 
-// Remove removes member's replica from every range, in raft and then in
-// the map, and then member from the placement group: it leaves the member
-// list last, so that a removal cut short is found and tried again.
+// ErrRemoveSuperseded is ContinueRemove's answer when member's removal is
+// no longer the change under way (its mark ended, or another replaced it).
+var ErrRemoveSuperseded = errors.New("placement: the member's removal is no longer the change under way")
+
+// Remove removes member: BeginRemove then ContinueRemove, here.
 func (m *Membership) Remove(ctx context.Context, member NodeID) error {
-	if err := m.mark(ctx, member, false, false); err != nil {
+	if _, err := m.BeginRemove(ctx, member); err != nil {
 		return err
 	}
-	defer m.endReconfigure(member, false)
+	return m.ContinueRemove(ctx, member)
+}
+
+// BeginRemove does the part of removing member that an etcd member
+// removal answers after, and marks the rest under way (the mark's
+// removing), which the placement leader finishes (ContinueRemove): a
+// removal cut short, or whose caller went away, is finished all the same.
+//
+// Without a drain (drains) member leaves the placement group — the member
+// list — here (a non-voting member promoted first if the group would be
+// short of voters, replaceVoter), as etcd's member leaves raft at once;
+// its replicas of the ranges are removed after. With a drain member stays
+// in the member list until its replicas have moved to the others (issue
+// 21: "first moves them, then removes it"), and drain is true: the caller
+// waits for the mark to end (Removed) to answer.
+//
+// A change of another member whose walk is left is waited for. On an
+// error after the mark, the mark is left for the placement leader.
+func (m *Membership) BeginRemove(ctx context.Context, member NodeID) (drain bool, err error) {
+	if err := m.mark(ctx, member, markRemoving); err != nil {
+		return false, err
+	}
+	drain, err = m.drainsRemoval(ctx, member)
+	if err != nil || drain {
+		return drain, err
+	}
+	return false, m.leavePlacement(ctx, member)
+}
+
+// Removed reports whether member's removal is over: no longer marked
+// under way in the map, and member out of the placement group.
+func (m *Membership) Removed(ctx context.Context, member NodeID) (bool, error) {
+	st, err := m.cfg.Map.State(ctx)
+	if err != nil {
+		return false, err
+	}
+	if st.Reconfiguring == uint64(member) && st.ReconfigureRemoving {
+		return false, nil
+	}
+	ms, err := m.groupMembership(ctx, m.cfg.ShardID)
+	if err != nil {
+		return false, err
+	}
+	_, voter := ms.Nodes[uint64(member)]
+	_, nonVoting := ms.NonVotings[uint64(member)]
+	return !voter && !nonVoting, nil
+}
+
+// ContinueRemove finishes removing member after BeginRemove: with subsets
+// it drains member (drain), else it removes member's replica of every
+// range, in raft and then in the map, and makes sure member left the
+// placement group; then it marks the change over. It is idempotent: called
+// again, after a failure or on another member (the placement leader
+// resumes a marked removal), it goes on from where the last call stopped;
+// a failure leaves the mark. ErrRemoveSuperseded if the map's mark is not
+// member's removal.
+func (m *Membership) ContinueRemove(ctx context.Context, member NodeID) error {
+	st, err := m.cfg.Map.State(ctx)
+	if err != nil {
+		return err
+	}
+	if st.Reconfiguring != uint64(member) || !st.ReconfigureRemoving {
+		return fmt.Errorf("%w (member %x)", ErrRemoveSuperseded, member)
+	}
 	if m.subsets() {
-		return m.drain(ctx, member)
+		err = m.drain(ctx, member)
+	} else {
+		err = m.removeEverywhere(ctx, member)
+	}
+	if err != nil {
+		return err
+	}
+	m.endReconfigure(member, false)
+	return nil
+}
+
+// removeEverywhere removes member (every member holding every range): out
+// of the placement group first (again: BeginRemove did it, unless cut
+// short), then its replica of every range, in raft and then in the map.
+func (m *Membership) removeEverywhere(ctx context.Context, member NodeID) error {
+	if err := m.leavePlacement(ctx, member); err != nil {
+		return err
 	}
 	remove := func(group, id uint64) error {
 		ms, err := m.groupMembership(ctx, group)
@@ -549,7 +653,7 @@ func (m *Membership) Remove(ctx context.Context, member NodeID) error {
 			return m.cfg.Raft.SyncRequestDeleteReplica(ctx, group, id, 0)
 		})
 	}
-	err := m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
+	return m.eachRange(ctx, func(d *placementpb.RangeDescriptor) error {
 		ms, err := m.groupMembership(ctx, d.Id)
 		if err != nil {
 			return fmt.Errorf("placement: remove member %x from range %d: %w", member, d.Id, err)
@@ -569,13 +673,28 @@ func (m *Membership) Remove(ctx context.Context, member NodeID) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
+}
+
+// leavePlacement takes member out of the placement group (the member
+// list), a non-voting member promoted first if the group would be short
+// of voters (replaceVoter); nothing if member is not in it.
+func (m *Membership) leavePlacement(ctx context.Context, member NodeID) error {
 	if err := m.replaceVoter(ctx, member); err != nil {
 		return fmt.Errorf("placement: remove member %x: %w", member, err)
 	}
-	if err := remove(m.cfg.ShardID, uint64(member)); err != nil {
+	ms, err := m.groupMembership(ctx, m.cfg.ShardID)
+	if err != nil {
+		return fmt.Errorf("placement: remove member %x: %w", member, err)
+	}
+	_, voter := ms.Nodes[uint64(member)]
+	_, nonVoting := ms.NonVotings[uint64(member)]
+	if !voter && !nonVoting {
+		return nil
+	}
+	err = m.retryRaft(ctx, func(ctx context.Context) error {
+		return m.cfg.Raft.SyncRequestDeleteReplica(ctx, m.cfg.ShardID, uint64(member), 0)
+	})
+	if err != nil {
 		return fmt.Errorf("placement: remove member %x: %w", member, err)
 	}
 	return nil
@@ -666,7 +785,7 @@ func (m *Membership) FillPlacement(ctx context.Context) error {
 // found and tried again. A range split while it was a learner, whose raft
 // group has no replica of it yet, it is added to as Add adds.
 func (m *Membership) Promote(ctx context.Context, member NodeID) error {
-	if err := m.mark(ctx, member, false, false); err != nil {
+	if err := m.mark(ctx, member, markPlain); err != nil {
 		return err
 	}
 	defer m.endReconfigure(member, false)
@@ -770,7 +889,7 @@ func (m *Membership) eachRange(ctx context.Context, f func(d *placementpb.RangeD
 func (m *Membership) endReconfigure(member NodeID, adding bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := m.cfg.Map.reconfigure(ctx, member, true, adding, false); err != nil {
+	if err := m.cfg.Map.reconfigure(ctx, member, true, markKind{adding: adding}); err != nil {
 		m.cfg.Log.Warn("mark a membership change over", "member", fmt.Sprintf("%x", uint64(member)), "error", err)
 	}
 }

@@ -109,28 +109,49 @@ func (m *Membership) skipUnfilled(ctx context.Context, d *placementpb.RangeDescr
 }
 
 // drains reports whether removing member moves its replicas (more than
-// RangeReplicas members in the placement group, member included) rather
-// than removing them.
+// RangeReplicas members in the placement group, member counted even once
+// it has left it) rather than removing them.
 func (m *Membership) drains(ctx context.Context, member NodeID) (bool, error) {
 	ms, err := m.groupMembership(ctx, m.cfg.ShardID)
 	if err != nil {
 		return false, err
 	}
-	return len(ms.Nodes)+len(ms.NonVotings) > m.cfg.RangeReplicas, nil
+	n := len(ms.Nodes) + len(ms.NonVotings)
+	_, voter := ms.Nodes[uint64(member)]
+	_, nonVoting := ms.NonVotings[uint64(member)]
+	if !voter && !nonVoting {
+		n++
+	}
+	return n > m.cfg.RangeReplicas, nil
+}
+
+// drainsRemoval reports whether removing member moves its replicas before
+// it leaves the member list: with subsets, when drains says so.
+func (m *Membership) drainsRemoval(ctx context.Context, member NodeID) (bool, error) {
+	if !m.subsets() {
+		return false, nil
+	}
+	return m.drains(ctx, member)
 }
 
 // drain removes member with subsets: while more than RangeReplicas
 // members are in the placement group (drains), it moves each voting
 // replica member holds to the member with the fewest replicas that holds
 // none of the range (an etcd learner holds none), and removes its learner
-// replicas; otherwise it removes every replica of member (raft, through a
-// member holding the range, then the map). Then it removes member from the
-// placement group. It reads the map again after each range, until the map
-// names no replica of member.
+// replicas, and then takes member out of the placement group; otherwise
+// it takes member out of the placement group first (BeginRemove did,
+// unless cut short) and then removes every replica of member (raft,
+// through a member holding the range, then the map). It reads the map
+// again after each range, until the map names no replica of member.
 func (m *Membership) drain(ctx context.Context, member NodeID) error {
 	moves, err := m.drains(ctx, member)
 	if err != nil {
 		return fmt.Errorf("placement: remove member %x: %w", member, err)
+	}
+	if !moves {
+		if err := m.leavePlacement(ctx, member); err != nil {
+			return err
+		}
 	}
 	for {
 		st, err := m.cfg.Map.State(ctx)
@@ -158,25 +179,7 @@ func (m *Membership) drain(ctx context.Context, member NodeID) error {
 			return fmt.Errorf("placement: remove member %x: move range %d to %x: %w", member, d.Id, uint64(to), err)
 		}
 	}
-	if err := m.replaceVoter(ctx, member); err != nil {
-		return fmt.Errorf("placement: remove member %x: %w", member, err)
-	}
-	ms, err := m.groupMembership(ctx, m.cfg.ShardID)
-	if err != nil {
-		return fmt.Errorf("placement: remove member %x: %w", member, err)
-	}
-	_, voter := ms.Nodes[uint64(member)]
-	_, nonVoting := ms.NonVotings[uint64(member)]
-	if !voter && !nonVoting {
-		return nil
-	}
-	err = m.retryRaft(ctx, func(ctx context.Context) error {
-		return m.cfg.Raft.SyncRequestDeleteReplica(ctx, m.cfg.ShardID, uint64(member), 0)
-	})
-	if err != nil {
-		return fmt.Errorf("placement: remove member %x: %w", member, err)
-	}
-	return nil
+	return m.leavePlacement(ctx, member)
 }
 
 // heldBy returns the first range, in key order, that names a replica of

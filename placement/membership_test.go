@@ -267,6 +267,9 @@ func (l loggedRaft) SyncPropose(ctx context.Context, s *dbclient.Session, cmd []
 		if op.Reconfigure.Learner {
 			what += " learner"
 		}
+		if op.Reconfigure.Removing {
+			what += " removing"
+		}
 	case *placementpb.Command_ChangeReplicas:
 		what = fmt.Sprintf("map: change-replicas r%d", op.ChangeReplicas.Range)
 		if op.ChangeReplicas.Add != 0 {
@@ -514,15 +517,38 @@ func TestMembership(t *testing.T) {
 			case "continue":
 				err = m.Continue(ctx, member, d.HasArg("learner"))
 			case "pending":
-				var ok, learner bool
-				member, learner, ok, err = m.Pending(ctx)
+				var ok bool
+				var p PendingChange
+				p, ok, err = m.Pending(ctx)
 				if err == nil {
 					c.mu.Lock()
-					c.log = append(c.log, fmt.Sprintf("pending member=%d learner=%t ok=%t", member, learner, ok))
+					what := fmt.Sprintf("pending member=%d learner=%t ok=%t", p.Member, p.Learner, ok)
+					if p.Removing {
+						what += " removing"
+					}
+					c.log = append(c.log, what)
 					c.mu.Unlock()
 				}
 			case "remove":
 				err = m.Remove(ctx, member)
+			case "begin-remove":
+				var drain bool
+				drain, err = m.BeginRemove(ctx, member)
+				if err == nil {
+					c.mu.Lock()
+					c.log = append(c.log, fmt.Sprintf("drain=%t", drain))
+					c.mu.Unlock()
+				}
+			case "continue-remove":
+				err = m.ContinueRemove(ctx, member)
+			case "removed":
+				var done bool
+				done, err = m.Removed(ctx, member)
+				if err == nil {
+					c.mu.Lock()
+					c.log = append(c.log, fmt.Sprintf("removed=%t", done))
+					c.mu.Unlock()
+				}
 			case "promote":
 				err = m.Promote(ctx, member)
 			case "fill":

@@ -89,7 +89,7 @@ type Table struct {
 	// (0: none); splits wait for it. adding and learner are its mark's
 	// (placementpb.Reconfigure).
 	reconfiguring               uint64
-	reconfAdding, reconfLearner bool
+	reconfAdding, reconfLearner, reconfRemoving bool
 }
 
 func lessStart(a, b *placementpb.RangeDescriptor) bool { return bytes.Compare(a.Start, b.Start) < 0 }
@@ -133,9 +133,9 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 		r := op.Reconfigure
 		switch {
 		case !r.Done:
-			t.reconfiguring, t.reconfAdding, t.reconfLearner = r.Member, r.Adding, r.Learner
+			t.reconfiguring, t.reconfAdding, t.reconfLearner, t.reconfRemoving = r.Member, r.Adding, r.Learner, r.Removing
 		case t.reconfiguring == r.Member && (!r.Adding || t.reconfAdding):
-			t.reconfiguring, t.reconfAdding, t.reconfLearner = 0, false, false
+			t.reconfiguring, t.reconfAdding, t.reconfLearner, t.reconfRemoving = 0, false, false, false
 		}
 		return &placementpb.Result{}, nil
 	case *placementpb.Command_ChangeReplicas:
@@ -369,7 +369,7 @@ func (t *Table) Bound() mvcc.Revision { return t.bound }
 func (t *Table) State() *placementpb.State {
 	st := &placementpb.State{Ranges: t.Ranges(), Bound: int64(t.bound), NextRangeId: uint64(t.nextRangeID),
 		Reconfiguring: t.reconfiguring, NextReplicaId: uint64(t.nextReplicaID), Moves: t.Moves(),
-		ReconfigureAdding: t.reconfAdding, ReconfigureLearner: t.reconfLearner}
+		ReconfigureAdding: t.reconfAdding, ReconfigureLearner: t.reconfLearner, ReconfigureRemoving: t.reconfRemoving}
 	ids := make([]NodeID, 0, len(t.nodes))
 	for id := range t.nodes {
 		ids = append(ids, id)
@@ -394,7 +394,7 @@ func (t *Table) Load(st *placementpb.State) {
 	}
 	t.bound = mvcc.Revision(st.Bound)
 	t.nextRangeID = RangeID(st.NextRangeId)
-	t.reconfiguring, t.reconfAdding, t.reconfLearner = st.Reconfiguring, st.ReconfigureAdding, st.ReconfigureLearner
+	t.reconfiguring, t.reconfAdding, t.reconfLearner, t.reconfRemoving = st.Reconfiguring, st.ReconfigureAdding, st.ReconfigureLearner, st.ReconfigureRemoving
 	t.nextReplicaID = max(ReplicaID(st.NextReplicaId), 1)
 	for _, mv := range st.Moves {
 		t.moves[RangeID(mv.Range)] = proto.Clone(mv).(*placementpb.Move)

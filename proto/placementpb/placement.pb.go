@@ -1161,13 +1161,16 @@ func (x *RemoveNode) GetId() uint64 {
 // to the ranges after it joined the placement group (what the placement
 // leader resumes; learner: it is added as an etcd learner); done with
 // adding ends only such a mark, so that a walk cut short by the member's
-// removal does not end the removal's mark.
+// removal does not end the removal's mark. removing marks a removal
+// whose walk (draining or removing the member's replicas) is left to the
+// placement leader, as adding does an add's.
 type Reconfigure struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Member        uint64                 `protobuf:"varint,1,opt,name=member,proto3" json:"member,omitempty"`
 	Done          bool                   `protobuf:"varint,2,opt,name=done,proto3" json:"done,omitempty"`
 	Adding        bool                   `protobuf:"varint,3,opt,name=adding,proto3" json:"adding,omitempty"`
 	Learner       bool                   `protobuf:"varint,4,opt,name=learner,proto3" json:"learner,omitempty"`
+	Removing      bool                   `protobuf:"varint,5,opt,name=removing,proto3" json:"removing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1226,6 +1229,13 @@ func (x *Reconfigure) GetAdding() bool {
 func (x *Reconfigure) GetLearner() bool {
 	if x != nil {
 		return x.Learner
+	}
+	return false
+}
+
+func (x *Reconfigure) GetRemoving() bool {
+	if x != nil {
+		return x.Removing
 	}
 	return false
 }
@@ -1713,10 +1723,11 @@ type State struct {
 	// moves are the open moves, by range.
 	Moves []*Move `protobuf:"bytes,7,rep,name=moves,proto3" json:"moves,omitempty"`
 	// reconfigure_adding and reconfigure_learner are the mark's (Reconfigure).
-	ReconfigureAdding  bool `protobuf:"varint,8,opt,name=reconfigure_adding,json=reconfigureAdding,proto3" json:"reconfigure_adding,omitempty"`
-	ReconfigureLearner bool `protobuf:"varint,9,opt,name=reconfigure_learner,json=reconfigureLearner,proto3" json:"reconfigure_learner,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	ReconfigureAdding   bool `protobuf:"varint,8,opt,name=reconfigure_adding,json=reconfigureAdding,proto3" json:"reconfigure_adding,omitempty"`
+	ReconfigureLearner  bool `protobuf:"varint,9,opt,name=reconfigure_learner,json=reconfigureLearner,proto3" json:"reconfigure_learner,omitempty"`
+	ReconfigureRemoving bool `protobuf:"varint,10,opt,name=reconfigure_removing,json=reconfigureRemoving,proto3" json:"reconfigure_removing,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
@@ -1808,6 +1819,13 @@ func (x *State) GetReconfigureAdding() bool {
 func (x *State) GetReconfigureLearner() bool {
 	if x != nil {
 		return x.ReconfigureLearner
+	}
+	return false
+}
+
+func (x *State) GetReconfigureRemoving() bool {
+	if x != nil {
+		return x.ReconfigureRemoving
 	}
 	return false
 }
@@ -1905,12 +1923,13 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\x04done\x18\x03 \x01(\bR\x04done\"\x1c\n" +
 	"\n" +
 	"RemoveNode\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\"k\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"\x87\x01\n" +
 	"\vReconfigure\x12\x16\n" +
 	"\x06member\x18\x01 \x01(\x04R\x06member\x12\x12\n" +
 	"\x04done\x18\x02 \x01(\bR\x04done\x12\x16\n" +
 	"\x06adding\x18\x03 \x01(\bR\x06adding\x12\x18\n" +
-	"\alearner\x18\x04 \x01(\bR\alearner\"P\n" +
+	"\alearner\x18\x04 \x01(\bR\alearner\x12\x1a\n" +
+	"\bremoving\x18\x05 \x01(\bR\bremoving\"P\n" +
 	"\x0eChangeReplicas\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x10\n" +
 	"\x03add\x18\x02 \x01(\x04R\x03add\x12\x16\n" +
@@ -1947,7 +1966,7 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\x05error\x18\x01 \x01(\tR\x05error\x128\n" +
 	"\x06ranges\x18\x02 \x03(\v2 .cairn.placement.RangeDescriptorR\x06ranges\x12\x14\n" +
 	"\x05bound\x18\x03 \x01(\x03R\x05bound\x12)\n" +
-	"\x04move\x18\x04 \x01(\v2\x15.cairn.placement.MoveR\x04move\"\x83\x03\n" +
+	"\x04move\x18\x04 \x01(\v2\x15.cairn.placement.MoveR\x04move\"\xb6\x03\n" +
 	"\x05State\x128\n" +
 	"\x06ranges\x18\x01 \x03(\v2 .cairn.placement.RangeDescriptorR\x06ranges\x12+\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x15.cairn.placement.NodeR\x05nodes\x12\x14\n" +
@@ -1957,7 +1976,9 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\x0fnext_replica_id\x18\x06 \x01(\x04R\rnextReplicaId\x12+\n" +
 	"\x05moves\x18\a \x03(\v2\x15.cairn.placement.MoveR\x05moves\x12-\n" +
 	"\x12reconfigure_adding\x18\b \x01(\bR\x11reconfigureAdding\x12/\n" +
-	"\x13reconfigure_learner\x18\t \x01(\bR\x12reconfigureLearner*U\n" +
+	"\x13reconfigure_learner\x18\t \x01(\bR\x12reconfigureLearner\x121\n" +
+	"\x14reconfigure_removing\x18\n" +
+	" \x01(\bR\x13reconfigureRemoving*U\n" +
 	"\bMoveStep\x12\x19\n" +
 	"\x15MOVE_STEP_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05ADDED\x10\x01\x12\f\n" +

@@ -67,10 +67,19 @@ func (n *Node) publish(ctx context.Context) {
 // answers from its own view, as etcd does without --linearizable: the
 // membership it last read, reused while its local config-change index is
 // unchanged, so a member cut off from the others still lists them.
+//
+// A non-linearizable list whose view is stale (a membership change applied
+// since) reads it again for at most a second, or 200ms when a view exists
+// to fall back on: a change that left the group without a quorum (a second
+// voter added to a one-member cluster, not started yet) must not hold up
+// answers such as MemberAdd's by a whole second.
 func (n *Node) Members(linearizable bool) ([]*pb.Member, error) {
 	timeout := 5 * time.Second
 	if !linearizable {
 		timeout = time.Second
+		if n.membersView.Load() != nil {
+			timeout = 200 * time.Millisecond
+		}
 	}
 	return n.members(linearizable, timeout)
 }

@@ -75,7 +75,7 @@ func (s *keySample) add(key []byte) {
 func (s *keySample) take() [][]byte {
 	s.mu.Lock()
 	keys := s.keys
-	s.keys, s.seen = make([][]byte, 0, sampleSize), 0
+	s.keys, s.seen = nil, 0 // a cold range's sample stays small
 	s.mu.Unlock()
 	slices.SortFunc(keys, bytes.Compare)
 	return keys

@@ -22,8 +22,8 @@ import (
 // reads from memory (leaders, applied indexes, revisions, the store's
 // size), and what a refresher computes every rangeStatsEvery and caches
 // (each range's size, write and read rates, load key, closed-revision lag
-// and live keys), so
-// that no scrape scans data however many ranges the member holds.
+// and live keys), so that no scrape scans data however many ranges the
+// member holds.
 //
 // Cardinality stays bounded with thousands of ranges: no etcd-named series
 // has a range label; the ranges' figures appear as histograms over the

@@ -58,12 +58,12 @@ import (
 // whose reads spread over its replicas looks cooler than it is, and its
 // load key is the leader's sample's. The stats window (15 s) is not the
 // scheduler's: with a shorter SchedulerWindow one hot stats window counts
-// for several of the scheduler's. While a member is
-// being added or removed (the map's reconfiguring mark) no round runs:
-// member remove drains the member itself (placement.Membership), so the
-// scheduler's drain rule never fires here (no member is reported
-// Removing), and a member joining gets nothing before it is in. A new
-// placement leader starts the scheduler's history afresh.
+// for several of the scheduler's. While a member is being added or
+// removed (the map's reconfiguring mark) no round runs: member remove
+// drains the member itself (placement.Membership), so the scheduler's
+// drain rule never fires here (no member is reported Removing), and a
+// member joining gets nothing before it is in. A new placement leader
+// starts the scheduler's history afresh.
 
 // defaultSchedulerWindow is Config.SchedulerWindow's default.
 const defaultSchedulerWindow = 10 * time.Second

@@ -162,6 +162,11 @@ type Config struct {
 	// scheduler runs without them.
 	RangeMaxBytes, RangeMinBytes int64
 	MemberDownTimeout            time.Duration
+	// SplitLoad is the scheduler's split-by-load threshold: a range
+	// serving more writes+reads per second than this for
+	// placement.DefaultSplitLoadWindows windows in a row splits at its
+	// load key (0: placement.DefaultSplitLoad).
+	SplitLoad int64
 	// AdoptRecordedMode makes Sharded the mode of a new data directory
 	// only: one that records its mode (<data-dir>/mode, written at the
 	// first start) starts in that mode, and one from before modes were

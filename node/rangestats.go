@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/version"
 
 	"github.com/cairn-kv/cairn/mvcc"
+	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -20,8 +21,9 @@ import (
 // The node's figures that are read rather than reported: what a scrape
 // reads from memory (leaders, applied indexes, revisions, the store's
 // size), and what a refresher computes every rangeStatsEvery and caches
-// (each range's size, write rate, closed-revision lag and live keys), so
-// that no scrape scans data however many ranges the member holds.
+// (each range's size, write and read rates, load key, closed-revision lag
+// and live keys), so that no scrape scans data however many ranges the
+// member holds.
 //
 // Cardinality stays bounded with thousands of ranges: no etcd-named series
 // has a range label; the ranges' figures appear as histograms over the
@@ -53,13 +55,34 @@ type rangeFigures struct {
 	keys int64
 	// rev is the store's revision when keys were counted.
 	rev mvcc.Revision
-	// proposed is Replica.Proposed then; writes is the rate since the
-	// refresh before (writes proposed here per second; 0 on the first).
-	proposed uint64
-	writes   float64
+	// proposed is Replica.Proposed then and read Replica.Reads; writes
+	// and reads are the rates since the refresh before (requests served
+	// here per second; 0 on the first).
+	proposed, read uint64
+	writes, reads  float64
+	// loadKey divides the requests served here since the refresh before
+	// about in half (shard.LoadKey of the replica's key sample, over the
+	// span then); nil if the sample could not tell.
+	loadKey []byte
+	// gen is the range's generation then, since its generation at the
+	// refresh before: while they differ (the range split or merged in the
+	// window) writes, reads and loadKey describe another span
+	// (currentLoad).
+	gen, since uint64
 	// lag is how far its closed revision is behind the most advanced
 	// range here (sharded mode; 0 in single-group mode).
 	lag int64
+}
+
+// currentLoad is f's writes, reads and load key if they describe range
+// d as it is (no split or merge changed its span since the window they
+// cover began), else none: a parent's figures from before its split are
+// not its load now, nor is its load key inside its span.
+func (f rangeFigures) currentLoad(d *placementpb.RangeDescriptor) (writes, reads float64, loadKey []byte) {
+	if f.gen != f.since || f.gen != d.GetGeneration() {
+		return 0, 0, nil
+	}
+	return f.writes, f.reads, f.loadKey
 }
 
 // rangeStatsSnapshot is one refresh's result; never changed once
@@ -160,7 +183,10 @@ func (s *rangeStats) refresh() {
 		if err != nil {
 			continue // closed or not open yet: next time
 		}
-		f := rangeFigures{id: r.ID(), leads: r.Leads(), rev: st.Revision, proposed: rep.Proposed()}
+		d := r.Descriptor()
+		f := rangeFigures{id: r.ID(), leads: r.Leads(), rev: st.Revision, proposed: rep.Proposed(), read: rep.Reads(),
+			gen: d.GetGeneration(), since: d.GetGeneration()}
+		f.loadKey = shard.LoadKey(rep.TakeKeySample(), d.GetStart(), d.GetEnd())
 		if size, err := sm.DiskUsage(); err == nil {
 			f.size = size
 		}
@@ -171,8 +197,14 @@ func (s *rangeStats) refresh() {
 		} else {
 			f.rev = -1 // count again next time
 		}
-		if b, ok := before[f.id]; ok && elapsed > 0 && f.proposed >= b.proposed {
-			f.writes = float64(f.proposed-b.proposed) / elapsed
+		if b, ok := before[f.id]; ok {
+			f.since = b.gen
+			if elapsed > 0 && f.proposed >= b.proposed {
+				f.writes = float64(f.proposed-b.proposed) / elapsed
+			}
+			if elapsed > 0 && f.read >= b.read {
+				f.reads = float64(f.read-b.read) / elapsed
+			}
 		}
 		front = max(front, st.Closed, st.Revision)
 		closed = append(closed, closedAt{len(out), st.Closed})

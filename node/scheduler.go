@@ -27,10 +27,13 @@ import (
 //     a member's heartbeat age is the time since it last answered (since
 //     the loop first saw it, if never);
 //   - asks each range's holders, leader hint first, for the range's
-//     figures (ChangeRange STATS: size, keys and writes per second as the
-//     answering member's range stats last computed them, every 15 s), its
-//     leader, and, if it is above RangeMaxBytes, its middle key (by live
-//     keys: about half of them before it);
+//     figures (ChangeRange STATS: size, keys, and writes and reads per
+//     second as the answering member's range stats last computed them,
+//     over their last 15 s window), its leader, if it is above
+//     RangeMaxBytes its middle key (by live keys: about half of them
+//     before it), and if its writes+reads per second are above SplitLoad
+//     its load key (shard.LoadKey: about half of the window's requests,
+//     by a sample of their keys, before it);
 //   - plans (placement.Scheduler.Plan) and runs the round's operations
 //     side by side, waiting for them all before the next round: move and
 //     recreate through the Mover, transfer-leader through
@@ -38,16 +41,29 @@ import (
 //     member holding the range. Merges are not supported yet: logged and
 //     skipped.
 //
+// Splits by load: the shard's replica client counts the writes it
+// proposes and the reads (Range, read-only Txn) it serves, and samples
+// their keys (shard/load.go); the range stats turn counts and sample into
+// rates and a load key every window. A window in which the range split or
+// merged reports no load (its figures describe another span), so a
+// parent just split is not hot again before a window that began after
+// the split ends.
+//
 // Known gaps of this slice: merges are off (the scheduler runs with
-// RangeMinBytes -1 whatever Config.RangeMinBytes says); no load key is
-// computed (splits by load never fire: the scheduler ignores an empty
-// key); the middle key halves the live keys, not the bytes; reads are
-// not counted (Reads is 0), so load is writes only. While a member is
-// being added or removed (the map's reconfiguring mark) no round runs:
-// member remove drains the member itself (placement.Membership), so the
-// scheduler's drain rule never fires here (no member is reported
-// Removing), and a member joining gets nothing before it is in. A new
-// placement leader starts the scheduler's history afresh.
+// RangeMinBytes -1 whatever Config.RangeMinBytes says); the middle key
+// halves the live keys, not the bytes; a range's load is what the member
+// that answers STATS served (its leader's, as a rule): writes all go
+// through the leader, but reads served by replicas on other members (a
+// member holding a replica reads it locally) are not added, so a range
+// whose reads spread over its replicas looks cooler than it is, and its
+// load key is the leader's sample's. The stats window (15 s) is not the
+// scheduler's: with a shorter SchedulerWindow one hot stats window counts
+// for several of the scheduler's. While a member is being added or
+// removed (the map's reconfiguring mark) no round runs: member remove
+// drains the member itself (placement.Membership), so the scheduler's
+// drain rule never fires here (no member is reported Removing), and a
+// member joining gets nothing before it is in. A new placement leader
+// starts the scheduler's history afresh.
 
 // defaultSchedulerWindow is Config.SchedulerWindow's default.
 const defaultSchedulerWindow = 10 * time.Second
@@ -79,7 +95,7 @@ func (n *Node) runScheduler() {
 	// it would merge out of balance, so they are not asked for at all
 	// (Config.RangeMinBytes waits for them).
 	cfg := placement.SchedulerConfig{RangeMaxBytes: n.cfg.RangeMaxBytes, RangeMinBytes: -1,
-		MemberDownTimeout: n.cfg.MemberDownTimeout}
+		SplitLoad: n.cfg.SplitLoad, MemberDownTimeout: n.cfg.MemberDownTimeout}
 	var s *schedulerRound
 	t := time.NewTicker(window)
 	defer t.Stop()
@@ -244,19 +260,20 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) plac
 		}
 		for _, m := range holders(d) {
 			resp, err := s.ask(ctx, m, &internalpb.ChangeRangeRequest{Range: d.Id, Op: internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS,
-				SplitAbove: s.plan.Config().RangeMaxBytes})
+				SplitAbove: s.plan.Config().RangeMaxBytes, LoadAbove: s.plan.Config().SplitLoad})
 			if err != nil {
 				continue
 			}
 			s.heard[m] = now
-			rr.Bytes, rr.Keys, rr.Writes, rr.MiddleKey = resp.SizeBytes, resp.Keys, int64(resp.WritesPerSecond), resp.MiddleKey
+			rr.Bytes, rr.Keys, rr.MiddleKey = resp.SizeBytes, resp.Keys, resp.MiddleKey
+			rr.Writes, rr.Reads, rr.LoadKey = int64(resp.WritesPerSecond), int64(resp.ReadsPerSecond), resp.LoadKey
 			if leader, ok := placement.MemberOf(d, placement.ReplicaID(resp.Leader)); ok {
 				rr.Leader = leader
 			}
 			break
 		}
 		s.n.log.Debug("scheduler: range report", "range", rr.ID, "bytes", rr.Bytes, "keys", rr.Keys, "writes", rr.Writes,
-			"leader", rr.Leader, "middle-key", string(rr.MiddleKey))
+			"reads", rr.Reads, "leader", rr.Leader, "middle-key", string(rr.MiddleKey), "load-key", string(rr.LoadKey))
 		rep.Ranges = append(rep.Ranges, rr)
 	}
 	return rep
@@ -271,8 +288,10 @@ func (s *schedulerRound) ask(ctx context.Context, member placement.NodeID, req *
 
 // rangeStatsOf answers ChangeRange STATS: range id's figures here as the
 // range stats last computed them, and the replica raft says leads it;
-// with id 0, the node's disk use.
-func (n *Node) rangeStatsOf(ctx context.Context, id shard.RangeID, splitAbove int64) (*internalpb.ChangeRangeResponse, error) {
+// with id 0, the node's disk use. Its middle key if it is larger than
+// splitAbove bytes, its load key if its writes+reads per second are above
+// loadAbove (0: neither).
+func (n *Node) rangeStatsOf(ctx context.Context, id shard.RangeID, splitAbove, loadAbove int64) (*internalpb.ChangeRangeResponse, error) {
 	if id == 0 {
 		return &internalpb.ChangeRangeResponse{DiskBytes: n.Status().DBSize}, nil
 	}
@@ -281,10 +300,15 @@ func (n *Node) rangeStatsOf(ctx context.Context, id shard.RangeID, splitAbove in
 		return nil, fmt.Errorf("%w: no replica of range %d on member %x", shard.ErrNoLeader, id, n.memberID)
 	}
 	out := &internalpb.ChangeRangeResponse{Replica: uint64(r.ReplicaID())}
+	var loadKey []byte
 	for _, f := range n.stats.snapshot().ranges {
 		if f.id == id {
-			out.SizeBytes, out.Keys, out.WritesPerSecond = int64(f.size), f.keys, f.writes
+			out.SizeBytes, out.Keys = int64(f.size), f.keys
+			out.WritesPerSecond, out.ReadsPerSecond, loadKey = f.currentLoad(r.Descriptor())
 		}
+	}
+	if loadAbove > 0 && out.WritesPerSecond+out.ReadsPerSecond > float64(loadAbove) {
+		out.LoadKey = loadKey
 	}
 	if sm := r.StateMachine(); sm != nil {
 		if size, err := sm.DiskUsage(); err == nil {

@@ -23,12 +23,16 @@ import (
 
 // Range answers req from the range's store.
 func (r *Replica) Range(ctx context.Context, req *pb.RangeRequest, linearizable bool) (*pb.RangeResponse, error) {
+	r.reads.Add(1)
+	r.sample.add(req.GetKey())
 	return read[*pb.RangeResponse](ctx, r, RangeQuery{Req: req}, linearizable)
 }
 
 // ReadTxn answers a read-only txn. floor, if set, is a revision the caller
 // knows the shard's closed revision has reached (TxnQuery.Floor).
 func (r *Replica) ReadTxn(ctx context.Context, req *pb.TxnRequest, floor mvcc.Revision, linearizable bool) (*pb.TxnResponse, error) {
+	r.reads.Add(1)
+	r.sample.add(txnReadKey(req))
 	return read[*pb.TxnResponse](ctx, r, TxnQuery{Req: req, Floor: floor}, linearizable)
 }
 

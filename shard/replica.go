@@ -88,8 +88,12 @@ type Replica struct {
 	local     func() *StateMachine
 	replicaID ReplicaID
 	restamped atomic.Uint64
-	// proposed counts the requests written through this client.
+	// proposed counts the requests written through Write, reads those
+	// read through Range and ReadTxn; sample holds some of their keys
+	// (load.go).
 	proposed atomic.Uint64
+	reads    atomic.Uint64
+	sample   *keySample
 	// inFlight counts the writes whose callers wait for their outcome.
 	inFlight atomic.Int64
 	// obs, if set (by Range.Start, before the client is used), hears of
@@ -177,6 +181,7 @@ func NewStampingReplica(nh *dragonboat.NodeHost, shardID RangeID, replicaID Repl
 		stop:      make(chan struct{}),
 
 		holdWake: make(chan struct{}),
+		sample:   newKeySample(uint64(shardID)),
 		election: defaultElectionTimeout,
 		timeout:  defaultRequestTimeout,
 	}
@@ -207,6 +212,7 @@ func (r *Replica) Close() {
 // state machine is returned as *Error.
 func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (resp *shardpb.Response, err error) {
 	r.proposed.Add(1)
+	r.sample.add(writeKey(req))
 	r.inFlight.Add(1)
 	defer func() {
 		r.inFlight.Add(-1)
@@ -315,6 +321,16 @@ func (r *Replica) leading() (uint64, error) {
 // Proposed reports how many requests were written through Write (the
 // range's write load as this node sees it).
 func (r *Replica) Proposed() uint64 { return r.proposed.Load() }
+
+// Reads reports how many reads were served through Range and ReadTxn
+// (the range's read load as this node sees it).
+func (r *Replica) Reads() uint64 { return r.reads.Load() }
+
+// TakeKeySample returns, sorted, a sample of the keys the requests
+// counted by Proposed and Reads touched since the last take (at most
+// sampleSize of them, one per request, each request equally likely to be
+// in it), and starts a new sample. LoadKey turns it into a load key.
+func (r *Replica) TakeKeySample() [][]byte { return r.sample.take() }
 
 // InFlight reports how many writes through Write and WriteAll wait for
 // their outcome now (etcd_server_proposals_pending).

@@ -1248,7 +1248,10 @@ type ChangeRangeRequest struct {
 	Member  uint64                 `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
 	// split_above (STATS): a range larger than this many bytes answers its
 	// middle key too (0: none).
-	SplitAbove    int64 `protobuf:"varint,5,opt,name=split_above,json=splitAbove,proto3" json:"split_above,omitempty"`
+	SplitAbove int64 `protobuf:"varint,5,opt,name=split_above,json=splitAbove,proto3" json:"split_above,omitempty"`
+	// load_above (STATS): a range whose writes+reads per second are above
+	// this answers its load key too (0: none).
+	LoadAbove     int64 `protobuf:"varint,6,opt,name=load_above,json=loadAbove,proto3" json:"load_above,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1318,6 +1321,13 @@ func (x *ChangeRangeRequest) GetSplitAbove() int64 {
 	return 0
 }
 
+func (x *ChangeRangeRequest) GetLoadAbove() int64 {
+	if x != nil {
+		return x.LoadAbove
+	}
+	return 0
+}
+
 type ChangeRangeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Error *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
@@ -1339,7 +1349,14 @@ type ChangeRangeResponse struct {
 	DiskBytes       int64   `protobuf:"varint,11,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
 	// middle_key (STATS, with split_above): the key with about half the
 	// range's live keys before it (empty: none).
-	MiddleKey     []byte `protobuf:"bytes,12,opt,name=middle_key,json=middleKey,proto3" json:"middle_key,omitempty"`
+	MiddleKey []byte `protobuf:"bytes,12,opt,name=middle_key,json=middleKey,proto3" json:"middle_key,omitempty"`
+	// reads_per_second (STATS): the reads of the range served here per
+	// second (Range and read-only Txn requests).
+	ReadsPerSecond float64 `protobuf:"fixed64,13,opt,name=reads_per_second,json=readsPerSecond,proto3" json:"reads_per_second,omitempty"`
+	// load_key (STATS, with load_above): the key with about half the
+	// requests of the range's last stats window before it, from a sample of
+	// their keys (empty: none, or the sample cannot tell).
+	LoadKey       []byte `protobuf:"bytes,14,opt,name=load_key,json=loadKey,proto3" json:"load_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1454,6 +1471,20 @@ func (x *ChangeRangeResponse) GetDiskBytes() int64 {
 func (x *ChangeRangeResponse) GetMiddleKey() []byte {
 	if x != nil {
 		return x.MiddleKey
+	}
+	return nil
+}
+
+func (x *ChangeRangeResponse) GetReadsPerSecond() float64 {
+	if x != nil {
+		return x.ReadsPerSecond
+	}
+	return 0
+}
+
+func (x *ChangeRangeResponse) GetLoadKey() []byte {
+	if x != nil {
+		return x.LoadKey
 	}
 	return nil
 }
@@ -3500,14 +3531,16 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"D\n" +
 	"\x0eRevisionEvents\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x16\n" +
-	"\x06events\x18\x02 \x03(\fR\x06events\"\xaf\x01\n" +
+	"\x06events\x18\x02 \x03(\fR\x06events\"\xce\x01\n" +
 	"\x12ChangeRangeRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x120\n" +
 	"\x02op\x18\x02 \x01(\x0e2 .cairn.internal.v1.ChangeRangeOpR\x02op\x12\x18\n" +
 	"\areplica\x18\x03 \x01(\x04R\areplica\x12\x16\n" +
 	"\x06member\x18\x04 \x01(\x04R\x06member\x12\x1f\n" +
 	"\vsplit_above\x18\x05 \x01(\x03R\n" +
-	"splitAbove\"\xfc\x02\n" +
+	"splitAbove\x12\x1d\n" +
+	"\n" +
+	"load_above\x18\x06 \x01(\x03R\tloadAbove\"\xc1\x03\n" +
 	"\x13ChangeRangeResponse\x12.\n" +
 	"\x05error\x18\x01 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\x12\x16\n" +
 	"\x06voters\x18\x02 \x03(\x04R\x06voters\x12\x1a\n" +
@@ -3524,7 +3557,9 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
 	"disk_bytes\x18\v \x01(\x03R\tdiskBytes\x12\x1d\n" +
 	"\n" +
-	"middle_key\x18\f \x01(\fR\tmiddleKey\"f\n" +
+	"middle_key\x18\f \x01(\fR\tmiddleKey\x12(\n" +
+	"\x10reads_per_second\x18\r \x01(\x01R\x0ereadsPerSecond\x12\x19\n" +
+	"\bload_key\x18\x0e \x01(\fR\aloadKey\"f\n" +
 	"\x10MoveRangeRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1f\n" +
 	"\vfrom_member\x18\x02 \x01(\x04R\n" +

@@ -109,9 +109,10 @@ import (
 // default): members answer the placement leader's member's ChangeRange
 // STATS questions rather than pushing reports, the heartbeat age is the
 // time since a member last answered, middle keys halve a range's live
-// keys, load keys and merges are not there yet, and no round runs while
-// a member is added or removed (Membership drains). What follows was the
-// plan.
+// keys, load keys are the sampled request keys' divide on the member that
+// answers (its leader, normally: reads served elsewhere are not added),
+// merges are not there yet, and no round runs while a member is added or
+// removed (Membership drains). What follows was the plan.
 //
 //   - Every member reports, every window (say 10s), for each range it
 //     leads: size and keys (pebble's estimate over the span), writes and

@@ -88,7 +88,7 @@ type Table struct {
 	// reconfiguring is the member whose membership change is under way
 	// (0: none); splits wait for it. adding and learner are its mark's
 	// (placementpb.Reconfigure).
-	reconfiguring               uint64
+	reconfiguring                               uint64
 	reconfAdding, reconfLearner, reconfRemoving bool
 }
 

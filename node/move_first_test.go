@@ -335,6 +335,7 @@ func TestMemberRemoveDrainsFirstRange(t *testing.T) {
 	}
 	gone := cl.Node(victim)
 	goneID := gone.MemberID()
+	held := heldBy(t, cl, victim)
 	var others []string
 	for i, u := range cl.URLs() {
 		if i != victim {
@@ -355,7 +356,7 @@ func TestMemberRemoveDrainsFirstRange(t *testing.T) {
 	if _, err := c.MemberRemove(ctx, goneID); err != nil {
 		t.Fatalf("remove member %d: %v", victim, err)
 	}
-	leftNothing(t, gone)
+	leftEverything(t, gone, held)
 	if err := cl.Stop(victim); err != nil {
 		t.Fatal(err)
 	}

@@ -134,6 +134,11 @@ func TestMoveRange(t *testing.T) {
 	move := func(from, to int) {
 		t.Helper()
 		fromID, toID := cl.Node(from).MemberID(), cl.Node(to).MemberID()
+		held := rangeIn(t, cl, 2) // as it was on the member left
+		// What leftNothing looks for is there before the move.
+		if kinds, err := cl.Node(from).RangeData(held); err != nil || kinds['k'] == 0 || kinds['e'] == 0 || kinds['m'] == 0 || kinds['r'] == 0 {
+			t.Fatalf("member %d's pebble before range 2 leaves it: %s (%v), want its data", from, fmtKinds(kinds), err)
+		}
 		snapshots := cl.Node(to).DestinationSnapshots()
 		resp, err := nc.MoveRange(ctx, &internalpb.MoveRangeRequest{Range: 2, FromMember: fromID, ToMember: toID})
 		if err != nil {
@@ -160,29 +165,16 @@ func TestMoveRange(t *testing.T) {
 			want = append(want, p.Id)
 		}
 		slices.Sort(want)
-		nodetest.Eventually(t, "range 2's raft membership is the map's and the member left dropped it", func() bool {
+		nodetest.Eventually(t, "range 2's raft membership is the map's", func() bool {
 			for _, p := range placement.Pairs(d) {
 				n := cl.Node(cl.MemberIndex(p.Member))
 				if n.LocalReplicas()[2] != p.Id || !slices.Equal(slices.Sorted(slices.Values(n.RaftReplicas()[2])), want) {
 					return false
 				}
 			}
-			left := cl.Node(from)
-			if _, runs := left.LocalReplicas()[2]; runs {
-				return false
-			}
-			recs, err := left.ReplicaRecords()
-			if err != nil {
-				return false
-			}
-			for _, rec := range recs {
-				if rec.Range == 2 {
-					return false
-				}
-			}
-			kinds, err := left.StoredKinds()
-			return err == nil && kinds['k'] == 0 // only range 2 has keys
+			return true
 		})
+		leftNothing(t, cl.Node(from), held)
 	}
 	move(from, to)
 	move(to, from)

@@ -14,6 +14,7 @@ import (
 	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/node/testport"
 	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/placementpb"
 )
 
 // putEach writes every subset key through c.
@@ -46,21 +47,80 @@ func addMember(t *testing.T, ctx context.Context, cl *nodetest.Cluster, c *clien
 	return added.Member.ID, i
 }
 
-// leftNothing waits until member gone, removed, runs no replica and
-// holds no record and no key.
-func leftNothing(t *testing.T, gone *node.Node) {
+// leftNothing waits until member gone holds nothing of the ranges in left
+// (their descriptors as the map had them while it held them): it runs no
+// replica of them and keeps no record of one, no raft data of its replica
+// (bootstrap record, snapshots) and, in its pebble, none of their data of
+// any kind — versions and event log entries of keys in their spans, their
+// stores' and lessors' records (node.RangeData). What it keeps of ranges
+// it still holds is theirs, and not looked at.
+func leftNothing(t *testing.T, gone *node.Node, left ...*placementpb.RangeDescriptor) {
 	t.Helper()
-	nodetest.Eventually(t, "the member removed runs no replica and holds no key", func() bool {
-		if len(gone.LocalReplicas()) != 0 {
-			return false
-		}
+	if len(left) == 0 {
+		t.Fatal("leftNothing: no range left")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Bounded by a minute, not Eventually's 20 s: a drop's event log sweep
+	// is slower on a loaded machine; a failure says what is left.
+	nodetest.WaitFor(ctx, t, func() error {
 		recs, err := gone.ReplicaRecords()
-		if err != nil || len(recs) != 0 {
-			return false
+		if err != nil {
+			return err
 		}
-		kinds, err := gone.StoredKinds()
-		return err == nil && kinds['k'] == 0
+		for _, d := range left {
+			rid, ok := placement.ReplicaOf(d, placement.NodeID(gone.MemberID()))
+			if !ok {
+				t.Fatalf("leftNothing: range %d's descriptor %v does not name member %x", d.Id, placement.Pairs(d), gone.MemberID())
+			}
+			what := fmt.Sprintf("member %x, range %d (replica %d)", gone.MemberID(), d.Id, rid)
+			if r, runs := gone.LocalReplicas()[d.Id]; runs {
+				return fmt.Errorf("%s: runs replica %d", what, r)
+			}
+			for _, rec := range recs {
+				if uint64(rec.Range) == d.Id {
+					return fmt.Errorf("%s: record %+v", what, rec)
+				}
+			}
+			if boot, snaps, err := gone.RaftData(d.Id, uint64(rid)); err != nil || boot || len(snaps) != 0 {
+				return fmt.Errorf("%s: raft data: bootstrap %v, snapshots %v (%v)", what, boot, snaps, err)
+			}
+			kinds, err := gone.RangeData(d)
+			if err != nil {
+				return err
+			}
+			for _, k := range rangeKinds {
+				if kinds[k] != 0 {
+					return fmt.Errorf("%s: pebble holds %s of it", what, fmtKinds(kinds))
+				}
+			}
+		}
+		return nil
 	})
+}
+
+// heldBy returns the descriptors of the ranges the map, read through
+// member 0, has on member i.
+func heldBy(t *testing.T, cl *nodetest.Cluster, i int) []*placementpb.RangeDescriptor {
+	t.Helper()
+	var out []*placementpb.RangeDescriptor
+	for _, d := range rangeMapOf(t, cl) {
+		if _, ok := placement.ReplicaOf(d, placement.NodeID(cl.Node(i).MemberID())); ok {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// leftEverything is leftNothing of a member removed, which left every
+// range in held: besides, it runs no replica at all and keeps no record.
+func leftEverything(t *testing.T, gone *node.Node, held []*placementpb.RangeDescriptor) {
+	t.Helper()
+	leftNothing(t, gone, held...)
+	recs, err := gone.ReplicaRecords()
+	if got := gone.LocalReplicas(); len(got) != 0 || err != nil || len(recs) != 0 {
+		t.Fatalf("the member removed runs replicas %v and keeps records %+v (%v), want none", got, recs, err)
+	}
 }
 
 // raftIsMap asserts that every range's raft membership, on each member
@@ -141,11 +201,10 @@ func TestMemberAddGetsNoRanges(t *testing.T) {
 // TestMemberRemoveDrains: five members, three replicas per range, three
 // ranges; removing a member that holds replicas (not range 1's here:
 // TestMemberRemoveDrainsFirstRange) moves each of them to another member
-// first: every
-// range still has three voters, none on the member removed, each range's
-// raft membership is the map's, the member removed runs no replica and
-// holds no key, and requests through the other members go on working
-// throughout.
+// first: every range still has three voters, none on the member removed,
+// each range's raft membership is the map's, the member removed runs no
+// replica and keeps nothing of the ranges it held (leftNothing), and
+// requests through the other members go on working throughout.
 func TestMemberRemoveDrains(t *testing.T) {
 	// Three ranges, so that the member leaving holds one or two replicas:
 	// each is one move, and one shows the drain as well as ten.
@@ -163,8 +222,8 @@ func TestMemberRemoveDrains(t *testing.T) {
 	}
 	gone := cl.Node(victim)
 	goneID := gone.MemberID()
-	held := len(gone.LocalReplicas())
-	if held == 0 {
+	held := heldBy(t, cl, victim)
+	if len(held) == 0 {
 		t.Fatalf("member %d holds no replica", victim)
 	}
 	var others []string
@@ -218,7 +277,7 @@ func TestMemberRemoveDrains(t *testing.T) {
 	if _, err := c.MemberRemove(ctx, goneID); err != nil {
 		t.Fatalf("remove member %d: %v", victim, err)
 	}
-	t.Logf("member %d (%d replicas) removed in %v", victim, held, time.Since(start))
+	t.Logf("member %d (%d replicas) removed in %v", victim, len(held), time.Since(start))
 	close(stop)
 	wg.Wait()
 	mu.Lock()
@@ -238,7 +297,7 @@ func TestMemberRemoveDrains(t *testing.T) {
 	}
 	// MemberIndex asks every running member: the removed one is stopped
 	// first so that only members of the cluster answer.
-	leftNothing(t, gone)
+	leftEverything(t, gone, held)
 	if err := cl.Stop(victim); err != nil {
 		t.Fatal(err)
 	}

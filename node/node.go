@@ -702,6 +702,11 @@ func (n *Node) start(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("node: publishing member attributes: %w", ctx.Err())
 	}
+	if b.founders != nil && n.cfg.Sharded {
+		// A new cluster: its initial ranges' leaders spread as their
+		// hints are (initialleaders.go).
+		n.leadInitialRanges(ranges)
+	}
 	n.log.Info("ready to serve client requests", "name", n.cfg.Name, "client-urls", n.clientURL,
 		"peer-urls", n.peerURLs, "data-dir", n.cfg.DataDir, "member-id", fmt.Sprintf("%x", n.memberID), "mode", modeName(n.cfg.Sharded))
 	return nil

@@ -178,9 +178,9 @@ func resetSubsets(t *testing.T, cl *nodetest.Cluster) {
 }
 
 // subsetPlacement (TestSubsets/Placement): five members, three replicas
-// per range, ten initial ranges: each member holds 6±1 of them, and every
+// per range, ten initial ranges: each member holds 6±1 of them, every
 // range's raft membership on each member holding it is the map's pairs for
-// it.
+// it, and the leaders are spread as the replicas are (subsetLeadersSpread).
 func subsetPlacement(t *testing.T, cl *nodetest.Cluster) {
 	ds := rangeMapOf(t, cl)
 	if len(ds) != 10 {
@@ -230,6 +230,67 @@ func subsetPlacement(t *testing.T, cl *nodetest.Cluster) {
 			}
 		}
 		return true
+	})
+	subsetLeadersSpread(t, cl)
+}
+
+// subsetLeadersSpread: a new cluster's initial ranges end up led as the
+// bootstrap's round robin hints them (node/initialleaders.go), not where
+// raft's first elections put them: within a deadline, no member leads
+// more than ceil(ranges/members)+1 ranges, and (ranges ≥ members) every
+// member holding replicas leads at least one. Each range's leader is read
+// from the members holding it, who must agree.
+func subsetLeadersSpread(t *testing.T, cl *nodetest.Cluster) {
+	t.Helper()
+	ds := rangeMapOf(t, cl)
+	holding := map[uint64]bool{} // members holding replicas
+	for _, d := range ds {
+		for _, r := range placement.Pairs(d) {
+			holding[r.Member] = true
+		}
+	}
+	most := (len(ds)+len(holding)-1)/len(holding) + 1
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	nodetest.WaitFor(ctx, t, func() error {
+		leaders := map[uint64]uint64{} // range → leader member
+		for i, n := range cl.Nodes() {
+			for _, ri := range n.Ranges() {
+				if ri.Remote {
+					continue
+				}
+				if ri.Leader == 0 {
+					return fmt.Errorf("member %d knows no leader of range %d", i, ri.ID)
+				}
+				if l, ok := leaders[ri.ID]; ok && l != ri.Leader {
+					return fmt.Errorf("range %d: members disagree on its leader (%x, %x)", ri.ID, l, ri.Leader)
+				}
+				leaders[ri.ID] = ri.Leader
+			}
+		}
+		if len(leaders) != len(ds) {
+			return fmt.Errorf("leaders known of %d ranges, want %d", len(leaders), len(ds))
+		}
+		leads := map[uint64]int{}
+		for _, m := range leaders {
+			leads[m]++
+		}
+		hinted := 0 // led where the bootstrap hinted: by chance about a third
+		for _, d := range ds {
+			if leaders[d.Id] == d.Leader {
+				hinted++
+			}
+		}
+		for m := range holding {
+			if leads[m] > most {
+				return fmt.Errorf("member %x leads %d ranges, want at most %d: %v", m, leads[m], most, leads)
+			}
+			if len(ds) >= len(holding) && leads[m] == 0 {
+				return fmt.Errorf("member %x holds replicas but leads none: %v", m, leads)
+			}
+		}
+		t.Logf("leaders %v; %d of %d ranges led by their hint", leads, hinted, len(ds))
+		return nil
 	})
 }
 

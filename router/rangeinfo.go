@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"html/template"
+	"io"
 	"net/http"
 	"slices"
 	"time"
@@ -178,8 +179,9 @@ const rangeMapDrawn = 1000
 
 // rangeMapPage draws the range map (GET /cairn/ranges.html): the key space
 // as a bar cut into the ranges, each as wide as its share of the keys (at
-// least a sliver), coloured by its leader, with a table below; the
-// summary of the whole map on top. It draws the first rangeMapDrawn
+// least a sliver), coloured by its leader, with a table below naming each
+// range's replicas (member/replica id, learners marked, the leader's in
+// bold and its colour); the summary of the whole map on top. It draws the first rangeMapDrawn
 // ranges in key order, or the page its query parameters (as
 // /cairn/ranges's) ask for, and says how many it left out.
 var rangeMapPage = template.Must(template.New("ranges").Parse(`<!doctype html>
@@ -189,14 +191,17 @@ body{font-family:sans-serif;margin:2em}
 .bar{display:flex;height:4em;border:1px solid #333}
 .r{border-right:1px solid #fff;overflow:hidden;font-size:.8em;padding:.2em;color:#fff;min-width:2.5em}
 table{border-collapse:collapse;margin-top:1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
+td.replicas{text-align:left;white-space:nowrap}.leader{font-weight:bold}.learner{font-style:italic;color:#777}
 </style></head><body>
 <h1>Range map</h1>
 <p class="summary">{{.Summary}}</p>
 <p>{{len .Boxes}} ranges drawn, as this member sees them; width: share of the keys, colour: leader.</p>
 {{if .More}}<p class="more">… {{.More}} more ranges not drawn (?limit=0 draws all, ?start=KEY from the range holding KEY).</p>
 {{end}}<div class="bar">{{range .Boxes}}<div class="r" style="flex:{{.Weight}};background:{{.Colour}}" title="range {{.ID}} [{{.Start}}, {{.End}})">{{.ID}}</div>{{end}}</div>
-<table><tr><th>range</th><th>start</th><th>end</th><th>gen</th><th>leader</th><th>keys</th><th>revision</th><th>closed</th><th>writes</th><th>watchers</th></tr>
-{{range .Boxes}}<tr><td>{{.ID}}</td><td>{{.Start}}</td><td>{{.End}}</td><td>{{.Generation}}</td><td style="color:{{.Colour}}">{{.Leader}}</td><td>{{.Keys}}</td><td>{{.Revision}}</td><td>{{.Closed}}</td><td>{{.Writes}}</td><td>{{.Watchers}}</td></tr>
+<table><tr><th>range</th><th>start</th><th>end</th><th>gen</th><th>leader</th><th>replicas (member/id)</th><th>keys</th><th>revision</th><th>closed</th><th>writes</th><th>watchers</th></tr>
+{{range .Boxes}}<tr><td>{{.ID}}</td><td>{{.Start}}</td><td>{{.End}}</td><td>{{.Generation}}</td><td style="color:{{.Colour}}">{{.Leader}}</td><td class="replicas">
+{{- $c := .Colour}}{{range $i, $r := .Cells}}{{if $i}}, {{end}}{{if $r.Leader}}<span class="leader" style="color:{{$c}}">{{$r.Name}}</span>{{else}}{{$r.Name}}{{end}}{{if $r.Learner}} <span class="learner">(learner)</span>{{end}}{{end -}}
+</td><td>{{.Keys}}</td><td>{{.Revision}}</td><td>{{.Closed}}</td><td>{{.Writes}}</td><td>{{.Watchers}}</td></tr>
 {{end}}</table></body></html>
 `))
 
@@ -205,6 +210,30 @@ type rangeBox struct {
 	RangeInfo
 	Start, End, Leader, Colour string
 	Weight                     float64
+	Cells                      []replicaCell // the replicas column
+}
+
+// replicaCell is one replica in the page's replicas column.
+type replicaCell struct {
+	Name            string // member/replica id, in hex/decimal as `cairn ranges` has them
+	Leader, Learner bool
+}
+
+// replicaCells are r's replicas as the page names them: from ReplicaSet,
+// or, for a range whose replicas are named by their members alone (their
+// ids are their members'), from Replicas.
+func replicaCells(r RangeInfo) []replicaCell {
+	var out []replicaCell
+	if len(r.ReplicaSet) > 0 {
+		for _, rep := range r.ReplicaSet {
+			out = append(out, replicaCell{Name: fmt.Sprintf("%x/%d", rep.Member, rep.ID), Leader: r.Leader != 0 && rep.Member == r.Leader, Learner: rep.Learner})
+		}
+		return out
+	}
+	for _, m := range r.Replicas {
+		out = append(out, replicaCell{Name: fmt.Sprintf("%x", m), Leader: r.Leader != 0 && m == r.Leader})
+	}
+	return out
 }
 
 // serveRangeMap answers GET /cairn/ranges.html with the range map drawn.
@@ -217,7 +246,12 @@ func (s *Server) serveRangeMap(w http.ResponseWriter, req *http.Request) {
 	if !req.URL.Query().Has("limit") {
 		q.Limit = rangeMapDrawn
 	}
-	page := PageRanges(s.Ranges(), q)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_ = drawRangeMap(w, PageRanges(s.Ranges(), q))
+}
+
+// drawRangeMap writes page as the range map page (rangeMapPage).
+func drawRangeMap(w io.Writer, page RangePage) error {
 	infos := page.Ranges
 	var total int64
 	for _, r := range infos {
@@ -241,10 +275,10 @@ func (s *Server) serveRangeMap(w http.ResponseWriter, req *http.Request) {
 		if total > 0 {
 			b.Weight = max(float64(r.Keys)/float64(total)*100, 1)
 		}
+		b.Cells = replicaCells(r)
 		boxes[i] = b
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = rangeMapPage.Execute(w, struct {
+	return rangeMapPage.Execute(w, struct {
 		Summary RangeSummary
 		Boxes   []rangeBox
 		More    int

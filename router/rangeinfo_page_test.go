@@ -141,3 +141,78 @@ func TestRangeSummaryString(t *testing.T) {
 		t.Errorf("empty summary %q, want %q", got, want)
 	}
 }
+
+// TestRangeMapPageReplicas: the range map page names each range's
+// replicas as member/replica id in the map's order, the leader's in bold
+// and its colour, learners marked; a range whose replicas are named by
+// their members alone shows the member ids; a range without a known
+// leader highlights none. Here five members (a..e) hold ranges of three
+// replicas round robin, as a new cluster places them.
+func TestRangeMapPageReplicas(t *testing.T) {
+	members := []uint64{0xa, 0xb, 0xc, 0xd, 0xe}
+	var infos []RangeInfo
+	next := uint64(100) // replica ids, allocated as the map does
+	for i := range 5 {
+		r := RangeInfo{ID: uint64(i + 1), Start: string(rune('a' + i)), End: string(rune('b' + i)), Generation: 1, Keys: 1}
+		for j := range 3 {
+			m := members[(i+j)%len(members)]
+			r.Replicas = append(r.Replicas, m)
+			r.ReplicaSet = append(r.ReplicaSet, ReplicaInfo{Member: m, ID: next})
+			next++
+		}
+		r.Leader = r.ReplicaSet[i%3].Member
+		infos = append(infos, r)
+	}
+	infos[0].Start = ""
+	// Range 3 moving: a learner on member a; range 4 without a leader.
+	infos[2].ReplicaSet = append(infos[2].ReplicaSet, ReplicaInfo{Member: 0xa, ID: next, Learner: true})
+	infos[3].Leader = 0
+	// A range from before replica ids: its replicas are its members.
+	infos = append(infos, RangeInfo{ID: 6, Start: "f", Generation: 3, Replicas: []uint64{0xb, 0xd, 0xe}, Leader: 0xd})
+
+	var b strings.Builder
+	if err := drawRangeMap(&b, PageRanges(infos, RangeQuery{})); err != nil {
+		t.Fatal(err)
+	}
+	page := b.String()
+	// The leaders' colours, in the order the page hands them out.
+	colour := map[uint64]string{0xa: "#1f77b4", 0xc: "#d62728", 0xe: "#2ca02c", 0xd: "#9467bd"}
+	lead := func(name string, m uint64) string {
+		return `<span class="leader" style="color:` + colour[m] + `">` + name + `</span>`
+	}
+	want := []string{
+		lead("a/100", 0xa) + ", b/101, c/102",
+		"b/103, " + lead("c/104", 0xc) + ", d/105",
+		"c/106, d/107, " + lead("e/108", 0xe) + `, a/115 <span class="learner">(learner)</span>`,
+		"d/109, e/110, a/111",
+		"e/112, " + lead("a/113", 0xa) + ", b/114",
+		"b, " + lead("d", 0xd) + ", e",
+	}
+	if !strings.Contains(page, "<th>replicas (member/id)</th>") {
+		t.Errorf("the page has no replicas column:\n%s", page)
+	}
+	var got []string
+	for rest := page; ; {
+		_, after, ok := strings.Cut(rest, `<td class="replicas">`)
+		if !ok {
+			break
+		}
+		cell, after, _ := strings.Cut(after, "</td>")
+		got = append(got, cell)
+		rest = after
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d replicas cells, want %d:\n%s", len(got), len(want), page)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("range %d's replicas:\n%s\nwant\n%s", infos[i].ID, got[i], want[i])
+		}
+	}
+	// The leader column still names the leader, and a leaderless range none.
+	for _, row := range []string{`<td style="color:#9467bd">d</td>`, `<td style="color:#999">none</td>`} {
+		if !strings.Contains(page, row) {
+			t.Errorf("the page lacks %q", row)
+		}
+	}
+}

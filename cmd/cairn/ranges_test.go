@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -199,6 +200,86 @@ func TestRangesBadFlagExit(t *testing.T) {
 		err := cmd.Run()
 		if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1 || !strings.Contains(stderr.String(), strings.TrimPrefix(args[0], "--")) {
 			t.Errorf("cairn ranges %s: %v, stderr %q", strings.Join(args, " "), err, stderr.String())
+		}
+	}
+}
+
+// TestRangesCommandReplicas: of members naming replica ids, `cairn ranges`
+// shows each range's replicas as member/replica id in the map's order,
+// learners marked, in the simple and the table format; here five members
+// holding ranges of three replicas round robin, one range moving (a
+// learner on a fourth member).
+func TestRangesCommandReplicas(t *testing.T) {
+	members := []uint64{0xa1, 0xb2, 0xc3, 0xd4, 0xe5}
+	var infos []router.RangeInfo
+	next := uint64(7)
+	for i := range 5 {
+		r := router.RangeInfo{ID: uint64(i + 1), Generation: 1}
+		if i > 0 {
+			r.Start = fmt.Sprintf("k%d", i)
+		}
+		if i < 4 {
+			r.End = fmt.Sprintf("k%d", i+1)
+		}
+		for j := range 3 {
+			m := members[(i+j)%len(members)]
+			r.Replicas = append(r.Replicas, m)
+			r.ReplicaSet = append(r.ReplicaSet, router.ReplicaInfo{Member: m, ID: next})
+			next++
+		}
+		r.Leader = r.Replicas[0]
+		infos = append(infos, r)
+	}
+	infos[1].ReplicaSet = append(infos[1].ReplicaSet, router.ReplicaInfo{Member: 0xa1, ID: next, Learner: true})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		router.ServeRanges(w, r, func() []router.RangeInfo { return infos })
+	}))
+	defer srv.Close()
+	run := func(args ...string) []string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := rangesCommand(append([]string{"--endpoints", srv.URL}, args...), nil, &out); err != nil {
+			t.Fatalf("cairn ranges %s: %v", strings.Join(args, " "), err)
+		}
+		return strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	}
+	want := []struct{ leader, replicas string }{
+		{"a1", "a1/7,b2/8,c3/9"},
+		{"b2", "b2/10,c3/11,d4/12,a1/22(learner)"},
+		{"c3", "c3/13,d4/14,e5/15"},
+		{"d4", "d4/16,e5/17,a1/18"},
+		{"e5", "e5/19,a1/20,b2/21"},
+	}
+	leaderCol, replicasCol := slices.Index(rangesHeader, "LEADER"), slices.Index(rangesHeader, "REPLICAS")
+
+	// simple: the summary, then a line per range in the header's order.
+	lines := run()
+	if len(lines) != 1+len(want) || lines[0] != "5 ranges, 0 keys, 0 without a leader; leaders: a1 1, b2 1, c3 1, d4 1, e5 1" {
+		t.Fatalf("simple:\n%s", strings.Join(lines, "\n"))
+	}
+	for i, w := range want {
+		f := strings.Split(lines[1+i], ", ")
+		if len(f) != len(rangesHeader) || f[leaderCol] != w.leader || f[replicasCol] != w.replicas {
+			t.Errorf("simple, range %d: %q, want leader %s, replicas %s", i+1, lines[1+i], w.leader, w.replicas)
+		}
+	}
+
+	// table: the header names the column; a row per range.
+	lines = run("-w", "table")
+	cells := func(line string) []string {
+		f := strings.Split(strings.Trim(line, "|"), "|")
+		for i := range f {
+			f[i] = strings.TrimSpace(f[i])
+		}
+		return f
+	}
+	if len(lines) != 1+3+len(want)+1 || cells(lines[2])[replicasCol] != "REPLICAS" {
+		t.Fatalf("table:\n%s", strings.Join(lines, "\n"))
+	}
+	for i, w := range want {
+		f := cells(lines[4+i])
+		if len(f) != len(rangesHeader) || f[leaderCol] != w.leader || f[replicasCol] != w.replicas {
+			t.Errorf("table, range %d: %q, want leader %s, replicas %s", i+1, lines[4+i], w.leader, w.replicas)
 		}
 	}
 }

@@ -1582,7 +1582,12 @@ func (n *Node) routing() []*shard.Range {
 func (n *Node) Status() router.NodeStatus {
 	m := n.db.Metrics()
 	inUse := m.Table.Local.LiveSize + m.BlobFiles.Local.LiveSize + m.WAL.Size
-	return router.NodeStatus{DBSize: int64(m.DiskSpaceUsage()), DBSizeInUse: int64(inUse), IsLearner: n.learner.Load()}
+	// Pebble's physical size of the current WAL is the file's size when it
+	// was opened, which the writes since outgrow (see its DB.Metrics): the
+	// WAL counts at no less than its data, so that the size in use never
+	// exceeds the size (etcdctl's "not in use" percentage would go below 0).
+	size := m.DiskSpaceUsage() - m.WAL.PhysicalSize + max(m.WAL.PhysicalSize, m.WAL.Size)
+	return router.NodeStatus{DBSize: int64(size), DBSizeInUse: int64(inUse), IsLearner: n.learner.Load()}
 }
 
 // sameURLs reports whether a and b hold the same URLs in any order.

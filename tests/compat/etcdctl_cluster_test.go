@@ -49,33 +49,46 @@ func TestShardedEtcdctlCluster(t *testing.T) {
 	runCtlCluster(t, bin, eps)
 }
 
+// ctlClusterStep is one etcdctl command of runCtlClusterSteps. Its
+// arguments may name NOT-LEADER (the hex id of a member that does not
+// lead), SNAPSHOT (a new file) or --peer-urls=NEW-PEER (a free address).
+type ctlClusterStep struct {
+	args []string
+	all  bool // against every endpoint given, not the first one only
+}
+
+// ctlClusterSteps are TestEtcdctlCluster's commands.
+var ctlClusterSteps = []ctlClusterStep{
+	{[]string{"put", "k", "v"}, true},
+	{[]string{"member", "list", "-w", "table"}, true},
+	{[]string{"member", "list"}, true},
+	{[]string{"endpoint", "status", "--cluster", "-w", "table"}, true},
+	{[]string{"endpoint", "status"}, true},
+	{[]string{"endpoint", "health", "--cluster"}, true},
+	{[]string{"endpoint", "hashkv", "--cluster"}, true},
+	{[]string{"alarm", "list"}, true},
+	{[]string{"defrag"}, true},
+	{[]string{"move-leader", "NOT-LEADER"}, true},
+	{[]string{"snapshot", "save", "SNAPSHOT"}, false},
+	{[]string{"member", "remove", "ffffffffffff"}, true},
+	{[]string{"member", "update", "ffffffffffff", "--peer-urls=NEW-PEER"}, true},
+	// Last: the follower moved keeps listening where it was, so the
+	// group no longer reaches it (the quorum of two remains).
+	{[]string{"member", "update", "NOT-LEADER", "--peer-urls=NEW-PEER"}, true},
+	{[]string{"member", "list", "-w", "table"}, true},
+}
+
 // runCtlCluster runs TestEtcdctlCluster's commands against a three-member
 // etcd and the Cairn cluster at cairn, and compares what they print.
 func runCtlCluster(t *testing.T, bin string, cairn []string) {
-	clusters := map[string][]string{"etcd": startEtcdCluster(t, 3), "cairn": cairn}
-	type step struct {
-		args []string
-		all  bool // against every endpoint, not the first one only
-	}
-	steps := []step{
-		{[]string{"put", "k", "v"}, true},
-		{[]string{"member", "list", "-w", "table"}, true},
-		{[]string{"member", "list"}, true},
-		{[]string{"endpoint", "status", "--cluster", "-w", "table"}, true},
-		{[]string{"endpoint", "status"}, true},
-		{[]string{"endpoint", "health", "--cluster"}, true},
-		{[]string{"endpoint", "hashkv", "--cluster"}, true},
-		{[]string{"alarm", "list"}, true},
-		{[]string{"defrag"}, true},
-		{[]string{"move-leader", "NOT-LEADER"}, true},
-		{[]string{"snapshot", "save", "SNAPSHOT"}, false},
-		{[]string{"member", "remove", "ffffffffffff"}, true},
-		{[]string{"member", "update", "ffffffffffff", "--peer-urls=NEW-PEER"}, true},
-		// Last: the follower moved keeps listening where it was, so the
-		// group no longer reaches it (the quorum of two remains).
-		{[]string{"member", "update", "NOT-LEADER", "--peer-urls=NEW-PEER"}, true},
-		{[]string{"member", "list", "-w", "table"}, true},
-	}
+	runCtlClusterSteps(t, bin, ctlClusterSteps, startEtcdCluster(t, 3), cairn)
+}
+
+// runCtlClusterSteps runs steps against an etcd and a Cairn cluster, each
+// given as the client URLs etcdctl is to talk to (all of them or some),
+// and compares what they print.
+func runCtlClusterSteps(t *testing.T, bin string, steps []ctlClusterStep, etcd, cairn []string) {
+	clusters := map[string][]string{"etcd": etcd, "cairn": cairn}
 	for _, st := range steps {
 		var want string
 		for _, name := range []string{"etcd", "cairn"} {

@@ -73,3 +73,29 @@ func TestShardedNospaceRecovers(t *testing.T) {
 		t.Errorf("status after the recovery: in use %d of %d, want at most the size and under half the %d quota", st.DbSizeInUse, st.DbSize, quota)
 	}
 }
+
+// TestStatusInUseWithinSize: after many small writes, all still in the
+// write-ahead log, Status's size in use stays within its size, as etcd's
+// does (etcdctl endpoint status prints the difference as a percentage "not
+// in use"). Pebble's size of the current WAL file is the one it had when
+// opened, which the writes since outgrow.
+func TestStatusInUseWithinSize(t *testing.T) {
+	cl := nodetest.Start(t, 1)
+	cli, url := cl.Client(0), cl.Node(0).ClientURLs()[0]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	val := strings.Repeat("v", 512)
+	for i := range 2000 {
+		if _, err := cli.Put(ctx, "k"+string(rune('a'+i%26)), val); err != nil {
+			t.Fatalf("put %d: %v", i, err)
+		}
+	}
+	st, err := cli.Status(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DbSizeInUse > st.DbSize {
+		t.Fatalf("status: %d bytes in use of %d", st.DbSizeInUse, st.DbSize)
+	}
+	t.Logf("status: %d bytes in use of %d", st.DbSizeInUse, st.DbSize)
+}

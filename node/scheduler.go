@@ -1,14 +1,13 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"time"
-
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
@@ -319,34 +318,28 @@ func (n *Node) rangeStatsOf(ctx context.Context, id shard.RangeID, splitAbove, l
 		out.Leader = leader
 	}
 	if splitAbove > 0 && out.SizeBytes > splitAbove {
-		out.MiddleKey = middleKey(ctx, r)
+		out.MiddleKey = middleKey(r)
 	}
 	return out, nil
 }
 
-// middleKey is the key with about half of range r's live keys before it,
-// read from the replica here (serializable); nil if it cannot tell. It
-// counts the range's keys and reads half of them: it is asked of ranges
-// above RangeMaxBytes only, once a window, until they split.
-func middleKey(ctx context.Context, r *shard.Range) []byte {
-	d, rep := r.Descriptor(), r.Replica()
-	if rep == nil {
+// middleKey is a key strictly inside range r with about half of its
+// bytes on disk before it, from the replica here (shard.StateMachine's
+// MiddleKey: a bisection by pebble's disk usage estimates, a few block
+// reads however large the range); nil if it cannot tell. It is asked of
+// ranges above RangeMaxBytes only, once a window, until they split.
+func middleKey(r *shard.Range) []byte {
+	sm := r.StateMachine()
+	if sm == nil {
 		return nil
 	}
-	start, end := d.Start, d.End
-	if len(start) == 0 {
-		start = []byte{0}
-	}
-	if len(end) == 0 {
-		end = []byte{0}
-	}
-	count, err := rep.Range(ctx, &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}, false)
-	if err != nil || count.Count < 2 {
+	key, err := sm.MiddleKey()
+	if err != nil || key == nil {
 		return nil
 	}
-	resp, err := rep.Range(ctx, &pb.RangeRequest{Key: start, RangeEnd: end, KeysOnly: true, Limit: count.Count/2 + 1, Serializable: true}, false)
-	if err != nil || len(resp.Kvs) == 0 {
-		return nil
+	d := r.Descriptor()
+	if bytes.Compare(key, d.GetStart()) <= 0 || (len(d.GetEnd()) > 0 && bytes.Compare(key, d.GetEnd()) >= 0) {
+		return nil // the store's span is not the descriptor's (a split applying): next window
 	}
-	return resp.Kvs[len(resp.Kvs)-1].Key
+	return key
 }

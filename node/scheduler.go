@@ -40,7 +40,7 @@ import (
 //     as the holder says, at the map's generation if one is), else from
 //     another holder's. A member that answers RangeStats Unimplemented
 //     (it predates the call: mixed versions during an upgrade) is asked
-//     its disk use and, for the ranges no other holder reported, each
+//     its disk use and, for the ranges no leader's answer covers, each
 //     range's figures by ChangeRange STATS, one call a range, as before;
 //   - plans (placement.Scheduler.Plan) and runs the round's operations
 //     side by side, waiting for them all before the next round: move and
@@ -277,11 +277,15 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) plac
 		}
 		f := pickFigures(d, answers)
 		for _, m := range holders(d) {
-			if f != nil || ctx.Err() != nil {
+			// The holders that predate RangeStats, range by range, until
+			// one that leads the range answers: a range led by such a
+			// member has no other holder's rates or middle key worth
+			// taking.
+			if (f != nil && leads(f)) || ctx.Err() != nil {
 				break
 			}
 			if !answers[m].legacy {
-				continue // answered RangeStats without the range, or not at all
+				continue // answered RangeStats, or not at all
 			}
 			resp, err := s.ask(ctx, m, &internalpb.ChangeRangeRequest{Range: d.Id, Op: internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS,
 				SplitAbove: cfg.RangeMaxBytes, LoadAbove: cfg.SplitLoad})
@@ -289,8 +293,11 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) plac
 				continue
 			}
 			s.heard[m] = now
-			f = &internalpb.RangeStats{Range: d.Id, Leader: resp.Leader, SizeBytes: resp.SizeBytes, Keys: resp.Keys,
+			g := &internalpb.RangeStats{Range: d.Id, Replica: resp.Replica, Leader: resp.Leader, SizeBytes: resp.SizeBytes, Keys: resp.Keys,
 				WritesPerSecond: resp.WritesPerSecond, ReadsPerSecond: resp.ReadsPerSecond, MiddleKey: resp.MiddleKey, LoadKey: resp.LoadKey}
+			if f == nil || leads(g) {
+				f = g
+			}
 		}
 		if f != nil {
 			rr.Bytes, rr.Keys, rr.MiddleKey = f.SizeBytes, f.Keys, f.MiddleKey
@@ -371,7 +378,7 @@ func pickFigures(d *placementpb.RangeDescriptor, answers map[placement.NodeID]me
 			continue
 		}
 		score := 0
-		if f.Leader != 0 && f.Leader == f.Replica {
+		if leads(f) {
 			score += 2
 		}
 		if f.Generation == d.Generation {
@@ -383,6 +390,10 @@ func pickFigures(d *placementpb.RangeDescriptor, answers map[placement.NodeID]me
 	}
 	return best
 }
+
+// leads reports whether f comes from the replica that leads its range
+// (as the member that answered knows).
+func leads(f *internalpb.RangeStats) bool { return f.Leader != 0 && f.Leader == f.Replica }
 
 // rangeStats asks member (this member, here) for its RangeStats within
 // schedulerAsk; a member that predates the call answers Unimplemented.

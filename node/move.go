@@ -144,7 +144,7 @@ func (n *Node) ChangeRange(ctx context.Context, req *internalpb.ChangeRangeReque
 func (n *Node) changeRange(ctx context.Context, req *internalpb.ChangeRangeRequest) (*internalpb.ChangeRangeResponse, error) {
 	id := shard.RangeID(req.Range)
 	if req.Op == internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS {
-		return n.rangeStatsOf(ctx, id, req.SplitAbove, req.LoadAbove) // scheduler.go
+		return n.rangeStatsOf(id, req.SplitAbove, req.LoadAbove) // schedstats.go
 	}
 	if id == placementShardID && req.Op == internalpb.ChangeRangeOp_CHANGE_RANGE_OP_TRANSFER_LEADER {
 		return &internalpb.ChangeRangeResponse{}, n.handPlacementOver(ctx) // yield.go

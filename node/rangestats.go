@@ -108,6 +108,32 @@ type rangeStats struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
+
+	// asked counts the placement scheduler's questions (schedstats.go).
+	asked schedulerAsks
+}
+
+// schedulerAsks count the placement scheduler's questions about the
+// ranges' figures, asked and answered here.
+type schedulerAsks struct {
+	// batched counts the RangeStats calls this member answered; single
+	// the ChangeRange STATS calls (a range's, or range 0's disk use).
+	batched, single atomic.Int64
+	// reports counts the reports the scheduler gathered here, while this
+	// member led the placement group (one a round).
+	reports atomic.Int64
+	// predate (tests) has this member answer RangeStats Unimplemented, as
+	// a member that predates the call does.
+	predate atomic.Bool
+}
+
+// asks is s's counts of the scheduler's questions (a throwaway when s is
+// nil).
+func (s *rangeStats) asks() *schedulerAsks {
+	if s == nil {
+		return &schedulerAsks{}
+	}
+	return &s.asked
 }
 
 // startRangeStats refreshes once now and then every every until Close.

@@ -8,7 +8,8 @@ import (
 	"sync"
 	"time"
 
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
@@ -23,17 +24,24 @@ import (
 //
 //   - reads the range map (descriptors, open moves, the member being
 //     added or removed);
-//   - asks every member for its disk use (ChangeRange STATS of range 0):
-//     a member's heartbeat age is the time since it last answered (since
-//     the loop first saw it, if never);
-//   - asks each range's holders, leader hint first, for the range's
-//     figures (ChangeRange STATS: size, keys, and writes and reads per
-//     second as the answering member's range stats last computed them,
-//     over their last 15 s window), its leader, if it is above
-//     RangeMaxBytes its middle key (by live keys: about half of them
-//     before it), and if its writes+reads per second are above SplitLoad
-//     its load key (shard.LoadKey: about half of the window's requests,
-//     by a sample of their keys, before it);
+//   - asks every member, side by side, for its figures in one call
+//     (RangeStats, served in schedstats.go: one call per member a round,
+//     however many ranges it holds): its disk use, and for every range it
+//     holds its replica, the leader raft names, the range's generation,
+//     size and keys, and writes and reads per second as its range stats
+//     last computed them (over their last 15 s window); for a range above
+//     RangeMaxBytes that it leads, its middle key (about half of the
+//     range's bytes on disk before it: mvcc.Store.MiddleKey), and for one
+//     whose writes+reads per second are above SplitLoad, its load key
+//     (shard.LoadKey: about half of the window's requests, by a sample of
+//     their keys, before it). A member's heartbeat age is the time since
+//     it last answered (since the loop first saw it, if never);
+//   - takes each range's figures from its leader's answer (raft's leader
+//     as the holder says, at the map's generation if one is), else from
+//     another holder's. A member that answers RangeStats Unimplemented
+//     (it predates the call: mixed versions during an upgrade) is asked
+//     its disk use and, for the ranges no leader's answer covers, each
+//     range's figures by ChangeRange STATS, one call a range, as before;
 //   - plans (placement.Scheduler.Plan) and runs the round's operations
 //     side by side, waiting for them all before the next round: move and
 //     recreate through the Mover, transfer-leader through
@@ -51,8 +59,9 @@ import (
 //
 // Known gaps of this slice: merges are off (the scheduler runs with
 // RangeMinBytes -1 whatever Config.RangeMinBytes says); the middle key
-// halves the live keys, not the bytes; a range's load is what the member
-// that answers STATS served (its leader's, as a rule): writes all go
+// counts the bytes pebble has in its tables, not writes still in the
+// memtable (nor does the size that decides a split); a range's load is
+// what the member whose figures are taken served (its leader's, as a rule): writes all go
 // through the leader, but reads served by replicas on other members (a
 // member holding a replica reads it locally) are not added, so a range
 // whose reads spread over its replicas looks cooler than it is, and its
@@ -63,7 +72,9 @@ import (
 // drains the member itself (placement.Membership), so the scheduler's
 // drain rule never fires here (no member is reported Removing), and a
 // member joining gets nothing before it is in. A new placement leader
-// starts the scheduler's history afresh.
+// starts the scheduler's history afresh. A member's RangeStats answer is
+// one message of every range it holds (about 100 bytes a range: 1 MB for
+// 10,000 ranges, inside gRPC's 4 MB default), not paged.
 
 // defaultSchedulerWindow is Config.SchedulerWindow's default.
 const defaultSchedulerWindow = 10 * time.Second
@@ -226,19 +237,24 @@ func (s *schedulerRound) split(ctx context.Context, op placement.Op) error {
 // receives nothing until it answers, and is down MemberDownTimeout after.
 func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) placement.ClusterReport {
 	now := time.Now()
+	s.n.stats.asks().reports.Add(1)
 	rep := placement.ClusterReport{}
-	seen := map[placement.NodeID]bool{}
+	members := make([]placement.NodeID, 0, len(st.Nodes))
 	for _, nd := range st.Nodes {
-		m := placement.NodeID(nd.Id)
+		members = append(members, placement.NodeID(nd.Id))
+	}
+	answers := s.askMembers(ctx, members)
+	seen := map[placement.NodeID]bool{}
+	for _, m := range members {
 		seen[m] = true
 		if _, ok := s.heard[m]; !ok {
 			cfg := s.plan.Config()
 			s.heard[m] = now.Add(-min(cfg.SuspectAfter+time.Millisecond, cfg.MemberDownTimeout))
 		}
 		mr := placement.MemberReport{ID: m}
-		if resp, err := s.ask(ctx, m, &internalpb.ChangeRangeRequest{Op: internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS}); err == nil {
+		if a := answers[m]; a.answered {
 			s.heard[m] = now
-			mr.DiskBytes = resp.DiskBytes
+			mr.DiskBytes = a.disk
 		}
 		mr.HeartbeatAge = now.Sub(s.heard[m])
 		rep.Members = append(rep.Members, mr)
@@ -252,25 +268,43 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) plac
 	for _, mv := range st.Moves {
 		moves[mv.Range] = mv
 	}
+	cfg := s.plan.Config()
 	for _, d := range st.Ranges {
 		rr := placement.RangeReport{ID: placement.RangeID(d.Id), Generation: d.Generation, Start: d.Start, End: d.End,
 			Replicas: slices.Clone(placement.Pairs(d)), Leader: placement.NodeID(d.Leader)}
 		if mv := moves[d.Id]; mv != nil {
 			rr.MoveFrom, rr.MoveTo = placement.NodeID(mv.GetFrom().GetMember()), placement.NodeID(mv.GetTo().GetMember())
 		}
+		f := pickFigures(d, answers)
 		for _, m := range holders(d) {
+			// The holders that predate RangeStats, range by range, until
+			// one that leads the range answers: a range led by such a
+			// member has no other holder's rates or middle key worth
+			// taking.
+			if (f != nil && leads(f)) || ctx.Err() != nil {
+				break
+			}
+			if !answers[m].legacy {
+				continue // answered RangeStats, or not at all
+			}
 			resp, err := s.ask(ctx, m, &internalpb.ChangeRangeRequest{Range: d.Id, Op: internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS,
-				SplitAbove: s.plan.Config().RangeMaxBytes, LoadAbove: s.plan.Config().SplitLoad})
+				SplitAbove: cfg.RangeMaxBytes, LoadAbove: cfg.SplitLoad})
 			if err != nil {
 				continue
 			}
 			s.heard[m] = now
-			rr.Bytes, rr.Keys, rr.MiddleKey = resp.SizeBytes, resp.Keys, resp.MiddleKey
-			rr.Writes, rr.Reads, rr.LoadKey = int64(resp.WritesPerSecond), int64(resp.ReadsPerSecond), resp.LoadKey
-			if leader, ok := placement.MemberOf(d, placement.ReplicaID(resp.Leader)); ok {
+			g := &internalpb.RangeStats{Range: d.Id, Replica: resp.Replica, Leader: resp.Leader, SizeBytes: resp.SizeBytes, Keys: resp.Keys,
+				WritesPerSecond: resp.WritesPerSecond, ReadsPerSecond: resp.ReadsPerSecond, MiddleKey: resp.MiddleKey, LoadKey: resp.LoadKey}
+			if f == nil || leads(g) {
+				f = g
+			}
+		}
+		if f != nil {
+			rr.Bytes, rr.Keys, rr.MiddleKey = f.SizeBytes, f.Keys, f.MiddleKey
+			rr.Writes, rr.Reads, rr.LoadKey = int64(f.WritesPerSecond), int64(f.ReadsPerSecond), f.LoadKey
+			if leader, ok := placement.MemberOf(d, placement.ReplicaID(f.Leader)); ok {
 				rr.Leader = leader
 			}
-			break
 		}
 		s.n.log.Debug("scheduler: range report", "range", rr.ID, "bytes", rr.Bytes, "keys", rr.Keys, "writes", rr.Writes,
 			"reads", rr.Reads, "leader", rr.Leader, "middle-key", string(rr.MiddleKey), "load-key", string(rr.LoadKey))
@@ -279,74 +313,106 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) plac
 	return rep
 }
 
+// memberAnswer is what a member answered the round's RangeStats.
+type memberAnswer struct {
+	// answered: it answered (RangeStats, or for a legacy member the
+	// ChangeRange STATS of its disk use).
+	answered bool
+	// legacy: it answered RangeStats Unimplemented (it predates it): its
+	// ranges' figures are asked range by range.
+	legacy bool
+	disk   int64
+	ranges map[uint64]*internalpb.RangeStats
+}
+
+// askMembers asks every member, side by side, for its RangeStats: one
+// call a member (two for a legacy one: its disk use by ChangeRange STATS
+// of range 0).
+func (s *schedulerRound) askMembers(ctx context.Context, members []placement.NodeID) map[placement.NodeID]memberAnswer {
+	cfg := s.plan.Config()
+	req := &internalpb.RangeStatsRequest{SplitAbove: cfg.RangeMaxBytes, LoadAbove: cfg.SplitLoad}
+	answers := make([]memberAnswer, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := &answers[i]
+			resp, err := s.rangeStats(ctx, m, req)
+			switch {
+			case err == nil:
+				a.answered, a.disk = true, resp.DiskBytes
+				a.ranges = make(map[uint64]*internalpb.RangeStats, len(resp.Ranges))
+				for _, f := range resp.Ranges {
+					a.ranges[f.Range] = f
+				}
+			case status.Code(err) == codes.Unimplemented:
+				a.legacy = true
+				if resp, err := s.ask(ctx, m, &internalpb.ChangeRangeRequest{Op: internalpb.ChangeRangeOp_CHANGE_RANGE_OP_STATS}); err == nil {
+					a.answered, a.disk = true, resp.DiskBytes
+				}
+			default:
+				s.n.log.Debug("scheduler: a member did not answer its range stats", "member", m, "error", err)
+			}
+		}()
+	}
+	wg.Wait()
+	out := make(map[placement.NodeID]memberAnswer, len(members))
+	for i, m := range members {
+		out[m] = answers[i]
+	}
+	return out
+}
+
+// pickFigures is range d's figures from the members' answers: of the
+// holders that reported it, the leader's (raft's, as it says), and of
+// these one whose replica is at d's generation (one that has not applied
+// a split yet reports the parent's span), the map's leader hint first;
+// nil if none reported it.
+func pickFigures(d *placementpb.RangeDescriptor, answers map[placement.NodeID]memberAnswer) *internalpb.RangeStats {
+	var best *internalpb.RangeStats
+	bestScore := -1
+	for _, m := range holders(d) {
+		f := answers[m].ranges[d.Id]
+		if f == nil {
+			continue
+		}
+		score := 0
+		if leads(f) {
+			score += 2
+		}
+		if f.Generation == d.Generation {
+			score++
+		}
+		if score > bestScore {
+			best, bestScore = f, score
+		}
+	}
+	return best
+}
+
+// leads reports whether f comes from the replica that leads its range
+// (as the member that answered knows).
+func leads(f *internalpb.RangeStats) bool { return f.Leader != 0 && f.Leader == f.Replica }
+
+// rangeStats asks member (this member, here) for its RangeStats within
+// schedulerAsk; a member that predates the call answers Unimplemented.
+func (s *schedulerRound) rangeStats(ctx context.Context, member placement.NodeID, req *internalpb.RangeStatsRequest) (*internalpb.RangeStatsResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, schedulerAsk)
+	defer cancel()
+	if uint64(member) == s.n.memberID {
+		return s.n.RangeStats(ctx, req)
+	}
+	nc, err := s.n.fwd.Client(member)
+	if err != nil {
+		return nil, err
+	}
+	return nc.RangeStats(ctx, req)
+}
+
 // ask puts req to member (this member, here) within schedulerAsk.
 func (s *schedulerRound) ask(ctx context.Context, member placement.NodeID, req *internalpb.ChangeRangeRequest) (*internalpb.ChangeRangeResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, schedulerAsk)
 	defer cancel()
 	return rangeRaft{s.n}.on(ctx, member, req)
-}
-
-// rangeStatsOf answers ChangeRange STATS: range id's figures here as the
-// range stats last computed them, and the replica raft says leads it;
-// with id 0, the node's disk use. Its middle key if it is larger than
-// splitAbove bytes, its load key if its writes+reads per second are above
-// loadAbove (0: neither).
-func (n *Node) rangeStatsOf(ctx context.Context, id shard.RangeID, splitAbove, loadAbove int64) (*internalpb.ChangeRangeResponse, error) {
-	if id == 0 {
-		return &internalpb.ChangeRangeResponse{DiskBytes: n.Status().DBSize}, nil
-	}
-	r := n.rangeSet.Get(id, true)
-	if r == nil {
-		return nil, fmt.Errorf("%w: no replica of range %d on member %x", shard.ErrNoLeader, id, n.memberID)
-	}
-	out := &internalpb.ChangeRangeResponse{Replica: uint64(r.ReplicaID())}
-	var loadKey []byte
-	for _, f := range n.stats.snapshot().ranges {
-		if f.id == id {
-			out.SizeBytes, out.Keys = int64(f.size), f.keys
-			out.WritesPerSecond, out.ReadsPerSecond, loadKey = f.currentLoad(r.Descriptor())
-		}
-	}
-	if loadAbove > 0 && out.WritesPerSecond+out.ReadsPerSecond > float64(loadAbove) {
-		out.LoadKey = loadKey
-	}
-	if sm := r.StateMachine(); sm != nil {
-		if size, err := sm.DiskUsage(); err == nil {
-			out.SizeBytes = int64(size) // a cheap estimate: now, not up to 15 s ago (a split shrinks it at once)
-		}
-	}
-	if leader, _, ok, err := n.nh.GetLeaderID(uint64(id)); err == nil && ok {
-		out.Leader = leader
-	}
-	if splitAbove > 0 && out.SizeBytes > splitAbove {
-		out.MiddleKey = middleKey(ctx, r)
-	}
-	return out, nil
-}
-
-// middleKey is the key with about half of range r's live keys before it,
-// read from the replica here (serializable); nil if it cannot tell. It
-// counts the range's keys and reads half of them: it is asked of ranges
-// above RangeMaxBytes only, once a window, until they split.
-func middleKey(ctx context.Context, r *shard.Range) []byte {
-	d, rep := r.Descriptor(), r.Replica()
-	if rep == nil {
-		return nil
-	}
-	start, end := d.Start, d.End
-	if len(start) == 0 {
-		start = []byte{0}
-	}
-	if len(end) == 0 {
-		end = []byte{0}
-	}
-	count, err := rep.Range(ctx, &pb.RangeRequest{Key: start, RangeEnd: end, CountOnly: true, Serializable: true}, false)
-	if err != nil || count.Count < 2 {
-		return nil
-	}
-	resp, err := rep.Range(ctx, &pb.RangeRequest{Key: start, RangeEnd: end, KeysOnly: true, Limit: count.Count/2 + 1, Serializable: true}, false)
-	if err != nil || len(resp.Kvs) == 0 {
-		return nil
-	}
-	return resp.Kvs[len(resp.Kvs)-1].Key
 }

@@ -19,7 +19,8 @@ import (
 // where the member a client asked forwards a MoveRange to the placement
 // leader's member, which drives it. ChangeRange, on the peer port only,
 // is how the Mover reaches a range's raft group through a member holding
-// it.
+// it; RangeStats, on the peer port only too, is how the placement
+// scheduler gathers a member's figures.
 
 // RangeMover is what the move calls ask of this member; a Member that
 // does not implement it refuses them (single-group mode).
@@ -27,6 +28,10 @@ type RangeMover interface {
 	// ChangeRange reads or changes range req.Range's raft group through
 	// this member's replica of it (its Error says why it could not).
 	ChangeRange(ctx context.Context, req *internalpb.ChangeRangeRequest) *internalpb.ChangeRangeResponse
+	// RangeStats answers this member's disk use and the figures of every
+	// range it holds (the placement scheduler's report, one call per
+	// member a window).
+	RangeStats(ctx context.Context, req *internalpb.RangeStatsRequest) (*internalpb.RangeStatsResponse, error)
 	// MoveRange moves range r's replica on member from to member to and
 	// returns the range as the move left it; with forward, a member whose
 	// placement replica does not lead has the leader's member do it.
@@ -49,6 +54,20 @@ func (s *internalServer) ChangeRange(ctx context.Context, req *internalpb.Change
 		return &internalpb.ChangeRangeResponse{Error: encodeError(errNoMoves)}, nil
 	}
 	return mv.ChangeRange(ctx, req), nil
+}
+
+// RangeStats on the peer port answers this member's figures (a member
+// that moves no ranges answers Unimplemented: it has none to report).
+func (s *internalServer) RangeStats(ctx context.Context, req *internalpb.RangeStatsRequest) (*internalpb.RangeStatsResponse, error) {
+	mv, ok := s.mover()
+	if !ok {
+		return nil, status.Error(codes.Unimplemented, errNoMoves.Error())
+	}
+	resp, err := mv.RangeStats(ctx, req)
+	if err != nil {
+		return nil, moveStatus(err)
+	}
+	return resp, nil
 }
 
 // MoveRange on the peer port runs the move here (a member forwarded it to
@@ -151,6 +170,13 @@ func (m localMember) ChangeRange(ctx context.Context, req *internalpb.ChangeRang
 		return &internalpb.ChangeRangeResponse{Error: encodeError(errNoMoves)}
 	}
 	return m.cfg.Mover.ChangeRange(ctx, req)
+}
+
+func (m localMember) RangeStats(ctx context.Context, req *internalpb.RangeStatsRequest) (*internalpb.RangeStatsResponse, error) {
+	if m.cfg.Mover == nil {
+		return nil, errNoMoves
+	}
+	return m.cfg.Mover.RangeStats(ctx, req)
 }
 
 func (m localMember) MoveRange(ctx context.Context, r shard.RangeID, from, to placement.NodeID, forward bool) (*placementpb.RangeDescriptor, error) {

@@ -1348,7 +1348,7 @@ type ChangeRangeResponse struct {
 	WritesPerSecond float64 `protobuf:"fixed64,10,opt,name=writes_per_second,json=writesPerSecond,proto3" json:"writes_per_second,omitempty"`
 	DiskBytes       int64   `protobuf:"varint,11,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
 	// middle_key (STATS, with split_above): the key with about half the
-	// range's live keys before it (empty: none).
+	// range's bytes on disk before it (empty: none).
 	MiddleKey []byte `protobuf:"bytes,12,opt,name=middle_key,json=middleKey,proto3" json:"middle_key,omitempty"`
 	// reads_per_second (STATS): the reads of the range served here per
 	// second (Range and read-only Txn requests).
@@ -1489,6 +1489,245 @@ func (x *ChangeRangeResponse) GetLoadKey() []byte {
 	return nil
 }
 
+type RangeStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// split_above: a range led here (or whose leader is not known here)
+	// larger than this many bytes answers its middle key too (0: none).
+	SplitAbove int64 `protobuf:"varint,1,opt,name=split_above,json=splitAbove,proto3" json:"split_above,omitempty"`
+	// load_above: a range whose writes+reads per second here are above this
+	// answers its load key too (0: none).
+	LoadAbove     int64 `protobuf:"varint,2,opt,name=load_above,json=loadAbove,proto3" json:"load_above,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeStatsRequest) Reset() {
+	*x = RangeStatsRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeStatsRequest) ProtoMessage() {}
+
+func (x *RangeStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeStatsRequest.ProtoReflect.Descriptor instead.
+func (*RangeStatsRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RangeStatsRequest) GetSplitAbove() int64 {
+	if x != nil {
+		return x.SplitAbove
+	}
+	return 0
+}
+
+func (x *RangeStatsRequest) GetLoadAbove() int64 {
+	if x != nil {
+		return x.LoadAbove
+	}
+	return 0
+}
+
+type RangeStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// disk_bytes is the node's disk use (its DB's size).
+	DiskBytes int64 `protobuf:"varint,1,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	// ranges are the figures of every range this node holds a started
+	// replica of, in range id order.
+	Ranges        []*RangeStats `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeStatsResponse) Reset() {
+	*x = RangeStatsResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeStatsResponse) ProtoMessage() {}
+
+func (x *RangeStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeStatsResponse.ProtoReflect.Descriptor instead.
+func (*RangeStatsResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RangeStatsResponse) GetDiskBytes() int64 {
+	if x != nil {
+		return x.DiskBytes
+	}
+	return 0
+}
+
+func (x *RangeStatsResponse) GetRanges() []*RangeStats {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+// RangeStats are one range's figures on the answering node, as ChangeRange
+// STATS answers them for the range alone.
+type RangeStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Range uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	// generation is the range's generation as the replica here knows it.
+	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	// replica is the replica here; leader the one raft says leads the range
+	// (0: none known), so replica == leader when this node leads it.
+	Replica uint64 `protobuf:"varint,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	Leader  uint64 `protobuf:"varint,4,opt,name=leader,proto3" json:"leader,omitempty"`
+	// size_bytes (now) and keys (at the last stats refresh) of the range.
+	SizeBytes int64 `protobuf:"varint,5,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Keys      int64 `protobuf:"varint,6,opt,name=keys,proto3" json:"keys,omitempty"`
+	// writes_per_second and reads_per_second: the requests of the range
+	// served here over the last stats window.
+	WritesPerSecond float64 `protobuf:"fixed64,7,opt,name=writes_per_second,json=writesPerSecond,proto3" json:"writes_per_second,omitempty"`
+	ReadsPerSecond  float64 `protobuf:"fixed64,8,opt,name=reads_per_second,json=readsPerSecond,proto3" json:"reads_per_second,omitempty"`
+	// middle_key (with split_above): the key with about half of the
+	// range's bytes before it (empty: none).
+	MiddleKey []byte `protobuf:"bytes,9,opt,name=middle_key,json=middleKey,proto3" json:"middle_key,omitempty"`
+	// load_key (with load_above): the key with about half of the requests
+	// of the range's last stats window before it (empty: none).
+	LoadKey       []byte `protobuf:"bytes,10,opt,name=load_key,json=loadKey,proto3" json:"load_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeStats) Reset() {
+	*x = RangeStats{}
+	mi := &file_internalpb_internal_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeStats) ProtoMessage() {}
+
+func (x *RangeStats) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeStats.ProtoReflect.Descriptor instead.
+func (*RangeStats) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RangeStats) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *RangeStats) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RangeStats) GetReplica() uint64 {
+	if x != nil {
+		return x.Replica
+	}
+	return 0
+}
+
+func (x *RangeStats) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
+func (x *RangeStats) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *RangeStats) GetKeys() int64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+func (x *RangeStats) GetWritesPerSecond() float64 {
+	if x != nil {
+		return x.WritesPerSecond
+	}
+	return 0
+}
+
+func (x *RangeStats) GetReadsPerSecond() float64 {
+	if x != nil {
+		return x.ReadsPerSecond
+	}
+	return 0
+}
+
+func (x *RangeStats) GetMiddleKey() []byte {
+	if x != nil {
+		return x.MiddleKey
+	}
+	return nil
+}
+
+func (x *RangeStats) GetLoadKey() []byte {
+	if x != nil {
+		return x.LoadKey
+	}
+	return nil
+}
+
 type MoveRangeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
@@ -1500,7 +1739,7 @@ type MoveRangeRequest struct {
 
 func (x *MoveRangeRequest) Reset() {
 	*x = MoveRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1751,7 @@ func (x *MoveRangeRequest) String() string {
 func (*MoveRangeRequest) ProtoMessage() {}
 
 func (x *MoveRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[18]
+	mi := &file_internalpb_internal_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1764,7 @@ func (x *MoveRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveRangeRequest.ProtoReflect.Descriptor instead.
 func (*MoveRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{18}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MoveRangeRequest) GetRange() uint64 {
@@ -1559,7 +1798,7 @@ type MoveRangeResponse struct {
 
 func (x *MoveRangeResponse) Reset() {
 	*x = MoveRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +1810,7 @@ func (x *MoveRangeResponse) String() string {
 func (*MoveRangeResponse) ProtoMessage() {}
 
 func (x *MoveRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[19]
+	mi := &file_internalpb_internal_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +1823,7 @@ func (x *MoveRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveRangeResponse.ProtoReflect.Descriptor instead.
 func (*MoveRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{19}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MoveRangeResponse) GetRange() *placementpb.RangeDescriptor {
@@ -1604,7 +1843,7 @@ type TransferRangeLeaderRequest struct {
 
 func (x *TransferRangeLeaderRequest) Reset() {
 	*x = TransferRangeLeaderRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1855,7 @@ func (x *TransferRangeLeaderRequest) String() string {
 func (*TransferRangeLeaderRequest) ProtoMessage() {}
 
 func (x *TransferRangeLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[20]
+	mi := &file_internalpb_internal_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +1868,7 @@ func (x *TransferRangeLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRangeLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferRangeLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{20}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TransferRangeLeaderRequest) GetRange() uint64 {
@@ -1654,7 +1893,7 @@ type TransferRangeLeaderResponse struct {
 
 func (x *TransferRangeLeaderResponse) Reset() {
 	*x = TransferRangeLeaderResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1905,7 @@ func (x *TransferRangeLeaderResponse) String() string {
 func (*TransferRangeLeaderResponse) ProtoMessage() {}
 
 func (x *TransferRangeLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[21]
+	mi := &file_internalpb_internal_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1918,7 @@ func (x *TransferRangeLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRangeLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferRangeLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{21}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
 }
 
 type RemoveMemberRequest struct {
@@ -1691,7 +1930,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1942,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[22]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1955,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{22}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RemoveMemberRequest) GetMember() uint64 {
@@ -1735,7 +1974,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +1986,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +1999,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveMemberResponse) GetError() *Error {
@@ -1780,7 +2019,7 @@ type UpdateMemberRequest struct {
 
 func (x *UpdateMemberRequest) Reset() {
 	*x = UpdateMemberRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1792,7 +2031,7 @@ func (x *UpdateMemberRequest) String() string {
 func (*UpdateMemberRequest) ProtoMessage() {}
 
 func (x *UpdateMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1805,7 +2044,7 @@ func (x *UpdateMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMemberRequest.ProtoReflect.Descriptor instead.
 func (*UpdateMemberRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateMemberRequest) GetMember() uint64 {
@@ -1831,7 +2070,7 @@ type UpdateMemberResponse struct {
 
 func (x *UpdateMemberResponse) Reset() {
 	*x = UpdateMemberResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2082,7 @@ func (x *UpdateMemberResponse) String() string {
 func (*UpdateMemberResponse) ProtoMessage() {}
 
 func (x *UpdateMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2095,7 @@ func (x *UpdateMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMemberResponse.ProtoReflect.Descriptor instead.
 func (*UpdateMemberResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateMemberResponse) GetError() *Error {
@@ -1887,7 +2126,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +2138,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2151,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadRequest) GetRange() uint64 {
@@ -2076,7 +2315,7 @@ type LeaseQuery struct {
 
 func (x *LeaseQuery) Reset() {
 	*x = LeaseQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2327,7 @@ func (x *LeaseQuery) String() string {
 func (*LeaseQuery) ProtoMessage() {}
 
 func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2340,7 @@ func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseQuery.ProtoReflect.Descriptor instead.
 func (*LeaseQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LeaseQuery) GetLease() int64 {
@@ -2123,7 +2362,7 @@ type ReadTxn struct {
 
 func (x *ReadTxn) Reset() {
 	*x = ReadTxn{}
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2374,7 @@ func (x *ReadTxn) String() string {
 func (*ReadTxn) ProtoMessage() {}
 
 func (x *ReadTxn) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2387,7 @@ func (x *ReadTxn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadTxn.ProtoReflect.Descriptor instead.
 func (*ReadTxn) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadTxn) GetTxn() []byte {
@@ -2173,7 +2412,7 @@ type StatusQuery struct {
 
 func (x *StatusQuery) Reset() {
 	*x = StatusQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2185,7 +2424,7 @@ func (x *StatusQuery) String() string {
 func (*StatusQuery) ProtoMessage() {}
 
 func (x *StatusQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2198,7 +2437,7 @@ func (x *StatusQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusQuery.ProtoReflect.Descriptor instead.
 func (*StatusQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
 }
 
 type HashQuery struct {
@@ -2210,7 +2449,7 @@ type HashQuery struct {
 
 func (x *HashQuery) Reset() {
 	*x = HashQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2461,7 @@ func (x *HashQuery) String() string {
 func (*HashQuery) ProtoMessage() {}
 
 func (x *HashQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2474,7 @@ func (x *HashQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashQuery.ProtoReflect.Descriptor instead.
 func (*HashQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HashQuery) GetRevision() int64 {
@@ -2254,7 +2493,7 @@ type AlarmsQuery struct {
 
 func (x *AlarmsQuery) Reset() {
 	*x = AlarmsQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2266,7 +2505,7 @@ func (x *AlarmsQuery) String() string {
 func (*AlarmsQuery) ProtoMessage() {}
 
 func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2279,7 +2518,7 @@ func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmsQuery.ProtoReflect.Descriptor instead.
 func (*AlarmsQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
 }
 
 type AuthQuery struct {
@@ -2290,7 +2529,7 @@ type AuthQuery struct {
 
 func (x *AuthQuery) Reset() {
 	*x = AuthQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2302,7 +2541,7 @@ func (x *AuthQuery) String() string {
 func (*AuthQuery) ProtoMessage() {}
 
 func (x *AuthQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2315,7 +2554,7 @@ func (x *AuthQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthQuery.ProtoReflect.Descriptor instead.
 func (*AuthQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
 }
 
 type ReadResponse struct {
@@ -2333,7 +2572,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2584,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2597,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReadResponse) GetError() *Error {
@@ -2418,7 +2657,7 @@ type RangeStatus struct {
 
 func (x *RangeStatus) Reset() {
 	*x = RangeStatus{}
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2430,7 +2669,7 @@ func (x *RangeStatus) String() string {
 func (*RangeStatus) ProtoMessage() {}
 
 func (x *RangeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2443,7 +2682,7 @@ func (x *RangeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStatus.ProtoReflect.Descriptor instead.
 func (*RangeStatus) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RangeStatus) GetRevision() int64 {
@@ -2500,7 +2739,7 @@ type RangeHash struct {
 
 func (x *RangeHash) Reset() {
 	*x = RangeHash{}
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2751,7 @@ func (x *RangeHash) String() string {
 func (*RangeHash) ProtoMessage() {}
 
 func (x *RangeHash) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2764,7 @@ func (x *RangeHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHash.ProtoReflect.Descriptor instead.
 func (*RangeHash) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RangeHash) GetHash() uint32 {
@@ -2558,7 +2797,7 @@ type CompactLogRequest struct {
 
 func (x *CompactLogRequest) Reset() {
 	*x = CompactLogRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[36]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2570,7 +2809,7 @@ func (x *CompactLogRequest) String() string {
 func (*CompactLogRequest) ProtoMessage() {}
 
 func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[36]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2583,7 +2822,7 @@ func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogRequest.ProtoReflect.Descriptor instead.
 func (*CompactLogRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CompactLogRequest) GetRange() uint64 {
@@ -2602,7 +2841,7 @@ type CompactLogResponse struct {
 
 func (x *CompactLogResponse) Reset() {
 	*x = CompactLogResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[37]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2614,7 +2853,7 @@ func (x *CompactLogResponse) String() string {
 func (*CompactLogResponse) ProtoMessage() {}
 
 func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[37]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2627,7 +2866,7 @@ func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogResponse.ProtoReflect.Descriptor instead.
 func (*CompactLogResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{37}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CompactLogResponse) GetError() *Error {
@@ -2659,7 +2898,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_internalpb_internal_proto_msgTypes[38]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2671,7 +2910,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[38]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2684,7 +2923,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{38}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2731,7 +2970,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[39]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2743,7 +2982,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[39]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2756,7 +2995,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{39}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -2777,7 +3016,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[40]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +3028,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[40]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +3041,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{40}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -2822,7 +3061,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[41]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2834,7 +3073,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[41]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2847,7 +3086,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{41}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -2874,7 +3113,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[42]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3125,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[42]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3138,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{42}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
@@ -2927,7 +3166,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[43]
+	mi := &file_internalpb_internal_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3178,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[43]
+	mi := &file_internalpb_internal_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3191,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{43}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -2986,7 +3225,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[44]
+	mi := &file_internalpb_internal_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2998,7 +3237,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[44]
+	mi := &file_internalpb_internal_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3011,7 +3250,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{44}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -3038,7 +3277,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[45]
+	mi := &file_internalpb_internal_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3050,7 +3289,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[45]
+	mi := &file_internalpb_internal_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3063,7 +3302,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{45}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -3089,7 +3328,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[46]
+	mi := &file_internalpb_internal_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3101,7 +3340,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[46]
+	mi := &file_internalpb_internal_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3114,7 +3353,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{46}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -3135,7 +3374,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[47]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3147,7 +3386,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[47]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3160,7 +3399,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{47}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -3187,7 +3426,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[48]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3199,7 +3438,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[48]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3212,7 +3451,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{48}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -3243,7 +3482,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[49]
+	mi := &file_internalpb_internal_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3255,7 +3494,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[49]
+	mi := &file_internalpb_internal_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3268,7 +3507,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{49}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -3301,7 +3540,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[50]
+	mi := &file_internalpb_internal_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3313,7 +3552,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[50]
+	mi := &file_internalpb_internal_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3326,7 +3565,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{50}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -3344,7 +3583,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[51]
+	mi := &file_internalpb_internal_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3356,7 +3595,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[51]
+	mi := &file_internalpb_internal_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3369,7 +3608,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{51}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{54}
 }
 
 type KickRequest struct {
@@ -3382,7 +3621,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[52]
+	mi := &file_internalpb_internal_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3394,7 +3633,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[52]
+	mi := &file_internalpb_internal_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3407,7 +3646,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{52}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -3432,7 +3671,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[53]
+	mi := &file_internalpb_internal_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3444,7 +3683,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[53]
+	mi := &file_internalpb_internal_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3457,7 +3696,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{53}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{56}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
@@ -3559,7 +3798,33 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
 	"middle_key\x18\f \x01(\fR\tmiddleKey\x12(\n" +
 	"\x10reads_per_second\x18\r \x01(\x01R\x0ereadsPerSecond\x12\x19\n" +
-	"\bload_key\x18\x0e \x01(\fR\aloadKey\"f\n" +
+	"\bload_key\x18\x0e \x01(\fR\aloadKey\"S\n" +
+	"\x11RangeStatsRequest\x12\x1f\n" +
+	"\vsplit_above\x18\x01 \x01(\x03R\n" +
+	"splitAbove\x12\x1d\n" +
+	"\n" +
+	"load_above\x18\x02 \x01(\x03R\tloadAbove\"j\n" +
+	"\x12RangeStatsResponse\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18\x01 \x01(\x03R\tdiskBytes\x125\n" +
+	"\x06ranges\x18\x02 \x03(\v2\x1d.cairn.internal.v1.RangeStatsR\x06ranges\"\xb7\x02\n" +
+	"\n" +
+	"RangeStats\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12\x18\n" +
+	"\areplica\x18\x03 \x01(\x04R\areplica\x12\x16\n" +
+	"\x06leader\x18\x04 \x01(\x04R\x06leader\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x05 \x01(\x03R\tsizeBytes\x12\x12\n" +
+	"\x04keys\x18\x06 \x01(\x03R\x04keys\x12*\n" +
+	"\x11writes_per_second\x18\a \x01(\x01R\x0fwritesPerSecond\x12(\n" +
+	"\x10reads_per_second\x18\b \x01(\x01R\x0ereadsPerSecond\x12\x1d\n" +
+	"\n" +
+	"middle_key\x18\t \x01(\fR\tmiddleKey\x12\x19\n" +
+	"\bload_key\x18\n" +
+	" \x01(\fR\aloadKey\"f\n" +
 	"\x10MoveRangeRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1f\n" +
 	"\vfrom_member\x18\x02 \x01(\x04R\n" +
@@ -3694,7 +3959,7 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
 	"\x13ERROR_CODE_NO_RANGE\x10\x03\x12\x16\n" +
 	"\x12ERROR_CODE_TIMEOUT\x10\x04\x12\x1a\n" +
-	"\x16ERROR_CODE_LEADER_LOST\x10\x052\x8e\r\n" +
+	"\x16ERROR_CODE_LEADER_LOST\x10\x052\xe9\r\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
@@ -3716,7 +3981,9 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\rCheckReplicas\x12'.cairn.internal.v1.CheckReplicasRequest\x1a(.cairn.internal.v1.CheckReplicasResponse\x12K\n" +
 	"\x04Feed\x12\x1e.cairn.internal.v1.FeedRequest\x1a\x1f.cairn.internal.v1.FeedResponse(\x010\x01\x12O\n" +
 	"\x06Events\x12 .cairn.internal.v1.EventsRequest\x1a!.cairn.internal.v1.EventsResponse0\x01\x12\\\n" +
-	"\vChangeRange\x12%.cairn.internal.v1.ChangeRangeRequest\x1a&.cairn.internal.v1.ChangeRangeResponse\x12V\n" +
+	"\vChangeRange\x12%.cairn.internal.v1.ChangeRangeRequest\x1a&.cairn.internal.v1.ChangeRangeResponse\x12Y\n" +
+	"\n" +
+	"RangeStats\x12$.cairn.internal.v1.RangeStatsRequest\x1a%.cairn.internal.v1.RangeStatsResponse\x12V\n" +
 	"\tMoveRange\x12#.cairn.internal.v1.MoveRangeRequest\x1a$.cairn.internal.v1.MoveRangeResponse\x12t\n" +
 	"\x13TransferRangeLeader\x12-.cairn.internal.v1.TransferRangeLeaderRequest\x1a..cairn.internal.v1.TransferRangeLeaderResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
 
@@ -3733,7 +4000,7 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_internalpb_internal_proto_goTypes = []any{
 	(FeedEndReason)(0),                  // 0: cairn.internal.v1.FeedEndReason
 	(ChangeRangeOp)(0),                  // 1: cairn.internal.v1.ChangeRangeOp
@@ -3756,51 +4023,54 @@ var file_internalpb_internal_proto_goTypes = []any{
 	(*RevisionEvents)(nil),              // 18: cairn.internal.v1.RevisionEvents
 	(*ChangeRangeRequest)(nil),          // 19: cairn.internal.v1.ChangeRangeRequest
 	(*ChangeRangeResponse)(nil),         // 20: cairn.internal.v1.ChangeRangeResponse
-	(*MoveRangeRequest)(nil),            // 21: cairn.internal.v1.MoveRangeRequest
-	(*MoveRangeResponse)(nil),           // 22: cairn.internal.v1.MoveRangeResponse
-	(*TransferRangeLeaderRequest)(nil),  // 23: cairn.internal.v1.TransferRangeLeaderRequest
-	(*TransferRangeLeaderResponse)(nil), // 24: cairn.internal.v1.TransferRangeLeaderResponse
-	(*RemoveMemberRequest)(nil),         // 25: cairn.internal.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),        // 26: cairn.internal.v1.RemoveMemberResponse
-	(*UpdateMemberRequest)(nil),         // 27: cairn.internal.v1.UpdateMemberRequest
-	(*UpdateMemberResponse)(nil),        // 28: cairn.internal.v1.UpdateMemberResponse
-	(*ReadRequest)(nil),                 // 29: cairn.internal.v1.ReadRequest
-	(*LeaseQuery)(nil),                  // 30: cairn.internal.v1.LeaseQuery
-	(*ReadTxn)(nil),                     // 31: cairn.internal.v1.ReadTxn
-	(*StatusQuery)(nil),                 // 32: cairn.internal.v1.StatusQuery
-	(*HashQuery)(nil),                   // 33: cairn.internal.v1.HashQuery
-	(*AlarmsQuery)(nil),                 // 34: cairn.internal.v1.AlarmsQuery
-	(*AuthQuery)(nil),                   // 35: cairn.internal.v1.AuthQuery
-	(*ReadResponse)(nil),                // 36: cairn.internal.v1.ReadResponse
-	(*RangeStatus)(nil),                 // 37: cairn.internal.v1.RangeStatus
-	(*RangeHash)(nil),                   // 38: cairn.internal.v1.RangeHash
-	(*CompactLogRequest)(nil),           // 39: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 40: cairn.internal.v1.CompactLogResponse
-	(*Error)(nil),                       // 41: cairn.internal.v1.Error
-	(*SplitRangeRequest)(nil),           // 42: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 43: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 44: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 45: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 46: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 47: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 48: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 49: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 50: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 51: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 52: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 53: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 54: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 55: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 56: cairn.internal.v1.KickResponse
-	(*placementpb.RangeDescriptor)(nil), // 57: cairn.placement.RangeDescriptor
-	(shardpb.ErrorCode)(0),              // 58: cairn.shard.v1.ErrorCode
-	(*shardpb.Request)(nil),             // 59: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 60: cairn.shard.v1.Response
+	(*RangeStatsRequest)(nil),           // 21: cairn.internal.v1.RangeStatsRequest
+	(*RangeStatsResponse)(nil),          // 22: cairn.internal.v1.RangeStatsResponse
+	(*RangeStats)(nil),                  // 23: cairn.internal.v1.RangeStats
+	(*MoveRangeRequest)(nil),            // 24: cairn.internal.v1.MoveRangeRequest
+	(*MoveRangeResponse)(nil),           // 25: cairn.internal.v1.MoveRangeResponse
+	(*TransferRangeLeaderRequest)(nil),  // 26: cairn.internal.v1.TransferRangeLeaderRequest
+	(*TransferRangeLeaderResponse)(nil), // 27: cairn.internal.v1.TransferRangeLeaderResponse
+	(*RemoveMemberRequest)(nil),         // 28: cairn.internal.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),        // 29: cairn.internal.v1.RemoveMemberResponse
+	(*UpdateMemberRequest)(nil),         // 30: cairn.internal.v1.UpdateMemberRequest
+	(*UpdateMemberResponse)(nil),        // 31: cairn.internal.v1.UpdateMemberResponse
+	(*ReadRequest)(nil),                 // 32: cairn.internal.v1.ReadRequest
+	(*LeaseQuery)(nil),                  // 33: cairn.internal.v1.LeaseQuery
+	(*ReadTxn)(nil),                     // 34: cairn.internal.v1.ReadTxn
+	(*StatusQuery)(nil),                 // 35: cairn.internal.v1.StatusQuery
+	(*HashQuery)(nil),                   // 36: cairn.internal.v1.HashQuery
+	(*AlarmsQuery)(nil),                 // 37: cairn.internal.v1.AlarmsQuery
+	(*AuthQuery)(nil),                   // 38: cairn.internal.v1.AuthQuery
+	(*ReadResponse)(nil),                // 39: cairn.internal.v1.ReadResponse
+	(*RangeStatus)(nil),                 // 40: cairn.internal.v1.RangeStatus
+	(*RangeHash)(nil),                   // 41: cairn.internal.v1.RangeHash
+	(*CompactLogRequest)(nil),           // 42: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 43: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 44: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 45: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 46: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 47: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 48: cairn.internal.v1.WriteResponse
+	(*ReadAtRequest)(nil),               // 49: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 50: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 51: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 52: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 53: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 54: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 55: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 56: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 57: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 58: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 59: cairn.internal.v1.KickResponse
+	(*placementpb.RangeDescriptor)(nil), // 60: cairn.placement.RangeDescriptor
+	(shardpb.ErrorCode)(0),              // 61: cairn.shard.v1.ErrorCode
+	(*shardpb.Request)(nil),             // 62: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 63: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	41, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
-	38, // 1: cairn.internal.v1.HashReplicaResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	41, // 2: cairn.internal.v1.ImageChunk.error:type_name -> cairn.internal.v1.Error
+	44, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
+	41, // 1: cairn.internal.v1.HashReplicaResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	44, // 2: cairn.internal.v1.ImageChunk.error:type_name -> cairn.internal.v1.Error
 	9,  // 3: cairn.internal.v1.CheckReplicasResponse.replicas:type_name -> cairn.internal.v1.ReplicaCheck
 	11, // 4: cairn.internal.v1.FeedRequest.open:type_name -> cairn.internal.v1.FeedOpen
 	12, // 5: cairn.internal.v1.FeedRequest.kick:type_name -> cairn.internal.v1.FeedKick
@@ -3808,77 +4078,80 @@ var file_internalpb_internal_proto_depIdxs = []int32{
 	15, // 7: cairn.internal.v1.FeedBatch.end:type_name -> cairn.internal.v1.FeedEnd
 	0,  // 8: cairn.internal.v1.FeedEnd.reason:type_name -> cairn.internal.v1.FeedEndReason
 	18, // 9: cairn.internal.v1.EventsResponse.revisions:type_name -> cairn.internal.v1.RevisionEvents
-	41, // 10: cairn.internal.v1.EventsResponse.error:type_name -> cairn.internal.v1.Error
+	44, // 10: cairn.internal.v1.EventsResponse.error:type_name -> cairn.internal.v1.Error
 	1,  // 11: cairn.internal.v1.ChangeRangeRequest.op:type_name -> cairn.internal.v1.ChangeRangeOp
-	41, // 12: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
-	57, // 13: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
-	41, // 14: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
-	41, // 15: cairn.internal.v1.UpdateMemberResponse.error:type_name -> cairn.internal.v1.Error
-	31, // 16: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
-	32, // 17: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
-	33, // 18: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
-	34, // 19: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
-	35, // 20: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
-	30, // 21: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
-	30, // 22: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
-	41, // 23: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
-	37, // 24: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
-	38, // 25: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	41, // 26: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
-	2,  // 27: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	58, // 28: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	57, // 29: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	57, // 30: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	59, // 31: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	60, // 32: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	41, // 33: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	41, // 34: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	41, // 35: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	41, // 36: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	52, // 37: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	44, // 38: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	46, // 39: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	48, // 40: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	50, // 41: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	53, // 42: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	55, // 43: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	42, // 44: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	39, // 45: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	25, // 46: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	27, // 47: cairn.internal.v1.Node.UpdateMember:input_type -> cairn.internal.v1.UpdateMemberRequest
-	29, // 48: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
-	3,  // 49: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
-	5,  // 50: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
-	7,  // 51: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
-	10, // 52: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
-	16, // 53: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
-	19, // 54: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
-	21, // 55: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
-	23, // 56: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
-	45, // 57: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	47, // 58: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	49, // 59: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	51, // 60: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	54, // 61: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	56, // 62: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	43, // 63: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	40, // 64: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	26, // 65: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	28, // 66: cairn.internal.v1.Node.UpdateMember:output_type -> cairn.internal.v1.UpdateMemberResponse
-	36, // 67: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
-	4,  // 68: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
-	6,  // 69: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
-	8,  // 70: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
-	13, // 71: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
-	17, // 72: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
-	20, // 73: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
-	22, // 74: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
-	24, // 75: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
-	57, // [57:76] is the sub-list for method output_type
-	38, // [38:57] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	44, // 12: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
+	23, // 13: cairn.internal.v1.RangeStatsResponse.ranges:type_name -> cairn.internal.v1.RangeStats
+	60, // 14: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
+	44, // 15: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
+	44, // 16: cairn.internal.v1.UpdateMemberResponse.error:type_name -> cairn.internal.v1.Error
+	34, // 17: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
+	35, // 18: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
+	36, // 19: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
+	37, // 20: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
+	38, // 21: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
+	33, // 22: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
+	33, // 23: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
+	44, // 24: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
+	40, // 25: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
+	41, // 26: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	44, // 27: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	2,  // 28: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	61, // 29: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	60, // 30: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	60, // 31: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	62, // 32: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	63, // 33: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	44, // 34: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	44, // 35: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	44, // 36: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	44, // 37: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	55, // 38: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	47, // 39: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	49, // 40: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	51, // 41: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	53, // 42: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	56, // 43: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	58, // 44: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	45, // 45: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	42, // 46: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	28, // 47: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	30, // 48: cairn.internal.v1.Node.UpdateMember:input_type -> cairn.internal.v1.UpdateMemberRequest
+	32, // 49: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	3,  // 50: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
+	5,  // 51: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
+	7,  // 52: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
+	10, // 53: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
+	16, // 54: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
+	19, // 55: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
+	21, // 56: cairn.internal.v1.Node.RangeStats:input_type -> cairn.internal.v1.RangeStatsRequest
+	24, // 57: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
+	26, // 58: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
+	48, // 59: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	50, // 60: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	52, // 61: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	54, // 62: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	57, // 63: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	59, // 64: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	46, // 65: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	43, // 66: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	29, // 67: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	31, // 68: cairn.internal.v1.Node.UpdateMember:output_type -> cairn.internal.v1.UpdateMemberResponse
+	39, // 69: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	4,  // 70: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
+	6,  // 71: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
+	8,  // 72: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
+	13, // 73: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
+	17, // 74: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
+	20, // 75: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
+	22, // 76: cairn.internal.v1.Node.RangeStats:output_type -> cairn.internal.v1.RangeStatsResponse
+	25, // 77: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
+	27, // 78: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
+	59, // [59:79] is the sub-list for method output_type
+	39, // [39:59] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -3891,7 +4164,7 @@ func file_internalpb_internal_proto_init() {
 		(*FeedRequest_Cancel)(nil),
 		(*FeedRequest_Kick)(nil),
 	}
-	file_internalpb_internal_proto_msgTypes[26].OneofWrappers = []any{
+	file_internalpb_internal_proto_msgTypes[29].OneofWrappers = []any{
 		(*ReadRequest_RangeRequest)(nil),
 		(*ReadRequest_Txn)(nil),
 		(*ReadRequest_Status)(nil),
@@ -3907,7 +4180,7 @@ func file_internalpb_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   54,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

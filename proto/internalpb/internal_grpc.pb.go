@@ -42,6 +42,7 @@ const (
 	Node_Feed_FullMethodName                = "/cairn.internal.v1.Node/Feed"
 	Node_Events_FullMethodName              = "/cairn.internal.v1.Node/Events"
 	Node_ChangeRange_FullMethodName         = "/cairn.internal.v1.Node/ChangeRange"
+	Node_RangeStats_FullMethodName          = "/cairn.internal.v1.Node/RangeStats"
 	Node_MoveRange_FullMethodName           = "/cairn.internal.v1.Node/MoveRange"
 	Node_TransferRangeLeader_FullMethodName = "/cairn.internal.v1.Node/TransferRangeLeader"
 )
@@ -111,6 +112,12 @@ type NodeClient interface {
 	// a replica of, or answers its replica's status (moves: placement.Mover
 	// drives a range's group through a member holding it).
 	ChangeRange(ctx context.Context, in *ChangeRangeRequest, opts ...grpc.CallOption) (*ChangeRangeResponse, error)
+	// RangeStats answers, in one call, this node's disk use and the figures
+	// of every range it holds a replica of (the placement scheduler's
+	// report, node/scheduler.go): one call per member a window, however many
+	// ranges it holds. A node that predates it answers Unimplemented, and is
+	// asked ChangeRange STATS range by range instead.
+	RangeStats(ctx context.Context, in *RangeStatsRequest, opts ...grpc.CallOption) (*RangeStatsResponse, error)
 	// MoveRange moves a range's replica from one member to another while the
 	// range serves (the admin call behind `cairn range move`); the client
 	// port's call is forwarded to the placement leader's member, whose
@@ -320,6 +327,16 @@ func (c *nodeClient) ChangeRange(ctx context.Context, in *ChangeRangeRequest, op
 	return out, nil
 }
 
+func (c *nodeClient) RangeStats(ctx context.Context, in *RangeStatsRequest, opts ...grpc.CallOption) (*RangeStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RangeStatsResponse)
+	err := c.cc.Invoke(ctx, Node_RangeStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *nodeClient) MoveRange(ctx context.Context, in *MoveRangeRequest, opts ...grpc.CallOption) (*MoveRangeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(MoveRangeResponse)
@@ -405,6 +422,12 @@ type NodeServer interface {
 	// a replica of, or answers its replica's status (moves: placement.Mover
 	// drives a range's group through a member holding it).
 	ChangeRange(context.Context, *ChangeRangeRequest) (*ChangeRangeResponse, error)
+	// RangeStats answers, in one call, this node's disk use and the figures
+	// of every range it holds a replica of (the placement scheduler's
+	// report, node/scheduler.go): one call per member a window, however many
+	// ranges it holds. A node that predates it answers Unimplemented, and is
+	// asked ChangeRange STATS range by range instead.
+	RangeStats(context.Context, *RangeStatsRequest) (*RangeStatsResponse, error)
 	// MoveRange moves a range's replica from one member to another while the
 	// range serves (the admin call behind `cairn range move`); the client
 	// port's call is forwarded to the placement leader's member, whose
@@ -473,6 +496,9 @@ func (UnimplementedNodeServer) Events(*EventsRequest, grpc.ServerStreamingServer
 }
 func (UnimplementedNodeServer) ChangeRange(context.Context, *ChangeRangeRequest) (*ChangeRangeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ChangeRange not implemented")
+}
+func (UnimplementedNodeServer) RangeStats(context.Context, *RangeStatsRequest) (*RangeStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RangeStats not implemented")
 }
 func (UnimplementedNodeServer) MoveRange(context.Context, *MoveRangeRequest) (*MoveRangeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method MoveRange not implemented")
@@ -782,6 +808,24 @@ func _Node_ChangeRange_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_RangeStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RangeStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).RangeStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_RangeStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).RangeStats(ctx, req.(*RangeStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Node_MoveRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(MoveRangeRequest)
 	if err := dec(in); err != nil {
@@ -880,6 +924,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ChangeRange",
 			Handler:    _Node_ChangeRange_Handler,
+		},
+		{
+			MethodName: "RangeStats",
+			Handler:    _Node_RangeStats_Handler,
 		},
 		{
 			MethodName: "MoveRange",

@@ -28,7 +28,8 @@ type Batch struct {
 	closed  Revision // see SetClosed
 	compact Revision
 	dirty   bool // rev or compact changed
-	// newSpan is the span after a split in this batch (nil: none).
+	// newSpan is the span after a split or a merge in this batch (nil:
+	// none).
 	newSpan *Span
 	events  []*mvccpb.Event
 	// logHeld: the batch holds the store's EventLog, from its first read
@@ -80,7 +81,8 @@ func (b *Batch) TakeEvents() []*mvccpb.Event {
 	return ev
 }
 
-// span is the store's span as of this batch (a split in it shrinks it).
+// span is the store's span as of this batch (a split in it shrinks it, a
+// merge grows it).
 func (b *Batch) span() Span {
 	if b.newSpan != nil {
 		return *b.newSpan
@@ -139,6 +141,7 @@ func (b *Batch) Commit() error {
 	}
 	if b.newSpan != nil {
 		b.s.span.Store(b.newSpan)
+		b.s.resized.Store(true)
 	}
 	b.s.rev.Store(int64(b.rev))
 	return nil
@@ -519,34 +522,48 @@ func (b *Batch) Compact(rev Revision) (*pb.CompactionResponse, error) {
 		return nil, ErrFutureRev
 	}
 	// The record at exactly rev stays, so a watch may still start at rev.
-	from := max(b.compact, 0)
+	if err := b.compactWindow(b.span(), max(b.compact, 0), rev); err != nil {
+		return nil, err
+	}
+	b.compact = rev
+	b.dirty = true
+	return &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: int64(max(b.rev, b.closed))}}, nil
+}
+
+// compactWindow compacts, at rev, the keys of sp written in the event log
+// records of [from, rev]: their versions that no read at or above rev can
+// see go, and so do their entries in the records below rev (the record at
+// rev keeps them, so a watch may still start at rev). Other stores' entries
+// stay. From its read of the event log on, the batch holds the DB's
+// EventLog until it is committed or closed.
+func (b *Batch) compactWindow(sp Span, from, rev Revision) error {
 	seen := make(map[string]struct{})
 	// The records read here are written back with this store's entries
 	// removed: no other rewrite of them may commit before this batch does.
 	b.holdLog()
 	it, err := b.b.NewIter(&pebble.IterOptions{LowerBound: eventKey(from), UpperBound: eventKey(rev + 1)})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for it.First(); it.Valid(); it.Next() {
 		r, err := decodeEventKey(it.Key())
 		if err != nil {
 			it.Close()
-			return nil, err
+			return err
 		}
 		val, err := it.ValueAndErr()
 		if err != nil {
 			it.Close()
-			return nil, err
+			return err
 		}
 		es, err := decodeEvents(val)
 		if err != nil {
 			it.Close()
-			return nil, err
+			return err
 		}
 		var rest []eventEntry
 		for _, e := range es {
-			in := b.span().Contains(e.key)
+			in := sp.Contains(e.key)
 			if in {
 				seen[string(e.key)] = struct{}{}
 			}
@@ -559,20 +576,18 @@ func (b *Batch) Compact(rev Revision) (*pb.CompactionResponse, error) {
 		}
 		if err := b.rewriteEvents(r, rest); err != nil {
 			it.Close()
-			return nil, err
+			return err
 		}
 	}
 	if err := it.Close(); err != nil {
-		return nil, err
+		return err
 	}
 	for k := range seen {
 		if err := b.compactKey([]byte(k), rev); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	b.compact = rev
-	b.dirty = true
-	return &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: int64(max(b.rev, b.closed))}}, nil
+	return nil
 }
 
 func (b *Batch) rewriteEvents(r Revision, rest []eventEntry) error {

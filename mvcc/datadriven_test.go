@@ -63,6 +63,11 @@ func openTestStore(t testing.TB, db *pebble.DB, span Span) *Store {
 //	                         it in chunks of chunk records, the other stores
 //	                         owning their spans)
 //	history [from=] [to=]   (Store.Events of the store acted on)
+//	absorb right=           (Absorb of store right by the store acted on,
+//	                         committed; prints the span, revisions and
+//	                         whether the store is resized)
+//	stat                    (the store acted on: span, revisions, resized)
+//	merged-into id=         (MergedInto of store id)
 //
 // A key or end of "\0" means the byte 0. Every write is its own committed batch.
 func TestDataDriven(t *testing.T) {
@@ -265,6 +270,26 @@ func TestDataDriven(t *testing.T) {
 					}
 				}
 				return fmt.Sprintf("dropped store %d %s in %d chunks\n", id, fmtSpan(span), chunks)
+			case "absorb":
+				out := write(func(b *Batch) (string, error) {
+					_, err := b.Absorb(uint64(a.int("right")))
+					return "", err
+				})
+				if out != "" {
+					return out
+				}
+				return fmtStat(s)
+			case "stat":
+				return fmtStat(s)
+			case "merged-into":
+				into, ok, err := MergedInto(db, uint64(a.int("id")))
+				switch {
+				case err != nil:
+					return "error: " + err.Error() + "\n"
+				case !ok:
+					return "no\n"
+				}
+				return fmt.Sprintf("store %d\n", into)
 			case "history":
 				to := Revision(a.int("to"))
 				if !d.HasArg("to") {
@@ -286,6 +311,10 @@ func TestDataDriven(t *testing.T) {
 			}
 		})
 	})
+}
+
+func fmtStat(s *Store) string {
+	return fmt.Sprintf("store %d %s rev=%d compact=%d resized=%t\n", s.opts.ID, fmtSpan(s.Span()), s.Rev(), s.CompactRev(), s.Resized())
 }
 
 func fmtSpan(sp Span) string {

@@ -9,6 +9,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"slices"
 	"sort"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -20,10 +21,23 @@ import (
 //	magic | frame* | end frame (kind 0) | crc32 (IEEE, big-endian) of all before
 //	frame = kind uvarint(len(key)) key uvarint(len(value)) value
 //
-// Version frames carry the record key as stored; event frames the 8-byte
-// revision and only this span's entries; meta frames the record name;
-// carried frames a raw key of one of Options.Carried, as stored.
+// The first frame is a meta frame named metaImageSpan whose value is the
+// image's span (encodeSpan); version frames carry the record key as
+// stored; event frames the 8-byte revision and only this span's entries;
+// meta frames the record name; carried frames a raw key of one of
+// Options.Carried, as stored.
+//
+// Streams written before the span frame existed have none: their span is
+// taken to be the restoring store's. The span travels in a meta frame, not
+// a frame kind of its own, so that a member still running a version that
+// predates it restores the stream (an unknown kind would fail it), at the
+// cost of one stray internal record there that nothing reads.
 const snapshotMagic = "cairn-mvcc-snapshot-v1\n"
+
+// metaImageSpan names the first frame of a snapshot stream: the image's
+// span. It is never stored as a record by this version (a stray one,
+// stored by an older version, is never written into a stream).
+const metaImageSpan = "image-span"
 
 // kindCarried is the frame kind of a carried record (the other kinds are
 // the record kinds of keys.go).
@@ -88,6 +102,7 @@ func spanBounds(span Span) (lo, hi []byte) {
 func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	sw := &snapWriter{w: bufio.NewWriterSize(w, 1<<16), crc: crc32.NewIEEE()}
 	sw.write([]byte(snapshotMagic))
+	sw.frame(kindMeta, []byte(metaImageSpan), encodeSpan(sn.span))
 	lo, hi := spanBounds(sn.span)
 	if err := sn.each(lo, hi, func(k, v []byte) error {
 		sw.frame(kindVersion, k, v)
@@ -115,7 +130,9 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	}
 	mp := metaPrefix(sn.id)
 	if err := sn.each(mp, prefixEnd(mp), func(k, v []byte) error {
-		sw.frame(kindMeta, k[len(mp):], v)
+		if string(k[len(mp):]) != metaImageSpan {
+			sw.frame(kindMeta, k[len(mp):], v)
+		}
 		return sw.err
 	}); err != nil {
 		return sw.n, err
@@ -195,7 +212,11 @@ var ErrBadSnapshot = errors.New("mvcc: bad snapshot stream")
 
 // Restore replaces this store's state (its span's versions, its part of the
 // event log, its internal records) with a snapshot stream, atomically and
-// durably: on any error nothing changed.
+// durably: on any error nothing changed. The image's span may be wider than
+// the store's (an image of a range that absorbed another since this
+// replica applied anything, docs/plan-merge.md): what is replaced is then
+// the union of the two spans, and the store's span is the image's from the
+// restore on.
 func (s *Store) Restore(r io.Reader) error {
 	p, err := s.ReadSnapshot(r)
 	if err != nil {
@@ -265,7 +286,8 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 			b.Close()
 		}
 	}()
-	lo, hi := spanBounds(s.Span())
+	local := s.Span()
+	lo, hi := spanBounds(local)
 	mp := metaPrefix(s.opts.ID)
 	if err := b.DeleteRange(lo, hi, nil); err != nil {
 		return nil, err
@@ -278,8 +300,12 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 			return nil, err
 		}
 	}
+	// image is the span the stream holds: its first frame's, or for a
+	// stream without one (an older writer's) the local span. Version
+	// records must lie in it.
+	image := local
 	incoming := make(map[Revision][]eventEntry)
-	for {
+	for first := true; ; first = false {
 		kind, err := sr.ReadByte()
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrBadSnapshot, err)
@@ -313,6 +339,21 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 			}
 			incoming[Revision(binary.BigEndian.Uint64(k))] = es
 		case kindMeta:
+			if string(k) == metaImageSpan {
+				if !first {
+					continue // a stray record an older version stored and streamed
+				}
+				if image, err = decodeSpan(v); err != nil {
+					return nil, fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+				}
+				// Versions of the image's span are replaced too, where it
+				// reaches beyond the local span.
+				lo, hi = spanBounds(image)
+				if err := b.DeleteRange(lo, hi, nil); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			if err := b.Set(append(append([]byte(nil), mp...), k...), v, nil); err != nil {
 				return nil, err
 			}
@@ -334,17 +375,17 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 	}
 	// Held until the pending restore is applied or closed (on success).
 	s.opts.EventLog.mu.Lock()
-	if err := s.mergeEvents(b, incoming); err != nil {
+	if err := s.mergeEvents(b, incoming, local, image); err != nil {
 		s.opts.EventLog.mu.Unlock()
 		return nil, err
 	}
 	return b, nil
 }
 
-// mergeEvents replaces this span's entries in the event log with incoming,
-// keeping other stores' entries at the same revisions.
+// mergeEvents replaces the entries of keys in spans in the event log with
+// incoming, keeping other stores' entries at the same revisions.
 // REQUIRES: s.opts.EventLog held, until b commits.
-func (s *Store) mergeEvents(b *pebble.Batch, incoming map[Revision][]eventEntry) error {
+func (s *Store) mergeEvents(b *pebble.Batch, incoming map[Revision][]eventEntry, spans ...Span) error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventsStart, UpperBound: eventsEnd})
 	if err != nil {
 		return err
@@ -367,7 +408,7 @@ func (s *Store) mergeEvents(b *pebble.Batch, incoming map[Revision][]eventEntry)
 		}
 		var rest []eventEntry
 		for _, e := range es {
-			if !s.Span().Contains(e.key) {
+			if !slices.ContainsFunc(spans, func(sp Span) bool { return sp.Contains(e.key) }) {
 				rest = append(rest, e)
 			}
 		}

@@ -76,6 +76,10 @@ type Store struct {
 	// span is the key range the store owns: Options.Span, or the one a
 	// split recorded (metaSpan), replaced by Batch.Commit after a split.
 	span atomic.Pointer[Span]
+	// resized: the store has a span record (a split or a merge changed its
+	// span, here or in the store a snapshot restored), so it never counts
+	// its revisions itself (Resized).
+	resized atomic.Bool
 }
 
 // Open loads the store of opts.ID from db. A new store is at revision 1,
@@ -108,7 +112,8 @@ func (s *Store) load() error {
 	s.rev.Store(rev)
 	s.compact.Store(compact)
 	sp := s.opts.Span
-	if v, err := s.GetMeta(metaSpan); err != nil {
+	v, err := s.GetMeta(metaSpan)
+	if err != nil {
 		return err
 	} else if v != nil {
 		if sp, err = decodeSpan(v); err != nil {
@@ -116,6 +121,7 @@ func (s *Store) load() error {
 		}
 	}
 	s.span.Store(&sp)
+	s.resized.Store(v != nil)
 	return nil
 }
 
@@ -182,6 +188,14 @@ func (s *Store) CompactRev() Revision { return Revision(s.compact.Load()) }
 
 // Span returns the store's key range.
 func (s *Store) Span() Span { return *s.span.Load() }
+
+// Resized reports whether the store's span was ever changed by a split
+// (Batch.SplitOff, in it or in the store it split off from) or a merge
+// (Batch.Absorb): whether it has a span record. Such a store takes its
+// revisions from the caller (stamps), even once its span is the whole key
+// space again: only a store that has always been the whole key space
+// counts its own revisions.
+func (s *Store) Resized() bool { return s.resized.Load() }
 
 // GetMeta returns the internal record name of this store, nil if absent.
 func (s *Store) GetMeta(name string) ([]byte, error) {

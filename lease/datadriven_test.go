@@ -3,6 +3,8 @@ package lease
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -62,11 +64,23 @@ func openTestLessor(t testing.TB, db *pebble.DB) *Lessor {
 //	reopen [min-ttl=]     (drop the lessor and open it again from pebble)
 //	dump                  (every lessor record in pebble, decoded)
 //
+// Several lessors may share the pebble (sharded mode): store 1 is the one
+// the commands act on until use says otherwise.
+//
+//	use id=               (act on the lessor of store id, opening it if new)
+//	shadow id= gen=       (Shadow)
+//	revoke-shadow id= gen=
+//	register id= shard=
+//	split key= [end=] child=  (SplitOff of [key, end) into store child)
+//	absorb right=         (Absorb of store right's records)
+//	state                 (the shadows and tombstones in memory, by id)
+//
 // Every write outside begin/commit is its own committed indexed batch.
 func TestDataDriven(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
 		db := openTestDB(t)
 		l := openTestLessor(t, db)
+		lessors := map[uint64]*Lessor{1: l}
 		now := epoch
 		var open *pebble.Batch
 		write := func(fn func(b *pebble.Batch) (string, error)) string {
@@ -199,6 +213,7 @@ func TestDataDriven(t *testing.T) {
 				return ""
 			case "reopen":
 				opts := testOptions
+				opts.ID = l.opts.ID
 				if d.HasArg("min-ttl") {
 					opts.MinTTL = a.int("min-ttl")
 				}
@@ -206,9 +221,46 @@ func TestDataDriven(t *testing.T) {
 				if l, err = Open(db, opts); err != nil {
 					return "error: " + err.Error() + "\n"
 				}
+				lessors[opts.ID] = l
 				return fmt.Sprintf("%d leases\n", l.Len())
 			case "dump":
 				return dumpRecords(t, db)
+			case "use":
+				store := uint64(a.int("id"))
+				if lessors[store] == nil {
+					opts := testOptions
+					opts.ID = store
+					var err error
+					if lessors[store], err = Open(db, opts); err != nil {
+						t.Fatal(err)
+					}
+				}
+				l = lessors[store]
+				return ""
+			case "shadow":
+				return write(func(b *pebble.Batch) (string, error) { return "", l.Shadow(b, id, uint64(a.int("gen"))) })
+			case "revoke-shadow":
+				return write(func(b *pebble.Batch) (string, error) {
+					keys, err := l.RevokeShadow(b, id, uint64(a.int("gen")))
+					return fmt.Sprintf("revoked shadow %d keys: %s\n", id, fmtKeys(keys)), err
+				})
+			case "register":
+				return write(func(b *pebble.Batch) (string, error) { return "", l.Register(b, id, uint64(a.int("shard"))) })
+			case "split":
+				var end []byte
+				if d.HasArg("end") {
+					end = []byte(a.str("end"))
+				}
+				return write(func(b *pebble.Batch) (string, error) {
+					ids, err := l.SplitOff(b, []byte(a.str("key")), end, uint64(a.int("child")))
+					return fmt.Sprintf("child holds keys of %v\n", ids), err
+				})
+			case "absorb":
+				return write(func(b *pebble.Batch) (string, error) { return "", l.Absorb(b, uint64(a.int("right"))) })
+			case "state":
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				return fmt.Sprintf("shadows %s tombs %s\n", fmtGens(l.mu.shadows), fmtGens(l.mu.tombs))
 			default:
 				d.Fatalf(t, "unknown command %s", d.Cmd)
 				return ""
@@ -316,6 +368,16 @@ func dumpRecords(t *testing.T, db *pebble.DB) string {
 			fmt.Fprintf(&sb, "store %d lease %d ttl=%d remaining=%d\n", store, id, r.ttl, r.remaining)
 		case subAttach:
 			fmt.Fprintf(&sb, "store %d attach %d %s\n", store, id, fmtKey(k[18:]))
+		case subShadow:
+			fmt.Fprintf(&sb, "store %d shadow %d gen=%d\n", store, id, binary.BigEndian.Uint64(it.Value()))
+		case subTomb:
+			fmt.Fprintf(&sb, "store %d tomb %d gen=%d\n", store, id, binary.BigEndian.Uint64(it.Value()))
+		case subRegister:
+			done := ""
+			if len(it.Value()) > 0 {
+				done = " done"
+			}
+			fmt.Fprintf(&sb, "store %d register %d in %d%s\n", store, id, binary.BigEndian.Uint64(k[18:]), done)
 		default:
 			t.Fatalf("unknown record %q", k)
 		}
@@ -324,6 +386,16 @@ func dumpRecords(t *testing.T, db *pebble.DB) string {
 		return "empty\n"
 	}
 	return sb.String()
+}
+
+// fmtGens prints ids with their generations, in id order: "[8@41 9@42]".
+func fmtGens(m map[ID]uint64) string {
+	ids := slices.Sorted(maps.Keys(m))
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = fmt.Sprintf("%d@%d", id, m[id])
+	}
+	return "[" + strings.Join(out, " ") + "]"
 }
 
 type quietLogger struct{}

@@ -66,7 +66,11 @@
 // when the home revokes it (RevokeShadow, which leaves a tombstone that
 // refuses late puts). The home records which shards hold keys of each
 // lease (Register, Unregister, PendingRevokes). Shadows have no TTL and
-// never expire here; they are not listed among the shard's leases.
+// never expire here; they are not listed among the shard's leases. A split
+// moves the attachments of the keys it gives away to the child as shadows
+// (SplitOff); a merge writes the absorbed shard's attachments, shadows and
+// tombstones again under the absorbing one (Absorb; not called outside
+// tests yet, see docs/plan-merge.md).
 //
 // # Storage and memory
 //

@@ -335,3 +335,95 @@ func (l *Lessor) Shadows() []ID {
 	}
 	return out
 }
+
+// Absorb makes this lessor hold the lessor records of store right, whose
+// range this shard's range absorbs (mvcc.Batch.Absorb, docs/plan-merge.md),
+// in b (indexed), the inverse of SplitOff: right's attachments are
+// written again under this store; each lease right holds a shadow of
+// becomes a shadow here, at the higher of the two generations, unless this
+// lessor holds the lease itself (the home, range 1), whose attachments
+// then are its own; right's tombstones are copied at the higher of the two
+// generations. A lease revoked at the home whose shadow right had not
+// revoked yet stays a shadow here, so the revoke that reaches this shard
+// for right (RevokeShadow) finds its keys. right's records stay, for the
+// caller to drop with its replica (DropStore). right must home no lease: a
+// merge's right range never does (every lease lives in range 1, which is
+// never absorbed); a store that does is refused and nothing is written.
+// Cost: one write per attachment of right.
+func (l *Lessor) Absorb(b *pebble.Batch, right uint64) error {
+	if !b.Indexed() {
+		return ErrBatchNotIndexed
+	}
+	if right == l.opts.ID {
+		return fmt.Errorf("lease: store %d cannot absorb itself", right)
+	}
+	for _, sub := range []byte{subRecord, subRegister} {
+		lo, hi := subBounds(right, sub)
+		homed, err := scanKeys(b, lo, hi)
+		if err != nil {
+			return err
+		}
+		if len(homed) > 0 {
+			return fmt.Errorf("lease: store %d homes lease %d: a range that homes leases is never absorbed", right, decodeID(homed[0][:8]))
+		}
+	}
+	shadows, err := scanIDs(b, right, subShadow)
+	if err != nil {
+		return err
+	}
+	tombs, err := scanIDs(b, right, subTomb)
+	if err != nil {
+		return err
+	}
+	lo, hi := subBounds(right, subAttach)
+	attached, err := scanKeys(b, lo, hi) // id(8) key
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, a := range attached {
+		if len(a) < 8 {
+			return fmt.Errorf("lease: malformed attachment of store %d: %x", right, a)
+		}
+		id := decodeID(a[:8])
+		if err := b.Set(attachKey(l.opts.ID, id, a[8:]), nil, nil); err != nil {
+			return fmt.Errorf("lease: attach %q to %d: %w", a[8:], id, err)
+		}
+		if _, ok := shadows[id]; !ok {
+			shadows[id] = 0 // keys with no shadow record: revocable all the same
+		}
+	}
+	newShadows := map[ID]uint64{}
+	for id, gen := range shadows {
+		if _, own := l.mu.leases[id]; own {
+			continue
+		}
+		if have, ok := l.mu.shadows[id]; ok && have >= gen {
+			continue
+		}
+		if err := b.Set(shadowKey(l.opts.ID, id), binary.BigEndian.AppendUint64(nil, gen), nil); err != nil {
+			return fmt.Errorf("lease: write shadow %d: %w", id, err)
+		}
+		newShadows[id] = gen
+	}
+	newTombs := map[ID]uint64{}
+	for id, gen := range tombs {
+		if have, ok := l.mu.tombs[id]; ok && have >= gen {
+			continue
+		}
+		if err := b.Set(tombKey(l.opts.ID, id), binary.BigEndian.AppendUint64(nil, gen), nil); err != nil {
+			return fmt.Errorf("lease: write tombstone %d: %w", id, err)
+		}
+		newTombs[id] = gen
+	}
+	// Memory follows only once every record is written (see doc.go on
+	// failed writes).
+	for id, gen := range newShadows {
+		l.mu.shadows[id] = gen
+	}
+	for id, gen := range newTombs {
+		l.mu.tombs[id] = gen
+	}
+	return nil
+}

@@ -152,3 +152,83 @@ func TestSplitOffMovesAttachments(t *testing.T) {
 		t.Fatalf("parent's keys of 7: %s, %v", st.Keys, err)
 	}
 }
+
+// TestAbsorbThenRevokeShadow: a lease revoked at its home while a range
+// holding keys of it (a shadow) is merged into its left neighbour. The
+// revoke meant for the absorbed range reaches the absorbing one and
+// deletes the keys of both, leaves a tombstone that refuses a late put,
+// and survives a reopen; where the absorbing range is the home itself, the
+// home's revoke done before the merge leaves the absorbed keys a shadow
+// that the late revoke finds.
+func TestAbsorbThenRevokeShadow(t *testing.T) {
+	db := openTestDB(t)
+	home, left, right := openStore(t, db, 1), openStore(t, db, 2), openStore(t, db, 3)
+	commit := func(fn func(b *pebble.Batch) error) {
+		t.Helper()
+		b := db.NewIndexedBatch()
+		defer b.Close()
+		if err := fn(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit(func(b *pebble.Batch) error { _, err := home.Grant(b, 7, 60, epoch); return err })
+	commit(func(b *pebble.Batch) error { return home.Register(b, 7, 2) })
+	commit(func(b *pebble.Batch) error { return home.Register(b, 7, 3) })
+	commit(func(b *pebble.Batch) error {
+		if err := left.Shadow(b, 7, 40); err != nil {
+			return err
+		}
+		return left.Attach(b, 7, [][]byte{[]byte("k1")})
+	})
+	commit(func(b *pebble.Batch) error {
+		if err := right.Shadow(b, 7, 41); err != nil {
+			return err
+		}
+		return right.Attach(b, 7, [][]byte{[]byte("m1"), []byte("m2")})
+	})
+	commit(func(b *pebble.Batch) error { _, err := home.Revoke(b, 7); return err })
+	commit(func(b *pebble.Batch) error { return left.Absorb(b, 3) })
+	// The fan-out revokes in the left range for both registrations; the
+	// first finds every key, the second nothing.
+	var keys [][]byte
+	commit(func(b *pebble.Batch) (err error) { keys, err = left.RevokeShadow(b, 7, 41); return err })
+	if fmt.Sprintf("%s", keys) != "[k1 m1 m2]" {
+		t.Fatalf("revoked keys %s, want [k1 m1 m2]", keys)
+	}
+	commit(func(b *pebble.Batch) (err error) { keys, err = left.RevokeShadow(b, 7, 41); return err })
+	if len(keys) != 0 {
+		t.Fatalf("the second revoke found keys %s", keys)
+	}
+	left = openStore(t, db, 2)
+	if left.LeaseExists(7) {
+		t.Fatal("the revoked shadow exists after a reopen")
+	}
+	if err := left.Shadow(db.NewIndexedBatch(), 7, 41); !errors.Is(err, ErrLeaseNotFound) {
+		t.Fatalf("a late put with the revoked lease: %v", err)
+	}
+
+	// The home absorbs a range whose shadow of a lease the home revoked
+	// before the merge.
+	next := openStore(t, db, 4)
+	commit(func(b *pebble.Batch) error { _, err := home.Grant(b, 8, 60, epoch); return err })
+	commit(func(b *pebble.Batch) error { return home.Register(b, 8, 4) })
+	commit(func(b *pebble.Batch) error {
+		if err := next.Shadow(b, 8, 50); err != nil {
+			return err
+		}
+		return next.Attach(b, 8, [][]byte{[]byte("z1")})
+	})
+	commit(func(b *pebble.Batch) error { _, err := home.Revoke(b, 8); return err })
+	commit(func(b *pebble.Batch) error { return home.Absorb(b, 4) })
+	home = openStore(t, db, 1)
+	if _, ok := home.Lookup(8); ok || !home.LeaseExists(8) {
+		t.Fatal("the revoked lease is not a shadow at the home after the merge")
+	}
+	commit(func(b *pebble.Batch) (err error) { keys, err = home.RevokeShadow(b, 8, 50); return err })
+	if fmt.Sprintf("%s", keys) != "[z1]" {
+		t.Fatalf("the home's late revoke found %s, want [z1]", keys)
+	}
+}

@@ -49,6 +49,16 @@
 // sweep) holds the DB's one EventLog from its read to its commit. The
 // package starts no goroutines and reads no clock.
 //
+// # Splits and merges
+//
+// Batch.SplitOff gives the keys of the span from a key on to a new store;
+// Batch.Absorb, the inverse, makes a store own its right neighbour's span
+// too (merge.go). Neither moves user data: only the stores' internal
+// records change (and, for a merge, the lagging side's compaction is
+// caught up). A store that either ever changed has a span record and is
+// Resized: it never counts its own revisions again. Absorb is not called
+// outside tests yet (docs/plan-merge.md, slice S1).
+//
 // # Dropping a store
 //
 // A member that no longer holds a range deletes its store's data in two

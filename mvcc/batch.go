@@ -189,6 +189,9 @@ type op struct {
 	begin   Revision // the revision before the op
 	rev     Revision // the revision its writes get
 	stamped bool     // rev is a stamp the caller gave (Batch.Put and co. with stamp ≠ 0)
+	// late: a transaction's commit (CommitAt), whose rev may lie at or
+	// below begin and whose event record merges with other stores'.
+	late    bool
 	changes []eventEntry
 }
 
@@ -215,7 +218,7 @@ func (b *Batch) begin(stamp Revision) (*op, error) {
 // once it has made any.
 func (o *op) cur() Revision {
 	if len(o.changes) > 0 {
-		return o.rev
+		return max(o.begin, o.rev) // a late op's rev may be below begin
 	}
 	return o.begin
 }
@@ -243,6 +246,9 @@ func (o *op) view() (*view, error) {
 func (o *op) end() error {
 	if len(o.changes) == 0 {
 		return nil
+	}
+	if o.late {
+		return o.endLate()
 	}
 	if err := o.b.b.Set(eventKey(o.rev), encodeEvents(o.changes), nil); err != nil {
 		return err

@@ -1,6 +1,8 @@
 package shard
 
 import (
+	"fmt"
+
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/protobuf/proto"
 
@@ -47,6 +49,11 @@ func (a *applier) put(req *pb.PutRequest) (*pb.PutResponse, error) {
 	if a.alarms.has(pb.AlarmType_NOSPACE) {
 		return nil, errNoSpace
 	}
+	if !a.locks.empty() {
+		if err := a.locks.lockedBy(spanOf(req.Key, nil), 0); err != nil {
+			return nil, err
+		}
+	}
 	resp, err := a.b.Put(req, a.stamp)
 	if err == nil {
 		a.counts.Puts++
@@ -55,6 +62,11 @@ func (a *applier) put(req *pb.PutRequest) (*pb.PutResponse, error) {
 }
 
 func (a *applier) deleteRange(req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if !a.locks.empty() {
+		if err := a.locks.lockedBy(spanOf(req.Key, req.RangeEnd), 0); err != nil {
+			return nil, err
+		}
+	}
 	resp, err := a.b.DeleteRange(req, a.stamp)
 	if err == nil {
 		a.counts.Deletes++
@@ -67,6 +79,9 @@ func (a *applier) txn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if Capped(req) && a.alarms.has(pb.AlarmType_NOSPACE) {
 		return nil, errNoSpace
 	}
+	if err := a.locks.checkTxnUnlocked(req); err != nil {
+		return nil, err
+	}
 	resp, err := a.b.Txn(req, a.stamp)
 	if err == nil {
 		a.counts.add(txnCounts(req, resp))
@@ -75,6 +90,11 @@ func (a *applier) txn(req *pb.TxnRequest) (*pb.TxnResponse, error) {
 }
 
 func (a *applier) compact(req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if l := a.locks.limit(); mvcc.Revision(req.Revision) > l {
+		// A transaction may still commit at any revision above its lock's
+		// cap, below the range's revision: compaction waits for it.
+		return nil, fmt.Errorf("%w: a compaction at %d, above the cap %d of a lock", ErrLocked, req.Revision, l)
+	}
 	return a.b.Compact(mvcc.Revision(req.Revision))
 }
 
@@ -92,7 +112,12 @@ func (a *applier) leaseGrant(req *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse,
 }
 
 func (a *applier) leaseRevoke(req *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	return a.revoke(func() ([][]byte, error) { return a.lessor.Revoke(a.b.Pebble(), lease.ID(req.ID)) })
+	return a.revoke(func() ([][]byte, error) {
+		if err := a.leaseLocked(req.ID); err != nil {
+			return nil, err
+		}
+		return a.lessor.Revoke(a.b.Pebble(), lease.ID(req.ID))
+	})
 }
 
 // revoke deletes, stamped a.stamp, the keys that take (a revoke in the

@@ -98,6 +98,8 @@ type applyHarness struct {
 	sharded bool
 	// reported is what Update's callbacks said during the last apply.
 	reported []string
+	// cfg is the state machine's Config (restart, restore).
+	cfg Config
 }
 
 func (h *applyHarness) open(span mvcc.Span, sharded bool) {
@@ -130,6 +132,7 @@ func (h *applyHarness) open(span mvcc.Span, sharded bool) {
 		},
 		OnPeers: func(id uint64, urls []string) { h.report("on peers: %d %v", id, urls) },
 	}
+	h.cfg = cfg
 	h.s = Factory(cfg)(1, 1).(*StateMachine)
 	if _, err := h.s.Open(nil); err != nil {
 		h.t.Fatal(err)
@@ -210,6 +213,9 @@ func (h *applyHarness) run(t *testing.T, d *datadriven.TestData) string {
 	case "status":
 		return h.status(h.s)
 	default:
+		if out, ok := h.runTxn(t, d); ok {
+			return out
+		}
 		d.Fatalf(t, "unknown directive %q", d.Cmd)
 		return ""
 	}
@@ -249,6 +255,9 @@ func (h *applyHarness) status(s *StateMachine) string {
 	counting := ""
 	if st.Counting {
 		counting = " counting"
+	}
+	if st.Locks > 0 {
+		counting += fmt.Sprintf(" locks=%d lock-cap=%d", st.Locks, st.LockCap)
 	}
 	return fmt.Sprintf("rev=%d compact=%d closed=%d fence=%d applied=%d%s\n", st.Revision, st.CompactRevision, st.Closed, st.Fence, st.AppliedIndex, counting)
 }
@@ -471,6 +480,9 @@ func buildRequest(t *testing.T, d *datadriven.TestData, cmd string, args []datad
 		r.Op = &shardpb.Request_AuthFence{AuthFence: &shardpb.AuthFence{Revision: uint64(a.int("rev")), Enabled: a.has("enabled")}}
 	case "empty":
 	default:
+		if buildTxnRequest(a, r, cmd) {
+			break
+		}
 		d.Fatalf(t, "unknown request %q", cmd)
 	}
 	return r
@@ -593,6 +605,9 @@ func fmtResponse(t *testing.T, r *shardpb.Response) string {
 	case *shardpb.Response_TransferHold:
 		return fmt.Sprintf("hold %v", res.TransferHold)
 	default:
+		if s, ok := fmtTxnResponse(t, r); ok {
+			return s
+		}
 		t.Fatalf("unknown response %v", r)
 		return ""
 	}

@@ -112,6 +112,23 @@
 // that each apply before the next is proposed (no cap on the rate, and
 // client writes queue behind one round at most), and proposes checkpoints.
 //
+// Cross-range transactions (txn.go, docs/plan-txn.md; the coordinator is
+// the router's): a participant applies TxnPrepare — refused, never
+// waiting, if its spans meet another lock (ErrLocked) or were written
+// above its read revision (ErrTxnConflict) — recording a lock (an internal
+// record, so restarts and snapshots carry it) and answering reads at the
+// prepared state; TxnCommit applies the intents at the transaction's
+// revision R (mvcc.Batch.CommitAt: below the range's revision if other
+// keys were written since) and drops the lock; TxnAbort drops it. While a
+// lock stands, writes, compactions above its cap, splits and revokes that
+// meet it are refused with ErrLocked, reads of its spans above its cap
+// too, and the closed revision the range publishes (Status.Closed,
+// OnApply, AdvanceIdle) stays at or below its cap, so R is above it; the
+// revision stamps are refused at keeps rising. The primary applies
+// TxnDecide (the commit point), TxnResolve (abort unless decided) and
+// TxnForget on the transaction's record. A range that counts its
+// revisions takes no part. testdata/apply_txn.txt walks through it.
+//
 // Alarms and members: raised alarms (NOSPACE) and the members' published
 // attributes are internal records replicated through the log; while
 // NOSPACE is raised, writes that add data (Capped) are refused

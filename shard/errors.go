@@ -57,6 +57,8 @@ var codes = []struct {
 	{lease.ErrLeaseNotFound, shardpb.ErrorCode_ERROR_CODE_LEASE_NOT_FOUND},
 	{lease.ErrLeaseExists, shardpb.ErrorCode_ERROR_CODE_LEASE_EXISTS},
 	{lease.ErrLeaseTTLTooLarge, shardpb.ErrorCode_ERROR_CODE_LEASE_TTL_TOO_LARGE},
+	{ErrLocked, shardpb.ErrorCode_ERROR_CODE_LOCKED},
+	{ErrTxnConflict, shardpb.ErrorCode_ERROR_CODE_TXN_CONFLICT},
 }
 
 // toError classifies a store error. ok is false for errors that are not a

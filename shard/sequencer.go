@@ -162,7 +162,28 @@ func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
 			return max(r.Closed(), sm.Rev()), nil
 		}
 	}
-	return r.closeAt(ctx, 0)
+	closed, err := r.closeAt(ctx, 0)
+	return r.lockCapped(closed), err
+}
+
+// lockCapped is closed, but no higher than the lowest cap of the locks of
+// cross-range transactions the local state machine holds (txn.go): what
+// AdvanceIdle returns is published to watchers and routers, and a
+// transaction may still commit at any revision above a lock's cap. A lock
+// that applied after closed was published cannot be undercut by it: the
+// transaction takes its revision after its prepares applied. Reads at a
+// revision above a lock's cap of the spans it holds are refused by the
+// state machine itself.
+func (r *Replica) lockCapped(closed mvcc.Revision) mvcc.Revision {
+	if r.local == nil {
+		return closed
+	}
+	if sm := r.local(); sm != nil {
+		if c, ok := sm.LockCap(); ok && closed > c {
+			return c
+		}
+	}
+	return closed
 }
 
 // closeAt raises the closed revision to t — or, with t 0, to the oracle's

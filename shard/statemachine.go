@@ -117,9 +117,15 @@ type StateMachine struct {
 
 	// applied is the raft index of the last applied entry, for Status.
 	applied atomic.Uint64
-	// closedRev is the closed revision: no write stamped at or below it
-	// will apply (Command.closed, kept with the store).
-	closedRev atomic.Int64
+	// closedRev is the closed revision: no write at or below it will apply
+	// (Command.closed, kept with the store), capped by the locks of
+	// cross-range transactions (txn.go); floor is the revision stamps are
+	// refused at or below, uncapped (the one kept with the store).
+	// Invariant: closedRev <= floor, equal while no lock is held.
+	closedRev, floor atomic.Int64
+	// locks are the locks of cross-range transactions the range holds
+	// (txn.go), published after each batch commits; nil: none.
+	locks atomic.Pointer[lockTable]
 	// fence is the newest proposer term of a command with stamped writes
 	// (Command.term, kept with the store).
 	fence atomic.Uint64
@@ -180,6 +186,9 @@ func (s *StateMachine) Open(stop <-chan struct{}) (uint64, error) {
 	if err := s.reportPeers(store); err != nil {
 		return 0, err
 	}
+	if err := s.loadLocks(store); err != nil {
+		return 0, err
+	}
 	if err := s.loadClosed(store); err != nil {
 		return 0, err
 	}
@@ -217,7 +226,8 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	defer b.Close()
 	var events []*mvccpb.Event
 	closedBefore := mvcc.Revision(s.closedRev.Load())
-	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, auth: &s.auth, closed: closedBefore, fence: s.fence.Load(),
+	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, auth: &s.auth, closed: mvcc.Revision(s.floor.Load()), fence: s.fence.Load(),
+		published: closedBefore, locks: s.locks.Load(),
 		obs: s.cfg.Observer, sharded: s.cfg.Sharded, counting: s.cfg.Sharded && wholeSpan(store.Span()), whole: wholeSpan(store.Span())}
 	for i := range entries {
 		a.index = entries[i].Index
@@ -248,7 +258,12 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		obs.Applied(a.counts)
 	}
 	s.applied.Store(entries[len(entries)-1].Index)
-	s.closedRev.Store(int64(a.closed))
+	// The locks first: a read that sees the new closed revision sees the
+	// locks that cap it.
+	s.locks.Store(a.locks)
+	closed := a.capClosed(a.closed)
+	s.floor.Store(int64(a.closed))
+	s.closedRev.Store(int64(closed))
 	s.fence.Store(a.fence)
 	if s.cfg.Journal != nil {
 		indexes, cmds := make([]uint64, len(entries)), make([][]byte, len(entries))
@@ -264,8 +279,8 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 			s.cfg.OnSplit(sp.child, sp.span, sp.rev, sp.founders)
 		}
 	}
-	if s.cfg.OnApply != nil && (len(events) > 0 || a.closed > closedBefore) {
-		s.cfg.OnApply(a.closed, events)
+	if s.cfg.OnApply != nil && (len(events) > 0 || closed > closedBefore) {
+		s.cfg.OnApply(closed, events)
 	}
 	if s.cfg.OnPeers != nil {
 		for _, m := range a.peers {
@@ -292,8 +307,14 @@ type applier struct {
 	// peers are the MemberPeers records written in this batch.
 	peers []*shardpb.MemberPeers
 	// closed is the closed revision as of the entry being applied;
-	// cmdClosed includes the entry's own.
+	// cmdClosed includes the entry's own. Both are uncapped (the stale
+	// stamp floor): what is published is capClosed(closed).
 	closed, cmdClosed mvcc.Revision
+	// published is the closed revision published before this batch.
+	published mvcc.Revision
+	// locks are the locks of cross-range transactions as of the entry
+	// being applied (a copy once changed; published after the commit).
+	locks *lockTable
 	// fence is the newest proposer term of stamped writes; term is the
 	// term of the entry being applied.
 	fence, term uint64
@@ -363,7 +384,7 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 	}
 	// Every write at or below the command's closed revision is before it
 	// in the log: a compaction in it may reach that far.
-	a.b.SetClosed(max(a.closed, cmdClosed))
+	a.b.SetClosed(a.capClosed(max(a.closed, cmdClosed)))
 	// A stamp at or below the command's own closed revision is stale too:
 	// the leader closed that revision (AdvanceIdle, published to watchers
 	// without a log write) while this batch, stamped before, was on its
@@ -401,7 +422,7 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 			// failed, a delete of nothing) reported its stamp: no stamp at
 			// or below it may apply here after it, so it is closed.
 			a.closed = max(a.closed, a.stamp)
-			a.b.SetClosed(a.closed)
+			a.b.SetClosed(a.capClosed(a.closed))
 			a.cmdClosed = max(a.cmdClosed, a.closed)
 			persist = true
 		}
@@ -412,7 +433,7 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 			// counting range's is its revision on open (loadClosed).
 			persist = persist || (!a.counting && a.b.Rev() > a.closed)
 			a.closed = max(a.closed, a.b.Rev())
-			a.b.SetClosed(a.closed)
+			a.b.SetClosed(a.capClosed(a.closed))
 			a.cmdClosed = max(a.cmdClosed, a.closed)
 		}
 	}
@@ -478,6 +499,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	if stamp != 0 && a.term < a.fence {
 		return nil, fmt.Errorf("%w: stamped in term %d, a leader of term %d has written since", mvcc.ErrStaleStamp, a.term, a.fence)
 	}
+	if stamp != 0 && txnOp(r) {
+		return nil, badRequest("shard: a cross-range transaction's request carries no stamp")
+	}
 	if stamp == 0 && a.sharded && !a.counting && stamps(r) {
 		return nil, fmt.Errorf("%w: a write without a stamp in a range that no longer counts its revisions", mvcc.ErrStaleStamp)
 	}
@@ -526,12 +550,20 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 			if op.ShadowRevoke == nil {
 				return nil, badRequest("shard: shadow revoke without its fields")
 			}
+			if err := a.leaseLocked(op.ShadowRevoke.Lease); err != nil {
+				return nil, err
+			}
 			return a.lessor.RevokeShadow(b.Pebble(), lease.ID(op.ShadowRevoke.Lease), op.ShadowRevoke.Generation)
 		})
 		return encoded(shadowRevokeResult, resp, err)
 	case *shardpb.Request_Split:
 		if op.Split == nil || op.Split.Child == 0 {
 			return nil, badRequest("shard: split without its fields")
+		}
+		if !a.locks.empty() {
+			// The split waits (its proposer retries) until the range's
+			// transactions are resolved.
+			return nil, fmt.Errorf("%w: a split of a range holding %d locks", ErrLocked, len(a.locks.byID))
 		}
 		if a.counting && mvcc.Revision(op.Split.Above) <= b.Rev() {
 			// Every revision the oracle hands out after the split must
@@ -543,6 +575,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 			return nil, err
 		}
 		if _, err := a.lessor.SplitOff(b.Pebble(), right.Start, right.End, op.Split.Child); err != nil {
+			return nil, err
+		}
+		if err := a.splitRecords(op.Split.Child, right); err != nil {
 			return nil, err
 		}
 		// The child starts closed where the parent is: writes stamped at or
@@ -571,6 +606,18 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		return a.applyAuth(op.Auth)
 	case *shardpb.Request_AuthFence:
 		return a.applyAuthFence(op.AuthFence)
+	case *shardpb.Request_TxnPrepare:
+		return a.txnPrepare(op.TxnPrepare)
+	case *shardpb.Request_TxnCommit:
+		return a.txnCommit(op.TxnCommit)
+	case *shardpb.Request_TxnAbort:
+		return a.txnAbort(op.TxnAbort)
+	case *shardpb.Request_TxnDecide:
+		return a.txnDecide(op.TxnDecide)
+	case *shardpb.Request_TxnResolve:
+		return a.txnResolve(op.TxnResolve)
+	case *shardpb.Request_TxnForget:
+		return a.txnForget(op.TxnForget)
 	case *shardpb.Request_MemberAttrs:
 		var m pb.Member
 		if err := proto.Unmarshal(op.MemberAttrs, &m); err != nil || m.ID == 0 {
@@ -626,6 +673,12 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		resp any
 		err  error
 	)
+	if t := s.locks.Load(); !t.empty() {
+		if err := t.checkReadQuery(query, max(s.store.Rev(), mvcc.Revision(s.closedRev.Load()), floorOf(query))); err != nil {
+			e, _ := toError(err)
+			return nil, e
+		}
+	}
 	switch q := query.(type) {
 	case RangeQuery:
 		start := time.Now()
@@ -648,8 +701,21 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 			obs.Took(Timing{Took: time.Since(start), txnReq: q.Req, txnRes: tr, err: err})
 		}
 	case StatusQuery:
-		resp = Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),
+		st := Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),
 			Closed: mvcc.Revision(s.closedRev.Load()), Fence: s.fence.Load(), Counting: s.cfg.Sharded && wholeSpan(s.store.Span())}
+		if t := s.locks.Load(); !t.empty() {
+			st.Locks, st.LockCap = len(t.byID), t.capRev
+		}
+		resp = st
+	case LocksQuery:
+		resp = s.locks.Load().sorted()
+	case TxnRecordQuery:
+		var v []byte
+		rec := &shardpb.TxnRecord{Id: q.ID}
+		if v, err = s.store.GetMeta(recordKey(q.ID)); err == nil && v != nil {
+			err = proto.Unmarshal(v, rec)
+		}
+		resp = rec
 	case HashQuery:
 		var hr HashResult
 		hr.Hash, hr.Revision, hr.CompactRevision, err = s.store.HashKV(q.Rev)
@@ -772,6 +838,9 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	if err := s.Lessor().Recover(s.cfg.DB); err != nil {
 		return fmt.Errorf("shard %d: recover lessor from snapshot: %w", s.shardID, err)
 	}
+	if err := s.loadLocks(s.store); err != nil {
+		return err
+	}
 	if err := s.loadClosed(s.store); err != nil {
 		return err
 	}
@@ -803,7 +872,7 @@ func (s *StateMachine) loadClosed(store *mvcc.Store) error {
 		key string
 		set func(uint64)
 	}{
-		{closedKey, func(v uint64) { s.closedRev.Store(int64(v)) }},
+		{closedKey, func(v uint64) { s.floor.Store(int64(v)) }},
 		{fenceKey, s.fence.Store},
 	} {
 		v, err := store.GetMeta(m.key)
@@ -819,9 +888,31 @@ func (s *StateMachine) loadClosed(store *mvcc.Store) error {
 	if s.cfg.Sharded && wholeSpan(store.Span()) {
 		// A range that counts is closed at its revision (a data directory
 		// from before ranges counted may hold an oracle's revision here).
-		s.closedRev.Store(int64(store.Rev()))
+		s.floor.Store(int64(store.Rev()))
 	}
+	s.closedRev.Store(int64(min(mvcc.Revision(s.floor.Load()), s.locks.Load().limit())))
 	return nil
+}
+
+// loadLocks reads the locks of cross-range transactions the store holds.
+func (s *StateMachine) loadLocks(store *mvcc.Store) error {
+	t, err := loadLocks(store)
+	if err != nil {
+		return fmt.Errorf("shard %d: read locks: %w", s.shardID, err)
+	}
+	s.locks.Store(t)
+	return nil
+}
+
+// floorOf is the floor a read query names (0: none).
+func floorOf(query any) mvcc.Revision {
+	switch q := query.(type) {
+	case RangeQuery:
+		return q.Floor
+	case TxnQuery:
+		return q.Floor
+	}
+	return 0
 }
 
 // reportPeers passes every recorded member's peer URLs to OnPeers.
@@ -921,6 +1012,11 @@ type Status struct {
 	// Counting: the range numbers its revisions itself (Config.Sharded,
 	// before its first split); false in single-group mode.
 	Counting bool
+	// Locks is how many cross-range transactions hold locks here;
+	// LockCap, with any, is the lowest of their caps, which Closed stays
+	// at or below until they are resolved.
+	Locks   int
+	LockCap mvcc.Revision
 }
 
 // Events reads the store's change history (see mvcc.Store.Events) for

@@ -25,6 +25,56 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TxnOutcome is what a transaction record says.
+type TxnOutcome int32
+
+const (
+	TxnOutcome_TXN_OUTCOME_UNSPECIFIED TxnOutcome = 0 // no record
+	TxnOutcome_TXN_OUTCOME_COMMITTED   TxnOutcome = 1
+	TxnOutcome_TXN_OUTCOME_ABORTED     TxnOutcome = 2
+)
+
+// Enum value maps for TxnOutcome.
+var (
+	TxnOutcome_name = map[int32]string{
+		0: "TXN_OUTCOME_UNSPECIFIED",
+		1: "TXN_OUTCOME_COMMITTED",
+		2: "TXN_OUTCOME_ABORTED",
+	}
+	TxnOutcome_value = map[string]int32{
+		"TXN_OUTCOME_UNSPECIFIED": 0,
+		"TXN_OUTCOME_COMMITTED":   1,
+		"TXN_OUTCOME_ABORTED":     2,
+	}
+)
+
+func (x TxnOutcome) Enum() *TxnOutcome {
+	p := new(TxnOutcome)
+	*p = x
+	return p
+}
+
+func (x TxnOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TxnOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_shardpb_shard_proto_enumTypes[0].Descriptor()
+}
+
+func (TxnOutcome) Type() protoreflect.EnumType {
+	return &file_shardpb_shard_proto_enumTypes[0]
+}
+
+func (x TxnOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TxnOutcome.Descriptor instead.
+func (TxnOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{0}
+}
+
 // ErrorCode names the refusal; the router maps each to etcd's gRPC status.
 type ErrorCode int32
 
@@ -49,6 +99,12 @@ const (
 	ErrorCode_ERROR_CODE_NO_SPACE ErrorCode = 16
 	// Auth refusals (shard/auth's errors; the message names which).
 	ErrorCode_ERROR_CODE_AUTH ErrorCode = 17
+	// A write (or a prepare, a split, a read above a lock's cap) that
+	// touches spans a cross-range transaction holds locked: refused, never
+	// waiting; retry once the lock is resolved (docs/plan-txn.md).
+	ErrorCode_ERROR_CODE_LOCKED ErrorCode = 18
+	// A prepare whose spans were written above its read revision.
+	ErrorCode_ERROR_CODE_TXN_CONFLICT ErrorCode = 19
 )
 
 // Enum value maps for ErrorCode.
@@ -72,6 +128,8 @@ var (
 		15: "ERROR_CODE_LEASE_TTL_TOO_LARGE",
 		16: "ERROR_CODE_NO_SPACE",
 		17: "ERROR_CODE_AUTH",
+		18: "ERROR_CODE_LOCKED",
+		19: "ERROR_CODE_TXN_CONFLICT",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":         0,
@@ -92,6 +150,8 @@ var (
 		"ERROR_CODE_LEASE_TTL_TOO_LARGE": 15,
 		"ERROR_CODE_NO_SPACE":            16,
 		"ERROR_CODE_AUTH":                17,
+		"ERROR_CODE_LOCKED":              18,
+		"ERROR_CODE_TXN_CONFLICT":        19,
 	}
 )
 
@@ -106,11 +166,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_shardpb_shard_proto_enumTypes[0].Descriptor()
+	return file_shardpb_shard_proto_enumTypes[1].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_shardpb_shard_proto_enumTypes[0]
+	return &file_shardpb_shard_proto_enumTypes[1]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -119,7 +179,7 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{0}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{1}
 }
 
 // Command is one raft entry: client requests batched into one proposal. The
@@ -216,6 +276,12 @@ type Request struct {
 	//	*Request_Split
 	//	*Request_Auth
 	//	*Request_AuthFence
+	//	*Request_TxnPrepare
+	//	*Request_TxnCommit
+	//	*Request_TxnAbort
+	//	*Request_TxnDecide
+	//	*Request_TxnResolve
+	//	*Request_TxnForget
 	Op isRequest_Op `protobuf_oneof:"op"`
 	// Sharded mode: leases this request may attach keys to that are homed in
 	// another shard, which registered this one; each gets a shadow here
@@ -428,6 +494,60 @@ func (x *Request) GetAuthFence() *AuthFence {
 	return nil
 }
 
+func (x *Request) GetTxnPrepare() *TxnPrepare {
+	if x != nil {
+		if x, ok := x.Op.(*Request_TxnPrepare); ok {
+			return x.TxnPrepare
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetTxnCommit() *TxnCommit {
+	if x != nil {
+		if x, ok := x.Op.(*Request_TxnCommit); ok {
+			return x.TxnCommit
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetTxnAbort() *TxnAbort {
+	if x != nil {
+		if x, ok := x.Op.(*Request_TxnAbort); ok {
+			return x.TxnAbort
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetTxnDecide() *TxnDecide {
+	if x != nil {
+		if x, ok := x.Op.(*Request_TxnDecide); ok {
+			return x.TxnDecide
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetTxnResolve() *TxnResolve {
+	if x != nil {
+		if x, ok := x.Op.(*Request_TxnResolve); ok {
+			return x.TxnResolve
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetTxnForget() *TxnForget {
+	if x != nil {
+		if x, ok := x.Op.(*Request_TxnForget); ok {
+			return x.TxnForget
+		}
+	}
+	return nil
+}
+
 func (x *Request) GetShadowLeases() []*ShadowLease {
 	if x != nil {
 		return x.ShadowLeases
@@ -541,6 +661,38 @@ type Request_AuthFence struct {
 	AuthFence *AuthFence `protobuf:"bytes,20,opt,name=auth_fence,json=authFence,proto3,oneof"`
 }
 
+type Request_TxnPrepare struct {
+	// Sharded mode, cross-range transactions (docs/plan-txn.md), in a
+	// participant: lock spans of this range for a transaction and record
+	// its intents; commit them at the transaction's revision; or drop the
+	// lock.
+	TxnPrepare *TxnPrepare `protobuf:"bytes,21,opt,name=txn_prepare,json=txnPrepare,proto3,oneof"`
+}
+
+type Request_TxnCommit struct {
+	TxnCommit *TxnCommit `protobuf:"bytes,22,opt,name=txn_commit,json=txnCommit,proto3,oneof"`
+}
+
+type Request_TxnAbort struct {
+	TxnAbort *TxnAbort `protobuf:"bytes,23,opt,name=txn_abort,json=txnAbort,proto3,oneof"`
+}
+
+type Request_TxnDecide struct {
+	// In the transaction's primary: the commit point (a Committed record,
+	// unless the transaction was aborted first), the resolver's question
+	// (an Aborted record unless one exists, answering the record), and the
+	// record's removal once every participant has applied the outcome.
+	TxnDecide *TxnDecide `protobuf:"bytes,24,opt,name=txn_decide,json=txnDecide,proto3,oneof"`
+}
+
+type Request_TxnResolve struct {
+	TxnResolve *TxnResolve `protobuf:"bytes,25,opt,name=txn_resolve,json=txnResolve,proto3,oneof"`
+}
+
+type Request_TxnForget struct {
+	TxnForget *TxnForget `protobuf:"bytes,26,opt,name=txn_forget,json=txnForget,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -574,6 +726,18 @@ func (*Request_Split) isRequest_Op() {}
 func (*Request_Auth) isRequest_Op() {}
 
 func (*Request_AuthFence) isRequest_Op() {}
+
+func (*Request_TxnPrepare) isRequest_Op() {}
+
+func (*Request_TxnCommit) isRequest_Op() {}
+
+func (*Request_TxnAbort) isRequest_Op() {}
+
+func (*Request_TxnDecide) isRequest_Op() {}
+
+func (*Request_TxnResolve) isRequest_Op() {}
+
+func (*Request_TxnForget) isRequest_Op() {}
 
 // AuthFence is where the cluster's auth state stood when an auth change
 // applied: fences order by revision, then disabled before enabled (an
@@ -1152,6 +1316,831 @@ func (x *TransferHold) GetMaxNanos() int64 {
 	return 0
 }
 
+// KeySpan is a key, or an interval [key, range_end), as etcd's requests
+// name them: range_end empty is key alone, "\0" every key from key on.
+type KeySpan struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	RangeEnd      []byte                 `protobuf:"bytes,2,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeySpan) Reset() {
+	*x = KeySpan{}
+	mi := &file_shardpb_shard_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeySpan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeySpan) ProtoMessage() {}
+
+func (x *KeySpan) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
+func (*KeySpan) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *KeySpan) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *KeySpan) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
+}
+
+// TxnPrepare locks spans of a participant for transaction id. It is
+// refused, never waiting, if a span overlaps another transaction's lock
+// (ERROR_CODE_LOCKED), if a span has a write above read_revision
+// (ERROR_CODE_TXN_CONFLICT), or if the intents would be refused now (the
+// error they would get); a prepare of an id already locked here answers as
+// the first did (a retried proposal).
+type TxnPrepare struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is unique forever (member id ⊕ a counter); never 0.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The transaction's primary: the range that holds its record, and the
+	// key it was chosen by (the transaction's smallest), which finds the
+	// range again after a split.
+	PrimaryRange uint64 `protobuf:"varint,2,opt,name=primary_range,json=primaryRange,proto3" json:"primary_range,omitempty"`
+	PrimaryKey   []byte `protobuf:"bytes,3,opt,name=primary_key,json=primaryKey,proto3" json:"primary_key,omitempty"`
+	// spans are what the transaction compares, reads or writes in this
+	// range; no other write may touch them until the lock is released. The
+	// intents' keys lie within them (they are added if not).
+	Spans []*KeySpan `protobuf:"bytes,4,rep,name=spans,proto3" json:"spans,omitempty"`
+	// intents (etcdserverpb.TxnRequest, success ops only: puts and delete
+	// ranges of this range's keys, no compares) are what commit applies.
+	// Empty: the commit carries them.
+	Intents []byte `protobuf:"bytes,5,opt,name=intents,proto3" json:"intents,omitempty"`
+	// read_revision, if set, is the revision the coordinator read the spans
+	// at: a write to them above it refuses the prepare.
+	ReadRevision int64 `protobuf:"varint,6,opt,name=read_revision,json=readRevision,proto3" json:"read_revision,omitempty"`
+	// cap is the newest oracle revision the proposer fetched before
+	// proposing: the range's closed revision stays at or below it (or where
+	// it already was) while the lock stands, and the commit revision must be
+	// above it.
+	Cap int64 `protobuf:"varint,7,opt,name=cap,proto3" json:"cap,omitempty"`
+	// deadline_unix_nano: past it, a participant's leader asks the primary
+	// to resolve the transaction.
+	DeadlineUnixNano int64 `protobuf:"varint,8,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	// reads (etcdserverpb.TxnRequest, read-only), if set, are answered at
+	// the state the prepare applies on, for the coordinator to evaluate the
+	// transaction's compares and reads with.
+	Reads         []byte `protobuf:"bytes,9,opt,name=reads,proto3" json:"reads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnPrepare) Reset() {
+	*x = TxnPrepare{}
+	mi := &file_shardpb_shard_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnPrepare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnPrepare) ProtoMessage() {}
+
+func (x *TxnPrepare) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnPrepare.ProtoReflect.Descriptor instead.
+func (*TxnPrepare) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TxnPrepare) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TxnPrepare) GetPrimaryRange() uint64 {
+	if x != nil {
+		return x.PrimaryRange
+	}
+	return 0
+}
+
+func (x *TxnPrepare) GetPrimaryKey() []byte {
+	if x != nil {
+		return x.PrimaryKey
+	}
+	return nil
+}
+
+func (x *TxnPrepare) GetSpans() []*KeySpan {
+	if x != nil {
+		return x.Spans
+	}
+	return nil
+}
+
+func (x *TxnPrepare) GetIntents() []byte {
+	if x != nil {
+		return x.Intents
+	}
+	return nil
+}
+
+func (x *TxnPrepare) GetReadRevision() int64 {
+	if x != nil {
+		return x.ReadRevision
+	}
+	return 0
+}
+
+func (x *TxnPrepare) GetCap() int64 {
+	if x != nil {
+		return x.Cap
+	}
+	return 0
+}
+
+func (x *TxnPrepare) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
+func (x *TxnPrepare) GetReads() []byte {
+	if x != nil {
+		return x.Reads
+	}
+	return nil
+}
+
+// TxnCommit applies transaction id's intents at revision, as a write
+// stamped revision would apply, and releases its lock, in one batch.
+type TxnCommit struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Revision int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// intents, if set, replace the prepared ones (etcdserverpb.TxnRequest as
+	// TxnPrepare's); their keys must lie within the lock's spans.
+	Intents       []byte `protobuf:"bytes,3,opt,name=intents,proto3" json:"intents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnCommit) Reset() {
+	*x = TxnCommit{}
+	mi := &file_shardpb_shard_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnCommit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnCommit) ProtoMessage() {}
+
+func (x *TxnCommit) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnCommit.ProtoReflect.Descriptor instead.
+func (*TxnCommit) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TxnCommit) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TxnCommit) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *TxnCommit) GetIntents() []byte {
+	if x != nil {
+		return x.Intents
+	}
+	return nil
+}
+
+// TxnAbort releases transaction id's lock, applying nothing.
+type TxnAbort struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnAbort) Reset() {
+	*x = TxnAbort{}
+	mi := &file_shardpb_shard_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnAbort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnAbort) ProtoMessage() {}
+
+func (x *TxnAbort) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnAbort.ProtoReflect.Descriptor instead.
+func (*TxnAbort) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TxnAbort) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// TxnWrites are the intents of one participant.
+type TxnWrites struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Intents       []byte                 `protobuf:"bytes,2,opt,name=intents,proto3" json:"intents,omitempty"` // etcdserverpb.TxnRequest, as TxnPrepare's
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnWrites) Reset() {
+	*x = TxnWrites{}
+	mi := &file_shardpb_shard_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnWrites) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnWrites) ProtoMessage() {}
+
+func (x *TxnWrites) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnWrites.ProtoReflect.Descriptor instead.
+func (*TxnWrites) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TxnWrites) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *TxnWrites) GetIntents() []byte {
+	if x != nil {
+		return x.Intents
+	}
+	return nil
+}
+
+// TxnDecide is the commit point, in the primary: record that transaction
+// id committed at revision with these writes, unless a record exists (an
+// abort the resolver recorded first). It answers the record as it stands.
+type TxnDecide struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Writes        []*TxnWrites           `protobuf:"bytes,3,rep,name=writes,proto3" json:"writes,omitempty"`
+	PrimaryKey    []byte                 `protobuf:"bytes,4,opt,name=primary_key,json=primaryKey,proto3" json:"primary_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnDecide) Reset() {
+	*x = TxnDecide{}
+	mi := &file_shardpb_shard_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnDecide) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnDecide) ProtoMessage() {}
+
+func (x *TxnDecide) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnDecide.ProtoReflect.Descriptor instead.
+func (*TxnDecide) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TxnDecide) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TxnDecide) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *TxnDecide) GetWrites() []*TxnWrites {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+func (x *TxnDecide) GetPrimaryKey() []byte {
+	if x != nil {
+		return x.PrimaryKey
+	}
+	return nil
+}
+
+// TxnResolve asks the primary for transaction id's outcome, recording
+// that it aborted if nothing is recorded yet; it answers the record.
+type TxnResolve struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	PrimaryKey    []byte                 `protobuf:"bytes,2,opt,name=primary_key,json=primaryKey,proto3" json:"primary_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnResolve) Reset() {
+	*x = TxnResolve{}
+	mi := &file_shardpb_shard_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnResolve) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnResolve) ProtoMessage() {}
+
+func (x *TxnResolve) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnResolve.ProtoReflect.Descriptor instead.
+func (*TxnResolve) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *TxnResolve) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TxnResolve) GetPrimaryKey() []byte {
+	if x != nil {
+		return x.PrimaryKey
+	}
+	return nil
+}
+
+// TxnForget deletes transaction id's record once every participant has
+// applied its outcome.
+type TxnForget struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnForget) Reset() {
+	*x = TxnForget{}
+	mi := &file_shardpb_shard_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnForget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnForget) ProtoMessage() {}
+
+func (x *TxnForget) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnForget.ProtoReflect.Descriptor instead.
+func (*TxnForget) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *TxnForget) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// TxnLock is a participant's lock record (internal record txn/lock/<id>).
+type TxnLock struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	PrimaryRange uint64                 `protobuf:"varint,2,opt,name=primary_range,json=primaryRange,proto3" json:"primary_range,omitempty"`
+	PrimaryKey   []byte                 `protobuf:"bytes,3,opt,name=primary_key,json=primaryKey,proto3" json:"primary_key,omitempty"`
+	Spans        []*KeySpan             `protobuf:"bytes,4,rep,name=spans,proto3" json:"spans,omitempty"`
+	Intents      []byte                 `protobuf:"bytes,5,opt,name=intents,proto3" json:"intents,omitempty"`
+	// cap is the effective cap: the prepare's, or the closed revision the
+	// range had reached when it applied, whichever is higher.
+	Cap              int64 `protobuf:"varint,6,opt,name=cap,proto3" json:"cap,omitempty"`
+	DeadlineUnixNano int64 `protobuf:"varint,7,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	// index is the raft index the prepare applied at.
+	Index         uint64 `protobuf:"varint,8,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnLock) Reset() {
+	*x = TxnLock{}
+	mi := &file_shardpb_shard_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnLock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnLock) ProtoMessage() {}
+
+func (x *TxnLock) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnLock.ProtoReflect.Descriptor instead.
+func (*TxnLock) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *TxnLock) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TxnLock) GetPrimaryRange() uint64 {
+	if x != nil {
+		return x.PrimaryRange
+	}
+	return 0
+}
+
+func (x *TxnLock) GetPrimaryKey() []byte {
+	if x != nil {
+		return x.PrimaryKey
+	}
+	return nil
+}
+
+func (x *TxnLock) GetSpans() []*KeySpan {
+	if x != nil {
+		return x.Spans
+	}
+	return nil
+}
+
+func (x *TxnLock) GetIntents() []byte {
+	if x != nil {
+		return x.Intents
+	}
+	return nil
+}
+
+func (x *TxnLock) GetCap() int64 {
+	if x != nil {
+		return x.Cap
+	}
+	return 0
+}
+
+func (x *TxnLock) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
+func (x *TxnLock) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+// TxnRecord is a transaction's record in its primary (internal record
+// txn/record/<id>).
+type TxnRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Outcome       TxnOutcome             `protobuf:"varint,2,opt,name=outcome,proto3,enum=cairn.shard.v1.TxnOutcome" json:"outcome,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"` // committed: the transaction's revision
+	Writes        []*TxnWrites           `protobuf:"bytes,4,rep,name=writes,proto3" json:"writes,omitempty"`
+	PrimaryKey    []byte                 `protobuf:"bytes,5,opt,name=primary_key,json=primaryKey,proto3" json:"primary_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRecord) Reset() {
+	*x = TxnRecord{}
+	mi := &file_shardpb_shard_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRecord) ProtoMessage() {}
+
+func (x *TxnRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRecord.ProtoReflect.Descriptor instead.
+func (*TxnRecord) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TxnRecord) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TxnRecord) GetOutcome() TxnOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return TxnOutcome_TXN_OUTCOME_UNSPECIFIED
+}
+
+func (x *TxnRecord) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *TxnRecord) GetWrites() []*TxnWrites {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+func (x *TxnRecord) GetPrimaryKey() []byte {
+	if x != nil {
+		return x.PrimaryKey
+	}
+	return nil
+}
+
+// TxnPrepared answers a TxnPrepare.
+type TxnPrepared struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision is the range's revision the prepare applied on.
+	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// cap is the lock's effective cap: the commit revision must exceed it.
+	Cap int64 `protobuf:"varint,2,opt,name=cap,proto3" json:"cap,omitempty"`
+	// reads answers TxnPrepare.reads (etcdserverpb.TxnResponse).
+	Reads         []byte `protobuf:"bytes,3,opt,name=reads,proto3" json:"reads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnPrepared) Reset() {
+	*x = TxnPrepared{}
+	mi := &file_shardpb_shard_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnPrepared) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnPrepared) ProtoMessage() {}
+
+func (x *TxnPrepared) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnPrepared.ProtoReflect.Descriptor instead.
+func (*TxnPrepared) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TxnPrepared) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *TxnPrepared) GetCap() int64 {
+	if x != nil {
+		return x.Cap
+	}
+	return 0
+}
+
+func (x *TxnPrepared) GetReads() []byte {
+	if x != nil {
+		return x.Reads
+	}
+	return nil
+}
+
+// TxnSettled answers a TxnCommit or TxnAbort.
+type TxnSettled struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// held: the lock was held here and is released now (false: no lock of
+	// the id, already settled — a retry, or the other of coordinator and
+	// resolver).
+	Held bool `protobuf:"varint,1,opt,name=held,proto3" json:"held,omitempty"`
+	// txn (commit) is the writes' answer (etcdserverpb.TxnResponse).
+	Txn           []byte `protobuf:"bytes,2,opt,name=txn,proto3" json:"txn,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnSettled) Reset() {
+	*x = TxnSettled{}
+	mi := &file_shardpb_shard_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnSettled) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnSettled) ProtoMessage() {}
+
+func (x *TxnSettled) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnSettled.ProtoReflect.Descriptor instead.
+func (*TxnSettled) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *TxnSettled) GetHeld() bool {
+	if x != nil {
+		return x.Held
+	}
+	return false
+}
+
+func (x *TxnSettled) GetTxn() []byte {
+	if x != nil {
+		return x.Txn
+	}
+	return nil
+}
+
 // Result answers a Command: one Response per Request, in order.
 type Result struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1162,7 +2151,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[11]
+	mi := &file_shardpb_shard_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +2163,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[11]
+	mi := &file_shardpb_shard_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +2176,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{11}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -1221,6 +2210,10 @@ type Response struct {
 	//	*Response_Split
 	//	*Response_Auth
 	//	*Response_AuthFence
+	//	*Response_TxnPrepared
+	//	*Response_TxnSettled
+	//	*Response_TxnRecord
+	//	*Response_TxnForgotten
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1228,7 +2221,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[12]
+	mi := &file_shardpb_shard_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +2233,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[12]
+	mi := &file_shardpb_shard_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +2246,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{12}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -1425,6 +2418,42 @@ func (x *Response) GetAuthFence() bool {
 	return false
 }
 
+func (x *Response) GetTxnPrepared() *TxnPrepared {
+	if x != nil {
+		if x, ok := x.Result.(*Response_TxnPrepared); ok {
+			return x.TxnPrepared
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetTxnSettled() *TxnSettled {
+	if x != nil {
+		if x, ok := x.Result.(*Response_TxnSettled); ok {
+			return x.TxnSettled
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetTxnRecord() *TxnRecord {
+	if x != nil {
+		if x, ok := x.Result.(*Response_TxnRecord); ok {
+			return x.TxnRecord
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetTxnForgotten() bool {
+	if x != nil {
+		if x, ok := x.Result.(*Response_TxnForgotten); ok {
+			return x.TxnForgotten
+		}
+	}
+	return false
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -1502,6 +2531,22 @@ type Response_AuthFence struct {
 	AuthFence bool `protobuf:"varint,18,opt,name=auth_fence,json=authFence,proto3,oneof"` // applied (or an equal or higher fence was)
 }
 
+type Response_TxnPrepared struct {
+	TxnPrepared *TxnPrepared `protobuf:"bytes,19,opt,name=txn_prepared,json=txnPrepared,proto3,oneof"`
+}
+
+type Response_TxnSettled struct {
+	TxnSettled *TxnSettled `protobuf:"bytes,20,opt,name=txn_settled,json=txnSettled,proto3,oneof"` // commit, abort
+}
+
+type Response_TxnRecord struct {
+	TxnRecord *TxnRecord `protobuf:"bytes,21,opt,name=txn_record,json=txnRecord,proto3,oneof"` // decide, resolve: the record as it stands
+}
+
+type Response_TxnForgotten struct {
+	TxnForgotten bool `protobuf:"varint,22,opt,name=txn_forgotten,json=txnForgotten,proto3,oneof"` // forget: a record was deleted
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -1538,6 +2583,14 @@ func (*Response_Auth) isResponse_Result() {}
 
 func (*Response_AuthFence) isResponse_Result() {}
 
+func (*Response_TxnPrepared) isResponse_Result() {}
+
+func (*Response_TxnSettled) isResponse_Result() {}
+
+func (*Response_TxnRecord) isResponse_Result() {}
+
+func (*Response_TxnForgotten) isResponse_Result() {}
+
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1549,7 +2602,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[13]
+	mi := &file_shardpb_shard_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1561,7 +2614,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[13]
+	mi := &file_shardpb_shard_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1574,7 +2627,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{13}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1599,7 +2652,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\aCommand\x123\n" +
 	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
 	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"\x9e\a\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\x89\n" +
+	"\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -1623,7 +2677,18 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x05split\x18\x11 \x01(\v2\x1a.cairn.shard.v1.SplitRangeH\x00R\x05split\x12\x14\n" +
 	"\x04auth\x18\x12 \x01(\fH\x00R\x04auth\x12:\n" +
 	"\n" +
-	"auth_fence\x18\x14 \x01(\v2\x19.cairn.shard.v1.AuthFenceH\x00R\tauthFence\x12@\n" +
+	"auth_fence\x18\x14 \x01(\v2\x19.cairn.shard.v1.AuthFenceH\x00R\tauthFence\x12=\n" +
+	"\vtxn_prepare\x18\x15 \x01(\v2\x1a.cairn.shard.v1.TxnPrepareH\x00R\n" +
+	"txnPrepare\x12:\n" +
+	"\n" +
+	"txn_commit\x18\x16 \x01(\v2\x19.cairn.shard.v1.TxnCommitH\x00R\ttxnCommit\x127\n" +
+	"\ttxn_abort\x18\x17 \x01(\v2\x18.cairn.shard.v1.TxnAbortH\x00R\btxnAbort\x12:\n" +
+	"\n" +
+	"txn_decide\x18\x18 \x01(\v2\x19.cairn.shard.v1.TxnDecideH\x00R\ttxnDecide\x12=\n" +
+	"\vtxn_resolve\x18\x19 \x01(\v2\x1a.cairn.shard.v1.TxnResolveH\x00R\n" +
+	"txnResolve\x12:\n" +
+	"\n" +
+	"txn_forget\x18\x1a \x01(\v2\x19.cairn.shard.v1.TxnForgetH\x00R\ttxnForget\x12@\n" +
 	"\rshadow_leases\x18\r \x03(\v2\x1b.cairn.shard.v1.ShadowLeaseR\fshadowLeases\x125\n" +
 	"\tauth_info\x18\x13 \x01(\v2\x18.cairn.shard.v1.AuthInfoR\bauthInfoB\x04\n" +
 	"\x02op\"A\n" +
@@ -1668,9 +2733,71 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\fTransferHold\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\x04R\x06target\x12&\n" +
 	"\x0funtil_unix_nano\x18\x02 \x01(\x03R\runtilUnixNano\x12\x1b\n" +
-	"\tmax_nanos\x18\x03 \x01(\x03R\bmaxNanos\"@\n" +
+	"\tmax_nanos\x18\x03 \x01(\x03R\bmaxNanos\"8\n" +
+	"\aKeySpan\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
+	"\trange_end\x18\x02 \x01(\fR\brangeEnd\"\xa6\x02\n" +
+	"\n" +
+	"TxnPrepare\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
+	"\rprimary_range\x18\x02 \x01(\x04R\fprimaryRange\x12\x1f\n" +
+	"\vprimary_key\x18\x03 \x01(\fR\n" +
+	"primaryKey\x12-\n" +
+	"\x05spans\x18\x04 \x03(\v2\x17.cairn.shard.v1.KeySpanR\x05spans\x12\x18\n" +
+	"\aintents\x18\x05 \x01(\fR\aintents\x12#\n" +
+	"\rread_revision\x18\x06 \x01(\x03R\freadRevision\x12\x10\n" +
+	"\x03cap\x18\a \x01(\x03R\x03cap\x12,\n" +
+	"\x12deadline_unix_nano\x18\b \x01(\x03R\x10deadlineUnixNano\x12\x14\n" +
+	"\x05reads\x18\t \x01(\fR\x05reads\"Q\n" +
+	"\tTxnCommit\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
+	"\aintents\x18\x03 \x01(\fR\aintents\"\x1a\n" +
+	"\bTxnAbort\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\";\n" +
+	"\tTxnWrites\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x18\n" +
+	"\aintents\x18\x02 \x01(\fR\aintents\"\x8b\x01\n" +
+	"\tTxnDecide\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x121\n" +
+	"\x06writes\x18\x03 \x03(\v2\x19.cairn.shard.v1.TxnWritesR\x06writes\x12\x1f\n" +
+	"\vprimary_key\x18\x04 \x01(\fR\n" +
+	"primaryKey\"=\n" +
+	"\n" +
+	"TxnResolve\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1f\n" +
+	"\vprimary_key\x18\x02 \x01(\fR\n" +
+	"primaryKey\"\x1b\n" +
+	"\tTxnForget\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"\xfe\x01\n" +
+	"\aTxnLock\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
+	"\rprimary_range\x18\x02 \x01(\x04R\fprimaryRange\x12\x1f\n" +
+	"\vprimary_key\x18\x03 \x01(\fR\n" +
+	"primaryKey\x12-\n" +
+	"\x05spans\x18\x04 \x03(\v2\x17.cairn.shard.v1.KeySpanR\x05spans\x12\x18\n" +
+	"\aintents\x18\x05 \x01(\fR\aintents\x12\x10\n" +
+	"\x03cap\x18\x06 \x01(\x03R\x03cap\x12,\n" +
+	"\x12deadline_unix_nano\x18\a \x01(\x03R\x10deadlineUnixNano\x12\x14\n" +
+	"\x05index\x18\b \x01(\x04R\x05index\"\xc1\x01\n" +
+	"\tTxnRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1a.cairn.shard.v1.TxnOutcomeR\aoutcome\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x121\n" +
+	"\x06writes\x18\x04 \x03(\v2\x19.cairn.shard.v1.TxnWritesR\x06writes\x12\x1f\n" +
+	"\vprimary_key\x18\x05 \x01(\fR\n" +
+	"primaryKey\"Q\n" +
+	"\vTxnPrepared\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x10\n" +
+	"\x03cap\x18\x02 \x01(\x03R\x03cap\x12\x14\n" +
+	"\x05reads\x18\x03 \x01(\fR\x05reads\"2\n" +
+	"\n" +
+	"TxnSettled\x12\x12\n" +
+	"\x04held\x18\x01 \x01(\bR\x04held\x12\x10\n" +
+	"\x03txn\x18\x02 \x01(\fR\x03txn\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xf6\x04\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xda\x06\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -1695,11 +2822,22 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x05split\x18\x10 \x01(\bH\x00R\x05split\x12\x14\n" +
 	"\x04auth\x18\x11 \x01(\fH\x00R\x04auth\x12\x1f\n" +
 	"\n" +
-	"auth_fence\x18\x12 \x01(\bH\x00R\tauthFenceB\b\n" +
+	"auth_fence\x18\x12 \x01(\bH\x00R\tauthFence\x12@\n" +
+	"\ftxn_prepared\x18\x13 \x01(\v2\x1b.cairn.shard.v1.TxnPreparedH\x00R\vtxnPrepared\x12=\n" +
+	"\vtxn_settled\x18\x14 \x01(\v2\x1a.cairn.shard.v1.TxnSettledH\x00R\n" +
+	"txnSettled\x12:\n" +
+	"\n" +
+	"txn_record\x18\x15 \x01(\v2\x19.cairn.shard.v1.TxnRecordH\x00R\ttxnRecord\x12%\n" +
+	"\rtxn_forgotten\x18\x16 \x01(\bH\x00R\ftxnForgottenB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\x96\x04\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*]\n" +
+	"\n" +
+	"TxnOutcome\x12\x1b\n" +
+	"\x17TXN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15TXN_OUTCOME_COMMITTED\x10\x01\x12\x17\n" +
+	"\x13TXN_OUTCOME_ABORTED\x10\x02*\xca\x04\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_COMPACTED\x10\x01\x12\x19\n" +
@@ -1719,7 +2857,9 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x17ERROR_CODE_LEASE_EXISTS\x10\x0e\x12\"\n" +
 	"\x1eERROR_CODE_LEASE_TTL_TOO_LARGE\x10\x0f\x12\x17\n" +
 	"\x13ERROR_CODE_NO_SPACE\x10\x10\x12\x13\n" +
-	"\x0fERROR_CODE_AUTH\x10\x11B)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
+	"\x0fERROR_CODE_AUTH\x10\x11\x12\x15\n" +
+	"\x11ERROR_CODE_LOCKED\x10\x12\x12\x1b\n" +
+	"\x17ERROR_CODE_TXN_CONFLICT\x10\x13B)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
 
 var (
 	file_shardpb_shard_proto_rawDescOnce sync.Once
@@ -1733,45 +2873,72 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 	return file_shardpb_shard_proto_rawDescData
 }
 
-var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_shardpb_shard_proto_goTypes = []any{
-	(ErrorCode)(0),       // 0: cairn.shard.v1.ErrorCode
-	(*Command)(nil),      // 1: cairn.shard.v1.Command
-	(*Request)(nil),      // 2: cairn.shard.v1.Request
-	(*AuthFence)(nil),    // 3: cairn.shard.v1.AuthFence
-	(*AuthInfo)(nil),     // 4: cairn.shard.v1.AuthInfo
-	(*AuthState)(nil),    // 5: cairn.shard.v1.AuthState
-	(*ShadowLease)(nil),  // 6: cairn.shard.v1.ShadowLease
-	(*SplitRange)(nil),   // 7: cairn.shard.v1.SplitRange
-	(*ReplicaRef)(nil),   // 8: cairn.shard.v1.ReplicaRef
-	(*LeaseShard)(nil),   // 9: cairn.shard.v1.LeaseShard
-	(*MemberPeers)(nil),  // 10: cairn.shard.v1.MemberPeers
-	(*TransferHold)(nil), // 11: cairn.shard.v1.TransferHold
-	(*Result)(nil),       // 12: cairn.shard.v1.Result
-	(*Response)(nil),     // 13: cairn.shard.v1.Response
-	(*Error)(nil),        // 14: cairn.shard.v1.Error
+	(TxnOutcome)(0),      // 0: cairn.shard.v1.TxnOutcome
+	(ErrorCode)(0),       // 1: cairn.shard.v1.ErrorCode
+	(*Command)(nil),      // 2: cairn.shard.v1.Command
+	(*Request)(nil),      // 3: cairn.shard.v1.Request
+	(*AuthFence)(nil),    // 4: cairn.shard.v1.AuthFence
+	(*AuthInfo)(nil),     // 5: cairn.shard.v1.AuthInfo
+	(*AuthState)(nil),    // 6: cairn.shard.v1.AuthState
+	(*ShadowLease)(nil),  // 7: cairn.shard.v1.ShadowLease
+	(*SplitRange)(nil),   // 8: cairn.shard.v1.SplitRange
+	(*ReplicaRef)(nil),   // 9: cairn.shard.v1.ReplicaRef
+	(*LeaseShard)(nil),   // 10: cairn.shard.v1.LeaseShard
+	(*MemberPeers)(nil),  // 11: cairn.shard.v1.MemberPeers
+	(*TransferHold)(nil), // 12: cairn.shard.v1.TransferHold
+	(*KeySpan)(nil),      // 13: cairn.shard.v1.KeySpan
+	(*TxnPrepare)(nil),   // 14: cairn.shard.v1.TxnPrepare
+	(*TxnCommit)(nil),    // 15: cairn.shard.v1.TxnCommit
+	(*TxnAbort)(nil),     // 16: cairn.shard.v1.TxnAbort
+	(*TxnWrites)(nil),    // 17: cairn.shard.v1.TxnWrites
+	(*TxnDecide)(nil),    // 18: cairn.shard.v1.TxnDecide
+	(*TxnResolve)(nil),   // 19: cairn.shard.v1.TxnResolve
+	(*TxnForget)(nil),    // 20: cairn.shard.v1.TxnForget
+	(*TxnLock)(nil),      // 21: cairn.shard.v1.TxnLock
+	(*TxnRecord)(nil),    // 22: cairn.shard.v1.TxnRecord
+	(*TxnPrepared)(nil),  // 23: cairn.shard.v1.TxnPrepared
+	(*TxnSettled)(nil),   // 24: cairn.shard.v1.TxnSettled
+	(*Result)(nil),       // 25: cairn.shard.v1.Result
+	(*Response)(nil),     // 26: cairn.shard.v1.Response
+	(*Error)(nil),        // 27: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
-	2,  // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	11, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	10, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
-	9,  // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
-	6,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
-	9,  // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
-	7,  // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
-	3,  // 7: cairn.shard.v1.Request.auth_fence:type_name -> cairn.shard.v1.AuthFence
-	6,  // 8: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
-	4,  // 9: cairn.shard.v1.Request.auth_info:type_name -> cairn.shard.v1.AuthInfo
-	8,  // 10: cairn.shard.v1.SplitRange.founder_replicas:type_name -> cairn.shard.v1.ReplicaRef
-	13, // 11: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	14, // 12: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	0,  // 13: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	3,  // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
+	12, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	11, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	10, // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
+	7,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
+	10, // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
+	8,  // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
+	4,  // 7: cairn.shard.v1.Request.auth_fence:type_name -> cairn.shard.v1.AuthFence
+	14, // 8: cairn.shard.v1.Request.txn_prepare:type_name -> cairn.shard.v1.TxnPrepare
+	15, // 9: cairn.shard.v1.Request.txn_commit:type_name -> cairn.shard.v1.TxnCommit
+	16, // 10: cairn.shard.v1.Request.txn_abort:type_name -> cairn.shard.v1.TxnAbort
+	18, // 11: cairn.shard.v1.Request.txn_decide:type_name -> cairn.shard.v1.TxnDecide
+	19, // 12: cairn.shard.v1.Request.txn_resolve:type_name -> cairn.shard.v1.TxnResolve
+	20, // 13: cairn.shard.v1.Request.txn_forget:type_name -> cairn.shard.v1.TxnForget
+	7,  // 14: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
+	5,  // 15: cairn.shard.v1.Request.auth_info:type_name -> cairn.shard.v1.AuthInfo
+	9,  // 16: cairn.shard.v1.SplitRange.founder_replicas:type_name -> cairn.shard.v1.ReplicaRef
+	13, // 17: cairn.shard.v1.TxnPrepare.spans:type_name -> cairn.shard.v1.KeySpan
+	17, // 18: cairn.shard.v1.TxnDecide.writes:type_name -> cairn.shard.v1.TxnWrites
+	13, // 19: cairn.shard.v1.TxnLock.spans:type_name -> cairn.shard.v1.KeySpan
+	0,  // 20: cairn.shard.v1.TxnRecord.outcome:type_name -> cairn.shard.v1.TxnOutcome
+	17, // 21: cairn.shard.v1.TxnRecord.writes:type_name -> cairn.shard.v1.TxnWrites
+	26, // 22: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	27, // 23: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	23, // 24: cairn.shard.v1.Response.txn_prepared:type_name -> cairn.shard.v1.TxnPrepared
+	24, // 25: cairn.shard.v1.Response.txn_settled:type_name -> cairn.shard.v1.TxnSettled
+	22, // 26: cairn.shard.v1.Response.txn_record:type_name -> cairn.shard.v1.TxnRecord
+	1,  // 27: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -1797,8 +2964,14 @@ func file_shardpb_shard_proto_init() {
 		(*Request_Split)(nil),
 		(*Request_Auth)(nil),
 		(*Request_AuthFence)(nil),
+		(*Request_TxnPrepare)(nil),
+		(*Request_TxnCommit)(nil),
+		(*Request_TxnAbort)(nil),
+		(*Request_TxnDecide)(nil),
+		(*Request_TxnResolve)(nil),
+		(*Request_TxnForget)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[12].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[24].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -1817,14 +2990,18 @@ func file_shardpb_shard_proto_init() {
 		(*Response_Split)(nil),
 		(*Response_Auth)(nil),
 		(*Response_AuthFence)(nil),
+		(*Response_TxnPrepared)(nil),
+		(*Response_TxnSettled)(nil),
+		(*Response_TxnRecord)(nil),
+		(*Response_TxnForgotten)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   14,
+			NumEnums:      2,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -89,7 +89,7 @@ func TestFlagSetIsEtcds(t *testing.T) {
 	}
 	// Cairn's own flags, on top of etcd's.
 	cairnOnly := map[string]bool{"debug-journal": true, "single-group": true, "initial-split-keys": true, "placement-replicas": true, "range-replicas": true,
-		"placement-scheduler": true, "range-max-bytes": true, "range-min-bytes": true, "member-down-timeout": true,
+		"placement-scheduler": true, "range-max-bytes": true, "range-split-load": true, "range-min-bytes": true, "member-down-timeout": true,
 		"raft-log-sync-metrics": true}
 	for n := range got {
 		if _, ok := want[n]; !ok && !cairnOnly[n] {
@@ -134,6 +134,7 @@ var effective = []struct {
 	{"placement-replicas", "5", func(c *node.Config) { c.PlacementReplicas = 5 }},
 	{"range-replicas", "3", func(c *node.Config) { c.RangeReplicas = 3 }},
 	{"range-max-bytes", "1048576", func(c *node.Config) { c.RangeMaxBytes = 1 << 20 }},
+	{"range-split-load", "500", func(c *node.Config) { c.SplitLoad = 500 }},
 	{"range-min-bytes", "-1", func(c *node.Config) { c.RangeMinBytes = -1 }},
 	{"member-down-timeout", "1m", func(c *node.Config) { c.MemberDownTimeout = time.Minute }},
 	{"metrics", "extensive", func(c *node.Config) { c.MetricsLevel = node.MetricsExtensive }},

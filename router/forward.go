@@ -208,7 +208,7 @@ func writeVia(ctx context.Context, nc internalpb.NodeClient, id shard.RangeID, r
 		switch err = rpcError(err); {
 		case errors.Is(err, errUnreachable) && reached.Addr != nil:
 			return nil, fmt.Errorf("%w: range %d: the leader's member failed: %v", shard.ErrLeaderLost, id, err)
-		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+		case errors.Is(err, context.DeadlineExceeded) && deadlinePassed(ctx):
 			return nil, fmt.Errorf("%w: range %d: the leader's member did not answer in time (%w)", shard.ErrLeaderLost, id, err)
 		}
 		return nil, err
@@ -217,6 +217,19 @@ func writeVia(ctx context.Context, nc internalpb.NodeClient, id shard.RangeID, r
 		return nil, err
 	}
 	return resp.Response, nil
+}
+
+// deadlinePassed reports whether ctx's deadline has passed, by the clock
+// as well as by ctx.Err(): at the deadline the callee's gRPC server resets
+// the stream, and the client reports that as DeadlineExceeded once the
+// clock is past the deadline, which can be before ctx's own timer has run
+// on a loaded machine.
+func deadlinePassed(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // RangeClient is a range as the router uses it on this member: reads from

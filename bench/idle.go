@@ -243,7 +243,9 @@ func measureIdle(ctx context.Context, run *subRun, dir string, n int, cfg idleCo
 	deadline := started.Add(cfg.startTimeout)
 	sctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	if err := idleWaitGet(sctx, in); err != nil {
+	if err := idleWaitGet(sctx, in, func() {
+		run.progress("%5d ranges: %.0f s since exec, no Get has succeeded yet", n, time.Since(started).Seconds())
+	}); err != nil {
 		return fail(err)
 	}
 	res.ready = time.Since(started)
@@ -355,14 +357,20 @@ func startIdleMember(env *environment, dir string, n int) (*instance, time.Time,
 	return in, started, nil
 }
 
-// idleWaitGet waits until a Get succeeds against in's member, or ctx ends.
-func idleWaitGet(ctx context.Context, in *instance) error {
+// idleWaitGet waits until a Get succeeds against in's member, or ctx ends,
+// calling waiting every 10 s meanwhile.
+func idleWaitGet(ctx context.Context, in *instance, waiting func()) error {
 	cli, err := in.newClient(nil)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
+	lastSay := time.Now()
 	for {
+		if time.Since(lastSay) >= 10*time.Second {
+			lastSay = time.Now()
+			waiting()
+		}
 		select {
 		case <-in.exited[0]:
 			return fmt.Errorf("bench: idle: the member exited while starting; log %s:\n%s", in.logs[0], tail(in.logs[0], 20))

@@ -33,6 +33,8 @@ func main() {
 			err = leaseBench(os.Args[2:])
 		case "failover":
 			err = failoverBench(os.Args[2:])
+		case "idle":
+			err = idleBench(os.Args[2:])
 		case "profile-scale-out":
 			err = profileScaleOut(os.Args[2:])
 		default:

@@ -901,7 +901,10 @@ func (m *Membership) endReconfigure(member NodeID, adding bool) {
 // id).
 func (m *Membership) compactEverywhere(ctx context.Context, d *placementpb.RangeDescriptor, newcomer ReplicaID) error {
 	r := RangeID(d.Id)
-	if err := m.cfg.Ranges.Touch(ctx, r); err != nil {
+	tctx, cancel := context.WithTimeout(ctx, compactLogTimeout)
+	err := m.cfg.Ranges.Touch(tctx, r)
+	cancel()
+	if err != nil {
 		return err
 	}
 	ms, err := m.groupMembership(ctx, uint64(r))
@@ -918,11 +921,18 @@ func (m *Membership) compactEverywhere(ctx context.Context, d *placementpb.Range
 			if !ok {
 				member = NodeID(id)
 			}
+			// Each replica's compaction is bounded: a walk runs on a
+			// context that lasts as long as the node (the placement
+			// leader's resumer), and a call to a member that stopped or
+			// restarted meanwhile must fail, for the walk to be tried
+			// again, rather than hold it up.
+			cctx, cancel := context.WithTimeout(ctx, compactLogTimeout)
 			if member == m.cfg.Self {
-				err = m.CompactLog(ctx, r)
+				err = m.CompactLog(cctx, r)
 			} else {
-				err = m.cfg.Peers.CompactLog(ctx, member, r)
+				err = m.cfg.Peers.CompactLog(cctx, member, r)
 			}
+			cancel()
 			if err != nil {
 				return err
 			}
@@ -930,6 +940,10 @@ func (m *Membership) compactEverywhere(ctx context.Context, d *placementpb.Range
 	}
 	return nil
 }
+
+// compactLogTimeout bounds one replica's snapshot and log compaction in
+// compactEverywhere.
+const compactLogTimeout = 30 * time.Second
 
 // groupMembership reads raft group's membership through its leader.
 func (m *Membership) groupMembership(ctx context.Context, group uint64) (*dragonboat.Membership, error) {

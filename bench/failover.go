@@ -141,18 +141,11 @@ func failoverBench(args []string) error {
 		return err
 	}
 	report := failoverReport(cfg, run.systems, results, chart, describeMachine(run.work), time.Since(run.start))
-	path := filepath.Join(cfg.out, "failover.md")
-	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
-		return err
-	}
-	fmt.Println(report)
-	run.progress("report: %s", path)
+	failed := false
 	for _, r := range results {
-		if r.err != "" {
-			return errors.New("bench: failover: some runs failed; see the report")
-		}
+		failed = failed || r.err != ""
 	}
-	return nil
+	return saveReport(cfg.out, "failover.md", report, run.progress, failed, "failover")
 }
 
 // measureFailover starts sys, runs the load, kills its leader at

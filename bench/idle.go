@@ -158,18 +158,8 @@ func idleBench(args []string) error {
 	}
 	m := describeMachine(run.work)
 	report := idleReport(cfg, results, chart, m, cairnRevision(rootDir), run.start, time.Since(run.start))
-	path := filepath.Join(cfg.out, "idle.md")
-	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
-		return err
-	}
-	fmt.Println(report)
-	run.progress("report: %s", path)
-	for _, r := range results {
-		if r.err != "" {
-			return errors.New("bench: idle: some runs failed; see the report")
-		}
-	}
-	return nil
+	failed := slices.ContainsFunc(results, func(r idleResult) bool { return r.err != "" })
+	return saveReport(cfg.out, "idle.md", report, run.progress, failed, "idle")
 }
 
 func parseIdleFlags(args []string) (idleConfig, error) {

@@ -126,20 +126,13 @@ func leaseBench(args []string) error {
 		return err
 	}
 	report := leasesReport(cfg, syss, results, chart, describeMachine(work), time.Since(start))
-	path := filepath.Join(cfg.out, "leases.md")
-	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
-		return err
-	}
-	fmt.Println(report)
-	progress("report: %s", path)
+	failed := false
 	for _, rs := range results {
 		for _, r := range rs {
-			if r.err != "" {
-				return errors.New("bench: leases: some runs failed; see the report")
-			}
+			failed = failed || r.err != ""
 		}
 	}
-	return nil
+	return saveReport(cfg.out, "leases.md", report, progress, failed, "leases")
 }
 
 // leaseClients dials conns connections to endpoint.

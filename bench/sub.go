@@ -55,3 +55,19 @@ func startSubRun(ctx context.Context, cmd, rootDir string, names []string) (r *s
 	}
 	return r, close, nil
 }
+
+// saveReport ends a subcommand: it writes report to dir/name, prints it,
+// says where it is, and fails if some runs failed (what names the
+// subcommand in the error).
+func saveReport(dir, name, report string, progress func(format string, a ...any), failed bool, what string) error {
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
+		return err
+	}
+	fmt.Println(report)
+	progress("report: %s", path)
+	if failed {
+		return fmt.Errorf("bench: %s: some runs failed; see the report", what)
+	}
+	return nil
+}

@@ -105,20 +105,13 @@ func watchScale(args []string) error {
 	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
 		return err
 	}
-	path := filepath.Join(cfg.out, "watch-scale.md")
-	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
-		return err
-	}
-	fmt.Println(report)
-	progress("report: %s", path)
+	failed := false
 	for _, rs := range results {
 		for _, r := range rs {
-			if r.err != "" {
-				return errors.New("bench: watch-scale: some runs failed; see the report")
-			}
+			failed = failed || r.err != ""
 		}
 	}
-	return nil
+	return saveReport(cfg.out, "watch-scale.md", report, progress, failed, "watch-scale")
 }
 
 // measureWatchScale runs the three phases against a fresh instance of sys.

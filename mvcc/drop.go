@@ -53,7 +53,7 @@ func (l *EventLog) Do(fn func()) {
 // for writes, and spans must hold no key another store of the DB owns.
 func DropSpan(b *pebble.Batch, id uint64, spans ...Span) error {
 	for _, sp := range spans {
-		lo, hi := spanBounds(sp)
+		lo, hi := VersionBounds(sp)
 		if err := b.DeleteRange(lo, hi, nil); err != nil {
 			return fmt.Errorf("mvcc: drop the versions of store %d: %w", id, err)
 		}

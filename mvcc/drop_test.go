@@ -160,7 +160,7 @@ func countEntries(t testing.TB, db pebble.Reader, span Span) int {
 // countVersions counts the version records of keys in span.
 func countVersions(t testing.TB, db pebble.Reader, span Span) int {
 	t.Helper()
-	lo, hi := spanBounds(span)
+	lo, hi := VersionBounds(span)
 	n := 0
 	if err := eachRecord(db, lo, hi, func(_, _ []byte) error { n++; return nil }); err != nil {
 		t.Fatal(err)

@@ -30,7 +30,7 @@ func (s *Store) HashKV(rev Revision) (hash uint32, at, compact Revision, err err
 	if compact >= 0 && rev < compact {
 		return 0, 0, compact, fmt.Errorf("%w: %d (compact revision %d)", ErrCompacted, rev, compact)
 	}
-	lo, hi := spanBounds(s.Span())
+	lo, hi := VersionBounds(s.Span())
 	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return 0, 0, compact, fmt.Errorf("mvcc: new iterator: %w", err)

@@ -34,10 +34,7 @@ const middleSteps = 64
 // decides that a range is too large, does not count them either).
 func (s *Store) MiddleKey() ([]byte, error) {
 	sp := s.Span()
-	lo, hi := keyBound(sp.Start), versionsEnd
-	if sp.End != nil {
-		hi = keyBound(sp.End)
-	}
+	lo, hi := VersionBounds(sp)
 	total, err := s.db.EstimateDiskUsage(lo, hi)
 	if err != nil || total == 0 {
 		return nil, err

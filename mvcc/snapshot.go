@@ -90,7 +90,7 @@ func (sw *snapWriter) frame(kind byte, key, value []byte) {
 }
 
 // spanBounds returns the version record bounds of span.
-func spanBounds(span Span) (lo, hi []byte) {
+func VersionBounds(span Span) (lo, hi []byte) {
 	lo, hi = keyBound(span.Start), versionsEnd
 	if span.End != nil {
 		hi = keyBound(span.End)
@@ -103,7 +103,7 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	sw := &snapWriter{w: bufio.NewWriterSize(w, 1<<16), crc: crc32.NewIEEE()}
 	sw.write([]byte(snapshotMagic))
 	sw.frame(kindMeta, []byte(metaImageSpan), encodeSpan(sn.span))
-	lo, hi := spanBounds(sn.span)
+	lo, hi := VersionBounds(sn.span)
 	if err := sn.each(lo, hi, func(k, v []byte) error {
 		sw.frame(kindVersion, k, v)
 		return sw.err
@@ -287,7 +287,7 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 		}
 	}()
 	local := s.Span()
-	lo, hi := spanBounds(local)
+	lo, hi := VersionBounds(local)
 	mp := metaPrefix(s.opts.ID)
 	if err := b.DeleteRange(lo, hi, nil); err != nil {
 		return nil, err
@@ -348,7 +348,7 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 				}
 				// Versions of the image's span are replaced too, where it
 				// reaches beyond the local span.
-				lo, hi = spanBounds(image)
+				lo, hi = VersionBounds(image)
 				if err := b.DeleteRange(lo, hi, nil); err != nil {
 					return nil, err
 				}

@@ -262,24 +262,8 @@ func (n *Node) RangeData(d *placementpb.RangeDescriptor) (map[byte]int, error) {
 		}
 		return it.Close()
 	}
-	// 'k' esc(key) ^rev, escaped as mvcc/keys.go does: the escape keeps
-	// the order of keys, so the span's versions lie between its bounds'.
-	bound := func(key []byte) []byte {
-		b := []byte{'k'}
-		for _, c := range key {
-			if c == 0 {
-				b = append(b, 0, 0xff)
-			} else {
-				b = append(b, c)
-			}
-		}
-		return append(b, 0, 1)
-	}
-	hi := []byte{'k' + 1}
-	if sp.End != nil {
-		hi = bound(sp.End)
-	}
-	if err := count('k', bound(sp.Start), hi); err != nil {
+	lo, hi := mvcc.VersionBounds(sp)
+	if err := count('k', lo, hi); err != nil {
 		return nil, err
 	}
 	for _, kind := range []byte{'m', 'l', 'r'} {

@@ -340,14 +340,23 @@ func (m *Membership) Continue(ctx context.Context, member NodeID, learner bool) 
 // stillAdding returns ErrAddSuperseded unless the map's mark is member's
 // add (Begin's).
 func (m *Membership) stillAdding(ctx context.Context, member NodeID) error {
+	return m.stillMarked(ctx, member, false)
+}
+
+// stillMarked returns ErrAddSuperseded (ErrRemoveSuperseded if removing)
+// unless the map's mark is member's add (its removal).
+func (m *Membership) stillMarked(ctx context.Context, member NodeID, removing bool) error {
 	st, err := m.cfg.Map.State(ctx)
 	if err != nil {
 		return err
 	}
-	if st.Reconfiguring != uint64(member) || !st.ReconfigureAdding {
-		return fmt.Errorf("%w (member %x)", ErrAddSuperseded, member)
+	if st.Reconfiguring == uint64(member) && (removing && st.ReconfigureRemoving || !removing && st.ReconfigureAdding) {
+		return nil
 	}
-	return nil
+	if removing {
+		return fmt.Errorf("%w (member %x)", ErrRemoveSuperseded, member)
+	}
+	return fmt.Errorf("%w (member %x)", ErrAddSuperseded, member)
 }
 
 // markKind is what a mark leaves to the placement leader: an add's walk
@@ -613,12 +622,9 @@ func (m *Membership) Removed(ctx context.Context, member NodeID) (bool, error) {
 // a failure leaves the mark. ErrRemoveSuperseded if the map's mark is not
 // member's removal.
 func (m *Membership) ContinueRemove(ctx context.Context, member NodeID) error {
-	st, err := m.cfg.Map.State(ctx)
+	err := m.stillMarked(ctx, member, true)
 	if err != nil {
 		return err
-	}
-	if st.Reconfiguring != uint64(member) || !st.ReconfigureRemoving {
-		return fmt.Errorf("%w (member %x)", ErrRemoveSuperseded, member)
 	}
 	if m.subsets() {
 		err = m.drain(ctx, member)

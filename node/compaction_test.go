@@ -200,7 +200,7 @@ func TestAutoCompactionRevision(t *testing.T) {
 
 // TestAutoCompactionConfig: the mode defaults to periodic, and Start
 // refuses what etcd refuses (how the retention reads: router's
-// TestCompactionRetention).
+// TestCompactionRetention), and a negative scheduler threshold.
 func TestAutoCompactionConfig(t *testing.T) {
 	base := Config{ListenClientURLs: []string{"http://127.0.0.1:0"}, ListenPeerURLs: []string{"http://127.0.0.1:0"}}
 	c, err := base.withDefaults()
@@ -212,6 +212,8 @@ func TestAutoCompactionConfig(t *testing.T) {
 		"retention":                   func(c *Config) { c.AutoCompactionRetention = "soon" },
 		"initial-cluster-state":       func(c *Config) { c.InitialClusterState = "old" },
 		"initial-advertise-peer-urls": func(c *Config) { c.InitialAdvertisePeerURLs = []string{"m1:2380"} },
+		"range-max-bytes":             func(c *Config) { c.RangeMaxBytes = -1 },
+		"range-split-load":            func(c *Config) { c.SplitLoad = -5 },
 	} {
 		c := base
 		mod(&c)

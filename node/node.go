@@ -353,6 +353,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ElectionTimeout < 5*c.HeartbeatInterval {
 		return c, fmt.Errorf("node: --election-timeout %v must be at least 5 times --heartbeat-interval %v", c.ElectionTimeout, c.HeartbeatInterval)
 	}
+	if c.RangeMaxBytes < 0 {
+		return c, fmt.Errorf("node: --range-max-bytes %d must not be negative", c.RangeMaxBytes)
+	}
+	if c.SplitLoad < 0 {
+		return c, fmt.Errorf("node: --range-split-load %d must not be negative", c.SplitLoad)
+	}
 	if c.AutoCompactionMode == "" {
 		c.AutoCompactionMode = router.CompactionPeriodic
 	}

@@ -27,6 +27,7 @@ import (
 
 // notePeers records member id's peer URLs, and yields this member's
 // leaderships when they are its own and no longer the ones it listens at.
+// It runs on followMap's goroutine.
 func (n *Node) notePeers(id uint64, urls []string) {
 	n.peers.Record(placement.NodeID(id), urls)
 	if id != n.memberID || len(urls) == 0 || slices.Equal(urls, n.peerURLs) {
@@ -38,7 +39,14 @@ func (n *Node) notePeers(id uint64, urls []string) {
 	}
 	n.log.Info("this member's peer URLs moved while it listens at the old ones; handing its leaderships over",
 		"recorded", urls, "listening", n.peerURLs)
-	go n.yieldLeadership()
+	// Counted in the node's wait group, so that Close does not close the
+	// NodeHost under it (followMap, the only caller, is counted there
+	// too, so adding cannot race Close's Wait).
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.yieldLeadership()
+	}()
 }
 
 // yieldLeadership asks raft to hand each group this member leads to another

@@ -16,7 +16,7 @@ var leaseMasks = []struct {
 	re   *regexp.Regexp
 	with string
 }{
-	{regexp.MustCompile(`\b[0-9a-f]{14,16}\b`), "LEASE"},
+	{regexp.MustCompile(`\b[0-9a-f]{10,16}\b`), "LEASE"},
 	{regexp.MustCompile(`remaining\(\d+s\)`), "remaining(Ns)"},
 	{regexp.MustCompile(`"Lease" : \d+`), `"Lease" : LEASE`},
 }

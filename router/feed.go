@@ -208,6 +208,9 @@ type servedFeed struct {
 	cancel context.CancelFunc
 	mu     sync.Mutex
 	ms     *watch.Merged // nil until its watch is made
+	// want is the highest revision a kick asked for before the watch was
+	// made, asked of it once it is.
+	want mvcc.Revision
 }
 
 // serve runs one Feed stream: a receive loop opens, kicks and cancels
@@ -276,8 +279,10 @@ func (fs *feedServer) recv(ctx context.Context, stream internalpb.Node_FeedServe
 		case *internalpb.FeedRequest_Kick:
 			if f := feeds[op.Kick.Feed]; f != nil {
 				f.mu.Lock()
-				if f.ms != nil {
-					f.ms.RequestProgressAt(mvcc.Revision(op.Kick.Revision))
+				if rev := mvcc.Revision(op.Kick.Revision); f.ms != nil {
+					f.ms.RequestProgressAt(rev)
+				} else {
+					f.want = max(f.want, rev)
 				}
 				f.mu.Unlock()
 			}
@@ -329,6 +334,9 @@ func (fs *feedServer) run(ctx context.Context, o *internalpb.FeedOpen, f *served
 	}
 	f.mu.Lock()
 	f.ms = ms
+	if f.want > 0 {
+		ms.RequestProgressAt(f.want)
+	}
 	f.mu.Unlock()
 	for {
 		resps, err := ms.Next(ctx)
@@ -505,6 +513,10 @@ type mirror struct {
 	// fromZero: the open feed started from 0, its first batch is the
 	// base (Skip); based: that batch has come.
 	fromZero, based bool
+	// want is the highest revision the mirror's watchers asked its feed
+	// to report (kick): a merged stream asks once for each revision it
+	// waits on, so a feed opened again is asked again.
+	want mvcc.Revision
 	// failed holds the members whose feeds failed lately, by when.
 	failed  map[placement.NodeID]time.Time
 	retryAt time.Time
@@ -710,6 +722,9 @@ func (ms *Mirrors) openLocked(m *mirror, now time.Time) bool {
 	}
 	c.queueLocked(&internalpb.FeedRequest{Op: &internalpb.FeedRequest_Open{Open: &internalpb.FeedOpen{Feed: m.feed,
 		Range: uint64(m.id), Key: m.key, End: m.end, StartRevision: int64(start)}}})
+	if m.want > m.hub.Rev() {
+		c.kicks[m.feed] = m.want // sent after the open
+	}
 	return true
 }
 
@@ -734,6 +749,7 @@ func (m *mirror) kick(rev mvcc.Revision) {
 	ms := m.ms
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
+	m.want = max(m.want, rev)
 	if m.feed == 0 || m.conn == nil {
 		wake(ms.wake)
 		return

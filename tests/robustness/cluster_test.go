@@ -100,7 +100,7 @@ func startCluster(t testing.TB, bin, dir string, size int, extra ...string) *clu
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
 			"--initial-cluster-token", "robustness",
 			"--heartbeat-interval", "50", "--election-timeout", "500",
-			"--debug-journal", m.journal(), "--log-level", "warn",
+			"--debug-journal", m.journal(), "--log-level", logLevel(),
 		}
 		m.args = append(m.args, extra...)
 		if err := m.start(); err != nil {
@@ -470,4 +470,13 @@ func (c *cluster) sourceOf(remote net.Addr) string {
 		}
 	}
 	return ""
+}
+
+// logLevel is the members' --log-level: warn, or what CAIRN_LOG_LEVEL asks
+// for (debug or info, to read a failure's member logs).
+func logLevel() string {
+	if l := os.Getenv("CAIRN_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "warn"
 }

@@ -61,4 +61,7 @@
 // The last builds cairn with a planted bug (linearizable reads served from
 // the local replica without a read index) and passes only if the checker
 // catches it, in single-group mode and in sharded mode (TestPlantedBugSharded).
+//
+// CAIRN_LOG_LEVEL=info (or debug) raises the members' --log-level from warn,
+// for a failure's member logs.
 package robustness

@@ -471,7 +471,11 @@ func TestForwardWriteTimeouts(t *testing.T) {
 				"held here": f.Range(newFakeLocal(d, &fakeReplica{leader: 2})),
 				"remote":    f.RemoteRange(d),
 			} {
-				const timeout = 500 * time.Millisecond
+				// The leader's member answers answerBefore's margin (a
+				// tenth of this) before the deadline: 200 ms for its answer
+				// to come back on a loaded machine (CI ran this at 500 ms, a
+				// 50 ms margin, and the answer lost the race once).
+				const timeout = 2 * time.Second
 				ctx, cancel := context.WithTimeout(context.Background(), timeout)
 				start := time.Now()
 				_, err := c.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: []byte{0}}})

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
@@ -57,6 +58,26 @@ import (
 // Unimplemented is sent Write calls before it is asked again (it may have
 // been upgraded meanwhile).
 const noStreamFor = time.Minute
+
+// forwardBatchBytes bounds the writes (or answers) one message of a
+// Forward stream carries: a message holds at least one, and more only
+// while they add up to no more than this, so that a batch stays within
+// what the peer port accepts in a message (MaxRequestBytes and its
+// overhead) whenever each of its parts would as a call of its own.
+const forwardBatchBytes = 512 * 1024
+
+// batchOf is how many of the first items go in one message: at least one
+// (if any), then more while their sizes add up to forwardBatchBytes.
+func batchOf[T any](items []T, size func(T) int) int {
+	total := 0
+	for i, it := range items {
+		total += size(it)
+		if i > 0 && total > forwardBatchBytes {
+			return i
+		}
+	}
+	return len(items)
+}
 
 // errNoStream is a write that the member could not take on a Forward
 // stream because it does not serve one: nothing of it was done there.
@@ -193,8 +214,12 @@ func (st *forwardStream) run() {
 		case <-st.wake:
 		}
 		st.mu.Lock()
-		req := &internalpb.ForwardRequest{Writes: st.queue, Cancel: st.cancels}
-		st.queue, st.cancels = nil, nil
+		n := batchOf(st.queue, func(w *internalpb.ForwardedWrite) int { return proto.Size(w.Write) })
+		req := &internalpb.ForwardRequest{Writes: st.queue[:n:n], Cancel: st.cancels}
+		st.queue, st.cancels = st.queue[n:], nil
+		if len(st.queue) > 0 {
+			st.poke() // the rest in the next message
+		}
 		for _, w := range req.Writes {
 			if c := st.calls[w.Id]; c != nil {
 				c.sent = true
@@ -440,7 +465,7 @@ func writeContext(ctx context.Context, timeout int64) (context.Context, context.
 // come, all queued at a time in one message, until ctx ends or a send
 // fails.
 func (s *internalServer) sendAnswers(ctx context.Context, stream internalpb.Node_ForwardServer, mu *sync.Mutex,
-	answers *[]*internalpb.ForwardedAnswer, wake <-chan struct{}) error {
+	answers *[]*internalpb.ForwardedAnswer, wake chan struct{}) error {
 	for {
 		select {
 		case <-ctx.Done():
@@ -448,8 +473,15 @@ func (s *internalServer) sendAnswers(ctx context.Context, stream internalpb.Node
 		case <-wake:
 		}
 		mu.Lock()
-		out := *answers
-		*answers = nil
+		n := batchOf(*answers, func(a *internalpb.ForwardedAnswer) int { return proto.Size(a.Write) })
+		out := (*answers)[:n:n]
+		*answers = (*answers)[n:]
+		if len(*answers) > 0 {
+			select { // the rest in the next message
+			case wake <- struct{}{}:
+			default:
+			}
+		}
 		mu.Unlock()
 		if len(out) == 0 {
 			continue

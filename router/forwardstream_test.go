@@ -45,11 +45,11 @@ func (c *callCounter) get(method string) int {
 
 // serveCounted serves srv as member id's node-to-node service, counting
 // its calls, and returns a dialer reaching it.
-func serveCounted(t *testing.T, id placement.NodeID, srv internalpb.NodeServer) (Dial, *callCounter) {
+func serveCounted(t *testing.T, id placement.NodeID, srv internalpb.NodeServer, opts ...grpc.ServerOption) (Dial, *callCounter) {
 	t.Helper()
 	counts := &callCounter{}
 	l := bufconn.Listen(1 << 20)
-	g := grpc.NewServer(
+	g := grpc.NewServer(append(opts,
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			counts.add(info.FullMethod)
 			return h(ctx, req)
@@ -57,7 +57,7 @@ func serveCounted(t *testing.T, id placement.NodeID, srv internalpb.NodeServer) 
 		grpc.ChainStreamInterceptor(func(s any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			counts.add(info.FullMethod)
 			return h(s, ss)
-		}))
+		}))...)
 	internalpb.RegisterNodeServer(g, srv)
 	go func() { _ = g.Serve(l) }()
 	t.Cleanup(g.Stop)
@@ -218,5 +218,43 @@ func TestForwardStreamCancel(t *testing.T) {
 	}
 	if got := counts.get(internalpb.Node_Write_FullMethodName); got != 0 {
 		t.Errorf("member 2 served %d Write calls, want 0", got)
+	}
+}
+
+// TestForwardStreamLargeWrites: writes near the request limit, forwarded
+// together, each fit the peer port's message limit as a call would: the
+// stream never puts more of them in one message than that takes.
+func TestForwardStreamLargeWrites(t *testing.T) {
+	d := &placementpb.RangeDescriptor{Id: 5, Start: []byte("m"), Generation: 1, Leader: 2,
+		ReplicaSet: []*placementpb.Replica{{Member: 1, Id: 1}, {Member: 2, Id: 2}}}
+	m2 := &fakeMember{ranges: map[shard.RangeID]Local{5: newFakeLocal(d, &fakeReplica{leader: 2})}}
+	srv := New(Config{MemberID: 2})
+	dial, counts := serveCounted(t, 2, &internalServer{self: 2, m: m2, srv: srv},
+		grpc.MaxRecvMsgSize(DefaultMaxRequestBytes+grpcOverheadBytes))
+	f := NewForwarder(1, dial)
+	t.Cleanup(f.Close)
+	c := f.Range(newFakeLocal(d, &fakeReplica{leader: 2}))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	big := make([]byte, DefaultMaxRequestBytes-1024)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.Write(ctx, &shardpb.Request{Op: &shardpb.Request_Compaction{Compaction: big}})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := counts.get(internalpb.Node_Forward_FullMethodName); got != 1 {
+		t.Errorf("member 2 served %d Forward streams, want 1", got)
 	}
 }

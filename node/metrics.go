@@ -23,6 +23,7 @@ import (
 
 	"github.com/cairn-kv/cairn/mvcc"
 	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -399,8 +400,29 @@ func (c countingConn) Invoke(ctx context.Context, method string, args, reply any
 
 func (c countingConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	s, err := c.ClientConnInterface.NewStream(ctx, desc, method, opts...)
+	if err == nil && method == internalpb.Node_Forward_FullMethodName {
+		// One stream carries many writes: each counts, as its Write
+		// call did.
+		return countingForwards{s, c.m}, nil
+	}
 	c.m.forward(method, err)
 	return s, err
+}
+
+// countingForwards counts each write sent on a Forward stream.
+type countingForwards struct {
+	grpc.ClientStream
+	m *metrics
+}
+
+func (s countingForwards) SendMsg(msg any) error {
+	err := s.ClientStream.SendMsg(msg)
+	if r, ok := msg.(*internalpb.ForwardRequest); ok {
+		for range r.Writes {
+			s.m.forward(internalpb.Node_Forward_FullMethodName, err)
+		}
+	}
+	return err
 }
 
 func (m *metrics) forward(method string, err error) {

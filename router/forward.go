@@ -128,13 +128,19 @@ type Forwarder struct {
 	self     placement.NodeID
 	dial     Dial
 	memberOf MemberOf // set before use (SetMemberOf)
+	// streams carry forwarded writes (forwardstream.go).
+	streams *forwardStreams
 }
 
 // NewForwarder returns the forwarder of member self, reaching the others
 // through dial.
 func NewForwarder(self placement.NodeID, dial Dial) *Forwarder {
-	return &Forwarder{self: self, dial: dial}
+	return &Forwarder{self: self, dial: dial, streams: &forwardStreams{}}
 }
+
+// Close ends the forwarder's streams (writes waiting on them fail) and
+// waits for their goroutines; the forwarder sends unary calls after.
+func (f *Forwarder) Close() { f.streams.close() }
 
 // SetMemberOf sets how the forwarder finds the member holding a range's
 // replica (its leader's, to forward to); nil: the member whose id is the
@@ -174,7 +180,7 @@ func (f *Forwarder) WriteTo(ctx context.Context, member placement.NodeID, id sha
 	if err != nil {
 		return nil, err
 	}
-	return writeVia(ctx, nc, id, req)
+	return f.write(ctx, member, nc, id, req)
 }
 
 // CompactLog has member snapshot its replica of range id and drop its
@@ -204,19 +210,7 @@ func (f *Forwarder) CompactLog(ctx context.Context, member placement.NodeID, id 
 func writeVia(ctx context.Context, nc internalpb.NodeClient, id shard.RangeID, req *shardpb.Request) (*shardpb.Response, error) {
 	var reached peer.Peer
 	resp, err := nc.Write(ctx, &internalpb.WriteRequest{Range: uint64(id), Request: req}, grpc.Peer(&reached))
-	if err != nil {
-		switch err = rpcError(err); {
-		case errors.Is(err, errUnreachable) && reached.Addr != nil:
-			return nil, fmt.Errorf("%w: range %d: the leader's member failed: %v", shard.ErrLeaderLost, id, err)
-		case errors.Is(err, context.DeadlineExceeded) && deadlinePassed(ctx):
-			return nil, fmt.Errorf("%w: range %d: the leader's member did not answer in time (%w)", shard.ErrLeaderLost, id, err)
-		}
-		return nil, err
-	}
-	if err := decodeError(resp.Error, errNotLeader); err != nil {
-		return nil, err
-	}
-	return resp.Response, nil
+	return writeAnswer(ctx, id, resp, err, reached.Addr != nil)
 }
 
 // deadlinePassed reports whether ctx's deadline has passed, by the clock
@@ -627,7 +621,7 @@ func (c *RangeClient) outside(err error) error { return shard.WithRange(err, c.D
 // the leader's member otherwise, trying again while leadership moves. A
 // remote range's leader is its hint's member, then each other holder in
 // turn (a NOT_LEADER answer naming the leader moves the hint there).
-func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, remote func(internalpb.NodeClient) error) error {
+func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, remote func(placement.NodeID, internalpb.NodeClient) error) error {
 	if c.l == nil {
 		return c.viaHint(ctx, remote)
 	}
@@ -647,8 +641,9 @@ func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, 
 			}
 		default:
 			var nc internalpb.NodeClient
-			if nc, err = c.f.Client(c.f.memberOf.member(c.id, leader)); err == nil {
-				if err = remote(nc); !errors.Is(err, errNotLeader) && !errors.Is(err, errUnreachable) {
+			m := c.f.memberOf.member(c.id, leader)
+			if nc, err = c.f.Client(m); err == nil {
+				if err = remote(m, nc); !errors.Is(err, errNotLeader) && !errors.Is(err, errUnreachable) {
 					return err
 				}
 			}
@@ -662,7 +657,7 @@ func (c *RangeClient) viaLeader(ctx context.Context, local func(Replica) error, 
 }
 
 // viaHint is viaLeader for a remote range.
-func (c *RangeClient) viaHint(ctx context.Context, remote func(internalpb.NodeClient) error) error {
+func (c *RangeClient) viaHint(ctx context.Context, remote func(placement.NodeID, internalpb.NodeClient) error) error {
 	var err error = shard.ErrNoLeader
 	for {
 		for _, m := range c.holders() {
@@ -670,7 +665,7 @@ func (c *RangeClient) viaHint(ctx context.Context, remote func(internalpb.NodeCl
 			if nc, err = c.f.Client(m); err != nil {
 				continue
 			}
-			err = remote(nc)
+			err = remote(m, nc)
 			if errors.Is(err, errUnreachable) {
 				c.hint.CompareAndSwap(uint64(m), 0) // down: others first next time
 				continue
@@ -719,8 +714,8 @@ func (c *RangeClient) Write(ctx context.Context, req *shardpb.Request) (*shardpb
 	err := c.viaLeader(ctx, func(r Replica) (err error) {
 		out, err = r.Write(ctx, req)
 		return err
-	}, func(nc internalpb.NodeClient) (err error) {
-		out, err = writeVia(ctx, nc, c.id, req)
+	}, func(m placement.NodeID, nc internalpb.NodeClient) (err error) {
+		out, err = c.f.write(ctx, m, nc, c.id, req)
 		return err
 	})
 	if errors.Is(err, shard.ErrLeaderLost) {
@@ -741,7 +736,7 @@ func (c *RangeClient) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc
 	err := c.viaLeader(ctx, func(r Replica) (err error) {
 		out, err = r.ReadAt(ctx, req, rev)
 		return err
-	}, func(nc internalpb.NodeClient) error {
+	}, func(_ placement.NodeID, nc internalpb.NodeClient) error {
 		data, err := proto.Marshal(req)
 		if err != nil {
 			return err
@@ -762,7 +757,7 @@ func (c *RangeClient) ReadAt(ctx context.Context, req *pb.RangeRequest, rev mvcc
 // WaitClosed returns once the range's leader has closed rev.
 func (c *RangeClient) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
 	return c.viaLeader(ctx, func(r Replica) error { return r.WaitClosed(ctx, rev) },
-		func(nc internalpb.NodeClient) error {
+		func(_ placement.NodeID, nc internalpb.NodeClient) error {
 			resp, err := nc.WaitClosed(ctx, &internalpb.WaitClosedRequest{Range: uint64(c.id), Revision: int64(rev)})
 			if err != nil {
 				return rpcError(err)

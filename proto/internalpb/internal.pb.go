@@ -3155,6 +3155,222 @@ func (x *WriteResponse) GetError() *Error {
 	return nil
 }
 
+// ForwardRequest: writes to propose, and ids of writes sent before whose
+// callers gave up (their contexts ended, as a Write call's would).
+type ForwardRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Writes        []*ForwardedWrite      `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
+	Cancel        []uint64               `protobuf:"varint,2,rep,packed,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardRequest) Reset() {
+	*x = ForwardRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardRequest) ProtoMessage() {}
+
+func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
+func (*ForwardRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ForwardRequest) GetWrites() []*ForwardedWrite {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetCancel() []uint64 {
+	if x != nil {
+		return x.Cancel
+	}
+	return nil
+}
+
+// ForwardedWrite is a Write call on a Forward stream: id, unique on the
+// stream, tags its answer; timeout is the time its caller had left when it
+// was sent, in nanoseconds (0: no deadline), as gRPC carries a call's.
+type ForwardedWrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Write         *WriteRequest          `protobuf:"bytes,2,opt,name=write,proto3" json:"write,omitempty"`
+	Timeout       int64                  `protobuf:"varint,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardedWrite) Reset() {
+	*x = ForwardedWrite{}
+	mi := &file_internalpb_internal_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardedWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardedWrite) ProtoMessage() {}
+
+func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardedWrite.ProtoReflect.Descriptor instead.
+func (*ForwardedWrite) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ForwardedWrite) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ForwardedWrite) GetWrite() *WriteRequest {
+	if x != nil {
+		return x.Write
+	}
+	return nil
+}
+
+func (x *ForwardedWrite) GetTimeout() int64 {
+	if x != nil {
+		return x.Timeout
+	}
+	return 0
+}
+
+type ForwardResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Answers       []*ForwardedAnswer     `protobuf:"bytes,1,rep,name=answers,proto3" json:"answers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardResponse) Reset() {
+	*x = ForwardResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardResponse) ProtoMessage() {}
+
+func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
+func (*ForwardResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ForwardResponse) GetAnswers() []*ForwardedAnswer {
+	if x != nil {
+		return x.Answers
+	}
+	return nil
+}
+
+// ForwardedAnswer is the answer to the write of id. Every write is
+// answered, a cancelled one too (with its context's end as a Write call's
+// would be); the caller drops an answer it no longer waits for.
+type ForwardedAnswer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Write         *WriteResponse         `protobuf:"bytes,2,opt,name=write,proto3" json:"write,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardedAnswer) Reset() {
+	*x = ForwardedAnswer{}
+	mi := &file_internalpb_internal_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardedAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardedAnswer) ProtoMessage() {}
+
+func (x *ForwardedAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardedAnswer.ProtoReflect.Descriptor instead.
+func (*ForwardedAnswer) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ForwardedAnswer) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ForwardedAnswer) GetWrite() *WriteResponse {
+	if x != nil {
+		return x.Write
+	}
+	return nil
+}
+
 type ReadAtRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
@@ -3166,7 +3382,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[46]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3178,7 +3394,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[46]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3191,7 +3407,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{46}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -3225,7 +3441,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[47]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3237,7 +3453,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[47]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3250,7 +3466,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{47}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -3277,7 +3493,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[48]
+	mi := &file_internalpb_internal_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3289,7 +3505,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[48]
+	mi := &file_internalpb_internal_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3302,7 +3518,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{48}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -3328,7 +3544,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[49]
+	mi := &file_internalpb_internal_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3340,7 +3556,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[49]
+	mi := &file_internalpb_internal_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3353,7 +3569,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{49}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -3374,7 +3590,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[50]
+	mi := &file_internalpb_internal_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3386,7 +3602,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[50]
+	mi := &file_internalpb_internal_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3399,7 +3615,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{50}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -3426,7 +3642,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[51]
+	mi := &file_internalpb_internal_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3438,7 +3654,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[51]
+	mi := &file_internalpb_internal_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3451,7 +3667,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{51}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -3482,7 +3698,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[52]
+	mi := &file_internalpb_internal_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3494,7 +3710,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[52]
+	mi := &file_internalpb_internal_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3507,7 +3723,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{52}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -3540,7 +3756,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[53]
+	mi := &file_internalpb_internal_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3552,7 +3768,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[53]
+	mi := &file_internalpb_internal_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3565,7 +3781,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{53}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -3583,7 +3799,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[54]
+	mi := &file_internalpb_internal_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3595,7 +3811,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[54]
+	mi := &file_internalpb_internal_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3608,7 +3824,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{54}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{58}
 }
 
 type KickRequest struct {
@@ -3621,7 +3837,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[55]
+	mi := &file_internalpb_internal_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3633,7 +3849,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[55]
+	mi := &file_internalpb_internal_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3646,7 +3862,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{55}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -3671,7 +3887,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[56]
+	mi := &file_internalpb_internal_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3683,7 +3899,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[56]
+	mi := &file_internalpb_internal_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3696,7 +3912,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{56}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{60}
 }
 
 var File_internalpb_internal_proto protoreflect.FileDescriptor
@@ -3909,7 +4125,19 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\arequest\x18\x02 \x01(\v2\x17.cairn.shard.v1.RequestR\arequest\"u\n" +
 	"\rWriteResponse\x124\n" +
 	"\bresponse\x18\x01 \x01(\v2\x18.cairn.shard.v1.ResponseR\bresponse\x12.\n" +
-	"\x05error\x18\x02 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"[\n" +
+	"\x05error\x18\x02 \x01(\v2\x18.cairn.internal.v1.ErrorR\x05error\"c\n" +
+	"\x0eForwardRequest\x129\n" +
+	"\x06writes\x18\x01 \x03(\v2!.cairn.internal.v1.ForwardedWriteR\x06writes\x12\x16\n" +
+	"\x06cancel\x18\x02 \x03(\x04R\x06cancel\"q\n" +
+	"\x0eForwardedWrite\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
+	"\x05write\x18\x02 \x01(\v2\x1f.cairn.internal.v1.WriteRequestR\x05write\x12\x18\n" +
+	"\atimeout\x18\x03 \x01(\x03R\atimeout\"O\n" +
+	"\x0fForwardResponse\x12<\n" +
+	"\aanswers\x18\x01 \x03(\v2\".cairn.internal.v1.ForwardedAnswerR\aanswers\"Y\n" +
+	"\x0fForwardedAnswer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x126\n" +
+	"\x05write\x18\x02 \x01(\v2 .cairn.internal.v1.WriteResponseR\x05write\"[\n" +
 	"\rReadAtRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x18\n" +
 	"\arequest\x18\x02 \x01(\fR\arequest\x12\x1a\n" +
@@ -3959,9 +4187,10 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
 	"\x13ERROR_CODE_NO_RANGE\x10\x03\x12\x16\n" +
 	"\x12ERROR_CODE_TIMEOUT\x10\x04\x12\x1a\n" +
-	"\x16ERROR_CODE_LEADER_LOST\x10\x052\xe9\r\n" +
+	"\x16ERROR_CODE_LEADER_LOST\x10\x052\xbf\x0e\n" +
 	"\x04Node\x12J\n" +
-	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12M\n" +
+	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12T\n" +
+	"\aForward\x12!.cairn.internal.v1.ForwardRequest\x1a\".cairn.internal.v1.ForwardResponse(\x010\x01\x12M\n" +
 	"\x06ReadAt\x12 .cairn.internal.v1.ReadAtRequest\x1a!.cairn.internal.v1.ReadAtResponse\x12Y\n" +
 	"\n" +
 	"WaitClosed\x12$.cairn.internal.v1.WaitClosedRequest\x1a%.cairn.internal.v1.WaitClosedResponse\x12V\n" +
@@ -4000,7 +4229,7 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_internalpb_internal_proto_goTypes = []any{
 	(FeedEndReason)(0),                  // 0: cairn.internal.v1.FeedEndReason
 	(ChangeRangeOp)(0),                  // 1: cairn.internal.v1.ChangeRangeOp
@@ -4051,21 +4280,25 @@ var file_internalpb_internal_proto_goTypes = []any{
 	(*SplitRangeResponse)(nil),          // 46: cairn.internal.v1.SplitRangeResponse
 	(*WriteRequest)(nil),                // 47: cairn.internal.v1.WriteRequest
 	(*WriteResponse)(nil),               // 48: cairn.internal.v1.WriteResponse
-	(*ReadAtRequest)(nil),               // 49: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 50: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 51: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 52: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 53: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 54: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 55: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 56: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 57: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 58: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 59: cairn.internal.v1.KickResponse
-	(*placementpb.RangeDescriptor)(nil), // 60: cairn.placement.RangeDescriptor
-	(shardpb.ErrorCode)(0),              // 61: cairn.shard.v1.ErrorCode
-	(*shardpb.Request)(nil),             // 62: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 63: cairn.shard.v1.Response
+	(*ForwardRequest)(nil),              // 49: cairn.internal.v1.ForwardRequest
+	(*ForwardedWrite)(nil),              // 50: cairn.internal.v1.ForwardedWrite
+	(*ForwardResponse)(nil),             // 51: cairn.internal.v1.ForwardResponse
+	(*ForwardedAnswer)(nil),             // 52: cairn.internal.v1.ForwardedAnswer
+	(*ReadAtRequest)(nil),               // 53: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 54: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 55: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 56: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 57: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 58: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 59: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 60: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 61: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 62: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 63: cairn.internal.v1.KickResponse
+	(*placementpb.RangeDescriptor)(nil), // 64: cairn.placement.RangeDescriptor
+	(shardpb.ErrorCode)(0),              // 65: cairn.shard.v1.ErrorCode
+	(*shardpb.Request)(nil),             // 66: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 67: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
 	44, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
@@ -4082,7 +4315,7 @@ var file_internalpb_internal_proto_depIdxs = []int32{
 	1,  // 11: cairn.internal.v1.ChangeRangeRequest.op:type_name -> cairn.internal.v1.ChangeRangeOp
 	44, // 12: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
 	23, // 13: cairn.internal.v1.RangeStatsResponse.ranges:type_name -> cairn.internal.v1.RangeStats
-	60, // 14: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
+	64, // 14: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
 	44, // 15: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
 	44, // 16: cairn.internal.v1.UpdateMemberResponse.error:type_name -> cairn.internal.v1.Error
 	34, // 17: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
@@ -4097,61 +4330,67 @@ var file_internalpb_internal_proto_depIdxs = []int32{
 	41, // 26: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
 	44, // 27: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
 	2,  // 28: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	61, // 29: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	60, // 30: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	60, // 31: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	62, // 32: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	63, // 33: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	65, // 29: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	64, // 30: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	64, // 31: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	66, // 32: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	67, // 33: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
 	44, // 34: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	44, // 35: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	44, // 36: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	44, // 37: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	55, // 38: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	47, // 39: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	49, // 40: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	51, // 41: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	53, // 42: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	56, // 43: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	58, // 44: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	45, // 45: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	42, // 46: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	28, // 47: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	30, // 48: cairn.internal.v1.Node.UpdateMember:input_type -> cairn.internal.v1.UpdateMemberRequest
-	32, // 49: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
-	3,  // 50: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
-	5,  // 51: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
-	7,  // 52: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
-	10, // 53: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
-	16, // 54: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
-	19, // 55: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
-	21, // 56: cairn.internal.v1.Node.RangeStats:input_type -> cairn.internal.v1.RangeStatsRequest
-	24, // 57: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
-	26, // 58: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
-	48, // 59: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	50, // 60: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	52, // 61: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	54, // 62: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	57, // 63: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	59, // 64: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	46, // 65: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	43, // 66: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	29, // 67: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	31, // 68: cairn.internal.v1.Node.UpdateMember:output_type -> cairn.internal.v1.UpdateMemberResponse
-	39, // 69: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
-	4,  // 70: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
-	6,  // 71: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
-	8,  // 72: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
-	13, // 73: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
-	17, // 74: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
-	20, // 75: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
-	22, // 76: cairn.internal.v1.Node.RangeStats:output_type -> cairn.internal.v1.RangeStatsResponse
-	25, // 77: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
-	27, // 78: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
-	59, // [59:79] is the sub-list for method output_type
-	39, // [39:59] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	50, // 35: cairn.internal.v1.ForwardRequest.writes:type_name -> cairn.internal.v1.ForwardedWrite
+	47, // 36: cairn.internal.v1.ForwardedWrite.write:type_name -> cairn.internal.v1.WriteRequest
+	52, // 37: cairn.internal.v1.ForwardResponse.answers:type_name -> cairn.internal.v1.ForwardedAnswer
+	48, // 38: cairn.internal.v1.ForwardedAnswer.write:type_name -> cairn.internal.v1.WriteResponse
+	44, // 39: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	44, // 40: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	44, // 41: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	59, // 42: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	47, // 43: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	49, // 44: cairn.internal.v1.Node.Forward:input_type -> cairn.internal.v1.ForwardRequest
+	53, // 45: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	55, // 46: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	57, // 47: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	60, // 48: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	62, // 49: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	45, // 50: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	42, // 51: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	28, // 52: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	30, // 53: cairn.internal.v1.Node.UpdateMember:input_type -> cairn.internal.v1.UpdateMemberRequest
+	32, // 54: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	3,  // 55: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
+	5,  // 56: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
+	7,  // 57: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
+	10, // 58: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
+	16, // 59: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
+	19, // 60: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
+	21, // 61: cairn.internal.v1.Node.RangeStats:input_type -> cairn.internal.v1.RangeStatsRequest
+	24, // 62: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
+	26, // 63: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
+	48, // 64: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	51, // 65: cairn.internal.v1.Node.Forward:output_type -> cairn.internal.v1.ForwardResponse
+	54, // 66: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	56, // 67: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	58, // 68: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	61, // 69: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	63, // 70: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	46, // 71: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	43, // 72: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	29, // 73: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	31, // 74: cairn.internal.v1.Node.UpdateMember:output_type -> cairn.internal.v1.UpdateMemberResponse
+	39, // 75: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	4,  // 76: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
+	6,  // 77: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
+	8,  // 78: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
+	13, // 79: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
+	17, // 80: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
+	20, // 81: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
+	22, // 82: cairn.internal.v1.Node.RangeStats:output_type -> cairn.internal.v1.RangeStatsResponse
+	25, // 83: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
+	27, // 84: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
+	64, // [64:85] is the sub-list for method output_type
+	43, // [43:64] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -4180,7 +4419,7 @@ func file_internalpb_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   57,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Node_Write_FullMethodName               = "/cairn.internal.v1.Node/Write"
+	Node_Forward_FullMethodName             = "/cairn.internal.v1.Node/Forward"
 	Node_ReadAt_FullMethodName              = "/cairn.internal.v1.Node/ReadAt"
 	Node_WaitClosed_FullMethodName          = "/cairn.internal.v1.Node/WaitClosed"
 	Node_Revisions_FullMethodName           = "/cairn.internal.v1.Node/Revisions"
@@ -53,6 +54,12 @@ const (
 type NodeClient interface {
 	// Write proposes a request to a range this node leads (stamped there).
 	Write(ctx context.Context, in *WriteRequest, opts ...grpc.CallOption) (*WriteResponse, error)
+	// Forward carries, on one stream per member pair, the writes the caller
+	// forwards to ranges this node leads: each is Write's request tagged
+	// with an id and its time left; the answers come in any order, tagged
+	// with the ids, as many in one message as are ready. A node that
+	// predates it answers Unimplemented, and is sent Write calls instead.
+	Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardRequest, ForwardResponse], error)
 	// ReadAt answers a range request at a revision once the range, which
 	// this node leads, has closed it.
 	ReadAt(ctx context.Context, in *ReadAtRequest, opts ...grpc.CallOption) (*ReadAtResponse, error)
@@ -145,6 +152,19 @@ func (c *nodeClient) Write(ctx context.Context, in *WriteRequest, opts ...grpc.C
 	}
 	return out, nil
 }
+
+func (c *nodeClient) Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardRequest, ForwardResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[0], Node_Forward_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ForwardRequest, ForwardResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_ForwardClient = grpc.BidiStreamingClient[ForwardRequest, ForwardResponse]
 
 func (c *nodeClient) ReadAt(ctx context.Context, in *ReadAtRequest, opts ...grpc.CallOption) (*ReadAtResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -258,7 +278,7 @@ func (c *nodeClient) HashReplica(ctx context.Context, in *HashReplicaRequest, op
 
 func (c *nodeClient) RangeImage(ctx context.Context, in *RangeImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[0], Node_RangeImage_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[1], Node_RangeImage_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -287,7 +307,7 @@ func (c *nodeClient) CheckReplicas(ctx context.Context, in *CheckReplicasRequest
 
 func (c *nodeClient) Feed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FeedRequest, FeedResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[1], Node_Feed_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[2], Node_Feed_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -300,7 +320,7 @@ type Node_FeedClient = grpc.BidiStreamingClient[FeedRequest, FeedResponse]
 
 func (c *nodeClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventsResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[2], Node_Events_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[3], Node_Events_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -363,6 +383,12 @@ func (c *nodeClient) TransferRangeLeader(ctx context.Context, in *TransferRangeL
 type NodeServer interface {
 	// Write proposes a request to a range this node leads (stamped there).
 	Write(context.Context, *WriteRequest) (*WriteResponse, error)
+	// Forward carries, on one stream per member pair, the writes the caller
+	// forwards to ranges this node leads: each is Write's request tagged
+	// with an id and its time left; the answers come in any order, tagged
+	// with the ids, as many in one message as are ready. A node that
+	// predates it answers Unimplemented, and is sent Write calls instead.
+	Forward(grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]) error
 	// ReadAt answers a range request at a revision once the range, which
 	// this node leads, has closed it.
 	ReadAt(context.Context, *ReadAtRequest) (*ReadAtResponse, error)
@@ -448,6 +474,9 @@ type UnimplementedNodeServer struct{}
 
 func (UnimplementedNodeServer) Write(context.Context, *WriteRequest) (*WriteResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Write not implemented")
+}
+func (UnimplementedNodeServer) Forward(grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Forward not implemented")
 }
 func (UnimplementedNodeServer) ReadAt(context.Context, *ReadAtRequest) (*ReadAtResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReadAt not implemented")
@@ -544,6 +573,13 @@ func _Node_Write_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Node_Forward_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServer).Forward(&grpc.GenericServerStream[ForwardRequest, ForwardResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_ForwardServer = grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]
 
 func _Node_ReadAt_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ReadAtRequest)
@@ -939,6 +975,12 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Forward",
+			Handler:       _Node_Forward_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "RangeImage",
 			Handler:       _Node_RangeImage_Handler,

@@ -15,7 +15,7 @@ import (
 
 // TestDataDriven runs every file in testdata: the range map and node
 // registry (table, bootstrap, membership), replica pairs and ids
-// (replicas), moves (moves), the revision oracle across leaders (oracle),
+// (replicas), moves (moves), merges (merges), the revision oracle across leaders (oracle),
 // a bootstrap on a restored backup (restored); the scripts in
 // testdata/client are TestClient's. Commands:
 //
@@ -28,6 +28,11 @@ import (
 //	begin-move range=N gen=G from=M to=M
 //	advance-move range=N to=I from-step=S step=S   (steps: begun added promoted left undoing)
 //	end-move range=N to=I [done]
+//	begin-merge left=N lgen=G right=N rgen=G
+//	advance-merge merge=M from-step=S step=S [freeze=I]   (steps: begun frozen committed aborting)
+//	commit-merge merge=M | end-merge merge=M [done]
+//	merges                               open merges and tombstones
+//	merged-into range=N                  where a merged range's keys went
 //	raise bound=B
 //	lookup key=K | overlapping [start=S] [end=E] | ranges | node id=N | moves
 //	snapshot-roundtrip                   State → Load → State must agree
@@ -105,6 +110,26 @@ func TestDataDriven(t *testing.T) {
 					Range: num("range"), ToId: num("to"), Done: d.HasArg("done")}}}
 			case "moves":
 				return fmtMoves(tb.Moves())
+			case "begin-merge":
+				cmd = &placementpb.Command{Op: &placementpb.Command_BeginMerge{BeginMerge: &placementpb.BeginMerge{
+					Left: num("left"), LeftGeneration: num("lgen"), Right: num("right"), RightGeneration: num("rgen")}}}
+			case "advance-merge":
+				cmd = &placementpb.Command{Op: &placementpb.Command_AdvanceMerge{AdvanceMerge: &placementpb.AdvanceMerge{
+					Merge: num("merge"), FromStep: mergeStep(t, arg("from-step")), Step: mergeStep(t, arg("step")),
+					FreezeIndex: num("freeze")}}}
+			case "commit-merge":
+				cmd = &placementpb.Command{Op: &placementpb.Command_CommitMerge{CommitMerge: &placementpb.CommitMerge{Merge: num("merge")}}}
+			case "end-merge":
+				cmd = &placementpb.Command{Op: &placementpb.Command_EndMerge{EndMerge: &placementpb.EndMerge{
+					Merge: num("merge"), Done: d.HasArg("done")}}}
+			case "merges":
+				return fmtMerges(tb.Merges()) + "\n" + fmtTombstones(tb)
+			case "merged-into":
+				into, ok := tb.MergedInto(RangeID(num("range")))
+				if !ok {
+					return "not merged"
+				}
+				return fmt.Sprintf("r%d", into)
 			case "reconfigure":
 				cmd = &placementpb.Command{Op: &placementpb.Command_Reconfigure{Reconfigure: &placementpb.Reconfigure{
 					Member: num("member"), Done: arg("done") == "true"}}}
@@ -133,6 +158,9 @@ func TestDataDriven(t *testing.T) {
 				out := fmtRanges(tb.Ranges()) + fmt.Sprintf("\nbound %d next range %d reconfiguring %d", tb.Bound(), tb.nextRangeID, tb.reconfiguring)
 				if tb.nextReplicaID != 1 || len(tb.moves) > 0 {
 					out += fmt.Sprintf(" next replica %d\n%s", tb.nextReplicaID, fmtMoves(tb.Moves()))
+				}
+				if tb.nextMergeID != 0 {
+					out += fmt.Sprintf("\nnext merge %d\n%s\n%s", tb.nextMergeID, fmtMerges(tb.Merges()), fmtTombstones(tb))
 				}
 				return out
 			case "oracle":
@@ -167,6 +195,9 @@ func TestDataDriven(t *testing.T) {
 			}
 			if res.Move != nil {
 				return fmtRanges(res.Ranges) + "\n" + fmtMoves([]*placementpb.Move{res.Move})
+			}
+			if res.Merge != nil {
+				return fmtRanges(res.Ranges) + "\n" + fmtMerges([]*placementpb.Merge{res.Merge})
 			}
 			return fmtRanges(res.Ranges)
 		})
@@ -224,6 +255,42 @@ func moveStep(t *testing.T, name string) placementpb.MoveStep {
 		t.Fatalf("unknown move step %q", name)
 	}
 	return s
+}
+
+func mergeStep(t *testing.T, name string) placementpb.MergeStep {
+	s, ok := placementpb.MergeStep_value[strings.ToUpper(name)]
+	if !ok && name != "" {
+		t.Fatalf("unknown merge step %q", name)
+	}
+	return placementpb.MergeStep(s)
+}
+
+func fmtMerges(mgs []*placementpb.Merge) string {
+	if len(mgs) == 0 {
+		return "no merges"
+	}
+	var lines []string
+	for _, mg := range mgs {
+		s := fmt.Sprintf("merge m%d r%d g%d → r%d g%d %s", mg.Id, mg.Right, mg.RightGeneration, mg.Left, mg.LeftGeneration,
+			mergeStepName(mg.Step))
+		if mg.FreezeIndex != 0 {
+			s += fmt.Sprintf(" freeze=%d", mg.FreezeIndex)
+		}
+		lines = append(lines, s)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func fmtTombstones(tb *Table) string {
+	ts := tb.Tombstones()
+	if len(ts) == 0 {
+		return "no tombstones"
+	}
+	var lines []string
+	for _, m := range ts {
+		lines = append(lines, fmt.Sprintf("tombstone r%d → r%d g%d", m.Range, m.Into, m.Generation))
+	}
+	return strings.Join(lines, "\n")
 }
 
 func fmtMoves(mvs []*placementpb.Move) string {

@@ -9,8 +9,8 @@
 //
 // Table is the placement group's deterministic state machine state: range
 // descriptors (id, [start, end), generation, replicas, leader hint) that
-// tile the key space, registered nodes, open moves, and the oracle's
-// persisted bound. Commands (proto/placementpb) change it — bootstrap,
+// tile the key space, registered nodes, open moves, open merges and the
+// tombstones of merged ranges, and the oracle's persisted bound. Commands (proto/placementpb) change it — bootstrap,
 // split, leader hint, node registration, raising the bound, a membership
 // change under way, a range's replicas, a move's steps — and a refused
 // command changes nothing and names its refusal (the Err sentinels of
@@ -24,7 +24,14 @@
 // written before pairs read as pairs (m, m) — each replica's id its
 // member's — and their commands replay as they did (testdata/legacy). A
 // move (moves.go) takes one replica from one member to another in
-// recorded steps, so that its driver resumes it after a crash. MemberOf,
+// recorded steps, so that its driver resumes it after a crash. A merge
+// (merges.go, docs/plan-merge.md) likewise: the right range of two
+// neighbours whose replicas are voters on the same members merges into the
+// left one, which keeps its id; the record holds back every other change
+// of the two (ErrMerging) and any membership change, and the map changes
+// only once the left range's log committed the merge (commit_merge: the
+// left range to the right one's end, a Merged tombstone for the right
+// one, which MergedInto follows through chains). MemberOf,
 // ReplicaOf, Voters and Founders read a descriptor of any age.
 //
 // Oracle is the leader's revision allocator: it hands out revisions from
@@ -61,7 +68,8 @@
 //     backup's revision is the bound, and it starts as one range),
 //     RecordSplit (finding a split an earlier try or call recorded),
 //     Reconfigure, ChangeReplicas, Add/Promote/RemoveReplica and
-//     Begin/Advance/EndMove. It tries again while the group has
+//     Begin/Advance/EndMove, Begin/Advance/Commit/EndMerge. It tries
+//     again while the group has
 //     no leader, until the caller's context ends, and returns refusals as
 //     the sentinels. Its scripts in testdata/client run it over a fake
 //     group around a real StateMachine.
@@ -72,7 +80,8 @@
 // range's replicas compact their logs, so that it gets the range as a
 // snapshot), removing one (the placement group, the member list, last),
 // promoting a learner (the placement group last); the range map marks the
-// change under way (no splits meanwhile) and records each range's
+// change under way (no splits or merges meanwhile; a mark waits out an
+// open merge) and records each range's
 // replicas. It drives raft through a small
 // interface the member's NodeHost satisfies, and reaches the member's own
 // replicas and the other members through interfaces the member wires in;
@@ -90,8 +99,8 @@
 //
 // # Non-goals (yet)
 //
-// The scheduler (split by size and load, merge, moves) and merges are the
-// sharded-mode issue's next steps. The map can place ranges on a subset of
+// The merge driver (the steps in the ranges' raft groups) is the merge
+// plan's next slice; the map records merges, nothing drives them yet. The map can place ranges on a subset of
 // members and record moves, but members do not act on it yet: every
 // member holds every range, under its member id. The package imports mvcc
 // for its Revision type and shard for its id types only.

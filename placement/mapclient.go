@@ -29,7 +29,8 @@ var (
 
 // refusals are the errors a command's Result names by their message.
 var refusals = []error{ErrBootstrapped, ErrUnknownRange, ErrStaleRange, ErrSplitKey, ErrSplitKeysOrder,
-	ErrNoNode, ErrReconfiguring, ErrMoving, ErrNoReplica, ErrHasReplica, ErrLastVoter, ErrNoMove, ErrMoveStep}
+	ErrNoNode, ErrReconfiguring, ErrMoving, ErrNoReplica, ErrHasReplica, ErrLastVoter, ErrNoMove, ErrMoveStep,
+	ErrMerging, ErrNotAligned, ErrNotAdjacent, ErrNoMerge, ErrMergeStep}
 
 // Raft is the placement group's raft as a Client uses it: dragonboat's
 // *NodeHost is one; a test's fake applies to a StateMachine directly.
@@ -350,6 +351,56 @@ func (c *Client) move(ctx context.Context, cmd *placementpb.Command) (*placement
 		return nil, errors.New("placement: the placement group answered a move command without the move")
 	}
 	return res.Move, nil
+}
+
+// BeginMerge opens a merge of range right, at generation rgen, into its
+// left neighbour left, at generation lgen, and returns it (its id
+// allocated). The same merge, open already, is the answer.
+func (c *Client) BeginMerge(ctx context.Context, left RangeID, lgen uint64, right RangeID, rgen uint64) (*placementpb.Merge, error) {
+	return c.merge(ctx, &placementpb.Command{Op: &placementpb.Command_BeginMerge{BeginMerge: &placementpb.BeginMerge{
+		Left: uint64(left), LeftGeneration: lgen, Right: uint64(right), RightGeneration: rgen}}})
+}
+
+// AdvanceMerge records that merge id got from step from to step (FROZEN
+// with the right range's freeze index; a merge at step already is the
+// answer), and returns it.
+func (c *Client) AdvanceMerge(ctx context.Context, id uint64, from, step placementpb.MergeStep, freezeIndex uint64) (*placementpb.Merge, error) {
+	return c.merge(ctx, &placementpb.Command{Op: &placementpb.Command_AdvanceMerge{AdvanceMerge: &placementpb.AdvanceMerge{
+		Merge: id, FromStep: from, Step: step, FreezeIndex: freezeIndex}}})
+}
+
+// CommitMerge records that the left range's log committed merge id: the
+// map's left range takes the right one's span, the right one leaves the
+// map. It returns the merge and the left range as the map has it then.
+func (c *Client) CommitMerge(ctx context.Context, id uint64) (*placementpb.Merge, *placementpb.RangeDescriptor, error) {
+	res, err := c.Propose(ctx, &placementpb.Command{Op: &placementpb.Command_CommitMerge{CommitMerge: &placementpb.CommitMerge{Merge: id}}})
+	if err != nil {
+		return nil, nil, err
+	}
+	if res.Merge == nil || len(res.Ranges) == 0 {
+		return nil, nil, errors.New("placement: the placement group answered a merge commit without the merge or its range")
+	}
+	return res.Merge, res.Ranges[0], nil
+}
+
+// EndMerge closes merge id: done (committed), or abandoned (aborted). A
+// try whose answer was lost after it committed makes the next one find no
+// merge open (ErrNoMerge): the caller reads the map to tell.
+func (c *Client) EndMerge(ctx context.Context, id uint64, done bool) error {
+	_, err := c.merge(ctx, &placementpb.Command{Op: &placementpb.Command_EndMerge{EndMerge: &placementpb.EndMerge{
+		Merge: id, Done: done}}})
+	return err
+}
+
+func (c *Client) merge(ctx context.Context, cmd *placementpb.Command) (*placementpb.Merge, error) {
+	res, err := c.Propose(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	if res.Merge == nil {
+		return nil, errors.New("placement: the placement group answered a merge command without the merge")
+	}
+	return res.Merge, nil
 }
 
 // oneRange is the one range a command's result names.

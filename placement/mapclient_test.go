@@ -141,6 +141,9 @@ func (f *fakeRaft) commit(c *placementpb.Command) {
 //	begin-move range=N gen=G from=M to=M           BeginMove
 //	advance-move range=N to=I from-step=S step=S   AdvanceMove
 //	end-move range=N to=I [done]                   EndMove
+//	begin-merge left=N lgen=G right=N rgen=G       BeginMerge
+//	advance-merge merge=M from-step=S step=S [freeze=I]  AdvanceMerge
+//	commit-merge merge=M | end-merge merge=M [done]       CommitMerge, EndMerge
 //
 // and, for the group:
 //
@@ -288,6 +291,26 @@ func TestClient(t *testing.T) {
 				if err = c.EndMove(ctx, RangeID(num("range")), ReplicaID(num("to")), has("done")); err == nil {
 					out = "ok"
 				}
+			case "begin-merge", "advance-merge":
+				var mg *placementpb.Merge
+				if d.Cmd == "begin-merge" {
+					mg, err = c.BeginMerge(ctx, RangeID(num("left")), num("lgen"), RangeID(num("right")), num("rgen"))
+				} else {
+					mg, err = c.AdvanceMerge(ctx, num("merge"), mergeStep(t, arg("from-step")), mergeStep(t, arg("step")), num("freeze"))
+				}
+				if err == nil {
+					out = fmtMerges([]*placementpb.Merge{mg})
+				}
+			case "commit-merge":
+				var mg *placementpb.Merge
+				var left *placementpb.RangeDescriptor
+				if mg, left, err = c.CommitMerge(ctx, num("merge")); err == nil {
+					out = fmtMerges([]*placementpb.Merge{mg}) + "\n" + fmtRange(left)
+				}
+			case "end-merge":
+				if err = c.EndMerge(ctx, num("merge"), has("done")); err == nil {
+					out = "ok"
+				}
 			default:
 				t.Fatalf("%s: unknown command %s", d.Pos, d.Cmd)
 			}
@@ -308,7 +331,8 @@ func isWhich(err error) string {
 		"ErrNoNode": ErrNoNode, "ErrReconfiguring": ErrReconfiguring, "ErrNotBootstrapped": ErrNotBootstrapped,
 		"ErrRestoredSplit": ErrRestoredSplit, "context.Canceled": context.Canceled, "ErrMoving": ErrMoving,
 		"ErrNoReplica": ErrNoReplica, "ErrHasReplica": ErrHasReplica, "ErrLastVoter": ErrLastVoter, "ErrNoMove": ErrNoMove,
-		"ErrMoveStep": ErrMoveStep} {
+		"ErrMoveStep": ErrMoveStep, "ErrMerging": ErrMerging, "ErrNotAligned": ErrNotAligned, "ErrNotAdjacent": ErrNotAdjacent,
+		"ErrNoMerge": ErrNoMerge, "ErrMergeStep": ErrMergeStep} {
 		if errors.Is(err, s) {
 			return " (is " + name + ")"
 		}

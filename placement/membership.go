@@ -376,7 +376,8 @@ var (
 // polling, until ctx ends — another member's, or member's own removal
 // unless k is one too; another mark is replaced, as before walks were
 // resumed: its change's caller may be gone, and a change is tried again
-// by calling again.
+// by calling again. A mark the map refuses while a merge is open
+// (ErrMerging: a merge's window is seconds) is tried again likewise.
 func (m *Membership) mark(ctx context.Context, member NodeID, k markKind) error {
 	for {
 		st, err := m.cfg.Map.State(ctx)
@@ -385,16 +386,22 @@ func (m *Membership) mark(ctx context.Context, member NodeID, k markKind) error 
 		}
 		left := st.ReconfigureAdding || st.ReconfigureRemoving
 		mine := st.Reconfiguring == uint64(member)
+		waitFor := error(nil)
 		if st.Reconfiguring == 0 || !left || (mine && (!st.ReconfigureRemoving || k.removing)) {
-			break
+			err := m.cfg.Map.reconfigure(ctx, member, false, k)
+			if !errors.Is(err, ErrMerging) {
+				return err
+			}
+			waitFor = err
+		} else {
+			waitFor = fmt.Errorf("%w (member %x)", ErrReconfiguring, st.Reconfiguring)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (member %x): %w", ErrReconfiguring, st.Reconfiguring, ctx.Err())
+			return fmt.Errorf("%w: %w", waitFor, ctx.Err())
 		case <-time.After(m.cfg.Poll):
 		}
 	}
-	return m.cfg.Map.reconfigure(ctx, member, false, k)
 }
 
 // nameReplicas has the range map name member's replica of every range it

@@ -59,6 +59,9 @@ func (t *Table) beginMove(c *placementpb.BeginMove) (*placementpb.Result, error)
 		}
 		return nil, fmt.Errorf("%w: range %d, to replica %d", ErrMoving, d.Id, mv.To.GetId())
 	}
+	if err := t.refuseMerging(d); err != nil {
+		return nil, err
+	}
 	if c.ToMember == 0 {
 		return nil, ErrNoNode
 	}

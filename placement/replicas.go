@@ -241,6 +241,9 @@ func (t *Table) addReplica(c *placementpb.AddReplica) (*placementpb.Result, erro
 	if d == nil {
 		return nil, fmt.Errorf("%w: %d", ErrUnknownRange, c.Range)
 	}
+	if err := t.refuseMerging(d); err != nil {
+		return nil, err
+	}
 	if c.Member == 0 {
 		return nil, ErrNoNode
 	}
@@ -258,6 +261,9 @@ func (t *Table) promoteReplica(c *placementpb.PromoteReplica) (*placementpb.Resu
 	d := t.byID[RangeID(c.Range)]
 	if d == nil {
 		return nil, fmt.Errorf("%w: %d", ErrUnknownRange, c.Range)
+	}
+	if err := t.refuseMerging(d); err != nil {
+		return nil, err
 	}
 	r := pairByID(d.ReplicaSet, c.Id)
 	if r == nil {
@@ -277,6 +283,9 @@ func (t *Table) removeReplica(c *placementpb.RemoveReplica) (*placementpb.Result
 	d := t.byID[RangeID(c.Range)]
 	if d == nil {
 		return nil, fmt.Errorf("%w: %d", ErrUnknownRange, c.Range)
+	}
+	if err := t.refuseMerging(d); err != nil {
+		return nil, err
 	}
 	if r := pairByID(d.ReplicaSet, c.Id); r != nil {
 		if t.openMoveOf(d, 0, c.Id) != nil {

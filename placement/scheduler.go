@@ -233,6 +233,9 @@ type RangeReport struct {
 	// move open); Splitting, a split of it is under way.
 	MoveFrom, MoveTo NodeID
 	Splitting        bool
+	// Merging: a merge of it is open (the map refuses it every other
+	// operation meanwhile).
+	Merging bool
 }
 
 // OpKind names what an operation does.
@@ -439,7 +442,9 @@ func (rp *rangePlan) votes(m NodeID) bool {
 
 func (rp *rangePlan) holds(m NodeID) bool { return slices.Contains(rp.members, m) }
 
-func (rp *rangePlan) busy() bool { return rp.r.MoveFrom != 0 || rp.r.MoveTo != 0 || rp.r.Splitting }
+func (rp *rangePlan) busy() bool {
+	return rp.r.MoveFrom != 0 || rp.r.MoveTo != 0 || rp.r.Splitting || rp.r.Merging
+}
 
 // free reports whether an operation may be planned for the range.
 func (rp *rangePlan) free() bool { return !rp.busy() && !rp.touched }

@@ -45,8 +45,8 @@ var (
 
 // Table is the placement state machine's state: the range map (ranges by
 // start key, covering the key space without gap or overlap once
-// bootstrapped), the node registry, the open moves and the oracle's
-// persisted bound. Apply changes it deterministically; everything else
+// bootstrapped), the node registry, the open moves, the open merges and
+// the tombstones of merged ranges, and the oracle's persisted bound. Apply changes it deterministically; everything else
 // reads.
 //
 //	bootstrap split=m        → r1 [,m) g1  r2 [m,) g1
@@ -68,6 +68,9 @@ var (
 // and founder_set's voters' members (mirrors for older readers).
 // Invariant: at most one move per range is open, and its range does not
 // split meanwhile.
+// Invariant: a range in an open merge does not split, move or change
+// replicas, and no membership change is marked while a merge is open
+// (merges.go has the merge's own).
 //
 // Every command a log written before replica pairs holds applies as it
 // did then (plus the pairs (m, m)): the new behaviour is keyed on fields
@@ -90,6 +93,14 @@ type Table struct {
 	// (placementpb.Reconfigure).
 	reconfiguring                               uint64
 	reconfAdding, reconfLearner, reconfRemoving bool
+	// merges are the open merges, by id (merges.go); merging names the
+	// open merge each range is in (the right range only until the
+	// commit); merged are the tombstones of the ranges merged away.
+	merges  map[uint64]*placementpb.Merge
+	merging map[RangeID]uint64
+	merged  map[RangeID]*placementpb.Merged
+	// nextMergeID is the next merge id to allocate (0: 1).
+	nextMergeID uint64
 }
 
 func lessStart(a, b *placementpb.RangeDescriptor) bool { return bytes.Compare(a.Start, b.Start) < 0 }
@@ -97,7 +108,8 @@ func lessStart(a, b *placementpb.RangeDescriptor) bool { return bytes.Compare(a.
 // NewTable returns an empty, unbootstrapped table.
 func NewTable() *Table {
 	return &Table{ranges: btree.NewG(16, lessStart), byID: map[RangeID]*placementpb.RangeDescriptor{},
-		nodes: map[NodeID]*placementpb.Node{}, nextRangeID: 1, nextReplicaID: 1, moves: map[RangeID]*placementpb.Move{}}
+		nodes: map[NodeID]*placementpb.Node{}, nextRangeID: 1, nextReplicaID: 1, moves: map[RangeID]*placementpb.Move{},
+		merges: map[uint64]*placementpb.Merge{}, merging: map[RangeID]uint64{}, merged: map[RangeID]*placementpb.Merged{}}
 }
 
 // Apply applies one command and answers it; a refused command changes
@@ -131,6 +143,10 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 		return &placementpb.Result{}, nil
 	case *placementpb.Command_Reconfigure:
 		r := op.Reconfigure
+		if !r.Done && len(t.merges) > 0 {
+			mg := t.Merges()[0]
+			return nil, fmt.Errorf("%w: merge %d of r%d into r%d; membership changes wait until it is over", ErrMerging, mg.Id, mg.Right, mg.Left)
+		}
 		switch {
 		case !r.Done:
 			t.reconfiguring, t.reconfAdding, t.reconfLearner, t.reconfRemoving = r.Member, r.Adding, r.Learner, r.Removing
@@ -143,6 +159,9 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 		d := t.byID[RangeID(c.Range)]
 		if d == nil {
 			return nil, fmt.Errorf("%w: %d", ErrUnknownRange, c.Range)
+		}
+		if err := t.refuseMerging(d); err != nil {
+			return nil, err
 		}
 		t.changeReplicas(d, c)
 		return &placementpb.Result{Ranges: []*placementpb.RangeDescriptor{clone(d)}}, nil
@@ -165,6 +184,14 @@ func (t *Table) apply(c *placementpb.Command) (*placementpb.Result, error) {
 		return t.advanceMove(op.AdvanceMove)
 	case *placementpb.Command_EndMove:
 		return t.endMove(op.EndMove)
+	case *placementpb.Command_BeginMerge:
+		return t.beginMerge(op.BeginMerge)
+	case *placementpb.Command_AdvanceMerge:
+		return t.advanceMerge(op.AdvanceMerge)
+	case *placementpb.Command_CommitMerge:
+		return t.commitMerge(op.CommitMerge)
+	case *placementpb.Command_EndMerge:
+		return t.endMerge(op.EndMerge)
 	case *placementpb.Command_RemoveNode:
 		if op.RemoveNode.Id == 0 {
 			return nil, ErrNoNode
@@ -260,6 +287,9 @@ func (t *Table) split(s *placementpb.Split) (*placementpb.Result, error) {
 	}
 	d, err := t.current(RangeID(s.Range), s.Generation)
 	if err != nil {
+		return nil, err
+	}
+	if err := t.refuseMerging(d); err != nil {
 		return nil, err
 	}
 	if mv := t.moves[RangeID(d.Id)]; mv != nil {
@@ -369,7 +399,8 @@ func (t *Table) Bound() mvcc.Revision { return t.bound }
 func (t *Table) State() *placementpb.State {
 	st := &placementpb.State{Ranges: t.Ranges(), Bound: int64(t.bound), NextRangeId: uint64(t.nextRangeID),
 		Reconfiguring: t.reconfiguring, NextReplicaId: uint64(t.nextReplicaID), Moves: t.Moves(),
-		ReconfigureAdding: t.reconfAdding, ReconfigureLearner: t.reconfLearner, ReconfigureRemoving: t.reconfRemoving}
+		ReconfigureAdding: t.reconfAdding, ReconfigureLearner: t.reconfLearner, ReconfigureRemoving: t.reconfRemoving,
+		Merges: t.Merges(), Merged: t.Tombstones(), NextMergeId: t.nextMergeID}
 	ids := make([]NodeID, 0, len(t.nodes))
 	for id := range t.nodes {
 		ids = append(ids, id)
@@ -399,6 +430,13 @@ func (t *Table) Load(st *placementpb.State) {
 	for _, mv := range st.Moves {
 		t.moves[RangeID(mv.Range)] = proto.Clone(mv).(*placementpb.Move)
 	}
+	for _, mg := range st.Merges {
+		t.putMerge(proto.Clone(mg).(*placementpb.Merge))
+	}
+	for _, m := range st.Merged {
+		t.merged[RangeID(m.Range)] = proto.Clone(m).(*placementpb.Merged)
+	}
+	t.nextMergeID = st.NextMergeId
 }
 
 // put adds or replaces d, normalized.

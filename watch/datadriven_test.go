@@ -3,6 +3,7 @@ package watch
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,8 +37,14 @@ import (
 //	tick                               ProgressTick
 //	recv stream=S                      print and take the queued responses
 //	groups                             every watcher: synced or unsynced
+//
+// The script merge runs over several ranges instead (runRangesScript).
 func TestDataDriven(t *testing.T) {
 	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		if filepath.Base(path) == "merge" { // over several ranges
+			runRangesScript(t, path)
+			return
+		}
 		f := newFixture(t)
 		d := &driver{f: f, streams: map[string]*Stream{}, feed: true}
 		datadriven.RunTest(t, path, d.run)
@@ -198,6 +205,14 @@ func (d *driver) recv(s *Stream) string {
 	}
 	if err != nil {
 		return err.Error()
+	}
+	return formatResponses(rs)
+}
+
+// formatResponses prints responses as the scripts show them.
+func formatResponses(rs []*pb.WatchResponse) string {
+	if len(rs) == 0 {
+		return "(nothing queued)"
 	}
 	// Responses of different watchers about one revision come in no
 	// promised order (as in etcd); print each run of them by watch id.

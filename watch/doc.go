@@ -91,7 +91,11 @@
 // the range's mirror, each from the revision after what it has been sent
 // (Merger.Move), except a feed's (NewMergedStream: pinned to the member's
 // replicas, it ends with the hub; pinned and client watches share no
-// fan). Leader-loss monitoring of streams that
+// fan). A merge moves every stream's watchers, a feed's too, from the
+// absorbed range's hub to the absorbing range's (Merger.Merge), whose
+// store now holds the absorbed keys' history; the absorbing hub is first
+// raised to the absorbed one's revision as a skip, so what it never heard
+// of is caught up from the store. Leader-loss monitoring of streams that
 // require a leader is the router's (it knows the raft group; this package
 // does not).
 package watch

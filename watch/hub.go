@@ -161,9 +161,10 @@ func (h *Hub) Advance(rev mvcc.Revision) {
 
 // Skip raises the hub's revision to rev without events, as a hub fed from
 // elsewhere does when its feed starts at rev (router's mirror hubs, whose
-// first feed starts where the member feeding them is): a synced watcher
-// not yet sent the revisions up to rev becomes unsynced, and Catchup
-// reads them from the History.
+// first feed starts where the member feeding them is), or a merge's
+// absorbing hub whose store now holds the absorbed range's history
+// (Merger.Merge): a synced watcher not yet sent the revisions up to rev
+// becomes unsynced, and Catchup reads them from the History.
 func (h *Hub) Skip(rev mvcc.Revision) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

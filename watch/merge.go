@@ -368,14 +368,62 @@ func (mg *Merger) Move(from *Hub, to Part) {
 	}
 	mg.mu.Unlock()
 	for _, m := range streams {
-		m.move(from, to)
+		m.move(from, to, false)
 	}
 }
 
-func (m *Merged) move(from *Hub, to Part) {
+// Merge moves every stream's watchers on hub from (the right range of a
+// merge, frozen, whose keys the left range has absorbed) to into, the left
+// range's part (its Key and RangeEnd unused), as Move does: each is
+// replaced, from the revision after everything it has been sent, by one
+// with the same keys on into, which reads what it lacks from the left
+// range's store — it holds the right range's keys and their history since
+// the merge committed. Unlike Move, it moves the streams made by
+// NewMergedStream too: the left range is a replica of this member as the
+// right one was, so a feed's watchers stay on the member's replicas.
+// A watch that reached both ranges ends with two watchers on into, one
+// for each range's share of its keys.
+//
+// The left hub may be behind the right one: the right range's events
+// above the left hub's revision were never notified to it. So Merge first
+// raises into's hub to from's revision as a feed's start does (Hub.Skip):
+// a moved watcher that needs them, and any of the left range's own synced
+// watchers the raise passes, catch up from the left store instead of
+// being taken as sent. (A plain raise, Advance, would count a moved
+// watcher created above the left hub's revision as having been sent the
+// right range's events below from's revision.)
+//
+// Called as the merge commits in the left range — after its store covers
+// the right range's keys and holds every write of either range at or
+// below from's revision (the commit raised the left range's closed
+// revision to the right one's), before its hub hears of anything after the
+// commit — and before from closes. The right range's hub heard of nothing
+// after its freeze, and the left range takes writes to the right range's
+// keys only above every revision the right one closed, so nothing falls
+// between the two hubs or reaches a watch twice:
+//
+//	L's hub at 30, R's hub at 45
+//	part on R's hub, mark 41, evs [40] → Merge → L's hub at 45;
+//	                                     part on L's hub from 42 (unsynced), evs [40]
+func (mg *Merger) Merge(from *Hub, into Part) {
+	into.Hub.Skip(from.Rev())
+	mg.mu.Lock()
+	streams := make([]*Merged, 0, len(mg.streams))
+	for m := range mg.streams {
+		streams = append(streams, m)
+	}
+	mg.mu.Unlock()
+	for _, m := range streams {
+		m.move(from, into, true)
+	}
+}
+
+// move is Move (pinned false: pinned streams stay) and Merge (pinned true:
+// every stream moves) for one stream.
+func (m *Merged) move(from *Hub, to Part, pinned bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed || m.pinned {
+	if m.closed || (m.pinned && !pinned) {
 		return
 	}
 	if m.direct != nil && m.direct.s.h == from {

@@ -26,6 +26,8 @@ type ranges struct {
 	stores []*mvcc.Store
 	dbs    []*pebble.DB // by range, as stores
 	hubs   []*Hub
+	ids    []uint64 // the stores' ids, by range
+	nextID uint64   // the id of the next range a split makes
 	rev    mvcc.Revision
 	kicks  []mvcc.Revision // the last kick each range got
 	// log is every write's event, in revision order (the model).
@@ -33,7 +35,7 @@ type ranges struct {
 }
 
 func newRanges(t *testing.T, splits ...string) *ranges {
-	rs := &ranges{t: t, splits: splits, rev: 1} // a new store is at revision 1
+	rs := &ranges{t: t, splits: splits, rev: 1, nextID: 100} // a new store is at revision 1
 	for i := 0; i <= len(splits); i++ {
 		db, err := pebble.Open("", mvcc.PebbleOptions(&pebble.Options{FS: vfs.NewMem(), Logger: quiet{}}))
 		if err != nil {
@@ -54,6 +56,7 @@ func newRanges(t *testing.T, splits ...string) *ranges {
 		rs.stores = append(rs.stores, s)
 		rs.dbs = append(rs.dbs, db)
 		rs.hubs = append(rs.hubs, NewHub(1))
+		rs.ids = append(rs.ids, uint64(i+1))
 		rs.kicks = append(rs.kicks, 0)
 	}
 	return rs
@@ -544,7 +547,8 @@ func eventStrings(evs []*mvccpb.Event, prev bool) []string {
 // off its keys, the new hub starts at the split's revision) and tells mg,
 // as the node does while the split applies.
 func (rs *ranges) splitRange(mg *Merger, i int, key string) {
-	child := uint64(100 + len(rs.stores))
+	rs.nextID++
+	child := rs.nextID
 	b := rs.stores[i].NewBatch()
 	if _, err := b.SplitOff([]byte(key), child); err != nil {
 		rs.t.Fatal(err)
@@ -562,6 +566,7 @@ func (rs *ranges) splitRange(mg *Merger, i int, key string) {
 	rs.stores = append(rs.stores[:i+1], append([]*mvcc.Store{s}, rs.stores[i+1:]...)...)
 	rs.hubs = append(rs.hubs[:i+1], append([]*Hub{hub}, rs.hubs[i+1:]...)...)
 	rs.dbs = append(rs.dbs[:i+1], append([]*pebble.DB{rs.dbs[i]}, rs.dbs[i+1:]...)...)
+	rs.ids = append(rs.ids[:i+1], append([]uint64{child}, rs.ids[i+1:]...)...)
 	rs.kicks = append(rs.kicks, 0)
 	mg.Split(rs.hubs[i], []byte(key), Part{Hub: hub})
 }

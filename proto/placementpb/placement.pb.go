@@ -87,6 +87,70 @@ func (MoveStep) EnumDescriptor() ([]byte, []int) {
 	return file_placementpb_placement_proto_rawDescGZIP(), []int{0}
 }
 
+// MergeStep is how far a merge of two adjacent ranges has got
+// (docs/plan-merge.md). Each step is recorded once the ranges' raft groups
+// have taken it; the left range's log decides between commit and abort,
+// and the map follows it.
+type MergeStep int32
+
+const (
+	// BEGUN: the merge is open (the ranges refuse splits, moves and replica
+	// changes); the right range may or may not have applied the freeze.
+	MergeStep_BEGUN MergeStep = 0
+	// FROZEN: every replica of the right range applied the freeze (at
+	// freeze_index).
+	MergeStep_FROZEN MergeStep = 1
+	// COMMITTED: the left range's log committed the merge; the map holds the
+	// left range over both spans and a tombstone of the right one.
+	MergeStep_COMMITTED MergeStep = 2
+	// ABORTING: the merge is being abandoned: the left range's log records
+	// the abort, then the right range thaws.
+	MergeStep_ABORTING MergeStep = 3
+)
+
+// Enum value maps for MergeStep.
+var (
+	MergeStep_name = map[int32]string{
+		0: "BEGUN",
+		1: "FROZEN",
+		2: "COMMITTED",
+		3: "ABORTING",
+	}
+	MergeStep_value = map[string]int32{
+		"BEGUN":     0,
+		"FROZEN":    1,
+		"COMMITTED": 2,
+		"ABORTING":  3,
+	}
+)
+
+func (x MergeStep) Enum() *MergeStep {
+	p := new(MergeStep)
+	*p = x
+	return p
+}
+
+func (x MergeStep) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MergeStep) Descriptor() protoreflect.EnumDescriptor {
+	return file_placementpb_placement_proto_enumTypes[1].Descriptor()
+}
+
+func (MergeStep) Type() protoreflect.EnumType {
+	return &file_placementpb_placement_proto_enumTypes[1]
+}
+
+func (x MergeStep) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MergeStep.Descriptor instead.
+func (MergeStep) EnumDescriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{1}
+}
+
 // RangeDescriptor is one range of the key space, [start, end); an empty end
 // reaches the end of the key space. generation grows with every change of
 // the range's bounds, so a stale descriptor is told from a current one.
@@ -368,6 +432,172 @@ func (x *Move) GetStep() MoveStep {
 	return MoveStep_MOVE_STEP_UNSPECIFIED
 }
 
+// Merge is an open merge of range right into range left, its left
+// neighbour, recorded so that whoever drives it resumes it after a crash.
+// A range is in at most one open merge, and has no open move meanwhile; no
+// membership change is under way while any merge is open.
+type Merge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is allocated when the merge begins; ids ascend and are never
+	// reused (a range refuses a late freeze of a merge it thawed).
+	Id    uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Left  uint64 `protobuf:"varint,2,opt,name=left,proto3" json:"left,omitempty"`
+	Right uint64 `protobuf:"varint,3,opt,name=right,proto3" json:"right,omitempty"`
+	// left_generation and right_generation are the ranges' generations when
+	// the merge began.
+	LeftGeneration  uint64    `protobuf:"varint,4,opt,name=left_generation,json=leftGeneration,proto3" json:"left_generation,omitempty"`
+	RightGeneration uint64    `protobuf:"varint,5,opt,name=right_generation,json=rightGeneration,proto3" json:"right_generation,omitempty"`
+	Step            MergeStep `protobuf:"varint,6,opt,name=step,proto3,enum=cairn.placement.MergeStep" json:"step,omitempty"`
+	// freeze_index is the right range's log index of the freeze (0: not
+	// recorded).
+	FreezeIndex   uint64 `protobuf:"varint,7,opt,name=freeze_index,json=freezeIndex,proto3" json:"freeze_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Merge) Reset() {
+	*x = Merge{}
+	mi := &file_placementpb_placement_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Merge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Merge) ProtoMessage() {}
+
+func (x *Merge) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Merge.ProtoReflect.Descriptor instead.
+func (*Merge) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Merge) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Merge) GetLeft() uint64 {
+	if x != nil {
+		return x.Left
+	}
+	return 0
+}
+
+func (x *Merge) GetRight() uint64 {
+	if x != nil {
+		return x.Right
+	}
+	return 0
+}
+
+func (x *Merge) GetLeftGeneration() uint64 {
+	if x != nil {
+		return x.LeftGeneration
+	}
+	return 0
+}
+
+func (x *Merge) GetRightGeneration() uint64 {
+	if x != nil {
+		return x.RightGeneration
+	}
+	return 0
+}
+
+func (x *Merge) GetStep() MergeStep {
+	if x != nil {
+		return x.Step
+	}
+	return MergeStep_BEGUN
+}
+
+func (x *Merge) GetFreezeIndex() uint64 {
+	if x != nil {
+		return x.FreezeIndex
+	}
+	return 0
+}
+
+// Merged is the tombstone of a range merged away: its keys are into's
+// (or, if into was merged away later too, its tombstone's into's) since
+// into's generation became generation. Kept for stale routers and for the
+// lease fan-out's registrations of the range.
+type Merged struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Into          uint64                 `protobuf:"varint,2,opt,name=into,proto3" json:"into,omitempty"`
+	Generation    uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Merged) Reset() {
+	*x = Merged{}
+	mi := &file_placementpb_placement_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Merged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Merged) ProtoMessage() {}
+
+func (x *Merged) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Merged.ProtoReflect.Descriptor instead.
+func (*Merged) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Merged) GetRange() uint64 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *Merged) GetInto() uint64 {
+	if x != nil {
+		return x.Into
+	}
+	return 0
+}
+
+func (x *Merged) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 // Node is one registered node.
 type Node struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -384,7 +614,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_placementpb_placement_proto_msgTypes[3]
+	mi := &file_placementpb_placement_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +626,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[3]
+	mi := &file_placementpb_placement_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +639,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{3}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Node) GetId() uint64 {
@@ -473,6 +703,10 @@ type Command struct {
 	//	*Command_AdvanceMove
 	//	*Command_EndMove
 	//	*Command_RemoveNode
+	//	*Command_BeginMerge
+	//	*Command_AdvanceMerge
+	//	*Command_CommitMerge
+	//	*Command_EndMerge
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -480,7 +714,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_placementpb_placement_proto_msgTypes[4]
+	mi := &file_placementpb_placement_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +726,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[4]
+	mi := &file_placementpb_placement_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +739,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{4}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -641,6 +875,42 @@ func (x *Command) GetRemoveNode() *RemoveNode {
 	return nil
 }
 
+func (x *Command) GetBeginMerge() *BeginMerge {
+	if x != nil {
+		if x, ok := x.Op.(*Command_BeginMerge); ok {
+			return x.BeginMerge
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAdvanceMerge() *AdvanceMerge {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AdvanceMerge); ok {
+			return x.AdvanceMerge
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCommitMerge() *CommitMerge {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CommitMerge); ok {
+			return x.CommitMerge
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetEndMerge() *EndMerge {
+	if x != nil {
+		if x, ok := x.Op.(*Command_EndMerge); ok {
+			return x.EndMerge
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -701,6 +971,22 @@ type Command_RemoveNode struct {
 	RemoveNode *RemoveNode `protobuf:"bytes,14,opt,name=remove_node,json=removeNode,proto3,oneof"`
 }
 
+type Command_BeginMerge struct {
+	BeginMerge *BeginMerge `protobuf:"bytes,15,opt,name=begin_merge,json=beginMerge,proto3,oneof"`
+}
+
+type Command_AdvanceMerge struct {
+	AdvanceMerge *AdvanceMerge `protobuf:"bytes,16,opt,name=advance_merge,json=advanceMerge,proto3,oneof"`
+}
+
+type Command_CommitMerge struct {
+	CommitMerge *CommitMerge `protobuf:"bytes,17,opt,name=commit_merge,json=commitMerge,proto3,oneof"`
+}
+
+type Command_EndMerge struct {
+	EndMerge *EndMerge `protobuf:"bytes,18,opt,name=end_merge,json=endMerge,proto3,oneof"`
+}
+
 func (*Command_Bootstrap) isCommand_Op() {}
 
 func (*Command_Split) isCommand_Op() {}
@@ -729,6 +1015,14 @@ func (*Command_EndMove) isCommand_Op() {}
 
 func (*Command_RemoveNode) isCommand_Op() {}
 
+func (*Command_BeginMerge) isCommand_Op() {}
+
+func (*Command_AdvanceMerge) isCommand_Op() {}
+
+func (*Command_CommitMerge) isCommand_Op() {}
+
+func (*Command_EndMerge) isCommand_Op() {}
+
 // AddReplica gives member a replica of range, with a newly allocated
 // replica id, as a learner or a voter, whatever the range's generation: a
 // replica the range's raft group is gaining. If member holds a replica of
@@ -744,7 +1038,7 @@ type AddReplica struct {
 
 func (x *AddReplica) Reset() {
 	*x = AddReplica{}
-	mi := &file_placementpb_placement_proto_msgTypes[5]
+	mi := &file_placementpb_placement_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +1050,7 @@ func (x *AddReplica) String() string {
 func (*AddReplica) ProtoMessage() {}
 
 func (x *AddReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[5]
+	mi := &file_placementpb_placement_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +1063,7 @@ func (x *AddReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddReplica.ProtoReflect.Descriptor instead.
 func (*AddReplica) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{5}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AddReplica) GetRange() uint64 {
@@ -805,7 +1099,7 @@ type PromoteReplica struct {
 
 func (x *PromoteReplica) Reset() {
 	*x = PromoteReplica{}
-	mi := &file_placementpb_placement_proto_msgTypes[6]
+	mi := &file_placementpb_placement_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +1111,7 @@ func (x *PromoteReplica) String() string {
 func (*PromoteReplica) ProtoMessage() {}
 
 func (x *PromoteReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[6]
+	mi := &file_placementpb_placement_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +1124,7 @@ func (x *PromoteReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteReplica.ProtoReflect.Descriptor instead.
 func (*PromoteReplica) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{6}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PromoteReplica) GetRange() uint64 {
@@ -859,7 +1153,7 @@ type RemoveReplica struct {
 
 func (x *RemoveReplica) Reset() {
 	*x = RemoveReplica{}
-	mi := &file_placementpb_placement_proto_msgTypes[7]
+	mi := &file_placementpb_placement_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1165,7 @@ func (x *RemoveReplica) String() string {
 func (*RemoveReplica) ProtoMessage() {}
 
 func (x *RemoveReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[7]
+	mi := &file_placementpb_placement_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1178,7 @@ func (x *RemoveReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplica.ProtoReflect.Descriptor instead.
 func (*RemoveReplica) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{7}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RemoveReplica) GetRange() uint64 {
@@ -904,8 +1198,8 @@ func (x *RemoveReplica) GetId() uint64 {
 // BeginMove opens a move of range's replica on from_member to to_member,
 // allocating the destination's replica id. Refused unless the range is at
 // generation, from_member holds a voter of it, to_member holds none and no
-// other move of the range is open; the same move again answers the open
-// one.
+// other move of the range is open (nor a merge of it); the same move again
+// answers the open one.
 type BeginMove struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
@@ -918,7 +1212,7 @@ type BeginMove struct {
 
 func (x *BeginMove) Reset() {
 	*x = BeginMove{}
-	mi := &file_placementpb_placement_proto_msgTypes[8]
+	mi := &file_placementpb_placement_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1224,7 @@ func (x *BeginMove) String() string {
 func (*BeginMove) ProtoMessage() {}
 
 func (x *BeginMove) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[8]
+	mi := &file_placementpb_placement_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1237,7 @@ func (x *BeginMove) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginMove.ProtoReflect.Descriptor instead.
 func (*BeginMove) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{8}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BeginMove) GetRange() uint64 {
@@ -991,7 +1285,7 @@ type AdvanceMove struct {
 
 func (x *AdvanceMove) Reset() {
 	*x = AdvanceMove{}
-	mi := &file_placementpb_placement_proto_msgTypes[9]
+	mi := &file_placementpb_placement_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1297,7 @@ func (x *AdvanceMove) String() string {
 func (*AdvanceMove) ProtoMessage() {}
 
 func (x *AdvanceMove) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[9]
+	mi := &file_placementpb_placement_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1310,7 @@ func (x *AdvanceMove) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdvanceMove.ProtoReflect.Descriptor instead.
 func (*AdvanceMove) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{9}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AdvanceMove) GetRange() uint64 {
@@ -1061,7 +1355,7 @@ type EndMove struct {
 
 func (x *EndMove) Reset() {
 	*x = EndMove{}
-	mi := &file_placementpb_placement_proto_msgTypes[10]
+	mi := &file_placementpb_placement_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1367,7 @@ func (x *EndMove) String() string {
 func (*EndMove) ProtoMessage() {}
 
 func (x *EndMove) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[10]
+	mi := &file_placementpb_placement_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1380,7 @@ func (x *EndMove) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndMove.ProtoReflect.Descriptor instead.
 func (*EndMove) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{10}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EndMove) GetRange() uint64 {
@@ -1110,6 +1404,257 @@ func (x *EndMove) GetDone() bool {
 	return false
 }
 
+// BeginMerge opens a merge of range right into range left, allocating its
+// id. Refused unless both ranges are at their generations, right starts
+// where left ends, their replicas are voters on the same members (no
+// learners), neither is in an open merge or has an open move, and no
+// membership change is under way; the same merge again answers the open
+// one.
+type BeginMerge struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Left            uint64                 `protobuf:"varint,1,opt,name=left,proto3" json:"left,omitempty"`
+	LeftGeneration  uint64                 `protobuf:"varint,2,opt,name=left_generation,json=leftGeneration,proto3" json:"left_generation,omitempty"`
+	Right           uint64                 `protobuf:"varint,3,opt,name=right,proto3" json:"right,omitempty"`
+	RightGeneration uint64                 `protobuf:"varint,4,opt,name=right_generation,json=rightGeneration,proto3" json:"right_generation,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BeginMerge) Reset() {
+	*x = BeginMerge{}
+	mi := &file_placementpb_placement_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BeginMerge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BeginMerge) ProtoMessage() {}
+
+func (x *BeginMerge) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BeginMerge.ProtoReflect.Descriptor instead.
+func (*BeginMerge) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BeginMerge) GetLeft() uint64 {
+	if x != nil {
+		return x.Left
+	}
+	return 0
+}
+
+func (x *BeginMerge) GetLeftGeneration() uint64 {
+	if x != nil {
+		return x.LeftGeneration
+	}
+	return 0
+}
+
+func (x *BeginMerge) GetRight() uint64 {
+	if x != nil {
+		return x.Right
+	}
+	return 0
+}
+
+func (x *BeginMerge) GetRightGeneration() uint64 {
+	if x != nil {
+		return x.RightGeneration
+	}
+	return 0
+}
+
+// AdvanceMerge records that merge has got from from_step to step (compare
+// and set; a merge at step already changes nothing): BEGUN to FROZEN
+// (recording freeze_index) or ABORTING, FROZEN to ABORTING.
+type AdvanceMerge struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Merge         uint64                 `protobuf:"varint,1,opt,name=merge,proto3" json:"merge,omitempty"`
+	FromStep      MergeStep              `protobuf:"varint,2,opt,name=from_step,json=fromStep,proto3,enum=cairn.placement.MergeStep" json:"from_step,omitempty"`
+	Step          MergeStep              `protobuf:"varint,3,opt,name=step,proto3,enum=cairn.placement.MergeStep" json:"step,omitempty"`
+	FreezeIndex   uint64                 `protobuf:"varint,4,opt,name=freeze_index,json=freezeIndex,proto3" json:"freeze_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdvanceMerge) Reset() {
+	*x = AdvanceMerge{}
+	mi := &file_placementpb_placement_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdvanceMerge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdvanceMerge) ProtoMessage() {}
+
+func (x *AdvanceMerge) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdvanceMerge.ProtoReflect.Descriptor instead.
+func (*AdvanceMerge) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AdvanceMerge) GetMerge() uint64 {
+	if x != nil {
+		return x.Merge
+	}
+	return 0
+}
+
+func (x *AdvanceMerge) GetFromStep() MergeStep {
+	if x != nil {
+		return x.FromStep
+	}
+	return MergeStep_BEGUN
+}
+
+func (x *AdvanceMerge) GetStep() MergeStep {
+	if x != nil {
+		return x.Step
+	}
+	return MergeStep_BEGUN
+}
+
+func (x *AdvanceMerge) GetFreezeIndex() uint64 {
+	if x != nil {
+		return x.FreezeIndex
+	}
+	return 0
+}
+
+// CommitMerge records that the left range's log committed merge, at
+// whatever step the map has it (the left range's log decides): the left
+// range takes the right one's span up to its end, at generation
+// max(left's, right's) + 1, the right range leaves the map and a Merged
+// tombstone names where it went. A merge committed already changes
+// nothing.
+type CommitMerge struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Merge         uint64                 `protobuf:"varint,1,opt,name=merge,proto3" json:"merge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitMerge) Reset() {
+	*x = CommitMerge{}
+	mi := &file_placementpb_placement_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitMerge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitMerge) ProtoMessage() {}
+
+func (x *CommitMerge) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitMerge.ProtoReflect.Descriptor instead.
+func (*CommitMerge) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CommitMerge) GetMerge() uint64 {
+	if x != nil {
+		return x.Merge
+	}
+	return 0
+}
+
+// EndMerge closes merge: done, once COMMITTED (every member retired the
+// right range, or the driver's patience ran out); not done (abandoned),
+// once ABORTING (the left range recorded the abort and the right one
+// thawed).
+type EndMerge struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Merge         uint64                 `protobuf:"varint,1,opt,name=merge,proto3" json:"merge,omitempty"`
+	Done          bool                   `protobuf:"varint,2,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndMerge) Reset() {
+	*x = EndMerge{}
+	mi := &file_placementpb_placement_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndMerge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndMerge) ProtoMessage() {}
+
+func (x *EndMerge) ProtoReflect() protoreflect.Message {
+	mi := &file_placementpb_placement_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndMerge.ProtoReflect.Descriptor instead.
+func (*EndMerge) Descriptor() ([]byte, []int) {
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *EndMerge) GetMerge() uint64 {
+	if x != nil {
+		return x.Merge
+	}
+	return 0
+}
+
+func (x *EndMerge) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
 // RemoveNode unregisters a node (nothing changes if it is not registered).
 type RemoveNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1120,7 +1665,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_placementpb_placement_proto_msgTypes[11]
+	mi := &file_placementpb_placement_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1677,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[11]
+	mi := &file_placementpb_placement_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1690,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{11}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemoveNode) GetId() uint64 {
@@ -1177,7 +1722,7 @@ type Reconfigure struct {
 
 func (x *Reconfigure) Reset() {
 	*x = Reconfigure{}
-	mi := &file_placementpb_placement_proto_msgTypes[12]
+	mi := &file_placementpb_placement_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1734,7 @@ func (x *Reconfigure) String() string {
 func (*Reconfigure) ProtoMessage() {}
 
 func (x *Reconfigure) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[12]
+	mi := &file_placementpb_placement_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1747,7 @@ func (x *Reconfigure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reconfigure.ProtoReflect.Descriptor instead.
 func (*Reconfigure) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{12}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Reconfigure) GetMember() uint64 {
@@ -1254,7 +1799,7 @@ type ChangeReplicas struct {
 
 func (x *ChangeReplicas) Reset() {
 	*x = ChangeReplicas{}
-	mi := &file_placementpb_placement_proto_msgTypes[13]
+	mi := &file_placementpb_placement_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1811,7 @@ func (x *ChangeReplicas) String() string {
 func (*ChangeReplicas) ProtoMessage() {}
 
 func (x *ChangeReplicas) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[13]
+	mi := &file_placementpb_placement_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1824,7 @@ func (x *ChangeReplicas) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicas.ProtoReflect.Descriptor instead.
 func (*ChangeReplicas) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{13}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ChangeReplicas) GetRange() uint64 {
@@ -1329,7 +1874,7 @@ type Bootstrap struct {
 
 func (x *Bootstrap) Reset() {
 	*x = Bootstrap{}
-	mi := &file_placementpb_placement_proto_msgTypes[14]
+	mi := &file_placementpb_placement_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1886,7 @@ func (x *Bootstrap) String() string {
 func (*Bootstrap) ProtoMessage() {}
 
 func (x *Bootstrap) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[14]
+	mi := &file_placementpb_placement_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1899,7 @@ func (x *Bootstrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bootstrap.ProtoReflect.Descriptor instead.
 func (*Bootstrap) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{14}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Bootstrap) GetSplitKeys() [][]byte {
@@ -1394,7 +1939,8 @@ func (x *Bootstrap) GetMembers() []uint64 {
 
 // Split cuts range at key: the range keeps [start, key), a new range takes
 // [key, end); both get generation + 1. Refused unless the range is at
-// generation and key lies strictly inside it.
+// generation and key lies strictly inside it, and while a membership
+// change is under way or a move or merge of the range is open.
 type Split struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
@@ -1406,7 +1952,7 @@ type Split struct {
 
 func (x *Split) Reset() {
 	*x = Split{}
-	mi := &file_placementpb_placement_proto_msgTypes[15]
+	mi := &file_placementpb_placement_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1964,7 @@ func (x *Split) String() string {
 func (*Split) ProtoMessage() {}
 
 func (x *Split) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[15]
+	mi := &file_placementpb_placement_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1977,7 @@ func (x *Split) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Split.ProtoReflect.Descriptor instead.
 func (*Split) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{15}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Split) GetRange() uint64 {
@@ -1473,7 +2019,7 @@ type AddNode struct {
 
 func (x *AddNode) Reset() {
 	*x = AddNode{}
-	mi := &file_placementpb_placement_proto_msgTypes[16]
+	mi := &file_placementpb_placement_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +2031,7 @@ func (x *AddNode) String() string {
 func (*AddNode) ProtoMessage() {}
 
 func (x *AddNode) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[16]
+	mi := &file_placementpb_placement_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +2044,7 @@ func (x *AddNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNode.ProtoReflect.Descriptor instead.
 func (*AddNode) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{16}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AddNode) GetNode() *Node {
@@ -1540,7 +2086,7 @@ type RaiseBound struct {
 
 func (x *RaiseBound) Reset() {
 	*x = RaiseBound{}
-	mi := &file_placementpb_placement_proto_msgTypes[17]
+	mi := &file_placementpb_placement_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +2098,7 @@ func (x *RaiseBound) String() string {
 func (*RaiseBound) ProtoMessage() {}
 
 func (x *RaiseBound) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[17]
+	mi := &file_placementpb_placement_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +2111,7 @@ func (x *RaiseBound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaiseBound.ProtoReflect.Descriptor instead.
 func (*RaiseBound) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{17}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RaiseBound) GetBound() int64 {
@@ -1587,7 +2133,7 @@ type SetLeader struct {
 
 func (x *SetLeader) Reset() {
 	*x = SetLeader{}
-	mi := &file_placementpb_placement_proto_msgTypes[18]
+	mi := &file_placementpb_placement_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1599,7 +2145,7 @@ func (x *SetLeader) String() string {
 func (*SetLeader) ProtoMessage() {}
 
 func (x *SetLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[18]
+	mi := &file_placementpb_placement_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1612,7 +2158,7 @@ func (x *SetLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLeader.ProtoReflect.Descriptor instead.
 func (*SetLeader) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{18}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetLeader) GetRange() uint64 {
@@ -1644,14 +2190,17 @@ type Result struct {
 	Ranges []*RangeDescriptor     `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
 	Bound  int64                  `protobuf:"varint,3,opt,name=bound,proto3" json:"bound,omitempty"`
 	// move is the move a move command opened, advanced or closed.
-	Move          *Move `protobuf:"bytes,4,opt,name=move,proto3" json:"move,omitempty"`
+	Move *Move `protobuf:"bytes,4,opt,name=move,proto3" json:"move,omitempty"`
+	// merge is the merge a merge command opened, advanced, committed or
+	// closed.
+	Merge         *Merge `protobuf:"bytes,5,opt,name=merge,proto3" json:"merge,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_placementpb_placement_proto_msgTypes[19]
+	mi := &file_placementpb_placement_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +2212,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[19]
+	mi := &file_placementpb_placement_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +2225,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{19}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Result) GetError() string {
@@ -1707,6 +2256,13 @@ func (x *Result) GetMove() *Move {
 	return nil
 }
 
+func (x *Result) GetMerge() *Merge {
+	if x != nil {
+		return x.Merge
+	}
+	return nil
+}
+
 // State is the whole placement state, for snapshots.
 type State struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1726,13 +2282,20 @@ type State struct {
 	ReconfigureAdding   bool `protobuf:"varint,8,opt,name=reconfigure_adding,json=reconfigureAdding,proto3" json:"reconfigure_adding,omitempty"`
 	ReconfigureLearner  bool `protobuf:"varint,9,opt,name=reconfigure_learner,json=reconfigureLearner,proto3" json:"reconfigure_learner,omitempty"`
 	ReconfigureRemoving bool `protobuf:"varint,10,opt,name=reconfigure_removing,json=reconfigureRemoving,proto3" json:"reconfigure_removing,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// merges are the open merges, by id.
+	Merges []*Merge `protobuf:"bytes,11,rep,name=merges,proto3" json:"merges,omitempty"`
+	// merged are the tombstones of the ranges merged away, by range.
+	Merged []*Merged `protobuf:"bytes,12,rep,name=merged,proto3" json:"merged,omitempty"`
+	// next_merge_id is where the next merge id is allocated from (0 in maps
+	// written before: 1).
+	NextMergeId   uint64 `protobuf:"varint,13,opt,name=next_merge_id,json=nextMergeId,proto3" json:"next_merge_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
 	*x = State{}
-	mi := &file_placementpb_placement_proto_msgTypes[20]
+	mi := &file_placementpb_placement_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +2307,7 @@ func (x *State) String() string {
 func (*State) ProtoMessage() {}
 
 func (x *State) ProtoReflect() protoreflect.Message {
-	mi := &file_placementpb_placement_proto_msgTypes[20]
+	mi := &file_placementpb_placement_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,7 +2320,7 @@ func (x *State) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use State.ProtoReflect.Descriptor instead.
 func (*State) Descriptor() ([]byte, []int) {
-	return file_placementpb_placement_proto_rawDescGZIP(), []int{20}
+	return file_placementpb_placement_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *State) GetRanges() []*RangeDescriptor {
@@ -1830,6 +2393,27 @@ func (x *State) GetReconfigureRemoving() bool {
 	return false
 }
 
+func (x *State) GetMerges() []*Merge {
+	if x != nil {
+		return x.Merges
+	}
+	return nil
+}
+
+func (x *State) GetMerged() []*Merged {
+	if x != nil {
+		return x.Merged
+	}
+	return nil
+}
+
+func (x *State) GetNextMergeId() uint64 {
+	if x != nil {
+		return x.NextMergeId
+	}
+	return 0
+}
+
 var File_placementpb_placement_proto protoreflect.FileDescriptor
 
 const file_placementpb_placement_proto_rawDesc = "" +
@@ -1862,7 +2446,21 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"generation\x12,\n" +
 	"\x04from\x18\x03 \x01(\v2\x18.cairn.placement.ReplicaR\x04from\x12(\n" +
 	"\x02to\x18\x04 \x01(\v2\x18.cairn.placement.ReplicaR\x02to\x12-\n" +
-	"\x04step\x18\x05 \x01(\x0e2\x19.cairn.placement.MoveStepR\x04step\"\xa5\x01\n" +
+	"\x04step\x18\x05 \x01(\x0e2\x19.cairn.placement.MoveStepR\x04step\"\xe8\x01\n" +
+	"\x05Merge\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04left\x18\x02 \x01(\x04R\x04left\x12\x14\n" +
+	"\x05right\x18\x03 \x01(\x04R\x05right\x12'\n" +
+	"\x0fleft_generation\x18\x04 \x01(\x04R\x0eleftGeneration\x12)\n" +
+	"\x10right_generation\x18\x05 \x01(\x04R\x0frightGeneration\x12.\n" +
+	"\x04step\x18\x06 \x01(\x0e2\x1a.cairn.placement.MergeStepR\x04step\x12!\n" +
+	"\ffreeze_index\x18\a \x01(\x04R\vfreezeIndex\"R\n" +
+	"\x06Merged\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x12\n" +
+	"\x04into\x18\x02 \x01(\x04R\x04into\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\"\xa5\x01\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
@@ -1870,7 +2468,7 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"clientUrls\x12\x12\n" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12\x1b\n" +
 	"\tpeer_urls\x18\x05 \x03(\tR\bpeerUrls\x12\x18\n" +
-	"\alearner\x18\x06 \x01(\bR\alearner\"\x89\a\n" +
+	"\alearner\x18\x06 \x01(\bR\alearner\"\x8c\t\n" +
 	"\aCommand\x12:\n" +
 	"\tbootstrap\x18\x01 \x01(\v2\x1a.cairn.placement.BootstrapH\x00R\tbootstrap\x12.\n" +
 	"\x05split\x18\x02 \x01(\v2\x16.cairn.placement.SplitH\x00R\x05split\x125\n" +
@@ -1891,7 +2489,12 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\fadvance_move\x18\f \x01(\v2\x1c.cairn.placement.AdvanceMoveH\x00R\vadvanceMove\x125\n" +
 	"\bend_move\x18\r \x01(\v2\x18.cairn.placement.EndMoveH\x00R\aendMove\x12>\n" +
 	"\vremove_node\x18\x0e \x01(\v2\x1b.cairn.placement.RemoveNodeH\x00R\n" +
-	"removeNodeB\x04\n" +
+	"removeNode\x12>\n" +
+	"\vbegin_merge\x18\x0f \x01(\v2\x1b.cairn.placement.BeginMergeH\x00R\n" +
+	"beginMerge\x12D\n" +
+	"\radvance_merge\x18\x10 \x01(\v2\x1d.cairn.placement.AdvanceMergeH\x00R\fadvanceMerge\x12A\n" +
+	"\fcommit_merge\x18\x11 \x01(\v2\x1c.cairn.placement.CommitMergeH\x00R\vcommitMerge\x128\n" +
+	"\tend_merge\x18\x12 \x01(\v2\x19.cairn.placement.EndMergeH\x00R\bendMergeB\x04\n" +
 	"\x02op\"T\n" +
 	"\n" +
 	"AddReplica\x12\x14\n" +
@@ -1920,7 +2523,23 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\aEndMove\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x13\n" +
 	"\x05to_id\x18\x02 \x01(\x04R\x04toId\x12\x12\n" +
-	"\x04done\x18\x03 \x01(\bR\x04done\"\x1c\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"\x8a\x01\n" +
+	"\n" +
+	"BeginMerge\x12\x12\n" +
+	"\x04left\x18\x01 \x01(\x04R\x04left\x12'\n" +
+	"\x0fleft_generation\x18\x02 \x01(\x04R\x0eleftGeneration\x12\x14\n" +
+	"\x05right\x18\x03 \x01(\x04R\x05right\x12)\n" +
+	"\x10right_generation\x18\x04 \x01(\x04R\x0frightGeneration\"\xb0\x01\n" +
+	"\fAdvanceMerge\x12\x14\n" +
+	"\x05merge\x18\x01 \x01(\x04R\x05merge\x127\n" +
+	"\tfrom_step\x18\x02 \x01(\x0e2\x1a.cairn.placement.MergeStepR\bfromStep\x12.\n" +
+	"\x04step\x18\x03 \x01(\x0e2\x1a.cairn.placement.MergeStepR\x04step\x12!\n" +
+	"\ffreeze_index\x18\x04 \x01(\x04R\vfreezeIndex\"#\n" +
+	"\vCommitMerge\x12\x14\n" +
+	"\x05merge\x18\x01 \x01(\x04R\x05merge\"4\n" +
+	"\bEndMerge\x12\x14\n" +
+	"\x05merge\x18\x01 \x01(\x04R\x05merge\x12\x12\n" +
+	"\x04done\x18\x02 \x01(\bR\x04done\"\x1c\n" +
 	"\n" +
 	"RemoveNode\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\"\x87\x01\n" +
@@ -1961,12 +2580,13 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\x04R\x06leader\"\x99\x01\n" +
+	"\x06leader\x18\x03 \x01(\x04R\x06leader\"\xc7\x01\n" +
 	"\x06Result\x12\x14\n" +
 	"\x05error\x18\x01 \x01(\tR\x05error\x128\n" +
 	"\x06ranges\x18\x02 \x03(\v2 .cairn.placement.RangeDescriptorR\x06ranges\x12\x14\n" +
 	"\x05bound\x18\x03 \x01(\x03R\x05bound\x12)\n" +
-	"\x04move\x18\x04 \x01(\v2\x15.cairn.placement.MoveR\x04move\"\xb6\x03\n" +
+	"\x04move\x18\x04 \x01(\v2\x15.cairn.placement.MoveR\x04move\x12,\n" +
+	"\x05merge\x18\x05 \x01(\v2\x16.cairn.placement.MergeR\x05merge\"\xbb\x04\n" +
 	"\x05State\x128\n" +
 	"\x06ranges\x18\x01 \x03(\v2 .cairn.placement.RangeDescriptorR\x06ranges\x12+\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x15.cairn.placement.NodeR\x05nodes\x12\x14\n" +
@@ -1978,13 +2598,22 @@ const file_placementpb_placement_proto_rawDesc = "" +
 	"\x12reconfigure_adding\x18\b \x01(\bR\x11reconfigureAdding\x12/\n" +
 	"\x13reconfigure_learner\x18\t \x01(\bR\x12reconfigureLearner\x121\n" +
 	"\x14reconfigure_removing\x18\n" +
-	" \x01(\bR\x13reconfigureRemoving*U\n" +
+	" \x01(\bR\x13reconfigureRemoving\x12.\n" +
+	"\x06merges\x18\v \x03(\v2\x16.cairn.placement.MergeR\x06merges\x12/\n" +
+	"\x06merged\x18\f \x03(\v2\x17.cairn.placement.MergedR\x06merged\x12\"\n" +
+	"\rnext_merge_id\x18\r \x01(\x04R\vnextMergeId*U\n" +
 	"\bMoveStep\x12\x19\n" +
 	"\x15MOVE_STEP_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05ADDED\x10\x01\x12\f\n" +
 	"\bPROMOTED\x10\x02\x12\b\n" +
 	"\x04LEFT\x10\x03\x12\v\n" +
-	"\aUNDOING\x10\x04B-Z+github.com/cairn-kv/cairn/proto/placementpbb\x06proto3"
+	"\aUNDOING\x10\x04*?\n" +
+	"\tMergeStep\x12\t\n" +
+	"\x05BEGUN\x10\x00\x12\n" +
+	"\n" +
+	"\x06FROZEN\x10\x01\x12\r\n" +
+	"\tCOMMITTED\x10\x02\x12\f\n" +
+	"\bABORTING\x10\x03B-Z+github.com/cairn-kv/cairn/proto/placementpbb\x06proto3"
 
 var (
 	file_placementpb_placement_proto_rawDescOnce sync.Once
@@ -1998,65 +2627,82 @@ func file_placementpb_placement_proto_rawDescGZIP() []byte {
 	return file_placementpb_placement_proto_rawDescData
 }
 
-var file_placementpb_placement_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_placementpb_placement_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_placementpb_placement_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_placementpb_placement_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_placementpb_placement_proto_goTypes = []any{
 	(MoveStep)(0),           // 0: cairn.placement.MoveStep
-	(*RangeDescriptor)(nil), // 1: cairn.placement.RangeDescriptor
-	(*Replica)(nil),         // 2: cairn.placement.Replica
-	(*Move)(nil),            // 3: cairn.placement.Move
-	(*Node)(nil),            // 4: cairn.placement.Node
-	(*Command)(nil),         // 5: cairn.placement.Command
-	(*AddReplica)(nil),      // 6: cairn.placement.AddReplica
-	(*PromoteReplica)(nil),  // 7: cairn.placement.PromoteReplica
-	(*RemoveReplica)(nil),   // 8: cairn.placement.RemoveReplica
-	(*BeginMove)(nil),       // 9: cairn.placement.BeginMove
-	(*AdvanceMove)(nil),     // 10: cairn.placement.AdvanceMove
-	(*EndMove)(nil),         // 11: cairn.placement.EndMove
-	(*RemoveNode)(nil),      // 12: cairn.placement.RemoveNode
-	(*Reconfigure)(nil),     // 13: cairn.placement.Reconfigure
-	(*ChangeReplicas)(nil),  // 14: cairn.placement.ChangeReplicas
-	(*Bootstrap)(nil),       // 15: cairn.placement.Bootstrap
-	(*Split)(nil),           // 16: cairn.placement.Split
-	(*AddNode)(nil),         // 17: cairn.placement.AddNode
-	(*RaiseBound)(nil),      // 18: cairn.placement.RaiseBound
-	(*SetLeader)(nil),       // 19: cairn.placement.SetLeader
-	(*Result)(nil),          // 20: cairn.placement.Result
-	(*State)(nil),           // 21: cairn.placement.State
+	(MergeStep)(0),          // 1: cairn.placement.MergeStep
+	(*RangeDescriptor)(nil), // 2: cairn.placement.RangeDescriptor
+	(*Replica)(nil),         // 3: cairn.placement.Replica
+	(*Move)(nil),            // 4: cairn.placement.Move
+	(*Merge)(nil),           // 5: cairn.placement.Merge
+	(*Merged)(nil),          // 6: cairn.placement.Merged
+	(*Node)(nil),            // 7: cairn.placement.Node
+	(*Command)(nil),         // 8: cairn.placement.Command
+	(*AddReplica)(nil),      // 9: cairn.placement.AddReplica
+	(*PromoteReplica)(nil),  // 10: cairn.placement.PromoteReplica
+	(*RemoveReplica)(nil),   // 11: cairn.placement.RemoveReplica
+	(*BeginMove)(nil),       // 12: cairn.placement.BeginMove
+	(*AdvanceMove)(nil),     // 13: cairn.placement.AdvanceMove
+	(*EndMove)(nil),         // 14: cairn.placement.EndMove
+	(*BeginMerge)(nil),      // 15: cairn.placement.BeginMerge
+	(*AdvanceMerge)(nil),    // 16: cairn.placement.AdvanceMerge
+	(*CommitMerge)(nil),     // 17: cairn.placement.CommitMerge
+	(*EndMerge)(nil),        // 18: cairn.placement.EndMerge
+	(*RemoveNode)(nil),      // 19: cairn.placement.RemoveNode
+	(*Reconfigure)(nil),     // 20: cairn.placement.Reconfigure
+	(*ChangeReplicas)(nil),  // 21: cairn.placement.ChangeReplicas
+	(*Bootstrap)(nil),       // 22: cairn.placement.Bootstrap
+	(*Split)(nil),           // 23: cairn.placement.Split
+	(*AddNode)(nil),         // 24: cairn.placement.AddNode
+	(*RaiseBound)(nil),      // 25: cairn.placement.RaiseBound
+	(*SetLeader)(nil),       // 26: cairn.placement.SetLeader
+	(*Result)(nil),          // 27: cairn.placement.Result
+	(*State)(nil),           // 28: cairn.placement.State
 }
 var file_placementpb_placement_proto_depIdxs = []int32{
-	2,  // 0: cairn.placement.RangeDescriptor.replica_set:type_name -> cairn.placement.Replica
-	2,  // 1: cairn.placement.RangeDescriptor.founder_set:type_name -> cairn.placement.Replica
-	2,  // 2: cairn.placement.Move.from:type_name -> cairn.placement.Replica
-	2,  // 3: cairn.placement.Move.to:type_name -> cairn.placement.Replica
+	3,  // 0: cairn.placement.RangeDescriptor.replica_set:type_name -> cairn.placement.Replica
+	3,  // 1: cairn.placement.RangeDescriptor.founder_set:type_name -> cairn.placement.Replica
+	3,  // 2: cairn.placement.Move.from:type_name -> cairn.placement.Replica
+	3,  // 3: cairn.placement.Move.to:type_name -> cairn.placement.Replica
 	0,  // 4: cairn.placement.Move.step:type_name -> cairn.placement.MoveStep
-	15, // 5: cairn.placement.Command.bootstrap:type_name -> cairn.placement.Bootstrap
-	16, // 6: cairn.placement.Command.split:type_name -> cairn.placement.Split
-	17, // 7: cairn.placement.Command.add_node:type_name -> cairn.placement.AddNode
-	18, // 8: cairn.placement.Command.raise_bound:type_name -> cairn.placement.RaiseBound
-	19, // 9: cairn.placement.Command.set_leader:type_name -> cairn.placement.SetLeader
-	14, // 10: cairn.placement.Command.change_replicas:type_name -> cairn.placement.ChangeReplicas
-	13, // 11: cairn.placement.Command.reconfigure:type_name -> cairn.placement.Reconfigure
-	6,  // 12: cairn.placement.Command.add_replica:type_name -> cairn.placement.AddReplica
-	7,  // 13: cairn.placement.Command.promote_replica:type_name -> cairn.placement.PromoteReplica
-	8,  // 14: cairn.placement.Command.remove_replica:type_name -> cairn.placement.RemoveReplica
-	9,  // 15: cairn.placement.Command.begin_move:type_name -> cairn.placement.BeginMove
-	10, // 16: cairn.placement.Command.advance_move:type_name -> cairn.placement.AdvanceMove
-	11, // 17: cairn.placement.Command.end_move:type_name -> cairn.placement.EndMove
-	12, // 18: cairn.placement.Command.remove_node:type_name -> cairn.placement.RemoveNode
-	0,  // 19: cairn.placement.AdvanceMove.from_step:type_name -> cairn.placement.MoveStep
-	0,  // 20: cairn.placement.AdvanceMove.step:type_name -> cairn.placement.MoveStep
-	4,  // 21: cairn.placement.AddNode.node:type_name -> cairn.placement.Node
-	1,  // 22: cairn.placement.Result.ranges:type_name -> cairn.placement.RangeDescriptor
-	3,  // 23: cairn.placement.Result.move:type_name -> cairn.placement.Move
-	1,  // 24: cairn.placement.State.ranges:type_name -> cairn.placement.RangeDescriptor
-	4,  // 25: cairn.placement.State.nodes:type_name -> cairn.placement.Node
-	3,  // 26: cairn.placement.State.moves:type_name -> cairn.placement.Move
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	1,  // 5: cairn.placement.Merge.step:type_name -> cairn.placement.MergeStep
+	22, // 6: cairn.placement.Command.bootstrap:type_name -> cairn.placement.Bootstrap
+	23, // 7: cairn.placement.Command.split:type_name -> cairn.placement.Split
+	24, // 8: cairn.placement.Command.add_node:type_name -> cairn.placement.AddNode
+	25, // 9: cairn.placement.Command.raise_bound:type_name -> cairn.placement.RaiseBound
+	26, // 10: cairn.placement.Command.set_leader:type_name -> cairn.placement.SetLeader
+	21, // 11: cairn.placement.Command.change_replicas:type_name -> cairn.placement.ChangeReplicas
+	20, // 12: cairn.placement.Command.reconfigure:type_name -> cairn.placement.Reconfigure
+	9,  // 13: cairn.placement.Command.add_replica:type_name -> cairn.placement.AddReplica
+	10, // 14: cairn.placement.Command.promote_replica:type_name -> cairn.placement.PromoteReplica
+	11, // 15: cairn.placement.Command.remove_replica:type_name -> cairn.placement.RemoveReplica
+	12, // 16: cairn.placement.Command.begin_move:type_name -> cairn.placement.BeginMove
+	13, // 17: cairn.placement.Command.advance_move:type_name -> cairn.placement.AdvanceMove
+	14, // 18: cairn.placement.Command.end_move:type_name -> cairn.placement.EndMove
+	19, // 19: cairn.placement.Command.remove_node:type_name -> cairn.placement.RemoveNode
+	15, // 20: cairn.placement.Command.begin_merge:type_name -> cairn.placement.BeginMerge
+	16, // 21: cairn.placement.Command.advance_merge:type_name -> cairn.placement.AdvanceMerge
+	17, // 22: cairn.placement.Command.commit_merge:type_name -> cairn.placement.CommitMerge
+	18, // 23: cairn.placement.Command.end_merge:type_name -> cairn.placement.EndMerge
+	0,  // 24: cairn.placement.AdvanceMove.from_step:type_name -> cairn.placement.MoveStep
+	0,  // 25: cairn.placement.AdvanceMove.step:type_name -> cairn.placement.MoveStep
+	1,  // 26: cairn.placement.AdvanceMerge.from_step:type_name -> cairn.placement.MergeStep
+	1,  // 27: cairn.placement.AdvanceMerge.step:type_name -> cairn.placement.MergeStep
+	7,  // 28: cairn.placement.AddNode.node:type_name -> cairn.placement.Node
+	2,  // 29: cairn.placement.Result.ranges:type_name -> cairn.placement.RangeDescriptor
+	4,  // 30: cairn.placement.Result.move:type_name -> cairn.placement.Move
+	5,  // 31: cairn.placement.Result.merge:type_name -> cairn.placement.Merge
+	2,  // 32: cairn.placement.State.ranges:type_name -> cairn.placement.RangeDescriptor
+	7,  // 33: cairn.placement.State.nodes:type_name -> cairn.placement.Node
+	4,  // 34: cairn.placement.State.moves:type_name -> cairn.placement.Move
+	5,  // 35: cairn.placement.State.merges:type_name -> cairn.placement.Merge
+	6,  // 36: cairn.placement.State.merged:type_name -> cairn.placement.Merged
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_placementpb_placement_proto_init() }
@@ -2064,7 +2710,7 @@ func file_placementpb_placement_proto_init() {
 	if File_placementpb_placement_proto != nil {
 		return
 	}
-	file_placementpb_placement_proto_msgTypes[4].OneofWrappers = []any{
+	file_placementpb_placement_proto_msgTypes[6].OneofWrappers = []any{
 		(*Command_Bootstrap)(nil),
 		(*Command_Split)(nil),
 		(*Command_AddNode)(nil),
@@ -2079,14 +2725,18 @@ func file_placementpb_placement_proto_init() {
 		(*Command_AdvanceMove)(nil),
 		(*Command_EndMove)(nil),
 		(*Command_RemoveNode)(nil),
+		(*Command_BeginMerge)(nil),
+		(*Command_AdvanceMerge)(nil),
+		(*Command_CommitMerge)(nil),
+		(*Command_EndMerge)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_placementpb_placement_proto_rawDesc), len(file_placementpb_placement_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   21,
+			NumEnums:      2,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -209,7 +209,11 @@ func (st *forwardStream) run() {
 	for {
 		select {
 		case <-st.ctx.Done():
-			st.fail(status.FromContextError(st.ctx.Err()).Err(), false)
+			// Closed here (the forwarder closing, the member's address
+			// changed): a write already sent may have been proposed, so
+			// its outcome is unknown (shard.ErrLeaderLost), never one a
+			// caller could send again; one not sent yet may be.
+			st.fail(status.Error(codes.Unavailable, "cairn: the forward stream was closed"), true)
 			return
 		case <-st.wake:
 		}

@@ -143,10 +143,10 @@ func TestLocalRanges(t *testing.T) {
 		{Id: 4, Start: []byte("t"), Generation: 3, Parent: 2, Replicas: []uint64{1, 2, 7}, Founders: []uint64{2, 7}},
 	}
 	log := slog.New(slog.DiscardHandler)
-	if local, pending, err := LocalRanges(db, 1, ranges, true, log); err != nil || len(local) != 4 || pending != nil {
-		t.Fatalf("founding: local %v pending %v err %v; want the map as it is", local, pending, err)
+	if local, pending, merged, err := LocalRanges(db, 1, ranges, true, log); err != nil || len(local) != 4 || pending != nil || merged != nil {
+		t.Fatalf("founding: local %v pending %v merged %v err %v; want the map as it is", local, pending, merged, err)
 	}
-	local, pending, err := LocalRanges(db, 1, ranges, false, log)
+	local, pending, merged, err := LocalRanges(db, 1, ranges, false, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,8 +158,8 @@ func TestLocalRanges(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("local = %q, want %q", got, want)
 	}
-	if len(pending) != 1 || pending[0].Id != 3 {
-		t.Fatalf("pending = %v, want range 3", pending)
+	if len(pending) != 1 || pending[0].Id != 3 || merged != nil {
+		t.Fatalf("pending = %v merged = %v, want range 3 pending, none merged", pending, merged)
 	}
 }
 

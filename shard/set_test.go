@@ -28,6 +28,7 @@ import (
 //
 //	add id=N [start=K] [end=K] [gen=N] [started]   add a replica
 //	split parent=N child=N key=K                    a split applies here
+//	merge left=N right=N [end=K] gen=N              a merge applies here
 //	start id=N                                      its replica starts
 //	get id=N [started]                              Get
 //	all / routing                                   All / Routing
@@ -91,6 +92,20 @@ func TestSet(t *testing.T) {
 				return "present already\n" + show(s.Routing())
 			}
 			return show(s.Routing())
+		case "merge":
+			var left, right, gen uint64
+			d.ScanArgs(t, "left", &left)
+			d.ScanArgs(t, "right", &right)
+			d.ScanArgs(t, "gen", &gen)
+			span := mvcc.Span{Start: s.Get(RangeID(left), false).Descriptor().Start}
+			if v := arg("end"); v != "" {
+				span.End = []byte(v)
+			}
+			gone := s.Merge(s.Get(RangeID(left), false), RangeID(right), span, gen)
+			if gone == nil {
+				return "not held\n" + show(s.Routing())
+			}
+			return "retire " + show([]*Range{gone}) + show(s.Routing())
 		case "start":
 			close(s.Get(RangeID(id), false).ready)
 			return show(s.All())

@@ -369,10 +369,10 @@ type applier struct {
 	// its closed revision to its revision (see Config.Sharded); a split
 	// ends it.
 	whole bool
-	// self is the range's id; db and events are the member's pebble and
+	// self is the range's id; db and eventLog are the member's pebble and
 	// its event log lock (a merge reads the right range's records).
-	self   uint64
-	db     *pebble.DB
+	self     uint64
+	db       *pebble.DB
 	eventLog *mvcc.EventLog
 	// frozen is the merge the range is frozen for as of the entry being
 	// applied (nil: none); thawed the highest merge thawed here; sync:

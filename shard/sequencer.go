@@ -269,7 +269,8 @@ func (r *Replica) Closed() mvcc.Revision {
 // current before the call (one a response reported, say). It closes rev
 // itself (closeAt) once the shard has no write in flight, and fails with
 // ErrNoLeader if this replica does not lead. A range that counts is closed
-// at its own revision only.
+// at its own revision only. A range frozen for a merge closes nothing: it
+// fails with ErrMerging (an *Error), as AdvanceIdle and closeAt do.
 func (r *Replica) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
 	backoff := time.Millisecond
 	for {

@@ -23,8 +23,8 @@ import (
 //	              'm' 2 "merged-into" = 1; 2's other records stay, dropped
 //	              with its replica
 //
-// Nothing calls Absorb outside tests yet: the shard's merge commit (slice
-// S2 of the plan) will, once the right range is frozen on every member.
+// The shard's merge commit calls Absorb, once the right range is frozen on
+// every member (shard/merge.go).
 
 // metaMergedInto names the record Batch.Absorb leaves in the absorbed
 // store's records: the id of the store that absorbed it, big-endian.

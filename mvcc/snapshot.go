@@ -234,6 +234,8 @@ func (s *Store) Restore(r io.Reader) error {
 type PendingRestore struct {
 	s *Store
 	b *pebble.Batch
+	// meta holds the image's internal records of the store, by name.
+	meta map[string][]byte
 	// held: the EventLog is still held (until Apply or Close).
 	held bool
 }
@@ -262,17 +264,26 @@ func (p *PendingRestore) release() {
 	}
 }
 
+// Meta returns the image's internal record name of the store (ok false:
+// the image has none), so that a caller may look at the image before it
+// applies it (a shard frozen for a merge keeps its state).
+func (p *PendingRestore) Meta(name string) (v []byte, ok bool) {
+	v, ok = p.meta[name]
+	return v, ok
+}
+
 // ReadSnapshot reads and verifies a snapshot stream into a pending restore
 // without changing the store, so reads keep being served while it streams.
 func (s *Store) ReadSnapshot(r io.Reader) (*PendingRestore, error) {
-	b, err := s.readSnapshot(r)
+	meta := map[string][]byte{}
+	b, err := s.readSnapshot(r, meta)
 	if err != nil {
 		return nil, err
 	}
-	return &PendingRestore{s: s, b: b, held: true}, nil
+	return &PendingRestore{s: s, b: b, meta: meta, held: true}, nil
 }
 
-func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
+func (s *Store) readSnapshot(r io.Reader, meta map[string][]byte) (_ *pebble.Batch, err error) {
 	sr := &snapReader{r: bufio.NewReaderSize(r, 1<<16), crc: crc32.NewIEEE()}
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(sr.r, magic); err != nil || string(magic) != snapshotMagic {
@@ -357,6 +368,7 @@ func (s *Store) readSnapshot(r io.Reader) (_ *pebble.Batch, err error) {
 			if err := b.Set(append(append([]byte(nil), mp...), k...), v, nil); err != nil {
 				return nil, err
 			}
+			meta[string(k)] = v
 		case kindCarried:
 			if !s.carries(k) {
 				return nil, fmt.Errorf("%w: carried record outside the carried spans", ErrBadSnapshot)

@@ -27,14 +27,22 @@ type alarms struct {
 	set []*pb.AlarmMember // sorted by member, then type
 }
 
+// parseAlarmKey is the alarm an internal record name (alarmKey) names.
+func parseAlarmKey(name string) (*pb.AlarmMember, bool) {
+	typ, member, ok := strings.Cut(strings.TrimPrefix(name, alarmsPrefix), "/")
+	t, err1 := strconv.Atoi(typ)
+	id, err2 := strconv.ParseUint(member, 16, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return nil, false
+	}
+	return &pb.AlarmMember{MemberID: id, Alarm: pb.AlarmType(t)}, true
+}
+
 func (a *alarms) load(store *mvcc.Store) error {
 	var set []*pb.AlarmMember
 	err := store.ScanMeta(alarmsPrefix, func(name string, _ []byte) {
-		typ, member, ok := strings.Cut(strings.TrimPrefix(name, alarmsPrefix), "/")
-		t, err1 := strconv.Atoi(typ)
-		id, err2 := strconv.ParseUint(member, 16, 64)
-		if ok && err1 == nil && err2 == nil {
-			set = append(set, &pb.AlarmMember{MemberID: id, Alarm: pb.AlarmType(t)})
+		if m, ok := parseAlarmKey(name); ok {
+			set = append(set, m)
 		}
 	})
 	if err != nil {

@@ -100,6 +100,9 @@ type applyHarness struct {
 	reported []string
 	// cfg is the state machine's Config (restart, restore).
 	cfg Config
+	// others are the state machines of ranges split off, once a directive
+	// named them (shard=; apply_merge_test.go).
+	others map[uint64]*otherRange
 }
 
 func (h *applyHarness) open(span mvcc.Span, sharded bool) {
@@ -131,6 +134,10 @@ func (h *applyHarness) open(span mvcc.Span, sharded bool) {
 			h.report("on hold: target=%d until=%s max=%s", target, until.Sub(applyClock), max)
 		},
 		OnPeers: func(id uint64, urls []string) { h.report("on peers: %d %v", id, urls) },
+		OnMerge: func(right RangeID, span mvcc.Span, rev mvcc.Revision, gen uint64) {
+			h.span = span
+			h.report("on merge: right=%d span=%s rev=%d gen=%d", right, spanText(span), rev, gen)
+		},
 	}
 	h.cfg = cfg
 	h.s = Factory(cfg)(1, 1).(*StateMachine)
@@ -143,6 +150,7 @@ func (h *applyHarness) open(span mvcc.Span, sharded bool) {
 	h.sharded = sharded
 	h.db = db
 	h.children = map[uint64]mvcc.Span{}
+	h.others = map[uint64]*otherRange{}
 }
 
 func (h *applyHarness) report(format string, args ...any) {
@@ -150,6 +158,9 @@ func (h *applyHarness) report(format string, args ...any) {
 }
 
 func (h *applyHarness) run(t *testing.T, d *datadriven.TestData) string {
+	if d.HasArg("shard") {
+		return h.runOn(t, d)
+	}
 	switch d.Cmd {
 	case "open":
 		var start, end string
@@ -259,6 +270,9 @@ func (h *applyHarness) status(s *StateMachine) string {
 	if st.Locks > 0 {
 		counting += fmt.Sprintf(" locks=%d lock-cap=%d", st.Locks, st.LockCap)
 	}
+	if st.Frozen {
+		counting += fmt.Sprintf(" frozen=%d", st.Merge)
+	}
 	return fmt.Sprintf("rev=%d compact=%d closed=%d fence=%d applied=%d%s\n", st.Revision, st.CompactRevision, st.Closed, st.Fence, st.AppliedIndex, counting)
 }
 
@@ -273,6 +287,9 @@ func (h *applyHarness) keys(s *StateMachine, span mvcc.Span) string {
 		end = []byte{0}
 	}
 	v, err := s.Lookup(RangeQuery{Req: &pb.RangeRequest{Key: start, RangeEnd: end}})
+	if e, ok := err.(*Error); ok {
+		return "error " + strings.TrimPrefix(e.Code.String(), "ERROR_CODE_") + "\n"
+	}
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -480,7 +497,7 @@ func buildRequest(t *testing.T, d *datadriven.TestData, cmd string, args []datad
 		r.Op = &shardpb.Request_AuthFence{AuthFence: &shardpb.AuthFence{Revision: uint64(a.int("rev")), Enabled: a.has("enabled")}}
 	case "empty":
 	default:
-		if buildTxnRequest(a, r, cmd) {
+		if buildTxnRequest(a, r, cmd) || buildMergeRequest(a, r, cmd) {
 			break
 		}
 		d.Fatalf(t, "unknown request %q", cmd)
@@ -606,6 +623,9 @@ func fmtResponse(t *testing.T, r *shardpb.Response) string {
 		return fmt.Sprintf("hold %v", res.TransferHold)
 	default:
 		if s, ok := fmtTxnResponse(t, r); ok {
+			return s
+		}
+		if s, ok := fmtMergeResponse(r); ok {
 			return s
 		}
 		t.Fatalf("unknown response %v", r)

@@ -59,6 +59,8 @@ var codes = []struct {
 	{lease.ErrLeaseTTLTooLarge, shardpb.ErrorCode_ERROR_CODE_LEASE_TTL_TOO_LARGE},
 	{ErrLocked, shardpb.ErrorCode_ERROR_CODE_LOCKED},
 	{ErrTxnConflict, shardpb.ErrorCode_ERROR_CODE_TXN_CONFLICT},
+	{ErrMerging, shardpb.ErrorCode_ERROR_CODE_MERGING},
+	{ErrStaleMerge, shardpb.ErrorCode_ERROR_CODE_STALE_MERGE},
 }
 
 // toError classifies a store error. ok is false for errors that are not a

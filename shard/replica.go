@@ -211,6 +211,9 @@ func (r *Replica) Close() {
 // Write proposes one request and returns its response. A refusal by the
 // state machine is returned as *Error.
 func (r *Replica) Write(ctx context.Context, req *shardpb.Request) (resp *shardpb.Response, err error) {
+	if err := r.refuseFrozen(req); err != nil {
+		return nil, err
+	}
 	r.proposed.Add(1)
 	r.sample.add(writeKey(req))
 	r.inFlight.Add(1)
@@ -267,6 +270,9 @@ func (r *Replica) WriteAll(ctx context.Context, reqs []*shardpb.Request) ([]*sha
 	ps := make([]*pending, 0, len(reqs))
 enqueue:
 	for _, req := range reqs {
+		if r.refuseFrozen(req) != nil {
+			break
+		}
 		p := &pending{req: req, size: proto.Size(req), ctx: ctx, done: make(chan outcome, 1)}
 		select {
 		case r.queue <- p:
@@ -280,7 +286,9 @@ enqueue:
 	for i := range reqs {
 		if i >= len(ps) {
 			errs[i] = ErrStopped
-			if ctx.Err() != nil {
+			if err := r.refuseFrozen(reqs[i]); err != nil {
+				errs[i] = err
+			} else if ctx.Err() != nil {
 				errs[i] = ctx.Err()
 			}
 			continue

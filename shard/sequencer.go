@@ -155,6 +155,10 @@ func (r *Replica) AdvanceIdle(ctx context.Context) (mvcc.Revision, error) {
 	if r.stamper == nil {
 		return 0, fmt.Errorf("shard: AdvanceIdle needs a stamping client")
 	}
+	if err := r.refuseFrozen(nil); err != nil {
+		// A frozen range publishes no closed revision (docs/plan-merge.md).
+		return r.Closed(), err
+	}
 	if r.counting() {
 		// A range that counts is closed at its revision, on every replica
 		// (Config.Sharded): nothing to ask the oracle.
@@ -210,6 +214,9 @@ func (r *Replica) closeAt(ctx context.Context, t mvcc.Revision) (mvcc.Revision, 
 		if err != nil {
 			return r.Closed(), err
 		}
+		if err := mergingStatus(st); err != nil {
+			return r.Closed(), err
+		}
 		if st.Fence != term {
 			// Fence this term in: an empty command carrying it.
 			data, err := encode(nil, r.Closed(), term)
@@ -234,6 +241,12 @@ func (r *Replica) closeAt(ctx context.Context, t mvcc.Revision) (mvcc.Revision, 
 	if err != nil {
 		return r.Closed(), err
 	}
+	if err := mergingStatus(st); err != nil {
+		// Frozen since t was read, or before: t may be above what the
+		// frozen range's records hold, which the merge's closed revision
+		// covers (docs/plan-merge.md §3.3); nothing is closed here.
+		return r.Closed(), err
+	}
 	if now, err := r.leading(); err != nil || now != term || st.Fence != term {
 		return r.Closed(), err
 	}
@@ -256,12 +269,16 @@ func (r *Replica) Closed() mvcc.Revision {
 // current before the call (one a response reported, say). It closes rev
 // itself (closeAt) once the shard has no write in flight, and fails with
 // ErrNoLeader if this replica does not lead. A range that counts is closed
-// at its own revision only.
+// at its own revision only. A range frozen for a merge closes nothing: it
+// fails with ErrMerging (an *Error), as AdvanceIdle and closeAt do.
 func (r *Replica) WaitClosed(ctx context.Context, rev mvcc.Revision) error {
 	backoff := time.Millisecond
 	for {
 		if r.Closed() >= rev {
 			return nil
+		}
+		if err := r.refuseFrozen(nil); err != nil {
+			return err
 		}
 		var (
 			closed mvcc.Revision

@@ -179,6 +179,32 @@ func (s *Set) Split(parent, child *Range) *Range {
 	return child
 }
 
+// Merge records that left absorbed range right here (Config.OnMerge):
+// left's descriptor spans span from now on, at generation, and right
+// leaves the set, under one hold of mu, so that a reader never sees both
+// over right's keys. It returns right's range, for the caller to retire
+// (nil if the set does not hold it).
+//
+//	r1 [,m) g1 r2 [m,t) g2 r3 [t,) g2   Merge(r2, 3, [m,), g3)
+//	→ r1 [,m) g1 r2 [m,) g3
+func (s *Set) Merge(left *Range, right RangeID, span mvcc.Span, generation uint64) *Range {
+	ld := proto.Clone(left.Descriptor()).(*placementpb.RangeDescriptor)
+	ld.End = slices.Clone(span.End)
+	ld.Generation = generation
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	left.SetDescriptor(ld)
+	var gone *Range
+	s.ranges = slices.DeleteFunc(s.ranges, func(r *Range) bool {
+		if r.ID() == right {
+			gone = r
+			return true
+		}
+		return false
+	})
+	return gone
+}
+
 // RaftMembers returns the replicas of each raft shard that the NodeHost
 // running the set's ranges runs, by shard id (a range's is its id),
 // sorted, as raft has them: membership changes since a range started show
@@ -299,16 +325,38 @@ func (s *Set) StartNonVoting(r *Range, cfg Config, raftCfg dbconfig.Config) erro
 
 // LocalRanges returns the ranges member self starts, in key order: the
 // range map's, except that a range the map names whose split has not
-// applied here is left in the range it was to split from (pending). A
-// split is recorded in the map before the range applies it, so a stop in
-// between leaves the map ahead of the range; the caller proposes the rest.
-// On a first start (founding) the map is the ranges.
+// applied here is left in the range it was to split from (pending), and a
+// range a merge absorbed here (mvcc.MergedInto) is left out, for the
+// caller to drop (merged), its span the range's that absorbed it (at
+// the generation the merge gave it: one above both). A split is recorded
+// in the map before the range applies it, and a merge after the left
+// range applied it, so a stop in between leaves the map ahead of the
+// range, or behind it; the caller proposes the rest, or drops the merged
+// range's replica. On a first start (founding) the map is the ranges.
 // What it finds unfinished it logs to log.
-func LocalRanges(db *pebble.DB, self uint64, ranges []*placementpb.RangeDescriptor, founding bool, log *slog.Logger) (local, pending []*placementpb.RangeDescriptor, err error) {
+//
+//	map r1 [,g) g1  r2 [g,p) g2  r3 [p,) g2; r3 merged into r2 here
+//	→ local r1 [,g) g1  r2 [g,) g3; merged r3
+func LocalRanges(db *pebble.DB, self uint64, ranges []*placementpb.RangeDescriptor, founding bool, log *slog.Logger) (local, pending, merged []*placementpb.RangeDescriptor, err error) {
 	if founding {
-		return ranges, nil, nil
+		return ranges, nil, nil, nil
 	}
 	for i, d := range ranges {
+		into, ok, err := mvcc.MergedInto(db, d.Id)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if ok {
+			merged = append(merged, d)
+			if j := slices.IndexFunc(local, func(l *placementpb.RangeDescriptor) bool { return l.Id == into }); j >= 0 {
+				l := proto.Clone(local[j]).(*placementpb.RangeDescriptor)
+				l.End = slices.Clone(d.End)
+				l.Generation = max(l.Generation, d.Generation) + 1
+				local[j] = l
+			}
+			log.Warn("a merge applied here is not recorded in the range map yet; its right range is to be dropped", "range", d.Id, "into", into)
+			continue
+		}
 		// A range this member did not found it joins (a membership
 		// change added it): raft sends it whole, split or not here.
 		if i == 0 || d.Parent == 0 || !slices.Contains(FoundersOf(d), self) {
@@ -317,7 +365,7 @@ func LocalRanges(db *pebble.DB, self uint64, ranges []*placementpb.RangeDescript
 		}
 		here, err := mvcc.SplitHere(db, d.Id)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if here {
 			local = append(local, d)
@@ -333,7 +381,7 @@ func LocalRanges(db *pebble.DB, self uint64, ranges []*placementpb.RangeDescript
 		log.Warn("a split recorded in the range map has not applied here; proposing it again", "range", d.Id,
 			"parent", d.Parent, "key", string(d.Start))
 	}
-	return local, pending, nil
+	return local, pending, merged, nil
 }
 
 // StoredSpan is the span range id's store here holds as this member's
@@ -504,7 +552,11 @@ func (s *Set) dropData(d *pendingDrop) error {
 	}
 	b := s.cfg.DB.NewBatch()
 	defer b.Close()
-	if err := mvcc.DropSpan(b, id, s.unowned(span)...); err != nil {
+	unowned, err := s.unowned(span, d.rec.Range)
+	if err != nil {
+		return err
+	}
+	if err := mvcc.DropSpan(b, id, unowned...); err != nil {
 		return err
 	}
 	if err := lease.DropStore(b, id); err != nil {
@@ -520,11 +572,32 @@ func (s *Set) dropData(d *pendingDrop) error {
 	return nil
 }
 
-// unowned returns the parts of span that no range of the set covers, in
-// key order.
-func (s *Set) unowned(span mvcc.Span) []mvcc.Span {
+// unowned returns the parts of span that no range of the set covers, nor
+// the store of any replica record here not being dropped (other than
+// dropping's), in key order. The records count because a drop resumed
+// before any replica is in the set (ResumeDrops) must not delete what a
+// replica still to start owns: a merged range's span is its left range's
+// (LocalRanges), whose store spans it.
+func (s *Set) unowned(span mvcc.Span, dropping RangeID) ([]mvcc.Span, error) {
+	recs, err := Records(s.cfg.DB)
+	if err != nil {
+		return nil, err
+	}
+	var owned []mvcc.Span
+	for _, rec := range recs {
+		if rec.Dropping() || rec.Range == dropping {
+			continue
+		}
+		sp, ok, err := mvcc.StoredSpan(s.cfg.DB, uint64(rec.Range))
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			sp = rec.Span
+		}
+		owned = append(owned, sp)
+	}
 	s.mu.RLock()
-	owned := make([]mvcc.Span, 0, len(s.ranges))
 	for _, r := range s.ranges {
 		owned = append(owned, SpanOf(r.Descriptor()))
 	}
@@ -540,7 +613,7 @@ func (s *Set) unowned(span mvcc.Span) []mvcc.Span {
 			out = append(out, mvcc.Span{Start: cur, End: o.Start})
 		}
 		if o.End == nil {
-			return out
+			return out, nil
 		}
 		if bytes.Compare(o.End, cur) > 0 {
 			cur = o.End
@@ -549,7 +622,7 @@ func (s *Set) unowned(span mvcc.Span) []mvcc.Span {
 	if span.End == nil || bytes.Compare(cur, span.End) < 0 {
 		out = append(out, mvcc.Span{Start: cur, End: span.End})
 	}
-	return out
+	return out, nil
 }
 
 // overlaps reports whether spans a and b share a key.

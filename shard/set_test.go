@@ -28,6 +28,7 @@ import (
 //
 //	add id=N [start=K] [end=K] [gen=N] [started]   add a replica
 //	split parent=N child=N key=K                    a split applies here
+//	merge left=N right=N [end=K] gen=N              a merge applies here
 //	start id=N                                      its replica starts
 //	get id=N [started]                              Get
 //	all / routing                                   All / Routing
@@ -91,6 +92,20 @@ func TestSet(t *testing.T) {
 				return "present already\n" + show(s.Routing())
 			}
 			return show(s.Routing())
+		case "merge":
+			var left, right, gen uint64
+			d.ScanArgs(t, "left", &left)
+			d.ScanArgs(t, "right", &right)
+			d.ScanArgs(t, "gen", &gen)
+			span := mvcc.Span{Start: s.Get(RangeID(left), false).Descriptor().Start}
+			if v := arg("end"); v != "" {
+				span.End = []byte(v)
+			}
+			gone := s.Merge(s.Get(RangeID(left), false), RangeID(right), span, gen)
+			if gone == nil {
+				return "not held\n" + show(s.Routing())
+			}
+			return "retire " + show([]*Range{gone}) + show(s.Routing())
 		case "start":
 			close(s.Get(RangeID(id), false).ready)
 			return show(s.All())
@@ -143,10 +158,10 @@ func TestLocalRanges(t *testing.T) {
 		{Id: 4, Start: []byte("t"), Generation: 3, Parent: 2, Replicas: []uint64{1, 2, 7}, Founders: []uint64{2, 7}},
 	}
 	log := slog.New(slog.DiscardHandler)
-	if local, pending, err := LocalRanges(db, 1, ranges, true, log); err != nil || len(local) != 4 || pending != nil {
-		t.Fatalf("founding: local %v pending %v err %v; want the map as it is", local, pending, err)
+	if local, pending, merged, err := LocalRanges(db, 1, ranges, true, log); err != nil || len(local) != 4 || pending != nil || merged != nil {
+		t.Fatalf("founding: local %v pending %v merged %v err %v; want the map as it is", local, pending, merged, err)
 	}
-	local, pending, err := LocalRanges(db, 1, ranges, false, log)
+	local, pending, merged, err := LocalRanges(db, 1, ranges, false, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,8 +173,8 @@ func TestLocalRanges(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("local = %q, want %q", got, want)
 	}
-	if len(pending) != 1 || pending[0].Id != 3 {
-		t.Fatalf("pending = %v, want range 3", pending)
+	if len(pending) != 1 || pending[0].Id != 3 || merged != nil {
+		t.Fatalf("pending = %v merged = %v, want range 3 pending, none merged", pending, merged)
 	}
 }
 

@@ -75,6 +75,14 @@ type Config struct {
 	// up to it. founders are the child's replicas the command names
 	// (SplitFounders; nil: none named).
 	OnSplit func(child RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef)
+	// OnMerge, if set, is called for each merge this range committed as
+	// its left range (a MergeCommit request, docs/plan-merge.md), after
+	// its batch commits and before OnApply, on dragonboat's apply
+	// goroutine: it must not block. span is the merged span, rev the
+	// store's revision after the merge and generation the merged range's
+	// (the command's). right's replica here is frozen and is to be
+	// retired: this range serves its keys from now on.
+	OnMerge func(right RangeID, span mvcc.Span, rev mvcc.Revision, generation uint64)
 	// OnRecover, if set, is called after the store was replaced by a
 	// snapshot, on dragonboat's goroutine: it must not block. A split the
 	// replica missed (it was cut off) shows only so: the snapshot's store
@@ -129,6 +137,12 @@ type StateMachine struct {
 	// fence is the newest proposer term of a command with stamped writes
 	// (Command.term, kept with the store).
 	fence atomic.Uint64
+	// frozen is the merge this range is frozen for as the right range
+	// (merge.go; nil: none), published after the freeze's batch is synced;
+	// thawed is the highest merge whose freeze was undone here. Both are
+	// kept with the store.
+	frozen atomic.Pointer[shardpb.MergeFrozen]
+	thawed atomic.Uint64
 }
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
@@ -192,6 +206,9 @@ func (s *StateMachine) Open(stop <-chan struct{}) (uint64, error) {
 	if err := s.loadClosed(store); err != nil {
 		return 0, err
 	}
+	if err := s.loadMerge(store); err != nil {
+		return 0, err
+	}
 	s.mu.Lock()
 	s.store = store
 	s.mu.Unlock()
@@ -228,7 +245,8 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	closedBefore := mvcc.Revision(s.closedRev.Load())
 	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, auth: &s.auth, closed: mvcc.Revision(s.floor.Load()), fence: s.fence.Load(),
 		published: closedBefore, locks: s.locks.Load(),
-		obs: s.cfg.Observer, sharded: s.cfg.Sharded, counting: s.cfg.Sharded && wholeSpan(store.Span()), whole: wholeSpan(store.Span())}
+		obs: s.cfg.Observer, sharded: s.cfg.Sharded, counting: s.cfg.Sharded && counts(store), whole: wholeSpan(store.Span()) && !store.Resized(),
+		self: s.shardID, db: s.cfg.DB, eventLog: s.cfg.Events, frozen: s.frozen.Load(), thawed: s.thawed.Load()}
 	for i := range entries {
 		a.index = entries[i].Index
 		res, err := a.command(entries[i].Cmd)
@@ -252,6 +270,15 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if err := b.Commit(); err != nil {
 		return nil, fmt.Errorf("shard %d: commit: %w", s.shardID, err)
 	}
+	if a.sync {
+		// A freeze: the left range's commit reads this range's records
+		// from the member's pebble, never replaying this log (merge.go).
+		if err := s.cfg.DB.LogData(nil, pebble.Sync); err != nil {
+			return nil, fmt.Errorf("shard %d: sync a merge freeze: %w", s.shardID, err)
+		}
+	}
+	s.frozen.Store(a.frozen)
+	s.thawed.Store(a.thawed)
 	if obs := s.cfg.Observer; obs != nil {
 		obs.Committed(time.Since(start))
 		a.counts.Splits = len(a.splits)
@@ -277,6 +304,11 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if s.cfg.OnSplit != nil {
 		for _, sp := range a.splits {
 			s.cfg.OnSplit(sp.child, sp.span, sp.rev, sp.founders)
+		}
+	}
+	if s.cfg.OnMerge != nil {
+		for _, m := range a.merges {
+			s.cfg.OnMerge(m.right, m.span, m.rev, m.generation)
 		}
 	}
 	if s.cfg.OnApply != nil && (len(events) > 0 || closed > closedBefore) {
@@ -333,13 +365,35 @@ type applier struct {
 	// itself and its closed revision follows them); a split ends it.
 	sharded, counting bool
 	// whole is true while the range spans the whole key space, in either
-	// mode: an unstamped request then raises its closed revision to its
-	// revision (see Config.Sharded); a split ends it.
+	// mode, and never split or merged: an unstamped request then raises
+	// its closed revision to its revision (see Config.Sharded); a split
+	// ends it.
 	whole bool
+	// self is the range's id; db and eventLog are the member's pebble and
+	// its event log lock (a merge reads the right range's records).
+	self     uint64
+	db       *pebble.DB
+	eventLog *mvcc.EventLog
+	// frozen is the merge the range is frozen for as of the entry being
+	// applied (nil: none); thawed the highest merge thawed here; sync:
+	// the batch froze the range and must be synced (merge.go).
+	frozen *shardpb.MergeFrozen
+	thawed uint64
+	sync   bool
+	// merges are the merges committed in this batch (as the left range);
+	// persistClosed: the request just applied raised closed, to persist.
+	merges        []appliedMerge
+	persistClosed bool
 }
 
 // wholeSpan reports whether sp is the whole key space.
 func wholeSpan(sp mvcc.Span) bool { return len(sp.Start) == 0 && sp.End == nil }
+
+// counts reports whether a range of sharded mode with store counts its
+// revisions: its span is the whole key space and always was (a range
+// that split or merged, even back to the whole key space, never counts
+// again: mvcc.Store.Resized).
+func counts(store *mvcc.Store) bool { return wholeSpan(store.Span()) && !store.Resized() }
 
 // appliedSplit is a split applied in a batch, for Config.OnSplit.
 type appliedSplit struct {
@@ -391,7 +445,7 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 	// way to being proposed; it is stamped again, above.
 	a.cmdClosed = max(a.closed, cmdClosed)
 	persist := false // a.closed rose past what the store records
-	if c.Term > a.fence {
+	if c.Term > a.fence && a.frozen == nil {
 		a.fence = c.Term
 		var v [8]byte
 		binary.BigEndian.PutUint64(v[:], c.Term)
@@ -426,7 +480,10 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 			a.cmdClosed = max(a.cmdClosed, a.closed)
 			persist = true
 		}
-		if a.counting || (a.whole && a.stamp == 0) {
+		if a.persistClosed {
+			persist, a.persistClosed = true, false
+		}
+		if a.frozen == nil && (a.counting || (a.whole && a.stamp == 0)) {
 			// The range numbered this request itself (or numbers every
 			// one): whatever comes next applies above its revision.
 			// Single-group mode's range keeps it across a restart; a
@@ -437,7 +494,9 @@ func (a *applier) command(cmd []byte) (*shardpb.Result, error) {
 			a.cmdClosed = max(a.cmdClosed, a.closed)
 		}
 	}
-	if c := cmdClosed; c > a.closed {
+	// A frozen range raises no closed revision (its records stay as they
+	// were at the freeze, for the left range to read).
+	if c := cmdClosed; c > a.closed && a.frozen == nil {
 		a.closed = c
 		persist = true
 	}
@@ -493,6 +552,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	b := a.b
 	stamp := mvcc.Revision(r.Stamp)
 	a.stamp = stamp
+	if a.frozen != nil && !passesFreeze(r) {
+		return nil, errMerging(a.frozen)
+	}
 	if stamp != 0 && stamp <= a.cmdClosed {
 		return nil, fmt.Errorf("%w: stamp %d, closed revision %d", mvcc.ErrStaleStamp, stamp, a.cmdClosed)
 	}
@@ -501,6 +563,9 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 	}
 	if stamp != 0 && txnOp(r) {
 		return nil, badRequest("shard: a cross-range transaction's request carries no stamp")
+	}
+	if stamp != 0 && mergeOp(r) {
+		return nil, badRequest("shard: a merge's request carries no stamp")
 	}
 	if stamp == 0 && a.sharded && !a.counting && stamps(r) {
 		return nil, fmt.Errorf("%w: a write without a stamp in a range that no longer counts its revisions", mvcc.ErrStaleStamp)
@@ -618,6 +683,14 @@ func (a *applier) request(r *shardpb.Request) (*shardpb.Response, error) {
 		return a.txnResolve(op.TxnResolve)
 	case *shardpb.Request_TxnForget:
 		return a.txnForget(op.TxnForget)
+	case *shardpb.Request_MergeFreeze:
+		return a.mergeFreeze(op.MergeFreeze)
+	case *shardpb.Request_MergeThaw:
+		return a.mergeThaw(op.MergeThaw)
+	case *shardpb.Request_MergeCommit:
+		return a.mergeCommit(op.MergeCommit)
+	case *shardpb.Request_MergeAbort:
+		return a.mergeAbort(op.MergeAbort)
 	case *shardpb.Request_MemberAttrs:
 		var m pb.Member
 		if err := proto.Unmarshal(op.MemberAttrs, &m); err != nil || m.ID == 0 {
@@ -673,6 +746,15 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		resp any
 		err  error
 	)
+	if f := s.frozen.Load(); f != nil {
+		switch query.(type) {
+		case RangeQuery, TxnQuery:
+			// A frozen range serves no reads: the left range serves its
+			// keys once it has absorbed them (docs/plan-merge.md).
+			e, _ := toError(errMerging(f))
+			return nil, e
+		}
+	}
 	if t := s.locks.Load(); !t.empty() {
 		if err := t.checkReadQuery(query, max(s.store.Rev(), mvcc.Revision(s.closedRev.Load()), floorOf(query))); err != nil {
 			e, _ := toError(err)
@@ -702,7 +784,10 @@ func (s *StateMachine) Lookup(query interface{}) (interface{}, error) {
 		}
 	case StatusQuery:
 		st := Status{Revision: s.store.Rev(), CompactRevision: s.store.CompactRev(), AppliedIndex: s.applied.Load(),
-			Closed: mvcc.Revision(s.closedRev.Load()), Fence: s.fence.Load(), Counting: s.cfg.Sharded && wholeSpan(s.store.Span())}
+			Closed: mvcc.Revision(s.closedRev.Load()), Fence: s.fence.Load(), Counting: s.cfg.Sharded && counts(s.store)}
+		if f := s.frozen.Load(); f != nil {
+			st.Frozen, st.Merge = true, f.Merge
+		}
 		if t := s.locks.Load(); !t.empty() {
 			st.Locks, st.LockCap = len(t.byID), t.capRev
 		}
@@ -815,6 +900,9 @@ func (s *StateMachine) SaveSnapshot(ctx interface{}, w io.Writer, stop <-chan st
 // RecoverFromSnapshot replaces exactly this range's span with the stream.
 // The stream is read and checked without blocking reads; only the final
 // atomic commit holds the lock, so a read sees the old state or the new.
+// A range frozen for a merge keeps its state (skipRestore) but for the
+// applied index, if the image is of the same freeze or the left range
+// absorbed it here.
 func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) error {
 	s.mu.RLock()
 	store := s.store
@@ -826,6 +914,20 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 	defer p.Close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.frozen.Load() != nil {
+		frozen, _ := p.Meta(frozenKey)
+		if skip, err := s.skipRestore(frozen); err != nil {
+			return err
+		} else if skip {
+			// A frozen range's image is its state; the left range may
+			// own its keys here already (merge.go, skipRestore).
+			applied, _ := p.Meta(appliedKey)
+			if len(applied) != 8 {
+				return nil
+			}
+			return s.keepApplied(binary.BigEndian.Uint64(applied))
+		}
+	}
 	if err := p.Apply(); err != nil {
 		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
 	}
@@ -842,6 +944,9 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 		return err
 	}
 	if err := s.loadClosed(s.store); err != nil {
+		return err
+	}
+	if err := s.loadMerge(s.store); err != nil {
 		return err
 	}
 	if err := s.reportPeers(s.store); err != nil {
@@ -885,7 +990,7 @@ func (s *StateMachine) loadClosed(store *mvcc.Store) error {
 		}
 		m.set(x)
 	}
-	if s.cfg.Sharded && wholeSpan(store.Span()) {
+	if s.cfg.Sharded && counts(store) {
 		// A range that counts is closed at its revision (a data directory
 		// from before ranges counted may hold an oracle's revision here).
 		s.floor.Store(int64(store.Rev()))
@@ -1017,6 +1122,11 @@ type Status struct {
 	// at or below until they are resolved.
 	Locks   int
 	LockCap mvcc.Revision
+	// Frozen: the range is frozen for merge Merge as its right range
+	// (docs/plan-merge.md): it serves and changes nothing, and its closed
+	// revision no longer rises.
+	Frozen bool
+	Merge  uint64
 }
 
 // Events reads the store's change history (see mvcc.Store.Events) for
@@ -1036,7 +1146,7 @@ func (s *StateMachine) Events(from, to mvcc.Revision, fn func(rev mvcc.Revision,
 func (s *StateMachine) Counting() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.cfg.Sharded && s.store != nil && wholeSpan(s.store.Span())
+	return s.cfg.Sharded && s.store != nil && counts(s.store)
 }
 
 // Rev returns the store's revision (0 if not open).

@@ -105,6 +105,13 @@ const (
 	ErrorCode_ERROR_CODE_LOCKED ErrorCode = 18
 	// A prepare whose spans were written above its read revision.
 	ErrorCode_ERROR_CODE_TXN_CONFLICT ErrorCode = 19
+	// A request to a range frozen for a merge (docs/plan-merge.md): refused
+	// definitively; retry, the left range serves the keys once it absorbed
+	// them, or the right range again once the merge is undone.
+	ErrorCode_ERROR_CODE_MERGING ErrorCode = 20
+	// A merge commit the left range cannot apply as it stands (its span no
+	// longer ends where the right range starts): the merge is to be undone.
+	ErrorCode_ERROR_CODE_STALE_MERGE ErrorCode = 21
 )
 
 // Enum value maps for ErrorCode.
@@ -130,6 +137,8 @@ var (
 		17: "ERROR_CODE_AUTH",
 		18: "ERROR_CODE_LOCKED",
 		19: "ERROR_CODE_TXN_CONFLICT",
+		20: "ERROR_CODE_MERGING",
+		21: "ERROR_CODE_STALE_MERGE",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":         0,
@@ -152,6 +161,8 @@ var (
 		"ERROR_CODE_AUTH":                17,
 		"ERROR_CODE_LOCKED":              18,
 		"ERROR_CODE_TXN_CONFLICT":        19,
+		"ERROR_CODE_MERGING":             20,
+		"ERROR_CODE_STALE_MERGE":         21,
 	}
 )
 
@@ -282,6 +293,10 @@ type Request struct {
 	//	*Request_TxnDecide
 	//	*Request_TxnResolve
 	//	*Request_TxnForget
+	//	*Request_MergeFreeze
+	//	*Request_MergeThaw
+	//	*Request_MergeCommit
+	//	*Request_MergeAbort
 	Op isRequest_Op `protobuf_oneof:"op"`
 	// Sharded mode: leases this request may attach keys to that are homed in
 	// another shard, which registered this one; each gets a shadow here
@@ -548,6 +563,42 @@ func (x *Request) GetTxnForget() *TxnForget {
 	return nil
 }
 
+func (x *Request) GetMergeFreeze() *MergeFreeze {
+	if x != nil {
+		if x, ok := x.Op.(*Request_MergeFreeze); ok {
+			return x.MergeFreeze
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetMergeThaw() *MergeThaw {
+	if x != nil {
+		if x, ok := x.Op.(*Request_MergeThaw); ok {
+			return x.MergeThaw
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetMergeCommit() *MergeCommit {
+	if x != nil {
+		if x, ok := x.Op.(*Request_MergeCommit); ok {
+			return x.MergeCommit
+		}
+	}
+	return nil
+}
+
+func (x *Request) GetMergeAbort() *MergeAbort {
+	if x != nil {
+		if x, ok := x.Op.(*Request_MergeAbort); ok {
+			return x.MergeAbort
+		}
+	}
+	return nil
+}
+
 func (x *Request) GetShadowLeases() []*ShadowLease {
 	if x != nil {
 		return x.ShadowLeases
@@ -693,6 +744,28 @@ type Request_TxnForget struct {
 	TxnForget *TxnForget `protobuf:"bytes,26,opt,name=txn_forget,json=txnForget,proto3,oneof"`
 }
 
+type Request_MergeFreeze struct {
+	// Sharded mode, online merges (docs/plan-merge.md): in the right
+	// range, freeze it for merge into the left one (it then serves and
+	// changes nothing until thawed or absorbed) and thaw it again after an
+	// abort; in the left range, absorb the frozen right range in place or
+	// record the merge's abort. The first of commit and abort to apply in
+	// the left range decides.
+	MergeFreeze *MergeFreeze `protobuf:"bytes,27,opt,name=merge_freeze,json=mergeFreeze,proto3,oneof"`
+}
+
+type Request_MergeThaw struct {
+	MergeThaw *MergeThaw `protobuf:"bytes,28,opt,name=merge_thaw,json=mergeThaw,proto3,oneof"`
+}
+
+type Request_MergeCommit struct {
+	MergeCommit *MergeCommit `protobuf:"bytes,29,opt,name=merge_commit,json=mergeCommit,proto3,oneof"`
+}
+
+type Request_MergeAbort struct {
+	MergeAbort *MergeAbort `protobuf:"bytes,30,opt,name=merge_abort,json=mergeAbort,proto3,oneof"`
+}
+
 func (*Request_Put) isRequest_Op() {}
 
 func (*Request_DeleteRange) isRequest_Op() {}
@@ -739,6 +812,374 @@ func (*Request_TxnResolve) isRequest_Op() {}
 
 func (*Request_TxnForget) isRequest_Op() {}
 
+func (*Request_MergeFreeze) isRequest_Op() {}
+
+func (*Request_MergeThaw) isRequest_Op() {}
+
+func (*Request_MergeCommit) isRequest_Op() {}
+
+func (*Request_MergeAbort) isRequest_Op() {}
+
+// MergeFreeze freezes the right range of merge `merge` for the range
+// `left`, which is to absorb it.
+type MergeFreeze struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Merge         uint64                 `protobuf:"varint,1,opt,name=merge,proto3" json:"merge,omitempty"`
+	Left          uint64                 `protobuf:"varint,2,opt,name=left,proto3" json:"left,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeFreeze) Reset() {
+	*x = MergeFreeze{}
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeFreeze) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeFreeze) ProtoMessage() {}
+
+func (x *MergeFreeze) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeFreeze.ProtoReflect.Descriptor instead.
+func (*MergeFreeze) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MergeFreeze) GetMerge() uint64 {
+	if x != nil {
+		return x.Merge
+	}
+	return 0
+}
+
+func (x *MergeFreeze) GetLeft() uint64 {
+	if x != nil {
+		return x.Left
+	}
+	return 0
+}
+
+// MergeThaw ends the freeze of merge `merge` after the left range recorded
+// its abort; a freeze of that merge arriving later is answered aborted.
+type MergeThaw struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Merge         uint64                 `protobuf:"varint,1,opt,name=merge,proto3" json:"merge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeThaw) Reset() {
+	*x = MergeThaw{}
+	mi := &file_shardpb_shard_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeThaw) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeThaw) ProtoMessage() {}
+
+func (x *MergeThaw) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeThaw.ProtoReflect.Descriptor instead.
+func (*MergeThaw) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MergeThaw) GetMerge() uint64 {
+	if x != nil {
+		return x.Merge
+	}
+	return 0
+}
+
+// MergeCommit makes the left range absorb the right one, frozen on every
+// member: the left range's span must end at right_start. generation is the
+// merged range's (the map's, for the member's local descriptor) and closed
+// the oracle's value read once the right range was frozen everywhere.
+type MergeCommit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Merge         uint64                 `protobuf:"varint,1,opt,name=merge,proto3" json:"merge,omitempty"`
+	Right         uint64                 `protobuf:"varint,2,opt,name=right,proto3" json:"right,omitempty"`
+	RightStart    []byte                 `protobuf:"bytes,3,opt,name=right_start,json=rightStart,proto3" json:"right_start,omitempty"`
+	RightEnd      []byte                 `protobuf:"bytes,4,opt,name=right_end,json=rightEnd,proto3" json:"right_end,omitempty"`
+	Generation    uint64                 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
+	Closed        int64                  `protobuf:"varint,6,opt,name=closed,proto3" json:"closed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeCommit) Reset() {
+	*x = MergeCommit{}
+	mi := &file_shardpb_shard_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeCommit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeCommit) ProtoMessage() {}
+
+func (x *MergeCommit) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeCommit.ProtoReflect.Descriptor instead.
+func (*MergeCommit) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MergeCommit) GetMerge() uint64 {
+	if x != nil {
+		return x.Merge
+	}
+	return 0
+}
+
+func (x *MergeCommit) GetRight() uint64 {
+	if x != nil {
+		return x.Right
+	}
+	return 0
+}
+
+func (x *MergeCommit) GetRightStart() []byte {
+	if x != nil {
+		return x.RightStart
+	}
+	return nil
+}
+
+func (x *MergeCommit) GetRightEnd() []byte {
+	if x != nil {
+		return x.RightEnd
+	}
+	return nil
+}
+
+func (x *MergeCommit) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *MergeCommit) GetClosed() int64 {
+	if x != nil {
+		return x.Closed
+	}
+	return 0
+}
+
+// MergeAbort records, in the left range, that merge `merge` is undone,
+// unless a commit of it applied first.
+type MergeAbort struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Merge         uint64                 `protobuf:"varint,1,opt,name=merge,proto3" json:"merge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeAbort) Reset() {
+	*x = MergeAbort{}
+	mi := &file_shardpb_shard_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeAbort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeAbort) ProtoMessage() {}
+
+func (x *MergeAbort) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeAbort.ProtoReflect.Descriptor instead.
+func (*MergeAbort) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MergeAbort) GetMerge() uint64 {
+	if x != nil {
+		return x.Merge
+	}
+	return 0
+}
+
+// MergeOutcome answers the merge requests: committed (the left range
+// absorbed the right one), aborted (the merge is undone: an abort was
+// recorded in the left range, or the right range thawed it), or neither (a
+// freeze applied, at freeze_index).
+type MergeOutcome struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Committed     bool                   `protobuf:"varint,1,opt,name=committed,proto3" json:"committed,omitempty"`
+	FreezeIndex   uint64                 `protobuf:"varint,2,opt,name=freeze_index,json=freezeIndex,proto3" json:"freeze_index,omitempty"`
+	Aborted       bool                   `protobuf:"varint,3,opt,name=aborted,proto3" json:"aborted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeOutcome) Reset() {
+	*x = MergeOutcome{}
+	mi := &file_shardpb_shard_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeOutcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeOutcome) ProtoMessage() {}
+
+func (x *MergeOutcome) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeOutcome.ProtoReflect.Descriptor instead.
+func (*MergeOutcome) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *MergeOutcome) GetCommitted() bool {
+	if x != nil {
+		return x.Committed
+	}
+	return false
+}
+
+func (x *MergeOutcome) GetFreezeIndex() uint64 {
+	if x != nil {
+		return x.FreezeIndex
+	}
+	return 0
+}
+
+func (x *MergeOutcome) GetAborted() bool {
+	if x != nil {
+		return x.Aborted
+	}
+	return false
+}
+
+// MergeFrozen is the record of a frozen right range: the merge, the left
+// range that is to absorb it and the raft index of the freeze.
+type MergeFrozen struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Merge         uint64                 `protobuf:"varint,1,opt,name=merge,proto3" json:"merge,omitempty"`
+	Left          uint64                 `protobuf:"varint,2,opt,name=left,proto3" json:"left,omitempty"`
+	Index         uint64                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeFrozen) Reset() {
+	*x = MergeFrozen{}
+	mi := &file_shardpb_shard_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeFrozen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeFrozen) ProtoMessage() {}
+
+func (x *MergeFrozen) ProtoReflect() protoreflect.Message {
+	mi := &file_shardpb_shard_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeFrozen.ProtoReflect.Descriptor instead.
+func (*MergeFrozen) Descriptor() ([]byte, []int) {
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *MergeFrozen) GetMerge() uint64 {
+	if x != nil {
+		return x.Merge
+	}
+	return 0
+}
+
+func (x *MergeFrozen) GetLeft() uint64 {
+	if x != nil {
+		return x.Left
+	}
+	return 0
+}
+
+func (x *MergeFrozen) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 // AuthFence is where the cluster's auth state stood when an auth change
 // applied: fences order by revision, then disabled before enabled (an
 // AuthEnable keeps the revision, an AuthDisable bumps it).
@@ -752,7 +1193,7 @@ type AuthFence struct {
 
 func (x *AuthFence) Reset() {
 	*x = AuthFence{}
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +1205,7 @@ func (x *AuthFence) String() string {
 func (*AuthFence) ProtoMessage() {}
 
 func (x *AuthFence) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[2]
+	mi := &file_shardpb_shard_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +1218,7 @@ func (x *AuthFence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthFence.ProtoReflect.Descriptor instead.
 func (*AuthFence) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{2}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AuthFence) GetRevision() uint64 {
@@ -805,7 +1246,7 @@ type AuthInfo struct {
 
 func (x *AuthInfo) Reset() {
 	*x = AuthInfo{}
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +1258,7 @@ func (x *AuthInfo) String() string {
 func (*AuthInfo) ProtoMessage() {}
 
 func (x *AuthInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[3]
+	mi := &file_shardpb_shard_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +1271,7 @@ func (x *AuthInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthInfo.ProtoReflect.Descriptor instead.
 func (*AuthInfo) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{3}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AuthInfo) GetUser() string {
@@ -863,7 +1304,7 @@ type AuthState struct {
 
 func (x *AuthState) Reset() {
 	*x = AuthState{}
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +1316,7 @@ func (x *AuthState) String() string {
 func (*AuthState) ProtoMessage() {}
 
 func (x *AuthState) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[4]
+	mi := &file_shardpb_shard_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1329,7 @@ func (x *AuthState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthState.ProtoReflect.Descriptor instead.
 func (*AuthState) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{4}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AuthState) GetEnabled() bool {
@@ -940,7 +1381,7 @@ type ShadowLease struct {
 
 func (x *ShadowLease) Reset() {
 	*x = ShadowLease{}
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1393,7 @@ func (x *ShadowLease) String() string {
 func (*ShadowLease) ProtoMessage() {}
 
 func (x *ShadowLease) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[5]
+	mi := &file_shardpb_shard_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1406,7 @@ func (x *ShadowLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShadowLease.ProtoReflect.Descriptor instead.
 func (*ShadowLease) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{5}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ShadowLease) GetLease() int64 {
@@ -1008,7 +1449,7 @@ type SplitRange struct {
 
 func (x *SplitRange) Reset() {
 	*x = SplitRange{}
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1461,7 @@ func (x *SplitRange) String() string {
 func (*SplitRange) ProtoMessage() {}
 
 func (x *SplitRange) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[6]
+	mi := &file_shardpb_shard_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1474,7 @@ func (x *SplitRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRange.ProtoReflect.Descriptor instead.
 func (*SplitRange) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{6}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SplitRange) GetKey() []byte {
@@ -1084,7 +1525,7 @@ type ReplicaRef struct {
 
 func (x *ReplicaRef) Reset() {
 	*x = ReplicaRef{}
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1537,7 @@ func (x *ReplicaRef) String() string {
 func (*ReplicaRef) ProtoMessage() {}
 
 func (x *ReplicaRef) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[7]
+	mi := &file_shardpb_shard_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1550,7 @@ func (x *ReplicaRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRef.ProtoReflect.Descriptor instead.
 func (*ReplicaRef) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{7}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReplicaRef) GetMember() uint64 {
@@ -1144,7 +1585,7 @@ type LeaseShard struct {
 
 func (x *LeaseShard) Reset() {
 	*x = LeaseShard{}
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1597,7 @@ func (x *LeaseShard) String() string {
 func (*LeaseShard) ProtoMessage() {}
 
 func (x *LeaseShard) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[8]
+	mi := &file_shardpb_shard_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1610,7 @@ func (x *LeaseShard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseShard.ProtoReflect.Descriptor instead.
 func (*LeaseShard) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{8}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LeaseShard) GetLease() int64 {
@@ -1199,7 +1640,7 @@ type MemberPeers struct {
 
 func (x *MemberPeers) Reset() {
 	*x = MemberPeers{}
-	mi := &file_shardpb_shard_proto_msgTypes[9]
+	mi := &file_shardpb_shard_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1652,7 @@ func (x *MemberPeers) String() string {
 func (*MemberPeers) ProtoMessage() {}
 
 func (x *MemberPeers) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[9]
+	mi := &file_shardpb_shard_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1665,7 @@ func (x *MemberPeers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberPeers.ProtoReflect.Descriptor instead.
 func (*MemberPeers) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{9}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MemberPeers) GetId() uint64 {
@@ -1267,7 +1708,7 @@ type TransferHold struct {
 
 func (x *TransferHold) Reset() {
 	*x = TransferHold{}
-	mi := &file_shardpb_shard_proto_msgTypes[10]
+	mi := &file_shardpb_shard_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1720,7 @@ func (x *TransferHold) String() string {
 func (*TransferHold) ProtoMessage() {}
 
 func (x *TransferHold) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[10]
+	mi := &file_shardpb_shard_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1733,7 @@ func (x *TransferHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferHold.ProtoReflect.Descriptor instead.
 func (*TransferHold) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{10}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TransferHold) GetTarget() uint64 {
@@ -1328,7 +1769,7 @@ type KeySpan struct {
 
 func (x *KeySpan) Reset() {
 	*x = KeySpan{}
-	mi := &file_shardpb_shard_proto_msgTypes[11]
+	mi := &file_shardpb_shard_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1781,7 @@ func (x *KeySpan) String() string {
 func (*KeySpan) ProtoMessage() {}
 
 func (x *KeySpan) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[11]
+	mi := &file_shardpb_shard_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1794,7 @@ func (x *KeySpan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
 func (*KeySpan) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{11}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KeySpan) GetKey() []byte {
@@ -1414,7 +1855,7 @@ type TxnPrepare struct {
 
 func (x *TxnPrepare) Reset() {
 	*x = TxnPrepare{}
-	mi := &file_shardpb_shard_proto_msgTypes[12]
+	mi := &file_shardpb_shard_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1867,7 @@ func (x *TxnPrepare) String() string {
 func (*TxnPrepare) ProtoMessage() {}
 
 func (x *TxnPrepare) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[12]
+	mi := &file_shardpb_shard_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1880,7 @@ func (x *TxnPrepare) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnPrepare.ProtoReflect.Descriptor instead.
 func (*TxnPrepare) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{12}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TxnPrepare) GetId() uint64 {
@@ -1520,7 +1961,7 @@ type TxnCommit struct {
 
 func (x *TxnCommit) Reset() {
 	*x = TxnCommit{}
-	mi := &file_shardpb_shard_proto_msgTypes[13]
+	mi := &file_shardpb_shard_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1973,7 @@ func (x *TxnCommit) String() string {
 func (*TxnCommit) ProtoMessage() {}
 
 func (x *TxnCommit) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[13]
+	mi := &file_shardpb_shard_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1986,7 @@ func (x *TxnCommit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCommit.ProtoReflect.Descriptor instead.
 func (*TxnCommit) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{13}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TxnCommit) GetId() uint64 {
@@ -1579,7 +2020,7 @@ type TxnAbort struct {
 
 func (x *TxnAbort) Reset() {
 	*x = TxnAbort{}
-	mi := &file_shardpb_shard_proto_msgTypes[14]
+	mi := &file_shardpb_shard_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +2032,7 @@ func (x *TxnAbort) String() string {
 func (*TxnAbort) ProtoMessage() {}
 
 func (x *TxnAbort) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[14]
+	mi := &file_shardpb_shard_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +2045,7 @@ func (x *TxnAbort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnAbort.ProtoReflect.Descriptor instead.
 func (*TxnAbort) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{14}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TxnAbort) GetId() uint64 {
@@ -1625,7 +2066,7 @@ type TxnWrites struct {
 
 func (x *TxnWrites) Reset() {
 	*x = TxnWrites{}
-	mi := &file_shardpb_shard_proto_msgTypes[15]
+	mi := &file_shardpb_shard_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1637,7 +2078,7 @@ func (x *TxnWrites) String() string {
 func (*TxnWrites) ProtoMessage() {}
 
 func (x *TxnWrites) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[15]
+	mi := &file_shardpb_shard_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1650,7 +2091,7 @@ func (x *TxnWrites) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnWrites.ProtoReflect.Descriptor instead.
 func (*TxnWrites) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{15}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TxnWrites) GetRange() uint64 {
@@ -1682,7 +2123,7 @@ type TxnDecide struct {
 
 func (x *TxnDecide) Reset() {
 	*x = TxnDecide{}
-	mi := &file_shardpb_shard_proto_msgTypes[16]
+	mi := &file_shardpb_shard_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +2135,7 @@ func (x *TxnDecide) String() string {
 func (*TxnDecide) ProtoMessage() {}
 
 func (x *TxnDecide) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[16]
+	mi := &file_shardpb_shard_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +2148,7 @@ func (x *TxnDecide) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnDecide.ProtoReflect.Descriptor instead.
 func (*TxnDecide) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{16}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TxnDecide) GetId() uint64 {
@@ -1750,7 +2191,7 @@ type TxnResolve struct {
 
 func (x *TxnResolve) Reset() {
 	*x = TxnResolve{}
-	mi := &file_shardpb_shard_proto_msgTypes[17]
+	mi := &file_shardpb_shard_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +2203,7 @@ func (x *TxnResolve) String() string {
 func (*TxnResolve) ProtoMessage() {}
 
 func (x *TxnResolve) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[17]
+	mi := &file_shardpb_shard_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +2216,7 @@ func (x *TxnResolve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnResolve.ProtoReflect.Descriptor instead.
 func (*TxnResolve) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{17}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TxnResolve) GetId() uint64 {
@@ -1803,7 +2244,7 @@ type TxnForget struct {
 
 func (x *TxnForget) Reset() {
 	*x = TxnForget{}
-	mi := &file_shardpb_shard_proto_msgTypes[18]
+	mi := &file_shardpb_shard_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1815,7 +2256,7 @@ func (x *TxnForget) String() string {
 func (*TxnForget) ProtoMessage() {}
 
 func (x *TxnForget) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[18]
+	mi := &file_shardpb_shard_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1828,7 +2269,7 @@ func (x *TxnForget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnForget.ProtoReflect.Descriptor instead.
 func (*TxnForget) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{18}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TxnForget) GetId() uint64 {
@@ -1858,7 +2299,7 @@ type TxnLock struct {
 
 func (x *TxnLock) Reset() {
 	*x = TxnLock{}
-	mi := &file_shardpb_shard_proto_msgTypes[19]
+	mi := &file_shardpb_shard_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +2311,7 @@ func (x *TxnLock) String() string {
 func (*TxnLock) ProtoMessage() {}
 
 func (x *TxnLock) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[19]
+	mi := &file_shardpb_shard_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +2324,7 @@ func (x *TxnLock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnLock.ProtoReflect.Descriptor instead.
 func (*TxnLock) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{19}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TxnLock) GetId() uint64 {
@@ -1957,7 +2398,7 @@ type TxnRecord struct {
 
 func (x *TxnRecord) Reset() {
 	*x = TxnRecord{}
-	mi := &file_shardpb_shard_proto_msgTypes[20]
+	mi := &file_shardpb_shard_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2410,7 @@ func (x *TxnRecord) String() string {
 func (*TxnRecord) ProtoMessage() {}
 
 func (x *TxnRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[20]
+	mi := &file_shardpb_shard_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2423,7 @@ func (x *TxnRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRecord.ProtoReflect.Descriptor instead.
 func (*TxnRecord) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{20}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TxnRecord) GetId() uint64 {
@@ -2035,7 +2476,7 @@ type TxnPrepared struct {
 
 func (x *TxnPrepared) Reset() {
 	*x = TxnPrepared{}
-	mi := &file_shardpb_shard_proto_msgTypes[21]
+	mi := &file_shardpb_shard_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2488,7 @@ func (x *TxnPrepared) String() string {
 func (*TxnPrepared) ProtoMessage() {}
 
 func (x *TxnPrepared) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[21]
+	mi := &file_shardpb_shard_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2501,7 @@ func (x *TxnPrepared) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnPrepared.ProtoReflect.Descriptor instead.
 func (*TxnPrepared) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{21}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TxnPrepared) GetRevision() int64 {
@@ -2099,7 +2540,7 @@ type TxnSettled struct {
 
 func (x *TxnSettled) Reset() {
 	*x = TxnSettled{}
-	mi := &file_shardpb_shard_proto_msgTypes[22]
+	mi := &file_shardpb_shard_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2552,7 @@ func (x *TxnSettled) String() string {
 func (*TxnSettled) ProtoMessage() {}
 
 func (x *TxnSettled) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[22]
+	mi := &file_shardpb_shard_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2565,7 @@ func (x *TxnSettled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnSettled.ProtoReflect.Descriptor instead.
 func (*TxnSettled) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{22}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TxnSettled) GetHeld() bool {
@@ -2151,7 +2592,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_shardpb_shard_proto_msgTypes[23]
+	mi := &file_shardpb_shard_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2163,7 +2604,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[23]
+	mi := &file_shardpb_shard_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2176,7 +2617,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{23}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Result) GetResponses() []*Response {
@@ -2214,6 +2655,7 @@ type Response struct {
 	//	*Response_TxnSettled
 	//	*Response_TxnRecord
 	//	*Response_TxnForgotten
+	//	*Response_MergeOutcome
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2221,7 +2663,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_shardpb_shard_proto_msgTypes[24]
+	mi := &file_shardpb_shard_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2675,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[24]
+	mi := &file_shardpb_shard_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2688,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{24}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Response) GetResult() isResponse_Result {
@@ -2454,6 +2896,15 @@ func (x *Response) GetTxnForgotten() bool {
 	return false
 }
 
+func (x *Response) GetMergeOutcome() *MergeOutcome {
+	if x != nil {
+		if x, ok := x.Result.(*Response_MergeOutcome); ok {
+			return x.MergeOutcome
+		}
+	}
+	return nil
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -2547,6 +2998,10 @@ type Response_TxnForgotten struct {
 	TxnForgotten bool `protobuf:"varint,22,opt,name=txn_forgotten,json=txnForgotten,proto3,oneof"` // forget: a record was deleted
 }
 
+type Response_MergeOutcome struct {
+	MergeOutcome *MergeOutcome `protobuf:"bytes,23,opt,name=merge_outcome,json=mergeOutcome,proto3,oneof"` // merge freeze, thaw, commit, abort
+}
+
 func (*Response_Put) isResponse_Result() {}
 
 func (*Response_DeleteRange) isResponse_Result() {}
@@ -2591,6 +3046,8 @@ func (*Response_TxnRecord) isResponse_Result() {}
 
 func (*Response_TxnForgotten) isResponse_Result() {}
 
+func (*Response_MergeOutcome) isResponse_Result() {}
+
 // Error is a refusal decided deterministically by the state machine.
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2602,7 +3059,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_shardpb_shard_proto_msgTypes[25]
+	mi := &file_shardpb_shard_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2614,7 +3071,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_shardpb_shard_proto_msgTypes[25]
+	mi := &file_shardpb_shard_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2627,7 +3084,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_shardpb_shard_proto_rawDescGZIP(), []int{25}
+	return file_shardpb_shard_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2652,8 +3109,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\aCommand\x123\n" +
 	"\brequests\x18\x01 \x03(\v2\x17.cairn.shard.v1.RequestR\brequests\x12\x16\n" +
 	"\x06closed\x18\x02 \x01(\x03R\x06closed\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"\x89\n" +
-	"\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\x88\f\n" +
 	"\aRequest\x12\x14\n" +
 	"\x05stamp\x18\x01 \x01(\x03R\x05stamp\x12\x12\n" +
 	"\x03put\x18\x02 \x01(\fH\x00R\x03put\x12#\n" +
@@ -2689,9 +3145,41 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"txnResolve\x12:\n" +
 	"\n" +
 	"txn_forget\x18\x1a \x01(\v2\x19.cairn.shard.v1.TxnForgetH\x00R\ttxnForget\x12@\n" +
+	"\fmerge_freeze\x18\x1b \x01(\v2\x1b.cairn.shard.v1.MergeFreezeH\x00R\vmergeFreeze\x12:\n" +
+	"\n" +
+	"merge_thaw\x18\x1c \x01(\v2\x19.cairn.shard.v1.MergeThawH\x00R\tmergeThaw\x12@\n" +
+	"\fmerge_commit\x18\x1d \x01(\v2\x1b.cairn.shard.v1.MergeCommitH\x00R\vmergeCommit\x12=\n" +
+	"\vmerge_abort\x18\x1e \x01(\v2\x1a.cairn.shard.v1.MergeAbortH\x00R\n" +
+	"mergeAbort\x12@\n" +
 	"\rshadow_leases\x18\r \x03(\v2\x1b.cairn.shard.v1.ShadowLeaseR\fshadowLeases\x125\n" +
 	"\tauth_info\x18\x13 \x01(\v2\x18.cairn.shard.v1.AuthInfoR\bauthInfoB\x04\n" +
-	"\x02op\"A\n" +
+	"\x02op\"7\n" +
+	"\vMergeFreeze\x12\x14\n" +
+	"\x05merge\x18\x01 \x01(\x04R\x05merge\x12\x12\n" +
+	"\x04left\x18\x02 \x01(\x04R\x04left\"!\n" +
+	"\tMergeThaw\x12\x14\n" +
+	"\x05merge\x18\x01 \x01(\x04R\x05merge\"\xaf\x01\n" +
+	"\vMergeCommit\x12\x14\n" +
+	"\x05merge\x18\x01 \x01(\x04R\x05merge\x12\x14\n" +
+	"\x05right\x18\x02 \x01(\x04R\x05right\x12\x1f\n" +
+	"\vright_start\x18\x03 \x01(\fR\n" +
+	"rightStart\x12\x1b\n" +
+	"\tright_end\x18\x04 \x01(\fR\brightEnd\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x05 \x01(\x04R\n" +
+	"generation\x12\x16\n" +
+	"\x06closed\x18\x06 \x01(\x03R\x06closed\"\"\n" +
+	"\n" +
+	"MergeAbort\x12\x14\n" +
+	"\x05merge\x18\x01 \x01(\x04R\x05merge\"i\n" +
+	"\fMergeOutcome\x12\x1c\n" +
+	"\tcommitted\x18\x01 \x01(\bR\tcommitted\x12!\n" +
+	"\ffreeze_index\x18\x02 \x01(\x04R\vfreezeIndex\x12\x18\n" +
+	"\aaborted\x18\x03 \x01(\bR\aaborted\"M\n" +
+	"\vMergeFrozen\x12\x14\n" +
+	"\x05merge\x18\x01 \x01(\x04R\x05merge\x12\x12\n" +
+	"\x04left\x18\x02 \x01(\x04R\x04left\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\"A\n" +
 	"\tAuthFence\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
 	"\aenabled\x18\x02 \x01(\bR\aenabled\":\n" +
@@ -2797,7 +3285,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x04held\x18\x01 \x01(\bR\x04held\x12\x10\n" +
 	"\x03txn\x18\x02 \x01(\fR\x03txn\"@\n" +
 	"\x06Result\x126\n" +
-	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\xda\x06\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.cairn.shard.v1.ResponseR\tresponses\"\x9f\a\n" +
 	"\bResponse\x12\x12\n" +
 	"\x03put\x18\x01 \x01(\fH\x00R\x03put\x12#\n" +
 	"\fdelete_range\x18\x02 \x01(\fH\x00R\vdeleteRange\x12\x12\n" +
@@ -2828,7 +3316,8 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"txnSettled\x12:\n" +
 	"\n" +
 	"txn_record\x18\x15 \x01(\v2\x19.cairn.shard.v1.TxnRecordH\x00R\ttxnRecord\x12%\n" +
-	"\rtxn_forgotten\x18\x16 \x01(\bH\x00R\ftxnForgottenB\b\n" +
+	"\rtxn_forgotten\x18\x16 \x01(\bH\x00R\ftxnForgotten\x12C\n" +
+	"\rmerge_outcome\x18\x17 \x01(\v2\x1c.cairn.shard.v1.MergeOutcomeH\x00R\fmergeOutcomeB\b\n" +
 	"\x06result\"P\n" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.cairn.shard.v1.ErrorCodeR\x04code\x12\x18\n" +
@@ -2837,7 +3326,7 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"TxnOutcome\x12\x1b\n" +
 	"\x17TXN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15TXN_OUTCOME_COMMITTED\x10\x01\x12\x17\n" +
-	"\x13TXN_OUTCOME_ABORTED\x10\x02*\xca\x04\n" +
+	"\x13TXN_OUTCOME_ABORTED\x10\x02*\xfe\x04\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_COMPACTED\x10\x01\x12\x19\n" +
@@ -2859,7 +3348,9 @@ const file_shardpb_shard_proto_rawDesc = "" +
 	"\x13ERROR_CODE_NO_SPACE\x10\x10\x12\x13\n" +
 	"\x0fERROR_CODE_AUTH\x10\x11\x12\x15\n" +
 	"\x11ERROR_CODE_LOCKED\x10\x12\x12\x1b\n" +
-	"\x17ERROR_CODE_TXN_CONFLICT\x10\x13B)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
+	"\x17ERROR_CODE_TXN_CONFLICT\x10\x13\x12\x16\n" +
+	"\x12ERROR_CODE_MERGING\x10\x14\x12\x1a\n" +
+	"\x16ERROR_CODE_STALE_MERGE\x10\x15B)Z'github.com/cairn-kv/cairn/proto/shardpbb\x06proto3"
 
 var (
 	file_shardpb_shard_proto_rawDescOnce sync.Once
@@ -2874,71 +3365,82 @@ func file_shardpb_shard_proto_rawDescGZIP() []byte {
 }
 
 var file_shardpb_shard_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_shardpb_shard_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_shardpb_shard_proto_goTypes = []any{
 	(TxnOutcome)(0),      // 0: cairn.shard.v1.TxnOutcome
 	(ErrorCode)(0),       // 1: cairn.shard.v1.ErrorCode
 	(*Command)(nil),      // 2: cairn.shard.v1.Command
 	(*Request)(nil),      // 3: cairn.shard.v1.Request
-	(*AuthFence)(nil),    // 4: cairn.shard.v1.AuthFence
-	(*AuthInfo)(nil),     // 5: cairn.shard.v1.AuthInfo
-	(*AuthState)(nil),    // 6: cairn.shard.v1.AuthState
-	(*ShadowLease)(nil),  // 7: cairn.shard.v1.ShadowLease
-	(*SplitRange)(nil),   // 8: cairn.shard.v1.SplitRange
-	(*ReplicaRef)(nil),   // 9: cairn.shard.v1.ReplicaRef
-	(*LeaseShard)(nil),   // 10: cairn.shard.v1.LeaseShard
-	(*MemberPeers)(nil),  // 11: cairn.shard.v1.MemberPeers
-	(*TransferHold)(nil), // 12: cairn.shard.v1.TransferHold
-	(*KeySpan)(nil),      // 13: cairn.shard.v1.KeySpan
-	(*TxnPrepare)(nil),   // 14: cairn.shard.v1.TxnPrepare
-	(*TxnCommit)(nil),    // 15: cairn.shard.v1.TxnCommit
-	(*TxnAbort)(nil),     // 16: cairn.shard.v1.TxnAbort
-	(*TxnWrites)(nil),    // 17: cairn.shard.v1.TxnWrites
-	(*TxnDecide)(nil),    // 18: cairn.shard.v1.TxnDecide
-	(*TxnResolve)(nil),   // 19: cairn.shard.v1.TxnResolve
-	(*TxnForget)(nil),    // 20: cairn.shard.v1.TxnForget
-	(*TxnLock)(nil),      // 21: cairn.shard.v1.TxnLock
-	(*TxnRecord)(nil),    // 22: cairn.shard.v1.TxnRecord
-	(*TxnPrepared)(nil),  // 23: cairn.shard.v1.TxnPrepared
-	(*TxnSettled)(nil),   // 24: cairn.shard.v1.TxnSettled
-	(*Result)(nil),       // 25: cairn.shard.v1.Result
-	(*Response)(nil),     // 26: cairn.shard.v1.Response
-	(*Error)(nil),        // 27: cairn.shard.v1.Error
+	(*MergeFreeze)(nil),  // 4: cairn.shard.v1.MergeFreeze
+	(*MergeThaw)(nil),    // 5: cairn.shard.v1.MergeThaw
+	(*MergeCommit)(nil),  // 6: cairn.shard.v1.MergeCommit
+	(*MergeAbort)(nil),   // 7: cairn.shard.v1.MergeAbort
+	(*MergeOutcome)(nil), // 8: cairn.shard.v1.MergeOutcome
+	(*MergeFrozen)(nil),  // 9: cairn.shard.v1.MergeFrozen
+	(*AuthFence)(nil),    // 10: cairn.shard.v1.AuthFence
+	(*AuthInfo)(nil),     // 11: cairn.shard.v1.AuthInfo
+	(*AuthState)(nil),    // 12: cairn.shard.v1.AuthState
+	(*ShadowLease)(nil),  // 13: cairn.shard.v1.ShadowLease
+	(*SplitRange)(nil),   // 14: cairn.shard.v1.SplitRange
+	(*ReplicaRef)(nil),   // 15: cairn.shard.v1.ReplicaRef
+	(*LeaseShard)(nil),   // 16: cairn.shard.v1.LeaseShard
+	(*MemberPeers)(nil),  // 17: cairn.shard.v1.MemberPeers
+	(*TransferHold)(nil), // 18: cairn.shard.v1.TransferHold
+	(*KeySpan)(nil),      // 19: cairn.shard.v1.KeySpan
+	(*TxnPrepare)(nil),   // 20: cairn.shard.v1.TxnPrepare
+	(*TxnCommit)(nil),    // 21: cairn.shard.v1.TxnCommit
+	(*TxnAbort)(nil),     // 22: cairn.shard.v1.TxnAbort
+	(*TxnWrites)(nil),    // 23: cairn.shard.v1.TxnWrites
+	(*TxnDecide)(nil),    // 24: cairn.shard.v1.TxnDecide
+	(*TxnResolve)(nil),   // 25: cairn.shard.v1.TxnResolve
+	(*TxnForget)(nil),    // 26: cairn.shard.v1.TxnForget
+	(*TxnLock)(nil),      // 27: cairn.shard.v1.TxnLock
+	(*TxnRecord)(nil),    // 28: cairn.shard.v1.TxnRecord
+	(*TxnPrepared)(nil),  // 29: cairn.shard.v1.TxnPrepared
+	(*TxnSettled)(nil),   // 30: cairn.shard.v1.TxnSettled
+	(*Result)(nil),       // 31: cairn.shard.v1.Result
+	(*Response)(nil),     // 32: cairn.shard.v1.Response
+	(*Error)(nil),        // 33: cairn.shard.v1.Error
 }
 var file_shardpb_shard_proto_depIdxs = []int32{
 	3,  // 0: cairn.shard.v1.Command.requests:type_name -> cairn.shard.v1.Request
-	12, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
-	11, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
-	10, // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
-	7,  // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
-	10, // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
-	8,  // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
-	4,  // 7: cairn.shard.v1.Request.auth_fence:type_name -> cairn.shard.v1.AuthFence
-	14, // 8: cairn.shard.v1.Request.txn_prepare:type_name -> cairn.shard.v1.TxnPrepare
-	15, // 9: cairn.shard.v1.Request.txn_commit:type_name -> cairn.shard.v1.TxnCommit
-	16, // 10: cairn.shard.v1.Request.txn_abort:type_name -> cairn.shard.v1.TxnAbort
-	18, // 11: cairn.shard.v1.Request.txn_decide:type_name -> cairn.shard.v1.TxnDecide
-	19, // 12: cairn.shard.v1.Request.txn_resolve:type_name -> cairn.shard.v1.TxnResolve
-	20, // 13: cairn.shard.v1.Request.txn_forget:type_name -> cairn.shard.v1.TxnForget
-	7,  // 14: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
-	5,  // 15: cairn.shard.v1.Request.auth_info:type_name -> cairn.shard.v1.AuthInfo
-	9,  // 16: cairn.shard.v1.SplitRange.founder_replicas:type_name -> cairn.shard.v1.ReplicaRef
-	13, // 17: cairn.shard.v1.TxnPrepare.spans:type_name -> cairn.shard.v1.KeySpan
-	17, // 18: cairn.shard.v1.TxnDecide.writes:type_name -> cairn.shard.v1.TxnWrites
-	13, // 19: cairn.shard.v1.TxnLock.spans:type_name -> cairn.shard.v1.KeySpan
-	0,  // 20: cairn.shard.v1.TxnRecord.outcome:type_name -> cairn.shard.v1.TxnOutcome
-	17, // 21: cairn.shard.v1.TxnRecord.writes:type_name -> cairn.shard.v1.TxnWrites
-	26, // 22: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
-	27, // 23: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
-	23, // 24: cairn.shard.v1.Response.txn_prepared:type_name -> cairn.shard.v1.TxnPrepared
-	24, // 25: cairn.shard.v1.Response.txn_settled:type_name -> cairn.shard.v1.TxnSettled
-	22, // 26: cairn.shard.v1.Response.txn_record:type_name -> cairn.shard.v1.TxnRecord
-	1,  // 27: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	18, // 1: cairn.shard.v1.Request.transfer_hold:type_name -> cairn.shard.v1.TransferHold
+	17, // 2: cairn.shard.v1.Request.member_peers:type_name -> cairn.shard.v1.MemberPeers
+	16, // 3: cairn.shard.v1.Request.lease_register:type_name -> cairn.shard.v1.LeaseShard
+	13, // 4: cairn.shard.v1.Request.shadow_revoke:type_name -> cairn.shard.v1.ShadowLease
+	16, // 5: cairn.shard.v1.Request.lease_unregister:type_name -> cairn.shard.v1.LeaseShard
+	14, // 6: cairn.shard.v1.Request.split:type_name -> cairn.shard.v1.SplitRange
+	10, // 7: cairn.shard.v1.Request.auth_fence:type_name -> cairn.shard.v1.AuthFence
+	20, // 8: cairn.shard.v1.Request.txn_prepare:type_name -> cairn.shard.v1.TxnPrepare
+	21, // 9: cairn.shard.v1.Request.txn_commit:type_name -> cairn.shard.v1.TxnCommit
+	22, // 10: cairn.shard.v1.Request.txn_abort:type_name -> cairn.shard.v1.TxnAbort
+	24, // 11: cairn.shard.v1.Request.txn_decide:type_name -> cairn.shard.v1.TxnDecide
+	25, // 12: cairn.shard.v1.Request.txn_resolve:type_name -> cairn.shard.v1.TxnResolve
+	26, // 13: cairn.shard.v1.Request.txn_forget:type_name -> cairn.shard.v1.TxnForget
+	4,  // 14: cairn.shard.v1.Request.merge_freeze:type_name -> cairn.shard.v1.MergeFreeze
+	5,  // 15: cairn.shard.v1.Request.merge_thaw:type_name -> cairn.shard.v1.MergeThaw
+	6,  // 16: cairn.shard.v1.Request.merge_commit:type_name -> cairn.shard.v1.MergeCommit
+	7,  // 17: cairn.shard.v1.Request.merge_abort:type_name -> cairn.shard.v1.MergeAbort
+	13, // 18: cairn.shard.v1.Request.shadow_leases:type_name -> cairn.shard.v1.ShadowLease
+	11, // 19: cairn.shard.v1.Request.auth_info:type_name -> cairn.shard.v1.AuthInfo
+	15, // 20: cairn.shard.v1.SplitRange.founder_replicas:type_name -> cairn.shard.v1.ReplicaRef
+	19, // 21: cairn.shard.v1.TxnPrepare.spans:type_name -> cairn.shard.v1.KeySpan
+	23, // 22: cairn.shard.v1.TxnDecide.writes:type_name -> cairn.shard.v1.TxnWrites
+	19, // 23: cairn.shard.v1.TxnLock.spans:type_name -> cairn.shard.v1.KeySpan
+	0,  // 24: cairn.shard.v1.TxnRecord.outcome:type_name -> cairn.shard.v1.TxnOutcome
+	23, // 25: cairn.shard.v1.TxnRecord.writes:type_name -> cairn.shard.v1.TxnWrites
+	32, // 26: cairn.shard.v1.Result.responses:type_name -> cairn.shard.v1.Response
+	33, // 27: cairn.shard.v1.Response.error:type_name -> cairn.shard.v1.Error
+	29, // 28: cairn.shard.v1.Response.txn_prepared:type_name -> cairn.shard.v1.TxnPrepared
+	30, // 29: cairn.shard.v1.Response.txn_settled:type_name -> cairn.shard.v1.TxnSettled
+	28, // 30: cairn.shard.v1.Response.txn_record:type_name -> cairn.shard.v1.TxnRecord
+	8,  // 31: cairn.shard.v1.Response.merge_outcome:type_name -> cairn.shard.v1.MergeOutcome
+	1,  // 32: cairn.shard.v1.Error.code:type_name -> cairn.shard.v1.ErrorCode
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_shardpb_shard_proto_init() }
@@ -2970,8 +3472,12 @@ func file_shardpb_shard_proto_init() {
 		(*Request_TxnDecide)(nil),
 		(*Request_TxnResolve)(nil),
 		(*Request_TxnForget)(nil),
+		(*Request_MergeFreeze)(nil),
+		(*Request_MergeThaw)(nil),
+		(*Request_MergeCommit)(nil),
+		(*Request_MergeAbort)(nil),
 	}
-	file_shardpb_shard_proto_msgTypes[24].OneofWrappers = []any{
+	file_shardpb_shard_proto_msgTypes[30].OneofWrappers = []any{
 		(*Response_Put)(nil),
 		(*Response_DeleteRange)(nil),
 		(*Response_Txn)(nil),
@@ -2994,6 +3500,7 @@ func file_shardpb_shard_proto_init() {
 		(*Response_TxnSettled)(nil),
 		(*Response_TxnRecord)(nil),
 		(*Response_TxnForgotten)(nil),
+		(*Response_MergeOutcome)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3001,7 +3508,7 @@ func file_shardpb_shard_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shardpb_shard_proto_rawDesc), len(file_shardpb_shard_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

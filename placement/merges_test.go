@@ -163,21 +163,7 @@ func TestTableMergeModel(t *testing.T) {
 				}
 			}
 		}
-		replay := NewTable()
-		for _, c := range log {
-			replay.Apply(c)
-		}
-		if !proto.Equal(replay.State(), tb.State()) {
-			t.Fatalf("seed %d: the log replayed gives another state", seed)
-		}
-		resumed := NewTable()
-		resumed.Load(half)
-		for _, c := range log[201:] {
-			resumed.Apply(c)
-		}
-		if !proto.Equal(resumed.State(), tb.State()) {
-			t.Fatalf("seed %d: the log replayed on the halfway snapshot gives another state", seed)
-		}
+		checkReplay(t, seed, tb, log, half, 201)
 	}
 	if committed == 0 || abandoned == 0 {
 		t.Fatalf("the random commands ended %d merges done and %d abandoned: too few to test merges", committed, abandoned)

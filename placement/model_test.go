@@ -202,24 +202,32 @@ func TestTableReplicaModel(t *testing.T) {
 				}
 			}
 		}
-		replay := NewTable()
-		for _, c := range log {
-			replay.Apply(c)
-		}
-		if !proto.Equal(replay.State(), tb.State()) {
-			t.Fatalf("seed %d: the log replayed gives another state", seed)
-		}
-		resumed := NewTable()
-		resumed.Load(half)
-		for _, c := range log[151:] {
-			resumed.Apply(c)
-		}
-		if !proto.Equal(resumed.State(), tb.State()) {
-			t.Fatalf("seed %d: the log replayed on the halfway snapshot gives another state", seed)
-		}
+		checkReplay(t, seed, tb, log, half, 151)
 	}
 	if done == 0 || abandoned == 0 {
 		t.Fatalf("the random commands ended %d moves done and %d abandoned: too few to test moves", done, abandoned)
 	}
 	t.Logf("%d moves done, %d abandoned", done, abandoned)
+}
+
+// checkReplay fails t unless log, applied to a new table, gives tb's state,
+// and so does log[from:] applied to a table loaded with half (the state
+// after log[:from]).
+func checkReplay(t *testing.T, seed uint64, tb *Table, log []*placementpb.Command, half *placementpb.State, from int) {
+	t.Helper()
+	replay := NewTable()
+	for _, c := range log {
+		replay.Apply(c)
+	}
+	if !proto.Equal(replay.State(), tb.State()) {
+		t.Fatalf("seed %d: the log replayed gives another state", seed)
+	}
+	resumed := NewTable()
+	resumed.Load(half)
+	for _, c := range log[from:] {
+		resumed.Apply(c)
+	}
+	if !proto.Equal(resumed.State(), tb.State()) {
+		t.Fatalf("seed %d: the log replayed on the halfway snapshot gives another state", seed)
+	}
 }

@@ -148,6 +148,13 @@ func serveMemberOf(t *testing.T, id placement.NodeID, m Member, memberOf MemberO
 	l := bufconn.Listen(1 << 20)
 	g := grpc.NewServer()
 	New(Config{MemberID: id, MemberOf: memberOf}).RegisterInternal(g, m)
+	return serveOn(t, id, l, g)
+}
+
+// serveOn serves g on l and returns a dialer reaching it as member id (and
+// nothing else).
+func serveOn(t *testing.T, id placement.NodeID, l *bufconn.Listener, g *grpc.Server) Dial {
+	t.Helper()
 	go func() { _ = g.Serve(l) }()
 	t.Cleanup(g.Stop)
 	conn, err := grpc.NewClient("passthrough:///member", grpc.WithTransportCredentials(insecure.NewCredentials()),

@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -59,20 +57,7 @@ func serveCounted(t *testing.T, id placement.NodeID, srv internalpb.NodeServer, 
 			return h(s, ss)
 		}))...)
 	internalpb.RegisterNodeServer(g, srv)
-	go func() { _ = g.Serve(l) }()
-	t.Cleanup(g.Stop)
-	conn, err := grpc.NewClient("passthrough:///member", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return l.DialContext(ctx) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	return func(member placement.NodeID) (grpc.ClientConnInterface, error) {
-		if member != id {
-			return nil, errors.New("no such member")
-		}
-		return conn, nil
-	}, counts
+	return serveOn(t, id, l, g), counts
 }
 
 // preForward is a member that predates the Forward stream.

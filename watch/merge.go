@@ -80,13 +80,7 @@ func (mg *Merger) newStream(limit int, split Splitter, direct bool) *Merged {
 // notifications and was sent no event since the last tick, a notification
 // at the revision up to which it has been sent everything.
 func (mg *Merger) ProgressTick() {
-	mg.mu.Lock()
-	streams := make([]*Merged, 0, len(mg.streams))
-	for m := range mg.streams {
-		streams = append(streams, m)
-	}
-	mg.mu.Unlock()
-	for _, m := range streams {
+	for _, m := range mg.all() {
 		m.progressTick()
 	}
 }
@@ -289,6 +283,17 @@ func (m *Merged) addPart(w *merged, p Part, start mvcc.Revision, evs []*mvccpb.E
 	w.parts = append(w.parts, pt)
 }
 
+// all returns the merged streams open now.
+func (mg *Merger) all() []*Merged {
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	streams := make([]*Merged, 0, len(mg.streams))
+	for m := range mg.streams {
+		streams = append(streams, m)
+	}
+	return streams
+}
+
 // Split moves every stream's watchers on hub's keys from key on (a range
 // splitting at key) to child, the new range's part (its Key and RangeEnd
 // unused): each such watcher is replaced, from the revision after
@@ -298,13 +303,7 @@ func (m *Merged) addPart(w *merged, p Part, start mvcc.Revision, evs []*mvccpb.E
 // split applies, before hub hears of anything after it, so nothing falls
 // between the two.
 func (mg *Merger) Split(hub *Hub, key []byte, child Part) {
-	mg.mu.Lock()
-	streams := make([]*Merged, 0, len(mg.streams))
-	for m := range mg.streams {
-		streams = append(streams, m)
-	}
-	mg.mu.Unlock()
-	for _, m := range streams {
+	for _, m := range mg.all() {
 		m.splitAt(hub, key, child)
 	}
 }
@@ -361,13 +360,7 @@ func (m *Merged) splitAt(hub *Hub, key []byte, child Part) {
 //
 //	part on from, mark 41, evs [40] → Move → part on to from 42, evs [40]
 func (mg *Merger) Move(from *Hub, to Part) {
-	mg.mu.Lock()
-	streams := make([]*Merged, 0, len(mg.streams))
-	for m := range mg.streams {
-		streams = append(streams, m)
-	}
-	mg.mu.Unlock()
-	for _, m := range streams {
+	for _, m := range mg.all() {
 		m.move(from, to, false)
 	}
 }
@@ -407,13 +400,7 @@ func (mg *Merger) Move(from *Hub, to Part) {
 //	                                     part on L's hub from 42 (unsynced), evs [40]
 func (mg *Merger) Merge(from *Hub, into Part) {
 	into.Hub.Skip(from.Rev())
-	mg.mu.Lock()
-	streams := make([]*Merged, 0, len(mg.streams))
-	for m := range mg.streams {
-		streams = append(streams, m)
-	}
-	mg.mu.Unlock()
-	for _, m := range streams {
+	for _, m := range mg.all() {
 		m.move(from, into, true)
 	}
 }

@@ -278,6 +278,11 @@ func (s *Server) txnAttempt(ctx context.Context, r *pb.TxnRequest) (*pb.TxnRespo
 		if err != nil {
 			return nil, err
 		}
+		// Again at now, for the reads' headers (STM takes its snapshot
+		// revision from them).
+		if ev, err = v.eval(ctx, s, r, now); err != nil {
+			return nil, err
+		}
 		ev.resp.Header.Revision = int64(now)
 		return ev.resp, nil
 	}
@@ -405,9 +410,8 @@ func (s *Server) abortAll(id uint64, parts []*participant) {
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, p := range parts {
-		if !p.prepared {
-			continue
-		}
+		// Every participant: a prepare that failed here may have
+		// applied there (an abort of no lock is a no-op).
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

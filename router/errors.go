@@ -31,6 +31,10 @@ var byCode = map[shardpb.ErrorCode]error{
 	shardpb.ErrorCode_ERROR_CODE_LEASE_EXISTS:        rpctypes.ErrGRPCLeaseExist,
 	shardpb.ErrorCode_ERROR_CODE_LEASE_TTL_TOO_LARGE: rpctypes.ErrGRPCLeaseTTLTooLarge,
 	shardpb.ErrorCode_ERROR_CODE_NO_SPACE:            rpctypes.ErrGRPCNoSpace,
+	// A cross-range transaction's lock that outlived the request's
+	// deadline (the router waits locks out until then): etcd's timeout.
+	shardpb.ErrorCode_ERROR_CODE_LOCKED:       rpctypes.ErrGRPCTimeout,
+	shardpb.ErrorCode_ERROR_CODE_TXN_CONFLICT: rpctypes.ErrGRPCTimeout,
 }
 
 // byStoreError maps mvcc's validation sentinels (checked here before a

@@ -86,7 +86,7 @@ func (k *kvServer) rangeKV(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	}
 	sh := parts[0].Shard
 	if r.Serializable || plantedStaleReads {
-		resp, err := sh.Range(ctx, r, false)
+		resp, err := untilUnlocked(ctx, func() (*pb.RangeResponse, error) { return sh.Range(ctx, r, false) })
 		if err != nil {
 			return nil, toGRPC(err)
 		}
@@ -101,7 +101,7 @@ func (k *kvServer) rangeKV(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	resp, err := sh.ReadAt(ctx, r, now)
+	resp, err := untilUnlocked(ctx, func() (*pb.RangeResponse, error) { return sh.ReadAt(ctx, r, now) })
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -248,6 +248,10 @@ func (k *kvServer) deleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 		return nil, err
 	}
 	sh, err := k.s.shardFor(keySpan{r.Key, r.RangeEnd})
+	var across *spansRanges
+	if errors.As(err, &across) {
+		return k.s.deleteAcross(ctx, r)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -274,6 +278,15 @@ func (k *kvServer) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 		return nil, err
 	}
 	sh, err := k.s.shardFor(txnSpans(r, nil)...)
+	var across *spansRanges
+	if errors.As(err, &across) {
+		if !mvcc.IsTxnReadOnly(r) {
+			if err := k.s.checkQuota(ctx, r); err != nil {
+				return nil, err
+			}
+		}
+		return k.s.txnAcross(ctx, r)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -362,7 +375,8 @@ func (s *Server) write(ctx context.Context, sh Shard, req proto.Message, wrap fu
 	// deadline.
 	wctx, cancel := context.WithTimeout(ctx, s.requestTimeout())
 	defer cancel()
-	out, err := sh.Write(wctx, w)
+	// A write that meets a cross-range transaction's lock waits it out.
+	out, err := untilUnlocked(wctx, func() (*shardpb.Response, error) { return sh.Write(wctx, w) })
 	if err != nil {
 		if wctx.Err() != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, shard.ErrTimeout) {
 			err = shard.ErrTimeout

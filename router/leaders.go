@@ -70,6 +70,12 @@ func (s *Server) StartLeaderWatch(every time.Duration) *LeaderWatch {
 	s.leaders.Store(w)
 	w.done.Add(1)
 	go w.run()
+	if s.cfg.Ranges != nil && !s.cfg.Ranges.static {
+		// Locks of cross-range transactions past their deadline
+		// (txnresolve.go), on the same lifetime.
+		w.done.Add(1)
+		go func() { defer w.done.Done(); s.runResolver(w.stop) }()
+	}
 	return w
 }
 

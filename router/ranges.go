@@ -91,8 +91,9 @@ type keySpan struct{ key, end []byte }
 
 // shardFor returns the shard serving every key of spans: the range they
 // all lie in (single-group mode's one range holds every key). Spans in
-// several ranges are refused with InvalidArgument naming the ranges
-// (DESIGN.md "Writes and transactions": never half-applied).
+// several ranges are refused with *spansRanges (InvalidArgument naming the
+// ranges to a client), which DeleteRange and Txn hand to the cross-range
+// coordinator (txncoord.go).
 func (s *Server) shardFor(spans ...keySpan) (Shard, error) {
 	var (
 		parts []RangePart
@@ -118,7 +119,7 @@ func (s *Server) shardFor(spans ...keySpan) (Shard, error) {
 	case 1:
 		return parts[0].Shard, nil
 	}
-	return nil, crossRange(parts)
+	return nil, &spansRanges{parts: parts}
 }
 
 // crossRange is the refusal of a write over several ranges.
@@ -209,7 +210,7 @@ func (s *Server) rangeAcross(ctx context.Context, r *pb.RangeRequest, parts []Ra
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resps[i], errs[i] = p.Shard.ReadAt(ctx, req, rev)
+			resps[i], errs[i] = untilUnlocked(ctx, func() (*pb.RangeResponse, error) { return p.Shard.ReadAt(ctx, req, rev) })
 		}()
 	}
 	wg.Wait()
@@ -438,7 +439,7 @@ func (s *Server) readTxnAs(ctx context.Context, sh Shard, r *pb.TxnRequest, line
 			floor = now
 		}
 	}
-	resp, err := sh.ReadTxn(ctx, r, floor, linearizable)
+	resp, err := untilUnlocked(ctx, func() (*pb.TxnResponse, error) { return sh.ReadTxn(ctx, r, floor, linearizable) })
 	if err != nil {
 		return nil, err
 	}

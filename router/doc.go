@@ -38,8 +38,11 @@
 // In sharded mode (ranges.go) every request is routed by key through the
 // range cache (rangecache.go: the ranges' descriptors in a
 // placement.Table, this member's replica of each by id): Put, DeleteRange
-// and Txn go to the one range holding all their keys
-// and are refused with InvalidArgument ("etcdserver: … spans ranges …") naming the ranges otherwise; a
+// and Txn go to the one range holding all their keys, or, when their keys
+// fall in several, to the cross-range coordinator (txncoord.go, txneval.go,
+// txnresolve.go; docs/plan-txn.md: locks at prepare, one oracle revision,
+// the record at the primary range, commit everywhere; a put with a lease
+// there is still refused with InvalidArgument, "… spans ranges …"); a
 // Range over several ranges (or at a past revision) takes a revision R from
 // the oracle (or the one asked), has each range answer its clipped part at
 // R once its closed revision reached R, and merges the parts as etcd would

@@ -400,27 +400,31 @@ func (c countingConn) Invoke(ctx context.Context, method string, args, reply any
 
 func (c countingConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	s, err := c.ClientConnInterface.NewStream(ctx, desc, method, opts...)
-	if err == nil && method == internalpb.Node_Forward_FullMethodName {
-		// One stream carries many writes: each counts, as its Write
-		// call did.
-		return countingForwards{s, c.m}, nil
+	if err == nil && (method == internalpb.Node_Forward_FullMethodName || method == internalpb.Node_Side_FullMethodName) {
+		// One stream carries many writes, or side-channel messages: each
+		// counts, as the unary call it stands for did.
+		return countingSends{s, c.m, method}, nil
 	}
 	c.m.forward(method, err)
 	return s, err
 }
 
-// countingForwards counts each write sent on a Forward stream.
-type countingForwards struct {
+// countingSends counts what is sent on a Forward stream (each write) or a
+// Side stream (each message), under the stream's method.
+type countingSends struct {
 	grpc.ClientStream
-	m *metrics
+	m      *metrics
+	method string
 }
 
-func (s countingForwards) SendMsg(msg any) error {
+func (s countingSends) SendMsg(msg any) error {
 	err := s.ClientStream.SendMsg(msg)
+	n := 1
 	if r, ok := msg.(*internalpb.ForwardRequest); ok {
-		for range r.Writes {
-			s.m.forward(internalpb.Node_Forward_FullMethodName, err)
-		}
+		n = len(r.Writes)
+	}
+	for range n {
+		s.m.forward(s.method, err)
 	}
 	return err
 }

@@ -1560,6 +1560,9 @@ func (n *Node) Close() error {
 		if n.leaveWAL != nil {
 			n.leaveWAL()
 		}
+		if n.side != nil {
+			n.side.Close() // its streams and calls to the other members
+		}
 		if n.fwd != nil {
 			n.fwd.Close() // its streams to the other members
 		}

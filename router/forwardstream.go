@@ -83,29 +83,32 @@ func batchOf[T any](items []T, size func(T) int) int {
 // stream because it does not serve one: nothing of it was done there.
 var errNoStream = errors.New("router: member serves no forward stream")
 
-// forwardStreams are a Forwarder's streams, by member.
-type forwardStreams struct {
+// memberStreams are long-lived streams of one kind (Forward, Side), one
+// per member, with the bookkeeping they share: a failed stream is opened
+// again when next wanted, one whose member answered Unimplemented is not
+// for noStreamFor, and one on a member's old connection is closed.
+type memberStreams[S memberStream] struct {
 	mu     sync.Mutex
-	closed bool                                // guarded by mu
-	by     map[placement.NodeID]*forwardStream // guarded by mu
-	wg     sync.WaitGroup                      // the streams' goroutines
+	closed bool                   // guarded by mu
+	by     map[placement.NodeID]S // guarded by mu
+	wg     sync.WaitGroup         // the streams' goroutines
 }
 
-// forwardStream is one Forward stream to a member.
-type forwardStream struct {
+// memberStream is a stream of memberStreams: its streamBase, and run,
+// which serves it until it fails or is cancelled.
+type memberStream interface {
+	base() *streamBase
+	run()
+}
+
+// streamBase is what every member stream has.
+type streamBase struct {
 	conn   grpc.ClientConnInterface
 	ctx    context.Context // ends with the stream
 	cancel context.CancelFunc
-	wake   chan struct{} // size 1: writes or cancels queued
+	wake   chan struct{} // size 1: something queued to send
 
 	mu sync.Mutex
-	// next is the id of the next write.
-	next uint64
-	// queue and cancels are to be sent, in this order (guarded by mu).
-	queue   []*internalpb.ForwardedWrite
-	cancels []uint64
-	// calls are the writes not answered yet, by id (guarded by mu).
-	calls map[uint64]*forwardCall
 	// failed is set once the stream failed, with unimplemented if the
 	// member does not serve it (guarded by mu); at is when.
 	failed        error
@@ -113,6 +116,93 @@ type forwardStream struct {
 	at            time.Time
 	// answered: an answer came on the stream (guarded by mu).
 	answered bool
+}
+
+func (b *streamBase) base() *streamBase { return b }
+
+// markFailed records that the stream failed with err, unless it had
+// already; it reports whether it had not. REQUIRES: b.mu.
+func (b *streamBase) markFailed(err error) bool {
+	if b.failed != nil {
+		return false
+	}
+	b.failed, b.at = err, time.Now()
+	b.unimplemented = status.Code(err) == codes.Unimplemented && !b.answered
+	return true
+}
+
+// poke wakes the sender.
+func (b *streamBase) poke() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// stream returns the stream to member over conn, opening one (made by
+// open, its goroutine run) if there is none or the last failed; false if
+// the member serves none or the streams are closed.
+func (ms *memberStreams[S]) stream(member placement.NodeID, conn grpc.ClientConnInterface, open func() S) (S, bool) {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	var none S
+	if ms.closed {
+		return none, false
+	}
+	if st, ok := ms.by[member]; ok && sameConn(st.base().conn, conn) {
+		b := st.base()
+		b.mu.Lock()
+		failed, unimpl, at := b.failed, b.unimplemented, b.at
+		b.mu.Unlock()
+		switch {
+		case failed == nil:
+			return st, true
+		case unimpl && time.Since(at) < noStreamFor:
+			return none, false
+		}
+	} else if ok {
+		st.base().cancel() // the member's address changed: a stream on the new connection
+	}
+	st := open()
+	b := st.base()
+	b.conn, b.wake = conn, make(chan struct{}, 1)
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	if ms.by == nil {
+		ms.by = map[placement.NodeID]S{}
+	}
+	ms.by[member] = st
+	ms.wg.Add(1)
+	go func() {
+		defer ms.wg.Done()
+		st.run()
+	}()
+	return st, true
+}
+
+// close ends every stream and waits for their goroutines.
+func (ms *memberStreams[S]) close() {
+	ms.mu.Lock()
+	ms.closed = true
+	for _, st := range ms.by {
+		st.base().cancel()
+	}
+	ms.mu.Unlock()
+	ms.wg.Wait()
+}
+
+// forwardStreams are a Forwarder's streams, by member.
+type forwardStreams = memberStreams[*forwardStream]
+
+// forwardStream is one Forward stream to a member.
+type forwardStream struct {
+	streamBase
+	// next is the id of the next write (guarded by mu).
+	next uint64
+	// queue and cancels are to be sent, in this order (guarded by mu).
+	queue   []*internalpb.ForwardedWrite
+	cancels []uint64
+	// calls are the writes not answered yet, by id (guarded by mu).
+	calls map[uint64]*forwardCall
 }
 
 // forwardCall is a write waiting for its answer.
@@ -129,41 +219,6 @@ type forwardCallResult struct {
 	reached bool
 }
 
-// stream returns the Forward stream to member over conn, opening one if
-// there is none (or the last failed); nil if the member serves none.
-func (fs *forwardStreams) stream(member placement.NodeID, conn grpc.ClientConnInterface) *forwardStream {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	if fs.closed {
-		return nil
-	}
-	if st := fs.by[member]; st != nil && sameConn(st.conn, conn) {
-		st.mu.Lock()
-		failed, unimpl, at := st.failed, st.unimplemented, st.at
-		st.mu.Unlock()
-		switch {
-		case failed == nil:
-			return st
-		case unimpl && time.Since(at) < noStreamFor:
-			return nil
-		}
-	} else if st != nil {
-		st.cancel() // the member's address changed: a stream on the new connection
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	st := &forwardStream{conn: conn, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), calls: map[uint64]*forwardCall{}}
-	if fs.by == nil {
-		fs.by = map[placement.NodeID]*forwardStream{}
-	}
-	fs.by[member] = st
-	fs.wg.Add(1)
-	go func() {
-		defer fs.wg.Done()
-		st.run()
-	}()
-	return st
-}
-
 // sameConn reports whether a and b are the same connection (dialers
 // return the one they cached; one whose type cannot be compared is taken
 // for the same).
@@ -177,16 +232,8 @@ func sameConn(a, b grpc.ClientConnInterface) bool {
 	return a == b
 }
 
-// close ends every stream, failing the writes waiting on them, and waits
-// for their goroutines.
-func (fs *forwardStreams) close() {
-	fs.mu.Lock()
-	fs.closed = true
-	for _, st := range fs.by {
-		st.cancel()
-	}
-	fs.mu.Unlock()
-	fs.wg.Wait()
+func newForwardStream() *forwardStream {
+	return &forwardStream{calls: map[uint64]*forwardCall{}}
 }
 
 // run opens the stream, sends what callers queue and starts the receiver;
@@ -279,11 +326,9 @@ func (st *forwardStream) fail(err error, open bool) {
 	st.cancel()
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.failed != nil {
+	if !st.markFailed(err) {
 		return
 	}
-	st.failed, st.at = err, time.Now()
-	st.unimplemented = status.Code(err) == codes.Unimplemented && !st.answered
 	for id, c := range st.calls {
 		r := forwardCallResult{err: err, reached: open && c.sent}
 		if st.unimplemented {
@@ -354,21 +399,13 @@ func (st *forwardStream) write(ctx context.Context, w *internalpb.WriteRequest) 
 	return forwardCallResult{err: status.FromContextError(ctx.Err()).Err(), reached: sent}
 }
 
-// poke wakes the sender.
-func (st *forwardStream) poke() {
-	select {
-	case st.wake <- struct{}{}:
-	default:
-	}
-}
-
 // write proposes req to range id through member (nc is its client), which
 // must lead it: on the Forward stream to member if it serves one, else by
 // a Write call (writeVia).
 func (f *Forwarder) write(ctx context.Context, member placement.NodeID, nc internalpb.NodeClient, id shard.RangeID, req *shardpb.Request) (*shardpb.Response, error) {
 	if f.streams != nil {
 		if conn, err := f.dial(member); err == nil {
-			if st := f.streams.stream(member, conn); st != nil {
+			if st, ok := f.streams.stream(member, conn, newForwardStream); ok {
 				r := st.write(ctx, &internalpb.WriteRequest{Range: uint64(id), Request: req})
 				if !errors.Is(r.err, errNoStream) {
 					return writeAnswer(ctx, id, r.resp, r.err, r.reached)

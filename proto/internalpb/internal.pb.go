@@ -3915,6 +3915,116 @@ func (*KickResponse) Descriptor() ([]byte, []int) {
 	return file_internalpb_internal_proto_rawDescGZIP(), []int{60}
 }
 
+// SideRequest is one message of a Side stream: closed revisions of ranges
+// the caller leads (as Closed's) and kicks for ranges this node leads (as
+// Kick's), at most one of each range; id, rising on the stream, tags its
+// answer.
+type SideRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Closed        []*RangeClosed         `protobuf:"bytes,2,rep,name=closed,proto3" json:"closed,omitempty"`
+	Kicks         []*KickRequest         `protobuf:"bytes,3,rep,name=kicks,proto3" json:"kicks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SideRequest) Reset() {
+	*x = SideRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SideRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SideRequest) ProtoMessage() {}
+
+func (x *SideRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SideRequest.ProtoReflect.Descriptor instead.
+func (*SideRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *SideRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SideRequest) GetClosed() []*RangeClosed {
+	if x != nil {
+		return x.Closed
+	}
+	return nil
+}
+
+func (x *SideRequest) GetKicks() []*KickRequest {
+	if x != nil {
+		return x.Kicks
+	}
+	return nil
+}
+
+// SideResponse acknowledges the message of id: everything it carried was
+// taken.
+type SideResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SideResponse) Reset() {
+	*x = SideResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SideResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SideResponse) ProtoMessage() {}
+
+func (x *SideResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SideResponse.ProtoReflect.Descriptor instead.
+func (*SideResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *SideResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
 var File_internalpb_internal_proto protoreflect.FileDescriptor
 
 const file_internalpb_internal_proto_rawDesc = "" +
@@ -4166,7 +4276,13 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\vKickRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\x0e\n" +
-	"\fKickResponse*X\n" +
+	"\fKickResponse\"\x8b\x01\n" +
+	"\vSideRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x126\n" +
+	"\x06closed\x18\x02 \x03(\v2\x1e.cairn.internal.v1.RangeClosedR\x06closed\x124\n" +
+	"\x05kicks\x18\x03 \x03(\v2\x1e.cairn.internal.v1.KickRequestR\x05kicks\"\x1e\n" +
+	"\fSideResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id*X\n" +
 	"\rFeedEndReason\x12\x18\n" +
 	"\x14FEED_END_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FEED_END_COMPACTED\x10\x01\x12\x15\n" +
@@ -4187,7 +4303,7 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
 	"\x13ERROR_CODE_NO_RANGE\x10\x03\x12\x16\n" +
 	"\x12ERROR_CODE_TIMEOUT\x10\x04\x12\x1a\n" +
-	"\x16ERROR_CODE_LEADER_LOST\x10\x052\xbf\x0e\n" +
+	"\x16ERROR_CODE_LEADER_LOST\x10\x052\x8c\x0f\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12T\n" +
 	"\aForward\x12!.cairn.internal.v1.ForwardRequest\x1a\".cairn.internal.v1.ForwardResponse(\x010\x01\x12M\n" +
@@ -4196,7 +4312,8 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"WaitClosed\x12$.cairn.internal.v1.WaitClosedRequest\x1a%.cairn.internal.v1.WaitClosedResponse\x12V\n" +
 	"\tRevisions\x12#.cairn.internal.v1.RevisionsRequest\x1a$.cairn.internal.v1.RevisionsResponse\x12M\n" +
 	"\x06Closed\x12 .cairn.internal.v1.ClosedRequest\x1a!.cairn.internal.v1.ClosedResponse\x12G\n" +
-	"\x04Kick\x12\x1e.cairn.internal.v1.KickRequest\x1a\x1f.cairn.internal.v1.KickResponse\x12Y\n" +
+	"\x04Kick\x12\x1e.cairn.internal.v1.KickRequest\x1a\x1f.cairn.internal.v1.KickResponse\x12K\n" +
+	"\x04Side\x12\x1e.cairn.internal.v1.SideRequest\x1a\x1f.cairn.internal.v1.SideResponse(\x010\x01\x12Y\n" +
 	"\n" +
 	"SplitRange\x12$.cairn.internal.v1.SplitRangeRequest\x1a%.cairn.internal.v1.SplitRangeResponse\x12Y\n" +
 	"\n" +
@@ -4229,7 +4346,7 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_internalpb_internal_proto_goTypes = []any{
 	(FeedEndReason)(0),                  // 0: cairn.internal.v1.FeedEndReason
 	(ChangeRangeOp)(0),                  // 1: cairn.internal.v1.ChangeRangeOp
@@ -4295,10 +4412,12 @@ var file_internalpb_internal_proto_goTypes = []any{
 	(*ClosedResponse)(nil),              // 61: cairn.internal.v1.ClosedResponse
 	(*KickRequest)(nil),                 // 62: cairn.internal.v1.KickRequest
 	(*KickResponse)(nil),                // 63: cairn.internal.v1.KickResponse
-	(*placementpb.RangeDescriptor)(nil), // 64: cairn.placement.RangeDescriptor
-	(shardpb.ErrorCode)(0),              // 65: cairn.shard.v1.ErrorCode
-	(*shardpb.Request)(nil),             // 66: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 67: cairn.shard.v1.Response
+	(*SideRequest)(nil),                 // 64: cairn.internal.v1.SideRequest
+	(*SideResponse)(nil),                // 65: cairn.internal.v1.SideResponse
+	(*placementpb.RangeDescriptor)(nil), // 66: cairn.placement.RangeDescriptor
+	(shardpb.ErrorCode)(0),              // 67: cairn.shard.v1.ErrorCode
+	(*shardpb.Request)(nil),             // 68: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 69: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
 	44, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
@@ -4315,7 +4434,7 @@ var file_internalpb_internal_proto_depIdxs = []int32{
 	1,  // 11: cairn.internal.v1.ChangeRangeRequest.op:type_name -> cairn.internal.v1.ChangeRangeOp
 	44, // 12: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
 	23, // 13: cairn.internal.v1.RangeStatsResponse.ranges:type_name -> cairn.internal.v1.RangeStats
-	64, // 14: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
+	66, // 14: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
 	44, // 15: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
 	44, // 16: cairn.internal.v1.UpdateMemberResponse.error:type_name -> cairn.internal.v1.Error
 	34, // 17: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
@@ -4330,11 +4449,11 @@ var file_internalpb_internal_proto_depIdxs = []int32{
 	41, // 26: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
 	44, // 27: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
 	2,  // 28: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	65, // 29: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	64, // 30: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	64, // 31: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	66, // 32: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	67, // 33: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	67, // 29: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	66, // 30: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	66, // 31: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	68, // 32: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	69, // 33: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
 	44, // 34: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
 	50, // 35: cairn.internal.v1.ForwardRequest.writes:type_name -> cairn.internal.v1.ForwardedWrite
 	47, // 36: cairn.internal.v1.ForwardedWrite.write:type_name -> cairn.internal.v1.WriteRequest
@@ -4344,53 +4463,57 @@ var file_internalpb_internal_proto_depIdxs = []int32{
 	44, // 40: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
 	44, // 41: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
 	59, // 42: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	47, // 43: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	49, // 44: cairn.internal.v1.Node.Forward:input_type -> cairn.internal.v1.ForwardRequest
-	53, // 45: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	55, // 46: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	57, // 47: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	60, // 48: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	62, // 49: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	45, // 50: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	42, // 51: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	28, // 52: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	30, // 53: cairn.internal.v1.Node.UpdateMember:input_type -> cairn.internal.v1.UpdateMemberRequest
-	32, // 54: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
-	3,  // 55: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
-	5,  // 56: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
-	7,  // 57: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
-	10, // 58: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
-	16, // 59: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
-	19, // 60: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
-	21, // 61: cairn.internal.v1.Node.RangeStats:input_type -> cairn.internal.v1.RangeStatsRequest
-	24, // 62: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
-	26, // 63: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
-	48, // 64: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	51, // 65: cairn.internal.v1.Node.Forward:output_type -> cairn.internal.v1.ForwardResponse
-	54, // 66: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	56, // 67: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	58, // 68: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	61, // 69: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	63, // 70: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	46, // 71: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	43, // 72: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	29, // 73: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	31, // 74: cairn.internal.v1.Node.UpdateMember:output_type -> cairn.internal.v1.UpdateMemberResponse
-	39, // 75: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
-	4,  // 76: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
-	6,  // 77: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
-	8,  // 78: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
-	13, // 79: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
-	17, // 80: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
-	20, // 81: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
-	22, // 82: cairn.internal.v1.Node.RangeStats:output_type -> cairn.internal.v1.RangeStatsResponse
-	25, // 83: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
-	27, // 84: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
-	64, // [64:85] is the sub-list for method output_type
-	43, // [43:64] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	59, // 43: cairn.internal.v1.SideRequest.closed:type_name -> cairn.internal.v1.RangeClosed
+	62, // 44: cairn.internal.v1.SideRequest.kicks:type_name -> cairn.internal.v1.KickRequest
+	47, // 45: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	49, // 46: cairn.internal.v1.Node.Forward:input_type -> cairn.internal.v1.ForwardRequest
+	53, // 47: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	55, // 48: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	57, // 49: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	60, // 50: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	62, // 51: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	64, // 52: cairn.internal.v1.Node.Side:input_type -> cairn.internal.v1.SideRequest
+	45, // 53: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	42, // 54: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	28, // 55: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	30, // 56: cairn.internal.v1.Node.UpdateMember:input_type -> cairn.internal.v1.UpdateMemberRequest
+	32, // 57: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	3,  // 58: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
+	5,  // 59: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
+	7,  // 60: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
+	10, // 61: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
+	16, // 62: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
+	19, // 63: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
+	21, // 64: cairn.internal.v1.Node.RangeStats:input_type -> cairn.internal.v1.RangeStatsRequest
+	24, // 65: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
+	26, // 66: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
+	48, // 67: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	51, // 68: cairn.internal.v1.Node.Forward:output_type -> cairn.internal.v1.ForwardResponse
+	54, // 69: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	56, // 70: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	58, // 71: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	61, // 72: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	63, // 73: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	65, // 74: cairn.internal.v1.Node.Side:output_type -> cairn.internal.v1.SideResponse
+	46, // 75: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	43, // 76: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	29, // 77: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	31, // 78: cairn.internal.v1.Node.UpdateMember:output_type -> cairn.internal.v1.UpdateMemberResponse
+	39, // 79: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	4,  // 80: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
+	6,  // 81: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
+	8,  // 82: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
+	13, // 83: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
+	17, // 84: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
+	20, // 85: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
+	22, // 86: cairn.internal.v1.Node.RangeStats:output_type -> cairn.internal.v1.RangeStatsResponse
+	25, // 87: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
+	27, // 88: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
+	67, // [67:89] is the sub-list for method output_type
+	45, // [45:67] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -4419,7 +4542,7 @@ func file_internalpb_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   61,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

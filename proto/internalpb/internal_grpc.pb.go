@@ -32,6 +32,7 @@ const (
 	Node_Revisions_FullMethodName           = "/cairn.internal.v1.Node/Revisions"
 	Node_Closed_FullMethodName              = "/cairn.internal.v1.Node/Closed"
 	Node_Kick_FullMethodName                = "/cairn.internal.v1.Node/Kick"
+	Node_Side_FullMethodName                = "/cairn.internal.v1.Node/Side"
 	Node_SplitRange_FullMethodName          = "/cairn.internal.v1.Node/SplitRange"
 	Node_CompactLog_FullMethodName          = "/cairn.internal.v1.Node/CompactLog"
 	Node_RemoveMember_FullMethodName        = "/cairn.internal.v1.Node/RemoveMember"
@@ -73,6 +74,13 @@ type NodeClient interface {
 	Closed(ctx context.Context, in *ClosedRequest, opts ...grpc.CallOption) (*ClosedResponse, error)
 	// Kick asks the leader of a range to close a revision soon.
 	Kick(ctx context.Context, in *KickRequest, opts ...grpc.CallOption) (*KickResponse, error)
+	// Side carries the side channel (Closed's closed revisions and Kick's
+	// requests) on one stream per member pair: each message holds the
+	// newest of each range's published since the one before, tagged with an
+	// id that the answer acknowledges once it was taken. A node that
+	// predates it answers Unimplemented, and is sent Closed and Kick calls
+	// instead.
+	Side(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SideRequest, SideResponse], error)
 	// SplitRange splits the range holding key at key, in place, while it
 	// serves (the admin call behind `cairn range split`).
 	SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error)
@@ -216,6 +224,19 @@ func (c *nodeClient) Kick(ctx context.Context, in *KickRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *nodeClient) Side(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SideRequest, SideResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[1], Node_Side_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SideRequest, SideResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_SideClient = grpc.BidiStreamingClient[SideRequest, SideResponse]
+
 func (c *nodeClient) SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SplitRangeResponse)
@@ -278,7 +299,7 @@ func (c *nodeClient) HashReplica(ctx context.Context, in *HashReplicaRequest, op
 
 func (c *nodeClient) RangeImage(ctx context.Context, in *RangeImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[1], Node_RangeImage_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[2], Node_RangeImage_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +328,7 @@ func (c *nodeClient) CheckReplicas(ctx context.Context, in *CheckReplicasRequest
 
 func (c *nodeClient) Feed(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FeedRequest, FeedResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[2], Node_Feed_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[3], Node_Feed_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -320,7 +341,7 @@ type Node_FeedClient = grpc.BidiStreamingClient[FeedRequest, FeedResponse]
 
 func (c *nodeClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventsResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[3], Node_Events_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[4], Node_Events_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -402,6 +423,13 @@ type NodeServer interface {
 	Closed(context.Context, *ClosedRequest) (*ClosedResponse, error)
 	// Kick asks the leader of a range to close a revision soon.
 	Kick(context.Context, *KickRequest) (*KickResponse, error)
+	// Side carries the side channel (Closed's closed revisions and Kick's
+	// requests) on one stream per member pair: each message holds the
+	// newest of each range's published since the one before, tagged with an
+	// id that the answer acknowledges once it was taken. A node that
+	// predates it answers Unimplemented, and is sent Closed and Kick calls
+	// instead.
+	Side(grpc.BidiStreamingServer[SideRequest, SideResponse]) error
 	// SplitRange splits the range holding key at key, in place, while it
 	// serves (the admin call behind `cairn range split`).
 	SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error)
@@ -492,6 +520,9 @@ func (UnimplementedNodeServer) Closed(context.Context, *ClosedRequest) (*ClosedR
 }
 func (UnimplementedNodeServer) Kick(context.Context, *KickRequest) (*KickResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Kick not implemented")
+}
+func (UnimplementedNodeServer) Side(grpc.BidiStreamingServer[SideRequest, SideResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Side not implemented")
 }
 func (UnimplementedNodeServer) SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SplitRange not implemented")
@@ -670,6 +701,13 @@ func _Node_Kick_Handler(srv interface{}, ctx context.Context, dec func(interface
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Node_Side_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServer).Side(&grpc.GenericServerStream[SideRequest, SideResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_SideServer = grpc.BidiStreamingServer[SideRequest, SideResponse]
 
 func _Node_SplitRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SplitRangeRequest)
@@ -978,6 +1016,12 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Forward",
 			Handler:       _Node_Forward_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Side",
+			Handler:       _Node_Side_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

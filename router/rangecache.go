@@ -32,6 +32,10 @@ import (
 // (lookups check that the range holds the key), as with the replicas'
 // own descriptors.
 //
+// A merge committed here swaps the two entries for the merged one at once
+// (Merge); the cache remembers each range merged away, so that requests
+// and leases naming it find the ranges holding its keys now (Successor).
+//
 // Single-group mode's map is static (NewStaticRangeCache): range 1 alone,
 // the whole key space, for good. Its range's revision is the cluster's, so
 // the router sends it reads at a revision, compactions and hashes as they

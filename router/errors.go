@@ -89,6 +89,12 @@ func toGRPC(err error) error {
 		switch e.Code {
 		case shardpb.ErrorCode_ERROR_CODE_BAD_REQUEST:
 			return status.Error(codes.InvalidArgument, "etcdserver: "+e.Message)
+		case shardpb.ErrorCode_ERROR_CODE_MERGING, shardpb.ErrorCode_ERROR_CODE_STALE_MERGE:
+			// A range frozen for a merge: the router retries to the
+			// request's deadline (rerouted), so a client sees one only
+			// once its time ran out, as etcd's timeout; the status keeps
+			// err for that retry.
+			return &causedStatus{st: status.Convert(rpctypes.ErrGRPCTimeout), cause: err}
 		default:
 			// Stale stamps and out-of-range keys are the router's to retry;
 			// one that gets here is a transient condition for the client.

@@ -145,9 +145,16 @@ func serveMember(t *testing.T, id placement.NodeID, m Member) Dial {
 // serveMemberOf is serveMember with the member's MemberOf.
 func serveMemberOf(t *testing.T, id placement.NodeID, m Member, memberOf MemberOf) Dial {
 	t.Helper()
+	return serveMemberWith(t, Config{MemberID: id, MemberOf: memberOf}, m)
+}
+
+// serveMemberWith is serveMember with the member's router configured as cfg.
+func serveMemberWith(t *testing.T, cfg Config, m Member) Dial {
+	t.Helper()
+	id := cfg.MemberID
 	l := bufconn.Listen(1 << 20)
 	g := grpc.NewServer()
-	New(Config{MemberID: id, MemberOf: memberOf}).RegisterInternal(g, m)
+	New(cfg).RegisterInternal(g, m)
 	return serveOn(t, id, l, g)
 }
 

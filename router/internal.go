@@ -16,6 +16,7 @@ import (
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/proto/shardpb"
 	"github.com/cairn-kv/cairn/shard"
 	"github.com/cairn-kv/cairn/shard/auth"
 )
@@ -141,6 +142,9 @@ func (s *internalServer) leading(id shard.RangeID) (Replica, Local, *internalpb.
 		}
 	}
 	if !started {
+		if e := s.mergedAway(id, l); e != nil {
+			return nil, nil, e
+		}
 		return nil, nil, &internalpb.Error{Code: internalpb.ErrorCode_ERROR_CODE_NO_RANGE,
 			Message: fmt.Sprintf("cairn: no range %d here", id)}
 	}
@@ -159,14 +163,41 @@ func (s *internalServer) leading(id shard.RangeID) (Replica, Local, *internalpb.
 // started returns this member's started replica of range id, or the
 // NO_RANGE answer.
 func (s *internalServer) started(id shard.RangeID) (Local, *internalpb.Error) {
-	if l := s.m.Range(id); l != nil {
+	l := s.m.Range(id)
+	if l != nil {
 		select {
 		case <-l.Ready():
 			return l, nil
 		default:
 		}
 	}
+	if e := s.mergedAway(id, l); e != nil {
+		return nil, e
+	}
 	return nil, &internalpb.Error{Code: internalpb.ErrorCode_ERROR_CODE_NO_RANGE, Message: fmt.Sprintf("cairn: no range %d here", id)}
+}
+
+// mergedAway is the answer to a request for range id, which this member
+// does not run (l nil) because a range here absorbed it (a merge,
+// RangeCache.Successor): the refusal of keys outside the range
+// (OutsideRangeError) with the descriptor of this member's replica of the
+// range holding the start of id's old span, so that the caller routes by
+// it (RangeCache.Refresh) without waiting for the range map. nil if id
+// was not merged into a range here.
+func (s *internalServer) mergedAway(id shard.RangeID, l Local) *internalpb.Error {
+	if l != nil || s.srv == nil || s.srv.cfg.Ranges == nil {
+		return nil
+	}
+	for _, sid := range s.srv.cfg.Ranges.Successor(id) {
+		if sid == id {
+			return nil // not merged away: a replica starting or leaving here
+		}
+		if into := s.m.Range(sid); into != nil {
+			return encodeError(&shard.OutsideRangeError{Range: into.Descriptor(), Err: &shard.Error{
+				Code: shardpb.ErrorCode_ERROR_CODE_OUTSIDE_RANGE, Message: fmt.Sprintf("cairn: range %d was merged into range %d", id, sid)}})
+		}
+	}
+	return nil
 }
 
 // Read answers a member without a replica of the range from this

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -128,7 +129,12 @@ func (f *LeaseFanout) RemoteKeys(ctx context.Context, id int64) ([][]byte, error
 		return nil, err
 	}
 	var out [][]byte
-	for _, rid := range ranges {
+	seen := map[shard.RangeID]bool{}
+	for _, rid := range f.resolve(ranges) {
+		if seen[rid] {
+			continue // two ranges registered merged into one since
+		}
+		seen[rid] = true
 		var (
 			keys [][]byte
 			err  error
@@ -161,10 +167,28 @@ func (f *LeaseFanout) registered(ctx context.Context, id int64) ([]shard.RangeID
 	return home.Local.Replica().Registered(ctx, id, true)
 }
 
+// resolve is ranges with each range merged away replaced by the ranges
+// holding its keys now (RangeCache.Successor): their lessors took over
+// its attachments under the same lease ids. A range the cache knows
+// nothing of stays as it is.
+func (f *LeaseFanout) resolve(ranges []shard.RangeID) []shard.RangeID {
+	var out []shard.RangeID
+	for _, rid := range ranges {
+		if succ := f.cfg.Ranges.Successor(rid); len(succ) > 0 {
+			out = append(out, succ...)
+		} else {
+			out = append(out, rid)
+		}
+	}
+	return out
+}
+
 // revokeIn revokes the shadows of lease id in ranges and marks each done
 // at the home. The ranges refuse registrations of the lease made up to
 // now: up to the home's index here, which is past the revoke (read
-// linearizably before). A range not started here is only marked done.
+// linearizably before). A range not started here is only marked done. A
+// range merged away is revoked in the ranges holding its keys now
+// (shadowRevoke), and marked done itself.
 func (f *LeaseFanout) revokeIn(ctx context.Context, id int64, ranges []shard.RangeID) error {
 	var (
 		home Shard
@@ -185,14 +209,8 @@ func (f *LeaseFanout) revokeIn(ctx context.Context, id int64, ranges []shard.Ran
 		home, gen = e.Local.Replica(), f.cfg.Home.AppliedIndex()
 	}
 	for _, rid := range ranges {
-		if e, ok := f.cfg.Ranges.started(rid); ok || f.cfg.Ranges.remote(rid) != nil {
-			if !ok {
-				e, _ = f.cfg.Ranges.entry(rid)
-			}
-			_, err := e.Shard.Write(ctx, &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: &shardpb.ShadowLease{Lease: id, Generation: gen}}})
-			if err != nil {
-				return fmt.Errorf("router: revoke lease %d in range %d: %w", id, rid, err)
-			}
+		if err := f.shadowRevoke(ctx, id, gen, rid); err != nil {
+			return err
 		}
 		_, err := home.Write(ctx, &shardpb.Request{Op: &shardpb.Request_LeaseUnregister{
 			LeaseUnregister: &shardpb.LeaseShard{Lease: id, Shard: uint64(rid)}}})
@@ -201,6 +219,48 @@ func (f *LeaseFanout) revokeIn(ctx context.Context, id int64, ranges []shard.Ran
 		}
 	}
 	return nil
+}
+
+// shadowRevoke revokes the shadows of lease id in range rid, or, once rid
+// is merged away, in the ranges holding its keys now. A range frozen for
+// a merge (shard.ErrMerging) is tried again until ctx ends: the merge
+// either commits, and the range absorbing it takes the revoke (a holder
+// of it answers with that range's descriptor, OutsideRangeError, which
+// the cache takes in), or is undone, and the range takes it itself.
+func (f *LeaseFanout) shadowRevoke(ctx context.Context, id int64, gen uint64, rid shard.RangeID) error {
+	req := &shardpb.Request{Op: &shardpb.Request_ShadowRevoke{ShadowRevoke: &shardpb.ShadowLease{Lease: id, Generation: gen}}}
+	pause := time.Millisecond
+	for moves := 0; ; {
+		var err error
+		for _, sid := range f.resolve([]shard.RangeID{rid}) {
+			e, ok := f.cfg.Ranges.started(sid)
+			if !ok && f.cfg.Ranges.remote(sid) == nil {
+				continue // not started here: marked done only
+			}
+			if !ok {
+				e, _ = f.cfg.Ranges.entry(sid)
+			}
+			if _, err = e.Shard.Write(ctx, req); err != nil {
+				break
+			}
+		}
+		var o *shard.OutsideRangeError
+		switch {
+		case err == nil:
+			return nil
+		case errors.As(err, &o) && moves < reroutes:
+			moves++
+			f.cfg.Ranges.Refresh(o.Range)
+		case o != nil || !errors.Is(err, shard.ErrMerging):
+			return fmt.Errorf("router: revoke lease %d in range %d: %w", id, rid, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("router: revoke lease %d in range %d: %w", id, rid, err)
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, mergeRetryMax)
+	}
 }
 
 // home is the home's entry; its replica here is started.

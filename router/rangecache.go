@@ -32,6 +32,10 @@ import (
 // (lookups check that the range holds the key), as with the replicas'
 // own descriptors.
 //
+// A merge committed here swaps the two entries for the merged one at once
+// (Merge); the cache remembers each range merged away, so that requests
+// and leases naming it find the ranges holding its keys now (Successor).
+//
 // Single-group mode's map is static (NewStaticRangeCache): range 1 alone,
 // the whole key space, for good. Its range's revision is the cluster's, so
 // the router sends it reads at a revision, compactions and hashes as they
@@ -92,6 +96,18 @@ type rangeView struct {
 	// first is the entry of the range starting at the empty key (range
 	// 1), nil if none.
 	first *RangeEntry
+	// gone holds the ranges known to be merged away (Successor).
+	//
+	// Invariant: no id is both in gone and in entries.
+	gone map[shard.RangeID]tombstone
+}
+
+// tombstone is what the cache knows of a range merged away: the range
+// that absorbed it (0: unknown) and the span it had (ok false: unknown).
+type tombstone struct {
+	into shard.RangeID
+	span mvcc.Span
+	ok   bool
 }
 
 // NewRangeCache returns an empty cache.
@@ -140,6 +156,12 @@ func (c *RangeCache) Put(entries ...RangeEntry) {
 // update replaces the cache's view with one made from a copy of its
 // entries after change edits them (nothing for a static map).
 func (c *RangeCache) update(change func(all map[shard.RangeID]RangeEntry)) {
+	c.updateGone(func(all map[shard.RangeID]RangeEntry, _ map[shard.RangeID]tombstone) { change(all) })
+}
+
+// updateGone is update with the ranges merged away too (a copy, for
+// change to add to).
+func (c *RangeCache) updateGone(change func(all map[shard.RangeID]RangeEntry, gone map[shard.RangeID]tombstone)) {
 	if c.static {
 		return
 	}
@@ -150,8 +172,17 @@ func (c *RangeCache) update(change func(all map[shard.RangeID]RangeEntry)) {
 	for id, e := range old.entries {
 		all[id] = e
 	}
-	change(all)
-	c.view.Store(buildView(all))
+	gone := make(map[shard.RangeID]tombstone, len(old.gone))
+	for id, t := range old.gone {
+		gone[id] = t
+	}
+	change(all, gone)
+	for id := range all {
+		delete(gone, id) // never both: a range id is never used again, but a map may be older than a merge
+	}
+	v := buildView(all)
+	v.gone = gone
+	c.view.Store(v)
 }
 
 // PutRanges adds this member's replicas rs, or replaces those of the same
@@ -162,13 +193,18 @@ func (c *RangeCache) update(change func(all map[shard.RangeID]RangeEntry)) {
 func (c *RangeCache) PutRanges(rs ...*shard.Range) {
 	c.update(func(all map[shard.RangeID]RangeEntry) {
 		for _, r := range rs {
-			l := LocalRange(r)
-			if e, ok := all[r.ID()]; ok && e.Local == l {
+			if e, ok := all[r.ID()]; ok && e.Local == LocalRange(r) {
 				continue
 			}
-			all[r.ID()] = RangeEntry{Local: l, Shard: c.fwd.Range(l), Watches: r.Hub(), Kick: r.WantClosed, Counting: r.Counting}
+			all[r.ID()] = c.localEntry(r)
 		}
 	})
+}
+
+// localEntry is a new entry of this member's replica r.
+func (c *RangeCache) localEntry(r *shard.Range) RangeEntry {
+	l := LocalRange(r)
+	return RangeEntry{Local: l, Shard: c.fwd.Range(l), Watches: r.Hub(), Kick: r.WantClosed, Counting: r.Counting}
 }
 
 // PutMap routes by the range map ds (the placement group's, as this
@@ -185,7 +221,7 @@ func (c *RangeCache) PutMap(ds []*placementpb.RangeDescriptor) {
 	if c.static {
 		return
 	}
-	c.update(func(all map[shard.RangeID]RangeEntry) {
+	c.updateGone(func(all map[shard.RangeID]RangeEntry, gone map[shard.RangeID]tombstone) {
 		inMap := make(map[shard.RangeID]bool, len(ds))
 		for _, d := range ds {
 			id := shard.RangeID(d.Id)
@@ -210,6 +246,9 @@ func (c *RangeCache) PutMap(ds []*placementpb.RangeDescriptor) {
 		}
 		for id, e := range all {
 			if e.Local == nil && !inMap[id] {
+				// Ranges leave the map only by merging away: its
+				// keys are where its span is now (Successor).
+				gone[id] = tombstone{into: gone[id].into, span: shard.SpanOf(e.descriptor()), ok: true}
 				delete(all, id)
 			}
 		}
@@ -237,7 +276,13 @@ func (c *RangeCache) Client(id shard.RangeID) *RangeClient {
 }
 
 // Refresh reads the replicas' descriptors again if d, a range's answer, is
-// newer than what the cache holds of it.
+// newer than what the cache holds of it. A d of a range without a replica
+// here that grew over older ranges without one here — a merge, told by a
+// member holding the merged range before the map shows it — is taken in:
+// its entry's descriptor becomes d and the ranges it covers leave,
+// merged into it (Successor).
+//
+//	remote r2 [f,m) g1, r3 [m,) g1; Refresh(r2 [f,) g2) → r2 [f,) g2; r3 gone into r2
 func (c *RangeCache) Refresh(d *placementpb.RangeDescriptor) {
 	if d == nil || c.static {
 		return
@@ -245,9 +290,155 @@ func (c *RangeCache) Refresh(d *placementpb.RangeDescriptor) {
 	if gen, ok := c.view.Load().gens[shard.RangeID(d.Id)]; ok && gen >= d.Generation {
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.view.Store(buildView(c.view.Load().entries))
+	c.updateGone(func(all map[shard.RangeID]RangeEntry, gone map[shard.RangeID]tombstone) {
+		c.takeMerged(all, gone, d)
+	})
+}
+
+// takeMerged is Refresh's taking in of d, a newer descriptor of a range
+// without a replica here: only if d covers its entry's span (a split
+// narrows a range, and the keys it gave away would have no range here
+// until the map names their new one), and every other entry d meets is
+// of a range without a replica here, older than d (a key's ranges'
+// generations grow with each split and merge, so the older one is
+// gone), and within d.
+func (c *RangeCache) takeMerged(all map[shard.RangeID]RangeEntry, gone map[shard.RangeID]tombstone, d *placementpb.RangeDescriptor) {
+	id := shard.RangeID(d.Id)
+	e, ok := all[id]
+	span := shard.SpanOf(d)
+	switch {
+	case ok && e.Local != nil:
+		return // the replica's descriptor is the one to route by
+	case ok && !spanCovers(span, shard.SpanOf(e.descriptor())):
+		return
+	case !ok && (c.fwd == nil || isReplicaOf(d, c.fwd.self)):
+		return // a range starting here: PutRanges puts it in
+	}
+	var covered []shard.RangeID
+	for oid, o := range all {
+		od := o.descriptor()
+		if oid == id || !overlaps(span, shard.SpanOf(od)) {
+			continue
+		}
+		if o.Local != nil || od.Generation >= d.Generation || !spanCovers(span, shard.SpanOf(od)) {
+			return
+		}
+		covered = append(covered, oid)
+	}
+	for _, oid := range covered {
+		gone[oid] = tombstone{into: id, span: shard.SpanOf(all[oid].descriptor()), ok: true}
+		delete(all, oid)
+	}
+	if rc, _ := e.Shard.(*RangeClient); ok && rc != nil {
+		rc.setDescriptor(d)
+		e.Descriptor = d
+		all[id] = e
+		return
+	}
+	rc := c.fwd.RemoteRange(d)
+	all[id] = RangeEntry{Descriptor: d, Shard: rc, Counting: rc.counting}
+}
+
+// isReplicaOf reports whether d names member m among its replicas.
+func isReplicaOf(d *placementpb.RangeDescriptor, m placement.NodeID) bool {
+	_, ok := placement.ReplicaOf(d, m)
+	return ok
+}
+
+// spanCovers reports whether span a holds every key of b (covers, in
+// mvcc's form).
+func spanCovers(a, b mvcc.Span) bool { return covers(a.Start, a.End, b.Start, b.End) }
+
+// overlaps reports whether spans a and b share a key (nil End: ∞).
+func overlaps(a, b mvcc.Span) bool {
+	return (a.End == nil || bytes.Compare(b.Start, a.End) < 0) && (b.End == nil || bytes.Compare(a.Start, b.End) < 0)
+}
+
+// Merge records that this member's replica left absorbed range right (a
+// merge committed here, Joiner.OnMerge), in one swap of the view: left's
+// entry routes by its descriptor now (the merged span, which Set.Merge
+// gave it), right's leaves — never two entries over right's keys — and
+// right is known as merged into left (Successor).
+//
+//	r1 [,f) g1, r2 [f,m) g1, r3 [m,) g1; r2 absorbs r3 → r1 [,f), r2 [f,) g2; 3 gone into 2
+func (c *RangeCache) Merge(left *shard.Range, right shard.RangeID) {
+	c.merge(LocalRange(left), func() RangeEntry { return c.localEntry(left) }, right)
+}
+
+// merge is Merge of this member's replica left, whose entry, if the cache
+// has none of it, is entry().
+func (c *RangeCache) merge(left Local, entry func() RangeEntry, right shard.RangeID) {
+	id := shard.RangeID(left.Descriptor().Id)
+	c.updateGone(func(all map[shard.RangeID]RangeEntry, gone map[shard.RangeID]tombstone) {
+		if e, ok := all[id]; !ok || e.Local != left {
+			all[id] = entry()
+		}
+		t := tombstone{into: id}
+		if e, ok := all[right]; ok {
+			t.span, t.ok = shard.SpanOf(e.descriptor()), true
+			delete(all, right)
+		} else if old, ok := gone[right]; ok && old.ok {
+			t.span, t.ok = old.span, true
+		}
+		gone[right] = t
+	})
+}
+
+// PutMerged takes in the range map's tombstones (placementpb.State's
+// merged): each range merged away, into the range that absorbed it, so
+// that a range this member never saw merge (it held neither, or
+// restarted since) still has a Successor.
+func (c *RangeCache) PutMerged(ts []*placementpb.Merged) {
+	c.updateGone(func(all map[shard.RangeID]RangeEntry, gone map[shard.RangeID]tombstone) {
+		for _, m := range ts {
+			id := shard.RangeID(m.Range)
+			if _, ok := all[id]; ok {
+				continue // the map this member routes by is older than the merge
+			}
+			t := gone[id]
+			t.into = shard.RangeID(m.Into)
+			gone[id] = t
+		}
+	})
+}
+
+// Successor returns the ranges holding range id's keys now: id itself
+// while the cache has it; for a range merged away, the ranges the cache
+// has over the span it had (which the range it merged into may have split
+// since), or, if its span is unknown here (only the map's tombstone names
+// it), the successor of the range it merged into; nil if the cache knows
+// nothing of id.
+//
+//	r2 [f,m) absorbed r3 [m,t), then split at p into r2 [f,p), r9 [p,)
+//	→ Successor(3) = 2, 9; Successor(2) = 2
+func (c *RangeCache) Successor(id shard.RangeID) []shard.RangeID {
+	v := c.view.Load()
+	for hops := 0; hops <= len(v.gone); hops++ { // a chain of tombstones ends
+		if _, ok := v.entries[id]; ok {
+			return []shard.RangeID{id}
+		}
+		t, ok := v.gone[id]
+		if !ok {
+			return nil
+		}
+		if t.ok {
+			var out []shard.RangeID
+			v.table.EachOverlapping(t.span.Start, t.span.End, func(d *placementpb.RangeDescriptor) bool {
+				if overlaps(t.span, shard.SpanOf(d)) {
+					out = append(out, shard.RangeID(d.Id))
+				}
+				return true
+			})
+			if len(out) > 0 {
+				return out
+			}
+		}
+		if t.into == 0 {
+			return nil
+		}
+		id = t.into
+	}
+	return nil
 }
 
 // Remote reports whether range id is in the cache without a replica here.

@@ -466,16 +466,25 @@ func txnMaxRev(r *pb.TxnRequest) int64 {
 const reroutes = 100
 
 // rerouted runs fn, again while it fails because a range it was routed to
-// no longer holds its keys (a split gave them to a new range since the
-// request was routed): clients never see a split. A request a range
+// no longer holds its keys (a split or a merge gave them to another range
+// since the request was routed), or is frozen for a merge (until the
+// request's deadline, mergeWait): clients never see a split or a merge. A request a range
 // refused as checked against a stale cached auth state is checked and
 // sent once more (authRetry).
 func rerouted[T any](ctx context.Context, s *Server, fn func() (T, error)) (T, error) {
 	ar := s.authRetry()
+	mw := s.mergeWait(ctx)
 	for i := 0; ; i++ {
 		out, err := fn()
 		if ar.again(ctx, err) {
 			continue // checked against a stale cached auth state (authcache.go)
+		}
+		if errors.Is(err, shard.ErrMerging) {
+			if !mw.wait(ctx) {
+				return out, toGRPC(err) // etcd's timeout (or the caller's cancel)
+			}
+			i-- // not a reroute: the range is where it was
+			continue
 		}
 		if !moved(err) || i >= reroutes {
 			return out, err

@@ -15,6 +15,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
@@ -144,11 +146,14 @@ func TestShardedKV(t *testing.T) {
 		check(midModel, mid, c.key, c.end, c.limit, c.byMod, c.descend)
 	}
 
-	// A txn across ranges whose compare fails and whose failure branch
-	// is empty changes nothing (txn_cross_test.go writes across ranges).
-	txn := cli.Txn(ctx).If(clientv3.Compare(clientv3.Version("a0"), "=", 0)).Then(clientv3.OpPut("z0", "x"))
-	if tr, err := txn.Commit(); err != nil || tr.Succeeded {
-		t.Fatalf("txn across ranges: %v, %v", tr, err)
+	// Writes across ranges are refused and change nothing.
+	if _, err := cli.Delete(ctx, "a", clientv3.WithRange("z")); status.Code(err) != codes.InvalidArgument ||
+		!strings.Contains(err.Error(), "spans ranges") {
+		t.Fatalf("delete across ranges: %v", err)
+	}
+	txn := cli.Txn(ctx).If(clientv3.Compare(clientv3.Version("a0"), ">", 0)).Then(clientv3.OpPut("z0", "x"))
+	if _, err := txn.Commit(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("txn across ranges: %v", err)
 	}
 	check(model, 0, "\x00", "\x00", 0, false, false)
 	// Within one range they are served.

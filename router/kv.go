@@ -249,7 +249,7 @@ func (k *kvServer) deleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 	}
 	sh, err := k.s.shardFor(keySpan{r.Key, r.RangeEnd})
 	var across *spansRanges
-	if errors.As(err, &across) {
+	if errors.As(err, &across) && k.s.cfg.CrossRangeWrites {
 		return k.s.deleteAcross(ctx, r)
 	}
 	if err != nil {
@@ -279,7 +279,7 @@ func (k *kvServer) txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	}
 	sh, err := k.s.shardFor(txnSpans(r, nil)...)
 	var across *spansRanges
-	if errors.As(err, &across) {
+	if errors.As(err, &across) && k.s.cfg.CrossRangeWrites {
 		if !mvcc.IsTxnReadOnly(r) {
 			if err := k.s.checkQuota(ctx, r); err != nil {
 				return nil, err

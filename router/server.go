@@ -140,6 +140,13 @@ type Config struct {
 	// two election timeouts) bounds its own; 0 means
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// CrossRangeWrites runs a DeleteRange or Txn whose keys fall in several
+	// ranges through the cross-range coordinator (txncoord.go); off, such
+	// writes are refused with InvalidArgument naming the ranges. Off by
+	// default until watches hold a range's events behind a prepared
+	// transaction (docs/plan-txn.md slice 3): without that hold a commit
+	// at R can reach a range's watchers after its later writes.
+	CrossRangeWrites bool
 	// MaxLearners is how many learners MemberAdd lets the cluster have
 	// (etcd --max-learners); 0 means DefaultMaxLearners, a negative value
 	// none.

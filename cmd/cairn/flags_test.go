@@ -89,7 +89,7 @@ func TestFlagSetIsEtcds(t *testing.T) {
 	}
 	// Cairn's own flags, on top of etcd's.
 	cairnOnly := map[string]bool{"debug-journal": true, "single-group": true, "initial-split-keys": true, "placement-replicas": true, "range-replicas": true,
-		"placement-scheduler": true, "range-max-bytes": true, "range-split-load": true, "range-min-bytes": true, "member-down-timeout": true,
+		"placement-scheduler": true, "range-max-bytes": true, "range-split-load": true, "cross-range-writes": true, "range-min-bytes": true, "member-down-timeout": true,
 		"raft-log-sync-metrics": true}
 	for n := range got {
 		if _, ok := want[n]; !ok && !cairnOnly[n] {

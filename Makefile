@@ -23,6 +23,20 @@ etcdctl:
 # of servers, is test-bench-smoke, outside CI so CI stays near twenty minutes).
 test: test-unit test-compat test-robustness test-kubernetes test-bench
 
+# gotest runs go test with the arguments $(2) through gotestsum (pinned in
+# .ci/tools/go.mod, its own module), whose output is go test's, then lists
+# the tests of that run slower than SLOWEST (the JSON is kept in
+# .test-times/$(1).json), so that a CI log shows where the suite's time goes.
+SLOWEST ?= 10s
+GOTESTSUM = $(GO) tool -modfile=$(CURDIR)/.ci/tools/go.mod gotestsum
+define gotest
+mkdir -p $(CURDIR)/.test-times && \
+	$(GOTESTSUM) --format standard-quiet --jsonfile $(CURDIR)/.test-times/$(1).json -- $(2); status=$$?; \
+	echo "tests of $(1) slower than $(SLOWEST):"; \
+	$(GOTESTSUM) tool slowest --jsonfile $(CURDIR)/.test-times/$(1).json --threshold $(SLOWEST); \
+	exit $$status
+endef
+
 # TESTTAGS are build tags for test-unit and test-compat. cairn_long (one
 # tag for the whole repository) gives the seeded differential tests their
 # full counts of sequences; test-long is make test with it.
@@ -35,16 +49,17 @@ test-long:
 # on two cores rather than queue behind GOMAXPROCS.
 test-unit:
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 15m -parallel 4 -tags '$(TESTTAGS)' ./...
+	$(call gotest,unit,-count=1 -timeout 15m -parallel 4 -tags '$(TESTTAGS)' ./...)
 
 test-compat:
-	cd tests/compat && $(GO) test -count=1 -timeout 15m -tags '$(TESTTAGS)' ./...
+	cd tests/compat && $(call gotest,compat,-count=1 -timeout 15m -tags '$(TESTTAGS)' ./...)
 
 # The robustness suite (its own module): the short profile of faults under
 # etcd's traffic, checked with etcd's model; then the checker's self test,
 # which must catch a cairn built with a planted stale-read bug.
 test-robustness:
-	cd tests/robustness && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m ./...
+	cd tests/robustness && $(GO) vet ./...
+	cd tests/robustness && $(call gotest,robustness,-count=1 -timeout 15m ./...)
 	cd tests/robustness && $(GO) test -count=1 -tags cairn_planted_stale_reads -run TestPlantedBug ./...
 
 # Kubernetes' own storage tests (k8s.io/apiserver's pkg/storage/etcd3 and

@@ -221,6 +221,9 @@ func (r *Range) Start(cfg Config, members map[uint64]dragonboat.Target, join boo
 		r.hub.Apply(rev, evs, r.lockLimit())
 		r.settlePublished()
 	}
+	// A snapshot restore replaces the store: watchers that lack its
+	// revisions read them from it (as far as its locks allow).
+	cfg.onRestored = func(rev, limit mvcc.Revision) { r.hub.Sync(rev, limit) }
 	factory := Factory(cfg)
 	raftCfg.ShardID, raftCfg.ReplicaID = uint64(r.ID()), uint64(r.cfg.ReplicaID)
 	err := r.cfg.NodeHost.StartOnDiskReplica(members, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {

@@ -91,6 +91,11 @@ type Config struct {
 	// replica missed (it was cut off) shows only so: the snapshot's store
 	// no longer holds the keys the split handed on.
 	OnRecover func()
+	// onRestored, set by Range.Start, is called after the store was
+	// replaced by a snapshot, before OnRecover, with the store's revision
+	// and the locks' limit (LockLimit): the range's watch hub syncs to
+	// the restored store (watch.Hub.Sync), whose events it never saw.
+	onRestored func(rev, limit mvcc.Revision)
 	// Journal, if set, receives a record of every applied entry (see
 	// journal.go): a testing aid for history checkers.
 	Journal io.Writer
@@ -963,6 +968,9 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
 	}
 	s.applied.Store(applied)
+	if s.cfg.onRestored != nil {
+		s.cfg.onRestored(s.store.Rev(), s.locks.Load().limit())
+	}
 	if s.cfg.OnRecover != nil {
 		s.cfg.OnRecover()
 	}

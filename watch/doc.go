@@ -51,8 +51,9 @@
 //
 //	hold 40: put b@50 (held)   commit a@45, hold lifted → send 45, then 50
 //
-// A hub raised past a hold without the events (Sync, a restart with a
-// lock) hands its watchers to catch-up when the hold lifts.
+// A hub raised to its store's revision without the events (Sync: a store
+// opened at a restart, or restored from a snapshot) hands its synced
+// watchers to catch-up, at once or, above a hold, when it lifts.
 //
 // # Merged streams (merge.go)
 //

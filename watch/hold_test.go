@@ -104,3 +104,28 @@ func TestSyncHoldsAndCatchesUp(t *testing.T) {
 		t.Fatalf("got %v at hub %d, want [%d %d]", revs, f.hub.Rev(), base+1, base+2)
 	}
 }
+
+// TestSyncCatchesUpWatchers: a hub synced to a store restored past it
+// (a snapshot) without a hold: its synced watchers read the revisions it
+// never heard of from the store.
+func TestSyncCatchesUpWatchers(t *testing.T) {
+	f := newFixture(t)
+	f.put("k1", "a")
+	s := f.hub.NewStream(100)
+	s.Create(&pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l")})
+	drain(t, s)
+	base := f.store.Rev()
+	b := f.store.NewBatch()
+	if _, err := b.Put(&pb.PutRequest{Key: []byte("k2"), Value: []byte("v")}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	f.hub.Sync(f.store.Rev(), NoHold)
+	f.pump()
+	if got := heldRevs(drain(t, s)); len(got) != 1 || got[0][0] != int64(base)+1 {
+		t.Fatalf("got %v, want [[%d]]", got, base+1)
+	}
+}

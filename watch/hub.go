@@ -219,13 +219,14 @@ func (h *Hub) releaseLocked() {
 
 // Sync raises the hub's revision to rev, the store's, without its events,
 // as far as hold allows (Apply's): the hub of a range whose store was
-// opened, before watchers come. What it passes above the hold is read from
-// the store once the hold lifts.
+// opened or restored from a snapshot. Synced watchers behind rev read what
+// they lack from the store (as Skip), what is above the hold once it
+// lifts.
 func (h *Hub) Sync(rev, hold mvcc.Revision) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.limit = hold
-	if rev > hold && rev > h.rev {
+	if rev > h.rev {
 		h.gap = true
 	}
 	h.heldRev = max(h.heldRev, rev)

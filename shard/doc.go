@@ -124,7 +124,12 @@
 // meet it are refused with ErrLocked, reads of its spans above its cap
 // too, and the closed revision the range publishes (Status.Closed,
 // OnApply, AdvanceIdle) stays at or below its cap, so R is above it; the
-// revision stamps are refused at keeps rising. The primary applies
+// revision stamps are refused at keeps rising. The range's watch hub
+// holds, the same way, what applies above the lowest cap (writes to other
+// keys, above R, before the commit): Range feeds it each batch with the
+// locks' limit (StateMachine.LockLimit, watch.Hub.Apply), and it releases
+// the held events merged with the commit's at R, in revision order, when
+// the lock is resolved. The primary applies
 // TxnDecide (the commit point), TxnResolve (abort unless decided) and
 // TxnForget on the transaction's record. A range that counts its
 // revisions takes no part. testdata/apply_txn.txt walks through it.

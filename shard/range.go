@@ -212,12 +212,18 @@ func (r *Range) Start(cfg Config, members map[uint64]dragonboat.Target, join boo
 			onApply(closed, evs)
 		}
 		rev := closed
-		if len(evs) > 0 {
-			rev = max(rev, mvcc.Revision(evs[len(evs)-1].Kv.ModRevision))
+		for _, ev := range evs {
+			rev = max(rev, mvcc.Revision(ev.Kv.ModRevision))
 		}
-		r.hub.Notify(rev, evs)
+		// The hub holds what applied above the locks' lowest cap until
+		// they are resolved (docs/plan-txn.md, invariant 2): the commit at
+		// R reaches watchers whole and before the range's later writes.
+		r.hub.Apply(rev, evs, r.lockLimit())
 		r.settlePublished()
 	}
+	// A snapshot restore replaces the store: watchers that lack its
+	// revisions read them from it (as far as its locks allow).
+	cfg.onRestored = func(rev, limit mvcc.Revision) { r.hub.Sync(rev, limit) }
 	factory := Factory(cfg)
 	raftCfg.ShardID, raftCfg.ReplicaID = uint64(r.ID()), uint64(r.cfg.ReplicaID)
 	err := r.cfg.NodeHost.StartOnDiskReplica(members, join, func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
@@ -242,13 +248,28 @@ func (r *Range) Start(cfg Config, members map[uint64]dragonboat.Target, join boo
 	return nil
 }
 
+// lockLimit is the state machine's LockLimit (watch.NoHold before it is
+// created).
+func (r *Range) lockLimit() mvcc.Revision {
+	if m := r.sm.Load(); m != nil {
+		return m.LockLimit()
+	}
+	return watch.NoHold
+}
+
 // SyncHub moves the watch hub to the revision this replica has applied,
-// once its state machine is open (a restart's, before watchers come).
+// once its state machine is open (a restart's, before watchers come), as
+// far as the locks it holds allow: the rest is read from the store once
+// they are resolved.
 func (r *Range) SyncHub(ctx context.Context) error {
 	for {
 		st, err := r.replica.Status(ctx, false)
 		if err == nil {
-			r.hub.Notify(st.Revision, nil)
+			hold := watch.NoHold
+			if st.Locks > 0 {
+				hold = st.LockCap
+			}
+			r.hub.Sync(st.Revision, hold)
 			return nil
 		}
 		select {

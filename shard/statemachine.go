@@ -55,9 +55,12 @@ type Config struct {
 	// primary; nil means time.Now.
 	Now func() time.Time
 	// OnApply, if set, receives the change events of every applied batch, in
-	// revision order, and the closed revision after it, after the batch is
-	// committed: for every batch with events or a raised closed revision.
-	// It runs on dragonboat's apply goroutine: it must not block.
+	// the order they applied (revision order but for a cross-range
+	// transaction's commit, which applies at R after the range's writes
+	// above R: txn.go), and the closed revision after it, after the batch
+	// is committed: for every batch with events, a raised closed revision
+	// or changed locks (LockLimit is the batch's during the call). It runs
+	// on dragonboat's apply goroutine: it must not block.
 	OnApply func(closed mvcc.Revision, events []*mvccpb.Event)
 	// OnHold, if set, is called after a batch that applied a TransferHold
 	// (the last one of the batch), on dragonboat's apply goroutine: it must
@@ -88,6 +91,11 @@ type Config struct {
 	// replica missed (it was cut off) shows only so: the snapshot's store
 	// no longer holds the keys the split handed on.
 	OnRecover func()
+	// onRestored, set by Range.Start, is called after the store was
+	// replaced by a snapshot, before OnRecover, with the store's revision
+	// and the locks' limit (LockLimit): the range's watch hub syncs to
+	// the restored store (watch.Hub.Sync), whose events it never saw.
+	onRestored func(rev, limit mvcc.Revision)
 	// Journal, if set, receives a record of every applied entry (see
 	// journal.go): a testing aid for history checkers.
 	Journal io.Writer
@@ -242,7 +250,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	b := store.NewBatch()
 	defer b.Close()
 	var events []*mvccpb.Event
-	closedBefore := mvcc.Revision(s.closedRev.Load())
+	closedBefore, locksBefore := mvcc.Revision(s.closedRev.Load()), s.locks.Load()
 	a := &applier{b: b, lessor: s.Lessor(), now: s.now, alarms: &s.alarms, auth: &s.auth, closed: mvcc.Revision(s.floor.Load()), fence: s.fence.Load(),
 		published: closedBefore, locks: s.locks.Load(),
 		obs: s.cfg.Observer, sharded: s.cfg.Sharded, counting: s.cfg.Sharded && counts(store), whole: wholeSpan(store.Span()) && !store.Resized(),
@@ -311,7 +319,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 			s.cfg.OnMerge(m.right, m.span, m.rev, m.generation)
 		}
 	}
-	if s.cfg.OnApply != nil && (len(events) > 0 || closed > closedBefore) {
+	if s.cfg.OnApply != nil && (len(events) > 0 || closed > closedBefore || a.locks != locksBefore) {
 		s.cfg.OnApply(closed, events)
 	}
 	if s.cfg.OnPeers != nil {
@@ -960,6 +968,9 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, stop <-chan struct{}) er
 		return fmt.Errorf("shard %d: recover from snapshot: %w", s.shardID, err)
 	}
 	s.applied.Store(applied)
+	if s.cfg.onRestored != nil {
+		s.cfg.onRestored(s.store.Rev(), s.locks.Load().limit())
+	}
 	if s.cfg.OnRecover != nil {
 		s.cfg.OnRecover()
 	}
@@ -998,6 +1009,11 @@ func (s *StateMachine) loadClosed(store *mvcc.Store) error {
 	s.closedRev.Store(int64(min(mvcc.Revision(s.floor.Load()), s.locks.Load().limit())))
 	return nil
 }
+
+// LockLimit is the lowest cap of the locks of cross-range transactions
+// the range holds, as of the last batch applied (watch.NoHold: none): the
+// revision its watch hub may not release events above (Range.Start).
+func (s *StateMachine) LockLimit() mvcc.Revision { return s.locks.Load().limit() }
 
 // loadLocks reads the locks of cross-range transactions the store holds.
 func (s *StateMachine) loadLocks(store *mvcc.Store) error {

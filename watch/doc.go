@@ -37,6 +37,24 @@
 // Catchup when Pending is signalled, ProgressTick on etcd's
 // --watch-progress-notify-interval, and each stream's consumer calls Next.
 //
+// # The hold (Hub.Apply)
+//
+// A range holding locks of cross-range transactions (shard's txn.go)
+// applies writes to other keys above a transaction's revision R before the
+// commit at R. Its hub then holds: Apply carries, with each batch, the
+// highest revision it may release (the locks' lowest cap); events above it
+// wait, in revision order, and the hub's revision — hence catch-up from the
+// store, marks, progress and WaitRev — stays at it. When the hold lifts or
+// rises, the held events go out merged with the commit's, each revision's
+// in one response, so every watcher, feed and mirror gets R whole and
+// before the range's later revisions:
+//
+//	hold 40: put b@50 (held)   commit a@45, hold lifted → send 45, then 50
+//
+// A hub raised to its store's revision without the events (Sync: a store
+// opened at a restart, or restored from a snapshot) hands its synced
+// watchers to catch-up, at once or, above a hold, when it lifts.
+//
 // # Merged streams (merge.go)
 //
 // A client stream is a Merged stream. Over one range — single-group mode,

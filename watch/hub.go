@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"container/heap"
 	"errors"
+	"math"
+	"slices"
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -49,12 +51,27 @@ type Hub struct {
 	pending chan struct{}
 	// waiters are signalled once rev reaches theirs (WaitRev).
 	waiters revWaiters
+
+	// The hold (Apply): limit is the highest revision the hub may release
+	// (NoHold: any); held are the events notified above it, in revision
+	// order, and heldRev the highest revision the hub was told of above
+	// it. gap: the hub was raised above limit without the events (Sync),
+	// so held may lack some; the store has them.
+	// Invariant: rev <= limit unless it was already past limit when the
+	// hold came; every event in held is above rev.
+	limit   mvcc.Revision
+	held    []*mvccpb.Event
+	heldRev mvcc.Revision
+	gap     bool
 }
+
+// NoHold is Apply's hold for a hub that may release every revision.
+const NoHold = mvcc.Revision(math.MaxInt64)
 
 // NewHub returns a hub whose store is at rev.
 func NewHub(rev mvcc.Revision) *Hub {
 	return &Hub{rev: rev, unsynced: map[*watcher]struct{}{}, streams: map[*Stream]struct{}{},
-		pending: make(chan struct{}, 1), synced: newIndex()}
+		pending: make(chan struct{}, 1), synced: newIndex(), limit: NoHold}
 }
 
 // Watchers returns how many watchers the hub holds.
@@ -128,10 +145,116 @@ func (w *watcher) filter(evs []*mvccpb.Event) []*mvccpb.Event {
 // Notify offers the events of newly committed revisions, in revision
 // order, to the synced watchers; rev is the store's revision after them.
 // It never blocks: a watcher whose stream is full becomes unsynced and is
-// caught up from the store later.
+// caught up from the store later. A hold (Apply) stands: events above it
+// wait.
 func (h *Hub) Notify(rev mvcc.Revision, events []*mvccpb.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.applyLocked(rev, events, h.limit)
+}
+
+// Apply is Notify with the hold that stands after these events: the hub
+// releases no event above hold, and raises its revision no higher, until a
+// later Apply lifts it (NoHold) or raises it. A range holding locks of
+// cross-range transactions holds at the lowest lock's cap (docs/plan-txn.md,
+// invariant 2): its writes to other keys, above the cap, apply before the
+// transaction's commit at R, and wait here so that watchers get R's events
+// together and before any later revision of the range. Released events go
+// out in revision order, whatever the order they came in (a batch may apply
+// writes above R before the commit at R).
+func (h *Hub) Apply(rev mvcc.Revision, events []*mvccpb.Event, hold mvcc.Revision) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.applyLocked(rev, events, hold)
+}
+
+// REQUIRES: h.mu
+func (h *Hub) applyLocked(rev mvcc.Revision, events []*mvccpb.Event, hold mvcc.Revision) {
+	if hold == NoHold && h.limit == NoHold && len(h.held) == 0 && !h.gap && inRevOrder(events) {
+		h.notifyLocked(rev, events)
+		return
+	}
+	if len(events) > 0 {
+		h.held = append(h.held, events...)
+		slices.SortStableFunc(h.held, func(a, b *mvccpb.Event) int { return cmpInt64(a.Kv.ModRevision, b.Kv.ModRevision) })
+		rev = max(rev, mvcc.Revision(h.held[len(h.held)-1].Kv.ModRevision))
+	}
+	h.heldRev = max(h.heldRev, rev)
+	h.limit = hold
+	h.releaseLocked()
+}
+
+// releaseLocked notifies the held events at or below the hold, and raises
+// the hub's revision as far as the hold allows.
+// REQUIRES: h.mu
+func (h *Hub) releaseLocked() {
+	to := min(h.heldRev, h.limit)
+	if h.gap {
+		// The store has what held lacks: the watchers that are behind
+		// to read it from there.
+		n := 0
+		for n < len(h.held) && mvcc.Revision(h.held[n].Kv.ModRevision) <= to {
+			n++
+		}
+		h.held = h.held[n:]
+		h.skipLocked(to)
+		if h.heldRev <= h.limit {
+			h.gap = false
+		}
+	} else {
+		n := 0
+		for n < len(h.held) && mvcc.Revision(h.held[n].Kv.ModRevision) <= to {
+			n++
+		}
+		h.notifyLocked(to, h.held[:n])
+		h.held = h.held[n:]
+	}
+	if len(h.held) == 0 {
+		h.held = nil
+	}
+	if h.heldRev <= h.limit {
+		h.heldRev = 0
+	}
+}
+
+// Sync raises the hub's revision to rev, the store's, without its events,
+// as far as hold allows (Apply's): the hub of a range whose store was
+// opened or restored from a snapshot. Synced watchers behind rev read what
+// they lack from the store (as Skip), what is above the hold once it
+// lifts.
+func (h *Hub) Sync(rev, hold mvcc.Revision) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.limit = hold
+	if rev > h.rev {
+		h.gap = true
+	}
+	h.heldRev = max(h.heldRev, rev)
+	h.releaseLocked()
+}
+
+// inRevOrder reports whether evs are in revision order.
+func inRevOrder(evs []*mvccpb.Event) bool {
+	for i := 1; i < len(evs); i++ {
+		if evs[i].Kv.ModRevision < evs[i-1].Kv.ModRevision {
+			return false
+		}
+	}
+	return true
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// REQUIRES: h.mu
+func (h *Hub) notifyLocked(rev mvcc.Revision, events []*mvccpb.Event) {
 	for start := 0; start < len(events); {
 		r := events[start].Kv.ModRevision
 		end := start
@@ -153,6 +276,11 @@ func (h *Hub) Notify(rev mvcc.Revision, events []*mvccpb.Event) {
 func (h *Hub) Advance(rev mvcc.Revision) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if rev > h.limit {
+		// Held: raised with the events when the hold lifts.
+		h.heldRev = max(h.heldRev, rev)
+		rev = h.limit
+	}
 	if rev > h.rev {
 		h.rev = rev
 		h.waiters.release(rev)
@@ -168,6 +296,15 @@ func (h *Hub) Advance(rev mvcc.Revision) {
 func (h *Hub) Skip(rev mvcc.Revision) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if rev > h.limit {
+		h.heldRev, h.gap = max(h.heldRev, rev), true
+		rev = h.limit
+	}
+	h.skipLocked(rev)
+}
+
+// REQUIRES: h.mu
+func (h *Hub) skipLocked(rev mvcc.Revision) {
 	if rev <= h.rev {
 		return
 	}
@@ -256,7 +393,7 @@ func (h *Hub) notifyRev(rev mvcc.Revision, evs []*mvccpb.Event) {
 		}
 		w.next = rev + 1
 	}
-	h.rev = rev
+	h.rev = max(h.rev, rev)
 }
 
 // Catchup moves unsynced watchers forward from the store, at most maxRevs

@@ -412,7 +412,9 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 		mode = []string{"--single-group=false"}
 	}
 	if s.sharded {
-		mode = []string{"--single-group=false", "--initial-split-keys", shardedSplitKeys}
+		// Cross-range DeleteRange and Txn commit atomically
+		// (docs/plan-txn.md), with watches held behind a prepared one.
+		mode = []string{"--single-group=false", "--initial-split-keys", shardedSplitKeys, "--cross-range-writes"}
 	}
 	c := startCluster(t, bin, dir, s.size, mode...)
 

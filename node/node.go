@@ -154,10 +154,11 @@ type Config struct {
 	// them out and re-creates the replicas of dead members. Off by default
 	// until it has soaked.
 	PlacementScheduler bool
-	// CrossRangeWrites (--cross-range-writes) runs writes
-	// whose keys fall in several ranges as cross-range transactions
-	// instead of refusing them (router.Config.CrossRangeWrites).
-	CrossRangeWrites bool
+	// RefuseCrossRangeWrites (--cross-range-writes=false) refuses writes
+	// whose keys fall in several ranges with InvalidArgument instead of
+	// running them as cross-range transactions, the default
+	// (router.Config.CrossRangeWrites).
+	RefuseCrossRangeWrites bool
 	// SchedulerWindow is the scheduler's round (0: 10 s).
 	SchedulerWindow time.Duration
 	// RangeMaxBytes, RangeMinBytes and MemberDownTimeout are the
@@ -1227,7 +1228,7 @@ func (n *Node) serve() error {
 		MemberOf:          n.rangeMember,
 		MaxRequestBytes:   cfg.MaxRequestBytes,
 		MaxTxnOps:         cfg.MaxTxnOps,
-		CrossRangeWrites:  cfg.CrossRangeWrites,
+		CrossRangeWrites:  !cfg.RefuseCrossRangeWrites,
 		QuotaBackendBytes: cfg.QuotaBackendBytes,
 		Node:              n,
 		Members:           n.conns,

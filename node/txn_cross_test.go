@@ -12,20 +12,15 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
-	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
 )
 
 // TestCrossRangeDeleteRange: a DeleteRange over four ranges (etcdctl del
 // --prefix) deletes every key at one revision R, answers etcd's count and
 
-// crossRangeWrites turns on the cross-range coordinator
-// (--cross-range-writes).
-var crossRangeWrites = nodetest.Edit(func(c *node.Config) { c.CrossRangeWrites = true })
-
 // prev_kvs in key order, and a watch over the keys sees every delete at R.
 func TestCrossRangeDeleteRange(t *testing.T) {
-	cl := nodetest.Start(t, 1, nodetest.Sharded("p/b", "p/c", "p/d"), crossRangeWrites)
+	cl := nodetest.Start(t, 1, nodetest.Sharded("p/b", "p/c", "p/d"))
 	cli := cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -95,7 +90,7 @@ func TestCrossRangeDeleteRange(t *testing.T) {
 // shape (nested txns, reads inside), and takes the failure branch when a
 // compare in another range fails.
 func TestCrossRangeTxn(t *testing.T) {
-	cl := nodetest.Start(t, 1, nodetest.Sharded("k", "t"), crossRangeWrites)
+	cl := nodetest.Start(t, 1, nodetest.Sharded("k", "t"))
 	cli := cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -177,7 +172,7 @@ func TestCrossRangeTxn(t *testing.T) {
 // TestCrossRangeSTM: concurrent STM transactions moving money between
 // accounts in different ranges conflict, retry, and conserve the total.
 func TestCrossRangeSTM(t *testing.T) {
-	cl := nodetest.Start(t, 1, nodetest.Sharded("acct/2", "acct/4", "acct/6"), crossRangeWrites)
+	cl := nodetest.Start(t, 1, nodetest.Sharded("acct/2", "acct/4", "acct/6"))
 	cli := cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()

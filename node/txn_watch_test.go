@@ -18,7 +18,7 @@ import (
 // revision order, each transaction's events in one response (docs/plan-txn.md,
 // invariant 2: a range's hub holds what applies above a lock's cap).
 func TestCrossRangeTxnWatch(t *testing.T) {
-	cl := nodetest.Start(t, 1, nodetest.Sharded("k", "t"), crossRangeWrites)
+	cl := nodetest.Start(t, 1, nodetest.Sharded("k", "t"))
 	cli := cl.Client(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -142,10 +142,8 @@ type Config struct {
 	RequestTimeout time.Duration
 	// CrossRangeWrites runs a DeleteRange or Txn whose keys fall in several
 	// ranges through the cross-range coordinator (txncoord.go); off, such
-	// writes are refused with InvalidArgument naming the ranges. Off by
-	// default until watches hold a range's events behind a prepared
-	// transaction (docs/plan-txn.md slice 3): without that hold a commit
-	// at R can reach a range's watchers after its later writes.
+	// writes are refused with InvalidArgument naming the ranges (the node
+	// turns it on unless --cross-range-writes=false).
 	CrossRangeWrites bool
 	// MaxLearners is how many learners MemberAdd lets the cluster have
 	// (etcd --max-learners); 0 means DefaultMaxLearners, a negative value

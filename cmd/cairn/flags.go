@@ -94,6 +94,7 @@ type rawFlags struct {
 	listenClientHTTP, hostWhitelist                          string
 	enableGateway, preVote, strictReconfig                   bool
 	raftLogSyncMetrics                                       bool
+	crossRangeWrites                                         bool
 	maxLearners                                              int
 	// TLS flags that are lists.
 	cipherSuites, peerAllowedCN, peerAllowedHostname string
@@ -186,7 +187,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.BoolVar(&r.singleGroup, "single-group", false, "cairn only: one raft group holds every key, with dense revisions exactly as etcd's; the default is sharded mode: the key space runs as ranges, each its own raft group, with revisions unique and increasing but not dense. A data directory keeps the mode it was created in, which a start without this flag takes")
 	fs.StringVar(&r.splitKeys, "initial-split-keys", "", "cairn only, sharded mode: comma-separated keys splitting a new cluster's key space into ranges; read at the first start only")
 	fs.IntVar(&r.cfg.RangeReplicas, "range-replicas", 0, "cairn only, sharded mode: how many members hold each range (default 3): a new cluster's initial ranges are placed round robin on the founders, a member added later gets none until ranges are moved to it, and a removed member's ranges are moved off first; -1 puts every range on every member")
-	fs.BoolVar(&r.cfg.CrossRangeWrites, "cross-range-writes", false, "cairn only, sharded mode: a DeleteRange or Txn whose keys fall in several ranges commits atomically across them (docs/plan-txn.md) instead of being refused; off until watches hold events behind a prepared transaction")
+	fs.BoolVar(&r.crossRangeWrites, "cross-range-writes", true, "cairn only, sharded mode: a DeleteRange or Txn whose keys fall in several ranges commits atomically across them at one revision (docs/plan-txn.md); false refuses them with InvalidArgument, as Cairn did before")
 	fs.BoolVar(&r.cfg.PlacementScheduler, "placement-scheduler", false, "cairn only, sharded mode: the placement leader's member moves replicas and leaders to even them out over the members and re-creates the replicas of members down longer than --member-down-timeout (off by default until it has soaked)")
 	fs.Int64Var(&r.cfg.RangeMaxBytes, "range-max-bytes", 0, "cairn only, sharded mode, with --placement-scheduler: a range larger than this splits (default 64 MiB)")
 	fs.Int64Var(&r.cfg.SplitLoad, "range-split-load", 0, "cairn only, sharded mode, with --placement-scheduler: a range serving more writes and reads per second than this for three scheduler rounds in a row splits where its load divides (default 2000)")
@@ -234,6 +235,7 @@ func parseFlags(args, environ []string) (options, error) {
 	} else if notes, err = applyEnv(fs, environ, onCommandLine); err != nil {
 		return options{}, err
 	}
+	r.cfg.RefuseCrossRangeWrites = !r.crossRangeWrites
 	o := options{cfg: r.cfg, version: r.version, notes: notes, untimedRaftLog: !r.raftLogSyncMetrics}
 	given := map[string]bool{} // by flag name: on the command line or in the environment
 	fs.Visit(func(f *flag.Flag) {

@@ -413,8 +413,9 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	}
 	if s.sharded {
 		// Cross-range DeleteRange and Txn commit atomically
-		// (docs/plan-txn.md), with watches held behind a prepared one.
-		mode = []string{"--single-group=false", "--initial-split-keys", shardedSplitKeys, "--cross-range-writes"}
+		// (docs/plan-txn.md, the default), with watches held behind a
+		// prepared one.
+		mode = []string{"--single-group=false", "--initial-split-keys", shardedSplitKeys}
 	}
 	c := startCluster(t, bin, dir, s.size, mode...)
 

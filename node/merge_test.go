@@ -1,0 +1,203 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-kv/cairn/node"
+	"github.com/cairn-kv/cairn/node/nodetest"
+	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/placementpb"
+)
+
+// TestShardedMergeSimple: one member, one range split at "m", then the
+// two merged again, while clients write over both and a watch runs. No
+// client sees an error; the watch sees every write once, in revision
+// order; reads equal what was written; the map has one range again, and
+// the member keeps nothing of the right range but its keys (now the left
+// range's): no replica, record, raft data, store or lessor records.
+func TestShardedMergeSimple(t *testing.T) {
+	cl := nodetest.Start(t, 1, nodetest.Sharded())
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	n, cli := cl.Node(0), cl.Client(0)
+	watch := cli.Watch(ctx, "", clientv3.WithPrefix())
+
+	type write struct {
+		key, val string
+		rev      int64
+	}
+	var mu sync.Mutex
+	var writes []write
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(writes)
+	}
+	waitWrites := func(n int) {
+		nodetest.WaitFor(ctx, t, func() error {
+			if count() >= n || t.Failed() {
+				return nil
+			}
+			return errors.New("writes stalled")
+		})
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Go(func() {
+			rnd := rand.New(rand.NewPCG(uint64(w), 2))
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("%c%c", 'a'+rnd.IntN(26), 'a'+rnd.IntN(26))
+				if rnd.IntN(8) == 0 {
+					if _, err := cli.Get(ctx, "", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+						t.Errorf("read over every range: %v", err)
+						return
+					}
+					continue
+				}
+				val := fmt.Sprint(w, "-", i)
+				resp, err := cli.Put(ctx, key, val)
+				if err != nil {
+					t.Errorf("put %s: %v", key, err)
+					return
+				}
+				mu.Lock()
+				writes = append(writes, write{key, val, resp.Header.Revision})
+				mu.Unlock()
+			}
+		})
+	}
+	waitWrites(30)
+	split, err := n.SplitRange(ctx, []byte("m"))
+	if err != nil {
+		t.Fatalf("split at m: %v", err)
+	}
+	right := split[1]
+	waitWrites(count() + 30)
+	merged, err := n.MergeLeft(ctx, split[0].Id)
+	if err != nil {
+		t.Fatalf("merge r%d into r%d: %v", right.Id, split[0].Id, err)
+	}
+	if len(merged.End) != 0 || merged.Generation <= max(split[0].Generation, right.Generation) {
+		t.Fatalf("merged range %v, want [%q, ∞) above generation %d", merged, merged.Start, max(split[0].Generation, right.Generation))
+	}
+	waitWrites(count() + 30)
+	close(stop)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	ranges, err := n.RangeMap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ranges) != 1 || ranges[0].Id != split[0].Id {
+		t.Fatalf("the map after the merge: %v", ranges)
+	}
+
+	slices.SortFunc(writes, func(a, b write) int { return int(a.rev - b.rev) })
+	last := writes[len(writes)-1].rev
+	var seen []int64
+	for len(seen) == 0 || seen[len(seen)-1] < last {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the watch saw %d of %d writes", len(seen), len(writes))
+		case wr := <-watch:
+			if err := wr.Err(); err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range wr.Events {
+				if ev.Type != mvccpb.PUT {
+					t.Fatalf("unexpected event %v", ev)
+				}
+				seen = append(seen, ev.Kv.ModRevision)
+			}
+		}
+	}
+	var want []int64
+	for _, w := range writes {
+		want = append(want, w.rev)
+	}
+	if !slices.Equal(seen, want) {
+		d := firstDiff(seen, want)
+		t.Fatalf("the watch saw %d events, want %d (first difference at %d: saw %v, want %v)", len(seen), len(want), d,
+			seen[max(0, d-2):min(len(seen), d+3)], want[max(0, d-2):min(len(want), d+3)])
+	}
+	model := map[string]string{}
+	for _, w := range writes {
+		model[w.key] = w.val
+	}
+	resp, err := cli.Get(ctx, "", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, kv := range resp.Kvs {
+		got[string(kv.Key)] = string(kv.Value)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(model) {
+		t.Fatalf("reads %d keys, the model has %d:\n%v\n%v", len(got), len(model), got, model)
+	}
+	// Writes go on to both halves after the merge.
+	for _, k := range []string{"a-after", "z-after"} {
+		if _, err := cli.Put(ctx, k, "v"); err != nil {
+			t.Fatalf("put %s after the merge: %v", k, err)
+		}
+	}
+	mergedLeftNothing(t, n, right)
+	t.Logf("%d writes, up to revision %d; r%d merged into %v", len(writes), last, right.Id, merged)
+}
+
+// mergedLeftNothing waits until member n keeps nothing of right, a range
+// merged away, but its keys (the absorbing range's now): no replica, no
+// replica record, no raft data, no store or lessor records.
+func mergedLeftNothing(t *testing.T, n *node.Node, right *placementpb.RangeDescriptor) {
+	t.Helper()
+	rid, ok := placement.ReplicaOf(right, placement.NodeID(n.MemberID()))
+	if !ok {
+		t.Fatalf("range %d's descriptor %v does not name member %x", right.Id, placement.Pairs(right), n.MemberID())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nodetest.WaitFor(ctx, t, func() error {
+		what := fmt.Sprintf("member %x, merged range %d (replica %d)", n.MemberID(), right.Id, rid)
+		if r, runs := n.LocalReplicas()[right.Id]; runs {
+			return fmt.Errorf("%s: runs replica %d", what, r)
+		}
+		recs, err := n.ReplicaRecords()
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			if uint64(rec.Range) == right.Id {
+				return fmt.Errorf("%s: record %+v", what, rec)
+			}
+		}
+		if boot, snaps, err := n.RaftData(right.Id, uint64(rid)); err != nil || boot || len(snaps) != 0 {
+			return fmt.Errorf("%s: raft data: bootstrap %v, snapshots %v (%v)", what, boot, snaps, err)
+		}
+		kinds, err := n.RangeData(right)
+		if err != nil {
+			return err
+		}
+		if kinds['m'] != 0 || kinds['l'] != 0 || kinds['r'] != 0 {
+			return fmt.Errorf("%s: pebble holds %s of it", what, fmtKinds(kinds))
+		}
+		return nil
+	})
+}

@@ -241,7 +241,7 @@ func (n *Node) MergeRange(ctx context.Context, left shard.RangeID, forward bool)
 	case !forward:
 		return nil, router.Refuse(router.ErrTryAgain, "cairn: member %x does not lead the placement group (%x does)", n.memberID, uint64(leader))
 	}
-	return nil, router.Refuse(router.ErrTryAgain, "cairn: member %x does not lead the placement group (%x does)", n.memberID, uint64(leader))
+	return n.fwd.MergeRange(ctx, leader, left)
 }
 
 // mergeRanges is placement.MergeRanges over this member's range clients.

@@ -449,3 +449,13 @@ func (n *Node) CutMergesShort(step string) (restore func()) {
 	n.hooks.mergeStep.Store(&f)
 	return func() { n.hooks.mergeStep.Store(nil) }
 }
+
+// OpenMerges reads the merges open in the range map, through the
+// placement group.
+func (n *Node) OpenMerges(ctx context.Context) ([]*placementpb.Merge, error) {
+	st, err := n.placement.State(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.Merges, nil
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/lni/dragonboat/v4"
 
@@ -96,8 +97,12 @@ func (q *retireQueue) take() []retiring {
 func (n *Node) retire(right *shard.Range) { n.retires.put(retiring{id: right.ID(), r: right}) }
 
 // runRetires is the merge worker (sharded mode): it retires each right
-// range queued, in order, until the node stops; what it has not retired
-// then is closed, and the next start retires it.
+// range queued, in order, until the node stops. A range's replica stops
+// at once; its records and raft data are dropped once this member's copy
+// of the range map has the merge (its tombstone): until then a restart
+// must find the range's records saying it merged here (LocalRanges'
+// merged), or it would take the map's range for a split not applied yet.
+// What it has not retired when the node stops, the next start retires.
 func (n *Node) runRetires() {
 	defer n.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -111,6 +116,9 @@ func (n *Node) runRetires() {
 		case <-ctx.Done():
 		}
 	}()
+	t := time.NewTicker(retireRetry)
+	defer t.Stop()
+	var waiting []retiring
 	for {
 		select {
 		case <-n.stop:
@@ -122,32 +130,53 @@ func (n *Node) runRetires() {
 			}
 			return
 		case <-n.retires.wake:
+		case <-t.C:
+			if len(waiting) == 0 {
+				continue
+			}
 		}
-		for _, it := range n.retires.take() {
-			n.retireMerged(ctx, it)
+		items := append(waiting, n.retires.take()...)
+		waiting = nil
+		for _, it := range items {
+			if !n.retireMerged(ctx, &it) {
+				waiting = append(waiting, it)
+			}
 		}
 	}
 }
 
+// retireRetry is how often the merge worker looks again at the ranges
+// whose drop waits for the map (or failed).
+const retireRetry = 100 * time.Millisecond
+
 // retireMerged closes it's range (its watchers moved to the left range's
-// hub already), stops its raft replica and drops its replica: its records
-// and raft data (its keys are the left range's, or nobody's here if the
-// left range is not here either).
-func (n *Node) retireMerged(ctx context.Context, it retiring) {
+// hub already) and stops its raft replica, then, once the map here has
+// the merge, drops its replica: its records and raft data (its keys are
+// the left range's, or nobody's here if the left range is not here
+// either). It reports whether it is done; false: to be tried again.
+func (n *Node) retireMerged(ctx context.Context, it *retiring) bool {
 	if it.r != nil {
 		it.r.Hub().Close()
 		it.r.Close()
+		it.r = nil
 	}
 	if err := n.nh.StopShard(uint64(it.id)); err != nil && !errors.Is(err, dragonboat.ErrShardNotFound) {
-		n.log.Warn("stopping a merged range's raft replica failed; the next start retires it", "range", it.id, "error", err)
-		return
+		n.log.Warn("stopping a merged range's raft replica failed; trying again", "range", it.id, "error", err)
+		return false
+	}
+	st, err := n.localState()
+	if err != nil {
+		return false
+	}
+	if _, ok := mergedInto(st, it.id); !ok {
+		return false // the map here does not have the merge yet
 	}
 	if err := n.rangeSet.Drop(ctx, it.id, n.removeRaftData); err != nil {
 		if errors.Is(err, shard.ErrNoReplica) {
-			return // dropped before (a start that finished it)
+			return true // dropped before (a start that finished it)
 		}
-		n.log.Warn("dropping a merged range's replica stopped; the next start finishes it", "range", it.id, "error", err)
-		return
+		n.log.Warn("dropping a merged range's replica stopped; trying again (or at the next start)", "range", it.id, "error", err)
+		return ctx.Err() != nil
 	}
 	n.records.mu.Lock()
 	for key := range n.records.known {
@@ -157,6 +186,7 @@ func (n *Node) retireMerged(ctx context.Context, it retiring) {
 	}
 	n.records.mu.Unlock()
 	n.log.Info("retired a merged range's replica", "range", it.id)
+	return true
 }
 
 // dropIfMerged retires replica r, a range the map st no longer names, if
@@ -186,6 +216,49 @@ func (n *Node) dropIfMerged(r *shard.Range, st *placementpb.State) {
 		n.moveWatches(r)
 	}
 	n.retires.put(retiring{id: id, r: r})
+}
+
+// retireMergedRecords retires, under dropIfMerged's rule, the replicas
+// recorded here that are not in the set and that the map st says merged
+// away: a start that read the map after the merge recorded it did not
+// start them (and LocalRanges, which looks at the map's ranges, did not
+// name them merged).
+func (n *Node) retireMergedRecords(st *placementpb.State) {
+	if len(st.Merged) == 0 {
+		return
+	}
+	recs, err := shard.Records(n.db)
+	if err != nil {
+		return // asked again next pass
+	}
+	for _, rec := range recs {
+		if rec.Dropping() || n.retires.has(rec.Range) || n.rangeSet.Get(rec.Range, false) != nil {
+			continue
+		}
+		into, ok := mergedInto(st, rec.Range)
+		if !ok {
+			continue
+		}
+		sp := rec.Span
+		if stored, ok, err := n.rangeSet.StoredSpan(rec.Range); err != nil {
+			continue
+		} else if ok {
+			sp = stored
+		}
+		if l := n.rangeSet.Get(into, false); l != nil && (!l.Started() || !spanCovers(shard.SpanOf(l.Descriptor()), sp)) {
+			continue // its commit is still to apply here: then it is retired
+		}
+		n.log.Info("the range map says a range recorded here merged away; retiring its replica", "range", rec.Range, "into", into)
+		n.retires.put(retiring{id: rec.Range})
+	}
+}
+
+// spanCovers reports whether span a covers span b.
+func spanCovers(a, b mvcc.Span) bool {
+	if bytes.Compare(a.Start, b.Start) > 0 {
+		return false
+	}
+	return a.End == nil || (b.End != nil && bytes.Compare(a.End, b.End) >= 0)
 }
 
 // mergedInto follows st's tombstones from range id to the live range that

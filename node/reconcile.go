@@ -152,6 +152,7 @@ func (n *Node) reconcile(ctx context.Context) {
 			n.dropIfRemoved(ctx, r, d)
 		}
 	}
+	n.retireMergedRecords(st)
 }
 
 // namesReplica reports whether st names replica id of range r on member

@@ -17,6 +17,7 @@ import (
 	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/shard"
 )
 
 // TestShardedMergeSimple: one member, one range split at "m", then the
@@ -210,7 +211,7 @@ func mergedLeftNothing(t *testing.T, n *node.Node, right *placementpb.RangeDescr
 // take writes, and no member keeps anything of the merged range but its
 // keys.
 func TestShardedMergeCutShort(t *testing.T) {
-	for _, step := range []string{"frozen-recorded", "committed"} {
+	for _, step := range []string{"begun", "frozen", "frozen-recorded", "committed", "recorded"} {
 		t.Run(step, func(t *testing.T) {
 			cl := nodetest.Start(t, 3, nodetest.Sharded())
 			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -229,7 +230,16 @@ func TestShardedMergeCutShort(t *testing.T) {
 				li = cl.MemberIndex(id)
 				return nil
 			})
-			cli := cl.Client((li + 1) % cl.Size())
+			// The ranges led elsewhere than on the member stopped: a write
+			// in flight at a leader that stops has an unknown outcome, a
+			// client error merges have nothing to do with.
+			wi := (li + 1) % cl.Size()
+			for _, d := range split {
+				nodetest.WaitFor(ctx, t, func() error {
+					return cl.Node(wi).TransferRangeLeader(ctx, shard.RangeID(d.Id), placement.NodeID(cl.Node(wi).MemberID()))
+				})
+			}
+			cli := cl.Client(wi)
 
 			var mu sync.Mutex
 			model := map[string]string{}

@@ -459,3 +459,26 @@ func (n *Node) OpenMerges(ctx context.Context) ([]*placementpb.Merge, error) {
 	}
 	return st.Merges, nil
 }
+
+// HoldMergesAt holds each merge this node drives right after its step
+// (one of placement.MergeSteps) until release is called (which a test
+// must do before the node closes); reached is closed once a merge got
+// there.
+func (n *Node) HoldMergesAt(step string) (reached <-chan struct{}, release func()) {
+	at, done := make(chan struct{}), make(chan struct{})
+	var reachOnce, releaseOnce sync.Once
+	f := func(s string) bool {
+		if s == step {
+			reachOnce.Do(func() { close(at) })
+			<-done
+		}
+		return false
+	}
+	n.hooks.mergeStep.Store(&f)
+	return at, func() {
+		releaseOnce.Do(func() {
+			n.hooks.mergeStep.Store(nil)
+			close(done)
+		})
+	}
+}

@@ -339,3 +339,87 @@ func TestShardedMergeCutShort(t *testing.T) {
 		})
 	}
 }
+
+// TestShardedMergeMemberDown: three members; a member holding both
+// ranges stops once the right range froze: the merge is undone after the
+// driver's patience (the stopped replica never applies the freeze), and
+// the right range serves again; the member back, a merge again succeeds
+// and no member keeps anything of the merged range but its keys.
+func TestShardedMergeMemberDown(t *testing.T) {
+	cl := nodetest.Start(t, 3, nodetest.Sharded())
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	split, err := cl.Node(0).SplitRange(ctx, []byte("m"))
+	if err != nil {
+		t.Fatalf("split at m: %v", err)
+	}
+	left, right := split[0], split[1]
+	var li int
+	nodetest.WaitFor(ctx, t, func() error {
+		id := cl.Node(0).PlacementLeader()
+		if id == 0 {
+			return errors.New("no placement leader")
+		}
+		li = cl.MemberIndex(id)
+		return nil
+	})
+	down := (li + 1) % cl.Size()
+	// Both ranges led by the driver's member: they keep their leader.
+	for _, d := range split {
+		nodetest.WaitFor(ctx, t, func() error {
+			return cl.Node(li).TransferRangeLeader(ctx, shard.RangeID(d.Id), placement.NodeID(cl.Node(li).MemberID()))
+		})
+	}
+	cli := cl.Client(li)
+	for _, k := range []string{"a", "z"} {
+		if _, err := cli.Put(ctx, k, "before"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reached, release := cl.Node(li).HoldMergesAt("frozen")
+	defer release()
+	done := make(chan error, 1)
+	go func() {
+		_, err := cl.Node(li).MergeLeft(ctx, left.Id)
+		done <- err
+	}()
+	select {
+	case <-reached:
+	case <-ctx.Done():
+		t.Fatal("the merge did not freeze the right range")
+	}
+	if err := cl.Stop(down); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if err := <-done; !errors.Is(err, placement.ErrMergeUndone) {
+		t.Fatalf("merge with member %d down: %v, want it undone", down, err)
+	}
+	// The right range serves again: reads and writes of its keys.
+	if _, err := cli.Put(ctx, "z", "thawed"); err != nil {
+		t.Fatalf("put to the right range after the abort: %v", err)
+	}
+	if ranges, err := cl.Node(li).RangeMap(ctx); err != nil || len(ranges) != 2 {
+		t.Fatalf("the map after the abort: %v (%v)", ranges, err)
+	}
+	cl.Restart(down)
+	merged, err := cl.Node(li).MergeLeft(ctx, left.Id)
+	if err != nil {
+		t.Fatalf("merge with every member up: %v", err)
+	}
+	if len(merged.End) != 0 {
+		t.Fatalf("merged range %v", merged)
+	}
+	for i := range cl.Size() {
+		resp, err := cl.Client(i).Get(ctx, "", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(resp.Kvs); len(resp.Kvs) != 2 || string(resp.Kvs[0].Value) != "before" || string(resp.Kvs[1].Value) != "thawed" {
+			t.Fatalf("member %d reads %s", i, got)
+		}
+	}
+	for _, n := range cl.Nodes() {
+		mergedLeftNothing(t, n, right)
+	}
+}

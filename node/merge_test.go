@@ -20,18 +20,49 @@ import (
 	"github.com/cairn-kv/cairn/shard"
 )
 
-// TestShardedMergeSimple: one member, one range split at "m", then the
-// two merged again, while clients write over both and a watch runs. No
+// TestShardedMergeSimple: one member (and three), one range split at "m",
+// then the two merged again, while clients write over both and a watch
+// runs. No
 // client sees an error; the watch sees every write once, in revision
 // order; reads equal what was written; the map has one range again, and
 // the member keeps nothing of the right range but its keys (now the left
 // range's): no replica, record, raft data, store or lessor records.
 func TestShardedMergeSimple(t *testing.T) {
-	cl := nodetest.Start(t, 1, nodetest.Sharded())
+	for _, size := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%d-members", size), func(t *testing.T) { mergeSimple(t, size) })
+	}
+}
+
+// mergeSimple is TestShardedMergeSimple on size members (the merge asked
+// of the first, forwarded to the placement leader's member), with a lease
+// kept alive whose keys lie in both ranges: they stay while it lives and
+// all go when it is revoked after the merge.
+func mergeSimple(t *testing.T, size int) {
+	cl := nodetest.Start(t, size, nodetest.Sharded())
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	n, cli := cl.Node(0), cl.Client(0)
-	watch := cli.Watch(ctx, "", clientv3.WithPrefix())
+	gr, err := cl.Client(size-1).Grant(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ka, err := cl.Client(size-1).KeepAlive(ctx, gr.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for range ka {
+		}
+	}()
+	var from int64
+	for _, k := range []string{"lease-a", "~lease-z"} {
+		resp, err := cli.Put(ctx, k, "v", clientv3.WithLease(gr.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		from = resp.Header.Revision + 1
+	}
+	watch := cli.Watch(ctx, "", clientv3.WithPrefix(), clientv3.WithRev(from))
 
 	type write struct {
 		key, val string
@@ -84,13 +115,21 @@ func TestShardedMergeSimple(t *testing.T) {
 		})
 	}
 	waitWrites(30)
-	split, err := n.SplitRange(ctx, []byte("m"))
+	split, err := cl.Node(size-1).SplitRange(ctx, []byte("m"))
 	if err != nil {
 		t.Fatalf("split at m: %v", err)
 	}
 	right := split[1]
 	waitWrites(count() + 30)
-	merged, err := n.MergeLeft(ctx, split[0].Id)
+	// Asked of a member that does not lead the placement group (if there
+	// is one): forwarded to the one that does.
+	asked := n
+	for _, m := range cl.Nodes() {
+		if m.PlacementLeader() != m.MemberID() {
+			asked = m
+		}
+	}
+	merged, err := asked.MergeLeft(ctx, split[0].Id)
 	if err != nil {
 		t.Fatalf("merge r%d into r%d: %v", right.Id, split[0].Id, err)
 	}
@@ -139,7 +178,7 @@ func TestShardedMergeSimple(t *testing.T) {
 		t.Fatalf("the watch saw %d events, want %d (first difference at %d: saw %v, want %v)", len(seen), len(want), d,
 			seen[max(0, d-2):min(len(seen), d+3)], want[max(0, d-2):min(len(want), d+3)])
 	}
-	model := map[string]string{}
+	model := map[string]string{"lease-a": "v", "~lease-z": "v"}
 	for _, w := range writes {
 		model[w.key] = w.val
 	}
@@ -154,14 +193,27 @@ func TestShardedMergeSimple(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(model) {
 		t.Fatalf("reads %d keys, the model has %d:\n%v\n%v", len(got), len(model), got, model)
 	}
+	// The lease's keys, one from each range, go with it.
+	if _, err := cl.Client(size-1).Revoke(ctx, gr.ID); err != nil {
+		t.Fatal(err)
+	}
+	for i := range size {
+		for _, k := range []string{"lease-a", "~lease-z"} {
+			if resp, err := cl.Client(i).Get(ctx, k); err != nil || len(resp.Kvs) != 0 {
+				t.Fatalf("member %d: %s after its lease's revoke: %v (%v)", i, k, resp, err)
+			}
+		}
+	}
 	// Writes go on to both halves after the merge.
 	for _, k := range []string{"a-after", "z-after"} {
 		if _, err := cli.Put(ctx, k, "v"); err != nil {
 			t.Fatalf("put %s after the merge: %v", k, err)
 		}
 	}
-	mergedLeftNothing(t, n, right)
-	t.Logf("%d writes, up to revision %d; r%d merged into %v", len(writes), last, right.Id, merged)
+	for _, n := range cl.Nodes() {
+		mergedLeftNothing(t, n, right)
+	}
+	t.Logf("%d writes, up to revision %d; r%d merged into r%d g%d", len(writes), last, right.Id, merged.Id, merged.Generation)
 }
 
 // mergedLeftNothing waits until member n keeps nothing of right, a range

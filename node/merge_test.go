@@ -475,3 +475,55 @@ func TestShardedMergeMemberDown(t *testing.T) {
 		mergedLeftNothing(t, n, right)
 	}
 }
+
+// TestShardedMergeThenSplit: a merge, then a split at the same key: the
+// split makes a new range id (the merged-away one is never used again),
+// generations only grow, and both halves read and take writes.
+func TestShardedMergeThenSplit(t *testing.T) {
+	cl := nodetest.Start(t, 1, nodetest.Sharded())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n, cli := cl.Node(0), cl.Client(0)
+	for _, k := range []string{"a", "z"} {
+		if _, err := cli.Put(ctx, k, "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := n.SplitRange(ctx, []byte("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	merged, err := n.MergeLeft(ctx, first[0].Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := n.SplitRange(ctx, []byte("m"))
+	if err != nil {
+		t.Fatalf("split at m after the merge: %v", err)
+	}
+	if again[1].Id == first[1].Id || again[0].Id != merged.Id {
+		t.Fatalf("split after the merge made %v, %v; the first split made r%d", again[0], again[1], first[1].Id)
+	}
+	if again[0].Generation <= merged.Generation || merged.Generation <= max(first[0].Generation, first[1].Generation) {
+		t.Fatalf("generations: split %d %d, merged %d, split again %d %d", first[0].Generation, first[1].Generation,
+			merged.Generation, again[0].Generation, again[1].Generation)
+	}
+	for _, k := range []string{"a", "z"} {
+		if _, err := cli.Put(ctx, k, "2"); err != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+	}
+	resp, err := cli.Get(ctx, "", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 2 || string(resp.Kvs[0].Value) != "2" || string(resp.Kvs[1].Value) != "2" {
+		t.Fatalf("reads %v", resp.Kvs)
+	}
+	// Merged again: the new right range goes the same way.
+	if _, err := n.MergeLeft(ctx, again[0].Id); err != nil {
+		t.Fatalf("merge again: %v", err)
+	}
+	mergedLeftNothing(t, n, first[1])
+	mergedLeftNothing(t, n, again[1])
+}

@@ -11,11 +11,15 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/cairn-kv/cairn/node"
 	"github.com/cairn-kv/cairn/node/nodetest"
 	"github.com/cairn-kv/cairn/placement"
+	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
 	"github.com/cairn-kv/cairn/shard"
 )
@@ -526,4 +530,48 @@ func TestShardedMergeThenSplit(t *testing.T) {
 	}
 	mergedLeftNothing(t, n, first[1])
 	mergedLeftNothing(t, n, again[1])
+}
+
+// TestMergeCallNeedsRoot: once auth is enabled, merging ranges is root's,
+// as moving them is: a user without root is refused with etcd's
+// permission denied; root's merge runs (and one of no range is NotFound).
+func TestMergeCallNeedsRoot(t *testing.T) {
+	cl := nodetest.Start(t, 1, nodetest.Sharded())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cl.Node(0).SplitRange(ctx, []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	c := cl.Client(0)
+	for _, step := range []func() error{
+		func() error { _, err := c.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := c.UserAdd(ctx, "alice", "alicepw"); return err },
+		func() error { _, err := c.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	as := func(user, pw string) internalpb.NodeClient {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: cl.URLs(), Username: user, Password: pw, DialTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cli.Close() })
+		return internalpb.NewNodeClient(cli.ActiveConnection())
+	}
+	alice, root := as("alice", "alicepw"), as("root", "rootpw")
+	_, err := alice.MergeRange(ctx, &internalpb.MergeRangeRequest{Left: 1})
+	if !errors.Is(rpctypes.Error(err), rpctypes.ErrPermissionDenied) {
+		t.Errorf("alice's MergeRange: %v, want %v", err, rpctypes.ErrPermissionDenied)
+	}
+	_, err = root.MergeRange(ctx, &internalpb.MergeRangeRequest{Left: 9})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("root's MergeRange of no range: %v, want NotFound", err)
+	}
+	resp, err := root.MergeRange(ctx, &internalpb.MergeRangeRequest{Left: 1})
+	if err != nil || len(resp.Range.GetEnd()) != 0 {
+		t.Fatalf("root's MergeRange: %v (%v)", resp, err)
+	}
 }

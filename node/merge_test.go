@@ -575,3 +575,103 @@ func TestMergeCallNeedsRoot(t *testing.T) {
 		t.Fatalf("root's MergeRange: %v (%v)", resp, err)
 	}
 }
+
+// TestSubsetMergeWatch: four members, three replicas per range; a member
+// holding neither range (an outsider, served through feeds) watches every
+// key while a holder writes on both sides of a split that is then merged:
+// the watch sees every write once, in revision order, and the outsider
+// reads what was written and writes to both halves after the merge.
+func TestSubsetMergeWatch(t *testing.T) {
+	cl := nodetest.Start(t, 4, nodetest.Sharded(), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	split, err := cl.Node(0).SplitRange(ctx, []byte("m"))
+	if err != nil {
+		t.Fatalf("split at m: %v", err)
+	}
+	held := holders(t, cl, split[0].Id)
+	o := -1
+	for i := range cl.Size() {
+		if !slices.Contains(held, i) {
+			o = i
+		}
+	}
+	if o < 0 {
+		t.Fatalf("every member holds range %d", split[0].Id)
+	}
+	wcli, ocli := cl.Client(held[0]), cl.Client(o)
+	first, err := wcli.Put(ctx, "a-first", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := ocli.Watch(ctx, "", clientv3.WithPrefix(), clientv3.WithRev(first.Header.Revision+1))
+	var revs []int64
+	model := map[string]string{"a-first": "0"}
+	put := func(i int) {
+		key := fmt.Sprintf("%c%02d", "bz"[i%2], i%30)
+		resp, err := wcli.Put(ctx, key, fmt.Sprint(i))
+		if err != nil {
+			t.Fatalf("put %s: %v", key, err)
+		}
+		revs = append(revs, resp.Header.Revision)
+		model[key] = fmt.Sprint(i)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := cl.Node(o).MergeLeft(ctx, split[0].Id)
+		done <- err
+	}()
+	for i := 0; ; i++ {
+		put(i)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("merge: %v", err)
+			}
+			for j := range 20 {
+				put(i + 1 + j)
+			}
+		default:
+			continue
+		}
+		break
+	}
+	var seen []int64
+	for len(seen) < len(revs) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the outsider's watch saw %d of %d writes", len(seen), len(revs))
+		case wr := <-watch:
+			if err := wr.Err(); err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range wr.Events {
+				seen = append(seen, ev.Kv.ModRevision)
+			}
+		}
+	}
+	if !slices.Equal(seen, revs) {
+		d := firstDiff(seen, revs)
+		t.Fatalf("the outsider's watch saw %d events, want %d (first difference at %d: saw %v, want %v)", len(seen), len(revs), d,
+			seen[max(0, d-2):min(len(seen), d+3)], revs[max(0, d-2):min(len(revs), d+3)])
+	}
+	resp, err := ocli.Get(ctx, "", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, kv := range resp.Kvs {
+		got[string(kv.Key)] = string(kv.Value)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(model) {
+		t.Fatalf("the outsider reads %v, the writes were %v", got, model)
+	}
+	for _, k := range []string{"a-after", "z-after"} {
+		if _, err := ocli.Put(ctx, k, "v"); err != nil {
+			t.Fatalf("the outsider's put %s after the merge: %v", k, err)
+		}
+	}
+	for _, i := range held {
+		mergedLeftNothing(t, cl.Node(i), split[1])
+	}
+}

@@ -585,11 +585,11 @@ func TestSubsetMergeWatch(t *testing.T) {
 	cl := nodetest.Start(t, 4, nodetest.Sharded(), nodetest.RangeReplicas(3), nodetest.PlacementReplicas(3))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	split, err := cl.Node(0).SplitRange(ctx, []byte("m"))
+	held := holders(t, cl, 1)
+	split, err := cl.Node(held[0]).SplitRange(ctx, []byte("m"))
 	if err != nil {
 		t.Fatalf("split at m: %v", err)
 	}
-	held := holders(t, cl, split[0].Id)
 	o := -1
 	for i := range cl.Size() {
 		if !slices.Contains(held, i) {

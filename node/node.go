@@ -1154,6 +1154,14 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			// they start it if the node stopped after the split applied
 			// here but before it started the new range (raft would not
 			// know it otherwise).
+			if _, merged, err := mvcc.MergedInto(n.db, d.Id); err != nil {
+				return err
+			} else if merged {
+				// Absorbed while its left range replayed its log here
+				// (after LocalRanges looked): the merge worker retires it.
+				n.retires.put(retiring{id: shard.RangeID(d.Id)})
+				continue
+			}
 			r := n.newRange(d, 0)
 			n.rangeSet.Add(r)
 			if err := n.startRange(r, b.founders != nil || d.Parent != 0 || !slices.Contains(shard.FoundersOf(d), n.memberID), false); err != nil {

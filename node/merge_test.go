@@ -675,3 +675,138 @@ func TestSubsetMergeWatch(t *testing.T) {
 		mergedLeftNothing(t, cl.Node(i), split[1])
 	}
 }
+
+// TestShardedMergeRepeated: three members; ranges split and merged again
+// and again (at different keys, the merges asked of every member in turn)
+// while clients write and read over all of them and a watch runs: no
+// client error, every write seen once in revision order, reads equal the
+// writes, and no member keeps anything of the ranges merged away.
+func TestShardedMergeRepeated(t *testing.T) {
+	cl := nodetest.Start(t, 3, nodetest.Sharded())
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	nodes, clis := cl.Nodes(), cl.Clients()
+	first, err := clis[0].Put(ctx, "first", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := clis[1].Watch(ctx, "", clientv3.WithPrefix(), clientv3.WithRev(first.Header.Revision+1))
+	type write struct {
+		key, val string
+		rev      int64
+	}
+	var mu sync.Mutex
+	var writes []write
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(writes)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Go(func() {
+			rnd := rand.New(rand.NewPCG(uint64(w), 3))
+			cli := clis[w]
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("%c%c", 'a'+rnd.IntN(26), 'a'+rnd.IntN(26))
+				if rnd.IntN(8) == 0 {
+					if _, err := cli.Get(ctx, "", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+						t.Errorf("read over every range: %v", err)
+						return
+					}
+					continue
+				}
+				val := fmt.Sprint(w, "-", i)
+				resp, err := cli.Put(ctx, key, val)
+				if err != nil {
+					t.Errorf("put %s: %v", key, err)
+					return
+				}
+				mu.Lock()
+				writes = append(writes, write{key, val, resp.Header.Revision})
+				mu.Unlock()
+			}
+		})
+	}
+	waitWrites := func(n int) {
+		nodetest.WaitFor(ctx, t, func() error {
+			if count() >= n || t.Failed() {
+				return nil
+			}
+			return errors.New("writes stalled")
+		})
+	}
+	var gone []*placementpb.RangeDescriptor
+	for i, k := range []string{"m", "f", "t", "m"} {
+		if t.Failed() {
+			break
+		}
+		waitWrites(count() + 15)
+		split, err := nodes[i%3].SplitRange(ctx, []byte(k))
+		if err != nil {
+			t.Fatalf("split at %s: %v", k, err)
+		}
+		waitWrites(count() + 15)
+		if _, err := nodes[(i+1)%3].MergeLeft(ctx, split[0].Id); err != nil {
+			t.Fatalf("merge r%d into r%d: %v", split[1].Id, split[0].Id, err)
+		}
+		gone = append(gone, split[1])
+	}
+	waitWrites(count() + 15)
+	close(stop)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	slices.SortFunc(writes, func(a, b write) int { return int(a.rev - b.rev) })
+	var want []int64
+	model := map[string]string{"first": "0"}
+	for _, w := range writes {
+		want = append(want, w.rev)
+		model[w.key] = w.val
+	}
+	var seen []int64
+	for len(seen) < len(want) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the watch saw %d of %d writes", len(seen), len(want))
+		case wr := <-watch:
+			if err := wr.Err(); err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range wr.Events {
+				seen = append(seen, ev.Kv.ModRevision)
+			}
+		}
+	}
+	if !slices.Equal(seen, want) {
+		d := firstDiff(seen, want)
+		t.Fatalf("the watch saw %d events, want %d (first difference at %d: saw %v, want %v)", len(seen), len(want), d,
+			seen[max(0, d-2):min(len(seen), d+3)], want[max(0, d-2):min(len(want), d+3)])
+	}
+	for i, cli := range clis {
+		resp, err := cli.Get(ctx, "", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, kv := range resp.Kvs {
+			got[string(kv.Key)] = string(kv.Value)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(model) {
+			t.Fatalf("member %d reads %d keys, the model has %d", i, len(got), len(model))
+		}
+	}
+	for _, n := range nodes {
+		for _, d := range gone {
+			mergedLeftNothing(t, n, d)
+		}
+	}
+	t.Logf("%d writes across %d splits and merges", len(writes), len(gone))
+}

@@ -432,3 +432,53 @@ const RaftLogShardsFile = raftLogShardsFile
 
 // RaftLogShards is the raft-log partition count the node runs with.
 func (n *Node) RaftLogShards() uint64 { return n.nhConfig.Expert.LogDB.Shards }
+
+// MergeLeft merges the range right of range left into left, while both
+// serve, as `cairn range merge` has the placement leader's member do
+// (forwarded there), and returns left as the merge left it.
+func (n *Node) MergeLeft(ctx context.Context, left uint64) (*placementpb.RangeDescriptor, error) {
+	return n.MergeRange(ctx, shard.RangeID(left), true)
+}
+
+// CutMergesShort stops every merge this node drives right after step (one
+// of placement.MergeSteps), as a crash of this node there would (the merge
+// returns placement.ErrCrashed, its record left open for the next
+// placement leader's Resume). The returned function puts things back.
+func (n *Node) CutMergesShort(step string) (restore func()) {
+	f := func(s string) bool { return s == step }
+	n.hooks.mergeStep.Store(&f)
+	return func() { n.hooks.mergeStep.Store(nil) }
+}
+
+// OpenMerges reads the merges open in the range map, through the
+// placement group.
+func (n *Node) OpenMerges(ctx context.Context) ([]*placementpb.Merge, error) {
+	st, err := n.placement.State(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.Merges, nil
+}
+
+// HoldMergesAt holds each merge this node drives right after its step
+// (one of placement.MergeSteps) until release is called (which a test
+// must do before the node closes); reached is closed once a merge got
+// there.
+func (n *Node) HoldMergesAt(step string) (reached <-chan struct{}, release func()) {
+	at, done := make(chan struct{}), make(chan struct{})
+	var reachOnce, releaseOnce sync.Once
+	f := func(s string) bool {
+		if s == step {
+			reachOnce.Do(func() { close(at) })
+			<-done
+		}
+		return false
+	}
+	n.hooks.mergeStep.Store(&f)
+	return at, func() {
+		releaseOnce.Do(func() {
+			n.hooks.mergeStep.Store(nil)
+			close(done)
+		})
+	}
+}

@@ -52,6 +52,7 @@ func (n *Node) firstShardCfg(r *shard.Range) shard.Config {
 			n.splitter.OnSplit(r, child, span, rev, founders)
 		}
 	}
+	cfg.OnMerge = n.onMerge(r)
 	return cfg
 }
 

@@ -40,8 +40,9 @@ func (n *Node) followMap() {
 		case <-n.mapSignal:
 		}
 		if routes := n.mapRoutes.Load(); routes != nil {
-			if ranges, err := n.localMap(); err == nil {
-				routes.PutMap(ranges)
+			if st, err := n.localState(); err == nil {
+				routes.PutMap(st.Ranges)
+				routes.PutMerged(st.Merged)
 			}
 			n.reconcileSoon()
 		}

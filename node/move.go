@@ -127,6 +127,9 @@ func (n *Node) runMoves() {
 		if err := n.mover.Resume(ctx); err != nil {
 			n.log.Warn("resuming the open moves failed; trying again", "error", err)
 		}
+		if err := n.merges.Resume(ctx); err != nil {
+			n.log.Warn("resuming the open merges failed; trying again", "error", err)
+		}
 		cancel()
 	}
 }

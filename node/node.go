@@ -454,6 +454,10 @@ type Node struct {
 		// moveStep, if set, is called as the moves driven here pass each
 		// step (placement.MoverConfig.Crash; it may hold them there).
 		moveStep atomic.Pointer[func(step string)]
+		// mergeStep, if set, is called as the merges driven here pass
+		// each step: true stops the merge there, as a crash of this
+		// member would (placement.MergeDriverConfig.Crash).
+		mergeStep atomic.Pointer[func(step string) bool]
 	}
 	// events is the lock over db's event log records, which every store
 	// here is opened with (mvcc.EventLog).
@@ -587,6 +591,13 @@ type Node struct {
 	// mover drives the moves of ranges between members while this
 	// member's placement replica leads (move.go; sharded mode).
 	mover *placement.Mover
+	// merges drives the merges of ranges while this member's placement
+	// replica leads; joiner takes the merges committed here into this
+	// member's ranges, and retires queues their right ranges for the
+	// merge worker (merge.go; sharded mode).
+	merges  *placement.MergeDriver
+	joiner  *router.Joiner
+	retires *retireQueue
 	// leaving holds the replicas here told to stop serving (a move's
 	// source about to be removed: move.go), by replicaKey.
 	leaving sync.Map
@@ -901,6 +912,7 @@ func (n *Node) startRaft(b boot) error {
 		return err
 	}
 	n.drops = newDropQueue()
+	n.retires = newRetireQueue()
 	// Dragonboat's transport reconnects to a member that went away
 	// through a circuit breaker that is not configurable: it retries
 	// after 500 ms, growing to at most 1 s (lni/goutils netutil), which is
@@ -993,10 +1005,13 @@ func (n *Node) startPlacementGroup(ctx context.Context, b boot) (ranges, unsplit
 		})
 	}
 	// Ranges a merge absorbed here (the map not told yet) are left out,
-	// not started; retiring them is the merge worker's (docs/plan-merge.md
-	// S6), and nothing proposes merges before it exists.
-	if ranges, unsplit, _, err = shard.LocalRanges(n.db, n.memberID, ranges, b.founders != nil, n.log); err != nil {
+	// not started: the merge worker retires them (merge.go).
+	var merged []*placementpb.RangeDescriptor
+	if ranges, unsplit, merged, err = shard.LocalRanges(n.db, n.memberID, ranges, b.founders != nil, n.log); err != nil {
 		return nil, nil, err
+	}
+	for _, d := range merged {
+		n.retires.put(retiring{id: shard.RangeID(d.Id)})
 	}
 	// The placement group's own upkeep: the registered members it lacks
 	// added (on its leader) and this replica's role recorded once
@@ -1055,6 +1070,8 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			RevisionsAbove: n.oracle.RevisionsAbove, Margin: oracleWindow, Ranges: n.routes, Local: n.rangeSet,
 			Forwarder: n.fwd, Merger: n.merger, Home: singleShardID, NewRange: n.newRange, StartRange: n.startRange,
 			Stop: n.stop, Log: n.log, CutShort: n.hooks.splitCutShort.Load, NoStart: n.hooks.splitNoStart.Load})
+		n.joiner = router.NewJoiner(router.JoinerConfig{Ranges: n.routes, Local: n.rangeSet, Merger: n.merger,
+			Retire: n.retire, Log: n.log})
 	}
 	// Sharded mode's membership walk (placement/membership.go; the
 	// members.go calls ask nothing of it in single-group mode).
@@ -1065,6 +1082,7 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		Move: n.moveForMembership, Log: n.log})
 	if cfg.Sharded {
 		n.mover = n.newMover()
+		n.merges = n.newMergeDriver()
 	}
 	// OnSplit is each range's own (firstShardCfg, rangeShardCfg).
 	shardCfg := shard.Config{DB: n.db, Events: n.events, Span: span, Sharded: cfg.Sharded, Lease: leaseOpts, OnRecover: func() {
@@ -1137,6 +1155,14 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 			// they start it if the node stopped after the split applied
 			// here but before it started the new range (raft would not
 			// know it otherwise).
+			if _, merged, err := mvcc.MergedInto(n.db, d.Id); err != nil {
+				return err
+			} else if merged {
+				// Absorbed while its left range replayed its log here
+				// (after LocalRanges looked): the merge worker retires it.
+				n.retires.put(retiring{id: shard.RangeID(d.Id)})
+				continue
+			}
 			r := n.newRange(d, 0)
 			n.rangeSet.Add(r)
 			if err := n.startRange(r, b.founders != nil || d.Parent != 0 || !slices.Contains(shard.FoundersOf(d), n.memberID), false); err != nil {
@@ -1147,8 +1173,9 @@ func (n *Node) startRanges(ctx context.Context, b boot, ranges []*placementpb.Ra
 		n.mapRoutes.Store(n.routes)
 		// The ranges held elsewhere, from this member's copy of the map
 		// (the map follower keeps them current).
-		if all, err := n.localMap(); err == nil {
-			n.routes.PutMap(all)
+		if st, err := n.localState(); err == nil {
+			n.routes.PutMap(st.Ranges)
+			n.routes.PutMerged(st.Merged)
 		}
 	}
 	if r := n.first.Load(); r != nil {
@@ -1195,8 +1222,9 @@ func (n *Node) startBackground(unsplit []*placementpb.RangeDescriptor) {
 		n.fanout = router.NewLeaseFanout(router.LeaseFanoutConfig{Ranges: n.routes, HomeID: singleShardID,
 			Home: firstHome{n}, Every: closedEvery, Try: 5 * time.Second, Log: n.log})
 		n.fanout.Start()
-		n.wg.Add(4)
+		n.wg.Add(5)
 		go n.runDrops()
+		go n.runRetires()
 		go n.resumeChanges()
 		go n.runReconciler()
 		go n.runMoves()

@@ -116,7 +116,10 @@ func (n *Node) reconcile(ctx context.Context) {
 		key := replicaKey{id, r.ReplicaID()}
 		d := byID[id]
 		if d == nil {
-			continue // a range the map here does not know yet (a split)
+			// A range the map here does not know yet (a split), or one
+			// merged away.
+			n.dropIfMerged(r, st)
+			continue
 		}
 		named, voter := false, false
 		if p, ok := placement.ReplicaOf(d, self); ok && p == r.ReplicaID() {
@@ -149,6 +152,7 @@ func (n *Node) reconcile(ctx context.Context) {
 			n.dropIfRemoved(ctx, r, d)
 		}
 	}
+	n.retireMergedRecords(st)
 }
 
 // namesReplica reports whether st names replica id of range r on member

@@ -207,6 +207,7 @@ func (n *Node) rangeShardCfg(r *shard.Range) shard.Config {
 	cfg.OnSplit = func(child shard.RangeID, span mvcc.Span, rev mvcc.Revision, founders []*shardpb.ReplicaRef) {
 		n.splitter.OnSplit(r, child, span, rev, founders)
 	}
+	cfg.OnMerge = n.onMerge(r)
 	cfg.OnPeers, cfg.OnHold = nil, nil
 	return cfg
 }

@@ -32,6 +32,7 @@ var (
 		// Moves (move.go).
 		internalpb.Node_MoveRange_FullMethodName:           true,
 		internalpb.Node_TransferRangeLeader_FullMethodName: true,
+		internalpb.Node_MergeRange_FullMethodName:          true,
 	}
 	userMethods = map[string]bool{
 		"/etcdserverpb.Maintenance/Status": true,

@@ -23,7 +23,8 @@ import (
 // rangeSynopsis is the usage lines errors repeat.
 const rangeSynopsis = `usage: cairn range split [--endpoints host:port,...] [-w simple|json|table] <key>
        cairn range move [--endpoints host:port,...] <range> <from-member> <to-member>
-       cairn range transfer-leader [--endpoints host:port,...] <range> <member>`
+       cairn range transfer-leader [--endpoints host:port,...] <range> <member>
+       cairn range merge [--endpoints host:port,...] <left-range>`
 
 const rangeUsage = rangeSynopsis + `
 
@@ -36,8 +37,12 @@ leadership leaves the old one, which is then removed); print the range.
 
 transfer-leader: make member's replica of range the range's leader.
 
+merge: merge the range that starts where left-range ends into left-range,
+in place, while both serve (their replicas must be voters on the same
+members); print the merged range.
+
 Members are named by their ids in hex, as etcdctl member list prints them.
-Moves and leader transfers need root once auth is enabled.`
+Moves, leader transfers and merges need root once auth is enabled.`
 
 // rangeCommand runs `cairn range split <key>`: it splits the range holding
 // key at key, in place, through the first endpoint that can be reached
@@ -48,7 +53,7 @@ func rangeCommand(args, environ []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout, rangeUsage)
 		return nil
 	}
-	if len(args) > 0 && (args[0] == "move" || args[0] == "transfer-leader") {
+	if len(args) > 0 && (args[0] == "move" || args[0] == "transfer-leader" || args[0] == "merge") {
 		return rangeMoveCommand(args[0], args[1:], environ, stdout)
 	}
 	if len(args) == 0 || args[0] != "split" {
@@ -162,8 +167,11 @@ func rangeMoveCommand(what string, args, environ []string, stdout io.Writer) err
 		return fmt.Errorf("range %s: %w", what, err)
 	}
 	want := 3
-	if what == "transfer-leader" {
+	switch what {
+	case "transfer-leader":
 		want = 2
+	case "merge":
+		want = 1
 	}
 	if cc.fs.NArg() != want {
 		return errors.New(rangeSynopsis)
@@ -180,6 +188,14 @@ func rangeMoveCommand(what string, args, environ []string, stdout io.Writer) err
 	}
 	var moved *internalpb.MoveRangeResponse
 	call := func(ctx context.Context, nc internalpb.NodeClient) (err error) {
+		if what == "merge" {
+			var merged *internalpb.MergeRangeResponse
+			merged, err = nc.MergeRange(ctx, &internalpb.MergeRangeRequest{Left: rangeID})
+			if err == nil {
+				moved = &internalpb.MoveRangeResponse{Range: merged.Range}
+			}
+			return err
+		}
 		if what == "move" {
 			moved, err = nc.MoveRange(ctx, &internalpb.MoveRangeRequest{Range: rangeID, FromMember: members[0], ToMember: members[1]})
 			return err
@@ -204,7 +220,11 @@ func rangeMoveCommand(what string, args, environ []string, stdout io.Writer) err
 		fmt.Fprintf(stdout, "%s\n", b)
 		return nil
 	}
-	fmt.Fprintf(stdout, "Moved range %d from %x to %x\n", rangeID, members[0], members[1])
+	if what == "merge" {
+		fmt.Fprintf(stdout, "Merged the range right of range %d into it\n", rangeID)
+	} else {
+		fmt.Fprintf(stdout, "Moved range %d from %x to %x\n", rangeID, members[0], members[1])
+	}
 	if d := moved.GetRange(); d != nil {
 		var replicas []string
 		for _, p := range d.ReplicaSet {

@@ -53,7 +53,7 @@ func TestRangeSplitCommand(t *testing.T) {
 	}{
 		{[]string{"split", "--endpoint", ep, "t"}, "already starts at"},
 		{[]string{"split", "--endpoint", ep}, "usage: cairn range split"},
-		{[]string{"merge", "x"}, "usage: cairn range split"},
+		{[]string{"merge", "x"}, `bad range id "x"`},
 		{[]string{"split", "--endpoint", start(false), "x"}, "needs sharded mode"},
 	} {
 		err := rangeCommand(tc.args, nil, &out)

@@ -1833,6 +1833,97 @@ func (x *MoveRangeResponse) GetRange() *placementpb.RangeDescriptor {
 	return nil
 }
 
+// MergeRangeRequest names the left range: the range starting where it
+// ends merges into it.
+type MergeRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Left          uint64                 `protobuf:"varint,1,opt,name=left,proto3" json:"left,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeRangeRequest) Reset() {
+	*x = MergeRangeRequest{}
+	mi := &file_internalpb_internal_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeRangeRequest) ProtoMessage() {}
+
+func (x *MergeRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeRangeRequest.ProtoReflect.Descriptor instead.
+func (*MergeRangeRequest) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MergeRangeRequest) GetLeft() uint64 {
+	if x != nil {
+		return x.Left
+	}
+	return 0
+}
+
+// MergeRangeResponse holds the left range as the merge left it.
+type MergeRangeResponse struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Range         *placementpb.RangeDescriptor `protobuf:"bytes,1,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeRangeResponse) Reset() {
+	*x = MergeRangeResponse{}
+	mi := &file_internalpb_internal_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeRangeResponse) ProtoMessage() {}
+
+func (x *MergeRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_internalpb_internal_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeRangeResponse.ProtoReflect.Descriptor instead.
+func (*MergeRangeResponse) Descriptor() ([]byte, []int) {
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *MergeRangeResponse) GetRange() *placementpb.RangeDescriptor {
+	if x != nil {
+		return x.Range
+	}
+	return nil
+}
+
 type TransferRangeLeaderRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Range         uint64                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
@@ -1843,7 +1934,7 @@ type TransferRangeLeaderRequest struct {
 
 func (x *TransferRangeLeaderRequest) Reset() {
 	*x = TransferRangeLeaderRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +1946,7 @@ func (x *TransferRangeLeaderRequest) String() string {
 func (*TransferRangeLeaderRequest) ProtoMessage() {}
 
 func (x *TransferRangeLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[23]
+	mi := &file_internalpb_internal_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +1959,7 @@ func (x *TransferRangeLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRangeLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferRangeLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{23}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TransferRangeLeaderRequest) GetRange() uint64 {
@@ -1893,7 +1984,7 @@ type TransferRangeLeaderResponse struct {
 
 func (x *TransferRangeLeaderResponse) Reset() {
 	*x = TransferRangeLeaderResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +1996,7 @@ func (x *TransferRangeLeaderResponse) String() string {
 func (*TransferRangeLeaderResponse) ProtoMessage() {}
 
 func (x *TransferRangeLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[24]
+	mi := &file_internalpb_internal_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2009,7 @@ func (x *TransferRangeLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRangeLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferRangeLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{24}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
 }
 
 type RemoveMemberRequest struct {
@@ -1930,7 +2021,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2033,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[25]
+	mi := &file_internalpb_internal_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2046,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{25}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveMemberRequest) GetMember() uint64 {
@@ -1974,7 +2065,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2077,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[26]
+	mi := &file_internalpb_internal_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2090,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{26}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveMemberResponse) GetError() *Error {
@@ -2019,7 +2110,7 @@ type UpdateMemberRequest struct {
 
 func (x *UpdateMemberRequest) Reset() {
 	*x = UpdateMemberRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2031,7 +2122,7 @@ func (x *UpdateMemberRequest) String() string {
 func (*UpdateMemberRequest) ProtoMessage() {}
 
 func (x *UpdateMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[27]
+	mi := &file_internalpb_internal_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2044,7 +2135,7 @@ func (x *UpdateMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMemberRequest.ProtoReflect.Descriptor instead.
 func (*UpdateMemberRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{27}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateMemberRequest) GetMember() uint64 {
@@ -2070,7 +2161,7 @@ type UpdateMemberResponse struct {
 
 func (x *UpdateMemberResponse) Reset() {
 	*x = UpdateMemberResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2173,7 @@ func (x *UpdateMemberResponse) String() string {
 func (*UpdateMemberResponse) ProtoMessage() {}
 
 func (x *UpdateMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[28]
+	mi := &file_internalpb_internal_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2186,7 @@ func (x *UpdateMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMemberResponse.ProtoReflect.Descriptor instead.
 func (*UpdateMemberResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{28}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpdateMemberResponse) GetError() *Error {
@@ -2126,7 +2217,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2229,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[29]
+	mi := &file_internalpb_internal_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2242,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{29}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadRequest) GetRange() uint64 {
@@ -2315,7 +2406,7 @@ type LeaseQuery struct {
 
 func (x *LeaseQuery) Reset() {
 	*x = LeaseQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2418,7 @@ func (x *LeaseQuery) String() string {
 func (*LeaseQuery) ProtoMessage() {}
 
 func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[30]
+	mi := &file_internalpb_internal_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2431,7 @@ func (x *LeaseQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseQuery.ProtoReflect.Descriptor instead.
 func (*LeaseQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{30}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LeaseQuery) GetLease() int64 {
@@ -2362,7 +2453,7 @@ type ReadTxn struct {
 
 func (x *ReadTxn) Reset() {
 	*x = ReadTxn{}
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2465,7 @@ func (x *ReadTxn) String() string {
 func (*ReadTxn) ProtoMessage() {}
 
 func (x *ReadTxn) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[31]
+	mi := &file_internalpb_internal_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2478,7 @@ func (x *ReadTxn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadTxn.ProtoReflect.Descriptor instead.
 func (*ReadTxn) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{31}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReadTxn) GetTxn() []byte {
@@ -2412,7 +2503,7 @@ type StatusQuery struct {
 
 func (x *StatusQuery) Reset() {
 	*x = StatusQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2515,7 @@ func (x *StatusQuery) String() string {
 func (*StatusQuery) ProtoMessage() {}
 
 func (x *StatusQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[32]
+	mi := &file_internalpb_internal_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2528,7 @@ func (x *StatusQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusQuery.ProtoReflect.Descriptor instead.
 func (*StatusQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{32}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
 }
 
 type HashQuery struct {
@@ -2449,7 +2540,7 @@ type HashQuery struct {
 
 func (x *HashQuery) Reset() {
 	*x = HashQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2461,7 +2552,7 @@ func (x *HashQuery) String() string {
 func (*HashQuery) ProtoMessage() {}
 
 func (x *HashQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[33]
+	mi := &file_internalpb_internal_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2474,7 +2565,7 @@ func (x *HashQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashQuery.ProtoReflect.Descriptor instead.
 func (*HashQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{33}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *HashQuery) GetRevision() int64 {
@@ -2493,7 +2584,7 @@ type AlarmsQuery struct {
 
 func (x *AlarmsQuery) Reset() {
 	*x = AlarmsQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2596,7 @@ func (x *AlarmsQuery) String() string {
 func (*AlarmsQuery) ProtoMessage() {}
 
 func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[34]
+	mi := &file_internalpb_internal_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2609,7 @@ func (x *AlarmsQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlarmsQuery.ProtoReflect.Descriptor instead.
 func (*AlarmsQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{34}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
 }
 
 type AuthQuery struct {
@@ -2529,7 +2620,7 @@ type AuthQuery struct {
 
 func (x *AuthQuery) Reset() {
 	*x = AuthQuery{}
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +2632,7 @@ func (x *AuthQuery) String() string {
 func (*AuthQuery) ProtoMessage() {}
 
 func (x *AuthQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[35]
+	mi := &file_internalpb_internal_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +2645,7 @@ func (x *AuthQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthQuery.ProtoReflect.Descriptor instead.
 func (*AuthQuery) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{35}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{37}
 }
 
 type ReadResponse struct {
@@ -2572,7 +2663,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[36]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2584,7 +2675,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[36]
+	mi := &file_internalpb_internal_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2597,7 +2688,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{36}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReadResponse) GetError() *Error {
@@ -2657,7 +2748,7 @@ type RangeStatus struct {
 
 func (x *RangeStatus) Reset() {
 	*x = RangeStatus{}
-	mi := &file_internalpb_internal_proto_msgTypes[37]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +2760,7 @@ func (x *RangeStatus) String() string {
 func (*RangeStatus) ProtoMessage() {}
 
 func (x *RangeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[37]
+	mi := &file_internalpb_internal_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +2773,7 @@ func (x *RangeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStatus.ProtoReflect.Descriptor instead.
 func (*RangeStatus) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{37}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RangeStatus) GetRevision() int64 {
@@ -2739,7 +2830,7 @@ type RangeHash struct {
 
 func (x *RangeHash) Reset() {
 	*x = RangeHash{}
-	mi := &file_internalpb_internal_proto_msgTypes[38]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +2842,7 @@ func (x *RangeHash) String() string {
 func (*RangeHash) ProtoMessage() {}
 
 func (x *RangeHash) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[38]
+	mi := &file_internalpb_internal_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +2855,7 @@ func (x *RangeHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHash.ProtoReflect.Descriptor instead.
 func (*RangeHash) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{38}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RangeHash) GetHash() uint32 {
@@ -2797,7 +2888,7 @@ type CompactLogRequest struct {
 
 func (x *CompactLogRequest) Reset() {
 	*x = CompactLogRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[39]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2809,7 +2900,7 @@ func (x *CompactLogRequest) String() string {
 func (*CompactLogRequest) ProtoMessage() {}
 
 func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[39]
+	mi := &file_internalpb_internal_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2822,7 +2913,7 @@ func (x *CompactLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogRequest.ProtoReflect.Descriptor instead.
 func (*CompactLogRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{39}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CompactLogRequest) GetRange() uint64 {
@@ -2841,7 +2932,7 @@ type CompactLogResponse struct {
 
 func (x *CompactLogResponse) Reset() {
 	*x = CompactLogResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[40]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2853,7 +2944,7 @@ func (x *CompactLogResponse) String() string {
 func (*CompactLogResponse) ProtoMessage() {}
 
 func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[40]
+	mi := &file_internalpb_internal_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2866,7 +2957,7 @@ func (x *CompactLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactLogResponse.ProtoReflect.Descriptor instead.
 func (*CompactLogResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{40}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CompactLogResponse) GetError() *Error {
@@ -2898,7 +2989,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_internalpb_internal_proto_msgTypes[41]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +3001,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[41]
+	mi := &file_internalpb_internal_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +3014,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{41}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2970,7 +3061,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[42]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3073,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[42]
+	mi := &file_internalpb_internal_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3086,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{42}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -3016,7 +3107,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[43]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3028,7 +3119,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[43]
+	mi := &file_internalpb_internal_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3041,7 +3132,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{43}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SplitRangeResponse) GetRanges() []*placementpb.RangeDescriptor {
@@ -3061,7 +3152,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[44]
+	mi := &file_internalpb_internal_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3073,7 +3164,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[44]
+	mi := &file_internalpb_internal_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3086,7 +3177,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{44}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *WriteRequest) GetRange() uint64 {
@@ -3113,7 +3204,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[45]
+	mi := &file_internalpb_internal_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3125,7 +3216,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[45]
+	mi := &file_internalpb_internal_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3138,7 +3229,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{45}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *WriteResponse) GetResponse() *shardpb.Response {
@@ -3167,7 +3258,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[46]
+	mi := &file_internalpb_internal_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3179,7 +3270,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[46]
+	mi := &file_internalpb_internal_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3192,7 +3283,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{46}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ForwardRequest) GetWrites() []*ForwardedWrite {
@@ -3223,7 +3314,7 @@ type ForwardedWrite struct {
 
 func (x *ForwardedWrite) Reset() {
 	*x = ForwardedWrite{}
-	mi := &file_internalpb_internal_proto_msgTypes[47]
+	mi := &file_internalpb_internal_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3235,7 +3326,7 @@ func (x *ForwardedWrite) String() string {
 func (*ForwardedWrite) ProtoMessage() {}
 
 func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[47]
+	mi := &file_internalpb_internal_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3248,7 +3339,7 @@ func (x *ForwardedWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardedWrite.ProtoReflect.Descriptor instead.
 func (*ForwardedWrite) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{47}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ForwardedWrite) GetId() uint64 {
@@ -3281,7 +3372,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[48]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3293,7 +3384,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[48]
+	mi := &file_internalpb_internal_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3306,7 +3397,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{48}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ForwardResponse) GetAnswers() []*ForwardedAnswer {
@@ -3329,7 +3420,7 @@ type ForwardedAnswer struct {
 
 func (x *ForwardedAnswer) Reset() {
 	*x = ForwardedAnswer{}
-	mi := &file_internalpb_internal_proto_msgTypes[49]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3341,7 +3432,7 @@ func (x *ForwardedAnswer) String() string {
 func (*ForwardedAnswer) ProtoMessage() {}
 
 func (x *ForwardedAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[49]
+	mi := &file_internalpb_internal_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3354,7 +3445,7 @@ func (x *ForwardedAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardedAnswer.ProtoReflect.Descriptor instead.
 func (*ForwardedAnswer) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{49}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ForwardedAnswer) GetId() uint64 {
@@ -3382,7 +3473,7 @@ type ReadAtRequest struct {
 
 func (x *ReadAtRequest) Reset() {
 	*x = ReadAtRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[50]
+	mi := &file_internalpb_internal_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3394,7 +3485,7 @@ func (x *ReadAtRequest) String() string {
 func (*ReadAtRequest) ProtoMessage() {}
 
 func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[50]
+	mi := &file_internalpb_internal_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3407,7 +3498,7 @@ func (x *ReadAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtRequest.ProtoReflect.Descriptor instead.
 func (*ReadAtRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{50}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ReadAtRequest) GetRange() uint64 {
@@ -3441,7 +3532,7 @@ type ReadAtResponse struct {
 
 func (x *ReadAtResponse) Reset() {
 	*x = ReadAtResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[51]
+	mi := &file_internalpb_internal_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3453,7 +3544,7 @@ func (x *ReadAtResponse) String() string {
 func (*ReadAtResponse) ProtoMessage() {}
 
 func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[51]
+	mi := &file_internalpb_internal_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3466,7 +3557,7 @@ func (x *ReadAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadAtResponse.ProtoReflect.Descriptor instead.
 func (*ReadAtResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{51}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ReadAtResponse) GetResponse() []byte {
@@ -3493,7 +3584,7 @@ type WaitClosedRequest struct {
 
 func (x *WaitClosedRequest) Reset() {
 	*x = WaitClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[52]
+	mi := &file_internalpb_internal_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3505,7 +3596,7 @@ func (x *WaitClosedRequest) String() string {
 func (*WaitClosedRequest) ProtoMessage() {}
 
 func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[52]
+	mi := &file_internalpb_internal_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3518,7 +3609,7 @@ func (x *WaitClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedRequest.ProtoReflect.Descriptor instead.
 func (*WaitClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{52}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *WaitClosedRequest) GetRange() uint64 {
@@ -3544,7 +3635,7 @@ type WaitClosedResponse struct {
 
 func (x *WaitClosedResponse) Reset() {
 	*x = WaitClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[53]
+	mi := &file_internalpb_internal_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3556,7 +3647,7 @@ func (x *WaitClosedResponse) String() string {
 func (*WaitClosedResponse) ProtoMessage() {}
 
 func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[53]
+	mi := &file_internalpb_internal_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3569,7 +3660,7 @@ func (x *WaitClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitClosedResponse.ProtoReflect.Descriptor instead.
 func (*WaitClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{53}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *WaitClosedResponse) GetError() *Error {
@@ -3590,7 +3681,7 @@ type RevisionsRequest struct {
 
 func (x *RevisionsRequest) Reset() {
 	*x = RevisionsRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[54]
+	mi := &file_internalpb_internal_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3602,7 +3693,7 @@ func (x *RevisionsRequest) String() string {
 func (*RevisionsRequest) ProtoMessage() {}
 
 func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[54]
+	mi := &file_internalpb_internal_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3615,7 +3706,7 @@ func (x *RevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsRequest.ProtoReflect.Descriptor instead.
 func (*RevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{54}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RevisionsRequest) GetCount() int64 {
@@ -3642,7 +3733,7 @@ type RevisionsResponse struct {
 
 func (x *RevisionsResponse) Reset() {
 	*x = RevisionsResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[55]
+	mi := &file_internalpb_internal_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3654,7 +3745,7 @@ func (x *RevisionsResponse) String() string {
 func (*RevisionsResponse) ProtoMessage() {}
 
 func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[55]
+	mi := &file_internalpb_internal_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3667,7 +3758,7 @@ func (x *RevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionsResponse.ProtoReflect.Descriptor instead.
 func (*RevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{55}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RevisionsResponse) GetFirst() int64 {
@@ -3698,7 +3789,7 @@ type RangeClosed struct {
 
 func (x *RangeClosed) Reset() {
 	*x = RangeClosed{}
-	mi := &file_internalpb_internal_proto_msgTypes[56]
+	mi := &file_internalpb_internal_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3710,7 +3801,7 @@ func (x *RangeClosed) String() string {
 func (*RangeClosed) ProtoMessage() {}
 
 func (x *RangeClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[56]
+	mi := &file_internalpb_internal_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3723,7 +3814,7 @@ func (x *RangeClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeClosed.ProtoReflect.Descriptor instead.
 func (*RangeClosed) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{56}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RangeClosed) GetRange() uint64 {
@@ -3756,7 +3847,7 @@ type ClosedRequest struct {
 
 func (x *ClosedRequest) Reset() {
 	*x = ClosedRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[57]
+	mi := &file_internalpb_internal_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3768,7 +3859,7 @@ func (x *ClosedRequest) String() string {
 func (*ClosedRequest) ProtoMessage() {}
 
 func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[57]
+	mi := &file_internalpb_internal_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3781,7 +3872,7 @@ func (x *ClosedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedRequest.ProtoReflect.Descriptor instead.
 func (*ClosedRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{57}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ClosedRequest) GetRanges() []*RangeClosed {
@@ -3799,7 +3890,7 @@ type ClosedResponse struct {
 
 func (x *ClosedResponse) Reset() {
 	*x = ClosedResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[58]
+	mi := &file_internalpb_internal_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3811,7 +3902,7 @@ func (x *ClosedResponse) String() string {
 func (*ClosedResponse) ProtoMessage() {}
 
 func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[58]
+	mi := &file_internalpb_internal_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3824,7 +3915,7 @@ func (x *ClosedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedResponse.ProtoReflect.Descriptor instead.
 func (*ClosedResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{58}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{60}
 }
 
 type KickRequest struct {
@@ -3837,7 +3928,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[59]
+	mi := &file_internalpb_internal_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3849,7 +3940,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[59]
+	mi := &file_internalpb_internal_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3862,7 +3953,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{59}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *KickRequest) GetRange() uint64 {
@@ -3887,7 +3978,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[60]
+	mi := &file_internalpb_internal_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3899,7 +3990,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[60]
+	mi := &file_internalpb_internal_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3912,7 +4003,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{60}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{62}
 }
 
 // SideRequest is one message of a Side stream: closed revisions of ranges
@@ -3930,7 +4021,7 @@ type SideRequest struct {
 
 func (x *SideRequest) Reset() {
 	*x = SideRequest{}
-	mi := &file_internalpb_internal_proto_msgTypes[61]
+	mi := &file_internalpb_internal_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3942,7 +4033,7 @@ func (x *SideRequest) String() string {
 func (*SideRequest) ProtoMessage() {}
 
 func (x *SideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[61]
+	mi := &file_internalpb_internal_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3955,7 +4046,7 @@ func (x *SideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SideRequest.ProtoReflect.Descriptor instead.
 func (*SideRequest) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{61}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *SideRequest) GetId() uint64 {
@@ -3990,7 +4081,7 @@ type SideResponse struct {
 
 func (x *SideResponse) Reset() {
 	*x = SideResponse{}
-	mi := &file_internalpb_internal_proto_msgTypes[62]
+	mi := &file_internalpb_internal_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4002,7 +4093,7 @@ func (x *SideResponse) String() string {
 func (*SideResponse) ProtoMessage() {}
 
 func (x *SideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_internalpb_internal_proto_msgTypes[62]
+	mi := &file_internalpb_internal_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4015,7 +4106,7 @@ func (x *SideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SideResponse.ProtoReflect.Descriptor instead.
 func (*SideResponse) Descriptor() ([]byte, []int) {
-	return file_internalpb_internal_proto_rawDescGZIP(), []int{62}
+	return file_internalpb_internal_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SideResponse) GetId() uint64 {
@@ -4157,6 +4248,10 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"fromMember\x12\x1b\n" +
 	"\tto_member\x18\x03 \x01(\x04R\btoMember\"K\n" +
 	"\x11MoveRangeResponse\x126\n" +
+	"\x05range\x18\x01 \x01(\v2 .cairn.placement.RangeDescriptorR\x05range\"'\n" +
+	"\x11MergeRangeRequest\x12\x12\n" +
+	"\x04left\x18\x01 \x01(\x04R\x04left\"L\n" +
+	"\x12MergeRangeResponse\x126\n" +
 	"\x05range\x18\x01 \x01(\v2 .cairn.placement.RangeDescriptorR\x05range\"J\n" +
 	"\x1aTransferRangeLeaderRequest\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\x04R\x05range\x12\x16\n" +
@@ -4303,7 +4398,7 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\x10ERROR_CODE_SHARD\x10\x02\x12\x17\n" +
 	"\x13ERROR_CODE_NO_RANGE\x10\x03\x12\x16\n" +
 	"\x12ERROR_CODE_TIMEOUT\x10\x04\x12\x1a\n" +
-	"\x16ERROR_CODE_LEADER_LOST\x10\x052\x8c\x0f\n" +
+	"\x16ERROR_CODE_LEADER_LOST\x10\x052\xe7\x0f\n" +
 	"\x04Node\x12J\n" +
 	"\x05Write\x12\x1f.cairn.internal.v1.WriteRequest\x1a .cairn.internal.v1.WriteResponse\x12T\n" +
 	"\aForward\x12!.cairn.internal.v1.ForwardRequest\x1a\".cairn.internal.v1.ForwardResponse(\x010\x01\x12M\n" +
@@ -4331,7 +4426,9 @@ const file_internalpb_internal_proto_rawDesc = "" +
 	"\n" +
 	"RangeStats\x12$.cairn.internal.v1.RangeStatsRequest\x1a%.cairn.internal.v1.RangeStatsResponse\x12V\n" +
 	"\tMoveRange\x12#.cairn.internal.v1.MoveRangeRequest\x1a$.cairn.internal.v1.MoveRangeResponse\x12t\n" +
-	"\x13TransferRangeLeader\x12-.cairn.internal.v1.TransferRangeLeaderRequest\x1a..cairn.internal.v1.TransferRangeLeaderResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
+	"\x13TransferRangeLeader\x12-.cairn.internal.v1.TransferRangeLeaderRequest\x1a..cairn.internal.v1.TransferRangeLeaderResponse\x12Y\n" +
+	"\n" +
+	"MergeRange\x12$.cairn.internal.v1.MergeRangeRequest\x1a%.cairn.internal.v1.MergeRangeResponseB,Z*github.com/cairn-kv/cairn/proto/internalpbb\x06proto3"
 
 var (
 	file_internalpb_internal_proto_rawDescOnce sync.Once
@@ -4346,7 +4443,7 @@ func file_internalpb_internal_proto_rawDescGZIP() []byte {
 }
 
 var file_internalpb_internal_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
+var file_internalpb_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
 var file_internalpb_internal_proto_goTypes = []any{
 	(FeedEndReason)(0),                  // 0: cairn.internal.v1.FeedEndReason
 	(ChangeRangeOp)(0),                  // 1: cairn.internal.v1.ChangeRangeOp
@@ -4374,55 +4471,57 @@ var file_internalpb_internal_proto_goTypes = []any{
 	(*RangeStats)(nil),                  // 23: cairn.internal.v1.RangeStats
 	(*MoveRangeRequest)(nil),            // 24: cairn.internal.v1.MoveRangeRequest
 	(*MoveRangeResponse)(nil),           // 25: cairn.internal.v1.MoveRangeResponse
-	(*TransferRangeLeaderRequest)(nil),  // 26: cairn.internal.v1.TransferRangeLeaderRequest
-	(*TransferRangeLeaderResponse)(nil), // 27: cairn.internal.v1.TransferRangeLeaderResponse
-	(*RemoveMemberRequest)(nil),         // 28: cairn.internal.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),        // 29: cairn.internal.v1.RemoveMemberResponse
-	(*UpdateMemberRequest)(nil),         // 30: cairn.internal.v1.UpdateMemberRequest
-	(*UpdateMemberResponse)(nil),        // 31: cairn.internal.v1.UpdateMemberResponse
-	(*ReadRequest)(nil),                 // 32: cairn.internal.v1.ReadRequest
-	(*LeaseQuery)(nil),                  // 33: cairn.internal.v1.LeaseQuery
-	(*ReadTxn)(nil),                     // 34: cairn.internal.v1.ReadTxn
-	(*StatusQuery)(nil),                 // 35: cairn.internal.v1.StatusQuery
-	(*HashQuery)(nil),                   // 36: cairn.internal.v1.HashQuery
-	(*AlarmsQuery)(nil),                 // 37: cairn.internal.v1.AlarmsQuery
-	(*AuthQuery)(nil),                   // 38: cairn.internal.v1.AuthQuery
-	(*ReadResponse)(nil),                // 39: cairn.internal.v1.ReadResponse
-	(*RangeStatus)(nil),                 // 40: cairn.internal.v1.RangeStatus
-	(*RangeHash)(nil),                   // 41: cairn.internal.v1.RangeHash
-	(*CompactLogRequest)(nil),           // 42: cairn.internal.v1.CompactLogRequest
-	(*CompactLogResponse)(nil),          // 43: cairn.internal.v1.CompactLogResponse
-	(*Error)(nil),                       // 44: cairn.internal.v1.Error
-	(*SplitRangeRequest)(nil),           // 45: cairn.internal.v1.SplitRangeRequest
-	(*SplitRangeResponse)(nil),          // 46: cairn.internal.v1.SplitRangeResponse
-	(*WriteRequest)(nil),                // 47: cairn.internal.v1.WriteRequest
-	(*WriteResponse)(nil),               // 48: cairn.internal.v1.WriteResponse
-	(*ForwardRequest)(nil),              // 49: cairn.internal.v1.ForwardRequest
-	(*ForwardedWrite)(nil),              // 50: cairn.internal.v1.ForwardedWrite
-	(*ForwardResponse)(nil),             // 51: cairn.internal.v1.ForwardResponse
-	(*ForwardedAnswer)(nil),             // 52: cairn.internal.v1.ForwardedAnswer
-	(*ReadAtRequest)(nil),               // 53: cairn.internal.v1.ReadAtRequest
-	(*ReadAtResponse)(nil),              // 54: cairn.internal.v1.ReadAtResponse
-	(*WaitClosedRequest)(nil),           // 55: cairn.internal.v1.WaitClosedRequest
-	(*WaitClosedResponse)(nil),          // 56: cairn.internal.v1.WaitClosedResponse
-	(*RevisionsRequest)(nil),            // 57: cairn.internal.v1.RevisionsRequest
-	(*RevisionsResponse)(nil),           // 58: cairn.internal.v1.RevisionsResponse
-	(*RangeClosed)(nil),                 // 59: cairn.internal.v1.RangeClosed
-	(*ClosedRequest)(nil),               // 60: cairn.internal.v1.ClosedRequest
-	(*ClosedResponse)(nil),              // 61: cairn.internal.v1.ClosedResponse
-	(*KickRequest)(nil),                 // 62: cairn.internal.v1.KickRequest
-	(*KickResponse)(nil),                // 63: cairn.internal.v1.KickResponse
-	(*SideRequest)(nil),                 // 64: cairn.internal.v1.SideRequest
-	(*SideResponse)(nil),                // 65: cairn.internal.v1.SideResponse
-	(*placementpb.RangeDescriptor)(nil), // 66: cairn.placement.RangeDescriptor
-	(shardpb.ErrorCode)(0),              // 67: cairn.shard.v1.ErrorCode
-	(*shardpb.Request)(nil),             // 68: cairn.shard.v1.Request
-	(*shardpb.Response)(nil),            // 69: cairn.shard.v1.Response
+	(*MergeRangeRequest)(nil),           // 26: cairn.internal.v1.MergeRangeRequest
+	(*MergeRangeResponse)(nil),          // 27: cairn.internal.v1.MergeRangeResponse
+	(*TransferRangeLeaderRequest)(nil),  // 28: cairn.internal.v1.TransferRangeLeaderRequest
+	(*TransferRangeLeaderResponse)(nil), // 29: cairn.internal.v1.TransferRangeLeaderResponse
+	(*RemoveMemberRequest)(nil),         // 30: cairn.internal.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),        // 31: cairn.internal.v1.RemoveMemberResponse
+	(*UpdateMemberRequest)(nil),         // 32: cairn.internal.v1.UpdateMemberRequest
+	(*UpdateMemberResponse)(nil),        // 33: cairn.internal.v1.UpdateMemberResponse
+	(*ReadRequest)(nil),                 // 34: cairn.internal.v1.ReadRequest
+	(*LeaseQuery)(nil),                  // 35: cairn.internal.v1.LeaseQuery
+	(*ReadTxn)(nil),                     // 36: cairn.internal.v1.ReadTxn
+	(*StatusQuery)(nil),                 // 37: cairn.internal.v1.StatusQuery
+	(*HashQuery)(nil),                   // 38: cairn.internal.v1.HashQuery
+	(*AlarmsQuery)(nil),                 // 39: cairn.internal.v1.AlarmsQuery
+	(*AuthQuery)(nil),                   // 40: cairn.internal.v1.AuthQuery
+	(*ReadResponse)(nil),                // 41: cairn.internal.v1.ReadResponse
+	(*RangeStatus)(nil),                 // 42: cairn.internal.v1.RangeStatus
+	(*RangeHash)(nil),                   // 43: cairn.internal.v1.RangeHash
+	(*CompactLogRequest)(nil),           // 44: cairn.internal.v1.CompactLogRequest
+	(*CompactLogResponse)(nil),          // 45: cairn.internal.v1.CompactLogResponse
+	(*Error)(nil),                       // 46: cairn.internal.v1.Error
+	(*SplitRangeRequest)(nil),           // 47: cairn.internal.v1.SplitRangeRequest
+	(*SplitRangeResponse)(nil),          // 48: cairn.internal.v1.SplitRangeResponse
+	(*WriteRequest)(nil),                // 49: cairn.internal.v1.WriteRequest
+	(*WriteResponse)(nil),               // 50: cairn.internal.v1.WriteResponse
+	(*ForwardRequest)(nil),              // 51: cairn.internal.v1.ForwardRequest
+	(*ForwardedWrite)(nil),              // 52: cairn.internal.v1.ForwardedWrite
+	(*ForwardResponse)(nil),             // 53: cairn.internal.v1.ForwardResponse
+	(*ForwardedAnswer)(nil),             // 54: cairn.internal.v1.ForwardedAnswer
+	(*ReadAtRequest)(nil),               // 55: cairn.internal.v1.ReadAtRequest
+	(*ReadAtResponse)(nil),              // 56: cairn.internal.v1.ReadAtResponse
+	(*WaitClosedRequest)(nil),           // 57: cairn.internal.v1.WaitClosedRequest
+	(*WaitClosedResponse)(nil),          // 58: cairn.internal.v1.WaitClosedResponse
+	(*RevisionsRequest)(nil),            // 59: cairn.internal.v1.RevisionsRequest
+	(*RevisionsResponse)(nil),           // 60: cairn.internal.v1.RevisionsResponse
+	(*RangeClosed)(nil),                 // 61: cairn.internal.v1.RangeClosed
+	(*ClosedRequest)(nil),               // 62: cairn.internal.v1.ClosedRequest
+	(*ClosedResponse)(nil),              // 63: cairn.internal.v1.ClosedResponse
+	(*KickRequest)(nil),                 // 64: cairn.internal.v1.KickRequest
+	(*KickResponse)(nil),                // 65: cairn.internal.v1.KickResponse
+	(*SideRequest)(nil),                 // 66: cairn.internal.v1.SideRequest
+	(*SideResponse)(nil),                // 67: cairn.internal.v1.SideResponse
+	(*placementpb.RangeDescriptor)(nil), // 68: cairn.placement.RangeDescriptor
+	(shardpb.ErrorCode)(0),              // 69: cairn.shard.v1.ErrorCode
+	(*shardpb.Request)(nil),             // 70: cairn.shard.v1.Request
+	(*shardpb.Response)(nil),            // 71: cairn.shard.v1.Response
 }
 var file_internalpb_internal_proto_depIdxs = []int32{
-	44, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
-	41, // 1: cairn.internal.v1.HashReplicaResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	44, // 2: cairn.internal.v1.ImageChunk.error:type_name -> cairn.internal.v1.Error
+	46, // 0: cairn.internal.v1.HashReplicaResponse.error:type_name -> cairn.internal.v1.Error
+	43, // 1: cairn.internal.v1.HashReplicaResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	46, // 2: cairn.internal.v1.ImageChunk.error:type_name -> cairn.internal.v1.Error
 	9,  // 3: cairn.internal.v1.CheckReplicasResponse.replicas:type_name -> cairn.internal.v1.ReplicaCheck
 	11, // 4: cairn.internal.v1.FeedRequest.open:type_name -> cairn.internal.v1.FeedOpen
 	12, // 5: cairn.internal.v1.FeedRequest.kick:type_name -> cairn.internal.v1.FeedKick
@@ -4430,90 +4529,93 @@ var file_internalpb_internal_proto_depIdxs = []int32{
 	15, // 7: cairn.internal.v1.FeedBatch.end:type_name -> cairn.internal.v1.FeedEnd
 	0,  // 8: cairn.internal.v1.FeedEnd.reason:type_name -> cairn.internal.v1.FeedEndReason
 	18, // 9: cairn.internal.v1.EventsResponse.revisions:type_name -> cairn.internal.v1.RevisionEvents
-	44, // 10: cairn.internal.v1.EventsResponse.error:type_name -> cairn.internal.v1.Error
+	46, // 10: cairn.internal.v1.EventsResponse.error:type_name -> cairn.internal.v1.Error
 	1,  // 11: cairn.internal.v1.ChangeRangeRequest.op:type_name -> cairn.internal.v1.ChangeRangeOp
-	44, // 12: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
+	46, // 12: cairn.internal.v1.ChangeRangeResponse.error:type_name -> cairn.internal.v1.Error
 	23, // 13: cairn.internal.v1.RangeStatsResponse.ranges:type_name -> cairn.internal.v1.RangeStats
-	66, // 14: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
-	44, // 15: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
-	44, // 16: cairn.internal.v1.UpdateMemberResponse.error:type_name -> cairn.internal.v1.Error
-	34, // 17: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
-	35, // 18: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
-	36, // 19: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
-	37, // 20: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
-	38, // 21: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
-	33, // 22: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
-	33, // 23: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
-	44, // 24: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
-	40, // 25: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
-	41, // 26: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
-	44, // 27: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
-	2,  // 28: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
-	67, // 29: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
-	66, // 30: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
-	66, // 31: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
-	68, // 32: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
-	69, // 33: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
-	44, // 34: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
-	50, // 35: cairn.internal.v1.ForwardRequest.writes:type_name -> cairn.internal.v1.ForwardedWrite
-	47, // 36: cairn.internal.v1.ForwardedWrite.write:type_name -> cairn.internal.v1.WriteRequest
-	52, // 37: cairn.internal.v1.ForwardResponse.answers:type_name -> cairn.internal.v1.ForwardedAnswer
-	48, // 38: cairn.internal.v1.ForwardedAnswer.write:type_name -> cairn.internal.v1.WriteResponse
-	44, // 39: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
-	44, // 40: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
-	44, // 41: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
-	59, // 42: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
-	59, // 43: cairn.internal.v1.SideRequest.closed:type_name -> cairn.internal.v1.RangeClosed
-	62, // 44: cairn.internal.v1.SideRequest.kicks:type_name -> cairn.internal.v1.KickRequest
-	47, // 45: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
-	49, // 46: cairn.internal.v1.Node.Forward:input_type -> cairn.internal.v1.ForwardRequest
-	53, // 47: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
-	55, // 48: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
-	57, // 49: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
-	60, // 50: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
-	62, // 51: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
-	64, // 52: cairn.internal.v1.Node.Side:input_type -> cairn.internal.v1.SideRequest
-	45, // 53: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
-	42, // 54: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
-	28, // 55: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
-	30, // 56: cairn.internal.v1.Node.UpdateMember:input_type -> cairn.internal.v1.UpdateMemberRequest
-	32, // 57: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
-	3,  // 58: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
-	5,  // 59: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
-	7,  // 60: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
-	10, // 61: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
-	16, // 62: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
-	19, // 63: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
-	21, // 64: cairn.internal.v1.Node.RangeStats:input_type -> cairn.internal.v1.RangeStatsRequest
-	24, // 65: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
-	26, // 66: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
-	48, // 67: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
-	51, // 68: cairn.internal.v1.Node.Forward:output_type -> cairn.internal.v1.ForwardResponse
-	54, // 69: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
-	56, // 70: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
-	58, // 71: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
-	61, // 72: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
-	63, // 73: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
-	65, // 74: cairn.internal.v1.Node.Side:output_type -> cairn.internal.v1.SideResponse
-	46, // 75: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
-	43, // 76: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
-	29, // 77: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
-	31, // 78: cairn.internal.v1.Node.UpdateMember:output_type -> cairn.internal.v1.UpdateMemberResponse
-	39, // 79: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
-	4,  // 80: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
-	6,  // 81: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
-	8,  // 82: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
-	13, // 83: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
-	17, // 84: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
-	20, // 85: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
-	22, // 86: cairn.internal.v1.Node.RangeStats:output_type -> cairn.internal.v1.RangeStatsResponse
-	25, // 87: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
-	27, // 88: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
-	67, // [67:89] is the sub-list for method output_type
-	45, // [45:67] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	68, // 14: cairn.internal.v1.MoveRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
+	68, // 15: cairn.internal.v1.MergeRangeResponse.range:type_name -> cairn.placement.RangeDescriptor
+	46, // 16: cairn.internal.v1.RemoveMemberResponse.error:type_name -> cairn.internal.v1.Error
+	46, // 17: cairn.internal.v1.UpdateMemberResponse.error:type_name -> cairn.internal.v1.Error
+	36, // 18: cairn.internal.v1.ReadRequest.txn:type_name -> cairn.internal.v1.ReadTxn
+	37, // 19: cairn.internal.v1.ReadRequest.status:type_name -> cairn.internal.v1.StatusQuery
+	38, // 20: cairn.internal.v1.ReadRequest.hash:type_name -> cairn.internal.v1.HashQuery
+	39, // 21: cairn.internal.v1.ReadRequest.alarms:type_name -> cairn.internal.v1.AlarmsQuery
+	40, // 22: cairn.internal.v1.ReadRequest.auth:type_name -> cairn.internal.v1.AuthQuery
+	35, // 23: cairn.internal.v1.ReadRequest.registered:type_name -> cairn.internal.v1.LeaseQuery
+	35, // 24: cairn.internal.v1.ReadRequest.shadow_keys:type_name -> cairn.internal.v1.LeaseQuery
+	46, // 25: cairn.internal.v1.ReadResponse.error:type_name -> cairn.internal.v1.Error
+	42, // 26: cairn.internal.v1.ReadResponse.status:type_name -> cairn.internal.v1.RangeStatus
+	43, // 27: cairn.internal.v1.ReadResponse.hash:type_name -> cairn.internal.v1.RangeHash
+	46, // 28: cairn.internal.v1.CompactLogResponse.error:type_name -> cairn.internal.v1.Error
+	2,  // 29: cairn.internal.v1.Error.code:type_name -> cairn.internal.v1.ErrorCode
+	69, // 30: cairn.internal.v1.Error.shard:type_name -> cairn.shard.v1.ErrorCode
+	68, // 31: cairn.internal.v1.Error.range:type_name -> cairn.placement.RangeDescriptor
+	68, // 32: cairn.internal.v1.SplitRangeResponse.ranges:type_name -> cairn.placement.RangeDescriptor
+	70, // 33: cairn.internal.v1.WriteRequest.request:type_name -> cairn.shard.v1.Request
+	71, // 34: cairn.internal.v1.WriteResponse.response:type_name -> cairn.shard.v1.Response
+	46, // 35: cairn.internal.v1.WriteResponse.error:type_name -> cairn.internal.v1.Error
+	52, // 36: cairn.internal.v1.ForwardRequest.writes:type_name -> cairn.internal.v1.ForwardedWrite
+	49, // 37: cairn.internal.v1.ForwardedWrite.write:type_name -> cairn.internal.v1.WriteRequest
+	54, // 38: cairn.internal.v1.ForwardResponse.answers:type_name -> cairn.internal.v1.ForwardedAnswer
+	50, // 39: cairn.internal.v1.ForwardedAnswer.write:type_name -> cairn.internal.v1.WriteResponse
+	46, // 40: cairn.internal.v1.ReadAtResponse.error:type_name -> cairn.internal.v1.Error
+	46, // 41: cairn.internal.v1.WaitClosedResponse.error:type_name -> cairn.internal.v1.Error
+	46, // 42: cairn.internal.v1.RevisionsResponse.error:type_name -> cairn.internal.v1.Error
+	61, // 43: cairn.internal.v1.ClosedRequest.ranges:type_name -> cairn.internal.v1.RangeClosed
+	61, // 44: cairn.internal.v1.SideRequest.closed:type_name -> cairn.internal.v1.RangeClosed
+	64, // 45: cairn.internal.v1.SideRequest.kicks:type_name -> cairn.internal.v1.KickRequest
+	49, // 46: cairn.internal.v1.Node.Write:input_type -> cairn.internal.v1.WriteRequest
+	51, // 47: cairn.internal.v1.Node.Forward:input_type -> cairn.internal.v1.ForwardRequest
+	55, // 48: cairn.internal.v1.Node.ReadAt:input_type -> cairn.internal.v1.ReadAtRequest
+	57, // 49: cairn.internal.v1.Node.WaitClosed:input_type -> cairn.internal.v1.WaitClosedRequest
+	59, // 50: cairn.internal.v1.Node.Revisions:input_type -> cairn.internal.v1.RevisionsRequest
+	62, // 51: cairn.internal.v1.Node.Closed:input_type -> cairn.internal.v1.ClosedRequest
+	64, // 52: cairn.internal.v1.Node.Kick:input_type -> cairn.internal.v1.KickRequest
+	66, // 53: cairn.internal.v1.Node.Side:input_type -> cairn.internal.v1.SideRequest
+	47, // 54: cairn.internal.v1.Node.SplitRange:input_type -> cairn.internal.v1.SplitRangeRequest
+	44, // 55: cairn.internal.v1.Node.CompactLog:input_type -> cairn.internal.v1.CompactLogRequest
+	30, // 56: cairn.internal.v1.Node.RemoveMember:input_type -> cairn.internal.v1.RemoveMemberRequest
+	32, // 57: cairn.internal.v1.Node.UpdateMember:input_type -> cairn.internal.v1.UpdateMemberRequest
+	34, // 58: cairn.internal.v1.Node.Read:input_type -> cairn.internal.v1.ReadRequest
+	3,  // 59: cairn.internal.v1.Node.HashReplica:input_type -> cairn.internal.v1.HashReplicaRequest
+	5,  // 60: cairn.internal.v1.Node.RangeImage:input_type -> cairn.internal.v1.RangeImageRequest
+	7,  // 61: cairn.internal.v1.Node.CheckReplicas:input_type -> cairn.internal.v1.CheckReplicasRequest
+	10, // 62: cairn.internal.v1.Node.Feed:input_type -> cairn.internal.v1.FeedRequest
+	16, // 63: cairn.internal.v1.Node.Events:input_type -> cairn.internal.v1.EventsRequest
+	19, // 64: cairn.internal.v1.Node.ChangeRange:input_type -> cairn.internal.v1.ChangeRangeRequest
+	21, // 65: cairn.internal.v1.Node.RangeStats:input_type -> cairn.internal.v1.RangeStatsRequest
+	24, // 66: cairn.internal.v1.Node.MoveRange:input_type -> cairn.internal.v1.MoveRangeRequest
+	28, // 67: cairn.internal.v1.Node.TransferRangeLeader:input_type -> cairn.internal.v1.TransferRangeLeaderRequest
+	26, // 68: cairn.internal.v1.Node.MergeRange:input_type -> cairn.internal.v1.MergeRangeRequest
+	50, // 69: cairn.internal.v1.Node.Write:output_type -> cairn.internal.v1.WriteResponse
+	53, // 70: cairn.internal.v1.Node.Forward:output_type -> cairn.internal.v1.ForwardResponse
+	56, // 71: cairn.internal.v1.Node.ReadAt:output_type -> cairn.internal.v1.ReadAtResponse
+	58, // 72: cairn.internal.v1.Node.WaitClosed:output_type -> cairn.internal.v1.WaitClosedResponse
+	60, // 73: cairn.internal.v1.Node.Revisions:output_type -> cairn.internal.v1.RevisionsResponse
+	63, // 74: cairn.internal.v1.Node.Closed:output_type -> cairn.internal.v1.ClosedResponse
+	65, // 75: cairn.internal.v1.Node.Kick:output_type -> cairn.internal.v1.KickResponse
+	67, // 76: cairn.internal.v1.Node.Side:output_type -> cairn.internal.v1.SideResponse
+	48, // 77: cairn.internal.v1.Node.SplitRange:output_type -> cairn.internal.v1.SplitRangeResponse
+	45, // 78: cairn.internal.v1.Node.CompactLog:output_type -> cairn.internal.v1.CompactLogResponse
+	31, // 79: cairn.internal.v1.Node.RemoveMember:output_type -> cairn.internal.v1.RemoveMemberResponse
+	33, // 80: cairn.internal.v1.Node.UpdateMember:output_type -> cairn.internal.v1.UpdateMemberResponse
+	41, // 81: cairn.internal.v1.Node.Read:output_type -> cairn.internal.v1.ReadResponse
+	4,  // 82: cairn.internal.v1.Node.HashReplica:output_type -> cairn.internal.v1.HashReplicaResponse
+	6,  // 83: cairn.internal.v1.Node.RangeImage:output_type -> cairn.internal.v1.ImageChunk
+	8,  // 84: cairn.internal.v1.Node.CheckReplicas:output_type -> cairn.internal.v1.CheckReplicasResponse
+	13, // 85: cairn.internal.v1.Node.Feed:output_type -> cairn.internal.v1.FeedResponse
+	17, // 86: cairn.internal.v1.Node.Events:output_type -> cairn.internal.v1.EventsResponse
+	20, // 87: cairn.internal.v1.Node.ChangeRange:output_type -> cairn.internal.v1.ChangeRangeResponse
+	22, // 88: cairn.internal.v1.Node.RangeStats:output_type -> cairn.internal.v1.RangeStatsResponse
+	25, // 89: cairn.internal.v1.Node.MoveRange:output_type -> cairn.internal.v1.MoveRangeResponse
+	29, // 90: cairn.internal.v1.Node.TransferRangeLeader:output_type -> cairn.internal.v1.TransferRangeLeaderResponse
+	27, // 91: cairn.internal.v1.Node.MergeRange:output_type -> cairn.internal.v1.MergeRangeResponse
+	69, // [69:92] is the sub-list for method output_type
+	46, // [46:69] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_internalpb_internal_proto_init() }
@@ -4526,7 +4628,7 @@ func file_internalpb_internal_proto_init() {
 		(*FeedRequest_Cancel)(nil),
 		(*FeedRequest_Kick)(nil),
 	}
-	file_internalpb_internal_proto_msgTypes[29].OneofWrappers = []any{
+	file_internalpb_internal_proto_msgTypes[31].OneofWrappers = []any{
 		(*ReadRequest_RangeRequest)(nil),
 		(*ReadRequest_Txn)(nil),
 		(*ReadRequest_Status)(nil),
@@ -4542,7 +4644,7 @@ func file_internalpb_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internalpb_internal_proto_rawDesc), len(file_internalpb_internal_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   63,
+			NumMessages:   65,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -47,6 +47,7 @@ const (
 	Node_RangeStats_FullMethodName          = "/cairn.internal.v1.Node/RangeStats"
 	Node_MoveRange_FullMethodName           = "/cairn.internal.v1.Node/MoveRange"
 	Node_TransferRangeLeader_FullMethodName = "/cairn.internal.v1.Node/TransferRangeLeader"
+	Node_MergeRange_FullMethodName          = "/cairn.internal.v1.Node/MergeRange"
 )
 
 // NodeClient is the client API for Node service.
@@ -141,6 +142,11 @@ type NodeClient interface {
 	// TransferRangeLeader makes a member's replica of a range its leader
 	// (the admin call behind `cairn range transfer-leader`).
 	TransferRangeLeader(ctx context.Context, in *TransferRangeLeaderRequest, opts ...grpc.CallOption) (*TransferRangeLeaderResponse, error)
+	// MergeRange merges the range right of a range into it while both
+	// serve (the admin call behind `cairn range merge`); the client port's
+	// call is forwarded to the placement leader's member, whose merge
+	// driver runs it (docs/plan-merge.md).
+	MergeRange(ctx context.Context, in *MergeRangeRequest, opts ...grpc.CallOption) (*MergeRangeResponse, error)
 }
 
 type nodeClient struct {
@@ -398,6 +404,16 @@ func (c *nodeClient) TransferRangeLeader(ctx context.Context, in *TransferRangeL
 	return out, nil
 }
 
+func (c *nodeClient) MergeRange(ctx context.Context, in *MergeRangeRequest, opts ...grpc.CallOption) (*MergeRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MergeRangeResponse)
+	err := c.cc.Invoke(ctx, Node_MergeRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -490,6 +506,11 @@ type NodeServer interface {
 	// TransferRangeLeader makes a member's replica of a range its leader
 	// (the admin call behind `cairn range transfer-leader`).
 	TransferRangeLeader(context.Context, *TransferRangeLeaderRequest) (*TransferRangeLeaderResponse, error)
+	// MergeRange merges the range right of a range into it while both
+	// serve (the admin call behind `cairn range merge`); the client port's
+	// call is forwarded to the placement leader's member, whose merge
+	// driver runs it (docs/plan-merge.md).
+	MergeRange(context.Context, *MergeRangeRequest) (*MergeRangeResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -565,6 +586,9 @@ func (UnimplementedNodeServer) MoveRange(context.Context, *MoveRangeRequest) (*M
 }
 func (UnimplementedNodeServer) TransferRangeLeader(context.Context, *TransferRangeLeaderRequest) (*TransferRangeLeaderResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method TransferRangeLeader not implemented")
+}
+func (UnimplementedNodeServer) MergeRange(context.Context, *MergeRangeRequest) (*MergeRangeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method MergeRange not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -936,6 +960,24 @@ func _Node_TransferRangeLeader_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_MergeRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MergeRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).MergeRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_MergeRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).MergeRange(ctx, req.(*MergeRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1010,6 +1052,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TransferRangeLeader",
 			Handler:    _Node_TransferRangeLeader_Handler,
+		},
+		{
+			MethodName: "MergeRange",
+			Handler:    _Node_MergeRange_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

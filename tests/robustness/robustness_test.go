@@ -429,6 +429,15 @@ func runScenario(t *testing.T, bin string, s scenario) error {
 	}
 	var rec *recorder
 	if s.sharded {
+		// A cross-range transaction takes a prepare and a commit in every
+		// range it touches, the record at its primary and an oracle round
+		// trip: etcd's 200 ms per request left so many of them unfinished
+		// on a loaded machine (87 of one run's txns) that porcupine could
+		// not decide the history in its five minutes. Each failed write is
+		// a branch of its search; a second per request keeps the check as
+		// strict with far fewer of them. Scenarios run one at a time.
+		defer func(d time.Duration) { traffic.RequestTimeout = d }(traffic.RequestTimeout)
+		traffic.RequestTimeout = time.Second
 		var err error
 		if rec, err = startRecorder(c.endpoints()); err != nil {
 			return err

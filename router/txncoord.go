@@ -289,7 +289,7 @@ func (s *Server) txnAttempt(ctx context.Context, r *pb.TxnRequest) (*pb.TxnRespo
 
 	// 3. The revision, after every prepare was acknowledged: above every
 	// lock's cap.
-	rev, err := s.cfg.Oracle.(revisionOracle).Revisions(ctx, 1)
+	rev, err := s.cfg.Oracle.(revisionOracle).Revisions(ctx, 1+plantedTxnSkew)
 	if err != nil {
 		s.abortAll(id, parts)
 		return nil, err
@@ -347,7 +347,11 @@ func (s *Server) txnAttempt(ctx context.Context, r *pb.TxnRequest) (*pb.TxnRespo
 	defer cancel()
 	var failed atomic.Bool
 	for i, p := range parts {
-		req := &shardpb.Request{Op: &shardpb.Request_TxnCommit{TxnCommit: &shardpb.TxnCommit{Id: id, Revision: int64(rev), Intents: intents[i]}}}
+		at := int64(rev)
+		if plantedTxnSkew > 0 && i == len(parts)-1 {
+			at += plantedTxnSkew // planted bug: one participant at R+1
+		}
+		req := &shardpb.Request{Op: &shardpb.Request_TxnCommit{TxnCommit: &shardpb.TxnCommit{Id: id, Revision: at, Intents: intents[i]}}}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -57,10 +57,19 @@
 //	cd tests/robustness && go test -robustness.soak=30m ./...   # the long soak
 //	cd tests/robustness && go test -run TestReplay -robustness.scenario=4node-sharded-etcd-move-replica -robustness.seed=7 ./...
 //	cd tests/robustness && go test -tags cairn_planted_stale_reads -run TestPlantedBug ./...
+//	cd tests/robustness && go test -tags cairn_planted_txn_revision -run TestPlantedTxnRevision ./...
+//	cd tests/robustness && go test -tags cairn_planted_closed_pass -run TestPlantedClosedPass ./...
 //
-// The last builds cairn with a planted bug (linearizable reads served from
-// the local replica without a read index) and passes only if the checker
-// catches it, in single-group mode and in sharded mode (TestPlantedBugSharded).
+// The last three build cairn with a planted bug and pass only if the
+// checker catches it: linearizable reads served from the local replica
+// without a read index, in single-group mode and in sharded mode
+// (TestPlantedBugSharded); the last participant of every cross-range
+// transaction committed at R+1 while the rest of it answers R
+// (router/planted_txn_on.go); a range's closed revision, and with it its
+// watch feed, not held below a prepared cross-range write
+// (shard/planted_closed_on.go). The last two run a sharded scenario with
+// no fault but the bug (planted_cross_test.go). make test-robustness runs
+// all four with every planted tag: each test builds cairn with its own.
 //
 // CAIRN_LOG_LEVEL=info (or debug) raises the members' --log-level from warn,
 // for a failure's member logs.

@@ -151,8 +151,11 @@ func (s *Server) participants(spans []keySpan) []*participant {
 // deleteAcross runs a DeleteRange over several ranges as a cross-range
 // transaction.
 func (s *Server) deleteAcross(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if proto.Size(r) > s.cfg.MaxRequestBytes {
+		return nil, rpctypes.ErrGRPCRequestTooLarge
+	}
 	t := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: r}}}}
-	resp, err := s.txnAcross(ctx, t)
+	resp, err := s.coordinate(ctx, t)
 	if err != nil {
 		return nil, err
 	}
@@ -161,9 +164,20 @@ func (s *Server) deleteAcross(ctx context.Context, r *pb.DeleteRangeRequest) (*p
 	return out, nil
 }
 
-// txnAcross runs a txn whose keys fall in several ranges, again while a
-// prepare is refused by another transaction, until the request's deadline.
+// txnAcross runs a txn whose keys fall in several ranges. A txn that
+// writes is refused over the request limit as one range's write is (etcd
+// refuses it at its proposal, whichever branch would run), although no
+// single message carries all of it here.
 func (s *Server) txnAcross(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if !mvcc.IsTxnReadOnly(r) && proto.Size(r) > s.cfg.MaxRequestBytes {
+		return nil, rpctypes.ErrGRPCRequestTooLarge
+	}
+	return s.coordinate(ctx, r)
+}
+
+// coordinate runs a txn whose keys fall in several ranges, again while a
+// prepare is refused by another transaction, until the request's deadline.
+func (s *Server) coordinate(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if len(txnLeases(r, nil)) > 0 {
 		return nil, status.Error(codes.InvalidArgument,
 			"etcdserver: a put with a lease in a transaction across ranges is not supported yet")

@@ -189,14 +189,11 @@ func (n *Node) removeRaftData(ctx context.Context, id shard.RangeID, replica sha
 	}
 }
 
-// runDrops is the drop worker (sharded mode): it drops each replica of a
-// range that dragonboat reported deleted here, in order, until the node
-// stops. A drop cut short by the stop keeps its record; the next start
-// finishes it.
-func (n *Node) runDrops() {
-	defer n.wg.Done()
+// untilStop returns a context that ends when the node stops (or cancel is
+// called), for a worker counted in n.wg; the goroutine watching for the
+// stop is counted too.
+func (n *Node) untilStop() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -206,6 +203,17 @@ func (n *Node) runDrops() {
 		case <-ctx.Done():
 		}
 	}()
+	return ctx, cancel
+}
+
+// runDrops is the drop worker (sharded mode): it drops each replica of a
+// range that dragonboat reported deleted here, in order, until the node
+// stops. A drop cut short by the stop keeps its record; the next start
+// finishes it.
+func (n *Node) runDrops() {
+	defer n.wg.Done()
+	ctx, cancel := n.untilStop()
+	defer cancel()
 	for {
 		select {
 		case <-n.stop:

@@ -105,17 +105,8 @@ func (n *Node) retire(right *shard.Range) { n.retires.put(retiring{id: right.ID(
 // What it has not retired when the node stops, the next start retires.
 func (n *Node) runRetires() {
 	defer n.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := n.untilStop()
 	defer cancel()
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		select {
-		case <-n.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	t := time.NewTicker(retireRetry)
 	defer t.Stop()
 	var waiting []retiring

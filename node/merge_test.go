@@ -259,6 +259,33 @@ func mergedLeftNothing(t *testing.T, n *node.Node, right *placementpb.RangeDescr
 	})
 }
 
+// splitAtM splits cl's key space at "m" and moves the leadership of both
+// halves to the member lead picks from li, the index of the placement
+// leader's member (the merge driver's); it returns the halves, li and
+// that member's index.
+func splitAtM(ctx context.Context, t *testing.T, cl *nodetest.Cluster, lead func(li int) int) (left, right *placementpb.RangeDescriptor, li, at int) {
+	t.Helper()
+	split, err := cl.Node(0).SplitRange(ctx, []byte("m"))
+	if err != nil {
+		t.Fatalf("split at m: %v", err)
+	}
+	nodetest.WaitFor(ctx, t, func() error {
+		id := cl.Node(0).PlacementLeader()
+		if id == 0 {
+			return errors.New("no placement leader")
+		}
+		li = cl.MemberIndex(id)
+		return nil
+	})
+	at = lead(li)
+	for _, d := range split {
+		nodetest.WaitFor(ctx, t, func() error {
+			return cl.Node(at).TransferRangeLeader(ctx, shard.RangeID(d.Id), placement.NodeID(cl.Node(at).MemberID()))
+		})
+	}
+	return split[0], split[1], li, at
+}
+
 // TestShardedMergeCutShort: three members; a merge stopped right after a
 // step, as a crash of the placement leader's member there would stop it,
 // and that member restarted, is finished by the next placement leader
@@ -272,29 +299,10 @@ func TestShardedMergeCutShort(t *testing.T) {
 			cl := nodetest.Start(t, 3, nodetest.Sharded())
 			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 			defer cancel()
-			split, err := cl.Node(0).SplitRange(ctx, []byte("m"))
-			if err != nil {
-				t.Fatalf("split at m: %v", err)
-			}
-			left, right := split[0], split[1]
-			var li int
-			nodetest.WaitFor(ctx, t, func() error {
-				id := cl.Node(0).PlacementLeader()
-				if id == 0 {
-					return errors.New("no placement leader")
-				}
-				li = cl.MemberIndex(id)
-				return nil
-			})
 			// The ranges led elsewhere than on the member stopped: a write
 			// in flight at a leader that stops has an unknown outcome, a
 			// client error merges have nothing to do with.
-			wi := (li + 1) % cl.Size()
-			for _, d := range split {
-				nodetest.WaitFor(ctx, t, func() error {
-					return cl.Node(wi).TransferRangeLeader(ctx, shard.RangeID(d.Id), placement.NodeID(cl.Node(wi).MemberID()))
-				})
-			}
+			left, right, li, wi := splitAtM(ctx, t, cl, func(li int) int { return (li + 1) % cl.Size() })
 			cli := cl.Client(wi)
 
 			var mu sync.Mutex
@@ -336,7 +344,7 @@ func TestShardedMergeCutShort(t *testing.T) {
 			})
 			waitWrites(20)
 			restore := cl.Node(li).CutMergesShort(step)
-			_, err = cl.Node(li).MergeLeft(ctx, left.Id)
+			_, err := cl.Node(li).MergeLeft(ctx, left.Id)
 			restore()
 			if !errors.Is(err, placement.ErrCrashed) {
 				t.Fatalf("merge cut short after %s: %v", step, err)
@@ -405,27 +413,9 @@ func TestShardedMergeMemberDown(t *testing.T) {
 	cl := nodetest.Start(t, 3, nodetest.Sharded())
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	split, err := cl.Node(0).SplitRange(ctx, []byte("m"))
-	if err != nil {
-		t.Fatalf("split at m: %v", err)
-	}
-	left, right := split[0], split[1]
-	var li int
-	nodetest.WaitFor(ctx, t, func() error {
-		id := cl.Node(0).PlacementLeader()
-		if id == 0 {
-			return errors.New("no placement leader")
-		}
-		li = cl.MemberIndex(id)
-		return nil
-	})
-	down := (li + 1) % cl.Size()
 	// Both ranges led by the driver's member: they keep their leader.
-	for _, d := range split {
-		nodetest.WaitFor(ctx, t, func() error {
-			return cl.Node(li).TransferRangeLeader(ctx, shard.RangeID(d.Id), placement.NodeID(cl.Node(li).MemberID()))
-		})
-	}
+	left, right, li, _ := splitAtM(ctx, t, cl, func(li int) int { return li })
+	down := (li + 1) % cl.Size()
 	cli := cl.Client(li)
 	for _, k := range []string{"a", "z"} {
 		if _, err := cli.Put(ctx, k, "before"); err != nil {

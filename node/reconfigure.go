@@ -28,15 +28,8 @@ import (
 // finished by the next leader. It returns when the node stops.
 func (n *Node) resumeChanges() {
 	defer n.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := n.untilStop()
 	defer cancel()
-	go func() {
-		select {
-		case <-n.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	wait := 200 * time.Millisecond
 	for {
 		select {

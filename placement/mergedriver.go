@@ -538,32 +538,12 @@ func (m *MergeDriver) retry(ctx context.Context, f func() error) error {
 	}
 }
 
-// tries calls f until it succeeds, at most n times.
 func (m *MergeDriver) tries(ctx context.Context, n int, f func() error) error {
-	var err error
-	for i := range n {
-		if err = f(); err == nil {
-			return nil
-		}
-		if i < n-1 {
-			if perr := m.pause(ctx, err); perr != nil {
-				return perr
-			}
-		}
-	}
-	return err
+	return triesEvery(ctx, m.cfg.Poll, n, f)
 }
 
 func (m *MergeDriver) pause(ctx context.Context, cause error) error {
-	select {
-	case <-ctx.Done():
-		if cause != nil {
-			return fmt.Errorf("%w (last: %w)", ctx.Err(), cause)
-		}
-		return ctx.Err()
-	case <-time.After(m.cfg.Poll):
-		return nil
-	}
+	return pauseFor(ctx, m.cfg.Poll, cause)
 }
 
 func (m *MergeDriver) crash(step string) bool { return m.cfg.Crash != nil && m.cfg.Crash(step) }

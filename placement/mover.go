@@ -520,16 +520,24 @@ func (m *Mover) retry(ctx context.Context, f func() error) error {
 // it goes on without it.
 const sourceTries = 3
 
-// tries calls f until it succeeds, at most n times, Poll apart; the last
-// failure if none did.
 func (m *Mover) tries(ctx context.Context, n int, f func() error) error {
+	return triesEvery(ctx, m.cfg.Poll, n, f)
+}
+
+func (m *Mover) pause(ctx context.Context, cause error) error {
+	return pauseFor(ctx, m.cfg.Poll, cause)
+}
+
+// triesEvery calls f until it succeeds, at most n times, poll apart; the
+// last failure if none did (the move and merge drivers' retries).
+func triesEvery(ctx context.Context, poll time.Duration, n int, f func() error) error {
 	var err error
-	for i := 0; i < n; i++ {
+	for i := range n {
 		if err = f(); err == nil {
 			return nil
 		}
 		if i < n-1 {
-			if perr := m.pause(ctx, err); perr != nil {
+			if perr := pauseFor(ctx, poll, err); perr != nil {
 				return perr
 			}
 		}
@@ -537,15 +545,16 @@ func (m *Mover) tries(ctx context.Context, n int, f func() error) error {
 	return err
 }
 
-// pause waits Poll, or returns ctx's end (with cause, the last failure).
-func (m *Mover) pause(ctx context.Context, cause error) error {
+// pauseFor waits poll, or returns ctx's end (with cause, the last
+// failure).
+func pauseFor(ctx context.Context, poll time.Duration, cause error) error {
 	select {
 	case <-ctx.Done():
 		if cause != nil {
 			return fmt.Errorf("%w (last: %w)", ctx.Err(), cause)
 		}
 		return ctx.Err()
-	case <-time.After(m.cfg.Poll):
+	case <-time.After(poll):
 		return nil
 	}
 }

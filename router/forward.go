@@ -464,6 +464,9 @@ func (c *RangeClient) remoteRead(ctx context.Context, req *internalpb.ReadReques
 		last error              = fmt.Errorf("%w: range %d: no member holds it", shard.ErrNoLeader, c.id)
 		busy                    = map[placement.NodeID]bool{} // asked, not answered
 		todo []placement.NodeID                               // of this round
+		// heard: some holder answered (last is its refusal), so a
+		// re-ask still out when ctx ends does not hide what it said.
+		heard bool
 	)
 	askNext := func() {
 		if len(todo) == 0 {
@@ -494,6 +497,7 @@ func (c *RangeClient) remoteRead(ctx context.Context, req *internalpb.ReadReques
 		select {
 		case a := <-answers:
 			delete(busy, a.member)
+			heard = true
 			done, err := c.takeRead(ctx, a, take)
 			if done {
 				if h := placement.NodeID(c.hint.Load()); err == nil && busy[h] {
@@ -516,7 +520,7 @@ func (c *RangeClient) remoteRead(ctx context.Context, req *internalpb.ReadReques
 			timer.Reset(wait())
 		case <-ctx.Done():
 			switch {
-			case len(busy) > 0:
+			case len(busy) > 0 && !heard:
 				return ctx.Err() // as a call cut short by ctx would
 			case errors.Is(last, shard.ErrTimeout):
 				return last // etcd's timeout, as the holder gave it

@@ -482,3 +482,52 @@ func (n *Node) HoldMergesAt(step string) (reached <-chan struct{}, release func(
 		})
 	}
 }
+
+// CutTxnsShort stops every cross-range transaction this node coordinates
+// right after step (one of router.TxnSteps), as a crash of this member
+// there would: no abort, no commit; the client gets etcd's timeout and
+// the resolver settles what is left. The returned function puts things
+// back.
+func (n *Node) CutTxnsShort(step string) (restore func()) {
+	f := func(s string) bool { return s == step }
+	n.hooks.txnStep.Store(&f)
+	return func() { n.hooks.txnStep.Store(nil) }
+}
+
+// HoldTxnsAt holds each cross-range transaction this node coordinates
+// right after step (one of router.TxnSteps) until release is called
+// (which a test must do before the node closes); reached is closed once a
+// transaction got there. Released, the coordinator goes on.
+func (n *Node) HoldTxnsAt(step string) (reached <-chan struct{}, release func()) {
+	at, done := make(chan struct{}), make(chan struct{})
+	var reachOnce, releaseOnce sync.Once
+	f := func(s string) bool {
+		if s == step {
+			reachOnce.Do(func() { close(at) })
+			<-done
+		}
+		return false
+	}
+	n.hooks.txnStep.Store(&f)
+	return at, func() {
+		releaseOnce.Do(func() {
+			n.hooks.txnStep.Store(nil)
+			close(done)
+		})
+	}
+}
+
+// RangeLocks lists the locks of cross-range transactions that this
+// node's replica of range id holds (none if it holds no replica).
+func (n *Node) RangeLocks(ctx context.Context, id uint64) ([]uint64, error) {
+	r := n.rangeSet.Get(shard.RangeID(id), false)
+	if r == nil {
+		return nil, nil
+	}
+	locks, err := r.Replica().Locks(ctx, false)
+	var ids []uint64
+	for _, l := range locks {
+		ids = append(ids, l.Id)
+	}
+	return ids, err
+}

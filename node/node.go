@@ -458,6 +458,9 @@ type Node struct {
 		// each step: true stops the merge there, as a crash of this
 		// member would (placement.MergeDriverConfig.Crash).
 		mergeStep atomic.Pointer[func(step string) bool]
+		// txnStep, if set, is called as the cross-range transactions
+		// coordinated here pass each step (router.Config.TxnStep).
+		txnStep atomic.Pointer[func(step string) bool]
 	}
 	// events is the lock over db's event log records, which every store
 	// here is opened with (mvcc.EventLog).
@@ -1271,6 +1274,10 @@ func (n *Node) serve() error {
 			}
 		},
 		DropAuthFence: n.hooks.dropAuthFence.Load,
+		TxnStep: func(step string) bool {
+			f := n.hooks.txnStep.Load()
+			return f != nil && (*f)(step)
+		},
 
 		// zero: etcd's defaults, which router applies.
 		GRPCKeepAliveMinTime:  cfg.GRPCKeepAliveMinTime,

@@ -176,6 +176,11 @@ type Config struct {
 	// making it crashed before it could (authfence.go): tests check that
 	// the AuthFencer makes up for it.
 	DropAuthFence func() bool
+	// TxnStep, if set, is called as a cross-range transaction's
+	// coordinator passes each of TxnSteps (it may hold it there); true
+	// stops the coordinator there, as a crash of its member would: it
+	// answers etcd's timeout and leaves the rest to the resolver.
+	TxnStep func(step string) bool
 }
 
 // DefaultMaxLearners is etcd's default --max-learners.

@@ -156,7 +156,10 @@ func (s *Splitter) SplitRange(ctx context.Context, key []byte) ([]*placementpb.R
 		// say) the proposal times out; proposed again after one that did
 		// apply, the range refuses it as outside its span. A range that
 		// counts its revisions refuses a split whose oracle revision it
-		// has passed meanwhile: it is asked for again.
+		// has passed meanwhile: it is asked for again. A range holding a
+		// cross-range transaction's lock refuses to split until the lock
+		// is resolved (by its coordinator, or the resolver past its
+		// deadline): the split waits.
 		req, err := s.splitRequest(ctx, parent, right)
 		if err == nil {
 			_, err = s.cfg.Ranges.Client(parent.ID()).Write(ctx, req)
@@ -165,7 +168,7 @@ func (s *Splitter) SplitRange(ctx context.Context, key []byte) ([]*placementpb.R
 			break
 		}
 		if !errors.Is(err, shard.ErrTimeout) && !errors.Is(err, shard.ErrNoLeader) && !errors.Is(err, shard.ErrBusy) &&
-			!errors.Is(err, mvcc.ErrStaleStamp) {
+			!errors.Is(err, mvcc.ErrStaleStamp) && !errors.Is(err, shard.ErrLocked) {
 			return nil, err
 		}
 		select {

@@ -212,6 +212,29 @@ func (s *Server) coordinate(ctx context.Context, r *pb.TxnRequest) (*pb.TxnRespo
 	}
 }
 
+// The steps between which a test may stop a coordinator (Config.TxnStep).
+const (
+	// TxnStepPrepared: every participant prepared, nothing decided.
+	TxnStepPrepared = "prepared"
+	// TxnStepDecided: the primary recorded Committed, no participant
+	// committed yet.
+	TxnStepDecided = "decided"
+	// TxnStepCommitted: the first participant committed, the others not.
+	TxnStepCommitted = "committed"
+)
+
+// TxnSteps lists the steps in the order a coordinator passes them.
+var TxnSteps = []string{TxnStepPrepared, TxnStepDecided, TxnStepCommitted}
+
+// errTxnStopped is a coordinator stopped by Config.TxnStep.
+var errTxnStopped = rpctypes.ErrGRPCTimeout
+
+// stopsAt calls the test hook at step: true if the coordinator is to stop
+// there, as if its member crashed (no abort, no settling).
+func (s *Server) stopsAt(step string) bool {
+	return s.cfg.TxnStep != nil && s.cfg.TxnStep(step)
+}
+
 // settleTimeout bounds the coordinator's work after its client's deadline:
 // aborting the prepared participants, asking the primary the outcome,
 // committing a decided transaction. What it leaves, the resolver finishes.
@@ -275,6 +298,10 @@ func (s *Server) txnAttempt(ctx context.Context, r *pb.TxnRequest) (*pb.TxnRespo
 	if err := errors.Join(errs...); err != nil {
 		s.abortAll(id, parts)
 		return nil, firstErr(errs)
+	}
+
+	if s.stopsAt(TxnStepPrepared) {
+		return nil, errTxnStopped
 	}
 
 	// 2. Evaluate over the prepared reads.
@@ -355,12 +382,25 @@ func (s *Server) txnAttempt(ctx context.Context, r *pb.TxnRequest) (*pb.TxnRespo
 		return nil, rpctypes.ErrGRPCTimeout
 	}
 
+	if s.stopsAt(TxnStepDecided) {
+		return nil, errTxnStopped
+	}
+
 	// 5. Apply everywhere; the decision stands whatever the client's
 	// context does now.
 	sctx, cancel := s.settleContext()
 	defer cancel()
 	var failed atomic.Bool
 	for i, p := range parts {
+		if i == 1 && s.cfg.TxnStep != nil {
+			// Under the test hook the first participant commits
+			// alone, so that a test can stop the coordinator between
+			// it and the others.
+			wg.Wait()
+			if s.stopsAt(TxnStepCommitted) {
+				return nil, errTxnStopped
+			}
+		}
 		at := int64(rev)
 		if plantedTxnSkew > 0 && i == len(parts)-1 {
 			at += plantedTxnSkew // planted bug: one participant at R+1

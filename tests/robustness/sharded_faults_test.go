@@ -38,6 +38,16 @@ import (
 //	partition-range-leader a range's leader cut off from the placement
 //	                       leader, and them alone (cluster.cut: each proxy
 //	                       drops what the other member opens), for 2 s
+//	kill-txn-coordinator   kill -9 of a member other than the placement
+//	                       leader, and restart: the coordinator of the
+//	                       cross-range writes its clients sent (the etcd
+//	                       mix's multi-key txns and the traffic's deletes
+//	                       span ranges), wherever each stood between
+//	                       prepare and commit; the resolvers settle them.
+//	                       The kill cannot be aimed between two steps
+//	                       (that needs a hook in the binary: the node
+//	                       tests' TestCrossRangeTxnCoordinatorKilled*
+//	                       stop it at each one)
 var shardedFaults = []fault{
 	{name: "split-range", sizes: []int{1, 3, 4}, sharded: true, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, r *rand.Rand) error {
 		return splitDuringTraffic(ctx, c, r)
@@ -63,6 +73,15 @@ var shardedFaults = []fault{
 		hold(ctx, 2*time.Second)
 		c.heal()
 		return nil
+	}},
+	{name: "kill-txn-coordinator", sizes: []int{3, 4}, sharded: true, inject: func(ctx context.Context, c *cluster, _ *client.ClientSet, r *rand.Rand) error {
+		p, err := c.placementLeader(ctx)
+		if err != nil {
+			return err
+		}
+		m := pick(r, c.members, p)
+		c.t.Logf("kill -9 of %s, coordinator of the cross-range writes sent to it", m.name)
+		return killRestart(ctx, m)
 	}},
 }
 

@@ -83,7 +83,8 @@ import (
 //     more ranges than another that holds a voter of one of them, transfer
 //     the leadership of that range (in key order).
 //  6. Merges: two adjacent ranges whose combined size is under
-//     RangeMinBytes and combined load under MergeMaxLoad merge if their
+//     RangeMinBytes (at most RangeMaxBytes/2) and combined load under
+//     MergeMaxLoad (at most SplitLoad/2) merge if their
 //     voters are on the same members (and neither has learners); else one
 //     of the right range's replicas moves to a member of the left's. A
 //     merge its executor refused (Scheduler.Refuse) is neither planned
@@ -156,14 +157,17 @@ type SchedulerConfig struct {
 	// RangeMaxBytes: a range larger splits at its middle key.
 	RangeMaxBytes int64
 	// RangeMinBytes: two adjacent ranges smaller together merge, if cold.
-	// Negative: never merge.
+	// Negative: never merge. Above RangeMaxBytes/2 it counts as that, so
+	// that a merged range is never split again at once (with a tiny
+	// RangeMaxBytes, as tests set it, the two would flap).
 	RangeMinBytes int64
 	// SplitLoad (writes+reads per second): a range above it for
 	// SplitLoadWindows reports in a row splits at its load key.
 	SplitLoad        int64
 	SplitLoadWindows int
 	// MergeMaxLoad (writes+reads per second): two ranges merge only if
-	// their combined load is under it.
+	// their combined load is under it, and under SplitLoad/2 (else the
+	// merged range would split by load again).
 	MergeMaxLoad int64
 	// SuspectAfter and MemberDownTimeout: a member whose heartbeat age is
 	// above SuspectAfter receives nothing; above MemberDownTimeout its
@@ -747,8 +751,8 @@ func (p *plan) merge() {
 func (p *plan) mergeable(l, r *rangePlan) bool {
 	if p.cfg.RangeMinBytes < 0 || len(l.r.End) == 0 || !bytes.Equal(l.r.End, r.r.Start) ||
 		p.refused[mergePair{l.r.ID, r.r.ID, l.r.Generation, r.r.Generation}] ||
-		l.r.Bytes+r.r.Bytes >= p.cfg.RangeMinBytes ||
-		l.r.Writes+l.r.Reads+r.r.Writes+r.r.Reads >= p.cfg.MergeMaxLoad ||
+		l.r.Bytes+r.r.Bytes >= min(p.cfg.RangeMinBytes, p.cfg.RangeMaxBytes/2) ||
+		l.r.Writes+l.r.Reads+r.r.Writes+r.r.Reads >= min(p.cfg.MergeMaxLoad, p.cfg.SplitLoad/2) ||
 		!p.healthy(l) || !p.healthy(r) {
 		return false
 	}

@@ -77,6 +77,7 @@ type metrics struct {
 	slowApply, leaderTransfers         prometheus.Counter
 	autoCompactionFailures             prometheus.Counter
 	schedulerOps                       *prometheus.CounterVec // {op, result} (scheduler.go)
+	rangeMerges                        *prometheus.CounterVec // {outcome} (scheduler.go)
 }
 
 // newMetrics registers the node's collectors on reg (nil: a new registry):
@@ -151,6 +152,8 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 		"Automatic compactions that failed (in sharded mode: that some range refused; the others still compacted).")
 	m.schedulerOps = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "cairn", Subsystem: "scheduler", Name: "operations_total",
 		Help: "Operations the placement scheduler started on this member (while it led the placement group), by kind and result."}, []string{"op", "result"})
+	m.rangeMerges = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "cairn", Subsystem: "range", Name: "merges_total",
+		Help: "Merges the placement scheduler started on this member, by outcome (merged, undone, refused, failed)."}, []string{"outcome"})
 	for _, c := range []prometheus.Collector{
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
@@ -158,7 +161,7 @@ func newMetrics(reg *prometheus.Registry, level string) (*metrics, error) {
 		m.leaderChanges, m.rangeLeaderChanges, m.proposalsFailed, m.restamped, m.splits,
 		m.puts, m.deletes, m.ranges, m.txns, m.commitSec, m.syncSec, m.walFsyncSec, m.walBytes, m.defragSec, m.snapshotSec,
 		m.watchStreams, m.watchers, m.oracleSec, m.oracleFailures, m.oracleAllocated, m.forwarded, m.peerRTT,
-		m.slowApply, m.leaderTransfers, m.autoCompactionFailures, m.schedulerOps,
+		m.slowApply, m.leaderTransfers, m.autoCompactionFailures, m.schedulerOps, m.rangeMerges,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("node: register metrics: %w", err)
@@ -466,6 +469,14 @@ func (m *metrics) schedulerOp(kind placement.OpKind, result string) {
 		return
 	}
 	m.schedulerOps.WithLabelValues(opName(kind), result).Inc()
+}
+
+// rangeMerge counts one merge the scheduler started, by outcome (nil-safe).
+func (m *metrics) rangeMerge(outcome string) {
+	if m == nil {
+		return
+	}
+	m.rangeMerges.WithLabelValues(outcome).Inc()
 }
 
 // opName is kind as cairn_scheduler_operations_total's op label.

@@ -163,8 +163,7 @@ type Config struct {
 	SchedulerWindow time.Duration
 	// RangeMaxBytes, RangeMinBytes and MemberDownTimeout are the
 	// scheduler's thresholds (placement.SchedulerConfig; 0: its defaults).
-	// RangeMinBytes has no effect yet: merges are not supported, and the
-	// scheduler runs without them.
+	// RangeMinBytes negative: the scheduler merges nothing.
 	RangeMaxBytes, RangeMinBytes int64
 	MemberDownTimeout            time.Duration
 	// SplitLoad is the scheduler's split-by-load threshold: a range

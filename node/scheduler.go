@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/cairn-kv/cairn/placement"
 	"github.com/cairn-kv/cairn/proto/internalpb"
 	"github.com/cairn-kv/cairn/proto/placementpb"
+	"github.com/cairn-kv/cairn/router"
 	"github.com/cairn-kv/cairn/shard"
 )
 
@@ -46,8 +48,22 @@ import (
 //     side by side, waiting for them all before the next round: move and
 //     recreate through the Mover, transfer-leader through
 //     TransferRangeLeader, split through the node-to-node SplitRange on a
-//     member holding the range. Merges are not supported yet: logged and
-//     skipped.
+//     member holding the range, merge through the MergeDriver (mergeOp).
+//
+// Merges: the scheduler plans one for two adjacent ranges smaller together
+// than Config.RangeMinBytes (0: placement's default; negative: no merges)
+// and cold, once their voters are on the same members (it moves the right
+// range's replicas over first). The map's open merges make both their
+// ranges Merging in the report (busy: no rule plans for them). Before each
+// round, and when the node refuses one, a merge this member cannot run is
+// passed to Scheduler.Refuse, so it is not planned (nor colocated for)
+// again until either range splits or merges: today that is a right range
+// made by the bootstrap (--initial-split-keys) and never split (see
+// refuseUnrecorded). A merge undone (a member down past the driver's
+// patience) or failed is planned again next round. Each merge the
+// scheduler starts is counted in cairn_range_merges_total{outcome}
+// (merged, undone, refused, failed). A merged range is at a new
+// generation: its load history starts again, as after a split.
 //
 // Splits by load: the shard's replica client counts the writes it
 // proposes and the reads (Range, read-only Txn) it serves, and samples
@@ -57,8 +73,9 @@ import (
 // parent just split is not hot again before a window that began after
 // the split ends.
 //
-// Known gaps of this slice: merges are off (the scheduler runs with
-// RangeMinBytes -1 whatever Config.RangeMinBytes says); the middle key
+// Known gaps of this slice: merges ask no question of their own (the
+// range sizes are those of the split rule, and a range just emptied looks
+// as large as pebble's tables still are until they compact); the middle key
 // counts the bytes pebble has in its tables, not writes still in the
 // memtable (nor does the size that decides a split); a range's load is
 // what the member whose figures are taken served (its leader's, as a rule): writes all go
@@ -102,10 +119,7 @@ func (n *Node) runScheduler() {
 	if window <= 0 {
 		window = defaultSchedulerWindow
 	}
-	// No merges until the shard has them: the scheduler leaves the ranges
-	// it would merge out of balance, so they are not asked for at all
-	// (Config.RangeMinBytes waits for them).
-	cfg := placement.SchedulerConfig{RangeMaxBytes: n.cfg.RangeMaxBytes, RangeMinBytes: -1,
+	cfg := placement.SchedulerConfig{RangeMaxBytes: n.cfg.RangeMaxBytes, RangeMinBytes: n.cfg.RangeMinBytes,
 		SplitLoad: n.cfg.SplitLoad, MemberDownTimeout: n.cfg.MemberDownTimeout}
 	var s *schedulerRound
 	t := time.NewTicker(window)
@@ -154,31 +168,112 @@ func (s *schedulerRound) round(ctx context.Context) error {
 		n.log.Debug("scheduler: a membership change is under way; waiting", "member", st.Reconfiguring)
 		return nil
 	}
+	s.refuseUnmergeable(st)
 	ops := s.plan.Plan(s.report(ctx, st))
-	var wg sync.WaitGroup
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		refused []placement.Op
+	)
 	for _, op := range ops {
-		if op.Kind == placement.OpMerge {
-			n.log.Info("scheduler: merges are not supported yet; skipped", "op", op.String())
-			n.metrics.schedulerOp(op.Kind, "skipped")
-			continue
-		}
 		n.log.Info("scheduler: starting", "op", op.String(), "generation", op.Generation)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			err := s.run(ctx, op)
 			result := "ok"
-			if err != nil {
+			switch {
+			case err == nil:
+				n.log.Info("scheduler: done", "op", op.String())
+			case errors.Is(err, errMergeRefused):
+				result = "refused"
+				n.log.Info("scheduler: merge refused; not planned again until a range changes", "op", op.String(), "error", err)
+				mu.Lock()
+				refused = append(refused, op)
+				mu.Unlock()
+			default:
 				result = "failed"
 				n.log.Warn("scheduler: operation failed", "op", op.String(), "error", err)
-			} else {
-				n.log.Info("scheduler: done", "op", op.String())
 			}
 			n.metrics.schedulerOp(op.Kind, result)
 		}()
 	}
 	wg.Wait()
+	for _, op := range refused {
+		s.plan.Refuse(op) // the scheduler is not safe for concurrent use: after the round
+	}
 	return nil
+}
+
+// errMergeRefused: this member will not run the merge as the ranges are
+// (mergeOp): the scheduler is told (Scheduler.Refuse).
+var errMergeRefused = errors.New("node: merge refused")
+
+// refuseUnmergeable tells the scheduler of every merge this member would
+// refuse in the map st, before it plans: a right range made by the
+// bootstrap and never split (refuseUnrecorded), so that the first round
+// neither plans such a merge nor colocates replicas for it.
+func (s *schedulerRound) refuseUnmergeable(st *placementpb.State) {
+	for _, l := range st.Ranges {
+		if len(l.End) == 0 {
+			continue
+		}
+		for _, r := range st.Ranges {
+			if bytes.Equal(r.Start, l.End) && bootstrapped(r) {
+				s.plan.Refuse(placement.Op{Kind: placement.OpMerge, Range: placement.RangeID(l.Id), Generation: l.Generation,
+					Right: placement.RangeID(r.Id), RightGeneration: r.Generation})
+			}
+		}
+	}
+}
+
+// bootstrapped reports whether d was made by the bootstrap and never
+// split or merged since (what refuseUnrecorded refuses as a right range).
+func bootstrapped(d *placementpb.RangeDescriptor) bool { return d.Parent == 0 && d.Generation == 1 }
+
+// mergeOp runs a merge the scheduler planned: both ranges must still be
+// at the generations it planned from (else an error: it plans again next
+// round), then the MergeDriver merges them as node.MergeRange would. A
+// refusal that will not pass by itself is errMergeRefused. Counted in
+// cairn_range_merges_total.
+func (s *schedulerRound) mergeOp(ctx context.Context, op placement.Op) error {
+	n := s.n
+	st, err := n.placement.State(ctx)
+	if err != nil {
+		n.metrics.rangeMerge("failed")
+		return err
+	}
+	var l, r *placementpb.RangeDescriptor
+	for _, d := range st.Ranges {
+		switch d.Id {
+		case uint64(op.Range):
+			l = d
+		case uint64(op.Right):
+			r = d
+		}
+	}
+	if l == nil || r == nil || l.Generation != op.Generation || r.Generation != op.RightGeneration || !bytes.Equal(l.End, r.Start) {
+		n.metrics.rangeMerge("failed")
+		return fmt.Errorf("node: range %d or %d changed since the scheduler planned their merge", op.Range, op.Right)
+	}
+	if err := n.refuseUnrecorded(ctx, shard.RangeID(op.Range)); err != nil {
+		if errors.Is(err, router.ErrPrecondition) {
+			n.metrics.rangeMerge("refused")
+			return fmt.Errorf("%w: %w", errMergeRefused, err)
+		}
+		n.metrics.rangeMerge("failed")
+		return err
+	}
+	_, err = n.merges.Merge(ctx, op.Range)
+	switch {
+	case err == nil:
+		n.metrics.rangeMerge("merged")
+	case errors.Is(err, placement.ErrMergeUndone):
+		n.metrics.rangeMerge("undone")
+	default:
+		n.metrics.rangeMerge("failed")
+	}
+	return err
 }
 
 // run executes one operation.
@@ -192,6 +287,8 @@ func (s *schedulerRound) run(ctx context.Context, op placement.Op) error {
 		return n.TransferRangeLeader(ctx, shard.RangeID(op.Range), op.To)
 	case placement.OpSplit:
 		return s.split(ctx, op)
+	case placement.OpMerge:
+		return s.mergeOp(ctx, op)
 	}
 	return fmt.Errorf("node: the scheduler cannot run %s", op)
 }
@@ -268,6 +365,10 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) plac
 	for _, mv := range st.Moves {
 		moves[mv.Range] = mv
 	}
+	merging := map[uint64]bool{}
+	for _, mg := range st.Merges {
+		merging[mg.Left], merging[mg.Right] = true, true
+	}
 	cfg := s.plan.Config()
 	for _, d := range st.Ranges {
 		rr := placement.RangeReport{ID: placement.RangeID(d.Id), Generation: d.Generation, Start: d.Start, End: d.End,
@@ -275,6 +376,7 @@ func (s *schedulerRound) report(ctx context.Context, st *placementpb.State) plac
 		if mv := moves[d.Id]; mv != nil {
 			rr.MoveFrom, rr.MoveTo = placement.NodeID(mv.GetFrom().GetMember()), placement.NodeID(mv.GetTo().GetMember())
 		}
+		rr.Merging = merging[d.Id]
 		f := pickFigures(d, answers)
 		for _, m := range holders(d) {
 			// The holders that predate RangeStats, range by range, until

@@ -97,10 +97,17 @@
 // with one more for its length; Client and Membership start none and keep
 // no state. The four are safe for concurrent use.
 //
+// Merges are driven by MergeDriver (mergedriver.go: the steps in the
+// ranges' raft groups, resumed from the map's record) on the placement
+// leader's member, asked for by an operator (cairn range merge) or by the
+// Scheduler (scheduler.go rule 6: two adjacent ranges small and cold
+// together, their replicas moved onto the same members first; a merge the
+// node refuses is passed to Scheduler.Refuse and not planned again until a
+// range's generation changes).
+//
 // # Non-goals (yet)
 //
-// The merge driver (the steps in the ranges' raft groups) is the merge
-// plan's next slice; the map records merges, nothing drives them yet. The map can place ranges on a subset of
+// The map can place ranges on a subset of
 // members and record moves, but members do not act on it yet: every
 // member holds every range, under its member id. The package imports mvcc
 // for its Revision type and shard for its id types only.

@@ -83,9 +83,12 @@ import (
 //     more ranges than another that holds a voter of one of them, transfer
 //     the leadership of that range (in key order).
 //  6. Merges: two adjacent ranges whose combined size is under
-//     RangeMinBytes and combined load under MergeMaxLoad merge if their
+//     RangeMinBytes (at most RangeMaxBytes/2) and combined load under
+//     MergeMaxLoad (at most SplitLoad/2) merge if their
 //     voters are on the same members (and neither has learners); else one
-//     of the right range's replicas moves to a member of the left's.
+//     of the right range's replicas moves to a member of the left's. A
+//     merge its executor refused (Scheduler.Refuse) is neither planned
+//     nor colocated for again while both ranges keep their generations.
 //
 // A target for a replica is a live member not draining and not holding
 // the range, with the fewest replicas, then the least disk, then the
@@ -111,8 +114,10 @@ import (
 // time since a member last answered, middle keys halve a range's live
 // keys, load keys are the sampled request keys' divide on the member that
 // answers (its leader, normally: reads served elsewhere are not added),
-// merges are not there yet, and no round runs while a member is added or
-// removed (Membership drains). What follows was the plan.
+// merges run through MergeDriver (a merge open in the map makes both its
+// ranges Merging; a merge the node refuses is passed to Refuse), and no
+// round runs while a member is added or removed (Membership drains).
+// What follows was the plan.
 //
 //   - Every member reports, every window (say 10s), for each range it
 //     leads: size and keys (pebble's estimate over the span), writes and
@@ -152,14 +157,17 @@ type SchedulerConfig struct {
 	// RangeMaxBytes: a range larger splits at its middle key.
 	RangeMaxBytes int64
 	// RangeMinBytes: two adjacent ranges smaller together merge, if cold.
-	// Negative: never merge.
+	// Negative: never merge. Above RangeMaxBytes/2 it counts as that, so
+	// that a merged range is never split again at once (with a tiny
+	// RangeMaxBytes, as tests set it, the two would flap).
 	RangeMinBytes int64
 	// SplitLoad (writes+reads per second): a range above it for
 	// SplitLoadWindows reports in a row splits at its load key.
 	SplitLoad        int64
 	SplitLoadWindows int
 	// MergeMaxLoad (writes+reads per second): two ranges merge only if
-	// their combined load is under it.
+	// their combined load is under it, and under SplitLoad/2 (else the
+	// merged range would split by load again).
 	MergeMaxLoad int64
 	// SuspectAfter and MemberDownTimeout: a member whose heartbeat age is
 	// above SuspectAfter receives nothing; above MemberDownTimeout its
@@ -288,11 +296,20 @@ func (o Op) String() string {
 }
 
 // Scheduler plans rounds. It keeps, between rounds, only the load history
-// (how many reports in a row each range was hot). It is not safe for
-// concurrent use.
+// (how many reports in a row each range was hot; a split or merge, a new
+// generation, starts it again) and the merges refused (Refuse). It is not
+// safe for concurrent use.
 type Scheduler struct {
-	cfg SchedulerConfig
-	hot map[RangeID]hotRun
+	cfg     SchedulerConfig
+	hot     map[RangeID]hotRun
+	refused map[mergePair]bool
+}
+
+// mergePair is a merge of two ranges at their generations: a refusal
+// (Refuse) holds until either range splits or merges, or goes.
+type mergePair struct {
+	left, right       RangeID
+	leftGen, rightGen uint64
 }
 
 // hotRun is a range's run of hot reports: windows in a row above
@@ -304,7 +321,20 @@ type hotRun struct {
 
 // NewScheduler returns a scheduler with no history.
 func NewScheduler(cfg SchedulerConfig) *Scheduler {
-	return &Scheduler{cfg: cfg.withDefaults(), hot: map[RangeID]hotRun{}}
+	return &Scheduler{cfg: cfg.withDefaults(), hot: map[RangeID]hotRun{}, refused: map[mergePair]bool{}}
+}
+
+// Refuse records that op, a merge, was refused for a reason that will not
+// pass by itself (its executor cannot merge these two ranges as they
+// are): later rounds neither plan it nor colocate the two ranges for it,
+// until either range's generation changes (a split or a merge) or it
+// goes. A merge that failed for a passing reason (a member down, a
+// timeout) is not refused: the next round plans it again.
+func (s *Scheduler) Refuse(op Op) {
+	if op.Kind != OpMerge {
+		return
+	}
+	s.refused[mergePair{op.Range, op.Right, op.Generation, op.RightGeneration}] = true
 }
 
 // Config returns the scheduler's configuration, defaults filled in.
@@ -314,7 +344,7 @@ func (s *Scheduler) Config() SchedulerConfig { return s.cfg }
 // the operations to start, best first. It does not change rep.
 func (s *Scheduler) Plan(rep ClusterReport) []Op {
 	s.observe(rep.Ranges)
-	p := newPlan(s.cfg, rep, s.hot)
+	p := newPlan(s.cfg, rep, s.hot, s.refused)
 	p.markMerging()
 	p.recreate()
 	p.drain()
@@ -326,9 +356,21 @@ func (s *Scheduler) Plan(rep ClusterReport) []Op {
 }
 
 // observe counts each range's hot windows in a row; a range not hot, gone,
-// or at a new generation starts again.
+// or at a new generation (a split or merge of it) starts again. Refusals
+// of merges whose ranges are gone or at a new generation are forgotten.
 func (s *Scheduler) observe(ranges []RangeReport) {
 	next := make(map[RangeID]hotRun, len(s.hot))
+	gens := make(map[RangeID]uint64, len(ranges))
+	for i := range ranges {
+		gens[ranges[i].ID] = ranges[i].Generation
+	}
+	for k := range s.refused {
+		if lg, ok := gens[k.left]; !ok || lg != k.leftGen {
+			delete(s.refused, k)
+		} else if rg, ok := gens[k.right]; !ok || rg != k.rightGen {
+			delete(s.refused, k)
+		}
+	}
 	for i := range ranges {
 		r := &ranges[i]
 		if r.Writes+r.Reads <= s.cfg.SplitLoad {
@@ -356,6 +398,7 @@ const (
 type plan struct {
 	cfg     SchedulerConfig
 	hot     map[RangeID]hotRun
+	refused map[mergePair]bool
 	members map[NodeID]*memberPlan
 	ids     []NodeID     // the reported members, by id
 	ranges  []*rangePlan // by start key, then id
@@ -379,8 +422,8 @@ type rangePlan struct {
 	merging bool     // it should merge with a neighbour (markMerging)
 }
 
-func newPlan(cfg SchedulerConfig, rep ClusterReport, hot map[RangeID]hotRun) *plan {
-	p := &plan{cfg: cfg, hot: hot, members: map[NodeID]*memberPlan{}}
+func newPlan(cfg SchedulerConfig, rep ClusterReport, hot map[RangeID]hotRun, refused map[mergePair]bool) *plan {
+	p := &plan{cfg: cfg, hot: hot, refused: refused, members: map[NodeID]*memberPlan{}}
 	for _, m := range rep.Members {
 		st := live
 		switch {
@@ -704,11 +747,12 @@ func (p *plan) merge() {
 
 // mergeable reports whether l and r (l just before r) should merge:
 // adjacent, small and cold together, their replicas all on live members
-// and none a learner.
+// and none a learner, and their merge not refused (Scheduler.Refuse).
 func (p *plan) mergeable(l, r *rangePlan) bool {
 	if p.cfg.RangeMinBytes < 0 || len(l.r.End) == 0 || !bytes.Equal(l.r.End, r.r.Start) ||
-		l.r.Bytes+r.r.Bytes >= p.cfg.RangeMinBytes ||
-		l.r.Writes+l.r.Reads+r.r.Writes+r.r.Reads >= p.cfg.MergeMaxLoad ||
+		p.refused[mergePair{l.r.ID, r.r.ID, l.r.Generation, r.r.Generation}] ||
+		l.r.Bytes+r.r.Bytes >= min(p.cfg.RangeMinBytes, p.cfg.RangeMaxBytes/2) ||
+		l.r.Writes+l.r.Reads+r.r.Writes+r.r.Reads >= min(p.cfg.MergeMaxLoad, p.cfg.SplitLoad/2) ||
 		!p.healthy(l) || !p.healthy(r) {
 		return false
 	}

@@ -23,10 +23,11 @@ import (
 //	cluster                                 the report, one member or range a line (replaces it):
 //	  member id=N [age=D] [disk=B] [removing]
 //	  range id=N [gen=G] [start=K] [end=K] replicas=M,M,M/l [leader=M] [size=B] [keys=N]
-//	        [writes=N] [reads=N] [middle=K] [load-key=K] [move=F>T] [splitting]
+//	        [writes=N] [reads=N] [middle=K] [load-key=K] [move=F>T] [splitting] [merging]
 //	set                                     lines as cluster's: only the fields given change; a new id adds
 //	round                                   one Plan: its operations
 //	apply                                   the last round's operations done (as the sim below does them)
+//	refuse                                  the last round's merges refused by their executor (Scheduler.Refuse)
 //	converge [max=N]                        round and apply until a round plans nothing
 //	show                                    the report
 //
@@ -70,6 +71,19 @@ func TestScheduler(t *testing.T) {
 			case "round":
 				h.last = h.round(t)
 				return fmtOps(h.last)
+			case "refuse":
+				var out []string
+				for _, op := range h.last {
+					if op.Kind == OpMerge {
+						h.s.Refuse(op)
+						out = append(out, "refused: "+op.String())
+					}
+				}
+				h.last = nil
+				if len(out) == 0 {
+					return "no merge to refuse"
+				}
+				return strings.Join(out, "\n")
 			case "apply":
 				for _, op := range h.last {
 					h.apply(t, op)
@@ -119,7 +133,7 @@ type schedHarness struct {
 // shuffled twin agrees.
 func (h *schedHarness) round(t *testing.T) []Op {
 	t.Helper()
-	twin := &Scheduler{cfg: h.s.cfg, hot: maps.Clone(h.s.hot)}
+	twin := &Scheduler{cfg: h.s.cfg, hot: maps.Clone(h.s.hot), refused: maps.Clone(h.s.refused)}
 	shuffled := cloneReport(h.rep)
 	rng := rand.New(rand.NewPCG(uint64(len(h.rep.Ranges)), uint64(len(h.rep.Members))))
 	rng.Shuffle(len(shuffled.Members), func(i, j int) {
@@ -141,6 +155,9 @@ func (h *schedHarness) round(t *testing.T) []Op {
 	}
 	if a, b := fmt.Sprint(h.s.hot), fmt.Sprint(twin.hot); a != b {
 		t.Fatalf("a shuffled report left another history: %s, %s", a, b)
+	}
+	if a, b := fmt.Sprint(h.s.refused), fmt.Sprint(twin.refused); a != b {
+		t.Fatalf("a shuffled report left other refusals: %s, %s", a, b)
 	}
 	return ops
 }
@@ -236,6 +253,9 @@ func (h *schedHarness) set(t *testing.T, input string) {
 			}
 			if has("splitting") {
 				r.Splitting = arg("splitting") != "false"
+			}
+			if has("merging") {
+				r.Merging = arg("merging") != "false"
 			}
 		default:
 			t.Fatalf("unknown line %q", line)
@@ -382,6 +402,9 @@ func fmtReport(rep ClusterReport) string {
 		}
 		if r.Splitting {
 			s += " splitting"
+		}
+		if r.Merging {
+			s += " merging"
 		}
 		lines = append(lines, s)
 	}

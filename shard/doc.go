@@ -154,6 +154,22 @@
 // the new range in the member's Set and starts its replica). A split of a
 // range that still counts its revisions is described above.
 //
+// Merges (merge.go, docs/plan-merge.md): two neighbours whose replicas are
+// voters on the same members become one in place, the data staying where
+// it lies. A MergeFreeze in the right range's log (synced) ends its life
+// as a writer and a reader: from that entry it answers ERROR_CODE_MERGING
+// (the router retries), closes no revision and holds its records as they
+// were. Once every replica of it applied the freeze, a MergeCommit in the
+// left range's log absorbs it from the member's pebble (mvcc.Batch.Absorb,
+// lease.Lessor.Absorb: span, revision, compaction, closed revision, fence,
+// alarms, lease attachments, transaction records), records the decision
+// and calls Config.OnMerge; a MergeAbort there decides the other way, and
+// only then does MergeThaw let the right range serve again. The left
+// range's log decides, so a commit in doubt never absorbs a thawed range;
+// Set.Merge and the caller's Set.Drop retire the right range. The
+// placement map's MergeDriver drives the steps; the scheduler asks for
+// merges of small cold neighbours (node/scheduler.go).
+//
 // Set (set.go) is a member's replicas of ranges, in key order, started or
 // starting; Set.Start starts one with its founders or joins it (a learner
 // joins as non-voting), and LocalRanges says which ranges of the range map
@@ -180,6 +196,5 @@
 // testdata/apply*.txt (apply_test.go), one topic a file.
 //
 // Non-goals here: exactly-once client sessions (on-disk state machines use
-// dragonboat's no-op session; a timed-out write is ambiguous, as in etcd),
-// merges (the scheduler issue).
+// dragonboat's no-op session; a timed-out write is ambiguous, as in etcd).
 package shard

@@ -191,7 +191,7 @@ func newFlagSet(r *rawFlags) *flag.FlagSet {
 	fs.BoolVar(&r.cfg.PlacementScheduler, "placement-scheduler", false, "cairn only, sharded mode: the placement leader's member moves replicas and leaders to even them out over the members and re-creates the replicas of members down longer than --member-down-timeout (off by default until it has soaked)")
 	fs.Int64Var(&r.cfg.RangeMaxBytes, "range-max-bytes", 0, "cairn only, sharded mode, with --placement-scheduler: a range larger than this splits (default 64 MiB)")
 	fs.Int64Var(&r.cfg.SplitLoad, "range-split-load", 0, "cairn only, sharded mode, with --placement-scheduler: a range serving more writes and reads per second than this for three scheduler rounds in a row splits where its load divides (default 2000)")
-	fs.Int64Var(&r.cfg.RangeMinBytes, "range-min-bytes", 0, "cairn only, sharded mode, with --placement-scheduler: two adjacent cold ranges smaller together than this merge (default 16 MiB; merges are not supported yet)")
+	fs.Int64Var(&r.cfg.RangeMinBytes, "range-min-bytes", 0, "cairn only, sharded mode, with --placement-scheduler: two adjacent cold ranges smaller together than this merge (default 16 MiB; negative: no merges)")
 	fs.DurationVar(&r.cfg.MemberDownTimeout, "member-down-timeout", 0, "cairn only, sharded mode, with --placement-scheduler: how long a member does not answer before its replicas are re-created on others (default 5m)")
 	fs.IntVar(&r.cfg.PlacementReplicas, "placement-replicas", 0, "cairn only, sharded mode: how many members vote in the placement group (the range map, the revision oracle and the member list), 3 or 5; every other member keeps a non-voting copy, and a cluster of that many members or fewer votes on all (default 3)")
 

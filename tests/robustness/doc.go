@@ -49,7 +49,9 @@
 // range's replica off its leader's member (four members, three replicas a
 // range; soak only); kill -9 of the placement group's leader, which serves
 // the revision oracle; a range's leader cut off from the placement leader
-// and from it alone, each one's proxy dropping what the other opens.
+// and from it alone, each one's proxy dropping what the other opens; kill -9
+// of a member other than the placement leader while it coordinates
+// cross-range transactions (the resolvers on the others settle them).
 //
 // # Running
 //

@@ -248,8 +248,9 @@ func shortProfile() []scenario {
 	// oracle (unique, increasing, with gaps), checked with the sparse model.
 	// Of the faults of sharded mode alone, the oracle's kill -9, a range
 	// leader cut off from the placement leader and a split during
-	// Kubernetes traffic and a replica move on four members holding three
-	// replicas of each range (subsets: the issue-21 default) run here. The
+	// Kubernetes traffic, a replica move on four members holding three
+	// replicas of each range (subsets: the issue-21 default) and a kill -9
+	// of a member coordinating cross-range transactions run here. The
 	// split found a bug, since fixed: a Txn that reached a
 	// range after a split moved its compare keys out was answered as a
 	// failed compare instead of being refused as outside the range — a
@@ -260,7 +261,7 @@ func shortProfile() []scenario {
 		p     profile
 	}{{1, "kill-leader", etcdMix}, {3, "partition-leader", etcdMix}, {3, "kill-leader", kubernetesMix},
 		{3, "kill-placement-leader", etcdMix}, {3, "partition-range-leader", etcdMix}, {3, "split-range", kubernetesMix},
-		{4, "move-replica", etcdMix}} {
+		{4, "move-replica", etcdMix}, {3, "kill-txn-coordinator", etcdMix}} {
 		out = append(out, scenario{size: sc.size, profile: sc.p, fault: faultNamed(sc.fault), seed: seed, sharded: true})
 		seed++
 	}

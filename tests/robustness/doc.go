@@ -47,7 +47,7 @@
 // (sharded_faults_test.go): an operator split at a key the traffic holds
 // (it found a bug, fixed, see shortProfile); an operator move of a
 // range's replica off its leader's member (four members, three replicas a
-// range; soak only); kill -9 of the placement group's leader, which serves
+// range); kill -9 of the placement group's leader, which serves
 // the revision oracle; a range's leader cut off from the placement leader
 // and from it alone, each one's proxy dropping what the other opens; kill -9
 // of a member other than the placement leader while it coordinates

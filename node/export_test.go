@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -465,6 +466,12 @@ func (n *Node) OpenMerges(ctx context.Context) ([]*placementpb.Merge, error) {
 // must do before the node closes); reached is closed once a merge got
 // there.
 func (n *Node) HoldMergesAt(step string) (reached <-chan struct{}, release func()) {
+	return holdAt(&n.hooks.mergeStep, step)
+}
+
+// holdAt sets hook to hold whoever passes step until release is called;
+// reached is closed once one got there.
+func holdAt(hook *atomic.Pointer[func(step string) bool], step string) (reached <-chan struct{}, release func()) {
 	at, done := make(chan struct{}), make(chan struct{})
 	var reachOnce, releaseOnce sync.Once
 	f := func(s string) bool {
@@ -474,10 +481,10 @@ func (n *Node) HoldMergesAt(step string) (reached <-chan struct{}, release func(
 		}
 		return false
 	}
-	n.hooks.mergeStep.Store(&f)
+	hook.Store(&f)
 	return at, func() {
 		releaseOnce.Do(func() {
-			n.hooks.mergeStep.Store(nil)
+			hook.Store(nil)
 			close(done)
 		})
 	}
@@ -499,22 +506,7 @@ func (n *Node) CutTxnsShort(step string) (restore func()) {
 // (which a test must do before the node closes); reached is closed once a
 // transaction got there. Released, the coordinator goes on.
 func (n *Node) HoldTxnsAt(step string) (reached <-chan struct{}, release func()) {
-	at, done := make(chan struct{}), make(chan struct{})
-	var reachOnce, releaseOnce sync.Once
-	f := func(s string) bool {
-		if s == step {
-			reachOnce.Do(func() { close(at) })
-			<-done
-		}
-		return false
-	}
-	n.hooks.txnStep.Store(&f)
-	return at, func() {
-		releaseOnce.Do(func() {
-			n.hooks.txnStep.Store(nil)
-			close(done)
-		})
-	}
+	return holdAt(&n.hooks.txnStep, step)
 }
 
 // RangeLocks lists the locks of cross-range transactions that this

@@ -400,10 +400,15 @@ func (h *Hub) notifyRev(rev mvcc.Revision, evs []*mvccpb.Event) {
 // revisions per call, sharing one read of the store among all of them. It
 // reports whether more work remains (the caller calls again).
 func (h *Hub) Catchup(hist History, maxRevs int) (more bool, err error) {
+	// Read before the hub's lock, never under it: the history's own lock
+	// (a state machine's) is held while a snapshot restore syncs the hub
+	// (Sync), so the two taken the other way round deadlock. A compaction
+	// just after the read shows as ErrCompacted below, and the next round
+	// cancels who needs it.
+	compact := hist.CompactRev()
 	h.mu.Lock()
 	var ws []*watcher
 	from := mvcc.Revision(-1)
-	compact := hist.CompactRev()
 	for w := range h.unsynced {
 		if w.stream.full() {
 			continue
